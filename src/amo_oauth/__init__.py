@@ -1,0 +1,59 @@
+"""amoCRM / Kommo OAuth 2.0 for backends, correct by construction.
+
+The connection lifecycle is an explicit state machine
+(disconnected -> code_received -> exchanged -> connected / error): a code is exchanged at most
+once however often it arrives, and refresh tokens are spent single-flight across processes.
+"""
+
+from ._auth import ConnectionAuth
+from ._config import Config
+from ._errors import (
+    AmoOAuthError,
+    CallbackRejected,
+    InvalidTransition,
+    ProviderError,
+    ReauthorizationRequired,
+    StoreError,
+)
+from ._records import (
+    Account,
+    Connection,
+    ConnectionRecord,
+    ConnectionState,
+    ErrorInfo,
+    Lease,
+    TokenSet,
+)
+from ._results import AuthorizationRequest, CallbackResult, Outcome, RefreshReport
+from ._service import AmoOAuth, AsyncAmoOAuth
+from .stores import MemoryStore, SQLiteStore, Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Account",
+    "AmoOAuth",
+    "AmoOAuthError",
+    "AsyncAmoOAuth",
+    "AuthorizationRequest",
+    "CallbackRejected",
+    "CallbackResult",
+    "Config",
+    "Connection",
+    "ConnectionAuth",
+    "ConnectionRecord",
+    "ConnectionState",
+    "ErrorInfo",
+    "InvalidTransition",
+    "Lease",
+    "MemoryStore",
+    "Outcome",
+    "ProviderError",
+    "ReauthorizationRequired",
+    "RefreshReport",
+    "SQLiteStore",
+    "Store",
+    "StoreError",
+    "TokenSet",
+    "__version__",
+]

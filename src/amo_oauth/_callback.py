@@ -1,0 +1,120 @@
+"""Parse and validate amoCRM's redirect back: a raw query becomes a grant, a denial or a refusal.
+
+Only shape is checked here: what the parameters say and whether the state's signature holds.
+Whether the code was seen before, or the state is still unused, depends on the stored record
+and is decided by the service with the table in ``_state.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+import attrs
+
+from ._config import Config
+from ._errors import CallbackRejected
+from ._hosts import AccountHost
+from ._records import code_digest
+from ._state_token import StateClaims, read_state
+
+__all__ = ["Denial", "Grant", "QueryLike", "parse_callback", "single_values"]
+
+#: A query as frameworks hand it over: a mapping (of str, or of one-item lists) or pairs.
+QueryLike = Mapping[str, object] | Iterable[tuple[str, object]]
+
+_MAX_VALUE: Final = 2048
+_MAX_PARAMS: Final = 32
+_ERROR_SLUG = re.compile(r"[a-z_]{1,64}")
+
+
+@attrs.frozen
+class Grant:
+    """A redirect that brought a code. The code never appears in a repr."""
+
+    code: str = attrs.field(repr=False)
+    host: AccountHost
+    state: StateClaims | None
+    from_widget: bool = False
+
+    @property
+    def code_digest(self) -> str:
+        return code_digest(self.code)
+
+
+@attrs.frozen
+class Denial:
+    """A redirect that brought ``error`` instead of a code."""
+
+    reason: str
+    state: StateClaims
+
+
+def _pairs(query: QueryLike) -> Iterable[tuple[str, object]]:
+    if isinstance(query, Mapping):
+        # Multi-dicts (werkzeug, starlette) iterate keys once; ask them for every value.
+        getlist = getattr(query, "getlist", None)
+        if callable(getlist):
+            return [(key, value) for key in query for value in getlist(key)]
+        return query.items()
+    return query
+
+
+def single_values(query: QueryLike) -> dict[str, str]:
+    """The query as one text value per name.
+
+    Raises:
+        CallbackRejected: ``malformed`` for repeated names, non-text or oversized values.
+    """
+    values: dict[str, str] = {}
+    for key, raw in _pairs(query):
+        value = raw[0] if isinstance(raw, list | tuple) and len(raw) == 1 else raw
+        if not isinstance(key, str) or not isinstance(value, str) or key in values:
+            raise CallbackRejected("malformed")
+        if len(value) > _MAX_VALUE or len(values) >= _MAX_PARAMS or "\x00" in value:
+            raise CallbackRejected("malformed")
+        values[key] = value
+    return values
+
+
+def _state(params: Mapping[str, str], config: Config) -> StateClaims:
+    token = params.get("state")
+    if not token:
+        raise CallbackRejected("bad_state")
+    return read_state(config.state_secret, token)
+
+
+def _host(params: Mapping[str, str], config: Config) -> AccountHost:
+    referer = params.get("referer")
+    if not referer:
+        raise CallbackRejected("missing_referer")
+    host = AccountHost.accept(referer, config.extra_domains)
+    if host is None:
+        raise CallbackRejected("foreign_host")
+    return host
+
+
+def parse_callback(query: QueryLike, config: Config) -> Grant | Denial:
+    """Turn the redirect's query into a ``Grant`` or a ``Denial``.
+
+    Raises:
+        CallbackRejected: ``malformed``, ``bad_state``, ``missing_code``, ``missing_referer``,
+            ``foreign_host`` or ``widget_installs_disabled``; nothing has changed.
+    """
+    params = single_values(query)
+    if params.get("client_id", config.client_id) != config.client_id:
+        raise CallbackRejected("malformed")
+    if "error" in params:
+        reason = params["error"]
+        if not _ERROR_SLUG.fullmatch(reason):
+            raise CallbackRejected("malformed")
+        return Denial(reason, _state(params, config))
+    widget = params.get("from_widget") == "1" and "state" not in params
+    if widget and not config.allow_widget_installs:
+        raise CallbackRejected("widget_installs_disabled")
+    state = None if widget else _state(params, config)
+    code = params.get("code")
+    if not code:
+        raise CallbackRejected("missing_code")
+    return Grant(code, _host(params, config), state, from_widget=widget)

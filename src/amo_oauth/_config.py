@@ -1,0 +1,83 @@
+"""``Config``: the integration's settings, checked once at construction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._hosts import check_domain
+
+__all__ = ["Config"]
+
+_MODES = ("post_message", "popup")
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def _non_empty(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{attribute.name} must be a non-empty string")
+
+
+def _web_url(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    parts = urlsplit(value)
+    secure = parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
+    if not secure or not parts.hostname or parts.username or parts.fragment:
+        raise ValueError(f"{attribute.name} must be an https URL (http only on loopback)")
+
+
+def _secret_bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def _domains(domains: Iterable[str]) -> tuple[str, ...]:
+    return tuple(check_domain(domain) for domain in domains)
+
+
+def _strong(_: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
+    if len(value) < 32:
+        raise ValueError(f"{attribute.name} must be at least 32 bytes of secret")
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: timedelta | float) -> None:
+    if (value.total_seconds() if isinstance(value, timedelta) else value) <= 0:
+        raise ValueError(f"{attribute.name} must be positive")
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """The integration's settings.
+
+    Args:
+        client_id: the integration's ID from amoCRM.
+        client_secret: the integration's secret key; sent only to allow-listed account hosts.
+        redirect_uri: the redirect URI registered with the integration (https; http on loopback).
+        state_secret: at least 32 bytes of secret used to sign ``state``; not the client secret.
+        authorize_url: the consent page (``https://www.kommo.com/oauth`` for Kommo).
+        mode: ``post_message`` (amoCRM's default) or ``popup``.
+        extra_domains: account domains to allow besides amocrm.ru, amocrm.com and kommo.com,
+            e.g. a self-hosted fake's; they add to the allowlist, never replace it.
+        allow_widget_installs: accept ``from_widget=1`` redirects, which carry no ``state``.
+        state_ttl: how long a ``state`` from ``begin()`` stays valid.
+        lease_ttl: how long a worker may hold an exchange or a refresh before it is presumed dead.
+        settle_timeout: seconds a duplicate callback waits for another worker's exchange.
+        refresh_margin: refresh an access token this long before it expires.
+        http_timeout: seconds for each call to amoCRM.
+    """
+
+    client_id: str = attrs.field(validator=_non_empty)
+    client_secret: str = attrs.field(validator=_non_empty, repr=False)
+    redirect_uri: str = attrs.field(validator=_web_url)
+    state_secret: bytes = attrs.field(converter=_secret_bytes, validator=_strong, repr=False)
+    authorize_url: str = attrs.field(default="https://www.amocrm.ru/oauth", validator=_web_url)
+    mode: str = attrs.field(default="post_message", validator=attrs.validators.in_(_MODES))
+    extra_domains: tuple[str, ...] = attrs.field(default=(), converter=_domains)
+    allow_widget_installs: bool = False
+    state_ttl: timedelta = attrs.field(default=timedelta(minutes=10), validator=_positive)
+    lease_ttl: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
+    settle_timeout: float = attrs.field(default=5.0, validator=_positive)
+    refresh_margin: timedelta = attrs.field(default=timedelta(minutes=5), validator=_positive)
+    http_timeout: float = attrs.field(default=10.0, validator=_positive)

@@ -1,0 +1,94 @@
+"""The exception tree.
+
+::
+
+    AmoOAuthError
+     +-- CallbackRejected(reason)     a redirect, hook or legacy call the library refuses
+     +-- ReauthorizationRequired      no usable tokens: the user must connect again
+     +-- ProviderError(status, hint)  amoCRM answered with an error, or did not answer
+     +-- InvalidTransition            an event the lifecycle table does not know
+     +-- StoreError                   a store could not read or write a record
+
+Messages never contain secrets: no client_secret, code, token or state value is ever
+formatted into an exception.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "REJECTION_REASONS",
+    "AmoOAuthError",
+    "CallbackRejected",
+    "InvalidTransition",
+    "ProviderError",
+    "ReauthorizationRequired",
+    "StoreError",
+]
+
+#: Every reason a ``CallbackRejected`` can carry; the web layer answers ``{"error": reason}``.
+REJECTION_REASONS: Final = frozenset(
+    {
+        "missing_code",
+        "missing_referer",
+        "bad_state",
+        "expired_state",
+        "reused_state",
+        "foreign_host",
+        "malformed",
+        "bad_signature",
+        "widget_installs_disabled",
+    }
+)
+
+
+class AmoOAuthError(Exception):
+    """The base of every error the library raises."""
+
+
+class CallbackRejected(AmoOAuthError):
+    """The request was refused before anything changed.
+
+    Args:
+        reason: one of ``REJECTION_REASONS``, stable and safe to show to a client.
+    """
+
+    def __init__(self, reason: str) -> None:
+        if reason not in REJECTION_REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}")
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ReauthorizationRequired(AmoOAuthError):
+    """The connection has no usable tokens; the user has to go through ``begin()`` again."""
+
+    def __init__(self, connection_id: str, reason: str) -> None:
+        super().__init__(f"connection {connection_id!r} needs re-authorization: {reason}")
+        self.connection_id = connection_id
+        self.reason = reason
+
+
+class ProviderError(AmoOAuthError):
+    """amoCRM answered with an error, or the call failed on the way.
+
+    Args:
+        status: the HTTP status, or ``None`` when no answer arrived.
+        hint: amoCRM's ``hint`` (or ``title``) from the problem+json body; never a secret.
+        transient: True when retrying later may succeed (5xx, HTML, timeouts, 429).
+    """
+
+    def __init__(self, status: int | None, hint: str, *, transient: bool = False) -> None:
+        super().__init__(f"amoCRM answered {status}: {hint}")
+        self.status = status
+        self.hint = hint
+        self.transient = transient
+
+
+class InvalidTransition(AmoOAuthError):
+    """An event that the lifecycle table does not define was fired."""
+
+
+class StoreError(AmoOAuthError):
+    """A store failed to load or write a record."""

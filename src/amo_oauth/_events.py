@@ -1,0 +1,234 @@
+"""Events: what can happen to a connection, each a frozen record validated on construction.
+
+An event knows only the data it brings (``changes``); which state it leads to, or whether it
+is a no-op, is decided by the table in ``_state.py`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, ClassVar
+
+import attrs
+
+from ._hosts import AccountHost
+from ._records import Account, ConnectionRecord, ErrorInfo, Lease, TokenSet, _aware, _aware_or_none
+
+__all__ = [
+    "EVENT_TYPES",
+    "CodeReceived",
+    "Denied",
+    "Disconnect",
+    "Event",
+    "ExchangeFailed",
+    "ExchangeSucceeded",
+    "LeaseExpired",
+    "ProviderDisconnected",
+    "RefreshClaimed",
+    "RefreshFailed",
+    "RefreshReleased",
+    "Refreshed",
+    "Verified",
+    "VerifyFailed",
+]
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _digest(_: object, __: object, value: str) -> None:
+    if not _SHA256_HEX.fullmatch(value):
+        raise ValueError("code_digest must be a sha256 hex digest (never a raw code)")
+
+
+def _purpose(purpose: str) -> Any:
+    def check(_: object, attribute: attrs.Attribute[Lease], value: Lease) -> None:
+        if value.purpose != purpose:
+            raise ValueError(f"{attribute.name} must be a {purpose} lease")
+
+    return check
+
+
+def _error_changes(error: ErrorInfo) -> dict[str, Any]:
+    # A connection in error holds no tokens and no lease: nothing can use them by mistake.
+    return {"error": error, "tokens": None, "lease": None}
+
+
+class Event:
+    """Base of every event; ``name`` is the trigger in the transition table."""
+
+    name: ClassVar[str]
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        """The fields this event sets when its rule is a transition."""
+        raise NotImplementedError
+
+
+@attrs.frozen
+class CodeReceived(Event):
+    """A code was claimed for exchange by the worker named in ``lease``.
+
+    ``state_issued_at`` is when the (verified, unused) OAuth state was issued, or None when the
+    code came without one (a widget install or the legacy endpoint).
+    """
+
+    name: ClassVar[str] = "code_received"
+    code_digest: str = attrs.field(validator=_digest)
+    host: AccountHost
+    lease: Lease = attrs.field(validator=_purpose("exchange"))
+    state_issued_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        return {
+            "host": self.host.name,
+            "code_digests": record.with_code(self.code_digest),
+            "lease": self.lease,
+            "error": None,
+        }
+
+
+@attrs.frozen
+class Denied(Event):
+    """amoCRM redirected back with ``error`` instead of a code (the user pressed "Deny")."""
+
+    name: ClassVar[str] = "denied"
+    at: datetime = attrs.field(validator=_aware)
+    #: amoCRM's ``error`` value; ``access_denied`` when the user pressed "Deny".
+    reason: str = "access_denied"
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        return _error_changes(ErrorInfo(self.reason, None, self.at))
+
+
+@attrs.frozen
+class ExchangeSucceeded(Event):
+    name: ClassVar[str] = "exchange_succeeded"
+    tokens: TokenSet
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        return {"tokens": self.tokens}
+
+
+@attrs.frozen
+class ExchangeFailed(Event):
+    name: ClassVar[str] = "exchange_failed"
+    error: ErrorInfo
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        return _error_changes(self.error)
+
+
+@attrs.frozen
+class LeaseExpired(Event):
+    """The worker holding the exchange lease is presumed dead; the code is never resent."""
+
+    name: ClassVar[str] = "lease_expired"
+    at: datetime = attrs.field(validator=_aware)
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        return _error_changes(ErrorInfo("exchange_interrupted", None, self.at))
+
+
+@attrs.frozen
+class Verified(Event):
+    name: ClassVar[str] = "verified"
+    account: Account
+    at: datetime = attrs.field(validator=_aware)
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        return {"account": self.account, "lease": None, "error": None, "connected_at": self.at}
+
+
+@attrs.frozen
+class VerifyFailed(Event):
+    name: ClassVar[str] = "verify_failed"
+    error: ErrorInfo
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        return _error_changes(self.error)
+
+
+@attrs.frozen
+class RefreshClaimed(Event):
+    name: ClassVar[str] = "refresh_claimed"
+    lease: Lease = attrs.field(validator=_purpose("refresh"))
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        return {"lease": self.lease}
+
+
+@attrs.frozen
+class Refreshed(Event):
+    name: ClassVar[str] = "refreshed"
+    tokens: TokenSet
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        return {"tokens": self.tokens, "lease": None}
+
+
+@attrs.frozen
+class RefreshFailed(Event):
+    """A refresh failed for good (the refresh token is revoked): re-authorization is needed."""
+
+    name: ClassVar[str] = "refresh_failed"
+    error: ErrorInfo
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        return _error_changes(self.error)
+
+
+@attrs.frozen
+class RefreshReleased(Event):
+    """A refresh failed transiently: give up the lease so another try can start."""
+
+    name: ClassVar[str] = "refresh_released"
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        return {"lease": None}
+
+
+@attrs.frozen
+class Disconnect(Event):
+    """The application disconnects: tokens and account are forgotten, code digests kept."""
+
+    name: ClassVar[str] = "disconnect"
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        # Code digests stay: a replayed old code must remain a no-op, not a token call.
+        return {
+            "tokens": None,
+            "account": None,
+            "error": None,
+            "lease": None,
+            "host": None,
+            "connected_at": None,
+        }
+
+
+@attrs.frozen
+class ProviderDisconnected(Event):
+    """amoCRM's disconnect hook: the integration was uninstalled from the account."""
+
+    name: ClassVar[str] = "provider_disconnected"
+    at: datetime = attrs.field(validator=_aware)
+
+    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        return _error_changes(ErrorInfo("disconnected_by_provider", None, self.at))
+
+
+#: Every event class, in the order the docs list them.
+EVENT_TYPES: tuple[type[Event], ...] = (
+    CodeReceived,
+    Denied,
+    ExchangeSucceeded,
+    ExchangeFailed,
+    LeaseExpired,
+    Verified,
+    VerifyFailed,
+    RefreshClaimed,
+    Refreshed,
+    RefreshFailed,
+    RefreshReleased,
+    Disconnect,
+    ProviderDisconnected,
+)

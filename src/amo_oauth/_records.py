@@ -1,0 +1,171 @@
+"""Immutable records: what a connection is, as stored and as shown.
+
+``ConnectionRecord`` is the one row a store keeps per connection: state, tokens, account host,
+account, the digests of codes seen, the lease and the version are written together, never as
+two writes. ``Connection`` is the public view of it, with no secret in it.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from datetime import datetime, timedelta
+
+import attrs
+
+__all__ = [
+    "Account",
+    "Connection",
+    "ConnectionRecord",
+    "ConnectionState",
+    "ErrorInfo",
+    "Lease",
+    "TokenSet",
+    "code_digest",
+]
+
+#: How many code digests a record remembers. Codes are single-use and live 20 minutes, so a
+#: replay comes soon after its first use; older digests only grow the row.
+MAX_CODE_DIGESTS = 16
+
+
+class ConnectionState(enum.StrEnum):
+    """Where a connection is in its lifecycle (stored as its text value)."""
+
+    DISCONNECTED = "disconnected"
+    CODE_RECEIVED = "code_received"
+    EXCHANGED = "exchanged"
+    CONNECTED = "connected"
+    ERROR = "error"
+
+
+def code_digest(code: str) -> str:
+    """The sha256 hex digest by which a record remembers a code without keeping it."""
+    return hashlib.sha256(code.encode("utf-8")).hexdigest()
+
+
+def _aware(_: object, attribute: attrs.Attribute[datetime], value: datetime) -> None:
+    if value.tzinfo is None:
+        raise ValueError(f"{attribute.name} must be timezone-aware")
+
+
+def _aware_or_none(instance: object, attribute: attrs.Attribute[datetime], value: object) -> None:
+    if value is not None:
+        _aware(instance, attribute, value)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class TokenSet:
+    """An access/refresh token pair. The tokens never appear in a repr."""
+
+    access_token: str = attrs.field(repr=False)
+    refresh_token: str = attrs.field(repr=False)
+    expires_at: datetime = attrs.field(validator=_aware)
+    #: amoCRM revokes a refresh token 3 months after it was issued (or last used).
+    refresh_expires_at: datetime = attrs.field(validator=_aware)
+    token_type: str = "Bearer"
+
+    def is_fresh(self, now: datetime, margin: timedelta) -> bool:
+        """True while the access token stays valid for at least ``margin``."""
+        return now + margin < self.expires_at
+
+
+@attrs.frozen
+class Account:
+    """The amoCRM account a connection was verified against (``GET /api/v4/account``)."""
+
+    id: int
+    subdomain: str
+    name: str
+
+
+@attrs.frozen
+class ErrorInfo:
+    """Why a connection is in ``error``: a stable ``reason`` slug and amoCRM's hint, if any."""
+
+    reason: str
+    hint: str | None
+    at: datetime = attrs.field(validator=_aware)
+
+
+@attrs.frozen
+class Lease:
+    """A claim by one worker on a connection: the exchange of a code, or a refresh.
+
+    A lease that outlives ``expires_at`` belongs to a worker presumed dead.
+    """
+
+    owner: str
+    purpose: str = attrs.field(validator=attrs.validators.in_(("exchange", "refresh")))
+    expires_at: datetime = attrs.field(validator=_aware)
+
+    def is_live(self, now: datetime) -> bool:
+        return now < self.expires_at
+
+
+@attrs.frozen
+class Connection:
+    """The public view of a connection: what ``status()`` returns. Holds no secret.
+
+    Attributes:
+        connection_id: the application's own key (a user id, a tenant id, ...).
+        state: the lifecycle state.
+        account: the verified amoCRM account, when connected.
+        expires_at: when the current access token expires, when there is one.
+        error: why the connection is in ``error``.
+        version: increases with every write to the record.
+    """
+
+    connection_id: str
+    state: ConnectionState
+    account: Account | None = None
+    expires_at: datetime | None = None
+    error: ErrorInfo | None = None
+    version: int = 0
+
+    @property
+    def is_connected(self) -> bool:
+        return self.state is ConnectionState.CONNECTED
+
+
+@attrs.frozen
+class ConnectionRecord:
+    """Everything a store keeps for one connection, written atomically.
+
+    ``version`` 0 means "never stored"; every write increases it by one.
+    """
+
+    connection_id: str = attrs.field(validator=attrs.validators.min_len(1))
+    state: ConnectionState = ConnectionState.DISCONNECTED
+    version: int = 0
+    host: str | None = None
+    tokens: TokenSet | None = None
+    account: Account | None = None
+    error: ErrorInfo | None = None
+    code_digests: tuple[str, ...] = ()
+    lease: Lease | None = None
+    #: When the current connection was made; a re-authorization needs a state issued after it.
+    connected_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+    updated_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+
+    def knows_code(self, digest: str) -> bool:
+        return digest in self.code_digests
+
+    def with_code(self, digest: str) -> tuple[str, ...]:
+        """The digests to store once ``digest`` has been seen (the newest kept)."""
+        if digest in self.code_digests:
+            return self.code_digests
+        return (*self.code_digests, digest)[-MAX_CODE_DIGESTS:]
+
+    def live_lease(self, now: datetime) -> Lease | None:
+        return self.lease if self.lease is not None and self.lease.is_live(now) else None
+
+    def public(self) -> Connection:
+        return Connection(
+            connection_id=self.connection_id,
+            state=self.state,
+            account=self.account,
+            expires_at=self.tokens.expires_at if self.tokens else None,
+            error=self.error,
+            version=self.version,
+        )

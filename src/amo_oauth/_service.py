@@ -1,0 +1,305 @@
+"""``AmoOAuth`` and ``AsyncAmoOAuth``: the flows of ``_flows.py`` driven over a store and httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Generator
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import httpx
+
+from ._auth import ConnectionAuth
+from ._callback import QueryLike
+from ._config import Config
+from ._flows import Call, Flows, Op, Send, Sleep
+from ._provider import error_from_exception
+from ._records import Connection
+from ._results import AuthorizationRequest, CallbackResult, RefreshReport
+from .stores import SQLiteStore, Store
+
+__all__ = ["AmoOAuth", "AsyncAmoOAuth"]
+
+T = TypeVar("T")
+_DEFAULT_DB = "amo_oauth.db"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _advance(flow: Generator[Op, Any, T], reply: Any, error: Exception | None) -> tuple[bool, Any]:
+    """Resume a flow: (True, result) when it returned, else (False, the next operation)."""
+    try:
+        return False, (flow.throw(error) if error is not None else flow.send(reply))
+    except StopIteration as stop:
+        return True, stop.value
+
+
+class _Base:
+    def __init__(
+        self,
+        config: Config,
+        store: Store | None,
+        clock: Callable[[], datetime] | None,
+    ) -> None:
+        self.config = config
+        self.store: Store = store if store is not None else SQLiteStore(_DEFAULT_DB)
+        self._flows = Flows(config, clock or _utcnow)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(client_id={self.config.client_id!r}, store={self.store!r})"
+
+
+class AmoOAuth(_Base):
+    """The OAuth connection lifecycle for a blocking backend (Flask, Django, scripts).
+
+    Args:
+        config: the integration's settings.
+        store: where connections live; ``SQLiteStore("amo_oauth.db")`` when omitted.
+        http: the client used to reach amoCRM; its redirects are never followed. Tests pass
+            one whose transport is ``FakeAmoCRM().transport()``.
+        clock: returns the current aware UTC time; for tests.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        http: httpx.Client | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        super().__init__(config, store, clock)
+        self._owns_http = http is None
+        self.http = http or httpx.Client(timeout=config.http_timeout, follow_redirects=False)
+
+    def begin(self, connection_id: str) -> AuthorizationRequest:
+        """Start connecting: the consent-page URL with a fresh signed ``state``.
+
+        Args:
+            connection_id: the application's key for this connection (a user or tenant id).
+
+        Returns:
+            ``AuthorizationRequest(url, state, expires_at)``: redirect the user to ``url``.
+        """
+        return self._flows.begin(connection_id)
+
+    def handle_callback(self, query: QueryLike) -> CallbackResult:
+        """Handle amoCRM's redirect back (``code``, ``state``, ``referer``; or ``error``).
+
+        The code is exchanged at most once, whatever arrives twice and however many workers
+        race; a code seen before is a no-op that reports the current status.
+
+        Returns:
+            ``CallbackResult(outcome, connection, duplicate)``.
+
+        Raises:
+            CallbackRejected: a missing, forged, expired or reused state, a foreign host, a
+                malformed query. Nothing changed.
+        """
+        return self._run(self._flows.handle_callback(query))
+
+    def exchange_code(
+        self,
+        connection_id: str,
+        code: str,
+        *,
+        referer: str | None = None,
+        state: str | None = None,
+    ) -> CallbackResult:
+        """The legacy path: an app posts the code it got. Same rules, idempotent.
+
+        A code already exchanged returns the current status (``ALREADY_CONNECTED``), never an
+        error. A new code needs ``referer`` (the account host) unless the connection has one.
+
+        Raises:
+            CallbackRejected: as ``handle_callback``.
+        """
+        return self._run(self._flows.exchange_code(connection_id, code, referer, state))
+
+    def status(self, connection_id: str) -> Connection:
+        """The connection as stored now (``disconnected`` when unknown)."""
+        return self._run(self._flows.status(connection_id))
+
+    def access_token(self, connection_id: str) -> str:
+        """A valid access token, refreshed first when it is about to expire.
+
+        At most one refresh runs per connection across every thread and process sharing the
+        store; the others wait for it and use its token.
+
+        Raises:
+            ReauthorizationRequired: the connection has no usable tokens.
+            ProviderError: amoCRM could not be reached (``transient``) or refused the refresh.
+        """
+        return self._run(self._flows.access_token(connection_id))
+
+    def auth(self, connection_id: str) -> ConnectionAuth:
+        """An ``httpx.Auth`` sending this connection's bearer token; on 401 it refreshes once
+        and retries once."""
+        return ConnectionAuth(
+            token=lambda stale: self._run(self._flows.access_token(connection_id, stale))
+        )
+
+    def disconnect(self, connection_id: str) -> Connection:
+        """Forget the connection's tokens and account: it becomes ``disconnected``."""
+        return self._run(self._flows.disconnect(connection_id))
+
+    def handle_disconnect_hook(self, query: QueryLike) -> tuple[Connection, ...]:
+        """amoCRM's uninstall hook: every connection of that account loses its tokens.
+
+        Returns:
+            The affected connections (idempotent: a repeated hook changes nothing more).
+
+        Raises:
+            CallbackRejected: ``bad_signature`` or ``malformed``; nothing changed.
+        """
+        return self._run(self._flows.handle_disconnect_hook(query))
+
+    def refresh_due(self, within: timedelta = timedelta(days=7), limit: int = 100) -> RefreshReport:
+        """Refresh connections whose refresh token expires within ``within``.
+
+        amoCRM revokes a refresh token three months after issue; run this daily to keep
+        idle connections alive.
+        """
+        return self._run(self._flows.refresh_due(within, limit))
+
+    def close(self) -> None:
+        """Close the http client if this object made it, and the store."""
+        if self._owns_http:
+            self.http.close()
+        self.store.close()
+
+    def __enter__(self) -> AmoOAuth:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _run(self, flow: Generator[Op, Any, T]) -> T:
+        done, item = _advance(flow, None, None)
+        while not done:
+            reply, error = None, None
+            try:
+                reply = self._perform(item)
+            except Exception as exc:  # handed to the flow, which knows what it means
+                error = exc
+            done, item = _advance(flow, reply, error)
+        result: T = item
+        return result
+
+    def _perform(self, op: Op) -> Any:
+        if isinstance(op, Call):
+            return getattr(self.store, op.method)(*op.args)
+        if isinstance(op, Send):
+            try:
+                return self.http.send(op.request, follow_redirects=False)
+            except httpx.HTTPError as exc:
+                raise error_from_exception(exc) from None
+        time.sleep(op.seconds)
+        return None
+
+
+class AsyncAmoOAuth(_Base):
+    """``AmoOAuth`` for asyncio backends (FastAPI, Starlette): the same methods, awaited.
+
+    Store calls run in worker threads so the event loop never blocks on a database.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        http: httpx.AsyncClient | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        super().__init__(config, store, clock)
+        self._owns_http = http is None
+        self.http = http or httpx.AsyncClient(timeout=config.http_timeout, follow_redirects=False)
+
+    async def begin(self, connection_id: str) -> AuthorizationRequest:
+        """See ``AmoOAuth.begin``."""
+        return self._flows.begin(connection_id)
+
+    async def handle_callback(self, query: QueryLike) -> CallbackResult:
+        """See ``AmoOAuth.handle_callback``."""
+        return await self._run(self._flows.handle_callback(query))
+
+    async def exchange_code(
+        self,
+        connection_id: str,
+        code: str,
+        *,
+        referer: str | None = None,
+        state: str | None = None,
+    ) -> CallbackResult:
+        """See ``AmoOAuth.exchange_code``."""
+        return await self._run(self._flows.exchange_code(connection_id, code, referer, state))
+
+    async def status(self, connection_id: str) -> Connection:
+        """See ``AmoOAuth.status``."""
+        return await self._run(self._flows.status(connection_id))
+
+    async def access_token(self, connection_id: str) -> str:
+        """See ``AmoOAuth.access_token``."""
+        return await self._run(self._flows.access_token(connection_id))
+
+    def auth(self, connection_id: str) -> ConnectionAuth:
+        """See ``AmoOAuth.auth``; for ``httpx.AsyncClient``."""
+
+        async def token(stale: str | None) -> str:
+            return await self._run(self._flows.access_token(connection_id, stale))
+
+        return ConnectionAuth(async_token=token)
+
+    async def disconnect(self, connection_id: str) -> Connection:
+        """See ``AmoOAuth.disconnect``."""
+        return await self._run(self._flows.disconnect(connection_id))
+
+    async def handle_disconnect_hook(self, query: QueryLike) -> tuple[Connection, ...]:
+        """See ``AmoOAuth.handle_disconnect_hook``."""
+        return await self._run(self._flows.handle_disconnect_hook(query))
+
+    async def refresh_due(
+        self, within: timedelta = timedelta(days=7), limit: int = 100
+    ) -> RefreshReport:
+        """See ``AmoOAuth.refresh_due``."""
+        return await self._run(self._flows.refresh_due(within, limit))
+
+    async def aclose(self) -> None:
+        """Close the http client if this object made it, and the store."""
+        if self._owns_http:
+            await self.http.aclose()
+        await asyncio.to_thread(self.store.close)
+
+    async def __aenter__(self) -> AsyncAmoOAuth:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _run(self, flow: Generator[Op, Any, T]) -> T:
+        done, item = _advance(flow, None, None)
+        while not done:
+            reply, error = None, None
+            try:
+                reply = await self._perform(item)
+            except Exception as exc:  # handed to the flow, which knows what it means
+                error = exc
+            done, item = _advance(flow, reply, error)
+        result: T = item
+        return result
+
+    async def _perform(self, op: Op) -> Any:
+        if isinstance(op, Call):
+            return await asyncio.to_thread(getattr(self.store, op.method), *op.args)
+        if isinstance(op, Send):
+            try:
+                return await self.http.send(op.request, follow_redirects=False)
+            except httpx.HTTPError as exc:
+                raise error_from_exception(exc) from None
+        assert isinstance(op, Sleep)
+        await asyncio.sleep(op.seconds)
+        return None

@@ -1,0 +1,184 @@
+"""THE lifecycle table. Nothing else decides what an event does in a state.
+
+Each ``Rule`` says: on ``event``, in one of ``sources``, when ``guard`` holds (or always), go to
+``dest``; or, when ``dest`` is None, do nothing, for the documented reason ``noop``. Rules for
+one (state, event) are tried in order and every such pair ends in an unguarded rule, so the
+table is total: every pair has a transition or a documented no-op (a test checks it).
+
+The rules drive one module-level ``transitions.Machine`` with no models of its own. A step fires
+the rule's trigger on a short-lived model, never on a registered one: registering a model per
+connection is O(N) in the machine and the machine would then hold every connection. Concurrency
+is not the machine's business either: the stores' compare-and-set decides which write wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import attrs
+from transitions import EventData, Machine, MachineError
+
+from ._errors import InvalidTransition
+from ._events import EVENT_TYPES, CodeReceived, Event
+from ._records import ConnectionRecord, ConnectionState
+
+__all__ = ["MACHINE", "TABLE", "Rule", "Step", "step"]
+
+S = ConnectionState
+ALL = tuple(ConnectionState)
+# The states whose record is held by an exchange lease.
+EXCHANGING = (S.CODE_RECEIVED, S.EXCHANGED)
+
+
+def code_is_known(data: EventData) -> bool:
+    """The code's digest is on the record: it was seen before."""
+    step = _model(data)
+    return isinstance(step.event, CodeReceived) and step.record.knows_code(step.event.code_digest)
+
+
+def state_is_fresh(data: EventData) -> bool:
+    """The code came with an unused state issued after the connection was made."""
+    step = _model(data)
+    issued, connected = getattr(step.event, "state_issued_at", None), step.record.connected_at
+    return issued is not None and connected is not None and issued > connected
+
+
+@attrs.frozen
+class Rule:
+    event: str
+    sources: tuple[ConnectionState, ...]
+    dest: ConnectionState | None
+    guard: Callable[[EventData], bool] | None = None
+    #: For a no-op: a stable slug saying why nothing happens.
+    noop: str | None = None
+
+
+def _stale(event: str, *live: ConnectionState) -> Rule:
+    # A result that arrives for a claim someone else has since replaced (disconnect, a hook):
+    # it must not resurrect or overwrite anything.
+    return Rule(event, tuple(s for s in ALL if s not in live), None, noop="stale")
+
+
+TABLE: tuple[Rule, ...] = (
+    # A known code is a no-op in every state: the fix for the seed's double exchange.
+    Rule("code_received", ALL, None, code_is_known, noop="duplicate_code"),
+    Rule("code_received", (S.DISCONNECTED, S.ERROR), S.CODE_RECEIVED),
+    Rule("code_received", (S.CONNECTED,), S.CODE_RECEIVED, state_is_fresh),
+    Rule("code_received", (S.CONNECTED,), None, noop="keep_connection"),
+    Rule("code_received", EXCHANGING, None, noop="exchange_in_progress"),
+    Rule("denied", (S.DISCONNECTED, S.ERROR), S.ERROR),
+    Rule("denied", (S.CONNECTED,), None, noop="keep_connection"),
+    Rule("denied", EXCHANGING, None, noop="exchange_in_progress"),
+    Rule("exchange_succeeded", (S.CODE_RECEIVED,), S.EXCHANGED),
+    _stale("exchange_succeeded", S.CODE_RECEIVED),
+    Rule("exchange_failed", (S.CODE_RECEIVED,), S.ERROR),
+    _stale("exchange_failed", S.CODE_RECEIVED),
+    Rule("lease_expired", EXCHANGING, S.ERROR),
+    Rule("lease_expired", (S.DISCONNECTED, S.CONNECTED, S.ERROR), None, noop="no_exchange"),
+    Rule("verified", (S.EXCHANGED,), S.CONNECTED),
+    _stale("verified", S.EXCHANGED),
+    Rule("verify_failed", (S.EXCHANGED,), S.ERROR),
+    _stale("verify_failed", S.EXCHANGED),
+    Rule("refresh_claimed", (S.CONNECTED,), S.CONNECTED),
+    Rule("refresh_claimed", (S.DISCONNECTED, S.ERROR), None, noop="not_connected"),
+    Rule("refresh_claimed", EXCHANGING, None, noop="exchange_in_progress"),
+    Rule("refreshed", (S.CONNECTED,), S.CONNECTED),
+    _stale("refreshed", S.CONNECTED),
+    Rule("refresh_failed", (S.CONNECTED,), S.ERROR),
+    _stale("refresh_failed", S.CONNECTED),
+    Rule("refresh_released", (S.CONNECTED,), S.CONNECTED),
+    _stale("refresh_released", S.CONNECTED),
+    Rule("disconnect", (S.DISCONNECTED,), None, noop="already_disconnected"),
+    Rule("disconnect", (S.CODE_RECEIVED, S.EXCHANGED, S.CONNECTED, S.ERROR), S.DISCONNECTED),
+    Rule("provider_disconnected", (*EXCHANGING, S.CONNECTED), S.ERROR),
+    Rule("provider_disconnected", (S.DISCONNECTED, S.ERROR), None, noop="nothing_to_forget"),
+)
+
+
+class _Model:
+    """The short-lived model a trigger runs on: one record, one event, the rule that fired."""
+
+    __slots__ = ("event", "record", "rule", "state")
+
+    def __init__(self, record: ConnectionRecord, event: Event) -> None:
+        self.record = record
+        self.event = event
+        self.state: ConnectionState = record.state
+        self.rule: Rule | None = None
+
+
+def _model(data: EventData) -> _Model:
+    model = data.model
+    assert isinstance(model, _Model)
+    return model
+
+
+def _fired(rule: Rule) -> Callable[[EventData], None]:
+    def fired(data: EventData) -> None:
+        _model(data).rule = rule
+
+    fired.__name__ = f"fired_{rule.event}"
+    return fired
+
+
+def _machine_transitions() -> list[dict[str, object]]:
+    return [
+        {
+            "trigger": rule.event,
+            "source": list(rule.sources),
+            "dest": rule.dest,
+            "conditions": [rule.guard] if rule.guard else [],
+            "after": [_fired(rule)],
+        }
+        for rule in TABLE
+    ]
+
+
+MACHINE = Machine(
+    model=None,
+    states=ConnectionState,
+    transitions=_machine_transitions(),
+    initial=ConnectionState.DISCONNECTED,
+    auto_transitions=False,
+    send_event=True,
+)
+
+
+@attrs.frozen
+class Step:
+    """What an event did: the record to write (``changed``) or the no-op reason."""
+
+    record: ConnectionRecord
+    changed: bool
+    noop: str | None = None
+
+
+def step(record: ConnectionRecord, event: Event, now: datetime) -> Step:
+    """Apply ``event`` to ``record`` by the table.
+
+    Returns:
+        A ``Step`` whose ``record`` has the new state, the event's changes and ``version + 1``
+        when a transition fired, or the unchanged record and the no-op slug.
+
+    Raises:
+        InvalidTransition: the event is not one the table knows.
+    """
+    if type(event) not in EVENT_TYPES:
+        raise InvalidTransition(f"unknown event {type(event).__name__}")
+    model = _Model(record, event)
+    try:
+        MACHINE.events[event.name].trigger(model)
+    except (MachineError, KeyError):
+        raise InvalidTransition(f"{event.name} is undefined in {record.state.value}") from None
+    rule = model.rule
+    if rule is None or rule.dest is None:
+        return Step(record, changed=False, noop=rule.noop if rule else "undefined")
+    new = attrs.evolve(
+        record,
+        state=rule.dest,
+        version=record.version + 1,
+        updated_at=now,
+        **event.changes(record),
+    )
+    return Step(new, changed=True)

@@ -1,0 +1,71 @@
+"""The fake's HTML: the consent page and its error pages. Small, valid and accessible."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from html import escape
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+</head>
+<body>
+<main>
+<h1>{title}</h1>
+{content}
+</main>
+</body>
+</html>
+"""
+
+
+def page(title: str, content_html: str) -> bytes:
+    """Wrap already-escaped `content_html` into a full document titled `title`."""
+    return _PAGE.format(title=escape(title), content=content_html).encode("utf-8")
+
+
+def message_page(title: str, message: str) -> bytes:
+    """A page with one paragraph of plain text."""
+    return page(title, f"<p>{escape(message)}</p>")
+
+
+def _hidden_inputs(fields: Mapping[str, str]) -> str:
+    return "\n".join(
+        f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">'
+        for name, value in fields.items()
+    )
+
+
+def _form(action: str, button_id: str, label: str, fields: Mapping[str, str]) -> str:
+    # GET forms: the "button" is then also a plain link a test can follow without a browser.
+    return (
+        f'<form method="get" action="{escape(action)}">\n{_hidden_inputs(fields)}\n'
+        f'<button type="submit" id="{button_id}">{escape(label)}</button>\n</form>'
+    )
+
+
+def consent_page(account_name: str, account_host: str, fields: Mapping[str, str]) -> bytes:
+    """The "Allow access?" page: an Allow (#allow) and a Deny (#deny) button.
+
+    Args:
+        account_name: shown to the user, as amoCRM shows the account being connected.
+        account_host: the account's host, shown next to the name.
+        fields: the query to carry over to /oauth/allow and /oauth/deny (client_id, state, mode).
+    """
+    intro = (
+        f"<p>An integration asks for access to the account <strong>{escape(account_name)}"
+        f"</strong> ({escape(account_host)}).</p>"
+    )
+    buttons = (
+        _form("/oauth/allow", "allow", "Allow", fields)
+        + "\n"
+        + _form("/oauth/deny", "deny", "Deny", fields)
+    )
+    return page("Grant access to your amoCRM account?", intro + "\n" + buttons)
+
+
+SERVER_ERROR_PAGE = message_page("500 Internal Server Error", "Something went wrong.")
+HTML_INSTEAD_OF_JSON = message_page("amoCRM", "Technical works are in progress.")

@@ -1,0 +1,122 @@
+"""Hypothesis strategies for the pure core (importable as ``strategies``: tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from hypothesis import strategies as st
+
+from amo_oauth._events import (
+    CodeReceived,
+    Denied,
+    Disconnect,
+    Event,
+    ExchangeFailed,
+    ExchangeSucceeded,
+    LeaseExpired,
+    ProviderDisconnected,
+    RefreshClaimed,
+    RefreshFailed,
+    Refreshed,
+    RefreshReleased,
+    Verified,
+    VerifyFailed,
+)
+from amo_oauth._hosts import AccountHost
+from amo_oauth._records import (
+    Account,
+    ConnectionRecord,
+    ConnectionState,
+    ErrorInfo,
+    Lease,
+    TokenSet,
+    code_digest,
+)
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+#: Moments a few minutes apart, so that "issued after connected" and its opposite (and
+#: equality) all come up often.
+moments = st.integers(min_value=0, max_value=120).map(lambda minutes: T0 + timedelta(minutes=minutes))
+
+#: Any aware datetime, in UTC or at a fixed offset (what the codec must round-trip).
+offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+aware_datetimes = st.datetimes(
+    min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=offsets
+)
+
+hosts = st.sampled_from(["acme.amocrm.ru", "b2b.kommo.com", "old-1.amocrm.com"]).map(AccountHost)
+digests = st.binary(min_size=1, max_size=16).map(lambda raw: code_digest(raw.hex()))
+words = st.text(min_size=1, max_size=20)
+
+token_sets = st.builds(
+    TokenSet,
+    access_token=words,
+    refresh_token=words,
+    expires_at=aware_datetimes,
+    refresh_expires_at=aware_datetimes,
+    token_type=st.sampled_from(["Bearer", "bearer"]),
+)
+accounts = st.builds(Account, id=st.integers(min_value=1, max_value=2**53), subdomain=words, name=st.text())
+error_infos = st.builds(
+    ErrorInfo,
+    reason=st.sampled_from(["code_rejected", "verify_failed", "reauthorization_required"]),
+    hint=st.none() | st.text(max_size=40),
+    at=aware_datetimes,
+)
+
+
+def leases(purpose: str) -> st.SearchStrategy[Lease]:
+    return st.builds(Lease, owner=words, purpose=st.just(purpose), expires_at=aware_datetimes)
+
+
+#: Any record, consistent or not: the table must give every one of them an answer.
+records = st.builds(
+    ConnectionRecord,
+    connection_id=words,
+    state=st.sampled_from(ConnectionState),
+    version=st.integers(min_value=0, max_value=2**31),
+    host=st.none() | st.just("acme.amocrm.ru"),
+    tokens=st.none() | token_sets,
+    account=st.none() | accounts,
+    error=st.none() | error_infos,
+    code_digests=st.lists(digests, max_size=16, unique=True).map(tuple),
+    lease=st.none() | leases("exchange") | leases("refresh"),
+    connected_at=st.none() | moments,
+    updated_at=st.none() | aware_datetimes,
+)
+
+
+def code_received(codes: st.SearchStrategy[str]) -> st.SearchStrategy[CodeReceived]:
+    return st.builds(
+        CodeReceived,
+        code_digest=codes.map(code_digest),
+        host=hosts,
+        lease=leases("exchange"),
+        state_issued_at=st.none() | moments,
+    )
+
+
+def events(codes: st.SearchStrategy[str]) -> dict[type[Event], st.SearchStrategy[Event]]:
+    """One strategy per event type; codes for ``CodeReceived`` are drawn from ``codes``."""
+    return {
+        CodeReceived: code_received(codes),
+        Denied: st.builds(Denied, at=moments, reason=st.sampled_from(["access_denied", "x"])),
+        ExchangeSucceeded: st.builds(ExchangeSucceeded, tokens=token_sets),
+        ExchangeFailed: st.builds(ExchangeFailed, error=error_infos),
+        LeaseExpired: st.builds(LeaseExpired, at=moments),
+        Verified: st.builds(Verified, account=accounts, at=moments),
+        VerifyFailed: st.builds(VerifyFailed, error=error_infos),
+        RefreshClaimed: st.builds(RefreshClaimed, lease=leases("refresh")),
+        Refreshed: st.builds(Refreshed, tokens=token_sets),
+        RefreshFailed: st.builds(RefreshFailed, error=error_infos),
+        RefreshReleased: st.just(RefreshReleased()),
+        Disconnect: st.just(Disconnect()),
+        ProviderDisconnected: st.builds(ProviderDisconnected, at=moments),
+    }
+
+
+any_code = st.text(min_size=1, max_size=40)
+any_event = st.one_of(*events(any_code).values())

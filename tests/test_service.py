@@ -1,0 +1,331 @@
+"""AmoOAuth against FakeAmoCRM: the seed's scenario and every rule of the lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from amo_oauth import (
+    AmoOAuth,
+    CallbackRejected,
+    ConnectionRecord,
+    ConnectionState,
+    Lease,
+    Outcome,
+    ProviderError,
+    ReauthorizationRequired,
+)
+from amo_oauth.testing import FakeAmoCRM, FakeClock
+
+from helpers import query_of
+
+USER = "user-42"
+
+
+def connect(oauth: AmoOAuth, fake: FakeAmoCRM, user: str = USER) -> dict[str, str]:
+    """Go through begin -> Allow -> callback; return the callback query."""
+    query = query_of(fake.authorize(oauth.begin(user).state))
+    assert oauth.handle_callback(query).outcome is Outcome.CONNECTED
+    return query
+
+
+def test_seed_scenario_exchanges_once_and_lists_leads(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    query = connect(oauth, fake)
+    legacy = oauth.exchange_code(USER, query["code"])  # the old app's second call
+    assert legacy.outcome is Outcome.ALREADY_CONNECTED
+    assert legacy.duplicate is True
+    status = oauth.status(USER)
+    assert status.state is ConnectionState.CONNECTED
+    assert status.account is not None and status.account.id == fake.account_id
+    with httpx.Client(transport=fake.transport(), auth=oauth.auth(USER)) as api:
+        leads = api.get(f"https://{fake.account_host}/api/v4/leads").json()
+    assert [lead["name"] for lead in leads["_embedded"]["leads"]] == [
+        "Lead #1",
+        "Lead #2",
+        "Lead #3",
+    ]
+    assert fake.token_calls == {("authorization_code", "ok"): 1}
+
+
+def test_replayed_callback_is_a_duplicate_without_a_token_call(
+    oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    query = connect(oauth, fake)
+    replay = oauth.handle_callback(query)
+    assert (replay.outcome, replay.duplicate) == (Outcome.ALREADY_CONNECTED, True)
+    assert replay.connection.version == oauth.status(USER).version
+    assert fake.token_call_count() == 1
+
+
+def test_denied_records_access_denied(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    result = oauth.handle_callback(query_of(fake.deny(oauth.begin(USER).state)))
+    assert result.outcome is Outcome.DENIED
+    assert result.connection.state is ConnectionState.ERROR
+    assert result.connection.error is not None
+    assert result.connection.error.reason == "access_denied"
+    assert fake.token_call_count() == 0
+
+
+def test_forged_state_changes_nothing(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    state = oauth.begin(USER).state
+    forged = state[:-2] + ("AA" if not state.endswith("AA") else "BB")
+    with pytest.raises(CallbackRejected) as rejected:
+        oauth.handle_callback(query_of(fake.authorize(forged)))
+    assert rejected.value.reason == "bad_state"
+    assert oauth.status(USER).version == 0
+    assert fake.token_call_count() == 0
+
+
+def test_expired_state_with_a_new_code_is_rejected(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    state = oauth.begin(USER).state
+    clock.advance(timedelta(minutes=10))
+    with pytest.raises(CallbackRejected) as rejected:
+        oauth.handle_callback(query_of(fake.authorize(state)))
+    assert rejected.value.reason == "expired_state"
+    assert fake.token_call_count() == 0
+
+
+def test_replay_with_consumed_state_is_still_a_duplicate_after_expiry(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    query = connect(oauth, fake)
+    clock.advance(timedelta(hours=1))  # the state is consumed and expired; the code is known
+    replay = oauth.handle_callback(query)
+    assert (replay.outcome, replay.duplicate) == (Outcome.ALREADY_CONNECTED, True)
+
+
+def test_consumed_state_with_a_new_code_is_reused_state(
+    oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    query = connect(oauth, fake)
+    with pytest.raises(CallbackRejected) as rejected:
+        oauth.handle_callback(query_of(fake.authorize(query["state"])))
+    assert rejected.value.reason == "reused_state"
+    assert fake.token_call_count() == 1
+
+
+def test_reauthorization_with_a_fresh_state_exchanges_the_new_code(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    connect(oauth, fake)
+    clock.advance(1)
+    again = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    assert (again.outcome, again.duplicate) == (Outcome.CONNECTED, False)
+    assert fake.token_call_count("authorization_code", "ok") == 2
+
+
+def test_state_issued_before_the_connection_cannot_replace_it(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    older = oauth.begin(USER).state
+    clock.advance(1)
+    connect(oauth, fake)
+    kept = oauth.handle_callback(query_of(fake.authorize(older)))
+    assert (kept.outcome, kept.duplicate) == (Outcome.ALREADY_CONNECTED, False)
+    assert fake.token_call_count() == 1
+
+
+def test_rejected_code_fails_once_and_is_never_resent(
+    oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    referer = fake.account_host
+    result = oauth.exchange_code(USER, "not-a-real-code", referer=referer)
+    assert result.outcome is Outcome.FAILED
+    assert result.connection.error is not None
+    assert result.connection.error.reason == "code_rejected"
+    assert result.connection.error.hint == "Cannot decrypt the authorization code"
+    again = oauth.exchange_code(USER, "not-a-real-code", referer=referer)
+    assert (again.outcome, again.duplicate) == (Outcome.FAILED, True)
+    assert fake.token_calls == {("authorization_code", "code_garbage"): 1}
+
+
+@pytest.mark.parametrize("kind", ["500", "html", "timeout_before", "lost_answer"])
+def test_transient_exchange_failure_never_resends_the_code(
+    oauth: AmoOAuth, fake: FakeAmoCRM, kind: str
+) -> None:
+    fake.fail_next(kind, grant="authorization_code")  # type: ignore[arg-type]
+    query = query_of(fake.authorize(oauth.begin(USER).state))
+    first = oauth.handle_callback(query)
+    assert first.outcome is Outcome.FAILED
+    assert first.connection.error is not None
+    assert first.connection.error.reason == "exchange_interrupted"
+    calls = fake.token_call_count()
+    second = oauth.handle_callback(query)
+    assert (second.outcome, second.duplicate) == (Outcome.FAILED, True)
+    assert fake.token_call_count() == calls
+
+
+def test_a_dead_workers_lease_expires_into_exchange_interrupted(
+    oauth: AmoOAuth, clock: FakeClock
+) -> None:
+    crashed = ConnectionRecord(
+        USER,
+        state=ConnectionState.CODE_RECEIVED,
+        version=1,
+        host="test.amocrm.ru",
+        code_digests=("0" * 64,),
+        lease=Lease("dead-worker", "exchange", clock() + timedelta(seconds=60)),
+    )
+    assert oauth.store.compare_and_set(crashed, None)
+    assert oauth.status(USER).state is ConnectionState.CODE_RECEIVED
+    clock.advance(61)
+    status = oauth.status(USER)
+    assert status.state is ConnectionState.ERROR
+    assert status.error is not None and status.error.reason == "exchange_interrupted"
+
+
+def test_access_token_refreshes_once_when_expired_and_rotates(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    connect(oauth, fake)
+    first = oauth.access_token(USER)
+    assert oauth.access_token(USER) == first
+    assert fake.token_call_count("refresh_token") == 0
+    before = oauth.store.load(USER)
+    clock.advance(timedelta(hours=24))
+    second = oauth.access_token(USER)
+    after = oauth.store.load(USER)
+    assert second != first
+    assert before is not None and after is not None and before.tokens and after.tokens
+    assert after.tokens.refresh_token != before.tokens.refresh_token
+    assert after.version == before.version + 2  # claimed, then refreshed
+    assert fake.token_calls[("refresh_token", "ok")] == 1
+
+
+def test_revoked_refresh_token_requires_reauthorization(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    connect(oauth, fake)
+    fake.revoke_refresh_tokens()
+    clock.advance(timedelta(hours=24))
+    with pytest.raises(ReauthorizationRequired):
+        oauth.access_token(USER)
+    status = oauth.status(USER)
+    assert status.state is ConnectionState.ERROR
+    assert status.error is not None and status.error.reason == "reauthorization_required"
+    assert fake.token_calls[("refresh_token", "token_revoked")] == 1
+
+
+def test_transient_refresh_failure_releases_the_lease(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    connect(oauth, fake)
+    clock.advance(timedelta(hours=24))
+    fake.fail_next("500", grant="refresh_token")
+    with pytest.raises(ProviderError) as failed:
+        oauth.access_token(USER)
+    assert failed.value.transient
+    record = oauth.store.load(USER)
+    assert record is not None and record.lease is None
+    assert record.state is ConnectionState.CONNECTED
+    assert oauth.access_token(USER)
+    assert fake.token_calls[("refresh_token", "ok")] == 1
+
+
+def test_auth_refreshes_once_on_401_and_retries(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    connect(oauth, fake)
+    fake.expire_access_tokens()
+    with httpx.Client(transport=fake.transport(), auth=oauth.auth(USER)) as api:
+        response = api.get(f"https://{fake.account_host}/api/v4/account")
+    assert response.status_code == 200
+    assert fake.token_calls[("refresh_token", "ok")] == 1
+
+
+def test_disconnect_forgets_tokens_and_keeps_replays_harmless(
+    oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    query = connect(oauth, fake)
+    assert oauth.disconnect(USER).state is ConnectionState.DISCONNECTED
+    record = oauth.store.load(USER)
+    assert record is not None and record.tokens is None and record.account is None
+    with pytest.raises(ReauthorizationRequired):
+        oauth.access_token(USER)
+    replay = oauth.handle_callback(query)
+    assert replay.duplicate is True
+    assert fake.token_call_count() == 1
+    assert oauth.disconnect(USER).version == record.version  # idempotent
+
+
+def test_disconnect_hook_forgets_every_connection_of_the_account(
+    oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    connect(oauth, fake, "user-1")
+    connect(oauth, fake, "user-2")
+    hook = fake.uninstall()
+    changed = oauth.handle_disconnect_hook(hook)
+    assert sorted(c.connection_id for c in changed) == ["user-1", "user-2"]
+    for user in ("user-1", "user-2"):
+        status = oauth.status(user)
+        assert status.state is ConnectionState.ERROR
+        assert status.error is not None and status.error.reason == "disconnected_by_provider"
+    versions = [oauth.status(u).version for u in ("user-1", "user-2")]
+    oauth.handle_disconnect_hook(hook)
+    assert [oauth.status(u).version for u in ("user-1", "user-2")] == versions
+
+
+def test_forged_disconnect_hook_changes_nothing(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    connect(oauth, fake)
+    version = oauth.status(USER).version
+    hook = fake.uninstall() | {"signature": "0" * 64}
+    with pytest.raises(CallbackRejected) as rejected:
+        oauth.handle_disconnect_hook(hook)
+    assert rejected.value.reason == "bad_signature"
+    assert oauth.status(USER).version == version
+    assert oauth.status(USER).state is ConnectionState.CONNECTED
+
+
+def test_refresh_due_keeps_idle_connections_alive(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    connect(oauth, fake, "idle")
+    assert oauth.refresh_due(within=timedelta(days=7)).refreshed == ()
+    clock.advance(timedelta(days=85))
+    report = oauth.refresh_due(within=timedelta(days=7))
+    assert report.refreshed == ("idle",)
+    assert report.failed == ()
+    assert oauth.refresh_due(within=timedelta(days=7)).refreshed == ()
+
+
+def test_widget_install_needs_opt_in(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    query = query_of(fake.authorize(from_widget=True))
+    with pytest.raises(CallbackRejected) as rejected:
+        make_oauth().handle_callback(query)
+    assert rejected.value.reason == "widget_installs_disabled"
+    result = make_oauth(allow_widget_installs=True).handle_callback(query)
+    assert result.outcome is Outcome.CONNECTED
+    assert result.connection.connection_id == fake.account_host
+
+
+def test_legacy_exchange_of_a_new_code_needs_a_host(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    with pytest.raises(CallbackRejected) as rejected:
+        oauth.exchange_code(USER, fake.issue_code())
+    assert rejected.value.reason == "missing_referer"
+    with pytest.raises(CallbackRejected) as foreign:
+        oauth.exchange_code(USER, fake.issue_code(), referer="evil.example.com")
+    assert foreign.value.reason == "foreign_host"
+    result = oauth.exchange_code(USER, fake.issue_code(), referer=fake.account_host)
+    assert result.outcome is Outcome.CONNECTED
+
+
+def test_secrets_never_reach_reprs_or_errors(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    query = connect(oauth, fake)
+    record = oauth.store.load(USER)
+    assert record is not None and record.tokens is not None
+    secrets = [
+        fake.client_secret,
+        query["code"],
+        record.tokens.access_token,
+        record.tokens.refresh_token,
+    ]
+    shown = " ".join(
+        [repr(oauth), repr(record), repr(oauth.status(USER)), repr(oauth.config), str(record)]
+    )
+    assert not [s for s in secrets if s in shown]
+

@@ -1,0 +1,316 @@
+"""The lifecycle table: total, and a known code is a no-op whatever happened before."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import T0, any_event, digests, events, records
+
+from amo_oauth._errors import InvalidTransition
+from amo_oauth._events import (
+    EVENT_TYPES,
+    CodeReceived,
+    Denied,
+    Disconnect,
+    ExchangeFailed,
+    ExchangeSucceeded,
+    LeaseExpired,
+    ProviderDisconnected,
+    RefreshClaimed,
+    RefreshFailed,
+    Refreshed,
+    RefreshReleased,
+    Verified,
+    VerifyFailed,
+)
+from amo_oauth._hosts import AccountHost
+from amo_oauth._records import (
+    MAX_CODE_DIGESTS,
+    Account,
+    ConnectionRecord,
+    ConnectionState,
+    ErrorInfo,
+    Lease,
+    TokenSet,
+    code_digest,
+)
+from amo_oauth._state import MACHINE, TABLE, step
+
+S = ConnectionState
+HEX64 = re.compile(r"[0-9a-f]{64}")
+HOST = AccountHost("acme.amocrm.ru")
+LEASE = Lease("worker-1", "exchange", T0 + timedelta(minutes=1))
+TOKENS = TokenSet("access-1", "refresh-1", T0 + timedelta(days=1), T0 + timedelta(days=90))
+ERROR = ErrorInfo("code_rejected", "Authorization code has been revoked", T0)
+
+
+def rules_for(state: ConnectionState, event_name: str) -> list:
+    return [rule for rule in TABLE if rule.event == event_name and state in rule.sources]
+
+
+def code(raw: str, state_issued_at=None) -> CodeReceived:
+    return CodeReceived(code_digest(raw), HOST, LEASE, state_issued_at)
+
+
+def run(record: ConnectionRecord, *events_: object) -> ConnectionRecord:
+    for event in events_:
+        record = step(record, event, T0).record
+    return record
+
+
+def connected_with(raw: str) -> ConnectionRecord:
+    """The seed's first callback: code -> code_received -> exchanged -> connected."""
+    account = Account(42, "acme", "Acme")
+    return run(
+        ConnectionRecord("user-42"),
+        code(raw, T0),
+        ExchangeSucceeded(TOKENS),
+        Verified(account, T0 + timedelta(seconds=2)),
+    )
+
+
+# --- totality --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", list(S))
+@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.__name__)
+def test_every_pair_ends_in_an_unguarded_rule(state, event_type):
+    rules = rules_for(state, event_type.name)
+    assert rules, f"no rule for {event_type.name} in {state}"
+    *guarded, last = rules
+    assert last.guard is None
+    assert last.dest is not None or last.noop
+    # A rule after an unguarded one could never fire.
+    assert all(rule.guard is not None for rule in guarded)
+
+
+def test_every_noop_names_its_reason_and_no_transition_does():
+    for rule in TABLE:
+        assert (rule.dest is None) == (rule.noop is not None), rule
+
+
+def test_the_table_only_knows_the_event_types():
+    assert {rule.event for rule in TABLE} == {t.name for t in EVENT_TYPES}
+    assert set(MACHINE.events) == {t.name for t in EVENT_TYPES}
+
+
+# What each event does in each state, read off the design's diagram (no known code, no fresh
+# state): a state is a transition, a slug a documented no-op.
+D, CR, EX, C, E = S.DISCONNECTED, S.CODE_RECEIVED, S.EXCHANGED, S.CONNECTED, S.ERROR
+IN_PROGRESS = "exchange_in_progress"
+EXPECTED = {
+    CodeReceived: (CR, IN_PROGRESS, IN_PROGRESS, "keep_connection", CR),
+    Denied: (E, IN_PROGRESS, IN_PROGRESS, "keep_connection", E),
+    ExchangeSucceeded: ("stale", EX, "stale", "stale", "stale"),
+    ExchangeFailed: ("stale", E, "stale", "stale", "stale"),
+    LeaseExpired: ("no_exchange", E, E, "no_exchange", "no_exchange"),
+    Verified: ("stale", "stale", C, "stale", "stale"),
+    VerifyFailed: ("stale", "stale", E, "stale", "stale"),
+    RefreshClaimed: ("not_connected", IN_PROGRESS, IN_PROGRESS, C, "not_connected"),
+    Refreshed: ("stale", "stale", "stale", C, "stale"),
+    RefreshFailed: ("stale", "stale", "stale", E, "stale"),
+    RefreshReleased: ("stale", "stale", "stale", C, "stale"),
+    Disconnect: ("already_disconnected", D, D, D, D),
+    ProviderDisconnected: ("nothing_to_forget", E, E, E, "nothing_to_forget"),
+}
+EXAMPLES = {
+    CodeReceived: code("new-code"),
+    Denied: Denied(T0),
+    ExchangeSucceeded: ExchangeSucceeded(TOKENS),
+    ExchangeFailed: ExchangeFailed(ERROR),
+    LeaseExpired: LeaseExpired(T0),
+    Verified: Verified(Account(1, "acme", "Acme"), T0),
+    VerifyFailed: VerifyFailed(ERROR),
+    RefreshClaimed: RefreshClaimed(Lease("w", "refresh", T0)),
+    Refreshed: Refreshed(TOKENS),
+    RefreshFailed: RefreshFailed(ERROR),
+    RefreshReleased: RefreshReleased(),
+    Disconnect: Disconnect(),
+    ProviderDisconnected: ProviderDisconnected(T0),
+}
+
+
+def test_the_expected_matrix_covers_every_event_type():
+    assert set(EXPECTED) == set(EVENT_TYPES) == set(EXAMPLES)
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.__name__)
+def test_each_pair_does_what_the_design_says(event_type):
+    for state, expected in zip(S, EXPECTED[event_type], strict=True):
+        record = ConnectionRecord("c", state=state, connected_at=T0)
+        result = step(record, EXAMPLES[event_type], T0)
+        if isinstance(expected, ConnectionState):
+            assert (result.changed, result.record.state, result.noop) == (True, expected, None)
+        else:
+            assert (result.changed, result.record, result.noop) == (False, record, expected)
+
+
+@settings(max_examples=500, deadline=None)
+@given(record=records, event=any_event, now=st.sampled_from([T0, T0 + timedelta(days=1)]))
+def test_step_answers_any_record_and_event_by_the_table(record, event, now):
+    result = step(record, event, now)
+    rules = rules_for(record.state, event.name)
+    if result.changed:
+        assert result.record.state in {rule.dest for rule in rules}
+        assert result.record.version == record.version + 1
+        assert result.record.updated_at == now
+        assert result.noop is None
+    else:
+        assert result.record is record
+        assert result.noop in {rule.noop for rule in rules if rule.dest is None}
+
+
+def test_an_event_type_the_table_does_not_know_is_refused():
+    @attrs.frozen
+    class Mystery(Disconnect):
+        pass
+
+    with pytest.raises(InvalidTransition, match="unknown event Mystery"):
+        step(ConnectionRecord("c"), Mystery(), T0)
+
+
+# --- the duplicate-code rule, under any sequence of events ----------------------------------
+
+CODES = ("code-a", "code-b", "code-c", "code-d", "code-e", "code-f")
+_per_type = events(st.sampled_from(CODES))
+# Codes are what this property is about: draw them four times as often as any other event.
+sequence_events = st.one_of(*[_per_type[CodeReceived]] * 4, *_per_type.values())
+# Random events rarely line up into a whole connection, so a quarter of the draws are the
+# happy path (claim, exchange, verify) and a code after it; the sequences are still arbitrary.
+_code = _per_type[CodeReceived]
+happy_path = st.tuples(_code, _per_type[ExchangeSucceeded], _per_type[Verified], _code)
+sequences = st.lists(
+    st.one_of(happy_path, *[sequence_events.map(lambda event: (event,))] * 3),
+    min_size=5,
+    max_size=40,
+).map(lambda chunks: [event for chunk in chunks for event in chunk])
+# Older digests of other codes, so that the MAX_CODE_DIGESTS window is reached and trimmed.
+start_records = st.lists(digests, max_size=MAX_CODE_DIGESTS, unique=True).map(
+    lambda known: ConnectionRecord("user-42", code_digests=tuple(known))
+)
+
+
+def check_shape(record: ConnectionRecord) -> None:
+    if record.state is S.DISCONNECTED:
+        assert record.tokens is None
+    if record.state is S.CONNECTED:
+        assert record.tokens is not None
+        assert record.account is not None
+    if record.state is S.ERROR:
+        assert record.tokens is None
+        assert record.error is not None
+    assert len(record.code_digests) <= MAX_CODE_DIGESTS
+    assert len(set(record.code_digests)) == len(record.code_digests)
+    assert all(HEX64.fullmatch(digest) for digest in record.code_digests)
+    assert not set(record.code_digests) & set(CODES)
+
+
+@settings(max_examples=500, deadline=None)
+@given(record=start_records, sequence=sequences)
+def test_a_known_code_never_changes_the_record(record, sequence):
+    claimed: list[str] = []
+    for event in sequence:
+        result = step(record, event, T0)
+        new = result.record
+        if isinstance(event, CodeReceived):
+            if record.knows_code(event.code_digest):
+                assert (result.changed, result.noop) == (False, "duplicate_code")
+            if result.changed:
+                fresh = (
+                    record.state is S.CONNECTED
+                    and event.state_issued_at is not None
+                    and record.connected_at is not None
+                    and event.state_issued_at > record.connected_at
+                )
+                assert record.state in (S.DISCONNECTED, S.ERROR) or fresh
+                assert new.state is S.CODE_RECEIVED
+                assert new.code_digests[-1] == event.code_digest
+                claimed.append(event.code_digest)
+        if result.changed:
+            assert new.version == record.version + 1
+            assert result.noop is None
+        else:
+            assert new is record
+            assert result.noop
+        check_shape(new)
+        record = new
+    # Invariant 1 at the table's level: each code is claimed for exchange at most once.
+    assert len(claimed) == len(set(claimed))
+
+
+# --- concrete sequences -----------------------------------------------------------------------
+
+
+def test_the_seed_replay_is_a_no_op_that_reports_connected():
+    connected = connected_with("X")
+    assert connected.state is S.CONNECTED
+    assert connected.version == 3
+
+    replay = step(connected, code("X", T0), T0 + timedelta(minutes=1))
+
+    assert (replay.changed, replay.noop) == (False, "duplicate_code")
+    assert replay.record is connected
+
+
+def test_the_known_code_stays_a_no_op_even_with_a_fresh_state():
+    connected = connected_with("X")
+    replay = step(connected, code("X", T0 + timedelta(minutes=5)), T0)
+    assert (replay.changed, replay.noop) == (False, "duplicate_code")
+
+
+def test_a_new_code_with_an_old_state_keeps_the_connection():
+    connected = connected_with("X")
+    result = step(connected, code("Y", connected.connected_at), T0)
+    assert (result.changed, result.noop) == (False, "keep_connection")
+
+
+def test_a_new_code_with_a_state_issued_after_connecting_reauthorizes():
+    connected = connected_with("X")
+    result = step(connected, code("Y", connected.connected_at + timedelta(milliseconds=1)), T0)
+    assert result.changed
+    assert result.record.state is S.CODE_RECEIVED
+    assert result.record.code_digests == (code_digest("X"), code_digest("Y"))
+
+
+def test_a_duplicate_while_exchanging_is_a_duplicate_and_a_new_code_waits():
+    claimed = step(ConnectionRecord("c"), code("X"), T0).record
+    assert step(claimed, code("X"), T0).noop == "duplicate_code"
+    assert step(claimed, code("Y"), T0).noop == "exchange_in_progress"
+
+
+def test_an_interrupted_exchange_becomes_an_error_and_a_new_code_may_follow():
+    claimed = step(ConnectionRecord("c"), code("X"), T0).record
+    failed = step(claimed, LeaseExpired(T0), T0).record
+    assert failed.state is S.ERROR
+    assert failed.error == ErrorInfo("exchange_interrupted", None, T0)
+    assert (failed.lease, failed.tokens) == (None, None)
+    assert step(failed, code("X"), T0).noop == "duplicate_code"
+    retried = step(failed, code("Y"), T0).record
+    assert (retried.state, retried.error) == (S.CODE_RECEIVED, None)
+
+
+def test_a_disconnect_forgets_tokens_but_not_the_codes():
+    disconnected = step(connected_with("X"), Disconnect(), T0).record
+    assert disconnected.state is S.DISCONNECTED
+    assert (disconnected.tokens, disconnected.account, disconnected.host) == (None, None, None)
+    assert step(disconnected, code("X"), T0).noop == "duplicate_code"
+
+
+def test_the_record_remembers_only_the_newest_codes():
+    record = ConnectionRecord("c")
+    raws = [f"code-{n}" for n in range(MAX_CODE_DIGESTS + 4)]
+    for raw in raws:
+        record = run(record, code(raw), ExchangeFailed(ERROR))
+    assert record.code_digests == tuple(code_digest(raw) for raw in raws[-MAX_CODE_DIGESTS:])
+    assert record.version == 2 * len(raws)
+
+
+def test_a_claim_keeps_the_digest_never_the_raw_code():
+    claimed = step(ConnectionRecord("c"), code("raw-code-1"), T0).record
+    assert claimed.code_digests == (code_digest("raw-code-1"),)
+    assert "raw-code-1" not in repr(claimed)
