@@ -6,10 +6,11 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from helpers import config_for
 
 from amo_oauth import AmoOAuth, MemoryStore, Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
+
+from helpers import config_for
 
 
 @pytest.fixture

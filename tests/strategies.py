@@ -16,8 +16,8 @@ from amo_oauth._events import (
     LeaseExpired,
     ProviderDisconnected,
     RefreshClaimed,
-    RefreshFailed,
     Refreshed,
+    RefreshFailed,
     RefreshReleased,
     Verified,
     VerifyFailed,
@@ -37,7 +37,7 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 #: Moments a few minutes apart, so that "issued after connected" and its opposite (and
 #: equality) all come up often.
-moments = st.integers(min_value=0, max_value=120).map(lambda minutes: T0 + timedelta(minutes=minutes))
+moments = st.integers(min_value=0, max_value=120).map(lambda m: T0 + timedelta(minutes=m))
 
 #: Any aware datetime, in UTC or at a fixed offset (what the codec must round-trip).
 offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
@@ -59,7 +59,9 @@ token_sets = st.builds(
     refresh_expires_at=aware_datetimes,
     token_type=st.sampled_from(["Bearer", "bearer"]),
 )
-accounts = st.builds(Account, id=st.integers(min_value=1, max_value=2**53), subdomain=words, name=st.text())
+accounts = st.builds(
+    Account, id=st.integers(min_value=1, max_value=2**53), subdomain=words, name=st.text()
+)
 error_infos = st.builds(
     ErrorInfo,
     reason=st.sampled_from(["code_rejected", "verify_failed", "reauthorization_required"]),

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import config_for, query_of
 
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, Outcome, SQLiteStore, Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
+
+from helpers import config_for, query_of
 
 RACERS = 100
 USER = "user-42"

@@ -9,7 +9,6 @@ import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import T0, any_event, digests, events, records
 
 from amo_oauth._errors import InvalidTransition
 from amo_oauth._events import (
@@ -22,8 +21,8 @@ from amo_oauth._events import (
     LeaseExpired,
     ProviderDisconnected,
     RefreshClaimed,
-    RefreshFailed,
     Refreshed,
+    RefreshFailed,
     RefreshReleased,
     Verified,
     VerifyFailed,
@@ -40,6 +39,7 @@ from amo_oauth._records import (
     code_digest,
 )
 from amo_oauth._state import MACHINE, TABLE, step
+from strategies import T0, any_event, digests, events, records
 
 S = ConnectionState
 HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -7,7 +7,7 @@ thing, and a record written by one version of the library can be read by the nex
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ._records import (
@@ -25,7 +25,8 @@ FORMAT = 1
 
 
 def _time(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None
+    # Kept in UTC: every offset round-trips, and text order is time order.
+    return moment.astimezone(UTC).isoformat() if moment else None
 
 
 def _parse_time(text: str | None) -> datetime | None:

@@ -77,7 +77,9 @@ def _scenario(fake: FakeAmoCRM, db: Path) -> int:
         _say(f"    exchange-code: {again.outcome.value} (duplicate={again.duplicate}), no 403")
         _say("5. The NEW app reads the status:")
         status = oauth.status(USER)
-        _say(f"    status: {status.state.value}, account {status.account.subdomain if status.account else '-'}")
+        _say(
+            f"    status: {status.state.value}, account {status.account.subdomain if status.account else '-'}"
+        )
         _say("6. The leads load through oauth.auth():")
         api = httpx.Client(transport=fake.transport(), auth=oauth.auth(USER))
         leads = api.get(f"https://{fake.account_host}/api/v4/leads").json()["_embedded"]["leads"]

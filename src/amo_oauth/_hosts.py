@@ -43,6 +43,9 @@ def _accepted(name: str, domains: Iterable[str]) -> bool:
         domain in domains
         and _LABEL.fullmatch(label) is not None
         and label not in _NOT_ACCOUNTS
+        # A punycode label is an IDN, the look-alike's disguise; an invalid one even crashes
+        # httpx (it decodes ``xn--`` hosts) after the code was claimed.
+        and not label.startswith("xn--")
     )
 
 

@@ -34,7 +34,7 @@ _CONTEXT = b"amo_oauth.state.v1."
 class StateLedger(Protocol):
     """What a store offers to make states single-use."""
 
-    def consume_state(self, nonce: str, expires_at: datetime, holder: str = "") -> bool:
+    def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
         """True the first time ``nonce`` is consumed, and again for the same ``holder`` only."""
         ...
 

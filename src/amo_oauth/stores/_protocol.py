@@ -26,7 +26,8 @@ class Store(Protocol):
     def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
         """Write ``record`` if the stored version is still ``expected_version``.
 
-        ``expected_version=None`` inserts and fails when a record exists. ``record.version`` must
+        ``expected_version=None`` inserts and fails when a record exists (stored versions start
+        at 1, so 0 never matches). ``record.version`` must
         be greater than ``expected_version``. Returns False, writing nothing, when another writer
         got there first.
         """
@@ -36,8 +37,10 @@ class Store(Protocol):
         """Delete the record if its version is still ``expected_version``."""
         ...
 
-    def consume_state(self, nonce: str, expires_at: datetime, holder: str = "") -> bool:
+    def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
         """Mark a state nonce used. True the first time, and again only for the same ``holder``.
+
+        Without a holder a nonce is plainly single-use: True once, then never again.
 
         The holder (the digest of the code the state came with) lets two workers racing on the
         same redirect both pass, so the record's compare-and-set, not the nonce, picks the

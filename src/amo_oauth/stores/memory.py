@@ -65,7 +65,7 @@ class MemoryStore:
             del self._records[connection_id]
             return True
 
-    def consume_state(self, nonce: str, expires_at: datetime, holder: str = "") -> bool:
+    def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
         """Mark a state nonce used: True the first time, and again only for the same holder.
 
         Expired nonces are forgotten (pruned on every call).
@@ -79,7 +79,7 @@ class MemoryStore:
                 self._nonces[nonce] = (holder, expiry)
                 heapq.heappush(self._expiries, (expiry, nonce))
                 return True
-            return stored[0] == holder
+            return holder is not None and stored[0] == holder
 
     def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
         """Every record whose verified account is ``account_id``, by connection id."""

@@ -53,7 +53,7 @@ _SCHEMA: Final = (
         ON amo_connections (state, refresh_expires_at)""",
     """CREATE TABLE IF NOT EXISTS amo_states (
         nonce TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,
+        holder TEXT,
         expires_at REAL NOT NULL
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS amo_states_expires ON amo_states (expires_at)",
@@ -164,7 +164,7 @@ class SQLiteStore:
             )
             return cursor.rowcount == 1
 
-    def consume_state(self, nonce: str, expires_at: datetime, holder: str = "") -> bool:
+    def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
         """Mark a state nonce used: True the first time, and again only for the same holder.
 
         Expired nonces are deleted now and then, after which they are forgotten.
@@ -185,7 +185,7 @@ class SQLiteStore:
             if inserted:
                 return True
             rows = conn.execute("SELECT holder FROM amo_states WHERE nonce = ?", (nonce,))
-            return bool(rows.fetchall()[0][0] == holder)
+            return holder is not None and bool(rows.fetchall()[0][0] == holder)
 
     def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
         """Every record whose verified account is ``account_id``, by connection id.
@@ -209,7 +209,8 @@ class SQLiteStore:
             StoreError: the file could not be read, or holds an unreadable record.
         """
         moment = require_aware(before, "before").timestamp()
-        rows = self._read(_DUE, (ConnectionState.CONNECTED.value, moment, check_limit(limit)))
+        limit = min(check_limit(limit), _INT64_MAX)
+        rows = self._read(_DUE, (ConnectionState.CONNECTED.value, moment, limit))
         return [_decode(data) for (data,) in rows]
 
     def close(self) -> None:

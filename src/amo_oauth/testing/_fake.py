@@ -35,6 +35,8 @@ LeadsSpec = int | Iterable[Mapping[str, Any]]
 """Leads to seed: a count of generated leads, or the leads' fields (missing ones filled in)."""
 
 _FAULT_KINDS: Final = frozenset(get_args(FaultKind))
+# The body parameter that carries each grant's single-use secret.
+_GRANT_PARAMETER: Final = {"authorization_code": "code", "refresh_token": "refresh_token"}
 _ENDPOINTS: Final = ("token", "api")
 # Country and currency shown by /api/v4/account, by the account's domain.
 _LOCALES: Final = {"kommo.com": ("US", "USD", "$")}
@@ -106,6 +108,10 @@ class _Request:
             return {}
         # Non-string values count as missing: amoCRM's parameters are all strings.
         return {key: value for key, value in data.items() if isinstance(value, str)}
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 def _json(status: int, payload: object, content_type: str = P.JSON) -> FakeResponse:
@@ -223,6 +229,8 @@ class FakeAmoCRM:
         self._faults: list[_Fault] = []
         self._api_window: collections.deque[float] = collections.deque()
         self._token_calls: collections.Counter[tuple[str, str]] = collections.Counter()
+        # sha256 of each code / refresh token sent to the token endpoint -> how many times.
+        self._presented: collections.Counter[str] = collections.Counter()
         self._api_calls: collections.Counter[tuple[str, str]] = collections.Counter()
         self._faults_injected: collections.Counter[str] = collections.Counter()
         self._log: list[RequestRecord] = []
@@ -393,6 +401,9 @@ class FakeAmoCRM:
         params = request.form()
         grant = params.get("grant_type", "")
         grant = grant if grant in P.GRANTS else "unknown"
+        presented = params.get(_GRANT_PARAMETER.get(grant, ""), "")
+        if presented:
+            self._presented[_digest(presented)] += 1
         fault = self._take_fault("token", grant)
         if fault is not None and fault != "lost_answer":
             self._token_calls[(grant, f"injected_{fault}")] += 1
@@ -747,6 +758,16 @@ class FakeAmoCRM:
             for (call_grant, call_outcome), count in self.token_calls.items()
             if grant in (None, call_grant) and outcome in (None, call_outcome)
         )
+
+    def token_calls_for(self, secret: str) -> int:
+        """How many token-endpoint calls carried `secret` as their `code` or `refresh_token`.
+
+        Every call counts, whatever was answered (injected faults included): the library sent
+        the secret. A correct client sends each code and each refresh token at most once, so
+        `token_calls_for(code) <= 1` is the exactly-once check for one particular code.
+        """
+        with self._lock:
+            return self._presented[_digest(secret)]
 
     @property
     def api_calls(self) -> collections.Counter[tuple[str, str]]:

@@ -65,11 +65,15 @@ class RequestRecord:
     dropped: Dropped | None = None
 
 
-class Handler(Protocol):
+class HostRoute(Protocol):
+    """What a routing transport needs to know: which hosts the fake answers for."""
+
+    def serves_host(self, host: str) -> bool: ...
+
+
+class Handler(HostRoute, Protocol):
     """What the transports and the WSGI server need from a fake server."""
 
     def handle(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes
     ) -> FakeResponse: ...
-
-    def serves_host(self, host: str) -> bool: ...

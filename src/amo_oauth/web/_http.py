@@ -1,0 +1,176 @@
+"""``Request`` and ``Response``: the framework-neutral shapes the handlers speak."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+import attrs
+
+__all__ = ["Headers", "HeadersInput", "Pairs", "QueryInput", "Request", "Response"]
+
+#: Name/value pairs in arrival order; repeated names are kept (``single_values`` rejects them).
+Pairs = tuple[tuple[str, str], ...]
+Headers = Pairs
+
+#: What ``Request(query=...)`` accepts: the raw query string (``str`` or ``bytes``, as WSGI and
+#: ASGI hand it over), a mapping (of text, or of lists of text), or name/value pairs.
+QueryInput = str | bytes | Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]
+#: What ``Request(headers=...)`` and ``Response(headers=...)`` accept.
+HeadersInput = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
+
+
+def _text(value: str | bytes) -> str:
+    # Header bytes are latin-1 on the wire (RFC 9110); decoding latin-1 never fails.
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+
+
+def _query(value: QueryInput) -> Pairs:
+    """Parse a query into pairs. Never raises: undecodable bytes become U+FFFD, which no valid
+    code or state contains, so such a value is refused further on as a 4xx."""
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogatepass")
+    if isinstance(value, bytes):
+        pairs = parse_qsl(value, keep_blank_values=True)
+        return tuple((k.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for k, v in pairs)
+    if isinstance(value, Mapping):
+        items: list[tuple[str, str]] = []
+        for key, raw in value.items():
+            values = [raw] if isinstance(raw, str) else list(raw)
+            items.extend((str(key), str(item)) for item in values)
+        return tuple(items)
+    return tuple((str(key), str(item)) for key, item in value)
+
+
+def _headers(value: HeadersInput) -> Headers:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple((_text(name).lower(), _text(item)) for name, item in items)
+
+
+def _upper(value: str) -> str:
+    return value.upper()
+
+
+def _size(body: bytes) -> str:
+    return f"<{len(body)} bytes>"
+
+
+def _find(headers: Headers, name: str) -> str | None:
+    wanted = name.lower()
+    return next((value for key, value in headers if key.lower() == wanted), None)
+
+
+@attrs.frozen
+class Request:
+    """An HTTP request as the handlers see it.
+
+    The query, headers and body carry codes, states and session cookies, so they are left out
+    of the repr.
+
+    Args:
+        method: the HTTP method (upper-cased).
+        path: the request path, e.g. ``/api/amo-crm/callback``.
+        query: the raw query string (``str``/``bytes``), a mapping or name/value pairs; kept
+            as pairs so a repeated name can be refused.
+        headers: a mapping or pairs; names are lower-cased.
+        body: the raw body, at most ``max_body + 1`` bytes of it (adapters stop reading there).
+        native: the framework's own request object, for the app's ``connection_id`` callable
+            (``starlette.requests.Request`` under ``amo_oauth.fastapi``, ``flask.request``
+            under ``amo_oauth.flask``); ignored by the handlers.
+    """
+
+    method: str = attrs.field(converter=_upper)
+    path: str
+    query: Pairs = attrs.field(default=(), converter=_query, repr=False)
+    headers: Headers = attrs.field(default=(), converter=_headers, repr=False)
+    body: bytes = attrs.field(default=b"", repr=_size)
+    native: Any = attrs.field(default=None, eq=False, repr=False)
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        return _find(self.headers, name)
+
+    def param(self, name: str) -> str | None:
+        """The first value of query parameter ``name``, or None."""
+        return next((value for key, value in self.query if key == name), None)
+
+    def cookie(self, name: str) -> str | None:
+        """The value of cookie ``name`` from the ``Cookie`` header, or None.
+
+        Raw, as sent: a signed session cookie still has to be verified by the app.
+        """
+        for header_value in (value for key, value in self.headers if key == "cookie"):
+            for part in header_value.split(";"):
+                key, sep, value = part.strip().partition("=")
+                if sep and key == name:
+                    return value.strip('"')
+        return None
+
+
+@attrs.frozen
+class Response:
+    """An HTTP response for the adapter to send as is.
+
+    Args:
+        status: the status code.
+        headers: name/value pairs, each name once (``Content-Type`` included).
+        body: the encoded body.
+    """
+
+    status: int
+    headers: Headers = attrs.field(default=(), converter=_headers)
+    body: bytes = attrs.field(default=b"", repr=_size)
+
+    @classmethod
+    def json(
+        cls, status: int, payload: Mapping[str, object], headers: HeadersInput = ()
+    ) -> Response:
+        """A JSON response (UTF-8, ASCII-escaped, so no byte of it can confuse a sniffer).
+
+        Args:
+            status: the status code.
+            payload: a JSON-serializable object.
+            headers: extra headers.
+
+        Returns:
+            The response with ``Content-Type: application/json``.
+        """
+        body = json.dumps(payload, separators=(",", ":")).encode("ascii")
+        return cls(status, [("content-type", "application/json"), *_headers(headers)], body)
+
+    @classmethod
+    def html(cls, status: int, text: str, headers: HeadersInput = ()) -> Response:
+        """An HTML response encoded as UTF-8.
+
+        Args:
+            status: the status code.
+            text: the page; the caller escapes what it interpolates.
+            headers: extra headers.
+
+        Returns:
+            The response with ``Content-Type: text/html; charset=utf-8``.
+        """
+        body = text.encode("utf-8", "replace")
+        return cls(status, [("content-type", "text/html; charset=utf-8"), *_headers(headers)], body)
+
+    @classmethod
+    def redirect(cls, location: str, headers: HeadersInput = ()) -> Response:
+        """A ``302 Found`` to ``location`` with an empty body."""
+        return cls(302, [("location", location), *_headers(headers)])
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name`` (case-insensitive), or None."""
+        return _find(self.headers, name)
+
+    def with_headers(self, headers: HeadersInput) -> Response:
+        """This response with ``headers`` added where the name is not already set."""
+        have = {name for name, _ in self.headers}
+        extra = [(name, value) for name, value in _headers(headers) if name not in have]
+        return attrs.evolve(self, headers=(*self.headers, *extra))
+
+    @property
+    def text(self) -> str:
+        """The body decoded as UTF-8 (for tests and logs of non-secret responses)."""
+        return self.body.decode("utf-8", "replace")

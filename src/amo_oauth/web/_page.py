@@ -1,0 +1,261 @@
+"""The "Return to App" page that answers amoCRM's redirect, and its deep link.
+
+The page is static HTML: no script, one inline stylesheet allowed by its hash, and headers that
+keep the callback URL (it carries the code) out of caches and ``Referer`` headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import html
+import re
+from collections.abc import Mapping, Sequence
+from typing import Final
+from urllib.parse import urlencode
+
+import attrs
+
+from ._http import Request, Response
+
+__all__ = [
+    "DEEP_LINK_PATH",
+    "PAGE_TEXTS",
+    "PageKind",
+    "PageText",
+    "check_app_scheme",
+    "choose_language",
+    "deep_link",
+    "render_page",
+]
+
+#: The deep link is ``{app_scheme}://amo-crm/callback?...``, as the seed's app expects.
+DEEP_LINK_PATH: Final = "amo-crm/callback"
+
+_SCHEME = re.compile(r"[a-z][a-z0-9+.\-]{0,63}")
+# Schemes a browser would run or read locally instead of handing to an app.
+_UNSAFE_SCHEMES: Final = frozenset({"javascript", "vbscript", "data", "blob", "file", "about"})
+_LANGUAGE_ALIASES: Final = {"ua": "uk"}  # a common mistake for Ukrainian
+_MAX_LANGUAGES: Final = 16
+
+
+class PageKind(enum.StrEnum):
+    """Which message the page shows."""
+
+    CONNECTED = "connected"
+    PENDING = "pending"
+    ERROR = "error"
+
+
+@attrs.frozen(kw_only=True)
+class PageText:
+    """The page's strings in one language (plain text: they are HTML-escaped when rendered).
+
+    Attributes:
+        connected_title, connected_body: shown when the account is connected.
+        pending_title, pending_body: shown while another worker finishes the exchange.
+        error_title, error_body: shown when the user denied access or the connection failed.
+        button: the label of the link back to the app.
+        error_label: the label before the error's reason slug.
+    """
+
+    connected_title: str
+    connected_body: str
+    pending_title: str
+    pending_body: str
+    error_title: str
+    error_body: str
+    button: str
+    error_label: str
+
+    def title(self, kind: PageKind) -> str:
+        return str(getattr(self, f"{kind.value}_title"))
+
+    def body(self, kind: PageKind) -> str:
+        return str(getattr(self, f"{kind.value}_body"))
+
+
+#: The built-in translations; pass ``texts=`` to the handlers to add or replace languages.
+PAGE_TEXTS: Final[Mapping[str, PageText]] = {
+    "en": PageText(
+        connected_title="amoCRM is connected",
+        connected_body="Your amoCRM account is connected. Return to the app to continue.",
+        pending_title="Almost done",
+        pending_body="amoCRM is finishing the connection. Return to the app: "
+        "it will show the result in a moment.",
+        error_title="amoCRM was not connected",
+        error_body="The connection did not go through. Return to the app and try again.",
+        button="Return to App",
+        error_label="Error code:",
+    ),
+    "ru": PageText(
+        connected_title="amoCRM подключена",
+        connected_body="Ваш аккаунт amoCRM подключён. Вернитесь в приложение, чтобы продолжить.",
+        pending_title="Почти готово",
+        pending_body="amoCRM завершает подключение. Вернитесь в приложение: "
+        "результат появится через несколько секунд.",
+        error_title="amoCRM не подключена",
+        error_body="Подключение не удалось. Вернитесь в приложение и попробуйте ещё раз.",
+        button="Вернуться в приложение",
+        error_label="Код ошибки:",
+    ),
+    "uk": PageText(
+        connected_title="amoCRM підключено",
+        connected_body="Ваш обліковий запис amoCRM підключено. "
+        "Поверніться до застосунку, щоб продовжити.",
+        pending_title="Майже готово",
+        pending_body="amoCRM завершує підключення. Поверніться до застосунку: "
+        "результат з'явиться за кілька секунд.",
+        error_title="amoCRM не підключено",
+        error_body="Підключення не вдалося. Поверніться до застосунку та спробуйте ще раз.",
+        button="Повернутися до застосунку",
+        error_label="Код помилки:",
+    ),
+}
+
+_STYLE: Final = (
+    ":root{color-scheme:light dark;font-family:system-ui,-apple-system,'Segoe UI',Roboto,"
+    "sans-serif}"
+    "body{margin:0;min-height:100vh;display:flex;align-items:center;justify-content:center}"
+    "main{max-width:28rem;padding:2rem 1.5rem;text-align:center}"
+    "h1{font-size:1.5rem;margin:0 0 .75rem}"
+    "p{line-height:1.5;margin:0 0 1.5rem}"
+    ".button{display:inline-block;box-sizing:border-box;min-height:44px;padding:.75rem 1.5rem;"
+    "border-radius:.5rem;background:#0b57d0;color:#fff;font-weight:600;text-decoration:none}"
+    ".button:focus-visible{outline:3px solid #f9ab00;outline-offset:3px}"
+    "small{display:block;margin-top:1.5rem}"
+)
+_STYLE_HASH: Final = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
+
+#: No script may run, nothing may load, and the page may not be framed: only its own styles.
+CONTENT_SECURITY_POLICY: Final = (
+    f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+_PAGE_HEADERS: Final = (
+    ("content-security-policy", CONTENT_SECURITY_POLICY),
+    ("x-frame-options", "DENY"),
+)
+
+_TEMPLATE: Final = """<!doctype html>
+<html lang="{lang}">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>{title}</title>
+<style>{style}</style>
+</head>
+<body>
+<main>
+<h1>{title}</h1>
+<p>{body}</p>
+<a class="button" href="{link}" rel="noreferrer">{button}</a>{detail}
+</main>
+</body>
+</html>
+"""
+
+
+def check_app_scheme(scheme: str) -> str:
+    """Validate the app's URL scheme (RFC 3986: a letter, then letters, digits, ``+-.``).
+
+    Args:
+        scheme: e.g. ``"foryoure"`` (without ``://``).
+
+    Returns:
+        The scheme, lower-cased (schemes are case-insensitive).
+
+    Raises:
+        ValueError: not a scheme, or one a browser would run itself (``javascript``, ``data``...).
+    """
+    lowered = scheme.lower() if isinstance(scheme, str) else ""
+    if not _SCHEME.fullmatch(lowered) or lowered in _UNSAFE_SCHEMES:
+        raise ValueError("app_scheme must be an app's URL scheme such as 'myapp' (RFC 3986)")
+    return lowered
+
+
+def deep_link(scheme: str, params: Sequence[tuple[str, str]]) -> str:
+    """``{scheme}://amo-crm/callback?{params}``, the link the page's button opens."""
+    return f"{scheme}://{DEEP_LINK_PATH}?{urlencode(params)}"
+
+
+def _match(tag: str, available: Mapping[str, object]) -> str | None:
+    tag = tag.strip().lower()
+    for candidate in (tag, tag.split("-", 1)[0]):
+        candidate = _LANGUAGE_ALIASES.get(candidate, candidate)
+        if candidate in available:
+            return candidate
+    return None
+
+
+def _accepted(header: str) -> list[str]:
+    """The Accept-Language tags by preference (q=0 and unparsable weights dropped)."""
+    weighted: list[tuple[float, int, str]] = []
+    for index, item in enumerate(header.split(",")[:_MAX_LANGUAGES]):
+        tag, _, params = item.partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if 0 < quality <= 1 and tag.strip():
+            weighted.append((-quality, index, tag))
+    return [tag for _, _, tag in sorted(weighted)]
+
+
+def choose_language(request: Request, available: Mapping[str, object], default: str) -> str:
+    """The page's language: ``?lang=``, then ``Accept-Language``, then ``default``.
+
+    Args:
+        request: the callback request.
+        available: the languages there are texts for.
+        default: the language when nothing matches.
+
+    Returns:
+        A key of ``available`` (or ``default``).
+    """
+    wanted = request.param("lang")
+    candidates = [wanted] if wanted else []
+    candidates += _accepted(request.header("accept-language") or "")
+    for tag in candidates:
+        found = _match(tag, available)
+        if found is not None:
+            return found
+    return default
+
+
+def render_page(
+    status: int, text: PageText, lang: str, kind: PageKind, link: str, reason: str | None = None
+) -> Response:
+    """The HTML page with every interpolated value escaped.
+
+    Args:
+        status: the status code.
+        text: the strings in ``lang``.
+        lang: the page's ``lang`` attribute.
+        kind: which message to show.
+        link: the deep link for the button.
+        reason: the error's reason slug, shown under the button.
+
+    Returns:
+        The page with ``no-store``, ``no-referrer``, ``nosniff`` and a script-free CSP.
+    """
+    escape = html.escape
+    detail = ""
+    if reason is not None:
+        detail = f"\n<small>{escape(text.error_label)} <code>{escape(reason)}</code></small>"
+    page = _TEMPLATE.format(
+        lang=escape(lang),
+        title=escape(text.title(kind)),
+        style=_STYLE,
+        body=escape(text.body(kind)),
+        link=escape(link),
+        button=escape(text.button),
+        detail=detail,
+    )
+    return Response.html(status, page, _PAGE_HEADERS)

@@ -1,0 +1,441 @@
+"""The routes, written once as generators that yield what they need from the outside.
+
+A route yields ``Identify`` (ask the app's ``connection_id`` callable) or ``Invoke`` (call a
+method of ``AmoOAuth``/``AsyncAmoOAuth``) and receives the answer, or has the exception thrown
+in. ``Handlers`` drives them by calling, ``AsyncHandlers`` by awaiting, as the service's own
+flows are driven; so no route is written twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qsl
+
+import attrs
+
+from .._callback import single_values
+from .._errors import CallbackRejected, ProviderError, StoreError
+from .._records import Connection
+from .._results import CallbackResult, Outcome
+from ._http import Request, Response
+from ._page import PAGE_TEXTS, PageKind, PageText, check_app_scheme, choose_language, deep_link
+from ._page import render_page
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "ROUTES",
+    "Identify",
+    "Invoke",
+    "Route",
+    "RouteCore",
+    "WebFlow",
+    "status_payload",
+]
+
+T = TypeVar("T")
+
+#: Where the routes live unless told otherwise: the seed's backend paths.
+DEFAULT_PREFIX: Final = "/api/amo-crm"
+DEFAULT_MAX_BODY: Final = 16 * 1024
+DEFAULT_MAX_QUERY: Final = 8 * 1024
+_MAX_QUERY_PARAMS: Final = 64
+
+# Every response: never cached (they describe a user's connection or carry a state/code), never
+# sniffed, and never the source of a Referer (the callback URL carries the code).
+_BASE_HEADERS: Final = (
+    ("cache-control", "no-store"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+)
+
+
+@attrs.frozen
+class Identify:
+    """Ask the app which connection the request belongs to; the answer is ``str | None``."""
+
+
+@attrs.frozen(eq=False)
+class Invoke:
+    """Call ``method`` of the service with these arguments; the answer is its result."""
+
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+WebFlow = Generator[Identify | Invoke, Any, T]
+
+
+class _Refusal(Exception):
+    """A request refused with ``status`` and a stable ``reason`` slug."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+_CODE_FIELDS: Final = {
+    "type": "object",
+    "required": ["code"],
+    "properties": {
+        "code": {"type": "string", "description": "The authorization code the app received."},
+        "state": {"type": "string", "description": "The state that came with the code."},
+        "referer": {"type": "string", "description": "The account host, e.g. x.amocrm.ru."},
+    },
+}
+_CODE_BODY: Final = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": _CODE_FIELDS},
+        "application/x-www-form-urlencoded": {"schema": _CODE_FIELDS},
+    },
+}
+
+
+@attrs.frozen
+class Route:
+    """One endpoint, as adapters publish it (and document it in OpenAPI).
+
+    Attributes:
+        name: a stable identifier, e.g. ``"exchange_code"``.
+        method: the one HTTP method it answers.
+        path: the path under the prefix, e.g. ``"/exchange-code"``.
+        summary: a one-line description.
+        description: what it does and answers.
+        responses: (status, meaning) pairs it can answer with.
+        request_body: an OpenAPI ``requestBody`` object, when it reads a body.
+    """
+
+    name: str
+    method: str
+    path: str
+    summary: str
+    description: str
+    responses: tuple[tuple[int, str], ...]
+    request_body: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
+
+
+_AUTH = ((401, "No connection id for this request: {error: unauthenticated}"),)
+_ID = ((400, "The app's connection id is not valid: {error: bad_connection_id}"),)
+
+#: The six endpoints, in the order adapters register them.
+ROUTES: Final = (
+    Route(
+        "connect",
+        "GET",
+        "/connect",
+        "Start connecting amoCRM",
+        "302 to amoCRM's consent page with a fresh signed state; 200 {url, expires_at} when "
+        "the client sends Accept: application/json or ?format=json.",
+        ((302, "Redirect to amoCRM"), (200, "The consent URL as JSON"), *_AUTH, *_ID),
+    ),
+    Route(
+        "callback",
+        "GET",
+        "/callback",
+        "amoCRM's redirect back",
+        "Exchanges the code at most once and answers an HTML page whose button opens "
+        "{app_scheme}://amo-crm/callback?success=true&state=... (never the code); "
+        "...?pending=true&state=... while another worker finishes; ...?error=<reason> on failure.",
+        ((200, "The Return to App page"), (400, "A refused redirect: the error page")),
+    ),
+    Route(
+        "exchange_code",
+        "POST",
+        "/exchange-code",
+        "Exchange a code (legacy apps)",
+        "Idempotent: a code already exchanged answers 200 with the status and duplicate=true, "
+        "never 403. Body: JSON or form {code, state?, referer?}.",
+        (
+            (200, "Connected, already connected or in progress: the status"),
+            (400, "{error: reason}: refused, malformed or failed"),
+            *_AUTH,
+            (415, "{error: unsupported_media_type}"),
+        ),
+        _CODE_BODY,
+    ),
+    Route(
+        "status",
+        "GET",
+        "/status",
+        "The connection's status",
+        "{connected, state, account, expires_at, error, version}; never a token.",
+        ((200, "The status"), *_AUTH, *_ID),
+    ),
+    Route(
+        "disconnect",
+        "POST",
+        "/disconnect",
+        "Disconnect amoCRM",
+        "Forgets the connection's tokens and answers the status.",
+        ((200, "The status, disconnected"), *_AUTH, *_ID),
+    ),
+    Route(
+        "disconnect_hook",
+        "GET",
+        "/disconnect-hook",
+        "amoCRM's uninstall hook",
+        "Checks the hook's signature and disconnects every connection of the account.",
+        ((200, "{disconnected: n}"), (400, "{error: bad_signature | malformed}")),
+    ),
+)
+
+
+def status_payload(connection: Connection) -> dict[str, Any]:
+    """The JSON the routes answer for a connection; it holds no token.
+
+    Args:
+        connection: e.g. ``oauth.status(user_id)``.
+
+    Returns:
+        ``{"connected", "state", "account", "expires_at", "error", "version"}``.
+    """
+    account = connection.account
+    return {
+        "connected": connection.is_connected,
+        "state": connection.state.value,
+        "account": None
+        if account is None
+        else {"id": account.id, "subdomain": account.subdomain, "name": account.name},
+        "expires_at": connection.expires_at.isoformat() if connection.expires_at else None,
+        "error": connection.error.reason if connection.error else None,
+        "version": connection.version,
+    }
+
+
+def _reason(connection: Connection) -> str:
+    if connection.error is not None:
+        return connection.error.reason
+    # FAILED with no error recorded: the code was seen before and the user disconnected since.
+    return connection.state.value
+
+
+def _media_types(header: str) -> dict[str, float]:
+    """``Accept``-style header -> {media type: weight}."""
+    weights: dict[str, float] = {}
+    for item in header.split(",")[:32]:
+        media, *params = item.split(";")
+        quality = 1.0
+        for param in params:
+            name, _, value = param.strip().partition("=")
+            if name.lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        weights.setdefault(media.strip().lower(), quality)
+    return weights
+
+
+def _wants_json(request: Request) -> bool:
+    if request.param("format") == "json":
+        return True
+    return _media_types(request.header("accept") or "").get("application/json", 0.0) > 0
+
+
+def _json_fields(body: bytes) -> Mapping[str, object]:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting or numbers
+        raise _Refusal(400, "malformed") from None
+    if not isinstance(data, dict):
+        raise _Refusal(400, "malformed")
+    return data
+
+
+def _form_fields(body: bytes) -> Mapping[str, object]:
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except ValueError:  # non-UTF-8 bytes or escapes
+        raise _Refusal(400, "malformed") from None
+    return single_values(pairs)
+
+
+def _code_fields(request: Request) -> tuple[str, str | None, str | None]:
+    """The legacy body's (code, state, referer); JSON unless it says it is a form."""
+    content_type = (request.header("content-type") or "application/json").split(";")[0]
+    media = content_type.strip().lower()
+    if media == "application/x-www-form-urlencoded":
+        fields = _form_fields(request.body)
+    elif media == "application/json" or media.endswith("+json"):
+        fields = _json_fields(request.body)
+    else:
+        raise _Refusal(415, "unsupported_media_type")
+    code = _optional_text(fields.get("code"))
+    if code is None:
+        raise _Refusal(400, "missing_code")
+    return code, _optional_text(fields.get("state")), _optional_text(fields.get("referer"))
+
+
+def _optional_text(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _Refusal(400, "malformed")
+    return value
+
+
+def _page_link(result: CallbackResult) -> tuple[PageKind, list[tuple[str, str]], str | None]:
+    """What the page says and its deep link's parameters, by outcome."""
+    if result.outcome in (Outcome.CONNECTED, Outcome.ALREADY_CONNECTED):
+        return PageKind.CONNECTED, [("success", "true")], None
+    if result.outcome is Outcome.IN_PROGRESS:
+        return PageKind.PENDING, [("pending", "true")], None
+    reason = _reason(result.connection)
+    return PageKind.ERROR, [("error", reason)], reason
+
+
+def _check_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or (prefix and not prefix.startswith("/")) or "?" in prefix:
+        raise ValueError("prefix must be empty or a path starting with '/'")
+    return prefix.rstrip("/")
+
+
+class RouteCore:
+    """The routes and their settings; ``Handlers`` and ``AsyncHandlers`` drive them."""
+
+    def __init__(
+        self,
+        *,
+        app_scheme: str,
+        prefix: str = DEFAULT_PREFIX,
+        texts: Mapping[str, PageText] | None = None,
+        default_language: str = "en",
+        max_body: int = DEFAULT_MAX_BODY,
+        max_query: int = DEFAULT_MAX_QUERY,
+    ) -> None:
+        self.app_scheme = check_app_scheme(app_scheme)
+        self.prefix = _check_prefix(prefix)
+        self.texts: Mapping[str, PageText] = {**PAGE_TEXTS, **(texts or {})}
+        if default_language not in self.texts:
+            raise ValueError(f"no page texts for default_language {default_language!r}")
+        if max_body < 1 or max_query < 1:
+            raise ValueError("max_body and max_query must be positive")
+        self.default_language = default_language
+        self.max_body = max_body
+        self.max_query = max_query
+        self.routes = ROUTES
+        self._by_path = {self.prefix + route.path: route for route in ROUTES}
+        self._flows: dict[str, Callable[[Request], WebFlow[Response]]] = {
+            "connect": self._connect,
+            "callback": self._callback,
+            "exchange_code": self._exchange_code,
+            "status": self._status,
+            "disconnect": self._disconnect,
+            "disconnect_hook": self._disconnect_hook,
+        }
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def serve(self, request: Request) -> WebFlow[Response]:
+        """The flow answering ``request``: route, check limits, run, map refusals."""
+        path = request.path.rstrip("/") if request.path != "/" else request.path
+        route = self._by_path.get(path)
+        if route is None:
+            return _finish(Response.json(404, {"error": "not_found"}))
+        if request.method != route.method:
+            refused = Response.json(405, {"error": "method_not_allowed"}, {"allow": route.method})
+            return _finish(refused)
+        try:
+            self._check_size(request)
+            response = yield from self._flows[route.name](request)
+        except _Refusal as refusal:
+            response = self._refuse(route, request, refusal.status, refusal.reason)
+        except CallbackRejected as rejected:
+            response = self._refuse(route, request, 400, rejected.reason)
+        except StoreError:
+            response = self._refuse(route, request, 503, "store_unavailable")
+        except ProviderError:  # the routes' calls report provider failures; belt and braces
+            response = self._refuse(route, request, 502, "provider_unavailable")
+        return _finish(response)
+
+    def _check_size(self, request: Request) -> None:
+        query_size = sum(len(key) + len(value) + 2 for key, value in request.query)
+        if len(request.query) > _MAX_QUERY_PARAMS or query_size > self.max_query:
+            raise _Refusal(414, "query_too_large")
+        if len(request.body) > self.max_body:
+            raise _Refusal(413, "body_too_large")
+
+    def _refuse(self, route: Route, request: Request, status: int, reason: str) -> Response:
+        if route.name == "callback":  # a browser is looking: the page, with no state echoed
+            link = deep_link(self.app_scheme, [("error", reason)])
+            return self._page(request, status, PageKind.ERROR, link, reason)
+        return Response.json(status, {"error": reason})
+
+    def _page(
+        self, request: Request, status: int, kind: PageKind, link: str, reason: str | None
+    ) -> Response:
+        lang = choose_language(request, self.texts, self.default_language)
+        return render_page(status, self.texts[lang], lang, kind, link, reason)
+
+    # -- steps shared by the routes ----------------------------------------------------------
+
+    def _identity(self) -> WebFlow[str]:
+        connection_id = yield Identify()
+        if connection_id is None:
+            raise _Refusal(401, "unauthenticated")
+        if isinstance(connection_id, int) and not isinstance(connection_id, bool):
+            return str(connection_id)  # numeric user ids are common; the service wants text
+        return connection_id  # anything else is checked by the service: bad_connection_id
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> WebFlow[Any]:
+        try:
+            return (yield Invoke(method, args, kwargs))
+        except ValueError:
+            # The service refuses an ill-formed connection id (empty, too long, unprintable).
+            raise _Refusal(400, "bad_connection_id") from None
+
+    # -- the routes ----------------------------------------------------------------------------
+
+    def _connect(self, request: Request) -> WebFlow[Response]:
+        connection_id = yield from self._identity()
+        begun = yield from self._call("begin", connection_id)
+        if _wants_json(request):
+            payload = {"url": begun.url, "expires_at": begun.expires_at.isoformat()}
+            return Response.json(200, payload)
+        return Response.redirect(begun.url)
+
+    def _callback(self, request: Request) -> WebFlow[Response]:
+        result: CallbackResult = yield from self._call("handle_callback", request.query)
+        kind, params, reason = _page_link(result)
+        # The state is echoed so the app can match the answer to its request; the code never is.
+        state = request.param("state")
+        if state:
+            params.append(("state", state))
+        return self._page(request, 200, kind, deep_link(self.app_scheme, params), reason)
+
+    def _exchange_code(self, request: Request) -> WebFlow[Response]:
+        connection_id = yield from self._identity()
+        code, state, referer = _code_fields(request)
+        result: CallbackResult = yield from self._call(
+            "exchange_code", connection_id, code, referer=referer, state=state
+        )
+        payload = {
+            **status_payload(result.connection),
+            "outcome": result.outcome.value,
+            "duplicate": result.duplicate,
+        }
+        if result.outcome in (Outcome.FAILED, Outcome.DENIED):
+            return Response.json(400, {**payload, "error": _reason(result.connection)})
+        return Response.json(200, payload)
+
+    def _status(self, request: Request) -> WebFlow[Response]:
+        connection_id = yield from self._identity()
+        connection: Connection = yield from self._call("status", connection_id)
+        return Response.json(200, status_payload(connection))
+
+    def _disconnect(self, request: Request) -> WebFlow[Response]:
+        connection_id = yield from self._identity()
+        connection: Connection = yield from self._call("disconnect", connection_id)
+        return Response.json(200, status_payload(connection))
+
+    def _disconnect_hook(self, request: Request) -> WebFlow[Response]:
+        affected = yield from self._call("handle_disconnect_hook", request.query)
+        return Response.json(200, {"disconnected": len(affected)})
+
+
+def _finish(response: Response) -> Response:
+    return response.with_headers(_BASE_HEADERS)

@@ -1,0 +1,194 @@
+"""Records and events: validated on construction, secrets out of reprs, a lossless codec."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+
+from amo_oauth._codec import record_from_json, record_to_json
+from amo_oauth._events import (
+    CodeReceived,
+    Denied,
+    Disconnect,
+    LeaseExpired,
+    ProviderDisconnected,
+    RefreshClaimed,
+    Verified,
+)
+from amo_oauth._hosts import AccountHost
+from amo_oauth._records import (
+    MAX_CODE_DIGESTS,
+    Account,
+    ConnectionRecord,
+    ConnectionState,
+    ErrorInfo,
+    Lease,
+    TokenSet,
+    code_digest,
+)
+from strategies import T0, records
+
+NAIVE = datetime(2030, 1, 1)
+HOST = AccountHost("acme.amocrm.ru")
+EXCHANGE = Lease("worker-1", "exchange", T0)
+TOKENS = TokenSet("access-SECRET-1", "refresh-SECRET-2", T0, T0 + timedelta(days=90))
+ACCOUNT = Account(42, "acme", "Acme")
+
+
+def test_token_reprs_hide_the_tokens():
+    for shown in (repr(TOKENS), str(TOKENS), repr(ConnectionRecord("c", tokens=TOKENS))):
+        assert "access-SECRET-1" not in shown
+        assert "refresh-SECRET-2" not in shown
+
+
+def test_the_public_view_holds_no_secret_and_no_digest():
+    record = ConnectionRecord(
+        "c",
+        state=ConnectionState.CONNECTED,
+        version=3,
+        host="acme.amocrm.ru",
+        tokens=TOKENS,
+        account=ACCOUNT,
+        code_digests=(code_digest("code-1"),),
+        lease=EXCHANGE,
+    )
+    public = record.public()
+    assert (public.connection_id, public.state, public.account) == ("c", record.state, ACCOUNT)
+    assert (public.expires_at, public.error, public.version) == (T0, None, 3)
+    assert public.is_connected
+    assert code_digest("code-1") not in repr(public)
+    assert "SECRET" not in repr(public)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: TokenSet("a", "r", NAIVE, T0),
+        lambda: TokenSet("a", "r", T0, NAIVE),
+        lambda: ErrorInfo("code_rejected", None, NAIVE),
+        lambda: Lease("w", "exchange", NAIVE),
+        lambda: ConnectionRecord("c", connected_at=NAIVE),
+        lambda: ConnectionRecord("c", updated_at=NAIVE),
+        lambda: Denied(NAIVE),
+        lambda: LeaseExpired(NAIVE),
+        lambda: Verified(ACCOUNT, NAIVE),
+        lambda: ProviderDisconnected(NAIVE),
+        lambda: CodeReceived(code_digest("c"), HOST, EXCHANGE, NAIVE),
+    ],
+    ids=[
+        "tokens.expires_at",
+        "tokens.refresh_expires_at",
+        "error.at",
+        "lease.expires_at",
+        "record.connected_at",
+        "record.updated_at",
+        "denied.at",
+        "lease_expired.at",
+        "verified.at",
+        "provider_disconnected.at",
+        "code_received.state_issued_at",
+    ],
+)
+def test_naive_datetimes_are_refused_on_construction(make):
+    with pytest.raises(ValueError, match="must be timezone-aware"):
+        make()
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "def50200-raw-code",
+        code_digest("c").upper(),
+        code_digest("c")[:-1],
+        code_digest("c") + "0",
+        code_digest("c") + "\n",
+        "",
+    ],
+)
+def test_code_received_takes_only_a_sha256_digest(digest):
+    with pytest.raises(ValueError, match="never a raw code"):
+        CodeReceived(digest, HOST, EXCHANGE)
+
+
+def test_leases_are_checked_for_their_purpose():
+    with pytest.raises(ValueError, match="'purpose' must be in"):
+        Lease("w", "other", T0)
+    with pytest.raises(ValueError, match="lease must be a exchange lease"):
+        CodeReceived(code_digest("c"), HOST, Lease("w", "refresh", T0))
+    with pytest.raises(ValueError, match="lease must be a refresh lease"):
+        RefreshClaimed(EXCHANGE)
+
+
+def test_a_record_needs_a_connection_id():
+    with pytest.raises(ValueError, match="connection_id"):
+        ConnectionRecord("")
+
+
+def test_code_digest_is_the_sha256_hex_of_the_utf8_code():
+    assert code_digest("код") == hashlib.sha256("код".encode()).hexdigest()
+
+
+def test_with_code_keeps_the_newest_digests_once_each():
+    digests = tuple(code_digest(str(n)) for n in range(MAX_CODE_DIGESTS))
+    record = ConnectionRecord("c", code_digests=digests)
+    assert record.with_code(digests[0]) == digests
+    assert record.with_code(code_digest("new")) == (*digests[1:], code_digest("new"))
+
+
+def test_leases_and_tokens_know_when_they_end():
+    record = ConnectionRecord("c", lease=EXCHANGE)
+    assert record.live_lease(T0 - timedelta(microseconds=1)) == EXCHANGE
+    assert record.live_lease(T0) is None
+    assert TOKENS.is_fresh(T0 - timedelta(minutes=6), timedelta(minutes=5))
+    assert not TOKENS.is_fresh(T0 - timedelta(minutes=5), timedelta(minutes=5))
+
+
+def test_a_code_claim_sets_host_digest_and_lease_and_clears_the_error():
+    record = ConnectionRecord("c", error=ErrorInfo("code_rejected", None, T0))
+    changes = CodeReceived(code_digest("c"), HOST, EXCHANGE).changes(record)
+    assert changes == {
+        "host": "acme.amocrm.ru",
+        "code_digests": (code_digest("c"),),
+        "lease": EXCHANGE,
+        "error": None,
+    }
+
+
+def test_disconnect_forgets_everything_but_the_code_digests():
+    changes = Disconnect().changes(ConnectionRecord("c"))
+    assert "code_digests" not in changes
+    assert changes == dict.fromkeys(
+        ("tokens", "account", "error", "lease", "host", "connected_at"), None
+    )
+
+
+# --- the codec ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(record=records)
+def test_the_codec_round_trips_every_record(record):
+    text = record_to_json(record)
+    assert record_from_json(text) == record
+    assert record_from_json(text.encode("utf-8")) == record
+    assert record_to_json(record_from_json(text)) == text
+
+
+def test_the_codec_writes_a_versioned_plain_json_document():
+    record = ConnectionRecord("c", tokens=TOKENS, account=ACCOUNT, lease=EXCHANGE)
+    body = json.loads(record_to_json(record))
+    assert body["format"] == 1
+    assert body["state"] == "disconnected"
+    assert body["tokens"]["refresh_token"] == "refresh-SECRET-2"
+    lease = {"owner": "worker-1", "purpose": "exchange", "expires_at": "2030-01-01T00:00:00+00:00"}
+    assert body["lease"] == lease
+
+
+def test_the_codec_refuses_an_unknown_format():
+    body = json.loads(record_to_json(ConnectionRecord("c")))
+    with pytest.raises(ValueError, match="unknown record format"):
+        record_from_json(json.dumps({**body, "format": 2}))

@@ -1,0 +1,229 @@
+"""The OAuth state: signed, expiring, single-use; nothing else ever verifies."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from datetime import datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from amo_oauth._errors import CallbackRejected
+from amo_oauth._state_token import (
+    _b64,
+    _mac,
+    consume_state,
+    issue_state,
+    read_state,
+)
+from strategies import T0, aware_datetimes
+
+SECRET = b"s" * 32
+TTL = timedelta(minutes=10)
+MS = timedelta(milliseconds=1)
+secrets_ = st.binary(min_size=32, max_size=64)
+connection_ids = st.text(min_size=1, max_size=200)
+
+
+class DictLedger:
+    """A ``StateLedger``: a nonce is consumed once, and again only by the same holder."""
+
+    def __init__(self) -> None:
+        self.holders: dict[str, str] = {}
+
+    def consume_state(self, nonce: str, expires_at: datetime, holder: str = "") -> bool:
+        return self.holders.setdefault(nonce, holder) == holder
+
+
+def rejected(secret: bytes, token: str) -> str:
+    with pytest.raises(CallbackRejected) as caught:
+        read_state(secret, token)
+    return caught.value.reason
+
+
+def payload_of(token: str) -> dict:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(secret=secrets_, connection_id=connection_ids, now=aware_datetimes)
+def test_a_state_reads_back_as_issued(secret, connection_id, now):
+    token, claims = issue_state(secret, connection_id, now, TTL)
+    assert token.isascii()
+    assert token.startswith("v1.")
+    assert read_state(secret, token) == claims
+    assert claims.connection_id == connection_id
+    assert now - MS < claims.issued_at <= now
+    assert claims.expires_at - claims.issued_at in (TTL - MS, TTL, TTL + MS)
+
+
+def test_the_payload_holds_only_the_connection_nonce_and_times():
+    token, claims = issue_state(SECRET, "user-42", T0, TTL)
+    assert payload_of(token) == {
+        "c": "user-42",
+        "n": claims.nonce,
+        "i": int(T0.timestamp() * 1000),
+        "e": int((T0 + TTL).timestamp() * 1000),
+    }
+
+
+def test_two_states_for_one_connection_have_different_nonces():
+    first, second = (issue_state(SECRET, "user-42", T0, TTL)[1] for _ in range(2))
+    assert first.nonce != second.nonce
+    assert len(first.nonce) >= 16
+
+
+def test_the_token_holds_no_secret_and_the_claims_no_nonce_in_repr():
+    token, claims = issue_state(SECRET, "user-42", T0, TTL)
+    assert SECRET.decode() not in token
+    assert _b64(SECRET) not in token
+    assert SECRET.decode() not in json.dumps(payload_of(token))
+    assert claims.nonce not in repr(claims)
+    assert "user-42" in repr(claims)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.data(), connection_id=connection_ids)
+def test_any_single_character_tampering_is_refused(data, connection_id):
+    token, _ = issue_state(SECRET, connection_id, T0, TTL)
+    index = data.draw(st.integers(min_value=0, max_value=len(token) - 1), label="index")
+    replacement = data.draw(
+        st.characters(codec="utf-8").filter(lambda char: char != token[index]), label="char"
+    )
+    forged = token[:index] + replacement + token[index + 1 :]
+    assert rejected(SECRET, forged) == "bad_state"
+
+
+@settings(max_examples=500, deadline=None)
+@given(secret=secrets_, other=secrets_, connection_id=connection_ids)
+def test_another_secret_never_verifies(secret, other, connection_id):
+    token, _ = issue_state(secret, connection_id, T0, TTL)
+    if other != secret:
+        assert rejected(other, token) == "bad_state"
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.data(), connection_id=connection_ids)
+def test_truncated_or_extended_tokens_are_refused(data, connection_id):
+    token, _ = issue_state(SECRET, connection_id, T0, TTL)
+    cut = data.draw(st.integers(min_value=0, max_value=len(token) - 1), label="cut")
+    assert rejected(SECRET, token[:cut]) == "bad_state"
+    assert rejected(SECRET, token + data.draw(st.text(min_size=1), label="tail")) == "bad_state"
+
+
+@settings(max_examples=500, deadline=None)
+@given(token=st.text(max_size=3000))
+def test_any_text_is_refused_without_crashing(token):
+    assert rejected(SECRET, token) == "bad_state"
+
+
+def sign(payload: str) -> str:
+    return f"v1.{payload}.{_mac(SECRET, payload)}"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'"text"',
+        b'{"c": "u", "n": "x", "i": 1}',
+        b'{"c": "u", "n": "x", "i": "a", "e": 1}',
+        b'{"c": "u", "n": "x", "i": 1, "e": 1e300}',
+        b"\xff\xfe",
+    ],
+)
+def test_a_signed_but_malformed_payload_is_refused(body):
+    assert rejected(SECRET, sign(_b64(body))) == "bad_state"
+
+
+def test_a_mac_without_the_domain_separation_prefix_is_refused():
+    token, _ = issue_state(SECRET, "user-42", T0, TTL)
+    payload = token.split(".")[1]
+    bare = _b64(hmac.new(SECRET, payload.encode(), hashlib.sha256).digest())
+    assert rejected(SECRET, f"v1.{payload}.{bare}") == "bad_state"
+
+
+@pytest.mark.parametrize("prefix", ["v2", "V1", "", "v1 "])
+def test_another_version_prefix_is_refused(prefix):
+    token, _ = issue_state(SECRET, "user-42", T0, TTL)
+    assert rejected(SECRET, prefix + token.removeprefix("v1")) == "bad_state"
+
+
+@pytest.mark.parametrize("connection_id", ["u" * 200, "я" * 200, "😀" * 200])
+def test_any_id_the_service_accepts_makes_a_state_that_verifies(connection_id):
+    # Was a bug: \u-escaped JSON made a 200-character Cyrillic id's state too long to read back.
+    token, claims = issue_state(SECRET, connection_id, T0, TTL)
+    assert read_state(SECRET, token) == claims
+
+
+def test_an_id_too_long_for_a_state_fails_when_issued_not_when_read():
+    with pytest.raises(ValueError, match="too long"):
+        issue_state(SECRET, "😀" * 1000, T0, TTL)
+
+
+def test_a_non_ascii_token_is_refused_not_crashed_on():
+    # Was a bug: UnicodeEncodeError escaped from the MAC check.
+    assert rejected(SECRET, "v1.é.mac") == "bad_state"
+
+
+# --- expiry and single use ------------------------------------------------------------------
+
+
+def test_a_state_is_consumed_once_then_only_by_the_same_holder():
+    _, claims = issue_state(SECRET, "user-42", T0, TTL)
+    ledger = DictLedger()
+    consume_state(ledger, claims, T0, holder="code-digest-1")
+    consume_state(ledger, claims, T0, holder="code-digest-1")
+    with pytest.raises(CallbackRejected) as caught:
+        consume_state(ledger, claims, T0, holder="code-digest-2")
+    assert caught.value.reason == "reused_state"
+
+
+def test_a_state_expires_exactly_at_expires_at():
+    _, claims = issue_state(SECRET, "user-42", T0, TTL)
+    consume_state(DictLedger(), claims, claims.expires_at - timedelta(microseconds=1), "h")
+    with pytest.raises(CallbackRejected) as caught:
+        consume_state(DictLedger(), claims, claims.expires_at, "h")
+    assert caught.value.reason == "expired_state"
+
+
+def test_an_expired_state_is_not_recorded_as_used():
+    _, claims = issue_state(SECRET, "user-42", T0, TTL)
+    ledger = DictLedger()
+    with pytest.raises(CallbackRejected):
+        consume_state(ledger, claims, T0 + TTL, "h")
+    assert ledger.holders == {}
+
+
+def use(ledger: DictLedger, claims, now: datetime, holder: str) -> str | None:
+    """The rejection reason, or None when the state was accepted."""
+    try:
+        consume_state(ledger, claims, now, holder)
+    except CallbackRejected as rejection:
+        return rejection.reason
+    return None
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    issued=aware_datetimes,
+    later=st.timedeltas(min_value=timedelta(0), max_value=timedelta(minutes=30)),
+    holders=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=6),
+)
+def test_use_follows_expiry_and_the_first_holder(issued, later, holders):
+    _, claims = issue_state(SECRET, "user-42", issued, TTL)
+    now = claims.issued_at + later
+    ledger = DictLedger()
+    for holder in holders:
+        if now >= claims.expires_at:
+            assert use(ledger, claims, now, holder) == "expired_state"
+        elif holder == holders[0]:
+            assert use(ledger, claims, now, holder) is None
+        else:
+            assert use(ledger, claims, now, holder) == "reused_state"
