@@ -15,6 +15,7 @@ from amo_oauth._errors import CallbackRejected
 from amo_oauth._hosts import AccountHost
 from amo_oauth._records import code_digest
 from amo_oauth._state_token import issue_state
+
 from strategies import T0
 
 CONFIG = Config(

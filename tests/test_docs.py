@@ -28,8 +28,10 @@ MARK = "<!-- runnable -->"
 # Pages whose runnable blocks are executed. A runnable mark on any other page is an error.
 RUNNABLE_PAGES = ("index.md", "quickstart.md", "seed.md", "concepts.md", "testing.md")
 
-_FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
-                    re.MULTILINE | re.DOTALL)
+_FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
+    re.MULTILINE | re.DOTALL,
+)
 
 
 def python_blocks(page: Path) -> list[tuple[int, bool, str]]:
@@ -80,7 +82,7 @@ def test_runnable_blocks_run(page: str, tmp_path: Path, monkeypatch: pytest.Monk
     namespace: dict[str, object] = {"__name__": f"docs_{page.removesuffix('.md')}"}
     for line, code in blocks:
         compiled = compile(code, f"docs/{page}:{line}", "exec")
-        exec(compiled, namespace)  # noqa: S102 (our own docs, run on purpose)
+        exec(compiled, namespace)  # our own docs, run on purpose
 
 
 @pytest.mark.parametrize("page", [page.name for page in all_pages()])

@@ -30,6 +30,7 @@ from amo_oauth._records import (
     TokenSet,
     code_digest,
 )
+
 from strategies import T0, records
 
 NAIVE = datetime(2030, 1, 1)

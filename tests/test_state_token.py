@@ -20,6 +20,7 @@ from amo_oauth._state_token import (
     issue_state,
     read_state,
 )
+
 from strategies import T0, aware_datetimes
 
 SECRET = b"s" * 32

@@ -70,6 +70,9 @@ T = TypeVar("T")
 S = ConnectionState
 EXCHANGING = (S.CODE_RECEIVED, S.EXCHANGED)
 _MAX_ID = 200
+#: How long the store remembers which connection a code was claimed for. amoCRM codes live
+#: 20 minutes; a day leaves room for skewed clocks.
+CODE_MEMORY = timedelta(days=1)
 _MAX_CODE = 2048
 
 
@@ -179,6 +182,7 @@ class Flows:
         claims: StateClaims | None,
     ) -> Flow[CallbackResult]:
         digest = code_digest(code)
+        attempt = secrets.token_hex(8)
         while True:
             record = yield from self._load(connection_id)
             if record.knows_code(digest):
@@ -195,6 +199,11 @@ class Flows:
             result = step(record, event, self.now())
             if not result.changed:  # an exchange in flight, or a connection to keep
                 return (yield from self._report(record, duplicate=False))
+            if not (yield from self._own_code(digest, attempt)):
+                # Another call claimed this code (here, for another connection, or before this
+                # record let its digest go): a duplicate. Give a racing winner time to show.
+                record = yield from self._settled(record, digest)
+                return CallbackResult.report(record.public(), duplicate=True)
             claimed = yield from self._commit(record, result.record, event)
             if claimed is not None:
                 return (yield from self._finish_exchange(claimed, code, target))
@@ -245,6 +254,15 @@ class Flows:
         if not (yield Call("consume_state", (claims.nonce, claims.expires_at, holder))):
             raise CallbackRejected("reused_state")
 
+    def _own_code(self, digest: str, attempt: str) -> Flow[bool]:
+        """Claim a code for this call, store-wide: only its owner may ever send it.
+
+        The record's digests answer a replay on the same connection at once; this ledger also
+        stops the same code arriving for another connection, or after the record let it go.
+        """
+        expires_at = self.now() + CODE_MEMORY
+        return bool((yield Call("consume_state", (f"code:{digest}", expires_at, attempt))))
+
     def _stored_host(self, record: ConnectionRecord) -> AccountHost:
         host = AccountHost.accept(record.host or "", self.config.extra_domains)
         if host is None:
@@ -255,11 +273,18 @@ class Flows:
         record = yield from self._settled(record)
         return CallbackResult.report(record.public(), duplicate=duplicate)
 
-    def _settled(self, record: ConnectionRecord) -> Flow[ConnectionRecord]:
-        """Wait, a bounded time, for another worker's exchange to finish."""
+    def _settled(
+        self, record: ConnectionRecord, digest: str | None = None
+    ) -> Flow[ConnectionRecord]:
+        """Wait, a bounded time, for another worker's exchange (of ``digest``) to finish."""
         deadline = self._monotonic() + self.config.settle_timeout
         delay = 0.01
-        while record.state in EXCHANGING and self._monotonic() < deadline:
+
+        def busy(record: ConnectionRecord) -> bool:
+            unseen = digest is not None and not record.knows_code(digest)
+            return unseen or record.state in EXCHANGING
+
+        while busy(record) and self._monotonic() < deadline:
             yield Sleep(delay)
             delay = min(delay * 2, 0.1)
             record = yield from self._load(record.connection_id)

@@ -26,7 +26,7 @@ class MemoryStore:
         # nonce -> (holder, expires_at as a POSIX timestamp), and a heap of (expires_at, nonce)
         # with one entry per stored nonce, so expired nonces are pruned in O(log n) per call
         # instead of a sweep over the whole dict.
-        self._nonces: dict[str, tuple[str, float]] = {}
+        self._nonces: dict[str, tuple[str | None, float]] = {}
         self._expiries: list[tuple[float, str]] = []
         self._closed = False
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
 import attrs
 
-__all__ = ["Headers", "HeadersInput", "Pairs", "QueryInput", "Request", "Response"]
+__all__ = [
+    "Headers",
+    "HeadersInput",
+    "Pairs",
+    "QueryInput",
+    "Request",
+    "Response",
+    "read_body",
+]
 
 #: Name/value pairs in arrival order; repeated names are kept (``single_values`` rejects them).
 Pairs = tuple[tuple[str, str], ...]
@@ -27,14 +35,20 @@ def _text(value: str | bytes) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
+def _utf8(latin: str) -> str:
+    return latin.encode("latin-1").decode("utf-8", "replace")
+
+
 def _query(value: QueryInput) -> Pairs:
     """Parse a query into pairs. Never raises: undecodable bytes become U+FFFD, which no valid
     code or state contains, so such a value is refused further on as a 4xx."""
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogatepass")
     if isinstance(value, bytes):
-        pairs = parse_qsl(value, keep_blank_values=True)
-        return tuple((k.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for k, v in pairs)
+        # latin-1 maps bytes to code points one to one, raw or %-escaped, so the UTF-8 decoding
+        # below sees exactly the bytes that were sent.
+        pairs = parse_qsl(value.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+        return tuple((_utf8(key), _utf8(item)) for key, item in pairs)
     if isinstance(value, Mapping):
         items: list[tuple[str, str]] = []
         for key, raw in value.items():
@@ -174,3 +188,23 @@ class Response:
     def text(self) -> str:
         """The body decoded as UTF-8 (for tests and logs of non-secret responses)."""
         return self.body.decode("utf-8", "replace")
+
+
+async def read_body(chunks: AsyncIterable[bytes], limit: int) -> bytes:
+    """Read a streamed body, stopping after ``limit + 1`` bytes.
+
+    That is enough for the handlers to answer 413 without holding an oversized body.
+
+    Args:
+        chunks: e.g. Starlette's ``request.stream()``.
+        limit: the handlers' ``max_body``.
+
+    Returns:
+        The body, or its first ``limit + 1`` bytes.
+    """
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            break
+    return bytes(body[: limit + 1])

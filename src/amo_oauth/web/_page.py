@@ -20,6 +20,7 @@ import attrs
 from ._http import Request, Response
 
 __all__ = [
+    "CONTENT_SECURITY_POLICY",
     "DEEP_LINK_PATH",
     "PAGE_TEXTS",
     "PageKind",

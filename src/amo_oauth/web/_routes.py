@@ -20,8 +20,15 @@ from .._errors import CallbackRejected, ProviderError, StoreError
 from .._records import Connection
 from .._results import CallbackResult, Outcome
 from ._http import Request, Response
-from ._page import PAGE_TEXTS, PageKind, PageText, check_app_scheme, choose_language, deep_link
-from ._page import render_page
+from ._page import (
+    PAGE_TEXTS,
+    PageKind,
+    PageText,
+    check_app_scheme,
+    choose_language,
+    deep_link,
+    render_page,
+)
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -107,6 +114,7 @@ class Route:
         description: what it does and answers.
         responses: (status, meaning) pairs it can answer with.
         request_body: an OpenAPI ``requestBody`` object, when it reads a body.
+        page: True when it answers an HTML page (for a browser), not JSON.
     """
 
     name: str
@@ -116,6 +124,7 @@ class Route:
     description: str
     responses: tuple[tuple[int, str], ...]
     request_body: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
+    page: bool = False
 
 
 _AUTH = ((401, "No connection id for this request: {error: unauthenticated}"),)
@@ -141,6 +150,7 @@ ROUTES: Final = (
         "{app_scheme}://amo-crm/callback?success=true&state=... (never the code); "
         "...?pending=true&state=... while another worker finishes; ...?error=<reason> on failure.",
         ((200, "The Return to App page"), (400, "A refused redirect: the error page")),
+        page=True,
     ),
     Route(
         "exchange_code",
@@ -206,11 +216,12 @@ def status_payload(connection: Connection) -> dict[str, Any]:
     }
 
 
-def _reason(connection: Connection) -> str:
+def _reason(connection: Connection, fallback: str | None = None) -> str:
     if connection.error is not None:
         return connection.error.reason
-    # FAILED with no error recorded: the code was seen before and the user disconnected since.
-    return connection.state.value
+    # No error recorded: a denial that left a working connection alone (the fallback names the
+    # denial), or a code seen before whose connection was disconnected since.
+    return fallback or connection.state.value
 
 
 def _media_types(header: str) -> dict[str, float]:
@@ -278,13 +289,17 @@ def _optional_text(value: object) -> str | None:
     return value
 
 
-def _page_link(result: CallbackResult) -> tuple[PageKind, list[tuple[str, str]], str | None]:
+def _page_link(
+    result: CallbackResult, request: Request
+) -> tuple[PageKind, list[tuple[str, str]], str | None]:
     """What the page says and its deep link's parameters, by outcome."""
     if result.outcome in (Outcome.CONNECTED, Outcome.ALREADY_CONNECTED):
         return PageKind.CONNECTED, [("success", "true")], None
     if result.outcome is Outcome.IN_PROGRESS:
         return PageKind.PENDING, [("pending", "true")], None
-    reason = _reason(result.connection)
+    # A denial's ``error`` was checked to be a slug before the service accepted it.
+    denial = request.param("error") if result.outcome is Outcome.DENIED else None
+    reason = _reason(result.connection, denial)
     return PageKind.ERROR, [("error", reason)], reason
 
 
@@ -360,7 +375,7 @@ class RouteCore:
             raise _Refusal(413, "body_too_large")
 
     def _refuse(self, route: Route, request: Request, status: int, reason: str) -> Response:
-        if route.name == "callback":  # a browser is looking: the page, with no state echoed
+        if route.page:  # a browser is looking: the page, with no state echoed
             link = deep_link(self.app_scheme, [("error", reason)])
             return self._page(request, status, PageKind.ERROR, link, reason)
         return Response.json(status, {"error": reason})
@@ -374,7 +389,7 @@ class RouteCore:
     # -- steps shared by the routes ----------------------------------------------------------
 
     def _identity(self) -> WebFlow[str]:
-        connection_id = yield Identify()
+        connection_id: str | None = yield Identify()
         if connection_id is None:
             raise _Refusal(401, "unauthenticated")
         if isinstance(connection_id, int) and not isinstance(connection_id, bool):
@@ -400,7 +415,7 @@ class RouteCore:
 
     def _callback(self, request: Request) -> WebFlow[Response]:
         result: CallbackResult = yield from self._call("handle_callback", request.query)
-        kind, params, reason = _page_link(result)
+        kind, params, reason = _page_link(result, request)
         # The state is echoed so the app can match the answer to its request; the code never is.
         state = request.param("state")
         if state:

@@ -1,0 +1,79 @@
+"""FastAPI adapter: amo_oauth's six routes on an ``APIRouter``, over ``amo_oauth.web``.
+
+``connection_id`` receives an ``amo_oauth.web.Request`` whose ``native`` is the Starlette
+request: ``lambda r: r.native.session.get("user_id")`` (with ``SessionMiddleware``) or
+``lambda r: r.header("x-user-id")``. It may be async; an ``HTTPException`` it raises reaches
+FastAPI untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import Response as StarletteResponse
+
+from ._service import AsyncAmoOAuth
+from .web import DEFAULT_PREFIX, AsyncConnectionIdFn, AsyncHandlers, PageText, Request, read_body
+
+__all__ = ["router"]
+
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+Endpoint = Callable[[StarletteRequest], Coroutine[Any, Any, StarletteResponse]]
+
+
+def router(
+    oauth: AsyncAmoOAuth,
+    *,
+    connection_id: AsyncConnectionIdFn,
+    app_scheme: str,
+    prefix: str = DEFAULT_PREFIX,
+    texts: Mapping[str, PageText] | None = None,
+) -> APIRouter:
+    """An ``APIRouter`` with one documented route per endpoint (``app.include_router(...)``).
+
+    Args: as ``amo_oauth.web.AsyncHandlers``. Tagged "amoCRM" in OpenAPI.
+
+    Returns:
+        The router. Unknown paths and wrong methods under a non-empty ``prefix`` get the
+        handlers' JSON 404/405, not FastAPI's.
+
+    Raises:
+        ValueError: a bad ``app_scheme`` or ``prefix``.
+    """
+    handlers = AsyncHandlers(
+        oauth, connection_id=connection_id, app_scheme=app_scheme, prefix=prefix, texts=texts
+    )
+    api = APIRouter(tags=["amoCRM"])
+    for route in handlers.routes:
+        api.add_api_route(
+            handlers.prefix + route.path,
+            _endpoint(handlers, route.path),
+            methods=[route.method],
+            name=f"amo_oauth_{route.name}",
+            summary=route.summary,
+            description=route.description,
+            responses={status: {"description": text} for status, text in route.responses},
+            response_class=HTMLResponse if route.page else JSONResponse,
+            openapi_extra={"requestBody": route.request_body} if route.request_body else None,
+        )
+    if handlers.prefix:  # at the root, a catch-all would shadow the app's own routes
+        other, rest = _endpoint(handlers, None), f"{handlers.prefix}/{{rest:path}}"
+        api.add_api_route(rest, other, methods=_ANY_METHOD, include_in_schema=False)
+    return api
+
+
+def _endpoint(handlers: AsyncHandlers, path: str | None) -> Endpoint:
+    # The path as declared here, so include_router's prefix and root_path do not matter.
+    async def endpoint(request: StarletteRequest) -> StarletteResponse:
+        sub = path if path is not None else "/" + str(request.path_params.get("rest", ""))
+        body = await read_body(request.stream(), handlers.max_body)
+        query, headers = request.scope.get("query_string", b""), request.headers.items()
+        web_request = Request(request.method, handlers.prefix + sub, query, headers, body, request)
+        answer = await handlers.handle(web_request)
+        return StarletteResponse(answer.body, answer.status, headers=dict(answer.headers))
+
+    return endpoint

@@ -1,0 +1,57 @@
+"""Framework-agnostic HTTP handlers: plug amo_oauth into any web framework.
+
+Build a ``Request`` from whatever your framework hands you, call ``handle`` and send the
+``Response`` back. ``amo_oauth.fastapi`` and ``amo_oauth.flask`` are such thin adapters.
+
+```python
+from amo_oauth.web import AsyncHandlers, Request
+
+handlers = AsyncHandlers(
+    oauth,                                   # an AsyncAmoOAuth
+    connection_id=lambda request: request.header("x-user-id"),   # your auth, not this
+    app_scheme="foryoure",
+)
+response = await handlers.handle(
+    Request(method, path, query=raw_query_bytes, headers=header_pairs, body=body, native=req)
+)
+```
+
+Routes (under ``prefix``, default ``/api/amo-crm``): ``GET /connect``, ``GET /callback``,
+``POST /exchange-code``, ``GET /status``, ``POST /disconnect``, ``GET /disconnect-hook``.
+Every refusal is a 4xx with ``{"error": reason}`` (the callback's is an HTML page whose deep
+link carries ``error=<reason>``); a store outage is 503 ``store_unavailable``.
+"""
+
+from ._handlers import AsyncConnectionIdFn, AsyncHandlers, ConnectionIdFn, Handlers
+from ._http import Request, Response, read_body
+from ._page import (
+    CONTENT_SECURITY_POLICY,
+    DEEP_LINK_PATH,
+    PAGE_TEXTS,
+    PageKind,
+    PageText,
+    check_app_scheme,
+    deep_link,
+)
+from ._routes import DEFAULT_PREFIX, ROUTES, Route, status_payload
+
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "DEEP_LINK_PATH",
+    "DEFAULT_PREFIX",
+    "PAGE_TEXTS",
+    "ROUTES",
+    "AsyncConnectionIdFn",
+    "AsyncHandlers",
+    "ConnectionIdFn",
+    "Handlers",
+    "PageKind",
+    "PageText",
+    "Request",
+    "Response",
+    "Route",
+    "check_app_scheme",
+    "deep_link",
+    "read_body",
+    "status_payload",
+]

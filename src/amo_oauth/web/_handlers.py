@@ -1,0 +1,191 @@
+"""``Handlers`` and ``AsyncHandlers``: the two drivers of the routes in ``_routes.py``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from .._service import AmoOAuth, AsyncAmoOAuth
+from ._http import Request, Response
+from ._page import PageText
+from ._routes import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_QUERY,
+    DEFAULT_PREFIX,
+    Identify,
+    RouteCore,
+    WebFlow,
+)
+
+__all__ = ["AsyncConnectionIdFn", "AsyncHandlers", "ConnectionIdFn", "Handlers"]
+
+#: The app's answer to "whose connection is this request about?": an id, or None when the
+#: request is not authenticated (-> 401). It receives the ``Request``; ``request.native`` is the
+#: framework's request object. Exceptions it raises propagate to the framework untouched.
+ConnectionIdFn = Callable[[Request], str | None]
+#: As ``ConnectionIdFn``, and it may also be a coroutine function.
+AsyncConnectionIdFn = Callable[[Request], str | Awaitable[str | None] | None]
+
+
+def _advance(flow: WebFlow[Response], reply: Any, error: Exception | None) -> tuple[bool, Any]:
+    """Resume a flow: (True, the response) when it returned, else (False, the next operation)."""
+    try:
+        return False, (flow.throw(error) if error is not None else flow.send(reply))
+    except StopIteration as stop:
+        return True, stop.value
+
+
+class Handlers(RouteCore):
+    """The routes over a blocking ``AmoOAuth`` (Flask, Django, any WSGI framework).
+
+    Routes, under ``prefix``: ``GET /connect``, ``GET /callback``, ``POST /exchange-code``,
+    ``GET /status``, ``POST /disconnect``, ``GET /disconnect-hook``.
+
+    Args:
+        oauth: the service.
+        connection_id: ``(request) -> str | None``: the id of the connection the request
+            belongs to (e.g. the user id from the session), None when not signed in.
+        app_scheme: the app's URL scheme for the deep link, e.g. ``"foryoure"``.
+        prefix: where the routes live.
+        texts: page strings by language, added to (or replacing) ``PAGE_TEXTS``.
+        default_language: the page's language when the request names none we have.
+        max_body: the largest body read, in bytes (larger: 413).
+        max_query: the largest query, in characters (larger: 414).
+
+    Raises:
+        ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit.
+    """
+
+    def __init__(
+        self,
+        oauth: AmoOAuth,
+        *,
+        connection_id: ConnectionIdFn,
+        app_scheme: str,
+        prefix: str = DEFAULT_PREFIX,
+        texts: Mapping[str, PageText] | None = None,
+        default_language: str = "en",
+        max_body: int = DEFAULT_MAX_BODY,
+        max_query: int = DEFAULT_MAX_QUERY,
+    ) -> None:
+        super().__init__(
+            app_scheme=app_scheme,
+            prefix=prefix,
+            texts=texts,
+            default_language=default_language,
+            max_body=max_body,
+            max_query=max_query,
+        )
+        self.oauth = oauth
+        self.connection_id = connection_id
+
+    def handle(self, request: Request) -> Response:
+        """Answer one request.
+
+        Args:
+            request: the request; its ``path`` includes the prefix.
+
+        Returns:
+            The response: never a 500 for any input (refusals are 4xx with
+            ``{"error": reason}``; a store outage is 503 ``store_unavailable``).
+
+        Raises:
+            Exception: only what the app's ``connection_id`` callable raised.
+        """
+        flow = self.serve(request)
+        try:
+            done, item = _advance(flow, None, None)
+            while not done:
+                reply, error = None, None
+                if isinstance(item, Identify):
+                    reply = self._identify(request)  # the app's exceptions are the app's
+                else:
+                    try:
+                        reply = getattr(self.oauth, item.method)(*item.args, **item.kwargs)
+                    except Exception as exc:  # thrown into the route, which maps it
+                        error = exc
+                done, item = _advance(flow, reply, error)
+        finally:
+            flow.close()
+        response: Response = item
+        return response
+
+    def _identify(self, request: Request) -> str | None:
+        value = self.connection_id(request)
+        if inspect.isawaitable(value):
+            if inspect.iscoroutine(value):
+                value.close()  # it will never run: no "never awaited" warning on top
+            raise TypeError("connection_id returned an awaitable: use AsyncHandlers")
+        return value
+
+
+class AsyncHandlers(RouteCore):
+    """The routes over an ``AsyncAmoOAuth`` (FastAPI, Starlette, any ASGI framework).
+
+    Args:
+        oauth: the service.
+        connection_id: as for ``Handlers``; it may also be a coroutine function.
+        app_scheme: the app's URL scheme for the deep link.
+        prefix: where the routes live.
+        texts: page strings by language.
+        default_language: the page's fallback language.
+        max_body: the largest body read, in bytes.
+        max_query: the largest query, in characters.
+
+    Raises:
+        ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit.
+    """
+
+    def __init__(
+        self,
+        oauth: AsyncAmoOAuth,
+        *,
+        connection_id: AsyncConnectionIdFn,
+        app_scheme: str,
+        prefix: str = DEFAULT_PREFIX,
+        texts: Mapping[str, PageText] | None = None,
+        default_language: str = "en",
+        max_body: int = DEFAULT_MAX_BODY,
+        max_query: int = DEFAULT_MAX_QUERY,
+    ) -> None:
+        super().__init__(
+            app_scheme=app_scheme,
+            prefix=prefix,
+            texts=texts,
+            default_language=default_language,
+            max_body=max_body,
+            max_query=max_query,
+        )
+        self.oauth = oauth
+        self.connection_id = connection_id
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one request; see ``Handlers.handle``.
+
+        Raises:
+            Exception: only what the app's ``connection_id`` callable raised.
+        """
+        flow = self.serve(request)
+        try:
+            done, item = _advance(flow, None, None)
+            while not done:
+                reply, error = None, None
+                if isinstance(item, Identify):
+                    reply = await self._identify(request)
+                else:
+                    try:
+                        reply = await getattr(self.oauth, item.method)(*item.args, **item.kwargs)
+                    except Exception as exc:  # thrown into the route, which maps it
+                        error = exc
+                done, item = _advance(flow, reply, error)
+        finally:
+            flow.close()
+        response: Response = item
+        return response
+
+    async def _identify(self, request: Request) -> str | None:
+        value = self.connection_id(request)
+        if inspect.isawaitable(value):
+            value = await value
+        return value

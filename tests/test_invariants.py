@@ -1,0 +1,901 @@
+"""The invariants of architecture §6, asserted after every step of arbitrary interleavings.
+
+A hypothesis state machine drives one ``AmoOAuth`` (MemoryStore, FakeAmoCRM on a FakeClock,
+in-process transport) through begin / callbacks (fresh, replayed, forged, expired, denied) /
+the legacy exchange / clock jumps / access_token / disconnect / uninstall hooks (real and
+forged) / refresh_due. Each rule predicts, from the store as it was before the call, what the
+call must do (which exception, how many token calls, which outcome) and checks it; after every
+step the invariants are checked on the store, the fake's counters and the captured logs.
+
+Two interleavings are kept out of the machine because the core gets them wrong today; each is
+pinned by its own test at the bottom of this file (``test_bug_*``):
+
+* a code already exchanged for one connection, posted to the legacy endpoint for another
+  connection, is sent to amoCRM a second time;
+* a code whose digest a record evicted (it keeps the last ``MAX_CODE_DIGESTS``) is sent again.
+
+When the core is fixed, drop ``SAME_CONNECTION_LEGACY_ONLY`` / ``CAP_EXCHANGES_PER_CONNECTION``
+and the machine explores those paths too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import attrs
+import httpx
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+)
+
+from amo_oauth import (
+    AmoOAuth,
+    CallbackRejected,
+    CallbackResult,
+    ConnectionRecord,
+    ConnectionState,
+    MemoryStore,
+    Outcome,
+    ReauthorizationRequired,
+)
+from amo_oauth._records import MAX_CODE_DIGESTS, code_digest
+from amo_oauth._state_token import issue_state
+from amo_oauth.testing import FakeAmoCRM, FakeClock
+
+from helpers import STATE_SECRET, config_for, query_of
+
+T = TypeVar("T")
+S = ConnectionState
+USERS = ("user-1", "user-2")
+CODE_LIFETIME = timedelta(minutes=20)
+EXCHANGING = (S.CODE_RECEIVED, S.EXCHANGED)
+
+# Known core bugs kept out of the machine (see the module docstring and the test_bug_* tests).
+SAME_CONNECTION_LEGACY_ONLY = True
+CAP_EXCHANGES_PER_CONNECTION = True
+
+# What a call that changed nothing reports, by the state it found (architecture §2).
+REPORTED = {
+    S.CONNECTED: Outcome.ALREADY_CONNECTED,
+    S.ERROR: Outcome.FAILED,
+    S.DISCONNECTED: Outcome.FAILED,
+}
+
+MINUTES = st.integers(1, 59).map(lambda n: timedelta(minutes=n))
+HOURS = st.integers(1, 48).map(lambda n: timedelta(hours=n))
+DAYS = st.integers(1, 100).map(lambda n: timedelta(days=n))
+# Mostly short jumps (states expire after 10 minutes, codes 20, access tokens 24 hours),
+# sometimes long ones (refresh tokens die after 90 days).
+DURATIONS = st.one_of(MINUTES, MINUTES, HOURS, HOURS, DAYS)
+
+
+class RecordingStore:
+    """A MemoryStore that remembers every record it wrote (so every refresh token it held)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+        self.written: list[tuple[int | None, ConnectionRecord]] = []
+
+    def load(self, connection_id: str) -> ConnectionRecord | None:
+        return self.inner.load(connection_id)
+
+    def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
+        won = self.inner.compare_and_set(record, expected_version)
+        if won:
+            self.written.append((expected_version, record))
+        return won
+
+    def delete(self, connection_id: str, expected_version: int) -> bool:
+        raise AssertionError("the service never deletes a record")
+
+    def consume_state(self, nonce: str, expires_at: datetime, holder: str = "") -> bool:
+        return self.inner.consume_state(nonce, expires_at, holder)
+
+    def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
+        return self.inner.find_by_account(account_id)
+
+    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
+        return self.inner.due_for_refresh(before, limit)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@attrs.frozen
+class Begun:
+    """A state handed out by ``begin()``."""
+
+    cid: str
+    state: str = attrs.field(repr=False)
+    issued_at: datetime
+    expires_at: datetime
+
+
+@attrs.frozen
+class Sent:
+    """A redirect query handed to ``handle_callback`` (kept for replays)."""
+
+    begun: Begun
+    query: dict[str, str] = attrs.field(repr=False)
+
+
+@attrs.frozen
+class Expect:
+    kind: str  # duplicate | reject | exchange | keep
+    reason: str | None = None
+    consume: tuple[str, str] | None = None  # (state, holder) the call consumes
+
+
+def attempt(call: Callable[[], T]) -> tuple[T | None, CallbackRejected | None]:
+    """Call; a CallbackRejected is returned rather than raised."""
+    try:
+        return call(), None
+    except CallbackRejected as rejected:
+        return None, rejected
+
+
+def flip_last(text: str) -> str:
+    return text[:-1] + ("A" if text[-1] != "A" else "B")
+
+
+class OAuthMachine(RuleBasedStateMachine):
+    states = Bundle("states")
+    sent = Bundle("sent")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.fake = FakeAmoCRM(clock=self.clock, rate_limit=None)
+        self.config = config_for(self.fake)
+        self.store = RecordingStore()
+        self.http = httpx.Client(transport=self.fake.transport())
+        self.oauth = AmoOAuth(self.config, store=self.store, http=self.http, clock=self.clock)
+        self.logs = LogCapture()
+        self.logger = logging.getLogger("amo_oauth")
+        self.old_level = self.logger.level
+        self.logger.addHandler(self.logs)
+        self.logger.setLevel(logging.INFO)
+        # What the test has done, to predict and to check against.
+        self.codes: dict[str, tuple[datetime, int]] = {}  # code -> (issued at, uninstall epoch)
+        self.submitted: set[str] = set()  # codes handed to the service
+        self.holders: dict[str, str] = {}  # state -> the holder that consumed it
+        self.exchanges: dict[str, int] = dict.fromkeys(USERS, 0)
+        self.epoch = 0  # uninstalls so far
+        self.revoked: set[str] = set()  # tokens an uninstall revoked at the fake
+        self.dead_access: set[str] = set()  # access tokens revoked or expired early
+        self.hooks: list[dict[str, str]] = []
+        self.last: dict[str, ConnectionRecord | None] = dict.fromkeys(USERS)
+        self.checked_writes = 0
+        self.checked_logs = 0
+        self.counts: dict[str, int] = {}
+
+    def teardown(self) -> None:
+        self.logger.removeHandler(self.logs)
+        self.logger.setLevel(self.old_level)
+        self.oauth.close()
+        self.http.close()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def note(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+        if currently_in_test_context():
+            event(what)  # shown by --hypothesis-show-statistics
+
+    def record(self, cid: str) -> ConnectionRecord:
+        return self.store.load(cid) or ConnectionRecord(cid)
+
+    def snapshot(self) -> tuple[ConnectionRecord | None, ...]:
+        return tuple(self.store.load(cid) for cid in USERS)
+
+    def secrets(self) -> set[str]:
+        found = {self.fake.client_secret, STATE_SECRET, *self.codes}
+        for _, record in self.store.written:
+            if record.tokens is not None:
+                found |= {record.tokens.access_token, record.tokens.refresh_token}
+        return found
+
+    def check_clean(self, *objects: object) -> None:
+        """Invariant 6: no secret in the repr or str of anything handed back."""
+        secrets = self.secrets()
+        for obj in objects:
+            texts = [repr(obj), str(obj)]
+            if isinstance(obj, BaseException):
+                texts += [repr(arg) for arg in obj.args]
+            for text in texts:
+                leaked = [s for s in secrets if s in text]
+                assert not leaked, f"a secret leaked into {type(obj).__name__}: {text!r}"
+
+    def signed_hook(self, account_id: int | None = None) -> dict[str, str]:
+        """The disconnect hook amoCRM would sign for ``account_id`` (the fake's by default)."""
+        account = str(self.fake.account_id if account_id is None else account_id)
+        message = f"{self.fake.client_id}|{account}".encode()
+        signature = hmac.new(self.fake.client_secret.encode(), message, hashlib.sha256)
+        return {
+            "client_uuid": self.fake.client_id,
+            "account_id": account,
+            "signature": signature.hexdigest(),
+        }
+
+    def new_code(self) -> str:
+        code = self.fake.issue_code()
+        self.codes[code] = (self.clock(), self.epoch)
+        return code
+
+    def redirect(self, state: str) -> dict[str, str]:
+        query = query_of(self.fake.authorize(state))
+        self.codes[query["code"]] = (self.clock(), self.epoch)
+        return query
+
+    def fake_accepts_code(self, code: str) -> bool:
+        issued, epoch = self.codes[code]
+        return (
+            epoch == self.epoch
+            and self.clock() < issued + CODE_LIFETIME
+            and self.fake.token_calls_for(code) == 0
+        )
+
+    def expect_grant(
+        self, cid: str, code: str, begun: Begun | None, host: str | None
+    ) -> Expect:
+        """What handle_callback / exchange_code must do, by architecture §2."""
+        record = self.record(cid)
+        digest = code_digest(code)
+        if record.knows_code(digest):
+            return Expect("duplicate")
+        consume = None
+        if begun is not None:
+            if self.clock() >= begun.expires_at:
+                return Expect("reject", "expired_state")
+            if self.holders.get(begun.state, digest) != digest:
+                return Expect("reject", "reused_state")
+            consume = (begun.state, digest)
+        if host is None and record.host is None:
+            return Expect("reject", "missing_referer", consume)
+        fresh = (
+            begun is not None
+            and record.connected_at is not None
+            and begun.issued_at > record.connected_at
+        )
+        if record.state in (S.DISCONNECTED, S.ERROR) or (record.state is S.CONNECTED and fresh):
+            return Expect("exchange", consume=consume)
+        return Expect("keep", consume=consume)
+
+    def run_grant(
+        self,
+        cid: str,
+        code: str,
+        begun: Begun | None,
+        host: str | None,
+        call: Callable[[], Any],
+    ) -> None:
+        expect = self.expect_grant(cid, code, begun, host)
+        if (
+            CAP_EXCHANGES_PER_CONNECTION
+            and expect.kind == "exchange"
+            and self.exchanges[cid] >= MAX_CODE_DIGESTS
+        ):
+            self.note("skipped: digest eviction (known bug)")
+            return
+        before = self.snapshot()
+        calls = self.fake.token_call_count()
+        was_sent = self.fake.token_calls_for(code) > 0
+        accepts = self.fake_accepts_code(code)
+        self.submitted.add(code)
+        self.note(f"grant: {expect.kind} {expect.reason or ''}".strip())
+        result, rejected = attempt(call)
+        if rejected is not None:
+            self.check_clean(rejected)
+            assert (expect.kind, expect.reason) == ("reject", rejected.reason), rejected
+            # Invariant 7: an expired, reused or forged state changes nothing.
+            assert self.snapshot() == before
+            assert self.fake.token_call_count() == calls
+            if expect.consume is not None:
+                self.holders.setdefault(*expect.consume)
+            return
+        self.check_clean(result)
+        assert expect.kind != "reject", f"expected CallbackRejected({expect.reason})"
+        assert isinstance(result, CallbackResult)
+        if expect.consume is not None:
+            self.holders.setdefault(*expect.consume)
+        record = self.record(cid)
+        if expect.kind in ("duplicate", "keep"):
+            assert self.snapshot() == before
+            assert self.fake.token_call_count() == calls
+            assert result.duplicate is (expect.kind == "duplicate")
+            assert result.outcome is REPORTED[record.state]
+            assert result.connection == record.public()
+            return
+        # An exchange: exactly one token call, for this code, sent for the first time.
+        assert not was_sent
+        assert self.fake.token_call_count() == calls + 1
+        assert self.fake.token_calls_for(code) == 1
+        assert record.knows_code(code_digest(code))
+        self.exchanges[cid] += 1
+        assert result.duplicate is False
+        assert result.connection == record.public()
+        if accepts:
+            assert result.outcome is Outcome.CONNECTED
+            assert record.state is S.CONNECTED
+            assert record.tokens is not None
+            assert self.fake.is_access_token_valid(record.tokens.access_token)
+        else:
+            assert result.outcome is Outcome.FAILED
+            assert record.state is S.ERROR
+            assert record.error is not None and record.error.reason == "code_rejected"
+
+    def run_denial(self, begun: Begun, query: dict[str, str]) -> None:
+        before = self.snapshot()
+        calls = self.fake.token_call_count()
+        reason = None
+        if self.clock() >= begun.expires_at:
+            reason = "expired_state"
+        elif self.holders.get(begun.state, "denied") != "denied":
+            reason = "reused_state"
+        self.note(f"denial: {reason or 'denied'}")
+        record = self.record(begun.cid)
+        result, rejected = attempt(lambda: self.oauth.handle_callback(query))
+        assert self.fake.token_call_count() == calls
+        if rejected is not None:
+            self.check_clean(rejected)
+            assert rejected.reason == reason
+            assert self.snapshot() == before
+            return
+        self.check_clean(result)
+        assert reason is None, f"expected CallbackRejected({reason})"
+        assert result is not None
+        self.holders.setdefault(begun.state, "denied")
+        assert result.outcome is Outcome.DENIED
+        after = self.record(begun.cid)
+        if record.state is S.CONNECTED:
+            assert after == record  # a denial never drops a working connection
+        else:
+            assert after.state is S.ERROR
+            assert after.error is not None and after.error.reason == "access_denied"
+            assert after.tokens is None
+
+    # -- rules: authorization ---------------------------------------------------------------
+
+    @rule(target=states, cid=st.sampled_from(USERS))
+    def begin(self, cid: str) -> Begun:
+        request = self.oauth.begin(cid)
+        self.check_clean(request)
+        return Begun(
+            cid, request.state, request.expires_at - self.config.state_ttl, request.expires_at
+        )
+
+    @rule(target=sent, cid=st.sampled_from(USERS))
+    def connect(self, cid: str) -> Sent:
+        """begin(), "Allow" at once, the redirect: a fresh code with a fresh state."""
+        return self.callback_fresh_code(self.begin(cid))
+
+    @rule(target=sent, begun=states)
+    def callback_fresh_code(self, begun: Begun) -> Sent:
+        """amoCRM's redirect with a new code for a state begin() gave (maybe expired, used)."""
+        query = self.redirect(begun.state)
+        code = query["code"]
+        self.run_grant(
+            begun.cid, code, begun, query["referer"], lambda: self.oauth.handle_callback(query)
+        )
+        return Sent(begun, query)
+
+    @rule(target=sent, cid=st.sampled_from(USERS), late=st.integers(0, 600))
+    def callback_with_expired_state(self, cid: str, late: int) -> Sent:
+        request = self.oauth.begin(cid)
+        begun = Begun(
+            cid, request.state, request.expires_at - self.config.state_ttl, request.expires_at
+        )
+        self.clock.advance(self.config.state_ttl + timedelta(seconds=late))
+        query = self.redirect(begun.state)
+        self.run_grant(
+            cid, query["code"], begun, query["referer"], lambda: self.oauth.handle_callback(query)
+        )
+        return Sent(begun, query)
+
+    @rule(sent=sent)
+    def callback_replayed(self, sent: Sent) -> None:
+        """The same redirect again (the seed's double delivery, a reload, a retry)."""
+        if "error" in sent.query:
+            self.run_denial(sent.begun, sent.query)
+            return
+        code = sent.query["code"]
+        self.run_grant(
+            sent.begun.cid,
+            code,
+            sent.begun,
+            sent.query["referer"],
+            lambda: self.oauth.handle_callback(sent.query),
+        )
+
+    @rule(target=sent, begun=states)
+    def callback_denied(self, begun: Begun) -> Sent:
+        query = query_of(self.fake.deny(begun.state))
+        self.run_denial(begun, query)
+        return Sent(begun, query)
+
+    @rule(
+        begun=states,
+        how=st.sampled_from(["flip_mac", "splice", "other_secret", "garbage", "missing"]),
+        known_code=st.booleans(),
+        data=st.data(),
+    )
+    def callback_forged_state(
+        self, begun: Begun, how: str, known_code: bool, data: st.DataObject
+    ) -> None:
+        """Invariant 7: a forged state is refused whatever the code, and changes nothing."""
+        if how == "flip_mac":
+            state: str | None = flip_last(begun.state)
+        elif how == "splice":
+            other = self.oauth.begin(begun.cid).state
+            state = ".".join([*other.split(".")[:2], begun.state.split(".")[2]])
+        elif how == "other_secret":
+            state, _ = issue_state(
+                b"x" * 32, begun.cid, self.clock(), self.config.state_ttl
+            )
+        elif how == "garbage":
+            state = "v1.e30." + "A" * 43
+        else:
+            state = None
+        query = query_of(self.fake.authorize(state))
+        self.codes[query["code"]] = (self.clock(), self.epoch)
+        if known_code and self.submitted:
+            query["code"] = data.draw(st.sampled_from(sorted(self.submitted)))
+        before, calls = self.snapshot(), self.fake.token_call_count()
+        self.note(f"forged state: {how}")
+        with pytest.raises(CallbackRejected) as rejected:
+            self.oauth.handle_callback(query)
+        self.check_clean(rejected.value)
+        assert rejected.value.reason == "bad_state"
+        assert self.snapshot() == before
+        assert self.fake.token_call_count() == calls
+
+    @rule(sent=sent, referer=st.booleans())
+    def legacy_same_code(self, sent: Sent, referer: bool) -> None:
+        """The old app posts the code it got (the seed's second exchange)."""
+        if "code" not in sent.query:
+            return
+        cid = sent.begun.cid
+        code = sent.query["code"]
+        host = self.fake.account_host if referer else None
+        self.run_grant(
+            cid, code, None, host, lambda: self.oauth.exchange_code(cid, code, referer=host)
+        )
+
+    if not SAME_CONNECTION_LEGACY_ONLY:  # pinned by test_bug_code_exchanged_for_one_...
+
+        @rule(sent=sent, cid=st.sampled_from(USERS))
+        def legacy_code_of_another_connection(self, sent: Sent, cid: str) -> None:
+            if "code" not in sent.query:
+                return
+            code, host = sent.query["code"], self.fake.account_host
+            self.run_grant(
+                cid, code, None, host, lambda: self.oauth.exchange_code(cid, code, referer=host)
+            )
+
+    @rule(cid=st.sampled_from(USERS), referer=st.booleans())
+    def legacy_new_code(self, cid: str, referer: bool) -> None:
+        code = self.new_code()
+        host = self.fake.account_host if referer else None
+        self.run_grant(
+            cid, code, None, host, lambda: self.oauth.exchange_code(cid, code, referer=host)
+        )
+
+    # -- rules: time and tokens -------------------------------------------------------------
+
+    @rule(by=DURATIONS)
+    def advance_clock(self, by: timedelta) -> None:
+        self.clock.advance(by)
+
+    @rule(cid=st.sampled_from(USERS))
+    def access_token(self, cid: str) -> None:
+        record = self.record(cid)
+        calls = self.fake.token_call_count()
+        tokens = record.tokens
+        if record.state is not S.CONNECTED or tokens is None:
+            self.note("access_token: not connected")
+            with pytest.raises(ReauthorizationRequired) as needed:
+                self.oauth.access_token(cid)
+            self.check_clean(needed.value)
+            assert self.record(cid) == record
+            assert self.fake.token_call_count() == calls
+            return
+        if tokens.is_fresh(self.clock(), self.config.refresh_margin):
+            self.note("access_token: fresh")
+            assert self.oauth.access_token(cid) == tokens.access_token
+            assert self.record(cid) == record
+            assert self.fake.token_call_count() == calls
+            if tokens.access_token not in self.dead_access:
+                assert self.fake.is_access_token_valid(tokens.access_token)
+            return
+        # A refresh: the refresh token is spent exactly once.
+        alive = (
+            tokens.refresh_token not in self.revoked and self.clock() < tokens.refresh_expires_at
+        )
+        self.note(f"access_token: refresh {'ok' if alive else 'revoked'}")
+        assert self.fake.token_calls_for(tokens.refresh_token) == 0
+        if alive:
+            token = self.oauth.access_token(cid)
+            after = self.record(cid)
+            assert after.state is S.CONNECTED and after.tokens is not None
+            assert token == after.tokens.access_token != tokens.access_token
+            assert after.tokens.refresh_token != tokens.refresh_token
+            assert self.fake.is_access_token_valid(token)
+        else:
+            with pytest.raises(ReauthorizationRequired) as needed:
+                self.oauth.access_token(cid)
+            self.check_clean(needed.value)
+            after = self.record(cid)
+            assert after.state is S.ERROR and after.tokens is None
+            assert after.error is not None
+            assert after.error.reason == "reauthorization_required"
+        assert self.fake.token_call_count() == calls + 1
+        assert self.fake.token_calls_for(tokens.refresh_token) == 1
+
+    @rule(cid=st.sampled_from(USERS))
+    def api_call(self, cid: str) -> None:
+        """A request through ``oauth.auth()``: on a 401 it refreshes once and retries once."""
+        record = self.record(cid)
+        tokens = record.tokens
+        calls = self.fake.token_call_count()
+        url = f"https://{self.fake.account_host}/api/v4/account"
+        with httpx.Client(transport=self.fake.transport(), auth=self.oauth.auth(cid)) as api:
+            if record.state is not S.CONNECTED or tokens is None:
+                self.note("api: not connected")
+                with pytest.raises(ReauthorizationRequired):
+                    api.get(url)
+                assert self.record(cid) == record
+                assert self.fake.token_call_count() == calls
+                return
+            fresh = tokens.is_fresh(self.clock(), self.config.refresh_margin)
+            if fresh and tokens.access_token not in self.dead_access:
+                self.note("api: token works")
+                assert api.get(url).status_code == 200
+                assert self.record(cid) == record
+                assert self.fake.token_call_count() == calls
+                return
+            # Expired by its clock (refreshed first) or refused with a 401 (refreshed after):
+            # either way exactly one refresh.
+            alive = (
+                tokens.refresh_token not in self.revoked
+                and self.clock() < tokens.refresh_expires_at
+            )
+            self.note(f"api: {'expired' if not fresh else '401'}, refresh {alive=}")
+            if alive:
+                response = api.get(url)
+                assert response.status_code == 200
+                after = self.record(cid)
+                assert after.tokens is not None
+                assert after.tokens.refresh_token != tokens.refresh_token
+                assert response.request.headers["authorization"] == (
+                    f"Bearer {after.tokens.access_token}"
+                )
+            else:
+                with pytest.raises(ReauthorizationRequired) as needed:
+                    api.get(url)
+                self.check_clean(needed.value)
+                after = self.record(cid)
+                assert after.state is S.ERROR and after.tokens is None
+        assert self.fake.token_call_count() == calls + 1
+        assert self.fake.token_calls_for(tokens.refresh_token) == 1
+
+    @rule()
+    def access_tokens_expire_early(self) -> None:
+        """amoCRM stops honouring the access tokens before their ``exp``; only a 401 tells."""
+        self.fake.expire_access_tokens()
+        self.dead_access |= {
+            record.tokens.access_token for _, record in self.store.written if record.tokens
+        }
+
+    @rule(cid=st.sampled_from(USERS), api=st.booleans(), extra=MINUTES)
+    def next_day(self, cid: str, api: bool, extra: timedelta) -> None:
+        """A day later the token is used again: the common path to a refresh."""
+        self.clock.advance(timedelta(days=1) + extra)
+        if api:
+            self.api_call(cid)
+        else:
+            self.access_token(cid)
+
+    @rule(within=st.sampled_from([timedelta(days=d) for d in (1, 7, 30, 89, 91, 120)]))
+    def refresh_due(self, within: timedelta) -> None:
+        before = self.clock() + within
+        due = {
+            cid: record.tokens
+            for cid in USERS
+            if (record := self.record(cid)).state is S.CONNECTED
+            and record.tokens is not None
+            and record.tokens.refresh_expires_at < before
+        }
+        calls = self.fake.token_call_count()
+        report = self.oauth.refresh_due(within)
+        self.check_clean(report)
+        self.note(f"refresh_due: {len(due)} due")
+        assert set(report.refreshed) | {cid for cid, _ in report.failed} == set(due)
+        assert self.fake.token_call_count() == calls + len(due)
+        for cid, tokens in due.items():
+            assert self.fake.token_calls_for(tokens.refresh_token) == 1
+            alive = (
+                tokens.refresh_token not in self.revoked
+                and self.clock() < tokens.refresh_expires_at
+            )
+            if alive:
+                assert cid in report.refreshed
+                assert self.record(cid).state is S.CONNECTED
+            else:
+                assert (cid, "reauthorization_required") in report.failed
+
+    # -- rules: disconnects -----------------------------------------------------------------
+
+    @rule(cid=st.sampled_from(USERS))
+    def disconnect(self, cid: str) -> None:
+        record = self.record(cid)
+        calls = self.fake.token_call_count()
+        self.note(f"disconnect: from {record.state.value}")
+        connection = self.oauth.disconnect(cid)
+        self.check_clean(connection)
+        after = self.record(cid)
+        assert connection == after.public()
+        assert after.state is S.DISCONNECTED
+        assert after.tokens is None and after.account is None
+        assert after.code_digests == record.code_digests  # replays stay no-ops
+        if record.state is S.DISCONNECTED:
+            assert after == record
+        assert self.fake.token_call_count() == calls
+
+    @rule(deliver=st.booleans())
+    def uninstall(self, deliver: bool) -> None:
+        """The integration is uninstalled at amoCRM; its hook arrives now or later."""
+        self.revoked |= self.secrets()
+        self.dead_access |= self.revoked
+        self.epoch += 1
+        self.hooks.append(self.fake.uninstall())
+        if deliver:
+            self.deliver_hook(len(self.hooks) - 1)
+
+    @precondition(lambda self: bool(self.hooks))
+    @rule(index=st.integers(0, 10))
+    def deliver_hook(self, index: int) -> None:
+        """An uninstall's hook arrives (late, or once more)."""
+        hook = self.hooks[index % len(self.hooks)]
+        before = {cid: self.record(cid) for cid in USERS}
+        calls = self.fake.token_call_count()
+        affected = self.oauth.handle_disconnect_hook(hook)
+        self.check_clean(affected)
+        self.note(f"hook: {sum(c.state is S.CONNECTED for c in before.values())} connected before")
+        ours = {
+            cid
+            for cid, record in before.items()
+            if record.account is not None and record.account.id == self.fake.account_id
+        }
+        assert {connection.connection_id for connection in affected} == ours
+        for cid in USERS:
+            after = self.record(cid)
+            if cid not in ours or before[cid].state is S.ERROR:
+                assert after == before[cid]
+            else:
+                assert after.state is S.ERROR and after.tokens is None
+                assert after.error is not None
+                assert after.error.reason == "disconnected_by_provider"
+        assert self.fake.token_call_count() == calls
+
+    @rule(
+        how=st.sampled_from(
+            ["flip", "other_client", "other_account", "other_secret", "missing", "foreign"]
+        )
+    )
+    def forged_hook(self, how: str) -> None:
+        """Invariant 7: a forged hook changes nothing (a hook for another account neither)."""
+        account = str(self.fake.account_id)
+        hook = self.signed_hook()
+        good = hook["signature"]
+        if how == "flip":
+            hook["signature"] = flip_last(good).lower()
+        elif how == "other_client":
+            hook["client_uuid"] = "another-client"
+        elif how == "other_account":
+            hook["account_id"] = "271828"
+        elif how == "other_secret":
+            hook["signature"] = hmac.new(
+                b"wrong", f"{self.fake.client_id}|{account}".encode(), hashlib.sha256
+            ).hexdigest()
+        elif how == "missing":
+            del hook["signature"]
+        else:  # correctly signed, but for an account we have no connection to
+            hook = self.signed_hook(271828)
+        before = self.snapshot()
+        self.note(f"forged hook: {how}")
+        if how == "foreign":
+            assert self.oauth.handle_disconnect_hook(hook) == ()
+        else:
+            with pytest.raises(CallbackRejected) as rejected:
+                self.oauth.handle_disconnect_hook(hook)
+            self.check_clean(rejected.value)
+            assert rejected.value.reason == ("malformed" if how == "missing" else "bad_signature")
+        assert self.snapshot() == before
+
+    # -- invariants -------------------------------------------------------------------------
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        self.check_all()
+
+    def check_all(self) -> None:
+        fake = self.fake
+        # 1. At most one token call per authorization code, and every one was for a code
+        #    the service was given.
+        per_code = {code: fake.token_calls_for(code) for code in self.submitted}
+        assert max(per_code.values(), default=0) <= 1, "a code was sent twice"
+        code_calls = fake.token_call_count("authorization_code")
+        assert code_calls == sum(per_code.values()) <= len(self.submitted)
+        # 2. Each refresh token the store ever held is sent at most once, and every refresh
+        #    call spent one of them.
+        refresh_tokens = {
+            record.tokens.refresh_token
+            for _, record in self.store.written
+            if record.tokens is not None
+        }
+        per_token = [fake.token_calls_for(token) for token in refresh_tokens]
+        assert max(per_token, default=0) <= 1, "a refresh token was sent twice"
+        assert fake.token_call_count("refresh_token") == sum(per_token) <= len(refresh_tokens)
+        # 6. Secrets went only to the account host.
+        assert {r.host for r in fake.requests if r.path == "/oauth2/access_token"} <= {
+            fake.account_host
+        }
+        for cid in USERS:
+            stored = self.store.load(cid)
+            record = stored or ConnectionRecord(cid)
+            # 3. connected => verified tokens and an account; disconnected => no tokens.
+            if record.state is S.CONNECTED:
+                assert record.tokens is not None and record.account is not None
+                assert record.host == fake.account_host
+                assert record.account.id == fake.account_id
+            if record.state is S.DISCONNECTED:
+                assert record.tokens is None and record.account is None
+            # 8. Between calls nothing is left half-done: no exchange, no live lease.
+            assert record.state not in EXCHANGING
+            assert record.live_lease(self.clock()) is None
+            assert self.oauth.status(cid) == record.public()
+            # 5. The version never goes back, and moves with every change.
+            last = self.last[cid]
+            if last is not None:
+                assert stored is not None and stored.version >= last.version
+                if stored != last:
+                    assert stored.version > last.version
+            self.last[cid] = stored
+        # 5. Every write moved the version forward, per connection.
+        newest: dict[str, int] = {}
+        for expected, record in self.store.written[self.checked_writes :]:
+            previous = newest.get(record.connection_id, expected or 0)
+            assert record.version > previous
+            newest[record.connection_id] = record.version
+        self.checked_writes = len(self.store.written)
+        # 6. Nothing secret in the logs (messages, arguments, extras).
+        secrets = self.secrets()
+        for entry in self.logs.records[self.checked_logs :]:
+            text = entry.getMessage() + repr(vars(entry))
+            assert not [s for s in secrets if s in text], f"a secret leaked into a log: {text!r}"
+        self.checked_logs = len(self.logs.records)
+        self.check_clean(self.oauth, self.fake)
+
+
+OAuthMachine.TestCase.settings = settings(
+    max_examples=300,
+    stateful_step_count=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestOAuthInvariants = OAuthMachine.TestCase
+
+
+# -- the seed's sequence, step by step ---------------------------------------------------------
+
+
+@pytest.fixture
+def machine() -> Iterator[OAuthMachine]:
+    made = OAuthMachine()
+    yield made
+    made.teardown()
+
+
+def test_seed_sequence_through_the_machine(machine: OAuthMachine) -> None:
+    """begin -> Allow -> callback -> the same redirect again -> the legacy exchange of the same
+    code -> access_token after a day: one code call, one refresh call, invariants all along."""
+    begun = machine.begin(cid="user-1")
+    machine.check_all()
+    sent = machine.callback_fresh_code(begun)
+    machine.check_all()
+    machine.callback_replayed(sent)
+    machine.check_all()
+    machine.legacy_same_code(sent, referer=False)
+    machine.check_all()
+    machine.access_token(cid="user-1")
+    machine.advance_clock(timedelta(hours=24))
+    machine.access_token(cid="user-1")
+    machine.check_all()
+    assert machine.fake.token_calls == {
+        ("authorization_code", "ok"): 1,
+        ("refresh_token", "ok"): 1,
+    }
+    assert machine.fake.token_calls_for(sent.query["code"]) == 1
+    assert machine.counts == {
+        "grant: exchange": 1,
+        "grant: duplicate": 2,
+        "access_token: fresh": 1,
+        "access_token: refresh ok": 1,
+    }
+
+
+def test_uninstall_without_the_hook_then_expiry(machine: OAuthMachine) -> None:
+    """The hook is lost: the next refresh finds the refresh token revoked -> reauthorize."""
+    sent = machine.callback_fresh_code(machine.begin(cid="user-2"))
+    machine.uninstall(deliver=False)
+    machine.check_all()
+    machine.advance_clock(timedelta(hours=25))
+    machine.access_token(cid="user-2")
+    machine.check_all()
+    machine.deliver_hook(0)  # late: the connection is already in error
+    machine.callback_replayed(sent)
+    machine.check_all()
+    assert machine.record("user-2").error is not None
+    assert machine.counts["access_token: refresh revoked"] == 1
+    assert machine.fake.token_call_count("refresh_token", "token_revoked") == 1
+
+
+# -- known core bugs: each fails until the core is fixed ---------------------------------------
+
+
+def test_bug_code_exchanged_for_one_connection_is_sent_again_for_another(
+    machine: OAuthMachine,
+) -> None:
+    """Invariant 1 across connections: the code digests live on each record, so a code the
+    callback exchanged for "user-1" and that the legacy endpoint then receives for "user-2"
+    (the app keys connections differently, or an attacker replays it) is sent to amoCRM again.
+    """
+    oauth, fake = machine.oauth, machine.fake
+    query = query_of(fake.authorize(oauth.begin("user-1").state))
+    assert oauth.handle_callback(query).outcome is Outcome.CONNECTED
+    result = oauth.exchange_code("user-2", query["code"], referer=fake.account_host)
+    assert fake.token_calls_for(query["code"]) == 1, (
+        f"the code went to the token endpoint {fake.token_calls_for(query['code'])} times; "
+        f"user-2 is now {result.connection.state.value} ({result.connection.error})"
+    )
+
+
+def test_bug_a_code_evicted_from_the_record_is_sent_again(machine: OAuthMachine) -> None:
+    """Invariant 1 against eviction: a record keeps only the last MAX_CODE_DIGESTS (16)
+    digests, so after 16 newer codes the seed's replayed redirect (same code, same state,
+    within the state's 10 minutes) is exchanged again from ``disconnected``."""
+    oauth, fake = machine.oauth, machine.fake
+    first = query_of(fake.authorize(oauth.begin("user-1").state))
+    assert oauth.handle_callback(first).outcome is Outcome.CONNECTED
+    for _ in range(MAX_CODE_DIGESTS):
+        oauth.disconnect("user-1")
+        code = fake.issue_code()
+        oauth.exchange_code("user-1", code, referer=fake.account_host)
+    oauth.disconnect("user-1")
+    replay = oauth.handle_callback(first)
+    assert fake.token_calls_for(first["code"]) == 1, (
+        f"the replayed code went to the token endpoint {fake.token_calls_for(first['code'])} "
+        f"times; the replay answered {replay.outcome.value}, duplicate={replay.duplicate}"
+    )

@@ -1,0 +1,889 @@
+"""amo_oauth.web: the framework-agnostic handlers, driven directly (sync and async).
+
+The seed's scenario lives here as ``seed_scenario(send, fake)`` so every adapter's test file runs
+the very same steps through its own framework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator, Mapping
+from datetime import timedelta
+from html.parser import HTMLParser
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import attrs
+import httpx
+import pytest
+from helpers import STATE_SECRET, config_for, query_of
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from amo_oauth import (
+    AmoOAuth,
+    AsyncAmoOAuth,
+    ConnectionRecord,
+    ConnectionState,
+    Lease,
+    MemoryStore,
+    StoreError,
+    web,
+)
+from amo_oauth._hook import hook_signature
+from amo_oauth.testing import FakeAmoCRM, FakeClock
+from amo_oauth.web import AsyncHandlers, Handlers, PageText, Request, Response
+
+USER = "user-42"
+PREFIX = "/api/amo-crm"
+AS_USER = {"x-user": USER}
+
+
+# -- shared by the adapter tests ------------------------------------------------------------
+
+
+@attrs.frozen
+class Answer:
+    """A response as any framework's test client gives it back."""
+
+    status: int
+    headers: Mapping[str, str]  # lower-cased names
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+class Send(Protocol):
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+    ) -> Answer: ...
+
+
+def user_from_header(request: Request) -> str | None:
+    """The tests' stand-in for an app's authentication."""
+    return request.header("x-user")
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.lang: str | None = None
+        self.tags: list[str] = []
+        self.links: list[str] = []
+        self.metas: dict[str, str] = {}
+        self.h1 = ""
+        self.button = ""
+        self._in: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = {key: value or "" for key, value in attrs}
+        self.tags.append(tag)
+        if tag == "html":
+            self.lang = found.get("lang")
+        elif tag == "a":
+            self.links.append(found["href"])
+        elif tag == "meta" and "name" in found:
+            self.metas[found["name"]] = found.get("content", "")
+        self._in = tag if tag in ("h1", "a") else self._in
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in = None if tag == self._in else self._in
+
+    def handle_data(self, data: str) -> None:
+        if self._in == "h1":
+            self.h1 += data
+        elif self._in == "a":
+            self.button += data
+
+
+def parse_page(text: str) -> _Page:
+    page = _Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+def deep_link(answer: Answer) -> tuple[str, dict[str, str]]:
+    """The page's one link: (``scheme://host/path``, its query)."""
+    assert answer.headers["content-type"].startswith("text/html")
+    links = parse_page(answer.text).links
+    assert len(links) == 1
+    parts = urlsplit(links[0])
+    return f"{parts.scheme}://{parts.netloc}{parts.path}", dict(parse_qsl(parts.query))
+
+
+def callback_query(redirect: str) -> str:
+    return urlsplit(redirect).query
+
+
+def connect_url(send: Send) -> str:
+    """GET /connect, as a browser (302) and as a mobile app (JSON): the consent URL."""
+    redirect = send("GET", f"{PREFIX}/connect", headers=AS_USER)
+    assert redirect.status == 302
+    asked = send("GET", f"{PREFIX}/connect", headers={**AS_USER, "accept": "application/json"})
+    assert asked.status == 200
+    assert urlsplit(asked.json()["url"]).netloc == urlsplit(redirect.headers["location"]).netloc
+    return str(asked.json()["url"])
+
+
+def seed_scenario(send: Send, fake: FakeAmoCRM) -> tuple[str, str]:
+    """The seed's acceptance test, with the old app that still posts the code.
+
+    Connect -> Allow -> the callback page -> its deep link (success, no code) -> the old app
+    posts the same code -> 200 connected, duplicate -> status connected -> one token call.
+
+    Returns:
+        The callback's query string and the code, for further checks.
+    """
+    state = query_of(connect_url(send))["state"]
+    redirect = fake.authorize(state)
+    code = query_of(redirect)["code"]
+    page = send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
+    assert page.status == 200
+    target, params = deep_link(page)
+    assert target == "foryoure://amo-crm/callback"
+    assert params == {"success": "true", "state": state}
+    assert code not in page.text
+    legacy = send(
+        "POST",
+        f"{PREFIX}/exchange-code",
+        headers={**AS_USER, "content-type": "application/json"},
+        body=json.dumps({"code": code, "state": state}).encode(),
+    )
+    assert legacy.status == 200  # never 403
+    assert legacy.json()["connected"] is True
+    assert (legacy.json()["outcome"], legacy.json()["duplicate"]) == ("already_connected", True)
+    status = send("GET", f"{PREFIX}/status", headers=AS_USER)
+    assert status.status == 200
+    assert status.json()["connected"] is True
+    assert status.json()["account"]["id"] == fake.account_id
+    assert fake.token_calls == {("authorization_code", "ok"): 1}
+    return callback_query(redirect), code
+
+
+def replay_deny_and_forgery(send: Send, fake: FakeAmoCRM) -> None:
+    """After ``seed_scenario``: a replayed callback, a denial and a forged state."""
+    query, _ = seed_scenario(send, fake)
+    first = send("GET", f"{PREFIX}/callback", query=query)
+    again = send("GET", f"{PREFIX}/callback", query=query)
+    assert (first.status, again.status) == (200, 200)
+    assert deep_link(first) == deep_link(again)
+    assert deep_link(again)[1]["success"] == "true"
+    state = query_of(connect_url(send))["state"]
+    denied = send("GET", f"{PREFIX}/callback", query=callback_query(fake.deny(state)))
+    assert denied.status == 200
+    assert deep_link(denied)[1] == {"error": "access_denied", "state": state}
+    forged = state[:-3] + ("AAA" if not state.endswith("AAA") else "BBB")
+    refused = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(forged)))
+    assert refused.status == 400
+    assert deep_link(refused)[1] == {"error": "bad_state"}
+    assert fake.token_call_count() == 1
+
+
+# -- the handlers, driven directly ------------------------------------------------------------
+
+
+def answer_of(response: Response) -> Answer:
+    return Answer(response.status, dict(response.headers), response.text)
+
+
+def sender(handlers: Handlers) -> Send:
+    def send(
+        method: str,
+        path: str,
+        *,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+    ) -> Answer:
+        return answer_of(handlers.handle(Request(method, path, query, headers or {}, body)))
+
+    return send
+
+
+def async_sender(handlers: AsyncHandlers) -> Send:
+    def send(
+        method: str,
+        path: str,
+        *,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+    ) -> Answer:
+        request = Request(method, path, query, headers or {}, body)
+        return answer_of(asyncio.run(handlers.handle(request)))
+
+    return send
+
+
+@pytest.fixture
+def handlers(oauth: AmoOAuth) -> Handlers:
+    return Handlers(oauth, connection_id=user_from_header, app_scheme="foryoure")
+
+
+@pytest.fixture
+def send(handlers: Handlers) -> Send:
+    return sender(handlers)
+
+
+@pytest.fixture
+def async_oauth(fake: FakeAmoCRM, clock: FakeClock) -> Iterator[AsyncAmoOAuth]:
+    oauth = AsyncAmoOAuth(
+        config_for(fake),
+        store=MemoryStore(),
+        http=httpx.AsyncClient(transport=fake.async_transport()),
+        clock=clock,
+    )
+    yield oauth
+    asyncio.run(oauth.aclose())
+
+
+def post_code(send: Send, fields: Mapping[str, str], user: str = USER) -> Answer:
+    body = json.dumps(dict(fields)).encode()
+    headers = {"x-user": user, "content-type": "application/json"}
+    return send("POST", f"{PREFIX}/exchange-code", headers=headers, body=body)
+
+
+def test_seed_scenario(send: Send, fake: FakeAmoCRM) -> None:
+    seed_scenario(send, fake)
+
+
+def test_replay_deny_and_forged_state(send: Send, fake: FakeAmoCRM) -> None:
+    replay_deny_and_forgery(send, fake)
+
+
+def test_seed_scenario_async(async_oauth: AsyncAmoOAuth, fake: FakeAmoCRM) -> None:
+    async def user(request: Request) -> str | None:  # an async callable is awaited
+        return request.header("x-user")
+
+    handlers = AsyncHandlers(async_oauth, connection_id=user, app_scheme="foryoure")
+    replay_deny_and_forgery(async_sender(handlers), fake)
+
+
+# -- GET /connect ---------------------------------------------------------------------------
+
+
+def test_connect_redirects_to_amocrm_with_a_signed_state(send: Send, fake: FakeAmoCRM) -> None:
+    answer = send("GET", f"{PREFIX}/connect", headers=AS_USER)
+    assert answer.status == 302
+    location = urlsplit(answer.headers["location"])
+    assert location.netloc == fake.consent_host
+    assert query_of(answer.headers["location"])["client_id"] == fake.client_id
+    assert query_of(answer.headers["location"])["state"].startswith("v1.")
+
+
+@pytest.mark.parametrize(
+    ("query", "accept"),
+    [
+        ("format=json", None),
+        ("", "application/json"),
+        ("", "text/html;q=0.9, application/json;q=0.5"),
+    ],
+)
+def test_connect_answers_json_when_asked(send: Send, query: str, accept: str | None) -> None:
+    headers = {**AS_USER, **({"accept": accept} if accept else {})}
+    answer = send("GET", f"{PREFIX}/connect", query=query, headers=headers)
+    assert answer.status == 200
+    assert answer.headers["content-type"] == "application/json"
+    assert set(answer.json()) == {"url", "expires_at"}
+
+
+def test_connect_stays_a_redirect_for_browsers(send: Send) -> None:
+    browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    answer = send("GET", f"{PREFIX}/connect", headers={**AS_USER, "accept": browser})
+    assert answer.status == 302
+    refused = send("GET", f"{PREFIX}/connect", headers={**AS_USER, "accept": "application/json;q=0"})
+    assert refused.status == 302
+
+
+@pytest.mark.parametrize(
+    "path", ["/connect", "/status", "/disconnect", "/exchange-code"], ids=str.strip
+)
+def test_routes_need_a_connection_id(send: Send, path: str) -> None:
+    method = "POST" if path in ("/disconnect", "/exchange-code") else "GET"
+    answer = send(method, PREFIX + path, body=b'{"code": "x"}')
+    assert (answer.status, answer.json()) == (401, {"error": "unauthenticated"})
+
+
+@pytest.mark.parametrize("user", ["", "x" * 201, "tab\there"])
+def test_a_bad_connection_id_is_400(send: Send, user: str) -> None:
+    for method, path in (("GET", "/connect"), ("GET", "/status"), ("POST", "/disconnect")):
+        answer = send(method, PREFIX + path, headers={"x-user": user})
+        assert (answer.status, answer.json()) == (400, {"error": "bad_connection_id"})
+    answer = post_code(send, {"code": "abc"}, user=user)
+    assert (answer.status, answer.json()) == (400, {"error": "bad_connection_id"})
+
+
+def test_a_numeric_connection_id_is_accepted(oauth: AmoOAuth) -> None:
+    handlers = Handlers(oauth, connection_id=lambda _: 42, app_scheme="app")  # type: ignore[arg-type,return-value]
+    answer = handlers.handle(Request("GET", f"{PREFIX}/status"))
+    assert answer.status == 200
+
+
+def test_the_apps_exceptions_reach_the_framework(oauth: AmoOAuth) -> None:
+    class NotSignedIn(Exception):
+        pass
+
+    def refuse(request: Request) -> str | None:
+        raise NotSignedIn
+
+    handlers = Handlers(oauth, connection_id=refuse, app_scheme="app")
+    with pytest.raises(NotSignedIn):
+        handlers.handle(Request("GET", f"{PREFIX}/status"))
+
+
+def test_sync_handlers_refuse_an_async_connection_id(oauth: AmoOAuth) -> None:
+    async def user(request: Request) -> str | None:
+        return USER
+
+    handlers = Handlers(oauth, connection_id=user, app_scheme="app")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="AsyncHandlers"):
+        handlers.handle(Request("GET", f"{PREFIX}/status"))
+
+
+# -- GET /callback ----------------------------------------------------------------------------
+
+
+def test_callback_page_is_accessible_static_html(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    redirect = fake.authorize(oauth.begin(USER).state)
+    answer = send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
+    page = parse_page(answer.text)
+    assert answer.text.startswith("<!doctype html>")
+    assert page.lang == "en"
+    assert page.tags.count("main") == 1 and page.tags.count("h1") == 1
+    assert page.tags.count("a") == 1
+    assert "script" not in page.tags and "<script" not in answer.text.lower()
+    assert page.metas["viewport"] == "width=device-width, initial-scale=1"
+    assert page.metas["referrer"] == "no-referrer"
+    assert page.h1 == "amoCRM is connected"
+    assert page.button == "Return to App"
+
+
+def test_callback_page_headers(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    redirect = fake.authorize(oauth.begin(USER).state)
+    for query in (callback_query(redirect), "state=forged"):
+        headers = send("GET", f"{PREFIX}/callback", query=query).headers
+        assert headers["content-type"] == "text/html; charset=utf-8"
+        assert headers["cache-control"] == "no-store"
+        assert headers["referrer-policy"] == "no-referrer"
+        assert headers["x-content-type-options"] == "nosniff"
+        policy = headers["content-security-policy"]
+        assert "default-src 'none'" in policy
+        assert "frame-ancestors 'none'" in policy
+        assert "script-src" not in policy and "unsafe" not in policy
+
+
+def test_json_responses_are_never_cached(send: Send) -> None:
+    answer = send("GET", f"{PREFIX}/status", headers=AS_USER)
+    assert answer.headers["cache-control"] == "no-store"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_deep_link_never_carries_the_code(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    state = oauth.begin(USER).state
+    redirect = fake.authorize(state)
+    code = query_of(redirect)["code"]
+    for _ in range(2):  # first and replayed
+        answer = send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
+        target, params = deep_link(answer)
+        assert "code" not in params
+        assert code not in target + urlencode(params)
+        assert code not in answer.text and all(code not in v for v in answer.headers.values())
+
+
+def test_in_progress_links_pending(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    oauth = make_oauth(settle_timeout=0.05)
+    busy = ConnectionRecord(
+        USER,
+        state=ConnectionState.CODE_RECEIVED,
+        version=1,
+        host=fake.account_host,
+        lease=Lease("another-worker", "exchange", clock() + timedelta(seconds=60)),
+    )
+    assert oauth.store.compare_and_set(busy, None)
+    send = sender(Handlers(oauth, connection_id=user_from_header, app_scheme="foryoure"))
+    state = oauth.begin(USER).state
+    page = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
+    assert (page.status, deep_link(page)[1]) == (200, {"pending": "true", "state": state})
+    assert parse_page(page.text).h1 == "Almost done"
+    legacy = post_code(send, {"code": fake.issue_code(), "referer": fake.account_host})
+    assert legacy.status == 200
+    assert (legacy.json()["outcome"], legacy.json()["state"]) == ("in_progress", "code_received")
+    assert fake.token_call_count() == 0
+
+
+def test_failed_exchange_links_the_reason(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    state = oauth.begin(USER).state
+    query = urlencode({"code": "not-a-real-code", "state": state, "referer": fake.account_host})
+    page = send("GET", f"{PREFIX}/callback", query=query)
+    assert page.status == 200
+    assert deep_link(page)[1] == {"error": "code_rejected", "state": state}
+    assert parse_page(page.text).h1 == "amoCRM was not connected"
+    assert "<code>code_rejected</code>" in page.text
+
+
+def test_interrupted_exchange_links_the_reason(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    fake.fail_next("500")
+    state = oauth.begin(USER).state
+    page = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
+    assert deep_link(page)[1] == {"error": "exchange_interrupted", "state": state}
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("", "bad_state"),
+        ("code=abc", "bad_state"),
+        ("state=v1.forged.sig&code=abc", "bad_state"),
+        ("code=a&code=b", "malformed"),
+        ("error=<script>&state=x", "malformed"),
+    ],
+)
+def test_refused_callbacks_get_a_400_page(
+    send: Send, fake: FakeAmoCRM, query: str, reason: str
+) -> None:
+    answer = send("GET", f"{PREFIX}/callback", query=query)
+    assert answer.status == 400
+    assert deep_link(answer) == ("foryoure://amo-crm/callback", {"error": reason})
+    assert "<script>" not in answer.text
+    assert fake.token_call_count() == 0
+
+
+def test_a_reused_state_with_a_new_code_is_refused(
+    send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    state = oauth.begin(USER).state
+    send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
+    answer = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
+    assert (answer.status, deep_link(answer)[1]) == (400, {"error": "reused_state"})
+    assert fake.token_call_count() == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "lang", "button"),
+    [
+        ("", {}, "en", "Return to App"),
+        ("lang=ru", {}, "ru", "Вернуться в приложение"),
+        ("lang=uk", {}, "uk", "Повернутися до застосунку"),
+        ("lang=ua", {}, "uk", "Повернутися до застосунку"),
+        ("", {"accept-language": "ru-RU,ru;q=0.9,en;q=0.8"}, "ru", "Вернуться в приложение"),
+        ("", {"accept-language": "de-DE, uk;q=0.7, ru;q=0.3"}, "uk", "Повернутися до застосунку"),
+        ("", {"accept-language": "ru;q=0.2, en;q=0.9"}, "en", "Return to App"),
+        ("", {"accept-language": "ru;q=0, fr"}, "en", "Return to App"),
+        ("", {"accept-language": "uk;q=bogus, *"}, "en", "Return to App"),
+        ("lang=en", {"accept-language": "uk"}, "en", "Return to App"),
+        ("lang=xx", {"accept-language": "uk"}, "uk", "Повернутися до застосунку"),
+    ],
+)
+def test_page_language(
+    send: Send, query: str, headers: dict[str, str], lang: str, button: str
+) -> None:
+    answer = send("GET", f"{PREFIX}/callback", query=query, headers=headers)
+    page = parse_page(answer.text)
+    assert (page.lang, page.button) == (lang, button)
+
+
+@pytest.mark.parametrize(
+    ("lang", "connected", "failed"),
+    [
+        ("en", "amoCRM is connected", "amoCRM was not connected"),
+        ("ru", "amoCRM подключена", "amoCRM не подключена"),
+        ("uk", "amoCRM підключено", "amoCRM не підключено"),
+    ],
+)
+def test_every_message_is_translated(
+    send: Send, oauth: AmoOAuth, fake: FakeAmoCRM, lang: str, connected: str, failed: str
+) -> None:
+    redirect = fake.authorize(oauth.begin(USER).state)
+    ok = send("GET", f"{PREFIX}/callback", query=f"{callback_query(redirect)}&lang={lang}")
+    assert parse_page(ok.text).h1 == connected
+    bad = send("GET", f"{PREFIX}/callback", query=f"lang={lang}")
+    assert parse_page(bad.text).h1 == failed
+    text = web.PAGE_TEXTS[lang]
+    assert text.connected_body in ok.text and text.error_body in bad.text
+    assert set(web.PAGE_TEXTS) >= {"en", "ru", "uk"}
+
+
+def test_everything_on_the_page_is_escaped(oauth: AmoOAuth) -> None:
+    evil = "<script>alert('x')</script>&\""
+    texts = {"xx": PageText(**{field: evil for field in attrs.fields_dict(PageText)})}
+    handlers = Handlers(oauth, connection_id=user_from_header, app_scheme="app", texts=texts)
+    answer = handlers.handle(Request("GET", f"{PREFIX}/callback", "lang=xx"))
+    assert "<script>" not in answer.text
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;&quot;" in answer.text
+    assert parse_page(answer.text).h1 == evil
+    assert parse_page(answer.text).lang == "xx"
+
+
+def test_the_echoed_state_is_escaped(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    state = oauth.begin(USER).state
+    answer = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
+    assert 'href="foryoure://amo-crm/callback?success=true&amp;state=' in answer.text
+
+
+# -- POST /exchange-code ----------------------------------------------------------------------
+
+
+def test_exchange_code_connects_a_new_code(send: Send, fake: FakeAmoCRM) -> None:
+    code = fake.issue_code()
+    answer = post_code(send, {"code": code, "referer": fake.account_host})
+    assert answer.status == 200
+    body = answer.json()
+    assert (body["outcome"], body["duplicate"], body["connected"]) == ("connected", False, True)
+    again = post_code(send, {"code": code})
+    assert (again.status, again.json()["duplicate"]) == (200, True)
+    assert fake.token_call_count() == 1
+    assert code not in answer.text + again.text
+
+
+def test_exchange_code_accepts_a_form(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    redirect = fake.authorize(oauth.begin(USER).state)
+    send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
+    body = urlencode({"code": query_of(redirect)["code"]}).encode()
+    headers = {**AS_USER, "content-type": "application/x-www-form-urlencoded; charset=utf-8"}
+    answer = send("POST", f"{PREFIX}/exchange-code", headers=headers, body=body)
+    assert (answer.status, answer.json()["outcome"]) == (200, "already_connected")
+
+
+def test_exchange_code_failure_is_400_with_the_status(send: Send, fake: FakeAmoCRM) -> None:
+    answer = post_code(send, {"code": "never-issued", "referer": fake.account_host})
+    assert answer.status == 400
+    body = answer.json()
+    assert (body["error"], body["outcome"], body["state"]) == ("code_rejected", "failed", "error")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "reason"),
+    [
+        ("application/json", b"{not json", 400, "malformed"),
+        ("application/json", b"[1, 2]", 400, "malformed"),
+        ("application/json", b'{"code": 12}', 400, "malformed"),
+        ("application/json", b'{"code": "a", "state": ["x"]}', 400, "malformed"),
+        ("application/json", b"\xff\xfe\xfa", 400, "malformed"),
+        ("application/json", b"[" * 10_000, 400, "malformed"),
+        ("application/json", b'{"n": 1' + b"0" * 5000 + b"}", 400, "malformed"),
+        ("application/json", b"{}", 400, "missing_code"),
+        ("application/json", b'{"code": ""}', 400, "missing_code"),
+        ("application/json", b'{"code": "a\\u0000b"}', 400, "malformed"),
+        ("application/json", b'{"code": "abc"}', 400, "missing_referer"),
+        ("application/json", b'{"code": "abc", "referer": "evil.example"}', 400, "foreign_host"),
+        ("application/json", b'{"code": "abc", "state": "v1.x.y"}', 400, "bad_state"),
+        ("application/x-www-form-urlencoded", b"code=a&code=b", 400, "malformed"),
+        ("application/x-www-form-urlencoded", b"code=%ff%fe", 400, "malformed"),
+        ("application/x-www-form-urlencoded", b"\xff=1", 400, "malformed"),
+        ("text/plain", b"code=abc", 415, "unsupported_media_type"),
+        ("multipart/form-data; boundary=x", b"--x--", 415, "unsupported_media_type"),
+        ("application/json", b" " * (16 * 1024 + 1), 413, "body_too_large"),
+    ],
+)
+def test_exchange_code_refusals(
+    send: Send, fake: FakeAmoCRM, content_type: str, body: bytes, status: int, reason: str
+) -> None:
+    headers = {**AS_USER, "content-type": content_type}
+    answer = send("POST", f"{PREFIX}/exchange-code", headers=headers, body=body)
+    assert (answer.status, answer.json()) == (status, {"error": reason})
+    assert fake.token_call_count() == 0
+
+
+def test_exchange_code_without_content_type_reads_json(send: Send, fake: FakeAmoCRM) -> None:
+    body = json.dumps({"code": fake.issue_code(), "referer": fake.account_host}).encode()
+    answer = send("POST", f"{PREFIX}/exchange-code", headers=AS_USER, body=body)
+    assert answer.status == 200
+
+
+def test_exchange_code_with_another_users_state_is_refused(
+    send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    state = oauth.begin("someone-else").state
+    answer = post_code(send, {"code": fake.issue_code(), "state": state})
+    assert (answer.status, answer.json()) == (400, {"error": "bad_state"})
+
+
+# -- status, disconnect, the hook ------------------------------------------------------------
+
+
+def test_status_of_an_unknown_connection(send: Send) -> None:
+    answer = send("GET", f"{PREFIX}/status", headers=AS_USER)
+    assert answer.json() == {
+        "connected": False,
+        "state": "disconnected",
+        "account": None,
+        "expires_at": None,
+        "error": None,
+        "version": 0,
+    }
+
+
+def test_status_never_shows_a_token(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    seed_scenario(send, fake)
+    answer = send("GET", f"{PREFIX}/status", headers=AS_USER)
+    record = oauth.store.load(USER)
+    assert record is not None and record.tokens is not None
+    assert record.tokens.access_token not in answer.text
+    assert record.tokens.refresh_token not in answer.text
+    body = answer.json()
+    assert body["account"] == {"id": fake.account_id, "subdomain": "test", "name": "Test account"}
+    assert body["expires_at"] == record.tokens.expires_at.isoformat()
+    assert body["version"] == record.version
+
+
+def test_disconnect(send: Send, fake: FakeAmoCRM) -> None:
+    seed_scenario(send, fake)
+    answer = send("POST", f"{PREFIX}/disconnect", headers=AS_USER)
+    assert answer.status == 200
+    assert (answer.json()["connected"], answer.json()["state"]) == (False, "disconnected")
+    assert send("GET", f"{PREFIX}/status", headers=AS_USER).json()["state"] == "disconnected"
+
+
+def test_disconnect_hook(send: Send, fake: FakeAmoCRM) -> None:
+    seed_scenario(send, fake)
+    hook = fake.uninstall()
+    forged = {**hook, "signature": "0" * 64}
+    answer = send("GET", f"{PREFIX}/disconnect-hook", query=urlencode(forged))
+    assert (answer.status, answer.json()) == (400, {"error": "bad_signature"})
+    answer = send("GET", f"{PREFIX}/disconnect-hook", query=urlencode(hook))
+    assert (answer.status, answer.json()) == (200, {"disconnected": 1})
+    status = send("GET", f"{PREFIX}/status", headers=AS_USER).json()
+    assert (status["state"], status["error"]) == ("error", "disconnected_by_provider")
+    answer = send("GET", f"{PREFIX}/disconnect-hook", query="account_id=x")
+    assert (answer.status, answer.json()) == (400, {"error": "malformed"})
+
+
+# -- routing and limits ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/api", f"{PREFIX}", f"{PREFIX}/nope", "/other/status"])
+def test_unknown_paths_are_404(send: Send, path: str) -> None:
+    answer = send("GET", path)
+    assert (answer.status, answer.json()) == (404, {"error": "not_found"})
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("POST", "/connect", "GET"),
+        ("POST", "/callback", "GET"),
+        ("HEAD", "/callback", "GET"),
+        ("GET", "/exchange-code", "POST"),
+        ("DELETE", "/status", "GET"),
+        ("GET", "/disconnect", "POST"),
+        ("OPTIONS", "/disconnect-hook", "GET"),
+    ],
+)
+def test_wrong_methods_are_405(send: Send, method: str, path: str, allow: str) -> None:
+    answer = send(method, PREFIX + path)
+    assert (answer.status, answer.json()) == (405, {"error": "method_not_allowed"})
+    assert answer.headers["allow"] == allow
+
+
+def test_a_trailing_slash_is_tolerated(send: Send) -> None:
+    assert send("GET", f"{PREFIX}/status/", headers=AS_USER).status == 200
+
+
+def test_huge_queries_are_414(send: Send) -> None:
+    long = send("GET", f"{PREFIX}/status", query="a=" + "x" * 9000, headers=AS_USER)
+    assert (long.status, long.json()) == (414, {"error": "query_too_large"})
+    many = send("GET", f"{PREFIX}/status", query="&".join(f"k{i}=v" for i in range(65)))
+    assert many.status == 414
+    page = send("GET", f"{PREFIX}/callback", query="code=" + "x" * 9000)
+    assert (page.status, deep_link(page)[1]) == (414, {"error": "query_too_large"})
+
+
+def test_a_configurable_prefix(oauth: AmoOAuth) -> None:
+    handlers = Handlers(oauth, connection_id=user_from_header, app_scheme="app", prefix="/amo/")
+    assert handlers.handle(Request("GET", "/amo/status", headers=AS_USER)).status == 200
+    assert handlers.handle(Request("GET", f"{PREFIX}/status", headers=AS_USER)).status == 404
+    root = Handlers(oauth, connection_id=user_from_header, app_scheme="app", prefix="")
+    assert root.handle(Request("GET", "/status", headers=AS_USER)).status == 200
+
+
+@pytest.mark.parametrize("prefix", ["api", "/api?x=1"])
+def test_a_bad_prefix_is_refused(oauth: AmoOAuth, prefix: str) -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        Handlers(oauth, connection_id=user_from_header, app_scheme="app", prefix=prefix)
+
+
+class FlakyStore(MemoryStore):
+    broken = False
+
+    def load(self, connection_id: str) -> ConnectionRecord | None:
+        if self.broken:
+            raise StoreError("the database is down")
+        return super().load(connection_id)
+
+
+def test_a_store_outage_is_503(make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM) -> None:
+    store = FlakyStore()
+    oauth = make_oauth(store=store)
+    send = sender(Handlers(oauth, connection_id=user_from_header, app_scheme="foryoure"))
+    state = oauth.begin(USER).state
+    store.broken = True
+    answer = send("GET", f"{PREFIX}/status", headers=AS_USER)
+    assert (answer.status, answer.json()) == (503, {"error": "store_unavailable"})
+    answer = post_code(send, {"code": "abc", "referer": fake.account_host})
+    assert (answer.status, answer.json()) == (503, {"error": "store_unavailable"})
+    page = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
+    assert (page.status, deep_link(page)[1]) == (503, {"error": "store_unavailable"})
+
+
+# -- construction and the small types ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "scheme", ["", "1app", "my app", "foo://", "javascript", "JavaScript", "data", "a_b", "é"]
+)
+def test_bad_app_schemes_are_refused(oauth: AmoOAuth, scheme: str) -> None:
+    with pytest.raises(ValueError, match="app_scheme"):
+        Handlers(oauth, connection_id=user_from_header, app_scheme=scheme)
+
+
+def test_app_schemes_follow_rfc_3986(oauth: AmoOAuth) -> None:
+    handlers = Handlers(oauth, connection_id=user_from_header, app_scheme="My.App+v2-x")
+    assert handlers.app_scheme == "my.app+v2-x"
+
+
+def test_an_unknown_default_language_is_refused(oauth: AmoOAuth) -> None:
+    with pytest.raises(ValueError, match="default_language"):
+        Handlers(oauth, connection_id=user_from_header, app_scheme="a", default_language="xx")
+
+
+def test_request_hides_what_it_carries() -> None:
+    request = Request(
+        "post", "/p", "code=SECRET", {"Cookie": "session=SECRET"}, b"SECRET", native=object()
+    )
+    assert "SECRET" not in repr(request)
+    assert request.method == "POST"
+    assert request.param("code") == "SECRET"
+    assert request.cookie("session") == request.header("COOKIE").partition("=")[2]
+    assert request.cookie("missing") is None
+    assert "SECRET" not in repr(Response.json(200, {"token": "SECRET"}))
+
+
+def test_request_decodes_any_query_without_raising() -> None:
+    assert Request("GET", "/", b"a=%ff&b=%C3%A9&c").query == (("a", "\ufffd"), ("b", "é"), ("c", ""))
+    assert Request("GET", "/", "x=\udcff").query == (("x", "\ufffd\ufffd\ufffd"),)
+    assert Request("GET", "/", {"a": ["1", "2"], "b": "3"}).query == (
+        ("a", "1"),
+        ("a", "2"),
+        ("b", "3"),
+    )
+
+
+def test_read_body_stops_after_the_limit() -> None:
+    async def chunks() -> Any:
+        for _ in range(100):
+            yield b"x" * 10
+
+    assert asyncio.run(web.read_body(chunks(), 25)) == b"x" * 26
+    assert asyncio.run(web.read_body(chunks(), 5000)) == b"x" * 1000
+
+
+def test_routes_table_and_public_names() -> None:
+    assert [(r.method, r.path) for r in web.ROUTES] == [
+        ("GET", "/connect"),
+        ("GET", "/callback"),
+        ("POST", "/exchange-code"),
+        ("GET", "/status"),
+        ("POST", "/disconnect"),
+        ("GET", "/disconnect-hook"),
+    ]
+    # ruff's RUF022 order (isort-style): CONSTANTS, then Classes, then functions.
+    order = sorted(web.__all__, key=lambda name: (not name.isupper(), name[0].islower(), name))
+    assert web.__all__ == order
+    assert all(hasattr(web, name) for name in web.__all__)
+
+
+# -- no input reaches a 5xx, and nothing secret leaks --------------------------------------------
+
+SECRET_CODE = "c0de-that-must-never-be-echoed"
+KEYS = ["code", "state", "referer", "error", "client_id", "lang", "format", "from_widget"]
+HOOK_KEYS = ["account_id", "client_uuid", "signature"]
+
+
+@attrs.frozen
+class Known:
+    """Valid pieces for the fuzzer to mix in, so it reaches deep into every route."""
+
+    states: list[str]
+    codes: list[str]
+    callbacks: list[str]  # whole, valid callback queries
+    hook: str  # a whole, validly signed disconnect hook query
+    values: list[str]
+
+
+@st.composite
+def requests(draw: st.DrawFn, known: Known) -> Request:
+    """Mostly well-aimed requests (a real route, its method, a user) with arbitrary parts."""
+
+    def mostly(aimed: st.SearchStrategy[Any], wild: st.SearchStrategy[Any]) -> Any:
+        return draw(aimed if draw(st.integers(0, 9)) < 8 else wild)
+
+    route = draw(st.sampled_from(web.ROUTES))
+    path = mostly(st.sampled_from([PREFIX + route.path, f"{PREFIX + route.path}/"]), st.text())
+    method = mostly(st.just(route.method), st.sampled_from(["PUT", "HEAD"]) | st.text(max_size=6))
+    value = st.sampled_from(known.values + known.states + known.codes) | st.text(max_size=40)
+    pairs = st.lists(st.tuples(st.sampled_from(KEYS + HOOK_KEYS) | st.text(max_size=8), value))
+    query = mostly(
+        st.sampled_from([*known.callbacks, known.hook]) | pairs.map(urlencode),
+        st.binary(max_size=200) | st.text(max_size=200),
+    )
+    user = mostly(st.just(USER), st.sampled_from(["", "x" * 201]) | st.text(max_size=20))
+    other = st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=60)
+    header_values = st.sampled_from(["application/json", "application/x-www-form-urlencoded"])
+    headers = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["accept", "accept-language", "content-type"]) | st.text(max_size=9),
+                header_values | other,
+            ),
+            max_size=4,
+        )
+    )
+    fields = st.fixed_dictionaries(
+        {"code": value | st.integers()}, optional={"state": value, "referer": value}
+    )
+    as_json = fields.map(lambda f: ("application/json", json.dumps(f).encode()))
+    as_form = fields.map(
+        lambda f: ("application/x-www-form-urlencoded", urlencode(f).encode())
+    )
+    content_type, body = mostly(as_json | as_form, st.tuples(header_values, st.binary()))
+    headers = [("x-user", user), ("content-type", content_type), *headers]
+    return Request(method, path, query, headers, body)
+
+
+def test_no_input_reaches_a_5xx_or_leaks_a_secret(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    oauth = make_oauth(settle_timeout=0.01)
+    handlers = Handlers(oauth, connection_id=user_from_header, app_scheme="foryoure")
+    states = [oauth.begin(USER).state for _ in range(4)]
+    callbacks = [callback_query(fake.authorize(state)) for state in states[:2]]
+    codes = [SECRET_CODE, fake.issue_code(), *(dict(parse_qsl(q))["code"] for q in callbacks)]
+    hook = {"client_uuid": fake.client_id, "account_id": str(fake.account_id)}
+    hook["signature"] = hook_signature(fake.client_id, fake.client_secret, fake.account_id)
+    values = [fake.account_host, fake.client_id, "json", "ru", "1", "access_denied"]
+    known = Known(states, codes, callbacks, urlencode(hook), values)
+    secrets = [*codes, fake.client_secret, STATE_SECRET]
+
+    @settings(max_examples=300, deadline=None)
+    @given(request=requests(known))
+    def check(request: Request) -> None:
+        response = handlers.handle(request)
+        event(f"{request.path} {response.status}")
+        assert 200 <= response.status < 500
+        shown = response.text + "".join(value for _, value in response.headers)
+        assert not any(secret in shown for secret in secrets)
+        if response.status >= 400 and response.header("content-type") == "application/json":
+            assert isinstance(json.loads(response.body)["error"], str)
+
+    check()
