@@ -10,7 +10,7 @@ Run it (the redirect URI registered in amoCRM must end in ``/api/amo-crm/callbac
     AMO_CLIENT_ID=... AMO_CLIENT_SECRET=... \\
     AMO_REDIRECT_URI=https://example.com/api/amo-crm/callback \\
     AMO_STATE_SECRET=$(python -c "import secrets; print(secrets.token_hex(32))") \\
-    AMO_API_TOKENS=token-of-user-42:user-42 \\
+    AMO_API_TOKENS=token-of-user-42:user-42 AMO_DB=amo_oauth.db \\
     uvicorn --factory examples.starlette_app:app_from_env
 
 then ``curl -H "Authorization: Bearer token-of-user-42" localhost:8000/api/amo-crm/status``.
@@ -18,16 +18,17 @@ then ``curl -H "Authorization: Bearer token-of-user-42" localhost:8000/api/amo-c
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from amo_oauth import AsyncAmoOAuth, Config, web
+from amo_oauth import AsyncAmoOAuth, Config, SQLiteStore, web
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -55,7 +56,8 @@ def bearer_user(tokens: Mapping[str, str]) -> web.ConnectionIdFn:
 def create_app(
     oauth: AsyncAmoOAuth, tokens: Mapping[str, str], *, app_scheme: str = "foryoure"
 ) -> Starlette:
-    """The backend: amo_oauth's six routes under ``/api/amo-crm``."""
+    """The backend: amo_oauth's six routes under ``/api/amo-crm``; it closes ``oauth`` on
+    shutdown."""
     handlers = web.AsyncHandlers(oauth, connection_id=bearer_user(tokens), app_scheme=app_scheme)
 
     async def amo_crm(request: Request) -> Response:
@@ -71,7 +73,13 @@ def create_app(
         )
         return Response(answer.body, answer.status, headers=dict(answer.headers))
 
-    return Starlette(routes=[Route(web.DEFAULT_PREFIX + "/{rest:path}", amo_crm, methods=METHODS)])
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await oauth.aclose()  # the app owns the service: close its client and store
+
+    routes = [Route(web.DEFAULT_PREFIX + "/{rest:path}", amo_crm, methods=METHODS)]
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def app_from_env() -> Starlette:
@@ -85,5 +93,5 @@ def app_from_env() -> Starlette:
     )
     pairs = (item.partition(":") for item in env.get("AMO_API_TOKENS", "").split(",") if item)
     tokens = {token: user for token, _, user in pairs}
-    scheme = env.get("AMO_APP_SCHEME", "foryoure")
-    return create_app(AsyncAmoOAuth(config), tokens, app_scheme=scheme)
+    oauth = AsyncAmoOAuth(config, store=SQLiteStore(env.get("AMO_DB", "amo_oauth.db")))
+    return create_app(oauth, tokens, app_scheme=env.get("AMO_APP_SCHEME", "foryoure"))

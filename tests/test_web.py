@@ -17,7 +17,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import attrs
 import httpx
 import pytest
-from helpers import STATE_SECRET, config_for, query_of
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +33,8 @@ from amo_oauth import (
 from amo_oauth._hook import hook_signature
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import AsyncHandlers, Handlers, PageText, Request, Response
+
+from helpers import STATE_SECRET, config_for, query_of
 
 USER = "user-42"
 PREFIX = "/api/amo-crm"
@@ -300,7 +301,9 @@ def test_connect_stays_a_redirect_for_browsers(send: Send) -> None:
     browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
     answer = send("GET", f"{PREFIX}/connect", headers={**AS_USER, "accept": browser})
     assert answer.status == 302
-    refused = send("GET", f"{PREFIX}/connect", headers={**AS_USER, "accept": "application/json;q=0"})
+    refused = send(
+        "GET", f"{PREFIX}/connect", headers={**AS_USER, "accept": "application/json;q=0"}
+    )
     assert refused.status == 302
 
 
@@ -352,7 +355,9 @@ def test_sync_handlers_refuse_an_async_connection_id(oauth: AmoOAuth) -> None:
 # -- GET /callback ----------------------------------------------------------------------------
 
 
-def test_callback_page_is_accessible_static_html(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+def test_callback_page_is_accessible_static_html(
+    send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
     redirect = fake.authorize(oauth.begin(USER).state)
     answer = send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
     page = parse_page(answer.text)
@@ -387,7 +392,9 @@ def test_json_responses_are_never_cached(send: Send) -> None:
     assert answer.headers["x-content-type-options"] == "nosniff"
 
 
-def test_the_deep_link_never_carries_the_code(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+def test_the_deep_link_never_carries_the_code(
+    send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
     state = oauth.begin(USER).state
     redirect = fake.authorize(state)
     code = query_of(redirect)["code"]
@@ -432,7 +439,9 @@ def test_failed_exchange_links_the_reason(send: Send, oauth: AmoOAuth, fake: Fak
     assert "<code>code_rejected</code>" in page.text
 
 
-def test_interrupted_exchange_links_the_reason(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+def test_interrupted_exchange_links_the_reason(
+    send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
     fake.fail_next("500")
     state = oauth.begin(USER).state
     page = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
@@ -609,6 +618,27 @@ def test_exchange_code_with_another_users_state_is_refused(
     assert (answer.status, answer.json()) == (400, {"error": "bad_state"})
 
 
+def test_cross_site_posts_a_page_could_forge_are_refused(send: Send, fake: FakeAmoCRM) -> None:
+    cross = {**AS_USER, "sec-fetch-site": "cross-site"}
+    form = {**cross, "content-type": "application/x-www-form-urlencoded"}
+    body = urlencode({"code": fake.issue_code(), "referer": fake.account_host}).encode()
+    for headers, path, content in (
+        (form, "/exchange-code", body),
+        (cross, "/exchange-code", body),  # no content type: also a "simple" request
+        (cross, "/disconnect", b""),
+        ({**cross, "content-type": "text/plain"}, "/disconnect", b""),
+    ):
+        answer = send("POST", PREFIX + path, headers=headers, body=content)
+        assert (answer.status, answer.json()) == (400, {"error": "cross_site_request"})
+    assert fake.token_call_count() == 0
+    # Same-site pages, native apps (no header) and preflighted JSON are let through.
+    same = {**form, "sec-fetch-site": "same-origin"}
+    assert send("POST", f"{PREFIX}/exchange-code", headers=same, body=body).status == 200
+    as_json = {**cross, "content-type": "application/json"}
+    assert send("POST", f"{PREFIX}/disconnect", headers=as_json).status == 200
+    assert send("POST", f"{PREFIX}/disconnect", headers=AS_USER).status == 200
+
+
 # -- status, disconnect, the hook ------------------------------------------------------------
 
 
@@ -770,7 +800,11 @@ def test_request_hides_what_it_carries() -> None:
 
 
 def test_request_decodes_any_query_without_raising() -> None:
-    assert Request("GET", "/", b"a=%ff&b=%C3%A9&c").query == (("a", "\ufffd"), ("b", "é"), ("c", ""))
+    assert Request("GET", "/", b"a=%ff&b=%C3%A9&c").query == (
+        ("a", "\ufffd"),
+        ("b", "é"),
+        ("c", ""),
+    )
     assert Request("GET", "/", "x=\udcff").query == (("x", "\ufffd\ufffd\ufffd"),)
     assert Request("GET", "/", {"a": ["1", "2"], "b": "3"}).query == (
         ("a", "1"),
@@ -843,7 +877,8 @@ def requests(draw: st.DrawFn, known: Known) -> Request:
     headers = draw(
         st.lists(
             st.tuples(
-                st.sampled_from(["accept", "accept-language", "content-type"]) | st.text(max_size=9),
+                st.sampled_from(["accept", "accept-language", "content-type"])
+                | st.text(max_size=9),
                 header_values | other,
             ),
             max_size=4,
@@ -853,9 +888,7 @@ def requests(draw: st.DrawFn, known: Known) -> Request:
         {"code": value | st.integers()}, optional={"state": value, "referer": value}
     )
     as_json = fields.map(lambda f: ("application/json", json.dumps(f).encode()))
-    as_form = fields.map(
-        lambda f: ("application/x-www-form-urlencoded", urlencode(f).encode())
-    )
+    as_form = fields.map(lambda f: ("application/x-www-form-urlencoded", urlencode(f).encode()))
     content_type, body = mostly(as_json | as_form, st.tuples(header_values, st.binary()))
     headers = [("x-user", user), ("content-type", content_type), *headers]
     return Request(method, path, query, headers, body)
@@ -875,7 +908,7 @@ def test_no_input_reaches_a_5xx_or_leaks_a_secret(
     known = Known(states, codes, callbacks, urlencode(hook), values)
     secrets = [*codes, fake.client_secret, STATE_SECRET]
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=400, deadline=None)
     @given(request=requests(known))
     def check(request: Request) -> None:
         response = handlers.handle(request)

@@ -19,7 +19,11 @@ response = await handlers.handle(
 Routes (under ``prefix``, default ``/api/amo-crm``): ``GET /connect``, ``GET /callback``,
 ``POST /exchange-code``, ``GET /status``, ``POST /disconnect``, ``GET /disconnect-hook``.
 Every refusal is a 4xx with ``{"error": reason}`` (the callback's is an HTML page whose deep
-link carries ``error=<reason>``); a store outage is 503 ``store_unavailable``.
+link carries ``error=<reason>``): the reasons of ``CallbackRejected``, and ``unauthenticated``
+(401), ``bad_connection_id``, ``cross_site_request`` (400), ``not_found`` (404),
+``method_not_allowed`` (405), ``body_too_large`` (413), ``query_too_large`` (414),
+``unsupported_media_type`` (415). A store outage is 503 ``store_unavailable``; no input
+produces a 500.
 """
 
 from ._handlers import AsyncConnectionIdFn, AsyncHandlers, ConnectionIdFn, Handlers

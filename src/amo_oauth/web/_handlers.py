@@ -45,7 +45,9 @@ class Handlers(RouteCore):
     Args:
         oauth: the service.
         connection_id: ``(request) -> str | None``: the id of the connection the request
-            belongs to (e.g. the user id from the session), None when not signed in.
+            belongs to (e.g. the user id from the session; an int is turned into text), None
+            when not signed in (401). Not asked by the callback and the hook, whose
+            connection comes from the signed state and the account id.
         app_scheme: the app's URL scheme for the deep link, e.g. ``"foryoure"``.
         prefix: where the routes live.
         texts: page strings by language, added to (or replacing) ``PAGE_TEXTS``.

@@ -16,7 +16,9 @@ __all__ = [
     "QueryInput",
     "Request",
     "Response",
+    "media_type",
     "read_body",
+    "weighted",
 ]
 
 #: Name/value pairs in arrival order; repeated names are kept (``single_values`` rejects them).
@@ -69,6 +71,34 @@ def _upper(value: str) -> str:
 
 def _size(body: bytes) -> str:
     return f"<{len(body)} bytes>"
+
+
+def weighted(header: str, limit: int = 32) -> list[tuple[str, float]]:
+    """An ``Accept``-style header as (lower-cased token, weight) pairs, best first.
+
+    Unparsable weights count as 0; ties keep the header's order; only the first ``limit``
+    items are read, so a huge header costs nothing.
+    """
+    items: list[tuple[float, int, str]] = []
+    for index, item in enumerate(header.split(",")[:limit]):
+        token, *params = item.split(";")
+        quality = 1.0
+        for param in params:
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if token.strip():
+            items.append((-quality, index, token.strip().lower()))
+    return [(token, -negative) for negative, _, token in sorted(items)]
+
+
+def media_type(request: Request) -> str | None:
+    """The request's ``Content-Type`` without parameters, lower-cased; None when absent."""
+    value = request.header("content-type")
+    return value.split(";")[0].strip().lower() if value is not None else None
 
 
 def _find(headers: Headers, name: str) -> str | None:

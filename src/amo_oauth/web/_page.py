@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import attrs
 
-from ._http import Request, Response
+from ._http import Request, Response, weighted
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",
@@ -191,24 +191,6 @@ def _match(tag: str, available: Mapping[str, object]) -> str | None:
     return None
 
 
-def _accepted(header: str) -> list[str]:
-    """The Accept-Language tags by preference (q=0 and unparsable weights dropped)."""
-    weighted: list[tuple[float, int, str]] = []
-    for index, item in enumerate(header.split(",")[:_MAX_LANGUAGES]):
-        tag, _, params = item.partition(";")
-        quality = 1.0
-        for param in params.split(";"):
-            name, _, value = param.strip().partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        if 0 < quality <= 1 and tag.strip():
-            weighted.append((-quality, index, tag))
-    return [tag for _, _, tag in sorted(weighted)]
-
-
 def choose_language(request: Request, available: Mapping[str, object], default: str) -> str:
     """The page's language: ``?lang=``, then ``Accept-Language``, then ``default``.
 
@@ -222,7 +204,8 @@ def choose_language(request: Request, available: Mapping[str, object], default: 
     """
     wanted = request.param("lang")
     candidates = [wanted] if wanted else []
-    candidates += _accepted(request.header("accept-language") or "")
+    header = request.header("accept-language") or ""
+    candidates += [tag for tag, quality in weighted(header, _MAX_LANGUAGES) if 0 < quality <= 1]
     for tag in candidates:
         found = _match(tag, available)
         if found is not None:

@@ -19,7 +19,7 @@ from .._callback import single_values
 from .._errors import CallbackRejected, ProviderError, StoreError
 from .._records import Connection
 from .._results import CallbackResult, Outcome
-from ._http import Request, Response
+from ._http import Request, Response, media_type, weighted
 from ._page import (
     PAGE_TEXTS,
     PageKind,
@@ -129,6 +129,7 @@ class Route:
 
 _AUTH = ((401, "No connection id for this request: {error: unauthenticated}"),)
 _ID = ((400, "The app's connection id is not valid: {error: bad_connection_id}"),)
+_CROSS_SITE = (400, "A cross-site form or bodiless POST: {error: cross_site_request}")
 
 #: The six endpoints, in the order adapters register them.
 ROUTES: Final = (
@@ -161,7 +162,7 @@ ROUTES: Final = (
         "never 403. Body: JSON or form {code, state?, referer?}.",
         (
             (200, "Connected, already connected or in progress: the status"),
-            (400, "{error: reason}: refused, malformed or failed"),
+            (400, "{error: reason}: refused, malformed, failed or cross-site"),
             *_AUTH,
             (415, "{error: unsupported_media_type}"),
         ),
@@ -181,7 +182,7 @@ ROUTES: Final = (
         "/disconnect",
         "Disconnect amoCRM",
         "Forgets the connection's tokens and answers the status.",
-        ((200, "The status, disconnected"), *_AUTH, *_ID),
+        ((200, "The status, disconnected"), *_AUTH, *_ID, _CROSS_SITE),
     ),
     Route(
         "disconnect_hook",
@@ -224,27 +225,11 @@ def _reason(connection: Connection, fallback: str | None = None) -> str:
     return fallback or connection.state.value
 
 
-def _media_types(header: str) -> dict[str, float]:
-    """``Accept``-style header -> {media type: weight}."""
-    weights: dict[str, float] = {}
-    for item in header.split(",")[:32]:
-        media, *params = item.split(";")
-        quality = 1.0
-        for param in params:
-            name, _, value = param.strip().partition("=")
-            if name.lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        weights.setdefault(media.strip().lower(), quality)
-    return weights
-
-
 def _wants_json(request: Request) -> bool:
     if request.param("format") == "json":
         return True
-    return _media_types(request.header("accept") or "").get("application/json", 0.0) > 0
+    accepted = weighted(request.header("accept") or "")
+    return any(media == "application/json" and quality > 0 for media, quality in accepted)
 
 
 def _json_fields(body: bytes) -> Mapping[str, object]:
@@ -265,13 +250,27 @@ def _form_fields(body: bytes) -> Mapping[str, object]:
     return single_values(pairs)
 
 
+def _is_json(media: str | None) -> bool:
+    return media is not None and (media == "application/json" or media.endswith("+json"))
+
+
+def _check_not_cross_site(request: Request) -> None:
+    """Refuse a POST that any web page could make a browser send with the user's cookies.
+
+    A cross-site request with a JSON body is preflighted, so the app's CORS policy decides;
+    one without (a form, a bodiless POST) is not, and would let a page connect its own amoCRM
+    account to the victim's user, or disconnect it. Native apps send no ``Sec-Fetch-Site``.
+    """
+    if request.header("sec-fetch-site") == "cross-site" and not _is_json(media_type(request)):
+        raise _Refusal(400, "cross_site_request")
+
+
 def _code_fields(request: Request) -> tuple[str, str | None, str | None]:
     """The legacy body's (code, state, referer); JSON unless it says it is a form."""
-    content_type = (request.header("content-type") or "application/json").split(";")[0]
-    media = content_type.strip().lower()
+    media = media_type(request)
     if media == "application/x-www-form-urlencoded":
         fields = _form_fields(request.body)
-    elif media == "application/json" or media.endswith("+json"):
+    elif media is None or _is_json(media):
         fields = _json_fields(request.body)
     else:
         raise _Refusal(415, "unsupported_media_type")
@@ -356,6 +355,8 @@ class RouteCore:
             return _finish(refused)
         try:
             self._check_size(request)
+            if route.method == "POST":
+                _check_not_cross_site(request)
             response = yield from self._flows[route.name](request)
         except _Refusal as refusal:
             response = self._refuse(route, request, refusal.status, refusal.reason)
