@@ -101,3 +101,9 @@ def test_a_good_extra_domain_is_kept():
 def test_a_config_is_frozen():
     with pytest.raises(AttributeError):
         config().client_id = "other"  # type: ignore[misc]
+
+
+def test_a_lease_must_outlast_an_exchange():
+    with pytest.raises(ValueError, match="lease_ttl"):
+        config(lease_ttl=timedelta(seconds=30), http_timeout=10.0)
+    assert config(lease_ttl=timedelta(seconds=31), http_timeout=10.0).lease_ttl.seconds == 31

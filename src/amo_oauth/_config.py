@@ -49,9 +49,9 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: timedelta | flo
 
 @attrs.frozen(kw_only=True)
 class Config:
-    """The integration's settings.
+    """The integration's settings, checked at construction (``ValueError`` when wrong).
 
-    Args:
+    Attributes:
         client_id: the integration's ID from amoCRM.
         client_secret: the integration's secret key; sent only to allow-listed account hosts.
         redirect_uri: the redirect URI registered with the integration (https; http on loopback).
@@ -62,8 +62,10 @@ class Config:
             e.g. a self-hosted fake's; they add to the allowlist, never replace it.
         allow_widget_installs: accept ``from_widget=1`` redirects, which carry no ``state``.
         state_ttl: how long a ``state`` from ``begin()`` stays valid.
-        lease_ttl: how long a worker may hold an exchange or a refresh before it is presumed dead.
-        settle_timeout: seconds a duplicate callback waits for another worker's exchange.
+        lease_ttl: how long a worker may hold an exchange or a refresh before it is presumed
+            dead; more than three ``http_timeout``s (an exchange makes two calls).
+        settle_timeout: seconds a duplicate callback waits for another worker's exchange, and
+            ``access_token()`` for another worker's refresh (then a transient ProviderError).
         refresh_margin: refresh an access token this long before it expires.
         http_timeout: seconds for each call to amoCRM.
     """
@@ -81,3 +83,9 @@ class Config:
     settle_timeout: float = attrs.field(default=5.0, validator=_positive)
     refresh_margin: timedelta = attrs.field(default=timedelta(minutes=5), validator=_positive)
     http_timeout: float = attrs.field(default=10.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        # A live worker must never lose its lease mid-exchange: the token call and the account
+        # check each may take http_timeout, and an expired lease means the code is abandoned.
+        if self.lease_ttl.total_seconds() <= 3 * self.http_timeout:
+            raise ValueError("lease_ttl must be more than three http_timeouts")

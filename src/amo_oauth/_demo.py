@@ -1,96 +1,346 @@
-"""``amo-oauth demo``: the seed's scenario, end to end, against FakeAmoCRM.
+"""``amo-oauth demo``: the seed's scenario, end to end over real HTTP, against FakeAmoCRM.
 
-A user connects amoCRM from the mobile app. The backend exchanges the code on amoCRM's redirect
-and renders "Return to App"; the old app version then posts the same code to the legacy
-exchange-code endpoint, which is what broke the seed's app with a 403. Here that second call is
-a no-op that reports "connected", the new app version just reads the status, and the leads load.
-Everything runs on the embedded defaults: an SQLite file, in a temporary directory.
+Two servers on 127.0.0.1: FakeAmoCRM (its consent page, token endpoint and API) and the FastAPI
+example backend (``examples/fastapi_app.py``, on an SQLite file in a temporary directory). The
+user signs in to the app, taps "Connect amoCRM", taps "Allow" in the in-app browser and "Return
+to App". Then the OLD app posts the code again to exchange-code (the seed's 403) and the NEW app
+reads ``success=true`` from the deep link (``examples/mobile_client.py`` plays both). Expected,
+as in the seed: no 403, "Connected", the leads listed, and exactly one token-endpoint call.
+
+``--serve`` keeps both servers running for a person with a browser, until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
+import secrets
+import socket
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import attrs
 import httpx
 
 from ._config import Config
-from ._service import AmoOAuth
+from ._service import AsyncAmoOAuth
 from .stores import SQLiteStore
 from .testing import FakeAmoCRM
 
-__all__ = ["run_demo"]
+__all__ = ["example_path", "listening_socket", "load_example", "run_demo", "serve_asgi"]
 
-USER = "user-42"
+USER = "demo"
+PREFIX = "/api/amo-crm"
+LEADS = (
+    {"name": "Website redesign", "price": 120000},
+    {"name": "CRM rollout for 40 seats", "price": 480000},
+    {"name": "Support contract 2025", "price": 96000},
+)
 
 
-def _say(text: str) -> None:
+class DemoUnavailable(Exception):
+    """The demo cannot run here (not a source checkout, or FastAPI/uvicorn missing)."""
+
+
+def _say(text: str = "") -> None:
     print(text, flush=True)
+
+
+# -- loading the examples and serving them --------------------------------------------------------
+
+
+def example_path(name: str) -> Path:
+    """``examples/{name}`` of the source checkout this package runs from."""
+    import amo_oauth
+
+    return Path(amo_oauth.__file__).resolve().parents[2] / "examples" / name
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/{name}.py`` from the source checkout.
+
+    Raises:
+        DemoUnavailable: the file is not there (an installed wheel has no examples).
+    """
+    path = example_path(f"{name}.py")
+    if not path.is_file():
+        raise DemoUnavailable(
+            f"{path} not found: the demo runs from a source checkout of amo_oauth "
+            "(git clone, then `python3 tasks.py demo`)"
+        )
+    spec = importlib.util.spec_from_file_location(f"amo_oauth_example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic and dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as exc:
+        del sys.modules[spec.name]
+        raise DemoUnavailable(f"{exc}: pip install 'amo_oauth[fastapi]'") from None
+    return module
+
+
+def listening_socket() -> socket.socket:
+    """A TCP socket listening on 127.0.0.1 on an ephemeral port.
+
+    Bound first so the backend's URL (its redirect URI) is known before the app is built.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock
+
+
+def wait_until(ready: Callable[[], bool], thread: threading.Thread, what: str) -> None:
+    """Wait (up to 10 s) for ``ready()``; fail early when ``thread`` died."""
+    deadline = time.monotonic() + 10
+    while not ready():
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def serve_asgi(app: Any, sock: socket.socket) -> Iterator[str]:
+    """Run ``app`` under uvicorn on ``sock`` in a thread; yield its base URL; stop it after.
+
+    The app's lifespan runs (startup, then shutdown when the block ends).
+    """
+    import uvicorn
+
+    # log_config=None: uvicorn leaves the process's logging alone (the demo prints its own).
+    config = uvicorn.Config(app, lifespan="on", log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True
+    )
+    thread.start()
+    try:
+        wait_until(lambda: server.started, thread, "uvicorn")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+# -- the stack: the fake amoCRM and the backend ---------------------------------------------------
+
+
+@attrs.frozen
+class Stack:
+    """The running fake amoCRM and backend."""
+
+    fake: FakeAmoCRM
+    fake_url: str
+    backend: str
+
+
+@contextlib.contextmanager
+def _stack(db: Path) -> Iterator[Stack]:
+    fastapi_app = load_example("fastapi_app")
+    sock = listening_socket()
+    backend = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    # A fresh secret per run: nothing worth hiding, and nothing that could leak from a real setup.
+    fake = FakeAmoCRM(
+        redirect_uri=f"{backend}{PREFIX}/callback",
+        client_secret=secrets.token_urlsafe(24),
+        leads=LEADS,
+    )
+    with fake.serve() as served:
+        config = Config(
+            client_id=fake.client_id,
+            client_secret=fake.client_secret,
+            redirect_uri=fake.redirect_uri,
+            state_secret=secrets.token_bytes(32),
+            authorize_url=f"{served.url}/oauth",
+        )
+        # One client for the token endpoint and the API, both routed to the fake over loopback;
+        # the app closes it (and the service) on shutdown.
+        http = httpx.AsyncClient(transport=served.async_transport())
+        oauth = AsyncAmoOAuth(config, store=SQLiteStore(db), http=http)
+        app = fastapi_app.create_app(oauth, app_scheme="foryoure", api=http)
+        with serve_asgi(app, sock) as url:
+            yield Stack(fake, served.url, url)
 
 
 class _Transitions(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        _say(f"    state: {record.getMessage()}")
+        _say(f"   state: {record.getMessage()}")
 
 
-def _config(fake: FakeAmoCRM) -> Config:
-    return Config(
-        client_id=fake.client_id,
-        client_secret=fake.client_secret,
-        redirect_uri=fake.redirect_uri,
-        state_secret="demo-state-secret-of-at-least-32-bytes!",
-        authorize_url=f"https://{fake.consent_host}/oauth",
-    )
-
-
-def run_demo(*, serve: bool = False) -> int:
-    """Run the scenario, print what happens; 0 when it ends as the seed expects."""
-    fake = FakeAmoCRM()
-    handler = _Transitions()
+@contextlib.contextmanager
+def _transitions_printed() -> Iterator[None]:
+    """Print the "amo_oauth" logger's INFO lines: one per state transition."""
     logger = logging.getLogger("amo_oauth")
+    handler, level = _Transitions(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            return _scenario(fake, Path(tmp) / "amo_oauth.db")
+        yield
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
-def _scenario(fake: FakeAmoCRM, db: Path) -> int:
-    http = httpx.Client(transport=fake.transport())
-    with AmoOAuth(_config(fake), store=SQLiteStore(db), http=http) as oauth:
-        _say("1. The app taps 'Connect amoCRM': the backend sends the user to amoCRM.")
-        request = oauth.begin(USER)
-        _say(f"    consent page: {urlsplit(request.url).netloc}{urlsplit(request.url).path}")
-        _say("2. The user taps 'Allow': amoCRM redirects the browser to the backend.")
-        redirect = fake.authorize(request.state)
-        query = dict(parse_qsl(urlsplit(redirect).query))
-        result = oauth.handle_callback(query)
-        _say(f"    callback: {result.outcome.value}")
-        _say("3. 'Return to App' opens the deep link (it carries no code).")
-        _say("4. The OLD app still posts the same code to exchange-code:")
-        again = oauth.exchange_code(USER, query["code"])
-        _say(f"    exchange-code: {again.outcome.value} (duplicate={again.duplicate}), no 403")
-        _say("5. The NEW app reads the status:")
-        status = oauth.status(USER)
-        _say(
-            f"    status: {status.state.value}, account {status.account.subdomain if status.account else '-'}"
-        )
-        _say("6. The leads load through oauth.auth():")
-        api = httpx.Client(transport=fake.transport(), auth=oauth.auth(USER))
-        leads = api.get(f"https://{fake.account_host}/api/v4/leads").json()["_embedded"]["leads"]
-        for lead in leads:
-            _say(f"    - {lead['name']}")
-        calls = sum(fake.token_calls.values())
-        _say(f"Token-endpoint calls: {calls} (one code, exchanged once).")
-    ok = status.is_connected and again.duplicate and calls == 1 and bool(leads)
-    _say("Result: connected, leads listed, no 403." if ok else "Result: NOT as expected.")
-    return 0 if ok else 1
+def run_demo(*, serve: bool = False) -> int:
+    """Run the seed's scenario (or, with ``serve``, keep serving); print what happens.
+
+    Returns:
+        0 when the result is the seed's expected one (or Ctrl-C ended ``serve``), 1 when not,
+        2 when the demo cannot run here.
+    """
+    try:
+        mobile = load_example("mobile_client")
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            _stack(Path(tmp) / "amo_oauth.db") as stack,
+            _transitions_printed(),
+        ):
+            return _serve(stack) if serve else _scenario(stack, mobile)
+    except DemoUnavailable as exc:
+        print(f"amo-oauth demo: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # uvicorn
+        print(f"amo-oauth demo: {exc}: pip install 'amo_oauth[fastapi]'", file=sys.stderr)
+        return 2
 
 
-if __name__ == "__main__":
-    sys.exit(run_demo())
+# -- the scenario ----------------------------------------------------------------------------------
+
+
+def _token_calls(fake: FakeAmoCRM) -> str:
+    calls = fake.token_calls
+    detail = ", ".join(f"{grant} {outcome}: {n}" for (grant, outcome), n in sorted(calls.items()))
+    return f"{sum(calls.values())} ({detail or 'none'})"
+
+
+def _shown(deep_link: str) -> str:
+    """The deep link with its state elided: single-use and spent, but no need to print it."""
+    parts = urlsplit(deep_link)
+    query = [(k, "..." if k == "state" else v) for k, v in parse_qsl(parts.query)]
+    return f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query, safe='.')}"
+
+
+def _scenario(stack: Stack, mobile: ModuleType) -> int:
+    statuses: list[int] = []
+
+    def hook(who: str) -> Callable[[httpx.Response], None]:
+        show = mobile.trace(_say, who)
+
+        def record(response: httpx.Response) -> None:
+            statuses.append(response.status_code)
+            show(response)
+
+        return record
+
+    _say("amo_oauth demo: the seed's scenario over real HTTP on 127.0.0.1")
+    _say(f"   fake amoCRM  {stack.fake_url}  (consent page; token endpoint and API of "
+         f"{stack.fake.account_host})")  # fmt: skip
+    _say(f"   backend      {stack.backend}  (examples/fastapi_app.py, SQLite in a temp dir)")
+    with (
+        httpx.Client(event_hooks={"response": [hook("browser")]}) as browser,
+        httpx.Client(base_url=stack.backend, event_hooks={"response": [hook("app")]}) as app,
+    ):
+        try:
+            visit = _connect(stack, mobile, browser, app)
+            old, new = _apps(mobile, app, visit)
+        except (httpx.HTTPError, mobile.BrowserError) as exc:
+            # Not the exception's text: httpx's names the URL, and the callback's has the code.
+            _say(
+                f"   FAILED: {type(exc).__name__}; token-endpoint calls: {_token_calls(stack.fake)}"
+            )
+            _say("Result: NOT as expected.")
+            return 1
+    return _verdict(stack, statuses, visit, old, new)
+
+
+def _connect(stack: Stack, mobile: ModuleType, browser: httpx.Client, app: httpx.Client) -> Any:
+    _say()
+    _say('1. The user signs in to the app and taps "Connect amoCRM": the in-app browser opens.')
+    token = mobile.sign_in(app, USER)
+    consent = mobile.open_connect(browser, stack.backend, token)
+    _say('2. On amoCRM\'s consent page the user taps "Allow"; amoCRM sends the browser back')
+    _say("   to the backend's callback, which exchanges the code (once) and connects.")
+    visit = mobile.land(browser, mobile.press(browser, consent, "Allow"))
+    _say(f'   page: "{visit.title}"; its "Return to App" button opens')
+    note = "  (no code in it)" if _code_free_success(visit) else ""
+    _say(f"   {_shown(visit.deep_link)}{note}")
+    _say(f"   token-endpoint calls so far: {_token_calls(stack.fake)}")
+    return visit
+
+
+def _apps(mobile: ModuleType, app: httpx.Client, visit: Any) -> tuple[Any, Any]:
+    _say()
+    _say("3. The OLD app (the seed's) posts the code it saw to exchange-code once more.")
+    _say("   (The seed's backend answered 403 here and the app never showed 'Connected'.)")
+    old = mobile.old_app(app, visit.callback_url)
+    _say(f"   the app shows: {_indent(old)}")
+    _say()
+    _say("4. The NEW app reads success=true from the deep link, then the status and the leads.")
+    new = mobile.new_app(app, visit.deep_link)
+    _say(f"   the app shows: {_indent(new)}")
+    return old, new
+
+
+def _code_free_success(visit: Any) -> bool:
+    query = dict(parse_qsl(urlsplit(visit.deep_link).query))
+    return query.get("success") == "true" and "code" not in query
+
+
+def _indent(screen: Any) -> str:
+    return str(screen).replace("\n", "\n   ")
+
+
+def _verdict(stack: Stack, statuses: list[int], visit: Any, old: Any, new: Any) -> int:
+    calls = stack.fake.token_calls
+    _say()
+    _say(f"Token-endpoint calls: {_token_calls(stack.fake)}")
+    _say("Expected (the seed): no 403, status 'Connected', the leads listed, one token call.")
+    checks = {
+        "a 403 was answered": 403 not in statuses,
+        "a 5xx was answered": not any(status >= 500 for status in statuses),
+        "the deep link is not success=true, or carries the code": _code_free_success(visit),
+        "the old app does not show 'Connected' and the leads": old.connected and bool(old.leads),
+        "the new app does not show 'Connected' and the leads": new.connected and bool(new.leads),
+        "not exactly one token-endpoint call": calls == {("authorization_code", "ok"): 1},
+    }
+    failed = [problem for problem, ok in checks.items() if not ok]
+    for problem in failed:
+        _say(f"   FAILED: {problem}")
+    _say("Result: as expected." if not failed else "Result: NOT as expected.")
+    return 1 if failed else 0
+
+
+# -- serving for a person -------------------------------------------------------------------------
+
+
+def _serve(stack: Stack) -> int:
+    start = f"{stack.backend}/login?{urlencode({'user': USER, 'next': PREFIX + '/connect'})}"
+    _say("amo_oauth demo --serve: FakeAmoCRM and examples/fastapi_app.py on 127.0.0.1")
+    _say(f"   fake amoCRM  {stack.fake_url}")
+    _say(f"   backend      {stack.backend}")
+    _say()
+    _say("Open this in a browser to sign in as 'demo' and connect amoCRM:")
+    _say(f"   {start}")
+    _say('Press "Allow" (or "Deny") on the consent page; the backend shows "Return to App"')
+    _say("(its foryoure:// link is for the mobile app: a desktop browser will not open it).")
+    _say(f"Then, in the same browser: {stack.backend}{PREFIX}/status and {PREFIX}/leads")
+    _say(f"The backend's API, documented: {stack.backend}/docs")
+    _say(f"Or play the app: python examples/mobile_client.py --backend {stack.backend} "
+         "--version old|new")  # fmt: skip
+    _say("Ctrl-C stops.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        _say("\nStopped.")
+    return 0

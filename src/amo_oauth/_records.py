@@ -61,8 +61,8 @@ class TokenSet:
     access_token: str = attrs.field(repr=False)
     refresh_token: str = attrs.field(repr=False)
     expires_at: datetime = attrs.field(validator=_aware)
-    #: amoCRM revokes a refresh token 3 months after it was issued (or last used).
     refresh_expires_at: datetime = attrs.field(validator=_aware)
+    """amoCRM revokes a refresh token 3 months after it was issued (or last used)."""
     token_type: str = "Bearer"
 
     def is_fresh(self, now: datetime, margin: timedelta) -> bool:
@@ -100,6 +100,7 @@ class Lease:
     expires_at: datetime = attrs.field(validator=_aware)
 
     def is_live(self, now: datetime) -> bool:
+        """True until ``expires_at``."""
         return now < self.expires_at
 
 
@@ -125,6 +126,7 @@ class Connection:
 
     @property
     def is_connected(self) -> bool:
+        """True in ``connected``: verified tokens and an account."""
         return self.state is ConnectionState.CONNECTED
 
 
@@ -144,11 +146,12 @@ class ConnectionRecord:
     error: ErrorInfo | None = None
     code_digests: tuple[str, ...] = ()
     lease: Lease | None = None
-    #: When the current connection was made; a re-authorization needs a state issued after it.
     connected_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+    """When the current connection was made; a re-authorization needs a state issued after it."""
     updated_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
 
     def knows_code(self, digest: str) -> bool:
+        """True when a code with this sha256 digest was seen on this connection."""
         return digest in self.code_digests
 
     def with_code(self, digest: str) -> tuple[str, ...]:
@@ -158,9 +161,11 @@ class ConnectionRecord:
         return (*self.code_digests, digest)[-MAX_CODE_DIGESTS:]
 
     def live_lease(self, now: datetime) -> Lease | None:
+        """The lease, unless there is none or it has expired."""
         return self.lease if self.lease is not None and self.lease.is_live(now) else None
 
     def public(self) -> Connection:
+        """The public view: no token, no code digest, no lease."""
         return Connection(
             connection_id=self.connection_id,
             state=self.state,

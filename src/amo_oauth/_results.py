@@ -15,16 +15,17 @@ __all__ = ["AuthorizationRequest", "CallbackResult", "Outcome", "RefreshReport"]
 class Outcome(enum.StrEnum):
     """How a callback or a legacy code exchange ended."""
 
-    #: This call exchanged the code and verified the tokens.
     CONNECTED = "connected"
-    #: The code was seen before (or the connection is kept): nothing was sent to amoCRM.
+    """This call exchanged the code and verified the tokens."""
     ALREADY_CONNECTED = "already_connected"
-    #: Another worker holds the exchange and had not finished within the wait.
+    """The code was seen before (or the connection is kept): nothing was sent to amoCRM."""
     IN_PROGRESS = "in_progress"
-    #: The user pressed "Deny" (``error=access_denied``).
+    """Another worker holds the exchange and had not finished within the wait."""
     DENIED = "denied"
-    #: The exchange or the verification failed; see ``connection.error``.
+    """The user pressed "Deny" (``error=access_denied``)."""
     FAILED = "failed"
+    """The exchange or the verification failed (see ``connection.error``), or a code seen
+    before came back to a connection that is disconnected or in error."""
 
 
 # What a call that changed nothing reports, by the state it found.

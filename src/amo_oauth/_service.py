@@ -96,8 +96,9 @@ class AmoOAuth(_Base):
             ``CallbackResult(outcome, connection, duplicate)``.
 
         Raises:
-            CallbackRejected: a missing, forged, expired or reused state, a foreign host, a
-                malformed query. Nothing changed.
+            CallbackRejected: ``bad_state``, ``expired_state``, ``reused_state``,
+                ``missing_code``, ``missing_referer``, ``foreign_host``,
+                ``widget_installs_disabled`` or ``malformed``. Nothing changed.
         """
         return self._run(self._flows.handle_callback(query))
 
@@ -111,11 +112,19 @@ class AmoOAuth(_Base):
     ) -> CallbackResult:
         """The legacy path: an app posts the code it got. Same rules, idempotent.
 
-        A code already exchanged returns the current status (``ALREADY_CONNECTED``), never an
-        error. A new code needs ``referer`` (the account host) unless the connection has one.
+        A code already exchanged returns the current status (``ALREADY_CONNECTED``,
+        ``duplicate=True``), never an error. A new code on a connected connection without a
+        fresh ``state`` leaves the connection alone (``ALREADY_CONNECTED``, ``duplicate=False``).
+
+        Args:
+            connection_id: the application's key for the connection.
+            code: the authorization code.
+            referer: the account host; needed for a new code unless the connection has one.
+            state: the state that came with the code, if the app has it.
 
         Raises:
             CallbackRejected: as ``handle_callback``.
+            ValueError: ``connection_id`` is empty, over 200 characters or unprintable.
         """
         return self._run(self._flows.exchange_code(connection_id, code, referer, state))
 
@@ -131,7 +140,8 @@ class AmoOAuth(_Base):
 
         Raises:
             ReauthorizationRequired: the connection has no usable tokens.
-            ProviderError: amoCRM could not be reached (``transient``) or refused the refresh.
+            ProviderError: amoCRM could not be reached, or another worker's refresh outlasted
+                ``settle_timeout`` (both ``transient``), or amoCRM refused the refresh.
         """
         return self._run(self._flows.access_token(connection_id))
 

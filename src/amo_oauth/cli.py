@@ -1,6 +1,7 @@
 """``amo-oauth``: the demo, the lifecycle diagram, and two operator commands.
 
-    amo-oauth demo [--serve]            the seed's scenario end to end, against FakeAmoCRM
+    amo-oauth demo [--serve]            the seed's scenario end to end over loopback HTTP:
+                                        FakeAmoCRM, the FastAPI example, the old and new app
     amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
     amo-oauth status ID [--db PATH]     a connection's state, from an SQLite store
     amo-oauth refresh-due [--db PATH] [--within-days N]
@@ -90,8 +91,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amo-oauth", description="amoCRM / Kommo OAuth 2.0")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the seed's scenario against FakeAmoCRM")
-    demo.add_argument("--serve", action="store_true", help="keep serving for a browser")
+    demo = commands.add_parser(
+        "demo", help="run the seed's scenario over loopback HTTP against FakeAmoCRM"
+    )
+    demo.add_argument(
+        "--serve", action="store_true", help="keep both servers running for a browser (Ctrl-C)"
+    )
     demo.set_defaults(handler=_demo)
     diagram = commands.add_parser("diagram", help="print the lifecycle diagram (Mermaid)")
     diagram.add_argument("--markdown", action="store_true", help="the whole docs page")

@@ -46,6 +46,9 @@ class Store(Protocol):
         same redirect both pass, so the record's compare-and-set, not the nonce, picks the
         winner, and the loser sees a duplicate instead of ``reused_state``. Nonces may be
         forgotten after ``expires_at``.
+
+        The service also keeps its code ledger here: keys ``code:<sha256 hex>`` held for a day
+        by the one call allowed to send that code. Keys never collide with state nonces.
         """
         ...
 
