@@ -7,15 +7,20 @@ forged) / refresh_due. Each rule predicts, from the store as it was before the c
 call must do (which exception, how many token calls, which outcome) and checks it; after every
 step the invariants are checked on the store, the fake's counters and the captured logs.
 
-Two interleavings are kept out of the machine because the core gets them wrong today; each is
-pinned by its own test at the bottom of this file (``test_bug_*``):
+Modelling notes:
 
-* a code already exchanged for one connection, posted to the legacy endpoint for another
-  connection, is sent to amoCRM a second time;
-* a code whose digest a record evicted (it keeps the last ``MAX_CODE_DIGESTS``) is sent again.
+* The machine's config has a tiny ``settle_timeout``: it is single-threaded, so nothing is
+  ever in flight when a call would wait for it, and a wait only costs time (see
+  ``test_bug_a_code_claimed_for_another_connection_is_reported_without_waiting``).
+* The FakeClock starts at the real time and only moves forward, so the stores' pruning of used
+  states and claimed codes (by the real clock) never fires here (see
+  ``test_bug_a_clock_behind_real_time_lets_the_store_forget_states_and_codes``).
+* ``churn`` reconnects 16 times in one step so that the record lets old code digests go and
+  replays of those codes meet only the store-wide code ledger.
 
-When the core is fixed, drop ``SAME_CONNECTION_LEGACY_ONLY`` / ``CAP_EXCHANGES_PER_CONNECTION``
-and the machine explores those paths too.
+Below the machine: the seed's sequence step by step, regression tests for the two invariant-1
+holes the machine found (fixed by the code ledger), and ``test_bug_*`` tests for core bugs
+still open, which fail until the core is fixed.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import attrs
@@ -62,10 +68,6 @@ S = ConnectionState
 USERS = ("user-1", "user-2")
 CODE_LIFETIME = timedelta(minutes=20)
 EXCHANGING = (S.CODE_RECEIVED, S.EXCHANGED)
-
-# Known core bugs kept out of the machine (see the module docstring and the test_bug_* tests).
-SAME_CONNECTION_LEGACY_ONLY = True
-CAP_EXCHANGES_PER_CONNECTION = True
 
 # What a call that changed nothing reports, by the state it found (architecture §2).
 REPORTED = {
@@ -168,7 +170,7 @@ class OAuthMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = FakeClock()
         self.fake = FakeAmoCRM(clock=self.clock, rate_limit=None)
-        self.config = config_for(self.fake)
+        self.config = config_for(self.fake, settle_timeout=0.001)
         self.store = RecordingStore()
         self.http = httpx.Client(transport=self.fake.transport())
         self.oauth = AmoOAuth(self.config, store=self.store, http=self.http, clock=self.clock)
@@ -181,7 +183,7 @@ class OAuthMachine(RuleBasedStateMachine):
         self.codes: dict[str, tuple[datetime, int]] = {}  # code -> (issued at, uninstall epoch)
         self.submitted: set[str] = set()  # codes handed to the service
         self.holders: dict[str, str] = {}  # state -> the holder that consumed it
-        self.exchanges: dict[str, int] = dict.fromkeys(USERS, 0)
+        self.claimed: set[str] = set()  # codes an exchange was started for (the code ledger)
         self.epoch = 0  # uninstalls so far
         self.revoked: set[str] = set()  # tokens an uninstall revoked at the fake
         self.dead_access: set[str] = set()  # access tokens revoked or expired early
@@ -189,6 +191,18 @@ class OAuthMachine(RuleBasedStateMachine):
         self.last: dict[str, ConnectionRecord | None] = dict.fromkeys(USERS)
         self.checked_writes = 0
         self.checked_logs = 0
+        self.checked_requests = 0
+        self.churned = False
+        self.secrets_from = 0
+        self.known_tokens: set[str] = set()
+        self.secret_set = {self.fake.client_secret, STATE_SECRET}
+        # Invariants 1 and 2 are checked on what a step could have sent (codes it used,
+        # refresh tokens held before it or written during it) and on the fake's totals.
+        self.touched: set[str] = set()
+        self.sent_codes: set[str] = set()
+        self.held_refresh: set[str] = set()
+        self.new_refresh: set[str] = set()
+        self.spent_refresh: set[str] = set()
         self.counts: dict[str, int] = {}
 
     def teardown(self) -> None:
@@ -211,22 +225,28 @@ class OAuthMachine(RuleBasedStateMachine):
         return tuple(self.store.load(cid) for cid in USERS)
 
     def secrets(self) -> set[str]:
-        found = {self.fake.client_secret, STATE_SECRET, *self.codes}
-        for _, record in self.store.written:
+        """client_secret, state_secret, every code issued, every token the store held."""
+        for _, record in self.store.written[self.secrets_from :]:
             if record.tokens is not None:
-                found |= {record.tokens.access_token, record.tokens.refresh_token}
-        return found
+                tokens = {record.tokens.access_token, record.tokens.refresh_token}
+                self.known_tokens |= tokens
+                self.secret_set |= tokens
+                self.new_refresh.add(record.tokens.refresh_token)
+        self.secrets_from = len(self.store.written)
+        return self.secret_set
 
     def check_clean(self, *objects: object) -> None:
         """Invariant 6: no secret in the repr or str of anything handed back."""
-        secrets = self.secrets()
+        texts = []
         for obj in objects:
-            texts = [repr(obj), str(obj)]
+            texts += [repr(obj), str(obj)]
             if isinstance(obj, BaseException):
                 texts += [repr(arg) for arg in obj.args]
-            for text in texts:
-                leaked = [s for s in secrets if s in text]
-                assert not leaked, f"a secret leaked into {type(obj).__name__}: {text!r}"
+        self.check_no_secret_in("\n".join(texts), "a returned object or exception")
+
+    def check_no_secret_in(self, text: str, where: str) -> None:
+        leaked = [secret for secret in self.secrets() if secret in text]
+        assert not leaked, f"a secret leaked into {where}: {text!r}"
 
     def signed_hook(self, account_id: int | None = None) -> dict[str, str]:
         """The disconnect hook amoCRM would sign for ``account_id`` (the fake's by default)."""
@@ -239,14 +259,17 @@ class OAuthMachine(RuleBasedStateMachine):
             "signature": signature.hexdigest(),
         }
 
-    def new_code(self) -> str:
-        code = self.fake.issue_code()
+    def issued(self, code: str) -> str:
         self.codes[code] = (self.clock(), self.epoch)
+        self.secret_set.add(code)
         return code
 
-    def redirect(self, state: str) -> dict[str, str]:
+    def new_code(self) -> str:
+        return self.issued(self.fake.issue_code())
+
+    def redirect(self, state: str | None) -> dict[str, str]:
         query = query_of(self.fake.authorize(state))
-        self.codes[query["code"]] = (self.clock(), self.epoch)
+        self.issued(query["code"])
         return query
 
     def fake_accepts_code(self, code: str) -> bool:
@@ -257,9 +280,7 @@ class OAuthMachine(RuleBasedStateMachine):
             and self.fake.token_calls_for(code) == 0
         )
 
-    def expect_grant(
-        self, cid: str, code: str, begun: Begun | None, host: str | None
-    ) -> Expect:
+    def expect_grant(self, cid: str, code: str, begun: Begun | None, host: str | None) -> Expect:
         """What handle_callback / exchange_code must do, by architecture §2."""
         record = self.record(cid)
         digest = code_digest(code)
@@ -279,9 +300,14 @@ class OAuthMachine(RuleBasedStateMachine):
             and record.connected_at is not None
             and begun.issued_at > record.connected_at
         )
-        if record.state in (S.DISCONNECTED, S.ERROR) or (record.state is S.CONNECTED and fresh):
-            return Expect("exchange", consume=consume)
-        return Expect("keep", consume=consume)
+        if not (
+            record.state in (S.DISCONNECTED, S.ERROR) or (record.state is S.CONNECTED and fresh)
+        ):
+            return Expect("keep", consume=consume)
+        if code in self.claimed:
+            # Sent before: for another connection, or before this record let its digest go.
+            return Expect("duplicate", consume=consume)
+        return Expect("exchange", consume=consume)
 
     def run_grant(
         self,
@@ -292,19 +318,16 @@ class OAuthMachine(RuleBasedStateMachine):
         call: Callable[[], Any],
     ) -> None:
         expect = self.expect_grant(cid, code, begun, host)
-        if (
-            CAP_EXCHANGES_PER_CONNECTION
-            and expect.kind == "exchange"
-            and self.exchanges[cid] >= MAX_CODE_DIGESTS
-        ):
-            self.note("skipped: digest eviction (known bug)")
-            return
+        evicted = expect.kind == "duplicate" and not self.record(cid).knows_code(code_digest(code))
         before = self.snapshot()
         calls = self.fake.token_call_count()
         was_sent = self.fake.token_calls_for(code) > 0
         accepts = self.fake_accepts_code(code)
         self.submitted.add(code)
+        self.touched.add(code)
         self.note(f"grant: {expect.kind} {expect.reason or ''}".strip())
+        if evicted:
+            self.note("grant: duplicate known only to the code ledger")
         result, rejected = attempt(call)
         if rejected is not None:
             self.check_clean(rejected)
@@ -330,10 +353,10 @@ class OAuthMachine(RuleBasedStateMachine):
             return
         # An exchange: exactly one token call, for this code, sent for the first time.
         assert not was_sent
+        self.claimed.add(code)
         assert self.fake.token_call_count() == calls + 1
         assert self.fake.token_calls_for(code) == 1
         assert record.knows_code(code_digest(code))
-        self.exchanges[cid] += 1
         assert result.duplicate is False
         assert result.connection == record.public()
         if accepts:
@@ -451,17 +474,15 @@ class OAuthMachine(RuleBasedStateMachine):
             other = self.oauth.begin(begun.cid).state
             state = ".".join([*other.split(".")[:2], begun.state.split(".")[2]])
         elif how == "other_secret":
-            state, _ = issue_state(
-                b"x" * 32, begun.cid, self.clock(), self.config.state_ttl
-            )
+            state, _ = issue_state(b"x" * 32, begun.cid, self.clock(), self.config.state_ttl)
         elif how == "garbage":
             state = "v1.e30." + "A" * 43
         else:
             state = None
-        query = query_of(self.fake.authorize(state))
-        self.codes[query["code"]] = (self.clock(), self.epoch)
+        query = self.redirect(state)
         if known_code and self.submitted:
             query["code"] = data.draw(st.sampled_from(sorted(self.submitted)))
+        self.touched.add(query["code"])
         before, calls = self.snapshot(), self.fake.token_call_count()
         self.note(f"forged state: {how}")
         with pytest.raises(CallbackRejected) as rejected:
@@ -483,16 +504,34 @@ class OAuthMachine(RuleBasedStateMachine):
             cid, code, None, host, lambda: self.oauth.exchange_code(cid, code, referer=host)
         )
 
-    if not SAME_CONNECTION_LEGACY_ONLY:  # pinned by test_bug_code_exchanged_for_one_...
+    @rule(sent=sent, cid=st.sampled_from(USERS))
+    def legacy_code_of_any_connection(self, sent: Sent, cid: str) -> None:
+        """A code posted for a connection it may not belong to (ids keyed differently, or an
+        attacker replaying it): still sent at most once, store-wide."""
+        if "code" not in sent.query:
+            return
+        code, host = sent.query["code"], self.fake.account_host
+        self.run_grant(
+            cid, code, None, host, lambda: self.oauth.exchange_code(cid, code, referer=host)
+        )
 
-        @rule(sent=sent, cid=st.sampled_from(USERS))
-        def legacy_code_of_another_connection(self, sent: Sent, cid: str) -> None:
-            if "code" not in sent.query:
-                return
-            code, host = sent.query["code"], self.fake.account_host
-            self.run_grant(
-                cid, code, None, host, lambda: self.oauth.exchange_code(cid, code, referer=host)
-            )
+    @precondition(lambda self: not self.churned)  # once is enough, and it is not cheap
+    @rule(cid=st.sampled_from(USERS))
+    def churn(self, cid: str) -> None:
+        """Reconnect MAX_CODE_DIGESTS times: the record lets the oldest code digests go, and
+        only the store-wide code ledger still knows those codes."""
+        self.note("churn")
+        self.churned = True
+        calls = self.fake.token_call_count()
+        for _ in range(MAX_CODE_DIGESTS):
+            assert self.oauth.disconnect(cid).state is S.DISCONNECTED
+            code = self.new_code()
+            self.submitted.add(code)
+            self.touched.add(code)
+            self.claimed.add(code)
+            result = self.oauth.exchange_code(cid, code, referer=self.fake.account_host)
+            assert result.outcome is Outcome.CONNECTED
+        assert self.fake.token_call_count() == calls + MAX_CODE_DIGESTS
 
     @rule(cid=st.sampled_from(USERS), referer=st.booleans())
     def legacy_new_code(self, cid: str, referer: bool) -> None:
@@ -604,9 +643,8 @@ class OAuthMachine(RuleBasedStateMachine):
     def access_tokens_expire_early(self) -> None:
         """amoCRM stops honouring the access tokens before their ``exp``; only a 401 tells."""
         self.fake.expire_access_tokens()
-        self.dead_access |= {
-            record.tokens.access_token for _, record in self.store.written if record.tokens
-        }
+        self.secrets()
+        self.dead_access |= self.known_tokens
 
     @rule(cid=st.sampled_from(USERS), api=st.booleans(), extra=MINUTES)
     def next_day(self, cid: str, api: bool, extra: timedelta) -> None:
@@ -742,26 +780,42 @@ class OAuthMachine(RuleBasedStateMachine):
 
     def check_all(self) -> None:
         fake = self.fake
-        # 1. At most one token call per authorization code, and every one was for a code
-        #    the service was given.
-        per_code = {code: fake.token_calls_for(code) for code in self.submitted}
-        assert max(per_code.values(), default=0) <= 1, "a code was sent twice"
+        # 1. At most one token call per authorization code. The total equals the number of
+        #    distinct codes sent: a second call for any code, even one not used in this step,
+        #    breaks the equality.
+        for code in self.touched:
+            times = fake.token_calls_for(code)
+            assert times <= 1, f"a code was sent {times} times"
+            if times:
+                self.sent_codes.add(code)
+        self.touched.clear()
+        assert self.sent_codes <= self.submitted
         code_calls = fake.token_call_count("authorization_code")
-        assert code_calls == sum(per_code.values()) <= len(self.submitted)
-        # 2. Each refresh token the store ever held is sent at most once, and every refresh
-        #    call spent one of them.
-        refresh_tokens = {
+        assert code_calls == len(self.sent_codes), (
+            f"{code_calls} calls, {len(self.sent_codes)} codes"
+        )
+        # 2. Each refresh token the store ever held is sent at most once; again the total
+        #    equals the number of distinct refresh tokens spent.
+        self.secrets()
+        for token in self.held_refresh | self.new_refresh:
+            times = fake.token_calls_for(token)
+            assert times <= 1, f"a refresh token was sent {times} times"
+            if times:
+                self.spent_refresh.add(token)
+        refresh_calls = fake.token_call_count("refresh_token")
+        assert refresh_calls == len(self.spent_refresh), (
+            f"{refresh_calls} refresh calls, {len(self.spent_refresh)} refresh tokens spent"
+        )
+        self.new_refresh.clear()
+        self.held_refresh = {
             record.tokens.refresh_token
-            for _, record in self.store.written
-            if record.tokens is not None
+            for cid in USERS
+            if (record := self.record(cid)).tokens is not None
         }
-        per_token = [fake.token_calls_for(token) for token in refresh_tokens]
-        assert max(per_token, default=0) <= 1, "a refresh token was sent twice"
-        assert fake.token_call_count("refresh_token") == sum(per_token) <= len(refresh_tokens)
         # 6. Secrets went only to the account host.
-        assert {r.host for r in fake.requests if r.path == "/oauth2/access_token"} <= {
-            fake.account_host
-        }
+        requests = fake.requests[self.checked_requests :]
+        self.checked_requests += len(requests)
+        assert {r.host for r in requests if r.path == "/oauth2/access_token"} <= {fake.account_host}
         for cid in USERS:
             stored = self.store.load(cid)
             record = stored or ConnectionRecord(cid)
@@ -791,16 +845,15 @@ class OAuthMachine(RuleBasedStateMachine):
             newest[record.connection_id] = record.version
         self.checked_writes = len(self.store.written)
         # 6. Nothing secret in the logs (messages, arguments, extras).
-        secrets = self.secrets()
-        for entry in self.logs.records[self.checked_logs :]:
-            text = entry.getMessage() + repr(vars(entry))
-            assert not [s for s in secrets if s in text], f"a secret leaked into a log: {text!r}"
+        entries = self.logs.records[self.checked_logs :]
         self.checked_logs = len(self.logs.records)
+        logged = "\n".join(entry.getMessage() + repr(vars(entry)) for entry in entries)
+        self.check_no_secret_in(logged, "the logs")
         self.check_clean(self.oauth, self.fake)
 
 
 OAuthMachine.TestCase.settings = settings(
-    max_examples=300,
+    max_examples=500,
     stateful_step_count=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -862,30 +915,32 @@ def test_uninstall_without_the_hook_then_expiry(machine: OAuthMachine) -> None:
     assert machine.fake.token_call_count("refresh_token", "token_revoked") == 1
 
 
-# -- known core bugs: each fails until the core is fixed ---------------------------------------
+# -- once core bugs, found by the machine: a code is sent at most once, store-wide -------------
 
 
-def test_bug_code_exchanged_for_one_connection_is_sent_again_for_another(
+def test_code_exchanged_for_one_connection_is_never_sent_for_another(
     machine: OAuthMachine,
 ) -> None:
-    """Invariant 1 across connections: the code digests live on each record, so a code the
-    callback exchanged for "user-1" and that the legacy endpoint then receives for "user-2"
-    (the app keys connections differently, or an attacker replays it) is sent to amoCRM again.
-    """
+    """The code digests live on each record; a code the callback exchanged for "user-1" that
+    the legacy endpoint then receives for "user-2" (the app keys connections differently, or an
+    attacker replays it) must not reach amoCRM again."""
     oauth, fake = machine.oauth, machine.fake
     query = query_of(fake.authorize(oauth.begin("user-1").state))
     assert oauth.handle_callback(query).outcome is Outcome.CONNECTED
     result = oauth.exchange_code("user-2", query["code"], referer=fake.account_host)
-    assert fake.token_calls_for(query["code"]) == 1, (
-        f"the code went to the token endpoint {fake.token_calls_for(query['code'])} times; "
+    sent = fake.token_calls_for(query["code"])
+    assert sent == 1, (
+        f"the code went to the token endpoint {sent} times; "
         f"user-2 is now {result.connection.state.value} ({result.connection.error})"
     )
+    assert (result.outcome, result.duplicate) == (Outcome.FAILED, True)
+    assert oauth.status("user-2").version == 0
 
 
-def test_bug_a_code_evicted_from_the_record_is_sent_again(machine: OAuthMachine) -> None:
-    """Invariant 1 against eviction: a record keeps only the last MAX_CODE_DIGESTS (16)
-    digests, so after 16 newer codes the seed's replayed redirect (same code, same state,
-    within the state's 10 minutes) is exchanged again from ``disconnected``."""
+def test_a_code_evicted_from_the_record_is_never_sent_again(machine: OAuthMachine) -> None:
+    """A record keeps only the last MAX_CODE_DIGESTS (16) digests; after 16 newer codes the
+    seed's replayed redirect (same code, same state, within the state's 10 minutes) must still
+    be a duplicate, not a second exchange from ``disconnected``."""
     oauth, fake = machine.oauth, machine.fake
     first = query_of(fake.authorize(oauth.begin("user-1").state))
     assert oauth.handle_callback(first).outcome is Outcome.CONNECTED
@@ -894,8 +949,109 @@ def test_bug_a_code_evicted_from_the_record_is_sent_again(machine: OAuthMachine)
         code = fake.issue_code()
         oauth.exchange_code("user-1", code, referer=fake.account_host)
     oauth.disconnect("user-1")
+    assert not machine.record("user-1").knows_code(code_digest(first["code"]))
     replay = oauth.handle_callback(first)
-    assert fake.token_calls_for(first["code"]) == 1, (
-        f"the replayed code went to the token endpoint {fake.token_calls_for(first['code'])} "
-        f"times; the replay answered {replay.outcome.value}, duplicate={replay.duplicate}"
+    sent = fake.token_calls_for(first["code"])
+    assert sent == 1, (
+        f"the replayed code went to the token endpoint {sent} times; "
+        f"the replay answered {replay.outcome.value}, duplicate={replay.duplicate}, "
+        f"error={replay.connection.error}"
+    )
+    assert (replay.outcome, replay.duplicate) == (Outcome.FAILED, True)
+
+
+# -- known core bugs: each fails until the core is fixed ---------------------------------------
+
+
+def test_bug_a_code_claimed_for_another_connection_is_reported_without_waiting(
+    fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """The code ledger's loser waits (``_settled(record, digest)``) until *its* record knows
+    the digest. When the code was claimed for another connection, or before this record let
+    the digest go, that never happens: every such replay holds its worker for the whole
+    ``settle_timeout`` while polling the store, for a request that changes nothing. Nothing
+    is in flight here (one thread), so the answer should come at once."""
+    with AmoOAuth(
+        config_for(fake, settle_timeout=1.0),
+        store=MemoryStore(),
+        http=httpx.Client(transport=fake.transport()),
+        clock=clock,
+    ) as oauth:
+        query = query_of(fake.authorize(oauth.begin("user-1").state))
+        assert oauth.handle_callback(query).outcome is Outcome.CONNECTED
+        started = time.monotonic()
+        result = oauth.exchange_code("user-2", query["code"], referer=fake.account_host)
+        waited = time.monotonic() - started
+    assert result.duplicate is True
+    assert fake.token_calls_for(query["code"]) == 1
+    assert waited < 0.3, f"a duplicate with nothing in flight waited {waited:.2f} s"
+
+
+class InterleavingStore(MemoryStore):
+    """A MemoryStore that runs ``before_write`` once, just before the next compare-and-set:
+    another worker's whole call, slipped in between a load and a write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before_write: Callable[[], object] | None = None
+
+    def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
+        hook, self.before_write = self.before_write, None
+        if hook is not None:
+            hook()
+        return super().compare_and_set(record, expected_version)
+
+
+def test_bug_a_code_that_lost_a_race_unsent_is_refused_later(
+    fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """Two codes race on one connection (two tabs, or the legacy app and the redirect).
+    B claims code b in the ledger, then loses the record's compare-and-set to A and reports
+    ALREADY_CONNECTED without sending b. The ledger keeps b claimed by B's finished attempt:
+    after a disconnect, b (never sent, still valid at amoCRM) is refused as a "duplicate"
+    instead of being exchanged, and the connection stays disconnected."""
+    store = InterleavingStore()
+    http = httpx.Client(transport=fake.transport())
+    config = config_for(fake, settle_timeout=0.05)
+    worker_a = AmoOAuth(config, store=store, http=http, clock=clock)
+    worker_b = AmoOAuth(config, store=store, http=http, clock=clock)
+    code_a, code_b = fake.issue_code(), fake.issue_code()
+    host = fake.account_host
+    store.before_write = lambda: worker_a.exchange_code("user-1", code_a, referer=host)
+    raced = worker_b.exchange_code("user-1", code_b, referer=host)
+    assert (raced.outcome, fake.token_calls_for(code_b)) == (Outcome.ALREADY_CONNECTED, 0)
+    worker_b.disconnect("user-1")
+    retry = worker_b.exchange_code("user-1", code_b, referer=host)
+    assert retry.outcome is Outcome.CONNECTED, (
+        f"code b, never sent, was refused: {retry.outcome.value}, duplicate={retry.duplicate}, "
+        f"sent {fake.token_calls_for(code_b)} times; the connection is "
+        f"{retry.connection.state.value}"
+    )
+
+
+def test_bug_a_clock_behind_real_time_lets_the_store_forget_states_and_codes(
+    fake: FakeAmoCRM,
+) -> None:
+    """The stores prune used nonces (states and the code ledger) by the real ``time.time()``,
+    while their ``expires_at`` comes from the service's clock. With a clock behind real time
+    (a test's ``FakeClock(datetime(2020, 1, 1))``) every entry is pruned on the next call:
+    a consumed state is accepted again and a code is sent twice."""
+    behind = FakeClock(datetime(2020, 1, 1, tzinfo=UTC))
+    past = FakeAmoCRM(clock=behind, rate_limit=None)
+    with AmoOAuth(
+        config_for(past, settle_timeout=0.05),
+        store=MemoryStore(),
+        http=httpx.Client(transport=past.transport()),
+        clock=behind,
+    ) as oauth:
+        query = query_of(past.authorize(oauth.begin("user-1").state))
+        assert oauth.handle_callback(query).outcome is Outcome.CONNECTED
+        oauth.exchange_code("user-2", query["code"], referer=past.account_host)
+        sent = past.token_calls_for(query["code"])
+        oauth.disconnect("user-1")
+        reused = query_of(past.authorize(query["state"]))  # a new code, the used state
+        accepted, rejected = attempt(lambda: oauth.handle_callback(reused))
+    outcome = accepted.outcome.value if accepted else None
+    assert (sent, rejected and rejected.reason) == (1, "reused_state"), (
+        f"the code was sent {sent} times; the used state with a new code gave {outcome}"
     )

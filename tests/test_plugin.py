@@ -6,7 +6,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-USER_TESTS = '''
+USER_TESTS = """
 from datetime import timedelta
 
 import httpx
@@ -54,7 +54,7 @@ def test_config_matches_the_fake(amo_config, amo_fake, amo_oauth_client):
     assert len(amo_config.state_secret) >= 32
     assert amo_oauth_client.status("nobody").state is ConnectionState.DISCONNECTED
 
-'''
+"""
 
 KOMMO_CONFTEST = """
 import pytest

@@ -1,0 +1,209 @@
+"""A complete Flask backend on amo_oauth: sign-in, amoCRM's routes and the account's leads.
+
+The same backend as ``fastapi_app.py``, blocking::
+
+    POST /login {"user": "ann"}          -> {"token": "..."}: send it as "Authorization: Bearer"
+    GET  /login?user=ann&next=/api/amo-crm/connect
+                                         the same for a browser: a session cookie, then a 303
+    GET  /api/amo-crm/connect, /callback, /status, POST /exchange-code, /disconnect ...
+                                         amo_oauth's routes (``amo_oauth.flask.blueprint``)
+    GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"}
+
+The sign-in is a toy (no password, sessions in memory): replace it with yours. What matters is
+the ``connection_id`` callable: it maps a request to your user id, and amo_oauth keeps one amoCRM
+connection per user id. With several worker processes, use a shared session store and one
+``SQLiteStore`` file (or Postgres/Redis) for all of them.
+
+Run it (the redirect URI registered in amoCRM must end in ``/api/amo-crm/callback``)::
+
+    AMO_CLIENT_ID=... AMO_CLIENT_SECRET=... \\
+    AMO_REDIRECT_URI=https://example.com/api/amo-crm/callback \\
+    AMO_STATE_SECRET=$(python -c "import secrets; print(secrets.token_hex(32))") \\
+    flask --app "examples.flask_app:app_from_env()" run
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+import flask
+import httpx
+from werkzeug import Response
+
+from amo_oauth import (
+    AmoOAuth,
+    Config,
+    ConnectionState,
+    ProviderError,
+    ReauthorizationRequired,
+    SQLiteStore,
+    web,
+)
+from amo_oauth.flask import blueprint
+
+PREFIX = web.DEFAULT_PREFIX  # "/api/amo-crm", the seed's paths
+COOKIE = "session"
+USER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+PAGE_SIZE = 250  # amoCRM's largest page: the fewest calls under its 7 requests per second
+MAX_PAGES = 100  # a bound on following links we did not write
+
+
+class Sessions:
+    """Toy sign-in: random session tokens mapped to user ids, in memory. Use your own."""
+
+    def __init__(self) -> None:
+        self._users: dict[str, str] = {}
+
+    def open(self, user: str) -> str:
+        token = secrets.token_urlsafe(32)
+        self._users[token] = user
+        return token
+
+    def current_user(self, request: flask.Request) -> str | None:
+        """The signed-in user: a bearer token (the app) or the session cookie (a browser)."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            token = request.cookies.get(COOKIE, "")
+        return self._users.get(token)
+
+
+def create_app(
+    oauth: AmoOAuth, *, app_scheme: str = "foryoure", api: httpx.Client | None = None
+) -> flask.Flask:
+    """The backend.
+
+    Args:
+        oauth: the service (the caller closes it: Flask has no shutdown hook).
+        app_scheme: the mobile app's URL scheme, for the "Return to App" deep link.
+        api: the client for amoCRM's API (tests route it to a fake). Default: a new
+            ``httpx.Client``.
+    """
+    sessions = Sessions()
+    client = api if api is not None else httpx.Client(timeout=10.0)
+    app = flask.Flask(__name__)
+
+    @app.post("/login")
+    def login() -> flask.Response:
+        body = flask.request.get_json(silent=True)
+        user = body.get("user") if isinstance(body, dict) else None
+        if not isinstance(user, str) or not USER.fullmatch(user):
+            return _json({"error": "bad_user"}, 422)
+        token = sessions.open(user)
+        answer = _json({"token": token})
+        _set_session_cookie(answer, token)
+        return answer
+
+    @app.get("/login")
+    def login_in_browser() -> Response:
+        # Toy: no password. Only local paths for `next`, or this is an open redirect.
+        user, then = flask.request.args.get("user", ""), flask.request.args.get("next", "/")
+        if not USER.fullmatch(user):
+            return _json({"error": "bad_user"}, 422)
+        answer = flask.redirect(then if _is_local_path(then) else "/", 303)
+        _set_session_cookie(answer, sessions.open(user))
+        return answer
+
+    @app.get(PREFIX + "/leads")
+    def leads() -> flask.Response:
+        user = sessions.current_user(flask.request)
+        if user is None:
+            return _json({"error": "unauthenticated"}, 401)
+        return _leads_of(oauth, client, user)
+
+    app.register_blueprint(
+        blueprint(
+            oauth,
+            connection_id=lambda request: sessions.current_user(flask.request),
+            app_scheme=app_scheme,
+        )
+    )
+    return app
+
+
+def _json(payload: dict[str, Any], status: int = 200) -> flask.Response:
+    return flask.Response(flask.json.dumps(payload), status, mimetype="application/json")
+
+
+def _set_session_cookie(answer: Response, token: str) -> None:
+    # Lax: sent on amoCRM's redirect back (a top-level GET), not on other sites' POSTs.
+    answer.set_cookie(COOKIE, token, httponly=True, samesite="Lax")
+
+
+def _is_local_path(path: str) -> bool:
+    # A browser takes "//evil.example" and "/\\evil.example" for another host.
+    return path.startswith("/") and not path.startswith(("//", "/\\"))
+
+
+def _leads_of(oauth: AmoOAuth, client: httpx.Client, user: str) -> flask.Response:
+    host = _account_host(oauth, user)
+    if host is None:
+        # 409, never 403: "connect amoCRM first" is something the app can act on.
+        return _json({"error": "not_connected"}, 409)
+    try:
+        found = fetch_leads(client, host, oauth.auth(user))
+    except ReauthorizationRequired:  # amoCRM revoked the tokens: the user must connect again
+        return _json({"error": "not_connected"}, 409)
+    except (httpx.HTTPError, ProviderError, ValueError):
+        return _json({"error": "amocrm_unavailable"}, 502)
+    return _json({"leads": found})
+
+
+def _account_host(oauth: AmoOAuth, user: str) -> str | None:
+    """The connected account's host (``x.amocrm.ru``, ``x.kommo.com``), or None."""
+    # The stored record knows the host; ``oauth.status()`` names only the subdomain.
+    record = oauth.store.load(user)
+    if record is None or record.state is not ConnectionState.CONNECTED:
+        return None
+    return record.host
+
+
+def fetch_leads(client: httpx.Client, host: str, auth: httpx.Auth) -> list[dict[str, Any]]:
+    """Every lead of the account, following amoCRM's ``_links.next`` page by page."""
+    url: str | None = f"https://{host}/api/v4/leads?limit={PAGE_SIZE}"
+    found: list[dict[str, Any]] = []
+    for _ in range(MAX_PAGES):
+        if url is None:
+            break
+        response = client.get(url, auth=auth)
+        if response.status_code == 204:  # amoCRM's "no leads": an empty body
+            break
+        response.raise_for_status()
+        page = response.json()
+        found += [_summary(lead) for lead in page["_embedded"]["leads"]]
+        url = _next_page(page, host)
+    return found
+
+
+def _summary(lead: dict[str, Any]) -> dict[str, Any]:
+    return {"id": lead["id"], "name": lead["name"], "price": lead.get("price")}
+
+
+def _next_page(page: dict[str, Any], host: str) -> str | None:
+    href = page.get("_links", {}).get("next", {}).get("href")
+    if not isinstance(href, str):
+        return None
+    parts = urlsplit(href)
+    # The bearer token goes to the account's own host only, whatever a link says.
+    return href if (parts.scheme, parts.hostname) == ("https", host) else None
+
+
+def app_from_env() -> flask.Flask:
+    """The app configured from ``AMO_*`` environment variables (see the module docstring).
+
+    Optional: ``AMO_DB`` (the SQLite file), ``AMO_AUTHORIZE_URL`` (Kommo:
+    ``https://www.kommo.com/oauth``), ``AMO_APP_SCHEME``.
+    """
+    env = os.environ
+    config = Config(
+        client_id=env["AMO_CLIENT_ID"],
+        client_secret=env["AMO_CLIENT_SECRET"],
+        redirect_uri=env["AMO_REDIRECT_URI"],
+        state_secret=env["AMO_STATE_SECRET"],
+        authorize_url=env.get("AMO_AUTHORIZE_URL", "https://www.amocrm.ru/oauth"),
+    )
+    oauth = AmoOAuth(config, store=SQLiteStore(env.get("AMO_DB", "amo_oauth.db")))
+    return create_app(oauth, app_scheme=env.get("AMO_APP_SCHEME", "foryoure"))

@@ -1,0 +1,262 @@
+"""Several OS processes, one SQLite file, one FakeAmoCRM on loopback: still exactly once.
+
+The fake runs in this process (``fake.serve()``); each worker (``_mp_worker.py``, run with
+``sys.executable``) reaches it over real HTTP through ``LoopbackTransport.to(url, domain=...)``
+and shares the store's file. Every process and the fake read the same clock: the real UTC time
+plus an offset, so a test moves time for everyone by passing the offset along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from _mp_worker import digest
+from amo_oauth import AmoOAuth, ConnectionState, Outcome, SQLiteStore
+from amo_oauth.testing import AsyncLoopbackTransport, FakeAmoCRM, LoopbackTransport
+
+from helpers import STATE_SECRET, config_for, query_of
+
+WORKER = Path(__file__).with_name("_mp_worker.py")
+PROCESSES = 4
+THREADS = 8
+USER = "user-42"
+SETTLE = 10.0  # seconds a duplicate waits for the winner: ample, so none reports in_progress
+
+
+class OffsetClock:
+    """The real UTC time plus an offset that the test moves; the children get the offset."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+@pytest.fixture
+def clock() -> OffsetClock:
+    return OffsetClock()
+
+
+@pytest.fixture
+def fake(clock: OffsetClock) -> FakeAmoCRM:
+    # Latency keeps the winner's token call in flight while the others arrive.
+    return FakeAmoCRM(clock=clock, rate_limit=None, latency=0.05)
+
+
+@pytest.fixture
+def served(fake: FakeAmoCRM) -> Iterator[str]:
+    with fake.serve() as running:
+        yield running.url
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "shared.db"
+
+
+@pytest.fixture
+def parent(fake: FakeAmoCRM, served: str, db: Path, clock: OffsetClock) -> Iterator[AmoOAuth]:
+    """This process's own AmoOAuth on the same file and server (it also creates the schema)."""
+    http = httpx.Client(transport=LoopbackTransport.to(served, domain=fake.domain))
+    oauth = AmoOAuth(
+        config_for(fake, settle_timeout=SETTLE), store=SQLiteStore(db), http=http, clock=clock
+    )
+    oauth.status(USER)
+    yield oauth
+    oauth.close()
+    http.close()
+
+
+def run_workers(tmp_path: Path, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Start PROCESSES workers, release them together, return each one's JSON report."""
+    job_file = tmp_path / f"job-{job['action']}.json"
+    job_file.write_text(json.dumps(job), encoding="utf-8")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(job_file)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(PROCESSES)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line == "ready\n", f"worker did not start: {line!r} {proc.stderr}"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        reports = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=15)
+            assert proc.returncode == 0, f"worker failed ({proc.returncode}): {err[-2000:]}"
+            reports.append(json.loads(out))
+        return reports
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def job_for(
+    fake: FakeAmoCRM, served: str, db: Path, clock: OffsetClock, **task: Any
+) -> dict[str, Any]:
+    config = {
+        "client_id": fake.client_id,
+        "client_secret": fake.client_secret,
+        "redirect_uri": fake.redirect_uri,
+        "state_secret": STATE_SECRET,
+        "authorize_url": f"https://{fake.consent_host}/oauth",
+        "settle_timeout": SETTLE,
+    }
+    return {
+        "db": str(db),
+        "url": served,
+        "domain": fake.domain,
+        "config": config,
+        "offset": clock.offset.total_seconds(),
+        "threads": THREADS,
+        **task,
+    }
+
+
+def gathered(reports: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str], int]:
+    results = [result for report in reports for result in report["results"]]
+    errors = [error for report in reports for error in report["errors"]]
+    return results, errors, len({report["pid"] for report in reports})
+
+
+def test_one_redirect_from_4_processes_x_8_threads_is_exchanged_once(
+    fake: FakeAmoCRM,
+    served: str,
+    db: Path,
+    clock: OffsetClock,
+    parent: AmoOAuth,
+    tmp_path: Path,
+) -> None:
+    query = query_of(fake.authorize(parent.begin(USER).state))
+    job = job_for(fake, served, db, clock, action="callback", query=query)
+    results, errors, pids = gathered(run_workers(tmp_path, job))
+    outcomes = Counter(result["outcome"] for result in results)
+    figures = (
+        f"{pids} processes x {THREADS} threads: token calls {dict(fake.token_calls)}, "
+        f"calls with this code {fake.token_calls_for(query['code'])}, "
+        f"outcomes {dict(outcomes)}, errors {len(errors)} {errors[:3]}"
+    )
+    assert pids == PROCESSES, figures
+    assert errors == [], figures
+    assert fake.token_calls == {("authorization_code", "ok"): 1}, figures
+    assert fake.token_calls_for(query["code"]) == 1, figures
+    total = PROCESSES * THREADS
+    assert outcomes == {Outcome.CONNECTED.value: 1, Outcome.ALREADY_CONNECTED.value: total - 1}, (
+        figures
+    )
+    assert sum(result["duplicate"] for result in results) == total - 1, figures
+    status = parent.status(USER)
+    assert status.state is ConnectionState.CONNECTED, figures
+    assert status.account is not None and status.account.id == fake.account_id
+
+
+def test_expired_token_from_4_processes_x_8_threads_is_refreshed_once(
+    fake: FakeAmoCRM,
+    served: str,
+    db: Path,
+    clock: OffsetClock,
+    parent: AmoOAuth,
+    tmp_path: Path,
+) -> None:
+    query = query_of(fake.authorize(parent.begin(USER).state))
+    assert parent.handle_callback(query).outcome is Outcome.CONNECTED
+    first = parent.access_token(USER)
+    clock.offset = timedelta(hours=25)  # for the fake and this process; the children get it too
+    job = job_for(fake, served, db, clock, action="access_token", connection_id=USER)
+    results, errors, pids = gathered(run_workers(tmp_path, job))
+    tokens = Counter(result["token"] for result in results)
+    figures = (
+        f"{pids} processes x {THREADS} threads: token calls {dict(fake.token_calls)}, "
+        f"distinct tokens {len(tokens)}, errors {len(errors)} {errors[:3]}"
+    )
+    assert pids == PROCESSES, figures
+    assert errors == [], figures
+    assert fake.token_call_count("refresh_token") == 1, figures
+    assert fake.token_calls == {
+        ("authorization_code", "ok"): 1,
+        ("refresh_token", "ok"): 1,
+    }, figures
+    assert len(tokens) == 1 and sum(tokens.values()) == PROCESSES * THREADS, figures
+    # Everyone got the refreshed token, the one now stored, and amoCRM honours it.
+    record = parent.store.load(USER)
+    assert record is not None and record.tokens is not None
+    (token_digest,) = tokens
+    assert digest(record.tokens.access_token) == token_digest, figures
+    assert record.tokens.access_token != first
+    assert fake.is_access_token_valid(record.tokens.access_token)
+    assert fake.token_calls_for(record.tokens.refresh_token) == 0
+
+
+# -- LoopbackTransport.to: a loopback route from just the URL and the domain -----------------
+
+
+def test_loopback_transport_from_url_routes_the_domain(fake: FakeAmoCRM, served: str) -> None:
+    with httpx.Client(transport=LoopbackTransport.to(served, domain="amocrm.ru")) as http:
+        response = http.post(
+            f"https://{fake.account_host}/oauth2/access_token",
+            json={"grant_type": "authorization_code", "code": "nope"},
+        )
+        assert response.status_code == 400  # the fake answered, as the account host
+        with pytest.raises(httpx.ConnectError, match=r"no route to host 'evil\.example'"):
+            http.get("https://evil.example/oauth2/access_token")
+        with pytest.raises(httpx.ConnectError, match="no route"):
+            http.get("https://amocrm.ru.evil.example/")
+    assert [(r.host, r.path, r.status) for r in fake.requests] == [
+        ("test.amocrm.ru", "/oauth2/access_token", 400)
+    ]
+
+
+def test_async_loopback_transport_from_url(fake: FakeAmoCRM, served: str) -> None:
+    async def main() -> int:
+        transport = AsyncLoopbackTransport.to(served, domain=fake.domain)
+        async with httpx.AsyncClient(transport=transport) as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.get("https://kommo.com/")
+            response = await http.get(f"https://{fake.account_host}/api/v4/account")
+            return response.status_code
+
+    assert asyncio.run(main()) == 401
+    assert fake.api_calls == {("/api/v4/account", "unauthorized"): 1}
+
+
+@pytest.mark.parametrize(
+    ("url", "domain"),
+    [
+        ("https://127.0.0.1:8080", "amocrm.ru"),
+        ("http://127.0.0.1", "amocrm.ru"),
+        ("http://127.0.0.1:8080/oauth", "amocrm.ru"),
+        ("http://user@127.0.0.1:8080", "amocrm.ru"),
+        ("http://127.0.0.1:8080", ""),
+        ("http://127.0.0.1:8080", ".amocrm.ru"),
+        ("http://127.0.0.1:8080", "amocrm.ru:443"),
+    ],
+)
+def test_loopback_transport_refuses_what_is_not_a_served_fake(url: str, domain: str) -> None:
+    with pytest.raises(ValueError, match="not a"):
+        LoopbackTransport.to(url, domain=domain)
+    with pytest.raises(ValueError, match="not a"):
+        AsyncLoopbackTransport.to(url, domain=domain)
