@@ -29,6 +29,7 @@ from amo_oauth._records import (
     ConnectionState,
     ErrorInfo,
     Lease,
+    SeenCode,
     TokenSet,
     code_digest,
 )
@@ -84,7 +85,7 @@ records = st.builds(
     tokens=st.none() | token_sets,
     account=st.none() | accounts,
     error=st.none() | error_infos,
-    code_digests=st.lists(digests, max_size=16, unique=True).map(tuple),
+    seen_codes=st.lists(st.builds(SeenCode, digests, aware_datetimes), max_size=16).map(tuple),
     lease=st.none() | leases("exchange") | leases("refresh"),
     connected_at=st.none() | moments,
     updated_at=st.none() | aware_datetimes,

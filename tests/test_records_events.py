@@ -21,12 +21,12 @@ from amo_oauth._events import (
 )
 from amo_oauth._hosts import AccountHost
 from amo_oauth._records import (
-    MAX_CODE_DIGESTS,
     Account,
     ConnectionRecord,
     ConnectionState,
     ErrorInfo,
     Lease,
+    SeenCode,
     TokenSet,
     code_digest,
 )
@@ -54,7 +54,7 @@ def test_the_public_view_holds_no_secret_and_no_digest():
         host="acme.amocrm.ru",
         tokens=TOKENS,
         account=ACCOUNT,
-        code_digests=(code_digest("code-1"),),
+        seen_codes=(SeenCode(code_digest("code-1"), T0),),
         lease=EXCHANGE,
     )
     public = record.public()
@@ -133,11 +133,12 @@ def test_code_digest_is_the_sha256_hex_of_the_utf8_code():
     assert code_digest("код") == hashlib.sha256("код".encode()).hexdigest()
 
 
-def test_with_code_keeps_the_newest_digests_once_each():
-    digests = tuple(code_digest(str(n)) for n in range(MAX_CODE_DIGESTS))
-    record = ConnectionRecord("c", code_digests=digests)
-    assert record.with_code(digests[0]) == digests
-    assert record.with_code(code_digest("new")) == (*digests[1:], code_digest("new"))
+def test_with_code_keeps_each_code_once():
+    seen = tuple(SeenCode(code_digest(str(n)), T0) for n in range(3))
+    record = ConnectionRecord("c", seen_codes=seen)
+    assert record.with_code(seen[0].digest, T0) == seen
+    added = record.with_code(code_digest("new"), T0)
+    assert added == (*seen, SeenCode(code_digest("new"), T0))
 
 
 def test_leases_and_tokens_know_when_they_end():
@@ -150,18 +151,18 @@ def test_leases_and_tokens_know_when_they_end():
 
 def test_a_code_claim_sets_host_digest_and_lease_and_clears_the_error():
     record = ConnectionRecord("c", error=ErrorInfo("code_rejected", None, T0))
-    changes = CodeReceived(code_digest("c"), HOST, EXCHANGE).changes(record)
+    changes = CodeReceived(code_digest("c"), HOST, EXCHANGE).changes(record, T0)
     assert changes == {
         "host": "acme.amocrm.ru",
-        "code_digests": (code_digest("c"),),
+        "seen_codes": (SeenCode(code_digest("c"), T0),),
         "lease": EXCHANGE,
         "error": None,
     }
 
 
-def test_disconnect_forgets_everything_but_the_code_digests():
-    changes = Disconnect().changes(ConnectionRecord("c"))
-    assert "code_digests" not in changes
+def test_disconnect_forgets_everything_but_the_seen_codes():
+    changes = Disconnect().changes(ConnectionRecord("c"), T0)
+    assert "seen_codes" not in changes
     assert changes == dict.fromkeys(
         ("tokens", "account", "error", "lease", "host", "connected_at"), None
     )

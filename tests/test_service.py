@@ -17,6 +17,7 @@ from amo_oauth import (
     Outcome,
     ProviderError,
     ReauthorizationRequired,
+    SeenCode,
 )
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
@@ -168,7 +169,7 @@ def test_a_dead_workers_lease_expires_into_exchange_interrupted(
         state=ConnectionState.CODE_RECEIVED,
         version=1,
         host="test.amocrm.ru",
-        code_digests=("0" * 64,),
+        seen_codes=(SeenCode("0" * 64, clock()),),
         lease=Lease("dead-worker", "exchange", clock() + timedelta(seconds=60)),
     )
     assert oauth.store.compare_and_set(crashed, None)

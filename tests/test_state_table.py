@@ -35,6 +35,7 @@ from amo_oauth._records import (
     ConnectionState,
     ErrorInfo,
     Lease,
+    SeenCode,
     TokenSet,
     code_digest,
 )
@@ -196,10 +197,16 @@ sequences = st.lists(
     min_size=5,
     max_size=40,
 ).map(lambda chunks: [event for chunk in chunks for event in chunk])
-# Older digests of other codes, so that the MAX_CODE_DIGESTS window is reached and trimmed.
+# Codes seen two days ago, from an earlier life of the connection.
 start_records = st.lists(digests, max_size=MAX_CODE_DIGESTS, unique=True).map(
-    lambda known: ConnectionRecord("user-42", code_digests=tuple(known))
+    lambda known: ConnectionRecord(
+        "user-42", seen_codes=tuple(SeenCode(d, T0 - timedelta(days=2)) for d in known)
+    )
 )
+
+
+def digests_of(record: ConnectionRecord) -> tuple[str, ...]:
+    return tuple(seen.digest for seen in record.seen_codes)
 
 
 def check_shape(record: ConnectionRecord) -> None:
@@ -211,10 +218,11 @@ def check_shape(record: ConnectionRecord) -> None:
     if record.state is S.ERROR:
         assert record.tokens is None
         assert record.error is not None
-    assert len(record.code_digests) <= MAX_CODE_DIGESTS
-    assert len(set(record.code_digests)) == len(record.code_digests)
-    assert all(HEX64.fullmatch(digest) for digest in record.code_digests)
-    assert not set(record.code_digests) & set(CODES)
+    known = digests_of(record)
+    assert len(known) <= MAX_CODE_DIGESTS
+    assert len(set(known)) == len(known)
+    assert all(HEX64.fullmatch(digest) for digest in known)
+    assert not set(known) & set(CODES)
 
 
 @settings(max_examples=500, deadline=None)
@@ -236,7 +244,7 @@ def test_a_known_code_never_changes_the_record(record, sequence):
                 )
                 assert record.state in (S.DISCONNECTED, S.ERROR) or fresh
                 assert new.state is S.CODE_RECEIVED
-                assert new.code_digests[-1] == event.code_digest
+                assert new.seen_codes[-1] == SeenCode(event.code_digest, T0)
                 claimed.append(event.code_digest)
         if result.changed:
             assert new.version == record.version + 1
@@ -281,7 +289,7 @@ def test_a_new_code_with_a_state_issued_after_connecting_reauthorizes():
     result = step(connected, code("Y", connected.connected_at + timedelta(milliseconds=1)), T0)
     assert result.changed
     assert result.record.state is S.CODE_RECEIVED
-    assert result.record.code_digests == (code_digest("X"), code_digest("Y"))
+    assert digests_of(result.record) == (code_digest("X"), code_digest("Y"))
 
 
 def test_a_duplicate_while_exchanging_is_a_duplicate_and_a_new_code_waits():
@@ -308,16 +316,22 @@ def test_a_disconnect_forgets_tokens_but_not_the_codes():
     assert step(disconnected, code("X"), T0).noop == "duplicate_code"
 
 
-def test_the_record_remembers_only_the_newest_codes():
+def test_the_record_remembers_many_codes():
     record = ConnectionRecord("c")
-    raws = [f"code-{n}" for n in range(MAX_CODE_DIGESTS + 4)]
+    raws = [f"code-{n}" for n in range(20)]
     for raw in raws:
         record = run(record, code(raw), ExchangeFailed(ERROR))
-    assert record.code_digests == tuple(code_digest(raw) for raw in raws[-MAX_CODE_DIGESTS:])
+    assert digests_of(record) == tuple(code_digest(raw) for raw in raws)
     assert record.version == 2 * len(raws)
+
+
+def test_the_record_remembers_only_the_newest_codes():
+    seen = tuple(SeenCode(code_digest(f"c-{n}"), T0) for n in range(MAX_CODE_DIGESTS))
+    record = step(ConnectionRecord("c", seen_codes=seen), code("one-more"), T0).record
+    assert record.seen_codes == (*seen[1:], SeenCode(code_digest("one-more"), T0))
 
 
 def test_a_claim_keeps_the_digest_never_the_raw_code():
     claimed = step(ConnectionRecord("c"), code("raw-code-1"), T0).record
-    assert claimed.code_digests == (code_digest("raw-code-1"),)
+    assert digests_of(claimed) == (code_digest("raw-code-1"),)
     assert "raw-code-1" not in repr(claimed)

@@ -31,6 +31,7 @@ from amo_oauth._records import (
     ConnectionState,
     ErrorInfo,
     Lease,
+    SeenCode,
     TokenSet,
 )
 from amo_oauth.stores import MemoryStore, SQLiteStore, Store
@@ -101,7 +102,7 @@ def full_record() -> ConnectionRecord:
         ),
         account=Account(31234567, "acme", 'ООО "Акме"'),
         error=ErrorInfo("verify_failed", None, datetime(2025, 3, 1, 9, 30, tzinfo=msk)),
-        code_digests=("a" * 64, "b" * 64),
+        seen_codes=(SeenCode("a" * 64, T0), SeenCode("b" * 64, datetime(2025, 3, 1, tzinfo=msk))),
         lease=Lease("worker-7", "refresh", datetime(2025, 3, 1, 9, 31, tzinfo=UTC)),
         connected_at=datetime(2025, 2, 1, 0, 0, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
         updated_at=datetime(2025, 3, 1, 9, 30, 0, 1, tzinfo=UTC),
@@ -446,7 +447,7 @@ errors = st.builds(ErrorInfo, reason=texts, hint=st.none() | texts, at=aware)
 leases = st.builds(
     Lease, owner=texts, purpose=st.sampled_from(["exchange", "refresh"]), expires_at=aware
 )
-digests = st.lists(st.text("0123456789abcdef", min_size=64, max_size=64), max_size=16)
+hexes = st.text("0123456789abcdef", min_size=64, max_size=64)
 records = st.builds(
     ConnectionRecord,
     connection_id=st.text(min_size=1, max_size=40),
@@ -456,7 +457,7 @@ records = st.builds(
     tokens=st.none() | token_sets,
     account=st.none() | accounts,
     error=st.none() | errors,
-    code_digests=digests.map(tuple),
+    seen_codes=st.lists(st.builds(SeenCode, hexes, aware), max_size=4).map(tuple),
     lease=st.none() | leases,
     connected_at=st.none() | aware,
     updated_at=st.none() | aware,

@@ -22,6 +22,7 @@ from ._records import (
     ConnectionState,
     ErrorInfo,
     Lease,
+    SeenCode,
     TokenSet,
 )
 from ._results import AuthorizationRequest, CallbackResult, Outcome, RefreshReport
@@ -52,6 +53,7 @@ __all__ = [
     "ReauthorizationRequired",
     "RefreshReport",
     "SQLiteStore",
+    "SeenCode",
     "Store",
     "StoreError",
     "TokenSet",

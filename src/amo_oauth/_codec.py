@@ -16,6 +16,7 @@ from ._records import (
     ConnectionState,
     ErrorInfo,
     Lease,
+    SeenCode,
     TokenSet,
 )
 
@@ -56,7 +57,7 @@ def record_to_json(record: ConnectionRecord) -> str:
         "tokens": _tokens(record.tokens),
         "account": _account(record.account),
         "error": _error(record.error),
-        "code_digests": list(record.code_digests),
+        "seen_codes": [[seen.digest, _time(seen.at)] for seen in record.seen_codes],
         "lease": _lease(record.lease),
         "connected_at": _time(record.connected_at),
         "updated_at": _time(record.updated_at),
@@ -110,7 +111,9 @@ def record_from_json(text: str | bytes) -> ConnectionRecord:
         error=ErrorInfo(error["reason"], error["hint"], datetime.fromisoformat(error["at"]))
         if error
         else None,
-        code_digests=tuple(body["code_digests"]),
+        seen_codes=tuple(
+            SeenCode(digest, datetime.fromisoformat(at)) for digest, at in body["seen_codes"]
+        ),
         lease=Lease(lease["owner"], lease["purpose"], datetime.fromisoformat(lease["expires_at"]))
         if lease
         else None,

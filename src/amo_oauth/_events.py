@@ -59,7 +59,7 @@ class Event:
 
     name: ClassVar[str]
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         """The fields this event sets when its rule is a transition."""
         raise NotImplementedError
 
@@ -78,10 +78,10 @@ class CodeReceived(Event):
     lease: Lease = attrs.field(validator=_purpose("exchange"))
     state_issued_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return {
             "host": self.host.name,
-            "code_digests": record.with_code(self.code_digest),
+            "seen_codes": record.with_code(self.code_digest, now),
             "lease": self.lease,
             "error": None,
         }
@@ -96,7 +96,7 @@ class Denied(Event):
     #: amoCRM's ``error`` value; ``access_denied`` when the user pressed "Deny".
     reason: str = "access_denied"
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return _error_changes(ErrorInfo(self.reason, None, self.at))
 
 
@@ -105,7 +105,7 @@ class ExchangeSucceeded(Event):
     name: ClassVar[str] = "exchange_succeeded"
     tokens: TokenSet
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return {"tokens": self.tokens}
 
 
@@ -114,7 +114,7 @@ class ExchangeFailed(Event):
     name: ClassVar[str] = "exchange_failed"
     error: ErrorInfo
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return _error_changes(self.error)
 
 
@@ -125,7 +125,7 @@ class LeaseExpired(Event):
     name: ClassVar[str] = "lease_expired"
     at: datetime = attrs.field(validator=_aware)
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return _error_changes(ErrorInfo("exchange_interrupted", None, self.at))
 
 
@@ -135,7 +135,7 @@ class Verified(Event):
     account: Account
     at: datetime = attrs.field(validator=_aware)
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return {"account": self.account, "lease": None, "error": None, "connected_at": self.at}
 
 
@@ -144,7 +144,7 @@ class VerifyFailed(Event):
     name: ClassVar[str] = "verify_failed"
     error: ErrorInfo
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return _error_changes(self.error)
 
 
@@ -153,7 +153,7 @@ class RefreshClaimed(Event):
     name: ClassVar[str] = "refresh_claimed"
     lease: Lease = attrs.field(validator=_purpose("refresh"))
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return {"lease": self.lease}
 
 
@@ -162,7 +162,7 @@ class Refreshed(Event):
     name: ClassVar[str] = "refreshed"
     tokens: TokenSet
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return {"tokens": self.tokens, "lease": None}
 
 
@@ -173,7 +173,7 @@ class RefreshFailed(Event):
     name: ClassVar[str] = "refresh_failed"
     error: ErrorInfo
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return _error_changes(self.error)
 
 
@@ -183,18 +183,18 @@ class RefreshReleased(Event):
 
     name: ClassVar[str] = "refresh_released"
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return {"lease": None}
 
 
 @attrs.frozen
 class Disconnect(Event):
-    """The application disconnects: tokens and account are forgotten, code digests kept."""
+    """The application disconnects: tokens and account are forgotten, seen codes kept."""
 
     name: ClassVar[str] = "disconnect"
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
-        # Code digests stay: a replayed old code must remain a no-op, not a token call.
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
+        # Seen codes stay: a replayed old code must remain a no-op, not a token call.
         return {
             "tokens": None,
             "account": None,
@@ -212,7 +212,7 @@ class ProviderDisconnected(Event):
     name: ClassVar[str] = "provider_disconnected"
     at: datetime = attrs.field(validator=_aware)
 
-    def changes(self, record: ConnectionRecord) -> dict[str, Any]:
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return _error_changes(ErrorInfo("disconnected_by_provider", None, self.at))
 
 

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Generator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -49,6 +49,7 @@ from ._provider import (
     refresh_request,
 )
 from ._records import (
+    CODE_MEMORY,
     Connection,
     ConnectionRecord,
     ConnectionState,
@@ -70,9 +71,6 @@ T = TypeVar("T")
 S = ConnectionState
 EXCHANGING = (S.CODE_RECEIVED, S.EXCHANGED)
 _MAX_ID = 200
-#: How long the store remembers which connection a code was claimed for. amoCRM codes live
-#: 20 minutes; a day leaves room for skewed clocks.
-CODE_MEMORY = timedelta(days=1)
 _MAX_CODE = 2048
 
 
@@ -182,7 +180,6 @@ class Flows:
         claims: StateClaims | None,
     ) -> Flow[CallbackResult]:
         digest = code_digest(code)
-        attempt = secrets.token_hex(8)
         while True:
             record = yield from self._load(connection_id)
             if record.knows_code(digest):
@@ -199,10 +196,8 @@ class Flows:
             result = step(record, event, self.now())
             if not result.changed:  # an exchange in flight, or a connection to keep
                 return (yield from self._report(record, duplicate=False))
-            if not (yield from self._own_code(digest, attempt)):
-                # Another call claimed this code (here, for another connection, or before this
-                # record let its digest go): a duplicate. Give a racing winner time to show.
-                record = yield from self._settled(record, digest)
+            if not (yield from self._own_code(digest, connection_id)):
+                # Another connection claimed this code: a duplicate here too, reported at once.
                 return CallbackResult.report(record.public(), duplicate=True)
             claimed = yield from self._commit(record, result.record, event)
             if claimed is not None:
@@ -251,17 +246,25 @@ class Flows:
     def _consume(self, claims: StateClaims, holder: str) -> Flow[None]:
         if claims.is_expired(self.now()):
             raise CallbackRejected("expired_state")
-        if not (yield Call("consume_state", (claims.nonce, claims.expires_at, holder))):
+        expires_at = self._store_time(claims.expires_at)
+        if not (yield Call("consume_state", (claims.nonce, expires_at, holder))):
             raise CallbackRejected("reused_state")
 
-    def _own_code(self, digest: str, attempt: str) -> Flow[bool]:
-        """Claim a code for this call, store-wide: only its owner may ever send it.
+    def _own_code(self, digest: str, connection_id: str) -> Flow[bool]:
+        """Claim a code for one connection, store-wide: no other connection may send it.
 
-        The record's digests answer a replay on the same connection at once; this ledger also
-        stops the same code arriving for another connection, or after the record let it go.
+        Calls for the same connection all pass, so that the record's compare-and-set, which
+        also remembers the code, picks the one sender among them (as with states).
         """
-        expires_at = self.now() + CODE_MEMORY
-        return bool((yield Call("consume_state", (f"code:{digest}", expires_at, attempt))))
+        expires_at = self._store_time(self.now() + CODE_MEMORY)
+        return bool((yield Call("consume_state", (f"code:{digest}", expires_at, connection_id))))
+
+    def _store_time(self, moment: datetime) -> datetime:
+        """``moment`` on the real clock, for what a store forgets by real time (nonces).
+
+        A test's clock may run far behind the wall clock; the store must not forget early.
+        """
+        return datetime.now(UTC) + (moment - self.now())
 
     def _stored_host(self, record: ConnectionRecord) -> AccountHost:
         host = AccountHost.accept(record.host or "", self.config.extra_domains)
@@ -273,18 +276,11 @@ class Flows:
         record = yield from self._settled(record)
         return CallbackResult.report(record.public(), duplicate=duplicate)
 
-    def _settled(
-        self, record: ConnectionRecord, digest: str | None = None
-    ) -> Flow[ConnectionRecord]:
-        """Wait, a bounded time, for another worker's exchange (of ``digest``) to finish."""
+    def _settled(self, record: ConnectionRecord) -> Flow[ConnectionRecord]:
+        """Wait, a bounded time, for another worker's exchange to finish."""
         deadline = self._monotonic() + self.config.settle_timeout
         delay = 0.01
-
-        def busy(record: ConnectionRecord) -> bool:
-            unseen = digest is not None and not record.knows_code(digest)
-            return unseen or record.state in EXCHANGING
-
-        while busy(record) and self._monotonic() < deadline:
+        while record.state in EXCHANGING and self._monotonic() < deadline:
             yield Sleep(delay)
             delay = min(delay * 2, 0.1)
             record = yield from self._load(record.connection_id)

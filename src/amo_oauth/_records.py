@@ -20,13 +20,17 @@ __all__ = [
     "ConnectionState",
     "ErrorInfo",
     "Lease",
+    "SeenCode",
     "TokenSet",
     "code_digest",
 ]
 
-#: How many code digests a record remembers. Codes are single-use and live 20 minutes, so a
-#: replay comes soon after its first use; older digests only grow the row.
-MAX_CODE_DIGESTS = 16
+#: How long the store's code ledger remembers which connection a code was claimed for.
+#: amoCRM codes live 20 minutes; a day leaves room for slow replays and skewed clocks.
+CODE_MEMORY = timedelta(days=1)
+#: How many codes a record remembers (the newest). Every code is one consent by a user in
+#: amoCRM, so a connection sees a handful in its life; the bound only caps the row's size.
+MAX_CODE_DIGESTS = 256
 
 
 class ConnectionState(enum.StrEnum):
@@ -105,6 +109,14 @@ class Lease:
 
 
 @attrs.frozen
+class SeenCode:
+    """A code a connection has seen: its sha256 digest (never the code) and when."""
+
+    digest: str = attrs.field(validator=attrs.validators.matches_re(r"[0-9a-f]{64}"))
+    at: datetime = attrs.field(validator=_aware)
+
+
+@attrs.frozen
 class Connection:
     """The public view of a connection: what ``status()`` returns. Holds no secret.
 
@@ -144,7 +156,7 @@ class ConnectionRecord:
     tokens: TokenSet | None = None
     account: Account | None = None
     error: ErrorInfo | None = None
-    code_digests: tuple[str, ...] = ()
+    seen_codes: tuple[SeenCode, ...] = ()
     lease: Lease | None = None
     connected_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
     """When the current connection was made; a re-authorization needs a state issued after it."""
@@ -152,13 +164,13 @@ class ConnectionRecord:
 
     def knows_code(self, digest: str) -> bool:
         """True when a code with this sha256 digest was seen on this connection."""
-        return digest in self.code_digests
+        return any(seen.digest == digest for seen in self.seen_codes)
 
-    def with_code(self, digest: str) -> tuple[str, ...]:
-        """The digests to store once ``digest`` has been seen (the newest kept)."""
-        if digest in self.code_digests:
-            return self.code_digests
-        return (*self.code_digests, digest)[-MAX_CODE_DIGESTS:]
+    def with_code(self, digest: str, now: datetime) -> tuple[SeenCode, ...]:
+        """The codes to store once ``digest`` was seen at ``now`` (the newest kept)."""
+        if self.knows_code(digest):
+            return self.seen_codes
+        return (*self.seen_codes, SeenCode(digest, now))[-MAX_CODE_DIGESTS:]
 
     def live_lease(self, now: datetime) -> Lease | None:
         """The lease, unless there is none or it has expired."""

@@ -179,6 +179,6 @@ def step(record: ConnectionRecord, event: Event, now: datetime) -> Step:
         state=rule.dest,
         version=record.version + 1,
         updated_at=now,
-        **event.changes(record),
+        **event.changes(record, now),
     )
     return Step(new, changed=True)
