@@ -25,7 +25,6 @@ Run it (the redirect URI registered in amoCRM must end in ``/api/amo-crm/callbac
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import secrets
@@ -41,7 +40,6 @@ from pydantic import BaseModel, Field
 from amo_oauth import (
     AsyncAmoOAuth,
     Config,
-    ConnectionState,
     ProviderError,
     ReauthorizationRequired,
     SQLiteStore,
@@ -161,11 +159,8 @@ async def _leads_of(oauth: AsyncAmoOAuth, client: httpx.AsyncClient, user: str) 
 
 async def _account_host(oauth: AsyncAmoOAuth, user: str) -> str | None:
     """The connected account's host (``x.amocrm.ru``, ``x.kommo.com``), or None."""
-    # The stored record knows the host; ``oauth.status()`` names only the subdomain.
-    record = await asyncio.to_thread(oauth.store.load, user)
-    if record is None or record.state is not ConnectionState.CONNECTED:
-        return None
-    return record.host
+    connection = await oauth.status(user)
+    return connection.host if connection.is_connected else None
 
 
 async def fetch_leads(

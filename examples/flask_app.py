@@ -37,7 +37,6 @@ from werkzeug import Response
 from amo_oauth import (
     AmoOAuth,
     Config,
-    ConnectionState,
     ProviderError,
     ReauthorizationRequired,
     SQLiteStore,
@@ -154,11 +153,8 @@ def _leads_of(oauth: AmoOAuth, client: httpx.Client, user: str) -> flask.Respons
 
 def _account_host(oauth: AmoOAuth, user: str) -> str | None:
     """The connected account's host (``x.amocrm.ru``, ``x.kommo.com``), or None."""
-    # The stored record knows the host; ``oauth.status()`` names only the subdomain.
-    record = oauth.store.load(user)
-    if record is None or record.state is not ConnectionState.CONNECTED:
-        return None
-    return record.host
+    connection = oauth.status(user)
+    return connection.host if connection.is_connected else None
 
 
 def fetch_leads(client: httpx.Client, host: str, auth: httpx.Auth) -> list[dict[str, Any]]:

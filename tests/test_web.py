@@ -651,6 +651,7 @@ def test_status_of_an_unknown_connection(send: Send) -> None:
         "expires_at": None,
         "error": None,
         "version": 0,
+        "host": None,
     }
 
 
@@ -665,6 +666,7 @@ def test_status_never_shows_a_token(send: Send, oauth: AmoOAuth, fake: FakeAmoCR
     assert body["account"] == {"id": fake.account_id, "subdomain": "test", "name": "Test account"}
     assert body["expires_at"] == record.tokens.expires_at.isoformat()
     assert body["version"] == record.version
+    assert body["host"] == fake.account_host
 
 
 def test_disconnect(send: Send, fake: FakeAmoCRM) -> None:

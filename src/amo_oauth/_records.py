@@ -127,6 +127,7 @@ class Connection:
         expires_at: when the current access token expires, when there is one.
         error: why the connection is in ``error``.
         version: increases with every write to the record.
+        host: the account host API calls go to (``x.amocrm.ru``, ``x.kommo.com``), when known.
     """
 
     connection_id: str
@@ -135,6 +136,12 @@ class Connection:
     expires_at: datetime | None = None
     error: ErrorInfo | None = None
     version: int = 0
+    host: str | None = None
+
+    @property
+    def api_url(self) -> str | None:
+        """``https://{host}``, the base URL of the account's API, when the host is known."""
+        return f"https://{self.host}" if self.host else None
 
     @property
     def is_connected(self) -> bool:
@@ -185,4 +192,5 @@ class ConnectionRecord:
             expires_at=self.tokens.expires_at if self.tokens else None,
             error=self.error,
             version=self.version,
+            host=self.host,
         )

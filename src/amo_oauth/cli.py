@@ -52,6 +52,7 @@ def _status(args: argparse.Namespace) -> int:
                 "expires_at": connection.expires_at.isoformat() if connection.expires_at else None,
                 "error": connection.error.reason if connection.error else None,
                 "version": connection.version,
+                "host": connection.host,
             }
         )
     )

@@ -202,7 +202,7 @@ def status_payload(connection: Connection) -> dict[str, Any]:
         connection: e.g. ``oauth.status(user_id)``.
 
     Returns:
-        ``{"connected", "state", "account", "expires_at", "error", "version"}``.
+        ``{"connected", "state", "account", "expires_at", "error", "version", "host"}``.
     """
     account = connection.account
     return {
@@ -214,6 +214,7 @@ def status_payload(connection: Connection) -> dict[str, Any]:
         "expires_at": connection.expires_at.isoformat() if connection.expires_at else None,
         "error": connection.error.reason if connection.error else None,
         "version": connection.version,
+        "host": connection.host,
     }
 
 
