@@ -31,10 +31,17 @@ def _diagram(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_db(path: str) -> str:
+    # An operator's typo must not create an empty store and report everyone disconnected.
+    if not os.path.isfile(path):
+        raise SystemExit(f"amo-oauth: no store at {path!r}")
+    return path
+
+
 def _status(args: argparse.Namespace) -> int:
     from .stores import SQLiteStore
 
-    store = SQLiteStore(args.db)
+    store = SQLiteStore(_existing_db(args.db))
     try:
         record = store.load(args.connection_id)
     finally:
@@ -77,7 +84,7 @@ def _refresh_due(args: argparse.Namespace) -> int:
     from .stores import SQLiteStore
 
     config = _config_from_env()
-    with AmoOAuth(config, store=SQLiteStore(args.db)) as oauth:
+    with AmoOAuth(config, store=SQLiteStore(_existing_db(args.db))) as oauth:
         report = oauth.refresh_due(within=timedelta(days=args.within_days))
     print(json.dumps({"refreshed": list(report.refreshed), "failed": dict(report.failed)}))
     return 1 if report.failed else 0
