@@ -1,7 +1,7 @@
 """The project's two everyday commands, needing nothing but Python 3.11+.
 
     python3 tasks.py demo    run the demo: the seed's scenario, end to end, on embedded defaults
-    python3 tasks.py test    lint, type-check and run the whole test suite
+    python3 tasks.py test    lint, format-check, type-check and run the whole test suite
 
 Each creates ``.venv`` and installs the project into it first (again only when pyproject.toml
 changed). Extra arguments after ``test`` go to pytest.
@@ -48,7 +48,8 @@ def demo(args: list[str]) -> None:
 
 def test(args: list[str]) -> None:
     run(BIN / "ruff", "check", "src", "tests", "examples", "tasks.py")
-    run(BIN / "mypy", "--strict", "src")
+    run(BIN / "ruff", "format", "--check", "src", "tests", "examples", "tasks.py")
+    run(BIN / "mypy", "--strict", "src", "examples")
     run(BIN / "python", "-m", "pytest", *args)
 
 

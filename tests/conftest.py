@@ -24,9 +24,7 @@ def fake(clock: FakeClock) -> FakeAmoCRM:
 
 
 @pytest.fixture
-def make_oauth(
-    fake: FakeAmoCRM, clock: FakeClock
-) -> Iterator[Callable[..., AmoOAuth]]:
+def make_oauth(fake: FakeAmoCRM, clock: FakeClock) -> Iterator[Callable[..., AmoOAuth]]:
     """Build an AmoOAuth on the fake; keyword arguments override Config fields."""
     made: list[AmoOAuth] = []
 

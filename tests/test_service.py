@@ -100,9 +100,7 @@ def test_replay_with_consumed_state_is_still_a_duplicate_after_expiry(
     assert (replay.outcome, replay.duplicate) == (Outcome.ALREADY_CONNECTED, True)
 
 
-def test_consumed_state_with_a_new_code_is_reused_state(
-    oauth: AmoOAuth, fake: FakeAmoCRM
-) -> None:
+def test_consumed_state_with_a_new_code_is_reused_state(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
     query = connect(oauth, fake)
     with pytest.raises(CallbackRejected) as rejected:
         oauth.handle_callback(query_of(fake.authorize(query["state"])))
@@ -131,9 +129,7 @@ def test_state_issued_before_the_connection_cannot_replace_it(
     assert fake.token_call_count() == 1
 
 
-def test_rejected_code_fails_once_and_is_never_resent(
-    oauth: AmoOAuth, fake: FakeAmoCRM
-) -> None:
+def test_rejected_code_fails_once_and_is_never_resent(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
     referer = fake.account_host
     result = oauth.exchange_code(USER, "not-a-real-code", referer=referer)
     assert result.outcome is Outcome.FAILED
@@ -292,9 +288,7 @@ def test_refresh_due_keeps_idle_connections_alive(
     assert oauth.refresh_due(within=timedelta(days=7)).refreshed == ()
 
 
-def test_widget_install_needs_opt_in(
-    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
-) -> None:
+def test_widget_install_needs_opt_in(make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM) -> None:
     query = query_of(fake.authorize(from_widget=True))
     with pytest.raises(CallbackRejected) as rejected:
         make_oauth().handle_callback(query)
@@ -329,4 +323,3 @@ def test_secrets_never_reach_reprs_or_errors(oauth: AmoOAuth, fake: FakeAmoCRM) 
         [repr(oauth), repr(record), repr(oauth.status(USER)), repr(oauth.config), str(record)]
     )
     assert not [s for s in secrets if s in shown]
-

@@ -13,6 +13,7 @@ import httpx
 from ._auth import ConnectionAuth
 from ._callback import QueryLike
 from ._config import Config
+from ._driving import advance
 from ._flows import Call, Flows, Op, Send, Sleep
 from ._provider import error_from_exception
 from ._records import Connection
@@ -27,14 +28,6 @@ _DEFAULT_DB = "amo_oauth.db"
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _advance(flow: Generator[Op, Any, T], reply: Any, error: Exception | None) -> tuple[bool, Any]:
-    """Resume a flow: (True, result) when it returned, else (False, the next operation)."""
-    try:
-        return False, (flow.throw(error) if error is not None else flow.send(reply))
-    except StopIteration as stop:
-        return True, stop.value
 
 
 class _Base:
@@ -188,14 +181,14 @@ class AmoOAuth(_Base):
         self.close()
 
     def _run(self, flow: Generator[Op, Any, T]) -> T:
-        done, item = _advance(flow, None, None)
+        done, item = advance(flow, None, None)
         while not done:
             reply, error = None, None
             try:
                 reply = self._perform(item)
             except Exception as exc:  # handed to the flow, which knows what it means
                 error = exc
-            done, item = _advance(flow, reply, error)
+            done, item = advance(flow, reply, error)
         result: T = item
         return result
 
@@ -291,14 +284,14 @@ class AsyncAmoOAuth(_Base):
         await self.aclose()
 
     async def _run(self, flow: Generator[Op, Any, T]) -> T:
-        done, item = _advance(flow, None, None)
+        done, item = advance(flow, None, None)
         while not done:
             reply, error = None, None
             try:
                 reply = await self._perform(item)
             except Exception as exc:  # handed to the flow, which knows what it means
                 error = exc
-            done, item = _advance(flow, reply, error)
+            done, item = advance(flow, reply, error)
         result: T = item
         return result
 

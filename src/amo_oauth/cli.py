@@ -1,13 +1,13 @@
 """``amo-oauth``: the demo, the lifecycle diagram, and two operator commands.
 
-    amo-oauth demo [--serve]            the seed's scenario end to end over loopback HTTP:
-                                        FakeAmoCRM, the FastAPI example, the old and new app
-    amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
-    amo-oauth status ID [--db PATH]     a connection's state, from an SQLite store
-    amo-oauth refresh-due [--db PATH] [--within-days N]
-                                        refresh connections whose refresh token expires soon;
-                                        reads AMO_CLIENT_ID, AMO_CLIENT_SECRET,
-                                        AMO_REDIRECT_URI and AMO_STATE_SECRET
+amo-oauth demo [--serve]            the seed's scenario end to end over loopback HTTP:
+                                    FakeAmoCRM, the FastAPI example, the old and new app
+amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
+amo-oauth status ID [--db PATH]     a connection's state, from an SQLite store
+amo-oauth refresh-due [--db PATH] [--within-days N]
+                                    refresh connections whose refresh token expires soon;
+                                    reads AMO_CLIENT_ID, AMO_CLIENT_SECRET,
+                                    AMO_REDIRECT_URI and AMO_STATE_SECRET
 """
 
 from __future__ import annotations

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
+from .._driving import advance
 from .._service import AmoOAuth, AsyncAmoOAuth
 from ._http import Request, Response
-from ._page import PageText
-from ._routes import (
-    DEFAULT_MAX_BODY,
-    DEFAULT_MAX_QUERY,
-    DEFAULT_PREFIX,
-    Identify,
-    RouteCore,
-    WebFlow,
-)
+from ._routes import Identify, RouteCore
 
 __all__ = ["AsyncConnectionIdFn", "AsyncHandlers", "ConnectionIdFn", "Handlers"]
 
@@ -28,15 +20,7 @@ ConnectionIdFn = Callable[[Request], str | None]
 AsyncConnectionIdFn = Callable[[Request], str | Awaitable[str | None] | None]
 
 
-def _advance(flow: WebFlow[Response], reply: Any, error: Exception | None) -> tuple[bool, Any]:
-    """Resume a flow: (True, the response) when it returned, else (False, the next operation)."""
-    try:
-        return False, (flow.throw(error) if error is not None else flow.send(reply))
-    except StopIteration as stop:
-        return True, stop.value
-
-
-class Handlers(RouteCore):
+class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
     """The routes over a blocking ``AmoOAuth`` (Flask, Django, any WSGI framework).
 
     Routes, under ``prefix``: ``GET /connect``, ``GET /callback``, ``POST /exchange-code``,
@@ -59,29 +43,6 @@ class Handlers(RouteCore):
         ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit.
     """
 
-    def __init__(
-        self,
-        oauth: AmoOAuth,
-        *,
-        connection_id: ConnectionIdFn,
-        app_scheme: str,
-        prefix: str = DEFAULT_PREFIX,
-        texts: Mapping[str, PageText] | None = None,
-        default_language: str = "en",
-        max_body: int = DEFAULT_MAX_BODY,
-        max_query: int = DEFAULT_MAX_QUERY,
-    ) -> None:
-        super().__init__(
-            app_scheme=app_scheme,
-            prefix=prefix,
-            texts=texts,
-            default_language=default_language,
-            max_body=max_body,
-            max_query=max_query,
-        )
-        self.oauth = oauth
-        self.connection_id = connection_id
-
     def handle(self, request: Request) -> Response:
         """Answer one request.
 
@@ -97,7 +58,7 @@ class Handlers(RouteCore):
         """
         flow = self.serve(request)
         try:
-            done, item = _advance(flow, None, None)
+            done, item = advance(flow, None, None)
             while not done:
                 reply, error = None, None
                 if isinstance(item, Identify):
@@ -107,7 +68,7 @@ class Handlers(RouteCore):
                         reply = getattr(self.oauth, item.method)(*item.args, **item.kwargs)
                     except Exception as exc:  # thrown into the route, which maps it
                         error = exc
-                done, item = _advance(flow, reply, error)
+                done, item = advance(flow, reply, error)
         finally:
             flow.close()
         response: Response = item
@@ -122,7 +83,7 @@ class Handlers(RouteCore):
         return value
 
 
-class AsyncHandlers(RouteCore):
+class AsyncHandlers(RouteCore[AsyncAmoOAuth, AsyncConnectionIdFn]):
     """The routes over an ``AsyncAmoOAuth`` (FastAPI, Starlette, any ASGI framework).
 
     Args:
@@ -139,29 +100,6 @@ class AsyncHandlers(RouteCore):
         ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit.
     """
 
-    def __init__(
-        self,
-        oauth: AsyncAmoOAuth,
-        *,
-        connection_id: AsyncConnectionIdFn,
-        app_scheme: str,
-        prefix: str = DEFAULT_PREFIX,
-        texts: Mapping[str, PageText] | None = None,
-        default_language: str = "en",
-        max_body: int = DEFAULT_MAX_BODY,
-        max_query: int = DEFAULT_MAX_QUERY,
-    ) -> None:
-        super().__init__(
-            app_scheme=app_scheme,
-            prefix=prefix,
-            texts=texts,
-            default_language=default_language,
-            max_body=max_body,
-            max_query=max_query,
-        )
-        self.oauth = oauth
-        self.connection_id = connection_id
-
     async def handle(self, request: Request) -> Response:
         """Answer one request; see ``Handlers.handle``.
 
@@ -170,7 +108,7 @@ class AsyncHandlers(RouteCore):
         """
         flow = self.serve(request)
         try:
-            done, item = _advance(flow, None, None)
+            done, item = advance(flow, None, None)
             while not done:
                 reply, error = None, None
                 if isinstance(item, Identify):
@@ -180,7 +118,7 @@ class AsyncHandlers(RouteCore):
                         reply = await getattr(self.oauth, item.method)(*item.args, **item.kwargs)
                     except Exception as exc:  # thrown into the route, which maps it
                         error = exc
-                done, item = _advance(flow, reply, error)
+                done, item = advance(flow, reply, error)
         finally:
             flow.close()
         response: Response = item

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Generator, Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 from urllib.parse import parse_qsl
 
 import attrs
@@ -309,12 +309,18 @@ def _check_prefix(prefix: str) -> str:
     return prefix.rstrip("/")
 
 
-class RouteCore:
+ServiceT = TypeVar("ServiceT")
+IdentifyT = TypeVar("IdentifyT")
+
+
+class RouteCore(Generic[ServiceT, IdentifyT]):
     """The routes and their settings; ``Handlers`` and ``AsyncHandlers`` drive them."""
 
     def __init__(
         self,
+        oauth: ServiceT,
         *,
+        connection_id: IdentifyT,
         app_scheme: str,
         prefix: str = DEFAULT_PREFIX,
         texts: Mapping[str, PageText] | None = None,
@@ -322,6 +328,8 @@ class RouteCore:
         max_body: int = DEFAULT_MAX_BODY,
         max_query: int = DEFAULT_MAX_QUERY,
     ) -> None:
+        self.oauth = oauth
+        self.connection_id = connection_id
         self.app_scheme = check_app_scheme(app_scheme)
         self.prefix = _check_prefix(prefix)
         self.texts: Mapping[str, PageText] = {**PAGE_TEXTS, **(texts or {})}
