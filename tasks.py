@@ -47,9 +47,9 @@ def demo(args: list[str]) -> None:
 
 
 def test(args: list[str]) -> None:
-    run(BIN / "ruff", "check", "src", "tests", "examples", "tasks.py")
-    run(BIN / "ruff", "format", "--check", "src", "tests", "examples", "tasks.py")
-    run(BIN / "mypy", "--strict", "src", "examples")
+    run(BIN / "ruff", "check", "src", "tests", "examples", "benchmarks", "tasks.py")
+    run(BIN / "ruff", "format", "--check", "src", "tests", "examples", "benchmarks", "tasks.py")
+    run(BIN / "mypy", "--strict", "src", "examples", "benchmarks")
     run(BIN / "python", "-m", "pytest", *args)
 
 
