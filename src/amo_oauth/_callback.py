@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 
-from ._config import Config
 from ._errors import CallbackRejected
 from ._hosts import AccountHost
 from ._records import code_digest
 from ._state_token import StateClaims, read_state
 
-__all__ = ["Denial", "Grant", "QueryLike", "parse_callback", "single_values"]
+__all__ = ["CallbackSettings", "Denial", "Grant", "QueryLike", "parse_callback", "single_values"]
 
 #: A query as frameworks hand it over: a mapping (of str, or of one-item lists) or pairs.
 QueryLike = Mapping[str, object] | Iterable[tuple[str, object]]
@@ -27,6 +26,20 @@ QueryLike = Mapping[str, object] | Iterable[tuple[str, object]]
 _MAX_VALUE: Final = 2048
 _MAX_PARAMS: Final = 32
 _ERROR_SLUG = re.compile(r"[a-z_]{1,64}")
+
+
+class CallbackSettings(Protocol):
+    """What parsing a redirect needs to know; ``Config`` is one (kept structural so that this
+    pure module depends on nothing but the other pure ones)."""
+
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def state_secret(self) -> bytes: ...
+    @property
+    def extra_domains(self) -> tuple[str, ...]: ...
+    @property
+    def allow_widget_installs(self) -> bool: ...
 
 
 @attrs.frozen
@@ -78,14 +91,14 @@ def single_values(query: QueryLike) -> dict[str, str]:
     return values
 
 
-def _state(params: Mapping[str, str], config: Config) -> StateClaims:
+def _state(params: Mapping[str, str], config: CallbackSettings) -> StateClaims:
     token = params.get("state")
     if not token:
         raise CallbackRejected("bad_state")
     return read_state(config.state_secret, token)
 
 
-def _host(params: Mapping[str, str], config: Config) -> AccountHost:
+def _host(params: Mapping[str, str], config: CallbackSettings) -> AccountHost:
     referer = params.get("referer")
     if not referer:
         raise CallbackRejected("missing_referer")
@@ -95,7 +108,7 @@ def _host(params: Mapping[str, str], config: Config) -> AccountHost:
     return host
 
 
-def parse_callback(query: QueryLike, config: Config) -> Grant | Denial:
+def parse_callback(query: QueryLike, config: CallbackSettings) -> Grant | Denial:
     """Turn the redirect's query into a ``Grant`` or a ``Denial``.
 
     Raises:
