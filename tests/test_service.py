@@ -323,3 +323,17 @@ def test_secrets_never_reach_reprs_or_errors(oauth: AmoOAuth, fake: FakeAmoCRM) 
         [repr(oauth), repr(record), repr(oauth.status(USER)), repr(oauth.config), str(record)]
     )
     assert not [s for s in secrets if s in shown]
+
+
+def test_a_signed_in_user_cannot_be_handed_someone_elses_consent_link(
+    oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    # The attacker starts a connection for themselves and sends the victim the consent link.
+    query = query_of(fake.authorize(oauth.begin("attacker").state))
+    with pytest.raises(CallbackRejected) as rejected:
+        oauth.handle_callback(query, connection_id="victim")
+    assert rejected.value.reason == "bad_state"
+    assert oauth.status("attacker").version == 0
+    assert fake.token_call_count() == 0
+    result = oauth.handle_callback(query, connection_id="attacker")
+    assert result.outcome is Outcome.CONNECTED

@@ -316,7 +316,7 @@ def test_routes_need_a_connection_id(send: Send, path: str) -> None:
     assert (answer.status, answer.json()) == (401, {"error": "unauthenticated"})
 
 
-@pytest.mark.parametrize("user", ["", "x" * 201, "tab\there"])
+@pytest.mark.parametrize("user", ["", "x" * 256, "tab\there"])
 def test_a_bad_connection_id_is_400(send: Send, user: str) -> None:
     for method, path in (("GET", "/connect"), ("GET", "/status"), ("POST", "/disconnect")):
         answer = send(method, PREFIX + path, headers={"x-user": user})

@@ -163,7 +163,7 @@ class Refreshed(Event):
     tokens: TokenSet
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        return {"tokens": self.tokens, "lease": None}
+        return {"tokens": self.tokens, "lease": None, "error": None}
 
 
 @attrs.frozen

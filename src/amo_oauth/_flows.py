@@ -59,7 +59,7 @@ from ._records import (
     code_digest,
 )
 from ._results import AuthorizationRequest, CallbackResult, Outcome, RefreshReport
-from ._state import step
+from ._state import EXCHANGING, step
 from ._state_token import StateClaims, issue_state, read_state
 
 __all__ = ["Call", "Flow", "Flows", "Op", "Send", "Sleep"]
@@ -69,8 +69,7 @@ logger = logging.getLogger("amo_oauth")
 T = TypeVar("T")
 
 S = ConnectionState
-EXCHANGING = (S.CODE_RECEIVED, S.EXCHANGED)
-_MAX_ID = 200
+_MAX_ID = 255  # room for a widget install, named after its account host
 _MAX_CODE = 2048
 
 
@@ -99,9 +98,9 @@ Flow = Generator[Op, Any, T]
 
 
 def check_connection_id(connection_id: object) -> str:
-    """A connection id is the application's key: non-empty printable text, at most 200 chars."""
+    """A connection id is the application's key: non-empty printable text, at most 255 chars."""
     if not isinstance(connection_id, str) or not 0 < len(connection_id) <= _MAX_ID:
-        raise ValueError("connection_id must be a non-empty string of at most 200 characters")
+        raise ValueError("connection_id must be a non-empty string of at most 255 characters")
     if not connection_id.isprintable():
         raise ValueError("connection_id must be printable")
     return connection_id
@@ -142,8 +141,15 @@ class Flows:
 
     # -- codes ---------------------------------------------------------------------------
 
-    def handle_callback(self, query: QueryLike) -> Flow[CallbackResult]:
+    def handle_callback(
+        self, query: QueryLike, signed_in: str | None = None
+    ) -> Flow[CallbackResult]:
         parsed = parse_callback(query, self.config)
+        state = parsed.state
+        if signed_in is not None and state is not None and state.connection_id != signed_in:
+            # The redirect was started by someone else's begin(): refuse to attach this
+            # browser's amoCRM account to their connection.
+            raise CallbackRejected("bad_state")
         if isinstance(parsed, Denial):
             return (yield from self._deny(parsed))
         # A widget install has no state: its connection is named after the account host.
@@ -213,12 +219,12 @@ class Flows:
         except ProviderError as error:
             # A transient failure leaves the code's fate unknown: it is never sent again.
             reason = "exchange_interrupted" if error.transient else "code_rejected"
-            record = yield from self._apply(record, ExchangeFailed(self._error(reason, error)))
-            return CallbackResult(Outcome.FAILED, record.public())
-        record = yield from self._apply(record, ExchangeSucceeded(tokens))
-        if record.state is not S.EXCHANGED:
-            return CallbackResult.report(record.public(), duplicate=False)
-        return (yield from self._verify(record, host, tokens))
+            failed = ExchangeFailed(self._error(reason, error))
+            return (yield from self._conclude(record, failed, Outcome.FAILED))
+        exchanged = yield from self._write(record, ExchangeSucceeded(tokens))
+        if exchanged is None:
+            return (yield from self._overtaken(record))
+        return (yield from self._verify(exchanged, host, tokens))
 
     def _verify(
         self, record: ConnectionRecord, host: AccountHost, tokens: TokenSet
@@ -227,14 +233,25 @@ class Flows:
             response = yield Send(account_request(self.config, host, tokens.access_token))
             account = read_account(response)
         except ProviderError as error:
-            record = yield from self._apply(
-                record, VerifyFailed(self._error("verify_failed", error))
-            )
-            return CallbackResult(Outcome.FAILED, record.public())
-        record = yield from self._apply(record, Verified(account, self.now()))
-        if record.state is not S.CONNECTED:
-            return CallbackResult.report(record.public(), duplicate=False)
-        return CallbackResult(Outcome.CONNECTED, record.public())
+            failed = VerifyFailed(self._error("verify_failed", error))
+            return (yield from self._conclude(record, failed, Outcome.FAILED))
+        verified = Verified(account, self.now())
+        return (yield from self._conclude(record, verified, Outcome.CONNECTED))
+
+    def _conclude(
+        self, record: ConnectionRecord, event: Event, outcome: Outcome
+    ) -> Flow[CallbackResult]:
+        """Write the exchange's last step on the record this worker claimed, and report."""
+        written = yield from self._write(record, event)
+        if written is None:
+            return (yield from self._overtaken(record))
+        return CallbackResult(outcome, written.public())
+
+    def _overtaken(self, record: ConnectionRecord) -> Flow[CallbackResult]:
+        """Our claim was overtaken (a disconnect, a hook, a lapsed lease): theirs stands, and
+        nothing of ours (tokens, account) is written onto a record we no longer hold."""
+        current = yield from self._load(record.connection_id)
+        return CallbackResult.report(current.public(), duplicate=False)
 
     def _deny(self, denial: Denial) -> Flow[CallbackResult]:
         yield from self._consume(denial.state, holder="denied")
@@ -344,8 +361,11 @@ class Flows:
             if not needs_refresh(tokens):
                 return tokens.access_token
             if record.live_lease(self.now()) is None:
+                host = AccountHost.accept(record.host or "", self.config.extra_domains)
+                if host is None:  # the allowlist changed since: no secret goes there now
+                    raise ReauthorizationRequired(connection_id, "foreign_host")
                 claimed = yield from self._write(record, RefreshClaimed(self._lease("refresh")))
-                token = (yield from self._refresh(claimed)) if claimed else None
+                token = (yield from self._refresh(claimed, host)) if claimed else None
                 if token is not None:
                     return token
             elif self._monotonic() < deadline:
@@ -355,10 +375,9 @@ class Flows:
                     None, "a refresh by another worker is still running", transient=True
                 )
 
-    def _refresh(self, record: ConnectionRecord) -> Flow[str | None]:
+    def _refresh(self, record: ConnectionRecord, host: AccountHost) -> Flow[str | None]:
         """Spend the refresh token once. None: the record moved on under us; look again."""
         assert record.tokens is not None
-        host = self._stored_host(record)
         try:
             response = yield Send(refresh_request(self.config, host, record.tokens.refresh_token))
             tokens = read_tokens(response, self.now())
@@ -366,7 +385,31 @@ class Flows:
             return (yield from self._refresh_failed(record, error))
         # The rotated pair is persisted in one write before anyone uses it.
         written = yield from self._write(record, Refreshed(tokens))
+        if written is None:
+            written = yield from self._keep_rotated(record, tokens)
         return tokens.access_token if written else None
+
+    def _keep_rotated(
+        self, spent: ConnectionRecord, tokens: TokenSet
+    ) -> Flow[ConnectionRecord | None]:
+        """Store a rotated pair whose claim was overtaken, unless the record moved on for good.
+
+        amoCRM has revoked the refresh token we spent: our pair is the only valid one. If our
+        lease lapsed and another worker claimed (and will resend the spent token), or already
+        declared the connection dead on its "revoked", the pair must still win; after a
+        disconnect or a hook it must not (the table makes that a no-op).
+        """
+        assert spent.tokens is not None
+        event = Refreshed(tokens)
+        while True:
+            current = yield from self._load(spent.connection_id)
+            rotated = current.tokens and current.tokens.refresh_token != spent.tokens.refresh_token
+            result = step(current, event, self.now())
+            if rotated or not result.changed:
+                return None
+            written = yield from self._commit(current, result.record, event)
+            if written is not None:
+                return written
 
     def _refresh_failed(self, record: ConnectionRecord, error: ProviderError) -> Flow[str | None]:
         assert record.tokens is not None
@@ -415,11 +458,6 @@ class Flows:
             extra={"amo_event": event.name, "amo_connection_id": old.connection_id},
         )
         return new
-
-    def _apply(self, record: ConnectionRecord, event: Event) -> Flow[ConnectionRecord]:
-        """Write an event on a record this worker holds; if someone overrode it, theirs stands."""
-        written = yield from self._write(record, event)
-        return written or (yield from self._load(record.connection_id))
 
     def _update(self, connection_id: str, event: Event) -> Flow[ConnectionRecord]:
         """Apply an event to whatever is stored, retrying until written or a no-op."""

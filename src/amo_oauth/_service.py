@@ -79,11 +79,21 @@ class AmoOAuth(_Base):
         """
         return self._flows.begin(connection_id)
 
-    def handle_callback(self, query: QueryLike) -> CallbackResult:
+    def handle_callback(
+        self, query: QueryLike, *, connection_id: str | None = None
+    ) -> CallbackResult:
         """Handle amoCRM's redirect back (``code``, ``state``, ``referer``; or ``error``).
 
         The code is exchanged at most once, whatever arrives twice and however many workers
         race; a code seen before is a no-op that reports the current status.
+
+        Args:
+            query: the redirect's query parameters.
+            connection_id: who is signed in on the browser that brought the redirect, when the
+                app knows: a state issued to another connection is then refused
+                (``bad_state``), so a consent link started by someone else cannot attach this
+                user's amoCRM account to their connection. The connection otherwise comes from
+                the signed state.
 
         Returns:
             ``CallbackResult(outcome, connection, duplicate)``.
@@ -93,7 +103,7 @@ class AmoOAuth(_Base):
                 ``missing_code``, ``missing_referer``, ``foreign_host``,
                 ``widget_installs_disabled`` or ``malformed``. Nothing changed.
         """
-        return self._run(self._flows.handle_callback(query))
+        return self._run(self._flows.handle_callback(query, connection_id))
 
     def exchange_code(
         self,
@@ -117,7 +127,7 @@ class AmoOAuth(_Base):
 
         Raises:
             CallbackRejected: as ``handle_callback``.
-            ValueError: ``connection_id`` is empty, over 200 characters or unprintable.
+            ValueError: ``connection_id`` is empty, over 255 characters or unprintable.
         """
         return self._run(self._flows.exchange_code(connection_id, code, referer, state))
 
@@ -199,7 +209,9 @@ class AmoOAuth(_Base):
             try:
                 return self.http.send(op.request, follow_redirects=False)
             except httpx.HTTPError as exc:
-                raise error_from_exception(exc) from None
+                failure = error_from_exception(exc)
+            # Raised outside the handler: no __context__ leads back to the request's secrets.
+            raise failure
         time.sleep(op.seconds)
         return None
 
@@ -226,9 +238,11 @@ class AsyncAmoOAuth(_Base):
         """See ``AmoOAuth.begin``."""
         return self._flows.begin(connection_id)
 
-    async def handle_callback(self, query: QueryLike) -> CallbackResult:
+    async def handle_callback(
+        self, query: QueryLike, *, connection_id: str | None = None
+    ) -> CallbackResult:
         """See ``AmoOAuth.handle_callback``."""
-        return await self._run(self._flows.handle_callback(query))
+        return await self._run(self._flows.handle_callback(query, connection_id))
 
     async def exchange_code(
         self,
@@ -302,7 +316,8 @@ class AsyncAmoOAuth(_Base):
             try:
                 return await self.http.send(op.request, follow_redirects=False)
             except httpx.HTTPError as exc:
-                raise error_from_exception(exc) from None
+                failure = error_from_exception(exc)
+            raise failure
         assert isinstance(op, Sleep)
         await asyncio.sleep(op.seconds)
         return None

@@ -23,7 +23,7 @@ from ._errors import InvalidTransition
 from ._events import EVENT_TYPES, CodeReceived, Event
 from ._records import ConnectionRecord, ConnectionState
 
-__all__ = ["MACHINE", "TABLE", "Rule", "Step", "step"]
+__all__ = ["EXCHANGING", "MACHINE", "TABLE", "Rule", "Step", "step"]
 
 S = ConnectionState
 ALL = tuple(ConnectionState)
@@ -42,6 +42,13 @@ def state_is_fresh(data: EventData) -> bool:
     step = _model(data)
     issued, connected = getattr(step.event, "state_issued_at", None), step.record.connected_at
     return issued is not None and connected is not None and issued > connected
+
+
+def refresh_was_refused(data: EventData) -> bool:
+    """The connection was declared dead by a refresh that amoCRM refused ("revoked"): the
+    answer to an earlier, overtaken refresh of the same token may still bring it back."""
+    error = _model(data).record.error
+    return error is not None and error.reason == "reauthorization_required"
 
 
 @attrs.frozen
@@ -84,6 +91,7 @@ TABLE: tuple[Rule, ...] = (
     Rule("refresh_claimed", (S.DISCONNECTED, S.ERROR), None, noop="not_connected"),
     Rule("refresh_claimed", EXCHANGING, None, noop="exchange_in_progress"),
     Rule("refreshed", (S.CONNECTED,), S.CONNECTED),
+    Rule("refreshed", (S.ERROR,), S.CONNECTED, refresh_was_refused),
     _stale("refreshed", S.CONNECTED),
     Rule("refresh_failed", (S.CONNECTED,), S.ERROR),
     _stale("refresh_failed", S.CONNECTED),

@@ -25,7 +25,7 @@ __all__ = ["StateClaims", "StateLedger", "consume_state", "issue_state", "read_s
 
 _PREFIX = "v1"
 # As long as a callback parameter may be (``_callback._MAX_VALUE``): a state ``begin()`` issues
-# for any connection id the service accepts (200 characters) must fit, and verify.
+# for any connection id the service accepts (255 characters) must fit, and verify.
 _MAX_TOKEN = 2048
 # Domain separation: a MAC made for a state can never pass for any other signed value.
 _CONTEXT = b"amo_oauth.state.v1."

@@ -17,6 +17,7 @@ import attrs
 
 from .._callback import single_values
 from .._errors import CallbackRejected, ProviderError, StoreError
+from .._flows import check_connection_id
 from .._records import Connection
 from .._results import CallbackResult, Outcome
 from ._http import Request, Response, media_type, weighted
@@ -403,15 +404,14 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         if connection_id is None:
             raise _Refusal(401, "unauthenticated")
         if isinstance(connection_id, int) and not isinstance(connection_id, bool):
-            return str(connection_id)  # numeric user ids are common; the service wants text
-        return connection_id  # anything else is checked by the service: bad_connection_id
+            connection_id = str(connection_id)  # numeric user ids are common; ids are text
+        try:
+            return check_connection_id(connection_id)
+        except ValueError:  # empty, too long, unprintable, not text
+            raise _Refusal(400, "bad_connection_id") from None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> WebFlow[Any]:
-        try:
-            return (yield Invoke(method, args, kwargs))
-        except ValueError:
-            # The service refuses an ill-formed connection id (empty, too long, unprintable).
-            raise _Refusal(400, "bad_connection_id") from None
+        return (yield Invoke(method, args, kwargs))
 
     # -- the routes ----------------------------------------------------------------------------
 
