@@ -22,8 +22,9 @@ Every refusal is a 4xx with ``{"error": reason}`` (the callback's is an HTML pag
 link carries ``error=<reason>``): the reasons of ``CallbackRejected``, and ``unauthenticated``
 (401), ``bad_connection_id``, ``cross_site_request`` (400), ``not_found`` (404),
 ``method_not_allowed`` (405), ``body_too_large`` (413), ``query_too_large`` (414),
-``unsupported_media_type`` (415). A store outage is 503 ``store_unavailable``; no input
-produces a 500.
+``unsupported_media_type`` (415). A store outage is 503 ``store_unavailable`` (and an amoCRM
+failure would be 502 ``provider_unavailable``, though no route lets one through: exchanges report
+failures as outcomes); no input produces a 500.
 """
 
 from ._handlers import AsyncConnectionIdFn, AsyncHandlers, ConnectionIdFn, Handlers
