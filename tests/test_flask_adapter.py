@@ -17,8 +17,10 @@ from amo_oauth.web import Request
 from test_web import (
     AS_USER,
     PREFIX,
+    WRONG_ROUTES,
     Answer,
     Send,
+    check_wrong_route,
     deep_link,
     replay_deny_and_forgery,
     seed_scenario,
@@ -100,26 +102,11 @@ def test_every_route_and_status(send: Send, fake: FakeAmoCRM) -> None:
     assert page.headers["cache-control"] == "no-store"
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "status", "allow"),
-    [
-        ("POST", "/status", 405, "GET"),
-        ("GET", "/exchange-code", 405, "POST"),
-        ("HEAD", "/callback", 405, "GET"),
-        ("OPTIONS", "/disconnect", 405, "POST"),
-        ("GET", "/nope", 404, None),
-        ("DELETE", "/a/b/c", 404, None),
-    ],
-)
+@pytest.mark.parametrize(("method", "path", "status", "allow"), WRONG_ROUTES)
 def test_wrong_methods_and_paths_get_the_handlers_json(
     send: Send, method: str, path: str, status: int, allow: str | None
 ) -> None:
-    answer = send(method, PREFIX + path)
-    assert answer.status == status
-    if method != "HEAD":
-        error = "method_not_allowed" if status == 405 else "not_found"
-        assert answer.json() == {"error": error}
-    assert answer.headers.get("allow") == allow
+    check_wrong_route(send, method, path, status, allow)
 
 
 def test_publishes_the_same_routes_as_the_handlers(oauth: AmoOAuth) -> None:

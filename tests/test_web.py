@@ -922,3 +922,23 @@ def test_no_input_reaches_a_5xx_or_leaks_a_secret(
             assert isinstance(json.loads(response.body)["error"], str)
 
     check()
+
+
+#: Requests the adapters must answer with the handlers' JSON, not the framework's.
+WRONG_ROUTES = [
+    ("POST", "/status", 405, "GET"),
+    ("GET", "/exchange-code", 405, "POST"),
+    ("HEAD", "/callback", 405, "GET"),
+    ("OPTIONS", "/disconnect", 405, "POST"),
+    ("GET", "/nope", 404, None),
+    ("DELETE", "/a/b/c", 404, None),
+]
+
+
+def check_wrong_route(send: Send, method: str, path: str, status: int, allow: str | None) -> None:
+    answer = send(method, PREFIX + path)
+    assert answer.status == status
+    if method != "HEAD":
+        error = "method_not_allowed" if status == 405 else "not_found"
+        assert answer.json() == {"error": error}
+    assert answer.headers.get("allow") == allow
