@@ -61,6 +61,8 @@ def record_to_json(record: ConnectionRecord) -> str:
         "lease": _lease(record.lease),
         "connected_at": _time(record.connected_at),
         "updated_at": _time(record.updated_at),
+        "integration": record.integration,
+        "widget": record.widget,
     }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
@@ -119,4 +121,7 @@ def record_from_json(text: str | bytes) -> ConnectionRecord:
         else None,
         connected_at=_parse_time(body["connected_at"]),
         updated_at=_parse_time(body["updated_at"]),
+        # Absent in records written before keys had a namespace.
+        integration=body.get("integration"),
+        widget=body.get("widget", False),
     )

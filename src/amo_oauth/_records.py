@@ -22,7 +22,9 @@ __all__ = [
     "Lease",
     "SeenCode",
     "TokenSet",
+    "check_connection_id",
     "code_digest",
+    "record_key",
 ]
 
 #: How long the store's code ledger remembers which connection a code was claimed for.
@@ -41,6 +43,37 @@ class ConnectionState(enum.StrEnum):
     EXCHANGED = "exchanged"
     CONNECTED = "connected"
     ERROR = "error"
+
+
+#: The longest connection id an application may use (a widget install's account host fits).
+MAX_CONNECTION_ID = 255
+
+
+def check_connection_id(connection_id: object) -> str:
+    """``connection_id`` itself when it is an application key: non-empty printable text of at
+    most 255 characters.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if not isinstance(connection_id, str) or not 0 < len(connection_id) <= MAX_CONNECTION_ID:
+        raise ValueError("connection_id must be a non-empty string of at most 255 characters")
+    if not connection_id.isprintable():
+        raise ValueError("connection_id must be printable")
+    return connection_id
+
+
+def record_key(integration: str, connection_id: str, *, widget: bool = False) -> str:
+    """The key a store keeps a record under: ``u:<integration>:<connection id>`` for an app
+    user, ``w:<integration>:<account host>`` for a widget install.
+
+    The integration is the client id (``%`` and ``:`` percent-encoded, so the first ``:`` after
+    it ends it); the kind letter keeps the two namespaces apart, so no app user id can name a
+    widget install, and two integrations sharing a store never share a record.
+    """
+    kind = "w" if widget else "u"
+    quoted = integration.replace("%", "%25").replace(":", "%3A")
+    return f"{kind}:{quoted}:{connection_id}"
 
 
 def code_digest(code: str) -> str:
@@ -168,6 +201,18 @@ class ConnectionRecord:
     connected_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
     """When the current connection was made; a re-authorization needs a state issued after it."""
     updated_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+    integration: str | None = None
+    """The client id of the integration the connection belongs to; None for a record stored
+    before keys had a namespace (its key is then its bare ``connection_id``)."""
+    widget: bool = False
+    """True for a widget install (named after its account host), not an app user."""
+
+    @property
+    def key(self) -> str:
+        """The key the record is stored under (``record_key``)."""
+        if self.integration is None:
+            return self.connection_id
+        return record_key(self.integration, self.connection_id, widget=self.widget)
 
     def knows_code(self, digest: str) -> bool:
         """True when a code with this sha256 digest was seen on this connection."""

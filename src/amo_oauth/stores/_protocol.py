@@ -1,66 +1,198 @@
-"""The one protocol every store implements, sync; ``AsyncAmoOAuth`` runs it off the event loop."""
+"""The store seam: ``Store`` (blocking) and ``AsyncStore`` (awaitable), and what they exchange.
+
+A store keeps one record per connection key and a ledger of single-use keys (state nonces and
+the store-wide code ledger). Correctness comes from one operation, the compare-and-set on a
+record's ``version``; everything else either reads or is made of it. The protocol grows only by
+addition: the operations added after the first release (``holder_of``, ``claim``,
+``wait_for_change``) have default implementations in ``BaseStore`` built on the first release's
+operations, so a store written against that protocol keeps working (``as_full_store`` wraps it).
+
+Every failure of the underlying database reaches callers as ``StoreError``.
+"""
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+import attrs
+
 from .._records import ConnectionRecord
 
-__all__ = ["Store"]
+__all__ = [
+    "AsyncStore",
+    "Claim",
+    "ClaimResult",
+    "FullStore",
+    "LedgerEntry",
+    "Store",
+]
+
+
+@attrs.frozen
+class LedgerEntry:
+    """A single-use key taken for ``holder`` until ``expires_at`` (aware; the store's real clock).
+
+    ``key`` is a state nonce or ``code:<sha256 hex>``; ``holder`` is who may pass again (the
+    digest of the code a state came with; the record key a code was claimed for).
+    """
+
+    key: str = attrs.field(repr=False)
+    holder: str
+    expires_at: datetime
+
+
+class ClaimResult(enum.Enum):
+    """What ``claim`` did. Only ``CLAIMED`` wrote anything."""
+
+    #: The ledger entries are taken (or were already this holder's) and the record is written.
+    CLAIMED = "claimed"
+    #: The stored record's version is not ``expected_version`` any more: reload and look again.
+    RECORD_CHANGED = "record_changed"
+    #: The state nonce is held by another holder (another code came with the same state).
+    STATE_USED = "state_used"
+    #: The code is held by another record key: the code was claimed for another connection.
+    CODE_TAKEN = "code_taken"
+
+
+@attrs.frozen
+class Claim:
+    """The claim of a code: the state nonce, the code ledger entry and the record, one write.
+
+    A store applies it atomically (one transaction, one script): either all three are written
+    or none is. ``state`` is None for a code that came without a state (a widget install).
+    """
+
+    record: ConnectionRecord
+    expected_version: int | None
+    code: LedgerEntry
+    state: LedgerEntry | None = None
 
 
 @runtime_checkable
 class Store(Protocol):
-    """Where connection records live. Every write is one atomic compare-and-set on ``version``.
+    """Where connection records live, for blocking callers (``AmoOAuth``).
 
-    Implementations must be safe to call from many threads at once; stores meant for many
-    processes or machines (SQLite on one machine, Postgres and Redis across machines) must keep
-    the compare-and-set atomic across them too.
+    Every write is one atomic compare-and-set on ``version``. Implementations must be safe to
+    call from many threads at once; stores meant for many processes or machines keep the
+    compare-and-set atomic across them too. Every failure raises ``StoreError``.
+
+    These are the first release's operations; ``BaseStore`` adds the later ones with defaults.
     """
 
-    def load(self, connection_id: str) -> ConnectionRecord | None:
-        """The stored record, or None when there is none."""
+    def load(self, key: str) -> ConnectionRecord | None:
+        """The record stored under ``key`` (``ConnectionRecord.key``), or None."""
         ...
 
     def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
-        """Write ``record`` if the stored version is still ``expected_version``.
+        """Write ``record`` under ``record.key`` if the stored version is still
+        ``expected_version``.
 
         ``expected_version=None`` inserts and fails when a record exists (stored versions start
-        at 1, so 0 never matches). ``record.version`` must
-        be greater than ``expected_version``. Returns False, writing nothing, when another writer
-        got there first.
+        at 1, so 0 never matches). ``record.version`` must be greater than ``expected_version``
+        (``ValueError`` otherwise). Returns False, writing nothing, when another writer got
+        there first.
         """
         ...
 
-    def delete(self, connection_id: str, expected_version: int) -> bool:
+    def delete(self, key: str, expected_version: int) -> bool:
         """Delete the record if its version is still ``expected_version``."""
         ...
 
     def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
-        """Mark a state nonce used. True the first time, and again only for the same ``holder``.
+        """Take a single-use key. True the first time, and again only for the same ``holder``.
 
-        Without a holder a nonce is plainly single-use: True once, then never again.
-
-        The holder (the digest of the code the state came with) lets two workers racing on the
-        same redirect both pass, so the record's compare-and-set, not the nonce, picks the
-        winner, and the loser sees a duplicate instead of ``reused_state``. Nonces may be
-        forgotten after ``expires_at``.
-
-        The service also keeps its code ledger here: keys ``code:<sha256 hex>`` held for a day
-        by the one call allowed to send that code. Keys never collide with state nonces.
+        Without a holder a key is plainly single-use: True once, then never again. Keys may be
+        forgotten after ``expires_at`` (aware, on the real clock). The service keeps two kinds
+        here: state nonces (held by the digest of the code they came with) and its code ledger
+        (``code:<sha256 hex>``, held by the record key the code was claimed for).
         """
         ...
 
     def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
-        """Every record whose verified account is ``account_id``."""
+        """Every record whose verified account is ``account_id``, by key."""
         ...
 
     def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
         """Up to ``limit`` connected records whose refresh token expires before ``before``,
-        soonest first."""
+        soonest first (ties by key)."""
         ...
 
     def close(self) -> None:
-        """Release connections and files. The store is unusable afterwards."""
+        """Release connections and files. Any later call raises ``StoreError``."""
+        ...
+
+
+@runtime_checkable
+class FullStore(Store, Protocol):
+    """``Store`` with the operations added since: what the service drives.
+
+    ``BaseStore`` implements these three from ``Store``'s; a store overrides them to be faster
+    (one transaction instead of three; a wake-up instead of polling), never to change meaning.
+    """
+
+    def holder_of(self, key: str) -> str | None:
+        """Who holds a ledger key taken by ``consume_state`` or ``claim``; None when it is free,
+        forgotten, or held without a holder. A read: it takes nothing."""
+        ...
+
+    def claim(self, claim: Claim) -> ClaimResult:
+        """Take ``claim.state`` and ``claim.code`` and write ``claim.record``, atomically."""
+        ...
+
+    def wait_for_change(self, key: str, version: int, timeout: float) -> None:
+        """Return once the record's version may differ from ``version`` (0: no record), or
+        after ``timeout`` seconds. It may return early; the caller loads and looks again."""
+        ...
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """``FullStore`` for asyncio callers (``AsyncAmoOAuth``): each operation awaited, named with
+    an ``a`` prefix so that one class can implement both protocols. Waiting never occupies a
+    worker thread. Every failure raises ``StoreError``."""
+
+    async def aload(self, key: str) -> ConnectionRecord | None:
+        """See ``Store.load``."""
+        ...
+
+    async def acompare_and_set(
+        self, record: ConnectionRecord, expected_version: int | None
+    ) -> bool:
+        """See ``Store.compare_and_set``."""
+        ...
+
+    async def adelete(self, key: str, expected_version: int) -> bool:
+        """See ``Store.delete``."""
+        ...
+
+    async def aconsume_state(
+        self, nonce: str, expires_at: datetime, holder: str | None = None
+    ) -> bool:
+        """See ``Store.consume_state``."""
+        ...
+
+    async def afind_by_account(self, account_id: int) -> list[ConnectionRecord]:
+        """See ``Store.find_by_account``."""
+        ...
+
+    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
+        """See ``Store.due_for_refresh``."""
+        ...
+
+    async def aholder_of(self, key: str) -> str | None:
+        """See ``FullStore.holder_of``."""
+        ...
+
+    async def aclaim(self, claim: Claim) -> ClaimResult:
+        """See ``FullStore.claim``."""
+        ...
+
+    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
+        """See ``FullStore.wait_for_change``."""
+        ...
+
+    async def aclose(self) -> None:
+        """See ``Store.close``."""
         ...

@@ -1,0 +1,176 @@
+"""What a flow may ask of the outside world: one typed operation per store call, a request, a pause.
+
+A flow (``_flows_*.py``) is a generator that yields these and is sent their results; it does no
+I/O itself. Each store operation knows how to run on a blocking ``FullStore`` and on an
+``AsyncStore``, so mypy checks every call against the protocols, and a test can fail exactly one
+kind of operation. ``perform`` is how a flow yields one and gets its typed result back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from datetime import datetime
+from typing import Any, Generic, TypeVar, cast
+
+import attrs
+import httpx
+
+from ._records import ConnectionRecord
+from .stores._protocol import AsyncStore, Claim, ClaimResult, FullStore
+
+__all__ = [
+    "ClaimOp",
+    "CompareAndSet",
+    "ConsumeState",
+    "Delete",
+    "DueForRefresh",
+    "FindByAccount",
+    "Flow",
+    "HolderOf",
+    "Load",
+    "Op",
+    "Send",
+    "Sleep",
+    "StoreOp",
+    "WaitForChange",
+    "perform",
+]
+
+T = TypeVar("T")
+
+
+class StoreOp(Generic[T]):
+    """One call on a store; ``run`` and ``arun`` make it on either kind."""
+
+    def run(self, store: FullStore) -> T:
+        raise NotImplementedError
+
+    async def arun(self, store: AsyncStore) -> T:
+        raise NotImplementedError
+
+
+@attrs.frozen
+class Load(StoreOp[ConnectionRecord | None]):
+    key: str
+
+    def run(self, store: FullStore) -> ConnectionRecord | None:
+        return store.load(self.key)
+
+    async def arun(self, store: AsyncStore) -> ConnectionRecord | None:
+        return await store.aload(self.key)
+
+
+@attrs.frozen
+class CompareAndSet(StoreOp[bool]):
+    record: ConnectionRecord
+    expected_version: int | None
+
+    def run(self, store: FullStore) -> bool:
+        return store.compare_and_set(self.record, self.expected_version)
+
+    async def arun(self, store: AsyncStore) -> bool:
+        return await store.acompare_and_set(self.record, self.expected_version)
+
+
+@attrs.frozen
+class Delete(StoreOp[bool]):
+    key: str
+    expected_version: int
+
+    def run(self, store: FullStore) -> bool:
+        return store.delete(self.key, self.expected_version)
+
+    async def arun(self, store: AsyncStore) -> bool:
+        return await store.adelete(self.key, self.expected_version)
+
+
+@attrs.frozen
+class ConsumeState(StoreOp[bool]):
+    nonce: str = attrs.field(repr=False)
+    expires_at: datetime
+    holder: str | None = None
+
+    def run(self, store: FullStore) -> bool:
+        return store.consume_state(self.nonce, self.expires_at, self.holder)
+
+    async def arun(self, store: AsyncStore) -> bool:
+        return await store.aconsume_state(self.nonce, self.expires_at, self.holder)
+
+
+@attrs.frozen
+class HolderOf(StoreOp[str | None]):
+    key: str = attrs.field(repr=False)
+
+    def run(self, store: FullStore) -> str | None:
+        return store.holder_of(self.key)
+
+    async def arun(self, store: AsyncStore) -> str | None:
+        return await store.aholder_of(self.key)
+
+
+@attrs.frozen
+class ClaimOp(StoreOp[ClaimResult]):
+    claim: Claim
+
+    def run(self, store: FullStore) -> ClaimResult:
+        return store.claim(self.claim)
+
+    async def arun(self, store: AsyncStore) -> ClaimResult:
+        return await store.aclaim(self.claim)
+
+
+@attrs.frozen
+class FindByAccount(StoreOp[list[ConnectionRecord]]):
+    account_id: int
+
+    def run(self, store: FullStore) -> list[ConnectionRecord]:
+        return store.find_by_account(self.account_id)
+
+    async def arun(self, store: AsyncStore) -> list[ConnectionRecord]:
+        return await store.afind_by_account(self.account_id)
+
+
+@attrs.frozen
+class DueForRefresh(StoreOp[list[ConnectionRecord]]):
+    before: datetime
+    limit: int
+
+    def run(self, store: FullStore) -> list[ConnectionRecord]:
+        return store.due_for_refresh(self.before, self.limit)
+
+    async def arun(self, store: AsyncStore) -> list[ConnectionRecord]:
+        return await store.adue_for_refresh(self.before, self.limit)
+
+
+@attrs.frozen
+class WaitForChange(StoreOp[None]):
+    key: str
+    version: int
+    timeout: float
+
+    def run(self, store: FullStore) -> None:
+        store.wait_for_change(self.key, self.version, self.timeout)
+
+    async def arun(self, store: AsyncStore) -> None:
+        await store.await_for_change(self.key, self.version, self.timeout)
+
+
+@attrs.frozen
+class Send:
+    """Send a request to amoCRM; the driver answers with the response or throws ProviderError."""
+
+    request: httpx.Request
+
+
+@attrs.frozen
+class Sleep:
+    seconds: float
+
+
+Op = StoreOp[Any] | Send | Sleep
+Flow = Generator[Op, Any, T]
+
+
+def perform(op: StoreOp[T]) -> Generator[StoreOp[T], Any, T]:
+    """Yield one store operation and return its result, typed: ``x = yield from perform(op)``."""
+    return cast(T, (yield op))

@@ -1,0 +1,214 @@
+"""Default implementations of the operations added to the store seam, and the two adapters.
+
+- ``BaseStore``: ``holder_of``, ``claim`` and ``wait_for_change`` built on ``Store``'s first
+  operations. Correct (the record's compare-and-set decides), but three writes and polling.
+- ``AsyncBaseStore``: the same for ``AsyncStore``.
+- ``as_full_store``: any ``Store`` as a ``FullStore`` (a user's store of the first protocol).
+- ``as_async_store``: any store as an ``AsyncStore``: an ``AsyncStore`` as it is, a blocking
+  one with each call in a worker thread and its waits as ``asyncio.sleep`` polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from .._records import ConnectionRecord
+from ._protocol import AsyncStore, Claim, ClaimResult, FullStore, Store
+
+__all__ = ["AsyncBaseStore", "BaseStore", "as_async_store", "as_full_store"]
+
+#: Polling waits start at this many seconds and double up to ``_MAX_POLL``.
+_FIRST_POLL = 0.01
+_MAX_POLL = 0.1
+
+
+def _version(record: ConnectionRecord | None) -> int:
+    return record.version if record is not None else 0
+
+
+class BaseStore:
+    """Defaults for the operations ``FullStore`` adds to ``Store``. Subclass it and implement
+    ``Store``'s operations; override these to make them faster, never to change what they mean.
+    """
+
+    def load(self, key: str) -> ConnectionRecord | None:
+        raise NotImplementedError
+
+    def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
+        raise NotImplementedError
+
+    def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
+        raise NotImplementedError
+
+    def holder_of(self, key: str) -> str | None:
+        """Unknown (None) here: the first protocol has no read of the ledger. Duplicates are
+        then found by ``claim`` instead of before it, which costs a write, not correctness."""
+        return None
+
+    def claim(self, claim: Claim) -> ClaimResult:
+        """The state, the code, then the record: three writes. A crash between them leaves a
+        ledger entry held for this holder, which lets the same holder pass again."""
+        if claim.state is not None and not self.consume_state(
+            claim.state.key, claim.state.expires_at, claim.state.holder
+        ):
+            return ClaimResult.STATE_USED
+        if not self.consume_state(claim.code.key, claim.code.expires_at, claim.code.holder):
+            return ClaimResult.CODE_TAKEN
+        if not self.compare_and_set(claim.record, claim.expected_version):
+            return ClaimResult.RECORD_CHANGED
+        return ClaimResult.CLAIMED
+
+    def wait_for_change(self, key: str, version: int, timeout: float) -> None:
+        """Poll ``load`` with a doubling pause (10 ms to 100 ms) until the version moves."""
+        deadline = time.monotonic() + timeout
+        pause = _FIRST_POLL
+        while _version(self.load(key)) == version:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _MAX_POLL)
+
+
+class AsyncBaseStore:
+    """``BaseStore``'s defaults for ``AsyncStore``."""
+
+    async def aload(self, key: str) -> ConnectionRecord | None:
+        raise NotImplementedError
+
+    async def acompare_and_set(
+        self, record: ConnectionRecord, expected_version: int | None
+    ) -> bool:
+        raise NotImplementedError
+
+    async def aconsume_state(
+        self, nonce: str, expires_at: datetime, holder: str | None = None
+    ) -> bool:
+        raise NotImplementedError
+
+    async def aholder_of(self, key: str) -> str | None:
+        """See ``BaseStore.holder_of``."""
+        return None
+
+    async def aclaim(self, claim: Claim) -> ClaimResult:
+        """See ``BaseStore.claim``."""
+        if claim.state is not None and not await self.aconsume_state(
+            claim.state.key, claim.state.expires_at, claim.state.holder
+        ):
+            return ClaimResult.STATE_USED
+        if not await self.aconsume_state(claim.code.key, claim.code.expires_at, claim.code.holder):
+            return ClaimResult.CODE_TAKEN
+        if not await self.acompare_and_set(claim.record, claim.expected_version):
+            return ClaimResult.RECORD_CHANGED
+        return ClaimResult.CLAIMED
+
+    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
+        """See ``BaseStore.wait_for_change``; sleeps with ``asyncio.sleep``."""
+        await _poll(lambda: self.aload(key), version, timeout)
+
+
+async def _poll(
+    load: Callable[[], Awaitable[ConnectionRecord | None]], version: int, timeout: float
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pause = _FIRST_POLL
+    while _version(await load()) == version:
+        left = deadline - loop.time()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(pause, left))
+        pause = min(pause * 2, _MAX_POLL)
+
+
+class _Extended(BaseStore):
+    """A first-protocol ``Store`` with ``BaseStore``'s defaults for the later operations."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __repr__(self) -> str:
+        return repr(self._store)
+
+    def load(self, key: str) -> ConnectionRecord | None:
+        return self._store.load(key)
+
+    def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
+        return self._store.compare_and_set(record, expected_version)
+
+    def delete(self, key: str, expected_version: int) -> bool:
+        return self._store.delete(key, expected_version)
+
+    def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
+        return self._store.consume_state(nonce, expires_at, holder)
+
+    def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
+        return self._store.find_by_account(account_id)
+
+    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
+        return self._store.due_for_refresh(before, limit)
+
+    def close(self) -> None:
+        self._store.close()
+
+
+def as_full_store(store: Store) -> FullStore:
+    """``store`` itself when it has every ``FullStore`` operation, else wrapped with defaults."""
+    if isinstance(store, FullStore):
+        return store
+    return _Extended(store)
+
+
+class _Threaded:
+    """A blocking ``FullStore`` awaited: each call in a worker thread, each wait a poll."""
+
+    def __init__(self, store: FullStore) -> None:
+        self._store = store
+
+    def __repr__(self) -> str:
+        return repr(self._store)
+
+    async def aload(self, key: str) -> ConnectionRecord | None:
+        return await asyncio.to_thread(self._store.load, key)
+
+    async def acompare_and_set(
+        self, record: ConnectionRecord, expected_version: int | None
+    ) -> bool:
+        return await asyncio.to_thread(self._store.compare_and_set, record, expected_version)
+
+    async def adelete(self, key: str, expected_version: int) -> bool:
+        return await asyncio.to_thread(self._store.delete, key, expected_version)
+
+    async def aconsume_state(
+        self, nonce: str, expires_at: datetime, holder: str | None = None
+    ) -> bool:
+        return await asyncio.to_thread(self._store.consume_state, nonce, expires_at, holder)
+
+    async def afind_by_account(self, account_id: int) -> list[ConnectionRecord]:
+        return await asyncio.to_thread(self._store.find_by_account, account_id)
+
+    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
+        return await asyncio.to_thread(self._store.due_for_refresh, before, limit)
+
+    async def aholder_of(self, key: str) -> str | None:
+        return await asyncio.to_thread(self._store.holder_of, key)
+
+    async def aclaim(self, claim: Claim) -> ClaimResult:
+        return await asyncio.to_thread(self._store.claim, claim)
+
+    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
+        # Never a thread blocked in wait_for_change: poll, sleeping on the event loop.
+        await _poll(lambda: self.aload(key), version, timeout)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._store.close)
+
+
+def as_async_store(store: Store | AsyncStore) -> AsyncStore:
+    """``store`` itself when it is an ``AsyncStore``; a blocking store run in worker threads."""
+    if isinstance(store, AsyncStore):
+        return store
+    return _Threaded(as_full_store(store))

@@ -1,0 +1,67 @@
+"""What every store keeps of a record: its indexed columns and its encoded body, made in one place.
+
+A store never picks fields out of a record itself: it asks ``RecordCodec.row`` for a ``Row``
+(the key, the version, and the few fields its indexes need, in clear) and keeps ``Row.data``
+(the whole record, encoded) beside them. Encryption at rest plugs in here, once, for every store.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .._codec import record_from_json, record_to_json
+from .._errors import StoreError
+from .._records import ConnectionRecord, ConnectionState
+
+__all__ = ["RecordCodec", "Row"]
+
+
+@attrs.frozen
+class Row:
+    """A record as a store keeps it. ``data`` holds secrets; it never appears in a repr."""
+
+    key: str
+    version: int
+    state: str
+    #: The verified account, for ``find_by_account``; None until verified.
+    account_id: int | None
+    #: POSIX seconds when the refresh token expires, for the sweep; None when not connected.
+    refresh_due: float | None
+    data: str = attrs.field(repr=False)
+
+
+class RecordCodec:
+    """Turns records into ``Row``s and stored bodies back into records."""
+
+    def __repr__(self) -> str:
+        return "RecordCodec()"
+
+    def row(self, record: ConnectionRecord) -> Row:
+        """The row to store for ``record``."""
+        connected = record.state is ConnectionState.CONNECTED and record.tokens is not None
+        return Row(
+            key=record.key,
+            version=record.version,
+            state=record.state.value,
+            account_id=record.account.id if record.account is not None else None,
+            refresh_due=record.tokens.refresh_expires_at.timestamp()
+            if connected and record.tokens is not None
+            else None,
+            data=self.encode(record),
+        )
+
+    def encode(self, record: ConnectionRecord) -> str:
+        """The record's stored body (text)."""
+        return record_to_json(record)
+
+    def decode(self, data: str | bytes) -> ConnectionRecord:
+        """The record a stored body holds.
+
+        Raises:
+            StoreError: the body is not a record this library wrote (corrupt, or of an unknown
+                format); the message names no content.
+        """
+        try:
+            return record_from_json(data)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise StoreError("the store holds a record it cannot read") from exc
