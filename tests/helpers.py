@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from amo_oauth import Config
+from amo_oauth import Config, ConnectionRecord
+from amo_oauth._records import record_key
 from amo_oauth.testing import FakeAmoCRM
 
 STATE_SECRET = "test-state-secret-0123456789abcdef"
@@ -27,3 +29,8 @@ def config_for(fake: FakeAmoCRM, **overrides: object) -> Config:
 def query_of(url: str) -> dict[str, str]:
     """The query of a redirect URL, one value per name."""
     return dict(parse_qsl(urlsplit(url).query))
+
+
+def stored(oauth: Any, connection_id: str) -> ConnectionRecord | None:
+    """The record ``oauth`` keeps for ``connection_id``, read straight from its store."""
+    return oauth.store.load(record_key(oauth.config.client_id, connection_id))

@@ -52,10 +52,13 @@ hosts = st.sampled_from(["acme.amocrm.ru", "b2b.kommo.com", "old-1.amocrm.com"])
 digests = st.binary(min_size=1, max_size=16).map(lambda raw: code_digest(raw.hex()))
 words = st.text(min_size=1, max_size=20)
 
+#: Few refresh tokens, so that "the pair this refresh spent" and "the stored pair" often match.
+refresh_tokens = st.sampled_from(["refresh-1", "refresh-2", "refresh-3"])
+
 token_sets = st.builds(
     TokenSet,
     access_token=words,
-    refresh_token=words,
+    refresh_token=refresh_tokens,
     expires_at=aware_datetimes,
     refresh_expires_at=aware_datetimes,
     token_type=st.sampled_from(["Bearer", "bearer"]),
@@ -89,6 +92,9 @@ records = st.builds(
     lease=st.none() | leases("exchange") | leases("refresh"),
     connected_at=st.none() | moments,
     updated_at=st.none() | aware_datetimes,
+    integration=st.none() | st.just("client-1"),
+    widget=st.booleans(),
+    refused_refresh=st.none() | refresh_tokens.map(code_digest),
 )
 
 
@@ -96,9 +102,12 @@ def code_received(codes: st.SearchStrategy[str]) -> st.SearchStrategy[CodeReceiv
     return st.builds(
         CodeReceived,
         code_digest=codes.map(code_digest),
-        host=hosts,
+        host=st.none() | hosts,
         lease=leases("exchange"),
         state_issued_at=st.none() | moments,
+        code_holder=st.none() | words,
+        state_expires_at=st.none() | moments,
+        state_holder=st.none() | words,
     )
 
 
@@ -112,9 +121,17 @@ def events(codes: st.SearchStrategy[str]) -> dict[type[Event], st.SearchStrategy
         LeaseExpired: st.builds(LeaseExpired, at=moments),
         Verified: st.builds(Verified, account=accounts, at=moments),
         VerifyFailed: st.builds(VerifyFailed, error=error_infos),
-        RefreshClaimed: st.builds(RefreshClaimed, lease=leases("refresh")),
-        Refreshed: st.builds(Refreshed, tokens=token_sets),
-        RefreshFailed: st.builds(RefreshFailed, error=error_infos),
+        RefreshClaimed: st.builds(
+            RefreshClaimed,
+            lease=leases("refresh"),
+            needed_until=moments,
+            stale=st.none() | words,
+            refresh_before=st.none() | moments,
+        ),
+        Refreshed: st.builds(Refreshed, tokens=token_sets, spent_refresh_token=refresh_tokens),
+        RefreshFailed: st.builds(
+            RefreshFailed, error=error_infos, spent_refresh_token=refresh_tokens
+        ),
         RefreshReleased: st.just(RefreshReleased()),
         Disconnect: st.just(Disconnect()),
         ProviderDisconnected: st.builds(ProviderDisconnected, at=moments),

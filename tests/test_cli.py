@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from amo_oauth import AmoOAuth, SQLiteStore
+from amo_oauth import AmoOAuth, ConnectionRecord, SQLiteStore
 from amo_oauth.cli import main
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
@@ -29,7 +29,9 @@ def connected_db(tmp_path: Path, fake: FakeAmoCRM, clock: FakeClock) -> Path:
 def test_status_prints_the_connection_without_secrets(
     connected_db: Path, fake: FakeAmoCRM, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["status", "user-42", "--db", str(connected_db)]) == 0
+    assert (
+        main(["status", "user-42", "--db", str(connected_db), "--client-id", fake.client_id]) == 0
+    )
     shown = json.loads(capsys.readouterr().out)
     assert shown["state"] == "connected"
     assert shown["account"] == "test"
@@ -47,9 +49,9 @@ def test_status_prints_the_connection_without_secrets(
 
 
 def test_status_of_an_unknown_connection(
-    connected_db: Path, capsys: pytest.CaptureFixture[str]
+    connected_db: Path, fake: FakeAmoCRM, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["status", "nobody", "--db", str(connected_db)]) == 0
+    assert main(["status", "nobody", "--db", str(connected_db), "--client-id", fake.client_id]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "connection_id": "nobody",
         "state": "disconnected",
@@ -59,8 +61,25 @@ def test_status_of_an_unknown_connection(
 def test_a_missing_store_is_an_error_not_an_empty_one(tmp_path: Path) -> None:
     missing = tmp_path / "typo.db"
     with pytest.raises(SystemExit, match="no store at"):
-        main(["status", "user-42", "--db", str(missing)])
+        main(["status", "user-42", "--db", str(missing), "--client-id", "c"])
     assert not missing.exists()
+
+
+def test_status_needs_the_integration(connected_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AMO_CLIENT_ID", raising=False)
+    with pytest.raises(SystemExit, match="--client-id"):
+        main(["status", "user-42", "--db", str(connected_db)])
+
+
+def test_status_reads_a_record_stored_before_keys_had_a_namespace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "old.db"
+    store = SQLiteStore(db)
+    store.compare_and_set(ConnectionRecord("user-7", version=4), None)  # integration None
+    store.close()
+    assert main(["status", "user-7", "--db", str(db), "--client-id", "c"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 4
 
 
 def test_refresh_due_needs_the_integration_settings(

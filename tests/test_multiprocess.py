@@ -25,7 +25,7 @@ from _mp_worker import digest
 from amo_oauth import AmoOAuth, ConnectionState, Outcome, SQLiteStore
 from amo_oauth.testing import AsyncLoopbackTransport, FakeAmoCRM, LoopbackTransport
 
-from helpers import STATE_SECRET, config_for, query_of
+from helpers import STATE_SECRET, config_for, query_of, stored
 
 WORKER = Path(__file__).with_name("_mp_worker.py")
 PROCESSES = 4
@@ -202,7 +202,7 @@ def test_expired_token_from_4_processes_x_8_threads_is_refreshed_once(
     }, figures
     assert len(tokens) == 1 and sum(tokens.values()) == PROCESSES * THREADS, figures
     # Everyone got the refreshed token, the one now stored, and amoCRM honours it.
-    record = parent.store.load(USER)
+    record = stored(parent, USER)
     assert record is not None and record.tokens is not None
     (token_digest,) = tokens
     assert digest(record.tokens.access_token) == token_digest, figures

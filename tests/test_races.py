@@ -14,10 +14,11 @@ import httpx
 import pytest
 
 from amo_oauth import AmoOAuth, ConnectionState, MemoryStore, Outcome, ProviderError
-from amo_oauth._flows import Call, Send
+from amo_oauth._ops import Send, StoreOp
+from amo_oauth.stores import as_full_store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import config_for, query_of
+from helpers import config_for, query_of, stored
 
 Flow = Generator[Any, Any, Any]
 
@@ -27,7 +28,7 @@ def run_to_send(oauth: AmoOAuth, flow: Flow, answer: httpx.Response | None = Non
     until it wants to send a request; return that."""
     item = next(flow) if answer is None else flow.send(answer)
     while not isinstance(item, Send):
-        reply = getattr(oauth.store, item.method)(*item.args) if isinstance(item, Call) else None
+        reply = item.run(as_full_store(oauth.store)) if isinstance(item, StoreOp) else None
         item = flow.send(reply)
     return item
 
@@ -37,8 +38,8 @@ def finish(oauth: AmoOAuth, flow: Flow, answer: httpx.Response) -> Any:
     try:
         item = flow.send(answer)
         while True:
-            if isinstance(item, Call):
-                item = flow.send(getattr(oauth.store, item.method)(*item.args))
+            if isinstance(item, StoreOp):
+                item = flow.send(item.run(as_full_store(oauth.store)))
             elif isinstance(item, Send):
                 item = flow.send(oauth.http.send(item.request))
             else:
@@ -76,7 +77,7 @@ def test_an_overtaken_exchange_never_writes_onto_the_new_connection() -> None:
     assert (late.outcome, late.duplicate) == (Outcome.IN_PROGRESS, False)
     assert late.connection.account is None
     assert finish(oauth, second, http.send(verify.request)).outcome is Outcome.CONNECTED
-    record = oauth.store.load("u1")
+    record = stored(oauth, "u1")
     assert record is not None and record.account is not None and record.tokens is not None
     assert (record.account.id, record.host) == (222, beta.account_host)
     assert beta.is_access_token_valid(record.tokens.access_token)

@@ -121,7 +121,7 @@ def test_leases_are_checked_for_their_purpose():
     with pytest.raises(ValueError, match="lease must be a exchange lease"):
         CodeReceived(code_digest("c"), HOST, Lease("w", "refresh", T0))
     with pytest.raises(ValueError, match="lease must be a refresh lease"):
-        RefreshClaimed(EXCHANGE)
+        RefreshClaimed(EXCHANGE, T0)
 
 
 def test_a_record_needs_a_connection_id():
@@ -164,7 +164,7 @@ def test_disconnect_forgets_everything_but_the_seen_codes():
     changes = Disconnect().changes(ConnectionRecord("c"), T0)
     assert "seen_codes" not in changes
     assert changes == dict.fromkeys(
-        ("tokens", "account", "error", "lease", "host", "connected_at"), None
+        ("tokens", "account", "error", "lease", "host", "connected_at", "refused_refresh"), None
     )
 
 

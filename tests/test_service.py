@@ -21,7 +21,7 @@ from amo_oauth import (
 )
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import query_of
+from helpers import query_of, stored
 
 USER = "user-42"
 
@@ -183,10 +183,10 @@ def test_access_token_refreshes_once_when_expired_and_rotates(
     first = oauth.access_token(USER)
     assert oauth.access_token(USER) == first
     assert fake.token_call_count("refresh_token") == 0
-    before = oauth.store.load(USER)
+    before = stored(oauth, USER)
     clock.advance(timedelta(hours=24))
     second = oauth.access_token(USER)
-    after = oauth.store.load(USER)
+    after = stored(oauth, USER)
     assert second != first
     assert before is not None and after is not None and before.tokens and after.tokens
     assert after.tokens.refresh_token != before.tokens.refresh_token
@@ -217,7 +217,7 @@ def test_transient_refresh_failure_releases_the_lease(
     with pytest.raises(ProviderError) as failed:
         oauth.access_token(USER)
     assert failed.value.transient
-    record = oauth.store.load(USER)
+    record = stored(oauth, USER)
     assert record is not None and record.lease is None
     assert record.state is ConnectionState.CONNECTED
     assert oauth.access_token(USER)
@@ -238,7 +238,7 @@ def test_disconnect_forgets_tokens_and_keeps_replays_harmless(
 ) -> None:
     query = connect(oauth, fake)
     assert oauth.disconnect(USER).state is ConnectionState.DISCONNECTED
-    record = oauth.store.load(USER)
+    record = stored(oauth, USER)
     assert record is not None and record.tokens is None and record.account is None
     with pytest.raises(ReauthorizationRequired):
         oauth.access_token(USER)
@@ -311,7 +311,7 @@ def test_legacy_exchange_of_a_new_code_needs_a_host(oauth: AmoOAuth, fake: FakeA
 
 def test_secrets_never_reach_reprs_or_errors(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
     query = connect(oauth, fake)
-    record = oauth.store.load(USER)
+    record = stored(oauth, USER)
     assert record is not None and record.tokens is not None
     secrets = [
         fake.client_secret,

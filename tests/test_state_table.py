@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from amo_oauth._errors import InvalidTransition
@@ -49,6 +49,7 @@ HOST = AccountHost("acme.amocrm.ru")
 LEASE = Lease("worker-1", "exchange", T0 + timedelta(minutes=1))
 TOKENS = TokenSet("access-1", "refresh-1", T0 + timedelta(days=1), T0 + timedelta(days=90))
 ERROR = ErrorInfo("code_rejected", "Authorization code has been revoked", T0)
+ERROR_REFUSED = ErrorInfo("reauthorization_required", "Token has been revoked", T0)
 
 
 def rules_for(state: ConnectionState, event_name: str) -> list:
@@ -110,7 +111,7 @@ EXPECTED = {
     Denied: (E, IN_PROGRESS, IN_PROGRESS, "keep_connection", E),
     ExchangeSucceeded: ("stale", EX, "stale", "stale", "stale"),
     ExchangeFailed: ("stale", E, "stale", "stale", "stale"),
-    LeaseExpired: ("no_exchange", E, E, "no_exchange", "no_exchange"),
+    LeaseExpired: ("no_exchange", E, E, "no_exchange", "no_exchange"),  # no live lease
     Verified: ("stale", "stale", C, "stale", "stale"),
     VerifyFailed: ("stale", "stale", E, "stale", "stale"),
     RefreshClaimed: ("not_connected", IN_PROGRESS, IN_PROGRESS, C, "not_connected"),
@@ -128,9 +129,9 @@ EXAMPLES = {
     LeaseExpired: LeaseExpired(T0),
     Verified: Verified(Account(1, "acme", "Acme"), T0),
     VerifyFailed: VerifyFailed(ERROR),
-    RefreshClaimed: RefreshClaimed(Lease("w", "refresh", T0)),
-    Refreshed: Refreshed(TOKENS),
-    RefreshFailed: RefreshFailed(ERROR),
+    RefreshClaimed: RefreshClaimed(Lease("w", "refresh", T0), T0),
+    Refreshed: Refreshed(TOKENS, "refresh-1"),
+    RefreshFailed: RefreshFailed(ERROR, "refresh-1"),
     RefreshReleased: RefreshReleased(),
     Disconnect: Disconnect(),
     ProviderDisconnected: ProviderDisconnected(T0),
@@ -225,8 +226,19 @@ def check_shape(record: ConnectionRecord) -> None:
     assert not set(known) & set(CODES)
 
 
+# Found by this property on an earlier table: a verification failure whose reason read like a
+# refused refresh let a late "refreshed" reach connected with no account (invariant 3).
+PINNED = [
+    code("code-a"),
+    ExchangeSucceeded(TOKENS),
+    VerifyFailed(ErrorInfo("reauthorization_required", None, T0)),
+    Refreshed(TOKENS, "refresh-1"),
+]
+
+
 @settings(max_examples=500, deadline=None)
 @given(record=start_records, sequence=sequences)
+@example(record=ConnectionRecord("user-42"), sequence=PINNED)
 def test_a_known_code_never_changes_the_record(record, sequence):
     claimed: list[str] = []
     for event in sequence:
@@ -300,7 +312,8 @@ def test_a_duplicate_while_exchanging_is_a_duplicate_and_a_new_code_waits():
 
 def test_an_interrupted_exchange_becomes_an_error_and_a_new_code_may_follow():
     claimed = step(ConnectionRecord("c"), code("X"), T0).record
-    failed = step(claimed, LeaseExpired(T0), T0).record
+    assert step(claimed, LeaseExpired(T0), T0).noop == "lease_live"
+    failed = step(claimed, LeaseExpired(T0), LEASE.expires_at).record
     assert failed.state is S.ERROR
     assert failed.error == ErrorInfo("exchange_interrupted", None, T0)
     assert (failed.lease, failed.tokens) == (None, None)
@@ -335,3 +348,26 @@ def test_a_claim_keeps_the_digest_never_the_raw_code():
     claimed = step(ConnectionRecord("c"), code("raw-code-1"), T0).record
     assert digests_of(claimed) == (code_digest("raw-code-1"),)
     assert "raw-code-1" not in repr(claimed)
+
+
+def test_a_late_refresh_answer_revives_only_the_connection_that_refused_its_token():
+    connected = connected_with("X")
+    refused = step(connected, RefreshFailed(ERROR_REFUSED, "refresh-1"), T0).record
+    assert (refused.state, refused.refused_refresh) == (S.ERROR, code_digest("refresh-1"))
+    other = step(refused, Refreshed(TOKENS, "refresh-2"), T0)
+    assert (other.changed, other.noop) == (False, "stale")
+    revived = step(refused, Refreshed(TOKENS, "refresh-1"), T0).record
+    assert (revived.state, revived.refused_refresh, revived.error) == (S.CONNECTED, None, None)
+    assert revived.account == connected.account
+
+
+def test_a_verification_failure_is_never_revived_by_a_refresh():
+    claimed = run(ConnectionRecord("c"), code("X"), ExchangeSucceeded(TOKENS))
+    failed = step(claimed, VerifyFailed(ErrorInfo("reauthorization_required", None, T0)), T0)
+    late = step(failed.record, Refreshed(TOKENS, "refresh-1"), T0)
+    assert (late.changed, late.noop) == (False, "stale")
+
+
+def test_an_unknown_error_reason_is_refused():
+    with pytest.raises(ValueError, match="reason"):
+        ErrorInfo("made_up_reason", None, T0)

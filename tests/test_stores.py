@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from _store_race_worker import increment
 from amo_oauth._errors import StoreError
+from amo_oauth._reasons import CONNECTION_ERRORS
 from amo_oauth._records import (
     Account,
     ConnectionRecord,
@@ -443,7 +444,9 @@ token_sets = st.builds(
     token_type=texts,
 )
 accounts = st.builds(Account, id=st.integers(1, 2**53), subdomain=texts, name=texts)
-errors = st.builds(ErrorInfo, reason=texts, hint=st.none() | texts, at=aware)
+errors = st.builds(
+    ErrorInfo, reason=st.sampled_from(sorted(CONNECTION_ERRORS)), hint=st.none() | texts, at=aware
+)
 leases = st.builds(
     Lease, owner=texts, purpose=st.sampled_from(["exchange", "refresh"]), expires_at=aware
 )

@@ -34,7 +34,7 @@ from amo_oauth._hook import hook_signature
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import AsyncHandlers, Handlers, PageText, Request, Response
 
-from helpers import STATE_SECRET, config_for, query_of
+from helpers import STATE_SECRET, config_for, query_of, stored
 
 USER = "user-42"
 PREFIX = "/api/amo-crm"
@@ -658,7 +658,7 @@ def test_status_of_an_unknown_connection(send: Send) -> None:
 def test_status_never_shows_a_token(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
     seed_scenario(send, fake)
     answer = send("GET", f"{PREFIX}/status", headers=AS_USER)
-    record = oauth.store.load(USER)
+    record = stored(oauth, USER)
     assert record is not None and record.tokens is not None
     assert record.tokens.access_token not in answer.text
     assert record.tokens.refresh_token not in answer.text

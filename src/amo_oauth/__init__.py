@@ -27,7 +27,7 @@ from ._records import (
 )
 from ._results import AuthorizationRequest, CallbackResult, Outcome, RefreshReport
 from ._service import AmoOAuth, AsyncAmoOAuth
-from .stores import MemoryStore, SQLiteStore, Store
+from .stores import AsyncStore, MemoryStore, SQLiteStore, Store
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,7 @@ __all__ = [
     "AmoOAuth",
     "AmoOAuthError",
     "AsyncAmoOAuth",
+    "AsyncStore",
     "AuthorizationRequest",
     "CallbackRejected",
     "CallbackResult",

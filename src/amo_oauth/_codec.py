@@ -63,6 +63,7 @@ def record_to_json(record: ConnectionRecord) -> str:
         "updated_at": _time(record.updated_at),
         "integration": record.integration,
         "widget": record.widget,
+        "refused_refresh": record.refused_refresh,
     }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
@@ -124,4 +125,5 @@ def record_from_json(text: str | bytes) -> ConnectionRecord:
         # Absent in records written before keys had a namespace.
         integration=body.get("integration"),
         widget=body.get("widget", False),
+        refused_refresh=body.get("refused_refresh"),
     )

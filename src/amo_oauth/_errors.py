@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from ._reasons import NOT_CONNECTED, REJECTIONS
+
 __all__ = [
     "REJECTION_REASONS",
     "AmoOAuthError",
@@ -28,19 +30,7 @@ __all__ = [
 ]
 
 #: Every reason a ``CallbackRejected`` can carry; the web layer answers ``{"error": reason}``.
-REJECTION_REASONS: Final = frozenset(
-    {
-        "missing_code",
-        "missing_referer",
-        "bad_state",
-        "expired_state",
-        "reused_state",
-        "foreign_host",
-        "malformed",
-        "bad_signature",
-        "widget_installs_disabled",
-    }
-)
+REJECTION_REASONS: Final = frozenset(str(reason) for reason in REJECTIONS)
 
 
 class AmoOAuthError(Exception):
@@ -62,9 +52,17 @@ class CallbackRejected(AmoOAuthError):
 
 
 class ReauthorizationRequired(AmoOAuthError):
-    """The connection has no usable tokens; the user has to go through ``begin()`` again."""
+    """The connection has no usable tokens; the user has to go through ``begin()`` again.
+
+    Args:
+        connection_id: the application's key for the connection.
+        reason: the connection's error reason, or ``disconnected`` / ``exchange_pending`` /
+            ``foreign_host`` (one of ``_reasons.NOT_CONNECTED``).
+    """
 
     def __init__(self, connection_id: str, reason: str) -> None:
+        if reason not in NOT_CONNECTED:
+            raise ValueError(f"unknown reauthorization reason {reason!r}")
         super().__init__(f"connection {connection_id!r} needs re-authorization: {reason}")
         self.connection_id = connection_id
         self.reason = reason

@@ -13,7 +13,17 @@ from typing import Any, ClassVar
 import attrs
 
 from ._hosts import AccountHost
-from ._records import Account, ConnectionRecord, ErrorInfo, Lease, TokenSet, _aware, _aware_or_none
+from ._reasons import Reason
+from ._records import (
+    Account,
+    ConnectionRecord,
+    ErrorInfo,
+    Lease,
+    TokenSet,
+    _aware,
+    _aware_or_none,
+    code_digest,
+)
 
 __all__ = [
     "EVENT_TYPES",
@@ -68,17 +78,25 @@ class Event:
 class CodeReceived(Event):
     """A code was claimed for exchange by the worker named in ``lease``.
 
-    ``state_issued_at`` is when the (verified, unused) OAuth state was issued, or None when the
-    code came without one (a widget install or the legacy endpoint).
+    ``host`` is where the code is to be sent (the redirect's ``referer``, else the host the
+    connection already has), None when neither is known. ``state_issued_at`` and
+    ``state_expires_at`` come from the (verified) OAuth state, None when the code came without
+    one (a widget install or the legacy endpoint). ``code_holder`` is the record key the store's
+    code ledger says the code was claimed for, and ``state_holder`` the digest of the code the
+    state was first used with; None when unclaimed or unknown.
     """
 
     name: ClassVar[str] = "code_received"
     code_digest: str = attrs.field(validator=_digest)
-    host: AccountHost
+    host: AccountHost | None
     lease: Lease = attrs.field(validator=_purpose("exchange"))
     state_issued_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+    code_holder: str | None = None
+    state_expires_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+    state_holder: str | None = None
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
+        assert self.host is not None  # the table's rules claim a code only with a host
         return {
             "host": self.host.name,
             "seen_codes": record.with_code(self.code_digest, now),
@@ -97,7 +115,10 @@ class Denied(Event):
     reason: str = "access_denied"
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        return _error_changes(ErrorInfo(self.reason, None, self.at))
+        # "Deny" is the one value amoCRM documents; any other keeps amoCRM's word as the hint.
+        if self.reason == Reason.ACCESS_DENIED:
+            return _error_changes(ErrorInfo(Reason.ACCESS_DENIED, None, self.at))
+        return _error_changes(ErrorInfo(Reason.CONSENT_FAILED, self.reason, self.at))
 
 
 @attrs.frozen
@@ -126,7 +147,7 @@ class LeaseExpired(Event):
     at: datetime = attrs.field(validator=_aware)
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        return _error_changes(ErrorInfo("exchange_interrupted", None, self.at))
+        return _error_changes(ErrorInfo(Reason.EXCHANGE_INTERRUPTED, None, self.at))
 
 
 @attrs.frozen
@@ -136,7 +157,13 @@ class Verified(Event):
     at: datetime = attrs.field(validator=_aware)
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        return {"account": self.account, "lease": None, "error": None, "connected_at": self.at}
+        return {
+            "account": self.account,
+            "lease": None,
+            "error": None,
+            "connected_at": self.at,
+            "refused_refresh": None,
+        }
 
 
 @attrs.frozen
@@ -150,8 +177,28 @@ class VerifyFailed(Event):
 
 @attrs.frozen
 class RefreshClaimed(Event):
+    """A worker wants a usable access token, and claims the refresh when it must make one.
+
+    The stored access token is usable when it is not ``stale`` (one amoCRM just refused), stays
+    valid past ``needed_until``, and, for the keep-alive sweep, its refresh token does not
+    expire before ``refresh_before``. The table decides: serve it, wait for another worker's
+    refresh, or claim this one.
+    """
+
     name: ClassVar[str] = "refresh_claimed"
     lease: Lease = attrs.field(validator=_purpose("refresh"))
+    needed_until: datetime = attrs.field(validator=_aware)
+    stale: str | None = attrs.field(default=None, repr=False)
+    refresh_before: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+
+    def usable(self, tokens: TokenSet | None) -> bool:
+        """True when ``tokens`` can be handed out as they are."""
+        return (
+            tokens is not None
+            and tokens.access_token != self.stale
+            and tokens.expires_at > self.needed_until
+            and (self.refresh_before is None or tokens.refresh_expires_at >= self.refresh_before)
+        )
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return {"lease": self.lease}
@@ -159,11 +206,14 @@ class RefreshClaimed(Event):
 
 @attrs.frozen
 class Refreshed(Event):
+    """amoCRM answered a refresh that spent ``spent_refresh_token`` with a new pair."""
+
     name: ClassVar[str] = "refreshed"
     tokens: TokenSet
+    spent_refresh_token: str = attrs.field(repr=False)
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        return {"tokens": self.tokens, "lease": None, "error": None}
+        return {"tokens": self.tokens, "lease": None, "error": None, "refused_refresh": None}
 
 
 @attrs.frozen
@@ -172,9 +222,11 @@ class RefreshFailed(Event):
 
     name: ClassVar[str] = "refresh_failed"
     error: ErrorInfo
+    spent_refresh_token: str = attrs.field(repr=False)
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        return _error_changes(self.error)
+        refused = code_digest(self.spent_refresh_token)
+        return {**_error_changes(self.error), "refused_refresh": refused}
 
 
 @attrs.frozen
@@ -202,6 +254,7 @@ class Disconnect(Event):
             "lease": None,
             "host": None,
             "connected_at": None,
+            "refused_refresh": None,
         }
 
 
@@ -213,7 +266,7 @@ class ProviderDisconnected(Event):
     at: datetime = attrs.field(validator=_aware)
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        return _error_changes(ErrorInfo("disconnected_by_provider", None, self.at))
+        return _error_changes(ErrorInfo(Reason.DISCONNECTED_BY_PROVIDER, None, self.at))
 
 
 #: Every event class, in the order the docs list them.

@@ -13,6 +13,8 @@ from datetime import datetime, timedelta
 
 import attrs
 
+from ._reasons import CONNECTION_ERRORS, Reason
+
 __all__ = [
     "Account",
     "Connection",
@@ -118,9 +120,12 @@ class Account:
 
 @attrs.frozen
 class ErrorInfo:
-    """Why a connection is in ``error``: a stable ``reason`` slug and amoCRM's hint, if any."""
+    """Why a connection is in ``error``: a stable ``reason`` slug and amoCRM's hint, if any.
 
-    reason: str
+    ``reason`` is one of ``_reasons.CONNECTION_ERRORS`` (``ValueError`` otherwise).
+    """
+
+    reason: str = attrs.field(validator=attrs.validators.in_(CONNECTION_ERRORS))
     hint: str | None
     at: datetime = attrs.field(validator=_aware)
 
@@ -206,6 +211,10 @@ class ConnectionRecord:
     before keys had a namespace (its key is then its bare ``connection_id``)."""
     widget: bool = False
     """True for a widget install (named after its account host), not an app user."""
+    refused_refresh: str | None = None
+    """The sha256 digest of the refresh token amoCRM refused when the connection entered
+    ``error`` that way: only the answer to an overtaken refresh of that same token may bring the
+    connection back (the table's ``refreshed`` guard)."""
 
     @property
     def key(self) -> str:
@@ -227,6 +236,26 @@ class ConnectionRecord:
     def live_lease(self, now: datetime) -> Lease | None:
         """The lease, unless there is none or it has expired."""
         return self.lease if self.lease is not None and self.lease.is_live(now) else None
+
+    def lease_seconds_left(self, now: datetime) -> float | None:
+        """Seconds until the live lease lapses; None when no lease is live."""
+        lease = self.live_lease(now)
+        return (lease.expires_at - now).total_seconds() if lease is not None else None
+
+    def tokens_or_raise(self) -> TokenSet:
+        """The tokens; for a record the table says holds them (``ValueError`` otherwise)."""
+        if self.tokens is None:
+            raise ValueError("the record holds no tokens")
+        return self.tokens
+
+    def not_connected_reason(self) -> str:
+        """Why this record gives no token: its error reason, else ``disconnected`` or
+        ``exchange_pending``."""
+        if self.error is not None:
+            return self.error.reason
+        if self.state is ConnectionState.DISCONNECTED:
+            return Reason.DISCONNECTED
+        return Reason.EXCHANGE_PENDING
 
     def public(self) -> Connection:
         """The public view: no token, no code digest, no lease."""

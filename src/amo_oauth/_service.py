@@ -13,12 +13,14 @@ import httpx
 from ._auth import ConnectionAuth
 from ._callback import QueryLike
 from ._config import Config
-from ._driving import advance
-from ._flows import Call, Flows, Op, Send, Sleep
+from ._driving import adrive, drive
+from ._flows import Flows
+from ._ops import Op, Send, Sleep, StoreOp
 from ._provider import error_from_exception
 from ._records import Connection
 from ._results import AuthorizationRequest, CallbackResult, RefreshReport
-from .stores import SQLiteStore, Store
+from .stores import AsyncStore, SQLiteStore, Store
+from .stores._base import as_async_store, as_full_store
 
 __all__ = ["AmoOAuth", "AsyncAmoOAuth"]
 
@@ -31,14 +33,10 @@ def _utcnow() -> datetime:
 
 
 class _Base:
-    def __init__(
-        self,
-        config: Config,
-        store: Store | None,
-        clock: Callable[[], datetime] | None,
-    ) -> None:
+    store: Store | AsyncStore
+
+    def __init__(self, config: Config, clock: Callable[[], datetime] | None) -> None:
         self.config = config
-        self.store: Store = store if store is not None else SQLiteStore(_DEFAULT_DB)
         self._flows = Flows(config, clock or _utcnow)
 
     def __repr__(self) -> str:
@@ -64,7 +62,9 @@ class AmoOAuth(_Base):
         http: httpx.Client | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        super().__init__(config, store, clock)
+        super().__init__(config, clock)
+        self.store = store if store is not None else SQLiteStore(_DEFAULT_DB)
+        self._store = as_full_store(self.store)
         self._owns_http = http is None
         self.http = http or httpx.Client(timeout=config.http_timeout, follow_redirects=False)
 
@@ -182,7 +182,7 @@ class AmoOAuth(_Base):
         """Close the http client if this object made it, and the store."""
         if self._owns_http:
             self.http.close()
-        self.store.close()
+        self._store.close()
 
     def __enter__(self) -> AmoOAuth:
         return self
@@ -191,20 +191,11 @@ class AmoOAuth(_Base):
         self.close()
 
     def _run(self, flow: Generator[Op, Any, T]) -> T:
-        done, item = advance(flow, None, None)
-        while not done:
-            reply, error = None, None
-            try:
-                reply = self._perform(item)
-            except Exception as exc:  # handed to the flow, which knows what it means
-                error = exc
-            done, item = advance(flow, reply, error)
-        result: T = item
-        return result
+        return drive(flow, self._perform)
 
     def _perform(self, op: Op) -> Any:
-        if isinstance(op, Call):
-            return getattr(self.store, op.method)(*op.args)
+        if isinstance(op, StoreOp):
+            return op.run(self._store)
         if isinstance(op, Send):
             try:
                 return self.http.send(op.request, follow_redirects=False)
@@ -226,11 +217,13 @@ class AsyncAmoOAuth(_Base):
         self,
         config: Config,
         *,
-        store: Store | None = None,
+        store: Store | AsyncStore | None = None,
         http: httpx.AsyncClient | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        super().__init__(config, store, clock)
+        super().__init__(config, clock)
+        self.store = store if store is not None else SQLiteStore(_DEFAULT_DB)
+        self._astore = as_async_store(self.store)
         self._owns_http = http is None
         self.http = http or httpx.AsyncClient(timeout=config.http_timeout, follow_redirects=False)
 
@@ -289,7 +282,7 @@ class AsyncAmoOAuth(_Base):
         """Close the http client if this object made it, and the store."""
         if self._owns_http:
             await self.http.aclose()
-        await asyncio.to_thread(self.store.close)
+        await self._astore.aclose()
 
     async def __aenter__(self) -> AsyncAmoOAuth:
         return self
@@ -298,20 +291,11 @@ class AsyncAmoOAuth(_Base):
         await self.aclose()
 
     async def _run(self, flow: Generator[Op, Any, T]) -> T:
-        done, item = advance(flow, None, None)
-        while not done:
-            reply, error = None, None
-            try:
-                reply = await self._perform(item)
-            except Exception as exc:  # handed to the flow, which knows what it means
-                error = exc
-            done, item = advance(flow, reply, error)
-        result: T = item
-        return result
+        return await adrive(flow, self._perform)
 
     async def _perform(self, op: Op) -> Any:
-        if isinstance(op, Call):
-            return await asyncio.to_thread(getattr(self.store, op.method), *op.args)
+        if isinstance(op, StoreOp):
+            return await op.arun(self._astore)
         if isinstance(op, Send):
             try:
                 return await self.http.send(op.request, follow_redirects=False)

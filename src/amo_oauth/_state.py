@@ -20,8 +20,8 @@ import attrs
 from transitions import EventData, Machine, MachineError
 
 from ._errors import InvalidTransition
-from ._events import EVENT_TYPES, CodeReceived, Event
-from ._records import ConnectionRecord, ConnectionState
+from ._events import EVENT_TYPES, CodeReceived, Event, RefreshClaimed
+from ._records import ConnectionRecord, ConnectionState, code_digest
 
 __all__ = ["EXCHANGING", "MACHINE", "TABLE", "Rule", "Step", "step"]
 
@@ -31,24 +31,89 @@ ALL = tuple(ConnectionState)
 EXCHANGING = (S.CODE_RECEIVED, S.EXCHANGED)
 
 
+# -- guards: cheap, pure, and deciding only on what the record holds and the event brings ------
+
+
 def code_is_known(data: EventData) -> bool:
     """The code's digest is on the record: it was seen before."""
     step = _model(data)
     return isinstance(step.event, CodeReceived) and step.record.knows_code(step.event.code_digest)
 
 
+def code_is_held_elsewhere(data: EventData) -> bool:
+    """The store's code ledger says the code was claimed for another record."""
+    step = _model(data)
+    holder = step.event.code_holder if isinstance(step.event, CodeReceived) else None
+    return holder is not None and holder != step.record.key
+
+
+def state_was_used_by_another_code(data: EventData) -> bool:
+    """The state came back with a new code after another code already used it."""
+    step = _model(data)
+    event = step.event
+    return (
+        isinstance(event, CodeReceived)
+        and event.state_holder is not None
+        and event.state_holder != event.code_digest
+    )
+
+
+def host_is_unknown(data: EventData) -> bool:
+    """Neither the redirect nor the record names a host to send the code to."""
+    step = _model(data)
+    return isinstance(step.event, CodeReceived) and step.event.host is None
+
+
+def state_has_expired(data: EventData) -> bool:
+    """The code came with a state that has expired: no new claim under it."""
+    step = _model(data)
+    expires = getattr(step.event, "state_expires_at", None)
+    return expires is not None and step.now >= expires
+
+
 def state_is_fresh(data: EventData) -> bool:
-    """The code came with an unused state issued after the connection was made."""
+    """The code came with an unused state issued after the connection was made, and a host:
+    a deliberate re-authorization."""
     step = _model(data)
     issued, connected = getattr(step.event, "state_issued_at", None), step.record.connected_at
-    return issued is not None and connected is not None and issued > connected
+    fresh = issued is not None and connected is not None and issued > connected
+    return fresh and not host_is_unknown(data)
 
 
-def refresh_was_refused(data: EventData) -> bool:
-    """The connection was declared dead by a refresh that amoCRM refused ("revoked"): the
-    answer to an earlier, overtaken refresh of the same token may still bring it back."""
-    error = _model(data).record.error
-    return error is not None and error.reason == "reauthorization_required"
+def lease_is_live(data: EventData) -> bool:
+    """A worker holds the record (an exchange or a refresh) and has not outlived its lease."""
+    step = _model(data)
+    return step.record.live_lease(step.now) is not None
+
+
+def token_is_usable(data: EventData) -> bool:
+    """The stored access token is what the caller needs: no refresh."""
+    step = _model(data)
+    return isinstance(step.event, RefreshClaimed) and step.event.usable(step.record.tokens)
+
+
+def pair_was_rotated(data: EventData) -> bool:
+    """The stored refresh token is not the one this refresh spent: another worker rotated the
+    pair (or a new consent replaced it) since."""
+    step = _model(data)
+    spent = getattr(step.event, "spent_refresh_token", None)
+    tokens = step.record.tokens
+    return tokens is not None and tokens.refresh_token != spent
+
+
+def refused_this_refresh(data: EventData) -> bool:
+    """The connection is in ``error`` because amoCRM refused the very refresh token this answer
+    spent, and it was verified before: the answer to an earlier, overtaken refresh of that
+    token brings it back. Decided on the refused token's digest and the account, never on text."""
+    step = _model(data)
+    spent = getattr(step.event, "spent_refresh_token", None)
+    record = step.record
+    return (
+        spent is not None
+        and record.account is not None
+        and record.refused_refresh is not None
+        and record.refused_refresh == code_digest(spent)
+    )
 
 
 @attrs.frozen
@@ -68,12 +133,17 @@ def _stale(event: str, *live: ConnectionState) -> Rule:
 
 
 TABLE: tuple[Rule, ...] = (
-    # A known code is a no-op in every state: the fix for the seed's double exchange.
+    # A known code is a no-op in every state: the fix for the seed's double exchange. So is a
+    # code the store-wide ledger gives to another record: each code goes out at most once.
     Rule("code_received", ALL, None, code_is_known, noop="duplicate_code"),
-    Rule("code_received", (S.DISCONNECTED, S.ERROR), S.CODE_RECEIVED),
+    Rule("code_received", ALL, None, code_is_held_elsewhere, noop="duplicate_code"),
+    Rule("code_received", ALL, None, state_has_expired, noop="expired_state"),
+    Rule("code_received", ALL, None, state_was_used_by_another_code, noop="reused_state"),
+    Rule("code_received", EXCHANGING, None, noop="exchange_in_progress"),
     Rule("code_received", (S.CONNECTED,), S.CODE_RECEIVED, state_is_fresh),
     Rule("code_received", (S.CONNECTED,), None, noop="keep_connection"),
-    Rule("code_received", EXCHANGING, None, noop="exchange_in_progress"),
+    Rule("code_received", (S.DISCONNECTED, S.ERROR), None, host_is_unknown, noop="no_host"),
+    Rule("code_received", (S.DISCONNECTED, S.ERROR), S.CODE_RECEIVED),
     Rule("denied", (S.DISCONNECTED, S.ERROR), S.ERROR),
     Rule("denied", (S.CONNECTED,), None, noop="keep_connection"),
     Rule("denied", EXCHANGING, None, noop="exchange_in_progress"),
@@ -81,18 +151,26 @@ TABLE: tuple[Rule, ...] = (
     _stale("exchange_succeeded", S.CODE_RECEIVED),
     Rule("exchange_failed", (S.CODE_RECEIVED,), S.ERROR),
     _stale("exchange_failed", S.CODE_RECEIVED),
+    # A worker that outlives its exchange lease is presumed dead; the code is never resent.
+    Rule("lease_expired", EXCHANGING, None, lease_is_live, noop="lease_live"),
     Rule("lease_expired", EXCHANGING, S.ERROR),
     Rule("lease_expired", (S.DISCONNECTED, S.CONNECTED, S.ERROR), None, noop="no_exchange"),
     Rule("verified", (S.EXCHANGED,), S.CONNECTED),
     _stale("verified", S.EXCHANGED),
     Rule("verify_failed", (S.EXCHANGED,), S.ERROR),
     _stale("verify_failed", S.EXCHANGED),
+    # Tokens are served only when connected; a refresh is claimed only when the token is not
+    # usable and no other worker holds a live lease (at most one refresh in flight).
+    Rule("refresh_claimed", (S.CONNECTED,), None, token_is_usable, noop="token_fresh"),
+    Rule("refresh_claimed", (S.CONNECTED,), None, lease_is_live, noop="refresh_in_progress"),
     Rule("refresh_claimed", (S.CONNECTED,), S.CONNECTED),
     Rule("refresh_claimed", (S.DISCONNECTED, S.ERROR), None, noop="not_connected"),
     Rule("refresh_claimed", EXCHANGING, None, noop="exchange_in_progress"),
+    Rule("refreshed", (S.CONNECTED,), None, pair_was_rotated, noop="already_rotated"),
     Rule("refreshed", (S.CONNECTED,), S.CONNECTED),
-    Rule("refreshed", (S.ERROR,), S.CONNECTED, refresh_was_refused),
+    Rule("refreshed", (S.ERROR,), S.CONNECTED, refused_this_refresh),
     _stale("refreshed", S.CONNECTED),
+    Rule("refresh_failed", (S.CONNECTED,), None, pair_was_rotated, noop="already_rotated"),
     Rule("refresh_failed", (S.CONNECTED,), S.ERROR),
     _stale("refresh_failed", S.CONNECTED),
     Rule("refresh_released", (S.CONNECTED,), S.CONNECTED),
@@ -107,11 +185,12 @@ TABLE: tuple[Rule, ...] = (
 class _Model:
     """The short-lived model a trigger runs on: one record, one event, the rule that fired."""
 
-    __slots__ = ("event", "record", "rule", "state")
+    __slots__ = ("event", "now", "record", "rule", "state")
 
-    def __init__(self, record: ConnectionRecord, event: Event) -> None:
+    def __init__(self, record: ConnectionRecord, event: Event, now: datetime) -> None:
         self.record = record
         self.event = event
+        self.now = now
         self.state: ConnectionState = record.state
         self.rule: Rule | None = None
 
@@ -174,7 +253,7 @@ def step(record: ConnectionRecord, event: Event, now: datetime) -> Step:
     """
     if type(event) not in EVENT_TYPES:
         raise InvalidTransition(f"unknown event {type(event).__name__}")
-    model = _Model(record, event)
+    model = _Model(record, event, now)
     try:
         MACHINE.events[event.name].trigger(model)
     except (MachineError, KeyError):

@@ -39,11 +39,17 @@ def _existing_db(path: str) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from ._records import record_key
     from .stores import SQLiteStore
 
+    client_id = args.client_id or os.environ.get("AMO_CLIENT_ID")
+    if not client_id:
+        raise SystemExit("amo-oauth: pass --client-id or set AMO_CLIENT_ID")
     store = SQLiteStore(_existing_db(args.db))
     try:
-        record = store.load(args.connection_id)
+        # Records are kept per integration; one stored before that has its bare id as key.
+        record = store.load(record_key(client_id, args.connection_id))
+        record = record or store.load(args.connection_id)
     finally:
         store.close()
     if record is None:
@@ -112,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show a stored connection")
     status.add_argument("connection_id")
     status.add_argument("--db", default="amo_oauth.db")
+    status.add_argument("--client-id", help="the integration's client id (env AMO_CLIENT_ID)")
     status.set_defaults(handler=_status)
     due = commands.add_parser("refresh-due", help="refresh connections expiring soon")
     due.add_argument("--db", default="amo_oauth.db")

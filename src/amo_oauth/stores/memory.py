@@ -48,11 +48,11 @@ class MemoryStore:
         check_write(record, expected_version)
         with self._lock:
             self._check_open()
-            current = self._records.get(record.connection_id)
+            current = self._records.get(record.key)
             stored_version = None if current is None else current.version
             if stored_version != expected_version:
                 return False
-            self._records[record.connection_id] = record
+            self._records[record.key] = record
             return True
 
     def delete(self, connection_id: str, expected_version: int) -> bool:
@@ -90,7 +90,7 @@ class MemoryStore:
                 for record in self._records.values()
                 if record.account is not None and record.account.id == account_id
             ]
-        return sorted(found, key=lambda record: record.connection_id)
+        return sorted(found, key=lambda record: record.key)
 
     def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
         """Up to ``limit`` connected records whose refresh token expires before ``before``,
@@ -100,7 +100,7 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             due = [
-                (record.tokens.refresh_expires_at, record.connection_id, record)
+                (record.tokens.refresh_expires_at, record.key, record)
                 for record in self._records.values()
                 if record.state == ConnectionState.CONNECTED
                 and record.tokens is not None

@@ -365,7 +365,7 @@ def _row(record: ConnectionRecord) -> tuple[Any, ...]:
             raise ValueError(f"{name} does not fit in SQLite's 64-bit integers")
     refresh = record.tokens.refresh_expires_at.timestamp() if record.tokens else None
     data = record_to_json(record)
-    return (record.version, record.state.value, account_id, refresh, data, record.connection_id)
+    return (record.version, record.state.value, account_id, refresh, data, record.key)
 
 
 def _fits(number: int) -> bool:

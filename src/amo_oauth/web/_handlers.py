@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from .._driving import advance
+from .._driving import adrive, drive
 from .._service import AmoOAuth, AsyncAmoOAuth
 from ._http import Request, Response
-from ._routes import Identify, RouteCore
+from ._routes import Identify, Invoke, RouteCore
 
 __all__ = ["AsyncConnectionIdFn", "AsyncHandlers", "ConnectionIdFn", "Handlers"]
 
@@ -56,23 +57,13 @@ class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
         Raises:
             Exception: only what the app's ``connection_id`` callable raised.
         """
-        flow = self.serve(request)
-        try:
-            done, item = advance(flow, None, None)
-            while not done:
-                reply, error = None, None
-                if isinstance(item, Identify):
-                    reply = self._identify(request)  # the app's exceptions are the app's
-                else:
-                    try:
-                        reply = getattr(self.oauth, item.method)(*item.args, **item.kwargs)
-                    except Exception as exc:  # thrown into the route, which maps it
-                        error = exc
-                done, item = advance(flow, reply, error)
-        finally:
-            flow.close()
-        response: Response = item
-        return response
+
+        def perform(item: Identify | Invoke) -> Any:
+            if isinstance(item, Identify):
+                return self._identify(request)
+            return getattr(self.oauth, item.method)(*item.args, **item.kwargs)
+
+        return drive(self.serve(request), perform)
 
     def _identify(self, request: Request) -> str | None:
         value = self.connection_id(request)
@@ -106,23 +97,13 @@ class AsyncHandlers(RouteCore[AsyncAmoOAuth, AsyncConnectionIdFn]):
         Raises:
             Exception: only what the app's ``connection_id`` callable raised.
         """
-        flow = self.serve(request)
-        try:
-            done, item = advance(flow, None, None)
-            while not done:
-                reply, error = None, None
-                if isinstance(item, Identify):
-                    reply = await self._identify(request)
-                else:
-                    try:
-                        reply = await getattr(self.oauth, item.method)(*item.args, **item.kwargs)
-                    except Exception as exc:  # thrown into the route, which maps it
-                        error = exc
-                done, item = advance(flow, reply, error)
-        finally:
-            flow.close()
-        response: Response = item
-        return response
+
+        async def perform(item: Identify | Invoke) -> Any:
+            if isinstance(item, Identify):
+                return await self._identify(request)
+            return await getattr(self.oauth, item.method)(*item.args, **item.kwargs)
+
+        return await adrive(self.serve(request), perform)
 
     async def _identify(self, request: Request) -> str | None:
         value = self.connection_id(request)

@@ -17,8 +17,7 @@ import attrs
 
 from .._callback import single_values
 from .._errors import CallbackRejected, ProviderError, StoreError
-from .._flows import check_connection_id
-from .._records import Connection
+from .._records import Connection, check_connection_id
 from .._results import CallbackResult, Outcome
 from ._http import Request, Response, media_type, weighted
 from ._page import (

@@ -1,0 +1,275 @@
+"""The code flows: begin, amoCRM's redirect back, the legacy exchange, status and disconnects.
+
+A code is exchanged at most once: duplicates are answered from reads (the record, the code
+ledger) before anything is written, and a new code is claimed in one atomic store operation
+(state nonce + code ledger + record) that exactly one worker wins.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from ._callback import Denial, QueryLike, parse_callback
+from ._errors import CallbackRejected, ProviderError
+from ._events import (
+    CodeReceived,
+    Denied,
+    Disconnect,
+    Event,
+    ExchangeFailed,
+    ExchangeSucceeded,
+    LeaseExpired,
+    ProviderDisconnected,
+    Verified,
+    VerifyFailed,
+)
+from ._flow_records import Records
+from ._hook import verify_disconnect_hook
+from ._hosts import AccountHost
+from ._ops import ClaimOp, ConsumeState, FindByAccount, Flow, HolderOf, Send, perform
+from ._provider import account_request, code_request, read_account, read_tokens
+from ._reasons import Reason
+from ._records import (
+    CODE_MEMORY,
+    Connection,
+    ConnectionRecord,
+    TokenSet,
+    check_connection_id,
+    code_digest,
+)
+from ._results import AuthorizationRequest, CallbackResult, Outcome
+from ._state import step
+from ._state_token import StateClaims, issue_state, read_state
+from .stores._protocol import Claim, ClaimResult, LedgerEntry
+
+__all__ = ["CodeFlows"]
+
+_MAX_CODE = 2048
+#: What a code-received no-op means to the caller: a refusal, or a report (duplicate or not).
+_REFUSED = {
+    "expired_state": Reason.EXPIRED_STATE,
+    "reused_state": Reason.REUSED_STATE,
+    "no_host": Reason.MISSING_REFERER,
+}
+
+
+class CodeFlows(Records):
+    """The logic behind ``begin``, ``handle_callback``, ``exchange_code``, ``status``,
+    ``disconnect`` and ``handle_disconnect_hook``."""
+
+    # -- begin ---------------------------------------------------------------------------
+
+    def begin(self, connection_id: str) -> AuthorizationRequest:
+        check_connection_id(connection_id)
+        config = self.config
+        token, claims = issue_state(
+            config.state_secret, connection_id, self.now(), config.state_ttl
+        )
+        query = urlencode({"client_id": config.client_id, "state": token, "mode": config.mode})
+        joiner = "&" if "?" in config.authorize_url else "?"
+        return AuthorizationRequest(
+            f"{config.authorize_url}{joiner}{query}", token, claims.expires_at
+        )
+
+    # -- codes ---------------------------------------------------------------------------
+
+    def handle_callback(
+        self, query: QueryLike, signed_in: str | None = None
+    ) -> Flow[CallbackResult]:
+        parsed = parse_callback(query, self.config)
+        state = parsed.state
+        if signed_in is not None and state is not None and state.connection_id != signed_in:
+            # The redirect was started by someone else's begin(): refuse to attach this
+            # browser's amoCRM account to their connection.
+            raise CallbackRejected(Reason.BAD_STATE)
+        if isinstance(parsed, Denial):
+            return (yield from self._deny(parsed))
+        if parsed.state is None:  # a widget install: named after its account host
+            record = yield from self.load(parsed.host.name, widget=True)
+        else:
+            record = yield from self.load(parsed.state.connection_id)
+        return (yield from self._exchange(record, parsed.code, parsed.host, parsed.state))
+
+    def exchange_code(
+        self,
+        connection_id: str,
+        code: str,
+        referer: str | None = None,
+        state: str | None = None,
+    ) -> Flow[CallbackResult]:
+        check_connection_id(connection_id)
+        if not isinstance(code, str) or not code:
+            raise CallbackRejected(Reason.MISSING_CODE)
+        if len(code) > _MAX_CODE or not code.isprintable():
+            raise CallbackRejected(Reason.MALFORMED)
+        claims = read_state(self.config.state_secret, state) if state else None
+        if claims is not None and claims.connection_id != connection_id:
+            raise CallbackRejected(Reason.BAD_STATE)
+        host = None
+        if referer:
+            host = AccountHost.accept(referer, self.config.extra_domains)
+            if host is None:
+                raise CallbackRejected(Reason.FOREIGN_HOST)
+        record = yield from self.load(connection_id)
+        return (yield from self._exchange(record, code, host, claims))
+
+    def _exchange(
+        self,
+        record: ConnectionRecord,
+        code: str,
+        host: AccountHost | None,
+        claims: StateClaims | None,
+    ) -> Flow[CallbackResult]:
+        digest = code_digest(code)
+        code_key = f"code:{digest}"
+        while True:
+            # Reads only, until the table says this worker may claim the code.
+            holder = yield from perform(HolderOf(code_key))
+            used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
+            event = self._code_event(record, digest, host, claims, holder, used_with)
+            result = step(record, event, self.now())
+            if not result.changed:
+                return (yield from self._unchanged(record, result.noop))
+            claim = self._claim(record, result.record, code_key, digest, claims)
+            claimed = yield from perform(ClaimOp(claim))
+            if claimed is ClaimResult.CLAIMED:
+                self.log_step(record, result.record, event.name)
+                assert event.host is not None  # the table claims only with a host
+                return (yield from self._finish_exchange(result.record, code, event.host))
+            if claimed is ClaimResult.STATE_USED:
+                raise CallbackRejected(Reason.REUSED_STATE)
+            if claimed is ClaimResult.CODE_TAKEN:
+                # Another connection claimed this code: a duplicate here too, reported at once.
+                return CallbackResult.report(record.public(), duplicate=True)
+            # Lost the race for the record: reload; the winner's claim usually makes this a
+            # duplicate.
+            record = yield from self.load(record.connection_id, widget=record.widget)
+
+    def _code_event(
+        self,
+        record: ConnectionRecord,
+        digest: str,
+        host: AccountHost | None,
+        claims: StateClaims | None,
+        holder: str | None,
+        used_with: str | None,
+    ) -> CodeReceived:
+        stored = AccountHost.accept(record.host or "", self.config.extra_domains)
+        return CodeReceived(
+            digest,
+            host or stored,
+            self.lease("exchange"),
+            claims.issued_at if claims else None,
+            code_holder=holder,
+            state_expires_at=claims.expires_at if claims else None,
+            state_holder=used_with,
+        )
+
+    def _claim(
+        self,
+        old: ConnectionRecord,
+        new: ConnectionRecord,
+        code_key: str,
+        digest: str,
+        claims: StateClaims | None,
+    ) -> Claim:
+        code = LedgerEntry(code_key, old.key, self.store_time(self.now() + CODE_MEMORY))
+        state = None
+        if claims is not None:
+            state = LedgerEntry(claims.nonce, digest, self.store_time(claims.expires_at))
+        return Claim(new, old.version or None, code, state)
+
+    def _unchanged(self, record: ConnectionRecord, noop: str | None) -> Flow[CallbackResult]:
+        """Answer a code the table would not claim: refuse it, or report the connection."""
+        if noop in _REFUSED:
+            raise CallbackRejected(_REFUSED[noop])
+        settled = yield from self._settled(record)
+        return CallbackResult.report(settled.public(), duplicate=noop == "duplicate_code")
+
+    def _finish_exchange(
+        self, record: ConnectionRecord, code: str, host: AccountHost
+    ) -> Flow[CallbackResult]:
+        try:
+            response = yield Send(code_request(self.config, host, code))
+            tokens = read_tokens(response, self.now())
+        except ProviderError as error:
+            # A transient failure leaves the code's fate unknown: it is never sent again.
+            reason = Reason.EXCHANGE_INTERRUPTED if error.transient else Reason.CODE_REJECTED
+            failed = ExchangeFailed(self.error(reason, error))
+            return (yield from self._conclude(record, failed, Outcome.FAILED))
+        exchanged = yield from self.write(record, ExchangeSucceeded(tokens))
+        if exchanged is None:
+            return (yield from self._overtaken(record))
+        return (yield from self._verify(exchanged, host, tokens))
+
+    def _verify(
+        self, record: ConnectionRecord, host: AccountHost, tokens: TokenSet
+    ) -> Flow[CallbackResult]:
+        try:
+            response = yield Send(account_request(self.config, host, tokens.access_token))
+            account = read_account(response)
+        except ProviderError as error:
+            failed = VerifyFailed(self.error(Reason.VERIFY_FAILED, error))
+            return (yield from self._conclude(record, failed, Outcome.FAILED))
+        verified = Verified(account, self.now())
+        return (yield from self._conclude(record, verified, Outcome.CONNECTED))
+
+    def _conclude(
+        self, record: ConnectionRecord, event: Event, outcome: Outcome
+    ) -> Flow[CallbackResult]:
+        """Write the exchange's last step on the record this worker claimed, and report."""
+        written = yield from self.write(record, event)
+        if written is None:
+            return (yield from self._overtaken(record))
+        return CallbackResult(outcome, written.public())
+
+    def _overtaken(self, record: ConnectionRecord) -> Flow[CallbackResult]:
+        """Our claim was overtaken (a disconnect, a hook, a lapsed lease): theirs stands, and
+        nothing of ours (tokens, account) is written onto a record we no longer hold."""
+        current = yield from self.load(record.connection_id, widget=record.widget)
+        return CallbackResult.report(current.public(), duplicate=False)
+
+    def _settled(self, record: ConnectionRecord) -> Flow[ConnectionRecord]:
+        """Wait, a bounded time, for another worker's exchange to finish (the table says one
+        is in flight while its lease is live)."""
+        deadline = self.deadline()
+        while not self.expired(deadline):
+            if step(record, LeaseExpired(self.now()), self.now()).noop != "lease_live":
+                break
+            record = yield from self.wait(record, deadline)
+        return record
+
+    def _deny(self, denial: Denial) -> Flow[CallbackResult]:
+        claims = denial.state
+        if claims.is_expired(self.now()):
+            raise CallbackRejected(Reason.EXPIRED_STATE)
+        expires_at = self.store_time(claims.expires_at)
+        if not (yield from perform(ConsumeState(claims.nonce, expires_at, "denied"))):
+            raise CallbackRejected(Reason.REUSED_STATE)
+        record, _ = yield from self.apply(
+            self.fresh(claims.connection_id), Denied(self.now(), denial.reason)
+        )
+        return CallbackResult(Outcome.DENIED, record.public())
+
+    # -- status and disconnects -------------------------------------------------------------
+
+    def status(self, connection_id: str) -> Flow[Connection]:
+        check_connection_id(connection_id)
+        record = yield from self.load(connection_id)
+        return record.public()
+
+    def disconnect(self, connection_id: str) -> Flow[Connection]:
+        check_connection_id(connection_id)
+        record, _ = yield from self.apply(self.fresh(connection_id), Disconnect())
+        return record.public()
+
+    def handle_disconnect_hook(self, query: QueryLike) -> Flow[tuple[Connection, ...]]:
+        account_id = verify_disconnect_hook(query, self.config)
+        records = yield from perform(FindByAccount(account_id))
+        event = ProviderDisconnected(self.now())
+        done = []
+        for record in records:
+            if record.integration in (None, self.config.client_id):  # this integration's only
+                updated, _ = yield from self.apply(record, event)
+                done.append(updated.public())
+        return tuple(done)

@@ -1,0 +1,132 @@
+"""The token flows: a usable access token, and the keep-alive sweep.
+
+amoCRM's refresh tokens rotate and are single-use, so a refresh is claimed through the table
+(one live refresh lease per connection, anywhere) and its answer is stored in one write before
+anyone uses it. Everyone else waits for that write and uses its token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from ._errors import AmoOAuthError, ProviderError, ReauthorizationRequired
+from ._events import RefreshClaimed, Refreshed, RefreshFailed, RefreshReleased
+from ._flow_records import Records
+from ._hosts import AccountHost
+from ._ops import DueForRefresh, Flow, Send, perform
+from ._provider import read_tokens, reason_of, refresh_request
+from ._reasons import Reason
+from ._records import ConnectionRecord, check_connection_id
+from ._results import RefreshReport
+from ._state import step
+
+__all__ = ["TokenFlows"]
+
+#: The table's no-ops on which a caller waits for another worker and looks again.
+_WAIT = ("refresh_in_progress", "exchange_in_progress")
+
+
+class TokenFlows(Records):
+    """The logic behind ``access_token``, ``auth`` and ``refresh_due``."""
+
+    def access_token(self, connection_id: str, stale: str | None = None) -> Flow[str]:
+        check_connection_id(connection_id)
+
+        def wanted() -> RefreshClaimed:
+            needed_until = self.now() + self.config.refresh_margin
+            return RefreshClaimed(self.lease("refresh"), needed_until, stale=stale)
+
+        return (yield from self._token(self.fresh(connection_id), wanted))
+
+    def refresh_due(self, within: timedelta, limit: int) -> Flow[RefreshReport]:
+        before = self.now() + within
+
+        def wanted() -> RefreshClaimed:
+            return RefreshClaimed(self.lease("refresh"), self.now(), refresh_before=before)
+
+        records = yield from perform(DueForRefresh(before, limit))
+        refreshed, failed = [], []
+        for record in records:
+            if record.integration not in (None, self.config.client_id):
+                continue  # another integration's connection: our secret cannot refresh it
+            try:
+                yield from self._token(record, wanted)
+            except AmoOAuthError as error:
+                failed.append((record.connection_id, _slug(error)))
+            else:
+                refreshed.append(record.connection_id)
+        return RefreshReport(tuple(refreshed), tuple(failed))
+
+    def _token(self, ref: ConnectionRecord, wanted: Callable[[], RefreshClaimed]) -> Flow[str]:
+        """A usable access token; at most one refresh in flight per connection, anywhere."""
+        deadline = self.deadline()
+        record = yield from self.load(ref.connection_id, widget=ref.widget)
+        while True:
+            event = wanted()
+            result = step(record, event, self.now())
+            if result.changed:  # the table lets this worker claim the refresh
+                token = yield from self._claim_and_refresh(record, event)
+                if token is not None:
+                    return token
+                record = yield from self.load(record.connection_id, widget=record.widget)
+            elif result.noop == "token_fresh":
+                return record.tokens_or_raise().access_token
+            elif result.noop in _WAIT and not self.expired(deadline):
+                record = yield from self.wait(record, deadline)
+            elif result.noop == "refresh_in_progress":
+                raise ProviderError(
+                    None, "a refresh by another worker is still running", transient=True
+                )
+            else:
+                raise ReauthorizationRequired(record.connection_id, record.not_connected_reason())
+
+    def _claim_and_refresh(
+        self, record: ConnectionRecord, event: RefreshClaimed
+    ) -> Flow[str | None]:
+        host = AccountHost.accept(record.host or "", self.config.extra_domains)
+        if host is None:  # the allowlist changed since: no secret goes there now
+            raise ReauthorizationRequired(record.connection_id, Reason.FOREIGN_HOST)
+        claimed = yield from self.write(record, event)
+        if claimed is None:
+            return None
+        return (yield from self._refresh(claimed, host))
+
+    def _refresh(self, record: ConnectionRecord, host: AccountHost) -> Flow[str | None]:
+        """Spend the refresh token once. None: the record moved on under us; look again."""
+        spent = record.tokens_or_raise().refresh_token
+        try:
+            response = yield Send(refresh_request(self.config, host, spent))
+            tokens = read_tokens(response, self.now())
+        except ProviderError as error:
+            return (yield from self._refresh_failed(record, spent, error))
+        # The rotated pair is persisted in one write before anyone uses it. When our claim was
+        # overtaken (our lease lapsed, or another worker declared the connection dead on its
+        # "revoked"), the table still keeps our pair: amoCRM revoked the token we spent.
+        event = Refreshed(tokens, spent)
+        written = yield from self.write(record, event)
+        if written is None:
+            _, wrote = yield from self.apply(record, event)
+            if not wrote:
+                return None
+        return tokens.access_token
+
+    def _refresh_failed(
+        self, record: ConnectionRecord, spent: str, error: ProviderError
+    ) -> Flow[str | None]:
+        if reason_of(error) != "token_revoked":
+            yield from self.write(record, RefreshReleased())
+            raise error
+        failed = RefreshFailed(self.error(Reason.REAUTHORIZATION_REQUIRED, error), spent)
+        _, wrote = yield from self.apply(record, failed)
+        if not wrote:
+            return None  # someone else rotated the pair: adopt theirs
+        raise ReauthorizationRequired(record.connection_id, Reason.REAUTHORIZATION_REQUIRED)
+
+
+def _slug(error: AmoOAuthError) -> str:
+    if isinstance(error, ReauthorizationRequired):
+        return error.reason
+    if isinstance(error, ProviderError):
+        return reason_of(error)
+    return type(error).__name__

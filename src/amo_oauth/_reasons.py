@@ -1,0 +1,107 @@
+"""Every reason slug the library reports, as one closed set.
+
+A slug says why a connection is in ``error`` (``ErrorInfo.reason``), why a request was refused
+(``CallbackRejected.reason``, the web layer's ``{"error": reason}``), or why a connection has
+no usable token (``ReauthorizationRequired.reason``). The table, the flows, the web layer and
+the docs all use these; constructing an error with a slug outside its set raises ``ValueError``
+(a test also checks every slug written in the source against this module).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+__all__ = [
+    "CONNECTION_ERRORS",
+    "NOT_CONNECTED",
+    "REJECTIONS",
+    "WEB_REFUSALS",
+    "Reason",
+]
+
+
+class Reason(enum.StrEnum):
+    """Every slug, by name. Values are the stable strings clients see."""
+
+    # Why a connection is in ``error`` (``ErrorInfo.reason``).
+    ACCESS_DENIED = "access_denied"
+    CONSENT_FAILED = "consent_failed"
+    CODE_REJECTED = "code_rejected"
+    EXCHANGE_INTERRUPTED = "exchange_interrupted"
+    VERIFY_FAILED = "verify_failed"
+    REAUTHORIZATION_REQUIRED = "reauthorization_required"
+    DISCONNECTED_BY_PROVIDER = "disconnected_by_provider"
+    # Why a request was refused before anything changed (``CallbackRejected.reason``).
+    MISSING_CODE = "missing_code"
+    MISSING_REFERER = "missing_referer"
+    BAD_STATE = "bad_state"
+    EXPIRED_STATE = "expired_state"
+    REUSED_STATE = "reused_state"
+    FOREIGN_HOST = "foreign_host"
+    MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad_signature"
+    WIDGET_INSTALLS_DISABLED = "widget_installs_disabled"
+    # Why a connection has no token to give, besides its error reason (``ReauthorizationRequired``).
+    DISCONNECTED = "disconnected"
+    EXCHANGE_PENDING = "exchange_pending"
+    # The web layer's own refusals.
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNAUTHENTICATED = "unauthenticated"
+    BAD_CONNECTION_ID = "bad_connection_id"
+    CROSS_SITE_REQUEST = "cross_site_request"
+    QUERY_TOO_LARGE = "query_too_large"
+    BODY_TOO_LARGE = "body_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    STORE_UNAVAILABLE = "store_unavailable"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+
+
+R = Reason
+
+#: ``ErrorInfo.reason``: why a connection is in ``error``.
+CONNECTION_ERRORS: Final = frozenset(
+    {
+        R.ACCESS_DENIED,
+        R.CONSENT_FAILED,
+        R.CODE_REJECTED,
+        R.EXCHANGE_INTERRUPTED,
+        R.VERIFY_FAILED,
+        R.REAUTHORIZATION_REQUIRED,
+        R.DISCONNECTED_BY_PROVIDER,
+    }
+)
+#: ``CallbackRejected.reason``: a redirect, hook or legacy call refused before anything changed.
+REJECTIONS: Final = frozenset(
+    {
+        R.MISSING_CODE,
+        R.MISSING_REFERER,
+        R.BAD_STATE,
+        R.EXPIRED_STATE,
+        R.REUSED_STATE,
+        R.FOREIGN_HOST,
+        R.MALFORMED,
+        R.BAD_SIGNATURE,
+        R.WIDGET_INSTALLS_DISABLED,
+    }
+)
+#: ``ReauthorizationRequired.reason``: a connection error, or why there is none to report.
+NOT_CONNECTED: Final = CONNECTION_ERRORS | {R.DISCONNECTED, R.EXCHANGE_PENDING, R.FOREIGN_HOST}
+#: The web layer's ``{"error": reason}``: rejections, connection errors, and its own refusals.
+WEB_REFUSALS: Final = (
+    REJECTIONS
+    | CONNECTION_ERRORS
+    | {
+        R.NOT_FOUND,
+        R.METHOD_NOT_ALLOWED,
+        R.UNAUTHENTICATED,
+        R.BAD_CONNECTION_ID,
+        R.CROSS_SITE_REQUEST,
+        R.QUERY_TOO_LARGE,
+        R.BODY_TOO_LARGE,
+        R.UNSUPPORTED_MEDIA_TYPE,
+        R.STORE_UNAVAILABLE,
+        R.PROVIDER_UNAVAILABLE,
+    }
+)
