@@ -21,6 +21,7 @@ PURE = (
     "_errors",
     "_config",
     "_codec",
+    "_answers",
 )
 FORBIDDEN = frozenset(
     {
