@@ -22,6 +22,7 @@ PURE = (
     "_config",
     "_codec",
     "_reasons",
+    "_answers",
 )
 FORBIDDEN = frozenset(
     {

@@ -1,50 +1,88 @@
 """amoCRM's token endpoint and account check, as requests to build and answers to read.
 
-No I/O happens here: the service sends the requests through its httpx client (never following
-redirects) and hands the answers back. Every error body of the protocol maps to a ``reason`` slug
-from one table; anything unexpected (5xx, HTML, a timeout) is *transient*, which for a code means
-"outcome unknown": the code is never sent again.
+The service sends the requests through its httpx client (never following redirects), bounded as a
+whole by :func:`send_within` / :func:`asend_within`, and hands the answers back. What an error
+answer means comes from one table (``_answers.ROWS``); anything unexpected (5xx, HTML, a timeout)
+is *transient*, which for a code means "outcome unknown": the code is never sent again.
+
+Every field of a 200 is checked against documented bounds (the ``MIN_``/``MAX_`` constants). An
+``expires_in`` out of bounds is clamped into them and reported with one WARNING on the
+``amo_oauth`` logger (field name and bounds only): it is never a reason to throw a pair away.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 import httpx
 
+from ._answers import (
+    UNREADABLE_ACCOUNT,
+    UNREADABLE_TOKENS,
+    UNUSABLE_ACCOUNT,
+    UNUSABLE_TOKENS,
+    Answer,
+    Grant,
+    Meaning,
+    classify,
+    clean_hint,
+)
 from ._config import Config
 from ._errors import ProviderError
 from ._hosts import AccountHost
 from ._records import Account, TokenSet
 
 __all__ = [
+    "MAX_ACCOUNT_ID",
+    "MAX_ACCOUNT_NAME",
+    "MAX_EXPIRES_IN",
+    "MAX_TOKEN_LENGTH",
+    "MIN_EXPIRES_IN",
     "REFRESH_TOKEN_LIFETIME",
     "account_request",
+    "asend_within",
     "code_request",
     "error_from_exception",
+    "meaning_of",
     "read_account",
     "read_tokens",
     "reason_of",
     "refresh_request",
+    "send_within",
 ]
 
 #: amoCRM revokes a refresh token three months after it was issued.
 REFRESH_TOKEN_LIFETIME: Final = timedelta(days=90)
 
-# amoCRM's ``hint`` texts (amocrm-protocol.md §4) and the slug the library reports for each.
-_HINT_REASONS: Final = {
-    "Authorization code has been revoked": "code_revoked",
-    "Authorization code has expired": "code_expired",
-    "Cannot decrypt the authorization code": "code_invalid",
-    "Check the `client_id` parameter": "bad_client_id",
-    "Check the `client_secret` parameter": "bad_client_secret",
-    "Redirect URI is not associated with client": "bad_redirect_uri",
-    "Invalid account": "invalid_account",
-    "Token has been revoked": "token_revoked",
-}
+#: Bounds of ``expires_in`` (seconds): amoCRM sends 86400 (protocol §3); long-lived tokens live
+#: at most 5 years (§8). A value outside 1 s .. 10 years (3650 days) is clamped into them.
+MIN_EXPIRES_IN: Final = 1
+MAX_EXPIRES_IN: Final = 3650 * 86400
+#: The longest token accepted (characters). Access tokens are JWTs of 1-2 KB and refresh tokens
+#: under 1 KB (§3); 8192 is the usual limit of one HTTP header line (nginx's default buffer), and
+#: both tokens travel in headers (``Authorization``, ``X-Refresh-Token``, §5).
+MAX_TOKEN_LENGTH: Final = 8192
+#: Account ids are positive 63-bit integers (a signed BIGINT in any store).
+MAX_ACCOUNT_ID: Final = 2**63 - 1
+#: Account names are cut at this many characters (display only).
+MAX_ACCOUNT_NAME: Final = 255
+
 _PROBLEM_TYPES: Final = ("application/problem+json", "application/json")
+# Visible ASCII, no space: what an HTTP header value and a bearer token can carry.
+_TOKEN_TEXT: Final = re.compile(r"[\x21-\x7e]+")
+# One DNS label (RFC 1123), lower case: how amoCRM names an account's host (§5).
+_SUBDOMAIN: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_NUMERIC_TEXT: Final = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+logger = logging.getLogger("amo_oauth")
 
 
 def _token_request(config: Config, host: AccountHost, grant: dict[str, str]) -> httpx.Request:
@@ -85,30 +123,55 @@ def account_request(config: Config, host: AccountHost, access_token: str) -> htt
 
 
 def _json(response: httpx.Response) -> Any:
-    content_type = response.headers.get("content-type", "").split(";")[0].strip()
+    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in (*_PROBLEM_TYPES, "application/hal+json"):
         return None
     try:
         return json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, too many digits, deep nesting
         return None
 
 
-def _error(response: httpx.Response) -> ProviderError:
-    body = _json(response)
-    if response.status_code >= 500 or response.status_code == 429 or not isinstance(body, dict):
-        return ProviderError(response.status_code, f"HTTP {response.status_code}", transient=True)
-    hint = body.get("hint") or body.get("title") or f"HTTP {response.status_code}"
-    return ProviderError(response.status_code, str(hint)[:200])
+def _hint_of(body: object) -> str | None:
+    """amoCRM's ``hint``, else the RFC 6749 ``error`` code, else the ``title``; cleaned."""
+    if not isinstance(body, dict):
+        return None
+    for key in ("hint", "error", "title"):
+        hint = clean_hint(body.get(key))
+        if hint is not None:
+            return hint
+    return None
 
 
-def reason_of(error: ProviderError) -> str:
-    """The stable slug for an amoCRM error: ``code_revoked``, ``token_revoked``, ..."""
-    if error.transient:
-        return "unavailable"
-    if error.hint in _HINT_REASONS:
-        return _HINT_REASONS[error.hint]
-    return "bad_client" if error.status == 401 else "rejected"
+def _error(response: httpx.Response, grant: Grant | None) -> ProviderError:
+    status = response.status_code
+    hint = _hint_of(_json(response))
+    answer = classify(grant, status, hint)
+    shown = hint if hint is not None else f"HTTP {status}"
+    return ProviderError(status, shown, transient=answer.meaning.transient)
+
+
+def meaning_of(error: ProviderError, grant: Grant | None = None) -> Answer:
+    """The classification of a ``ProviderError`` raised by this module or by the flows.
+
+    Looks ``(grant, error.status, error.hint)`` up in ``_answers.ROWS`` (a hint of the form
+    ``HTTP <status>`` means there was no problem body); an error marked ``transient`` is
+    :attr:`Meaning.TRANSIENT` (reason ``unavailable``) unless its row is itself transient
+    (e.g. ``account_blocked``). ``grant`` ``None``: a token-endpoint answer of unknown grant.
+    """
+    hint = None if error.hint == f"HTTP {error.status}" else error.hint
+    answer = classify(grant, error.status, hint)
+    if error.transient and not answer.meaning.transient:
+        return Answer(Meaning.TRANSIENT, "unavailable")
+    return answer
+
+
+def reason_of(error: ProviderError, grant: Grant | None = None) -> str:
+    """The stable slug for an amoCRM error: ``code_revoked``, ``token_revoked``, ...
+
+    ``meaning_of(error, grant).reason``; see ``_answers.ROWS`` for every slug.
+    """
+    return meaning_of(error, grant).reason
 
 
 def error_from_exception(exc: httpx.HTTPError) -> ProviderError:
@@ -116,43 +179,242 @@ def error_from_exception(exc: httpx.HTTPError) -> ProviderError:
     return ProviderError(None, type(exc).__name__, transient=True)
 
 
-def read_tokens(response: httpx.Response, now: datetime) -> TokenSet:
-    """The token pair from a 200 answer.
+def _unusable(hint: str, field: str) -> ProviderError:
+    return ProviderError(200, f"{hint}: {field}")
+
+
+def read_tokens(response: httpx.Response, now: datetime, *, grant: Grant | None = None) -> TokenSet:
+    """The token pair from a 200 answer of the token endpoint (protocol §3).
+
+    Args:
+        response: the answer, read in full.
+        now: the current time (UTC, timezone-aware): ``expires_at = now + expires_in``.
+        grant: ``authorization_code`` or ``refresh_token`` when known, to classify errors.
+
+    Fields: ``access_token`` and ``refresh_token`` must be visible ASCII of 1 to
+    ``MAX_TOKEN_LENGTH`` characters; ``token_type`` "Bearer" (any case) or absent;
+    ``expires_in`` a number of seconds (a numeric string is accepted), clamped into
+    ``MIN_EXPIRES_IN .. MAX_EXPIRES_IN`` with one WARNING on the ``amo_oauth`` logger.
 
     Raises:
-        ProviderError: an error answer, or a 200 that is not a token answer (transient).
+        ProviderError: the only exception raised, for any body. An error answer (classified by
+            ``_answers.ROWS``); a 200 that is not a token answer (not a JSON object, a field
+            missing: transient, ``unavailable``); a 200 whose fields break the bounds above
+            (hint ``unusable token answer: <field>``, NOT transient, reason
+            ``unusable_answer``): the outcome is known, the code or refresh token was spent
+            but the pair cannot be used, and sending the same request again cannot help.
     """
-    body = _json(response)
     if response.status_code != 200:
-        raise _error(response)
-    try:
-        return TokenSet(
-            access_token=_text(body["access_token"]),
-            refresh_token=_text(body["refresh_token"]),
-            expires_at=now + timedelta(seconds=int(body["expires_in"])),
-            refresh_expires_at=now + REFRESH_TOKEN_LIFETIME,
-            token_type=str(body.get("token_type", "Bearer")),
+        raise _error(response, grant)
+    body = _json(response)
+    if not isinstance(body, dict) or not {"access_token", "refresh_token", "expires_in"} <= set(
+        body
+    ):
+        raise ProviderError(200, UNREADABLE_TOKENS, transient=True)
+    access_token = _token(body["access_token"], "access_token")
+    refresh_token = _token(body["refresh_token"], "refresh_token")
+    token_type = body.get("token_type")
+    if token_type is not None and (
+        not isinstance(token_type, str) or token_type.lower() != "bearer"
+    ):
+        raise _unusable(UNUSABLE_TOKENS, "token_type")
+    seconds = _expires_in(body["expires_in"])
+    return TokenSet(
+        access_token=access_token,
+        refresh_token=refresh_token,
+        expires_at=now + timedelta(seconds=seconds),
+        refresh_expires_at=now + REFRESH_TOKEN_LIFETIME,
+        token_type="Bearer",
+    )
+
+
+def _token(value: object, field: str) -> str:
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_TOKEN_LENGTH
+        or not _TOKEN_TEXT.fullmatch(value)
+    ):
+        raise _unusable(UNUSABLE_TOKENS, field)
+    return value
+
+
+def _expires_in(value: object) -> int:
+    """``expires_in`` as whole seconds within bounds; only a non-number is unusable."""
+    number: int | float
+    notes = []
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _unusable(UNUSABLE_TOKENS, "expires_in")
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > 64 or not _NUMERIC_TEXT.fullmatch(text):
+            raise _unusable(UNUSABLE_TOKENS, "expires_in")
+        number = int(text) if text.lstrip("+-").isdigit() else float(text)
+        notes.append("was a numeric string")
+    else:
+        number = value
+    if isinstance(number, float) and math.isnan(number):
+        seconds, notes = MIN_EXPIRES_IN, [*notes, "was not a number (NaN)"]
+    elif number < MIN_EXPIRES_IN:
+        seconds, notes = MIN_EXPIRES_IN, [*notes, "was below the bounds"]
+    elif number > MAX_EXPIRES_IN:
+        seconds, notes = MAX_EXPIRES_IN, [*notes, "was above the bounds"]
+    else:
+        seconds = math.floor(number)
+    if notes:
+        logger.warning(
+            "amoCRM's token answer: expires_in %s; clamped into %d..%d seconds",
+            " and ".join(notes),
+            MIN_EXPIRES_IN,
+            MAX_EXPIRES_IN,
+            extra={"amo_field": "expires_in"},
         )
-    except (KeyError, TypeError, ValueError):
-        raise ProviderError(200, "not a token answer", transient=True) from None
+    return seconds
 
 
 def read_account(response: httpx.Response) -> Account:
-    """The account from ``GET /api/v4/account``.
+    """The account from ``GET /api/v4/account`` (protocol §5).
+
+    Fields: ``id`` an int in 1 .. ``MAX_ACCOUNT_ID`` (not a bool, float or string);
+    ``subdomain`` one lower-case DNS label (letters, digits, inner hyphens, 1-63 characters);
+    ``name`` a string (cut at ``MAX_ACCOUNT_NAME`` characters) or absent/null ("").
 
     Raises:
-        ProviderError: an error answer or an unreadable account.
+        ProviderError: the only exception raised, for any body. An error answer (classified by
+            ``_answers.ROWS`` as the ``account`` call); a 200 that is not an account answer
+            (transient, ``unavailable``); a 200 whose fields break the bounds above (hint
+            ``unusable account answer: <field>``, not transient, reason ``unusable_account``).
     """
-    body = _json(response)
     if response.status_code != 200:
-        raise _error(response)
+        raise _error(response, "account")
+    body = _json(response)
+    if not isinstance(body, dict) or not {"id", "subdomain"} <= set(body):
+        raise ProviderError(200, UNREADABLE_ACCOUNT, transient=True)
+    account_id = body["id"]
+    if type(account_id) is not int or not 0 < account_id <= MAX_ACCOUNT_ID:
+        raise _unusable(UNUSABLE_ACCOUNT, "id")
+    subdomain = body["subdomain"]
+    if not isinstance(subdomain, str) or not _SUBDOMAIN.fullmatch(subdomain):
+        raise _unusable(UNUSABLE_ACCOUNT, "subdomain")
+    name = body.get("name")
+    if name is None:
+        name = ""
+    elif not isinstance(name, str):
+        raise _unusable(UNUSABLE_ACCOUNT, "name")
+    return Account(account_id, subdomain, name[:MAX_ACCOUNT_NAME])
+
+
+# -- the whole call within http_timeout -------------------------------------------------------
+
+
+class _Remaining(dict[str, float]):
+    """httpx's per-operation timeouts (connect, write, read, pool), each worth the time left
+    until ``deadline`` at the moment httpcore looks it up (it does so as each operation starts)."""
+
+    def __init__(self, deadline: float, clock: Callable[[], float]) -> None:
+        self._deadline = deadline
+        self._clock = clock
+        left = self._left()
+        super().__init__(connect=left, write=left, read=left, pool=left)
+
+    def _left(self) -> float:
+        return max(self._deadline - self._clock(), 0.001)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._left() if key in self else default
+
+    def __getitem__(self, key: str) -> float:
+        super().__getitem__(key)
+        return self._left()
+
+
+def _too_slow(seconds: float) -> ProviderError:
+    return ProviderError(None, f"no complete answer within {seconds:g} s", transient=True)
+
+
+def _bound(request: httpx.Request, seconds: float, clock: Callable[[], float]) -> float:
+    if not seconds > 0:
+        raise ValueError("seconds must be positive")
+    deadline = clock() + seconds
+    request.extensions = {**request.extensions, "timeout": _Remaining(deadline, clock)}
+    return deadline
+
+
+def send_within(
+    client: httpx.Client,
+    request: httpx.Request,
+    seconds: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> httpx.Response:
+    """Send ``request`` and read the whole answer within ``seconds`` (from now to the last
+    byte), never following redirects.
+
+    httpx's timeouts bound each operation, not the call: a body trickling in a byte at a time
+    never trips them. Here every operation's timeout is the time left until the deadline (read
+    from ``clock``, monotonic seconds) when it starts, and the deadline is checked between body
+    chunks, so the call ends at the deadline (plus the scheduling of one chunk).
+
+    Returns:
+        The answer, read in full.
+
+    Raises:
+        ProviderError: transient, status ``None``: the deadline passed (hint
+            ``no complete answer within <seconds> s``) or the transport failed (hint: the
+            exception's class name). Raised outside any handler: no exception chain leads back
+            to the request and its secrets.
+        ValueError: ``seconds`` is not positive.
+    """
+    deadline = _bound(request, seconds, clock)
+    failure: ProviderError | None = None
     try:
-        return Account(int(body["id"]), _text(body["subdomain"]), str(body.get("name", "")))
-    except (KeyError, TypeError, ValueError):
-        raise ProviderError(200, "not an account answer", transient=True) from None
+        response = client.send(request, stream=True, follow_redirects=False)
+    except httpx.TimeoutException:
+        failure = _too_slow(seconds)
+    except httpx.HTTPError as exc:
+        failure = error_from_exception(exc)
+    if failure is not None:
+        raise failure
+    raw: list[bytes] = []
+    try:
+        for chunk in response.iter_raw():
+            raw.append(chunk)
+            if clock() >= deadline:
+                failure = _too_slow(seconds)
+                break
+    except httpx.TimeoutException:
+        failure = _too_slow(seconds)
+    except httpx.HTTPError as exc:
+        failure = error_from_exception(exc)
+    finally:
+        response.close()
+    if failure is not None:
+        raise failure
+    return httpx.Response(
+        response.status_code, headers=response.headers, content=b"".join(raw), request=request
+    )
 
 
-def _text(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("expected a non-empty string")
-    return value
+async def asend_within(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    seconds: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> httpx.Response:
+    """``send_within`` for asyncio: the whole call runs under ``asyncio.timeout(seconds)``, and
+    each operation's own timeout is the time left, as in :func:`send_within`.
+
+    Raises:
+        ProviderError: transient, status ``None``, as for :func:`send_within`.
+        ValueError: ``seconds`` is not positive.
+    """
+    _bound(request, seconds, clock)
+    failure: ProviderError
+    try:
+        async with asyncio.timeout(seconds):
+            return await client.send(request, follow_redirects=False)
+    except (TimeoutError, httpx.TimeoutException):
+        failure = _too_slow(seconds)
+    except httpx.HTTPError as exc:
+        failure = error_from_exception(exc)
+    raise failure
