@@ -77,18 +77,18 @@ class CodeFlows(Records):
         self, query: QueryLike, signed_in: str | None = None
     ) -> Flow[CallbackResult]:
         parsed = parse_callback(query, self.config)
-        state = parsed.state
-        if signed_in is not None and state is not None and state.connection_id != signed_in:
+        claims = parsed.state
+        if signed_in is not None and claims is not None and claims.connection_id != signed_in:
             # The redirect was started by someone else's begin(): refuse to attach this
             # browser's amoCRM account to their connection.
             raise CallbackRejected(Reason.BAD_STATE)
         if isinstance(parsed, Denial):
             return (yield from self._deny(parsed))
-        if parsed.state is None:  # a widget install: named after its account host
+        if claims is None:  # a widget install: named after its account host
             record = yield from self.load(parsed.host.name, widget=True)
         else:
-            record = yield from self.load(parsed.state.connection_id)
-        return (yield from self._exchange(record, parsed.code, parsed.host, parsed.state))
+            record = yield from self.load(claims.connection_id)
+        return (yield from self._exchange(record, parsed.code, parsed.host, claims))
 
     def exchange_code(
         self,

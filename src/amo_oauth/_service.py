@@ -16,7 +16,7 @@ from ._config import Config
 from ._driving import adrive, drive
 from ._flows import Flows
 from ._ops import Op, Send, Sleep, StoreOp
-from ._provider import error_from_exception
+from ._provider import asend_within, send_within
 from ._records import Connection
 from ._results import AuthorizationRequest, CallbackResult, RefreshReport
 from .stores import AsyncStore, SQLiteStore, Store
@@ -196,13 +196,8 @@ class AmoOAuth(_Base):
     def _perform(self, op: Op) -> Any:
         if isinstance(op, StoreOp):
             return op.run(self._store)
-        if isinstance(op, Send):
-            try:
-                return self.http.send(op.request, follow_redirects=False)
-            except httpx.HTTPError as exc:
-                failure = error_from_exception(exc)
-            # Raised outside the handler: no __context__ leads back to the request's secrets.
-            raise failure
+        if isinstance(op, Send):  # http_timeout bounds the whole call, connect to last byte
+            return send_within(self.http, op.request, self.config.http_timeout)
         time.sleep(op.seconds)
         return None
 
@@ -297,11 +292,7 @@ class AsyncAmoOAuth(_Base):
         if isinstance(op, StoreOp):
             return await op.arun(self._astore)
         if isinstance(op, Send):
-            try:
-                return await self.http.send(op.request, follow_redirects=False)
-            except httpx.HTTPError as exc:
-                failure = error_from_exception(exc)
-            raise failure
+            return await asend_within(self.http, op.request, self.config.http_timeout)
         assert isinstance(op, Sleep)
         await asyncio.sleep(op.seconds)
         return None
