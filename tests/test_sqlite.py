@@ -526,9 +526,9 @@ def test_pool_is_bounded(db: Path) -> None:
 def test_waiting_for_a_connection_times_out(db: Path) -> None:
     store = SQLiteStore(db, max_connections=1, timeout=0.05)
     store.load("u1")
-    with store._connection():  # the only connection is busy
-        with pytest.raises(StoreError, match="free connection"):
-            store.load("u1")
+    # The only connection is busy.
+    with store._connection(), pytest.raises(StoreError, match="free connection"):
+        store.load("u1")
     assert store.load("u1") is None  # and free again
     store.close()
 
