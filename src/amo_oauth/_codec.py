@@ -30,10 +30,6 @@ def _time(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat() if moment else None
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
-
-
 def _tokens(tokens: TokenSet | None) -> dict[str, Any] | None:
     if tokens is None:
         return None
@@ -87,43 +83,160 @@ def _lease(lease: Lease | None) -> dict[str, Any] | None:
 
 
 def record_from_json(text: str | bytes) -> ConnectionRecord:
-    """Read a record written by ``record_to_json``.
+    """Read a record written by ``record_to_json``, checking every field's type.
+
+    Integers must be ints (not bools, not text), text must be text, times must be ISO 8601
+    with an offset. A stored body is data from disk: nothing in it may surface as anything but
+    ``ValueError`` (a TypeError, KeyError or RecursionError from a malformed body included).
 
     Raises:
-        ValueError: the text is not a record of a known format.
+        ValueError: the text is not a record of a known format; the message names no content.
     """
-    body = json.loads(text)
-    if body.get("format") != FORMAT:
+    try:
+        body = json.loads(text)
+    except RecursionError:  # json's own depth guard, for [[[[...]]]] nested beyond the stack
+        raise ValueError("record nested too deeply") from None
+    fields = _Fields(_obj(body, "record"))
+    found = fields.raw("format")
+    if type(found) is not int or found != FORMAT:  # neither True nor 1.0
         raise ValueError("unknown record format")
-    tokens, account, error, lease = (body[key] for key in ("tokens", "account", "error", "lease"))
+    try:
+        return _record(fields)
+    except (TypeError, KeyError) as exc:  # an attrs validator's complaint, say
+        raise ValueError("malformed record") from exc
+
+
+def _record(body: _Fields) -> ConnectionRecord:
+    seen = body.items("seen_codes")
     return ConnectionRecord(
-        connection_id=body["connection_id"],
-        state=ConnectionState(body["state"]),
-        version=body["version"],
-        host=body["host"],
-        tokens=TokenSet(
-            access_token=tokens["access_token"],
-            refresh_token=tokens["refresh_token"],
-            expires_at=datetime.fromisoformat(tokens["expires_at"]),
-            refresh_expires_at=datetime.fromisoformat(tokens["refresh_expires_at"]),
-            token_type=tokens["token_type"],
-        )
-        if tokens
-        else None,
-        account=Account(account["id"], account["subdomain"], account["name"]) if account else None,
-        error=ErrorInfo(error["reason"], error["hint"], datetime.fromisoformat(error["at"]))
-        if error
-        else None,
-        seen_codes=tuple(
-            SeenCode(digest, datetime.fromisoformat(at)) for digest, at in body["seen_codes"]
-        ),
-        lease=Lease(lease["owner"], lease["purpose"], datetime.fromisoformat(lease["expires_at"]))
-        if lease
-        else None,
-        connected_at=_parse_time(body["connected_at"]),
-        updated_at=_parse_time(body["updated_at"]),
+        connection_id=body.text("connection_id"),
+        state=ConnectionState(body.text("state")),
+        version=body.integer("version"),
+        host=body.optional_text("host"),
+        tokens=_read_tokens(body.optional_obj("tokens")),
+        account=_read_account(body.optional_obj("account")),
+        error=_read_error(body.optional_obj("error")),
+        seen_codes=tuple(_read_seen(item) for item in seen),
+        lease=_read_lease(body.optional_obj("lease")),
+        connected_at=body.optional_time("connected_at"),
+        updated_at=body.optional_time("updated_at"),
         # Absent in records written before keys had a namespace.
+<<<<<<< HEAD
         integration=body.get("integration"),
         widget=body.get("widget", False),
         refused_refresh=body.get("refused_refresh"),
+=======
+        integration=body.optional_text("integration", missing_ok=True),
+        widget=body.flag("widget", default=False),
+>>>>>>> sqlite
     )
+
+
+def _read_tokens(tokens: _Fields | None) -> TokenSet | None:
+    if tokens is None:
+        return None
+    return TokenSet(
+        access_token=tokens.text("access_token"),
+        refresh_token=tokens.text("refresh_token"),
+        expires_at=tokens.time("expires_at"),
+        refresh_expires_at=tokens.time("refresh_expires_at"),
+        token_type=tokens.text("token_type"),
+    )
+
+
+def _read_account(account: _Fields | None) -> Account | None:
+    if account is None:
+        return None
+    return Account(account.integer("id"), account.text("subdomain"), account.text("name"))
+
+
+def _read_error(error: _Fields | None) -> ErrorInfo | None:
+    if error is None:
+        return None
+    return ErrorInfo(error.text("reason"), error.optional_text("hint"), error.time("at"))
+
+
+def _read_lease(lease: _Fields | None) -> Lease | None:
+    if lease is None:
+        return None
+    return Lease(lease.text("owner"), lease.text("purpose"), lease.time("expires_at"))
+
+
+def _read_seen(item: object) -> SeenCode:
+    if not isinstance(item, list) or len(item) != 2:
+        raise ValueError("malformed seen code")
+    digest, at = item
+    return SeenCode(_check_text(digest, "seen code"), _read_time(at, "seen code"))
+
+
+def _obj(value: object, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} is not an object")
+    return value
+
+
+def _check_text(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} is not text")
+    return value
+
+
+def _read_time(value: object, name: str) -> datetime:
+    moment = datetime.fromisoformat(_check_text(value, name))  # ValueError when malformed
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{name} has no UTC offset")
+    return moment
+
+
+class _Fields:
+    """One JSON object's fields, each read as the type the format says it has.
+
+    The messages name the field, never its value (a value may be a token).
+    """
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self._body = body
+
+    def raw(self, name: str) -> object:
+        return self._body.get(name)
+
+    def _get(self, name: str) -> object:
+        if name not in self._body:
+            raise ValueError(f"{name} is missing")
+        return self._body[name]
+
+    def text(self, name: str) -> str:
+        return _check_text(self._get(name), name)
+
+    def optional_text(self, name: str, *, missing_ok: bool = False) -> str | None:
+        value = self._body.get(name) if missing_ok else self._get(name)
+        return None if value is None else _check_text(value, name)
+
+    def integer(self, name: str) -> int:
+        value = self._get(name)
+        if not isinstance(value, int) or isinstance(value, bool):  # True is an int in Python
+            raise ValueError(f"{name} is not an integer")
+        return value
+
+    def flag(self, name: str, *, default: bool) -> bool:
+        value = self._body.get(name, default)
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} is not a boolean")
+        return value
+
+    def items(self, name: str) -> list[object]:
+        value = self._get(name)
+        if not isinstance(value, list):
+            raise ValueError(f"{name} is not a list")
+        return value
+
+    def time(self, name: str) -> datetime:
+        return _read_time(self._get(name), name)
+
+    def optional_time(self, name: str) -> datetime | None:
+        value = self._get(name)
+        return None if value is None else _read_time(value, name)
+
+    def optional_obj(self, name: str) -> _Fields | None:
+        value = self._get(name)
+        return None if value is None else _Fields(_obj(value, name))

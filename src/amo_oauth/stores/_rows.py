@@ -54,14 +54,21 @@ class RecordCodec:
         """The record's stored body (text)."""
         return record_to_json(record)
 
-    def decode(self, data: str | bytes) -> ConnectionRecord:
+    def decode(self, data: object) -> ConnectionRecord:
         """The record a stored body holds.
 
+        ``data`` is typed ``object`` on purpose: it comes from a database column, which may
+        hold anything (an integer, a NULL) whatever the schema says.
+
         Raises:
-            StoreError: the body is not a record this library wrote (corrupt, or of an unknown
-                format); the message names no content.
+            StoreError: the body is not a record this library wrote (corrupt, of the wrong
+                type, or of an unknown format); the message names no content.
         """
+        if not isinstance(data, str | bytes):
+            raise StoreError("the store holds a record it cannot read")
         try:
             return record_from_json(data)
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:
+            # record_from_json raises only ValueError; RecursionError stays caught in case a
+            # body is nested deeply enough to overflow on the way into the json module.
             raise StoreError("the store holds a record it cannot read") from exc

@@ -5,40 +5,57 @@ How a call is made safe:
 - Every write is one ``BEGIN IMMEDIATE`` transaction. It takes SQLite's write lock before
   reading anything, so the ``UPDATE ... WHERE version = ?`` of a compare-and-set sees the latest
   committed row in every process, and two writers can never both match the same version.
-- Connections come from a small pool, one borrowed per call and never shared by two threads at
-  once (hence ``check_same_thread=False``). A pool rather than one connection per thread: threads
-  of a server come and go and would leak their connections, and ``close()`` could not close
-  another thread's. Rather than one shared connection: WAL lets readers run beside the writer.
+- SQLite's locks are POSIX record locks, which belong to the *process*: closing any descriptor
+  of the file drops every lock the process holds on it, those of SQLite's connections included.
+  So this module never opens a descriptor on the database file itself: the file is created by
+  ``sqlite3.connect`` (under a temporary umask, for mode 0600), checked with ``os.stat`` (which
+  opens nothing) and closed only through SQLite, which defers closing a descriptor while another
+  connection of the process holds a lock on the file.
+- Connections come from a bounded pool (``max_connections``), one borrowed per call and never
+  shared by two threads at once (hence ``check_same_thread=False``); callers wait for a free one.
 - Writers of this process also queue on a ``threading.Lock`` before ``BEGIN IMMEDIATE``. That is
   only for speed (a lock wakes the next writer at once; SQLite's busy handler sleeps and polls);
   correctness never depends on it, since SQLite's own lock is what serializes processes.
+- Every transaction compares the file's ``(st_dev, st_ino)`` with the one the store opened, so a
+  file deleted or replaced under a running store raises ``StoreError`` instead of taking writes
+  no other process will ever see.
 - ``synchronous`` stays at SQLite's default (FULL): a commit holds a freshly rotated refresh
   token, and amoCRM has already revoked the previous one, so a commit must survive a power cut.
+- Waiters (``wait_for_change``) of this process are woken by a commit of any store object of the
+  process on the same file (a registry per file identity); another process's commit cannot
+  reach them, so they also poll, 10 ms doubling to 100 ms.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import itertools
 import os
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from .._codec import record_from_json, record_to_json
 from .._errors import StoreError
 from .._records import ConnectionRecord, ConnectionState
+from ._base import AsyncBaseStore, BaseStore
 from ._common import check_limit, check_write, closed_error, require_aware
+from ._protocol import Claim, ClaimResult, LedgerEntry
+from ._rows import RecordCodec, Row
 
 __all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
 
 #: ``PRAGMA user_version`` of the schema below; a file of a newer schema is refused.
 SCHEMA_VERSION: Final = 1
 
+# ``connection_id`` holds ``ConnectionRecord.key`` (the same text as before for legacy records).
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS amo_connections (
         connection_id TEXT PRIMARY KEY,
@@ -65,21 +82,75 @@ _INSERT: Final = """INSERT INTO amo_connections
 _UPDATE: Final = """UPDATE amo_connections
     SET version = ?, state = ?, account_id = ?, refresh_expires_at = ?, data = ?
     WHERE connection_id = ? AND version = ?"""
-_DUE: Final = """SELECT data FROM amo_connections
+_LOAD: Final = "SELECT connection_id, version, data FROM amo_connections WHERE connection_id = ?"
+_BY_ACCOUNT: Final = """SELECT connection_id, version, data FROM amo_connections
+    WHERE account_id = ? ORDER BY connection_id"""
+_DUE: Final = """SELECT connection_id, version, data FROM amo_connections
     WHERE state = ? AND refresh_expires_at < ?
     ORDER BY refresh_expires_at, connection_id LIMIT ?"""
+# An expired entry is free: taking it over is what forgetting it would allow anyway.
+_TAKE: Final = """INSERT INTO amo_states (nonce, holder, expires_at) VALUES (?, ?, ?)
+    ON CONFLICT (nonce) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+    WHERE amo_states.expires_at < ?"""
+_HOLDER: Final = "SELECT holder FROM amo_states WHERE nonce = ? AND expires_at >= ?"
 
 #: Expired nonces are deleted on one ``consume_state`` in this many (the first one included).
 _PRUNE_EVERY: Final = 64
-#: Idle connections kept for reuse; more are closed when given back.
-_MAX_IDLE: Final = 8
 #: SQLite integers are signed 64-bit; Python's are not.
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
+#: Cross-process waits poll at this many seconds, doubling up to ``_MAX_POLL``.
+_FIRST_POLL: Final = 0.01
+_MAX_POLL: Final = 0.1
+_REPLACED: Final = "SQLite store: the database file was deleted or replaced"
+
+_Identity = tuple[int, int]
 
 
-class SQLiteStore:
-    """A ``Store`` in one SQLite file, safe across the threads and processes of one machine.
+class _Hub:
+    """What the stores of this process share about one database file: its change signal.
+
+    ``generation`` counts commits that changed a record; blocking waiters wait on ``changed``
+    for it to move, asyncio waiters park a Future in ``futures`` (woken thread-safely).
+    """
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.generation = 0
+        self.futures: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+
+    def notify(self) -> None:
+        with self.changed:
+            self.generation += 1
+            self.changed.notify_all()
+            futures = list(self.futures)
+        for loop, future in futures:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there
+                loop.call_soon_threadsafe(_wake, future)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+#: One hub per database file of this process, by (st_dev, st_ino): every store object on the
+#: file shares it, whatever path spelling it was given.
+_HUBS: dict[_Identity, _Hub] = {}
+_HUBS_LOCK = threading.Lock()
+#: ``os.umask`` is process-wide: two stores creating files at once must not restore each
+#: other's mask.
+_UMASK_LOCK = threading.Lock()
+
+
+def _hub_for(identity: _Identity) -> _Hub:
+    with _HUBS_LOCK:
+        return _HUBS.setdefault(identity, _Hub())
+
+
+class SQLiteStore(BaseStore, AsyncBaseStore):
+    """A ``FullStore`` and ``AsyncStore`` in one SQLite file, safe across the threads and
+    processes of one machine, and across any number of store objects on the same file.
 
     The file (and schema) is created on first use, not here, with mode 0600 since it holds
     tokens; an existing file keeps its mode. Not for network file systems, whose locks SQLite
@@ -87,29 +158,47 @@ class SQLiteStore:
 
     Args:
         path: the database file.
-        timeout: seconds a write waits for another writer before raising ``StoreError``.
+        timeout: seconds a call waits for another writer, or for a free connection, before
+            raising ``StoreError``.
+        max_connections: the most connections this object keeps open at once (>= 1).
+        codec: how records become rows; ``RecordCodec()`` by default.
 
     Raises:
         ValueError: an in-memory or temporary database (each connection would get its own:
-            use ``MemoryStore``), or a negative timeout.
+            use ``MemoryStore``), a negative timeout, or ``max_connections`` < 1.
     """
 
-    def __init__(self, path: str | os.PathLike[str] = "amo_oauth.db", *, timeout: float = 30.0):
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "amo_oauth.db",
+        *,
+        timeout: float = 30.0,
+        max_connections: int = 16,
+        codec: RecordCodec | None = None,
+    ) -> None:
         self._path = os.fspath(path)
         if self._path in ("", ":memory:") or self._path.startswith("file:"):
             raise ValueError("SQLiteStore needs a file path; use MemoryStore for memory")
         if timeout < 0:
             raise ValueError("timeout must be >= 0")
+        if max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
         self._timeout = timeout
-        self._guard = threading.Lock()  # guards _idle and _closed
+        self._max = max_connections
+        self._codec = codec or RecordCodec()
+        self._calls = itertools.count()
+        self._identity: _Identity | None = None
+        self._closed = False
+        self._idle: list[sqlite3.Connection] = []
+        self._open = 0  # connections open now, idle or borrowed
+        self._opened = 0  # connections ever opened
+        self._new_locks()
+        _STORES.add(self)
+
+    def _new_locks(self) -> None:
+        self._pool = threading.Condition()  # guards _idle, _open, _opened, _closed
         self._write_lock = threading.Lock()
         self._prepare_lock = threading.Lock()
-        self._idle: list[sqlite3.Connection] = []
-        self._inherited: list[sqlite3.Connection] = []
-        self._ready = False
-        self._closed = False
-        self._calls = itertools.count()
-        _STORES.add(self)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self._path!r})"
@@ -119,131 +208,304 @@ class SQLiteStore:
         """The database file."""
         return self._path
 
-    def load(self, connection_id: str) -> ConnectionRecord | None:
-        """The stored record, or None when there is none.
+    @property
+    def connections_opened(self) -> int:
+        """How many SQLite connections this object has opened since it was made (an int)."""
+        return self._opened
+
+    @property
+    def connections_open(self) -> int:
+        """How many of them are open now, idle or in use; never above ``max_connections``."""
+        return self._open
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def load(self, key: str) -> ConnectionRecord | None:
+        """The record stored under ``key`` (``ConnectionRecord.key``), or None.
 
         Raises:
-            StoreError: the file could not be read, or holds an unreadable record.
+            StoreError: the file could not be read, was deleted or replaced, or holds an
+                unreadable record.
         """
-        rows = self._read(
-            "SELECT data FROM amo_connections WHERE connection_id = ?", (connection_id,)
-        )
-        return _decode(rows[0][0]) if rows else None
+        rows = self._read("read", _LOAD, (key,))
+        return self._decode(rows[0]) if rows else None
+
+    def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
+        """Every record whose verified account is ``account_id``, by key.
+
+        Raises:
+            StoreError: as ``load``.
+        """
+        if not _fits(account_id):
+            return []
+        return [self._decode(row) for row in self._read("read", _BY_ACCOUNT, (account_id,))]
+
+    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
+        """Up to ``limit`` connected records whose refresh token expires before ``before``
+        (aware), soonest first (ties by key).
+
+        Raises:
+            ValueError: a naive ``before`` or a negative ``limit``.
+            StoreError: as ``load``.
+        """
+        moment = require_aware(before, "before").timestamp()
+        limit = min(check_limit(limit), _INT64_MAX)
+        params = (ConnectionState.CONNECTED.value, moment, limit)
+        return [self._decode(row) for row in self._read("read", _DUE, params)]
+
+    def holder_of(self, key: str) -> str | None:
+        """Who holds the ledger key; None when it is free, expired or held without a holder.
+
+        Raises:
+            StoreError: the file could not be read, or was deleted or replaced.
+        """
+        rows = self._read("read the ledger", _HOLDER, (key, time.time()))
+        holder = rows[0][0] if rows else None
+        return holder if isinstance(holder, str) else None
+
+    # -- writes --------------------------------------------------------------------------
 
     def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
-        """Write ``record`` if the stored version is still ``expected_version`` (None: insert).
+        """Write ``record`` under ``record.key`` if the stored version is still
+        ``expected_version`` (None: insert). A stored body that cannot be read is overwritten
+        all the same: only the version column decides.
 
         Raises:
             ValueError: ``record.version`` does not move past ``expected_version``, or a number
                 in it does not fit SQLite's 64-bit integers.
-            StoreError: the file could not be written.
+            StoreError: the file could not be written, or was deleted or replaced.
         """
         check_write(record, expected_version)
-        row = _row(record)
-        if expected_version is not None and not _fits(expected_version):
-            return False  # no stored version can be that number
-        with self._writing("write a record") as conn:
-            if expected_version is None:
-                cursor = conn.execute(_INSERT, row)
-            else:
-                cursor = conn.execute(_UPDATE, (*row, expected_version))
-            return cursor.rowcount == 1
+        row = self._row(record)
+        return self._transaction(
+            "write a record", lambda conn: _commit_if(_put(conn, row, expected_version))
+        )
 
-    def delete(self, connection_id: str, expected_version: int) -> bool:
+    def delete(self, key: str, expected_version: int) -> bool:
         """Delete the record if its version is still ``expected_version``.
 
         Raises:
-            StoreError: the file could not be written.
+            StoreError: the file could not be written, or was deleted or replaced.
         """
         if not _fits(expected_version):
             return False
-        with self._writing("delete a record") as conn:
+
+        def body(conn: sqlite3.Connection) -> tuple[bool, bool]:
             cursor = conn.execute(
                 "DELETE FROM amo_connections WHERE connection_id = ? AND version = ?",
-                (connection_id, expected_version),
+                (key, expected_version),
             )
-            return cursor.rowcount == 1
+            return _commit_if(cursor.rowcount == 1)
+
+        return self._transaction("delete a record", body)
 
     def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
-        """Mark a state nonce used: True the first time, and again only for the same holder.
-
-        Expired nonces are deleted now and then, after which they are forgotten.
+        """Take a single-use key until ``expires_at`` (aware): True the first time, and again
+        only for the same ``holder``. An expired key is free again.
 
         Raises:
-            StoreError: the file could not be written.
+            ValueError: a naive ``expires_at``.
+            StoreError: the file could not be written, or was deleted or replaced.
         """
-        expiry = require_aware(expires_at, "expires_at").timestamp()
+        entry = LedgerEntry(nonce, holder or "", require_aware(expires_at, "expires_at"))
         prune = next(self._calls) % _PRUNE_EVERY == 0
-        with self._writing("consume a state") as conn:
+
+        def body(conn: sqlite3.Connection) -> tuple[bool, bool]:
+            now = time.time()
             if prune:
-                conn.execute("DELETE FROM amo_states WHERE expires_at < ?", (time.time(),))
-            inserted = conn.execute(
-                "INSERT INTO amo_states (nonce, holder, expires_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (nonce) DO NOTHING",
-                (nonce, holder, expiry),
-            ).rowcount
-            if inserted:
-                return True
-            rows = conn.execute("SELECT holder FROM amo_states WHERE nonce = ?", (nonce,))
-            return holder is not None and bool(rows.fetchall()[0][0] == holder)
+                conn.execute("DELETE FROM amo_states WHERE expires_at < ?", (now,))
+            return _take(conn, entry, holder, now), True
 
-    def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
-        """Every record whose verified account is ``account_id``, by connection id.
+        return self._transaction("consume a state", body, wakes=False)
+
+    def claim(self, claim: Claim) -> ClaimResult:
+        """Take ``claim.state`` and ``claim.code`` and write ``claim.record`` in one
+        transaction (one commit): all of it when the result is ``CLAIMED``, nothing otherwise.
 
         Raises:
-            StoreError: the file could not be read, or holds an unreadable record.
+            ValueError: as ``compare_and_set``, or a naive expiry.
+            StoreError: the file could not be written, or was deleted or replaced.
         """
-        if not _fits(account_id):
-            return []
-        rows = self._read(
-            "SELECT data FROM amo_connections WHERE account_id = ? ORDER BY connection_id",
-            (account_id,),
-        )
-        return [_decode(data) for (data,) in rows]
+        check_write(claim.record, claim.expected_version)
+        row = self._row(claim.record)
+        for entry in (claim.state, claim.code):
+            if entry is not None:
+                require_aware(entry.expires_at, "expires_at")
 
-    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        """Up to ``limit`` connected records whose refresh token expires before ``before``,
-        soonest first (ties by connection id).
+        def body(conn: sqlite3.Connection) -> tuple[ClaimResult, bool]:
+            now = time.time()
+            state = claim.state
+            if state is not None and not _take(conn, state, state.holder, now):
+                return ClaimResult.STATE_USED, False
+            if not _take(conn, claim.code, claim.code.holder, now):
+                return ClaimResult.CODE_TAKEN, False
+            if not _put(conn, row, claim.expected_version):
+                return ClaimResult.RECORD_CHANGED, False
+            return ClaimResult.CLAIMED, True
+
+        return self._transaction("claim a code", body)
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def wait_for_change(self, key: str, version: int, timeout: float) -> None:
+        """Return once the record's version may differ from ``version`` (0: no record), or
+        after ``timeout`` seconds. A commit through any ``SQLiteStore`` of this process on the
+        same file wakes it at once; another process's commit is seen by polling (<= 100 ms).
 
         Raises:
-            StoreError: the file could not be read, or holds an unreadable record.
+            StoreError: as ``load``.
         """
-        moment = require_aware(before, "before").timestamp()
-        limit = min(check_limit(limit), _INT64_MAX)
-        rows = self._read(_DUE, (ConnectionState.CONNECTED.value, moment, limit))
-        return [_decode(data) for (data,) in rows]
+        hub = self._hub()
+        deadline = time.monotonic() + timeout
+        pause = _FIRST_POLL
+        while True:
+            with hub.changed:
+                seen = hub.generation  # read before loading, so no commit slips in between
+            if _version(self.load(key)) != version:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with hub.changed:
+                if hub.generation == seen:  # else a commit came while we loaded: look again
+                    hub.changed.wait(min(pause, left))
+            pause = min(pause * 2, _MAX_POLL)
+
+    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
+        """See ``wait_for_change``. Waits on the event loop: no worker thread is held while
+        waiting (each load runs briefly in one).
+
+        Raises:
+            StoreError: as ``load``.
+        """
+        hub = await asyncio.to_thread(self._hub)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pause = _FIRST_POLL
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            waiter = (loop, future)
+            with hub.changed:  # registered before loading, so no commit slips in between
+                hub.futures.add(waiter)
+            try:
+                if _version(await self.aload(key)) != version:
+                    return
+                left = deadline - loop.time()
+                if left <= 0:
+                    return
+                await asyncio.wait({future}, timeout=min(pause, left))
+            finally:
+                with hub.changed:
+                    hub.futures.discard(waiter)
+            pause = min(pause * 2, _MAX_POLL)
+
+    # -- asyncio -------------------------------------------------------------------------
+
+    async def aload(self, key: str) -> ConnectionRecord | None:
+        """See ``load`` (run in a worker thread)."""
+        return await asyncio.to_thread(self.load, key)
+
+    async def acompare_and_set(
+        self, record: ConnectionRecord, expected_version: int | None
+    ) -> bool:
+        """See ``compare_and_set`` (run in a worker thread)."""
+        return await asyncio.to_thread(self.compare_and_set, record, expected_version)
+
+    async def adelete(self, key: str, expected_version: int) -> bool:
+        """See ``delete`` (run in a worker thread)."""
+        return await asyncio.to_thread(self.delete, key, expected_version)
+
+    async def aconsume_state(
+        self, nonce: str, expires_at: datetime, holder: str | None = None
+    ) -> bool:
+        """See ``consume_state`` (run in a worker thread)."""
+        return await asyncio.to_thread(self.consume_state, nonce, expires_at, holder)
+
+    async def afind_by_account(self, account_id: int) -> list[ConnectionRecord]:
+        """See ``find_by_account`` (run in a worker thread)."""
+        return await asyncio.to_thread(self.find_by_account, account_id)
+
+    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
+        """See ``due_for_refresh`` (run in a worker thread)."""
+        return await asyncio.to_thread(self.due_for_refresh, before, limit)
+
+    async def aholder_of(self, key: str) -> str | None:
+        """See ``holder_of`` (run in a worker thread)."""
+        return await asyncio.to_thread(self.holder_of, key)
+
+    async def aclaim(self, claim: Claim) -> ClaimResult:
+        """See ``claim`` (run in a worker thread)."""
+        return await asyncio.to_thread(self.claim, claim)
+
+    async def aclose(self) -> None:
+        """See ``close`` (run in a worker thread: closing may checkpoint the WAL)."""
+        await asyncio.to_thread(self.close)
 
     def close(self) -> None:
         """Close the idle connections now and the busy ones when their call ends.
 
         Any later call raises ``StoreError``; closing again does nothing.
         """
-        with self._guard:
+        with self._pool:
             self._closed = True
             idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._pool.notify_all()  # callers waiting for a connection now raise
         _STORES.discard(self)
         for conn in idle:
-            conn.close()
+            conn.close()  # through SQLite, which keeps a descriptor open while locks need it
 
-    # -- connections ---------------------------------------------------------------------
+    # -- rows ----------------------------------------------------------------------------
 
-    def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        with _mapped("read"), self._connection() as conn:
+    def _row(self, record: ConnectionRecord) -> Row:
+        row = self._codec.row(record)
+        for number, name in ((row.version, "version"), (row.account_id, "account id")):
+            if number is not None and not _fits(number):
+                raise ValueError(f"{name} does not fit in SQLite's 64-bit integers")
+        return row
+
+    def _decode(self, row: tuple[Any, ...]) -> ConnectionRecord:
+        key, version, data = row
+        record = self._codec.decode(data)
+        # A body that disagrees with its own columns was not written by this store.
+        if record.key != key or record.version != version:
+            raise StoreError("the store holds a record it cannot read")
+        return record
+
+    # -- transactions --------------------------------------------------------------------
+
+    def _read(self, action: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        with _mapped(action), self._connection() as conn:
             # fetchall() runs the statement to its end: a statement left open would keep its
             # read snapshot on the pooled connection, and the next borrower would read stale rows.
-            return conn.execute(sql, params).fetchall()
+            rows = conn.execute(sql, params).fetchall()
+        self._check_file()  # rows of a deleted or replaced file are nobody's rows
+        return rows
 
-    @contextlib.contextmanager
-    def _writing(self, action: str) -> Iterator[sqlite3.Connection]:
+    def _transaction(
+        self,
+        action: str,
+        body: Callable[[sqlite3.Connection], tuple[T, bool]],
+        *,
+        wakes: bool = True,
+    ) -> T:
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction, committed when it says so.
+
+        ``wakes``: a commit changed a record, so this process's waiters on the file are woken.
+        """
         with _mapped(action), self._queued(action), self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-                conn.execute("COMMIT")
+                self._check_file()  # holding the write lock: a replacement shows by now
+                result, commit = body(conn)
+                conn.execute("COMMIT" if commit else "ROLLBACK")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+        if commit and wakes:
+            self._hub().notify()
+        return result
 
     @contextlib.contextmanager
     def _queued(self, action: str) -> Iterator[None]:
@@ -254,6 +516,69 @@ class SQLiteStore:
         finally:
             self._write_lock.release()
 
+    # -- the file --------------------------------------------------------------------------
+
+    def _check_file(self) -> None:
+        """Raise unless the path still names the file this store opened. ``os.stat`` opens no
+        descriptor, so it cannot drop the process's locks."""
+        if _file_identity(self._path) != self._identity:
+            raise StoreError(_REPLACED)
+
+    def _hub(self) -> _Hub:
+        self._prepare()
+        assert self._identity is not None
+        return _hub_for(self._identity)
+
+    def _prepare(self) -> None:
+        """On first use: create the file (0600), switch it to WAL, create the schema and
+        remember the file's identity. The connection used for it joins the pool."""
+        if self._identity is not None:
+            return
+        with self._prepare_lock:
+            if self._identity is not None:
+                return
+            with self._pool:
+                if self._closed:
+                    raise closed_error()
+            with _mapped("open its file"):
+                conn = self._connect()
+                try:
+                    _migrate(conn)
+                    identity = _file_identity(self._path)
+                    if identity is None:
+                        raise StoreError(_REPLACED)
+                except BaseException:
+                    conn.close()
+                    raise
+            with self._pool:
+                self._open += 1
+                self._opened += 1
+                self._idle.append(conn)
+            self._identity = identity
+
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection; the file is created with mode 0600 when missing.
+
+        ``os.path.exists`` is a stat: no descriptor. A missing file has no inode yet, so no
+        connection of this process can hold a lock that creating it could drop.
+        """
+        if os.path.exists(self._path):
+            return self._open_connection()
+        with _UMASK_LOCK:
+            previous = os.umask(0o077)  # SQLite creates the file, its -wal and -shm with 0600
+            try:
+                return self._open_connection()
+            finally:
+                os.umask(previous)
+
+    def _open_connection(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit BEGIN; this module says where transactions start.
+        return sqlite3.connect(
+            self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+
+    # -- the pool --------------------------------------------------------------------------
+
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         conn = self._borrow()
@@ -263,68 +588,97 @@ class SQLiteStore:
             self._give_back(conn)
 
     def _borrow(self) -> sqlite3.Connection:
-        with self._guard:
+        self._prepare()
+        with self._pool:
+            ready = self._pool.wait_for(
+                lambda: self._closed or bool(self._idle) or self._open < self._max,
+                self._timeout,
+            )
             if self._closed:
                 raise closed_error()
+            if not ready:
+                raise StoreError("SQLite store: timed out waiting for a free connection")
             if self._idle:
                 return self._idle.pop()
-        if not self._ready:
-            self._prepare()
-        return self._open()
+            self._open += 1  # the slot is ours while the connection is made
+            self._opened += 1
+        try:
+            return self._connect()
+        except BaseException:
+            self._release_slot()
+            raise
 
     def _give_back(self, conn: sqlite3.Connection) -> None:
         # A connection still inside a transaction failed to roll back: never reuse it.
-        with self._guard:
-            if not self._closed and not conn.in_transaction and len(self._idle) < _MAX_IDLE:
+        with self._pool:
+            if not self._closed and not conn.in_transaction:
                 self._idle.append(conn)
+                self._pool.notify()
                 return
         conn.close()
+        self._release_slot()
 
-    def _open(self) -> sqlite3.Connection:
-        # isolation_level=None: no implicit BEGIN; this module says where transactions start.
-        return sqlite3.connect(
-            self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
-        )
+    def _release_slot(self) -> None:
+        with self._pool:
+            self._open -= 1
+            self._pool.notify()
 
-    def _prepare(self) -> None:
-        """Create the file (0600), switch it to WAL and create the schema, once per store."""
-        with self._prepare_lock:
-            if self._ready:
-                return
-            try:
-                os.close(os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600))
-            except OSError as exc:
-                raise StoreError(f"SQLite store could not open its file: {exc.strerror}") from exc
-            conn = self._open()
-            try:
-                _migrate(conn)
-            finally:
-                conn.close()
-            self._ready = True
+    # -- fork ----------------------------------------------------------------------------
 
-    def _after_fork(self) -> None:
-        # A connection must not cross fork() (SQLite's "how to corrupt" page): the child opens
-        # its own. The inherited ones are kept referenced and never closed, so that closing them
-        # cannot disturb the parent's locks or WAL. The locks are replaced, since a thread that
-        # does not exist in the child may have held them.
-        self._inherited.extend(self._idle)
-        self._idle = []
-        self._guard = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._prepare_lock = threading.Lock()
+    def _before_fork(self) -> None:
+        """Quiesce before ``fork()``: wait (up to ``timeout``) for borrowed connections, close
+        the idle ones through SQLite, and keep the pool locked until the fork is done.
+
+        A connection must not cross fork() (SQLite's "how to corrupt" page), and a child whose
+        SQLite library remembers the parent's open connections on the file would share their
+        lock and WAL-index state. With none open at the fork, the child starts clean.
+        """
+        self._pool.acquire()
+        self._pool.wait_for(lambda: self._open == len(self._idle), self._timeout)
+        idle, self._idle = self._idle, []
+        self._open -= len(idle)
+        for conn in idle:
+            conn.close()
+
+    def _after_fork_in_parent(self) -> None:
+        self._pool.release()
+
+    def _after_fork_in_child(self) -> None:
+        # Connections still borrowed at the fork belong to threads the child does not have:
+        # they are never given back, so never closed here (closing one would drop this
+        # process's locks on the file). The locks are replaced: a vanished thread may hold one.
+        self._new_locks()
+        self._open = 0
 
 
-#: Every open store of this process, for the fork handler below.
+#: Every open store of this process, for the fork handlers below.
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 
 
-def _after_fork_in_child() -> None:
+def _before_fork() -> None:
     for store in list(_STORES):
-        store._after_fork()
+        store._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for store in list(_STORES):
+        store._after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    global _HUBS_LOCK, _UMASK_LOCK
+    _HUBS_LOCK, _UMASK_LOCK = threading.Lock(), threading.Lock()
+    _HUBS.clear()  # their conditions may be held by threads the child does not have
+    for store in list(_STORES):
+        store._after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):  # one registration for every store, not one per store
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -335,7 +689,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     try:
         ((found,),) = conn.execute("PRAGMA user_version").fetchall()
         if found > SCHEMA_VERSION:
-            raise StoreError(f"the database has schema version {found}; this library knows 1")
+            raise StoreError(
+                f"the database has schema version {found}; this library knows {SCHEMA_VERSION}"
+            )
         if found < SCHEMA_VERSION:
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -347,6 +703,49 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _put(conn: sqlite3.Connection, row: Row, expected_version: int | None) -> bool:
+    """The compare-and-set itself, inside the caller's transaction."""
+    columns = (row.version, row.state, row.account_id, row.refresh_due, row.data, row.key)
+    if expected_version is None:
+        return conn.execute(_INSERT, columns).rowcount == 1
+    if not _fits(expected_version):
+        return False  # no stored version can be that number
+    return conn.execute(_UPDATE, (*columns, expected_version)).rowcount == 1
+
+
+def _take(conn: sqlite3.Connection, entry: LedgerEntry, holder: str | None, now: float) -> bool:
+    """Take a ledger key for ``holder`` (None: nobody may pass again), inside a transaction."""
+    expiry = entry.expires_at.timestamp()
+    if conn.execute(_TAKE, (entry.key, holder, expiry, now)).rowcount:
+        return True
+    rows = conn.execute("SELECT holder FROM amo_states WHERE nonce = ?", (entry.key,)).fetchall()
+    return holder is not None and bool(rows[0][0] == holder)
+
+
+def _commit_if(changed: bool) -> tuple[bool, bool]:
+    return changed, changed
+
+
+def _version(record: ConnectionRecord | None) -> int:
+    return record.version if record is not None else 0
+
+
+def _fits(number: int) -> bool:
+    return _INT64_MIN <= number <= _INT64_MAX
+
+
+def _file_identity(path: str) -> _Identity | None:
+    """The file's (st_dev, st_ino), or None when it is gone; a stat, never a descriptor."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno or 0, "OSError")
+        raise StoreError(f"SQLite store could not check its file: {code}") from None
+    return status.st_dev, status.st_ino
+
+
 @contextlib.contextmanager
 def _mapped(action: str) -> Iterator[None]:
     """Turn sqlite3's errors into ``StoreError``, naming the error code but no data."""
@@ -355,25 +754,3 @@ def _mapped(action: str) -> Iterator[None]:
     except sqlite3.Error as exc:
         code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
         raise StoreError(f"SQLite store could not {action}: {code}") from exc
-
-
-def _row(record: ConnectionRecord) -> tuple[Any, ...]:
-    """The columns of ``record``, in the order of ``_INSERT`` and ``_UPDATE``."""
-    account_id = record.account.id if record.account is not None else None
-    for number, name in ((record.version, "version"), (account_id, "account id")):
-        if number is not None and not _fits(number):
-            raise ValueError(f"{name} does not fit in SQLite's 64-bit integers")
-    refresh = record.tokens.refresh_expires_at.timestamp() if record.tokens else None
-    data = record_to_json(record)
-    return (record.version, record.state.value, account_id, refresh, data, record.key)
-
-
-def _fits(number: int) -> bool:
-    return _INT64_MIN <= number <= _INT64_MAX
-
-
-def _decode(data: str) -> ConnectionRecord:
-    try:
-        return record_from_json(data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StoreError("SQLite store holds a record it cannot read") from exc
