@@ -121,14 +121,9 @@ def _record(body: _Fields) -> ConnectionRecord:
         connected_at=body.optional_time("connected_at"),
         updated_at=body.optional_time("updated_at"),
         # Absent in records written before keys had a namespace.
-<<<<<<< HEAD
-        integration=body.get("integration"),
-        widget=body.get("widget", False),
-        refused_refresh=body.get("refused_refresh"),
-=======
         integration=body.optional_text("integration", missing_ok=True),
         widget=body.flag("widget", default=False),
->>>>>>> sqlite
+        refused_refresh=body.optional_text("refused_refresh", missing_ok=True),
     )
 
 
