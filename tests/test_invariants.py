@@ -55,7 +55,7 @@ from amo_oauth import (
     Outcome,
     ReauthorizationRequired,
 )
-from amo_oauth._records import MAX_CODE_DIGESTS, code_digest
+from amo_oauth._records import MAX_CODE_DIGESTS, code_digest, record_key
 from amo_oauth._state_token import issue_state
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
@@ -220,10 +220,11 @@ class OAuthMachine(RuleBasedStateMachine):
             event(what)  # shown by --hypothesis-show-statistics
 
     def record(self, cid: str) -> ConnectionRecord:
-        return self.store.load(cid) or ConnectionRecord(cid)
+        key = record_key(self.config.client_id, cid)
+        return self.store.load(key) or ConnectionRecord(cid)
 
     def snapshot(self) -> tuple[ConnectionRecord | None, ...]:
-        return tuple(self.store.load(cid) for cid in USERS)
+        return tuple(self.store.load(record_key(self.config.client_id, cid)) for cid in USERS)
 
     def secrets(self) -> set[str]:
         """client_secret, state_secret, every code issued, every token the store held."""
@@ -818,7 +819,7 @@ class OAuthMachine(RuleBasedStateMachine):
         self.checked_requests += len(requests)
         assert {r.host for r in requests if r.path == "/oauth2/access_token"} <= {fake.account_host}
         for cid in USERS:
-            stored = self.store.load(cid)
+            stored = self.store.load(record_key(self.config.client_id, cid))
             record = stored or ConnectionRecord(cid)
             # 3. connected => verified tokens and an account; disconnected => no tokens.
             if record.state is S.CONNECTED:
