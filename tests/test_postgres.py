@@ -118,8 +118,10 @@ def run_together(count: int, task: Callable[[int], T]) -> list[T]:
 
 
 def waiting_keys(store: PostgresStore) -> set[str]:
+    """The keys of the store's waiters that have read their record and sleep."""
     with store._listener._cond:
-        return set(store._listener._waiters)
+        groups = store._listener._waiters.items()
+        return {key for key, group in groups if any(waiter.parked for waiter in group)}
 
 
 def until(condition: Callable[[], bool]) -> None:
@@ -552,9 +554,7 @@ def test_many_waiters_share_one_listening_connection(
         assert writer.compare_and_set(make_record(f"c{i}"), None)
 
     async def main() -> None:
-        waits = [
-            asyncio.create_task(store.await_for_change(f"c{i}", 1, FOREVER)) for i in range(8)
-        ]
+        waits = [asyncio.create_task(store.await_for_change(f"c{i}", 1, FOREVER)) for i in range(8)]
         while len(waiting_keys(store)) < 8:
             await asyncio.sleep(0.005)
         with psycopg.connect(store._conninfo) as conn:

@@ -733,13 +733,15 @@ async def _adrive(op: _Op[_T], cur: psycopg.AsyncCursor[tuple[Any, ...]]) -> tup
 class _Waiter:
     """One caller waiting for a key; ``future`` is set for an awaiting one."""
 
-    __slots__ = ("fired", "future", "key", "loop")
+    __slots__ = ("fired", "future", "key", "loop", "parked")
 
     def __init__(
         self, key: str, loop: asyncio.AbstractEventLoop | None, future: asyncio.Future[None] | None
     ) -> None:
         self.key = key
         self.fired = False
+        #: True once its caller has read the record and sleeps (what tests wait for).
+        self.parked = False
         self.loop = loop
         self.future = future
 
@@ -844,10 +846,13 @@ class _Listener:
 
     def wait(self, waiter: _Waiter, timeout: float) -> None:
         with self._cond:
+            waiter.parked = True
             self._cond.wait_for(lambda: waiter.fired, max(timeout, 0.0))
 
     async def await_(self, waiter: _Waiter, timeout: float) -> None:
         assert waiter.future is not None
+        with self._cond:
+            waiter.parked = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(waiter.future, max(timeout, 0.0))
 
