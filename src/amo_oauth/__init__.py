@@ -3,7 +3,11 @@
 The connection lifecycle is an explicit state machine
 (disconnected -> code_received -> exchanged -> connected / error): a code is exchanged at most
 once however often it arrives, and refresh tokens are spent single-flight across processes.
+
+``PostgresStore`` is imported on first access: it needs the ``postgres`` extra.
 """
+
+from typing import TYPE_CHECKING
 
 from ._auth import ConnectionAuth
 from ._config import Config
@@ -29,6 +33,9 @@ from ._results import AuthorizationRequest, CallbackResult, Outcome, RefreshRepo
 from ._service import AmoOAuth, AsyncAmoOAuth
 from .stores import AsyncStore, MemoryStore, SQLiteStore, Store
 
+if TYPE_CHECKING:
+    from .stores.postgres import PostgresStore
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -50,6 +57,7 @@ __all__ = [
     "Lease",
     "MemoryStore",
     "Outcome",
+    "PostgresStore",
     "ProviderError",
     "ReauthorizationRequired",
     "RefreshReport",
@@ -60,3 +68,17 @@ __all__ = [
     "TokenSet",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import ``PostgresStore`` when first asked for (it needs psycopg: ``amo_oauth[postgres]``).
+
+    Raises:
+        ImportError: ``PostgresStore`` without psycopg installed.
+        AttributeError: any other unknown name.
+    """
+    if name == "PostgresStore":
+        from .stores.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,20 @@
-"""Where connection records live: the store protocols, and the stores that implement them."""
+"""Where connection records live: the store protocols, and the stores that implement them.
+
+``PostgresStore`` and ``RedisStore`` are imported on first access (they need the ``postgres``
+and ``redis`` extras), so that importing this package works without them.
+"""
+
+from typing import TYPE_CHECKING
 
 from ._base import AsyncBaseStore, BaseStore, as_async_store, as_full_store
 from ._protocol import AsyncStore, Claim, ClaimResult, FullStore, LedgerEntry, Store
 from ._rows import RecordCodec, Row
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from .postgres import PostgresStore
+    from .redis import RedisStore
 
 __all__ = [
     "AsyncBaseStore",
@@ -15,10 +25,31 @@ __all__ = [
     "FullStore",
     "LedgerEntry",
     "MemoryStore",
+    "PostgresStore",
     "RecordCodec",
+    "RedisStore",
     "Row",
     "SQLiteStore",
     "Store",
     "as_async_store",
     "as_full_store",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import ``PostgresStore`` or ``RedisStore`` when first asked for.
+
+    Raises:
+        ImportError: the store's extra is not installed (``amo_oauth[postgres]``,
+            ``amo_oauth[redis]``).
+        AttributeError: any other unknown name.
+    """
+    if name == "PostgresStore":
+        from .postgres import PostgresStore
+
+        return PostgresStore
+    if name == "RedisStore":
+        from .redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

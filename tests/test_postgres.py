@@ -1,0 +1,734 @@
+"""``PostgresStore`` against a throwaway PostgreSQL server (``_pg_server.postgres_url``).
+
+The ``store`` fixture yields a fresh, migrated store on a table of its own per test (dropped
+afterwards), so that the generic store contract can run against it unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import pytest
+
+from _pg_server import PASSWORD_MARK, postgres_url  # noqa: F401
+from amo_oauth import StoreError
+from amo_oauth._records import Account, ConnectionRecord, ConnectionState, TokenSet
+from amo_oauth.stores import PostgresStore
+from amo_oauth.stores._protocol import AsyncStore, Claim, ClaimResult, FullStore, LedgerEntry
+
+psycopg = pytest.importorskip("psycopg")
+
+pytestmark = pytest.mark.services
+
+T = TypeVar("T")
+NOW = datetime.now(UTC)
+LATER = NOW + timedelta(minutes=10)
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+#: Long enough never to be reached by a waiter that is woken as it should be.
+FOREVER = 3600.0
+
+
+def unique_table() -> str:
+    return f"t_{uuid.uuid4().hex[:16]}"
+
+
+def drop_tables(url: str, table: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        for suffix in ("", "_ledger", "_schema"):
+            conn.execute(f'DROP TABLE IF EXISTS "{table}{suffix}"'.encode())
+
+
+@pytest.fixture
+def table(postgres_url: str) -> Iterator[str]:  # noqa: F811
+    """A table name no other test uses; its tables are dropped afterwards."""
+    name = unique_table()
+    yield name
+    drop_tables(postgres_url, name)
+
+
+@pytest.fixture
+def make_store(postgres_url: str, table: str) -> Iterator[Callable[..., PostgresStore]]:  # noqa: F811
+    """Build more store objects (each with its own pools) on the test's table."""
+    made: list[PostgresStore] = []
+
+    def make(**options: Any) -> PostgresStore:
+        made_store = PostgresStore(postgres_url, table=table, **options)
+        made.append(made_store)
+        return made_store
+
+    yield make
+    for each in made:
+        each.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., PostgresStore]) -> PostgresStore:
+    """A fresh, migrated store on a table of its own."""
+    fresh = make_store()
+    fresh.migrate()
+    return fresh
+
+
+def make_record(
+    connection_id: str = "c1",
+    *,
+    version: int = 1,
+    state: ConnectionState = ConnectionState.CONNECTED,
+    account_id: int | None = 42,
+    refresh_expires_at: datetime = T0 + timedelta(days=90),
+    host: str | None = "example.amocrm.ru",
+    integration: str | None = None,
+) -> ConnectionRecord:
+    return ConnectionRecord(
+        connection_id,
+        state=state,
+        version=version,
+        host=host,
+        tokens=TokenSet(
+            access_token=f"access-{connection_id}-{version}",
+            refresh_token=f"refresh-{connection_id}-{version}",
+            expires_at=T0 + timedelta(days=1),
+            refresh_expires_at=refresh_expires_at,
+        ),
+        account=None if account_id is None else Account(account_id, "example", "Example LLC"),
+        connected_at=T0,
+        updated_at=T0,
+        integration=integration,
+    )
+
+
+def run_together(count: int, task: Callable[[int], T]) -> list[T]:
+    """Run ``task(0..count-1)`` in ``count`` threads released at once; re-raise any failure."""
+    barrier = threading.Barrier(count)
+
+    def started(i: int) -> T:
+        barrier.wait(timeout=30)
+        return task(i)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(started, range(count)))
+
+
+def waiting_keys(store: PostgresStore) -> set[str]:
+    """The keys of the store's waiters that have read their record and sleep."""
+    with store._listener._cond:
+        groups = store._listener._waiters.items()
+        return {key for key, group in groups if any(waiter.parked for waiter in group)}
+
+
+def until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` until it holds (bounded by pytest's timeout, not asserted on)."""
+    while not condition():
+        time.sleep(0.005)
+
+
+def all_text(exc: BaseException) -> str:
+    """The message and repr of the exception and of every exception in its chain (what a
+    logged traceback shows, less the source lines)."""
+    texts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(texts) < 40:
+        texts += [str(seen), repr(seen), *traceback.format_exception_only(seen)]
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(texts)
+
+
+# -- the seam ------------------------------------------------------------------------------
+
+
+def test_store_implements_both_protocols(store: PostgresStore) -> None:
+    assert isinstance(store, FullStore)
+    assert isinstance(store, AsyncStore)
+
+
+# -- compare-and-set -----------------------------------------------------------------------
+
+
+def test_load_missing_is_none(store: PostgresStore) -> None:
+    assert store.load("nobody") is None
+
+
+def test_insert_once_and_keep_the_first(store: PostgresStore) -> None:
+    assert store.compare_and_set(make_record(host="first.amocrm.ru"), None) is True
+    assert store.compare_and_set(make_record(host="second.amocrm.ru"), None) is False
+    assert store.load("c1") == make_record(host="first.amocrm.ru")
+
+
+def test_update_needs_the_current_version(store: PostgresStore) -> None:
+    assert store.compare_and_set(make_record(), None)
+    assert store.compare_and_set(make_record(version=3, host="stale"), 2) is False
+    assert store.compare_and_set(make_record(version=2, host="new"), 1) is True
+    assert store.compare_and_set(make_record(version=3, host="stale"), 1) is False
+    assert store.load("c1") == make_record(version=2, host="new")
+
+
+def test_update_of_a_missing_record_creates_nothing(store: PostgresStore) -> None:
+    assert store.compare_and_set(make_record(version=2), 1) is False
+    assert store.load("c1") is None
+
+
+@pytest.mark.parametrize(("version", "expected"), [(0, None), (1, 1), (1, 2)])
+def test_version_must_increase(store: PostgresStore, version: int, expected: int | None) -> None:
+    with pytest.raises(ValueError, match="version"):
+        store.compare_and_set(make_record(version=version), expected)
+
+
+def test_numbers_beyond_bigint(store: PostgresStore) -> None:
+    with pytest.raises(ValueError, match="bigint"):
+        store.compare_and_set(make_record(version=2**63), None)
+    assert store.compare_and_set(make_record(), None)
+    assert store.delete("c1", 2**63) is False
+    assert store.find_by_account(2**63) == []
+
+
+def test_namespaced_record_round_trips(store: PostgresStore) -> None:
+    record = make_record("user-42/Ünïcode ✓", integration="client-id", account_id=7)
+    assert store.compare_and_set(record, None)
+    assert store.load(record.key) == record
+    assert store.load(record.connection_id) is None
+
+
+def test_delete_needs_the_current_version(store: PostgresStore) -> None:
+    assert store.compare_and_set(make_record(), None)
+    assert store.delete("c1", 2) is False
+    assert store.load("c1") is not None
+    assert store.delete("c1", 1) is True
+    assert store.load("c1") is None
+    assert store.delete("c1", 1) is False
+
+
+# -- the ledger ----------------------------------------------------------------------------
+
+
+def test_consume_state_once_and_for_the_same_holder(store: PostgresStore) -> None:
+    assert store.consume_state("n1", LATER) is True
+    assert store.consume_state("n1", LATER) is False
+    assert store.consume_state("n1", LATER, "digest-a") is False
+    assert store.consume_state("n2", LATER, "digest-a") is True
+    assert store.consume_state("n2", LATER, "digest-a") is True
+    assert store.consume_state("n2", LATER, "digest-b") is False
+    assert store.consume_state("n2", LATER) is False
+
+
+def test_expired_ledger_keys_are_free(store: PostgresStore) -> None:
+    assert store.consume_state("old", NOW - timedelta(minutes=1), "digest-a") is True
+    assert store.holder_of("old") is None
+    assert store.consume_state("old", LATER, "digest-b") is True
+    assert store.holder_of("old") == "digest-b"
+
+
+def test_consume_state_needs_an_aware_datetime(store: PostgresStore) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.consume_state("n1", datetime(2030, 1, 1))
+
+
+def test_holder_of(store: PostgresStore) -> None:
+    assert store.holder_of("n1") is None
+    assert store.consume_state("n1", LATER, "digest-a")
+    assert store.consume_state("n2", LATER)
+    assert store.holder_of("n1") == "digest-a"
+    assert store.holder_of("n2") is None  # held without a holder
+    assert store.consume_state("n1", LATER, "digest-b") is False  # holder_of took nothing
+
+
+def test_consume_state_race_has_one_winner_per_holder(store: PostgresStore) -> None:
+    holders = [f"digest-{i % 2}" for i in range(16)]
+    results = run_together(len(holders), lambda i: store.consume_state("n", LATER, holders[i]))
+    winners = {holders[i] for i, won in enumerate(results) if won}
+    assert len(winners) == 1
+    assert results.count(True) == 8
+
+
+def test_expired_ledger_keys_are_pruned(
+    store: PostgresStore,
+    make_store: Callable[..., PostgresStore],
+    postgres_url: str,  # noqa: F811
+) -> None:
+    for i in range(5):
+        assert store.consume_state(f"old-{i}", NOW - timedelta(minutes=1))
+    assert store.consume_state("live", LATER)
+
+    def count() -> int:
+        with psycopg.connect(postgres_url) as conn:
+            query = f'SELECT count(*) FROM "{store.table}_ledger"'.encode()
+            found: int = conn.execute(query).fetchone()[0]
+            return found
+
+    assert count() == 6
+    assert make_store().consume_state("new", LATER)  # a new store prunes on its first call
+    assert count() == 2
+
+
+# -- claim ---------------------------------------------------------------------------------
+
+
+def code_entry(holder: str = "c1", key: str = "code:" + "a" * 64) -> LedgerEntry:
+    return LedgerEntry(key, holder, LATER)
+
+
+def state_entry(holder: str = "digest-a", key: str = "nonce-1") -> LedgerEntry:
+    return LedgerEntry(key, holder, LATER)
+
+
+def test_claim_writes_all_three(store: PostgresStore) -> None:
+    claim = Claim(make_record(), None, code_entry(), state_entry())
+    assert store.claim(claim) is ClaimResult.CLAIMED
+    assert store.load("c1") == make_record()
+    assert store.holder_of("nonce-1") == "digest-a"
+    assert store.holder_of("code:" + "a" * 64) == "c1"
+    # The same holders pass again; only the record's version decides then.
+    again = Claim(make_record(version=2), 1, code_entry(), state_entry())
+    assert store.claim(again) is ClaimResult.CLAIMED
+    assert store.claim(again) is ClaimResult.RECORD_CHANGED
+
+
+def test_claim_without_state(store: PostgresStore) -> None:
+    assert store.claim(Claim(make_record(), None, code_entry())) is ClaimResult.CLAIMED
+    assert store.load("c1") == make_record()
+
+
+def test_claim_state_used_writes_nothing(store: PostgresStore) -> None:
+    assert store.consume_state("nonce-1", LATER, "digest-other")
+    result = store.claim(Claim(make_record(), None, code_entry(), state_entry()))
+    assert result is ClaimResult.STATE_USED
+    assert store.load("c1") is None
+    assert store.holder_of("code:" + "a" * 64) is None
+    assert store.holder_of("nonce-1") == "digest-other"
+
+
+def test_claim_code_taken_writes_nothing(store: PostgresStore) -> None:
+    assert store.consume_state("code:" + "a" * 64, LATER, "other-record")
+    result = store.claim(Claim(make_record(), None, code_entry(), state_entry()))
+    assert result is ClaimResult.CODE_TAKEN
+    assert store.load("c1") is None
+    assert store.holder_of("nonce-1") is None  # the state taken first was rolled back
+
+
+def test_claim_record_changed_writes_nothing(store: PostgresStore) -> None:
+    assert store.compare_and_set(make_record(), None)
+    result = store.claim(Claim(make_record(version=3), 2, code_entry(), state_entry()))
+    assert result is ClaimResult.RECORD_CHANGED
+    assert store.load("c1") == make_record()
+    assert store.holder_of("nonce-1") is None
+    assert store.holder_of("code:" + "a" * 64) is None
+    # Nothing was left taken, so another record may still claim the code.
+    other = Claim(make_record("c2"), None, code_entry("c2"), state_entry())
+    assert store.claim(other) is ClaimResult.CLAIMED
+
+
+def test_claim_checks_its_arguments_before_writing(store: PostgresStore) -> None:
+    with pytest.raises(ValueError, match="version"):
+        store.claim(Claim(make_record(version=1), 1, code_entry(), state_entry()))
+    naive = LedgerEntry("nonce-1", "digest-a", datetime(2030, 1, 1))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.claim(Claim(make_record(), None, code_entry(), naive))
+    assert store.holder_of("code:" + "a" * 64) is None
+
+
+def test_claim_race_has_one_winner(store: PostgresStore) -> None:
+    # 16 connections race for one code, each for its own record: one claims it.
+    results = run_together(
+        16, lambda i: store.claim(Claim(make_record(f"c{i}"), None, code_entry(f"c{i}")))
+    )
+    assert results.count(ClaimResult.CLAIMED) == 1
+    assert results.count(ClaimResult.CODE_TAKEN) == 15
+    winner = results.index(ClaimResult.CLAIMED)
+    assert store.holder_of("code:" + "a" * 64) == f"c{winner}"
+    assert [r.connection_id for r in store.find_by_account(42)] == [f"c{winner}"]
+
+
+# -- races ---------------------------------------------------------------------------------
+
+
+def test_thread_race_on_one_version_has_one_winner(store: PostgresStore) -> None:
+    assert store.compare_and_set(make_record(), None)
+    results = run_together(
+        32, lambda i: store.compare_and_set(make_record(version=2, host=f"h{i}"), 1)
+    )
+    assert results.count(True) == 1
+    assert store.load("c1") == make_record(version=2, host=f"h{results.index(True)}")
+
+
+def test_thread_race_to_insert_has_one_winner(store: PostgresStore) -> None:
+    results = run_together(32, lambda i: store.compare_and_set(make_record(host=f"h{i}"), None))
+    assert results.count(True) == 1
+    assert store.load("c1") == make_record(host=f"h{results.index(True)}")
+
+
+def test_two_stores_race_loses_no_update(
+    store: PostgresStore, make_store: Callable[..., PostgresStore]
+) -> None:
+    stores = [store, make_store()]
+    assert store.compare_and_set(make_record(host="0"), None)
+
+    def bump(i: int) -> int:
+        mine, conflicts, done = stores[i % 2], 0, 0
+        while done < 10:
+            current = mine.load("c1")
+            assert current is not None and current.host is not None
+            new = make_record(version=current.version + 1, host=str(int(current.host) + 1))
+            if mine.compare_and_set(new, current.version):
+                done += 1
+            else:
+                conflicts += 1
+        return conflicts
+
+    conflicts = run_together(8, bump)
+    final = store.load("c1")
+    assert final is not None
+    assert (final.version, final.host) == (81, "80")
+    assert sum(conflicts) > 0, "the threads never raced: the test proved nothing"
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+def test_find_by_account_by_key(store: PostgresStore) -> None:
+    for cid, account in [("b", 7), ("é", 7), ("Z", 7), ("a", 7), ("c", 8), ("d", None)]:
+        assert store.compare_and_set(make_record(cid, account_id=account), None)
+    assert [r.connection_id for r in store.find_by_account(7)] == ["Z", "a", "b", "é"]
+    assert store.find_by_account(8) == [make_record("c", account_id=8)]
+    assert store.find_by_account(9) == []
+    assert store.compare_and_set(make_record("a", version=2, account_id=8), 1)
+    assert store.delete("b", 1)
+    assert [r.connection_id for r in store.find_by_account(7)] == ["Z", "é"]
+
+
+def test_due_for_refresh_order_cutoff_and_limit(store: PostgresStore) -> None:
+    seeds = [
+        ("late", ConnectionState.CONNECTED, 30),
+        ("tie-b", ConnectionState.CONNECTED, 10),
+        ("tie-a", ConnectionState.CONNECTED, 10),
+        ("soon", ConnectionState.CONNECTED, 5),
+        ("error", ConnectionState.ERROR, 1),
+        ("after", ConnectionState.CONNECTED, 100),
+    ]
+    for cid, state, days in seeds:
+        record = make_record(cid, state=state, refresh_expires_at=T0 + timedelta(days=days))
+        assert store.compare_and_set(record, None)
+
+    def due(before: datetime, limit: int) -> list[str]:
+        return [r.connection_id for r in store.due_for_refresh(before, limit)]
+
+    assert due(T0 + timedelta(days=50), 10) == ["soon", "tie-a", "tie-b", "late"]
+    assert due(T0 + timedelta(days=50), 2) == ["soon", "tie-a"]
+    assert due(T0 + timedelta(days=10), 10) == ["soon"]  # strictly before
+    assert due(T0 + timedelta(days=50), 0) == []
+    with pytest.raises(ValueError, match="limit"):
+        store.due_for_refresh(T0, -1)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.due_for_refresh(datetime(2030, 1, 1), 1)
+
+
+# -- waiting for a change ------------------------------------------------------------------
+
+
+def test_wait_for_change_is_woken_by_another_store(
+    store: PostgresStore, make_store: Callable[..., PostgresStore]
+) -> None:
+    writer = make_store()  # another object, other pools: only NOTIFY can reach the waiter
+    assert writer.compare_and_set(make_record(), None)
+    returned = threading.Event()
+
+    def wait() -> None:
+        store.wait_for_change("c1", 1, FOREVER)
+        returned.set()
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    until(lambda: "c1" in waiting_keys(store))
+    assert not returned.is_set()
+    assert writer.compare_and_set(make_record(version=2), 1)
+    waiter.join(timeout=60)
+    assert returned.is_set(), "the waiter was not woken by the write"
+
+
+def test_wait_for_change_returns_at_once_when_the_version_differs(store: PostgresStore) -> None:
+    assert store.compare_and_set(make_record(version=3), None)
+    store.wait_for_change("c1", 2, FOREVER)  # would hang the test if it waited
+    store.wait_for_change("missing", 1, FOREVER)
+
+
+def test_wait_for_change_returns_at_its_timeout(store: PostgresStore) -> None:
+    assert store.compare_and_set(make_record(), None)
+    store.wait_for_change("c1", 1, 0.05)
+    store.wait_for_change("c1", 1, 0)
+    assert waiting_keys(store) == set()
+
+
+def test_wait_for_change_survives_a_lost_listener(
+    store: PostgresStore, make_store: Callable[..., PostgresStore]
+) -> None:
+    assert store.compare_and_set(make_record(), None)
+    store.wait_for_change("c1", 1, 0)  # starts the listener
+    with psycopg.connect(store._conninfo, autocommit=True) as conn:
+        killed = conn.execute(
+            b"SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            b" WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    assert killed
+    until(lambda: not store._listener._ready)
+    # The next wait listens again, and is woken by a write as before.
+    returned = threading.Event()
+    waiter = threading.Thread(
+        target=lambda: (store.wait_for_change("c1", 1, FOREVER), returned.set()), daemon=True
+    )
+    waiter.start()
+    until(lambda: "c1" in waiting_keys(store))
+    assert make_store().compare_and_set(make_record(version=2), 1)
+    waiter.join(timeout=60)
+    assert returned.is_set()
+
+
+# -- awaited operations --------------------------------------------------------------------
+
+
+def test_async_operations(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_threads(*_: object, **__: object) -> None:
+        raise AssertionError("an awaited call used a worker thread")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_threads)
+
+    async def main() -> None:
+        assert await store.aload("c1") is None
+        assert await store.acompare_and_set(make_record(), None) is True
+        assert await store.acompare_and_set(make_record(), None) is False
+        assert await store.acompare_and_set(make_record(version=2), 1) is True
+        assert await store.aload("c1") == make_record(version=2)
+        assert await store.afind_by_account(42) == [make_record(version=2)]
+        due = await store.adue_for_refresh(T0 + timedelta(days=365), 10)
+        assert due == [make_record(version=2)]
+        assert await store.aconsume_state("n1", LATER, "digest-a") is True
+        assert await store.aconsume_state("n1", LATER, "digest-b") is False
+        assert await store.aholder_of("n1") == "digest-a"
+        claim = Claim(make_record("c2"), None, code_entry("c2"), state_entry("d", "nonce-2"))
+        assert await store.aclaim(claim) is ClaimResult.CLAIMED
+        changed = Claim(make_record("c2", version=5), 3, code_entry("c2", "code:b"))
+        assert await store.aclaim(changed) is ClaimResult.RECORD_CHANGED
+        assert await store.aholder_of("code:b") is None
+        assert await store.adelete("c1", 1) is False
+        assert await store.adelete("c1", 2) is True
+        assert store.load("c1") is None  # the blocking pool sees the awaited writes
+        await store.aclose()
+
+    asyncio.run(main())
+    with pytest.raises(StoreError, match="closed"):
+        store.load("c1")
+
+
+def test_await_for_change_is_woken_by_a_blocking_write(
+    store: PostgresStore, make_store: Callable[..., PostgresStore]
+) -> None:
+    writer = make_store()
+    assert writer.compare_and_set(make_record(), None)
+
+    async def main() -> None:
+        waiting = asyncio.create_task(store.await_for_change("c1", 1, FOREVER))
+        while "c1" not in waiting_keys(store):
+            await asyncio.sleep(0.005)
+        assert not waiting.done()
+        write = threading.Thread(target=writer.compare_and_set, args=(make_record(version=2), 1))
+        write.start()
+        await asyncio.wait_for(waiting, 60)
+        write.join()
+        await store.await_for_change("c1", 1, FOREVER)  # differs now: returns at once
+        await store.await_for_change("c1", 2, 0.01)  # at its timeout
+        await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_many_waiters_share_one_listening_connection(
+    store: PostgresStore, make_store: Callable[..., PostgresStore]
+) -> None:
+    writer = make_store()
+    for i in range(8):
+        assert writer.compare_and_set(make_record(f"c{i}"), None)
+
+    async def main() -> None:
+        waits = [asyncio.create_task(store.await_for_change(f"c{i}", 1, FOREVER)) for i in range(8)]
+        while len(waiting_keys(store)) < 8:
+            await asyncio.sleep(0.005)
+        with psycopg.connect(store._conninfo) as conn:
+            listening = conn.execute(
+                b"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'"
+            ).fetchone()[0]
+        assert listening == 1
+        for i in range(8):
+            assert await store.acompare_and_set(make_record(f"c{i}", version=2), 1)
+        await asyncio.wait_for(asyncio.gather(*waits), 60)
+        await store.aclose()
+
+    asyncio.run(main())
+
+
+# -- schema --------------------------------------------------------------------------------
+
+
+def test_migrate_is_idempotent(store: PostgresStore, postgres_url: str) -> None:  # noqa: F811
+    assert store.compare_and_set(make_record(), None)
+    store.migrate()
+    store.migrate()
+    assert store.load("c1") == make_record()
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute(f'SELECT version FROM "{store.table}_schema"'.encode()).fetchall()
+    assert rows == [(1,)]
+
+
+def test_concurrent_migrations(make_store: Callable[..., PostgresStore]) -> None:
+    stores = [make_store() for _ in range(4)]
+    run_together(4, lambda i: stores[i].migrate())
+    assert stores[0].compare_and_set(make_record(), None)
+
+
+def test_calls_before_migrate_say_so(make_store: Callable[..., PostgresStore]) -> None:
+    fresh = make_store()
+    for call in (
+        lambda: fresh.load("c1"),
+        lambda: fresh.compare_and_set(make_record(), None),
+        lambda: fresh.consume_state("n", LATER),
+        lambda: fresh.claim(Claim(make_record(), None, code_entry())),
+    ):
+        with pytest.raises(StoreError, match="run amo-oauth migrate"):
+            call()
+    with pytest.raises(StoreError, match="run amo-oauth migrate"):
+        asyncio.run(fresh.aload("c1"))
+
+
+def test_newer_schema_is_refused(store: PostgresStore, postgres_url: str) -> None:  # noqa: F811
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute(f'INSERT INTO "{store.table}_schema" VALUES (2)'.encode())
+    with pytest.raises(StoreError, match="schema version 2"):
+        store.migrate()
+
+
+def test_schema_qualified_table(postgres_url: str) -> None:  # noqa: F811
+    schema = unique_table()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
+    qualified = PostgresStore(postgres_url, table=f"{schema}.records")
+    try:
+        qualified.migrate()
+        assert qualified.compare_and_set(make_record(), None)
+        assert qualified.load("c1") == make_record()
+    finally:
+        qualified.close()
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
+
+
+@pytest.mark.parametrize(
+    "name", ["", "Upper", "with-dash", 'quo"te', "a.b.c", "1st", "x" * 41, "s.", "; drop"]
+)
+def test_bad_table_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="table"):
+        PostgresStore("postgresql://u@127.0.0.1/app", table=name)
+
+
+# -- secrets and failures ------------------------------------------------------------------
+
+
+def test_repr_names_host_and_database_not_the_password(store: PostgresStore) -> None:
+    assert PASSWORD_MARK in store._conninfo  # the fixture's URL carries a password
+    text = repr(store)
+    assert "127.0.0.1" in text
+    assert "amo_test" in text
+    assert PASSWORD_MARK not in text
+    assert "amo_test:" not in text
+
+
+def test_errors_never_show_the_password(make_store: Callable[..., PostgresStore]) -> None:
+    with pytest.raises(StoreError) as missing:
+        make_store().load("c1")  # no table yet
+    text = all_text(missing.value)
+    assert "127.0.0.1/amo_test" in str(missing.value)
+    assert PASSWORD_MARK not in text
+
+
+def test_wrong_password_is_store_error_without_it(postgres_url: str) -> None:  # noqa: F811
+    wrong = postgres_url.replace(PASSWORD_MARK, "pw-Wr0ng-")
+    bad = PostgresStore(wrong, timeout=2)
+    try:
+        with pytest.raises(StoreError) as caught:
+            bad.load("c1")
+    finally:
+        bad.close()
+    assert "127.0.0.1/amo_test" in str(caught.value)
+    assert "pw-Wr0ng-" not in all_text(caught.value)
+
+
+def test_malformed_conninfo_is_not_quoted() -> None:
+    with pytest.raises(ValueError, match="conninfo") as caught:
+        PostgresStore("host=127.0.0.1 password=pw-Secr3t-x dbname")
+    assert "pw-Secr3t-x" not in all_text(caught.value)
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port  # nothing listens there once the probe is closed
+
+
+def test_server_down_is_store_error() -> None:
+    url = f"postgresql://amo:pw-Secr3t-down@127.0.0.1:{closed_port()}/app"
+    down = PostgresStore(url, timeout=1)
+    try:
+        for call in (
+            lambda: down.load("c1"),
+            lambda: down.migrate(),
+            lambda: down.wait_for_change("c1", 0, FOREVER),
+            lambda: asyncio.run(down.aload("c1")),
+            lambda: asyncio.run(down.await_for_change("c1", 0, FOREVER)),
+        ):
+            with pytest.raises(StoreError, match=r"127\.0\.0\.1/app") as caught:
+                call()
+            assert "pw-Secr3t-down" not in all_text(caught.value)
+    finally:
+        down.close()
+
+
+def test_closed_store_refuses_calls(store: PostgresStore) -> None:
+    assert store.compare_and_set(make_record(), None)
+    store.close()
+    store.close()
+    calls: list[Callable[[], object]] = [
+        lambda: store.load("c1"),
+        lambda: store.compare_and_set(make_record(version=2), 1),
+        lambda: store.delete("c1", 1),
+        lambda: store.consume_state("n", LATER),
+        lambda: store.holder_of("n"),
+        lambda: store.claim(Claim(make_record(version=2), 1, code_entry())),
+        lambda: store.find_by_account(42),
+        lambda: store.due_for_refresh(T0, 10),
+        lambda: store.wait_for_change("c1", 1, FOREVER),
+        lambda: asyncio.run(store.aload("c1")),
+        lambda: asyncio.run(store.await_for_change("c1", 1, FOREVER)),
+    ]
+    for call in calls:
+        with pytest.raises(StoreError, match="closed"):
+            call()
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"min_size": 3, "max_size": 2}, "min_size"),
+        ({"max_size": 0, "min_size": 0}, "max_size"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+    ],
+)
+def test_bad_options_are_refused(options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        PostgresStore("postgresql://u@127.0.0.1/app", **options)
