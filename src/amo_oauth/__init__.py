@@ -5,6 +5,8 @@ The connection lifecycle is an explicit state machine
 once however often it arrives, and refresh tokens are spent single-flight across processes.
 """
 
+from typing import TYPE_CHECKING
+
 from ._auth import ConnectionAuth
 from ._config import Config
 from ._errors import (
@@ -29,6 +31,9 @@ from ._results import AuthorizationRequest, CallbackResult, Outcome, RefreshRepo
 from ._service import AmoOAuth, AsyncAmoOAuth
 from .stores import MemoryStore, SQLiteStore, Store
 
+if TYPE_CHECKING:
+    from .stores.redis import RedisStore
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "Outcome",
     "ProviderError",
     "ReauthorizationRequired",
+    "RedisStore",
     "RefreshReport",
     "SQLiteStore",
     "SeenCode",
@@ -59,3 +65,17 @@ __all__ = [
     "TokenSet",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``RedisStore``, imported when first asked for (it needs the ``redis`` extra).
+
+    Raises:
+        ImportError: ``RedisStore`` without the ``redis`` package.
+        AttributeError: any other unknown name.
+    """
+    if name == "RedisStore":
+        from . import stores
+
+        return stores.RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
