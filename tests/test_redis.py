@@ -8,6 +8,7 @@ plugs into.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import threading
@@ -729,6 +730,22 @@ def test_server_down_is_store_error_quickly() -> None:
         run_async(store, main)
     finally:
         store.close()
+
+
+def test_silent_server_is_store_error_not_a_hang() -> None:
+    # A server that accepts connections and never answers: the socket timeout ends the call.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
+        store = RedisStore(url, prefix=unique_prefix(), timeout=0.5)
+        try:
+            with pytest.raises(StoreError, match="TimeoutError") as caught:
+                store.load("c1")
+            assert_no_secret(caught.value, REDIS_PASSWORD)
+        finally:
+            store.close()
 
 
 def test_wrong_password_names_neither_password(redis_url: str) -> None:  # noqa: F811
