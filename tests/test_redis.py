@@ -557,6 +557,27 @@ def test_waiters_share_one_subscription(
         assert not thread.is_alive()
 
 
+def test_a_lost_subscription_wakes_waiters_and_is_replaced(
+    make_store: Callable[..., RedisStore], raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waiter = make_store()
+    writer = make_store(waiter.prefix)
+    loaded = spy_loads(waiter, monkeypatch)
+    thread = threading.Thread(target=waiter.wait_for_change, args=("c1", 0, LONG_WAIT))
+    thread.start()
+    assert loaded.acquire(timeout=JOIN)
+    assert raw.client_kill_filter(_type="pubsub") >= 1
+    thread.join(JOIN)  # woken early: it may have missed a change while unsubscribed
+    assert not thread.is_alive()
+    # The next waiter subscribes again, and is woken by a write.
+    thread = threading.Thread(target=waiter.wait_for_change, args=("c1", 0, LONG_WAIT))
+    thread.start()
+    assert loaded.acquire(timeout=JOIN)
+    assert writer.compare_and_set(make_record(), None)
+    thread.join(JOIN)
+    assert not thread.is_alive()
+
+
 def test_wait_returns_at_once_when_the_version_differs(store: RedisStore) -> None:
     assert store.compare_and_set(make_record(version=3), None)
     store.wait_for_change("c1", 2, LONG_WAIT)  # returns: the test would time out otherwise
