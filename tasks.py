@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".amo_oauth-installed"
-EXTRAS = "dev,fastapi,flask,docs,postgres"
+EXTRAS = "dev,fastapi,flask,docs,postgres,redis"
 
 
 def run(*argv: str | Path) -> None:

@@ -4,7 +4,8 @@ The connection lifecycle is an explicit state machine
 (disconnected -> code_received -> exchanged -> connected / error): a code is exchanged at most
 once however often it arrives, and refresh tokens are spent single-flight across processes.
 
-``PostgresStore`` is imported on first access: it needs the ``postgres`` extra.
+``PostgresStore`` and ``RedisStore`` are imported on first access: they need the ``postgres``
+and ``redis`` extras.
 """
 
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ from .stores import AsyncStore, MemoryStore, SQLiteStore, Store
 
 if TYPE_CHECKING:
     from .stores.postgres import PostgresStore
+    from .stores.redis import RedisStore
 
 __version__ = "0.1.0"
 
@@ -60,6 +62,7 @@ __all__ = [
     "PostgresStore",
     "ProviderError",
     "ReauthorizationRequired",
+    "RedisStore",
     "RefreshReport",
     "SQLiteStore",
     "SeenCode",
@@ -71,14 +74,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """Import ``PostgresStore`` when first asked for (it needs psycopg: ``amo_oauth[postgres]``).
+    """Import ``PostgresStore`` or ``RedisStore`` when first asked for (they need the
+    ``postgres`` and ``redis`` extras).
 
     Raises:
-        ImportError: ``PostgresStore`` without psycopg installed.
+        ImportError: the store's extra is not installed.
         AttributeError: any other unknown name.
     """
-    if name == "PostgresStore":
-        from .stores.postgres import PostgresStore
+    if name in ("PostgresStore", "RedisStore"):
+        from . import stores
 
-        return PostgresStore
+        return getattr(stores, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
