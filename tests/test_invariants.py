@@ -57,6 +57,7 @@ from amo_oauth import (
 )
 from amo_oauth._records import MAX_CODE_DIGESTS, code_digest, record_key
 from amo_oauth._state_token import issue_state
+from amo_oauth.stores import BaseStore
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import STATE_SECRET, config_for, query_of
@@ -85,8 +86,11 @@ DAYS = st.integers(1, 100).map(lambda n: timedelta(days=n))
 DURATIONS = st.one_of(MINUTES, MINUTES, HOURS, HOURS, DAYS)
 
 
-class RecordingStore:
-    """A MemoryStore that remembers every record it wrote (so every refresh token it held)."""
+class RecordingStore(BaseStore):
+    """A MemoryStore that remembers every record it wrote (so every refresh token it held).
+
+    Its ``claim`` is ``BaseStore``'s, made of the calls below, so claims are recorded too.
+    """
 
     def __init__(self) -> None:
         self.inner = MemoryStore()
@@ -102,7 +106,10 @@ class RecordingStore:
         return won
 
     def delete(self, connection_id: str, expected_version: int) -> bool:
-        raise AssertionError("the service never deletes a record")
+        raise AssertionError("the service never deletes a record stored under a namespaced key")
+
+    def holder_of(self, key: str) -> str | None:
+        return self.inner.holder_of(key)
 
     def consume_state(self, nonce: str, expires_at: datetime, holder: str = "") -> bool:
         return self.inner.consume_state(nonce, expires_at, holder)
