@@ -160,6 +160,7 @@ import time
 import pytest
 
 from amo_oauth.stores import MemoryStore
+from amo_oauth.stores._common import check_write
 from amo_oauth.stores._protocol import ClaimResult
 from amo_oauth.testing import StoreContract
 
@@ -167,6 +168,7 @@ from amo_oauth.testing import StoreContract
 class RacyStore(MemoryStore):
     # Checks the version under the lock, lets go of it, then writes: not atomic.
     def compare_and_set(self, record, expected_version):
+        check_write(record, expected_version)
         current = self.load(record.key)
         if (None if current is None else current.version) != expected_version:
             return False
@@ -214,9 +216,31 @@ def test_the_contract_fails_broken_stores(pytester: pytest.Pytester) -> None:
     assert not {name for name in failed if "::TestHonest::" in name}
     # ... and each broken one fails the case that checks what it broke.
     assert "test_broken.py::TestRacy::test_thread_race_loses_no_update" in failed
+    racy_failures = {name for name in failed if "::TestRacy::" in name}
+    assert all("race" in name for name in racy_failures), racy_failures
     assert "test_broken.py::TestClaimWritesAnyway::test_claim_code_taken_writes_nothing" in failed
     claim_failures = {name for name in failed if "::TestClaimWritesAnyway::" in name}
     assert all("claim" in name for name in claim_failures), claim_failures
+
+
+def test_importing_the_library_needs_no_test_tools() -> None:
+    probe = (
+        "import sys, amo_oauth, amo_oauth.testing; "
+        "print(sorted(m for m in sys.modules if m == 'amo_oauth.testing._contract' "
+        "or m.partition('.')[0] in ('pytest', '_pytest', 'hypothesis')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
+    named = (
+        "from amo_oauth.testing import StoreContract; import sys; "
+        "print('hypothesis' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", named], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "True"
 
 
 # -- MemoryStore's own promises ------------------------------------------------------------
@@ -238,7 +262,7 @@ def test_memory_store_awaits_without_worker_threads() -> None:
         asyncio.get_running_loop().set_default_executor(_NoThreads())
         assert await store.acompare_and_set(record, None)
         assert await store.aload("c1") == record
-        assert await store.aconsume_state("n", NOW + timedelta(minutes=1), "d") is True
+        assert await store.aconsume_state("n", datetime.now(UTC) + timedelta(hours=1), "d")
         assert await store.aholder_of("n") == "d"
         assert await store.afind_by_account(42) == [record]
         assert await store.adue_for_refresh(T0 + timedelta(days=365), 10) == [record]
