@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import threading
 from datetime import datetime
 
 from .._errors import StoreError
 from .._records import ConnectionRecord
+from ._protocol import Claim
 
-__all__ = ["check_limit", "check_write", "closed_error", "require_aware"]
+__all__ = [
+    "check_claim",
+    "check_limit",
+    "check_write",
+    "closed_error",
+    "require_aware",
+    "wait_seconds",
+]
 
 
 def check_write(record: ConnectionRecord, expected_version: int | None) -> None:
@@ -26,17 +36,46 @@ def check_write(record: ConnectionRecord, expected_version: int | None) -> None:
 
 def require_aware(moment: datetime, name: str) -> datetime:
     """``moment`` itself; a naive datetime would compare as local time in one store and fail in
-    another, so every store refuses it."""
+    another, so every store refuses it.
+
+    Raises:
+        ValueError: ``moment`` is naive.
+    """
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware")
     return moment
 
 
+def check_claim(claim: Claim) -> None:
+    """Refuse a claim ``BaseStore.claim`` would refuse, before anything is taken or written.
+
+    Raises:
+        ValueError: the record's version does not move past ``claim.expected_version``, or a
+            ledger entry's ``expires_at`` is naive.
+    """
+    check_write(claim.record, claim.expected_version)
+    require_aware(claim.code.expires_at, "expires_at")
+    if claim.state is not None:
+        require_aware(claim.state.expires_at, "expires_at")
+
+
 def check_limit(limit: int) -> int:
-    """``limit`` itself when it is >= 0 (SQL would read a negative LIMIT as "no limit")."""
+    """``limit`` itself when it is >= 0 (SQL would read a negative LIMIT as "no limit").
+
+    Raises:
+        ValueError: ``limit`` is negative.
+    """
     if limit < 0:
         raise ValueError("limit must be >= 0")
     return limit
+
+
+def wait_seconds(timeout: float) -> float:
+    """``timeout`` (seconds) as a wait primitives accept it: a negative or NaN one is 0, an
+    infinite or huge one ``threading.TIMEOUT_MAX``."""
+    if math.isnan(timeout) or timeout <= 0:
+        return 0.0
+    return min(float(timeout), threading.TIMEOUT_MAX)
 
 
 def closed_error() -> StoreError:

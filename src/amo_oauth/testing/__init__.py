@@ -15,13 +15,24 @@ with fake.serve() as served:                           # real HTTP on 127.0.0.1
 
 The fake reproduces the amoCRM protocol as the project documents it (collected from public
 docs and SDKs); it was not checked against a live account.
+
+``StoreContract`` is the store conformance suite, a pytest test class to subclass with one
+``store`` fixture (see ``docs/testing.md``). It needs ``pytest`` and ``hypothesis``, so it is
+imported only when first named: ``import amo_oauth.testing`` does not need them.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from ._clock import Clock, FakeClock
 from ._fake import FakeAmoCRM, LeadsSpec
 from ._server import ServedFake
 from ._transport import AsyncLoopbackTransport, LoopbackTransport
 from ._types import FakeResponse, FaultKind, RequestRecord
+
+if TYPE_CHECKING:
+    from ._contract import StoreContract
 
 __all__ = [
     "AsyncLoopbackTransport",
@@ -34,4 +45,14 @@ __all__ = [
     "LoopbackTransport",
     "RequestRecord",
     "ServedFake",
+    "StoreContract",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # StoreContract imports pytest and hypothesis: load it on first use only.
+    if name == "StoreContract":
+        from ._contract import StoreContract
+
+        return StoreContract
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

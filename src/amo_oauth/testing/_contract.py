@@ -1,0 +1,1079 @@
+"""``StoreContract``: the conformance suite every store passes, as a pytest test class.
+
+```python
+import pytest
+
+from amo_oauth.testing import StoreContract
+
+
+class TestMyStore(StoreContract):
+    @pytest.fixture
+    def store(self, tmp_path):
+        s = MyStore(tmp_path / "db")
+        yield s
+        s.close()
+```
+
+The subclass gives one fixture, ``store``: a new, empty store per test (a ``Store``, an
+``AsyncStore``, or both), closed by the fixture after the test. Every case then runs against it:
+the compare-and-set on ``version``, deletes, the single-use ledger (``consume_state``,
+``holder_of``), ``claim``, ``wait_for_change``, the queries, ``close``, thread races that prove
+the writes atomic, and property tests over any record. The operations a store lacks are taken
+from ``BaseStore`` (``as_full_store``) and its awaitable side from ``as_async_store``, exactly as
+the service does; cases about ``holder_of`` are skipped for a store that keeps ``BaseStore``'s
+default (which reads nothing).
+
+Optional hooks:
+
+- ``failing_store`` (fixture): a store whose backend fails on every call, to check that every
+  failure reaches callers as ``StoreError``. By default, the ``store`` fixture's store closed.
+- ``run_async(self, main)``: runs one coroutine for the async cases; ``asyncio.run`` by default.
+
+The cases use only the store's public operations, wait with generous bounds (30 seconds) that
+only a hung store reaches, and assert no durations. Importing this module needs ``pytest`` and
+``hypothesis`` (``pip install amo_oauth[dev]``); ``import amo_oauth`` and
+``import amo_oauth.testing`` do not import it until ``StoreContract`` is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .._errors import StoreError
+from .._records import (
+    Account,
+    ConnectionRecord,
+    ConnectionState,
+    ErrorInfo,
+    Lease,
+    SeenCode,
+    TokenSet,
+    code_digest,
+)
+from ..stores._base import AsyncBaseStore, BaseStore, as_async_store, as_full_store
+from ..stores._protocol import AsyncStore, Claim, ClaimResult, FullStore, LedgerEntry, Store
+
+__all__ = ["StoreContract"]
+
+T = TypeVar("T")
+AnyStore = Store | AsyncStore
+
+#: A fixed moment for record contents (never compared with the real clock).
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+#: How long a thread or task may take to finish where a working store finishes at once. Only a
+#: hung store reaches it; no case measures time.
+HANG = 30.0
+#: A wait a working store ends early: far longer than any test may take.
+FOREVER = 3600.0
+
+
+def later(minutes: float = 10) -> datetime:
+    """A ledger expiry ``minutes`` from now (aware, real clock)."""
+    return datetime.now(UTC) + timedelta(minutes=minutes)
+
+
+def make_record(
+    connection_id: str = "c1",
+    *,
+    version: int = 1,
+    state: ConnectionState = ConnectionState.CONNECTED,
+    account_id: int | None = 42,
+    refresh_expires_at: datetime = T0 + timedelta(days=90),
+    host: str | None = "example.amocrm.ru",
+    integration: str | None = None,
+    widget: bool = False,
+) -> ConnectionRecord:
+    """A connected record whose tokens name its id and version."""
+    return ConnectionRecord(
+        connection_id,
+        state=state,
+        version=version,
+        host=host,
+        tokens=TokenSet(
+            access_token=f"access-{connection_id}-{version}",
+            refresh_token=f"refresh-{connection_id}-{version}",
+            expires_at=T0 + timedelta(days=1),
+            refresh_expires_at=refresh_expires_at,
+        ),
+        account=None if account_id is None else Account(account_id, "example", "Example LLC"),
+        connected_at=T0,
+        updated_at=T0,
+        integration=integration,
+        widget=widget,
+    )
+
+
+def full_record() -> ConnectionRecord:
+    """A record with every field set, its datetimes in three different offsets."""
+    msk = timezone(timedelta(hours=3))
+    return ConnectionRecord(
+        "user-42/Ünïcode ✓",
+        state=ConnectionState.ERROR,
+        version=7,
+        host="acme.kommo.com",
+        tokens=TokenSet(
+            access_token="eyJ0eXAiOiJKV1Qi.access",
+            refresh_token="def50200.refresh",
+            expires_at=datetime(2025, 3, 2, 15, 0, 0, 123456, tzinfo=msk),
+            refresh_expires_at=datetime(2025, 5, 30, 12, 0, tzinfo=UTC),
+            token_type="bearer",
+        ),
+        account=Account(31234567, "acme", 'ООО "Акме"'),
+        error=ErrorInfo("verify_failed", "hint: a:b%c", datetime(2025, 3, 1, 9, 30, tzinfo=msk)),
+        seen_codes=(SeenCode("a" * 64, T0), SeenCode("b" * 64, datetime(2025, 3, 1, tzinfo=msk))),
+        lease=Lease("worker-7", "refresh", datetime(2025, 3, 1, 9, 31, tzinfo=UTC)),
+        connected_at=datetime(2025, 2, 1, 0, 0, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+        updated_at=datetime(2025, 3, 1, 9, 30, 0, 1, tzinfo=UTC),
+        integration="client:id%7",
+        widget=True,
+    )
+
+
+def offsets(record: ConnectionRecord) -> list[timedelta | None]:
+    """The UTC offset of every datetime in ``record`` (== on datetimes ignores them)."""
+    moments = [record.connected_at, record.updated_at]
+    if record.tokens:
+        moments += [record.tokens.expires_at, record.tokens.refresh_expires_at]
+    moments += [record.error.at if record.error else None]
+    moments += [record.lease.expires_at if record.lease else None]
+    moments += [seen.at for seen in record.seen_codes]
+    return [moment.utcoffset() if moment else None for moment in moments]
+
+
+def kept_offsets(loaded: ConnectionRecord, given: ConnectionRecord) -> bool:
+    """A store keeps either the offsets it was given (in memory) or UTC (serialized)."""
+    utc = [None if offset is None else timedelta(0) for offset in offsets(given)]
+    return offsets(loaded) in (offsets(given), utc)
+
+
+def make_claim(
+    connection_id: str = "c1",
+    code: str = "code-1",
+    state: str | None = "state-1",
+    *,
+    version: int = 1,
+    expected_version: int | None = None,
+) -> Claim:
+    """The claim of ``code`` (with ``state``) for a record ``connection_id``, as the service
+    builds it: the state held by the code's digest, the code held by the record's key."""
+    record = make_record(connection_id, version=version, state=ConnectionState.EXCHANGED)
+    digest = code_digest(code)
+    return Claim(
+        record=record,
+        expected_version=expected_version,
+        code=LedgerEntry(f"code:{digest}", record.key, later()),
+        state=None if state is None else LedgerEntry(state, digest, later()),
+    )
+
+
+def run_together(count: int, task: Callable[[int], T]) -> list[T]:
+    """Run ``task(0..count-1)`` in ``count`` threads released at once; re-raise any failure."""
+    barrier = threading.Barrier(count)
+
+    def started(i: int) -> T:
+        barrier.wait(timeout=HANG)
+        return task(i)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(started, range(count)))
+
+
+def increment(store: FullStore, key: str, times: int, pause: float) -> int:
+    """Add 1 to the record's version and to the counter kept in its ``host``, ``times`` times,
+    reloading after every lost compare-and-set. ``pause`` seconds between the load and the write
+    let other threads in. Returns how many compare-and-sets lost."""
+    conflicts = done = 0
+    while done < times:
+        current = store.load(key)
+        assert current is not None
+        time.sleep(pause)
+        bumped = attrs.evolve(
+            current, version=current.version + 1, host=str(int(current.host or "0") + 1)
+        )
+        if store.compare_and_set(bumped, current.version):
+            done += 1
+        else:
+            conflicts += 1
+    return conflicts
+
+
+def not_store_errors(calls: dict[str, Callable[[], object]]) -> dict[str, str]:
+    """What each call that did not raise ``StoreError`` did instead, by name."""
+    outcomes: dict[str, str] = {}
+    for name, call in calls.items():
+        try:
+            call()
+        except StoreError:
+            continue
+        except Exception as exc:  # which exception it is is what is checked
+            outcomes[name] = f"raised {type(exc).__name__}"
+        else:
+            outcomes[name] = "raised nothing"
+    return outcomes
+
+
+def version_of(record: ConnectionRecord | None) -> int:
+    return 0 if record is None else record.version
+
+
+def reads_ledger(full: FullStore) -> bool:
+    """False for a store keeping ``BaseStore.holder_of``, which reads nothing (always None)."""
+    default: object = BaseStore.holder_of
+    return type(full).holder_of is not default
+
+
+def async_reads_ledger(store: AnyStore) -> bool:
+    """``reads_ledger`` for the store's awaitable side."""
+    if isinstance(store, AsyncStore):
+        default: object = AsyncBaseStore.aholder_of
+        return type(store).aholder_of is not default
+    return reads_ledger(as_full_store(store))
+
+
+class _Waiter(threading.Thread):
+    """A thread waiting until the record under ``key`` is no longer at ``version``; loops over
+    ``wait_for_change`` (which may return early). ``seen`` is the version it saw last."""
+
+    def __init__(self, store: FullStore, key: str, version: int) -> None:
+        super().__init__(daemon=True)
+        self.store, self.key, self.version = store, key, version
+        self.seen = version
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while self.seen == self.version:
+                self.store.wait_for_change(self.key, self.version, FOREVER)
+                self.seen = version_of(self.store.load(self.key))
+        except BaseException as exc:  # handed to the test thread
+            self.error = exc
+
+    def finish(self) -> None:
+        self.join(HANG)
+        assert not self.is_alive(), "wait_for_change did not return after the record changed"
+        if self.error is not None:
+            raise self.error
+
+
+# -- any record ----------------------------------------------------------------------------
+
+# Whole-minute offsets, as every real zone has today, and years far from datetime's limits
+# (a store may keep UTC, and converting year 1 or 9999 at an offset would overflow).
+_offsets = st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+_aware = st.datetimes(
+    min_value=datetime(1900, 1, 1), max_value=datetime(9000, 1, 1), timezones=_offsets
+)
+_texts = st.text(max_size=40)
+_records = st.builds(
+    ConnectionRecord,
+    connection_id=st.text(min_size=1, max_size=40),
+    state=st.sampled_from(ConnectionState),
+    version=st.integers(1, 2**31),
+    host=st.none() | _texts,
+    tokens=st.none()
+    | st.builds(
+        TokenSet,
+        access_token=_texts,
+        refresh_token=_texts,
+        expires_at=_aware,
+        refresh_expires_at=_aware,
+        token_type=_texts,
+    ),
+    account=st.none() | st.builds(Account, id=st.integers(1, 2**53), subdomain=_texts, name=_texts),
+    error=st.none() | st.builds(ErrorInfo, reason=_texts, hint=st.none() | _texts, at=_aware),
+    seen_codes=st.lists(
+        st.builds(SeenCode, st.text("0123456789abcdef", min_size=64, max_size=64), _aware),
+        max_size=4,
+    ).map(tuple),
+    lease=st.none()
+    | st.builds(
+        Lease, owner=_texts, purpose=st.sampled_from(["exchange", "refresh"]), expires_at=_aware
+    ),
+    connected_at=st.none() | _aware,
+    updated_at=st.none() | _aware,
+    integration=st.none() | _texts,
+    widget=st.booleans(),
+)
+# A write: (which key, insert/update/delete, how the expected version relates to the stored one).
+_writes = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b"]),
+        st.sampled_from(["insert", "update", "delete"]),
+        st.integers(-1, 1),
+    ),
+    max_size=30,
+)
+# One store serves every example on purpose: records pile up in it as they would in use.
+_shared_store = settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors],
+)
+
+
+class StoreContract:
+    """The store conformance suite: subclass it as ``Test<YourStore>`` and give a ``store``
+    fixture (a new, empty ``Store`` and/or ``AsyncStore`` per test, closed after it).
+
+    Optional: override the ``failing_store`` fixture (a store whose backend fails; default: the
+    ``store`` closed) and ``run_async`` (how async cases run; default ``asyncio.run``). See the
+    module docstring. Needs ``pytest`` and ``hypothesis``.
+    """
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    @pytest.fixture
+    def failing_store(self, store: AnyStore) -> AnyStore:
+        """A store every call of which fails: by default ``store``, closed."""
+        if isinstance(store, Store):
+            store.close()
+        else:
+            self.run_async(store.aclose())
+        return store
+
+    @pytest.fixture
+    def full_store(self, store: AnyStore) -> FullStore:
+        """``store`` with every ``FullStore`` operation (``as_full_store``)."""
+        if not isinstance(store, Store):
+            pytest.skip("the store has no blocking operations")
+        return as_full_store(store)
+
+    @pytest.fixture
+    def async_store(self, store: AnyStore) -> AsyncStore:
+        """``store``'s awaitable side (``as_async_store``)."""
+        return as_async_store(store)
+
+    def run_async(self, main: Coroutine[Any, Any, T]) -> T:
+        """Run one async case to its end. Override to use another runner."""
+        return asyncio.run(main)
+
+    # -- protocol ------------------------------------------------------------------------
+
+    def test_store_implements_the_protocols(self, store: AnyStore) -> None:
+        assert isinstance(store, (Store, AsyncStore))
+        if isinstance(store, Store):
+            assert isinstance(as_full_store(store), FullStore)
+        assert isinstance(as_async_store(store), AsyncStore)
+
+    def test_repr_holds_no_secret(self, store: AnyStore, full_store: FullStore) -> None:
+        assert full_store.compare_and_set(make_record(), None)
+        for text in (repr(store), repr(full_store)):
+            assert "access-c1-1" not in text
+            assert "refresh-c1-1" not in text
+
+    def test_load_missing_is_none(self, full_store: FullStore) -> None:
+        assert full_store.load("nobody") is None
+
+    # -- compare_and_set -----------------------------------------------------------------
+
+    def test_insert_then_load(self, full_store: FullStore) -> None:
+        record = make_record()
+        assert full_store.compare_and_set(record, None) is True
+        assert full_store.load(record.key) == record
+        assert full_store.load("c2") is None
+
+    def test_insert_twice_fails_and_keeps_the_first(self, full_store: FullStore) -> None:
+        first = make_record(host="first")
+        assert full_store.compare_and_set(first, None) is True
+        assert full_store.compare_and_set(make_record(host="second"), None) is False
+        assert full_store.compare_and_set(make_record(version=5, host="third"), None) is False
+        assert full_store.load("c1") == first
+
+    def test_update_with_current_version(self, full_store: FullStore) -> None:
+        assert full_store.compare_and_set(make_record(), None)
+        second = make_record(version=2, host="second")
+        assert full_store.compare_and_set(second, 1) is True
+        assert full_store.load("c1") == second
+        third = make_record(version=3, host="third")
+        assert full_store.compare_and_set(third, 2) is True
+        assert full_store.load("c1") == third
+
+    @pytest.mark.parametrize("stale", [1, 2, 4, 99])
+    def test_update_with_wrong_version_writes_nothing(
+        self, full_store: FullStore, stale: int
+    ) -> None:
+        assert full_store.compare_and_set(make_record(), None)
+        current = make_record(version=3, host="current")
+        assert full_store.compare_and_set(current, 1)
+        assert full_store.compare_and_set(make_record(version=stale + 1, host="x"), stale) is False
+        assert full_store.load("c1") == current
+
+    def test_update_of_missing_record_creates_nothing(self, full_store: FullStore) -> None:
+        assert full_store.compare_and_set(make_record(version=2), 1) is False
+        assert full_store.load("c1") is None
+
+    def test_version_zero_is_not_an_insert(self, full_store: FullStore) -> None:
+        # None inserts; 0 is a version no stored record has (inserts start at >= 1).
+        assert full_store.compare_and_set(make_record(version=1), 0) is False
+        assert full_store.load("c1") is None
+
+    @pytest.mark.parametrize(
+        ("version", "expected"), [(1, 1), (1, 2), (3, 5), (0, None), (-1, None)]
+    )
+    def test_version_must_increase(
+        self, full_store: FullStore, version: int, expected: int | None
+    ) -> None:
+        if expected is not None:
+            assert full_store.compare_and_set(make_record(version=expected), None)
+        before = full_store.load("c1")
+        with pytest.raises(ValueError, match="version"):
+            full_store.compare_and_set(make_record(version=version, host="bad"), expected)
+        assert full_store.load("c1") == before
+
+    def test_record_with_every_field_round_trips(self, full_store: FullStore) -> None:
+        record = full_record()
+        assert full_store.compare_and_set(record, None)
+        loaded = full_store.load(record.key)
+        assert loaded == record
+        assert loaded is not None
+        assert kept_offsets(loaded, record)
+        assert loaded.tokens is not None
+        assert loaded.tokens.access_token == "eyJ0eXAiOiJKV1Qi.access"
+        assert loaded.tokens.refresh_token == "def50200.refresh"
+        assert loaded.state is ConnectionState.ERROR
+        assert (loaded.integration, loaded.widget) == ("client:id%7", True)
+        assert full_store.load(record.connection_id) is None  # kept under its key only
+
+    def test_bare_record_round_trips(self, full_store: FullStore) -> None:
+        record = ConnectionRecord("bare", version=1)
+        assert full_store.compare_and_set(record, None)
+        assert full_store.load("bare") == record
+
+    def test_records_are_kept_under_their_key(self, full_store: FullStore) -> None:
+        # One connection id, four keys: no namespace, two integrations, a widget install.
+        records = [
+            make_record("x", host="bare"),
+            make_record("x", host="app-a", integration="a"),
+            make_record("x", host="app-b", integration="b"),
+            make_record("x", host="widget-a", integration="a", widget=True),
+        ]
+        assert len({record.key for record in records}) == len(records)
+        for record in records:
+            assert full_store.compare_and_set(record, None), record.key
+        for record in records:
+            assert full_store.load(record.key) == record
+        assert full_store.find_by_account(42) == sorted(records, key=lambda r: r.key)
+        moved = attrs.evolve(records[1], version=2, host="moved")
+        assert full_store.compare_and_set(moved, 1)
+        assert full_store.delete(records[2].key, 1)
+        assert [full_store.load(record.key) for record in records] == [
+            records[0],
+            moved,
+            None,
+            records[3],
+        ]
+
+    # -- delete --------------------------------------------------------------------------
+
+    def test_delete_with_right_version(self, full_store: FullStore) -> None:
+        assert full_store.compare_and_set(make_record(), None)
+        assert full_store.compare_and_set(make_record(version=2), 1)
+        assert full_store.delete("c1", 2) is True
+        assert full_store.load("c1") is None
+        assert full_store.delete("c1", 2) is False
+        # A deleted key can be inserted again.
+        assert full_store.compare_and_set(make_record(host="again"), None) is True
+        assert full_store.load("c1") == make_record(host="again")
+
+    @pytest.mark.parametrize("wrong", [1, 3])
+    def test_delete_with_wrong_version_keeps_the_record(
+        self, full_store: FullStore, wrong: int
+    ) -> None:
+        assert full_store.compare_and_set(make_record(), None)
+        assert full_store.compare_and_set(make_record(version=2), 1)
+        assert full_store.delete("c1", wrong) is False
+        assert full_store.load("c1") == make_record(version=2)
+
+    def test_delete_missing(self, full_store: FullStore) -> None:
+        assert full_store.delete("nobody", 1) is False
+
+    # -- consume_state and holder_of -----------------------------------------------------
+
+    def test_consume_state_once(self, full_store: FullStore) -> None:
+        assert full_store.consume_state("n1", later()) is True
+        assert full_store.consume_state("n2", later()) is True
+        assert full_store.consume_state("n1", later(), "digest-a") is False
+        assert full_store.consume_state("n1", later()) is False  # no holder: plainly single-use
+
+    def test_consume_state_same_holder_again(self, full_store: FullStore) -> None:
+        assert full_store.consume_state("n1", later(), "digest-a") is True
+        assert full_store.consume_state("n1", later(), "digest-a") is True
+        assert full_store.consume_state("n1", later(), "digest-b") is False
+        assert full_store.consume_state("n1", later()) is False
+        assert full_store.consume_state("n1", later(), "digest-a") is True
+
+    def test_consume_state_after_expiry(self, full_store: FullStore) -> None:
+        # Keys may be forgotten after they expire: only a fresh key is sure to be kept.
+        assert full_store.consume_state("old", later(-1), "digest-a") is True
+        assert full_store.consume_state("fresh", later(), "digest-b") is True
+        assert full_store.consume_state("fresh", later(), "digest-c") is False
+
+    def test_consume_state_needs_aware_datetime(self, full_store: FullStore) -> None:
+        with pytest.raises(ValueError, match="timezone-aware"):
+            full_store.consume_state("n1", datetime(2030, 1, 1))
+
+    def test_consume_state_race_has_one_winner_per_holder(self, full_store: FullStore) -> None:
+        holders = [f"digest-{i % 2}" for i in range(16)]
+        results = run_together(
+            len(holders), lambda i: full_store.consume_state("n", later(), holders[i])
+        )
+        winners = {holders[i] for i, won in enumerate(results) if won}
+        assert len(winners) == 1
+        assert results.count(True) == 8
+
+    def test_holder_of_follows_the_ledger(self, full_store: FullStore) -> None:
+        if not reads_ledger(full_store):
+            pytest.skip("the store keeps BaseStore.holder_of, which reads nothing")
+        assert full_store.holder_of("n1") is None
+        assert full_store.consume_state("n1", later(), "digest-a")
+        assert full_store.holder_of("n1") == "digest-a"
+        assert full_store.consume_state("n1", later(), "digest-b") is False
+        assert full_store.holder_of("n1") == "digest-a"
+        assert full_store.consume_state("n2", later())
+        assert full_store.holder_of("n2") is None  # taken, but by nobody in particular
+        assert full_store.consume_state("n2", later(), "digest-a") is False
+        assert full_store.consume_state("old", later(-1), "digest-a")
+        assert full_store.holder_of("old") is None  # expired: forgotten
+
+    def test_holder_of_takes_nothing(self, full_store: FullStore) -> None:
+        assert full_store.holder_of("n1") is None
+        assert full_store.consume_state("n1", later(), "digest-b") is True
+
+    # -- claim ---------------------------------------------------------------------------
+
+    def test_claim_takes_state_and_code_and_writes_the_record(self, full_store: FullStore) -> None:
+        claim = make_claim()
+        assert claim.state is not None
+        assert full_store.claim(claim) is ClaimResult.CLAIMED
+        assert full_store.load(claim.record.key) == claim.record
+        # Both ledger entries are now held: nobody else passes, their holders pass again.
+        assert full_store.consume_state(claim.state.key, later(), "other-digest") is False
+        assert full_store.consume_state(claim.code.key, later(), "other-key") is False
+        assert full_store.consume_state(claim.code.key, later(), claim.code.holder) is True
+        if reads_ledger(full_store):
+            assert full_store.holder_of(claim.state.key) == claim.state.holder
+            assert full_store.holder_of(claim.code.key) == claim.code.holder
+
+    def test_claim_again_by_the_same_holders(self, full_store: FullStore) -> None:
+        assert full_store.claim(make_claim()) is ClaimResult.CLAIMED
+        again = make_claim(version=2, expected_version=1)
+        assert full_store.claim(again) is ClaimResult.CLAIMED
+        assert full_store.load(again.record.key) == again.record
+
+    def test_claim_without_state(self, full_store: FullStore) -> None:
+        claim = make_claim(state=None)
+        assert full_store.claim(claim) is ClaimResult.CLAIMED
+        assert full_store.load(claim.record.key) == claim.record
+        assert full_store.consume_state(claim.code.key, later(), "other-key") is False
+
+    def test_claim_state_used_writes_nothing(self, full_store: FullStore) -> None:
+        claim = make_claim()
+        assert claim.state is not None
+        assert full_store.consume_state(claim.state.key, later(), "another-code-digest")
+        assert full_store.claim(claim) is ClaimResult.STATE_USED
+        assert full_store.load(claim.record.key) is None
+        # The code was not taken: it can still be claimed for another connection.
+        assert full_store.claim(make_claim("c2", state=None)) is ClaimResult.CLAIMED
+
+    def test_claim_code_taken_writes_nothing(self, full_store: FullStore) -> None:
+        first = make_claim("c1", state=None)
+        assert full_store.claim(first) is ClaimResult.CLAIMED
+        second = make_claim("c2", state="state-2")
+        assert full_store.claim(second) is ClaimResult.CODE_TAKEN
+        assert full_store.load(second.record.key) is None
+        assert full_store.load(first.record.key) == first.record
+        assert full_store.consume_state(first.code.key, later(), first.code.holder) is True
+        # Taken before the record existed: the code is still the first connection's.
+        third = make_claim("c2", state=None)
+        assert full_store.claim(third) is ClaimResult.CODE_TAKEN
+        assert full_store.load(third.record.key) is None
+
+    def test_claim_code_taken_leaves_an_existing_record(self, full_store: FullStore) -> None:
+        assert full_store.claim(make_claim("c1", state=None)) is ClaimResult.CLAIMED
+        existing = make_record("c2", host="existing")
+        assert full_store.compare_and_set(existing, None)
+        taken = make_claim("c2", state=None, version=2, expected_version=1)
+        assert full_store.claim(taken) is ClaimResult.CODE_TAKEN
+        assert full_store.load("c2") == existing
+
+    @pytest.mark.parametrize(("stored", "expected"), [(1, None), (3, 2), (None, 1)])
+    def test_claim_record_changed_writes_nothing(
+        self, full_store: FullStore, stored: int | None, expected: int | None
+    ) -> None:
+        existing = None
+        if stored is not None:
+            existing = make_record(version=stored, host="existing")
+            assert full_store.compare_and_set(existing, None)
+        claim = make_claim(version=(expected or 0) + 1, expected_version=expected)
+        assert full_store.claim(claim) is ClaimResult.RECORD_CHANGED
+        assert full_store.load(claim.record.key) == existing
+        # Whatever the ledger kept is held for this claim's holders: a retry passes.
+        retry = make_claim(version=(stored or 0) + 1, expected_version=stored)
+        assert full_store.claim(retry) is ClaimResult.CLAIMED
+        assert full_store.load(claim.record.key) == retry.record
+
+    def test_claim_refuses_a_version_that_does_not_move(self, full_store: FullStore) -> None:
+        assert full_store.compare_and_set(make_record(version=2, host="existing"), None)
+        with pytest.raises(ValueError, match="version"):
+            full_store.claim(make_claim(version=2, expected_version=2))
+        assert full_store.load("c1") == make_record(version=2, host="existing")
+
+    def test_concurrent_claims_of_one_code_have_one_winner(self, full_store: FullStore) -> None:
+        claims = [make_claim(f"c{i}", state=f"state-{i}") for i in range(16)]
+        results = run_together(len(claims), lambda i: full_store.claim(claims[i]))
+        assert results.count(ClaimResult.CLAIMED) == 1
+        assert results.count(ClaimResult.CODE_TAKEN) == len(claims) - 1
+        winner = claims[results.index(ClaimResult.CLAIMED)]
+        stored = [full_store.load(claim.record.key) for claim in claims]
+        assert stored == [claim.record if claim is winner else None for claim in claims]
+        assert full_store.consume_state(winner.code.key, later(), winner.code.holder) is True
+
+    def test_concurrent_claims_of_one_state_have_one_winner(self, full_store: FullStore) -> None:
+        claims = [make_claim(f"c{i}", code=f"code-{i}", state="state-1") for i in range(16)]
+        results = run_together(len(claims), lambda i: full_store.claim(claims[i]))
+        assert results.count(ClaimResult.CLAIMED) == 1
+        assert results.count(ClaimResult.STATE_USED) == len(claims) - 1
+        stored = [full_store.load(claim.record.key) for claim in claims]
+        assert sum(record is not None for record in stored) == 1
+
+    # -- wait_for_change -----------------------------------------------------------------
+
+    def test_wait_for_change_returns_after_timeout(self, full_store: FullStore) -> None:
+        record = make_record()
+        assert full_store.compare_and_set(record, None)
+        full_store.wait_for_change(record.key, 1, 0.05)
+        full_store.wait_for_change("nobody", 0, 0.05)
+        full_store.wait_for_change(record.key, 1, 0)
+        assert full_store.load(record.key) == record
+
+    def test_wait_for_change_returns_when_the_version_already_differs(
+        self, full_store: FullStore
+    ) -> None:
+        assert full_store.compare_and_set(make_record(version=2), None)
+        waiters = [_Waiter(full_store, "c1", 1), _Waiter(full_store, "nobody", 3)]
+        for waiter in waiters:
+            waiter.start()
+        for waiter in waiters:
+            waiter.finish()
+        assert [waiter.seen for waiter in waiters] == [2, 0]
+
+    def test_wait_for_change_is_woken_by_a_write(self, full_store: FullStore) -> None:
+        waiter = _Waiter(full_store, "c1", 0)
+        waiter.start()
+        time.sleep(0.05)  # most likely waiting by now; either way it must see the write
+        assert full_store.compare_and_set(make_record(), None)
+        waiter.finish()
+        assert waiter.seen == 1
+
+    def test_wait_for_change_is_woken_by_an_update_and_a_delete(
+        self, full_store: FullStore
+    ) -> None:
+        assert full_store.compare_and_set(make_record(), None)
+        waiter = _Waiter(full_store, "c1", 1)
+        waiter.start()
+        time.sleep(0.05)
+        assert full_store.compare_and_set(make_record(version=2), 1)
+        waiter.finish()
+        assert waiter.seen == 2
+        waiter = _Waiter(full_store, "c1", 2)
+        waiter.start()
+        time.sleep(0.05)
+        assert full_store.delete("c1", 2)
+        waiter.finish()
+        assert waiter.seen == 0
+
+    def test_wait_for_change_is_woken_by_a_claim(self, full_store: FullStore) -> None:
+        waiter = _Waiter(full_store, "c1", 0)
+        waiter.start()
+        time.sleep(0.05)
+        assert full_store.claim(make_claim()) is ClaimResult.CLAIMED
+        waiter.finish()
+        assert waiter.seen == 1
+
+    def test_close_ends_a_wait(self, full_store: FullStore) -> None:
+        waiter = _Waiter(full_store, "c1", 0)
+        waiter.start()
+        time.sleep(0.05)
+        full_store.close()
+        waiter.join(HANG)
+        assert not waiter.is_alive(), "a wait outlived close()"
+        assert waiter.error is None or isinstance(waiter.error, StoreError), waiter.error
+
+    # -- find_by_account -----------------------------------------------------------------
+
+    def test_find_by_account(self, full_store: FullStore) -> None:
+        for cid, account in [("b", 7), ("a", 7), ("c", 8), ("d", None)]:
+            assert full_store.compare_and_set(make_record(cid, account_id=account), None)
+        assert full_store.find_by_account(7) == [
+            make_record("a", account_id=7),
+            make_record("b", account_id=7),
+        ]
+        assert full_store.find_by_account(8) == [make_record("c", account_id=8)]
+        assert full_store.find_by_account(9) == []
+
+    def test_find_by_account_follows_updates_and_deletes(self, full_store: FullStore) -> None:
+        assert full_store.compare_and_set(make_record("a", account_id=7), None)
+        assert full_store.compare_and_set(make_record("b", account_id=7), None)
+        moved = make_record("a", version=2, account_id=8)
+        assert full_store.compare_and_set(moved, 1)
+        assert full_store.delete("b", 1)
+        assert full_store.find_by_account(7) == []
+        assert full_store.find_by_account(8) == [moved]
+
+    # -- due_for_refresh -----------------------------------------------------------------
+
+    @staticmethod
+    def seed_refresh(store: FullStore) -> None:
+        """Five connected records expiring at T0 + 5, 1, 3, 2, 4 days, three not connected."""
+        for cid, days in [("e", 5), ("a", 1), ("c", 3), ("b", 2), ("d", 4)]:
+            record = make_record(cid, refresh_expires_at=T0 + timedelta(days=days))
+            assert store.compare_and_set(record, None)
+        for cid, state in [("x", ConnectionState.ERROR), ("y", ConnectionState.EXCHANGED)]:
+            record = make_record(cid, state=state, refresh_expires_at=T0)
+            assert store.compare_and_set(record, None)
+        bare = ConnectionRecord("z", state=ConnectionState.DISCONNECTED, version=1)
+        assert store.compare_and_set(bare, None)
+
+    @staticmethod
+    def due_ids(store: FullStore, before: datetime, limit: int) -> list[str]:
+        return [record.connection_id for record in store.due_for_refresh(before, limit)]
+
+    def test_due_for_refresh_soonest_first_connected_only(self, full_store: FullStore) -> None:
+        self.seed_refresh(full_store)
+        assert self.due_ids(full_store, T0 + timedelta(days=10), 100) == ["a", "b", "c", "d", "e"]
+        assert full_store.due_for_refresh(T0 + timedelta(days=10), 1) == [
+            make_record("a", refresh_expires_at=T0 + timedelta(days=1))
+        ]
+
+    def test_due_for_refresh_ties_by_key(self, full_store: FullStore) -> None:
+        for cid in ["b", "c", "a"]:
+            assert full_store.compare_and_set(make_record(cid, refresh_expires_at=T0), None)
+        assert self.due_ids(full_store, T0 + timedelta(days=1), 100) == ["a", "b", "c"]
+        assert self.due_ids(full_store, T0 + timedelta(days=1), 2) == ["a", "b"]
+
+    def test_due_for_refresh_limit_and_cutoff(self, full_store: FullStore) -> None:
+        self.seed_refresh(full_store)
+        cutoff = T0 + timedelta(days=10)
+        assert self.due_ids(full_store, cutoff, 3) == ["a", "b", "c"]
+        assert self.due_ids(full_store, cutoff, 0) == []
+        assert self.due_ids(full_store, cutoff, 2**70) == ["a", "b", "c", "d", "e"]
+        # Strictly before: a token expiring at the cutoff is not due yet.
+        assert self.due_ids(full_store, T0 + timedelta(days=3), 100) == ["a", "b"]
+        just_after = T0 + timedelta(days=3, microseconds=1)
+        assert self.due_ids(full_store, just_after, 100) == ["a", "b", "c"]
+        assert self.due_ids(full_store, T0 + timedelta(days=1), 100) == []
+
+    def test_due_for_refresh_compares_instants_not_wall_clocks(self, full_store: FullStore) -> None:
+        self.seed_refresh(full_store)
+        # T0 + 2 days 01:00 in UTC+3 is T0 + 1 day 22:00 in UTC: only "a" expired before it.
+        cutoff = (T0 + timedelta(days=2, hours=1)).replace(tzinfo=timezone(timedelta(hours=3)))
+        assert self.due_ids(full_store, cutoff, 100) == ["a"]
+
+    def test_due_for_refresh_follows_updates(self, full_store: FullStore) -> None:
+        self.seed_refresh(full_store)
+        error = make_record("a", version=2, state=ConnectionState.ERROR)
+        assert full_store.compare_and_set(error, 1)
+        pushed = make_record("b", version=2, refresh_expires_at=T0 + timedelta(days=30))
+        assert full_store.compare_and_set(pushed, 1)
+        assert self.due_ids(full_store, T0 + timedelta(days=10), 100) == ["c", "d", "e"]
+
+    def test_due_for_refresh_bad_arguments(self, full_store: FullStore) -> None:
+        with pytest.raises(ValueError, match="limit"):
+            full_store.due_for_refresh(T0, -1)
+        with pytest.raises(ValueError, match="timezone-aware"):
+            full_store.due_for_refresh(datetime(2030, 1, 1), 10)
+
+    # -- close and failures --------------------------------------------------------------
+
+    @staticmethod
+    def blocking_calls(store: FullStore) -> dict[str, Callable[[], object]]:
+        calls: dict[str, Callable[[], object]] = {
+            "load": lambda: store.load("c1"),
+            "compare_and_set": lambda: store.compare_and_set(make_record(version=2), 1),
+            "insert": lambda: store.compare_and_set(make_record("c9"), None),
+            "delete": lambda: store.delete("c1", 1),
+            "consume_state": lambda: store.consume_state("n", later()),
+            "find_by_account": lambda: store.find_by_account(42),
+            "due_for_refresh": lambda: store.due_for_refresh(T0, 10),
+            "claim": lambda: store.claim(make_claim("c8", code="code-8")),
+            "wait_for_change": lambda: store.wait_for_change("c1", 1, 0.05),
+        }
+        if reads_ledger(store):
+            calls["holder_of"] = lambda: store.holder_of("n")
+        return calls
+
+    @staticmethod
+    def async_calls(store: AsyncStore) -> dict[str, Callable[[], Coroutine[Any, Any, object]]]:
+        calls: dict[str, Callable[[], Coroutine[Any, Any, object]]] = {
+            "aload": lambda: store.aload("c1"),
+            "acompare_and_set": lambda: store.acompare_and_set(make_record(version=2), 1),
+            "ainsert": lambda: store.acompare_and_set(make_record("c9"), None),
+            "adelete": lambda: store.adelete("c1", 1),
+            "aconsume_state": lambda: store.aconsume_state("n", later()),
+            "afind_by_account": lambda: store.afind_by_account(42),
+            "adue_for_refresh": lambda: store.adue_for_refresh(T0, 10),
+            "aclaim": lambda: store.aclaim(make_claim("c8", code="code-8")),
+            "await_for_change": lambda: store.await_for_change("c1", 1, 0.05),
+            "aholder_of": lambda: store.aholder_of("n"),
+        }
+        return calls
+
+    def test_closed_store_refuses_calls(self, full_store: FullStore) -> None:
+        assert full_store.compare_and_set(make_record(), None)
+        full_store.close()
+        full_store.close()  # closing twice is harmless
+        assert not_store_errors(self.blocking_calls(full_store)) == {}
+
+    def test_every_failure_reaches_callers_as_store_error(self, failing_store: AnyStore) -> None:
+        if not isinstance(failing_store, Store):
+            pytest.skip("the store has no blocking operations")
+        assert not_store_errors(self.blocking_calls(as_full_store(failing_store))) == {}
+
+    def test_every_async_failure_reaches_callers_as_store_error(
+        self, failing_store: AnyStore
+    ) -> None:
+        astore = as_async_store(failing_store)
+        calls = self.async_calls(astore)
+        if not async_reads_ledger(failing_store):
+            del calls["aholder_of"]
+
+        async def main() -> dict[str, str]:
+            outcomes: dict[str, str] = {}
+            for name, call in calls.items():
+                try:
+                    await call()
+                except StoreError:
+                    continue
+                except Exception as exc:
+                    outcomes[name] = f"raised {type(exc).__name__}"
+                else:
+                    outcomes[name] = "raised nothing"
+            return outcomes
+
+        assert self.run_async(main()) == {}, "not StoreError"
+
+    # -- concurrency ---------------------------------------------------------------------
+
+    def test_thread_race_loses_no_update(self, full_store: FullStore) -> None:
+        assert full_store.compare_and_set(make_record(host="0"), None)
+        # The pause between load and compare-and-set lets the other threads in.
+        conflicts = run_together(32, lambda _: increment(full_store, "c1", 20, pause=0.0001))
+        final = full_store.load("c1")
+        assert final is not None
+        assert final.version == 1 + 32 * 20
+        assert final.host == str(32 * 20)
+        assert sum(conflicts) > 0, "the threads never raced: the test proved nothing"
+
+    def test_thread_race_to_insert_has_one_winner(self, full_store: FullStore) -> None:
+        results = run_together(
+            32, lambda i: full_store.compare_and_set(make_record(host=str(i)), None)
+        )
+        assert results.count(True) == 1
+        assert full_store.load("c1") == make_record(host=str(results.index(True)))
+
+    # -- the awaitable side --------------------------------------------------------------
+
+    def test_async_compare_and_set_and_delete(self, async_store: AsyncStore) -> None:
+        async def main() -> None:
+            first = make_record(host="first")
+            assert await async_store.aload("c1") is None
+            assert await async_store.acompare_and_set(first, None) is True
+            assert await async_store.acompare_and_set(make_record(host="x"), None) is False
+            assert await async_store.aload("c1") == first
+            second = make_record(version=2)
+            assert await async_store.acompare_and_set(make_record(version=3), 2) is False
+            assert await async_store.acompare_and_set(second, 1) is True
+            assert await async_store.aload("c1") == second
+            with pytest.raises(ValueError, match="version"):
+                await async_store.acompare_and_set(make_record(version=2), 2)
+            assert await async_store.adelete("c1", 1) is False
+            assert await async_store.adelete("c1", 2) is True
+            assert await async_store.aload("c1") is None
+            record = full_record()
+            assert await async_store.acompare_and_set(record, None)
+            assert await async_store.aload(record.key) == record
+
+        self.run_async(main())
+
+    def test_async_ledger(self, store: AnyStore, async_store: AsyncStore) -> None:
+        reads = async_reads_ledger(store)
+
+        async def main() -> None:
+            assert await async_store.aconsume_state("n1", later(), "digest-a") is True
+            assert await async_store.aconsume_state("n1", later(), "digest-a") is True
+            assert await async_store.aconsume_state("n1", later(), "digest-b") is False
+            assert await async_store.aconsume_state("n2", later()) is True
+            assert await async_store.aconsume_state("n2", later()) is False
+            if reads:
+                assert await async_store.aholder_of("n1") == "digest-a"
+                assert await async_store.aholder_of("n2") is None
+                assert await async_store.aholder_of("n3") is None
+
+        self.run_async(main())
+
+    def test_async_queries(self, async_store: AsyncStore) -> None:
+        async def main() -> None:
+            for cid, days in [("b", 2), ("a", 1), ("c", 3)]:
+                record = make_record(cid, refresh_expires_at=T0 + timedelta(days=days))
+                assert await async_store.acompare_and_set(record, None)
+            found = await async_store.afind_by_account(42)
+            assert [record.key for record in found] == ["a", "b", "c"]
+            due = await async_store.adue_for_refresh(T0 + timedelta(days=3), 100)
+            assert [record.key for record in due] == ["a", "b"]
+            assert await async_store.adue_for_refresh(T0 + timedelta(days=3), 1) == found[:1]
+
+        self.run_async(main())
+
+    def test_async_claim_results(self, async_store: AsyncStore) -> None:
+        async def main() -> None:
+            claim = make_claim()
+            assert await async_store.aclaim(claim) is ClaimResult.CLAIMED
+            assert await async_store.aload("c1") == claim.record
+            used = make_claim("c2", code="code-2", state="state-1")
+            assert await async_store.aclaim(used) is ClaimResult.STATE_USED
+            taken = make_claim("c3", code="code-1", state="state-3")
+            assert await async_store.aclaim(taken) is ClaimResult.CODE_TAKEN
+            stale = make_claim(version=2, expected_version=None)
+            assert await async_store.aclaim(stale) is ClaimResult.RECORD_CHANGED
+            assert [await async_store.aload(key) for key in ("c1", "c2", "c3")] == [
+                claim.record,
+                None,
+                None,
+            ]
+
+        self.run_async(main())
+
+    def test_async_concurrent_claims_of_one_code_have_one_winner(
+        self, async_store: AsyncStore
+    ) -> None:
+        claims = [make_claim(f"c{i}", state=f"state-{i}") for i in range(16)]
+
+        async def main() -> list[ClaimResult]:
+            return list(await asyncio.gather(*(async_store.aclaim(c) for c in claims)))
+
+        results = self.run_async(main())
+        assert results.count(ClaimResult.CLAIMED) == 1
+        assert results.count(ClaimResult.CODE_TAKEN) == len(claims) - 1
+
+    def test_async_wait_returns_after_timeout(self, async_store: AsyncStore) -> None:
+        async def main() -> None:
+            assert await async_store.acompare_and_set(make_record(), None)
+            await async_store.await_for_change("c1", 1, 0.05)
+            await async_store.await_for_change("nobody", 0, 0)
+            assert await async_store.aload("c1") == make_record()
+
+        self.run_async(main())
+
+    def test_async_wait_is_woken_by_a_write_from_another_thread(
+        self, store: AnyStore, async_store: AsyncStore
+    ) -> None:
+        written: list[bool] = []
+
+        async def until_changed() -> int:
+            seen = 0
+            while seen == 0:
+                await async_store.await_for_change("c1", 0, FOREVER)
+                seen = version_of(await async_store.aload("c1"))
+            return seen
+
+        async def main() -> int:
+            waiting = asyncio.ensure_future(until_changed())
+            await asyncio.sleep(0.05)  # most likely waiting by now; either way it must see it
+            if isinstance(store, Store):
+                writer = threading.Thread(
+                    target=lambda: written.append(store.compare_and_set(make_record(), None))
+                )
+                writer.start()
+                await asyncio.to_thread(writer.join, HANG)
+            else:  # an async-only store: the write comes from another task instead
+                written.append(await async_store.acompare_and_set(make_record(), None))
+            return await asyncio.wait_for(waiting, HANG)
+
+        assert self.run_async(main()) == 1
+        assert written == [True]
+
+    def test_async_closed_store_refuses_calls(
+        self, store: AnyStore, async_store: AsyncStore
+    ) -> None:
+        calls = self.async_calls(async_store)
+        if not async_reads_ledger(store):
+            del calls["aholder_of"]
+
+        async def main() -> list[str]:
+            await async_store.aclose()
+            await async_store.aclose()  # closing twice is harmless
+            accepted = []
+            for name, call in calls.items():
+                try:
+                    await call()
+                except StoreError:
+                    continue
+                accepted.append(name)
+            return accepted
+
+        assert self.run_async(main()) == [], "called on a closed store without StoreError"
+
+    # -- any record, any writes ----------------------------------------------------------
+
+    @_shared_store
+    @given(record=_records)
+    def test_any_record_round_trips(self, full_store: FullStore, record: ConnectionRecord) -> None:
+        key = record.key
+        existing = full_store.load(key)
+        if existing is not None:
+            assert full_store.delete(key, existing.version)
+        assert full_store.compare_and_set(record, None)
+        loaded = full_store.load(key)
+        assert loaded == record
+        assert loaded is not None
+        assert kept_offsets(loaded, record)
+        if record.account is not None:
+            assert record in full_store.find_by_account(record.account.id)
+        bumped = attrs.evolve(record, version=record.version + 1)
+        assert full_store.compare_and_set(bumped, record.version)
+        assert full_store.load(key) == bumped
+
+    @_shared_store
+    @given(writes=_writes)
+    def test_any_writes_match_a_model(
+        self, full_store: FullStore, writes: list[tuple[str, str, int]]
+    ) -> None:
+        model: dict[str, int] = {}
+        for key in ("a", "b"):  # forget the previous example's records
+            current = full_store.load(key)
+            if current is not None:
+                assert full_store.delete(key, current.version)
+        for key, kind, offset in writes:
+            stored = model.get(key)
+            # The expected version: the stored one, one off it, or 0 (which nothing has).
+            expected = max((stored or 0) + offset, 0)
+            if kind == "insert":
+                won = full_store.compare_and_set(make_record(key, version=expected + 1), None)
+                assert won == (stored is None)
+            elif kind == "update":
+                won = full_store.compare_and_set(make_record(key, version=expected + 1), expected)
+                assert won == (stored is not None and expected == stored)
+            else:
+                won = full_store.delete(key, expected)
+                assert won == (stored is not None and expected == stored)
+            if won:
+                if kind == "delete":
+                    del model[key]
+                else:
+                    model[key] = expected + 1
+            assert version_of(full_store.load(key)) == model.get(key, 0)
+        found = full_store.find_by_account(42)
+        assert {record.key: record.version for record in found} == model
