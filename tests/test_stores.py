@@ -36,6 +36,8 @@ from amo_oauth._records import (
 )
 from amo_oauth.stores import MemoryStore, SQLiteStore, Store
 
+from helpers import examples
+
 T = TypeVar("T")
 StoreFactory = Callable[[Path], Store]
 
@@ -466,7 +468,8 @@ records = st.builds(
 
 # One store serves every example on purpose: records pile up in it as they would in use.
 @settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(200),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(record=records)
 def test_any_record_round_trips(store: Store, record: ConnectionRecord) -> None:
