@@ -4,7 +4,8 @@
     python3 tasks.py test    lint, format-check, type-check and run the whole test suite
 
 Each creates ``.venv`` and installs the project into it first (again only when pyproject.toml
-changed). Extra arguments after ``test`` go to pytest.
+changed), under an exclusive lock on ``.venv.lock``: a second command started meanwhile waits,
+then finds the venv ready. Extra arguments after ``test`` go to pytest.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import os
 import subprocess
 import sys
 import venv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".amo_oauth-installed"
+LOCK = ROOT / ".venv.lock"
 EXTRAS = "dev,fastapi,flask,docs,postgres,redis"
 
 
@@ -30,16 +34,43 @@ def run(*argv: str | Path) -> None:
         sys.exit(completed.returncode)
 
 
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) until the block ends; the OS
+    drops it if the process dies. Where there is no ``fcntl`` (Windows) this takes no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def installed(wanted: str) -> bool:
+    return STAMP.exists() and STAMP.read_text() == wanted
+
+
 def ensure_venv() -> None:
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + EXTRAS.encode()).hexdigest()
-    if STAMP.exists() and STAMP.read_text() == wanted:
+    if installed(wanted):
         return
-    if not (BIN / "python").exists():
-        venv.EnvBuilder(with_pip=True).create(VENV)
-    python = BIN / "python"
-    run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    run(python, "-m", "pip", "install", "--quiet", "-e", f".[{EXTRAS}]")
-    STAMP.write_text(wanted)
+    with exclusive(LOCK):
+        if installed(wanted):  # another command installed it while this one waited
+            return
+        STAMP.unlink(missing_ok=True)
+        if not (BIN / "python").exists():
+            venv.EnvBuilder(with_pip=True).create(VENV)
+        python = BIN / "python"
+        run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+        run(python, "-m", "pip", "install", "--quiet", "-e", f".[{EXTRAS}]")
+        partial = STAMP.with_name(f"{STAMP.name}.{os.getpid()}")
+        partial.write_text(wanted)
+        partial.replace(STAMP)  # atomic: a reader sees no stamp or the whole stamp
 
 
 def demo(args: list[str]) -> None:

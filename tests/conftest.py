@@ -1,16 +1,43 @@
-"""Shared fixtures: a service wired to FakeAmoCRM through an in-process transport."""
+"""Hypothesis profiles, then shared fixtures: a service wired to FakeAmoCRM through an
+in-process transport."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
 
 from amo_oauth import AmoOAuth, MemoryStore, Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import config_for
+from helpers import CI_EXAMPLES, config_for, examples
+
+# -- hypothesis profiles: the one place that decides how much the property tests run ----------
+# ``max_examples`` is what a test with no count of its own runs; ``examples(full)`` (helpers.py)
+# scales each test's full budget by it: ``ci`` runs every budget in full (the state machine
+# 500 x 100 steps), ``dev``, the local default, 15% of it. Neither has a deadline or the
+# too-slow health check: both time single examples, and a loaded machine fails them, not a bug.
+_untimed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", _untimed, max_examples=CI_EXAMPLES, print_blob=True)
+settings.register_profile("dev", _untimed, max_examples=CI_EXAMPLES * 15 // 100)
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if _ci() else "dev")
+settings.load_profile(PROFILE)
+
+
+def pytest_report_header() -> str:
+    return (
+        f"hypothesis profile: {PROFILE} (examples(500) runs {examples(500)}; "
+        "set HYPOTHESIS_PROFILE=ci|dev to choose)"
+    )
 
 
 @pytest.fixture

@@ -5,11 +5,24 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from hypothesis import settings
+
 from amo_oauth import Config, ConnectionRecord
 from amo_oauth._records import record_key
 from amo_oauth.testing import FakeAmoCRM
 
 STATE_SECRET = "test-state-secret-0123456789abcdef"
+
+#: ``max_examples`` of the ``ci`` hypothesis profile (hypothesis's own default): the profile
+#: under which ``examples(full)`` is ``full``. The profiles are registered in conftest.py.
+CI_EXAMPLES = 100
+
+
+def examples(full: int) -> int:
+    """How many examples a property test whose full (CI) budget is ``full`` runs under the
+    active hypothesis profile: ``full`` under ``ci``, the same fraction of it as the profile's
+    ``max_examples`` is of ``CI_EXAMPLES`` otherwise (15% under ``dev``), and at least one."""
+    return max(1, full * settings().max_examples // CI_EXAMPLES)
 
 
 def config_for(fake: FakeAmoCRM, **overrides: object) -> Config:

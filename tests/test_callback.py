@@ -16,6 +16,7 @@ from amo_oauth._hosts import AccountHost
 from amo_oauth._records import code_digest
 from amo_oauth._state_token import issue_state
 
+from helpers import examples
 from strategies import T0
 
 CONFIG = Config(
@@ -227,7 +228,7 @@ def outcome(query_: object, config: Config) -> Grant | Denial | str:
         return rejection.reason
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(query_=queries, config=st.sampled_from([CONFIG, WIDGETS]))
 def test_any_text_query_is_parsed_or_rejected_never_crashed_on(query_, config):
     parsed = outcome(query_, config)
@@ -244,7 +245,7 @@ def test_any_text_query_is_parsed_or_rejected_never_crashed_on(query_, config):
 junk = st.one_of(st.none(), st.integers(), st.binary(), st.lists(st.text(), max_size=3), st.text())
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(pairs=st.lists(st.tuples(NAMES | st.text(max_size=5) | st.integers(), junk), max_size=8))
 def test_any_pairs_of_anything_are_parsed_or_rejected(pairs):
     parsed = outcome(pairs, WIDGETS)

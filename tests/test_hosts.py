@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from amo_oauth._hosts import DEFAULT_DOMAINS, AccountHost, check_domain
 
+from helpers import examples
+
 LABEL_CHARS = frozenset(string.ascii_lowercase + string.digits + "-")
 
 
@@ -118,7 +120,7 @@ plausible = st.builds(lambda *parts: ".".join(parts), valid_label | label, domai
 names = st.text() | hostile | plausible
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(name=names)
 def test_only_one_label_under_an_allowed_domain_is_ever_accepted(name):
     host = AccountHost.accept(name)
@@ -129,7 +131,7 @@ def test_only_one_label_under_an_allowed_domain_is_ever_accepted(name):
         assert httpx.URL(host.token_url).host == name
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(label=valid_label, domain=st.sampled_from(DEFAULT_DOMAINS))
 def test_every_plain_label_under_an_allowed_domain_is_accepted(label, domain):
     host = AccountHost.accept(f"{label}.{domain}")
@@ -148,7 +150,7 @@ def test_extra_domains_add_and_never_remove():
     assert AccountHost.accept("fake.test", extra) is None
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(name=names, extra=st.sampled_from([("fake.test",), ("x.amocrm.ru",)]))
 def test_extra_domains_accept_exactly_what_the_oracle_does(name, extra):
     accepted = AccountHost.accept(name, extra) is not None
@@ -180,7 +182,7 @@ def test_url_refuses_relative_and_protocol_relative_paths(path):
         AccountHost("acme.amocrm.ru").url(path)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(path=st.text(alphabet="/\\@:?#.evilcom %\t", max_size=12))
 def test_no_path_moves_the_request_to_another_host(path):
     host = AccountHost("acme.amocrm.ru")

@@ -60,7 +60,7 @@ from amo_oauth._state_token import issue_state
 from amo_oauth.stores import BaseStore
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import STATE_SECRET, config_for, query_of
+from helpers import STATE_SECRET, config_for, examples, query_of
 
 #: Reconnects in one ``churn`` step.
 CHURN = 16
@@ -862,9 +862,8 @@ class OAuthMachine(RuleBasedStateMachine):
 
 
 OAuthMachine.TestCase.settings = settings(
-    max_examples=500,
+    max_examples=examples(500),
     stateful_step_count=100,
-    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestOAuthInvariants = OAuthMachine.TestCase

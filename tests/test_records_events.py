@@ -31,6 +31,7 @@ from amo_oauth._records import (
     code_digest,
 )
 
+from helpers import examples
 from strategies import T0, records
 
 NAIVE = datetime(2030, 1, 1)
@@ -171,7 +172,7 @@ def test_disconnect_forgets_everything_but_the_seen_codes():
 # --- the codec ---------------------------------------------------------------------------------
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(record=records)
 def test_the_codec_round_trips_every_record(record):
     text = record_to_json(record)

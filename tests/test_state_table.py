@@ -41,6 +41,7 @@ from amo_oauth._records import (
 )
 from amo_oauth._state import MACHINE, TABLE, step
 
+from helpers import examples
 from strategies import T0, any_event, digests, events, records
 
 S = ConnectionState
@@ -153,7 +154,7 @@ def test_each_pair_does_what_the_design_says(event_type):
             assert (result.changed, result.record, result.noop) == (False, record, expected)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(record=records, event=any_event, now=st.sampled_from([T0, T0 + timedelta(days=1)]))
 def test_step_answers_any_record_and_event_by_the_table(record, event, now):
     result = step(record, event, now)
@@ -236,7 +237,7 @@ PINNED = [
 ]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(record=start_records, sequence=sequences)
 @example(record=ConnectionRecord("user-42"), sequence=PINNED)
 def test_a_known_code_never_changes_the_record(record, sequence):

@@ -21,6 +21,7 @@ from amo_oauth._state_token import (
     read_state,
 )
 
+from helpers import examples
 from strategies import T0, aware_datetimes
 
 SECRET = b"s" * 32
@@ -51,7 +52,7 @@ def payload_of(token: str) -> dict:
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(secret=secrets_, connection_id=connection_ids, now=aware_datetimes)
 def test_a_state_reads_back_as_issued(secret, connection_id, now):
     token, claims = issue_state(secret, connection_id, now, TTL)
@@ -88,7 +89,7 @@ def test_the_token_holds_no_secret_and_the_claims_no_nonce_in_repr():
     assert "user-42" in repr(claims)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(data=st.data(), connection_id=connection_ids)
 def test_any_single_character_tampering_is_refused(data, connection_id):
     token, _ = issue_state(SECRET, connection_id, T0, TTL)
@@ -100,7 +101,7 @@ def test_any_single_character_tampering_is_refused(data, connection_id):
     assert rejected(SECRET, forged) == "bad_state"
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(secret=secrets_, other=secrets_, connection_id=connection_ids)
 def test_another_secret_never_verifies(secret, other, connection_id):
     token, _ = issue_state(secret, connection_id, T0, TTL)
@@ -108,7 +109,7 @@ def test_another_secret_never_verifies(secret, other, connection_id):
         assert rejected(other, token) == "bad_state"
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(data=st.data(), connection_id=connection_ids)
 def test_truncated_or_extended_tokens_are_refused(data, connection_id):
     token, _ = issue_state(SECRET, connection_id, T0, TTL)
@@ -117,7 +118,7 @@ def test_truncated_or_extended_tokens_are_refused(data, connection_id):
     assert rejected(SECRET, token + data.draw(st.text(min_size=1), label="tail")) == "bad_state"
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(token=st.text(max_size=3000))
 def test_any_text_is_refused_without_crashing(token):
     assert rejected(SECRET, token) == "bad_state"
@@ -211,7 +212,7 @@ def use(ledger: DictLedger, claims, now: datetime, holder: str) -> str | None:
     return None
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500))
 @given(
     issued=aware_datetimes,
     later=st.timedeltas(min_value=timedelta(0), max_value=timedelta(minutes=30)),

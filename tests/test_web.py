@@ -34,7 +34,7 @@ from amo_oauth._hook import hook_signature
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import AsyncHandlers, Handlers, PageText, Request, Response
 
-from helpers import STATE_SECRET, config_for, query_of, stored
+from helpers import STATE_SECRET, config_for, examples, query_of, stored
 
 USER = "user-42"
 PREFIX = "/api/amo-crm"
@@ -910,7 +910,7 @@ def test_no_input_reaches_a_5xx_or_leaks_a_secret(
     known = Known(states, codes, callbacks, urlencode(hook), values)
     secrets = [*codes, fake.client_secret, STATE_SECRET]
 
-    @settings(max_examples=400, deadline=None)
+    @settings(max_examples=examples(400))
     @given(request=requests(known))
     def check(request: Request) -> None:
         response = handlers.handle(request)

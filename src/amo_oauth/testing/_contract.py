@@ -51,6 +51,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .._errors import StoreError
+from .._reasons import CONNECTION_ERRORS
 from .._records import (
     Account,
     ConnectionRecord,
@@ -293,7 +294,13 @@ _records = st.builds(
         token_type=_texts,
     ),
     account=st.none() | st.builds(Account, id=st.integers(1, 2**53), subdomain=_texts, name=_texts),
-    error=st.none() | st.builds(ErrorInfo, reason=_texts, hint=st.none() | _texts, at=_aware),
+    error=st.none()
+    | st.builds(
+        ErrorInfo,
+        reason=st.sampled_from(sorted(CONNECTION_ERRORS)),
+        hint=st.none() | _texts,
+        at=_aware,
+    ),
     seen_codes=st.lists(
         st.builds(SeenCode, st.text("0123456789abcdef", min_size=64, max_size=64), _aware),
         max_size=4,
