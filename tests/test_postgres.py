@@ -23,6 +23,7 @@ from amo_oauth import StoreError
 from amo_oauth._records import Account, ConnectionRecord, ConnectionState, TokenSet
 from amo_oauth.stores import PostgresStore
 from amo_oauth.stores._protocol import AsyncStore, Claim, ClaimResult, FullStore, LedgerEntry
+from amo_oauth.testing import StoreContract
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -732,3 +733,8 @@ def test_closed_store_refuses_calls(store: PostgresStore) -> None:
 def test_bad_options_are_refused(options: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         PostgresStore("postgresql://u@127.0.0.1/app", **options)
+
+
+class TestPostgresContract(StoreContract):
+    """The public store contract, unchanged, on a real PostgreSQL server (the ``store`` fixture
+    above: a fresh migrated table per test)."""

@@ -28,6 +28,7 @@ from amo_oauth._errors import StoreError
 from amo_oauth._records import Account, ConnectionRecord, ConnectionState, TokenSet
 from amo_oauth.stores import RedisStore
 from amo_oauth.stores._protocol import AsyncStore, Claim, ClaimResult, FullStore, LedgerEntry, Store
+from amo_oauth.testing import StoreContract
 
 pytestmark = pytest.mark.services
 
@@ -802,3 +803,8 @@ def test_closed_store_refuses_calls(store: RedisStore) -> None:
     for call in calls:
         with pytest.raises(StoreError, match="closed"):
             call()
+
+
+class TestRedisContract(StoreContract):
+    """The public store contract, unchanged, on a real Redis server (the ``store`` fixture
+    above: a fresh prefix per test)."""

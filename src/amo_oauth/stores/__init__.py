@@ -4,6 +4,7 @@
 and ``redis`` extras), so that importing this package works without them.
 """
 
+import importlib
 from typing import TYPE_CHECKING
 
 from ._base import AsyncBaseStore, BaseStore, as_async_store, as_full_store
@@ -44,12 +45,14 @@ def __getattr__(name: str) -> object:
             ``amo_oauth[redis]``).
         AttributeError: any other unknown name.
     """
-    if name == "PostgresStore":
-        from .postgres import PostgresStore
-
-        return PostgresStore
-    if name == "RedisStore":
-        from .redis import RedisStore
-
-        return RedisStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    extras = {"PostgresStore": ("postgres", "postgres"), "RedisStore": ("redis", "redis")}
+    if name not in extras:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, extra = extras[name]
+    try:
+        imported = importlib.import_module(f"{__name__}.{module}")
+    except ImportError as exc:
+        raise ImportError(
+            f"{name} needs the {extra} extra: pip install 'amo_oauth[{extra}]'"
+        ) from exc
+    return getattr(imported, name)

@@ -277,10 +277,13 @@ _offsets = st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(
 _aware = st.datetimes(
     min_value=datetime(1900, 1, 1), max_value=datetime(9000, 1, 1), timezones=_offsets
 )
-_texts = st.text(max_size=40)
+# Any text but NUL, which no record the service writes holds (ids are printable, tokens are
+# printable ASCII) and which PostgreSQL's text type cannot store.
+_text_chars = st.characters(blacklist_characters="\x00")
+_texts = st.text(_text_chars, max_size=40)
 _records = st.builds(
     ConnectionRecord,
-    connection_id=st.text(min_size=1, max_size=40),
+    connection_id=st.text(_text_chars, min_size=1, max_size=40),
     state=st.sampled_from(ConnectionState),
     version=st.integers(1, 2**31),
     host=st.none() | _texts,
