@@ -17,21 +17,25 @@ The fake reproduces the amoCRM protocol as the project documents it (collected f
 docs and SDKs); it was not checked against a live account.
 """
 
+from ._accounts import FakeAccount, FakeIntegration
 from ._clock import Clock, FakeClock
 from ._fake import FakeAmoCRM, LeadsSpec
 from ._server import ServedFake
 from ._transport import AsyncLoopbackTransport, LoopbackTransport
-from ._types import FakeResponse, FaultKind, RequestRecord
+from ._types import FakeResponse, FaultKind, RawJSON, RequestRecord
 
 __all__ = [
     "AsyncLoopbackTransport",
     "Clock",
+    "FakeAccount",
     "FakeAmoCRM",
     "FakeClock",
+    "FakeIntegration",
     "FakeResponse",
     "FaultKind",
     "LeadsSpec",
     "LoopbackTransport",
+    "RawJSON",
     "RequestRecord",
     "ServedFake",
 ]
