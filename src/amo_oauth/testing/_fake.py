@@ -187,6 +187,7 @@ def _trickled(answer: FakeResponse, trickle: tuple[int, float]) -> FakeResponse:
 
 
 def _drip(body: bytes, size: int, every: float) -> Iterator[bytes]:
+    yield b""  # wsgiref sends the status and headers with the first write: now, not later
     for offset in range(0, len(body), size):
         time.sleep(every)
         yield body[offset : offset + size]
