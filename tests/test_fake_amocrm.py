@@ -22,7 +22,15 @@ import httpx
 import pytest
 
 import amo_oauth.testing
-from amo_oauth.testing import FakeAmoCRM, FakeClock, FakeResponse, RequestRecord
+from amo_oauth.testing import (
+    FakeAccount,
+    FakeAmoCRM,
+    FakeClock,
+    FakeIntegration,
+    FakeResponse,
+    RawJSON,
+    RequestRecord,
+)
 
 START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 TOKEN_URL = "https://test.amocrm.ru/oauth2/access_token"
@@ -1245,3 +1253,543 @@ def test_plugin_fixtures(amo_fake: FakeAmoCRM, amo_fake_clock: FakeClock) -> Non
     amo_fake_clock.advance(timedelta(minutes=20))
     assert exchange(http, amo_fake, code).json()["hint"] == "Authorization code has expired"
     assert amo_fake.rate_limit == 7
+
+
+# -- several accounts on distinct hosts (protocol §2, §3, §5) ----------------------------------
+
+KOMMO_SECRET = "kommo-integration-secret"
+
+
+def token_url(host: str) -> str:
+    return f"https://{host}/oauth2/access_token"
+
+
+def refresh_at(
+    http: httpx.Client,
+    fake: FakeAmoCRM,
+    host: str,
+    token: str,
+    integration: FakeIntegration | None = None,
+) -> httpx.Response:
+    chosen = integration or fake.default_integration
+    overrides = {
+        "client_id": chosen.client_id,
+        "client_secret": chosen.client_secret,
+        "redirect_uri": chosen.redirect_uri,
+    }
+    return http.post(token_url(host), json=refresh_body(fake, token, **overrides))
+
+
+def connect_at(
+    http: httpx.Client, fake: FakeAmoCRM, account: FakeAccount, **overrides: str
+) -> dict[str, Any]:
+    code = fake.issue_code(account=account)
+    response = exchange(http, fake, code, url=token_url(account.host), **overrides)
+    assert response.status_code == 200, response.text
+    tokens: dict[str, Any] = response.json()
+    return tokens
+
+
+def account_at(http: httpx.Client, host: str, access_token: str) -> httpx.Response:
+    return http.get(f"https://{host}/api/v4/account", headers=bearer(access_token))
+
+
+@pytest.fixture
+def three(fake: FakeAmoCRM) -> tuple[FakeAccount, FakeAccount, FakeAccount]:
+    kommo = fake.add_account("acme", domain="kommo.com", account_id=777, name="Acme", leads=2)
+    legacy = fake.add_account("old", domain="amocrm.com", api_domain="api-a.amocrm.com", leads=0)
+    return fake.default_account, kommo, legacy
+
+
+def test_accounts_on_three_domains(
+    fake: FakeAmoCRM, http: httpx.Client, three: tuple[FakeAccount, FakeAccount, FakeAccount]
+) -> None:
+    default, kommo, legacy = three
+    assert (default.host, kommo.host, legacy.host) == (
+        "test.amocrm.ru",
+        "acme.kommo.com",
+        "old.amocrm.com",
+    )
+    assert legacy.id == fake.account_id + 1  # one more than the largest id so far
+    assert fake.accounts == three
+    assert fake.domains == {"amocrm.ru", "kommo.com", "amocrm.com"}
+    assert all(fake.serves_host(f"x.{domain}") for domain in fake.domains)
+    assert repr(kommo) == "FakeAccount(id=777, host='acme.kommo.com')"
+    for account, country, leads in ((default, "RU", 3), (kommo, "US", 2), (legacy, "RU", 0)):
+        query = query_of(fake.authorize("s", account=account))
+        assert query["referer"] == account.host
+        response = exchange(http, fake, query["code"], url=token_url(account.host))
+        assert response.status_code == 200
+        claims = jwt_part(response.json()["access_token"], 1)
+        assert (claims["account_id"], claims["base_domain"]) == (account.id, account.domain)
+        assert claims["api_domain"] == account.api_domain
+        access = response.json()["access_token"]
+        payload = account_at(http, account.host, access).json()
+        assert (payload["id"], payload["name"], payload["country"]) == (
+            account.id,
+            account.name,
+            country,
+        )
+        got = http.get(f"https://{account.host}/api/v4/leads", headers=bearer(access))
+        if leads:
+            found = got.json()["_embedded"]["leads"]
+            assert [lead["account_id"] for lead in found] == [account.id] * leads
+        else:
+            assert got.status_code == 204
+    assert legacy.api_domain == "api-a.amocrm.com"
+    assert fake.token_call_count("authorization_code", "ok", account=kommo) == 1
+
+
+def test_code_at_another_accounts_host_is_invalid_account_and_kept(
+    fake: FakeAmoCRM, http: httpx.Client, three: tuple[FakeAccount, FakeAccount, FakeAccount]
+) -> None:
+    default, kommo, _ = three
+    code = fake.issue_code(account=kommo)
+    wrong = exchange(http, fake, code, url=token_url(default.host))
+    assert (wrong.status_code, wrong.json()) == (400, oauth_problem(400, "Invalid account"))
+    assert fake.token_call_count(outcome="invalid_account", account=default) == 1
+    assert exchange(http, fake, code, url=token_url(kommo.host)).status_code == 200
+
+
+def test_tokens_open_only_their_own_account(
+    fake: FakeAmoCRM, http: httpx.Client, three: tuple[FakeAccount, FakeAccount, FakeAccount]
+) -> None:
+    default, kommo, _ = three
+    tokens = connect_at(http, fake, kommo)
+    assert account_at(http, default.host, tokens["access_token"]).status_code == 401
+    assert fake.api_call_count(outcome="unauthorized", account=default) == 1
+    wrong = refresh_at(http, fake, default.host, tokens["refresh_token"])
+    assert (wrong.status_code, wrong.json()["hint"]) == (400, "Invalid account")
+    assert refresh_at(http, fake, kommo.host, tokens["refresh_token"]).status_code == 200
+    assert fake.refresh_sends(tokens["refresh_token"]) == 2
+    assert fake.refresh_sends(tokens["refresh_token"], host=default.host) == 1
+
+
+def test_add_account_and_lookups_refuse_bad_input(fake: FakeAmoCRM) -> None:
+    with pytest.raises(ValueError, match="already lives"):
+        fake.add_account("test")
+    with pytest.raises(ValueError, match="taken"):
+        fake.add_account("other", account_id=fake.account_id)
+    for bad in ("", "a.b", "-x", "has space"):
+        with pytest.raises(ValueError, match="subdomain"):
+            fake.add_account(bad)
+    with pytest.raises(ValueError, match="domain"):
+        fake.add_account("x", domain="localhost")
+    with pytest.raises(KeyError):
+        fake.account(12345)
+    with pytest.raises(KeyError):
+        fake.authorize(account=12345)
+    assert fake.account(fake.account_id) is fake.default_account
+    assert len(fake.accounts) == 1
+
+
+# -- rename, move and the account lookup (protocol §5) ---------------------------------------
+
+LOOKUP = "/oauth2/account/current/subdomain"
+
+
+def lookup(http: httpx.Client, api_host: str, refresh_token: str, **headers: str) -> httpx.Response:
+    return http.get(
+        f"https://{api_host}{LOOKUP}", headers={"X-Refresh-Token": refresh_token, **headers}
+    )
+
+
+def test_rename_account(fake: FakeAmoCRM, http: httpx.Client) -> None:
+    tokens = connect(http, fake)
+    handle = fake.rename_account(fake.default_account, "renamed")
+    assert handle is fake.default_account
+    assert (fake.account_host, handle.host) == ("renamed.amocrm.ru", "renamed.amocrm.ru")
+    old = refresh_at(http, fake, "test.amocrm.ru", tokens["refresh_token"])
+    assert (old.status_code, old.json()) == (400, oauth_problem(400, "Invalid account"))
+    assert account_at(http, "test.amocrm.ru", tokens["access_token"]).status_code == 401
+    assert account_at(http, "renamed.amocrm.ru", tokens["access_token"]).json()["subdomain"] == (
+        "renamed"
+    )
+    new = refresh_at(http, fake, "renamed.amocrm.ru", tokens["refresh_token"])
+    assert new.status_code == 200
+    assert fake.refresh_sends(tokens["refresh_token"], host="renamed.amocrm.ru") == 1
+    with pytest.raises(ValueError, match="already lives"):
+        fake.rename_account(None, "renamed")
+
+
+def test_move_account_and_look_it_up(fake: FakeAmoCRM, http: httpx.Client) -> None:
+    tokens = connect(http, fake)
+    old_api_domain = jwt_part(tokens["access_token"], 1)["api_domain"]
+    assert old_api_domain == "api-b.amocrm.ru"
+    fake.move_account(None, domain="kommo.com", subdomain="moved")
+    assert (fake.account_host, fake.api_domain) == ("moved.kommo.com", "api-b.kommo.com")
+    old = refresh_at(http, fake, "test.amocrm.ru", tokens["refresh_token"])
+    assert (old.status_code, old.json()["status"]) == (404, 404)
+    assert fake.token_call_count(outcome="account_moved") == 1
+    assert account_at(http, "test.amocrm.ru", tokens["access_token"]).status_code == 404
+    assert fake.api_call_count(outcome="not_found") == 1
+    # The lookup on the old token's api_domain, with only X-Refresh-Token, finds the new host.
+    found = lookup(http, old_api_domain, tokens["refresh_token"])
+    assert found.status_code == 200
+    assert found.json() == {
+        "id": fake.account_id,
+        "subdomain": "moved",
+        "domain": "moved.kommo.com",
+        "top_level_domain": "com",
+    }
+    assert account_at(http, "moved.kommo.com", tokens["access_token"]).status_code == 200
+    fresh = refresh_at(http, fake, found.json()["domain"], tokens["refresh_token"])
+    assert fresh.status_code == 200
+    assert jwt_part(fresh.json()["access_token"], 1)["api_domain"] == "api-b.kommo.com"
+    assert fake.lookup_calls == Counter({("api-b.amocrm.ru", "ok"): 1})
+    assert fake.lookup_calls_for(tokens["refresh_token"]) == 1
+    assert fake.lookups_with_authorization == 0
+
+
+def test_lookup_refuses_anything_but_a_live_refresh_token(
+    fake: FakeAmoCRM, http: httpx.Client
+) -> None:
+    tokens = connect(http, fake)
+    assert lookup(http, "api-b.amocrm.ru", "def50200garbage").status_code == 401
+    no_header = http.get(f"https://api-b.amocrm.ru{LOOKUP}")
+    assert (no_header.status_code, no_header.json()) == (401, API_401_BODY)
+    # The access token in Authorization is not a refresh token: refused, and counted.
+    with_auth = http.get(f"https://api-b.amocrm.ru{LOOKUP}", headers=bearer(tokens["access_token"]))
+    assert with_auth.status_code == 401
+    assert fake.lookups_with_authorization == 1
+    assert http.post(f"https://api-b.amocrm.ru{LOOKUP}").status_code == 405
+    assert http.get(f"https://test.amocrm.ru{LOOKUP}").status_code == 404  # not an API host
+    assert lookup(http, "api-g.amocrm.ru", tokens["refresh_token"]).status_code == 200
+    refresh(http, fake, tokens["refresh_token"])  # spends it
+    assert lookup(http, "api-b.amocrm.ru", tokens["refresh_token"]).status_code == 401
+    assert fake.lookup_calls[("api-b.amocrm.ru", "unauthorized")] == 4
+    assert fake.lookup_calls[("api-g.amocrm.ru", "ok")] == 1
+
+
+def test_tokens_without_the_api_domain_claim(clock: FakeClock) -> None:
+    fake = FakeAmoCRM(clock=clock, api_domain_claim=False)
+    http = httpx.Client(transport=fake.transport())
+    claims = jwt_part(connect(http, fake)["access_token"], 1)
+    assert "api_domain" not in claims
+    assert claims["base_domain"] == "amocrm.ru"
+    fake.api_domain_claim = True
+    assert jwt_part(connect(http, fake)["access_token"], 1)["api_domain"] == "api-b.amocrm.ru"
+
+
+# -- several integrations (protocol §3, §4, §6) ----------------------------------------------
+
+
+@pytest.fixture
+def second(fake: FakeAmoCRM) -> FakeIntegration:
+    return fake.add_integration("kommo-client", KOMMO_SECRET, "https://other.example/cb")
+
+
+def creds(integration: FakeIntegration) -> dict[str, str]:
+    return {
+        "client_id": integration.client_id,
+        "client_secret": integration.client_secret,
+        "redirect_uri": integration.redirect_uri,
+    }
+
+
+def test_code_of_one_integration_is_refused_with_anothers_credentials(
+    fake: FakeAmoCRM, http: httpx.Client, second: FakeIntegration
+) -> None:
+    query = query_of(fake.authorize("s", integration=second))
+    assert query["client_id"] == "kommo-client"
+    assert fake.authorize(integration="kommo-client").startswith("https://other.example/cb?code=")
+    refused = exchange(http, fake, query["code"])  # the default integration's credentials
+    assert (refused.status_code, refused.json()) == (
+        400,
+        oauth_problem(400, "Authorization code was not issued to this client"),
+    )
+    ok = exchange(http, fake, query["code"], **creds(second))
+    assert ok.status_code == 200
+    assert jwt_part(ok.json()["access_token"], 1)["aud"] == "kommo-client"
+    assert fake.token_call_count(outcome="ok", integration=second) == 1
+    assert fake.token_call_count(outcome="ok", integration=fake.default_integration) == 0
+    assert fake.token_call_count(outcome="code_wrong_client", integration=fake.client_id) == 1
+    # A refresh token is tied to its integration too.
+    wrong = refresh(http, fake, ok.json()["refresh_token"])
+    assert (wrong.status_code, wrong.json()["hint"]) == (401, "Token is not linked to client")
+    assert refresh(http, fake, ok.json()["refresh_token"], **creds(second)).status_code == 200
+
+
+def test_secrets_are_per_integration(
+    fake: FakeAmoCRM, http: httpx.Client, second: FakeIntegration
+) -> None:
+    code = fake.issue_code(integration=second)
+    mixed = exchange(http, fake, code, client_id=second.client_id)  # the default's secret
+    assert (mixed.status_code, mixed.json()) == (401, BAD_SECRET_BODY)
+    redirect = exchange(http, fake, code, **{**creds(second), "redirect_uri": REDIRECT})
+    assert redirect.json()["hint"] == "Redirect URI is not associated with client"
+    assert KOMMO_SECRET not in repr(second)
+    assert fake.integrations == (fake.default_integration, second)
+    with pytest.raises(ValueError, match="already registered"):
+        fake.add_integration("kommo-client", "x", "https://x.example/")
+    with pytest.raises(ValueError, match="empty"):
+        fake.add_integration("x", "", "https://x.example/")
+    with pytest.raises(KeyError):
+        fake.integration(FakeIntegration("kommo-client", "wrong", "https://other.example/cb"))
+
+
+def test_uninstall_and_hook_signature_per_integration(
+    fake: FakeAmoCRM, http: httpx.Client, second: FakeIntegration
+) -> None:
+    mine = connect(http, fake)
+    theirs = exchange(http, fake, fake.issue_code(integration=second), **creds(second)).json()
+    hook = fake.uninstall(integration=second)
+    expected = hmac.new(
+        KOMMO_SECRET.encode(), f"kommo-client|{fake.account_id}".encode(), hashlib.sha256
+    ).hexdigest()
+    assert hook == {
+        "client_uuid": "kommo-client",
+        "account_id": str(fake.account_id),
+        "signature": expected,
+    }
+    assert not fake.is_access_token_valid(theirs["access_token"])
+    assert not fake.is_refresh_token_valid(theirs["refresh_token"])
+    assert fake.is_access_token_valid(mine["access_token"])  # the other integration stays
+    assert fake.is_refresh_token_valid(mine["refresh_token"])
+    assert fake.hook_query()["signature"] != expected
+
+
+def test_consent_page_knows_every_integration(
+    fake: FakeAmoCRM, http: httpx.Client, second: FakeIntegration
+) -> None:
+    url = fake.authorization_url("st", integration=second)
+    assert query_of(url)["client_id"] == "kommo-client"
+    allow = http.get(url.replace("/oauth?", "/oauth/allow?"))
+    location = allow.headers["location"]
+    assert location.startswith("https://other.example/cb?code=")
+    assert query_of(location)["referer"] == fake.account_host
+    deny = http.get(url.replace("/oauth?", "/oauth/deny?")).headers["location"]
+    assert deny == fake.deny("st", integration=second)
+    assert deny.startswith("https://other.example/cb?error=access_denied&client_id=kommo-client")
+
+
+# -- Kommo's grace on an old refresh token (protocol §3) -------------------------------------
+
+
+def test_strict_refresh_revokes_the_old_token_at_once(fake: FakeAmoCRM, http: httpx.Client) -> None:
+    assert fake.refresh_grace is False
+    first = connect(http, fake)["refresh_token"]
+    assert refresh(http, fake, first).status_code == 200
+    again = refresh(http, fake, first)
+    assert (again.status_code, again.json()) == (401, oauth_problem(401, "Token has been revoked"))
+
+
+@pytest.mark.parametrize("use", ["access", "refresh"])
+def test_grace_keeps_the_old_refresh_token_until_a_new_token_is_used(
+    clock: FakeClock, use: str
+) -> None:
+    fake = FakeAmoCRM(clock=clock, rate_limit=None, refresh_grace=True)
+    http = httpx.Client(transport=fake.transport())
+    old = connect(http, fake)["refresh_token"]
+    lost = refresh(http, fake, old).json()  # say this answer was lost
+    retried = refresh(http, fake, old)  # the old token still works
+    assert retried.status_code == 200
+    # The pair issued before is replaced by the retry's pair.
+    assert not fake.is_refresh_token_valid(lost["refresh_token"])
+    assert fake.is_refresh_token_valid(old)
+    new = retried.json()
+    if use == "access":
+        assert account_at(http, fake.account_host, new["access_token"]).status_code == 200
+    else:
+        assert refresh(http, fake, new["refresh_token"]).status_code == 200
+    revoked = refresh(http, fake, old)
+    assert (revoked.status_code, revoked.json()["hint"]) == (401, "Token has been revoked")
+    assert fake.refresh_sends(old) == 3
+
+
+def test_grace_new_refresh_token_also_gets_grace(clock: FakeClock) -> None:
+    fake = FakeAmoCRM(clock=clock, rate_limit=None, refresh_grace=True)
+    http = httpx.Client(transport=fake.transport())
+    first = connect(http, fake)["refresh_token"]
+    second = refresh(http, fake, first).json()["refresh_token"]
+    third = refresh(http, fake, second).json()
+    assert not fake.is_refresh_token_valid(first)  # ended when `second` was used
+    assert fake.is_refresh_token_valid(second)  # until `third`'s tokens are used
+    assert account_at(http, fake.account_host, third["access_token"]).status_code == 200
+    assert not fake.is_refresh_token_valid(second)
+
+
+# -- blocked and unpaid accounts (protocol §9) -----------------------------------------------
+
+FORBIDDEN_BODY = {
+    "title": "Forbidden",
+    "type": "https://httpstatus.es/403",
+    "status": 403,
+    "detail": "Account is blocked",
+}
+
+
+def test_blocked_account_answers_403_everywhere_and_consumes_nothing(
+    fake: FakeAmoCRM, http: httpx.Client, three: tuple[FakeAccount, FakeAccount, FakeAccount]
+) -> None:
+    _, kommo, _ = three
+    tokens = connect_at(http, fake, kommo)
+    other = connect(http, fake)
+    code = fake.issue_code(account=kommo)
+    fake.block_account(kommo)
+    assert kommo.blocked
+    answers = [
+        account_at(http, kommo.host, tokens["access_token"]),
+        http.get(f"https://{kommo.host}/api/v4/leads"),  # no token at all: still 403
+        refresh_at(http, fake, kommo.host, tokens["refresh_token"]),
+        exchange(http, fake, code, url=token_url(kommo.host)),
+        lookup(http, kommo.api_domain, tokens["refresh_token"]),
+    ]
+    for answer in answers:
+        assert answer.status_code == 403
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json() == FORBIDDEN_BODY
+    assert account_at(http, fake.account_host, other["access_token"]).status_code == 200
+    assert fake.token_call_count(outcome="blocked", account=kommo) == 2
+    assert fake.api_call_count(outcome="blocked", account=kommo) == 2
+    fake.unblock_account(kommo)
+    assert account_at(http, kommo.host, tokens["access_token"]).status_code == 200
+    assert refresh_at(http, fake, kommo.host, tokens["refresh_token"]).status_code == 200
+    assert exchange(http, fake, code, url=token_url(kommo.host)).status_code == 200
+
+
+def test_unpaid_account_answers_402_on_the_api_only(fake: FakeAmoCRM, http: httpx.Client) -> None:
+    tokens = connect(http, fake)
+    fake.set_paid(False)
+    assert not fake.default_account.paid
+    unpaid = http.get(ACCOUNT_URL, headers=bearer(tokens["access_token"]))
+    assert (unpaid.status_code, unpaid.json()["status"]) == (402, 402)
+    assert http.get(ACCOUNT_URL).status_code == 401  # no token: 401 comes first
+    fresh = refresh(http, fake, tokens["refresh_token"])
+    assert fresh.status_code == 200  # OAuth still works
+    assert fake.api_calls[("/api/v4/account", "payment_required")] == 1
+    fake.set_paid(True)
+    assert http.get(ACCOUNT_URL, headers=bearer(fresh.json()["access_token"])).status_code == 200
+
+
+# -- scripted faults for verification (fail_next) --------------------------------------------
+
+
+def test_account_endpoint_scripted_500_429_403_then_normal(
+    fake: FakeAmoCRM, http: httpx.Client
+) -> None:
+    access = connect(http, fake)["access_token"]
+    for kind in ("500", "429", "403_html"):
+        fake.fail_next(kind, endpoint="api", path="/api/v4/account")
+    leads = http.get(LEADS_URL, headers=bearer(access))
+    assert leads.status_code == 200  # another path: untouched
+    first, second, third, fourth = (http.get(ACCOUNT_URL, headers=bearer(access)) for _ in range(4))
+    assert first.status_code == 500
+    assert (second.status_code, second.headers["content-type"]) == (
+        429,
+        "application/problem+json",
+    )
+    assert second.json() == {
+        "title": "Too Many Requests",
+        "type": "https://httpstatus.es/429",
+        "status": 429,
+        "detail": "Too many requests per second",
+        "retry_after": 300,
+    }
+    assert (third.status_code, third.headers["content-type"]) == (403, "text/html")
+    assert b"<center><h1>403 Forbidden</h1></center>" in third.content
+    assert b"nginx" in third.content
+    assert fourth.status_code == 200
+    assert fake.faults_injected == Counter({"500": 1, "429": 1, "403_html": 1})
+    assert fake.api_calls[("/api/v4/account", "injected_429")] == 1
+
+
+def test_faults_can_target_one_account_and_the_lookup(
+    fake: FakeAmoCRM, http: httpx.Client, three: tuple[FakeAccount, FakeAccount, FakeAccount]
+) -> None:
+    _, kommo, _ = three
+    tokens = connect_at(http, fake, kommo)
+    mine = connect(http, fake)
+    fake.fail_next("500", endpoint="api", account=kommo)
+    fake.fail_next("429", grant="refresh_token", account=kommo)
+    fake.fail_next("timeout_before", endpoint="lookup")
+    assert account_at(http, fake.account_host, mine["access_token"]).status_code == 200
+    assert account_at(http, kommo.host, tokens["access_token"]).status_code == 500
+    assert refresh(http, fake, mine["refresh_token"]).status_code == 200
+    assert refresh_at(http, fake, kommo.host, tokens["refresh_token"]).status_code == 429
+    assert fake.is_refresh_token_valid(tokens["refresh_token"])  # nothing processed
+    with pytest.raises(httpx.ConnectTimeout):
+        lookup(http, kommo.api_domain, tokens["refresh_token"])
+    assert lookup(http, kommo.api_domain, tokens["refresh_token"]).status_code == 200
+    assert fake.token_call_count("refresh_token", "injected_429", account=kommo) == 1
+
+
+def test_override_the_next_token_answer_with_out_of_range_values(
+    fake: FakeAmoCRM, http: httpx.Client
+) -> None:
+    fake.fail_next(
+        "override",
+        grant="authorization_code",
+        fields={"expires_in": RawJSON("1e400"), "access_token": "токен-ÿ"},
+    )
+    code = fake.issue_code()
+    answer = exchange(http, fake, code)
+    assert answer.status_code == 200
+    assert b'"expires_in":1e400' in answer.content
+    parsed = json.loads(answer.content)
+    assert parsed["expires_in"] == float("inf")
+    assert parsed["access_token"] == "токен-ÿ"
+    assert fake.is_refresh_token_valid(parsed["refresh_token"])  # the real work was done
+    assert exchange(http, fake, code).json()["hint"] == "Authorization code has been revoked"
+    fake.fail_next("override", fields={"expires_in": RawJSON("1e13")})
+    assert b'"expires_in":1e13' in exchange(http, fake).content
+    assert exchange(http, fake).json()["expires_in"] == 86400  # once only
+
+
+def test_override_the_account_id(fake: FakeAmoCRM, http: httpx.Client) -> None:
+    access = connect(http, fake)["access_token"]
+    fake.fail_next("override", endpoint="api", path="/api/v4/account", fields={"id": 2**70})
+    huge = http.get(ACCOUNT_URL, headers=bearer(access))
+    assert b'"id":1180591620717411303424' in huge.content
+    assert huge.json()["name"] == fake.account_name
+    assert http.get(ACCOUNT_URL, headers=bearer(access)).json()["id"] == fake.account_id
+
+
+def test_fail_next_checks_the_new_arguments(fake: FakeAmoCRM) -> None:
+    with pytest.raises(ValueError, match="fields"):
+        fake.fail_next("override")
+    with pytest.raises(ValueError, match="fields"):
+        fake.fail_next("500", fields={"a": 1})
+    with pytest.raises(ValueError, match="slow_body"):
+        fake.fail_next("slow_body", chunk_size=0)
+    with pytest.raises(ValueError, match="slow_body"):
+        fake.fail_next("slow_body", every=-1)
+    with pytest.raises(ValueError, match="grant"):
+        fake.fail_next("500", grant="refresh_token", endpoint="lookup")
+    with pytest.raises(KeyError):
+        fake.fail_next("500", account=999)
+
+
+def test_slow_body_trickles_over_loopback(fake: FakeAmoCRM) -> None:
+    with fake.serve() as served, httpx.Client(transport=served.transport()) as http:
+        access = connect(http, fake)["access_token"]
+        size = len(http.get(ACCOUNT_URL, headers=bearer(access)).content)
+        fake.fail_next("slow_body", endpoint="api", chunk_size=-(-size // 3), every=0.15)
+        arrivals: list[float] = []
+        started = time.monotonic()
+        # A read timeout longer than one gap but shorter than the total never fires:
+        # only a total-time bound catches a trickle.
+        with http.stream(
+            "GET", ACCOUNT_URL, headers=bearer(access), timeout=httpx.Timeout(5, read=0.4)
+        ) as streamed:
+            assert streamed.status_code == 200
+            headers_after = time.monotonic() - started
+            body = b""
+            for chunk in streamed.iter_raw():
+                arrivals.append(time.monotonic() - started)
+                body += chunk
+        assert json.loads(body)["id"] == fake.account_id
+        assert headers_after < 0.1
+        assert len(arrivals) == 3
+        assert arrivals[-1] >= 0.44
+        assert http.get(ACCOUNT_URL, headers=bearer(access)).status_code == 200
+
+
+def test_slow_body_in_process_arrives_whole(fake: FakeAmoCRM, http: httpx.Client) -> None:
+    access = connect(http, fake)["access_token"]
+    fake.fail_next("slow_body", endpoint="api", chunk_size=1, every=10.0)
+    started = time.monotonic()
+    answer = http.get(ACCOUNT_URL, headers=bearer(access))
+    assert answer.json()["id"] == fake.account_id
+    assert time.monotonic() - started < 1.0
+    assert fake.faults_injected["slow_body"] == 1

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._accounts import FakeAccount, FakeIntegration
 from ._clock import Clock, FakeClock
 from ._fake import FakeAmoCRM, LeadsSpec
 from ._server import ServedFake
 from ._transport import AsyncLoopbackTransport, LoopbackTransport
-from ._types import FakeResponse, FaultKind, RequestRecord
+from ._types import FakeResponse, FaultKind, RawJSON, RequestRecord
 
 if TYPE_CHECKING:
     from ._contract import StoreContract
@@ -37,12 +38,15 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncLoopbackTransport",
     "Clock",
+    "FakeAccount",
     "FakeAmoCRM",
     "FakeClock",
+    "FakeIntegration",
     "FakeResponse",
     "FaultKind",
     "LeadsSpec",
     "LoopbackTransport",
+    "RawJSON",
     "RequestRecord",
     "ServedFake",
     "StoreContract",

@@ -69,3 +69,12 @@ def consent_page(account_name: str, account_host: str, fields: Mapping[str, str]
 
 SERVER_ERROR_PAGE = message_page("500 Internal Server Error", "Something went wrong.")
 HTML_INSTEAD_OF_JSON = message_page("amoCRM", "Technical works are in progress.")
+
+# An nginx-style "403 Forbidden" page, as a front proxy answers a blocked client (protocol §9:
+# "repeated violations block the client's IP (403 on every request)"). Not our page template:
+# the point is a body that is neither JSON nor the fake's own HTML.
+NGINX_FORBIDDEN = (
+    b"<html>\r\n<head><title>403 Forbidden</title></head>\r\n<body>\r\n"
+    b"<center><h1>403 Forbidden</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)

@@ -9,10 +9,13 @@ protocol notes. Nothing was checked against a live account. Entries marked [I] a
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import timedelta
 from typing import Any, Final
 
 import attrs
+
+from ._types import RawJSON
 
 CODE_LIFETIME: Final = timedelta(minutes=20)
 ACCESS_LIFETIME: Final = timedelta(hours=24)
@@ -81,6 +84,10 @@ TOKEN_PROBLEMS: Final[dict[str, Problem]] = {
     "missing_refresh_token": _check("refresh_token"),  # [I]
     "refresh_garbage": Problem(401, "Cannot decrypt the refresh token"),  # [I]
     "token_revoked": Problem(401, "Token has been revoked"),
+    # [I] league/oauth2-server's hints for a secret redeemed by another client (§3: codes and
+    # tokens are issued to one client_id; the notes list no amoCRM fixture for this case).
+    "code_wrong_client": Problem(400, "Authorization code was not issued to this client"),
+    "refresh_wrong_client": Problem(401, "Token is not linked to client"),
 }
 
 # The REST API's own problem bodies (type https://httpstatus.es/<status>).
@@ -117,6 +124,42 @@ API_METHOD_NOT_ALLOWED: Final[dict[str, Any]] = {
 }
 
 
+API_FORBIDDEN: Final[dict[str, Any]] = {  # [I] §9 says "403 on every request", not the body
+    "title": "Forbidden",
+    "type": "https://httpstatus.es/403",
+    "status": 403,
+    "detail": "Account is blocked",
+}
+API_PAYMENT_REQUIRED: Final[dict[str, Any]] = {  # [I] §9 gives the status only
+    "title": "Payment Required",
+    "type": "https://httpstatus.es/402",
+    "status": 402,
+    "detail": "Account is not paid",
+}
+
+LOOKUP_PATH: Final = "/oauth2/account/current/subdomain"
+"""§5: `GET https://{api_domain}/oauth2/account/current/subdomain` with `X-Refresh-Token`."""
+
+
 def dump_json(payload: object) -> bytes:
-    """Serialize like PHP's json_encode: compact, non-ASCII escaped."""
-    return json.dumps(payload, separators=(",", ":")).encode("ascii")
+    """Serialize like PHP's json_encode: compact, non-ASCII escaped.
+
+    `RawJSON` values (at any depth) are inserted verbatim; the body is then UTF-8.
+    """
+    raw: dict[str, str] = {}
+
+    def swap(value: object) -> object:
+        if isinstance(value, RawJSON):
+            marker = f"@@raw-{secrets.token_hex(8)}@@"
+            raw[f'"{marker}"'] = value.text
+            return marker
+        if isinstance(value, dict):
+            return {key: swap(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [swap(item) for item in value]
+        return value
+
+    text = json.dumps(swap(payload), separators=(",", ":"))
+    for marker, verbatim in raw.items():
+        text = text.replace(marker, verbatim)
+    return text.encode("utf-8")

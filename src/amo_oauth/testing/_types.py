@@ -8,8 +8,25 @@ from typing import Any, Literal, Protocol
 
 import attrs
 
-FaultKind = Literal["500", "html", "timeout_before", "lost_answer"]
+FaultKind = Literal[
+    "500", "html", "timeout_before", "lost_answer", "429", "403_html", "slow_body", "override"
+]
 """What `FakeAmoCRM.fail_next` can inject; see its docstring."""
+
+
+@attrs.frozen
+class RawJSON:
+    """JSON text put verbatim into a fake answer (see `fail_next("override", fields=...)`).
+
+    For values Python's json module cannot produce, e.g. `RawJSON("1e400")` (a number no
+    double holds) or `RawJSON("1e13")` (a float-looking integer).
+
+    Attributes:
+        text: the JSON value's text, inserted as is (not validated).
+    """
+
+    text: str
+
 
 Dropped = Literal["timeout_before", "lost_answer"]
 
@@ -28,6 +45,9 @@ class FakeResponse:
             server (transports raise httpx.ConnectTimeout). "lost_answer": the server did the
             work but the answer is lost (transports raise httpx.ReadTimeout; the loopback
             server closes the connection without answering).
+        trickle: None, or (bytes per chunk, seconds before each chunk): the loopback server
+            sends the headers at once and the body in such chunks ("slow_body" fault). The
+            in-process transports deliver the whole body at once.
     """
 
     status: int
@@ -35,6 +55,7 @@ class FakeResponse:
     body: bytes = attrs.field(default=b"", repr=False)
     delay: float = 0.0
     dropped: Dropped | None = None
+    trickle: tuple[int, float] | None = None
 
     def header(self, name: str) -> str | None:
         """Return the first header called `name` (case-insensitive), or None."""
