@@ -201,7 +201,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         makers: dict[str, Callable[[], FullStore]] = {
-            "memory": MemoryStore,  # type: ignore[dict-item]
+            "memory": MemoryStore,
             "sqlite": lambda: SQLiteStore(Path(tmp) / f"burst-{time.monotonic_ns()}.db"),
         }
         print(f"{args.callers} duplicate callbacks at once, token latency {args.latency}s")

@@ -6,17 +6,20 @@ import base64
 import hashlib
 import hmac
 import json
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from amo_oauth._errors import CallbackRejected
+from amo_oauth._events import CodeReceived
+from amo_oauth._hosts import AccountHost
+from amo_oauth._records import ConnectionRecord, Lease, code_digest
+from amo_oauth._state import step
 from amo_oauth._state_token import (
     _b64,
     _mac,
-    consume_state,
     issue_state,
     read_state,
 )
@@ -29,16 +32,6 @@ TTL = timedelta(minutes=10)
 MS = timedelta(milliseconds=1)
 secrets_ = st.binary(min_size=32, max_size=64)
 connection_ids = st.text(min_size=1, max_size=255)
-
-
-class DictLedger:
-    """A ``StateLedger``: a nonce is consumed once, and again only by the same holder."""
-
-    def __init__(self) -> None:
-        self.holders: dict[str, str] = {}
-
-    def consume_state(self, nonce: str, expires_at: datetime, holder: str = "") -> bool:
-        return self.holders.setdefault(nonce, holder) == holder
 
 
 def rejected(secret: bytes, token: str) -> str:
@@ -174,58 +167,54 @@ def test_a_non_ascii_token_is_refused_not_crashed_on():
     assert rejected(SECRET, "v1.é.mac") == "bad_state"
 
 
-# --- expiry and single use ------------------------------------------------------------------
+# --- expiry and single use: rules of the lifecycle table, fed by what the store holds -------
 
 
-def test_a_state_is_consumed_once_then_only_by_the_same_holder():
+def code_with(claims, raw: str, used_with: str | None) -> CodeReceived:
+    lease = Lease("w", "exchange", claims.expires_at + TTL)
+    return CodeReceived(
+        code_digest(raw),
+        AccountHost("acme.amocrm.ru"),
+        lease,
+        claims.issued_at,
+        state_expires_at=claims.expires_at,
+        state_holder=used_with,
+    )
+
+
+def test_a_state_is_used_once_then_only_by_the_same_code():
     _, claims = issue_state(SECRET, "user-42", T0, TTL)
-    ledger = DictLedger()
-    consume_state(ledger, claims, T0, holder="code-digest-1")
-    consume_state(ledger, claims, T0, holder="code-digest-1")
-    with pytest.raises(CallbackRejected) as caught:
-        consume_state(ledger, claims, T0, holder="code-digest-2")
-    assert caught.value.reason == "reused_state"
+    fresh = ConnectionRecord("user-42")
+    assert step(fresh, code_with(claims, "code-1", None), T0).changed
+    assert step(fresh, code_with(claims, "code-1", code_digest("code-1")), T0).changed
+    again = step(fresh, code_with(claims, "code-2", code_digest("code-1")), T0)
+    assert (again.changed, again.noop) == (False, "reused_state")
 
 
 def test_a_state_expires_exactly_at_expires_at():
     _, claims = issue_state(SECRET, "user-42", T0, TTL)
-    consume_state(DictLedger(), claims, claims.expires_at - timedelta(microseconds=1), "h")
-    with pytest.raises(CallbackRejected) as caught:
-        consume_state(DictLedger(), claims, claims.expires_at, "h")
-    assert caught.value.reason == "expired_state"
-
-
-def test_an_expired_state_is_not_recorded_as_used():
-    _, claims = issue_state(SECRET, "user-42", T0, TTL)
-    ledger = DictLedger()
-    with pytest.raises(CallbackRejected):
-        consume_state(ledger, claims, T0 + TTL, "h")
-    assert ledger.holders == {}
-
-
-def use(ledger: DictLedger, claims, now: datetime, holder: str) -> str | None:
-    """The rejection reason, or None when the state was accepted."""
-    try:
-        consume_state(ledger, claims, now, holder)
-    except CallbackRejected as rejection:
-        return rejection.reason
-    return None
+    fresh = ConnectionRecord("user-42")
+    just_before = claims.expires_at - timedelta(microseconds=1)
+    assert step(fresh, code_with(claims, "c", None), just_before).changed
+    late = step(fresh, code_with(claims, "c", None), claims.expires_at)
+    assert (late.changed, late.noop) == (False, "expired_state")
 
 
 @settings(max_examples=examples(500))
 @given(
     issued=aware_datetimes,
     later=st.timedeltas(min_value=timedelta(0), max_value=timedelta(minutes=30)),
-    holders=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=6),
+    codes=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=6),
 )
-def test_use_follows_expiry_and_the_first_holder(issued, later, holders):
+def test_use_follows_expiry_and_the_first_code(issued, later, codes):
     _, claims = issue_state(SECRET, "user-42", issued, TTL)
     now = claims.issued_at + later
-    ledger = DictLedger()
-    for holder in holders:
+    first = code_digest(codes[0])
+    for raw in codes:
+        result = step(ConnectionRecord("user-42"), code_with(claims, raw, first), now)
         if now >= claims.expires_at:
-            assert use(ledger, claims, now, holder) == "expired_state"
-        elif holder == holders[0]:
-            assert use(ledger, claims, now, holder) is None
+            assert result.noop == "expired_state"
+        elif raw == codes[0]:
+            assert result.changed
         else:
-            assert use(ledger, claims, now, holder) == "reused_state"
+            assert result.noop == "reused_state"

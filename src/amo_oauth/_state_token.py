@@ -15,13 +15,12 @@ import hmac
 import json
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 import attrs
 
 from ._errors import CallbackRejected
 
-__all__ = ["StateClaims", "StateLedger", "consume_state", "issue_state", "read_state"]
+__all__ = ["StateClaims", "issue_state", "read_state"]
 
 _PREFIX = "v1"
 # As long as a callback parameter may be (``_callback._MAX_VALUE``): a state ``begin()`` issues
@@ -29,14 +28,6 @@ _PREFIX = "v1"
 _MAX_TOKEN = 2048
 # Domain separation: a MAC made for a state can never pass for any other signed value.
 _CONTEXT = b"amo_oauth.state.v1."
-
-
-class StateLedger(Protocol):
-    """What a store offers to make states single-use."""
-
-    def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
-        """True the first time ``nonce`` is consumed, and again for the same ``holder`` only."""
-        ...
 
 
 @attrs.frozen
@@ -108,15 +99,3 @@ def read_state(secret: bytes, token: str) -> StateClaims:
         # Only a holder of the secret could sign this; still, refuse rather than crash.
         raise CallbackRejected("bad_state") from None
     return claims
-
-
-def consume_state(ledger: StateLedger, claims: StateClaims, now: datetime, holder: str) -> None:
-    """Use a state once: reject it when expired, or consumed already by another holder.
-
-    Raises:
-        CallbackRejected: ``expired_state`` or ``reused_state``.
-    """
-    if claims.is_expired(now):
-        raise CallbackRejected("expired_state")
-    if not ledger.consume_state(claims.nonce, claims.expires_at, holder):
-        raise CallbackRejected("reused_state")
