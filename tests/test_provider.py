@@ -162,6 +162,8 @@ FAKE_PROBLEMS = {
     "missing_refresh_token": (Meaning.REJECTED, "rejected"),
     "refresh_garbage": (Meaning.REFRESH_REFUSED, "token_invalid"),
     "token_revoked": (Meaning.REFRESH_REFUSED, "token_revoked"),
+    "code_wrong_client": (Meaning.CODE_SPENT, "code_wrong_client"),
+    "refresh_wrong_client": (Meaning.REFRESH_REFUSED, "token_wrong_client"),
 }
 
 
@@ -566,12 +568,13 @@ def client() -> Iterator[httpx.Client]:
 
 
 def test_httpx_timeouts_alone_do_not_bound_a_trickle(client):
-    # The control: each read is quick, so a per-operation timeout of 1 s never fires.
-    with Trickle(chunks=12, interval=0.12) as server:
+    # The control: each read waits 0.45 s, far below the per-operation timeout of 3 s (room for
+    # a loaded machine's stalls), yet the whole answer takes longer than 3 s.
+    with Trickle(chunks=8, interval=0.45) as server:
         request = server.request()
-        request.extensions["timeout"] = httpx.Timeout(1.0).as_dict()
+        request.extensions["timeout"] = httpx.Timeout(3.0).as_dict()
         response = client.send(request)
-        assert response.status_code == 200 and server.sent == 12
+        assert response.status_code == 200 and server.sent == 8
 
 
 def test_send_within_bounds_the_whole_call(client):

@@ -235,6 +235,24 @@ ROWS: Final[tuple[Row, ...]] = (
     ),
     Row(_TOKEN, _HINTED, "Invalid account", _M.ACCOUNT_MOVED, "invalid_account", "§4"),
     Row(_TOKEN, _HINTED, "Token has been revoked", _M.REFRESH_REFUSED, "token_revoked", "§4"),
+    # A code or refresh token issued to another integration (the OAuth server's wording, [I]):
+    # nothing to retry with this client; the code is useless to us, the token refused for good.
+    Row(
+        _TOKEN,
+        _HINTED,
+        "Authorization code was not issued to this client",
+        _M.CODE_SPENT,
+        "code_wrong_client",
+        "[I] (the fake's code_wrong_client)",
+    ),
+    Row(
+        _TOKEN,
+        _HINTED,
+        "Token is not linked to client",
+        _M.REFRESH_REFUSED,
+        "token_wrong_client",
+        "[I] (the fake's refresh_wrong_client)",
+    ),
     Row(
         _TOKEN,
         _HINTED,

@@ -277,9 +277,9 @@ _offsets = st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(
 _aware = st.datetimes(
     min_value=datetime(1900, 1, 1), max_value=datetime(9000, 1, 1), timezones=_offsets
 )
-# Any text but NUL, which no record the service writes holds (ids are printable, tokens are
-# printable ASCII) and which PostgreSQL's text type cannot store.
-_text_chars = st.characters(blacklist_characters="\x00")
+# Any text UTF-8 can carry (no lone surrogates) but NUL: no record the service writes holds
+# either (ids are printable, tokens printable ASCII), and PostgreSQL's text type cannot store NUL.
+_text_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 _texts = st.text(_text_chars, max_size=40)
 _records = st.builds(
     ConnectionRecord,
