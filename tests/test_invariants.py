@@ -57,7 +57,7 @@ from amo_oauth import (
 )
 from amo_oauth._records import MAX_CODE_DIGESTS, code_digest, record_key
 from amo_oauth._state_token import issue_state
-from amo_oauth.stores import BaseStore
+from amo_oauth.stores import BaseStore, Claim, ClaimResult
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import STATE_SECRET, config_for, examples, query_of
@@ -344,13 +344,13 @@ class OAuthMachine(RuleBasedStateMachine):
             # Invariant 7: an expired, reused or forged state changes nothing.
             assert self.snapshot() == before
             assert self.fake.token_call_count() == calls
-            if expect.consume is not None:
-                self.holders.setdefault(*expect.consume)
             return
         self.check_clean(result)
         assert expect.kind != "reject", f"expected CallbackRejected({expect.reason})"
         assert isinstance(result, CallbackResult)
-        if expect.consume is not None:
+        # The state is used up by the claim that exchanges its code, in the same atomic write;
+        # a refusal or a report writes nothing, the state included.
+        if expect.consume is not None and expect.kind == "exchange":
             self.holders.setdefault(*expect.consume)
         record = self.record(cid)
         if expect.kind in ("duplicate", "keep"):
@@ -1000,11 +1000,18 @@ class InterleavingStore(MemoryStore):
         super().__init__()
         self.before_write: Callable[[], object] | None = None
 
-    def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
+    def _slip_in(self) -> None:
         hook, self.before_write = self.before_write, None
         if hook is not None:
             hook()
+
+    def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
+        self._slip_in()
         return super().compare_and_set(record, expected_version)
+
+    def claim(self, claim: Claim) -> ClaimResult:
+        self._slip_in()
+        return super().claim(claim)
 
 
 def test_a_code_that_lost_a_race_unsent_is_exchanged_later(

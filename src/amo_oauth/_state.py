@@ -80,6 +80,11 @@ def state_is_fresh(data: EventData) -> bool:
     return fresh and not host_is_unknown(data)
 
 
+def reclaims_a_code_held_elsewhere(data: EventData) -> bool:
+    """A re-authorization (fresh state) would claim a code the ledger gives to another record."""
+    return state_is_fresh(data) and code_is_held_elsewhere(data)
+
+
 def lease_is_live(data: EventData) -> bool:
     """A worker holds the record (an exchange or a refresh) and has not outlived its lease."""
     step = _model(data)
@@ -136,13 +141,24 @@ TABLE: tuple[Rule, ...] = (
     # A known code is a no-op in every state: the fix for the seed's double exchange. So is a
     # code the store-wide ledger gives to another record: each code goes out at most once.
     Rule("code_received", ALL, None, code_is_known, noop="duplicate_code"),
-    Rule("code_received", ALL, None, code_is_held_elsewhere, noop="duplicate_code"),
     Rule("code_received", ALL, None, state_has_expired, noop="expired_state"),
     Rule("code_received", ALL, None, state_was_used_by_another_code, noop="reused_state"),
     Rule("code_received", EXCHANGING, None, noop="exchange_in_progress"),
+    # A code the store-wide ledger gives to another record is a duplicate too (each code goes
+    # out at most once), found where this record would otherwise claim it.
+    Rule(
+        "code_received", (S.CONNECTED,), None, reclaims_a_code_held_elsewhere, noop="duplicate_code"
+    ),
     Rule("code_received", (S.CONNECTED,), S.CODE_RECEIVED, state_is_fresh),
     Rule("code_received", (S.CONNECTED,), None, noop="keep_connection"),
     Rule("code_received", (S.DISCONNECTED, S.ERROR), None, host_is_unknown, noop="no_host"),
+    Rule(
+        "code_received",
+        (S.DISCONNECTED, S.ERROR),
+        None,
+        code_is_held_elsewhere,
+        noop="duplicate_code",
+    ),
     Rule("code_received", (S.DISCONNECTED, S.ERROR), S.CODE_RECEIVED),
     Rule("denied", (S.DISCONNECTED, S.ERROR), S.ERROR),
     Rule("denied", (S.CONNECTED,), None, noop="keep_connection"),
