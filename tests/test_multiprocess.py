@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -260,3 +261,35 @@ def test_loopback_transport_refuses_what_is_not_a_served_fake(url: str, domain: 
         LoopbackTransport.to(url, domain=domain)
     with pytest.raises(ValueError, match="not a"):
         AsyncLoopbackTransport.to(url, domain=domain)
+
+
+def test_two_service_objects_on_one_file_and_worker_processes_exchange_once(
+    fake: FakeAmoCRM,
+    served: str,
+    db: Path,
+    clock: OffsetClock,
+    parent: AmoOAuth,
+    tmp_path: Path,
+) -> None:
+    """The defect of the core-seam issue, end to end: a second store object on the same file
+    (here a second AmoOAuth) used to drop this process's SQLite locks, so a worker process and
+    this process could both win the claim and send the code twice."""
+    http = httpx.Client(transport=LoopbackTransport.to(served, domain=fake.domain))
+    second = AmoOAuth(
+        config_for(fake, settle_timeout=SETTLE), store=SQLiteStore(db), http=http, clock=clock
+    )
+    second.status(USER)  # both objects hold connections to the file now
+    query = query_of(fake.authorize(parent.begin(USER).state))
+    job = job_for(fake, served, db, clock, action="callback", query=query)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        here = [pool.submit(oauth.handle_callback, query) for oauth in (parent, second)]
+        results, errors, _ = gathered(run_workers(tmp_path, job))
+        outcomes = Counter(result["outcome"] for result in results)
+        outcomes.update(future.result().outcome.value for future in here)
+    second.close()
+    http.close()
+    figures = f"token calls {dict(fake.token_calls)}, outcomes {dict(outcomes)}, errors {errors}"
+    assert errors == [], figures
+    assert fake.token_calls_for(query["code"]) == 1, figures
+    assert outcomes[Outcome.CONNECTED.value] == 1, figures
+    assert outcomes[Outcome.ALREADY_CONNECTED.value] == PROCESSES * THREADS + 1, figures

@@ -19,6 +19,7 @@ from ._errors import (
     ProviderError,
     ReauthorizationRequired,
     StoreError,
+    UnreadableRecord,
 )
 from ._records import (
     Account,
@@ -69,6 +70,7 @@ __all__ = [
     "Store",
     "StoreError",
     "TokenSet",
+    "UnreadableRecord",
     "__version__",
 ]
 

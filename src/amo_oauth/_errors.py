@@ -8,6 +8,7 @@
      +-- ProviderError(status, hint)  amoCRM answered with an error, or did not answer
      +-- InvalidTransition            an event the lifecycle table does not know
      +-- StoreError                   a store could not read or write a record
+          +-- UnreadableRecord        a stored record is corrupt (its version, if intact)
 
 Messages never contain secrets: no client_secret, code, token or state value is ever
 formatted into an exception.
@@ -27,6 +28,7 @@ __all__ = [
     "ProviderError",
     "ReauthorizationRequired",
     "StoreError",
+    "UnreadableRecord",
 ]
 
 #: Every reason a ``CallbackRejected`` can carry; the web layer answers ``{"error": reason}``.
@@ -90,3 +92,16 @@ class InvalidTransition(AmoOAuthError):
 
 class StoreError(AmoOAuthError):
     """A store failed to load or write a record."""
+
+
+class UnreadableRecord(StoreError):
+    """A stored record that cannot be read (corrupt, or written by something else).
+
+    ``version`` is the row's own version column when the store keeps one and it is intact, so
+    that ``disconnect()`` can still overwrite the row by compare-and-set; None otherwise. The
+    message names no content.
+    """
+
+    def __init__(self, version: int | None = None) -> None:
+        super().__init__("the store holds a record it cannot read")
+        self.version = version

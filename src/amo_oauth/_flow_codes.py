@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+import attrs
+
 from ._callback import Denial, QueryLike, parse_callback
-from ._errors import CallbackRejected, ProviderError
+from ._errors import CallbackRejected, ProviderError, UnreadableRecord
 from ._events import (
     CodeReceived,
     Denied,
@@ -23,10 +25,10 @@ from ._events import (
     Verified,
     VerifyFailed,
 )
-from ._flow_records import Records
+from ._flow_records import Records, logger
 from ._hook import verify_disconnect_hook
 from ._hosts import AccountHost
-from ._ops import ClaimOp, ConsumeState, FindByAccount, Flow, HolderOf, Send, perform
+from ._ops import ClaimOp, CompareAndSet, ConsumeState, FindByAccount, Flow, HolderOf, Send, perform
 from ._provider import account_request, code_request, read_account, read_tokens
 from ._reasons import Reason
 from ._records import (
@@ -260,8 +262,29 @@ class CodeFlows(Records):
 
     def disconnect(self, connection_id: str) -> Flow[Connection]:
         check_connection_id(connection_id)
-        record, _ = yield from self.apply(self.fresh(connection_id), Disconnect())
-        return record.public()
+        while True:
+            try:
+                record, _ = yield from self.apply(self.fresh(connection_id), Disconnect())
+            except UnreadableRecord as unreadable:
+                if unreadable.version is None:
+                    raise
+                # The row is corrupt but its version is intact: overwrite it with a fresh,
+                # disconnected record. (Replays of its codes stay no-ops: the store-wide code
+                # ledger still holds them.)
+                replaced = yield from self._replace_unreadable(connection_id, unreadable.version)
+                if replaced is None:
+                    continue
+                record = replaced
+            return record.public()
+
+    def _replace_unreadable(
+        self, connection_id: str, version: int
+    ) -> Flow[ConnectionRecord | None]:
+        fresh = attrs.evolve(self.fresh(connection_id), version=version + 1, updated_at=self.now())
+        if not (yield from perform(CompareAndSet(fresh, version))):
+            return None
+        logger.warning("connection %s: an unreadable record was replaced", connection_id)
+        return fresh
 
     def handle_disconnect_hook(self, query: QueryLike) -> Flow[tuple[Connection, ...]]:
         account_id = verify_disconnect_hook(query, self.config)

@@ -40,11 +40,14 @@ def code_is_known(data: EventData) -> bool:
     return isinstance(step.event, CodeReceived) and step.record.knows_code(step.event.code_digest)
 
 
-def code_is_held_elsewhere(data: EventData) -> bool:
-    """The store's code ledger says the code was claimed for another record."""
+def code_was_claimed(data: EventData) -> bool:
+    """The store's code ledger says the code was claimed already, for this record or another.
+
+    A claim writes the ledger entry and the record in one atomic operation, so an entry means
+    the code went (or is going) to amoCRM, even when the record no longer remembers it (its
+    newest-256 list moved on, or an unreadable row was replaced)."""
     step = _model(data)
-    holder = step.event.code_holder if isinstance(step.event, CodeReceived) else None
-    return holder is not None and holder != step.record.key
+    return isinstance(step.event, CodeReceived) and step.event.code_holder is not None
 
 
 def state_was_used_by_another_code(data: EventData) -> bool:
@@ -80,9 +83,9 @@ def state_is_fresh(data: EventData) -> bool:
     return fresh and not host_is_unknown(data)
 
 
-def reclaims_a_code_held_elsewhere(data: EventData) -> bool:
-    """A re-authorization (fresh state) would claim a code the ledger gives to another record."""
-    return state_is_fresh(data) and code_is_held_elsewhere(data)
+def reclaims_a_claimed_code(data: EventData) -> bool:
+    """A re-authorization (fresh state) would claim a code the ledger says was claimed."""
+    return state_is_fresh(data) and code_was_claimed(data)
 
 
 def lease_is_live(data: EventData) -> bool:
@@ -138,17 +141,14 @@ def _stale(event: str, *live: ConnectionState) -> Rule:
 
 
 TABLE: tuple[Rule, ...] = (
-    # A known code is a no-op in every state: the fix for the seed's double exchange. So is a
-    # code the store-wide ledger gives to another record: each code goes out at most once.
+    # A known code is a no-op in every state: the fix for the seed's double exchange.
     Rule("code_received", ALL, None, code_is_known, noop="duplicate_code"),
     Rule("code_received", ALL, None, state_has_expired, noop="expired_state"),
     Rule("code_received", ALL, None, state_was_used_by_another_code, noop="reused_state"),
     Rule("code_received", EXCHANGING, None, noop="exchange_in_progress"),
-    # A code the store-wide ledger gives to another record is a duplicate too (each code goes
-    # out at most once), found where this record would otherwise claim it.
-    Rule(
-        "code_received", (S.CONNECTED,), None, reclaims_a_code_held_elsewhere, noop="duplicate_code"
-    ),
+    # A code the store-wide ledger holds is a duplicate too (each code goes out at most once),
+    # found where this record would otherwise claim it.
+    Rule("code_received", (S.CONNECTED,), None, reclaims_a_claimed_code, noop="duplicate_code"),
     Rule("code_received", (S.CONNECTED,), S.CODE_RECEIVED, state_is_fresh),
     Rule("code_received", (S.CONNECTED,), None, noop="keep_connection"),
     Rule("code_received", (S.DISCONNECTED, S.ERROR), None, host_is_unknown, noop="no_host"),
@@ -156,7 +156,7 @@ TABLE: tuple[Rule, ...] = (
         "code_received",
         (S.DISCONNECTED, S.ERROR),
         None,
-        code_is_held_elsewhere,
+        code_was_claimed,
         noop="duplicate_code",
     ),
     Rule("code_received", (S.DISCONNECTED, S.ERROR), S.CODE_RECEIVED),

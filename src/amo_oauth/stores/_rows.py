@@ -10,7 +10,7 @@ from __future__ import annotations
 import attrs
 
 from .._codec import record_from_json, record_to_json
-from .._errors import StoreError
+from .._errors import StoreError, UnreadableRecord
 from .._records import ConnectionRecord, ConnectionState
 
 __all__ = ["RecordCodec", "Row"]
@@ -53,6 +53,24 @@ class RecordCodec:
     def encode(self, record: ConnectionRecord) -> str:
         """The record's stored body (text)."""
         return record_to_json(record)
+
+    def decode_row(self, key: object, version: object, data: object) -> ConnectionRecord:
+        """The record a row holds, checked against the row's own key and version columns.
+
+        Raises:
+            UnreadableRecord: the body is unreadable or disagrees with its columns; it carries
+                the version column when that is an intact integer, so the row can still be
+                overwritten by compare-and-set.
+        """
+        intact = version if type(version) is int else None
+        try:
+            record = self.decode(data)
+        except StoreError:
+            raise UnreadableRecord(intact) from None
+        # A body that disagrees with its own columns was not written by this library.
+        if record.key != key or record.version != version:
+            raise UnreadableRecord(intact)
+        return record
 
     def decode(self, data: object) -> ConnectionRecord:
         """The record a stored body holds.

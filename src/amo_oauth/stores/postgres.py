@@ -161,7 +161,7 @@ class _Tables:
                 idx=sql.Identifier(name + "_ledger_expires_idx"), **fmt
             ),
         ]
-        self.load = sql.SQL("SELECT data FROM {records} WHERE key = %s").format(**fmt)
+        self.load = sql.SQL("SELECT key, version, data FROM {records} WHERE key = %s").format(**fmt)
         self.insert = sql.SQL(
             """INSERT INTO {records} (key, version, state, account_id, refresh_due, data)
             VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING"""
@@ -472,7 +472,7 @@ class PostgresStore(BaseStore, AsyncBaseStore):
 
     def _op_load(self, key: str) -> _Op[ConnectionRecord | None]:
         done = yield _Stmt(self._tables.load, (key,))
-        return self._codec.decode(done.rows[0][0]) if done.rows else None
+        return self._codec.decode_row(*done.rows[0]) if done.rows else None
 
     # Each ``_op_*`` checks its arguments when called (raising ValueError before any
     # connection is borrowed) and returns the generator of its statements.

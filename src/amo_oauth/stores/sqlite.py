@@ -466,11 +466,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
 
     def _decode(self, row: tuple[Any, ...]) -> ConnectionRecord:
         key, version, data = row
-        record = self._codec.decode(data)
-        # A body that disagrees with its own columns was not written by this store.
-        if record.key != key or record.version != version:
-            raise StoreError("the store holds a record it cannot read")
-        return record
+        return self._codec.decode_row(key, version, data)
 
     # -- transactions --------------------------------------------------------------------
 

@@ -279,7 +279,7 @@ _aware = st.datetimes(
 )
 # Any text UTF-8 can carry (no lone surrogates) but NUL: no record the service writes holds
 # either (ids are printable, tokens printable ASCII), and PostgreSQL's text type cannot store NUL.
-_text_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+_text_chars = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
 _texts = st.text(_text_chars, max_size=40)
 _records = st.builds(
     ConnectionRecord,
