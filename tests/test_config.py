@@ -26,7 +26,7 @@ def test_defaults():
     assert made.mode == "post_message"
     assert made.extra_domains == ()
     assert made.allow_widget_installs is False
-    assert made.state_ttl == timedelta(minutes=10)
+    assert made.state_ttl == timedelta(minutes=30)
     assert made.lease_ttl == timedelta(seconds=60)
     assert made.settle_timeout == 5.0
     assert made.refresh_margin == timedelta(minutes=5)

@@ -337,3 +337,25 @@ def test_a_signed_in_user_cannot_be_handed_someone_elses_consent_link(
     assert fake.token_call_count() == 0
     result = oauth.handle_callback(query, connection_id="attacker")
     assert result.outcome is Outcome.CONNECTED
+
+
+def test_a_slow_consent_still_connects(oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock) -> None:
+    """Issue: the user took 12 minutes on the consent page; the default state lifetime covers
+    the consent plus the code's own 20 minutes."""
+    state = oauth.begin(USER).state
+    clock.advance(timedelta(minutes=12))
+    result = oauth.handle_callback(query_of(fake.authorize(state)))
+    assert result.outcome is Outcome.CONNECTED
+
+
+def test_a_state_expires_after_thirty_minutes_by_default(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    state = oauth.begin(USER).state
+    clock.advance(timedelta(minutes=29, seconds=59))
+    late = oauth.begin(USER).state
+    clock.advance(timedelta(seconds=1))
+    with pytest.raises(CallbackRejected) as rejected:
+        oauth.handle_callback(query_of(fake.authorize(state)))
+    assert rejected.value.reason == "expired_state"
+    assert oauth.handle_callback(query_of(fake.authorize(late))).outcome is Outcome.CONNECTED

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final, Literal, get_args
 
 import attrs
 
 __all__ = [
     "ANY_HINT",
+    "EXCHANGE_FAILURES",
     "GRANTS",
     "MAX_HINT",
     "NO_ANSWER",
+    "REFRESH_REFUSALS",
     "ROWS",
     "TOKEN_GRANTS",
     "UNREADABLE_ACCOUNT",
@@ -370,3 +372,15 @@ def markdown_rows(*, header: bool = True) -> list[str]:
         cells = (grants, row.statuses.label, hint, f"`{row.meaning.name}`", f"`{row.reason}`")
         lines.append("| " + " | ".join(_cell(c) for c in (*cells, "", row.source)) + " |")
     return lines
+
+
+#: Why an exchange failed, by what amoCRM's answer means: the code's fate unknown (never sent
+#: again), the integration misconfigured (fix it, then connect again), or the code refused.
+EXCHANGE_FAILURES: Final[Mapping[Meaning, str]] = {
+    Meaning.TRANSIENT: "exchange_interrupted",
+    Meaning.ACCOUNT_BLOCKED: "exchange_interrupted",
+    Meaning.CLIENT_MISCONFIGURED: "client_misconfigured",
+}
+#: What a refused refresh means: only these drop the connection (the refresh token is refused
+#: for good and is never sent again); anything else keeps the pair for a later try.
+REFRESH_REFUSALS: Final = frozenset({Meaning.REFRESH_REFUSED})

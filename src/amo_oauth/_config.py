@@ -61,7 +61,9 @@ class Config:
         extra_domains: account domains to allow besides amocrm.ru, amocrm.com and kommo.com,
             e.g. a self-hosted fake's; they add to the allowlist, never replace it.
         allow_widget_installs: accept ``from_widget=1`` redirects, which carry no ``state``.
-        state_ttl: how long a ``state`` from ``begin()`` stays valid.
+        state_ttl: how long a ``state`` from ``begin()`` stays valid: 30 minutes by default, to
+            cover the user's time on the consent page plus the 20 minutes an amoCRM code lives
+            (protocol notes §3), so a slow consent still connects.
         lease_ttl: how long a worker may hold an exchange or a refresh before it is presumed
             dead; more than three ``http_timeout``s (an exchange makes two calls).
         settle_timeout: seconds a duplicate callback waits for another worker's exchange, and
@@ -78,7 +80,7 @@ class Config:
     mode: str = attrs.field(default="post_message", validator=attrs.validators.in_(_MODES))
     extra_domains: tuple[str, ...] = attrs.field(default=(), converter=_domains)
     allow_widget_installs: bool = False
-    state_ttl: timedelta = attrs.field(default=timedelta(minutes=10), validator=_positive)
+    state_ttl: timedelta = attrs.field(default=timedelta(minutes=30), validator=_positive)
     lease_ttl: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
     settle_timeout: float = attrs.field(default=5.0, validator=_positive)
     refresh_margin: timedelta = attrs.field(default=timedelta(minutes=5), validator=_positive)

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 import attrs
 
+from ._answers import EXCHANGE_FAILURES
 from ._callback import Denial, QueryLike, parse_callback
 from ._errors import CallbackRejected, ProviderError, UnreadableRecord
 from ._events import (
@@ -29,7 +30,7 @@ from ._flow_records import Records, logger
 from ._hook import verify_disconnect_hook
 from ._hosts import AccountHost
 from ._ops import ClaimOp, CompareAndSet, ConsumeState, FindByAccount, Flow, HolderOf, Send, perform
-from ._provider import account_request, code_request, read_account, read_tokens
+from ._provider import account_request, code_request, meaning_of, read_account, read_tokens
 from ._reasons import Reason
 from ._records import (
     CODE_MEMORY,
@@ -193,11 +194,14 @@ class CodeFlows(Records):
     ) -> Flow[CallbackResult]:
         try:
             response = yield Send(code_request(self.config, host, code))
-            tokens = read_tokens(response, self.now())
+            tokens = read_tokens(response, self.now(), grant="authorization_code")
         except ProviderError as error:
-            # A transient failure leaves the code's fate unknown: it is never sent again.
-            reason = Reason.EXCHANGE_INTERRUPTED if error.transient else Reason.CODE_REJECTED
-            failed = ExchangeFailed(self.error(reason, error))
+            # What the answer means is data (_answers): a transient failure leaves the code's
+            # fate unknown (it is never sent again), a misconfigured client is said so.
+            answer = meaning_of(error, "authorization_code")
+            self.warn(record, "exchange", answer, error, redact=(code,))
+            reason = EXCHANGE_FAILURES.get(answer.meaning, Reason.CODE_REJECTED)
+            failed = ExchangeFailed(self.error(Reason(reason), error))
             return (yield from self._conclude(record, failed, Outcome.FAILED))
         exchanged = yield from self.write(record, ExchangeSucceeded(tokens))
         if exchanged is None:
@@ -211,6 +215,7 @@ class CodeFlows(Records):
             response = yield Send(account_request(self.config, host, tokens.access_token))
             account = read_account(response)
         except ProviderError as error:
+            self.warn(record, "verification", meaning_of(error, "account"), error)
             failed = VerifyFailed(self.error(Reason.VERIFY_FAILED, error))
             return (yield from self._conclude(record, failed, Outcome.FAILED))
         verified = Verified(account, self.now())

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import attrs
 
+from ._answers import Answer, describe
 from ._config import Config
 from ._errors import ProviderError
 from ._events import Event, LeaseExpired
@@ -163,6 +164,26 @@ class Records:
         """A lease for this worker, ``lease_ttl`` long."""
         owner = f"{self._instance}:{secrets.token_hex(4)}"
         return Lease(owner, purpose, self.now() + self.config.lease_ttl)
+
+    def warn(
+        self,
+        record: ConnectionRecord,
+        call: str,
+        answer: Answer,
+        error: ProviderError,
+        redact: tuple[str, ...] = (),
+    ) -> None:
+        """One WARNING per failed exchange, verification or refresh: the reason and amoCRM's
+        hint (cleaned: no code, token or secret, even one amoCRM echoed)."""
+        secrets_ = (*redact, self.config.client_secret)
+        line = describe(answer, error.hint, status=error.status, redact=secrets_)
+        logger.warning(
+            "connection %s: %s failed: %s",
+            record.connection_id,
+            call,
+            line,
+            extra={"amo_reason": answer.reason, "amo_connection_id": record.connection_id},
+        )
 
     def error(self, reason: Reason, error: ProviderError) -> ErrorInfo:
         """``ErrorInfo`` for a provider failure, with amoCRM's hint."""

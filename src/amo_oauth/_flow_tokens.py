@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
+from ._answers import REFRESH_REFUSALS
 from ._errors import AmoOAuthError, ProviderError, ReauthorizationRequired
 from ._events import RefreshClaimed, Refreshed, RefreshFailed, RefreshReleased
 from ._flow_records import Records
 from ._hosts import AccountHost
 from ._ops import DueForRefresh, Flow, Send, perform
-from ._provider import read_tokens, reason_of, refresh_request
+from ._provider import meaning_of, read_tokens, reason_of, refresh_request
 from ._reasons import Reason
 from ._records import ConnectionRecord, check_connection_id
 from ._results import RefreshReport
@@ -97,7 +98,7 @@ class TokenFlows(Records):
         spent = record.tokens_or_raise().refresh_token
         try:
             response = yield Send(refresh_request(self.config, host, spent))
-            tokens = read_tokens(response, self.now())
+            tokens = read_tokens(response, self.now(), grant="refresh_token")
         except ProviderError as error:
             return (yield from self._refresh_failed(record, spent, error))
         # The rotated pair is persisted in one write before anyone uses it. When our claim was
@@ -114,9 +115,14 @@ class TokenFlows(Records):
     def _refresh_failed(
         self, record: ConnectionRecord, spent: str, error: ProviderError
     ) -> Flow[str | None]:
-        if reason_of(error) != "token_revoked":
+        answer = meaning_of(error, "refresh_token")
+        self.warn(record, "refresh", answer, error, redact=(spent,))
+        if answer.meaning not in REFRESH_REFUSALS:
+            # Not the token's fault (amoCRM down, the account blocked, the client misconfigured):
+            # keep the pair for a later try.
             yield from self.write(record, RefreshReleased())
             raise error
+        # Refused for good: this refresh token is never sent again.
         failed = RefreshFailed(self.error(Reason.REAUTHORIZATION_REQUIRED, error), spent)
         _, wrote = yield from self.apply(record, failed)
         if not wrote:

@@ -28,6 +28,7 @@ class Reason(enum.StrEnum):
     ACCESS_DENIED = "access_denied"
     CONSENT_FAILED = "consent_failed"
     CODE_REJECTED = "code_rejected"
+    CLIENT_MISCONFIGURED = "client_misconfigured"
     EXCHANGE_INTERRUPTED = "exchange_interrupted"
     VERIFY_FAILED = "verify_failed"
     REAUTHORIZATION_REQUIRED = "reauthorization_required"
@@ -66,6 +67,7 @@ CONNECTION_ERRORS: Final = frozenset(
         R.ACCESS_DENIED,
         R.CONSENT_FAILED,
         R.CODE_REJECTED,
+        R.CLIENT_MISCONFIGURED,
         R.EXCHANGE_INTERRUPTED,
         R.VERIFY_FAILED,
         R.REAUTHORIZATION_REQUIRED,

@@ -47,6 +47,7 @@ class PageKind(enum.StrEnum):
     CONNECTED = "connected"
     PENDING = "pending"
     ERROR = "error"
+    MISCONFIGURED = "misconfigured"
 
 
 @attrs.frozen(kw_only=True)
@@ -59,6 +60,9 @@ class PageText:
         error_title, error_body: shown when the user denied access or the connection failed.
         button: the label of the link back to the app.
         error_label: the label before the error's reason slug.
+        misconfigured_title, misconfigured_body: shown when amoCRM refused the integration's own
+            settings (client id, secret or redirect URI): trying again cannot help. English by
+            default, so that texts written before these fields existed keep working.
     """
 
     connected_title: str
@@ -69,6 +73,11 @@ class PageText:
     error_body: str
     button: str
     error_label: str
+    misconfigured_title: str = "amoCRM integration is misconfigured"
+    misconfigured_body: str = (
+        "amoCRM refused this app's integration settings, so trying again will not help. "
+        "Return to the app and let its support team know."
+    )
 
     def title(self, kind: PageKind) -> str:
         return str(getattr(self, f"{kind.value}_title"))
@@ -100,6 +109,9 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         error_body="Подключение не удалось. Вернитесь в приложение и попробуйте ещё раз.",
         button="Вернуться в приложение",
         error_label="Код ошибки:",
+        misconfigured_title="Интеграция amoCRM настроена неверно",
+        misconfigured_body="amoCRM отклонила настройки интеграции этого приложения, поэтому "
+        "повторная попытка не поможет. Вернитесь в приложение и сообщите в его поддержку.",
     ),
     "uk": PageText(
         connected_title="amoCRM підключено",
@@ -112,6 +124,9 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         error_body="Підключення не вдалося. Поверніться до застосунку та спробуйте ще раз.",
         button="Повернутися до застосунку",
         error_label="Код помилки:",
+        misconfigured_title="Інтеграцію amoCRM налаштовано неправильно",
+        misconfigured_body="amoCRM відхилила налаштування інтеграції цього застосунку, тож "
+        "повторна спроба не допоможе. Поверніться до застосунку та повідомте його підтримку.",
     ),
 }
 

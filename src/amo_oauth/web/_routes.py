@@ -17,6 +17,7 @@ import attrs
 
 from .._callback import single_values
 from .._errors import CallbackRejected, ProviderError, StoreError
+from .._reasons import Reason
 from .._records import Connection, check_connection_id
 from .._results import CallbackResult, Outcome
 from ._http import Request, Response, media_type, weighted
@@ -300,7 +301,8 @@ def _page_link(
     # A denial's ``error`` was checked to be a slug before the service accepted it.
     denial = request.param("error") if result.outcome is Outcome.DENIED else None
     reason = _reason(result.connection, denial)
-    return PageKind.ERROR, [("error", reason)], reason
+    kind = PageKind.MISCONFIGURED if reason == Reason.CLIENT_MISCONFIGURED else PageKind.ERROR
+    return kind, [("error", reason)], reason
 
 
 def _check_prefix(prefix: str) -> str:
