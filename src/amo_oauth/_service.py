@@ -205,7 +205,10 @@ class AmoOAuth(_Base):
 class AsyncAmoOAuth(_Base):
     """``AmoOAuth`` for asyncio backends (FastAPI, Starlette): the same methods, awaited.
 
-    Store calls run in worker threads so the event loop never blocks on a database.
+    An ``AsyncStore`` (Memory, SQLite, Postgres, Redis) is awaited natively; a blocking
+    ``Store`` of your own runs in worker threads, so the event loop never blocks on a database.
+    Calls that may send a code or a refresh token are shielded from cancellation: a cancelled
+    caller gets ``CancelledError`` at once, and the call still stores what amoCRM answered.
     """
 
     def __init__(
@@ -219,6 +222,7 @@ class AsyncAmoOAuth(_Base):
         super().__init__(config, clock)
         self.store = store if store is not None else SQLiteStore(_DEFAULT_DB)
         self._astore = as_async_store(self.store)
+        self._finishing: set[asyncio.Future[Any]] = set()
         self._owns_http = http is None
         self.http = http or httpx.AsyncClient(timeout=config.http_timeout, follow_redirects=False)
 
@@ -230,7 +234,7 @@ class AsyncAmoOAuth(_Base):
         self, query: QueryLike, *, connection_id: str | None = None
     ) -> CallbackResult:
         """See ``AmoOAuth.handle_callback``."""
-        return await self._run(self._flows.handle_callback(query, connection_id))
+        return await self._shielded(self._flows.handle_callback(query, connection_id))
 
     async def exchange_code(
         self,
@@ -241,7 +245,7 @@ class AsyncAmoOAuth(_Base):
         state: str | None = None,
     ) -> CallbackResult:
         """See ``AmoOAuth.exchange_code``."""
-        return await self._run(self._flows.exchange_code(connection_id, code, referer, state))
+        return await self._shielded(self._flows.exchange_code(connection_id, code, referer, state))
 
     async def status(self, connection_id: str) -> Connection:
         """See ``AmoOAuth.status``."""
@@ -249,32 +253,35 @@ class AsyncAmoOAuth(_Base):
 
     async def access_token(self, connection_id: str) -> str:
         """See ``AmoOAuth.access_token``."""
-        return await self._run(self._flows.access_token(connection_id))
+        return await self._shielded(self._flows.access_token(connection_id))
 
     def auth(self, connection_id: str) -> ConnectionAuth:
         """See ``AmoOAuth.auth``; for ``httpx.AsyncClient``."""
 
         async def token(stale: str | None) -> str:
-            return await self._run(self._flows.access_token(connection_id, stale))
+            return await self._shielded(self._flows.access_token(connection_id, stale))
 
         return ConnectionAuth(async_token=token)
 
     async def disconnect(self, connection_id: str) -> Connection:
         """See ``AmoOAuth.disconnect``."""
-        return await self._run(self._flows.disconnect(connection_id))
+        return await self._shielded(self._flows.disconnect(connection_id))
 
     async def handle_disconnect_hook(self, query: QueryLike) -> tuple[Connection, ...]:
         """See ``AmoOAuth.handle_disconnect_hook``."""
-        return await self._run(self._flows.handle_disconnect_hook(query))
+        return await self._shielded(self._flows.handle_disconnect_hook(query))
 
     async def refresh_due(
         self, within: timedelta = timedelta(days=7), limit: int = 100
     ) -> RefreshReport:
         """See ``AmoOAuth.refresh_due``."""
-        return await self._run(self._flows.refresh_due(within, limit))
+        return await self._shielded(self._flows.refresh_due(within, limit))
 
     async def aclose(self) -> None:
-        """Close the http client if this object made it, and the store."""
+        """Let shielded calls whose callers were cancelled finish, then close the http client
+        if this object made it, and the store."""
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
         if self._owns_http:
             await self.http.aclose()
         await self._astore.aclose()
@@ -287,6 +294,24 @@ class AsyncAmoOAuth(_Base):
 
     async def _run(self, flow: Generator[Op, Any, T]) -> T:
         return await adrive(flow, self._perform)
+
+    async def _shielded(self, flow: Generator[Op, Any, T]) -> T:
+        """Run a flow that may send a code or a refresh token, shielded from cancellation.
+
+        amoCRM spends a code or rotates a refresh pair the moment it answers; a caller cancelled
+        between that answer and the write that stores it (``asyncio.wait_for``, a client that
+        hung up) would lose the only valid pair. The caller is cancelled at once; the flow runs
+        on to its end in a task ``aclose()`` waits for.
+        """
+        task = asyncio.ensure_future(self._run(flow))
+        self._finishing.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Future[Any]) -> None:
+        self._finishing.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a cancelled caller's failure is not "never retrieved"
 
     async def _perform(self, op: Op) -> Any:
         if isinstance(op, StoreOp):
