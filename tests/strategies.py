@@ -62,6 +62,9 @@ token_sets = st.builds(
     expires_at=aware_datetimes,
     refresh_expires_at=aware_datetimes,
     token_type=st.sampled_from(["Bearer", "bearer"]),
+    issued_at=st.none() | aware_datetimes,
+    refresh_sends=st.integers(min_value=0, max_value=3),
+    after_rejection=st.booleans(),
 )
 accounts = st.builds(
     Account, id=st.integers(min_value=1, max_value=2**53), subdomain=words, name=st.text()
@@ -124,7 +127,8 @@ def events(codes: st.SearchStrategy[str]) -> dict[type[Event], st.SearchStrategy
         RefreshClaimed: st.builds(
             RefreshClaimed,
             lease=leases("refresh"),
-            needed_until=moments,
+            at=moments,
+            margin=st.sampled_from([timedelta(0), timedelta(minutes=5)]),
             stale=st.none() | words,
             refresh_before=st.none() | moments,
         ),

@@ -568,13 +568,14 @@ def client() -> Iterator[httpx.Client]:
 
 
 def test_httpx_timeouts_alone_do_not_bound_a_trickle(client):
-    # The control: each read waits 0.45 s, far below the per-operation timeout of 3 s (room for
-    # a loaded machine's stalls), yet the whole answer takes longer than 3 s.
-    with Trickle(chunks=8, interval=0.45) as server:
+    # The control: each read waits 0.3 s, far below the per-operation timeout of 3 s (room for
+    # a loaded machine's stalls), yet the whole answer takes longer than 3 s. (The body is at
+    # least 11 bytes, one a chunk.)
+    with Trickle(chunks=12, interval=0.3) as server:
         request = server.request()
         request.extensions["timeout"] = httpx.Timeout(3.0).as_dict()
         response = client.send(request)
-        assert response.status_code == 200 and server.sent == 8
+        assert response.status_code == 200 and server.sent == 12
 
 
 def test_send_within_bounds_the_whole_call(client):

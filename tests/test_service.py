@@ -84,7 +84,7 @@ def test_expired_state_with_a_new_code_is_rejected(
     oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
     state = oauth.begin(USER).state
-    clock.advance(timedelta(minutes=10))
+    clock.advance(oauth.config.state_ttl)
     with pytest.raises(CallbackRejected) as rejected:
         oauth.handle_callback(query_of(fake.authorize(state)))
     assert rejected.value.reason == "expired_state"

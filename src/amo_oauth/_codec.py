@@ -39,6 +39,9 @@ def _tokens(tokens: TokenSet | None) -> dict[str, Any] | None:
         "expires_at": _time(tokens.expires_at),
         "refresh_expires_at": _time(tokens.refresh_expires_at),
         "token_type": tokens.token_type,
+        "issued_at": _time(tokens.issued_at),
+        "refresh_sends": tokens.refresh_sends,
+        "after_rejection": tokens.after_rejection,
     }
 
 
@@ -136,6 +139,10 @@ def _read_tokens(tokens: _Fields | None) -> TokenSet | None:
         expires_at=tokens.time("expires_at"),
         refresh_expires_at=tokens.time("refresh_expires_at"),
         token_type=tokens.text("token_type"),
+        # Absent in pairs stored before these were kept.
+        issued_at=tokens.optional_time("issued_at", missing_ok=True),
+        refresh_sends=tokens.integer("refresh_sends", default=0),
+        after_rejection=tokens.flag("after_rejection", default=False),
     )
 
 
@@ -207,8 +214,8 @@ class _Fields:
         value = self._body.get(name) if missing_ok else self._get(name)
         return None if value is None else _check_text(value, name)
 
-    def integer(self, name: str) -> int:
-        value = self._get(name)
+    def integer(self, name: str, *, default: int | None = None) -> int:
+        value = self._body.get(name, default) if default is not None else self._get(name)
         if not isinstance(value, int) or isinstance(value, bool):  # True is an int in Python
             raise ValueError(f"{name} is not an integer")
         return value
@@ -228,8 +235,8 @@ class _Fields:
     def time(self, name: str) -> datetime:
         return _read_time(self._get(name), name)
 
-    def optional_time(self, name: str) -> datetime | None:
-        value = self._get(name)
+    def optional_time(self, name: str, *, missing_ok: bool = False) -> datetime | None:
+        value = self._body.get(name) if missing_ok else self._get(name)
         return None if value is None else _read_time(value, name)
 
     def optional_obj(self, name: str) -> _Fields | None:

@@ -7,7 +7,7 @@ is a no-op, is decided by the table in ``_state.py`` and nowhere else.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import attrs
@@ -177,17 +177,20 @@ class VerifyFailed(Event):
 
 @attrs.frozen
 class RefreshClaimed(Event):
-    """A worker wants a usable access token, and claims the refresh when it must make one.
+    """A worker wants a usable access token at ``at``, and claims the refresh when it must
+    make one.
 
     The stored access token is usable when it is not ``stale`` (one amoCRM just refused), stays
-    valid past ``needed_until``, and, for the keep-alive sweep, its refresh token does not
-    expire before ``refresh_before``. The table decides: serve it, wait for another worker's
-    refresh, or claim this one.
+    valid past ``at + margin`` (the margin capped at half the token's lifetime), and, for the
+    keep-alive sweep, its refresh token does not expire before ``refresh_before``. The table
+    decides: serve it, wait for another worker's refresh, refuse, or claim this one (the claim
+    counts a send of the refresh token before it is sent).
     """
 
     name: ClassVar[str] = "refresh_claimed"
     lease: Lease = attrs.field(validator=_purpose("refresh"))
-    needed_until: datetime = attrs.field(validator=_aware)
+    at: datetime = attrs.field(validator=_aware)
+    margin: timedelta = timedelta(0)
     stale: str | None = attrs.field(default=None, repr=False)
     refresh_before: datetime | None = attrs.field(default=None, validator=_aware_or_none)
 
@@ -196,12 +199,14 @@ class RefreshClaimed(Event):
         return (
             tokens is not None
             and tokens.access_token != self.stale
-            and tokens.expires_at > self.needed_until
+            and tokens.is_fresh(self.at, self.margin)
             and (self.refresh_before is None or tokens.refresh_expires_at >= self.refresh_before)
         )
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        return {"lease": self.lease}
+        tokens = record.tokens
+        counted = attrs.evolve(tokens, refresh_sends=tokens.refresh_sends + 1) if tokens else None
+        return {"lease": self.lease, "tokens": counted}
 
 
 @attrs.frozen
@@ -231,12 +236,19 @@ class RefreshFailed(Event):
 
 @attrs.frozen
 class RefreshReleased(Event):
-    """A refresh failed transiently: give up the lease so another try can start."""
+    """A refresh failed without a verdict on the token: give up the lease so another try can
+    start. ``sent`` is False when the request surely never left (a refused connection): that
+    try does not count as a send of the refresh token."""
 
     name: ClassVar[str] = "refresh_released"
+    sent: bool = True
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        return {"lease": None}
+        tokens = record.tokens
+        if self.sent or tokens is None:
+            return {"lease": None}
+        uncounted = attrs.evolve(tokens, refresh_sends=max(tokens.refresh_sends - 1, 0))
+        return {"lease": None, "tokens": uncounted}
 
 
 @attrs.frozen

@@ -10,15 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
+import attrs
+
 from ._answers import REFRESH_REFUSALS
 from ._errors import AmoOAuthError, ProviderError, ReauthorizationRequired
 from ._events import RefreshClaimed, Refreshed, RefreshFailed, RefreshReleased
 from ._flow_records import Records
 from ._hosts import AccountHost
 from ._ops import DueForRefresh, Flow, Send, perform
-from ._provider import meaning_of, read_tokens, reason_of, refresh_request
+from ._provider import meaning_of, read_tokens, reason_of, refresh_request, surely_unsent
 from ._reasons import Reason
-from ._records import ConnectionRecord, check_connection_id
+from ._records import ConnectionRecord, ErrorInfo, check_connection_id
 from ._results import RefreshReport
 from ._state import step
 
@@ -35,8 +37,8 @@ class TokenFlows(Records):
         check_connection_id(connection_id)
 
         def wanted() -> RefreshClaimed:
-            needed_until = self.now() + self.config.refresh_margin
-            return RefreshClaimed(self.lease("refresh"), needed_until, stale=stale)
+            margin = self.config.refresh_margin
+            return RefreshClaimed(self.lease("refresh"), self.now(), margin, stale=stale)
 
         return (yield from self._token(self.fresh(connection_id), wanted))
 
@@ -79,8 +81,24 @@ class TokenFlows(Records):
                 raise ProviderError(
                     None, "a refresh by another worker is still running", transient=True
                 )
+            elif result.noop == "refused_again":
+                # The pair is kept; the API refuses tokens however new (a blocked integration,
+                # missing scopes): the caller hears it, amoCRM gets no more refreshes for it.
+                raise ProviderError(401, "amoCRM refused a freshly refreshed access token")
+            elif result.noop == "refresh_exhausted":
+                yield from self._give_up(record)
+                record = yield from self.load(record.connection_id, widget=record.widget)
             else:
                 raise ReauthorizationRequired(record.connection_id, record.not_connected_reason())
+
+    def _give_up(self, record: ConnectionRecord) -> Flow[None]:
+        """The refresh token went out twice without a stored answer: it is never sent again."""
+        spent = record.tokens_or_raise().refresh_token
+        hint = "the refresh token was sent twice without an answer"
+        failed = RefreshFailed(ErrorInfo(Reason.REAUTHORIZATION_REQUIRED, hint, self.now()), spent)
+        _, wrote = yield from self.apply(record, failed)
+        if wrote:
+            raise ReauthorizationRequired(record.connection_id, Reason.REAUTHORIZATION_REQUIRED)
 
     def _claim_and_refresh(
         self, record: ConnectionRecord, event: RefreshClaimed
@@ -91,14 +109,17 @@ class TokenFlows(Records):
         claimed = yield from self.write(record, event)
         if claimed is None:
             return None
-        return (yield from self._refresh(claimed, host))
+        return (yield from self._refresh(claimed, host, after_rejection=event.stale is not None))
 
-    def _refresh(self, record: ConnectionRecord, host: AccountHost) -> Flow[str | None]:
+    def _refresh(
+        self, record: ConnectionRecord, host: AccountHost, *, after_rejection: bool
+    ) -> Flow[str | None]:
         """Spend the refresh token once. None: the record moved on under us; look again."""
         spent = record.tokens_or_raise().refresh_token
         try:
             response = yield Send(refresh_request(self.config, host, spent))
             tokens = read_tokens(response, self.now(), grant="refresh_token")
+            tokens = attrs.evolve(tokens, after_rejection=after_rejection)
         except ProviderError as error:
             return (yield from self._refresh_failed(record, spent, error))
         # The rotated pair is persisted in one write before anyone uses it. When our claim was
@@ -120,7 +141,7 @@ class TokenFlows(Records):
         if answer.meaning not in REFRESH_REFUSALS:
             # Not the token's fault (amoCRM down, the account blocked, the client misconfigured):
             # keep the pair for a later try.
-            yield from self.write(record, RefreshReleased())
+            yield from self.write(record, RefreshReleased(sent=not surely_unsent(error)))
             raise error
         # Refused for good: this refresh token is never sent again.
         failed = RefreshFailed(self.error(Reason.REAUTHORIZATION_REQUIRED, error), spent)

@@ -57,6 +57,7 @@ __all__ = [
     "reason_of",
     "refresh_request",
     "send_within",
+    "surely_unsent",
 ]
 
 #: amoCRM revokes a refresh token three months after it was issued.
@@ -179,6 +180,16 @@ def error_from_exception(exc: httpx.HTTPError) -> ProviderError:
     return ProviderError(None, type(exc).__name__, transient=True)
 
 
+#: Transport failures that happen before a request's first byte leaves: nothing was sent.
+_UNSENT: Final = frozenset({"ConnectError", "ConnectTimeout", "UnsupportedProtocol"})
+
+
+def surely_unsent(error: ProviderError) -> bool:
+    """True when the failed call's request surely never reached amoCRM (the connection was
+    refused or never made), so a refresh token in it was not spent."""
+    return error.status is None and error.hint in _UNSENT
+
+
 def _unusable(hint: str, field: str) -> ProviderError:
     return ProviderError(200, f"{hint}: {field}")
 
@@ -225,6 +236,7 @@ def read_tokens(response: httpx.Response, now: datetime, *, grant: Grant | None 
         expires_at=now + timedelta(seconds=seconds),
         refresh_expires_at=now + REFRESH_TOKEN_LIFETIME,
         token_type="Bearer",
+        issued_at=now,
     )
 
 
@@ -368,6 +380,8 @@ def send_within(
     failure: ProviderError | None = None
     try:
         response = client.send(request, stream=True, follow_redirects=False)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing left: say which
+        failure = error_from_exception(exc)
     except httpx.TimeoutException:
         failure = _too_slow(seconds)
     except httpx.HTTPError as exc:
@@ -416,6 +430,8 @@ async def asend_within(
     try:
         async with asyncio.timeout(seconds):
             return await client.send(request, follow_redirects=False)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing left: say which
+        failure = error_from_exception(exc)
     except (TimeoutError, httpx.TimeoutException):
         failure = _too_slow(seconds)
     except httpx.HTTPError as exc:

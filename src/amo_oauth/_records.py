@@ -103,9 +103,22 @@ class TokenSet:
     refresh_expires_at: datetime = attrs.field(validator=_aware)
     """amoCRM revokes a refresh token 3 months after it was issued (or last used)."""
     token_type: str = "Bearer"
+    issued_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+    """When amoCRM issued the pair (None for pairs stored before this was kept): the access
+    token's lifetime is ``expires_at - issued_at``."""
+    refresh_sends: int = 0
+    """How many refreshes were claimed with this pair's refresh token: each claim is written
+    before the token is sent, so this bounds the sends of one refresh token (at most 2)."""
+    after_rejection: bool = False
+    """The pair came from a refresh made because amoCRM refused the previous access token
+    (a 401): a 401 for this one too is not answered by refreshing again right away."""
 
     def is_fresh(self, now: datetime, margin: timedelta) -> bool:
-        """True while the access token stays valid for at least ``margin``."""
+        """True while the access token stays valid for at least ``margin``, capped at half the
+        token's lifetime as issued: a token issued for 2 s is not refreshed on every call
+        because the margin is 5 minutes."""
+        if self.issued_at is not None:
+            margin = min(margin, (self.expires_at - self.issued_at) / 2)
         return now + margin < self.expires_at
 
 

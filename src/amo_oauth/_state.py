@@ -14,7 +14,7 @@ is not the machine's business either: the stores' compare-and-set decides which 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import attrs
 from transitions import EventData, Machine, MachineError
@@ -100,6 +100,30 @@ def token_is_usable(data: EventData) -> bool:
     return isinstance(step.event, RefreshClaimed) and step.event.usable(step.record.tokens)
 
 
+#: Sends of one refresh token that may go out without a stored answer (the first, and one
+#: more when its answer was lost: Kommo honours the old token until the new one is used).
+MAX_REFRESH_SENDS = 2
+#: How long a pair refreshed because of a 401 is not refreshed again for another 401.
+REJECTION_WINDOW = timedelta(minutes=10)
+
+
+def refused_after_refresh(data: EventData) -> bool:
+    """amoCRM refused (401) an access token that was itself just refreshed because of a 401:
+    refreshing again would not help (the API keeps refusing), so the pair is kept."""
+    step = _model(data)
+    event, tokens = step.event, step.record.tokens
+    if not isinstance(event, RefreshClaimed) or tokens is None or event.stale is None:
+        return False
+    recent = tokens.issued_at is None or event.at - tokens.issued_at < REJECTION_WINDOW
+    return tokens.access_token == event.stale and tokens.after_rejection and recent
+
+
+def refresh_token_spent(data: EventData) -> bool:
+    """The stored refresh token was sent MAX_REFRESH_SENDS times without a stored answer."""
+    tokens = _model(data).record.tokens
+    return tokens is not None and tokens.refresh_sends >= MAX_REFRESH_SENDS
+
+
 def pair_was_rotated(data: EventData) -> bool:
     """The stored refresh token is not the one this refresh spent: another worker rotated the
     pair (or a new consent replaced it) since."""
@@ -179,6 +203,8 @@ TABLE: tuple[Rule, ...] = (
     # usable and no other worker holds a live lease (at most one refresh in flight).
     Rule("refresh_claimed", (S.CONNECTED,), None, token_is_usable, noop="token_fresh"),
     Rule("refresh_claimed", (S.CONNECTED,), None, lease_is_live, noop="refresh_in_progress"),
+    Rule("refresh_claimed", (S.CONNECTED,), None, refused_after_refresh, noop="refused_again"),
+    Rule("refresh_claimed", (S.CONNECTED,), None, refresh_token_spent, noop="refresh_exhausted"),
     Rule("refresh_claimed", (S.CONNECTED,), S.CONNECTED),
     Rule("refresh_claimed", (S.DISCONNECTED, S.ERROR), None, noop="not_connected"),
     Rule("refresh_claimed", EXCHANGING, None, noop="exchange_in_progress"),

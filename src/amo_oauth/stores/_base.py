@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from .._records import ConnectionRecord
+from ._common import wait_seconds
 from ._protocol import AsyncStore, Claim, ClaimResult, FullStore, Store
 
 __all__ = ["AsyncBaseStore", "BaseStore", "as_async_store", "as_full_store"]
@@ -63,6 +64,7 @@ class BaseStore:
 
     def wait_for_change(self, key: str, version: int, timeout: float) -> None:
         """Poll ``load`` with a doubling pause (10 ms to 100 ms) until the version moves."""
+        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
         deadline = time.monotonic() + timeout
         pause = _FIRST_POLL
         while _version(self.load(key)) == version:
@@ -107,6 +109,7 @@ class AsyncBaseStore:
 
     async def await_for_change(self, key: str, version: int, timeout: float) -> None:
         """See ``BaseStore.wait_for_change``; sleeps with ``asyncio.sleep``."""
+        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
         await _poll(lambda: self.aload(key), version, timeout)
 
 
@@ -200,6 +203,7 @@ class _Threaded:
         return await asyncio.to_thread(self._store.claim, claim)
 
     async def await_for_change(self, key: str, version: int, timeout: float) -> None:
+        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
         # Never a thread blocked in wait_for_change: poll, sleeping on the event loop.
         await _poll(lambda: self.aload(key), version, timeout)
 

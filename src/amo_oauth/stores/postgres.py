@@ -52,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from .._errors import StoreError
 from .._records import ConnectionRecord, ConnectionState
 from ._base import AsyncBaseStore, BaseStore
-from ._common import check_limit, check_write, closed_error, require_aware
+from ._common import check_limit, check_write, closed_error, require_aware, wait_seconds
 from ._protocol import Claim, ClaimResult
 from ._rows import RecordCodec, Row
 
@@ -386,6 +386,7 @@ class PostgresStore(BaseStore, AsyncBaseStore):
         Raises:
             StoreError: the database could not be reached.
         """
+        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
         if self._closed:
             raise closed_error()
         self._listener.ensure(self._timeout)
@@ -452,6 +453,7 @@ class PostgresStore(BaseStore, AsyncBaseStore):
 
     async def await_for_change(self, key: str, version: int, timeout: float) -> None:
         """See ``wait_for_change``; waits on the event loop, occupying no thread."""
+        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
         if self._closed:
             raise closed_error()
         await self._listener.aensure(self._timeout)

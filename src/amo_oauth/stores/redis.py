@@ -50,7 +50,7 @@ from redis.retry import Retry
 from .._errors import StoreError
 from .._records import ConnectionRecord
 from ._base import AsyncBaseStore, BaseStore
-from ._common import check_limit, check_write, closed_error, require_aware
+from ._common import check_limit, check_write, closed_error, require_aware, wait_seconds
 from ._protocol import Claim, ClaimResult, LedgerEntry
 from ._rows import RecordCodec, Row
 
@@ -410,6 +410,7 @@ class RedisStore(BaseStore, AsyncBaseStore):
         Raises:
             StoreError: Redis failed, the database is not migrated, or the store is closed.
         """
+        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
         self._check_open()
         deadline = time.monotonic() + max(0.0, timeout)
         event = threading.Event()
@@ -483,6 +484,7 @@ class RedisStore(BaseStore, AsyncBaseStore):
         Raises:
             StoreError: Redis failed, the database is not migrated, or the store is closed.
         """
+        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
         self._check_open()
         side = self._side()
         loop = asyncio.get_running_loop()

@@ -44,7 +44,7 @@ from typing import Any, Final, TypeVar
 from .._errors import StoreError
 from .._records import ConnectionRecord, ConnectionState
 from ._base import AsyncBaseStore, BaseStore
-from ._common import check_limit, check_write, closed_error, require_aware
+from ._common import check_limit, check_write, closed_error, require_aware, wait_seconds
 from ._protocol import Claim, ClaimResult, LedgerEntry
 from ._rows import RecordCodec, Row
 
@@ -355,6 +355,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         Raises:
             StoreError: as ``load``.
         """
+        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
         hub = self._hub()
         deadline = time.monotonic() + timeout
         pause = _FIRST_POLL
@@ -378,6 +379,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         Raises:
             StoreError: as ``load``.
         """
+        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
         hub = await asyncio.to_thread(self._hub)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

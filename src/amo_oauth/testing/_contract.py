@@ -38,6 +38,7 @@ only a hung store reaches, and assert no durations. Importing this module needs 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -679,6 +680,37 @@ class StoreContract:
         for waiter in waiters:
             waiter.finish()
         assert [waiter.seen for waiter in waiters] == [2, 0]
+
+    @pytest.mark.parametrize("timeout", [math.nan, -1.0, -math.inf])
+    def test_a_wait_without_a_time_returns_at_once(
+        self, full_store: FullStore, timeout: float
+    ) -> None:
+        waiter = threading.Thread(
+            target=full_store.wait_for_change, args=("c1", 0, timeout), daemon=True
+        )
+        waiter.start()
+        waiter.join(HANG)
+        assert not waiter.is_alive(), f"wait_for_change({timeout}) did not return"
+
+    @pytest.mark.parametrize("timeout", [1e300, math.inf])
+    def test_a_huge_wait_is_still_woken_by_a_write(
+        self, full_store: FullStore, timeout: float
+    ) -> None:
+        errors: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                full_store.wait_for_change("c1", 0, timeout)
+            except BaseException as exc:  # handed to the test thread
+                errors.append(exc)
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        time.sleep(0.05)
+        assert full_store.compare_and_set(make_record(), None)
+        waiter.join(HANG)
+        assert not waiter.is_alive(), "a huge wait was not woken by the write"
+        assert errors == []
 
     def test_wait_for_change_is_woken_by_a_write(self, full_store: FullStore) -> None:
         waiter = _Waiter(full_store, "c1", 0)
