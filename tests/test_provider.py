@@ -637,3 +637,14 @@ def test_a_transport_failure_is_transient_and_chainless(client):
 def test_the_deadline_must_be_positive(client):
     with pytest.raises(ValueError, match="positive"):
         send_within(client, httpx.Request("GET", "http://127.0.0.1:9/"), 0)
+
+
+def test_the_committed_answers_page_is_current():
+    from pathlib import Path
+
+    from amo_oauth._answers import markdown_rows
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "answers.md"
+    assert "\n".join(markdown_rows()) + "\n" in page.read_text(encoding="utf-8"), (
+        "paste markdown_rows() into docs/answers.md again"
+    )
