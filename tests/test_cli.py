@@ -102,3 +102,55 @@ def test_refresh_due_with_nothing_due_refreshes_nothing(
         monkeypatch.setenv(name, value)
     assert main(["refresh-due", "--db", str(connected_db), "--within-days", "7"]) == 0
     assert json.loads(capsys.readouterr().out) == {"refreshed": [], "failed": {}}
+
+
+def test_migrate_creates_an_sqlite_store_that_status_then_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/new.db"
+    assert main(["migrate", "--store", url]) == 0
+    assert (tmp_path / "new.db").is_file()
+    capsys.readouterr()
+    assert main(["status", "nobody", "--store", url, "--client-id", "c"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "disconnected"
+
+
+def test_the_store_comes_from_the_environment(
+    connected_db: Path,
+    fake: FakeAmoCRM,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("AMO_OAUTH_STORE", f"sqlite:///{connected_db}")
+    assert main(["status", "user-42", "--client-id", fake.client_id]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "connected"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("memory://", "memory:// keeps nothing"),
+        ("mysql://root:hunter2@db/app", "unknown store scheme"),
+        ("sqlite://host/x.db", "sqlite:///relative.db"),
+        ("not a url", "scheme://"),
+    ],
+)
+def test_a_bad_store_url_is_a_clear_error(url: str, says: str) -> None:
+    with pytest.raises(SystemExit, match=says) as exited:
+        main(["status", "u", "--store", url, "--client-id", "c"])
+    assert "hunter2" not in str(exited.value)
+
+
+def test_store_from_url_knows_every_scheme(tmp_path: Path) -> None:
+    from amo_oauth import MemoryStore, store_from_url
+
+    assert isinstance(store_from_url("memory://"), MemoryStore)
+    relative = store_from_url("sqlite:///amo.db")
+    absolute = store_from_url(f"sqlite:///{tmp_path}/amo.db")  # four slashes: absolute
+    assert isinstance(relative, SQLiteStore) and isinstance(absolute, SQLiteStore)
+    assert (relative.path, absolute.path) == ("amo.db", f"{tmp_path}/amo.db")
+    assert not (tmp_path / "amo.db").exists()  # nothing is opened or created
+    pg = store_from_url("postgres://u:hunter2@127.0.0.1:5432/app")
+    rs = store_from_url("rediss://:hunter2@127.0.0.1:6380/1")
+    assert "hunter2" not in repr(pg) + repr(rs)
+    assert type(pg).__name__ == "PostgresStore" and type(rs).__name__ == "RedisStore"

@@ -738,3 +738,23 @@ def test_bad_options_are_refused(options: dict[str, Any], match: str) -> None:
 class TestPostgresContract(StoreContract):
     """The public store contract, unchanged, on a real PostgreSQL server (the ``store`` fixture
     above: a fresh migrated table per test)."""
+
+
+def test_the_cli_names_migrate_and_migrate_makes_the_store(
+    postgres_url: str,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from amo_oauth.cli import main
+
+    args = ["--store", postgres_url, "--client-id", "c"]
+    try:
+        with pytest.raises(SystemExit, match="amo-oauth migrate") as missing:
+            main(["status", "u", *args])
+        assert PASSWORD_MARK not in str(missing.value)
+        assert main(["migrate", "--store", postgres_url]) == 0
+        assert main(["migrate", "--store", postgres_url]) == 0  # idempotent
+        capsys.readouterr()
+        assert main(["status", "u", *args]) == 0
+        assert '"disconnected"' in capsys.readouterr().out
+    finally:
+        drop_tables(postgres_url, "amo_oauth_connections")

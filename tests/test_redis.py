@@ -808,3 +808,20 @@ def test_closed_store_refuses_calls(store: RedisStore) -> None:
 class TestRedisContract(StoreContract):
     """The public store contract, unchanged, on a real Redis server (the ``store`` fixture
     above: a fresh prefix per test)."""
+
+
+def test_the_cli_names_migrate_and_migrate_makes_the_store(
+    redis_url: str,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from amo_oauth.cli import main
+
+    url = redis_url.rsplit("/", 1)[0] + "/9"  # a database of its own: the default prefix
+    args = ["--store", url, "--client-id", "c"]
+    with pytest.raises(SystemExit, match="amo-oauth migrate") as missing:
+        main(["status", "u", *args])
+    assert REDIS_PASSWORD not in str(missing.value)
+    assert main(["migrate", "--store", url]) == 0
+    capsys.readouterr()
+    assert main(["status", "u", *args]) == 0
+    assert '"disconnected"' in capsys.readouterr().out

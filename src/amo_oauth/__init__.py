@@ -33,7 +33,7 @@ from ._records import (
 )
 from ._results import AuthorizationRequest, CallbackResult, Outcome, RefreshReport
 from ._service import AmoOAuth, AsyncAmoOAuth
-from .stores import AsyncStore, MemoryStore, SQLiteStore, Store
+from .stores import AsyncStore, MemoryStore, SQLiteStore, Store, store_from_url
 
 if TYPE_CHECKING:
     from .stores.postgres import PostgresStore
@@ -72,6 +72,7 @@ __all__ = [
     "TokenSet",
     "UnreadableRecord",
     "__version__",
+    "store_from_url",
 ]
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ._base import AsyncBaseStore, BaseStore, as_async_store, as_full_store
 from ._protocol import AsyncStore, Claim, ClaimResult, FullStore, LedgerEntry, Store
 from ._rows import RecordCodec, Row
+from ._urls import store_from_url
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
@@ -34,6 +35,7 @@ __all__ = [
     "Store",
     "as_async_store",
     "as_full_store",
+    "store_from_url",
 ]
 
 

@@ -1,0 +1,60 @@
+"""``store_from_url``: one string names any store, as operators write it in settings and CLIs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ._protocol import Store
+from .memory import MemoryStore
+from .sqlite import SQLiteStore
+
+__all__ = ["SCHEMES", "store_from_url"]
+
+#: The URL schemes ``store_from_url`` knows.
+SCHEMES = ("memory", "sqlite", "postgresql", "postgres", "redis", "rediss")
+
+
+def store_from_url(url: str) -> Store:
+    """The store a URL names.
+
+    - ``memory://``: a new ``MemoryStore``;
+    - ``sqlite:///relative.db`` and ``sqlite:////abs/path.db`` (three slashes then a relative
+      path, four for an absolute one: SQLAlchemy's convention): an ``SQLiteStore``;
+    - ``postgresql://user:pw@host:5432/db`` or ``postgres://...``: a ``PostgresStore`` (the
+      ``postgres`` extra);
+    - ``redis://host:6379/0`` or ``rediss://...``: a ``RedisStore`` (the ``redis`` extra).
+
+    Nothing is opened or created here: stores connect on first use.
+
+    Raises:
+        ValueError: an unknown scheme or a malformed URL; the message never repeats the URL,
+            which may hold a password.
+        ImportError: the store's extra is not installed.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ValueError("a store URL looks like sqlite:///amo_oauth.db (scheme://...)")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "memory":
+        return MemoryStore()
+    if scheme == "sqlite":
+        return SQLiteStore(_sqlite_path(url))
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisStore
+
+        return RedisStore(url)
+    raise ValueError(f"unknown store scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+
+
+def _sqlite_path(url: str) -> Path:
+    parts = urlsplit(url)
+    if parts.netloc or parts.query or parts.fragment or not parts.path.startswith("/"):
+        raise ValueError("a SQLite URL is sqlite:///relative.db or sqlite:////absolute/path.db")
+    path = unquote(parts.path[1:])  # one slash ends the empty authority; the rest is the path
+    if not path or path.endswith("/"):
+        raise ValueError("a SQLite URL names a file: sqlite:///amo_oauth.db")
+    return Path(path)
