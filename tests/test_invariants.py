@@ -53,9 +53,11 @@ from amo_oauth import (
     ConnectionState,
     MemoryStore,
     Outcome,
+    ProviderError,
     ReauthorizationRequired,
 )
 from amo_oauth._records import MAX_CODE_DIGESTS, code_digest, record_key
+from amo_oauth._state import REJECTION_WINDOW
 from amo_oauth._state_token import issue_state
 from amo_oauth.stores import BaseStore, Claim, ClaimResult
 from amo_oauth.testing import FakeAmoCRM, FakeClock
@@ -620,6 +622,17 @@ class OAuthMachine(RuleBasedStateMachine):
             if fresh and tokens.access_token not in self.dead_access:
                 self.note("api: token works")
                 assert api.get(url).status_code == 200
+                assert self.record(cid) == record
+                assert self.fake.token_call_count() == calls
+                return
+            recent = tokens.issued_at is None or self.clock() - tokens.issued_at < REJECTION_WINDOW
+            if fresh and tokens.after_rejection and recent:
+                # This pair was itself made for a 401 a moment ago: a 401 again gets no second
+                # refresh; the caller hears it and the pair is kept.
+                self.note("api: 401 again right after a refresh for a 401")
+                with pytest.raises(ProviderError) as refused:
+                    api.get(url)
+                assert refused.value.status == 401
                 assert self.record(cid) == record
                 assert self.fake.token_call_count() == calls
                 return

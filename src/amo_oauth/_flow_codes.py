@@ -88,10 +88,10 @@ class CodeFlows(Records):
         if isinstance(parsed, Denial):
             return (yield from self._deny(parsed))
         if claims is None:  # a widget install: named after its account host
-            record = yield from self.load(parsed.host.name, widget=True)
+            target = self.fresh(parsed.host.name, widget=True)
         else:
-            record = yield from self.load(claims.connection_id)
-        return (yield from self._exchange(record, parsed.code, parsed.host, claims))
+            target = self.fresh(claims.connection_id)
+        return (yield from self._exchange(target, parsed.code, parsed.host, claims))
 
     def exchange_code(
         self,
@@ -113,12 +113,11 @@ class CodeFlows(Records):
             host = AccountHost.accept(referer, self.config.extra_domains)
             if host is None:
                 raise CallbackRejected(Reason.FOREIGN_HOST)
-        record = yield from self.load(connection_id)
-        return (yield from self._exchange(record, code, host, claims))
+        return (yield from self._exchange(self.fresh(connection_id), code, host, claims))
 
     def _exchange(
         self,
-        record: ConnectionRecord,
+        target: ConnectionRecord,
         code: str,
         host: AccountHost | None,
         claims: StateClaims | None,
@@ -126,9 +125,12 @@ class CodeFlows(Records):
         digest = code_digest(code)
         code_key = f"code:{digest}"
         while True:
-            # Reads only, until the table says this worker may claim the code.
+            # Reads only, until the table says this worker may claim the code. The ledger is
+            # read before the record: a claim writes both at once, so a ledger entry seen here
+            # is already on the record read next (a duplicate then reports the winner's state).
             holder = yield from perform(HolderOf(code_key))
             used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
+            record = yield from self.load(target.connection_id, widget=target.widget)
             event = self._code_event(record, digest, host, claims, holder, used_with)
             result = step(record, event, self.now())
             if not result.changed:
@@ -144,9 +146,8 @@ class CodeFlows(Records):
             if claimed is ClaimResult.CODE_TAKEN:
                 # Another connection claimed this code: a duplicate here too, reported at once.
                 return CallbackResult.report(record.public(), duplicate=True)
-            # Lost the race for the record: reload; the winner's claim usually makes this a
+            # Lost the race for the record: look again; the winner's claim usually makes this a
             # duplicate.
-            record = yield from self.load(record.connection_id, widget=record.widget)
 
     def _code_event(
         self,
