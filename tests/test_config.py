@@ -107,3 +107,21 @@ def test_a_lease_must_outlast_an_exchange():
     with pytest.raises(ValueError, match="lease_ttl"):
         config(lease_ttl=timedelta(seconds=30), http_timeout=10.0)
     assert config(lease_ttl=timedelta(seconds=31), http_timeout=10.0).lease_ttl.seconds == 31
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "says"),
+    [
+        ("state_ttl", 600, TypeError, "timedelta"),
+        ("refresh_margin", 300, TypeError, "timedelta"),
+        ("settle_timeout", "5", TypeError, "number of seconds"),
+        ("http_timeout", True, TypeError, "number of seconds"),
+        ("settle_timeout", float("nan"), ValueError, "positive"),
+        ("extra_domains", "example.com", TypeError, "tuple of domain names"),
+        ("mode", "x", ValueError, "post_message, popup"),
+    ],
+)
+def test_a_wrong_type_is_refused_with_a_clear_message(field, value, error, says):
+    with pytest.raises(error, match=says) as refused:
+        config(**{field: value})
+    assert "Attribute(" not in str(refused.value)

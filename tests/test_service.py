@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
+import attrs
 import httpx
 import pytest
 
@@ -14,10 +15,12 @@ from amo_oauth import (
     ConnectionRecord,
     ConnectionState,
     Lease,
+    MemoryStore,
     Outcome,
     ProviderError,
     ReauthorizationRequired,
     SeenCode,
+    StoreError,
 )
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
@@ -359,3 +362,47 @@ def test_a_state_expires_after_thirty_minutes_by_default(
         oauth.handle_callback(query_of(fake.authorize(state)))
     assert rejected.value.reason == "expired_state"
     assert oauth.handle_callback(query_of(fake.authorize(late))).outcome is Outcome.CONNECTED
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"http": httpx.AsyncClient()}, "httpx.Client"),
+        ({"store": "amo.db"}, "store must be"),
+    ],
+)
+def test_the_service_refuses_the_wrong_kind_of_client_or_store(
+    fake: FakeAmoCRM, kwargs: dict[str, object], says: str
+) -> None:
+    from helpers import config_for
+
+    with pytest.raises(TypeError, match=says):
+        AmoOAuth(config_for(fake), **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Config"):
+        AmoOAuth({"client_id": "x"})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("query", [None, "code=1&state=2", b"code=1"])
+def test_a_raw_query_string_is_a_type_error_not_a_crash(oauth: AmoOAuth, query: object) -> None:
+    with pytest.raises(TypeError, match="mapping"):
+        oauth.handle_callback(query)  # type: ignore[arg-type]
+
+
+def test_a_store_that_keys_rows_by_connection_id_is_a_store_error(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """A store written against the first docs (rows under ``connection_id``) used to make a
+    duplicate callback spin for ever; now the first load says what is wrong."""
+
+    class ByConnectionId(MemoryStore):
+        """Keeps rows under ``record.connection_id`` whatever ``record.key`` says."""
+
+        def compare_and_set(self, record, expected_version):  # type: ignore[no-untyped-def]
+            return super().compare_and_set(attrs.evolve(record, integration=None), expected_version)
+
+    store = ByConnectionId()
+    oauth = make_oauth(store=store)
+    namespaced = ConnectionRecord(USER, version=1, integration=oauth.config.client_id)
+    store._records[USER] = namespaced  # as such a store holds a record it was given
+    with pytest.raises(StoreError, match=r"record\.key"):
+        oauth.status(USER)

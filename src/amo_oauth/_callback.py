@@ -65,6 +65,9 @@ class Denial:
 
 
 def _pairs(query: QueryLike) -> Iterable[tuple[str, object]]:
+    if isinstance(query, str | bytes) or query is None:
+        # A raw query string is the framework's to parse (and a None is no query at all).
+        raise TypeError("query must be a mapping or (name, value) pairs, not a string or None")
     if isinstance(query, Mapping):
         # Multi-dicts (werkzeug, starlette) iterate keys once; ask them for every value.
         getlist = getattr(query, "getlist", None)
@@ -81,7 +84,10 @@ def single_values(query: QueryLike) -> dict[str, str]:
         CallbackRejected: ``malformed`` for repeated names, non-text or oversized values.
     """
     values: dict[str, str] = {}
-    for key, raw in _pairs(query):
+    for pair in _pairs(query):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise CallbackRejected("malformed")
+        key, raw = pair
         value = raw[0] if isinstance(raw, list | tuple) and len(raw) == 1 else raw
         if not isinstance(key, str) or not isinstance(value, str) or key in values:
             raise CallbackRejected("malformed")

@@ -34,6 +34,8 @@ def _secret_bytes(value: str | bytes) -> bytes:
 
 
 def _domains(domains: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(domains, str | bytes):  # a lone string would be read a letter at a time
+        raise TypeError("extra_domains must be a tuple of domain names, e.g. ('example.com',)")
     return tuple(check_domain(domain) for domain in domains)
 
 
@@ -43,8 +45,19 @@ def _strong(_: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: timedelta | float) -> None:
-    if (value.total_seconds() if isinstance(value, timedelta) else value) <= 0:
-        raise ValueError(f"{attribute.name} must be positive")
+    wants_duration = attribute.type in ("timedelta", timedelta)
+    kind = timedelta if wants_duration else (int, float)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        shown = "a datetime.timedelta" if wants_duration else "a number of seconds"
+        raise TypeError(f"{attribute.name} must be {shown}, not {type(value).__name__}")
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if not seconds > 0 or seconds == float("inf"):  # NaN fails the comparison too
+        raise ValueError(f"{attribute.name} must be a positive, finite duration")
+
+
+def _mode(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in _MODES:
+        raise ValueError(f"mode must be one of {', '.join(_MODES)}")
 
 
 @attrs.frozen(kw_only=True)
@@ -77,7 +90,7 @@ class Config:
     redirect_uri: str = attrs.field(validator=_web_url)
     state_secret: bytes = attrs.field(converter=_secret_bytes, validator=_strong, repr=False)
     authorize_url: str = attrs.field(default="https://www.amocrm.ru/oauth", validator=_web_url)
-    mode: str = attrs.field(default="post_message", validator=attrs.validators.in_(_MODES))
+    mode: str = attrs.field(default="post_message", validator=_mode)
     extra_domains: tuple[str, ...] = attrs.field(default=(), converter=_domains)
     allow_widget_installs: bool = False
     state_ttl: timedelta = attrs.field(default=timedelta(minutes=30), validator=_positive)

@@ -18,7 +18,7 @@ import attrs
 
 from ._answers import Answer, describe
 from ._config import Config
-from ._errors import ProviderError
+from ._errors import ProviderError, StoreError
 from ._events import Event, LeaseExpired
 from ._ops import CompareAndSet, Delete, Flow, Load, WaitForChange, perform
 from ._reasons import Reason
@@ -77,7 +77,11 @@ class Records:
             if record is not None:
                 return record
             legacy = yield from perform(Load(connection_id))
-            if legacy is None or legacy.integration is not None:
+            if legacy is not None and legacy.integration is not None:
+                # A namespaced record under its bare id: the store keys rows by something other
+                # than ``record.key``, and every write would conflict with it for ever.
+                raise StoreError("the store keeps records under connection_id, not record.key")
+            if legacy is None:
                 return self.fresh(connection_id, widget=widget)
             # A record stored before keys had a namespace. A widget install was named after
             # its account host: such a record never moves into an app user's namespace.

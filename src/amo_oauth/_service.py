@@ -36,8 +36,16 @@ class _Base:
     store: Store | AsyncStore
 
     def __init__(self, config: Config, clock: Callable[[], datetime] | None) -> None:
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be an amo_oauth.Config, not {type(config).__name__}")
         self.config = config
         self._flows = Flows(config, clock or _utcnow)
+
+    @staticmethod
+    def _check_store(store: object, *kinds: type) -> None:
+        if store is not None and not isinstance(store, kinds):
+            names = " or ".join(kind.__name__ for kind in kinds)
+            raise TypeError(f"store must be a {names} (e.g. SQLiteStore(path)), not {store!r}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client_id={self.config.client_id!r}, store={self.store!r})"
@@ -63,6 +71,11 @@ class AmoOAuth(_Base):
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__(config, clock)
+        self._check_store(store, Store)
+        if http is not None and not isinstance(http, httpx.Client):
+            raise TypeError(
+                "AmoOAuth needs an httpx.Client; use AsyncAmoOAuth for httpx.AsyncClient"
+            )
         self.store = store if store is not None else SQLiteStore(_DEFAULT_DB)
         self._store = as_full_store(self.store)
         self._owns_http = http is None
@@ -220,6 +233,11 @@ class AsyncAmoOAuth(_Base):
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__(config, clock)
+        self._check_store(store, Store, AsyncStore)
+        if http is not None and not isinstance(http, httpx.AsyncClient):
+            raise TypeError(
+                "AsyncAmoOAuth needs an httpx.AsyncClient; use AmoOAuth for httpx.Client"
+            )
         self.store = store if store is not None else SQLiteStore(_DEFAULT_DB)
         self._astore = as_async_store(self.store)
         self._finishing: set[asyncio.Future[Any]] = set()
