@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import attrs
@@ -22,6 +23,7 @@ from amo_oauth import (
     SeenCode,
     StoreError,
 )
+from amo_oauth._records import record_key
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import query_of, stored
@@ -103,12 +105,42 @@ def test_replay_with_consumed_state_is_still_a_duplicate_after_expiry(
     assert (replay.outcome, replay.duplicate) == (Outcome.ALREADY_CONNECTED, True)
 
 
-def test_consumed_state_with_a_new_code_is_reused_state(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+def test_a_second_code_of_one_consent_is_reported_not_exchanged(
+    oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    """Issue: a double tap on "Allow" gives two codes for one state; the second used to be
+    refused (reused_state, a 400 page). It is a duplicate of that consent."""
     query = connect(oauth, fake)
-    with pytest.raises(CallbackRejected) as rejected:
-        oauth.handle_callback(query_of(fake.authorize(query["state"])))
-    assert rejected.value.reason == "reused_state"
+    second = query_of(fake.authorize(query["state"]))
+    result = oauth.handle_callback(second)
+    assert (result.outcome, result.duplicate) == (Outcome.ALREADY_CONNECTED, True)
+    legacy = oauth.exchange_code(USER, fake.issue_code(), state=query["state"])
+    assert (legacy.outcome, legacy.duplicate) == (Outcome.ALREADY_CONNECTED, True)
     assert fake.token_call_count() == 1
+    oauth.disconnect(USER)  # after a disconnect the second code is reported, not exchanged
+    late = oauth.handle_callback(second)
+    assert (late.outcome, late.duplicate) == (Outcome.FAILED, True)
+    assert late.connection.state is ConnectionState.DISCONNECTED
+    assert fake.token_call_count() == 1
+
+
+def test_two_codes_of_one_consent_at_once_exchange_one(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    state = oauth.begin(USER).state
+    queries = [query_of(fake.authorize(state)) for _ in range(2)] * 10
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(oauth.handle_callback, queries))
+    assert fake.token_call_count() == 1
+    assert sum(r.outcome is Outcome.CONNECTED for r in results) == 1
+    assert all(r.outcome in (Outcome.CONNECTED, Outcome.ALREADY_CONNECTED) for r in results)
+
+
+def test_a_state_that_brought_a_denial_refuses_a_code(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    state = oauth.begin(USER).state
+    assert oauth.handle_callback(query_of(fake.deny(state))).outcome is Outcome.DENIED
+    with pytest.raises(CallbackRejected) as rejected:
+        oauth.handle_callback(query_of(fake.authorize(state)))
+    assert rejected.value.reason == "reused_state"
+    assert fake.token_call_count() == 0
 
 
 def test_reauthorization_with_a_fresh_state_exchanges_the_new_code(
@@ -406,3 +438,21 @@ def test_a_store_that_keys_rows_by_connection_id_is_a_store_error(
     store._records[USER] = namespaced  # as such a store holds a record it was given
     with pytest.raises(StoreError, match=r"record\.key"):
         oauth.status(USER)
+
+
+def test_an_app_user_named_like_a_widget_install_never_gets_its_tokens(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """Issue: widget installs were stored under the account host, so an app user whose id is
+    that host got the install's status and tokens. Installs now live under ``w:<client>:<host>``."""
+    oauth = make_oauth(allow_widget_installs=True)
+    install = oauth.handle_callback(query_of(fake.authorize(from_widget=True)))
+    assert install.outcome is Outcome.CONNECTED
+    impostor = fake.account_host  # an app user id equal to the installed account's host
+    status = oauth.status(impostor)
+    assert (status.state, status.version, status.account) == (ConnectionState.DISCONNECTED, 0, None)
+    with pytest.raises(ReauthorizationRequired):
+        oauth.access_token(impostor)
+    assert oauth.disconnect(impostor).state is ConnectionState.DISCONNECTED
+    widget = oauth.store.load(record_key(oauth.config.client_id, impostor, widget=True))
+    assert widget is not None and widget.state is ConnectionState.CONNECTED  # untouched

@@ -182,13 +182,13 @@ def code_with(claims, raw: str, used_with: str | None) -> CodeReceived:
     )
 
 
-def test_a_state_is_used_once_then_only_by_the_same_code():
+def test_a_state_is_used_once_then_its_other_codes_are_duplicates_of_that_consent():
     _, claims = issue_state(SECRET, "user-42", T0, TTL)
     fresh = ConnectionRecord("user-42")
     assert step(fresh, code_with(claims, "code-1", None), T0).changed
     assert step(fresh, code_with(claims, "code-1", code_digest("code-1")), T0).changed
     again = step(fresh, code_with(claims, "code-2", code_digest("code-1")), T0)
-    assert (again.changed, again.noop) == (False, "reused_state")
+    assert (again.changed, again.noop) == (False, "duplicate_consent")
 
 
 def test_a_state_expires_exactly_at_expires_at():
@@ -217,4 +217,10 @@ def test_use_follows_expiry_and_the_first_code(issued, later, codes):
         elif raw == codes[0]:
             assert result.changed
         else:
-            assert result.noop == "reused_state"
+            assert result.noop == "duplicate_consent"
+
+
+def test_a_state_that_brought_a_denial_refuses_any_code():
+    _, claims = issue_state(SECRET, "user-42", T0, TTL)
+    refused = step(ConnectionRecord("user-42"), code_with(claims, "c", "denied"), T0)
+    assert (refused.changed, refused.noop) == (False, "reused_state")

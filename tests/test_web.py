@@ -468,13 +468,17 @@ def test_refused_callbacks_get_a_400_page(
     assert fake.token_call_count() == 0
 
 
-def test_a_reused_state_with_a_new_code_is_refused(
+def test_a_second_code_of_one_consent_shows_the_connection(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
     state = oauth.begin(USER).state
     send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
     answer = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
-    assert (answer.status, deep_link(answer)[1]) == (400, {"error": "reused_state"})
+    assert answer.status == 200
+    assert deep_link(answer)[1] == {"success": "true", "state": state}
+    posted = post_code(send, {"code": fake.issue_code(), "state": state})
+    assert posted.status == 200
+    assert json.loads(posted.text)["outcome"] == "already_connected"
     assert fake.token_call_count() == 1
 
 

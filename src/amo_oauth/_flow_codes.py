@@ -41,7 +41,7 @@ from ._records import (
     code_digest,
 )
 from ._results import AuthorizationRequest, CallbackResult, Outcome
-from ._state import step
+from ._state import DENIED_HOLDER, step
 from ._state_token import StateClaims, issue_state, read_state
 from .stores._protocol import Claim, ClaimResult, LedgerEntry
 
@@ -188,7 +188,8 @@ class CodeFlows(Records):
         if noop in _REFUSED:
             raise CallbackRejected(_REFUSED[noop])
         settled = yield from self._settled(record)
-        return CallbackResult.report(settled.public(), duplicate=noop == "duplicate_code")
+        duplicate = noop in ("duplicate_code", "duplicate_consent")
+        return CallbackResult.report(settled.public(), duplicate=duplicate)
 
     def _finish_exchange(
         self, record: ConnectionRecord, code: str, host: AccountHost
@@ -252,7 +253,7 @@ class CodeFlows(Records):
         if claims.is_expired(self.now()):
             raise CallbackRejected(Reason.EXPIRED_STATE)
         expires_at = self.store_time(claims.expires_at)
-        if not (yield from perform(ConsumeState(claims.nonce, expires_at, "denied"))):
+        if not (yield from perform(ConsumeState(claims.nonce, expires_at, DENIED_HOLDER))):
             raise CallbackRejected(Reason.REUSED_STATE)
         record, _ = yield from self.apply(
             self.fresh(claims.connection_id), Denied(self.now(), denial.reason)

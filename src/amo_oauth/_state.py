@@ -13,6 +13,7 @@ is not the machine's business either: the stores' compare-and-set decides which 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -23,7 +24,7 @@ from ._errors import InvalidTransition
 from ._events import EVENT_TYPES, CodeReceived, Event, RefreshClaimed
 from ._records import ConnectionRecord, ConnectionState, code_digest
 
-__all__ = ["EXCHANGING", "MACHINE", "TABLE", "Rule", "Step", "step"]
+__all__ = ["DENIED_HOLDER", "EXCHANGING", "MACHINE", "TABLE", "Rule", "Step", "step"]
 
 S = ConnectionState
 ALL = tuple(ConnectionState)
@@ -51,14 +52,23 @@ def code_was_claimed(data: EventData) -> bool:
 
 
 def state_was_used_by_another_code(data: EventData) -> bool:
-    """The state came back with a new code after another code already used it."""
+    """The state came back with a new code after another code of the same consent used it (a
+    double tap on "Allow" makes two codes for one state): a duplicate of that consent."""
     step = _model(data)
     event = step.event
     return (
         isinstance(event, CodeReceived)
         and event.state_holder is not None
+        and _SHA256_HEX.fullmatch(event.state_holder) is not None
         and event.state_holder != event.code_digest
     )
+
+
+def state_was_denied(data: EventData) -> bool:
+    """The state came back with a code after it brought the user's "Deny"."""
+    step = _model(data)
+    event = step.event
+    return isinstance(event, CodeReceived) and event.state_holder == DENIED_HOLDER
 
 
 def host_is_unknown(data: EventData) -> bool:
@@ -99,6 +109,10 @@ def token_is_usable(data: EventData) -> bool:
     step = _model(data)
     return isinstance(step.event, RefreshClaimed) and step.event.usable(step.record.tokens)
 
+
+#: The ledger holder of a state that brought a denial (codes hold theirs by their digest).
+DENIED_HOLDER = "denied"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 #: Sends of one refresh token that may go out without a stored answer (the first, and one
 #: more when its answer was lost: Kommo honours the old token until the new one is used).
@@ -168,7 +182,11 @@ TABLE: tuple[Rule, ...] = (
     # A known code is a no-op in every state: the fix for the seed's double exchange.
     Rule("code_received", ALL, None, code_is_known, noop="duplicate_code"),
     Rule("code_received", ALL, None, state_has_expired, noop="expired_state"),
-    Rule("code_received", ALL, None, state_was_used_by_another_code, noop="reused_state"),
+    # A second code of one consent is reported, never exchanged: while the first is in flight
+    # or connected it is that connection, and after a failure or a disconnect a new consent
+    # (a new begin()) is the way back. A state that brought a denial stays refused.
+    Rule("code_received", ALL, None, state_was_used_by_another_code, noop="duplicate_consent"),
+    Rule("code_received", ALL, None, state_was_denied, noop="reused_state"),
     Rule("code_received", EXCHANGING, None, noop="exchange_in_progress"),
     # A code the store-wide ledger holds is a duplicate too (each code goes out at most once),
     # found where this record would otherwise claim it.
