@@ -754,7 +754,10 @@ class OAuthMachine(RuleBasedStateMachine):
         assert {connection.connection_id for connection in affected} == ours
         for cid in USERS:
             after = self.record(cid)
-            if cid not in ours or before[cid].state is S.ERROR:
+            tokens = before[cid].tokens
+            # amoCRM still accepting the token means this hook is an old one replayed.
+            replayed = tokens is not None and self.fake.is_access_token_valid(tokens.access_token)
+            if cid not in ours or before[cid].state is S.ERROR or replayed:
                 assert after == before[cid]
             else:
                 assert after.state is S.ERROR and after.tokens is None

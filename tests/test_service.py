@@ -456,3 +456,28 @@ def test_an_app_user_named_like_a_widget_install_never_gets_its_tokens(
     assert oauth.disconnect(impostor).state is ConnectionState.DISCONNECTED
     widget = oauth.store.load(record_key(oauth.config.client_id, impostor, widget=True))
     assert widget is not None and widget.state is ConnectionState.CONNECTED  # untouched
+
+
+def test_a_replayed_disconnect_hook_changes_nothing_after_a_reconnect(
+    oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    """Issue: the hook's signature has no time or nonce, so a hook URL seen in an access log
+    disconnected the account again after the user reconnected."""
+    connect(oauth, fake)
+    hook = fake.uninstall()  # a real uninstall: amoCRM now answers 401 for the tokens
+    (gone,) = oauth.handle_disconnect_hook(hook)
+    assert gone.error is not None and gone.error.reason == "disconnected_by_provider"
+    connect(oauth, fake)  # the user installs and connects again
+    before = oauth.status(USER)
+    assert before.state is ConnectionState.CONNECTED
+    (replayed,) = oauth.handle_disconnect_hook(hook)  # the old URL, replayed
+    assert replayed == before == oauth.status(USER)
+
+
+def test_a_hook_for_tokens_amocrm_still_accepts_is_a_replay(
+    oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    connect(oauth, fake)
+    before = oauth.status(USER)
+    assert oauth.handle_disconnect_hook(fake.hook_query()) == (before,)  # signed, not uninstalled
+    assert oauth.status(USER) == before

@@ -272,10 +272,16 @@ class Disconnect(Event):
 
 @attrs.frozen
 class ProviderDisconnected(Event):
-    """amoCRM's disconnect hook: the integration was uninstalled from the account."""
+    """amoCRM's disconnect hook: the integration was uninstalled from the account.
+
+    ``token_still_accepted`` is True when amoCRM's API still accepted the stored access token
+    just before: amoCRM answers 401 after an uninstall (protocol notes §6), so such a hook is a
+    replay of an old one (its signature carries no time or nonce) and changes nothing.
+    """
 
     name: ClassVar[str] = "provider_disconnected"
     at: datetime = attrs.field(validator=_aware)
+    token_still_accepted: bool = False
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return _error_changes(ErrorInfo(Reason.DISCONNECTED_BY_PROVIDER, None, self.at))

@@ -296,10 +296,27 @@ class CodeFlows(Records):
     def handle_disconnect_hook(self, query: QueryLike) -> Flow[tuple[Connection, ...]]:
         account_id = verify_disconnect_hook(query, self.config)
         records = yield from perform(FindByAccount(account_id))
-        event = ProviderDisconnected(self.now())
         done = []
         for record in records:
             if record.integration in (None, self.config.client_id):  # this integration's only
+                alive = yield from self._token_still_accepted(record)
+                event = ProviderDisconnected(self.now(), token_still_accepted=alive)
                 updated, _ = yield from self.apply(record, event)
                 done.append(updated.public())
         return tuple(done)
+
+    def _token_still_accepted(self, record: ConnectionRecord) -> Flow[bool]:
+        """Does amoCRM's API still accept the stored access token? After a real uninstall it
+        answers 401 (protocol notes §6); any failure to tell counts as "no"."""
+        credentials = record.api_credentials()
+        host = (
+            AccountHost.accept(credentials[0], self.config.extra_domains) if credentials else None
+        )
+        if credentials is None or host is None:
+            return False
+        try:
+            response = yield Send(account_request(self.config, host, credentials[1]))
+            read_account(response)
+        except ProviderError:
+            return False
+        return True

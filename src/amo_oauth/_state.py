@@ -138,6 +138,11 @@ def refresh_token_spent(data: EventData) -> bool:
     return tokens is not None and tokens.refresh_sends >= MAX_REFRESH_SENDS
 
 
+def hook_is_a_replay(data: EventData) -> bool:
+    """amoCRM still accepted the connection's token: the uninstall hook is an old one replayed."""
+    return bool(getattr(_model(data).event, "token_still_accepted", False))
+
+
 def pair_was_rotated(data: EventData) -> bool:
     """The stored refresh token is not the one this refresh spent: another worker rotated the
     pair (or a new consent replaced it) since."""
@@ -237,6 +242,7 @@ TABLE: tuple[Rule, ...] = (
     _stale("refresh_released", S.CONNECTED),
     Rule("disconnect", (S.DISCONNECTED,), None, noop="already_disconnected"),
     Rule("disconnect", (S.CODE_RECEIVED, S.EXCHANGED, S.CONNECTED, S.ERROR), S.DISCONNECTED),
+    Rule("provider_disconnected", ALL, None, hook_is_a_replay, noop="hook_replayed"),
     Rule("provider_disconnected", (*EXCHANGING, S.CONNECTED), S.ERROR),
     Rule("provider_disconnected", (S.DISCONNECTED, S.ERROR), None, noop="nothing_to_forget"),
 )
