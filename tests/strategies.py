@@ -20,6 +20,8 @@ from amo_oauth._events import (
     RefreshFailed,
     RefreshReleased,
     Verified,
+    VerifyClaimed,
+    VerifyDeferred,
     VerifyFailed,
 )
 from amo_oauth._hosts import AccountHost
@@ -98,6 +100,8 @@ records = st.builds(
     integration=st.none() | st.just("client-1"),
     widget=st.booleans(),
     refused_refresh=st.none() | refresh_tokens.map(code_digest),
+    verify_after=st.none() | moments,
+    verify_attempts=st.integers(min_value=0, max_value=5),
 )
 
 
@@ -124,6 +128,8 @@ def events(codes: st.SearchStrategy[str]) -> dict[type[Event], st.SearchStrategy
         LeaseExpired: st.builds(LeaseExpired, at=moments),
         Verified: st.builds(Verified, account=accounts, at=moments),
         VerifyFailed: st.builds(VerifyFailed, error=error_infos),
+        VerifyClaimed: st.builds(VerifyClaimed, lease=leases("exchange")),
+        VerifyDeferred: st.builds(VerifyDeferred, retry_at=moments),
         RefreshClaimed: st.builds(
             RefreshClaimed,
             lease=leases("refresh"),

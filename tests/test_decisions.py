@@ -11,7 +11,13 @@ import pytest
 from amo_oauth._reasons import CONNECTION_ERRORS, NOT_CONNECTED, REJECTIONS, WEB_REFUSALS, Reason
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "amo_oauth"
-FLOW_MODULES = ("_flows.py", "_flow_records.py", "_flow_codes.py", "_flow_tokens.py")
+FLOW_MODULES = (
+    "_flows.py",
+    "_flow_records.py",
+    "_flow_codes.py",
+    "_flow_tokens.py",
+    "_flow_verify.py",
+)
 #: What a record holds that only the table may decide on.
 DECIDED_BY_THE_TABLE = frozenset({"state", "lease", "tokens", "error"})
 

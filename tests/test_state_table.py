@@ -25,6 +25,8 @@ from amo_oauth._events import (
     RefreshFailed,
     RefreshReleased,
     Verified,
+    VerifyClaimed,
+    VerifyDeferred,
     VerifyFailed,
 )
 from amo_oauth._hosts import AccountHost
@@ -112,8 +114,10 @@ EXPECTED = {
     Denied: (E, IN_PROGRESS, IN_PROGRESS, "keep_connection", E),
     ExchangeSucceeded: ("stale", EX, "stale", "stale", "stale"),
     ExchangeFailed: ("stale", E, "stale", "stale", "stale"),
-    LeaseExpired: ("no_exchange", E, E, "no_exchange", "no_exchange"),  # no live lease
+    LeaseExpired: ("no_exchange", E, "verification_pending", "no_exchange", "no_exchange"),
     Verified: ("stale", "stale", C, "stale", "stale"),
+    VerifyClaimed: (*["nothing_to_verify"] * 2, EX, *["nothing_to_verify"] * 2),
+    VerifyDeferred: ("stale", "stale", EX, "stale", "stale"),
     VerifyFailed: ("stale", "stale", E, "stale", "stale"),
     RefreshClaimed: ("not_connected", IN_PROGRESS, IN_PROGRESS, C, "not_connected"),
     Refreshed: ("stale", "stale", "stale", C, "stale"),
@@ -129,6 +133,8 @@ EXAMPLES = {
     ExchangeFailed: ExchangeFailed(ERROR),
     LeaseExpired: LeaseExpired(T0),
     Verified: Verified(Account(1, "acme", "Acme"), T0),
+    VerifyClaimed: VerifyClaimed(LEASE),
+    VerifyDeferred: VerifyDeferred(T0),
     VerifyFailed: VerifyFailed(ERROR),
     RefreshClaimed: RefreshClaimed(Lease("w", "refresh", T0), T0),
     Refreshed: Refreshed(TOKENS, "refresh-1"),

@@ -63,6 +63,8 @@ def record_to_json(record: ConnectionRecord) -> str:
         "integration": record.integration,
         "widget": record.widget,
         "refused_refresh": record.refused_refresh,
+        "verify_after": _time(record.verify_after),
+        "verify_attempts": record.verify_attempts,
     }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
@@ -127,6 +129,8 @@ def _record(body: _Fields) -> ConnectionRecord:
         integration=body.optional_text("integration", missing_ok=True),
         widget=body.flag("widget", default=False),
         refused_refresh=body.optional_text("refused_refresh", missing_ok=True),
+        verify_after=body.optional_time("verify_after", missing_ok=True),
+        verify_attempts=body.integer("verify_attempts", default=0),
     )
 
 

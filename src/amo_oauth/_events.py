@@ -40,6 +40,8 @@ __all__ = [
     "RefreshReleased",
     "Refreshed",
     "Verified",
+    "VerifyClaimed",
+    "VerifyDeferred",
     "VerifyFailed",
 ]
 
@@ -163,7 +165,34 @@ class Verified(Event):
             "error": None,
             "connected_at": self.at,
             "refused_refresh": None,
+            "verify_after": None,
+            "verify_attempts": 0,
         }
+
+
+@attrs.frozen
+class VerifyClaimed(Event):
+    """A worker claims a pending verification (the exchange's own lease lapsed or a transient
+    failure deferred it): it will ask ``GET /api/v4/account`` with the stored pair."""
+
+    name: ClassVar[str] = "verify_claimed"
+    lease: Lease = attrs.field(validator=_purpose("exchange"))
+
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
+        return {"lease": self.lease}
+
+
+@attrs.frozen
+class VerifyDeferred(Event):
+    """Verification failed for a moment (5xx, 429, a timeout): the pair from the spent code is
+    kept and verification is tried again from ``retry_at`` on."""
+
+    name: ClassVar[str] = "verify_deferred"
+    retry_at: datetime = attrs.field(validator=_aware)
+
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
+        attempts = record.verify_attempts + 1
+        return {"lease": None, "verify_after": self.retry_at, "verify_attempts": attempts}
 
 
 @attrs.frozen
@@ -295,6 +324,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ExchangeFailed,
     LeaseExpired,
     Verified,
+    VerifyClaimed,
+    VerifyDeferred,
     VerifyFailed,
     RefreshClaimed,
     Refreshed,

@@ -18,15 +18,13 @@ from ._events import (
     CodeReceived,
     Denied,
     Disconnect,
-    Event,
     ExchangeFailed,
     ExchangeSucceeded,
     LeaseExpired,
     ProviderDisconnected,
-    Verified,
-    VerifyFailed,
 )
-from ._flow_records import Records, logger
+from ._flow_records import logger
+from ._flow_verify import Verification
 from ._hook import verify_disconnect_hook
 from ._hosts import AccountHost
 from ._ops import ClaimOp, CompareAndSet, ConsumeState, FindByAccount, Flow, HolderOf, Send, perform
@@ -36,7 +34,6 @@ from ._records import (
     CODE_MEMORY,
     Connection,
     ConnectionRecord,
-    TokenSet,
     check_connection_id,
     code_digest,
 )
@@ -56,7 +53,7 @@ _REFUSED = {
 }
 
 
-class CodeFlows(Records):
+class CodeFlows(Verification):
     """The logic behind ``begin``, ``handle_callback``, ``exchange_code``, ``status``,
     ``disconnect`` and ``handle_disconnect_hook``."""
 
@@ -188,6 +185,7 @@ class CodeFlows(Records):
         if noop in _REFUSED:
             raise CallbackRejected(_REFUSED[noop])
         settled = yield from self._settled(record)
+        settled, _ = yield from self.verify_if_due(settled)
         duplicate = noop in ("duplicate_code", "duplicate_consent")
         return CallbackResult.report(settled.public(), duplicate=duplicate)
 
@@ -209,34 +207,6 @@ class CodeFlows(Records):
         if exchanged is None:
             return (yield from self._overtaken(record))
         return (yield from self._verify(exchanged, host, tokens))
-
-    def _verify(
-        self, record: ConnectionRecord, host: AccountHost, tokens: TokenSet
-    ) -> Flow[CallbackResult]:
-        try:
-            response = yield Send(account_request(self.config, host, tokens.access_token))
-            account = read_account(response)
-        except ProviderError as error:
-            self.warn(record, "verification", meaning_of(error, "account"), error)
-            failed = VerifyFailed(self.error(Reason.VERIFY_FAILED, error))
-            return (yield from self._conclude(record, failed, Outcome.FAILED))
-        verified = Verified(account, self.now())
-        return (yield from self._conclude(record, verified, Outcome.CONNECTED))
-
-    def _conclude(
-        self, record: ConnectionRecord, event: Event, outcome: Outcome
-    ) -> Flow[CallbackResult]:
-        """Write the exchange's last step on the record this worker claimed, and report."""
-        written = yield from self.write(record, event)
-        if written is None:
-            return (yield from self._overtaken(record))
-        return CallbackResult(outcome, written.public())
-
-    def _overtaken(self, record: ConnectionRecord) -> Flow[CallbackResult]:
-        """Our claim was overtaken (a disconnect, a hook, a lapsed lease): theirs stands, and
-        nothing of ours (tokens, account) is written onto a record we no longer hold."""
-        current = yield from self.load(record.connection_id, widget=record.widget)
-        return CallbackResult.report(current.public(), duplicate=False)
 
     def _settled(self, record: ConnectionRecord) -> Flow[ConnectionRecord]:
         """Wait, a bounded time, for another worker's exchange to finish (the table says one
@@ -265,6 +235,7 @@ class CodeFlows(Records):
     def status(self, connection_id: str) -> Flow[Connection]:
         check_connection_id(connection_id)
         record = yield from self.load(connection_id)
+        record, _ = yield from self.verify_if_due(record)  # network I/O only when it is due
         return record.public()
 
     def disconnect(self, connection_id: str) -> Flow[Connection]:

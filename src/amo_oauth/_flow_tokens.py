@@ -15,7 +15,7 @@ import attrs
 from ._answers import REFRESH_REFUSALS
 from ._errors import AmoOAuthError, ProviderError, ReauthorizationRequired
 from ._events import RefreshClaimed, Refreshed, RefreshFailed, RefreshReleased
-from ._flow_records import Records
+from ._flow_verify import Verification
 from ._hosts import AccountHost
 from ._ops import DueForRefresh, Flow, Send, perform
 from ._provider import meaning_of, read_tokens, reason_of, refresh_request, surely_unsent
@@ -30,7 +30,7 @@ __all__ = ["TokenFlows"]
 _WAIT = ("refresh_in_progress", "exchange_in_progress")
 
 
-class TokenFlows(Records):
+class TokenFlows(Verification):
     """The logic behind ``access_token``, ``auth`` and ``refresh_due``."""
 
     def access_token(self, connection_id: str, stale: str | None = None) -> Flow[str]:
@@ -75,6 +75,10 @@ class TokenFlows(Records):
                 record = yield from self.load(record.connection_id, widget=record.widget)
             elif result.noop == "token_fresh":
                 return record.tokens_or_raise().access_token
+            elif result.noop == "exchange_in_progress" and (
+                (yield from self._pending_verification(record)) != record
+            ):
+                record = yield from self.load(record.connection_id, widget=record.widget)
             elif result.noop in _WAIT and not self.expired(deadline):
                 record = yield from self.wait(record, deadline)
             elif result.noop == "refresh_in_progress":
@@ -90,6 +94,17 @@ class TokenFlows(Records):
                 record = yield from self.load(record.connection_id, widget=record.widget)
             else:
                 raise ReauthorizationRequired(record.connection_id, record.not_connected_reason())
+
+    def _pending_verification(self, record: ConnectionRecord) -> Flow[ConnectionRecord]:
+        """Verify a pair whose verification is due; a deferred one is reported at once."""
+        current, noop = yield from self.verify_if_due(record)
+        if noop == "verification_deferred":
+            raise ProviderError(
+                None,
+                "amoCRM could not verify the new connection yet; it is retried",
+                transient=True,
+            )
+        return current
 
     def _give_up(self, record: ConnectionRecord) -> Flow[None]:
         """The refresh token went out twice without a stored answer: it is never sent again."""

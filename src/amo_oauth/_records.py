@@ -224,6 +224,11 @@ class ConnectionRecord:
     before keys had a namespace (its key is then its bare ``connection_id``)."""
     widget: bool = False
     """True for a widget install (named after its account host), not an app user."""
+    verify_after: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+    """In ``exchanged``: when the next verification may be tried, after a transient failure
+    (one backoff for every process sharing the store)."""
+    verify_attempts: int = 0
+    """In ``exchanged``: verifications that failed for a moment so far (the backoff grows)."""
     refused_refresh: str | None = None
     """The sha256 digest of the refresh token amoCRM refused when the connection entered
     ``error`` that way: only the answer to an overtaken refresh of that same token may bring the

@@ -104,6 +104,13 @@ def lease_is_live(data: EventData) -> bool:
     return step.record.live_lease(step.now) is not None
 
 
+def verification_not_due(data: EventData) -> bool:
+    """A transient failure deferred verification, and its next try is not due yet."""
+    step = _model(data)
+    after = step.record.verify_after
+    return after is not None and step.now < after
+
+
 def token_is_usable(data: EventData) -> bool:
     """The stored access token is what the caller needs: no refresh."""
     step = _model(data)
@@ -215,11 +222,27 @@ TABLE: tuple[Rule, ...] = (
     Rule("exchange_failed", (S.CODE_RECEIVED,), S.ERROR),
     _stale("exchange_failed", S.CODE_RECEIVED),
     # A worker that outlives its exchange lease is presumed dead; the code is never resent.
+    # Before the pair is stored that is the end of this code; after, the pair from the spent
+    # code is kept and its verification stays pending (tried again by the next caller).
     Rule("lease_expired", EXCHANGING, None, lease_is_live, noop="lease_live"),
-    Rule("lease_expired", EXCHANGING, S.ERROR),
+    Rule("lease_expired", (S.CODE_RECEIVED,), S.ERROR),
+    Rule("lease_expired", (S.EXCHANGED,), None, noop="verification_pending"),
     Rule("lease_expired", (S.DISCONNECTED, S.CONNECTED, S.ERROR), None, noop="no_exchange"),
     Rule("verified", (S.EXCHANGED,), S.CONNECTED),
     _stale("verified", S.EXCHANGED),
+    Rule("verify_claimed", (S.EXCHANGED,), None, lease_is_live, noop="lease_live"),
+    Rule(
+        "verify_claimed", (S.EXCHANGED,), None, verification_not_due, noop="verification_deferred"
+    ),
+    Rule("verify_claimed", (S.EXCHANGED,), S.EXCHANGED),
+    Rule(
+        "verify_claimed",
+        (S.DISCONNECTED, S.CODE_RECEIVED, S.CONNECTED, S.ERROR),
+        None,
+        noop="nothing_to_verify",
+    ),
+    Rule("verify_deferred", (S.EXCHANGED,), S.EXCHANGED),
+    _stale("verify_deferred", S.EXCHANGED),
     Rule("verify_failed", (S.EXCHANGED,), S.ERROR),
     _stale("verify_failed", S.EXCHANGED),
     # Tokens are served only when connected; a refresh is claimed only when the token is not

@@ -1,0 +1,86 @@
+"""Verification of a stored pair: ``GET /api/v4/account`` with the new tokens, once after an
+exchange, and again later when it failed for a moment.
+
+A pair from a spent code is never thrown away because of a transient fault: a 5xx, a 429 or a
+timeout defers verification (``verify_deferred``, the next try's time stored in the record, so
+every process shares one backoff), and a lease that lapses after the pair was stored leaves it
+pending. Only a definite refusal moves the connection to ``error``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from ._errors import ProviderError
+from ._events import Event, Verified, VerifyClaimed, VerifyDeferred, VerifyFailed
+from ._flow_records import Records
+from ._hosts import AccountHost
+from ._ops import Flow, Send
+from ._provider import account_request, meaning_of, read_account
+from ._reasons import Reason
+from ._records import ConnectionRecord, TokenSet
+from ._results import CallbackResult, Outcome
+from ._state import step
+
+__all__ = ["Verification"]
+
+#: The first retry of a verification that failed for a moment, doubling up to the last.
+FIRST_RETRY = timedelta(seconds=5)
+LAST_RETRY = timedelta(hours=1)
+
+
+class Verification(Records):
+    """Verify a stored pair; shared by the code flows and the token flows."""
+
+    def _verify(
+        self, record: ConnectionRecord, host: AccountHost, tokens: TokenSet
+    ) -> Flow[CallbackResult]:
+        try:
+            response = yield Send(account_request(self.config, host, tokens.access_token))
+            account = read_account(response)
+        except ProviderError as error:
+            answer = meaning_of(error, "account")
+            self.warn(record, "verification", answer, error)
+            if answer.meaning.transient:  # amoCRM down or busy: keep the pair, try later
+                retry = min(FIRST_RETRY * 2**record.verify_attempts, LAST_RETRY)
+                deferred = VerifyDeferred(self.now() + retry)
+                return (yield from self._conclude(record, deferred, Outcome.IN_PROGRESS))
+            failed = VerifyFailed(self.error(Reason.VERIFY_FAILED, error))
+            return (yield from self._conclude(record, failed, Outcome.FAILED))
+        verified = Verified(account, self.now())
+        return (yield from self._conclude(record, verified, Outcome.CONNECTED))
+
+    def _conclude(
+        self, record: ConnectionRecord, event: Event, outcome: Outcome
+    ) -> Flow[CallbackResult]:
+        """Write the exchange's last step on the record this worker claimed, and report."""
+        written = yield from self.write(record, event)
+        if written is None:
+            return (yield from self._overtaken(record))
+        return CallbackResult(outcome, written.public())
+
+    def _overtaken(self, record: ConnectionRecord) -> Flow[CallbackResult]:
+        """Our claim was overtaken (a disconnect, a hook, a lapsed lease): theirs stands, and
+        nothing of ours (tokens, account) is written onto a record we no longer hold."""
+        current = yield from self.load(record.connection_id, widget=record.widget)
+        return CallbackResult.report(current.public(), duplicate=False)
+
+    def verify_if_due(self, record: ConnectionRecord) -> Flow[tuple[ConnectionRecord, str]]:
+        """Try a pending verification when the table says it is due.
+
+        Returns the record as it then is, and the table's answer to ``verify_claimed``: ``""``
+        when this call verified (or tried to), else the no-op (``nothing_to_verify``,
+        ``lease_live``, ``verification_deferred``).
+        """
+        event = VerifyClaimed(self.lease("exchange"))
+        result = step(record, event, self.now())
+        if not result.changed:
+            return record, result.noop or ""
+        claimed = yield from self.commit(record, result, event.name)
+        host = AccountHost.accept(record.host or "", self.config.extra_domains)
+        if claimed is None or host is None:
+            current = yield from self.load(record.connection_id, widget=record.widget)
+            return current, "lease_live"
+        yield from self._verify(claimed, host, claimed.tokens_or_raise())
+        current = yield from self.load(record.connection_id, widget=record.widget)
+        return current, ""

@@ -1,0 +1,103 @@
+"""A pair from a spent code is never thrown away because verification failed for a moment:
+the connection stays ``exchanged``, the next try's time is stored in the record (one backoff for
+every process), and the next status, callback duplicate or token request verifies it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from amo_oauth import AmoOAuth, ConnectionState, Outcome, ProviderError
+from amo_oauth._ops import Send, StoreOp
+from amo_oauth.stores import as_full_store
+from amo_oauth.testing import FakeAmoCRM, FakeClock
+
+from helpers import query_of, stored
+
+USER = "user-1"
+ACCOUNT = "/api/v4/account"
+
+
+def account_calls(fake: FakeAmoCRM) -> int:
+    return sum(1 for request in fake.requests if request.path == ACCOUNT)
+
+
+@pytest.mark.parametrize("fault", ["500", "429", "403_html"])
+def test_a_transient_verification_failure_keeps_the_pair(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock, fault: str
+) -> None:
+    fake.fail_next(fault, endpoint="api", path=ACCOUNT)  # type: ignore[arg-type]
+    query = query_of(fake.authorize(oauth.begin(USER).state))
+    result = oauth.handle_callback(query)
+    assert (result.outcome, result.connection.state) == (
+        Outcome.IN_PROGRESS,
+        ConnectionState.EXCHANGED,
+    )
+    record = stored(oauth, USER)
+    assert record is not None and record.tokens is not None and record.verify_after is not None
+    calls = account_calls(fake)
+    assert oauth.status(USER).state is ConnectionState.EXCHANGED  # not due: no network I/O
+    assert account_calls(fake) == calls
+    with pytest.raises(ProviderError) as pending:
+        oauth.access_token(USER)
+    assert pending.value.transient and account_calls(fake) == calls
+    clock.advance(timedelta(seconds=5))
+    assert oauth.status(USER).state is ConnectionState.CONNECTED  # due: verified now
+    assert fake.token_call_count("authorization_code") == 1
+    assert fake.is_access_token_valid(oauth.access_token(USER))
+    replay = oauth.handle_callback(query)
+    assert (replay.outcome, replay.duplicate) == (Outcome.ALREADY_CONNECTED, True)
+
+
+def test_the_backoff_grows_and_is_shared_through_the_record(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    fake.fail_next("500", times=3, endpoint="api", path=ACCOUNT)
+    oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    waits = []
+    for _ in range(2):
+        record = stored(oauth, USER)
+        assert record is not None and record.verify_after is not None
+        waits.append(record.verify_after - clock())
+        clock.advance(record.verify_after - clock())
+        oauth.status(USER)
+    assert waits == [timedelta(seconds=5), timedelta(seconds=10)]
+    clock.advance(timedelta(seconds=20))
+    assert oauth.status(USER).state is ConnectionState.CONNECTED
+
+
+def test_a_definite_refusal_still_fails_verification(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    fake.expire_access_tokens_on_issue = (
+        True if hasattr(fake, "expire_access_tokens_on_issue") else None
+    )
+    fake.fail_next("override", endpoint="api", path=ACCOUNT, fields={"id": 2**70})
+    result = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    assert result.outcome is Outcome.FAILED
+    assert result.connection.error is not None
+    assert result.connection.error.reason == "verify_failed"
+
+
+def test_a_lease_that_lapses_after_the_pair_was_stored_keeps_the_pair(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """The worker died between storing the pair and verifying it: the pair is kept and the
+    next caller verifies (only a lease lapsing before the pair is stored is the end)."""
+    flow = oauth._flows.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    store = as_full_store(oauth.store)
+    item = next(flow)
+    sends = 0
+    while True:
+        if isinstance(item, StoreOp):
+            item = flow.send(item.run(store))
+        elif isinstance(item, Send):
+            sends += 1
+            if sends == 2:  # the account check: the worker dies here
+                break
+            item = flow.send(oauth.http.send(item.request))
+    flow.close()
+    assert oauth.status(USER).state is ConnectionState.EXCHANGED  # its lease is still live
+    clock.advance(oauth.config.lease_ttl + timedelta(seconds=1))
+    status = oauth.status(USER)
+    assert (status.state, status.error) == (ConnectionState.CONNECTED, None)
+    assert fake.token_call_count("authorization_code") == 1
