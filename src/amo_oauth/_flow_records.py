@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -51,6 +52,9 @@ class Records:
         # Waits are bounded in real time even when the clock is a test's frozen fake.
         self._monotonic = monotonic
         self._instance = secrets.token_hex(4)
+        # Events the store failed to take, by record key: written before the next call.
+        self._unwritten: dict[str, tuple[ConnectionRecord, Event]] = {}
+        self._unwritten_lock = threading.Lock()
 
     # -- keys and loading ------------------------------------------------------------------
 
@@ -59,7 +63,9 @@ class Records:
         return ConnectionRecord(connection_id, integration=self.config.client_id, widget=widget)
 
     def load(self, connection_id: str, *, widget: bool = False) -> Flow[ConnectionRecord]:
-        """The stored record (or a fresh one), with a dead worker's exchange lease expired."""
+        """The stored record (or a fresh one), with a dead worker's exchange lease expired, and
+        a rotated pair this process could not store written first."""
+        yield from self._write_kept(record_key(self.config.client_id, connection_id, widget=widget))
         while True:
             record = yield from self._load_key(connection_id, widget)
             result = step(record, LeaseExpired(self.now()), self.now())
@@ -98,6 +104,27 @@ class Records:
         if (yield from perform(CompareAndSet(moved, None))):
             logger.info("connection %s: moved under its namespaced key", legacy.connection_id)
         yield from perform(Delete(legacy.key, legacy.version))
+
+    # -- pairs the store could not take ------------------------------------------------------
+
+    def keep_unwritten(self, record: ConnectionRecord, event: Event) -> None:
+        """Keep an event the store failed to take (a rotated pair) until it can be written."""
+        with self._unwritten_lock:
+            self._unwritten[record.key] = (record, event)
+
+    def _write_kept(self, key: str) -> Flow[None]:
+        with self._unwritten_lock:
+            kept = self._unwritten.pop(key, None)
+        if kept is None:
+            return
+        record, event = kept
+        try:
+            yield from self.apply(record, event)  # the table decides, as for a late answer
+        except BaseException:
+            with self._unwritten_lock:
+                self._unwritten.setdefault(key, kept)
+            raise
+        logger.info("connection %s: a rotated pair kept in memory was stored", record.connection_id)
 
     # -- writing -----------------------------------------------------------------------------
 

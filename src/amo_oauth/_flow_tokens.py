@@ -13,11 +13,11 @@ from datetime import timedelta
 import attrs
 
 from ._answers import REFRESH_REFUSALS
-from ._errors import AmoOAuthError, ProviderError, ReauthorizationRequired
+from ._errors import AmoOAuthError, ProviderError, ReauthorizationRequired, StoreError
 from ._events import RefreshClaimed, Refreshed, RefreshFailed, RefreshReleased
 from ._flow_verify import Verification
 from ._hosts import AccountHost
-from ._ops import DueForRefresh, Flow, Send, perform
+from ._ops import DueForRefresh, Flow, Send, Sleep, perform
 from ._provider import meaning_of, read_tokens, reason_of, refresh_request, surely_unsent
 from ._reasons import Reason
 from ._records import ConnectionRecord, ErrorInfo, check_connection_id
@@ -26,6 +26,9 @@ from ._state import step
 
 __all__ = ["TokenFlows"]
 
+#: Pauses (seconds) between tries to store a rotated pair while the store fails; well inside
+#: a lease, so no other worker sends the spent token meanwhile.
+_STORE_RETRIES = (0.05, 0.2, 0.5)
 #: The table's no-ops on which a caller waits for another worker and looks again.
 _WAIT = ("refresh_in_progress", "exchange_in_progress")
 
@@ -141,12 +144,27 @@ class TokenFlows(Verification):
         # overtaken (our lease lapsed, or another worker declared the connection dead on its
         # "revoked"), the table still keeps our pair: amoCRM revoked the token we spent.
         event = Refreshed(tokens, spent)
-        written = yield from self.write(record, event)
-        if written is None:
-            _, wrote = yield from self.apply(record, event)
-            if not wrote:
-                return None
-        return tokens.access_token
+        written = yield from self._store_rotated(record, event)
+        return tokens.access_token if written else None
+
+    def _store_rotated(self, record: ConnectionRecord, event: Refreshed) -> Flow[bool]:
+        """Store a rotated pair: amoCRM has revoked the token we spent, so this pair is the only
+        valid one. A store that fails is retried within the lease; if it stays down, the pair
+        is kept in this process and written before this process's next call for the connection,
+        and the caller gets the ``StoreError``. False: the table made it a no-op (a disconnect)."""
+        for tries_left in range(len(_STORE_RETRIES), -1, -1):
+            try:
+                written = yield from self.write(record, event)
+                if written is None:
+                    _, wrote = yield from self.apply(record, event)
+                    return wrote
+                return True
+            except StoreError:
+                if not tries_left:
+                    self.keep_unwritten(record, event)
+                    raise
+            yield Sleep(_STORE_RETRIES[-tries_left])
+        return False  # not reached: the last try returns or raises
 
     def _refresh_failed(
         self, record: ConnectionRecord, spent: str, error: ProviderError
