@@ -245,9 +245,18 @@ class Refreshed(Event):
     name: ClassVar[str] = "refreshed"
     tokens: TokenSet
     spent_refresh_token: str = attrs.field(repr=False)
+    #: The account's new host, when the refresh followed an account move (protocol notes §5).
+    host: AccountHost | None = None
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        return {"tokens": self.tokens, "lease": None, "error": None, "refused_refresh": None}
+        moved = {"host": self.host.name} if self.host is not None else {}
+        return {
+            "tokens": self.tokens,
+            "lease": None,
+            "error": None,
+            "refused_refresh": None,
+            **moved,
+        }
 
 
 @attrs.frozen

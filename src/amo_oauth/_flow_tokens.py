@@ -12,13 +12,23 @@ from datetime import timedelta
 
 import attrs
 
-from ._answers import REFRESH_REFUSALS
+from ._answers import REFRESH_REFUSALS, Meaning
 from ._errors import AmoOAuthError, ProviderError, ReauthorizationRequired, StoreError
 from ._events import RefreshClaimed, Refreshed, RefreshFailed, RefreshReleased
+from ._flow_records import logger
 from ._flow_verify import Verification
 from ._hosts import AccountHost
 from ._ops import DueForRefresh, Flow, Send, Sleep, perform
-from ._provider import meaning_of, read_tokens, reason_of, refresh_request, surely_unsent
+from ._provider import (
+    api_domain_of,
+    lookup_request,
+    meaning_of,
+    read_lookup,
+    read_tokens,
+    reason_of,
+    refresh_request,
+    surely_unsent,
+)
 from ._reasons import Reason
 from ._records import ConnectionRecord, ErrorInfo, check_connection_id
 from ._results import RefreshReport
@@ -139,11 +149,43 @@ class TokenFlows(Verification):
             tokens = read_tokens(response, self.now(), grant="refresh_token")
             tokens = attrs.evolve(tokens, after_rejection=after_rejection)
         except ProviderError as error:
+            if meaning_of(error, "refresh_token").meaning is Meaning.ACCOUNT_MOVED:
+                self.warn(record, "refresh", meaning_of(error, "refresh_token"), error, (spent,))
+                return (yield from self._follow_move(record, spent, after_rejection))
             return (yield from self._refresh_failed(record, spent, error))
         # The rotated pair is persisted in one write before anyone uses it. When our claim was
         # overtaken (our lease lapsed, or another worker declared the connection dead on its
         # "revoked"), the table still keeps our pair: amoCRM revoked the token we spent.
         event = Refreshed(tokens, spent)
+        written = yield from self._store_rotated(record, event)
+        return tokens.access_token if written else None
+
+    def _follow_move(
+        self, record: ConnectionRecord, spent: str, after_rejection: bool
+    ) -> Flow[str | None]:
+        """The account was renamed or moved (``Invalid account``, 404): ask amoCRM where it lives
+        now, accept the new host only through the allowlist, and retry the refresh there once
+        (protocol notes §5). The new host is stored in one write with the rotated pair."""
+        extra = self.config.extra_domains
+        api_host = AccountHost.accept(
+            api_domain_of(record.tokens_or_raise().access_token) or "", extra
+        )
+        try:
+            if api_host is None:  # a token from before the claim existed: no lookup possible
+                raise ProviderError(None, "the access token names no api_domain to ask")
+            response = yield Send(lookup_request(self.config, api_host, spent))
+            moved_to = read_lookup(response, extra)
+            response = yield Send(refresh_request(self.config, moved_to, spent))
+            tokens = read_tokens(response, self.now(), grant="refresh_token")
+        except ProviderError as error:
+            answer = meaning_of(error, "subdomain_lookup")
+            self.warn(record, "account lookup", answer, error, redact=(spent,))
+            gone = RefreshFailed(self.error(Reason.ACCOUNT_MOVED, error), spent)
+            yield from self.apply(record, gone)
+            raise ReauthorizationRequired(record.connection_id, Reason.ACCOUNT_MOVED) from None
+        logger.info("connection %s: the account moved to %s", record.connection_id, moved_to.name)
+        tokens = attrs.evolve(tokens, after_rejection=after_rejection)
+        event = Refreshed(tokens, spent, host=moved_to)
         written = yield from self._store_rotated(record, event)
         return tokens.access_token if written else None
 

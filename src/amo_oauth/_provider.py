@@ -13,6 +13,8 @@ Every field of a 200 is checked against documented bounds (the ``MIN_``/``MAX_``
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import math
@@ -48,11 +50,14 @@ __all__ = [
     "MIN_EXPIRES_IN",
     "REFRESH_TOKEN_LIFETIME",
     "account_request",
+    "api_domain_of",
     "asend_within",
     "code_request",
     "error_from_exception",
+    "lookup_request",
     "meaning_of",
     "read_account",
+    "read_lookup",
     "read_tokens",
     "reason_of",
     "refresh_request",
@@ -111,6 +116,55 @@ def refresh_request(config: Config, host: AccountHost, refresh_token: str) -> ht
     """``POST https://{host}/oauth2/access_token`` for the refresh_token grant."""
     grant = {"grant_type": "refresh_token", "refresh_token": refresh_token}
     return _token_request(config, host, grant)
+
+
+def api_domain_of(access_token: str) -> str | None:
+    """The ``api_domain`` claim of an amoCRM access token (a JWT), read without verifying its
+    signature (clients cannot): a hint for the account lookup only (protocol notes §3, §5).
+    None for tokens issued before the claim existed (about 2024-08-21) or anything unreadable."""
+    parts = access_token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 16_384:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        return None
+    domain = claims.get("api_domain") if isinstance(claims, dict) else None
+    return domain if isinstance(domain, str) and domain else None
+
+
+def lookup_request(config: Config, api_host: AccountHost, refresh_token: str) -> httpx.Request:
+    """``GET https://{api_domain}/oauth2/account/current/subdomain`` with ``X-Refresh-Token``
+    only (no ``Authorization``): where the account lives now (protocol notes §5)."""
+    return httpx.Request(
+        "GET",
+        api_host.url("/oauth2/account/current/subdomain"),
+        headers={"X-Refresh-Token": refresh_token, "Accept": "application/json"},
+        extensions={"timeout": httpx.Timeout(config.http_timeout).as_dict()},
+    )
+
+
+def read_lookup(response: httpx.Response, extra_domains: tuple[str, ...]) -> AccountHost:
+    """The account's current host from the lookup's answer, accepted only by the allowlist.
+
+    ``domain`` is taken as the full host when it starts with the subdomain, else as the base
+    domain under which ``subdomain`` lives (the notes call its form inferred: accept both).
+
+    Raises:
+        ProviderError: any status but 200, or an answer naming no allowed host.
+    """
+    body = _json(response)
+    if response.status_code != 200:
+        raise _error(response, "subdomain_lookup")
+    subdomain = body.get("subdomain") if isinstance(body, dict) else None
+    domain = body.get("domain") if isinstance(body, dict) else None
+    if not isinstance(subdomain, str) or not isinstance(domain, str):
+        raise ProviderError(200, "not a subdomain answer", transient=True)
+    name = domain if domain.startswith(f"{subdomain}.") else f"{subdomain}.{domain}"
+    host = AccountHost.accept(name.lower(), extra_domains)
+    if host is None:
+        raise ProviderError(200, "the account lookup named a host outside the allowlist")
+    return host
 
 
 def account_request(config: Config, host: AccountHost, access_token: str) -> httpx.Request:

@@ -33,6 +33,7 @@ class Reason(enum.StrEnum):
     VERIFY_FAILED = "verify_failed"
     REAUTHORIZATION_REQUIRED = "reauthorization_required"
     DISCONNECTED_BY_PROVIDER = "disconnected_by_provider"
+    ACCOUNT_MOVED = "account_moved"
     # Why a request was refused before anything changed (``CallbackRejected.reason``).
     MISSING_CODE = "missing_code"
     MISSING_REFERER = "missing_referer"
@@ -72,6 +73,7 @@ CONNECTION_ERRORS: Final = frozenset(
         R.VERIFY_FAILED,
         R.REAUTHORIZATION_REQUIRED,
         R.DISCONNECTED_BY_PROVIDER,
+        R.ACCOUNT_MOVED,
     }
 )
 #: ``CallbackRejected.reason``: a redirect, hook or legacy call refused before anything changed.
