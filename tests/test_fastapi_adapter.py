@@ -23,6 +23,7 @@ from test_web import (
     Answer,
     Send,
     check_wrong_route,
+    connect_through_callback,
     deep_link,
     replay_deny_and_forgery,
     seed_scenario,
@@ -98,9 +99,9 @@ def test_every_route_and_status(send: Send, fake: FakeAmoCRM) -> None:
     assert send("GET", f"{PREFIX}/status", headers=AS_USER).json()["state"] == "disconnected"
     assert send("GET", f"{PREFIX}/status").status == 401
     assert send("POST", f"{PREFIX}/disconnect", headers=AS_USER).status == 200
-    body = json.dumps({"code": fake.issue_code(), "referer": fake.account_host}).encode()
+    body = json.dumps({"code": connect_through_callback(send, fake)}).encode()
     ok = send("POST", f"{PREFIX}/exchange-code", headers=AS_USER, body=body)
-    assert (ok.status, ok.json()["outcome"]) == (200, "connected")
+    assert (ok.status, ok.json()["outcome"]) == (200, "already_connected")
     bad = send("POST", f"{PREFIX}/exchange-code", headers=AS_USER, body=b"{")
     assert (bad.status, bad.json()) == (400, {"error": "malformed"})
     plain = {**AS_USER, "content-type": "text/plain"}

@@ -321,6 +321,8 @@ class OAuthMachine(RuleBasedStateMachine):
         if code in self.claimed:
             # Sent before: for another connection, or before this record let its digest go.
             return Expect("duplicate", consume=consume)
+        if begun is None:  # no consent ties a new code to this user: never exchanged
+            return Expect("reject", "new_code_refused")
         return Expect("exchange", consume=consume)
 
     def run_grant(
@@ -539,11 +541,12 @@ class OAuthMachine(RuleBasedStateMachine):
         calls = self.fake.token_call_count()
         for _ in range(CHURN):
             assert self.oauth.disconnect(cid).state is S.DISCONNECTED
-            code = self.new_code()
+            query = self.redirect(self.oauth.begin(cid).state)
+            code = query["code"]
             self.submitted.add(code)
             self.touched.add(code)
             self.claimed.add(code)
-            result = self.oauth.exchange_code(cid, code, referer=self.fake.account_host)
+            result = self.oauth.handle_callback(query)
             assert result.outcome is Outcome.CONNECTED
         assert self.fake.token_call_count() == calls + CHURN
 
@@ -973,8 +976,7 @@ def test_a_code_stays_known_after_many_newer_codes(machine: OAuthMachine) -> Non
     assert oauth.handle_callback(first).outcome is Outcome.CONNECTED
     for _ in range(MAX_CODE_DIGESTS - 1):
         oauth.disconnect("user-1")
-        code = fake.issue_code()
-        oauth.exchange_code("user-1", code, referer=fake.account_host)
+        oauth.handle_callback(query_of(fake.authorize(oauth.begin("user-1").state)))
     oauth.disconnect("user-1")
     assert machine.record("user-1").knows_code(code_digest(first["code"]))
     replay = oauth.handle_callback(first)
@@ -1045,13 +1047,15 @@ def test_a_code_that_lost_a_race_unsent_is_exchanged_later(
     config = config_for(fake, settle_timeout=0.05)
     worker_a = AmoOAuth(config, store=store, http=http, clock=clock)
     worker_b = AmoOAuth(config, store=store, http=http, clock=clock)
-    code_a, code_b = fake.issue_code(), fake.issue_code()
-    host = fake.account_host
-    store.before_write = lambda: worker_a.exchange_code("user-1", code_a, referer=host)
-    raced = worker_b.exchange_code("user-1", code_b, referer=host)
+    # Two consents (two tabs), each with its own state and code.
+    tab_a = query_of(fake.authorize(worker_a.begin("user-1").state))
+    tab_b = query_of(fake.authorize(worker_b.begin("user-1").state))
+    code_b = tab_b["code"]
+    store.before_write = lambda: worker_a.handle_callback(tab_a)
+    raced = worker_b.handle_callback(tab_b)
     assert (raced.outcome, fake.token_calls_for(code_b)) == (Outcome.ALREADY_CONNECTED, 0)
     worker_b.disconnect("user-1")
-    retry = worker_b.exchange_code("user-1", code_b, referer=host)
+    retry = worker_b.handle_callback(tab_b)
     assert retry.outcome is Outcome.CONNECTED, (
         f"code b, never sent, was refused: {retry.outcome.value}, duplicate={retry.duplicate}, "
         f"sent {fake.token_calls_for(code_b)} times; the connection is "

@@ -97,11 +97,14 @@ def test_a_failing_user_test_is_reported_as_failing(pytester: pytest.Pytester) -
     # The fixtures must not swallow a user's failure (e.g. in teardown).
     pytester.makepyfile(
         test_bad="""
+        from urllib.parse import parse_qsl, urlsplit
+
         def test_double_exchange_is_caught(amo_oauth_client, amo_fake):
-            code = amo_fake.issue_code()
+            state = amo_oauth_client.begin("u").state
+            query = dict(parse_qsl(urlsplit(amo_fake.authorize(state)).query))
             for _ in range(2):
-                amo_oauth_client.exchange_code("u", code, referer=amo_fake.account_host)
-            assert amo_fake.token_calls_for(code) == 2
+                amo_oauth_client.handle_callback(query)
+            assert amo_fake.token_calls_for(query["code"]) == 2
         """
     )
     result = pytester.runpytest("-q", "-p", "no:cacheprovider")

@@ -166,7 +166,8 @@ def test_state_issued_before_the_connection_cannot_replace_it(
 
 def test_rejected_code_fails_once_and_is_never_resent(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
     referer = fake.account_host
-    result = oauth.exchange_code(USER, "not-a-real-code", referer=referer)
+    state = oauth.begin(USER).state
+    result = oauth.exchange_code(USER, "not-a-real-code", referer=referer, state=state)
     assert result.outcome is Outcome.FAILED
     assert result.connection.error is not None
     assert result.connection.error.reason == "code_rejected"
@@ -340,8 +341,30 @@ def test_legacy_exchange_of_a_new_code_needs_a_host(oauth: AmoOAuth, fake: FakeA
     with pytest.raises(CallbackRejected) as foreign:
         oauth.exchange_code(USER, fake.issue_code(), referer="evil.example.com")
     assert foreign.value.reason == "foreign_host"
-    result = oauth.exchange_code(USER, fake.issue_code(), referer=fake.account_host)
+    state = oauth.begin(USER).state
+    result = oauth.exchange_code(USER, fake.issue_code(), referer=fake.account_host, state=state)
     assert result.outcome is Outcome.CONNECTED
+
+
+def test_a_new_code_without_its_consents_state_is_never_exchanged(
+    oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    """Issue: the legacy path exchanged a NEW code with no state at all, so whoever held a
+    code of someone else's consent (left valid by a rejected callback, in logs and history)
+    could bind that amoCRM account to their own app user and read its leads."""
+    stolen = fake.issue_code()
+    with pytest.raises(CallbackRejected) as refused:
+        oauth.exchange_code(USER, stolen, referer=fake.account_host)
+    assert refused.value.reason == "new_code_refused"
+    assert fake.token_calls_for(stolen) == 0
+    assert oauth.status(USER).version == 0  # nothing written
+    state = oauth.begin(USER).state
+    with pytest.raises(CallbackRejected) as web_like:  # the web route's mode
+        oauth.exchange_code(
+            USER, stolen, referer=fake.account_host, state=state, exchange_new=False
+        )
+    assert web_like.value.reason == "new_code_refused"
+    assert fake.token_calls_for(stolen) == 0
 
 
 def test_secrets_never_reach_reprs_or_errors(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:

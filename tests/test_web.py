@@ -135,6 +135,14 @@ def connect_url(send: Send) -> str:
     return str(asked.json()["url"])
 
 
+def connect_through_callback(send: Send, fake: FakeAmoCRM) -> str:
+    """Connect USER as a browser does (/connect, "Allow", /callback); the code it used."""
+    state = dict(parse_qsl(urlsplit(connect_url(send)).query))["state"]
+    redirect = fake.authorize(state)
+    assert send("GET", f"{PREFIX}/callback", query=callback_query(redirect)).status == 200
+    return dict(parse_qsl(urlsplit(redirect).query))["code"]
+
+
 def seed_scenario(send: Send, fake: FakeAmoCRM) -> tuple[str, str]:
     """The seed's acceptance test, with the old app that still posts the code.
 
@@ -547,16 +555,29 @@ def test_the_echoed_state_is_escaped(send: Send, oauth: AmoOAuth, fake: FakeAmoC
 # -- POST /exchange-code ----------------------------------------------------------------------
 
 
-def test_exchange_code_connects_a_new_code(send: Send, fake: FakeAmoCRM) -> None:
+def test_exchange_code_never_exchanges_a_new_code(
+    send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    """Issue: the legacy route bound any code to the signed-in user, with or without a state;
+    no browser is bound to it, so it answers known codes and refuses new ones."""
     code = fake.issue_code()
     answer = post_code(send, {"code": code, "referer": fake.account_host})
-    assert answer.status == 200
-    body = answer.json()
-    assert (body["outcome"], body["duplicate"], body["connected"]) == ("connected", False, True)
-    again = post_code(send, {"code": code})
-    assert (again.status, again.json()["duplicate"]) == (200, True)
+    assert (answer.status, answer.json()) == (400, {"error": "new_code_refused"})
+    state = oauth.begin(USER).state
+    with_state = post_code(send, {"code": code, "referer": fake.account_host, "state": state})
+    assert (with_state.status, with_state.json()) == (400, {"error": "new_code_refused"})
+    assert fake.token_call_count() == 0
+    assert code not in answer.text + with_state.text
+    # The seed's old app: the code the callback exchanged is answered with the status.
+    redirect = fake.authorize(oauth.begin(USER).state)
+    send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
+    known = post_code(send, {"code": query_of(redirect)["code"]})
+    assert (known.status, known.json()["outcome"], known.json()["duplicate"]) == (
+        200,
+        "already_connected",
+        True,
+    )
     assert fake.token_call_count() == 1
-    assert code not in answer.text + again.text
 
 
 def test_exchange_code_accepts_a_form(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
@@ -568,8 +589,13 @@ def test_exchange_code_accepts_a_form(send: Send, oauth: AmoOAuth, fake: FakeAmo
     assert (answer.status, answer.json()["outcome"]) == (200, "already_connected")
 
 
-def test_exchange_code_failure_is_400_with_the_status(send: Send, fake: FakeAmoCRM) -> None:
-    answer = post_code(send, {"code": "never-issued", "referer": fake.account_host})
+def test_exchange_code_failure_is_400_with_the_status(
+    send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    oauth.exchange_code(  # the service, with its consent's state, exchanged a code amoCRM refused
+        USER, "never-issued", referer=fake.account_host, state=oauth.begin(USER).state
+    )
+    answer = post_code(send, {"code": "never-issued"})
     assert answer.status == 400
     body = answer.json()
     assert (body["error"], body["outcome"], body["state"]) == ("code_rejected", "failed", "error")
@@ -608,10 +634,14 @@ def test_exchange_code_refusals(
     assert fake.token_call_count() == 0
 
 
-def test_exchange_code_without_content_type_reads_json(send: Send, fake: FakeAmoCRM) -> None:
-    body = json.dumps({"code": fake.issue_code(), "referer": fake.account_host}).encode()
+def test_exchange_code_without_content_type_reads_json(
+    send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    redirect = fake.authorize(oauth.begin(USER).state)
+    send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
+    body = json.dumps({"code": query_of(redirect)["code"]}).encode()
     answer = send("POST", f"{PREFIX}/exchange-code", headers=AS_USER, body=body)
-    assert answer.status == 200
+    assert (answer.status, answer.json()["duplicate"]) == (200, True)
 
 
 def test_exchange_code_with_another_users_state_is_refused(
@@ -635,9 +665,11 @@ def test_cross_site_posts_a_page_could_forge_are_refused(send: Send, fake: FakeA
         answer = send("POST", PREFIX + path, headers=headers, body=content)
         assert (answer.status, answer.json()) == (400, {"error": "cross_site_request"})
     assert fake.token_call_count() == 0
-    # Same-site pages, native apps (no header) and preflighted JSON are let through.
+    # Same-site pages, native apps (no header) and preflighted JSON are let through (to the
+    # route's own answer: this new code is refused as new, not as cross-site).
     same = {**form, "sec-fetch-site": "same-origin"}
-    assert send("POST", f"{PREFIX}/exchange-code", headers=same, body=body).status == 200
+    through = send("POST", f"{PREFIX}/exchange-code", headers=same, body=body)
+    assert through.json() == {"error": "new_code_refused"}
     as_json = {**cross, "content-type": "application/json"}
     assert send("POST", f"{PREFIX}/disconnect", headers=as_json).status == 200
     assert send("POST", f"{PREFIX}/disconnect", headers=AS_USER).status == 200

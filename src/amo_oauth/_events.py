@@ -96,6 +96,9 @@ class CodeReceived(Event):
     code_holder: str | None = None
     state_expires_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
     state_holder: str | None = None
+    #: False for a code that came with no consent to tie it to a user (the legacy endpoint):
+    #: it may be answered if known, never exchanged.
+    may_claim: bool = True
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         assert self.host is not None  # the table's rules claim a code only with a host

@@ -47,6 +47,7 @@ __all__ = ["CodeFlows"]
 _MAX_CODE = 2048
 #: What a code-received no-op means to the caller: a refusal, or a report (duplicate or not).
 _REFUSED = {
+    "new_code_refused": Reason.NEW_CODE_REFUSED,
     "expired_state": Reason.EXPIRED_STATE,
     "reused_state": Reason.REUSED_STATE,
     "no_host": Reason.MISSING_REFERER,
@@ -96,6 +97,7 @@ class CodeFlows(Verification):
         code: str,
         referer: str | None = None,
         state: str | None = None,
+        exchange_new: bool = True,
     ) -> Flow[CallbackResult]:
         check_connection_id(connection_id)
         if not isinstance(code, str) or not code:
@@ -110,7 +112,12 @@ class CodeFlows(Verification):
             host = AccountHost.accept(referer, self.config.extra_domains)
             if host is None:
                 raise CallbackRejected(Reason.FOREIGN_HOST)
-        return (yield from self._exchange(self.fresh(connection_id), code, host, claims))
+        # Without a state nothing ties a new code to this user (amoCRM has no PKCE): whoever
+        # holds a code of someone else's consent could bind that account here. Known codes are
+        # still answered (the seed's old app); a new one is refused.
+        target = self.fresh(connection_id)
+        may_claim = exchange_new and claims is not None
+        return (yield from self._exchange(target, code, host, claims, may_claim=may_claim))
 
     def _exchange(
         self,
@@ -118,6 +125,8 @@ class CodeFlows(Verification):
         code: str,
         host: AccountHost | None,
         claims: StateClaims | None,
+        *,
+        may_claim: bool = True,
     ) -> Flow[CallbackResult]:
         digest = code_digest(code)
         code_key = f"code:{digest}"
@@ -129,6 +138,7 @@ class CodeFlows(Verification):
             used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
             record = yield from self.load(target.connection_id, widget=target.widget)
             event = self._code_event(record, digest, host, claims, holder, used_with)
+            event = attrs.evolve(event, may_claim=may_claim)
             result = step(record, event, self.now())
             if not result.changed:
                 return (yield from self._unchanged(record, result.noop))

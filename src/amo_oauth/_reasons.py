@@ -44,6 +44,7 @@ class Reason(enum.StrEnum):
     MALFORMED = "malformed"
     BAD_SIGNATURE = "bad_signature"
     WIDGET_INSTALLS_DISABLED = "widget_installs_disabled"
+    NEW_CODE_REFUSED = "new_code_refused"
     # Why a connection has no token to give, besides its error reason (``ReauthorizationRequired``).
     DISCONNECTED = "disconnected"
     EXCHANGE_PENDING = "exchange_pending"
@@ -88,6 +89,7 @@ REJECTIONS: Final = frozenset(
         R.MALFORMED,
         R.BAD_SIGNATURE,
         R.WIDGET_INSTALLS_DISABLED,
+        R.NEW_CODE_REFUSED,
     }
 )
 #: ``ReauthorizationRequired.reason``: a connection error, or why there is none to report.

@@ -125,24 +125,32 @@ class AmoOAuth(_Base):
         *,
         referer: str | None = None,
         state: str | None = None,
+        exchange_new: bool = True,
     ) -> CallbackResult:
         """The legacy path: an app posts the code it got. Same rules, idempotent.
 
         A code already exchanged returns the current status (``ALREADY_CONNECTED``,
-        ``duplicate=True``), never an error. A new code on a connected connection without a
-        fresh ``state`` leaves the connection alone (``ALREADY_CONNECTED``, ``duplicate=False``).
+        ``duplicate=True``), never an error. A new code is exchanged only with the ``state`` of
+        its consent, issued to this connection (amoCRM has no PKCE: the state is all that ties a
+        code to a user); without one it is refused (``new_code_refused``), since whoever holds
+        a code of someone else's consent could otherwise bind that account here. A new code on
+        a connected connection without a fresh ``state`` leaves the connection alone
+        (``ALREADY_CONNECTED``, ``duplicate=False``).
 
         Args:
             connection_id: the application's key for the connection.
             code: the authorization code.
             referer: the account host; needed for a new code unless the connection has one.
             state: the state that came with the code, if the app has it.
+            exchange_new: False to answer known codes only and refuse every new one (what the
+                web layer's ``POST /exchange-code`` does: no browser is bound to it).
 
         Raises:
-            CallbackRejected: as ``handle_callback``.
+            CallbackRejected: as ``handle_callback``, and ``new_code_refused``.
             ValueError: ``connection_id`` is empty, over 255 characters or unprintable.
         """
-        return self._run(self._flows.exchange_code(connection_id, code, referer, state))
+        flow = self._flows.exchange_code(connection_id, code, referer, state, exchange_new)
+        return self._run(flow)
 
     def status(self, connection_id: str) -> Connection:
         """The connection as stored now (``disconnected`` when unknown)."""
@@ -261,9 +269,11 @@ class AsyncAmoOAuth(_Base):
         *,
         referer: str | None = None,
         state: str | None = None,
+        exchange_new: bool = True,
     ) -> CallbackResult:
         """See ``AmoOAuth.exchange_code``."""
-        return await self._shielded(self._flows.exchange_code(connection_id, code, referer, state))
+        flow = self._flows.exchange_code(connection_id, code, referer, state, exchange_new)
+        return await self._shielded(flow)
 
     async def status(self, connection_id: str) -> Connection:
         """See ``AmoOAuth.status``."""

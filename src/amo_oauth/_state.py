@@ -71,6 +71,13 @@ def state_was_denied(data: EventData) -> bool:
     return isinstance(event, CodeReceived) and event.state_holder == DENIED_HOLDER
 
 
+def code_has_no_consent(data: EventData) -> bool:
+    """A new code that came with no state (the legacy endpoint): nothing ties it to the user
+    (amoCRM has no PKCE), so it is never exchanged."""
+    step = _model(data)
+    return isinstance(step.event, CodeReceived) and not step.event.may_claim
+
+
 def host_is_unknown(data: EventData) -> bool:
     """Neither the redirect nor the record names a host to send the code to."""
     step = _model(data)
@@ -212,6 +219,13 @@ TABLE: tuple[Rule, ...] = (
         None,
         code_was_claimed,
         noop="duplicate_code",
+    ),
+    Rule(
+        "code_received",
+        (S.DISCONNECTED, S.ERROR),
+        None,
+        code_has_no_consent,
+        noop="new_code_refused",
     ),
     Rule("code_received", (S.DISCONNECTED, S.ERROR), S.CODE_RECEIVED),
     Rule("denied", (S.DISCONNECTED, S.ERROR), S.ERROR),

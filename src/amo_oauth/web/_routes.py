@@ -436,8 +436,9 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
     def _exchange_code(self, request: Request) -> WebFlow[Response]:
         connection_id = yield from self._identity()
         code, state, referer = _code_fields(request)
+        # Known codes only: no browser is bound to this route, so a new code is refused.
         result: CallbackResult = yield from self._call(
-            "exchange_code", connection_id, code, referer=referer, state=state
+            "exchange_code", connection_id, code, referer=referer, state=state, exchange_new=False
         )
         payload = {
             **status_payload(result.connection),
