@@ -169,3 +169,56 @@ def test_a_wrong_client_secret_is_a_misconfiguration(
     result = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
     assert result.connection.error is not None
     assert result.connection.error.reason == reason
+
+
+def test_out_of_range_values_never_escape_as_a_crash(
+    fake: FakeAmoCRM, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue: expires_in of 1e400 or a non-ASCII access token escaped handle_callback as
+    OverflowError / UnicodeEncodeError and left the record claimed (FastAPI answered 500)."""
+    from amo_oauth.testing import RawJSON
+
+    oauth = AmoOAuth(
+        config_for(fake),
+        store=MemoryStore(),
+        http=httpx.Client(transport=fake.transport()),
+        clock=clock,
+    )
+    fake.fail_next("override", grant="authorization_code", fields={"expires_in": RawJSON("1e400")})
+    clamped = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    assert clamped.outcome is Outcome.CONNECTED  # clamped to the bound, the pair kept
+    assert clamped.connection.expires_at is not None
+    assert clamped.connection.expires_at - clock() <= timedelta(days=3650)
+    assert "expires_in" in caplog.text
+    oauth.disconnect(USER)
+    fake.fail_next("override", grant="authorization_code", fields={"access_token": "токен"})
+    unusable = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    assert unusable.outcome is Outcome.FAILED  # a defined state, not a 500
+    assert unusable.connection.error is not None
+    assert unusable.connection.error.reason == "code_rejected"
+    handlers = Handlers(oauth, connection_id=lambda _: USER, app_scheme="app")
+    fake.fail_next("override", grant="authorization_code", fields={"expires_in": RawJSON("1e18")})
+    again = query_of(fake.authorize(oauth.begin(USER).state))
+    page = handlers.handle(Request("GET", "/api/amo-crm/callback", urlencode(again), {}, b""))
+    assert page.status == 200
+
+
+def test_a_trickling_answer_is_cut_at_http_timeout_over_real_http(clock: FakeClock) -> None:
+    """Issue: an answer trickling in (a chunk every 0.2 s with http_timeout=1) took 6 s, past
+    the lease, and a second worker sent the same refresh token. http_timeout now bounds the
+    whole call, so lease_ttl > 3 x http_timeout really holds."""
+    from amo_oauth.testing import LoopbackTransport
+
+    fake = FakeAmoCRM(clock=clock, rate_limit=None)
+    with fake.serve() as served:
+        http = httpx.Client(transport=LoopbackTransport.to(served.url, domain=fake.domain))
+        oauth = AmoOAuth(
+            config_for(fake, http_timeout=1.0), store=MemoryStore(), http=http, clock=clock
+        )
+        oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+        clock.advance(timedelta(days=1, minutes=1))
+        fake.fail_next("slow_body", grant="refresh_token", chunk_size=4, every=0.2)
+        with pytest.raises(ProviderError) as slow:
+            oauth.access_token(USER)
+        assert slow.value.transient and "within 1" in slow.value.hint
+        http.close()
