@@ -101,3 +101,17 @@ def test_a_lease_that_lapses_after_the_pair_was_stored_keeps_the_pair(
     status = oauth.status(USER)
     assert (status.state, status.error) == (ConnectionState.CONNECTED, None)
     assert fake.token_call_count("authorization_code") == 1
+
+
+def test_an_account_that_is_not_the_codes_hosts_is_not_connected(
+    oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    """Defence in depth: the first verification checks that the account's subdomain is the
+    one of the ``referer`` host the code came with (the answer has no domain field)."""
+    fake.fail_next("override", endpoint="api", path=ACCOUNT, fields={"subdomain": "someone"})
+    result = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    assert result.outcome is Outcome.FAILED
+    assert result.connection.error is not None
+    assert result.connection.error.reason == "verify_failed"
+    assert "not the one of the code's host" in (result.connection.error.hint or "")
+    assert result.connection.account is None

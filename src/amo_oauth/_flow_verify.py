@@ -16,7 +16,7 @@ from ._events import Event, Verified, VerifyClaimed, VerifyDeferred, VerifyFaile
 from ._flow_records import Records
 from ._hosts import AccountHost
 from ._ops import Flow, Send
-from ._provider import account_request, meaning_of, read_account
+from ._provider import account_request, check_account_host, meaning_of, read_account
 from ._reasons import Reason
 from ._records import ConnectionRecord, TokenSet
 from ._results import CallbackResult, Outcome
@@ -37,7 +37,7 @@ class Verification(Records):
     ) -> Flow[CallbackResult]:
         try:
             response = yield Send(account_request(self.config, host, tokens.access_token))
-            account = read_account(response)
+            account = check_account_host(read_account(response), host)
         except ProviderError as error:
             answer = meaning_of(error, "account")
             self.warn(record, "verification", answer, error)

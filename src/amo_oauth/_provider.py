@@ -52,6 +52,7 @@ __all__ = [
     "account_request",
     "api_domain_of",
     "asend_within",
+    "check_account_host",
     "code_request",
     "error_from_exception",
     "lookup_request",
@@ -335,6 +336,21 @@ def _expires_in(value: object) -> int:
             extra={"amo_field": "expires_in"},
         )
     return seconds
+
+
+def check_account_host(account: Account, host: AccountHost) -> Account:
+    """``account`` itself when its subdomain is the first label of ``host``, the ``referer`` the
+    code came with: the answer has no domain field, and a code from one account must not
+    connect another (defence in depth, RFC 9700 §4.7.1).
+
+    Raises:
+        ProviderError: a mismatch, as an unusable account answer (not transient).
+    """
+    if host.name.split(".", 1)[0] != account.subdomain:
+        raise ProviderError(
+            200, "the verified account is not the one of the host the code came from"
+        )
+    return account
 
 
 def read_account(response: httpx.Response) -> Account:
