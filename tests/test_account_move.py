@@ -9,7 +9,13 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from amo_oauth import AmoOAuth, ConnectionState, MemoryStore, ReauthorizationRequired
+from amo_oauth import (
+    AmoOAuth,
+    ConnectionState,
+    MemoryStore,
+    ProviderError,
+    ReauthorizationRequired,
+)
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import config_for, query_of, stored
@@ -49,7 +55,15 @@ def test_a_failed_lookup_leaves_connected_with_a_clear_reason(
 ) -> None:
     connected(oauth, fake, clock)
     fake.move_account(None, domain="kommo.com")
-    fake.fail_next("500", endpoint="lookup")
+    fake.fail_next("500", endpoint="lookup")  # amoCRM did not say: the pair is kept
+    with pytest.raises(ProviderError) as unsure:
+        oauth.access_token(USER)
+    assert unsure.value.transient
+    assert oauth.status(USER).state is ConnectionState.CONNECTED
+    assert fake.is_access_token_valid(oauth.access_token(USER))  # the next try follows it
+    fake.move_account(None, domain="amocrm.com")
+    fake.revoke_refresh_tokens()  # now the lookup refuses for good (401)
+    clock.advance(timedelta(days=1, minutes=1))
     with pytest.raises(ReauthorizationRequired) as needed:
         oauth.access_token(USER)
     assert needed.value.reason == "account_moved"

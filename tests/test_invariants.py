@@ -758,9 +758,19 @@ class OAuthMachine(RuleBasedStateMachine):
         for cid in USERS:
             after = self.record(cid)
             tokens = before[cid].tokens
-            # amoCRM still accepting the token means this hook is an old one replayed.
-            replayed = tokens is not None and self.fake.is_access_token_valid(tokens.access_token)
-            if cid not in ours or before[cid].state is S.ERROR or replayed:
+            # amoCRM still accepting either token means this hook is an old one replayed.
+            replayed = tokens is not None and (
+                self.fake.is_access_token_valid(tokens.access_token)
+                or self.fake.is_refresh_token_valid(tokens.refresh_token)
+            )
+            refused = before[cid].state is S.ERROR and before[cid].refused_refresh is not None
+            if cid in ours and refused:
+                # In error after a refused refresh: the hook lands, so no late refresh answer
+                # can bring the uninstalled integration back.
+                assert after.state is S.ERROR and after.refused_refresh is None
+                assert after.error is not None
+                assert after.error.reason == "disconnected_by_provider"
+            elif cid not in ours or before[cid].state is S.ERROR or replayed:
                 assert after == before[cid]
             else:
                 assert after.state is S.ERROR and after.tokens is None

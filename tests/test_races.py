@@ -13,7 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
-from amo_oauth import AmoOAuth, ConnectionState, MemoryStore, Outcome, ProviderError
+from amo_oauth import (
+    AmoOAuth,
+    ConnectionState,
+    MemoryStore,
+    Outcome,
+    ProviderError,
+    ReauthorizationRequired,
+)
 from amo_oauth._ops import Send, StoreOp
 from amo_oauth.stores import as_full_store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
@@ -117,3 +124,23 @@ def test_a_network_failure_carries_no_request_in_its_chain(
         connected.access_token("u1")
     chained = [failed.value.__context__, failed.value.__cause__]
     assert chained == [None, None]
+
+
+def test_a_real_uninstall_is_not_undone_by_a_late_refresh_answer(
+    connected: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """Found by attack: worker 1's refresh rotated the pair but its answer is late; worker 2
+    resent the spent token (refused: error); then the integration was uninstalled. The late
+    answer used to bring the connection back, with tokens amoCRM had revoked."""
+    clock.advance(timedelta(days=1))
+    slow = connected._flows.access_token("u1")
+    answer = connected.http.send(run_to_send(connected, slow).request)
+    clock.advance(connected.config.lease_ttl + timedelta(seconds=1))
+    with pytest.raises(Exception, match="re-authorization"):
+        connected.access_token("u1")
+    connected.handle_disconnect_hook(fake.uninstall())
+    with pytest.raises(ReauthorizationRequired):  # the late answer finds the uninstall
+        finish(connected, slow, answer)
+    status = connected.status("u1")
+    assert status.state is ConnectionState.ERROR
+    assert status.error is not None and status.error.reason == "disconnected_by_provider"

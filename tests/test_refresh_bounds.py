@@ -125,3 +125,19 @@ def test_an_api_that_keeps_answering_401_gets_at_most_two_refreshes(
     assert all(error.status == 401 and "refused" in error.hint for error in errors)
     status = oauth.status(USER)
     assert (status.state, status.error) == (ConnectionState.CONNECTED, None)  # pair kept
+
+
+@pytest.mark.parametrize("kind", ["429", "500", "403_html"])
+def test_answers_that_did_not_spend_the_token_never_use_up_the_bound(
+    fake: FakeAmoCRM, clock: FakeClock, kind: str
+) -> None:
+    """Found by attack: two 429s (routine under amoCRM's rate limit) used to count as the two
+    allowed sends and dropped a pair amoCRM still accepted. Only a lost answer counts."""
+    oauth = connect(fake, clock)
+    clock.advance(timedelta(days=1, minutes=1))
+    fake.fail_next(kind, times=4, grant="refresh_token")  # type: ignore[arg-type]
+    for _ in range(4):
+        with pytest.raises(ProviderError):
+            oauth.access_token(USER)
+    assert fake.is_access_token_valid(oauth.access_token(USER))
+    assert oauth.status(USER).state is ConnectionState.CONNECTED

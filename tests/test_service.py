@@ -504,3 +504,20 @@ def test_a_hook_for_tokens_amocrm_still_accepts_is_a_replay(
     before = oauth.status(USER)
     assert oauth.handle_disconnect_hook(fake.hook_query()) == (before,)  # signed, not uninstalled
     assert oauth.status(USER) == before
+
+
+def test_a_replayed_hook_spares_an_idle_connection_whose_access_token_expired(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """An idle connection's access token expires within a day: that proves nothing. The
+    refresh token is then asked through the account lookup (which does not spend it)."""
+    connect(oauth, fake)
+    old_hook = fake.hook_query()  # signed, as seen in an access log; nothing uninstalled
+    clock.advance(timedelta(days=2))
+    before = oauth.status(USER)
+    assert oauth.handle_disconnect_hook(old_hook) == (before,)
+    assert oauth.status(USER).state is ConnectionState.CONNECTED
+    assert fake.token_call_count("refresh_token") == 0  # nothing spent to find out
+    fake.uninstall()  # a real uninstall now: both tokens refused
+    (gone,) = oauth.handle_disconnect_hook(old_hook)
+    assert gone.state is ConnectionState.ERROR

@@ -115,3 +115,17 @@ def test_an_account_that_is_not_the_codes_hosts_is_not_connected(
     assert result.connection.error.reason == "verify_failed"
     assert "not the one of the code's host" in (result.connection.error.hint or "")
     assert result.connection.account is None
+
+
+def test_a_verification_retried_after_the_access_token_expired_renews_the_pair(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """Nobody called for a day after a deferred verification: the access token has expired,
+    so the retry renews the pair with its refresh token and verifies, losing nothing."""
+    fake.fail_next("500", endpoint="api", path=ACCOUNT)
+    oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    clock.advance(timedelta(days=1, seconds=10))
+    status = oauth.status(USER)
+    assert (status.state, status.error) == (ConnectionState.CONNECTED, None)
+    assert fake.token_call_count("refresh_token") == 1
+    assert fake.is_access_token_valid(oauth.access_token(USER))

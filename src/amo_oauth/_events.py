@@ -278,8 +278,8 @@ class RefreshFailed(Event):
 @attrs.frozen
 class RefreshReleased(Event):
     """A refresh failed without a verdict on the token: give up the lease so another try can
-    start. ``sent`` is False when the request surely never left (a refused connection): that
-    try does not count as a send of the refresh token."""
+    start. ``sent`` is False when the try surely did not spend the refresh token (the request
+    never left, or a 429/403/4xx answer proves it unused): it does not count as a send."""
 
     name: ClassVar[str] = "refresh_released"
     sent: bool = True
@@ -325,7 +325,9 @@ class ProviderDisconnected(Event):
     token_still_accepted: bool = False
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        return _error_changes(ErrorInfo(Reason.DISCONNECTED_BY_PROVIDER, None, self.at))
+        # The refused refresh is forgotten too: no late refresh answer may revive the account.
+        error = ErrorInfo(Reason.DISCONNECTED_BY_PROVIDER, None, self.at)
+        return {**_error_changes(error), "refused_refresh": None}
 
 
 #: Every event class, in the order the docs list them.

@@ -28,7 +28,16 @@ from ._flow_verify import Verification
 from ._hook import verify_disconnect_hook
 from ._hosts import AccountHost
 from ._ops import ClaimOp, CompareAndSet, ConsumeState, FindByAccount, Flow, HolderOf, Send, perform
-from ._provider import account_request, code_request, meaning_of, read_account, read_tokens
+from ._provider import (
+    account_request,
+    api_domain_of,
+    code_request,
+    lookup_request,
+    meaning_of,
+    read_account,
+    read_lookup,
+    read_tokens,
+)
 from ._reasons import Reason
 from ._records import (
     CODE_MEMORY,
@@ -287,17 +296,25 @@ class CodeFlows(Verification):
         return tuple(done)
 
     def _token_still_accepted(self, record: ConnectionRecord) -> Flow[bool]:
-        """Does amoCRM's API still accept the stored access token? After a real uninstall it
-        answers 401 (protocol notes §6); any failure to tell counts as "no"."""
-        credentials = record.api_credentials()
-        host = (
-            AccountHost.accept(credentials[0], self.config.extra_domains) if credentials else None
-        )
-        if credentials is None or host is None:
+        """Does amoCRM still accept the connection's tokens? After a real uninstall it answers
+        401 to both (protocol notes §6). The access token is asked first (the account call);
+        an expired one proves nothing, so the refresh token is then asked through the account
+        lookup, which does not spend it (§5). Any failure to tell counts as "no"."""
+        extra = self.config.extra_domains
+        host_name, access, refresh = record.api_credentials() or ("", "", "")
+        host = AccountHost.accept(host_name, extra)
+        if host is None:
             return False
         try:
-            response = yield Send(account_request(self.config, host, credentials[1]))
-            read_account(response)
+            read_account((yield Send(account_request(self.config, host, access))))
+            return True
+        except ProviderError:
+            pass
+        api_host = AccountHost.accept(api_domain_of(access) or "", extra)
+        if api_host is None:
+            return False
+        try:
+            answer = yield Send(lookup_request(self.config, api_host, refresh))
+            return read_lookup(answer, extra) is not None
         except ProviderError:
             return False
-        return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from typing import NoReturn
 
 import attrs
 
@@ -22,12 +23,12 @@ from ._ops import DueForRefresh, Flow, Send, Sleep, perform
 from ._provider import (
     api_domain_of,
     lookup_request,
+    maybe_spent,
     meaning_of,
     read_lookup,
     read_tokens,
     reason_of,
     refresh_request,
-    surely_unsent,
 )
 from ._reasons import Reason
 from ._records import ConnectionRecord, ErrorInfo, check_connection_id
@@ -167,27 +168,49 @@ class TokenFlows(Verification):
         now, accept the new host only through the allowlist, and retry the refresh there once
         (protocol notes §5). The new host is stored in one write with the rotated pair."""
         extra = self.config.extra_domains
-        api_host = AccountHost.accept(
-            api_domain_of(record.tokens_or_raise().access_token) or "", extra
-        )
+        claimed_api = api_domain_of(record.tokens_or_raise().access_token)
+        api_host = AccountHost.accept(claimed_api or "", extra)
+        if api_host is None:  # a token from before the claim existed: no lookup possible
+            return (
+                yield from self._moved_away(record, spent, "the access token names no api_domain")
+            )
         try:
-            if api_host is None:  # a token from before the claim existed: no lookup possible
-                raise ProviderError(None, "the access token names no api_domain to ask")
             response = yield Send(lookup_request(self.config, api_host, spent))
             moved_to = read_lookup(response, extra)
-            response = yield Send(refresh_request(self.config, moved_to, spent))
-            tokens = read_tokens(response, self.now(), grant="refresh_token")
         except ProviderError as error:
             answer = meaning_of(error, "subdomain_lookup")
             self.warn(record, "account lookup", answer, error, redact=(spent,))
-            gone = RefreshFailed(self.error(Reason.ACCOUNT_MOVED, error), spent)
-            yield from self.apply(record, gone)
-            raise ReauthorizationRequired(record.connection_id, Reason.ACCOUNT_MOVED) from None
+            if answer.meaning.transient:  # amoCRM did not say: keep the pair for a later try
+                yield from self.write(record, RefreshReleased(sent=False))
+                raise error from None
+            return (yield from self._moved_away(record, spent, error.hint))
+        if moved_to is None:  # no secret goes to a host the allowlist refuses
+            return (
+                yield from self._moved_away(record, spent, "the lookup named a host not allowed")
+            )
+        try:  # the one retry on the new host, with the same refresh token (protocol §5)
+            response = yield Send(refresh_request(self.config, moved_to, spent))
+            tokens = read_tokens(response, self.now(), grant="refresh_token")
+        except ProviderError as error:
+            # As any refresh failure; the host is still the old one, so a later try looks the
+            # account up again.
+            return (yield from self._refresh_failed(record, spent, error))
         logger.info("connection %s: the account moved to %s", record.connection_id, moved_to.name)
         tokens = attrs.evolve(tokens, after_rejection=after_rejection)
         event = Refreshed(tokens, spent, host=moved_to)
         written = yield from self._store_rotated(record, event)
         return tokens.access_token if written else None
+
+    def _moved_away(self, record: ConnectionRecord, spent: str, hint: str) -> Flow[NoReturn]:
+        """The account's new host cannot be had: the connection leaves ``connected`` with the
+        reason ``account_moved``.
+
+        Raises:
+            ReauthorizationRequired: always, once the record is written.
+        """
+        gone = RefreshFailed(ErrorInfo(Reason.ACCOUNT_MOVED, hint, self.now()), spent)
+        yield from self.apply(record, gone)
+        raise ReauthorizationRequired(record.connection_id, Reason.ACCOUNT_MOVED)
 
     def _store_rotated(self, record: ConnectionRecord, event: Refreshed) -> Flow[bool]:
         """Store a rotated pair: amoCRM has revoked the token we spent, so this pair is the only
@@ -216,7 +239,7 @@ class TokenFlows(Verification):
         if answer.meaning not in REFRESH_REFUSALS:
             # Not the token's fault (amoCRM down, the account blocked, the client misconfigured):
             # keep the pair for a later try.
-            yield from self.write(record, RefreshReleased(sent=not surely_unsent(error)))
+            yield from self.write(record, RefreshReleased(sent=maybe_spent(error)))
             raise error
         # Refused for good: this refresh token is never sent again.
         failed = RefreshFailed(self.error(Reason.REAUTHORIZATION_REQUIRED, error), spent)

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from ._answers import Answer, Meaning
 from ._errors import ProviderError
-from ._events import Event, Verified, VerifyClaimed, VerifyDeferred, VerifyFailed
+from ._events import Event, Refreshed, Verified, VerifyClaimed, VerifyDeferred, VerifyFailed
 from ._flow_records import Records
 from ._hosts import AccountHost
 from ._ops import Flow, Send
-from ._provider import account_request, check_account_host, meaning_of, read_account
+from ._provider import (
+    account_request,
+    check_account_host,
+    meaning_of,
+    read_account,
+    read_tokens,
+    refresh_request,
+)
 from ._reasons import Reason
 from ._records import ConnectionRecord, TokenSet
 from ._results import CallbackResult, Outcome
@@ -33,7 +41,12 @@ class Verification(Records):
     """Verify a stored pair; shared by the code flows and the token flows."""
 
     def _verify(
-        self, record: ConnectionRecord, host: AccountHost, tokens: TokenSet
+        self,
+        record: ConnectionRecord,
+        host: AccountHost,
+        tokens: TokenSet,
+        *,
+        may_renew: bool = False,
     ) -> Flow[CallbackResult]:
         try:
             response = yield Send(account_request(self.config, host, tokens.access_token))
@@ -41,14 +54,39 @@ class Verification(Records):
         except ProviderError as error:
             answer = meaning_of(error, "account")
             self.warn(record, "verification", answer, error)
-            if answer.meaning.transient:  # amoCRM down or busy: keep the pair, try later
-                retry = min(FIRST_RETRY * 2**record.verify_attempts, LAST_RETRY)
-                deferred = VerifyDeferred(self.now() + retry)
-                return (yield from self._conclude(record, deferred, Outcome.IN_PROGRESS))
-            failed = VerifyFailed(self.error(Reason.VERIFY_FAILED, error))
-            return (yield from self._conclude(record, failed, Outcome.FAILED))
+            if answer.meaning is Meaning.TOKEN_REJECTED and may_renew:
+                # A retry after the access token expired (nobody called for a day): renew the
+                # pair from the spent code with its refresh token, then verify once more.
+                return (yield from self._renew_and_verify(record, host))
+            return (yield from self._verification_failed(record, answer, error))
         verified = Verified(account, self.now())
         return (yield from self._conclude(record, verified, Outcome.CONNECTED))
+
+    def _verification_failed(
+        self, record: ConnectionRecord, answer: Answer, error: ProviderError
+    ) -> Flow[CallbackResult]:
+        if answer.meaning.transient:  # amoCRM down or busy: keep the pair, try later
+            retry = min(FIRST_RETRY * 2**record.verify_attempts, LAST_RETRY)
+            deferred = VerifyDeferred(self.now() + retry)
+            return (yield from self._conclude(record, deferred, Outcome.IN_PROGRESS))
+        failed = VerifyFailed(self.error(Reason.VERIFY_FAILED, error))
+        return (yield from self._conclude(record, failed, Outcome.FAILED))
+
+    def _renew_and_verify(
+        self, record: ConnectionRecord, host: AccountHost
+    ) -> Flow[CallbackResult]:
+        spent = record.tokens_or_raise().refresh_token
+        try:
+            response = yield Send(refresh_request(self.config, host, spent))
+            tokens = read_tokens(response, self.now(), grant="refresh_token")
+        except ProviderError as error:
+            answer = meaning_of(error, "refresh_token")
+            self.warn(record, "refresh", answer, error, redact=(spent,))
+            return (yield from self._verification_failed(record, answer, error))
+        renewed = yield from self.write(record, Refreshed(tokens, spent))
+        if renewed is None:
+            return (yield from self._overtaken(record))
+        return (yield from self._verify(renewed, host, tokens))
 
     def _conclude(
         self, record: ConnectionRecord, event: Event, outcome: Outcome
@@ -81,6 +119,6 @@ class Verification(Records):
         if claimed is None or host is None:
             current = yield from self.load(record.connection_id, widget=record.widget)
             return current, "lease_live"
-        yield from self._verify(claimed, host, claimed.tokens_or_raise())
+        yield from self._verify(claimed, host, claimed.tokens_or_raise(), may_renew=True)
         current = yield from self.load(record.connection_id, widget=record.widget)
         return current, ""

@@ -56,6 +56,7 @@ __all__ = [
     "code_request",
     "error_from_exception",
     "lookup_request",
+    "maybe_spent",
     "meaning_of",
     "read_account",
     "read_lookup",
@@ -145,14 +146,15 @@ def lookup_request(config: Config, api_host: AccountHost, refresh_token: str) ->
     )
 
 
-def read_lookup(response: httpx.Response, extra_domains: tuple[str, ...]) -> AccountHost:
-    """The account's current host from the lookup's answer, accepted only by the allowlist.
+def read_lookup(response: httpx.Response, extra_domains: tuple[str, ...]) -> AccountHost | None:
+    """The account's current host from the lookup's answer, or None when it names a host the
+    allowlist refuses (no secret goes there).
 
     ``domain`` is taken as the full host when it starts with the subdomain, else as the base
     domain under which ``subdomain`` lives (the notes call its form inferred: accept both).
 
     Raises:
-        ProviderError: any status but 200, or an answer naming no allowed host.
+        ProviderError: any status but 200, or an unreadable answer.
     """
     body = _json(response)
     if response.status_code != 200:
@@ -162,10 +164,7 @@ def read_lookup(response: httpx.Response, extra_domains: tuple[str, ...]) -> Acc
     if not isinstance(subdomain, str) or not isinstance(domain, str):
         raise ProviderError(200, "not a subdomain answer", transient=True)
     name = domain if domain.startswith(f"{subdomain}.") else f"{subdomain}.{domain}"
-    host = AccountHost.accept(name.lower(), extra_domains)
-    if host is None:
-        raise ProviderError(200, "the account lookup named a host outside the allowlist")
-    return host
+    return AccountHost.accept(name.lower(), extra_domains)
 
 
 def account_request(config: Config, host: AccountHost, access_token: str) -> httpx.Request:
@@ -243,6 +242,13 @@ def surely_unsent(error: ProviderError) -> bool:
     """True when the failed call's request surely never reached amoCRM (the connection was
     refused or never made), so a refresh token in it was not spent."""
     return error.status is None and error.hint in _UNSENT
+
+
+def maybe_spent(error: ProviderError) -> bool:
+    """True when a failed refresh may have spent its refresh token: no answer came (a read
+    timeout, a lost answer), so amoCRM may have rotated the pair. Any answer (a 5xx, a 429, a
+    blocked account's 403) and a request that never left count as unspent."""
+    return error.status is None and not surely_unsent(error)
 
 
 def _unusable(hint: str, field: str) -> ProviderError:
@@ -347,9 +353,7 @@ def check_account_host(account: Account, host: AccountHost) -> Account:
         ProviderError: a mismatch, as an unusable account answer (not transient).
     """
     if host.name.split(".", 1)[0] != account.subdomain:
-        raise ProviderError(
-            200, "the verified account is not the one of the host the code came from"
-        )
+        raise _unusable(UNUSABLE_ACCOUNT, "subdomain, not the one of the code's host")
     return account
 
 

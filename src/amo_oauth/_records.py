@@ -266,11 +266,12 @@ class ConnectionRecord:
             raise ValueError("the record holds no tokens")
         return self.tokens
 
-    def api_credentials(self) -> tuple[str, str] | None:
-        """``(account host, access token)`` when the record holds both, else None."""
+    def api_credentials(self) -> tuple[str, str, str] | None:
+        """``(account host, access token, refresh token)`` when the record holds them, else
+        None."""
         if self.host is None or self.tokens is None:
             return None
-        return self.host, self.tokens.access_token
+        return self.host, self.tokens.access_token, self.tokens.refresh_token
 
     def not_connected_reason(self) -> str:
         """Why this record gives no token: its error reason, else ``disconnected`` or

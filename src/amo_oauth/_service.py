@@ -277,7 +277,7 @@ class AsyncAmoOAuth(_Base):
 
     async def status(self, connection_id: str) -> Connection:
         """See ``AmoOAuth.status``."""
-        return await self._run(self._flows.status(connection_id))
+        return await self._shielded(self._flows.status(connection_id))  # it may verify
 
     async def access_token(self, connection_id: str) -> str:
         """See ``AmoOAuth.access_token``."""

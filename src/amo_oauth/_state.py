@@ -152,6 +152,12 @@ def refresh_token_spent(data: EventData) -> bool:
     return tokens is not None and tokens.refresh_sends >= MAX_REFRESH_SENDS
 
 
+def awaits_a_late_refresh(data: EventData) -> bool:
+    """In error because a refresh was refused, with a verified account: a late answer to an
+    overtaken refresh of that token could still bring the connection back."""
+    return _model(data).record.refused_refresh is not None
+
+
 def hook_is_a_replay(data: EventData) -> bool:
     """amoCRM still accepted the connection's token: the uninstall hook is an old one replayed."""
     return bool(getattr(_model(data).event, "token_still_accepted", False))
@@ -164,6 +170,14 @@ def pair_was_rotated(data: EventData) -> bool:
     spent = getattr(step.event, "spent_refresh_token", None)
     tokens = step.record.tokens
     return tokens is not None and tokens.refresh_token != spent
+
+
+def renews_the_stored_pair(data: EventData) -> bool:
+    """The refresh spent the refresh token the record holds (not an older pair's)."""
+    step = _model(data)
+    spent = getattr(step.event, "spent_refresh_token", None)
+    tokens = step.record.tokens
+    return tokens is not None and spent is not None and tokens.refresh_token == spent
 
 
 def refused_this_refresh(data: EventData) -> bool:
@@ -271,6 +285,8 @@ TABLE: tuple[Rule, ...] = (
     Rule("refreshed", (S.CONNECTED,), None, pair_was_rotated, noop="already_rotated"),
     Rule("refreshed", (S.CONNECTED,), S.CONNECTED),
     Rule("refreshed", (S.ERROR,), S.CONNECTED, refused_this_refresh),
+    # A pair from a spent code, renewed before its late verification: only that very pair.
+    Rule("refreshed", (S.EXCHANGED,), S.EXCHANGED, renews_the_stored_pair),
     _stale("refreshed", S.CONNECTED),
     Rule("refresh_failed", (S.CONNECTED,), None, pair_was_rotated, noop="already_rotated"),
     Rule("refresh_failed", (S.CONNECTED,), S.ERROR),
@@ -281,6 +297,9 @@ TABLE: tuple[Rule, ...] = (
     Rule("disconnect", (S.CODE_RECEIVED, S.EXCHANGED, S.CONNECTED, S.ERROR), S.DISCONNECTED),
     Rule("provider_disconnected", ALL, None, hook_is_a_replay, noop="hook_replayed"),
     Rule("provider_disconnected", (*EXCHANGING, S.CONNECTED), S.ERROR),
+    # In error after a refused refresh, the hook still lands: a late answer to an overtaken
+    # refresh must not bring an uninstalled integration back.
+    Rule("provider_disconnected", (S.ERROR,), S.ERROR, awaits_a_late_refresh),
     Rule("provider_disconnected", (S.DISCONNECTED, S.ERROR), None, noop="nothing_to_forget"),
 )
 
