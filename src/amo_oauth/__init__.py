@@ -19,6 +19,7 @@ from ._errors import (
     ProviderError,
     ReauthorizationRequired,
     StoreError,
+    TokenScopeError,
     UnreadableRecord,
 )
 from ._records import (
@@ -69,6 +70,7 @@ __all__ = [
     "SeenCode",
     "Store",
     "StoreError",
+    "TokenScopeError",
     "TokenSet",
     "UnreadableRecord",
     "__version__",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from typing import cast
 
 import attrs
 import httpx
+
+from ._errors import TokenScopeError
 
 __all__ = ["ConnectionAuth"]
 
@@ -17,19 +20,43 @@ class _NeedToken:
     stale: str | None
 
 
-def _flow(request: httpx.Request) -> Generator[_NeedToken | httpx.Request, object, None]:
-    token = yield _NeedToken(None)
+def _on_account_host(url: httpx.URL, host: str) -> bool:
+    """``https`` to exactly the connection's account host, on the default port."""
+    return url.scheme == "https" and url.host == host and url.port in (None, 443)
+
+
+def _attach(request: httpx.Request, granted: object) -> str:
+    host, token = cast(tuple[str, str], granted)
+    if not host or not _on_account_host(request.url, host):
+        # Never the token to another host, nor in clear: refuse before anything is sent.
+        raise TokenScopeError(
+            f"refused to send the connection's token to {request.url.scheme}://"
+            f"{request.url.host}: only https://{host or '<no account host>'} gets it"
+        )
     request.headers["Authorization"] = f"Bearer {token}"
+    return str(token)
+
+
+def _flow(request: httpx.Request) -> Generator[_NeedToken | httpx.Request, object, None]:
+    token = _attach(request, (yield _NeedToken(None)))
     response = yield request
-    if isinstance(response, httpx.Response) and response.status_code == 401:
-        # The token was revoked or expired early: refresh once (single-flight) and retry once.
-        token = yield _NeedToken(str(token))
-        request.headers["Authorization"] = f"Bearer {token}"
-        yield request
+    if not isinstance(response, httpx.Response) or response.status_code != 401:
+        return
+    host = request.url.host
+    if not _on_account_host(response.url, host):
+        return  # a 401 from elsewhere (after a redirect) says nothing about this token
+    # The token was revoked or expired early: refresh once (single-flight) and retry once.
+    _attach(request, (yield _NeedToken(token)))
+    yield request
 
 
 class ConnectionAuth(httpx.Auth):
     """Authenticates requests to amoCRM's API as one connection.
+
+    The bearer token goes only to ``https`` requests to the connection's own account host,
+    re-read with every token (after an account move the old host is refused); anything else
+    raises ``TokenScopeError`` before sending. A 401 refreshes (once, single-flight) only when it
+    comes from that host.
 
     Made by ``AmoOAuth.auth()`` (for ``httpx.Client``) or ``AsyncAmoOAuth.auth()`` (for
     ``httpx.AsyncClient``); using it with the other kind of client raises ``RuntimeError``.
@@ -39,8 +66,8 @@ class ConnectionAuth(httpx.Auth):
 
     def __init__(
         self,
-        token: Callable[[str | None], str] | None = None,
-        async_token: Callable[[str | None], Awaitable[str]] | None = None,
+        token: Callable[[str | None], tuple[str, str]] | None = None,
+        async_token: Callable[[str | None], Awaitable[tuple[str, str]]] | None = None,
     ) -> None:
         self._token = token
         self._async_token = async_token
@@ -61,6 +88,8 @@ class ConnectionAuth(httpx.Auth):
                 item = flow.send(reply)
         except StopIteration:
             return
+        finally:
+            flow.close()
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -78,3 +107,5 @@ class ConnectionAuth(httpx.Auth):
                 item = flow.send(reply)
         except StopIteration:
             return
+        finally:
+            flow.close()

@@ -6,6 +6,7 @@
      +-- CallbackRejected(reason)     a redirect, hook or legacy call the library refuses
      +-- ReauthorizationRequired      no usable tokens: the user must connect again
      +-- ProviderError(status, hint)  amoCRM answered with an error, or did not answer
+     +-- TokenScopeError              auth() would have sent a token off its account host
      +-- InvalidTransition            an event the lifecycle table does not know
      +-- StoreError                   a store could not read or write a record
           +-- UnreadableRecord        a stored record is corrupt (its version, if intact)
@@ -28,6 +29,7 @@ __all__ = [
     "ProviderError",
     "ReauthorizationRequired",
     "StoreError",
+    "TokenScopeError",
     "UnreadableRecord",
 ]
 
@@ -84,6 +86,11 @@ class ProviderError(AmoOAuthError):
         self.status = status
         self.hint = hint
         self.transient = transient
+
+
+class TokenScopeError(AmoOAuthError):
+    """``auth()`` refused to attach a connection's bearer token to a request that is not
+    ``https`` to that connection's own account host (nothing was sent)."""
 
 
 class InvalidTransition(AmoOAuthError):

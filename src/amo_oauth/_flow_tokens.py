@@ -56,6 +56,14 @@ class TokenFlows(Verification):
 
         return (yield from self._token(self.fresh(connection_id), wanted))
 
+    def api_token(self, connection_id: str, stale: str | None = None) -> Flow[tuple[str, str]]:
+        """``(account host, access token)``: what ``auth()`` needs to send the token only to
+        that host, read with the token (after an account move, the new host)."""
+        token = yield from self.access_token(connection_id, stale)
+        record = yield from self.load(connection_id)
+        host, _, _ = record.api_credentials() or ("", "", "")
+        return host, token
+
     def refresh_due(self, within: timedelta, limit: int) -> Flow[RefreshReport]:
         before = self.now() + within
 

@@ -170,10 +170,11 @@ class AmoOAuth(_Base):
         return self._run(self._flows.access_token(connection_id))
 
     def auth(self, connection_id: str) -> ConnectionAuth:
-        """An ``httpx.Auth`` sending this connection's bearer token; on 401 it refreshes once
-        and retries once."""
+        """An ``httpx.Auth`` sending this connection's bearer token, only to ``https`` requests
+        to the connection's own account host (else ``TokenScopeError``, nothing sent); on a 401
+        from that host it refreshes once and retries once."""
         return ConnectionAuth(
-            token=lambda stale: self._run(self._flows.access_token(connection_id, stale))
+            token=lambda stale: self._run(self._flows.api_token(connection_id, stale))
         )
 
     def disconnect(self, connection_id: str) -> Connection:
@@ -286,8 +287,8 @@ class AsyncAmoOAuth(_Base):
     def auth(self, connection_id: str) -> ConnectionAuth:
         """See ``AmoOAuth.auth``; for ``httpx.AsyncClient``."""
 
-        async def token(stale: str | None) -> str:
-            return await self._shielded(self._flows.access_token(connection_id, stale))
+        async def token(stale: str | None) -> tuple[str, str]:
+            return await self._shielded(self._flows.api_token(connection_id, stale))
 
         return ConnectionAuth(async_token=token)
 
