@@ -100,13 +100,14 @@ def test_every_route_and_status(send: Send, fake: FakeAmoCRM) -> None:
     assert send("GET", f"{PREFIX}/status").status == 401
     assert send("POST", f"{PREFIX}/disconnect", headers=AS_USER).status == 200
     body = json.dumps({"code": connect_through_callback(send, fake)}).encode()
-    ok = send("POST", f"{PREFIX}/exchange-code", headers=AS_USER, body=body)
+    as_json = {**AS_USER, "content-type": "application/json"}
+    ok = send("POST", f"{PREFIX}/exchange-code", headers=as_json, body=body)
     assert (ok.status, ok.json()["outcome"]) == (200, "already_connected")
-    bad = send("POST", f"{PREFIX}/exchange-code", headers=AS_USER, body=b"{")
+    bad = send("POST", f"{PREFIX}/exchange-code", headers=as_json, body=b"{")
     assert (bad.status, bad.json()) == (400, {"error": "malformed"})
     plain = {**AS_USER, "content-type": "text/plain"}
     assert send("POST", f"{PREFIX}/exchange-code", headers=plain, body=b"x").status == 415
-    huge = send("POST", f"{PREFIX}/exchange-code", headers=AS_USER, body=b" " * 100_000)
+    huge = send("POST", f"{PREFIX}/exchange-code", headers=as_json, body=b" " * 100_000)
     assert (huge.status, huge.json()) == (413, {"error": "body_too_large"})
     hook = send("GET", f"{PREFIX}/disconnect-hook", query=urlencode(fake.uninstall()))
     assert (hook.status, hook.json()) == (200, {"disconnected": 1})
@@ -148,7 +149,7 @@ def test_openapi_describes_each_route(client: TestClient) -> None:
     json_schema = exchange["requestBody"]["content"]["application/json"]["schema"]
     assert json_schema["required"] == ["code"]
     assert set(json_schema["properties"]) == {"code", "state", "referer"}
-    assert "application/x-www-form-urlencoded" in exchange["requestBody"]["content"]
+    assert set(exchange["requestBody"]["content"]) == {"application/json"}  # JSON only
     assert "403" not in exchange["responses"]
     callback = paths[f"{PREFIX}/callback"]["get"]
     assert "text/html" in callback["responses"]["200"]["content"]

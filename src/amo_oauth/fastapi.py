@@ -8,7 +8,7 @@ FastAPI untouched.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from fastapi import APIRouter
@@ -32,6 +32,7 @@ def router(
     app_scheme: str,
     prefix: str = DEFAULT_PREFIX,
     texts: Mapping[str, PageText] | None = None,
+    allowed_origins: Sequence[str] = (),
 ) -> APIRouter:
     """An ``APIRouter`` with one documented route per endpoint (``app.include_router(...)``).
 
@@ -45,7 +46,12 @@ def router(
         ValueError: a bad ``app_scheme`` or ``prefix``.
     """
     handlers = AsyncHandlers(
-        oauth, connection_id=connection_id, app_scheme=app_scheme, prefix=prefix, texts=texts
+        oauth,
+        connection_id=connection_id,
+        app_scheme=app_scheme,
+        prefix=prefix,
+        texts=texts,
+        allowed_origins=allowed_origins,
     )
     api = APIRouter(tags=["amoCRM"])
     for route in handlers.routes:

@@ -7,7 +7,7 @@ context, so ``lambda r: flask.session.get("user_id")`` works; ``request.native``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import flask
 
@@ -26,6 +26,7 @@ def blueprint(
     app_scheme: str,
     prefix: str = DEFAULT_PREFIX,
     texts: Mapping[str, PageText] | None = None,
+    allowed_origins: Sequence[str] = (),
     name: str = "amo_oauth",
 ) -> flask.Blueprint:
     """A ``Blueprint`` with one rule per endpoint of ``amo_oauth.web``.
@@ -37,6 +38,8 @@ def blueprint(
         app_scheme: the app's URL scheme for the callback page's deep link.
         prefix: where the routes live.
         texts: page strings by language, added to the built-in en/ru/uk.
+        allowed_origins: origins (``https://app.example``) whose pages may POST to the routes
+            besides the ``redirect_uri``'s own (e.g. a same-site SPA).
         name: the blueprint's name (endpoints are ``{name}.{route}``).
 
     Returns:
@@ -47,7 +50,12 @@ def blueprint(
         ValueError: a bad ``app_scheme`` or ``prefix``.
     """
     handlers = Handlers(
-        oauth, connection_id=connection_id, app_scheme=app_scheme, prefix=prefix, texts=texts
+        oauth,
+        connection_id=connection_id,
+        app_scheme=app_scheme,
+        prefix=prefix,
+        texts=texts,
+        allowed_origins=allowed_origins,
     )
     bp = flask.Blueprint(name, __name__)
 

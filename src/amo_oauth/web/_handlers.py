@@ -39,6 +39,9 @@ class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
         default_language: the page's language when the request names none we have.
         max_body: the largest body read, in bytes (larger: 413).
         max_query: the largest query, in characters (larger: 414).
+        allowed_origins: origins (``https://app.example``) whose pages may POST to the routes,
+            besides the origin of ``Config.redirect_uri``. Other cross-site browser POSTs are
+            refused (``cross_site_request``): by ``Origin``, else by ``Sec-Fetch-Site``.
 
     Raises:
         ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit.
@@ -86,6 +89,7 @@ class AsyncHandlers(RouteCore[AsyncAmoOAuth, AsyncConnectionIdFn]):
         default_language: the page's fallback language.
         max_body: the largest body read, in bytes.
         max_query: the largest query, in characters.
+        allowed_origins: as for ``Handlers``.
 
     Raises:
         ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit.

@@ -9,13 +9,12 @@ flows are driven; so no route is written twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
-from urllib.parse import parse_qsl
+from urllib.parse import urlsplit
 
 import attrs
 
-from .._callback import single_values
 from .._errors import CallbackRejected, ProviderError, StoreError
 from .._reasons import Reason
 from .._records import Connection, check_connection_id
@@ -96,10 +95,7 @@ _CODE_FIELDS: Final = {
 }
 _CODE_BODY: Final = {
     "required": True,
-    "content": {
-        "application/json": {"schema": _CODE_FIELDS},
-        "application/x-www-form-urlencoded": {"schema": _CODE_FIELDS},
-    },
+    "content": {"application/json": {"schema": _CODE_FIELDS}},
 }
 
 
@@ -244,38 +240,42 @@ def _json_fields(body: bytes) -> Mapping[str, object]:
     return data
 
 
-def _form_fields(body: bytes) -> Mapping[str, object]:
-    try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
-    except ValueError:  # non-UTF-8 bytes or escapes
-        raise _Refusal(400, "malformed") from None
-    return single_values(pairs)
-
-
 def _is_json(media: str | None) -> bool:
     return media is not None and (media == "application/json" or media.endswith("+json"))
 
 
-def _check_not_cross_site(request: Request) -> None:
-    """Refuse a POST that any web page could make a browser send with the user's cookies.
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of a URL, lower-case: what browsers send as ``Origin``."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
-    A cross-site request with a JSON body is preflighted, so the app's CORS policy decides;
-    one without (a form, a bodiless POST) is not, and would let a page connect its own amoCRM
-    account to the victim's user, or disconnect it. Native apps send no ``Sec-Fetch-Site``.
+
+def _check_origin(request: Request, allowed: frozenset[str]) -> None:
+    """Refuse a state-changing request that another site's page could make a browser send.
+
+    An ``Origin`` among the app's allowed origins passes. Otherwise, when ``Sec-Fetch-Site``
+    is present, only ``same-origin`` and ``none`` (typed, bookmarked) pass; when it is absent
+    (older browsers), any ``Origin`` present (``null`` included) refuses. A request with
+    neither header is not a browser's (the mobile app, a server) and passes.
     """
-    if request.header("sec-fetch-site") == "cross-site" and not _is_json(media_type(request)):
+    origin = request.header("origin")
+    if origin is not None and origin.lower() in allowed:
+        return
+    fetch_site = request.header("sec-fetch-site")
+    if fetch_site is not None:
+        if fetch_site not in ("same-origin", "none"):
+            raise _Refusal(400, "cross_site_request")
+    elif origin is not None:
         raise _Refusal(400, "cross_site_request")
 
 
 def _code_fields(request: Request) -> tuple[str, str | None, str | None]:
     """The legacy body's (code, state, referer); JSON unless it says it is a form."""
-    media = media_type(request)
-    if media == "application/x-www-form-urlencoded":
-        fields = _form_fields(request.body)
-    elif media is None or _is_json(media):
-        fields = _json_fields(request.body)
-    else:
+    # JSON only: a form or a text body is what a page on another site can post without a
+    # preflight, so it is never read.
+    if not _is_json(media_type(request) or ""):
         raise _Refusal(415, "unsupported_media_type")
+    fields = _json_fields(request.body)
     code = _optional_text(fields.get("code"))
     if code is None:
         raise _Refusal(400, "missing_code")
@@ -329,6 +329,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         default_language: str = "en",
         max_body: int = DEFAULT_MAX_BODY,
         max_query: int = DEFAULT_MAX_QUERY,
+        allowed_origins: Sequence[str] = (),
     ) -> None:
         self.oauth = oauth
         self.connection_id = connection_id
@@ -342,6 +343,10 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         self.default_language = default_language
         self.max_body = max_body
         self.max_query = max_query
+        redirect_uri = getattr(getattr(oauth, "config", None), "redirect_uri", "")
+        self.allowed_origins = frozenset(
+            origin_of(url) for url in (redirect_uri, *allowed_origins) if url
+        )
         self.routes = ROUTES
         self._by_path = {self.prefix + route.path: route for route in ROUTES}
         self._flows: dict[str, Callable[[Request], WebFlow[Response]]] = {
@@ -367,7 +372,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         try:
             self._check_size(request)
             if route.method == "POST":
-                _check_not_cross_site(request)
+                _check_origin(request, self.allowed_origins)
             response = yield from self._flows[route.name](request)
         except _Refusal as refusal:
             response = self._refuse(route, request, refusal.status, refusal.reason)
