@@ -34,6 +34,11 @@ def config_for(fake: FakeAmoCRM, **overrides: object) -> Config:
         "state_secret": STATE_SECRET,
         "authorize_url": f"https://{fake.consent_host}/oauth",
         "settle_timeout": 5.0,
+        # The suite makes thousands of exchanges a minute on one fake host; the bounds on
+        # token calls are tested on their own (test_limits.py).
+        "max_exchanges_per_connection": 1_000_000,
+        "max_exchanges_per_host": 1_000_000,
+        "max_exchanges_per_process": 1_000_000,
     }
     settings.update(overrides)
     return Config(**settings)  # type: ignore[arg-type]

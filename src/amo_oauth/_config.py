@@ -82,7 +82,12 @@ class Config:
         settle_timeout: seconds a duplicate callback waits for another worker's exchange, and
             ``access_token()`` for another worker's refresh (then a transient ProviderError).
         refresh_margin: refresh an access token this long before it expires.
-        http_timeout: seconds for each call to amoCRM.
+        http_timeout: seconds for each call to amoCRM, from connect to last byte.
+        max_exchanges_per_connection, max_exchanges_per_host, max_exchanges_per_process: code
+            exchanges (token-endpoint calls with a code) allowed in any ``exchange_window``,
+            counted by each service object in its process; beyond them a callback is refused
+            ``rate_limited`` (429 on the web) and writes nothing. Duplicates never count.
+        exchange_window: the window of those bounds.
     """
 
     client_id: str = attrs.field(validator=_non_empty)
@@ -98,6 +103,10 @@ class Config:
     settle_timeout: float = attrs.field(default=5.0, validator=_positive)
     refresh_margin: timedelta = attrs.field(default=timedelta(minutes=5), validator=_positive)
     http_timeout: float = attrs.field(default=10.0, validator=_positive)
+    max_exchanges_per_connection: int = attrs.field(default=10, validator=_positive)
+    max_exchanges_per_host: int = attrs.field(default=30, validator=_positive)
+    max_exchanges_per_process: int = attrs.field(default=300, validator=_positive)
+    exchange_window: timedelta = attrs.field(default=timedelta(minutes=10), validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         # A live worker must never lose its lease mid-exchange: the token call and the account

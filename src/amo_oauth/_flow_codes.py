@@ -27,6 +27,7 @@ from ._flow_records import logger
 from ._flow_verify import Verification
 from ._hook import verify_disconnect_hook
 from ._hosts import AccountHost
+from ._limits import ExchangeLimiter
 from ._ops import ClaimOp, CompareAndSet, ConsumeState, FindByAccount, Flow, HolderOf, Send, perform
 from ._provider import (
     account_request,
@@ -151,11 +152,15 @@ class CodeFlows(Verification):
             result = step(record, event, self.now())
             if not result.changed:
                 return (yield from self._unchanged(record, result.noop))
+            assert event.host is not None  # the table claims only with a host
+            if not self._limiter().admit(record.key, event.host.name):
+                # Beyond the bounds on token calls: nothing written (state, ledger, record),
+                # so the same redirect succeeds once the window passes.
+                raise CallbackRejected(Reason.RATE_LIMITED)
             claim = self._claim(record, result.record, code_key, digest, claims)
             claimed = yield from perform(ClaimOp(claim))
             if claimed is ClaimResult.CLAIMED:
                 self.log_step(record, result.record, event.name)
-                assert event.host is not None  # the table claims only with a host
                 return (yield from self._finish_exchange(result.record, code, event.host))
             if claimed is ClaimResult.STATE_USED:
                 raise CallbackRejected(Reason.REUSED_STATE)
@@ -164,6 +169,17 @@ class CodeFlows(Verification):
                 return CallbackResult.report(record.public(), duplicate=True)
             # Lost the race for the record: look again; the winner's claim usually makes this a
             # duplicate.
+
+    def _limiter(self) -> ExchangeLimiter:
+        if self._exchange_limiter is None:  # one per service object, made on first use
+            config = self.config
+            self._exchange_limiter = ExchangeLimiter(
+                config.max_exchanges_per_connection,
+                config.max_exchanges_per_host,
+                config.max_exchanges_per_process,
+                config.exchange_window.total_seconds(),
+            )
+        return self._exchange_limiter
 
     def _code_event(
         self,

@@ -21,6 +21,7 @@ from ._answers import Answer, describe
 from ._config import Config
 from ._errors import ProviderError, StoreError
 from ._events import Event, LeaseExpired
+from ._limits import ExchangeLimiter
 from ._ops import CompareAndSet, Delete, Flow, Load, WaitForChange, perform
 from ._reasons import Reason
 from ._records import ConnectionRecord, ErrorInfo, Lease, record_key
@@ -55,6 +56,7 @@ class Records:
         # Events the store failed to take, by record key: written before the next call.
         self._unwritten: dict[str, tuple[ConnectionRecord, Event]] = {}
         self._unwritten_lock = threading.Lock()
+        self._exchange_limiter: ExchangeLimiter | None = None
 
     # -- keys and loading ------------------------------------------------------------------
 

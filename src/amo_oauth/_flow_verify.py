@@ -16,7 +16,7 @@ from ._errors import ProviderError
 from ._events import Event, Refreshed, Verified, VerifyClaimed, VerifyDeferred, VerifyFailed
 from ._flow_records import Records
 from ._hosts import AccountHost
-from ._ops import Flow, Send
+from ._ops import Delete, Flow, Send, perform
 from ._provider import (
     account_request,
     check_account_host,
@@ -95,6 +95,10 @@ class Verification(Records):
         written = yield from self.write(record, event)
         if written is None:
             return (yield from self._overtaken(record))
+        if outcome is Outcome.FAILED and written.widget:
+            # A failed widget install leaves no permanent record (anyone can send one); its
+            # code stays in the ledger for a day, so it is still never resent.
+            yield from perform(Delete(written.key, written.version))
         return CallbackResult(outcome, written.public())
 
     def _overtaken(self, record: ConnectionRecord) -> Flow[CallbackResult]:

@@ -45,6 +45,7 @@ class Reason(enum.StrEnum):
     BAD_SIGNATURE = "bad_signature"
     WIDGET_INSTALLS_DISABLED = "widget_installs_disabled"
     NEW_CODE_REFUSED = "new_code_refused"
+    RATE_LIMITED = "rate_limited"
     # Why a connection has no token to give, besides its error reason (``ReauthorizationRequired``).
     DISCONNECTED = "disconnected"
     EXCHANGE_PENDING = "exchange_pending"
@@ -90,6 +91,7 @@ REJECTIONS: Final = frozenset(
         R.BAD_SIGNATURE,
         R.WIDGET_INSTALLS_DISABLED,
         R.NEW_CODE_REFUSED,
+        R.RATE_LIMITED,
     }
 )
 #: ``ReauthorizationRequired.reason``: a connection error, or why there is none to report.

@@ -377,7 +377,8 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         except _Refusal as refusal:
             response = self._refuse(route, request, refusal.status, refusal.reason)
         except CallbackRejected as rejected:
-            response = self._refuse(route, request, 400, rejected.reason)
+            status = 429 if rejected.reason == Reason.RATE_LIMITED else 400
+            response = self._refuse(route, request, status, rejected.reason)
         except StoreError:
             response = self._refuse(route, request, 503, "store_unavailable")
         except ProviderError:  # the routes' calls report provider failures; belt and braces

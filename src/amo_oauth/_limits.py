@@ -1,0 +1,59 @@
+"""Bounded token-endpoint calls for code exchanges: process-local sliding windows.
+
+amoCRM blocks integrations and IPs that exceed its limits (protocol notes §9), and every code
+exchange carries the client secret. A looped ``/connect`` + ``/callback?code=garbage``, or a
+flood of widget installs, must not turn into a flood of token calls. The counters live in this
+service object (no store writes: a rate-limited callback writes nothing): one per process in
+an app that makes one ``AmoOAuth``; run N processes and the integration-wide bound is N times
+as large.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["ExchangeLimiter"]
+
+
+class ExchangeLimiter:
+    """At most ``per_connection``, ``per_host`` and ``per_process`` code exchanges in any
+    ``window`` seconds (monotonic)."""
+
+    def __init__(
+        self,
+        per_connection: int,
+        per_host: int,
+        per_process: int,
+        window: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limits = {"connection": per_connection, "host": per_host, "process": per_process}
+        self._window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], deque[float]] = {}
+
+    def admit(self, connection_key: str, host: str) -> bool:
+        """Count one exchange for this connection and host, unless a bound is reached (then
+        nothing is counted and False is returned)."""
+        now = self._clock()
+        keys = (("connection", connection_key), ("host", host), ("process", ""))
+        with self._lock:
+            windows = [self._window_of(key, now) for key in keys]
+            if any(len(w) >= self._limits[key[0]] for key, w in zip(keys, windows, strict=True)):
+                return False
+            for window in windows:
+                window.append(now)
+            return True
+
+    def _window_of(self, key: tuple[str, str], now: float) -> deque[float]:
+        window = self._seen.setdefault(key, deque())
+        while window and window[0] <= now - self._window:
+            window.popleft()
+        if not window and len(self._seen) > 10_000:  # forget idle keys: memory stays bounded
+            self._seen.pop(key, None)
+            window = self._seen.setdefault(key, deque())
+        return window

@@ -1,0 +1,89 @@
+"""Bounded token-endpoint calls for code exchanges: a looped /connect + /callback with garbage
+codes, or a flood of widget installs, is cut at the configured bounds; a rate-limited callback
+writes nothing, and duplicates never count."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+
+from amo_oauth import AmoOAuth, CallbackRejected, Outcome
+from amo_oauth._records import record_key
+from amo_oauth.testing import FakeAmoCRM
+
+from helpers import query_of
+
+USER = "user-1"
+
+
+def attempt(oauth: AmoOAuth, query: dict[str, str]) -> str | None:
+    """The callback's refusal reason, or None when it went through."""
+    try:
+        oauth.handle_callback(query)
+    except CallbackRejected as rejected:
+        return rejected.reason
+    return None
+
+
+def garbage_callback(oauth: AmoOAuth, fake: FakeAmoCRM, n: int) -> dict[str, str]:
+    query = query_of(fake.authorize(oauth.begin(USER).state))
+    return {**query, "code": f"garbage-{n}"}
+
+
+def test_a_looping_user_is_cut_at_the_bound_and_writes_nothing_beyond_it(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """Issue: one signed-in user looping /connect + /callback?code=garbageN made 200 token
+    calls, each carrying the client secret."""
+    oauth = make_oauth(max_exchanges_per_connection=10, exchange_window=timedelta(seconds=1))
+    reasons = [attempt(oauth, garbage_callback(oauth, fake, n)) for n in range(200)]
+    assert fake.token_call_count("authorization_code") == 10  # was 200
+    assert reasons.count("rate_limited") == 190 and reasons.count(None) == 10
+    # A rate-limited callback wrote nothing: the same redirect succeeds after the window.
+    good = query_of(fake.authorize(oauth.begin(USER).state))
+    version = oauth.status(USER).version
+    with pytest.raises(CallbackRejected, match="rate_limited"):
+        oauth.handle_callback(good)
+    assert oauth.status(USER).version == version
+    assert oauth.store.holder_of(f"code:{good['code']}") is None  # type: ignore[attr-defined]
+    time.sleep(1.05)
+    assert oauth.handle_callback(good).outcome is Outcome.CONNECTED
+    # Duplicates never reach the limiter: the seed's replay, many times, in a full window.
+    for n in range(9):
+        oauth.handle_callback(garbage_callback(oauth, fake, 1000 + n))  # fill it again
+    for _ in range(50):
+        assert oauth.handle_callback(good).duplicate
+
+
+def test_a_flood_of_widget_installs_is_cut_per_process_and_leaves_no_records(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    oauth = make_oauth(allow_widget_installs=True, max_exchanges_per_process=20)
+    install = query_of(fake.authorize(from_widget=True))
+    outcomes = []
+    for n in range(60):
+        try:
+            outcomes.append(oauth.handle_callback({**install, "code": f"bogus-{n}"}).outcome)
+        except CallbackRejected as rejected:
+            outcomes.append(rejected.reason)  # type: ignore[arg-type]
+    assert fake.token_call_count("authorization_code") == 20
+    assert outcomes.count("rate_limited") == 40  # type: ignore[arg-type]
+    assert outcomes.count(Outcome.FAILED) == 20
+    # A failed install leaves no permanent record.
+    key = record_key(oauth.config.client_id, fake.account_host, widget=True)
+    assert oauth.store.load(key) is None  # type: ignore[union-attr]
+
+
+def test_the_same_host_is_bounded_across_connections(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    oauth = make_oauth(max_exchanges_per_host=5)
+    reasons = []
+    for n in range(12):
+        query = query_of(fake.authorize(oauth.begin(f"user-{n}").state))
+        reasons.append(attempt(oauth, {**query, "code": f"garbage-{n}"}))
+    assert reasons.count("rate_limited") == 7
+    assert fake.token_call_count("authorization_code") == 5
