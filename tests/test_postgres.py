@@ -758,3 +758,24 @@ def test_the_cli_names_migrate_and_migrate_makes_the_store(
         assert '"disconnected"' in capsys.readouterr().out
     finally:
         drop_tables(postgres_url, "amo_oauth_connections")
+
+
+def test_tokens_are_encrypted_at_rest(
+    make_store: Callable[..., PostgresStore],
+    postgres_url: str,  # noqa: F811
+    table: str,
+) -> None:
+    from cryptography.fernet import Fernet
+
+    key = Fernet(Fernet.generate_key())
+    store = make_store(encryption=key)
+    store.migrate()
+    record = make_record()
+    assert store.compare_and_set(record, None)
+    assert record.tokens is not None
+    with psycopg.connect(postgres_url) as conn:
+        raw = repr(conn.execute(f'SELECT * FROM "{table}"'.encode()).fetchall())
+    assert record.tokens.access_token not in raw and record.tokens.refresh_token not in raw
+    assert store.load(record.key) == record
+    with pytest.raises(StoreError, match="wrong key"):
+        make_store(encryption=Fernet(Fernet.generate_key())).load(record.key)

@@ -825,3 +825,28 @@ def test_the_cli_names_migrate_and_migrate_makes_the_store(
     capsys.readouterr()
     assert main(["status", "u", *args]) == 0
     assert '"disconnected"' in capsys.readouterr().out
+
+
+def test_tokens_are_encrypted_at_rest(
+    make_store: Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    from cryptography.fernet import Fernet
+
+    key = Fernet(Fernet.generate_key())
+    prefix = unique_prefix()
+    store = make_store(prefix, encryption=key)
+    record = make_record()
+    assert store.compare_and_set(record, None)
+    assert record.tokens is not None
+    stored = repr(
+        [
+            raw.hgetall(k) if raw.type(k) == "hash" else raw.get(k)
+            for k in raw.keys(f"{prefix}*")
+            if raw.type(k) in ("hash", "string")
+        ]
+    )
+    assert record.tokens.access_token not in stored
+    assert record.tokens.refresh_token not in stored
+    assert store.load(record.key) == record
+    with pytest.raises(StoreError, match="wrong key"):
+        make_store(prefix, encryption=Fernet(Fernet.generate_key())).load(record.key)

@@ -7,13 +7,19 @@ A store never picks fields out of a record itself: it asks ``RecordCodec.row`` f
 
 from __future__ import annotations
 
+import json
+from typing import Protocol
+
 import attrs
 
 from .._codec import record_from_json, record_to_json
 from .._errors import StoreError, UnreadableRecord
 from .._records import ConnectionRecord, ConnectionState
 
-__all__ = ["RecordCodec", "Row"]
+__all__ = ["Encryption", "RecordCodec", "Row"]
+
+#: The key under which an encrypted token pair is stored in a record's body.
+_SEALED = "sealed"
 
 
 @attrs.frozen
@@ -30,11 +36,37 @@ class Row:
     data: str = attrs.field(repr=False)
 
 
+class _KeyError(StoreError):
+    """The row is fine; the store's encryption key does not open it."""
+
+
+class Encryption(Protocol):
+    """What encrypts tokens at rest: ``cryptography``'s ``Fernet`` and ``MultiFernet`` fit as
+    they are (``MultiFernet([new, old])`` encrypts with the newest key and decrypts with any)."""
+
+    def encrypt(self, data: bytes) -> bytes:
+        """The ciphertext of ``data``."""
+        ...
+
+    def decrypt(self, token: bytes) -> bytes:
+        """The plaintext of ``token``; raises when the key does not fit."""
+        ...
+
+
 class RecordCodec:
-    """Turns records into ``Row``s and stored bodies back into records."""
+    """Turns records into ``Row``s and stored bodies back into records.
+
+    With ``encryption``, the token pair (access and refresh token, their times) is stored
+    encrypted; everything else stays in clear so the indexes work. Rows written without
+    encryption are still read (re-saving them encrypts them).
+    """
+
+    def __init__(self, encryption: Encryption | None = None) -> None:
+        self._encryption = encryption
 
     def __repr__(self) -> str:
-        return "RecordCodec()"
+        sealed = "" if self._encryption is None else "encryption=..."
+        return f"RecordCodec({sealed})"
 
     def row(self, record: ConnectionRecord) -> Row:
         """The row to store for ``record``."""
@@ -52,7 +84,30 @@ class RecordCodec:
 
     def encode(self, record: ConnectionRecord) -> str:
         """The record's stored body (text)."""
-        return record_to_json(record)
+        text = record_to_json(record)
+        if self._encryption is None or record.tokens is None:
+            return text
+        body = json.loads(text)
+        plain = json.dumps(body["tokens"], separators=(",", ":")).encode("utf-8")
+        body["tokens"] = {_SEALED: self._encryption.encrypt(plain).decode("ascii")}
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+    def _unseal(self, data: str | bytes) -> str | bytes:
+        """The body with its token pair decrypted, when it was stored encrypted."""
+        if _SEALED.encode() not in (data if isinstance(data, bytes) else data.encode("utf-8")):
+            return data
+        try:
+            body = json.loads(data)
+            sealed = body["tokens"][_SEALED]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return data  # not a sealed pair after all: the decoder says what is wrong
+        if self._encryption is None:
+            raise _KeyError("the record's tokens are encrypted: give the store its encryption")
+        try:
+            body["tokens"] = json.loads(self._encryption.decrypt(str(sealed).encode("ascii")))
+        except Exception:  # any cipher's "does not fit": never the garbage it would yield
+            raise _KeyError("cannot decrypt a record's tokens: wrong key?") from None
+        return json.dumps(body)
 
     def decode_row(self, key: object, version: object, data: object) -> ConnectionRecord:
         """The record a row holds, checked against the row's own key and version columns.
@@ -65,6 +120,8 @@ class RecordCodec:
         intact = version if type(version) is int else None
         try:
             record = self.decode(data)
+        except _KeyError:
+            raise  # a key problem, not a corrupt row: never overwritten as one
         except StoreError:
             raise UnreadableRecord(intact) from None
         # A body that disagrees with its own columns was not written by this library.
@@ -84,6 +141,7 @@ class RecordCodec:
         """
         if not isinstance(data, str | bytes):
             raise StoreError("the store holds a record it cannot read")
+        data = self._unseal(data)
         try:
             return record_from_json(data)
         except (ValueError, RecursionError) as exc:

@@ -6,6 +6,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ._protocol import Store
+from ._rows import Encryption
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
@@ -15,7 +16,7 @@ __all__ = ["SCHEMES", "store_from_url"]
 SCHEMES = ("memory", "sqlite", "postgresql", "postgres", "redis", "rediss")
 
 
-def store_from_url(url: str) -> Store:
+def store_from_url(url: str, *, encryption: Encryption | None = None) -> Store:
     """The store a URL names.
 
     - ``memory://``: a new ``MemoryStore``;
@@ -25,7 +26,8 @@ def store_from_url(url: str) -> Store:
       ``postgres`` extra);
     - ``redis://host:6379/0`` or ``rediss://...``: a ``RedisStore`` (the ``redis`` extra).
 
-    Nothing is opened or created here: stores connect on first use.
+    Nothing is opened or created here: stores connect on first use. ``encryption`` (e.g.
+    ``cryptography``'s ``MultiFernet``) encrypts the token pair at rest, for every store.
 
     Raises:
         ValueError: an unknown scheme or a malformed URL; the message never repeats the URL,
@@ -36,17 +38,17 @@ def store_from_url(url: str) -> Store:
         raise ValueError("a store URL looks like sqlite:///amo_oauth.db (scheme://...)")
     scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
-        return MemoryStore()
+        return MemoryStore(encryption=encryption)
     if scheme == "sqlite":
-        return SQLiteStore(_sqlite_path(url))
+        return SQLiteStore(_sqlite_path(url), encryption=encryption)
     if scheme in ("postgresql", "postgres"):
         from .postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, encryption=encryption)
     if scheme in ("redis", "rediss"):
         from .redis import RedisStore
 
-        return RedisStore(url)
+        return RedisStore(url, encryption=encryption)
     raise ValueError(f"unknown store scheme {scheme!r}; known: {', '.join(SCHEMES)}")
 
 

@@ -75,7 +75,10 @@ class MemoryStore(BaseStore, AsyncBaseStore):
     After ``close`` every call raises ``StoreError``; closing wakes every waiter.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, encryption: object = None) -> None:
+        # ``encryption`` is taken for symmetry with the other stores: records never leave this
+        # process's memory, so there is nothing at rest to encrypt.
+        del encryption
         self._lock = threading.Lock()
         self._records: dict[str, ConnectionRecord] = {}
         # ledger key -> (holder, expires_at as a POSIX timestamp), and a heap of (expires_at,

@@ -54,7 +54,7 @@ from .._records import ConnectionRecord, ConnectionState
 from ._base import AsyncBaseStore, BaseStore
 from ._common import check_limit, check_write, closed_error, require_aware, wait_seconds
 from ._protocol import Claim, ClaimResult
-from ._rows import RecordCodec, Row
+from ._rows import Encryption, RecordCodec, Row
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
@@ -219,6 +219,8 @@ class PostgresStore(BaseStore, AsyncBaseStore):
         max_size: connections each pool opens at most.
         timeout: seconds a call waits for a connection (and to connect: ``connect_timeout``,
             unless ``conninfo`` sets it) before raising ``StoreError``.
+        encryption: encrypts the token pair at rest (e.g. ``cryptography``'s ``Fernet`` or
+            ``MultiFernet``); rows are then useless without the key.
 
     Raises:
         ValueError: a malformed ``conninfo`` (the message quotes none of it), a bad table
@@ -233,6 +235,7 @@ class PostgresStore(BaseStore, AsyncBaseStore):
         min_size: int = 1,
         max_size: int = 10,
         timeout: float = 10.0,
+        encryption: Encryption | None = None,
     ) -> None:
         try:
             params = conninfo_to_dict(conninfo)
@@ -253,7 +256,7 @@ class PostgresStore(BaseStore, AsyncBaseStore):
         self._kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in params:
             self._kwargs["connect_timeout"] = max(2, math.ceil(timeout))
-        self._codec = RecordCodec()
+        self._codec = RecordCodec(encryption)
         self._guard = threading.Lock()  # guards the pools and _closed
         self._closed = False
         self._pool: ConnectionPool[_Conn] | None = None

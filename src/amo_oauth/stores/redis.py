@@ -52,7 +52,7 @@ from .._records import ConnectionRecord
 from ._base import AsyncBaseStore, BaseStore
 from ._common import check_limit, check_write, closed_error, require_aware, wait_seconds
 from ._protocol import Claim, ClaimResult, LedgerEntry
-from ._rows import RecordCodec, Row
+from ._rows import Encryption, RecordCodec, Row
 
 __all__ = ["SCHEMA_VERSION", "RedisStore"]
 
@@ -249,6 +249,8 @@ class RedisStore(BaseStore, AsyncBaseStore):
         prefix: prepended to every key (and to the change channel), so that several stores or
             applications can share one database.
         timeout: seconds to connect, and to wait for any one reply, before ``StoreError``.
+        encryption: encrypts the token pair at rest (e.g. ``cryptography``'s ``Fernet`` or
+            ``MultiFernet``); rows are then useless without the key.
 
     Raises:
         ValueError: ``url`` is not a Redis URL, ``prefix`` is empty, or ``timeout`` is not
@@ -261,6 +263,7 @@ class RedisStore(BaseStore, AsyncBaseStore):
         *,
         prefix: str = "amo_oauth:",
         timeout: float = 5.0,
+        encryption: Encryption | None = None,
     ) -> None:
         if not isinstance(prefix, str) or not prefix:
             raise ValueError("prefix must be a non-empty string")
@@ -291,7 +294,7 @@ class RedisStore(BaseStore, AsyncBaseStore):
         else:
             self._where = f"{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)} db {db}"
         self._channel = f"{prefix}changed:{db}"
-        self._codec = RecordCodec()
+        self._codec = RecordCodec(encryption)
         self._scripts = {name: self._client.register_script(src) for name, src in _SCRIPTS.items()}
         self._listener = _Listener(self._client, self._channel)
         self._async: _AsyncSide | None = None

@@ -46,7 +46,7 @@ from .._records import ConnectionRecord, ConnectionState
 from ._base import AsyncBaseStore, BaseStore
 from ._common import check_limit, check_write, closed_error, require_aware, wait_seconds
 from ._protocol import Claim, ClaimResult, LedgerEntry
-from ._rows import RecordCodec, Row
+from ._rows import Encryption, RecordCodec, Row
 
 __all__ = ["SQLiteStore"]
 
@@ -161,7 +161,9 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         timeout: seconds a call waits for another writer, or for a free connection, before
             raising ``StoreError``.
         max_connections: the most connections this object keeps open at once (>= 1).
-        codec: how records become rows; ``RecordCodec()`` by default.
+        codec: how records become rows; ``RecordCodec(encryption)`` by default.
+        encryption: encrypts the token pair at rest (e.g. ``cryptography``'s ``Fernet`` or
+            ``MultiFernet``); rows are then useless without the key.
 
     Raises:
         ValueError: an in-memory or temporary database (each connection would get its own:
@@ -175,6 +177,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         timeout: float = 30.0,
         max_connections: int = 16,
         codec: RecordCodec | None = None,
+        encryption: Encryption | None = None,
     ) -> None:
         self._path = os.fspath(path)
         if self._path in ("", ":memory:") or self._path.startswith("file:"):
@@ -185,7 +188,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
             raise ValueError("max_connections must be >= 1")
         self._timeout = timeout
         self._max = max_connections
-        self._codec = codec or RecordCodec()
+        self._codec = codec or RecordCodec(encryption)
         self._calls = itertools.count()
         self._identity: _Identity | None = None
         self._closed = False
