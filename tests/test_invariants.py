@@ -314,6 +314,8 @@ class OAuthMachine(RuleBasedStateMachine):
             and record.connected_at is not None
             and begun.issued_at > record.connected_at
         )
+        if begun is None and record.state is S.CONNECTED and code not in self.claimed:
+            return Expect("reject", "new_code_refused")  # no consent ties it to this user
         if not (
             record.state in (S.DISCONNECTED, S.ERROR) or (record.state is S.CONNECTED and fresh)
         ):

@@ -10,9 +10,10 @@ from datetime import timedelta
 
 import pytest
 
-from amo_oauth import AmoOAuth, CallbackRejected, Outcome
+from amo_oauth import AmoOAuth, CallbackRejected, MemoryStore, Outcome
 from amo_oauth._records import record_key
-from amo_oauth.testing import FakeAmoCRM
+from amo_oauth.stores import Claim, ClaimResult
+from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import query_of
 
@@ -87,3 +88,31 @@ def test_the_same_host_is_bounded_across_connections(
         reasons.append(attempt(oauth, {**query, "code": f"garbage-{n}"}))
     assert reasons.count("rate_limited") == 7
     assert fake.token_call_count("authorization_code") == 5
+
+
+def test_a_duplicate_that_lost_the_claim_gives_its_slot_back(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """Found by review: concurrent copies of one redirect each took a slot before the claim
+    picked the one sender, so duplicates used up a user's bound. A lost claim gives it back."""
+
+    class SlipInAtClaim(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.slip_in: Callable[[], object] | None = None
+
+        def claim(self, claim: Claim) -> ClaimResult:
+            hook, self.slip_in = self.slip_in, None
+            if hook is not None:
+                hook()  # another worker delivers the same redirect first
+            return super().claim(claim)
+
+    store = SlipInAtClaim()
+    oauth = make_oauth(store=store, max_exchanges_per_connection=2)
+    query = query_of(fake.authorize(oauth.begin(USER).state))
+    store.slip_in = lambda: oauth.handle_callback(query)
+    assert oauth.handle_callback(query).duplicate  # the outer call lost the claim
+    assert fake.token_call_count("authorization_code") == 1
+    clock.advance(1)  # a re-authorization: a state issued after the connection was made
+    again = query_of(fake.authorize(oauth.begin(USER).state))
+    assert oauth.handle_callback(again).outcome is Outcome.CONNECTED  # the 2nd slot was free

@@ -578,6 +578,12 @@ def test_exchange_code_never_exchanges_a_new_code(
         True,
     )
     assert fake.token_call_count() == 1
+    # Found by review: once connected, a new code with a fresh state re-authorized through
+    # this route. It is refused there too.
+    fresh = {"code": fake.issue_code(), "state": oauth.begin(USER).state}
+    late = post_code(send, {**fresh, "referer": fake.account_host})
+    assert (late.status, late.json()) == (400, {"error": "new_code_refused"})
+    assert fake.token_call_count() == 1
 
 
 def test_exchange_code_refuses_a_form_a_page_could_post(

@@ -153,12 +153,15 @@ class CodeFlows(Verification):
             if not result.changed:
                 return (yield from self._unchanged(record, result.noop))
             assert event.host is not None  # the table claims only with a host
-            if not self._limiter().admit(record.key, event.host.name):
+            slot = self._limiter().admit(record.key, event.host.name)
+            if slot is None:
                 # Beyond the bounds on token calls: nothing written (state, ledger, record),
                 # so the same redirect succeeds once the window passes.
                 raise CallbackRejected(Reason.RATE_LIMITED)
             claim = self._claim(record, result.record, code_key, digest, claims)
             claimed = yield from perform(ClaimOp(claim))
+            if claimed is not ClaimResult.CLAIMED:  # no token call from here: not counted
+                self._limiter().give_back(record.key, event.host.name, slot)
             if claimed is ClaimResult.CLAIMED:
                 self.log_step(record, result.record, event.name)
                 return (yield from self._finish_exchange(result.record, code, event.host))

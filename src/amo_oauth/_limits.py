@@ -36,18 +36,27 @@ class ExchangeLimiter:
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], deque[float]] = {}
 
-    def admit(self, connection_key: str, host: str) -> bool:
+    def admit(self, connection_key: str, host: str) -> float | None:
         """Count one exchange for this connection and host, unless a bound is reached (then
-        nothing is counted and False is returned)."""
+        nothing is counted and None is returned). Returns the slot's time, for ``give_back``."""
         now = self._clock()
-        keys = (("connection", connection_key), ("host", host), ("process", ""))
+        keys = _keys(connection_key, host)
         with self._lock:
             windows = [self._window_of(key, now) for key in keys]
             if any(len(w) >= self._limits[key[0]] for key, w in zip(keys, windows, strict=True)):
-                return False
+                return None
             for window in windows:
                 window.append(now)
-            return True
+            return now
+
+    def give_back(self, connection_key: str, host: str, slot: float) -> None:
+        """Uncount a slot whose exchange never happened (the claim went to another worker, or
+        the code turned out to be a duplicate): duplicates never count."""
+        with self._lock:
+            for key in _keys(connection_key, host):
+                window = self._seen.get(key)
+                if window is not None and slot in window:
+                    window.remove(slot)
 
     def _window_of(self, key: tuple[str, str], now: float) -> deque[float]:
         window = self._seen.setdefault(key, deque())
@@ -57,3 +66,7 @@ class ExchangeLimiter:
             self._seen.pop(key, None)
             window = self._seen.setdefault(key, deque())
         return window
+
+
+def _keys(connection_key: str, host: str) -> tuple[tuple[str, str], ...]:
+    return (("connection", connection_key), ("host", host), ("process", ""))

@@ -72,10 +72,12 @@ def state_was_denied(data: EventData) -> bool:
 
 
 def code_has_no_consent(data: EventData) -> bool:
-    """A new code that came with no state (the legacy endpoint): nothing ties it to the user
-    (amoCRM has no PKCE), so it is never exchanged."""
+    """A new code (unknown to the ledger) that came with no consent this call may claim for:
+    no state, or the legacy web route. Nothing ties it to the user (amoCRM has no PKCE), so it
+    is never exchanged, whatever the state of the connection."""
     step = _model(data)
-    return isinstance(step.event, CodeReceived) and not step.event.may_claim
+    event = step.event
+    return isinstance(event, CodeReceived) and not event.may_claim and event.code_holder is None
 
 
 def host_is_unknown(data: EventData) -> bool:
@@ -224,6 +226,7 @@ TABLE: tuple[Rule, ...] = (
     # A code the store-wide ledger holds is a duplicate too (each code goes out at most once),
     # found where this record would otherwise claim it.
     Rule("code_received", (S.CONNECTED,), None, reclaims_a_claimed_code, noop="duplicate_code"),
+    Rule("code_received", (S.CONNECTED,), None, code_has_no_consent, noop="new_code_refused"),
     Rule("code_received", (S.CONNECTED,), S.CODE_RECEIVED, state_is_fresh),
     Rule("code_received", (S.CONNECTED,), None, noop="keep_connection"),
     Rule("code_received", (S.DISCONNECTED, S.ERROR), None, host_is_unknown, noop="no_host"),
