@@ -6,6 +6,7 @@ store and per driver (threads, asyncio tasks): wall time, token calls, settled c
 reads per waiting caller, and database connections opened (SQLite).
 
     python benchmarks/burst.py [--callers 1000] [--latency 0.02] [--stores memory,sqlite]
+        [--postgres URL] [--redis URL]     (adds those stores; each run gets a fresh table/prefix)
 
 A figure, not a test: the machines here are shared and noisy; compare rows of one run.
 """
@@ -193,19 +194,44 @@ def report(
     )
 
 
+def _postgres(url: str) -> FullStore:
+    from amo_oauth.stores.postgres import PostgresStore
+
+    store = PostgresStore(url, table=f"burst_{time.monotonic_ns()}", max_size=16)
+    store.migrate()
+    return store
+
+
+def _redis(url: str) -> FullStore:
+    from amo_oauth.stores.redis import RedisStore
+
+    store = RedisStore(url, prefix=f"burst{time.monotonic_ns()}:")
+    store.migrate()
+    return store
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--callers", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.02, help="token latency, seconds")
     parser.add_argument("--stores", default="memory,sqlite")
+    parser.add_argument("--postgres", help="a PostgreSQL URL: adds the postgres store")
+    parser.add_argument("--redis", help="a Redis URL: adds the redis store")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         makers: dict[str, Callable[[], FullStore]] = {
             "memory": MemoryStore,
             "sqlite": lambda: SQLiteStore(Path(tmp) / f"burst-{time.monotonic_ns()}.db"),
         }
+        stores = args.stores.split(",")
+        if args.postgres:
+            makers["postgres"] = lambda: _postgres(args.postgres)
+            stores.append("postgres")
+        if args.redis:
+            makers["redis"] = lambda: _redis(args.redis)
+            stores.append("redis")
         print(f"{args.callers} duplicate callbacks at once, token latency {args.latency}s")
-        for name in args.stores.split(","):
+        for name in stores:
             for driver, run in (("threads", run_threads), ("tasks", run_tasks)):
                 print(f"  {name:7} {driver:8}", run(makers[name], args.callers, args.latency))
 

@@ -116,3 +116,20 @@ def test_a_duplicate_that_lost_the_claim_gives_its_slot_back(
     clock.advance(1)  # a re-authorization: a state issued after the connection was made
     again = query_of(fake.authorize(oauth.begin(USER).state))
     assert oauth.handle_callback(again).outcome is Outcome.CONNECTED  # the 2nd slot was free
+
+
+def test_a_burst_of_one_redirect_is_never_rate_limited(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """A thousand workers delivering the seed's redirect at once are duplicates of one
+    exchange, even with a bound of one exchange per connection: while a claim of the
+    connection is in flight, a caller beyond the bound waits for it instead of being refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake.latency = 0.02
+    oauth = make_oauth(max_exchanges_per_connection=1)
+    query = query_of(fake.authorize(oauth.begin(USER).state))
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        reasons = list(pool.map(lambda _: attempt(oauth, query), range(200)))
+    assert reasons == [None] * 200  # nobody rate_limited
+    assert fake.token_call_count("authorization_code") == 1

@@ -140,6 +140,7 @@ class CodeFlows(Verification):
     ) -> Flow[CallbackResult]:
         digest = code_digest(code)
         code_key = f"code:{digest}"
+        deadline = self.deadline()
         while True:
             # Reads only, until the table says this worker may claim the code. The ledger is
             # read before the record: a claim writes both at once, so a ledger entry seen here
@@ -153,15 +154,24 @@ class CodeFlows(Verification):
             if not result.changed:
                 return (yield from self._unchanged(record, result.noop))
             assert event.host is not None  # the table claims only with a host
-            slot = self._limiter().admit(record.key, event.host.name)
+            limiter, host_name = self._limiter(), event.host.name
+            slot = limiter.admit(record.key, host_name)
             if slot is None:
+                if limiter.in_flight(record.key) and not self.expired(deadline):
+                    # Claims of this connection are in flight: most likely this is a duplicate
+                    # of one of them (a burst of the same redirect). Look again once it lands.
+                    yield from self.wait(record, min(deadline, self._monotonic() + 1.0))
+                    continue
                 # Beyond the bounds on token calls: nothing written (state, ledger, record),
                 # so the same redirect succeeds once the window passes.
                 raise CallbackRejected(Reason.RATE_LIMITED)
             claim = self._claim(record, result.record, code_key, digest, claims)
-            claimed = yield from perform(ClaimOp(claim))
-            if claimed is not ClaimResult.CLAIMED:  # no token call from here: not counted
-                self._limiter().give_back(record.key, event.host.name, slot)
+            claimed = ClaimResult.RECORD_CHANGED  # what a claim that raised amounts to
+            try:
+                claimed = yield from perform(ClaimOp(claim))
+            finally:  # a lost or failed claim sent nothing: its slot is given back
+                exchanged = claimed is ClaimResult.CLAIMED
+                limiter.claimed(record.key, host_name, slot, exchanged=exchanged)
             if claimed is ClaimResult.CLAIMED:
                 self.log_step(record, result.record, event.name)
                 return (yield from self._finish_exchange(result.record, code, event.host))

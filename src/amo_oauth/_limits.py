@@ -35,10 +35,13 @@ class ExchangeLimiter:
         self._clock = clock
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], deque[float]] = {}
+        # Slots admitted whose claim has not resolved yet, by connection: while one is in
+        # flight, a caller beyond the bound is more likely a duplicate about to be answered.
+        self._in_flight: dict[str, int] = {}
 
     def admit(self, connection_key: str, host: str) -> float | None:
         """Count one exchange for this connection and host, unless a bound is reached (then
-        nothing is counted and None is returned). Returns the slot's time, for ``give_back``."""
+        nothing is counted and None is returned). Returns the slot's time, for ``claimed``."""
         now = self._clock()
         keys = _keys(connection_key, host)
         with self._lock:
@@ -47,16 +50,30 @@ class ExchangeLimiter:
                 return None
             for window in windows:
                 window.append(now)
+            self._in_flight[connection_key] = self._in_flight.get(connection_key, 0) + 1
             return now
 
-    def give_back(self, connection_key: str, host: str, slot: float) -> None:
-        """Uncount a slot whose exchange never happened (the claim went to another worker, or
-        the code turned out to be a duplicate): duplicates never count."""
+    def claimed(self, connection_key: str, host: str, slot: float, *, exchanged: bool) -> None:
+        """The claim of an admitted slot resolved. Without an exchange (the claim went to
+        another worker, or the code turned out a duplicate) the slot is given back:
+        duplicates never count."""
         with self._lock:
+            left = self._in_flight.get(connection_key, 0) - 1
+            if left > 0:
+                self._in_flight[connection_key] = left
+            else:
+                self._in_flight.pop(connection_key, None)
+            if exchanged:
+                return
             for key in _keys(connection_key, host):
                 window = self._seen.get(key)
                 if window is not None and slot in window:
                     window.remove(slot)
+
+    def in_flight(self, connection_key: str) -> bool:
+        """True while an admitted claim for this connection has not resolved."""
+        with self._lock:
+            return connection_key in self._in_flight
 
     def _window_of(self, key: tuple[str, str], now: float) -> deque[float]:
         window = self._seen.setdefault(key, deque())

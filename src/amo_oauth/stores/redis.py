@@ -249,6 +249,8 @@ class RedisStore(BaseStore, AsyncBaseStore):
         prefix: prepended to every key (and to the change channel), so that several stores or
             applications can share one database.
         timeout: seconds to connect, and to wait for any one reply, before ``StoreError``.
+        max_connections: connections the store opens at most (per client: blocking and async);
+            callers beyond wait up to ``timeout`` for one.
         encryption: encrypts the token pair at rest (e.g. ``cryptography``'s ``Fernet`` or
             ``MultiFernet``); rows are then useless without the key.
 
@@ -264,22 +266,34 @@ class RedisStore(BaseStore, AsyncBaseStore):
         prefix: str = "amo_oauth:",
         timeout: float = 5.0,
         encryption: Encryption | None = None,
+        max_connections: int = 32,
     ) -> None:
         if not isinstance(prefix, str) or not prefix:
             raise ValueError("prefix must be a non-empty string")
         if not timeout > 0 or math.isinf(timeout):
             raise ValueError("timeout must be a positive number of seconds")
+        if max_connections < 2:  # one for calls, one for the change subscription
+            raise ValueError("max_connections must be at least 2")
         self._prefix = prefix
         self._timeout = float(timeout)
+        self._max_connections = max_connections
         self._options: dict[str, Any] = {
             "socket_timeout": self._timeout,
             "socket_connect_timeout": self._timeout,
             "decode_responses": True,
         }
         try:
-            self._client: redis.Redis = redis.Redis.from_url(
-                url, retry=Retry(NoBackoff(), 0), **self._options
+            # A bounded pool that makes callers wait (up to ``timeout``) for a connection: a
+            # burst of a thousand callers must not open a thousand connections (the server's
+            # maxclients is bounded by its file descriptors).
+            pool = redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=self._timeout,
+                retry=Retry(NoBackoff(), 0),
+                **self._options,
             )
+            self._client: redis.Redis = redis.Redis(connection_pool=pool)
         except (ValueError, TypeError):
             # The parser's message may quote the URL: say what is wrong, not what was given.
             raise ValueError(
@@ -662,9 +676,14 @@ class RedisStore(BaseStore, AsyncBaseStore):
         if side is None or side.loop is not loop:
             if side is not None:
                 side.stop_soon()
-            client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-                self._url, retry=redis.asyncio.retry.Retry(NoBackoff(), 0), **self._options
+            apool = redis.asyncio.BlockingConnectionPool.from_url(
+                self._url,
+                max_connections=self._max_connections,
+                timeout=self._timeout,
+                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+                **self._options,
             )
+            client: redis.asyncio.Redis = redis.asyncio.Redis(connection_pool=apool)
             side = _AsyncSide(loop, client, self._channel)
             self._async = side
         return side
