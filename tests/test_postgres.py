@@ -20,10 +20,11 @@ import pytest
 
 from _pg_server import PASSWORD_MARK, postgres_url  # noqa: F401
 from amo_oauth import StoreError
-from amo_oauth._records import Account, ConnectionRecord, ConnectionState, TokenSet
+from amo_oauth._records import ConnectionState
 from amo_oauth.stores import PostgresStore
 from amo_oauth.stores._protocol import AsyncStore, Claim, ClaimResult, FullStore, LedgerEntry
 from amo_oauth.testing import StoreContract
+from amo_oauth.testing._contract import make_record
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -76,34 +77,6 @@ def store(make_store: Callable[..., PostgresStore]) -> PostgresStore:
     fresh = make_store()
     fresh.migrate()
     return fresh
-
-
-def make_record(
-    connection_id: str = "c1",
-    *,
-    version: int = 1,
-    state: ConnectionState = ConnectionState.CONNECTED,
-    account_id: int | None = 42,
-    refresh_expires_at: datetime = T0 + timedelta(days=90),
-    host: str | None = "example.amocrm.ru",
-    integration: str | None = None,
-) -> ConnectionRecord:
-    return ConnectionRecord(
-        connection_id,
-        state=state,
-        version=version,
-        host=host,
-        tokens=TokenSet(
-            access_token=f"access-{connection_id}-{version}",
-            refresh_token=f"refresh-{connection_id}-{version}",
-            expires_at=T0 + timedelta(days=1),
-            refresh_expires_at=refresh_expires_at,
-        ),
-        account=None if account_id is None else Account(account_id, "example", "Example LLC"),
-        connected_at=T0,
-        updated_at=T0,
-        integration=integration,
-    )
 
 
 def run_together(count: int, task: Callable[[int], T]) -> list[T]:

@@ -25,10 +25,11 @@ import redis
 from _redis_server import REDIS_PASSWORD, free_port, redis_url  # noqa: F401
 from _store_race_worker import increment
 from amo_oauth._errors import StoreError
-from amo_oauth._records import Account, ConnectionRecord, ConnectionState, TokenSet
+from amo_oauth._records import ConnectionRecord, ConnectionState
 from amo_oauth.stores import RedisStore
 from amo_oauth.stores._protocol import AsyncStore, Claim, ClaimResult, FullStore, LedgerEntry, Store
 from amo_oauth.testing import StoreContract
+from amo_oauth.testing._contract import make_record
 
 pytestmark = pytest.mark.services
 
@@ -74,34 +75,6 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:  # noqa: F811
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
-
-
-def make_record(
-    connection_id: str = "c1",
-    *,
-    version: int = 1,
-    state: ConnectionState = ConnectionState.CONNECTED,
-    account_id: int | None = 42,
-    refresh_expires_at: datetime = T0 + timedelta(days=90),
-    host: str | None = "example.amocrm.ru",
-    integration: str | None = None,
-) -> ConnectionRecord:
-    return ConnectionRecord(
-        connection_id,
-        state=state,
-        version=version,
-        host=host,
-        tokens=TokenSet(
-            access_token=f"access-{connection_id}-{version}",
-            refresh_token=f"refresh-{connection_id}-{version}",
-            expires_at=T0 + timedelta(days=1),
-            refresh_expires_at=refresh_expires_at,
-        ),
-        account=None if account_id is None else Account(account_id, "example", "Example LLC"),
-        connected_at=T0,
-        updated_at=T0,
-        integration=integration,
-    )
 
 
 def run_together(count: int, task: Callable[[int], T]) -> list[T]:

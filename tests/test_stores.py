@@ -38,38 +38,13 @@ from amo_oauth.stores import MemoryStore, SQLiteStore
 from amo_oauth.stores._base import as_full_store
 from amo_oauth.stores._protocol import AsyncStore, FullStore
 from amo_oauth.testing import StoreContract
+from amo_oauth.testing._contract import make_record
 
 pytest_plugins = ["pytester"]
 
 NOW = datetime.now(UTC)
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 WORKER = Path(__file__).with_name("_store_race_worker.py")
-
-
-def make_record(
-    connection_id: str = "c1",
-    *,
-    version: int = 1,
-    state: ConnectionState = ConnectionState.CONNECTED,
-    account_id: int | None = 42,
-    refresh_expires_at: datetime = T0 + timedelta(days=90),
-    host: str | None = "example.amocrm.ru",
-) -> ConnectionRecord:
-    return ConnectionRecord(
-        connection_id,
-        state=state,
-        version=version,
-        host=host,
-        tokens=TokenSet(
-            access_token=f"access-{connection_id}-{version}",
-            refresh_token=f"refresh-{connection_id}-{version}",
-            expires_at=T0 + timedelta(days=1),
-            refresh_expires_at=refresh_expires_at,
-        ),
-        account=None if account_id is None else Account(account_id, "example", "Example LLC"),
-        connected_at=T0,
-        updated_at=T0,
-    )
 
 
 def full_record() -> ConnectionRecord:
