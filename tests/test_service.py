@@ -521,3 +521,16 @@ def test_a_replayed_hook_spares_an_idle_connection_whose_access_token_expired(
     fake.uninstall()  # a real uninstall now: both tokens refused
     (gone,) = oauth.handle_disconnect_hook(old_hook)
     assert gone.state is ConnectionState.ERROR
+
+
+def test_a_hook_replayed_while_amocrm_cannot_be_asked_changes_nothing(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """Found by review: during an amoCRM outage a replayed hook used to disconnect working
+    connections ("cannot ask" counted as "not accepted"). Only a definite refusal counts."""
+    connect(oauth, fake)
+    old_hook = fake.hook_query()
+    fake.fail_next("500", endpoint="api", path="/api/v4/account")
+    before = oauth.status(USER)
+    assert oauth.handle_disconnect_hook(old_hook) == (before,)
+    assert oauth.status(USER) == before

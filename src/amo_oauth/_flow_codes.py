@@ -328,7 +328,9 @@ class CodeFlows(Verification):
         """Does amoCRM still accept the connection's tokens? After a real uninstall it answers
         401 to both (protocol notes §6). The access token is asked first (the account call);
         an expired one proves nothing, so the refresh token is then asked through the account
-        lookup, which does not spend it (§5). Any failure to tell counts as "no"."""
+        lookup, which does not spend it (§5). Only definite refusals count as "no": when amoCRM
+        cannot be asked (down, busy), the hook is not acted on, so a replay during an outage
+        changes nothing (a real uninstall still shows at the next use of the tokens)."""
         extra = self.config.extra_domains
         host_name, access, refresh = record.api_credentials() or ("", "", "")
         host = AccountHost.accept(host_name, extra)
@@ -337,13 +339,14 @@ class CodeFlows(Verification):
         try:
             read_account((yield Send(account_request(self.config, host, access))))
             return True
-        except ProviderError:
-            pass
+        except ProviderError as error:
+            if meaning_of(error, "account").meaning.transient:
+                return True  # cannot tell: change nothing
         api_host = AccountHost.accept(api_domain_of(access) or "", extra)
         if api_host is None:
             return False
         try:
             answer = yield Send(lookup_request(self.config, api_host, refresh))
             return read_lookup(answer, extra) is not None
-        except ProviderError:
-            return False
+        except ProviderError as error:
+            return meaning_of(error, "subdomain_lookup").meaning.transient
