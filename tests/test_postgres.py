@@ -11,7 +11,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -710,7 +710,24 @@ def test_bad_options_are_refused(options: dict[str, Any], match: str) -> None:
 
 class TestPostgresContract(StoreContract):
     """The public store contract, unchanged, on a real PostgreSQL server (the ``store`` fixture
-    above: a fresh migrated table per test)."""
+    above: a fresh migrated table per test).
+
+    The async cases run on one event loop per test, and the store's async pool is closed in
+    that loop before it ends: a psycopg ``AsyncConnectionPool`` belongs to the loop that opened
+    it, and ``asyncio.run`` per call would leave its tasks to a loop being torn down (which can
+    wait for ever on them)."""
+
+    @pytest.fixture(autouse=True)
+    def _one_loop(self, store: PostgresStore) -> Iterator[None]:
+        self._loop = asyncio.new_event_loop()
+        yield
+        try:
+            self._loop.run_until_complete(store.aclose())
+        finally:
+            self._loop.close()
+
+    def run_async(self, main: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(main)
 
 
 def test_the_cli_names_migrate_and_migrate_makes_the_store(
