@@ -16,7 +16,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Never
 
@@ -26,49 +26,19 @@ import pytest
 from _store_race_worker import increment
 from amo_oauth._errors import StoreError
 from amo_oauth._records import (
-    Account,
     ConnectionRecord,
-    ConnectionState,
-    ErrorInfo,
-    Lease,
-    SeenCode,
-    TokenSet,
 )
 from amo_oauth.stores import MemoryStore, SQLiteStore
 from amo_oauth.stores._base import as_full_store
 from amo_oauth.stores._protocol import AsyncStore, FullStore
 from amo_oauth.testing import StoreContract
-from amo_oauth.testing._contract import make_record
+from amo_oauth.testing._contract import full_record, make_record
 
 pytest_plugins = ["pytester"]
 
 NOW = datetime.now(UTC)
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 WORKER = Path(__file__).with_name("_store_race_worker.py")
-
-
-def full_record() -> ConnectionRecord:
-    """A record with every field set, datetimes in three different offsets."""
-    msk = timezone(timedelta(hours=3))
-    return ConnectionRecord(
-        "user-42/Ünïcode ✓",
-        state=ConnectionState.ERROR,
-        version=7,
-        host="acme.kommo.com",
-        tokens=TokenSet(
-            access_token="eyJ0eXAiOiJKV1Qi.access",
-            refresh_token="def50200.refresh",
-            expires_at=datetime(2025, 3, 2, 15, 0, 0, 123456, tzinfo=msk),
-            refresh_expires_at=datetime(2025, 5, 30, 12, 0, tzinfo=UTC),
-            token_type="bearer",
-        ),
-        account=Account(31234567, "acme", 'ООО "Акме"'),
-        error=ErrorInfo("verify_failed", None, datetime(2025, 3, 1, 9, 30, tzinfo=msk)),
-        seen_codes=(SeenCode("a" * 64, T0), SeenCode("b" * 64, datetime(2025, 3, 1, tzinfo=msk))),
-        lease=Lease("worker-7", "refresh", datetime(2025, 3, 1, 9, 31, tzinfo=UTC)),
-        connected_at=datetime(2025, 2, 1, 0, 0, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
-        updated_at=datetime(2025, 3, 1, 9, 30, 0, 1, tzinfo=UTC),
-    )
 
 
 # -- the contract, for every store ---------------------------------------------------------
@@ -344,7 +314,7 @@ def test_sqlite_data_persists_across_reopen(db: Path) -> None:
     assert first.consume_state("n1", NOW + timedelta(hours=1), "digest-a")
     first.close()
     second = SQLiteStore(db)
-    assert second.load(full_record().connection_id) == full_record()
+    assert second.load(full_record().key) == full_record()
     assert second.consume_state("n1", NOW + timedelta(hours=1), "digest-b") is False
     second.close()
 
