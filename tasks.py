@@ -24,7 +24,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".amo_oauth-installed"
 LOCK = ROOT / ".venv.lock"
-EXTRAS = "dev,fastapi,flask,docs,postgres,redis,crypto"
+EXTRAS = "dev,fastapi,flask,docs,postgres,redis,crypto,cli"
 
 
 def run(*argv: str | Path) -> None:

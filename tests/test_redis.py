@@ -665,6 +665,8 @@ def test_unmigrated_database_is_refused(
         lambda: store.claim(a_claim()),
         lambda: store.find_by_account(42),
         lambda: store.due_for_refresh(T0, 10),
+        lambda: store.due_page(T0, 10, (T0, "c0")),
+        lambda: store.scan(None, 10),
         lambda: run_async(store, lambda: store.aload("c1")),
     ]
     for call in calls:
@@ -675,20 +677,37 @@ def test_unmigrated_database_is_refused(
 
 def test_migrate_is_idempotent(make_store: Callable[..., RedisStore], raw: redis.Redis) -> None:
     store = make_store(migrate=False)
-    assert store.migrate() == 1
+    assert store.migrate() == 2
     assert store.compare_and_set(make_record(), None)
-    assert store.migrate() == 1
-    assert raw.get(f"{store.prefix}schema") == "1"
+    assert store.migrate() == 2
+    assert raw.get(f"{store.prefix}schema") == "2"
     assert store.load("c1") == make_record()
-    assert run_async(store, store.amigrate) == 1
+    assert run_async(store, store.amigrate) == 2
+
+
+def test_migrate_from_schema_1_indexes_every_record_key(
+    make_store: Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store()
+    keys = ["a", "b*", "c?[x]", "d"]
+    for cid in keys:
+        assert store.compare_and_set(make_record(cid), None)
+    # What a database written by schema 1 looks like: no index of every key.
+    raw.delete(f"{store.prefix}keys")
+    raw.set(f"{store.prefix}schema", "1")
+    with pytest.raises(StoreError, match=r"schema '1'.*run amo-oauth migrate"):
+        store.scan(None, 10)
+    assert store.migrate() == 2
+    assert [record.key for record in store.scan(None, 10)] == keys
+    assert raw.zcard(f"{store.prefix}keys") == len(keys)
 
 
 def test_newer_schema_is_refused(make_store: Callable[..., RedisStore], raw: redis.Redis) -> None:
     store = make_store()
-    raw.set(f"{store.prefix}schema", "2")
-    with pytest.raises(StoreError, match="schema '2'"):
+    raw.set(f"{store.prefix}schema", "3")
+    with pytest.raises(StoreError, match="schema '3'"):
         store.migrate()
-    with pytest.raises(StoreError, match="schema '2'"):
+    with pytest.raises(StoreError, match="schema '3'"):
         store.load("c1")
 
 

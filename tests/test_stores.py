@@ -334,7 +334,7 @@ def test_sqlite_schema(db: Path) -> None:
     store = SQLiteStore(db)
     store.load("c1")
     with sqlite3.connect(db) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (1,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (2,)
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master")}
     raw.close()
@@ -343,7 +343,33 @@ def test_sqlite_schema(db: Path) -> None:
         "amo_states",
         "amo_connections_account",
         "amo_connections_refresh",
+        "amo_connections_due",
     } <= tables
+    store.close()
+
+
+def test_sqlite_schema_1_gains_the_keyset_index(db: Path) -> None:
+    store = SQLiteStore(db)
+    assert store.compare_and_set(make_record(), None)
+    store.close()
+    with sqlite3.connect(db) as raw:  # what schema 1 wrote: no (state, expiry, key) index
+        raw.execute("DROP INDEX amo_connections_due")
+        raw.execute("PRAGMA user_version = 1")
+    raw.close()
+    store = SQLiteStore(db)
+    assert store.load("c1") == make_record()
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone() == (2,)
+        names = {name for (name,) in raw.execute("SELECT name FROM sqlite_master")}
+        plan = raw.execute(
+            "EXPLAIN QUERY PLAN SELECT connection_id FROM amo_connections WHERE state = 'x'"
+            " AND refresh_expires_at < 9 AND (refresh_expires_at, connection_id) > (1, 'a')"
+            " ORDER BY refresh_expires_at, connection_id LIMIT 5"
+        ).fetchall()
+    raw.close()
+    assert "amo_connections_due" in names
+    assert "amo_connections_due" in str(plan)
+    assert "TEMP B-TREE" not in str(plan)  # no sort: a page costs the same wherever it starts
     store.close()
 
 
@@ -397,9 +423,9 @@ def test_sqlite_unreadable_record_is_store_error(db: Path) -> None:
 
 def test_sqlite_newer_schema_is_store_error(db: Path) -> None:
     raw = sqlite3.connect(db)
-    raw.execute("PRAGMA user_version = 2")
+    raw.execute("PRAGMA user_version = 3")
     raw.close()
-    with pytest.raises(StoreError, match="schema version 2"):
+    with pytest.raises(StoreError, match="schema version 3"):
         SQLiteStore(db).load("c1")
 
 

@@ -20,6 +20,7 @@ from ._errors import (
     ReauthorizationRequired,
     StoreError,
     TokenScopeError,
+    UndecryptableRecord,
     UnreadableRecord,
 )
 from ._records import (
@@ -72,6 +73,7 @@ __all__ = [
     "StoreError",
     "TokenScopeError",
     "TokenSet",
+    "UndecryptableRecord",
     "UnreadableRecord",
     "__version__",
     "store_from_url",

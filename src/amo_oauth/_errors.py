@@ -10,6 +10,7 @@
      +-- InvalidTransition            an event the lifecycle table does not know
      +-- StoreError                   a store could not read or write a record
           +-- UnreadableRecord        a stored record is corrupt (its version, if intact)
+          +-- UndecryptableRecord     the store's encryption key does not open a record
 
 Messages never contain secrets: no client_secret, code, token or state value is ever
 formatted into an exception.
@@ -30,6 +31,7 @@ __all__ = [
     "ReauthorizationRequired",
     "StoreError",
     "TokenScopeError",
+    "UndecryptableRecord",
     "UnreadableRecord",
 ]
 
@@ -112,3 +114,17 @@ class UnreadableRecord(StoreError):
     def __init__(self, version: int | None = None) -> None:
         super().__init__("the store holds a record it cannot read")
         self.version = version
+
+
+class UndecryptableRecord(StoreError):
+    """A stored record whose tokens the store's encryption does not open (a wrong or missing
+    key), or whose tokens are encrypted while the store was given no encryption. The row is
+    intact: it is never overwritten as a corrupt one.
+
+    ``key`` is the record's key (``ConnectionRecord.key``, not a secret) when the store knows
+    it at that point, else None. The message names no content.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key

@@ -16,7 +16,7 @@ import attrs
 import httpx
 
 from ._records import ConnectionRecord
-from .stores._protocol import AsyncStore, Claim, ClaimResult, FullStore
+from .stores._protocol import AsyncStore, Claim, ClaimResult, DueCursor, FullStore
 
 __all__ = [
     "ClaimOp",
@@ -24,11 +24,13 @@ __all__ = [
     "ConsumeState",
     "Delete",
     "DueForRefresh",
+    "DuePage",
     "FindByAccount",
     "Flow",
     "HolderOf",
     "Load",
     "Op",
+    "Scan",
     "Send",
     "Sleep",
     "StoreOp",
@@ -140,6 +142,31 @@ class DueForRefresh(StoreOp[list[ConnectionRecord]]):
 
     async def arun(self, store: AsyncStore) -> list[ConnectionRecord]:
         return await store.adue_for_refresh(self.before, self.limit)
+
+
+@attrs.frozen
+class DuePage(StoreOp[list[ConnectionRecord]]):
+    before: datetime
+    limit: int
+    after: DueCursor | None = None
+
+    def run(self, store: FullStore) -> list[ConnectionRecord]:
+        return store.due_page(self.before, self.limit, self.after)
+
+    async def arun(self, store: AsyncStore) -> list[ConnectionRecord]:
+        return await store.adue_page(self.before, self.limit, self.after)
+
+
+@attrs.frozen
+class Scan(StoreOp[list[ConnectionRecord]]):
+    after: str | None
+    limit: int
+
+    def run(self, store: FullStore) -> list[ConnectionRecord]:
+        return store.scan(self.after, self.limit)
+
+    async def arun(self, store: AsyncStore) -> list[ConnectionRecord]:
+        return await store.ascan(self.after, self.limit)
 
 
 @attrs.frozen

@@ -1,7 +1,9 @@
 """Default implementations of the operations added to the store seam, and the two adapters.
 
-- ``BaseStore``: ``holder_of``, ``claim`` and ``wait_for_change`` built on ``Store``'s first
-  operations. Correct (the record's compare-and-set decides), but three writes and polling.
+- ``BaseStore``: ``holder_of``, ``claim``, ``wait_for_change`` and ``due_page`` built on
+  ``Store``'s first operations. Correct (the record's compare-and-set decides), but three writes,
+  polling, and a ``due_page`` that reads from the first due record on every page (not flat).
+  ``scan`` has nothing to be built on: it raises ``NotImplementedError``.
 - ``AsyncBaseStore``: the same for ``AsyncStore``.
 - ``as_full_store``: any ``Store`` as a ``FullStore`` (a user's store of the first protocol).
 - ``as_async_store``: any store as an ``AsyncStore``: an ``AsyncStore`` as it is, a blocking
@@ -16,8 +18,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from .._records import ConnectionRecord
-from ._common import wait_seconds
-from ._protocol import AsyncStore, Claim, ClaimResult, FullStore, Store
+from ._common import check_after, check_limit, due_position, wait_seconds
+from ._protocol import AsyncStore, Claim, ClaimResult, DueCursor, FullStore, Store
 
 __all__ = ["AsyncBaseStore", "BaseStore", "as_async_store", "as_full_store"]
 
@@ -28,6 +30,28 @@ _MAX_POLL = 0.1
 
 def _version(record: ConnectionRecord | None) -> int:
     return record.version if record is not None else 0
+
+
+#: ``due_page``'s default asks ``due_for_refresh`` for this many times more rows each round.
+_GROWTH = 4
+_NO_SCAN = (
+    "this store cannot list its records: implement scan(after, limit) (a read of every record "
+    "by key) to use it with amo-oauth rotate-key"
+)
+
+
+def _after_cursor(
+    records: list[ConnectionRecord], limit: int, cursor: tuple[float, str] | None
+) -> list[ConnectionRecord]:
+    """The first ``limit`` of ``records`` (in due order) placed strictly after ``cursor``."""
+    if cursor is None:
+        return records[:limit]
+    page = []
+    for record in records:
+        moment, key = due_position(record)
+        if (moment.timestamp(), key) > cursor:
+            page.append(record)
+    return page[:limit]
 
 
 class BaseStore:
@@ -43,6 +67,33 @@ class BaseStore:
 
     def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
         raise NotImplementedError
+
+    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
+        raise NotImplementedError
+
+    def due_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        """``due_for_refresh`` asked for more and more rows until ``limit`` of them lie past
+        ``after``: correct, but each page reads every due record before it again, so a sweep
+        over n records costs O(n²) reads. A store with an index overrides it (keyset)."""
+        check_limit(limit)
+        cursor = check_after(after)
+        want = max(limit, 1)
+        while True:
+            records = self.due_for_refresh(before, want)
+            page = _after_cursor(records, limit, cursor)
+            if len(page) >= limit or len(records) < want:
+                return page
+            want *= _GROWTH
+
+    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        """Not available: ``Store`` has no read of every record.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError(_NO_SCAN)
 
     def holder_of(self, key: str) -> str | None:
         """Unknown (None) here: the first protocol has no read of the ledger. Duplicates are
@@ -91,9 +142,34 @@ class AsyncBaseStore:
     ) -> bool:
         raise NotImplementedError
 
+    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
+        raise NotImplementedError
+
     async def aholder_of(self, key: str) -> str | None:
         """See ``BaseStore.holder_of``."""
         return None
+
+    async def adue_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        """See ``BaseStore.due_page`` (not flat either)."""
+        check_limit(limit)
+        cursor = check_after(after)
+        want = max(limit, 1)
+        while True:
+            records = await self.adue_for_refresh(before, want)
+            page = _after_cursor(records, limit, cursor)
+            if len(page) >= limit or len(records) < want:
+                return page
+            want *= _GROWTH
+
+    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        """See ``BaseStore.scan``.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError(_NO_SCAN)
 
     async def aclaim(self, claim: Claim) -> ClaimResult:
         """See ``BaseStore.claim``."""
@@ -128,7 +204,8 @@ async def _poll(
 
 
 class _Extended(BaseStore):
-    """A first-protocol ``Store`` with ``BaseStore``'s defaults for the later operations."""
+    """A ``Store`` with ``BaseStore``'s defaults for the later operations it lacks; those it
+    has (a store written before the paged reads were added) are its own."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -153,6 +230,33 @@ class _Extended(BaseStore):
 
     def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
         return self._store.due_for_refresh(before, limit)
+
+    def holder_of(self, key: str) -> str | None:
+        own = getattr(self._store, "holder_of", None)
+        return own(key) if callable(own) else super().holder_of(key)
+
+    def claim(self, claim: Claim) -> ClaimResult:
+        own = getattr(self._store, "claim", None)
+        return own(claim) if callable(own) else super().claim(claim)
+
+    def wait_for_change(self, key: str, version: int, timeout: float) -> None:
+        own = getattr(self._store, "wait_for_change", None)
+        if callable(own):
+            own(key, version, timeout)
+        else:
+            super().wait_for_change(key, version, timeout)
+
+    def due_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        own = getattr(self._store, "due_page", None)
+        if callable(own):
+            return own(before, limit, after)  # type: ignore[no-any-return]
+        return super().due_page(before, limit, after)
+
+    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        own = getattr(self._store, "scan", None)
+        return own(after, limit) if callable(own) else super().scan(after, limit)
 
     def close(self) -> None:
         self._store.close()
@@ -198,6 +302,14 @@ class _Threaded:
 
     async def aholder_of(self, key: str) -> str | None:
         return await asyncio.to_thread(self._store.holder_of, key)
+
+    async def adue_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        return await asyncio.to_thread(self._store.due_page, before, limit, after)
+
+    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        return await asyncio.to_thread(self._store.scan, after, limit)
 
     async def aclaim(self, claim: Claim) -> ClaimResult:
         return await asyncio.to_thread(self._store.claim, claim)

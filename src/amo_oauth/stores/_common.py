@@ -8,13 +8,15 @@ from datetime import datetime
 
 from .._errors import StoreError
 from .._records import ConnectionRecord
-from ._protocol import Claim
+from ._protocol import Claim, DueCursor
 
 __all__ = [
+    "check_after",
     "check_claim",
     "check_limit",
     "check_write",
     "closed_error",
+    "due_position",
     "require_aware",
     "wait_seconds",
 ]
@@ -68,6 +70,31 @@ def check_limit(limit: int) -> int:
     if limit < 0:
         raise ValueError("limit must be >= 0")
     return limit
+
+
+def check_after(after: DueCursor | None) -> tuple[float, str] | None:
+    """A ``due_page`` cursor as stores compare it: (POSIX seconds of the expiry, key).
+
+    Raises:
+        ValueError: the cursor is not ``(aware datetime, str)``.
+    """
+    if after is None:
+        return None
+    moment, key = after
+    if not isinstance(moment, datetime) or not isinstance(key, str):
+        raise ValueError("after must be (refresh_expires_at, key) of the last record of a page")
+    return require_aware(moment, "after").timestamp(), key
+
+
+def due_position(record: ConnectionRecord) -> DueCursor:
+    """The ``due_page`` cursor just past ``record``: its refresh-token expiry and key.
+
+    Raises:
+        ValueError: the record holds no tokens (``due_page`` returns none such).
+    """
+    if record.tokens is None:
+        raise ValueError("a record without tokens has no place in the refresh order")
+    return record.tokens.refresh_expires_at, record.key
 
 
 def wait_seconds(timeout: float) -> float:

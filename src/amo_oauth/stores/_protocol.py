@@ -6,6 +6,7 @@ record's ``version``; everything else either reads or is made of it. The protoco
 addition: the operations added after the first release (``holder_of``, ``claim``,
 ``wait_for_change``) have default implementations in ``BaseStore`` built on the first release's
 operations, so a store written against that protocol keeps working (``as_full_store`` wraps it).
+The paged reads (``due_page``, ``scan``) came later still, for sweeps over every connection.
 
 Every failure of the underlying database reaches callers as ``StoreError``.
 """
@@ -24,10 +25,15 @@ __all__ = [
     "AsyncStore",
     "Claim",
     "ClaimResult",
+    "DueCursor",
     "FullStore",
     "LedgerEntry",
     "Store",
 ]
+
+
+#: Where a page of ``due_page`` ended: the last record's refresh-token expiry (aware) and key.
+DueCursor = tuple[datetime, str]
 
 
 @attrs.frozen
@@ -128,8 +134,10 @@ class Store(Protocol):
 class FullStore(Store, Protocol):
     """``Store`` with the operations added since: what the service drives.
 
-    ``BaseStore`` implements these three from ``Store``'s; a store overrides them to be faster
-    (one transaction instead of three; a wake-up instead of polling), never to change meaning.
+    ``BaseStore`` implements these from ``Store``'s; a store overrides them to be faster (one
+    transaction instead of three; a wake-up instead of polling; an index instead of a rescan),
+    never to change meaning. ``scan`` is the exception: ``Store`` has no read of every record,
+    so ``BaseStore.scan`` raises ``NotImplementedError``.
     """
 
     def holder_of(self, key: str) -> str | None:
@@ -144,6 +152,37 @@ class FullStore(Store, Protocol):
     def wait_for_change(self, key: str, version: int, timeout: float) -> None:
         """Return once the record's version may differ from ``version`` (0: no record), or
         after ``timeout`` seconds. It may return early; the caller loads and looks again."""
+        ...
+
+    def due_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        """One page of ``due_for_refresh``, read by keyset: up to ``limit`` connected records
+        whose refresh token expires before ``before`` (aware), soonest first, ties by key,
+        strictly after ``after`` (the refresh-token expiry and key of the previous page's last
+        record; None: from the start).
+
+        Paging on with the last record's position visits every record due when the sweep
+        began exactly once, whatever is written meanwhile: a record written after its position
+        was passed is not met again unless its new expiry puts it after the cursor.
+
+        Raises:
+            ValueError: ``before`` or ``after``'s time is naive, or ``limit`` is negative.
+            StoreError: the store failed or holds an unreadable record.
+        """
+        ...
+
+    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        """Up to ``limit`` records of any state, by key (code-point order), with keys strictly
+        after ``after`` (None: from the first). For jobs that visit every record
+        (``amo-oauth rotate-key``).
+
+        Raises:
+            ValueError: ``limit`` is negative.
+            StoreError: the store failed or holds an unreadable record
+                (``UndecryptableRecord`` for one its key does not open, naming the row's key).
+            NotImplementedError: the store cannot list its records (``BaseStore``'s default).
+        """
         ...
 
 
@@ -183,6 +222,16 @@ class AsyncStore(Protocol):
 
     async def aholder_of(self, key: str) -> str | None:
         """See ``FullStore.holder_of``."""
+        ...
+
+    async def adue_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        """See ``FullStore.due_page``."""
+        ...
+
+    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        """See ``FullStore.scan``."""
         ...
 
     async def aclaim(self, claim: Claim) -> ClaimResult:

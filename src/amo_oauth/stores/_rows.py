@@ -13,7 +13,7 @@ from typing import Protocol
 import attrs
 
 from .._codec import record_from_json, record_to_json
-from .._errors import StoreError, UnreadableRecord
+from .._errors import StoreError, UndecryptableRecord, UnreadableRecord
 from .._records import ConnectionRecord, ConnectionState
 
 __all__ = ["Encryption", "RecordCodec", "Row"]
@@ -36,8 +36,8 @@ class Row:
     data: str = attrs.field(repr=False)
 
 
-class _KeyError(StoreError):
-    """The row is fine; the store's encryption key does not open it."""
+#: The row is fine; the store's encryption key does not open it.
+_KeyError = UndecryptableRecord
 
 
 class Encryption(Protocol):
@@ -120,8 +120,12 @@ class RecordCodec:
         intact = version if type(version) is int else None
         try:
             record = self.decode(data)
-        except _KeyError:
-            raise  # a key problem, not a corrupt row: never overwritten as one
+        except _KeyError as error:
+            # A key problem, not a corrupt row: never overwritten as one. The key column is
+            # named, so a job visiting every row (rotate-key) can count it and go on.
+            if error.key is not None or not isinstance(key, str):
+                raise
+            raise _KeyError(str(error), key) from None
         except StoreError:
             raise UnreadableRecord(intact) from None
         # A body that disagrees with its own columns was not written by this library.

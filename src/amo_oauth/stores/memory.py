@@ -12,6 +12,7 @@ from datetime import datetime
 from .._records import ConnectionRecord, ConnectionState
 from ._base import AsyncBaseStore, BaseStore
 from ._common import (
+    check_after,
     check_claim,
     check_limit,
     check_write,
@@ -19,7 +20,7 @@ from ._common import (
     require_aware,
     wait_seconds,
 )
-from ._protocol import Claim, ClaimResult, LedgerEntry
+from ._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
 
 __all__ = ["MemoryStore"]
 
@@ -191,6 +192,55 @@ class MemoryStore(BaseStore, AsyncBaseStore):
             ]
         return [record for _, _, record in heapq.nsmallest(limit, due, key=lambda t: t[:2])]
 
+    def due_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        """Up to ``limit`` connected records whose refresh token expires before ``before``
+        (aware), soonest first (ties by key), strictly after the position ``after`` (the last
+        record's refresh-token expiry and key; None: from the start).
+
+        Each page looks at every record once (a dictionary has no order to seek in) and keeps
+        ``limit`` of them: memory per page stays ``limit`` records.
+
+        Raises:
+            ValueError: ``before`` or ``after``'s time is naive, or ``limit`` is negative.
+            StoreError: the store is closed.
+        """
+        cutoff = require_aware(before, "before").timestamp()
+        check_limit(limit)
+        cursor = check_after(after)
+        with self._lock:
+            self._check_open()
+            due = (
+                ((moment, record.key), record)
+                for record in self._records.values()
+                if record.state == ConnectionState.CONNECTED
+                and record.tokens is not None
+                and (moment := record.tokens.refresh_expires_at.timestamp()) < cutoff
+                and (cursor is None or (moment, record.key) > cursor)
+            )
+            page = heapq.nsmallest(limit, due, key=lambda pair: pair[0])
+        return [record for _, record in page]
+
+    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        """Up to ``limit`` records of any state, by key, with keys strictly after ``after``
+        (None: from the first).
+
+        Raises:
+            ValueError: ``limit`` is negative.
+            StoreError: the store is closed.
+        """
+        check_limit(limit)
+        with self._lock:
+            self._check_open()
+            found = (
+                (key, record)
+                for key, record in self._records.items()
+                if after is None or key > after
+            )
+            page = heapq.nsmallest(limit, found, key=lambda pair: pair[0])
+        return [record for _, record in page]
+
     def close(self) -> None:
         """Drop every record and wake every waiter. Any later call raises ``StoreError``;
         closing again does nothing."""
@@ -295,6 +345,16 @@ class MemoryStore(BaseStore, AsyncBaseStore):
     async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
         """See ``due_for_refresh``."""
         return self.due_for_refresh(before, limit)
+
+    async def adue_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        """See ``due_page``."""
+        return self.due_page(before, limit, after)
+
+    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        """See ``scan``."""
+        return self.scan(after, limit)
 
     async def aholder_of(self, key: str) -> str | None:
         """See ``holder_of``."""

@@ -52,8 +52,15 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from .._errors import StoreError
 from .._records import ConnectionRecord, ConnectionState
 from ._base import AsyncBaseStore, BaseStore
-from ._common import check_limit, check_write, closed_error, require_aware, wait_seconds
-from ._protocol import Claim, ClaimResult
+from ._common import (
+    check_after,
+    check_limit,
+    check_write,
+    closed_error,
+    require_aware,
+    wait_seconds,
+)
+from ._protocol import Claim, ClaimResult, DueCursor
 from ._rows import Encryption, RecordCodec, Row
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
@@ -178,6 +185,22 @@ class _Tables:
         self.due = sql.SQL(
             """SELECT data FROM {records} WHERE state = %s AND refresh_due < %s
             ORDER BY refresh_due, key LIMIT %s"""
+        ).format(**fmt)
+        # Keyset pages on the (state, refresh_due, key) index: no offset, no sort.
+        self.due_after = sql.SQL(
+            """SELECT key, version, data FROM {records}
+            WHERE state = %s AND refresh_due < %s AND (refresh_due, key) > (%s, %s)
+            ORDER BY refresh_due, key LIMIT %s"""
+        ).format(**fmt)
+        self.due_first = sql.SQL(
+            """SELECT key, version, data FROM {records} WHERE state = %s AND refresh_due < %s
+            ORDER BY refresh_due, key LIMIT %s"""
+        ).format(**fmt)
+        self.scan_first = sql.SQL(
+            "SELECT key, version, data FROM {records} ORDER BY key LIMIT %s"
+        ).format(**fmt)
+        self.scan_after = sql.SQL(
+            "SELECT key, version, data FROM {records} WHERE key > %s ORDER BY key LIMIT %s"
         ).format(**fmt)
         # A free key is inserted; an expired one is taken over; a live one is locked (the
         # WHERE of DO UPDATE is false) so that the SELECT of its holder that follows sees it.
@@ -382,6 +405,31 @@ class PostgresStore(BaseStore, AsyncBaseStore):
         """
         return self._run("find records due", self._op_due(before, limit))
 
+    def due_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        """Up to ``limit`` connected records whose refresh token expires before ``before``,
+        soonest first (ties by key), strictly after the position ``after`` (the last record's
+        refresh-token expiry and key; None: from the start): one range read on the
+        ``(state, refresh_due, key)`` index, the same cost wherever the page starts.
+
+        Raises:
+            ValueError: ``before`` or ``after``'s time is naive, or ``limit`` is negative.
+            StoreError: the database could not be read, or holds an unreadable record.
+        """
+        return self._run("find records due", self._op_due_page(before, limit, after))
+
+    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        """Up to ``limit`` records of any state, by key (byte order: the key column is
+        ``COLLATE "C"``), with keys strictly after ``after`` (None: from the first).
+
+        Raises:
+            ValueError: ``limit`` is negative.
+            StoreError: the database could not be read, or holds an unreadable record
+                (``UndecryptableRecord`` naming the row's key).
+        """
+        return self._run("scan records", self._op_scan(after, limit))
+
     def wait_for_change(self, key: str, version: int, timeout: float) -> None:
         """Return once the record's version may differ from ``version`` (0: no record), or
         after ``timeout`` seconds: woken by the NOTIFY of any writer, in any process.
@@ -449,6 +497,16 @@ class PostgresStore(BaseStore, AsyncBaseStore):
     async def aholder_of(self, key: str) -> str | None:
         """See ``holder_of``."""
         return await self._arun("read the ledger", self._op_holder(key))
+
+    async def adue_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        """See ``due_page``."""
+        return await self._arun("find records due", self._op_due_page(before, limit, after))
+
+    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        """See ``scan``."""
+        return await self._arun("scan records", self._op_scan(after, limit))
 
     async def aclaim(self, claim: Claim) -> ClaimResult:
         """See ``claim``."""
@@ -577,6 +635,29 @@ class PostgresStore(BaseStore, AsyncBaseStore):
     def _due(self, moment: float, limit: int) -> _Op[list[ConnectionRecord]]:
         done = yield _Stmt(self._tables.due, (ConnectionState.CONNECTED.value, moment, limit))
         return [self._codec.decode(data) for (data,) in done.rows]
+
+    def _op_due_page(
+        self, before: datetime, limit: int, after: DueCursor | None
+    ) -> _Op[list[ConnectionRecord]]:
+        moment = require_aware(before, "before").timestamp()
+        count = min(check_limit(limit), _INT64_MAX)
+        cursor = check_after(after)
+        state = ConnectionState.CONNECTED.value
+        if cursor is None:
+            statement = _Stmt(self._tables.due_first, (state, moment, count))
+        else:
+            statement = _Stmt(self._tables.due_after, (state, moment, *cursor, count))
+        return self._keyed_rows(statement)
+
+    def _op_scan(self, after: str | None, limit: int) -> _Op[list[ConnectionRecord]]:
+        count = min(check_limit(limit), _INT64_MAX)
+        if after is None:
+            return self._keyed_rows(_Stmt(self._tables.scan_first, (count,)))
+        return self._keyed_rows(_Stmt(self._tables.scan_after, (after, count)))
+
+    def _keyed_rows(self, statement: _Stmt) -> _Op[list[ConnectionRecord]]:
+        done = yield statement
+        return [self._codec.decode_row(key, version, data) for key, version, data in done.rows]
 
     def _notify(self, key: str) -> _Stmt:
         payload = key if len(key.encode()) <= _MAX_PAYLOAD else ""

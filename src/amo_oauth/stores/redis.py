@@ -10,7 +10,8 @@ How a call is made safe:
 - Each script first checks the schema marker (``{prefix}schema``), so a database never migrated
   (or flushed since) is refused instead of silently written to.
 - The indexes are kept by the same scripts that write records: the set of keys per account
-  (``find_by_account``) and one sorted set of refresh due times (``due_for_refresh``).
+  (``find_by_account``), one sorted set of refresh due times (``due_for_refresh``, ``due_page``)
+  and one of every record key (``scan``).
 - Every write PUBLISHes the record key on one channel. A store holds ONE subscription per kind
   of caller (a listener thread for blocking waiters, a listener task for awaiting ones) and
   wakes the waiters of that key; a waiter never subscribes itself.
@@ -26,6 +27,8 @@ keep every key in one Redis Cluster slot):
   refresh due (POSIX seconds), ``d`` the encoded record.
 - ``{prefix}a:{account id}``: the set of record keys of that verified account.
 - ``{prefix}due``: record keys of connected records, scored by refresh due time.
+- ``{prefix}keys``: every record key, all scored 0, so that ``ZRANGE ... BYLEX`` reads them in
+  byte order (schema 2; ``migrate()`` builds it for a database of schema 1).
 - ``{prefix}l:{ledger key}``: a ledger entry (state nonce or code), expiring at its
   ``expires_at``; its value is ``=`` and the holder, or ``-`` for an entry without a holder.
 """
@@ -47,17 +50,24 @@ import redis.asyncio.retry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .._errors import StoreError
+from .._errors import StoreError, UndecryptableRecord
 from .._records import ConnectionRecord
 from ._base import AsyncBaseStore, BaseStore
-from ._common import check_limit, check_write, closed_error, require_aware, wait_seconds
-from ._protocol import Claim, ClaimResult, LedgerEntry
+from ._common import (
+    check_after,
+    check_limit,
+    check_write,
+    closed_error,
+    require_aware,
+    wait_seconds,
+)
+from ._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
 from ._rows import Encryption, RecordCodec, Row
 
 __all__ = ["SCHEMA_VERSION", "RedisStore"]
 
 #: The value of ``{prefix}schema`` this library writes and reads.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 #: Seconds a listener blocks for a message before looking whether it should stop.
 _LISTEN_POLL: Final = 0.2
@@ -74,6 +84,7 @@ _SCHEMA_REPLY: Final = "AMO_OAUTH_SCHEMA"
 _PREAMBLE: Final = f"""
 local SCHEMA, DUE = KEYS[1], KEYS[2]
 local PREFIX, CHANNEL = ARGV[2], ARGV[3]
+local ALL = PREFIX .. 'keys'
 local found = redis.call('GET', SCHEMA)
 if found ~= ARGV[1] then
   return redis.error_reply('{_SCHEMA_REPLY} ' .. (found or 'missing'))
@@ -85,6 +96,7 @@ local function unlink(rkey, key)
     redis.call('SREM', PREFIX .. 'a:' .. account, key)
   end
   redis.call('ZREM', DUE, key)
+  redis.call('ZREM', ALL, key)
   redis.call('DEL', rkey)
 end
 
@@ -108,7 +120,21 @@ local function put(rkey, first)
   if due ~= '' then
     redis.call('ZADD', DUE, due, key)
   end
+  redis.call('ZADD', ALL, 0, key)
   redis.call('PUBLISH', CHANNEL, key)
+end
+
+-- key, body, key, body, ...: what a paged read returns, so an unreadable body is named.
+local function keyed(keys)
+  local out = {{}}
+  for _, key in ipairs(keys) do
+    local data = redis.call('HGET', PREFIX .. 'c:' .. key, 'd')
+    if data then
+      table.insert(out, key)
+      table.insert(out, data)
+    end
+  end
+  return out
 end
 
 local function bodies(keys)
@@ -206,9 +232,70 @@ _DUE: Final = (
     + "return bodies(redis.call('ZRANGE', DUE, '-inf', ARGV[4], 'BYSCORE', 'LIMIT', 0, ARGV[5]))\n"
 )
 
-# KEYS[1] = the schema marker; ARGV[1] = this library's version. Returns the stored version.
+# ARGV[4] = '(' + cutoff (exclusive), ARGV[5] = limit, ARGV[6] = the cursor's score ('' = from
+# the start), ARGV[7] = the cursor's key. Records of one score are ordered by member (bytes);
+# the first one past the cursor's key is found by bisecting that run by rank, comparing bytes
+# (Lua's own string order follows the server's locale, so it is not used).
+_DUE_PAGE: Final = (
+    _PREAMBLE
+    + """
+local function key_before(a, b)
+  if a == b then
+    return false
+  end
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y
+    end
+  end
+  return #a < #b
+end
+local start = 0
+if ARGV[6] ~= '' then
+  local lo = redis.call('ZCOUNT', DUE, '-inf', '(' .. ARGV[6])
+  local hi = lo + redis.call('ZCOUNT', DUE, ARGV[6], ARGV[6])
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if key_before(ARGV[7], redis.call('ZRANGE', DUE, mid, mid)[1]) then
+      hi = mid
+    else
+      lo = mid + 1
+    end
+  end
+  start = lo
+end
+local stop = math.min(start + tonumber(ARGV[5]), redis.call('ZCOUNT', DUE, '-inf', ARGV[4])) - 1
+if stop < start then
+  return {}
+end
+return keyed(redis.call('ZRANGE', DUE, start, stop))
+"""
+)
+
+# ARGV[4] = '(' + the key to start after, or '-' (from the first); ARGV[5] = limit.
+_SCAN: Final = (
+    _PREAMBLE
+    + "return keyed(redis.call('ZRANGE', ALL, ARGV[4], '+', 'BYLEX', 'LIMIT', 0, ARGV[5]))\n"
+)
+
+# KEYS[1] = the schema marker; ARGV[1] = this library's version, ARGV[2] = the key prefix,
+# ARGV[3] = the SCAN pattern of its records. Returns the stored version. Schema 1 had no index
+# of every record key: it is built once, here, from the records themselves.
 _MIGRATE: Final = """
 local found = redis.call('GET', KEYS[1])
+if found == '1' then
+  local cursor = '0'
+  repeat
+    local reply = redis.call('SCAN', cursor, 'MATCH', ARGV[3], 'COUNT', 1000)
+    cursor = reply[1]
+    for _, rkey in ipairs(reply[2]) do
+      redis.call('ZADD', ARGV[2] .. 'keys', 0, string.sub(rkey, #ARGV[2] + 3))
+    end
+  until cursor == '0'
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
 if found then
   return found
 end
@@ -225,6 +312,8 @@ _SCRIPTS: Final = {
     "claim": _CLAIM,
     "find": _FIND,
     "due": _DUE,
+    "due_page": _DUE_PAGE,
+    "scan": _SCAN,
     "migrate": _MIGRATE,
 }
 
@@ -419,6 +508,31 @@ class RedisStore(BaseStore, AsyncBaseStore):
         """
         return self._many(self._run(self._due_call(before, limit)), by_key=False)
 
+    def due_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        """Up to ``limit`` connected records whose refresh token expires strictly before
+        ``before`` (aware), soonest first, ties by key, strictly after the position ``after``
+        (the last record's refresh-token expiry and key; None: from the start). One script:
+        a seek in the due sorted set (O(log n)), then the page.
+
+        Raises:
+            ValueError: ``before`` or ``after``'s time is naive, or ``limit`` is negative.
+            StoreError: Redis failed, the database is not migrated, or a record is unreadable.
+        """
+        return self._keyed(self._run(self._due_page_call(before, limit, after)))
+
+    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        """Up to ``limit`` records of any state, by key (byte order), with keys strictly after
+        ``after`` (None: from the first).
+
+        Raises:
+            ValueError: ``limit`` is negative.
+            StoreError: Redis failed, the database is not migrated, or a record is unreadable
+                (``UndecryptableRecord`` naming the row's key).
+        """
+        return self._keyed(self._run(self._scan_call(after, limit)))
+
     def wait_for_change(self, key: str, version: int, timeout: float) -> None:
         """Return once the record's version may differ from ``version`` (0: no record), or
         after ``timeout`` seconds; it may return early. Woken by the store's one pub/sub
@@ -495,6 +609,16 @@ class RedisStore(BaseStore, AsyncBaseStore):
         """See ``due_for_refresh``."""
         return self._many(await self._arun(self._due_call(before, limit)), by_key=False)
 
+    async def adue_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        """See ``due_page``."""
+        return self._keyed(await self._arun(self._due_page_call(before, limit, after)))
+
+    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        """See ``scan``."""
+        return self._keyed(await self._arun(self._scan_call(after, limit)))
+
     async def await_for_change(self, key: str, version: int, timeout: float) -> None:
         """See ``wait_for_change``; woken by the store's one listener task on this loop.
 
@@ -563,7 +687,9 @@ class RedisStore(BaseStore, AsyncBaseStore):
         ]
 
     def _migrate_call(self) -> _Call:
-        return ("migrate", "migrate", [self._prefix + "schema"], [str(SCHEMA_VERSION)])
+        records = _glob_escaped(self._prefix) + "c:*"
+        args = [str(SCHEMA_VERSION), self._prefix, records]
+        return ("migrate", "migrate", [self._prefix + "schema"], args)
 
     def _load_call(self, key: str) -> _Call:
         return ("load", "load a record", self._base(self._record_key(key)), self._args())
@@ -603,6 +729,19 @@ class RedisStore(BaseStore, AsyncBaseStore):
         count = str(min(check_limit(limit), _MAX_LIMIT))
         return ("due", "list records due for refresh", self._base(), self._args(cutoff, count))
 
+    def _due_page_call(self, before: datetime, limit: int, after: DueCursor | None) -> _Call:
+        cutoff = "(" + repr(require_aware(before, "before").timestamp())
+        count = str(min(check_limit(limit), _MAX_LIMIT))
+        cursor = check_after(after)
+        score, key = ("", "") if cursor is None else (repr(cursor[0]), cursor[1])
+        args = self._args(cutoff, count, score, key)
+        return ("due_page", "list records due for refresh", self._base(), args)
+
+    def _scan_call(self, after: str | None, limit: int) -> _Call:
+        count = str(min(check_limit(limit), _MAX_LIMIT))
+        start = "-" if after is None else "(" + after
+        return ("scan", "scan records", self._base(), self._args(start, count))
+
     def _run(self, call: _Call) -> Any:
         self._check_open()
         name, action, keys, args = call
@@ -620,6 +759,16 @@ class RedisStore(BaseStore, AsyncBaseStore):
 
     def _one(self, data: str | None) -> ConnectionRecord | None:
         return None if data is None else self._codec.decode(data)
+
+    def _keyed(self, reply: Sequence[str]) -> list[ConnectionRecord]:
+        """The records of a paged read's ``key, body, ...`` reply, in its order."""
+        records = []
+        for key, data in zip(reply[::2], reply[1::2], strict=True):
+            try:
+                records.append(self._codec.decode(data))
+            except UndecryptableRecord as error:
+                raise UndecryptableRecord(str(error), key) from None
+        return records
 
     def _many(self, bodies: Sequence[str], *, by_key: bool) -> list[ConnectionRecord]:
         records = [self._codec.decode(data) for data in bodies]
@@ -912,3 +1061,8 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
     return event.is_set()
+
+
+def _glob_escaped(text: str) -> str:
+    """``text`` matched literally by a Redis glob (``SCAN ... MATCH``)."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

@@ -44,16 +44,24 @@ from typing import Any, Final, TypeVar
 from .._errors import StoreError
 from .._records import ConnectionRecord, ConnectionState
 from ._base import AsyncBaseStore, BaseStore
-from ._common import check_limit, check_write, closed_error, require_aware, wait_seconds
-from ._protocol import Claim, ClaimResult, LedgerEntry
+from ._common import (
+    check_after,
+    check_limit,
+    check_write,
+    closed_error,
+    require_aware,
+    wait_seconds,
+)
+from ._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
 from ._rows import Encryption, RecordCodec, Row
 
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 
-#: ``PRAGMA user_version`` of the schema below; a file of a newer schema is refused.
-SCHEMA_VERSION: Final = 1
+#: ``PRAGMA user_version`` of the schema below; a file of a newer schema is refused, an older
+#: one brought up to it (every statement is ``IF NOT EXISTS``). 2 added the sweep's keyset index.
+SCHEMA_VERSION: Final = 2
 
 # ``connection_id`` holds ``ConnectionRecord.key`` (the same text as before for legacy records).
 _SCHEMA: Final = (
@@ -68,6 +76,9 @@ _SCHEMA: Final = (
     "CREATE INDEX IF NOT EXISTS amo_connections_account ON amo_connections (account_id)",
     """CREATE INDEX IF NOT EXISTS amo_connections_refresh
         ON amo_connections (state, refresh_expires_at)""",
+    # The keyset order of due_page: (expiry, key) after a cursor, with no sort.
+    """CREATE INDEX IF NOT EXISTS amo_connections_due
+        ON amo_connections (state, refresh_expires_at, connection_id)""",
     """CREATE TABLE IF NOT EXISTS amo_states (
         nonce TEXT PRIMARY KEY,
         holder TEXT,
@@ -88,6 +99,13 @@ _BY_ACCOUNT: Final = """SELECT connection_id, version, data FROM amo_connections
 _DUE: Final = """SELECT connection_id, version, data FROM amo_connections
     WHERE state = ? AND refresh_expires_at < ?
     ORDER BY refresh_expires_at, connection_id LIMIT ?"""
+_DUE_AFTER: Final = """SELECT connection_id, version, data FROM amo_connections
+    WHERE state = ? AND refresh_expires_at < ? AND (refresh_expires_at, connection_id) > (?, ?)
+    ORDER BY refresh_expires_at, connection_id LIMIT ?"""
+_SCAN: Final = """SELECT connection_id, version, data FROM amo_connections
+    ORDER BY connection_id LIMIT ?"""
+_SCAN_AFTER: Final = """SELECT connection_id, version, data FROM amo_connections
+    WHERE connection_id > ? ORDER BY connection_id LIMIT ?"""
 # An expired entry is free: taking it over is what forgetting it would allow anyway.
 _TAKE: Final = """INSERT INTO amo_states (nonce, holder, expires_at) VALUES (?, ?, ?)
     ON CONFLICT (nonce) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
@@ -255,6 +273,43 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         limit = min(check_limit(limit), _INT64_MAX)
         params = (ConnectionState.CONNECTED.value, moment, limit)
         return [self._decode(row) for row in self._read("read", _DUE, params)]
+
+    def due_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        """Up to ``limit`` connected records whose refresh token expires before ``before``
+        (aware), soonest first (ties by key), strictly after the position ``after`` (the last
+        record's refresh-token expiry and key; None: from the start). One indexed range read:
+        a page costs the same wherever it starts.
+
+        Raises:
+            ValueError: ``before`` or ``after``'s time is naive, or ``limit`` is negative.
+            StoreError: as ``load``.
+        """
+        moment = require_aware(before, "before").timestamp()
+        limit = min(check_limit(limit), _INT64_MAX)
+        cursor = check_after(after)
+        state = ConnectionState.CONNECTED.value
+        if cursor is None:
+            rows = self._read("read", _DUE, (state, moment, limit))
+        else:
+            rows = self._read("read", _DUE_AFTER, (state, moment, *cursor, limit))
+        return [self._decode(row) for row in rows]
+
+    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        """Up to ``limit`` records of any state, by key, with keys strictly after ``after``
+        (None: from the first).
+
+        Raises:
+            ValueError: ``limit`` is negative.
+            StoreError: as ``load`` (``UndecryptableRecord`` naming the row's key).
+        """
+        limit = min(check_limit(limit), _INT64_MAX)
+        if after is None:
+            rows = self._read("read", _SCAN, (limit,))
+        else:
+            rows = self._read("read", _SCAN_AFTER, (after, limit))
+        return [self._decode(row) for row in rows]
 
     def holder_of(self, key: str) -> str | None:
         """Who holds the ledger key; None when it is free, expired or held without a holder.
@@ -433,6 +488,16 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
     async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
         """See ``due_for_refresh`` (run in a worker thread)."""
         return await asyncio.to_thread(self.due_for_refresh, before, limit)
+
+    async def adue_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        """See ``due_page`` (run in a worker thread)."""
+        return await asyncio.to_thread(self.due_page, before, limit, after)
+
+    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        """See ``scan`` (run in a worker thread)."""
+        return await asyncio.to_thread(self.scan, after, limit)
 
     async def aholder_of(self, key: str) -> str | None:
         """See ``holder_of`` (run in a worker thread)."""

@@ -64,7 +64,16 @@ from .._records import (
     code_digest,
 )
 from ..stores._base import AsyncBaseStore, BaseStore, as_async_store, as_full_store
-from ..stores._protocol import AsyncStore, Claim, ClaimResult, FullStore, LedgerEntry, Store
+from ..stores._common import due_position
+from ..stores._protocol import (
+    AsyncStore,
+    Claim,
+    ClaimResult,
+    DueCursor,
+    FullStore,
+    LedgerEntry,
+    Store,
+)
 
 __all__ = ["StoreContract"]
 
@@ -233,6 +242,25 @@ def reads_ledger(full: FullStore) -> bool:
     """False for a store keeping ``BaseStore.holder_of``, which reads nothing (always None)."""
     default: object = BaseStore.holder_of
     return type(full).holder_of is not default
+
+
+def lists_records(full: FullStore) -> bool:
+    """False for a store keeping ``BaseStore.scan``, which cannot list records."""
+    try:
+        full.scan(None, 0)
+    except NotImplementedError:
+        return False
+    except Exception:  # a closed or failing store: it has a scan of its own to fail
+        return True
+    return True
+
+
+def async_lists_records(store: AnyStore) -> bool:
+    """``lists_records`` for the store's awaitable side."""
+    if isinstance(store, AsyncStore):
+        default: object = AsyncBaseStore.ascan
+        return type(store).ascan is not default
+    return lists_records(as_full_store(store))
 
 
 def async_reads_ledger(store: AnyStore) -> bool:
@@ -838,6 +866,173 @@ class StoreContract:
         with pytest.raises(ValueError, match="timezone-aware"):
             full_store.due_for_refresh(datetime(2030, 1, 1), 10)
 
+    # -- due_page ------------------------------------------------------------------------
+
+    #: Keys whose code-point order is not their order in some collations (case, accents).
+    PAGE_KEYS = ("B", "a", "a-1", "a1", "b", "z", "\u00e9", "\u00e9t\u00e9", "\u0436", "\U0001f600")
+
+    @classmethod
+    def seed_pages(cls, store: FullStore) -> list[str]:
+        """Records due on three days, most of them on one (ties), two not due, one not
+        connected. Returns the due keys in due order."""
+        tied = T0 + timedelta(days=2)
+        for cid in cls.PAGE_KEYS:
+            assert store.compare_and_set(make_record(cid, refresh_expires_at=tied), None)
+        early = make_record("early", refresh_expires_at=T0 + timedelta(days=1))
+        late = make_record("late", refresh_expires_at=T0 + timedelta(days=3))
+        for record in (early, late):
+            assert store.compare_and_set(record, None)
+        for cid, days in (("later", 40), ("latest", 50)):
+            record = make_record(cid, refresh_expires_at=T0 + timedelta(days=days))
+            assert store.compare_and_set(record, None)
+        error = make_record("err", state=ConnectionState.ERROR, refresh_expires_at=T0)
+        assert store.compare_and_set(error, None)
+        return ["early", *sorted(cls.PAGE_KEYS), "late"]
+
+    @staticmethod
+    def all_pages(store: FullStore, before: datetime, limit: int) -> list[list[str]]:
+        pages: list[list[str]] = []
+        after: DueCursor | None = None
+        while True:
+            page = store.due_page(before, limit, after)
+            assert len(page) <= limit
+            if not page:
+                return pages
+            pages.append([record.key for record in page])
+            after = due_position(page[-1])
+            assert len(pages) < 100, "due_page never ran out of records"
+
+    def test_due_page_visits_every_due_record_once_in_order(self, full_store: FullStore) -> None:
+        due = self.seed_pages(full_store)
+        cutoff = T0 + timedelta(days=10)
+        assert [r.key for r in full_store.due_for_refresh(cutoff, 100)] == due
+        for limit in (1, 2, 3, 5, len(due), 100):
+            pages = self.all_pages(full_store, cutoff, limit)
+            assert [key for page in pages for key in page] == due, limit
+            assert all(len(page) == limit for page in pages[:-1])
+
+    def test_due_page_first_page_is_due_for_refresh(self, full_store: FullStore) -> None:
+        self.seed_pages(full_store)
+        cutoff = T0 + timedelta(days=10)
+        assert full_store.due_page(cutoff, 4) == full_store.due_for_refresh(cutoff, 4)
+        assert full_store.due_page(cutoff, 0) == []
+        assert full_store.due_page(cutoff, 0, (T0, "a")) == []
+        assert len(full_store.due_page(cutoff, 2**70)) == len(self.PAGE_KEYS) + 2
+
+    def test_due_page_of_an_empty_store(self, full_store: FullStore) -> None:
+        assert full_store.due_page(T0 + timedelta(days=1000), 10) == []
+        assert full_store.due_page(T0 + timedelta(days=1000), 10, (T0, "x")) == []
+
+    def test_due_page_resumes_after_a_position_no_record_holds(self, full_store: FullStore) -> None:
+        self.seed_pages(full_store)
+        tied = T0 + timedelta(days=2)
+        cutoff = T0 + timedelta(days=10)
+        # Between "a1" and "b" of the tied run, then past every key of it, then before it.
+        assert [r.key for r in full_store.due_page(cutoff, 2, (tied, "a2"))] == ["b", "z"]
+        assert [r.key for r in full_store.due_page(cutoff, 2, (tied, "\U0010ffff"))] == ["late"]
+        assert [r.key for r in full_store.due_page(cutoff, 1, (tied, ""))] == ["B"]
+        just_before = tied - timedelta(microseconds=1)
+        assert [r.key for r in full_store.due_page(cutoff, 1, (just_before, "zzz"))] == ["B"]
+        assert full_store.due_page(cutoff, 5, (cutoff, "")) == []
+
+    def test_due_page_cutoff_is_strict_and_instants_not_wall_clocks(
+        self, full_store: FullStore
+    ) -> None:
+        self.seed_pages(full_store)
+        tied = T0 + timedelta(days=2)
+        assert [r.key for r in full_store.due_page(tied, 10)] == ["early"]
+        elsewhere = (tied + timedelta(hours=3)).replace(tzinfo=timezone(timedelta(hours=3)))
+        assert [r.key for r in full_store.due_page(elsewhere, 10)] == ["early"]
+        cursor = (tied.astimezone(timezone(timedelta(hours=-5))), "a1")
+        assert [r.key for r in full_store.due_page(T0 + timedelta(days=10), 1, cursor)] == ["b"]
+
+    def test_due_page_ignores_records_moved_behind_the_cursor(self, full_store: FullStore) -> None:
+        due = self.seed_pages(full_store)
+        cutoff = T0 + timedelta(days=10)
+        first = full_store.due_page(cutoff, 3)
+        assert [r.key for r in first] == due[:3]
+        # A record of the first page refreshed (pushed past the cutoff), one not yet reached
+        # moved before the cursor: neither is met again; the rest follow in order.
+        pushed = make_record(first[0].key, version=2, refresh_expires_at=T0 + timedelta(days=90))
+        assert full_store.compare_and_set(pushed, 1)
+        back = make_record("late", version=2, refresh_expires_at=T0)
+        assert full_store.compare_and_set(back, 1)
+        rest = full_store.due_page(cutoff, 100, due_position(first[-1]))
+        assert [r.key for r in rest] == due[3:-1]
+
+    def test_due_page_bad_arguments(self, full_store: FullStore) -> None:
+        with pytest.raises(ValueError, match="limit"):
+            full_store.due_page(T0, -1)
+        with pytest.raises(ValueError, match="timezone-aware"):
+            full_store.due_page(datetime(2030, 1, 1), 10)
+        with pytest.raises(ValueError, match="timezone-aware"):
+            full_store.due_page(T0, 10, (datetime(2030, 1, 1), "a"))
+
+    # -- scan ----------------------------------------------------------------------------
+
+    @staticmethod
+    def scan_pages(store: FullStore, limit: int) -> list[list[str]]:
+        pages: list[list[str]] = []
+        after: str | None = None
+        while True:
+            page = store.scan(after, limit)
+            assert len(page) <= limit
+            if not page:
+                return pages
+            pages.append([record.key for record in page])
+            after = page[-1].key
+            assert len(pages) < 100, "scan never ran out of records"
+
+    def test_scan_visits_every_record_once_by_key(self, full_store: FullStore) -> None:
+        if not lists_records(full_store):
+            pytest.skip("the store cannot list its records (BaseStore.scan)")
+        self.seed_pages(full_store)
+        bare = ConnectionRecord("bare", state=ConnectionState.DISCONNECTED, version=3)
+        assert full_store.compare_and_set(bare, None)
+        keys = sorted([*self.PAGE_KEYS, "early", "late", "later", "latest", "err", "bare"])
+        for limit in (1, 2, 4, len(keys), 1000):
+            pages = self.scan_pages(full_store, limit)
+            assert [key for page in pages for key in page] == keys, limit
+            assert all(len(page) == limit for page in pages[:-1])
+        found = {record.key: record for record in full_store.scan(None, 1000)}
+        assert found["bare"] == bare
+        assert found["err"].state is ConnectionState.ERROR
+
+    def test_scan_limits_cursors_and_an_empty_store(self, full_store: FullStore) -> None:
+        if not lists_records(full_store):
+            pytest.skip("the store cannot list its records (BaseStore.scan)")
+        assert full_store.scan(None, 10) == []
+        assert full_store.scan("m", 10) == []
+        for cid in ("b", "d", "f"):
+            assert full_store.compare_and_set(make_record(cid), None)
+        assert full_store.scan(None, 0) == []
+        assert [r.key for r in full_store.scan("c", 10)] == ["d", "f"]
+        assert [r.key for r in full_store.scan("b", 1)] == ["d"]
+        assert full_store.scan("f", 10) == []
+        assert [r.key for r in full_store.scan("", 2**70)] == ["b", "d", "f"]
+        assert full_store.delete("d", 1)
+        assert [r.key for r in full_store.scan("b", 10)] == ["f"]
+        with pytest.raises(ValueError, match="limit"):
+            full_store.scan(None, -1)
+
+    def test_async_paged_reads(self, store: AnyStore, async_store: AsyncStore) -> None:
+        lists = async_lists_records(store)
+
+        async def main() -> None:
+            tied = T0 + timedelta(days=1)
+            for cid in ("c", "a", "b"):
+                record = make_record(cid, refresh_expires_at=tied)
+                assert await async_store.acompare_and_set(record, None)
+            first = await async_store.adue_page(T0 + timedelta(days=3), 2)
+            assert [record.key for record in first] == ["a", "b"]
+            rest = await async_store.adue_page(T0 + timedelta(days=3), 2, due_position(first[-1]))
+            assert [record.key for record in rest] == ["c"]
+            if lists:
+                assert [r.key for r in await async_store.ascan(None, 2)] == ["a", "b"]
+                assert [r.key for r in await async_store.ascan("b", 2)] == ["c"]
+
+        self.run_async(main())
+
     # -- close and failures --------------------------------------------------------------
 
     @staticmethod
@@ -850,11 +1045,14 @@ class StoreContract:
             "consume_state": lambda: store.consume_state("n", later()),
             "find_by_account": lambda: store.find_by_account(42),
             "due_for_refresh": lambda: store.due_for_refresh(T0, 10),
+            "due_page": lambda: store.due_page(T0, 10, (T0, "c0")),
             "claim": lambda: store.claim(make_claim("c8", code="code-8")),
             "wait_for_change": lambda: store.wait_for_change("c1", 1, 0.05),
         }
         if reads_ledger(store):
             calls["holder_of"] = lambda: store.holder_of("n")
+        if lists_records(store):
+            calls["scan"] = lambda: store.scan(None, 10)
         return calls
 
     @staticmethod
@@ -867,6 +1065,8 @@ class StoreContract:
             "aconsume_state": lambda: store.aconsume_state("n", later()),
             "afind_by_account": lambda: store.afind_by_account(42),
             "adue_for_refresh": lambda: store.adue_for_refresh(T0, 10),
+            "adue_page": lambda: store.adue_page(T0, 10, (T0, "c0")),
+            "ascan": lambda: store.ascan(None, 10),
             "aclaim": lambda: store.aclaim(make_claim("c8", code="code-8")),
             "await_for_change": lambda: store.await_for_change("c1", 1, 0.05),
             "aholder_of": lambda: store.aholder_of("n"),
@@ -891,6 +1091,8 @@ class StoreContract:
         calls = self.async_calls(astore)
         if not async_reads_ledger(failing_store):
             del calls["aholder_of"]
+        if not async_lists_records(failing_store):
+            del calls["ascan"]
 
         async def main() -> dict[str, str]:
             outcomes: dict[str, str] = {}
