@@ -33,7 +33,7 @@ from ._records import (
     SeenCode,
     TokenSet,
 )
-from ._results import AuthorizationRequest, CallbackResult, Outcome, RefreshReport
+from ._results import AuthorizationRequest, CallbackResult, Outcome, RefreshReport, SweepProgress
 from ._service import AmoOAuth, AsyncAmoOAuth
 from .stores import AsyncStore, MemoryStore, SQLiteStore, Store, store_from_url
 
@@ -71,6 +71,7 @@ __all__ = [
     "SeenCode",
     "Store",
     "StoreError",
+    "SweepProgress",
     "TokenScopeError",
     "TokenSet",
     "UndecryptableRecord",

@@ -8,7 +8,7 @@ anyone uses it. Everyone else waits for that write and uses its token.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime
 from typing import NoReturn
 
 import attrs
@@ -19,7 +19,7 @@ from ._events import RefreshClaimed, Refreshed, RefreshFailed, RefreshReleased
 from ._flow_records import logger
 from ._flow_verify import Verification
 from ._hosts import AccountHost
-from ._ops import DueForRefresh, Flow, Send, Sleep, perform
+from ._ops import DuePage, Flow, Send, Sleep, perform
 from ._provider import (
     api_domain_of,
     lookup_request,
@@ -32,8 +32,9 @@ from ._provider import (
 )
 from ._reasons import Reason
 from ._records import ConnectionRecord, ErrorInfo, check_connection_id
-from ._results import RefreshReport
 from ._state import step
+from ._sweep import Done
+from .stores._protocol import DueCursor
 
 __all__ = ["TokenFlows"]
 
@@ -64,24 +65,29 @@ class TokenFlows(Verification):
         host, _, _ = record.api_credentials() or ("", "", "")
         return host, token
 
-    def refresh_due(self, within: timedelta, limit: int) -> Flow[RefreshReport]:
-        before = self.now() + within
+    def due_page(
+        self, before: datetime, limit: int, after: DueCursor | None
+    ) -> Flow[list[ConnectionRecord]]:
+        """One page of the records whose refresh token expires before ``before``."""
+        return (yield from perform(DuePage(before, limit, after)))
+
+    def refresh_one(self, ref: ConnectionRecord, before: datetime) -> Flow[Done]:
+        """The keep-alive sweep's work on one due record: refresh it unless its refresh token
+        already outlasts ``before`` (the table decides; another machine may have done it).
+        Never raises for a failed refresh: the ``Done`` says why."""
+        if ref.integration not in (None, self.config.client_id):
+            return Done(ref.connection_id, skipped=True)  # our secret cannot refresh it
 
         def wanted() -> RefreshClaimed:
             return RefreshClaimed(self.lease("refresh"), self.now(), refresh_before=before)
 
-        records = yield from perform(DueForRefresh(before, limit))
-        refreshed, failed = [], []
-        for record in records:
-            if record.integration not in (None, self.config.client_id):
-                continue  # another integration's connection: our secret cannot refresh it
-            try:
-                yield from self._token(record, wanted)
-            except AmoOAuthError as error:
-                failed.append((record.connection_id, _slug(error)))
-            else:
-                refreshed.append(record.connection_id)
-        return RefreshReport(tuple(refreshed), tuple(failed))
+        try:
+            yield from self._token(ref, wanted)
+        except ReauthorizationRequired as error:
+            return Done(ref.connection_id, error.reason, reauthorize=True)
+        except AmoOAuthError as error:
+            return Done(ref.connection_id, _slug(error))
+        return Done(ref.connection_id)
 
     def _token(self, ref: ConnectionRecord, wanted: Callable[[], RefreshClaimed]) -> Flow[str]:
         """A usable access token; at most one refresh in flight per connection, anywhere."""
@@ -258,8 +264,6 @@ class TokenFlows(Verification):
 
 
 def _slug(error: AmoOAuthError) -> str:
-    if isinstance(error, ReauthorizationRequired):
-        return error.reason
     if isinstance(error, ProviderError):
         return reason_of(error)
     return type(error).__name__

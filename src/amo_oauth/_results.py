@@ -9,7 +9,7 @@ import attrs
 
 from ._records import Connection, ConnectionState
 
-__all__ = ["AuthorizationRequest", "CallbackResult", "Outcome", "RefreshReport"]
+__all__ = ["AuthorizationRequest", "CallbackResult", "Outcome", "RefreshReport", "SweepProgress"]
 
 
 class Outcome(enum.StrEnum):
@@ -69,7 +69,47 @@ class AuthorizationRequest:
 
 @attrs.frozen
 class RefreshReport:
-    """What ``refresh_due`` did: connections refreshed, and those that failed with why."""
+    """What ``refresh_due`` did: connections refreshed, and those that failed with why.
+
+    Attributes:
+        refreshed: connection ids whose refresh token now outlasts the window (refreshed by
+            this run, or meanwhile by another worker or machine).
+        failed: ``(connection id, reason)`` for each connection that could not be refreshed;
+            the reason is a ``ReauthorizationRequired`` reason, a provider reason slug (e.g.
+            ``provider_unavailable``: tried again on the next run) or an error class name
+            (``StoreError``).
+        needs_reauthorization: the connection ids of ``failed`` that stay unusable until the
+            user consents again (their reason came with ``ReauthorizationRequired``).
+        skipped: due records of another integration (another client id), left alone.
+    """
 
     refreshed: tuple[str, ...] = ()
     failed: tuple[tuple[str, str], ...] = ()
+    needs_reauthorization: tuple[str, ...] = ()
+    skipped: int = 0
+
+    @property
+    def failed_by_reason(self) -> dict[str, int]:
+        """How many connections failed for each reason, most frequent first (then by name)."""
+        counts: dict[str, int] = {}
+        for _, reason in self.failed:
+            counts[reason] = counts.get(reason, 0) + 1
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+@attrs.frozen
+class SweepProgress:
+    """Where a ``refresh_due`` run is: passed to its ``progress`` callback after each
+    connection.
+
+    Attributes:
+        done: connections handled so far (refreshed, failed or skipped).
+        refreshed: of those, refreshed.
+        failed: of those, failed.
+        skipped: of those, another integration's.
+    """
+
+    done: int
+    refreshed: int
+    failed: int
+    skipped: int = 0

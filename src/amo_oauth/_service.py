@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -17,10 +17,12 @@ from ._driving import adrive, drive
 from ._flows import Flows
 from ._ops import Op, Send, Sleep, StoreOp
 from ._provider import asend_within, send_within
-from ._records import Connection
-from ._results import AuthorizationRequest, CallbackResult, RefreshReport
+from ._records import Connection, ConnectionRecord
+from ._results import AuthorizationRequest, CallbackResult, RefreshReport, SweepProgress
+from ._sweep import Done, HostPacer, SweepPlan, asweep, sweep
 from .stores import AsyncStore, SQLiteStore, Store
 from .stores._base import as_async_store, as_full_store
+from .stores._protocol import DueCursor
 
 __all__ = ["AmoOAuth", "AsyncAmoOAuth"]
 
@@ -192,13 +194,65 @@ class AmoOAuth(_Base):
         """
         return self._run(self._flows.handle_disconnect_hook(query))
 
-    def refresh_due(self, within: timedelta = timedelta(days=7), limit: int = 100) -> RefreshReport:
-        """Refresh connections whose refresh token expires within ``within``.
+    def refresh_due(
+        self,
+        within: timedelta = timedelta(days=7),
+        limit: int | None = 100,
+        *,
+        concurrency: int = 16,
+        per_host_rate: float = 7.0,
+        progress: Callable[[SweepProgress], None] | None = None,
+    ) -> RefreshReport:
+        """The keep-alive sweep: refresh every connection whose REFRESH token expires within
+        ``within`` from now.
 
-        amoCRM revokes a refresh token three months after issue; run this daily to keep
-        idle connections alive.
+        amoCRM revokes a refresh token three months (90 days) after it was issued or last
+        used, so an idle connection dies unless it is refreshed; run this daily (``amo-oauth
+        refresh-due``). Access tokens are not the criterion: ``access_token()`` refreshes
+        those when they are used.
+
+        The due records are read page by page (a keyset cursor on the refresh-token expiry
+        and key), so memory stays flat however many connections there are, and each record
+        due when the run starts is handled at most once. Refreshes run in up to
+        ``concurrency`` worker threads; requests to one account host are spaced so that at
+        most ``per_host_rate`` go out per second (process-local). Each refresh is the usual
+        single-flight one: several machines may sweep at once.
+
+        Args:
+            within: the window (a ``timedelta``); records expiring before now + ``within`` are
+                due. Over 90 days every pair is due, even one refreshed by this very run: the
+                run then keeps the keys it refreshed in memory to refresh each once.
+            limit: at most this many due records are handled (the soonest); None: all.
+            concurrency: refreshes in flight at once, >= 1.
+            per_host_rate: requests per second to one account host, > 0 (amoCRM allows 7).
+            progress: called in this thread after each connection with a ``SweepProgress``.
+
+        Returns:
+            A ``RefreshReport``: refreshed, failed (with reasons), needing re-authorization.
+
+        Raises:
+            TypeError: ``within`` is not a ``timedelta``, or ``limit`` is not an int or None.
+            ValueError: ``limit`` < 0, ``concurrency`` < 1, or ``per_host_rate`` <= 0.
+            StoreError: a page of due records could not be read (after the refreshes in
+                flight finish). A refresh that fails is reported, not raised.
         """
-        return self._run(self._flows.refresh_due(within, limit))
+        plan = SweepPlan.make(self._flows.now(), within, limit, concurrency, per_host_rate)
+        pacer = HostPacer(plan.per_host_rate)
+
+        def paced(op: Op) -> Any:
+            if isinstance(op, Send):
+                pause = pacer.reserve(op.request.url.host)
+                if pause > 0:
+                    time.sleep(pause)
+            return self._perform(op)
+
+        def read(after: DueCursor | None, size: int) -> list[ConnectionRecord]:
+            return self._run(self._flows.due_page(plan.before, size, after))
+
+        def refresh(record: ConnectionRecord) -> Done:
+            return drive(self._flows.refresh_one(record, plan.before), paced)
+
+        return sweep(plan, read, refresh, progress)
 
     def close(self) -> None:
         """Close the http client if this object made it, and the store."""
@@ -301,10 +355,35 @@ class AsyncAmoOAuth(_Base):
         return await self._shielded(self._flows.handle_disconnect_hook(query))
 
     async def refresh_due(
-        self, within: timedelta = timedelta(days=7), limit: int = 100
+        self,
+        within: timedelta = timedelta(days=7),
+        limit: int | None = 100,
+        *,
+        concurrency: int = 16,
+        per_host_rate: float = 7.0,
+        progress: Callable[[SweepProgress], None] | None = None,
     ) -> RefreshReport:
-        """See ``AmoOAuth.refresh_due``."""
-        return await self._shielded(self._flows.refresh_due(within, limit))
+        """See ``AmoOAuth.refresh_due``: the same sweep, with up to ``concurrency`` tasks on
+        this event loop instead of threads (``progress`` is called on the loop). Each
+        connection's refresh is shielded: a cancelled sweep stops taking new records, and the
+        refreshes in flight still store what amoCRM answered (``aclose()`` waits for them)."""
+        plan = SweepPlan.make(self._flows.now(), within, limit, concurrency, per_host_rate)
+        pacer = HostPacer(plan.per_host_rate)
+
+        async def paced(op: Op) -> Any:
+            if isinstance(op, Send):
+                pause = pacer.reserve(op.request.url.host)
+                if pause > 0:
+                    await asyncio.sleep(pause)
+            return await self._perform(op)
+
+        async def read(after: DueCursor | None, size: int) -> list[ConnectionRecord]:
+            return await self._run(self._flows.due_page(plan.before, size, after))
+
+        async def refresh(record: ConnectionRecord) -> Done:
+            return await self._shielded(self._flows.refresh_one(record, plan.before), paced)
+
+        return await asweep(plan, read, refresh, progress)
 
     async def aclose(self) -> None:
         """Let shielded calls whose callers were cancelled finish, then close the http client
@@ -324,7 +403,11 @@ class AsyncAmoOAuth(_Base):
     async def _run(self, flow: Generator[Op, Any, T]) -> T:
         return await adrive(flow, self._perform)
 
-    async def _shielded(self, flow: Generator[Op, Any, T]) -> T:
+    async def _shielded(
+        self,
+        flow: Generator[Op, Any, T],
+        perform: Callable[[Op], Awaitable[Any]] | None = None,
+    ) -> T:
         """Run a flow that may send a code or a refresh token, shielded from cancellation.
 
         amoCRM spends a code or rotates a refresh pair the moment it answers; a caller cancelled
@@ -332,7 +415,7 @@ class AsyncAmoOAuth(_Base):
         hung up) would lose the only valid pair. The caller is cancelled at once; the flow runs
         on to its end in a task ``aclose()`` waits for.
         """
-        task = asyncio.ensure_future(self._run(flow))
+        task = asyncio.ensure_future(adrive(flow, perform or self._perform))
         self._finishing.add(task)
         task.add_done_callback(self._finished)
         return await asyncio.shield(task)

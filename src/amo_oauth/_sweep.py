@@ -1,0 +1,274 @@
+"""The keep-alive sweep at scale: due records streamed page by page, refreshed concurrently,
+each account host paced, the outcome tallied.
+
+The per-connection work is the ordinary refresh flow (``TokenFlows.refresh_one``: the table
+decides, the refresh lease makes it single-flight across machines); this module only decides
+*which* records to hand it, how many at once, and how fast per host:
+
+- ``SweepPlan`` checks the arguments and walks the store's ``due_page`` by keyset cursor, so a
+  run holds one page of records at a time, whatever the number of connections, and meets each
+  record due when it started at most once (the cursor only moves forward).
+- ``HostPacer``: at most ``rate`` requests per second to one account host (amoCRM allows 7),
+  by spacing that host's requests ``1 / rate`` seconds apart. Process-local: several machines
+  sweeping at once each keep their own pace (the lease still makes each refresh happen once).
+- ``sweep`` (threads) and ``asweep`` (tasks) keep at most ``concurrency`` refreshes in flight
+  and a bounded window of submitted work, and tally a ``RefreshReport``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import datetime, timedelta
+from typing import Final
+
+import attrs
+
+from ._provider import REFRESH_TOKEN_LIFETIME
+from ._records import ConnectionRecord
+from ._results import RefreshReport, SweepProgress
+from .stores._common import due_position
+from .stores._protocol import DueCursor
+
+__all__ = ["Done", "HostPacer", "SweepPlan", "asweep", "sweep"]
+
+#: Records read from the store per page: one page is what a run holds at a time.
+PAGE_SIZE: Final = 256
+#: A pacer forgets hosts whose next slot has passed once it tracks this many.
+_PACER_PRUNE_AT: Final = 4096
+
+ReadPage = Callable[[DueCursor | None, int], list[ConnectionRecord]]
+AReadPage = Callable[[DueCursor | None, int], Awaitable[list[ConnectionRecord]]]
+
+
+@attrs.frozen
+class Done:
+    """What the sweep did with one record."""
+
+    connection_id: str
+    #: None: the connection's refresh token now outlasts the window. Else why it failed.
+    reason: str | None = None
+    #: The failure leaves the connection needing a new consent (``ReauthorizationRequired``).
+    reauthorize: bool = False
+    #: Another integration's record: our client secret cannot refresh it.
+    skipped: bool = False
+
+
+class HostPacer:
+    """At most ``rate`` requests per second to each host: each host's requests are spaced
+    ``1 / rate`` seconds apart (no bursts). Thread-safe; one per sweep; process-local.
+
+    Args:
+        rate: requests per second per host, > 0.
+        clock: monotonic seconds; for tests.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = 1.0 / rate
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}
+
+    def reserve(self, host: str) -> float:
+        """Take the host's next free slot; returns how many seconds to wait before sending."""
+        with self._lock:
+            now = self._clock()
+            if len(self._next) >= _PACER_PRUNE_AT:
+                self._next = {name: at for name, at in self._next.items() if at > now}
+            slot = max(now, self._next.get(host, now))
+            self._next[host] = slot + self._interval
+            return slot - now
+
+
+@attrs.frozen
+class SweepPlan:
+    """One run's checked arguments, and its walk over the due records.
+
+    Raises (``make``):
+        TypeError: ``within`` is not a ``timedelta``.
+        ValueError: ``limit`` < 0, ``concurrency`` < 1, ``per_host_rate`` not a positive
+            finite number.
+    """
+
+    before: datetime
+    limit: int | None
+    concurrency: int
+    per_host_rate: float
+    #: The window outlasts a refresh token's lifetime, so a pair refreshed by this run may
+    #: itself be due before ``before``: the run then remembers what it refreshed.
+    remember: bool
+
+    @classmethod
+    def make(
+        cls,
+        now: datetime,
+        within: timedelta,
+        limit: int | None,
+        concurrency: int,
+        per_host_rate: float,
+    ) -> SweepPlan:
+        if not isinstance(within, timedelta):
+            raise TypeError("within must be a datetime.timedelta")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise TypeError("limit must be an int or None")
+        if limit is not None and limit < 0:
+            raise ValueError("limit must be >= 0 (None: every due connection)")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError("concurrency must be an int >= 1")
+        if (
+            isinstance(per_host_rate, bool)
+            or not isinstance(per_host_rate, int | float)
+            or not math.isfinite(per_host_rate)
+            or per_host_rate <= 0
+        ):
+            raise ValueError("per_host_rate must be a finite number of requests per second > 0")
+        remember = within >= REFRESH_TOKEN_LIFETIME
+        return cls(now + within, limit, concurrency, float(per_host_rate), remember)
+
+    def _sizes(self) -> Iterator[int]:
+        """Page sizes until ``limit`` records have been read (forever without a limit)."""
+        left = self.limit
+        while left is None or left > 0:
+            size = PAGE_SIZE if left is None else min(PAGE_SIZE, left)
+            yield size
+            if left is not None:
+                left -= size
+
+    def records(self, read: ReadPage) -> Iterator[ConnectionRecord]:
+        """The due records, page by page, soonest expiry first; at most ``limit``."""
+        after: DueCursor | None = None
+        for size in self._sizes():
+            page = read(after, size)
+            yield from page
+            if len(page) < size:
+                return
+            after = due_position(page[-1])
+
+    async def arecords(self, read: AReadPage) -> AsyncIterator[ConnectionRecord]:
+        """``records`` for asyncio."""
+        after: DueCursor | None = None
+        for size in self._sizes():
+            page = await read(after, size)
+            for record in page:
+                yield record
+            if len(page) < size:
+                return
+            after = due_position(page[-1])
+
+
+class _Tally:
+    """The report being made, and the progress callback fed as connections finish. Only the
+    sweeping thread (or the event loop) touches it."""
+
+    def __init__(self, progress: Callable[[SweepProgress], None] | None, remember: bool) -> None:
+        self.progress = progress
+        self.refreshed: list[str] = []
+        self.failed: list[tuple[str, str]] = []
+        self.reauthorize: list[str] = []
+        self.skipped = 0
+        self.done = 0
+        #: Keys refreshed by this run, kept only when a refreshed pair could be due again.
+        self.remembered: set[str] | None = set() if remember else None
+
+    def wanted(self, record: ConnectionRecord) -> bool:
+        return self.remembered is None or record.key not in self.remembered
+
+    def add(self, record: ConnectionRecord, done: Done) -> None:
+        self.done += 1
+        if done.skipped:
+            self.skipped += 1
+        elif done.reason is None:
+            self.refreshed.append(done.connection_id)
+            if self.remembered is not None:
+                self.remembered.add(record.key)
+        else:
+            self.failed.append((done.connection_id, done.reason))
+            if done.reauthorize:
+                self.reauthorize.append(done.connection_id)
+        if self.progress is not None:
+            self.progress(
+                SweepProgress(self.done, len(self.refreshed), len(self.failed), self.skipped)
+            )
+
+    def report(self) -> RefreshReport:
+        return RefreshReport(
+            tuple(self.refreshed),
+            tuple(self.failed),
+            needs_reauthorization=tuple(self.reauthorize),
+            skipped=self.skipped,
+        )
+
+
+def sweep(
+    plan: SweepPlan,
+    read: ReadPage,
+    refresh: Callable[[ConnectionRecord], Done],
+    progress: Callable[[SweepProgress], None] | None = None,
+) -> RefreshReport:
+    """Refresh every record ``plan`` walks, ``plan.concurrency`` at a time in worker threads.
+
+    At most twice ``concurrency`` records are submitted and not yet tallied, so memory stays
+    one page plus that window. ``progress`` is called in the calling thread. A page that cannot
+    be read ends the run once the refreshes in flight finish (their ``StoreError`` raised).
+    """
+    tally = _Tally(progress, plan.remember)
+    window = 2 * plan.concurrency
+    with ThreadPoolExecutor(plan.concurrency, thread_name_prefix="amo-oauth-sweep") as pool:
+        running: dict[Future[Done], ConnectionRecord] = {}
+
+        def collect(block_until_below: int) -> None:
+            while len(running) > block_until_below:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    tally.add(running.pop(future), future.result())
+
+        for record in plan.records(read):
+            if not tally.wanted(record):
+                continue
+            collect(window - 1)
+            running[pool.submit(refresh, record)] = record
+        collect(0)
+    return tally.report()
+
+
+async def asweep(
+    plan: SweepPlan,
+    read: AReadPage,
+    refresh: Callable[[ConnectionRecord], Awaitable[Done]],
+    progress: Callable[[SweepProgress], None] | None = None,
+) -> RefreshReport:
+    """``sweep`` for asyncio: one task per record, at most ``plan.concurrency`` at once (the
+    next page is read only when a slot frees up). ``progress`` is called on the event loop."""
+    tally = _Tally(progress, plan.remember)
+    slots = asyncio.Semaphore(plan.concurrency)
+    running: set[asyncio.Task[None]] = set()
+    errors: list[Exception] = []
+
+    async def one(record: ConnectionRecord) -> None:
+        try:
+            tally.add(record, await refresh(record))
+        except Exception as error:  # not a refresh failure (those are Done): a fault to raise
+            errors.append(error)
+        finally:
+            slots.release()
+
+    try:
+        async for record in plan.arecords(read):
+            if not tally.wanted(record):
+                continue
+            await slots.acquire()
+            if errors:
+                break
+            task = asyncio.ensure_future(one(record))
+            running.add(task)
+            task.add_done_callback(running.discard)
+    finally:
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+    if errors:
+        raise errors[0]
+    return tally.report()
