@@ -30,6 +30,7 @@ import httpx
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, ConnectionRecord, MemoryStore, SQLiteStore
 from amo_oauth import Outcome as O
 from amo_oauth.stores import AsyncStore, Claim, ClaimResult, FullStore
+from amo_oauth.stores._protocol import DueCursor
 from amo_oauth.testing import FakeAmoCRM
 
 USER = "burst-user"
@@ -69,6 +70,14 @@ class Counting:
     def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
         return self.store.due_for_refresh(before, limit)
 
+    def due_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        return self.store.due_page(before, limit, after)
+
+    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        return self.store.scan(after, limit)
+
     def holder_of(self, key: str) -> str | None:
         self._count("holder_of")
         return self.store.holder_of(key)
@@ -106,6 +115,14 @@ class Counting:
 
     async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
         return await self.astore.adue_for_refresh(before, limit)
+
+    async def adue_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        return await self.astore.adue_page(before, limit, after)
+
+    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        return await self.astore.ascan(after, limit)
 
     async def aholder_of(self, key: str) -> str | None:
         self._count("holder_of")
