@@ -84,7 +84,7 @@ class TokenFlows(Verification):
         try:
             yield from self._token(ref, wanted)
         except ReauthorizationRequired as error:
-            return Done(ref.connection_id, error.reason, reauthorize=True)
+            return Done(ref.connection_id, str(error.reason), reauthorize=True)
         except AmoOAuthError as error:
             return Done(ref.connection_id, _slug(error))
         return Done(ref.connection_id)

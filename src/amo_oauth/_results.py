@@ -76,7 +76,7 @@ class RefreshReport:
             this run, or meanwhile by another worker or machine).
         failed: ``(connection id, reason)`` for each connection that could not be refreshed;
             the reason is a ``ReauthorizationRequired`` reason, a provider reason slug (e.g.
-            ``provider_unavailable``: tried again on the next run) or an error class name
+            ``unavailable``: tried again on the next run) or an error class name
             (``StoreError``).
         needs_reauthorization: the connection ids of ``failed`` that stay unusable until the
             user consents again (their reason came with ``ReauthorizationRequired``).

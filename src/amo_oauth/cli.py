@@ -4,16 +4,24 @@ amo-oauth demo [--serve]            the seed's scenario end to end over loopback
                                     FakeAmoCRM, the FastAPI example, the old and new app
 amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
 amo-oauth status ID [--store URL]   a connection's state
-amo-oauth refresh-due [--store URL] [--within-days N]
-                                    refresh connections whose refresh token expires soon;
-                                    reads AMO_CLIENT_ID, AMO_CLIENT_SECRET,
-                                    AMO_REDIRECT_URI and AMO_STATE_SECRET
+amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-host-rate R]
+                                    refresh every connection whose refresh token expires
+                                    within N days (7); a progress bar on a terminal (with
+                                    the ``cli`` extra), a line per 1,000 otherwise; a JSON
+                                    summary; exit status 1 when any failed. Reads
+                                    AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI and
+                                    AMO_STATE_SECRET
 amo-oauth migrate [--store URL]     create or upgrade a store's schema
+amo-oauth rotate-key [--store URL] [--after KEY]
+                                    re-encrypt every record with the newest key of
+                                    AMO_OAUTH_KEYS (Fernet keys, newest first; the ``crypto``
+                                    extra); resumable; exit status 1 when records were left
 
 The store is ``--store URL`` (``store_from_url``: sqlite:///file.db, postgresql://...,
 redis://...), else ``AMO_OAUTH_STORE``, else ``sqlite:///amo_oauth.db``; ``--db PATH`` is the
 older spelling of ``--store sqlite:///PATH``. An operator's typo never creates an empty store:
-only ``migrate`` creates one.
+only ``migrate`` creates one. When ``AMO_OAUTH_KEYS`` is set, every command opens the store with
+those keys (an encrypted store needs them); ``rotate-key`` requires it.
 """
 
 from __future__ import annotations
@@ -22,12 +30,18 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any, TextIO
 
 from ._config import Config
 from ._errors import StoreError
+from ._results import SweepProgress
 from .stores._protocol import Store
+from .stores._rows import Encryption
+
+#: Without a progress bar, ``refresh-due`` prints a line each time this many more are done.
+PLAIN_EVERY = 1000
 
 __all__ = ["main"]
 
@@ -54,7 +68,7 @@ def _open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
     if url.lower().startswith("memory:"):
         raise SystemExit("amo-oauth: memory:// keeps nothing between runs; name a real store")
     try:
-        store = store_from_url(url)
+        store = store_from_url(url, encryption=_keys_from_env(required=False))
     except (ValueError, ImportError) as error:
         raise SystemExit(f"amo-oauth: {error}") from None
     if isinstance(store, SQLiteStore) and not create and not os.path.isfile(store.path):
@@ -126,17 +140,147 @@ def _config_from_env() -> Config:
     )
 
 
+def _keys_from_env(*, required: bool) -> Encryption | None:
+    """``AMO_OAUTH_KEYS`` (comma-separated Fernet keys, newest first) as a ``MultiFernet``;
+    None when unset and not ``required``. A message never shows a key."""
+    text = os.environ.get("AMO_OAUTH_KEYS", "")
+    keys = [part.strip() for part in text.split(",") if part.strip()]
+    if not keys:
+        if not required:
+            return None
+        raise SystemExit(
+            "amo-oauth: set AMO_OAUTH_KEYS to the Fernet keys, comma-separated, newest first"
+        )
+    try:
+        from cryptography.fernet import Fernet, MultiFernet
+    except ImportError:
+        raise SystemExit(
+            "amo-oauth: AMO_OAUTH_KEYS needs the crypto extra: pip install 'amo_oauth[crypto]'"
+        ) from None
+    fernets = []
+    for number, key in enumerate(keys, start=1):
+        try:
+            fernets.append(Fernet(key))
+        except (ValueError, TypeError):
+            raise SystemExit(
+                f"amo-oauth: AMO_OAUTH_KEYS: key {number} of {len(keys)} is not a Fernet key "
+                "(32 url-safe base64-encoded bytes, as Fernet.generate_key() makes)"
+            ) from None
+    return MultiFernet(fernets)
+
+
+def _progress_printer(stream: TextIO) -> tuple[Callable[[SweepProgress], None], Callable[[], None]]:
+    """A progress bar on a terminal (rich, when installed), else a line per ``PLAIN_EVERY``.
+    Returns the callback and what ends the display."""
+    if stream.isatty():
+        try:
+            from rich.console import Console
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        except ImportError:
+            pass
+        else:
+            bar = Progress(
+                SpinnerColumn(),
+                TextColumn("refresh-due: {task.completed} done, {task.fields[summary]}"),
+                TimeElapsedColumn(),
+                console=Console(file=stream),
+            )
+            task = bar.add_task("refresh-due", total=None, summary="")
+            bar.start()
+
+            def show(now: SweepProgress) -> None:
+                summary = f"{now.refreshed} refreshed, {now.failed} failed"
+                bar.update(task, completed=now.done, summary=summary)
+
+            return show, bar.stop
+    return _plain_lines(stream), lambda: None
+
+
+def _plain_lines(stream: TextIO) -> Callable[[SweepProgress], None]:
+    def show(now: SweepProgress) -> None:
+        if now.done % PLAIN_EVERY == 0:
+            print(
+                f"refresh-due: {now.done} done ({now.refreshed} refreshed, {now.failed} failed)",
+                file=stream,
+                flush=True,
+            )
+
+    return show
+
+
 def _refresh_due(args: argparse.Namespace) -> int:
     from ._service import AmoOAuth
 
     config = _config_from_env()
+    show, stop = _progress_printer(sys.stderr)
     try:
         with AmoOAuth(config, store=_open_store(args)) as oauth:
-            report = oauth.refresh_due(within=timedelta(days=args.within_days))
+            report = oauth.refresh_due(
+                within=timedelta(days=args.within_days),
+                limit=None,
+                concurrency=args.concurrency,
+                per_host_rate=args.per_host_rate,
+                progress=show,
+            )
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
-    print(json.dumps({"refreshed": list(report.refreshed), "failed": dict(report.failed)}))
+    finally:
+        stop()
+    summary: dict[str, Any] = {
+        "refreshed": len(report.refreshed),
+        "failed": report.failed_by_reason,
+        "needs_reauthorization": list(report.needs_reauthorization),
+        "skipped": report.skipped,
+    }
+    print(json.dumps(summary))
     return 1 if report.failed else 0
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    from ._rotation import RotationProgress, rotate_keys
+    from .stores._base import as_full_store
+
+    _keys_from_env(required=True)  # a clear error before anything is opened
+    store = _open_store(args)
+
+    def show(now: RotationProgress) -> None:
+        print(
+            f"rotate-key: {now.rewritten} rewritten, resume with --after {now.after!r}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        report = rotate_keys(as_full_store(store), after=args.after, progress=show)
+    except StoreError as error:
+        raise SystemExit(f"amo-oauth: {error}") from None
+    except NotImplementedError as error:
+        raise SystemExit(f"amo-oauth: {error}") from None
+    finally:
+        store.close()
+    print(
+        json.dumps(
+            {
+                "rewritten": report.rewritten,
+                "without_tokens": report.without_tokens,
+                "undecryptable": list(report.undecryptable),
+                "left_leased": list(report.left_leased),
+                "last_key": report.last_key,
+            }
+        )
+    )
+    if report.undecryptable:
+        print(
+            f"rotate-key: {len(report.undecryptable)} record(s) none of the keys opens"
+            " (cannot decrypt: wrong key?); they were left as they are",
+            file=sys.stderr,
+        )
+    if report.left_leased:
+        print(
+            f"rotate-key: {len(report.left_leased)} record(s) stayed leased; run it again later",
+            file=sys.stderr,
+        )
+    return 0 if report.complete else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -165,12 +309,45 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
     due = commands.add_parser("refresh-due", help="refresh connections expiring soon")
     _store_options(due)
-    due.add_argument("--within-days", type=int, default=7)
+    due.add_argument("--within-days", type=_positive_int, default=7)
+    due.add_argument("--concurrency", type=_positive_int, default=16, help="refreshes at once (16)")
+    due.add_argument(
+        "--per-host-rate",
+        type=_positive_float,
+        default=7.0,
+        help="requests per second to one account host (7, amoCRM's limit)",
+    )
     due.set_defaults(handler=_refresh_due)
+    rotate = commands.add_parser(
+        "rotate-key", help="re-encrypt every record with the newest key of AMO_OAUTH_KEYS"
+    )
+    _store_options(rotate)
+    rotate.add_argument("--after", help="resume after this record key (printed as it goes)")
+    rotate.set_defaults(handler=_rotate_key)
     migrate = commands.add_parser("migrate", help="create or upgrade a store's schema")
     _store_options(migrate)
     migrate.set_defaults(handler=_migrate)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
 
 
 def _store_options(command: argparse.ArgumentParser) -> None:
