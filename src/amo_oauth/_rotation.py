@@ -125,7 +125,7 @@ def rotate_keys(
     now: Callable[[], datetime] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     progress: Callable[[RotationProgress], None] | None = None,
-    page_size: int = PAGE_SIZE,
+    page_size: int | None = None,
 ) -> RotationReport:
     """Rewrite every record of ``store`` so that its tokens are sealed with the store's
     newest key (open the store with ``encryption=MultiFernet([newest, ..., oldest])``).
@@ -140,7 +140,7 @@ def rotate_keys(
         now: the current aware UTC time, to tell a live lease; default the real clock.
         sleep: how to pause; for tests.
         progress: called after each page with the key to resume after.
-        page_size: records read per page, >= 1.
+        page_size: records read per page, >= 1 (default ``PAGE_SIZE``, 256).
 
     Returns:
         A ``RotationReport``; ``complete`` is False when records were left leased or could
@@ -151,6 +151,7 @@ def rotate_keys(
         NotImplementedError: the store cannot list its records (no ``scan``).
         StoreError: the store failed, or holds a corrupt record (``UnreadableRecord``).
     """
+    page_size = PAGE_SIZE if page_size is None else page_size
     if retries < 0 or pause < 0 or page_size < 1:
         raise ValueError("retries and pause must be >= 0 and page_size >= 1")
     clock = now or _utcnow
