@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from amo_oauth import AmoOAuth, ConnectionRecord, SQLiteStore
+from amo_oauth import AmoOAuth, ConnectionRecord, SQLiteStore, SweepProgress, cli
 from amo_oauth.cli import main
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
@@ -101,7 +104,152 @@ def test_refresh_due_with_nothing_due_refreshes_nothing(
     for name, value in zip(ENV, values, strict=True):
         monkeypatch.setenv(name, value)
     assert main(["refresh-due", "--db", str(connected_db), "--within-days", "7"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"refreshed": [], "failed": {}}
+    assert json.loads(capsys.readouterr().out) == {
+        "refreshed": 0,
+        "failed": {},
+        "needs_reauthorization": [],
+        "skipped": 0,
+    }
+
+
+def _integration_env(fake: FakeAmoCRM, monkeypatch: pytest.MonkeyPatch) -> None:
+    values = (fake.client_id, fake.client_secret, fake.redirect_uri, "s" * 32)
+    for name, value in zip(ENV, values, strict=True):
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def due_db(tmp_path: Path, fake: FakeAmoCRM, clock: FakeClock) -> Path:
+    """Five connections on five hosts, 85 days idle: all due within a week."""
+    db = tmp_path / "due.db"
+    http = httpx.Client(transport=fake.transport())
+    with AmoOAuth(config_for(fake), store=SQLiteStore(db), http=http, clock=clock) as oauth:
+        hosts = [fake.default_account] + [fake.add_account(f"h{i}") for i in range(1, 5)]
+        for i, account in enumerate(hosts):
+            url = fake.authorize(oauth.begin(f"user-{i}").state, account=account)
+            oauth.handle_callback(query_of(url))
+    clock.advance(timedelta(days=85))
+    return db
+
+
+def _sweep_with_the_fakes(
+    fake: FakeAmoCRM, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command builds its own AmoOAuth: give it the fake's transport and clock."""
+    import amo_oauth._service as service
+
+    real = service.AmoOAuth.__init__
+
+    def patched(self: AmoOAuth, config: object, **options: object) -> None:
+        options["http"] = httpx.Client(transport=fake.transport())
+        options["clock"] = clock
+        real(self, config, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service.AmoOAuth, "__init__", patched)
+
+
+def test_refresh_due_refreshes_and_summarizes(
+    due_db: Path,
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _integration_env(fake, monkeypatch)
+    _sweep_with_the_fakes(fake, clock, monkeypatch)
+    argv = ["refresh-due", "--db", str(due_db), "--concurrency", "2", "--per-host-rate", "3.5"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {
+        "refreshed": 5,
+        "failed": {},
+        "needs_reauthorization": [],
+        "skipped": 0,
+    }
+    assert err == ""  # fewer than a thousand, and not a terminal: no progress line
+    assert fake.token_call_count("refresh_token", "ok") == 5
+
+
+def test_refresh_due_exits_non_zero_when_any_failed(
+    due_db: Path,
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _integration_env(fake, monkeypatch)
+    _sweep_with_the_fakes(fake, clock, monkeypatch)
+    fake.revoke_refresh_tokens(account=fake.default_account)
+    fake.fail_next("500", grant="refresh_token", account=fake.accounts[1])
+    assert main(["refresh-due", "--db", str(due_db)]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["refreshed"] == 3
+    assert summary["failed"] == {"reauthorization_required": 1, "unavailable": 1}
+    assert summary["needs_reauthorization"] == ["user-0"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--concurrency", "0"),
+        ("--concurrency", "two"),
+        ("--per-host-rate", "0"),
+        ("--per-host-rate", "-1"),
+        ("--per-host-rate", "inf"),
+        ("--within-days", "0"),
+    ],
+)
+def test_refresh_due_refuses_bad_flags(
+    connected_db: Path, flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["refresh-due", "--db", str(connected_db), flag, value])
+    assert exited.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_without_a_terminal_is_a_line_per_thousand() -> None:
+    stream = _Stream(tty=False)
+    show, stop = cli._progress_printer(stream)
+    for done in range(1, 2501):
+        show(SweepProgress(done, done - done // 100, done // 100))
+    stop()
+    assert stream.getvalue().splitlines() == [
+        "refresh-due: 1000 done (990 refreshed, 10 failed)",
+        "refresh-due: 2000 done (1980 refreshed, 20 failed)",
+    ]
+
+
+def test_progress_on_a_terminal_is_a_bar() -> None:
+    stream = _Stream(tty=True)
+    show, stop = cli._progress_printer(stream)
+    for done in range(1, 51):
+        show(SweepProgress(done, done, 0))
+    stop()
+    shown = stream.getvalue()
+    assert "refresh-due: 50 done, 50 refreshed, 0 failed" in shown
+    assert "\n" in shown and "1000" not in shown
+
+
+def test_progress_on_a_terminal_without_rich_is_plain_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "rich.progress", None)
+    stream = _Stream(tty=True)
+    show, stop = cli._progress_printer(stream)
+    for done in range(1, 1001):
+        show(SweepProgress(done, done, 0))
+    stop()
+    assert stream.getvalue() == "refresh-due: 1000 done (1000 refreshed, 0 failed)\n"
 
 
 def test_migrate_creates_an_sqlite_store_that_status_then_reads(
