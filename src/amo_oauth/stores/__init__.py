@@ -8,7 +8,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ._base import AsyncBaseStore, BaseStore, as_async_store, as_full_store
-from ._protocol import AsyncStore, Claim, ClaimResult, FullStore, LedgerEntry, Store
+from ._common import due_position
+from ._protocol import AsyncStore, Claim, ClaimResult, DueCursor, FullStore, LedgerEntry, Store
 from ._rows import RecordCodec, Row
 from ._urls import store_from_url
 from .memory import MemoryStore
@@ -24,6 +25,7 @@ __all__ = [
     "BaseStore",
     "Claim",
     "ClaimResult",
+    "DueCursor",
     "FullStore",
     "LedgerEntry",
     "MemoryStore",
@@ -35,6 +37,7 @@ __all__ = [
     "Store",
     "as_async_store",
     "as_full_store",
+    "due_position",
     "store_from_url",
 ]
 
