@@ -29,7 +29,7 @@ from amo_oauth._records import (
     ConnectionRecord,
 )
 from amo_oauth.stores import MemoryStore, SQLiteStore
-from amo_oauth.stores._base import as_full_store
+from amo_oauth.stores._base import BaseStore, as_async_store, as_full_store
 from amo_oauth.stores._protocol import AsyncStore, FullStore
 from amo_oauth.testing import StoreContract
 from amo_oauth.testing._contract import full_record, make_record
@@ -95,6 +95,39 @@ class TestSQLiteStore(StoreContract):
                     strict=True,
                 )
             )
+
+
+class EarlierStore:
+    """A store of the protocol before the paged reads (``due_page``, ``scan`` and their async
+    twins): a ``MemoryStore`` with them hidden. The adapters give it the defaults."""
+
+    HIDDEN = frozenset({"due_page", "scan", "adue_page", "ascan"})
+
+    def __init__(self) -> None:
+        self._inner = MemoryStore()
+
+    def __getattr__(self, name: str) -> object:
+        if name in self.HIDDEN:
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+class TestEarlierStore(StoreContract):
+    @pytest.fixture
+    def store(self) -> Iterator[EarlierStore]:
+        made = EarlierStore()
+        yield made
+        made.close()  # type: ignore[operator]
+
+    def test_it_is_adapted_not_threaded(self, store: EarlierStore) -> None:
+        from amo_oauth.stores._base import _AsyncExtended, _ExtendedFull, is_async_store
+
+        assert not isinstance(store, FullStore)
+        full = as_full_store(store)  # type: ignore[arg-type]
+        assert isinstance(full, _ExtendedFull) and isinstance(full, FullStore)
+        assert is_async_store(store)
+        assert isinstance(as_async_store(store), _AsyncExtended)  # type: ignore[arg-type]
+        assert type(full).holder_of is not BaseStore.holder_of  # its own, not the default
 
 
 # -- the contract can fail -----------------------------------------------------------------

@@ -21,7 +21,7 @@ from ._records import Connection, ConnectionRecord
 from ._results import AuthorizationRequest, CallbackResult, RefreshReport, SweepProgress
 from ._sweep import Done, HostPacer, SweepPlan, asweep, sweep
 from .stores import AsyncStore, SQLiteStore, Store
-from .stores._base import as_async_store, as_full_store
+from .stores._base import as_async_store, as_full_store, is_async_store
 from .stores._protocol import DueCursor
 
 __all__ = ["AmoOAuth", "AsyncAmoOAuth"]
@@ -296,7 +296,8 @@ class AsyncAmoOAuth(_Base):
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__(config, clock)
-        self._check_store(store, Store, AsyncStore)
+        if not is_async_store(store):
+            self._check_store(store, Store, AsyncStore)
         if http is not None and not isinstance(http, httpx.AsyncClient):
             raise TypeError(
                 "AsyncAmoOAuth needs an httpx.AsyncClient; use AmoOAuth for httpx.Client"

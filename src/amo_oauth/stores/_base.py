@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from .._records import ConnectionRecord
 from ._common import check_after, check_limit, due_position, wait_seconds
@@ -204,8 +205,7 @@ async def _poll(
 
 
 class _Extended(BaseStore):
-    """A ``Store`` with ``BaseStore``'s defaults for the later operations it lacks; those it
-    has (a store written before the paged reads were added) are its own."""
+    """A first-protocol ``Store`` with ``BaseStore``'s defaults for the later operations."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -231,21 +231,6 @@ class _Extended(BaseStore):
     def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
         return self._store.due_for_refresh(before, limit)
 
-    def holder_of(self, key: str) -> str | None:
-        own = getattr(self._store, "holder_of", None)
-        return own(key) if callable(own) else super().holder_of(key)
-
-    def claim(self, claim: Claim) -> ClaimResult:
-        own = getattr(self._store, "claim", None)
-        return own(claim) if callable(own) else super().claim(claim)
-
-    def wait_for_change(self, key: str, version: int, timeout: float) -> None:
-        own = getattr(self._store, "wait_for_change", None)
-        if callable(own):
-            own(key, version, timeout)
-        else:
-            super().wait_for_change(key, version, timeout)
-
     def due_page(
         self, before: datetime, limit: int, after: DueCursor | None = None
     ) -> list[ConnectionRecord]:
@@ -256,16 +241,122 @@ class _Extended(BaseStore):
 
     def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
         own = getattr(self._store, "scan", None)
-        return own(after, limit) if callable(own) else super().scan(after, limit)
+        if callable(own):
+            return own(after, limit)  # type: ignore[no-any-return]
+        return super().scan(after, limit)
 
     def close(self) -> None:
         self._store.close()
+
+
+class _ExtendedFull(_Extended):
+    """A ``FullStore`` written before the paged reads: its own ``holder_of``, ``claim`` and
+    ``wait_for_change``, with ``BaseStore``'s ``due_page`` and ``scan`` where it lacks them."""
+
+    _store: FullStore
+
+    def holder_of(self, key: str) -> str | None:
+        return self._store.holder_of(key)
+
+    def claim(self, claim: Claim) -> ClaimResult:
+        return self._store.claim(claim)
+
+    def wait_for_change(self, key: str, version: int, timeout: float) -> None:
+        self._store.wait_for_change(key, version, timeout)
+
+
+#: ``FullStore``'s operations before the paged reads were added.
+_EARLIER_FULL = ("holder_of", "claim", "wait_for_change")
+#: ``AsyncStore``'s operations before the paged reads were added.
+_EARLIER_ASYNC = (
+    "aload",
+    "acompare_and_set",
+    "adelete",
+    "aconsume_state",
+    "afind_by_account",
+    "adue_for_refresh",
+    "aholder_of",
+    "aclaim",
+    "await_for_change",
+    "aclose",
+)
+
+
+def _has(store: object, names: tuple[str, ...]) -> bool:
+    return all(callable(getattr(store, name, None)) for name in names)
+
+
+def is_async_store(store: object) -> bool:
+    """True for an ``AsyncStore``, and for one written before ``adue_page`` and ``ascan`` were
+    added (``as_async_store`` gives it ``AsyncBaseStore``'s defaults for those)."""
+    return isinstance(store, AsyncStore) or _has(store, _EARLIER_ASYNC)
+
+
+class _AsyncExtended(AsyncBaseStore):
+    """An ``AsyncStore`` written before the paged reads, with ``AsyncBaseStore``'s defaults
+    for those it lacks."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __repr__(self) -> str:
+        return repr(self._store)
+
+    async def aload(self, key: str) -> ConnectionRecord | None:
+        return await self._store.aload(key)  # type: ignore[no-any-return]
+
+    async def acompare_and_set(
+        self, record: ConnectionRecord, expected_version: int | None
+    ) -> bool:
+        return await self._store.acompare_and_set(record, expected_version)  # type: ignore[no-any-return]
+
+    async def adelete(self, key: str, expected_version: int) -> bool:
+        return await self._store.adelete(key, expected_version)  # type: ignore[no-any-return]
+
+    async def aconsume_state(
+        self, nonce: str, expires_at: datetime, holder: str | None = None
+    ) -> bool:
+        return await self._store.aconsume_state(nonce, expires_at, holder)  # type: ignore[no-any-return]
+
+    async def afind_by_account(self, account_id: int) -> list[ConnectionRecord]:
+        return await self._store.afind_by_account(account_id)  # type: ignore[no-any-return]
+
+    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
+        return await self._store.adue_for_refresh(before, limit)  # type: ignore[no-any-return]
+
+    async def aholder_of(self, key: str) -> str | None:
+        return await self._store.aholder_of(key)  # type: ignore[no-any-return]
+
+    async def aclaim(self, claim: Claim) -> ClaimResult:
+        return await self._store.aclaim(claim)  # type: ignore[no-any-return]
+
+    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
+        await self._store.await_for_change(key, version, timeout)
+
+    async def adue_page(
+        self, before: datetime, limit: int, after: DueCursor | None = None
+    ) -> list[ConnectionRecord]:
+        own = getattr(self._store, "adue_page", None)
+        if callable(own):
+            return await own(before, limit, after)  # type: ignore[no-any-return]
+        return await super().adue_page(before, limit, after)
+
+    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        own = getattr(self._store, "ascan", None)
+        if callable(own):
+            return await own(after, limit)  # type: ignore[no-any-return]
+        return await super().ascan(after, limit)
+
+    async def aclose(self) -> None:
+        await self._store.aclose()
 
 
 def as_full_store(store: Store) -> FullStore:
     """``store`` itself when it has every ``FullStore`` operation, else wrapped with defaults."""
     if isinstance(store, FullStore):
         return store
+    if _has(store, _EARLIER_FULL):
+        return _ExtendedFull(store)
     return _Extended(store)
 
 
@@ -327,4 +418,6 @@ def as_async_store(store: Store | AsyncStore) -> AsyncStore:
     """``store`` itself when it is an ``AsyncStore``; a blocking store run in worker threads."""
     if isinstance(store, AsyncStore):
         return store
+    if _has(store, _EARLIER_ASYNC):
+        return _AsyncExtended(store)
     return _Threaded(as_full_store(store))

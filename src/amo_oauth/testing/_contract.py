@@ -63,7 +63,13 @@ from .._records import (
     TokenSet,
     code_digest,
 )
-from ..stores._base import AsyncBaseStore, BaseStore, as_async_store, as_full_store
+from ..stores._base import (
+    AsyncBaseStore,
+    BaseStore,
+    as_async_store,
+    as_full_store,
+    is_async_store,
+)
 from ..stores._common import due_position
 from ..stores._protocol import (
     AsyncStore,
@@ -260,6 +266,8 @@ def async_lists_records(store: AnyStore) -> bool:
     if isinstance(store, AsyncStore):
         default: object = AsyncBaseStore.ascan
         return type(store).ascan is not default
+    if is_async_store(store):  # written before ascan: adapted, with the default unless it has one
+        return callable(getattr(store, "ascan", None))
     return lists_records(as_full_store(store))
 
 
@@ -1255,6 +1263,8 @@ class StoreContract:
         calls = self.async_calls(async_store)
         if not async_reads_ledger(store):
             del calls["aholder_of"]
+        if not async_lists_records(store):
+            del calls["ascan"]
 
         async def main() -> list[str]:
             await async_store.aclose()
