@@ -166,6 +166,12 @@ class ClaimWritesAnyway(MemoryStore):
         return result
 
 
+class PagesFromTheStart(MemoryStore):
+    # Ignores the cursor: every page of due records starts again at the first.
+    def due_page(self, before, limit, after=None):
+        return super().due_page(before, limit, None)
+
+
 class TestHonest(StoreContract):
     @pytest.fixture
     def store(self):
@@ -182,6 +188,12 @@ class TestClaimWritesAnyway(StoreContract):
     @pytest.fixture
     def store(self):
         yield ClaimWritesAnyway()
+
+
+class TestPagesFromTheStart(StoreContract):
+    @pytest.fixture
+    def store(self):
+        yield PagesFromTheStart()
 """
 
 
@@ -199,6 +211,10 @@ def test_the_contract_fails_broken_stores(pytester: pytest.Pytester) -> None:
     assert "test_broken.py::TestClaimWritesAnyway::test_claim_code_taken_writes_nothing" in failed
     claim_failures = {name for name in failed if "::TestClaimWritesAnyway::" in name}
     assert all("claim" in name for name in claim_failures), claim_failures
+    paging = "test_broken.py::TestPagesFromTheStart::test_due_page_visits_every_due_record_once"
+    assert any(name.startswith(paging) for name in failed)
+    paging_failures = {name for name in failed if "::TestPagesFromTheStart::" in name}
+    assert all("page" in name for name in paging_failures), paging_failures
 
 
 def test_importing_the_library_needs_no_test_tools() -> None:
