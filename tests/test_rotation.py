@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -195,7 +196,12 @@ def test_a_store_that_cannot_list_is_a_clear_error(clock: FakeClock) -> None:
 # -- Postgres and Redis ----------------------------------------------------------------------
 
 
-def rotate_on(make: Callable[..., FullStore], fake: FakeAmoCRM, clock: FakeClock) -> None:
+def rotate_on(
+    make: Callable[..., FullStore],
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    raw_bodies: Callable[[], list[str]],
+) -> None:
     old = make(encryption=Fernet(OLD))
     connect(old, fake, clock, USERS)
     secrets = tokens_of(old)
@@ -214,6 +220,11 @@ def rotate_on(make: Callable[..., FullStore], fake: FakeAmoCRM, clock: FakeClock
     assert tokens_of(make(encryption=Fernet(NEW))) == secrets
     with pytest.raises(StoreError, match="cannot decrypt"):
         make(encryption=Fernet(OLD)).load(key)
+    bodies = raw_bodies()
+    assert len(bodies) == 4
+    for body in bodies:
+        assert not any(token in body for pair in secrets.values() for token in pair)
+        assert '"state":"connected"' in body.replace(" ", "")
 
 
 @pytest.mark.services
@@ -223,7 +234,7 @@ def test_rotation_on_postgres(
     from amo_oauth.stores import PostgresStore
 
     url: str = request.getfixturevalue("postgres_url")
-    table = f"rot_{abs(hash(request.node.nodeid)) % 10**9}"
+    table = f"rot_{uuid.uuid4().hex[:12]}"
     made: list[PostgresStore] = []
 
     def make(**options: object) -> PostgresStore:
@@ -232,11 +243,15 @@ def test_rotation_on_postgres(
         made.append(store)
         return store
 
-    try:
-        rotate_on(make, fake, clock)
-        with made[0]._sync_pool().connection() as conn:
+    def raw_bodies() -> list[str]:
+        import psycopg
+
+        with psycopg.connect(url) as conn:
             rows = conn.execute(f'SELECT data FROM "{table}"'.encode()).fetchall()
-        assert len(rows) == 4
+        return [str(data) for (data,) in rows]
+
+    try:
+        rotate_on(make, fake, clock, raw_bodies)
     finally:
         for store in made:
             store.close()
@@ -249,7 +264,7 @@ def test_rotation_on_redis(
     from amo_oauth.stores import RedisStore
 
     url: str = request.getfixturevalue("redis_url")
-    prefix = f"rot{abs(hash(request.node.nodeid)) % 10**9}:"
+    prefix = f"rot{uuid.uuid4().hex[:12]}:"
     made: list[RedisStore] = []
 
     def make(**options: object) -> RedisStore:
@@ -258,8 +273,18 @@ def test_rotation_on_redis(
         made.append(store)
         return store
 
+    def raw_bodies() -> list[str]:
+        import redis
+
+        client = redis.Redis.from_url(url, decode_responses=True)
+        try:
+            keys = client.keys(f"{prefix}c:*")
+            return [str(client.hget(key, "d")) for key in keys]
+        finally:
+            client.close()
+
     try:
-        rotate_on(make, fake, clock)
+        rotate_on(make, fake, clock, raw_bodies)
     finally:
         for store in made:
             store.close()
