@@ -21,6 +21,7 @@ from amo_oauth import (
     MemoryStore,
     RefreshReport,
     SQLiteStore,
+    StoreError,
     SweepProgress,
     _service,
     _sweep,
@@ -392,3 +393,37 @@ def test_the_sweep_leaves_no_worker_thread(
 ) -> None:
     oauth, ids, _ = idle
     assert len(oauth.refresh_due(WEEK, None).refreshed) == len(ids)
+
+
+def test_an_unreadable_page_ends_the_run_after_the_refreshes_in_flight(
+    idle: tuple[AmoOAuth, list[str], dict[str, str]],
+    fake: FakeAmoCRM,
+    monkeypatch: pytest.MonkeyPatch,
+    no_threads_left: None,
+) -> None:
+    oauth, ids, spent = idle
+    monkeypatch.setattr(_sweep, "PAGE_SIZE", 5)
+    real = oauth._store.due_page
+    pages = []
+
+    def second_page_fails(before: Any, limit: int, after: Any = None) -> Any:
+        pages.append(after)
+        if len(pages) == 2:
+            raise StoreError("the database went away")
+        return real(before, limit, after)
+
+    monkeypatch.setattr(oauth._store, "due_page", second_page_fails)
+    with pytest.raises(StoreError, match="went away"):
+        oauth.refresh_due(WEEK, None, concurrency=2)
+    # What was in flight finished and is stored; what was queued was dropped, unsent.
+    done = []
+    for cid in ids:
+        record = stored(oauth, cid)
+        assert record is not None and record.tokens is not None
+        if record.tokens.refresh_token != spent[cid]:
+            done.append(cid)
+    assert 1 <= len(done) <= 5 and set(done) <= set(ids[:5])
+    assert fake.token_call_count("refresh_token") == len(done)
+    monkeypatch.setattr(oauth._store, "due_page", real)
+    assert sorted(oauth.refresh_due(WEEK, None).refreshed) == sorted(set(ids) - set(done))
+    assert_refreshed_once(fake, spent)

@@ -213,25 +213,33 @@ def sweep(
 
     At most twice ``concurrency`` records are submitted and not yet tallied, so memory stays
     one page plus that window. ``progress`` is called in the calling thread. A page that cannot
-    be read ends the run once the refreshes in flight finish (their ``StoreError`` raised).
+    be read (``StoreError``) or an interrupt ends the run: records not yet started are
+    dropped, the refreshes in flight finish first, then the error is raised.
     """
     tally = _Tally(progress, plan.remember)
     window = 2 * plan.concurrency
-    with ThreadPoolExecutor(plan.concurrency, thread_name_prefix="amo-oauth-sweep") as pool:
-        running: dict[Future[Done], ConnectionRecord] = {}
+    pool = ThreadPoolExecutor(plan.concurrency, thread_name_prefix="amo-oauth-sweep")
+    running: dict[Future[Done], ConnectionRecord] = {}
 
-        def collect(block_until_below: int) -> None:
-            while len(running) > block_until_below:
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    tally.add(running.pop(future), future.result())
+    def collect(block_until_below: int) -> None:
+        while len(running) > block_until_below:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                tally.add(running.pop(future), future.result())
 
+    try:
         for record in plan.records(read):
             if not tally.wanted(record):
                 continue
             collect(window - 1)
             running[pool.submit(refresh, record)] = record
         collect(0)
+    except BaseException:
+        # Stopped (a page unreadable, Ctrl-C): what was not started is dropped; the refreshes
+        # in flight run to their end, so whatever amoCRM answered them is stored.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return tally.report()
 
 
