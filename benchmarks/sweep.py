@@ -16,6 +16,7 @@ what is still held is the sweep's own working memory (its page, its in-flight wi
         [--concurrency 16] [--per-host-rate 7] [--stores sqlite]
         [--postgres URL] [--redis URL]     (adds those stores; each gets a fresh table/prefix)
         [--async]                          (AsyncAmoOAuth: tasks instead of threads)
+        [--no-trace]                       (no tracemalloc: the time without its overhead)
 
 A figure, not a test: the machines here are shared and noisy.
 """
@@ -94,7 +95,8 @@ def run(make: Callable[[], FullStore], args: argparse.Namespace) -> str:
         clock.advance(timedelta(days=85))  # every refresh token expires within the window
         fake.latency = args.latency
         before_calls = fake.token_call_count("refresh_token")
-        tracemalloc.start()
+        if args.trace:
+            tracemalloc.start()
         started = time.perf_counter()
         if args.use_async:  # AsyncAmoOAuth closes the store it was given: checked inside
             report, still_due = asyncio.run(sweep_async(fake, store, clock, args))
@@ -107,7 +109,7 @@ def run(make: Callable[[], FullStore], args: argparse.Namespace) -> str:
             )
             still_due = store.due_page(clock() + WINDOW, 10)
         elapsed = time.perf_counter() - started
-        kept, peak = tracemalloc.get_traced_memory()
+        kept, peak = tracemalloc.get_traced_memory() if args.trace else (0, 0)
         tracemalloc.stop()
         grants = fake.token_call_count("refresh_token") - before_calls
         ok = fake.token_call_count("refresh_token", "ok")
@@ -116,11 +118,15 @@ def run(make: Callable[[], FullStore], args: argparse.Namespace) -> str:
         assert grants == ok == args.connections, (grants, ok)
         # Nothing is due any more: every connection holds a pair refreshed by this sweep.
         assert still_due == []
+    traced = (
+        f"peak traced {peak / 2**20:5.1f} MiB (still held after: {kept / 2**20:5.1f} MiB)"
+        if args.trace
+        else "not traced"
+    )
     return (
         f"{args.connections} connections on {args.hosts} hosts: {elapsed:6.1f} s "
         f"({args.connections / elapsed:5.0f}/s), refresh grants {grants}, "
-        f"peak traced {peak / 2**20:5.1f} MiB (still held after: {kept / 2**20:5.1f} MiB), "
-        f"peak RSS {peak_rss_mib():6.1f} MiB"
+        f"{traced}, peak RSS {peak_rss_mib():6.1f} MiB"
     )
 
 
@@ -167,6 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--postgres", help="a PostgreSQL URL: adds the postgres store")
     parser.add_argument("--redis", help="a Redis URL: adds the redis store")
     parser.add_argument("--async", dest="use_async", action="store_true")
+    parser.add_argument(
+        "--no-trace",
+        dest="trace",
+        action="store_false",
+        help="time the sweep without tracemalloc (which slows Python down several times)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         makers: dict[str, Callable[[], FullStore]] = {
