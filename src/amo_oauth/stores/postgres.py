@@ -411,8 +411,10 @@ class PostgresStore(BaseStore, AsyncBaseStore):
             pool.close(timeout=self._timeout)
         loop = self._aloop
         if apool is not None and loop is not None and loop.is_running():
-            # Closed in its own loop; a pool whose loop has stopped is left to the collector.
+            # Closed in its own loop.
             asyncio.run_coroutine_threadsafe(apool.close(timeout=self._timeout), loop)
+        elif apool is not None and (loop is None or loop.is_closed()):
+            _abandon(apool)  # its loop has ended: nothing can be awaited there any more
 
     # -- awaited operations --------------------------------------------------------------
 
@@ -468,7 +470,11 @@ class PostgresStore(BaseStore, AsyncBaseStore):
     async def aclose(self) -> None:
         """See ``close``; closes the async pool in its own event loop."""
         with self._guard:
-            apool, self._apool = self._apool, None
+            apool = self._apool
+            if apool is not None and self._aloop is asyncio.get_running_loop():
+                self._apool = None
+            else:
+                apool = None  # made on another loop: close() lets go of it there
         if apool is not None:
             await apool.close(timeout=self._timeout)
         self.close()
@@ -645,12 +651,19 @@ class PostgresStore(BaseStore, AsyncBaseStore):
         with self._guard:
             if self._closed:
                 raise closed_error()
-            if self._apool is not None:
-                if self._aloop is not loop:
+            if self._apool is not None and self._aloop is not loop:
+                old_loop = self._aloop
+                if old_loop is not None and not old_loop.is_closed():
                     raise StoreError(
-                        f"{self._where()}: awaited from another event loop than its first "
-                        "awaited call; use one store per event loop"
+                        f"{self._where()}: awaited from another event loop while the loop of "
+                        "its first awaited call still exists; use one store per event loop"
                     )
+                # That loop has ended (``asyncio.run`` again, as scripts and tests do): its
+                # pool's tasks ended with it, so its connections are closed here and a new
+                # pool is made on this loop.
+                _abandon(self._apool)
+                self._apool = self._aloop = None
+            if self._apool is not None:
                 return self._apool
             apool: AsyncConnectionPool[_AsyncConn] = AsyncConnectionPool(
                 self._conninfo,
@@ -696,6 +709,17 @@ class PostgresStore(BaseStore, AsyncBaseStore):
             raise StoreError(
                 f"{self._where()} could not {action}: {type(exc).__name__}{code}"
             ) from exc
+
+
+def _abandon(apool: AsyncConnectionPool[_AsyncConn]) -> None:
+    """Let go of an async pool whose event loop has ended: nothing can be awaited on that loop
+    any more, so its idle connections are closed without it (libpq's ``finish``), rather than
+    left open until the collector finds them. Connections borrowed when the loop ended went
+    with their callers' tasks."""
+    idle = getattr(apool, "_pool", ())  # psycopg_pool keeps no public list of idle connections
+    for conn in list(idle):
+        with contextlib.suppress(Exception):
+            conn.pgconn.finish()
 
 
 def _drive(op: _Op[_T], execute: Callable[[_Stmt], _Done]) -> tuple[_T, bool]:
