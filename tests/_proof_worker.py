@@ -4,7 +4,8 @@
 ``threads``) or an ``AsyncAmoOAuth`` (``mode`` ``asyncio``) on the job's store, reaching the
 served FakeAmoCRM over loopback HTTP, prints ``ready``, waits for a line on stdin so that every
 process starts at once, runs ``count`` calls of ``action`` at the same moment (threads, or
-asyncio tasks) and prints one JSON line: ``{"pid": ..., "results": [...], "errors": [...]}``.
+asyncio tasks) and prints one JSON line: ``{"pid": ..., "results": [...], "errors": [...],
+"seconds": ...}`` (from the start line to the last call's end).
 Tokens are reported as sha256 digests, never as themselves.
 
 The job: ``store`` (see ``open_store``), ``url`` and ``domain`` of the served fake, ``config``
@@ -25,6 +26,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -131,12 +133,13 @@ def _threads(job: dict[str, Any], clock: Callable[[], datetime]) -> dict[str, An
         oauth.status("warm-up")  # connect before the start line, not after
         print("ready", flush=True)
         sys.stdin.readline()
+        started = time.monotonic()
         pool = [threading.Thread(target=worker) for _ in range(count)]
         for thread in pool:
             thread.start()
         for thread in pool:
             thread.join()
-        return {"results": results, "errors": errors}
+        return {"results": results, "errors": errors, "seconds": time.monotonic() - started}
     finally:
         oauth.close()
         http.close()
@@ -156,10 +159,12 @@ async def _tasks(job: dict[str, Any], clock: Callable[[], datetime]) -> dict[str
         await oauth.status("warm-up")  # connect before the start line, not after
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        started = time.monotonic()
         calls: list[Awaitable[dict[str, Any]]] = [run() for _ in range(int(job["count"]))]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         return {
             "results": [o for o in outcomes if not isinstance(o, BaseException)],
+            "seconds": time.monotonic() - started,
             "errors": [
                 f"{type(o).__name__}: {o}" for o in outcomes if isinstance(o, BaseException)
             ],
