@@ -218,7 +218,8 @@ class PostgresStore(BaseStore, AsyncBaseStore):
             a pool, plus one listening connection once someone waits for a change).
         max_size: connections each pool opens at most.
         timeout: seconds a call waits for a connection (and to connect: ``connect_timeout``,
-            unless ``conninfo`` sets it) before raising ``StoreError``.
+            unless ``conninfo`` sets it) before raising ``StoreError``. After an outage, the
+            first call once the server is back gets a connection within it.
         encryption: encrypts the token pair at rest (e.g. ``cryptography``'s ``Fernet`` or
             ``MultiFernet``); rows are then useless without the key.
 
@@ -628,6 +629,11 @@ class PostgresStore(BaseStore, AsyncBaseStore):
                 raise closed_error()
             if self._pool is not None:
                 return self._pool
+            # reconnect_timeout: psycopg_pool retries a failed connect with a backoff that
+            # doubles for 5 minutes by default, and meanwhile starts no other attempt; after
+            # an outage of a minute the server would be back long before the pool looked
+            # again, and every call would still time out. Bounded by half a call's timeout,
+            # the attempt gives up and the next call starts a fresh one at once.
             pool: ConnectionPool[_Conn] = ConnectionPool(
                 self._conninfo,
                 kwargs=self._kwargs,
@@ -637,6 +643,7 @@ class PostgresStore(BaseStore, AsyncBaseStore):
                 check=ConnectionPool.check_connection,
                 name=self._pool_name(),
                 timeout=self._timeout,
+                reconnect_timeout=self._timeout / 2,
             )
             try:
                 pool.open(wait=self._min_size > 0, timeout=self._timeout)
@@ -674,6 +681,7 @@ class PostgresStore(BaseStore, AsyncBaseStore):
                 check=AsyncConnectionPool.check_connection,
                 name=self._pool_name() + "-async",
                 timeout=self._timeout,
+                reconnect_timeout=self._timeout / 2,
             )
             # Claimed before the first await, so that concurrent first calls share one pool.
             self._apool, self._aloop = apool, loop
