@@ -512,10 +512,19 @@ def test_a_server_killed_mid_run_fails_calls_fast_and_loses_nothing(
         monkeypatch.setattr(AttemptWithBackoff, "INITIAL_DELAY", 30.0)
     spec = killable.spec()
     oauth = make_parent(fake, served, spec, clock)
+    # The same on the awaited side: an AsyncAmoOAuth, on one event loop for the whole test.
+    loop = asyncio.Runner()
+    aoauth = AsyncAmoOAuth(
+        config_for(fake, settle_timeout=SETTLE, lease_ttl=LEASE),
+        store=open_store(spec),
+        http=httpx.AsyncClient(transport=fake.async_transport()),
+        clock=clock,
+    )
     try:
         users = [f"user-{n}" for n in range(3)]
         for user in users:
             connect(oauth, fake, user)
+        assert loop.run(aoauth.status(users[0])).state is ConnectionState.CONNECTED
         before = {user: stored(oauth, user) for user in users}
         tokens = {user: oauth.access_token(user) for user in users}
         pending = consent(oauth, fake, "user-new")
@@ -561,6 +570,9 @@ def test_a_server_killed_mid_run_fails_calls_fast_and_loses_nothing(
         assert isinstance(error, StoreError), error
         assert took < HANG_GUARD
         assert "pw-" not in str(error)
+        error, took = timed(lambda: loop.run(aoauth.status(users[0])))
+        assert isinstance(error, StoreError), error
+        assert took < HANG_GUARD
         handlers = Handlers(oauth, connection_id=lambda _: users[0], app_scheme="app")
         answer = handlers.handle(Request("GET", "/api/amo-crm/status"))
         assert answer.status == 503
@@ -580,6 +592,7 @@ def test_a_server_killed_mid_run_fails_calls_fast_and_loses_nothing(
             assert status.state is ConnectionState.CONNECTED, status
             assert stored(oauth, user) == before[user]
             assert oauth.access_token(user) == tokens[user]
+            assert loop.run(aoauth.access_token(user)) == tokens[user]
         # The claim of the redirect in flight is all there or not at all.
         record = stored(oauth, "user-new")
         code_key = f"code:{code_digest(pending['query']['code'])}"
@@ -595,6 +608,9 @@ def test_a_server_killed_mid_run_fails_calls_fast_and_loses_nothing(
     finally:
         oauth.close()
         oauth.http.close()
+        loop.run(aoauth.aclose())
+        loop.run(aoauth.http.aclose())
+        loop.close()
 
 
 def test_a_sqlite_writer_killed_mid_transaction_leaves_the_file_consistent(
