@@ -1,12 +1,12 @@
 """One worker process of tests/test_cross_process.py, on any store: SQLite file, Postgres, Redis.
 
-``python _proof_worker.py JOB.json``: reads the job, builds an ``AmoOAuth`` (``mode``
-``threads``) or an ``AsyncAmoOAuth`` (``mode`` ``asyncio``) on the job's store, reaching the
-served FakeAmoCRM over loopback HTTP, prints ``ready``, waits for a line on stdin so that every
-process starts at once, runs ``count`` calls of ``action`` at the same moment (threads, or
-asyncio tasks) and prints one JSON line: ``{"pid": ..., "results": [...], "errors": [...],
-"seconds": ...}`` (from the start line to the last call's end).
-Tokens are reported as sha256 digests, never as themselves.
+``python _proof_worker.py``, then one job file's path per line of stdin. For each job it builds
+an ``AmoOAuth`` (``mode`` ``threads``) or an ``AsyncAmoOAuth`` (``mode`` ``asyncio``) on the
+job's store, reaching the served FakeAmoCRM over loopback HTTP, prints ``ready``, waits for a
+line on stdin so that every process starts at once, runs ``count`` calls of ``action`` at the
+same moment (threads, or asyncio tasks) and prints one JSON line: ``{"pid": ..., "results":
+[...], "errors": [...], "seconds": ...}`` (from the start line to the last call's end). Tokens
+are reported as sha256 digests, never as themselves.
 
 The job: ``store`` (see ``open_store``), ``url`` and ``domain`` of the served fake, ``config``
 (``Config`` keyword arguments), ``offset`` (seconds added to the real UTC time: the clock every
@@ -174,7 +174,7 @@ async def _tasks(job: dict[str, Any], clock: Callable[[], datetime]) -> dict[str
         await http.aclose()
 
 
-def main(job_path: str) -> None:
+def run_job(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
     offset = timedelta(seconds=job["offset"])
 
@@ -188,5 +188,13 @@ def main(job_path: str) -> None:
     print(json.dumps({"pid": os.getpid(), **report}), flush=True)
 
 
+def main() -> None:
+    """Run jobs, one per line of stdin (a job file's path), until stdin ends: one process
+    serves many tests, so that each does not pay for starting Python."""
+    for line in iter(sys.stdin.readline, ""):
+        if line.strip():
+            run_job(line.strip())
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

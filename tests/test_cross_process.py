@@ -15,6 +15,7 @@ knows exactly what amoCRM did before the kill.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -169,29 +170,61 @@ def job_for(
     }
 
 
-def start_workers(
-    tmp_path: Path, job: dict[str, Any], processes: int
-) -> list[subprocess.Popen[str]]:
-    """Start ``processes`` workers, wait until each is ready, then release them together."""
+class Workers:
+    """Worker processes that serve one job after another; ``spawn`` starts more."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    @staticmethod
+    def spawn(count: int) -> list[subprocess.Popen[str]]:
+        return [
+            subprocess.Popen(
+                [sys.executable, str(WORKER)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(count)
+        ]
+
+    def take(self, count: int) -> list[subprocess.Popen[str]]:
+        """``count`` idle workers of this pool, started when there are fewer."""
+        self.procs = [proc for proc in self.procs if proc.poll() is None]
+        self.procs += self.spawn(count - len(self.procs))
+        return self.procs[:count]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None:
+                proc.stdin.close()  # the end of its jobs: it exits
+        stop(self.procs)
+        self.procs = []
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[Workers]:
+    pool = Workers()
+    yield pool
+    pool.close()
+
+
+def start(tmp_path: Path, job: dict[str, Any], procs: list[subprocess.Popen[str]]) -> None:
+    """Give ``job`` to each of ``procs``, wait until each is ready, then release them together.
+    On any failure the processes are killed."""
     job_file = tmp_path / f"job-{uuid.uuid4().hex[:8]}.json"
     job_file.write_text(json.dumps(job), encoding="utf-8")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(job_file)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(processes)
-    ]
     try:
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(f"{job_file}\n")
+            proc.stdin.flush()
         for proc in procs:
             assert proc.stdout is not None
             line = proc.stdout.readline()
             if line != "ready\n":
-                _, err = proc.communicate(timeout=HANG_GUARD)
-                raise AssertionError(f"worker did not start: {line!r} {err[-2000:]}")
+                raise AssertionError(f"worker did not start: {line!r} {read_stderr(proc)}")
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
@@ -199,30 +232,45 @@ def start_workers(
     except BaseException:
         stop(procs)
         raise
-    return procs
+
+
+def read_stderr(proc: subprocess.Popen[str]) -> str:
+    """What a failed worker wrote to stderr (the end of it); the worker is stopped first."""
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        _, err = proc.communicate(timeout=HANG_GUARD)
+    except ValueError:  # already read
+        return ""
+    return err[-2000:]
 
 
 def stop(procs: list[subprocess.Popen[str]]) -> None:
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate()
+        with contextlib.suppress(ValueError):  # its pipes were read to the end before
+            proc.communicate(timeout=HANG_GUARD)
 
 
 def run_workers(
-    tmp_path: Path, job: dict[str, Any], processes: int = PROCESSES
+    tmp_path: Path, job: dict[str, Any], workers: Workers, processes: int = PROCESSES
 ) -> tuple[list[dict[str, Any]], list[str], int]:
-    """Run the workers to their end: every result, every error, how many distinct pids. The
-    slowest worker's time (start line to last answer) is printed (``pytest -rP`` shows it)."""
-    procs = start_workers(tmp_path, job, processes)
+    """Run ``job`` on ``processes`` workers to its end: every result, every error, how many
+    distinct pids. The slowest worker's time (start line to last answer) is printed
+    (``pytest -rP`` shows it)."""
+    procs = workers.take(processes)
+    start(tmp_path, job, procs)
     try:
         reports = []
         for proc in procs:
-            out, err = proc.communicate(timeout=120)  # a hang guard only
-            assert proc.returncode == 0, f"worker failed ({proc.returncode}): {err[-2000:]}"
-            reports.append(json.loads(out))
-    finally:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line, f"worker failed ({proc.poll()}): {read_stderr(proc)}"
+            reports.append(json.loads(line))
+    except BaseException:
         stop(procs)
+        raise
     results = [result for report in reports for result in report["results"]]
     errors = [error for report in reports for error in report["errors"]]
     slowest = max(report["seconds"] for report in reports)
@@ -230,6 +278,13 @@ def run_workers(
         f"{processes} processes x {job['count']} {job['mode']}: {job['action']} in {slowest:.2f}s"
     )
     return results, errors, len({report["pid"] for report in reports})
+
+
+def victim(tmp_path: Path, job: dict[str, Any]) -> subprocess.Popen[str]:
+    """A worker process of its own, released on ``job``: the test kills it."""
+    (proc,) = Workers.spawn(1)
+    start(tmp_path, job, [proc])
+    return proc
 
 
 def until(condition: Callable[[], bool], what: str, timeout: float = HANG_GUARD) -> None:
@@ -260,11 +315,12 @@ def test_one_redirect_from_4_processes_x_50_threads_is_exchanged_once(
     clock: OffsetClock,
     parent: AmoOAuth,
     tmp_path: Path,
+    workers: Workers,
 ) -> None:
     given = consent(parent, fake, USER)
     mode = "threads"
     job = job_for(fake, served, spec, clock, action="callback", consent=given)
-    results, errors, pids = run_workers(tmp_path, job)
+    results, errors, pids = run_workers(tmp_path, job, workers)
     outcomes = Counter(result["outcome"] for result in results)
     code = given["query"]["code"]
     figures = (
@@ -298,12 +354,13 @@ def test_expired_token_from_4_processes_x_50_callers_is_refreshed_once(
     parent: AmoOAuth,
     tmp_path: Path,
     mode: str,
+    workers: Workers,
 ) -> None:
     connect(parent, fake)
     first = parent.access_token(USER)
     clock.offset = timedelta(hours=25)  # for the fake and this process; the workers get it too
     job = job_for(fake, served, spec, clock, action="access_token", connection_id=USER, mode=mode)
-    results, errors, pids = run_workers(tmp_path, job)
+    results, errors, pids = run_workers(tmp_path, job, workers)
     tokens = Counter(result["token"] for result in results)
     figures = (
         f"{spec['kind']} {mode}, {pids} processes x {CALLERS}: token calls "
@@ -340,12 +397,12 @@ def test_a_worker_killed_before_the_pair_is_stored_leaves_the_code_unsent(
     code = given["query"]["code"]
     fake.latency = 60.0  # amoCRM takes the code; its answer is held until the worker dies
     job = job_for(fake, served, spec, clock, action="callback", consent=given, count=1)
-    (victim,) = start_workers(tmp_path, job, 1)
+    worker = victim(tmp_path, job)
     try:
         until(lambda: fake.token_calls_for(code) == 1, "the worker's token call")
-        kill(victim)
+        kill(worker)
     finally:
-        stop([victim])
+        stop([worker])
     fake.latency = 0.0
     held = stored(parent, USER)
     assert held is not None and held.state is ConnectionState.CODE_RECEIVED
@@ -381,12 +438,12 @@ def test_a_worker_killed_after_the_pair_is_stored_keeps_it_and_verifies_later(
         "slow_body", endpoint="api", path="/api/v4/account", chunk_size=1 << 20, every=20.0
     )
     job = job_for(fake, served, spec, clock, action="callback", consent=given, count=1)
-    (victim,) = start_workers(tmp_path, job, 1)
+    worker = victim(tmp_path, job)
     try:
         until(lambda: fake.api_call_count("/api/v4/account") == 1, "the account check")
-        kill(victim)
+        kill(worker)
     finally:
-        stop([victim])
+        stop([worker])
     kept = stored(parent, USER)
     assert kept is not None and kept.state is ConnectionState.EXCHANGED, kept
     assert kept.tokens is not None, "the pair is stored before the account is checked"
@@ -422,12 +479,12 @@ def test_a_worker_killed_during_a_refresh_loses_nothing_under_kommos_grace(
     clock.offset = timedelta(hours=25)
     fake.latency = 60.0  # amoCRM rotates the pair; its answer is held until the worker dies
     job = job_for(fake, served, spec, clock, action="access_token", connection_id=USER, count=1)
-    (victim,) = start_workers(tmp_path, job, 1)
+    worker = victim(tmp_path, job)
     try:
         until(lambda: fake.token_call_count("refresh_token") == 1, "the worker's refresh")
-        kill(victim)
+        kill(worker)
     finally:
-        stop([victim])
+        stop([worker])
     fake.latency = 0.05
     held = stored(parent, USER)
     assert held is not None and held.lease is not None, "the dead worker's refresh lease"
