@@ -407,7 +407,7 @@ def test_a_worker_killed_before_the_pair_is_stored_leaves_the_code_unsent(
     held = stored(parent, USER)
     assert held is not None and held.state is ConnectionState.CODE_RECEIVED
     assert held.lease is not None, "the dead worker's exchange lease"
-    # The same redirect again, while the lease lives: a duplicate; nothing is sent.
+    # While the dead worker's lease lives, the exchange reads as in flight.
     assert parent.status(USER).state is ConnectionState.CODE_RECEIVED
 
     clock.offset += LEASE + timedelta(seconds=1)
