@@ -17,6 +17,10 @@ How a call is made safe:
   ``call_soon_threadsafe``); a waiter that hears nothing returns at its timeout.
 - Blocking calls borrow from a ``psycopg_pool.ConnectionPool``; awaited calls from an
   ``AsyncConnectionPool`` opened on first use in the running event loop: no worker threads.
+  Once that loop has closed (``asyncio.run`` returned), the next awaited call opens a new pool
+  in its own loop; two loops alive at once get a ``StoreError`` saying so.
+- A pool whose connect fails retries for at most half the store's ``timeout``, then gives up,
+  so that the first call after an outage connects at once.
 - The store never creates tables by itself: ``migrate()`` does, once, and records the schema
   version in a table of its own. Calls before then raise ``StoreError`` saying so.
 
