@@ -660,7 +660,9 @@ def test_a_server_killed_mid_run_fails_calls_fast_and_loses_nothing(
         )
         assert claimed == (held is not None), (record, held)
         clock.offset += LEASE + timedelta(seconds=1)  # a claim cut short lapses
-        connect(oauth, fake, "user-new")
+        # A new consent: connected now, or already (the redirect in flight had connected it).
+        fresh = callback(oauth, consent(oauth, fake, "user-new"))
+        assert fresh.outcome in (Outcome.CONNECTED, Outcome.ALREADY_CONNECTED), fresh.outcome
         assert oauth.status("user-new").state is ConnectionState.CONNECTED
     finally:
         oauth.close()

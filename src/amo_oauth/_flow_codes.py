@@ -141,6 +141,7 @@ class CodeFlows(Verification):
         digest = code_digest(code)
         code_key = f"code:{digest}"
         deadline = self.deadline()
+        state_raced = False
         while True:
             # Reads only, until the table says this worker may claim the code. The ledger is
             # read before the record: a claim writes both at once, so a ledger entry seen here
@@ -176,6 +177,11 @@ class CodeFlows(Verification):
                 self.log_step(record, result.record, event.name)
                 return (yield from self._finish_exchange(result.record, code, event.host))
             if claimed is ClaimResult.STATE_USED:
+                if used_with is None and not state_raced:
+                    # Another code of the same consent claimed the state since it was read
+                    # free (a double click on "Allow"): read again, and let the table name it.
+                    state_raced = True
+                    continue
                 raise CallbackRejected(Reason.REUSED_STATE)
             if claimed is ClaimResult.CODE_TAKEN:
                 # Another connection claimed this code: a duplicate here too, reported at once.
