@@ -24,7 +24,7 @@ from amo_oauth import (
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import Handlers, Request
 
-from helpers import config_for, query_of
+from helpers import config_for, query_of, run_consent
 
 USER = "user-1"
 PROBLEM = "application/problem+json"
@@ -63,7 +63,7 @@ def connected(fake: FakeAmoCRM, clock: FakeClock, transport: httpx.BaseTransport
         http=httpx.Client(transport=transport),
         clock=clock,
     )
-    result = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    result = run_consent(oauth, fake, USER)
     assert result.outcome is Outcome.CONNECTED
     clock.advance(timedelta(days=1, minutes=1))  # the access token has expired
     return oauth
@@ -166,7 +166,7 @@ def test_a_wrong_client_secret_is_a_misconfiguration(
         http=httpx.Client(transport=fake.transport()),
         clock=clock,
     )
-    result = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    result = run_consent(oauth, fake, USER)
     assert result.connection.error is not None
     assert result.connection.error.reason == reason
 
@@ -185,14 +185,14 @@ def test_out_of_range_values_never_escape_as_a_crash(
         clock=clock,
     )
     fake.fail_next("override", grant="authorization_code", fields={"expires_in": RawJSON("1e400")})
-    clamped = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    clamped = run_consent(oauth, fake, USER)
     assert clamped.outcome is Outcome.CONNECTED  # clamped to the bound, the pair kept
     assert clamped.connection.expires_at is not None
     assert clamped.connection.expires_at - clock() <= timedelta(days=3650)
     assert "expires_in" in caplog.text
     oauth.disconnect(USER)
     fake.fail_next("override", grant="authorization_code", fields={"access_token": "токен"})
-    unusable = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    unusable = run_consent(oauth, fake, USER)
     assert unusable.outcome is Outcome.FAILED  # a defined state, not a 500
     assert unusable.connection.error is not None
     assert unusable.connection.error.reason == "code_rejected"
@@ -215,7 +215,7 @@ def test_a_trickling_answer_is_cut_at_http_timeout_over_real_http(clock: FakeClo
         oauth = AmoOAuth(
             config_for(fake, http_timeout=1.0), store=MemoryStore(), http=http, clock=clock
         )
-        oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+        run_consent(oauth, fake, USER)
         clock.advance(timedelta(days=1, minutes=1))
         fake.fail_next("slow_body", grant="refresh_token", chunk_size=4, every=0.2)
         with pytest.raises(ProviderError) as slow:

@@ -14,7 +14,7 @@ import pytest
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, Outcome, SQLiteStore, Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import config_for, query_of
+from helpers import config_for, query_of, run_consent
 
 RACERS = 100
 USER = "user-42"
@@ -57,7 +57,7 @@ def test_access_token_from_100_threads_refreshes_once(
     slow_fake: FakeAmoCRM, store: Store, clock: FakeClock
 ) -> None:
     oauth = sync_oauth(slow_fake, store, clock)
-    oauth.handle_callback(query_of(slow_fake.authorize(oauth.begin(USER).state)))
+    run_consent(oauth, slow_fake, USER)
     clock.advance(timedelta(hours=24))
     with ThreadPoolExecutor(max_workers=RACERS) as pool:
         tokens = list(pool.map(lambda _: oauth.access_token(USER), range(RACERS)))

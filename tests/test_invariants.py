@@ -62,7 +62,7 @@ from amo_oauth._state_token import issue_state
 from amo_oauth.stores import BaseStore, Claim, ClaimResult
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import STATE_SECRET, config_for, examples, query_of
+from helpers import STATE_SECRET, config_for, examples, query_of, run_consent
 
 #: Reconnects in one ``churn`` step.
 CHURN = 16
@@ -988,7 +988,7 @@ def test_a_code_stays_known_after_many_newer_codes(machine: OAuthMachine) -> Non
     assert oauth.handle_callback(first).outcome is Outcome.CONNECTED
     for _ in range(MAX_CODE_DIGESTS - 1):
         oauth.disconnect("user-1")
-        oauth.handle_callback(query_of(fake.authorize(oauth.begin("user-1").state)))
+        run_consent(oauth, fake, "user-1")
     oauth.disconnect("user-1")
     assert machine.record("user-1").knows_code(code_digest(first["code"]))
     replay = oauth.handle_callback(first)

@@ -25,7 +25,7 @@ from amo_oauth._ops import Send, StoreOp
 from amo_oauth.stores import as_full_store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import config_for, query_of, stored
+from helpers import config_for, query_of, run_consent, stored
 
 Flow = Generator[Any, Any, Any]
 
@@ -94,7 +94,7 @@ def test_an_overtaken_exchange_never_writes_onto_the_new_connection() -> None:
 def connected(fake: FakeAmoCRM, clock: FakeClock) -> AmoOAuth:
     http = httpx.Client(transport=fake.transport())
     oauth = AmoOAuth(config_for(fake), store=MemoryStore(), http=http, clock=clock)
-    oauth.handle_callback(query_of(fake.authorize(oauth.begin("u1").state)))
+    run_consent(oauth, fake, "u1")
     return oauth
 
 

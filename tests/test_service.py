@@ -26,7 +26,7 @@ from amo_oauth import (
 from amo_oauth._records import record_key
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import query_of, stored
+from helpers import query_of, run_consent, stored
 
 USER = "user-42"
 
@@ -148,7 +148,7 @@ def test_reauthorization_with_a_fresh_state_exchanges_the_new_code(
 ) -> None:
     connect(oauth, fake)
     clock.advance(1)
-    again = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    again = run_consent(oauth, fake, USER)
     assert (again.outcome, again.duplicate) == (Outcome.CONNECTED, False)
     assert fake.token_call_count("authorization_code", "ok") == 2
 
