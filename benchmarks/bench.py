@@ -55,9 +55,9 @@ def oauth_on(store: Store, fake: FakeAmoCRM) -> AmoOAuth:
 def connected(store: Store) -> tuple[AmoOAuth, dict[str, str]]:
     fake = FakeAmoCRM(rate_limit=None)
     oauth = oauth_on(store, fake)
-    redirect = fake.authorize(oauth.begin(USER).state)
-    query = dict(parse_qsl(urlsplit(redirect).query))
-    oauth.handle_callback(query)
+    begun = oauth.begin(USER)
+    query = dict(parse_qsl(urlsplit(fake.authorize(begun.state)).query))
+    oauth.handle_callback(query, binding=begun.binding)
     return oauth, query
 
 

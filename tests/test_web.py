@@ -126,13 +126,21 @@ def callback_query(redirect: str) -> str:
 
 
 def connect_url(send: Send) -> str:
-    """GET /connect, as a browser (302) and as a mobile app (JSON): the consent URL."""
+    """GET /connect as a browser (302, the binding cookie) and as the mobile app (JSON: a ticket
+    URL its in-app browser opens, with no session, to get the same 302): the consent URL."""
     redirect = send("GET", f"{PREFIX}/connect", headers=AS_USER)
     assert redirect.status == 302
+    assert "amo_oauth_binding=" in redirect.headers["set-cookie"]
     asked = send("GET", f"{PREFIX}/connect", headers={**AS_USER, "accept": "application/json"})
     assert asked.status == 200
-    assert urlsplit(asked.json()["url"]).netloc == urlsplit(redirect.headers["location"]).netloc
-    return str(asked.json()["url"])
+    ticket_url = urlsplit(asked.json()["url"])
+    assert ticket_url.path == f"{PREFIX}/connect"
+    assert set(query_of(asked.json()["url"])) == {"ticket"}
+    opened = send("GET", ticket_url.path, query=ticket_url.query)  # the in-app browser
+    assert opened.status == 302
+    location = opened.headers["location"]
+    assert urlsplit(location).netloc == urlsplit(redirect.headers["location"]).netloc
+    return location
 
 
 def connect_through_callback(send: Send, fake: FakeAmoCRM) -> str:
@@ -204,7 +212,32 @@ def answer_of(response: Response) -> Answer:
     return Answer(response.status, dict(response.headers), response.text)
 
 
-def sender(handlers: Handlers) -> Send:
+class CookieJar:
+    """The few lines of a browser's cookie jar the routes need (one host, Max-Age only)."""
+
+    def __init__(self) -> None:
+        self.cookies: dict[str, str] = {}
+
+    def headers(self, headers: Mapping[str, str] | None) -> dict[str, str]:
+        sent = dict(headers or {})
+        if self.cookies and "cookie" not in {name.lower() for name in sent}:
+            sent["cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        return sent
+
+    def keep(self, response: Response) -> None:
+        for name, value in response.headers:
+            if name == "set-cookie":
+                pair, *attributes = value.split(";")
+                key, _, content = pair.strip().partition("=")
+                if "max-age=0" in {a.strip().lower() for a in attributes} or not content:
+                    self.cookies.pop(key, None)
+                else:
+                    self.cookies[key] = content
+
+
+def sender(handlers: Handlers, jar: CookieJar | None = None) -> Send:
+    jar = jar or CookieJar()
+
     def send(
         method: str,
         path: str,
@@ -213,12 +246,16 @@ def sender(handlers: Handlers) -> Send:
         headers: Mapping[str, str] | None = None,
         body: bytes = b"",
     ) -> Answer:
-        return answer_of(handlers.handle(Request(method, path, query, headers or {}, body)))
+        response = handlers.handle(Request(method, path, query, jar.headers(headers), body))
+        jar.keep(response)
+        return answer_of(response)
 
     return send
 
 
-def async_sender(handlers: AsyncHandlers) -> Send:
+def async_sender(handlers: AsyncHandlers, jar: CookieJar | None = None) -> Send:
+    jar = jar or CookieJar()
+
     def send(
         method: str,
         path: str,
@@ -227,8 +264,10 @@ def async_sender(handlers: AsyncHandlers) -> Send:
         headers: Mapping[str, str] | None = None,
         body: bytes = b"",
     ) -> Answer:
-        request = Request(method, path, query, headers or {}, body)
-        return answer_of(asyncio.run(handlers.handle(request)))
+        request = Request(method, path, query, jar.headers(headers), body)
+        response = asyncio.run(handlers.handle(request))
+        jar.keep(response)
+        return answer_of(response)
 
     return send
 

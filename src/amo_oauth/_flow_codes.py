@@ -7,6 +7,7 @@ ledger) before anything is written, and a new code is claimed in one atomic stor
 
 from __future__ import annotations
 
+import secrets
 from urllib.parse import urlencode
 
 import attrs
@@ -112,7 +113,10 @@ class CodeFlows(Verification):
         if claims.is_expired(self.now()):
             raise CallbackRejected(Reason.EXPIRED_TICKET)
         expires_at = self.store_time(claims.expires_at)
-        consumed = ConsumeState(ticket_nonce_key(claims), expires_at, _TICKET_HOLDER)
+        # A holder of its own: a store answers True again to the same holder (a retried claim),
+        # and a ticket's second redemption must fail.
+        holder = f"{_TICKET_HOLDER}:{secrets.token_urlsafe(12)}"
+        consumed = ConsumeState(ticket_nonce_key(claims), expires_at, holder)
         if not (yield from perform(consumed)):
             raise CallbackRejected(Reason.USED_TICKET)
         return claims.connection_id
