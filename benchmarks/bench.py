@@ -106,10 +106,15 @@ def bench_storm(racers: int, folder: Path) -> None:
     ):
         fake = FakeAmoCRM(rate_limit=None, latency=0.02)
         oauth = oauth_on(store, fake)
-        query = dict(parse_qsl(urlsplit(fake.authorize(oauth.begin(USER).state)).query))
+        begun = oauth.begin(USER)
+        query = dict(parse_qsl(urlsplit(fake.authorize(begun.state)).query))
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=racers) as pool:
-            results = list(pool.map(oauth.handle_callback, [query] * racers))
+        with ThreadPoolExecutor(max_workers=racers) as pool:  # one browser's redirect, n times
+            results = list(
+                pool.map(
+                    lambda q: oauth.handle_callback(q, binding=begun.binding), [query] * racers
+                )
+            )
         took = time.perf_counter() - started
         calls = fake.token_call_count("authorization_code")
         settled = (Outcome.CONNECTED, Outcome.ALREADY_CONNECTED)

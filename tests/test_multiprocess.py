@@ -152,8 +152,9 @@ def test_one_redirect_from_4_processes_x_8_threads_is_exchanged_once(
     parent: AmoOAuth,
     tmp_path: Path,
 ) -> None:
-    query = query_of(fake.authorize(parent.begin(USER).state))
-    job = job_for(fake, served, db, clock, action="callback", query=query)
+    begun = parent.begin(USER)
+    query = query_of(fake.authorize(begun.state))
+    job = job_for(fake, served, db, clock, action="callback", query=query, binding=begun.binding)
     results, errors, pids = gathered(run_workers(tmp_path, job))
     outcomes = Counter(result["outcome"] for result in results)
     figures = (
@@ -279,8 +280,9 @@ def test_two_service_objects_on_one_file_and_worker_processes_exchange_once(
         config_for(fake, settle_timeout=SETTLE), store=SQLiteStore(db), http=http, clock=clock
     )
     second.status(USER)  # both objects hold connections to the file now
-    query = query_of(fake.authorize(parent.begin(USER).state))
-    job = job_for(fake, served, db, clock, action="callback", query=query)
+    begun = parent.begin(USER)
+    query = query_of(fake.authorize(begun.state))
+    job = job_for(fake, served, db, clock, action="callback", query=query, binding=begun.binding)
     with ThreadPoolExecutor(max_workers=2) as pool:
         here = [pool.submit(oauth.handle_callback, query) for oauth in (parent, second)]
         results, errors, _ = gathered(run_workers(tmp_path, job))

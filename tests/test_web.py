@@ -325,7 +325,7 @@ def test_connect_redirects_to_amocrm_with_a_signed_state(send: Send, fake: FakeA
     location = urlsplit(answer.headers["location"])
     assert location.netloc == fake.consent_host
     assert query_of(answer.headers["location"])["client_id"] == fake.client_id
-    assert query_of(answer.headers["location"])["state"].startswith("v1.")
+    assert query_of(answer.headers["location"])["state"].startswith("v2.")
 
 
 @pytest.mark.parametrize(
@@ -500,7 +500,7 @@ def test_interrupted_exchange_links_the_reason(
     [
         ("", "bad_state"),
         ("code=abc", "bad_state"),
-        ("state=v1.forged.sig&code=abc", "bad_state"),
+        ("state=v2.forged.sig&code=abc", "bad_state"),
         ("code=a&code=b", "malformed"),
         ("error=<script>&state=x", "malformed"),
     ],
@@ -663,7 +663,7 @@ def test_exchange_code_failure_is_400_with_the_status(
         ("application/json", b'{"code": "a\\u0000b"}', 400, "malformed"),
         ("application/json", b'{"code": "abc"}', 400, "missing_referer"),
         ("application/json", b'{"code": "abc", "referer": "evil.example"}', 400, "foreign_host"),
-        ("application/json", b'{"code": "abc", "state": "v1.x.y"}', 400, "bad_state"),
+        ("application/json", b'{"code": "abc", "state": "v2.x.y"}', 400, "bad_state"),
         ("application/x-www-form-urlencoded", b"code=a&code=b", 415, "unsupported_media_type"),
         ("", b'{"code": "abc"}', 415, "unsupported_media_type"),
         ("text/plain", b"code=abc", 415, "unsupported_media_type"),
