@@ -447,3 +447,43 @@ def test_the_starlette_example_keeps_repeated_headers(
     with TestClient(app) as client:
         answer = client.get(f"{PREFIX}/status")
     assert answer.headers.get_list("set-cookie") == ["a=1", "b=2"]
+
+
+# -- RFC 9700 §4.11, and the threat table's own honesty ------------------------------------
+
+
+def test_a_redirect_from_the_token_endpoint_is_never_followed(
+    fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    hosts: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        location = "https://evil.example/collect"
+        return httpx.Response(307, headers={"location": location})
+
+    # The app's client says "follow redirects": the library's calls to amoCRM still do not.
+    http = httpx.Client(transport=httpx.MockTransport(answer), follow_redirects=True)
+    with AmoOAuth(config_for(fake), store=MemoryStore(), http=http, clock=clock) as oauth:
+        begun = oauth.begin(MALLORY)
+        redirect = query_of(fake.authorize(begun.state))
+        result = oauth.handle_callback(redirect, binding=begun.binding)
+    assert result.outcome is Outcome.FAILED
+    assert hosts == [fake.account_host]
+
+
+def test_the_threat_table_names_tests_that_exist() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    table = (root / "docs" / "security.md").read_text(encoding="utf-8")
+    table = table[table.index("## RFC 9700 threat table") :]
+    named = re.findall(r"`(?:(test_\w+)\.py)?::(test_\w+)`", table)
+    assert len(named) >= 20
+    module = None
+    for file, name in named:
+        module = file or module
+        assert module is not None
+        source = (root / "tests" / f"{module}.py").read_text(encoding="utf-8")
+        assert re.search(rf"^(async )?def {name}\(", source, re.M), f"{module}::{name}"
