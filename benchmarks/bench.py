@@ -10,6 +10,7 @@ printed side by side in one run, not absolute numbers across runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 from collections.abc import Callable
@@ -109,12 +110,9 @@ def bench_storm(racers: int, folder: Path) -> None:
         begun = oauth.begin(USER)
         query = dict(parse_qsl(urlsplit(fake.authorize(begun.state)).query))
         started = time.perf_counter()
+        callback = functools.partial(oauth.handle_callback, binding=begun.binding)
         with ThreadPoolExecutor(max_workers=racers) as pool:  # one browser's redirect, n times
-            results = list(
-                pool.map(
-                    lambda q: oauth.handle_callback(q, binding=begun.binding), [query] * racers
-                )
-            )
+            results = list(pool.map(callback, [query] * racers))
         took = time.perf_counter() - started
         calls = fake.token_call_count("authorization_code")
         settled = (Outcome.CONNECTED, Outcome.ALREADY_CONNECTED)

@@ -487,3 +487,19 @@ def test_the_threat_table_names_tests_that_exist() -> None:
         assert module is not None
         source = (root / "tests" / f"{module}.py").read_text(encoding="utf-8")
         assert re.search(rf"^(async )?def {name}\(", source, re.M), f"{module}::{name}"
+
+
+def test_openapi_documents_the_ticket_parameter(async_oauth: AsyncAmoOAuth) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from amo_oauth.fastapi import router
+
+    app = FastAPI()
+    app.include_router(router(async_oauth, connection_id=user_from_header, app_scheme="app"))
+    with TestClient(app) as client:
+        schema = client.get("/openapi.json").json()
+    connect = schema["paths"][f"{PREFIX}/connect"]["get"]
+    names = {parameter["name"] for parameter in connect["parameters"]}
+    assert {"ticket", "format"} <= names
+    assert "403" in schema["paths"][f"{PREFIX}/callback"]["get"]["responses"]
