@@ -503,3 +503,31 @@ def test_openapi_documents_the_ticket_parameter(async_oauth: AsyncAmoOAuth) -> N
     names = {parameter["name"] for parameter in connect["parameters"]}
     assert {"ticket", "format"} <= names
     assert "403" in schema["paths"][f"{PREFIX}/callback"]["get"]["responses"]
+
+
+def test_bindings_and_tickets_never_show(oauth: AmoOAuth) -> None:
+    from amo_oauth._binding import parse_binding, read_ticket
+    from amo_oauth.web._routes import Invoke
+
+    begun = oauth.begin(MALLORY)
+    ticket = oauth.issue_ticket(MALLORY)
+    assert begun.binding is not None
+    shown = " ".join(
+        repr(value)
+        for value in (
+            begun,
+            parse_binding(begun.binding),
+            read_ticket(oauth.config.state_secret, ticket),
+            Request(
+                "GET",
+                f"{PREFIX}/connect",
+                query={"ticket": ticket},
+                headers={"cookie": begun.binding},
+            ),
+            Invoke("redeem_ticket", (ticket,), {"binding": begun.binding}),
+        )
+    )
+    assert ticket not in shown and begun.binding.split(".")[0] not in shown
+    with pytest.raises(CallbackRejected) as caught:
+        oauth.redeem_ticket(ticket + "x")
+    assert ticket not in str(caught.value) and ticket not in repr(caught.value)

@@ -77,8 +77,9 @@ class Invoke:
     """Call ``method`` of the service with these arguments; the answer is its result."""
 
     method: str
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = attrs.field(factory=dict)
+    # They carry codes, tickets and bindings: never shown.
+    args: tuple[Any, ...] = attrs.field(default=(), repr=False)
+    kwargs: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
 
 WebFlow = Generator[Identify | Invoke, Any, T]
