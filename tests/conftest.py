@@ -81,7 +81,10 @@ def _state_of(query: object) -> str | None:
 @pytest.fixture(autouse=True)
 def same_browser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """The one browser of the lifecycle tests (see above); a no-op in REAL_BROWSER_MODULES."""
-    if request.module.__name__.rsplit(".", 1)[-1] in REAL_BROWSER_MODULES:
+    if (
+        os.environ.get("NO_SAME_BROWSER")
+        or request.module.__name__.rsplit(".", 1)[-1] in REAL_BROWSER_MODULES
+    ):
         return
     bindings: dict[str, str] = {}
     begin, callback, exchange = CodeFlows.begin, CodeFlows.handle_callback, CodeFlows.exchange_code

@@ -7,6 +7,7 @@ ledger) before anything is written, and a new code is claimed in one atomic stor
 
 from __future__ import annotations
 
+import re
 import secrets
 from urllib.parse import urlencode
 
@@ -58,6 +59,7 @@ from .stores._protocol import Claim, ClaimResult, LedgerEntry
 __all__ = ["CodeFlows"]
 
 _MAX_CODE = 2048
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 #: What a code-received no-op means to the caller: a refusal, or a report (duplicate or not).
 _REFUSED = {
     "new_code_refused": Reason.NEW_CODE_REFUSED,
@@ -141,7 +143,7 @@ class CodeFlows(Verification):
             # Neither a binding nor a session names the connection: only a code seen before
             # may be answered (a reload of the callback page, the seed's replay). Its holder in
             # the code ledger names the connection, which must be the state's.
-            holder = yield from perform(HolderOf(f"code:{parsed.code_digest}"))
+            holder = yield from self._holder_of(parsed.code_digest, claims)
             if holder is None:
                 raise CallbackRejected(Reason.WRONG_BROWSER)
             resolved = self._connection_of(holder)
@@ -154,6 +156,16 @@ class CodeFlows(Verification):
                 target, parsed.code, parsed.host, claims, browser_matches=matches
             )
         )
+
+    def _holder_of(self, digest: str, claims: StateClaims) -> Flow[str | None]:
+        """The record key the code ledger names for this code or, for a second code of a used
+        consent (a double tap on "Allow"), for the code that used its state first."""
+        holder = yield from perform(HolderOf(f"code:{digest}"))
+        if holder is None:
+            first = yield from perform(HolderOf(claims.nonce))
+            if first is not None and _SHA256_HEX.fullmatch(first):
+                holder = yield from perform(HolderOf(f"code:{first}"))
+        return holder
 
     def _browser(
         self, claims: StateClaims, signed_in: str | None, binding: str | None
