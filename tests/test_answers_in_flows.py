@@ -134,8 +134,9 @@ def test_a_misconfigured_redirect_uri_is_said_so(
         http=httpx.Client(transport=fake.transport()),
         clock=clock,
     )
-    query = query_of(fake.authorize(oauth.begin(USER).state))
-    result = oauth.handle_callback(query)
+    begun = oauth.begin(USER)
+    query = query_of(fake.authorize(begun.state))
+    result = oauth.handle_callback(query, binding=begun.binding)
     assert result.outcome is Outcome.FAILED
     error = result.connection.error
     assert error is not None and error.reason == "client_misconfigured"
@@ -147,8 +148,10 @@ def test_a_misconfigured_redirect_uri_is_said_so(
     assert query["code"] not in caplog.text and fake.client_secret not in caplog.text
     # The page says the integration is misconfigured, not "try again".
     handlers = Handlers(oauth, connection_id=lambda _: USER, app_scheme="app")
-    again = query_of(fake.authorize(oauth.begin(USER).state))
-    page = handlers.handle(Request("GET", "/api/amo-crm/callback", urlencode(again), {}, b""))
+    begun = oauth.begin(USER)
+    again = query_of(fake.authorize(begun.state))
+    cookie = {"cookie": f"__Host-amo_oauth_binding={begun.binding}"}  # the same browser
+    page = handlers.handle(Request("GET", "/api/amo-crm/callback", urlencode(again), cookie))
     assert "misconfigured" in page.text and "try again" not in page.text
     assert "error=client_misconfigured" in page.text
 
@@ -198,8 +201,10 @@ def test_out_of_range_values_never_escape_as_a_crash(
     assert unusable.connection.error.reason == "code_rejected"
     handlers = Handlers(oauth, connection_id=lambda _: USER, app_scheme="app")
     fake.fail_next("override", grant="authorization_code", fields={"expires_in": RawJSON("1e18")})
-    again = query_of(fake.authorize(oauth.begin(USER).state))
-    page = handlers.handle(Request("GET", "/api/amo-crm/callback", urlencode(again), {}, b""))
+    begun = oauth.begin(USER)
+    again = query_of(fake.authorize(begun.state))
+    cookie = {"cookie": f"__Host-amo_oauth_binding={begun.binding}"}  # the same browser
+    page = handlers.handle(Request("GET", "/api/amo-crm/callback", urlencode(again), cookie))
     assert page.status == 200
 
 

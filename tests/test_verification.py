@@ -28,8 +28,9 @@ def test_a_transient_verification_failure_keeps_the_pair(
     oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock, fault: str
 ) -> None:
     fake.fail_next(fault, endpoint="api", path=ACCOUNT)  # type: ignore[arg-type]
-    query = query_of(fake.authorize(oauth.begin(USER).state))
-    result = oauth.handle_callback(query)
+    begun = oauth.begin(USER)
+    query = query_of(fake.authorize(begun.state))
+    result = oauth.handle_callback(query, binding=begun.binding)
     assert (result.outcome, result.connection.state) == (
         Outcome.IN_PROGRESS,
         ConnectionState.EXCHANGED,
@@ -83,7 +84,10 @@ def test_a_lease_that_lapses_after_the_pair_was_stored_keeps_the_pair(
 ) -> None:
     """The worker died between storing the pair and verifying it: the pair is kept and the
     next caller verifies (only a lease lapsing before the pair is stored is the end)."""
-    flow = oauth._flows.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    begun = oauth.begin(USER)
+    flow = oauth._flows.handle_callback(
+        query_of(fake.authorize(begun.state)), binding=begun.binding
+    )
     store = as_full_store(oauth.store)
     item = next(flow)
     sends = 0
