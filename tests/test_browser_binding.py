@@ -1,6 +1,6 @@
 """Every consent is bound to the browser that started it (issue 9 #1, RFC 9700 §4.7.1), and the
-state names nobody (issue 9 #4). No help from conftest's ``same_browser`` here: every binding
-travels as a browser (or the app) would carry it."""
+state names nobody (issue 9 #4). Every binding travels as a browser (or the app) would carry it:
+a cookie jar, a ticket URL, or ``binding=`` on the service."""
 
 from __future__ import annotations
 

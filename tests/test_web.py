@@ -143,6 +143,13 @@ def connect_url(send: Send) -> str:
     return location
 
 
+def connect_state(send: Send, user: str = USER) -> str:
+    """GET /connect in ``send``'s browser (it keeps the binding cookie): the state it began."""
+    answer = send("GET", f"{PREFIX}/connect", headers={"x-user": user})
+    assert answer.status == 302
+    return query_of(answer.headers["location"])["state"]
+
+
 def connect_through_callback(send: Send, fake: FakeAmoCRM) -> str:
     """Connect USER as a browser does (/connect, "Allow", /callback); the code it used."""
     state = dict(parse_qsl(urlsplit(connect_url(send)).query))["state"]
@@ -405,7 +412,7 @@ def test_sync_handlers_refuse_an_async_connection_id(oauth: AmoOAuth) -> None:
 def test_callback_page_is_accessible_static_html(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
-    redirect = fake.authorize(oauth.begin(USER).state)
+    redirect = fake.authorize(connect_state(send))
     answer = send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
     page = parse_page(answer.text)
     assert answer.text.startswith("<!doctype html>")
@@ -420,7 +427,7 @@ def test_callback_page_is_accessible_static_html(
 
 
 def test_callback_page_headers(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
-    redirect = fake.authorize(oauth.begin(USER).state)
+    redirect = fake.authorize(connect_state(send))
     for query in (callback_query(redirect), "state=forged"):
         headers = send("GET", f"{PREFIX}/callback", query=query).headers
         assert headers["content-type"] == "text/html; charset=utf-8"
@@ -442,7 +449,7 @@ def test_json_responses_are_never_cached(send: Send) -> None:
 def test_the_deep_link_never_carries_the_code(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     redirect = fake.authorize(state)
     code = query_of(redirect)["code"]
     for _ in range(2):  # first and replayed
@@ -466,7 +473,7 @@ def test_in_progress_links_pending(
     )
     assert oauth.store.compare_and_set(busy, None)
     send = sender(Handlers(oauth, connection_id=user_from_header, app_scheme="foryoure"))
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     page = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
     assert (page.status, deep_link(page)[1]) == (200, {"pending": "true", "state": state})
     assert parse_page(page.text).h1 == "Almost done"
@@ -477,7 +484,7 @@ def test_in_progress_links_pending(
 
 
 def test_failed_exchange_links_the_reason(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     query = urlencode({"code": "not-a-real-code", "state": state, "referer": fake.account_host})
     page = send("GET", f"{PREFIX}/callback", query=query)
     assert page.status == 200
@@ -490,7 +497,7 @@ def test_interrupted_exchange_links_the_reason(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
     fake.fail_next("500")
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     page = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
     assert deep_link(page)[1] == {"error": "exchange_interrupted", "state": state}
 
@@ -518,7 +525,7 @@ def test_refused_callbacks_get_a_400_page(
 def test_a_second_code_of_one_consent_shows_the_connection(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
     answer = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
     assert answer.status == 200
@@ -564,7 +571,7 @@ def test_page_language(
 def test_every_message_is_translated(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM, lang: str, connected: str, failed: str
 ) -> None:
-    redirect = fake.authorize(oauth.begin(USER).state)
+    redirect = fake.authorize(connect_state(send))
     ok = send("GET", f"{PREFIX}/callback", query=f"{callback_query(redirect)}&lang={lang}")
     assert parse_page(ok.text).h1 == connected
     bad = send("GET", f"{PREFIX}/callback", query=f"lang={lang}")
@@ -586,7 +593,7 @@ def test_everything_on_the_page_is_escaped(oauth: AmoOAuth) -> None:
 
 
 def test_the_echoed_state_is_escaped(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     answer = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
     assert 'href="foryoure://amo-crm/callback?success=true&amp;state=' in answer.text
 
@@ -602,13 +609,13 @@ def test_exchange_code_never_exchanges_a_new_code(
     code = fake.issue_code()
     answer = post_code(send, {"code": code, "referer": fake.account_host})
     assert (answer.status, answer.json()) == (400, {"error": "new_code_refused"})
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     with_state = post_code(send, {"code": code, "referer": fake.account_host, "state": state})
     assert (with_state.status, with_state.json()) == (400, {"error": "new_code_refused"})
     assert fake.token_call_count() == 0
     assert code not in answer.text + with_state.text
     # The seed's old app: the code the callback exchanged is answered with the status.
-    redirect = fake.authorize(oauth.begin(USER).state)
+    redirect = fake.authorize(connect_state(send))
     send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
     known = post_code(send, {"code": query_of(redirect)["code"]})
     assert (known.status, known.json()["outcome"], known.json()["duplicate"]) == (
@@ -619,7 +626,7 @@ def test_exchange_code_never_exchanges_a_new_code(
     assert fake.token_call_count() == 1
     # Found by review: once connected, a new code with a fresh state re-authorized through
     # this route. It is refused there too.
-    fresh = {"code": fake.issue_code(), "state": oauth.begin(USER).state}
+    fresh = {"code": fake.issue_code(), "state": connect_state(send)}
     late = post_code(send, {**fresh, "referer": fake.account_host})
     assert (late.status, late.json()) == (400, {"error": "new_code_refused"})
     assert fake.token_call_count() == 1
@@ -628,7 +635,7 @@ def test_exchange_code_never_exchanges_a_new_code(
 def test_exchange_code_refuses_a_form_a_page_could_post(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
-    redirect = fake.authorize(oauth.begin(USER).state)
+    redirect = fake.authorize(connect_state(send))
     send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
     body = urlencode({"code": query_of(redirect)["code"]}).encode()
     headers = {**AS_USER, "content-type": "application/x-www-form-urlencoded; charset=utf-8"}
@@ -639,8 +646,9 @@ def test_exchange_code_refuses_a_form_a_page_could_post(
 def test_exchange_code_failure_is_400_with_the_status(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
+    begun = oauth.begin(USER)
     oauth.exchange_code(  # the service, with its consent's state, exchanged a code amoCRM refused
-        USER, "never-issued", referer=fake.account_host, state=oauth.begin(USER).state
+        USER, "never-issued", referer=fake.account_host, state=begun.state, binding=begun.binding
     )
     answer = post_code(send, {"code": "never-issued"})
     assert answer.status == 400
@@ -851,7 +859,7 @@ def test_a_store_outage_is_503(make_oauth: Callable[..., AmoOAuth], fake: FakeAm
     store = FlakyStore()
     oauth = make_oauth(store=store)
     send = sender(Handlers(oauth, connection_id=user_from_header, app_scheme="foryoure"))
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     store.broken = True
     answer = send("GET", f"{PREFIX}/status", headers=AS_USER)
     assert (answer.status, answer.json()) == (503, {"error": "store_unavailable"})
