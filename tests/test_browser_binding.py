@@ -344,6 +344,35 @@ def test_the_cookie_follows_the_configured_redirect_uri(
     assert attributes == (expected | {"Secure"} if secure else expected)
 
 
+@pytest.mark.parametrize(
+    ("redirect_uri", "connect"),
+    [
+        # Mounted under more than the handlers' prefix (include_router, url_prefix, a proxy):
+        # the redirect URI is /callback as the world reaches it, so /connect is its sibling.
+        (
+            "https://backend.example/v2/api/amo-crm/callback",
+            "https://backend.example/v2/api/amo-crm/connect",
+        ),
+        (
+            "https://backend.example/api/amo-crm/callback",
+            "https://backend.example/api/amo-crm/connect",
+        ),
+        ("https://backend.example/oauth/amo", f"https://backend.example{PREFIX}/connect"),
+    ],
+)
+def test_the_ticket_url_is_the_public_sibling_of_the_redirect_uri(
+    make_oauth, redirect_uri: str, connect: str
+) -> None:
+    handlers = Handlers(
+        make_oauth(redirect_uri=redirect_uri), connection_id=user_from_header, app_scheme="app"
+    )
+    headers = {**as_user(MALLORY), "accept": "application/json"}
+    answer = handlers.handle(Request("GET", f"{PREFIX}/connect", headers=headers))
+    url = urlsplit(json.loads(answer.body)["url"])
+    assert f"{url.scheme}://{url.netloc}{url.path}" == connect
+    assert url.query.startswith("ticket=t1.")
+
+
 def test_a_second_connect_in_the_same_browser_keeps_its_binding(handlers: Handlers) -> None:
     jar = CookieJar()
     browser = sender(handlers, jar)

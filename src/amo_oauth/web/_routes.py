@@ -393,7 +393,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         self.cookie_name = ("__Host-" if self.secure_cookie else "") + BINDING_COOKIE
         state_ttl = getattr(config, "state_ttl", timedelta(minutes=30))
         self.cookie_max_age = max(1, int(state_ttl.total_seconds()))
-        self.public_base = origin_of(redirect_uri) if redirect_uri else ""
+        self.connect_url = _connect_url(redirect_uri, self.prefix)
         self._state_secret: bytes = getattr(config, "state_secret", b"")
         self.allowed_origins = frozenset(
             origin_of(url) for url in (redirect_uri, *allowed_origins) if url
@@ -518,7 +518,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         ticket: str = yield from self._call("issue_ticket", connection_id)
         claims = read_ticket(self._state_secret, ticket)
         query = urlencode({"ticket": ticket})
-        url = f"{self.public_base}{self.prefix}{ROUTES[0].path}?{query}"
+        url = f"{self.connect_url}?{query}"
         return Response.json(200, {"url": url, "expires_at": claims.expires_at.isoformat()})
 
     def _callback(self, request: Request) -> WebFlow[Response]:
@@ -573,6 +573,24 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
     def _disconnect_hook(self, request: Request) -> WebFlow[Response]:
         affected = yield from self._call("handle_disconnect_hook", request.query)
         return Response.json(200, {"disconnected": len(affected)})
+
+
+def _connect_url(redirect_uri: str, prefix: str) -> str:
+    """The public URL of ``/connect``, for the ticket links the JSON form hands out.
+
+    amoCRM redirects to ``redirect_uri``, which is this ``/callback`` as the world reaches it:
+    its path already holds whatever the app mounts the routes under (``include_router``'s or a
+    blueprint's ``url_prefix``, a proxy's path), so ``/connect`` is its sibling. A redirect URI
+    that does not end in ``/callback`` falls back to its origin and ``prefix``.
+    """
+    if not redirect_uri:
+        return prefix + "/connect"
+    parts = urlsplit(redirect_uri)
+    if parts.path.endswith("/callback"):
+        path = parts.path.removesuffix("/callback") + "/connect"
+    else:
+        path = prefix + "/connect"
+    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 def _finish(response: Response) -> Response:
