@@ -38,7 +38,8 @@ import httpx
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, CallbackResult, Config, Store
 from amo_oauth.testing import AsyncLoopbackTransport, FakeAmoCRM, LoopbackTransport
 
-#: What a consent carries from the browser to the callback, as JSON: the redirect's query.
+#: What a consent carries to the callback, as JSON: the redirect's ``query``, and the
+#: ``binding`` of the browser that began it (its cookie).
 Consent = dict[str, Any]
 
 
@@ -50,23 +51,25 @@ def consent(oauth: AmoOAuth, fake: FakeAmoCRM, connection_id: str) -> Consent:
     """Begin connecting ``connection_id`` and let the fake's consent page answer: what the
     browser brings to the callback."""
     request = oauth.begin(connection_id)
-    return {"query": dict(parse_qsl(urlsplit(fake.authorize(request.state)).query))}
+    query = dict(parse_qsl(urlsplit(fake.authorize(request.state)).query))
+    return {"query": query, "binding": request.binding}
 
 
 async def aconsent(oauth: AsyncAmoOAuth, fake: FakeAmoCRM, connection_id: str) -> Consent:
     """``consent`` for an ``AsyncAmoOAuth``."""
     request = await oauth.begin(connection_id)
-    return {"query": dict(parse_qsl(urlsplit(fake.authorize(request.state)).query))}
+    query = dict(parse_qsl(urlsplit(fake.authorize(request.state)).query))
+    return {"query": query, "binding": request.binding}
 
 
 def callback(oauth: AmoOAuth, given: Consent) -> CallbackResult:
-    """The redirect of ``given`` arriving at this worker."""
-    return oauth.handle_callback(given["query"])
+    """The redirect of ``given`` arriving at this worker, from the browser that began it."""
+    return oauth.handle_callback(given["query"], binding=given["binding"])
 
 
 async def acallback(oauth: AsyncAmoOAuth, given: Consent) -> CallbackResult:
     """``callback`` for an ``AsyncAmoOAuth``."""
-    return await oauth.handle_callback(given["query"])
+    return await oauth.handle_callback(given["query"], binding=given["binding"])
 
 
 def open_store(spec: dict[str, Any]) -> Store:

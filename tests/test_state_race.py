@@ -37,12 +37,14 @@ def test_a_second_code_that_loses_the_state_reports_the_first_connection(
 ) -> None:
     store = LateClaims()
     oauth = make_oauth(store=store)
-    state = oauth.begin(USER).state
-    first, second = (query_of(fake.authorize(state)) for _ in range(2))
+    begun = oauth.begin(USER)
+    first, second = (query_of(fake.authorize(begun.state)) for _ in range(2))
     won: list[Outcome] = []
-    store.meanwhile = lambda: won.append(oauth.handle_callback(first).outcome)
+    store.meanwhile = lambda: won.append(
+        oauth.handle_callback(first, binding=begun.binding).outcome
+    )
 
-    late = oauth.handle_callback(second)
+    late = oauth.handle_callback(second, binding=begun.binding)
 
     assert won == [Outcome.CONNECTED]
     assert late.outcome is Outcome.ALREADY_CONNECTED
@@ -62,6 +64,6 @@ def test_a_state_taken_without_a_holder_is_still_refused_after_one_more_look(
     claims = read_state(oauth.config.state_secret, request.state)
     store.consume_state(claims.nonce, claims.expires_at)
     with pytest.raises(CallbackRejected) as refused:
-        oauth.handle_callback(query_of(fake.authorize(request.state)))
+        oauth.handle_callback(query_of(fake.authorize(request.state)), binding=request.binding)
     assert refused.value.reason == "reused_state"
     assert fake.token_call_count() == 0
