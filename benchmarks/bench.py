@@ -10,6 +10,7 @@ printed side by side in one run, not absolute numbers across runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,9 +56,9 @@ def oauth_on(store: Store, fake: FakeAmoCRM) -> AmoOAuth:
 def connected(store: Store) -> tuple[AmoOAuth, dict[str, str]]:
     fake = FakeAmoCRM(rate_limit=None)
     oauth = oauth_on(store, fake)
-    redirect = fake.authorize(oauth.begin(USER).state)
-    query = dict(parse_qsl(urlsplit(redirect).query))
-    oauth.handle_callback(query)
+    begun = oauth.begin(USER)
+    query = dict(parse_qsl(urlsplit(fake.authorize(begun.state)).query))
+    oauth.handle_callback(query, binding=begun.binding)
     return oauth, query
 
 
@@ -106,10 +107,12 @@ def bench_storm(racers: int, folder: Path) -> None:
     ):
         fake = FakeAmoCRM(rate_limit=None, latency=0.02)
         oauth = oauth_on(store, fake)
-        query = dict(parse_qsl(urlsplit(fake.authorize(oauth.begin(USER).state)).query))
+        begun = oauth.begin(USER)
+        query = dict(parse_qsl(urlsplit(fake.authorize(begun.state)).query))
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=racers) as pool:
-            results = list(pool.map(oauth.handle_callback, [query] * racers))
+        callback = functools.partial(oauth.handle_callback, binding=begun.binding)
+        with ThreadPoolExecutor(max_workers=racers) as pool:  # one browser's redirect, n times
+            results = list(pool.map(callback, [query] * racers))
         took = time.perf_counter() - started
         calls = fake.token_call_count("authorization_code")
         settled = (Outcome.CONNECTED, Outcome.ALREADY_CONNECTED)

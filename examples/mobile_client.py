@@ -9,12 +9,15 @@ The NEW app trusts the deep link: ``success=true`` -> it re-reads ``GET /status`
 ``error=...`` -> "authorization error, try again"; neither (and no code) -> "authorization code
 missing". A ``code`` in the deep link (an old backend) still falls back to exchange-code.
 
-The in-app browser is played too, like a person: it opens ``/connect``, presses "Allow" (or
-"Deny") on the consent page and reads the "Return to App" button. That works against
-``amo-oauth demo --serve`` (a fake amoCRM), not against amoCRM, whose consent page needs a login.
+The in-app browser is played too, like a person: it opens the ``/connect?ticket=...`` URL the app
+got from its backend (``GET /connect`` as JSON, authenticated), keeps the binding cookie that sets,
+presses "Allow" (or "Deny") on the consent page and reads the "Return to App" button. That works
+against ``amo-oauth demo --serve`` (a fake amoCRM), not against amoCRM, whose consent page needs
+a login.
 
-As a library: ``sign_in``, ``authorize_in_browser`` (or its steps ``open_connect``, ``press``,
-``land``), ``old_app`` and ``new_app`` return what the app would show. As a script::
+As a library: ``sign_in``, ``authorize_in_browser`` (or its steps ``connect_link``,
+``open_connect``, ``press``, ``land``), ``old_app`` and ``new_app`` return what the app would
+show. As a script::
 
     python examples/mobile_client.py --backend http://127.0.0.1:8000 --version new
 """
@@ -133,13 +136,25 @@ def _redirect(answer: httpx.Response, what: str) -> str:
     return urljoin(str(answer.url), answer.headers["location"])
 
 
-def open_connect(browser: httpx.Client, backend: str, token: str) -> str:
-    """Open the backend's connect URL, signed in; return the consent page URL it redirects to.
+def connect_link(backend: str, token: str) -> str:
+    """The app asks its backend, signed in, where to send its in-app browser: the JSON form of
+    ``/connect`` answers ``{url}``, a ``/connect?ticket=...`` URL good once, for about a minute."""
+    headers = {"authorization": f"Bearer {token}", "accept": "application/json"}
+    answer = httpx.get(f"{backend}{PREFIX}/connect", headers=headers)
+    if answer.status_code != 200:
+        raise BrowserError(f"connect (JSON): {answer.status_code}")
+    return str(answer.json()["url"])
 
-    The app opens its in-app browser with the session (Android's ``WebView.loadUrl`` takes
-    extra headers); a browser signed in by cookie works the same.
+
+def open_connect(browser: httpx.Client, backend: str, token: str) -> str:
+    """Get the ticket URL from the backend (as the app), open it in the in-app browser (no app
+    session there); return the consent page URL it redirects to.
+
+    ``/connect?ticket=...`` sets the browser-binding cookie in that browser, which keeps it for
+    the whole consent (ASWebAuthenticationSession, Custom Tabs, httpx's cookie jar here): the
+    callback completes only in the browser that started the consent.
     """
-    answer = browser.get(f"{backend}{PREFIX}/connect", headers={"authorization": f"Bearer {token}"})
+    answer = browser.get(connect_link(backend, token))
     return _redirect(answer, "connect")
 
 

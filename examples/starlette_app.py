@@ -71,7 +71,10 @@ def create_app(
                 native=request,
             )
         )
-        return Response(answer.body, answer.status, headers=dict(answer.headers))
+        response = Response(answer.body, answer.status)
+        for name, value in answer.headers:  # pairs, not a dict: several Set-Cookie may come
+            response.headers.append(name, value)
+        return response
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

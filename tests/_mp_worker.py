@@ -38,7 +38,8 @@ def task(oauth: AmoOAuth, job: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     if job["action"] == "callback":
 
         def callback() -> dict[str, Any]:
-            result = oauth.handle_callback(job["query"])
+            # The job's redirect comes back in the browser that started it (its binding).
+            result = oauth.handle_callback(job["query"], binding=job.get("binding"))
             return {"outcome": result.outcome.value, "duplicate": result.duplicate}
 
         return callback

@@ -18,16 +18,18 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
-__all__ = ["PASSWORD_MARK", "find_bin_dir", "postgres_url"]
+__all__ = ["PASSWORD_MARK", "PostgresProcess", "find_bin_dir", "own_postgres", "postgres_url"]
 
 #: Every generated password starts with this, so that a test can look for it in any text.
 PASSWORD_MARK = "pw-Secr3t-"
@@ -69,8 +71,11 @@ def _free_port() -> int:
 class _Server:
     """One server in ``root``, run as ``user`` (None: as this process's user)."""
 
-    def __init__(self, bin_dir: Path, root: Path, user: str | None) -> None:
+    def __init__(self, bin_dir: Path, root: Path, user: str | None, durable: bool = False) -> None:
         self.bin_dir = bin_dir
+        #: Commits reach the OS before they are acknowledged (``synchronous_commit=on``), so a
+        #: SIGKILLed server loses nothing it acknowledged; fsync stays off (the OS survives).
+        self.durable = durable
         self.root = root
         self.data = root / "data"
         self.sockets = root / "sockets"
@@ -113,7 +118,7 @@ class _Server:
                 f"-p {self.port}",
                 f"-k {self.sockets}",
                 "-c fsync=off",
-                "-c synchronous_commit=off",
+                f"-c synchronous_commit={'on' if self.durable else 'off'}",
                 "-c full_page_writes=off",
                 "-c max_connections=300",
             ]
@@ -123,6 +128,10 @@ class _Server:
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def postmaster_pid(self) -> int:
+        """The running postmaster's pid, from the first line of ``postmaster.pid``."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
 
 def _admin(server: _Server, statement: str) -> None:
@@ -139,10 +148,9 @@ def _admin(server: _Server, statement: str) -> None:
         conn.execute(statement.encode())
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """``postgresql://amo_test:<password>@127.0.0.1:<port>/amo_test`` of a fresh server, stopped
-    and deleted at the end of the session. The password starts with ``PASSWORD_MARK``."""
+@contextlib.contextmanager
+def _running(durable: bool) -> Iterator[tuple[_Server, str]]:
+    """A fresh server and the URL of its database, stopped and deleted at the end."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
         _missing("PostgreSQL not installed: apt-get install postgresql")
@@ -158,7 +166,7 @@ def postgres_url() -> Iterator[str]:
             _missing("PostgreSQL refuses to run as root, and there is no 'postgres' user")
         user = "postgres"
     root = Path(tempfile.mkdtemp(prefix="amo_oauth_pg_"))
-    server = _Server(bin_dir, root, user)
+    server = _Server(bin_dir, root, user, durable)
     try:
         server.sockets.mkdir()
         if user is not None:
@@ -176,7 +184,62 @@ def postgres_url() -> Iterator[str]:
         password = PASSWORD_MARK + secrets.token_hex(8)
         _admin(server, f"CREATE ROLE {_USER} LOGIN PASSWORD '{password}'")
         _admin(server, f"CREATE DATABASE {_DATABASE} OWNER {_USER}")
-        yield f"postgresql://{_USER}:{password}@127.0.0.1:{server.port}/{_DATABASE}"
+        yield server, f"postgresql://{_USER}:{password}@127.0.0.1:{server.port}/{_DATABASE}"
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """``postgresql://amo_test:<password>@127.0.0.1:<port>/amo_test`` of a fresh server, stopped
+    and deleted at the end of the session. The password starts with ``PASSWORD_MARK``."""
+    with _running(durable=False) as (_, url):
+        yield url
+
+
+class PostgresProcess:
+    """A server of one's own, to kill and to start again on the same data directory."""
+
+    def __init__(self, server: _Server, url: str) -> None:
+        self._server = server
+        self.url = url
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster, as the OOM killer would; its backends notice and exit on
+        their own (any still there after 10 s are killed too, so that a restart can start)."""
+        pid = self._server.postmaster_pid()
+        children = _children(pid)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and any(_alive(child) for child in children):
+            time.sleep(0.05)
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+
+    def restart(self) -> None:
+        """Start the server again on the same data directory and port (it recovers first)."""
+        self._server.start()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        found.extend(int(child) for child in task.read_text().split())
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@contextlib.contextmanager
+def own_postgres() -> Iterator[PostgresProcess]:
+    """A server for one test that kills it: commits are acknowledged only once written."""
+    with _running(durable=True) as (server, url):
+        yield PostgresProcess(server, url)

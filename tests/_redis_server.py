@@ -9,6 +9,7 @@ and yields its URL. Without the binary the tests skip, or fail when the environm
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -17,10 +18,11 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 import pytest
 
-__all__ = ["REDIS_PASSWORD", "free_port", "redis_url"]
+__all__ = ["REDIS_PASSWORD", "RedisProcess", "free_port", "own_redis", "redis_url"]
 
 #: The server's password: random per session, so that a leak cannot match by accident.
 REDIS_PASSWORD = "pw-" + secrets.token_hex(12)
@@ -57,9 +59,17 @@ def _answers(port: int) -> bool:
         return False
 
 
-def _start(binary: str, directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    log = (directory / "redis.log").open("wb")
+#: Persistence options: none for the session's server; for a server a test kills, an
+#: append-only file written before each reply (so an acknowledged write survives SIGKILL).
+_EPHEMERAL: Final = ("--save", "", "--appendonly", "no")
+_DURABLE: Final = ("--save", "", "--appendonly", "yes", "--appendfsync", "always")
+
+
+def _start(
+    binary: str, directory: Path, port: int | None = None, persistence: tuple[str, ...] = _EPHEMERAL
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = port or free_port()
+    log = (directory / "redis.log").open("ab")
     process = subprocess.Popen(
         [
             binary,
@@ -67,10 +77,7 @@ def _start(binary: str, directory: Path) -> tuple[subprocess.Popen[bytes], int]:
             "127.0.0.1",
             "--port",
             str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
+            *persistence,
             "--dir",
             str(directory),
             "--requirepass",
@@ -121,3 +128,47 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
     finally:
         _stop(process)
+
+
+class RedisProcess:
+    """A server of one's own, to kill and to start again on the same directory and port."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self._binary = binary
+        self._directory = directory
+        self._process, self.port = _start(binary, directory, persistence=_DURABLE)
+        self.url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def kill(self) -> None:
+        """SIGKILL the server: no shutdown, no last write."""
+        self._process.kill()
+        self._process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start again on the same port, reading the append-only file back."""
+        self._process, _ = _start(self._binary, self._directory, self.port, _DURABLE)
+
+    def stop(self) -> None:
+        _stop(self._process)
+
+
+@contextlib.contextmanager
+def own_redis(directory: Path) -> Iterator[RedisProcess]:
+    """A durable server for one test that kills it, in ``directory``."""
+    binary = _binary()
+    for attempt in range(3):  # the free port may be taken before the server binds it
+        try:
+            server = RedisProcess(binary, directory)
+            break
+        except RuntimeError:
+            if attempt == 2:
+                log = (directory / "redis.log").read_text(errors="replace")
+                pytest.fail(f"redis-server did not start:\n{log}")
+    try:
+        yield server
+    finally:
+        server.stop()

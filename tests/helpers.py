@@ -52,3 +52,19 @@ def query_of(url: str) -> dict[str, str]:
 def stored(oauth: Any, connection_id: str) -> ConnectionRecord | None:
     """The record ``oauth`` keeps for ``connection_id``, read straight from its store."""
     return oauth.store.load(record_key(oauth.config.client_id, connection_id))
+
+
+def run_consent(oauth: Any, fake: FakeAmoCRM, connection_id: str, **authorize: Any) -> Any:
+    """Begin, press "Allow" on the fake, and bring the redirect back in the same browser
+    (its binding): the whole consent, for tests about what follows it."""
+    begun = oauth.begin(connection_id)
+    query = query_of(fake.authorize(begun.state, **authorize))
+    return oauth.handle_callback(query, binding=begun.binding)
+
+
+def consent(
+    oauth: Any, fake: FakeAmoCRM, connection_id: str, **authorize: Any
+) -> tuple[dict[str, str], str | None]:
+    """Begin and press "Allow" on the fake: the redirect's query and the browser's binding."""
+    begun = oauth.begin(connection_id)
+    return query_of(fake.authorize(begun.state, **authorize)), begun.binding

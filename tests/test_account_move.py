@@ -18,13 +18,13 @@ from amo_oauth import (
 )
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import config_for, query_of, stored
+from helpers import config_for, run_consent, stored
 
 USER = "user-1"
 
 
 def connected(oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock) -> str:
-    oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    run_consent(oauth, fake, USER)
     record = stored(oauth, USER)
     assert record is not None and record.tokens is not None
     clock.advance(timedelta(days=1, minutes=1))

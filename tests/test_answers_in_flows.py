@@ -24,7 +24,7 @@ from amo_oauth import (
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import Handlers, Request
 
-from helpers import config_for, query_of
+from helpers import config_for, query_of, run_consent
 
 USER = "user-1"
 PROBLEM = "application/problem+json"
@@ -63,7 +63,7 @@ def connected(fake: FakeAmoCRM, clock: FakeClock, transport: httpx.BaseTransport
         http=httpx.Client(transport=transport),
         clock=clock,
     )
-    result = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    result = run_consent(oauth, fake, USER)
     assert result.outcome is Outcome.CONNECTED
     clock.advance(timedelta(days=1, minutes=1))  # the access token has expired
     return oauth
@@ -134,8 +134,9 @@ def test_a_misconfigured_redirect_uri_is_said_so(
         http=httpx.Client(transport=fake.transport()),
         clock=clock,
     )
-    query = query_of(fake.authorize(oauth.begin(USER).state))
-    result = oauth.handle_callback(query)
+    begun = oauth.begin(USER)
+    query = query_of(fake.authorize(begun.state))
+    result = oauth.handle_callback(query, binding=begun.binding)
     assert result.outcome is Outcome.FAILED
     error = result.connection.error
     assert error is not None and error.reason == "client_misconfigured"
@@ -147,8 +148,10 @@ def test_a_misconfigured_redirect_uri_is_said_so(
     assert query["code"] not in caplog.text and fake.client_secret not in caplog.text
     # The page says the integration is misconfigured, not "try again".
     handlers = Handlers(oauth, connection_id=lambda _: USER, app_scheme="app")
-    again = query_of(fake.authorize(oauth.begin(USER).state))
-    page = handlers.handle(Request("GET", "/api/amo-crm/callback", urlencode(again), {}, b""))
+    begun = oauth.begin(USER)
+    again = query_of(fake.authorize(begun.state))
+    cookie = {"cookie": f"__Host-amo_oauth_binding={begun.binding}"}  # the same browser
+    page = handlers.handle(Request("GET", "/api/amo-crm/callback", urlencode(again), cookie))
     assert "misconfigured" in page.text and "try again" not in page.text
     assert "error=client_misconfigured" in page.text
 
@@ -166,7 +169,7 @@ def test_a_wrong_client_secret_is_a_misconfiguration(
         http=httpx.Client(transport=fake.transport()),
         clock=clock,
     )
-    result = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    result = run_consent(oauth, fake, USER)
     assert result.connection.error is not None
     assert result.connection.error.reason == reason
 
@@ -185,21 +188,23 @@ def test_out_of_range_values_never_escape_as_a_crash(
         clock=clock,
     )
     fake.fail_next("override", grant="authorization_code", fields={"expires_in": RawJSON("1e400")})
-    clamped = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    clamped = run_consent(oauth, fake, USER)
     assert clamped.outcome is Outcome.CONNECTED  # clamped to the bound, the pair kept
     assert clamped.connection.expires_at is not None
     assert clamped.connection.expires_at - clock() <= timedelta(days=3650)
     assert "expires_in" in caplog.text
     oauth.disconnect(USER)
     fake.fail_next("override", grant="authorization_code", fields={"access_token": "токен"})
-    unusable = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    unusable = run_consent(oauth, fake, USER)
     assert unusable.outcome is Outcome.FAILED  # a defined state, not a 500
     assert unusable.connection.error is not None
     assert unusable.connection.error.reason == "code_rejected"
     handlers = Handlers(oauth, connection_id=lambda _: USER, app_scheme="app")
     fake.fail_next("override", grant="authorization_code", fields={"expires_in": RawJSON("1e18")})
-    again = query_of(fake.authorize(oauth.begin(USER).state))
-    page = handlers.handle(Request("GET", "/api/amo-crm/callback", urlencode(again), {}, b""))
+    begun = oauth.begin(USER)
+    again = query_of(fake.authorize(begun.state))
+    cookie = {"cookie": f"__Host-amo_oauth_binding={begun.binding}"}  # the same browser
+    page = handlers.handle(Request("GET", "/api/amo-crm/callback", urlencode(again), cookie))
     assert page.status == 200
 
 
@@ -215,7 +220,7 @@ def test_a_trickling_answer_is_cut_at_http_timeout_over_real_http(clock: FakeClo
         oauth = AmoOAuth(
             config_for(fake, http_timeout=1.0), store=MemoryStore(), http=http, clock=clock
         )
-        oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+        run_consent(oauth, fake, USER)
         clock.advance(timedelta(days=1, minutes=1))
         fake.fail_next("slow_body", grant="refresh_token", chunk_size=4, every=0.2)
         with pytest.raises(ProviderError) as slow:

@@ -13,7 +13,7 @@ import pytest
 from amo_oauth import AmoOAuth, TokenScopeError
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import query_of
+from helpers import run_consent
 
 USER = "alice"
 
@@ -39,7 +39,7 @@ class Recording(httpx.BaseTransport):
 @pytest.fixture
 def connected(make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM) -> AmoOAuth:
     oauth = make_oauth()
-    oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    run_consent(oauth, fake, USER)
     return oauth
 
 

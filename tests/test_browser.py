@@ -69,3 +69,49 @@ def test_a_person_connects_amocrm_in_a_browser(tmp_path: Path) -> None:
     assert code not in link and code not in html
     assert stack.fake.token_calls == {("authorization_code", "ok"): 1}
     assert (tmp_path / "return-to-app.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(90)
+def test_the_mobile_ticket_flow_and_a_forwarded_link_in_a_browser(tmp_path: Path) -> None:
+    """The app asks its backend for the ticket URL; a browser with no app session opens it,
+    presses Allow and connects. A consent link forwarded to another browser connects nothing."""
+    if not CHROMIUM.is_file():
+        _missing(f"{CHROMIUM} not found (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("the playwright package is not installed")
+    import httpx
+
+    with fastapi_stack(tmp_path / "amo_oauth.db") as stack, sync_playwright() as playwright:
+        with httpx.Client(base_url=stack.backend) as app:
+            token = app.post("/login", json={"user": "ann"}).json()["token"]
+            signed_in = {"authorization": f"Bearer {token}", "accept": "application/json"}
+            ticket_url = app.get(f"{PREFIX}/connect", headers=signed_in).json()["url"]
+            mallory = app.post("/login", json={"user": "mallory"}).json()["token"]
+            hers = {"authorization": f"Bearer {mallory}", "accept": "application/json"}
+            her_ticket = app.get(f"{PREFIX}/connect", headers=hers).json()["url"]
+        assert ticket_url.startswith(f"{stack.backend}{PREFIX}/connect?ticket=")
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            in_app = browser.new_context().new_page()  # no session: only the ticket
+            in_app.goto(ticket_url)
+            in_app.wait_for_url(f"{stack.fake_url}/oauth?*")
+            in_app.click("#allow")
+            in_app.wait_for_url(f"{stack.callback}?*")
+            assert in_app.locator("h1").inner_text() == "amoCRM is connected"
+
+            # Mallory opens her ticket in her browser and forwards the consent link it shows.
+            her_page = browser.new_context().new_page()
+            her_page.goto(her_ticket)
+            her_page.wait_for_url(f"{stack.fake_url}/oauth?*")
+            victim = browser.new_context().new_page()  # another browser: no cookie
+            victim.goto(her_page.url)
+            victim.click("#allow")
+            victim.wait_for_url(f"{stack.callback}?*")
+            assert victim.locator("h1").inner_text() == "Connect from the app"
+            assert "wrong_browser" in victim.content()
+        finally:
+            browser.close()
+    assert stack.fake.token_calls == {("authorization_code", "ok"): 1}

@@ -25,9 +25,9 @@ async def connected(fake: FakeAmoCRM, clock: FakeClock, store: object) -> AsyncA
         clock=clock,
     )
     begun = await oauth.begin(USER)
-    assert (await oauth.handle_callback(query_of(fake.authorize(begun.state)))).outcome is (
-        Outcome.CONNECTED
-    )
+    query = query_of(fake.authorize(begun.state))
+    result = await oauth.handle_callback(query, binding=begun.binding)
+    assert result.outcome is Outcome.CONNECTED
     return oauth
 
 
@@ -84,10 +84,11 @@ def test_an_exchange_cancelled_after_amocrm_spent_the_code_still_connects(
             http=httpx.AsyncClient(transport=fake.async_transport()),
             clock=clock,
         )
-        query = query_of(fake.authorize((await oauth.begin(USER)).state))
+        begun = await oauth.begin(USER)
+        query = query_of(fake.authorize(begun.state))
         fake.latency = 0.2
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(oauth.handle_callback(query), 0.05)
+            await asyncio.wait_for(oauth.handle_callback(query, binding=begun.binding), 0.05)
         await asyncio.gather(*oauth._finishing)
         assert (await oauth.status(USER)).state is ConnectionState.CONNECTED
         assert fake.token_call_count("authorization_code") == 1

@@ -15,7 +15,7 @@ from amo_oauth import AmoOAuth, ConnectionRecord, SQLiteStore, SweepProgress, cl
 from amo_oauth.cli import main
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import config_for, query_of
+from helpers import config_for, run_consent
 
 ENV = ("AMO_CLIENT_ID", "AMO_CLIENT_SECRET", "AMO_REDIRECT_URI", "AMO_STATE_SECRET")
 
@@ -25,7 +25,7 @@ def connected_db(tmp_path: Path, fake: FakeAmoCRM, clock: FakeClock) -> Path:
     db = tmp_path / "amo.db"
     http = httpx.Client(transport=fake.transport())
     with AmoOAuth(config_for(fake), store=SQLiteStore(db), http=http, clock=clock) as oauth:
-        oauth.handle_callback(query_of(fake.authorize(oauth.begin("user-42").state)))
+        run_consent(oauth, fake, "user-42")
     return db
 
 

@@ -14,7 +14,7 @@ import pytest
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, Outcome, SQLiteStore, Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import config_for, query_of
+from helpers import config_for, query_of, run_consent
 
 RACERS = 100
 USER = "user-42"
@@ -44,9 +44,12 @@ def test_duplicate_callbacks_from_100_threads_exchange_once(
     slow_fake: FakeAmoCRM, store: Store, clock: FakeClock
 ) -> None:
     oauth = sync_oauth(slow_fake, store, clock)
-    query = query_of(slow_fake.authorize(oauth.begin(USER).state))
-    with ThreadPoolExecutor(max_workers=RACERS) as pool:
-        results = list(pool.map(lambda _: oauth.handle_callback(query), range(RACERS)))
+    begun = oauth.begin(USER)
+    query = query_of(slow_fake.authorize(begun.state))
+    with ThreadPoolExecutor(max_workers=RACERS) as pool:  # one browser's redirect, 100 times
+        results = list(
+            pool.map(lambda _: oauth.handle_callback(query, binding=begun.binding), range(RACERS))
+        )
     outcomes = Counter(result.outcome for result in results)
     assert outcomes == {Outcome.CONNECTED: 1, Outcome.ALREADY_CONNECTED: RACERS - 1}
     assert sum(result.duplicate for result in results) == RACERS - 1
@@ -57,7 +60,7 @@ def test_access_token_from_100_threads_refreshes_once(
     slow_fake: FakeAmoCRM, store: Store, clock: FakeClock
 ) -> None:
     oauth = sync_oauth(slow_fake, store, clock)
-    oauth.handle_callback(query_of(slow_fake.authorize(oauth.begin(USER).state)))
+    run_consent(oauth, slow_fake, USER)
     clock.advance(timedelta(hours=24))
     with ThreadPoolExecutor(max_workers=RACERS) as pool:
         tokens = list(pool.map(lambda _: oauth.access_token(USER), range(RACERS)))
@@ -77,8 +80,11 @@ def test_duplicate_callbacks_from_100_tasks_exchange_once(
 ) -> None:
     async def race() -> list[Outcome]:
         async with async_oauth(slow_fake, store, clock) as oauth:
-            query = query_of(slow_fake.authorize((await oauth.begin(USER)).state))
-            results = await asyncio.gather(*(oauth.handle_callback(query) for _ in range(RACERS)))
+            begun = await oauth.begin(USER)
+            query = query_of(slow_fake.authorize(begun.state))
+            results = await asyncio.gather(
+                *(oauth.handle_callback(query, binding=begun.binding) for _ in range(RACERS))
+            )
             return [result.outcome for result in results]
 
     outcomes = Counter(asyncio.run(race()))
@@ -91,8 +97,9 @@ def test_access_token_from_100_tasks_refreshes_once(
 ) -> None:
     async def race() -> set[str]:
         async with async_oauth(slow_fake, store, clock) as oauth:
-            query = query_of(slow_fake.authorize((await oauth.begin(USER)).state))
-            await oauth.handle_callback(query)
+            begun = await oauth.begin(USER)
+            query = query_of(slow_fake.authorize(begun.state))
+            await oauth.handle_callback(query, binding=begun.binding)
             clock.advance(timedelta(hours=24))
             return set(await asyncio.gather(*(oauth.access_token(USER) for _ in range(RACERS))))
 

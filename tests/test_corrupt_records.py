@@ -22,7 +22,7 @@ from amo_oauth import (
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import Handlers, Request
 
-from helpers import query_of
+from helpers import consent, run_consent
 
 USER = "user-1"
 #: Bodies a row may hold that no version of this library wrote.
@@ -39,8 +39,8 @@ def connected(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, db: Path
 ) -> tuple[AmoOAuth, dict[str, str]]:
     oauth = make_oauth(store=SQLiteStore(db))
-    query = query_of(fake.authorize(oauth.begin(USER).state))
-    assert oauth.handle_callback(query).outcome is Outcome.CONNECTED
+    query, binding = consent(oauth, fake, USER)
+    assert oauth.handle_callback(query, binding=binding).outcome is Outcome.CONNECTED
     return oauth, query
 
 
@@ -93,7 +93,7 @@ def test_disconnect_overwrites_a_corrupt_row_and_the_code_stays_spent(
     replay = oauth.handle_callback(query)  # the code ledger still knows the spent code
     assert replay.duplicate
     assert fake.token_call_count("authorization_code") == calls
-    fresh = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    fresh = run_consent(oauth, fake, USER)
     assert fresh.outcome is Outcome.CONNECTED
 
 

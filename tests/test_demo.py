@@ -70,7 +70,14 @@ def test_the_demo_needs_a_source_checkout(
 
 
 def test_serve_keeps_running_for_a_person_until_ctrl_c() -> None:
-    demo = subprocess.Popen([*DEMO, "--serve"], stdout=subprocess.PIPE, text=True)
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps
+    # an inherited SIG_IGN: give the demo the default disposition a person's terminal gives it.
+    demo = subprocess.Popen(
+        [*DEMO, "--serve"],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert demo.stdout is not None
     try:
         lines = []

@@ -16,7 +16,7 @@ from amo_oauth import AmoOAuth, ConnectionState, SQLiteStore, StoreError, Unread
 from amo_oauth._records import record_key
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import query_of
+from helpers import run_consent
 
 USER = "user-1"
 
@@ -35,7 +35,7 @@ def connected(
     key = Fernet(Fernet.generate_key())
     db = tmp_path / "sealed.db"
     oauth = make_oauth(store=SQLiteStore(db, encryption=key))
-    oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    run_consent(oauth, fake, USER)
     return oauth, db, key
 
 

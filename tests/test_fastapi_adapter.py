@@ -46,7 +46,8 @@ def async_oauth(fake: FakeAmoCRM, clock: FakeClock) -> Iterator[AsyncAmoOAuth]:
 
 
 def client_for(app: FastAPI) -> TestClient:
-    return TestClient(app, follow_redirects=False)
+    # https: the binding cookie is Secure (the redirect URI is https), as in production.
+    return TestClient(app, base_url="https://testserver", follow_redirects=False)
 
 
 @pytest.fixture

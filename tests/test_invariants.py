@@ -62,7 +62,7 @@ from amo_oauth._state_token import issue_state
 from amo_oauth.stores import BaseStore, Claim, ClaimResult
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import STATE_SECRET, config_for, examples, query_of
+from helpers import STATE_SECRET, config_for, examples, query_of, run_consent
 
 #: Reconnects in one ``churn`` step.
 CHURN = 16
@@ -143,6 +143,8 @@ class Begun:
     state: str = attrs.field(repr=False)
     issued_at: datetime
     expires_at: datetime
+    #: The binding of the browser that began it, which brings every redirect of it back.
+    binding: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
@@ -397,7 +399,7 @@ class OAuthMachine(RuleBasedStateMachine):
             reason = "reused_state"
         self.note(f"denial: {reason or 'denied'}")
         record = self.record(begun.cid)
-        result, rejected = attempt(lambda: self.oauth.handle_callback(query))
+        result, rejected = attempt(lambda: self.oauth.handle_callback(query, binding=begun.binding))
         assert self.fake.token_call_count() == calls
         if rejected is not None:
             self.check_clean(rejected)
@@ -423,9 +425,8 @@ class OAuthMachine(RuleBasedStateMachine):
     def begin(self, cid: str) -> Begun:
         request = self.oauth.begin(cid)
         self.check_clean(request)
-        return Begun(
-            cid, request.state, request.expires_at - self.config.state_ttl, request.expires_at
-        )
+        issued = request.expires_at - self.config.state_ttl
+        return Begun(cid, request.state, issued, request.expires_at, request.binding)
 
     @rule(target=sent, cid=st.sampled_from(USERS))
     def connect(self, cid: str) -> Sent:
@@ -438,20 +439,27 @@ class OAuthMachine(RuleBasedStateMachine):
         query = self.redirect(begun.state)
         code = query["code"]
         self.run_grant(
-            begun.cid, code, begun, query["referer"], lambda: self.oauth.handle_callback(query)
+            begun.cid,
+            code,
+            begun,
+            query["referer"],
+            lambda: self.oauth.handle_callback(query, binding=begun.binding),
         )
         return Sent(begun, query)
 
     @rule(target=sent, cid=st.sampled_from(USERS), late=st.integers(0, 600))
     def callback_with_expired_state(self, cid: str, late: int) -> Sent:
         request = self.oauth.begin(cid)
-        begun = Begun(
-            cid, request.state, request.expires_at - self.config.state_ttl, request.expires_at
-        )
+        issued = request.expires_at - self.config.state_ttl
+        begun = Begun(cid, request.state, issued, request.expires_at, request.binding)
         self.clock.advance(self.config.state_ttl + timedelta(seconds=late))
         query = self.redirect(begun.state)
         self.run_grant(
-            cid, query["code"], begun, query["referer"], lambda: self.oauth.handle_callback(query)
+            cid,
+            query["code"],
+            begun,
+            query["referer"],
+            lambda: self.oauth.handle_callback(query, binding=begun.binding),
         )
         return Sent(begun, query)
 
@@ -467,7 +475,7 @@ class OAuthMachine(RuleBasedStateMachine):
             code,
             sent.begun,
             sent.query["referer"],
-            lambda: self.oauth.handle_callback(sent.query),
+            lambda: self.oauth.handle_callback(sent.query, binding=sent.begun.binding),
         )
 
     @rule(target=sent, begun=states)
@@ -543,12 +551,13 @@ class OAuthMachine(RuleBasedStateMachine):
         calls = self.fake.token_call_count()
         for _ in range(CHURN):
             assert self.oauth.disconnect(cid).state is S.DISCONNECTED
-            query = self.redirect(self.oauth.begin(cid).state)
+            request = self.oauth.begin(cid)
+            query = self.redirect(request.state)
             code = query["code"]
             self.submitted.add(code)
             self.touched.add(code)
             self.claimed.add(code)
-            result = self.oauth.handle_callback(query)
+            result = self.oauth.handle_callback(query, binding=request.binding)
             assert result.outcome is Outcome.CONNECTED
         assert self.fake.token_call_count() == calls + CHURN
 
@@ -967,8 +976,9 @@ def test_code_exchanged_for_one_connection_is_never_sent_for_another(
     the legacy endpoint then receives for "user-2" (the app keys connections differently, or an
     attacker replays it) must not reach amoCRM again."""
     oauth, fake = machine.oauth, machine.fake
-    query = query_of(fake.authorize(oauth.begin("user-1").state))
-    assert oauth.handle_callback(query).outcome is Outcome.CONNECTED
+    query_begun = oauth.begin("user-1")
+    query = query_of(fake.authorize(query_begun.state))
+    assert oauth.handle_callback(query, binding=query_begun.binding).outcome is Outcome.CONNECTED
     result = oauth.exchange_code("user-2", query["code"], referer=fake.account_host)
     sent = fake.token_calls_for(query["code"])
     assert sent == 1, (
@@ -984,11 +994,12 @@ def test_a_code_stays_known_after_many_newer_codes(machine: OAuthMachine) -> Non
     the seed's replayed redirect (same code, same state, within the state's 10 minutes) is
     still a duplicate, not a second exchange from ``disconnected``."""
     oauth, fake = machine.oauth, machine.fake
-    first = query_of(fake.authorize(oauth.begin("user-1").state))
-    assert oauth.handle_callback(first).outcome is Outcome.CONNECTED
+    first_begun = oauth.begin("user-1")
+    first = query_of(fake.authorize(first_begun.state))
+    assert oauth.handle_callback(first, binding=first_begun.binding).outcome is Outcome.CONNECTED
     for _ in range(MAX_CODE_DIGESTS - 1):
         oauth.disconnect("user-1")
-        oauth.handle_callback(query_of(fake.authorize(oauth.begin("user-1").state)))
+        run_consent(oauth, fake, "user-1")
     oauth.disconnect("user-1")
     assert machine.record("user-1").knows_code(code_digest(first["code"]))
     replay = oauth.handle_callback(first)
@@ -1015,8 +1026,11 @@ def test_a_code_claimed_for_another_connection_is_reported_without_waiting(
         http=httpx.Client(transport=fake.transport()),
         clock=clock,
     ) as oauth:
-        query = query_of(fake.authorize(oauth.begin("user-1").state))
-        assert oauth.handle_callback(query).outcome is Outcome.CONNECTED
+        query_begun = oauth.begin("user-1")
+        query = query_of(fake.authorize(query_begun.state))
+        assert (
+            oauth.handle_callback(query, binding=query_begun.binding).outcome is Outcome.CONNECTED
+        )
         started = time.monotonic()
         result = oauth.exchange_code("user-2", query["code"], referer=fake.account_host)
         waited = time.monotonic() - started
@@ -1060,14 +1074,15 @@ def test_a_code_that_lost_a_race_unsent_is_exchanged_later(
     worker_a = AmoOAuth(config, store=store, http=http, clock=clock)
     worker_b = AmoOAuth(config, store=store, http=http, clock=clock)
     # Two consents (two tabs), each with its own state and code.
-    tab_a = query_of(fake.authorize(worker_a.begin("user-1").state))
-    tab_b = query_of(fake.authorize(worker_b.begin("user-1").state))
+    begun_a, begun_b = worker_a.begin("user-1"), worker_b.begin("user-1")  # two browser tabs
+    tab_a = query_of(fake.authorize(begun_a.state))
+    tab_b = query_of(fake.authorize(begun_b.state))
     code_b = tab_b["code"]
-    store.before_write = lambda: worker_a.handle_callback(tab_a)
-    raced = worker_b.handle_callback(tab_b)
+    store.before_write = lambda: worker_a.handle_callback(tab_a, binding=begun_a.binding)
+    raced = worker_b.handle_callback(tab_b, binding=begun_b.binding)
     assert (raced.outcome, fake.token_calls_for(code_b)) == (Outcome.ALREADY_CONNECTED, 0)
     worker_b.disconnect("user-1")
-    retry = worker_b.handle_callback(tab_b)
+    retry = worker_b.handle_callback(tab_b, binding=begun_b.binding)
     assert retry.outcome is Outcome.CONNECTED, (
         f"code b, never sent, was refused: {retry.outcome.value}, duplicate={retry.duplicate}, "
         f"sent {fake.token_calls_for(code_b)} times; the connection is "
@@ -1089,8 +1104,11 @@ def test_a_clock_behind_real_time_does_not_make_the_store_forget(
         http=httpx.Client(transport=past.transport()),
         clock=behind,
     ) as oauth:
-        query = query_of(past.authorize(oauth.begin("user-1").state))
-        assert oauth.handle_callback(query).outcome is Outcome.CONNECTED
+        query_begun = oauth.begin("user-1")
+        query = query_of(past.authorize(query_begun.state))
+        assert (
+            oauth.handle_callback(query, binding=query_begun.binding).outcome is Outcome.CONNECTED
+        )
         oauth.exchange_code("user-2", query["code"], referer=past.account_host)
         sent = past.token_calls_for(query["code"])
         oauth.disconnect("user-1")

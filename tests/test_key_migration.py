@@ -13,7 +13,7 @@ from amo_oauth._records import record_key
 from amo_oauth.stores import Store
 from amo_oauth.testing import FakeAmoCRM
 
-from helpers import query_of
+from helpers import run_consent
 
 LEGACY = ConnectionRecord(
     "user-7", state=ConnectionState.DISCONNECTED, version=5, host="test.amocrm.ru"
@@ -51,6 +51,6 @@ def test_a_legacy_widget_record_never_becomes_an_app_users(
     # An app user whose id is the account host sees a fresh connection, not the install.
     assert oauth.status(fake.account_host).version == 0
     assert store.load(fake.account_host) is not None  # the install's row is left alone
-    result = oauth.handle_callback(query_of(fake.authorize(oauth.begin(fake.account_host).state)))
+    result = run_consent(oauth, fake, fake.account_host)
     assert result.connection.state is ConnectionState.CONNECTED
     assert store.load(fake.account_host) == widget

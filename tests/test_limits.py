@@ -15,23 +15,27 @@ from amo_oauth._records import record_key
 from amo_oauth.stores import Claim, ClaimResult
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import query_of
+from helpers import consent, query_of
 
 USER = "user-1"
 
 
-def attempt(oauth: AmoOAuth, query: dict[str, str]) -> str | None:
+Redirect = tuple[dict[str, str], str | None]  # amoCRM's redirect, and the browser's binding
+
+
+def attempt(oauth: AmoOAuth, redirect: Redirect) -> str | None:
     """The callback's refusal reason, or None when it went through."""
+    query, binding = redirect
     try:
-        oauth.handle_callback(query)
+        oauth.handle_callback(query, binding=binding)
     except CallbackRejected as rejected:
         return rejected.reason
     return None
 
 
-def garbage_callback(oauth: AmoOAuth, fake: FakeAmoCRM, n: int) -> dict[str, str]:
-    query = query_of(fake.authorize(oauth.begin(USER).state))
-    return {**query, "code": f"garbage-{n}"}
+def garbage_callback(oauth: AmoOAuth, fake: FakeAmoCRM, n: int) -> Redirect:
+    query, binding = consent(oauth, fake, USER)
+    return {**query, "code": f"garbage-{n}"}, binding
 
 
 def test_a_looping_user_is_cut_at_the_bound_and_writes_nothing_beyond_it(
@@ -44,19 +48,19 @@ def test_a_looping_user_is_cut_at_the_bound_and_writes_nothing_beyond_it(
     assert fake.token_call_count("authorization_code") == 10  # was 200
     assert reasons.count("rate_limited") == 190 and reasons.count(None) == 10
     # A rate-limited callback wrote nothing: the same redirect succeeds after the window.
-    good = query_of(fake.authorize(oauth.begin(USER).state))
+    good, binding = consent(oauth, fake, USER)
     version = oauth.status(USER).version
     with pytest.raises(CallbackRejected, match="rate_limited"):
-        oauth.handle_callback(good)
+        oauth.handle_callback(good, binding=binding)
     assert oauth.status(USER).version == version
     assert oauth.store.holder_of(f"code:{good['code']}") is None  # type: ignore[attr-defined]
     time.sleep(1.05)
-    assert oauth.handle_callback(good).outcome is Outcome.CONNECTED
+    assert oauth.handle_callback(good, binding=binding).outcome is Outcome.CONNECTED
     # Duplicates never reach the limiter: the seed's replay, many times, in a full window.
     for n in range(9):
-        oauth.handle_callback(garbage_callback(oauth, fake, 1000 + n))  # fill it again
+        attempt(oauth, garbage_callback(oauth, fake, 1000 + n))  # fill it again
     for _ in range(50):
-        assert oauth.handle_callback(good).duplicate
+        assert oauth.handle_callback(good).duplicate  # no binding needed for a known code
 
 
 def test_a_flood_of_widget_installs_is_cut_per_process_and_leaves_no_records(
@@ -84,8 +88,8 @@ def test_the_same_host_is_bounded_across_connections(
     oauth = make_oauth(max_exchanges_per_host=5)
     reasons = []
     for n in range(12):
-        query = query_of(fake.authorize(oauth.begin(f"user-{n}").state))
-        reasons.append(attempt(oauth, {**query, "code": f"garbage-{n}"}))
+        query, binding = consent(oauth, fake, f"user-{n}")
+        reasons.append(attempt(oauth, ({**query, "code": f"garbage-{n}"}, binding)))
     assert reasons.count("rate_limited") == 7
     assert fake.token_call_count("authorization_code") == 5
 
@@ -109,13 +113,14 @@ def test_a_duplicate_that_lost_the_claim_gives_its_slot_back(
 
     store = SlipInAtClaim()
     oauth = make_oauth(store=store, max_exchanges_per_connection=2)
-    query = query_of(fake.authorize(oauth.begin(USER).state))
-    store.slip_in = lambda: oauth.handle_callback(query)
-    assert oauth.handle_callback(query).duplicate  # the outer call lost the claim
+    query, binding = consent(oauth, fake, USER)
+    store.slip_in = lambda: oauth.handle_callback(query, binding=binding)
+    assert oauth.handle_callback(query, binding=binding).duplicate  # the outer call lost
     assert fake.token_call_count("authorization_code") == 1
     clock.advance(1)  # a re-authorization: a state issued after the connection was made
-    again = query_of(fake.authorize(oauth.begin(USER).state))
-    assert oauth.handle_callback(again).outcome is Outcome.CONNECTED  # the 2nd slot was free
+    again, binding = consent(oauth, fake, USER)
+    result = oauth.handle_callback(again, binding=binding)
+    assert result.outcome is Outcome.CONNECTED  # the 2nd slot was free
 
 
 def test_a_burst_of_one_redirect_is_never_rate_limited(
@@ -128,8 +133,8 @@ def test_a_burst_of_one_redirect_is_never_rate_limited(
 
     fake.latency = 0.02
     oauth = make_oauth(max_exchanges_per_connection=1)
-    query = query_of(fake.authorize(oauth.begin(USER).state))
+    redirect = consent(oauth, fake, USER)
     with ThreadPoolExecutor(max_workers=50) as pool:
-        reasons = list(pool.map(lambda _: attempt(oauth, query), range(200)))
+        reasons = list(pool.map(lambda _: attempt(oauth, redirect), range(200)))
     assert reasons == [None] * 200  # nobody rate_limited
     assert fake.token_call_count("authorization_code") == 1

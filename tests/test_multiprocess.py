@@ -152,8 +152,9 @@ def test_one_redirect_from_4_processes_x_8_threads_is_exchanged_once(
     parent: AmoOAuth,
     tmp_path: Path,
 ) -> None:
-    query = query_of(fake.authorize(parent.begin(USER).state))
-    job = job_for(fake, served, db, clock, action="callback", query=query)
+    begun = parent.begin(USER)
+    query = query_of(fake.authorize(begun.state))
+    job = job_for(fake, served, db, clock, action="callback", query=query, binding=begun.binding)
     results, errors, pids = gathered(run_workers(tmp_path, job))
     outcomes = Counter(result["outcome"] for result in results)
     figures = (
@@ -183,8 +184,9 @@ def test_expired_token_from_4_processes_x_8_threads_is_refreshed_once(
     parent: AmoOAuth,
     tmp_path: Path,
 ) -> None:
-    query = query_of(fake.authorize(parent.begin(USER).state))
-    assert parent.handle_callback(query).outcome is Outcome.CONNECTED
+    begun = parent.begin(USER)
+    query = query_of(fake.authorize(begun.state))
+    assert parent.handle_callback(query, binding=begun.binding).outcome is Outcome.CONNECTED
     first = parent.access_token(USER)
     clock.offset = timedelta(hours=25)  # for the fake and this process; the children get it too
     job = job_for(fake, served, db, clock, action="access_token", connection_id=USER)
@@ -279,10 +281,14 @@ def test_two_service_objects_on_one_file_and_worker_processes_exchange_once(
         config_for(fake, settle_timeout=SETTLE), store=SQLiteStore(db), http=http, clock=clock
     )
     second.status(USER)  # both objects hold connections to the file now
-    query = query_of(fake.authorize(parent.begin(USER).state))
-    job = job_for(fake, served, db, clock, action="callback", query=query)
+    begun = parent.begin(USER)
+    query = query_of(fake.authorize(begun.state))
+    job = job_for(fake, served, db, clock, action="callback", query=query, binding=begun.binding)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        here = [pool.submit(oauth.handle_callback, query) for oauth in (parent, second)]
+        here = [
+            pool.submit(oauth.handle_callback, query, binding=begun.binding)
+            for oauth in (parent, second)
+        ]
         results, errors, _ = gathered(run_workers(tmp_path, job))
         outcomes = Counter(result["outcome"] for result in results)
         outcomes.update(future.result().outcome.value for future in here)

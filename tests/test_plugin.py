@@ -22,7 +22,7 @@ def test_connects_refreshes_and_lists_leads(amo_oauth_client, amo_fake, amo_fake
     CLIENTS.append(amo_oauth_client)
     request = amo_oauth_client.begin("user-42")
     redirect = amo_fake.authorize(request.state)
-    result = amo_oauth_client.handle_callback(httpx.URL(redirect).params)
+    result = amo_oauth_client.handle_callback(httpx.URL(redirect).params, binding=request.binding)
     assert result.outcome is Outcome.CONNECTED
     assert result.connection.account.id == amo_fake.account_id
     assert amo_fake.token_calls == {("authorization_code", "ok"): 1}
@@ -73,8 +73,9 @@ from amo_oauth import Outcome
 
 def test_an_overridden_fake_carries_through(amo_oauth_client, amo_config, amo_fake):
     assert amo_config.authorize_url == "https://www.kommo.com/oauth"
-    redirect = amo_fake.authorize(amo_oauth_client.begin("u").state)
-    result = amo_oauth_client.handle_callback(httpx.URL(redirect).params)
+    request = amo_oauth_client.begin("u")
+    redirect = amo_fake.authorize(request.state)
+    result = amo_oauth_client.handle_callback(httpx.URL(redirect).params, binding=request.binding)
     assert result.outcome is Outcome.CONNECTED
     assert result.connection.account.subdomain == "shop"
 """
@@ -100,10 +101,10 @@ def test_a_failing_user_test_is_reported_as_failing(pytester: pytest.Pytester) -
         from urllib.parse import parse_qsl, urlsplit
 
         def test_double_exchange_is_caught(amo_oauth_client, amo_fake):
-            state = amo_oauth_client.begin("u").state
-            query = dict(parse_qsl(urlsplit(amo_fake.authorize(state)).query))
+            begun = amo_oauth_client.begin("u")
+            query = dict(parse_qsl(urlsplit(amo_fake.authorize(begun.state)).query))
             for _ in range(2):
-                amo_oauth_client.handle_callback(query)
+                amo_oauth_client.handle_callback(query, binding=begun.binding)
             assert amo_fake.token_calls_for(query["code"]) == 2
         """
     )

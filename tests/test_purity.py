@@ -18,6 +18,7 @@ PURE = (
     "_callback",
     "_hosts",
     "_state_token",
+    "_binding",
     "_errors",
     "_config",
     "_codec",

@@ -25,7 +25,7 @@ from amo_oauth._ops import Send, StoreOp
 from amo_oauth.stores import as_full_store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import config_for, query_of, stored
+from helpers import config_for, query_of, run_consent, stored
 
 Flow = Generator[Any, Any, Any]
 
@@ -72,12 +72,18 @@ def test_an_overtaken_exchange_never_writes_onto_the_new_connection() -> None:
     http = httpx.Client(transport=TwoAccounts(alpha, beta))
     oauth = AmoOAuth(config_for(alpha), store=MemoryStore(), http=http, clock=clock)
     # Worker 1 exchanges a code of account alpha; its answer is slow.
-    first = oauth._flows.handle_callback(query_of(alpha.authorize(oauth.begin("u1").state)))
+    begun = oauth.begin("u1")
+    first = oauth._flows.handle_callback(
+        query_of(alpha.authorize(begun.state)), binding=begun.binding
+    )
     slow_answer = http.send(run_to_send(oauth, first).request)
     # Meanwhile the user disconnects and connects account beta instead: worker 2 has stored
     # beta's tokens and is about to verify them when worker 1's answer arrives.
     oauth.disconnect("u1")
-    second = oauth._flows.handle_callback(query_of(beta.authorize(oauth.begin("u1").state)))
+    begun = oauth.begin("u1", binding=begun.binding)  # the same browser connects again
+    second = oauth._flows.handle_callback(
+        query_of(beta.authorize(begun.state)), binding=begun.binding
+    )
     tokens = http.send(run_to_send(oauth, second).request)
     verify = run_to_send(oauth, second, tokens)
     late = finish(oauth, first, slow_answer)
@@ -94,7 +100,7 @@ def test_an_overtaken_exchange_never_writes_onto_the_new_connection() -> None:
 def connected(fake: FakeAmoCRM, clock: FakeClock) -> AmoOAuth:
     http = httpx.Client(transport=fake.transport())
     oauth = AmoOAuth(config_for(fake), store=MemoryStore(), http=http, clock=clock)
-    oauth.handle_callback(query_of(fake.authorize(oauth.begin("u1").state)))
+    run_consent(oauth, fake, "u1")
     return oauth
 
 

@@ -19,7 +19,7 @@ from amo_oauth import (
 )
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import config_for, query_of, stored
+from helpers import config_for, run_consent, stored
 
 USER = "user-1"
 
@@ -31,7 +31,7 @@ def connect(fake: FakeAmoCRM, clock: FakeClock, transport: httpx.BaseTransport |
         http=httpx.Client(transport=transport or fake.transport()),
         clock=clock,
     )
-    result = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    result = run_consent(oauth, fake, USER)
     assert result.outcome is Outcome.CONNECTED
     return oauth
 

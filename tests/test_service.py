@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -26,15 +27,16 @@ from amo_oauth import (
 from amo_oauth._records import record_key
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import query_of, stored
+from helpers import query_of, run_consent, stored
 
 USER = "user-42"
 
 
 def connect(oauth: AmoOAuth, fake: FakeAmoCRM, user: str = USER) -> dict[str, str]:
     """Go through begin -> Allow -> callback; return the callback query."""
-    query = query_of(fake.authorize(oauth.begin(user).state))
-    assert oauth.handle_callback(query).outcome is Outcome.CONNECTED
+    begun = oauth.begin(user)
+    query = query_of(fake.authorize(begun.state))
+    assert oauth.handle_callback(query, binding=begun.binding).outcome is Outcome.CONNECTED
     return query
 
 
@@ -67,7 +69,8 @@ def test_replayed_callback_is_a_duplicate_without_a_token_call(
 
 
 def test_denied_records_access_denied(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
-    result = oauth.handle_callback(query_of(fake.deny(oauth.begin(USER).state)))
+    begun = oauth.begin(USER)
+    result = oauth.handle_callback(query_of(fake.deny(begun.state)), binding=begun.binding)
     assert result.outcome is Outcome.DENIED
     assert result.connection.state is ConnectionState.ERROR
     assert result.connection.error is not None
@@ -88,10 +91,10 @@ def test_forged_state_changes_nothing(oauth: AmoOAuth, fake: FakeAmoCRM) -> None
 def test_expired_state_with_a_new_code_is_rejected(
     oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    state = oauth.begin(USER).state
+    begun = oauth.begin(USER)
     clock.advance(oauth.config.state_ttl)
     with pytest.raises(CallbackRejected) as rejected:
-        oauth.handle_callback(query_of(fake.authorize(state)))
+        oauth.handle_callback(query_of(fake.authorize(begun.state)), binding=begun.binding)
     assert rejected.value.reason == "expired_state"
     assert fake.token_call_count() == 0
 
@@ -112,7 +115,7 @@ def test_a_second_code_of_one_consent_is_reported_not_exchanged(
     refused (reused_state, a 400 page). It is a duplicate of that consent."""
     query = connect(oauth, fake)
     second = query_of(fake.authorize(query["state"]))
-    result = oauth.handle_callback(second)
+    result = oauth.handle_callback(second)  # a duplicate of that consent: no binding needed
     assert (result.outcome, result.duplicate) == (Outcome.ALREADY_CONNECTED, True)
     legacy = oauth.exchange_code(USER, fake.issue_code(), state=query["state"])
     assert (legacy.outcome, legacy.duplicate) == (Outcome.ALREADY_CONNECTED, True)
@@ -125,20 +128,22 @@ def test_a_second_code_of_one_consent_is_reported_not_exchanged(
 
 
 def test_two_codes_of_one_consent_at_once_exchange_one(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
-    state = oauth.begin(USER).state
-    queries = [query_of(fake.authorize(state)) for _ in range(2)] * 10
+    begun = oauth.begin(USER)
+    queries = [query_of(fake.authorize(begun.state)) for _ in range(2)] * 10
+    callback = functools.partial(oauth.handle_callback, binding=begun.binding)
     with ThreadPoolExecutor(max_workers=20) as pool:
-        results = list(pool.map(oauth.handle_callback, queries))
+        results = list(pool.map(callback, queries))
     assert fake.token_call_count() == 1
     assert sum(r.outcome is Outcome.CONNECTED for r in results) == 1
     assert all(r.outcome in (Outcome.CONNECTED, Outcome.ALREADY_CONNECTED) for r in results)
 
 
 def test_a_state_that_brought_a_denial_refuses_a_code(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
-    state = oauth.begin(USER).state
-    assert oauth.handle_callback(query_of(fake.deny(state))).outcome is Outcome.DENIED
+    begun = oauth.begin(USER)
+    denial = query_of(fake.deny(begun.state))
+    assert oauth.handle_callback(denial, binding=begun.binding).outcome is Outcome.DENIED
     with pytest.raises(CallbackRejected) as rejected:
-        oauth.handle_callback(query_of(fake.authorize(state)))
+        oauth.handle_callback(query_of(fake.authorize(begun.state)), binding=begun.binding)
     assert rejected.value.reason == "reused_state"
     assert fake.token_call_count() == 0
 
@@ -148,7 +153,7 @@ def test_reauthorization_with_a_fresh_state_exchanges_the_new_code(
 ) -> None:
     connect(oauth, fake)
     clock.advance(1)
-    again = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    again = run_consent(oauth, fake, USER)
     assert (again.outcome, again.duplicate) == (Outcome.CONNECTED, False)
     assert fake.token_call_count("authorization_code", "ok") == 2
 
@@ -156,18 +161,20 @@ def test_reauthorization_with_a_fresh_state_exchanges_the_new_code(
 def test_state_issued_before_the_connection_cannot_replace_it(
     oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    older = oauth.begin(USER).state
+    older = oauth.begin(USER)
     clock.advance(1)
     connect(oauth, fake)
-    kept = oauth.handle_callback(query_of(fake.authorize(older)))
+    kept = oauth.handle_callback(query_of(fake.authorize(older.state)), binding=older.binding)
     assert (kept.outcome, kept.duplicate) == (Outcome.ALREADY_CONNECTED, False)
     assert fake.token_call_count() == 1
 
 
 def test_rejected_code_fails_once_and_is_never_resent(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
     referer = fake.account_host
-    state = oauth.begin(USER).state
-    result = oauth.exchange_code(USER, "not-a-real-code", referer=referer, state=state)
+    begun = oauth.begin(USER)
+    result = oauth.exchange_code(
+        USER, "not-a-real-code", referer=referer, state=begun.state, binding=begun.binding
+    )
     assert result.outcome is Outcome.FAILED
     assert result.connection.error is not None
     assert result.connection.error.reason == "code_rejected"
@@ -182,8 +189,9 @@ def test_transient_exchange_failure_never_resends_the_code(
     oauth: AmoOAuth, fake: FakeAmoCRM, kind: str
 ) -> None:
     fake.fail_next(kind, grant="authorization_code")  # type: ignore[arg-type]
-    query = query_of(fake.authorize(oauth.begin(USER).state))
-    first = oauth.handle_callback(query)
+    begun = oauth.begin(USER)
+    query = query_of(fake.authorize(begun.state))
+    first = oauth.handle_callback(query, binding=begun.binding)
     assert first.outcome is Outcome.FAILED
     assert first.connection.error is not None
     assert first.connection.error.reason == "exchange_interrupted"
@@ -341,8 +349,10 @@ def test_legacy_exchange_of_a_new_code_needs_a_host(oauth: AmoOAuth, fake: FakeA
     with pytest.raises(CallbackRejected) as foreign:
         oauth.exchange_code(USER, fake.issue_code(), referer="evil.example.com")
     assert foreign.value.reason == "foreign_host"
-    state = oauth.begin(USER).state
-    result = oauth.exchange_code(USER, fake.issue_code(), referer=fake.account_host, state=state)
+    begun = oauth.begin(USER)
+    result = oauth.exchange_code(
+        USER, fake.issue_code(), referer=fake.account_host, state=begun.state, binding=begun.binding
+    )
     assert result.outcome is Outcome.CONNECTED
 
 
@@ -386,8 +396,9 @@ def test_secrets_never_reach_reprs_or_errors(oauth: AmoOAuth, fake: FakeAmoCRM) 
 def test_a_signed_in_user_cannot_be_handed_someone_elses_consent_link(
     oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
-    # The attacker starts a connection for themselves and sends the victim the consent link.
-    query = query_of(fake.authorize(oauth.begin("attacker").state))
+    # The attacker starts a connection for themselves (opting out of the browser binding: the
+    # app's session binds it) and sends the victim the consent link.
+    query = query_of(fake.authorize(oauth.begin("attacker", browser_binding=False).state))
     with pytest.raises(CallbackRejected) as rejected:
         oauth.handle_callback(query, connection_id="victim")
     assert rejected.value.reason == "bad_state"
@@ -400,23 +411,25 @@ def test_a_signed_in_user_cannot_be_handed_someone_elses_consent_link(
 def test_a_slow_consent_still_connects(oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock) -> None:
     """Issue: the user took 12 minutes on the consent page; the default state lifetime covers
     the consent plus the code's own 20 minutes."""
-    state = oauth.begin(USER).state
+    begun = oauth.begin(USER)
     clock.advance(timedelta(minutes=12))
-    result = oauth.handle_callback(query_of(fake.authorize(state)))
+    result = oauth.handle_callback(query_of(fake.authorize(begun.state)), binding=begun.binding)
     assert result.outcome is Outcome.CONNECTED
 
 
 def test_a_state_expires_after_thirty_minutes_by_default(
     oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    state = oauth.begin(USER).state
+    begun = oauth.begin(USER)
     clock.advance(timedelta(minutes=29, seconds=59))
-    late = oauth.begin(USER).state
+    late = oauth.begin(USER, binding=begun.binding)  # the same browser, a second "Connect"
+    assert late.binding == begun.binding
     clock.advance(timedelta(seconds=1))
     with pytest.raises(CallbackRejected) as rejected:
-        oauth.handle_callback(query_of(fake.authorize(state)))
+        oauth.handle_callback(query_of(fake.authorize(begun.state)), binding=begun.binding)
     assert rejected.value.reason == "expired_state"
-    assert oauth.handle_callback(query_of(fake.authorize(late))).outcome is Outcome.CONNECTED
+    result = oauth.handle_callback(query_of(fake.authorize(late.state)), binding=late.binding)
+    assert result.outcome is Outcome.CONNECTED
 
 
 @pytest.mark.parametrize(

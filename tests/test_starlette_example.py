@@ -40,7 +40,8 @@ def client(fake: FakeAmoCRM, clock: FakeClock) -> Iterator[TestClient]:
         clock=clock,
     )
     app = load_example().create_app(oauth, TOKENS, app_scheme="foryoure")
-    with TestClient(app, follow_redirects=False) as client:  # its shutdown closes oauth
+    # https: the binding cookie is Secure (the redirect URI is https); shutdown closes oauth.
+    with TestClient(app, base_url="https://testserver", follow_redirects=False) as client:
         yield client
 
 

@@ -12,7 +12,7 @@ import pytest
 from amo_oauth import AmoOAuth, ConnectionRecord, ConnectionState, MemoryStore, StoreError
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import query_of
+from helpers import run_consent
 
 USER = "user-1"
 
@@ -37,7 +37,7 @@ def connected(
 ) -> tuple[AmoOAuth, FailingWrites]:
     store = FailingWrites()
     oauth = make_oauth(store=store)
-    oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    run_consent(oauth, fake, USER)
     clock.advance(timedelta(days=1, minutes=1))
     return oauth, store
 

@@ -13,7 +13,7 @@ from amo_oauth._ops import Send, StoreOp
 from amo_oauth.stores import as_full_store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import query_of, stored
+from helpers import query_of, run_consent, stored
 
 USER = "user-1"
 ACCOUNT = "/api/v4/account"
@@ -28,8 +28,9 @@ def test_a_transient_verification_failure_keeps_the_pair(
     oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock, fault: str
 ) -> None:
     fake.fail_next(fault, endpoint="api", path=ACCOUNT)  # type: ignore[arg-type]
-    query = query_of(fake.authorize(oauth.begin(USER).state))
-    result = oauth.handle_callback(query)
+    begun = oauth.begin(USER)
+    query = query_of(fake.authorize(begun.state))
+    result = oauth.handle_callback(query, binding=begun.binding)
     assert (result.outcome, result.connection.state) == (
         Outcome.IN_PROGRESS,
         ConnectionState.EXCHANGED,
@@ -54,7 +55,7 @@ def test_the_backoff_grows_and_is_shared_through_the_record(
     oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
     fake.fail_next("500", times=3, endpoint="api", path=ACCOUNT)
-    oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    run_consent(oauth, fake, USER)
     waits = []
     for _ in range(2):
         record = stored(oauth, USER)
@@ -72,7 +73,7 @@ def test_a_definite_refusal_still_fails_verification(oauth: AmoOAuth, fake: Fake
         True if hasattr(fake, "expire_access_tokens_on_issue") else None
     )
     fake.fail_next("override", endpoint="api", path=ACCOUNT, fields={"id": 2**70})
-    result = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    result = run_consent(oauth, fake, USER)
     assert result.outcome is Outcome.FAILED
     assert result.connection.error is not None
     assert result.connection.error.reason == "verify_failed"
@@ -83,7 +84,10 @@ def test_a_lease_that_lapses_after_the_pair_was_stored_keeps_the_pair(
 ) -> None:
     """The worker died between storing the pair and verifying it: the pair is kept and the
     next caller verifies (only a lease lapsing before the pair is stored is the end)."""
-    flow = oauth._flows.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    begun = oauth.begin(USER)
+    flow = oauth._flows.handle_callback(
+        query_of(fake.authorize(begun.state)), binding=begun.binding
+    )
     store = as_full_store(oauth.store)
     item = next(flow)
     sends = 0
@@ -109,7 +113,7 @@ def test_an_account_that_is_not_the_codes_hosts_is_not_connected(
     """Defence in depth: the first verification checks that the account's subdomain is the
     one of the ``referer`` host the code came with (the answer has no domain field)."""
     fake.fail_next("override", endpoint="api", path=ACCOUNT, fields={"subdomain": "someone"})
-    result = oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    result = run_consent(oauth, fake, USER)
     assert result.outcome is Outcome.FAILED
     assert result.connection.error is not None
     assert result.connection.error.reason == "verify_failed"
@@ -123,7 +127,7 @@ def test_a_verification_retried_after_the_access_token_expired_renews_the_pair(
     """Nobody called for a day after a deferred verification: the access token has expired,
     so the retry renews the pair with its refresh token and verifies, losing nothing."""
     fake.fail_next("500", endpoint="api", path=ACCOUNT)
-    oauth.handle_callback(query_of(fake.authorize(oauth.begin(USER).state)))
+    run_consent(oauth, fake, USER)
     clock.advance(timedelta(days=1, seconds=10))
     status = oauth.status(USER)
     assert (status.state, status.error) == (ConnectionState.CONNECTED, None)

@@ -126,13 +126,28 @@ def callback_query(redirect: str) -> str:
 
 
 def connect_url(send: Send) -> str:
-    """GET /connect, as a browser (302) and as a mobile app (JSON): the consent URL."""
+    """GET /connect as a browser (302, the binding cookie) and as the mobile app (JSON: a ticket
+    URL its in-app browser opens, with no session, to get the same 302): the consent URL."""
     redirect = send("GET", f"{PREFIX}/connect", headers=AS_USER)
     assert redirect.status == 302
+    assert "amo_oauth_binding=" in redirect.headers["set-cookie"]
     asked = send("GET", f"{PREFIX}/connect", headers={**AS_USER, "accept": "application/json"})
     assert asked.status == 200
-    assert urlsplit(asked.json()["url"]).netloc == urlsplit(redirect.headers["location"]).netloc
-    return str(asked.json()["url"])
+    ticket_url = urlsplit(asked.json()["url"])
+    assert ticket_url.path == f"{PREFIX}/connect"
+    assert set(query_of(asked.json()["url"])) == {"ticket"}
+    opened = send("GET", ticket_url.path, query=ticket_url.query)  # the in-app browser
+    assert opened.status == 302
+    location = opened.headers["location"]
+    assert urlsplit(location).netloc == urlsplit(redirect.headers["location"]).netloc
+    return location
+
+
+def connect_state(send: Send, user: str = USER) -> str:
+    """GET /connect in ``send``'s browser (it keeps the binding cookie): the state it began."""
+    answer = send("GET", f"{PREFIX}/connect", headers={"x-user": user})
+    assert answer.status == 302
+    return query_of(answer.headers["location"])["state"]
 
 
 def connect_through_callback(send: Send, fake: FakeAmoCRM) -> str:
@@ -204,7 +219,32 @@ def answer_of(response: Response) -> Answer:
     return Answer(response.status, dict(response.headers), response.text)
 
 
-def sender(handlers: Handlers) -> Send:
+class CookieJar:
+    """The few lines of a browser's cookie jar the routes need (one host, Max-Age only)."""
+
+    def __init__(self) -> None:
+        self.cookies: dict[str, str] = {}
+
+    def headers(self, headers: Mapping[str, str] | None) -> dict[str, str]:
+        sent = dict(headers or {})
+        if self.cookies and "cookie" not in {name.lower() for name in sent}:
+            sent["cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        return sent
+
+    def keep(self, response: Response) -> None:
+        for name, value in response.headers:
+            if name == "set-cookie":
+                pair, *attributes = value.split(";")
+                key, _, content = pair.strip().partition("=")
+                if "max-age=0" in {a.strip().lower() for a in attributes} or not content:
+                    self.cookies.pop(key, None)
+                else:
+                    self.cookies[key] = content
+
+
+def sender(handlers: Handlers, jar: CookieJar | None = None) -> Send:
+    jar = jar or CookieJar()
+
     def send(
         method: str,
         path: str,
@@ -213,12 +253,16 @@ def sender(handlers: Handlers) -> Send:
         headers: Mapping[str, str] | None = None,
         body: bytes = b"",
     ) -> Answer:
-        return answer_of(handlers.handle(Request(method, path, query, headers or {}, body)))
+        response = handlers.handle(Request(method, path, query, jar.headers(headers), body))
+        jar.keep(response)
+        return answer_of(response)
 
     return send
 
 
-def async_sender(handlers: AsyncHandlers) -> Send:
+def async_sender(handlers: AsyncHandlers, jar: CookieJar | None = None) -> Send:
+    jar = jar or CookieJar()
+
     def send(
         method: str,
         path: str,
@@ -227,8 +271,10 @@ def async_sender(handlers: AsyncHandlers) -> Send:
         headers: Mapping[str, str] | None = None,
         body: bytes = b"",
     ) -> Answer:
-        request = Request(method, path, query, headers or {}, body)
-        return answer_of(asyncio.run(handlers.handle(request)))
+        request = Request(method, path, query, jar.headers(headers), body)
+        response = asyncio.run(handlers.handle(request))
+        jar.keep(response)
+        return answer_of(response)
 
     return send
 
@@ -286,7 +332,7 @@ def test_connect_redirects_to_amocrm_with_a_signed_state(send: Send, fake: FakeA
     location = urlsplit(answer.headers["location"])
     assert location.netloc == fake.consent_host
     assert query_of(answer.headers["location"])["client_id"] == fake.client_id
-    assert query_of(answer.headers["location"])["state"].startswith("v1.")
+    assert query_of(answer.headers["location"])["state"].startswith("v2.")
 
 
 @pytest.mark.parametrize(
@@ -366,7 +412,7 @@ def test_sync_handlers_refuse_an_async_connection_id(oauth: AmoOAuth) -> None:
 def test_callback_page_is_accessible_static_html(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
-    redirect = fake.authorize(oauth.begin(USER).state)
+    redirect = fake.authorize(connect_state(send))
     answer = send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
     page = parse_page(answer.text)
     assert answer.text.startswith("<!doctype html>")
@@ -381,7 +427,7 @@ def test_callback_page_is_accessible_static_html(
 
 
 def test_callback_page_headers(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
-    redirect = fake.authorize(oauth.begin(USER).state)
+    redirect = fake.authorize(connect_state(send))
     for query in (callback_query(redirect), "state=forged"):
         headers = send("GET", f"{PREFIX}/callback", query=query).headers
         assert headers["content-type"] == "text/html; charset=utf-8"
@@ -403,7 +449,7 @@ def test_json_responses_are_never_cached(send: Send) -> None:
 def test_the_deep_link_never_carries_the_code(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     redirect = fake.authorize(state)
     code = query_of(redirect)["code"]
     for _ in range(2):  # first and replayed
@@ -427,7 +473,7 @@ def test_in_progress_links_pending(
     )
     assert oauth.store.compare_and_set(busy, None)
     send = sender(Handlers(oauth, connection_id=user_from_header, app_scheme="foryoure"))
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     page = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
     assert (page.status, deep_link(page)[1]) == (200, {"pending": "true", "state": state})
     assert parse_page(page.text).h1 == "Almost done"
@@ -438,7 +484,7 @@ def test_in_progress_links_pending(
 
 
 def test_failed_exchange_links_the_reason(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     query = urlencode({"code": "not-a-real-code", "state": state, "referer": fake.account_host})
     page = send("GET", f"{PREFIX}/callback", query=query)
     assert page.status == 200
@@ -451,7 +497,7 @@ def test_interrupted_exchange_links_the_reason(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
     fake.fail_next("500")
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     page = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
     assert deep_link(page)[1] == {"error": "exchange_interrupted", "state": state}
 
@@ -461,7 +507,7 @@ def test_interrupted_exchange_links_the_reason(
     [
         ("", "bad_state"),
         ("code=abc", "bad_state"),
-        ("state=v1.forged.sig&code=abc", "bad_state"),
+        ("state=v2.forged.sig&code=abc", "bad_state"),
         ("code=a&code=b", "malformed"),
         ("error=<script>&state=x", "malformed"),
     ],
@@ -479,7 +525,7 @@ def test_refused_callbacks_get_a_400_page(
 def test_a_second_code_of_one_consent_shows_the_connection(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
     answer = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
     assert answer.status == 200
@@ -525,7 +571,7 @@ def test_page_language(
 def test_every_message_is_translated(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM, lang: str, connected: str, failed: str
 ) -> None:
-    redirect = fake.authorize(oauth.begin(USER).state)
+    redirect = fake.authorize(connect_state(send))
     ok = send("GET", f"{PREFIX}/callback", query=f"{callback_query(redirect)}&lang={lang}")
     assert parse_page(ok.text).h1 == connected
     bad = send("GET", f"{PREFIX}/callback", query=f"lang={lang}")
@@ -547,7 +593,7 @@ def test_everything_on_the_page_is_escaped(oauth: AmoOAuth) -> None:
 
 
 def test_the_echoed_state_is_escaped(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     answer = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(state)))
     assert 'href="foryoure://amo-crm/callback?success=true&amp;state=' in answer.text
 
@@ -563,13 +609,13 @@ def test_exchange_code_never_exchanges_a_new_code(
     code = fake.issue_code()
     answer = post_code(send, {"code": code, "referer": fake.account_host})
     assert (answer.status, answer.json()) == (400, {"error": "new_code_refused"})
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     with_state = post_code(send, {"code": code, "referer": fake.account_host, "state": state})
     assert (with_state.status, with_state.json()) == (400, {"error": "new_code_refused"})
     assert fake.token_call_count() == 0
     assert code not in answer.text + with_state.text
     # The seed's old app: the code the callback exchanged is answered with the status.
-    redirect = fake.authorize(oauth.begin(USER).state)
+    redirect = fake.authorize(connect_state(send))
     send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
     known = post_code(send, {"code": query_of(redirect)["code"]})
     assert (known.status, known.json()["outcome"], known.json()["duplicate"]) == (
@@ -580,7 +626,7 @@ def test_exchange_code_never_exchanges_a_new_code(
     assert fake.token_call_count() == 1
     # Found by review: once connected, a new code with a fresh state re-authorized through
     # this route. It is refused there too.
-    fresh = {"code": fake.issue_code(), "state": oauth.begin(USER).state}
+    fresh = {"code": fake.issue_code(), "state": connect_state(send)}
     late = post_code(send, {**fresh, "referer": fake.account_host})
     assert (late.status, late.json()) == (400, {"error": "new_code_refused"})
     assert fake.token_call_count() == 1
@@ -589,7 +635,7 @@ def test_exchange_code_never_exchanges_a_new_code(
 def test_exchange_code_refuses_a_form_a_page_could_post(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
-    redirect = fake.authorize(oauth.begin(USER).state)
+    redirect = fake.authorize(connect_state(send))
     send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
     body = urlencode({"code": query_of(redirect)["code"]}).encode()
     headers = {**AS_USER, "content-type": "application/x-www-form-urlencoded; charset=utf-8"}
@@ -600,8 +646,9 @@ def test_exchange_code_refuses_a_form_a_page_could_post(
 def test_exchange_code_failure_is_400_with_the_status(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
+    begun = oauth.begin(USER)
     oauth.exchange_code(  # the service, with its consent's state, exchanged a code amoCRM refused
-        USER, "never-issued", referer=fake.account_host, state=oauth.begin(USER).state
+        USER, "never-issued", referer=fake.account_host, state=begun.state, binding=begun.binding
     )
     answer = post_code(send, {"code": "never-issued"})
     assert answer.status == 400
@@ -624,7 +671,7 @@ def test_exchange_code_failure_is_400_with_the_status(
         ("application/json", b'{"code": "a\\u0000b"}', 400, "malformed"),
         ("application/json", b'{"code": "abc"}', 400, "missing_referer"),
         ("application/json", b'{"code": "abc", "referer": "evil.example"}', 400, "foreign_host"),
-        ("application/json", b'{"code": "abc", "state": "v1.x.y"}', 400, "bad_state"),
+        ("application/json", b'{"code": "abc", "state": "v2.x.y"}', 400, "bad_state"),
         ("application/x-www-form-urlencoded", b"code=a&code=b", 415, "unsupported_media_type"),
         ("", b'{"code": "abc"}', 415, "unsupported_media_type"),
         ("text/plain", b"code=abc", 415, "unsupported_media_type"),
@@ -812,7 +859,7 @@ def test_a_store_outage_is_503(make_oauth: Callable[..., AmoOAuth], fake: FakeAm
     store = FlakyStore()
     oauth = make_oauth(store=store)
     send = sender(Handlers(oauth, connection_id=user_from_header, app_scheme="foryoure"))
-    state = oauth.begin(USER).state
+    state = connect_state(send)
     store.broken = True
     answer = send("GET", f"{PREFIX}/status", headers=AS_USER)
     assert (answer.status, answer.json()) == (503, {"error": "store_unavailable"})

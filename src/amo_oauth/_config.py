@@ -77,6 +77,8 @@ class Config:
         state_ttl: how long a ``state`` from ``begin()`` stays valid: 30 minutes by default, to
             cover the user's time on the consent page plus the 20 minutes an amoCRM code lives
             (protocol notes §3), so a slow consent still connects.
+        ticket_ttl: how long a mobile ticket from ``issue_ticket()`` stays valid (single-use):
+            long enough for the app to open its in-app browser, no longer.
         lease_ttl: how long a worker may hold an exchange or a refresh before it is presumed
             dead; more than three ``http_timeout``s (an exchange makes two calls).
         settle_timeout: seconds a duplicate callback waits for another worker's exchange, and
@@ -99,6 +101,7 @@ class Config:
     extra_domains: tuple[str, ...] = attrs.field(default=(), converter=_domains)
     allow_widget_installs: bool = False
     state_ttl: timedelta = attrs.field(default=timedelta(minutes=30), validator=_positive)
+    ticket_ttl: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
     lease_ttl: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
     settle_timeout: float = attrs.field(default=5.0, validator=_positive)
     refresh_margin: timedelta = attrs.field(default=timedelta(minutes=5), validator=_positive)

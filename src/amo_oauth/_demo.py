@@ -265,7 +265,9 @@ def _scenario(stack: Stack, mobile: ModuleType) -> int:
 
 def _connect(stack: Stack, mobile: ModuleType, browser: httpx.Client, app: httpx.Client) -> Any:
     _say()
-    _say('1. The user signs in to the app and taps "Connect amoCRM": the in-app browser opens.')
+    _say('1. The user signs in to the app and taps "Connect amoCRM": the app asks its backend')
+    _say("   for a one-minute ticket URL and opens it in the in-app browser, which gets the")
+    _say("   browser-binding cookie there (the consent completes only in that browser).")
     token = mobile.sign_in(app, USER)
     consent = mobile.open_connect(browser, stack.backend, token)
     _say('2. On amoCRM\'s consent page the user taps "Allow"; amoCRM sends the browser back')

@@ -99,6 +99,10 @@ class CodeReceived(Event):
     #: False for a code that came with no consent to tie it to a user (the legacy endpoint):
     #: it may be answered if known, never exchanged.
     may_claim: bool = True
+    #: False for a new code from a browser (or caller) other than the one its state was bound
+    #: to at ``begin()``: the flow compares the binding (or the app's session, for a state that
+    #: opted out) with the state's keyed hashes, in constant time.
+    browser_matches: bool = True
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         assert self.host is not None  # the table's rules claim a code only with a host

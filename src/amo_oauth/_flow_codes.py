@@ -7,12 +7,15 @@ ledger) before anything is written, and a new code is claimed in one atomic stor
 
 from __future__ import annotations
 
+import re
+import secrets
 from urllib.parse import urlencode
 
 import attrs
 
 from ._answers import EXCHANGE_FAILURES
-from ._callback import Denial, QueryLike, parse_callback
+from ._binding import binding_for, issue_ticket, parse_binding, read_ticket, ticket_nonce_key
+from ._callback import Denial, Grant, QueryLike, parse_callback
 from ._errors import CallbackRejected, ProviderError, UnreadableRecord
 from ._events import (
     CodeReceived,
@@ -46,6 +49,7 @@ from ._records import (
     ConnectionRecord,
     check_connection_id,
     code_digest,
+    record_key,
 )
 from ._results import AuthorizationRequest, CallbackResult, Outcome
 from ._state import DENIED_HOLDER, step
@@ -55,13 +59,17 @@ from .stores._protocol import Claim, ClaimResult, LedgerEntry
 __all__ = ["CodeFlows"]
 
 _MAX_CODE = 2048
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 #: What a code-received no-op means to the caller: a refusal, or a report (duplicate or not).
 _REFUSED = {
     "new_code_refused": Reason.NEW_CODE_REFUSED,
     "expired_state": Reason.EXPIRED_STATE,
     "reused_state": Reason.REUSED_STATE,
     "no_host": Reason.MISSING_REFERER,
+    "wrong_browser": Reason.WRONG_BROWSER,
 }
+#: The ledger holder of a redeemed mobile ticket.
+_TICKET_HOLDER = "ticket"
 
 
 class CodeFlows(Verification):
@@ -70,36 +78,122 @@ class CodeFlows(Verification):
 
     # -- begin ---------------------------------------------------------------------------
 
-    def begin(self, connection_id: str) -> AuthorizationRequest:
+    def begin(
+        self, connection_id: str, binding: str | None = None, browser_binding: bool = True
+    ) -> AuthorizationRequest:
         check_connection_id(connection_id)
         config = self.config
+        # Bound by default: the given binding when it was made for this connection (a second
+        # /connect in the same browser), else a fresh one. Unbound only when asked, and then
+        # signed into the state ("b": ""), so no later caller can switch the check off.
+        bound = binding_for(connection_id, binding) if browser_binding else None
         token, claims = issue_state(
-            config.state_secret, connection_id, self.now(), config.state_ttl
+            config.state_secret,
+            connection_id,
+            self.now(),
+            config.state_ttl,
+            bound.secret if bound is not None else None,
         )
         query = urlencode({"client_id": config.client_id, "state": token, "mode": config.mode})
         joiner = "&" if "?" in config.authorize_url else "?"
         return AuthorizationRequest(
-            f"{config.authorize_url}{joiner}{query}", token, claims.expires_at
+            f"{config.authorize_url}{joiner}{query}",
+            token,
+            claims.expires_at,
+            binding=bound.token if bound is not None else None,
         )
+
+    # -- mobile tickets --------------------------------------------------------------------
+
+    def issue_ticket(self, connection_id: str) -> str:
+        check_connection_id(connection_id)
+        config = self.config
+        return issue_ticket(config.state_secret, connection_id, self.now(), config.ticket_ttl)
+
+    def redeem_ticket(self, ticket: str) -> Flow[str]:
+        claims = read_ticket(self.config.state_secret, ticket)
+        if claims.is_expired(self.now()):
+            raise CallbackRejected(Reason.EXPIRED_TICKET)
+        expires_at = self.store_time(claims.expires_at)
+        # A holder of its own: a store answers True again to the same holder (a retried claim),
+        # and a ticket's second redemption must fail.
+        holder = f"{_TICKET_HOLDER}:{secrets.token_urlsafe(12)}"
+        consumed = ConsumeState(ticket_nonce_key(claims), expires_at, holder)
+        if not (yield from perform(consumed)):
+            raise CallbackRejected(Reason.USED_TICKET)
+        return claims.connection_id
 
     # -- codes ---------------------------------------------------------------------------
 
     def handle_callback(
-        self, query: QueryLike, signed_in: str | None = None
+        self, query: QueryLike, signed_in: str | None = None, binding: str | None = None
     ) -> Flow[CallbackResult]:
         parsed = parse_callback(query, self.config)
         claims = parsed.state
-        if signed_in is not None and claims is not None and claims.connection_id != signed_in:
+        if claims is None:  # a widget install: named after its account host, no browser
+            assert isinstance(parsed, Grant)
+            target = self.fresh(parsed.host.name, widget=True)
+            return (yield from self._exchange(target, parsed.code, parsed.host, None))
+        connection_id, matches = self._browser(claims, signed_in, binding)
+        if isinstance(parsed, Denial):
+            if connection_id is None or not matches:
+                raise CallbackRejected(Reason.WRONG_BROWSER)
+            return (yield from self._deny(parsed, connection_id))
+        if connection_id is None:
+            # Neither a binding nor a session names the connection: only a code seen before
+            # may be answered (a reload of the callback page, the seed's replay). Its holder in
+            # the code ledger names the connection, which must be the state's.
+            holder = yield from self._holder_of(parsed.code_digest, claims)
+            if holder is None:
+                raise CallbackRejected(Reason.WRONG_BROWSER)
+            resolved = self._connection_of(holder)
+            if resolved is None or not claims.names(self.config.state_secret, resolved):
+                raise CallbackRejected(Reason.BAD_STATE)
+            connection_id = resolved
+        target = self.fresh(connection_id)
+        return (
+            yield from self._exchange(
+                target, parsed.code, parsed.host, claims, browser_matches=matches
+            )
+        )
+
+    def _holder_of(self, digest: str, claims: StateClaims) -> Flow[str | None]:
+        """The record key the code ledger names for this code or, for a second code of a used
+        consent (a double tap on "Allow"), for the code that used its state first."""
+        holder = yield from perform(HolderOf(f"code:{digest}"))
+        if holder is None:
+            first = yield from perform(HolderOf(claims.nonce))
+            if first is not None and _SHA256_HEX.fullmatch(first):
+                holder = yield from perform(HolderOf(f"code:{first}"))
+        return holder
+
+    def _browser(
+        self, claims: StateClaims, signed_in: str | None, binding: str | None
+    ) -> tuple[str | None, bool]:
+        """Who the callback is for, if the browser says, and whether it is the browser (or the
+        session, for a state that opted out) the state was bound to."""
+        secret = self.config.state_secret
+        if signed_in is not None and not claims.names(secret, signed_in):
             # The redirect was started by someone else's begin(): refuse to attach this
             # browser's amoCRM account to their connection.
             raise CallbackRejected(Reason.BAD_STATE)
-        if isinstance(parsed, Denial):
-            return (yield from self._deny(parsed))
-        if claims is None:  # a widget install: named after its account host
-            target = self.fresh(parsed.host.name, widget=True)
+        bound = parse_binding(binding)
+        if bound is not None and signed_in is not None and bound.connection_id != signed_in:
+            raise CallbackRejected(Reason.BAD_STATE)
+        named = bound is not None and claims.names(secret, bound.connection_id)
+        connection_id = bound.connection_id if bound is not None and named else signed_in
+        if claims.bound:
+            matches = named and claims.binds(secret, bound.secret if bound else None)
         else:
-            target = self.fresh(claims.connection_id)
-        return (yield from self._exchange(target, parsed.code, parsed.host, claims))
+            matches = signed_in is not None
+        return connection_id, matches
+
+    def _connection_of(self, holder: str) -> str | None:
+        """The connection id of an app user's record key (None for a widget install's)."""
+        prefix = record_key(self.config.client_id, "")
+        if holder.startswith(prefix):
+            return holder[len(prefix) :]
+        return None if holder.startswith(("u:", "w:")) else holder  # a key from before keys
 
     def exchange_code(
         self,
@@ -108,15 +202,27 @@ class CodeFlows(Verification):
         referer: str | None = None,
         state: str | None = None,
         exchange_new: bool = True,
+        binding: str | None = None,
     ) -> Flow[CallbackResult]:
         check_connection_id(connection_id)
         if not isinstance(code, str) or not code:
             raise CallbackRejected(Reason.MISSING_CODE)
         if len(code) > _MAX_CODE or not code.isprintable():
             raise CallbackRejected(Reason.MALFORMED)
-        claims = read_state(self.config.state_secret, state) if state else None
-        if claims is not None and claims.connection_id != connection_id:
+        secret = self.config.state_secret
+        claims = read_state(secret, state) if state else None
+        if claims is not None and not claims.names(secret, connection_id):
             raise CallbackRejected(Reason.BAD_STATE)
+        # A bound state wants its browser's binding for a new code; an unbound one was bound to
+        # the app's session, which connection_id is. Without a state no new code is exchanged.
+        matches = True
+        if claims is not None and claims.bound:
+            bound = parse_binding(binding)
+            matches = (
+                bound is not None
+                and bound.connection_id == connection_id
+                and claims.binds(secret, bound.secret)
+            )
         host = None
         if referer:
             host = AccountHost.accept(referer, self.config.extra_domains)
@@ -127,7 +233,11 @@ class CodeFlows(Verification):
         # still answered (the seed's old app); a new one is refused.
         target = self.fresh(connection_id)
         may_claim = exchange_new and claims is not None
-        return (yield from self._exchange(target, code, host, claims, may_claim=may_claim))
+        return (
+            yield from self._exchange(
+                target, code, host, claims, may_claim=may_claim, browser_matches=matches
+            )
+        )
 
     def _exchange(
         self,
@@ -137,10 +247,12 @@ class CodeFlows(Verification):
         claims: StateClaims | None,
         *,
         may_claim: bool = True,
+        browser_matches: bool = True,
     ) -> Flow[CallbackResult]:
         digest = code_digest(code)
         code_key = f"code:{digest}"
         deadline = self.deadline()
+        state_raced = False
         while True:
             # Reads only, until the table says this worker may claim the code. The ledger is
             # read before the record: a claim writes both at once, so a ledger entry seen here
@@ -149,7 +261,7 @@ class CodeFlows(Verification):
             used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
             record = yield from self.load(target.connection_id, widget=target.widget)
             event = self._code_event(record, digest, host, claims, holder, used_with)
-            event = attrs.evolve(event, may_claim=may_claim)
+            event = attrs.evolve(event, may_claim=may_claim, browser_matches=browser_matches)
             result = step(record, event, self.now())
             if not result.changed:
                 return (yield from self._unchanged(record, result.noop))
@@ -176,6 +288,11 @@ class CodeFlows(Verification):
                 self.log_step(record, result.record, event.name)
                 return (yield from self._finish_exchange(result.record, code, event.host))
             if claimed is ClaimResult.STATE_USED:
+                if used_with is None and not state_raced:
+                    # Another code of the same consent claimed the state since it was read
+                    # free (a double click on "Allow"): read again, and let the table name it.
+                    state_raced = True
+                    continue
                 raise CallbackRejected(Reason.REUSED_STATE)
             if claimed is ClaimResult.CODE_TAKEN:
                 # Another connection claimed this code: a duplicate here too, reported at once.
@@ -266,7 +383,7 @@ class CodeFlows(Verification):
             record = yield from self.wait(record, deadline)
         return record
 
-    def _deny(self, denial: Denial) -> Flow[CallbackResult]:
+    def _deny(self, denial: Denial, connection_id: str) -> Flow[CallbackResult]:
         claims = denial.state
         if claims.is_expired(self.now()):
             raise CallbackRejected(Reason.EXPIRED_STATE)
@@ -274,7 +391,7 @@ class CodeFlows(Verification):
         if not (yield from perform(ConsumeState(claims.nonce, expires_at, DENIED_HOLDER))):
             raise CallbackRejected(Reason.REUSED_STATE)
         record, _ = yield from self.apply(
-            self.fresh(claims.connection_id), Denied(self.now(), denial.reason)
+            self.fresh(connection_id), Denied(self.now(), denial.reason)
         )
         return CallbackResult(Outcome.DENIED, record.public())
 

@@ -46,6 +46,10 @@ class Reason(enum.StrEnum):
     WIDGET_INSTALLS_DISABLED = "widget_installs_disabled"
     NEW_CODE_REFUSED = "new_code_refused"
     RATE_LIMITED = "rate_limited"
+    WRONG_BROWSER = "wrong_browser"
+    BAD_TICKET = "bad_ticket"
+    EXPIRED_TICKET = "expired_ticket"
+    USED_TICKET = "used_ticket"
     # Why a connection has no token to give, besides its error reason (``ReauthorizationRequired``).
     DISCONNECTED = "disconnected"
     EXCHANGE_PENDING = "exchange_pending"
@@ -92,6 +96,10 @@ REJECTIONS: Final = frozenset(
         R.WIDGET_INSTALLS_DISABLED,
         R.NEW_CODE_REFUSED,
         R.RATE_LIMITED,
+        R.WRONG_BROWSER,
+        R.BAD_TICKET,
+        R.EXPIRED_TICKET,
+        R.USED_TICKET,
     }
 )
 #: ``ReauthorizationRequired.reason``: a connection error, or why there is none to report.

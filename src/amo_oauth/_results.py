@@ -60,11 +60,17 @@ class CallbackResult:
 
 @attrs.frozen
 class AuthorizationRequest:
-    """Where to send the user: ``url`` is amoCRM's consent page carrying a fresh ``state``."""
+    """Where to send the user: ``url`` is amoCRM's consent page carrying a fresh ``state``.
+
+    ``binding`` is the browser binding the state is bound to (None when ``begin()`` was told
+    ``browser_binding=False``): keep it in the browser that goes to ``url`` (the web layer sets
+    it as an ``HttpOnly`` cookie) and pass it to ``handle_callback``. Opaque and secret.
+    """
 
     url: str
     state: str = attrs.field(repr=False)
     expires_at: datetime
+    binding: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen

@@ -83,42 +83,75 @@ class AmoOAuth(_Base):
         self._owns_http = http is None
         self.http = http or httpx.Client(timeout=config.http_timeout, follow_redirects=False)
 
-    def begin(self, connection_id: str) -> AuthorizationRequest:
-        """Start connecting: the consent-page URL with a fresh signed ``state``.
+    def begin(
+        self, connection_id: str, *, binding: str | None = None, browser_binding: bool = True
+    ) -> AuthorizationRequest:
+        """Start connecting: the consent-page URL with a fresh signed ``state``, bound to the
+        browser that will go there. Writes nothing.
 
         Args:
             connection_id: the application's key for this connection (a user or tenant id).
+            binding: the browser's current binding (e.g. from its cookie), reused when it was
+                made for this connection; otherwise a fresh one is made.
+            browser_binding: False to opt out of the browser binding: the state is then bound
+                to the app's session instead, and ``handle_callback`` exchanges a new code only
+                with ``connection_id=`` (the signed-in user) matching. Signed into the state.
 
         Returns:
-            ``AuthorizationRequest(url, state, expires_at)``: redirect the user to ``url``.
+            ``AuthorizationRequest(url, state, expires_at, binding)``: keep ``binding`` in the
+            browser (an ``HttpOnly`` cookie) and redirect it to ``url``.
         """
-        return self._flows.begin(connection_id)
+        return self._flows.begin(connection_id, binding, browser_binding)
+
+    def issue_ticket(self, connection_id: str) -> str:
+        """A single-use ticket (``Config.ticket_ttl``, a minute) for a mobile app to open
+        ``/connect?ticket=...`` in its in-app browser, which has no app session. Opaque and
+        secret; writes nothing."""
+        return self._flows.issue_ticket(connection_id)
+
+    def redeem_ticket(self, ticket: str) -> str:
+        """The connection id of a ticket, which is used up.
+
+        Raises:
+            CallbackRejected: ``bad_ticket``, ``expired_ticket`` or ``used_ticket``.
+        """
+        return self._run(self._flows.redeem_ticket(ticket))
 
     def handle_callback(
-        self, query: QueryLike, *, connection_id: str | None = None
+        self,
+        query: QueryLike,
+        *,
+        connection_id: str | None = None,
+        binding: str | None = None,
     ) -> CallbackResult:
         """Handle amoCRM's redirect back (``code``, ``state``, ``referer``; or ``error``).
 
         The code is exchanged at most once, whatever arrives twice and however many workers
         race; a code seen before is a no-op that reports the current status.
 
+        A NEW code is exchanged only in the browser that started the consent: with the
+        ``binding`` that ``begin()`` returned (or, for a state begun with
+        ``browser_binding=False``, with ``connection_id`` of the signed-in user matching).
+        Otherwise it is refused (``wrong_browser``) and nothing is written. A code seen before
+        is still answered without either (a reload of the page, a replay).
+
         Args:
             query: the redirect's query parameters.
             connection_id: who is signed in on the browser that brought the redirect, when the
                 app knows: a state issued to another connection is then refused
-                (``bad_state``), so a consent link started by someone else cannot attach this
-                user's amoCRM account to their connection. The connection otherwise comes from
-                the signed state.
+                (``bad_state``).
+            binding: the browser's binding (its cookie), as ``begin()`` returned it.
 
         Returns:
             ``CallbackResult(outcome, connection, duplicate)``.
 
         Raises:
             CallbackRejected: ``bad_state``, ``expired_state``, ``reused_state``,
-                ``missing_code``, ``missing_referer``, ``foreign_host``,
-                ``widget_installs_disabled`` or ``malformed``. Nothing changed.
+                ``wrong_browser``, ``missing_code``, ``missing_referer``, ``foreign_host``,
+                ``widget_installs_disabled``, ``rate_limited`` or ``malformed``. Nothing
+                changed.
         """
-        return self._run(self._flows.handle_callback(query, connection_id))
+        return self._run(self._flows.handle_callback(query, connection_id, binding))
 
     def exchange_code(
         self,
@@ -128,6 +161,7 @@ class AmoOAuth(_Base):
         referer: str | None = None,
         state: str | None = None,
         exchange_new: bool = True,
+        binding: str | None = None,
     ) -> CallbackResult:
         """The legacy path: an app posts the code it got. Same rules, idempotent.
 
@@ -135,9 +169,10 @@ class AmoOAuth(_Base):
         ``duplicate=True``), never an error. A new code is exchanged only with the ``state`` of
         its consent, issued to this connection (amoCRM has no PKCE: the state is all that ties a
         code to a user); without one it is refused (``new_code_refused``), since whoever holds
-        a code of someone else's consent could otherwise bind that account here. A new code on
-        a connected connection without a fresh ``state`` leaves the connection alone
-        (``ALREADY_CONNECTED``, ``duplicate=False``).
+        a code of someone else's consent could otherwise bind that account here. With a state
+        bound to a browser, a new code also needs that browser's ``binding`` (else
+        ``wrong_browser``). A new code on a connected connection without a fresh ``state``
+        leaves the connection alone (``ALREADY_CONNECTED``, ``duplicate=False``).
 
         Args:
             connection_id: the application's key for the connection.
@@ -146,12 +181,13 @@ class AmoOAuth(_Base):
             state: the state that came with the code, if the app has it.
             exchange_new: False to answer known codes only and refuse every new one (what the
                 web layer's ``POST /exchange-code`` does: no browser is bound to it).
+            binding: the binding ``begin()`` returned, for a state bound to a browser.
 
         Raises:
             CallbackRejected: as ``handle_callback``, and ``new_code_refused``.
             ValueError: ``connection_id`` is empty, over 255 characters or unprintable.
         """
-        flow = self._flows.exchange_code(connection_id, code, referer, state, exchange_new)
+        flow = self._flows.exchange_code(connection_id, code, referer, state, exchange_new, binding)
         return self._run(flow)
 
     def status(self, connection_id: str) -> Connection:
@@ -308,15 +344,29 @@ class AsyncAmoOAuth(_Base):
         self._owns_http = http is None
         self.http = http or httpx.AsyncClient(timeout=config.http_timeout, follow_redirects=False)
 
-    async def begin(self, connection_id: str) -> AuthorizationRequest:
+    async def begin(
+        self, connection_id: str, *, binding: str | None = None, browser_binding: bool = True
+    ) -> AuthorizationRequest:
         """See ``AmoOAuth.begin``."""
-        return self._flows.begin(connection_id)
+        return self._flows.begin(connection_id, binding, browser_binding)
+
+    async def issue_ticket(self, connection_id: str) -> str:
+        """See ``AmoOAuth.issue_ticket``."""
+        return self._flows.issue_ticket(connection_id)
+
+    async def redeem_ticket(self, ticket: str) -> str:
+        """See ``AmoOAuth.redeem_ticket``."""
+        return await self._run(self._flows.redeem_ticket(ticket))
 
     async def handle_callback(
-        self, query: QueryLike, *, connection_id: str | None = None
+        self,
+        query: QueryLike,
+        *,
+        connection_id: str | None = None,
+        binding: str | None = None,
     ) -> CallbackResult:
         """See ``AmoOAuth.handle_callback``."""
-        return await self._shielded(self._flows.handle_callback(query, connection_id))
+        return await self._shielded(self._flows.handle_callback(query, connection_id, binding))
 
     async def exchange_code(
         self,
@@ -326,9 +376,10 @@ class AsyncAmoOAuth(_Base):
         referer: str | None = None,
         state: str | None = None,
         exchange_new: bool = True,
+        binding: str | None = None,
     ) -> CallbackResult:
         """See ``AmoOAuth.exchange_code``."""
-        flow = self._flows.exchange_code(connection_id, code, referer, state, exchange_new)
+        flow = self._flows.exchange_code(connection_id, code, referer, state, exchange_new, binding)
         return await self._shielded(flow)
 
     async def status(self, connection_id: str) -> Connection:

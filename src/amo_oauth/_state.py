@@ -80,6 +80,20 @@ def code_has_no_consent(data: EventData) -> bool:
     return isinstance(event, CodeReceived) and not event.may_claim and event.code_holder is None
 
 
+def browser_is_not_bound(data: EventData) -> bool:
+    """A new code (unknown to the code ledger) arrived from a browser other than the one that
+    started its consent: no binding, another browser's, or (for a state that opted out of the
+    browser binding) no matching app session. It is never exchanged (RFC 9700 §4.7.1)."""
+    step = _model(data)
+    event = step.event
+    return (
+        isinstance(event, CodeReceived)
+        and event.may_claim
+        and not event.browser_matches
+        and event.code_holder is None
+    )
+
+
 def host_is_unknown(data: EventData) -> bool:
     """Neither the redirect nor the record names a host to send the code to."""
     step = _model(data)
@@ -222,6 +236,9 @@ TABLE: tuple[Rule, ...] = (
     # (a new begin()) is the way back. A state that brought a denial stays refused.
     Rule("code_received", ALL, None, state_was_used_by_another_code, noop="duplicate_consent"),
     Rule("code_received", ALL, None, state_was_denied, noop="reused_state"),
+    # Known codes and duplicates are answered above from reads alone (a reload of the callback
+    # page, the seed's replay); a new code only in the browser that started the consent.
+    Rule("code_received", ALL, None, browser_is_not_bound, noop="wrong_browser"),
     Rule("code_received", EXCHANGING, None, noop="exchange_in_progress"),
     # A code the store-wide ledger holds is a duplicate too (each code goes out at most once),
     # found where this record would otherwise claim it.

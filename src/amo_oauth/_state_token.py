@@ -1,9 +1,18 @@
-"""The OAuth ``state``: signed, expiring, single-use, bound to one connection.
+"""The OAuth ``state``: signed, expiring, single-use, bound to one connection and one browser.
 
 amoCRM has no PKCE, so ``state`` is what ties a redirect to the ``begin()`` that caused it.
-A token is ``v1.<payload>.<mac>``: the payload (base64url JSON: connection id, nonce, issue and
-expiry times in milliseconds) signed with HMAC-SHA256 under ``Config.state_secret``. It is signed,
-not encrypted: the connection id is visible to whoever sees the URL, and nothing else is in it.
+A token is ``v2.<payload>.<mac>``: the payload (base64url JSON) signed with HMAC-SHA256 under
+``Config.state_secret``. It carries no user identifier anyone but the backend can read:
+
+- ``h``: a keyed hash of the connection id (HMAC under the state secret, its own context,
+  16 bytes), so a callback checks a candidate id without the id being in the URL;
+- ``b``: a keyed hash of the browser binding's secret (``_binding``), or ``""`` when
+  ``begin()`` was told ``browser_binding=False`` (the app's own session then binds the
+  browser); signed, so no caller can switch the check off later;
+- ``n``: the nonce a callback consumes; ``i``, ``e``: issue and expiry times in milliseconds.
+
+States of the first format (``v1``, which showed the connection id and bound no browser) are
+refused as ``bad_state``: they lived 30 minutes, so an upgrade costs at most one re-begin.
 """
 
 from __future__ import annotations
@@ -20,27 +29,17 @@ import attrs
 
 from ._errors import CallbackRejected
 
-__all__ = ["StateClaims", "issue_state", "read_state"]
+__all__ = ["StateClaims", "binding_hash", "id_hash", "issue_state", "read_state"]
 
-_PREFIX = "v1"
-# As long as a callback parameter may be (``_callback._MAX_VALUE``): a state ``begin()`` issues
-# for any connection id the service accepts (255 characters) must fit, and verify.
+_PREFIX = "v2"
+# As long as a callback parameter may be (``_callback._MAX_VALUE``).
 _MAX_TOKEN = 2048
-# Domain separation: a MAC made for a state can never pass for any other signed value.
-_CONTEXT = b"amo_oauth.state.v1."
-
-
-@attrs.frozen
-class StateClaims:
-    """What a verified state says. Its MAC was checked; its expiry and use were not."""
-
-    connection_id: str
-    nonce: str = attrs.field(repr=False)
-    issued_at: datetime
-    expires_at: datetime
-
-    def is_expired(self, now: datetime) -> bool:
-        return now >= self.expires_at
+# Domain separation: a MAC made for a state can never pass for any other signed value, and the
+# two keyed hashes can never pass for each other or for a MAC.
+_CONTEXT = b"amo_oauth.state.v2."
+_ID_CONTEXT = b"amo_oauth.state.v2.id."
+_BINDING_CONTEXT = b"amo_oauth.state.v2.binding."
+_HASH_BYTES = 16
 
 
 def _b64(data: bytes) -> str:
@@ -63,30 +62,91 @@ def _mac(secret: bytes, payload: str) -> str:
     return _b64(hmac.new(secret, _CONTEXT + payload.encode("ascii"), hashlib.sha256).digest())
 
 
+def _keyed(secret: bytes, context: bytes, value: str) -> str:
+    digest = hmac.new(secret, context + value.encode("utf-8"), hashlib.sha256).digest()
+    return _b64(digest[:_HASH_BYTES])
+
+
+def id_hash(secret: bytes, connection_id: str) -> str:
+    """The keyed hash of a connection id a state carries (``h``)."""
+    return _keyed(secret, _ID_CONTEXT, connection_id)
+
+
+def binding_hash(secret: bytes, binding_secret: str) -> str:
+    """The keyed hash of a browser binding's secret a state carries (``b``)."""
+    return _keyed(secret, _BINDING_CONTEXT, binding_secret)
+
+
+def _same(expected: str, candidate: str) -> bool:
+    return hmac.compare_digest(expected.encode("ascii"), candidate.encode("ascii"))
+
+
+@attrs.frozen
+class StateClaims:
+    """What a verified state says. Its MAC was checked; its expiry and use were not.
+
+    Attributes:
+        id_hash: the keyed hash of the connection id it was issued to.
+        binding_hash: the keyed hash of its browser binding's secret; "" when unbound.
+        nonce: what a callback consumes, once.
+        issued_at, expires_at: its lifetime.
+    """
+
+    id_hash: str = attrs.field(repr=False)
+    binding_hash: str = attrs.field(repr=False)
+    nonce: str = attrs.field(repr=False)
+    issued_at: datetime
+    expires_at: datetime
+
+    @property
+    def bound(self) -> bool:
+        """True when a browser binding must come back with a new code."""
+        return self.binding_hash != ""
+
+    def names(self, secret: bytes, connection_id: str | None) -> bool:
+        """Was this state issued to ``connection_id``? (constant-time)"""
+        return connection_id is not None and _same(self.id_hash, id_hash(secret, connection_id))
+
+    def binds(self, secret: bytes, binding_secret: str | None) -> bool:
+        """Is ``binding_secret`` the one this state was bound to? False for an unbound state."""
+        if not self.bound or binding_secret is None:
+            return False
+        return _same(self.binding_hash, binding_hash(secret, binding_secret))
+
+    def is_expired(self, now: datetime) -> bool:
+        return now >= self.expires_at
+
+
 def issue_state(
-    secret: bytes, connection_id: str, now: datetime, ttl: timedelta
+    secret: bytes,
+    connection_id: str,
+    now: datetime,
+    ttl: timedelta,
+    binding_secret: str | None = None,
 ) -> tuple[str, StateClaims]:
-    """Make a fresh state token for ``connection_id``, valid for ``ttl`` from ``now``."""
+    """Make a fresh state token for ``connection_id``, valid for ``ttl`` from ``now``, bound
+    to the browser holding ``binding_secret`` (None: unbound, the caller's explicit choice)."""
     issued, expires = _millis(now), _millis(now + ttl)
     nonce = secrets.token_urlsafe(16)
-    body = {"c": connection_id, "n": nonce, "i": issued, "e": expires}
-    # UTF-8, not \u escapes: a non-ASCII connection id costs 2-4 bytes a character, not 6-12.
-    payload = _b64(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    hashed_id = id_hash(secret, connection_id)
+    hashed_binding = "" if binding_secret is None else binding_hash(secret, binding_secret)
+    body = {"h": hashed_id, "b": hashed_binding, "n": nonce, "i": issued, "e": expires}
+    payload = _b64(json.dumps(body, separators=(",", ":")).encode("ascii"))
     token = f"{_PREFIX}.{payload}.{_mac(secret, payload)}"
-    if len(token) > _MAX_TOKEN:
-        # read_state would refuse it: fail here rather than hand out a state that never verifies.
-        raise ValueError("connection_id is too long for a state")
-    return token, StateClaims(connection_id, nonce, _moment(issued), _moment(expires))
+    claims = StateClaims(hashed_id, hashed_binding, nonce, _moment(issued), _moment(expires))
+    return token, claims
 
 
 def read_state(secret: bytes, token: str) -> StateClaims:
     """Check a state's signature and return its claims.
 
     Raises:
-        CallbackRejected: ``bad_state`` for anything malformed or not signed with ``secret``.
+        CallbackRejected: ``bad_state`` for anything malformed, not signed with ``secret``, or
+            of the first format (``v1``).
     """
     # A state is ASCII; anything else would not even encode for the MAC check.
-    parts = token.split(".") if len(token) <= _MAX_TOKEN and token.isascii() else []
+    ok = isinstance(token, str) and len(token) <= _MAX_TOKEN and token.isascii()
+    parts = token.split(".") if ok else []
     if len(parts) != 3 or parts[0] != _PREFIX:
         raise CallbackRejected("bad_state")
     payload, mac = parts[1], parts[2]
@@ -94,7 +154,14 @@ def read_state(secret: bytes, token: str) -> StateClaims:
         raise CallbackRejected("bad_state")
     try:
         body = json.loads(_unb64(payload))
-        claims = StateClaims(str(body["c"]), str(body["n"]), _moment(body["i"]), _moment(body["e"]))
+        hashed_id, hashed_binding = body["h"], body["b"]
+        if not isinstance(hashed_id, str) or not isinstance(hashed_binding, str):
+            raise TypeError
+        hashed_id.encode("ascii")
+        hashed_binding.encode("ascii")
+        claims = StateClaims(
+            hashed_id, hashed_binding, str(body["n"]), _moment(body["i"]), _moment(body["e"])
+        )
     except (binascii.Error, ValueError, KeyError, TypeError, OverflowError):
         # Only a holder of the secret could sign this; still, refuse rather than crash.
         raise CallbackRejected("bad_state") from None

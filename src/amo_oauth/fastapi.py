@@ -17,7 +17,16 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response as StarletteResponse
 
 from ._service import AsyncAmoOAuth
-from .web import DEFAULT_PREFIX, AsyncConnectionIdFn, AsyncHandlers, PageText, Request, read_body
+from .web import (
+    DEFAULT_PREFIX,
+    AsyncConnectionIdFn,
+    AsyncHandlers,
+    PageText,
+    Request,
+    Response,
+    Route,
+    read_body,
+)
 
 __all__ = ["router"]
 
@@ -64,12 +73,29 @@ def router(
             description=route.description,
             responses={status: {"description": text} for status, text in route.responses},
             response_class=HTMLResponse if route.page else JSONResponse,
-            openapi_extra={"requestBody": route.request_body} if route.request_body else None,
+            openapi_extra=_openapi_extra(route),
         )
     if handlers.prefix:  # at the root, a catch-all would shadow the app's own routes
         other, rest = _endpoint(handlers, None), f"{handlers.prefix}/{{rest:path}}"
         api.add_api_route(rest, other, methods=_ANY_METHOD, include_in_schema=False)
     return api
+
+
+def _openapi_extra(route: Route) -> dict[str, Any] | None:
+    extra: dict[str, Any] = {}
+    if route.request_body:
+        extra["requestBody"] = route.request_body
+    if route.parameters:
+        extra["parameters"] = [dict(parameter) for parameter in route.parameters]
+    return extra or None
+
+
+def to_starlette(answer: Response) -> StarletteResponse:
+    """A ``web.Response`` as Starlette's, every header kept (several ``Set-Cookie`` too)."""
+    response = StarletteResponse(answer.body, answer.status)
+    for name, value in answer.headers:
+        response.headers.append(name, value)
+    return response
 
 
 def _endpoint(handlers: AsyncHandlers, path: str | None) -> Endpoint:
@@ -80,6 +106,6 @@ def _endpoint(handlers: AsyncHandlers, path: str | None) -> Endpoint:
         query, headers = request.scope.get("query_string", b""), request.headers.items()
         web_request = Request(request.method, handlers.prefix + sub, query, headers, body, request)
         answer = await handlers.handle(web_request)
-        return StarletteResponse(answer.body, answer.status, headers=dict(answer.headers))
+        return to_starlette(answer)
 
     return endpoint

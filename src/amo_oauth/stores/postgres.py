@@ -17,6 +17,10 @@ How a call is made safe:
   ``call_soon_threadsafe``); a waiter that hears nothing returns at its timeout.
 - Blocking calls borrow from a ``psycopg_pool.ConnectionPool``; awaited calls from an
   ``AsyncConnectionPool`` opened on first use in the running event loop: no worker threads.
+  Once that loop has closed (``asyncio.run`` returned), the next awaited call opens a new pool
+  in its own loop; two loops alive at once get a ``StoreError`` saying so.
+- A pool whose connect fails retries for at most half the store's ``timeout``, then gives up,
+  so that the first call after an outage connects at once.
 - The store never creates tables by itself: ``migrate()`` does, once, and records the schema
   version in a table of its own. Calls before then raise ``StoreError`` saying so.
 
@@ -241,7 +245,8 @@ class PostgresStore(BaseStore, AsyncBaseStore):
             a pool, plus one listening connection once someone waits for a change).
         max_size: connections each pool opens at most.
         timeout: seconds a call waits for a connection (and to connect: ``connect_timeout``,
-            unless ``conninfo`` sets it) before raising ``StoreError``.
+            unless ``conninfo`` sets it) before raising ``StoreError``. After an outage, the
+            first call once the server is back gets a connection within it.
         encryption: encrypts the token pair at rest (e.g. ``cryptography``'s ``Fernet`` or
             ``MultiFernet``); rows are then useless without the key.
 
@@ -459,8 +464,10 @@ class PostgresStore(BaseStore, AsyncBaseStore):
             pool.close(timeout=self._timeout)
         loop = self._aloop
         if apool is not None and loop is not None and loop.is_running():
-            # Closed in its own loop; a pool whose loop has stopped is left to the collector.
+            # Closed in its own loop.
             asyncio.run_coroutine_threadsafe(apool.close(timeout=self._timeout), loop)
+        elif apool is not None and (loop is None or loop.is_closed()):
+            _abandon(apool)  # its loop has ended: nothing can be awaited there any more
 
     # -- awaited operations --------------------------------------------------------------
 
@@ -526,7 +533,11 @@ class PostgresStore(BaseStore, AsyncBaseStore):
     async def aclose(self) -> None:
         """See ``close``; closes the async pool in its own event loop."""
         with self._guard:
-            apool, self._apool = self._apool, None
+            apool = self._apool
+            if apool is not None and self._aloop is asyncio.get_running_loop():
+                self._apool = None
+            else:
+                apool = None  # made on another loop: close() lets go of it there
         if apool is not None:
             await apool.close(timeout=self._timeout)
         self.close()
@@ -703,6 +714,11 @@ class PostgresStore(BaseStore, AsyncBaseStore):
                 raise closed_error()
             if self._pool is not None:
                 return self._pool
+            # reconnect_timeout: psycopg_pool retries a failed connect with a backoff that
+            # doubles for 5 minutes by default, and meanwhile starts no other attempt; after
+            # an outage of a minute the server would be back long before the pool looked
+            # again, and every call would still time out. Bounded by half a call's timeout,
+            # the attempt gives up and the next call starts a fresh one at once.
             pool: ConnectionPool[_Conn] = ConnectionPool(
                 self._conninfo,
                 kwargs=self._kwargs,
@@ -712,6 +728,7 @@ class PostgresStore(BaseStore, AsyncBaseStore):
                 check=ConnectionPool.check_connection,
                 name=self._pool_name(),
                 timeout=self._timeout,
+                reconnect_timeout=self._timeout / 2,
             )
             try:
                 pool.open(wait=self._min_size > 0, timeout=self._timeout)
@@ -726,12 +743,19 @@ class PostgresStore(BaseStore, AsyncBaseStore):
         with self._guard:
             if self._closed:
                 raise closed_error()
-            if self._apool is not None:
-                if self._aloop is not loop:
+            if self._apool is not None and self._aloop is not loop:
+                old_loop = self._aloop
+                if old_loop is not None and not old_loop.is_closed():
                     raise StoreError(
-                        f"{self._where()}: awaited from another event loop than its first "
-                        "awaited call; use one store per event loop"
+                        f"{self._where()}: awaited from another event loop while the loop of "
+                        "its first awaited call still exists; use one store per event loop"
                     )
+                # That loop has ended (``asyncio.run`` again, as scripts and tests do): its
+                # pool's tasks ended with it, so its connections are closed here and a new
+                # pool is made on this loop.
+                _abandon(self._apool)
+                self._apool = self._aloop = None
+            if self._apool is not None:
                 return self._apool
             apool: AsyncConnectionPool[_AsyncConn] = AsyncConnectionPool(
                 self._conninfo,
@@ -742,6 +766,7 @@ class PostgresStore(BaseStore, AsyncBaseStore):
                 check=AsyncConnectionPool.check_connection,
                 name=self._pool_name() + "-async",
                 timeout=self._timeout,
+                reconnect_timeout=self._timeout / 2,
             )
             # Claimed before the first await, so that concurrent first calls share one pool.
             self._apool, self._aloop = apool, loop
@@ -777,6 +802,17 @@ class PostgresStore(BaseStore, AsyncBaseStore):
             raise StoreError(
                 f"{self._where()} could not {action}: {type(exc).__name__}{code}"
             ) from exc
+
+
+def _abandon(apool: AsyncConnectionPool[_AsyncConn]) -> None:
+    """Let go of an async pool whose event loop has ended: nothing can be awaited on that loop
+    any more, so its idle connections are closed without it (libpq's ``finish``), rather than
+    left open until the collector finds them. Connections borrowed when the loop ended went
+    with their callers' tasks."""
+    idle = getattr(apool, "_pool", ())  # psycopg_pool keeps no public list of idle connections
+    for conn in list(idle):
+        with contextlib.suppress(Exception):
+            conn.pgconn.finish()
 
 
 def _drive(op: _Op[_T], execute: Callable[[_Stmt], _Done]) -> tuple[_T, bool]:

@@ -7,7 +7,10 @@ available in every test suite without a conftest import:
 def test_connects(amo_oauth_client, amo_fake):
     request = amo_oauth_client.begin("user-42")
     redirect = amo_fake.authorize(request.state)          # "Allow" pressed
-    result = amo_oauth_client.handle_callback(httpx.URL(redirect).params)
+    # The browser that started the consent brings its binding back (the web layer's cookie).
+    result = amo_oauth_client.handle_callback(
+        httpx.URL(redirect).params, binding=request.binding
+    )
     assert result.outcome is Outcome.CONNECTED
 ```
 

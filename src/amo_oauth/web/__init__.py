@@ -18,6 +18,10 @@ response = await handlers.handle(
 
 Routes (under ``prefix``, default ``/api/amo-crm``): ``GET /connect``, ``GET /callback``,
 ``POST /exchange-code``, ``GET /status``, ``POST /disconnect``, ``GET /disconnect-hook``.
+``GET /connect`` sets the ``HttpOnly`` browser-binding cookie and redirects to amoCRM (with
+``?ticket=...`` it first redeems a mobile app's single-use ticket; as JSON it answers
+``{url, expires_at}`` with such a ticket URL); ``GET /callback`` exchanges a new code only in the
+browser holding that cookie (else 403 ``wrong_browser``) and clears it once connected.
 Every refusal is a 4xx with ``{"error": reason}`` (the callback's is an HTML page whose deep
 link carries ``error=<reason>``): the reasons of ``CallbackRejected``, and ``unauthenticated``
 (401), ``bad_connection_id``, ``cross_site_request`` (400), ``not_found`` (404),

@@ -31,8 +31,10 @@ class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
         oauth: the service.
         connection_id: ``(request) -> str | None``: the id of the connection the request
             belongs to (e.g. the user id from the session; an int is turned into text), None
-            when not signed in (401). Not asked by the callback and the hook, whose
-            connection comes from the signed state and the account id.
+            when not signed in (401). Not asked by the hook or by ``/connect?ticket=...``. The
+            callback asks it too, but needs no session (an in-app browser has none): None, or
+            an exception it raises, counts as nobody signed in there; a signed-in user other
+            than the one the state was issued to is refused (``bad_state``).
         app_scheme: the app's URL scheme for the deep link, e.g. ``"foryoure"``.
         prefix: where the routes live.
         texts: page strings by language, added to (or replacing) ``PAGE_TEXTS``.

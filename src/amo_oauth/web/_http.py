@@ -159,7 +159,8 @@ class Response:
 
     Args:
         status: the status code.
-        headers: name/value pairs, each name once (``Content-Type`` included).
+        headers: name/value pairs (``Content-Type`` included); a name may repeat
+            (``Set-Cookie``), so adapters must send pairs, never a dict of them.
         body: the encoded body.
     """
 

@@ -48,6 +48,7 @@ class PageKind(enum.StrEnum):
     PENDING = "pending"
     ERROR = "error"
     MISCONFIGURED = "misconfigured"
+    WRONG_BROWSER = "wrong_browser"
 
 
 @attrs.frozen(kw_only=True)
@@ -63,6 +64,9 @@ class PageText:
         misconfigured_title, misconfigured_body: shown when amoCRM refused the integration's own
             settings (client id, secret or redirect URI): trying again cannot help. English by
             default, so that texts written before these fields existed keep working.
+        wrong_browser_title, wrong_browser_body: shown when the consent came back to a browser
+            other than the one that started it (``wrong_browser``): a forwarded link. English
+            by default, like the misconfigured texts.
     """
 
     connected_title: str
@@ -77,6 +81,11 @@ class PageText:
     misconfigured_body: str = (
         "amoCRM refused this app's integration settings, so trying again will not help. "
         "Return to the app and let its support team know."
+    )
+    wrong_browser_title: str = "Connect from the app"
+    wrong_browser_body: str = (
+        "This connection was started in another browser or app. "
+        "Start connecting again from the app."
     )
 
     def title(self, kind: PageKind) -> str:
@@ -112,6 +121,9 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         misconfigured_title="Интеграция amoCRM настроена неверно",
         misconfigured_body="amoCRM отклонила настройки интеграции этого приложения, поэтому "
         "повторная попытка не поможет. Вернитесь в приложение и сообщите в его поддержку.",
+        wrong_browser_title="Подключите из приложения",
+        wrong_browser_body="Это подключение было начато в другом браузере или приложении. "
+        "Начните подключение заново из приложения.",
     ),
     "uk": PageText(
         connected_title="amoCRM підключено",
@@ -127,6 +139,9 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         misconfigured_title="Інтеграцію amoCRM налаштовано неправильно",
         misconfigured_body="amoCRM відхилила налаштування інтеграції цього застосунку, тож "
         "повторна спроба не допоможе. Поверніться до застосунку та повідомте його підтримку.",
+        wrong_browser_title="Підключіть із застосунку",
+        wrong_browser_body="Це підключення було розпочато в іншому браузері або застосунку. "
+        "Почніть підключення знову із застосунку.",
     ),
 }
 

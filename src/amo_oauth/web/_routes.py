@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Generator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, Final, Generic, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import attrs
 
+from .._binding import parse_binding, read_ticket
 from .._errors import CallbackRejected, ProviderError, StoreError
 from .._reasons import Reason
 from .._records import Connection, check_connection_id
@@ -31,6 +33,7 @@ from ._page import (
 )
 
 __all__ = [
+    "BINDING_COOKIE",
     "DEFAULT_PREFIX",
     "ROUTES",
     "Identify",
@@ -48,6 +51,12 @@ DEFAULT_PREFIX: Final = "/api/amo-crm"
 DEFAULT_MAX_BODY: Final = 16 * 1024
 DEFAULT_MAX_QUERY: Final = 8 * 1024
 _MAX_QUERY_PARAMS: Final = 64
+#: The browser binding's cookie; ``__Host-`` + this (and ``Secure``) when the redirect URI is
+#: https. Decided from ``Config.redirect_uri``, never from the request (a TLS-terminating proxy
+#: may hand it over as http).
+BINDING_COOKIE: Final = "amo_oauth_binding"
+#: Refusals that are about who is asking, not what was asked.
+_FORBIDDEN: Final = frozenset({Reason.WRONG_BROWSER})
 
 # Every response: never cached (they describe a user's connection or carry a state/code), never
 # sniffed, and never the source of a Referer (the callback URL carries the code).
@@ -68,8 +77,9 @@ class Invoke:
     """Call ``method`` of the service with these arguments; the answer is its result."""
 
     method: str
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = attrs.field(factory=dict)
+    # They carry codes, tickets and bindings: never shown.
+    args: tuple[Any, ...] = attrs.field(default=(), repr=False)
+    kwargs: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
 
 
 WebFlow = Generator[Identify | Invoke, Any, T]
@@ -122,6 +132,8 @@ class Route:
     responses: tuple[tuple[int, str], ...]
     request_body: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
     page: bool = False
+    #: OpenAPI ``parameters`` objects (query parameters it reads).
+    parameters: tuple[Mapping[str, Any], ...] = attrs.field(default=(), eq=False)
 
 
 _AUTH = ((401, "No connection id for this request: {error: unauthenticated}"),)
@@ -135,9 +147,34 @@ ROUTES: Final = (
         "GET",
         "/connect",
         "Start connecting amoCRM",
-        "302 to amoCRM's consent page with a fresh signed state; 200 {url, expires_at} when "
-        "the client sends Accept: application/json or ?format=json.",
-        ((302, "Redirect to amoCRM"), (200, "The consent URL as JSON"), *_AUTH, *_ID),
+        "302 to amoCRM's consent page with a fresh signed state bound to this browser (sets "
+        "the HttpOnly binding cookie). With ?ticket=... (a mobile app's in-app browser, no "
+        "session needed): redeems the single-use ticket, then the same 302. With Accept: "
+        "application/json or ?format=json (authenticated): 200 {url, expires_at}, url being "
+        "this route with a fresh ticket, to open in the browser that will consent.",
+        (
+            (302, "Redirect to amoCRM, with Set-Cookie for the browser binding"),
+            (200, "{url, expires_at}: the ticket URL to open in the in-app browser"),
+            (400, "{error: bad_ticket | expired_ticket | used_ticket}"),
+            *_AUTH,
+            *_ID,
+        ),
+        parameters=(
+            {
+                "name": "ticket",
+                "in": "query",
+                "required": False,
+                "description": "A single-use ticket from the JSON form (about a minute).",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "format",
+                "in": "query",
+                "required": False,
+                "description": "json: answer {url, expires_at} instead of redirecting.",
+                "schema": {"type": "string", "enum": ["json"]},
+            },
+        ),
     ),
     Route(
         "callback",
@@ -146,8 +183,14 @@ ROUTES: Final = (
         "amoCRM's redirect back",
         "Exchanges the code at most once and answers an HTML page whose button opens "
         "{app_scheme}://amo-crm/callback?success=true&state=... (never the code); "
-        "...?pending=true&state=... while another worker finishes; ...?error=<reason> on failure.",
-        ((200, "The Return to App page"), (400, "A refused redirect: the error page")),
+        "...?pending=true&state=... while another worker finishes; ...?error=<reason> on failure. "
+        "A new code is exchanged only in the browser that started the consent (its binding "
+        "cookie, cleared once connected); a code seen before is answered without it.",
+        (
+            (200, "The Return to App page"),
+            (400, "A refused redirect: the error page"),
+            (403, "Another browser's consent (wrong_browser): the error page"),
+        ),
         page=True,
     ),
     Route(
@@ -343,7 +386,15 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         self.default_language = default_language
         self.max_body = max_body
         self.max_query = max_query
-        redirect_uri = getattr(getattr(oauth, "config", None), "redirect_uri", "")
+        config = getattr(oauth, "config", None)
+        redirect_uri = getattr(config, "redirect_uri", "")
+        # The cookie's attributes come from the configured redirect URI, never the request.
+        self.secure_cookie = urlsplit(redirect_uri).scheme == "https"
+        self.cookie_name = ("__Host-" if self.secure_cookie else "") + BINDING_COOKIE
+        state_ttl = getattr(config, "state_ttl", timedelta(minutes=30))
+        self.cookie_max_age = max(1, int(state_ttl.total_seconds()))
+        self.connect_url = _connect_url(redirect_uri, self.prefix)
+        self._state_secret: bytes = getattr(config, "state_secret", b"")
         self.allowed_origins = frozenset(
             origin_of(url) for url in (redirect_uri, *allowed_origins) if url
         )
@@ -378,6 +429,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             response = self._refuse(route, request, refusal.status, refusal.reason)
         except CallbackRejected as rejected:
             status = 429 if rejected.reason == Reason.RATE_LIMITED else 400
+            status = 403 if rejected.reason in _FORBIDDEN else status
             response = self._refuse(route, request, status, rejected.reason)
         except StoreError:
             response = self._refuse(route, request, 503, "store_unavailable")
@@ -395,7 +447,9 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
     def _refuse(self, route: Route, request: Request, status: int, reason: str) -> Response:
         if route.page:  # a browser is looking: the page, with no state echoed
             link = deep_link(self.app_scheme, [("error", reason)])
-            return self._page(request, status, PageKind.ERROR, link, reason)
+            wrong = reason == Reason.WRONG_BROWSER
+            kind = PageKind.WRONG_BROWSER if wrong else PageKind.ERROR
+            return self._page(request, status, kind, link, reason)
         return Response.json(status, {"error": reason})
 
     def _page(
@@ -422,22 +476,73 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
 
     # -- the routes ----------------------------------------------------------------------------
 
+    def _set_cookie(self, value: str, max_age: int) -> tuple[str, str]:
+        parts = [f"{self.cookie_name}={value}", "Path=/", f"Max-Age={max_age}", "HttpOnly"]
+        parts.append("SameSite=Lax")  # amoCRM's redirect back is a cross-site top-level GET
+        if self.secure_cookie:
+            parts.append("Secure")
+        return ("set-cookie", "; ".join(parts))
+
+    def _signed_in(self) -> WebFlow[str | None]:
+        """Who is signed in on this browser, if anyone: the callback needs no session (the
+        in-app browser of a mobile app has none), so a refusal of the app's callable counts
+        as nobody."""
+        try:
+            connection_id = yield Identify()
+        except Exception:  # e.g. the app's abort(401): not signed in
+            return None
+        if isinstance(connection_id, int) and not isinstance(connection_id, bool):
+            connection_id = str(connection_id)
+        try:
+            return check_connection_id(connection_id)
+        except ValueError:  # None included
+            return None
+
     def _connect(self, request: Request) -> WebFlow[Response]:
-        connection_id = yield from self._identity()
-        begun = yield from self._call("begin", connection_id)
-        if _wants_json(request):
-            payload = {"url": begun.url, "expires_at": begun.expires_at.isoformat()}
-            return Response.json(200, payload)
-        return Response.redirect(begun.url)
+        ticket = request.param("ticket")
+        if ticket is not None:
+            # A mobile app's in-app browser: no session, a single-use ticket instead.
+            connection_id: str = yield from self._call("redeem_ticket", ticket)
+        else:
+            connection_id = yield from self._identity()
+            if _wants_json(request):
+                return (yield from self._ticket_url(connection_id))
+        cookie = request.cookie(self.cookie_name)
+        begun = yield from self._call("begin", connection_id, binding=cookie)
+        headers = [self._set_cookie(begun.binding, self.cookie_max_age)] if begun.binding else []
+        return Response.redirect(begun.url, headers)
+
+    def _ticket_url(self, connection_id: str) -> WebFlow[Response]:
+        """``{url, expires_at}``: this route with a fresh ticket, for the browser that will
+        consent (the app's in-app browser keeps the binding cookie /connect sets there)."""
+        ticket: str = yield from self._call("issue_ticket", connection_id)
+        claims = read_ticket(self._state_secret, ticket)
+        query = urlencode({"ticket": ticket})
+        url = f"{self.connect_url}?{query}"
+        return Response.json(200, {"url": url, "expires_at": claims.expires_at.isoformat()})
 
     def _callback(self, request: Request) -> WebFlow[Response]:
-        result: CallbackResult = yield from self._call("handle_callback", request.query)
+        signed_in = yield from self._signed_in()
+        cookie = request.cookie(self.cookie_name)
+        result: CallbackResult = yield from self._call(
+            "handle_callback", request.query, connection_id=signed_in, binding=cookie
+        )
         kind, params, reason = _page_link(result, request)
         # The state is echoed so the app can match the answer to its request; the code never is.
         state = request.param("state")
         if state:
             params.append(("state", state))
-        return self._page(request, 200, kind, deep_link(self.app_scheme, params), reason)
+        page = self._page(request, 200, kind, deep_link(self.app_scheme, params), reason)
+        bound = parse_binding(cookie)
+        connected = result.outcome in (Outcome.CONNECTED, Outcome.ALREADY_CONNECTED)
+        if (
+            connected
+            and bound is not None
+            and bound.connection_id == result.connection.connection_id
+        ):
+            # Done with: the binding is cleared once the connection is made.
+            page = attrs.evolve(page, headers=(*page.headers, self._set_cookie("", 0)))
+        return page
 
     def _exchange_code(self, request: Request) -> WebFlow[Response]:
         connection_id = yield from self._identity()
@@ -468,6 +573,24 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
     def _disconnect_hook(self, request: Request) -> WebFlow[Response]:
         affected = yield from self._call("handle_disconnect_hook", request.query)
         return Response.json(200, {"disconnected": len(affected)})
+
+
+def _connect_url(redirect_uri: str, prefix: str) -> str:
+    """The public URL of ``/connect``, for the ticket links the JSON form hands out.
+
+    amoCRM redirects to ``redirect_uri``, which is this ``/callback`` as the world reaches it:
+    its path already holds whatever the app mounts the routes under (``include_router``'s or a
+    blueprint's ``url_prefix``, a proxy's path), so ``/connect`` is its sibling. A redirect URI
+    that does not end in ``/callback`` falls back to its origin and ``prefix``.
+    """
+    if not redirect_uri:
+        return prefix + "/connect"
+    parts = urlsplit(redirect_uri)
+    if parts.path.endswith("/callback"):
+        path = parts.path.removesuffix("/callback") + "/connect"
+    else:
+        path = prefix + "/connect"
+    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 def _finish(response: Response) -> Response:
