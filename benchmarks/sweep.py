@@ -72,8 +72,10 @@ def connect_all(oauth: AmoOAuth, fake: FakeAmoCRM, connections: int, hosts: int)
 
     def connect(i: int) -> None:
         cid = f"c{i:06d}"
-        url = fake.authorize(oauth.begin(cid).state, account=accounts[i % hosts])
-        result = oauth.handle_callback(dict(parse_qsl(urlsplit(url).query)))
+        begun = oauth.begin(cid)  # the browser's binding comes back with the redirect
+        url = fake.authorize(begun.state, account=accounts[i % hosts])
+        query = dict(parse_qsl(urlsplit(url).query))
+        result = oauth.handle_callback(query, binding=begun.binding)
         assert result.connection.is_connected, result
 
     with ThreadPoolExecutor(16) as pool:

@@ -126,8 +126,7 @@ def due_db(tmp_path: Path, fake: FakeAmoCRM, clock: FakeClock) -> Path:
     with AmoOAuth(config_for(fake), store=SQLiteStore(db), http=http, clock=clock) as oauth:
         hosts = [fake.default_account] + [fake.add_account(f"h{i}") for i in range(1, 5)]
         for i, account in enumerate(hosts):
-            url = fake.authorize(oauth.begin(f"user-{i}").state, account=account)
-            oauth.handle_callback(query_of(url))
+            run_consent(oauth, fake, f"user-{i}", account=account)
     clock.advance(timedelta(days=85))
     return db
 

@@ -24,7 +24,7 @@ from amo_oauth.cli import main
 from amo_oauth.stores import FullStore, MemoryStore
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import config_for, query_of
+from helpers import config_for, run_consent
 
 OLD, NEW = Fernet.generate_key(), Fernet.generate_key()
 USERS = ("u1", "u2", "u3", "u4")
@@ -34,7 +34,7 @@ def connect(store: FullStore, fake: FakeAmoCRM, clock: FakeClock, users: tuple[s
     http = httpx.Client(transport=fake.transport())
     oauth = AmoOAuth(config_for(fake), store=store, http=http, clock=clock)
     for user in users:
-        oauth.handle_callback(query_of(fake.authorize(oauth.begin(user).state)))
+        assert run_consent(oauth, fake, user).connection.is_connected
     http.close()
 
 

@@ -31,7 +31,7 @@ from amo_oauth.stores import FullStore
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing._fake import FakeAccount
 
-from helpers import config_for, query_of, stored
+from helpers import config_for, run_consent, stored
 
 WEEK = timedelta(days=7)
 
@@ -45,8 +45,7 @@ def connect_many(oauth: AmoOAuth, fake: FakeAmoCRM, count: int, hosts: int) -> l
     on = accounts(fake, hosts)
     ids = [f"c{i:03d}" for i in range(count)]
     for i, cid in enumerate(ids):
-        url = fake.authorize(oauth.begin(cid).state, account=on[i % hosts])
-        assert oauth.handle_callback(query_of(url)).connection.is_connected
+        assert run_consent(oauth, fake, cid, account=on[i % hosts]).connection.is_connected
     return ids
 
 
@@ -100,7 +99,7 @@ def test_the_old_call_still_works_and_limit_takes_the_soonest(
 ) -> None:
     oauth = make_oauth()
     for cid in ("c0", "c1", "c2", "c3", "c4"):  # issued a day apart: c0 expires first
-        oauth.handle_callback(query_of(fake.authorize(oauth.begin(cid).state)))
+        run_consent(oauth, fake, cid)
         clock.advance(timedelta(days=1))
     clock.advance(timedelta(days=80))  # c0..c4 expire in 5, 6, ... 9 days
     assert oauth.refresh_due(timedelta(days=8), 2).refreshed == ("c0", "c1")
@@ -137,8 +136,7 @@ def test_another_integrations_records_are_skipped(
     store = MemoryStore()
     other = fake.add_integration("other-client", "other-secret", fake.redirect_uri)
     theirs = make_oauth(store=store, client_id=other.client_id, client_secret="other-secret")
-    url = fake.authorize(theirs.begin("t1").state, integration=other)
-    theirs.handle_callback(query_of(url))
+    assert run_consent(theirs, fake, "t1", integration=other).connection.is_connected
     ours = make_oauth(store=store)
     connect_many(ours, fake, 2, 1)
     clock.advance(timedelta(days=85))
