@@ -470,6 +470,10 @@ def test_describe_names_the_reason_and_quotes_the_hint():
     assert describe(Answer(Meaning.TRANSIENT, "unavailable"), None) == (
         "unavailable (transient, no answer)"
     )
+    # No answer: the hint is the transport's, and the line does not put it in amoCRM's mouth.
+    assert describe(Answer(Meaning.TRANSIENT, "unavailable"), "ConnectError") == (
+        'unavailable (transient, no answer): the transport says "ConnectError"'
+    )
 
 
 def test_describe_never_shows_a_secret():

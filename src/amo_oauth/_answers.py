@@ -338,7 +338,9 @@ def describe(
     line = f"{answer.reason} ({answer.meaning.value}, {where})"
     quoted = clean_hint(hint, limit=_DESCRIBED_HINT, redact=redact)
     if quoted is not None:
-        line += f': amoCRM says "{quoted}"'
+        # Without an answer the hint is the transport's (e.g. "ConnectError"), not amoCRM's.
+        speaker = "the transport says" if status is None else "amoCRM says"
+        line += f': {speaker} "{quoted}"'
     return line
 
 

@@ -155,7 +155,11 @@ ROUTES: Final = (
         (
             (302, "Redirect to amoCRM, with Set-Cookie for the browser binding"),
             (200, "{url, expires_at}: the ticket URL to open in the in-app browser"),
-            (400, "{error: bad_ticket | expired_ticket | used_ticket}"),
+            (
+                400,
+                "A refused ticket (bad_ticket | expired_ticket | used_ticket): the HTML error "
+                "page, whose button opens {app_scheme}://amo-crm/callback?error=<reason>",
+            ),
             *_AUTH,
             *_ID,
         ),
@@ -445,7 +449,9 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             raise _Refusal(413, "body_too_large")
 
     def _refuse(self, route: Route, request: Request, status: int, reason: str) -> Response:
-        if route.page:  # a browser is looking: the page, with no state echoed
+        # A browser is looking (the callback; a ticket link in an app's in-app browser, which
+        # has no other way back to the app): the page, with no state echoed.
+        if route.page or (route.name == "connect" and request.param("ticket") is not None):
             link = deep_link(self.app_scheme, [("error", reason)])
             wrong = reason == Reason.WRONG_BROWSER
             kind = PageKind.WRONG_BROWSER if wrong else PageKind.ERROR
