@@ -105,8 +105,10 @@ def test_refresh_due_with_nothing_due_refreshes_nothing(
         monkeypatch.setenv(name, value)
     assert main(["refresh-due", "--db", str(connected_db), "--within-days", "7"]) == 0
     assert json.loads(capsys.readouterr().out) == {
-        "refreshed": 0,
+        "refreshed": [],
         "failed": {},
+        "refreshed_count": 0,
+        "failed_by_reason": {},
         "needs_reauthorization": [],
         "skipped": 0,
     }
@@ -160,8 +162,10 @@ def test_refresh_due_refreshes_and_summarizes(
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert json.loads(out) == {
-        "refreshed": 5,
+        "refreshed": [f"user-{i}" for i in range(5)],
         "failed": {},
+        "refreshed_count": 5,
+        "failed_by_reason": {},
         "needs_reauthorization": [],
         "skipped": 0,
     }
@@ -182,8 +186,10 @@ def test_refresh_due_exits_non_zero_when_any_failed(
     fake.fail_next("500", grant="refresh_token", account=fake.accounts[1])
     assert main(["refresh-due", "--db", str(due_db)]) == 1
     summary = json.loads(capsys.readouterr().out)
-    assert summary["refreshed"] == 3
-    assert summary["failed"] == {"reauthorization_required": 1, "unavailable": 1}
+    assert summary["refreshed_count"] == len(summary["refreshed"]) == 3
+    assert summary["failed_by_reason"] == {"reauthorization_required": 1, "unavailable": 1}
+    # The first release's shape: each failed connection with its reason.
+    assert summary["failed"] == {"user-0": "reauthorization_required", "user-1": "unavailable"}
     assert summary["needs_reauthorization"] == ["user-0"]
 
 

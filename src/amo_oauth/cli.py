@@ -226,9 +226,12 @@ def _refresh_due(args: argparse.Namespace) -> int:
         raise SystemExit(f"amo-oauth: {error}") from None
     finally:
         stop()
+    # The first release's keys keep their shapes (ids; id -> reason); the counts are added.
     summary: dict[str, Any] = {
-        "refreshed": len(report.refreshed),
-        "failed": report.failed_by_reason,
+        "refreshed": sorted(report.refreshed),
+        "failed": dict(report.failed),
+        "refreshed_count": len(report.refreshed),
+        "failed_by_reason": report.failed_by_reason,
         "needs_reauthorization": list(report.needs_reauthorization),
         "skipped": report.skipped,
     }
