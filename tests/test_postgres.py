@@ -769,3 +769,18 @@ def test_tokens_are_encrypted_at_rest(
     assert store.load(record.key) == record
     with pytest.raises(StoreError, match="wrong key"):
         make_store(encryption=Fernet(Fernet.generate_key())).load(record.key)
+
+
+def test_connections_find_a_silent_server_dead(store: PostgresStore, postgres_url: str) -> None:  # noqa: F811
+    """A server that vanishes without a reset still ends in StoreError: the store's
+    connections carry TCP keepalives and a user timeout, unless the conninfo sets its own."""
+    with store._sync_pool().connection() as conn:
+        used = conn.info.get_parameters()
+    assert used["keepalives"] == "1" and used["keepalives_idle"] == "30"
+    assert used["tcp_user_timeout"] == "60000"
+    own = PostgresStore(postgres_url + "?keepalives_idle=5", table=store.table)
+    try:
+        with own._sync_pool().connection() as conn:
+            assert conn.info.get_parameters()["keepalives_idle"] == "5"
+    finally:
+        own.close()

@@ -284,6 +284,12 @@ class PostgresStore(BaseStore, AsyncBaseStore):
         self._kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in params:
             self._kwargs["connect_timeout"] = max(2, math.ceil(timeout))
+        # A server that vanishes without a reset (a dead host, a dropped route) must still end
+        # in StoreError: TCP keepalives find an idle connection dead (the listening one waits
+        # on it indefinitely), tcp_user_timeout a busy one. libpq's names; conninfo may set them.
+        for name, value in _TCP_DEFAULTS.items():
+            if name not in params:
+                self._kwargs[name] = value
         self._codec = RecordCodec(encryption)
         self._guard = threading.Lock()  # guards the pools and _closed
         self._closed = False
@@ -871,6 +877,18 @@ class _Waiter:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+#: libpq's TCP settings unless the conninfo gives its own: a peer that stops answering is
+#: found dead within about a minute (keepalives after 30 s idle, then 3 probes 10 s apart;
+#: sent data unacknowledged for 60 s).
+_TCP_DEFAULTS: Final = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
 
 
 class _Listener:

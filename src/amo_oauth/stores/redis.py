@@ -71,6 +71,8 @@ SCHEMA_VERSION: Final = 2
 
 #: Seconds a listener blocks for a message before looking whether it should stop.
 _LISTEN_POLL: Final = 0.2
+#: Seconds a connection may sit idle before redis-py checks it with a PING first.
+_HEALTH_CHECK: Final = 30
 #: ``ZRANGE ... LIMIT`` takes a signed 64-bit count; larger limits mean "all" anyway.
 _MAX_LIMIT: Final = 2**62
 #: Ledger values: a holder's entry is ``=`` + holder; an entry without a holder is ``-``.
@@ -369,6 +371,9 @@ class RedisStore(BaseStore, AsyncBaseStore):
         self._options: dict[str, Any] = {
             "socket_timeout": self._timeout,
             "socket_connect_timeout": self._timeout,
+            # The change subscription only reads: a PING on a connection idle this long finds
+            # a server that vanished without a reset, so waiters are not left unwoken.
+            "health_check_interval": _HEALTH_CHECK,
             "decode_responses": True,
         }
         try:
