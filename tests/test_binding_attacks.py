@@ -4,12 +4,14 @@ each test is an attack that must fail, written as the attacker would try it."""
 from __future__ import annotations
 
 import re
+import time
 from urllib.parse import urlsplit
 
 import pytest
 
-from amo_oauth import AmoOAuth, ConnectionState
+from amo_oauth import AmoOAuth, CallbackRejected, ConnectionState
 from amo_oauth._binding import parse_binding
+from amo_oauth.stores import memory
 from amo_oauth.testing import FakeAmoCRM
 from amo_oauth.web import Handlers
 from test_browser_binding import MALLORY, VICTIM, as_user, user_from_header
@@ -98,3 +100,27 @@ def test_a_binding_in_any_other_form_than_the_librarys_counts_as_none(
     again = sender(routes)("GET", f"{PREFIX}/connect", headers=noisy)
     sent = again.headers["set-cookie"].split(";")[0].partition("=")[2]
     assert re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", sent) and sent != value
+
+
+class _Ahead:
+    """``time`` for a store whose clock runs ahead of the app's (a database on another host)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def time(self) -> float:
+        return time.time() + self.seconds
+
+
+def test_a_ticket_is_single_use_when_the_stores_clock_runs_ahead(
+    oauth: AmoOAuth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store forgets a used ticket (or state) by its own clock. Two minutes ahead of the
+    app's, it would forget a one-minute ticket at once, and the ticket would redeem twice; used
+    tickets and states are remembered ``LEDGER_SKEW`` longer than they live."""
+    monkeypatch.setattr(memory, "time", _Ahead(120))
+    ticket = oauth.issue_ticket(MALLORY)
+    assert oauth.redeem_ticket(ticket) == MALLORY
+    with pytest.raises(CallbackRejected) as caught:
+        oauth.redeem_ticket(ticket)
+    assert caught.value.reason == "used_ticket"

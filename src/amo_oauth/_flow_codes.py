@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 import attrs
@@ -70,6 +71,10 @@ _REFUSED = {
 }
 #: The ledger holder of a redeemed mobile ticket.
 _TICKET_HOLDER = "ticket"
+#: How much longer than its token lives a used state or ticket is remembered: the store forgets
+#: by its own clock (a database on another host), which may run ahead of this process's, and a
+#: key it forgot early would let the same token through twice.
+LEDGER_SKEW = timedelta(minutes=10)
 
 
 class CodeFlows(Verification):
@@ -114,7 +119,7 @@ class CodeFlows(Verification):
         claims = read_ticket(self.config.state_secret, ticket)
         if claims.is_expired(self.now()):
             raise CallbackRejected(Reason.EXPIRED_TICKET)
-        expires_at = self.store_time(claims.expires_at)
+        expires_at = self._remembered_until(claims.expires_at)
         # A holder of its own: a store answers True again to the same holder (a retried claim),
         # and a ticket's second redemption must fail.
         holder = f"{_TICKET_HOLDER}:{secrets.token_urlsafe(12)}"
@@ -336,8 +341,12 @@ class CodeFlows(Verification):
         code = LedgerEntry(code_key, old.key, self.store_time(self.now() + CODE_MEMORY))
         state = None
         if claims is not None:
-            state = LedgerEntry(claims.nonce, digest, self.store_time(claims.expires_at))
+            state = LedgerEntry(claims.nonce, digest, self._remembered_until(claims.expires_at))
         return Claim(new, old.version or None, code, state)
+
+    def _remembered_until(self, expires_at: datetime) -> datetime:
+        """Until when the store keeps a used state or ticket that expires at ``expires_at``."""
+        return self.store_time(expires_at) + LEDGER_SKEW
 
     def _unchanged(self, record: ConnectionRecord, noop: str | None) -> Flow[CallbackResult]:
         """Answer a code the table would not claim: refuse it, or report the connection."""
@@ -381,7 +390,7 @@ class CodeFlows(Verification):
         claims = denial.state
         if claims.is_expired(self.now()):
             raise CallbackRejected(Reason.EXPIRED_STATE)
-        expires_at = self.store_time(claims.expires_at)
+        expires_at = self._remembered_until(claims.expires_at)
         if not (yield from perform(ConsumeState(claims.nonce, expires_at, DENIED_HOLDER))):
             raise CallbackRejected(Reason.REUSED_STATE)
         record, _ = yield from self.apply(
