@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from types import ModuleType
 from urllib.parse import urlsplit
 
 import pytest
@@ -14,6 +15,7 @@ from amo_oauth._binding import parse_binding
 from amo_oauth.stores import memory
 from amo_oauth.testing import FakeAmoCRM
 from amo_oauth.web import Handlers
+from e2e_support import FASTAPI, FLASK
 from test_browser_binding import MALLORY, VICTIM, as_user, user_from_header
 from test_web import PREFIX, sender
 
@@ -124,3 +126,19 @@ def test_a_ticket_is_single_use_when_the_stores_clock_runs_ahead(
     with pytest.raises(CallbackRejected) as caught:
         oauth.redeem_ticket(ticket)
     assert caught.value.reason == "used_ticket"
+
+
+@pytest.mark.parametrize("example", [FASTAPI, FLASK], ids=["fastapi", "flask"])
+@pytest.mark.parametrize(
+    "then",
+    ["//evil.example", "/\\evil.example", "/\t/evil.example", "/\n/evil.example", "/\r/x", "/\\/x"],
+)
+def test_the_examples_login_redirects_only_to_a_local_path(example: ModuleType, then: str) -> None:
+    """Browsers drop tabs and newlines from a URL and read a backslash as a slash, so each of
+    these leads to another host (Werkzeug itself turns "/\\t/evil.example" into "//evil...")."""
+    assert not example._is_local_path(then)
+
+
+@pytest.mark.parametrize("example", [FASTAPI, FLASK], ids=["fastapi", "flask"])
+def test_the_examples_login_keeps_a_local_path(example: ModuleType) -> None:
+    assert example._is_local_path(f"{PREFIX}/connect?x=1")
