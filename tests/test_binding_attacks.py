@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from types import ModuleType
 from urllib.parse import urlsplit
 
 import pytest
 
-from amo_oauth import AmoOAuth, CallbackRejected, ConnectionState
+from amo_oauth import AmoOAuth, CallbackRejected, ConnectionState, Outcome
 from amo_oauth._binding import parse_binding
 from amo_oauth.stores import memory
 from amo_oauth.testing import FakeAmoCRM
@@ -19,7 +20,7 @@ from e2e_support import FASTAPI, FLASK
 from test_browser_binding import MALLORY, VICTIM, as_user, user_from_header
 from test_web import PREFIX, sender
 
-from helpers import query_of
+from helpers import consent, query_of
 
 
 @pytest.fixture
@@ -142,3 +143,24 @@ def test_the_examples_login_redirects_only_to_a_local_path(example: ModuleType, 
 @pytest.mark.parametrize("example", [FASTAPI, FLASK], ids=["fastapi", "flask"])
 def test_the_examples_login_keeps_a_local_path(example: ModuleType) -> None:
     assert example._is_local_path(f"{PREFIX}/connect?x=1")
+
+
+def test_a_flood_of_widget_installs_leaves_the_users_their_exchanges(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """Widget installs need no session and no state: anyone can send them, to many account
+    hosts. They take at most half of the process's bound on code exchanges, so a flood of them
+    never leaves the app's users rate_limited."""
+    oauth = make_oauth(allow_widget_installs=True, max_exchanges_per_process=8)
+    reasons = []
+    for n in range(40):
+        install = query_of(fake.authorize(from_widget=True))
+        install = {**install, "code": f"bogus-{n}", "referer": f"shop{n % 10}.amocrm.ru"}
+        try:
+            reasons.append(oauth.handle_callback(install).outcome.value)
+        except CallbackRejected as rejected:
+            reasons.append(rejected.reason)
+    assert (reasons.count("rate_limited"), fake.token_call_count("authorization_code")) == (36, 4)
+    for user in ("ann", "bob", "cid", "dan"):
+        query, binding = consent(oauth, fake, user)
+        assert oauth.handle_callback(query, binding=binding).outcome is Outcome.CONNECTED

@@ -88,7 +88,8 @@ class Config:
         max_exchanges_per_connection, max_exchanges_per_host, max_exchanges_per_process: code
             exchanges (token-endpoint calls with a code) allowed in any ``exchange_window``,
             counted by each service object in its process; beyond them a callback is refused
-            ``rate_limited`` (429 on the web) and writes nothing. Duplicates never count.
+            ``rate_limited`` (429 on the web) and writes nothing. Duplicates never count;
+            widget installs get at most half of ``max_exchanges_per_process``.
         exchange_window: the window of those bounds.
     """
 

@@ -270,8 +270,8 @@ class CodeFlows(Verification):
             if not result.changed:
                 return (yield from self._unchanged(record, result.noop))
             assert event.host is not None  # the table claims only with a host
-            limiter, host_name = self._limiter(), event.host.name
-            slot = limiter.admit(record.key, host_name)
+            limiter, host_name, widget = self._limiter(), event.host.name, target.widget
+            slot = limiter.admit(record.key, host_name, widget=widget)
             if slot is None:
                 if limiter.in_flight(record.key) and not self.expired(deadline):
                     # Claims of this connection are in flight: most likely this is a duplicate
@@ -287,7 +287,7 @@ class CodeFlows(Verification):
                 claimed = yield from perform(ClaimOp(claim))
             finally:  # a lost or failed claim sent nothing: its slot is given back
                 exchanged = claimed is ClaimResult.CLAIMED
-                limiter.claimed(record.key, host_name, slot, exchanged=exchanged)
+                limiter.claimed(record.key, host_name, slot, exchanged=exchanged, widget=widget)
             if claimed is ClaimResult.CLAIMED:
                 self.log_step(record, result.record, event.name)
                 return (yield from self._finish_exchange(result.record, code, event.host))
