@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from types import ModuleType
 from urllib.parse import urlsplit
 
@@ -20,7 +21,7 @@ from e2e_support import FASTAPI, FLASK
 from test_browser_binding import MALLORY, VICTIM, as_user, user_from_header
 from test_web import PREFIX, sender
 
-from helpers import consent, query_of
+from helpers import config_for, consent, query_of
 
 
 @pytest.fixture
@@ -164,3 +165,14 @@ def test_a_flood_of_widget_installs_leaves_the_users_their_exchanges(
     for user in ("ann", "bob", "cid", "dan"):
         query, binding = consent(oauth, fake, user)
         assert oauth.handle_callback(query, binding=binding).outcome is Outcome.CONNECTED
+
+
+@pytest.mark.parametrize("ttl", [timedelta(minutes=11), timedelta(days=1)])
+def test_a_ticket_cannot_be_made_into_a_long_lived_bearer_link(
+    fake: FakeAmoCRM, ttl: timedelta
+) -> None:
+    """A ticket is good for whoever opens it first: a day-long one would be a consent link to
+    forward at leisure."""
+    with pytest.raises(ValueError, match="ticket_ttl"):
+        config_for(fake, ticket_ttl=ttl)
+    assert config_for(fake, ticket_ttl=timedelta(minutes=10)).ticket_ttl == timedelta(minutes=10)
