@@ -63,6 +63,12 @@ def test_a_forwarded_ticket_link_opened_from_another_site_is_refused(
     assert in_app.status == 302
 
 
+def test_a_ticket_opened_from_the_apps_own_page_is_redeemed(routes: Handlers) -> None:
+    path, query = mallorys_ticket_url(routes)
+    opened = sender(routes)("GET", path, query=query, headers={"sec-fetch-site": "same-origin"})
+    assert opened.status == 302
+
+
 def test_a_ticket_opened_where_another_user_is_signed_in_is_refused(
     routes: Handlers, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:

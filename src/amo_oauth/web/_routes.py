@@ -519,13 +519,14 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         A ticket URL is a bearer link: forwarded, or minted on demand behind a redirect on the
         sender's site, it would bind the recipient's browser to the sender's consent, and the
         recipient's "Allow" would connect the recipient's account to the sender. So a
-        navigation from another site (``Sec-Fetch-Site`` other than ``none``: an in-app
-        browser opening the URL says ``none``, a link or a redirect on a page says
-        ``cross-site`` or ``same-site``) is refused before the ticket is used, and so is a
-        browser where another user is signed in (its callback would be refused anyway).
+        navigation from another site (``Sec-Fetch-Site`` other than ``none`` or
+        ``same-origin``: an in-app browser opening the URL says ``none``, a link or a redirect
+        on another site's page says ``cross-site`` or ``same-site``) is refused before the
+        ticket is used, and so is a browser where another user is signed in (its callback
+        would be refused anyway).
         """
         fetch_site = request.header("sec-fetch-site")
-        if fetch_site is not None and fetch_site != "none":
+        if fetch_site is not None and fetch_site not in ("none", "same-origin"):
             raise _Refusal(400, Reason.CROSS_SITE_REQUEST)
         connection_id: str = yield from self._call("redeem_ticket", ticket)
         signed_in = yield from self._signed_in()
