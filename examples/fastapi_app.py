@@ -141,8 +141,9 @@ def _set_session_cookie(answer: JSONResponse | RedirectResponse, token: str) -> 
 
 
 def _is_local_path(path: str) -> bool:
-    # A browser takes "//evil.example" and "/\\evil.example" for another host.
-    return path.startswith("/") and not path.startswith(("//", "/\\"))
+    # A browser takes "//evil.example" and "/\\evil.example" for another host, and drops tabs
+    # and newlines first ("/\t/evil.example" is "//evil.example"): a plain path only.
+    return path.startswith("/") and path.isprintable() and not path.startswith(("//", "/\\"))
 
 
 async def _leads_of(oauth: AsyncAmoOAuth, client: httpx.AsyncClient, user: str) -> JSONResponse:

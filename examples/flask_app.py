@@ -133,8 +133,9 @@ def _set_session_cookie(answer: Response, token: str) -> None:
 
 
 def _is_local_path(path: str) -> bool:
-    # A browser takes "//evil.example" and "/\\evil.example" for another host.
-    return path.startswith("/") and not path.startswith(("//", "/\\"))
+    # A browser takes "//evil.example" and "/\\evil.example" for another host, and drops tabs
+    # and newlines first ("/\t/evil.example" is "//evil.example"): a plain path only.
+    return path.startswith("/") and path.isprintable() and not path.startswith(("//", "/\\"))
 
 
 def _leads_of(oauth: AmoOAuth, client: httpx.Client, user: str) -> flask.Response:

@@ -115,3 +115,49 @@ def test_the_mobile_ticket_flow_and_a_forwarded_link_in_a_browser(tmp_path: Path
         finally:
             browser.close()
     assert stack.fake.token_calls == {("authorization_code", "ok"): 1}
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(90)
+def test_a_ticket_link_on_another_sites_page_starts_nothing(tmp_path: Path) -> None:
+    """Mallory puts a fresh ticket URL of hers behind a link on her own page; a victim with no
+    app session clicks it. Chromium says ``Sec-Fetch-Site: cross-site``: the ticket is refused
+    (and not used), no binding cookie is set, no consent page opens."""
+    if not CHROMIUM.is_file():
+        _missing(f"{CHROMIUM} not found (apt-get install chromium)")
+    try:
+        from playwright.sync_api import Route, sync_playwright
+    except ImportError:
+        _missing("the playwright package is not installed")
+    import html
+
+    import httpx
+
+    with fastapi_stack(tmp_path / "amo_oauth.db") as stack, sync_playwright() as playwright:
+        with httpx.Client(base_url=stack.backend) as app:
+            mallory = app.post("/login", json={"user": "mallory"}).json()["token"]
+            hers = {"authorization": f"Bearer {mallory}", "accept": "application/json"}
+            her_ticket = app.get(f"{PREFIX}/connect", headers=hers).json()["url"]
+        lure = f'<a id="go" href="{html.escape(her_ticket)}">Connect your CRM</a>'
+
+        def evil(route: Route) -> None:
+            route.fulfill(status=200, content_type="text/html", body=lure)
+
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            victim = browser.new_context()
+            victim.route("http://evil.example/**", evil)
+            page = victim.new_page()
+            page.goto("http://evil.example/")
+            with page.expect_navigation():
+                page.click("#go")
+            assert page.url.startswith(f"{stack.backend}{PREFIX}/connect?ticket=")
+            assert '"cross_site_request"' in page.content()
+            assert victim.cookies() == []
+            # Not used up: Mallory's own in-app browser could still open it.
+            own = browser.new_context().new_page()
+            own.goto(her_ticket)
+            own.wait_for_url(f"{stack.fake_url}/oauth?*")
+        finally:
+            browser.close()
+    assert stack.fake.token_calls == {}

@@ -78,6 +78,10 @@ def parse_binding(token: object) -> Binding | None:
         connection_id = check_connection_id(_unb64(encoded).decode("utf-8"))
     except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
         return None
+    if _b64(connection_id.encode("utf-8")) != encoded:
+        # Only the form this module writes: a decoder that skips stray characters or padding
+        # would otherwise let the browser's own bytes travel back out in Set-Cookie.
+        return None
     return Binding(secret, connection_id, token)
 
 

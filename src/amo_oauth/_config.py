@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import attrs
@@ -55,6 +55,16 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: timedelta | flo
         raise ValueError(f"{attribute.name} must be a positive, finite duration")
 
 
+#: The longest a mobile ticket may live: it is a bearer link, good for whoever opens it first.
+MAX_TICKET_TTL: Final = timedelta(minutes=10)
+
+
+def _ticket_ttl(instance: object, attribute: attrs.Attribute[Any], value: timedelta) -> None:
+    _positive(instance, attribute, value)
+    if value > MAX_TICKET_TTL:
+        raise ValueError(f"{attribute.name} must be at most {MAX_TICKET_TTL} (a bearer link)")
+
+
 def _mode(_: object, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in _MODES:
         raise ValueError(f"mode must be one of {', '.join(_MODES)}")
@@ -78,7 +88,7 @@ class Config:
             cover the user's time on the consent page plus the 20 minutes an amoCRM code lives
             (protocol notes §3), so a slow consent still connects.
         ticket_ttl: how long a mobile ticket from ``issue_ticket()`` stays valid (single-use):
-            long enough for the app to open its in-app browser, no longer.
+            long enough for the app to open its in-app browser, no longer (at most 10 minutes).
         lease_ttl: how long a worker may hold an exchange or a refresh before it is presumed
             dead; more than three ``http_timeout``s (an exchange makes two calls).
         settle_timeout: seconds a duplicate callback waits for another worker's exchange, and
@@ -88,7 +98,8 @@ class Config:
         max_exchanges_per_connection, max_exchanges_per_host, max_exchanges_per_process: code
             exchanges (token-endpoint calls with a code) allowed in any ``exchange_window``,
             counted by each service object in its process; beyond them a callback is refused
-            ``rate_limited`` (429 on the web) and writes nothing. Duplicates never count.
+            ``rate_limited`` (429 on the web) and writes nothing. Duplicates never count;
+            widget installs get at most half of ``max_exchanges_per_process``.
         exchange_window: the window of those bounds.
     """
 
@@ -101,7 +112,7 @@ class Config:
     extra_domains: tuple[str, ...] = attrs.field(default=(), converter=_domains)
     allow_widget_installs: bool = False
     state_ttl: timedelta = attrs.field(default=timedelta(minutes=30), validator=_positive)
-    ticket_ttl: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
+    ticket_ttl: timedelta = attrs.field(default=timedelta(seconds=60), validator=_ticket_ttl)
     lease_ttl: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
     settle_timeout: float = attrs.field(default=5.0, validator=_positive)
     refresh_margin: timedelta = attrs.field(default=timedelta(minutes=5), validator=_positive)

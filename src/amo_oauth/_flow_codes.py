@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 import attrs
@@ -70,6 +71,10 @@ _REFUSED = {
 }
 #: The ledger holder of a redeemed mobile ticket.
 _TICKET_HOLDER = "ticket"
+#: How much longer than its token lives a used state or ticket is remembered: the store forgets
+#: by its own clock (a database on another host), which may run ahead of this process's, and a
+#: key it forgot early would let the same token through twice.
+LEDGER_SKEW = timedelta(minutes=10)
 
 
 class CodeFlows(Verification):
@@ -114,7 +119,7 @@ class CodeFlows(Verification):
         claims = read_ticket(self.config.state_secret, ticket)
         if claims.is_expired(self.now()):
             raise CallbackRejected(Reason.EXPIRED_TICKET)
-        expires_at = self.store_time(claims.expires_at)
+        expires_at = self._remembered_until(claims.expires_at)
         # A holder of its own: a store answers True again to the same holder (a retried claim),
         # and a ticket's second redemption must fail.
         holder = f"{_TICKET_HOLDER}:{secrets.token_urlsafe(12)}"
@@ -266,8 +271,8 @@ class CodeFlows(Verification):
             if not result.changed:
                 return (yield from self._unchanged(record, result.noop))
             assert event.host is not None  # the table claims only with a host
-            limiter, host_name = self._limiter(), event.host.name
-            slot = limiter.admit(record.key, host_name)
+            limiter, host_name, widget = self._limiter(), event.host.name, target.widget
+            slot = limiter.admit(record.key, host_name, widget=widget)
             if slot is None:
                 if limiter.in_flight(record.key) and not self.expired(deadline):
                     # Claims of this connection are in flight: most likely this is a duplicate
@@ -283,7 +288,7 @@ class CodeFlows(Verification):
                 claimed = yield from perform(ClaimOp(claim))
             finally:  # a lost or failed claim sent nothing: its slot is given back
                 exchanged = claimed is ClaimResult.CLAIMED
-                limiter.claimed(record.key, host_name, slot, exchanged=exchanged)
+                limiter.claimed(record.key, host_name, slot, exchanged=exchanged, widget=widget)
             if claimed is ClaimResult.CLAIMED:
                 self.log_step(record, result.record, event.name)
                 return (yield from self._finish_exchange(result.record, code, event.host))
@@ -342,8 +347,12 @@ class CodeFlows(Verification):
         code = LedgerEntry(code_key, old.key, self.store_time(self.now() + CODE_MEMORY))
         state = None
         if claims is not None:
-            state = LedgerEntry(claims.nonce, digest, self.store_time(claims.expires_at))
+            state = LedgerEntry(claims.nonce, digest, self._remembered_until(claims.expires_at))
         return Claim(new, old.version or None, code, state)
+
+    def _remembered_until(self, expires_at: datetime) -> datetime:
+        """Until when the store keeps a used state or ticket that expires at ``expires_at``."""
+        return self.store_time(expires_at) + LEDGER_SKEW
 
     def _unchanged(self, record: ConnectionRecord, noop: str | None) -> Flow[CallbackResult]:
         """Answer a code the table would not claim: refuse it, or report the connection."""
@@ -387,7 +396,7 @@ class CodeFlows(Verification):
         claims = denial.state
         if claims.is_expired(self.now()):
             raise CallbackRejected(Reason.EXPIRED_STATE)
-        expires_at = self.store_time(claims.expires_at)
+        expires_at = self._remembered_until(claims.expires_at)
         if not (yield from perform(ConsumeState(claims.nonce, expires_at, DENIED_HOLDER))):
             raise CallbackRejected(Reason.REUSED_STATE)
         record, _ = yield from self.apply(

@@ -6,6 +6,9 @@ flood of widget installs, must not turn into a flood of token calls. The counter
 service object (no store writes: a rate-limited callback writes nothing): one per process in
 an app that makes one ``AmoOAuth``; run N processes and the integration-wide bound is N times
 as large.
+
+Widget installs (anonymous: no session, no state) may take at most half of the per-process
+bound, so a flood of them never leaves the app's own users without a code exchange.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ __all__ = ["ExchangeLimiter"]
 
 class ExchangeLimiter:
     """At most ``per_connection``, ``per_host`` and ``per_process`` code exchanges in any
-    ``window`` seconds (monotonic)."""
+    ``window`` seconds (monotonic); widget installs at most half of ``per_process``."""
 
     def __init__(
         self,
@@ -30,7 +33,12 @@ class ExchangeLimiter:
         window: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._limits = {"connection": per_connection, "host": per_host, "process": per_process}
+        self._limits = {
+            "connection": per_connection,
+            "host": per_host,
+            "process": per_process,
+            "widgets": max(1, per_process // 2),
+        }
         self._window = window
         self._clock = clock
         self._lock = threading.Lock()
@@ -39,11 +47,11 @@ class ExchangeLimiter:
         # flight, a caller beyond the bound is more likely a duplicate about to be answered.
         self._in_flight: dict[str, int] = {}
 
-    def admit(self, connection_key: str, host: str) -> float | None:
+    def admit(self, connection_key: str, host: str, *, widget: bool = False) -> float | None:
         """Count one exchange for this connection and host, unless a bound is reached (then
         nothing is counted and None is returned). Returns the slot's time, for ``claimed``."""
         now = self._clock()
-        keys = _keys(connection_key, host)
+        keys = _keys(connection_key, host, widget)
         with self._lock:
             windows = [self._window_of(key, now) for key in keys]
             if any(len(w) >= self._limits[key[0]] for key, w in zip(keys, windows, strict=True)):
@@ -53,7 +61,9 @@ class ExchangeLimiter:
             self._in_flight[connection_key] = self._in_flight.get(connection_key, 0) + 1
             return now
 
-    def claimed(self, connection_key: str, host: str, slot: float, *, exchanged: bool) -> None:
+    def claimed(
+        self, connection_key: str, host: str, slot: float, *, exchanged: bool, widget: bool = False
+    ) -> None:
         """The claim of an admitted slot resolved. Without an exchange (the claim went to
         another worker, or the code turned out a duplicate) the slot is given back:
         duplicates never count."""
@@ -65,7 +75,7 @@ class ExchangeLimiter:
                 self._in_flight.pop(connection_key, None)
             if exchanged:
                 return
-            for key in _keys(connection_key, host):
+            for key in _keys(connection_key, host, widget):
                 window = self._seen.get(key)
                 if window is not None and slot in window:
                     window.remove(slot)
@@ -85,5 +95,6 @@ class ExchangeLimiter:
         return window
 
 
-def _keys(connection_key: str, host: str) -> tuple[tuple[str, str], ...]:
-    return (("connection", connection_key), ("host", host), ("process", ""))
+def _keys(connection_key: str, host: str, widget: bool) -> tuple[tuple[str, str], ...]:
+    keys = (("connection", connection_key), ("host", host), ("process", ""))
+    return (*keys, ("widgets", "")) if widget else keys

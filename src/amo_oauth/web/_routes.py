@@ -157,9 +157,11 @@ ROUTES: Final = (
             (200, "{url, expires_at}: the ticket URL to open in the in-app browser"),
             (
                 400,
-                "A refused ticket (bad_ticket | expired_ticket | used_ticket): the HTML error "
-                "page, whose button opens {app_scheme}://amo-crm/callback?error=<reason>",
+                "A refused ticket (bad_ticket | expired_ticket | used_ticket | "
+                "cross_site_request): the HTML error page, whose button opens "
+                "{app_scheme}://amo-crm/callback?error=<reason>",
             ),
+            (403, "A ticket of another user than the signed-in one: the page, wrong_browser"),
             *_AUTH,
             *_ID,
         ),
@@ -508,7 +510,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         ticket = request.param("ticket")
         if ticket is not None:
             # A mobile app's in-app browser: no session, a single-use ticket instead.
-            connection_id: str = yield from self._call("redeem_ticket", ticket)
+            connection_id: str = yield from self._redeem(request, ticket)
         else:
             connection_id = yield from self._identity()
             if _wants_json(request):
@@ -517,6 +519,27 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         begun = yield from self._call("begin", connection_id, binding=cookie)
         headers = [self._set_cookie(begun.binding, self.cookie_max_age)] if begun.binding else []
         return Response.redirect(begun.url, headers)
+
+    def _redeem(self, request: Request, ticket: str) -> WebFlow[str]:
+        """The connection a ticket names, redeemed only by a browser that opened it itself.
+
+        A ticket URL is a bearer link: forwarded, or minted on demand behind a redirect on the
+        sender's site, it would bind the recipient's browser to the sender's consent, and the
+        recipient's "Allow" would connect the recipient's account to the sender. So a
+        navigation from another site (``Sec-Fetch-Site`` other than ``none`` or
+        ``same-origin``: an in-app browser opening the URL says ``none``, a link or a redirect
+        on another site's page says ``cross-site`` or ``same-site``) is refused before the
+        ticket is used, and so is a browser where another user is signed in (its callback
+        would be refused anyway).
+        """
+        fetch_site = request.header("sec-fetch-site")
+        if fetch_site is not None and fetch_site not in ("none", "same-origin"):
+            raise _Refusal(400, Reason.CROSS_SITE_REQUEST)
+        connection_id: str = yield from self._call("redeem_ticket", ticket)
+        signed_in = yield from self._signed_in()
+        if signed_in is not None and signed_in != connection_id:
+            raise CallbackRejected(Reason.WRONG_BROWSER)
+        return connection_id
 
     def _ticket_url(self, connection_id: str) -> WebFlow[Response]:
         """``{url, expires_at}``: this route with a fresh ticket, for the browser that will
