@@ -559,11 +559,33 @@ def test_bad_arguments(db: Path, bad: dict[str, Any]) -> None:
         SQLiteStore(db, **bad)
 
 
-def test_sqlite_errors_name_the_code_not_the_path(tmp_path: Path) -> None:
-    path = tmp_path / "password-hunter2" / "amo.db"
+def test_sqlite_errors_name_the_file_and_the_code(tmp_path: Path) -> None:
+    # An unopenable path (a missing directory) is the common deployment mistake: the message
+    # says which file, so the operator need not guess. A path is not a secret (repr shows it).
+    path = tmp_path / "missing-dir" / "amo.db"
     with pytest.raises(StoreError, match="SQLITE_CANTOPEN") as caught:
         SQLiteStore(path).load("u1")
-    assert "hunter2" not in str(caught.value)
+    message = str(caught.value)
+    assert repr(str(path)) in message
+    assert message.startswith(f"SQLite store {str(path)!r} could not open its file:")
+    assert "directory" in message  # the likely cause
+
+
+def test_sqlite_errors_name_the_file(db: Path) -> None:
+    raw = sqlite3.connect(db)
+    raw.execute("PRAGMA user_version = 3")
+    raw.close()
+    with pytest.raises(StoreError, match="schema version 3") as newer:
+        SQLiteStore(db).load("u1")
+    assert repr(str(db)) in str(newer.value)
+    other = db.with_name("other.db")
+    store = SQLiteStore(other)
+    assert store.compare_and_set(connected(), None)
+    for name in (other.name, other.name + "-wal", other.name + "-shm"):
+        other.with_name(name).unlink(missing_ok=True)
+    with pytest.raises(StoreError, match="deleted or replaced") as replaced:
+        store.load("u1")
+    assert repr(str(other)) in str(replaced.value)
 
 
 def test_records_are_keyed_by_record_key(db: Path) -> None:

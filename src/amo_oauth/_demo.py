@@ -337,7 +337,7 @@ def _serve(stack: Stack) -> int:
     _say("(its foryoure:// link is for the mobile app: a desktop browser will not open it).")
     _say(f"Then, in the same browser: {stack.backend}{PREFIX}/status and {PREFIX}/leads")
     _say(f"The backend's API, documented: {stack.backend}/docs")
-    _say(f"Or play the app: python examples/mobile_client.py --backend {stack.backend} "
+    _say(f"Or play the app: .venv/bin/python examples/mobile_client.py --backend {stack.backend} "
          "--version old|new")  # fmt: skip
     _say("Ctrl-C stops.")
     try:

@@ -120,9 +120,14 @@ _INT64_MAX: Final = 2**63 - 1
 #: Cross-process waits poll at this many seconds, doubling up to ``_MAX_POLL``.
 _FIRST_POLL: Final = 0.01
 _MAX_POLL: Final = 0.1
-_REPLACED: Final = "SQLite store: the database file was deleted or replaced"
+_REPLACED: Final = "the database file was deleted or replaced"
 
 _Identity = tuple[int, int]
+
+#: What an error code most often means, added to the message.
+_HINTS: Final = {
+    "SQLITE_CANTOPEN": " (does its directory exist, and may this process write there?)",
+}
 
 
 class _Hub:
@@ -541,7 +546,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
     # -- transactions --------------------------------------------------------------------
 
     def _read(self, action: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        with _mapped(action), self._connection() as conn:
+        with _mapped(action, self._path), self._connection() as conn:
             # fetchall() runs the statement to its end: a statement left open would keep its
             # read snapshot on the pooled connection, and the next borrower would read stale rows.
             rows = conn.execute(sql, params).fetchall()
@@ -559,7 +564,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
 
         ``wakes``: a commit changed a record, so this process's waiters on the file are woken.
         """
-        with _mapped(action), self._queued(action), self._connection() as conn:
+        with _mapped(action, self._path), self._queued(action), self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._check_file()  # holding the write lock: a replacement shows by now
@@ -576,7 +581,9 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
     @contextlib.contextmanager
     def _queued(self, action: str) -> Iterator[None]:
         if not self._write_lock.acquire(timeout=self._timeout):
-            raise StoreError(f"SQLite store could not {action}: timed out waiting for a writer")
+            raise StoreError(
+                f"{_named(self._path)} could not {action}: timed out waiting for a writer"
+            )
         try:
             yield
         finally:
@@ -588,7 +595,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         """Raise unless the path still names the file this store opened. ``os.stat`` opens no
         descriptor, so it cannot drop the process's locks."""
         if _file_identity(self._path) != self._identity:
-            raise StoreError(_REPLACED)
+            raise StoreError(f"{_named(self._path)}: {_REPLACED}")
 
     def _hub(self) -> _Hub:
         self._prepare()
@@ -606,13 +613,13 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
             with self._pool:
                 if self._closed:
                     raise closed_error()
-            with _mapped("open its file"):
+            with _mapped("open its file", self._path):
                 conn = self._connect()
                 try:
-                    _migrate(conn)
+                    _migrate(conn, self._path)
                     identity = _file_identity(self._path)
                     if identity is None:
-                        raise StoreError(_REPLACED)
+                        raise StoreError(f"{_named(self._path)}: {_REPLACED}")
                 except BaseException:
                     conn.close()
                     raise
@@ -663,7 +670,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
             if self._closed:
                 raise closed_error()
             if not ready:
-                raise StoreError("SQLite store: timed out waiting for a free connection")
+                raise StoreError(f"{_named(self._path)}: timed out waiting for a free connection")
             if self._idle:
                 return self._idle.pop()
             self._open += 1  # the slot is ours while the connection is made
@@ -747,7 +754,7 @@ if hasattr(os, "register_at_fork"):  # one registration for every store, not one
     )
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
     """Put the file in WAL mode and bring its schema to ``SCHEMA_VERSION``."""
     # WAL is a property of the file, kept once set; readers then never block the writer.
     conn.execute("PRAGMA journal_mode = WAL").fetchall()
@@ -756,7 +763,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         ((found,),) = conn.execute("PRAGMA user_version").fetchall()
         if found > SCHEMA_VERSION:
             raise StoreError(
-                f"the database has schema version {found}; this library knows {SCHEMA_VERSION}"
+                f"{_named(path)}: the database has schema version {found}; this library knows "
+                f"{SCHEMA_VERSION}"
             )
         if found < SCHEMA_VERSION:
             for statement in _SCHEMA:
@@ -808,15 +816,22 @@ def _file_identity(path: str) -> _Identity | None:
         return None
     except OSError as exc:
         code = errno.errorcode.get(exc.errno or 0, "OSError")
-        raise StoreError(f"SQLite store could not check its file: {code}") from None
+        raise StoreError(f"{_named(path)} could not check its file: {code}") from None
     return status.st_dev, status.st_ino
 
 
 @contextlib.contextmanager
-def _mapped(action: str) -> Iterator[None]:
-    """Turn sqlite3's errors into ``StoreError``, naming the error code but no data."""
+def _mapped(action: str, path: str) -> Iterator[None]:
+    """Turn sqlite3's errors into ``StoreError``, naming the file and the error code but no
+    data."""
     try:
         yield
     except sqlite3.Error as exc:
         code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-        raise StoreError(f"SQLite store could not {action}: {code}") from exc
+        hint = _HINTS.get(code, "")
+        raise StoreError(f"{_named(path)} could not {action}: {code}{hint}") from exc
+
+
+def _named(path: str) -> str:
+    """How an error names the store: by its file (a path is not a secret; ``repr`` shows it)."""
+    return f"SQLite store {path!r}"
