@@ -171,8 +171,8 @@ class AmoOAuth(_Base):
         code to a user); without one it is refused (``new_code_refused``), since whoever holds
         a code of someone else's consent could otherwise bind that account here. With a state
         bound to a browser, a new code also needs that browser's ``binding`` (else
-        ``wrong_browser``). A new code on a connected connection without a fresh ``state``
-        leaves the connection alone (``ALREADY_CONNECTED``, ``duplicate=False``).
+        ``wrong_browser``). Refusals write nothing and send nothing; a connected connection
+        stays as it is.
 
         Args:
             connection_id: the application's key for the connection.
