@@ -151,8 +151,11 @@ def test_a_ticket_link_on_another_sites_page_starts_nothing(tmp_path: Path) -> N
             page.goto("http://evil.example/")
             with page.expect_navigation():
                 page.click("#go")
-            assert page.url.startswith(f"{stack.backend}{PREFIX}/connect?ticket=")
-            assert '"cross_site_request"' in page.content()
+            # Compared as booleans: a failure must not print the ticket.
+            on_connect = page.url.startswith(f"{stack.backend}{PREFIX}/connect?ticket=")
+            assert on_connect, "the link did not open /connect"
+            # The refusal page, whose button takes the user back to the app.
+            assert "<code>cross_site_request</code>" in page.content()
             assert victim.cookies() == []
             # Not used up: Mallory's own in-app browser could still open it.
             own = browser.new_context().new_page()
