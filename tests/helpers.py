@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -68,3 +69,14 @@ def consent(
     """Begin and press "Allow" on the fake: the redirect's query and the browser's binding."""
     begun = oauth.begin(connection_id)
     return query_of(fake.authorize(begun.state, **authorize)), begun.binding
+
+
+class OffsetClock:
+    """The real UTC time plus an offset that the test moves: worker processes get the offset,
+    so every process and the served fake read one clock."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset

@@ -28,7 +28,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from amo_oauth._records import code_digest
 from amo_oauth.testing import FakeAmoCRM, LoopbackTransport
 from amo_oauth.web import Handlers, Request
 
-from helpers import STATE_SECRET, config_for, stored
+from helpers import STATE_SECRET, OffsetClock, config_for, stored
 
 WORKER = Path(__file__).with_name("_proof_worker.py")
 PROCESSES = 4
@@ -64,16 +64,6 @@ STORES = [
     pytest.param("postgres", marks=pytest.mark.services),
     pytest.param("redis", marks=pytest.mark.services),
 ]
-
-
-class OffsetClock:
-    """The real UTC time plus an offset that the test moves; the workers get the offset."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
 """Several OS processes, one SQLite file, one FakeAmoCRM on loopback: still exactly once.
 
+The bursts and kills on every store are in ``test_cross_process.py``; this module keeps what
+is SQLite's own (a second store object on one file) and ``LoopbackTransport.to``.
+
 The fake runs in this process (``fake.serve()``); each worker (``_mp_worker.py``, run with
 ``sys.executable``) reaches it over real HTTP through ``LoopbackTransport.to(url, domain=...)``
 and shares the store's file. Every process and the fake read the same clock: the real UTC time
@@ -15,34 +18,22 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from _mp_worker import digest
-from amo_oauth import AmoOAuth, ConnectionState, Outcome, SQLiteStore
+from amo_oauth import AmoOAuth, Outcome, SQLiteStore
 from amo_oauth.testing import AsyncLoopbackTransport, FakeAmoCRM, LoopbackTransport
 
-from helpers import STATE_SECRET, config_for, query_of, stored
+from helpers import STATE_SECRET, OffsetClock, config_for, query_of
 
 WORKER = Path(__file__).with_name("_mp_worker.py")
 PROCESSES = 4
 THREADS = 8
 USER = "user-42"
 SETTLE = 10.0  # seconds a duplicate waits for the winner: ample, so none reports in_progress
-
-
-class OffsetClock:
-    """The real UTC time plus an offset that the test moves; the children get the offset."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
 
 
 @pytest.fixture
@@ -142,76 +133,6 @@ def gathered(reports: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
     results = [result for report in reports for result in report["results"]]
     errors = [error for report in reports for error in report["errors"]]
     return results, errors, len({report["pid"] for report in reports})
-
-
-def test_one_redirect_from_4_processes_x_8_threads_is_exchanged_once(
-    fake: FakeAmoCRM,
-    served: str,
-    db: Path,
-    clock: OffsetClock,
-    parent: AmoOAuth,
-    tmp_path: Path,
-) -> None:
-    begun = parent.begin(USER)
-    query = query_of(fake.authorize(begun.state))
-    job = job_for(fake, served, db, clock, action="callback", query=query, binding=begun.binding)
-    results, errors, pids = gathered(run_workers(tmp_path, job))
-    outcomes = Counter(result["outcome"] for result in results)
-    figures = (
-        f"{pids} processes x {THREADS} threads: token calls {dict(fake.token_calls)}, "
-        f"calls with this code {fake.token_calls_for(query['code'])}, "
-        f"outcomes {dict(outcomes)}, errors {len(errors)} {errors[:3]}"
-    )
-    assert pids == PROCESSES, figures
-    assert errors == [], figures
-    assert fake.token_calls == {("authorization_code", "ok"): 1}, figures
-    assert fake.token_calls_for(query["code"]) == 1, figures
-    total = PROCESSES * THREADS
-    assert outcomes == {Outcome.CONNECTED.value: 1, Outcome.ALREADY_CONNECTED.value: total - 1}, (
-        figures
-    )
-    assert sum(result["duplicate"] for result in results) == total - 1, figures
-    status = parent.status(USER)
-    assert status.state is ConnectionState.CONNECTED, figures
-    assert status.account is not None and status.account.id == fake.account_id
-
-
-def test_expired_token_from_4_processes_x_8_threads_is_refreshed_once(
-    fake: FakeAmoCRM,
-    served: str,
-    db: Path,
-    clock: OffsetClock,
-    parent: AmoOAuth,
-    tmp_path: Path,
-) -> None:
-    begun = parent.begin(USER)
-    query = query_of(fake.authorize(begun.state))
-    assert parent.handle_callback(query, binding=begun.binding).outcome is Outcome.CONNECTED
-    first = parent.access_token(USER)
-    clock.offset = timedelta(hours=25)  # for the fake and this process; the children get it too
-    job = job_for(fake, served, db, clock, action="access_token", connection_id=USER)
-    results, errors, pids = gathered(run_workers(tmp_path, job))
-    tokens = Counter(result["token"] for result in results)
-    figures = (
-        f"{pids} processes x {THREADS} threads: token calls {dict(fake.token_calls)}, "
-        f"distinct tokens {len(tokens)}, errors {len(errors)} {errors[:3]}"
-    )
-    assert pids == PROCESSES, figures
-    assert errors == [], figures
-    assert fake.token_call_count("refresh_token") == 1, figures
-    assert fake.token_calls == {
-        ("authorization_code", "ok"): 1,
-        ("refresh_token", "ok"): 1,
-    }, figures
-    assert len(tokens) == 1 and sum(tokens.values()) == PROCESSES * THREADS, figures
-    # Everyone got the refreshed token, the one now stored, and amoCRM honours it.
-    record = stored(parent, USER)
-    assert record is not None and record.tokens is not None
-    (token_digest,) = tokens
-    assert digest(record.tokens.access_token) == token_digest, figures
-    assert record.tokens.access_token != first
-    assert fake.is_access_token_valid(record.tokens.access_token)
-    assert fake.token_calls_for(record.tokens.refresh_token) == 0
 
 
 # -- LoopbackTransport.to: a loopback route from just the URL and the domain -----------------
