@@ -520,3 +520,139 @@ def test_rotation_with_a_store_sealed_by_another_key_writes_nothing(
     assert report.rewritten == 0 and len(report.undecryptable) == 1
     assert not report.complete
     del before
+
+
+# -- the store failing after amoCRM rotated a pair --------------------------------------------
+
+
+class _Flaky(MemoryStore):
+    """Refuses every compare-and-set (``StoreError``) while ``down`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = threading.Event()
+
+    def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
+        if self.down.is_set():
+            from amo_oauth import StoreError
+
+            raise StoreError("the store is down (test)")
+        return super().compare_and_set(record, expected_version)
+
+
+def _down_after_refresh(fake: FakeAmoCRM, store: _Flaky, back_after: float) -> httpx.BaseTransport:
+    """A transport that takes the store down once amoCRM has answered a refresh, and brings
+    it back ``back_after`` seconds later."""
+    inner = fake.transport()
+
+    class Cut(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = inner.handle_request(request)
+            if request.url.path.endswith("/oauth2/access_token") and not store.down.is_set():
+                store.down.set()
+                back = threading.Timer(back_after, store.down.clear)
+                back.daemon = True
+                back.start()
+            return response
+
+    return Cut()
+
+
+def test_a_pair_the_store_could_not_take_during_a_sweep_is_stored_before_it_returns(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """amoCRM rotated the pair (the old refresh token is revoked) and the store was down for
+    longer than the write's own retries: the sweep must not return (and the CLI exit) with the
+    only valid pair in this process's memory only."""
+    store = _Flaky()
+    connect_many(make_oauth(store=store), fake, 1, 1)
+    clock.advance(timedelta(days=85))
+    key = f"u:{fake.client_id}:c000"
+    old = store.load(key)
+    assert old is not None and old.tokens is not None
+    sweeper = AmoOAuth(
+        config_for(fake),
+        store=store,
+        http=httpx.Client(transport=_down_after_refresh(fake, store, 1.5)),
+        clock=clock,
+    )
+    report = sweeper.refresh_due(WEEK, None)
+    record = store.load(key)  # read before close: the sweep's return is what the CLI waits on
+    sweeper.close()
+    assert fake.token_call_count("refresh_token") == 1
+    assert record is not None and record.tokens is not None
+    assert record.tokens.refresh_token != old.tokens.refresh_token  # the new pair is stored
+    assert record.lease is None
+    assert report.refreshed == ("c000",) and report.failed == ()
+
+
+def test_a_pair_the_store_could_not_take_is_stored_by_the_async_sweep_too(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    store = _Flaky()
+    connect_many(make_oauth(store=store), fake, 1, 1)
+    clock.advance(timedelta(days=85))
+    key = f"u:{fake.client_id}:c000"
+    old = store.load(key)
+    assert old is not None and old.tokens is not None
+    sync_transport = _down_after_refresh(fake, store, 1.5)
+
+    class Bridge(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            await request.aread()
+            response = await asyncio.to_thread(sync_transport.handle_request, request)
+            return httpx.Response(
+                response.status_code, headers=response.headers, content=response.read()
+            )
+
+    async def run() -> Any:
+        http = httpx.AsyncClient(transport=Bridge())
+        oauth = AsyncAmoOAuth(config_for(fake), store=store, http=http, clock=clock)
+        report = await oauth.refresh_due(WEEK, None)
+        await http.aclose()
+        return report
+
+    report = asyncio.run(run())
+    record = store.load(key)
+    assert record is not None and record.tokens is not None
+    assert record.tokens.refresh_token != old.tokens.refresh_token
+    assert report.refreshed == ("c000",) and report.failed == ()
+
+
+@pytest.mark.parametrize("comes_back", [True, False])
+def test_closing_stores_a_kept_pair_or_names_the_connection_it_loses(
+    comes_back: bool,
+    make_oauth: Callable[..., AmoOAuth],
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from amo_oauth import _service
+
+    monkeypatch.setattr(_service, "_KEPT_PAUSES", ())
+    store = _Flaky()
+    monkeypatch.setattr(store, "close", lambda: None)  # keep the records to look at
+    connect_many(make_oauth(store=store), fake, 1, 1)
+    clock.advance(timedelta(days=85))
+    key = f"u:{fake.client_id}:c000"
+    old = store.load(key)
+    assert old is not None and old.tokens is not None
+    sweeper = AmoOAuth(
+        config_for(fake),
+        store=store,
+        http=httpx.Client(transport=_down_after_refresh(fake, store, 1.0 if comes_back else 60)),
+        clock=clock,
+    )
+    report = sweeper.refresh_due(WEEK, None)
+    assert report.failed == (("c000", "StoreError"),)
+    time.sleep(1.2)
+    sweeper.close()
+    store.down.clear()
+    record = store.load(key)
+    assert record is not None and record.tokens is not None
+    new_pair = record.tokens.refresh_token != old.tokens.refresh_token
+    assert new_pair is comes_back
+    lost = [r for r in caplog.records if "is lost when this process ends" in r.getMessage()]
+    assert len(lost) == (0 if comes_back else 1)
+    assert all(old.tokens.refresh_token not in r.getMessage() for r in caplog.records)
