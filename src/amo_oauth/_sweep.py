@@ -102,8 +102,8 @@ class SweepPlan:
     Raises (``make``):
         TypeError: ``within`` is not a ``timedelta``.
         ValueError: ``limit`` < 0, ``concurrency`` < 1, ``per_host_rate`` not a finite number
-            of at least ``MIN_PER_HOST_RATE`` (one a day), ``within`` reaching past the last
-            date ``datetime`` holds.
+            of at least ``MIN_PER_HOST_RATE`` (one a day), ``within`` negative or reaching past
+            the last date ``datetime`` holds.
     """
 
     before: datetime
@@ -125,6 +125,8 @@ class SweepPlan:
     ) -> SweepPlan:
         if not isinstance(within, timedelta):
             raise TypeError("within must be a datetime.timedelta")
+        if within < timedelta(0):
+            raise ValueError("within must not be negative (a window ahead of now)")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
             raise TypeError("limit must be an int or None")
         if limit is not None and limit < 0:
