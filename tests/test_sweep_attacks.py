@@ -323,9 +323,8 @@ def test_the_pacers_schedule_never_puts_rate_plus_one_in_a_second() -> None:
     from amo_oauth._sweep import HostPacer
 
     for rate in (7.0, 2.0, 1.0, 10.0):  # whole rates: a window holds at most that many
-        now = [100.0]
-        pacer = HostPacer(rate, clock=lambda: now[0])
-        slots = [now[0] + pacer.reserve("a.amocrm.ru") for _ in range(40)]
+        pacer = HostPacer(rate, clock=lambda: 100.0)
+        slots = [100.0 + pacer.reserve("a.amocrm.ru") for _ in range(40)]
         most = max(sum(1 for t in slots if start <= t <= start + 1.0) for start in slots)
         assert most <= rate, (rate, most)
 
