@@ -276,6 +276,12 @@ def test_a_progress_callback_that_raises_ends_the_run_cleanly(
     else:
         with pytest.raises(RuntimeError, match="progress broke"):
             oauth.refresh_due(WEEK, None, concurrency=2, progress=boom)
+
+        def interrupt(now: SweepProgress) -> None:  # Ctrl-C lands in the sweeping thread
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            oauth.refresh_due(WEEK, None, concurrency=2, progress=interrupt)
     no_live_lease(store, clock())
     for token in spent.values():
         assert fake.token_calls_for(token) <= 1
@@ -672,3 +678,68 @@ def test_closing_stores_a_kept_pair_or_names_the_connection_it_loses(
     lost = [r for r in caplog.records if "is lost when this process ends" in r.getMessage()]
     assert len(lost) == (0 if comes_back else 1)
     assert all(old.tokens.refresh_token not in r.getMessage() for r in caplog.records)
+
+
+# -- rotation racing writers ------------------------------------------------------------------
+
+
+def test_rotation_racing_writers_loses_no_write_and_changes_no_content(
+    tmp_path: Any, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    keys = [Fernet.generate_key() for _ in range(2)]
+    db = tmp_path / "w.db"
+    first = SQLiteStore(db, encryption=Fernet(keys[1]))
+    oauth = AmoOAuth(
+        config_for(fake), store=first, http=httpx.Client(transport=fake.transport()), clock=clock
+    )
+    names = [f"w{i}" for i in range(12)]
+    for name in names:
+        assert run_consent(oauth, fake, name).connection.is_connected
+    oauth.close()
+    both = MultiFernet([Fernet(keys[0]), Fernet(keys[1])])
+    writes: dict[str, int] = dict.fromkeys(names, 0)
+    stop = threading.Event()
+
+    def writer(name: str) -> None:
+        store = SQLiteStore(db, encryption=both)
+        key = f"u:{fake.client_id}:{name}"
+        while not stop.is_set():
+            record = store.load(key)
+            assert record is not None and record.tokens is not None
+            n = writes[name] + 1
+            tokens = attrs.evolve(record.tokens, access_token=f"{name}-{n}")
+            if store.compare_and_set(
+                attrs.evolve(record, tokens=tokens, version=record.version + 1), record.version
+            ):
+                writes[name] = n
+        store.close()
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    rotator = SQLiteStore(db, encryption=both)
+    reports = [rotate_keys(rotator, pause=0.01, page_size=3) for _ in range(3)]
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert sum(report.rewritten for report in reports) > 0
+    final = rotate_keys(rotator, pause=0.01)
+    assert final.complete
+    for name in names:
+        record = rotator.load(f"u:{fake.client_id}:{name}")
+        assert record is not None and record.tokens is not None
+        assert record.tokens.access_token == f"{name}-{writes[name]}"  # the last write stands
+    rotator.close()
+    newest_only = SQLiteStore(db, encryption=Fernet(keys[0]))
+    assert len(newest_only.scan(None, 100)) == len(names)  # every row opens with the new key
+    newest_only.close()
+
+
+def test_rotation_resumed_after_an_empty_key_reads_from_the_start(
+    any_store: FullStore, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    for record in _records(clock, fake)[:5]:
+        assert any_store.compare_and_set(record, None)
+    assert len(any_store.scan("", 100)) == 5
+    report = rotate_keys(any_store, after="", sleep=lambda _: None)
+    assert report.rewritten == 5
