@@ -128,6 +128,41 @@ class Records:
             raise
         logger.info("connection %s: a rotated pair kept in memory was stored", record.connection_id)
 
+    def kept_pairs(self) -> int:
+        """How many rotated pairs this process holds that the store has not taken yet."""
+        with self._unwritten_lock:
+            return len(self._unwritten)
+
+    def store_kept(self) -> Flow[tuple[tuple[str, ...], tuple[str, ...]]]:
+        """Try to store every rotated pair kept in memory (the table decides, as for a late
+        answer). Returns the connection ids stored, and those still kept (the store failed)."""
+        with self._unwritten_lock:
+            keys = list(self._unwritten)
+        stored: list[str] = []
+        left: list[str] = []
+        for key in keys:
+            with self._unwritten_lock:
+                kept = self._unwritten.get(key)
+            if kept is None:
+                continue  # another caller stored it meanwhile
+            try:
+                yield from self._write_kept(key)
+            except StoreError:
+                left.append(kept[0].connection_id)
+            else:
+                stored.append(kept[0].connection_id)
+        return tuple(stored), tuple(left)
+
+    def lost_pairs(self, connection_ids: tuple[str, ...]) -> None:
+        """Say loudly which connections lose their only valid pair when this process ends."""
+        for connection_id in connection_ids:
+            logger.error(
+                "connection %s: amoCRM rotated its token pair but the store did not take the"
+                " new one; it is lost when this process ends (the connection will need a new"
+                " consent unless the old refresh token is still within a grace period)",
+                connection_id,
+            )
+
     # -- writing -----------------------------------------------------------------------------
 
     def write(self, record: ConnectionRecord, event: Event) -> Flow[ConnectionRecord | None]:

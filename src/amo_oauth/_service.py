@@ -288,10 +288,34 @@ class AmoOAuth(_Base):
         def refresh(record: ConnectionRecord) -> Done:
             return drive(self._flows.refresh_one(record, plan.before), paced)
 
-        return sweep(plan, read, refresh, progress)
+        try:
+            report = sweep(plan, read, refresh, progress)
+        except BaseException:
+            self._store_kept_pairs()
+            raise
+        return _with_stored(report, self._store_kept_pairs())
+
+    def _store_kept_pairs(self) -> tuple[str, ...]:
+        """Before a sweep returns (and a CLI run exits), store the rotated pairs the store
+        refused during it, retrying for a while: amoCRM has revoked the tokens they replace."""
+        stored: tuple[str, ...] = ()
+        for pause in (0.0, *_KEPT_PAUSES):
+            if not self._flows.kept_pairs():
+                break
+            time.sleep(pause)
+            done, _ = self._run(self._flows.store_kept())
+            stored += done
+        return stored
 
     def close(self) -> None:
-        """Close the http client if this object made it, and the store."""
+        """Store the rotated pairs the store refused earlier, if it takes them now (else say
+        which are lost), then close the http client if this object made it, and the store."""
+        if self._flows.kept_pairs():
+            try:
+                _, left = self._run(self._flows.store_kept())
+            except Exception:  # closing goes on; the log names what is lost
+                left = ()
+            self._flows.lost_pairs(left)
         if self._owns_http:
             self.http.close()
         self._store.close()
@@ -435,13 +459,36 @@ class AsyncAmoOAuth(_Base):
         async def refresh(record: ConnectionRecord) -> Done:
             return await self._shielded(self._flows.refresh_one(record, plan.before), paced)
 
-        return await asweep(plan, read, refresh, progress)
+        try:
+            report = await asweep(plan, read, refresh, progress)
+        except BaseException:
+            await self._store_kept_pairs()
+            raise
+        return _with_stored(report, await self._store_kept_pairs())
+
+    async def _store_kept_pairs(self) -> tuple[str, ...]:
+        """See ``AmoOAuth._store_kept_pairs``."""
+        stored: tuple[str, ...] = ()
+        for pause in (0.0, *_KEPT_PAUSES):
+            if not self._flows.kept_pairs():
+                break
+            await asyncio.sleep(pause)
+            done, _ = await self._run(self._flows.store_kept())
+            stored += done
+        return stored
 
     async def aclose(self) -> None:
-        """Let shielded calls whose callers were cancelled finish, then close the http client
-        if this object made it, and the store."""
+        """Let shielded calls whose callers were cancelled finish, store the rotated pairs the
+        store refused earlier if it takes them now (else say which are lost), then close the
+        http client if this object made it, and the store."""
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
+        if self._flows.kept_pairs():
+            try:
+                _, left = await self._run(self._flows.store_kept())
+            except Exception:  # closing goes on; the log names what is lost
+                left = ()
+            self._flows.lost_pairs(left)
         if self._owns_http:
             await self.http.aclose()
         await self._astore.aclose()
@@ -485,3 +532,21 @@ class AsyncAmoOAuth(_Base):
         assert isinstance(op, Sleep)
         await asyncio.sleep(op.seconds)
         return None
+
+
+#: Pauses (seconds) between the tries a sweep makes, before it returns, to store the rotated
+#: pairs the store refused during it (about 15 s in all; a refresh lease lasts 60 s).
+_KEPT_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def _with_stored(report: RefreshReport, stored: tuple[str, ...]) -> RefreshReport:
+    """``report`` with the connections whose pair was stored late counted as refreshed."""
+    late = set(stored) & {connection_id for connection_id, _ in report.failed}
+    if not late:
+        return report
+    return RefreshReport(
+        report.refreshed + tuple(cid for cid, _ in report.failed if cid in late),
+        tuple(failure for failure in report.failed if failure[0] not in late),
+        needs_reauthorization=report.needs_reauthorization,
+        skipped=report.skipped,
+    )

@@ -40,6 +40,15 @@ __all__ = ["Done", "HostPacer", "SweepPlan", "asweep", "sweep"]
 PAGE_SIZE: Final = 256
 #: A pacer forgets hosts whose next slot has passed once it tracks this many.
 _PACER_PRUNE_AT: Final = 4096
+#: A host's requests are spaced this much more than ``1 / rate`` apart. Spaced exactly
+#: ``1 / rate``, ``rate + 1`` requests fit in one second (the first and the last one exactly a
+#: second apart), so the least lateness of one send (a thread woken late, the GIL) puts
+#: ``rate + 1`` in a one-second window at amoCRM; the guard absorbs a send up to 5 % of a
+#: second late at amoCRM's 7/s.
+PACE_GUARD: Final = 0.05
+#: The slowest pace accepted: one request per host a day (a slower one would sleep past what
+#: the platform's sleep accepts, or for ever).
+MIN_PER_HOST_RATE: Final = 1 / 86400
 
 ReadPage = Callable[[DueCursor | None, int], list[ConnectionRecord]]
 AReadPage = Callable[[DueCursor | None, int], Awaitable[list[ConnectionRecord]]]
@@ -60,7 +69,9 @@ class Done:
 
 class HostPacer:
     """At most ``rate`` requests per second to each host: each host's requests are spaced
-    ``1 / rate`` seconds apart (no bursts). Thread-safe; one per sweep; process-local.
+    ``(1 + PACE_GUARD) / rate`` seconds apart (no bursts), so that no one-second window holds
+    more than ``rate`` even when a send goes out a little after its slot. Thread-safe; one per
+    sweep; process-local.
 
     Args:
         rate: requests per second per host, > 0.
@@ -68,7 +79,7 @@ class HostPacer:
     """
 
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._interval = 1.0 / rate
+        self._interval = (1.0 + PACE_GUARD) / rate
         self._clock = clock
         self._lock = threading.Lock()
         self._next: dict[str, float] = {}
@@ -90,8 +101,9 @@ class SweepPlan:
 
     Raises (``make``):
         TypeError: ``within`` is not a ``timedelta``.
-        ValueError: ``limit`` < 0, ``concurrency`` < 1, ``per_host_rate`` not a positive
-            finite number.
+        ValueError: ``limit`` < 0, ``concurrency`` < 1, ``per_host_rate`` not a finite number
+            of at least ``MIN_PER_HOST_RATE`` (one a day), ``within`` negative or reaching past
+            the last date ``datetime`` holds.
     """
 
     before: datetime
@@ -113,6 +125,8 @@ class SweepPlan:
     ) -> SweepPlan:
         if not isinstance(within, timedelta):
             raise TypeError("within must be a datetime.timedelta")
+        if within < timedelta(0):
+            raise ValueError("within must not be negative (a window ahead of now)")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
             raise TypeError("limit must be an int or None")
         if limit is not None and limit < 0:
@@ -123,11 +137,18 @@ class SweepPlan:
             isinstance(per_host_rate, bool)
             or not isinstance(per_host_rate, int | float)
             or not math.isfinite(per_host_rate)
-            or per_host_rate <= 0
+            or not per_host_rate >= MIN_PER_HOST_RATE
         ):
-            raise ValueError("per_host_rate must be a finite number of requests per second > 0")
+            raise ValueError(
+                "per_host_rate must be a finite number of requests per second, at least one a"
+                " day (1/86400)"
+            )
+        try:
+            before = now + within
+        except OverflowError:
+            raise ValueError("within reaches past the last date a datetime holds") from None
         remember = within >= REFRESH_TOKEN_LIFETIME
-        return cls(now + within, limit, concurrency, float(per_host_rate), remember)
+        return cls(before, limit, concurrency, float(per_host_rate), remember)
 
     def _sizes(self) -> Iterator[int]:
         """Page sizes until ``limit`` records have been read (forever without a limit)."""
@@ -166,9 +187,12 @@ class _Tally:
 
     def __init__(self, progress: Callable[[SweepProgress], None] | None, remember: bool) -> None:
         self.progress = progress
-        self.refreshed: list[str] = []
-        self.failed: list[tuple[str, str]] = []
-        self.reauthorize: list[str] = []
+        # Each entry carries the record's place in the due order, so the report lists the
+        # connections soonest-first (as the first release did), not in whatever order
+        # concurrent refreshes happened to finish.
+        self.refreshed: list[tuple[int, str]] = []
+        self.failed: list[tuple[int, tuple[str, str]]] = []
+        self.reauthorize: list[tuple[int, str]] = []
         self.skipped = 0
         self.done = 0
         #: Keys refreshed by this run, kept only when a refreshed pair could be due again.
@@ -177,18 +201,18 @@ class _Tally:
     def wanted(self, record: ConnectionRecord) -> bool:
         return self.remembered is None or record.key not in self.remembered
 
-    def add(self, record: ConnectionRecord, done: Done) -> None:
+    def add(self, place: int, record: ConnectionRecord, done: Done) -> None:
         self.done += 1
         if done.skipped:
             self.skipped += 1
         elif done.reason is None:
-            self.refreshed.append(done.connection_id)
+            self.refreshed.append((place, done.connection_id))
             if self.remembered is not None:
                 self.remembered.add(record.key)
         else:
-            self.failed.append((done.connection_id, done.reason))
+            self.failed.append((place, (done.connection_id, done.reason)))
             if done.reauthorize:
-                self.reauthorize.append(done.connection_id)
+                self.reauthorize.append((place, done.connection_id))
         if self.progress is not None:
             self.progress(
                 SweepProgress(self.done, len(self.refreshed), len(self.failed), self.skipped)
@@ -196,9 +220,9 @@ class _Tally:
 
     def report(self) -> RefreshReport:
         return RefreshReport(
-            tuple(self.refreshed),
-            tuple(self.failed),
-            needs_reauthorization=tuple(self.reauthorize),
+            tuple(cid for _, cid in sorted(self.refreshed)),
+            tuple(failure for _, failure in sorted(self.failed)),
+            needs_reauthorization=tuple(cid for _, cid in sorted(self.reauthorize)),
             skipped=self.skipped,
         )
 
@@ -219,20 +243,20 @@ def sweep(
     tally = _Tally(progress, plan.remember)
     window = 2 * plan.concurrency
     pool = ThreadPoolExecutor(plan.concurrency, thread_name_prefix="amo-oauth-sweep")
-    running: dict[Future[Done], ConnectionRecord] = {}
+    running: dict[Future[Done], tuple[int, ConnectionRecord]] = {}
 
     def collect(block_until_below: int) -> None:
         while len(running) > block_until_below:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                tally.add(running.pop(future), future.result())
+                tally.add(*running.pop(future), future.result())
 
     try:
-        for record in plan.records(read):
+        for place, record in enumerate(plan.records(read)):
             if not tally.wanted(record):
                 continue
             collect(window - 1)
-            running[pool.submit(refresh, record)] = record
+            running[pool.submit(refresh, record)] = (place, record)
         collect(0)
     except BaseException:
         # Stopped (a page unreadable, Ctrl-C): what was not started is dropped; the refreshes
@@ -256,22 +280,24 @@ async def asweep(
     running: set[asyncio.Task[None]] = set()
     errors: list[Exception] = []
 
-    async def one(record: ConnectionRecord) -> None:
+    async def one(place: int, record: ConnectionRecord) -> None:
         try:
-            tally.add(record, await refresh(record))
+            tally.add(place, record, await refresh(record))
         except Exception as error:  # not a refresh failure (those are Done): a fault to raise
             errors.append(error)
         finally:
             slots.release()
 
+    place = 0
     try:
         async for record in plan.arecords(read):
+            place += 1
             if not tally.wanted(record):
                 continue
             await slots.acquire()
             if errors:
                 break
-            task = asyncio.ensure_future(one(record))
+            task = asyncio.ensure_future(one(place, record))
             running.add(task)
             task.add_done_callback(running.discard)
     finally:

@@ -212,17 +212,21 @@ def _refresh_due(args: argparse.Namespace) -> int:
     from ._service import AmoOAuth
 
     config = _config_from_env()
+    try:
+        within = timedelta(days=args.within_days)
+    except OverflowError:
+        raise SystemExit("amo-oauth: --within-days is too large") from None
     show, stop = _progress_printer(sys.stderr)
     try:
         with AmoOAuth(config, store=_open_store(args)) as oauth:
             report = oauth.refresh_due(
-                within=timedelta(days=args.within_days),
+                within=within,
                 limit=None,
                 concurrency=args.concurrency,
                 per_host_rate=args.per_host_rate,
                 progress=show,
             )
-    except StoreError as error:
+    except (StoreError, ValueError) as error:  # ValueError: an argument the sweep refuses
         raise SystemExit(f"amo-oauth: {error}") from None
     finally:
         stop()

@@ -43,6 +43,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final, Generic, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio
@@ -376,6 +377,13 @@ class RedisStore(BaseStore, AsyncBaseStore):
             "health_check_interval": _HEALTH_CHECK,
             "decode_responses": True,
         }
+        if not isinstance(url, str) or not _names_a_db(url):
+            # redis-py ignores a database path that is not a number (``/l`` for ``/1``) and
+            # opens db 0: maybe another deployment's store. Refused, without quoting the URL.
+            raise ValueError(
+                "not a Redis URL: the database after the host must be a number"
+                " (redis://host:6379/0)"
+            )
         try:
             # A bounded pool that makes callers wait (up to ``timeout``) for a connection: a
             # burst of a thousand callers must not open a thousand connections (the server's
@@ -1071,3 +1079,16 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
 def _glob_escaped(text: str) -> str:
     """``text`` matched literally by a Redis glob (``SCAN ... MATCH``)."""
     return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def _names_a_db(url: str) -> bool:
+    """False for a ``redis://`` or ``rediss://`` URL whose path is not ``/`` + a number (or
+    empty): redis-py would ignore it and use db 0. Other schemes are for redis-py to judge."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return True  # malformed: redis-py refuses it with the usual message
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        return True
+    path = unquote(parts.path)
+    return path in ("", "/") or (path[:1] == "/" and path[1:].isascii() and path[1:].isdigit())
