@@ -307,3 +307,26 @@ def test_store_from_url_knows_every_scheme(tmp_path: Path) -> None:
     rs = store_from_url("rediss://:hunter2@127.0.0.1:6380/1")
     assert "hunter2" not in repr(pg) + repr(rs)
     assert type(pg).__name__ == "PostgresStore" and type(rs).__name__ == "RedisStore"
+
+
+def test_store_and_db_together_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "u", "--store", "sqlite:///a.db", "--db", str(tmp_path / "b.db")])
+    assert exited.value.code == 2  # argparse: not allowed with
+
+
+def test_concurrency_beyond_the_bound_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["refresh-due", "--concurrency", "100000"])
+    assert "at most 256" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_a_command_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_status", interrupted)
+    assert main(["status", "u", "--store", "sqlite:///x.db", "--client-id", "c"]) == 130
+    assert capsys.readouterr().err == "amo-oauth: interrupted\n"

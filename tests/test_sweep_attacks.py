@@ -743,3 +743,16 @@ def test_rotation_resumed_after_an_empty_key_reads_from_the_start(
     assert len(any_store.scan("", 100)) == 5
     report = rotate_keys(any_store, after="", sleep=lambda _: None)
     assert report.rewritten == 5
+
+
+def test_a_concurrency_past_the_bound_is_refused_by_the_call() -> None:
+    from amo_oauth import AmoOAuth, MemoryStore
+    from amo_oauth.testing import FakeAmoCRM
+
+    from helpers import config_for
+
+    with AmoOAuth(config_for(FakeAmoCRM()), store=MemoryStore()) as oauth:
+        with pytest.raises(ValueError, match="from 1 to 256"):
+            oauth.refresh_due(concurrency=257)
+        with pytest.raises(ValueError, match="from 1 to 256"):
+            oauth.refresh_due(concurrency=0)

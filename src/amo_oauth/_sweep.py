@@ -49,6 +49,9 @@ PACE_GUARD: Final = 0.05
 #: The slowest pace accepted: one request per host a day (a slower one would sleep past what
 #: the platform's sleep accepts, or for ever).
 MIN_PER_HOST_RATE: Final = 1 / 86400
+#: The most refreshes in flight at once: each is a thread of the blocking sweep (or a task and
+#: a store connection), and past a few hundred more only exhausts threads and pools.
+MAX_CONCURRENCY: Final = 256
 
 ReadPage = Callable[[DueCursor | None, int], list[ConnectionRecord]]
 AReadPage = Callable[[DueCursor | None, int], Awaitable[list[ConnectionRecord]]]
@@ -131,8 +134,12 @@ class SweepPlan:
             raise TypeError("limit must be an int or None")
         if limit is not None and limit < 0:
             raise ValueError("limit must be >= 0 (None: every due connection)")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError("concurrency must be an int >= 1")
+        if (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= MAX_CONCURRENCY
+        ):
+            raise ValueError(f"concurrency must be an int from 1 to {MAX_CONCURRENCY}")
         if (
             isinstance(per_host_rate, bool)
             or not isinstance(per_host_rate, int | float)

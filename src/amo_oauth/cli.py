@@ -37,6 +37,7 @@ from typing import Any, TextIO
 from ._config import Config
 from ._errors import StoreError
 from ._results import SweepProgress
+from ._sweep import MAX_CONCURRENCY
 from .stores._protocol import Store
 from .stores._rows import Encryption
 
@@ -317,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
     due = commands.add_parser("refresh-due", help="refresh connections expiring soon")
     _store_options(due)
     due.add_argument("--within-days", type=_positive_int, default=7)
-    due.add_argument("--concurrency", type=_positive_int, default=16, help="refreshes at once (16)")
+    due.add_argument("--concurrency", type=_concurrency, default=16, help="refreshes at once (16)")
     due.add_argument(
         "--per-host-rate",
         type=_positive_float,
@@ -347,6 +348,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _concurrency(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_CONCURRENCY}: {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -358,14 +366,21 @@ def _positive_float(text: str) -> float:
 
 
 def _store_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--store", help="a store URL (env AMO_OAUTH_STORE)")
-    command.add_argument("--db", help="an SQLite file: the older spelling of --store sqlite:///")
+    # One or the other: given both, which one was meant is a guess.
+    where = command.add_mutually_exclusive_group()
+    where.add_argument("--store", help="a store URL (env AMO_OAUTH_STORE)")
+    where.add_argument("--db", help="an SQLite file: the older spelling of --store sqlite:///")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The console entry point."""
+    """The console entry point. Ctrl-C ends a command with status 130 and no traceback (a
+    sweep or rotation stopped midway is safe to run again)."""
     args = _parser().parse_args(argv)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        print("amo-oauth: interrupted", file=sys.stderr)
+        return 130
     return code
 
 
