@@ -756,3 +756,31 @@ def test_a_concurrency_past_the_bound_is_refused_by_the_call() -> None:
             oauth.refresh_due(concurrency=257)
         with pytest.raises(ValueError, match="from 1 to 256"):
             oauth.refresh_due(concurrency=0)
+
+
+class _DisconnectsAfterReading(MemoryStore):
+    """A store whose first page read is followed, before any refresh, by a user's disconnect."""
+
+    other: AmoOAuth | None = None
+
+    def due_page(self, before: Any, limit: int, after: Any = None) -> list[ConnectionRecord]:
+        page = super().due_page(before, limit, after)
+        if self.other is not None and page:
+            other, self.other = self.other, None
+            other.disconnect(page[0].connection_id)
+        return page
+
+
+def test_a_connection_disconnected_during_the_sweep_is_skipped_not_failed(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    store = _DisconnectsAfterReading()
+    sweeping, user = make_oauth(store=store), make_oauth(store=store)
+    ids = connect_many(sweeping, fake, 3, 3)
+    clock.advance(timedelta(days=85))
+    store.other = user
+    report = sweeping.refresh_due(WEEK, limit=None, concurrency=1)
+    assert (report.failed, report.needs_reauthorization) == ((), ())
+    assert report.skipped == 1 and len(report.refreshed) == 2
+    assert sweeping.status(ids[0]).state.value == "disconnected"
+    assert fake.token_call_count("refresh_token") == 2

@@ -84,6 +84,10 @@ class TokenFlows(Verification):
         try:
             yield from self._token(ref, wanted)
         except ReauthorizationRequired as error:
+            if error.reason == Reason.DISCONNECTED:
+                # Its user disconnected it after the page was read: nothing failed, and nothing
+                # is left to keep alive.
+                return Done(ref.connection_id, skipped=True)
             return Done(ref.connection_id, str(error.reason), reauthorize=True)
         except AmoOAuthError as error:
             return Done(ref.connection_id, _slug(error))

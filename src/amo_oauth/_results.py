@@ -86,7 +86,8 @@ class RefreshReport:
             (``StoreError``).
         needs_reauthorization: the connection ids of ``failed`` that stay unusable until the
             user consents again (their reason came with ``ReauthorizationRequired``).
-        skipped: due records of another integration (another client id), left alone.
+        skipped: due records left alone: another integration's (another client id), or
+            disconnected by their user while the run went on.
     """
 
     refreshed: tuple[str, ...] = ()
@@ -112,7 +113,7 @@ class SweepProgress:
         done: connections handled so far (refreshed, failed or skipped).
         refreshed: of those, refreshed.
         failed: of those, failed.
-        skipped: of those, another integration's.
+        skipped: of those, another integration's or disconnected meanwhile.
     """
 
     done: int
