@@ -267,6 +267,15 @@ def test_a_ticket_is_single_use(oauth: AmoOAuth) -> None:
     assert rejected(lambda: oauth.redeem_ticket(ticket)) == "used_ticket"
 
 
+def test_a_ticket_of_another_user_is_refused_where_one_is_signed_in(oauth: AmoOAuth) -> None:
+    ticket = oauth.issue_ticket(MALLORY)
+    refused = rejected(lambda: oauth.redeem_ticket(ticket, connection_id=VICTIM))
+    assert refused == "wrong_browser"
+    # Left unused: the refusal took nothing, and the signed-in owner redeems it.
+    assert oauth.redeem_ticket(ticket, connection_id=MALLORY) == MALLORY
+    assert rejected(lambda: oauth.redeem_ticket(ticket)) == "used_ticket"
+
+
 def test_a_ticket_expires(oauth: AmoOAuth, clock: FakeClock) -> None:
     ticket = oauth.issue_ticket(MALLORY)
     clock.advance(oauth.config.ticket_ttl)
@@ -283,6 +292,8 @@ def test_a_tampered_or_foreign_ticket_is_refused(oauth: AmoOAuth) -> None:
 
 def test_tickets_on_the_async_service(async_oauth: AsyncAmoOAuth) -> None:
     ticket = asyncio.run(async_oauth.issue_ticket(MALLORY))
+    refused = rejected(lambda: asyncio.run(async_oauth.redeem_ticket(ticket, connection_id=VICTIM)))
+    assert refused == "wrong_browser"
     assert asyncio.run(async_oauth.redeem_ticket(ticket)) == MALLORY
     assert rejected(lambda: asyncio.run(async_oauth.redeem_ticket(ticket))) == "used_ticket"
 

@@ -39,6 +39,7 @@ __all__ = [
     "issue_ticket",
     "parse_binding",
     "read_ticket",
+    "ticket_expires_at",
     "ticket_nonce_key",
 ]
 
@@ -124,6 +125,13 @@ def issue_ticket(secret: bytes, connection_id: str, now: datetime, ttl: timedelt
     body = {"c": connection_id, "n": secrets.token_urlsafe(16), "e": expires}
     payload = _b64(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     return f"{_TICKET_PREFIX}.{payload}.{_ticket_mac(secret, payload)}"
+
+
+def ticket_expires_at(ticket: str) -> datetime:
+    """When a ticket this process just issued expires (UTC), read without its secret: for the
+    answer that hands the ticket out, never to accept one (``read_ticket`` does that)."""
+    body = json.loads(_unb64(ticket.split(".")[1]))
+    return datetime.fromtimestamp(body["e"] / 1000, UTC)
 
 
 def read_ticket(secret: bytes, token: object) -> TicketClaims:

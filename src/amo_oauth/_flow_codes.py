@@ -115,10 +115,14 @@ class CodeFlows(Verification):
         config = self.config
         return issue_ticket(config.state_secret, connection_id, self.now(), config.ticket_ttl)
 
-    def redeem_ticket(self, ticket: str) -> Flow[str]:
+    def redeem_ticket(self, ticket: str, signed_in: str | None = None) -> Flow[str]:
         claims = read_ticket(self.config.state_secret, ticket)
         if claims.is_expired(self.now()):
             raise CallbackRejected(Reason.EXPIRED_TICKET)
+        if signed_in is not None and signed_in != claims.connection_id:
+            # Another user's ticket in a signed-in browser (forwarded to its victim): it must
+            # not win over the session, and is left unused.
+            raise CallbackRejected(Reason.WRONG_BROWSER)
         expires_at = self._remembered_until(claims.expires_at)
         # A holder of its own: a store answers True again to the same holder (a retried claim),
         # and a ticket's second redemption must fail.

@@ -109,13 +109,19 @@ class AmoOAuth(_Base):
         secret; writes nothing."""
         return self._flows.issue_ticket(connection_id)
 
-    def redeem_ticket(self, ticket: str) -> str:
+    def redeem_ticket(self, ticket: str, *, connection_id: str | None = None) -> str:
         """The connection id of a ticket, which is used up.
 
+        Args:
+            ticket: from ``issue_ticket()``, as the in-app browser brought it.
+            connection_id: who is signed in on that browser, if anyone: a ticket of another
+                connection is then refused (a forwarded ticket must not win over a session).
+
         Raises:
-            CallbackRejected: ``bad_ticket``, ``expired_ticket`` or ``used_ticket``.
+            CallbackRejected: ``bad_ticket``, ``expired_ticket``, ``used_ticket``, or
+                ``wrong_browser`` (another user signed in; the ticket stays unused).
         """
-        return self._run(self._flows.redeem_ticket(ticket))
+        return self._run(self._flows.redeem_ticket(ticket, connection_id))
 
     def handle_callback(
         self,
@@ -378,9 +384,9 @@ class AsyncAmoOAuth(_Base):
         """See ``AmoOAuth.issue_ticket``."""
         return self._flows.issue_ticket(connection_id)
 
-    async def redeem_ticket(self, ticket: str) -> str:
+    async def redeem_ticket(self, ticket: str, *, connection_id: str | None = None) -> str:
         """See ``AmoOAuth.redeem_ticket``."""
-        return await self._run(self._flows.redeem_ticket(ticket))
+        return await self._shielded(self._flows.redeem_ticket(ticket, connection_id))
 
     async def handle_callback(
         self,

@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlsplit
 
 import attrs
 
-from .._binding import parse_binding, read_ticket
+from .._binding import parse_binding, ticket_expires_at
 from .._errors import CallbackRejected, ProviderError, StoreError
 from .._reasons import Reason
 from .._records import Connection, check_connection_id
@@ -400,7 +400,6 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         state_ttl = getattr(config, "state_ttl", timedelta(minutes=30))
         self.cookie_max_age = max(1, int(state_ttl.total_seconds()))
         self.connect_url = _connect_url(redirect_uri, self.prefix)
-        self._state_secret: bytes = getattr(config, "state_secret", b"")
         self.allowed_origins = frozenset(
             origin_of(url) for url in (redirect_uri, *allowed_origins) if url
         )
@@ -469,13 +468,11 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
     # -- steps shared by the routes ----------------------------------------------------------
 
     def _identity(self) -> WebFlow[str]:
-        connection_id: str | None = yield Identify()
+        connection_id: object = yield Identify()
         if connection_id is None:
             raise _Refusal(401, "unauthenticated")
-        if isinstance(connection_id, int) and not isinstance(connection_id, bool):
-            connection_id = str(connection_id)  # numeric user ids are common; ids are text
         try:
-            return check_connection_id(connection_id)
+            return _as_connection_id(connection_id)
         except ValueError:  # empty, too long, unprintable, not text
             raise _Refusal(400, "bad_connection_id") from None
 
@@ -496,14 +493,9 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         in-app browser of a mobile app has none), so a refusal of the app's callable counts
         as nobody."""
         try:
-            connection_id = yield Identify()
-        except Exception:  # e.g. the app's abort(401): not signed in
-            return None
-        if isinstance(connection_id, int) and not isinstance(connection_id, bool):
-            connection_id = str(connection_id)
-        try:
-            return check_connection_id(connection_id)
-        except ValueError:  # None included
+            connection_id: object = yield Identify()
+            return _as_connection_id(connection_id)
+        except Exception:  # the app's abort(401), None, a bad id: not signed in
             return None
 
     def _connect(self, request: Request) -> WebFlow[Response]:
@@ -529,26 +521,22 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         navigation from another site (``Sec-Fetch-Site`` other than ``none`` or
         ``same-origin``: an in-app browser opening the URL says ``none``, a link or a redirect
         on another site's page says ``cross-site`` or ``same-site``) is refused before the
-        ticket is used, and so is a browser where another user is signed in (its callback
-        would be refused anyway).
+        ticket is used; a browser where another user is signed in is refused by
+        ``redeem_ticket`` (its callback would be refused anyway).
         """
         fetch_site = request.header("sec-fetch-site")
         if fetch_site is not None and fetch_site not in ("none", "same-origin"):
             raise _Refusal(400, Reason.CROSS_SITE_REQUEST)
-        connection_id: str = yield from self._call("redeem_ticket", ticket)
         signed_in = yield from self._signed_in()
-        if signed_in is not None and signed_in != connection_id:
-            raise CallbackRejected(Reason.WRONG_BROWSER)
+        connection_id: str = yield from self._call("redeem_ticket", ticket, connection_id=signed_in)
         return connection_id
 
     def _ticket_url(self, connection_id: str) -> WebFlow[Response]:
         """``{url, expires_at}``: this route with a fresh ticket, for the browser that will
         consent (the app's in-app browser keeps the binding cookie /connect sets there)."""
         ticket: str = yield from self._call("issue_ticket", connection_id)
-        claims = read_ticket(self._state_secret, ticket)
-        query = urlencode({"ticket": ticket})
-        url = f"{self.connect_url}?{query}"
-        return Response.json(200, {"url": url, "expires_at": claims.expires_at.isoformat()})
+        url = f"{self.connect_url}?{urlencode({'ticket': ticket})}"
+        return Response.json(200, {"url": url, "expires_at": ticket_expires_at(ticket).isoformat()})
 
     def _callback(self, request: Request) -> WebFlow[Response]:
         signed_in = yield from self._signed_in()
@@ -602,6 +590,13 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
     def _disconnect_hook(self, request: Request) -> WebFlow[Response]:
         affected = yield from self._call("handle_disconnect_hook", request.query)
         return Response.json(200, {"disconnected": len(affected)})
+
+
+def _as_connection_id(value: object) -> str:
+    """The app's answer as a connection id; ``ValueError`` when it is not one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # numeric user ids are common; ids are text
+    return check_connection_id(value)
 
 
 def _connect_url(redirect_uri: str, prefix: str) -> str:
