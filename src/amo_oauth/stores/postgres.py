@@ -720,21 +720,8 @@ class PostgresStore(BaseStore, AsyncBaseStore):
                 raise closed_error()
             if self._pool is not None:
                 return self._pool
-            # reconnect_timeout: psycopg_pool retries a failed connect with a backoff that
-            # doubles for 5 minutes by default, and meanwhile starts no other attempt; after
-            # an outage of a minute the server would be back long before the pool looked
-            # again, and every call would still time out. Bounded by half a call's timeout,
-            # the attempt gives up and the next call starts a fresh one at once.
             pool: ConnectionPool[_Conn] = ConnectionPool(
-                self._conninfo,
-                kwargs=self._kwargs,
-                min_size=self._min_size,
-                max_size=self._max_size,
-                open=False,
-                check=ConnectionPool.check_connection,
-                name=self._pool_name(),
-                timeout=self._timeout,
-                reconnect_timeout=self._timeout / 2,
+                check=ConnectionPool.check_connection, **self._pool_options("")
             )
             try:
                 pool.open(wait=self._min_size > 0, timeout=self._timeout)
@@ -764,15 +751,7 @@ class PostgresStore(BaseStore, AsyncBaseStore):
             if self._apool is not None:
                 return self._apool
             apool: AsyncConnectionPool[_AsyncConn] = AsyncConnectionPool(
-                self._conninfo,
-                kwargs=self._kwargs,
-                min_size=self._min_size,
-                max_size=self._max_size,
-                open=False,
-                check=AsyncConnectionPool.check_connection,
-                name=self._pool_name() + "-async",
-                timeout=self._timeout,
-                reconnect_timeout=self._timeout / 2,
+                check=AsyncConnectionPool.check_connection, **self._pool_options("-async")
             )
             # Claimed before the first await, so that concurrent first calls share one pool.
             self._apool, self._aloop = apool, loop
@@ -785,6 +764,26 @@ class PostgresStore(BaseStore, AsyncBaseStore):
             await apool.close(timeout=0)
             raise
         return apool
+
+    def _pool_options(self, suffix: str) -> dict[str, Any]:
+        """What the blocking and the awaited pool share; opened by the caller.
+
+        ``reconnect_timeout``: psycopg_pool retries a failed connect with a backoff that
+        doubles for 5 minutes by default, and meanwhile starts no other attempt; after an
+        outage of a minute the server would be back long before the pool looked again, and
+        every call would still time out. Bounded by half a call's timeout, the attempt gives
+        up and the next call starts a fresh one at once.
+        """
+        return {
+            "conninfo": self._conninfo,
+            "kwargs": self._kwargs,
+            "min_size": self._min_size,
+            "max_size": self._max_size,
+            "open": False,
+            "name": self._pool_name() + suffix,
+            "timeout": self._timeout,
+            "reconnect_timeout": self._timeout / 2,
+        }
 
     def _pool_name(self) -> str:
         return f"amo_oauth:{self._host}/{self._dbname}/{self.table}"

@@ -40,7 +40,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Generic, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -866,6 +866,21 @@ class _Listening(Generic[_E]):
         self.alive = True
 
 
+def _dispatch(
+    message: Mapping[str, Any] | None,
+    listening: _Listening[threading.Event] | _Listening[asyncio.Event],
+    wake: Callable[[str | None], None],
+) -> None:
+    """Act on one pub/sub message, for the blocking and the awaited listener alike: the
+    subscription's confirmation makes it ready; a change wakes the waiters of its key."""
+    if message is None:
+        return
+    if message["type"] == "subscribe":
+        listening.ready.set()
+    elif message["type"] == "message":
+        wake(message["data"])
+
+
 class _Listener:
     """The blocking side's one subscription: a daemon thread that wakes the waiters of a key.
 
@@ -922,12 +937,7 @@ class _Listener:
             pubsub.subscribe(self._channel)
             while not self._stopping.is_set():
                 message = pubsub.get_message(timeout=_LISTEN_POLL)
-                if message is None:
-                    continue
-                if message["type"] == "subscribe":
-                    listening.ready.set()
-                elif message["type"] == "message":
-                    self._wake(message["data"])
+                _dispatch(message, listening, self._wake)
         except (redis.RedisError, OSError, ValueError):
             pass  # the waiters are woken below; the next one starts another listener
         finally:
@@ -1013,12 +1023,7 @@ class _AsyncSide:
             await pubsub.subscribe(self._channel)
             while True:
                 message = await pubsub.get_message(timeout=_LISTEN_POLL * 5)
-                if message is None:
-                    continue
-                if message["type"] == "subscribe":
-                    listening.ready.set()
-                elif message["type"] == "message":
-                    self._wake(message["data"])
+                _dispatch(message, listening, self._wake)
         except (redis.RedisError, OSError, ValueError):
             pass  # the waiters are woken below; the next one starts another listener
         finally:
