@@ -15,23 +15,18 @@ fake share), ``threads``, ``action`` (``callback`` with ``query``, or ``access_t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
+from _proof_worker import digest, threads_at_once
 from amo_oauth import AmoOAuth, Config, SQLiteStore
 from amo_oauth.testing import LoopbackTransport
-
-
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
 def task(oauth: AmoOAuth, job: dict[str, Any]) -> Callable[[], dict[str, Any]]:
@@ -63,33 +58,15 @@ def main(job_path: str) -> None:
         clock=lambda: datetime.now(UTC) + offset,
     )
     run = task(oauth, job)
-    threads = int(job["threads"])
-    barrier = threading.Barrier(threads)
-    results: list[dict[str, Any]] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        barrier.wait()
-        try:
-            outcome = run()
-        except Exception as error:  # reported, and the test fails on any
-            with lock:
-                errors.append(f"{type(error).__name__}: {error}")
-        else:
-            with lock:
-                results.append(outcome)
-
     try:
         oauth.status("warm-up")  # open the database file before the start line, not after
-        print("ready", flush=True)
-        sys.stdin.readline()
-        pool = [threading.Thread(target=worker) for _ in range(threads)]
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join()
-        print(json.dumps({"pid": os.getpid(), "results": results, "errors": errors}), flush=True)
+        report = threads_at_once(run, int(job["threads"]))
+        print(
+            json.dumps(
+                {"pid": os.getpid(), "results": report["results"], "errors": report["errors"]}
+            ),
+            flush=True,
+        )
     finally:
         oauth.close()
         http.close()

@@ -106,16 +106,10 @@ def _config(job: dict[str, Any]) -> Config:
     return Config(**options)
 
 
-def _threads(job: dict[str, Any], clock: Callable[[], datetime]) -> dict[str, Any]:
-    http = httpx.Client(transport=LoopbackTransport.to(job["url"], domain=job["domain"]))
-    oauth = AmoOAuth(_config(job), store=open_store(job["store"]), http=http, clock=clock)
-
-    def run() -> dict[str, Any]:
-        if job["action"] == "callback":
-            return _report(callback(oauth, job["consent"]))
-        return {"token": digest(oauth.access_token(job["connection_id"]))}
-
-    count = int(job["count"])
+def threads_at_once(run: Callable[[], dict[str, Any]], count: int) -> dict[str, Any]:
+    """Print ``ready``, wait for the start line on stdin, then run ``run`` in ``count`` threads
+    released together at one barrier: ``{"results": [...], "errors": [...], "seconds": ...}``
+    (from the start line to the last call's end). Shared with ``_mp_worker.py``."""
     barrier = threading.Barrier(count)
     results: list[dict[str, Any]] = []
     errors: list[str] = []
@@ -132,17 +126,29 @@ def _threads(job: dict[str, Any], clock: Callable[[], datetime]) -> dict[str, An
             with lock:
                 results.append(outcome)
 
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started = time.monotonic()
+    pool = [threading.Thread(target=worker) for _ in range(count)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return {"results": results, "errors": errors, "seconds": time.monotonic() - started}
+
+
+def _threads(job: dict[str, Any], clock: Callable[[], datetime]) -> dict[str, Any]:
+    http = httpx.Client(transport=LoopbackTransport.to(job["url"], domain=job["domain"]))
+    oauth = AmoOAuth(_config(job), store=open_store(job["store"]), http=http, clock=clock)
+
+    def run() -> dict[str, Any]:
+        if job["action"] == "callback":
+            return _report(callback(oauth, job["consent"]))
+        return {"token": digest(oauth.access_token(job["connection_id"]))}
+
     try:
         oauth.status("warm-up")  # connect before the start line, not after
-        print("ready", flush=True)
-        sys.stdin.readline()
-        started = time.monotonic()
-        pool = [threading.Thread(target=worker) for _ in range(count)]
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join()
-        return {"results": results, "errors": errors, "seconds": time.monotonic() - started}
+        return threads_at_once(run, int(job["count"]))
     finally:
         oauth.close()
         http.close()
