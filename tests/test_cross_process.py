@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 import pytest
 
+import _served_fake
 from _pg_server import PostgresProcess, own_postgres, postgres_url  # noqa: F401
 from _proof_worker import acallback, aconsent, callback, consent, digest, open_store
 from _redis_server import RedisProcess, own_redis, redis_url  # noqa: F401
@@ -66,21 +67,8 @@ STORES = [
 ]
 
 
-@pytest.fixture
-def clock() -> OffsetClock:
-    return OffsetClock()
-
-
-@pytest.fixture
-def fake(clock: OffsetClock) -> FakeAmoCRM:
-    # Latency keeps the winner's token call in flight while the others arrive.
-    return FakeAmoCRM(clock=clock, rate_limit=None, latency=0.05)
-
-
-@pytest.fixture
-def served(fake: FakeAmoCRM) -> Iterator[str]:
-    with fake.serve() as running:
-        yield running.url
+# The served fake and its clock (shared with the other worker-process tests).
+clock, fake, served = _served_fake.clock, _served_fake.fake, _served_fake.served
 
 
 def fresh_spec(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:

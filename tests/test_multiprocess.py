@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+import _served_fake
 from amo_oauth import AmoOAuth, Outcome, SQLiteStore
 from amo_oauth.testing import AsyncLoopbackTransport, FakeAmoCRM, LoopbackTransport
 
@@ -35,22 +36,8 @@ THREADS = 8
 USER = "user-42"
 SETTLE = 10.0  # seconds a duplicate waits for the winner: ample, so none reports in_progress
 
-
-@pytest.fixture
-def clock() -> OffsetClock:
-    return OffsetClock()
-
-
-@pytest.fixture
-def fake(clock: OffsetClock) -> FakeAmoCRM:
-    # Latency keeps the winner's token call in flight while the others arrive.
-    return FakeAmoCRM(clock=clock, rate_limit=None, latency=0.05)
-
-
-@pytest.fixture
-def served(fake: FakeAmoCRM) -> Iterator[str]:
-    with fake.serve() as running:
-        yield running.url
+# The served fake and its clock (shared with the other worker-process tests).
+clock, fake, served = _served_fake.clock, _served_fake.fake, _served_fake.served
 
 
 @pytest.fixture
