@@ -22,7 +22,7 @@ from ._config import Config
 from ._errors import ProviderError, StoreError
 from ._events import Event, LeaseExpired
 from ._limits import ExchangeLimiter
-from ._ops import CompareAndSet, Delete, Flow, Load, WaitForChange, perform
+from ._ops import CompareAndSet, Delete, Flow, Load, Sleep, WaitForChange, perform
 from ._reasons import Reason
 from ._records import ConnectionRecord, ErrorInfo, Lease, record_key
 from ._state import Step, step
@@ -31,6 +31,9 @@ __all__ = ["Records"]
 
 #: Seconds a waiter gives a lapsing lease past its end before it looks again.
 _LEASE_SLACK = 0.01
+#: Pauses (seconds) between the tries a sweep makes, before it returns, to store the rotated
+#: pairs the store refused during it (about 15 s in all; a refresh lease lasts 60 s).
+_KEPT_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 logger = logging.getLogger("amo_oauth")
 
@@ -152,6 +155,31 @@ class Records:
             else:
                 stored.append(kept[0].connection_id)
         return tuple(stored), tuple(left)
+
+    def store_kept_patiently(self) -> Flow[tuple[str, ...]]:
+        """Before a sweep returns (and a CLI run exits): ``store_kept``, retried for about 15 s
+        while the store refuses, since amoCRM has revoked the tokens these pairs replace.
+        Returns the connection ids stored."""
+        stored: tuple[str, ...] = ()
+        for pause in (0.0, *_KEPT_PAUSES):
+            if not self.kept_pairs():
+                break
+            if pause:
+                yield Sleep(pause)
+            done, _ = yield from self.store_kept()
+            stored += done
+        return stored
+
+    def store_kept_at_close(self) -> Flow[None]:
+        """One last ``store_kept`` as the service closes; what the store still refuses is named
+        in the log (``lost_pairs``)."""
+        if not self.kept_pairs():
+            return
+        try:
+            _, left = yield from self.store_kept()
+        except Exception:  # closing goes on; the log names what is lost
+            left = ()
+        self.lost_pairs(left)
 
     def lost_pairs(self, connection_ids: tuple[str, ...]) -> None:
         """Say loudly which connections lose their only valid pair when this process ends."""

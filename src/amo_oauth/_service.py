@@ -297,31 +297,14 @@ class AmoOAuth(_Base):
         try:
             report = sweep(plan, read, refresh, progress)
         except BaseException:
-            self._store_kept_pairs()
+            self._run(self._flows.store_kept_patiently())
             raise
-        return _with_stored(report, self._store_kept_pairs())
-
-    def _store_kept_pairs(self) -> tuple[str, ...]:
-        """Before a sweep returns (and a CLI run exits), store the rotated pairs the store
-        refused during it, retrying for a while: amoCRM has revoked the tokens they replace."""
-        stored: tuple[str, ...] = ()
-        for pause in (0.0, *_KEPT_PAUSES):
-            if not self._flows.kept_pairs():
-                break
-            time.sleep(pause)
-            done, _ = self._run(self._flows.store_kept())
-            stored += done
-        return stored
+        return _with_stored(report, self._run(self._flows.store_kept_patiently()))
 
     def close(self) -> None:
         """Store the rotated pairs the store refused earlier, if it takes them now (else say
         which are lost), then close the http client if this object made it, and the store."""
-        if self._flows.kept_pairs():
-            try:
-                _, left = self._run(self._flows.store_kept())
-            except Exception:  # closing goes on; the log names what is lost
-                left = ()
-            self._flows.lost_pairs(left)
+        self._run(self._flows.store_kept_at_close())
         if self._owns_http:
             self.http.close()
         self._store.close()
@@ -468,20 +451,9 @@ class AsyncAmoOAuth(_Base):
         try:
             report = await asweep(plan, read, refresh, progress)
         except BaseException:
-            await self._store_kept_pairs()
+            await self._run(self._flows.store_kept_patiently())
             raise
-        return _with_stored(report, await self._store_kept_pairs())
-
-    async def _store_kept_pairs(self) -> tuple[str, ...]:
-        """See ``AmoOAuth._store_kept_pairs``."""
-        stored: tuple[str, ...] = ()
-        for pause in (0.0, *_KEPT_PAUSES):
-            if not self._flows.kept_pairs():
-                break
-            await asyncio.sleep(pause)
-            done, _ = await self._run(self._flows.store_kept())
-            stored += done
-        return stored
+        return _with_stored(report, await self._run(self._flows.store_kept_patiently()))
 
     async def aclose(self) -> None:
         """Let shielded calls whose callers were cancelled finish, store the rotated pairs the
@@ -489,12 +461,7 @@ class AsyncAmoOAuth(_Base):
         http client if this object made it, and the store."""
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
-        if self._flows.kept_pairs():
-            try:
-                _, left = await self._run(self._flows.store_kept())
-            except Exception:  # closing goes on; the log names what is lost
-                left = ()
-            self._flows.lost_pairs(left)
+        await self._run(self._flows.store_kept_at_close())
         if self._owns_http:
             await self.http.aclose()
         await self._astore.aclose()
@@ -538,11 +505,6 @@ class AsyncAmoOAuth(_Base):
         assert isinstance(op, Sleep)
         await asyncio.sleep(op.seconds)
         return None
-
-
-#: Pauses (seconds) between the tries a sweep makes, before it returns, to store the rotated
-#: pairs the store refused during it (about 15 s in all; a refresh lease lasts 60 s).
-_KEPT_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def _with_stored(report: RefreshReport, stored: tuple[str, ...]) -> RefreshReport:
