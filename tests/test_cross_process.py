@@ -66,7 +66,6 @@ STORES = [
     pytest.param("redis", marks=pytest.mark.services),
 ]
 
-
 # The served fake and its clock (shared with the other worker-process tests).
 clock, fake, served = _served_fake.clock, _served_fake.fake, _served_fake.served
 
@@ -258,11 +257,18 @@ def run_workers(
     return results, errors, len({report["pid"] for report in reports})
 
 
-def victim(tmp_path: Path, job: dict[str, Any]) -> subprocess.Popen[str]:
-    """A worker process of its own, released on ``job``: the test kills it."""
-    (proc,) = Workers.spawn(1)
-    start(tmp_path, job, [proc])
-    return proc
+def kill_when(
+    tmp_path: Path, job: dict[str, Any], condition: Callable[[], bool], what: str
+) -> None:
+    """A worker process of its own, released on ``job``, killed with SIGKILL as soon as
+    ``condition`` holds (it waits for ``what``)."""
+    (worker,) = Workers.spawn(1)
+    start(tmp_path, job, [worker])
+    try:
+        until(condition, what)
+        kill(worker)
+    finally:
+        stop([worker])
 
 
 def until(condition: Callable[[], bool], what: str, timeout: float = HANG_GUARD) -> None:
@@ -375,12 +381,7 @@ def test_a_worker_killed_before_the_pair_is_stored_leaves_the_code_unsent(
     code = given["query"]["code"]
     fake.latency = 60.0  # amoCRM takes the code; its answer is held until the worker dies
     job = job_for(fake, served, spec, clock, action="callback", consent=given, count=1)
-    worker = victim(tmp_path, job)
-    try:
-        until(lambda: fake.token_calls_for(code) == 1, "the worker's token call")
-        kill(worker)
-    finally:
-        stop([worker])
+    kill_when(tmp_path, job, lambda: fake.token_calls_for(code) == 1, "the worker's token call")
     fake.latency = 0.0
     held = stored(parent, USER)
     assert held is not None and held.state is ConnectionState.CODE_RECEIVED
@@ -416,12 +417,9 @@ def test_a_worker_killed_after_the_pair_is_stored_keeps_it_and_verifies_later(
         "slow_body", endpoint="api", path="/api/v4/account", chunk_size=1 << 20, every=20.0
     )
     job = job_for(fake, served, spec, clock, action="callback", consent=given, count=1)
-    worker = victim(tmp_path, job)
-    try:
-        until(lambda: fake.api_call_count("/api/v4/account") == 1, "the account check")
-        kill(worker)
-    finally:
-        stop([worker])
+    kill_when(
+        tmp_path, job, lambda: fake.api_call_count("/api/v4/account") == 1, "the account check"
+    )
     kept = stored(parent, USER)
     assert kept is not None and kept.state is ConnectionState.EXCHANGED, kept
     assert kept.tokens is not None, "the pair is stored before the account is checked"
@@ -457,12 +455,9 @@ def test_a_worker_killed_during_a_refresh_loses_nothing_under_kommos_grace(
     clock.offset = timedelta(hours=25)
     fake.latency = 60.0  # amoCRM rotates the pair; its answer is held until the worker dies
     job = job_for(fake, served, spec, clock, action="access_token", connection_id=USER, count=1)
-    worker = victim(tmp_path, job)
-    try:
-        until(lambda: fake.token_call_count("refresh_token") == 1, "the worker's refresh")
-        kill(worker)
-    finally:
-        stop([worker])
+    kill_when(
+        tmp_path, job, lambda: fake.token_call_count("refresh_token") == 1, "the worker's refresh"
+    )
     fake.latency = 0.05
     held = stored(parent, USER)
     assert held is not None and held.lease is not None, "the dead worker's refresh lease"
