@@ -5,12 +5,13 @@ sys.path)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from amo_oauth.testing import FakeAmoCRM
 
-from helpers import OffsetClock
+from helpers import STATE_SECRET, OffsetClock
 
 
 @pytest.fixture
@@ -28,3 +29,15 @@ def fake(clock: OffsetClock) -> FakeAmoCRM:
 def served(fake: FakeAmoCRM) -> Iterator[str]:
     with fake.serve() as running:
         yield running.url
+
+
+def job_config(fake: FakeAmoCRM, **overrides: Any) -> dict[str, Any]:
+    """The ``Config`` keyword arguments a worker's job carries (JSON: strings and numbers)."""
+    return {
+        "client_id": fake.client_id,
+        "client_secret": fake.client_secret,
+        "redirect_uri": fake.redirect_uri,
+        "state_secret": STATE_SECRET,
+        "authorize_url": f"https://{fake.consent_host}/oauth",
+        **overrides,
+    }

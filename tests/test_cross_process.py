@@ -51,7 +51,7 @@ from amo_oauth._records import code_digest
 from amo_oauth.testing import FakeAmoCRM, LoopbackTransport
 from amo_oauth.web import Handlers, Request
 
-from helpers import STATE_SECRET, OffsetClock, config_for, stored
+from helpers import OffsetClock, config_for, stored
 
 WORKER = Path(__file__).with_name("_proof_worker.py")
 PROCESSES = 4
@@ -126,15 +126,7 @@ def parent(
 def job_for(
     fake: FakeAmoCRM, served: str, spec: dict[str, Any], clock: OffsetClock, **task: Any
 ) -> dict[str, Any]:
-    config = {
-        "client_id": fake.client_id,
-        "client_secret": fake.client_secret,
-        "redirect_uri": fake.redirect_uri,
-        "state_secret": STATE_SECRET,
-        "authorize_url": f"https://{fake.consent_host}/oauth",
-        "settle_timeout": SETTLE,
-        "lease_ttl": LEASE.total_seconds(),
-    }
+    config = _served_fake.job_config(fake, settle_timeout=SETTLE, lease_ttl=LEASE.total_seconds())
     return {
         "store": spec,
         "url": served,

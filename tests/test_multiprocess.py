@@ -28,7 +28,7 @@ import _served_fake
 from amo_oauth import AmoOAuth, Outcome, SQLiteStore
 from amo_oauth.testing import AsyncLoopbackTransport, FakeAmoCRM, LoopbackTransport
 
-from helpers import STATE_SECRET, OffsetClock, config_for, query_of
+from helpers import OffsetClock, config_for, query_of
 
 WORKER = Path(__file__).with_name("_mp_worker.py")
 PROCESSES = 4
@@ -97,14 +97,7 @@ def run_workers(tmp_path: Path, job: dict[str, Any]) -> list[dict[str, Any]]:
 def job_for(
     fake: FakeAmoCRM, served: str, db: Path, clock: OffsetClock, **task: Any
 ) -> dict[str, Any]:
-    config = {
-        "client_id": fake.client_id,
-        "client_secret": fake.client_secret,
-        "redirect_uri": fake.redirect_uri,
-        "state_secret": STATE_SECRET,
-        "authorize_url": f"https://{fake.consent_host}/oauth",
-        "settle_timeout": SETTLE,
-    }
+    config = _served_fake.job_config(fake, settle_timeout=SETTLE)
     return {
         "db": str(db),
         "url": served,
