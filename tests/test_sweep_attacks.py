@@ -91,41 +91,27 @@ def _two_sweeps(
 
 
 @pytest.mark.services
-def test_two_sweeps_at_once_on_postgres_refresh_each_once(
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_two_sweeps_at_once_on_a_server_store_refresh_each_once(
+    kind: str,
     request: pytest.FixtureRequest,
     make_oauth: Callable[..., AmoOAuth],
     fake: FakeAmoCRM,
     clock: FakeClock,
 ) -> None:
-    from amo_oauth.stores import PostgresStore
+    from amo_oauth.stores import PostgresStore, RedisStore
 
-    url: str = request.getfixturevalue("postgres_url")
-    table = f"atk_{uuid.uuid4().hex[:12]}"
-
-    def make() -> FullStore:
-        store = PostgresStore(url, table=table)
-        store.migrate()
-        return store
-
-    _two_sweeps(make, make_oauth, fake, clock)
-
-
-@pytest.mark.services
-def test_two_sweeps_at_once_on_redis_refresh_each_once(
-    request: pytest.FixtureRequest,
-    make_oauth: Callable[..., AmoOAuth],
-    fake: FakeAmoCRM,
-    clock: FakeClock,
-) -> None:
-    from amo_oauth.stores import RedisStore
-
-    url: str = request.getfixturevalue("redis_url")
-    prefix = f"atk{uuid.uuid4().hex[:12]}:"
+    url: str = request.getfixturevalue(f"{kind}_url")
+    name = uuid.uuid4().hex[:12]
 
     def make() -> FullStore:
-        store = RedisStore(url, prefix=prefix)
-        store.migrate()
-        return store
+        if kind == "postgres":
+            pg = PostgresStore(url, table=f"atk_{name}")
+            pg.migrate()
+            return pg
+        rs = RedisStore(url, prefix=f"atk{name}:")
+        rs.migrate()
+        return rs
 
     _two_sweeps(make, make_oauth, fake, clock)
 
