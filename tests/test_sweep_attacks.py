@@ -566,6 +566,18 @@ def _down_after_refresh(fake: FakeAmoCRM, store: _Flaky, back_after: float) -> h
     return Cut()
 
 
+def _one_due(
+    store: _Flaky, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> tuple[str, str]:
+    """One connection (``c000``) on ``store``, due for refresh: its key and its refresh token."""
+    connect_many(make_oauth(store=store), fake, 1, 1)
+    clock.advance(timedelta(days=85))
+    key = f"u:{fake.client_id}:c000"
+    old = store.load(key)
+    assert old is not None and old.tokens is not None
+    return key, old.tokens.refresh_token
+
+
 def test_a_pair_the_store_could_not_take_during_a_sweep_is_stored_before_it_returns(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
@@ -573,11 +585,7 @@ def test_a_pair_the_store_could_not_take_during_a_sweep_is_stored_before_it_retu
     longer than the write's own retries: the sweep must not return (and the CLI exit) with the
     only valid pair in this process's memory only."""
     store = _Flaky()
-    connect_many(make_oauth(store=store), fake, 1, 1)
-    clock.advance(timedelta(days=85))
-    key = f"u:{fake.client_id}:c000"
-    old = store.load(key)
-    assert old is not None and old.tokens is not None
+    key, old_refresh = _one_due(store, make_oauth, fake, clock)
     sweeper = AmoOAuth(
         config_for(fake),
         store=store,
@@ -589,7 +597,7 @@ def test_a_pair_the_store_could_not_take_during_a_sweep_is_stored_before_it_retu
     sweeper.close()
     assert fake.token_call_count("refresh_token") == 1
     assert record is not None and record.tokens is not None
-    assert record.tokens.refresh_token != old.tokens.refresh_token  # the new pair is stored
+    assert record.tokens.refresh_token != old_refresh  # the new pair is stored
     assert record.lease is None
     assert report.refreshed == ("c000",) and report.failed == ()
 
@@ -598,11 +606,7 @@ def test_a_pair_the_store_could_not_take_is_stored_by_the_async_sweep_too(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
     store = _Flaky()
-    connect_many(make_oauth(store=store), fake, 1, 1)
-    clock.advance(timedelta(days=85))
-    key = f"u:{fake.client_id}:c000"
-    old = store.load(key)
-    assert old is not None and old.tokens is not None
+    key, old_refresh = _one_due(store, make_oauth, fake, clock)
     sync_transport = _down_after_refresh(fake, store, 1.5)
 
     class Bridge(httpx.AsyncBaseTransport):
@@ -623,7 +627,7 @@ def test_a_pair_the_store_could_not_take_is_stored_by_the_async_sweep_too(
     report = asyncio.run(run())
     record = store.load(key)
     assert record is not None and record.tokens is not None
-    assert record.tokens.refresh_token != old.tokens.refresh_token
+    assert record.tokens.refresh_token != old_refresh
     assert report.refreshed == ("c000",) and report.failed == ()
 
 
@@ -636,16 +640,12 @@ def test_closing_stores_a_kept_pair_or_names_the_connection_it_loses(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from amo_oauth import _service
+    from amo_oauth import _flow_records
 
-    monkeypatch.setattr(_service, "_KEPT_PAUSES", ())
+    monkeypatch.setattr(_flow_records, "_KEPT_PAUSES", ())
     store = _Flaky()
     monkeypatch.setattr(store, "close", lambda: None)  # keep the records to look at
-    connect_many(make_oauth(store=store), fake, 1, 1)
-    clock.advance(timedelta(days=85))
-    key = f"u:{fake.client_id}:c000"
-    old = store.load(key)
-    assert old is not None and old.tokens is not None
+    key, old_refresh = _one_due(store, make_oauth, fake, clock)
     sweeper = AmoOAuth(
         config_for(fake),
         store=store,
@@ -659,11 +659,11 @@ def test_closing_stores_a_kept_pair_or_names_the_connection_it_loses(
     store.down.clear()
     record = store.load(key)
     assert record is not None and record.tokens is not None
-    new_pair = record.tokens.refresh_token != old.tokens.refresh_token
+    new_pair = record.tokens.refresh_token != old_refresh
     assert new_pair is comes_back
     lost = [r for r in caplog.records if "is lost when this process ends" in r.getMessage()]
     assert len(lost) == (0 if comes_back else 1)
-    assert all(old.tokens.refresh_token not in r.getMessage() for r in caplog.records)
+    assert all(old_refresh not in r.getMessage() for r in caplog.records)
 
 
 # -- rotation racing writers ------------------------------------------------------------------
