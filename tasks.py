@@ -1,11 +1,19 @@
-"""The project's two everyday commands, needing nothing but Python 3.11+.
+"""The project's everyday commands, needing nothing but Python 3.11+.
 
-    python3 tasks.py demo    run the demo: the seed's scenario, end to end, on embedded defaults
-    python3 tasks.py test    lint, format-check, type-check and run the whole test suite
+    python3 tasks.py demo             the seed's scenario, end to end, on embedded defaults
+    python3 tasks.py test             lint, format-check, type-check (also at the dependency
+                                      floors), check the venv against the lock, run the tests
+    python3 tasks.py test --latest    the same on the newest releases, in .venv-latest
+    python3 tasks.py lock [--upgrade] re-resolve requirements/ (--upgrade: newest releases)
 
-Each creates ``.venv`` and installs the project into it first (again only when pyproject.toml
-changed), under an exclusive lock on ``.venv.lock``: a second command started meanwhile waits,
-then finds the venv ready. Extra arguments after ``test`` go to pytest.
+The toolchain installs from a committed lock, ``requirements/lock.txt``, made by uv
+(``uv pip compile --universal``, for Python 3.11 and every later version): pip itself, the
+build backend and every extra, each at one version, so a new release of anything cannot turn
+a fresh clone red. The library's own dependencies stay ranges in pyproject.toml.
+
+Each command creates ``.venv`` and installs into it first (again only when pyproject.toml, the
+lock or this file changed), under an exclusive lock on ``.venv.lock``: a second command started
+meanwhile waits, then finds the venv ready. Extra arguments after ``test`` go to pytest.
 """
 
 from __future__ import annotations
@@ -15,23 +23,69 @@ import os
 import subprocess
 import sys
 import venv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-VENV = ROOT / ".venv"
-BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-STAMP = VENV / ".amo_oauth-installed"
-LOCK = ROOT / ".venv.lock"
+REQUIREMENTS = ROOT / "requirements"
+LOCK = REQUIREMENTS / "lock.txt"  # the whole toolchain, pinned (made by `tasks.py lock`)
+FLOOR = REQUIREMENTS / "floor.txt"  # the runtime dependencies at their declared floors
+TOOLS = REQUIREMENTS / "tools.in"  # what the toolchain adds to pyproject.toml's extras
+PROJECT = "amo-oauth"
 EXTRAS = "dev,fastapi,flask,docs,postgres,redis,crypto,cli"
+RUNTIME_EXTRAS = ("fastapi", "flask", "postgres", "redis", "crypto", "cli", "testing")
+CHECKED = ("src", "tests", "examples", "benchmarks", "tasks.py")
+PYTHON_FLOOR = "3.11"  # pyproject's requires-python: the lock resolves for it and up
 
 
-def run(*argv: str | Path) -> None:
+class Venv:
+    """One virtual environment of the project's, with its own install stamp."""
+
+    def __init__(self, name: str) -> None:
+        self.path = ROOT / name
+        self.bin = self.path / ("Scripts" if os.name == "nt" else "bin")
+        self.python = self.bin / "python"
+        self.stamp = self.path / ".amo_oauth-installed"
+
+    def tool(self, name: str) -> Path:
+        return self.bin / name
+
+    def installed(self, wanted: str) -> bool:
+        return self.stamp.exists() and self.stamp.read_text() == wanted
+
+    def create(self) -> None:
+        if not self.python.exists():
+            venv.EnvBuilder(with_pip=True).create(self.path)
+
+    def mark(self, wanted: str) -> None:
+        partial = self.stamp.with_name(f"{self.stamp.name}.{os.getpid()}")
+        partial.write_text(wanted)
+        partial.replace(self.stamp)  # atomic: a reader sees no stamp or the whole stamp
+
+
+MAIN = Venv(".venv")
+LATEST = Venv(".venv-latest")
+FLOORS = Venv(".venv-floor")
+
+
+def run(*argv: str | Path, env: Mapping[str, str] | None = None) -> None:
     print("+", " ".join(str(a) for a in argv), flush=True)
-    completed = subprocess.run([str(a) for a in argv], cwd=ROOT, check=False)  # noqa: S603 (our own tools)
+    completed = subprocess.run(  # noqa: S603 (our own tools)
+        [str(a) for a in argv],
+        cwd=ROOT,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
+    )
     if completed.returncode:
         sys.exit(completed.returncode)
+
+
+def pinned(constraints: Path) -> dict[str, str]:
+    """pip's environment for installing under ``constraints``: the top-level install and every
+    isolated build (hatchling, editables) resolve inside it. pip reads ``PIP_CONSTRAINT`` for
+    the first; since pip 26.2 build environments read only ``PIP_BUILD_CONSTRAINT``."""
+    return {"PIP_CONSTRAINT": str(constraints), "PIP_BUILD_CONSTRAINT": str(constraints)}
 
 
 @contextmanager
@@ -51,46 +105,169 @@ def exclusive(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def installed(wanted: str) -> bool:
-    return STAMP.exists() and STAMP.read_text() == wanted
+def digest(*parts: bytes) -> str:
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()
+
+
+def ensure(env: Venv, wanted: str, install: Callable[[Venv], None]) -> None:
+    if env.installed(wanted):
+        return
+    with exclusive(ROOT / ".venv.lock"):
+        if env.installed(wanted):  # another command installed it while this one waited
+            return
+        env.stamp.unlink(missing_ok=True)
+        env.create()
+        install(env)
+        env.mark(wanted)
+
+
+def install_locked(env: Venv) -> None:
+    """The toolchain exactly as the lock has it: pip first (the bundled one may predate the
+    lock's syntax), then the tools and the project with every extra, then nothing else."""
+    constrained = pinned(LOCK)
+    pip = (env.python, "-m", "pip", "install", "--quiet")
+    run(*pip, "pip", env=constrained)
+    run(*pip, "-r", TOOLS, "-e", f".[{EXTRAS}]", env=constrained)
+    drop_unlocked(env)
+
+
+def drop_unlocked(env: Venv) -> None:
+    """ensurepip puts setuptools into a Python 3.11 venv; nothing of ours needs it, and the
+    venv should hold the lock and only the lock."""
+    ensurepips = (*env.path.glob("lib/python*/site-packages"), env.path / "Lib" / "site-packages")
+    found = any(any(site.glob("setuptools-*.dist-info")) for site in ensurepips)
+    if found and "setuptools==" not in LOCK.read_text():
+        run(env.python, "-m", "pip", "uninstall", "--quiet", "--yes", "setuptools")
+
+
+def install_latest(env: Venv) -> None:
+    pip = (
+        env.python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--upgrade",
+        "--upgrade-strategy",
+        "eager",
+    )
+    run(*pip, "pip")
+    run(*pip, "-r", TOOLS, "-e", f".[{EXTRAS}]")
+
+
+def install_floor(env: Venv) -> None:
+    """The runtime dependencies at the lowest versions pyproject.toml allows, and the locked
+    mypy to check the library against them."""
+    pip = (env.python, "-m", "pip", "install", "--quiet")
+    run(*pip, "pip", env=pinned(LOCK))
+    run(*pip, "--no-deps", "-r", FLOOR, env={"PIP_BUILD_CONSTRAINT": str(LOCK)})
+    drop_unlocked(env)
 
 
 def ensure_venv() -> None:
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + EXTRAS.encode()).hexdigest()
-    if installed(wanted):
-        return
-    with exclusive(LOCK):
-        if installed(wanted):  # another command installed it while this one waited
-            return
-        STAMP.unlink(missing_ok=True)
-        if not (BIN / "python").exists():
-            venv.EnvBuilder(with_pip=True).create(VENV)
-        python = BIN / "python"
-        run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-        run(python, "-m", "pip", "install", "--quiet", "-e", f".[{EXTRAS}]")
-        partial = STAMP.with_name(f"{STAMP.name}.{os.getpid()}")
-        partial.write_text(wanted)
-        partial.replace(STAMP)  # atomic: a reader sees no stamp or the whole stamp
+    files = (ROOT / "pyproject.toml", LOCK, TOOLS, Path(__file__))
+    ensure(MAIN, digest(*(f.read_bytes() for f in files), EXTRAS.encode()), install_locked)
 
 
 def demo(args: list[str]) -> None:
-    run(BIN / "amo-oauth", "demo", *args)
+    ensure_venv()
+    run(MAIN.tool("amo-oauth"), "demo", *args)
+
+
+def type_check_at_floors() -> None:
+    """mypy --strict over the library with every runtime dependency at the lowest version
+    pyproject.toml allows (``requirements/floor.txt``), so a floor the code does not work
+    with is found here, not by a user. The floors' old wheels exist for the floor Python:
+    on a later one this check is left to CI, which runs 3.11."""
+    if sys.version_info[:2] != (3, 11):
+        print(f"type check at the floors: runs on Python {PYTHON_FLOOR} only (CI runs it)")
+        return
+    files = (FLOOR, LOCK, Path(__file__))
+    ensure(FLOORS, digest(*(f.read_bytes() for f in files)), install_floor)
+    run(MAIN.tool("mypy"), "--strict", "--python-executable", FLOORS.python, "src", "examples")
+
+
+def checks(env: Venv, pytest_args: list[str], *, locked: bool) -> None:
+    run(env.tool("ruff"), "check", *CHECKED)
+    run(env.tool("ruff"), "format", "--check", *CHECKED)
+    run(env.tool("mypy"), "--strict", "src", "examples", "benchmarks", "tasks.py")
+    if locked:
+        type_check_at_floors()
+        run(env.python, __file__, "check-lock")
+    run(env.python, "-m", "pytest", *pytest_args)
 
 
 def test(args: list[str]) -> None:
-    run(BIN / "ruff", "check", "src", "tests", "examples", "benchmarks", "tasks.py")
-    run(BIN / "ruff", "format", "--check", "src", "tests", "examples", "benchmarks", "tasks.py")
-    run(BIN / "mypy", "--strict", "src", "examples", "benchmarks")
-    run(BIN / "python", "-m", "pytest", *args)
+    if "--latest" in args:
+        args = [a for a in args if a != "--latest"]
+        ensure(LATEST, "", install_latest)  # an empty stamp never matches: upgrade every run
+        checks(LATEST, args, locked=False)
+        return
+    ensure_venv()
+    checks(MAIN, args, locked=True)
 
 
-COMMANDS = {"demo": demo, "test": test}
+def lock(args: list[str]) -> None:
+    """Re-resolve both files with the locked uv, for Python 3.11 and every later version: the
+    toolchain (kept pins stay where pyproject.toml still allows them; ``--upgrade`` or
+    ``--upgrade-package NAME`` moves to newer releases) and the runtime floors."""
+    ensure_venv()
+    compile_: tuple[str | Path, ...] = (
+        MAIN.tool("uv"), "pip", "compile", "--quiet", "--universal",
+        "--python-version", PYTHON_FLOOR, "--custom-compile-command", "python3 tasks.py lock",
+    )  # fmt: skip
+    run(*compile_, "--all-extras", "pyproject.toml", TOOLS, "-o", LOCK, *args)
+    extras = [arg for extra in RUNTIME_EXTRAS for arg in ("--extra", extra)]
+    floors: tuple[str | Path, ...] = ("--resolution", "lowest-direct", *extras, "pyproject.toml")
+    floors += ("-o", FLOOR)
+    run(*compile_, *floors, *args)
+
+
+def check_lock(args: list[str]) -> None:
+    """Run by the venv's Python: every installed distribution but the project is in the lock at
+    its locked version, and everything the lock holds for this Python is installed."""
+    from importlib.metadata import distributions
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    locked: dict[str, str] = {}
+    for line in LOCK.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement = Requirement(line)
+        if requirement.marker is None or requirement.marker.evaluate():
+            (specifier,) = requirement.specifier
+            locked[canonicalize_name(requirement.name)] = specifier.version
+    installed: dict[str, str] = {
+        canonicalize_name(d.metadata["Name"]): d.version for d in distributions()
+    }
+    installed.pop(PROJECT, None)
+    wrong = [
+        f"  {name} {version}: the lock has {locked.get(name, 'nothing')}"
+        for name, version in sorted(installed.items())
+        if locked.get(name) != version
+    ]
+    wrong += [
+        f"  {name}: locked at {locked[name]}, not installed"
+        for name in sorted(locked.keys() - installed.keys())
+    ]
+    if wrong:
+        sys.exit(
+            f"the venv differs from {LOCK.relative_to(ROOT)}:\n"
+            + "\n".join(wrong)
+            + "\nrebuild it: rm -rf .venv && python3 tasks.py test"
+        )
+    print(f"lock check: {len(installed)} distributions, each at its locked version")
+
+
+COMMANDS = {"demo": demo, "test": test, "lock": lock, "check-lock": check_lock}
 
 
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         sys.exit(__doc__)
-    ensure_venv()
     COMMANDS[sys.argv[1]](sys.argv[2:])
 
 
