@@ -1,6 +1,6 @@
 """What an answer from amoCRM means, as one table of data.
 
-Pure: no I/O and no HTTP client here. ``_provider`` reads an HTTP answer down to three facts,
+Pure: no I/O and no HTTP client here. ``_provider_reads`` reads an answer down to three facts,
 ``(grant or call, HTTP status or None, amoCRM's hint)``, and :func:`classify` maps them to an
 :class:`Answer`: a :class:`Meaning` (what the flows should do) and a stable ``reason`` slug (what
 the library reports). The rows come from the project's protocol notes (amocrm-protocol.md; the
