@@ -30,20 +30,31 @@ from amo_oauth._answers import (
     markdown_rows,
 )
 from amo_oauth._errors import ProviderError
+from amo_oauth._hosts import AccountHost
 from amo_oauth._provider import (
+    account_request,
+    asend_within,
+    code_request,
+    error_from_exception,
+    lookup_request,
+    refresh_request,
+    send_within,
+)
+from amo_oauth._provider_calls import code_call, lookup_call
+from amo_oauth._provider_reads import (
     MAX_ACCOUNT_ID,
     MAX_EXPIRES_IN,
     MAX_TOKEN_LENGTH,
     MIN_EXPIRES_IN,
-    asend_within,
-    error_from_exception,
     meaning_of,
     read_account,
     read_tokens,
     reason_of,
-    send_within,
 )
+from amo_oauth.testing import FakeAmoCRM
 from amo_oauth.testing._protocol import TOKEN_PROBLEMS
+
+from helpers import config_for
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 ACCESS = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJjbGllbnQifQ.c2lnbmF0dXJlLXNlY3JldA"
@@ -654,3 +665,60 @@ def test_the_committed_answers_page_is_current():
     assert "\n".join(markdown_rows()) + "\n" in page.read_text(encoding="utf-8"), (
         "paste markdown_rows() into docs/answers.md again"
     )
+
+
+# -- the requests, as data and as httpx requests ----------------------------------------------
+
+
+def test_the_token_calls_post_json_with_the_client_credentials():
+    config = config_for(FakeAmoCRM())
+    host = AccountHost("test.amocrm.ru")
+    code = code_request(config, host, "the-code")
+    refresh = refresh_request(config, host, "the-refresh-token")
+    for request, grant in (
+        (code, {"code": "the-code"}),
+        (refresh, {"refresh_token": "the-refresh-token"}),
+    ):
+        assert (request.method, str(request.url)) == (
+            "POST",
+            "https://test.amocrm.ru/oauth2/access_token",
+        )
+        assert request.headers["accept"] == "application/json"
+        assert request.headers["content-type"] == "application/json"
+        body = json.loads(request.content)
+        assert body == {
+            "client_id": config.client_id,
+            "client_secret": config.client_secret,
+            "redirect_uri": config.redirect_uri,
+            "grant_type": "authorization_code" if "code" in grant else "refresh_token",
+            **grant,
+        }
+        assert request.extensions["timeout"] == httpx.Timeout(config.http_timeout).as_dict()
+
+
+def test_the_account_check_and_the_lookup_send_one_secret_header_each():
+    config = config_for(FakeAmoCRM())
+    account = account_request(config, AccountHost("test.amocrm.ru"), "the-access-token")
+    lookup = lookup_request(config, AccountHost("api-b.amocrm.ru"), "the-refresh-token")
+    assert (account.method, str(account.url)) == ("GET", "https://test.amocrm.ru/api/v4/account")
+    assert account.headers["authorization"] == "Bearer the-access-token"
+    assert (lookup.method, str(lookup.url)) == (
+        "GET",
+        "https://api-b.amocrm.ru/oauth2/account/current/subdomain",
+    )
+    assert lookup.headers["x-refresh-token"] == "the-refresh-token"
+    assert "authorization" not in lookup.headers
+    assert account.content == lookup.content == b""
+
+
+def test_a_call_as_data_keeps_its_secrets_out_of_its_repr():
+    config = config_for(FakeAmoCRM())
+    calls = (
+        code_call(config, AccountHost("test.amocrm.ru"), "the-code"),
+        lookup_call(config, AccountHost("api-b.amocrm.ru"), "the-refresh-token"),
+    )
+    for call in calls:
+        shown = repr(call)
+        assert call.url in shown
+        for secret in ("the-code", "the-refresh-token", config.client_secret):
+            assert secret not in shown

@@ -24,6 +24,8 @@ PURE = (
     "_codec",
     "_reasons",
     "_answers",
+    "_provider_calls",
+    "_provider_reads",
 )
 FORBIDDEN = frozenset(
     {

@@ -1,6 +1,6 @@
 """What an answer from amoCRM means, as one table of data.
 
-Pure: no I/O and no HTTP client here. ``_provider`` reads an HTTP answer down to three facts,
+Pure: no I/O and no HTTP client here. ``_provider_reads`` reads an answer down to three facts,
 ``(grant or call, HTTP status or None, amoCRM's hint)``, and :func:`classify` maps them to an
 :class:`Answer`: a :class:`Meaning` (what the flows should do) and a stable ``reason`` slug (what
 the library reports). The rows come from the project's protocol notes (amocrm-protocol.md; the
@@ -34,9 +34,9 @@ __all__ = [
     "UNUSABLE_ACCOUNT",
     "UNUSABLE_TOKENS",
     "Answer",
+    "AnswerRow",
     "Grant",
     "Meaning",
-    "Row",
     "Statuses",
     "classify",
     "clean_hint",
@@ -135,7 +135,7 @@ ANY_HINT: Final = _AnyHint.ANY
 
 
 @attrs.frozen
-class Row:
+class AnswerRow:
     """One line of the table: where it applies, what it means, and where the fact comes from.
 
     ``hint`` is an exact hint (compared case-insensitively, spaces and a final period ignored),
@@ -181,20 +181,22 @@ _LOOKUP: Final[frozenset[Grant]] = frozenset({"subdomain_lookup"})
 _HINTED: Final = _statuses(400, 401)  # §4: "one fixture shows 401: match on `hint`"
 
 _T, _M = Meaning.TRANSIENT, Meaning
+# Short, so each row of the table below stays on one line.
+_row = AnswerRow
 
 #: The table, first matching row wins. Sources: sections of amocrm-protocol.md; RFC 6749 §5.2
 #: for ``invalid_grant``; "library" for hints this library writes itself.
-ROWS: Final[tuple[Row, ...]] = (
-    Row(_ALL, NO_ANSWER, ANY_HINT, _T, "unavailable", "§4 (timeouts, network)"),
-    Row(_ALL, _SERVER, ANY_HINT, _T, "unavailable", "§4"),
-    Row(_ALL, _statuses(429), ANY_HINT, _T, "unavailable", "§9"),
-    Row(_ALL, _statuses(403), ANY_HINT, _M.ACCOUNT_BLOCKED, "account_blocked", "§9"),
-    Row(_ALL, _statuses(402), ANY_HINT, _M.PAYMENT_REQUIRED, "payment_required", "§9"),
-    Row(_TOKEN, _statuses(200), UNUSABLE_TOKENS, _M.UNUSABLE, "unusable_answer", "library, §3"),
-    Row(_ACCOUNT, _statuses(200), UNUSABLE_ACCOUNT, _M.UNUSABLE, "unusable_account", "library"),
-    Row(_ALL, _statuses(200), ANY_HINT, _T, "unavailable", "library (an unreadable 200)"),
-    Row(_TOKEN, _statuses(404), ANY_HINT, _M.ACCOUNT_MOVED, "account_not_found", "§5 (SDK)"),
-    Row(
+ROWS: Final[tuple[AnswerRow, ...]] = (
+    _row(_ALL, NO_ANSWER, ANY_HINT, _T, "unavailable", "§4 (timeouts, network)"),
+    _row(_ALL, _SERVER, ANY_HINT, _T, "unavailable", "§4"),
+    _row(_ALL, _statuses(429), ANY_HINT, _T, "unavailable", "§9"),
+    _row(_ALL, _statuses(403), ANY_HINT, _M.ACCOUNT_BLOCKED, "account_blocked", "§9"),
+    _row(_ALL, _statuses(402), ANY_HINT, _M.PAYMENT_REQUIRED, "payment_required", "§9"),
+    _row(_TOKEN, _statuses(200), UNUSABLE_TOKENS, _M.UNUSABLE, "unusable_answer", "library, §3"),
+    _row(_ACCOUNT, _statuses(200), UNUSABLE_ACCOUNT, _M.UNUSABLE, "unusable_account", "library"),
+    _row(_ALL, _statuses(200), ANY_HINT, _T, "unavailable", "library (an unreadable 200)"),
+    _row(_TOKEN, _statuses(404), ANY_HINT, _M.ACCOUNT_MOVED, "account_not_found", "§5 (SDK)"),
+    _row(
         _TOKEN,
         _HINTED,
         "Authorization code has been revoked",
@@ -202,8 +204,8 @@ ROWS: Final[tuple[Row, ...]] = (
         "code_revoked",
         "§4",
     ),
-    Row(_TOKEN, _HINTED, "Authorization code has expired", _M.CODE_SPENT, "code_expired", "§4"),
-    Row(
+    _row(_TOKEN, _HINTED, "Authorization code has expired", _M.CODE_SPENT, "code_expired", "§4"),
+    _row(
         _TOKEN,
         _HINTED,
         "Cannot decrypt the authorization code",
@@ -211,7 +213,7 @@ ROWS: Final[tuple[Row, ...]] = (
         "code_invalid",
         "§4",
     ),
-    Row(
+    _row(
         _TOKEN,
         _HINTED,
         "Check the `client_id` parameter",
@@ -219,7 +221,7 @@ ROWS: Final[tuple[Row, ...]] = (
         "bad_client_id",
         "§4",
     ),
-    Row(
+    _row(
         _TOKEN,
         _HINTED,
         "Check the `client_secret` parameter",
@@ -227,7 +229,7 @@ ROWS: Final[tuple[Row, ...]] = (
         "bad_client_secret",
         "§4",
     ),
-    Row(
+    _row(
         _TOKEN,
         _HINTED,
         "Redirect URI is not associated with client",
@@ -235,11 +237,11 @@ ROWS: Final[tuple[Row, ...]] = (
         "bad_redirect_uri",
         "§4",
     ),
-    Row(_TOKEN, _HINTED, "Invalid account", _M.ACCOUNT_MOVED, "invalid_account", "§4"),
-    Row(_TOKEN, _HINTED, "Token has been revoked", _M.REFRESH_REFUSED, "token_revoked", "§4"),
+    _row(_TOKEN, _HINTED, "Invalid account", _M.ACCOUNT_MOVED, "invalid_account", "§4"),
+    _row(_TOKEN, _HINTED, "Token has been revoked", _M.REFRESH_REFUSED, "token_revoked", "§4"),
     # A code or refresh token issued to another integration (the OAuth server's wording, [I]):
     # nothing to retry with this client; the code is useless to us, the token refused for good.
-    Row(
+    _row(
         _TOKEN,
         _HINTED,
         "Authorization code was not issued to this client",
@@ -247,7 +249,7 @@ ROWS: Final[tuple[Row, ...]] = (
         "code_wrong_client",
         "[I] (the fake's code_wrong_client)",
     ),
-    Row(
+    _row(
         _TOKEN,
         _HINTED,
         "Token is not linked to client",
@@ -255,7 +257,7 @@ ROWS: Final[tuple[Row, ...]] = (
         "token_wrong_client",
         "[I] (the fake's refresh_wrong_client)",
     ),
-    Row(
+    _row(
         _TOKEN,
         _HINTED,
         "Cannot decrypt the refresh token",
@@ -263,16 +265,16 @@ ROWS: Final[tuple[Row, ...]] = (
         "token_invalid",
         "§4 [I] (the fake's refresh_garbage)",
     ),
-    Row(_CODE, _HINTED, "invalid_grant", _M.CODE_SPENT, "code_invalid", "RFC 6749 §5.2 [I]"),
-    Row(_REFRESH, _HINTED, "invalid_grant", _M.REFRESH_REFUSED, "token_invalid", "RFC 6749 §5.2"),
-    Row(_TOKEN, _HINTED, None, _T, "unavailable", "§4 (HTML: ambiguous)"),
-    Row(_TOKEN, _statuses(401), ANY_HINT, _M.CLIENT_MISCONFIGURED, "bad_client", "§4"),
-    Row(_API_CALLS, _statuses(401), ANY_HINT, _M.TOKEN_REJECTED, "token_rejected", "§8, §9"),
-    Row(_ACCOUNT, _statuses(404), ANY_HINT, _M.ACCOUNT_MOVED, "account_not_found", "§5"),
-    Row(_LOOKUP, _statuses(401), ANY_HINT, _M.REFRESH_REFUSED, "token_invalid", "§5"),
-    Row(_LOOKUP, _ANY_STATUS, ANY_HINT, _M.REJECTED, "lookup_failed", "§5 (any status but 200)"),
-    Row(_ALL, _ANY_STATUS, None, _T, "unavailable", "§4 (HTML, empty bodies)"),
-    Row(_ALL, _ANY_STATUS, ANY_HINT, _M.REJECTED, "rejected", "§4"),
+    _row(_CODE, _HINTED, "invalid_grant", _M.CODE_SPENT, "code_invalid", "RFC 6749 §5.2 [I]"),
+    _row(_REFRESH, _HINTED, "invalid_grant", _M.REFRESH_REFUSED, "token_invalid", "RFC 6749 §5.2"),
+    _row(_TOKEN, _HINTED, None, _T, "unavailable", "§4 (HTML: ambiguous)"),
+    _row(_TOKEN, _statuses(401), ANY_HINT, _M.CLIENT_MISCONFIGURED, "bad_client", "§4"),
+    _row(_API_CALLS, _statuses(401), ANY_HINT, _M.TOKEN_REJECTED, "token_rejected", "§8, §9"),
+    _row(_ACCOUNT, _statuses(404), ANY_HINT, _M.ACCOUNT_MOVED, "account_not_found", "§5"),
+    _row(_LOOKUP, _statuses(401), ANY_HINT, _M.REFRESH_REFUSED, "token_invalid", "§5"),
+    _row(_LOOKUP, _ANY_STATUS, ANY_HINT, _M.REJECTED, "lookup_failed", "§5 (any status but 200)"),
+    _row(_ALL, _ANY_STATUS, None, _T, "unavailable", "§4 (HTML, empty bodies)"),
+    _row(_ALL, _ANY_STATUS, ANY_HINT, _M.REJECTED, "rejected", "§4"),
 )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import attrs
 
@@ -27,6 +27,7 @@ from ._records import (
 
 __all__ = [
     "EVENT_TYPES",
+    "SHA256_HEX",
     "CodeReceived",
     "Denied",
     "Disconnect",
@@ -45,11 +46,13 @@ __all__ = [
     "VerifyFailed",
 ]
 
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: A sha256 hex digest, lower case: how a code is named on an event and in the ledger (never the
+#: code itself), and what a ledger holder looks like when a code holds it.
+SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 
 
 def _digest(_: object, __: object, value: str) -> None:
-    if not _SHA256_HEX.fullmatch(value):
+    if not SHA256_HEX.fullmatch(value):
         raise ValueError("code_digest must be a sha256 hex digest (never a raw code)")
 
 

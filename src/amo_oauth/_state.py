@@ -13,7 +13,6 @@ is not the machine's business either: the stores' compare-and-set decides which 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -21,7 +20,7 @@ import attrs
 from transitions import EventData, Machine, MachineError
 
 from ._errors import InvalidTransition
-from ._events import EVENT_TYPES, CodeReceived, Event, RefreshClaimed
+from ._events import EVENT_TYPES, SHA256_HEX, CodeReceived, Event, RefreshClaimed
 from ._records import ConnectionRecord, ConnectionState, code_digest
 
 __all__ = ["DENIED_HOLDER", "EXCHANGING", "MACHINE", "TABLE", "Rule", "Step", "step"]
@@ -59,7 +58,7 @@ def state_was_used_by_another_code(data: EventData) -> bool:
     return (
         isinstance(event, CodeReceived)
         and event.state_holder is not None
-        and _SHA256_HEX.fullmatch(event.state_holder) is not None
+        and SHA256_HEX.fullmatch(event.state_holder) is not None
         and event.state_holder != event.code_digest
     )
 
@@ -142,7 +141,6 @@ def token_is_usable(data: EventData) -> bool:
 
 #: The ledger holder of a state that brought a denial (codes hold theirs by their digest).
 DENIED_HOLDER = "denied"
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 #: Sends of one refresh token that may go out without a stored answer (the first, and one
 #: more when its answer was lost: Kommo honours the old token until the new one is used).

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from ._accounts import FakeAccount, FakeIntegration
 from ._clock import Clock, FakeClock
-from ._fake import FakeAmoCRM, LeadsSpec
+from ._directory import LeadsSpec
+from ._fake import FakeAmoCRM
 from ._server import ServedFake
 from ._transport import AsyncLoopbackTransport, LoopbackTransport
 from ._types import FakeResponse, FaultKind, RawJSON, RequestRecord
