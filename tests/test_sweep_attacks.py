@@ -707,7 +707,7 @@ def test_rotation_racing_writers_loses_no_write_and_changes_no_content(
     reports = [rotate_keys(rotator, pause=0.01, page_size=3) for _ in range(3)]
     # Every writer wins a write before they stop (on a loaded machine one can be starved
     # through all three rotations): each name's last write is then one the test knows.
-    while not all(writes.values()):
+    while not all(writes.values()) and all(thread.is_alive() for thread in threads):
         time.sleep(0.01)
     stop.set()
     for thread in threads:
