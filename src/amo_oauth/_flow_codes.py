@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Final
 from urllib.parse import urlencode
 
 import attrs
@@ -53,7 +55,7 @@ from ._records import (
     record_key,
 )
 from ._results import AuthorizationRequest, CallbackResult, Outcome
-from ._state import DENIED_HOLDER, step
+from ._state import DENIED_HOLDER, NoOp, step
 from ._state_token import StateClaims, issue_state, read_state
 from .stores._protocol import Claim, ClaimResult, LedgerEntry
 
@@ -62,13 +64,14 @@ __all__ = ["CodeFlows"]
 _MAX_CODE = 2048
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 #: What a code-received no-op means to the caller: a refusal, or a report (duplicate or not).
-_REFUSED = {
-    "new_code_refused": Reason.NEW_CODE_REFUSED,
-    "expired_state": Reason.EXPIRED_STATE,
-    "reused_state": Reason.REUSED_STATE,
-    "no_host": Reason.MISSING_REFERER,
-    "wrong_browser": Reason.WRONG_BROWSER,
+_REFUSED: Final[Mapping[NoOp, Reason]] = {
+    NoOp.NEW_CODE_REFUSED: Reason.NEW_CODE_REFUSED,
+    NoOp.EXPIRED_STATE: Reason.EXPIRED_STATE,
+    NoOp.REUSED_STATE: Reason.REUSED_STATE,
+    NoOp.NO_HOST: Reason.MISSING_REFERER,
+    NoOp.WRONG_BROWSER: Reason.WRONG_BROWSER,
 }
+_DUPLICATES: Final = frozenset({NoOp.DUPLICATE_CODE, NoOp.DUPLICATE_CONSENT})
 #: The ledger holder of a redeemed mobile ticket.
 _TICKET_HOLDER = "ticket"
 #: How much longer than its token lives a used state or ticket is remembered: the store forgets
@@ -358,13 +361,14 @@ class CodeFlows(Verification):
         """Until when the store keeps a used state or ticket that expires at ``expires_at``."""
         return self.store_time(expires_at) + LEDGER_SKEW
 
-    def _unchanged(self, record: ConnectionRecord, noop: str | None) -> Flow[CallbackResult]:
+    def _unchanged(self, record: ConnectionRecord, noop: NoOp | None) -> Flow[CallbackResult]:
         """Answer a code the table would not claim: refuse it, or report the connection."""
-        if noop in _REFUSED:
-            raise CallbackRejected(_REFUSED[noop])
+        refusal = _REFUSED.get(noop) if noop is not None else None
+        if refusal is not None:
+            raise CallbackRejected(refusal)
         settled = yield from self._settled(record)
         settled, _ = yield from self.verify_if_due(settled)
-        duplicate = noop in ("duplicate_code", "duplicate_consent")
+        duplicate = noop in _DUPLICATES
         return CallbackResult.report(settled.public(), duplicate=duplicate)
 
     def _finish_exchange(
@@ -391,7 +395,7 @@ class CodeFlows(Verification):
         is in flight while its lease is live)."""
         deadline = self.deadline()
         while not self.expired(deadline):
-            if step(record, LeaseExpired(self.now()), self.now()).noop != "lease_live":
+            if step(record, LeaseExpired(self.now()), self.now()).noop is not NoOp.LEASE_LIVE:
                 break
             record = yield from self.wait(record, deadline)
         return record

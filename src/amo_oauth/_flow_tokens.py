@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import NoReturn
+from typing import NoReturn, assert_never
 
 import attrs
 
@@ -32,7 +32,7 @@ from ._provider import (
 )
 from ._reasons import Reason
 from ._records import ConnectionRecord, ErrorInfo, check_connection_id
-from ._state import step
+from ._state import NoOp, step
 from ._sweep import Done
 from .stores._protocol import DueCursor
 
@@ -41,8 +41,6 @@ __all__ = ["TokenFlows"]
 #: Pauses (seconds) between tries to store a rotated pair while the store fails; well inside
 #: a lease, so no other worker sends the spent token meanwhile.
 _STORE_RETRIES = (0.05, 0.2, 0.5)
-#: The table's no-ops on which a caller waits for another worker and looks again.
-_WAIT = ("refresh_in_progress", "exchange_in_progress")
 
 
 class TokenFlows(Verification):
@@ -99,38 +97,75 @@ class TokenFlows(Verification):
         record = yield from self.load(ref.connection_id, widget=ref.widget)
         while True:
             event = wanted()
-            result = step(record, event, self.now())
-            if result.changed:  # the table lets this worker claim the refresh
+            noop = step(record, event, self.now()).noop
+            if noop is None:  # the table lets this worker claim the refresh
                 token = yield from self._claim_and_refresh(record, event)
                 if token is not None:
                     return token
                 record = yield from self.load(record.connection_id, widget=record.widget)
-            elif result.noop == "token_fresh":
+                continue
+            answered = yield from self._answer(record, noop, deadline)
+            if isinstance(answered, str):
+                return answered
+            record = answered
+
+    def _answer(
+        self, record: ConnectionRecord, noop: NoOp, deadline: float
+    ) -> Flow[str | ConnectionRecord]:
+        """Act on the table's no-op to a refresh claim: the access token, or the record to ask
+        about again (after a wait, a verification or giving the spent token up)."""
+        match noop:
+            case NoOp.TOKEN_FRESH:
                 return record.tokens_or_raise().access_token
-            elif result.noop == "exchange_in_progress" and (
-                (yield from self._pending_verification(record)) != record
-            ):
-                record = yield from self.load(record.connection_id, widget=record.widget)
-            elif result.noop in _WAIT and not self.expired(deadline):
-                record = yield from self.wait(record, deadline)
-            elif result.noop == "refresh_in_progress":
+            case NoOp.EXCHANGE_IN_PROGRESS if (
+                yield from self._pending_verification(record)
+            ) != record:
+                pass  # this call verified (or tried to): look again
+            case NoOp.EXCHANGE_IN_PROGRESS | NoOp.REFRESH_IN_PROGRESS if not self.expired(deadline):
+                return (yield from self.wait(record, deadline))
+            case NoOp.REFRESH_IN_PROGRESS:
                 raise ProviderError(
                     None, "a refresh by another worker is still running", transient=True
                 )
-            elif result.noop == "refused_again":
+            case NoOp.REFUSED_AGAIN:
                 # The pair is kept; the API refuses tokens however new (a blocked integration,
                 # missing scopes): the caller hears it, amoCRM gets no more refreshes for it.
                 raise ProviderError(401, "amoCRM refused a freshly refreshed access token")
-            elif result.noop == "refresh_exhausted":
+            case NoOp.REFRESH_EXHAUSTED:
                 yield from self._give_up(record)
-                record = yield from self.load(record.connection_id, widget=record.widget)
-            else:
+            case (
+                NoOp.NOT_CONNECTED
+                | NoOp.EXCHANGE_IN_PROGRESS  # and the wait for it is over
+                | NoOp.UNDEFINED
+                # Never answered to refresh_claimed; named so that a new no-op gets a place.
+                | NoOp.DUPLICATE_CODE
+                | NoOp.DUPLICATE_CONSENT
+                | NoOp.EXPIRED_STATE
+                | NoOp.REUSED_STATE
+                | NoOp.WRONG_BROWSER
+                | NoOp.NEW_CODE_REFUSED
+                | NoOp.NO_HOST
+                | NoOp.KEEP_CONNECTION
+                | NoOp.STALE
+                | NoOp.LEASE_LIVE
+                | NoOp.VERIFICATION_PENDING
+                | NoOp.NO_EXCHANGE
+                | NoOp.VERIFICATION_DEFERRED
+                | NoOp.NOTHING_TO_VERIFY
+                | NoOp.ALREADY_ROTATED
+                | NoOp.ALREADY_DISCONNECTED
+                | NoOp.HOOK_REPLAYED
+                | NoOp.NOTHING_TO_FORGET
+            ):
                 raise ReauthorizationRequired(record.connection_id, record.not_connected_reason())
+            case unreachable:
+                assert_never(unreachable)
+        return (yield from self.load(record.connection_id, widget=record.widget))
 
     def _pending_verification(self, record: ConnectionRecord) -> Flow[ConnectionRecord]:
         """Verify a pair whose verification is due; a deferred one is reported at once."""
         current, noop = yield from self.verify_if_due(record)
-        if noop == "verification_deferred":
+        if noop is NoOp.VERIFICATION_DEFERRED:
             raise ProviderError(
                 None,
                 "amoCRM could not verify the new connection yet; it is retried",

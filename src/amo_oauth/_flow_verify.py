@@ -28,7 +28,7 @@ from ._provider import (
 from ._reasons import Reason
 from ._records import ConnectionRecord, TokenSet
 from ._results import CallbackResult, Outcome
-from ._state import step
+from ._state import NoOp, step
 
 __all__ = ["Verification"]
 
@@ -107,22 +107,22 @@ class Verification(Records):
         current = yield from self.load(record.connection_id, widget=record.widget)
         return CallbackResult.report(current.public(), duplicate=False)
 
-    def verify_if_due(self, record: ConnectionRecord) -> Flow[tuple[ConnectionRecord, str]]:
+    def verify_if_due(self, record: ConnectionRecord) -> Flow[tuple[ConnectionRecord, NoOp | None]]:
         """Try a pending verification when the table says it is due.
 
-        Returns the record as it then is, and the table's answer to ``verify_claimed``: ``""``
-        when this call verified (or tried to), else the no-op (``nothing_to_verify``,
-        ``lease_live``, ``verification_deferred``).
+        Returns the record as it then is, and the table's answer to ``verify_claimed``: None
+        when this call verified (or tried to), else the no-op (``NOTHING_TO_VERIFY``,
+        ``LEASE_LIVE``, ``VERIFICATION_DEFERRED``).
         """
         event = VerifyClaimed(self.lease("exchange"))
         result = step(record, event, self.now())
         if not result.changed:
-            return record, result.noop or ""
+            return record, result.noop
         claimed = yield from self.commit(record, result, event.name)
         host = AccountHost.accept(record.host or "", self.config.extra_domains)
         if claimed is None or host is None:
             current = yield from self.load(record.connection_id, widget=record.widget)
-            return current, "lease_live"
+            return current, NoOp.LEASE_LIVE
         yield from self._verify(claimed, host, claimed.tokens_or_raise(), may_renew=True)
         current = yield from self.load(record.connection_id, widget=record.widget)
-        return current, ""
+        return current, None
