@@ -1,9 +1,10 @@
 """The routes, written once as generators that yield what they need from the outside.
 
-A route yields ``Identify`` (ask the app's ``connection_id`` callable) or ``Invoke`` (call a
-method of ``AmoOAuth``/``AsyncAmoOAuth``) and receives the answer, or has the exception thrown
-in. ``Handlers`` drives them by calling, ``AsyncHandlers`` by awaiting, as the service's own
-flows are driven; so no route is written twice.
+A route yields ``Identify`` (ask the app's ``connection_id`` callable) or a ``ServiceCall``
+(``_calls.py``: one typed value per call of ``AmoOAuth``/``AsyncAmoOAuth``) and receives the
+answer, or has the exception thrown in. ``Handlers`` drives them by calling,
+``AsyncHandlers`` by awaiting, as the service's own flows are driven; so no route is written
+twice.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
 from urllib.parse import urlencode, urlsplit
 
 import attrs
@@ -21,6 +22,17 @@ from .._errors import CallbackRejected, ProviderError, StoreError
 from .._reasons import Reason
 from .._records import Connection, check_connection_id
 from .._results import CallbackResult, Outcome
+from ._calls import (
+    Begin,
+    Disconnect,
+    ExchangeCode,
+    HandleCallback,
+    HandleDisconnectHook,
+    IssueTicket,
+    RedeemTicket,
+    ServiceCall,
+    Status,
+)
 from ._http import Request, Response, media_type, weighted
 from ._page import (
     PAGE_TEXTS,
@@ -37,7 +49,6 @@ __all__ = [
     "DEFAULT_PREFIX",
     "ROUTES",
     "Identify",
-    "Invoke",
     "Route",
     "RouteCore",
     "WebFlow",
@@ -72,17 +83,7 @@ class Identify:
     """Ask the app which connection the request belongs to; the answer is ``str | None``."""
 
 
-@attrs.frozen(eq=False)
-class Invoke:
-    """Call ``method`` of the service with these arguments; the answer is its result."""
-
-    method: str
-    # They carry codes, tickets and bindings: never shown.
-    args: tuple[Any, ...] = attrs.field(default=(), repr=False)
-    kwargs: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
-
-
-WebFlow = Generator[Identify | Invoke, Any, T]
+WebFlow = Generator[Identify | ServiceCall[Any], Any, T]
 
 
 class _Refusal(Exception):
@@ -476,8 +477,9 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         except ValueError:  # empty, too long, unprintable, not text
             raise _Refusal(400, "bad_connection_id") from None
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> WebFlow[Any]:
-        return (yield Invoke(method, args, kwargs))
+    def _call(self, call: ServiceCall[T]) -> WebFlow[T]:
+        """Ask the service, typed: ``result = yield from self._call(Status(connection_id))``."""
+        return cast(T, (yield call))
 
     # -- the routes ----------------------------------------------------------------------------
 
@@ -508,7 +510,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             if _wants_json(request):
                 return (yield from self._ticket_url(connection_id))
         cookie = request.cookie(self.cookie_name)
-        begun = yield from self._call("begin", connection_id, binding=cookie)
+        begun = yield from self._call(Begin(connection_id, binding=cookie))
         headers = [self._set_cookie(begun.binding, self.cookie_max_age)] if begun.binding else []
         return Response.redirect(begun.url, headers)
 
@@ -528,21 +530,20 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         if fetch_site is not None and fetch_site not in ("none", "same-origin"):
             raise _Refusal(400, Reason.CROSS_SITE_REQUEST)
         signed_in = yield from self._signed_in()
-        connection_id: str = yield from self._call("redeem_ticket", ticket, connection_id=signed_in)
-        return connection_id
+        return (yield from self._call(RedeemTicket(ticket, connection_id=signed_in)))
 
     def _ticket_url(self, connection_id: str) -> WebFlow[Response]:
         """``{url, expires_at}``: this route with a fresh ticket, for the browser that will
         consent (the app's in-app browser keeps the binding cookie /connect sets there)."""
-        ticket: str = yield from self._call("issue_ticket", connection_id)
+        ticket = yield from self._call(IssueTicket(connection_id))
         url = f"{self.connect_url}?{urlencode({'ticket': ticket})}"
         return Response.json(200, {"url": url, "expires_at": ticket_expires_at(ticket).isoformat()})
 
     def _callback(self, request: Request) -> WebFlow[Response]:
         signed_in = yield from self._signed_in()
         cookie = request.cookie(self.cookie_name)
-        result: CallbackResult = yield from self._call(
-            "handle_callback", request.query, connection_id=signed_in, binding=cookie
+        result = yield from self._call(
+            HandleCallback(request.query, connection_id=signed_in, binding=cookie)
         )
         kind, params, reason = _page_link(result, request)
         # The state is echoed so the app can match the answer to its request; the code never is.
@@ -565,8 +566,8 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         connection_id = yield from self._identity()
         code, state, referer = _code_fields(request)
         # Known codes only: no browser is bound to this route, so a new code is refused.
-        result: CallbackResult = yield from self._call(
-            "exchange_code", connection_id, code, referer=referer, state=state, exchange_new=False
+        result = yield from self._call(
+            ExchangeCode(connection_id, code, referer=referer, state=state, exchange_new=False)
         )
         payload = {
             **status_payload(result.connection),
@@ -579,16 +580,16 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
 
     def _status(self, request: Request) -> WebFlow[Response]:
         connection_id = yield from self._identity()
-        connection: Connection = yield from self._call("status", connection_id)
+        connection = yield from self._call(Status(connection_id))
         return Response.json(200, status_payload(connection))
 
     def _disconnect(self, request: Request) -> WebFlow[Response]:
         connection_id = yield from self._identity()
-        connection: Connection = yield from self._call("disconnect", connection_id)
+        connection = yield from self._call(Disconnect(connection_id))
         return Response.json(200, status_payload(connection))
 
     def _disconnect_hook(self, request: Request) -> WebFlow[Response]:
-        affected = yield from self._call("handle_disconnect_hook", request.query)
+        affected = yield from self._call(HandleDisconnectHook(request.query))
         return Response.json(200, {"disconnected": len(affected)})
 
 
