@@ -70,7 +70,7 @@ _SLUG_CALLS = {
     "CallbackRejected": (0, REJECTIONS),
     "ErrorInfo": (0, CONNECTION_ERRORS),
     "ReauthorizationRequired": (1, NOT_CONNECTED),
-    "_Refusal": (1, WEB_REFUSALS),
+    "Refusal": (1, WEB_REFUSALS),
     "_refuse": (3, WEB_REFUSALS),
 }
 
