@@ -17,7 +17,8 @@ from .._records import Connection
 from .._results import AuthorizationRequest, CallbackResult
 
 if TYPE_CHECKING:  # the service imports the web layer's nothing; only types go this way
-    from .._service import AmoOAuth, AsyncAmoOAuth
+    from .._async_service import AsyncAmoOAuth
+    from .._service import AmoOAuth
 
 __all__ = [
     "Begin",

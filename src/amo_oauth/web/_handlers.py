@@ -6,8 +6,9 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._async_service import AsyncAmoOAuth
 from .._driving import adrive, drive
-from .._service import AmoOAuth, AsyncAmoOAuth
+from .._service import AmoOAuth
 from ._calls import ServiceCall
 from ._http import Request, Response
 from ._routes import Identify, RouteCore
