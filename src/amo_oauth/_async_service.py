@@ -63,15 +63,15 @@ class AsyncAmoOAuth(ServiceCore):
         self, connection_id: str, *, binding: str | None = None, browser_binding: bool = True
     ) -> AuthorizationRequest:
         """See ``AmoOAuth.begin``."""
-        return self._flows.begin(connection_id, binding, browser_binding)
+        return self._flows.codes.begin(connection_id, binding, browser_binding)
 
     async def issue_ticket(self, connection_id: str) -> str:
         """See ``AmoOAuth.issue_ticket``."""
-        return self._flows.issue_ticket(connection_id)
+        return self._flows.codes.issue_ticket(connection_id)
 
     async def redeem_ticket(self, ticket: str, *, connection_id: str | None = None) -> str:
         """See ``AmoOAuth.redeem_ticket``."""
-        return await self._shielded(self._flows.redeem_ticket(ticket, connection_id))
+        return await self._shielded(self._flows.codes.redeem_ticket(ticket, connection_id))
 
     async def handle_callback(
         self,
@@ -81,7 +81,9 @@ class AsyncAmoOAuth(ServiceCore):
         binding: str | None = None,
     ) -> CallbackResult:
         """See ``AmoOAuth.handle_callback``."""
-        return await self._shielded(self._flows.handle_callback(query, connection_id, binding))
+        return await self._shielded(
+            self._flows.codes.handle_callback(query, connection_id, binding)
+        )
 
     async def exchange_code(
         self,
@@ -94,32 +96,34 @@ class AsyncAmoOAuth(ServiceCore):
         binding: str | None = None,
     ) -> CallbackResult:
         """See ``AmoOAuth.exchange_code``."""
-        flow = self._flows.exchange_code(connection_id, code, referer, state, exchange_new, binding)
+        flow = self._flows.codes.exchange_code(
+            connection_id, code, referer, state, exchange_new, binding
+        )
         return await self._shielded(flow)
 
     async def status(self, connection_id: str) -> Connection:
         """See ``AmoOAuth.status``."""
-        return await self._shielded(self._flows.status(connection_id))  # it may verify
+        return await self._shielded(self._flows.codes.status(connection_id))  # it may verify
 
     async def access_token(self, connection_id: str) -> str:
         """See ``AmoOAuth.access_token``."""
-        return await self._shielded(self._flows.access_token(connection_id))
+        return await self._shielded(self._flows.tokens.access_token(connection_id))
 
     def auth(self, connection_id: str) -> ConnectionAuth:
         """See ``AmoOAuth.auth``; for ``httpx.AsyncClient``."""
 
         async def token(stale: str | None) -> tuple[str, str]:
-            return await self._shielded(self._flows.api_token(connection_id, stale))
+            return await self._shielded(self._flows.tokens.api_token(connection_id, stale))
 
         return ConnectionAuth(async_token=token)
 
     async def disconnect(self, connection_id: str) -> Connection:
         """See ``AmoOAuth.disconnect``."""
-        return await self._shielded(self._flows.disconnect(connection_id))
+        return await self._shielded(self._flows.codes.disconnect(connection_id))
 
     async def handle_disconnect_hook(self, query: QueryLike) -> tuple[Connection, ...]:
         """See ``AmoOAuth.handle_disconnect_hook``."""
-        return await self._shielded(self._flows.handle_disconnect_hook(query))
+        return await self._shielded(self._flows.codes.handle_disconnect_hook(query))
 
     async def refresh_due(
         self,
@@ -134,7 +138,7 @@ class AsyncAmoOAuth(ServiceCore):
         this event loop instead of threads (``progress`` is called on the loop). Each
         connection's refresh is shielded: a cancelled sweep stops taking new records, and the
         refreshes in flight still store what amoCRM answered (``aclose()`` waits for them)."""
-        plan = SweepPlan.make(self._flows.now(), within, limit, concurrency, per_host_rate)
+        plan = SweepPlan.make(self._flows.records.now(), within, limit, concurrency, per_host_rate)
         pacer = HostPacer(plan.per_host_rate)
 
         async def paced(op: Op) -> Any:
@@ -145,17 +149,17 @@ class AsyncAmoOAuth(ServiceCore):
             return await self._perform(op)
 
         async def read(after: DueCursor | None, size: int) -> list[ConnectionRecord]:
-            return await self._run(self._flows.due_page(plan.before, size, after))
+            return await self._run(self._flows.tokens.due_page(plan.before, size, after))
 
         async def refresh(record: ConnectionRecord) -> Done:
-            return await self._shielded(self._flows.refresh_one(record, plan.before), paced)
+            return await self._shielded(self._flows.tokens.refresh_one(record, plan.before), paced)
 
         try:
             report = await asweep(plan, read, refresh, progress)
         except BaseException:
-            await self._run(self._flows.store_kept_patiently())
+            await self._run(self._flows.records.store_kept_patiently())
             raise
-        return with_stored(report, await self._run(self._flows.store_kept_patiently()))
+        return with_stored(report, await self._run(self._flows.records.store_kept_patiently()))
 
     async def aclose(self) -> None:
         """Let shielded calls whose callers were cancelled finish, store the rotated pairs the
@@ -163,7 +167,7 @@ class AsyncAmoOAuth(ServiceCore):
         http client if this object made it, and the store."""
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
-        await self._run(self._flows.store_kept_at_close())
+        await self._run(self._flows.records.store_kept_at_close())
         if self._owns_http:
             await self.http.aclose()
         await self._astore.aclose()

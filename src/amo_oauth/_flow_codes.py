@@ -80,9 +80,15 @@ _TICKET_HOLDER = "ticket"
 LEDGER_SKEW = timedelta(minutes=10)
 
 
-class CodeFlows(Verification):
+class CodeFlows:
     """The logic behind ``begin``, ``handle_callback``, ``exchange_code``, ``status``,
     ``disconnect`` and ``handle_disconnect_hook``."""
+
+    def __init__(self, verification: Verification) -> None:
+        self.verification = verification
+        self.records = verification.records
+        self.config = verification.config
+        self._exchange_limiter: ExchangeLimiter | None = None
 
     # -- begin ---------------------------------------------------------------------------
 
@@ -98,7 +104,7 @@ class CodeFlows(Verification):
         token, claims = issue_state(
             config.state_secret,
             connection_id,
-            self.now(),
+            self.records.now(),
             config.state_ttl,
             bound.secret if bound is not None else None,
         )
@@ -116,11 +122,13 @@ class CodeFlows(Verification):
     def issue_ticket(self, connection_id: str) -> str:
         check_connection_id(connection_id)
         config = self.config
-        return issue_ticket(config.state_secret, connection_id, self.now(), config.ticket_ttl)
+        return issue_ticket(
+            config.state_secret, connection_id, self.records.now(), config.ticket_ttl
+        )
 
     def redeem_ticket(self, ticket: str, signed_in: str | None = None) -> Flow[str]:
         claims = read_ticket(self.config.state_secret, ticket)
-        if claims.is_expired(self.now()):
+        if claims.is_expired(self.records.now()):
             raise CallbackRejected(Reason.EXPIRED_TICKET)
         if signed_in is not None and signed_in != claims.connection_id:
             # Another user's ticket in a signed-in browser (forwarded to its victim): it must
@@ -144,7 +152,7 @@ class CodeFlows(Verification):
         claims = parsed.state
         if claims is None:  # a widget install: named after its account host, no browser
             assert isinstance(parsed, Grant)
-            target = self.fresh(parsed.host.name, widget=True)
+            target = self.records.fresh(parsed.host.name, widget=True)
             return (yield from self._exchange(target, parsed.code, parsed.host, None))
         connection_id, matches = self._browser(claims, signed_in, binding)
         if isinstance(parsed, Denial):
@@ -162,7 +170,7 @@ class CodeFlows(Verification):
             if resolved is None or not claims.names(self.config.state_secret, resolved):
                 raise CallbackRejected(Reason.BAD_STATE)
             connection_id = resolved
-        target = self.fresh(connection_id)
+        target = self.records.fresh(connection_id)
         return (
             yield from self._exchange(
                 target, parsed.code, parsed.host, claims, browser_matches=matches
@@ -243,7 +251,7 @@ class CodeFlows(Verification):
         # Without a state nothing ties a new code to this user (amoCRM has no PKCE): whoever
         # holds a code of someone else's consent could bind that account here. Known codes are
         # still answered (the seed's old app); a new one is refused.
-        target = self.fresh(connection_id)
+        target = self.records.fresh(connection_id)
         may_claim = exchange_new and claims is not None
         return (
             yield from self._exchange(
@@ -263,7 +271,7 @@ class CodeFlows(Verification):
     ) -> Flow[CallbackResult]:
         digest = code_digest(code)
         code_key = f"code:{digest}"
-        deadline = self.deadline()
+        deadline = self.records.deadline()
         state_raced = False
         while True:
             # Reads only, until the table says this worker may claim the code. The ledger is
@@ -271,20 +279,20 @@ class CodeFlows(Verification):
             # is already on the record read next (a duplicate then reports the winner's state).
             holder = yield from perform(HolderOf(code_key))
             used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
-            record = yield from self.load(target.connection_id, widget=target.widget)
+            record = yield from self.records.load(target.connection_id, widget=target.widget)
             event = self._code_event(record, digest, host, claims, holder, used_with)
             event = attrs.evolve(event, may_claim=may_claim, browser_matches=browser_matches)
-            result = step(record, event, self.now())
+            result = step(record, event, self.records.now())
             if not result.changed:
                 return (yield from self._unchanged(record, result.noop))
             assert event.host is not None  # the table claims only with a host
             limiter, host_name, widget = self._limiter(), event.host.name, target.widget
             slot = limiter.admit(record.key, host_name, widget=widget)
             if slot is None:
-                if limiter.in_flight(record.key) and not self.expired(deadline):
+                if limiter.in_flight(record.key) and not self.records.expired(deadline):
                     # Claims of this connection are in flight: most likely this is a duplicate
                     # of one of them (a burst of the same redirect). Look again once it lands.
-                    yield from self.wait(record, min(deadline, self._monotonic() + 1.0))
+                    yield from self.records.wait(record, min(deadline, self.records.soon(1.0)))
                     continue
                 # Beyond the bounds on token calls: nothing written (state, ledger, record),
                 # so the same redirect succeeds once the window passes.
@@ -297,7 +305,7 @@ class CodeFlows(Verification):
                 exchanged = claimed is ClaimResult.CLAIMED
                 limiter.claimed(record.key, host_name, slot, exchanged=exchanged, widget=widget)
             if claimed is ClaimResult.CLAIMED:
-                self.log_step(record, result.record, event.name)
+                self.records.log_step(record, result.record, event.name)
                 return (yield from self._finish_exchange(result.record, code, event.host))
             if claimed is ClaimResult.STATE_USED:
                 if used_with is None and not state_raced:
@@ -336,7 +344,7 @@ class CodeFlows(Verification):
         return CodeReceived(
             digest,
             host or stored,
-            self.lease("exchange"),
+            self.records.lease("exchange"),
             claims.issued_at if claims else None,
             code_holder=holder,
             state_expires_at=claims.expires_at if claims else None,
@@ -351,7 +359,9 @@ class CodeFlows(Verification):
         digest: str,
         claims: StateClaims | None,
     ) -> Claim:
-        code = LedgerEntry(code_key, old.key, self.store_time(self.now() + CODE_MEMORY))
+        code = LedgerEntry(
+            code_key, old.key, self.records.store_time(self.records.now() + CODE_MEMORY)
+        )
         state = None
         if claims is not None:
             state = LedgerEntry(claims.nonce, digest, self._remembered_until(claims.expires_at))
@@ -359,7 +369,7 @@ class CodeFlows(Verification):
 
     def _remembered_until(self, expires_at: datetime) -> datetime:
         """Until when the store keeps a used state or ticket that expires at ``expires_at``."""
-        return self.store_time(expires_at) + LEDGER_SKEW
+        return self.records.store_time(expires_at) + LEDGER_SKEW
 
     def _unchanged(self, record: ConnectionRecord, noop: NoOp | None) -> Flow[CallbackResult]:
         """Answer a code the table would not claim: refuse it, or report the connection."""
@@ -367,7 +377,7 @@ class CodeFlows(Verification):
         if refusal is not None:
             raise CallbackRejected(refusal)
         settled = yield from self._settled(record)
-        settled, _ = yield from self.verify_if_due(settled)
+        settled, _ = yield from self.verification.verify_if_due(settled)
         duplicate = noop in _DUPLICATES
         return CallbackResult.report(settled.public(), duplicate=duplicate)
 
@@ -376,39 +386,42 @@ class CodeFlows(Verification):
     ) -> Flow[CallbackResult]:
         try:
             response = yield Send(code_request(self.config, host, code))
-            tokens = read_tokens(response, self.now(), grant="authorization_code")
+            tokens = read_tokens(response, self.records.now(), grant="authorization_code")
         except ProviderError as error:
             # What the answer means is data (_answers): a transient failure leaves the code's
             # fate unknown (it is never sent again), a misconfigured client is said so.
             answer = meaning_of(error, "authorization_code")
-            self.warn(record, "exchange", answer, error, redact=(code,))
+            self.records.warn(record, "exchange", answer, error, redact=(code,))
             reason = EXCHANGE_FAILURES.get(answer.meaning, Reason.CODE_REJECTED)
-            failed = ExchangeFailed(self.error(Reason(reason), error))
-            return (yield from self._conclude(record, failed, Outcome.FAILED))
-        exchanged = yield from self.write(record, ExchangeSucceeded(tokens))
+            failed = ExchangeFailed(self.records.error(Reason(reason), error))
+            return (yield from self.verification.conclude(record, failed, Outcome.FAILED))
+        exchanged = yield from self.records.write(record, ExchangeSucceeded(tokens))
         if exchanged is None:
-            return (yield from self._overtaken(record))
-        return (yield from self._verify(exchanged, host, tokens))
+            return (yield from self.verification.overtaken(record))
+        return (yield from self.verification.verify(exchanged, host, tokens))
 
     def _settled(self, record: ConnectionRecord) -> Flow[ConnectionRecord]:
         """Wait, a bounded time, for another worker's exchange to finish (the table says one
         is in flight while its lease is live)."""
-        deadline = self.deadline()
-        while not self.expired(deadline):
-            if step(record, LeaseExpired(self.now()), self.now()).noop is not NoOp.LEASE_LIVE:
+        deadline = self.records.deadline()
+        while not self.records.expired(deadline):
+            if (
+                step(record, LeaseExpired(self.records.now()), self.records.now()).noop
+                is not NoOp.LEASE_LIVE
+            ):
                 break
-            record = yield from self.wait(record, deadline)
+            record = yield from self.records.wait(record, deadline)
         return record
 
     def _deny(self, denial: Denial, connection_id: str) -> Flow[CallbackResult]:
         claims = denial.state
-        if claims.is_expired(self.now()):
+        if claims.is_expired(self.records.now()):
             raise CallbackRejected(Reason.EXPIRED_STATE)
         expires_at = self._remembered_until(claims.expires_at)
         if not (yield from perform(ConsumeState(claims.nonce, expires_at, DENIED_HOLDER))):
             raise CallbackRejected(Reason.REUSED_STATE)
-        record, _ = yield from self.apply(
-            self.fresh(connection_id), Denied(self.now(), denial.reason)
+        record, _ = yield from self.records.apply(
+            self.records.fresh(connection_id), Denied(self.records.now(), denial.reason)
         )
         return CallbackResult(Outcome.DENIED, record.public())
 
@@ -416,15 +429,19 @@ class CodeFlows(Verification):
 
     def status(self, connection_id: str) -> Flow[Connection]:
         check_connection_id(connection_id)
-        record = yield from self.load(connection_id)
-        record, _ = yield from self.verify_if_due(record)  # network I/O only when it is due
+        record = yield from self.records.load(connection_id)
+        record, _ = yield from self.verification.verify_if_due(
+            record
+        )  # network I/O only when it is due
         return record.public()
 
     def disconnect(self, connection_id: str) -> Flow[Connection]:
         check_connection_id(connection_id)
         while True:
             try:
-                record, _ = yield from self.apply(self.fresh(connection_id), Disconnect())
+                record, _ = yield from self.records.apply(
+                    self.records.fresh(connection_id), Disconnect()
+                )
             except UnreadableRecord as unreadable:
                 if unreadable.version is None:
                     raise
@@ -440,7 +457,9 @@ class CodeFlows(Verification):
     def _replace_unreadable(
         self, connection_id: str, version: int
     ) -> Flow[ConnectionRecord | None]:
-        fresh = attrs.evolve(self.fresh(connection_id), version=version + 1, updated_at=self.now())
+        fresh = attrs.evolve(
+            self.records.fresh(connection_id), version=version + 1, updated_at=self.records.now()
+        )
         if not (yield from perform(CompareAndSet(fresh, version))):
             return None
         logger.warning("connection %s: an unreadable record was replaced", connection_id)
@@ -453,8 +472,8 @@ class CodeFlows(Verification):
         for record in records:
             if record.integration in (None, self.config.client_id):  # this integration's only
                 alive = yield from self._token_still_accepted(record)
-                event = ProviderDisconnected(self.now(), token_still_accepted=alive)
-                updated, _ = yield from self.apply(record, event)
+                event = ProviderDisconnected(self.records.now(), token_still_accepted=alive)
+                updated, _ = yield from self.records.apply(record, event)
                 done.append(updated.public())
         return tuple(done)
 

@@ -21,7 +21,6 @@ from ._answers import Answer, describe
 from ._config import Config
 from ._errors import ProviderError, StoreError
 from ._events import Event, LeaseExpired
-from ._limits import ExchangeLimiter
 from ._ops import CompareAndSet, Delete, Flow, Load, Sleep, WaitForChange, perform
 from ._reasons import Reason
 from ._records import ConnectionRecord, ErrorInfo, Lease, record_key
@@ -59,7 +58,6 @@ class Records:
         # Events the store failed to take, by record key: written before the next call.
         self._unwritten: dict[str, tuple[ConnectionRecord, Event]] = {}
         self._unwritten_lock = threading.Lock()
-        self._exchange_limiter: ExchangeLimiter | None = None
 
     # -- keys and loading ------------------------------------------------------------------
 
@@ -249,6 +247,10 @@ class Records:
     def deadline(self) -> float:
         """The monotonic time a wait for another worker gives up: ``settle_timeout`` away."""
         return self._monotonic() + self.config.settle_timeout
+
+    def soon(self, seconds: float) -> float:
+        """The monotonic time ``seconds`` from now."""
+        return self._monotonic() + seconds
 
     def expired(self, until: float) -> bool:
         """True once the monotonic ``until`` has passed."""

@@ -43,23 +43,30 @@ __all__ = ["TokenFlows"]
 _STORE_RETRIES = (0.05, 0.2, 0.5)
 
 
-class TokenFlows(Verification):
+class TokenFlows:
     """The logic behind ``access_token``, ``auth`` and ``refresh_due``."""
+
+    def __init__(self, verification: Verification) -> None:
+        self.verification = verification
+        self.records = verification.records
+        self.config = verification.config
 
     def access_token(self, connection_id: str, stale: str | None = None) -> Flow[str]:
         check_connection_id(connection_id)
 
         def wanted() -> RefreshClaimed:
             margin = self.config.refresh_margin
-            return RefreshClaimed(self.lease("refresh"), self.now(), margin, stale=stale)
+            return RefreshClaimed(
+                self.records.lease("refresh"), self.records.now(), margin, stale=stale
+            )
 
-        return (yield from self._token(self.fresh(connection_id), wanted))
+        return (yield from self._token(self.records.fresh(connection_id), wanted))
 
     def api_token(self, connection_id: str, stale: str | None = None) -> Flow[tuple[str, str]]:
         """``(account host, access token)``: what ``auth()`` needs to send the token only to
         that host, read with the token (after an account move, the new host)."""
         token = yield from self.access_token(connection_id, stale)
-        record = yield from self.load(connection_id)
+        record = yield from self.records.load(connection_id)
         host, _, _ = record.api_credentials() or ("", "", "")
         return host, token
 
@@ -77,7 +84,9 @@ class TokenFlows(Verification):
             return Done(ref.connection_id, skipped=True)  # our secret cannot refresh it
 
         def wanted() -> RefreshClaimed:
-            return RefreshClaimed(self.lease("refresh"), self.now(), refresh_before=before)
+            return RefreshClaimed(
+                self.records.lease("refresh"), self.records.now(), refresh_before=before
+            )
 
         try:
             yield from self._token(ref, wanted)
@@ -93,16 +102,16 @@ class TokenFlows(Verification):
 
     def _token(self, ref: ConnectionRecord, wanted: Callable[[], RefreshClaimed]) -> Flow[str]:
         """A usable access token; at most one refresh in flight per connection, anywhere."""
-        deadline = self.deadline()
-        record = yield from self.load(ref.connection_id, widget=ref.widget)
+        deadline = self.records.deadline()
+        record = yield from self.records.load(ref.connection_id, widget=ref.widget)
         while True:
             event = wanted()
-            noop = step(record, event, self.now()).noop
+            noop = step(record, event, self.records.now()).noop
             if noop is None:  # the table lets this worker claim the refresh
                 token = yield from self._claim_and_refresh(record, event)
                 if token is not None:
                     return token
-                record = yield from self.load(record.connection_id, widget=record.widget)
+                record = yield from self.records.load(record.connection_id, widget=record.widget)
                 continue
             answered = yield from self._answer(record, noop, deadline)
             if isinstance(answered, str):
@@ -121,8 +130,10 @@ class TokenFlows(Verification):
                 yield from self._pending_verification(record)
             ) != record:
                 pass  # this call verified (or tried to): look again
-            case NoOp.EXCHANGE_IN_PROGRESS | NoOp.REFRESH_IN_PROGRESS if not self.expired(deadline):
-                return (yield from self.wait(record, deadline))
+            case NoOp.EXCHANGE_IN_PROGRESS | NoOp.REFRESH_IN_PROGRESS if not self.records.expired(
+                deadline
+            ):
+                return (yield from self.records.wait(record, deadline))
             case NoOp.REFRESH_IN_PROGRESS:
                 raise ProviderError(
                     None, "a refresh by another worker is still running", transient=True
@@ -160,11 +171,11 @@ class TokenFlows(Verification):
                 raise ReauthorizationRequired(record.connection_id, record.not_connected_reason())
             case unreachable:
                 assert_never(unreachable)
-        return (yield from self.load(record.connection_id, widget=record.widget))
+        return (yield from self.records.load(record.connection_id, widget=record.widget))
 
     def _pending_verification(self, record: ConnectionRecord) -> Flow[ConnectionRecord]:
         """Verify a pair whose verification is due; a deferred one is reported at once."""
-        current, noop = yield from self.verify_if_due(record)
+        current, noop = yield from self.verification.verify_if_due(record)
         if noop is NoOp.VERIFICATION_DEFERRED:
             raise ProviderError(
                 None,
@@ -177,8 +188,10 @@ class TokenFlows(Verification):
         """The refresh token went out twice without a stored answer: it is never sent again."""
         spent = record.tokens_or_raise().refresh_token
         hint = "the refresh token was sent twice without an answer"
-        failed = RefreshFailed(ErrorInfo(Reason.REAUTHORIZATION_REQUIRED, hint, self.now()), spent)
-        _, wrote = yield from self.apply(record, failed)
+        failed = RefreshFailed(
+            ErrorInfo(Reason.REAUTHORIZATION_REQUIRED, hint, self.records.now()), spent
+        )
+        _, wrote = yield from self.records.apply(record, failed)
         if wrote:
             raise ReauthorizationRequired(record.connection_id, Reason.REAUTHORIZATION_REQUIRED)
 
@@ -188,7 +201,7 @@ class TokenFlows(Verification):
         host = AccountHost.accept(record.host or "", self.config.extra_domains)
         if host is None:  # the allowlist changed since: no secret goes there now
             raise ReauthorizationRequired(record.connection_id, Reason.FOREIGN_HOST)
-        claimed = yield from self.write(record, event)
+        claimed = yield from self.records.write(record, event)
         if claimed is None:
             return None
         return (yield from self._refresh(claimed, host, after_rejection=event.stale is not None))
@@ -200,11 +213,13 @@ class TokenFlows(Verification):
         spent = record.tokens_or_raise().refresh_token
         try:
             response = yield Send(refresh_request(self.config, host, spent))
-            tokens = read_tokens(response, self.now(), grant="refresh_token")
+            tokens = read_tokens(response, self.records.now(), grant="refresh_token")
             tokens = attrs.evolve(tokens, after_rejection=after_rejection)
         except ProviderError as error:
             if meaning_of(error, "refresh_token").meaning is Meaning.ACCOUNT_MOVED:
-                self.warn(record, "refresh", meaning_of(error, "refresh_token"), error, (spent,))
+                self.records.warn(
+                    record, "refresh", meaning_of(error, "refresh_token"), error, (spent,)
+                )
                 return (yield from self._follow_move(record, spent, after_rejection))
             return (yield from self._refresh_failed(record, spent, error))
         # The rotated pair is persisted in one write before anyone uses it. When our claim was
@@ -232,9 +247,9 @@ class TokenFlows(Verification):
             moved_to = read_lookup(response, extra)
         except ProviderError as error:
             answer = meaning_of(error, "subdomain_lookup")
-            self.warn(record, "account lookup", answer, error, redact=(spent,))
+            self.records.warn(record, "account lookup", answer, error, redact=(spent,))
             if answer.meaning.transient:  # amoCRM did not say: keep the pair for a later try
-                yield from self.write(record, RefreshReleased(sent=False))
+                yield from self.records.write(record, RefreshReleased(sent=False))
                 raise error from None
             return (yield from self._moved_away(record, spent, error.hint))
         if moved_to is None:  # no secret goes to a host the allowlist refuses
@@ -243,7 +258,7 @@ class TokenFlows(Verification):
             )
         try:  # the one retry on the new host, with the same refresh token (protocol §5)
             response = yield Send(refresh_request(self.config, moved_to, spent))
-            tokens = read_tokens(response, self.now(), grant="refresh_token")
+            tokens = read_tokens(response, self.records.now(), grant="refresh_token")
         except ProviderError as error:
             # As any refresh failure; the host is still the old one, so a later try looks the
             # account up again.
@@ -261,8 +276,8 @@ class TokenFlows(Verification):
         Raises:
             ReauthorizationRequired: always, once the record is written.
         """
-        gone = RefreshFailed(ErrorInfo(Reason.ACCOUNT_MOVED, hint, self.now()), spent)
-        yield from self.apply(record, gone)
+        gone = RefreshFailed(ErrorInfo(Reason.ACCOUNT_MOVED, hint, self.records.now()), spent)
+        yield from self.records.apply(record, gone)
         raise ReauthorizationRequired(record.connection_id, Reason.ACCOUNT_MOVED)
 
     def _store_rotated(self, record: ConnectionRecord, event: Refreshed) -> Flow[bool]:
@@ -272,14 +287,14 @@ class TokenFlows(Verification):
         and the caller gets the ``StoreError``. False: the table made it a no-op (a disconnect)."""
         for tries_left in range(len(_STORE_RETRIES), -1, -1):
             try:
-                written = yield from self.write(record, event)
+                written = yield from self.records.write(record, event)
                 if written is None:
-                    _, wrote = yield from self.apply(record, event)
+                    _, wrote = yield from self.records.apply(record, event)
                     return wrote
                 return True
             except StoreError:
                 if not tries_left:
-                    self.keep_unwritten(record, event)
+                    self.records.keep_unwritten(record, event)
                     raise
             yield Sleep(_STORE_RETRIES[-tries_left])
         return False  # not reached: the last try returns or raises
@@ -288,15 +303,15 @@ class TokenFlows(Verification):
         self, record: ConnectionRecord, spent: str, error: ProviderError
     ) -> Flow[str | None]:
         answer = meaning_of(error, "refresh_token")
-        self.warn(record, "refresh", answer, error, redact=(spent,))
+        self.records.warn(record, "refresh", answer, error, redact=(spent,))
         if answer.meaning not in REFRESH_REFUSALS:
             # Not the token's fault (amoCRM down, the account blocked, the client misconfigured):
             # keep the pair for a later try.
-            yield from self.write(record, RefreshReleased(sent=maybe_spent(error)))
+            yield from self.records.write(record, RefreshReleased(sent=maybe_spent(error)))
             raise error
         # Refused for good: this refresh token is never sent again.
-        failed = RefreshFailed(self.error(Reason.REAUTHORIZATION_REQUIRED, error), spent)
-        _, wrote = yield from self.apply(record, failed)
+        failed = RefreshFailed(self.records.error(Reason.REAUTHORIZATION_REQUIRED, error), spent)
+        _, wrote = yield from self.records.apply(record, failed)
         if not wrote:
             return None  # someone else rotated the pair: adopt theirs
         raise ReauthorizationRequired(record.connection_id, Reason.REAUTHORIZATION_REQUIRED)

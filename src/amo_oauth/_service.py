@@ -76,13 +76,13 @@ class AmoOAuth(ServiceCore):
             ``AuthorizationRequest(url, state, expires_at, binding)``: keep ``binding`` in the
             browser (an ``HttpOnly`` cookie) and redirect it to ``url``.
         """
-        return self._flows.begin(connection_id, binding, browser_binding)
+        return self._flows.codes.begin(connection_id, binding, browser_binding)
 
     def issue_ticket(self, connection_id: str) -> str:
         """A single-use ticket (``Config.ticket_ttl``, a minute) for a mobile app to open
         ``/connect?ticket=...`` in its in-app browser, which has no app session. Opaque and
         secret; writes nothing."""
-        return self._flows.issue_ticket(connection_id)
+        return self._flows.codes.issue_ticket(connection_id)
 
     def redeem_ticket(self, ticket: str, *, connection_id: str | None = None) -> str:
         """The connection id of a ticket, which is used up.
@@ -96,7 +96,7 @@ class AmoOAuth(ServiceCore):
             CallbackRejected: ``bad_ticket``, ``expired_ticket``, ``used_ticket``, or
                 ``wrong_browser`` (another user signed in; the ticket stays unused).
         """
-        return self._run(self._flows.redeem_ticket(ticket, connection_id))
+        return self._run(self._flows.codes.redeem_ticket(ticket, connection_id))
 
     def handle_callback(
         self,
@@ -132,7 +132,7 @@ class AmoOAuth(ServiceCore):
                 ``widget_installs_disabled``, ``rate_limited`` or ``malformed``. Nothing
                 changed.
         """
-        return self._run(self._flows.handle_callback(query, connection_id, binding))
+        return self._run(self._flows.codes.handle_callback(query, connection_id, binding))
 
     def exchange_code(
         self,
@@ -168,12 +168,14 @@ class AmoOAuth(ServiceCore):
             CallbackRejected: as ``handle_callback``, and ``new_code_refused``.
             ValueError: ``connection_id`` is empty, over 255 characters or unprintable.
         """
-        flow = self._flows.exchange_code(connection_id, code, referer, state, exchange_new, binding)
+        flow = self._flows.codes.exchange_code(
+            connection_id, code, referer, state, exchange_new, binding
+        )
         return self._run(flow)
 
     def status(self, connection_id: str) -> Connection:
         """The connection as stored now (``disconnected`` when unknown)."""
-        return self._run(self._flows.status(connection_id))
+        return self._run(self._flows.codes.status(connection_id))
 
     def access_token(self, connection_id: str) -> str:
         """A valid access token, refreshed first when it is about to expire.
@@ -186,19 +188,19 @@ class AmoOAuth(ServiceCore):
             ProviderError: amoCRM could not be reached, or another worker's refresh outlasted
                 ``settle_timeout`` (both ``transient``), or amoCRM refused the refresh.
         """
-        return self._run(self._flows.access_token(connection_id))
+        return self._run(self._flows.tokens.access_token(connection_id))
 
     def auth(self, connection_id: str) -> ConnectionAuth:
         """An ``httpx.Auth`` sending this connection's bearer token, only to ``https`` requests
         to the connection's own account host (else ``TokenScopeError``, nothing sent); on a 401
         from that host it refreshes once and retries once."""
         return ConnectionAuth(
-            token=lambda stale: self._run(self._flows.api_token(connection_id, stale))
+            token=lambda stale: self._run(self._flows.tokens.api_token(connection_id, stale))
         )
 
     def disconnect(self, connection_id: str) -> Connection:
         """Forget the connection's tokens and account: it becomes ``disconnected``."""
-        return self._run(self._flows.disconnect(connection_id))
+        return self._run(self._flows.codes.disconnect(connection_id))
 
     def handle_disconnect_hook(self, query: QueryLike) -> tuple[Connection, ...]:
         """amoCRM's uninstall hook: every connection of that account loses its tokens.
@@ -209,7 +211,7 @@ class AmoOAuth(ServiceCore):
         Raises:
             CallbackRejected: ``bad_signature`` or ``malformed``; nothing changed.
         """
-        return self._run(self._flows.handle_disconnect_hook(query))
+        return self._run(self._flows.codes.handle_disconnect_hook(query))
 
     def refresh_due(
         self,
@@ -253,7 +255,7 @@ class AmoOAuth(ServiceCore):
             StoreError: a page of due records could not be read (after the refreshes in
                 flight finish). A refresh that fails is reported, not raised.
         """
-        plan = SweepPlan.make(self._flows.now(), within, limit, concurrency, per_host_rate)
+        plan = SweepPlan.make(self._flows.records.now(), within, limit, concurrency, per_host_rate)
         pacer = HostPacer(plan.per_host_rate)
 
         def paced(op: Op) -> Any:
@@ -264,22 +266,22 @@ class AmoOAuth(ServiceCore):
             return self._perform(op)
 
         def read(after: DueCursor | None, size: int) -> list[ConnectionRecord]:
-            return self._run(self._flows.due_page(plan.before, size, after))
+            return self._run(self._flows.tokens.due_page(plan.before, size, after))
 
         def refresh(record: ConnectionRecord) -> Done:
-            return drive(self._flows.refresh_one(record, plan.before), paced)
+            return drive(self._flows.tokens.refresh_one(record, plan.before), paced)
 
         try:
             report = sweep(plan, read, refresh, progress)
         except BaseException:
-            self._run(self._flows.store_kept_patiently())
+            self._run(self._flows.records.store_kept_patiently())
             raise
-        return with_stored(report, self._run(self._flows.store_kept_patiently()))
+        return with_stored(report, self._run(self._flows.records.store_kept_patiently()))
 
     def close(self) -> None:
         """Store the rotated pairs the store refused earlier, if it takes them now (else say
         which are lost), then close the http client if this object made it, and the store."""
-        self._run(self._flows.store_kept_at_close())
+        self._run(self._flows.records.store_kept_at_close())
         if self._owns_http:
             self.http.close()
         self._store.close()
