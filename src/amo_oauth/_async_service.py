@@ -16,6 +16,7 @@ from ._config import Config
 from ._driving import adrive
 from ._ops import Op, Send, Sleep, StoreOp
 from ._provider import asend_within
+from ._record_view import RecordView
 from ._records import Connection, ConnectionRecord
 from ._results import AuthorizationRequest, CallbackResult, RefreshReport, SweepProgress
 from ._service_core import DEFAULT_DB, ServiceCore, with_stored
@@ -149,10 +150,12 @@ class AsyncAmoOAuth(ServiceCore):
             return await self._perform(op)
 
         async def read(after: DueCursor | None, size: int) -> list[ConnectionRecord]:
-            return await self._run(self._flows.tokens.due_page(plan.before, size, after))
+            return await self._run(self._flows.records.due_page(plan.before, size, after))
 
         async def refresh(record: ConnectionRecord) -> Done:
-            return await self._shielded(self._flows.tokens.refresh_one(record, plan.before), paced)
+            return await self._shielded(
+                self._flows.tokens.refresh_one(RecordView(record), plan.before), paced
+            )
 
         try:
             report = await asweep(plan, read, refresh, progress)

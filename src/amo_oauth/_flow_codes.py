@@ -29,12 +29,12 @@ from ._events import (
     LeaseExpired,
     ProviderDisconnected,
 )
-from ._flow_records import logger
+from ._flow_records import Decision
 from ._flow_verify import Verification
 from ._hook import verify_disconnect_hook
 from ._hosts import AccountHost
 from ._limits import ExchangeLimiter
-from ._ops import ClaimOp, CompareAndSet, ConsumeState, FindByAccount, Flow, HolderOf, Send, perform
+from ._ops import ConsumeState, Flow, HolderOf, Send, perform
 from ._provider import (
     account_request,
     api_domain_of,
@@ -46,18 +46,12 @@ from ._provider import (
     read_tokens,
 )
 from ._reasons import Reason
-from ._records import (
-    CODE_MEMORY,
-    Connection,
-    ConnectionRecord,
-    check_connection_id,
-    code_digest,
-    record_key,
-)
+from ._record_view import RecordView
+from ._records import CODE_MEMORY, Connection, check_connection_id, code_digest, record_key
 from ._results import AuthorizationRequest, CallbackResult, Outcome
-from ._state import DENIED_HOLDER, NoOp, step
+from ._state import DENIED_HOLDER, NoOp
 from ._state_token import StateClaims, issue_state, read_state
-from .stores._protocol import Claim, ClaimResult, LedgerEntry
+from .stores._protocol import ClaimResult, LedgerEntry
 
 __all__ = ["CodeFlows"]
 
@@ -261,7 +255,7 @@ class CodeFlows:
 
     def _exchange(
         self,
-        target: ConnectionRecord,
+        target: RecordView,
         code: str,
         host: AccountHost | None,
         claims: StateClaims | None,
@@ -270,45 +264,20 @@ class CodeFlows:
         browser_matches: bool = True,
     ) -> Flow[CallbackResult]:
         digest = code_digest(code)
-        code_key = f"code:{digest}"
         deadline = self.records.deadline()
         state_raced = False
         while True:
-            # Reads only, until the table says this worker may claim the code. The ledger is
-            # read before the record: a claim writes both at once, so a ledger entry seen here
-            # is already on the record read next (a duplicate then reports the winner's state).
-            holder = yield from perform(HolderOf(code_key))
-            used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
-            record = yield from self.records.load(target.connection_id, widget=target.widget)
-            event = self._code_event(record, digest, host, claims, holder, used_with)
+            record, event = yield from self._read_code(target, digest, host, claims)
             event = attrs.evolve(event, may_claim=may_claim, browser_matches=browser_matches)
-            result = step(record, event, self.records.now())
-            if not result.changed:
-                return (yield from self._unchanged(record, result.noop))
-            assert event.host is not None  # the table claims only with a host
-            limiter, host_name, widget = self._limiter(), event.host.name, target.widget
-            slot = limiter.admit(record.key, host_name, widget=widget)
-            if slot is None:
-                if limiter.in_flight(record.key) and not self.records.expired(deadline):
-                    # Claims of this connection are in flight: most likely this is a duplicate
-                    # of one of them (a burst of the same redirect). Look again once it lands.
-                    yield from self.records.wait(record, min(deadline, self.records.soon(1.0)))
-                    continue
-                # Beyond the bounds on token calls: nothing written (state, ledger, record),
-                # so the same redirect succeeds once the window passes.
-                raise CallbackRejected(Reason.RATE_LIMITED)
-            claim = self._claim(record, result.record, code_key, digest, claims)
-            claimed = ClaimResult.RECORD_CHANGED  # what a claim that raised amounts to
-            try:
-                claimed = yield from perform(ClaimOp(claim))
-            finally:  # a lost or failed claim sent nothing: its slot is given back
-                exchanged = claimed is ClaimResult.CLAIMED
-                limiter.claimed(record.key, host_name, slot, exchanged=exchanged, widget=widget)
+            decision = self.records.decide(record, event)
+            if decision.noop is not None:
+                return (yield from self._unchanged(record, decision.noop))
+            claimed = yield from self._claim(record, decision, event, claims, deadline)
             if claimed is ClaimResult.CLAIMED:
-                self.records.log_step(record, result.record, event.name)
-                return (yield from self._finish_exchange(result.record, code, event.host))
+                assert event.host is not None  # the table claims only with a host
+                return (yield from self._finish_exchange(decision.record, code, event.host))
             if claimed is ClaimResult.STATE_USED:
-                if used_with is None and not state_raced:
+                if event.state_holder is None and not state_raced:
                     # Another code of the same consent claimed the state since it was read
                     # free (a double click on "Allow"): read again, and let the table name it.
                     state_raced = True
@@ -317,8 +286,50 @@ class CodeFlows:
             if claimed is ClaimResult.CODE_TAKEN:
                 # Another connection claimed this code: a duplicate here too, reported at once.
                 return CallbackResult.report(record.public(), duplicate=True)
-            # Lost the race for the record: look again; the winner's claim usually makes this a
-            # duplicate.
+            # Lost the race for the record, or waited for the claims in flight: look again; the
+            # winner's claim usually makes this a duplicate.
+
+    def _read_code(
+        self, target: RecordView, digest: str, host: AccountHost | None, claims: StateClaims | None
+    ) -> Flow[tuple[RecordView, CodeReceived]]:
+        """The record and the code's event, from reads only: nothing is written until the
+        table says this worker may claim the code. The ledger is read before the record: a
+        claim writes both at once, so a ledger entry seen here is already on the record read
+        next (a duplicate then reports the winner's state)."""
+        holder = yield from perform(HolderOf(f"code:{digest}"))
+        used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
+        record = yield from self.records.reload(target)
+        return record, self._code_event(record, digest, host, claims, holder, used_with)
+
+    def _claim(
+        self,
+        record: RecordView,
+        decision: Decision,
+        event: CodeReceived,
+        claims: StateClaims | None,
+        deadline: float,
+    ) -> Flow[ClaimResult | None]:
+        """Claim the code, within the bounds on token calls. None: claims of this connection
+        were in flight and this call waited for one to land (look again)."""
+        assert event.host is not None  # the table claims only with a host
+        limiter, host_name, widget = self._limiter(), event.host.name, record.widget
+        slot = limiter.admit(record.key, host_name, widget=widget)
+        if slot is None:
+            if limiter.in_flight(record.key) and not self.records.expired(deadline):
+                # Most likely this is a duplicate of one of them (a burst of the same redirect).
+                yield from self.records.wait(record, min(deadline, self.records.soon(1.0)))
+                return None
+            # Beyond the bounds on token calls: nothing written (state, ledger, record), so the
+            # same redirect succeeds once the window passes.
+            raise CallbackRejected(Reason.RATE_LIMITED)
+        code, state = self._ledger_entries(record, event.code_digest, claims)
+        claimed = ClaimResult.RECORD_CHANGED  # what a claim that raised amounts to
+        try:
+            claimed = yield from self.records.claim(record, decision, event.name, code, state)
+        finally:  # a lost or failed claim sent nothing: its slot is given back
+            exchanged = claimed is ClaimResult.CLAIMED
+            limiter.claimed(record.key, host_name, slot, exchanged=exchanged, widget=widget)
+        return claimed
 
     def _limiter(self) -> ExchangeLimiter:
         if self._exchange_limiter is None:  # one per service object, made on first use
@@ -333,7 +344,7 @@ class CodeFlows:
 
     def _code_event(
         self,
-        record: ConnectionRecord,
+        record: RecordView,
         digest: str,
         host: AccountHost | None,
         claims: StateClaims | None,
@@ -351,29 +362,26 @@ class CodeFlows:
             state_holder=used_with,
         )
 
-    def _claim(
-        self,
-        old: ConnectionRecord,
-        new: ConnectionRecord,
-        code_key: str,
-        digest: str,
-        claims: StateClaims | None,
-    ) -> Claim:
-        code = LedgerEntry(
-            code_key, old.key, self.records.store_time(self.records.now() + CODE_MEMORY)
-        )
-        state = None
-        if claims is not None:
-            state = LedgerEntry(claims.nonce, digest, self._remembered_until(claims.expires_at))
-        return Claim(new, old.version or None, code, state)
+    def _ledger_entries(
+        self, record: RecordView, digest: str, claims: StateClaims | None
+    ) -> tuple[LedgerEntry, LedgerEntry | None]:
+        """The code's entry in the ledger (held by the record's key) and the state's (held by
+        the code's digest; none for a code without a state)."""
+        remembered = self.records.store_time(self.records.now() + CODE_MEMORY)
+        code = LedgerEntry(f"code:{digest}", record.key, remembered)
+        if claims is None:
+            return code, None
+        return code, LedgerEntry(claims.nonce, digest, self._remembered_until(claims.expires_at))
 
     def _remembered_until(self, expires_at: datetime) -> datetime:
         """Until when the store keeps a used state or ticket that expires at ``expires_at``."""
         return self.records.store_time(expires_at) + LEDGER_SKEW
 
-    def _unchanged(self, record: ConnectionRecord, noop: NoOp | None) -> Flow[CallbackResult]:
-        """Answer a code the table would not claim: refuse it, or report the connection."""
-        refusal = _REFUSED.get(noop) if noop is not None else None
+    def _unchanged(self, record: RecordView, noop: NoOp) -> Flow[CallbackResult]:
+        """Answer a code the table would not claim: refuse it, or report the connection (after
+        a verification only when one is due: a duplicate that finds nothing due writes
+        nothing)."""
+        refusal = _REFUSED.get(noop)
         if refusal is not None:
             raise CallbackRejected(refusal)
         settled = yield from self._settled(record)
@@ -382,7 +390,7 @@ class CodeFlows:
         return CallbackResult.report(settled.public(), duplicate=duplicate)
 
     def _finish_exchange(
-        self, record: ConnectionRecord, code: str, host: AccountHost
+        self, record: RecordView, code: str, host: AccountHost
     ) -> Flow[CallbackResult]:
         try:
             response = yield Send(code_request(self.config, host, code))
@@ -393,22 +401,20 @@ class CodeFlows:
             answer = meaning_of(error, "authorization_code")
             self.records.warn(record, "exchange", answer, error, redact=(code,))
             reason = EXCHANGE_FAILURES.get(answer.meaning, Reason.CODE_REJECTED)
-            failed = ExchangeFailed(self.records.error(Reason(reason), error))
+            failed = ExchangeFailed(self.records.error_info(Reason(reason), error))
             return (yield from self.verification.conclude(record, failed, Outcome.FAILED))
         exchanged = yield from self.records.write(record, ExchangeSucceeded(tokens))
         if exchanged is None:
             return (yield from self.verification.overtaken(record))
-        return (yield from self.verification.verify(exchanged, host, tokens))
+        return (yield from self.verification.verify(exchanged, host, tokens.access_token))
 
-    def _settled(self, record: ConnectionRecord) -> Flow[ConnectionRecord]:
+    def _settled(self, record: RecordView) -> Flow[RecordView]:
         """Wait, a bounded time, for another worker's exchange to finish (the table says one
         is in flight while its lease is live)."""
         deadline = self.records.deadline()
         while not self.records.expired(deadline):
-            if (
-                step(record, LeaseExpired(self.records.now()), self.records.now()).noop
-                is not NoOp.LEASE_LIVE
-            ):
+            expired = self.records.decide(record, LeaseExpired(self.records.now()))
+            if expired.noop is not NoOp.LEASE_LIVE:
                 break
             record = yield from self.records.wait(record, deadline)
         return record
@@ -430,9 +436,8 @@ class CodeFlows:
     def status(self, connection_id: str) -> Flow[Connection]:
         check_connection_id(connection_id)
         record = yield from self.records.load(connection_id)
-        record, _ = yield from self.verification.verify_if_due(
-            record
-        )  # network I/O only when it is due
+        # Network I/O (and a write) only when a verification is due.
+        record, _ = yield from self.verification.verify_if_due(record)
         return record.public()
 
     def disconnect(self, connection_id: str) -> Flow[Connection]:
@@ -448,26 +453,17 @@ class CodeFlows:
                 # The row is corrupt but its version is intact: overwrite it with a fresh,
                 # disconnected record. (Replays of its codes stay no-ops: the store-wide code
                 # ledger still holds them.)
-                replaced = yield from self._replace_unreadable(connection_id, unreadable.version)
+                replaced = yield from self.records.replace_unreadable(
+                    connection_id, unreadable.version
+                )
                 if replaced is None:
                     continue
                 record = replaced
             return record.public()
 
-    def _replace_unreadable(
-        self, connection_id: str, version: int
-    ) -> Flow[ConnectionRecord | None]:
-        fresh = attrs.evolve(
-            self.records.fresh(connection_id), version=version + 1, updated_at=self.records.now()
-        )
-        if not (yield from perform(CompareAndSet(fresh, version))):
-            return None
-        logger.warning("connection %s: an unreadable record was replaced", connection_id)
-        return fresh
-
     def handle_disconnect_hook(self, query: QueryLike) -> Flow[tuple[Connection, ...]]:
         account_id = verify_disconnect_hook(query, self.config)
-        records = yield from perform(FindByAccount(account_id))
+        records = yield from self.records.find_by_account(account_id)
         done = []
         for record in records:
             if record.integration in (None, self.config.client_id):  # this integration's only
@@ -477,7 +473,7 @@ class CodeFlows:
                 done.append(updated.public())
         return tuple(done)
 
-    def _token_still_accepted(self, record: ConnectionRecord) -> Flow[bool]:
+    def _token_still_accepted(self, record: RecordView) -> Flow[bool]:
         """Does amoCRM still accept the connection's tokens? After a real uninstall it answers
         401 to both (protocol notes §6). The access token is asked first (the account call);
         an expired one proves nothing, so the refresh token is then asked through the account
@@ -485,7 +481,7 @@ class CodeFlows:
         cannot be asked (down, busy), the hook is not acted on, so a replay during an outage
         changes nothing (a real uninstall still shows at the next use of the tokens)."""
         extra = self.config.extra_domains
-        host_name, access, refresh = record.api_credentials() or ("", "", "")
+        host_name, access, refresh = record.api_credentials()
         host = AccountHost.accept(host_name, extra)
         if host is None:
             return False

@@ -19,7 +19,7 @@ from ._events import RefreshClaimed, Refreshed, RefreshFailed, RefreshReleased
 from ._flow_records import logger
 from ._flow_verify import Verification
 from ._hosts import AccountHost
-from ._ops import DuePage, Flow, Send, Sleep, perform
+from ._ops import Flow, Send, Sleep
 from ._provider import (
     api_domain_of,
     lookup_request,
@@ -31,10 +31,10 @@ from ._provider import (
     refresh_request,
 )
 from ._reasons import Reason
-from ._records import ConnectionRecord, ErrorInfo, check_connection_id
-from ._state import NoOp, step
+from ._record_view import RecordView
+from ._records import ErrorInfo, check_connection_id
+from ._state import NoOp
 from ._sweep import Done
-from .stores._protocol import DueCursor
 
 __all__ = ["TokenFlows"]
 
@@ -67,16 +67,10 @@ class TokenFlows:
         that host, read with the token (after an account move, the new host)."""
         token = yield from self.access_token(connection_id, stale)
         record = yield from self.records.load(connection_id)
-        host, _, _ = record.api_credentials() or ("", "", "")
+        host, _, _ = record.api_credentials()
         return host, token
 
-    def due_page(
-        self, before: datetime, limit: int, after: DueCursor | None
-    ) -> Flow[list[ConnectionRecord]]:
-        """One page of the records whose refresh token expires before ``before``."""
-        return (yield from perform(DuePage(before, limit, after)))
-
-    def refresh_one(self, ref: ConnectionRecord, before: datetime) -> Flow[Done]:
+    def refresh_one(self, ref: RecordView, before: datetime) -> Flow[Done]:
         """The keep-alive sweep's work on one due record: refresh it unless its refresh token
         already outlasts ``before`` (the table decides; another machine may have done it).
         Never raises for a failed refresh: the ``Done`` says why."""
@@ -100,32 +94,30 @@ class TokenFlows:
             return Done(ref.connection_id, _slug(error))
         return Done(ref.connection_id)
 
-    def _token(self, ref: ConnectionRecord, wanted: Callable[[], RefreshClaimed]) -> Flow[str]:
+    def _token(self, ref: RecordView, wanted: Callable[[], RefreshClaimed]) -> Flow[str]:
         """A usable access token; at most one refresh in flight per connection, anywhere."""
         deadline = self.records.deadline()
-        record = yield from self.records.load(ref.connection_id, widget=ref.widget)
+        record = yield from self.records.reload(ref)
         while True:
             event = wanted()
-            noop = step(record, event, self.records.now()).noop
+            noop = self.records.decide(record, event).noop
             if noop is None:  # the table lets this worker claim the refresh
                 token = yield from self._claim_and_refresh(record, event)
                 if token is not None:
                     return token
-                record = yield from self.records.load(record.connection_id, widget=record.widget)
+                record = yield from self.records.reload(record)
                 continue
             answered = yield from self._answer(record, noop, deadline)
             if isinstance(answered, str):
                 return answered
             record = answered
 
-    def _answer(
-        self, record: ConnectionRecord, noop: NoOp, deadline: float
-    ) -> Flow[str | ConnectionRecord]:
+    def _answer(self, record: RecordView, noop: NoOp, deadline: float) -> Flow[str | RecordView]:
         """Act on the table's no-op to a refresh claim: the access token, or the record to ask
         about again (after a wait, a verification or giving the spent token up)."""
         match noop:
             case NoOp.TOKEN_FRESH:
-                return record.tokens_or_raise().access_token
+                return record.access_token()
             case NoOp.EXCHANGE_IN_PROGRESS if (
                 yield from self._pending_verification(record)
             ) != record:
@@ -171,9 +163,9 @@ class TokenFlows:
                 raise ReauthorizationRequired(record.connection_id, record.not_connected_reason())
             case unreachable:
                 assert_never(unreachable)
-        return (yield from self.records.load(record.connection_id, widget=record.widget))
+        return (yield from self.records.reload(record))
 
-    def _pending_verification(self, record: ConnectionRecord) -> Flow[ConnectionRecord]:
+    def _pending_verification(self, record: RecordView) -> Flow[RecordView]:
         """Verify a pair whose verification is due; a deferred one is reported at once."""
         current, noop = yield from self.verification.verify_if_due(record)
         if noop is NoOp.VERIFICATION_DEFERRED:
@@ -184,9 +176,9 @@ class TokenFlows:
             )
         return current
 
-    def _give_up(self, record: ConnectionRecord) -> Flow[None]:
+    def _give_up(self, record: RecordView) -> Flow[None]:
         """The refresh token went out twice without a stored answer: it is never sent again."""
-        spent = record.tokens_or_raise().refresh_token
+        spent = record.refresh_token()
         hint = "the refresh token was sent twice without an answer"
         failed = RefreshFailed(
             ErrorInfo(Reason.REAUTHORIZATION_REQUIRED, hint, self.records.now()), spent
@@ -195,9 +187,7 @@ class TokenFlows:
         if wrote:
             raise ReauthorizationRequired(record.connection_id, Reason.REAUTHORIZATION_REQUIRED)
 
-    def _claim_and_refresh(
-        self, record: ConnectionRecord, event: RefreshClaimed
-    ) -> Flow[str | None]:
+    def _claim_and_refresh(self, record: RecordView, event: RefreshClaimed) -> Flow[str | None]:
         host = AccountHost.accept(record.host or "", self.config.extra_domains)
         if host is None:  # the allowlist changed since: no secret goes there now
             raise ReauthorizationRequired(record.connection_id, Reason.FOREIGN_HOST)
@@ -207,10 +197,10 @@ class TokenFlows:
         return (yield from self._refresh(claimed, host, after_rejection=event.stale is not None))
 
     def _refresh(
-        self, record: ConnectionRecord, host: AccountHost, *, after_rejection: bool
+        self, record: RecordView, host: AccountHost, *, after_rejection: bool
     ) -> Flow[str | None]:
         """Spend the refresh token once. None: the record moved on under us; look again."""
-        spent = record.tokens_or_raise().refresh_token
+        spent = record.refresh_token()
         try:
             response = yield Send(refresh_request(self.config, host, spent))
             tokens = read_tokens(response, self.records.now(), grant="refresh_token")
@@ -230,13 +220,13 @@ class TokenFlows:
         return tokens.access_token if written else None
 
     def _follow_move(
-        self, record: ConnectionRecord, spent: str, after_rejection: bool
+        self, record: RecordView, spent: str, after_rejection: bool
     ) -> Flow[str | None]:
         """The account was renamed or moved (``Invalid account``, 404): ask amoCRM where it lives
         now, accept the new host only through the allowlist, and retry the refresh there once
         (protocol notes §5). The new host is stored in one write with the rotated pair."""
         extra = self.config.extra_domains
-        claimed_api = api_domain_of(record.tokens_or_raise().access_token)
+        claimed_api = api_domain_of(record.access_token())
         api_host = AccountHost.accept(claimed_api or "", extra)
         if api_host is None:  # a token from before the claim existed: no lookup possible
             return (
@@ -269,7 +259,7 @@ class TokenFlows:
         written = yield from self._store_rotated(record, event)
         return tokens.access_token if written else None
 
-    def _moved_away(self, record: ConnectionRecord, spent: str, hint: str) -> Flow[NoReturn]:
+    def _moved_away(self, record: RecordView, spent: str, hint: str) -> Flow[NoReturn]:
         """The account's new host cannot be had: the connection leaves ``connected`` with the
         reason ``account_moved``.
 
@@ -280,7 +270,7 @@ class TokenFlows:
         yield from self.records.apply(record, gone)
         raise ReauthorizationRequired(record.connection_id, Reason.ACCOUNT_MOVED)
 
-    def _store_rotated(self, record: ConnectionRecord, event: Refreshed) -> Flow[bool]:
+    def _store_rotated(self, record: RecordView, event: Refreshed) -> Flow[bool]:
         """Store a rotated pair: amoCRM has revoked the token we spent, so this pair is the only
         valid one. A store that fails is retried within the lease; if it stays down, the pair
         is kept in this process and written before this process's next call for the connection,
@@ -300,7 +290,7 @@ class TokenFlows:
         return False  # not reached: the last try returns or raises
 
     def _refresh_failed(
-        self, record: ConnectionRecord, spent: str, error: ProviderError
+        self, record: RecordView, spent: str, error: ProviderError
     ) -> Flow[str | None]:
         answer = meaning_of(error, "refresh_token")
         self.records.warn(record, "refresh", answer, error, redact=(spent,))
@@ -310,7 +300,9 @@ class TokenFlows:
             yield from self.records.write(record, RefreshReleased(sent=maybe_spent(error)))
             raise error
         # Refused for good: this refresh token is never sent again.
-        failed = RefreshFailed(self.records.error(Reason.REAUTHORIZATION_REQUIRED, error), spent)
+        failed = RefreshFailed(
+            self.records.error_info(Reason.REAUTHORIZATION_REQUIRED, error), spent
+        )
         _, wrote = yield from self.records.apply(record, failed)
         if not wrote:
             return None  # someone else rotated the pair: adopt theirs

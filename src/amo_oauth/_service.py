@@ -15,6 +15,7 @@ from ._config import Config
 from ._driving import drive
 from ._ops import Op, Send, StoreOp
 from ._provider import send_within
+from ._record_view import RecordView
 from ._records import Connection, ConnectionRecord
 from ._results import AuthorizationRequest, CallbackResult, RefreshReport, SweepProgress
 from ._service_core import DEFAULT_DB, ServiceCore, with_stored
@@ -266,10 +267,10 @@ class AmoOAuth(ServiceCore):
             return self._perform(op)
 
         def read(after: DueCursor | None, size: int) -> list[ConnectionRecord]:
-            return self._run(self._flows.tokens.due_page(plan.before, size, after))
+            return self._run(self._flows.records.due_page(plan.before, size, after))
 
         def refresh(record: ConnectionRecord) -> Done:
-            return drive(self._flows.tokens.refresh_one(record, plan.before), paced)
+            return drive(self._flows.tokens.refresh_one(RecordView(record), plan.before), paced)
 
         try:
             report = sweep(plan, read, refresh, progress)
