@@ -27,11 +27,12 @@ FLOW_MODULES = (
     "_flows.py",
     "_flow_records.py",
     "_flow_codes.py",
+    "_flow_connections.py",
     "_flow_tokens.py",
     "_flow_verify.py",
 )
 #: The flows that see records only as views: everything but the record primitives.
-VIEW_ONLY = ("_flow_codes.py", "_flow_tokens.py", "_flow_verify.py")
+VIEW_ONLY = ("_flow_codes.py", "_flow_connections.py", "_flow_tokens.py", "_flow_verify.py")
 #: What a record holds that only the table may decide on.
 DECIDED_BY_THE_TABLE = frozenset({"state", "lease", "tokens", "error"})
 #: Reads named like a decided field that are no record's: the OAuth ``state`` a parsed

@@ -104,7 +104,7 @@ class AsyncAmoOAuth(ServiceCore):
 
     async def status(self, connection_id: str) -> Connection:
         """See ``AmoOAuth.status``."""
-        return await self._shielded(self._flows.codes.status(connection_id))  # it may verify
+        return await self._shielded(self._flows.connections.status(connection_id))  # it may verify
 
     async def access_token(self, connection_id: str) -> str:
         """See ``AmoOAuth.access_token``."""
@@ -120,11 +120,11 @@ class AsyncAmoOAuth(ServiceCore):
 
     async def disconnect(self, connection_id: str) -> Connection:
         """See ``AmoOAuth.disconnect``."""
-        return await self._shielded(self._flows.codes.disconnect(connection_id))
+        return await self._shielded(self._flows.connections.disconnect(connection_id))
 
     async def handle_disconnect_hook(self, query: QueryLike) -> tuple[Connection, ...]:
         """See ``AmoOAuth.handle_disconnect_hook``."""
-        return await self._shielded(self._flows.codes.handle_disconnect_hook(query))
+        return await self._shielded(self._flows.connections.handle_disconnect_hook(query))
 
     async def refresh_due(
         self,

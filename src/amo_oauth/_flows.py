@@ -5,12 +5,14 @@ httpx's auth flows serve both clients. It holds its parts, one job each, by comp
 
 - ``records``, a ``_flow_records.Records``: load, step-and-write, wait (the record primitives);
 - a ``_flow_verify.Verification`` over it: verifying a stored pair, now or later;
-- ``codes``, a ``_flow_codes.CodeFlows``: begin, callbacks, the legacy exchange, status,
-  disconnects;
+- ``codes``, a ``_flow_codes.CodeFlows``: begin, mobile tickets, callbacks, the legacy
+  exchange;
+- ``connections``, a ``_flow_connections.ConnectionFlows``: status, disconnects, the uninstall
+  hook;
 - ``tokens``, a ``_flow_tokens.TokenFlows``: access tokens and the keep-alive sweep.
 
-The code and token flows share the one ``Verification`` and, through it, the one ``Records``:
-its rotated pairs kept in memory are the whole service's.
+They share the one ``Verification`` and, through it, the one ``Records``: its rotated pairs kept
+in memory are the whole service's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from datetime import datetime
 
 from ._config import Config
 from ._flow_codes import CodeFlows
+from ._flow_connections import ConnectionFlows
 from ._flow_records import Records
 from ._flow_tokens import TokenFlows
 from ._flow_verify import Verification
@@ -40,4 +43,5 @@ class Flows:
         self.records = Records(config, clock, monotonic)
         verification = Verification(self.records)
         self.codes = CodeFlows(verification)
+        self.connections = ConnectionFlows(verification)
         self.tokens = TokenFlows(verification)

@@ -176,7 +176,7 @@ class AmoOAuth(ServiceCore):
 
     def status(self, connection_id: str) -> Connection:
         """The connection as stored now (``disconnected`` when unknown)."""
-        return self._run(self._flows.codes.status(connection_id))
+        return self._run(self._flows.connections.status(connection_id))
 
     def access_token(self, connection_id: str) -> str:
         """A valid access token, refreshed first when it is about to expire.
@@ -201,7 +201,7 @@ class AmoOAuth(ServiceCore):
 
     def disconnect(self, connection_id: str) -> Connection:
         """Forget the connection's tokens and account: it becomes ``disconnected``."""
-        return self._run(self._flows.codes.disconnect(connection_id))
+        return self._run(self._flows.connections.disconnect(connection_id))
 
     def handle_disconnect_hook(self, query: QueryLike) -> tuple[Connection, ...]:
         """amoCRM's uninstall hook: every connection of that account loses its tokens.
@@ -212,7 +212,7 @@ class AmoOAuth(ServiceCore):
         Raises:
             CallbackRejected: ``bad_signature`` or ``malformed``; nothing changed.
         """
-        return self._run(self._flows.codes.handle_disconnect_hook(query))
+        return self._run(self._flows.connections.handle_disconnect_hook(query))
 
     def refresh_due(
         self,
