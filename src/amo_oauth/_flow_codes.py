@@ -405,8 +405,8 @@ class CodeFlows:
         is in flight while its lease is live)."""
         deadline = self.records.deadline()
         while not self.records.expired(deadline):
-            expired = self.records.decide(record, LeaseExpired(self.records.now()))
-            if expired.noop is not NoOp.LEASE_LIVE:
+            answer = self.records.decide(record, LeaseExpired(self.records.now()))
+            if answer.noop is not NoOp.LEASE_LIVE:
                 break
             record = yield from self.records.wait(record, deadline)
         return record
