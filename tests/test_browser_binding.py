@@ -549,7 +549,7 @@ def test_openapi_documents_the_ticket_parameter(async_oauth: AsyncAmoOAuth) -> N
 
 def test_bindings_and_tickets_never_show(oauth: AmoOAuth) -> None:
     from amo_oauth._binding import parse_binding, read_ticket
-    from amo_oauth.web._routes import Invoke
+    from amo_oauth.web._calls import Begin, HandleCallback, RedeemTicket
 
     begun = oauth.begin(MALLORY)
     ticket = oauth.issue_ticket(MALLORY)
@@ -566,7 +566,9 @@ def test_bindings_and_tickets_never_show(oauth: AmoOAuth) -> None:
                 query={"ticket": ticket},
                 headers={"cookie": begun.binding},
             ),
-            Invoke("redeem_ticket", (ticket,), {"binding": begun.binding}),
+            RedeemTicket(ticket, connection_id=MALLORY),
+            Begin(MALLORY, binding=begun.binding),
+            HandleCallback({"state": begun.state}, connection_id=None, binding=begun.binding),
         )
     )
     assert ticket not in shown and begun.binding.split(".")[0] not in shown

@@ -14,6 +14,7 @@ import pytest
 PURE = (
     "_state",
     "_records",
+    "_record_view",
     "_events",
     "_callback",
     "_hosts",

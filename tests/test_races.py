@@ -73,7 +73,7 @@ def test_an_overtaken_exchange_never_writes_onto_the_new_connection() -> None:
     oauth = AmoOAuth(config_for(alpha), store=MemoryStore(), http=http, clock=clock)
     # Worker 1 exchanges a code of account alpha; its answer is slow.
     begun = oauth.begin("u1")
-    first = oauth._flows.handle_callback(
+    first = oauth._flows.codes.handle_callback(
         query_of(alpha.authorize(begun.state)), binding=begun.binding
     )
     slow_answer = http.send(run_to_send(oauth, first).request)
@@ -81,7 +81,7 @@ def test_an_overtaken_exchange_never_writes_onto_the_new_connection() -> None:
     # beta's tokens and is about to verify them when worker 1's answer arrives.
     oauth.disconnect("u1")
     begun = oauth.begin("u1", binding=begun.binding)  # the same browser connects again
-    second = oauth._flows.handle_callback(
+    second = oauth._flows.codes.handle_callback(
         query_of(beta.authorize(begun.state)), binding=begun.binding
     )
     tokens = http.send(run_to_send(oauth, second).request)
@@ -108,7 +108,7 @@ def test_a_refresh_answered_after_its_lease_lapsed_still_keeps_the_new_pair(
     connected: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
     clock.advance(timedelta(days=1))
-    slow = connected._flows.access_token("u1")
+    slow = connected._flows.tokens.access_token("u1")
     answer = connected.http.send(run_to_send(connected, slow).request)  # amoCRM rotated
     clock.advance(connected.config.lease_ttl + timedelta(seconds=1))  # worker 1 looks dead
     with pytest.raises(Exception, match="re-authorization"):
@@ -139,7 +139,7 @@ def test_a_real_uninstall_is_not_undone_by_a_late_refresh_answer(
     resent the spent token (refused: error); then the integration was uninstalled. The late
     answer used to bring the connection back, with tokens amoCRM had revoked."""
     clock.advance(timedelta(days=1))
-    slow = connected._flows.access_token("u1")
+    slow = connected._flows.tokens.access_token("u1")
     answer = connected.http.send(run_to_send(connected, slow).request)
     clock.advance(connected.config.lease_ttl + timedelta(seconds=1))
     with pytest.raises(Exception, match="re-authorization"):

@@ -85,7 +85,7 @@ def test_a_lease_that_lapses_after_the_pair_was_stored_keeps_the_pair(
     """The worker died between storing the pair and verifying it: the pair is kept and the
     next caller verifies (only a lease lapsing before the pair is stored is the end)."""
     begun = oauth.begin(USER)
-    flow = oauth._flows.handle_callback(
+    flow = oauth._flows.codes.handle_callback(
         query_of(fake.authorize(begun.state)), binding=begun.binding
     )
     store = as_full_store(oauth.store)

@@ -10,6 +10,7 @@ and ``redis`` extras.
 
 from typing import TYPE_CHECKING
 
+from ._async_service import AsyncAmoOAuth
 from ._auth import ConnectionAuth
 from ._config import Config
 from ._errors import (
@@ -34,7 +35,7 @@ from ._records import (
     TokenSet,
 )
 from ._results import AuthorizationRequest, CallbackResult, Outcome, RefreshReport, SweepProgress
-from ._service import AmoOAuth, AsyncAmoOAuth
+from ._service import AmoOAuth
 from .stores import AsyncStore, MemoryStore, SQLiteStore, Store, store_from_url
 
 if TYPE_CHECKING:

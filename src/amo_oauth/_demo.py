@@ -30,8 +30,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import attrs
 import httpx
 
+from ._async_service import AsyncAmoOAuth
 from ._config import Config
-from ._service import AsyncAmoOAuth
 from .stores import SQLiteStore
 from .testing import FakeAmoCRM
 

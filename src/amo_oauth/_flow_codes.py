@@ -1,4 +1,4 @@
-"""The code flows: begin, amoCRM's redirect back, the legacy exchange, status and disconnects.
+"""The code flows: begin, mobile tickets, amoCRM's redirect back, the legacy exchange.
 
 A code is exchanged at most once: duplicates are answered from reads (the record, the code
 ledger) before anything is written, and a new code is claimed in one atomic store operation
@@ -7,9 +7,10 @@ ledger) before anything is written, and a new code is claimed in one atomic stor
 
 from __future__ import annotations
 
-import re
 import secrets
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Final
 from urllib.parse import urlencode
 
 import attrs
@@ -17,58 +18,45 @@ import attrs
 from ._answers import EXCHANGE_FAILURES
 from ._binding import binding_for, issue_ticket, parse_binding, read_ticket, ticket_nonce_key
 from ._callback import Denial, Grant, QueryLike, parse_callback
-from ._errors import CallbackRejected, ProviderError, UnreadableRecord
+from ._errors import CallbackRejected, ProviderError
 from ._events import (
+    SHA256_HEX,
     CodeReceived,
     Denied,
-    Disconnect,
     ExchangeFailed,
     ExchangeSucceeded,
     LeaseExpired,
-    ProviderDisconnected,
 )
-from ._flow_records import logger
+from ._flow_records import Decision
 from ._flow_verify import Verification
-from ._hook import verify_disconnect_hook
 from ._hosts import AccountHost
 from ._limits import ExchangeLimiter
-from ._ops import ClaimOp, CompareAndSet, ConsumeState, FindByAccount, Flow, HolderOf, Send, perform
+from ._ops import ConsumeState, Flow, HolderOf, Send, perform
 from ._provider import (
-    account_request,
-    api_domain_of,
     code_request,
-    lookup_request,
     meaning_of,
-    read_account,
-    read_lookup,
     read_tokens,
 )
 from ._reasons import Reason
-from ._records import (
-    CODE_MEMORY,
-    Connection,
-    ConnectionRecord,
-    check_connection_id,
-    code_digest,
-    record_key,
-)
+from ._record_view import RecordView
+from ._records import CODE_MEMORY, check_connection_id, code_digest, record_key
 from ._results import AuthorizationRequest, CallbackResult, Outcome
-from ._state import DENIED_HOLDER, step
+from ._state import DENIED_HOLDER, NoOp
 from ._state_token import StateClaims, issue_state, read_state
-from .stores._protocol import Claim, ClaimResult, LedgerEntry
+from .stores._protocol import ClaimResult, LedgerEntry
 
 __all__ = ["CodeFlows"]
 
 _MAX_CODE = 2048
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 #: What a code-received no-op means to the caller: a refusal, or a report (duplicate or not).
-_REFUSED = {
-    "new_code_refused": Reason.NEW_CODE_REFUSED,
-    "expired_state": Reason.EXPIRED_STATE,
-    "reused_state": Reason.REUSED_STATE,
-    "no_host": Reason.MISSING_REFERER,
-    "wrong_browser": Reason.WRONG_BROWSER,
+_REFUSED: Final[Mapping[NoOp, Reason]] = {
+    NoOp.NEW_CODE_REFUSED: Reason.NEW_CODE_REFUSED,
+    NoOp.EXPIRED_STATE: Reason.EXPIRED_STATE,
+    NoOp.REUSED_STATE: Reason.REUSED_STATE,
+    NoOp.NO_HOST: Reason.MISSING_REFERER,
+    NoOp.WRONG_BROWSER: Reason.WRONG_BROWSER,
 }
+_DUPLICATES: Final = frozenset({NoOp.DUPLICATE_CODE, NoOp.DUPLICATE_CONSENT})
 #: The ledger holder of a redeemed mobile ticket.
 _TICKET_HOLDER = "ticket"
 #: How much longer than its token lives a used state or ticket is remembered: the store forgets
@@ -77,9 +65,15 @@ _TICKET_HOLDER = "ticket"
 LEDGER_SKEW = timedelta(minutes=10)
 
 
-class CodeFlows(Verification):
-    """The logic behind ``begin``, ``handle_callback``, ``exchange_code``, ``status``,
-    ``disconnect`` and ``handle_disconnect_hook``."""
+class CodeFlows:
+    """The logic behind ``begin``, ``issue_ticket``, ``redeem_ticket``, ``handle_callback`` and
+    ``exchange_code``."""
+
+    def __init__(self, verification: Verification) -> None:
+        self.verification = verification
+        self.records = verification.records
+        self.config = verification.config
+        self._exchange_limiter: ExchangeLimiter | None = None
 
     # -- begin ---------------------------------------------------------------------------
 
@@ -95,7 +89,7 @@ class CodeFlows(Verification):
         token, claims = issue_state(
             config.state_secret,
             connection_id,
-            self.now(),
+            self.records.now(),
             config.state_ttl,
             bound.secret if bound is not None else None,
         )
@@ -113,11 +107,13 @@ class CodeFlows(Verification):
     def issue_ticket(self, connection_id: str) -> str:
         check_connection_id(connection_id)
         config = self.config
-        return issue_ticket(config.state_secret, connection_id, self.now(), config.ticket_ttl)
+        return issue_ticket(
+            config.state_secret, connection_id, self.records.now(), config.ticket_ttl
+        )
 
     def redeem_ticket(self, ticket: str, signed_in: str | None = None) -> Flow[str]:
         claims = read_ticket(self.config.state_secret, ticket)
-        if claims.is_expired(self.now()):
+        if claims.is_expired(self.records.now()):
             raise CallbackRejected(Reason.EXPIRED_TICKET)
         if signed_in is not None and signed_in != claims.connection_id:
             # Another user's ticket in a signed-in browser (forwarded to its victim): it must
@@ -141,7 +137,7 @@ class CodeFlows(Verification):
         claims = parsed.state
         if claims is None:  # a widget install: named after its account host, no browser
             assert isinstance(parsed, Grant)
-            target = self.fresh(parsed.host.name, widget=True)
+            target = self.records.fresh(parsed.host.name, widget=True)
             return (yield from self._exchange(target, parsed.code, parsed.host, None))
         connection_id, matches = self._browser(claims, signed_in, binding)
         if isinstance(parsed, Denial):
@@ -159,7 +155,7 @@ class CodeFlows(Verification):
             if resolved is None or not claims.names(self.config.state_secret, resolved):
                 raise CallbackRejected(Reason.BAD_STATE)
             connection_id = resolved
-        target = self.fresh(connection_id)
+        target = self.records.fresh(connection_id)
         return (
             yield from self._exchange(
                 target, parsed.code, parsed.host, claims, browser_matches=matches
@@ -172,7 +168,7 @@ class CodeFlows(Verification):
         holder = yield from perform(HolderOf(f"code:{digest}"))
         if holder is None:
             first = yield from perform(HolderOf(claims.nonce))
-            if first is not None and _SHA256_HEX.fullmatch(first):
+            if first is not None and SHA256_HEX.fullmatch(first):
                 holder = yield from perform(HolderOf(f"code:{first}"))
         return holder
 
@@ -240,7 +236,7 @@ class CodeFlows(Verification):
         # Without a state nothing ties a new code to this user (amoCRM has no PKCE): whoever
         # holds a code of someone else's consent could bind that account here. Known codes are
         # still answered (the seed's old app); a new one is refused.
-        target = self.fresh(connection_id)
+        target = self.records.fresh(connection_id)
         may_claim = exchange_new and claims is not None
         return (
             yield from self._exchange(
@@ -250,7 +246,7 @@ class CodeFlows(Verification):
 
     def _exchange(
         self,
-        target: ConnectionRecord,
+        target: RecordView,
         code: str,
         host: AccountHost | None,
         claims: StateClaims | None,
@@ -259,45 +255,20 @@ class CodeFlows(Verification):
         browser_matches: bool = True,
     ) -> Flow[CallbackResult]:
         digest = code_digest(code)
-        code_key = f"code:{digest}"
-        deadline = self.deadline()
+        deadline = self.records.deadline()
         state_raced = False
         while True:
-            # Reads only, until the table says this worker may claim the code. The ledger is
-            # read before the record: a claim writes both at once, so a ledger entry seen here
-            # is already on the record read next (a duplicate then reports the winner's state).
-            holder = yield from perform(HolderOf(code_key))
-            used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
-            record = yield from self.load(target.connection_id, widget=target.widget)
-            event = self._code_event(record, digest, host, claims, holder, used_with)
+            record, event = yield from self._read_code(target, digest, host, claims)
             event = attrs.evolve(event, may_claim=may_claim, browser_matches=browser_matches)
-            result = step(record, event, self.now())
-            if not result.changed:
-                return (yield from self._unchanged(record, result.noop))
-            assert event.host is not None  # the table claims only with a host
-            limiter, host_name, widget = self._limiter(), event.host.name, target.widget
-            slot = limiter.admit(record.key, host_name, widget=widget)
-            if slot is None:
-                if limiter.in_flight(record.key) and not self.expired(deadline):
-                    # Claims of this connection are in flight: most likely this is a duplicate
-                    # of one of them (a burst of the same redirect). Look again once it lands.
-                    yield from self.wait(record, min(deadline, self._monotonic() + 1.0))
-                    continue
-                # Beyond the bounds on token calls: nothing written (state, ledger, record),
-                # so the same redirect succeeds once the window passes.
-                raise CallbackRejected(Reason.RATE_LIMITED)
-            claim = self._claim(record, result.record, code_key, digest, claims)
-            claimed = ClaimResult.RECORD_CHANGED  # what a claim that raised amounts to
-            try:
-                claimed = yield from perform(ClaimOp(claim))
-            finally:  # a lost or failed claim sent nothing: its slot is given back
-                exchanged = claimed is ClaimResult.CLAIMED
-                limiter.claimed(record.key, host_name, slot, exchanged=exchanged, widget=widget)
+            decision = self.records.decide(record, event)
+            if decision.noop is not None:
+                return (yield from self._unchanged(record, decision.noop))
+            claimed = yield from self._claim(record, decision, event, claims, deadline)
             if claimed is ClaimResult.CLAIMED:
-                self.log_step(record, result.record, event.name)
-                return (yield from self._finish_exchange(result.record, code, event.host))
+                assert event.host is not None  # the table claims only with a host
+                return (yield from self._finish_exchange(decision.record, code, event.host))
             if claimed is ClaimResult.STATE_USED:
-                if used_with is None and not state_raced:
+                if event.state_holder is None and not state_raced:
                     # Another code of the same consent claimed the state since it was read
                     # free (a double click on "Allow"): read again, and let the table name it.
                     state_raced = True
@@ -306,8 +277,50 @@ class CodeFlows(Verification):
             if claimed is ClaimResult.CODE_TAKEN:
                 # Another connection claimed this code: a duplicate here too, reported at once.
                 return CallbackResult.report(record.public(), duplicate=True)
-            # Lost the race for the record: look again; the winner's claim usually makes this a
-            # duplicate.
+            # Lost the race for the record, or waited for the claims in flight: look again; the
+            # winner's claim usually makes this a duplicate.
+
+    def _read_code(
+        self, target: RecordView, digest: str, host: AccountHost | None, claims: StateClaims | None
+    ) -> Flow[tuple[RecordView, CodeReceived]]:
+        """The record and the code's event, from reads only: nothing is written until the
+        table says this worker may claim the code. The ledger is read before the record: a
+        claim writes both at once, so a ledger entry seen here is already on the record read
+        next (a duplicate then reports the winner's state)."""
+        holder = yield from perform(HolderOf(f"code:{digest}"))
+        used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
+        record = yield from self.records.reload(target)
+        return record, self._code_event(record, digest, host, claims, holder, used_with)
+
+    def _claim(
+        self,
+        record: RecordView,
+        decision: Decision,
+        event: CodeReceived,
+        claims: StateClaims | None,
+        deadline: float,
+    ) -> Flow[ClaimResult | None]:
+        """Claim the code, within the bounds on token calls. None: claims of this connection
+        were in flight and this call waited for one to land (look again)."""
+        assert event.host is not None  # the table claims only with a host
+        limiter, host_name, widget = self._limiter(), event.host.name, record.widget
+        slot = limiter.admit(record.key, host_name, widget=widget)
+        if slot is None:
+            if limiter.in_flight(record.key) and not self.records.expired(deadline):
+                # Most likely this is a duplicate of one of them (a burst of the same redirect).
+                yield from self.records.wait(record, min(deadline, self.records.soon(1.0)))
+                return None
+            # Beyond the bounds on token calls: nothing written (state, ledger, record), so the
+            # same redirect succeeds once the window passes.
+            raise CallbackRejected(Reason.RATE_LIMITED)
+        code, state = self._ledger_entries(record, event.code_digest, claims)
+        claimed = ClaimResult.RECORD_CHANGED  # what a claim that raised amounts to
+        try:
+            claimed = yield from self.records.claim(record, decision, event.name, code, state)
+        finally:  # a lost or failed claim sent nothing: its slot is given back
+            exchanged = claimed is ClaimResult.CLAIMED
+            limiter.claimed(record.key, host_name, slot, exchanged=exchanged, widget=widget)
+        return claimed
 
     def _limiter(self) -> ExchangeLimiter:
         if self._exchange_limiter is None:  # one per service object, made on first use
@@ -322,7 +335,7 @@ class CodeFlows(Verification):
 
     def _code_event(
         self,
-        record: ConnectionRecord,
+        record: RecordView,
         digest: str,
         host: AccountHost | None,
         claims: StateClaims | None,
@@ -333,150 +346,78 @@ class CodeFlows(Verification):
         return CodeReceived(
             digest,
             host or stored,
-            self.lease("exchange"),
+            self.records.lease("exchange"),
             claims.issued_at if claims else None,
             code_holder=holder,
             state_expires_at=claims.expires_at if claims else None,
             state_holder=used_with,
         )
 
-    def _claim(
-        self,
-        old: ConnectionRecord,
-        new: ConnectionRecord,
-        code_key: str,
-        digest: str,
-        claims: StateClaims | None,
-    ) -> Claim:
-        code = LedgerEntry(code_key, old.key, self.store_time(self.now() + CODE_MEMORY))
-        state = None
-        if claims is not None:
-            state = LedgerEntry(claims.nonce, digest, self._remembered_until(claims.expires_at))
-        return Claim(new, old.version or None, code, state)
+    def _ledger_entries(
+        self, record: RecordView, digest: str, claims: StateClaims | None
+    ) -> tuple[LedgerEntry, LedgerEntry | None]:
+        """The code's entry in the ledger (held by the record's key) and the state's (held by
+        the code's digest; none for a code without a state)."""
+        remembered = self.records.store_time(self.records.now() + CODE_MEMORY)
+        code = LedgerEntry(f"code:{digest}", record.key, remembered)
+        if claims is None:
+            return code, None
+        return code, LedgerEntry(claims.nonce, digest, self._remembered_until(claims.expires_at))
 
     def _remembered_until(self, expires_at: datetime) -> datetime:
         """Until when the store keeps a used state or ticket that expires at ``expires_at``."""
-        return self.store_time(expires_at) + LEDGER_SKEW
+        return self.records.store_time(expires_at) + LEDGER_SKEW
 
-    def _unchanged(self, record: ConnectionRecord, noop: str | None) -> Flow[CallbackResult]:
-        """Answer a code the table would not claim: refuse it, or report the connection."""
-        if noop in _REFUSED:
-            raise CallbackRejected(_REFUSED[noop])
+    def _unchanged(self, record: RecordView, noop: NoOp) -> Flow[CallbackResult]:
+        """Answer a code the table would not claim: refuse it, or report the connection (after
+        a verification only when one is due: a duplicate that finds nothing due writes
+        nothing)."""
+        refusal = _REFUSED.get(noop)
+        if refusal is not None:
+            raise CallbackRejected(refusal)
         settled = yield from self._settled(record)
-        settled, _ = yield from self.verify_if_due(settled)
-        duplicate = noop in ("duplicate_code", "duplicate_consent")
+        settled, _ = yield from self.verification.verify_if_due(settled)
+        duplicate = noop in _DUPLICATES
         return CallbackResult.report(settled.public(), duplicate=duplicate)
 
     def _finish_exchange(
-        self, record: ConnectionRecord, code: str, host: AccountHost
+        self, record: RecordView, code: str, host: AccountHost
     ) -> Flow[CallbackResult]:
         try:
             response = yield Send(code_request(self.config, host, code))
-            tokens = read_tokens(response, self.now(), grant="authorization_code")
+            tokens = read_tokens(response, self.records.now(), grant="authorization_code")
         except ProviderError as error:
             # What the answer means is data (_answers): a transient failure leaves the code's
             # fate unknown (it is never sent again), a misconfigured client is said so.
             answer = meaning_of(error, "authorization_code")
-            self.warn(record, "exchange", answer, error, redact=(code,))
+            self.records.warn(record, "exchange", answer, error, redact=(code,))
             reason = EXCHANGE_FAILURES.get(answer.meaning, Reason.CODE_REJECTED)
-            failed = ExchangeFailed(self.error(Reason(reason), error))
-            return (yield from self._conclude(record, failed, Outcome.FAILED))
-        exchanged = yield from self.write(record, ExchangeSucceeded(tokens))
+            failed = ExchangeFailed(self.records.error_info(Reason(reason), error))
+            return (yield from self.verification.conclude(record, failed, Outcome.FAILED))
+        exchanged = yield from self.records.write(record, ExchangeSucceeded(tokens))
         if exchanged is None:
-            return (yield from self._overtaken(record))
-        return (yield from self._verify(exchanged, host, tokens))
+            return (yield from self.verification.overtaken(record))
+        return (yield from self.verification.verify(exchanged, host, tokens.access_token))
 
-    def _settled(self, record: ConnectionRecord) -> Flow[ConnectionRecord]:
+    def _settled(self, record: RecordView) -> Flow[RecordView]:
         """Wait, a bounded time, for another worker's exchange to finish (the table says one
         is in flight while its lease is live)."""
-        deadline = self.deadline()
-        while not self.expired(deadline):
-            if step(record, LeaseExpired(self.now()), self.now()).noop != "lease_live":
+        deadline = self.records.deadline()
+        while not self.records.expired(deadline):
+            answer = self.records.decide(record, LeaseExpired(self.records.now()))
+            if answer.noop is not NoOp.LEASE_LIVE:
                 break
-            record = yield from self.wait(record, deadline)
+            record = yield from self.records.wait(record, deadline)
         return record
 
     def _deny(self, denial: Denial, connection_id: str) -> Flow[CallbackResult]:
         claims = denial.state
-        if claims.is_expired(self.now()):
+        if claims.is_expired(self.records.now()):
             raise CallbackRejected(Reason.EXPIRED_STATE)
         expires_at = self._remembered_until(claims.expires_at)
         if not (yield from perform(ConsumeState(claims.nonce, expires_at, DENIED_HOLDER))):
             raise CallbackRejected(Reason.REUSED_STATE)
-        record, _ = yield from self.apply(
-            self.fresh(connection_id), Denied(self.now(), denial.reason)
+        record, _ = yield from self.records.apply(
+            self.records.fresh(connection_id), Denied(self.records.now(), denial.reason)
         )
         return CallbackResult(Outcome.DENIED, record.public())
-
-    # -- status and disconnects -------------------------------------------------------------
-
-    def status(self, connection_id: str) -> Flow[Connection]:
-        check_connection_id(connection_id)
-        record = yield from self.load(connection_id)
-        record, _ = yield from self.verify_if_due(record)  # network I/O only when it is due
-        return record.public()
-
-    def disconnect(self, connection_id: str) -> Flow[Connection]:
-        check_connection_id(connection_id)
-        while True:
-            try:
-                record, _ = yield from self.apply(self.fresh(connection_id), Disconnect())
-            except UnreadableRecord as unreadable:
-                if unreadable.version is None:
-                    raise
-                # The row is corrupt but its version is intact: overwrite it with a fresh,
-                # disconnected record. (Replays of its codes stay no-ops: the store-wide code
-                # ledger still holds them.)
-                replaced = yield from self._replace_unreadable(connection_id, unreadable.version)
-                if replaced is None:
-                    continue
-                record = replaced
-            return record.public()
-
-    def _replace_unreadable(
-        self, connection_id: str, version: int
-    ) -> Flow[ConnectionRecord | None]:
-        fresh = attrs.evolve(self.fresh(connection_id), version=version + 1, updated_at=self.now())
-        if not (yield from perform(CompareAndSet(fresh, version))):
-            return None
-        logger.warning("connection %s: an unreadable record was replaced", connection_id)
-        return fresh
-
-    def handle_disconnect_hook(self, query: QueryLike) -> Flow[tuple[Connection, ...]]:
-        account_id = verify_disconnect_hook(query, self.config)
-        records = yield from perform(FindByAccount(account_id))
-        done = []
-        for record in records:
-            if record.integration in (None, self.config.client_id):  # this integration's only
-                alive = yield from self._token_still_accepted(record)
-                event = ProviderDisconnected(self.now(), token_still_accepted=alive)
-                updated, _ = yield from self.apply(record, event)
-                done.append(updated.public())
-        return tuple(done)
-
-    def _token_still_accepted(self, record: ConnectionRecord) -> Flow[bool]:
-        """Does amoCRM still accept the connection's tokens? After a real uninstall it answers
-        401 to both (protocol notes §6). The access token is asked first (the account call);
-        an expired one proves nothing, so the refresh token is then asked through the account
-        lookup, which does not spend it (§5). Only definite refusals count as "no": when amoCRM
-        cannot be asked (down, busy), the hook is not acted on, so a replay during an outage
-        changes nothing (a real uninstall still shows at the next use of the tokens)."""
-        extra = self.config.extra_domains
-        host_name, access, refresh = record.api_credentials() or ("", "", "")
-        host = AccountHost.accept(host_name, extra)
-        if host is None:
-            return False
-        try:
-            read_account((yield Send(account_request(self.config, host, access))))
-            return True
-        except ProviderError as error:
-            if meaning_of(error, "account").meaning.transient:
-                return True  # cannot tell: change nothing
-        api_host = AccountHost.accept(api_domain_of(access) or "", extra)
-        if api_host is None:
-            return False
-        try:
-            answer = yield Send(lookup_request(self.config, api_host, refresh))
-            return read_lookup(answer, extra) is not None
-        except ProviderError as error:
-            return meaning_of(error, "subdomain_lookup").meaning.transient

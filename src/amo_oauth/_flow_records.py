@@ -1,9 +1,13 @@
-"""The record primitives every flow is made of: load, step-and-write, update, wait.
+"""The record primitives every flow is made of: load, decide, write, apply, wait.
 
 A flow never writes a record it did not step through the table (``_state.step``), and every
 write is one compare-and-set on the version it read, so a decision made on a stale read is never
-written: the loser reloads and asks the table again. The flows ask the table and act on its
-answer; they do not look at a record's state, lease, tokens or error themselves.
+written: the loser reloads and asks the table again.
+
+``Records`` is the one part that holds whole records: it hands the other flows a
+``RecordView`` (no state, lease, tokens or error) and the table's answer as a ``Decision``, and
+takes them back to write. So the flows act on the table's answer and cannot look at what it
+decides on: mypy rejects it.
 """
 
 from __future__ import annotations
@@ -21,13 +25,25 @@ from ._answers import Answer, describe
 from ._config import Config
 from ._errors import ProviderError, StoreError
 from ._events import Event, LeaseExpired
-from ._limits import ExchangeLimiter
-from ._ops import CompareAndSet, Delete, Flow, Load, Sleep, WaitForChange, perform
+from ._ops import (
+    ClaimOp,
+    CompareAndSet,
+    Delete,
+    DuePage,
+    FindByAccount,
+    Flow,
+    Load,
+    Sleep,
+    WaitForChange,
+    perform,
+)
 from ._reasons import Reason
+from ._record_view import RecordView, record_of, seconds_to_wait
 from ._records import ConnectionRecord, ErrorInfo, Lease, record_key
-from ._state import Step, step
+from ._state import NoOp, Step, step
+from .stores._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
 
-__all__ = ["Records"]
+__all__ = ["Decision", "Records"]
 
 #: Seconds a waiter gives a lapsing lease past its end before it looks again.
 _LEASE_SLACK = 0.01
@@ -40,6 +56,27 @@ logger = logging.getLogger("amo_oauth")
 
 def _expected(record: ConnectionRecord) -> int | None:
     return record.version or None
+
+
+@attrs.frozen
+class Decision:
+    """The table's answer about a view: ``noop``, why nothing happens, or (``changed``) the
+    record to write one version up, which only ``Records.commit`` and ``Records.claim`` write."""
+
+    _step: Step
+
+    @property
+    def changed(self) -> bool:
+        return self._step.changed
+
+    @property
+    def noop(self) -> NoOp | None:
+        return self._step.noop
+
+    @property
+    def record(self) -> RecordView:
+        """The record as it would be written (unchanged for a no-op)."""
+        return RecordView(self._step.record)
 
 
 class Records:
@@ -59,17 +96,26 @@ class Records:
         # Events the store failed to take, by record key: written before the next call.
         self._unwritten: dict[str, tuple[ConnectionRecord, Event]] = {}
         self._unwritten_lock = threading.Lock()
-        self._exchange_limiter: ExchangeLimiter | None = None
 
     # -- keys and loading ------------------------------------------------------------------
 
-    def fresh(self, connection_id: str, *, widget: bool = False) -> ConnectionRecord:
+    def fresh(self, connection_id: str, *, widget: bool = False) -> RecordView:
         """The record of a connection never stored: ``disconnected``, version 0."""
+        return RecordView(self._fresh(connection_id, widget))
+
+    def _fresh(self, connection_id: str, widget: bool) -> ConnectionRecord:
         return ConnectionRecord(connection_id, integration=self.config.client_id, widget=widget)
 
-    def load(self, connection_id: str, *, widget: bool = False) -> Flow[ConnectionRecord]:
+    def load(self, connection_id: str, *, widget: bool = False) -> Flow[RecordView]:
         """The stored record (or a fresh one), with a dead worker's exchange lease expired, and
         a rotated pair this process could not store written first."""
+        return RecordView((yield from self._load(connection_id, widget)))
+
+    def reload(self, view: RecordView) -> Flow[RecordView]:
+        """``load`` the record ``view`` was read from, as it is now."""
+        return (yield from self.load(view.connection_id, widget=view.widget))
+
+    def _load(self, connection_id: str, widget: bool) -> Flow[ConnectionRecord]:
         yield from self._write_kept(record_key(self.config.client_id, connection_id, widget=widget))
         while True:
             record = yield from self._load_key(connection_id, widget)
@@ -77,7 +123,7 @@ class Records:
             if not result.changed:
                 return record
             # The worker holding the exchange is presumed dead: the code is never resent.
-            expired = yield from self.commit(record, result, LeaseExpired.name)
+            expired = yield from self._commit(record, result, LeaseExpired.name)
             if expired is not None:
                 return expired
 
@@ -93,11 +139,11 @@ class Records:
                 # than ``record.key``, and every write would conflict with it for ever.
                 raise StoreError("the store keeps records under connection_id, not record.key")
             if legacy is None:
-                return self.fresh(connection_id, widget=widget)
+                return self._fresh(connection_id, widget)
             # A record stored before keys had a namespace. A widget install was named after
             # its account host: such a record never moves into an app user's namespace.
             if (legacy.host == legacy.connection_id) != widget:
-                return self.fresh(connection_id, widget=widget)
+                return self._fresh(connection_id, widget)
             yield from self._migrate(legacy, widget)
 
     def _migrate(self, legacy: ConnectionRecord, widget: bool) -> Flow[None]:
@@ -112,10 +158,10 @@ class Records:
 
     # -- pairs the store could not take ------------------------------------------------------
 
-    def keep_unwritten(self, record: ConnectionRecord, event: Event) -> None:
+    def keep_unwritten(self, view: RecordView, event: Event) -> None:
         """Keep an event the store failed to take (a rotated pair) until it can be written."""
         with self._unwritten_lock:
-            self._unwritten[record.key] = (record, event)
+            self._unwritten[view.key] = (record_of(view), event)
 
     def _write_kept(self, key: str) -> Flow[None]:
         with self._unwritten_lock:
@@ -124,7 +170,7 @@ class Records:
             return
         record, event = kept
         try:
-            yield from self.apply(record, event)  # the table decides, as for a late answer
+            yield from self._apply(record, event)  # the table decides, as for a late answer
         except BaseException:
             with self._unwritten_lock:
                 self._unwritten.setdefault(key, kept)
@@ -191,26 +237,57 @@ class Records:
                 connection_id,
             )
 
-    # -- writing -----------------------------------------------------------------------------
+    # -- deciding and writing ---------------------------------------------------------------
 
-    def write(self, record: ConnectionRecord, event: Event) -> Flow[ConnectionRecord | None]:
-        """Step ``record`` by ``event`` and write it. None when a no-op or another writer won."""
-        result = step(record, event, self.now())
-        if not result.changed:
+    def decide(self, view: RecordView, event: Event) -> Decision:
+        """The table's answer to ``event`` on the record ``view`` shows, now."""
+        return Decision(step(record_of(view), event, self.now()))
+
+    def write(self, view: RecordView, event: Event) -> Flow[RecordView | None]:
+        """Step the record by ``event`` and write it. None when a no-op or another writer won."""
+        decision = self.decide(view, event)
+        if not decision.changed:
             return None
-        return (yield from self.commit(record, result, event.name))
+        return (yield from self.commit(view, decision, event.name))
 
     def commit(
+        self, old: RecordView, decision: Decision, event_name: str
+    ) -> Flow[RecordView | None]:
+        """Compare-and-set a decision's record over ``old``. None when another writer won."""
+        return (yield from self._written(self._commit(record_of(old), decision._step, event_name)))
+
+    def _commit(
         self, old: ConnectionRecord, result: Step, event_name: str
     ) -> Flow[ConnectionRecord | None]:
-        """Compare-and-set a step's record over ``old``. None when another writer won."""
         new = result.record
         if not (yield from perform(CompareAndSet(new, _expected(old)))):
             return None
-        self.log_step(old, new, event_name)
+        self._log_step(old, new, event_name)
         return new
 
-    def log_step(self, old: ConnectionRecord, new: ConnectionRecord, event_name: str) -> None:
+    @staticmethod
+    def _written(commit: Flow[ConnectionRecord | None]) -> Flow[RecordView | None]:
+        written = yield from commit
+        return None if written is None else RecordView(written)
+
+    def claim(
+        self,
+        old: RecordView,
+        decision: Decision,
+        event_name: str,
+        code: LedgerEntry,
+        state: LedgerEntry | None,
+    ) -> Flow[ClaimResult]:
+        """Claim a code: the decision's record written over ``old`` with the code's and the
+        state's ledger entries, in one store operation (``ClaimOp``)."""
+        new = decision._step.record
+        claim = Claim(new, _expected(record_of(old)), code, state)
+        claimed = yield from perform(ClaimOp(claim))
+        if claimed is ClaimResult.CLAIMED:
+            self._log_step(record_of(old), new, event_name)
+        return claimed
+
+    def _log_step(self, old: ConnectionRecord, new: ConnectionRecord, event_name: str) -> None:
         """One INFO line per written transition (no secret: ids, states and the event)."""
         logger.info(
             "connection %s: %s -> %s (%s)",
@@ -221,34 +298,65 @@ class Records:
             extra={"amo_event": event_name, "amo_connection_id": old.connection_id},
         )
 
-    def apply(self, record: ConnectionRecord, event: Event) -> Flow[tuple[ConnectionRecord, bool]]:
-        """Apply ``event`` to whatever is stored for ``record``'s connection, retrying until
+    def apply(self, view: RecordView, event: Event) -> Flow[tuple[RecordView, bool]]:
+        """Apply ``event`` to whatever is stored for the view's connection, retrying until
         written or a no-op. Returns the record as it then is, and whether this call wrote it."""
+        record, wrote = yield from self._apply(record_of(view), event)
+        return RecordView(record), wrote
+
+    def _apply(self, record: ConnectionRecord, event: Event) -> Flow[tuple[ConnectionRecord, bool]]:
         while True:
-            current = yield from self.load(record.connection_id, widget=record.widget)
+            current = yield from self._load(record.connection_id, record.widget)
             result = step(current, event, self.now())
             if not result.changed:
                 return current, False
-            written = yield from self.commit(current, result, event.name)
+            written = yield from self._commit(current, result, event.name)
             if written is not None:
                 return written, True
 
+    def replace_unreadable(self, connection_id: str, version: int) -> Flow[RecordView | None]:
+        """Overwrite a corrupt row whose version is intact with a fresh, disconnected record.
+        None when another writer got there first."""
+        fresh = attrs.evolve(
+            self._fresh(connection_id, False), version=version + 1, updated_at=self.now()
+        )
+        if not (yield from perform(CompareAndSet(fresh, version))):
+            return None
+        logger.warning("connection %s: an unreadable record was replaced", connection_id)
+        return RecordView(fresh)
+
+    # -- reading many --------------------------------------------------------------------------
+
+    def find_by_account(self, account_id: int) -> Flow[list[RecordView]]:
+        """Every record whose verified account is ``account_id``."""
+        records = yield from perform(FindByAccount(account_id))
+        return [RecordView(record) for record in records]
+
+    def due_page(
+        self, before: datetime, limit: int, after: DueCursor | None
+    ) -> Flow[list[ConnectionRecord]]:
+        """One page of the records whose refresh token expires before ``before``: whole
+        records, for the sweep's keyset cursor (``_sweep``), each handed to a flow as a view."""
+        return (yield from perform(DuePage(before, limit, after)))
+
     # -- waiting -----------------------------------------------------------------------------
 
-    def wait(self, record: ConnectionRecord, until: float) -> Flow[ConnectionRecord]:
+    def wait(self, view: RecordView, until: float) -> Flow[RecordView]:
         """Wait for the record to change, at most until the monotonic ``until`` or until the
         lease of the worker we wait for lapses (then ``load`` expires it), and reload it."""
         left = until - self._monotonic()
-        lease_left = record.lease_seconds_left(self.now())
-        if lease_left is not None:
-            left = min(left, lease_left + _LEASE_SLACK)
+        left = seconds_to_wait(record_of(view), self.now(), left, _LEASE_SLACK)
         if left > 0:
-            yield from perform(WaitForChange(record.key, record.version, left))
-        return (yield from self.load(record.connection_id, widget=record.widget))
+            yield from perform(WaitForChange(view.key, view.version, left))
+        return (yield from self.reload(view))
 
     def deadline(self) -> float:
         """The monotonic time a wait for another worker gives up: ``settle_timeout`` away."""
         return self._monotonic() + self.config.settle_timeout
+
+    def soon(self, seconds: float) -> float:
+        """The monotonic time ``seconds`` from now."""
+        return self._monotonic() + seconds
 
     def expired(self, until: float) -> bool:
         """True once the monotonic ``until`` has passed."""
@@ -263,7 +371,7 @@ class Records:
 
     def warn(
         self,
-        record: ConnectionRecord,
+        record: RecordView,
         call: str,
         answer: Answer,
         error: ProviderError,
@@ -281,7 +389,7 @@ class Records:
             extra={"amo_reason": answer.reason, "amo_connection_id": record.connection_id},
         )
 
-    def error(self, reason: Reason, error: ProviderError) -> ErrorInfo:
+    def error_info(self, reason: Reason, error: ProviderError) -> ErrorInfo:
         """``ErrorInfo`` for a provider failure, with amoCRM's hint."""
         return ErrorInfo(reason, error.hint, self.now())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import NoReturn
+from typing import NoReturn, assert_never
 
 import attrs
 
@@ -19,7 +19,7 @@ from ._events import RefreshClaimed, Refreshed, RefreshFailed, RefreshReleased
 from ._flow_records import logger
 from ._flow_verify import Verification
 from ._hosts import AccountHost
-from ._ops import DuePage, Flow, Send, Sleep, perform
+from ._ops import Flow, Send, Sleep
 from ._provider import (
     api_domain_of,
     lookup_request,
@@ -31,47 +31,46 @@ from ._provider import (
     refresh_request,
 )
 from ._reasons import Reason
-from ._records import ConnectionRecord, ErrorInfo, check_connection_id
-from ._state import step
+from ._record_view import RecordView
+from ._records import ErrorInfo, check_connection_id
+from ._state import NoOp
 from ._sweep import Done
-from .stores._protocol import DueCursor
 
 __all__ = ["TokenFlows"]
 
 #: Pauses (seconds) between tries to store a rotated pair while the store fails; well inside
 #: a lease, so no other worker sends the spent token meanwhile.
 _STORE_RETRIES = (0.05, 0.2, 0.5)
-#: The table's no-ops on which a caller waits for another worker and looks again.
-_WAIT = ("refresh_in_progress", "exchange_in_progress")
 
 
-class TokenFlows(Verification):
+class TokenFlows:
     """The logic behind ``access_token``, ``auth`` and ``refresh_due``."""
+
+    def __init__(self, verification: Verification) -> None:
+        self.verification = verification
+        self.records = verification.records
+        self.config = verification.config
 
     def access_token(self, connection_id: str, stale: str | None = None) -> Flow[str]:
         check_connection_id(connection_id)
 
         def wanted() -> RefreshClaimed:
             margin = self.config.refresh_margin
-            return RefreshClaimed(self.lease("refresh"), self.now(), margin, stale=stale)
+            return RefreshClaimed(
+                self.records.lease("refresh"), self.records.now(), margin, stale=stale
+            )
 
-        return (yield from self._token(self.fresh(connection_id), wanted))
+        return (yield from self._token(self.records.fresh(connection_id), wanted))
 
     def api_token(self, connection_id: str, stale: str | None = None) -> Flow[tuple[str, str]]:
         """``(account host, access token)``: what ``auth()`` needs to send the token only to
         that host, read with the token (after an account move, the new host)."""
         token = yield from self.access_token(connection_id, stale)
-        record = yield from self.load(connection_id)
-        host, _, _ = record.api_credentials() or ("", "", "")
+        record = yield from self.records.load(connection_id)
+        host, _, _ = record.api_credentials()
         return host, token
 
-    def due_page(
-        self, before: datetime, limit: int, after: DueCursor | None
-    ) -> Flow[list[ConnectionRecord]]:
-        """One page of the records whose refresh token expires before ``before``."""
-        return (yield from perform(DuePage(before, limit, after)))
-
-    def refresh_one(self, ref: ConnectionRecord, before: datetime) -> Flow[Done]:
+    def refresh_one(self, ref: RecordView, before: datetime) -> Flow[Done]:
         """The keep-alive sweep's work on one due record: refresh it unless its refresh token
         already outlasts ``before`` (the table decides; another machine may have done it).
         Never raises for a failed refresh: the ``Done`` says why."""
@@ -79,7 +78,9 @@ class TokenFlows(Verification):
             return Done(ref.connection_id, skipped=True)  # our secret cannot refresh it
 
         def wanted() -> RefreshClaimed:
-            return RefreshClaimed(self.lease("refresh"), self.now(), refresh_before=before)
+            return RefreshClaimed(
+                self.records.lease("refresh"), self.records.now(), refresh_before=before
+            )
 
         try:
             yield from self._token(ref, wanted)
@@ -93,44 +94,81 @@ class TokenFlows(Verification):
             return Done(ref.connection_id, _slug(error))
         return Done(ref.connection_id)
 
-    def _token(self, ref: ConnectionRecord, wanted: Callable[[], RefreshClaimed]) -> Flow[str]:
+    def _token(self, ref: RecordView, wanted: Callable[[], RefreshClaimed]) -> Flow[str]:
         """A usable access token; at most one refresh in flight per connection, anywhere."""
-        deadline = self.deadline()
-        record = yield from self.load(ref.connection_id, widget=ref.widget)
+        deadline = self.records.deadline()
+        record = yield from self.records.reload(ref)
         while True:
             event = wanted()
-            result = step(record, event, self.now())
-            if result.changed:  # the table lets this worker claim the refresh
+            noop = self.records.decide(record, event).noop
+            if noop is None:  # the table lets this worker claim the refresh
                 token = yield from self._claim_and_refresh(record, event)
                 if token is not None:
                     return token
-                record = yield from self.load(record.connection_id, widget=record.widget)
-            elif result.noop == "token_fresh":
-                return record.tokens_or_raise().access_token
-            elif result.noop == "exchange_in_progress" and (
-                (yield from self._pending_verification(record)) != record
+                record = yield from self.records.reload(record)
+                continue
+            answered = yield from self._answer(record, noop, deadline)
+            if isinstance(answered, str):
+                return answered
+            record = answered
+
+    def _answer(self, record: RecordView, noop: NoOp, deadline: float) -> Flow[str | RecordView]:
+        """Act on the table's no-op to a refresh claim: the access token, or the record to ask
+        about again (after a wait, a verification or giving the spent token up)."""
+        match noop:
+            case NoOp.TOKEN_FRESH:
+                return record.access_token()
+            case NoOp.EXCHANGE_IN_PROGRESS if (
+                yield from self._pending_verification(record)
+            ) != record:
+                pass  # this call verified (or tried to): look again
+            case NoOp.EXCHANGE_IN_PROGRESS | NoOp.REFRESH_IN_PROGRESS if not self.records.expired(
+                deadline
             ):
-                record = yield from self.load(record.connection_id, widget=record.widget)
-            elif result.noop in _WAIT and not self.expired(deadline):
-                record = yield from self.wait(record, deadline)
-            elif result.noop == "refresh_in_progress":
+                return (yield from self.records.wait(record, deadline))
+            case NoOp.REFRESH_IN_PROGRESS:
                 raise ProviderError(
                     None, "a refresh by another worker is still running", transient=True
                 )
-            elif result.noop == "refused_again":
+            case NoOp.REFUSED_AGAIN:
                 # The pair is kept; the API refuses tokens however new (a blocked integration,
                 # missing scopes): the caller hears it, amoCRM gets no more refreshes for it.
                 raise ProviderError(401, "amoCRM refused a freshly refreshed access token")
-            elif result.noop == "refresh_exhausted":
+            case NoOp.REFRESH_EXHAUSTED:
                 yield from self._give_up(record)
-                record = yield from self.load(record.connection_id, widget=record.widget)
-            else:
+            case (
+                NoOp.NOT_CONNECTED
+                | NoOp.EXCHANGE_IN_PROGRESS  # and the wait for it is over
+                | NoOp.UNDEFINED
+                # Never answered to refresh_claimed; named so that a new no-op gets a place.
+                | NoOp.DUPLICATE_CODE
+                | NoOp.DUPLICATE_CONSENT
+                | NoOp.EXPIRED_STATE
+                | NoOp.REUSED_STATE
+                | NoOp.WRONG_BROWSER
+                | NoOp.NEW_CODE_REFUSED
+                | NoOp.NO_HOST
+                | NoOp.KEEP_CONNECTION
+                | NoOp.STALE
+                | NoOp.LEASE_LIVE
+                | NoOp.VERIFICATION_PENDING
+                | NoOp.NO_EXCHANGE
+                | NoOp.VERIFICATION_DEFERRED
+                | NoOp.NOTHING_TO_VERIFY
+                | NoOp.ALREADY_ROTATED
+                | NoOp.ALREADY_DISCONNECTED
+                | NoOp.HOOK_REPLAYED
+                | NoOp.NOTHING_TO_FORGET
+            ):
                 raise ReauthorizationRequired(record.connection_id, record.not_connected_reason())
+            case unreachable:
+                assert_never(unreachable)
+        return (yield from self.records.reload(record))
 
-    def _pending_verification(self, record: ConnectionRecord) -> Flow[ConnectionRecord]:
+    def _pending_verification(self, record: RecordView) -> Flow[RecordView]:
         """Verify a pair whose verification is due; a deferred one is reported at once."""
-        current, noop = yield from self.verify_if_due(record)
-        if noop == "verification_deferred":
+        current, noop = yield from self.verification.verify_if_due(record)
+        if noop is NoOp.VERIFICATION_DEFERRED:
             raise ProviderError(
                 None,
                 "amoCRM could not verify the new connection yet; it is retried",
@@ -138,38 +176,40 @@ class TokenFlows(Verification):
             )
         return current
 
-    def _give_up(self, record: ConnectionRecord) -> Flow[None]:
+    def _give_up(self, record: RecordView) -> Flow[None]:
         """The refresh token went out twice without a stored answer: it is never sent again."""
-        spent = record.tokens_or_raise().refresh_token
+        spent = record.refresh_token()
         hint = "the refresh token was sent twice without an answer"
-        failed = RefreshFailed(ErrorInfo(Reason.REAUTHORIZATION_REQUIRED, hint, self.now()), spent)
-        _, wrote = yield from self.apply(record, failed)
+        failed = RefreshFailed(
+            ErrorInfo(Reason.REAUTHORIZATION_REQUIRED, hint, self.records.now()), spent
+        )
+        _, wrote = yield from self.records.apply(record, failed)
         if wrote:
             raise ReauthorizationRequired(record.connection_id, Reason.REAUTHORIZATION_REQUIRED)
 
-    def _claim_and_refresh(
-        self, record: ConnectionRecord, event: RefreshClaimed
-    ) -> Flow[str | None]:
+    def _claim_and_refresh(self, record: RecordView, event: RefreshClaimed) -> Flow[str | None]:
         host = AccountHost.accept(record.host or "", self.config.extra_domains)
         if host is None:  # the allowlist changed since: no secret goes there now
             raise ReauthorizationRequired(record.connection_id, Reason.FOREIGN_HOST)
-        claimed = yield from self.write(record, event)
+        claimed = yield from self.records.write(record, event)
         if claimed is None:
             return None
         return (yield from self._refresh(claimed, host, after_rejection=event.stale is not None))
 
     def _refresh(
-        self, record: ConnectionRecord, host: AccountHost, *, after_rejection: bool
+        self, record: RecordView, host: AccountHost, *, after_rejection: bool
     ) -> Flow[str | None]:
         """Spend the refresh token once. None: the record moved on under us; look again."""
-        spent = record.tokens_or_raise().refresh_token
+        spent = record.refresh_token()
         try:
             response = yield Send(refresh_request(self.config, host, spent))
-            tokens = read_tokens(response, self.now(), grant="refresh_token")
+            tokens = read_tokens(response, self.records.now(), grant="refresh_token")
             tokens = attrs.evolve(tokens, after_rejection=after_rejection)
         except ProviderError as error:
             if meaning_of(error, "refresh_token").meaning is Meaning.ACCOUNT_MOVED:
-                self.warn(record, "refresh", meaning_of(error, "refresh_token"), error, (spent,))
+                self.records.warn(
+                    record, "refresh", meaning_of(error, "refresh_token"), error, (spent,)
+                )
                 return (yield from self._follow_move(record, spent, after_rejection))
             return (yield from self._refresh_failed(record, spent, error))
         # The rotated pair is persisted in one write before anyone uses it. When our claim was
@@ -180,13 +220,13 @@ class TokenFlows(Verification):
         return tokens.access_token if written else None
 
     def _follow_move(
-        self, record: ConnectionRecord, spent: str, after_rejection: bool
+        self, record: RecordView, spent: str, after_rejection: bool
     ) -> Flow[str | None]:
         """The account was renamed or moved (``Invalid account``, 404): ask amoCRM where it lives
         now, accept the new host only through the allowlist, and retry the refresh there once
         (protocol notes §5). The new host is stored in one write with the rotated pair."""
         extra = self.config.extra_domains
-        claimed_api = api_domain_of(record.tokens_or_raise().access_token)
+        claimed_api = api_domain_of(record.access_token())
         api_host = AccountHost.accept(claimed_api or "", extra)
         if api_host is None:  # a token from before the claim existed: no lookup possible
             return (
@@ -197,9 +237,9 @@ class TokenFlows(Verification):
             moved_to = read_lookup(response, extra)
         except ProviderError as error:
             answer = meaning_of(error, "subdomain_lookup")
-            self.warn(record, "account lookup", answer, error, redact=(spent,))
+            self.records.warn(record, "account lookup", answer, error, redact=(spent,))
             if answer.meaning.transient:  # amoCRM did not say: keep the pair for a later try
-                yield from self.write(record, RefreshReleased(sent=False))
+                yield from self.records.write(record, RefreshReleased(sent=False))
                 raise error from None
             return (yield from self._moved_away(record, spent, error.hint))
         if moved_to is None:  # no secret goes to a host the allowlist refuses
@@ -208,7 +248,7 @@ class TokenFlows(Verification):
             )
         try:  # the one retry on the new host, with the same refresh token (protocol §5)
             response = yield Send(refresh_request(self.config, moved_to, spent))
-            tokens = read_tokens(response, self.now(), grant="refresh_token")
+            tokens = read_tokens(response, self.records.now(), grant="refresh_token")
         except ProviderError as error:
             # As any refresh failure; the host is still the old one, so a later try looks the
             # account up again.
@@ -219,49 +259,51 @@ class TokenFlows(Verification):
         written = yield from self._store_rotated(record, event)
         return tokens.access_token if written else None
 
-    def _moved_away(self, record: ConnectionRecord, spent: str, hint: str) -> Flow[NoReturn]:
+    def _moved_away(self, record: RecordView, spent: str, hint: str) -> Flow[NoReturn]:
         """The account's new host cannot be had: the connection leaves ``connected`` with the
         reason ``account_moved``.
 
         Raises:
             ReauthorizationRequired: always, once the record is written.
         """
-        gone = RefreshFailed(ErrorInfo(Reason.ACCOUNT_MOVED, hint, self.now()), spent)
-        yield from self.apply(record, gone)
+        gone = RefreshFailed(ErrorInfo(Reason.ACCOUNT_MOVED, hint, self.records.now()), spent)
+        yield from self.records.apply(record, gone)
         raise ReauthorizationRequired(record.connection_id, Reason.ACCOUNT_MOVED)
 
-    def _store_rotated(self, record: ConnectionRecord, event: Refreshed) -> Flow[bool]:
+    def _store_rotated(self, record: RecordView, event: Refreshed) -> Flow[bool]:
         """Store a rotated pair: amoCRM has revoked the token we spent, so this pair is the only
         valid one. A store that fails is retried within the lease; if it stays down, the pair
         is kept in this process and written before this process's next call for the connection,
         and the caller gets the ``StoreError``. False: the table made it a no-op (a disconnect)."""
         for tries_left in range(len(_STORE_RETRIES), -1, -1):
             try:
-                written = yield from self.write(record, event)
+                written = yield from self.records.write(record, event)
                 if written is None:
-                    _, wrote = yield from self.apply(record, event)
+                    _, wrote = yield from self.records.apply(record, event)
                     return wrote
                 return True
             except StoreError:
                 if not tries_left:
-                    self.keep_unwritten(record, event)
+                    self.records.keep_unwritten(record, event)
                     raise
             yield Sleep(_STORE_RETRIES[-tries_left])
         return False  # not reached: the last try returns or raises
 
     def _refresh_failed(
-        self, record: ConnectionRecord, spent: str, error: ProviderError
+        self, record: RecordView, spent: str, error: ProviderError
     ) -> Flow[str | None]:
         answer = meaning_of(error, "refresh_token")
-        self.warn(record, "refresh", answer, error, redact=(spent,))
+        self.records.warn(record, "refresh", answer, error, redact=(spent,))
         if answer.meaning not in REFRESH_REFUSALS:
             # Not the token's fault (amoCRM down, the account blocked, the client misconfigured):
             # keep the pair for a later try.
-            yield from self.write(record, RefreshReleased(sent=maybe_spent(error)))
+            yield from self.records.write(record, RefreshReleased(sent=maybe_spent(error)))
             raise error
         # Refused for good: this refresh token is never sent again.
-        failed = RefreshFailed(self.error(Reason.REAUTHORIZATION_REQUIRED, error), spent)
-        _, wrote = yield from self.apply(record, failed)
+        failed = RefreshFailed(
+            self.records.error_info(Reason.REAUTHORIZATION_REQUIRED, error), spent
+        )
+        _, wrote = yield from self.records.apply(record, failed)
         if not wrote:
             return None  # someone else rotated the pair: adopt theirs
         raise ReauthorizationRequired(record.connection_id, Reason.REAUTHORIZATION_REQUIRED)

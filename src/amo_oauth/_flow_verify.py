@@ -26,9 +26,9 @@ from ._provider import (
     refresh_request,
 )
 from ._reasons import Reason
-from ._records import ConnectionRecord, TokenSet
+from ._record_view import RecordView
 from ._results import CallbackResult, Outcome
-from ._state import step
+from ._state import NoOp
 
 __all__ = ["Verification"]
 
@@ -37,92 +37,93 @@ FIRST_RETRY = timedelta(seconds=5)
 LAST_RETRY = timedelta(hours=1)
 
 
-class Verification(Records):
-    """Verify a stored pair; shared by the code flows and the token flows."""
+class Verification:
+    """Verify a stored pair; held by the code flows and the token flows, it holds the
+    ``Records`` they share."""
 
-    def _verify(
+    def __init__(self, records: Records) -> None:
+        self.records = records
+        self.config = records.config
+
+    def verify(
         self,
-        record: ConnectionRecord,
+        record: RecordView,
         host: AccountHost,
-        tokens: TokenSet,
+        access_token: str,
         *,
         may_renew: bool = False,
     ) -> Flow[CallbackResult]:
         try:
-            response = yield Send(account_request(self.config, host, tokens.access_token))
+            response = yield Send(account_request(self.config, host, access_token))
             account = check_account_host(read_account(response), host)
         except ProviderError as error:
             answer = meaning_of(error, "account")
-            self.warn(record, "verification", answer, error)
+            self.records.warn(record, "verification", answer, error)
             if answer.meaning is Meaning.TOKEN_REJECTED and may_renew:
                 # A retry after the access token expired (nobody called for a day): renew the
                 # pair from the spent code with its refresh token, then verify once more.
                 return (yield from self._renew_and_verify(record, host))
             return (yield from self._verification_failed(record, answer, error))
-        verified = Verified(account, self.now())
-        return (yield from self._conclude(record, verified, Outcome.CONNECTED))
+        verified = Verified(account, self.records.now())
+        return (yield from self.conclude(record, verified, Outcome.CONNECTED))
 
     def _verification_failed(
-        self, record: ConnectionRecord, answer: Answer, error: ProviderError
+        self, record: RecordView, answer: Answer, error: ProviderError
     ) -> Flow[CallbackResult]:
         if answer.meaning.transient:  # amoCRM down or busy: keep the pair, try later
             retry = min(FIRST_RETRY * 2**record.verify_attempts, LAST_RETRY)
-            deferred = VerifyDeferred(self.now() + retry)
-            return (yield from self._conclude(record, deferred, Outcome.IN_PROGRESS))
-        failed = VerifyFailed(self.error(Reason.VERIFY_FAILED, error))
-        return (yield from self._conclude(record, failed, Outcome.FAILED))
+            deferred = VerifyDeferred(self.records.now() + retry)
+            return (yield from self.conclude(record, deferred, Outcome.IN_PROGRESS))
+        failed = VerifyFailed(self.records.error_info(Reason.VERIFY_FAILED, error))
+        return (yield from self.conclude(record, failed, Outcome.FAILED))
 
-    def _renew_and_verify(
-        self, record: ConnectionRecord, host: AccountHost
-    ) -> Flow[CallbackResult]:
-        spent = record.tokens_or_raise().refresh_token
+    def _renew_and_verify(self, record: RecordView, host: AccountHost) -> Flow[CallbackResult]:
+        spent = record.refresh_token()
         try:
             response = yield Send(refresh_request(self.config, host, spent))
-            tokens = read_tokens(response, self.now(), grant="refresh_token")
+            tokens = read_tokens(response, self.records.now(), grant="refresh_token")
         except ProviderError as error:
             answer = meaning_of(error, "refresh_token")
-            self.warn(record, "refresh", answer, error, redact=(spent,))
+            self.records.warn(record, "refresh", answer, error, redact=(spent,))
             return (yield from self._verification_failed(record, answer, error))
-        renewed = yield from self.write(record, Refreshed(tokens, spent))
+        renewed = yield from self.records.write(record, Refreshed(tokens, spent))
         if renewed is None:
-            return (yield from self._overtaken(record))
-        return (yield from self._verify(renewed, host, tokens))
+            return (yield from self.overtaken(record))
+        return (yield from self.verify(renewed, host, tokens.access_token))
 
-    def _conclude(
-        self, record: ConnectionRecord, event: Event, outcome: Outcome
-    ) -> Flow[CallbackResult]:
+    def conclude(self, record: RecordView, event: Event, outcome: Outcome) -> Flow[CallbackResult]:
         """Write the exchange's last step on the record this worker claimed, and report."""
-        written = yield from self.write(record, event)
+        written = yield from self.records.write(record, event)
         if written is None:
-            return (yield from self._overtaken(record))
+            return (yield from self.overtaken(record))
         if outcome is Outcome.FAILED and written.widget:
             # A failed widget install leaves no permanent record (anyone can send one); its
             # code stays in the ledger for a day, so it is still never resent.
             yield from perform(Delete(written.key, written.version))
         return CallbackResult(outcome, written.public())
 
-    def _overtaken(self, record: ConnectionRecord) -> Flow[CallbackResult]:
+    def overtaken(self, record: RecordView) -> Flow[CallbackResult]:
         """Our claim was overtaken (a disconnect, a hook, a lapsed lease): theirs stands, and
         nothing of ours (tokens, account) is written onto a record we no longer hold."""
-        current = yield from self.load(record.connection_id, widget=record.widget)
+        current = yield from self.records.reload(record)
         return CallbackResult.report(current.public(), duplicate=False)
 
-    def verify_if_due(self, record: ConnectionRecord) -> Flow[tuple[ConnectionRecord, str]]:
+    def verify_if_due(self, record: RecordView) -> Flow[tuple[RecordView, NoOp | None]]:
         """Try a pending verification when the table says it is due.
 
-        Returns the record as it then is, and the table's answer to ``verify_claimed``: ``""``
-        when this call verified (or tried to), else the no-op (``nothing_to_verify``,
-        ``lease_live``, ``verification_deferred``).
+        Returns the record as it then is, and the table's answer to ``verify_claimed``: None
+        when this call verified (or tried to), else the no-op (``NOTHING_TO_VERIFY``,
+        ``LEASE_LIVE``, ``VERIFICATION_DEFERRED``).
         """
-        event = VerifyClaimed(self.lease("exchange"))
-        result = step(record, event, self.now())
-        if not result.changed:
-            return record, result.noop or ""
-        claimed = yield from self.commit(record, result, event.name)
+        event = VerifyClaimed(self.records.lease("exchange"))
+        decision = self.records.decide(record, event)
+        if not decision.changed:  # nothing due: nothing written
+            return record, decision.noop
+        claimed = yield from self.records.commit(record, decision, event.name)
         host = AccountHost.accept(record.host or "", self.config.extra_domains)
         if claimed is None or host is None:
-            current = yield from self.load(record.connection_id, widget=record.widget)
-            return current, "lease_live"
-        yield from self._verify(claimed, host, claimed.tokens_or_raise(), may_renew=True)
-        current = yield from self.load(record.connection_id, widget=record.widget)
-        return current, ""
+            current = yield from self.records.reload(record)
+            return current, NoOp.LEASE_LIVE
+        yield from self.verify(claimed, host, claimed.access_token(), may_renew=True)
+        current = yield from self.records.reload(record)
+        return current, None

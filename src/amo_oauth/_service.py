@@ -1,11 +1,10 @@
-"""``AmoOAuth`` and ``AsyncAmoOAuth``: the flows of ``_flows.py`` driven over a store and httpx."""
+"""``AmoOAuth``: the flows of ``_flows.py`` driven over a blocking store and ``httpx.Client``."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Generator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Generator
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
@@ -13,47 +12,24 @@ import httpx
 from ._auth import ConnectionAuth
 from ._callback import QueryLike
 from ._config import Config
-from ._driving import adrive, drive
-from ._flows import Flows
-from ._ops import Op, Send, Sleep, StoreOp
-from ._provider import asend_within, send_within
+from ._driving import drive
+from ._ops import Op, Send, StoreOp
+from ._provider import send_within
+from ._record_view import RecordView
 from ._records import Connection, ConnectionRecord
 from ._results import AuthorizationRequest, CallbackResult, RefreshReport, SweepProgress
-from ._sweep import Done, HostPacer, SweepPlan, asweep, sweep
-from .stores import AsyncStore, SQLiteStore, Store
-from .stores._base import as_async_store, as_full_store, is_async_store
+from ._service_core import DEFAULT_DB, ServiceCore, with_stored
+from ._sweep import Done, HostPacer, SweepPlan, sweep
+from .stores import SQLiteStore, Store
+from .stores._base import as_full_store
 from .stores._protocol import DueCursor
 
-__all__ = ["AmoOAuth", "AsyncAmoOAuth"]
+__all__ = ["AmoOAuth"]
 
 T = TypeVar("T")
-_DEFAULT_DB = "amo_oauth.db"
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class _Base:
-    store: Store | AsyncStore
-
-    def __init__(self, config: Config, clock: Callable[[], datetime] | None) -> None:
-        if not isinstance(config, Config):
-            raise TypeError(f"config must be an amo_oauth.Config, not {type(config).__name__}")
-        self.config = config
-        self._flows = Flows(config, clock or _utcnow)
-
-    @staticmethod
-    def _check_store(store: object, *kinds: type) -> None:
-        if store is not None and not isinstance(store, kinds):
-            names = " or ".join(kind.__name__ for kind in kinds)
-            raise TypeError(f"store must be a {names} (e.g. SQLiteStore(path)), not {store!r}")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(client_id={self.config.client_id!r}, store={self.store!r})"
-
-
-class AmoOAuth(_Base):
+class AmoOAuth(ServiceCore):
     """The OAuth connection lifecycle for a blocking backend (Flask, Django, scripts).
 
     Args:
@@ -78,7 +54,7 @@ class AmoOAuth(_Base):
             raise TypeError(
                 "AmoOAuth needs an httpx.Client; use AsyncAmoOAuth for httpx.AsyncClient"
             )
-        self.store = store if store is not None else SQLiteStore(_DEFAULT_DB)
+        self.store = store if store is not None else SQLiteStore(DEFAULT_DB)
         self._store = as_full_store(self.store)
         self._owns_http = http is None
         self.http = http or httpx.Client(timeout=config.http_timeout, follow_redirects=False)
@@ -101,13 +77,13 @@ class AmoOAuth(_Base):
             ``AuthorizationRequest(url, state, expires_at, binding)``: keep ``binding`` in the
             browser (an ``HttpOnly`` cookie) and redirect it to ``url``.
         """
-        return self._flows.begin(connection_id, binding, browser_binding)
+        return self._flows.codes.begin(connection_id, binding, browser_binding)
 
     def issue_ticket(self, connection_id: str) -> str:
         """A single-use ticket (``Config.ticket_ttl``, a minute) for a mobile app to open
         ``/connect?ticket=...`` in its in-app browser, which has no app session. Opaque and
         secret; writes nothing."""
-        return self._flows.issue_ticket(connection_id)
+        return self._flows.codes.issue_ticket(connection_id)
 
     def redeem_ticket(self, ticket: str, *, connection_id: str | None = None) -> str:
         """The connection id of a ticket, which is used up.
@@ -121,7 +97,7 @@ class AmoOAuth(_Base):
             CallbackRejected: ``bad_ticket``, ``expired_ticket``, ``used_ticket``, or
                 ``wrong_browser`` (another user signed in; the ticket stays unused).
         """
-        return self._run(self._flows.redeem_ticket(ticket, connection_id))
+        return self._run(self._flows.codes.redeem_ticket(ticket, connection_id))
 
     def handle_callback(
         self,
@@ -157,7 +133,7 @@ class AmoOAuth(_Base):
                 ``widget_installs_disabled``, ``rate_limited`` or ``malformed``. Nothing
                 changed.
         """
-        return self._run(self._flows.handle_callback(query, connection_id, binding))
+        return self._run(self._flows.codes.handle_callback(query, connection_id, binding))
 
     def exchange_code(
         self,
@@ -193,12 +169,14 @@ class AmoOAuth(_Base):
             CallbackRejected: as ``handle_callback``, and ``new_code_refused``.
             ValueError: ``connection_id`` is empty, over 255 characters or unprintable.
         """
-        flow = self._flows.exchange_code(connection_id, code, referer, state, exchange_new, binding)
+        flow = self._flows.codes.exchange_code(
+            connection_id, code, referer, state, exchange_new, binding
+        )
         return self._run(flow)
 
     def status(self, connection_id: str) -> Connection:
         """The connection as stored now (``disconnected`` when unknown)."""
-        return self._run(self._flows.status(connection_id))
+        return self._run(self._flows.connections.status(connection_id))
 
     def access_token(self, connection_id: str) -> str:
         """A valid access token, refreshed first when it is about to expire.
@@ -211,19 +189,19 @@ class AmoOAuth(_Base):
             ProviderError: amoCRM could not be reached, or another worker's refresh outlasted
                 ``settle_timeout`` (both ``transient``), or amoCRM refused the refresh.
         """
-        return self._run(self._flows.access_token(connection_id))
+        return self._run(self._flows.tokens.access_token(connection_id))
 
     def auth(self, connection_id: str) -> ConnectionAuth:
         """An ``httpx.Auth`` sending this connection's bearer token, only to ``https`` requests
         to the connection's own account host (else ``TokenScopeError``, nothing sent); on a 401
         from that host it refreshes once and retries once."""
         return ConnectionAuth(
-            token=lambda stale: self._run(self._flows.api_token(connection_id, stale))
+            token=lambda stale: self._run(self._flows.tokens.api_token(connection_id, stale))
         )
 
     def disconnect(self, connection_id: str) -> Connection:
         """Forget the connection's tokens and account: it becomes ``disconnected``."""
-        return self._run(self._flows.disconnect(connection_id))
+        return self._run(self._flows.connections.disconnect(connection_id))
 
     def handle_disconnect_hook(self, query: QueryLike) -> tuple[Connection, ...]:
         """amoCRM's uninstall hook: every connection of that account loses its tokens.
@@ -234,7 +212,7 @@ class AmoOAuth(_Base):
         Raises:
             CallbackRejected: ``bad_signature`` or ``malformed``; nothing changed.
         """
-        return self._run(self._flows.handle_disconnect_hook(query))
+        return self._run(self._flows.connections.handle_disconnect_hook(query))
 
     def refresh_due(
         self,
@@ -278,7 +256,7 @@ class AmoOAuth(_Base):
             StoreError: a page of due records could not be read (after the refreshes in
                 flight finish). A refresh that fails is reported, not raised.
         """
-        plan = SweepPlan.make(self._flows.now(), within, limit, concurrency, per_host_rate)
+        plan = SweepPlan.make(self._flows.records.now(), within, limit, concurrency, per_host_rate)
         pacer = HostPacer(plan.per_host_rate)
 
         def paced(op: Op) -> Any:
@@ -289,22 +267,22 @@ class AmoOAuth(_Base):
             return self._perform(op)
 
         def read(after: DueCursor | None, size: int) -> list[ConnectionRecord]:
-            return self._run(self._flows.due_page(plan.before, size, after))
+            return self._run(self._flows.records.due_page(plan.before, size, after))
 
         def refresh(record: ConnectionRecord) -> Done:
-            return drive(self._flows.refresh_one(record, plan.before), paced)
+            return drive(self._flows.tokens.refresh_one(RecordView(record), plan.before), paced)
 
         try:
             report = sweep(plan, read, refresh, progress)
         except BaseException:
-            self._run(self._flows.store_kept_patiently())
+            self._run(self._flows.records.store_kept_patiently())
             raise
-        return _with_stored(report, self._run(self._flows.store_kept_patiently()))
+        return with_stored(report, self._run(self._flows.records.store_kept_patiently()))
 
     def close(self) -> None:
         """Store the rotated pairs the store refused earlier, if it takes them now (else say
         which are lost), then close the http client if this object made it, and the store."""
-        self._run(self._flows.store_kept_at_close())
+        self._run(self._flows.records.store_kept_at_close())
         if self._owns_http:
             self.http.close()
         self._store.close()
@@ -325,196 +303,3 @@ class AmoOAuth(_Base):
             return send_within(self.http, op.request, self.config.http_timeout)
         time.sleep(op.seconds)
         return None
-
-
-class AsyncAmoOAuth(_Base):
-    """``AmoOAuth`` for asyncio backends (FastAPI, Starlette): the same methods, awaited.
-
-    An ``AsyncStore`` (Memory, SQLite, Postgres, Redis) is awaited natively; a blocking
-    ``Store`` of your own runs in worker threads, so the event loop never blocks on a database.
-    Calls that may send a code or a refresh token are shielded from cancellation: a cancelled
-    caller gets ``CancelledError`` at once, and the call still stores what amoCRM answered.
-    """
-
-    def __init__(
-        self,
-        config: Config,
-        *,
-        store: Store | AsyncStore | None = None,
-        http: httpx.AsyncClient | None = None,
-        clock: Callable[[], datetime] | None = None,
-    ) -> None:
-        super().__init__(config, clock)
-        if not is_async_store(store):
-            self._check_store(store, Store, AsyncStore)
-        if http is not None and not isinstance(http, httpx.AsyncClient):
-            raise TypeError(
-                "AsyncAmoOAuth needs an httpx.AsyncClient; use AmoOAuth for httpx.Client"
-            )
-        self.store = store if store is not None else SQLiteStore(_DEFAULT_DB)
-        self._astore = as_async_store(self.store)
-        self._finishing: set[asyncio.Future[Any]] = set()
-        self._owns_http = http is None
-        self.http = http or httpx.AsyncClient(timeout=config.http_timeout, follow_redirects=False)
-
-    async def begin(
-        self, connection_id: str, *, binding: str | None = None, browser_binding: bool = True
-    ) -> AuthorizationRequest:
-        """See ``AmoOAuth.begin``."""
-        return self._flows.begin(connection_id, binding, browser_binding)
-
-    async def issue_ticket(self, connection_id: str) -> str:
-        """See ``AmoOAuth.issue_ticket``."""
-        return self._flows.issue_ticket(connection_id)
-
-    async def redeem_ticket(self, ticket: str, *, connection_id: str | None = None) -> str:
-        """See ``AmoOAuth.redeem_ticket``."""
-        return await self._shielded(self._flows.redeem_ticket(ticket, connection_id))
-
-    async def handle_callback(
-        self,
-        query: QueryLike,
-        *,
-        connection_id: str | None = None,
-        binding: str | None = None,
-    ) -> CallbackResult:
-        """See ``AmoOAuth.handle_callback``."""
-        return await self._shielded(self._flows.handle_callback(query, connection_id, binding))
-
-    async def exchange_code(
-        self,
-        connection_id: str,
-        code: str,
-        *,
-        referer: str | None = None,
-        state: str | None = None,
-        exchange_new: bool = True,
-        binding: str | None = None,
-    ) -> CallbackResult:
-        """See ``AmoOAuth.exchange_code``."""
-        flow = self._flows.exchange_code(connection_id, code, referer, state, exchange_new, binding)
-        return await self._shielded(flow)
-
-    async def status(self, connection_id: str) -> Connection:
-        """See ``AmoOAuth.status``."""
-        return await self._shielded(self._flows.status(connection_id))  # it may verify
-
-    async def access_token(self, connection_id: str) -> str:
-        """See ``AmoOAuth.access_token``."""
-        return await self._shielded(self._flows.access_token(connection_id))
-
-    def auth(self, connection_id: str) -> ConnectionAuth:
-        """See ``AmoOAuth.auth``; for ``httpx.AsyncClient``."""
-
-        async def token(stale: str | None) -> tuple[str, str]:
-            return await self._shielded(self._flows.api_token(connection_id, stale))
-
-        return ConnectionAuth(async_token=token)
-
-    async def disconnect(self, connection_id: str) -> Connection:
-        """See ``AmoOAuth.disconnect``."""
-        return await self._shielded(self._flows.disconnect(connection_id))
-
-    async def handle_disconnect_hook(self, query: QueryLike) -> tuple[Connection, ...]:
-        """See ``AmoOAuth.handle_disconnect_hook``."""
-        return await self._shielded(self._flows.handle_disconnect_hook(query))
-
-    async def refresh_due(
-        self,
-        within: timedelta = timedelta(days=7),
-        limit: int | None = 100,
-        *,
-        concurrency: int = 16,
-        per_host_rate: float = 7.0,
-        progress: Callable[[SweepProgress], None] | None = None,
-    ) -> RefreshReport:
-        """See ``AmoOAuth.refresh_due``: the same sweep, with up to ``concurrency`` tasks on
-        this event loop instead of threads (``progress`` is called on the loop). Each
-        connection's refresh is shielded: a cancelled sweep stops taking new records, and the
-        refreshes in flight still store what amoCRM answered (``aclose()`` waits for them)."""
-        plan = SweepPlan.make(self._flows.now(), within, limit, concurrency, per_host_rate)
-        pacer = HostPacer(plan.per_host_rate)
-
-        async def paced(op: Op) -> Any:
-            if isinstance(op, Send):
-                pause = pacer.reserve(op.request.url.host)
-                if pause > 0:
-                    await asyncio.sleep(pause)
-            return await self._perform(op)
-
-        async def read(after: DueCursor | None, size: int) -> list[ConnectionRecord]:
-            return await self._run(self._flows.due_page(plan.before, size, after))
-
-        async def refresh(record: ConnectionRecord) -> Done:
-            return await self._shielded(self._flows.refresh_one(record, plan.before), paced)
-
-        try:
-            report = await asweep(plan, read, refresh, progress)
-        except BaseException:
-            await self._run(self._flows.store_kept_patiently())
-            raise
-        return _with_stored(report, await self._run(self._flows.store_kept_patiently()))
-
-    async def aclose(self) -> None:
-        """Let shielded calls whose callers were cancelled finish, store the rotated pairs the
-        store refused earlier if it takes them now (else say which are lost), then close the
-        http client if this object made it, and the store."""
-        if self._finishing:
-            await asyncio.gather(*self._finishing, return_exceptions=True)
-        await self._run(self._flows.store_kept_at_close())
-        if self._owns_http:
-            await self.http.aclose()
-        await self._astore.aclose()
-
-    async def __aenter__(self) -> AsyncAmoOAuth:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def _run(self, flow: Generator[Op, Any, T]) -> T:
-        return await adrive(flow, self._perform)
-
-    async def _shielded(
-        self,
-        flow: Generator[Op, Any, T],
-        perform: Callable[[Op], Awaitable[Any]] | None = None,
-    ) -> T:
-        """Run a flow that may send a code or a refresh token, shielded from cancellation.
-
-        amoCRM spends a code or rotates a refresh pair the moment it answers; a caller cancelled
-        between that answer and the write that stores it (``asyncio.wait_for``, a client that
-        hung up) would lose the only valid pair. The caller is cancelled at once; the flow runs
-        on to its end in a task ``aclose()`` waits for.
-        """
-        task = asyncio.ensure_future(adrive(flow, perform or self._perform))
-        self._finishing.add(task)
-        task.add_done_callback(self._finished)
-        return await asyncio.shield(task)
-
-    def _finished(self, task: asyncio.Future[Any]) -> None:
-        self._finishing.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: a cancelled caller's failure is not "never retrieved"
-
-    async def _perform(self, op: Op) -> Any:
-        if isinstance(op, StoreOp):
-            return await op.arun(self._astore)
-        if isinstance(op, Send):
-            return await asend_within(self.http, op.request, self.config.http_timeout)
-        assert isinstance(op, Sleep)
-        await asyncio.sleep(op.seconds)
-        return None
-
-
-def _with_stored(report: RefreshReport, stored: tuple[str, ...]) -> RefreshReport:
-    """``report`` with the connections whose pair was stored late counted as refreshed."""
-    late = set(stored) & {connection_id for connection_id, _ in report.failed}
-    if not late:
-        return report
-    return RefreshReport(
-        report.refreshed + tuple(cid for cid, _ in report.failed if cid in late),
-        tuple(failure for failure in report.failed if failure[0] not in late),
-        needs_reauthorization=report.needs_reauthorization,
-        skipped=report.skipped,
-    )

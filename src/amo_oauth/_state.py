@@ -13,6 +13,7 @@ is not the machine's business either: the stores' compare-and-set decides which 
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -23,7 +24,48 @@ from ._errors import InvalidTransition
 from ._events import EVENT_TYPES, SHA256_HEX, CodeReceived, Event, RefreshClaimed
 from ._records import ConnectionRecord, ConnectionState, code_digest
 
-__all__ = ["DENIED_HOLDER", "EXCHANGING", "MACHINE", "TABLE", "Rule", "Step", "step"]
+__all__ = ["DENIED_HOLDER", "EXCHANGING", "MACHINE", "TABLE", "NoOp", "Rule", "Step", "step"]
+
+
+class NoOp(enum.StrEnum):
+    """Why an event changes nothing: the table's named no-ops, each a stable slug.
+
+    A flow acts on the member it is answered (report, wait, refuse), never on a string, so
+    mypy sees every comparison, and a ``match`` ending in ``assert_never`` is told of a new one.
+    """
+
+    # code_received (and denied)
+    DUPLICATE_CODE = "duplicate_code"
+    DUPLICATE_CONSENT = "duplicate_consent"
+    EXPIRED_STATE = "expired_state"
+    REUSED_STATE = "reused_state"
+    WRONG_BROWSER = "wrong_browser"
+    NEW_CODE_REFUSED = "new_code_refused"
+    NO_HOST = "no_host"
+    KEEP_CONNECTION = "keep_connection"
+    EXCHANGE_IN_PROGRESS = "exchange_in_progress"
+    # a result for a claim someone else has since replaced
+    STALE = "stale"
+    # lease_expired and verify_claimed
+    LEASE_LIVE = "lease_live"
+    VERIFICATION_PENDING = "verification_pending"
+    NO_EXCHANGE = "no_exchange"
+    VERIFICATION_DEFERRED = "verification_deferred"
+    NOTHING_TO_VERIFY = "nothing_to_verify"
+    # refresh_claimed, refreshed, refresh_failed
+    TOKEN_FRESH = "token_fresh"
+    REFRESH_IN_PROGRESS = "refresh_in_progress"
+    REFUSED_AGAIN = "refused_again"
+    REFRESH_EXHAUSTED = "refresh_exhausted"
+    NOT_CONNECTED = "not_connected"
+    ALREADY_ROTATED = "already_rotated"
+    # disconnect and provider_disconnected
+    ALREADY_DISCONNECTED = "already_disconnected"
+    HOOK_REPLAYED = "hook_replayed"
+    NOTHING_TO_FORGET = "nothing_to_forget"
+    #: No rule fired (never, while the table is total: a test checks it).
+    UNDEFINED = "undefined"
+
 
 S = ConnectionState
 ALL = tuple(ConnectionState)
@@ -215,54 +257,54 @@ class Rule:
     sources: tuple[ConnectionState, ...]
     dest: ConnectionState | None
     guard: Callable[[EventData], bool] | None = None
-    #: For a no-op: a stable slug saying why nothing happens.
-    noop: str | None = None
+    #: For a no-op: why nothing happens.
+    noop: NoOp | None = None
 
 
 def _stale(event: str, *live: ConnectionState) -> Rule:
     # A result that arrives for a claim someone else has since replaced (disconnect, a hook):
     # it must not resurrect or overwrite anything.
-    return Rule(event, tuple(s for s in ALL if s not in live), None, noop="stale")
+    return Rule(event, tuple(s for s in ALL if s not in live), None, noop=NoOp.STALE)
 
 
 TABLE: tuple[Rule, ...] = (
     # A known code is a no-op in every state: the fix for the seed's double exchange.
-    Rule("code_received", ALL, None, code_is_known, noop="duplicate_code"),
-    Rule("code_received", ALL, None, state_has_expired, noop="expired_state"),
+    Rule("code_received", ALL, None, code_is_known, noop=NoOp.DUPLICATE_CODE),
+    Rule("code_received", ALL, None, state_has_expired, noop=NoOp.EXPIRED_STATE),
     # A second code of one consent is reported, never exchanged: while the first is in flight
     # or connected it is that connection, and after a failure or a disconnect a new consent
     # (a new begin()) is the way back. A state that brought a denial stays refused.
-    Rule("code_received", ALL, None, state_was_used_by_another_code, noop="duplicate_consent"),
-    Rule("code_received", ALL, None, state_was_denied, noop="reused_state"),
+    Rule("code_received", ALL, None, state_was_used_by_another_code, noop=NoOp.DUPLICATE_CONSENT),
+    Rule("code_received", ALL, None, state_was_denied, noop=NoOp.REUSED_STATE),
     # Known codes and duplicates are answered above from reads alone (a reload of the callback
     # page, the seed's replay); a new code only in the browser that started the consent.
-    Rule("code_received", ALL, None, browser_is_not_bound, noop="wrong_browser"),
-    Rule("code_received", EXCHANGING, None, noop="exchange_in_progress"),
+    Rule("code_received", ALL, None, browser_is_not_bound, noop=NoOp.WRONG_BROWSER),
+    Rule("code_received", EXCHANGING, None, noop=NoOp.EXCHANGE_IN_PROGRESS),
     # A code the store-wide ledger holds is a duplicate too (each code goes out at most once),
     # found where this record would otherwise claim it.
-    Rule("code_received", (S.CONNECTED,), None, reclaims_a_claimed_code, noop="duplicate_code"),
-    Rule("code_received", (S.CONNECTED,), None, code_has_no_consent, noop="new_code_refused"),
+    Rule("code_received", (S.CONNECTED,), None, reclaims_a_claimed_code, noop=NoOp.DUPLICATE_CODE),
+    Rule("code_received", (S.CONNECTED,), None, code_has_no_consent, noop=NoOp.NEW_CODE_REFUSED),
     Rule("code_received", (S.CONNECTED,), S.CODE_RECEIVED, state_is_fresh),
-    Rule("code_received", (S.CONNECTED,), None, noop="keep_connection"),
-    Rule("code_received", (S.DISCONNECTED, S.ERROR), None, host_is_unknown, noop="no_host"),
+    Rule("code_received", (S.CONNECTED,), None, noop=NoOp.KEEP_CONNECTION),
+    Rule("code_received", (S.DISCONNECTED, S.ERROR), None, host_is_unknown, noop=NoOp.NO_HOST),
     Rule(
         "code_received",
         (S.DISCONNECTED, S.ERROR),
         None,
         code_was_claimed,
-        noop="duplicate_code",
+        noop=NoOp.DUPLICATE_CODE,
     ),
     Rule(
         "code_received",
         (S.DISCONNECTED, S.ERROR),
         None,
         code_has_no_consent,
-        noop="new_code_refused",
+        noop=NoOp.NEW_CODE_REFUSED,
     ),
     Rule("code_received", (S.DISCONNECTED, S.ERROR), S.CODE_RECEIVED),
     Rule("denied", (S.DISCONNECTED, S.ERROR), S.ERROR),
-    Rule("denied", (S.CONNECTED,), None, noop="keep_connection"),
-    Rule("denied", EXCHANGING, None, noop="exchange_in_progress"),
+    Rule("denied", (S.CONNECTED,), None, noop=NoOp.KEEP_CONNECTION),
+    Rule("denied", EXCHANGING, None, noop=NoOp.EXCHANGE_IN_PROGRESS),
     Rule("exchange_succeeded", (S.CODE_RECEIVED,), S.EXCHANGED),
     _stale("exchange_succeeded", S.CODE_RECEIVED),
     Rule("exchange_failed", (S.CODE_RECEIVED,), S.ERROR),
@@ -270,22 +312,26 @@ TABLE: tuple[Rule, ...] = (
     # A worker that outlives its exchange lease is presumed dead; the code is never resent.
     # Before the pair is stored that is the end of this code; after, the pair from the spent
     # code is kept and its verification stays pending (tried again by the next caller).
-    Rule("lease_expired", EXCHANGING, None, lease_is_live, noop="lease_live"),
+    Rule("lease_expired", EXCHANGING, None, lease_is_live, noop=NoOp.LEASE_LIVE),
     Rule("lease_expired", (S.CODE_RECEIVED,), S.ERROR),
-    Rule("lease_expired", (S.EXCHANGED,), None, noop="verification_pending"),
-    Rule("lease_expired", (S.DISCONNECTED, S.CONNECTED, S.ERROR), None, noop="no_exchange"),
+    Rule("lease_expired", (S.EXCHANGED,), None, noop=NoOp.VERIFICATION_PENDING),
+    Rule("lease_expired", (S.DISCONNECTED, S.CONNECTED, S.ERROR), None, noop=NoOp.NO_EXCHANGE),
     Rule("verified", (S.EXCHANGED,), S.CONNECTED),
     _stale("verified", S.EXCHANGED),
-    Rule("verify_claimed", (S.EXCHANGED,), None, lease_is_live, noop="lease_live"),
+    Rule("verify_claimed", (S.EXCHANGED,), None, lease_is_live, noop=NoOp.LEASE_LIVE),
     Rule(
-        "verify_claimed", (S.EXCHANGED,), None, verification_not_due, noop="verification_deferred"
+        "verify_claimed",
+        (S.EXCHANGED,),
+        None,
+        verification_not_due,
+        noop=NoOp.VERIFICATION_DEFERRED,
     ),
     Rule("verify_claimed", (S.EXCHANGED,), S.EXCHANGED),
     Rule(
         "verify_claimed",
         (S.DISCONNECTED, S.CODE_RECEIVED, S.CONNECTED, S.ERROR),
         None,
-        noop="nothing_to_verify",
+        noop=NoOp.NOTHING_TO_VERIFY,
     ),
     Rule("verify_deferred", (S.EXCHANGED,), S.EXCHANGED),
     _stale("verify_deferred", S.EXCHANGED),
@@ -293,32 +339,32 @@ TABLE: tuple[Rule, ...] = (
     _stale("verify_failed", S.EXCHANGED),
     # Tokens are served only when connected; a refresh is claimed only when the token is not
     # usable and no other worker holds a live lease (at most one refresh in flight).
-    Rule("refresh_claimed", (S.CONNECTED,), None, token_is_usable, noop="token_fresh"),
-    Rule("refresh_claimed", (S.CONNECTED,), None, lease_is_live, noop="refresh_in_progress"),
-    Rule("refresh_claimed", (S.CONNECTED,), None, refused_after_refresh, noop="refused_again"),
-    Rule("refresh_claimed", (S.CONNECTED,), None, refresh_token_spent, noop="refresh_exhausted"),
+    Rule("refresh_claimed", (S.CONNECTED,), None, token_is_usable, noop=NoOp.TOKEN_FRESH),
+    Rule("refresh_claimed", (S.CONNECTED,), None, lease_is_live, noop=NoOp.REFRESH_IN_PROGRESS),
+    Rule("refresh_claimed", (S.CONNECTED,), None, refused_after_refresh, noop=NoOp.REFUSED_AGAIN),
+    Rule("refresh_claimed", (S.CONNECTED,), None, refresh_token_spent, noop=NoOp.REFRESH_EXHAUSTED),
     Rule("refresh_claimed", (S.CONNECTED,), S.CONNECTED),
-    Rule("refresh_claimed", (S.DISCONNECTED, S.ERROR), None, noop="not_connected"),
-    Rule("refresh_claimed", EXCHANGING, None, noop="exchange_in_progress"),
-    Rule("refreshed", (S.CONNECTED,), None, pair_was_rotated, noop="already_rotated"),
+    Rule("refresh_claimed", (S.DISCONNECTED, S.ERROR), None, noop=NoOp.NOT_CONNECTED),
+    Rule("refresh_claimed", EXCHANGING, None, noop=NoOp.EXCHANGE_IN_PROGRESS),
+    Rule("refreshed", (S.CONNECTED,), None, pair_was_rotated, noop=NoOp.ALREADY_ROTATED),
     Rule("refreshed", (S.CONNECTED,), S.CONNECTED),
     Rule("refreshed", (S.ERROR,), S.CONNECTED, refused_this_refresh),
     # A pair from a spent code, renewed before its late verification: only that very pair.
     Rule("refreshed", (S.EXCHANGED,), S.EXCHANGED, renews_the_stored_pair),
     _stale("refreshed", S.CONNECTED),
-    Rule("refresh_failed", (S.CONNECTED,), None, pair_was_rotated, noop="already_rotated"),
+    Rule("refresh_failed", (S.CONNECTED,), None, pair_was_rotated, noop=NoOp.ALREADY_ROTATED),
     Rule("refresh_failed", (S.CONNECTED,), S.ERROR),
     _stale("refresh_failed", S.CONNECTED),
     Rule("refresh_released", (S.CONNECTED,), S.CONNECTED),
     _stale("refresh_released", S.CONNECTED),
-    Rule("disconnect", (S.DISCONNECTED,), None, noop="already_disconnected"),
+    Rule("disconnect", (S.DISCONNECTED,), None, noop=NoOp.ALREADY_DISCONNECTED),
     Rule("disconnect", (S.CODE_RECEIVED, S.EXCHANGED, S.CONNECTED, S.ERROR), S.DISCONNECTED),
-    Rule("provider_disconnected", ALL, None, hook_is_a_replay, noop="hook_replayed"),
+    Rule("provider_disconnected", ALL, None, hook_is_a_replay, noop=NoOp.HOOK_REPLAYED),
     Rule("provider_disconnected", (*EXCHANGING, S.CONNECTED), S.ERROR),
     # In error after a refused refresh, the hook still lands: a late answer to an overtaken
     # refresh must not bring an uninstalled integration back.
     Rule("provider_disconnected", (S.ERROR,), S.ERROR, awaits_a_late_refresh),
-    Rule("provider_disconnected", (S.DISCONNECTED, S.ERROR), None, noop="nothing_to_forget"),
+    Rule("provider_disconnected", (S.DISCONNECTED, S.ERROR), None, noop=NoOp.NOTHING_TO_FORGET),
 )
 
 
@@ -378,7 +424,7 @@ class Step:
 
     record: ConnectionRecord
     changed: bool
-    noop: str | None = None
+    noop: NoOp | None = None
 
 
 def step(record: ConnectionRecord, event: Event, now: datetime) -> Step:
@@ -400,7 +446,7 @@ def step(record: ConnectionRecord, event: Event, now: datetime) -> Step:
         raise InvalidTransition(f"{event.name} is undefined in {record.state.value}") from None
     rule = model.rule
     if rule is None or rule.dest is None:
-        return Step(record, changed=False, noop=rule.noop if rule else "undefined")
+        return Step(record, changed=False, noop=rule.noop if rule else NoOp.UNDEFINED)
     new = attrs.evolve(
         record,
         state=rule.dest,

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response as StarletteResponse
 
-from ._service import AsyncAmoOAuth
+from ._async_service import AsyncAmoOAuth
 from .web import (
     DEFAULT_PREFIX,
     AsyncConnectionIdFn,

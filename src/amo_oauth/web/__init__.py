@@ -31,6 +31,7 @@ failure would be 502 ``provider_unavailable``, though no route lets one through:
 failures as outcomes); no input produces a 500.
 """
 
+from ._catalogue import DEFAULT_PREFIX, ROUTES, Route
 from ._handlers import AsyncConnectionIdFn, AsyncHandlers, ConnectionIdFn, Handlers
 from ._http import Request, Response, read_body
 from ._page import (
@@ -42,7 +43,7 @@ from ._page import (
     check_app_scheme,
     deep_link,
 )
-from ._routes import DEFAULT_PREFIX, ROUTES, Route, status_payload
+from ._routes import status_payload
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",

@@ -6,10 +6,12 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._async_service import AsyncAmoOAuth
 from .._driving import adrive, drive
-from .._service import AmoOAuth, AsyncAmoOAuth
+from .._service import AmoOAuth
+from ._calls import ServiceCall
 from ._http import Request, Response
-from ._routes import Identify, Invoke, RouteCore
+from ._routes import Identify, RouteCore
 
 __all__ = ["AsyncConnectionIdFn", "AsyncHandlers", "ConnectionIdFn", "Handlers"]
 
@@ -63,10 +65,10 @@ class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
             Exception: only what the app's ``connection_id`` callable raised.
         """
 
-        def perform(item: Identify | Invoke) -> Any:
+        def perform(item: Identify | ServiceCall[Any]) -> Any:
             if isinstance(item, Identify):
                 return self._identify(request)
-            return getattr(self.oauth, item.method)(*item.args, **item.kwargs)
+            return item.run(self.oauth)
 
         return drive(self.serve(request), perform)
 
@@ -104,10 +106,10 @@ class AsyncHandlers(RouteCore[AsyncAmoOAuth, AsyncConnectionIdFn]):
             Exception: only what the app's ``connection_id`` callable raised.
         """
 
-        async def perform(item: Identify | Invoke) -> Any:
+        async def perform(item: Identify | ServiceCall[Any]) -> Any:
             if isinstance(item, Identify):
                 return await self._identify(request)
-            return await getattr(self.oauth, item.method)(*item.args, **item.kwargs)
+            return await item.arun(self.oauth)
 
         return await adrive(self.serve(request), perform)
 

@@ -1,17 +1,17 @@
 """The routes, written once as generators that yield what they need from the outside.
 
-A route yields ``Identify`` (ask the app's ``connection_id`` callable) or ``Invoke`` (call a
-method of ``AmoOAuth``/``AsyncAmoOAuth``) and receives the answer, or has the exception thrown
-in. ``Handlers`` drives them by calling, ``AsyncHandlers`` by awaiting, as the service's own
-flows are driven; so no route is written twice.
+A route yields ``Identify`` (ask the app's ``connection_id`` callable) or a ``ServiceCall``
+(``_calls.py``: one typed value per call of ``AmoOAuth``/``AsyncAmoOAuth``) and receives the
+answer, or has the exception thrown in. ``Handlers`` drives them by calling,
+``AsyncHandlers`` by awaiting, as the service's own flows are driven; so no route is written
+twice.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
 from urllib.parse import urlencode, urlsplit
 
 import attrs
@@ -19,9 +19,21 @@ import attrs
 from .._binding import parse_binding, ticket_expires_at
 from .._errors import CallbackRejected, ProviderError, StoreError
 from .._reasons import Reason
-from .._records import Connection, check_connection_id
+from .._records import Connection
 from .._results import CallbackResult, Outcome
-from ._http import Request, Response, media_type, weighted
+from ._calls import (
+    Begin,
+    Disconnect,
+    ExchangeCode,
+    HandleCallback,
+    HandleDisconnectHook,
+    IssueTicket,
+    RedeemTicket,
+    ServiceCall,
+    Status,
+)
+from ._catalogue import DEFAULT_PREFIX, ROUTES, Route
+from ._http import Request, Response
 from ._page import (
     PAGE_TEXTS,
     PageKind,
@@ -31,26 +43,22 @@ from ._page import (
     deep_link,
     render_page,
 )
+from ._reading import (
+    Refusal,
+    as_connection_id,
+    check_origin,
+    check_size,
+    code_fields,
+    origin_of,
+    wants_json,
+)
 
-__all__ = [
-    "BINDING_COOKIE",
-    "DEFAULT_PREFIX",
-    "ROUTES",
-    "Identify",
-    "Invoke",
-    "Route",
-    "RouteCore",
-    "WebFlow",
-    "status_payload",
-]
+__all__ = ["BINDING_COOKIE", "Identify", "RouteCore", "WebFlow", "status_payload"]
 
 T = TypeVar("T")
 
-#: Where the routes live unless told otherwise: the seed's backend paths.
-DEFAULT_PREFIX: Final = "/api/amo-crm"
 DEFAULT_MAX_BODY: Final = 16 * 1024
 DEFAULT_MAX_QUERY: Final = 8 * 1024
-_MAX_QUERY_PARAMS: Final = 64
 #: The browser binding's cookie; ``__Host-`` + this (and ``Secure``) when the redirect URI is
 #: https. Decided from ``Config.redirect_uri``, never from the request (a TLS-terminating proxy
 #: may hand it over as http).
@@ -72,173 +80,7 @@ class Identify:
     """Ask the app which connection the request belongs to; the answer is ``str | None``."""
 
 
-@attrs.frozen(eq=False)
-class Invoke:
-    """Call ``method`` of the service with these arguments; the answer is its result."""
-
-    method: str
-    # They carry codes, tickets and bindings: never shown.
-    args: tuple[Any, ...] = attrs.field(default=(), repr=False)
-    kwargs: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
-
-
-WebFlow = Generator[Identify | Invoke, Any, T]
-
-
-class _Refusal(Exception):
-    """A request refused with ``status`` and a stable ``reason`` slug."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-_CODE_FIELDS: Final = {
-    "type": "object",
-    "required": ["code"],
-    "properties": {
-        "code": {"type": "string", "description": "The authorization code the app received."},
-        "state": {"type": "string", "description": "The state that came with the code."},
-        "referer": {"type": "string", "description": "The account host, e.g. x.amocrm.ru."},
-    },
-}
-_CODE_BODY: Final = {
-    "required": True,
-    "content": {"application/json": {"schema": _CODE_FIELDS}},
-}
-
-
-@attrs.frozen
-class Route:
-    """One endpoint, as adapters publish it (and document it in OpenAPI).
-
-    Attributes:
-        name: a stable identifier, e.g. ``"exchange_code"``.
-        method: the one HTTP method it answers.
-        path: the path under the prefix, e.g. ``"/exchange-code"``.
-        summary: a one-line description.
-        description: what it does and answers.
-        responses: (status, meaning) pairs it can answer with.
-        request_body: an OpenAPI ``requestBody`` object, when it reads a body.
-        page: True when it answers an HTML page (for a browser), not JSON.
-    """
-
-    name: str
-    method: str
-    path: str
-    summary: str
-    description: str
-    responses: tuple[tuple[int, str], ...]
-    request_body: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
-    page: bool = False
-    #: OpenAPI ``parameters`` objects (query parameters it reads).
-    parameters: tuple[Mapping[str, Any], ...] = attrs.field(default=(), eq=False)
-
-
-_AUTH = ((401, "No connection id for this request: {error: unauthenticated}"),)
-_ID = ((400, "The app's connection id is not valid: {error: bad_connection_id}"),)
-_CROSS_SITE = (400, "A cross-site form or bodiless POST: {error: cross_site_request}")
-
-#: The six endpoints, in the order adapters register them.
-ROUTES: Final = (
-    Route(
-        "connect",
-        "GET",
-        "/connect",
-        "Start connecting amoCRM",
-        "302 to amoCRM's consent page with a fresh signed state bound to this browser (sets "
-        "the HttpOnly binding cookie). With ?ticket=... (a mobile app's in-app browser, no "
-        "session needed): redeems the single-use ticket, then the same 302. With Accept: "
-        "application/json or ?format=json (authenticated): 200 {url, expires_at}, url being "
-        "this route with a fresh ticket, to open in the browser that will consent.",
-        (
-            (302, "Redirect to amoCRM, with Set-Cookie for the browser binding"),
-            (200, "{url, expires_at}: the ticket URL to open in the in-app browser"),
-            (
-                400,
-                "A refused ticket (bad_ticket | expired_ticket | used_ticket | "
-                "cross_site_request): the HTML error page, whose button opens "
-                "{app_scheme}://amo-crm/callback?error=<reason>",
-            ),
-            (403, "A ticket of another user than the signed-in one: the page, wrong_browser"),
-            *_AUTH,
-            *_ID,
-        ),
-        parameters=(
-            {
-                "name": "ticket",
-                "in": "query",
-                "required": False,
-                "description": "A single-use ticket from the JSON form (about a minute).",
-                "schema": {"type": "string"},
-            },
-            {
-                "name": "format",
-                "in": "query",
-                "required": False,
-                "description": "json: answer {url, expires_at} instead of redirecting.",
-                "schema": {"type": "string", "enum": ["json"]},
-            },
-        ),
-    ),
-    Route(
-        "callback",
-        "GET",
-        "/callback",
-        "amoCRM's redirect back",
-        "Exchanges the code at most once and answers an HTML page whose button opens "
-        "{app_scheme}://amo-crm/callback?success=true&state=... (never the code); "
-        "...?pending=true&state=... while another worker finishes; ...?error=<reason> on failure. "
-        "A new code is exchanged only in the browser that started the consent (its binding "
-        "cookie, cleared once connected); a code seen before is answered without it.",
-        (
-            (200, "The Return to App page"),
-            (400, "A refused redirect: the error page"),
-            (403, "Another browser's consent (wrong_browser): the error page"),
-        ),
-        page=True,
-    ),
-    Route(
-        "exchange_code",
-        "POST",
-        "/exchange-code",
-        "Exchange a code (legacy apps)",
-        "Idempotent: a code already exchanged answers 200 with the status and duplicate=true, "
-        "never 403. Body: JSON or form {code, state?, referer?}.",
-        (
-            (200, "Connected, already connected or in progress: the status"),
-            (400, "{error: reason}: refused, malformed, failed or cross-site"),
-            *_AUTH,
-            (415, "{error: unsupported_media_type}"),
-        ),
-        _CODE_BODY,
-    ),
-    Route(
-        "status",
-        "GET",
-        "/status",
-        "The connection's status",
-        "{connected, state, account, expires_at, error, version}; never a token.",
-        ((200, "The status"), *_AUTH, *_ID),
-    ),
-    Route(
-        "disconnect",
-        "POST",
-        "/disconnect",
-        "Disconnect amoCRM",
-        "Forgets the connection's tokens and answers the status.",
-        ((200, "The status, disconnected"), *_AUTH, *_ID, _CROSS_SITE),
-    ),
-    Route(
-        "disconnect_hook",
-        "GET",
-        "/disconnect-hook",
-        "amoCRM's uninstall hook",
-        "Checks the hook's signature and disconnects every connection of the account.",
-        ((200, "{disconnected: n}"), (400, "{error: bad_signature | malformed}")),
-    ),
-)
+WebFlow = Generator[Identify | ServiceCall[Any], Any, T]
 
 
 def status_payload(connection: Connection) -> dict[str, Any]:
@@ -270,73 +112,6 @@ def _reason(connection: Connection, fallback: str | None = None) -> str:
     # No error recorded: a denial that left a working connection alone (the fallback names the
     # denial), or a code seen before whose connection was disconnected since.
     return fallback or connection.state.value
-
-
-def _wants_json(request: Request) -> bool:
-    if request.param("format") == "json":
-        return True
-    accepted = weighted(request.header("accept") or "")
-    return any(media == "application/json" and quality > 0 for media, quality in accepted)
-
-
-def _json_fields(body: bytes) -> Mapping[str, object]:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting or numbers
-        raise _Refusal(400, "malformed") from None
-    if not isinstance(data, dict):
-        raise _Refusal(400, "malformed")
-    return data
-
-
-def _is_json(media: str | None) -> bool:
-    return media is not None and (media == "application/json" or media.endswith("+json"))
-
-
-def origin_of(url: str) -> str:
-    """``scheme://host[:port]`` of a URL, lower-case: what browsers send as ``Origin``."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
-
-
-def _check_origin(request: Request, allowed: frozenset[str]) -> None:
-    """Refuse a state-changing request that another site's page could make a browser send.
-
-    An ``Origin`` among the app's allowed origins passes. Otherwise, when ``Sec-Fetch-Site``
-    is present, only ``same-origin`` and ``none`` (typed, bookmarked) pass; when it is absent
-    (older browsers), any ``Origin`` present (``null`` included) refuses. A request with
-    neither header is not a browser's (the mobile app, a server) and passes.
-    """
-    origin = request.header("origin")
-    if origin is not None and origin.lower() in allowed:
-        return
-    fetch_site = request.header("sec-fetch-site")
-    if fetch_site is not None:
-        if fetch_site not in ("same-origin", "none"):
-            raise _Refusal(400, "cross_site_request")
-    elif origin is not None:
-        raise _Refusal(400, "cross_site_request")
-
-
-def _code_fields(request: Request) -> tuple[str, str | None, str | None]:
-    """The legacy body's (code, state, referer); JSON unless it says it is a form."""
-    # JSON only: a form or a text body is what a page on another site can post without a
-    # preflight, so it is never read.
-    if not _is_json(media_type(request) or ""):
-        raise _Refusal(415, "unsupported_media_type")
-    fields = _json_fields(request.body)
-    code = _optional_text(fields.get("code"))
-    if code is None:
-        raise _Refusal(400, "missing_code")
-    return code, _optional_text(fields.get("state")), _optional_text(fields.get("referer"))
-
-
-def _optional_text(value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise _Refusal(400, "malformed")
-    return value
 
 
 def _page_link(
@@ -426,11 +201,11 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             refused = Response.json(405, {"error": "method_not_allowed"}, {"allow": route.method})
             return _finish(refused)
         try:
-            self._check_size(request)
+            check_size(request, self.max_query, self.max_body)
             if route.method == "POST":
-                _check_origin(request, self.allowed_origins)
+                check_origin(request, self.allowed_origins)
             response = yield from self._flows[route.name](request)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             response = self._refuse(route, request, refusal.status, refusal.reason)
         except CallbackRejected as rejected:
             status = 429 if rejected.reason == Reason.RATE_LIMITED else 400
@@ -441,13 +216,6 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         except ProviderError:  # the routes' calls report provider failures; belt and braces
             response = self._refuse(route, request, 502, "provider_unavailable")
         return _finish(response)
-
-    def _check_size(self, request: Request) -> None:
-        query_size = sum(len(key) + len(value) + 2 for key, value in request.query)
-        if len(request.query) > _MAX_QUERY_PARAMS or query_size > self.max_query:
-            raise _Refusal(414, "query_too_large")
-        if len(request.body) > self.max_body:
-            raise _Refusal(413, "body_too_large")
 
     def _refuse(self, route: Route, request: Request, status: int, reason: str) -> Response:
         # A browser is looking (the callback; a ticket link in an app's in-app browser, which
@@ -470,14 +238,15 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
     def _identity(self) -> WebFlow[str]:
         connection_id: object = yield Identify()
         if connection_id is None:
-            raise _Refusal(401, "unauthenticated")
+            raise Refusal(401, "unauthenticated")
         try:
-            return _as_connection_id(connection_id)
+            return as_connection_id(connection_id)
         except ValueError:  # empty, too long, unprintable, not text
-            raise _Refusal(400, "bad_connection_id") from None
+            raise Refusal(400, "bad_connection_id") from None
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> WebFlow[Any]:
-        return (yield Invoke(method, args, kwargs))
+    def _call(self, call: ServiceCall[T]) -> WebFlow[T]:
+        """Ask the service, typed: ``result = yield from self._call(Status(connection_id))``."""
+        return cast(T, (yield call))
 
     # -- the routes ----------------------------------------------------------------------------
 
@@ -494,7 +263,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         as nobody."""
         try:
             connection_id: object = yield Identify()
-            return _as_connection_id(connection_id)
+            return as_connection_id(connection_id)
         except Exception:  # the app's abort(401), None, a bad id: not signed in
             return None
 
@@ -505,10 +274,10 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             connection_id: str = yield from self._redeem(request, ticket)
         else:
             connection_id = yield from self._identity()
-            if _wants_json(request):
+            if wants_json(request):
                 return (yield from self._ticket_url(connection_id))
         cookie = request.cookie(self.cookie_name)
-        begun = yield from self._call("begin", connection_id, binding=cookie)
+        begun = yield from self._call(Begin(connection_id, binding=cookie))
         headers = [self._set_cookie(begun.binding, self.cookie_max_age)] if begun.binding else []
         return Response.redirect(begun.url, headers)
 
@@ -526,23 +295,22 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         """
         fetch_site = request.header("sec-fetch-site")
         if fetch_site is not None and fetch_site not in ("none", "same-origin"):
-            raise _Refusal(400, Reason.CROSS_SITE_REQUEST)
+            raise Refusal(400, Reason.CROSS_SITE_REQUEST)
         signed_in = yield from self._signed_in()
-        connection_id: str = yield from self._call("redeem_ticket", ticket, connection_id=signed_in)
-        return connection_id
+        return (yield from self._call(RedeemTicket(ticket, connection_id=signed_in)))
 
     def _ticket_url(self, connection_id: str) -> WebFlow[Response]:
         """``{url, expires_at}``: this route with a fresh ticket, for the browser that will
         consent (the app's in-app browser keeps the binding cookie /connect sets there)."""
-        ticket: str = yield from self._call("issue_ticket", connection_id)
+        ticket = yield from self._call(IssueTicket(connection_id))
         url = f"{self.connect_url}?{urlencode({'ticket': ticket})}"
         return Response.json(200, {"url": url, "expires_at": ticket_expires_at(ticket).isoformat()})
 
     def _callback(self, request: Request) -> WebFlow[Response]:
         signed_in = yield from self._signed_in()
         cookie = request.cookie(self.cookie_name)
-        result: CallbackResult = yield from self._call(
-            "handle_callback", request.query, connection_id=signed_in, binding=cookie
+        result = yield from self._call(
+            HandleCallback(request.query, connection_id=signed_in, binding=cookie)
         )
         kind, params, reason = _page_link(result, request)
         # The state is echoed so the app can match the answer to its request; the code never is.
@@ -563,10 +331,10 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
 
     def _exchange_code(self, request: Request) -> WebFlow[Response]:
         connection_id = yield from self._identity()
-        code, state, referer = _code_fields(request)
+        code, state, referer = code_fields(request)
         # Known codes only: no browser is bound to this route, so a new code is refused.
-        result: CallbackResult = yield from self._call(
-            "exchange_code", connection_id, code, referer=referer, state=state, exchange_new=False
+        result = yield from self._call(
+            ExchangeCode(connection_id, code, referer=referer, state=state, exchange_new=False)
         )
         payload = {
             **status_payload(result.connection),
@@ -579,24 +347,17 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
 
     def _status(self, request: Request) -> WebFlow[Response]:
         connection_id = yield from self._identity()
-        connection: Connection = yield from self._call("status", connection_id)
+        connection = yield from self._call(Status(connection_id))
         return Response.json(200, status_payload(connection))
 
     def _disconnect(self, request: Request) -> WebFlow[Response]:
         connection_id = yield from self._identity()
-        connection: Connection = yield from self._call("disconnect", connection_id)
+        connection = yield from self._call(Disconnect(connection_id))
         return Response.json(200, status_payload(connection))
 
     def _disconnect_hook(self, request: Request) -> WebFlow[Response]:
-        affected = yield from self._call("handle_disconnect_hook", request.query)
+        affected = yield from self._call(HandleDisconnectHook(request.query))
         return Response.json(200, {"disconnected": len(affected)})
-
-
-def _as_connection_id(value: object) -> str:
-    """The app's answer as a connection id; ``ValueError`` when it is not one."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # numeric user ids are common; ids are text
-    return check_connection_id(value)
 
 
 def _connect_url(redirect_uri: str, prefix: str) -> str:

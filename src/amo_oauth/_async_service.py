@@ -1,0 +1,216 @@
+"""``AsyncAmoOAuth``: the flows of ``_flows.py`` driven over an awaited store and
+``httpx.AsyncClient``, each call that may spend a code or a refresh token shielded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Generator
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import httpx
+
+from ._auth import ConnectionAuth
+from ._callback import QueryLike
+from ._config import Config
+from ._driving import adrive
+from ._ops import Op, Send, Sleep, StoreOp
+from ._provider import asend_within
+from ._record_view import RecordView
+from ._records import Connection, ConnectionRecord
+from ._results import AuthorizationRequest, CallbackResult, RefreshReport, SweepProgress
+from ._service_core import DEFAULT_DB, ServiceCore, with_stored
+from ._sweep import Done, HostPacer, SweepPlan, asweep
+from .stores import AsyncStore, SQLiteStore, Store
+from .stores._base import as_async_store, is_async_store
+from .stores._protocol import DueCursor
+
+__all__ = ["AsyncAmoOAuth"]
+
+T = TypeVar("T")
+
+
+class AsyncAmoOAuth(ServiceCore):
+    """``AmoOAuth`` for asyncio backends (FastAPI, Starlette): the same methods, awaited.
+
+    An ``AsyncStore`` (Memory, SQLite, Postgres, Redis) is awaited natively; a blocking
+    ``Store`` of your own runs in worker threads, so the event loop never blocks on a database.
+    Calls that may send a code or a refresh token are shielded from cancellation: a cancelled
+    caller gets ``CancelledError`` at once, and the call still stores what amoCRM answered.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | AsyncStore | None = None,
+        http: httpx.AsyncClient | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        super().__init__(config, clock)
+        if not is_async_store(store):
+            self._check_store(store, Store, AsyncStore)
+        if http is not None and not isinstance(http, httpx.AsyncClient):
+            raise TypeError(
+                "AsyncAmoOAuth needs an httpx.AsyncClient; use AmoOAuth for httpx.Client"
+            )
+        self.store = store if store is not None else SQLiteStore(DEFAULT_DB)
+        self._astore = as_async_store(self.store)
+        self._finishing: set[asyncio.Future[Any]] = set()
+        self._owns_http = http is None
+        self.http = http or httpx.AsyncClient(timeout=config.http_timeout, follow_redirects=False)
+
+    async def begin(
+        self, connection_id: str, *, binding: str | None = None, browser_binding: bool = True
+    ) -> AuthorizationRequest:
+        """See ``AmoOAuth.begin``."""
+        return self._flows.codes.begin(connection_id, binding, browser_binding)
+
+    async def issue_ticket(self, connection_id: str) -> str:
+        """See ``AmoOAuth.issue_ticket``."""
+        return self._flows.codes.issue_ticket(connection_id)
+
+    async def redeem_ticket(self, ticket: str, *, connection_id: str | None = None) -> str:
+        """See ``AmoOAuth.redeem_ticket``."""
+        return await self._shielded(self._flows.codes.redeem_ticket(ticket, connection_id))
+
+    async def handle_callback(
+        self,
+        query: QueryLike,
+        *,
+        connection_id: str | None = None,
+        binding: str | None = None,
+    ) -> CallbackResult:
+        """See ``AmoOAuth.handle_callback``."""
+        return await self._shielded(
+            self._flows.codes.handle_callback(query, connection_id, binding)
+        )
+
+    async def exchange_code(
+        self,
+        connection_id: str,
+        code: str,
+        *,
+        referer: str | None = None,
+        state: str | None = None,
+        exchange_new: bool = True,
+        binding: str | None = None,
+    ) -> CallbackResult:
+        """See ``AmoOAuth.exchange_code``."""
+        flow = self._flows.codes.exchange_code(
+            connection_id, code, referer, state, exchange_new, binding
+        )
+        return await self._shielded(flow)
+
+    async def status(self, connection_id: str) -> Connection:
+        """See ``AmoOAuth.status``."""
+        return await self._shielded(self._flows.connections.status(connection_id))  # it may verify
+
+    async def access_token(self, connection_id: str) -> str:
+        """See ``AmoOAuth.access_token``."""
+        return await self._shielded(self._flows.tokens.access_token(connection_id))
+
+    def auth(self, connection_id: str) -> ConnectionAuth:
+        """See ``AmoOAuth.auth``; for ``httpx.AsyncClient``."""
+
+        async def token(stale: str | None) -> tuple[str, str]:
+            return await self._shielded(self._flows.tokens.api_token(connection_id, stale))
+
+        return ConnectionAuth(async_token=token)
+
+    async def disconnect(self, connection_id: str) -> Connection:
+        """See ``AmoOAuth.disconnect``."""
+        return await self._shielded(self._flows.connections.disconnect(connection_id))
+
+    async def handle_disconnect_hook(self, query: QueryLike) -> tuple[Connection, ...]:
+        """See ``AmoOAuth.handle_disconnect_hook``."""
+        return await self._shielded(self._flows.connections.handle_disconnect_hook(query))
+
+    async def refresh_due(
+        self,
+        within: timedelta = timedelta(days=7),
+        limit: int | None = 100,
+        *,
+        concurrency: int = 16,
+        per_host_rate: float = 7.0,
+        progress: Callable[[SweepProgress], None] | None = None,
+    ) -> RefreshReport:
+        """See ``AmoOAuth.refresh_due``: the same sweep, with up to ``concurrency`` tasks on
+        this event loop instead of threads (``progress`` is called on the loop). Each
+        connection's refresh is shielded: a cancelled sweep stops taking new records, and the
+        refreshes in flight still store what amoCRM answered (``aclose()`` waits for them)."""
+        plan = SweepPlan.make(self._flows.records.now(), within, limit, concurrency, per_host_rate)
+        pacer = HostPacer(plan.per_host_rate)
+
+        async def paced(op: Op) -> Any:
+            if isinstance(op, Send):
+                pause = pacer.reserve(op.request.url.host)
+                if pause > 0:
+                    await asyncio.sleep(pause)
+            return await self._perform(op)
+
+        async def read(after: DueCursor | None, size: int) -> list[ConnectionRecord]:
+            return await self._run(self._flows.records.due_page(plan.before, size, after))
+
+        async def refresh(record: ConnectionRecord) -> Done:
+            return await self._shielded(
+                self._flows.tokens.refresh_one(RecordView(record), plan.before), paced
+            )
+
+        try:
+            report = await asweep(plan, read, refresh, progress)
+        except BaseException:
+            await self._run(self._flows.records.store_kept_patiently())
+            raise
+        return with_stored(report, await self._run(self._flows.records.store_kept_patiently()))
+
+    async def aclose(self) -> None:
+        """Let shielded calls whose callers were cancelled finish, store the rotated pairs the
+        store refused earlier if it takes them now (else say which are lost), then close the
+        http client if this object made it, and the store."""
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+        await self._run(self._flows.records.store_kept_at_close())
+        if self._owns_http:
+            await self.http.aclose()
+        await self._astore.aclose()
+
+    async def __aenter__(self) -> AsyncAmoOAuth:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _run(self, flow: Generator[Op, Any, T]) -> T:
+        return await adrive(flow, self._perform)
+
+    async def _shielded(
+        self,
+        flow: Generator[Op, Any, T],
+        perform: Callable[[Op], Awaitable[Any]] | None = None,
+    ) -> T:
+        """Run a flow that may send a code or a refresh token, shielded from cancellation.
+
+        amoCRM spends a code or rotates a refresh pair the moment it answers; a caller cancelled
+        between that answer and the write that stores it (``asyncio.wait_for``, a client that
+        hung up) would lose the only valid pair. The caller is cancelled at once; the flow runs
+        on to its end in a task ``aclose()`` waits for.
+        """
+        task = asyncio.ensure_future(adrive(flow, perform or self._perform))
+        self._finishing.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Future[Any]) -> None:
+        self._finishing.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a cancelled caller's failure is not "never retrieved"
+
+    async def _perform(self, op: Op) -> Any:
+        if isinstance(op, StoreOp):
+            return await op.arun(self._astore)
+        if isinstance(op, Send):
+            return await asend_within(self.http, op.request, self.config.http_timeout)
+        assert isinstance(op, Sleep)
+        await asyncio.sleep(op.seconds)
+        return None

@@ -1,0 +1,96 @@
+"""What a flow may read of a record: ``RecordView``, a read-only view without its lifecycle.
+
+The table (``_state``) decides on a record's ``state``, ``lease``, ``tokens`` and ``error``; the
+code, token and verification flows act on its answer. They hold a ``RecordView``, which has none
+of those four (nor anything that hands them out), so mypy rejects a flow that reads one, to
+branch on it or otherwise. A view gives what a flow sends or reports: who the record is, the
+host it talks to, the pair's values to send, and the public ``Connection``.
+
+Only ``_flow_records.Records`` opens a view (``record_of``): it steps records through the table
+and writes them (``tests/test_decisions.py`` checks that no other flow does).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import attrs
+
+from ._records import Connection, ConnectionRecord
+
+__all__ = ["RecordView", "record_of", "seconds_to_wait"]
+
+
+@attrs.frozen
+class RecordView:
+    """A record as a flow sees it: no ``state``, ``lease``, ``tokens`` or ``error``."""
+
+    _record: ConnectionRecord
+
+    @property
+    def connection_id(self) -> str:
+        return self._record.connection_id
+
+    @property
+    def key(self) -> str:
+        """The key the record is stored under."""
+        return self._record.key
+
+    @property
+    def version(self) -> int:
+        """The version read (0: never stored); a write is a compare-and-set on it."""
+        return self._record.version
+
+    @property
+    def widget(self) -> bool:
+        return self._record.widget
+
+    @property
+    def integration(self) -> str | None:
+        """The client id the record belongs to (None: stored before keys had a namespace)."""
+        return self._record.integration
+
+    @property
+    def host(self) -> str | None:
+        """The account host the connection's calls go to, when known."""
+        return self._record.host
+
+    @property
+    def verify_attempts(self) -> int:
+        """Verifications that failed for a moment so far (the backoff grows with them)."""
+        return self._record.verify_attempts
+
+    def access_token(self) -> str:
+        """The access token, to send: for a record the table says holds a pair."""
+        return self._record.tokens_or_raise().access_token
+
+    def refresh_token(self) -> str:
+        """The refresh token, to send: for a record the table says holds a pair."""
+        return self._record.tokens_or_raise().refresh_token
+
+    def api_credentials(self) -> tuple[str, str, str]:
+        """``(account host, access token, refresh token)``; three empty strings when the record
+        holds no pair (no host passes the allowlist then, so nothing is sent)."""
+        return self._record.api_credentials() or ("", "", "")
+
+    def not_connected_reason(self) -> str:
+        """Why the record gives no token (``ReauthorizationRequired``'s reason)."""
+        return self._record.not_connected_reason()
+
+    def public(self) -> Connection:
+        """The public ``Connection``, to report: no token, no code digest, no lease."""
+        return self._record.public()
+
+
+def record_of(view: RecordView) -> ConnectionRecord:
+    """The record behind ``view``: for ``_flow_records.Records`` alone, which steps records
+    through the table and writes them."""
+    return view._record
+
+
+def seconds_to_wait(record: ConnectionRecord, now: datetime, left: float, slack: float) -> float:
+    """How long a waiter for another worker waits for ``record`` to change: ``left`` seconds
+    at most, and no longer than until the live lease lapses (plus ``slack``), since a load then
+    expires it. Decided here, on the lease, so that the flows never look at one."""
+    lease_left = record.lease_seconds_left(now)
+    return left if lease_left is None else min(left, lease_left + slack)

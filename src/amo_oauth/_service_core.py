@@ -1,0 +1,55 @@
+"""What ``AmoOAuth`` and ``AsyncAmoOAuth`` share: the checked config, the flows they drive,
+the store's type check, and how a sweep's report counts pairs stored late."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from ._config import Config
+from ._flows import Flows
+from ._results import RefreshReport
+from .stores import AsyncStore, Store
+
+__all__ = ["DEFAULT_DB", "ServiceCore", "with_stored"]
+
+#: Where the service keeps its connections when given no store.
+DEFAULT_DB = "amo_oauth.db"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ServiceCore:
+    """The construction both services share; each adds its store, http client and driver."""
+
+    store: Store | AsyncStore
+
+    def __init__(self, config: Config, clock: Callable[[], datetime] | None) -> None:
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be an amo_oauth.Config, not {type(config).__name__}")
+        self.config = config
+        self._flows = Flows(config, clock or _utcnow)
+
+    @staticmethod
+    def _check_store(store: object, *kinds: type) -> None:
+        if store is not None and not isinstance(store, kinds):
+            names = " or ".join(kind.__name__ for kind in kinds)
+            raise TypeError(f"store must be a {names} (e.g. SQLiteStore(path)), not {store!r}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(client_id={self.config.client_id!r}, store={self.store!r})"
+
+
+def with_stored(report: RefreshReport, stored: tuple[str, ...]) -> RefreshReport:
+    """``report`` with the connections whose pair was stored late counted as refreshed."""
+    late = set(stored) & {connection_id for connection_id, _ in report.failed}
+    if not late:
+        return report
+    return RefreshReport(
+        report.refreshed + tuple(cid for cid, _ in report.failed if cid in late),
+        tuple(failure for failure in report.failed if failure[0] not in late),
+        needs_reauthorization=report.needs_reauthorization,
+        skipped=report.skipped,
+    )

@@ -1,0 +1,162 @@
+"""What a route asks of the service: one typed value per call.
+
+A route yields a ``ServiceCall`` and is sent its result. ``Handlers`` answers it with
+``call.run(oauth)`` on ``AmoOAuth``, ``AsyncHandlers`` with ``await call.arun(oauth)`` on
+``AsyncAmoOAuth``: each call is written once here against both services' signatures, so mypy
+checks its arguments and its result, and no route names a method by a string.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import attrs
+
+from .._callback import QueryLike
+from .._records import Connection
+from .._results import AuthorizationRequest, CallbackResult
+
+if TYPE_CHECKING:  # the service imports the web layer's nothing; only types go this way
+    from .._async_service import AsyncAmoOAuth
+    from .._service import AmoOAuth
+
+__all__ = [
+    "Begin",
+    "Disconnect",
+    "ExchangeCode",
+    "HandleCallback",
+    "HandleDisconnectHook",
+    "IssueTicket",
+    "RedeemTicket",
+    "ServiceCall",
+    "Status",
+]
+
+T = TypeVar("T")
+
+
+class ServiceCall(Generic[T]):
+    """One call of the service, answered with ``T``; ``run`` and ``arun`` make it on either."""
+
+    def run(self, oauth: AmoOAuth) -> T:
+        raise NotImplementedError
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> T:
+        raise NotImplementedError
+
+
+# Codes, states, tickets, bindings and queries are secrets: never in a repr.
+
+
+@attrs.frozen
+class Begin(ServiceCall[AuthorizationRequest]):
+    connection_id: str
+    binding: str | None = attrs.field(repr=False)
+
+    def run(self, oauth: AmoOAuth) -> AuthorizationRequest:
+        return oauth.begin(self.connection_id, binding=self.binding)
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> AuthorizationRequest:
+        return await oauth.begin(self.connection_id, binding=self.binding)
+
+
+@attrs.frozen
+class IssueTicket(ServiceCall[str]):
+    connection_id: str
+
+    def run(self, oauth: AmoOAuth) -> str:
+        return oauth.issue_ticket(self.connection_id)
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> str:
+        return await oauth.issue_ticket(self.connection_id)
+
+
+@attrs.frozen
+class RedeemTicket(ServiceCall[str]):
+    ticket: str = attrs.field(repr=False)
+    connection_id: str | None
+
+    def run(self, oauth: AmoOAuth) -> str:
+        return oauth.redeem_ticket(self.ticket, connection_id=self.connection_id)
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> str:
+        return await oauth.redeem_ticket(self.ticket, connection_id=self.connection_id)
+
+
+@attrs.frozen
+class HandleCallback(ServiceCall[CallbackResult]):
+    query: QueryLike = attrs.field(repr=False)
+    connection_id: str | None
+    binding: str | None = attrs.field(repr=False)
+
+    def run(self, oauth: AmoOAuth) -> CallbackResult:
+        return oauth.handle_callback(
+            self.query, connection_id=self.connection_id, binding=self.binding
+        )
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> CallbackResult:
+        return await oauth.handle_callback(
+            self.query, connection_id=self.connection_id, binding=self.binding
+        )
+
+
+@attrs.frozen
+class ExchangeCode(ServiceCall[CallbackResult]):
+    """The legacy exchange; the web route answers known codes only (``exchange_new=False``)."""
+
+    connection_id: str
+    code: str = attrs.field(repr=False)
+    referer: str | None
+    state: str | None = attrs.field(repr=False)
+    exchange_new: bool
+
+    def run(self, oauth: AmoOAuth) -> CallbackResult:
+        return oauth.exchange_code(
+            self.connection_id,
+            self.code,
+            referer=self.referer,
+            state=self.state,
+            exchange_new=self.exchange_new,
+        )
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> CallbackResult:
+        return await oauth.exchange_code(
+            self.connection_id,
+            self.code,
+            referer=self.referer,
+            state=self.state,
+            exchange_new=self.exchange_new,
+        )
+
+
+@attrs.frozen
+class Status(ServiceCall[Connection]):
+    connection_id: str
+
+    def run(self, oauth: AmoOAuth) -> Connection:
+        return oauth.status(self.connection_id)
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> Connection:
+        return await oauth.status(self.connection_id)
+
+
+@attrs.frozen
+class Disconnect(ServiceCall[Connection]):
+    connection_id: str
+
+    def run(self, oauth: AmoOAuth) -> Connection:
+        return oauth.disconnect(self.connection_id)
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> Connection:
+        return await oauth.disconnect(self.connection_id)
+
+
+@attrs.frozen
+class HandleDisconnectHook(ServiceCall[tuple[Connection, ...]]):
+    query: QueryLike = attrs.field(repr=False)
+
+    def run(self, oauth: AmoOAuth) -> tuple[Connection, ...]:
+        return oauth.handle_disconnect_hook(self.query)
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> tuple[Connection, ...]:
+        return await oauth.handle_disconnect_hook(self.query)

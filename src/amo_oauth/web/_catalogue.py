@@ -1,0 +1,160 @@
+"""The routes' catalogue: every endpoint, its method, path and answers, as adapters publish
+it (FastAPI's OpenAPI schema, Flask's URL rules). What a route does is ``_routes.py``'s."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+
+__all__ = ["DEFAULT_PREFIX", "ROUTES", "Route"]
+
+#: Where the routes live unless told otherwise: the seed's backend paths.
+DEFAULT_PREFIX: Final = "/api/amo-crm"
+
+_CODE_FIELDS: Final = {
+    "type": "object",
+    "required": ["code"],
+    "properties": {
+        "code": {"type": "string", "description": "The authorization code the app received."},
+        "state": {"type": "string", "description": "The state that came with the code."},
+        "referer": {"type": "string", "description": "The account host, e.g. x.amocrm.ru."},
+    },
+}
+_CODE_BODY: Final = {
+    "required": True,
+    "content": {"application/json": {"schema": _CODE_FIELDS}},
+}
+
+
+@attrs.frozen
+class Route:
+    """One endpoint, as adapters publish it (and document it in OpenAPI).
+
+    Attributes:
+        name: a stable identifier, e.g. ``"exchange_code"``.
+        method: the one HTTP method it answers.
+        path: the path under the prefix, e.g. ``"/exchange-code"``.
+        summary: a one-line description.
+        description: what it does and answers.
+        responses: (status, meaning) pairs it can answer with.
+        request_body: an OpenAPI ``requestBody`` object, when it reads a body.
+        page: True when it answers an HTML page (for a browser), not JSON.
+    """
+
+    name: str
+    method: str
+    path: str
+    summary: str
+    description: str
+    responses: tuple[tuple[int, str], ...]
+    request_body: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
+    page: bool = False
+    #: OpenAPI ``parameters`` objects (query parameters it reads).
+    parameters: tuple[Mapping[str, Any], ...] = attrs.field(default=(), eq=False)
+
+
+_AUTH = ((401, "No connection id for this request: {error: unauthenticated}"),)
+_ID = ((400, "The app's connection id is not valid: {error: bad_connection_id}"),)
+_CROSS_SITE = (400, "A cross-site form or bodiless POST: {error: cross_site_request}")
+
+#: The six endpoints, in the order adapters register them.
+ROUTES: Final = (
+    Route(
+        "connect",
+        "GET",
+        "/connect",
+        "Start connecting amoCRM",
+        "302 to amoCRM's consent page with a fresh signed state bound to this browser (sets "
+        "the HttpOnly binding cookie). With ?ticket=... (a mobile app's in-app browser, no "
+        "session needed): redeems the single-use ticket, then the same 302. With Accept: "
+        "application/json or ?format=json (authenticated): 200 {url, expires_at}, url being "
+        "this route with a fresh ticket, to open in the browser that will consent.",
+        (
+            (302, "Redirect to amoCRM, with Set-Cookie for the browser binding"),
+            (200, "{url, expires_at}: the ticket URL to open in the in-app browser"),
+            (
+                400,
+                "A refused ticket (bad_ticket | expired_ticket | used_ticket | "
+                "cross_site_request): the HTML error page, whose button opens "
+                "{app_scheme}://amo-crm/callback?error=<reason>",
+            ),
+            (403, "A ticket of another user than the signed-in one: the page, wrong_browser"),
+            *_AUTH,
+            *_ID,
+        ),
+        parameters=(
+            {
+                "name": "ticket",
+                "in": "query",
+                "required": False,
+                "description": "A single-use ticket from the JSON form (about a minute).",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "format",
+                "in": "query",
+                "required": False,
+                "description": "json: answer {url, expires_at} instead of redirecting.",
+                "schema": {"type": "string", "enum": ["json"]},
+            },
+        ),
+    ),
+    Route(
+        "callback",
+        "GET",
+        "/callback",
+        "amoCRM's redirect back",
+        "Exchanges the code at most once and answers an HTML page whose button opens "
+        "{app_scheme}://amo-crm/callback?success=true&state=... (never the code); "
+        "...?pending=true&state=... while another worker finishes; ...?error=<reason> on failure. "
+        "A new code is exchanged only in the browser that started the consent (its binding "
+        "cookie, cleared once connected); a code seen before is answered without it.",
+        (
+            (200, "The Return to App page"),
+            (400, "A refused redirect: the error page"),
+            (403, "Another browser's consent (wrong_browser): the error page"),
+        ),
+        page=True,
+    ),
+    Route(
+        "exchange_code",
+        "POST",
+        "/exchange-code",
+        "Exchange a code (legacy apps)",
+        "Idempotent: a code already exchanged answers 200 with the status and duplicate=true, "
+        "never 403. Body: JSON or form {code, state?, referer?}.",
+        (
+            (200, "Connected, already connected or in progress: the status"),
+            (400, "{error: reason}: refused, malformed, failed or cross-site"),
+            *_AUTH,
+            (415, "{error: unsupported_media_type}"),
+        ),
+        _CODE_BODY,
+    ),
+    Route(
+        "status",
+        "GET",
+        "/status",
+        "The connection's status",
+        "{connected, state, account, expires_at, error, version}; never a token.",
+        ((200, "The status"), *_AUTH, *_ID),
+    ),
+    Route(
+        "disconnect",
+        "POST",
+        "/disconnect",
+        "Disconnect amoCRM",
+        "Forgets the connection's tokens and answers the status.",
+        ((200, "The status, disconnected"), *_AUTH, *_ID, _CROSS_SITE),
+    ),
+    Route(
+        "disconnect_hook",
+        "GET",
+        "/disconnect-hook",
+        "amoCRM's uninstall hook",
+        "Checks the hook's signature and disconnects every connection of the account.",
+        ((200, "{disconnected: n}"), (400, "{error: bad_signature | malformed}")),
+    ),
+)
