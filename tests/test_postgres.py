@@ -443,7 +443,7 @@ def test_wait_for_change_survives_a_lost_listener(
 ) -> None:
     assert store.compare_and_set(make_record(), None)
     store.wait_for_change("c1", 1, 0)  # starts the listener
-    with psycopg.connect(store._conninfo, autocommit=True) as conn:
+    with psycopg.connect(store._conns.conninfo, autocommit=True) as conn:
         killed = conn.execute(
             b"SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             b" WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
@@ -531,7 +531,7 @@ def test_many_waiters_share_one_listening_connection(
         waits = [asyncio.create_task(store.await_for_change(f"c{i}", 1, FOREVER)) for i in range(8)]
         while len(waiting_keys(store)) < 8:
             await asyncio.sleep(0.005)
-        with psycopg.connect(store._conninfo) as conn:
+        with psycopg.connect(store._conns.conninfo) as conn:
             listening = conn.execute(
                 b"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'"
             ).fetchone()[0]
@@ -611,7 +611,7 @@ def test_bad_table_names_are_refused(name: str) -> None:
 
 
 def test_repr_names_host_and_database_not_the_password(store: PostgresStore) -> None:
-    assert PASSWORD_MARK in store._conninfo  # the fixture's URL carries a password
+    assert PASSWORD_MARK in store._conns.conninfo  # the fixture's URL carries a password
     text = repr(store)
     assert "127.0.0.1" in text
     assert "amo_test" in text
@@ -774,13 +774,13 @@ def test_tokens_are_encrypted_at_rest(
 def test_connections_find_a_silent_server_dead(store: PostgresStore, postgres_url: str) -> None:  # noqa: F811
     """A server that vanishes without a reset still ends in StoreError: the store's
     connections carry TCP keepalives and a user timeout, unless the conninfo sets its own."""
-    with store._sync_pool().connection() as conn:
+    with store._conns.pool().connection() as conn:
         used = conn.info.get_parameters()
     assert used["keepalives"] == "1" and used["keepalives_idle"] == "30"
     assert used["tcp_user_timeout"] == "60000"
     own = PostgresStore(postgres_url + "?keepalives_idle=5", table=store.table)
     try:
-        with own._sync_pool().connection() as conn:
+        with own._conns.pool().connection() as conn:
             assert conn.info.get_parameters()["keepalives_idle"] == "5"
     finally:
         own.close()
