@@ -847,5 +847,5 @@ def test_tokens_are_encrypted_at_rest(
 def test_idle_connections_are_checked_before_use(store: RedisStore) -> None:
     """A server that vanished without a reset is found by a PING on an idle connection (the
     change subscription only reads), on the blocking and the awaited clients alike."""
-    assert store._client.connection_pool.connection_kwargs["health_check_interval"] == 30
-    assert store._options["health_check_interval"] == 30  # the asyncio client's options
+    assert store._clients.client.connection_pool.connection_kwargs["health_check_interval"] == 30
+    assert store._clients.options["health_check_interval"] == 30  # the asyncio client's options
