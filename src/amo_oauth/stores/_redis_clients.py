@@ -93,7 +93,8 @@ class Clients:
                 "not a Redis URL: expected redis://[[user]:password@]host[:port][/db],"
                 " rediss://... or unix://path[?db=N]"
             ) from None
-        return redis.Redis(connection_pool=pool)
+        client: redis.Redis = redis.Redis(connection_pool=pool)  # Any at redis-py's floor
+        return client
 
     # -- the drivers ---------------------------------------------------------------------
 
