@@ -25,8 +25,7 @@ from amo_oauth._errors import StoreError
 from amo_oauth._records import Account, ConnectionRecord, ConnectionState, TokenSet
 from amo_oauth.stores import MemoryStore, SQLiteStore
 from amo_oauth.stores import sqlite as sqlite_module
-from amo_oauth.stores._base import as_full_store
-from amo_oauth.stores._protocol import Claim, ClaimResult, FullStore, LedgerEntry
+from amo_oauth.stores._protocol import Claim, ClaimResult, LedgerEntry, Store
 
 NOW = datetime.now(UTC)
 LATER = NOW + timedelta(hours=1)
@@ -39,7 +38,7 @@ HELPER = """
 import sys, attrs
 from amo_oauth.stores import SQLiteStore
 store = SQLiteStore(sys.argv[1])
-record = store.load("u1")
+record = store.load("u1").record
 print(store.compare_and_set(attrs.evolve(record, version=2), 1), flush=True)
 store.close()
 """
@@ -84,12 +83,12 @@ def set_data(db: Path, data: object, key: str = "u1") -> None:
 def test_second_store_object_does_not_drop_the_first_ones_locks(db: Path) -> None:
     a = SQLiteStore(db)
     assert a.compare_and_set(ConnectionRecord("u1", version=1), None)
-    assert a.load("u1") is not None
+    assert a.load("u1").record is not None
     second = SQLiteStore(db)
-    assert second.load("u1") is not None  # a second object on the same file
+    assert second.load("u1").record is not None  # a second object on the same file
     assert run_helper(db) == "True"  # another process moves 1 -> 2
     assert a.compare_and_set(ConnectionRecord("u1", version=2), 1) is False
-    stored = a.load("u1")
+    stored = a.load("u1").record
     assert stored is not None and stored.version == 2
     second.close()
     a.close()
@@ -115,7 +114,7 @@ def test_no_descriptor_is_opened_on_the_database_file(
     first = SQLiteStore(db)
     assert first.compare_and_set(connected(), None)
     second = SQLiteStore(db)
-    assert second.load("u1") == connected()
+    assert second.load("u1").record == connected()
     assert second.claim(claim_of(connected(version=2), 1)) is ClaimResult.CLAIMED
     assert not [path for path in opened if Path(path).name.startswith(db.name)]
     first.close()
@@ -151,7 +150,7 @@ def test_store_objects_and_a_process_win_every_version_once(db: Path) -> None:
         )
     worker_conflicts = int(worker.communicate(timeout=60)[0])
     assert worker.returncode == 0
-    final = setup.load("c1")
+    final = setup.load("c1").record
     assert final is not None
     # Every success moved the version by one and the counter in host by one: none lost.
     assert final.version - 1 == times * (threads + 1)
@@ -182,7 +181,7 @@ def test_fork_leaves_the_child_no_inherited_connection(db: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert os.read(read, 16) == b"0"
     os.close(read)
-    final = store.load("c1")
+    final = store.load("c1").record
     assert final is not None and (final.version, final.host) == (7, "6")
     store.close()
 
@@ -215,7 +214,7 @@ def test_replaced_file_is_store_error(db: Path, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="deleted or replaced"):
         store.claim(claim_of(connected(version=2), 1))
     fresh = SQLiteStore(db)  # the file now at the path was not written to
-    assert fresh.load("u1") == connected()
+    assert fresh.load("u1").record == connected()
     assert fresh.holder_of("code:c") is None
     fresh.close()
     store.close()
@@ -273,7 +272,7 @@ def test_every_read_of_a_corrupt_row_is_store_error(db: Path, data: str) -> None
     with pytest.raises(StoreError, match="cannot read"):
         store.find_by_account(7)
     with pytest.raises(StoreError, match="cannot read"):
-        store.due_for_refresh(NOW + timedelta(days=30), 10)
+        store.due_page(NOW + timedelta(days=30), 10)
     store.close()
 
 
@@ -306,7 +305,7 @@ def test_compare_and_set_overwrites_a_corrupt_row(db: Path) -> None:
     set_data(db, "[" * 100_000)
     replacement = ConnectionRecord("u1", version=2)  # what disconnect() writes
     assert store.compare_and_set(replacement, 1)
-    assert store.load("u1") == replacement
+    assert store.load("u1").record == replacement
     store.close()
 
 
@@ -338,7 +337,7 @@ def claim_of(
     )
 
 
-def claim_script(store: FullStore) -> list[object]:
+def claim_script(store: Store) -> list[object]:
     """Claims covering every result, then what the store holds afterwards."""
     results: list[object] = [
         store.claim(claim_of(connected(), None)),
@@ -350,12 +349,12 @@ def claim_script(store: FullStore) -> list[object]:
     ]
     # Only the results and records compare: the default's ledger keeps the state a refused
     # claim took first (three writes), where SQLite takes nothing (one transaction).
-    return [*results, store.load("u1"), store.load("u2")]
+    return [*results, store.load("u1").record, store.load("u2").record]
 
 
 def test_claim_returns_what_the_default_returns(db: Path) -> None:
     store = SQLiteStore(db)
-    expected = claim_script(as_full_store(MemoryStore()))
+    expected = claim_script(MemoryStore())
     assert claim_script(store) == expected
     assert expected[:6] == [
         ClaimResult.CLAIMED,
@@ -379,7 +378,7 @@ def test_claim_writes_nothing_unless_claimed(db: Path) -> None:
     assert store.consume_state("code:c", LATER, "someone-else")
     assert store.claim(claim_of(connected(version=2), 1)) is ClaimResult.CODE_TAKEN
     assert store.holder_of("nonce-1") is None
-    assert store.load("u1") == connected()
+    assert store.load("u1").record == connected()
     store.close()
 
 
@@ -473,7 +472,7 @@ def test_async_waiter_is_woken_without_holding_a_thread(db: Path, no_polling: No
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
         waiters = [asyncio.create_task(a.await_for_change("u1", 1, 600)) for _ in range(3)]
         await asyncio.sleep(0)
-        assert await asyncio.wait_for(a.aload("u1"), HANG) == connected()
+        assert (await asyncio.wait_for(a.aload("u1"), HANG)).record == connected()
         assert await asyncio.wait_for(a.aholder_of("n"), HANG) is None
         await asyncio.to_thread(b.compare_and_set, connected(version=2), 1)
         await asyncio.wait_for(asyncio.gather(*waiters), HANG)
@@ -491,10 +490,10 @@ def test_async_operations(db: Path) -> None:
         assert await store.aholder_of("nonce-1") == "digest-a"
         assert await store.acompare_and_set(connected(version=2), 1)
         assert [r.version for r in await store.afind_by_account(7)] == [2]
-        assert len(await store.adue_for_refresh(NOW + timedelta(days=30), 5)) == 1
+        assert len(await store.adue_page(NOW + timedelta(days=30), 5)) == 1
         assert await store.aconsume_state("n", LATER)
         assert await store.adelete("u1", 2)
-        assert await store.aload("u1") is None
+        assert (await store.aload("u1")).record is None
         await store.await_for_change("u1", 1, 600)  # no record: version 0 differs
         await store.aclose()
 
@@ -513,7 +512,7 @@ def test_pool_is_bounded(db: Path) -> None:
 
     def read(_: int) -> ConnectionRecord | None:
         start.wait(HANG)
-        return store.load("u1")
+        return store.load("u1").record
 
     with ThreadPoolExecutor(64) as pool:
         assert list(pool.map(read, range(64))) == [connected()] * 64
@@ -529,7 +528,7 @@ def test_waiting_for_a_connection_times_out(db: Path) -> None:
     # The only connection is busy.
     with store._connection(), pytest.raises(StoreError, match="free connection"):
         store.load("u1")
-    assert store.load("u1") is None  # and free again
+    assert store.load("u1").record is None  # and free again
     store.close()
 
 
@@ -592,8 +591,8 @@ def test_records_are_keyed_by_record_key(db: Path) -> None:
     store = SQLiteStore(db)
     record = attrs.evolve(connected(), integration="client:1")
     assert store.compare_and_set(record, None)
-    assert store.load(record.key) == record
-    assert store.load("u1") is None
+    assert store.load(record.key).record == record
+    assert store.load("u1").record is None
     raw = sqlite3.connect(db)
     try:
         assert raw.execute("SELECT connection_id FROM amo_connections").fetchall() == [

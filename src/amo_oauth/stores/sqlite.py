@@ -21,21 +21,20 @@ How a call is made safe:
   no other process will ever see.
 - ``synchronous`` stays at SQLite's default (FULL): a commit holds a freshly rotated refresh
   token, and amoCRM has already revoked the previous one, so a commit must survive a power cut.
-- Waiters (``wait_for_change``) of this process are woken by a commit of any store object of the
-  process on the same file (a registry per file identity); another process's commit cannot
-  reach them, so they also poll, 10 ms doubling to 100 ms.
+- Waiters (``wait_for_change``) wait on one ``Hub`` per file and process (a registry by file
+  identity), so they never read the store while they wait: a commit through any store object of
+  the process on the file fires the watches on its key at once, and another process's commit is
+  found by the hub's one poller thread (``PRAGMA data_version`` on a connection of its own,
+  then the versions of the watched keys), which runs only while someone waits.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import errno
 import itertools
 import os
 import sqlite3
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -43,17 +42,27 @@ from typing import Any, Final, TypeVar
 
 from .._errors import StoreError
 from .._records import ConnectionRecord, ConnectionState
-from ._base import AsyncBaseStore, BaseStore
+from ._base import AsyncSide, utc_now
 from ._common import (
     check_after,
     check_limit,
     check_write,
     closed_error,
+    read_clock,
     require_aware,
-    wait_seconds,
 )
-from ._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
+from ._hub import Hub
+from ._protocol import (
+    Claim,
+    ClaimResult,
+    DueCursor,
+    LedgerEntry,
+    Loaded,
+    Store,
+    StoreCheck,
+)
 from ._rows import Encryption, RecordCodec, Row
+from ._sqlite_poll import FilePoller, Identity, file_identity, named
 
 __all__ = ["SQLiteStore"]
 
@@ -94,6 +103,7 @@ _UPDATE: Final = """UPDATE amo_connections
     SET version = ?, state = ?, account_id = ?, refresh_expires_at = ?, data = ?
     WHERE connection_id = ? AND version = ?"""
 _LOAD: Final = "SELECT connection_id, version, data FROM amo_connections WHERE connection_id = ?"
+_VERSION: Final = "SELECT version FROM amo_connections WHERE connection_id = ?"
 _BY_ACCOUNT: Final = """SELECT connection_id, version, data FROM amo_connections
     WHERE account_id = ? ORDER BY connection_id"""
 _DUE: Final = """SELECT connection_id, version, data FROM amo_connections
@@ -117,12 +127,13 @@ _PRUNE_EVERY: Final = 64
 #: SQLite integers are signed 64-bit; Python's are not.
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
-#: Cross-process waits poll at this many seconds, doubling up to ``_MAX_POLL``.
-_FIRST_POLL: Final = 0.01
-_MAX_POLL: Final = 0.1
+#: The poller looks at ``PRAGMA data_version`` this often (seconds) while nothing changes, up to
+#: ``_MAX_POLL``; a look costs no disk read.
+_FIRST_POLL: Final = 0.005
+_MAX_POLL: Final = 0.05
 _REPLACED: Final = "the database file was deleted or replaced"
-
-_Identity = tuple[int, int]
+#: Seconds a fork waits for a hub's poller thread to let go of its connection.
+_FORK_WAIT: Final = 5.0
 
 #: What an error code most often means, added to the message.
 _HINTS: Final = {
@@ -130,49 +141,28 @@ _HINTS: Final = {
 }
 
 
-class _Hub:
-    """What the stores of this process share about one database file: its change signal.
-
-    ``generation`` counts commits that changed a record; blocking waiters wait on ``changed``
-    for it to move, asyncio waiters park a Future in ``futures`` (woken thread-safely).
-    """
-
-    def __init__(self) -> None:
-        self.changed = threading.Condition()
-        self.generation = 0
-        self.futures: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
-
-    def notify(self) -> None:
-        with self.changed:
-            self.generation += 1
-            self.changed.notify_all()
-            futures = list(self.futures)
-        for loop, future in futures:
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there
-                loop.call_soon_threadsafe(_wake, future)
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 #: One hub per database file of this process, by (st_dev, st_ino): every store object on the
 #: file shares it, whatever path spelling it was given.
-_HUBS: dict[_Identity, _Hub] = {}
+_HUBS: dict[Identity, Hub] = {}
 _HUBS_LOCK = threading.Lock()
 #: ``os.umask`` is process-wide: two stores creating files at once must not restore each
 #: other's mask.
 _UMASK_LOCK = threading.Lock()
 
 
-def _hub_for(identity: _Identity) -> _Hub:
+def _hub_for(identity: Identity, path: str) -> Hub:
     with _HUBS_LOCK:
-        return _HUBS.setdefault(identity, _Hub())
+        hub = _HUBS.get(identity)
+        if hub is None:
+            poller = FilePoller(path, identity)
+            hub = _HUBS[identity] = Hub(
+                poller, interval=_FIRST_POLL, max_interval=_MAX_POLL, name=path
+            )
+        return hub
 
 
-class SQLiteStore(BaseStore, AsyncBaseStore):
-    """A ``FullStore`` and ``AsyncStore`` in one SQLite file, safe across the threads and
+class SQLiteStore(AsyncSide):
+    """A ``Store`` and ``AsyncStore`` in one SQLite file, safe across the threads and
     processes of one machine, and across any number of store objects on the same file.
 
     The file (and schema) is created on first use, not here, with mode 0600 since it holds
@@ -187,6 +177,11 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         codec: how records become rows; ``RecordCodec(encryption)`` by default.
         encryption: encrypts the token pair at rest (e.g. ``cryptography``'s ``Fernet`` or
             ``MultiFernet``); rows are then useless without the key.
+        clock: the store's clock (aware datetimes): ``Loaded.now``, and when ledger keys
+            expire. The host's UTC clock by default.
+
+    The ``a``-prefixed operations run the blocking ones in a worker thread (``AsyncSide``);
+    waits hold no thread.
 
     Raises:
         ValueError: an in-memory or temporary database (each connection would get its own:
@@ -201,6 +196,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         max_connections: int = 16,
         codec: RecordCodec | None = None,
         encryption: Encryption | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._path = os.fspath(path)
         if self._path in ("", ":memory:") or self._path.startswith("file:"):
@@ -212,8 +208,9 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         self._timeout = timeout
         self._max = max_connections
         self._codec = codec or RecordCodec(encryption)
+        self._clock = clock or utc_now
         self._calls = itertools.count()
-        self._identity: _Identity | None = None
+        self._identity: Identity | None = None
         self._closed = False
         self._idle: list[sqlite3.Connection] = []
         self._open = 0  # connections open now, idle or borrowed
@@ -246,15 +243,16 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
 
     # -- reads ---------------------------------------------------------------------------
 
-    def load(self, key: str) -> ConnectionRecord | None:
-        """The record stored under ``key`` (``ConnectionRecord.key``), or None.
+    def load(self, key: str) -> Loaded:
+        """The record stored under ``key`` (``ConnectionRecord.key``) and the store's clock.
 
         Raises:
             StoreError: the file could not be read, was deleted or replaced, or holds an
                 unreadable record.
         """
         rows = self._read("read", _LOAD, (key,))
-        return self._decode(rows[0]) if rows else None
+        now = read_clock(self._clock)
+        return Loaded(self._decode(rows[0]) if rows else None, now)
 
     def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
         """Every record whose verified account is ``account_id``, by key.
@@ -265,19 +263,6 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         if not _fits(account_id):
             return []
         return [self._decode(row) for row in self._read("read", _BY_ACCOUNT, (account_id,))]
-
-    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        """Up to ``limit`` connected records whose refresh token expires before ``before``
-        (aware), soonest first (ties by key).
-
-        Raises:
-            ValueError: a naive ``before`` or a negative ``limit``.
-            StoreError: as ``load``.
-        """
-        moment = require_aware(before, "before").timestamp()
-        limit = min(check_limit(limit), _INT64_MAX)
-        params = (ConnectionState.CONNECTED.value, moment, limit)
-        return [self._decode(row) for row in self._read("read", _DUE, params)]
 
     def due_page(
         self, before: datetime, limit: int, after: DueCursor | None = None
@@ -322,7 +307,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         Raises:
             StoreError: the file could not be read, or was deleted or replaced.
         """
-        rows = self._read("read the ledger", _HOLDER, (key, time.time()))
+        rows = self._read("read the ledger", _HOLDER, (key, self._now()))
         holder = rows[0][0] if rows else None
         return holder if isinstance(holder, str) else None
 
@@ -341,7 +326,9 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         check_write(record, expected_version)
         row = self._row(record)
         return self._transaction(
-            "write a record", lambda conn: _commit_if(_put(conn, row, expected_version))
+            "write a record",
+            lambda conn: _commit_if(_put(conn, row, expected_version)),
+            wakes=record.key,
         )
 
     def delete(self, key: str, expected_version: int) -> bool:
@@ -360,7 +347,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
             )
             return _commit_if(cursor.rowcount == 1)
 
-        return self._transaction("delete a record", body)
+        return self._transaction("delete a record", body, wakes=key)
 
     def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
         """Take a single-use key until ``expires_at`` (aware): True the first time, and again
@@ -374,12 +361,12 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         prune = next(self._calls) % _PRUNE_EVERY == 0
 
         def body(conn: sqlite3.Connection) -> tuple[bool, bool]:
-            now = time.time()
+            now = self._now()
             if prune:
                 conn.execute("DELETE FROM amo_states WHERE expires_at < ?", (now,))
             return _take(conn, entry, holder, now), True
 
-        return self._transaction("consume a state", body, wakes=False)
+        return self._transaction("consume a state", body)
 
     def claim(self, claim: Claim) -> ClaimResult:
         """Take ``claim.state`` and ``claim.code`` and write ``claim.record`` in one
@@ -396,7 +383,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
                 require_aware(entry.expires_at, "expires_at")
 
         def body(conn: sqlite3.Connection) -> tuple[ClaimResult, bool]:
-            now = time.time()
+            now = self._now()
             state = claim.state
             if state is not None and not _take(conn, state, state.holder, now):
                 return ClaimResult.STATE_USED, False
@@ -406,115 +393,63 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
                 return ClaimResult.RECORD_CHANGED, False
             return ClaimResult.CLAIMED, True
 
-        return self._transaction("claim a code", body)
+        return self._transaction("claim a code", body, wakes=claim.record.key)
 
-    # -- waiting -------------------------------------------------------------------------
+    # -- waiting and checking --------------------------------------------------------------
 
     def wait_for_change(self, key: str, version: int, timeout: float) -> None:
         """Return once the record's version may differ from ``version`` (0: no record), or
         after ``timeout`` seconds. A commit through any ``SQLiteStore`` of this process on the
-        same file wakes it at once; another process's commit is seen by polling (<= 100 ms).
+        same file fires it at once; another process's commit is found by the file's one poller
+        (within ``_MAX_POLL`` seconds). The waiter reads the store once, never in a loop.
 
         Raises:
-            StoreError: as ``load``.
+            StoreError: as ``load``, or the store is closed.
         """
-        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
-        hub = self._hub()
-        deadline = time.monotonic() + timeout
-        pause = _FIRST_POLL
-        while True:
-            with hub.changed:
-                seen = hub.generation  # read before loading, so no commit slips in between
-            if _version(self.load(key)) != version:
-                return
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            with hub.changed:
-                if hub.generation == seen:  # else a commit came while we loaded: look again
-                    hub.changed.wait(min(pause, left))
-            pause = min(pause * 2, _MAX_POLL)
+        self.hub.wait(key, version, timeout, lambda: self._version(key))
+        self._check_open()
 
-    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
-        """See ``wait_for_change``. Waits on the event loop: no worker thread is held while
-        waiting (each load runs briefly in one).
+    @property
+    def hub(self) -> Hub:
+        """Where this process's waiters on the file wait (one per file, opened on first use).
 
         Raises:
-            StoreError: as ``load``.
+            StoreError: the file could not be opened.
         """
-        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
-        hub = await asyncio.to_thread(self._hub)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        pause = _FIRST_POLL
-        while True:
-            future: asyncio.Future[None] = loop.create_future()
-            waiter = (loop, future)
-            with hub.changed:  # registered before loading, so no commit slips in between
-                hub.futures.add(waiter)
-            try:
-                if _version(await self.aload(key)) != version:
-                    return
-                left = deadline - loop.time()
-                if left <= 0:
-                    return
-                await asyncio.wait({future}, timeout=min(pause, left))
-            finally:
-                with hub.changed:
-                    hub.futures.discard(waiter)
-            pause = min(pause * 2, _MAX_POLL)
+        self._prepare()
+        assert self._identity is not None
+        return _hub_for(self._identity, self._path)
 
-    # -- asyncio -------------------------------------------------------------------------
+    def check(self) -> StoreCheck:
+        """Reachable when the file opens and answers; the schema is ready when it is at
+        ``SCHEMA_VERSION``. A missing file is not created: it is reported (schema not ready)."""
+        if self._closed:
+            return StoreCheck("sqlite", False, False, detail=str(closed_error()))
+        if not os.path.exists(self._path):
+            detail = "the database file does not exist yet (it is made on first use)"
+            return StoreCheck("sqlite", True, False, detail=detail)
+        try:
+            ((found,),) = self._read("check", "PRAGMA user_version", ())
+        except StoreError as exc:
+            return StoreCheck("sqlite", False, False, detail=str(exc))
+        now = read_clock(self._clock)
+        if found != SCHEMA_VERSION:
+            detail = f"schema version {found}; this library knows {SCHEMA_VERSION}"
+            return StoreCheck("sqlite", True, False, now, detail)
+        return StoreCheck("sqlite", True, True, now)
 
-    async def aload(self, key: str) -> ConnectionRecord | None:
-        """See ``load`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.load, key)
+    # -- AsyncSide -------------------------------------------------------------------------
 
-    async def acompare_and_set(
-        self, record: ConnectionRecord, expected_version: int | None
-    ) -> bool:
-        """See ``compare_and_set`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.compare_and_set, record, expected_version)
+    def _blocking(self) -> Store:
+        return self
 
-    async def adelete(self, key: str, expected_version: int) -> bool:
-        """See ``delete`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.delete, key, expected_version)
+    def _waits(self) -> Hub:
+        return self.hub
 
-    async def aconsume_state(
-        self, nonce: str, expires_at: datetime, holder: str | None = None
-    ) -> bool:
-        """See ``consume_state`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.consume_state, nonce, expires_at, holder)
-
-    async def afind_by_account(self, account_id: int) -> list[ConnectionRecord]:
-        """See ``find_by_account`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.find_by_account, account_id)
-
-    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        """See ``due_for_refresh`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.due_for_refresh, before, limit)
-
-    async def adue_page(
-        self, before: datetime, limit: int, after: DueCursor | None = None
-    ) -> list[ConnectionRecord]:
-        """See ``due_page`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.due_page, before, limit, after)
-
-    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        """See ``scan`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.scan, after, limit)
-
-    async def aholder_of(self, key: str) -> str | None:
-        """See ``holder_of`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.holder_of, key)
-
-    async def aclaim(self, claim: Claim) -> ClaimResult:
-        """See ``claim`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.claim, claim)
-
-    async def aclose(self) -> None:
-        """See ``close`` (run in a worker thread: closing may checkpoint the WAL)."""
-        await asyncio.to_thread(self.close)
+    def _check_open(self) -> None:
+        with self._pool:
+            if self._closed:
+                raise closed_error()
 
     def close(self) -> None:
         """Close the idle connections now and the busy ones when their call ends.
@@ -529,8 +464,19 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         _STORES.discard(self)
         for conn in idle:
             conn.close()  # through SQLite, which keeps a descriptor open while locks need it
+        if self._identity is not None:
+            _hub_for(self._identity, self._path).notify_all()  # this store's waiters raise
 
     # -- rows ----------------------------------------------------------------------------
+
+    def _version(self, key: str) -> int:
+        """The stored version under ``key`` (0: none), without decoding the record."""
+        rows = self._read("read", _VERSION, (key,))
+        return int(rows[0][0]) if rows else 0
+
+    def _now(self) -> float:
+        """The store's clock, POSIX seconds (ledger expiry)."""
+        return read_clock(self._clock).timestamp()
 
     def _row(self, record: ConnectionRecord) -> Row:
         row = self._codec.row(record)
@@ -558,11 +504,12 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         action: str,
         body: Callable[[sqlite3.Connection], tuple[T, bool]],
         *,
-        wakes: bool = True,
+        wakes: str | None = None,
     ) -> T:
         """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction, committed when it says so.
 
-        ``wakes``: a commit changed a record, so this process's waiters on the file are woken.
+        ``wakes``: the key of the record a commit changes; this process's waiters on it are
+        woken.
         """
         with _mapped(action, self._path), self._queued(action), self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -574,15 +521,15 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        if commit and wakes:
-            self._hub().notify()
+        if commit and wakes is not None:
+            self.hub.notify(wakes)
         return result
 
     @contextlib.contextmanager
     def _queued(self, action: str) -> Iterator[None]:
         if not self._write_lock.acquire(timeout=self._timeout):
             raise StoreError(
-                f"{_named(self._path)} could not {action}: timed out waiting for a writer"
+                f"{named(self._path)} could not {action}: timed out waiting for a writer"
             )
         try:
             yield
@@ -594,13 +541,8 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
     def _check_file(self) -> None:
         """Raise unless the path still names the file this store opened. ``os.stat`` opens no
         descriptor, so it cannot drop the process's locks."""
-        if _file_identity(self._path) != self._identity:
-            raise StoreError(f"{_named(self._path)}: {_REPLACED}")
-
-    def _hub(self) -> _Hub:
-        self._prepare()
-        assert self._identity is not None
-        return _hub_for(self._identity)
+        if file_identity(self._path) != self._identity:
+            raise StoreError(f"{named(self._path)}: {_REPLACED}")
 
     def _prepare(self) -> None:
         """On first use: create the file (0600), switch it to WAL, create the schema and
@@ -617,9 +559,9 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
                 conn = self._connect()
                 try:
                     _migrate(conn, self._path)
-                    identity = _file_identity(self._path)
+                    identity = file_identity(self._path)
                     if identity is None:
-                        raise StoreError(f"{_named(self._path)}: {_REPLACED}")
+                        raise StoreError(f"{named(self._path)}: {_REPLACED}")
                 except BaseException:
                     conn.close()
                     raise
@@ -670,7 +612,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
             if self._closed:
                 raise closed_error()
             if not ready:
-                raise StoreError(f"{_named(self._path)}: timed out waiting for a free connection")
+                raise StoreError(f"{named(self._path)}: timed out waiting for a free connection")
             if self._idle:
                 return self._idle.pop()
             self._open += 1  # the slot is ours while the connection is made
@@ -729,6 +671,8 @@ _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 
 
 def _before_fork() -> None:
+    for hub in list(_HUBS.values()):
+        hub.pause(_FORK_WAIT)  # its poller's connection must not cross fork() either
     for store in list(_STORES):
         store._before_fork()
 
@@ -736,12 +680,14 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     for store in list(_STORES):
         store._after_fork_in_parent()
+    for hub in list(_HUBS.values()):
+        hub.resume()
 
 
 def _after_fork_in_child() -> None:
     global _HUBS_LOCK, _UMASK_LOCK
     _HUBS_LOCK, _UMASK_LOCK = threading.Lock(), threading.Lock()
-    _HUBS.clear()  # their conditions may be held by threads the child does not have
+    _HUBS.clear()  # their waiters are threads the child does not have
     for store in list(_STORES):
         store._after_fork_in_child()
 
@@ -763,7 +709,7 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
         ((found,),) = conn.execute("PRAGMA user_version").fetchall()
         if found > SCHEMA_VERSION:
             raise StoreError(
-                f"{_named(path)}: the database has schema version {found}; this library knows "
+                f"{named(path)}: the database has schema version {found}; this library knows "
                 f"{SCHEMA_VERSION}"
             )
         if found < SCHEMA_VERSION:
@@ -800,24 +746,8 @@ def _commit_if(changed: bool) -> tuple[bool, bool]:
     return changed, changed
 
 
-def _version(record: ConnectionRecord | None) -> int:
-    return record.version if record is not None else 0
-
-
 def _fits(number: int) -> bool:
     return _INT64_MIN <= number <= _INT64_MAX
-
-
-def _file_identity(path: str) -> _Identity | None:
-    """The file's (st_dev, st_ino), or None when it is gone; a stat, never a descriptor."""
-    try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        code = errno.errorcode.get(exc.errno or 0, "OSError")
-        raise StoreError(f"{_named(path)} could not check its file: {code}") from None
-    return status.st_dev, status.st_ino
 
 
 @contextlib.contextmanager
@@ -829,9 +759,4 @@ def _mapped(action: str, path: str) -> Iterator[None]:
     except sqlite3.Error as exc:
         code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
         hint = _HINTS.get(code, "")
-        raise StoreError(f"{_named(path)} could not {action}: {code}{hint}") from exc
-
-
-def _named(path: str) -> str:
-    """How an error names the store: by its file (a path is not a secret; ``repr`` shows it)."""
-    return f"SQLite store {path!r}"
+        raise StoreError(f"{named(path)} could not {action}: {code}{hint}") from exc
