@@ -64,6 +64,7 @@ from .._records import (
 )
 from ..stores._base import BaseStore, as_async_store
 from ..stores._common import due_position
+from ..stores._hub import Hub
 from ..stores._protocol import (
     AsyncStore,
     Claim,
@@ -266,6 +267,89 @@ class _Waiter(threading.Thread):
         assert not self.is_alive(), "wait_for_change did not return after the record changed"
         if self.error is not None:
             raise self.error
+
+
+# -- many waiters, one change --------------------------------------------------------------
+
+#: How many threads, and how many tasks, wait on one change in the wake-up cases.
+CROWD = 1000
+
+
+def hub_of(store: object) -> Hub | None:
+    """The store's wake-up hub, when it waits on one (every store of this library does)."""
+    hub = getattr(store, "hub", None)
+    return hub if isinstance(hub, Hub) else None
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Return once ``condition()`` holds; fail after ``HANG`` seconds (a hung store)."""
+    deadline = time.monotonic() + HANG
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.005)
+
+
+def crowd_of_threads(store: Store, count: int = CROWD) -> list[_Waiter]:
+    """``count`` threads waiting for ``c1`` to leave version 1, each ended and checked. With a
+    hub, the change is made only once every one of them is registered on it."""
+    assert store.compare_and_set(make_record(), None)
+    waiters = [_Waiter(store, "c1", 1) for _ in range(count)]
+    for waiter in waiters:
+        waiter.start()
+    hub = hub_of(store)
+    if hub is not None:
+        until(lambda: hub.waiting("c1") >= count, f"{count} threads registered on the hub")
+    assert store.compare_and_set(make_record(version=2), 1)
+    for waiter in waiters:
+        waiter.finish()
+    return waiters
+
+
+async def crowd_of_tasks(store: AnyStore, count: int = CROWD) -> list[int]:
+    """``crowd_of_threads`` for tasks on the store's awaitable side: the versions they saw."""
+    astore = as_async_store(store)
+    assert await astore.acompare_and_set(make_record(), None)
+
+    async def wait() -> int:
+        seen = 1
+        while seen == 1:
+            await astore.await_for_change("c1", 1, FOREVER)
+            seen = (await astore.aload("c1")).version
+        return seen
+
+    tasks = [asyncio.ensure_future(wait()) for _ in range(count)]
+    hub = hub_of(store)
+    if hub is not None:
+        await asyncio.to_thread(until, lambda: hub.waiting("c1") >= count, "tasks registered")
+    assert await astore.acompare_and_set(make_record(version=2), 1)
+    return list(await asyncio.wait_for(asyncio.gather(*tasks), HANG))
+
+
+class ChangeBeforeRegistering:
+    """``Hub.before_register`` for a test: the first time a waiter on ``c1`` is about to
+    register (after it read version 1), the record moves to version 2 first: a write landing
+    in the pause between a waiter's read and its registration. ``moved``: it happened."""
+
+    def __init__(self, store: AnyStore) -> None:
+        self.store = store
+        self.moved = False
+
+    def __call__(self, key: str) -> None:
+        if key != "c1" or self.moved:
+            return
+        self.moved = True
+        write = make_record(version=2)
+        if isinstance(self.store, Store):
+            assert self.store.compare_and_set(write, 1)
+            return
+        astore = self.store  # async only: its own loop, on a thread of its own
+
+        def other_loop() -> None:
+            assert asyncio.run(astore.acompare_and_set(write, 1))
+
+        helper = threading.Thread(target=other_loop)
+        helper.start()
+        helper.join(HANG)
 
 
 # -- any record ----------------------------------------------------------------------------
@@ -789,6 +873,55 @@ class StoreContract:
         waiter.join(HANG)
         assert not waiter.is_alive(), "a wait outlived close()"
         assert waiter.error is None or isinstance(waiter.error, StoreError), waiter.error
+
+    # -- many waiters, one change, and the pause before registering ------------------------
+
+    def test_a_thousand_threads_wait_on_one_change(self, full_store: Store) -> None:
+        waiters = crowd_of_threads(full_store)
+        assert [waiter.seen for waiter in waiters] == [2] * CROWD
+        hub = hub_of(full_store)
+        assert hub is None or hub.waiting() == 0
+
+    def test_a_thousand_tasks_wait_on_one_change(self, store: AnyStore) -> None:
+        assert self.run_async(crowd_of_tasks(store)) == [2] * CROWD
+        hub = hub_of(store)
+        assert hub is None or hub.waiting() == 0
+
+    def test_a_write_between_a_read_and_the_wait_is_seen(
+        self, full_store: Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        assert full_store.compare_and_set(make_record(), None)
+        read = full_store.load("c1").version  # the waiter's read: version 1
+        change = ChangeBeforeRegistering(full_store)
+        monkeypatch.setattr(Hub, "before_register", staticmethod(change))
+        waiter = threading.Thread(
+            target=full_store.wait_for_change, args=("c1", read, FOREVER), daemon=True
+        )
+        waiter.start()
+        if hub_of(full_store) is None:  # a store of its own, with no hub: an ordinary write
+            change("c1")
+        waiter.join(HANG)
+        assert not waiter.is_alive(), "a write made before the wait registered was missed"
+        assert change.moved and full_store.load("c1").version == 2
+
+    def test_an_async_write_between_a_read_and_the_wait_is_seen(
+        self, store: AnyStore, async_store: AsyncStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        change = ChangeBeforeRegistering(store)
+
+        async def main() -> int:
+            assert await async_store.acompare_and_set(make_record(), None)
+            read = (await async_store.aload("c1")).version
+            monkeypatch.setattr(Hub, "before_register", staticmethod(change))
+            waiting = asyncio.ensure_future(async_store.await_for_change("c1", read, FOREVER))
+            if hub_of(store) is None:
+                await asyncio.sleep(0)
+                await asyncio.to_thread(change, "c1")
+            await asyncio.wait_for(waiting, HANG)
+            return (await async_store.aload("c1")).version
+
+        assert self.run_async(main()) == 2
+        assert change.moved
 
     # -- find_by_account -----------------------------------------------------------------
 
