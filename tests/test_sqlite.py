@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ from amo_oauth._codec import record_from_json, record_to_json
 from amo_oauth._errors import StoreError
 from amo_oauth._records import Account, ConnectionRecord, ConnectionState, TokenSet
 from amo_oauth.stores import MemoryStore, SQLiteStore
-from amo_oauth.stores import sqlite as sqlite_module
+from amo_oauth.stores import _sqlite_pool as sqlite_pool
 from amo_oauth.stores._protocol import Claim, ClaimResult, LedgerEntry, Store
+from amo_oauth.testing._contract import until
 
 NOW = datetime.now(UTC)
 LATER = NOW + timedelta(hours=1)
@@ -384,14 +385,14 @@ def test_claim_writes_nothing_unless_claimed(db: Path) -> None:
 
 def test_claim_is_one_commit(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     statements: list[str] = []
-    real = SQLiteStore._open_connection
+    real = sqlite_pool.FilePool._open_connection
 
-    def traced(self: SQLiteStore) -> sqlite3.Connection:
+    def traced(self: sqlite_pool.FilePool) -> sqlite3.Connection:
         conn = real(self)
         conn.set_trace_callback(statements.append)
         return conn
 
-    monkeypatch.setattr(SQLiteStore, "_open_connection", traced)
+    monkeypatch.setattr(sqlite_pool.FilePool, "_open_connection", traced)
     store = SQLiteStore(db)
     store.load("u1")  # the schema's own commits happen here
     statements.clear()
@@ -421,8 +422,8 @@ def test_holder_of_reads_the_ledger(db: Path) -> None:
 @pytest.fixture
 def no_polling(monkeypatch: pytest.MonkeyPatch) -> None:
     """Polls far apart: within HANG only a wake-up can end a wait."""
-    monkeypatch.setattr(sqlite_module, "_FIRST_POLL", 600.0)
-    monkeypatch.setattr(sqlite_module, "_MAX_POLL", 600.0)
+    monkeypatch.setattr(sqlite_pool, "FIRST_POLL", 600.0)
+    monkeypatch.setattr(sqlite_pool, "MAX_POLL", 600.0)
 
 
 def test_a_write_through_another_object_wakes_a_waiter(db: Path, no_polling: None) -> None:
@@ -526,7 +527,7 @@ def test_waiting_for_a_connection_times_out(db: Path) -> None:
     store = SQLiteStore(db, max_connections=1, timeout=0.05)
     store.load("u1")
     # The only connection is busy.
-    with store._connection(), pytest.raises(StoreError, match="free connection"):
+    with store._files.connection(), pytest.raises(StoreError, match="free connection"):
         store.load("u1")
     assert store.load("u1").record is None  # and free again
     store.close()
@@ -543,7 +544,7 @@ def test_close_wakes_callers_waiting_for_a_connection(db: Path) -> None:
         except StoreError as exc:
             caught.append(exc)
 
-    with store._connection():
+    with store._files.connection():
         waiter = threading.Thread(target=load, daemon=True)
         waiter.start()
         store.close()
@@ -601,3 +602,60 @@ def test_records_are_keyed_by_record_key(db: Path) -> None:
     finally:
         raw.close()
     store.close()
+
+
+# -- the store's clock, check(), and the file's one hub --------------------------------------
+
+
+def test_load_carries_the_injected_clock(db: Path) -> None:
+    moment = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=3)))
+    store = SQLiteStore(db, clock=lambda: moment)
+    assert store.compare_and_set(connected(), None)
+    loaded = store.load("u1")
+    assert (loaded.record, loaded.now) == (connected(), moment)
+    assert loaded.now.utcoffset() == timedelta(0)  # given in UTC
+    assert store.check().now == moment
+    store.close()
+
+
+def test_check_creates_nothing_and_names_what_is_missing(db: Path) -> None:
+    store = SQLiteStore(db)
+    report = store.check()
+    assert (report.reachable, report.schema_ready) == (True, False)
+    assert "does not exist" in report.detail
+    assert not db.exists()  # a check is no first use
+    assert store.compare_and_set(connected(), None)
+    assert store.check().ok
+    raw = sqlite3.connect(db)
+    raw.execute("PRAGMA user_version = 3")
+    raw.close()
+    newer = SQLiteStore(db).check()
+    assert (newer.reachable, newer.schema_ready) == (True, False)
+    assert "schema version 3" in newer.detail
+    store.close()
+    assert not store.check().ok
+
+
+def test_store_objects_on_one_file_share_one_hub_and_one_poller(db: Path) -> None:
+    a, b = SQLiteStore(db), SQLiteStore(str(db).replace("/amo.db", "/./amo.db"))
+    assert a.compare_and_set(connected(), None)
+    assert a.hub is b.hub
+
+    def pollers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == f"amo_oauth poller {a.path}"]
+
+    waiters = [
+        threading.Thread(target=store.wait_for_change, args=("u1", 1, 600))
+        for store in (a, b, a, b)
+    ]
+    for waiter in waiters:
+        waiter.start()
+    until(lambda: a.hub.waiting("u1") == 4, "four waiters registered")
+    assert len(pollers()) == 1  # one poller for the file, whoever waits on it
+    assert b.compare_and_set(connected(version=2), 1)
+    for waiter in waiters:
+        waiter.join(HANG)
+        assert not waiter.is_alive()
+    until(lambda: not pollers(), "the poller ended once nobody waited")
+    a.close()
+    b.close()

@@ -16,7 +16,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Never
 
@@ -30,7 +30,7 @@ from amo_oauth._records import (
 )
 from amo_oauth.stores import MemoryStore, SQLiteStore
 from amo_oauth.stores._base import AsyncSide, BaseStore, as_async_store
-from amo_oauth.stores._protocol import AsyncStore, Loaded, Store
+from amo_oauth.stores._protocol import AsyncStore, Loaded, Store, StoreCheck
 from amo_oauth.testing import StoreContract
 from amo_oauth.testing._contract import full_record, make_record
 
@@ -329,6 +329,19 @@ def test_memory_store_keeps_no_waiter_after_a_wait() -> None:
     store.wait_for_change("c1", 0, 0.01)
     asyncio.run(store.await_for_change("c1", 0, 0.01))
     assert store.hub.waiting() == 0
+
+
+def test_memory_store_reads_its_injected_clock() -> None:
+    moment = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=-2)))
+    store = MemoryStore(clock=lambda: moment)
+    loaded = store.load("c1")
+    assert (loaded.record, loaded.now, loaded.now.tzinfo) == (None, moment, UTC)
+    assert store.check() == StoreCheck("memory", True, True, now=moment)
+    # The ledger forgets by the store's clock: an entry expiring before it is free again.
+    assert store.consume_state("n", moment - timedelta(seconds=1), "a")
+    assert store.consume_state("n", moment + timedelta(hours=1), "b")
+    store.close()
+    assert not store.check().ok
 
 
 # -- SQLite only ---------------------------------------------------------------------------
