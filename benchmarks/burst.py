@@ -29,7 +29,7 @@ import httpx
 
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, ConnectionRecord, MemoryStore, SQLiteStore
 from amo_oauth import Outcome as O
-from amo_oauth.stores import AsyncStore, Claim, ClaimResult, FullStore
+from amo_oauth.stores import AsyncStore, Claim, ClaimResult, Loaded, Store, StoreCheck
 from amo_oauth.stores._protocol import DueCursor
 from amo_oauth.testing import FakeAmoCRM
 
@@ -40,7 +40,7 @@ SETTLED = (O.CONNECTED, O.ALREADY_CONNECTED)
 class Counting:
     """Any store, both protocols, counting each operation; waits and claims stay native."""
 
-    def __init__(self, store: FullStore, astore: AsyncStore) -> None:
+    def __init__(self, store: Store, astore: AsyncStore) -> None:
         self.store, self.astore = store, astore
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -49,7 +49,7 @@ class Counting:
         with self._lock:
             self.calls[name] += 1
 
-    def load(self, key: str) -> ConnectionRecord | None:
+    def load(self, key: str) -> Loaded:
         self._count("load")
         return self.store.load(key)
 
@@ -67,8 +67,8 @@ class Counting:
     def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
         return self.store.find_by_account(account_id)
 
-    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        return self.store.due_for_refresh(before, limit)
+    def check(self) -> StoreCheck:
+        return self.store.check()
 
     def due_page(
         self, before: datetime, limit: int, after: DueCursor | None = None
@@ -93,7 +93,7 @@ class Counting:
     def close(self) -> None:
         self.store.close()
 
-    async def aload(self, key: str) -> ConnectionRecord | None:
+    async def aload(self, key: str) -> Loaded:
         self._count("load")
         return await self.astore.aload(key)
 
@@ -113,8 +113,8 @@ class Counting:
     async def afind_by_account(self, account_id: int) -> list[ConnectionRecord]:
         return await self.astore.afind_by_account(account_id)
 
-    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        return await self.astore.adue_for_refresh(before, limit)
+    async def acheck(self) -> StoreCheck:
+        return await self.astore.acheck()
 
     async def adue_page(
         self, before: datetime, limit: int, after: DueCursor | None = None
@@ -157,7 +157,7 @@ def redirect(fake: FakeAmoCRM, state: str) -> dict[str, str]:
     return dict(parse_qsl(urlsplit(fake.authorize(state)).query))
 
 
-def run_threads(make: Callable[[], FullStore], callers: int, latency: float) -> str:
+def run_threads(make: Callable[[], Store], callers: int, latency: float) -> str:
     fake = FakeAmoCRM(rate_limit=None, latency=latency)
     store = make()
     counting = Counting(store, store)  # type: ignore[arg-type]
@@ -177,7 +177,7 @@ def run_threads(make: Callable[[], FullStore], callers: int, latency: float) -> 
         return report(fake, counting, store, outcomes, took)
 
 
-def run_tasks(make: Callable[[], FullStore], callers: int, latency: float) -> str:
+def run_tasks(make: Callable[[], Store], callers: int, latency: float) -> str:
     async def burst() -> str:
         fake = FakeAmoCRM(rate_limit=None, latency=latency)
         store = make()
@@ -211,7 +211,7 @@ def report(
     )
 
 
-def _postgres(url: str) -> FullStore:
+def _postgres(url: str) -> Store:
     from amo_oauth.stores.postgres import PostgresStore
 
     store = PostgresStore(url, table=f"burst_{time.monotonic_ns()}", max_size=16)
@@ -219,7 +219,7 @@ def _postgres(url: str) -> FullStore:
     return store
 
 
-def _redis(url: str) -> FullStore:
+def _redis(url: str) -> Store:
     from amo_oauth.stores.redis import RedisStore
 
     store = RedisStore(url, prefix=f"burst{time.monotonic_ns()}:")
@@ -236,7 +236,7 @@ def main() -> None:
     parser.add_argument("--redis", help="a Redis URL: adds the redis store")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        makers: dict[str, Callable[[], FullStore]] = {
+        makers: dict[str, Callable[[], Store]] = {
             "memory": MemoryStore,
             "sqlite": lambda: SQLiteStore(Path(tmp) / f"burst-{time.monotonic_ns()}.db"),
         }
