@@ -22,7 +22,7 @@ from _pg_server import PASSWORD_MARK, postgres_url  # noqa: F401
 from amo_oauth import StoreError
 from amo_oauth._records import ConnectionState
 from amo_oauth.stores import PostgresStore
-from amo_oauth.stores._protocol import AsyncStore, Claim, ClaimResult, FullStore, LedgerEntry
+from amo_oauth.stores._protocol import AsyncStore, Claim, ClaimResult, LedgerEntry, Store
 from amo_oauth.testing import StoreContract
 from amo_oauth.testing._contract import make_record
 
@@ -91,11 +91,9 @@ def run_together(count: int, task: Callable[[int], T]) -> list[T]:
         return list(pool.map(started, range(count)))
 
 
-def waiting_keys(store: PostgresStore) -> set[str]:
-    """The keys of the store's waiters that have read their record and sleep."""
-    with store._listener._cond:
-        groups = store._listener._waiters.items()
-        return {key for key, group in groups if any(waiter.parked for waiter in group)}
+def registered(store: PostgresStore, key: str | None = None) -> int:
+    """How many of the store's waiters are registered on its hub (for ``key``, or in all)."""
+    return store.hub.waiting(key)
 
 
 def until(condition: Callable[[], bool]) -> None:
@@ -119,7 +117,7 @@ def all_text(exc: BaseException) -> str:
 
 
 def test_store_implements_both_protocols(store: PostgresStore) -> None:
-    assert isinstance(store, FullStore)
+    assert isinstance(store, Store)
     assert isinstance(store, AsyncStore)
 
 
@@ -127,13 +125,13 @@ def test_store_implements_both_protocols(store: PostgresStore) -> None:
 
 
 def test_load_missing_is_none(store: PostgresStore) -> None:
-    assert store.load("nobody") is None
+    assert store.load("nobody").record is None
 
 
 def test_insert_once_and_keep_the_first(store: PostgresStore) -> None:
     assert store.compare_and_set(make_record(host="first.amocrm.ru"), None) is True
     assert store.compare_and_set(make_record(host="second.amocrm.ru"), None) is False
-    assert store.load("c1") == make_record(host="first.amocrm.ru")
+    assert store.load("c1").record == make_record(host="first.amocrm.ru")
 
 
 def test_update_needs_the_current_version(store: PostgresStore) -> None:
@@ -141,12 +139,12 @@ def test_update_needs_the_current_version(store: PostgresStore) -> None:
     assert store.compare_and_set(make_record(version=3, host="stale"), 2) is False
     assert store.compare_and_set(make_record(version=2, host="new"), 1) is True
     assert store.compare_and_set(make_record(version=3, host="stale"), 1) is False
-    assert store.load("c1") == make_record(version=2, host="new")
+    assert store.load("c1").record == make_record(version=2, host="new")
 
 
 def test_update_of_a_missing_record_creates_nothing(store: PostgresStore) -> None:
     assert store.compare_and_set(make_record(version=2), 1) is False
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
 
 
 @pytest.mark.parametrize(("version", "expected"), [(0, None), (1, 1), (1, 2)])
@@ -166,16 +164,16 @@ def test_numbers_beyond_bigint(store: PostgresStore) -> None:
 def test_namespaced_record_round_trips(store: PostgresStore) -> None:
     record = make_record("user-42/Ünïcode ✓", integration="client-id", account_id=7)
     assert store.compare_and_set(record, None)
-    assert store.load(record.key) == record
-    assert store.load(record.connection_id) is None
+    assert store.load(record.key).record == record
+    assert store.load(record.connection_id).record is None
 
 
 def test_delete_needs_the_current_version(store: PostgresStore) -> None:
     assert store.compare_and_set(make_record(), None)
     assert store.delete("c1", 2) is False
-    assert store.load("c1") is not None
+    assert store.load("c1").record is not None
     assert store.delete("c1", 1) is True
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
     assert store.delete("c1", 1) is False
 
 
@@ -255,7 +253,7 @@ def state_entry(holder: str = "digest-a", key: str = "nonce-1") -> LedgerEntry:
 def test_claim_writes_all_three(store: PostgresStore) -> None:
     claim = Claim(make_record(), None, code_entry(), state_entry())
     assert store.claim(claim) is ClaimResult.CLAIMED
-    assert store.load("c1") == make_record()
+    assert store.load("c1").record == make_record()
     assert store.holder_of("nonce-1") == "digest-a"
     assert store.holder_of("code:" + "a" * 64) == "c1"
     # The same holders pass again; only the record's version decides then.
@@ -266,14 +264,14 @@ def test_claim_writes_all_three(store: PostgresStore) -> None:
 
 def test_claim_without_state(store: PostgresStore) -> None:
     assert store.claim(Claim(make_record(), None, code_entry())) is ClaimResult.CLAIMED
-    assert store.load("c1") == make_record()
+    assert store.load("c1").record == make_record()
 
 
 def test_claim_state_used_writes_nothing(store: PostgresStore) -> None:
     assert store.consume_state("nonce-1", LATER, "digest-other")
     result = store.claim(Claim(make_record(), None, code_entry(), state_entry()))
     assert result is ClaimResult.STATE_USED
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
     assert store.holder_of("code:" + "a" * 64) is None
     assert store.holder_of("nonce-1") == "digest-other"
 
@@ -282,7 +280,7 @@ def test_claim_code_taken_writes_nothing(store: PostgresStore) -> None:
     assert store.consume_state("code:" + "a" * 64, LATER, "other-record")
     result = store.claim(Claim(make_record(), None, code_entry(), state_entry()))
     assert result is ClaimResult.CODE_TAKEN
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
     assert store.holder_of("nonce-1") is None  # the state taken first was rolled back
 
 
@@ -290,7 +288,7 @@ def test_claim_record_changed_writes_nothing(store: PostgresStore) -> None:
     assert store.compare_and_set(make_record(), None)
     result = store.claim(Claim(make_record(version=3), 2, code_entry(), state_entry()))
     assert result is ClaimResult.RECORD_CHANGED
-    assert store.load("c1") == make_record()
+    assert store.load("c1").record == make_record()
     assert store.holder_of("nonce-1") is None
     assert store.holder_of("code:" + "a" * 64) is None
     # Nothing was left taken, so another record may still claim the code.
@@ -328,13 +326,13 @@ def test_thread_race_on_one_version_has_one_winner(store: PostgresStore) -> None
         32, lambda i: store.compare_and_set(make_record(version=2, host=f"h{i}"), 1)
     )
     assert results.count(True) == 1
-    assert store.load("c1") == make_record(version=2, host=f"h{results.index(True)}")
+    assert store.load("c1").record == make_record(version=2, host=f"h{results.index(True)}")
 
 
 def test_thread_race_to_insert_has_one_winner(store: PostgresStore) -> None:
     results = run_together(32, lambda i: store.compare_and_set(make_record(host=f"h{i}"), None))
     assert results.count(True) == 1
-    assert store.load("c1") == make_record(host=f"h{results.index(True)}")
+    assert store.load("c1").record == make_record(host=f"h{results.index(True)}")
 
 
 def test_two_stores_race_loses_no_update(
@@ -346,7 +344,7 @@ def test_two_stores_race_loses_no_update(
     def bump(i: int) -> int:
         mine, conflicts, done = stores[i % 2], 0, 0
         while done < 10:
-            current = mine.load("c1")
+            current = mine.load("c1").record
             assert current is not None and current.host is not None
             new = make_record(version=current.version + 1, host=str(int(current.host) + 1))
             if mine.compare_and_set(new, current.version):
@@ -356,7 +354,7 @@ def test_two_stores_race_loses_no_update(
         return conflicts
 
     conflicts = run_together(8, bump)
-    final = store.load("c1")
+    final = store.load("c1").record
     assert final is not None
     assert (final.version, final.host) == (81, "80")
     assert sum(conflicts) > 0, "the threads never raced: the test proved nothing"
@@ -376,7 +374,7 @@ def test_find_by_account_by_key(store: PostgresStore) -> None:
     assert [r.connection_id for r in store.find_by_account(7)] == ["Z", "é"]
 
 
-def test_due_for_refresh_order_cutoff_and_limit(store: PostgresStore) -> None:
+def test_due_page_order_cutoff_and_limit(store: PostgresStore) -> None:
     seeds = [
         ("late", ConnectionState.CONNECTED, 30),
         ("tie-b", ConnectionState.CONNECTED, 10),
@@ -390,16 +388,16 @@ def test_due_for_refresh_order_cutoff_and_limit(store: PostgresStore) -> None:
         assert store.compare_and_set(record, None)
 
     def due(before: datetime, limit: int) -> list[str]:
-        return [r.connection_id for r in store.due_for_refresh(before, limit)]
+        return [r.connection_id for r in store.due_page(before, limit)]
 
     assert due(T0 + timedelta(days=50), 10) == ["soon", "tie-a", "tie-b", "late"]
     assert due(T0 + timedelta(days=50), 2) == ["soon", "tie-a"]
     assert due(T0 + timedelta(days=10), 10) == ["soon"]  # strictly before
     assert due(T0 + timedelta(days=50), 0) == []
     with pytest.raises(ValueError, match="limit"):
-        store.due_for_refresh(T0, -1)
+        store.due_page(T0, -1)
     with pytest.raises(ValueError, match="timezone-aware"):
-        store.due_for_refresh(datetime(2030, 1, 1), 1)
+        store.due_page(datetime(2030, 1, 1), 1)
 
 
 # -- waiting for a change ------------------------------------------------------------------
@@ -418,7 +416,7 @@ def test_wait_for_change_is_woken_by_another_store(
 
     waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
-    until(lambda: "c1" in waiting_keys(store))
+    until(lambda: registered(store, "c1"))
     assert not returned.is_set()
     assert writer.compare_and_set(make_record(version=2), 1)
     waiter.join(timeout=60)
@@ -435,7 +433,7 @@ def test_wait_for_change_returns_at_its_timeout(store: PostgresStore) -> None:
     assert store.compare_and_set(make_record(), None)
     store.wait_for_change("c1", 1, 0.05)
     store.wait_for_change("c1", 1, 0)
-    assert waiting_keys(store) == set()
+    assert registered(store) == 0
 
 
 def test_wait_for_change_survives_a_lost_listener(
@@ -449,14 +447,14 @@ def test_wait_for_change_survives_a_lost_listener(
             b" WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
         ).fetchall()
     assert killed
-    until(lambda: not store._listener._ready)
+    until(lambda: not store._listener.ready)
     # The next wait listens again, and is woken by a write as before.
     returned = threading.Event()
     waiter = threading.Thread(
         target=lambda: (store.wait_for_change("c1", 1, FOREVER), returned.set()), daemon=True
     )
     waiter.start()
-    until(lambda: "c1" in waiting_keys(store))
+    until(lambda: registered(store, "c1"))
     assert make_store().compare_and_set(make_record(version=2), 1)
     waiter.join(timeout=60)
     assert returned.is_set()
@@ -472,13 +470,13 @@ def test_async_operations(store: PostgresStore, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(asyncio, "to_thread", no_threads)
 
     async def main() -> None:
-        assert await store.aload("c1") is None
+        assert (await store.aload("c1")).record is None
         assert await store.acompare_and_set(make_record(), None) is True
         assert await store.acompare_and_set(make_record(), None) is False
         assert await store.acompare_and_set(make_record(version=2), 1) is True
-        assert await store.aload("c1") == make_record(version=2)
+        assert (await store.aload("c1")).record == make_record(version=2)
         assert await store.afind_by_account(42) == [make_record(version=2)]
-        due = await store.adue_for_refresh(T0 + timedelta(days=365), 10)
+        due = await store.adue_page(T0 + timedelta(days=365), 10)
         assert due == [make_record(version=2)]
         assert await store.aconsume_state("n1", LATER, "digest-a") is True
         assert await store.aconsume_state("n1", LATER, "digest-b") is False
@@ -490,7 +488,7 @@ def test_async_operations(store: PostgresStore, monkeypatch: pytest.MonkeyPatch)
         assert await store.aholder_of("code:b") is None
         assert await store.adelete("c1", 1) is False
         assert await store.adelete("c1", 2) is True
-        assert store.load("c1") is None  # the blocking pool sees the awaited writes
+        assert store.load("c1").record is None  # the blocking pool sees the awaited writes
         await store.aclose()
 
     asyncio.run(main())
@@ -506,7 +504,7 @@ def test_await_for_change_is_woken_by_a_blocking_write(
 
     async def main() -> None:
         waiting = asyncio.create_task(store.await_for_change("c1", 1, FOREVER))
-        while "c1" not in waiting_keys(store):
+        while not registered(store, "c1"):
             await asyncio.sleep(0.005)
         assert not waiting.done()
         write = threading.Thread(target=writer.compare_and_set, args=(make_record(version=2), 1))
@@ -529,7 +527,7 @@ def test_many_waiters_share_one_listening_connection(
 
     async def main() -> None:
         waits = [asyncio.create_task(store.await_for_change(f"c{i}", 1, FOREVER)) for i in range(8)]
-        while len(waiting_keys(store)) < 8:
+        while registered(store) < 8:
             await asyncio.sleep(0.005)
         with psycopg.connect(store._conns.conninfo) as conn:
             listening = conn.execute(
@@ -551,7 +549,7 @@ def test_migrate_is_idempotent(store: PostgresStore, postgres_url: str) -> None:
     assert store.compare_and_set(make_record(), None)
     store.migrate()
     store.migrate()
-    assert store.load("c1") == make_record()
+    assert store.load("c1").record == make_record()
     with psycopg.connect(postgres_url) as conn:
         rows = conn.execute(f'SELECT version FROM "{store.table}_schema"'.encode()).fetchall()
     assert rows == [(1,)]
@@ -592,7 +590,7 @@ def test_schema_qualified_table(postgres_url: str) -> None:  # noqa: F811
     try:
         qualified.migrate()
         assert qualified.compare_and_set(make_record(), None)
-        assert qualified.load("c1") == make_record()
+        assert qualified.load("c1").record == make_record()
     finally:
         qualified.close()
         with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -684,7 +682,7 @@ def test_closed_store_refuses_calls(store: PostgresStore) -> None:
         lambda: store.holder_of("n"),
         lambda: store.claim(Claim(make_record(version=2), 1, code_entry())),
         lambda: store.find_by_account(42),
-        lambda: store.due_for_refresh(T0, 10),
+        lambda: store.due_page(T0, 10),
         lambda: store.wait_for_change("c1", 1, FOREVER),
         lambda: asyncio.run(store.aload("c1")),
         lambda: asyncio.run(store.await_for_change("c1", 1, FOREVER)),
@@ -766,7 +764,7 @@ def test_tokens_are_encrypted_at_rest(
     with psycopg.connect(postgres_url) as conn:
         raw = repr(conn.execute(f'SELECT * FROM "{table}"'.encode()).fetchall())
     assert record.tokens.access_token not in raw and record.tokens.refresh_token not in raw
-    assert store.load(record.key) == record
+    assert store.load(record.key).record == record
     with pytest.raises(StoreError, match="wrong key"):
         make_store(encryption=Fernet(Fernet.generate_key())).load(record.key)
 

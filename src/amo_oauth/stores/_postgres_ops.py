@@ -17,9 +17,9 @@ from psycopg import sql
 from .._errors import StoreError
 from .._records import ConnectionRecord, ConnectionState
 from ._common import check_after, check_limit, check_write, require_aware
-from ._driven import Work
+from ._driven import Offset, Work, server_now
 from ._postgres_sql import SCHEMA_VERSION, Tables
-from ._protocol import Claim, ClaimResult, DueCursor
+from ._protocol import Claim, ClaimResult, DueCursor, Loaded, StoreCheck
 from ._rows import RecordCodec, Row
 
 __all__ = ["ROLLBACK", "Op", "PostgresOps", "Query", "Result"]
@@ -68,16 +68,18 @@ _Work: TypeAlias = Work[Query, Result, T]
 class PostgresOps:
     """Every operation of ``PostgresStore`` on one set of tables."""
 
-    def __init__(self, tables: Tables, codec: RecordCodec, where: str) -> None:
+    def __init__(self, tables: Tables, codec: RecordCodec, where: str, offset: Offset) -> None:
         self._tables = tables
         self._codec = codec
         self._where = where
+        #: Added to the server's ``now()`` wherever the store reads its clock.
+        self._offset = offset
         self._calls = itertools.count()
 
     def migrate(self) -> _Work[None]:
         return Work("migrate the schema", self._migrate(), atomic=True)
 
-    def load(self, key: str) -> _Work[ConnectionRecord | None]:
+    def load(self, key: str) -> _Work[Loaded]:
         return Work("read a record", self._load(key))
 
     def compare_and_set(
@@ -107,12 +109,6 @@ class PostgresOps:
     def find_by_account(self, account_id: int) -> _Work[list[ConnectionRecord]]:
         return Work("find records", self._by_account(account_id))
 
-    def due_for_refresh(self, before: datetime, limit: int) -> _Work[list[ConnectionRecord]]:
-        moment = require_aware(before, "before").timestamp()
-        count = min(check_limit(limit), _INT64_MAX)
-        query = Query(self._tables.due, (ConnectionState.CONNECTED.value, moment, count))
-        return Work("find records due", self._bodies(query))
-
     def due_page(
         self, before: datetime, limit: int, after: DueCursor | None
     ) -> _Work[list[ConnectionRecord]]:
@@ -134,6 +130,9 @@ class PostgresOps:
             query = Query(self._tables.scan_after, (after, count))
         return Work("scan records", self._keyed_rows(query))
 
+    def check(self) -> _Work[StoreCheck]:
+        return Work("check the store", self._check())
+
     # -- the statements ------------------------------------------------------------------
 
     def _migrate(self) -> Op[None]:
@@ -152,9 +151,26 @@ class PostgresOps:
                 yield Query(statement)
             yield Query(t.record_version, (SCHEMA_VERSION,))
 
-    def _load(self, key: str) -> Op[ConnectionRecord | None]:
+    def _load(self, key: str) -> Op[Loaded]:
         done = yield Query(self._tables.load, (key,))
-        return self._codec.decode_row(*done.rows[0]) if done.rows else None
+        now, found, version, data = done.rows[0]
+        record = None if found is None else self._codec.decode_row(found, version, data)
+        return Loaded(record, server_now(now, self._offset))
+
+    def _check(self) -> Op[StoreCheck]:
+        t = self._tables
+        done = yield Query(t.check, (t.meta_name,))
+        now, migrated = done.rows[0]
+        now = server_now(now, self._offset)
+        if not migrated:
+            detail = f"table {t.qualified!r} does not exist; run amo-oauth migrate"
+            return StoreCheck("postgres", True, False, now, detail)
+        done = yield Query(t.schema_version)
+        found = done.rows[0][0] or 0
+        if found != SCHEMA_VERSION:
+            detail = f"schema version {found}; this library knows {SCHEMA_VERSION}"
+            return StoreCheck("postgres", True, False, now, detail)
+        return StoreCheck("postgres", True, True, now)
 
     def _write(self, record: ConnectionRecord, expected_version: int | None) -> Op[bool]:
         """Checks ``record`` now (``ValueError`` before any connection is borrowed); returns
@@ -193,14 +209,14 @@ class PostgresOps:
         self, nonce: str, expires_at: datetime, holder: str | None, prune: bool
     ) -> Op[bool]:
         if prune:
-            yield Query(self._tables.prune, (_PRUNE_BATCH,))
+            yield Query(self._tables.prune, (self._offset(), _PRUNE_BATCH))
         taken = yield from self._take(nonce, holder, expires_at)
         return taken
 
     def _take(self, key: str, holder: str | None, expires_at: datetime) -> Op[bool]:
         """Take a ledger key for ``holder`` (None: plainly single-use), inside a transaction."""
         t = self._tables
-        done = yield Query(t.take, (key, holder, expires_at))
+        done = yield Query(t.take, (key, holder, expires_at, self._offset()))
         if done.rows:
             return True
         # The live entry is locked by this transaction now: it is still there to be read.
@@ -208,7 +224,7 @@ class PostgresOps:
         return holder is not None and bool(done.rows) and done.rows[0][0] == holder
 
     def _holder(self, key: str) -> Op[str | None]:
-        done = yield Query(self._tables.live_holder, (key,))
+        done = yield Query(self._tables.live_holder, (key, self._offset()))
         if not done.rows:
             return None
         holder: str | None = done.rows[0][0]

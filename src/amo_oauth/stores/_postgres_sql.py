@@ -49,6 +49,8 @@ class Tables:
         #: The advisory lock ``migrate`` holds, so that concurrent migrations queue.
         self.lock_id = int.from_bytes(bytes.fromhex(digest[:16]), "big", signed=True)
         self._migration(meta)
+        #: The schema table's name, as ``to_regclass`` reads it.
+        self.meta_name = f"{schema}.{name}_schema" if schema else f"{name}_schema"
         self.schema = _schema(name, records, ledger)
         self._records({"records": records})
         self._ledger({"ledger": ledger})
@@ -60,9 +62,15 @@ class Tables:
         ).format(meta)
         self.schema_version = sql.SQL("SELECT max(version) FROM {}").format(meta)
         self.record_version = sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(meta)
+        # ``check``: the clock, and whether the schema table exists, without an error if not.
+        self.check = sql.SQL("SELECT now(), to_regclass(%s) IS NOT NULL")
 
     def _records(self, fmt: dict[str, sql.Identifier]) -> None:
-        self.load = sql.SQL("SELECT key, version, data FROM {records} WHERE key = %s").format(**fmt)
+        # One row whether or not the record exists: the server's clock with it.
+        self.load = sql.SQL(
+            """SELECT now(), r.key, r.version, r.data
+            FROM (VALUES (1)) AS one LEFT JOIN {records} AS r ON r.key = %s"""
+        ).format(**fmt)
         self.insert = sql.SQL(
             """INSERT INTO {records} (key, version, state, account_id, refresh_due, data)
             VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING"""
@@ -75,10 +83,6 @@ class Tables:
         self.delete = sql.SQL("DELETE FROM {records} WHERE key = %s AND version = %s").format(**fmt)
         self.by_account = sql.SQL(
             "SELECT data FROM {records} WHERE account_id = %s ORDER BY key"
-        ).format(**fmt)
-        self.due = sql.SQL(
-            """SELECT data FROM {records} WHERE state = %s AND refresh_due < %s
-            ORDER BY refresh_due, key LIMIT %s"""
         ).format(**fmt)
         # Keyset pages on the (state, refresh_due, key) index: no offset, no sort.
         self.due_after = sql.SQL(
@@ -104,17 +108,17 @@ class Tables:
             """INSERT INTO {ledger} AS l (key, holder, expires_at) VALUES (%s, %s, %s)
             ON CONFLICT (key) DO UPDATE SET holder = excluded.holder,
                 expires_at = excluded.expires_at
-            WHERE l.expires_at < now()
+            WHERE l.expires_at < now() + %s
             RETURNING 1"""
         ).format(**fmt)
         self.holder = sql.SQL("SELECT holder FROM {ledger} WHERE key = %s").format(**fmt)
         self.live_holder = sql.SQL(
-            "SELECT holder FROM {ledger} WHERE key = %s AND expires_at >= now()"
+            "SELECT holder FROM {ledger} WHERE key = %s AND expires_at >= now() + %s"
         ).format(**fmt)
         # SKIP LOCKED: two pruning writers never wait for (or deadlock on) each other's rows.
         self.prune = sql.SQL(
             """DELETE FROM {ledger} WHERE key IN (
-                SELECT key FROM {ledger} WHERE expires_at < now()
+                SELECT key FROM {ledger} WHERE expires_at < now() + %s
                 LIMIT %s FOR UPDATE SKIP LOCKED)"""
         ).format(**fmt)
 

@@ -24,7 +24,6 @@ from .._driving import adrive, drive
 from .._errors import StoreError
 from ._common import closed_error
 from ._driven import Work
-from ._redis_listener import AsyncSide
 from ._redis_lua import SCHEMA_REPLY, SCHEMA_VERSION, SCRIPTS
 from ._redis_ops import Script
 
@@ -161,7 +160,7 @@ class Clients:
                 **self.options,
             )
             client: redis.asyncio.Redis = redis.asyncio.Redis(connection_pool=apool)
-            side = AsyncSide(loop, client, self.channel)
+            side = AsyncSide(loop, client)
             self._async = side
         return side
 
@@ -183,6 +182,36 @@ class Clients:
             else:
                 side.stop_soon()
         self.client.close()
+
+
+class AsyncSide:
+    """The asyncio client of one event loop, and its scripts."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis) -> None:
+        self.loop = loop
+        self.client = client
+        self.scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
+        self._stopped = False
+        self._closing: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        """Close the client (on this side's loop)."""
+        self._stopped = True
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self.client.aclose()
+
+    def stop_soon(self) -> None:
+        """Close from outside this side's loop: scheduled on it when it still runs."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self.loop.call_soon_threadsafe(self._close_soon)
+
+    def _close_soon(self) -> None:
+        self._closing = self.loop.create_task(self.close())
 
 
 def _names_a_db(url: str) -> bool:

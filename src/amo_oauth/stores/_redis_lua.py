@@ -88,8 +88,15 @@ local function bodies(keys)
 end
 """
 
-# KEYS[3] = record key.
-_LOAD: Final = _PREAMBLE + "return redis.call('HGET', KEYS[3], 'd')\n"
+# KEYS[3] = record key. The server's clock (TIME: seconds, microseconds) with the body (false:
+# none), read in one script.
+_LOAD: Final = (
+    _PREAMBLE
+    + """
+local now = redis.call('TIME')
+return {now[1], now[2], redis.call('HGET', KEYS[3], 'd')}
+"""
+)
 
 # KEYS[3] = record key; ARGV[4] = expected version ('' = insert); ARGV[5..10] = the row.
 _CAS: Final = (
@@ -165,12 +172,6 @@ return 'claimed'
 # ARGV[4] = account id.
 _FIND: Final = _PREAMBLE + "return bodies(redis.call('SMEMBERS', PREFIX .. 'a:' .. ARGV[4]))\n"
 
-# ARGV[4] = '(' + cutoff (exclusive), ARGV[5] = limit. Ties are ordered by member: the key.
-_DUE: Final = (
-    _PREAMBLE
-    + "return bodies(redis.call('ZRANGE', DUE, '-inf', ARGV[4], 'BYSCORE', 'LIMIT', 0, ARGV[5]))\n"
-)
-
 # ARGV[4] = '(' + cutoff (exclusive), ARGV[5] = limit, ARGV[6] = the cursor's score ('' = from
 # the start), ARGV[7] = the cursor's key. Records of one score are ordered by member (bytes);
 # the first one past the cursor's key is found by bisecting that run by rank, comparing bytes
@@ -242,6 +243,13 @@ redis.call('SET', KEYS[1], ARGV[1])
 return ARGV[1]
 """
 
+# KEYS[1] = the schema marker. The server's clock and the marker ('' when missing), without the
+# preamble: ``check`` reports a missing schema instead of failing on it.
+_CHECK: Final = """
+local now = redis.call('TIME')
+return {now[1], now[2], redis.call('GET', KEYS[1]) or ''}
+"""
+
 SCRIPTS: Final = {
     "load": _LOAD,
     "cas": _CAS,
@@ -250,8 +258,8 @@ SCRIPTS: Final = {
     "holder": _HOLDER,
     "claim": _CLAIM,
     "find": _FIND,
-    "due": _DUE,
     "due_page": _DUE_PAGE,
     "scan": _SCAN,
     "migrate": _MIGRATE,
+    "check": _CHECK,
 }

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Generator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeAlias, TypeVar
 
 from .._errors import StoreError, UndecryptableRecord
 from .._records import ConnectionRecord
 from ._common import check_after, check_limit, check_write, require_aware
-from ._driven import Work
-from ._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
+from ._driven import Offset, Work, server_now
+from ._protocol import Claim, ClaimResult, DueCursor, LedgerEntry, Loaded, StoreCheck
 from ._redis_lua import SCHEMA_VERSION
 from ._rows import RecordCodec, Row
 
@@ -47,11 +47,15 @@ _Work: TypeAlias = Work[Script, Any, T]
 class RedisOps:
     """Every operation of ``RedisStore`` under one key prefix."""
 
-    def __init__(self, prefix: str, channel: str, codec: RecordCodec, where: str) -> None:
+    def __init__(
+        self, prefix: str, channel: str, codec: RecordCodec, where: str, offset: Offset
+    ) -> None:
         self._prefix = prefix
         self._channel = channel
         self._codec = codec
         self._where = where
+        #: Added to the server's ``TIME`` wherever the store reads its clock.
+        self._offset = offset
 
     def migrate(self) -> _Work[int]:
         records = _glob_escaped(self._prefix) + "c:*"
@@ -59,9 +63,9 @@ class RedisOps:
         script = Script("migrate", [self._prefix + "schema"], args)
         return Work("migrate", _reply(script, self._checked_schema))
 
-    def load(self, key: str) -> _Work[ConnectionRecord | None]:
+    def load(self, key: str) -> _Work[Loaded]:
         script = self._script("load", [self._record_key(key)])
-        return Work("load a record", _reply(script, self._one))
+        return Work("load a record", _reply(script, self._loaded))
 
     def compare_and_set(
         self, record: ConnectionRecord, expected_version: int | None
@@ -75,7 +79,7 @@ class RedisOps:
         return Work("delete a record", _reply(script, bool))
 
     def consume_state(self, nonce: str, expires_at: datetime, holder: str | None) -> _Work[bool]:
-        value, expiry = _ledger_value(holder), _expiry_ms(expires_at)
+        value, expiry = _ledger_value(holder), self._expiry_ms(expires_at)
         args = (value, expiry, "0" if holder is None else "1")
         script = self._script("consume", [self._ledger_key(nonce)], *args)
         return Work("consume a state", _reply(script, bool))
@@ -86,11 +90,11 @@ class RedisOps:
 
     def claim(self, claim: Claim) -> _Work[ClaimResult]:
         row = self._row_args(claim.record, claim.expected_version)
-        code = _entry_args(claim.code)
+        code = self._entry_args(claim.code)
         keys = [self._record_key(claim.record.key), self._ledger_key(claim.code.key)]
         state = ["", ""]
         if claim.state is not None:
-            state = _entry_args(claim.state)
+            state = self._entry_args(claim.state)
             keys.append(self._ledger_key(claim.state.key))
         script = self._script("claim", keys, *row, *code, *state)
         return Work("claim a code", _reply(script, ClaimResult))
@@ -98,12 +102,6 @@ class RedisOps:
     def find_by_account(self, account_id: int) -> _Work[list[ConnectionRecord]]:
         script = self._script("find", [], str(int(account_id)))
         return Work("find records by account", _reply(script, self._by_key))
-
-    def due_for_refresh(self, before: datetime, limit: int) -> _Work[list[ConnectionRecord]]:
-        cutoff = "(" + repr(require_aware(before, "before").timestamp())
-        count = str(min(check_limit(limit), _MAX_LIMIT))
-        script = self._script("due", [], cutoff, count)
-        return Work("list records due for refresh", _reply(script, self._bodies))
 
     def due_page(
         self, before: datetime, limit: int, after: DueCursor | None
@@ -120,6 +118,10 @@ class RedisOps:
         start = "-" if after is None else "(" + after
         script = self._script("scan", [], start, count)
         return Work("scan records", _reply(script, self._keyed))
+
+    def check(self) -> _Work[StoreCheck]:
+        script = Script("check", [self._prefix + "schema"], [])
+        return Work("check the store", _reply(script, self._checked))
 
     # -- the calls -----------------------------------------------------------------------
 
@@ -151,8 +153,37 @@ class RedisOps:
 
     # -- the replies ---------------------------------------------------------------------
 
-    def _one(self, data: str | None) -> ConnectionRecord | None:
-        return None if data is None else self._codec.decode(data)
+    def _now(self, seconds: str, micros: str) -> datetime:
+        """The store's clock from the server's ``TIME`` reply."""
+        moment = datetime.fromtimestamp(int(seconds), UTC) + timedelta(microseconds=int(micros))
+        return server_now(moment, self._offset)
+
+    def _loaded(self, reply: Sequence[str | None]) -> Loaded:
+        seconds, micros, data = reply
+        assert seconds is not None and micros is not None
+        record = None if data is None else self._codec.decode(data)
+        return Loaded(record, self._now(seconds, micros))
+
+    def _checked(self, reply: Sequence[str]) -> StoreCheck:
+        seconds, micros, found = reply
+        now = self._now(seconds, micros)
+        if found == str(SCHEMA_VERSION):
+            return StoreCheck("redis", True, True, now)
+        if not found:
+            detail = f"no amo_oauth schema under prefix {self._prefix!r}: run amo-oauth migrate"
+        else:
+            detail = f"schema {found!r} under prefix {self._prefix!r}, not {SCHEMA_VERSION}"
+        return StoreCheck("redis", True, False, now, detail)
+
+    def _expiry_ms(self, expires_at: datetime) -> str:
+        """``expires_at`` on the store's clock as ``PXAT``'s POSIX milliseconds on the server's
+        (the offset taken off): rounded up, and at least 1 (``PXAT`` refuses 0 and below; any
+        moment in the past expires the key at once)."""
+        moment = (require_aware(expires_at, "expires_at") - self._offset()).timestamp()
+        return str(max(1, math.ceil(moment * 1000)))
+
+    def _entry_args(self, entry: LedgerEntry) -> list[str]:
+        return [_ledger_value(entry.holder), self._expiry_ms(entry.expires_at)]
 
     def _keyed(self, reply: Sequence[str]) -> list[ConnectionRecord]:
         """The records of a paged read's ``key, body, ...`` reply, in its order."""
@@ -164,11 +195,9 @@ class RedisOps:
                 raise UndecryptableRecord(str(error), key) from None
         return records
 
-    def _bodies(self, bodies: Sequence[str]) -> list[ConnectionRecord]:
-        return [self._codec.decode(data) for data in bodies]
-
     def _by_key(self, bodies: Sequence[str]) -> list[ConnectionRecord]:
-        return sorted(self._bodies(bodies), key=lambda record: record.key)
+        records = [self._codec.decode(data) for data in bodies]
+        return sorted(records, key=lambda record: record.key)
 
     def _checked_schema(self, found: str) -> int:
         try:
@@ -197,17 +226,6 @@ def _holder(value: str | None) -> str | None:
     if value is None or not value.startswith(_HOLDER_MARK):
         return None
     return value[len(_HOLDER_MARK) :]
-
-
-def _expiry_ms(expires_at: datetime) -> str:
-    """``expires_at`` as ``PXAT``'s POSIX milliseconds: rounded up, and at least 1 (``PXAT``
-    refuses 0 and below; any moment in the past expires the key at once)."""
-    moment = require_aware(expires_at, "expires_at").timestamp()
-    return str(max(1, math.ceil(moment * 1000)))
-
-
-def _entry_args(entry: LedgerEntry) -> list[str]:
-    return [_ledger_value(entry.holder), _expiry_ms(entry.expires_at)]
 
 
 def _glob_escaped(text: str) -> str:

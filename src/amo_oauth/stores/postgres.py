@@ -11,8 +11,11 @@ How a call is made safe:
   taken atomically, a live one is locked and its holder read in the same transaction.
 - ``claim`` runs the state, the code and the record write in ONE transaction and rolls it back
   unless all three succeed: nothing is written unless the result is ``CLAIMED``.
-- Every record write sends ``pg_notify(channel, key)`` in its transaction; one listening
-  connection per store wakes the waiters of that key (``_postgres_listener``).
+- Every record write sends ``pg_notify(channel, key)`` in its transaction. Waiters wait on the
+  store's ``hub``; one listening connection per store and process (``_postgres_listener``)
+  fires it for the changes of every process.
+- The store's clock is the server's ``now()`` (plus ``clock_offset``), read in the same
+  statement as the record by ``load``; ledger keys expire by it too.
 - The store never creates tables by itself: ``migrate()`` does, once, and records the schema
   version in a table of its own. Calls before then raise ``StoreError`` saying so.
 
@@ -26,7 +29,6 @@ and the error class; never the password (nor any other part of the connection st
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import TypeVar
 
@@ -38,10 +40,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "PostgresStore needs psycopg 3 and psycopg-pool: pip install 'amo_oauth[postgres]'"
     ) from exc
 
-from .._records import ConnectionRecord
-from ._base import AsyncBaseStore, BaseStore
-from ._common import closed_error, wait_seconds
-from ._driven import DrivenStore, Work
+from ._common import closed_error
+from ._driven import DrivenStore, Offset, Work, offset_of
+from ._hub import Hub
 from ._postgres_listener import Listener
 from ._postgres_ops import PostgresOps, Query, Result
 from ._postgres_pools import Connections, Place, connect_kwargs
@@ -53,8 +54,8 @@ __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 T = TypeVar("T")
 
 
-class PostgresStore(DrivenStore[Query, Result], BaseStore, AsyncBaseStore):
-    """A ``FullStore`` and an ``AsyncStore`` in PostgreSQL, safe across processes and machines.
+class PostgresStore(DrivenStore[Query, Result]):
+    """A ``Store`` and an ``AsyncStore`` in PostgreSQL, safe across processes and machines.
 
     Nothing connects until the first call. Run ``migrate()`` once (or ``amo-oauth migrate``)
     to create the tables; the store never creates them by itself.
@@ -73,6 +74,8 @@ class PostgresStore(DrivenStore[Query, Result], BaseStore, AsyncBaseStore):
             first call once the server is back gets a connection within it.
         encryption: encrypts the token pair at rest (e.g. ``cryptography``'s ``Fernet`` or
             ``MultiFernet``); rows are then useless without the key.
+        clock_offset: added to the server's clock wherever the store reads it (``Loaded.now``,
+            ``check``, ledger expiry); none by default. Tests move the store's time with it.
 
     Raises:
         ValueError: a malformed ``conninfo`` (the message quotes none of it), a bad table
@@ -80,6 +83,7 @@ class PostgresStore(DrivenStore[Query, Result], BaseStore, AsyncBaseStore):
     """
 
     _ops: PostgresOps
+    _kind = "postgres"
 
     def __init__(
         self,
@@ -90,6 +94,7 @@ class PostgresStore(DrivenStore[Query, Result], BaseStore, AsyncBaseStore):
         max_size: int = 10,
         timeout: float = 10.0,
         encryption: Encryption | None = None,
+        clock_offset: Offset | None = None,
     ) -> None:
         try:
             params = conninfo_to_dict(conninfo)
@@ -105,8 +110,12 @@ class PostgresStore(DrivenStore[Query, Result], BaseStore, AsyncBaseStore):
         self._place = Place(host, str(params.get("dbname") or params.get("user") or ""), table)
         kwargs = connect_kwargs(params, timeout)
         self._conns = Connections(conninfo, kwargs, self._place, (min_size, max_size), timeout)
-        self._ops = PostgresOps(self._tables, RecordCodec(encryption), self._place.where)
-        self._listener = Listener(self._conns, self._tables.listen)
+        codec = RecordCodec(encryption)
+        self._ops = PostgresOps(self._tables, codec, self._place.where, offset_of(clock_offset))
+        self.hub = Hub(name=f"postgres {self.table}")
+        self._listener = Listener(
+            self._conns, self._tables.listen, self.hub.notify, self.hub.notify_all
+        )
 
     def __repr__(self) -> str:
         place = self._place
@@ -133,49 +142,25 @@ class PostgresStore(DrivenStore[Query, Result], BaseStore, AsyncBaseStore):
     async def _arun(self, work: Work[Query, Result, T]) -> T:
         return await self._conns.arun(work)
 
-    # -- waiting -------------------------------------------------------------------------
-
-    def wait_for_change(self, key: str, version: int, timeout: float) -> None:
-        """Return once the record's version may differ from ``version`` (0: no record), or
-        after ``timeout`` seconds: woken by the NOTIFY of any writer, in any process.
-
-        Raises:
-            StoreError: the database could not be reached.
-        """
-        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
+    def _check_open(self) -> None:
         if self._conns.closed:
             raise closed_error()
-        self._listener.ensure(self._conns.timeout)
-        with self._listener.waiting(key) as waiter:
-            if _version(self.load(key)) != version:
-                return
-            self._listener.wait(waiter, timeout)
 
-    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
-        """See ``wait_for_change``; waits on the event loop, occupying no thread."""
-        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
-        if self._conns.closed:
-            raise closed_error()
-        await self._listener.aensure(self._conns.timeout)
-        with self._listener.waiting(key, asyncio.get_running_loop()) as waiter:
-            if _version(await self.aload(key)) != version:
-                return
-            await self._listener.await_(waiter, timeout)
-
-    # -- closing -------------------------------------------------------------------------
+    @property
+    def _listen_timeout(self) -> float:
+        return self._conns.timeout
 
     def close(self) -> None:
-        """Close the pools and the listening connection. Any later call raises
-        ``StoreError``; closing again does nothing. An async pool whose event loop is still
-        running should be closed with ``aclose()`` from that loop instead."""
+        """Close the pools and the listening connection, and end this store's waits with
+        ``StoreError``. Any later call raises ``StoreError``; closing again does nothing. An
+        async pool whose event loop is still running should be closed with ``aclose()`` from
+        that loop instead."""
         self._conns.close()
         self._listener.close()
+        self.hub.notify_all()
 
     async def aclose(self) -> None:
         """See ``close``; closes the async pool in its own event loop."""
         await self._conns.aclose()
         self._listener.close()
-
-
-def _version(record: ConnectionRecord | None) -> int:
-    return record.version if record is not None else 0
+        self.hub.notify_all()

@@ -10,10 +10,12 @@ How a call is made safe:
 - Each script first checks the schema marker (``{prefix}schema``), so a database never migrated
   (or flushed since) is refused instead of silently written to.
 - The indexes are kept by the same scripts that write records: the set of keys per account
-  (``find_by_account``), one sorted set of refresh due times (``due_for_refresh``, ``due_page``)
-  and one of every record key (``scan``).
-- Every write PUBLISHes the record key on one channel. A store holds ONE subscription per kind
-  of caller and wakes the waiters of that key; a waiter never subscribes itself.
+  (``find_by_account``), one sorted set of refresh due times (``due_page``) and one of every
+  record key (``scan``).
+- Every write PUBLISHes the record key on one channel. Waiters wait on the store's ``hub``; ONE
+  subscription per store and process (a thread) fires it; a waiter never subscribes itself.
+- The store's clock is the server's ``TIME`` (plus ``clock_offset``), read in the same script
+  as the record by ``load``; ledger keys expire by it too.
 - Nothing is retried by redis-py: a write whose reply was lost may have been applied, and
   retrying it would report a lost race for a write that won. The caller gets ``StoreError``
   instead, and loads again.
@@ -38,18 +40,13 @@ keep every key in one Redis Cluster slot):
 
 from __future__ import annotations
 
-import asyncio
 import math
-import threading
-import time
 from typing import Any, TypeVar
 
-from .._records import ConnectionRecord
-from ._base import AsyncBaseStore, BaseStore
-from ._common import wait_seconds
-from ._driven import DrivenStore, Work
+from ._driven import DrivenStore, Offset, Work, offset_of
+from ._hub import Hub
 from ._redis_clients import Clients
-from ._redis_listener import Listener, wait_event
+from ._redis_listener import LISTEN_POLL, Listener
 from ._redis_lua import SCHEMA_VERSION
 from ._redis_ops import RedisOps, Script
 from ._rows import Encryption, RecordCodec
@@ -59,8 +56,8 @@ __all__ = ["SCHEMA_VERSION", "RedisStore"]
 T = TypeVar("T")
 
 
-class RedisStore(DrivenStore[Script, Any], BaseStore, AsyncBaseStore):
-    """A ``FullStore`` and an ``AsyncStore`` in one Redis database (6.2 or later).
+class RedisStore(DrivenStore[Script, Any]):
+    """A ``Store`` and an ``AsyncStore`` in one Redis database (6.2 or later).
 
     Safe across threads, processes and machines: every operation is one atomic Lua script.
     Blocking calls use a ``redis.Redis`` client made here (no connection yet); awaited calls
@@ -80,6 +77,8 @@ class RedisStore(DrivenStore[Script, Any], BaseStore, AsyncBaseStore):
             callers beyond wait up to ``timeout`` for one.
         encryption: encrypts the token pair at rest (e.g. ``cryptography``'s ``Fernet`` or
             ``MultiFernet``); rows are then useless without the key.
+        clock_offset: added to the server's clock wherever the store reads it (``Loaded.now``,
+            ``check``, ledger expiry); none by default. Tests move the store's time with it.
 
     Raises:
         ValueError: ``url`` is not a Redis URL, ``prefix`` is empty, or ``timeout`` is not
@@ -87,6 +86,7 @@ class RedisStore(DrivenStore[Script, Any], BaseStore, AsyncBaseStore):
     """
 
     _ops: RedisOps
+    _kind = "redis"
 
     def __init__(
         self,
@@ -96,6 +96,7 @@ class RedisStore(DrivenStore[Script, Any], BaseStore, AsyncBaseStore):
         timeout: float = 5.0,
         encryption: Encryption | None = None,
         max_connections: int = 32,
+        clock_offset: Offset | None = None,
     ) -> None:
         if not isinstance(prefix, str) or not prefix:
             raise ValueError("prefix must be a non-empty string")
@@ -105,8 +106,17 @@ class RedisStore(DrivenStore[Script, Any], BaseStore, AsyncBaseStore):
             raise ValueError("max_connections must be at least 2")
         self._clients = Clients(url, prefix, float(timeout), max_connections)
         where, channel = self._clients.where, self._clients.channel
-        self._ops = RedisOps(prefix, channel, RecordCodec(encryption), where)
-        self._listener = Listener(self._clients.client, channel)
+        codec = RecordCodec(encryption)
+        self._ops = RedisOps(prefix, channel, codec, where, offset_of(clock_offset))
+        self.hub = Hub(name=f"redis {prefix}")
+        self._listener = Listener(
+            self._clients.client,
+            channel,
+            where,
+            float(timeout),
+            self.hub.notify,
+            self.hub.notify_all,
+        )
 
     def __repr__(self) -> str:
         return f"RedisStore({self._clients.where!r}, prefix={self.prefix!r})"
@@ -137,79 +147,26 @@ class RedisStore(DrivenStore[Script, Any], BaseStore, AsyncBaseStore):
     async def _arun(self, work: Work[Script, Any, T]) -> T:
         return await self._clients.arun(work)
 
-    # -- waiting -------------------------------------------------------------------------
-
-    def wait_for_change(self, key: str, version: int, timeout: float) -> None:
-        """Return once the record's version may differ from ``version`` (0: no record), or
-        after ``timeout`` seconds; it may return early. Woken by the store's one pub/sub
-        listener thread; while that cannot subscribe, it polls instead.
-
-        Raises:
-            StoreError: Redis failed, the database is not migrated, or the store is closed.
-        """
-        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
+    def _check_open(self) -> None:
         self._clients.check_open()
-        deadline = time.monotonic() + max(0.0, timeout)
-        event = threading.Event()
-        listening = self._listener.add(key, event)
-        try:
-            if not listening.ready.wait(max(0.0, deadline - time.monotonic())):
-                return  # the time ran out before the subscription was up
-            if not listening.alive:
-                BaseStore.wait_for_change(self, key, version, deadline - time.monotonic())
-                return
-            if _version(self.load(key)) != version:
-                return
-            event.wait(max(0.0, deadline - time.monotonic()))
-        finally:
-            self._listener.remove(key, event)
 
-    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
-        """See ``wait_for_change``; woken by the store's one listener task on this loop.
-
-        Raises:
-            StoreError: Redis failed, the database is not migrated, or the store is closed.
-        """
-        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
-        self._clients.check_open()
-        side = self._clients.side()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, timeout)
-        event = asyncio.Event()
-        listening = side.add(key, event)
-        try:
-            if not await wait_event(listening.ready, deadline - loop.time()):
-                return
-            if not listening.alive:
-                await AsyncBaseStore.await_for_change(self, key, version, deadline - loop.time())
-                return
-            if _version(await self.aload(key)) != version:
-                return
-            await wait_event(event, deadline - loop.time())
-        finally:
-            side.remove(key, event)
-
-    # -- closing -------------------------------------------------------------------------
+    @property
+    def _listen_timeout(self) -> float:
+        return self._clients.timeout
 
     def close(self) -> None:
-        """Stop the listener thread and close the blocking client; closing again does nothing.
-
-        Any later call raises ``StoreError``. An asyncio client is closed by ``aclose()``; here
-        only its listener is stopped, when its loop still runs.
+        """Stop the subscription, close the blocking client, and end this store's waits with
+        ``StoreError``; closing again does nothing. Any later call raises ``StoreError``. An
+        asyncio client is closed by ``aclose()``; here it is closed on its loop if that runs.
         """
         self._clients.closed = True
-        self._listener.stop(join=True)
+        self._listener.close(join=LISTEN_POLL * 5)
         self._clients.close()
+        self.hub.notify_all()
 
     async def aclose(self) -> None:
-        """Stop both listeners and close both clients; closing again does nothing.
-
-        Any later call raises ``StoreError``.
-        """
+        """See ``close``; closes this loop's asyncio client here."""
         self._clients.closed = True
-        self._listener.stop(join=False)  # it sees the flag within LISTEN_POLL seconds
+        self._listener.close(join=None)  # it sees the flag within LISTEN_POLL seconds
         await self._clients.aclose()
-
-
-def _version(record: ConnectionRecord | None) -> int:
-    return record.version if record is not None else 0
+        self.hub.notify_all()
