@@ -460,6 +460,97 @@ def test_wait_for_change_survives_a_lost_listener(
     assert returned.is_set()
 
 
+def test_threads_and_tasks_wait_on_the_hub_behind_one_listening_connection(
+    store: PostgresStore, make_store: Callable[..., PostgresStore]
+) -> None:
+    writer = make_store()  # another object: only NOTIFY reaches the waiters
+    assert writer.compare_and_set(make_record(), None)
+    threads = [
+        threading.Thread(target=store.wait_for_change, args=("c1", 1, FOREVER), daemon=True)
+        for _ in range(4)
+    ]
+
+    async def main() -> None:
+        for thread in threads:
+            thread.start()
+        tasks = [asyncio.create_task(store.await_for_change("c1", 1, FOREVER)) for _ in range(4)]
+        while registered(store, "c1") < 8:
+            await asyncio.sleep(0.005)
+        with psycopg.connect(store._conns.conninfo) as conn:
+            listening = conn.execute(
+                b"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'"
+            ).fetchone()[0]
+        assert listening == 1
+        assert await asyncio.to_thread(writer.compare_and_set, make_record(version=2), 1)
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        for thread in threads:  # before the store closes: a wait ended by close() raises
+            await asyncio.to_thread(thread.join, 60)
+            assert not thread.is_alive()
+        await store.aclose()
+
+    asyncio.run(main())
+    assert registered(store) == 0
+
+
+# -- the store's clock and check() ---------------------------------------------------------
+
+
+def server_now(store: PostgresStore) -> datetime:
+    with psycopg.connect(store._conns.conninfo) as conn:
+        moment: datetime = conn.execute(b"SELECT now()").fetchone()[0]
+    return moment
+
+
+def test_load_reads_the_servers_clock_plus_the_offset(
+    make_store: Callable[..., PostgresStore],
+) -> None:
+    offset = [timedelta(days=3)]
+    store = make_store(clock_offset=lambda: offset[0])
+    store.migrate()
+    before = server_now(store)
+    loaded = store.load("c1")
+    assert loaded.record is None and loaded.now.utcoffset() == timedelta(0)
+    assert before + offset[0] <= loaded.now <= server_now(store) + offset[0]
+    offset[0] = timedelta(days=-1)  # a test moves the store's time either way
+    assert asyncio.run(store.aload("c1")).now <= server_now(store) - timedelta(hours=23)
+
+
+def test_ledger_keys_expire_by_the_stores_clock(make_store: Callable[..., PostgresStore]) -> None:
+    offset = [timedelta(0)]
+    store = make_store(clock_offset=lambda: offset[0])
+    store.migrate()
+    expiry = store.load("c1").now + timedelta(hours=1)
+    assert store.consume_state("n1", expiry, "digest-a")
+    assert store.holder_of("n1") == "digest-a"
+    assert not store.consume_state("n1", expiry, "digest-b")
+    offset[0] = timedelta(hours=2)  # past the entry's expiry on the store's clock
+    assert store.holder_of("n1") is None
+    assert store.consume_state("n1", expiry + offset[0], "digest-b")
+    assert store.holder_of("n1") == "digest-b"
+
+
+def test_check_reports_an_unmigrated_table_and_creates_nothing(
+    make_store: Callable[..., PostgresStore],
+) -> None:
+    store = make_store()
+    for report in (store.check(), asyncio.run(store.acheck())):
+        assert report.kind == "postgres"
+        assert report.reachable and not report.schema_ready and not report.ok
+        assert report.now is not None and "migrate" in report.detail
+    with pytest.raises(StoreError, match="does not exist"):
+        store.load("c1")
+    store.migrate()
+    assert store.check().ok
+
+
+def test_check_of_a_newer_schema(store: PostgresStore) -> None:
+    with psycopg.connect(store._conns.conninfo, autocommit=True) as conn:
+        conn.execute(f'INSERT INTO "{store.table}_schema" (version) VALUES (99)'.encode())
+    report = store.check()
+    assert report.reachable and not report.schema_ready
+    assert "99" in report.detail
+
+
 # -- awaited operations --------------------------------------------------------------------
 
 
@@ -666,6 +757,9 @@ def test_server_down_is_store_error() -> None:
             with pytest.raises(StoreError, match=r"127\.0\.0\.1/app") as caught:
                 call()
             assert "pw-Secr3t-down" not in all_text(caught.value)
+        for report in (down.check(), asyncio.run(down.acheck())):
+            assert not report.reachable and not report.ok
+            assert "127.0.0.1/app" in report.detail and "pw-Secr3t-down" not in repr(report)
     finally:
         down.close()
 

@@ -584,6 +584,100 @@ def test_close_wakes_waiters(store: RedisStore, monkeypatch: pytest.MonkeyPatch)
     assert len(ended) == 1 and isinstance(ended[0], StoreError)
 
 
+def test_threads_and_tasks_share_one_subscription(
+    make_store: Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    waiter = make_store()
+    writer = make_store(waiter.prefix)  # another object: only the PUBLISH reaches the waiters
+    assert writer.compare_and_set(make_record(), None)
+    threads = [
+        threading.Thread(target=waiter.wait_for_change, args=("c1", 1, LONG_WAIT)) for _ in range(4)
+    ]
+
+    async def main() -> None:
+        for thread in threads:
+            thread.start()
+        tasks = [asyncio.create_task(waiter.await_for_change("c1", 1, LONG_WAIT)) for _ in range(4)]
+        while waiter.hub.waiting("c1") < 8:
+            await asyncio.sleep(0.005)
+        channel = f"{waiter.prefix}changed:0"
+        assert raw.pubsub_numsub(channel) == [(channel, 1)]
+        assert await asyncio.to_thread(writer.compare_and_set, make_record(version=2), 1)
+        await asyncio.wait_for(asyncio.gather(*tasks), JOIN)
+        for thread in threads:  # before the store closes: a wait ended by close() raises
+            await asyncio.to_thread(thread.join, JOIN)
+            assert not thread.is_alive()
+
+    run_async(waiter, main)
+    assert waiter.hub.waiting() == 0
+
+
+# -- the store's clock and check() -----------------------------------------------------------
+
+
+def redis_now(raw: redis.Redis) -> datetime:
+    seconds, micros = raw.time()
+    return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=micros)
+
+
+def test_load_reads_the_servers_clock_plus_the_offset(
+    make_store: Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    offset = [timedelta(days=3)]
+    store = make_store(clock_offset=lambda: offset[0])
+    assert store.compare_and_set(make_record(), None)
+    before = redis_now(raw)
+    loaded = store.load("c1")
+    assert loaded.record == make_record() and loaded.now.utcoffset() == timedelta(0)
+    assert before + offset[0] <= loaded.now <= redis_now(raw) + offset[0]
+    offset[0] = timedelta(days=-1)  # a test moves the store's time either way
+    now = run_async(store, lambda: store.aload("nobody")).now
+    assert now <= redis_now(raw) - timedelta(hours=23)
+
+
+def test_ledger_keys_expire_by_the_stores_clock(make_store: Callable[..., RedisStore]) -> None:
+    offset = [timedelta(0)]
+    store = make_store(clock_offset=lambda: offset[0])
+    expiry = store.load("c1").now + timedelta(hours=1)
+    assert store.consume_state("n1", expiry, "digest-a")
+    assert store.holder_of("n1") == "digest-a"
+    assert not store.consume_state("n1", expiry, "digest-b")
+    claim = attrs.evolve(
+        a_claim(), state=LedgerEntry("n1", "digest-c", expiry + timedelta(hours=9))
+    )
+    assert store.claim(claim) is ClaimResult.STATE_USED
+    offset[0] = timedelta(hours=2)  # past the entry's expiry on the store's clock
+    assert store.holder_of("n1") is None
+    assert store.claim(claim) is ClaimResult.CLAIMED
+    assert store.holder_of("n1") == "digest-c"
+
+
+def test_check_reports_the_schema_and_changes_nothing(
+    make_store: Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store(migrate=False)
+    report = store.check()
+    assert report.kind == "redis" and report.reachable and not report.schema_ready
+    assert report.now is not None and "run amo-oauth migrate" in report.detail
+    assert raw.keys(f"{store.prefix}*") == []  # nothing was written
+    store.migrate()
+    assert store.check().ok
+    assert run_async(store, store.acheck).ok
+    raw.set(f"{store.prefix}schema", "3")
+    newer = make_store(store.prefix, migrate=False).check()
+    assert newer.reachable and not newer.schema_ready and "'3'" in newer.detail
+
+
+def test_check_of_a_server_down_names_no_password() -> None:
+    store = RedisStore(closed_port_url(), prefix=unique_prefix(), timeout=2.0)
+    try:
+        report = store.check()
+        assert not report.reachable and not report.ok
+        assert "127.0.0.1" in report.detail and REDIS_PASSWORD not in repr(report)
+    finally:
+        store.close()
+
+
 # -- asyncio ---------------------------------------------------------------------------------
 
 

@@ -76,6 +76,13 @@ local function keyed(keys)
   return out
 end
 
+-- A ledger entry still held on the store's clock: Redis expires it at its expiry on the
+-- server's clock; a store clock ``ahead`` ms in front of it ends it that much sooner.
+local function live(lkey, ahead)
+  local left = redis.call('PTTL', lkey)
+  return left == -1 or left > tonumber(ahead)
+end
+
 local function bodies(keys)
   local out = {{}}
   for _, key in ipairs(keys) do
@@ -123,11 +130,13 @@ return 1
 """
 )
 
-# KEYS[3] = ledger key; ARGV[4] = value, ARGV[5] = expiry (ms), ARGV[6] = '1' with a holder.
+# KEYS[3] = ledger key; ARGV[4] = value, ARGV[5] = expiry (ms), ARGV[6] = '1' with a holder,
+# ARGV[7] = how far (ms) the store's clock runs ahead of the server's.
 _CONSUME: Final = (
     _PREAMBLE
     + """
-if redis.call('SET', KEYS[3], ARGV[4], 'NX', 'PXAT', ARGV[5]) then
+if not live(KEYS[3], ARGV[7]) then
+  redis.call('SET', KEYS[3], ARGV[4], 'PXAT', ARGV[5])
   return 1
 end
 if ARGV[6] == '1' and redis.call('GET', KEYS[3]) == ARGV[4] then
@@ -137,18 +146,32 @@ return 0
 """
 )
 
-# KEYS[3] = ledger key.
-_HOLDER: Final = _PREAMBLE + "return redis.call('GET', KEYS[3])\n"
+# KEYS[3] = ledger key; ARGV[4] = how far (ms) the store's clock runs ahead of the server's.
+_HOLDER: Final = (
+    _PREAMBLE
+    + """
+if not live(KEYS[3], ARGV[4]) then
+  return false
+end
+return redis.call('GET', KEYS[3])
+"""
+)
 
 # KEYS[3] = record key, KEYS[4] = code ledger key, KEYS[5] = state ledger key (optional);
 # ARGV[4] = expected version, ARGV[5..10] = the row, ARGV[11], ARGV[12] = code value, expiry;
-# ARGV[13], ARGV[14] = state value, expiry. Everything is checked before anything is written.
+# ARGV[13], ARGV[14] = state value, expiry; ARGV[15] = how far (ms) the store's clock runs ahead
+# of the server's. Everything is checked before anything is written.
 _CLAIM: Final = (
     _PREAMBLE
     + """
+local AHEAD = ARGV[15]
 local function free_or_ours(lkey, value)
-  local current = redis.call('GET', lkey)
-  return (not current) or current == value
+  return (not live(lkey, AHEAD)) or redis.call('GET', lkey) == value
+end
+local function take(lkey, value, expiry)
+  if not live(lkey, AHEAD) then
+    redis.call('SET', lkey, value, 'PXAT', expiry)
+  end
 end
 local with_state = #KEYS >= 5
 if with_state and not free_or_ours(KEYS[5], ARGV[13]) then
@@ -161,9 +184,9 @@ if not matches(KEYS[3], ARGV[4]) then
   return 'record_changed'
 end
 if with_state then
-  redis.call('SET', KEYS[5], ARGV[13], 'NX', 'PXAT', ARGV[14])
+  take(KEYS[5], ARGV[13], ARGV[14])
 end
-redis.call('SET', KEYS[4], ARGV[11], 'NX', 'PXAT', ARGV[12])
+take(KEYS[4], ARGV[11], ARGV[12])
 put(KEYS[3], 5)
 return 'claimed'
 """

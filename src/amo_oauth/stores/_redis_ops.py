@@ -79,24 +79,24 @@ class RedisOps:
         return Work("delete a record", _reply(script, bool))
 
     def consume_state(self, nonce: str, expires_at: datetime, holder: str | None) -> _Work[bool]:
-        value, expiry = _ledger_value(holder), self._expiry_ms(expires_at)
-        args = (value, expiry, "0" if holder is None else "1")
+        value, expiry = _ledger_value(holder), _expiry_ms(expires_at)
+        args = (value, expiry, "0" if holder is None else "1", self._ahead_ms())
         script = self._script("consume", [self._ledger_key(nonce)], *args)
         return Work("consume a state", _reply(script, bool))
 
     def holder_of(self, key: str) -> _Work[str | None]:
-        script = self._script("holder", [self._ledger_key(key)])
+        script = self._script("holder", [self._ledger_key(key)], self._ahead_ms())
         return Work("read the ledger", _reply(script, _holder))
 
     def claim(self, claim: Claim) -> _Work[ClaimResult]:
         row = self._row_args(claim.record, claim.expected_version)
-        code = self._entry_args(claim.code)
+        code = _entry_args(claim.code)
         keys = [self._record_key(claim.record.key), self._ledger_key(claim.code.key)]
         state = ["", ""]
         if claim.state is not None:
-            state = self._entry_args(claim.state)
+            state = _entry_args(claim.state)
             keys.append(self._ledger_key(claim.state.key))
-        script = self._script("claim", keys, *row, *code, *state)
+        script = self._script("claim", keys, *row, *code, *state, self._ahead_ms())
         return Work("claim a code", _reply(script, ClaimResult))
 
     def find_by_account(self, account_id: int) -> _Work[list[ConnectionRecord]]:
@@ -175,15 +175,11 @@ class RedisOps:
             detail = f"schema {found!r} under prefix {self._prefix!r}, not {SCHEMA_VERSION}"
         return StoreCheck("redis", True, False, now, detail)
 
-    def _expiry_ms(self, expires_at: datetime) -> str:
-        """``expires_at`` on the store's clock as ``PXAT``'s POSIX milliseconds on the server's
-        (the offset taken off): rounded up, and at least 1 (``PXAT`` refuses 0 and below; any
-        moment in the past expires the key at once)."""
-        moment = (require_aware(expires_at, "expires_at") - self._offset()).timestamp()
-        return str(max(1, math.ceil(moment * 1000)))
-
-    def _entry_args(self, entry: LedgerEntry) -> list[str]:
-        return [_ledger_value(entry.holder), self._expiry_ms(entry.expires_at)]
+    def _ahead_ms(self) -> str:
+        """How far the store's clock runs ahead of the server's, in ms: a ledger entry is
+        over once Redis has less than that left of it. A clock behind the server's is not
+        applied (Redis expires entries on its own clock)."""
+        return str(max(0, math.floor(self._offset().total_seconds() * 1000)))
 
     def _keyed(self, reply: Sequence[str]) -> list[ConnectionRecord]:
         """The records of a paged read's ``key, body, ...`` reply, in its order."""
@@ -226,6 +222,17 @@ def _holder(value: str | None) -> str | None:
     if value is None or not value.startswith(_HOLDER_MARK):
         return None
     return value[len(_HOLDER_MARK) :]
+
+
+def _expiry_ms(expires_at: datetime) -> str:
+    """``expires_at`` as ``PXAT``'s POSIX milliseconds: rounded up, and at least 1 (``PXAT``
+    refuses 0 and below; any moment in the past expires the key at once)."""
+    moment = require_aware(expires_at, "expires_at").timestamp()
+    return str(max(1, math.ceil(moment * 1000)))
+
+
+def _entry_args(entry: LedgerEntry) -> list[str]:
+    return [_ledger_value(entry.holder), _expiry_ms(entry.expires_at)]
 
 
 def _glob_escaped(text: str) -> str:
