@@ -204,16 +204,15 @@ def run_threads(
     with AmoOAuth(config(fake, settle), store=counting, http=http, clock=clock) as oauth:
         begun = oauth.begin(USER)
         query = redirect(fake, begun.state)
-        if scenario == "callbacks":
-            one: Callable[[], object] = lambda: (
-                oauth.handle_callback(  # noqa: E731
-                    query, binding=begun.binding
-                ).outcome
-            )
-        else:
+        if scenario != "callbacks":
             oauth.handle_callback(query, binding=begun.binding)
             clock.advance(timedelta(hours=24))
-            one = lambda: oauth.access_token(USER)  # noqa: E731
+
+        def one() -> object:
+            if scenario == "callbacks":
+                return oauth.handle_callback(query, binding=begun.binding).outcome
+            return oauth.access_token(USER)
+
         barrier = threading.Barrier(callers)
 
         def deliver(_: int) -> tuple[object, float]:
