@@ -12,10 +12,10 @@ Who fires watches:
 - the store itself, after each commit of this process that changed a record: ``notify(key)``;
 - for changes made elsewhere (another process, another machine), at most one poller per hub: a
   thread the hub starts when the first watch registers and that ends when the last one goes.
-  It calls the store's ``poll`` with the watched keys and the versions their waiters read, and
-  fires the keys it returns (SQLite: ``PRAGMA data_version``, then the versions of the watched
-  keys; ``BaseStore``: a ``load`` per watched key). A store with a listener of its own (LISTEN,
-  pub/sub) calls ``notify`` from it instead and gives no ``poll``.
+  It asks the store's ``Poller`` about the watched keys and the versions their waiters read,
+  and fires the keys it names (SQLite: ``PRAGMA data_version``, then the versions of the
+  watched keys; ``BaseStore``: a ``load`` per watched key). A store with a listener of its own
+  (LISTEN, pub/sub) calls ``notify`` from it instead and gives no ``Poller``.
 
 ``Hub.before_register`` is a seam for tests: called with the key between a waiter's read and
 its registration, to prove that a change landing exactly there is still seen.
@@ -50,6 +50,12 @@ class Poller:
     every watch, so that each waiter reads the store itself and meets the failure there.
     ``idle()``: the thread is ending (nobody waits, or a fork is coming); release what ``poll``
     holds (a connection). Both run on the poller thread, never two at once.
+
+    A poller may also *listen* (Postgres LISTEN, Redis pub/sub): ``poll`` then blocks on its
+    connection for up to a short timeout and names the keys notified (give the hub
+    ``interval=0``). Either way, the first ``poll`` after a start (or after ``idle``) must
+    compare the watched versions with the stored ones once it is listening: a change made
+    between a waiter's read and the poller's start reaches nobody otherwise.
     """
 
     def poll(self, watched: Mapping[str, frozenset[int]]) -> Iterable[str]:
@@ -150,7 +156,8 @@ class Hub:
     def wait(self, key: str, version: int, timeout: float, read: Callable[[], int]) -> None:
         """Block until the record under ``key`` may have moved from ``version``, or ``timeout``
         seconds passed. ``read`` returns the stored version (0: none) and raises what the
-        store raises; it is called once, after the registration, never in a loop."""
+        store raises (``StoreError``); it is called once, after the registration, never in a
+        loop."""
         with self.watch(key, version) as watch:
             if read() != version:
                 return

@@ -18,9 +18,12 @@ The subclass gives one fixture, ``store``: a new, empty store per test (a ``Stor
 ``AsyncStore``, or both), closed by the fixture after the test. Every case then runs against it:
 the compare-and-set on ``version``, deletes, the single-use ledger (``consume_state``,
 ``holder_of``), ``claim``, ``wait_for_change``, the queries, ``close``, thread races that prove
-the writes atomic, ``check``, and property tests over any record. A blocking store's awaitable
-side is taken from ``as_async_store``, exactly as the service does; cases about ``holder_of``
-are skipped for a store that keeps ``BaseStore``'s default (which reads nothing).
+the writes atomic, a thousand threads and a thousand tasks waiting on one change (and a write
+landing between a waiter's read and its registration, injected through ``Hub.before_register``
+for a store that waits on a hub), ``check``, and property tests over any record. A blocking
+store's awaitable side is taken from ``as_async_store``, exactly as the service does; cases
+about ``holder_of`` are skipped for a store that keeps ``BaseStore``'s default (which reads
+nothing).
 
 Optional hooks:
 
