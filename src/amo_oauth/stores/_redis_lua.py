@@ -63,7 +63,7 @@ local function put(rkey, first)
   redis.call('PUBLISH', CHANNEL, key)
 end
 
--- key, body, key, body, ...: what a paged read returns, so an unreadable body is named.
+-- key, body, key, body, ...: what a read of many returns, so an unreadable body is named.
 local function keyed(keys)
   local out = {{}}
   for _, key in ipairs(keys) do
@@ -81,17 +81,6 @@ end
 local function live(lkey, ahead)
   local left = redis.call('PTTL', lkey)
   return left == -1 or left > tonumber(ahead)
-end
-
-local function bodies(keys)
-  local out = {{}}
-  for _, key in ipairs(keys) do
-    local data = redis.call('HGET', PREFIX .. 'c:' .. key, 'd')
-    if data then
-      table.insert(out, data)
-    end
-  end
-  return out
 end
 """
 
@@ -193,7 +182,7 @@ return 'claimed'
 )
 
 # ARGV[4] = account id.
-_FIND: Final = _PREAMBLE + "return bodies(redis.call('SMEMBERS', PREFIX .. 'a:' .. ARGV[4]))\n"
+_FIND: Final = _PREAMBLE + "return keyed(redis.call('SMEMBERS', PREFIX .. 'a:' .. ARGV[4]))\n"
 
 # ARGV[4] = '(' + cutoff (exclusive), ARGV[5] = limit, ARGV[6] = the cursor's score ('' = from
 # the start), ARGV[7] = the cursor's key. Records of one score are ordered by member (bytes);

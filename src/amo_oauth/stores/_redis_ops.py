@@ -191,9 +191,9 @@ class RedisOps:
                 raise UndecryptableRecord(str(error), key) from None
         return records
 
-    def _by_key(self, bodies: Sequence[str]) -> list[ConnectionRecord]:
-        records = [self._codec.decode(data) for data in bodies]
-        return sorted(records, key=lambda record: record.key)
+    def _by_key(self, reply: Sequence[str]) -> list[ConnectionRecord]:
+        """``_keyed``'s records, by key (a set's members come in no order)."""
+        return sorted(self._keyed(reply), key=lambda record: record.key)
 
     def _checked_schema(self, found: str) -> int:
         try:
