@@ -66,6 +66,9 @@ class ChannelListener(Generic[C]):
         or ``stopping`` is set."""
         raise NotImplementedError
 
+    def _prepare(self) -> None:
+        """Before a thread starts (in the waiter's thread, under the listener's lock)."""
+
     def _interrupt(self) -> None:
         """Make ``_serve`` return soon (from another thread); ``stopping`` is set already."""
 
@@ -127,6 +130,7 @@ class ChannelListener(Generic[C]):
         if self._thread is not None and self._thread.is_alive():
             return
         self._ready, self._error = False, None
+        self._prepare()
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 

@@ -35,7 +35,12 @@ class Listener(ChannelListener[Conn]):
         super().__init__("amo_oauth-pg-listener", conns.place.where, changed, lost)
         self._conns = conns
         self._listen = listen
-        self._wake = socket.socketpair()
+        #: Written to by ``close`` to end the ``select``; made before the first thread starts.
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+
+    def _prepare(self) -> None:
+        if self._wake is None:
+            self._wake = socket.socketpair()
 
     def _open(self) -> Conn:
         conn = psycopg.connect(self._conns.conninfo, **self._conns.kwargs)
@@ -47,6 +52,7 @@ class Listener(ChannelListener[Conn]):
         return conn
 
     def _serve(self, conn: Conn) -> None:
+        assert self._wake is not None
         pgconn, wake = conn.pgconn, self._wake[1]
         while not self.stopping.is_set():
             readable, _, _ = select.select([conn.fileno(), wake.fileno()], [], [])
@@ -67,13 +73,15 @@ class Listener(ChannelListener[Conn]):
                 self.changed(key)
 
     def _interrupt(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake[0].send(b"x")
+        if self._wake is not None:
+            with contextlib.suppress(OSError):
+                self._wake[0].send(b"x")
 
     def _disconnect(self, conn: Conn) -> None:
         conn.close()
 
     def close(self, *, join: float | None = 5.0) -> None:
         super().close(join=join)
-        for end in self._wake:
-            end.close()
+        if self._wake is not None:
+            for end in self._wake:
+                end.close()

@@ -33,7 +33,7 @@ class Listener(ChannelListener[Any]):
         changed: Callable[[str], None],
         lost: Callable[[], None],
     ) -> None:
-        super().__init__("amo_oauth-redis-listener", where, changed, lost)
+        super().__init__("amo_oauth-redis-listener", f"Redis store at {where}", changed, lost)
         self._client = client
         self._channel = channel
         self._timeout = timeout
