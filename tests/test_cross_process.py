@@ -747,12 +747,12 @@ def test_a_postgres_store_refuses_a_second_live_loop_clearly(
     spec = fresh_spec("postgres", request, tmp_path)
     store = open_store(spec)
     with asyncio.Runner() as first:  # its tasks are cancelled as it closes, as asyncio.run's
-        assert first.run(store.aload("nobody")) is None  # type: ignore[attr-defined]
+        assert first.run(store.aload("nobody")).record is None  # type: ignore[attr-defined]
         started = time.monotonic()
         with pytest.raises(StoreError, match="another event loop") as raised:
             asyncio.run(store.aload("nobody"))  # type: ignore[attr-defined]
         assert time.monotonic() - started < HANG_GUARD
         assert "pw-" not in str(raised.value)
-        assert first.run(store.aload("nobody")) is None  # type: ignore[attr-defined]
-    assert asyncio.run(store.aload("nobody")) is None  # type: ignore[attr-defined]
+        assert first.run(store.aload("nobody")).record is None  # type: ignore[attr-defined]
+    assert asyncio.run(store.aload("nobody")).record is None  # type: ignore[attr-defined]
     store.close()

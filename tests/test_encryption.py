@@ -41,7 +41,7 @@ def connected(
 
 def test_no_token_is_stored_in_clear(connected: tuple[AmoOAuth, Path, Fernet]) -> None:
     oauth, db, _ = connected
-    record = oauth.store.load(record_key(oauth.config.client_id, USER))  # type: ignore[union-attr]
+    record = oauth.store.load(record_key(oauth.config.client_id, USER)).record  # type: ignore[union-attr]
     assert record is not None and record.tokens is not None
     stored = raw_rows(db)
     assert record.tokens.access_token not in stored
@@ -76,7 +76,7 @@ def test_multifernet_reads_old_rows_and_rewrites_them_with_the_new_key(
     clock.advance(timedelta(days=1, minutes=1))
     token = rotating.access_token(USER)  # the refresh rewrites the row, with the newest key
     key = record_key(oauth.config.client_id, USER)
-    record = SQLiteStore(db, encryption=new).load(key)
+    record = SQLiteStore(db, encryption=new).load(key).record
     assert record is not None and record.tokens is not None
     assert record.tokens.access_token == token
     with pytest.raises(StoreError, match="wrong key"):

@@ -59,7 +59,7 @@ from amo_oauth import (
 from amo_oauth._records import MAX_CODE_DIGESTS, code_digest, record_key
 from amo_oauth._state import REJECTION_WINDOW
 from amo_oauth._state_token import issue_state
-from amo_oauth.stores import BaseStore, Claim, ClaimResult
+from amo_oauth.stores import BaseStore, Claim, ClaimResult, Loaded
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import STATE_SECRET, config_for, examples, query_of, run_consent
@@ -98,7 +98,7 @@ class RecordingStore(BaseStore):
         self.inner = MemoryStore()
         self.written: list[tuple[int | None, ConnectionRecord]] = []
 
-    def load(self, connection_id: str) -> ConnectionRecord | None:
+    def load(self, connection_id: str) -> Loaded:
         return self.inner.load(connection_id)
 
     def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
@@ -119,8 +119,8 @@ class RecordingStore(BaseStore):
     def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
         return self.inner.find_by_account(account_id)
 
-    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        return self.inner.due_for_refresh(before, limit)
+    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        return self.inner.scan(after, limit)
 
     def close(self) -> None:
         self.inner.close()
@@ -232,10 +232,12 @@ class OAuthMachine(RuleBasedStateMachine):
 
     def record(self, cid: str) -> ConnectionRecord:
         key = record_key(self.config.client_id, cid)
-        return self.store.load(key) or ConnectionRecord(cid)
+        return self.store.load(key).record or ConnectionRecord(cid)
 
     def snapshot(self) -> tuple[ConnectionRecord | None, ...]:
-        return tuple(self.store.load(record_key(self.config.client_id, cid)) for cid in USERS)
+        return tuple(
+            self.store.load(record_key(self.config.client_id, cid)).record for cid in USERS
+        )
 
     def secrets(self) -> set[str]:
         """client_secret, state_secret, every code issued, every token the store held."""
@@ -869,7 +871,7 @@ class OAuthMachine(RuleBasedStateMachine):
         self.checked_requests += len(requests)
         assert {r.host for r in requests if r.path == "/oauth2/access_token"} <= {fake.account_host}
         for cid in USERS:
-            stored = self.store.load(record_key(self.config.client_id, cid))
+            stored = self.store.load(record_key(self.config.client_id, cid)).record
             record = stored or ConnectionRecord(cid)
             # 3. connected => verified tokens and an account; disconnected => no tokens.
             if record.state is S.CONNECTED:

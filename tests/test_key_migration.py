@@ -36,9 +36,9 @@ def test_a_legacy_record_moves_under_its_namespaced_key(
         6,
         LEGACY.host,
     )
-    moved = store.load(record_key(oauth.config.client_id, "user-7"))
+    moved = store.load(record_key(oauth.config.client_id, "user-7")).record
     assert moved is not None and moved.integration == oauth.config.client_id
-    assert store.load("user-7") is None  # the old row is gone
+    assert store.load("user-7").record is None  # the old row is gone
     assert oauth.status("user-7") == status  # and a second load changes nothing
 
 
@@ -50,7 +50,7 @@ def test_a_legacy_widget_record_never_becomes_an_app_users(
     oauth = make_oauth(store=store)
     # An app user whose id is the account host sees a fresh connection, not the install.
     assert oauth.status(fake.account_host).version == 0
-    assert store.load(fake.account_host) is not None  # the install's row is left alone
+    assert store.load(fake.account_host).record is not None  # the install's row is left alone
     result = run_consent(oauth, fake, fake.account_host)
     assert result.connection.state is ConnectionState.CONNECTED
-    assert store.load(fake.account_host) == widget
+    assert store.load(fake.account_host).record == widget

@@ -22,7 +22,6 @@ from amo_oauth import (
     ReauthorizationRequired,
 )
 from amo_oauth._ops import Send, StoreOp
-from amo_oauth.stores import as_full_store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import config_for, query_of, run_consent, stored
@@ -35,7 +34,7 @@ def run_to_send(oauth: AmoOAuth, flow: Flow, answer: httpx.Response | None = Non
     until it wants to send a request; return that."""
     item = next(flow) if answer is None else flow.send(answer)
     while not isinstance(item, Send):
-        reply = item.run(as_full_store(oauth.store)) if isinstance(item, StoreOp) else None
+        reply = item.run(oauth.store) if isinstance(item, StoreOp) else None
         item = flow.send(reply)
     return item
 
@@ -46,7 +45,7 @@ def finish(oauth: AmoOAuth, flow: Flow, answer: httpx.Response) -> Any:
         item = flow.send(answer)
         while True:
             if isinstance(item, StoreOp):
-                item = flow.send(item.run(as_full_store(oauth.store)))
+                item = flow.send(item.run(oauth.store))
             elif isinstance(item, Send):
                 item = flow.send(oauth.http.send(item.request))
             else:

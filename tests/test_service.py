@@ -490,7 +490,7 @@ def test_an_app_user_named_like_a_widget_install_never_gets_its_tokens(
     with pytest.raises(ReauthorizationRequired):
         oauth.access_token(impostor)
     assert oauth.disconnect(impostor).state is ConnectionState.DISCONNECTED
-    widget = oauth.store.load(record_key(oauth.config.client_id, impostor, widget=True))
+    widget = oauth.store.load(record_key(oauth.config.client_id, impostor, widget=True)).record
     assert widget is not None and widget.state is ConnectionState.CONNECTED  # untouched
 
 

@@ -27,7 +27,7 @@ from amo_oauth import (
     _sweep,
 )
 from amo_oauth._sweep import HostPacer
-from amo_oauth.stores import FullStore
+from amo_oauth.stores import Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing._fake import FakeAccount
 
@@ -328,8 +328,8 @@ def test_the_async_sweep_refreshes_each_once_and_bounds_its_tasks(
     assert_refreshed_once(fake, spent)
 
 
-def stored_token(store: FullStore, fake: FakeAmoCRM, cid: str) -> str:
-    record = store.load(f"u:{fake.client_id}:{cid}")
+def stored_token(store: Store, fake: FakeAmoCRM, cid: str) -> str:
+    record = store.load(f"u:{fake.client_id}:{cid}").record
     assert record is not None and record.tokens is not None
     return record.tokens.refresh_token
 

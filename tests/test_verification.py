@@ -10,7 +10,6 @@ import pytest
 
 from amo_oauth import AmoOAuth, ConnectionState, Outcome, ProviderError
 from amo_oauth._ops import Send, StoreOp
-from amo_oauth.stores import as_full_store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import query_of, run_consent, stored
@@ -88,7 +87,7 @@ def test_a_lease_that_lapses_after_the_pair_was_stored_keeps_the_pair(
     flow = oauth._flows.codes.handle_callback(
         query_of(fake.authorize(begun.state)), binding=begun.binding
     )
-    store = as_full_store(oauth.store)
+    store = oauth.store
     item = next(flow)
     sends = 0
     while True:

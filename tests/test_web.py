@@ -31,6 +31,7 @@ from amo_oauth import (
     web,
 )
 from amo_oauth._hook import hook_signature
+from amo_oauth.stores import Loaded
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import AsyncHandlers, Handlers, PageText, Request, Response
 
@@ -849,7 +850,7 @@ def test_a_bad_prefix_is_refused(oauth: AmoOAuth, prefix: str) -> None:
 class FlakyStore(MemoryStore):
     broken = False
 
-    def load(self, connection_id: str) -> ConnectionRecord | None:
+    def load(self, connection_id: str) -> Loaded:
         if self.broken:
             raise StoreError("the database is down")
         return super().load(connection_id)

@@ -102,8 +102,8 @@ def _status(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
         # Records are kept per integration; one stored before that has its bare id as key.
-        record = store.load(record_key(client_id, args.connection_id))
-        record = record or store.load(args.connection_id)
+        record = store.load(record_key(client_id, args.connection_id)).record
+        record = record or store.load(args.connection_id).record
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
     finally:
