@@ -246,7 +246,6 @@ def _refresh_due(args: argparse.Namespace) -> int:
 
 def _rotate_key(args: argparse.Namespace) -> int:
     from ._rotation import RotationProgress, rotate_keys
-    from .stores._base import as_full_store
 
     _keys_from_env(required=True)  # a clear error before anything is opened
     store = _open_store(args)
@@ -259,7 +258,7 @@ def _rotate_key(args: argparse.Namespace) -> int:
         )
 
     try:
-        report = rotate_keys(as_full_store(store), after=args.after, progress=show)
+        report = rotate_keys(store, after=args.after, progress=show)
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
     except NotImplementedError as error:

@@ -7,7 +7,7 @@ and ``redis`` extras), so that importing this package works without them.
 import importlib
 from typing import TYPE_CHECKING
 
-from ._base import AsyncSide, BaseStore, as_async_store, as_full_store
+from ._base import AsyncSide, BaseStore, as_async_store
 from ._common import due_position
 from ._hub import Hub
 from ._protocol import (
@@ -15,7 +15,6 @@ from ._protocol import (
     Claim,
     ClaimResult,
     DueCursor,
-    FullStore,
     LedgerEntry,
     Loaded,
     Store,
@@ -37,7 +36,6 @@ __all__ = [
     "Claim",
     "ClaimResult",
     "DueCursor",
-    "FullStore",
     "Hub",
     "LedgerEntry",
     "Loaded",

@@ -39,7 +39,6 @@ __all__ = [
     "AsyncSide",
     "BaseStore",
     "as_async_store",
-    "as_full_store",
     "is_async_store",
     "utc_now",
 ]
@@ -282,11 +281,6 @@ def as_async_store(store: Store | AsyncStore) -> AsyncStore:
     if isinstance(store, AsyncStore):
         return store
     return _Threaded(store)
-
-
-def as_full_store(store: Store) -> Store:
-    """``store`` itself: the protocol is one now (the service still calls this)."""
-    return store
 
 
 def is_async_store(store: object) -> bool:

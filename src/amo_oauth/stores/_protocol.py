@@ -28,7 +28,6 @@ __all__ = [
     "Claim",
     "ClaimResult",
     "DueCursor",
-    "FullStore",
     "LedgerEntry",
     "Loaded",
     "Store",
@@ -230,10 +229,6 @@ class Store(Protocol):
         """Release connections and files, and end every wait with ``StoreError``. Any later
         call raises ``StoreError``."""
         ...
-
-
-#: The name ``Store`` had while it was split in two; the same protocol.
-FullStore = Store
 
 
 @runtime_checkable
