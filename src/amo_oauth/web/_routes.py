@@ -21,6 +21,7 @@ from .._errors import CallbackRejected, ProviderError, StoreError
 from .._reasons import Reason
 from .._records import Connection
 from .._results import CallbackResult, Outcome
+from .._setting_errors import setting_error
 from ._calls import (
     Begin,
     Disconnect,
@@ -130,8 +131,10 @@ def _page_link(
 
 
 def _check_prefix(prefix: str) -> str:
-    if not isinstance(prefix, str) or (prefix and not prefix.startswith("/")) or "?" in prefix:
-        raise ValueError("prefix must be empty or a path starting with '/'")
+    if not isinstance(prefix, str) or (prefix and not prefix.startswith("/")):
+        raise ValueError(setting_error("prefix"))
+    if "?" in prefix:
+        raise ValueError(setting_error("prefix_query"))
     return prefix.rstrip("/")
 
 
@@ -161,9 +164,14 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         self.prefix = _check_prefix(prefix)
         self.texts: Mapping[str, PageText] = {**PAGE_TEXTS, **(texts or {})}
         if default_language not in self.texts:
-            raise ValueError(f"no page texts for default_language {default_language!r}")
+            languages = ", ".join(sorted(self.texts))
+            raise ValueError(
+                setting_error(
+                    "default_language", language=repr(default_language), languages=languages
+                )
+            )
         if max_body < 1 or max_query < 1:
-            raise ValueError("max_body and max_query must be positive")
+            raise ValueError(setting_error("limits"))
         self.default_language = default_language
         self.max_body = max_body
         self.max_query = max_query
