@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
+from html import escape
 from html.parser import HTMLParser
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -522,6 +523,30 @@ def test_refused_callbacks_get_a_400_page(
     assert fake.token_call_count() == 0
 
 
+@pytest.mark.parametrize("lang", ["en", "ru", "uk"])
+def test_another_integrations_redirect_says_the_client_id_does_not_match(
+    send: Send, oauth: AmoOAuth, fake: FakeAmoCRM, lang: str
+) -> None:
+    """Issue 16: a callback carrying another integration's client_id was refused as
+    ``malformed``; its own reason and page now say the client id does not match."""
+    state = connect_state(send)
+    query = dict(parse_qsl(callback_query(fake.authorize(state))))
+    query["client_id"] = "another-integration"
+    answer = send("GET", f"{PREFIX}/callback", query=f"{urlencode(query)}&lang={lang}")
+    assert answer.status == 400
+    assert deep_link(answer) == ("foryoure://amo-crm/callback", {"error": "client_id_mismatch"})
+    text = web.PAGE_TEXTS[lang]
+    assert parse_page(answer.text).h1 == text.client_id_mismatch_title
+    assert escape(text.client_id_mismatch_body) in answer.text
+    assert "client id" in text.client_id_mismatch_body  # the page says what does not match
+    assert fake.token_call_count() == 0
+    assert stored(oauth, USER) is None  # nothing written: the right redirect still works
+    right = send(
+        "GET", f"{PREFIX}/callback", query=urlencode({**query, "client_id": fake.client_id})
+    )
+    assert deep_link(right)[1]["success"] == "true"
+
+
 def test_a_second_code_of_one_consent_shows_the_connection(
     send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
@@ -873,11 +898,31 @@ def test_a_store_outage_is_503(make_oauth: Callable[..., AmoOAuth], fake: FakeAm
 
 
 @pytest.mark.parametrize(
-    "scheme", ["", "1app", "my app", "foo://", "javascript", "JavaScript", "data", "a_b", "é"]
+    ("scheme", "says"),
+    [
+        ("", "must not be empty"),
+        ("1app", "must be a URL scheme (RFC 3986"),
+        ("my app", "must be a URL scheme (RFC 3986"),
+        ("a_b", "must be a URL scheme (RFC 3986"),
+        ("é", "must be a URL scheme (RFC 3986"),
+        ("a" * 65, "at most 64 characters"),
+        ("foo://", "the scheme alone, without ':' or '/'"),
+        ("foo:", "the scheme alone"),
+        ("http", "not http: a deep link must open the app, not a web page"),
+        ("https", "not https: a deep link must open the app, not a web page"),
+        ("HTTPS", "not https: a deep link must open the app"),
+        ("Http", "not http: a deep link must open the app"),
+        ("javascript", "not javascript: a browser handles javascript links itself"),
+        ("JavaScript", "a browser handles javascript links itself"),
+        ("data", "a browser handles data links itself"),
+        (None, "must be a string such as 'myapp', not NoneType"),
+    ],
 )
-def test_bad_app_schemes_are_refused(oauth: AmoOAuth, scheme: str) -> None:
-    with pytest.raises(ValueError, match="app_scheme"):
+def test_bad_app_schemes_are_refused(oauth: AmoOAuth, scheme: str, says: str) -> None:
+    """Issue 16: ``http``/``https`` were accepted; every refusal now names its problem."""
+    with pytest.raises(ValueError, match=r"^app_scheme ") as refused:
         Handlers(oauth, connection_id=user_from_header, app_scheme=scheme)
+    assert says in str(refused.value)
 
 
 def test_app_schemes_follow_rfc_3986(oauth: AmoOAuth) -> None:

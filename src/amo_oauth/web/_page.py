@@ -52,6 +52,7 @@ class PageKind(enum.StrEnum):
     ERROR = "error"
     MISCONFIGURED = "misconfigured"
     WRONG_BROWSER = "wrong_browser"
+    CLIENT_ID_MISMATCH = "client_id_mismatch"
 
 
 @attrs.frozen(kw_only=True)
@@ -70,6 +71,9 @@ class PageText:
         wrong_browser_title, wrong_browser_body: shown when the consent came back to a browser
             other than the one that started it (``wrong_browser``): a forwarded link. English
             by default, like the misconfigured texts.
+        client_id_mismatch_title, client_id_mismatch_body: shown when amoCRM's redirect names
+            another integration's client id than this backend's (``client_id_mismatch``).
+            English by default, like the misconfigured texts.
     """
 
     connected_title: str
@@ -89,6 +93,12 @@ class PageText:
     wrong_browser_body: str = (
         "This connection was started in another browser or app. "
         "Start connecting again from the app."
+    )
+    client_id_mismatch_title: str = "This answer is for another integration"
+    client_id_mismatch_body: str = (
+        "amoCRM sent back the client id of another integration than this app's, so nothing "
+        "was connected. Start connecting again from the app; if this happens again, let its "
+        "support team know."
     )
 
     def title(self, kind: PageKind) -> str:
@@ -127,6 +137,10 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         wrong_browser_title="Подключите из приложения",
         wrong_browser_body="Это подключение было начато в другом браузере или приложении. "
         "Начните подключение заново из приложения.",
+        client_id_mismatch_title="Этот ответ для другой интеграции",
+        client_id_mismatch_body="amoCRM вернула client id другой интеграции, не этого "
+        "приложения, поэтому ничего не подключено. Начните подключение заново из приложения; "
+        "если это повторится, сообщите в его поддержку.",
     ),
     "uk": PageText(
         connected_title="amoCRM підключено",
@@ -145,6 +159,10 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         wrong_browser_title="Підключіть із застосунку",
         wrong_browser_body="Це підключення було розпочато в іншому браузері або застосунку. "
         "Почніть підключення знову із застосунку.",
+        client_id_mismatch_title="Ця відповідь для іншої інтеграції",
+        client_id_mismatch_body="amoCRM повернула client id іншої інтеграції, не цього "
+        "застосунку, тому нічого не підключено. Почніть підключення знову із застосунку; "
+        "якщо це повториться, повідомте його підтримку.",
     ),
 }
 

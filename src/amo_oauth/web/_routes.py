@@ -66,6 +66,11 @@ DEFAULT_MAX_QUERY: Final = 8 * 1024
 BINDING_COOKIE: Final = "amo_oauth_binding"
 #: Refusals that are about who is asking, not what was asked.
 _FORBIDDEN: Final = frozenset({Reason.WRONG_BROWSER})
+#: Refusals whose page says more than "try again" (every other one shows the error page).
+_REFUSAL_PAGES: Final[Mapping[str, PageKind]] = {
+    Reason.WRONG_BROWSER: PageKind.WRONG_BROWSER,
+    Reason.CLIENT_ID_MISMATCH: PageKind.CLIENT_ID_MISMATCH,
+}
 
 # Every response: never cached (they describe a user's connection or carry a state/code), never
 # sniffed, and never the source of a Referer (the callback URL carries the code).
@@ -230,8 +235,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         # has no other way back to the app): the page, with no state echoed.
         if route.page or (route.name == "connect" and request.param("ticket") is not None):
             link = deep_link(self.app_scheme, [("error", reason)])
-            wrong = reason == Reason.WRONG_BROWSER
-            kind = PageKind.WRONG_BROWSER if wrong else PageKind.ERROR
+            kind = _REFUSAL_PAGES.get(reason, PageKind.ERROR)
             return self._page(request, status, kind, link, reason)
         return Response.json(status, {"error": reason})
 
