@@ -11,11 +11,14 @@ import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request as StarletteRequest
 
 from amo_oauth import AsyncAmoOAuth, MemoryStore
 from amo_oauth.fastapi import router
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import Request
+from amo_oauth.web._routes import NO_COOKIE_OVER_HTTP
 from test_web import (
     AS_USER,
     PREFIX,
@@ -186,3 +189,37 @@ def test_an_async_connection_id_and_the_native_request(async_oauth: AsyncAmoOAut
 def test_a_bad_app_scheme_fails_at_construction(async_oauth: AsyncAmoOAuth) -> None:
     with pytest.raises(ValueError, match="app_scheme"):
         router(async_oauth, connection_id=user_from_header, app_scheme="javascript")
+
+
+@pytest.mark.parametrize("https_only", [True, False])
+def test_a_session_cookie_over_http_follows_the_redirect_uri(
+    fake: FakeAmoCRM, clock: FakeClock, https_only: bool
+) -> None:
+    """Issue 16: ``SessionMiddleware(https_only=True)`` copied onto an http loopback backend
+    loses the session, and the 401 said nothing. The docs now take ``https_only`` from the
+    redirect URI (False here, which works); the copied True gets a 401 with a ``hint``."""
+    local = config_for(fake, redirect_uri="http://127.0.0.1:8000/api/amo-crm/callback")
+    http = httpx.AsyncClient(transport=fake.async_transport())
+    oauth = AsyncAmoOAuth(local, store=MemoryStore(), http=http, clock=clock)
+    app = FastAPI()
+    app.add_middleware(SessionMiddleware, secret_key="test-only", https_only=https_only)
+
+    def session_user(request: Request) -> str | None:
+        return request.native.session.get("user_id")  # type: ignore[no-any-return]
+
+    app.include_router(router(oauth, connection_id=session_user, app_scheme="myapp"))
+
+    @app.post("/login")
+    def login(request: StarletteRequest) -> dict[str, bool]:
+        request.session["user_id"] = "user-1"
+        return {"ok": True}
+
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        client.post("/login")
+        answer = client.get(f"{PREFIX}/status")
+    asyncio.run(oauth.aclose())
+    if https_only:  # the copied production setting
+        assert answer.status_code == 401
+        assert answer.json() == {"error": "unauthenticated", "hint": NO_COOKIE_OVER_HTTP}
+    else:  # https_only=local.redirect_uri.startswith("https://"), as the docs do
+        assert (answer.status_code, answer.json()["state"]) == (200, "disconnected")

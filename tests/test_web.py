@@ -34,6 +34,7 @@ from amo_oauth import (
 from amo_oauth._hook import hook_signature
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import AsyncHandlers, Handlers, PageText, Request, Response
+from amo_oauth.web._routes import NO_COOKIE_OVER_HTTP
 
 from helpers import STATE_SECRET, config_for, examples, query_of, stored
 
@@ -369,6 +370,23 @@ def test_routes_need_a_connection_id(send: Send, path: str) -> None:
     method = "POST" if path in ("/disconnect", "/exchange-code") else "GET"
     answer = send(method, PREFIX + path, body=b'{"code": "x"}')
     assert (answer.status, answer.json()) == (401, {"error": "unauthenticated"})
+
+
+def test_a_401_over_http_without_a_cookie_says_why(make_oauth: Callable[..., AmoOAuth]) -> None:
+    """Issue 16: a session cookie copied with Secure onto an http redirect URI never came
+    back, and the 401 said nothing; over http, with no cookie at all, it now says why."""
+    local = make_oauth(redirect_uri="http://127.0.0.1:8000/api/amo-crm/callback")
+    send = sender(Handlers(local, connection_id=user_from_header, app_scheme="foryoure"))
+    answer = send("GET", f"{PREFIX}/status")
+    assert (answer.status, answer.json()) == (
+        401,
+        {"error": "unauthenticated", "hint": NO_COOKIE_OVER_HTTP},
+    )
+    assert "Secure" in NO_COOKIE_OVER_HTTP and "https_only" in NO_COOKIE_OVER_HTTP
+    with_cookie = send("GET", f"{PREFIX}/status", headers={"cookie": "session=x"})
+    assert with_cookie.json() == {"error": "unauthenticated"}  # a cookie came: not that
+    https = sender(Handlers(make_oauth(), connection_id=user_from_header, app_scheme="x"))
+    assert https("GET", f"{PREFIX}/status").json() == {"error": "unauthenticated"}
 
 
 @pytest.mark.parametrize("user", ["", "x" * 256, "tab\there"])

@@ -28,12 +28,14 @@ _MAX_QUERY_PARAMS: Final = 64
 
 
 class Refusal(Exception):
-    """A request refused with ``status`` and a stable ``reason`` slug."""
+    """A request refused with ``status`` and a stable ``reason`` slug, and optionally a
+    ``hint`` for the developer (plain text, never a secret) that the JSON answer carries."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, hint: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.hint = hint
 
 
 def check_size(request: Request, max_query: int, max_body: int) -> None:
