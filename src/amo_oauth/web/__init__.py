@@ -31,6 +31,7 @@ failure would be 502 ``provider_unavailable``, though no route lets one through:
 failures as outcomes); no input produces a 500.
 """
 
+from .._public import present_as
 from ._catalogue import DEFAULT_PREFIX, ROUTES, Route
 from ._handlers import AsyncConnectionIdFn, AsyncHandlers, ConnectionIdFn, Handlers
 from ._http import Request, Response, read_body
@@ -65,3 +66,6 @@ __all__ = [
     "read_body",
     "status_payload",
 ]
+
+# Reprs and tracebacks say amo_oauth.web.Request, not amo_oauth.web._http.Request.
+present_as(__name__, globals(), __all__)
