@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator, Mapping
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -223,3 +224,36 @@ def test_a_session_cookie_over_http_follows_the_redirect_uri(
         assert answer.json() == {"error": "unauthenticated", "hint": NO_COOKIE_OVER_HTTP}
     else:  # https_only=local.redirect_uri.startswith("https://"), as the docs do
         assert (answer.status_code, answer.json()["state"]) == (200, "disconnected")
+
+
+def test_openapi_declares_the_query_parameters(client: TestClient) -> None:
+    """Issue 16: /callback and /disconnect-hook read query parameters the schema did not
+    declare."""
+    paths = client.get("/openapi.json").json()["paths"]
+
+    def declared(path: str) -> dict[str, dict[str, Any]]:
+        parameters = paths[f"{PREFIX}{path}"]["get"]["parameters"]
+        assert all(parameter["in"] == "query" for parameter in parameters)
+        return {parameter["name"]: parameter for parameter in parameters}
+
+    callback = declared("/callback")
+    assert set(callback) == {
+        "code",
+        "state",
+        "referer",
+        "client_id",
+        "from_widget",
+        "platform",
+        "error",
+        "lang",
+    }
+    assert not any(parameter["required"] for parameter in callback.values())  # error or code
+    assert all(parameter["schema"]["type"] == "string" for parameter in callback.values())
+    hook = declared("/disconnect-hook")
+    assert set(hook) == {"client_uuid", "account_id", "signature"}
+    assert all(parameter["required"] for parameter in hook.values())
+    assert set(declared("/connect")) == {"ticket", "format"}
+    for path, operations in paths.items():  # and no parameter is declared twice
+        for operation in operations.values():
+            names = [parameter["name"] for parameter in operation.get("parameters", [])]
+            assert len(names) == len(set(names)), path

@@ -55,6 +55,38 @@ class Route:
     parameters: tuple[Mapping[str, Any], ...] = attrs.field(default=(), eq=False)
 
 
+def _query(name: str, description: str, **schema: object) -> Mapping[str, Any]:
+    """An optional query parameter of type string, as OpenAPI declares one."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
+#: What amoCRM's redirect back carries (protocol notes §2), and the page's language.
+_CALLBACK_QUERY: Final = (
+    _query("code", "The authorization code (single-use, about 20 minutes); never echoed."),
+    _query("state", "The signed state begin() made; absent on a widget install."),
+    _query("referer", "The account host, e.g. example.amocrm.ru (no scheme)."),
+    _query("client_id", "The integration's id; another integration's is client_id_mismatch."),
+    _query("from_widget", "1 on a widget or marketplace install (no state).", enum=["1"]),
+    _query("platform", "1 for amocrm.ru, 2 for kommo.com; not read.", enum=["1", "2"]),
+    _query("error", "Instead of a code: why consent failed, e.g. access_denied."),
+    _query("lang", "The page's language: en, ru or uk (else Accept-Language)."),
+)
+#: What amoCRM's uninstall hook carries (protocol notes §6); all three are required.
+_HOOK_QUERY: Final = tuple(
+    {**_query(name, description), "required": True}
+    for name, description in (
+        ("client_uuid", "The integration's client id."),
+        ("account_id", "The account the integration was uninstalled from (digits)."),
+        ("signature", "Hex HMAC-SHA256 of '{client_id}|{account_id}' under the client secret."),
+    )
+)
+
 _AUTH = ((401, "No connection id for this request: {error: unauthenticated}"),)
 _ID = ((400, "The app's connection id is not valid: {error: bad_connection_id}"),)
 _CROSS_SITE = (400, "A cross-site form or bodiless POST: {error: cross_site_request}")
@@ -117,6 +149,7 @@ ROUTES: Final = (
             (403, "Another browser's consent (wrong_browser): the error page"),
         ),
         page=True,
+        parameters=_CALLBACK_QUERY,
     ),
     Route(
         "exchange_code",
@@ -156,5 +189,6 @@ ROUTES: Final = (
         "amoCRM's uninstall hook",
         "Checks the hook's signature and disconnects every connection of the account.",
         ((200, "{disconnected: n}"), (400, "{error: bad_signature | malformed}")),
+        parameters=_HOOK_QUERY,
     ),
 )
