@@ -23,6 +23,7 @@ from amo_oauth.web._routes import NO_COOKIE_OVER_HTTP
 from test_web import (
     AS_USER,
     PREFIX,
+    PREFIXES,
     WRONG_ROUTES,
     Answer,
     Send,
@@ -32,6 +33,7 @@ from test_web import (
     replay_deny_and_forgery,
     seed_scenario,
     user_from_header,
+    wrong_methods_answered_otherwise,
 )
 
 from helpers import config_for
@@ -257,3 +259,15 @@ def test_openapi_declares_the_query_parameters(client: TestClient) -> None:
         for operation in operations.values():
             names = [parameter["name"] for parameter in operation.get("parameters", [])]
             assert len(names) == len(set(names)), path
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_every_wrong_method_is_405_on_every_route(async_oauth: AsyncAmoOAuth, prefix: str) -> None:
+    """At the root too, where there is no catch-all: FastAPI answered its own 405 there."""
+    app = FastAPI()
+    app.include_router(
+        router(async_oauth, connection_id=user_from_header, app_scheme="app", prefix=prefix)
+    )
+    with client_for(app) as client:
+        assert wrong_methods_answered_otherwise(sender(client), prefix) == []
+        assert set(client.get("/openapi.json").json()["paths"][f"{prefix}/status"]) == {"get"}

@@ -34,6 +34,7 @@ from amo_oauth import (
 from amo_oauth._hook import hook_signature
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import AsyncHandlers, Handlers, PageText, Request, Response
+from amo_oauth.web._catalogue import HTTP_METHODS
 from amo_oauth.web._routes import NO_COOKIE_OVER_HTTP
 
 from helpers import STATE_SECRET, config_for, examples, query_of, stored
@@ -1106,3 +1107,48 @@ def check_wrong_route(send: Send, method: str, path: str, status: int, allow: st
         error = "method_not_allowed" if status == 405 else "not_found"
         assert answer.json() == {"error": error}
     assert answer.headers.get("allow") == allow
+
+
+#: Every route with every method it does not answer (issue 16: a wrong method answers 405 on
+#: every route and adapter, whatever the prefix).
+WRONG_METHODS = [
+    (route.path, method)
+    for route in web.ROUTES
+    for method in HTTP_METHODS
+    if method != route.method
+]
+#: The prefixes the adapters are checked under: the default, and the root (no catch-all).
+PREFIXES = [PREFIX, ""]
+
+
+def wrong_methods_answered_otherwise(send: Send, prefix: str) -> list[tuple[str, str, object]]:
+    """Each (path, method) not answered with the handlers' 405: JSON (but for HEAD, which has
+    no body) and ``Allow`` naming the route's one method."""
+    allowed = {route.path: route.method for route in web.ROUTES}
+    otherwise = []
+    for path, method in WRONG_METHODS:
+        answer = send(method, prefix + path, headers=AS_USER)
+        body = None if method == "HEAD" else answer.json()
+        got = (answer.status, answer.headers.get("allow"), body)
+        wanted_body = None if method == "HEAD" else {"error": "method_not_allowed"}
+        if got != (405, allowed[path], wanted_body):
+            otherwise.append((path, method, got))
+    return otherwise
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_every_wrong_method_is_405_on_every_route(oauth: AmoOAuth, prefix: str) -> None:
+    handlers = Handlers(oauth, connection_id=user_from_header, app_scheme="app", prefix=prefix)
+    assert len(WRONG_METHODS) == 6 * 7
+    assert wrong_methods_answered_otherwise(sender(handlers), prefix) == []
+    assert handlers.handle(Request("PROPFIND", f"{prefix}/status")).status == 405
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_every_wrong_method_is_405_on_every_route_async(
+    async_oauth: AsyncAmoOAuth, prefix: str
+) -> None:
+    handlers = AsyncHandlers(
+        async_oauth, connection_id=user_from_header, app_scheme="app", prefix=prefix
+    )
+    assert wrong_methods_answered_otherwise(async_sender(handlers), prefix) == []
