@@ -22,11 +22,13 @@ from amo_oauth.web import Request
 from amo_oauth.web._routes import NO_COOKIE_OVER_HTTP
 from test_web import (
     AS_USER,
+    BODIES,
     PREFIX,
     PREFIXES,
     WRONG_ROUTES,
     Answer,
     Send,
+    check_known_code_is_answered,
     check_wrong_route,
     connect_through_callback,
     deep_link,
@@ -156,7 +158,10 @@ def test_openapi_describes_each_route(client: TestClient) -> None:
     json_schema = exchange["requestBody"]["content"]["application/json"]["schema"]
     assert json_schema["required"] == ["code"]
     assert set(json_schema["properties"]) == {"code", "state", "referer"}
-    assert set(exchange["requestBody"]["content"]) == {"application/json"}  # JSON only
+    content = exchange["requestBody"]["content"]
+    assert set(content) == {"application/json", "application/x-www-form-urlencoded"}
+    assert content["application/x-www-form-urlencoded"]["schema"] == json_schema
+    assert "form" in exchange["description"]
     assert "403" not in exchange["responses"]
     callback = paths[f"{PREFIX}/callback"]["get"]
     assert "text/html" in callback["responses"]["200"]["content"]
@@ -271,3 +276,10 @@ def test_every_wrong_method_is_405_on_every_route(async_oauth: AsyncAmoOAuth, pr
     with client_for(app) as client:
         assert wrong_methods_answered_otherwise(sender(client), prefix) == []
         assert set(client.get("/openapi.json").json()["paths"][f"{prefix}/status"]) == {"get"}
+
+
+@pytest.mark.parametrize("kind", BODIES)
+def test_exchange_code_answers_a_known_code_posted_as_json_or_a_form(
+    send: Send, fake: FakeAmoCRM, kind: str
+) -> None:
+    check_known_code_is_answered(send, fake, kind)

@@ -16,11 +16,13 @@ from amo_oauth.testing import FakeAmoCRM
 from amo_oauth.web import Request
 from test_web import (
     AS_USER,
+    BODIES,
     PREFIX,
     PREFIXES,
     WRONG_ROUTES,
     Answer,
     Send,
+    check_known_code_is_answered,
     check_wrong_route,
     connect_through_callback,
     deep_link,
@@ -169,3 +171,10 @@ def test_every_wrong_method_is_405_on_every_route(oauth: AmoOAuth, prefix: str) 
         blueprint(oauth, connection_id=user_from_header, app_scheme="app", prefix=prefix)
     )
     assert wrong_methods_answered_otherwise(sender(app.test_client()), prefix) == []
+
+
+@pytest.mark.parametrize("kind", BODIES)
+def test_exchange_code_answers_a_known_code_posted_as_json_or_a_form(
+    send: Send, fake: FakeAmoCRM, kind: str
+) -> None:
+    check_known_code_is_answered(send, fake, kind)

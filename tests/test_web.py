@@ -676,15 +676,91 @@ def test_exchange_code_never_exchanges_a_new_code(
     assert fake.token_call_count() == 1
 
 
-def test_exchange_code_refuses_a_form_a_page_could_post(
-    send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
+#: The bodies ``POST /exchange-code`` reads: the seed's apps post JSON or a form.
+BODIES = ["json", "form"]
+
+
+def encoded(kind: str, fields: Mapping[str, str]) -> tuple[dict[str, str], bytes]:
+    """The Content-Type header and the body of ``fields`` posted as ``kind``."""
+    if kind == "json":
+        return {"content-type": "application/json"}, json.dumps(dict(fields)).encode()
+    form = "application/x-www-form-urlencoded; charset=utf-8"
+    return {"content-type": form}, urlencode(dict(fields)).encode()
+
+
+def post_as(send: Send, kind: str, fields: Mapping[str, str], **headers: str) -> Answer:
+    content_type, body = encoded(kind, fields)
+    sent = {**AS_USER, **content_type, **headers}
+    return send("POST", f"{PREFIX}/exchange-code", headers=sent, body=body)
+
+
+def check_known_code_is_answered(send: Send, fake: FakeAmoCRM, kind: str) -> None:
+    """Issue 16: the schema said "JSON or form" while a form answered 415. A code already
+    exchanged, posted either way, answers 200 ``already_connected``, and nothing is spent."""
+    redirect = fake.authorize(connect_state(send))
+    assert send("GET", f"{PREFIX}/callback", query=callback_query(redirect)).status == 200
+    fields = {"code": query_of(redirect)["code"], "state": query_of(redirect)["state"]}
+    answer = post_as(send, kind, fields)
+    assert answer.status == 200
+    body = answer.json()
+    assert (body["outcome"], body["duplicate"], body["connected"]) == (
+        "already_connected",
+        True,
+        True,
+    )
+    assert fake.token_call_count() == 1
+
+
+@pytest.mark.parametrize("kind", BODIES)
+def test_exchange_code_answers_a_known_code_posted_as_json_or_a_form(
+    send: Send, fake: FakeAmoCRM, kind: str
 ) -> None:
+    check_known_code_is_answered(send, fake, kind)
+
+
+@pytest.mark.parametrize("kind", BODIES)
+def test_exchange_code_answers_a_known_code_async(
+    async_oauth: AsyncAmoOAuth, fake: FakeAmoCRM, kind: str
+) -> None:
+    handlers = AsyncHandlers(async_oauth, connection_id=user_from_header, app_scheme="foryoure")
+    check_known_code_is_answered(async_sender(handlers), fake, kind)
+
+
+@pytest.mark.parametrize("kind", BODIES)
+def test_a_form_never_exchanges_a_new_code(send: Send, fake: FakeAmoCRM, kind: str) -> None:
+    """What a page on another site could post (a form needs no preflight) can at most be
+    answered as a code already known: a new one is refused, nothing written or sent."""
+    fields = {"code": fake.issue_code(), "state": connect_state(send)}
+    answer = post_as(send, kind, {**fields, "referer": fake.account_host})
+    assert (answer.status, answer.json()) == (400, {"error": "new_code_refused"})
+    assert fake.token_call_count() == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"sec-fetch-site": "cross-site"},
+        {"sec-fetch-site": "same-site"},
+        {"origin": "https://evil.example"},
+        {"origin": "null"},
+    ],
+)
+def test_a_form_from_another_site_is_refused_before_it_is_read(
+    send: Send, fake: FakeAmoCRM, headers: dict[str, str]
+) -> None:
+    """The Origin / Sec-Fetch-Site checks apply to a form as to JSON, before the body is read
+    (security.md, "Cross-site requests")."""
     redirect = fake.authorize(connect_state(send))
     send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
-    body = urlencode({"code": query_of(redirect)["code"]}).encode()
-    headers = {**AS_USER, "content-type": "application/x-www-form-urlencoded; charset=utf-8"}
-    answer = send("POST", f"{PREFIX}/exchange-code", headers=headers, body=body)
-    assert (answer.status, answer.json()) == (415, {"error": "unsupported_media_type"})
+    answer = post_as(send, "form", {"code": query_of(redirect)["code"]}, **headers)
+    assert (answer.status, answer.json()) == (400, {"error": "cross_site_request"})
+    garbage = send(
+        "POST",
+        f"{PREFIX}/exchange-code",
+        headers={**AS_USER, **headers, "content-type": "application/x-www-form-urlencoded"},
+        body=b"\xff",
+    )
+    assert (garbage.status, garbage.json()) == (400, {"error": "cross_site_request"})
 
 
 def test_exchange_code_failure_is_400_with_the_status(
@@ -716,7 +792,21 @@ def test_exchange_code_failure_is_400_with_the_status(
         ("application/json", b'{"code": "abc"}', 400, "missing_referer"),
         ("application/json", b'{"code": "abc", "referer": "evil.example"}', 400, "foreign_host"),
         ("application/json", b'{"code": "abc", "state": "v2.x.y"}', 400, "bad_state"),
-        ("application/x-www-form-urlencoded", b"code=a&code=b", 415, "unsupported_media_type"),
+        ("application/x-www-form-urlencoded", b"code=a&code=b", 400, "malformed"),
+        ("application/x-www-form-urlencoded", b"code=%ff", 400, "malformed"),
+        ("application/x-www-form-urlencoded", "code=é".encode(), 400, "malformed"),
+        ("application/x-www-form-urlencoded", b"code=a%00b", 400, "malformed"),
+        ("application/x-www-form-urlencoded", b"&".join([b"f=1"] * 33), 400, "malformed"),
+        ("application/x-www-form-urlencoded", b"", 400, "missing_code"),
+        ("application/x-www-form-urlencoded", b"code=&state=", 400, "missing_code"),
+        ("application/x-www-form-urlencoded", b"code=abc", 400, "missing_referer"),
+        (
+            "application/x-www-form-urlencoded",
+            b"code=abc&referer=evil.example",
+            400,
+            "foreign_host",
+        ),
+        ("application/x-www-form-urlencoded", b"code=abc&state=v2.x.y", 400, "bad_state"),
         ("", b'{"code": "abc"}', 415, "unsupported_media_type"),
         ("text/plain", b"code=abc", 415, "unsupported_media_type"),
         ("multipart/form-data; boundary=x", b"--x--", 415, "unsupported_media_type"),

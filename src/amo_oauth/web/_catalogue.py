@@ -26,9 +26,13 @@ _CODE_FIELDS: Final = {
         "referer": {"type": "string", "description": "The account host, e.g. x.amocrm.ru."},
     },
 }
+#: JSON or a form: the seed's apps post both (``web/_reading.py`` reads each).
 _CODE_BODY: Final = {
     "required": True,
-    "content": {"application/json": {"schema": _CODE_FIELDS}},
+    "content": {
+        "application/json": {"schema": _CODE_FIELDS},
+        "application/x-www-form-urlencoded": {"schema": _CODE_FIELDS},
+    },
 }
 
 
@@ -161,12 +165,14 @@ ROUTES: Final = (
         "/exchange-code",
         "Exchange a code (legacy apps)",
         "Idempotent: a code already exchanged answers 200 with the status and duplicate=true, "
-        "never 403. Body: JSON or form {code, state?, referer?}.",
+        "never 403; a new code is refused (new_code_refused). Body: JSON "
+        "(application/json) or a form (application/x-www-form-urlencoded): "
+        "{code, state?, referer?}.",
         (
             (200, "Connected, already connected or in progress: the status"),
             (400, "{error: reason}: refused, malformed, failed or cross-site"),
             *_AUTH,
-            (415, "{error: unsupported_media_type}"),
+            (415, "{error: unsupported_media_type}: a body neither JSON nor a form"),
         ),
         _CODE_BODY,
     ),
