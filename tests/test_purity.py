@@ -22,6 +22,7 @@ PURE = (
     "_binding",
     "_errors",
     "_config",
+    "_setting_errors",
     "_codec",
     "_reasons",
     "_answers",

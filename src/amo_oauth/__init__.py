@@ -24,6 +24,7 @@ from ._errors import (
     UndecryptableRecord,
     UnreadableRecord,
 )
+from ._public import present_as
 from ._records import (
     Account,
     Connection,
@@ -80,6 +81,9 @@ __all__ = [
     "__version__",
     "store_from_url",
 ]
+
+# Reprs and tracebacks say amo_oauth.CallbackRejected, not amo_oauth._errors.CallbackRejected.
+present_as(__name__, globals(), __all__)
 
 
 def __getattr__(name: str) -> object:
