@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from amo_oauth import AmoOAuth, CallbackRejected, ConnectionState, Outcome
+from amo_oauth import AmoOAuth, CallbackRejected, ConnectionStatus, Outcome
 from amo_oauth._binding import parse_binding
 from amo_oauth.stores import MemoryStore
 from amo_oauth.testing import FakeAmoCRM
@@ -38,7 +38,7 @@ def mallorys_ticket_url(routes: Handlers) -> tuple[str, str]:
 
 def assert_mallory_untouched(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
     mallory = oauth.status(MALLORY)
-    assert (mallory.state, mallory.account) == (ConnectionState.DISCONNECTED, None)
+    assert (mallory.status, mallory.account) == (ConnectionStatus.DISCONNECTED, None)
     assert fake.token_call_count() == 0
 
 

@@ -105,7 +105,7 @@ def test_every_route_and_status(send: Send, fake: FakeAmoCRM) -> None:
     assert send("GET", f"{PREFIX}/connect", query="format=json", headers=AS_USER).status == 200
     assert send("GET", f"{PREFIX}/connect").json() == {"error": "unauthenticated"}
     assert send("GET", f"{PREFIX}/connect", headers={"x-user": ""}).status == 400
-    assert send("GET", f"{PREFIX}/status", headers=AS_USER).json()["state"] == "disconnected"
+    assert send("GET", f"{PREFIX}/status", headers=AS_USER).json()["status"] == "disconnected"
     assert send("GET", f"{PREFIX}/status").status == 401
     assert send("POST", f"{PREFIX}/disconnect", headers=AS_USER).status == 200
     body = json.dumps({"code": connect_through_callback(send, fake)}).encode()

@@ -20,7 +20,7 @@ import pytest
 
 from _pg_server import PASSWORD_MARK, postgres_url  # noqa: F401
 from amo_oauth import StoreError
-from amo_oauth._records import ConnectionState
+from amo_oauth._records import ConnectionStatus
 from amo_oauth.stores import PostgresStore
 from amo_oauth.stores._protocol import AsyncStore, Claim, ClaimResult, LedgerEntry, Store
 from amo_oauth.testing import StoreContract
@@ -376,15 +376,15 @@ def test_find_by_account_by_key(store: PostgresStore) -> None:
 
 def test_due_page_order_cutoff_and_limit(store: PostgresStore) -> None:
     seeds = [
-        ("late", ConnectionState.CONNECTED, 30),
-        ("tie-b", ConnectionState.CONNECTED, 10),
-        ("tie-a", ConnectionState.CONNECTED, 10),
-        ("soon", ConnectionState.CONNECTED, 5),
-        ("error", ConnectionState.ERROR, 1),
-        ("after", ConnectionState.CONNECTED, 100),
+        ("late", ConnectionStatus.CONNECTED, 30),
+        ("tie-b", ConnectionStatus.CONNECTED, 10),
+        ("tie-a", ConnectionStatus.CONNECTED, 10),
+        ("soon", ConnectionStatus.CONNECTED, 5),
+        ("error", ConnectionStatus.ERROR, 1),
+        ("after", ConnectionStatus.CONNECTED, 100),
     ]
-    for cid, state, days in seeds:
-        record = make_record(cid, state=state, refresh_expires_at=T0 + timedelta(days=days))
+    for cid, status, days in seeds:
+        record = make_record(cid, status=status, refresh_expires_at=T0 + timedelta(days=days))
         assert store.compare_and_set(record, None)
 
     def due(before: datetime, limit: int) -> list[str]:
@@ -643,7 +643,7 @@ def test_migrate_is_idempotent(store: PostgresStore, postgres_url: str) -> None:
     assert store.load("c1").record == make_record()
     with psycopg.connect(postgres_url) as conn:
         rows = conn.execute(f'SELECT version FROM "{store.table}_schema"'.encode()).fetchall()
-    assert rows == [(1,)]
+    assert rows == [(2,)]
 
 
 def test_concurrent_migrations(make_store: Callable[..., PostgresStore]) -> None:
@@ -668,9 +668,25 @@ def test_calls_before_migrate_say_so(make_store: Callable[..., PostgresStore]) -
 
 def test_newer_schema_is_refused(store: PostgresStore, postgres_url: str) -> None:  # noqa: F811
     with psycopg.connect(postgres_url) as conn:
-        conn.execute(f'INSERT INTO "{store.table}_schema" VALUES (2)'.encode())
-    with pytest.raises(StoreError, match="schema version 2"):
+        conn.execute(f'INSERT INTO "{store.table}_schema" VALUES (3)'.encode())
+    with pytest.raises(StoreError, match="schema version 3"):
         store.migrate()
+
+
+def test_older_schema_is_refused(
+    make_store: Callable[..., PostgresStore],
+    postgres_url: str,  # noqa: F811
+) -> None:
+    """Schema 1 kept a connection's status as ``state`` (its column and its record bodies):
+    such a table is refused, never converted nor misread."""
+    old = make_store()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute(f'CREATE TABLE "{old.table}_schema" (version INTEGER NOT NULL)'.encode())
+        conn.execute(f'INSERT INTO "{old.table}_schema" VALUES (1)'.encode())
+    with pytest.raises(StoreError, match=r"schema version 1.*converts no older table"):
+        old.migrate()
+    report = old.check()
+    assert report.reachable and not report.schema_ready and "schema version 1" in report.detail
 
 
 def test_schema_qualified_table(postgres_url: str) -> None:  # noqa: F811

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PURE = (
-    "_state",
+    "_lifecycle",
     "_records",
     "_record_view",
     "_events",

@@ -15,7 +15,7 @@ import pytest
 
 from amo_oauth import (
     AmoOAuth,
-    ConnectionState,
+    ConnectionStatus,
     MemoryStore,
     Outcome,
     ProviderError,
@@ -115,7 +115,7 @@ def test_a_refresh_answered_after_its_lease_lapsed_still_keeps_the_new_pair(
     token = finish(connected, slow, answer)
     assert fake.is_access_token_valid(token)
     status = connected.status("u1")
-    assert (status.state, status.error) == (ConnectionState.CONNECTED, None)
+    assert (status.status, status.error) == (ConnectionStatus.CONNECTED, None)
     assert connected.access_token("u1") == token
     assert fake.token_calls[("refresh_token", "ok")] == 1
 
@@ -147,5 +147,5 @@ def test_a_real_uninstall_is_not_undone_by_a_late_refresh_answer(
     with pytest.raises(ReauthorizationRequired):  # the late answer finds the uninstall
         finish(connected, slow, answer)
     status = connected.status("u1")
-    assert status.state is ConnectionState.ERROR
+    assert status.status is ConnectionStatus.ERROR
     assert status.error is not None and status.error.reason == "disconnected_by_provider"

@@ -25,7 +25,7 @@ import redis
 from _redis_server import REDIS_PASSWORD, free_port, redis_url  # noqa: F401
 from _store_race_worker import increment
 from amo_oauth._errors import StoreError
-from amo_oauth._records import ConnectionRecord, ConnectionState
+from amo_oauth._records import ConnectionRecord, ConnectionStatus
 from amo_oauth.stores import RedisStore
 from amo_oauth.stores._protocol import AsyncStore, Claim, ClaimResult, LedgerEntry, Loaded, Store
 from amo_oauth.testing import StoreContract
@@ -432,8 +432,8 @@ def seed_refresh(store: RedisStore) -> None:
         assert store.compare_and_set(
             make_record(cid, refresh_expires_at=T0 + timedelta(days)), None
         )
-    for cid, state in [("x", ConnectionState.ERROR), ("y", ConnectionState.EXCHANGED)]:
-        assert store.compare_and_set(make_record(cid, state=state, refresh_expires_at=T0), None)
+    for cid, status in [("x", ConnectionStatus.ERROR), ("y", ConnectionStatus.EXCHANGED)]:
+        assert store.compare_and_set(make_record(cid, status=status, refresh_expires_at=T0), None)
     assert store.compare_and_set(ConnectionRecord("z", version=1), None)
 
 
@@ -456,7 +456,7 @@ def test_due_page_order_limit_and_cutoff(store: RedisStore) -> None:
 
 def test_due_page_follows_updates_and_deletes(store: RedisStore) -> None:
     seed_refresh(store)
-    assert store.compare_and_set(make_record("a", version=2, state=ConnectionState.ERROR), 1)
+    assert store.compare_and_set(make_record("a", version=2, status=ConnectionStatus.ERROR), 1)
     later = make_record("b", version=2, refresh_expires_at=T0 + timedelta(days=30))
     assert store.compare_and_set(later, 1)
     assert store.delete("c", 1)
@@ -663,9 +663,9 @@ def test_check_reports_the_schema_and_changes_nothing(
     store.migrate()
     assert store.check().ok
     assert run_async(store, store.acheck).ok
-    raw.set(f"{store.prefix}schema", "3")
+    raw.set(f"{store.prefix}schema", "4")
     newer = make_store(store.prefix, migrate=False).check()
-    assert newer.reachable and not newer.schema_ready and "'3'" in newer.detail
+    assert newer.reachable and not newer.schema_ready and "'4'" in newer.detail
 
 
 def test_check_of_a_server_down_names_no_password() -> None:
@@ -779,37 +779,36 @@ def test_unmigrated_database_is_refused(
 
 def test_migrate_is_idempotent(make_store: Callable[..., RedisStore], raw: redis.Redis) -> None:
     store = make_store(migrate=False)
-    assert store.migrate() == 2
+    assert store.migrate() == 3
     assert store.compare_and_set(make_record(), None)
-    assert store.migrate() == 2
-    assert raw.get(f"{store.prefix}schema") == "2"
+    assert store.migrate() == 3
+    assert raw.get(f"{store.prefix}schema") == "3"
     assert store.load("c1").record == make_record()
-    assert run_async(store, store.amigrate) == 2
+    assert run_async(store, store.amigrate) == 3
 
 
-def test_migrate_from_schema_1_indexes_every_record_key(
-    make_store: Callable[..., RedisStore], raw: redis.Redis
+@pytest.mark.parametrize("old", ["1", "2"])
+def test_older_schema_is_refused(
+    make_store: Callable[..., RedisStore], raw: redis.Redis, old: str
 ) -> None:
+    """Schemas 1 and 2 kept a connection's status as ``state`` in their record bodies: such a
+    database is refused, never converted nor misread."""
     store = make_store()
-    keys = ["a", "b*", "c?[x]", "d"]
-    for cid in keys:
-        assert store.compare_and_set(make_record(cid), None)
-    # What a database written by schema 1 looks like: no index of every key.
-    raw.delete(f"{store.prefix}keys")
-    raw.set(f"{store.prefix}schema", "1")
-    with pytest.raises(StoreError, match=r"schema '1'.*run amo-oauth migrate"):
-        store.scan(None, 10)
-    assert store.migrate() == 2
-    assert [record.key for record in store.scan(None, 10)] == keys
-    assert raw.zcard(f"{store.prefix}keys") == len(keys)
+    assert store.compare_and_set(make_record(), None)
+    raw.set(f"{store.prefix}schema", old)
+    with pytest.raises(StoreError, match=f"schema '{old}'.*converts no older schema"):
+        store.migrate()
+    assert raw.get(f"{store.prefix}schema") == old  # left as it was
+    with pytest.raises(StoreError, match=f"schema '{old}'"):
+        store.load("c1")
 
 
 def test_newer_schema_is_refused(make_store: Callable[..., RedisStore], raw: redis.Redis) -> None:
     store = make_store()
-    raw.set(f"{store.prefix}schema", "3")
-    with pytest.raises(StoreError, match="schema '3'"):
+    raw.set(f"{store.prefix}schema", "4")
+    with pytest.raises(StoreError, match="schema '4'"):
         store.migrate()
-    with pytest.raises(StoreError, match="schema '3'"):
+    with pytest.raises(StoreError, match="schema '4'"):
         store.load("c1")
 
 

@@ -1,4 +1,4 @@
-"""Key rotation: every record re-encrypted with the newest key, state untouched, leased records
+"""Key rotation: every record re-encrypted with the newest key, status untouched, leased records
 put aside and done later, undecryptable rows counted; the core and ``amo-oauth rotate-key``."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from cryptography.fernet import Fernet, MultiFernet
 
 from _pg_server import postgres_url  # noqa: F401
 from _redis_server import redis_url  # noqa: F401
-from amo_oauth import AmoOAuth, ConnectionRecord, ConnectionState, SQLiteStore, StoreError
+from amo_oauth import AmoOAuth, ConnectionRecord, ConnectionStatus, SQLiteStore, StoreError
 from amo_oauth._records import Lease
 from amo_oauth._rotation import RotationProgress, rotate_keys
 from amo_oauth.cli import main
@@ -73,7 +73,7 @@ def db(tmp_path: Path, fake: FakeAmoCRM, clock: FakeClock) -> Path:
 
 def raw_rows(path: Path) -> list[tuple[str, int, str, str]]:
     with sqlite3.connect(path) as raw:
-        rows = raw.execute("SELECT connection_id, version, state, data FROM amo_connections")
+        rows = raw.execute("SELECT connection_id, version, status, data FROM amo_connections")
         found = [tuple(row) for row in rows]
     raw.close()
     return found  # type: ignore[return-value]
@@ -100,7 +100,7 @@ def test_every_row_ends_sealed_with_the_newest_key(db: Path, clock: FakeClock) -
             assert record == was  # nothing sealed: not rewritten
         else:
             assert record == attrs.evolve(was, version=was.version + 1)
-            assert record.state is ConnectionState.CONNECTED
+            assert record.status is ConnectionStatus.CONNECTED
     new_only.close()
     old_only = SQLiteStore(db, encryption=Fernet(OLD))
     with pytest.raises(StoreError, match="cannot decrypt"):
@@ -220,7 +220,7 @@ def rotate_on(
     assert len(bodies) == 4
     for body in bodies:
         assert not any(token in body for pair in secrets.values() for token in pair)
-        assert '"state":"connected"' in body.replace(" ", "")
+        assert '"status":"connected"' in body.replace(" ", "")
 
 
 @pytest.mark.services
@@ -313,7 +313,7 @@ def test_the_command_rotates_and_prints_a_summary(
     assert (
         main(["status", "u1", "--store", f"sqlite:///{db}", "--client-id", "fake-client-id"]) == 0
     )
-    assert json.loads(capsys.readouterr().out)["state"] == "connected"
+    assert json.loads(capsys.readouterr().out)["status"] == "connected"
 
 
 def test_the_command_prints_where_to_resume(

@@ -22,7 +22,7 @@ import pytest
 from _store_race_worker import increment
 from amo_oauth._codec import record_from_json, record_to_json
 from amo_oauth._errors import StoreError
-from amo_oauth._records import Account, ConnectionRecord, ConnectionState, TokenSet
+from amo_oauth._records import Account, ConnectionRecord, ConnectionStatus, TokenSet
 from amo_oauth.stores import MemoryStore, SQLiteStore
 from amo_oauth.stores import _sqlite_pool as sqlite_pool
 from amo_oauth.stores._protocol import Claim, ClaimResult, LedgerEntry, Store
@@ -54,7 +54,7 @@ def connected(key: str = "u1", version: int = 1, account_id: int = 7) -> Connect
     tokens = TokenSet("access-secret", "refresh-secret", NOW, NOW + timedelta(days=1))
     return ConnectionRecord(
         key,
-        state=ConnectionState.CONNECTED,
+        status=ConnectionStatus.CONNECTED,
         version=version,
         host="x.amocrm.ru",
         tokens=tokens,
@@ -245,7 +245,7 @@ CORRUPT_BODIES = {
     "deep-object": '{"a":' * 100_000 + "1" + "}" * 100_000,
     "version-text": body_with(version="x"),
     "version-bool": body_with(version=True),
-    "state": body_with(state="nope"),
+    "status": body_with(status="nope"),
     "tokens-empty": body_with(tokens={}),
     "expires-number": body_with(tokens__expires_at=5),
     "expires-naive": body_with(tokens__expires_at="2030-01-01T00:00:00"),
@@ -573,9 +573,9 @@ def test_sqlite_errors_name_the_file_and_the_code(tmp_path: Path) -> None:
 
 def test_sqlite_errors_name_the_file(db: Path) -> None:
     raw = sqlite3.connect(db)
-    raw.execute("PRAGMA user_version = 3")
+    raw.execute("PRAGMA user_version = 4")
     raw.close()
-    with pytest.raises(StoreError, match="schema version 3") as newer:
+    with pytest.raises(StoreError, match="schema version 4") as newer:
         SQLiteStore(db).load("u1")
     assert repr(str(db)) in str(newer.value)
     other = db.with_name("other.db")
@@ -627,11 +627,11 @@ def test_check_creates_nothing_and_names_what_is_missing(db: Path) -> None:
     assert store.compare_and_set(connected(), None)
     assert store.check().ok
     raw = sqlite3.connect(db)
-    raw.execute("PRAGMA user_version = 3")
+    raw.execute("PRAGMA user_version = 4")
     raw.close()
     newer = SQLiteStore(db).check()
     assert (newer.reachable, newer.schema_ready) == (True, False)
-    assert "schema version 3" in newer.detail
+    assert "schema version 4" in newer.detail
     store.close()
     assert not store.check().ok
 

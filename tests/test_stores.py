@@ -408,7 +408,7 @@ def test_sqlite_schema(db: Path) -> None:
     store = SQLiteStore(db)
     store.load("c1")
     with sqlite3.connect(db) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (2,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (3,)
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master")}
     raw.close()
@@ -422,21 +422,33 @@ def test_sqlite_schema(db: Path) -> None:
     store.close()
 
 
-def test_sqlite_schema_1_gains_the_keyset_index(db: Path) -> None:
-    store = SQLiteStore(db)
-    assert store.compare_and_set(make_record(), None)
-    store.close()
-    with sqlite3.connect(db) as raw:  # what schema 1 wrote: no (state, expiry, key) index
-        raw.execute("DROP INDEX amo_connections_due")
-        raw.execute("PRAGMA user_version = 1")
+@pytest.mark.parametrize("old", [1, 2])
+def test_sqlite_older_schema_is_refused(db: Path, old: int) -> None:
+    """Schemas 1 and 2 kept a connection's status as ``state`` (its column and its record
+    bodies): such a file is refused, never converted nor misread, and left as it was."""
+    with sqlite3.connect(db) as raw:
+        raw.execute("CREATE TABLE amo_connections (connection_id TEXT PRIMARY KEY, state TEXT)")
+        raw.execute(f"PRAGMA user_version = {old}")
     raw.close()
     store = SQLiteStore(db)
-    assert store.load("c1").record == make_record()
+    with pytest.raises(StoreError, match=f"schema version {old}.*converts no older file"):
+        store.load("c1")
+    report = store.check()
+    assert report.reachable and not report.schema_ready
+    assert f"schema version {old}" in report.detail
     with sqlite3.connect(db) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (2,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (old,)
+    raw.close()
+    store.close()
+
+
+def test_sqlite_due_pages_use_the_keyset_index(db: Path) -> None:
+    store = SQLiteStore(db)
+    assert store.compare_and_set(make_record(), None)
+    with sqlite3.connect(db) as raw:
         names = {name for (name,) in raw.execute("SELECT name FROM sqlite_master")}
         plan = raw.execute(
-            "EXPLAIN QUERY PLAN SELECT connection_id FROM amo_connections WHERE state = 'x'"
+            "EXPLAIN QUERY PLAN SELECT connection_id FROM amo_connections WHERE status = 'x'"
             " AND refresh_expires_at < 9 AND (refresh_expires_at, connection_id) > (1, 'a')"
             " ORDER BY refresh_expires_at, connection_id LIMIT 5"
         ).fetchall()
@@ -497,9 +509,9 @@ def test_sqlite_unreadable_record_is_store_error(db: Path) -> None:
 
 def test_sqlite_newer_schema_is_store_error(db: Path) -> None:
     raw = sqlite3.connect(db)
-    raw.execute("PRAGMA user_version = 3")
+    raw.execute("PRAGMA user_version = 4")
     raw.close()
-    with pytest.raises(StoreError, match="schema version 3"):
+    with pytest.raises(StoreError, match="schema version 4"):
         SQLiteStore(db).load("c1")
 
 

@@ -17,7 +17,7 @@ import pytest
 from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
-    ConnectionState,
+    ConnectionStatus,
     MemoryStore,
     RefreshReport,
     SQLiteStore,
@@ -123,7 +123,7 @@ def test_failures_are_tallied_by_reason(
     assert len(report.refreshed) == 24 - 5
     for cid in revoked:
         record = stored(oauth, cid)
-        assert record is not None and record.state is ConnectionState.ERROR
+        assert record is not None and record.status is ConnectionStatus.ERROR
     # The transient one kept its pair and is refreshed by the next run, once.
     again = oauth.refresh_due(WEEK, None)
     assert again.refreshed == (transient[0],) and again.failed == ()

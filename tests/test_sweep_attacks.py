@@ -779,5 +779,5 @@ def test_a_connection_disconnected_during_the_sweep_is_skipped_not_failed(
     report = sweeping.refresh_due(WEEK, limit=None, concurrency=1)
     assert (report.failed, report.needs_reauthorization) == ((), ())
     assert report.skipped == 1 and len(report.refreshed) == 2
-    assert sweeping.status(ids[0]).state.value == "disconnected"
+    assert sweeping.status(ids[0]).status.value == "disconnected"
     assert fake.token_call_count("refresh_token") == 2

@@ -25,7 +25,7 @@ from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
     ConnectionRecord,
-    ConnectionState,
+    ConnectionStatus,
     Lease,
     MemoryStore,
     StoreError,
@@ -487,7 +487,7 @@ def test_in_progress_links_pending(
     oauth = make_oauth(settle_timeout=0.05)
     busy = ConnectionRecord(
         USER,
-        state=ConnectionState.CODE_RECEIVED,
+        status=ConnectionStatus.CODE_RECEIVED,
         version=1,
         host=fake.account_host,
         lease=Lease("another-worker", "exchange", clock() + timedelta(seconds=60)),
@@ -500,7 +500,7 @@ def test_in_progress_links_pending(
     assert parse_page(page.text).h1 == "Almost done"
     legacy = post_code(send, {"code": fake.issue_code(), "referer": fake.account_host})
     assert legacy.status == 200
-    assert (legacy.json()["outcome"], legacy.json()["state"]) == ("in_progress", "code_received")
+    assert (legacy.json()["outcome"], legacy.json()["status"]) == ("in_progress", "code_received")
     assert fake.token_call_count() == 0
 
 
@@ -774,7 +774,7 @@ def test_exchange_code_failure_is_400_with_the_status(
     answer = post_code(send, {"code": "never-issued"})
     assert answer.status == 400
     body = answer.json()
-    assert (body["error"], body["outcome"], body["state"]) == ("code_rejected", "failed", "error")
+    assert (body["error"], body["outcome"], body["status"]) == ("code_rejected", "failed", "error")
 
 
 @pytest.mark.parametrize(
@@ -882,7 +882,7 @@ def test_status_of_an_unknown_connection(send: Send) -> None:
     answer = send("GET", f"{PREFIX}/status", headers=AS_USER)
     assert answer.json() == {
         "connected": False,
-        "state": "disconnected",
+        "status": "disconnected",
         "account": None,
         "expires_at": None,
         "error": None,
@@ -909,8 +909,8 @@ def test_disconnect(send: Send, fake: FakeAmoCRM) -> None:
     seed_scenario(send, fake)
     answer = send("POST", f"{PREFIX}/disconnect", headers=AS_USER)
     assert answer.status == 200
-    assert (answer.json()["connected"], answer.json()["state"]) == (False, "disconnected")
-    assert send("GET", f"{PREFIX}/status", headers=AS_USER).json()["state"] == "disconnected"
+    assert (answer.json()["connected"], answer.json()["status"]) == (False, "disconnected")
+    assert send("GET", f"{PREFIX}/status", headers=AS_USER).json()["status"] == "disconnected"
 
 
 def test_disconnect_hook(send: Send, fake: FakeAmoCRM) -> None:
@@ -922,7 +922,7 @@ def test_disconnect_hook(send: Send, fake: FakeAmoCRM) -> None:
     answer = send("GET", f"{PREFIX}/disconnect-hook", query=urlencode(hook))
     assert (answer.status, answer.json()) == (200, {"disconnected": 1})
     status = send("GET", f"{PREFIX}/status", headers=AS_USER).json()
-    assert (status["state"], status["error"]) == ("error", "disconnected_by_provider")
+    assert (status["status"], status["error"]) == ("error", "disconnected_by_provider")
     answer = send("GET", f"{PREFIX}/disconnect-hook", query="account_id=x")
     assert (answer.status, answer.json()) == (400, {"error": "malformed"})
 

@@ -2,7 +2,7 @@
 
 Only shape is checked here: what the parameters say and whether the state's signature holds.
 Whether the code was seen before, or the state is still unused, depends on the stored record
-and is decided by the service with the table in ``_state.py``.
+and is decided by the service with the table in ``_lifecycle.py``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The store is opened with a ``MultiFernet`` of every key, newest first: it reads a row sealed
 with any of them and seals what it writes with the newest. So re-encrypting a record is
 rewriting it: load it and compare-and-set the same content one version up. Nothing about the
-connection changes (state, tokens, lease, times); only the ciphertext and the version move.
+connection changes (status, tokens, lease, times); only the ciphertext and the version move.
 
 - Records are visited page by page through ``Store.scan`` (by key), so memory stays one
   page plus the keys put aside, and the run can resume after any key it printed.

@@ -3,7 +3,7 @@
 amo-oauth demo [--serve]            the seed's scenario end to end over loopback HTTP:
                                     FakeAmoCRM, the FastAPI example, the old and new app
 amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
-amo-oauth status ID [--store URL]   a connection's state
+amo-oauth status ID [--store URL]   a connection's status
 amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-host-rate R]
                                     refresh every connection whose refresh token expires
                                     within N days (7); a progress bar on a terminal (with
@@ -11,7 +11,7 @@ amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-h
                                     summary; exit status 1 when any failed. Reads
                                     AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI and
                                     AMO_STATE_SECRET
-amo-oauth migrate [--store URL]     create or upgrade a store's schema
+amo-oauth migrate [--store URL]     create a store's schema; refuse another version's
 amo-oauth rotate-key [--store URL] [--after KEY]
                                     re-encrypt every record with the newest key of
                                     AMO_OAUTH_KEYS (Fernet keys, newest first; the ``crypto``
@@ -109,14 +109,14 @@ def _status(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if record is None:
-        print(json.dumps({"connection_id": args.connection_id, "state": "disconnected"}))
+        print(json.dumps({"connection_id": args.connection_id, "status": "disconnected"}))
         return 0
     connection = record.public()
     print(
         json.dumps(
             {
                 "connection_id": connection.connection_id,
-                "state": connection.state.value,
+                "status": connection.status.value,
                 "account": connection.account.subdomain if connection.account else None,
                 "expires_at": connection.expires_at.isoformat() if connection.expires_at else None,
                 "error": connection.error.reason if connection.error else None,
@@ -331,7 +331,9 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(rotate)
     rotate.add_argument("--after", help="resume after this record key (printed as it goes)")
     rotate.set_defaults(handler=_rotate_key)
-    migrate = commands.add_parser("migrate", help="create or upgrade a store's schema")
+    migrate = commands.add_parser(
+        "migrate", help="create a store's schema (refuses another version's)"
+    )
     _store_options(migrate)
     migrate.set_defaults(handler=_migrate)
     return parser

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 from .._errors import StoreError
-from .._records import ConnectionRecord, ConnectionState
+from .._records import ConnectionRecord, ConnectionStatus
 from ._common import check_after, check_limit, require_aware
 from ._hub import Hub, LoadPoller
 from ._protocol import (
@@ -128,7 +128,7 @@ class BaseStore:
         due = (
             ((moment, record.key), record)
             for record in every_record(self)
-            if record.state == ConnectionState.CONNECTED
+            if record.status == ConnectionStatus.CONNECTED
             and record.tokens is not None
             and (moment := record.tokens.refresh_expires_at.timestamp()) < cutoff
             and (cursor is None or (moment, record.key) > cursor)

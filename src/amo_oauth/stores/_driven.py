@@ -253,7 +253,7 @@ class DrivenStore(Generic[S, R]):
         return await self._arun(self._ops.due_page(before, limit, after))
 
     def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        """Up to ``limit`` records of any state, by key (byte order), with keys strictly after
+        """Up to ``limit`` records of any status, by key (byte order), with keys strictly after
         ``after`` (None: from the first).
 
         Raises:

@@ -15,7 +15,7 @@ from typing import Any, Final, TypeAlias, TypeVar
 from psycopg import sql
 
 from .._errors import StoreError
-from .._records import ConnectionRecord, ConnectionState
+from .._records import ConnectionRecord, ConnectionStatus
 from ._common import check_after, check_limit, check_write, require_aware
 from ._driven import Offset, Work, server_now
 from ._postgres_sql import SCHEMA_VERSION, Tables
@@ -115,11 +115,11 @@ class PostgresOps:
         moment = require_aware(before, "before").timestamp()
         count = min(check_limit(limit), _INT64_MAX)
         cursor = check_after(after)
-        state = ConnectionState.CONNECTED.value
+        status = ConnectionStatus.CONNECTED.value
         if cursor is None:
-            query = Query(self._tables.due_first, (state, moment, count))
+            query = Query(self._tables.due_first, (status, moment, count))
         else:
-            query = Query(self._tables.due_after, (state, moment, *cursor, count))
+            query = Query(self._tables.due_after, (status, moment, *cursor, count))
         return Work("find records due", self._keyed_rows(query))
 
     def scan(self, after: str | None, limit: int) -> _Work[list[ConnectionRecord]]:
@@ -146,7 +146,13 @@ class PostgresOps:
                 f"{self._where}: table {t.qualified!r} has schema version {found}; "
                 f"this library knows {SCHEMA_VERSION}"
             )
-        if found < SCHEMA_VERSION:
+        if 0 < found < SCHEMA_VERSION:
+            raise StoreError(
+                f"{self._where}: table {t.qualified!r} has schema version {found}, from before "
+                f"a connection's status was stored under that name; this library knows "
+                f"{SCHEMA_VERSION} and converts no older table: drop it or use another"
+            )
+        if found == 0:
             for statement in t.schema:
                 yield Query(statement)
             yield Query(t.record_version, (SCHEMA_VERSION,))
@@ -184,7 +190,7 @@ class PostgresOps:
 
     def _write_row(self, row: Row, expected_version: int | None) -> Op[bool]:
         t = self._tables
-        columns = (row.version, row.state, row.account_id, row.refresh_due, row.data)
+        columns = (row.version, row.status, row.account_id, row.refresh_due, row.data)
         if expected_version is None:
             done = yield Query(t.insert, (row.key, *columns))
         elif not _fits(expected_version):

@@ -14,8 +14,10 @@ from psycopg import sql
 
 __all__ = ["SCHEMA_VERSION", "Tables"]
 
-#: The schema ``migrate()`` creates; a database of a newer schema is refused.
-SCHEMA_VERSION: Final = 1
+#: The schema ``migrate()`` creates; a database of any other schema is refused. 2 keeps a
+#: connection's lifecycle value as its ``status`` (the column and the record body, format 2),
+#: which tables of 1, made before any release, call ``state``: they are not converted.
+SCHEMA_VERSION: Final = 2
 
 #: A table name: lower-case letters, digits and ``_``, optionally after ``schema.``. Short
 #: enough that every derived name (``<table>_ledger_expires_idx``) fits in 63 bytes.
@@ -72,26 +74,26 @@ class Tables:
             FROM (VALUES (1)) AS one LEFT JOIN {records} AS r ON r.key = %s"""
         ).format(**fmt)
         self.insert = sql.SQL(
-            """INSERT INTO {records} (key, version, state, account_id, refresh_due, data)
+            """INSERT INTO {records} (key, version, status, account_id, refresh_due, data)
             VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING"""
         ).format(**fmt)
         self.update = sql.SQL(
             """UPDATE {records}
-            SET version = %s, state = %s, account_id = %s, refresh_due = %s, data = %s
+            SET version = %s, status = %s, account_id = %s, refresh_due = %s, data = %s
             WHERE key = %s AND version = %s"""
         ).format(**fmt)
         self.delete = sql.SQL("DELETE FROM {records} WHERE key = %s AND version = %s").format(**fmt)
         self.by_account = sql.SQL(
             "SELECT data FROM {records} WHERE account_id = %s ORDER BY key"
         ).format(**fmt)
-        # Keyset pages on the (state, refresh_due, key) index: no offset, no sort.
+        # Keyset pages on the (status, refresh_due, key) index: no offset, no sort.
         self.due_after = sql.SQL(
             """SELECT key, version, data FROM {records}
-            WHERE state = %s AND refresh_due < %s AND (refresh_due, key) > (%s, %s)
+            WHERE status = %s AND refresh_due < %s AND (refresh_due, key) > (%s, %s)
             ORDER BY refresh_due, key LIMIT %s"""
         ).format(**fmt)
         self.due_first = sql.SQL(
-            """SELECT key, version, data FROM {records} WHERE state = %s AND refresh_due < %s
+            """SELECT key, version, data FROM {records} WHERE status = %s AND refresh_due < %s
             ORDER BY refresh_due, key LIMIT %s"""
         ).format(**fmt)
         self.scan_first = sql.SQL(
@@ -124,14 +126,14 @@ class Tables:
 
 
 def _schema(name: str, records: sql.Identifier, ledger: sql.Identifier) -> list[sql.Composed]:
-    """The statements that create the tables and their indexes (schema 1)."""
+    """The statements that create the tables and their indexes (schema 2)."""
     fmt = {"records": records, "ledger": ledger}
     return [
         sql.SQL(
             """CREATE TABLE {records} (
                 key TEXT COLLATE "C" PRIMARY KEY,
                 version BIGINT NOT NULL,
-                state TEXT NOT NULL,
+                status TEXT NOT NULL,
                 account_id BIGINT,
                 refresh_due DOUBLE PRECISION,
                 data TEXT NOT NULL
@@ -140,7 +142,7 @@ def _schema(name: str, records: sql.Identifier, ledger: sql.Identifier) -> list[
         sql.SQL("CREATE INDEX {idx} ON {records} (account_id, key)").format(
             idx=sql.Identifier(name + "_account_idx"), **fmt
         ),
-        sql.SQL("CREATE INDEX {idx} ON {records} (state, refresh_due, key)").format(
+        sql.SQL("CREATE INDEX {idx} ON {records} (status, refresh_due, key)").format(
             idx=sql.Identifier(name + "_refresh_idx"), **fmt
         ),
         sql.SQL(

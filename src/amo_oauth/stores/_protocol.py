@@ -209,7 +209,7 @@ class Store(Protocol):
         ...
 
     def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        """Up to ``limit`` records of any state, by key (code-point order), with keys strictly
+        """Up to ``limit`` records of any status, by key (code-point order), with keys strictly
         after ``after`` (None: from the first). For jobs that visit every record
         (``amo-oauth rotate-key``), and what ``BaseStore`` builds its reads of many on.
 

@@ -12,8 +12,11 @@ from typing import Final
 
 __all__ = ["SCHEMA_REPLY", "SCHEMA_VERSION", "SCRIPTS"]
 
-#: The value of ``{prefix}schema`` this library writes and reads.
-SCHEMA_VERSION: Final = 2
+#: The value of ``{prefix}schema`` this library writes and reads; a database of any other schema
+#: is refused. 3 keeps a connection's lifecycle value as its status (in the record body, format
+#: 2), which databases of 1 and 2, made before any release, call ``state``: they are not
+#: converted.
+SCHEMA_VERSION: Final = 3
 
 #: The error a script raises when the schema marker is missing or of another version.
 SCHEMA_REPLY: Final = "AMO_OAUTH_SCHEMA"
@@ -47,7 +50,7 @@ local function matches(rkey, expected)
   return current == expected
 end
 
--- ARGV[first .. first + 5]: key, version, state, account id, refresh due, data ('' = none)
+-- ARGV[first .. first + 5]: key, version, status, account id, refresh due, data ('' = none)
 local function put(rkey, first)
   local key, account, due = ARGV[first], ARGV[first + 3], ARGV[first + 4]
   unlink(rkey, key)
@@ -231,23 +234,10 @@ _SCAN: Final = (
     + "return keyed(redis.call('ZRANGE', ALL, ARGV[4], '+', 'BYLEX', 'LIMIT', 0, ARGV[5]))\n"
 )
 
-# KEYS[1] = the schema marker; ARGV[1] = this library's version, ARGV[2] = the key prefix,
-# ARGV[3] = the SCAN pattern of its records. Returns the stored version. Schema 1 had no index
-# of every record key: it is built once, here, from the records themselves.
+# KEYS[1] = the schema marker; ARGV[1] = this library's version. Returns the stored version:
+# a database of another schema keeps it (and is refused); a new one gets this library's.
 _MIGRATE: Final = """
 local found = redis.call('GET', KEYS[1])
-if found == '1' then
-  local cursor = '0'
-  repeat
-    local reply = redis.call('SCAN', cursor, 'MATCH', ARGV[3], 'COUNT', 1000)
-    cursor = reply[1]
-    for _, rkey in ipairs(reply[2]) do
-      redis.call('ZADD', ARGV[2] .. 'keys', 0, string.sub(rkey, #ARGV[2] + 3))
-    end
-  until cursor == '0'
-  redis.call('SET', KEYS[1], ARGV[1])
-  return ARGV[1]
-end
 if found then
   return found
 end

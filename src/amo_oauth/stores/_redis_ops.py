@@ -58,9 +58,7 @@ class RedisOps:
         self._offset = offset
 
     def migrate(self) -> _Work[int]:
-        records = _glob_escaped(self._prefix) + "c:*"
-        args = [str(SCHEMA_VERSION), self._prefix, records]
-        script = Script("migrate", [self._prefix + "schema"], args)
+        script = Script("migrate", [self._prefix + "schema"], [str(SCHEMA_VERSION)])
         return Work("migrate", _reply(script, self._checked_schema))
 
     def load(self, key: str) -> _Work[Loaded]:
@@ -145,7 +143,7 @@ class RedisOps:
             "" if expected_version is None else str(expected_version),
             row.key,
             str(row.version),
-            row.state,
+            row.status,
             "" if row.account_id is None else str(row.account_id),
             "" if row.refresh_due is None else repr(row.refresh_due),
             row.data,
@@ -201,9 +199,11 @@ class RedisOps:
         except ValueError:
             version = -1
         if version != SCHEMA_VERSION:
+            older = 0 < version < SCHEMA_VERSION
             raise StoreError(
                 f"Redis store at {self._where} has schema {found!r} under prefix"
                 f" {self._prefix!r}; this library knows {SCHEMA_VERSION}"
+                + (" and converts no older schema: use a new prefix" if older else "")
             )
         return version
 
@@ -233,8 +233,3 @@ def _expiry_ms(expires_at: datetime) -> str:
 
 def _entry_args(entry: LedgerEntry) -> list[str]:
     return [_ledger_value(entry.holder), _expiry_ms(entry.expires_at)]
-
-
-def _glob_escaped(text: str) -> str:
-    """``text`` matched literally by a Redis glob (``SCAN ... MATCH``)."""
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

@@ -32,26 +32,28 @@ __all__ = [
     "take",
 ]
 
-#: ``PRAGMA user_version`` of the schema below; a file of a newer schema is refused, an older
-#: one brought up to it (every statement is ``IF NOT EXISTS``). 2 added the sweep's keyset index.
-SCHEMA_VERSION: Final = 2
+#: ``PRAGMA user_version`` of the schema below; a new file is brought to it, a file of any other
+#: schema is refused. 3 keeps a connection's lifecycle value as its ``status`` (the column and
+#: the record body, format 2), which files of 1 and 2, made before any release, call ``state``:
+#: they are not converted.
+SCHEMA_VERSION: Final = 3
 
 # ``connection_id`` holds ``ConnectionRecord.key`` (the same text as before for legacy records).
 SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS amo_connections (
         connection_id TEXT PRIMARY KEY,
         version INTEGER NOT NULL,
-        state TEXT NOT NULL,
+        status TEXT NOT NULL,
         account_id INTEGER,
         refresh_expires_at REAL,
         data TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS amo_connections_account ON amo_connections (account_id)",
     """CREATE INDEX IF NOT EXISTS amo_connections_refresh
-        ON amo_connections (state, refresh_expires_at)""",
+        ON amo_connections (status, refresh_expires_at)""",
     # The keyset order of due_page: (expiry, key) after a cursor, with no sort.
     """CREATE INDEX IF NOT EXISTS amo_connections_due
-        ON amo_connections (state, refresh_expires_at, connection_id)""",
+        ON amo_connections (status, refresh_expires_at, connection_id)""",
     """CREATE TABLE IF NOT EXISTS amo_states (
         nonce TEXT PRIMARY KEY,
         holder TEXT,
@@ -61,20 +63,20 @@ SCHEMA: Final = (
 )
 
 INSERT: Final = """INSERT INTO amo_connections
-    (version, state, account_id, refresh_expires_at, data, connection_id)
+    (version, status, account_id, refresh_expires_at, data, connection_id)
     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO NOTHING"""
 UPDATE: Final = """UPDATE amo_connections
-    SET version = ?, state = ?, account_id = ?, refresh_expires_at = ?, data = ?
+    SET version = ?, status = ?, account_id = ?, refresh_expires_at = ?, data = ?
     WHERE connection_id = ? AND version = ?"""
 LOAD: Final = "SELECT connection_id, version, data FROM amo_connections WHERE connection_id = ?"
 VERSION: Final = "SELECT version FROM amo_connections WHERE connection_id = ?"
 BY_ACCOUNT: Final = """SELECT connection_id, version, data FROM amo_connections
     WHERE account_id = ? ORDER BY connection_id"""
 DUE: Final = """SELECT connection_id, version, data FROM amo_connections
-    WHERE state = ? AND refresh_expires_at < ?
+    WHERE status = ? AND refresh_expires_at < ?
     ORDER BY refresh_expires_at, connection_id LIMIT ?"""
 DUE_AFTER: Final = """SELECT connection_id, version, data FROM amo_connections
-    WHERE state = ? AND refresh_expires_at < ? AND (refresh_expires_at, connection_id) > (?, ?)
+    WHERE status = ? AND refresh_expires_at < ? AND (refresh_expires_at, connection_id) > (?, ?)
     ORDER BY refresh_expires_at, connection_id LIMIT ?"""
 SCAN: Final = """SELECT connection_id, version, data FROM amo_connections
     ORDER BY connection_id LIMIT ?"""
@@ -96,7 +98,8 @@ INT64_MAX: Final = 2**63 - 1
 
 
 def migrate(conn: sqlite3.Connection, path: str) -> None:
-    """Put the file in WAL mode and bring its schema to ``SCHEMA_VERSION``."""
+    """Put the file in WAL mode and make its schema (``SCHEMA_VERSION``), unless it has one; a
+    file of another schema is refused."""
     # WAL is a property of the file, kept once set; readers then never block the writer.
     conn.execute("PRAGMA journal_mode = WAL").fetchall()
     conn.execute("BEGIN IMMEDIATE")
@@ -107,7 +110,13 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
                 f"{named(path)}: the database has schema version {found}; this library knows "
                 f"{SCHEMA_VERSION}"
             )
-        if found < SCHEMA_VERSION:
+        if 0 < found < SCHEMA_VERSION:
+            raise StoreError(
+                f"{named(path)}: the database has schema version {found}, from before a "
+                f"connection's status was stored under that name; this library knows "
+                f"{SCHEMA_VERSION} and converts no older file: start a new one"
+            )
+        if found == 0:
             for statement in SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -120,7 +129,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
 
 def put(conn: sqlite3.Connection, row: Row, expected_version: int | None) -> bool:
     """The compare-and-set itself, inside the caller's transaction."""
-    columns = (row.version, row.state, row.account_id, row.refresh_due, row.data, row.key)
+    columns = (row.version, row.status, row.account_id, row.refresh_due, row.data, row.key)
     if expected_version is None:
         return conn.execute(INSERT, columns).rowcount == 1
     if not fits(expected_version):

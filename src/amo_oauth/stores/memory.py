@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 
-from .._records import ConnectionRecord, ConnectionState
+from .._records import ConnectionRecord, ConnectionStatus
 from ._base import AsyncSide, utc_now
 from ._common import (
     check_after,
@@ -112,7 +112,7 @@ class MemoryStore(AsyncSide):
             due = (
                 ((moment, record.key), record)
                 for record in self._records.values()
-                if record.state == ConnectionState.CONNECTED
+                if record.status == ConnectionStatus.CONNECTED
                 and record.tokens is not None
                 and (moment := record.tokens.refresh_expires_at.timestamp()) < cutoff
                 and (cursor is None or (moment, record.key) > cursor)
@@ -121,7 +121,7 @@ class MemoryStore(AsyncSide):
         return [record for _, record in page]
 
     def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        """Up to ``limit`` records of any state, by key, with keys strictly after ``after``
+        """Up to ``limit`` records of any status, by key, with keys strictly after ``after``
         (None: from the first).
 
         Raises:

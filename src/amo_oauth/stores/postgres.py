@@ -127,12 +127,12 @@ class PostgresStore(DrivenStore[Query, Result]):
         return self._tables.qualified
 
     def migrate(self) -> None:
-        """Create the tables and indexes, or bring them to ``SCHEMA_VERSION``. Idempotent, and
+        """Create the tables and indexes (``SCHEMA_VERSION``) unless they exist. Idempotent, and
         safe to run from several processes at once (they queue on an advisory lock).
 
         Raises:
-            StoreError: the database could not be reached or written, or it holds a newer
-                schema than this library knows.
+            StoreError: the database could not be reached or written, or it holds another
+                schema than this library knows (an older one is not converted).
         """
         self._run(self._ops.migrate())
 

@@ -28,12 +28,12 @@ Keys (``prefix`` defaults to ``amo_oauth:``; put a hash tag in it, e.g. ``{amo_o
 keep every key in one Redis Cluster slot):
 
 - ``{prefix}schema``: the schema version, set by ``migrate()``.
-- ``{prefix}c:{record key}``: a hash: ``v`` version, ``s`` state, ``a`` account id, ``r``
+- ``{prefix}c:{record key}``: a hash: ``v`` version, ``s`` status, ``a`` account id, ``r``
   refresh due (POSIX seconds), ``d`` the encoded record.
 - ``{prefix}a:{account id}``: the set of record keys of that verified account.
 - ``{prefix}due``: record keys of connected records, scored by refresh due time.
 - ``{prefix}keys``: every record key, all scored 0, so that ``ZRANGE ... BYLEX`` reads them in
-  byte order (schema 2; ``migrate()`` builds it for a database of schema 1).
+  byte order.
 - ``{prefix}l:{ledger key}``: a ledger entry (state nonce or code), expiring at its
   ``expires_at``; its value is ``=`` and the holder, or ``-`` for an entry without a holder.
 """
@@ -133,7 +133,8 @@ class RedisStore(DrivenStore[Script, Any]):
             The schema version the database has (``SCHEMA_VERSION``).
 
         Raises:
-            StoreError: Redis failed or is unreachable, or the database has a newer schema.
+            StoreError: Redis failed or is unreachable, or the database has another schema (an
+                older one is not converted).
         """
         return self._run(self._ops.migrate())
 

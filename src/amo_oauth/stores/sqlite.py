@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from .._errors import StoreError
-from .._records import ConnectionRecord, ConnectionState
+from .._records import ConnectionRecord, ConnectionStatus
 from ._base import AsyncSide, utc_now
 from ._common import (
     check_after,
@@ -184,15 +184,15 @@ class SQLiteStore(AsyncSide):
         moment = require_aware(before, "before").timestamp()
         limit = min(check_limit(limit), INT64_MAX)
         cursor = check_after(after)
-        state = ConnectionState.CONNECTED.value
+        status = ConnectionStatus.CONNECTED.value
         if cursor is None:
-            rows = self._files.read("read", DUE, (state, moment, limit))
+            rows = self._files.read("read", DUE, (status, moment, limit))
         else:
-            rows = self._files.read("read", DUE_AFTER, (state, moment, *cursor, limit))
+            rows = self._files.read("read", DUE_AFTER, (status, moment, *cursor, limit))
         return [self._decode(row) for row in rows]
 
     def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        """Up to ``limit`` records of any state, by key, with keys strictly after ``after``
+        """Up to ``limit`` records of any status, by key, with keys strictly after ``after``
         (None: from the first).
 
         Raises:

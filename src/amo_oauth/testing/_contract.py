@@ -58,7 +58,7 @@ from .._reasons import CONNECTION_ERRORS
 from .._records import (
     Account,
     ConnectionRecord,
-    ConnectionState,
+    ConnectionStatus,
     ErrorInfo,
     Lease,
     SeenCode,
@@ -101,7 +101,7 @@ def make_record(
     connection_id: str = "c1",
     *,
     version: int = 1,
-    state: ConnectionState = ConnectionState.CONNECTED,
+    status: ConnectionStatus = ConnectionStatus.CONNECTED,
     account_id: int | None = 42,
     refresh_expires_at: datetime = T0 + timedelta(days=90),
     host: str | None = "example.amocrm.ru",
@@ -111,7 +111,7 @@ def make_record(
     """A connected record whose tokens name its id and version."""
     return ConnectionRecord(
         connection_id,
-        state=state,
+        status=status,
         version=version,
         host=host,
         tokens=TokenSet(
@@ -133,7 +133,7 @@ def full_record() -> ConnectionRecord:
     msk = timezone(timedelta(hours=3))
     return ConnectionRecord(
         "user-42/Ünïcode ✓",
-        state=ConnectionState.ERROR,
+        status=ConnectionStatus.ERROR,
         version=7,
         host="acme.kommo.com",
         tokens=TokenSet(
@@ -181,7 +181,7 @@ def make_claim(
 ) -> Claim:
     """The claim of ``code`` (with ``state``) for a record ``connection_id``, as the service
     builds it: the state held by the code's digest, the code held by the record's key."""
-    record = make_record(connection_id, version=version, state=ConnectionState.EXCHANGED)
+    record = make_record(connection_id, version=version, status=ConnectionStatus.EXCHANGED)
     digest = code_digest(code)
     return Claim(
         record=record,
@@ -372,7 +372,7 @@ _texts = st.text(_text_chars, max_size=40)
 _records = st.builds(
     ConnectionRecord,
     connection_id=st.text(_text_chars, min_size=1, max_size=40),
-    state=st.sampled_from(ConnectionState),
+    status=st.sampled_from(ConnectionStatus),
     version=st.integers(1, 2**31),
     host=st.none() | _texts,
     tokens=st.none()
@@ -583,7 +583,7 @@ class StoreContract:
         assert loaded.tokens is not None
         assert loaded.tokens.access_token == "eyJ0eXAiOiJKV1Qi.access"
         assert loaded.tokens.refresh_token == "def50200.refresh"
-        assert loaded.state is ConnectionState.ERROR
+        assert loaded.status is ConnectionStatus.ERROR
         assert (loaded.integration, loaded.widget) == ("client:id%7", True)
         assert full_store.load(record.connection_id).record is None  # kept under its key only
 
@@ -955,10 +955,10 @@ class StoreContract:
         for cid, days in [("e", 5), ("a", 1), ("c", 3), ("b", 2), ("d", 4)]:
             record = make_record(cid, refresh_expires_at=T0 + timedelta(days=days))
             assert store.compare_and_set(record, None)
-        for cid, state in [("x", ConnectionState.ERROR), ("y", ConnectionState.EXCHANGED)]:
-            record = make_record(cid, state=state, refresh_expires_at=T0)
+        for cid, status in [("x", ConnectionStatus.ERROR), ("y", ConnectionStatus.EXCHANGED)]:
+            record = make_record(cid, status=status, refresh_expires_at=T0)
             assert store.compare_and_set(record, None)
-        bare = ConnectionRecord("z", state=ConnectionState.DISCONNECTED, version=1)
+        bare = ConnectionRecord("z", status=ConnectionStatus.DISCONNECTED, version=1)
         assert store.compare_and_set(bare, None)
 
     @staticmethod
@@ -998,7 +998,7 @@ class StoreContract:
 
     def test_due_page_first_page_follows_updates(self, full_store: Store) -> None:
         self.seed_refresh(full_store)
-        error = make_record("a", version=2, state=ConnectionState.ERROR)
+        error = make_record("a", version=2, status=ConnectionStatus.ERROR)
         assert full_store.compare_and_set(error, 1)
         pushed = make_record("b", version=2, refresh_expires_at=T0 + timedelta(days=30))
         assert full_store.compare_and_set(pushed, 1)
@@ -1029,7 +1029,7 @@ class StoreContract:
         for cid, days in (("later", 40), ("latest", 50)):
             record = make_record(cid, refresh_expires_at=T0 + timedelta(days=days))
             assert store.compare_and_set(record, None)
-        error = make_record("err", state=ConnectionState.ERROR, refresh_expires_at=T0)
+        error = make_record("err", status=ConnectionStatus.ERROR, refresh_expires_at=T0)
         assert store.compare_and_set(error, None)
         return ["early", *sorted(cls.PAGE_KEYS), "late"]
 
@@ -1129,7 +1129,7 @@ class StoreContract:
 
     def test_scan_visits_every_record_once_by_key(self, full_store: Store) -> None:
         self.seed_pages(full_store)
-        bare = ConnectionRecord("bare", state=ConnectionState.DISCONNECTED, version=3)
+        bare = ConnectionRecord("bare", status=ConnectionStatus.DISCONNECTED, version=3)
         assert full_store.compare_and_set(bare, None)
         keys = sorted([*self.PAGE_KEYS, "early", "late", "later", "latest", "err", "bare"])
         for limit in (1, 2, 4, len(keys), 1000):
@@ -1138,7 +1138,7 @@ class StoreContract:
             assert all(len(page) == limit for page in pages[:-1])
         found = {record.key: record for record in full_store.scan(None, 1000)}
         assert found["bare"] == bare
-        assert found["err"].state is ConnectionState.ERROR
+        assert found["err"].status is ConnectionStatus.ERROR
 
     def test_scan_limits_cursors_and_an_empty_store(self, full_store: Store) -> None:
         assert full_store.scan(None, 10) == []

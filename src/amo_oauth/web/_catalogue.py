@@ -181,7 +181,7 @@ ROUTES: Final = (
         "GET",
         "/status",
         "The connection's status",
-        "{connected, state, account, expires_at, error, version}; never a token.",
+        "{connected, status, account, expires_at, error, version}; never a token.",
         ((200, "The status"), *_AUTH, *_ID),
     ),
     Route(

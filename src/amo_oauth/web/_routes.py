@@ -110,12 +110,12 @@ def status_payload(connection: Connection) -> dict[str, Any]:
         connection: e.g. ``oauth.status(user_id)``.
 
     Returns:
-        ``{"connected", "state", "account", "expires_at", "error", "version", "host"}``.
+        ``{"connected", "status", "account", "expires_at", "error", "version", "host"}``.
     """
     account = connection.account
     return {
         "connected": connection.is_connected,
-        "state": connection.state.value,
+        "status": connection.status.value,
         "account": None
         if account is None
         else {"id": account.id, "subdomain": account.subdomain, "name": account.name},
@@ -131,7 +131,7 @@ def _reason(connection: Connection, fallback: str | None = None) -> str:
         return connection.error.reason
     # No error recorded: a denial that left a working connection alone (the fallback names the
     # denial), or a code seen before whose connection was disconnected since.
-    return fallback or connection.state.value
+    return fallback or connection.status.value
 
 
 def _page_link(
