@@ -46,8 +46,8 @@ def test_a_public_class_reports_a_path_users_import(module: str, name: str, cls:
 def test_the_reprs_say_amo_oauth() -> None:
     assert repr(CallbackRejected) == "<class 'amo_oauth.CallbackRejected'>"
     assert repr(Config) == "<class 'amo_oauth.Config'>"
-    assert repr(amo_oauth.ConnectionState) == "<enum 'ConnectionState'>"
-    assert amo_oauth.ConnectionState.__module__ == "amo_oauth"
+    assert repr(amo_oauth.ConnectionStatus) == "<enum 'ConnectionStatus'>"
+    assert amo_oauth.ConnectionStatus.__module__ == "amo_oauth"
     assert repr(amo_oauth.Store) == "<class 'amo_oauth.Store'>"
     assert repr(web.Request) == "<class 'amo_oauth.web.Request'>"
     assert repr(web.Handlers) == "<class 'amo_oauth.web.Handlers'>"
