@@ -230,7 +230,7 @@ def test_a_session_cookie_over_http_follows_the_redirect_uri(
         assert answer.status_code == 401
         assert answer.json() == {"error": "unauthenticated", "hint": NO_COOKIE_OVER_HTTP}
     else:  # https_only=local.redirect_uri.startswith("https://"), as the docs do
-        assert (answer.status_code, answer.json()["state"]) == (200, "disconnected")
+        assert (answer.status_code, answer.json()["status"]) == (200, "disconnected")
 
 
 def test_openapi_declares_the_query_parameters(client: TestClient) -> None:
