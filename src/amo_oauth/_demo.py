@@ -96,9 +96,9 @@ def require_extra() -> None:
             importlib.import_module(module)
         except ImportError as exc:
             raise DemoUnavailable(
-                f"the demo needs the {EXTRA} extra ({', '.join(EXTRA_MODULES)}), and {exc}: "
-                f"pip install 'amo_oauth[{EXTRA}]' (a wheel or a checkout takes the same "
-                f"[{EXTRA}] suffix)"
+                f"the demo needs the {EXTRA} extra ({', '.join(EXTRA_MODULES)}), not installed "
+                f"here ({exc}): pip install 'amo_oauth[{EXTRA}]' (a wheel's or a checkout's "
+                f"path takes the same [{EXTRA}] suffix)"
             ) from None
 
 
