@@ -1,4 +1,5 @@
-"""``amo-oauth``: the demo, the lifecycle diagram, and two operator commands.
+"""``amo-oauth``: the demo, the fake for your own backend, the lifecycle diagram, and the
+operator commands. ``python -m amo_oauth`` is the same command, where its script is not on PATH.
 
 amo-oauth demo [--serve]            the seed's scenario end to end over loopback HTTP:
                                     FakeAmoCRM, the FastAPI example, the old and new app
@@ -6,8 +7,7 @@ amo-oauth demo-app --backend URL [--version old|new]
                                     play the demo's mobile app against a running backend
 amo-oauth fake [--port N] [--redirect-uri URL] [--accounts N]
                                     serve FakeAmoCRM on 127.0.0.1 for your own backend until
-                                    Ctrl-C, printing what to configure (``python -m
-                                    amo_oauth`` is the same command)
+                                    Ctrl-C, printing what to configure
 amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
 amo-oauth status ID [--store URL]   a connection's state
 amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-host-rate R]
