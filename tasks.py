@@ -5,6 +5,8 @@
                                       floors), check the venv against the lock, run the tests
     python3 tasks.py test --latest    the same on the newest releases, in .venv-latest
     python3 tasks.py lock [--upgrade] re-resolve requirements/ (--upgrade: newest releases)
+    python3 tasks.py wheel-check      build the wheel, install it in a fresh venv as a user
+                                      would, run the demo and the fake from outside the checkout
 
 The toolchain installs from a committed lock, ``requirements/lock.txt``, made by uv
 (``uv pip compile --universal``, for Python 3.11 and every later version): pip itself, the
@@ -20,9 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 import venv
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,8 +48,8 @@ PYTHON_FLOOR = "3.11"  # pyproject's requires-python: the lock resolves for it a
 class Venv:
     """One virtual environment of the project's, with its own install stamp."""
 
-    def __init__(self, name: str) -> None:
-        self.path = ROOT / name
+    def __init__(self, name: str | Path) -> None:
+        self.path = ROOT / name  # an absolute path stays as it is
         self.bin = self.path / ("Scripts" if os.name == "nt" else "bin")
         self.python = self.bin / "python"
         self.stamp = self.path / ".amo_oauth-installed"
@@ -69,11 +75,11 @@ LATEST = Venv(".venv-latest")
 FLOORS = Venv(".venv-floor")
 
 
-def run(*argv: str | Path, env: Mapping[str, str] | None = None) -> None:
+def run(*argv: str | Path, env: Mapping[str, str] | None = None, cwd: Path = ROOT) -> None:
     print("+", " ".join(str(a) for a in argv), flush=True)
     completed = subprocess.run(  # noqa: S603 (our own tools)
         [str(a) for a in argv],
-        cwd=ROOT,
+        cwd=cwd,
         check=False,
         env=None if env is None else {**os.environ, **env},
     )
@@ -262,7 +268,125 @@ def check_lock(args: list[str]) -> None:
     print(f"lock check: {len(installed)} distributions, each at its locked version")
 
 
-COMMANDS = {"demo": demo, "test": test, "lock": lock, "check-lock": check_lock}
+# -- the wheel, as a user installs it ----------------------------------------------------------
+
+#: What the wheel must carry from elsewhere in the repository (pyproject.toml's force-include):
+#: the demo's backend and mobile app, byte for byte as examples/ has them.
+SHIPPED_EXAMPLES = {
+    f"amo_oauth/_examples/{name}": ROOT / "examples" / name
+    for name in ("fastapi_app.py", "mobile_client.py")
+}
+
+
+def wheel_check(args: list[str]) -> None:
+    """Build the sdist and, from it, the wheel (``python -m build``, its build backend from
+    the lock), then install the wheel in a fresh venv as a user would, the lock constraining
+    every dependency: without extras (the demo exits 2 naming the one it needs), then with
+    ``[fastapi]``; from a directory outside the checkout, check that ``amo_oauth`` comes from
+    that venv, and run ``amo-oauth demo``, ``amo-oauth fake --help`` and ``amo-oauth fake``
+    until a Ctrl-C. Needs the package index (the build backend, the dependencies)."""
+    ensure_venv()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="amo_oauth-wheel-check-") as tmp:
+        work = Path(tmp)
+        wheel = build_wheel(work / "dist")
+        user = Venv(work / "venv")
+        elsewhere = work / "elsewhere"  # the commands run here: no checkout in sight
+        elsewhere.mkdir()
+        user.create()
+        pip = (user.python, "-m", "pip", "install", "--quiet")
+        run(*pip, "pip", env=pinned(LOCK))
+        run(*pip, wheel, env=pinned(LOCK))
+        said = outside(elsewhere, 2, user.tool("amo-oauth"), "demo")
+        require("fastapi extra" in said, "the demo without fastapi does not name its extra")
+        run(*pip, f"{wheel}[fastapi]", env=pinned(LOCK))
+        imported_from_venv(user, elsewhere)
+        said = outside(elsewhere, 0, user.tool("amo-oauth"), "demo")
+        require("Result: as expected." in said, "the demo's result is not the seed's")
+        outside(elsewhere, 0, user.tool("amo-oauth"), "fake", "--help")
+        fake_until_ctrl_c(user, elsewhere)
+    print(f"wheel check: passed in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def require(condition: bool, failure: str) -> None:
+    if not condition:
+        sys.exit(f"wheel check: {failure}")
+
+
+def build_wheel(dist: Path) -> Path:
+    """``python -m build`` into ``dist``; the wheel, its shipped examples checked."""
+    run(MAIN.python, "-m", "build", "--outdir", dist, ROOT, env=pinned(LOCK))
+    (wheel,) = dist.glob("amo_oauth-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        for inside, source in SHIPPED_EXAMPLES.items():
+            require(
+                archive.read(inside) == source.read_bytes(),
+                f"{inside} in the wheel differs from {source.relative_to(ROOT)}",
+            )
+    print(f"wheel check: {wheel.name} ships {', '.join(SHIPPED_EXAMPLES)}", flush=True)
+    return wheel
+
+
+def outside(cwd: Path, expected: int, *argv: str | Path) -> str:
+    """Run a command in ``cwd``, where nothing of the checkout is importable; show and return
+    its output; exit unless its status is ``expected``."""
+    print("+ (in", cwd, ")", " ".join(str(a) for a in argv), flush=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    completed = subprocess.run(  # noqa: S603 (the wheel's own command)
+        [str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+    said = completed.stdout + completed.stderr
+    print(said, end="", flush=True)
+    require(completed.returncode == expected, f"exit status {completed.returncode}")
+    return said
+
+
+def imported_from_venv(user: Venv, cwd: Path) -> None:
+    where = outside(cwd, 0, user.python, "-c", "import amo_oauth; print(amo_oauth.__file__)")
+    site = {str(p.resolve()) for p in user.path.glob("lib/python*/site-packages")}
+    site.add(str((user.path / "Lib" / "site-packages").resolve()))
+    found = Path(where.strip()).resolve()
+    require(
+        any(found.is_relative_to(path) for path in site),
+        f"amo_oauth came from {found}, not from the venv's site-packages",
+    )
+
+
+def fake_until_ctrl_c(user: Venv, cwd: Path) -> None:
+    """``amo-oauth fake`` serves and prints its configuration; Ctrl-C ends it with 130."""
+    print(f"+ (in {cwd} ) amo-oauth fake --port 0, then Ctrl-C", flush=True)
+    fake = subprocess.Popen(  # noqa: S603 (the wheel's own command)
+        [str(user.tool("amo-oauth")), "fake", "--port", "0"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A Ctrl-C must reach it even when this script runs with SIGINT ignored (a CI shell's
+        # background job): give it a terminal's default disposition.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert fake.stdout is not None
+    try:
+        require(
+            any(line.startswith("Requests answered") for line in fake.stdout),
+            "amo-oauth fake printed no configuration",
+        )
+        fake.send_signal(signal.SIGINT)
+        fake.wait(timeout=20)
+    finally:
+        fake.kill()
+        fake.communicate()
+    require(fake.returncode == 130, f"amo-oauth fake ended with {fake.returncode}, not 130")
+    print("amo-oauth fake: served, then Ctrl-C: exit status 130", flush=True)
+
+
+COMMANDS = {
+    "demo": demo,
+    "test": test,
+    "lock": lock,
+    "check-lock": check_lock,
+    "wheel-check": wheel_check,
+}
 
 
 def main() -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -60,13 +63,48 @@ def test_the_demo_fails_when_the_result_is_not_the_seeds(
     assert "Result: NOT as expected." in out
 
 
-def test_the_demo_needs_a_source_checkout(
+def test_the_demo_says_when_its_examples_are_missing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(_demo, "example_path", lambda name: tmp_path / "examples" / name)
     assert _demo.run_demo() == 2
     err = capsys.readouterr().err
-    assert "the demo runs from a source checkout" in err
+    assert "mobile_client.py is missing from this installation of amo_oauth" in err
+
+
+@pytest.mark.parametrize("module", ["fastapi", "uvicorn"])
+def test_the_demo_without_its_extra_exits_2_naming_it(
+    module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # what an install without the extra has
+    assert _demo.run_demo() == 2
+    out, err = capsys.readouterr()
+    assert "the demo needs the fastapi extra (fastapi, uvicorn)" in err
+    assert "pip install 'amo_oauth[fastapi]'" in err
+    assert out == ""  # nothing started
+
+
+def test_the_examples_come_from_inside_the_package_when_it_ships_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import amo_oauth
+
+    package = tmp_path / "site-packages" / "amo_oauth"
+    (package / "_examples").mkdir(parents=True)
+    monkeypatch.setattr(amo_oauth, "__file__", str(package / "__init__.py"))
+    # A checkout (an editable install): the package has no _examples, the checkout has them.
+    assert _demo.example_path("fastapi_app.py") == tmp_path / "examples" / "fastapi_app.py"
+    # A wheel: they ship inside the package (pyproject.toml's force-include).
+    (package / "_examples" / "fastapi_app.py").write_text("")
+    assert _demo.example_path("fastapi_app.py") == package / "_examples" / "fastapi_app.py"
+
+
+def test_demo_app_says_when_nothing_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        backend = f"http://127.0.0.1:{unused.getsockname()[1]}"
+        assert _demo.play_app(backend, "new") == 1
+    assert f"nothing answers at {backend}: is it running?" in capsys.readouterr().err
 
 
 def test_serve_keeps_running_for_a_person_until_ctrl_c() -> None:
@@ -97,6 +135,7 @@ def test_serve_keeps_running_for_a_person_until_ctrl_c() -> None:
             consent = browser.get(backend + connect.headers["location"]).headers["location"]
             visit = MOBILE.land(browser, MOBILE.press(browser, consent, "Allow"))
         assert query_of(visit.deep_link)["success"] == "true"
+        _the_printed_app_commands_work(demo.stdout, backend)
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=20)
     finally:
@@ -106,3 +145,21 @@ def test_serve_keeps_running_for_a_person_until_ctrl_c() -> None:
     assert "status: connection demo: exchanged -> connected (verified)" in rest
     assert "Stopped." in rest
     assert not SECRETS.search("".join(lines) + rest)
+
+
+def _the_printed_app_commands_work(stdout: IO[str], backend: str) -> None:
+    """The commands ``--serve`` prints for a person work as printed, from anywhere."""
+    for line in stdout:
+        if line.startswith("Or play the mobile app"):
+            break
+    commands = [next(stdout).strip(), next(stdout).strip()]
+    assert [shlex.split(command)[-4:] for command in commands] == [
+        ["--backend", backend, "--version", version] for version in ("old", "new")
+    ]
+    for command in commands:
+        played = subprocess.run(
+            shlex.split(command), capture_output=True, text=True, timeout=60, check=False
+        )
+        assert played.returncode == 0, played.stdout + played.stderr
+        assert "The app shows: Connected: Test account" in played.stdout
+        assert not SECRETS.search(played.stdout + played.stderr)

@@ -13,9 +13,11 @@ as in the seed: no 403, "Connected", the leads listed, and exactly one token-end
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import logging
 import secrets
+import shlex
 import socket
 import sys
 import tempfile
@@ -35,7 +37,14 @@ from ._config import Config
 from .stores import SQLiteStore
 from .testing import FakeAmoCRM
 
-__all__ = ["example_path", "listening_socket", "load_example", "run_demo", "serve_asgi"]
+__all__ = [
+    "example_path",
+    "listening_socket",
+    "load_example",
+    "play_app",
+    "run_demo",
+    "serve_asgi",
+]
 
 USER = "demo"
 PREFIX = "/api/amo-crm"
@@ -46,8 +55,13 @@ LEADS = (
 )
 
 
+#: What the demo needs beyond the core: the extra that installs it, and its modules.
+EXTRA = "fastapi"
+EXTRA_MODULES = ("fastapi", "uvicorn")
+
+
 class DemoUnavailable(Exception):
-    """The demo cannot run here (not a source checkout, or FastAPI/uvicorn missing)."""
+    """The demo cannot run here (its examples are not installed, or FastAPI/uvicorn missing)."""
 
 
 def _say(text: str = "") -> None:
@@ -58,23 +72,47 @@ def _say(text: str = "") -> None:
 
 
 def example_path(name: str) -> Path:
-    """``examples/{name}`` of the source checkout this package runs from."""
+    """Where ``examples/{name}`` is for this installation of the package.
+
+    A wheel ships the demo's examples inside the package, as ``amo_oauth/_examples/{name}``
+    (pyproject.toml's force-include copies them there at build time); a source checkout (an
+    editable install) has them in ``examples/`` beside ``src/``.
+    """
     import amo_oauth
 
-    return Path(amo_oauth.__file__).resolve().parents[2] / "examples" / name
+    package = Path(amo_oauth.__file__).resolve().parent
+    shipped = package / "_examples" / name
+    return shipped if shipped.is_file() else package.parents[1] / "examples" / name
+
+
+def require_extra() -> None:
+    """Import what the demo's backend runs on, or say which extra installs it.
+
+    Raises:
+        DemoUnavailable: FastAPI or uvicorn is not installed.
+    """
+    for module in EXTRA_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise DemoUnavailable(
+                f"the demo needs the {EXTRA} extra ({', '.join(EXTRA_MODULES)}), not installed "
+                f"here ({exc}): pip install 'amo_oauth[{EXTRA}]' (a wheel's or a checkout's "
+                f"path takes the same [{EXTRA}] suffix)"
+            ) from None
 
 
 def load_example(name: str) -> ModuleType:
-    """Import ``examples/{name}.py`` from the source checkout.
+    """Import ``examples/{name}.py`` from where this installation keeps it (`example_path`).
 
     Raises:
-        DemoUnavailable: the file is not there (an installed wheel has no examples).
+        DemoUnavailable: the file is not there, or it imports something not installed.
     """
     path = example_path(f"{name}.py")
     if not path.is_file():
         raise DemoUnavailable(
-            f"{path} not found: the demo runs from a source checkout of amo_oauth "
-            "(git clone, then `python3 tasks.py demo`)"
+            f"{name}.py is missing from this installation of amo_oauth (a wheel ships it "
+            "inside the package, a source checkout in examples/): reinstall amo_oauth"
         )
     spec = importlib.util.spec_from_file_location(f"amo_oauth_example_{name}", path)
     assert spec is not None and spec.loader is not None
@@ -84,7 +122,7 @@ def load_example(name: str) -> ModuleType:
         spec.loader.exec_module(module)
     except ImportError as exc:
         del sys.modules[spec.name]
-        raise DemoUnavailable(f"{exc}: pip install 'amo_oauth[fastapi]'") from None
+        raise DemoUnavailable(f"{name}.py: {exc}: pip install 'amo_oauth[{EXTRA}]'") from None
     return module
 
 
@@ -199,6 +237,7 @@ def run_demo(*, serve: bool = False) -> int:
         2 when the demo cannot run here.
     """
     try:
+        require_extra()
         mobile = load_example("mobile_client")
         with (
             tempfile.TemporaryDirectory() as tmp,
@@ -208,9 +247,6 @@ def run_demo(*, serve: bool = False) -> int:
             return _serve(stack) if serve else _scenario(stack, mobile)
     except DemoUnavailable as exc:
         print(f"amo-oauth demo: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:  # uvicorn
-        print(f"amo-oauth demo: {exc}: pip install 'amo_oauth[fastapi]'", file=sys.stderr)
         return 2
 
 
@@ -335,10 +371,12 @@ def _serve(stack: Stack) -> int:
     _say(f"   {start}")
     _say('Press "Allow" (or "Deny") on the consent page; the backend shows "Return to App"')
     _say("(its foryoure:// link is for the mobile app: a desktop browser will not open it).")
-    _say(f"Then, in the same browser: {stack.backend}{PREFIX}/status and {PREFIX}/leads")
+    _say(f"Then, in the same browser: {stack.backend}{PREFIX}/status")
+    _say(f"                       and {stack.backend}{PREFIX}/leads")
     _say(f"The backend's API, documented: {stack.backend}/docs")
-    _say(f"Or play the app: .venv/bin/python examples/mobile_client.py --backend {stack.backend} "
-         "--version old|new")  # fmt: skip
+    _say("Or play the mobile app against it, old or new, from another terminal:")
+    for version in ("old", "new"):
+        _say(f"   {_command('demo-app', '--backend', stack.backend, '--version', version)}")
     _say("Ctrl-C stops.")
     try:
         while True:
@@ -346,3 +384,39 @@ def _serve(stack: Stack) -> int:
     except KeyboardInterrupt:
         _say("\nStopped.")
     return 0
+
+
+def _command(*args: str) -> str:
+    """A command line for the ``amo-oauth`` command run by this very Python, which works as
+    printed whether or not the command's script is on PATH (``tasks.py demo`` runs the one in
+    ``.venv/bin``, and a person's shell may not have that directory on PATH)."""
+    return shlex.join([sys.executable, "-m", "amo_oauth", *args])
+
+
+# -- the mobile app alone, against a running backend ----------------------------------------------
+
+
+def play_app(backend: str, version: str, *, user: str = USER, press: str = "Allow") -> int:
+    """Play the mobile app (``examples/mobile_client.py``), ``old`` or ``new``, against the
+    backend at ``backend`` (e.g. the one ``amo-oauth demo --serve`` runs): sign in, connect in
+    the in-app browser, return to the app; print each call and what the app shows.
+
+    Returns:
+        0 when the app shows the account connected, 1 when not, 2 when it cannot run here.
+    """
+    try:
+        mobile = load_example("mobile_client")
+    except DemoUnavailable as exc:
+        print(f"amo-oauth demo-app: {exc}", file=sys.stderr)
+        return 2
+    try:
+        screen = mobile.play(backend.rstrip("/"), version, user, press)
+    except httpx.ConnectError:
+        print(f"amo-oauth demo-app: nothing answers at {backend}: is it running?", file=sys.stderr)
+        return 1
+    except (httpx.HTTPError, mobile.BrowserError) as exc:
+        # The type only: httpx's text names the URL, and a callback URL carries the code.
+        print(f"amo-oauth demo-app: {type(exc).__name__} talking to {backend}", file=sys.stderr)
+        return 1
+    _say(f"The app shows: {_indent(screen)}")
+    return 0 if screen.connected else 1

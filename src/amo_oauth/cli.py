@@ -1,7 +1,13 @@
-"""``amo-oauth``: the demo, the lifecycle diagram, and two operator commands.
+"""``amo-oauth``: the demo, the fake for your own backend, the lifecycle diagram, and the
+operator commands. ``python -m amo_oauth`` is the same command, where its script is not on PATH.
 
 amo-oauth demo [--serve]            the seed's scenario end to end over loopback HTTP:
                                     FakeAmoCRM, the FastAPI example, the old and new app
+amo-oauth demo-app --backend URL [--version old|new]
+                                    play the demo's mobile app against a running backend
+amo-oauth fake [--port N] [--redirect-uri URL] [--accounts N]
+                                    serve FakeAmoCRM on 127.0.0.1 for your own backend until
+                                    Ctrl-C, printing what to configure
 amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
 amo-oauth status ID [--store URL]   a connection's status
 amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-host-rate R]
@@ -296,6 +302,18 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(serve=args.serve)
 
 
+def _demo_app(args: argparse.Namespace) -> int:
+    from ._demo import play_app
+
+    return play_app(args.backend, args.version, user=args.user, press=args.press)
+
+
+def _fake(args: argparse.Namespace) -> int:
+    from ._fake_command import run_fake
+
+    return run_fake(port=args.port, redirect_uri=args.redirect_uri, accounts=args.accounts)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amo-oauth", description="amoCRM / Kommo OAuth 2.0")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -306,6 +324,8 @@ def _parser() -> argparse.ArgumentParser:
         "--serve", action="store_true", help="keep both servers running for a browser (Ctrl-C)"
     )
     demo.set_defaults(handler=_demo)
+    _demo_app_parser(commands)
+    _fake_parser(commands)
     diagram = commands.add_parser("diagram", help="print the lifecycle diagram (Mermaid)")
     diagram.add_argument("--markdown", action="store_true", help="the whole docs page")
     diagram.set_defaults(handler=_diagram)
@@ -337,6 +357,59 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(migrate)
     migrate.set_defaults(handler=_migrate)
     return parser
+
+
+def _demo_app_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    app = commands.add_parser(
+        "demo-app", help="play the demo's mobile app against a running backend (demo --serve)"
+    )
+    app.add_argument(
+        "--backend", required=True, help="the backend's URL, e.g. http://127.0.0.1:8000"
+    )
+    app.add_argument("--version", choices=("old", "new"), default="new", help="the app (new)")
+    app.add_argument("--user", default="demo", help="who signs in (demo)")
+    app.add_argument("--press", choices=("Allow", "Deny"), default="Allow")
+    app.set_defaults(handler=_demo_app)
+
+
+def _fake_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ._fake_command import DEFAULT_PORT, DEFAULT_REDIRECT_URI, MAX_ACCOUNTS
+
+    fake = commands.add_parser(
+        "fake",
+        help="serve FakeAmoCRM on 127.0.0.1 for your own backend (until Ctrl-C)",
+        description="Serve FakeAmoCRM on 127.0.0.1 until Ctrl-C and print what to configure "
+        "in your backend: authorize_url, the client id and secret, and the loopback transport "
+        "that carries amoCRM's hosts to the fake (a Python snippet and environment lines).",
+    )
+    fake.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"the port on 127.0.0.1 ({DEFAULT_PORT}; 0: any free one)",
+    )
+    fake.add_argument(
+        "--redirect-uri",
+        default=DEFAULT_REDIRECT_URI,
+        help=f"your backend's callback URL ({DEFAULT_REDIRECT_URI})",
+    )
+    fake.add_argument(
+        "--accounts",
+        type=_positive_int,
+        default=1,
+        help=f"accounts to offer on the consent page (1; at most {MAX_ACCOUNTS})",
+    )
+    fake.set_defaults(handler=_fake)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535: {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:

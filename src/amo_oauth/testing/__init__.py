@@ -29,8 +29,8 @@ from ._accounts import FakeAccount, FakeIntegration
 from ._clock import Clock, FakeClock
 from ._directory import LeadsSpec
 from ._fake import FakeAmoCRM
+from ._loopback import AsyncLoopbackTransport, LoopbackTransport
 from ._server import ServedFake
-from ._transport import AsyncLoopbackTransport, LoopbackTransport
 from ._types import FakeResponse, FaultKind, RawJSON, RequestRecord
 
 if TYPE_CHECKING:

@@ -25,24 +25,41 @@ class Consent:
         self._core = core
 
     def page(self, request: Request) -> FakeResponse:
-        """The consent page: the default account grants access, with "Allow" and "Deny"."""
+        """The consent page, with "Allow" and "Deny": the default account grants access, or,
+        when the fake has several, the one the user picks (amoCRM lists the user's accounts)."""
         error, params, _ = self._check(request)
         if error is not None:
             return error
         fields: dict[str, str] = {
             key: params[key] for key in ("client_id", "state", "mode") if key in params
         }
+        accounts = self._core.directory.accounts
+        choices = (
+            [(str(a.id), f"{a.name} ({a.host})") for a in accounts] if len(accounts) > 1 else []
+        )
         account = self._core.directory.account(None)
-        return html_answer(200, _pages.consent_page(account.name, account.host, fields))
+        return html_answer(200, _pages.consent_page(account.name, account.host, fields, choices))
 
     def allow(self, request: Request) -> FakeResponse:
-        """ "Allow" pressed: a redirect with a fresh code for the default account."""
+        """ "Allow" pressed: a redirect with a fresh code for the account picked (the default
+        one unless the page offered a choice)."""
         error, params, integration = self._check(request)
         if error is not None or integration is None:
             return error or not_found()
-        account = self._core.directory.account(None)
+        account = self._picked(params.get("account"))
+        if account is None:
+            return html_answer(400, _pages.message_page("400 Bad Request", "Unknown account."))
         code = self._core.grants.new_code(account, integration)
         return redirect(success_url(code, account, integration, params.get("state")))
+
+    def _picked(self, chosen: str | None) -> FakeAccount | None:
+        """The account named by the page's choice (an id), the default one when none."""
+        if chosen is None:
+            return self._core.directory.account(None)
+        try:
+            return self._core.directory.account(int(chosen))
+        except (ValueError, KeyError):
+            return None
 
     def deny(self, request: Request) -> FakeResponse:
         """ "Deny" pressed: a redirect saying `access_denied`."""

@@ -94,7 +94,8 @@ class FakeAmoCRM(FakeSetup, FakeReadings):
       * A refresh does not revoke the previous access token; it stays valid until its `exp`.
       * `redirect_uri` is required on both grants (the library always sends it).
       * Refresh tokens live 90 days ("3 months"); after that they answer `Token has been revoked`.
-      * The consent page (a browser) grants access to the default account.
+      * The consent page (a browser) grants access to the default account, or with several
+        accounts to the one picked in its list (the first, the default one, unless changed).
       * After `rename_account`, the old host answers the token endpoint `400 Invalid account`
         and the API `401`; after `move_account`, the old host answers `404` on both (§5 only
         says the SDK looks the account up after a 401/404 on refresh).
@@ -339,11 +340,12 @@ class FakeAmoCRM(FakeSetup, FakeReadings):
             return _drip(answer.body, *answer.trickle)
         return body
 
-    def serve(self) -> contextlib.AbstractContextManager[ServedFake]:
-        """Run the fake on 127.0.0.1 (ephemeral port) in a daemon thread.
+    def serve(self, *, port: int = 0) -> contextlib.AbstractContextManager[ServedFake]:
+        """Run the fake on 127.0.0.1 in a daemon thread, on `port` (0, the default: a free one).
 
         Usage: `with fake.serve() as served: httpx.Client(transport=served.transport())`.
         Requests to the loopback URL itself (e.g. from a real browser) are treated as
         addressed to www.{domain}: use `served.local_url(...)` for the consent page.
+        Entering the block raises OSError when `port` is taken.
         """
-        return serve(self, self.wsgi_app)
+        return serve(self, self.wsgi_app, port=port)

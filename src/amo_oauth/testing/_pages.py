@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from html import escape
 
 _PAGE = """<!doctype html>
@@ -39,28 +39,51 @@ def _hidden_inputs(fields: Mapping[str, str]) -> str:
     )
 
 
-def _form(action: str, button_id: str, label: str, fields: Mapping[str, str]) -> str:
+def _form(
+    action: str, button_id: str, label: str, fields: Mapping[str, str], extra: str = ""
+) -> str:
     # GET forms: the "button" is then also a plain link a test can follow without a browser.
     return (
-        f'<form method="get" action="{escape(action)}">\n{_hidden_inputs(fields)}\n'
+        f'<form method="get" action="{escape(action)}">\n{_hidden_inputs(fields)}\n{extra}'
         f'<button type="submit" id="{button_id}">{escape(label)}</button>\n</form>'
     )
 
 
-def consent_page(account_name: str, account_host: str, fields: Mapping[str, str]) -> bytes:
+def _account_select(choices: Sequence[tuple[str, str]]) -> str:
+    # The first choice is selected: a form sent without looking picks the default account.
+    options = "\n".join(
+        f'<option value="{escape(value)}">{escape(label)}</option>' for value, label in choices
+    )
+    return (
+        '<label for="account">Account</label>\n'
+        f'<select id="account" name="account">\n{options}\n</select>\n'
+    )
+
+
+def consent_page(
+    account_name: str,
+    account_host: str,
+    fields: Mapping[str, str],
+    choices: Sequence[tuple[str, str]] = (),
+) -> bytes:
     """The "Allow access?" page: an Allow (#allow) and a Deny (#deny) button.
 
     Args:
         account_name: shown to the user, as amoCRM shows the account being connected.
         account_host: the account's host, shown next to the name.
         fields: the query to carry over to /oauth/allow and /oauth/deny (client_id, state, mode).
+        choices: (account id, label) of every account, when the user has several to pick from
+            (a select in the Allow form, the default account first); empty: no choice.
     """
-    intro = (
-        f"<p>An integration asks for access to the account <strong>{escape(account_name)}"
-        f"</strong> ({escape(account_host)}).</p>"
-    )
+    if choices:
+        intro = "<p>An integration asks for access to one of your accounts.</p>"
+    else:
+        intro = (
+            f"<p>An integration asks for access to the account <strong>{escape(account_name)}"
+            f"</strong> ({escape(account_host)}).</p>"
+        )
     buttons = (
-        _form("/oauth/allow", "allow", "Allow", fields)
+        _form("/oauth/allow", "allow", "Allow", fields, _account_select(choices) if choices else "")
         + "\n"
         + _form("/oauth/deny", "deny", "Deny", fields)
     )

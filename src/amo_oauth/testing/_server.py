@@ -16,7 +16,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 import attrs
 import httpx
 
-from ._transport import AsyncLoopbackTransport, LoopbackTransport
+from ._loopback import AsyncLoopbackTransport, LoopbackTransport
 from ._types import Handler
 
 
@@ -148,10 +148,17 @@ class ServedFake:
 
 
 @contextlib.contextmanager
-def serve(app: Handler, wsgi_app: WSGIApplication) -> Iterator[ServedFake]:
-    """Run `wsgi_app` on 127.0.0.1 (ephemeral port) in a daemon thread while the block runs."""
+def serve(app: Handler, wsgi_app: WSGIApplication, *, port: int = 0) -> Iterator[ServedFake]:
+    """Run `wsgi_app` on 127.0.0.1 in a daemon thread while the block runs.
+
+    Args:
+        port: the port to listen on; 0 (the default) picks a free one.
+
+    Raises:
+        OSError: the port is taken (or not one this process may bind).
+    """
     server = simple_server.make_server(
-        "127.0.0.1", 0, wsgi_app, server_class=_ThreadingServer, handler_class=_RequestHandler
+        "127.0.0.1", port, wsgi_app, server_class=_ThreadingServer, handler_class=_RequestHandler
     )
     port = server.server_port
     thread = threading.Thread(

@@ -1,0 +1,164 @@
+"""docs/testing.md's "Your own backend against the fake", run as written.
+
+Each recipe's blocks are marked ``<!-- recipe NAME: KIND -->``: ``fake`` (the ``amo-oauth fake``
+command), ``myapp.py`` (the backend module, saved as that file) and ``backend`` (the shell lines
+that start it, after the environment lines the fake printed). The test saves the module in a
+folder outside the repository, runs the fake and then the backend through a shell as a person
+would (the docs' ports swapped for free ones, since other tests run beside this one), and clicks
+through with an HTTP client in the browser's place. Everything stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from e2e_support import MOBILE, query_of
+from fake_process import FakeProcess, free_port, running_fake
+
+pytestmark = pytest.mark.timeout(180)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "testing.md"
+_BLOCK = re.compile(
+    r"^<!-- recipe (?P<recipe>\w+): (?P<kind>[\w.]+) -->\n```\w*\n(?P<body>.*?)^```$",
+    re.MULTILINE | re.DOTALL,
+)
+#: The port each recipe's backend listens on in the docs.
+DOCS_PORT = {"fastapi": 8000, "flask": 5000}
+
+
+def recipe(name: str) -> dict[str, str]:
+    """The blocks of one recipe, by kind."""
+    found = {
+        match["kind"]: match["body"]
+        for match in _BLOCK.finditer(DOCS.read_text(encoding="utf-8"))
+        if match["recipe"] == name
+    }
+    assert set(found) == {"fake", "myapp.py", "backend"}, f"docs/testing.md: recipe {name}"
+    return found
+
+
+def _on_port(text: str, docs_port: int, port: int) -> str:
+    return text.replace(f"127.0.0.1:{docs_port}", f"127.0.0.1:{port}").replace(
+        f"--port {docs_port}", f"--port {port}"
+    )
+
+
+def _shell_env() -> dict[str, str]:
+    """A shell with this venv's commands first on PATH, as an activated venv has them."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMO_", "PYTHONPATH"))}
+    return {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
+
+
+@contextlib.contextmanager
+def backend(fake: FakeProcess, lines: str, folder: Path, port: int) -> Iterator[list[str]]:
+    """The backend started by the fake's environment lines then ``lines``, in a shell, in
+    ``folder``; yields once it listens on ``port``, then what it printed (after stopping it)."""
+    script = "\n".join([*fake.env_lines, lines.replace("\nuvicorn", "\nexec uvicorn")])
+    script = script.replace("\nflask ", "\nexec flask ")  # the shell's pid becomes the server's
+    process = subprocess.Popen(
+        ["/bin/sh", "-c", script],
+        cwd=folder,
+        env=_shell_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    try:
+        _wait_listening(port, process)
+        yield output
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            output.append(process.communicate(timeout=20)[0])
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output.append(process.communicate()[0])
+
+
+def _wait_listening(port: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            out = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"the backend exited ({process.returncode}):\n{out}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/api/amo-crm/status", timeout=1)
+        except httpx.TransportError:
+            time.sleep(0.1)
+        else:
+            return
+    raise AssertionError(f"the backend did not listen on {port}")
+
+
+def click_through(base: str) -> None:
+    """Section 3 of the recipe, with httpx for the browser."""
+    with httpx.Client(follow_redirects=False, timeout=10) as browser:
+        signed_in = browser.get(f"{base}/login", params={"user": "ann"})
+        assert signed_in.status_code == 303
+        connect = browser.get(base + signed_in.headers["location"])
+        assert connect.status_code == 302  # to the fake's consent page
+        consent = connect.headers["location"]
+        assert consent.startswith("http://127.0.0.1:") and "/oauth?" in consent
+        callback = MOBILE.press(browser, consent, "Allow")
+        assert callback.startswith(f"{base}/api/amo-crm/callback?")
+        page = browser.get(callback)
+        assert page.status_code == 200 and "myapp://amo-crm/callback?success=true" in page.text
+        again = browser.get(callback)  # a reload: the same page, no second token call
+        assert again.status_code == 200
+        status = browser.get(f"{base}/api/amo-crm/status").json()
+        assert status["connected"] is True and status["account"]["subdomain"] == "test"
+        leads = browser.get(f"{base}/leads")
+        assert leads.json() == ["Lead #1", "Lead #2", "Lead #3"]
+    assert "code" in query_of(callback)
+
+
+@pytest.mark.parametrize("name", ["fastapi", "flask"])
+def test_the_recipe_connects_a_backend_outside_the_repository(
+    name: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    blocks = recipe(name)
+    folder = tmp_path_factory.mktemp(f"my-{name}-backend")  # outside the repository
+    (folder / "myapp.py").write_text(blocks["myapp.py"], encoding="utf-8")
+    port = free_port()
+    command = shlex.split(_on_port(blocks["fake"], DOCS_PORT[name], port))
+    assert command[:2] == ["amo-oauth", "fake"]
+    with running_fake(*command[2:], "--port", "0", cwd=folder) as fake:
+        lines = _on_port(blocks["backend"], DOCS_PORT[name], port)
+        with backend(fake, lines, folder, port) as said:
+            click_through(f"http://127.0.0.1:{port}")
+        log, err = fake.interrupt()
+    assert fake.process.returncode == 130, err
+    assert log.count("POST test.amocrm.ru/oauth2/access_token: 200") == 1  # reloads: none
+    assert "GET test.amocrm.ru/api/v4/leads: 200" in log
+    # No access log line with the callback's query: the code never reaches the backend's output.
+    assert "code=" not in "".join(said), "".join(said)
+
+
+@pytest.mark.parametrize("name", ["fastapi", "flask"])
+def test_the_recipe_type_checks(name: str, tmp_path: Path) -> None:
+    # Copied into a user's project, the module passes the checks this project's code passes.
+    (tmp_path / "myapp.py").write_text(recipe(name)["myapp.py"], encoding="utf-8")
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", os.devnull, "myapp.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
