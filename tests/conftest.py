@@ -4,6 +4,7 @@ in-process transport."""
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -73,3 +74,13 @@ def make_oauth(fake: FakeAmoCRM, clock: FakeClock) -> Iterator[Callable[..., Amo
 @pytest.fixture
 def oauth(make_oauth: Callable[..., AmoOAuth]) -> AmoOAuth:
     return make_oauth()
+
+
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A loopback TCP port that refuses connections for the whole test: bound and never
+    listening, so no other process (a throwaway server of a parallel run) can take it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        port: int = held.getsockname()[1]
+        yield port

@@ -750,17 +750,8 @@ def test_malformed_conninfo_is_not_quoted() -> None:
     assert "pw-Secr3t-x" not in all_text(caught.value)
 
 
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port  # nothing listens there once the probe is closed
-
-
-def test_server_down_is_store_error() -> None:
-    url = f"postgresql://amo:pw-Secr3t-down@127.0.0.1:{closed_port()}/app"
+def test_server_down_is_store_error(refusing_port: int) -> None:
+    url = f"postgresql://amo:pw-Secr3t-down@127.0.0.1:{refusing_port}/app"
     down = PostgresStore(url, timeout=1)
     try:
         for call in (

@@ -101,8 +101,8 @@ def run_async(store: RedisStore, main: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(wrapped())
 
 
-def closed_port_url() -> str:
-    return f"redis://:{REDIS_PASSWORD}@127.0.0.1:{free_port()}/0"
+def closed_port_url(port: int) -> str:
+    return f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
 
 
 # -- protocol and construction -------------------------------------------------------------
@@ -668,8 +668,8 @@ def test_check_reports_the_schema_and_changes_nothing(
     assert newer.reachable and not newer.schema_ready and "'4'" in newer.detail
 
 
-def test_check_of_a_server_down_names_no_password() -> None:
-    store = RedisStore(closed_port_url(), prefix=unique_prefix(), timeout=2.0)
+def test_check_of_a_server_down_names_no_password(refusing_port: int) -> None:
+    store = RedisStore(closed_port_url(refusing_port), prefix=unique_prefix(), timeout=2.0)
     try:
         report = store.check()
         assert not report.reachable and not report.ok
@@ -825,8 +825,8 @@ def assert_no_secret(error: BaseException, *secrets: str) -> None:
         seen = seen.__cause__ or seen.__context__
 
 
-def test_server_down_is_store_error_quickly() -> None:
-    store = RedisStore(closed_port_url(), prefix=unique_prefix(), timeout=2.0)
+def test_server_down_is_store_error_quickly(refusing_port: int) -> None:
+    store = RedisStore(closed_port_url(refusing_port), prefix=unique_prefix(), timeout=2.0)
     try:
         with pytest.raises(StoreError, match=r"127\.0\.0\.1:\d+ db 0.*ConnectionError") as caught:
             store.load("c1")
