@@ -37,41 +37,56 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(port: int, process: subprocess.Popen[bytes]) -> None:
+def started(port: int, process: subprocess.Popen[bytes]) -> bool:
+    """Whether the server accepts connections on ``port``; False when it exited first."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+                return True
         time.sleep(0.1)
-    raise AssertionError(f"the example did not start: {process.poll()=}")
+    assert process.poll() is not None, "the example did not listen within 60 s"
+    return False
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C to its process group, then SIGKILL to whatever did not stop."""
+    try:
+        with contextlib.suppress(ProcessLookupError):  # the group is gone already
+            os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(params=sorted(COMMANDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """The example, started as its README says: its URL, and the file of what it printed."""
-    port = free_port()
-    argv = [arg.format(address=f"127.0.0.1:{port}", port=port) for arg in COMMANDS[request.param]]
-    env = {name: value for name, value in os.environ.items() if not name.startswith("AMO_")}
-    env["AMO_REDIRECT_URI"] = f"http://127.0.0.1:{port}/api/amo-crm/callback"
     printed = tmp_path / "printed.txt"
-    with printed.open("w") as out:
-        # A session of its own: runserver's reloader runs the server in a child process, and
-        # Ctrl-C (SIGINT to the group) stops both; uvicorn then runs the lifespan's shutdown.
-        process = subprocess.Popen(
-            argv, cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+    for _ in range(3):  # a port just released may be taken again before the server binds it
+        port = free_port()
+        argv = [
+            arg.format(address=f"127.0.0.1:{port}", port=port) for arg in COMMANDS[request.param]
+        ]
+        env = {name: value for name, value in os.environ.items() if not name.startswith("AMO_")}
+        env["AMO_REDIRECT_URI"] = f"http://127.0.0.1:{port}/api/amo-crm/callback"
+        with printed.open("w") as out:
+            # A session of its own: runserver's reloader serves from a child process, and
+            # Ctrl-C to the group stops both; uvicorn then runs the lifespan's shutdown.
+            process = subprocess.Popen(
+                argv, cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
         try:
-            wait_for(port, process)
+            if not started(port, process):
+                continue
             yield f"http://127.0.0.1:{port}", printed
         finally:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            finally:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)  # whatever did not stop
+            stop(process)
+        break
+    else:
+        pytest.fail(f"the example did not start:\n{printed.read_text()}")
     said = printed.read_text()
     assert "Traceback" not in said, said
     if request.param == "uvicorn":  # the lifespan closed the clients, in their event loop
