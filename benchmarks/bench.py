@@ -25,8 +25,8 @@ import httpx
 from amo_oauth import AmoOAuth, Config, MemoryStore, Outcome, SQLiteStore, Store
 from amo_oauth._events import CodeReceived, Disconnect
 from amo_oauth._hosts import AccountHost
+from amo_oauth._lifecycle import step
 from amo_oauth._records import ConnectionRecord, Lease, code_digest
-from amo_oauth._state import step
 from amo_oauth.testing import FakeAmoCRM
 
 USER = "bench-user"

@@ -1,11 +1,19 @@
-"""A burst of duplicate callbacks: N callers deliver the same redirect at once.
+"""Bursts of callers on one connection: N at once, threads or asyncio tasks, on each store.
 
-Exactly one must reach amoCRM's token endpoint, and every caller must get the final answer
-(CONNECTED for the winner, ALREADY_CONNECTED for the rest), none left IN_PROGRESS. Printed per
-store and per driver (threads, asyncio tasks): wall time, token calls, settled callers, store
-reads per waiting caller, and database connections opened (SQLite).
+Two scenarios (``--scenarios``):
+
+- ``callbacks``: N callers deliver the same redirect. Exactly one reaches amoCRM's token
+  endpoint; every caller gets the final answer (CONNECTED for the winner, ALREADY_CONNECTED for
+  the rest), none IN_PROGRESS.
+- ``access_token``: N callers ask for the access token of a connection whose token expired
+  (issue 15's scenario). Exactly one refreshes; every caller gets the new token, none an error.
+
+Printed per store, scenario and driver: wall time, token calls, settled callers (and errors),
+the lag of the slowest caller beyond the winner's last write (how long the last waiter took to
+hear of it), store reads and waits per waiting caller, and connections opened (SQLite).
 
     python benchmarks/burst.py [--callers 1000] [--latency 0.02] [--stores memory,sqlite]
+        [--scenarios callbacks,access_token] [--settle 5]
         [--postgres URL] [--redis URL]     (adds those stores; each run gets a fresh table/prefix)
 
 A figure, not a test: the machines here are shared and noisy; compare rows of one run.
@@ -25,13 +33,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+import attrs
 import httpx
 
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, ConnectionRecord, MemoryStore, SQLiteStore
 from amo_oauth import Outcome as O
-from amo_oauth.stores import AsyncStore, Claim, ClaimResult, FullStore
+from amo_oauth.stores import AsyncStore, Claim, ClaimResult, Loaded, Store, StoreCheck
 from amo_oauth.stores._protocol import DueCursor
-from amo_oauth.testing import FakeAmoCRM
+from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 USER = "burst-user"
 SETTLED = (O.CONNECTED, O.ALREADY_CONNECTED)
@@ -40,22 +49,28 @@ SETTLED = (O.CONNECTED, O.ALREADY_CONNECTED)
 class Counting:
     """Any store, both protocols, counting each operation; waits and claims stay native."""
 
-    def __init__(self, store: FullStore, astore: AsyncStore) -> None:
+    def __init__(self, store: Store, astore: AsyncStore) -> None:
         self.store, self.astore = store, astore
         self.calls: Counter[str] = Counter()
+        self.last_write = 0.0  # perf_counter() of the last write that took
         self._lock = threading.Lock()
 
     def _count(self, name: str) -> None:
         with self._lock:
             self.calls[name] += 1
 
-    def load(self, key: str) -> ConnectionRecord | None:
+    def load(self, key: str) -> Loaded:
         self._count("load")
         return self.store.load(key)
 
+    def _wrote(self, took: bool) -> bool:
+        if took:
+            self.last_write = time.perf_counter()
+        return took
+
     def compare_and_set(self, record: ConnectionRecord, expected: int | None) -> bool:
         self._count("compare_and_set")
-        return self.store.compare_and_set(record, expected)
+        return self._wrote(self.store.compare_and_set(record, expected))
 
     def delete(self, key: str, expected_version: int) -> bool:
         return self.store.delete(key, expected_version)
@@ -67,8 +82,8 @@ class Counting:
     def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
         return self.store.find_by_account(account_id)
 
-    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        return self.store.due_for_refresh(before, limit)
+    def check(self) -> StoreCheck:
+        return self.store.check()
 
     def due_page(
         self, before: datetime, limit: int, after: DueCursor | None = None
@@ -84,7 +99,9 @@ class Counting:
 
     def claim(self, claim: Claim) -> ClaimResult:
         self._count("claim")
-        return self.store.claim(claim)
+        result = self.store.claim(claim)
+        self._wrote(result is ClaimResult.CLAIMED)
+        return result
 
     def wait_for_change(self, key: str, version: int, timeout: float) -> None:
         self._count("wait")
@@ -93,13 +110,13 @@ class Counting:
     def close(self) -> None:
         self.store.close()
 
-    async def aload(self, key: str) -> ConnectionRecord | None:
+    async def aload(self, key: str) -> Loaded:
         self._count("load")
         return await self.astore.aload(key)
 
     async def acompare_and_set(self, record: ConnectionRecord, expected: int | None) -> bool:
         self._count("compare_and_set")
-        return await self.astore.acompare_and_set(record, expected)
+        return self._wrote(await self.astore.acompare_and_set(record, expected))
 
     async def adelete(self, key: str, expected_version: int) -> bool:
         return await self.astore.adelete(key, expected_version)
@@ -113,8 +130,8 @@ class Counting:
     async def afind_by_account(self, account_id: int) -> list[ConnectionRecord]:
         return await self.astore.afind_by_account(account_id)
 
-    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        return await self.astore.adue_for_refresh(before, limit)
+    async def acheck(self) -> StoreCheck:
+        return await self.astore.acheck()
 
     async def adue_page(
         self, before: datetime, limit: int, after: DueCursor | None = None
@@ -130,7 +147,9 @@ class Counting:
 
     async def aclaim(self, claim: Claim) -> ClaimResult:
         self._count("claim")
-        return await self.astore.aclaim(claim)
+        result = await self.astore.aclaim(claim)
+        self._wrote(result is ClaimResult.CLAIMED)
+        return result
 
     async def await_for_change(self, key: str, version: int, timeout: float) -> None:
         self._count("wait")
@@ -140,14 +159,13 @@ class Counting:
         await self.astore.aclose()
 
 
-def config(fake: FakeAmoCRM) -> Config:
-    # A burst on a loaded 2-core machine: give waiters room; the figure is about settling.
+def config(fake: FakeAmoCRM, settle: float) -> Config:
     return Config(
         client_id=fake.client_id,
         client_secret=fake.client_secret,
         redirect_uri=fake.redirect_uri,
         state_secret="burst-state-secret-of-at-least-32-bytes",
-        settle_timeout=120.0,
+        settle_timeout=settle,
         http_timeout=30.0,
         lease_ttl=timedelta(seconds=300),
     )
@@ -157,61 +175,126 @@ def redirect(fake: FakeAmoCRM, state: str) -> dict[str, str]:
     return dict(parse_qsl(urlsplit(fake.authorize(state)).query))
 
 
-def run_threads(make: Callable[[], FullStore], callers: int, latency: float) -> str:
-    fake = FakeAmoCRM(rate_limit=None, latency=latency)
+@attrs.define
+class Burst:
+    """What one burst left: each caller's answer (an outcome, a token, or the error) and the
+    ``perf_counter()`` it came back at."""
+
+    answers: list[object]
+    finished: list[float]
+    took: float
+
+
+def timed(call: Callable[[], object]) -> tuple[object, float]:
+    try:
+        answer: object = call()
+    except Exception as exc:  # counted: an error is a caller not settled
+        answer = exc
+    return answer, time.perf_counter()
+
+
+def run_threads(
+    make: Callable[[], Store], scenario: str, callers: int, latency: float, settle: float
+) -> str:
+    clock = FakeClock()
+    fake = FakeAmoCRM(clock=clock, rate_limit=None, latency=latency)
     store = make()
     counting = Counting(store, store)  # type: ignore[arg-type]
     http = httpx.Client(transport=fake.transport())
-    with AmoOAuth(config(fake), store=counting, http=http) as oauth:
-        query = redirect(fake, oauth.begin(USER).state)
+    with AmoOAuth(config(fake, settle), store=counting, http=http, clock=clock) as oauth:
+        begun = oauth.begin(USER)
+        query = redirect(fake, begun.state)
+        if scenario != "callbacks":
+            oauth.handle_callback(query, binding=begun.binding)
+            clock.advance(timedelta(hours=24))
+
+        def one() -> object:
+            if scenario == "callbacks":
+                return oauth.handle_callback(query, binding=begun.binding).outcome
+            return oauth.access_token(USER)
+
         barrier = threading.Barrier(callers)
 
-        def deliver(_: int) -> O:
+        def deliver(_: int) -> tuple[object, float]:
             barrier.wait()
-            return oauth.handle_callback(query).outcome
+            return timed(one)
 
+        counting.calls.clear()
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=callers) as pool:
-            outcomes = list(pool.map(deliver, range(callers)))
-        took = time.perf_counter() - started
-        return report(fake, counting, store, outcomes, took)
+            done = list(pool.map(deliver, range(callers)))
+        burst = Burst([a for a, _ in done], [f for _, f in done], time.perf_counter() - started)
+        return report(fake, counting, store, scenario, burst)
 
 
-def run_tasks(make: Callable[[], FullStore], callers: int, latency: float) -> str:
+def run_tasks(
+    make: Callable[[], Store], scenario: str, callers: int, latency: float, settle: float
+) -> str:
     async def burst() -> str:
-        fake = FakeAmoCRM(rate_limit=None, latency=latency)
+        clock = FakeClock()
+        fake = FakeAmoCRM(clock=clock, rate_limit=None, latency=latency)
         store = make()
         counting = Counting(store, store)  # type: ignore[arg-type]
         http = httpx.AsyncClient(transport=fake.async_transport())
-        async with AsyncAmoOAuth(config(fake), store=counting, http=http) as oauth:
-            query = redirect(fake, (await oauth.begin(USER)).state)
+        cfg = config(fake, settle)
+        async with AsyncAmoOAuth(cfg, store=counting, http=http, clock=clock) as oauth:
+            begun = await oauth.begin(USER)
+            query = redirect(fake, begun.state)
+            if scenario != "callbacks":
+                await oauth.handle_callback(query, binding=begun.binding)
+                clock.advance(timedelta(hours=24))
+
+            async def one() -> tuple[object, float]:
+                try:
+                    if scenario == "callbacks":
+                        answered = await oauth.handle_callback(query, binding=begun.binding)
+                        answer: object = answered.outcome
+                    else:
+                        answer = await oauth.access_token(USER)
+                except Exception as exc:  # counted: an error is a caller not settled
+                    answer = exc
+                return answer, time.perf_counter()
+
+            counting.calls.clear()
             started = time.perf_counter()
-            results = await asyncio.gather(*(oauth.handle_callback(query) for _ in range(callers)))
+            done = await asyncio.gather(*(one() for _ in range(callers)))
             took = time.perf_counter() - started
-            outcomes = [result.outcome for result in results]
-            return report(fake, counting, store, outcomes, took)
+            answers = Burst([a for a, _ in done], [f for _, f in done], took)
+            return report(fake, counting, store, scenario, answers)
 
     return asyncio.run(burst())
 
 
-def report(
-    fake: FakeAmoCRM, counting: Counting, store: object, outcomes: list[O], took: float
-) -> str:
-    tally = Counter(outcomes)
-    waiting = max(len(outcomes) - 1, 1)
+def settled(scenario: str, answers: list[object]) -> tuple[int, int, str]:
+    """(callers settled, errors, a note on what the others got)."""
+    errors = [a for a in answers if isinstance(a, Exception)]
+    if scenario == "callbacks":
+        tally = Counter(a for a in answers if isinstance(a, O))
+        note = f"connected {tally[O.CONNECTED]}, in progress {tally[O.IN_PROGRESS]}"
+        return sum(tally[o] for o in SETTLED), len(errors), note
+    tokens = Counter(a for a in answers if isinstance(a, str))
+    first = f", first: {str(errors[0])[:60]}" if errors else ""
+    return sum(tokens.values()), len(errors), f"distinct tokens {len(tokens)}{first}"
+
+
+def report(fake: FakeAmoCRM, counting: Counting, store: object, scenario: str, burst: Burst) -> str:
+    grant = "authorization_code" if scenario == "callbacks" else "refresh_token"
+    ok, errors, note = settled(scenario, burst.answers)
+    waiting = max(len(burst.answers) - 1, 1)
     reads = counting.calls["load"] + counting.calls["holder_of"]
+    lag = max(burst.finished) - counting.last_write
     opened = getattr(store, "connections_opened", None)
     return (
-        f"{took * 1e3:7.0f} ms  token calls {fake.token_call_count('authorization_code')}  "
-        f"settled {sum(tally[o] for o in SETTLED)}/{len(outcomes)} "
-        f"(connected {tally[O.CONNECTED]}, in progress {tally[O.IN_PROGRESS]})  "
+        f"{burst.took * 1e3:7.0f} ms  token calls {fake.token_call_count(grant)}  "
+        f"settled {ok}/{len(burst.answers)} errors {errors} ({note})  "
+        f"slowest lag {lag * 1e3:.0f} ms  "
         f"reads/waiter {reads / waiting:.1f}  waits/waiter {counting.calls['wait'] / waiting:.1f}  "
         f"writes {counting.calls['claim'] + counting.calls['compare_and_set']}"
         + (f"  connections opened {opened}" if opened is not None else "")
     )
 
 
-def _postgres(url: str) -> FullStore:
+def _postgres(url: str) -> Store:
     from amo_oauth.stores.postgres import PostgresStore
 
     store = PostgresStore(url, table=f"burst_{time.monotonic_ns()}", max_size=16)
@@ -219,7 +302,7 @@ def _postgres(url: str) -> FullStore:
     return store
 
 
-def _redis(url: str) -> FullStore:
+def _redis(url: str) -> Store:
     from amo_oauth.stores.redis import RedisStore
 
     store = RedisStore(url, prefix=f"burst{time.monotonic_ns()}:")
@@ -232,11 +315,15 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.02, help="token latency, seconds")
     parser.add_argument("--stores", default="memory,sqlite")
+    parser.add_argument("--scenarios", default="callbacks,access_token")
+    parser.add_argument(
+        "--settle", type=float, default=120.0, help="settle_timeout, seconds (the default 5)"
+    )
     parser.add_argument("--postgres", help="a PostgreSQL URL: adds the postgres store")
     parser.add_argument("--redis", help="a Redis URL: adds the redis store")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        makers: dict[str, Callable[[], FullStore]] = {
+        makers: dict[str, Callable[[], Store]] = {
             "memory": MemoryStore,
             "sqlite": lambda: SQLiteStore(Path(tmp) / f"burst-{time.monotonic_ns()}.db"),
         }
@@ -247,10 +334,12 @@ def main() -> None:
         if args.redis:
             makers["redis"] = lambda: _redis(args.redis)
             stores.append("redis")
-        print(f"{args.callers} duplicate callbacks at once, token latency {args.latency}s")
-        for name in stores:
-            for driver, run in (("threads", run_threads), ("tasks", run_tasks)):
-                print(f"  {name:7} {driver:8}", run(makers[name], args.callers, args.latency))
+        print(f"{args.callers} callers at once, token latency {args.latency}s")
+        for scenario in args.scenarios.split(","):
+            for name in stores:
+                for driver, run in (("threads", run_threads), ("tasks", run_tasks)):
+                    row = run(makers[name], scenario, args.callers, args.latency, args.settle)
+                    print(f"  {scenario:12} {name:8} {driver:8}", row)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from amo_oauth import (
     RefreshReport,
     SQLiteStore,
 )
-from amo_oauth.stores import FullStore, as_async_store
+from amo_oauth.stores import Store, as_async_store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 WINDOW = timedelta(days=7)
@@ -87,7 +87,7 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def run(make: Callable[[], FullStore], args: argparse.Namespace) -> str:
+def run(make: Callable[[], Store], args: argparse.Namespace) -> str:
     clock = FakeClock()
     fake = FakeAmoCRM(rate_limit=None, latency=0.0, clock=clock)
     store = make()
@@ -133,7 +133,7 @@ def run(make: Callable[[], FullStore], args: argparse.Namespace) -> str:
 
 
 async def sweep_async(
-    fake: FakeAmoCRM, store: FullStore, clock: FakeClock, args: argparse.Namespace
+    fake: FakeAmoCRM, store: Store, clock: FakeClock, args: argparse.Namespace
 ) -> tuple[RefreshReport, list[ConnectionRecord]]:
     http = httpx.AsyncClient(transport=fake.async_transport())
     async with AsyncAmoOAuth(config(fake), store=store, http=http, clock=clock) as oauth:
@@ -148,7 +148,7 @@ async def sweep_async(
     return report, still_due
 
 
-def _postgres(url: str) -> FullStore:
+def _postgres(url: str) -> Store:
     from amo_oauth.stores.postgres import PostgresStore
 
     store = PostgresStore(url, table=f"sweep_{time.monotonic_ns()}", max_size=32)
@@ -156,7 +156,7 @@ def _postgres(url: str) -> FullStore:
     return store
 
 
-def _redis(url: str) -> FullStore:
+def _redis(url: str) -> Store:
     from amo_oauth.stores.redis import RedisStore
 
     store = RedisStore(url, prefix=f"sweep{time.monotonic_ns()}:", max_connections=64)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        makers: dict[str, Callable[[], FullStore]] = {
+        makers: dict[str, Callable[[], Store]] = {
             "memory": MemoryStore,
             "sqlite": lambda: SQLiteStore(Path(tmp) / f"sweep-{time.monotonic_ns()}.db"),
         }

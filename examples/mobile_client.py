@@ -242,7 +242,7 @@ def home(app: httpx.Client, settle: float = 5.0) -> Screen:
     """Re-read the status and, when connected, the leads: the app's main screen."""
     status = _status(app)
     deadline = time.monotonic() + settle
-    while status["state"] in _SETTLING and time.monotonic() < deadline:
+    while status["status"] in _SETTLING and time.monotonic() < deadline:
         time.sleep(0.2)  # "pending": the backend is finishing the exchange
         status = _status(app)
     if not status["connected"]:
@@ -289,8 +289,8 @@ def _gist(body: Any) -> str:
         return f" ({body['outcome']}, duplicate={str(body.get('duplicate')).lower()})"
     if body.get("error"):
         return f" ({body['error']})"
-    if "state" in body:
-        return f" ({body['state']})"
+    if "status" in body:
+        return f" ({body['status']})"
     if "leads" in body:
         return f" ({len(body['leads'])} leads)"
     return ""

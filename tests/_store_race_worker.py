@@ -25,7 +25,7 @@ def increment(store: Store, connection_id: str, times: int, pause: float = 0.0) 
     conflicts = 0
     done = 0
     while done < times:
-        current = store.load(connection_id)
+        current = store.load(connection_id).record
         assert current is not None
         if pause:
             time.sleep(pause)

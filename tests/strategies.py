@@ -28,7 +28,7 @@ from amo_oauth._hosts import AccountHost
 from amo_oauth._records import (
     Account,
     ConnectionRecord,
-    ConnectionState,
+    ConnectionStatus,
     ErrorInfo,
     Lease,
     SeenCode,
@@ -87,7 +87,7 @@ def leases(purpose: str) -> st.SearchStrategy[Lease]:
 records = st.builds(
     ConnectionRecord,
     connection_id=words,
-    state=st.sampled_from(ConnectionState),
+    status=st.sampled_from(ConnectionStatus),
     version=st.integers(min_value=0, max_value=2**31),
     host=st.none() | st.just("acme.amocrm.ru"),
     tokens=st.none() | token_sets,

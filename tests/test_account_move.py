@@ -11,7 +11,7 @@ import pytest
 
 from amo_oauth import (
     AmoOAuth,
-    ConnectionState,
+    ConnectionStatus,
     MemoryStore,
     ProviderError,
     ReauthorizationRequired,
@@ -44,7 +44,7 @@ def test_a_renamed_or_moved_account_is_followed(
     token = oauth.access_token(USER)
     assert fake.is_access_token_valid(token)
     status = oauth.status(USER)
-    assert (status.state, status.host) == (ConnectionState.CONNECTED, moved.host)
+    assert (status.status, status.host) == (ConnectionStatus.CONNECTED, moved.host)
     assert status.host != old_host
     assert fake.refresh_sends(spent, host=moved.host) == 1  # one retry on the new host
     assert fake.refresh_sends(spent) == 2  # the refused one on the old host, and the retry
@@ -59,7 +59,7 @@ def test_a_failed_lookup_leaves_connected_with_a_clear_reason(
     with pytest.raises(ProviderError) as unsure:
         oauth.access_token(USER)
     assert unsure.value.transient
-    assert oauth.status(USER).state is ConnectionState.CONNECTED
+    assert oauth.status(USER).status is ConnectionStatus.CONNECTED
     assert fake.is_access_token_valid(oauth.access_token(USER))  # the next try follows it
     fake.move_account(None, domain="amocrm.com")
     fake.revoke_refresh_tokens()  # now the lookup refuses for good (401)
@@ -68,7 +68,7 @@ def test_a_failed_lookup_leaves_connected_with_a_clear_reason(
         oauth.access_token(USER)
     assert needed.value.reason == "account_moved"
     status = oauth.status(USER)
-    assert status.state is ConnectionState.ERROR
+    assert status.status is ConnectionStatus.ERROR
     assert status.error is not None and status.error.reason == "account_moved"
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from amo_oauth import (
     AmoOAuth,
-    ConnectionState,
+    ConnectionStatus,
     MemoryStore,
     Outcome,
     ProviderError,
@@ -96,7 +96,7 @@ def test_a_refresh_refused_for_good_is_never_sent_again(
         assert failed.value.reason == "reauthorization_required"
     assert len(transport.refresh_sends) == 1  # was 5 sends in 5 calls
     status = oauth.status(USER)
-    assert status.state is ConnectionState.ERROR
+    assert status.status is ConnectionStatus.ERROR
     assert status.error is not None and status.error.reason == "reauthorization_required"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -119,7 +119,7 @@ def test_a_refresh_that_is_not_the_tokens_fault_keeps_the_pair(
         oauth.access_token(USER)
     assert failed.value.transient
     status = oauth.status(USER)
-    assert (status.state, status.error) == (ConnectionState.CONNECTED, None)
+    assert (status.status, status.error) == (ConnectionStatus.CONNECTED, None)
     transport.answer = None  # amoCRM answers again: the kept pair refreshes
     assert fake.is_access_token_valid(oauth.access_token(USER))
     assert len(transport.refresh_sends) == 2 and len(set(transport.refresh_sends)) == 1

@@ -4,17 +4,16 @@ each test is an attack that must fail, written as the attacker would try it."""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from urllib.parse import urlsplit
 
 import pytest
 
-from amo_oauth import AmoOAuth, CallbackRejected, ConnectionState, Outcome
+from amo_oauth import AmoOAuth, CallbackRejected, ConnectionStatus, Outcome
 from amo_oauth._binding import parse_binding
-from amo_oauth.stores import memory
+from amo_oauth.stores import MemoryStore
 from amo_oauth.testing import FakeAmoCRM
 from amo_oauth.web import Handlers
 from e2e_support import FASTAPI, FLASK
@@ -39,7 +38,7 @@ def mallorys_ticket_url(routes: Handlers) -> tuple[str, str]:
 
 def assert_mallory_untouched(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
     mallory = oauth.status(MALLORY)
-    assert (mallory.state, mallory.account) == (ConnectionState.DISCONNECTED, None)
+    assert (mallory.status, mallory.account) == (ConnectionStatus.DISCONNECTED, None)
     assert fake.token_call_count() == 0
 
 
@@ -113,23 +112,14 @@ def test_a_binding_in_any_other_form_than_the_librarys_counts_as_none(
     assert re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", sent) and sent != value
 
 
-class _Ahead:
-    """``time`` for a store whose clock runs ahead of the app's (a database on another host)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def time(self) -> float:
-        return time.time() + self.seconds
-
-
 def test_a_ticket_is_single_use_when_the_stores_clock_runs_ahead(
-    oauth: AmoOAuth, monkeypatch: pytest.MonkeyPatch
+    make_oauth: Callable[..., AmoOAuth],
 ) -> None:
     """The store forgets a used ticket (or state) by its own clock. Two minutes ahead of the
     app's, it would forget a one-minute ticket at once, and the ticket would redeem twice; used
     tickets and states are remembered ``LEDGER_SKEW`` longer than they live."""
-    monkeypatch.setattr(memory, "time", _Ahead(120))
+    ahead = MemoryStore(clock=lambda: datetime.now(UTC) + timedelta(seconds=120))
+    oauth = make_oauth(store=ahead)
     ticket = oauth.issue_ticket(MALLORY)
     assert oauth.redeem_ticket(ticket) == MALLORY
     with pytest.raises(CallbackRejected) as caught:

@@ -18,7 +18,7 @@ from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
     CallbackRejected,
-    ConnectionState,
+    ConnectionStatus,
     MemoryStore,
     Outcome,
     web,
@@ -94,8 +94,8 @@ def test_a_forwarded_consent_link_hands_nothing_to_its_sender(
     assert deep_link(page)[1] == {"error": "wrong_browser"}
     assert fake.token_call_count() == 0
     mallory = oauth.status(MALLORY)
-    assert (mallory.state, mallory.version, mallory.account) == (
-        ConnectionState.DISCONNECTED,
+    assert (mallory.status, mallory.version, mallory.account) == (
+        ConnectionStatus.DISCONNECTED,
         0,
         None,
     )
@@ -418,7 +418,7 @@ def test_the_cookie_is_cleared_once_connected_and_a_reload_shows_the_same_page(
     assert replay.status == 200
     assert (replay.json()["outcome"], replay.json()["duplicate"]) == ("already_connected", True)
     assert fake.token_call_count() == 1
-    assert oauth.status(MALLORY).state is ConnectionState.CONNECTED
+    assert oauth.status(MALLORY).status is ConnectionStatus.CONNECTED
 
 
 def test_the_callback_needs_no_session_and_survives_an_apps_refusal(

@@ -77,7 +77,8 @@ def test_a_grant_repr_never_shows_the_code():
         ({"referer": "acme.amocrm.ru.evil.com"}, "foreign_host"),
         ({"referer": "evil.com"}, "foreign_host"),
         ({"referer": "acme.amocrm.ru:8443"}, "foreign_host"),
-        ({"client_id": "client-2"}, "malformed"),
+        ({"client_id": "client-2"}, "client_id_mismatch"),
+        ({"client_id": "client-2", "code": None, "error": "access_denied"}, "client_id_mismatch"),
         ({"code": "x" * 2049}, "malformed"),
         ({"code": "a\x00b"}, "malformed"),
         ({"code": 1234}, "malformed"),
@@ -211,6 +212,7 @@ queries = junk_queries | near_misses
 
 
 REJECTIONS = {
+    "client_id_mismatch",
     "missing_code",
     "missing_referer",
     "bad_state",

@@ -9,7 +9,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from amo_oauth import AsyncAmoOAuth, ConnectionState, MemoryStore, Outcome, SQLiteStore
+from amo_oauth import AsyncAmoOAuth, ConnectionStatus, MemoryStore, Outcome, SQLiteStore
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import config_for, query_of
@@ -56,7 +56,7 @@ def test_a_refresh_cancelled_after_amocrm_rotated_the_pair_keeps_the_pair(
         token = await again.access_token(USER)  # the stored, rotated pair: no refresh
         assert fake.is_access_token_valid(token)
         assert fake.token_call_count("refresh_token") == 1
-        assert (await again.status(USER)).state is ConnectionState.CONNECTED
+        assert (await again.status(USER)).status is ConnectionStatus.CONNECTED
         await again.aclose()
         await oauth.aclose()
 
@@ -90,7 +90,7 @@ def test_an_exchange_cancelled_after_amocrm_spent_the_code_still_connects(
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(oauth.handle_callback(query, binding=begun.binding), 0.05)
         await asyncio.gather(*oauth._finishing)
-        assert (await oauth.status(USER)).state is ConnectionState.CONNECTED
+        assert (await oauth.status(USER)).status is ConnectionStatus.CONNECTED
         assert fake.token_call_count("authorization_code") == 1
         await oauth.aclose()
 

@@ -36,13 +36,13 @@ def test_status_prints_the_connection_without_secrets(
         main(["status", "user-42", "--db", str(connected_db), "--client-id", fake.client_id]) == 0
     )
     shown = json.loads(capsys.readouterr().out)
-    assert shown["state"] == "connected"
+    assert shown["status"] == "connected"
     assert shown["account"] == "test"
     assert shown["host"] == fake.account_host
     assert shown["version"] == 3
     assert set(shown) == {
         "connection_id",
-        "state",
+        "status",
         "account",
         "expires_at",
         "error",
@@ -57,7 +57,7 @@ def test_status_of_an_unknown_connection(
     assert main(["status", "nobody", "--db", str(connected_db), "--client-id", fake.client_id]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "connection_id": "nobody",
-        "state": "disconnected",
+        "status": "disconnected",
     }
 
 
@@ -265,7 +265,7 @@ def test_migrate_creates_an_sqlite_store_that_status_then_reads(
     assert (tmp_path / "new.db").is_file()
     capsys.readouterr()
     assert main(["status", "nobody", "--store", url, "--client-id", "c"]) == 0
-    assert json.loads(capsys.readouterr().out)["state"] == "disconnected"
+    assert json.loads(capsys.readouterr().out)["status"] == "disconnected"
 
 
 def test_the_store_comes_from_the_environment(
@@ -276,7 +276,7 @@ def test_the_store_comes_from_the_environment(
 ) -> None:
     monkeypatch.setenv("AMO_OAUTH_STORE", f"sqlite:///{connected_db}")
     assert main(["status", "user-42", "--client-id", fake.client_id]) == 0
-    assert json.loads(capsys.readouterr().out)["state"] == "connected"
+    assert json.loads(capsys.readouterr().out)["status"] == "connected"
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import ast
+import re
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+import amo_oauth
 from amo_oauth._config import Config
+from amo_oauth._setting_errors import SETTING_ERRORS
+from amo_oauth.web import Handlers
 
 GOOD = {
     "client_id": "client-1",
@@ -88,10 +96,24 @@ def test_http_is_allowed_on_loopback_only(uri):
     assert config(redirect_uri=uri).redirect_uri == uri
 
 
-@pytest.mark.parametrize("domain", ["test", "Fake.test", "10.0.0.1", "fake.test:8000", "аmo.test"])
-def test_a_bad_extra_domain_is_refused(domain):
-    with pytest.raises(ValueError, match=r"^(not a plain domain name|an IP address)"):
+@pytest.mark.parametrize(
+    ("domain", "says"),
+    [
+        ("test", "not a plain domain name: 'test'"),
+        ("Fake.test", "not a plain domain name"),
+        ("fake.test:8000", "not a plain domain name"),
+        ("аmo.test", "not a plain domain name"),
+        ("10.0.0.1", "an IP address is not a domain: '10.0.0.1'"),
+    ],
+)
+def test_a_bad_extra_domain_is_refused(domain, says):
+    with pytest.raises(ValueError, match=f"^extra_domains: {says}"):
         config(extra_domains=(domain,))
+
+
+def test_an_extra_domain_that_is_not_text_is_refused():
+    with pytest.raises(TypeError, match="extra_domains must hold domain names as strings, not int"):
+        config(extra_domains=(5,))
 
 
 def test_a_good_extra_domain_is_kept():
@@ -125,3 +147,183 @@ def test_a_wrong_type_is_refused_with_a_clear_message(field, value, error, says)
     with pytest.raises(error, match=says) as refused:
         config(**{field: value})
     assert "Attribute(" not in str(refused.value)
+
+
+# -- messages that say what is wrong (issue 16, item 3) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("redirect_uri", "https://app.example.com/callback#frag", "must not have a #fragment"),
+        ("redirect_uri", "https://app.example.com/callback#", "must not have a #fragment"),
+        ("redirect_uri", "https://user:pw@app.example.com/cb", "must not carry a user name"),
+        ("redirect_uri", "https://user@app.example.com/cb", "must not carry a user name"),
+        ("redirect_uri", "http://app.example.com/cb", "app.example.com is not loopback"),
+        ("redirect_uri", "/api/amo-crm/callback", "must start with https://"),
+        ("redirect_uri", "ftp://app.example.com/cb", "must start with https://"),
+        ("redirect_uri", "https:///callback", "has no host"),
+        ("redirect_uri", "https://[::1/cb", "is not a valid URL"),
+        ("redirect_uri", "https://app.example.com:http/cb", "is not a valid URL"),
+        ("authorize_url", "https://www.amocrm.ru/oauth#x", "must not have a #fragment"),
+        ("authorize_url", "https://me:pw@www.amocrm.ru/oauth", "must not carry a user name"),
+        ("authorize_url", "http://www.amocrm.ru/oauth", "www.amocrm.ru is not loopback"),
+    ],
+)
+def test_a_url_names_its_actual_problem(field, value, says):
+    """Issue 16: an https redirect URI with a fragment or user:pw@ was refused as "must be an
+    https URL (http only on loopback)"; each problem now has its own message."""
+    with pytest.raises(ValueError, match=f"^{field} ") as refused:
+        config(**{field: value})
+    assert says in str(refused.value)
+    assert "pw" not in str(refused.value).replace("user:pw@", "")  # never the URL's password
+    assert value not in str(refused.value)
+
+
+def test_a_url_that_is_not_text_is_a_type_error():
+    with pytest.raises(TypeError, match="redirect_uri must be a URL string, not NoneType"):
+        config(redirect_uri=None)
+
+
+def test_the_state_secret_may_not_be_the_client_secret():
+    secret = "the-integrations-client-secret-of-64-characters-" + "x" * 16
+    with pytest.raises(ValueError, match="state_secret must not be the client_secret") as refused:
+        config(client_secret=secret, state_secret=secret)
+    assert secret not in str(refused.value)
+    with pytest.raises(ValueError, match="must not be the client_secret"):
+        config(client_secret=secret, state_secret=secret.encode())
+    assert config(client_secret=secret, state_secret=secret + "!").client_secret == secret
+
+
+@pytest.mark.parametrize("value", [32, None, 3.5])
+def test_a_state_secret_of_another_type_is_refused(value):
+    """``bytes(32)`` would have been 32 zero bytes, accepted as a secret."""
+    with pytest.raises(TypeError, match="state_secret must be str or bytes"):
+        config(state_secret=value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("max_exchanges_per_host", "5", "must be a number of code exchanges, not str"),
+        ("max_exchanges_per_process", 0, "must be a positive, finite number"),
+        ("http_timeout", timedelta(seconds=5), "must be a number of seconds, not timedelta"),
+        ("exchange_window", 60, "must be a datetime.timedelta, not int"),
+        ("ticket_ttl", timedelta(minutes=11), "at most 0:10:00"),
+    ],
+)
+def test_numbers_say_what_kind_they_want(field, value, says):
+    with pytest.raises((TypeError, ValueError), match=f"^{field} ") as refused:
+        config(**{field: value})
+    assert says in str(refused.value)
+
+
+def test_a_short_lease_says_what_to_change():
+    with pytest.raises(ValueError, match=r"more than three http_timeouts \(30 s\)") as refused:
+        config(lease_ttl=timedelta(seconds=30), http_timeout=10.0)
+    assert "raise lease_ttl or lower http_timeout" in str(refused.value)
+
+
+# -- every message is on docs/configuration.md --------------------------------------------------
+
+SRC = Path(amo_oauth.__file__).parent
+#: The modules whose ``ValueError`` / ``TypeError`` are configuration errors: Config's checks
+#: and the web layer's construction checks (app_scheme, prefix, default_language, limits).
+CHECKED = ("_config.py", "_setting_errors.py", "web/_page.py", "web/_routes.py")
+PAGE = SRC.parents[1] / "docs" / "configuration.md"
+
+
+def _raised(path: Path) -> list[tuple[int, ast.expr | None]]:
+    """(line, message argument) of every ``raise ValueError(...)`` / ``TypeError(...)``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+            name = getattr(node.exc.func, "id", None)
+            if name in ("ValueError", "TypeError"):
+                found.append((node.lineno, node.exc.args[0] if node.exc.args else None))
+    return found
+
+
+def _draws_from_the_table(message: ast.expr | None) -> bool:
+    return (
+        isinstance(message, ast.Call)
+        and getattr(message.func, "id", None) == "setting_error"
+        and len(message.args) == 1
+    )
+
+
+def test_every_configuration_check_draws_its_message_from_the_table():
+    raised = [(path, *entry) for path in CHECKED for entry in _raised(SRC / path)]
+    assert len(raised) > 15  # the scan finds the checks at all
+    strays = [(path, line) for path, line, message in raised if not _draws_from_the_table(message)]
+    assert strays == [], "write the message into _setting_errors.SETTING_ERRORS"
+    written = {
+        node.value
+        for path in CHECKED
+        for node in ast.walk(ast.parse((SRC / path).read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
+    unused = set(SETTING_ERRORS) - written
+    assert unused == set(), "a message no check raises"
+
+
+def _as_listed(template: str) -> str:
+    """A message as the page shows it: each placeholder as ``<name>``."""
+    return re.sub(r"\{(\w+)\}", r"<\1>", template)
+
+
+def test_every_configuration_message_is_on_the_page():
+    page = PAGE.read_text(encoding="utf-8")
+    missing = [key for key, text in SETTING_ERRORS.items() if f"`{_as_listed(text)}`" not in page]
+    assert missing == []
+
+
+def _handlers(**options: object) -> Handlers:
+    settings: dict[str, Any] = {"connection_id": lambda request: None, "app_scheme": "myapp"}
+    return Handlers(object(), **{**settings, **options})  # type: ignore[arg-type]
+
+
+#: One way to make each message, by key: every message is reachable and fills in.
+TRIGGERS: dict[str, Callable[[], object]] = {
+    "empty_text": lambda: config(client_id=" "),
+    "url_type": lambda: config(redirect_uri=b"https://app.example.com/cb"),
+    "url_invalid": lambda: config(redirect_uri="https://app.example.com:99999/cb"),
+    "url_scheme": lambda: config(authorize_url="www.amocrm.ru/oauth"),
+    "url_http": lambda: config(redirect_uri="http://app.example.com/cb"),
+    "url_no_host": lambda: config(redirect_uri="https://:443/cb"),
+    "url_userinfo": lambda: config(redirect_uri="https://a:b@app.example.com/cb"),
+    "url_fragment": lambda: config(redirect_uri="https://app.example.com/cb#top"),
+    "state_secret_type": lambda: config(state_secret=32),
+    "state_secret_short": lambda: config(state_secret="short"),
+    "state_secret_is_client_secret": lambda: config(client_secret="s" * 40, state_secret="s" * 40),
+    "mode": lambda: config(mode="redirect"),
+    "domains_type": lambda: config(extra_domains="fake.test"),
+    "domain_type": lambda: config(extra_domains=[None]),
+    "domain_not_plain": lambda: config(extra_domains=["localhost"]),
+    "domain_ip": lambda: config(extra_domains=["127.0.0.1"]),
+    "duration_type": lambda: config(state_ttl=1800),
+    "seconds_type": lambda: config(settle_timeout="5"),
+    "count_type": lambda: config(max_exchanges_per_connection=None),
+    "not_positive": lambda: config(refresh_margin=timedelta(0)),
+    "ticket_ttl_long": lambda: config(ticket_ttl=timedelta(hours=1)),
+    "lease_short": lambda: config(http_timeout=30.0),
+    "app_scheme_type": lambda: _handlers(app_scheme=None),
+    "app_scheme_empty": lambda: _handlers(app_scheme=""),
+    "app_scheme_separator": lambda: _handlers(app_scheme="myapp://"),
+    "app_scheme_syntax": lambda: _handlers(app_scheme="my_app"),
+    "app_scheme_web": lambda: _handlers(app_scheme="HTTPS"),
+    "app_scheme_browser": lambda: _handlers(app_scheme="javascript"),
+    "prefix": lambda: _handlers(prefix="api"),
+    "prefix_query": lambda: _handlers(prefix="/api?x=1"),
+    "default_language": lambda: _handlers(default_language="de"),
+    "limits": lambda: _handlers(max_body=0),
+}
+
+
+def test_every_message_is_raised_by_its_check():
+    assert set(TRIGGERS) == set(SETTING_ERRORS)
+    for key, trigger in TRIGGERS.items():
+        with pytest.raises((TypeError, ValueError)) as refused:
+            trigger()
+        pattern = ".+".join(map(re.escape, re.split(r"\{\w+\}", SETTING_ERRORS[key])))
+        assert re.fullmatch(pattern, str(refused.value)), (key, str(refused.value))

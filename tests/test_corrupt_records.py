@@ -13,7 +13,7 @@ import pytest
 
 from amo_oauth import (
     AmoOAuth,
-    ConnectionState,
+    ConnectionStatus,
     Outcome,
     SQLiteStore,
     StoreError,
@@ -87,7 +87,7 @@ def test_disconnect_overwrites_a_corrupt_row_and_the_code_stays_spent(
     oauth, query = connected
     corrupt(db, "[]")
     disconnected = oauth.disconnect(USER)
-    assert (disconnected.state, disconnected.version) == (ConnectionState.DISCONNECTED, 4)
+    assert (disconnected.status, disconnected.version) == (ConnectionStatus.DISCONNECTED, 4)
     assert oauth.status(USER) == disconnected
     calls = fake.token_call_count("authorization_code")
     replay = oauth.handle_callback(query)  # the code ledger still knows the spent code

@@ -42,7 +42,7 @@ from _redis_server import RedisProcess, own_redis, redis_url  # noqa: F401
 from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
-    ConnectionState,
+    ConnectionStatus,
     Outcome,
     StoreError,
 )
@@ -314,7 +314,7 @@ def test_one_redirect_from_4_processes_x_50_threads_is_exchanged_once(
         figures
     )
     status = parent.status(USER)
-    assert status.state is ConnectionState.CONNECTED, figures
+    assert status.status is ConnectionStatus.CONNECTED, figures
     assert status.account is not None and status.account.id == fake.account_id
 
 
@@ -376,22 +376,22 @@ def test_a_worker_killed_before_the_pair_is_stored_leaves_the_code_unsent(
     kill_when(tmp_path, job, lambda: fake.token_calls_for(code) == 1, "the worker's token call")
     fake.latency = 0.0
     held = stored(parent, USER)
-    assert held is not None and held.state is ConnectionState.CODE_RECEIVED
+    assert held is not None and held.status is ConnectionStatus.CODE_RECEIVED
     assert held.lease is not None, "the dead worker's exchange lease"
     # While the dead worker's lease lives, the exchange reads as in flight.
-    assert parent.status(USER).state is ConnectionState.CODE_RECEIVED
+    assert parent.status(USER).status is ConnectionStatus.CODE_RECEIVED
 
     clock.offset += LEASE + timedelta(seconds=1)
     status = parent.status(USER)
-    assert status.state is ConnectionState.ERROR, status
+    assert status.status is ConnectionStatus.ERROR, status
     assert status.error is not None and status.error.reason == Reason.EXCHANGE_INTERRUPTED
     again = callback(parent, given)  # the redirect arrives again (a reload): never resent
     assert again.outcome is not Outcome.CONNECTED
-    assert again.connection.state is ConnectionState.ERROR
+    assert again.connection.status is ConnectionStatus.ERROR
     assert fake.token_calls_for(code) == 1, "the code was sent again"
 
     connect(parent, fake)  # a new consent connects
-    assert parent.status(USER).state is ConnectionState.CONNECTED
+    assert parent.status(USER).status is ConnectionStatus.CONNECTED
     assert fake.token_calls == {("authorization_code", "ok"): 2}
 
 
@@ -413,13 +413,13 @@ def test_a_worker_killed_after_the_pair_is_stored_keeps_it_and_verifies_later(
         tmp_path, job, lambda: fake.api_call_count("/api/v4/account") == 1, "the account check"
     )
     kept = stored(parent, USER)
-    assert kept is not None and kept.state is ConnectionState.EXCHANGED, kept
+    assert kept is not None and kept.status is ConnectionStatus.EXCHANGED, kept
     assert kept.tokens is not None, "the pair is stored before the account is checked"
     pair = kept.tokens
 
     clock.offset += LEASE + timedelta(seconds=1)
     status = parent.status(USER)  # the lease lapsed: this call verifies
-    assert status.state is ConnectionState.CONNECTED, status
+    assert status.status is ConnectionStatus.CONNECTED, status
     assert status.account is not None and status.account.id == fake.account_id
     record = stored(parent, USER)
     assert record is not None and record.tokens == pair, "the pair was kept, not replaced"
@@ -466,7 +466,7 @@ def test_a_worker_killed_during_a_refresh_loses_nothing_under_kommos_grace(
     )
     assert fake.refresh_sends(spent) == 2, "the survivor sent the same, still graced, token"
     status = parent.status(USER)
-    assert status.state is ConnectionState.CONNECTED, status
+    assert status.status is ConnectionStatus.CONNECTED, status
     record = stored(parent, USER)
     assert record is not None and record.tokens is not None and record.lease is None
     assert digest(record.tokens.access_token) in tokens
@@ -546,7 +546,7 @@ def test_a_server_killed_mid_run_fails_calls_fast_and_loses_nothing(
         users = [f"user-{n}" for n in range(3)]
         for user in users:
             connect(oauth, fake, user)
-        assert loop.run(aoauth.status(users[0])).state is ConnectionState.CONNECTED
+        assert loop.run(aoauth.status(users[0])).status is ConnectionStatus.CONNECTED
         before = {user: stored(oauth, user) for user in users}
         tokens = {user: oauth.access_token(user) for user in users}
         pending = consent(oauth, fake, "user-new")
@@ -611,7 +611,7 @@ def test_a_server_killed_mid_run_fails_calls_fast_and_loses_nothing(
         # Every connection is intact, and the next calls succeed (the same store objects).
         for user in users:
             status = oauth.status(user)
-            assert status.state is ConnectionState.CONNECTED, status
+            assert status.status is ConnectionStatus.CONNECTED, status
             assert stored(oauth, user) == before[user]
             assert oauth.access_token(user) == tokens[user]
             assert loop.run(aoauth.access_token(user)) == tokens[user]
@@ -628,7 +628,7 @@ def test_a_server_killed_mid_run_fails_calls_fast_and_loses_nothing(
         # A new consent: connected now, or already (the redirect in flight had connected it).
         fresh = callback(oauth, consent(oauth, fake, "user-new"))
         assert fresh.outcome in (Outcome.CONNECTED, Outcome.ALREADY_CONNECTED), fresh.outcome
-        assert oauth.status("user-new").state is ConnectionState.CONNECTED
+        assert oauth.status("user-new").status is ConnectionStatus.CONNECTED
     finally:
         oauth.close()
         oauth.http.close()
@@ -661,7 +661,7 @@ def test_a_sqlite_writer_killed_mid_transaction_leaves_the_file_consistent(
         with sqlite3.connect(spec["path"]) as raw:
             assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert stored(oauth, USER) == before
-        assert oauth.status(USER).state is ConnectionState.CONNECTED
+        assert oauth.status(USER).status is ConnectionStatus.CONNECTED
         assert oauth.access_token(USER) == token
         connect(oauth, fake, "user-2")  # the lock died with the writer: writes go on
     finally:
@@ -747,12 +747,12 @@ def test_a_postgres_store_refuses_a_second_live_loop_clearly(
     spec = fresh_spec("postgres", request, tmp_path)
     store = open_store(spec)
     with asyncio.Runner() as first:  # its tasks are cancelled as it closes, as asyncio.run's
-        assert first.run(store.aload("nobody")) is None  # type: ignore[attr-defined]
+        assert first.run(store.aload("nobody")).record is None  # type: ignore[attr-defined]
         started = time.monotonic()
         with pytest.raises(StoreError, match="another event loop") as raised:
             asyncio.run(store.aload("nobody"))  # type: ignore[attr-defined]
         assert time.monotonic() - started < HANG_GUARD
         assert "pw-" not in str(raised.value)
-        assert first.run(store.aload("nobody")) is None  # type: ignore[attr-defined]
-    assert asyncio.run(store.aload("nobody")) is None  # type: ignore[attr-defined]
+        assert first.run(store.aload("nobody")).record is None  # type: ignore[attr-defined]
+    assert asyncio.run(store.aload("nobody")).record is None  # type: ignore[attr-defined]
     store.close()

@@ -1,7 +1,7 @@
-"""Every lifecycle decision lives in the table: the flows ask ``_state.step`` and act on its
+"""Every lifecycle decision lives in the table: the flows ask ``_lifecycle.step`` and act on its
 answer, and every reason slug the library writes is one of the closed set in ``_reasons``.
 
-Two guards keep the flows off what the table decides on (a record's ``state``, ``lease``,
+Two guards keep the flows off what the table decides on (a record's ``status``, ``lease``,
 ``tokens`` and ``error``). Types: the code, token and verification flows hold a ``RecordView``,
 which has none of the four, so mypy rejects reading one; only ``_flow_records`` opens a view.
 Source: where a whole record is held (``_flow_records``) or a view hands out a ``Connection``,
@@ -20,7 +20,7 @@ import pytest
 
 from amo_oauth._reasons import CONNECTION_ERRORS, NOT_CONNECTED, REJECTIONS, WEB_REFUSALS, Reason
 from amo_oauth._record_view import RecordView
-from amo_oauth._records import ConnectionRecord, ConnectionState, ErrorInfo, Lease, TokenSet
+from amo_oauth._records import ConnectionRecord, ConnectionStatus, ErrorInfo, Lease, TokenSet
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "amo_oauth"
 FLOW_MODULES = (
@@ -34,11 +34,7 @@ FLOW_MODULES = (
 #: The flows that see records only as views: everything but the record primitives.
 VIEW_ONLY = ("_flow_codes.py", "_flow_connections.py", "_flow_tokens.py", "_flow_verify.py")
 #: What a record holds that only the table may decide on.
-DECIDED_BY_THE_TABLE = frozenset({"state", "lease", "tokens", "error"})
-#: Reads named like a decided field that are no record's: the OAuth ``state`` a parsed
-#: callback (a ``Grant`` or a ``Denial``) carries, until the lifecycle's state has a name of its
-#: own.
-NOT_A_RECORDS = frozenset({"parsed.state", "denial.state"})
+DECIDED_BY_THE_TABLE = frozenset({"status", "lease", "tokens", "error"})
 #: Builtins whose result is their argument's value, transformed: a read passes through them.
 _PASS_THROUGH = frozenset(
     {"abs", "all", "any", "bool", "float", "int", "len", "list", "max", "min", "sorted", "str"}
@@ -92,8 +88,6 @@ class _Reads:
         if isinstance(node, ast.Name):
             return node.id in self.tainted
         if isinstance(node, ast.Attribute):
-            if ast.unparse(node) in NOT_A_RECORDS:
-                return False
             decided = node.attr in DECIDED_BY_THE_TABLE or node.attr in DERIVED
             return decided or self(node.value)
         if isinstance(node, ast.Call):
@@ -204,8 +198,8 @@ def test_the_flows_never_branch_on_what_the_table_decides(module: str) -> None:
     ("source", "branch"),
     [
         (
-            "if record.state is S.CONNECTED and record.lease:\n    pass",
-            "record.state is S.CONNECTED",
+            "if record.status is S.CONNECTED and record.lease:\n    pass",
+            "record.status is S.CONNECTED",
         ),
         ("while current.tokens is None:\n    pass", "current.tokens is None"),
         ("ok = x.error is None\n", "x.error is None"),
@@ -227,7 +221,7 @@ def test_the_flows_never_branch_on_what_the_table_decides(module: str) -> None:
             "def f(r):\n    s = len(r.seen_codes) + bool(r.lease)\n    return [c for c in r if s]",
             "s",
         ),
-        ("match r.state:\n    case _:\n        pass\n", "r.state"),
+        ("match r.status:\n    case _:\n        pass\n", "r.status"),
     ],
 )
 def test_the_check_can_fail(source: str, branch: str) -> None:
@@ -240,7 +234,7 @@ def test_the_check_can_fail(source: str, branch: str) -> None:
         "if record.version and record.key:\n    pass\n",  # what a flow may read
         "def f(r):\n    h, a, _ = r.api_credentials()\n    host = accept(h)\n"
         "    if host is None:\n        pass\n",  # a value of its own, made from a read
-        "claims = parsed.state\nif claims is None:\n    pass\n",  # the OAuth state
+        "claims = parsed.state\nif claims is None:\n    pass\n",  # the OAuth state: no status
     ],
 )
 def test_the_check_lets_what_flows_may_read_pass(source: str) -> None:
@@ -263,9 +257,9 @@ def test_a_view_has_none_of_what_the_table_decides() -> None:
 
 
 def test_nothing_a_view_hands_out_is_a_decided_field() -> None:
-    """No member's type is a state, a lease, a pair, an error or the record itself (the
+    """No member's type is a status, a lease, a pair, an error or the record itself (the
     public ``Connection`` it reports with is covered by the source check above)."""
-    decided = (ConnectionState, Lease, TokenSet, ErrorInfo, ConnectionRecord)
+    decided = (ConnectionStatus, Lease, TokenSet, ErrorInfo, ConnectionRecord)
     public = [name for name in vars(RecordView) if not name.startswith("_")]
     assert public  # the view is read through these
     for name in public:

@@ -30,8 +30,8 @@ def test_the_demo_runs_the_seeds_scenario() -> None:
         "app -> POST /login: 200",
         "browser -> GET /api/amo-crm/connect: 302",
         "browser -> GET /oauth/allow: 302",
-        "state: connection demo: disconnected -> code_received (code_received)",
-        "state: connection demo: exchanged -> connected (verified)",
+        "status: connection demo: disconnected -> code_received (code_received)",
+        "status: connection demo: exchanged -> connected (verified)",
         "browser -> GET /api/amo-crm/callback: 200",
         "foryoure://amo-crm/callback?success=true&state=...  (no code in it)",
         "app -> POST /api/amo-crm/exchange-code: 200 (already_connected, duplicate=true)",
@@ -103,6 +103,6 @@ def test_serve_keeps_running_for_a_person_until_ctrl_c() -> None:
         demo.kill()
         demo.wait()
     assert demo.returncode == 0
-    assert "state: connection demo: exchanged -> connected (verified)" in rest
+    assert "status: connection demo: exchanged -> connected (verified)" in rest
     assert "Stopped." in rest
     assert not SECRETS.search("".join(lines) + rest)

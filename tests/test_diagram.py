@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from amo_oauth._diagram import lifecycle_markdown, mermaid
-from amo_oauth._state import TABLE
+from amo_oauth._lifecycle import TABLE
 from amo_oauth.cli import main
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "lifecycle.md"

@@ -26,7 +26,7 @@ from _redis_server import redis_url  # noqa: F401
 from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
-    ConnectionState,
+    ConnectionStatus,
     MemoryStore,
     Outcome,
     SQLiteStore,
@@ -179,7 +179,7 @@ def test_a_duplicate_while_verification_waits_commits_nothing_until_it_is_due(
     assert oauth.handle_callback(query, binding=binding).outcome is Outcome.IN_PROGRESS
     before = commits.count
     replay = oauth.handle_callback(query)
-    assert (replay.connection.state, replay.duplicate) == (ConnectionState.EXCHANGED, True)
+    assert (replay.connection.status, replay.duplicate) == (ConnectionStatus.EXCHANGED, True)
     assert oauth.exchange_code(USER, query["code"]).duplicate
     assert commits.count == before
     clock.advance(timedelta(seconds=5))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet, MultiFernet
 
-from amo_oauth import AmoOAuth, ConnectionState, SQLiteStore, StoreError, UnreadableRecord
+from amo_oauth import AmoOAuth, ConnectionStatus, SQLiteStore, StoreError, UnreadableRecord
 from amo_oauth._records import record_key
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
@@ -41,13 +41,13 @@ def connected(
 
 def test_no_token_is_stored_in_clear(connected: tuple[AmoOAuth, Path, Fernet]) -> None:
     oauth, db, _ = connected
-    record = oauth.store.load(record_key(oauth.config.client_id, USER))  # type: ignore[union-attr]
+    record = oauth.store.load(record_key(oauth.config.client_id, USER)).record  # type: ignore[union-attr]
     assert record is not None and record.tokens is not None
     stored = raw_rows(db)
     assert record.tokens.access_token not in stored
     assert record.tokens.refresh_token not in stored
-    assert '"state":"connected"' in stored  # the rest stays readable for the indexes
-    assert oauth.status(USER).state is ConnectionState.CONNECTED
+    assert '"status":"connected"' in stored  # the rest stays readable for the indexes
+    assert oauth.status(USER).status is ConnectionStatus.CONNECTED
     assert oauth.access_token(USER) == record.tokens.access_token
 
 
@@ -72,11 +72,11 @@ def test_multifernet_reads_old_rows_and_rewrites_them_with_the_new_key(
     oauth, db, old = connected
     new = Fernet(Fernet.generate_key())
     rotating = make_oauth(store=SQLiteStore(db, encryption=MultiFernet([new, old])))
-    assert rotating.status(USER).state is ConnectionState.CONNECTED  # old rows read
+    assert rotating.status(USER).status is ConnectionStatus.CONNECTED  # old rows read
     clock.advance(timedelta(days=1, minutes=1))
     token = rotating.access_token(USER)  # the refresh rewrites the row, with the newest key
     key = record_key(oauth.config.client_id, USER)
-    record = SQLiteStore(db, encryption=new).load(key)
+    record = SQLiteStore(db, encryption=new).load(key).record
     assert record is not None and record.tokens is not None
     assert record.tokens.access_token == token
     with pytest.raises(StoreError, match="wrong key"):

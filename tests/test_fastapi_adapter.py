@@ -5,29 +5,37 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator, Mapping
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request as StarletteRequest
 
 from amo_oauth import AsyncAmoOAuth, MemoryStore
 from amo_oauth.fastapi import router
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import Request
+from amo_oauth.web._routes import NO_COOKIE_OVER_HTTP
 from test_web import (
     AS_USER,
+    BODIES,
     PREFIX,
+    PREFIXES,
     WRONG_ROUTES,
     Answer,
     Send,
+    check_known_code_is_answered,
     check_wrong_route,
     connect_through_callback,
     deep_link,
     replay_deny_and_forgery,
     seed_scenario,
     user_from_header,
+    wrong_methods_answered_otherwise,
 )
 
 from helpers import config_for
@@ -97,7 +105,7 @@ def test_every_route_and_status(send: Send, fake: FakeAmoCRM) -> None:
     assert send("GET", f"{PREFIX}/connect", query="format=json", headers=AS_USER).status == 200
     assert send("GET", f"{PREFIX}/connect").json() == {"error": "unauthenticated"}
     assert send("GET", f"{PREFIX}/connect", headers={"x-user": ""}).status == 400
-    assert send("GET", f"{PREFIX}/status", headers=AS_USER).json()["state"] == "disconnected"
+    assert send("GET", f"{PREFIX}/status", headers=AS_USER).json()["status"] == "disconnected"
     assert send("GET", f"{PREFIX}/status").status == 401
     assert send("POST", f"{PREFIX}/disconnect", headers=AS_USER).status == 200
     body = json.dumps({"code": connect_through_callback(send, fake)}).encode()
@@ -150,7 +158,10 @@ def test_openapi_describes_each_route(client: TestClient) -> None:
     json_schema = exchange["requestBody"]["content"]["application/json"]["schema"]
     assert json_schema["required"] == ["code"]
     assert set(json_schema["properties"]) == {"code", "state", "referer"}
-    assert set(exchange["requestBody"]["content"]) == {"application/json"}  # JSON only
+    content = exchange["requestBody"]["content"]
+    assert set(content) == {"application/json", "application/x-www-form-urlencoded"}
+    assert content["application/x-www-form-urlencoded"]["schema"] == json_schema
+    assert "form" in exchange["description"]
     assert "403" not in exchange["responses"]
     callback = paths[f"{PREFIX}/callback"]["get"]
     assert "text/html" in callback["responses"]["200"]["content"]
@@ -186,3 +197,89 @@ def test_an_async_connection_id_and_the_native_request(async_oauth: AsyncAmoOAut
 def test_a_bad_app_scheme_fails_at_construction(async_oauth: AsyncAmoOAuth) -> None:
     with pytest.raises(ValueError, match="app_scheme"):
         router(async_oauth, connection_id=user_from_header, app_scheme="javascript")
+
+
+@pytest.mark.parametrize("https_only", [True, False])
+def test_a_session_cookie_over_http_follows_the_redirect_uri(
+    fake: FakeAmoCRM, clock: FakeClock, https_only: bool
+) -> None:
+    """Issue 16: ``SessionMiddleware(https_only=True)`` copied onto an http loopback backend
+    loses the session, and the 401 said nothing. The docs now take ``https_only`` from the
+    redirect URI (False here, which works); the copied True gets a 401 with a ``hint``."""
+    local = config_for(fake, redirect_uri="http://127.0.0.1:8000/api/amo-crm/callback")
+    http = httpx.AsyncClient(transport=fake.async_transport())
+    oauth = AsyncAmoOAuth(local, store=MemoryStore(), http=http, clock=clock)
+    app = FastAPI()
+    app.add_middleware(SessionMiddleware, secret_key="test-only", https_only=https_only)
+
+    def session_user(request: Request) -> str | None:
+        return request.native.session.get("user_id")  # type: ignore[no-any-return]
+
+    app.include_router(router(oauth, connection_id=session_user, app_scheme="myapp"))
+
+    @app.post("/login")
+    def login(request: StarletteRequest) -> dict[str, bool]:
+        request.session["user_id"] = "user-1"
+        return {"ok": True}
+
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        client.post("/login")
+        answer = client.get(f"{PREFIX}/status")
+    asyncio.run(oauth.aclose())
+    if https_only:  # the copied production setting
+        assert answer.status_code == 401
+        assert answer.json() == {"error": "unauthenticated", "hint": NO_COOKIE_OVER_HTTP}
+    else:  # https_only=local.redirect_uri.startswith("https://"), as the docs do
+        assert (answer.status_code, answer.json()["status"]) == (200, "disconnected")
+
+
+def test_openapi_declares_the_query_parameters(client: TestClient) -> None:
+    """Issue 16: /callback and /disconnect-hook read query parameters the schema did not
+    declare."""
+    paths = client.get("/openapi.json").json()["paths"]
+
+    def declared(path: str) -> dict[str, dict[str, Any]]:
+        parameters = paths[f"{PREFIX}{path}"]["get"]["parameters"]
+        assert all(parameter["in"] == "query" for parameter in parameters)
+        return {parameter["name"]: parameter for parameter in parameters}
+
+    callback = declared("/callback")
+    assert set(callback) == {
+        "code",
+        "state",
+        "referer",
+        "client_id",
+        "from_widget",
+        "platform",
+        "error",
+        "lang",
+    }
+    assert not any(parameter["required"] for parameter in callback.values())  # error or code
+    assert all(parameter["schema"]["type"] == "string" for parameter in callback.values())
+    hook = declared("/disconnect-hook")
+    assert set(hook) == {"client_uuid", "account_id", "signature"}
+    assert all(parameter["required"] for parameter in hook.values())
+    assert set(declared("/connect")) == {"ticket", "format"}
+    for path, operations in paths.items():  # and no parameter is declared twice
+        for operation in operations.values():
+            names = [parameter["name"] for parameter in operation.get("parameters", [])]
+            assert len(names) == len(set(names)), path
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_every_wrong_method_is_405_on_every_route(async_oauth: AsyncAmoOAuth, prefix: str) -> None:
+    """At the root too, where there is no catch-all: FastAPI answered its own 405 there."""
+    app = FastAPI()
+    app.include_router(
+        router(async_oauth, connection_id=user_from_header, app_scheme="app", prefix=prefix)
+    )
+    with client_for(app) as client:
+        assert wrong_methods_answered_otherwise(sender(client), prefix) == []
+        assert set(client.get("/openapi.json").json()["paths"][f"{prefix}/status"]) == {"get"}
+
+
+@pytest.mark.parametrize("kind", BODIES)
+def test_exchange_code_answers_a_known_code_posted_as_json_or_a_form(
+    send: Send, fake: FakeAmoCRM, kind: str
+) -> None:
+    check_known_code_is_answered(send, fake, kind)

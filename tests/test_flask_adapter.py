@@ -16,16 +16,20 @@ from amo_oauth.testing import FakeAmoCRM
 from amo_oauth.web import Request
 from test_web import (
     AS_USER,
+    BODIES,
     PREFIX,
+    PREFIXES,
     WRONG_ROUTES,
     Answer,
     Send,
+    check_known_code_is_answered,
     check_wrong_route,
     connect_through_callback,
     deep_link,
     replay_deny_and_forgery,
     seed_scenario,
     user_from_header,
+    wrong_methods_answered_otherwise,
 )
 
 
@@ -115,7 +119,9 @@ def test_publishes_the_same_routes_as_the_handlers(oauth: AmoOAuth) -> None:
     rules = {
         (rule.rule, method)
         for rule in app.url_map.iter_rules()
-        if rule.endpoint.startswith("amo_oauth.") and rule.endpoint != "amo_oauth.other"
+        if rule.endpoint.startswith("amo_oauth.")
+        and rule.endpoint != "amo_oauth.other"
+        and not rule.endpoint.endswith("_other_methods")  # they answer 405
         for method in rule.methods or ()
         if method != "HEAD"
     }
@@ -155,3 +161,20 @@ def test_the_session_and_abort_work_in_connection_id(oauth: AmoOAuth) -> None:
 def test_a_bad_prefix_fails_at_construction(oauth: AmoOAuth) -> None:
     with pytest.raises(ValueError, match="prefix"):
         blueprint(oauth, connection_id=user_from_header, app_scheme="app", prefix="no-slash")
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_every_wrong_method_is_405_on_every_route(oauth: AmoOAuth, prefix: str) -> None:
+    """At the root too, where there is no catch-all: Flask answered its own HTML 405 there."""
+    app = flask.Flask(__name__)
+    app.register_blueprint(
+        blueprint(oauth, connection_id=user_from_header, app_scheme="app", prefix=prefix)
+    )
+    assert wrong_methods_answered_otherwise(sender(app.test_client()), prefix) == []
+
+
+@pytest.mark.parametrize("kind", BODIES)
+def test_exchange_code_answers_a_known_code_posted_as_json_or_a_form(
+    send: Send, fake: FakeAmoCRM, kind: str
+) -> None:
+    check_known_code_is_answered(send, fake, kind)

@@ -50,16 +50,16 @@ from amo_oauth import (
     CallbackRejected,
     CallbackResult,
     ConnectionRecord,
-    ConnectionState,
+    ConnectionStatus,
     MemoryStore,
     Outcome,
     ProviderError,
     ReauthorizationRequired,
 )
+from amo_oauth._lifecycle import REJECTION_WINDOW
 from amo_oauth._records import MAX_CODE_DIGESTS, code_digest, record_key
-from amo_oauth._state import REJECTION_WINDOW
 from amo_oauth._state_token import issue_state
-from amo_oauth.stores import BaseStore, Claim, ClaimResult
+from amo_oauth.stores import BaseStore, Claim, ClaimResult, Loaded
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import STATE_SECRET, config_for, examples, query_of, run_consent
@@ -68,12 +68,12 @@ from helpers import STATE_SECRET, config_for, examples, query_of, run_consent
 CHURN = 16
 
 T = TypeVar("T")
-S = ConnectionState
+S = ConnectionStatus
 USERS = ("user-1", "user-2")
 CODE_LIFETIME = timedelta(minutes=20)
 EXCHANGING = (S.CODE_RECEIVED, S.EXCHANGED)
 
-# What a call that changed nothing reports, by the state it found (architecture §2).
+# What a call that changed nothing reports, by the status it found (architecture §2).
 REPORTED = {
     S.CONNECTED: Outcome.ALREADY_CONNECTED,
     S.ERROR: Outcome.FAILED,
@@ -98,7 +98,7 @@ class RecordingStore(BaseStore):
         self.inner = MemoryStore()
         self.written: list[tuple[int | None, ConnectionRecord]] = []
 
-    def load(self, connection_id: str) -> ConnectionRecord | None:
+    def load(self, connection_id: str) -> Loaded:
         return self.inner.load(connection_id)
 
     def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
@@ -119,8 +119,8 @@ class RecordingStore(BaseStore):
     def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
         return self.inner.find_by_account(account_id)
 
-    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        return self.inner.due_for_refresh(before, limit)
+    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        return self.inner.scan(after, limit)
 
     def close(self) -> None:
         self.inner.close()
@@ -232,10 +232,12 @@ class OAuthMachine(RuleBasedStateMachine):
 
     def record(self, cid: str) -> ConnectionRecord:
         key = record_key(self.config.client_id, cid)
-        return self.store.load(key) or ConnectionRecord(cid)
+        return self.store.load(key).record or ConnectionRecord(cid)
 
     def snapshot(self) -> tuple[ConnectionRecord | None, ...]:
-        return tuple(self.store.load(record_key(self.config.client_id, cid)) for cid in USERS)
+        return tuple(
+            self.store.load(record_key(self.config.client_id, cid)).record for cid in USERS
+        )
 
     def secrets(self) -> set[str]:
         """client_secret, state_secret, every code issued, every token the store held."""
@@ -316,10 +318,10 @@ class OAuthMachine(RuleBasedStateMachine):
             and record.connected_at is not None
             and begun.issued_at > record.connected_at
         )
-        if begun is None and record.state is S.CONNECTED and code not in self.claimed:
+        if begun is None and record.status is S.CONNECTED and code not in self.claimed:
             return Expect("reject", "new_code_refused")  # no consent ties it to this user
         if not (
-            record.state in (S.DISCONNECTED, S.ERROR) or (record.state is S.CONNECTED and fresh)
+            record.status in (S.DISCONNECTED, S.ERROR) or (record.status is S.CONNECTED and fresh)
         ):
             return Expect("keep", consume=consume)
         if code in self.claimed:
@@ -368,7 +370,7 @@ class OAuthMachine(RuleBasedStateMachine):
             assert self.snapshot() == before
             assert self.fake.token_call_count() == calls
             assert result.duplicate is (expect.kind == "duplicate")
-            assert result.outcome is REPORTED[record.state]
+            assert result.outcome is REPORTED[record.status]
             assert result.connection == record.public()
             return
         # An exchange: exactly one token call, for this code, sent for the first time.
@@ -381,12 +383,12 @@ class OAuthMachine(RuleBasedStateMachine):
         assert result.connection == record.public()
         if accepts:
             assert result.outcome is Outcome.CONNECTED
-            assert record.state is S.CONNECTED
+            assert record.status is S.CONNECTED
             assert record.tokens is not None
             assert self.fake.is_access_token_valid(record.tokens.access_token)
         else:
             assert result.outcome is Outcome.FAILED
-            assert record.state is S.ERROR
+            assert record.status is S.ERROR
             assert record.error is not None and record.error.reason == "code_rejected"
 
     def run_denial(self, begun: Begun, query: dict[str, str]) -> None:
@@ -412,10 +414,10 @@ class OAuthMachine(RuleBasedStateMachine):
         self.holders.setdefault(begun.state, "denied")
         assert result.outcome is Outcome.DENIED
         after = self.record(begun.cid)
-        if record.state is S.CONNECTED:
+        if record.status is S.CONNECTED:
             assert after == record  # a denial never drops a working connection
         else:
-            assert after.state is S.ERROR
+            assert after.status is S.ERROR
             assert after.error is not None and after.error.reason == "access_denied"
             assert after.tokens is None
 
@@ -550,7 +552,7 @@ class OAuthMachine(RuleBasedStateMachine):
         self.churned = True
         calls = self.fake.token_call_count()
         for _ in range(CHURN):
-            assert self.oauth.disconnect(cid).state is S.DISCONNECTED
+            assert self.oauth.disconnect(cid).status is S.DISCONNECTED
             request = self.oauth.begin(cid)
             query = self.redirect(request.state)
             code = query["code"]
@@ -580,7 +582,7 @@ class OAuthMachine(RuleBasedStateMachine):
         record = self.record(cid)
         calls = self.fake.token_call_count()
         tokens = record.tokens
-        if record.state is not S.CONNECTED or tokens is None:
+        if record.status is not S.CONNECTED or tokens is None:
             self.note("access_token: not connected")
             with pytest.raises(ReauthorizationRequired) as needed:
                 self.oauth.access_token(cid)
@@ -605,7 +607,7 @@ class OAuthMachine(RuleBasedStateMachine):
         if alive:
             token = self.oauth.access_token(cid)
             after = self.record(cid)
-            assert after.state is S.CONNECTED and after.tokens is not None
+            assert after.status is S.CONNECTED and after.tokens is not None
             assert token == after.tokens.access_token != tokens.access_token
             assert after.tokens.refresh_token != tokens.refresh_token
             assert self.fake.is_access_token_valid(token)
@@ -614,7 +616,7 @@ class OAuthMachine(RuleBasedStateMachine):
                 self.oauth.access_token(cid)
             self.check_clean(needed.value)
             after = self.record(cid)
-            assert after.state is S.ERROR and after.tokens is None
+            assert after.status is S.ERROR and after.tokens is None
             assert after.error is not None
             assert after.error.reason == "reauthorization_required"
         assert self.fake.token_call_count() == calls + 1
@@ -628,7 +630,7 @@ class OAuthMachine(RuleBasedStateMachine):
         calls = self.fake.token_call_count()
         url = f"https://{self.fake.account_host}/api/v4/account"
         with httpx.Client(transport=self.fake.transport(), auth=self.oauth.auth(cid)) as api:
-            if record.state is not S.CONNECTED or tokens is None:
+            if record.status is not S.CONNECTED or tokens is None:
                 self.note("api: not connected")
                 with pytest.raises(ReauthorizationRequired):
                     api.get(url)
@@ -674,7 +676,7 @@ class OAuthMachine(RuleBasedStateMachine):
                     api.get(url)
                 self.check_clean(needed.value)
                 after = self.record(cid)
-                assert after.state is S.ERROR and after.tokens is None
+                assert after.status is S.ERROR and after.tokens is None
         assert self.fake.token_call_count() == calls + 1
         assert self.fake.token_calls_for(tokens.refresh_token) == 1
 
@@ -700,7 +702,7 @@ class OAuthMachine(RuleBasedStateMachine):
         due = {
             cid: record.tokens
             for cid in USERS
-            if (record := self.record(cid)).state is S.CONNECTED
+            if (record := self.record(cid)).status is S.CONNECTED
             and record.tokens is not None
             and record.tokens.refresh_expires_at < before
         }
@@ -718,7 +720,7 @@ class OAuthMachine(RuleBasedStateMachine):
             )
             if alive:
                 assert cid in report.refreshed
-                assert self.record(cid).state is S.CONNECTED
+                assert self.record(cid).status is S.CONNECTED
             else:
                 assert (cid, "reauthorization_required") in report.failed
 
@@ -728,15 +730,15 @@ class OAuthMachine(RuleBasedStateMachine):
     def disconnect(self, cid: str) -> None:
         record = self.record(cid)
         calls = self.fake.token_call_count()
-        self.note(f"disconnect: from {record.state.value}")
+        self.note(f"disconnect: from {record.status.value}")
         connection = self.oauth.disconnect(cid)
         self.check_clean(connection)
         after = self.record(cid)
         assert connection == after.public()
-        assert after.state is S.DISCONNECTED
+        assert after.status is S.DISCONNECTED
         assert after.tokens is None and after.account is None
         assert after.seen_codes == record.seen_codes  # replays stay no-ops
-        if record.state is S.DISCONNECTED:
+        if record.status is S.DISCONNECTED:
             assert after == record
         assert self.fake.token_call_count() == calls
 
@@ -759,7 +761,7 @@ class OAuthMachine(RuleBasedStateMachine):
         calls = self.fake.token_call_count()
         affected = self.oauth.handle_disconnect_hook(hook)
         self.check_clean(affected)
-        self.note(f"hook: {sum(c.state is S.CONNECTED for c in before.values())} connected before")
+        self.note(f"hook: {sum(c.status is S.CONNECTED for c in before.values())} connected before")
         ours = {
             cid
             for cid, record in before.items()
@@ -774,17 +776,17 @@ class OAuthMachine(RuleBasedStateMachine):
                 self.fake.is_access_token_valid(tokens.access_token)
                 or self.fake.is_refresh_token_valid(tokens.refresh_token)
             )
-            refused = before[cid].state is S.ERROR and before[cid].refused_refresh is not None
+            refused = before[cid].status is S.ERROR and before[cid].refused_refresh is not None
             if cid in ours and refused:
                 # In error after a refused refresh: the hook lands, so no late refresh answer
                 # can bring the uninstalled integration back.
-                assert after.state is S.ERROR and after.refused_refresh is None
+                assert after.status is S.ERROR and after.refused_refresh is None
                 assert after.error is not None
                 assert after.error.reason == "disconnected_by_provider"
-            elif cid not in ours or before[cid].state is S.ERROR or replayed:
+            elif cid not in ours or before[cid].status is S.ERROR or replayed:
                 assert after == before[cid]
             else:
-                assert after.state is S.ERROR and after.tokens is None
+                assert after.status is S.ERROR and after.tokens is None
                 assert after.error is not None
                 assert after.error.reason == "disconnected_by_provider"
         assert self.fake.token_call_count() == calls
@@ -869,17 +871,17 @@ class OAuthMachine(RuleBasedStateMachine):
         self.checked_requests += len(requests)
         assert {r.host for r in requests if r.path == "/oauth2/access_token"} <= {fake.account_host}
         for cid in USERS:
-            stored = self.store.load(record_key(self.config.client_id, cid))
+            stored = self.store.load(record_key(self.config.client_id, cid)).record
             record = stored or ConnectionRecord(cid)
             # 3. connected => verified tokens and an account; disconnected => no tokens.
-            if record.state is S.CONNECTED:
+            if record.status is S.CONNECTED:
                 assert record.tokens is not None and record.account is not None
                 assert record.host == fake.account_host
                 assert record.account.id == fake.account_id
-            if record.state is S.DISCONNECTED:
+            if record.status is S.DISCONNECTED:
                 assert record.tokens is None and record.account is None
             # 8. Between calls nothing is left half-done: no exchange, no live lease.
-            assert record.state not in EXCHANGING
+            assert record.status not in EXCHANGING
             assert record.live_lease(self.clock()) is None
             assert self.oauth.status(cid) == record.public()
             # 5. The version never goes back, and moves with every change.
@@ -983,7 +985,7 @@ def test_code_exchanged_for_one_connection_is_never_sent_for_another(
     sent = fake.token_calls_for(query["code"])
     assert sent == 1, (
         f"the code went to the token endpoint {sent} times; "
-        f"user-2 is now {result.connection.state.value} ({result.connection.error})"
+        f"user-2 is now {result.connection.status.value} ({result.connection.error})"
     )
     assert (result.outcome, result.duplicate) == (Outcome.FAILED, True)
     assert oauth.status("user-2").version == 0
@@ -1086,7 +1088,7 @@ def test_a_code_that_lost_a_race_unsent_is_exchanged_later(
     assert retry.outcome is Outcome.CONNECTED, (
         f"code b, never sent, was refused: {retry.outcome.value}, duplicate={retry.duplicate}, "
         f"sent {fake.token_calls_for(code_b)} times; the connection is "
-        f"{retry.connection.state.value}"
+        f"{retry.connection.status.value}"
     )
 
 

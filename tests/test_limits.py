@@ -80,7 +80,7 @@ def test_a_flood_of_widget_installs_is_cut_per_process_and_leaves_no_records(
     assert outcomes.count(Outcome.FAILED) == 10
     # A failed install leaves no permanent record.
     key = record_key(oauth.config.client_id, fake.account_host, widget=True)
-    assert oauth.store.load(key) is None  # type: ignore[union-attr]
+    assert oauth.store.load(key).record is None  # type: ignore[union-attr]
 
 
 def test_the_same_host_is_bounded_across_connections(

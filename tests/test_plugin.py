@@ -12,7 +12,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from amo_oauth import AmoOAuth, Config, ConnectionState, MemoryStore, Outcome
+from amo_oauth import AmoOAuth, Config, ConnectionStatus, MemoryStore, Outcome
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 CLIENTS = []
@@ -52,7 +52,7 @@ def test_config_matches_the_fake(amo_config, amo_fake, amo_oauth_client):
     )
     assert amo_config.authorize_url == "https://www.amocrm.ru/oauth"
     assert len(amo_config.state_secret) >= 32
-    assert amo_oauth_client.status("nobody").state is ConnectionState.DISCONNECTED
+    assert amo_oauth_client.status("nobody").status is ConnectionStatus.DISCONNECTED
 
 """
 

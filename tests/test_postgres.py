@@ -20,9 +20,9 @@ import pytest
 
 from _pg_server import PASSWORD_MARK, postgres_url  # noqa: F401
 from amo_oauth import StoreError
-from amo_oauth._records import ConnectionState
+from amo_oauth._records import ConnectionStatus
 from amo_oauth.stores import PostgresStore
-from amo_oauth.stores._protocol import AsyncStore, Claim, ClaimResult, FullStore, LedgerEntry
+from amo_oauth.stores._protocol import AsyncStore, Claim, ClaimResult, LedgerEntry, Store
 from amo_oauth.testing import StoreContract
 from amo_oauth.testing._contract import make_record
 
@@ -91,11 +91,9 @@ def run_together(count: int, task: Callable[[int], T]) -> list[T]:
         return list(pool.map(started, range(count)))
 
 
-def waiting_keys(store: PostgresStore) -> set[str]:
-    """The keys of the store's waiters that have read their record and sleep."""
-    with store._listener._cond:
-        groups = store._listener._waiters.items()
-        return {key for key, group in groups if any(waiter.parked for waiter in group)}
+def registered(store: PostgresStore, key: str | None = None) -> int:
+    """How many of the store's waiters are registered on its hub (for ``key``, or in all)."""
+    return store.hub.waiting(key)
 
 
 def until(condition: Callable[[], bool]) -> None:
@@ -119,7 +117,7 @@ def all_text(exc: BaseException) -> str:
 
 
 def test_store_implements_both_protocols(store: PostgresStore) -> None:
-    assert isinstance(store, FullStore)
+    assert isinstance(store, Store)
     assert isinstance(store, AsyncStore)
 
 
@@ -127,13 +125,13 @@ def test_store_implements_both_protocols(store: PostgresStore) -> None:
 
 
 def test_load_missing_is_none(store: PostgresStore) -> None:
-    assert store.load("nobody") is None
+    assert store.load("nobody").record is None
 
 
 def test_insert_once_and_keep_the_first(store: PostgresStore) -> None:
     assert store.compare_and_set(make_record(host="first.amocrm.ru"), None) is True
     assert store.compare_and_set(make_record(host="second.amocrm.ru"), None) is False
-    assert store.load("c1") == make_record(host="first.amocrm.ru")
+    assert store.load("c1").record == make_record(host="first.amocrm.ru")
 
 
 def test_update_needs_the_current_version(store: PostgresStore) -> None:
@@ -141,12 +139,12 @@ def test_update_needs_the_current_version(store: PostgresStore) -> None:
     assert store.compare_and_set(make_record(version=3, host="stale"), 2) is False
     assert store.compare_and_set(make_record(version=2, host="new"), 1) is True
     assert store.compare_and_set(make_record(version=3, host="stale"), 1) is False
-    assert store.load("c1") == make_record(version=2, host="new")
+    assert store.load("c1").record == make_record(version=2, host="new")
 
 
 def test_update_of_a_missing_record_creates_nothing(store: PostgresStore) -> None:
     assert store.compare_and_set(make_record(version=2), 1) is False
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
 
 
 @pytest.mark.parametrize(("version", "expected"), [(0, None), (1, 1), (1, 2)])
@@ -166,16 +164,16 @@ def test_numbers_beyond_bigint(store: PostgresStore) -> None:
 def test_namespaced_record_round_trips(store: PostgresStore) -> None:
     record = make_record("user-42/Ünïcode ✓", integration="client-id", account_id=7)
     assert store.compare_and_set(record, None)
-    assert store.load(record.key) == record
-    assert store.load(record.connection_id) is None
+    assert store.load(record.key).record == record
+    assert store.load(record.connection_id).record is None
 
 
 def test_delete_needs_the_current_version(store: PostgresStore) -> None:
     assert store.compare_and_set(make_record(), None)
     assert store.delete("c1", 2) is False
-    assert store.load("c1") is not None
+    assert store.load("c1").record is not None
     assert store.delete("c1", 1) is True
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
     assert store.delete("c1", 1) is False
 
 
@@ -255,7 +253,7 @@ def state_entry(holder: str = "digest-a", key: str = "nonce-1") -> LedgerEntry:
 def test_claim_writes_all_three(store: PostgresStore) -> None:
     claim = Claim(make_record(), None, code_entry(), state_entry())
     assert store.claim(claim) is ClaimResult.CLAIMED
-    assert store.load("c1") == make_record()
+    assert store.load("c1").record == make_record()
     assert store.holder_of("nonce-1") == "digest-a"
     assert store.holder_of("code:" + "a" * 64) == "c1"
     # The same holders pass again; only the record's version decides then.
@@ -266,14 +264,14 @@ def test_claim_writes_all_three(store: PostgresStore) -> None:
 
 def test_claim_without_state(store: PostgresStore) -> None:
     assert store.claim(Claim(make_record(), None, code_entry())) is ClaimResult.CLAIMED
-    assert store.load("c1") == make_record()
+    assert store.load("c1").record == make_record()
 
 
 def test_claim_state_used_writes_nothing(store: PostgresStore) -> None:
     assert store.consume_state("nonce-1", LATER, "digest-other")
     result = store.claim(Claim(make_record(), None, code_entry(), state_entry()))
     assert result is ClaimResult.STATE_USED
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
     assert store.holder_of("code:" + "a" * 64) is None
     assert store.holder_of("nonce-1") == "digest-other"
 
@@ -282,7 +280,7 @@ def test_claim_code_taken_writes_nothing(store: PostgresStore) -> None:
     assert store.consume_state("code:" + "a" * 64, LATER, "other-record")
     result = store.claim(Claim(make_record(), None, code_entry(), state_entry()))
     assert result is ClaimResult.CODE_TAKEN
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
     assert store.holder_of("nonce-1") is None  # the state taken first was rolled back
 
 
@@ -290,7 +288,7 @@ def test_claim_record_changed_writes_nothing(store: PostgresStore) -> None:
     assert store.compare_and_set(make_record(), None)
     result = store.claim(Claim(make_record(version=3), 2, code_entry(), state_entry()))
     assert result is ClaimResult.RECORD_CHANGED
-    assert store.load("c1") == make_record()
+    assert store.load("c1").record == make_record()
     assert store.holder_of("nonce-1") is None
     assert store.holder_of("code:" + "a" * 64) is None
     # Nothing was left taken, so another record may still claim the code.
@@ -328,13 +326,13 @@ def test_thread_race_on_one_version_has_one_winner(store: PostgresStore) -> None
         32, lambda i: store.compare_and_set(make_record(version=2, host=f"h{i}"), 1)
     )
     assert results.count(True) == 1
-    assert store.load("c1") == make_record(version=2, host=f"h{results.index(True)}")
+    assert store.load("c1").record == make_record(version=2, host=f"h{results.index(True)}")
 
 
 def test_thread_race_to_insert_has_one_winner(store: PostgresStore) -> None:
     results = run_together(32, lambda i: store.compare_and_set(make_record(host=f"h{i}"), None))
     assert results.count(True) == 1
-    assert store.load("c1") == make_record(host=f"h{results.index(True)}")
+    assert store.load("c1").record == make_record(host=f"h{results.index(True)}")
 
 
 def test_two_stores_race_loses_no_update(
@@ -346,7 +344,7 @@ def test_two_stores_race_loses_no_update(
     def bump(i: int) -> int:
         mine, conflicts, done = stores[i % 2], 0, 0
         while done < 10:
-            current = mine.load("c1")
+            current = mine.load("c1").record
             assert current is not None and current.host is not None
             new = make_record(version=current.version + 1, host=str(int(current.host) + 1))
             if mine.compare_and_set(new, current.version):
@@ -356,7 +354,7 @@ def test_two_stores_race_loses_no_update(
         return conflicts
 
     conflicts = run_together(8, bump)
-    final = store.load("c1")
+    final = store.load("c1").record
     assert final is not None
     assert (final.version, final.host) == (81, "80")
     assert sum(conflicts) > 0, "the threads never raced: the test proved nothing"
@@ -376,30 +374,30 @@ def test_find_by_account_by_key(store: PostgresStore) -> None:
     assert [r.connection_id for r in store.find_by_account(7)] == ["Z", "é"]
 
 
-def test_due_for_refresh_order_cutoff_and_limit(store: PostgresStore) -> None:
+def test_due_page_order_cutoff_and_limit(store: PostgresStore) -> None:
     seeds = [
-        ("late", ConnectionState.CONNECTED, 30),
-        ("tie-b", ConnectionState.CONNECTED, 10),
-        ("tie-a", ConnectionState.CONNECTED, 10),
-        ("soon", ConnectionState.CONNECTED, 5),
-        ("error", ConnectionState.ERROR, 1),
-        ("after", ConnectionState.CONNECTED, 100),
+        ("late", ConnectionStatus.CONNECTED, 30),
+        ("tie-b", ConnectionStatus.CONNECTED, 10),
+        ("tie-a", ConnectionStatus.CONNECTED, 10),
+        ("soon", ConnectionStatus.CONNECTED, 5),
+        ("error", ConnectionStatus.ERROR, 1),
+        ("after", ConnectionStatus.CONNECTED, 100),
     ]
-    for cid, state, days in seeds:
-        record = make_record(cid, state=state, refresh_expires_at=T0 + timedelta(days=days))
+    for cid, status, days in seeds:
+        record = make_record(cid, status=status, refresh_expires_at=T0 + timedelta(days=days))
         assert store.compare_and_set(record, None)
 
     def due(before: datetime, limit: int) -> list[str]:
-        return [r.connection_id for r in store.due_for_refresh(before, limit)]
+        return [r.connection_id for r in store.due_page(before, limit)]
 
     assert due(T0 + timedelta(days=50), 10) == ["soon", "tie-a", "tie-b", "late"]
     assert due(T0 + timedelta(days=50), 2) == ["soon", "tie-a"]
     assert due(T0 + timedelta(days=10), 10) == ["soon"]  # strictly before
     assert due(T0 + timedelta(days=50), 0) == []
     with pytest.raises(ValueError, match="limit"):
-        store.due_for_refresh(T0, -1)
+        store.due_page(T0, -1)
     with pytest.raises(ValueError, match="timezone-aware"):
-        store.due_for_refresh(datetime(2030, 1, 1), 1)
+        store.due_page(datetime(2030, 1, 1), 1)
 
 
 # -- waiting for a change ------------------------------------------------------------------
@@ -418,7 +416,7 @@ def test_wait_for_change_is_woken_by_another_store(
 
     waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
-    until(lambda: "c1" in waiting_keys(store))
+    until(lambda: registered(store, "c1"))
     assert not returned.is_set()
     assert writer.compare_and_set(make_record(version=2), 1)
     waiter.join(timeout=60)
@@ -435,7 +433,7 @@ def test_wait_for_change_returns_at_its_timeout(store: PostgresStore) -> None:
     assert store.compare_and_set(make_record(), None)
     store.wait_for_change("c1", 1, 0.05)
     store.wait_for_change("c1", 1, 0)
-    assert waiting_keys(store) == set()
+    assert registered(store) == 0
 
 
 def test_wait_for_change_survives_a_lost_listener(
@@ -443,23 +441,114 @@ def test_wait_for_change_survives_a_lost_listener(
 ) -> None:
     assert store.compare_and_set(make_record(), None)
     store.wait_for_change("c1", 1, 0)  # starts the listener
-    with psycopg.connect(store._conninfo, autocommit=True) as conn:
+    with psycopg.connect(store._conns.conninfo, autocommit=True) as conn:
         killed = conn.execute(
             b"SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             b" WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
         ).fetchall()
     assert killed
-    until(lambda: not store._listener._ready)
+    until(lambda: not store._listener.ready)
     # The next wait listens again, and is woken by a write as before.
     returned = threading.Event()
     waiter = threading.Thread(
         target=lambda: (store.wait_for_change("c1", 1, FOREVER), returned.set()), daemon=True
     )
     waiter.start()
-    until(lambda: "c1" in waiting_keys(store))
+    until(lambda: registered(store, "c1"))
     assert make_store().compare_and_set(make_record(version=2), 1)
     waiter.join(timeout=60)
     assert returned.is_set()
+
+
+def test_threads_and_tasks_wait_on_the_hub_behind_one_listening_connection(
+    store: PostgresStore, make_store: Callable[..., PostgresStore]
+) -> None:
+    writer = make_store()  # another object: only NOTIFY reaches the waiters
+    assert writer.compare_and_set(make_record(), None)
+    threads = [
+        threading.Thread(target=store.wait_for_change, args=("c1", 1, FOREVER), daemon=True)
+        for _ in range(4)
+    ]
+
+    async def main() -> None:
+        for thread in threads:
+            thread.start()
+        tasks = [asyncio.create_task(store.await_for_change("c1", 1, FOREVER)) for _ in range(4)]
+        while registered(store, "c1") < 8:
+            await asyncio.sleep(0.005)
+        with psycopg.connect(store._conns.conninfo) as conn:
+            listening = conn.execute(
+                b"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'"
+            ).fetchone()[0]
+        assert listening == 1
+        assert await asyncio.to_thread(writer.compare_and_set, make_record(version=2), 1)
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        for thread in threads:  # before the store closes: a wait ended by close() raises
+            await asyncio.to_thread(thread.join, 60)
+            assert not thread.is_alive()
+        await store.aclose()
+
+    asyncio.run(main())
+    assert registered(store) == 0
+
+
+# -- the store's clock and check() ---------------------------------------------------------
+
+
+def server_now(store: PostgresStore) -> datetime:
+    with psycopg.connect(store._conns.conninfo) as conn:
+        moment: datetime = conn.execute(b"SELECT now()").fetchone()[0]
+    return moment
+
+
+def test_load_reads_the_servers_clock_plus_the_offset(
+    make_store: Callable[..., PostgresStore],
+) -> None:
+    offset = [timedelta(days=3)]
+    store = make_store(clock_offset=lambda: offset[0])
+    store.migrate()
+    before = server_now(store)
+    loaded = store.load("c1")
+    assert loaded.record is None and loaded.now.utcoffset() == timedelta(0)
+    assert before + offset[0] <= loaded.now <= server_now(store) + offset[0]
+    offset[0] = timedelta(days=-1)  # a test moves the store's time either way
+    assert asyncio.run(store.aload("c1")).now <= server_now(store) - timedelta(hours=23)
+
+
+def test_ledger_keys_expire_by_the_stores_clock(make_store: Callable[..., PostgresStore]) -> None:
+    offset = [timedelta(0)]
+    store = make_store(clock_offset=lambda: offset[0])
+    store.migrate()
+    expiry = store.load("c1").now + timedelta(hours=1)
+    assert store.consume_state("n1", expiry, "digest-a")
+    assert store.holder_of("n1") == "digest-a"
+    assert not store.consume_state("n1", expiry, "digest-b")
+    offset[0] = timedelta(hours=2)  # past the entry's expiry on the store's clock
+    assert store.holder_of("n1") is None
+    assert store.consume_state("n1", expiry + offset[0], "digest-b")
+    assert store.holder_of("n1") == "digest-b"
+
+
+def test_check_reports_an_unmigrated_table_and_creates_nothing(
+    make_store: Callable[..., PostgresStore],
+) -> None:
+    store = make_store()
+    for report in (store.check(), asyncio.run(store.acheck())):
+        assert report.kind == "postgres"
+        assert report.reachable and not report.schema_ready and not report.ok
+        assert report.now is not None and "migrate" in report.detail
+    with pytest.raises(StoreError, match="does not exist"):
+        store.load("c1")
+    store.migrate()
+    assert store.check().ok
+
+
+def test_check_of_a_newer_schema(store: PostgresStore) -> None:
+    with psycopg.connect(store._conns.conninfo, autocommit=True) as conn:
+        conn.execute(f'INSERT INTO "{store.table}_schema" (version) VALUES (99)'.encode())
+    report = store.check()
+    assert report.reachable and not report.schema_ready
+    assert "99" in report.detail
 
 
 # -- awaited operations --------------------------------------------------------------------
@@ -472,13 +561,13 @@ def test_async_operations(store: PostgresStore, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(asyncio, "to_thread", no_threads)
 
     async def main() -> None:
-        assert await store.aload("c1") is None
+        assert (await store.aload("c1")).record is None
         assert await store.acompare_and_set(make_record(), None) is True
         assert await store.acompare_and_set(make_record(), None) is False
         assert await store.acompare_and_set(make_record(version=2), 1) is True
-        assert await store.aload("c1") == make_record(version=2)
+        assert (await store.aload("c1")).record == make_record(version=2)
         assert await store.afind_by_account(42) == [make_record(version=2)]
-        due = await store.adue_for_refresh(T0 + timedelta(days=365), 10)
+        due = await store.adue_page(T0 + timedelta(days=365), 10)
         assert due == [make_record(version=2)]
         assert await store.aconsume_state("n1", LATER, "digest-a") is True
         assert await store.aconsume_state("n1", LATER, "digest-b") is False
@@ -490,7 +579,7 @@ def test_async_operations(store: PostgresStore, monkeypatch: pytest.MonkeyPatch)
         assert await store.aholder_of("code:b") is None
         assert await store.adelete("c1", 1) is False
         assert await store.adelete("c1", 2) is True
-        assert store.load("c1") is None  # the blocking pool sees the awaited writes
+        assert store.load("c1").record is None  # the blocking pool sees the awaited writes
         await store.aclose()
 
     asyncio.run(main())
@@ -506,7 +595,7 @@ def test_await_for_change_is_woken_by_a_blocking_write(
 
     async def main() -> None:
         waiting = asyncio.create_task(store.await_for_change("c1", 1, FOREVER))
-        while "c1" not in waiting_keys(store):
+        while not registered(store, "c1"):
             await asyncio.sleep(0.005)
         assert not waiting.done()
         write = threading.Thread(target=writer.compare_and_set, args=(make_record(version=2), 1))
@@ -529,9 +618,9 @@ def test_many_waiters_share_one_listening_connection(
 
     async def main() -> None:
         waits = [asyncio.create_task(store.await_for_change(f"c{i}", 1, FOREVER)) for i in range(8)]
-        while len(waiting_keys(store)) < 8:
+        while registered(store) < 8:
             await asyncio.sleep(0.005)
-        with psycopg.connect(store._conninfo) as conn:
+        with psycopg.connect(store._conns.conninfo) as conn:
             listening = conn.execute(
                 b"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'"
             ).fetchone()[0]
@@ -551,10 +640,10 @@ def test_migrate_is_idempotent(store: PostgresStore, postgres_url: str) -> None:
     assert store.compare_and_set(make_record(), None)
     store.migrate()
     store.migrate()
-    assert store.load("c1") == make_record()
+    assert store.load("c1").record == make_record()
     with psycopg.connect(postgres_url) as conn:
         rows = conn.execute(f'SELECT version FROM "{store.table}_schema"'.encode()).fetchall()
-    assert rows == [(1,)]
+    assert rows == [(2,)]
 
 
 def test_concurrent_migrations(make_store: Callable[..., PostgresStore]) -> None:
@@ -579,9 +668,25 @@ def test_calls_before_migrate_say_so(make_store: Callable[..., PostgresStore]) -
 
 def test_newer_schema_is_refused(store: PostgresStore, postgres_url: str) -> None:  # noqa: F811
     with psycopg.connect(postgres_url) as conn:
-        conn.execute(f'INSERT INTO "{store.table}_schema" VALUES (2)'.encode())
-    with pytest.raises(StoreError, match="schema version 2"):
+        conn.execute(f'INSERT INTO "{store.table}_schema" VALUES (3)'.encode())
+    with pytest.raises(StoreError, match="schema version 3"):
         store.migrate()
+
+
+def test_older_schema_is_refused(
+    make_store: Callable[..., PostgresStore],
+    postgres_url: str,  # noqa: F811
+) -> None:
+    """Schema 1 kept a connection's status as ``state`` (its column and its record bodies):
+    such a table is refused, never converted nor misread."""
+    old = make_store()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute(f'CREATE TABLE "{old.table}_schema" (version INTEGER NOT NULL)'.encode())
+        conn.execute(f'INSERT INTO "{old.table}_schema" VALUES (1)'.encode())
+    with pytest.raises(StoreError, match=r"schema version 1.*converts no older table"):
+        old.migrate()
+    report = old.check()
+    assert report.reachable and not report.schema_ready and "schema version 1" in report.detail
 
 
 def test_schema_qualified_table(postgres_url: str) -> None:  # noqa: F811
@@ -592,7 +697,7 @@ def test_schema_qualified_table(postgres_url: str) -> None:  # noqa: F811
     try:
         qualified.migrate()
         assert qualified.compare_and_set(make_record(), None)
-        assert qualified.load("c1") == make_record()
+        assert qualified.load("c1").record == make_record()
     finally:
         qualified.close()
         with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -611,7 +716,7 @@ def test_bad_table_names_are_refused(name: str) -> None:
 
 
 def test_repr_names_host_and_database_not_the_password(store: PostgresStore) -> None:
-    assert PASSWORD_MARK in store._conninfo  # the fixture's URL carries a password
+    assert PASSWORD_MARK in store._conns.conninfo  # the fixture's URL carries a password
     text = repr(store)
     assert "127.0.0.1" in text
     assert "amo_test" in text
@@ -668,6 +773,9 @@ def test_server_down_is_store_error() -> None:
             with pytest.raises(StoreError, match=r"127\.0\.0\.1/app") as caught:
                 call()
             assert "pw-Secr3t-down" not in all_text(caught.value)
+        for report in (down.check(), asyncio.run(down.acheck())):
+            assert not report.reachable and not report.ok
+            assert "127.0.0.1/app" in report.detail and "pw-Secr3t-down" not in repr(report)
     finally:
         down.close()
 
@@ -684,7 +792,7 @@ def test_closed_store_refuses_calls(store: PostgresStore) -> None:
         lambda: store.holder_of("n"),
         lambda: store.claim(Claim(make_record(version=2), 1, code_entry())),
         lambda: store.find_by_account(42),
-        lambda: store.due_for_refresh(T0, 10),
+        lambda: store.due_page(T0, 10),
         lambda: store.wait_for_change("c1", 1, FOREVER),
         lambda: asyncio.run(store.aload("c1")),
         lambda: asyncio.run(store.await_for_change("c1", 1, FOREVER)),
@@ -766,7 +874,7 @@ def test_tokens_are_encrypted_at_rest(
     with psycopg.connect(postgres_url) as conn:
         raw = repr(conn.execute(f'SELECT * FROM "{table}"'.encode()).fetchall())
     assert record.tokens.access_token not in raw and record.tokens.refresh_token not in raw
-    assert store.load(record.key) == record
+    assert store.load(record.key).record == record
     with pytest.raises(StoreError, match="wrong key"):
         make_store(encryption=Fernet(Fernet.generate_key())).load(record.key)
 
@@ -774,13 +882,13 @@ def test_tokens_are_encrypted_at_rest(
 def test_connections_find_a_silent_server_dead(store: PostgresStore, postgres_url: str) -> None:  # noqa: F811
     """A server that vanishes without a reset still ends in StoreError: the store's
     connections carry TCP keepalives and a user timeout, unless the conninfo sets its own."""
-    with store._sync_pool().connection() as conn:
+    with store._conns.pool().connection() as conn:
         used = conn.info.get_parameters()
     assert used["keepalives"] == "1" and used["keepalives_idle"] == "30"
     assert used["tcp_user_timeout"] == "60000"
     own = PostgresStore(postgres_url + "?keepalives_idle=5", table=store.table)
     try:
-        with own._sync_pool().connection() as conn:
+        with own._conns.pool().connection() as conn:
             assert conn.info.get_parameters()["keepalives_idle"] == "5"
     finally:
         own.close()

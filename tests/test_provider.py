@@ -255,7 +255,8 @@ def test_the_table_is_well_formed():
 
 def test_the_table_renders_as_markdown():
     lines = markdown_rows()
-    assert lines[0] == "| grant | status | hint | meaning | reason | next state | source |"
+    header = "| grant | status | hint | meaning | reason | next connection status | source |"
+    assert lines[0] == header
     assert len(lines) == len(ROWS) + 2
     cells = {len(re.split(r"(?<!\\)\|", line)) for line in lines}
     assert cells == {9}  # seven columns between eight bars

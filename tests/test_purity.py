@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PURE = (
-    "_state",
+    "_lifecycle",
     "_records",
     "_record_view",
     "_events",
@@ -22,6 +22,7 @@ PURE = (
     "_binding",
     "_errors",
     "_config",
+    "_setting_errors",
     "_codec",
     "_reasons",
     "_answers",

@@ -15,14 +15,13 @@ import pytest
 
 from amo_oauth import (
     AmoOAuth,
-    ConnectionState,
+    ConnectionStatus,
     MemoryStore,
     Outcome,
     ProviderError,
     ReauthorizationRequired,
 )
 from amo_oauth._ops import Send, StoreOp
-from amo_oauth.stores import as_full_store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import config_for, query_of, run_consent, stored
@@ -35,7 +34,7 @@ def run_to_send(oauth: AmoOAuth, flow: Flow, answer: httpx.Response | None = Non
     until it wants to send a request; return that."""
     item = next(flow) if answer is None else flow.send(answer)
     while not isinstance(item, Send):
-        reply = item.run(as_full_store(oauth.store)) if isinstance(item, StoreOp) else None
+        reply = item.run(oauth.store) if isinstance(item, StoreOp) else None
         item = flow.send(reply)
     return item
 
@@ -46,7 +45,7 @@ def finish(oauth: AmoOAuth, flow: Flow, answer: httpx.Response) -> Any:
         item = flow.send(answer)
         while True:
             if isinstance(item, StoreOp):
-                item = flow.send(item.run(as_full_store(oauth.store)))
+                item = flow.send(item.run(oauth.store))
             elif isinstance(item, Send):
                 item = flow.send(oauth.http.send(item.request))
             else:
@@ -116,7 +115,7 @@ def test_a_refresh_answered_after_its_lease_lapsed_still_keeps_the_new_pair(
     token = finish(connected, slow, answer)
     assert fake.is_access_token_valid(token)
     status = connected.status("u1")
-    assert (status.state, status.error) == (ConnectionState.CONNECTED, None)
+    assert (status.status, status.error) == (ConnectionStatus.CONNECTED, None)
     assert connected.access_token("u1") == token
     assert fake.token_calls[("refresh_token", "ok")] == 1
 
@@ -148,5 +147,5 @@ def test_a_real_uninstall_is_not_undone_by_a_late_refresh_answer(
     with pytest.raises(ReauthorizationRequired):  # the late answer finds the uninstall
         finish(connected, slow, answer)
     status = connected.status("u1")
-    assert status.state is ConnectionState.ERROR
+    assert status.status is ConnectionStatus.ERROR
     assert status.error is not None and status.error.reason == "disconnected_by_provider"

@@ -23,7 +23,7 @@ from amo_oauth._hosts import AccountHost
 from amo_oauth._records import (
     Account,
     ConnectionRecord,
-    ConnectionState,
+    ConnectionStatus,
     ErrorInfo,
     Lease,
     SeenCode,
@@ -50,7 +50,7 @@ def test_token_reprs_hide_the_tokens():
 def test_the_public_view_holds_no_secret_and_no_digest():
     record = ConnectionRecord(
         "c",
-        state=ConnectionState.CONNECTED,
+        status=ConnectionStatus.CONNECTED,
         version=3,
         host="acme.amocrm.ru",
         tokens=TOKENS,
@@ -59,7 +59,7 @@ def test_the_public_view_holds_no_secret_and_no_digest():
         lease=EXCHANGE,
     )
     public = record.public()
-    assert (public.connection_id, public.state, public.account) == ("c", record.state, ACCOUNT)
+    assert (public.connection_id, public.status, public.account) == ("c", record.status, ACCOUNT)
     assert (public.expires_at, public.error, public.version) == (T0, None, 3)
     assert public.is_connected
     assert code_digest("code-1") not in repr(public)
@@ -184,8 +184,9 @@ def test_the_codec_round_trips_every_record(record):
 def test_the_codec_writes_a_versioned_plain_json_document():
     record = ConnectionRecord("c", tokens=TOKENS, account=ACCOUNT, lease=EXCHANGE)
     body = json.loads(record_to_json(record))
-    assert body["format"] == 1
-    assert body["state"] == "disconnected"
+    assert body["format"] == 2
+    assert body["status"] == "disconnected"
+    assert "state" not in body
     assert body["tokens"]["refresh_token"] == "refresh-SECRET-2"
     lease = {"owner": "worker-1", "purpose": "exchange", "expires_at": "2030-01-01T00:00:00+00:00"}
     assert body["lease"] == lease
@@ -194,4 +195,8 @@ def test_the_codec_writes_a_versioned_plain_json_document():
 def test_the_codec_refuses_an_unknown_format():
     body = json.loads(record_to_json(ConnectionRecord("c")))
     with pytest.raises(ValueError, match="unknown record format"):
-        record_from_json(json.dumps({**body, "format": 2}))
+        record_from_json(json.dumps({**body, "format": 3}))
+    # Format 1 named the status "state": refused, never read as a record without one.
+    old = {**{k: v for k, v in body.items() if k != "status"}, "format": 1, "state": "connected"}
+    with pytest.raises(ValueError, match="unknown record format"):
+        record_from_json(json.dumps(old))

@@ -25,9 +25,9 @@ import redis
 from _redis_server import REDIS_PASSWORD, free_port, redis_url  # noqa: F401
 from _store_race_worker import increment
 from amo_oauth._errors import StoreError
-from amo_oauth._records import ConnectionRecord, ConnectionState
+from amo_oauth._records import ConnectionRecord, ConnectionStatus
 from amo_oauth.stores import RedisStore
-from amo_oauth.stores._protocol import AsyncStore, Claim, ClaimResult, FullStore, LedgerEntry, Store
+from amo_oauth.stores._protocol import AsyncStore, Claim, ClaimResult, LedgerEntry, Loaded, Store
 from amo_oauth.testing import StoreContract
 from amo_oauth.testing._contract import make_record
 
@@ -110,7 +110,7 @@ def closed_port_url() -> str:
 
 def test_implements_every_protocol(store: RedisStore) -> None:
     assert isinstance(store, Store)
-    assert isinstance(store, FullStore)
+    assert isinstance(store, Store)
     assert isinstance(store, AsyncStore)
 
 
@@ -172,11 +172,11 @@ def test_repr_names_host_and_db_never_the_password(store: RedisStore) -> None:
 
 def test_insert_once(store: RedisStore) -> None:
     first = make_record(host="first")
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
     assert store.compare_and_set(first, None) is True
     assert store.compare_and_set(make_record(host="second"), None) is False
     assert store.compare_and_set(make_record(version=5, host="third"), None) is False
-    assert store.load("c1") == first
+    assert store.load("c1").record == first
 
 
 def test_update_needs_the_current_version(store: RedisStore) -> None:
@@ -185,22 +185,22 @@ def test_update_needs_the_current_version(store: RedisStore) -> None:
     assert store.compare_and_set(second, 1) is True
     for stale in (1, 3, 99):
         assert store.compare_and_set(make_record(version=stale + 1, host="stale"), stale) is False
-    assert store.load("c1") == second
+    assert store.load("c1").record == second
     assert store.compare_and_set(make_record(version=3, host="third"), 2) is True
-    assert store.load("c1") == make_record(version=3, host="third")
+    assert store.load("c1").record == make_record(version=3, host="third")
 
 
 def test_update_of_missing_record_creates_nothing(store: RedisStore) -> None:
     assert store.compare_and_set(make_record(version=2), 1) is False
     assert store.compare_and_set(make_record(version=1), 0) is False
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
 
 
 @pytest.mark.parametrize(("version", "expected"), [(1, 1), (1, 2), (0, None), (-1, None)])
 def test_version_must_increase(store: RedisStore, version: int, expected: int | None) -> None:
     with pytest.raises(ValueError, match="version"):
         store.compare_and_set(make_record(version=version), expected)
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
 
 
 def test_versions_beyond_doubles_compare_exactly(store: RedisStore) -> None:
@@ -209,7 +209,7 @@ def test_versions_beyond_doubles_compare_exactly(store: RedisStore) -> None:
     assert store.compare_and_set(make_record(version=big), None)
     assert store.compare_and_set(make_record(version=big + 2), big + 1) is False
     assert store.compare_and_set(make_record(version=big + 1), big) is True
-    loaded = store.load("c1")
+    loaded = store.load("c1").record
     assert loaded is not None
     assert loaded.version == big + 1
 
@@ -217,8 +217,8 @@ def test_versions_beyond_doubles_compare_exactly(store: RedisStore) -> None:
 def test_namespaced_keys_round_trip(store: RedisStore) -> None:
     record = make_record("user:7", integration="client-id")
     assert store.compare_and_set(record, None)
-    assert store.load(record.key) == record
-    assert store.load("user:7") is None
+    assert store.load(record.key).record == record
+    assert store.load("user:7").record is None
 
 
 def test_delete_needs_the_current_version(store: RedisStore) -> None:
@@ -226,9 +226,9 @@ def test_delete_needs_the_current_version(store: RedisStore) -> None:
     assert store.compare_and_set(make_record(version=2), 1)
     assert store.delete("c1", 1) is False
     assert store.delete("c1", 3) is False
-    assert store.load("c1") == make_record(version=2)
+    assert store.load("c1").record == make_record(version=2)
     assert store.delete("c1", 2) is True
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
     assert store.delete("c1", 2) is False
     assert store.delete("nobody", 1) is False
     assert store.compare_and_set(make_record(host="again"), None) is True
@@ -240,19 +240,19 @@ def test_thread_race_on_one_version_has_one_winner(store: RedisStore) -> None:
         32, lambda i: store.compare_and_set(make_record(version=2, host=str(i)), 1)
     )
     assert results.count(True) == 1
-    assert store.load("c1") == make_record(version=2, host=str(results.index(True)))
+    assert store.load("c1").record == make_record(version=2, host=str(results.index(True)))
 
 
 def test_thread_race_to_insert_has_one_winner(store: RedisStore) -> None:
     results = run_together(32, lambda i: store.compare_and_set(make_record(host=str(i)), None))
     assert results.count(True) == 1
-    assert store.load("c1") == make_record(host=str(results.index(True)))
+    assert store.load("c1").record == make_record(host=str(results.index(True)))
 
 
 def test_thread_race_loses_no_update(store: RedisStore) -> None:
     assert store.compare_and_set(make_record(host="0"), None)
     conflicts = run_together(16, lambda _: increment(store, "c1", 10, pause=0.0001))
-    final = store.load("c1")
+    final = store.load("c1").record
     assert final is not None
     assert final.version == 1 + 16 * 10
     assert final.host == str(16 * 10)
@@ -263,10 +263,10 @@ def test_two_stores_share_the_database(make_store: Callable[..., RedisStore]) ->
     one = make_store()
     other = make_store(one.prefix)
     assert one.compare_and_set(make_record(), None)
-    assert other.load("c1") == make_record()
+    assert other.load("c1").record == make_record()
     assert other.compare_and_set(make_record(version=2), 1)
     assert one.compare_and_set(make_record(version=2, host="late"), 1) is False
-    assert make_store().load("c1") is None  # another prefix sees nothing
+    assert make_store().load("c1").record is None  # another prefix sees nothing
 
 
 def test_unreadable_record_is_store_error(store: RedisStore, raw: redis.Redis) -> None:
@@ -347,12 +347,12 @@ def a_claim(
 
 def test_claim_takes_state_code_and_record(store: RedisStore) -> None:
     assert store.claim(a_claim()) is ClaimResult.CLAIMED
-    assert store.load("c1") == a_claim().record
+    assert store.load("c1").record == a_claim().record
     assert store.holder_of("nonce-1") == "digest-a"
     assert store.holder_of("code:aaa") == "c1"
     # The same holders pass again (a retry after a lost reply): only the record decides.
     assert store.claim(a_claim(1, version=2)) is ClaimResult.CLAIMED
-    assert store.load("c1") == a_claim(1, version=2).record
+    assert store.load("c1").record == a_claim(1, version=2).record
 
 
 def test_claim_without_a_state(store: RedisStore) -> None:
@@ -364,14 +364,14 @@ def test_claim_without_a_state(store: RedisStore) -> None:
 def test_claim_state_used_writes_nothing(store: RedisStore) -> None:
     assert store.consume_state("nonce-1", LATER, "digest-other")
     assert store.claim(a_claim()) is ClaimResult.STATE_USED
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
     assert store.holder_of("code:aaa") is None
 
 
 def test_claim_code_taken_writes_nothing(store: RedisStore) -> None:
     assert store.consume_state("code:aaa", LATER, "another-record")
     assert store.claim(a_claim()) is ClaimResult.CODE_TAKEN
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
     assert store.holder_of("nonce-1") is None
     assert store.holder_of("code:aaa") == "another-record"
 
@@ -381,7 +381,7 @@ def test_claim_record_changed_writes_nothing(store: RedisStore) -> None:
     assert store.compare_and_set(make_record(version=3), None)
     assert store.claim(a_claim(1, version=2)) is ClaimResult.RECORD_CHANGED
     assert store.claim(a_claim(None)) is ClaimResult.RECORD_CHANGED
-    assert store.load("c1") == make_record(version=3)
+    assert store.load("c1").record == make_record(version=3)
     assert store.holder_of("nonce-1") is None
     assert store.holder_of("code:aaa") is None
 
@@ -392,7 +392,7 @@ def test_claim_checks_its_arguments(store: RedisStore) -> None:
     naive = attrs.evolve(a_claim(), code=LedgerEntry("code:aaa", "c1", datetime(2030, 1, 1)))
     with pytest.raises(ValueError, match="timezone-aware"):
         store.claim(naive)
-    assert store.load("c1") is None
+    assert store.load("c1").record is None
 
 
 def test_claim_race_has_one_winner_and_no_partial_writes(store: RedisStore) -> None:
@@ -408,7 +408,7 @@ def test_claim_race_has_one_winner_and_no_partial_writes(store: RedisStore) -> N
     assert [i for i in range(16) if store.holder_of(f"code:{i}") is not None] == [winner]
 
 
-# -- find_by_account and due_for_refresh -------------------------------------------------------
+# -- find_by_account and due_page -------------------------------------------------------------
 
 
 def test_find_by_account_by_key_following_writes(store: RedisStore) -> None:
@@ -432,16 +432,16 @@ def seed_refresh(store: RedisStore) -> None:
         assert store.compare_and_set(
             make_record(cid, refresh_expires_at=T0 + timedelta(days)), None
         )
-    for cid, state in [("x", ConnectionState.ERROR), ("y", ConnectionState.EXCHANGED)]:
-        assert store.compare_and_set(make_record(cid, state=state, refresh_expires_at=T0), None)
+    for cid, status in [("x", ConnectionStatus.ERROR), ("y", ConnectionStatus.EXCHANGED)]:
+        assert store.compare_and_set(make_record(cid, status=status, refresh_expires_at=T0), None)
     assert store.compare_and_set(ConnectionRecord("z", version=1), None)
 
 
 def due_ids(store: RedisStore, before: datetime, limit: int) -> list[str]:
-    return [record.connection_id for record in store.due_for_refresh(before, limit)]
+    return [record.connection_id for record in store.due_page(before, limit)]
 
 
-def test_due_for_refresh_order_limit_and_cutoff(store: RedisStore) -> None:
+def test_due_page_order_limit_and_cutoff(store: RedisStore) -> None:
     seed_refresh(store)
     later = T0 + timedelta(days=10)
     assert due_ids(store, later, 100) == ["a", "b", "b2", "c", "d", "e"]
@@ -454,20 +454,20 @@ def test_due_for_refresh_order_limit_and_cutoff(store: RedisStore) -> None:
     assert due_ids(store, (T0 + timedelta(days=2, hours=1)).replace(tzinfo=msk), 100) == ["a"]
 
 
-def test_due_for_refresh_follows_updates_and_deletes(store: RedisStore) -> None:
+def test_due_page_follows_updates_and_deletes(store: RedisStore) -> None:
     seed_refresh(store)
-    assert store.compare_and_set(make_record("a", version=2, state=ConnectionState.ERROR), 1)
+    assert store.compare_and_set(make_record("a", version=2, status=ConnectionStatus.ERROR), 1)
     later = make_record("b", version=2, refresh_expires_at=T0 + timedelta(days=30))
     assert store.compare_and_set(later, 1)
     assert store.delete("c", 1)
     assert due_ids(store, T0 + timedelta(days=10), 100) == ["b2", "d", "e"]
 
 
-def test_due_for_refresh_checks_its_arguments(store: RedisStore) -> None:
+def test_due_page_checks_its_arguments(store: RedisStore) -> None:
     with pytest.raises(ValueError, match="limit"):
-        store.due_for_refresh(T0, -1)
+        store.due_page(T0, -1)
     with pytest.raises(ValueError, match="timezone-aware"):
-        store.due_for_refresh(datetime(2030, 1, 1), 10)
+        store.due_page(datetime(2030, 1, 1), 10)
 
 
 # -- wait_for_change ---------------------------------------------------------------------------
@@ -478,7 +478,7 @@ def spy_loads(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> threading.S
     loaded = threading.Semaphore(0)
     real = store.load
 
-    def load(key: str) -> ConnectionRecord | None:
+    def load(key: str) -> Loaded:
         try:
             return real(key)
         finally:
@@ -566,12 +566,116 @@ def test_wait_returns_at_its_timeout(store: RedisStore) -> None:
 
 def test_close_wakes_waiters(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = spy_loads(store, monkeypatch)
-    thread = threading.Thread(target=store.wait_for_change, args=("c1", 0, LONG_WAIT))
+    ended: list[BaseException | None] = []
+
+    def wait() -> None:
+        try:
+            store.wait_for_change("c1", 0, LONG_WAIT)
+            ended.append(None)
+        except StoreError as exc:  # closed during the wait
+            ended.append(exc)
+
+    thread = threading.Thread(target=wait)
     thread.start()
     assert loaded.acquire(timeout=JOIN)
     store.close()
     thread.join(JOIN)
     assert not thread.is_alive()
+    assert len(ended) == 1 and isinstance(ended[0], StoreError)
+
+
+def test_threads_and_tasks_share_one_subscription(
+    make_store: Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    waiter = make_store()
+    writer = make_store(waiter.prefix)  # another object: only the PUBLISH reaches the waiters
+    assert writer.compare_and_set(make_record(), None)
+    threads = [
+        threading.Thread(target=waiter.wait_for_change, args=("c1", 1, LONG_WAIT)) for _ in range(4)
+    ]
+
+    async def main() -> None:
+        for thread in threads:
+            thread.start()
+        tasks = [asyncio.create_task(waiter.await_for_change("c1", 1, LONG_WAIT)) for _ in range(4)]
+        while waiter.hub.waiting("c1") < 8:
+            await asyncio.sleep(0.005)
+        channel = f"{waiter.prefix}changed:0"
+        assert raw.pubsub_numsub(channel) == [(channel, 1)]
+        assert await asyncio.to_thread(writer.compare_and_set, make_record(version=2), 1)
+        await asyncio.wait_for(asyncio.gather(*tasks), JOIN)
+        for thread in threads:  # before the store closes: a wait ended by close() raises
+            await asyncio.to_thread(thread.join, JOIN)
+            assert not thread.is_alive()
+
+    run_async(waiter, main)
+    assert waiter.hub.waiting() == 0
+
+
+# -- the store's clock and check() -----------------------------------------------------------
+
+
+def redis_now(raw: redis.Redis) -> datetime:
+    seconds, micros = raw.time()
+    return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=micros)
+
+
+def test_load_reads_the_servers_clock_plus_the_offset(
+    make_store: Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    offset = [timedelta(days=3)]
+    store = make_store(clock_offset=lambda: offset[0])
+    assert store.compare_and_set(make_record(), None)
+    before = redis_now(raw)
+    loaded = store.load("c1")
+    assert loaded.record == make_record() and loaded.now.utcoffset() == timedelta(0)
+    assert before + offset[0] <= loaded.now <= redis_now(raw) + offset[0]
+    offset[0] = timedelta(days=-1)  # a test moves the store's time either way
+    now = run_async(store, lambda: store.aload("nobody")).now
+    assert now <= redis_now(raw) - timedelta(hours=23)
+
+
+def test_ledger_keys_expire_by_the_stores_clock(make_store: Callable[..., RedisStore]) -> None:
+    offset = [timedelta(0)]
+    store = make_store(clock_offset=lambda: offset[0])
+    expiry = store.load("c1").now + timedelta(hours=1)
+    assert store.consume_state("n1", expiry, "digest-a")
+    assert store.holder_of("n1") == "digest-a"
+    assert not store.consume_state("n1", expiry, "digest-b")
+    claim = attrs.evolve(
+        a_claim(), state=LedgerEntry("n1", "digest-c", expiry + timedelta(hours=9))
+    )
+    assert store.claim(claim) is ClaimResult.STATE_USED
+    offset[0] = timedelta(hours=2)  # past the entry's expiry on the store's clock
+    assert store.holder_of("n1") is None
+    assert store.claim(claim) is ClaimResult.CLAIMED
+    assert store.holder_of("n1") == "digest-c"
+
+
+def test_check_reports_the_schema_and_changes_nothing(
+    make_store: Callable[..., RedisStore], raw: redis.Redis
+) -> None:
+    store = make_store(migrate=False)
+    report = store.check()
+    assert report.kind == "redis" and report.reachable and not report.schema_ready
+    assert report.now is not None and "run amo-oauth migrate" in report.detail
+    assert raw.keys(f"{store.prefix}*") == []  # nothing was written
+    store.migrate()
+    assert store.check().ok
+    assert run_async(store, store.acheck).ok
+    raw.set(f"{store.prefix}schema", "4")
+    newer = make_store(store.prefix, migrate=False).check()
+    assert newer.reachable and not newer.schema_ready and "'4'" in newer.detail
+
+
+def test_check_of_a_server_down_names_no_password() -> None:
+    store = RedisStore(closed_port_url(), prefix=unique_prefix(), timeout=2.0)
+    try:
+        report = store.check()
+        assert not report.reachable and not report.ok
+        assert "127.0.0.1" in report.detail and REDIS_PASSWORD not in repr(report)
+    finally:
+        store.close()
 
 
 # -- asyncio ---------------------------------------------------------------------------------
@@ -581,15 +685,13 @@ def test_async_operations(make_store: Callable[..., RedisStore]) -> None:
     store = make_store()
 
     async def main() -> None:
-        assert await store.aload("c1") is None
+        assert (await store.aload("c1")).record is None
         assert await store.acompare_and_set(make_record(), None) is True
         assert await store.acompare_and_set(make_record(host="x"), None) is False
         assert await store.acompare_and_set(make_record(version=2), 1) is True
-        assert await store.aload("c1") == make_record(version=2)
+        assert (await store.aload("c1")).record == make_record(version=2)
         assert await store.afind_by_account(42) == [make_record(version=2)]
-        assert await store.adue_for_refresh(T0 + timedelta(days=100), 10) == [
-            make_record(version=2)
-        ]
+        assert await store.adue_page(T0 + timedelta(days=100), 10) == [make_record(version=2)]
         assert await store.aconsume_state("n1", LATER, "digest-a") is True
         assert await store.aconsume_state("n1", LATER, "digest-b") is False
         assert await store.aholder_of("n1") == "digest-a"
@@ -603,7 +705,7 @@ def test_async_operations(make_store: Callable[..., RedisStore]) -> None:
 
     run_async(store, main)
     # A blocking store sees what the asyncio side wrote.
-    assert make_store(store.prefix).load("c1") == a_claim().record
+    assert make_store(store.prefix).load("c1").record == a_claim().record
 
 
 def test_async_wait_is_woken_by_a_blocking_write(
@@ -617,7 +719,7 @@ def test_async_wait_is_woken_by_a_blocking_write(
         loaded = asyncio.Event()
         real = waiter.aload
 
-        async def aload(key: str) -> ConnectionRecord | None:
+        async def aload(key: str) -> Loaded:
             try:
                 return await real(key)
             finally:
@@ -664,7 +766,7 @@ def test_unmigrated_database_is_refused(
         lambda: store.holder_of("n"),
         lambda: store.claim(a_claim()),
         lambda: store.find_by_account(42),
-        lambda: store.due_for_refresh(T0, 10),
+        lambda: store.due_page(T0, 10),
         lambda: store.due_page(T0, 10, (T0, "c0")),
         lambda: store.scan(None, 10),
         lambda: run_async(store, lambda: store.aload("c1")),
@@ -677,37 +779,36 @@ def test_unmigrated_database_is_refused(
 
 def test_migrate_is_idempotent(make_store: Callable[..., RedisStore], raw: redis.Redis) -> None:
     store = make_store(migrate=False)
-    assert store.migrate() == 2
+    assert store.migrate() == 3
     assert store.compare_and_set(make_record(), None)
-    assert store.migrate() == 2
-    assert raw.get(f"{store.prefix}schema") == "2"
-    assert store.load("c1") == make_record()
-    assert run_async(store, store.amigrate) == 2
+    assert store.migrate() == 3
+    assert raw.get(f"{store.prefix}schema") == "3"
+    assert store.load("c1").record == make_record()
+    assert run_async(store, store.amigrate) == 3
 
 
-def test_migrate_from_schema_1_indexes_every_record_key(
-    make_store: Callable[..., RedisStore], raw: redis.Redis
+@pytest.mark.parametrize("old", ["1", "2"])
+def test_older_schema_is_refused(
+    make_store: Callable[..., RedisStore], raw: redis.Redis, old: str
 ) -> None:
+    """Schemas 1 and 2 kept a connection's status as ``state`` in their record bodies: such a
+    database is refused, never converted nor misread."""
     store = make_store()
-    keys = ["a", "b*", "c?[x]", "d"]
-    for cid in keys:
-        assert store.compare_and_set(make_record(cid), None)
-    # What a database written by schema 1 looks like: no index of every key.
-    raw.delete(f"{store.prefix}keys")
-    raw.set(f"{store.prefix}schema", "1")
-    with pytest.raises(StoreError, match=r"schema '1'.*run amo-oauth migrate"):
-        store.scan(None, 10)
-    assert store.migrate() == 2
-    assert [record.key for record in store.scan(None, 10)] == keys
-    assert raw.zcard(f"{store.prefix}keys") == len(keys)
+    assert store.compare_and_set(make_record(), None)
+    raw.set(f"{store.prefix}schema", old)
+    with pytest.raises(StoreError, match=f"schema '{old}'.*converts no older schema"):
+        store.migrate()
+    assert raw.get(f"{store.prefix}schema") == old  # left as it was
+    with pytest.raises(StoreError, match=f"schema '{old}'"):
+        store.load("c1")
 
 
 def test_newer_schema_is_refused(make_store: Callable[..., RedisStore], raw: redis.Redis) -> None:
     store = make_store()
-    raw.set(f"{store.prefix}schema", "3")
-    with pytest.raises(StoreError, match="schema '3'"):
+    raw.set(f"{store.prefix}schema", "4")
+    with pytest.raises(StoreError, match="schema '4'"):
         store.migrate()
-    with pytest.raises(StoreError, match="schema '3'"):
+    with pytest.raises(StoreError, match="schema '4'"):
         store.load("c1")
 
 
@@ -786,7 +887,7 @@ def test_closed_store_refuses_calls(store: RedisStore) -> None:
         lambda: store.holder_of("n"),
         lambda: store.claim(a_claim()),
         lambda: store.find_by_account(42),
-        lambda: store.due_for_refresh(T0, 10),
+        lambda: store.due_page(T0, 10),
         lambda: store.wait_for_change("c1", 1, LONG_WAIT),
         lambda: store.migrate(),
         lambda: asyncio.run(store.aload("c1")),
@@ -839,7 +940,7 @@ def test_tokens_are_encrypted_at_rest(
     )
     assert record.tokens.access_token not in stored
     assert record.tokens.refresh_token not in stored
-    assert store.load(record.key) == record
+    assert store.load(record.key).record == record
     with pytest.raises(StoreError, match="wrong key"):
         make_store(prefix, encryption=Fernet(Fernet.generate_key())).load(record.key)
 
@@ -847,5 +948,5 @@ def test_tokens_are_encrypted_at_rest(
 def test_idle_connections_are_checked_before_use(store: RedisStore) -> None:
     """A server that vanished without a reset is found by a PING on an idle connection (the
     change subscription only reads), on the blocking and the awaited clients alike."""
-    assert store._client.connection_pool.connection_kwargs["health_check_interval"] == 30
-    assert store._options["health_check_interval"] == 30  # the asyncio client's options
+    assert store._clients.client.connection_pool.connection_kwargs["health_check_interval"] == 30
+    assert store._clients.options["health_check_interval"] == 30  # the asyncio client's options

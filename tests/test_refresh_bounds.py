@@ -11,7 +11,7 @@ import pytest
 
 from amo_oauth import (
     AmoOAuth,
-    ConnectionState,
+    ConnectionStatus,
     MemoryStore,
     Outcome,
     ProviderError,
@@ -67,7 +67,7 @@ def test_a_refresh_token_whose_answers_are_lost_is_sent_at_most_twice(
     with pytest.raises(ReauthorizationRequired):
         oauth.access_token(USER)
     assert fake.refresh_sends(spent) == 2
-    assert oauth.status(USER).state is ConnectionState.ERROR
+    assert oauth.status(USER).status is ConnectionStatus.ERROR
 
 
 def test_with_kommos_grace_the_second_send_of_a_lost_refresh_connects(
@@ -80,7 +80,7 @@ def test_with_kommos_grace_the_second_send_of_a_lost_refresh_connects(
     with pytest.raises(ProviderError):
         oauth.access_token(USER)
     assert fake.is_access_token_valid(oauth.access_token(USER))
-    assert oauth.status(USER).state is ConnectionState.CONNECTED
+    assert oauth.status(USER).status is ConnectionStatus.CONNECTED
 
 
 def test_a_refresh_that_never_left_does_not_count_as_a_send(
@@ -124,7 +124,7 @@ def test_an_api_that_keeps_answering_401_gets_at_most_two_refreshes(
     assert outcomes[0] == 401 and len(errors) >= 8
     assert all(error.status == 401 and "refused" in error.hint for error in errors)
     status = oauth.status(USER)
-    assert (status.state, status.error) == (ConnectionState.CONNECTED, None)  # pair kept
+    assert (status.status, status.error) == (ConnectionStatus.CONNECTED, None)  # pair kept
 
 
 @pytest.mark.parametrize("kind", ["429", "500", "403_html"])
@@ -140,4 +140,4 @@ def test_answers_that_did_not_spend_the_token_never_use_up_the_bound(
         with pytest.raises(ProviderError):
             oauth.access_token(USER)
     assert fake.is_access_token_valid(oauth.access_token(USER))
-    assert oauth.status(USER).state is ConnectionState.CONNECTED
+    assert oauth.status(USER).status is ConnectionStatus.CONNECTED

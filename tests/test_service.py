@@ -15,7 +15,7 @@ from amo_oauth import (
     AmoOAuth,
     CallbackRejected,
     ConnectionRecord,
-    ConnectionState,
+    ConnectionStatus,
     Lease,
     MemoryStore,
     Outcome,
@@ -46,7 +46,7 @@ def test_seed_scenario_exchanges_once_and_lists_leads(oauth: AmoOAuth, fake: Fak
     assert legacy.outcome is Outcome.ALREADY_CONNECTED
     assert legacy.duplicate is True
     status = oauth.status(USER)
-    assert status.state is ConnectionState.CONNECTED
+    assert status.status is ConnectionStatus.CONNECTED
     assert status.account is not None and status.account.id == fake.account_id
     with httpx.Client(transport=fake.transport(), auth=oauth.auth(USER)) as api:
         leads = api.get(f"https://{fake.account_host}/api/v4/leads").json()
@@ -72,7 +72,7 @@ def test_denied_records_access_denied(oauth: AmoOAuth, fake: FakeAmoCRM) -> None
     begun = oauth.begin(USER)
     result = oauth.handle_callback(query_of(fake.deny(begun.state)), binding=begun.binding)
     assert result.outcome is Outcome.DENIED
-    assert result.connection.state is ConnectionState.ERROR
+    assert result.connection.status is ConnectionStatus.ERROR
     assert result.connection.error is not None
     assert result.connection.error.reason == "access_denied"
     assert fake.token_call_count() == 0
@@ -123,7 +123,7 @@ def test_a_second_code_of_one_consent_is_reported_not_exchanged(
     oauth.disconnect(USER)  # after a disconnect the second code is reported, not exchanged
     late = oauth.handle_callback(second)
     assert (late.outcome, late.duplicate) == (Outcome.FAILED, True)
-    assert late.connection.state is ConnectionState.DISCONNECTED
+    assert late.connection.status is ConnectionStatus.DISCONNECTED
     assert fake.token_call_count() == 1
 
 
@@ -206,17 +206,17 @@ def test_a_dead_workers_lease_expires_into_exchange_interrupted(
 ) -> None:
     crashed = ConnectionRecord(
         USER,
-        state=ConnectionState.CODE_RECEIVED,
+        status=ConnectionStatus.CODE_RECEIVED,
         version=1,
         host="test.amocrm.ru",
         seen_codes=(SeenCode("0" * 64, clock()),),
         lease=Lease("dead-worker", "exchange", clock() + timedelta(seconds=60)),
     )
     assert oauth.store.compare_and_set(crashed, None)
-    assert oauth.status(USER).state is ConnectionState.CODE_RECEIVED
+    assert oauth.status(USER).status is ConnectionStatus.CODE_RECEIVED
     clock.advance(61)
     status = oauth.status(USER)
-    assert status.state is ConnectionState.ERROR
+    assert status.status is ConnectionStatus.ERROR
     assert status.error is not None and status.error.reason == "exchange_interrupted"
 
 
@@ -247,7 +247,7 @@ def test_revoked_refresh_token_requires_reauthorization(
     with pytest.raises(ReauthorizationRequired):
         oauth.access_token(USER)
     status = oauth.status(USER)
-    assert status.state is ConnectionState.ERROR
+    assert status.status is ConnectionStatus.ERROR
     assert status.error is not None and status.error.reason == "reauthorization_required"
     assert fake.token_calls[("refresh_token", "token_revoked")] == 1
 
@@ -263,7 +263,7 @@ def test_transient_refresh_failure_releases_the_lease(
     assert failed.value.transient
     record = stored(oauth, USER)
     assert record is not None and record.lease is None
-    assert record.state is ConnectionState.CONNECTED
+    assert record.status is ConnectionStatus.CONNECTED
     assert oauth.access_token(USER)
     assert fake.token_calls[("refresh_token", "ok")] == 1
 
@@ -281,7 +281,7 @@ def test_disconnect_forgets_tokens_and_keeps_replays_harmless(
     oauth: AmoOAuth, fake: FakeAmoCRM
 ) -> None:
     query = connect(oauth, fake)
-    assert oauth.disconnect(USER).state is ConnectionState.DISCONNECTED
+    assert oauth.disconnect(USER).status is ConnectionStatus.DISCONNECTED
     record = stored(oauth, USER)
     assert record is not None and record.tokens is None and record.account is None
     with pytest.raises(ReauthorizationRequired):
@@ -302,7 +302,7 @@ def test_disconnect_hook_forgets_every_connection_of_the_account(
     assert sorted(c.connection_id for c in changed) == ["user-1", "user-2"]
     for user in ("user-1", "user-2"):
         status = oauth.status(user)
-        assert status.state is ConnectionState.ERROR
+        assert status.status is ConnectionStatus.ERROR
         assert status.error is not None and status.error.reason == "disconnected_by_provider"
     versions = [oauth.status(u).version for u in ("user-1", "user-2")]
     oauth.handle_disconnect_hook(hook)
@@ -317,7 +317,7 @@ def test_forged_disconnect_hook_changes_nothing(oauth: AmoOAuth, fake: FakeAmoCR
         oauth.handle_disconnect_hook(hook)
     assert rejected.value.reason == "bad_signature"
     assert oauth.status(USER).version == version
-    assert oauth.status(USER).state is ConnectionState.CONNECTED
+    assert oauth.status(USER).status is ConnectionStatus.CONNECTED
 
 
 def test_refresh_due_keeps_idle_connections_alive(
@@ -486,12 +486,16 @@ def test_an_app_user_named_like_a_widget_install_never_gets_its_tokens(
     assert install.outcome is Outcome.CONNECTED
     impostor = fake.account_host  # an app user id equal to the installed account's host
     status = oauth.status(impostor)
-    assert (status.state, status.version, status.account) == (ConnectionState.DISCONNECTED, 0, None)
+    assert (status.status, status.version, status.account) == (
+        ConnectionStatus.DISCONNECTED,
+        0,
+        None,
+    )
     with pytest.raises(ReauthorizationRequired):
         oauth.access_token(impostor)
-    assert oauth.disconnect(impostor).state is ConnectionState.DISCONNECTED
-    widget = oauth.store.load(record_key(oauth.config.client_id, impostor, widget=True))
-    assert widget is not None and widget.state is ConnectionState.CONNECTED  # untouched
+    assert oauth.disconnect(impostor).status is ConnectionStatus.DISCONNECTED
+    widget = oauth.store.load(record_key(oauth.config.client_id, impostor, widget=True)).record
+    assert widget is not None and widget.status is ConnectionStatus.CONNECTED  # untouched
 
 
 def test_a_replayed_disconnect_hook_changes_nothing_after_a_reconnect(
@@ -505,7 +509,7 @@ def test_a_replayed_disconnect_hook_changes_nothing_after_a_reconnect(
     assert gone.error is not None and gone.error.reason == "disconnected_by_provider"
     connect(oauth, fake)  # the user installs and connects again
     before = oauth.status(USER)
-    assert before.state is ConnectionState.CONNECTED
+    assert before.status is ConnectionStatus.CONNECTED
     (replayed,) = oauth.handle_disconnect_hook(hook)  # the old URL, replayed
     assert replayed == before == oauth.status(USER)
 
@@ -529,11 +533,11 @@ def test_a_replayed_hook_spares_an_idle_connection_whose_access_token_expired(
     clock.advance(timedelta(days=2))
     before = oauth.status(USER)
     assert oauth.handle_disconnect_hook(old_hook) == (before,)
-    assert oauth.status(USER).state is ConnectionState.CONNECTED
+    assert oauth.status(USER).status is ConnectionStatus.CONNECTED
     assert fake.token_call_count("refresh_token") == 0  # nothing spent to find out
     fake.uninstall()  # a real uninstall now: both tokens refused
     (gone,) = oauth.handle_disconnect_hook(old_hook)
-    assert gone.state is ConnectionState.ERROR
+    assert gone.status is ConnectionStatus.ERROR
 
 
 def test_a_hook_replayed_while_amocrm_cannot_be_asked_changes_nothing(

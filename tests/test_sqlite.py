@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,11 @@ import pytest
 from _store_race_worker import increment
 from amo_oauth._codec import record_from_json, record_to_json
 from amo_oauth._errors import StoreError
-from amo_oauth._records import Account, ConnectionRecord, ConnectionState, TokenSet
+from amo_oauth._records import Account, ConnectionRecord, ConnectionStatus, TokenSet
 from amo_oauth.stores import MemoryStore, SQLiteStore
-from amo_oauth.stores import sqlite as sqlite_module
-from amo_oauth.stores._base import as_full_store
-from amo_oauth.stores._protocol import Claim, ClaimResult, FullStore, LedgerEntry
+from amo_oauth.stores import _sqlite_pool as sqlite_pool
+from amo_oauth.stores._protocol import Claim, ClaimResult, LedgerEntry, Store
+from amo_oauth.testing._contract import until
 
 NOW = datetime.now(UTC)
 LATER = NOW + timedelta(hours=1)
@@ -39,7 +39,7 @@ HELPER = """
 import sys, attrs
 from amo_oauth.stores import SQLiteStore
 store = SQLiteStore(sys.argv[1])
-record = store.load("u1")
+record = store.load("u1").record
 print(store.compare_and_set(attrs.evolve(record, version=2), 1), flush=True)
 store.close()
 """
@@ -54,7 +54,7 @@ def connected(key: str = "u1", version: int = 1, account_id: int = 7) -> Connect
     tokens = TokenSet("access-secret", "refresh-secret", NOW, NOW + timedelta(days=1))
     return ConnectionRecord(
         key,
-        state=ConnectionState.CONNECTED,
+        status=ConnectionStatus.CONNECTED,
         version=version,
         host="x.amocrm.ru",
         tokens=tokens,
@@ -84,12 +84,12 @@ def set_data(db: Path, data: object, key: str = "u1") -> None:
 def test_second_store_object_does_not_drop_the_first_ones_locks(db: Path) -> None:
     a = SQLiteStore(db)
     assert a.compare_and_set(ConnectionRecord("u1", version=1), None)
-    assert a.load("u1") is not None
+    assert a.load("u1").record is not None
     second = SQLiteStore(db)
-    assert second.load("u1") is not None  # a second object on the same file
+    assert second.load("u1").record is not None  # a second object on the same file
     assert run_helper(db) == "True"  # another process moves 1 -> 2
     assert a.compare_and_set(ConnectionRecord("u1", version=2), 1) is False
-    stored = a.load("u1")
+    stored = a.load("u1").record
     assert stored is not None and stored.version == 2
     second.close()
     a.close()
@@ -115,7 +115,7 @@ def test_no_descriptor_is_opened_on_the_database_file(
     first = SQLiteStore(db)
     assert first.compare_and_set(connected(), None)
     second = SQLiteStore(db)
-    assert second.load("u1") == connected()
+    assert second.load("u1").record == connected()
     assert second.claim(claim_of(connected(version=2), 1)) is ClaimResult.CLAIMED
     assert not [path for path in opened if Path(path).name.startswith(db.name)]
     first.close()
@@ -151,7 +151,7 @@ def test_store_objects_and_a_process_win_every_version_once(db: Path) -> None:
         )
     worker_conflicts = int(worker.communicate(timeout=60)[0])
     assert worker.returncode == 0
-    final = setup.load("c1")
+    final = setup.load("c1").record
     assert final is not None
     # Every success moved the version by one and the counter in host by one: none lost.
     assert final.version - 1 == times * (threads + 1)
@@ -182,7 +182,7 @@ def test_fork_leaves_the_child_no_inherited_connection(db: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert os.read(read, 16) == b"0"
     os.close(read)
-    final = store.load("c1")
+    final = store.load("c1").record
     assert final is not None and (final.version, final.host) == (7, "6")
     store.close()
 
@@ -215,7 +215,7 @@ def test_replaced_file_is_store_error(db: Path, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="deleted or replaced"):
         store.claim(claim_of(connected(version=2), 1))
     fresh = SQLiteStore(db)  # the file now at the path was not written to
-    assert fresh.load("u1") == connected()
+    assert fresh.load("u1").record == connected()
     assert fresh.holder_of("code:c") is None
     fresh.close()
     store.close()
@@ -245,7 +245,7 @@ CORRUPT_BODIES = {
     "deep-object": '{"a":' * 100_000 + "1" + "}" * 100_000,
     "version-text": body_with(version="x"),
     "version-bool": body_with(version=True),
-    "state": body_with(state="nope"),
+    "status": body_with(status="nope"),
     "tokens-empty": body_with(tokens={}),
     "expires-number": body_with(tokens__expires_at=5),
     "expires-naive": body_with(tokens__expires_at="2030-01-01T00:00:00"),
@@ -273,7 +273,7 @@ def test_every_read_of_a_corrupt_row_is_store_error(db: Path, data: str) -> None
     with pytest.raises(StoreError, match="cannot read"):
         store.find_by_account(7)
     with pytest.raises(StoreError, match="cannot read"):
-        store.due_for_refresh(NOW + timedelta(days=30), 10)
+        store.due_page(NOW + timedelta(days=30), 10)
     store.close()
 
 
@@ -306,7 +306,7 @@ def test_compare_and_set_overwrites_a_corrupt_row(db: Path) -> None:
     set_data(db, "[" * 100_000)
     replacement = ConnectionRecord("u1", version=2)  # what disconnect() writes
     assert store.compare_and_set(replacement, 1)
-    assert store.load("u1") == replacement
+    assert store.load("u1").record == replacement
     store.close()
 
 
@@ -338,7 +338,7 @@ def claim_of(
     )
 
 
-def claim_script(store: FullStore) -> list[object]:
+def claim_script(store: Store) -> list[object]:
     """Claims covering every result, then what the store holds afterwards."""
     results: list[object] = [
         store.claim(claim_of(connected(), None)),
@@ -350,12 +350,12 @@ def claim_script(store: FullStore) -> list[object]:
     ]
     # Only the results and records compare: the default's ledger keeps the state a refused
     # claim took first (three writes), where SQLite takes nothing (one transaction).
-    return [*results, store.load("u1"), store.load("u2")]
+    return [*results, store.load("u1").record, store.load("u2").record]
 
 
 def test_claim_returns_what_the_default_returns(db: Path) -> None:
     store = SQLiteStore(db)
-    expected = claim_script(as_full_store(MemoryStore()))
+    expected = claim_script(MemoryStore())
     assert claim_script(store) == expected
     assert expected[:6] == [
         ClaimResult.CLAIMED,
@@ -379,20 +379,20 @@ def test_claim_writes_nothing_unless_claimed(db: Path) -> None:
     assert store.consume_state("code:c", LATER, "someone-else")
     assert store.claim(claim_of(connected(version=2), 1)) is ClaimResult.CODE_TAKEN
     assert store.holder_of("nonce-1") is None
-    assert store.load("u1") == connected()
+    assert store.load("u1").record == connected()
     store.close()
 
 
 def test_claim_is_one_commit(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     statements: list[str] = []
-    real = SQLiteStore._open_connection
+    real = sqlite_pool.FilePool._open_connection
 
-    def traced(self: SQLiteStore) -> sqlite3.Connection:
+    def traced(self: sqlite_pool.FilePool) -> sqlite3.Connection:
         conn = real(self)
         conn.set_trace_callback(statements.append)
         return conn
 
-    monkeypatch.setattr(SQLiteStore, "_open_connection", traced)
+    monkeypatch.setattr(sqlite_pool.FilePool, "_open_connection", traced)
     store = SQLiteStore(db)
     store.load("u1")  # the schema's own commits happen here
     statements.clear()
@@ -422,8 +422,8 @@ def test_holder_of_reads_the_ledger(db: Path) -> None:
 @pytest.fixture
 def no_polling(monkeypatch: pytest.MonkeyPatch) -> None:
     """Polls far apart: within HANG only a wake-up can end a wait."""
-    monkeypatch.setattr(sqlite_module, "_FIRST_POLL", 600.0)
-    monkeypatch.setattr(sqlite_module, "_MAX_POLL", 600.0)
+    monkeypatch.setattr(sqlite_pool, "FIRST_POLL", 600.0)
+    monkeypatch.setattr(sqlite_pool, "MAX_POLL", 600.0)
 
 
 def test_a_write_through_another_object_wakes_a_waiter(db: Path, no_polling: None) -> None:
@@ -473,7 +473,7 @@ def test_async_waiter_is_woken_without_holding_a_thread(db: Path, no_polling: No
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
         waiters = [asyncio.create_task(a.await_for_change("u1", 1, 600)) for _ in range(3)]
         await asyncio.sleep(0)
-        assert await asyncio.wait_for(a.aload("u1"), HANG) == connected()
+        assert (await asyncio.wait_for(a.aload("u1"), HANG)).record == connected()
         assert await asyncio.wait_for(a.aholder_of("n"), HANG) is None
         await asyncio.to_thread(b.compare_and_set, connected(version=2), 1)
         await asyncio.wait_for(asyncio.gather(*waiters), HANG)
@@ -491,10 +491,10 @@ def test_async_operations(db: Path) -> None:
         assert await store.aholder_of("nonce-1") == "digest-a"
         assert await store.acompare_and_set(connected(version=2), 1)
         assert [r.version for r in await store.afind_by_account(7)] == [2]
-        assert len(await store.adue_for_refresh(NOW + timedelta(days=30), 5)) == 1
+        assert len(await store.adue_page(NOW + timedelta(days=30), 5)) == 1
         assert await store.aconsume_state("n", LATER)
         assert await store.adelete("u1", 2)
-        assert await store.aload("u1") is None
+        assert (await store.aload("u1")).record is None
         await store.await_for_change("u1", 1, 600)  # no record: version 0 differs
         await store.aclose()
 
@@ -513,7 +513,7 @@ def test_pool_is_bounded(db: Path) -> None:
 
     def read(_: int) -> ConnectionRecord | None:
         start.wait(HANG)
-        return store.load("u1")
+        return store.load("u1").record
 
     with ThreadPoolExecutor(64) as pool:
         assert list(pool.map(read, range(64))) == [connected()] * 64
@@ -527,9 +527,9 @@ def test_waiting_for_a_connection_times_out(db: Path) -> None:
     store = SQLiteStore(db, max_connections=1, timeout=0.05)
     store.load("u1")
     # The only connection is busy.
-    with store._connection(), pytest.raises(StoreError, match="free connection"):
+    with store._files.connection(), pytest.raises(StoreError, match="free connection"):
         store.load("u1")
-    assert store.load("u1") is None  # and free again
+    assert store.load("u1").record is None  # and free again
     store.close()
 
 
@@ -544,7 +544,7 @@ def test_close_wakes_callers_waiting_for_a_connection(db: Path) -> None:
         except StoreError as exc:
             caught.append(exc)
 
-    with store._connection():
+    with store._files.connection():
         waiter = threading.Thread(target=load, daemon=True)
         waiter.start()
         store.close()
@@ -573,9 +573,9 @@ def test_sqlite_errors_name_the_file_and_the_code(tmp_path: Path) -> None:
 
 def test_sqlite_errors_name_the_file(db: Path) -> None:
     raw = sqlite3.connect(db)
-    raw.execute("PRAGMA user_version = 3")
+    raw.execute("PRAGMA user_version = 4")
     raw.close()
-    with pytest.raises(StoreError, match="schema version 3") as newer:
+    with pytest.raises(StoreError, match="schema version 4") as newer:
         SQLiteStore(db).load("u1")
     assert repr(str(db)) in str(newer.value)
     other = db.with_name("other.db")
@@ -592,8 +592,8 @@ def test_records_are_keyed_by_record_key(db: Path) -> None:
     store = SQLiteStore(db)
     record = attrs.evolve(connected(), integration="client:1")
     assert store.compare_and_set(record, None)
-    assert store.load(record.key) == record
-    assert store.load("u1") is None
+    assert store.load(record.key).record == record
+    assert store.load("u1").record is None
     raw = sqlite3.connect(db)
     try:
         assert raw.execute("SELECT connection_id FROM amo_connections").fetchall() == [
@@ -602,3 +602,60 @@ def test_records_are_keyed_by_record_key(db: Path) -> None:
     finally:
         raw.close()
     store.close()
+
+
+# -- the store's clock, check(), and the file's one hub --------------------------------------
+
+
+def test_load_carries_the_injected_clock(db: Path) -> None:
+    moment = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=3)))
+    store = SQLiteStore(db, clock=lambda: moment)
+    assert store.compare_and_set(connected(), None)
+    loaded = store.load("u1")
+    assert (loaded.record, loaded.now) == (connected(), moment)
+    assert loaded.now.utcoffset() == timedelta(0)  # given in UTC
+    assert store.check().now == moment
+    store.close()
+
+
+def test_check_creates_nothing_and_names_what_is_missing(db: Path) -> None:
+    store = SQLiteStore(db)
+    report = store.check()
+    assert (report.reachable, report.schema_ready) == (True, False)
+    assert "does not exist" in report.detail
+    assert not db.exists()  # a check is no first use
+    assert store.compare_and_set(connected(), None)
+    assert store.check().ok
+    raw = sqlite3.connect(db)
+    raw.execute("PRAGMA user_version = 4")
+    raw.close()
+    newer = SQLiteStore(db).check()
+    assert (newer.reachable, newer.schema_ready) == (True, False)
+    assert "schema version 4" in newer.detail
+    store.close()
+    assert not store.check().ok
+
+
+def test_store_objects_on_one_file_share_one_hub_and_one_poller(db: Path) -> None:
+    a, b = SQLiteStore(db), SQLiteStore(str(db).replace("/amo.db", "/./amo.db"))
+    assert a.compare_and_set(connected(), None)
+    assert a.hub is b.hub
+
+    def pollers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == f"amo_oauth poller {a.path}"]
+
+    waiters = [
+        threading.Thread(target=store.wait_for_change, args=("u1", 1, 600))
+        for store in (a, b, a, b)
+    ]
+    for waiter in waiters:
+        waiter.start()
+    until(lambda: a.hub.waiting("u1") == 4, "four waiters registered")
+    assert len(pollers()) == 1  # one poller for the file, whoever waits on it
+    assert b.compare_and_set(connected(version=2), 1)
+    for waiter in waiters:
+        waiter.join(HANG)
+        assert not waiter.is_alive()
+    until(lambda: not pollers(), "the poller ended once nobody waited")
+    a.close()
+    b.close()

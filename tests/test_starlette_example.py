@@ -84,7 +84,7 @@ def test_only_known_bearer_tokens_get_a_connection(client: TestClient) -> None:
     basic = {"authorization": "Basic token-of-user-42"}
     assert client.get(f"{PREFIX}/status", headers=basic).status_code == 401
     good = {"authorization": "Bearer token-of-user-42"}
-    assert client.get(f"{PREFIX}/status", headers=good).json()["state"] == "disconnected"
+    assert client.get(f"{PREFIX}/status", headers=good).json()["status"] == "disconnected"
 
 
 def test_unknown_paths_and_methods(client: TestClient) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from amo_oauth import AmoOAuth, CallbackRejected, ConnectionState, MemoryStore, Outcome
+from amo_oauth import AmoOAuth, CallbackRejected, ConnectionStatus, MemoryStore, Outcome
 from amo_oauth._state_token import read_state
 from amo_oauth.stores import Claim, ClaimResult
 from amo_oauth.testing import FakeAmoCRM
@@ -48,7 +48,7 @@ def test_a_second_code_that_loses_the_state_reports_the_first_connection(
 
     assert won == [Outcome.CONNECTED]
     assert late.outcome is Outcome.ALREADY_CONNECTED
-    assert late.connection.state is ConnectionState.CONNECTED
+    assert late.connection.status is ConnectionStatus.CONNECTED
     assert fake.token_call_count() == 1
     assert fake.token_calls_for(second["code"]) == 0
 

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from amo_oauth._errors import CallbackRejected
 from amo_oauth._events import CodeReceived
 from amo_oauth._hosts import AccountHost
+from amo_oauth._lifecycle import step
 from amo_oauth._records import ConnectionRecord, Lease, code_digest
-from amo_oauth._state import step
 from amo_oauth._state_token import (
     _b64,
     _mac,

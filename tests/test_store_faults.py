@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from amo_oauth import AmoOAuth, ConnectionRecord, ConnectionState, MemoryStore, StoreError
+from amo_oauth import AmoOAuth, ConnectionRecord, ConnectionStatus, MemoryStore, StoreError
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import run_consent
@@ -60,7 +60,7 @@ def test_a_few_failed_writes_are_retried(
     token = oauth.access_token(USER)
     assert fake.is_access_token_valid(token)
     assert fake.token_call_count("refresh_token") == 1
-    assert oauth.status(USER).state is ConnectionState.CONNECTED
+    assert oauth.status(USER).status is ConnectionStatus.CONNECTED
 
 
 def test_a_store_that_stays_down_keeps_the_pair_in_this_process(
@@ -84,4 +84,4 @@ def test_a_store_that_stays_down_keeps_the_pair_in_this_process(
     token = oauth.access_token(USER)  # the kept pair is written first: no second refresh
     assert fake.is_access_token_valid(token)
     assert fake.token_call_count("refresh_token") == 1
-    assert oauth.status(USER).state is ConnectionState.CONNECTED
+    assert oauth.status(USER).status is ConnectionStatus.CONNECTED

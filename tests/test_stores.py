@@ -16,7 +16,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Never
 
@@ -29,8 +29,8 @@ from amo_oauth._records import (
     ConnectionRecord,
 )
 from amo_oauth.stores import MemoryStore, SQLiteStore
-from amo_oauth.stores._base import BaseStore, as_async_store, as_full_store
-from amo_oauth.stores._protocol import AsyncStore, FullStore
+from amo_oauth.stores._base import AsyncSide, BaseStore, as_async_store
+from amo_oauth.stores._protocol import AsyncStore, Loaded, Store, StoreCheck
 from amo_oauth.testing import StoreContract
 from amo_oauth.testing._contract import full_record, make_record
 
@@ -60,7 +60,7 @@ def _sqlite_keys_by_record_key() -> bool:
         try:
             record = ConnectionRecord("probe", version=1, integration="client")
             assert probe.compare_and_set(record, None)
-            return probe.load(record.key) is not None
+            return probe.load(record.key).record is not None
         finally:
             probe.close()
 
@@ -79,10 +79,8 @@ _SQLITE_KEYS_BY_RECORD_KEY = _sqlite_keys_by_record_key()
 
 class TestSQLiteStore(StoreContract):
     @pytest.fixture
-    def store(self, tmp_path: Path) -> Iterator[FullStore]:
-        # as_full_store: SQLiteStore itself once it has claim, holder_of and wait_for_change;
-        # until then, wrapped with BaseStore's defaults for them.
-        made = as_full_store(SQLiteStore(tmp_path / "store.db"))
+    def store(self, tmp_path: Path) -> Iterator[Store]:
+        made = SQLiteStore(tmp_path / "store.db")
         yield made
         made.close()
 
@@ -97,37 +95,49 @@ class TestSQLiteStore(StoreContract):
             )
 
 
-class EarlierStore:
-    """A store of the protocol before the paged reads (``due_page``, ``scan`` and their async
-    twins): a ``MemoryStore`` with them hidden. The adapters give it the defaults."""
-
-    HIDDEN = frozenset({"due_page", "scan", "adue_page", "ascan"})
+class MinimalStore(BaseStore):
+    """A store of one's own with only the six operations ``BaseStore`` needs (a
+    ``MemoryStore`` underneath): the rest come from ``BaseStore``, the async side from
+    ``as_async_store``."""
 
     def __init__(self) -> None:
         self._inner = MemoryStore()
 
-    def __getattr__(self, name: str) -> object:
-        if name in self.HIDDEN:
-            raise AttributeError(name)
-        return getattr(self._inner, name)
+    def __repr__(self) -> str:
+        return "MinimalStore()"
+
+    def load(self, key: str) -> Loaded:
+        return self._inner.load(key)
+
+    def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
+        return self._inner.compare_and_set(record, expected_version)
+
+    def delete(self, key: str, expected_version: int) -> bool:
+        return self._inner.delete(key, expected_version)
+
+    def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
+        return self._inner.consume_state(nonce, expires_at, holder)
+
+    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        return self._inner.scan(after, limit)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
-class TestEarlierStore(StoreContract):
+class TestMinimalStore(StoreContract):
     @pytest.fixture
-    def store(self) -> Iterator[EarlierStore]:
-        made = EarlierStore()
+    def store(self) -> Iterator[MinimalStore]:
+        made = MinimalStore()
         yield made
-        made.close()  # type: ignore[operator]
+        made.close()
 
-    def test_it_is_adapted_not_threaded(self, store: EarlierStore) -> None:
-        from amo_oauth.stores._base import _AsyncExtended, _ExtendedFull, is_async_store
-
-        assert not isinstance(store, FullStore)
-        full = as_full_store(store)  # type: ignore[arg-type]
-        assert isinstance(full, _ExtendedFull) and isinstance(full, FullStore)
-        assert is_async_store(store)
-        assert isinstance(as_async_store(store), _AsyncExtended)  # type: ignore[arg-type]
-        assert type(full).holder_of is not BaseStore.holder_of  # its own, not the default
+    def test_it_gets_the_rest_from_one_base_and_one_adapter(self, store: MinimalStore) -> None:
+        assert isinstance(store, Store)
+        assert not isinstance(store, AsyncStore)
+        awaited = as_async_store(store)
+        assert isinstance(awaited, AsyncSide)
+        assert awaited._waits() is store.hub  # its waits and the blocking ones share one hub
 
 
 # -- the contract can fail -----------------------------------------------------------------
@@ -147,12 +157,12 @@ class RacyStore(MemoryStore):
     # Checks the version under the lock, lets go of it, then writes: not atomic.
     def compare_and_set(self, record, expected_version):
         check_write(record, expected_version)
-        current = self.load(record.key)
-        if (None if current is None else current.version) != expected_version:
+        if (self.load(record.key).version or None) != expected_version:
             return False
         time.sleep(0.001)
         with self._lock:
-            self._write(record)
+            self._records[record.key] = record
+        self.hub.notify(record.key)
         return True
 
 
@@ -162,7 +172,8 @@ class ClaimWritesAnyway(MemoryStore):
         result = super().claim(claim)
         if result is ClaimResult.CODE_TAKEN:
             with self._lock:
-                self._write(claim.record)
+                self._records[claim.record.key] = claim.record
+            self.hub.notify(claim.record.key)
         return result
 
 
@@ -255,11 +266,12 @@ def test_memory_store_awaits_without_worker_threads() -> None:
     async def main() -> None:
         asyncio.get_running_loop().set_default_executor(_NoThreads())
         assert await store.acompare_and_set(record, None)
-        assert await store.aload("c1") == record
+        assert (await store.aload("c1")).record == record
         assert await store.aconsume_state("n", datetime.now(UTC) + timedelta(hours=1), "d")
         assert await store.aholder_of("n") == "d"
         assert await store.afind_by_account(42) == [record]
-        assert await store.adue_for_refresh(T0 + timedelta(days=365), 10) == [record]
+        assert await store.adue_page(T0 + timedelta(days=365), 10) == [record]
+        assert (await store.acheck()).ok
         waiting = asyncio.ensure_future(store.await_for_change("c1", 1, 3600))
         await asyncio.sleep(0)
         writer = threading.Thread(target=store.compare_and_set, args=(make_record(version=2), 1))
@@ -316,7 +328,20 @@ def test_memory_store_keeps_no_waiter_after_a_wait() -> None:
     store = MemoryStore()
     store.wait_for_change("c1", 0, 0.01)
     asyncio.run(store.await_for_change("c1", 0, 0.01))
-    assert store._waiters == {}
+    assert store.hub.waiting() == 0
+
+
+def test_memory_store_reads_its_injected_clock() -> None:
+    moment = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=-2)))
+    store = MemoryStore(clock=lambda: moment)
+    loaded = store.load("c1")
+    assert (loaded.record, loaded.now, loaded.now.tzinfo) == (None, moment, UTC)
+    assert store.check() == StoreCheck("memory", True, True, now=moment)
+    # The ledger forgets by the store's clock: an entry expiring before it is free again.
+    assert store.consume_state("n", moment - timedelta(seconds=1), "a")
+    assert store.consume_state("n", moment + timedelta(hours=1), "b")
+    store.close()
+    assert not store.check().ok
 
 
 # -- SQLite only ---------------------------------------------------------------------------
@@ -349,7 +374,7 @@ def test_sqlite_two_process_race_loses_no_update(db: Path) -> None:
         worker.stdin.flush()
     conflicts = [int(worker.communicate(timeout=60)[0]) for worker in workers]
     assert [worker.returncode for worker in workers] == [0] * processes
-    final = store.load("c1")
+    final = store.load("c1").record
     assert final is not None
     assert final.version == 1 + processes * times
     assert final.host == str(processes * times)
@@ -363,7 +388,7 @@ def test_sqlite_data_persists_across_reopen(db: Path) -> None:
     assert first.consume_state("n1", NOW + timedelta(hours=1), "digest-a")
     first.close()
     second = SQLiteStore(db)
-    assert second.load(full_record().key) == full_record()
+    assert second.load(full_record().key).record == full_record()
     assert second.consume_state("n1", NOW + timedelta(hours=1), "digest-b") is False
     second.close()
 
@@ -383,7 +408,7 @@ def test_sqlite_schema(db: Path) -> None:
     store = SQLiteStore(db)
     store.load("c1")
     with sqlite3.connect(db) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (2,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (3,)
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master")}
     raw.close()
@@ -397,21 +422,33 @@ def test_sqlite_schema(db: Path) -> None:
     store.close()
 
 
-def test_sqlite_schema_1_gains_the_keyset_index(db: Path) -> None:
-    store = SQLiteStore(db)
-    assert store.compare_and_set(make_record(), None)
-    store.close()
-    with sqlite3.connect(db) as raw:  # what schema 1 wrote: no (state, expiry, key) index
-        raw.execute("DROP INDEX amo_connections_due")
-        raw.execute("PRAGMA user_version = 1")
+@pytest.mark.parametrize("old", [1, 2])
+def test_sqlite_older_schema_is_refused(db: Path, old: int) -> None:
+    """Schemas 1 and 2 kept a connection's status as ``state`` (its column and its record
+    bodies): such a file is refused, never converted nor misread, and left as it was."""
+    with sqlite3.connect(db) as raw:
+        raw.execute("CREATE TABLE amo_connections (connection_id TEXT PRIMARY KEY, state TEXT)")
+        raw.execute(f"PRAGMA user_version = {old}")
     raw.close()
     store = SQLiteStore(db)
-    assert store.load("c1") == make_record()
+    with pytest.raises(StoreError, match=f"schema version {old}.*converts no older file"):
+        store.load("c1")
+    report = store.check()
+    assert report.reachable and not report.schema_ready
+    assert f"schema version {old}" in report.detail
     with sqlite3.connect(db) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone() == (2,)
+        assert raw.execute("PRAGMA user_version").fetchone() == (old,)
+    raw.close()
+    store.close()
+
+
+def test_sqlite_due_pages_use_the_keyset_index(db: Path) -> None:
+    store = SQLiteStore(db)
+    assert store.compare_and_set(make_record(), None)
+    with sqlite3.connect(db) as raw:
         names = {name for (name,) in raw.execute("SELECT name FROM sqlite_master")}
         plan = raw.execute(
-            "EXPLAIN QUERY PLAN SELECT connection_id FROM amo_connections WHERE state = 'x'"
+            "EXPLAIN QUERY PLAN SELECT connection_id FROM amo_connections WHERE status = 'x'"
             " AND refresh_expires_at < 9 AND (refresh_expires_at, connection_id) > (1, 'a')"
             " ORDER BY refresh_expires_at, connection_id LIMIT 5"
         ).fetchall()
@@ -451,7 +488,7 @@ def test_sqlite_locked_file_is_store_error(db: Path) -> None:
         with pytest.raises(StoreError, match="SQLITE_BUSY") as caught:
             store.compare_and_set(make_record(version=2), 1)
         assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
-        assert store.load("c1") == make_record()  # WAL: readers are not blocked by a writer
+        assert store.load("c1").record == make_record()  # WAL: readers are not blocked by a writer
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -472,9 +509,9 @@ def test_sqlite_unreadable_record_is_store_error(db: Path) -> None:
 
 def test_sqlite_newer_schema_is_store_error(db: Path) -> None:
     raw = sqlite3.connect(db)
-    raw.execute("PRAGMA user_version = 3")
+    raw.execute("PRAGMA user_version = 4")
     raw.close()
-    with pytest.raises(StoreError, match="schema version 3"):
+    with pytest.raises(StoreError, match="schema version 4"):
         SQLiteStore(db).load("c1")
 
 
@@ -527,5 +564,5 @@ def test_sqlite_store_works_in_a_forked_child(db: Path) -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert store.load("c1") == attrs.evolve(make_record(host="5"), version=6)
+    assert store.load("c1").record == attrs.evolve(make_record(host="5"), version=6)
     store.close()

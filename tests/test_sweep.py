@@ -17,7 +17,7 @@ import pytest
 from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
-    ConnectionState,
+    ConnectionStatus,
     MemoryStore,
     RefreshReport,
     SQLiteStore,
@@ -27,7 +27,7 @@ from amo_oauth import (
     _sweep,
 )
 from amo_oauth._sweep import HostPacer
-from amo_oauth.stores import FullStore
+from amo_oauth.stores import Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing._fake import FakeAccount
 
@@ -123,7 +123,7 @@ def test_failures_are_tallied_by_reason(
     assert len(report.refreshed) == 24 - 5
     for cid in revoked:
         record = stored(oauth, cid)
-        assert record is not None and record.state is ConnectionState.ERROR
+        assert record is not None and record.status is ConnectionStatus.ERROR
     # The transient one kept its pair and is refreshed by the next run, once.
     again = oauth.refresh_due(WEEK, None)
     assert again.refreshed == (transient[0],) and again.failed == ()
@@ -328,8 +328,8 @@ def test_the_async_sweep_refreshes_each_once_and_bounds_its_tasks(
     assert_refreshed_once(fake, spent)
 
 
-def stored_token(store: FullStore, fake: FakeAmoCRM, cid: str) -> str:
-    record = store.load(f"u:{fake.client_id}:{cid}")
+def stored_token(store: Store, fake: FakeAmoCRM, cid: str) -> str:
+    record = store.load(f"u:{fake.client_id}:{cid}").record
     assert record is not None and record.tokens is not None
     return record.tokens.refresh_token
 

@@ -24,7 +24,7 @@ from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, SQLiteStore, SweepPr
 from amo_oauth._records import ConnectionRecord
 from amo_oauth._rotation import rotate_keys
 from amo_oauth.cli import main
-from amo_oauth.stores import FullStore
+from amo_oauth.stores import Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import config_for, run_consent
@@ -40,10 +40,10 @@ def connect_many(oauth: AmoOAuth, fake: FakeAmoCRM, count: int, hosts: int) -> l
     return ids
 
 
-def spent_tokens(store: FullStore, fake: FakeAmoCRM, ids: list[str]) -> dict[str, str]:
+def spent_tokens(store: Store, fake: FakeAmoCRM, ids: list[str]) -> dict[str, str]:
     out = {}
     for cid in ids:
-        record = store.load(f"u:{fake.client_id}:{cid}")
+        record = store.load(f"u:{fake.client_id}:{cid}").record
         assert record is not None and record.tokens is not None
         out[cid] = record.tokens.refresh_token
     return out
@@ -55,7 +55,7 @@ def assert_once(fake: FakeAmoCRM, spent: dict[str, str]) -> None:
         assert fake.token_calls_for(token) == 1
 
 
-def no_live_lease(store: FullStore, now: datetime) -> None:
+def no_live_lease(store: Store, now: datetime) -> None:
     for record in store.scan(None, 10_000):
         assert record.live_lease(now) is None, record.key
 
@@ -64,7 +64,7 @@ def no_live_lease(store: FullStore, now: datetime) -> None:
 
 
 def _two_sweeps(
-    make: Callable[[], FullStore],
+    make: Callable[[], Store],
     make_oauth: Callable[..., AmoOAuth],
     fake: FakeAmoCRM,
     clock: FakeClock,
@@ -104,7 +104,7 @@ def test_two_sweeps_at_once_on_a_server_store_refresh_each_once(
     url: str = request.getfixturevalue(f"{kind}_url")
     name = uuid.uuid4().hex[:12]
 
-    def make() -> FullStore:
+    def make() -> Store:
         if kind == "postgres":
             pg = PostgresStore(url, table=f"atk_{name}")
             pg.migrate()
@@ -178,14 +178,14 @@ def test_rotation_over_a_lapsed_lease_does_not_lose_the_refresh(
     worker = threading.Thread(target=lambda: got.append(slow.access_token("c000")))
     worker.start()
     assert entered.wait(10)
-    leased = store.load(key)
+    leased = store.load(key).record
     assert leased is not None and leased.lease is not None
     del old, new  # the memory store keeps records as objects: the rewrite is what matters
     report = rotate_keys(store, now=lambda: clock() + timedelta(hours=1), sleep=lambda _: None)
     assert report.rewritten == 1
     go_on.set()
     worker.join()
-    record = store.load(key)
+    record = store.load(key).record
     assert record is not None and record.tokens is not None
     assert got == [record.tokens.access_token]
     assert record.lease is None
@@ -443,7 +443,7 @@ def _records(clock: FakeClock, fake: FakeAmoCRM) -> list[ConnectionRecord]:
     return records
 
 
-def _check_order(store: FullStore, records: list[ConnectionRecord]) -> None:
+def _check_order(store: Store, records: list[ConnectionRecord]) -> None:
     for record in records:
         assert store.compare_and_set(record, None)
     keys = sorted(record.key for record in records)
@@ -470,10 +470,10 @@ def _check_order(store: FullStore, records: list[ConnectionRecord]) -> None:
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[FullStore]:
+def any_store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Store]:
     kind = request.param
     if kind == "memory":
-        store: FullStore = MemoryStore()
+        store: Store = MemoryStore()
     elif kind == "sqlite":
         store = SQLiteStore(tmp_path / "k.db")
     elif kind == "postgres":
@@ -496,7 +496,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[FullSto
 
 
 def test_paged_reads_follow_code_point_order_on_every_store(
-    any_store: FullStore, fake: FakeAmoCRM, clock: FakeClock
+    any_store: Store, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
     records = _records(clock, fake)
     # ties in the due order: give half of them one refresh expiry
@@ -573,7 +573,7 @@ def _one_due(
     connect_many(make_oauth(store=store), fake, 1, 1)
     clock.advance(timedelta(days=85))
     key = f"u:{fake.client_id}:c000"
-    old = store.load(key)
+    old = store.load(key).record
     assert old is not None and old.tokens is not None
     return key, old.tokens.refresh_token
 
@@ -593,7 +593,9 @@ def test_a_pair_the_store_could_not_take_during_a_sweep_is_stored_before_it_retu
         clock=clock,
     )
     report = sweeper.refresh_due(WEEK, None)
-    record = store.load(key)  # read before close: the sweep's return is what the CLI waits on
+    record = store.load(
+        key
+    ).record  # read before close: the sweep's return is what the CLI waits on
     sweeper.close()
     assert fake.token_call_count("refresh_token") == 1
     assert record is not None and record.tokens is not None
@@ -625,7 +627,7 @@ def test_a_pair_the_store_could_not_take_is_stored_by_the_async_sweep_too(
         return report
 
     report = asyncio.run(run())
-    record = store.load(key)
+    record = store.load(key).record
     assert record is not None and record.tokens is not None
     assert record.tokens.refresh_token != old_refresh
     assert report.refreshed == ("c000",) and report.failed == ()
@@ -657,7 +659,7 @@ def test_closing_stores_a_kept_pair_or_names_the_connection_it_loses(
     time.sleep(1.2)
     sweeper.close()
     store.down.clear()
-    record = store.load(key)
+    record = store.load(key).record
     assert record is not None and record.tokens is not None
     new_pair = record.tokens.refresh_token != old_refresh
     assert new_pair is comes_back
@@ -695,7 +697,7 @@ def test_rotation_racing_writers_loses_no_write_and_changes_no_content(
         store = SQLiteStore(db, encryption=both)
         key = f"u:{fake.client_id}:{name}"
         while not stop.is_set():
-            record = store.load(key)
+            record = store.load(key).record
             assert record is not None and record.tokens is not None
             n = writes[name] + 1
             tokens = attrs.evolve(record.tokens, access_token=f"{name}-{n}")
@@ -721,7 +723,7 @@ def test_rotation_racing_writers_loses_no_write_and_changes_no_content(
     final = rotate_keys(rotator, pause=0.01)
     assert final.complete
     for name in names:
-        record = rotator.load(f"u:{fake.client_id}:{name}")
+        record = rotator.load(f"u:{fake.client_id}:{name}").record
         assert record is not None and record.tokens is not None
         assert record.tokens.access_token == last[name]  # the last write stands
     rotator.close()
@@ -731,7 +733,7 @@ def test_rotation_racing_writers_loses_no_write_and_changes_no_content(
 
 
 def test_rotation_resumed_after_an_empty_key_reads_from_the_start(
-    any_store: FullStore, fake: FakeAmoCRM, clock: FakeClock
+    any_store: Store, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
     for record in _records(clock, fake)[:5]:
         assert any_store.compare_and_set(record, None)
@@ -777,5 +779,5 @@ def test_a_connection_disconnected_during_the_sweep_is_skipped_not_failed(
     report = sweeping.refresh_due(WEEK, limit=None, concurrency=1)
     assert (report.failed, report.needs_reauthorization) == ((), ())
     assert report.skipped == 1 and len(report.refreshed) == 2
-    assert sweeping.status(ids[0]).state.value == "disconnected"
+    assert sweeping.status(ids[0]).status.value == "disconnected"
     assert fake.token_call_count("refresh_token") == 2

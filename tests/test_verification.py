@@ -8,9 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from amo_oauth import AmoOAuth, ConnectionState, Outcome, ProviderError
+from amo_oauth import AmoOAuth, ConnectionStatus, Outcome, ProviderError
 from amo_oauth._ops import Send, StoreOp
-from amo_oauth.stores import as_full_store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import query_of, run_consent, stored
@@ -31,20 +30,20 @@ def test_a_transient_verification_failure_keeps_the_pair(
     begun = oauth.begin(USER)
     query = query_of(fake.authorize(begun.state))
     result = oauth.handle_callback(query, binding=begun.binding)
-    assert (result.outcome, result.connection.state) == (
+    assert (result.outcome, result.connection.status) == (
         Outcome.IN_PROGRESS,
-        ConnectionState.EXCHANGED,
+        ConnectionStatus.EXCHANGED,
     )
     record = stored(oauth, USER)
     assert record is not None and record.tokens is not None and record.verify_after is not None
     calls = account_calls(fake)
-    assert oauth.status(USER).state is ConnectionState.EXCHANGED  # not due: no network I/O
+    assert oauth.status(USER).status is ConnectionStatus.EXCHANGED  # not due: no network I/O
     assert account_calls(fake) == calls
     with pytest.raises(ProviderError) as pending:
         oauth.access_token(USER)
     assert pending.value.transient and account_calls(fake) == calls
     clock.advance(timedelta(seconds=5))
-    assert oauth.status(USER).state is ConnectionState.CONNECTED  # due: verified now
+    assert oauth.status(USER).status is ConnectionStatus.CONNECTED  # due: verified now
     assert fake.token_call_count("authorization_code") == 1
     assert fake.is_access_token_valid(oauth.access_token(USER))
     replay = oauth.handle_callback(query)
@@ -65,7 +64,7 @@ def test_the_backoff_grows_and_is_shared_through_the_record(
         oauth.status(USER)
     assert waits == [timedelta(seconds=5), timedelta(seconds=10)]
     clock.advance(timedelta(seconds=20))
-    assert oauth.status(USER).state is ConnectionState.CONNECTED
+    assert oauth.status(USER).status is ConnectionStatus.CONNECTED
 
 
 def test_a_definite_refusal_still_fails_verification(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
@@ -88,7 +87,7 @@ def test_a_lease_that_lapses_after_the_pair_was_stored_keeps_the_pair(
     flow = oauth._flows.codes.handle_callback(
         query_of(fake.authorize(begun.state)), binding=begun.binding
     )
-    store = as_full_store(oauth.store)
+    store = oauth.store
     item = next(flow)
     sends = 0
     while True:
@@ -100,10 +99,10 @@ def test_a_lease_that_lapses_after_the_pair_was_stored_keeps_the_pair(
                 break
             item = flow.send(oauth.http.send(item.request))
     flow.close()
-    assert oauth.status(USER).state is ConnectionState.EXCHANGED  # its lease is still live
+    assert oauth.status(USER).status is ConnectionStatus.EXCHANGED  # its lease is still live
     clock.advance(oauth.config.lease_ttl + timedelta(seconds=1))
     status = oauth.status(USER)
-    assert (status.state, status.error) == (ConnectionState.CONNECTED, None)
+    assert (status.status, status.error) == (ConnectionStatus.CONNECTED, None)
     assert fake.token_call_count("authorization_code") == 1
 
 
@@ -130,6 +129,6 @@ def test_a_verification_retried_after_the_access_token_expired_renews_the_pair(
     run_consent(oauth, fake, USER)
     clock.advance(timedelta(days=1, seconds=10))
     status = oauth.status(USER)
-    assert (status.state, status.error) == (ConnectionState.CONNECTED, None)
+    assert (status.status, status.error) == (ConnectionStatus.CONNECTED, None)
     assert fake.token_call_count("refresh_token") == 1
     assert fake.is_access_token_valid(oauth.access_token(USER))

@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
+from html import escape
 from html.parser import HTMLParser
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -24,15 +25,18 @@ from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
     ConnectionRecord,
-    ConnectionState,
+    ConnectionStatus,
     Lease,
     MemoryStore,
     StoreError,
     web,
 )
 from amo_oauth._hook import hook_signature
+from amo_oauth.stores import Loaded
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import AsyncHandlers, Handlers, PageText, Request, Response
+from amo_oauth.web._catalogue import HTTP_METHODS
+from amo_oauth.web._routes import NO_COOKIE_OVER_HTTP
 
 from helpers import STATE_SECRET, config_for, examples, query_of, stored
 
@@ -370,6 +374,23 @@ def test_routes_need_a_connection_id(send: Send, path: str) -> None:
     assert (answer.status, answer.json()) == (401, {"error": "unauthenticated"})
 
 
+def test_a_401_over_http_without_a_cookie_says_why(make_oauth: Callable[..., AmoOAuth]) -> None:
+    """Issue 16: a session cookie copied with Secure onto an http redirect URI never came
+    back, and the 401 said nothing; over http, with no cookie at all, it now says why."""
+    local = make_oauth(redirect_uri="http://127.0.0.1:8000/api/amo-crm/callback")
+    send = sender(Handlers(local, connection_id=user_from_header, app_scheme="foryoure"))
+    answer = send("GET", f"{PREFIX}/status")
+    assert (answer.status, answer.json()) == (
+        401,
+        {"error": "unauthenticated", "hint": NO_COOKIE_OVER_HTTP},
+    )
+    assert "Secure" in NO_COOKIE_OVER_HTTP and "https_only" in NO_COOKIE_OVER_HTTP
+    with_cookie = send("GET", f"{PREFIX}/status", headers={"cookie": "session=x"})
+    assert with_cookie.json() == {"error": "unauthenticated"}  # a cookie came: not that
+    https = sender(Handlers(make_oauth(), connection_id=user_from_header, app_scheme="x"))
+    assert https("GET", f"{PREFIX}/status").json() == {"error": "unauthenticated"}
+
+
 @pytest.mark.parametrize("user", ["", "x" * 256, "tab\there"])
 def test_a_bad_connection_id_is_400(send: Send, user: str) -> None:
     for method, path in (("GET", "/connect"), ("GET", "/status"), ("POST", "/disconnect")):
@@ -466,7 +487,7 @@ def test_in_progress_links_pending(
     oauth = make_oauth(settle_timeout=0.05)
     busy = ConnectionRecord(
         USER,
-        state=ConnectionState.CODE_RECEIVED,
+        status=ConnectionStatus.CODE_RECEIVED,
         version=1,
         host=fake.account_host,
         lease=Lease("another-worker", "exchange", clock() + timedelta(seconds=60)),
@@ -479,7 +500,7 @@ def test_in_progress_links_pending(
     assert parse_page(page.text).h1 == "Almost done"
     legacy = post_code(send, {"code": fake.issue_code(), "referer": fake.account_host})
     assert legacy.status == 200
-    assert (legacy.json()["outcome"], legacy.json()["state"]) == ("in_progress", "code_received")
+    assert (legacy.json()["outcome"], legacy.json()["status"]) == ("in_progress", "code_received")
     assert fake.token_call_count() == 0
 
 
@@ -520,6 +541,30 @@ def test_refused_callbacks_get_a_400_page(
     assert deep_link(answer) == ("foryoure://amo-crm/callback", {"error": reason})
     assert "<script>" not in answer.text
     assert fake.token_call_count() == 0
+
+
+@pytest.mark.parametrize("lang", ["en", "ru", "uk"])
+def test_another_integrations_redirect_says_the_client_id_does_not_match(
+    send: Send, oauth: AmoOAuth, fake: FakeAmoCRM, lang: str
+) -> None:
+    """Issue 16: a callback carrying another integration's client_id was refused as
+    ``malformed``; its own reason and page now say the client id does not match."""
+    state = connect_state(send)
+    query = dict(parse_qsl(callback_query(fake.authorize(state))))
+    query["client_id"] = "another-integration"
+    answer = send("GET", f"{PREFIX}/callback", query=f"{urlencode(query)}&lang={lang}")
+    assert answer.status == 400
+    assert deep_link(answer) == ("foryoure://amo-crm/callback", {"error": "client_id_mismatch"})
+    text = web.PAGE_TEXTS[lang]
+    assert parse_page(answer.text).h1 == text.client_id_mismatch_title
+    assert escape(text.client_id_mismatch_body) in answer.text
+    assert "client id" in text.client_id_mismatch_body  # the page says what does not match
+    assert fake.token_call_count() == 0
+    assert stored(oauth, USER) is None  # nothing written: the right redirect still works
+    right = send(
+        "GET", f"{PREFIX}/callback", query=urlencode({**query, "client_id": fake.client_id})
+    )
+    assert deep_link(right)[1]["success"] == "true"
 
 
 def test_a_second_code_of_one_consent_shows_the_connection(
@@ -632,15 +677,91 @@ def test_exchange_code_never_exchanges_a_new_code(
     assert fake.token_call_count() == 1
 
 
-def test_exchange_code_refuses_a_form_a_page_could_post(
-    send: Send, oauth: AmoOAuth, fake: FakeAmoCRM
+#: The bodies ``POST /exchange-code`` reads: the seed's apps post JSON or a form.
+BODIES = ["json", "form"]
+
+
+def encoded(kind: str, fields: Mapping[str, str]) -> tuple[dict[str, str], bytes]:
+    """The Content-Type header and the body of ``fields`` posted as ``kind``."""
+    if kind == "json":
+        return {"content-type": "application/json"}, json.dumps(dict(fields)).encode()
+    form = "application/x-www-form-urlencoded; charset=utf-8"
+    return {"content-type": form}, urlencode(dict(fields)).encode()
+
+
+def post_as(send: Send, kind: str, fields: Mapping[str, str], **headers: str) -> Answer:
+    content_type, body = encoded(kind, fields)
+    sent = {**AS_USER, **content_type, **headers}
+    return send("POST", f"{PREFIX}/exchange-code", headers=sent, body=body)
+
+
+def check_known_code_is_answered(send: Send, fake: FakeAmoCRM, kind: str) -> None:
+    """Issue 16: the schema said "JSON or form" while a form answered 415. A code already
+    exchanged, posted either way, answers 200 ``already_connected``, and nothing is spent."""
+    redirect = fake.authorize(connect_state(send))
+    assert send("GET", f"{PREFIX}/callback", query=callback_query(redirect)).status == 200
+    fields = {"code": query_of(redirect)["code"], "state": query_of(redirect)["state"]}
+    answer = post_as(send, kind, fields)
+    assert answer.status == 200
+    body = answer.json()
+    assert (body["outcome"], body["duplicate"], body["connected"]) == (
+        "already_connected",
+        True,
+        True,
+    )
+    assert fake.token_call_count() == 1
+
+
+@pytest.mark.parametrize("kind", BODIES)
+def test_exchange_code_answers_a_known_code_posted_as_json_or_a_form(
+    send: Send, fake: FakeAmoCRM, kind: str
 ) -> None:
+    check_known_code_is_answered(send, fake, kind)
+
+
+@pytest.mark.parametrize("kind", BODIES)
+def test_exchange_code_answers_a_known_code_async(
+    async_oauth: AsyncAmoOAuth, fake: FakeAmoCRM, kind: str
+) -> None:
+    handlers = AsyncHandlers(async_oauth, connection_id=user_from_header, app_scheme="foryoure")
+    check_known_code_is_answered(async_sender(handlers), fake, kind)
+
+
+@pytest.mark.parametrize("kind", BODIES)
+def test_a_form_never_exchanges_a_new_code(send: Send, fake: FakeAmoCRM, kind: str) -> None:
+    """What a page on another site could post (a form needs no preflight) can at most be
+    answered as a code already known: a new one is refused, nothing written or sent."""
+    fields = {"code": fake.issue_code(), "state": connect_state(send)}
+    answer = post_as(send, kind, {**fields, "referer": fake.account_host})
+    assert (answer.status, answer.json()) == (400, {"error": "new_code_refused"})
+    assert fake.token_call_count() == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"sec-fetch-site": "cross-site"},
+        {"sec-fetch-site": "same-site"},
+        {"origin": "https://evil.example"},
+        {"origin": "null"},
+    ],
+)
+def test_a_form_from_another_site_is_refused_before_it_is_read(
+    send: Send, fake: FakeAmoCRM, headers: dict[str, str]
+) -> None:
+    """The Origin / Sec-Fetch-Site checks apply to a form as to JSON, before the body is read
+    (security.md, "Cross-site requests")."""
     redirect = fake.authorize(connect_state(send))
     send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
-    body = urlencode({"code": query_of(redirect)["code"]}).encode()
-    headers = {**AS_USER, "content-type": "application/x-www-form-urlencoded; charset=utf-8"}
-    answer = send("POST", f"{PREFIX}/exchange-code", headers=headers, body=body)
-    assert (answer.status, answer.json()) == (415, {"error": "unsupported_media_type"})
+    answer = post_as(send, "form", {"code": query_of(redirect)["code"]}, **headers)
+    assert (answer.status, answer.json()) == (400, {"error": "cross_site_request"})
+    garbage = send(
+        "POST",
+        f"{PREFIX}/exchange-code",
+        headers={**AS_USER, **headers, "content-type": "application/x-www-form-urlencoded"},
+        body=b"\xff",
+    )
+    assert (garbage.status, garbage.json()) == (400, {"error": "cross_site_request"})
 
 
 def test_exchange_code_failure_is_400_with_the_status(
@@ -653,7 +774,7 @@ def test_exchange_code_failure_is_400_with_the_status(
     answer = post_code(send, {"code": "never-issued"})
     assert answer.status == 400
     body = answer.json()
-    assert (body["error"], body["outcome"], body["state"]) == ("code_rejected", "failed", "error")
+    assert (body["error"], body["outcome"], body["status"]) == ("code_rejected", "failed", "error")
 
 
 @pytest.mark.parametrize(
@@ -672,7 +793,21 @@ def test_exchange_code_failure_is_400_with_the_status(
         ("application/json", b'{"code": "abc"}', 400, "missing_referer"),
         ("application/json", b'{"code": "abc", "referer": "evil.example"}', 400, "foreign_host"),
         ("application/json", b'{"code": "abc", "state": "v2.x.y"}', 400, "bad_state"),
-        ("application/x-www-form-urlencoded", b"code=a&code=b", 415, "unsupported_media_type"),
+        ("application/x-www-form-urlencoded", b"code=a&code=b", 400, "malformed"),
+        ("application/x-www-form-urlencoded", b"code=%ff", 400, "malformed"),
+        ("application/x-www-form-urlencoded", "code=é".encode(), 400, "malformed"),
+        ("application/x-www-form-urlencoded", b"code=a%00b", 400, "malformed"),
+        ("application/x-www-form-urlencoded", b"&".join([b"f=1"] * 33), 400, "malformed"),
+        ("application/x-www-form-urlencoded", b"", 400, "missing_code"),
+        ("application/x-www-form-urlencoded", b"code=&state=", 400, "missing_code"),
+        ("application/x-www-form-urlencoded", b"code=abc", 400, "missing_referer"),
+        (
+            "application/x-www-form-urlencoded",
+            b"code=abc&referer=evil.example",
+            400,
+            "foreign_host",
+        ),
+        ("application/x-www-form-urlencoded", b"code=abc&state=v2.x.y", 400, "bad_state"),
         ("", b'{"code": "abc"}', 415, "unsupported_media_type"),
         ("text/plain", b"code=abc", 415, "unsupported_media_type"),
         ("multipart/form-data; boundary=x", b"--x--", 415, "unsupported_media_type"),
@@ -747,7 +882,7 @@ def test_status_of_an_unknown_connection(send: Send) -> None:
     answer = send("GET", f"{PREFIX}/status", headers=AS_USER)
     assert answer.json() == {
         "connected": False,
-        "state": "disconnected",
+        "status": "disconnected",
         "account": None,
         "expires_at": None,
         "error": None,
@@ -774,8 +909,8 @@ def test_disconnect(send: Send, fake: FakeAmoCRM) -> None:
     seed_scenario(send, fake)
     answer = send("POST", f"{PREFIX}/disconnect", headers=AS_USER)
     assert answer.status == 200
-    assert (answer.json()["connected"], answer.json()["state"]) == (False, "disconnected")
-    assert send("GET", f"{PREFIX}/status", headers=AS_USER).json()["state"] == "disconnected"
+    assert (answer.json()["connected"], answer.json()["status"]) == (False, "disconnected")
+    assert send("GET", f"{PREFIX}/status", headers=AS_USER).json()["status"] == "disconnected"
 
 
 def test_disconnect_hook(send: Send, fake: FakeAmoCRM) -> None:
@@ -787,7 +922,7 @@ def test_disconnect_hook(send: Send, fake: FakeAmoCRM) -> None:
     answer = send("GET", f"{PREFIX}/disconnect-hook", query=urlencode(hook))
     assert (answer.status, answer.json()) == (200, {"disconnected": 1})
     status = send("GET", f"{PREFIX}/status", headers=AS_USER).json()
-    assert (status["state"], status["error"]) == ("error", "disconnected_by_provider")
+    assert (status["status"], status["error"]) == ("error", "disconnected_by_provider")
     answer = send("GET", f"{PREFIX}/disconnect-hook", query="account_id=x")
     assert (answer.status, answer.json()) == (400, {"error": "malformed"})
 
@@ -849,7 +984,7 @@ def test_a_bad_prefix_is_refused(oauth: AmoOAuth, prefix: str) -> None:
 class FlakyStore(MemoryStore):
     broken = False
 
-    def load(self, connection_id: str) -> ConnectionRecord | None:
+    def load(self, connection_id: str) -> Loaded:
         if self.broken:
             raise StoreError("the database is down")
         return super().load(connection_id)
@@ -873,11 +1008,31 @@ def test_a_store_outage_is_503(make_oauth: Callable[..., AmoOAuth], fake: FakeAm
 
 
 @pytest.mark.parametrize(
-    "scheme", ["", "1app", "my app", "foo://", "javascript", "JavaScript", "data", "a_b", "é"]
+    ("scheme", "says"),
+    [
+        ("", "must not be empty"),
+        ("1app", "must be a URL scheme (RFC 3986"),
+        ("my app", "must be a URL scheme (RFC 3986"),
+        ("a_b", "must be a URL scheme (RFC 3986"),
+        ("é", "must be a URL scheme (RFC 3986"),
+        ("a" * 65, "at most 64 characters"),
+        ("foo://", "the scheme alone, without ':' or '/'"),
+        ("foo:", "the scheme alone"),
+        ("http", "not http: a deep link must open the app, not a web page"),
+        ("https", "not https: a deep link must open the app, not a web page"),
+        ("HTTPS", "not https: a deep link must open the app"),
+        ("Http", "not http: a deep link must open the app"),
+        ("javascript", "not javascript: a browser handles javascript links itself"),
+        ("JavaScript", "a browser handles javascript links itself"),
+        ("data", "a browser handles data links itself"),
+        (None, "must be a string such as 'myapp', not NoneType"),
+    ],
 )
-def test_bad_app_schemes_are_refused(oauth: AmoOAuth, scheme: str) -> None:
-    with pytest.raises(ValueError, match="app_scheme"):
+def test_bad_app_schemes_are_refused(oauth: AmoOAuth, scheme: str, says: str) -> None:
+    """Issue 16: ``http``/``https`` were accepted; every refusal now names its problem."""
+    with pytest.raises(ValueError, match=r"^app_scheme ") as refused:
         Handlers(oauth, connection_id=user_from_header, app_scheme=scheme)
+    assert says in str(refused.value)
 
 
 def test_app_schemes_follow_rfc_3986(oauth: AmoOAuth) -> None:
@@ -1043,3 +1198,48 @@ def check_wrong_route(send: Send, method: str, path: str, status: int, allow: st
         error = "method_not_allowed" if status == 405 else "not_found"
         assert answer.json() == {"error": error}
     assert answer.headers.get("allow") == allow
+
+
+#: Every route with every method it does not answer (issue 16: a wrong method answers 405 on
+#: every route and adapter, whatever the prefix).
+WRONG_METHODS = [
+    (route.path, method)
+    for route in web.ROUTES
+    for method in HTTP_METHODS
+    if method != route.method
+]
+#: The prefixes the adapters are checked under: the default, and the root (no catch-all).
+PREFIXES = [PREFIX, ""]
+
+
+def wrong_methods_answered_otherwise(send: Send, prefix: str) -> list[tuple[str, str, object]]:
+    """Each (path, method) not answered with the handlers' 405: JSON (but for HEAD, which has
+    no body) and ``Allow`` naming the route's one method."""
+    allowed = {route.path: route.method for route in web.ROUTES}
+    otherwise = []
+    for path, method in WRONG_METHODS:
+        answer = send(method, prefix + path, headers=AS_USER)
+        body = None if method == "HEAD" else answer.json()
+        got = (answer.status, answer.headers.get("allow"), body)
+        wanted_body = None if method == "HEAD" else {"error": "method_not_allowed"}
+        if got != (405, allowed[path], wanted_body):
+            otherwise.append((path, method, got))
+    return otherwise
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_every_wrong_method_is_405_on_every_route(oauth: AmoOAuth, prefix: str) -> None:
+    handlers = Handlers(oauth, connection_id=user_from_header, app_scheme="app", prefix=prefix)
+    assert len(WRONG_METHODS) == 6 * 7
+    assert wrong_methods_answered_otherwise(sender(handlers), prefix) == []
+    assert handlers.handle(Request("PROPFIND", f"{prefix}/status")).status == 405
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_every_wrong_method_is_405_on_every_route_async(
+    async_oauth: AsyncAmoOAuth, prefix: str
+) -> None:
+    handlers = AsyncHandlers(
+        async_oauth, connection_id=user_from_header, app_scheme="app", prefix=prefix
+    )
+    assert wrong_methods_answered_otherwise(async_sender(handlers), prefix) == []

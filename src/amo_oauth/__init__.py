@@ -24,11 +24,12 @@ from ._errors import (
     UndecryptableRecord,
     UnreadableRecord,
 )
+from ._public import present_as
 from ._records import (
     Account,
     Connection,
     ConnectionRecord,
-    ConnectionState,
+    ConnectionStatus,
     ErrorInfo,
     Lease,
     SeenCode,
@@ -57,7 +58,7 @@ __all__ = [
     "Connection",
     "ConnectionAuth",
     "ConnectionRecord",
-    "ConnectionState",
+    "ConnectionStatus",
     "ErrorInfo",
     "InvalidTransition",
     "Lease",
@@ -80,6 +81,9 @@ __all__ = [
     "__version__",
     "store_from_url",
 ]
+
+# Reprs and tracebacks say amo_oauth.CallbackRejected, not amo_oauth._errors.CallbackRejected.
+present_as(__name__, globals(), __all__)
 
 
 def __getattr__(name: str) -> object:

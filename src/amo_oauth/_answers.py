@@ -355,14 +355,15 @@ def _code(text: str) -> str:
 
 
 def markdown_rows(*, header: bool = True) -> list[str]:
-    """The table as Markdown lines: grant, status, hint, meaning, reason, next state, source.
+    """The table as Markdown lines: grant, status, hint, meaning, reason, next connection status,
+    source.
 
-    The "next state" column is left empty for the flows' documentation to fill in.
+    The "next connection status" column is left empty for the flows' documentation to fill in.
     """
     lines = []
     if header:
         lines += [
-            "| grant | status | hint | meaning | reason | next state | source |",
+            "| grant | status | hint | meaning | reason | next connection status | source |",
             "|---|---|---|---|---|---|---|",
         ]
     for row in ROWS:

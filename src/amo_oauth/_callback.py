@@ -2,7 +2,7 @@
 
 Only shape is checked here: what the parameters say and whether the state's signature holds.
 Whether the code was seen before, or the state is still unused, depends on the stored record
-and is decided by the service with the table in ``_state.py``.
+and is decided by the service with the table in ``_lifecycle.py``.
 """
 
 from __future__ import annotations
@@ -118,12 +118,16 @@ def parse_callback(query: QueryLike, config: CallbackSettings) -> Grant | Denial
     """Turn the redirect's query into a ``Grant`` or a ``Denial``.
 
     Raises:
-        CallbackRejected: ``malformed``, ``bad_state``, ``missing_code``, ``missing_referer``,
-            ``foreign_host`` or ``widget_installs_disabled``; nothing has changed.
+        CallbackRejected: ``malformed``, ``client_id_mismatch``, ``bad_state``,
+            ``missing_code``, ``missing_referer``, ``foreign_host`` or
+            ``widget_installs_disabled``; nothing has changed.
     """
     params = single_values(query)
+    # amoCRM names the integration the consent was for (protocol notes §2: the redirect
+    # carries ``client_id``); another integration's redirect, e.g. to a shared redirect URI, or a
+    # backend configured with the wrong client id, is not this one's to answer.
     if params.get("client_id", config.client_id) != config.client_id:
-        raise CallbackRejected("malformed")
+        raise CallbackRejected("client_id_mismatch")
     if "error" in params:
         reason = params["error"]
         if not _ERROR_SLUG.fullmatch(reason):

@@ -13,7 +13,7 @@ from typing import Any
 from ._records import (
     Account,
     ConnectionRecord,
-    ConnectionState,
+    ConnectionStatus,
     ErrorInfo,
     Lease,
     SeenCode,
@@ -22,7 +22,9 @@ from ._records import (
 
 __all__ = ["FORMAT", "record_from_json", "record_to_json"]
 
-FORMAT = 1
+#: 2 named the lifecycle value ``status`` (1 called it ``state``); a body of another format is
+#: refused, never guessed at.
+FORMAT = 2
 
 
 def _time(moment: datetime | None) -> str | None:
@@ -50,7 +52,7 @@ def record_to_json(record: ConnectionRecord) -> str:
     body = {
         "format": FORMAT,
         "connection_id": record.connection_id,
-        "state": record.state.value,
+        "status": record.status.value,
         "version": record.version,
         "host": record.host,
         "tokens": _tokens(record.tokens),
@@ -115,7 +117,7 @@ def _record(body: _Fields) -> ConnectionRecord:
     seen = body.items("seen_codes")
     return ConnectionRecord(
         connection_id=body.text("connection_id"),
-        state=ConnectionState(body.text("state")),
+        status=ConnectionStatus(body.text("status")),
         version=body.integer("version"),
         host=body.optional_text("host"),
         tokens=_read_tokens(body.optional_obj("tokens")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, Final
@@ -10,69 +11,126 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._hosts import check_domain
+from ._setting_errors import MAX_TICKET_TTL, MODES, setting_error
 
 __all__ = ["Config"]
 
-_MODES = ("post_message", "popup")
-_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+_LOOPBACK: Final = ("localhost", "127.0.0.1", "::1")
 
 
 def _non_empty(_: object, attribute: attrs.Attribute[str], value: str) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{attribute.name} must be a non-empty string")
+        raise ValueError(setting_error("empty_text", field=attribute.name))
+
+
+def _url_problem(value: str) -> tuple[str | None, str | None]:
+    """Which rule a URL breaks (the key of its message, or None) and its host.
+
+    The library sends ``redirect_uri`` to amoCRM, which compares it exactly, and sends the
+    browser to ``authorize_url``: neither may hide a credential, and a fragment is forbidden
+    on both endpoints (RFC 6749 §3.1, §3.1.2).
+    """
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (read for its check: a port that is no number raises)
+    except ValueError:  # an unclosed "[", a port out of range
+        return "url_invalid", None
+    host = parts.hostname
+    if parts.scheme not in ("http", "https"):
+        return "url_scheme", host
+    if parts.username is not None or parts.password is not None:
+        return "url_userinfo", host
+    if not host:
+        return "url_no_host", host
+    if "#" in value:
+        return "url_fragment", host
+    if parts.scheme == "http" and host not in _LOOPBACK:
+        return "url_http", host
+    return None, host
 
 
 def _web_url(_: object, attribute: attrs.Attribute[str], value: str) -> None:
-    parts = urlsplit(value)
-    secure = parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
-    if not secure or not parts.hostname or parts.username or parts.fragment:
-        raise ValueError(f"{attribute.name} must be an https URL (http only on loopback)")
+    if not isinstance(value, str):
+        raise TypeError(setting_error("url_type", field=attribute.name, type=_type(value)))
+    problem, host = _url_problem(value)
+    if problem is not None:
+        # The message names the host at most: the rest of a URL may hold a password.
+        raise ValueError(setting_error(problem, field=attribute.name, host=host))
+
+
+def _type(value: object) -> str:
+    return type(value).__name__
 
 
 def _secret_bytes(value: str | bytes) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    # bytes(32) would be 32 zero bytes: "long enough", and no secret at all.
+    raise TypeError(setting_error("state_secret_type", type=_type(value)))
+
+
+def _domain(domain: object) -> str:
+    if not isinstance(domain, str):
+        raise TypeError(setting_error("domain_type", type=_type(domain)))
+    try:
+        return check_domain(domain)
+    except ValueError:
+        pass
+    dotted_digits = all(part.isdigit() for part in domain.split("."))
+    key = "domain_ip" if dotted_digits else "domain_not_plain"
+    raise ValueError(setting_error(key, domain=repr(domain))) from None
 
 
 def _domains(domains: Iterable[str]) -> tuple[str, ...]:
     if isinstance(domains, str | bytes):  # a lone string would be read a letter at a time
-        raise TypeError("extra_domains must be a tuple of domain names, e.g. ('example.com',)")
-    return tuple(check_domain(domain) for domain in domains)
+        raise TypeError(setting_error("domains_type"))
+    return tuple(_domain(domain) for domain in domains)
 
 
 def _strong(_: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
     if len(value) < 32:
-        raise ValueError(f"{attribute.name} must be at least 32 bytes of secret")
+        raise ValueError(setting_error("state_secret_short"))
+
+
+#: The message for a value of the wrong type, by the kind of number a field holds.
+_TYPE_MESSAGES: Final = {"timedelta": "duration_type", "float": "seconds_type", "int": "count_type"}
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: timedelta | float) -> None:
-    wants_duration = attribute.type in ("timedelta", timedelta)
+    # The declared type as written (this module's annotations are strings).
+    declared = str(getattr(attribute.type, "__name__", attribute.type))
+    wants_duration = declared == "timedelta"
     kind = timedelta if wants_duration else (int, float)
     if not isinstance(value, kind) or isinstance(value, bool):
-        shown = "a datetime.timedelta" if wants_duration else "a number of seconds"
-        raise TypeError(f"{attribute.name} must be {shown}, not {type(value).__name__}")
+        key = _TYPE_MESSAGES[declared]
+        raise TypeError(setting_error(key, field=attribute.name, type=_type(value)))
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     if not seconds > 0 or seconds == float("inf"):  # NaN fails the comparison too
-        raise ValueError(f"{attribute.name} must be a positive, finite duration")
-
-
-#: The longest a mobile ticket may live: it is a bearer link, good for whoever opens it first.
-MAX_TICKET_TTL: Final = timedelta(minutes=10)
+        raise ValueError(setting_error("not_positive", field=attribute.name))
 
 
 def _ticket_ttl(instance: object, attribute: attrs.Attribute[Any], value: timedelta) -> None:
     _positive(instance, attribute, value)
     if value > MAX_TICKET_TTL:
-        raise ValueError(f"{attribute.name} must be at most {MAX_TICKET_TTL} (a bearer link)")
+        raise ValueError(setting_error("ticket_ttl_long"))
 
 
 def _mode(_: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if value not in _MODES:
-        raise ValueError(f"mode must be one of {', '.join(_MODES)}")
+    if value not in MODES:
+        raise ValueError(setting_error("mode"))
 
 
 @attrs.frozen(kw_only=True)
 class Config:
-    """The integration's settings, checked at construction (``ValueError`` when wrong).
+    """The integration's settings, checked at construction.
+
+    Raises:
+        ValueError: a setting is wrong, or two contradict each other (``lease_ttl`` against
+            ``http_timeout``; ``state_secret`` equal to ``client_secret``).
+        TypeError: a setting of the wrong type (a number where a ``timedelta`` belongs...).
+            Every message names the setting and what to do; docs/configuration.md lists them.
 
     Attributes:
         client_id: the integration's ID from amoCRM.
@@ -126,4 +184,9 @@ class Config:
         # A live worker must never lose its lease mid-exchange: the token call and the account
         # check each may take http_timeout, and an expired lease means the code is abandoned.
         if self.lease_ttl.total_seconds() <= 3 * self.http_timeout:
-            raise ValueError("lease_ttl must be more than three http_timeouts")
+            raise ValueError(setting_error("lease_short", seconds=f"{3 * self.http_timeout:g}"))
+        # The docs forbid it (security.md): amoCRM holds the client secret too (it checks it on
+        # every token call) and shows it in the integration's settings, so it must not also be
+        # the key that signs the states.
+        if hmac.compare_digest(self.state_secret, self.client_secret.encode("utf-8")):
+            raise ValueError(setting_error("state_secret_is_client_secret"))

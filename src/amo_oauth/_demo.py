@@ -174,12 +174,12 @@ def _stack(db: Path) -> Iterator[Stack]:
 
 class _Transitions(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        _say(f"   state: {record.getMessage()}")
+        _say(f"   status: {record.getMessage()}")
 
 
 @contextlib.contextmanager
 def _transitions_printed() -> Iterator[None]:
-    """Print the "amo_oauth" logger's INFO lines: one per state transition."""
+    """Print the "amo_oauth" logger's INFO lines: one per status change."""
     logger = logging.getLogger("amo_oauth")
     handler, level = _Transitions(), logger.level
     logger.addHandler(handler)

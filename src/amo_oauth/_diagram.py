@@ -4,25 +4,25 @@ from __future__ import annotations
 
 from transitions.extensions.diagrams import GraphMachine
 
-from ._records import ConnectionState
-from ._state import TABLE
+from ._lifecycle import TABLE
+from ._records import ConnectionStatus
 
 __all__ = ["lifecycle_markdown", "mermaid"]
 
 _INTRO = """\
 # The connection lifecycle
 
-<!-- Generated from amo_oauth._state.TABLE by `amo-oauth diagram --markdown`; do not edit.
+<!-- Generated from amo_oauth._lifecycle.TABLE by `amo-oauth diagram --markdown`; do not edit.
      tests/test_diagram.py fails when this page is stale. -->
 
-Every connection is in one of five states. Events move it along the arrows; any event in a
-state without an arrow is a documented no-op (the table below), never an exception.
+Every connection has one of five statuses. Events move it along the arrows; an event with no
+arrow from the connection's status is a documented no-op (the table below), never an exception.
 A guard in brackets must hold for the arrow to apply.
 """
 
 
 class _Drawing:
-    state: ConnectionState
+    status: ConnectionStatus
 
 
 def mermaid() -> str:
@@ -31,7 +31,7 @@ def mermaid() -> str:
     model = _Drawing()
     GraphMachine(
         model=model,
-        states=ConnectionState,
+        states=ConnectionStatus,
         transitions=[
             {
                 "trigger": rule.event,
@@ -42,8 +42,9 @@ def mermaid() -> str:
             for rule in TABLE
             if rule.dest is not None
         ],
-        initial=ConnectionState.DISCONNECTED,
+        initial=ConnectionStatus.DISCONNECTED,
         auto_transitions=False,
+        model_attribute="status",
         graph_engine="mermaid",
         show_conditions=True,
         title="amo_oauth connection lifecycle",
@@ -53,7 +54,7 @@ def mermaid() -> str:
 
 
 def _plain(drawn: str) -> str:
-    """Keep the structure; drop the highlight styling (it marks one model's current state) and
+    """Keep the structure; drop the highlight styling (it marks one model's current status) and
     give the front matter the ``title:`` key Mermaid expects."""
     lines = [line.rstrip() for line in drawn.splitlines()]
     kept = [line for line in lines if not line.lstrip().startswith(("classDef ", "Class "))]
@@ -62,10 +63,10 @@ def _plain(drawn: str) -> str:
     return "\n".join(line for i, line in enumerate(kept) if line or kept[i - 1]) + "\n"
 
 
-def _states(rule_sources: tuple[ConnectionState, ...]) -> str:
-    if set(rule_sources) == set(ConnectionState):
+def _statuses(rule_sources: tuple[ConnectionStatus, ...]) -> str:
+    if set(rule_sources) == set(ConnectionStatus):
         return "any"
-    return ", ".join(state.value for state in rule_sources)
+    return ", ".join(status.value for status in rule_sources)
 
 
 def lifecycle_markdown() -> str:
@@ -77,7 +78,7 @@ def lifecycle_markdown() -> str:
     for rule in TABLE:
         guard = rule.guard.__name__ if rule.guard else ""
         result = f"-> `{rule.dest.value}`" if rule.dest else f"no-op: `{rule.noop}`"
-        rows.append(f"| `{rule.event}` | {_states(rule.sources)} | {guard} | {result} |")
+        rows.append(f"| `{rule.event}` | {_statuses(rule.sources)} | {guard} | {result} |")
     return "\n".join(
         [
             _INTRO,

@@ -1,7 +1,7 @@
 """Events: what can happen to a connection, each a frozen record validated on construction.
 
-An event knows only the data it brings (``changes``); which state it leads to, or whether it
-is a no-op, is decided by the table in ``_state.py`` and nowhere else.
+An event knows only the data it brings (``changes``); which status it leads to, or whether it
+is a no-op, is decided by the table in ``_lifecycle.py`` and nowhere else.
 """
 
 from __future__ import annotations

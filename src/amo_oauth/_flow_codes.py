@@ -30,6 +30,7 @@ from ._events import (
 from ._flow_records import Decision
 from ._flow_verify import Verification
 from ._hosts import AccountHost
+from ._lifecycle import DENIED_HOLDER, NoOp
 from ._limits import ExchangeLimiter
 from ._ops import ConsumeState, Flow, HolderOf, Send, perform
 from ._provider import (
@@ -41,7 +42,6 @@ from ._reasons import Reason
 from ._record_view import RecordView
 from ._records import CODE_MEMORY, check_connection_id, code_digest, record_key
 from ._results import AuthorizationRequest, CallbackResult, Outcome
-from ._state import DENIED_HOLDER, NoOp
 from ._state_token import StateClaims, issue_state, read_state
 from .stores._protocol import ClaimResult, LedgerEntry
 
@@ -286,7 +286,7 @@ class CodeFlows:
         """The record and the code's event, from reads only: nothing is written until the
         table says this worker may claim the code. The ledger is read before the record: a
         claim writes both at once, so a ledger entry seen here is already on the record read
-        next (a duplicate then reports the winner's state)."""
+        next (a duplicate then reports the winner's status)."""
         holder = yield from perform(HolderOf(f"code:{digest}"))
         used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
         record = yield from self.records.reload(target)

@@ -1,11 +1,11 @@
 """The record primitives every flow is made of: load, decide, write, apply, wait.
 
-A flow never writes a record it did not step through the table (``_state.step``), and every
+A flow never writes a record it did not step through the table (``_lifecycle.step``), and every
 write is one compare-and-set on the version it read, so a decision made on a stale read is never
 written: the loser reloads and asks the table again.
 
 ``Records`` is the one part that holds whole records: it hands the other flows a
-``RecordView`` (no state, lease, tokens or error) and the table's answer as a ``Decision``, and
+``RecordView`` (no status, lease, tokens or error) and the table's answer as a ``Decision``, and
 takes them back to write. So the flows act on the table's answer and cannot look at what it
 decides on: mypy rejects it.
 """
@@ -25,6 +25,7 @@ from ._answers import Answer, describe
 from ._config import Config
 from ._errors import ProviderError, StoreError
 from ._events import Event, LeaseExpired
+from ._lifecycle import NoOp, Step, step
 from ._ops import (
     ClaimOp,
     CompareAndSet,
@@ -40,7 +41,6 @@ from ._ops import (
 from ._reasons import Reason
 from ._record_view import RecordView, record_of, seconds_to_wait
 from ._records import ConnectionRecord, ErrorInfo, Lease, record_key
-from ._state import NoOp, Step, step
 from .stores._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
 
 __all__ = ["Decision", "Records"]
@@ -288,12 +288,12 @@ class Records:
         return claimed
 
     def _log_step(self, old: ConnectionRecord, new: ConnectionRecord, event_name: str) -> None:
-        """One INFO line per written transition (no secret: ids, states and the event)."""
+        """One INFO line per written transition (no secret: ids, statuses and the event)."""
         logger.info(
             "connection %s: %s -> %s (%s)",
             old.connection_id,
-            old.state.value,
-            new.state.value,
+            old.status.value,
+            new.status.value,
             event_name,
             extra={"amo_event": event_name, "amo_connection_id": old.connection_id},
         )

@@ -19,6 +19,7 @@ from ._events import RefreshClaimed, Refreshed, RefreshFailed, RefreshReleased
 from ._flow_records import logger
 from ._flow_verify import Verification
 from ._hosts import AccountHost
+from ._lifecycle import NoOp
 from ._ops import Flow, Send, Sleep
 from ._provider import (
     api_domain_of,
@@ -33,7 +34,6 @@ from ._provider import (
 from ._reasons import Reason
 from ._record_view import RecordView
 from ._records import ErrorInfo, check_connection_id
-from ._state import NoOp
 from ._sweep import Done
 
 __all__ = ["TokenFlows"]

@@ -16,6 +16,7 @@ from ._errors import ProviderError
 from ._events import Event, Refreshed, Verified, VerifyClaimed, VerifyDeferred, VerifyFailed
 from ._flow_records import Records
 from ._hosts import AccountHost
+from ._lifecycle import NoOp
 from ._ops import Delete, Flow, Send, perform
 from ._provider import (
     account_request,
@@ -28,7 +29,6 @@ from ._provider import (
 from ._reasons import Reason
 from ._record_view import RecordView
 from ._results import CallbackResult, Outcome
-from ._state import NoOp
 
 __all__ = ["Verification"]
 

@@ -1,7 +1,7 @@
 """What a flow may ask of the outside world: one typed operation per store call, a request, a pause.
 
 A flow (``_flows_*.py``) is a generator that yields these and is sent their results; it does no
-I/O itself. Each store operation knows how to run on a blocking ``FullStore`` and on an
+I/O itself. Each store operation knows how to run on a blocking ``Store`` and on an
 ``AsyncStore``, so mypy checks every call against the protocols, and a test can fail exactly one
 kind of operation. ``perform`` is how a flow yields one and gets its typed result back.
 """
@@ -16,21 +16,19 @@ import attrs
 import httpx
 
 from ._records import ConnectionRecord
-from .stores._protocol import AsyncStore, Claim, ClaimResult, DueCursor, FullStore
+from .stores._protocol import AsyncStore, Claim, ClaimResult, DueCursor, Store
 
 __all__ = [
     "ClaimOp",
     "CompareAndSet",
     "ConsumeState",
     "Delete",
-    "DueForRefresh",
     "DuePage",
     "FindByAccount",
     "Flow",
     "HolderOf",
     "Load",
     "Op",
-    "Scan",
     "Send",
     "Sleep",
     "StoreOp",
@@ -44,7 +42,7 @@ T = TypeVar("T")
 class StoreOp(Generic[T]):
     """One call on a store; ``run`` and ``arun`` make it on either kind."""
 
-    def run(self, store: FullStore) -> T:
+    def run(self, store: Store) -> T:
         raise NotImplementedError
 
     async def arun(self, store: AsyncStore) -> T:
@@ -53,13 +51,16 @@ class StoreOp(Generic[T]):
 
 @attrs.frozen
 class Load(StoreOp[ConnectionRecord | None]):
+    """The record under ``key``, or None. (The store's clock that comes with it is not used
+    by the flows yet.)"""
+
     key: str
 
-    def run(self, store: FullStore) -> ConnectionRecord | None:
-        return store.load(self.key)
+    def run(self, store: Store) -> ConnectionRecord | None:
+        return store.load(self.key).record
 
     async def arun(self, store: AsyncStore) -> ConnectionRecord | None:
-        return await store.aload(self.key)
+        return (await store.aload(self.key)).record
 
 
 @attrs.frozen
@@ -67,7 +68,7 @@ class CompareAndSet(StoreOp[bool]):
     record: ConnectionRecord
     expected_version: int | None
 
-    def run(self, store: FullStore) -> bool:
+    def run(self, store: Store) -> bool:
         return store.compare_and_set(self.record, self.expected_version)
 
     async def arun(self, store: AsyncStore) -> bool:
@@ -79,7 +80,7 @@ class Delete(StoreOp[bool]):
     key: str
     expected_version: int
 
-    def run(self, store: FullStore) -> bool:
+    def run(self, store: Store) -> bool:
         return store.delete(self.key, self.expected_version)
 
     async def arun(self, store: AsyncStore) -> bool:
@@ -92,7 +93,7 @@ class ConsumeState(StoreOp[bool]):
     expires_at: datetime
     holder: str | None = None
 
-    def run(self, store: FullStore) -> bool:
+    def run(self, store: Store) -> bool:
         return store.consume_state(self.nonce, self.expires_at, self.holder)
 
     async def arun(self, store: AsyncStore) -> bool:
@@ -103,7 +104,7 @@ class ConsumeState(StoreOp[bool]):
 class HolderOf(StoreOp[str | None]):
     key: str = attrs.field(repr=False)
 
-    def run(self, store: FullStore) -> str | None:
+    def run(self, store: Store) -> str | None:
         return store.holder_of(self.key)
 
     async def arun(self, store: AsyncStore) -> str | None:
@@ -114,7 +115,7 @@ class HolderOf(StoreOp[str | None]):
 class ClaimOp(StoreOp[ClaimResult]):
     claim: Claim
 
-    def run(self, store: FullStore) -> ClaimResult:
+    def run(self, store: Store) -> ClaimResult:
         return store.claim(self.claim)
 
     async def arun(self, store: AsyncStore) -> ClaimResult:
@@ -125,23 +126,11 @@ class ClaimOp(StoreOp[ClaimResult]):
 class FindByAccount(StoreOp[list[ConnectionRecord]]):
     account_id: int
 
-    def run(self, store: FullStore) -> list[ConnectionRecord]:
+    def run(self, store: Store) -> list[ConnectionRecord]:
         return store.find_by_account(self.account_id)
 
     async def arun(self, store: AsyncStore) -> list[ConnectionRecord]:
         return await store.afind_by_account(self.account_id)
-
-
-@attrs.frozen
-class DueForRefresh(StoreOp[list[ConnectionRecord]]):
-    before: datetime
-    limit: int
-
-    def run(self, store: FullStore) -> list[ConnectionRecord]:
-        return store.due_for_refresh(self.before, self.limit)
-
-    async def arun(self, store: AsyncStore) -> list[ConnectionRecord]:
-        return await store.adue_for_refresh(self.before, self.limit)
 
 
 @attrs.frozen
@@ -150,23 +139,11 @@ class DuePage(StoreOp[list[ConnectionRecord]]):
     limit: int
     after: DueCursor | None = None
 
-    def run(self, store: FullStore) -> list[ConnectionRecord]:
+    def run(self, store: Store) -> list[ConnectionRecord]:
         return store.due_page(self.before, self.limit, self.after)
 
     async def arun(self, store: AsyncStore) -> list[ConnectionRecord]:
         return await store.adue_page(self.before, self.limit, self.after)
-
-
-@attrs.frozen
-class Scan(StoreOp[list[ConnectionRecord]]):
-    after: str | None
-    limit: int
-
-    def run(self, store: FullStore) -> list[ConnectionRecord]:
-        return store.scan(self.after, self.limit)
-
-    async def arun(self, store: AsyncStore) -> list[ConnectionRecord]:
-        return await store.ascan(self.after, self.limit)
 
 
 @attrs.frozen
@@ -175,7 +152,7 @@ class WaitForChange(StoreOp[None]):
     version: int
     timeout: float
 
-    def run(self, store: FullStore) -> None:
+    def run(self, store: Store) -> None:
         store.wait_for_change(self.key, self.version, self.timeout)
 
     async def arun(self, store: AsyncStore) -> None:

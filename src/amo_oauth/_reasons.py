@@ -42,6 +42,7 @@ class Reason(enum.StrEnum):
     REUSED_STATE = "reused_state"
     FOREIGN_HOST = "foreign_host"
     MALFORMED = "malformed"
+    CLIENT_ID_MISMATCH = "client_id_mismatch"
     BAD_SIGNATURE = "bad_signature"
     WIDGET_INSTALLS_DISABLED = "widget_installs_disabled"
     NEW_CODE_REFUSED = "new_code_refused"
@@ -92,6 +93,7 @@ REJECTIONS: Final = frozenset(
         R.REUSED_STATE,
         R.FOREIGN_HOST,
         R.MALFORMED,
+        R.CLIENT_ID_MISMATCH,
         R.BAD_SIGNATURE,
         R.WIDGET_INSTALLS_DISABLED,
         R.NEW_CODE_REFUSED,

@@ -1,10 +1,11 @@
 """What a flow may read of a record: ``RecordView``, a read-only view without its lifecycle.
 
-The table (``_state``) decides on a record's ``state``, ``lease``, ``tokens`` and ``error``; the
-code, token and verification flows act on its answer. They hold a ``RecordView``, which has none
-of those four (nor anything that hands them out), so mypy rejects a flow that reads one, to
-branch on it or otherwise. A view gives what a flow sends or reports: who the record is, the
-host it talks to, the pair's values to send, and the public ``Connection``.
+The table (``_lifecycle``) decides on a record's ``status``, ``lease``, ``tokens`` and
+``error``; the code, token and verification flows act on its answer. They hold a
+``RecordView``, which has none of those four (nor anything that hands them out), so mypy rejects
+a flow that reads one, to branch on it or otherwise. A view gives what a flow sends or reports:
+who the record is, the host it talks to, the pair's values to send, and the public
+``Connection``.
 
 Only ``_flow_records.Records`` opens a view (``record_of``): it steps records through the table
 and writes them (``tests/test_decisions.py`` checks that no other flow does).
@@ -23,7 +24,7 @@ __all__ = ["RecordView", "record_of", "seconds_to_wait"]
 
 @attrs.frozen
 class RecordView:
-    """A record as a flow sees it: no ``state``, ``lease``, ``tokens`` or ``error``."""
+    """A record as a flow sees it: no ``status``, ``lease``, ``tokens`` or ``error``."""
 
     _record: ConnectionRecord
 

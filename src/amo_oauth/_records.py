@@ -1,6 +1,6 @@
 """Immutable records: what a connection is, as stored and as shown.
 
-``ConnectionRecord`` is the one row a store keeps per connection: state, tokens, account host,
+``ConnectionRecord`` is the one row a store keeps per connection: status, tokens, account host,
 account, the digests of codes seen, the lease and the version are written together, never as
 two writes. ``Connection`` is the public view of it, with no secret in it.
 """
@@ -19,7 +19,7 @@ __all__ = [
     "Account",
     "Connection",
     "ConnectionRecord",
-    "ConnectionState",
+    "ConnectionStatus",
     "ErrorInfo",
     "Lease",
     "SeenCode",
@@ -37,7 +37,7 @@ CODE_MEMORY = timedelta(days=1)
 MAX_CODE_DIGESTS = 256
 
 
-class ConnectionState(enum.StrEnum):
+class ConnectionStatus(enum.StrEnum):
     """Where a connection is in its lifecycle (stored as its text value)."""
 
     DISCONNECTED = "disconnected"
@@ -173,7 +173,7 @@ class Connection:
 
     Attributes:
         connection_id: the application's own key (a user id, a tenant id, ...).
-        state: the lifecycle state.
+        status: where the connection is in its lifecycle.
         account: the verified amoCRM account, when connected.
         expires_at: when the current access token expires, when there is one.
         error: why the connection is in ``error``.
@@ -182,7 +182,7 @@ class Connection:
     """
 
     connection_id: str
-    state: ConnectionState
+    status: ConnectionStatus
     account: Account | None = None
     expires_at: datetime | None = None
     error: ErrorInfo | None = None
@@ -197,7 +197,7 @@ class Connection:
     @property
     def is_connected(self) -> bool:
         """True in ``connected``: verified tokens and an account."""
-        return self.state is ConnectionState.CONNECTED
+        return self.status is ConnectionStatus.CONNECTED
 
 
 @attrs.frozen
@@ -208,7 +208,7 @@ class ConnectionRecord:
     """
 
     connection_id: str = attrs.field(validator=attrs.validators.min_len(1))
-    state: ConnectionState = ConnectionState.DISCONNECTED
+    status: ConnectionStatus = ConnectionStatus.DISCONNECTED
     version: int = 0
     host: str | None = None
     tokens: TokenSet | None = None
@@ -278,7 +278,7 @@ class ConnectionRecord:
         ``exchange_pending``."""
         if self.error is not None:
             return self.error.reason
-        if self.state is ConnectionState.DISCONNECTED:
+        if self.status is ConnectionStatus.DISCONNECTED:
             return Reason.DISCONNECTED
         return Reason.EXCHANGE_PENDING
 
@@ -286,7 +286,7 @@ class ConnectionRecord:
         """The public view: no token, no code digest, no lease."""
         return Connection(
             connection_id=self.connection_id,
-            state=self.state,
+            status=self.status,
             account=self.account,
             expires_at=self.tokens.expires_at if self.tokens else None,
             error=self.error,

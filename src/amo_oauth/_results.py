@@ -7,7 +7,7 @@ from datetime import datetime
 
 import attrs
 
-from ._records import Connection, ConnectionState
+from ._records import Connection, ConnectionStatus
 
 __all__ = ["AuthorizationRequest", "CallbackResult", "Outcome", "RefreshReport", "SweepProgress"]
 
@@ -28,13 +28,13 @@ class Outcome(enum.StrEnum):
     before came back to a connection that is disconnected or in error."""
 
 
-# What a call that changed nothing reports, by the state it found.
-_REPORTED: dict[ConnectionState, Outcome] = {
-    ConnectionState.CONNECTED: Outcome.ALREADY_CONNECTED,
-    ConnectionState.CODE_RECEIVED: Outcome.IN_PROGRESS,
-    ConnectionState.EXCHANGED: Outcome.IN_PROGRESS,
-    ConnectionState.ERROR: Outcome.FAILED,
-    ConnectionState.DISCONNECTED: Outcome.FAILED,
+# What a call that changed nothing reports, by the status it found.
+_REPORTED: dict[ConnectionStatus, Outcome] = {
+    ConnectionStatus.CONNECTED: Outcome.ALREADY_CONNECTED,
+    ConnectionStatus.CODE_RECEIVED: Outcome.IN_PROGRESS,
+    ConnectionStatus.EXCHANGED: Outcome.IN_PROGRESS,
+    ConnectionStatus.ERROR: Outcome.FAILED,
+    ConnectionStatus.DISCONNECTED: Outcome.FAILED,
 }
 
 
@@ -44,7 +44,7 @@ class CallbackResult:
 
     Attributes:
         outcome: what happened.
-        connection: the connection's state after the call.
+        connection: the connection (and its status) after the call.
         duplicate: True when the code had been seen before and nothing was sent to amoCRM.
     """
 
@@ -54,8 +54,8 @@ class CallbackResult:
 
     @classmethod
     def report(cls, connection: Connection, *, duplicate: bool) -> CallbackResult:
-        """The result of a call that changed nothing: the connection's current state."""
-        return cls(_REPORTED[connection.state], connection, duplicate)
+        """The result of a call that changed nothing: the connection's current status."""
+        return cls(_REPORTED[connection.status], connection, duplicate)
 
 
 @attrs.frozen

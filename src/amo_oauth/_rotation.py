@@ -3,9 +3,9 @@
 The store is opened with a ``MultiFernet`` of every key, newest first: it reads a row sealed
 with any of them and seals what it writes with the newest. So re-encrypting a record is
 rewriting it: load it and compare-and-set the same content one version up. Nothing about the
-connection changes (state, tokens, lease, times); only the ciphertext and the version move.
+connection changes (status, tokens, lease, times); only the ciphertext and the version move.
 
-- Records are visited page by page through ``FullStore.scan`` (by key), so memory stays one
+- Records are visited page by page through ``Store.scan`` (by key), so memory stays one
   page plus the keys put aside, and the run can resume after any key it printed.
 - A record with a live lease is never written (its holder is between its claim and its
   store, and would lose its write): it is put aside, and tried again after the pass, a few
@@ -25,7 +25,7 @@ import attrs
 
 from ._errors import UndecryptableRecord
 from ._records import ConnectionRecord
-from .stores._protocol import FullStore
+from .stores._protocol import Store
 
 __all__ = ["RotationProgress", "RotationReport", "rotate_keys"]
 
@@ -67,7 +67,7 @@ class RotationProgress:
 
 
 class _Pass:
-    def __init__(self, store: FullStore, now: Callable[[], datetime]) -> None:
+    def __init__(self, store: Store, now: Callable[[], datetime]) -> None:
         self.store = store
         self.now = now
         self.rewritten = 0
@@ -117,7 +117,7 @@ class _Pass:
 
 
 def rotate_keys(
-    store: FullStore,
+    store: Store,
     *,
     after: str | None = None,
     retries: int = 5,
@@ -191,7 +191,7 @@ def _retry(run: _Pass, rounds: int, pause: float, sleep: Callable[[float], None]
         still: list[str] = []
         for key in waiting:
             try:
-                record = run.store.load(key)
+                record = run.store.load(key).record
             except UndecryptableRecord:
                 run.undecryptable.append(key)
                 continue

@@ -21,7 +21,6 @@ from ._results import AuthorizationRequest, CallbackResult, RefreshReport, Sweep
 from ._service_core import DEFAULT_DB, ServiceCore, with_stored
 from ._sweep import Done, HostPacer, SweepPlan, sweep
 from .stores import SQLiteStore, Store
-from .stores._base import as_full_store
 from .stores._protocol import DueCursor
 
 __all__ = ["AmoOAuth"]
@@ -54,8 +53,8 @@ class AmoOAuth(ServiceCore):
             raise TypeError(
                 "AmoOAuth needs an httpx.Client; use AsyncAmoOAuth for httpx.AsyncClient"
             )
-        self.store = store if store is not None else SQLiteStore(DEFAULT_DB)
-        self._store = as_full_store(self.store)
+        self._store: Store = store if store is not None else SQLiteStore(DEFAULT_DB)
+        self.store = self._store  # the core's attribute, typed for either service
         self._owns_http = http is None
         self.http = http or httpx.Client(timeout=config.http_timeout, follow_redirects=False)
 

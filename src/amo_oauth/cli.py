@@ -3,7 +3,7 @@
 amo-oauth demo [--serve]            the seed's scenario end to end over loopback HTTP:
                                     FakeAmoCRM, the FastAPI example, the old and new app
 amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
-amo-oauth status ID [--store URL]   a connection's state
+amo-oauth status ID [--store URL]   a connection's status
 amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-host-rate R]
                                     refresh every connection whose refresh token expires
                                     within N days (7); a progress bar on a terminal (with
@@ -11,7 +11,7 @@ amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-h
                                     summary; exit status 1 when any failed. Reads
                                     AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI and
                                     AMO_STATE_SECRET
-amo-oauth migrate [--store URL]     create or upgrade a store's schema
+amo-oauth migrate [--store URL]     create a store's schema; refuse another version's
 amo-oauth rotate-key [--store URL] [--after KEY]
                                     re-encrypt every record with the newest key of
                                     AMO_OAUTH_KEYS (Fernet keys, newest first; the ``crypto``
@@ -102,21 +102,21 @@ def _status(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
         # Records are kept per integration; one stored before that has its bare id as key.
-        record = store.load(record_key(client_id, args.connection_id))
-        record = record or store.load(args.connection_id)
+        record = store.load(record_key(client_id, args.connection_id)).record
+        record = record or store.load(args.connection_id).record
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
     finally:
         store.close()
     if record is None:
-        print(json.dumps({"connection_id": args.connection_id, "state": "disconnected"}))
+        print(json.dumps({"connection_id": args.connection_id, "status": "disconnected"}))
         return 0
     connection = record.public()
     print(
         json.dumps(
             {
                 "connection_id": connection.connection_id,
-                "state": connection.state.value,
+                "status": connection.status.value,
                 "account": connection.account.subdomain if connection.account else None,
                 "expires_at": connection.expires_at.isoformat() if connection.expires_at else None,
                 "error": connection.error.reason if connection.error else None,
@@ -246,7 +246,6 @@ def _refresh_due(args: argparse.Namespace) -> int:
 
 def _rotate_key(args: argparse.Namespace) -> int:
     from ._rotation import RotationProgress, rotate_keys
-    from .stores._base import as_full_store
 
     _keys_from_env(required=True)  # a clear error before anything is opened
     store = _open_store(args)
@@ -259,7 +258,7 @@ def _rotate_key(args: argparse.Namespace) -> int:
         )
 
     try:
-        report = rotate_keys(as_full_store(store), after=args.after, progress=show)
+        report = rotate_keys(store, after=args.after, progress=show)
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
     except NotImplementedError as error:
@@ -332,7 +331,9 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(rotate)
     rotate.add_argument("--after", help="resume after this record key (printed as it goes)")
     rotate.set_defaults(handler=_rotate_key)
-    migrate = commands.add_parser("migrate", help="create or upgrade a store's schema")
+    migrate = commands.add_parser(
+        "migrate", help="create a store's schema (refuses another version's)"
+    )
     _store_options(migrate)
     migrate.set_defaults(handler=_migrate)
     return parser

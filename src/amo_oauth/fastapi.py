@@ -27,10 +27,10 @@ from .web import (
     Route,
     read_body,
 )
+from .web._catalogue import HTTP_METHODS
 
 __all__ = ["router"]
 
-_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 Endpoint = Callable[[StarletteRequest], Coroutine[Any, Any, StarletteResponse]]
 
 
@@ -48,8 +48,9 @@ def router(
     Args: as ``amo_oauth.web.AsyncHandlers``. Tagged "amoCRM" in OpenAPI.
 
     Returns:
-        The router. Unknown paths and wrong methods under a non-empty ``prefix`` get the
-        handlers' JSON 404/405, not FastAPI's.
+        The router. A wrong method on any route gets the handlers' JSON 405 with ``Allow``,
+        whatever the ``prefix``; unknown paths under a non-empty ``prefix`` get their JSON
+        404, not FastAPI's.
 
     Raises:
         ValueError: a bad ``app_scheme`` or ``prefix``.
@@ -64,21 +65,35 @@ def router(
     )
     api = APIRouter(tags=["amoCRM"])
     for route in handlers.routes:
-        api.add_api_route(
-            handlers.prefix + route.path,
-            _endpoint(handlers, route.path),
-            methods=[route.method],
-            name=f"amo_oauth_{route.name}",
-            summary=route.summary,
-            description=route.description,
-            responses={status: {"description": text} for status, text in route.responses},
-            response_class=HTMLResponse if route.page else JSONResponse,
-            openapi_extra=_openapi_extra(route),
-        )
+        _add_route(api, handlers, route)
     if handlers.prefix:  # at the root, a catch-all would shadow the app's own routes
         other, rest = _endpoint(handlers, None), f"{handlers.prefix}/{{rest:path}}"
-        api.add_api_route(rest, other, methods=_ANY_METHOD, include_in_schema=False)
+        api.add_api_route(rest, other, methods=list(HTTP_METHODS), include_in_schema=False)
     return api
+
+
+def _add_route(api: APIRouter, handlers: AsyncHandlers, route: Route) -> None:
+    """The route, documented, and beside it every other method, undocumented: Starlette
+    tries a path's routes in order, so a wrong method reaches the handlers' 405 whatever the
+    prefix (the catch-all exists only under a non-empty one)."""
+    api.add_api_route(
+        handlers.prefix + route.path,
+        _endpoint(handlers, route.path),
+        methods=[route.method],
+        name=f"amo_oauth_{route.name}",
+        summary=route.summary,
+        description=route.description,
+        responses={status: {"description": text} for status, text in route.responses},
+        response_class=HTMLResponse if route.page else JSONResponse,
+        openapi_extra=_openapi_extra(route),
+    )
+    api.add_api_route(
+        handlers.prefix + route.path,
+        _endpoint(handlers, route.path),
+        methods=[method for method in HTTP_METHODS if method != route.method],
+        name=f"amo_oauth_{route.name}_other_methods",
+        include_in_schema=False,
+    )
 
 
 def _openapi_extra(route: Route) -> dict[str, Any] | None:

@@ -13,10 +13,9 @@ import flask
 
 from ._service import AmoOAuth
 from .web import DEFAULT_PREFIX, ConnectionIdFn, Handlers, PageText, Request
+from .web._catalogue import HTTP_METHODS
 
 __all__ = ["blueprint"]
-
-_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def blueprint(
@@ -43,8 +42,9 @@ def blueprint(
         name: the blueprint's name (endpoints are ``{name}.{route}``).
 
     Returns:
-        The blueprint, for ``app.register_blueprint(...)``. Unknown paths and wrong methods
-        under a non-empty ``prefix`` answer the handlers' JSON 404/405.
+        The blueprint, for ``app.register_blueprint(...)``. A wrong method on any route
+        answers the handlers' JSON 405 with ``Allow``, whatever the ``prefix``; unknown paths
+        under a non-empty ``prefix`` answer their JSON 404.
 
     Raises:
         ValueError: a bad ``app_scheme`` or ``prefix``.
@@ -75,12 +75,25 @@ def blueprint(
         return flask.Response(answer.body, answer.status, headers=list(answer.headers))
 
     for route in handlers.routes:
-        rule, methods = handlers.prefix + route.path, [route.method]
-        defaults = {"rest": route.path.lstrip("/")}
+        rule, defaults = handlers.prefix + route.path, {"rest": route.path.lstrip("/")}
         bp.add_url_rule(
-            rule, route.name, view, methods=methods, defaults=defaults,
+            rule, route.name, view, methods=[route.method], defaults=defaults,
             provide_automatic_options=False,
         )  # fmt: skip
+        # Every other method on the same path reaches the handlers' 405 (JSON, Allow) too,
+        # whatever the prefix.
+        others = _other_methods(route.method)
+        bp.add_url_rule(
+            rule, f"{route.name}_other_methods", view, methods=others, defaults=defaults
+        )
     if handlers.prefix:  # at the root, a catch-all would shadow the app's own 404s
-        bp.add_url_rule(f"{handlers.prefix}/<path:rest>", "other", view, methods=_ANY_METHOD)
+        rest = f"{handlers.prefix}/<path:rest>"
+        bp.add_url_rule(rest, "other", view, methods=list(HTTP_METHODS))
     return bp
+
+
+def _other_methods(method: str) -> list[str]:
+    """The methods a rule for ``method`` leaves to its sibling rule; Flask itself sends HEAD
+    on a GET rule to that rule's view (whose handlers answer it 405 as well)."""
+    implied = {method, "HEAD"} if method == "GET" else {method}
+    return [other for other in HTTP_METHODS if other not in implied]

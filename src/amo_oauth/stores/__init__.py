@@ -7,9 +7,19 @@ and ``redis`` extras), so that importing this package works without them.
 import importlib
 from typing import TYPE_CHECKING
 
-from ._base import AsyncBaseStore, BaseStore, as_async_store, as_full_store
+from ._base import AsyncSide, BaseStore, as_async_store
 from ._common import due_position
-from ._protocol import AsyncStore, Claim, ClaimResult, DueCursor, FullStore, LedgerEntry, Store
+from ._hub import Hub
+from ._protocol import (
+    AsyncStore,
+    Claim,
+    ClaimResult,
+    DueCursor,
+    LedgerEntry,
+    Loaded,
+    Store,
+    StoreCheck,
+)
 from ._rows import RecordCodec, Row
 from ._urls import store_from_url
 from .memory import MemoryStore
@@ -20,14 +30,15 @@ if TYPE_CHECKING:
     from .redis import RedisStore
 
 __all__ = [
-    "AsyncBaseStore",
+    "AsyncSide",
     "AsyncStore",
     "BaseStore",
     "Claim",
     "ClaimResult",
     "DueCursor",
-    "FullStore",
+    "Hub",
     "LedgerEntry",
+    "Loaded",
     "MemoryStore",
     "PostgresStore",
     "RecordCodec",
@@ -35,6 +46,7 @@ __all__ = [
     "Row",
     "SQLiteStore",
     "Store",
+    "StoreCheck",
     "as_async_store",
     "as_full_store",
     "due_position",

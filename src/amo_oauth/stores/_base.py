@@ -1,104 +1,143 @@
-"""Default implementations of the operations added to the store seam, and the two adapters.
+"""The defaults of the store seam, and the one way a blocking store is awaited.
 
-- ``BaseStore``: ``holder_of``, ``claim``, ``wait_for_change`` and ``due_page`` built on
-  ``Store``'s first operations. Correct (the record's compare-and-set decides), but three writes,
-  polling, and a ``due_page`` that reads from the first due record on every page (not flat).
-  ``scan`` has nothing to be built on: it raises ``NotImplementedError``.
-- ``AsyncBaseStore``: the same for ``AsyncStore``.
-- ``as_full_store``: any ``Store`` as a ``FullStore`` (a user's store of the first protocol).
-- ``as_async_store``: any store as an ``AsyncStore``: an ``AsyncStore`` as it is, a blocking
-  one with each call in a worker thread and its waits as ``asyncio.sleep`` polls.
+- ``BaseStore``: subclass it, implement ``load``, ``compare_and_set``, ``delete``,
+  ``consume_state``, ``scan`` and ``close``, and get the rest of ``Store``: ``find_by_account``
+  and ``due_page`` read every record through ``scan`` (correct; O(n) per call, where a store
+  with an index reads only what it returns), ``claim`` is three writes, ``holder_of`` reads
+  nothing (None), ``wait_for_change`` waits on a ``Hub`` whose one poller loads the watched
+  keys, and ``check`` is one ``load``.
+- ``AsyncSide``: a blocking store's ``AsyncStore`` operations, written once: each runs the
+  blocking operation (in a worker thread unless the store says its operations never block),
+  and a wait awaits the store's hub, holding no thread. ``MemoryStore`` and ``SQLiteStore``
+  inherit it; ``as_async_store`` wraps any other blocking store in it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from datetime import datetime
-from typing import Any
+import heapq
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
 
-from .._records import ConnectionRecord
-from ._common import check_after, check_limit, due_position, wait_seconds
-from ._protocol import AsyncStore, Claim, ClaimResult, DueCursor, FullStore, Store
-
-__all__ = ["AsyncBaseStore", "BaseStore", "as_async_store", "as_full_store"]
-
-#: Polling waits start at this many seconds and double up to ``_MAX_POLL``.
-_FIRST_POLL = 0.01
-_MAX_POLL = 0.1
-
-
-def _version(record: ConnectionRecord | None) -> int:
-    return record.version if record is not None else 0
-
-
-#: ``due_page``'s default asks ``due_for_refresh`` for this many times more rows each round.
-_GROWTH = 4
-_NO_SCAN = (
-    "this store cannot list its records: implement scan(after, limit) (a read of every record "
-    "by key) to use it with amo-oauth rotate-key"
+from .._errors import StoreError
+from .._records import ConnectionRecord, ConnectionStatus
+from ._common import check_after, check_limit, require_aware
+from ._hub import Hub, LoadPoller
+from ._protocol import (
+    AsyncStore,
+    Claim,
+    ClaimResult,
+    DueCursor,
+    Loaded,
+    Store,
+    StoreCheck,
 )
 
+__all__ = [
+    "AsyncSide",
+    "BaseStore",
+    "as_async_store",
+    "is_async_store",
+    "utc_now",
+]
 
-def _after_cursor(
-    records: list[ConnectionRecord], limit: int, cursor: tuple[float, str] | None
-) -> list[ConnectionRecord]:
-    """The first ``limit`` of ``records`` (in due order) placed strictly after ``cursor``."""
-    if cursor is None:
-        return records[:limit]
-    page = []
-    for record in records:
-        moment, key = due_position(record)
-        if (moment.timestamp(), key) > cursor:
-            page.append(record)
-    return page[:limit]
+T = TypeVar("T")
+
+#: Records ``BaseStore``'s reads of many ask ``scan`` for at a time.
+_SCAN_PAGE = 500
+
+
+def utc_now() -> datetime:
+    """The host's clock, aware, in UTC: the default clock of the embedded stores."""
+    return datetime.now(UTC)
+
+
+def _missing(operation: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"this store does not implement {operation}, one of the six BaseStore builds on"
+    )
+
+
+def every_record(store: Store) -> Iterator[ConnectionRecord]:
+    """Every record of ``store``, by key, read through ``scan`` a page at a time."""
+    after: str | None = None
+    while True:
+        page = store.scan(after, _SCAN_PAGE)
+        yield from page
+        if len(page) < _SCAN_PAGE:
+            return
+        after = page[-1].key
 
 
 class BaseStore:
-    """Defaults for the operations ``FullStore`` adds to ``Store``. Subclass it and implement
-    ``Store``'s operations; override these to make them faster, never to change what they mean.
+    """``Store``'s operations from six of them: subclass it and implement ``load``,
+    ``compare_and_set``, ``delete``, ``consume_state``, ``scan`` and ``close``. Override any
+    default to make it faster, never to change what it means.
     """
 
-    def load(self, key: str) -> ConnectionRecord | None:
-        raise NotImplementedError
+    _hub_lock = threading.Lock()
+
+    def load(self, key: str) -> Loaded:
+        raise _missing("load(key)")
 
     def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
-        raise NotImplementedError
+        raise _missing("compare_and_set(record, expected_version)")
+
+    def delete(self, key: str, expected_version: int) -> bool:
+        raise _missing("delete(key, expected_version)")
 
     def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
-        raise NotImplementedError
+        raise _missing("consume_state(nonce, expires_at, holder)")
 
-    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        raise NotImplementedError
+    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
+        raise _missing("scan(after, limit)")
+
+    def close(self) -> None:
+        raise _missing("close()")
+
+    @property
+    def hub(self) -> Hub:
+        """Where this store's waiters wait: one per store object, made on first use, whose
+        poller loads each watched key (nothing tells it of a write)."""
+        hub: Hub | None = self.__dict__.get("_base_hub")
+        if hub is None:
+            with BaseStore._hub_lock:
+                hub = self.__dict__.setdefault(
+                    "_base_hub", Hub(LoadPoller(self.load), name=type(self).__name__)
+                )
+        return hub
+
+    def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
+        """Every record whose verified account is ``account_id``, by key: a ``scan`` of all."""
+        return [
+            record
+            for record in every_record(self)
+            if record.account is not None and record.account.id == account_id
+        ]
 
     def due_page(
         self, before: datetime, limit: int, after: DueCursor | None = None
     ) -> list[ConnectionRecord]:
-        """``due_for_refresh`` asked for more and more rows until ``limit`` of them lie past
-        ``after``: correct, but each page reads every due record before it again, so a sweep
-        over n records costs O(n²) reads. A store with an index overrides it (keyset)."""
+        """See ``Store.due_page``: a ``scan`` of every record each page, so a sweep over n
+        records costs O(n²/limit) reads. A store with an index overrides it (keyset)."""
+        cutoff = require_aware(before, "before").timestamp()
         check_limit(limit)
         cursor = check_after(after)
-        want = max(limit, 1)
-        while True:
-            records = self.due_for_refresh(before, want)
-            page = _after_cursor(records, limit, cursor)
-            if len(page) >= limit or len(records) < want:
-                return page
-            want *= _GROWTH
-
-    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        """Not available: ``Store`` has no read of every record.
-
-        Raises:
-            NotImplementedError: always.
-        """
-        raise NotImplementedError(_NO_SCAN)
+        due = (
+            ((moment, record.key), record)
+            for record in every_record(self)
+            if record.status == ConnectionStatus.CONNECTED
+            and record.tokens is not None
+            and (moment := record.tokens.refresh_expires_at.timestamp()) < cutoff
+            and (cursor is None or (moment, record.key) > cursor)
+        )
+        return [record for _, record in heapq.nsmallest(limit, due, key=lambda pair: pair[0])]
 
     def holder_of(self, key: str) -> str | None:
-        """Unknown (None) here: the first protocol has no read of the ledger. Duplicates are
-        then found by ``claim`` instead of before it, which costs a write, not correctness."""
+        """Unknown (None) here: ``consume_state`` has no read. Duplicates are then found by
+        ``claim`` instead of before it, which costs a write, not correctness."""
         return None
 
     def claim(self, claim: Claim) -> ClaimResult:
@@ -115,309 +154,135 @@ class BaseStore:
         return ClaimResult.CLAIMED
 
     def wait_for_change(self, key: str, version: int, timeout: float) -> None:
-        """Poll ``load`` with a doubling pause (10 ms to 100 ms) until the version moves."""
-        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
-        deadline = time.monotonic() + timeout
-        pause = _FIRST_POLL
-        while _version(self.load(key)) == version:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, _MAX_POLL)
+        """See ``Store.wait_for_change``: a watch on the hub, fired by its poller."""
+        self.hub.wait(key, version, timeout, lambda: self.load(key).version)
+
+    def check(self) -> StoreCheck:
+        """One ``load``: reachable when it answers; a store of one's own has no schema to
+        look for, so it is taken as ready."""
+        kind = type(self).__name__
+        try:
+            loaded = self.load("amo_oauth:check")
+        except StoreError as exc:
+            return StoreCheck(kind, reachable=False, schema_ready=False, detail=str(exc))
+        return StoreCheck(kind, reachable=True, schema_ready=True, now=loaded.now)
 
 
-class AsyncBaseStore:
-    """``BaseStore``'s defaults for ``AsyncStore``."""
+class AsyncSide:
+    """``AsyncStore``'s operations for a blocking store, each the blocking one: written once
+    for every store that is blocking underneath. Waits await ``_waits()``'s hub.
 
-    async def aload(self, key: str) -> ConnectionRecord | None:
+    ``_inline``: True when the blocking operations never block (a lock held for a few
+    dictionary operations): they then run on the event loop, with no worker thread.
+    """
+
+    _inline: ClassVar[bool] = False
+
+    def _blocking(self) -> Store:
+        """The blocking store the operations run on."""
         raise NotImplementedError
+
+    def _waits(self) -> Hub:
+        """The hub the blocking store's waiters wait on."""
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        """Raise ``StoreError`` if the store is closed (checked after a wait ends)."""
+
+    async def _call(self, operation: Callable[..., T], *args: Any) -> T:
+        if self._inline:
+            return operation(*args)
+        return await asyncio.to_thread(operation, *args)
+
+    async def aload(self, key: str) -> Loaded:
+        """See ``Store.load``."""
+        return await self._call(self._blocking().load, key)
 
     async def acompare_and_set(
         self, record: ConnectionRecord, expected_version: int | None
     ) -> bool:
-        raise NotImplementedError
+        """See ``Store.compare_and_set``."""
+        return await self._call(self._blocking().compare_and_set, record, expected_version)
+
+    async def adelete(self, key: str, expected_version: int) -> bool:
+        """See ``Store.delete``."""
+        return await self._call(self._blocking().delete, key, expected_version)
 
     async def aconsume_state(
         self, nonce: str, expires_at: datetime, holder: str | None = None
     ) -> bool:
-        raise NotImplementedError
+        """See ``Store.consume_state``."""
+        return await self._call(self._blocking().consume_state, nonce, expires_at, holder)
 
-    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        raise NotImplementedError
+    async def afind_by_account(self, account_id: int) -> list[ConnectionRecord]:
+        """See ``Store.find_by_account``."""
+        return await self._call(self._blocking().find_by_account, account_id)
 
     async def aholder_of(self, key: str) -> str | None:
-        """See ``BaseStore.holder_of``."""
-        return None
+        """See ``Store.holder_of``."""
+        return await self._call(self._blocking().holder_of, key)
+
+    async def aclaim(self, claim: Claim) -> ClaimResult:
+        """See ``Store.claim``."""
+        return await self._call(self._blocking().claim, claim)
 
     async def adue_page(
         self, before: datetime, limit: int, after: DueCursor | None = None
     ) -> list[ConnectionRecord]:
-        """See ``BaseStore.due_page`` (not flat either)."""
-        check_limit(limit)
-        cursor = check_after(after)
-        want = max(limit, 1)
-        while True:
-            records = await self.adue_for_refresh(before, want)
-            page = _after_cursor(records, limit, cursor)
-            if len(page) >= limit or len(records) < want:
-                return page
-            want *= _GROWTH
+        """See ``Store.due_page``."""
+        return await self._call(self._blocking().due_page, before, limit, after)
 
     async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        """See ``BaseStore.scan``.
+        """See ``Store.scan``."""
+        return await self._call(self._blocking().scan, after, limit)
 
-        Raises:
-            NotImplementedError: always.
-        """
-        raise NotImplementedError(_NO_SCAN)
+    async def acheck(self) -> StoreCheck:
+        """See ``Store.check``."""
+        return await self._call(self._blocking().check)
 
-    async def aclaim(self, claim: Claim) -> ClaimResult:
-        """See ``BaseStore.claim``."""
-        if claim.state is not None and not await self.aconsume_state(
-            claim.state.key, claim.state.expires_at, claim.state.holder
-        ):
-            return ClaimResult.STATE_USED
-        if not await self.aconsume_state(claim.code.key, claim.code.expires_at, claim.code.holder):
-            return ClaimResult.CODE_TAKEN
-        if not await self.acompare_and_set(claim.record, claim.expected_version):
-            return ClaimResult.RECORD_CHANGED
-        return ClaimResult.CLAIMED
+    async def aclose(self) -> None:
+        """See ``Store.close``."""
+        await self._call(self._blocking().close)
 
     async def await_for_change(self, key: str, version: int, timeout: float) -> None:
-        """See ``BaseStore.wait_for_change``; sleeps with ``asyncio.sleep``."""
-        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
-        await _poll(lambda: self.aload(key), version, timeout)
+        """See ``Store.wait_for_change``: a watch on the hub, awaited; only the one read after
+        registering runs the blocking store."""
+
+        async def read() -> int:
+            return (await self.aload(key)).version
+
+        await self._waits().await_change(key, version, timeout, read)
+        self._check_open()
 
 
-async def _poll(
-    load: Callable[[], Awaitable[ConnectionRecord | None]], version: int, timeout: float
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    pause = _FIRST_POLL
-    while _version(await load()) == version:
-        left = deadline - loop.time()
-        if left <= 0:
-            return
-        await asyncio.sleep(min(pause, left))
-        pause = min(pause * 2, _MAX_POLL)
-
-
-class _Extended(BaseStore):
-    """A first-protocol ``Store`` with ``BaseStore``'s defaults for the later operations."""
+class _Threaded(AsyncSide):
+    """A blocking store that is not an ``AsyncStore``, awaited through ``AsyncSide``."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        own = getattr(store, "hub", None)
+        # A store with a hub fires it on its own writes; any other is polled, by one thread.
+        self._hub = (
+            own if isinstance(own, Hub) else Hub(LoadPoller(store.load), name=type(store).__name__)
+        )
 
     def __repr__(self) -> str:
         return repr(self._store)
 
-    def load(self, key: str) -> ConnectionRecord | None:
-        return self._store.load(key)
+    def _blocking(self) -> Store:
+        return self._store
 
-    def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
-        return self._store.compare_and_set(record, expected_version)
-
-    def delete(self, key: str, expected_version: int) -> bool:
-        return self._store.delete(key, expected_version)
-
-    def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
-        return self._store.consume_state(nonce, expires_at, holder)
-
-    def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
-        return self._store.find_by_account(account_id)
-
-    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        return self._store.due_for_refresh(before, limit)
-
-    def due_page(
-        self, before: datetime, limit: int, after: DueCursor | None = None
-    ) -> list[ConnectionRecord]:
-        own = getattr(self._store, "due_page", None)
-        if callable(own):
-            return own(before, limit, after)  # type: ignore[no-any-return]
-        return super().due_page(before, limit, after)
-
-    def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        own = getattr(self._store, "scan", None)
-        if callable(own):
-            return own(after, limit)  # type: ignore[no-any-return]
-        return super().scan(after, limit)
-
-    def close(self) -> None:
-        self._store.close()
-
-
-class _ExtendedFull(_Extended):
-    """A ``FullStore`` written before the paged reads: its own ``holder_of``, ``claim`` and
-    ``wait_for_change``, with ``BaseStore``'s ``due_page`` and ``scan`` where it lacks them."""
-
-    _store: FullStore
-
-    def holder_of(self, key: str) -> str | None:
-        return self._store.holder_of(key)
-
-    def claim(self, claim: Claim) -> ClaimResult:
-        return self._store.claim(claim)
-
-    def wait_for_change(self, key: str, version: int, timeout: float) -> None:
-        self._store.wait_for_change(key, version, timeout)
-
-
-#: ``FullStore``'s operations before the paged reads were added.
-_EARLIER_FULL = ("holder_of", "claim", "wait_for_change")
-#: ``AsyncStore``'s operations before the paged reads were added.
-_EARLIER_ASYNC = (
-    "aload",
-    "acompare_and_set",
-    "adelete",
-    "aconsume_state",
-    "afind_by_account",
-    "adue_for_refresh",
-    "aholder_of",
-    "aclaim",
-    "await_for_change",
-    "aclose",
-)
-
-
-def _has(store: object, names: tuple[str, ...]) -> bool:
-    return all(callable(getattr(store, name, None)) for name in names)
-
-
-def is_async_store(store: object) -> bool:
-    """True for an ``AsyncStore``, and for one written before ``adue_page`` and ``ascan`` were
-    added (``as_async_store`` gives it ``AsyncBaseStore``'s defaults for those)."""
-    return isinstance(store, AsyncStore) or _has(store, _EARLIER_ASYNC)
-
-
-class _AsyncExtended(AsyncBaseStore):
-    """An ``AsyncStore`` written before the paged reads, with ``AsyncBaseStore``'s defaults
-    for those it lacks."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-
-    def __repr__(self) -> str:
-        return repr(self._store)
-
-    async def aload(self, key: str) -> ConnectionRecord | None:
-        return await self._store.aload(key)  # type: ignore[no-any-return]
-
-    async def acompare_and_set(
-        self, record: ConnectionRecord, expected_version: int | None
-    ) -> bool:
-        return await self._store.acompare_and_set(record, expected_version)  # type: ignore[no-any-return]
-
-    async def adelete(self, key: str, expected_version: int) -> bool:
-        return await self._store.adelete(key, expected_version)  # type: ignore[no-any-return]
-
-    async def aconsume_state(
-        self, nonce: str, expires_at: datetime, holder: str | None = None
-    ) -> bool:
-        return await self._store.aconsume_state(nonce, expires_at, holder)  # type: ignore[no-any-return]
-
-    async def afind_by_account(self, account_id: int) -> list[ConnectionRecord]:
-        return await self._store.afind_by_account(account_id)  # type: ignore[no-any-return]
-
-    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        return await self._store.adue_for_refresh(before, limit)  # type: ignore[no-any-return]
-
-    async def aholder_of(self, key: str) -> str | None:
-        return await self._store.aholder_of(key)  # type: ignore[no-any-return]
-
-    async def aclaim(self, claim: Claim) -> ClaimResult:
-        return await self._store.aclaim(claim)  # type: ignore[no-any-return]
-
-    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
-        await self._store.await_for_change(key, version, timeout)
-
-    async def adue_page(
-        self, before: datetime, limit: int, after: DueCursor | None = None
-    ) -> list[ConnectionRecord]:
-        own = getattr(self._store, "adue_page", None)
-        if callable(own):
-            return await own(before, limit, after)  # type: ignore[no-any-return]
-        return await super().adue_page(before, limit, after)
-
-    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        own = getattr(self._store, "ascan", None)
-        if callable(own):
-            return await own(after, limit)  # type: ignore[no-any-return]
-        return await super().ascan(after, limit)
-
-    async def aclose(self) -> None:
-        await self._store.aclose()
-
-
-def as_full_store(store: Store) -> FullStore:
-    """``store`` itself when it has every ``FullStore`` operation, else wrapped with defaults."""
-    if isinstance(store, FullStore):
-        return store
-    if _has(store, _EARLIER_FULL):
-        return _ExtendedFull(store)
-    return _Extended(store)
-
-
-class _Threaded:
-    """A blocking ``FullStore`` awaited: each call in a worker thread, each wait a poll."""
-
-    def __init__(self, store: FullStore) -> None:
-        self._store = store
-
-    def __repr__(self) -> str:
-        return repr(self._store)
-
-    async def aload(self, key: str) -> ConnectionRecord | None:
-        return await asyncio.to_thread(self._store.load, key)
-
-    async def acompare_and_set(
-        self, record: ConnectionRecord, expected_version: int | None
-    ) -> bool:
-        return await asyncio.to_thread(self._store.compare_and_set, record, expected_version)
-
-    async def adelete(self, key: str, expected_version: int) -> bool:
-        return await asyncio.to_thread(self._store.delete, key, expected_version)
-
-    async def aconsume_state(
-        self, nonce: str, expires_at: datetime, holder: str | None = None
-    ) -> bool:
-        return await asyncio.to_thread(self._store.consume_state, nonce, expires_at, holder)
-
-    async def afind_by_account(self, account_id: int) -> list[ConnectionRecord]:
-        return await asyncio.to_thread(self._store.find_by_account, account_id)
-
-    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        return await asyncio.to_thread(self._store.due_for_refresh, before, limit)
-
-    async def aholder_of(self, key: str) -> str | None:
-        return await asyncio.to_thread(self._store.holder_of, key)
-
-    async def adue_page(
-        self, before: datetime, limit: int, after: DueCursor | None = None
-    ) -> list[ConnectionRecord]:
-        return await asyncio.to_thread(self._store.due_page, before, limit, after)
-
-    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        return await asyncio.to_thread(self._store.scan, after, limit)
-
-    async def aclaim(self, claim: Claim) -> ClaimResult:
-        return await asyncio.to_thread(self._store.claim, claim)
-
-    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
-        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
-        # Never a thread blocked in wait_for_change: poll, sleeping on the event loop.
-        await _poll(lambda: self.aload(key), version, timeout)
-
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self._store.close)
+    def _waits(self) -> Hub:
+        return self._hub
 
 
 def as_async_store(store: Store | AsyncStore) -> AsyncStore:
     """``store`` itself when it is an ``AsyncStore``; a blocking store run in worker threads."""
     if isinstance(store, AsyncStore):
         return store
-    if _has(store, _EARLIER_ASYNC):
-        return _AsyncExtended(store)
-    return _Threaded(as_full_store(store))
+    return _Threaded(store)
+
+
+def is_async_store(store: object) -> bool:
+    """True for an ``AsyncStore``."""
+    return isinstance(store, AsyncStore)

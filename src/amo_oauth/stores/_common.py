@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import threading
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from .._errors import StoreError
 from .._records import ConnectionRecord
@@ -17,6 +18,7 @@ __all__ = [
     "check_write",
     "closed_error",
     "due_position",
+    "read_clock",
     "require_aware",
     "wait_seconds",
 ]
@@ -46,6 +48,15 @@ def require_aware(moment: datetime, name: str) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware")
     return moment
+
+
+def read_clock(clock: Callable[[], datetime]) -> datetime:
+    """What a store's injected ``clock`` says, in UTC (``Loaded.now``, ``StoreCheck.now``).
+
+    Raises:
+        ValueError: the clock gave a naive datetime.
+    """
+    return require_aware(clock(), "the store's clock").astimezone(UTC)
 
 
 def check_claim(claim: Claim) -> None:

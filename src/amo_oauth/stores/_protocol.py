@@ -2,13 +2,15 @@
 
 A store keeps one record per connection key and a ledger of single-use keys (state nonces and
 the store-wide code ledger). Correctness comes from one operation, the compare-and-set on a
-record's ``version``; everything else either reads or is made of it. The protocol grows only by
-addition: the operations added after the first release (``holder_of``, ``claim``,
-``wait_for_change``) have default implementations in ``BaseStore`` built on the first release's
-operations, so a store written against that protocol keeps working (``as_full_store`` wraps it).
-The paged reads (``due_page``, ``scan``) came later still, for sweeps over every connection.
+record's ``version``; everything else either reads or is made of it.
 
-Every failure of the underlying database reaches callers as ``StoreError``.
+``Store`` is the whole protocol the service drives; ``AsyncStore`` is the same operations,
+awaited and ``a``-prefixed, so one class can implement both. A store written from scratch may
+implement a few of them and take the rest from ``BaseStore`` (correct, slower); a blocking store
+is awaited through ``as_async_store`` (worker threads).
+
+Every failure of the underlying database reaches callers as ``StoreError``; ``check`` is the
+exception: it reports what it found instead of raising.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ __all__ = [
     "Claim",
     "ClaimResult",
     "DueCursor",
-    "FullStore",
     "LedgerEntry",
+    "Loaded",
     "Store",
+    "StoreCheck",
 ]
 
 
@@ -37,8 +40,55 @@ DueCursor = tuple[datetime, str]
 
 
 @attrs.frozen
+class Loaded:
+    """What ``load`` read: the record and the store's own clock at the read.
+
+    ``now`` is read by the store in the same round trip as the record (the database's clock
+    for a server: SQL ``now()``, Redis ``TIME``; the host's for an embedded store, through its
+    injectable ``clock``), aware and in UTC. Leases are judged by it, so every worker on one
+    store judges them by one clock.
+    """
+
+    #: The record stored under the key, or None.
+    record: ConnectionRecord | None
+    #: The store's clock when it read the record (aware, UTC).
+    now: datetime
+
+    @property
+    def version(self) -> int:
+        """The record's version; 0 when no record is stored (what ``wait_for_change`` takes)."""
+        return 0 if self.record is None else self.record.version
+
+
+@attrs.frozen
+class StoreCheck:
+    """What ``check`` found: a self-diagnosis, never a secret (no URL password, no token).
+
+    ``ok`` is the one-word answer; ``detail`` says what is wrong in a sentence when it is not.
+    """
+
+    #: What kind of store it is: ``"memory"``, ``"sqlite"``, ``"postgres"``, ``"redis"``, or
+    #: the class name of a store of one's own.
+    kind: str
+    #: The store answered a read.
+    reachable: bool
+    #: Its tables (keys, scripts) exist, at the schema this library knows. A store that makes
+    #: its schema on first use reports False until then.
+    schema_ready: bool
+    #: The store's clock at the check (aware, UTC), when it was reachable.
+    now: datetime | None = None
+    #: What is wrong, in one sentence; empty when all is well.
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Reachable, with its schema in place."""
+        return self.reachable and self.schema_ready
+
+
+@attrs.frozen
 class LedgerEntry:
-    """A single-use key taken for ``holder`` until ``expires_at`` (aware; the store's real clock).
+    """A single-use key taken for ``holder`` until ``expires_at`` (aware; the store's clock).
 
     ``key`` is a state nonce or ``code:<sha256 hex>``; ``holder`` is who may pass again (the
     digest of the code a state came with; the record key a code was claimed for).
@@ -84,11 +134,15 @@ class Store(Protocol):
     call from many threads at once; stores meant for many processes or machines keep the
     compare-and-set atomic across them too. Every failure raises ``StoreError``.
 
-    These are the first release's operations; ``BaseStore`` adds the later ones with defaults.
+    ``BaseStore`` implements ``find_by_account``, ``holder_of``, ``claim``,
+    ``wait_for_change``, ``due_page`` and ``check`` from the others; a store overrides them to
+    be faster (one transaction instead of three, an index instead of a scan), never to change
+    what they mean.
     """
 
-    def load(self, key: str) -> ConnectionRecord | None:
-        """The record stored under ``key`` (``ConnectionRecord.key``), or None."""
+    def load(self, key: str) -> Loaded:
+        """The record stored under ``key`` (``ConnectionRecord.key``; ``record`` None when there
+        is none) and the store's clock, read in one round trip."""
         ...
 
     def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
@@ -110,35 +164,15 @@ class Store(Protocol):
         """Take a single-use key. True the first time, and again only for the same ``holder``.
 
         Without a holder a key is plainly single-use: True once, then never again. Keys may be
-        forgotten after ``expires_at`` (aware, on the real clock). The service keeps two kinds
-        here: state nonces (held by the digest of the code they came with) and its code ledger
-        (``code:<sha256 hex>``, held by the record key the code was claimed for).
+        forgotten after ``expires_at`` (aware, on the store's clock). The service keeps two
+        kinds here: state nonces (held by the digest of the code they came with) and its code
+        ledger (``code:<sha256 hex>``, held by the record key the code was claimed for).
         """
         ...
 
     def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
         """Every record whose verified account is ``account_id``, by key."""
         ...
-
-    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        """Up to ``limit`` connected records whose refresh token expires before ``before``,
-        soonest first (ties by key)."""
-        ...
-
-    def close(self) -> None:
-        """Release connections and files. Any later call raises ``StoreError``."""
-        ...
-
-
-@runtime_checkable
-class FullStore(Store, Protocol):
-    """``Store`` with the operations added since: what the service drives.
-
-    ``BaseStore`` implements these from ``Store``'s; a store overrides them to be faster (one
-    transaction instead of three; a wake-up instead of polling; an index instead of a rescan),
-    never to change meaning. ``scan`` is the exception: ``Store`` has no read of every record,
-    so ``BaseStore.scan`` raises ``NotImplementedError``.
-    """
 
     def holder_of(self, key: str) -> str | None:
         """Who holds a ledger key taken by ``consume_state`` or ``claim``; None when it is free,
@@ -151,16 +185,18 @@ class FullStore(Store, Protocol):
 
     def wait_for_change(self, key: str, version: int, timeout: float) -> None:
         """Return once the record's version may differ from ``version`` (0: no record), or
-        after ``timeout`` seconds. It may return early; the caller loads and looks again."""
+        after ``timeout`` seconds. It may return early; the caller loads and looks again.
+
+        A change made before the call (after the caller's read) ends it at once."""
         ...
 
     def due_page(
         self, before: datetime, limit: int, after: DueCursor | None = None
     ) -> list[ConnectionRecord]:
-        """One page of ``due_for_refresh``, read by keyset: up to ``limit`` connected records
-        whose refresh token expires before ``before`` (aware), soonest first, ties by key,
-        strictly after ``after`` (the refresh-token expiry and key of the previous page's last
-        record; None: from the start).
+        """One page of the records due for a refresh, read by keyset: up to ``limit``
+        connected records whose refresh token expires before ``before`` (aware), soonest first,
+        ties by key, strictly after ``after`` (the refresh-token expiry and key of the previous
+        page's last record; None: from the start).
 
         Paging on with the last record's position visits every record due when the sweep
         began exactly once, whatever is written meanwhile: a record written after its position
@@ -173,26 +209,35 @@ class FullStore(Store, Protocol):
         ...
 
     def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        """Up to ``limit`` records of any state, by key (code-point order), with keys strictly
+        """Up to ``limit`` records of any status, by key (code-point order), with keys strictly
         after ``after`` (None: from the first). For jobs that visit every record
-        (``amo-oauth rotate-key``).
+        (``amo-oauth rotate-key``), and what ``BaseStore`` builds its reads of many on.
 
         Raises:
             ValueError: ``limit`` is negative.
             StoreError: the store failed or holds an unreadable record
                 (``UndecryptableRecord`` for one its key does not open, naming the row's key).
-            NotImplementedError: the store cannot list its records (``BaseStore``'s default).
         """
+        ...
+
+    def check(self) -> StoreCheck:
+        """Diagnose the store: reachable, schema in place, its clock. Raises nothing for what
+        it finds (a store down is ``reachable=False``); it creates nothing."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files, and end every wait with ``StoreError``. Any later
+        call raises ``StoreError``."""
         ...
 
 
 @runtime_checkable
 class AsyncStore(Protocol):
-    """``FullStore`` for asyncio callers (``AsyncAmoOAuth``): each operation awaited, named with
+    """``Store`` for asyncio callers (``AsyncAmoOAuth``): each operation awaited, named with
     an ``a`` prefix so that one class can implement both protocols. Waiting never occupies a
     worker thread. Every failure raises ``StoreError``."""
 
-    async def aload(self, key: str) -> ConnectionRecord | None:
+    async def aload(self, key: str) -> Loaded:
         """See ``Store.load``."""
         ...
 
@@ -216,30 +261,30 @@ class AsyncStore(Protocol):
         """See ``Store.find_by_account``."""
         ...
 
-    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        """See ``Store.due_for_refresh``."""
+    async def aholder_of(self, key: str) -> str | None:
+        """See ``Store.holder_of``."""
         ...
 
-    async def aholder_of(self, key: str) -> str | None:
-        """See ``FullStore.holder_of``."""
+    async def aclaim(self, claim: Claim) -> ClaimResult:
+        """See ``Store.claim``."""
+        ...
+
+    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
+        """See ``Store.wait_for_change``."""
         ...
 
     async def adue_page(
         self, before: datetime, limit: int, after: DueCursor | None = None
     ) -> list[ConnectionRecord]:
-        """See ``FullStore.due_page``."""
+        """See ``Store.due_page``."""
         ...
 
     async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        """See ``FullStore.scan``."""
+        """See ``Store.scan``."""
         ...
 
-    async def aclaim(self, claim: Claim) -> ClaimResult:
-        """See ``FullStore.claim``."""
-        ...
-
-    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
-        """See ``FullStore.wait_for_change``."""
+    async def acheck(self) -> StoreCheck:
+        """See ``Store.check``."""
         ...
 
     async def aclose(self) -> None:

@@ -14,7 +14,7 @@ import attrs
 
 from .._codec import record_from_json, record_to_json
 from .._errors import StoreError, UndecryptableRecord, UnreadableRecord
-from .._records import ConnectionRecord, ConnectionState
+from .._records import ConnectionRecord, ConnectionStatus
 
 __all__ = ["Encryption", "RecordCodec", "Row"]
 
@@ -28,7 +28,7 @@ class Row:
 
     key: str
     version: int
-    state: str
+    status: str
     #: The verified account, for ``find_by_account``; None until verified.
     account_id: int | None
     #: POSIX seconds when the refresh token expires, for the sweep; None when not connected.
@@ -70,11 +70,11 @@ class RecordCodec:
 
     def row(self, record: ConnectionRecord) -> Row:
         """The row to store for ``record``."""
-        connected = record.state is ConnectionState.CONNECTED and record.tokens is not None
+        connected = record.status is ConnectionStatus.CONNECTED and record.tokens is not None
         return Row(
             key=record.key,
             version=record.version,
-            state=record.state.value,
+            status=record.status.value,
             account_id=record.account.id if record.account is not None else None,
             refresh_due=record.tokens.refresh_expires_at.timestamp()
             if connected and record.tokens is not None

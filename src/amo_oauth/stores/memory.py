@@ -2,84 +2,57 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import heapq
 import threading
-import time
+from collections.abc import Callable
 from datetime import datetime
 
-from .._records import ConnectionRecord, ConnectionState
-from ._base import AsyncBaseStore, BaseStore
+from .._records import ConnectionRecord, ConnectionStatus
+from ._base import AsyncSide, utc_now
 from ._common import (
     check_after,
     check_claim,
     check_limit,
     check_write,
     closed_error,
+    read_clock,
     require_aware,
-    wait_seconds,
 )
-from ._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
+from ._hub import Hub
+from ._protocol import Claim, ClaimResult, DueCursor, LedgerEntry, Loaded, Store, StoreCheck
 
 __all__ = ["MemoryStore"]
 
 
-class _ThreadWaiter:
-    """A thread blocked in ``wait_for_change``."""
-
-    __slots__ = ("event",)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def wake(self) -> None:
-        self.event.set()
-
-
-class _LoopWaiter:
-    """A coroutine awaiting ``await_for_change`` on ``loop``; woken from any thread."""
-
-    __slots__ = ("future", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.future: asyncio.Future[None] = loop.create_future()
-
-    def wake(self) -> None:
-        # A closed loop raises RuntimeError: nobody awaits on it any more.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self._resolve)
-
-    def _resolve(self) -> None:
-        if not self.future.done():
-            self.future.set_result(None)
-
-
-_Waiter = _ThreadWaiter | _LoopWaiter
-
-
-class MemoryStore(BaseStore, AsyncBaseStore):
-    """A ``FullStore`` and an ``AsyncStore`` in this process's memory: nothing survives the
+class MemoryStore(AsyncSide):
+    """A ``Store`` and an ``AsyncStore`` in this process's memory: nothing survives the
     process.
 
     Records are kept under ``ConnectionRecord.key``. Safe across threads and event loops: one
     lock guards every call, so each compare-and-set and each ``claim`` is atomic. The records are
     kept as they are given: they are frozen, so no caller can change a stored one.
 
-    ``wait_for_change`` and ``await_for_change`` do not poll: every write to a key wakes the
-    threads and coroutines waiting on it at once (a coroutine through its loop's
-    ``call_soon_threadsafe``, so a write from any thread reaches it, and no worker thread is
-    ever held by a wait). The ``a``-prefixed methods run the blocking ones directly: each holds
-    the lock for a few dictionary operations only.
+    Waits do not poll: every write to a key fires the watches on it in ``hub`` (threads at
+    once, tasks through their loop's ``call_soon_threadsafe``, so a write from any thread
+    reaches them and no worker thread is ever held by a wait). The ``a``-prefixed methods run
+    the blocking ones directly: each holds the lock for a few dictionary operations only.
+
+    Args:
+        encryption: taken for symmetry with the other stores and ignored: records never leave
+            this process's memory, so there is nothing at rest to encrypt.
+        clock: the store's clock (aware datetimes): ``Loaded.now``, and when ledger keys
+            expire. The host's UTC clock by default.
 
     After ``close`` every call raises ``StoreError``; closing wakes every waiter.
     """
 
-    def __init__(self, *, encryption: object = None) -> None:
-        # ``encryption`` is taken for symmetry with the other stores: records never leave this
-        # process's memory, so there is nothing at rest to encrypt.
+    _inline = True  # every operation is a few dictionary operations under a lock
+
+    def __init__(
+        self, *, encryption: object = None, clock: Callable[[], datetime] | None = None
+    ) -> None:
         del encryption
+        self._clock = clock or utc_now
         self._lock = threading.Lock()
         self._records: dict[str, ConnectionRecord] = {}
         # ledger key -> (holder, expires_at as a POSIX timestamp), and a heap of (expires_at,
@@ -87,74 +60,24 @@ class MemoryStore(BaseStore, AsyncBaseStore):
         # instead of a sweep over the whole dict.
         self._nonces: dict[str, tuple[str | None, float]] = {}
         self._expiries: list[tuple[float, str]] = []
-        # record key -> whoever waits for that record to change.
-        self._waiters: dict[str, set[_Waiter]] = {}
         self._closed = False
+        #: Where this store's waiters wait; every change passes through ``_write``/``delete``.
+        self.hub = Hub(name="memory")
 
     def __repr__(self) -> str:
         return f"MemoryStore(records={len(self._records)})"
 
-    # -- Store ---------------------------------------------------------------------------
+    # -- reads -----------------------------------------------------------------------------
 
-    def load(self, key: str) -> ConnectionRecord | None:
-        """The record stored under ``key`` (``ConnectionRecord.key``), or None.
-
-        Raises:
-            StoreError: the store is closed.
-        """
-        with self._lock:
-            self._check_open()
-            return self._records.get(key)
-
-    def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
-        """Write ``record`` under ``record.key`` if the stored version is still
-        ``expected_version`` (None: insert, only when no record is stored).
-
-        Returns False, writing nothing, when the stored version differs.
-
-        Raises:
-            ValueError: ``record.version`` does not move past ``expected_version``.
-            StoreError: the store is closed.
-        """
-        check_write(record, expected_version)
-        with self._lock:
-            self._check_open()
-            if self._stored_version(record.key) != expected_version:
-                return False
-            self._write(record)
-            return True
-
-    def delete(self, key: str, expected_version: int) -> bool:
-        """Delete the record under ``key`` if its version is still ``expected_version``.
+    def load(self, key: str) -> Loaded:
+        """The record stored under ``key`` (``ConnectionRecord.key``) and the store's clock.
 
         Raises:
             StoreError: the store is closed.
         """
         with self._lock:
             self._check_open()
-            current = self._records.get(key)
-            if current is None or current.version != expected_version:
-                return False
-            del self._records[key]
-            self._wake(key)
-            return True
-
-    def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
-        """Take a single-use ledger key until ``expires_at`` (aware): True the first time, and
-        again only for the same ``holder``. Expired keys are forgotten (pruned on every call).
-
-        Raises:
-            ValueError: ``expires_at`` is naive.
-            StoreError: the store is closed.
-        """
-        expiry = require_aware(expires_at, "expires_at").timestamp()
-        with self._lock:
-            self._check_open()
-            self._prune(time.time())
-            if not self._may_take(nonce, holder):
-                return False
-            self._take(nonce, holder, expiry)
-            return True
+            return Loaded(self._records.get(key), read_clock(self._clock))
 
     def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
         """Every record whose verified account is ``account_id``, by key.
@@ -171,36 +94,11 @@ class MemoryStore(BaseStore, AsyncBaseStore):
             ]
         return sorted(found, key=lambda record: record.key)
 
-    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        """Up to ``limit`` connected records whose refresh token expires before ``before``
-        (aware), soonest first (ties by key).
-
-        Raises:
-            ValueError: ``before`` is naive, or ``limit`` is negative.
-            StoreError: the store is closed.
-        """
-        require_aware(before, "before")
-        check_limit(limit)
-        with self._lock:
-            self._check_open()
-            due = [
-                (record.tokens.refresh_expires_at, record.key, record)
-                for record in self._records.values()
-                if record.state == ConnectionState.CONNECTED
-                and record.tokens is not None
-                and record.tokens.refresh_expires_at < before
-            ]
-        return [record for _, _, record in heapq.nsmallest(limit, due, key=lambda t: t[:2])]
-
     def due_page(
         self, before: datetime, limit: int, after: DueCursor | None = None
     ) -> list[ConnectionRecord]:
-        """Up to ``limit`` connected records whose refresh token expires before ``before``
-        (aware), soonest first (ties by key), strictly after the position ``after`` (the last
-        record's refresh-token expiry and key; None: from the start).
-
-        Each page looks at every record once (a dictionary has no order to seek in) and keeps
-        ``limit`` of them: memory per page stays ``limit`` records.
+        """See ``Store.due_page``. Each page looks at every record once (a dictionary has no
+        order to seek in) and keeps ``limit`` of them: memory per page stays ``limit`` records.
 
         Raises:
             ValueError: ``before`` or ``after``'s time is naive, or ``limit`` is negative.
@@ -214,7 +112,7 @@ class MemoryStore(BaseStore, AsyncBaseStore):
             due = (
                 ((moment, record.key), record)
                 for record in self._records.values()
-                if record.state == ConnectionState.CONNECTED
+                if record.status == ConnectionStatus.CONNECTED
                 and record.tokens is not None
                 and (moment := record.tokens.refresh_expires_at.timestamp()) < cutoff
                 and (cursor is None or (moment, record.key) > cursor)
@@ -223,7 +121,7 @@ class MemoryStore(BaseStore, AsyncBaseStore):
         return [record for _, record in page]
 
     def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        """Up to ``limit`` records of any state, by key, with keys strictly after ``after``
+        """Up to ``limit`` records of any status, by key, with keys strictly after ``after``
         (None: from the first).
 
         Raises:
@@ -241,19 +139,6 @@ class MemoryStore(BaseStore, AsyncBaseStore):
             page = heapq.nsmallest(limit, found, key=lambda pair: pair[0])
         return [record for _, record in page]
 
-    def close(self) -> None:
-        """Drop every record and wake every waiter. Any later call raises ``StoreError``;
-        closing again does nothing."""
-        with self._lock:
-            self._closed = True
-            self._records.clear()
-            self._nonces.clear()
-            self._expiries.clear()
-            for key in list(self._waiters):
-                self._wake(key)
-
-    # -- FullStore -----------------------------------------------------------------------
-
     def holder_of(self, key: str) -> str | None:
         """Who holds the ledger ``key``; None when it is free, expired, or held without a
         holder. Takes nothing.
@@ -263,9 +148,68 @@ class MemoryStore(BaseStore, AsyncBaseStore):
         """
         with self._lock:
             self._check_open()
-            self._prune(time.time())
+            self._prune()
             stored = self._nonces.get(key)
             return None if stored is None else stored[0]
+
+    def check(self) -> StoreCheck:
+        """Reachable and ready until closed; ``now`` is the store's clock."""
+        with self._lock:
+            if self._closed:
+                return StoreCheck("memory", False, False, detail=str(closed_error()))
+            return StoreCheck("memory", True, True, now=read_clock(self._clock))
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
+        """Write ``record`` under ``record.key`` if the stored version is still
+        ``expected_version`` (None: insert, only when no record is stored).
+
+        Returns False, writing nothing, when the stored version differs.
+
+        Raises:
+            ValueError: ``record.version`` does not move past ``expected_version``.
+            StoreError: the store is closed.
+        """
+        check_write(record, expected_version)
+        with self._lock:
+            self._check_open()
+            if self._stored_version(record.key) != expected_version:
+                return False
+            self._records[record.key] = record
+        self.hub.notify(record.key)
+        return True
+
+    def delete(self, key: str, expected_version: int) -> bool:
+        """Delete the record under ``key`` if its version is still ``expected_version``.
+
+        Raises:
+            StoreError: the store is closed.
+        """
+        with self._lock:
+            self._check_open()
+            if self._stored_version(key) != expected_version:
+                return False
+            del self._records[key]
+        self.hub.notify(key)
+        return True
+
+    def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
+        """Take a single-use ledger key until ``expires_at`` (aware): True the first time, and
+        again only for the same ``holder``. Expired keys are forgotten (pruned on every call).
+
+        Raises:
+            ValueError: ``expires_at`` is naive.
+            StoreError: the store is closed.
+        """
+        expiry = require_aware(expires_at, "expires_at").timestamp()
+        with self._lock:
+            self._check_open()
+            self._prune()
+            if not self._may_take(nonce, holder):
+                return False
+            self._take(nonce, holder, expiry)
+            return True
 
     def claim(self, claim: Claim) -> ClaimResult:
         """Take ``claim.state`` (if any) and ``claim.code`` and write ``claim.record``, all
@@ -282,18 +226,22 @@ class MemoryStore(BaseStore, AsyncBaseStore):
         check_claim(claim)
         with self._lock:
             self._check_open()
-            self._prune(time.time())
-            if claim.state is not None and not self._may_take(claim.state.key, claim.state.holder):
-                return ClaimResult.STATE_USED
-            if not self._may_take(claim.code.key, claim.code.holder):
-                return ClaimResult.CODE_TAKEN
-            if self._stored_version(claim.record.key) != claim.expected_version:
-                return ClaimResult.RECORD_CHANGED
-            for entry in (claim.state, claim.code):
-                if entry is not None:
-                    self._take_entry(entry)
-            self._write(claim.record)
-            return ClaimResult.CLAIMED
+            result = self._claim(claim)
+        if result is ClaimResult.CLAIMED:
+            self.hub.notify(claim.record.key)
+        return result
+
+    def close(self) -> None:
+        """Drop every record and wake every waiter. Any later call raises ``StoreError``;
+        closing again does nothing."""
+        with self._lock:
+            self._closed = True
+            self._records.clear()
+            self._nonces.clear()
+            self._expiries.clear()
+        self.hub.notify_all()
+
+    # -- waiting ---------------------------------------------------------------------------
 
     def wait_for_change(self, key: str, version: int, timeout: float) -> None:
         """Return once the record under ``key`` is written or deleted, at once when its version
@@ -303,95 +251,18 @@ class MemoryStore(BaseStore, AsyncBaseStore):
         Raises:
             StoreError: the store is closed, before or during the wait.
         """
-        with self._lock:
-            self._check_open()
-            if self._stored_version(key) != (version or None):
-                return
-            waiter = _ThreadWaiter()
-            self._waiters.setdefault(key, set()).add(waiter)
-        try:
-            waiter.event.wait(wait_seconds(timeout))
-        finally:
-            self._forget(key, waiter)
-        if self._closed:
-            raise closed_error()
+        self.hub.wait(key, version, timeout, lambda: self.load(key).version)
+        self._check_open()
 
-    # -- AsyncStore ----------------------------------------------------------------------
+    # -- AsyncSide -------------------------------------------------------------------------
 
-    async def aload(self, key: str) -> ConnectionRecord | None:
-        """See ``load``."""
-        return self.load(key)
+    def _blocking(self) -> Store:
+        return self
 
-    async def acompare_and_set(
-        self, record: ConnectionRecord, expected_version: int | None
-    ) -> bool:
-        """See ``compare_and_set``."""
-        return self.compare_and_set(record, expected_version)
+    def _waits(self) -> Hub:
+        return self.hub
 
-    async def adelete(self, key: str, expected_version: int) -> bool:
-        """See ``delete``."""
-        return self.delete(key, expected_version)
-
-    async def aconsume_state(
-        self, nonce: str, expires_at: datetime, holder: str | None = None
-    ) -> bool:
-        """See ``consume_state``."""
-        return self.consume_state(nonce, expires_at, holder)
-
-    async def afind_by_account(self, account_id: int) -> list[ConnectionRecord]:
-        """See ``find_by_account``."""
-        return self.find_by_account(account_id)
-
-    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        """See ``due_for_refresh``."""
-        return self.due_for_refresh(before, limit)
-
-    async def adue_page(
-        self, before: datetime, limit: int, after: DueCursor | None = None
-    ) -> list[ConnectionRecord]:
-        """See ``due_page``."""
-        return self.due_page(before, limit, after)
-
-    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        """See ``scan``."""
-        return self.scan(after, limit)
-
-    async def aholder_of(self, key: str) -> str | None:
-        """See ``holder_of``."""
-        return self.holder_of(key)
-
-    async def aclaim(self, claim: Claim) -> ClaimResult:
-        """See ``claim``."""
-        return self.claim(claim)
-
-    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
-        """See ``wait_for_change``. Awaits a future of the running loop that a write from any
-        thread resolves; no thread waits.
-
-        Raises:
-            StoreError: the store is closed, before or during the wait.
-        """
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            self._check_open()
-            if self._stored_version(key) != (version or None):
-                return
-            waiter = _LoopWaiter(loop)
-            self._waiters.setdefault(key, set()).add(waiter)
-        try:
-            await asyncio.wait_for(waiter.future, wait_seconds(timeout))
-        except TimeoutError:
-            pass
-        finally:
-            self._forget(key, waiter)
-        if self._closed:
-            raise closed_error()
-
-    async def aclose(self) -> None:
-        """See ``close``."""
-        self.close()
-
-    # -- under the lock ------------------------------------------------------------------
+    # -- under the lock --------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
@@ -401,21 +272,19 @@ class MemoryStore(BaseStore, AsyncBaseStore):
         current = self._records.get(key)
         return None if current is None else current.version
 
-    def _write(self, record: ConnectionRecord) -> None:
-        self._records[record.key] = record
-        self._wake(record.key)
-
-    def _wake(self, key: str) -> None:
-        for waiter in self._waiters.pop(key, ()):
-            waiter.wake()
-
-    def _forget(self, key: str, waiter: _Waiter) -> None:
-        with self._lock:
-            waiting = self._waiters.get(key)
-            if waiting is not None:
-                waiting.discard(waiter)
-                if not waiting:
-                    del self._waiters[key]
+    def _claim(self, claim: Claim) -> ClaimResult:
+        self._prune()
+        if claim.state is not None and not self._may_take(claim.state.key, claim.state.holder):
+            return ClaimResult.STATE_USED
+        if not self._may_take(claim.code.key, claim.code.holder):
+            return ClaimResult.CODE_TAKEN
+        if self._stored_version(claim.record.key) != claim.expected_version:
+            return ClaimResult.RECORD_CHANGED
+        for entry in (claim.state, claim.code):
+            if entry is not None:
+                self._take_entry(entry)
+        self._records[claim.record.key] = claim.record
+        return ClaimResult.CLAIMED
 
     def _may_take(self, key: str, holder: str | None) -> bool:
         stored = self._nonces.get(key)
@@ -429,7 +298,8 @@ class MemoryStore(BaseStore, AsyncBaseStore):
             self._nonces[key] = (holder, expiry)
             heapq.heappush(self._expiries, (expiry, key))
 
-    def _prune(self, now: float) -> None:
+    def _prune(self) -> None:
+        now = read_clock(self._clock).timestamp()
         while self._expiries and self._expiries[0][0] < now:
             _, key = heapq.heappop(self._expiries)
             del self._nonces[key]

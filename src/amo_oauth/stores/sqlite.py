@@ -5,174 +5,81 @@ How a call is made safe:
 - Every write is one ``BEGIN IMMEDIATE`` transaction. It takes SQLite's write lock before
   reading anything, so the ``UPDATE ... WHERE version = ?`` of a compare-and-set sees the latest
   committed row in every process, and two writers can never both match the same version.
-- SQLite's locks are POSIX record locks, which belong to the *process*: closing any descriptor
-  of the file drops every lock the process holds on it, those of SQLite's connections included.
-  So this module never opens a descriptor on the database file itself: the file is created by
-  ``sqlite3.connect`` (under a temporary umask, for mode 0600), checked with ``os.stat`` (which
-  opens nothing) and closed only through SQLite, which defers closing a descriptor while another
-  connection of the process holds a lock on the file.
-- Connections come from a bounded pool (``max_connections``), one borrowed per call and never
-  shared by two threads at once (hence ``check_same_thread=False``); callers wait for a free one.
+- The connections, the file and ``fork()`` are ``_sqlite_pool.FilePool``'s: it never opens a
+  descriptor on the file itself (SQLite's POSIX locks belong to the process), lends each call
+  one pooled connection, and raises ``StoreError`` for a file deleted or replaced under it.
 - Writers of this process also queue on a ``threading.Lock`` before ``BEGIN IMMEDIATE``. That is
-  only for speed (a lock wakes the next writer at once; SQLite's busy handler sleeps and polls);
-  correctness never depends on it, since SQLite's own lock is what serializes processes.
-- Every transaction compares the file's ``(st_dev, st_ino)`` with the one the store opened, so a
-  file deleted or replaced under a running store raises ``StoreError`` instead of taking writes
-  no other process will ever see.
+  only for speed; correctness never depends on it, since SQLite's own lock is what serializes
+  processes.
 - ``synchronous`` stays at SQLite's default (FULL): a commit holds a freshly rotated refresh
   token, and amoCRM has already revoked the previous one, so a commit must survive a power cut.
-- Waiters (``wait_for_change``) of this process are woken by a commit of any store object of the
-  process on the same file (a registry per file identity); another process's commit cannot
-  reach them, so they also poll, 10 ms doubling to 100 ms.
+- Waiters (``wait_for_change``) wait on one ``Hub`` per file and process (a registry by file
+  identity), so they never read the store while they wait: a commit through any store object of
+  the process on the file fires the watches on its key at once, and another process's commit is
+  found by the hub's one poller thread (``PRAGMA data_version`` on a connection of its own,
+  then the versions of the watched keys), which runs only while someone waits.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import errno
 import itertools
 import os
 import sqlite3
-import threading
-import time
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 from .._errors import StoreError
-from .._records import ConnectionRecord, ConnectionState
-from ._base import AsyncBaseStore, BaseStore
+from .._records import ConnectionRecord, ConnectionStatus
+from ._base import AsyncSide, utc_now
 from ._common import (
     check_after,
     check_limit,
     check_write,
     closed_error,
+    read_clock,
     require_aware,
-    wait_seconds,
 )
-from ._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
+from ._hub import Hub
+from ._protocol import (
+    Claim,
+    ClaimResult,
+    DueCursor,
+    LedgerEntry,
+    Loaded,
+    Store,
+    StoreCheck,
+)
 from ._rows import Encryption, RecordCodec, Row
+from ._sqlite_pool import FilePool, mapped
+from ._sqlite_sql import (
+    BY_ACCOUNT,
+    DELETE,
+    DUE,
+    DUE_AFTER,
+    HOLDER,
+    INT64_MAX,
+    LOAD,
+    PRUNE,
+    PRUNE_EVERY,
+    SCAN,
+    SCAN_AFTER,
+    SCHEMA_VERSION,
+    VERSION,
+    commit_if,
+    fits,
+    put,
+    take,
+)
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
 
-#: ``PRAGMA user_version`` of the schema below; a file of a newer schema is refused, an older
-#: one brought up to it (every statement is ``IF NOT EXISTS``). 2 added the sweep's keyset index.
-SCHEMA_VERSION: Final = 2
 
-# ``connection_id`` holds ``ConnectionRecord.key`` (the same text as before for legacy records).
-_SCHEMA: Final = (
-    """CREATE TABLE IF NOT EXISTS amo_connections (
-        connection_id TEXT PRIMARY KEY,
-        version INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        account_id INTEGER,
-        refresh_expires_at REAL,
-        data TEXT NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS amo_connections_account ON amo_connections (account_id)",
-    """CREATE INDEX IF NOT EXISTS amo_connections_refresh
-        ON amo_connections (state, refresh_expires_at)""",
-    # The keyset order of due_page: (expiry, key) after a cursor, with no sort.
-    """CREATE INDEX IF NOT EXISTS amo_connections_due
-        ON amo_connections (state, refresh_expires_at, connection_id)""",
-    """CREATE TABLE IF NOT EXISTS amo_states (
-        nonce TEXT PRIMARY KEY,
-        holder TEXT,
-        expires_at REAL NOT NULL
-    ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS amo_states_expires ON amo_states (expires_at)",
-)
-
-_INSERT: Final = """INSERT INTO amo_connections
-    (version, state, account_id, refresh_expires_at, data, connection_id)
-    VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO NOTHING"""
-_UPDATE: Final = """UPDATE amo_connections
-    SET version = ?, state = ?, account_id = ?, refresh_expires_at = ?, data = ?
-    WHERE connection_id = ? AND version = ?"""
-_LOAD: Final = "SELECT connection_id, version, data FROM amo_connections WHERE connection_id = ?"
-_BY_ACCOUNT: Final = """SELECT connection_id, version, data FROM amo_connections
-    WHERE account_id = ? ORDER BY connection_id"""
-_DUE: Final = """SELECT connection_id, version, data FROM amo_connections
-    WHERE state = ? AND refresh_expires_at < ?
-    ORDER BY refresh_expires_at, connection_id LIMIT ?"""
-_DUE_AFTER: Final = """SELECT connection_id, version, data FROM amo_connections
-    WHERE state = ? AND refresh_expires_at < ? AND (refresh_expires_at, connection_id) > (?, ?)
-    ORDER BY refresh_expires_at, connection_id LIMIT ?"""
-_SCAN: Final = """SELECT connection_id, version, data FROM amo_connections
-    ORDER BY connection_id LIMIT ?"""
-_SCAN_AFTER: Final = """SELECT connection_id, version, data FROM amo_connections
-    WHERE connection_id > ? ORDER BY connection_id LIMIT ?"""
-# An expired entry is free: taking it over is what forgetting it would allow anyway.
-_TAKE: Final = """INSERT INTO amo_states (nonce, holder, expires_at) VALUES (?, ?, ?)
-    ON CONFLICT (nonce) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-    WHERE amo_states.expires_at < ?"""
-_HOLDER: Final = "SELECT holder FROM amo_states WHERE nonce = ? AND expires_at >= ?"
-
-#: Expired nonces are deleted on one ``consume_state`` in this many (the first one included).
-_PRUNE_EVERY: Final = 64
-#: SQLite integers are signed 64-bit; Python's are not.
-_INT64_MIN: Final = -(2**63)
-_INT64_MAX: Final = 2**63 - 1
-#: Cross-process waits poll at this many seconds, doubling up to ``_MAX_POLL``.
-_FIRST_POLL: Final = 0.01
-_MAX_POLL: Final = 0.1
-_REPLACED: Final = "the database file was deleted or replaced"
-
-_Identity = tuple[int, int]
-
-#: What an error code most often means, added to the message.
-_HINTS: Final = {
-    "SQLITE_CANTOPEN": " (does its directory exist, and may this process write there?)",
-}
-
-
-class _Hub:
-    """What the stores of this process share about one database file: its change signal.
-
-    ``generation`` counts commits that changed a record; blocking waiters wait on ``changed``
-    for it to move, asyncio waiters park a Future in ``futures`` (woken thread-safely).
-    """
-
-    def __init__(self) -> None:
-        self.changed = threading.Condition()
-        self.generation = 0
-        self.futures: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
-
-    def notify(self) -> None:
-        with self.changed:
-            self.generation += 1
-            self.changed.notify_all()
-            futures = list(self.futures)
-        for loop, future in futures:
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there
-                loop.call_soon_threadsafe(_wake, future)
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-#: One hub per database file of this process, by (st_dev, st_ino): every store object on the
-#: file shares it, whatever path spelling it was given.
-_HUBS: dict[_Identity, _Hub] = {}
-_HUBS_LOCK = threading.Lock()
-#: ``os.umask`` is process-wide: two stores creating files at once must not restore each
-#: other's mask.
-_UMASK_LOCK = threading.Lock()
-
-
-def _hub_for(identity: _Identity) -> _Hub:
-    with _HUBS_LOCK:
-        return _HUBS.setdefault(identity, _Hub())
-
-
-class SQLiteStore(BaseStore, AsyncBaseStore):
-    """A ``FullStore`` and ``AsyncStore`` in one SQLite file, safe across the threads and
+class SQLiteStore(AsyncSide):
+    """A ``Store`` and ``AsyncStore`` in one SQLite file, safe across the threads and
     processes of one machine, and across any number of store objects on the same file.
 
     The file (and schema) is created on first use, not here, with mode 0600 since it holds
@@ -187,6 +94,11 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         codec: how records become rows; ``RecordCodec(encryption)`` by default.
         encryption: encrypts the token pair at rest (e.g. ``cryptography``'s ``Fernet`` or
             ``MultiFernet``); rows are then useless without the key.
+        clock: the store's clock (aware datetimes): ``Loaded.now``, and when ledger keys
+            expire. The host's UTC clock by default.
+
+    The ``a``-prefixed operations run the blocking ones in a worker thread (``AsyncSide``);
+    waits hold no thread.
 
     Raises:
         ValueError: an in-memory or temporary database (each connection would get its own:
@@ -201,6 +113,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         max_connections: int = 16,
         codec: RecordCodec | None = None,
         encryption: Encryption | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._path = os.fspath(path)
         if self._path in ("", ":memory:") or self._path.startswith("file:"):
@@ -210,21 +123,10 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         self._timeout = timeout
-        self._max = max_connections
         self._codec = codec or RecordCodec(encryption)
+        self._clock = clock or utc_now
         self._calls = itertools.count()
-        self._identity: _Identity | None = None
-        self._closed = False
-        self._idle: list[sqlite3.Connection] = []
-        self._open = 0  # connections open now, idle or borrowed
-        self._opened = 0  # connections ever opened
-        self._new_locks()
-        _STORES.add(self)
-
-    def _new_locks(self) -> None:
-        self._pool = threading.Condition()  # guards _idle, _open, _opened, _closed
-        self._write_lock = threading.Lock()
-        self._prepare_lock = threading.Lock()
+        self._files = FilePool(self._path, timeout, max_connections)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self._path!r})"
@@ -237,24 +139,25 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
     @property
     def connections_opened(self) -> int:
         """How many SQLite connections this object has opened since it was made (an int)."""
-        return self._opened
+        return self._files.opened
 
     @property
     def connections_open(self) -> int:
         """How many of them are open now, idle or in use; never above ``max_connections``."""
-        return self._open
+        return self._files.open
 
     # -- reads ---------------------------------------------------------------------------
 
-    def load(self, key: str) -> ConnectionRecord | None:
-        """The record stored under ``key`` (``ConnectionRecord.key``), or None.
+    def load(self, key: str) -> Loaded:
+        """The record stored under ``key`` (``ConnectionRecord.key``) and the store's clock.
 
         Raises:
             StoreError: the file could not be read, was deleted or replaced, or holds an
                 unreadable record.
         """
-        rows = self._read("read", _LOAD, (key,))
-        return self._decode(rows[0]) if rows else None
+        rows = self._files.read("read", LOAD, (key,))
+        now = read_clock(self._clock)
+        return Loaded(self._decode(rows[0]) if rows else None, now)
 
     def find_by_account(self, account_id: int) -> list[ConnectionRecord]:
         """Every record whose verified account is ``account_id``, by key.
@@ -262,22 +165,9 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         Raises:
             StoreError: as ``load``.
         """
-        if not _fits(account_id):
+        if not fits(account_id):
             return []
-        return [self._decode(row) for row in self._read("read", _BY_ACCOUNT, (account_id,))]
-
-    def due_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        """Up to ``limit`` connected records whose refresh token expires before ``before``
-        (aware), soonest first (ties by key).
-
-        Raises:
-            ValueError: a naive ``before`` or a negative ``limit``.
-            StoreError: as ``load``.
-        """
-        moment = require_aware(before, "before").timestamp()
-        limit = min(check_limit(limit), _INT64_MAX)
-        params = (ConnectionState.CONNECTED.value, moment, limit)
-        return [self._decode(row) for row in self._read("read", _DUE, params)]
+        return [self._decode(row) for row in self._files.read("read", BY_ACCOUNT, (account_id,))]
 
     def due_page(
         self, before: datetime, limit: int, after: DueCursor | None = None
@@ -292,28 +182,28 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
             StoreError: as ``load``.
         """
         moment = require_aware(before, "before").timestamp()
-        limit = min(check_limit(limit), _INT64_MAX)
+        limit = min(check_limit(limit), INT64_MAX)
         cursor = check_after(after)
-        state = ConnectionState.CONNECTED.value
+        status = ConnectionStatus.CONNECTED.value
         if cursor is None:
-            rows = self._read("read", _DUE, (state, moment, limit))
+            rows = self._files.read("read", DUE, (status, moment, limit))
         else:
-            rows = self._read("read", _DUE_AFTER, (state, moment, *cursor, limit))
+            rows = self._files.read("read", DUE_AFTER, (status, moment, *cursor, limit))
         return [self._decode(row) for row in rows]
 
     def scan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        """Up to ``limit`` records of any state, by key, with keys strictly after ``after``
+        """Up to ``limit`` records of any status, by key, with keys strictly after ``after``
         (None: from the first).
 
         Raises:
             ValueError: ``limit`` is negative.
             StoreError: as ``load`` (``UndecryptableRecord`` naming the row's key).
         """
-        limit = min(check_limit(limit), _INT64_MAX)
+        limit = min(check_limit(limit), INT64_MAX)
         if after is None:
-            rows = self._read("read", _SCAN, (limit,))
+            rows = self._files.read("read", SCAN, (limit,))
         else:
-            rows = self._read("read", _SCAN_AFTER, (after, limit))
+            rows = self._files.read("read", SCAN_AFTER, (after, limit))
         return [self._decode(row) for row in rows]
 
     def holder_of(self, key: str) -> str | None:
@@ -322,7 +212,7 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         Raises:
             StoreError: the file could not be read, or was deleted or replaced.
         """
-        rows = self._read("read the ledger", _HOLDER, (key, time.time()))
+        rows = self._files.read("read the ledger", HOLDER, (key, self._now()))
         holder = rows[0][0] if rows else None
         return holder if isinstance(holder, str) else None
 
@@ -341,7 +231,9 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         check_write(record, expected_version)
         row = self._row(record)
         return self._transaction(
-            "write a record", lambda conn: _commit_if(_put(conn, row, expected_version))
+            "write a record",
+            lambda conn: commit_if(put(conn, row, expected_version)),
+            wakes=record.key,
         )
 
     def delete(self, key: str, expected_version: int) -> bool:
@@ -350,17 +242,13 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         Raises:
             StoreError: the file could not be written, or was deleted or replaced.
         """
-        if not _fits(expected_version):
+        if not fits(expected_version):
             return False
 
         def body(conn: sqlite3.Connection) -> tuple[bool, bool]:
-            cursor = conn.execute(
-                "DELETE FROM amo_connections WHERE connection_id = ? AND version = ?",
-                (key, expected_version),
-            )
-            return _commit_if(cursor.rowcount == 1)
+            return commit_if(conn.execute(DELETE, (key, expected_version)).rowcount == 1)
 
-        return self._transaction("delete a record", body)
+        return self._transaction("delete a record", body, wakes=key)
 
     def consume_state(self, nonce: str, expires_at: datetime, holder: str | None = None) -> bool:
         """Take a single-use key until ``expires_at`` (aware): True the first time, and again
@@ -371,15 +259,15 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
             StoreError: the file could not be written, or was deleted or replaced.
         """
         entry = LedgerEntry(nonce, holder or "", require_aware(expires_at, "expires_at"))
-        prune = next(self._calls) % _PRUNE_EVERY == 0
+        prune = next(self._calls) % PRUNE_EVERY == 0
 
         def body(conn: sqlite3.Connection) -> tuple[bool, bool]:
-            now = time.time()
+            now = self._now()
             if prune:
-                conn.execute("DELETE FROM amo_states WHERE expires_at < ?", (now,))
-            return _take(conn, entry, holder, now), True
+                conn.execute(PRUNE, (now,))
+            return take(conn, entry, holder, now), True
 
-        return self._transaction("consume a state", body, wakes=False)
+        return self._transaction("consume a state", body)
 
     def claim(self, claim: Claim) -> ClaimResult:
         """Take ``claim.state`` and ``claim.code`` and write ``claim.record`` in one
@@ -396,146 +284,92 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
                 require_aware(entry.expires_at, "expires_at")
 
         def body(conn: sqlite3.Connection) -> tuple[ClaimResult, bool]:
-            now = time.time()
+            now = self._now()
             state = claim.state
-            if state is not None and not _take(conn, state, state.holder, now):
+            if state is not None and not take(conn, state, state.holder, now):
                 return ClaimResult.STATE_USED, False
-            if not _take(conn, claim.code, claim.code.holder, now):
+            if not take(conn, claim.code, claim.code.holder, now):
                 return ClaimResult.CODE_TAKEN, False
-            if not _put(conn, row, claim.expected_version):
+            if not put(conn, row, claim.expected_version):
                 return ClaimResult.RECORD_CHANGED, False
             return ClaimResult.CLAIMED, True
 
-        return self._transaction("claim a code", body)
+        return self._transaction("claim a code", body, wakes=claim.record.key)
 
-    # -- waiting -------------------------------------------------------------------------
+    # -- waiting and checking --------------------------------------------------------------
 
     def wait_for_change(self, key: str, version: int, timeout: float) -> None:
         """Return once the record's version may differ from ``version`` (0: no record), or
         after ``timeout`` seconds. A commit through any ``SQLiteStore`` of this process on the
-        same file wakes it at once; another process's commit is seen by polling (<= 100 ms).
+        same file fires it at once; another process's commit is found by the file's one poller
+        (within ``MAX_POLL`` seconds). The waiter reads the store once, never in a loop.
 
         Raises:
-            StoreError: as ``load``.
+            StoreError: as ``load``, or the store is closed.
         """
-        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
-        hub = self._hub()
-        deadline = time.monotonic() + timeout
-        pause = _FIRST_POLL
-        while True:
-            with hub.changed:
-                seen = hub.generation  # read before loading, so no commit slips in between
-            if _version(self.load(key)) != version:
-                return
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            with hub.changed:
-                if hub.generation == seen:  # else a commit came while we loaded: look again
-                    hub.changed.wait(min(pause, left))
-            pause = min(pause * 2, _MAX_POLL)
+        self.hub.wait(key, version, timeout, lambda: self._version(key))
+        self._check_open()
 
-    async def await_for_change(self, key: str, version: int, timeout: float) -> None:
-        """See ``wait_for_change``. Waits on the event loop: no worker thread is held while
-        waiting (each load runs briefly in one).
+    @property
+    def hub(self) -> Hub:
+        """Where this process's waiters on the file wait (one per file, opened on first use).
 
         Raises:
-            StoreError: as ``load``.
+            StoreError: the file could not be opened.
         """
-        timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
-        hub = await asyncio.to_thread(self._hub)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        pause = _FIRST_POLL
-        while True:
-            future: asyncio.Future[None] = loop.create_future()
-            waiter = (loop, future)
-            with hub.changed:  # registered before loading, so no commit slips in between
-                hub.futures.add(waiter)
-            try:
-                if _version(await self.aload(key)) != version:
-                    return
-                left = deadline - loop.time()
-                if left <= 0:
-                    return
-                await asyncio.wait({future}, timeout=min(pause, left))
-            finally:
-                with hub.changed:
-                    hub.futures.discard(waiter)
-            pause = min(pause * 2, _MAX_POLL)
+        return self._files.hub()
 
-    # -- asyncio -------------------------------------------------------------------------
-
-    async def aload(self, key: str) -> ConnectionRecord | None:
-        """See ``load`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.load, key)
-
-    async def acompare_and_set(
-        self, record: ConnectionRecord, expected_version: int | None
-    ) -> bool:
-        """See ``compare_and_set`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.compare_and_set, record, expected_version)
-
-    async def adelete(self, key: str, expected_version: int) -> bool:
-        """See ``delete`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.delete, key, expected_version)
-
-    async def aconsume_state(
-        self, nonce: str, expires_at: datetime, holder: str | None = None
-    ) -> bool:
-        """See ``consume_state`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.consume_state, nonce, expires_at, holder)
-
-    async def afind_by_account(self, account_id: int) -> list[ConnectionRecord]:
-        """See ``find_by_account`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.find_by_account, account_id)
-
-    async def adue_for_refresh(self, before: datetime, limit: int) -> list[ConnectionRecord]:
-        """See ``due_for_refresh`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.due_for_refresh, before, limit)
-
-    async def adue_page(
-        self, before: datetime, limit: int, after: DueCursor | None = None
-    ) -> list[ConnectionRecord]:
-        """See ``due_page`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.due_page, before, limit, after)
-
-    async def ascan(self, after: str | None, limit: int) -> list[ConnectionRecord]:
-        """See ``scan`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.scan, after, limit)
-
-    async def aholder_of(self, key: str) -> str | None:
-        """See ``holder_of`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.holder_of, key)
-
-    async def aclaim(self, claim: Claim) -> ClaimResult:
-        """See ``claim`` (run in a worker thread)."""
-        return await asyncio.to_thread(self.claim, claim)
-
-    async def aclose(self) -> None:
-        """See ``close`` (run in a worker thread: closing may checkpoint the WAL)."""
-        await asyncio.to_thread(self.close)
+    def check(self) -> StoreCheck:
+        """Reachable when the file answers; the schema is ready when it is at
+        ``SCHEMA_VERSION``. Creates and migrates nothing: a missing file is reported."""
+        if self._files.closed:
+            return StoreCheck("sqlite", False, False, detail=str(closed_error()))
+        if not os.path.exists(self._path):
+            detail = "the database file does not exist yet (it is made on first use)"
+            return StoreCheck("sqlite", True, False, detail=detail)
+        try:
+            found = user_version(self._path, self._timeout)
+        except StoreError as exc:
+            return StoreCheck("sqlite", False, False, detail=str(exc))
+        now = read_clock(self._clock)
+        if found != SCHEMA_VERSION:
+            detail = f"schema version {found}; this library knows {SCHEMA_VERSION}"
+            return StoreCheck("sqlite", True, False, now, detail)
+        return StoreCheck("sqlite", True, True, now)
 
     def close(self) -> None:
-        """Close the idle connections now and the busy ones when their call ends.
-
-        Any later call raises ``StoreError``; closing again does nothing.
+        """Close the idle connections now and the busy ones when their call ends, and end
+        this store's waits with ``StoreError``. Any later call raises ``StoreError``; closing
+        again does nothing.
         """
-        with self._pool:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            self._open -= len(idle)
-            self._pool.notify_all()  # callers waiting for a connection now raise
-        _STORES.discard(self)
-        for conn in idle:
-            conn.close()  # through SQLite, which keeps a descriptor open while locks need it
+        self._files.close()
 
-    # -- rows ----------------------------------------------------------------------------
+    # -- AsyncSide -------------------------------------------------------------------------
+
+    def _blocking(self) -> Store:
+        return self
+
+    def _waits(self) -> Hub:
+        return self.hub
+
+    def _check_open(self) -> None:
+        self._files.check_open()
+
+    # -- rows and transactions -------------------------------------------------------------
+
+    def _version(self, key: str) -> int:
+        """The stored version under ``key`` (0: none), without decoding the record."""
+        rows = self._files.read("read", VERSION, (key,))
+        return int(rows[0][0]) if rows else 0
+
+    def _now(self) -> float:
+        """The store's clock, POSIX seconds (ledger expiry)."""
+        return read_clock(self._clock).timestamp()
 
     def _row(self, record: ConnectionRecord) -> Row:
         row = self._codec.row(record)
         for number, name in ((row.version, "version"), (row.account_id, "account id")):
-            if number is not None and not _fits(number):
+            if number is not None and not fits(number):
                 raise ValueError(f"{name} does not fit in SQLite's 64-bit integers")
         return row
 
@@ -543,295 +377,32 @@ class SQLiteStore(BaseStore, AsyncBaseStore):
         key, version, data = row
         return self._codec.decode_row(key, version, data)
 
-    # -- transactions --------------------------------------------------------------------
-
-    def _read(self, action: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        with _mapped(action, self._path), self._connection() as conn:
-            # fetchall() runs the statement to its end: a statement left open would keep its
-            # read snapshot on the pooled connection, and the next borrower would read stale rows.
-            rows = conn.execute(sql, params).fetchall()
-        self._check_file()  # rows of a deleted or replaced file are nobody's rows
-        return rows
-
     def _transaction(
         self,
         action: str,
         body: Callable[[sqlite3.Connection], tuple[T, bool]],
         *,
-        wakes: bool = True,
+        wakes: str | None = None,
     ) -> T:
-        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction, committed when it says so.
-
-        ``wakes``: a commit changed a record, so this process's waiters on the file are woken.
-        """
-        with _mapped(action, self._path), self._queued(action), self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._check_file()  # holding the write lock: a replacement shows by now
-                result, commit = body(conn)
-                conn.execute("COMMIT" if commit else "ROLLBACK")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        if commit and wakes:
-            self._hub().notify()
+        """Run ``body`` in one transaction (``FilePool.transaction``); after a commit, this
+        process's waiters on the record ``wakes`` are woken."""
+        result, committed = self._files.transaction(action, body)
+        if committed and wakes is not None:
+            self.hub.notify(wakes)
         return result
 
-    @contextlib.contextmanager
-    def _queued(self, action: str) -> Iterator[None]:
-        if not self._write_lock.acquire(timeout=self._timeout):
-            raise StoreError(
-                f"{_named(self._path)} could not {action}: timed out waiting for a writer"
-            )
+
+def user_version(path: str, timeout: float) -> int:
+    """The file's ``PRAGMA user_version``, read on a connection of its own that cannot create
+    the file (``mode=rw``) and is closed through SQLite.
+
+    Raises:
+        StoreError: the file could not be opened or read.
+    """
+    with mapped("check", path):
+        conn = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, timeout=timeout)
         try:
-            yield
+            ((found,),) = conn.execute("PRAGMA user_version").fetchall()
         finally:
-            self._write_lock.release()
-
-    # -- the file --------------------------------------------------------------------------
-
-    def _check_file(self) -> None:
-        """Raise unless the path still names the file this store opened. ``os.stat`` opens no
-        descriptor, so it cannot drop the process's locks."""
-        if _file_identity(self._path) != self._identity:
-            raise StoreError(f"{_named(self._path)}: {_REPLACED}")
-
-    def _hub(self) -> _Hub:
-        self._prepare()
-        assert self._identity is not None
-        return _hub_for(self._identity)
-
-    def _prepare(self) -> None:
-        """On first use: create the file (0600), switch it to WAL, create the schema and
-        remember the file's identity. The connection used for it joins the pool."""
-        if self._identity is not None:
-            return
-        with self._prepare_lock:
-            if self._identity is not None:
-                return
-            with self._pool:
-                if self._closed:
-                    raise closed_error()
-            with _mapped("open its file", self._path):
-                conn = self._connect()
-                try:
-                    _migrate(conn, self._path)
-                    identity = _file_identity(self._path)
-                    if identity is None:
-                        raise StoreError(f"{_named(self._path)}: {_REPLACED}")
-                except BaseException:
-                    conn.close()
-                    raise
-            with self._pool:
-                self._open += 1
-                self._opened += 1
-                self._idle.append(conn)
-            self._identity = identity
-
-    def _connect(self) -> sqlite3.Connection:
-        """A new connection; the file is created with mode 0600 when missing.
-
-        ``os.path.exists`` is a stat: no descriptor. A missing file has no inode yet, so no
-        connection of this process can hold a lock that creating it could drop.
-        """
-        if os.path.exists(self._path):
-            return self._open_connection()
-        with _UMASK_LOCK:
-            previous = os.umask(0o077)  # SQLite creates the file, its -wal and -shm with 0600
-            try:
-                return self._open_connection()
-            finally:
-                os.umask(previous)
-
-    def _open_connection(self) -> sqlite3.Connection:
-        # isolation_level=None: no implicit BEGIN; this module says where transactions start.
-        return sqlite3.connect(
-            self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
-        )
-
-    # -- the pool --------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        conn = self._borrow()
-        try:
-            yield conn
-        finally:
-            self._give_back(conn)
-
-    def _borrow(self) -> sqlite3.Connection:
-        self._prepare()
-        with self._pool:
-            ready = self._pool.wait_for(
-                lambda: self._closed or bool(self._idle) or self._open < self._max,
-                self._timeout,
-            )
-            if self._closed:
-                raise closed_error()
-            if not ready:
-                raise StoreError(f"{_named(self._path)}: timed out waiting for a free connection")
-            if self._idle:
-                return self._idle.pop()
-            self._open += 1  # the slot is ours while the connection is made
-            self._opened += 1
-        try:
-            return self._connect()
-        except BaseException:
-            self._release_slot()
-            raise
-
-    def _give_back(self, conn: sqlite3.Connection) -> None:
-        # A connection still inside a transaction failed to roll back: never reuse it.
-        with self._pool:
-            if not self._closed and not conn.in_transaction:
-                self._idle.append(conn)
-                self._pool.notify()
-                return
-        conn.close()
-        self._release_slot()
-
-    def _release_slot(self) -> None:
-        with self._pool:
-            self._open -= 1
-            self._pool.notify()
-
-    # -- fork ----------------------------------------------------------------------------
-
-    def _before_fork(self) -> None:
-        """Quiesce before ``fork()``: wait (up to ``timeout``) for borrowed connections, close
-        the idle ones through SQLite, and keep the pool locked until the fork is done.
-
-        A connection must not cross fork() (SQLite's "how to corrupt" page), and a child whose
-        SQLite library remembers the parent's open connections on the file would share their
-        lock and WAL-index state. With none open at the fork, the child starts clean.
-        """
-        self._pool.acquire()
-        self._pool.wait_for(lambda: self._open == len(self._idle), self._timeout)
-        idle, self._idle = self._idle, []
-        self._open -= len(idle)
-        for conn in idle:
             conn.close()
-
-    def _after_fork_in_parent(self) -> None:
-        self._pool.release()
-
-    def _after_fork_in_child(self) -> None:
-        # Connections still borrowed at the fork belong to threads the child does not have:
-        # they are never given back, so never closed here (closing one would drop this
-        # process's locks on the file). The locks are replaced: a vanished thread may hold one.
-        self._new_locks()
-        self._open = 0
-
-
-#: Every open store of this process, for the fork handlers below.
-_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
-
-
-def _before_fork() -> None:
-    for store in list(_STORES):
-        store._before_fork()
-
-
-def _after_fork_in_parent() -> None:
-    for store in list(_STORES):
-        store._after_fork_in_parent()
-
-
-def _after_fork_in_child() -> None:
-    global _HUBS_LOCK, _UMASK_LOCK
-    _HUBS_LOCK, _UMASK_LOCK = threading.Lock(), threading.Lock()
-    _HUBS.clear()  # their conditions may be held by threads the child does not have
-    for store in list(_STORES):
-        store._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):  # one registration for every store, not one per store
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
-
-
-def _migrate(conn: sqlite3.Connection, path: str) -> None:
-    """Put the file in WAL mode and bring its schema to ``SCHEMA_VERSION``."""
-    # WAL is a property of the file, kept once set; readers then never block the writer.
-    conn.execute("PRAGMA journal_mode = WAL").fetchall()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        ((found,),) = conn.execute("PRAGMA user_version").fetchall()
-        if found > SCHEMA_VERSION:
-            raise StoreError(
-                f"{_named(path)}: the database has schema version {found}; this library knows "
-                f"{SCHEMA_VERSION}"
-            )
-        if found < SCHEMA_VERSION:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _put(conn: sqlite3.Connection, row: Row, expected_version: int | None) -> bool:
-    """The compare-and-set itself, inside the caller's transaction."""
-    columns = (row.version, row.state, row.account_id, row.refresh_due, row.data, row.key)
-    if expected_version is None:
-        return conn.execute(_INSERT, columns).rowcount == 1
-    if not _fits(expected_version):
-        return False  # no stored version can be that number
-    return conn.execute(_UPDATE, (*columns, expected_version)).rowcount == 1
-
-
-def _take(conn: sqlite3.Connection, entry: LedgerEntry, holder: str | None, now: float) -> bool:
-    """Take a ledger key for ``holder`` (None: nobody may pass again), inside a transaction."""
-    expiry = entry.expires_at.timestamp()
-    if conn.execute(_TAKE, (entry.key, holder, expiry, now)).rowcount:
-        return True
-    rows = conn.execute("SELECT holder FROM amo_states WHERE nonce = ?", (entry.key,)).fetchall()
-    return holder is not None and bool(rows[0][0] == holder)
-
-
-def _commit_if(changed: bool) -> tuple[bool, bool]:
-    return changed, changed
-
-
-def _version(record: ConnectionRecord | None) -> int:
-    return record.version if record is not None else 0
-
-
-def _fits(number: int) -> bool:
-    return _INT64_MIN <= number <= _INT64_MAX
-
-
-def _file_identity(path: str) -> _Identity | None:
-    """The file's (st_dev, st_ino), or None when it is gone; a stat, never a descriptor."""
-    try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        code = errno.errorcode.get(exc.errno or 0, "OSError")
-        raise StoreError(f"{_named(path)} could not check its file: {code}") from None
-    return status.st_dev, status.st_ino
-
-
-@contextlib.contextmanager
-def _mapped(action: str, path: str) -> Iterator[None]:
-    """Turn sqlite3's errors into ``StoreError``, naming the file and the error code but no
-    data."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-        hint = _HINTS.get(code, "")
-        raise StoreError(f"{_named(path)} could not {action}: {code}{hint}") from exc
-
-
-def _named(path: str) -> str:
-    """How an error names the store: by its file (a path is not a secret; ``repr`` shows it)."""
-    return f"SQLite store {path!r}"
+    return int(found)

@@ -24,13 +24,15 @@ Routes (under ``prefix``, default ``/api/amo-crm``): ``GET /connect``, ``GET /ca
 browser holding that cookie (else 403 ``wrong_browser``) and clears it once connected.
 Every refusal is a 4xx with ``{"error": reason}`` (the callback's is an HTML page whose deep
 link carries ``error=<reason>``): the reasons of ``CallbackRejected``, and ``unauthenticated``
-(401), ``bad_connection_id``, ``cross_site_request`` (400), ``not_found`` (404),
-``method_not_allowed`` (405), ``body_too_large`` (413), ``query_too_large`` (414),
-``unsupported_media_type`` (415). A store outage is 503 ``store_unavailable`` (and an amoCRM
-failure would be 502 ``provider_unavailable``, though no route lets one through: exchanges report
-failures as outcomes); no input produces a 500.
+(401; with a ``hint`` when the redirect URI is http and no cookie came), ``bad_connection_id``,
+``cross_site_request`` (400), ``not_found`` (404), ``method_not_allowed`` (405, with ``Allow``),
+``body_too_large`` (413), ``query_too_large`` (414), ``unsupported_media_type`` (415: a
+``/exchange-code`` body neither JSON nor a form). A store outage is 503
+``store_unavailable`` (and an amoCRM failure would be 502 ``provider_unavailable``, though no
+route lets one through: exchanges report failures as outcomes); no input produces a 500.
 """
 
+from .._public import present_as
 from ._catalogue import DEFAULT_PREFIX, ROUTES, Route
 from ._handlers import AsyncConnectionIdFn, AsyncHandlers, ConnectionIdFn, Handlers
 from ._http import Request, Response, read_body
@@ -65,3 +67,6 @@ __all__ = [
     "read_body",
     "status_payload",
 ]
+
+# Reprs and tracebacks say amo_oauth.web.Request, not amo_oauth.web._http.Request.
+present_as(__name__, globals(), __all__)

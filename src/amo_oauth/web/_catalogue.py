@@ -8,10 +8,14 @@ from typing import Any, Final
 
 import attrs
 
-__all__ = ["DEFAULT_PREFIX", "ROUTES", "Route"]
+__all__ = ["DEFAULT_PREFIX", "HTTP_METHODS", "ROUTES", "Route"]
 
 #: Where the routes live unless told otherwise: the seed's backend paths.
 DEFAULT_PREFIX: Final = "/api/amo-crm"
+#: The methods adapters hand to the handlers on every route path, the route's own and every
+#: other, so a wrong one gets the handlers' 405 (JSON, ``Allow``) rather than the framework's
+#: (RFC 9110 §9: the methods a client may send; CONNECT never reaches an application).
+HTTP_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 
 _CODE_FIELDS: Final = {
     "type": "object",
@@ -22,9 +26,13 @@ _CODE_FIELDS: Final = {
         "referer": {"type": "string", "description": "The account host, e.g. x.amocrm.ru."},
     },
 }
+#: JSON or a form: the seed's apps post both (``web/_reading.py`` reads each).
 _CODE_BODY: Final = {
     "required": True,
-    "content": {"application/json": {"schema": _CODE_FIELDS}},
+    "content": {
+        "application/json": {"schema": _CODE_FIELDS},
+        "application/x-www-form-urlencoded": {"schema": _CODE_FIELDS},
+    },
 }
 
 
@@ -54,6 +62,38 @@ class Route:
     #: OpenAPI ``parameters`` objects (query parameters it reads).
     parameters: tuple[Mapping[str, Any], ...] = attrs.field(default=(), eq=False)
 
+
+def _query(name: str, description: str, **schema: object) -> Mapping[str, Any]:
+    """An optional query parameter of type string, as OpenAPI declares one."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
+#: What amoCRM's redirect back carries (protocol notes §2), and the page's language.
+_CALLBACK_QUERY: Final = (
+    _query("code", "The authorization code (single-use, about 20 minutes); never echoed."),
+    _query("state", "The signed state begin() made; absent on a widget install."),
+    _query("referer", "The account host, e.g. example.amocrm.ru (no scheme)."),
+    _query("client_id", "The integration's id; another integration's is client_id_mismatch."),
+    _query("from_widget", "1 on a widget or marketplace install (no state).", enum=["1"]),
+    _query("platform", "1 for amocrm.ru, 2 for kommo.com; not read.", enum=["1", "2"]),
+    _query("error", "Instead of a code: why consent failed, e.g. access_denied."),
+    _query("lang", "The page's language: en, ru or uk (else Accept-Language)."),
+)
+#: What amoCRM's uninstall hook carries (protocol notes §6); all three are required.
+_HOOK_QUERY: Final = tuple(
+    {**_query(name, description), "required": True}
+    for name, description in (
+        ("client_uuid", "The integration's client id."),
+        ("account_id", "The account the integration was uninstalled from (digits)."),
+        ("signature", "Hex HMAC-SHA256 of '{client_id}|{account_id}' under the client secret."),
+    )
+)
 
 _AUTH = ((401, "No connection id for this request: {error: unauthenticated}"),)
 _ID = ((400, "The app's connection id is not valid: {error: bad_connection_id}"),)
@@ -117,6 +157,7 @@ ROUTES: Final = (
             (403, "Another browser's consent (wrong_browser): the error page"),
         ),
         page=True,
+        parameters=_CALLBACK_QUERY,
     ),
     Route(
         "exchange_code",
@@ -124,12 +165,14 @@ ROUTES: Final = (
         "/exchange-code",
         "Exchange a code (legacy apps)",
         "Idempotent: a code already exchanged answers 200 with the status and duplicate=true, "
-        "never 403. Body: JSON or form {code, state?, referer?}.",
+        "never 403; a new code is refused (new_code_refused). Body: JSON "
+        "(application/json) or a form (application/x-www-form-urlencoded): "
+        "{code, state?, referer?}.",
         (
             (200, "Connected, already connected or in progress: the status"),
             (400, "{error: reason}: refused, malformed, failed or cross-site"),
             *_AUTH,
-            (415, "{error: unsupported_media_type}"),
+            (415, "{error: unsupported_media_type}: a body neither JSON nor a form"),
         ),
         _CODE_BODY,
     ),
@@ -138,7 +181,7 @@ ROUTES: Final = (
         "GET",
         "/status",
         "The connection's status",
-        "{connected, state, account, expires_at, error, version}; never a token.",
+        "{connected, status, account, expires_at, error, version}; never a token.",
         ((200, "The status"), *_AUTH, *_ID),
     ),
     Route(
@@ -156,5 +199,6 @@ ROUTES: Final = (
         "amoCRM's uninstall hook",
         "Checks the hook's signature and disconnects every connection of the account.",
         ((200, "{disconnected: n}"), (400, "{error: bad_signature | malformed}")),
+        parameters=_HOOK_QUERY,
     ),
 )

@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 import attrs
 
+from .._setting_errors import setting_error
 from ._http import Request, Response, weighted
 
 __all__ = [
@@ -37,6 +38,8 @@ DEEP_LINK_PATH: Final = "amo-crm/callback"
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]{0,63}")
 # Schemes a browser would run or read locally instead of handing to an app.
 _UNSAFE_SCHEMES: Final = frozenset({"javascript", "vbscript", "data", "blob", "file", "about"})
+# Schemes that open a web page: the deep link would leave the user in the browser.
+_WEB_SCHEMES: Final = frozenset({"http", "https"})
 _LANGUAGE_ALIASES: Final = {"ua": "uk"}  # a common mistake for Ukrainian
 _MAX_LANGUAGES: Final = 16
 
@@ -49,6 +52,7 @@ class PageKind(enum.StrEnum):
     ERROR = "error"
     MISCONFIGURED = "misconfigured"
     WRONG_BROWSER = "wrong_browser"
+    CLIENT_ID_MISMATCH = "client_id_mismatch"
 
 
 @attrs.frozen(kw_only=True)
@@ -67,6 +71,9 @@ class PageText:
         wrong_browser_title, wrong_browser_body: shown when the consent came back to a browser
             other than the one that started it (``wrong_browser``): a forwarded link. English
             by default, like the misconfigured texts.
+        client_id_mismatch_title, client_id_mismatch_body: shown when amoCRM's redirect names
+            another integration's client id than this backend's (``client_id_mismatch``).
+            English by default, like the misconfigured texts.
     """
 
     connected_title: str
@@ -86,6 +93,12 @@ class PageText:
     wrong_browser_body: str = (
         "This connection was started in another browser or app. "
         "Start connecting again from the app."
+    )
+    client_id_mismatch_title: str = "This answer is for another integration"
+    client_id_mismatch_body: str = (
+        "amoCRM sent back the client id of another integration than this app's, so nothing "
+        "was connected. Start connecting again from the app; if this happens again, let its "
+        "support team know."
     )
 
     def title(self, kind: PageKind) -> str:
@@ -124,6 +137,10 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         wrong_browser_title="Подключите из приложения",
         wrong_browser_body="Это подключение было начато в другом браузере или приложении. "
         "Начните подключение заново из приложения.",
+        client_id_mismatch_title="Этот ответ для другой интеграции",
+        client_id_mismatch_body="amoCRM вернула client id другой интеграции, не этого "
+        "приложения, поэтому ничего не подключено. Начните подключение заново из приложения; "
+        "если это повторится, сообщите в его поддержку.",
     ),
     "uk": PageText(
         connected_title="amoCRM підключено",
@@ -142,6 +159,10 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         wrong_browser_title="Підключіть із застосунку",
         wrong_browser_body="Це підключення було розпочато в іншому браузері або застосунку. "
         "Почніть підключення знову із застосунку.",
+        client_id_mismatch_title="Ця відповідь для іншої інтеграції",
+        client_id_mismatch_body="amoCRM повернула client id іншої інтеграції, не цього "
+        "застосунку, тому нічого не підключено. Почніть підключення знову із застосунку; "
+        "якщо це повториться, повідомте його підтримку.",
     ),
 }
 
@@ -190,7 +211,11 @@ _TEMPLATE: Final = """<!doctype html>
 
 
 def check_app_scheme(scheme: str) -> str:
-    """Validate the app's URL scheme (RFC 3986: a letter, then letters, digits, ``+-.``).
+    """Validate the app's URL scheme (RFC 3986 §3.1: a letter, then letters, digits, ``+-.``).
+
+    The deep link ``{scheme}://amo-crm/callback?...`` must open the app: a web scheme would open
+    a web page instead, and a scheme a browser handles itself (``javascript``, ``data``...)
+    would run or show something in the browser.
 
     Args:
         scheme: e.g. ``"foryoure"`` (without ``://``).
@@ -199,12 +224,32 @@ def check_app_scheme(scheme: str) -> str:
         The scheme, lower-cased (schemes are case-insensitive).
 
     Raises:
-        ValueError: not a scheme, or one a browser would run itself (``javascript``, ``data``...).
+        ValueError: empty, not text, written with ``://``, not a scheme's syntax, ``http`` or
+            ``https`` (any case), or one a browser handles itself; the message says which.
     """
-    lowered = scheme.lower() if isinstance(scheme, str) else ""
-    if not _SCHEME.fullmatch(lowered) or lowered in _UNSAFE_SCHEMES:
-        raise ValueError("app_scheme must be an app's URL scheme such as 'myapp' (RFC 3986)")
-    return lowered
+    problem = _scheme_problem(scheme)
+    if problem is not None:
+        shown = scheme.lower() if isinstance(scheme, str) else ""
+        raise ValueError(setting_error(problem, type=type(scheme).__name__, scheme=shown))
+    return scheme.lower()
+
+
+def _scheme_problem(scheme: object) -> str | None:
+    """Which rule ``scheme`` breaks: the key of its message, or None."""
+    if not isinstance(scheme, str):
+        return "app_scheme_type"
+    lowered = scheme.lower()
+    if not lowered:
+        return "app_scheme_empty"
+    if ":" in lowered or "/" in lowered:
+        return "app_scheme_separator"
+    if not _SCHEME.fullmatch(lowered):
+        return "app_scheme_syntax"
+    if lowered in _WEB_SCHEMES:
+        return "app_scheme_web"
+    if lowered in _UNSAFE_SCHEMES:
+        return "app_scheme_browser"
+    return None
 
 
 def deep_link(scheme: str, params: Sequence[tuple[str, str]]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .._records import check_connection_id
 from ._http import Request, media_type, weighted
@@ -25,15 +25,20 @@ __all__ = [
 ]
 
 _MAX_QUERY_PARAMS: Final = 64
+# A legacy body holds three fields; a few more are tolerated (an app's own), as in a redirect.
+_MAX_FORM_FIELDS: Final = 32
+_FORM: Final = "application/x-www-form-urlencoded"
 
 
 class Refusal(Exception):
-    """A request refused with ``status`` and a stable ``reason`` slug."""
+    """A request refused with ``status`` and a stable ``reason`` slug, and optionally a
+    ``hint`` for the developer (plain text, never a secret) that the JSON answer carries."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, hint: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.hint = hint
 
 
 def check_size(request: Request, max_query: int, max_body: int) -> None:
@@ -92,13 +97,53 @@ def check_origin(request: Request, allowed: frozenset[str]) -> None:
         raise Refusal(400, "cross_site_request")
 
 
+def _form_fields(body: bytes) -> Mapping[str, object]:
+    """An ``application/x-www-form-urlencoded`` body (WHATWG URL §5) as one value per name.
+
+    Refused as ``malformed``: bytes that are not ASCII (a form body is percent-encoded),
+    percent-escapes that are not UTF-8, more than ``_MAX_FORM_FIELDS`` fields, a repeated name.
+    """
+    try:
+        text = body.decode("ascii")
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=_MAX_FORM_FIELDS,
+        )
+    except ValueError:  # UnicodeDecodeError is one too
+        raise Refusal(400, "malformed") from None
+    fields = dict(pairs)
+    if len(fields) != len(pairs):  # which of two codes would be meant?
+        raise Refusal(400, "malformed")
+    return fields
+
+
+def _body_fields(request: Request) -> Mapping[str, object]:
+    """The legacy body as fields: JSON, or a form, by its ``Content-Type``.
+
+    A form is what any page can make a browser post without a CORS preflight. It is read all
+    the same: the POST checks (``check_origin``) ran before, whatever the body, and the route
+    only answers codes already exchanged (a new code is ``new_code_refused``, nothing
+    written), so a form posted from another site can change nothing.
+    """
+    media = media_type(request) or ""
+    if _is_json(media):
+        return _json_fields(request.body)
+    if media == _FORM:
+        return _form_fields(request.body)
+    raise Refusal(415, "unsupported_media_type")
+
+
 def code_fields(request: Request) -> tuple[str, str | None, str | None]:
-    """The legacy body's (code, state, referer); JSON unless it says it is a form."""
-    # JSON only: a form or a text body is what a page on another site can post without a
-    # preflight, so it is never read.
-    if not _is_json(media_type(request) or ""):
-        raise Refusal(415, "unsupported_media_type")
-    fields = _json_fields(request.body)
+    """The legacy body's (code, state, referer), from JSON or a form.
+
+    Raises:
+        Refusal: 415 ``unsupported_media_type`` for any other body; 400 ``malformed`` for one
+            that does not parse or holds a non-text value, ``missing_code`` without a code.
+    """
+    fields = _body_fields(request)
     code = _optional_text(fields.get("code"))
     if code is None:
         raise Refusal(400, "missing_code")

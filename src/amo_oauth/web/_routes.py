@@ -21,6 +21,7 @@ from .._errors import CallbackRejected, ProviderError, StoreError
 from .._reasons import Reason
 from .._records import Connection
 from .._results import CallbackResult, Outcome
+from .._setting_errors import setting_error
 from ._calls import (
     Begin,
     Disconnect,
@@ -53,7 +54,14 @@ from ._reading import (
     wants_json,
 )
 
-__all__ = ["BINDING_COOKIE", "Identify", "RouteCore", "WebFlow", "status_payload"]
+__all__ = [
+    "BINDING_COOKIE",
+    "NO_COOKIE_OVER_HTTP",
+    "Identify",
+    "RouteCore",
+    "WebFlow",
+    "status_payload",
+]
 
 T = TypeVar("T")
 
@@ -63,8 +71,20 @@ DEFAULT_MAX_QUERY: Final = 8 * 1024
 #: https. Decided from ``Config.redirect_uri``, never from the request (a TLS-terminating proxy
 #: may hand it over as http).
 BINDING_COOKIE: Final = "amo_oauth_binding"
+#: The 401's ``hint`` when no cookie came and the redirect URI is http (``_no_session_hint``).
+NO_COOKIE_OVER_HTTP: Final = (
+    "No cookie came with this request. If your sign-in keeps a session cookie: the redirect "
+    "URI is http, and over http many clients (httpx, requests, test clients, some browsers) "
+    "do not send a cookie marked Secure, e.g. SessionMiddleware(https_only=True) or "
+    "SESSION_COOKIE_SECURE=True. Mark it Secure only when the redirect URI is https."
+)
 #: Refusals that are about who is asking, not what was asked.
 _FORBIDDEN: Final = frozenset({Reason.WRONG_BROWSER})
+#: Refusals whose page says more than "try again" (every other one shows the error page).
+_REFUSAL_PAGES: Final[Mapping[str, PageKind]] = {
+    Reason.WRONG_BROWSER: PageKind.WRONG_BROWSER,
+    Reason.CLIENT_ID_MISMATCH: PageKind.CLIENT_ID_MISMATCH,
+}
 
 # Every response: never cached (they describe a user's connection or carry a state/code), never
 # sniffed, and never the source of a Referer (the callback URL carries the code).
@@ -90,12 +110,12 @@ def status_payload(connection: Connection) -> dict[str, Any]:
         connection: e.g. ``oauth.status(user_id)``.
 
     Returns:
-        ``{"connected", "state", "account", "expires_at", "error", "version", "host"}``.
+        ``{"connected", "status", "account", "expires_at", "error", "version", "host"}``.
     """
     account = connection.account
     return {
         "connected": connection.is_connected,
-        "state": connection.state.value,
+        "status": connection.status.value,
         "account": None
         if account is None
         else {"id": account.id, "subdomain": account.subdomain, "name": account.name},
@@ -111,7 +131,7 @@ def _reason(connection: Connection, fallback: str | None = None) -> str:
         return connection.error.reason
     # No error recorded: a denial that left a working connection alone (the fallback names the
     # denial), or a code seen before whose connection was disconnected since.
-    return fallback or connection.state.value
+    return fallback or connection.status.value
 
 
 def _page_link(
@@ -130,8 +150,10 @@ def _page_link(
 
 
 def _check_prefix(prefix: str) -> str:
-    if not isinstance(prefix, str) or (prefix and not prefix.startswith("/")) or "?" in prefix:
-        raise ValueError("prefix must be empty or a path starting with '/'")
+    if not isinstance(prefix, str) or (prefix and not prefix.startswith("/")):
+        raise ValueError(setting_error("prefix"))
+    if "?" in prefix:
+        raise ValueError(setting_error("prefix_query"))
     return prefix.rstrip("/")
 
 
@@ -161,9 +183,14 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         self.prefix = _check_prefix(prefix)
         self.texts: Mapping[str, PageText] = {**PAGE_TEXTS, **(texts or {})}
         if default_language not in self.texts:
-            raise ValueError(f"no page texts for default_language {default_language!r}")
+            languages = ", ".join(sorted(self.texts))
+            raise ValueError(
+                setting_error(
+                    "default_language", language=repr(default_language), languages=languages
+                )
+            )
         if max_body < 1 or max_query < 1:
-            raise ValueError("max_body and max_query must be positive")
+            raise ValueError(setting_error("limits"))
         self.default_language = default_language
         self.max_body = max_body
         self.max_query = max_query
@@ -206,7 +233,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
                 check_origin(request, self.allowed_origins)
             response = yield from self._flows[route.name](request)
         except Refusal as refusal:
-            response = self._refuse(route, request, refusal.status, refusal.reason)
+            response = self._refuse(route, request, refusal.status, refusal.reason, refusal.hint)
         except CallbackRejected as rejected:
             status = 429 if rejected.reason == Reason.RATE_LIMITED else 400
             status = 403 if rejected.reason in _FORBIDDEN else status
@@ -217,15 +244,17 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             response = self._refuse(route, request, 502, "provider_unavailable")
         return _finish(response)
 
-    def _refuse(self, route: Route, request: Request, status: int, reason: str) -> Response:
+    def _refuse(
+        self, route: Route, request: Request, status: int, reason: str, hint: str | None = None
+    ) -> Response:
         # A browser is looking (the callback; a ticket link in an app's in-app browser, which
         # has no other way back to the app): the page, with no state echoed.
         if route.page or (route.name == "connect" and request.param("ticket") is not None):
             link = deep_link(self.app_scheme, [("error", reason)])
-            wrong = reason == Reason.WRONG_BROWSER
-            kind = PageKind.WRONG_BROWSER if wrong else PageKind.ERROR
+            kind = _REFUSAL_PAGES.get(reason, PageKind.ERROR)
             return self._page(request, status, kind, link, reason)
-        return Response.json(status, {"error": reason})
+        payload = {"error": reason} if hint is None else {"error": reason, "hint": hint}
+        return Response.json(status, payload)
 
     def _page(
         self, request: Request, status: int, kind: PageKind, link: str, reason: str | None
@@ -235,14 +264,22 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
 
     # -- steps shared by the routes ----------------------------------------------------------
 
-    def _identity(self) -> WebFlow[str]:
+    def _identity(self, request: Request) -> WebFlow[str]:
         connection_id: object = yield Identify()
         if connection_id is None:
-            raise Refusal(401, "unauthenticated")
+            raise Refusal(401, "unauthenticated", self._no_session_hint(request))
         try:
             return as_connection_id(connection_id)
         except ValueError:  # empty, too long, unprintable, not text
             raise Refusal(400, "bad_connection_id") from None
+
+    def _no_session_hint(self, request: Request) -> str | None:
+        """Why the app may have found no session: said only when no cookie came at all and
+        the configured redirect URI is http (development on loopback), where a session
+        cookie copied with ``Secure`` from a production setup is not sent back."""
+        if self.secure_cookie or request.header("cookie") is not None:
+            return None
+        return NO_COOKIE_OVER_HTTP
 
     def _call(self, call: ServiceCall[T]) -> WebFlow[T]:
         """Ask the service, typed: ``result = yield from self._call(Status(connection_id))``."""
@@ -273,7 +310,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             # A mobile app's in-app browser: no session, a single-use ticket instead.
             connection_id: str = yield from self._redeem(request, ticket)
         else:
-            connection_id = yield from self._identity()
+            connection_id = yield from self._identity(request)
             if wants_json(request):
                 return (yield from self._ticket_url(connection_id))
         cookie = request.cookie(self.cookie_name)
@@ -330,7 +367,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         return page
 
     def _exchange_code(self, request: Request) -> WebFlow[Response]:
-        connection_id = yield from self._identity()
+        connection_id = yield from self._identity(request)
         code, state, referer = code_fields(request)
         # Known codes only: no browser is bound to this route, so a new code is refused.
         result = yield from self._call(
@@ -346,12 +383,12 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         return Response.json(200, payload)
 
     def _status(self, request: Request) -> WebFlow[Response]:
-        connection_id = yield from self._identity()
+        connection_id = yield from self._identity(request)
         connection = yield from self._call(Status(connection_id))
         return Response.json(200, status_payload(connection))
 
     def _disconnect(self, request: Request) -> WebFlow[Response]:
-        connection_id = yield from self._identity()
+        connection_id = yield from self._identity(request)
         connection = yield from self._call(Disconnect(connection_id))
         return Response.json(200, status_payload(connection))
 

@@ -1,8 +1,8 @@
-"""THE lifecycle table. Nothing else decides what an event does in a state.
+"""THE lifecycle table. Nothing else decides what an event does to a connection's status.
 
 Each ``Rule`` says: on ``event``, in one of ``sources``, when ``guard`` holds (or always), go to
 ``dest``; or, when ``dest`` is None, do nothing, for the documented reason ``noop``. Rules for
-one (state, event) are tried in order and every such pair ends in an unguarded rule, so the
+one (status, event) are tried in order and every such pair ends in an unguarded rule, so the
 table is total: every pair has a transition or a documented no-op (a test checks it).
 
 The rules drive one module-level ``transitions.Machine`` with no models of its own. A step fires
@@ -22,7 +22,7 @@ from transitions import EventData, Machine, MachineError
 
 from ._errors import InvalidTransition
 from ._events import EVENT_TYPES, SHA256_HEX, CodeReceived, Event, RefreshClaimed
-from ._records import ConnectionRecord, ConnectionState, code_digest
+from ._records import ConnectionRecord, ConnectionStatus, code_digest
 
 __all__ = ["DENIED_HOLDER", "EXCHANGING", "MACHINE", "TABLE", "NoOp", "Rule", "Step", "step"]
 
@@ -67,9 +67,9 @@ class NoOp(enum.StrEnum):
     UNDEFINED = "undefined"
 
 
-S = ConnectionState
-ALL = tuple(ConnectionState)
-# The states whose record is held by an exchange lease.
+S = ConnectionStatus
+ALL = tuple(ConnectionStatus)
+# The statuses whose record is held by an exchange lease.
 EXCHANGING = (S.CODE_RECEIVED, S.EXCHANGED)
 
 
@@ -115,7 +115,7 @@ def state_was_denied(data: EventData) -> bool:
 def code_has_no_consent(data: EventData) -> bool:
     """A new code (unknown to the ledger) that came with no consent this call may claim for:
     no state, or the legacy web route. Nothing ties it to the user (amoCRM has no PKCE), so it
-    is never exchanged, whatever the state of the connection."""
+    is never exchanged, whatever the connection's status."""
     step = _model(data)
     event = step.event
     return isinstance(event, CodeReceived) and not event.may_claim and event.code_holder is None
@@ -254,21 +254,21 @@ def refused_this_refresh(data: EventData) -> bool:
 @attrs.frozen
 class Rule:
     event: str
-    sources: tuple[ConnectionState, ...]
-    dest: ConnectionState | None
+    sources: tuple[ConnectionStatus, ...]
+    dest: ConnectionStatus | None
     guard: Callable[[EventData], bool] | None = None
     #: For a no-op: why nothing happens.
     noop: NoOp | None = None
 
 
-def _stale(event: str, *live: ConnectionState) -> Rule:
+def _stale(event: str, *live: ConnectionStatus) -> Rule:
     # A result that arrives for a claim someone else has since replaced (disconnect, a hook):
     # it must not resurrect or overwrite anything.
     return Rule(event, tuple(s for s in ALL if s not in live), None, noop=NoOp.STALE)
 
 
 TABLE: tuple[Rule, ...] = (
-    # A known code is a no-op in every state: the fix for the seed's double exchange.
+    # A known code is a no-op in every status: the fix for the seed's double exchange.
     Rule("code_received", ALL, None, code_is_known, noop=NoOp.DUPLICATE_CODE),
     Rule("code_received", ALL, None, state_has_expired, noop=NoOp.EXPIRED_STATE),
     # A second code of one consent is reported, never exchanged: while the first is in flight
@@ -371,13 +371,13 @@ TABLE: tuple[Rule, ...] = (
 class _Model:
     """The short-lived model a trigger runs on: one record, one event, the rule that fired."""
 
-    __slots__ = ("event", "now", "record", "rule", "state")
+    __slots__ = ("event", "now", "record", "rule", "status")
 
     def __init__(self, record: ConnectionRecord, event: Event, now: datetime) -> None:
         self.record = record
         self.event = event
         self.now = now
-        self.state: ConnectionState = record.state
+        self.status: ConnectionStatus = record.status
         self.rule: Rule | None = None
 
 
@@ -410,10 +410,11 @@ def _machine_transitions() -> list[dict[str, object]]:
 
 MACHINE = Machine(
     model=None,
-    states=ConnectionState,
+    states=ConnectionStatus,
     transitions=_machine_transitions(),
-    initial=ConnectionState.DISCONNECTED,
+    initial=ConnectionStatus.DISCONNECTED,
     auto_transitions=False,
+    model_attribute="status",
     send_event=True,
 )
 
@@ -431,7 +432,7 @@ def step(record: ConnectionRecord, event: Event, now: datetime) -> Step:
     """Apply ``event`` to ``record`` by the table.
 
     Returns:
-        A ``Step`` whose ``record`` has the new state, the event's changes and ``version + 1``
+        A ``Step`` whose ``record`` has the new status, the event's changes and ``version + 1``
         when a transition fired, or the unchanged record and the no-op slug.
 
     Raises:
@@ -443,13 +444,13 @@ def step(record: ConnectionRecord, event: Event, now: datetime) -> Step:
     try:
         MACHINE.events[event.name].trigger(model)
     except (MachineError, KeyError):
-        raise InvalidTransition(f"{event.name} is undefined in {record.state.value}") from None
+        raise InvalidTransition(f"{event.name} is undefined in {record.status.value}") from None
     rule = model.rule
     if rule is None or rule.dest is None:
         return Step(record, changed=False, noop=rule.noop if rule else NoOp.UNDEFINED)
     new = attrs.evolve(
         record,
-        state=rule.dest,
+        status=rule.dest,
         version=record.version + 1,
         updated_at=now,
         **event.changes(record, now),

@@ -30,23 +30,23 @@ from amo_oauth._events import (
     VerifyFailed,
 )
 from amo_oauth._hosts import AccountHost
+from amo_oauth._lifecycle import MACHINE, TABLE, step
 from amo_oauth._records import (
     MAX_CODE_DIGESTS,
     Account,
     ConnectionRecord,
-    ConnectionState,
+    ConnectionStatus,
     ErrorInfo,
     Lease,
     SeenCode,
     TokenSet,
     code_digest,
 )
-from amo_oauth._state import MACHINE, TABLE, step
 
 from helpers import examples
 from strategies import T0, any_event, digests, events, records
 
-S = ConnectionState
+S = ConnectionStatus
 HEX64 = re.compile(r"[0-9a-f]{64}")
 HOST = AccountHost("acme.amocrm.ru")
 LEASE = Lease("worker-1", "exchange", T0 + timedelta(minutes=1))
@@ -55,8 +55,8 @@ ERROR = ErrorInfo("code_rejected", "Authorization code has been revoked", T0)
 ERROR_REFUSED = ErrorInfo("reauthorization_required", "Token has been revoked", T0)
 
 
-def rules_for(state: ConnectionState, event_name: str) -> list:
-    return [rule for rule in TABLE if rule.event == event_name and state in rule.sources]
+def rules_for(status: ConnectionStatus, event_name: str) -> list:
+    return [rule for rule in TABLE if rule.event == event_name and status in rule.sources]
 
 
 def code(raw: str, state_issued_at=None) -> CodeReceived:
@@ -83,11 +83,11 @@ def connected_with(raw: str) -> ConnectionRecord:
 # --- totality --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("state", list(S))
+@pytest.mark.parametrize("status", list(S))
 @pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.__name__)
-def test_every_pair_ends_in_an_unguarded_rule(state, event_type):
-    rules = rules_for(state, event_type.name)
-    assert rules, f"no rule for {event_type.name} in {state}"
+def test_every_pair_ends_in_an_unguarded_rule(status, event_type):
+    rules = rules_for(status, event_type.name)
+    assert rules, f"no rule for {event_type.name} in {status}"
     *guarded, last = rules
     assert last.guard is None
     assert last.dest is not None or last.noop
@@ -105,8 +105,8 @@ def test_the_table_only_knows_the_event_types():
     assert set(MACHINE.events) == {t.name for t in EVENT_TYPES}
 
 
-# What each event does in each state, read off the design's diagram (no known code, no fresh
-# state): a state is a transition, a slug a documented no-op.
+# What each event does in each status, read off the design's diagram (no known code, no fresh
+# state): a status is a transition, a slug a documented no-op.
 D, CR, EX, C, E = S.DISCONNECTED, S.CODE_RECEIVED, S.EXCHANGED, S.CONNECTED, S.ERROR
 IN_PROGRESS = "exchange_in_progress"
 EXPECTED = {
@@ -151,11 +151,11 @@ def test_the_expected_matrix_covers_every_event_type():
 
 @pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.__name__)
 def test_each_pair_does_what_the_design_says(event_type):
-    for state, expected in zip(S, EXPECTED[event_type], strict=True):
-        record = ConnectionRecord("c", state=state, connected_at=T0)
+    for status, expected in zip(S, EXPECTED[event_type], strict=True):
+        record = ConnectionRecord("c", status=status, connected_at=T0)
         result = step(record, EXAMPLES[event_type], T0)
-        if isinstance(expected, ConnectionState):
-            assert (result.changed, result.record.state, result.noop) == (True, expected, None)
+        if isinstance(expected, ConnectionStatus):
+            assert (result.changed, result.record.status, result.noop) == (True, expected, None)
         else:
             assert (result.changed, result.record, result.noop) == (False, record, expected)
 
@@ -164,9 +164,9 @@ def test_each_pair_does_what_the_design_says(event_type):
 @given(record=records, event=any_event, now=st.sampled_from([T0, T0 + timedelta(days=1)]))
 def test_step_answers_any_record_and_event_by_the_table(record, event, now):
     result = step(record, event, now)
-    rules = rules_for(record.state, event.name)
+    rules = rules_for(record.status, event.name)
     if result.changed:
-        assert result.record.state in {rule.dest for rule in rules}
+        assert result.record.status in {rule.dest for rule in rules}
         assert result.record.version == record.version + 1
         assert result.record.updated_at == now
         assert result.noop is None
@@ -187,7 +187,7 @@ def test_an_event_type_the_table_does_not_know_is_refused():
 
     for event in (Mystery(), SubDisconnect()):
         with pytest.raises(InvalidTransition, match=f"^unknown event {type(event).__name__}$"):
-            step(ConnectionRecord("c", state=S.CONNECTED), event, T0)
+            step(ConnectionRecord("c", status=S.CONNECTED), event, T0)
 
 
 # --- the duplicate-code rule, under any sequence of events ----------------------------------
@@ -218,12 +218,12 @@ def digests_of(record: ConnectionRecord) -> tuple[str, ...]:
 
 
 def check_shape(record: ConnectionRecord) -> None:
-    if record.state is S.DISCONNECTED:
+    if record.status is S.DISCONNECTED:
         assert record.tokens is None
-    if record.state is S.CONNECTED:
+    if record.status is S.CONNECTED:
         assert record.tokens is not None
         assert record.account is not None
-    if record.state is S.ERROR:
+    if record.status is S.ERROR:
         assert record.tokens is None
         assert record.error is not None
     known = digests_of(record)
@@ -256,13 +256,13 @@ def test_a_known_code_never_changes_the_record(record, sequence):
                 assert (result.changed, result.noop) == (False, "duplicate_code")
             if result.changed:
                 fresh = (
-                    record.state is S.CONNECTED
+                    record.status is S.CONNECTED
                     and event.state_issued_at is not None
                     and record.connected_at is not None
                     and event.state_issued_at > record.connected_at
                 )
-                assert record.state in (S.DISCONNECTED, S.ERROR) or fresh
-                assert new.state is S.CODE_RECEIVED
+                assert record.status in (S.DISCONNECTED, S.ERROR) or fresh
+                assert new.status is S.CODE_RECEIVED
                 assert new.seen_codes[-1] == SeenCode(event.code_digest, T0)
                 claimed.append(event.code_digest)
         if result.changed:
@@ -282,7 +282,7 @@ def test_a_known_code_never_changes_the_record(record, sequence):
 
 def test_the_seed_replay_is_a_no_op_that_reports_connected():
     connected = connected_with("X")
-    assert connected.state is S.CONNECTED
+    assert connected.status is S.CONNECTED
     assert connected.version == 3
 
     replay = step(connected, code("X", T0), T0 + timedelta(minutes=1))
@@ -307,7 +307,7 @@ def test_a_new_code_with_a_state_issued_after_connecting_reauthorizes():
     connected = connected_with("X")
     result = step(connected, code("Y", connected.connected_at + timedelta(milliseconds=1)), T0)
     assert result.changed
-    assert result.record.state is S.CODE_RECEIVED
+    assert result.record.status is S.CODE_RECEIVED
     assert digests_of(result.record) == (code_digest("X"), code_digest("Y"))
 
 
@@ -321,17 +321,17 @@ def test_an_interrupted_exchange_becomes_an_error_and_a_new_code_may_follow():
     claimed = step(ConnectionRecord("c"), code("X"), T0).record
     assert step(claimed, LeaseExpired(T0), T0).noop == "lease_live"
     failed = step(claimed, LeaseExpired(T0), LEASE.expires_at).record
-    assert failed.state is S.ERROR
+    assert failed.status is S.ERROR
     assert failed.error == ErrorInfo("exchange_interrupted", None, T0)
     assert (failed.lease, failed.tokens) == (None, None)
     assert step(failed, code("X"), T0).noop == "duplicate_code"
     retried = step(failed, code("Y"), T0).record
-    assert (retried.state, retried.error) == (S.CODE_RECEIVED, None)
+    assert (retried.status, retried.error) == (S.CODE_RECEIVED, None)
 
 
 def test_a_disconnect_forgets_tokens_but_not_the_codes():
     disconnected = step(connected_with("X"), Disconnect(), T0).record
-    assert disconnected.state is S.DISCONNECTED
+    assert disconnected.status is S.DISCONNECTED
     assert (disconnected.tokens, disconnected.account, disconnected.host) == (None, None, None)
     assert step(disconnected, code("X"), T0).noop == "duplicate_code"
 
@@ -360,11 +360,11 @@ def test_a_claim_keeps_the_digest_never_the_raw_code():
 def test_a_late_refresh_answer_revives_only_the_connection_that_refused_its_token():
     connected = connected_with("X")
     refused = step(connected, RefreshFailed(ERROR_REFUSED, "refresh-1"), T0).record
-    assert (refused.state, refused.refused_refresh) == (S.ERROR, code_digest("refresh-1"))
+    assert (refused.status, refused.refused_refresh) == (S.ERROR, code_digest("refresh-1"))
     other = step(refused, Refreshed(TOKENS, "refresh-2"), T0)
     assert (other.changed, other.noop) == (False, "stale")
     revived = step(refused, Refreshed(TOKENS, "refresh-1"), T0).record
-    assert (revived.state, revived.refused_refresh, revived.error) == (S.CONNECTED, None, None)
+    assert (revived.status, revived.refused_refresh, revived.error) == (S.CONNECTED, None, None)
     assert revived.account == connected.account
 
 

@@ -1,0 +1,121 @@
+"""Every message a configuration check raises, in one table.
+
+``Config``'s checks and the web layer's construction checks (``app_scheme``, ``prefix``, ...)
+draw their messages from ``SETTING_ERRORS`` through ``setting_error``, and docs/configuration.md
+lists each one: ``tests/test_config.py`` reads the checks' source, so a message written
+anywhere else, or missing from the page, fails it.
+
+A message names the setting, what is wrong with it and what to do. It never holds a secret:
+no client secret, no state secret, and no URL (a URL may carry a password); the placeholders
+are field names, type names, host names, schemes and numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from types import MappingProxyType
+from typing import Final
+
+__all__ = ["MAX_TICKET_TTL", "MODES", "SETTING_ERRORS", "setting_error"]
+
+#: ``Config.mode``'s choices: amoCRM's consent page answers by ``postMessage`` or in a popup.
+MODES: Final = ("post_message", "popup")
+#: The longest a mobile ticket may live: it is a bearer link, good for whoever opens it first.
+MAX_TICKET_TTL: Final = timedelta(minutes=10)
+
+_SECRET_RECIPE: Final = "generate one with secrets.token_urlsafe(32)"
+
+#: Every message, by key; ``{field}`` is the setting's name, other braces are filled in where
+#: the message is raised.
+SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        # Config: text
+        "empty_text": "{field} must be a non-empty string",
+        # Config: URLs (redirect_uri, authorize_url)
+        "url_type": "{field} must be a URL string, not {type}",
+        "url_invalid": "{field} is not a valid URL (check its brackets and port)",
+        "url_scheme": "{field} must start with https:// (a whole URL: scheme, host, path)",
+        "url_http": (
+            "{field} must use https: http is allowed only on loopback "
+            "(localhost, 127.0.0.1, ::1), and {host} is not loopback"
+        ),
+        "url_no_host": "{field} has no host: write it as https://<host>/<path>",
+        "url_userinfo": (
+            "{field} must not carry a user name or password (user:pw@ before the host): "
+            "remove them; credentials in a URL leak into logs and browser history"
+        ),
+        "url_fragment": (
+            "{field} must not have a #fragment (RFC 6749 §3.1, §3.1.2): "
+            "remove everything from the '#'"
+        ),
+        # Config: the state secret
+        "state_secret_type": "state_secret must be str or bytes, not {type}",
+        "state_secret_short": f"state_secret must be at least 32 bytes: {_SECRET_RECIPE}",
+        "state_secret_is_client_secret": (
+            "state_secret must not be the client_secret: whoever holds the client secret "
+            "could then sign states; generate a separate one with secrets.token_urlsafe(32)"
+        ),
+        # Config: choices and domains
+        "mode": f"mode must be one of {', '.join(MODES)}",
+        "domains_type": "extra_domains must be a tuple of domain names, e.g. ('example.com',)",
+        "domain_type": "extra_domains must hold domain names as strings, not {type}",
+        "domain_not_plain": (
+            "extra_domains: not a plain domain name: {domain}; write lower-case ASCII labels "
+            "joined by dots, e.g. 'fake.test'"
+        ),
+        "domain_ip": (
+            "extra_domains: an IP address is not a domain: {domain}; "
+            "name the host by a domain, e.g. 'fake.test'"
+        ),
+        # Config: durations and bounds
+        "duration_type": "{field} must be a datetime.timedelta, not {type}",
+        "seconds_type": "{field} must be a number of seconds, not {type}",
+        "count_type": "{field} must be a number of code exchanges, not {type}",
+        "not_positive": "{field} must be a positive, finite number",
+        "ticket_ttl_long": (
+            f"ticket_ttl must be at most {MAX_TICKET_TTL}: a ticket is a bearer link, "
+            "good for whoever opens it first"
+        ),
+        "lease_short": (
+            "lease_ttl must be more than three http_timeouts ({seconds} s): an exchange "
+            "makes two calls of up to http_timeout each; raise lease_ttl or lower http_timeout"
+        ),
+        # The web layer's handlers and adapters
+        "app_scheme_type": "app_scheme must be a string such as 'myapp', not {type}",
+        "app_scheme_empty": (
+            "app_scheme must not be empty: pass your app's URL scheme, e.g. 'myapp'"
+        ),
+        "app_scheme_separator": (
+            "app_scheme must be the scheme alone, without ':' or '/': 'myapp', not 'myapp://'"
+        ),
+        "app_scheme_syntax": (
+            "app_scheme must be a URL scheme (RFC 3986 §3.1): a letter, then letters, digits, "
+            "'+', '-' or '.', at most 64 characters, e.g. 'myapp'"
+        ),
+        "app_scheme_web": (
+            "app_scheme must be your app's own scheme, not {scheme}: "
+            "a deep link must open the app, not a web page"
+        ),
+        "app_scheme_browser": (
+            "app_scheme must be your app's own scheme, not {scheme}: "
+            "a browser handles {scheme} links itself instead of opening an app"
+        ),
+        "prefix": "prefix must be '' (the root) or a path starting with '/', e.g. '/api/amo-crm'",
+        "prefix_query": "prefix must be a path alone, without '?'",
+        "default_language": (
+            "default_language {language} has no page texts: use one of {languages}, "
+            "or add its PageText with texts="
+        ),
+        "limits": "max_body and max_query must be positive",
+    }
+)
+
+
+def setting_error(key: str, **values: object) -> str:
+    """The message ``SETTING_ERRORS[key]`` with ``values`` filled in.
+
+    Raises:
+        KeyError: ``key`` is not in the table (a bug: the tests read every call).
+    """
+    return SETTING_ERRORS[key].format(**values)

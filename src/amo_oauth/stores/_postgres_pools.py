@@ -1,0 +1,327 @@
+"""``PostgresStore``'s connections: its two pools, the two drivers that run an operation on them,
+and the mapping of every psycopg error to ``StoreError``.
+
+- Blocking calls borrow from a ``psycopg_pool.ConnectionPool``; awaited calls from an
+  ``AsyncConnectionPool`` opened on first use in the running event loop: no worker threads.
+  Once that loop has closed (``asyncio.run`` returned), the next awaited call opens a new pool
+  in its own loop; two loops alive at once get a ``StoreError`` saying so.
+- A pool whose connect fails retries for at most half the store's ``timeout``, then gives up,
+  so that the first call after an outage connects at once.
+- Every connection carries TCP keepalives and a user timeout unless the conninfo sets its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Final, TypeAlias, TypeVar
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from .._driving import adrive, drive
+from .._errors import StoreError
+from ._common import closed_error
+from ._driven import Work
+from ._postgres_ops import ROLLBACK, Query, Result
+
+__all__ = ["Connections", "Place", "connect_kwargs"]
+
+Conn: TypeAlias = "psycopg.Connection[tuple[Any, ...]]"
+AsyncConn: TypeAlias = "psycopg.AsyncConnection[tuple[Any, ...]]"
+T = TypeVar("T")
+
+#: libpq's TCP settings unless the conninfo gives its own: a peer that stops answering is
+#: found dead within about a minute (keepalives after 30 s idle, then 3 probes 10 s apart;
+#: sent data unacknowledged for 60 s).
+_TCP_DEFAULTS: Final = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+
+
+def connect_kwargs(params: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """The keyword arguments of every connection the store makes, beside its conninfo.
+
+    A server that vanishes without a reset (a dead host, a dropped route) must still end in
+    ``StoreError``: TCP keepalives find an idle connection dead (the listening one waits on it
+    indefinitely), ``tcp_user_timeout`` a busy one. libpq's names; the conninfo may set them.
+    """
+    kwargs: dict[str, Any] = {"autocommit": True}
+    if "connect_timeout" not in params:
+        kwargs["connect_timeout"] = max(2, math.ceil(timeout))
+    for name, value in _TCP_DEFAULTS.items():
+        if name not in params:
+            kwargs[name] = value
+    return kwargs
+
+
+class Place:
+    """Where a store's data lives, as errors and reprs may name it: host, database and table,
+    never the connection string (it may hold a password)."""
+
+    def __init__(self, host: str, dbname: str, table: str) -> None:
+        self.host = host
+        self.dbname = dbname
+        self.table = table
+        self.where = f"PostgreSQL store ({host}/{dbname})"
+
+    @contextlib.contextmanager
+    def mapped(self, action: str) -> Iterator[None]:
+        """Turn psycopg's and the pool's errors into ``StoreError``, naming the host, the
+        database and the error class, never the connection string or the data."""
+        try:
+            yield
+        except psycopg.errors.UndefinedTable as exc:
+            raise StoreError(
+                f"{self.where} could not {action}: table {self.table!r} does not exist; "
+                "run amo-oauth migrate (PostgresStore.migrate())"
+            ) from exc
+        except psycopg.Error as exc:
+            code = f" [{exc.sqlstate}]" if exc.sqlstate else ""
+            raise StoreError(
+                f"{self.where} could not {action}: {type(exc).__name__}{code}"
+            ) from exc
+
+
+class Connections:
+    """A store's blocking pool and its awaited pool (one event loop at a time), and the two
+    drivers that run an operation's statements on them."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        kwargs: dict[str, Any],
+        place: Place,
+        sizes: tuple[int, int],
+        timeout: float,
+    ) -> None:
+        self.conninfo = conninfo  # holds the password: never shown
+        self.kwargs = kwargs
+        self.place = place
+        self._min_size, self._max_size = sizes
+        self.timeout = timeout
+        self._guard = threading.Lock()  # guards the pools and _closed
+        self._closed = False
+        self._pool: ConnectionPool[Conn] | None = None
+        self._apool: AsyncConnectionPool[AsyncConn] | None = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- the drivers ---------------------------------------------------------------------
+
+    def run(self, work: Work[Query, Result, T]) -> T:
+        """Run ``work`` on a pooled connection (in one transaction if it is atomic)."""
+        with (
+            self.place.mapped(work.action),
+            self.pool().connection() as conn,
+            _transaction(conn, work.atomic) as undo,
+            conn.cursor() as cur,
+        ):
+            return drive(work.steps, _Perform(cur, undo))
+
+    async def arun(self, work: Work[Query, Result, T]) -> T:
+        """``run`` on the awaited pool: the same statements, awaited."""
+        with self.place.mapped(work.action):
+            async with (
+                (await self.apool()).connection() as conn,
+                _atransaction(conn, work.atomic) as undo,
+                conn.cursor() as cur,
+            ):
+                return await adrive(work.steps, _APerform(cur, undo))
+
+    # -- the pools -----------------------------------------------------------------------
+
+    def pool(self) -> ConnectionPool[Conn]:
+        """The blocking pool, opened on first use."""
+        with self._guard:
+            if self._closed:
+                raise closed_error()
+            if self._pool is not None:
+                return self._pool
+            pool: ConnectionPool[Conn] = ConnectionPool(
+                check=ConnectionPool.check_connection, **self._options("")
+            )
+            try:
+                pool.open(wait=self._min_size > 0, timeout=self.timeout)
+            except BaseException:
+                pool.close(timeout=0)
+                raise
+            self._pool = pool
+            return pool
+
+    async def apool(self) -> AsyncConnectionPool[AsyncConn]:
+        """The awaited pool of the running event loop, opened on first use."""
+        apool = self._claim_apool(asyncio.get_running_loop())
+        if apool is None:
+            assert self._apool is not None
+            return self._apool
+        try:
+            await apool.open(wait=self._min_size > 0, timeout=self.timeout)
+        except BaseException:
+            with self._guard:
+                if self._apool is apool:
+                    self._apool = None
+            await apool.close(timeout=0)
+            raise
+        return apool
+
+    def _claim_apool(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> AsyncConnectionPool[AsyncConn] | None:
+        """A new pool for ``loop``, to be opened by the caller; None when ``loop`` has one."""
+        with self._guard:
+            if self._closed:
+                raise closed_error()
+            if self._apool is not None and self._aloop is not loop:
+                old_loop = self._aloop
+                if old_loop is not None and not old_loop.is_closed():
+                    raise StoreError(
+                        f"{self.place.where}: awaited from another event loop while the loop of "
+                        "its first awaited call still exists; use one store per event loop"
+                    )
+                # That loop has ended (``asyncio.run`` again, as scripts and tests do): its
+                # pool's tasks ended with it, so its connections are closed here and a new
+                # pool is made on this loop.
+                _abandon(self._apool)
+                self._apool = self._aloop = None
+            if self._apool is not None:
+                return None
+            apool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
+                check=AsyncConnectionPool.check_connection, **self._options("-async")
+            )
+            # Claimed before the first await, so that concurrent first calls share one pool.
+            self._apool, self._aloop = apool, loop
+            return apool
+
+    def _options(self, suffix: str) -> dict[str, Any]:
+        """What the blocking and the awaited pool share; opened by the caller.
+
+        ``reconnect_timeout``: psycopg_pool retries a failed connect with a backoff that
+        doubles for 5 minutes by default, and meanwhile starts no other attempt; after an
+        outage of a minute the server would be back long before the pool looked again, and
+        every call would still time out. Bounded by half a call's timeout, the attempt gives
+        up and the next call starts a fresh one at once.
+        """
+        place = self.place
+        return {
+            "conninfo": self.conninfo,
+            "kwargs": self.kwargs,
+            "min_size": self._min_size,
+            "max_size": self._max_size,
+            "open": False,
+            "name": f"amo_oauth:{place.host}/{place.dbname}/{place.table}{suffix}",
+            "timeout": self.timeout,
+            "reconnect_timeout": self.timeout / 2,
+        }
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close both pools; any later call raises ``StoreError``. An awaited pool whose loop
+        still runs is closed in that loop; one whose loop has ended is let go of."""
+        with self._guard:
+            self._closed = True
+            pool, self._pool = self._pool, None
+            apool, self._apool = self._apool, None
+        if pool is not None:
+            pool.close(timeout=self.timeout)
+        loop = self._aloop
+        if apool is not None and loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(apool.close(timeout=self.timeout), loop)
+        elif apool is not None and (loop is None or loop.is_closed()):
+            _abandon(apool)  # its loop has ended: nothing can be awaited there any more
+
+    async def aclose(self) -> None:
+        """Close the awaited pool in its own loop (when it is this one), then ``close``."""
+        with self._guard:
+            apool = self._apool
+            if apool is not None and self._aloop is asyncio.get_running_loop():
+                self._apool = None
+            else:
+                apool = None  # made on another loop: close() lets go of it there
+        if apool is not None:
+            await apool.close(timeout=self.timeout)
+        self.close()
+
+
+class _Undo:
+    """Set when an operation yields ``ROLLBACK``: its transaction is rolled back at the end."""
+
+    asked = False
+
+
+@contextlib.contextmanager
+def _transaction(conn: Conn, atomic: bool) -> Iterator[_Undo]:
+    undo = _Undo()
+    if not atomic:
+        yield undo
+        return
+    with conn.transaction():
+        yield undo
+        if undo.asked:
+            raise psycopg.Rollback()  # the transaction ends quietly, undone
+
+
+@contextlib.asynccontextmanager
+async def _atransaction(conn: AsyncConn, atomic: bool) -> AsyncIterator[_Undo]:
+    undo = _Undo()
+    if not atomic:
+        yield undo
+        return
+    async with conn.transaction():
+        yield undo
+        if undo.asked:
+            raise psycopg.Rollback()
+
+
+class _Perform:
+    """The blocking driver's ``perform``: one statement on the operation's cursor."""
+
+    def __init__(self, cur: psycopg.Cursor[tuple[Any, ...]], undo: _Undo) -> None:
+        self._cur = cur
+        self._undo = undo
+
+    def __call__(self, query: Query) -> Result:
+        if query is ROLLBACK:
+            self._undo.asked = True
+            return Result(0, [])
+        self._cur.execute(query.query, query.params)
+        rows = self._cur.fetchall() if self._cur.description is not None else []
+        return Result(self._cur.rowcount, rows)
+
+
+class _APerform:
+    """The awaited driver's ``perform``."""
+
+    def __init__(self, cur: psycopg.AsyncCursor[tuple[Any, ...]], undo: _Undo) -> None:
+        self._cur = cur
+        self._undo = undo
+
+    async def __call__(self, query: Query) -> Result:
+        if query is ROLLBACK:
+            self._undo.asked = True
+            return Result(0, [])
+        await self._cur.execute(query.query, query.params)
+        rows = await self._cur.fetchall() if self._cur.description is not None else []
+        return Result(self._cur.rowcount, rows)
+
+
+def _abandon(apool: AsyncConnectionPool[AsyncConn]) -> None:
+    """Let go of an async pool whose event loop has ended: nothing can be awaited on that loop
+    any more, so its idle connections are closed without it (libpq's ``finish``), rather than
+    left open until the collector finds them. Connections borrowed when the loop ended went
+    with their callers' tasks."""
+    idle = getattr(apool, "_pool", ())  # psycopg_pool keeps no public list of idle connections
+    for conn in list(idle):
+        with contextlib.suppress(Exception):
+            conn.pgconn.finish()

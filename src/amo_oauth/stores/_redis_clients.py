@@ -1,0 +1,227 @@
+"""``RedisStore``'s clients: the blocking one, one asyncio client per event loop, the two drivers
+that make an operation's script calls on them, and the mapping of every error to ``StoreError``.
+
+Nothing is retried by redis-py: a write whose reply was lost may have been applied, and
+retrying it would report a lost race for a write that won. The caller gets ``StoreError``
+instead, and loads again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Final, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .._driving import adrive, drive
+from .._errors import StoreError
+from ._common import closed_error
+from ._driven import Work
+from ._redis_lua import SCHEMA_REPLY, SCHEMA_VERSION, SCRIPTS
+from ._redis_ops import Script
+
+__all__ = ["Clients"]
+
+#: Seconds a connection may sit idle before redis-py checks it with a PING first.
+_HEALTH_CHECK: Final = 30
+
+T = TypeVar("T")
+
+
+class Clients:
+    """A store's blocking client and its asyncio client (made on first use, per event loop).
+
+    Raises:
+        ValueError: ``url`` is not a Redis URL (the message quotes none of it).
+    """
+
+    def __init__(self, url: str, prefix: str, timeout: float, max_connections: int) -> None:
+        self.prefix = prefix
+        self.timeout = timeout
+        self._max_connections = max_connections
+        self.options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            # The change subscription only reads: a PING on a connection idle this long finds
+            # a server that vanished without a reset, so waiters are not left unwoken.
+            "health_check_interval": _HEALTH_CHECK,
+            "decode_responses": True,
+        }
+        self.client = self._blocking_client(url)
+        self._url = url  # for the asyncio client; holds the password, so never shown
+        kwargs = self.client.connection_pool.connection_kwargs
+        db = kwargs.get("db", 0)
+        if "path" in kwargs:
+            self.where = f"unix:{kwargs['path']} db {db}"
+        else:
+            self.where = f"{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)} db {db}"
+        self.channel = f"{prefix}changed:{db}"
+        self._scripts = {name: self.client.register_script(src) for name, src in SCRIPTS.items()}
+        self._async: AsyncSide | None = None
+        self.closed = False
+
+    def _blocking_client(self, url: str) -> redis.Redis:
+        if not isinstance(url, str) or not _names_a_db(url):
+            # redis-py ignores a database path that is not a number (``/l`` for ``/1``) and
+            # opens db 0: maybe another deployment's store. Refused, without quoting the URL.
+            raise ValueError(
+                "not a Redis URL: the database after the host must be a number"
+                " (redis://host:6379/0)"
+            )
+        try:
+            # A bounded pool that makes callers wait (up to ``timeout``) for a connection: a
+            # burst of a thousand callers must not open a thousand connections (the server's
+            # maxclients is bounded by its file descriptors).
+            pool = redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=self._max_connections,
+                timeout=self.timeout,
+                retry=Retry(NoBackoff(), 0),
+                **self.options,
+            )
+        except (ValueError, TypeError):
+            # The parser's message may quote the URL: say what is wrong, not what was given.
+            raise ValueError(
+                "not a Redis URL: expected redis://[[user]:password@]host[:port][/db],"
+                " rediss://... or unix://path[?db=N]"
+            ) from None
+        client: redis.Redis = redis.Redis(connection_pool=pool)  # Any at redis-py's floor
+        return client
+
+    # -- the drivers ---------------------------------------------------------------------
+
+    def run(self, work: Work[Script, Any, T]) -> T:
+        """Make ``work``'s script calls on the blocking client."""
+        self.check_open()
+        scripts = self._scripts
+        with self.mapped(work.action):
+            return drive(work.steps, lambda s: scripts[s.name](keys=s.keys, args=s.args))
+
+    async def arun(self, work: Work[Script, Any, T]) -> T:
+        """``run`` on the running loop's asyncio client: the same calls, awaited."""
+        self.check_open()
+        scripts = self.side().scripts
+        with self.mapped(work.action):
+            return await adrive(work.steps, lambda s: scripts[s.name](keys=s.keys, args=s.args))
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise closed_error()
+
+    @contextlib.contextmanager
+    def mapped(self, action: str) -> Iterator[None]:
+        """Turn redis-py's errors into ``StoreError``: the host, db and error class only."""
+        try:
+            yield
+        except redis.ResponseError as exc:
+            message = str(exc)
+            if not message.startswith(SCHEMA_REPLY):
+                raise StoreError(
+                    f"Redis store at {self.where} could not {action}: {type(exc).__name__}"
+                ) from exc
+            raise self._schema_error(message[len(SCHEMA_REPLY) :].strip()) from None
+        except (redis.RedisError, OSError) as exc:
+            raise StoreError(
+                f"Redis store at {self.where} could not {action}: {type(exc).__name__}"
+            ) from exc
+
+    def _schema_error(self, found: str) -> StoreError:
+        if found == "missing":
+            return StoreError(
+                f"Redis store at {self.where} has no amo_oauth schema under prefix"
+                f" {self.prefix!r}: run amo-oauth migrate"
+            )
+        return StoreError(
+            f"Redis store at {self.where} has schema {found!r} under prefix"
+            f" {self.prefix!r}, not {SCHEMA_VERSION}: run amo-oauth migrate"
+        )
+
+    # -- the asyncio side ----------------------------------------------------------------
+
+    def side(self) -> AsyncSide:
+        """The asyncio client of the running loop, made on first use."""
+        loop = asyncio.get_running_loop()
+        side = self._async
+        if side is None or side.loop is not loop:
+            if side is not None:
+                side.stop_soon()
+            apool = redis.asyncio.BlockingConnectionPool.from_url(
+                self._url,
+                max_connections=self._max_connections,
+                timeout=self.timeout,
+                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+                **self.options,
+            )
+            client: redis.asyncio.Redis = redis.asyncio.Redis(connection_pool=apool)
+            side = AsyncSide(loop, client)
+            self._async = side
+        return side
+
+    def close(self) -> None:
+        """Close the blocking client; the asyncio one is closed on its loop if that still runs."""
+        self.closed = True
+        side, self._async = self._async, None
+        if side is not None:
+            side.stop_soon()
+        self.client.close()
+
+    async def aclose(self) -> None:
+        """Close the asyncio client of this loop here, then ``close``."""
+        self.closed = True
+        side, self._async = self._async, None
+        if side is not None:
+            if side.loop is asyncio.get_running_loop():
+                await side.close()
+            else:
+                side.stop_soon()
+        self.client.close()
+
+
+class AsyncSide:
+    """The asyncio client of one event loop, and its scripts."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis) -> None:
+        self.loop = loop
+        self.client = client
+        self.scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
+        self._stopped = False
+        self._closing: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        """Close the client (on this side's loop)."""
+        self._stopped = True
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self.client.aclose()
+
+    def stop_soon(self) -> None:
+        """Close from outside this side's loop: scheduled on it when it still runs."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self.loop.call_soon_threadsafe(self._close_soon)
+
+    def _close_soon(self) -> None:
+        self._closing = self.loop.create_task(self.close())
+
+
+def _names_a_db(url: str) -> bool:
+    """False for a ``redis://`` or ``rediss://`` URL whose path is not ``/`` + a number (or
+    empty): redis-py would ignore it and use db 0. Other schemes are for redis-py to judge."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return True  # malformed: redis-py refuses it with the usual message
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        return True
+    path = unquote(parts.path)
+    return path in ("", "/") or (path[:1] == "/" and path[1:].isascii() and path[1:].isdigit())
