@@ -38,16 +38,20 @@ from amo_oauth.flask import blueprint
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from test_web import (
     AS_USER,
+    BODIES,
     PREFIX,
+    PREFIXES,
     WRONG_ROUTES,
     Answer,
     Send,
+    check_known_code_is_answered,
     check_wrong_route,
     connect_through_callback,
     deep_link,
     replay_deny_and_forgery,
     seed_scenario,
     user_from_header,
+    wrong_methods_answered_otherwise,
 )
 
 from helpers import config_for
@@ -243,6 +247,22 @@ def test_wrong_methods_and_paths_get_the_handlers_json(
     send: Send, method: str, path: str, status: int, allow: str | None
 ) -> None:
     check_wrong_route(send, method, path, status, allow)
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_every_wrong_method_is_405_on_every_route(kind: str, service: Any, prefix: str) -> None:
+    """Every method reaches the views, at the root too: the handlers answer each wrong one."""
+    patterns = urls(service, connection_id=user_from_header, app_scheme="app", prefix=prefix)
+    with override_settings(ROOT_URLCONF=project(patterns)):
+        assert wrong_methods_answered_otherwise(client_sender(new_client(kind)), prefix) == []
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_exchange_code_answers_a_known_code_posted_as_json_or_a_form(
+    send: Send, fake: FakeAmoCRM, body: str
+) -> None:
+    """A form body too, with no CSRF token: Django's middleware never reads it for these views."""
+    check_known_code_is_answered(send, fake, body)
 
 
 # -- the patterns ----------------------------------------------------------------------------------

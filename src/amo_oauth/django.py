@@ -10,8 +10,8 @@ it raises (``PermissionDenied``) reaches Django untouched.
 The views are exempt from Django's CSRF middleware. Its token is for the app's own forms; the
 old app posts the code with no token, and the middleware's 403 was the seed's bug. The routes
 defend themselves: a browser POST from another site is refused by its ``Origin`` or
-``Sec-Fetch-Site`` (``cross_site_request``), and ``/exchange-code`` reads JSON only, which a
-page on another site cannot send without a CORS preflight.
+``Sec-Fetch-Site`` (``cross_site_request``) before its body is read, and ``/exchange-code``
+never exchanges a code it has not seen, so a post that gets through has nothing to gain.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The example backend's Django settings.
 
 Django's CSRF middleware stays on, with ``CommonMiddleware`` and ``APPEND_SLASH``: amo_oauth's
-views are exempt from the first on their own (they check ``Origin`` / ``Sec-Fetch-Site`` and read
-JSON only) and end in no slash, so the second never redirects the old app's POST. amoCRM's
-settings are read from ``AMO_*`` environment variables by ``amo.py``.
+views are exempt from the first on their own (they check ``Origin`` / ``Sec-Fetch-Site``, and
+exchange no code they have not seen) and end in no slash, so the second never redirects the old
+app's POST. amoCRM's settings are read from ``AMO_*`` environment variables by ``amo.py``.
 """
 
 from __future__ import annotations
