@@ -39,9 +39,11 @@ LOCK = REQUIREMENTS / "lock.txt"  # the whole toolchain, pinned (made by `tasks.
 FLOOR = REQUIREMENTS / "floor.txt"  # the runtime dependencies at their declared floors
 TOOLS = REQUIREMENTS / "tools.in"  # what the toolchain adds to pyproject.toml's extras
 PROJECT = "amo-oauth"
-EXTRAS = "dev,fastapi,flask,docs,postgres,redis,crypto,cli"
-RUNTIME_EXTRAS = ("fastapi", "flask", "postgres", "redis", "crypto", "cli", "testing")
+EXTRAS = "dev,fastapi,flask,django,docs,postgres,redis,crypto,cli"
+RUNTIME_EXTRAS = ("fastapi", "flask", "django", "postgres", "redis", "crypto", "cli", "testing")
 CHECKED = ("src", "tests", "examples", "benchmarks", "tasks.py")
+# Django ships no annotations: mypy reads these stubs instead, at the floors too (locked versions).
+FLOOR_STUBS = ("django-stubs", "django-stubs-ext")
 PYTHON_FLOOR = "3.11"  # pyproject's requires-python: the lock resolves for it and up
 
 
@@ -163,10 +165,11 @@ def install_latest(env: Venv) -> None:
 
 def install_floor(env: Venv) -> None:
     """The runtime dependencies at the lowest versions pyproject.toml allows, and the locked
-    mypy to check the library against them."""
+    mypy to check the library against them (with the locked stubs of ``FLOOR_STUBS``)."""
     pip = (env.python, "-m", "pip", "install", "--quiet")
     run(*pip, "pip", env=pinned(LOCK))
     run(*pip, "--no-deps", "-r", FLOOR, env={"PIP_BUILD_CONSTRAINT": str(LOCK)})
+    run(*pip, "--no-deps", *FLOOR_STUBS, env=pinned(LOCK))
     drop_unlocked(env)
 
 

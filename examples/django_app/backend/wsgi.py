@@ -1,0 +1,10 @@
+"""The WSGI entry point: sync views over ``AmoOAuth`` (``manage.py runserver``, gunicorn)."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.settings")
+application = get_wsgi_application()
