@@ -42,7 +42,7 @@ def test_the_quickstart_and_the_framework_guides_come_first(site: Path) -> None:
     home = _html(site, "index.md")
     primary = home[home.index("md-nav--primary") :]
     order = re.findall(r'<a href="(?:\./)?([\w-]+)/" class="md-nav__link', primary)
-    first = ["quickstart", "fastapi", "flask", "any-framework"]
+    first = ["quickstart", "fastapi", "flask", "django", "any-framework"]
     assert order[: len(first)] == first
     assert order.index("seed") > order.index("any-framework")
 
