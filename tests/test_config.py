@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 import amo_oauth
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore
 from amo_oauth._config import Config
 from amo_oauth._setting_errors import SETTING_ERRORS
-from amo_oauth.web import Handlers
+from amo_oauth.web import AsyncHandlers, Handlers
 
 GOOD = {
     "client_id": "client-1",
@@ -229,7 +230,12 @@ def test_a_short_lease_says_what_to_change():
 SRC = Path(amo_oauth.__file__).parent
 #: The modules whose ``ValueError`` / ``TypeError`` are configuration errors: Config's checks
 #: and the web layer's construction checks (app_scheme, prefix, default_language, limits).
-CHECKED = ("_config.py", "_setting_errors.py", "web/_page.py", "web/_routes.py")
+CHECKED = (
+    "_config.py",
+    "_setting_errors.py",
+    "web/_page.py",
+    "web/_routes.py",
+)
 PAGE = SRC.parents[1] / "docs" / "configuration.md"
 
 
@@ -278,6 +284,14 @@ def test_every_configuration_message_is_on_the_page():
     assert missing == []
 
 
+def _sync_service() -> AmoOAuth:
+    return AmoOAuth(config(), store=MemoryStore())
+
+
+def _async_service() -> AsyncAmoOAuth:
+    return AsyncAmoOAuth(config(), store=MemoryStore())
+
+
 def _handlers(**options: object) -> Handlers:
     settings: dict[str, Any] = {"connection_id": lambda request: None, "app_scheme": "myapp"}
     return Handlers(object(), **{**settings, **options})  # type: ignore[arg-type]
@@ -308,6 +322,12 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "ticket_ttl_long": lambda: config(ticket_ttl=timedelta(hours=1)),
     "lease_short": lambda: config(http_timeout=30.0),
     "app_scheme_type": lambda: _handlers(app_scheme=None),
+    "sync_service": lambda: Handlers(
+        _async_service(), connection_id=lambda r: None, app_scheme="a"
+    ),
+    "async_service": lambda: AsyncHandlers(
+        _sync_service(), connection_id=lambda r: None, app_scheme="a"
+    ),
     "app_scheme_empty": lambda: _handlers(app_scheme=""),
     "app_scheme_separator": lambda: _handlers(app_scheme="myapp://"),
     "app_scheme_syntax": lambda: _handlers(app_scheme="my_app"),

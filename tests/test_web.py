@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from html import escape
@@ -1243,3 +1244,30 @@ def test_every_wrong_method_is_405_on_every_route_async(
         async_oauth, connection_id=user_from_header, app_scheme="app", prefix=prefix
     )
     assert wrong_methods_answered_otherwise(async_sender(handlers), prefix) == []
+
+
+def test_a_store_outage_is_logged_with_its_cause(
+    fake: FakeAmoCRM, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = MemoryStore()
+    oauth = AmoOAuth(config_for(fake), store=store, http=httpx.Client(transport=fake.transport()))
+    handlers = Handlers(oauth, connection_id=user_from_header, app_scheme="myapp")
+    store.close()  # every later call raises StoreError
+    with caplog.at_level(logging.WARNING, logger="amo_oauth.web"):
+        answer = handlers.handle(Request("GET", f"{PREFIX}/status", headers=AS_USER))
+    assert (answer.status, json.loads(answer.body)) == (503, {"error": "store_unavailable"})
+    (record,) = [r for r in caplog.records if r.name == "amo_oauth.web"]
+    assert "GET /status: 503 store_unavailable: " in record.getMessage()
+    assert "closed" in record.getMessage()
+
+
+def test_an_adapter_refuses_the_other_kind_of_service_when_built(fake: FakeAmoCRM) -> None:
+    from amo_oauth.fastapi import router
+    from amo_oauth.flask import blueprint
+
+    blocking = AmoOAuth(config_for(fake), store=MemoryStore())
+    awaiting = AsyncAmoOAuth(config_for(fake), store=MemoryStore())
+    with pytest.raises(TypeError, match="serve an AsyncAmoOAuth, not AmoOAuth"):
+        router(blocking, connection_id=user_from_header, app_scheme="myapp")
+    with pytest.raises(TypeError, match="serve a blocking AmoOAuth, not AsyncAmoOAuth"):
+        blueprint(awaiting, connection_id=user_from_header, app_scheme="myapp")

@@ -108,6 +108,14 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
             "or add its PageText with texts="
         ),
         "limits": "max_body and max_query must be positive",
+        "sync_service": (
+            "Handlers and amo_oauth.flask.blueprint serve a blocking AmoOAuth, not {type}: "
+            "use AsyncHandlers (or amo_oauth.fastapi.router) for an AsyncAmoOAuth"
+        ),
+        "async_service": (
+            "AsyncHandlers and amo_oauth.fastapi.router serve an AsyncAmoOAuth, not {type}: "
+            "use Handlers (or amo_oauth.flask.blueprint) for a blocking AmoOAuth"
+        ),
     }
 )
 

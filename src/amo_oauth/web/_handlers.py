@@ -49,7 +49,10 @@ class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
 
     Raises:
         ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit.
+        TypeError: ``oauth`` is an ``AsyncAmoOAuth`` (use ``AsyncHandlers``).
     """
+
+    blocking = True
 
     def handle(self, request: Request) -> Response:
         """Answer one request.
@@ -97,7 +100,10 @@ class AsyncHandlers(RouteCore[AsyncAmoOAuth, AsyncConnectionIdFn]):
 
     Raises:
         ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit.
+        TypeError: ``oauth`` is a blocking ``AmoOAuth`` (use ``Handlers``).
     """
+
+    blocking = False
 
     async def handle(self, request: Request) -> Response:
         """Answer one request; see ``Handlers.handle``.

@@ -9,18 +9,21 @@ twice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import Any, ClassVar, Final, Generic, TypeVar, cast
 from urllib.parse import urlencode, urlsplit
 
 import attrs
 
+from .._async_service import AsyncAmoOAuth
 from .._binding import parse_binding, ticket_expires_at
 from .._errors import CallbackRejected, ProviderError, StoreError
 from .._reasons import Reason
 from .._records import Connection
 from .._results import CallbackResult, Outcome
+from .._service import AmoOAuth
 from .._setting_errors import setting_error
 from ._calls import (
     Begin,
@@ -62,6 +65,8 @@ __all__ = [
     "WebFlow",
     "status_payload",
 ]
+
+logger = logging.getLogger("amo_oauth.web")
 
 T = TypeVar("T")
 
@@ -164,6 +169,10 @@ IdentifyT = TypeVar("IdentifyT")
 class RouteCore(Generic[ServiceT, IdentifyT]):
     """The routes and their settings; ``Handlers`` and ``AsyncHandlers`` drive them."""
 
+    #: True where the routes call a blocking ``AmoOAuth``, False where they await an
+    #: ``AsyncAmoOAuth``: set by ``Handlers`` and ``AsyncHandlers``.
+    blocking: ClassVar[bool]
+
     def __init__(
         self,
         oauth: ServiceT,
@@ -177,6 +186,11 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         max_query: int = DEFAULT_MAX_QUERY,
         allowed_origins: Sequence[str] = (),
     ) -> None:
+        # The other kind of service would fail only at a user's first request: refuse it now.
+        if self.blocking and isinstance(oauth, AsyncAmoOAuth):
+            raise TypeError(setting_error("sync_service", type=type(oauth).__name__))
+        if not self.blocking and isinstance(oauth, AmoOAuth):
+            raise TypeError(setting_error("async_service", type=type(oauth).__name__))
         self.oauth = oauth
         self.connection_id = connection_id
         self.app_scheme = check_app_scheme(app_scheme)
@@ -238,7 +252,10 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             status = 429 if rejected.reason == Reason.RATE_LIMITED else 400
             status = 403 if rejected.reason in _FORBIDDEN else status
             response = self._refuse(route, request, status, rejected.reason)
-        except StoreError:
+        except StoreError as error:
+            # The client is told only "store_unavailable"; the operator needs the cause (a
+            # StoreError's text names the store and the fault, never a secret).
+            logger.warning("%s %s: 503 store_unavailable: %s", request.method, route.path, error)
             response = self._refuse(route, request, 503, "store_unavailable")
         except ProviderError:  # the routes' calls report provider failures; belt and braces
             response = self._refuse(route, request, 502, "provider_unavailable")
