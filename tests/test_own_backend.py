@@ -1,8 +1,9 @@
 """docs/testing.md's "Your own backend against the fake", run as written.
 
 Each recipe's blocks are marked ``<!-- recipe NAME: KIND -->``: ``fake`` (the ``amo-oauth fake``
-command), ``myapp.py`` (the backend module, saved as that file) and ``backend`` (the shell lines
-that start it, after the environment lines the fake printed). The test saves the module in a
+command), ``myapp.py`` (the backend module, saved as that file; Django's recipe adds its
+``settings.py``) and ``backend`` (the shell lines that start it, after the environment lines the
+fake printed). The test saves the module in a
 folder outside the repository, runs the fake and then the backend through a shell as a person
 would (the docs' ports swapped for free ones, since other tests run beside this one), and clicks
 through with an HTTP client in the browser's place. Everything stays on 127.0.0.1.
@@ -35,18 +36,28 @@ _BLOCK = re.compile(
     re.MULTILINE | re.DOTALL,
 )
 #: The port each recipe's backend listens on in the docs.
-DOCS_PORT = {"fastapi": 8000, "flask": 5000}
+DOCS_PORT = {"fastapi": 8000, "flask": 5000, "django": 8000}
+RECIPES = list(DOCS_PORT)
+#: The command that starts each recipe's server: the shell ``exec``s it, so that its pid is
+#: the server's and Ctrl-C (SIGINT) reaches the server itself.
+_SERVERS = ("uvicorn ", "flask ", "python -m django ")
 
 
 def recipe(name: str) -> dict[str, str]:
-    """The blocks of one recipe, by kind."""
+    """The blocks of one recipe, by kind: ``fake``, ``backend`` and its Python files."""
     found = {
         match["kind"]: match["body"]
         for match in _BLOCK.finditer(DOCS.read_text(encoding="utf-8"))
         if match["recipe"] == name
     }
-    assert set(found) == {"fake", "myapp.py", "backend"}, f"docs/testing.md: recipe {name}"
+    files = {kind for kind in found if kind.endswith(".py")}
+    assert set(found) == {"fake", "backend", *files}, f"docs/testing.md: recipe {name}"
+    assert "myapp.py" in files, f"docs/testing.md: recipe {name}"
     return found
+
+
+def python_files(blocks: dict[str, str]) -> dict[str, str]:
+    return {kind: body for kind, body in blocks.items() if kind.endswith(".py")}
 
 
 def _on_port(text: str, docs_port: int, port: int) -> str:
@@ -58,7 +69,11 @@ def _on_port(text: str, docs_port: int, port: int) -> str:
 def _shell_env() -> dict[str, str]:
     """A shell with this venv's commands first on PATH, as an activated venv has them."""
     bin_dir = str(Path(sys.executable).parent)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMO_", "PYTHONPATH"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AMO_", "PYTHONPATH", "DJANGO_SETTINGS_MODULE"))
+    }
     return {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
 
 
@@ -66,8 +81,10 @@ def _shell_env() -> dict[str, str]:
 def backend(fake: FakeProcess, lines: str, folder: Path, port: int) -> Iterator[list[str]]:
     """The backend started by the fake's environment lines then ``lines``, in a shell, in
     ``folder``; yields once it listens on ``port``, then what it printed (after stopping it)."""
-    script = "\n".join([*fake.env_lines, lines.replace("\nuvicorn", "\nexec uvicorn")])
-    script = script.replace("\nflask ", "\nexec flask ")  # the shell's pid becomes the server's
+    script = "\n".join([*fake.env_lines, lines])
+    for server in _SERVERS:  # the shell's pid becomes the server's
+        script = script.replace(f"\n{server}", f"\nexec {server}")
+    assert script.count("\nexec ") == 1, script
     process = subprocess.Popen(
         ["/bin/sh", "-c", script],
         cwd=folder,
@@ -127,13 +144,14 @@ def click_through(base: str) -> None:
     assert "code" in query_of(callback)
 
 
-@pytest.mark.parametrize("name", ["fastapi", "flask"])
+@pytest.mark.parametrize("name", RECIPES)
 def test_the_recipe_connects_a_backend_outside_the_repository(
     name: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     blocks = recipe(name)
     folder = tmp_path_factory.mktemp(f"my-{name}-backend")  # outside the repository
-    (folder / "myapp.py").write_text(blocks["myapp.py"], encoding="utf-8")
+    for file, body in python_files(blocks).items():
+        (folder / file).write_text(body, encoding="utf-8")
     port = free_port()
     command = shlex.split(_on_port(blocks["fake"], DOCS_PORT[name], port))
     assert command[:2] == ["amo-oauth", "fake"]
@@ -149,12 +167,14 @@ def test_the_recipe_connects_a_backend_outside_the_repository(
     assert "code=" not in "".join(said), "".join(said)
 
 
-@pytest.mark.parametrize("name", ["fastapi", "flask"])
+@pytest.mark.parametrize("name", RECIPES)
 def test_the_recipe_type_checks(name: str, tmp_path: Path) -> None:
-    # Copied into a user's project, the module passes the checks this project's code passes.
-    (tmp_path / "myapp.py").write_text(recipe(name)["myapp.py"], encoding="utf-8")
+    # Copied into a user's project, the files pass the checks this project's code passes.
+    files = python_files(recipe(name))
+    for file, body in files.items():
+        (tmp_path / file).write_text(body, encoding="utf-8")
     checked = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", os.devnull, "myapp.py"],
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", os.devnull, *sorted(files)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
