@@ -626,6 +626,22 @@ def test_a_read_only_file_is_refused_at_construction(
     assert repr(str(db)) in str(caught.value)
 
 
+def test_every_construction_message_is_on_the_stores_page(tmp_path: Path) -> None:
+    page = (Path(__file__).parents[1] / "docs" / "stores.md").read_text(encoding="utf-8")
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-dir").mkdir()
+    for path in (tmp_path / "missing" / "amo.db", tmp_path / "a-file" / "amo.db"):
+        with pytest.raises(StoreError) as caught:
+            SQLiteStore(path)
+        listed = str(caught.value).replace(repr(str(path)), "'<absolute path>'")
+        listed = listed.replace(repr(str(path.parent)), "'<directory>'")
+        assert f"`{listed}`" in page
+    with pytest.raises(StoreError) as caught:
+        SQLiteStore(tmp_path / "a-dir")
+    listed = str(caught.value).replace(repr(str(tmp_path / "a-dir")), "'<absolute path>'")
+    assert f"`{listed}`" in page
+
+
 def test_a_directory_removed_later_names_the_file_and_the_code(tmp_path: Path) -> None:
     folder = tmp_path / "gone"
     folder.mkdir()
