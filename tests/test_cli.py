@@ -254,7 +254,10 @@ def test_progress_on_a_terminal_without_rich_is_plain_lines(
     for done in range(1, 1001):
         show(SweepProgress(done, done, 0))
     stop()
-    assert stream.getvalue() == "refresh-due: 1000 done (1000 refreshed, 0 failed)\n"
+    assert stream.getvalue().splitlines() == [
+        "refresh-due: a progress bar needs the cli extra: pip install 'amo_oauth[cli]'",
+        "refresh-due: 1000 done (1000 refreshed, 0 failed)",
+    ]
 
 
 def test_migrate_creates_an_sqlite_store_that_status_then_reads(

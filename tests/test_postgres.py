@@ -7,6 +7,7 @@ afterwards), so that the generic store contract can run against it unchanged.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 import traceback
@@ -769,6 +770,67 @@ def test_server_down_is_store_error(refusing_port: int) -> None:
             assert "127.0.0.1/app" in report.detail and "pw-Secr3t-down" not in repr(report)
     finally:
         down.close()
+
+
+#: A timeout long enough that a refused connection answered within half of it cannot be the
+#: pool's timeout running out.
+LONG_TIMEOUT = 30.0
+
+
+def _first_call(store: PostgresStore, awaited: bool) -> None:
+    if awaited:
+        asyncio.run(store.aload("c1"))
+    else:
+        store.load("c1")
+
+
+@pytest.mark.parametrize("awaited", [False, True], ids=["blocking", "awaited"])
+def test_a_refusing_server_fails_at_once_with_the_cause(
+    refusing_port: int, awaited: bool, record_property: Callable[[str, object], None]
+) -> None:
+    url = f"postgresql://amo:pw-Secr3t-down@127.0.0.1:{refusing_port}/app"
+    down = PostgresStore(url, timeout=LONG_TIMEOUT)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError) as caught:
+            _first_call(down, awaited)
+        took = time.monotonic() - started
+        report = down.acheck() if awaited else None
+        detail = asyncio.run(report).detail if report else down.check().detail
+    finally:
+        down.close()
+    print(f"refused ({'awaited' if awaited else 'blocking'}): StoreError after {took:.3f} s")
+    record_property("refused_seconds", round(took, 3))
+    message = str(caught.value)
+    assert "127.0.0.1/app" in message
+    assert "connection refused" in message.lower()
+    assert "connection refused" in detail.lower()
+    assert "pw-Secr3t-down" not in all_text(caught.value) + detail
+    assert took < LONG_TIMEOUT / 2  # not the pool's timeout running out
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port whose server accepts TCP connections (the kernel's backlog) and never
+    answers: a host that cannot be reached in time."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(8)
+        yield held.getsockname()[1]
+
+
+@pytest.mark.parametrize("awaited", [False, True], ids=["blocking", "awaited"])
+def test_a_silent_server_fails_within_the_timeout_naming_it(
+    silent_port: int, awaited: bool
+) -> None:
+    down = PostgresStore(f"postgresql://amo:pw-Secr3t-down@127.0.0.1:{silent_port}/app", timeout=2)
+    try:
+        with pytest.raises(StoreError, match=r"127\.0\.0\.1/app") as caught:
+            _first_call(down, awaited)
+    finally:
+        down.close()
+    assert "timeout" in str(caught.value).lower()
+    assert "pw-Secr3t-down" not in all_text(caught.value)
 
 
 def test_closed_store_refuses_calls(store: PostgresStore) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import attrs
 import httpx
@@ -13,6 +15,7 @@ import pytest
 
 from amo_oauth import (
     AmoOAuth,
+    AsyncAmoOAuth,
     CallbackRejected,
     ConnectionRecord,
     ConnectionStatus,
@@ -22,12 +25,13 @@ from amo_oauth import (
     ProviderError,
     ReauthorizationRequired,
     SeenCode,
+    SQLiteStore,
     StoreError,
 )
 from amo_oauth._records import record_key
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import query_of, run_consent, stored
+from helpers import config_for, query_of, run_consent, stored
 
 USER = "user-42"
 
@@ -551,3 +555,25 @@ def test_a_hook_replayed_while_amocrm_cannot_be_asked_changes_nothing(
     before = oauth.status(USER)
     assert oauth.handle_disconnect_hook(old_hook) == (before,)
     assert oauth.status(USER) == before
+
+
+# -- the default store ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("service", [AmoOAuth, AsyncAmoOAuth], ids=["blocking", "awaited"])
+def test_the_default_store_logs_its_absolute_path_once(
+    service: type[AmoOAuth] | type[AsyncAmoOAuth],
+    fake: FakeAmoCRM,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO, logger="amo_oauth")
+    made = service(config_for(fake))
+    assert isinstance(made.store, SQLiteStore)
+    said = [r for r in caplog.records if r.name == "amo_oauth" and "amo_oauth.db" in r.message]
+    assert [(r.levelno, r.getMessage()) for r in said] == [
+        (logging.INFO, f"no store given: connections are kept in {tmp_path / 'amo_oauth.db'}")
+    ]
+    made.store.close()

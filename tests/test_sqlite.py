@@ -559,14 +559,98 @@ def test_bad_arguments(db: Path, bad: dict[str, Any]) -> None:
         SQLiteStore(db, **bad)
 
 
-def test_sqlite_errors_name_the_file_and_the_code(tmp_path: Path) -> None:
-    # An unopenable path (a missing directory) is the common deployment mistake: the message
-    # says which file, so the operator need not guess. A path is not a secret (repr shows it).
-    path = tmp_path / "missing-dir" / "amo.db"
+def test_a_missing_directory_is_refused_at_construction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The common deployment mistake, told when the store is made (not at a user's first
+    # click), naming the file by its absolute path so the operator need not guess.
+    monkeypatch.chdir(tmp_path)
+    where = tmp_path / "missing-dir" / "amo.db"
+    with pytest.raises(StoreError) as caught:
+        SQLiteStore(Path("missing-dir") / "amo.db")
+    assert str(caught.value) == (
+        f"SQLite store {str(where)!r} cannot be used: its directory {str(where.parent)!r} "
+        "does not exist: create it, or choose another path"
+    )
+    assert not where.parent.exists()
+
+
+def _deny_writes_under(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``folder`` read-only to this process: its mode, and for root (whom modes do not
+    stop) the kernel's answer, as a read-only file system gives it."""
+    folder.chmod(0o555)
+    real = os.access
+
+    def access(path: Any, mode: int, **kwargs: Any) -> bool:
+        inside = Path(path) == folder or Path(path).parent == folder
+        return False if inside and mode & os.W_OK else real(path, mode, **kwargs)
+
+    if os.geteuid() == 0:
+        monkeypatch.setattr(os, "access", access)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-file", "existing-file"])
+def test_a_read_only_directory_is_refused_at_construction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if existing:
+        sqlite3.connect(folder / "amo.db").close()
+    _deny_writes_under(folder, monkeypatch)
+    try:
+        with pytest.raises(StoreError) as caught:
+            SQLiteStore(folder / "amo.db")
+    finally:
+        folder.chmod(0o755)
+    assert str(caught.value).startswith(
+        f"SQLite store {str(folder / 'amo.db')!r} cannot be used: this process may not write "
+        f"in its directory {str(folder)!r}"
+    )
+
+
+def test_a_read_only_file_is_refused_at_construction(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqlite3.connect(db).close()
+    db.chmod(0o444)
+    real = os.access
+    if os.geteuid() == 0:  # root writes any file: the kernel's answer is what is checked
+
+        def access(path: Any, mode: int, **kwargs: Any) -> bool:
+            return False if Path(path) == db else real(path, mode, **kwargs)
+
+        monkeypatch.setattr(os, "access", access)
+    with pytest.raises(StoreError, match="the file is read-only to this process") as caught:
+        SQLiteStore(db)
+    assert repr(str(db)) in str(caught.value)
+
+
+def test_every_construction_message_is_on_the_stores_page(tmp_path: Path) -> None:
+    page = (Path(__file__).parents[1] / "docs" / "stores.md").read_text(encoding="utf-8")
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-dir").mkdir()
+    for path in (tmp_path / "missing" / "amo.db", tmp_path / "a-file" / "amo.db"):
+        with pytest.raises(StoreError) as caught:
+            SQLiteStore(path)
+        listed = str(caught.value).replace(repr(str(path)), "'<absolute path>'")
+        listed = listed.replace(repr(str(path.parent)), "'<directory>'")
+        assert f"`{listed}`" in page
+    with pytest.raises(StoreError) as caught:
+        SQLiteStore(tmp_path / "a-dir")
+    listed = str(caught.value).replace(repr(str(tmp_path / "a-dir")), "'<absolute path>'")
+    assert f"`{listed}`" in page
+
+
+def test_a_directory_removed_later_names_the_file_and_the_code(tmp_path: Path) -> None:
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    path = folder / "amo.db"
+    store = SQLiteStore(path)
+    folder.rmdir()
     with pytest.raises(StoreError, match="SQLITE_CANTOPEN") as caught:
-        SQLiteStore(path).load("u1")
+        store.load("u1")
     message = str(caught.value)
-    assert repr(str(path)) in message
     assert message.startswith(f"SQLite store {str(path)!r} could not open its file:")
     assert "directory" in message  # the likely cause
 

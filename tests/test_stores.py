@@ -516,8 +516,8 @@ def test_sqlite_newer_schema_is_store_error(db: Path) -> None:
 
 
 def test_sqlite_missing_directory_is_store_error(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="could not open"):
-        SQLiteStore(tmp_path / "missing" / "amo.db").load("c1")
+    with pytest.raises(StoreError, match=r"its directory .* does not exist"):
+        SQLiteStore(tmp_path / "missing" / "amo.db")
 
 
 def test_sqlite_prunes_expired_nonces(db: Path) -> None:

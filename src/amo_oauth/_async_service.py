@@ -19,9 +19,9 @@ from ._provider import asend_within
 from ._record_view import RecordView
 from ._records import Connection, ConnectionRecord
 from ._results import AuthorizationRequest, CallbackResult, RefreshReport, SweepProgress
-from ._service_core import DEFAULT_DB, ServiceCore, with_stored
+from ._service_core import ServiceCore, default_store, with_stored
 from ._sweep import Done, HostPacer, SweepPlan, asweep
-from .stores import AsyncStore, SQLiteStore, Store
+from .stores import AsyncStore, Store
 from .stores._base import as_async_store, is_async_store
 from .stores._protocol import DueCursor
 
@@ -54,7 +54,7 @@ class AsyncAmoOAuth(ServiceCore):
             raise TypeError(
                 "AsyncAmoOAuth needs an httpx.AsyncClient; use AmoOAuth for httpx.Client"
             )
-        self.store = store if store is not None else SQLiteStore(DEFAULT_DB)
+        self.store = store if store is not None else default_store()
         self._astore = as_async_store(self.store)
         self._finishing: set[asyncio.Future[Any]] = set()
         self._owns_http = http is None

@@ -18,9 +18,9 @@ from ._provider import send_within
 from ._record_view import RecordView
 from ._records import Connection, ConnectionRecord
 from ._results import AuthorizationRequest, CallbackResult, RefreshReport, SweepProgress
-from ._service_core import DEFAULT_DB, ServiceCore, with_stored
+from ._service_core import ServiceCore, default_store, with_stored
 from ._sweep import Done, HostPacer, SweepPlan, sweep
-from .stores import SQLiteStore, Store
+from .stores import Store
 from .stores._protocol import DueCursor
 
 __all__ = ["AmoOAuth"]
@@ -53,7 +53,7 @@ class AmoOAuth(ServiceCore):
             raise TypeError(
                 "AmoOAuth needs an httpx.Client; use AsyncAmoOAuth for httpx.AsyncClient"
             )
-        self._store: Store = store if store is not None else SQLiteStore(DEFAULT_DB)
+        self._store: Store = store if store is not None else default_store()
         self.store = self._store  # the core's attribute, typed for either service
         self._owns_http = http is None
         self.http = http or httpx.Client(timeout=config.http_timeout, follow_redirects=False)

@@ -3,18 +3,34 @@ the store's type check, and how a sweep's report counts pairs stored late."""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ._config import Config
 from ._flows import Flows
 from ._results import RefreshReport
-from .stores import AsyncStore, Store
+from .stores import AsyncStore, SQLiteStore, Store
 
-__all__ = ["DEFAULT_DB", "ServiceCore", "with_stored"]
+__all__ = ["DEFAULT_DB", "ServiceCore", "default_store", "with_stored"]
 
 #: Where the service keeps its connections when given no store.
 DEFAULT_DB = "amo_oauth.db"
+
+logger = logging.getLogger("amo_oauth")
+
+
+def default_store() -> SQLiteStore:
+    """The store of a service given none. Its file is relative to the directory the process
+    started in, so where the tokens went is logged once, as an absolute path.
+
+    Raises:
+        StoreError: that directory cannot be written.
+    """
+    store = SQLiteStore(DEFAULT_DB)
+    logger.info("no store given: connections are kept in %s", os.path.abspath(DEFAULT_DB))
+    return store
 
 
 def _utcnow() -> datetime:

@@ -176,6 +176,10 @@ def _keys_from_env(*, required: bool) -> Encryption | None:
     return MultiFernet(fernets)
 
 
+#: Said once on a terminal when rich is missing.
+_BAR_HINT = "a progress bar needs the cli extra: pip install 'amo_oauth[cli]'"
+
+
 def _progress_printer(stream: TextIO) -> tuple[Callable[[SweepProgress], None], Callable[[], None]]:
     """A progress bar on a terminal (rich, when installed), else a line per ``PLAIN_EVERY``.
     Returns the callback and what ends the display."""
@@ -184,7 +188,8 @@ def _progress_printer(stream: TextIO) -> tuple[Callable[[SweepProgress], None], 
             from rich.console import Console
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
         except ImportError:
-            pass
+            # Plain lines still work; a person at a terminal learns what brings the bar.
+            print(f"refresh-due: {_BAR_HINT}", file=stream, flush=True)
         else:
             bar = Progress(
                 SpinnerColumn(),

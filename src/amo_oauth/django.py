@@ -21,14 +21,8 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING, Any, overload
 
-from django.core.exceptions import ImproperlyConfigured
-from django.core.handlers.asgi import ASGIRequest
-from django.core.handlers.wsgi import get_bytes_from_wsgi
-from django.http import HttpRequest, HttpResponse
-from django.urls import URLPattern, re_path
-from django.views.decorators.csrf import csrf_exempt
-
 from ._async_service import AsyncAmoOAuth
+from ._extras import needs_extra
 from ._service import AmoOAuth
 from .web import (
     DEFAULT_PREFIX,
@@ -41,6 +35,14 @@ from .web import (
     Request,
     Response,
 )
+
+with needs_extra("django", "amo_oauth.django"):
+    from django.core.exceptions import ImproperlyConfigured
+    from django.core.handlers.asgi import ASGIRequest
+    from django.core.handlers.wsgi import get_bytes_from_wsgi
+    from django.http import HttpRequest, HttpResponse
+    from django.urls import URLPattern, re_path
+    from django.views.decorators.csrf import csrf_exempt
 
 if TYPE_CHECKING:  # importing them needs django.contrib.auth installed, and the app registry
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser

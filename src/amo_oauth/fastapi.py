@@ -11,12 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.requests import Request as StarletteRequest
-from starlette.responses import Response as StarletteResponse
-
 from ._async_service import AsyncAmoOAuth
+from ._extras import needs_extra
 from .web import (
     DEFAULT_PREFIX,
     AsyncConnectionIdFn,
@@ -28,6 +24,12 @@ from .web import (
     read_body,
 )
 from .web._catalogue import HTTP_METHODS
+
+with needs_extra("fastapi", "amo_oauth.fastapi"):  # FastAPI and its Starlette
+    from fastapi import APIRouter
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.requests import Request as StarletteRequest
+    from starlette.responses import Response as StarletteResponse
 
 __all__ = ["router"]
 

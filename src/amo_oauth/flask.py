@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import flask
-
+from ._extras import needs_extra
 from ._service import AmoOAuth
 from .web import DEFAULT_PREFIX, ConnectionIdFn, Handlers, PageText, Request
 from .web._catalogue import HTTP_METHODS
+
+with needs_extra("flask", "amo_oauth.flask"):
+    import flask
 
 __all__ = ["blueprint"]
 

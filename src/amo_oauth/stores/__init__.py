@@ -62,14 +62,8 @@ def __getattr__(name: str) -> object:
             ``amo_oauth[redis]``).
         AttributeError: any other unknown name.
     """
-    extras = {"PostgresStore": ("postgres", "postgres"), "RedisStore": ("redis", "redis")}
-    if name not in extras:
+    modules = {"PostgresStore": "postgres", "RedisStore": "redis"}
+    if name not in modules:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, extra = extras[name]
-    try:
-        imported = importlib.import_module(f"{__name__}.{module}")
-    except ImportError as exc:
-        raise ImportError(
-            f"{name} needs the {extra} extra: pip install 'amo_oauth[{extra}]'"
-        ) from exc
-    return getattr(imported, name)
+    # The module itself names its extra when that is missing (``_extras.needs_extra``).
+    return getattr(importlib.import_module(f"{__name__}.{modules[name]}"), name)

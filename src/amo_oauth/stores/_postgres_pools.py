@@ -7,6 +7,9 @@ and the mapping of every psycopg error to ``StoreError``.
   in its own loop; two loops alive at once get a ``StoreError`` saying so.
 - A pool whose connect fails retries for at most half the store's ``timeout``, then gives up,
   so that the first call after an outage connects at once.
+- Opening a pool makes one connection of its own first: a server that refuses, or rejects the
+  login, fails the call at once with libpq's reason instead of a ``PoolTimeout`` at the end of
+  ``timeout`` (the pool retries in the background and tells only its log why).
 - Every connection carries TCP keepalives and a user timeout unless the conninfo sets its own.
 """
 
@@ -16,10 +19,12 @@ import asyncio
 import contextlib
 import math
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final, TypeAlias, TypeVar
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from .._driving import adrive, drive
@@ -33,6 +38,10 @@ __all__ = ["Connections", "Place", "connect_kwargs"]
 Conn: TypeAlias = "psycopg.Connection[tuple[Any, ...]]"
 AsyncConn: TypeAlias = "psycopg.AsyncConnection[tuple[Any, ...]]"
 T = TypeVar("T")
+
+#: libpq's reason is kept to this many characters in a ``StoreError`` (several hosts make
+#: several lines).
+_REASON_CHARS: Final = 500
 
 #: libpq's TCP settings unless the conninfo gives its own: a peer that stops answering is
 #: found dead within about a minute (keepalives after 30 s idle, then 3 probes 10 s apart;
@@ -148,11 +157,15 @@ class Connections:
                 raise closed_error()
             if self._pool is not None:
                 return self._pool
+            deadline = time.monotonic() + self.timeout
             pool: ConnectionPool[Conn] = ConnectionPool(
                 check=ConnectionPool.check_connection, **self._options("")
             )
             try:
-                pool.open(wait=self._min_size > 0, timeout=self.timeout)
+                pool.open()
+                self._reach()
+                if self._min_size > 0:
+                    pool.wait(timeout=_left(deadline))
             except BaseException:
                 pool.close(timeout=0)
                 raise
@@ -165,8 +178,14 @@ class Connections:
         if apool is None:
             assert self._apool is not None
             return self._apool
+        deadline = time.monotonic() + self.timeout
         try:
-            await apool.open(wait=self._min_size > 0, timeout=self.timeout)
+            # Opened before the first await: a concurrent first call borrows from it (waiting
+            # in its queue) rather than finding it not open yet.
+            await apool.open()
+            await self._areach()
+            if self._min_size > 0:
+                await apool.wait(timeout=_left(deadline))
         except BaseException:
             with self._guard:
                 if self._apool is apool:
@@ -202,6 +221,38 @@ class Connections:
             # Claimed before the first await, so that concurrent first calls share one pool.
             self._apool, self._aloop = apool, loop
             return apool
+
+    def _reach(self) -> None:
+        """Connect once, outside the pool, and close: the pool's own attempts fail only into
+        its log, so this one is what tells the caller why the server cannot be used. A refused
+        connection or a rejected login fails at once; a silent host within ``connect_timeout``.
+        """
+        try:
+            conn = psycopg.Connection.connect(self.conninfo, **self.kwargs)
+        except psycopg.Error as exc:
+            raise self._unreachable(exc) from exc
+        conn.close()
+
+    async def _areach(self) -> None:
+        """``_reach`` for the awaited pool, without blocking its event loop."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.conninfo, **self.kwargs)
+        except psycopg.Error as exc:
+            raise self._unreachable(exc) from exc
+        await conn.close()
+
+    def _unreachable(self, exc: psycopg.Error) -> StoreError:
+        """``StoreError`` with libpq's reason on one line; the password, should libpq ever
+        quote it, is masked."""
+        reason = " ".join(str(exc).split())
+        password = conninfo_to_dict(self.conninfo).get("password")
+        if password:
+            reason = reason.replace(str(password), "***")
+        code = f" [{exc.sqlstate}]" if exc.sqlstate else ""
+        return StoreError(
+            f"{self.place.where} could not connect: {type(exc).__name__}{code}: "
+            f"{reason[:_REASON_CHARS]}"
+        )
 
     def _options(self, suffix: str) -> dict[str, Any]:
         """What the blocking and the awaited pool share; opened by the caller.
@@ -252,6 +303,12 @@ class Connections:
         if apool is not None:
             await apool.close(timeout=self.timeout)
         self.close()
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``; a little more than none, so that a pool that is ready is
+    still seen as ready."""
+    return max(deadline - time.monotonic(), 0.01)
 
 
 class _Undo:

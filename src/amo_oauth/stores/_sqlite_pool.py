@@ -32,7 +32,7 @@ from ._hub import Hub
 from ._sqlite_poll import FilePoller, Identity, file_identity, named
 from ._sqlite_sql import migrate
 
-__all__ = ["FilePool", "hub_for"]
+__all__ = ["FilePool", "check_place", "hub_for"]
 
 T = TypeVar("T")
 
@@ -55,6 +55,44 @@ _HUBS_LOCK = threading.Lock()
 #: ``os.umask`` is process-wide: two stores creating files at once must not restore each
 #: other's mask.
 _UMASK_LOCK = threading.Lock()
+
+
+def check_place(path: str) -> None:
+    """Refuse, when the store is made, a file that could never be opened for writing: SQLite
+    itself would say so only at the first call, perhaps a user's first click. Names the file by
+    its absolute path (a relative one depends on the directory the process started in).
+
+    ``os.access`` asks the kernel what this process may do: it honours a read-only file system
+    even for root, who may write anywhere else.
+
+    Raises:
+        StoreError: the directory is missing, not a directory, or not writable by this
+            process (SQLite creates the file and its ``-wal`` and ``-shm`` files there); the
+            path is a directory; or the file exists and is read-only.
+    """
+    where = os.path.abspath(path)
+    problem = _place_problem(where, os.path.dirname(where))
+    if problem is not None:
+        raise StoreError(f"{named(where)} cannot be used: {problem}")
+
+
+def _place_problem(where: str, folder: str) -> str | None:
+    """What keeps the file ``where`` (absolute) in ``folder`` from being written; None if
+    nothing does."""
+    if not os.path.exists(folder):
+        return f"its directory {folder!r} does not exist: create it, or choose another path"
+    if not os.path.isdir(folder):
+        return f"{folder!r} is not a directory"
+    if os.path.isdir(where):
+        return "that path is a directory: name a file in it, e.g. amo_oauth.db"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (
+            f"this process may not write in its directory {folder!r} (SQLite keeps the file "
+            "and its -wal and -shm files there): make it writable, or choose another path"
+        )
+    if os.path.exists(where) and not os.access(where, os.R_OK | os.W_OK):
+        return "the file is read-only to this process: make it writable"
+    return None
 
 
 def hub_for(identity: Identity, path: str) -> Hub:

@@ -32,22 +32,20 @@ from __future__ import annotations
 import math
 from typing import TypeVar
 
-try:
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict
-except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "PostgresStore needs psycopg 3 and psycopg-pool: pip install 'amo_oauth[postgres]'"
-    ) from exc
-
+from .._extras import needs_extra
 from ._common import closed_error
 from ._driven import DrivenStore, Offset, Work, offset_of
 from ._hub import Hub
-from ._postgres_listener import Listener
-from ._postgres_ops import PostgresOps, Query, Result
-from ._postgres_pools import Connections, Place, connect_kwargs
-from ._postgres_sql import SCHEMA_VERSION, Tables
 from ._rows import Encryption, RecordCodec
+
+with needs_extra("postgres", "PostgresStore"):  # psycopg and psycopg-pool
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from ._postgres_listener import Listener
+    from ._postgres_ops import PostgresOps, Query, Result
+    from ._postgres_pools import Connections, Place, connect_kwargs
+    from ._postgres_sql import SCHEMA_VERSION, Tables
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 

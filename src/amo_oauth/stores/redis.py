@@ -43,13 +43,16 @@ from __future__ import annotations
 import math
 from typing import Any, TypeVar
 
+from .._extras import needs_extra
 from ._driven import DrivenStore, Offset, Work, offset_of
 from ._hub import Hub
-from ._redis_clients import Clients
-from ._redis_listener import LISTEN_POLL, Listener
 from ._redis_lua import SCHEMA_VERSION
 from ._redis_ops import RedisOps, Script
 from ._rows import Encryption, RecordCodec
+
+with needs_extra("redis", "RedisStore"):  # redis-py
+    from ._redis_clients import Clients
+    from ._redis_listener import LISTEN_POLL, Listener
 
 __all__ = ["SCHEMA_VERSION", "RedisStore"]
 

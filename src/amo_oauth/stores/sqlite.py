@@ -52,7 +52,7 @@ from ._protocol import (
     StoreCheck,
 )
 from ._rows import Encryption, RecordCodec, Row
-from ._sqlite_pool import FilePool, mapped
+from ._sqlite_pool import FilePool, check_place, mapped
 from ._sqlite_sql import (
     BY_ACCOUNT,
     DELETE,
@@ -83,8 +83,9 @@ class SQLiteStore(AsyncSide):
     processes of one machine, and across any number of store objects on the same file.
 
     The file (and schema) is created on first use, not here, with mode 0600 since it holds
-    tokens; an existing file keeps its mode. Not for network file systems, whose locks SQLite
-    cannot rely on: use Postgres or Redis across machines.
+    tokens (here it is only checked that the file could be written); an existing file keeps
+    its mode. Not for network file systems, whose locks SQLite cannot rely on: use Postgres
+    or Redis across machines.
 
     Args:
         path: the database file.
@@ -103,6 +104,8 @@ class SQLiteStore(AsyncSide):
     Raises:
         ValueError: an in-memory or temporary database (each connection would get its own:
             use ``MemoryStore``), a negative timeout, or ``max_connections`` < 1.
+        StoreError: the file could never be written: its directory is missing or not
+            writable, or the file is read-only (the message names its absolute path).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class SQLiteStore(AsyncSide):
             raise ValueError("timeout must be >= 0")
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
+        check_place(self._path)
         self._timeout = timeout
         self._codec = codec or RecordCodec(encryption)
         self._clock = clock or utc_now

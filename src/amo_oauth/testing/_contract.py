@@ -33,7 +33,7 @@ Optional hooks:
 
 The cases use only the store's public operations, wait with generous bounds (30 seconds) that
 only a hung store reaches, and assert no durations. Importing this module needs ``pytest`` and
-``hypothesis`` (``pip install amo_oauth[dev]``); ``import amo_oauth`` and
+``hypothesis`` (``pip install 'amo_oauth[testing]'``); ``import amo_oauth`` and
 ``import amo_oauth.testing`` do not import it until ``StoreContract`` is used.
 """
 
@@ -49,11 +49,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import attrs
-import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from .._errors import StoreError
+from .._extras import needs_extra
 from .._reasons import CONNECTION_ERRORS
 from .._records import (
     Account,
@@ -77,6 +75,11 @@ from ..stores._protocol import (
     Store,
     StoreCheck,
 )
+
+with needs_extra("testing", "StoreContract"):  # pytest and hypothesis
+    import pytest
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
 
 __all__ = ["StoreContract"]
 
