@@ -20,8 +20,8 @@ USER = "user-1"
 class FailingWrites(MemoryStore):
     """Fails the next ``failures`` compare-and-sets with ``StoreError`` (a busy or full disk)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        super().__init__(clock=clock)
         self.failures = 0
 
     def compare_and_set(self, record: ConnectionRecord, expected_version: int | None) -> bool:
@@ -35,7 +35,7 @@ class FailingWrites(MemoryStore):
 def connected(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
 ) -> tuple[AmoOAuth, FailingWrites]:
-    store = FailingWrites()
+    store = FailingWrites(clock)
     oauth = make_oauth(store=store)
     run_consent(oauth, fake, USER)
     clock.advance(timedelta(days=1, minutes=1))

@@ -39,6 +39,7 @@ class Reason(enum.StrEnum):
     MISSING_REFERER = "missing_referer"
     BAD_STATE = "bad_state"
     EXPIRED_STATE = "expired_state"
+    CLOCK_SKEW = "clock_skew"
     REUSED_STATE = "reused_state"
     FOREIGN_HOST = "foreign_host"
     MALFORMED = "malformed"
@@ -54,6 +55,7 @@ class Reason(enum.StrEnum):
     # Why a connection has no token to give, besides its error reason (``ReauthorizationRequired``).
     DISCONNECTED = "disconnected"
     EXCHANGE_PENDING = "exchange_pending"
+    TOKEN_EXPIRED = "token_expired"
     # The web layer's own refusals.
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -90,6 +92,7 @@ REJECTIONS: Final = frozenset(
         R.MISSING_REFERER,
         R.BAD_STATE,
         R.EXPIRED_STATE,
+        R.CLOCK_SKEW,
         R.REUSED_STATE,
         R.FOREIGN_HOST,
         R.MALFORMED,
@@ -105,7 +108,12 @@ REJECTIONS: Final = frozenset(
     }
 )
 #: ``ReauthorizationRequired.reason``: a connection error, or why there is none to report.
-NOT_CONNECTED: Final = CONNECTION_ERRORS | {R.DISCONNECTED, R.EXCHANGE_PENDING, R.FOREIGN_HOST}
+NOT_CONNECTED: Final = CONNECTION_ERRORS | {
+    R.DISCONNECTED,
+    R.EXCHANGE_PENDING,
+    R.FOREIGN_HOST,
+    R.TOKEN_EXPIRED,
+}
 #: The web layer's ``{"error": reason}``: rejections, connection errors, and its own refusals.
 WEB_REFUSALS: Final = (
     REJECTIONS
