@@ -21,6 +21,7 @@ from ._errors import (
     ReauthorizationRequired,
     StoreError,
     TokenScopeError,
+    TryAgainLater,
     UndecryptableRecord,
     UnreadableRecord,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "SweepProgress",
     "TokenScopeError",
     "TokenSet",
+    "TryAgainLater",
     "UndecryptableRecord",
     "UnreadableRecord",
     "__version__",

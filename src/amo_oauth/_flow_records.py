@@ -39,7 +39,7 @@ from ._ops import (
     perform,
 )
 from ._reasons import Reason
-from ._record_view import RecordView, record_of, seconds_to_wait
+from ._record_view import RecordView, record_of, retry_after_of, seconds_to_wait
 from ._records import ConnectionRecord, ErrorInfo, Lease, record_key
 from .stores._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
 
@@ -349,6 +349,12 @@ class Records:
         if left > 0:
             yield from perform(WaitForChange(view.key, view.version, left))
         return (yield from self.reload(view))
+
+    def retry_after(self, view: RecordView) -> float | None:
+        """Seconds until what holds ``view``'s record up lapses (a live lease, a deferred
+        verification, a kept pair's grace), for ``TryAgainLater.retry_after``; None when
+        nothing known holds it up."""
+        return retry_after_of(record_of(view), self.now())
 
     def deadline(self) -> float:
         """The monotonic time a wait for another worker gives up: ``settle_timeout`` away."""

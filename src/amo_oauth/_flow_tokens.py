@@ -14,7 +14,13 @@ from typing import NoReturn, assert_never
 import attrs
 
 from ._answers import REFRESH_REFUSALS, Meaning
-from ._errors import AmoOAuthError, ProviderError, ReauthorizationRequired, StoreError
+from ._errors import (
+    AmoOAuthError,
+    ProviderError,
+    ReauthorizationRequired,
+    StoreError,
+    TryAgainLater,
+)
 from ._events import RefreshClaimed, Refreshed, RefreshFailed, RefreshReleased
 from ._flow_records import logger
 from ._flow_verify import Verification
@@ -127,8 +133,10 @@ class TokenFlows:
             ):
                 return (yield from self.records.wait(record, deadline))
             case NoOp.REFRESH_IN_PROGRESS:
-                raise ProviderError(
-                    None, "a refresh by another worker is still running", transient=True
+                raise TryAgainLater(
+                    Reason.REFRESH_IN_PROGRESS,
+                    "a refresh by another worker is still running",
+                    retry_after=self.records.retry_after(record),
                 )
             case NoOp.REFUSED_AGAIN:
                 # The pair is kept; the API refuses tokens however new (a blocked integration,
@@ -169,10 +177,10 @@ class TokenFlows:
         """Verify a pair whose verification is due; a deferred one is reported at once."""
         current, noop = yield from self.verification.verify_if_due(record)
         if noop is NoOp.VERIFICATION_DEFERRED:
-            raise ProviderError(
-                None,
+            raise TryAgainLater(
+                Reason.VERIFICATION_DEFERRED,
                 "amoCRM could not verify the new connection yet; it is retried",
-                transient=True,
+                retry_after=self.records.retry_after(current),
             )
         return current
 

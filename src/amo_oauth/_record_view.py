@@ -19,7 +19,7 @@ import attrs
 
 from ._records import Connection, ConnectionRecord
 
-__all__ = ["RecordView", "record_of", "seconds_to_wait"]
+__all__ = ["RecordView", "record_of", "retry_after_of", "seconds_to_wait"]
 
 
 @attrs.frozen
@@ -95,3 +95,16 @@ def seconds_to_wait(record: ConnectionRecord, now: datetime, left: float, slack:
     expires it. Decided here, on the lease, so that the flows never look at one."""
     lease_left = record.lease_seconds_left(now)
     return left if lease_left is None else min(left, lease_left + slack)
+
+
+def retry_after_of(record: ConnectionRecord, now: datetime) -> float | None:
+    """Seconds (>= 0) until the first of what holds ``record`` up lapses at ``now`` (UTC): its
+    live lease, a deferred verification's next try; None when nothing does. Decided here, so
+    that the flows never look at a lease."""
+    lease = record.live_lease(now)
+    ends = [lease.expires_at] if lease is not None else []
+    if record.verify_after is not None and record.verify_after > now:
+        ends.append(record.verify_after)
+    if not ends:
+        return None
+    return max((min(ends) - now).total_seconds(), 0.0)
