@@ -13,7 +13,7 @@ and writes them (``tests/test_decisions.py`` checks that no other flow does).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import attrs
 
@@ -97,14 +97,23 @@ def seconds_to_wait(record: ConnectionRecord, now: datetime, left: float, slack:
     return left if lease_left is None else min(left, lease_left + slack)
 
 
-def retry_after_of(record: ConnectionRecord, now: datetime) -> float | None:
+def retry_after_of(record: ConnectionRecord, now: datetime, grace: timedelta) -> float | None:
     """Seconds (>= 0) until the first of what holds ``record`` up lapses at ``now`` (UTC): its
-    live lease, a deferred verification's next try; None when nothing does. Decided here, so
-    that the flows never look at a lease."""
-    lease = record.live_lease(now)
-    ends = [lease.expires_at] if lease is not None else []
-    if record.verify_after is not None and record.verify_after > now:
-        ends.append(record.verify_after)
+    live lease, a lapsed exchange lease's ``grace``, a kept pair's wait, a deferred
+    verification's next try; None when nothing does. Decided here, so that the flows never
+    look at a lease."""
+    ends = [
+        end
+        for end in (
+            record.lease.expires_at if record.lease is not None else None,
+            record.lease.expires_at + grace
+            if record.lease is not None and record.lease.purpose == "exchange"
+            else None,
+            record.kept_pair_until,
+            record.verify_after,
+        )
+        if end is not None and end > now
+    ]
     if not ends:
         return None
     return max((min(ends) - now).total_seconds(), 0.0)
