@@ -12,6 +12,7 @@ public kit (``amo_oauth.testing.faults``); PostgreSQL is also killed and restart
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -454,3 +455,44 @@ def _answers(oauth: AmoOAuth, who: str) -> bool:
     except StoreError:
         return False
     return True
+
+
+def test_kept_pairs_are_never_logged(
+    two: Two, fake: FakeAmoCRM, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="amo_oauth")
+    down, _ = _keep_a_rotated_pair(two, fake, clock)
+    clock.advance(LEASE + timedelta(seconds=1))
+    with pytest.raises(TryAgainLater) as later:
+        two.b.access_token(T1)
+    down.heal()
+    two.a.status(T2)
+    record = stored(two.b, T1)
+    assert record is not None and record.tokens is not None
+    secrets = (record.tokens.access_token, record.tokens.refresh_token)
+    shown = caplog.text + repr(later.value) + str(later.value) + repr(record)
+    assert not any(secret in shown for secret in secrets)
+    assert "a pair kept in memory was stored" in caplog.text
+
+
+def test_async_aclose_stops_the_task_and_names_what_is_lost(
+    open_store: Callable[[str], Any],
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        two = AsyncTwo(fake, clock, open_store("sqlite"), open_store("sqlite"))
+        await _aconsent(two.a, fake, T1)
+        clock.advance(timedelta(days=1, minutes=1))
+        two.a_store.fail("compare_and_set", times=None, when=_rotated_pair_write)
+        with pytest.raises(StoreError):
+            await two.a.access_token(T1)
+        task = two.a._kept_retry._task
+        assert task is not None and not task.done()
+        await two.a.aclose()  # the store still refuses: the pair is named as lost
+        assert task.done()
+        await two.b.aclose()
+
+    asyncio.run(scenario())
+    assert "it is lost when this process ends" in caplog.text

@@ -150,7 +150,7 @@ class Config:
         lease_ttl: how long a worker may hold an exchange or a refresh before it is presumed
             dead; more than three ``http_timeout``s (an exchange makes two calls).
         settle_timeout: seconds a duplicate callback waits for another worker's exchange, and
-            ``access_token()`` for another worker's refresh (then a transient ProviderError).
+            ``access_token()`` for another worker's refresh or a kept pair (then ``TryAgainLater``).
         refresh_margin: refresh an access token this long before it expires.
         http_timeout: seconds for each call to amoCRM, from connect to last byte.
         max_exchanges_per_connection, max_exchanges_per_host, max_exchanges_per_process: code

@@ -191,8 +191,11 @@ class AmoOAuth(ServiceCore):
 
         Raises:
             ReauthorizationRequired: the connection has no usable tokens.
-            ProviderError: amoCRM could not be reached, or another worker's refresh outlasted
-                ``settle_timeout`` (both ``transient``), or amoCRM refused the refresh.
+            TryAgainLater: another worker's refresh outlasted ``settle_timeout``
+                (``refresh_in_progress``), a pair another process keeps in memory is awaited
+                (``kept_pair_pending``), or a new connection's verification was deferred.
+            ProviderError: amoCRM could not be reached (``transient``), or refused the refresh.
+            StoreError: the store failed (a rotated pair it refused is kept and lands later).
         """
         return self._run(self._flows.tokens.access_token(connection_id))
 
