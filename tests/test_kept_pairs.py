@@ -12,6 +12,7 @@ public kit (``amo_oauth.testing.faults``); PostgreSQL is also killed and restart
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -19,13 +20,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
 
-from _pg_server import PostgresProcess, own_postgres, postgres_url  # noqa: F401
-from _redis_server import redis_url  # noqa: F401
+from _pg_server import own_postgres, postgres_url  # noqa: F401
+from _redis_server import own_redis, redis_url  # noqa: F401
 from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
@@ -312,7 +313,10 @@ def test_the_pair_from_a_code_lands_on_exchange_interrupted_after_the_grace(
 
 
 class AsyncTwo:
+    """``Two``, awaited."""
+
     def __init__(self, fake: FakeAmoCRM, clock: FakeClock, a_store: Any, b_store: Any) -> None:
+        self.fake, self.clock = fake, clock
         self.a_store = AsyncFaultyStore(a_store)
         self.a_http = AsyncFaultyTransport(fake.async_transport())
         self.a = AsyncAmoOAuth(
@@ -395,24 +399,55 @@ def test_async_the_pair_from_a_code_lands_by_the_background_task(
     asyncio.run(scenario())
 
 
-# -- PostgreSQL killed while the refresh answer is in flight (the issue's case) -----------------
+# -- the server killed while the refresh answer is in flight (the issue's case) ----------------
 
 
-def test_postgres_killed_mid_refresh_the_kept_pair_lands_on_another_tenants_call(
-    fake: FakeAmoCRM, clock: FakeClock
+class Server(Protocol):
+    def kill(self) -> None: ...
+
+    def restart(self) -> None: ...
+
+
+@contextlib.contextmanager
+def killable(kind: str, directory: Path) -> Iterator[tuple[Server, Callable[[], Any]]]:
+    """A server of the test's own (PostgreSQL or Redis, durable), and a maker of store objects
+    on one table or prefix of it (the first one migrated)."""
+    place = f"t_{uuid.uuid4().hex[:12]}"
+    if kind == "postgres":
+        with own_postgres() as pg:
+
+            def make_pg() -> Any:
+                return PostgresStore(pg.url, table=place, timeout=2.0)
+
+            first = make_pg()
+            first.migrate()
+            first.close()
+            yield pg, make_pg
+        return
+    with own_redis(directory) as rs:
+
+        def make_redis() -> Any:
+            return RedisStore(rs.url, prefix=f"{place}:", timeout=2.0)
+
+        first = make_redis()
+        first.migrate()
+        first.close()
+        yield rs, make_redis
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_the_server_killed_mid_refresh_the_kept_pair_lands_on_another_tenants_call(
+    kind: str, tmp_path: Path, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    with own_postgres() as pg:
-        table = f"t_{uuid.uuid4().hex[:12]}"
-        a_store = PostgresStore(pg.url, table=table, timeout=2.0)
-        a_store.migrate()
-        two = Two(fake, clock, a_store, PostgresStore(pg.url, table=table, timeout=2.0))
+    with killable(kind, tmp_path) as (server, make):
+        two = Two(fake, clock, make(), make())
         try:
-            _postgres_scenario(two, pg, fake, clock)
+            _killed_scenario(two, server, fake, clock)
         finally:
             two.close()
 
 
-def _postgres_scenario(two: Two, pg: PostgresProcess, fake: FakeAmoCRM, clock: FakeClock) -> None:
+def _killed_scenario(two: Two, server: Server, fake: FakeAmoCRM, clock: FakeClock) -> None:
     run_consent(two.a, fake, T1)
     run_consent(two.a, fake, T2)
     clock.advance(timedelta(days=1, minutes=1))
@@ -429,14 +464,14 @@ def _postgres_scenario(two: Two, pg: PostgresProcess, fake: FakeAmoCRM, clock: F
     worker = threading.Thread(target=refresh)
     worker.start()
     assert held.wait_reached()
-    pg.kill()  # the answer is in flight: amoCRM rotated the pair
+    server.kill()  # the answer is in flight: amoCRM rotated the pair
     held.release()
     worker.join()
     assert len(failures) == 1 and isinstance(failures[0], StoreError)
     assert two.a._flows.records.kept_pairs() == 1
-    pg.restart()
+    server.restart()
     clock.advance(LEASE + timedelta(seconds=1))
-    until(lambda: _answers(two.b, T2))  # B's pool reconnects after the restart
+    until(lambda: _answers(two.b, T2))  # B's connections come back after the restart
     # B takes over the lapsed lease and resends the spent token: revoked, but not re-auth.
     with pytest.raises(TryAgainLater):
         two.b.access_token(T1)
@@ -446,6 +481,59 @@ def _postgres_scenario(two: Two, pg: PostgresProcess, fake: FakeAmoCRM, clock: F
     assert fake.is_access_token_valid(two.b.access_token(T1))
     assert two.b.status(T1).status is ConnectionStatus.CONNECTED
     assert fake.token_call_count("refresh_token") == 2  # A's, then B's after the lapse
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_async_the_server_killed_mid_refresh_the_kept_pair_lands_on_another_tenants_call(
+    kind: str, tmp_path: Path, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    async def scenario(server: Server, make: Callable[[], Any]) -> None:
+        two = AsyncTwo(fake, clock, make(), make())
+        try:
+            await _async_killed_scenario(two, server)
+        finally:
+            await two.close()
+
+    with killable(kind, tmp_path) as (server, make):
+        asyncio.run(scenario(server, make))
+
+
+async def _async_killed_scenario(two: AsyncTwo, server: Server) -> None:
+    fake, clock = two.fake, two.clock
+    await _aconsent(two.a, fake, T1)
+    await _aconsent(two.a, fake, T2)
+    clock.advance(timedelta(days=1, minutes=1))
+    await two.a._kept_retry.stop()  # the other tenant's call must land it
+    held = two.a_http.hold(grant="refresh_token")
+    refresh = asyncio.ensure_future(two.a.access_token(T1))
+    assert await asyncio.to_thread(held.wait_reached)
+    await asyncio.to_thread(server.kill)
+    held.release()
+    with pytest.raises(StoreError):
+        await refresh
+    assert two.a._flows.records.kept_pairs() == 1
+    await asyncio.to_thread(server.restart)
+    clock.advance(LEASE + timedelta(seconds=1))
+    await _auntil(two.b, T2)
+    with pytest.raises(TryAgainLater):
+        await two.b.access_token(T1)
+    assert (await two.b.status(T1)).status is ConnectionStatus.CONNECTED
+    await _auntil(two.a, T2)  # A's call for ANOTHER tenant lands T1's pair first
+    assert two.a._flows.records.kept_pairs() == 0
+    assert fake.is_access_token_valid(await two.b.access_token(T1))
+    assert fake.token_call_count("refresh_token") == 2
+
+
+async def _auntil(oauth: AsyncAmoOAuth, who: str) -> None:
+    """Await ``oauth``'s status call until the store answers (bounded, not asserted on time)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            await oauth.status(who)
+            return
+        except StoreError:
+            await asyncio.sleep(0.05)
+    await oauth.status(who)
 
 
 def _answers(oauth: AmoOAuth, who: str) -> bool:
