@@ -126,7 +126,10 @@ def events(codes: st.SearchStrategy[str]) -> dict[type[Event], st.SearchStrategy
         CodeReceived: code_received(codes),
         Denied: st.builds(Denied, at=moments, reason=st.sampled_from(["access_denied", "x"])),
         ExchangeSucceeded: st.builds(
-            ExchangeSucceeded, tokens=token_sets, code_digest=st.none() | codes.map(code_digest)
+            ExchangeSucceeded,
+            tokens=token_sets,
+            code_digest=st.none() | codes.map(code_digest),
+            released=st.booleans(),
         ),
         ExchangeFailed: st.builds(ExchangeFailed, error=error_infos),
         LeaseExpired: st.builds(

@@ -293,6 +293,17 @@ def test_the_pair_from_a_code_lands_within_the_grace(
     assert fake.token_call_count("authorization_code") == 1
 
 
+def test_the_pair_from_a_code_landing_within_the_lease_is_verified_at_once(
+    two: Two, fake: FakeAmoCRM
+) -> None:
+    down, _, _ = _keep_an_exchanged_pair(two, fake)
+    down.heal()
+    two.a.status(T2)  # lands it while the exchange lease still lives: the lease is released
+    assert fake.is_access_token_valid(two.b.access_token(T1))  # verified now, no lapse needed
+    assert two.b.status(T1).status is ConnectionStatus.CONNECTED
+    assert fake.token_call_count("authorization_code") == 1
+
+
 def test_the_pair_from_a_code_lands_on_exchange_interrupted_after_the_grace(
     two: Two, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:

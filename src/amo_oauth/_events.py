@@ -151,9 +151,14 @@ class ExchangeSucceeded(Event):
     name: ClassVar[str] = "exchange_succeeded"
     tokens: TokenSet
     code_digest: str | None = attrs.field(default=None, validator=_digest_or_none)
+    #: True for a pair written by someone other than the exchanging worker (it was kept in
+    #: memory: that worker's write failed and it gave up): the exchange lease is released, so
+    #: the next caller verifies the pair at once.
+    released: bool = False
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        return {"tokens": self.tokens, "error": None}
+        released = {"lease": None} if self.released else {}
+        return {"tokens": self.tokens, "error": None, **released}
 
 
 @attrs.frozen

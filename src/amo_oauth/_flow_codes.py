@@ -396,8 +396,9 @@ class CodeFlows:
         # The code is spent: this pair is the only one. A store that stays down keeps it in
         # memory, to land (even after the lease, within the grace or on exchange_interrupted).
         event = ExchangeSucceeded(tokens, code_digest(code))
+        kept = attrs.evolve(event, released=True)  # whoever lands it, this worker won't verify
         exchanged = yield from self.records.keeping(
-            record, event, lambda: self.records.write(record, event)
+            record, kept, lambda: self.records.write(record, event)
         )
         if exchanged is None:
             return (yield from self.verification.overtaken(record))

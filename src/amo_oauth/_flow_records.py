@@ -186,9 +186,10 @@ class Records:
             self.on_kept()
 
     def keeping(self, view: RecordView, event: Event, attempt: Callable[[], Flow[T]]) -> Flow[T]:
-        """Run ``attempt`` (a write of ``event``, a pair amoCRM just gave: the only valid one),
-        tried again within the lease while the store fails. If the store stays down, ``event``
-        is kept in memory (``keep_unwritten``) and the ``StoreError`` raised.
+        """Run ``attempt`` (a write of a pair amoCRM just gave: the only valid one), tried again
+        within the lease while the store fails. If the store stays down, ``event`` (that pair's
+        event, as another call or the background retry is to write it) is kept in memory
+        (``keep_unwritten``) and the ``StoreError`` raised.
 
         Raises:
             StoreError: the store failed every try; the pair is kept.
