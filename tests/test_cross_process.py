@@ -382,6 +382,11 @@ def test_a_worker_killed_before_the_pair_is_stored_leaves_the_code_unsent(
     assert parent.status(USER).status is ConnectionStatus.CODE_RECEIVED
 
     clock.offset += LEASE + timedelta(seconds=1)
+    # The worker might be alive and keep the pair (a failed store write): awaited a grace.
+    assert parent.status(USER).status is ConnectionStatus.CODE_RECEIVED
+    again = callback(parent, given)  # a reload during the grace: answered, never resent
+    assert again.connection.status is ConnectionStatus.CODE_RECEIVED
+    clock.offset += parent.config.kept_pair_grace
     status = parent.status(USER)
     assert status.status is ConnectionStatus.ERROR, status
     assert status.error is not None and status.error.reason == Reason.EXCHANGE_INTERRUPTED

@@ -216,6 +216,9 @@ def test_a_dead_workers_lease_expires_into_exchange_interrupted(
     assert oauth.store.compare_and_set(crashed, None)
     assert oauth.status(USER).status is ConnectionStatus.CODE_RECEIVED
     clock.advance(61)
+    # Its worker may be alive and keep the pair (a failed store write): awaited a grace.
+    assert oauth.status(USER).status is ConnectionStatus.CODE_RECEIVED
+    clock.advance(oauth.config.kept_pair_grace.total_seconds())
     status = oauth.status(USER)
     assert status.status is ConnectionStatus.ERROR
     assert status.error is not None and status.error.reason == "exchange_interrupted"

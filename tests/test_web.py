@@ -24,11 +24,13 @@ from hypothesis import strategies as st
 from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
+    Connection,
     ConnectionRecord,
     ConnectionStatus,
     Lease,
     MemoryStore,
     StoreError,
+    TryAgainLater,
     web,
 )
 from amo_oauth._hook import hook_signature
@@ -1243,3 +1245,18 @@ def test_every_wrong_method_is_405_on_every_route_async(
         async_oauth, connection_id=user_from_header, app_scheme="app", prefix=prefix
     )
     assert wrong_methods_answered_otherwise(async_sender(handlers), prefix) == []
+
+
+def test_try_again_later_is_503_with_its_reason_and_retry_after(
+    make_oauth: Callable[..., AmoOAuth], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    oauth = make_oauth()
+
+    def later(connection_id: str) -> Connection:
+        raise TryAgainLater("kept_pair_pending", "a pair may land", retry_after=1.2)
+
+    monkeypatch.setattr(oauth, "status", later)
+    send = sender(Handlers(oauth, connection_id=user_from_header, app_scheme="foryoure"))
+    answer = send("GET", f"{PREFIX}/status", headers=AS_USER)
+    assert (answer.status, answer.json()) == (503, {"error": "kept_pair_pending"})
+    assert answer.headers.get("retry-after") == "2"

@@ -21,6 +21,7 @@ from ._errors import (
     ReauthorizationRequired,
     StoreError,
     TokenScopeError,
+    TryAgainLater,
     UndecryptableRecord,
     UnreadableRecord,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "SweepProgress",
     "TokenScopeError",
     "TokenSet",
+    "TryAgainLater",
     "UndecryptableRecord",
     "UnreadableRecord",
     "__version__",

@@ -68,6 +68,7 @@ def record_to_json(record: ConnectionRecord) -> str:
         "refused_refresh": record.refused_refresh,
         "verify_after": _time(record.verify_after),
         "verify_attempts": record.verify_attempts,
+        "kept_pair_until": _time(record.kept_pair_until),
     }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
@@ -136,6 +137,8 @@ def _record(body: _Fields) -> ConnectionRecord:
         refused_refresh=body.optional_text("refused_refresh", missing_ok=True),
         verify_after=body.optional_time("verify_after", missing_ok=True),
         verify_attempts=body.integer("verify_attempts", default=0),
+        # Absent in records written before kept pairs were awaited.
+        kept_pair_until=body.optional_time("kept_pair_until", missing_ok=True),
     )
 
 

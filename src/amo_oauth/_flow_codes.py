@@ -25,7 +25,6 @@ from ._events import (
     Denied,
     ExchangeFailed,
     ExchangeSucceeded,
-    LeaseExpired,
 )
 from ._flow_records import Decision
 from ._flow_verify import Verification
@@ -404,7 +403,13 @@ class CodeFlows:
             reason = EXCHANGE_FAILURES.get(answer.meaning, Reason.CODE_REJECTED)
             failed = ExchangeFailed(self.records.error_info(Reason(reason), error))
             return (yield from self.verification.conclude(record, failed, Outcome.FAILED))
-        exchanged = yield from self.records.write(record, ExchangeSucceeded(tokens))
+        # The code is spent: this pair is the only one. A store that stays down keeps it in
+        # memory, to land (even after the lease, within the grace or on exchange_interrupted).
+        event = ExchangeSucceeded(tokens, code_digest(code))
+        kept = attrs.evolve(event, released=True)  # whoever lands it, this worker won't verify
+        exchanged = yield from self.records.keeping(
+            record, kept, lambda: self.records.write(record, event)
+        )
         if exchanged is None:
             return (yield from self.verification.overtaken(record))
         return (yield from self.verification.verify(exchanged, host, tokens.access_token))
@@ -414,7 +419,7 @@ class CodeFlows:
         is in flight while its lease is live)."""
         deadline = self.records.deadline()
         while not self.records.expired(deadline):
-            answer = self.records.decide(record, LeaseExpired(self.records.now()))
+            answer = self.records.decide(record, self.records.lease_expired())
             if answer.noop is not NoOp.LEASE_LIVE:
                 break
             record = yield from self.records.wait(record, deadline)

@@ -21,7 +21,16 @@ import attrs
 from transitions import EventData, Machine, MachineError
 
 from ._errors import InvalidTransition
-from ._events import EVENT_TYPES, SHA256_HEX, CodeReceived, Event, RefreshClaimed
+from ._events import (
+    EVENT_TYPES,
+    SHA256_HEX,
+    CodeReceived,
+    Event,
+    ExchangeSucceeded,
+    LeaseExpired,
+    RefreshClaimed,
+)
+from ._reasons import Reason
 from ._records import ConnectionRecord, ConnectionStatus, code_digest
 from ._state_token import issued_ahead
 
@@ -62,6 +71,10 @@ class NoOp(enum.StrEnum):
     REFRESH_EXHAUSTED = "refresh_exhausted"
     NOT_CONNECTED = "not_connected"
     ALREADY_ROTATED = "already_rotated"
+    # a pair another process may keep in memory (its store write failed) is awaited
+    KEPT_PAIR_PENDING = "kept_pair_pending"
+    # refresh_doubted on a refresh token sent once: amoCRM's "revoked" is the token's verdict
+    FIRST_SEND = "first_send"
     # disconnect and provider_disconnected
     ALREADY_DISCONNECTED = "already_disconnected"
     HOOK_REPLAYED = "hook_replayed"
@@ -188,6 +201,56 @@ def lease_is_live(data: EventData) -> bool:
     """A worker holds the record (an exchange or a refresh) and has not outlived its lease."""
     step = _model(data)
     return step.record.live_lease(step.now) is not None
+
+
+def awaits_a_kept_exchange(data: EventData) -> bool:
+    """The exchange lease lapsed less than the event's grace ago: its worker may be alive and
+    keep the pair from the code in memory (its store write failed), so the exchange is not
+    given up yet."""
+    step = _model(data)
+    event, lease = step.event, step.record.lease
+    if not isinstance(event, LeaseExpired) or lease is None:
+        return False
+    return step.now < lease.expires_at + event.grace
+
+
+def is_this_exchange(data: EventData) -> bool:
+    """The pair is from the code this record's claim is for (the newest code it saw); a pair
+    that names no code is taken as the claim's (it comes from the claim's own worker)."""
+    step = _model(data)
+    event, seen = step.event, step.record.seen_codes
+    if not isinstance(event, ExchangeSucceeded) or event.code_digest is None:
+        return True
+    return bool(seen) and seen[-1].digest == event.code_digest
+
+
+def interrupted_this_exchange(data: EventData) -> bool:
+    """In ``error(exchange_interrupted)`` for the very code whose pair arrives (kept in memory
+    by a worker whose store write failed, landing after the grace): it brings the pair in."""
+    step = _model(data)
+    event, error = step.event, step.record.error
+    return (
+        isinstance(event, ExchangeSucceeded)
+        and event.code_digest is not None
+        and error is not None
+        and error.reason == Reason.EXCHANGE_INTERRUPTED
+        and is_this_exchange(data)
+    )
+
+
+def awaits_a_kept_pair(data: EventData) -> bool:
+    """amoCRM refused a refresh token sent again after a lapsed lease, less than the grace ago:
+    a rotated pair kept in memory by the first sender may still land."""
+    step = _model(data)
+    until = step.record.kept_pair_until
+    return until is not None and step.now < until
+
+
+def sent_again_after_a_lapse(data: EventData) -> bool:
+    """The refresh token was claimed more than once (a lease lapsed, or a send went without a
+    stored answer): an earlier send may have rotated it, so a "revoked" is not its verdict."""
+    tokens = _model(data).record.tokens
+    return tokens is not None and tokens.refresh_sends > 1
 
 
 def verification_not_due(data: EventData) -> bool:
@@ -334,7 +397,11 @@ TABLE: tuple[Rule, ...] = (
     Rule("denied", (S.DISCONNECTED, S.ERROR), S.ERROR),
     Rule("denied", (S.CONNECTED,), None, noop=NoOp.KEEP_CONNECTION),
     Rule("denied", EXCHANGING, None, noop=NoOp.EXCHANGE_IN_PROGRESS),
-    Rule("exchange_succeeded", (S.CODE_RECEIVED,), S.EXCHANGED),
+    Rule("exchange_succeeded", (S.CODE_RECEIVED,), S.EXCHANGED, is_this_exchange),
+    Rule("exchange_succeeded", (S.CODE_RECEIVED,), None, noop=NoOp.STALE),
+    # A pair from a code kept in memory (its write failed) lands after the grace too, on the
+    # claim of that very code: the connection needs no new consent.
+    Rule("exchange_succeeded", (S.ERROR,), S.EXCHANGED, interrupted_this_exchange),
     _stale("exchange_succeeded", S.CODE_RECEIVED),
     Rule("exchange_failed", (S.CODE_RECEIVED,), S.ERROR),
     _stale("exchange_failed", S.CODE_RECEIVED),
@@ -342,6 +409,14 @@ TABLE: tuple[Rule, ...] = (
     # Before the pair is stored that is the end of this code; after, the pair from the spent
     # code is kept and its verification stays pending (tried again by the next caller).
     Rule("lease_expired", EXCHANGING, None, lease_is_live, noop=NoOp.LEASE_LIVE),
+    # Its worker may be alive and keep the pair (its store write failed): awaited a grace.
+    Rule(
+        "lease_expired",
+        (S.CODE_RECEIVED,),
+        None,
+        awaits_a_kept_exchange,
+        noop=NoOp.KEPT_PAIR_PENDING,
+    ),
     Rule("lease_expired", (S.CODE_RECEIVED,), S.ERROR),
     Rule("lease_expired", (S.EXCHANGED,), None, noop=NoOp.VERIFICATION_PENDING),
     Rule("lease_expired", (S.DISCONNECTED, S.CONNECTED, S.ERROR), None, noop=NoOp.NO_EXCHANGE),
@@ -371,6 +446,8 @@ TABLE: tuple[Rule, ...] = (
     Rule("refresh_claimed", (S.CONNECTED,), None, token_is_usable, noop=NoOp.TOKEN_FRESH),
     Rule("refresh_claimed", (S.CONNECTED,), None, cannot_renew, noop=NoOp.NO_REFRESH_TOKEN),
     Rule("refresh_claimed", (S.CONNECTED,), None, lease_is_live, noop=NoOp.REFRESH_IN_PROGRESS),
+    # A rotated pair kept by the refresh token's first sender may land: nobody sends it again.
+    Rule("refresh_claimed", (S.CONNECTED,), None, awaits_a_kept_pair, noop=NoOp.KEPT_PAIR_PENDING),
     Rule("refresh_claimed", (S.CONNECTED,), None, refused_after_refresh, noop=NoOp.REFUSED_AGAIN),
     Rule("refresh_claimed", (S.CONNECTED,), None, refresh_token_spent, noop=NoOp.REFRESH_EXHAUSTED),
     Rule("refresh_claimed", (S.CONNECTED,), S.CONNECTED),
@@ -382,6 +459,12 @@ TABLE: tuple[Rule, ...] = (
     # A pair from a spent code, renewed before its late verification: only that very pair.
     Rule("refreshed", (S.EXCHANGED,), S.EXCHANGED, renews_the_stored_pair),
     _stale("refreshed", S.CONNECTED),
+    # "Revoked" for a refresh token sent again after a lapse: its first send may have rotated
+    # it, and that pair may be kept in memory; it is awaited (kept_pair_until), not given up.
+    Rule("refresh_doubted", (S.CONNECTED,), None, pair_was_rotated, noop=NoOp.ALREADY_ROTATED),
+    Rule("refresh_doubted", (S.CONNECTED,), S.CONNECTED, sent_again_after_a_lapse),
+    Rule("refresh_doubted", (S.CONNECTED,), None, noop=NoOp.FIRST_SEND),
+    _stale("refresh_doubted", S.CONNECTED),
     Rule("refresh_failed", (S.CONNECTED,), None, pair_was_rotated, noop=NoOp.ALREADY_ROTATED),
     Rule("refresh_failed", (S.CONNECTED,), S.ERROR),
     _stale("refresh_failed", S.CONNECTED),

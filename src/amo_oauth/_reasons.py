@@ -16,6 +16,7 @@ __all__ = [
     "CONNECTION_ERRORS",
     "NOT_CONNECTED",
     "REJECTIONS",
+    "RETRY_LATER",
     "WEB_REFUSALS",
     "Reason",
 ]
@@ -56,6 +57,10 @@ class Reason(enum.StrEnum):
     DISCONNECTED = "disconnected"
     EXCHANGE_PENDING = "exchange_pending"
     TOKEN_EXPIRED = "token_expired"
+    # Why a caller should try again later (``TryAgainLater.reason``); nothing is wrong for good.
+    REFRESH_IN_PROGRESS = "refresh_in_progress"
+    KEPT_PAIR_PENDING = "kept_pair_pending"
+    VERIFICATION_DEFERRED = "verification_deferred"
     # The web layer's own refusals.
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -114,10 +119,15 @@ NOT_CONNECTED: Final = CONNECTION_ERRORS | {
     R.FOREIGN_HOST,
     R.TOKEN_EXPIRED,
 }
+#: ``TryAgainLater.reason``: why the same call may succeed later (``retry_after`` says when).
+RETRY_LATER: Final = frozenset(
+    {R.REFRESH_IN_PROGRESS, R.KEPT_PAIR_PENDING, R.VERIFICATION_DEFERRED}
+)
 #: The web layer's ``{"error": reason}``: rejections, connection errors, and its own refusals.
 WEB_REFUSALS: Final = (
     REJECTIONS
     | CONNECTION_ERRORS
+    | RETRY_LATER
     | {
         R.NOT_FOUND,
         R.METHOD_NOT_ALLOWED,

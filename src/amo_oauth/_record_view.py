@@ -13,13 +13,13 @@ and writes them (``tests/test_decisions.py`` checks that no other flow does).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import attrs
 
 from ._records import Connection, ConnectionRecord
 
-__all__ = ["RecordView", "record_of", "seconds_to_wait"]
+__all__ = ["RecordView", "record_of", "retry_after_of", "seconds_to_wait"]
 
 
 @attrs.frozen
@@ -99,3 +99,25 @@ def seconds_to_wait(record: ConnectionRecord, now: datetime, left: float, slack:
     expires it. Decided here, on the lease, so that the flows never look at one."""
     lease_left = record.lease_seconds_left(now)
     return left if lease_left is None else min(left, lease_left + slack)
+
+
+def retry_after_of(record: ConnectionRecord, now: datetime, grace: timedelta) -> float | None:
+    """Seconds (>= 0) until the first of what holds ``record`` up lapses at ``now`` (UTC): its
+    live lease, a lapsed exchange lease's ``grace``, a kept pair's wait, a deferred
+    verification's next try; None when nothing does. Decided here, so that the flows never
+    look at a lease."""
+    ends = [
+        end
+        for end in (
+            record.lease.expires_at if record.lease is not None else None,
+            record.lease.expires_at + grace
+            if record.lease is not None and record.lease.purpose == "exchange"
+            else None,
+            record.kept_pair_until,
+            record.verify_after,
+        )
+        if end is not None and end > now
+    ]
+    if not ends:
+        return None
+    return max((min(ends) - now).total_seconds(), 0.0)

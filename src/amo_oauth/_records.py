@@ -243,6 +243,11 @@ class ConnectionRecord:
     (one backoff for every process sharing the store)."""
     verify_attempts: int = 0
     """In ``exchanged``: verifications that failed for a moment so far (the backoff grows)."""
+    kept_pair_until: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+    """In ``connected``: amoCRM refused a refresh token that was sent again after a lapsed
+    lease, so the process that sent it first may keep the rotated pair in memory (its store
+    write failed). Until this time (UTC) nobody sends that token again and nobody is told to
+    re-authorize: callers hear ``TryAgainLater`` while the pair may land."""
     refused_refresh: str | None = None
     """The sha256 digest of the refresh token amoCRM refused when the connection entered
     ``error`` that way: only the answer to an overtaken refresh of that same token may bring the

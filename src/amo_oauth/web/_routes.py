@@ -9,6 +9,7 @@ twice.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Final, Generic, TypeVar, cast
@@ -17,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 import attrs
 
 from .._binding import parse_binding, ticket_expires_at
-from .._errors import CallbackRejected, ProviderError, StoreError
+from .._errors import CallbackRejected, ProviderError, StoreError, TryAgainLater
 from .._reasons import Reason
 from .._records import Connection
 from .._results import CallbackResult, Outcome
@@ -240,6 +241,10 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             response = self._refuse(route, request, status, rejected.reason)
         except StoreError:
             response = self._refuse(route, request, 503, "store_unavailable")
+        except TryAgainLater as later:  # nothing wrong for good: say when to come back
+            response = self._refuse(route, request, 503, later.reason)
+            if later.retry_after is not None:
+                response = response.with_headers((("retry-after", _seconds(later.retry_after)),))
         except ProviderError:  # the routes' calls report provider failures; belt and braces
             response = self._refuse(route, request, 502, "provider_unavailable")
         return _finish(response)
@@ -413,6 +418,11 @@ def _connect_url(redirect_uri: str, prefix: str) -> str:
     else:
         path = prefix + "/connect"
     return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def _seconds(retry_after: float) -> str:
+    """A ``Retry-After`` value: whole seconds, rounded up (HTTP takes no fractions)."""
+    return str(max(math.ceil(retry_after), 0))
 
 
 def _finish(response: Response) -> Response:
