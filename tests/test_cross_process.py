@@ -104,7 +104,7 @@ def make_parent(
     http = httpx.Client(transport=LoopbackTransport.to(served, domain=fake.domain))
     oauth = AmoOAuth(
         config_for(fake, settle_timeout=SETTLE, lease_ttl=LEASE),
-        store=open_store(spec),
+        store=open_store(spec, clock),
         http=http,
         clock=clock,
     )
@@ -543,7 +543,7 @@ def test_a_server_killed_mid_run_fails_calls_fast_and_loses_nothing(
     loop = asyncio.Runner()
     aoauth = AsyncAmoOAuth(
         config_for(fake, settle_timeout=SETTLE, lease_ttl=LEASE),
-        store=open_store(spec),
+        store=open_store(spec, clock),
         http=httpx.AsyncClient(transport=fake.async_transport()),
         clock=clock,
     )
@@ -701,7 +701,7 @@ def test_an_async_service_works_from_successive_event_loops(
     spec = fresh_spec(kind, request, tmp_path)
     oauth = AsyncAmoOAuth(
         config_for(fake, settle_timeout=SETTLE),
-        store=open_store(spec),
+        store=open_store(spec, clock),
         http=httpx.AsyncClient(transport=fake.async_transport()),
         clock=clock,
     )
