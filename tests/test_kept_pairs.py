@@ -47,7 +47,7 @@ from amo_oauth.testing.faults import (
     FaultyTransport,
 )
 
-from helpers import config_for, consent, query_of, run_consent, stored
+from helpers import config_for, consent, following, query_of, run_consent, stored
 
 T1, T2 = "tenant-1", "tenant-2"
 LEASE = timedelta(seconds=60)
@@ -78,19 +78,24 @@ def _exchanged_pair_write(args: tuple[object, ...]) -> bool:
 
 
 @pytest.fixture
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], Any]:
+def open_store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> Callable[[str], Any]:
     """Open a store object of a kind on one shared place per test (each call a new object, as
-    two machines would have)."""
+    two machines would have), reading the test's clock (the store's clock judges leases)."""
     name = f"t_{uuid.uuid4().hex[:12]}"
+    offset = following(clock)
 
     def make(kind: str) -> Any:
         if kind == "sqlite":
-            store: Any = SQLiteStore(tmp_path / "store.db")
+            store: Any = SQLiteStore(tmp_path / "store.db", clock=clock)
         elif kind == "postgres":
-            store = PostgresStore(request.getfixturevalue("postgres_url"), table=name)
+            url = request.getfixturevalue("postgres_url")
+            store = PostgresStore(url, table=name, clock_offset=offset)
             store.migrate()
         else:
-            store = RedisStore(request.getfixturevalue("redis_url"), prefix=f"{name}:")
+            url = request.getfixturevalue("redis_url")
+            store = RedisStore(url, prefix=f"{name}:", clock_offset=offset)
             store.migrate()
         return store
 
@@ -160,8 +165,9 @@ def two(
 
 def _keep_a_rotated_pair(two: Two, fake: FakeAmoCRM, clock: FakeClock) -> Any:
     """A connects both tenants, then refreshes T1 while the store refuses the new pair: A keeps
-    it and raises StoreError. Returns the store fault (heal it to bring the store back) and
-    T1's redirect query (to replay)."""
+    it and raises StoreError. Returns the store fault (heal it to bring the store back), T1's
+    redirect query and its browser's binding (to replay: a day on, the store's code ledger,
+    which remembers a code a day by the store's clock, no longer names its connection)."""
     query, binding = consent(two.a, fake, T1)
     two.a.handle_callback(query, binding=binding)
     run_consent(two.a, fake, T2)
@@ -172,13 +178,13 @@ def _keep_a_rotated_pair(two: Two, fake: FakeAmoCRM, clock: FakeClock) -> Any:
         two.a.access_token(T1)
     assert two.a._flows.records.kept_pairs() == 1
     assert fake.token_call_count("refresh_token") == 1
-    return down, query
+    return down, query, binding
 
 
 def test_a_call_for_another_tenant_lands_the_kept_pair_first(
     two: Two, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    down, _ = _keep_a_rotated_pair(two, fake, clock)
+    down, _, _ = _keep_a_rotated_pair(two, fake, clock)
     down.heal()
     assert two.a.status(T2).status is ConnectionStatus.CONNECTED  # another tenant's call
     assert two.a._flows.records.kept_pairs() == 0
@@ -190,7 +196,7 @@ def test_a_call_for_another_tenant_lands_the_kept_pair_first(
 def test_a_revoked_resend_after_a_lapsed_lease_waits_for_the_kept_pair(
     two: Two, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    down, query = _keep_a_rotated_pair(two, fake, clock)
+    down, query, binding = _keep_a_rotated_pair(two, fake, clock)
     clock.advance(LEASE + timedelta(seconds=1))  # A's refresh lease lapses
     with pytest.raises(TryAgainLater) as later:
         two.b.access_token(T1)  # B resends the spent token: amoCRM says revoked
@@ -201,7 +207,8 @@ def test_a_revoked_resend_after_a_lapsed_lease_waits_for_the_kept_pair(
         two.b.access_token(T1)  # during the grace nobody sends it again
     assert fake.token_call_count("refresh_token") == 2
     assert two.b.status(T1).status is ConnectionStatus.CONNECTED  # never reauthorization
-    replay = two.b.handle_callback(query)  # the seed's replay during the grace: answered
+    # The seed's replay during the grace, from the browser that began it: answered.
+    replay = two.b.handle_callback(query, binding=binding)
     assert replay.duplicate and replay.connection.status is ConnectionStatus.CONNECTED
     down.heal()
     assert two.a.status(T2).status is ConnectionStatus.CONNECTED  # lands T1's kept pair
@@ -214,7 +221,7 @@ def test_a_revoked_resend_after_a_lapsed_lease_waits_for_the_kept_pair(
 def test_after_the_grace_the_connection_needs_consent_until_the_kept_pair_lands(
     two: Two, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    down, _ = _keep_a_rotated_pair(two, fake, clock)
+    down, _, _ = _keep_a_rotated_pair(two, fake, clock)
     clock.advance(LEASE + timedelta(seconds=1))
     with pytest.raises(TryAgainLater):
         two.b.access_token(T1)
@@ -420,15 +427,18 @@ class Server(Protocol):
 
 
 @contextlib.contextmanager
-def killable(kind: str, directory: Path) -> Iterator[tuple[Server, Callable[[], Any]]]:
+def killable(
+    kind: str, directory: Path, clock: FakeClock
+) -> Iterator[tuple[Server, Callable[[], Any]]]:
     """A server of the test's own (PostgreSQL or Redis, durable), and a maker of store objects
-    on one table or prefix of it (the first one migrated)."""
+    on one table or prefix of it (the first one migrated), reading the test's clock."""
     place = f"t_{uuid.uuid4().hex[:12]}"
+    offset = following(clock)
     if kind == "postgres":
         with own_postgres() as pg:
 
             def make_pg() -> Any:
-                return PostgresStore(pg.url, table=place, timeout=2.0)
+                return PostgresStore(pg.url, table=place, timeout=2.0, clock_offset=offset)
 
             first = make_pg()
             first.migrate()
@@ -438,7 +448,7 @@ def killable(kind: str, directory: Path) -> Iterator[tuple[Server, Callable[[], 
     with own_redis(directory) as rs:
 
         def make_redis() -> Any:
-            return RedisStore(rs.url, prefix=f"{place}:", timeout=2.0)
+            return RedisStore(rs.url, prefix=f"{place}:", timeout=2.0, clock_offset=offset)
 
         first = make_redis()
         first.migrate()
@@ -450,7 +460,7 @@ def killable(kind: str, directory: Path) -> Iterator[tuple[Server, Callable[[], 
 def test_the_server_killed_mid_refresh_the_kept_pair_lands_on_another_tenants_call(
     kind: str, tmp_path: Path, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    with killable(kind, tmp_path) as (server, make):
+    with killable(kind, tmp_path, clock) as (server, make):
         two = Two(fake, clock, make(), make())
         try:
             _killed_scenario(two, server, fake, clock)
@@ -505,7 +515,7 @@ def test_async_the_server_killed_mid_refresh_the_kept_pair_lands_on_another_tena
         finally:
             await two.close()
 
-    with killable(kind, tmp_path) as (server, make):
+    with killable(kind, tmp_path, clock) as (server, make):
         asyncio.run(scenario(server, make))
 
 
@@ -560,7 +570,7 @@ def test_kept_pairs_are_never_logged(
     two: Two, fake: FakeAmoCRM, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="amo_oauth")
-    down, _ = _keep_a_rotated_pair(two, fake, clock)
+    down, _, _ = _keep_a_rotated_pair(two, fake, clock)
     clock.advance(LEASE + timedelta(seconds=1))
     with pytest.raises(TryAgainLater) as later:
         two.b.access_token(T1)

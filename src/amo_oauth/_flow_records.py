@@ -124,6 +124,8 @@ class Records:
 
     def _observe(self, store_now: datetime) -> datetime:
         """Learn the store's clock from a load (``Loaded.now``); returns it."""
+        # One store per service, so the skew is this machine's against it: the latest load's
+        # reading serves every record (one reference assignment: safe across threads).
         self._skew = store_now - self._clock()
         return store_now
 
