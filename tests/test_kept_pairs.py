@@ -47,7 +47,7 @@ from amo_oauth.testing.faults import (
     FaultyTransport,
 )
 
-from helpers import config_for, consent, query_of, run_consent, stored
+from helpers import config_for, consent, following, query_of, run_consent, stored
 
 T1, T2 = "tenant-1", "tenant-2"
 LEASE = timedelta(seconds=60)
@@ -78,19 +78,23 @@ def _exchanged_pair_write(args: tuple[object, ...]) -> bool:
 
 
 @pytest.fixture
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], Any]:
+def open_store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> Callable[[str], Any]:
     """Open a store object of a kind on one shared place per test (each call a new object, as
     two machines would have)."""
     name = f"t_{uuid.uuid4().hex[:12]}"
 
     def make(kind: str) -> Any:
         if kind == "sqlite":
-            store: Any = SQLiteStore(tmp_path / "store.db")
+            store: Any = SQLiteStore(tmp_path / "store.db", clock=clock)
         elif kind == "postgres":
-            store = PostgresStore(request.getfixturevalue("postgres_url"), table=name)
+            url = request.getfixturevalue("postgres_url")
+            store = PostgresStore(url, table=name, clock_offset=following(clock))
             store.migrate()
         else:
-            store = RedisStore(request.getfixturevalue("redis_url"), prefix=f"{name}:")
+            url = request.getfixturevalue("redis_url")
+            store = RedisStore(url, prefix=f"{name}:", clock_offset=following(clock))
             store.migrate()
         return store
 
@@ -201,7 +205,9 @@ def test_a_revoked_resend_after_a_lapsed_lease_waits_for_the_kept_pair(
         two.b.access_token(T1)  # during the grace nobody sends it again
     assert fake.token_call_count("refresh_token") == 2
     assert two.b.status(T1).status is ConnectionStatus.CONNECTED  # never reauthorization
-    replay = two.b.handle_callback(query)  # the seed's replay during the grace: answered
+    # The seed's replay during the grace (a day on: the ledger forgot the code, the signed-in
+    # user's record still knows it): answered with the status, never TryAgainLater.
+    replay = two.b.handle_callback(query, connection_id=T1)
     assert replay.duplicate and replay.connection.status is ConnectionStatus.CONNECTED
     down.heal()
     assert two.a.status(T2).status is ConnectionStatus.CONNECTED  # lands T1's kept pair
@@ -420,7 +426,9 @@ class Server(Protocol):
 
 
 @contextlib.contextmanager
-def killable(kind: str, directory: Path) -> Iterator[tuple[Server, Callable[[], Any]]]:
+def killable(
+    kind: str, directory: Path, clock: FakeClock
+) -> Iterator[tuple[Server, Callable[[], Any]]]:
     """A server of the test's own (PostgreSQL or Redis, durable), and a maker of store objects
     on one table or prefix of it (the first one migrated)."""
     place = f"t_{uuid.uuid4().hex[:12]}"
@@ -428,7 +436,9 @@ def killable(kind: str, directory: Path) -> Iterator[tuple[Server, Callable[[], 
         with own_postgres() as pg:
 
             def make_pg() -> Any:
-                return PostgresStore(pg.url, table=place, timeout=2.0)
+                return PostgresStore(
+                    pg.url, table=place, timeout=2.0, clock_offset=following(clock)
+                )
 
             first = make_pg()
             first.migrate()
@@ -438,7 +448,9 @@ def killable(kind: str, directory: Path) -> Iterator[tuple[Server, Callable[[], 
     with own_redis(directory) as rs:
 
         def make_redis() -> Any:
-            return RedisStore(rs.url, prefix=f"{place}:", timeout=2.0)
+            return RedisStore(
+                rs.url, prefix=f"{place}:", timeout=2.0, clock_offset=following(clock)
+            )
 
         first = make_redis()
         first.migrate()
@@ -450,7 +462,7 @@ def killable(kind: str, directory: Path) -> Iterator[tuple[Server, Callable[[], 
 def test_the_server_killed_mid_refresh_the_kept_pair_lands_on_another_tenants_call(
     kind: str, tmp_path: Path, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    with killable(kind, tmp_path) as (server, make):
+    with killable(kind, tmp_path, clock) as (server, make):
         two = Two(fake, clock, make(), make())
         try:
             _killed_scenario(two, server, fake, clock)
@@ -505,7 +517,7 @@ def test_async_the_server_killed_mid_refresh_the_kept_pair_lands_on_another_tena
         finally:
             await two.close()
 
-    with killable(kind, tmp_path) as (server, make):
+    with killable(kind, tmp_path, clock) as (server, make):
         asyncio.run(scenario(server, make))
 
 

@@ -70,7 +70,7 @@ def test_an_overtaken_exchange_never_writes_onto_the_new_connection() -> None:
     alpha = FakeAmoCRM(clock=clock, rate_limit=None, subdomain="alpha", account_id=111)
     beta = FakeAmoCRM(clock=clock, rate_limit=None, subdomain="beta", account_id=222)
     http = httpx.Client(transport=TwoAccounts(alpha, beta))
-    oauth = AmoOAuth(config_for(alpha), store=MemoryStore(), http=http, clock=clock)
+    oauth = AmoOAuth(config_for(alpha), store=MemoryStore(clock=clock), http=http, clock=clock)
     # Worker 1 exchanges a code of account alpha; its answer is slow.
     begun = oauth.begin("u1")
     first = oauth._flows.codes.handle_callback(
@@ -99,7 +99,7 @@ def test_an_overtaken_exchange_never_writes_onto_the_new_connection() -> None:
 @pytest.fixture
 def connected(fake: FakeAmoCRM, clock: FakeClock) -> AmoOAuth:
     http = httpx.Client(transport=fake.transport())
-    oauth = AmoOAuth(config_for(fake), store=MemoryStore(), http=http, clock=clock)
+    oauth = AmoOAuth(config_for(fake), store=MemoryStore(clock=clock), http=http, clock=clock)
     run_consent(oauth, fake, "u1")
     return oauth
 

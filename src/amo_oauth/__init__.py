@@ -38,6 +38,7 @@ from ._records import (
 )
 from ._results import AuthorizationRequest, CallbackResult, Outcome, RefreshReport, SweepProgress
 from ._service import AmoOAuth
+from ._state_token import MAX_CLOCK_SKEW
 from .stores import AsyncStore, MemoryStore, SQLiteStore, Store, store_from_url
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_CLOCK_SKEW",
     "Account",
     "AmoOAuth",
     "AmoOAuthError",

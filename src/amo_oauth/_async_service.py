@@ -70,7 +70,7 @@ class AsyncAmoOAuth(ServiceCore):
         self, connection_id: str, *, binding: str | None = None, browser_binding: bool = True
     ) -> AuthorizationRequest:
         """See ``AmoOAuth.begin``."""
-        return self._flows.codes.begin(connection_id, binding, browser_binding)
+        return await self._run(self._flows.codes.begin(connection_id, binding, browser_binding))
 
     async def issue_ticket(self, connection_id: str) -> str:
         """See ``AmoOAuth.issue_ticket``."""

@@ -61,6 +61,7 @@ def record_to_json(record: ConnectionRecord) -> str:
         "seen_codes": [[seen.digest, _time(seen.at)] for seen in record.seen_codes],
         "lease": _lease(record.lease),
         "connected_at": _time(record.connected_at),
+        "connected_version": record.connected_version,
         "updated_at": _time(record.updated_at),
         "integration": record.integration,
         "widget": record.widget,
@@ -127,6 +128,8 @@ def _record(body: _Fields) -> ConnectionRecord:
         seen_codes=tuple(_read_seen(item) for item in seen),
         lease=_read_lease(body.optional_obj("lease")),
         connected_at=body.optional_time("connected_at"),
+        # Absent in records connected before it was kept.
+        connected_version=body.optional_integer("connected_version"),
         updated_at=body.optional_time("updated_at"),
         # Absent in records written before keys had a namespace.
         integration=body.optional_text("integration", missing_ok=True),
@@ -144,7 +147,8 @@ def _read_tokens(tokens: _Fields | None) -> TokenSet | None:
         return None
     return TokenSet(
         access_token=tokens.text("access_token"),
-        refresh_token=tokens.text("refresh_token"),
+        # None: a token that cannot be renewed (``TokenSet``).
+        refresh_token=tokens.optional_text("refresh_token"),
         expires_at=tokens.time("expires_at"),
         refresh_expires_at=tokens.time("refresh_expires_at"),
         token_type=tokens.text("token_type"),
@@ -228,6 +232,11 @@ class _Fields:
         if not isinstance(value, int) or isinstance(value, bool):  # True is an int in Python
             raise ValueError(f"{name} is not an integer")
         return value
+
+    def optional_integer(self, name: str) -> int | None:
+        """An integer, or None when absent or null."""
+        value = self._body.get(name)
+        return None if value is None else self.integer(name)
 
     def flag(self, name: str, *, default: bool) -> bool:
         value = self._body.get(name, default)

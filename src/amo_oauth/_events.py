@@ -103,6 +103,9 @@ class CodeReceived(Event):
     lease: Lease = attrs.field(validator=_purpose("exchange"))
     state_issued_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
     code_holder: str | None = None
+    #: The record version ``begin()`` read when it signed the state (None for a state signed
+    #: before it was kept): the state is fresh for a connection made at that version or earlier.
+    state_seen_version: int | None = None
     state_expires_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
     state_holder: str | None = None
     #: False for a code that came with no consent to tie it to a user (the legacy endpoint):
@@ -198,6 +201,8 @@ class Verified(Event):
             "lease": None,
             "error": None,
             "connected_at": self.at,
+            # The version this write gives the record (``step`` adds one).
+            "connected_version": record.version + 1,
             "refused_refresh": None,
             "verify_after": None,
             "verify_attempts": 0,

@@ -17,14 +17,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import attrs
 
 from ._answers import Answer, describe
 from ._config import Config
-from ._errors import ProviderError, StoreError
+from ._errors import ProviderError, StoreError, UnreadableRecord
 from ._events import Event, LeaseExpired
 from ._lifecycle import NoOp, Step, step
 from ._ops import (
@@ -95,7 +95,11 @@ class Records:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.now = clock
+        self._clock = clock
+        # The store's clock minus this machine's, as the last load read it (``Loaded.now``):
+        # every expiry that decides who may send (leases, the ledger) is judged by the store's
+        # clock, so machines whose clocks drift apart still agree on whose lease is live.
+        self._skew = timedelta(0)
         # Waits are bounded in real time even when the clock is a test's frozen fake.
         self._monotonic = monotonic
         self._instance = secrets.token_hex(4)
@@ -109,6 +113,19 @@ class Records:
         self._landings = 0
         #: Called (with no lock held) when a pair is kept: the service starts its retry.
         self.on_kept: Callable[[], None] | None = None
+
+    # -- the store's clock -------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The store's clock (aware, UTC): this machine's clock plus the skew the latest load
+        measured (none before the first). What the table decides with and leases are written
+        with."""
+        return self._clock() + self._skew
+
+    def _observe(self, store_now: datetime) -> datetime:
+        """Learn the store's clock from a load (``Loaded.now``); returns it."""
+        self._skew = store_now - self._clock()
+        return store_now
 
     # -- keys and loading ------------------------------------------------------------------
 
@@ -135,8 +152,8 @@ class Records:
 
     def _load(self, connection_id: str, widget: bool) -> Flow[ConnectionRecord]:
         while True:
-            record = yield from self._load_key(connection_id, widget)
-            result = step(record, self.lease_expired(), self.now())
+            record, now = yield from self._load_key(connection_id, widget)
+            result = step(record, LeaseExpired(now, self.config.kept_pair_grace), now)
             if not result.changed:
                 return record
             # The worker holding the exchange is presumed dead: the code is never resent.
@@ -144,23 +161,39 @@ class Records:
             if expired is not None:
                 return expired
 
-    def _load_key(self, connection_id: str, widget: bool) -> Flow[ConnectionRecord]:
+    def version_of(self, connection_id: str) -> Flow[int]:
+        """The version stored under the connection's key (0: none), by one read that writes
+        nothing (no lease expiry, no key migration), learning the store's clock with it. A row
+        that cannot be read answers its intact version column (or 0): a new consent is the
+        way out of a corrupt row, so it must not be blocked by it."""
+        try:
+            loaded = yield from perform(Load(record_key(self.config.client_id, connection_id)))
+        except UnreadableRecord as unreadable:
+            return unreadable.version or 0
+        self._observe(loaded.now)
+        return loaded.version
+
+    def _load_key(
+        self, connection_id: str, widget: bool
+    ) -> Flow[tuple[ConnectionRecord, datetime]]:
+        """The record under its key (or a fresh one) and the store's clock read with it."""
         key = record_key(self.config.client_id, connection_id, widget=widget)
         while True:
-            record = yield from perform(Load(key))
-            if record is not None:
-                return record
-            legacy = yield from perform(Load(connection_id))
+            loaded = yield from perform(Load(key))
+            now = self._observe(loaded.now)
+            if loaded.record is not None:
+                return loaded.record, now
+            legacy = (yield from perform(Load(connection_id))).record
             if legacy is not None and legacy.integration is not None:
                 # A namespaced record under its bare id: the store keys rows by something other
                 # than ``record.key``, and every write would conflict with it for ever.
                 raise StoreError("the store keeps records under connection_id, not record.key")
             if legacy is None:
-                return self._fresh(connection_id, widget)
+                return self._fresh(connection_id, widget), now
             # A record stored before keys had a namespace. A widget install was named after
             # its account host: such a record never moves into an app user's namespace.
             if (legacy.host == legacy.connection_id) != widget:
-                return self._fresh(connection_id, widget)
+                return self._fresh(connection_id, widget), now
             yield from self._migrate(legacy, widget)
 
     def _migrate(self, legacy: ConnectionRecord, widget: bool) -> Flow[None]:
@@ -487,10 +520,3 @@ class Records:
     def error_info(self, reason: Reason, error: ProviderError) -> ErrorInfo:
         """``ErrorInfo`` for a provider failure, with amoCRM's hint."""
         return ErrorInfo(reason, error.hint, self.now())
-
-    def store_time(self, moment: datetime) -> datetime:
-        """``moment`` on the real clock, for what a store forgets by real time (nonces).
-
-        A test's clock may run far behind the wall clock; the store must not forget early.
-        """
-        return datetime.now(UTC) + (moment - self.now())

@@ -147,6 +147,8 @@ class TokenFlows:
                 # The pair is kept; the API refuses tokens however new (a blocked integration,
                 # missing scopes): the caller hears it, amoCRM gets no more refreshes for it.
                 raise ProviderError(401, "amoCRM refused a freshly refreshed access token")
+            case NoOp.NO_REFRESH_TOKEN:
+                raise ReauthorizationRequired(record.connection_id, Reason.TOKEN_EXPIRED)
             case NoOp.REFRESH_EXHAUSTED:
                 yield from self._give_up(record)
             case (
@@ -157,6 +159,7 @@ class TokenFlows:
                 | NoOp.DUPLICATE_CODE
                 | NoOp.DUPLICATE_CONSENT
                 | NoOp.EXPIRED_STATE
+                | NoOp.STATE_FROM_AHEAD
                 | NoOp.REUSED_STATE
                 | NoOp.WRONG_BROWSER
                 | NoOp.NEW_CODE_REFUSED
@@ -231,7 +234,7 @@ class TokenFlows:
         spent = record.refresh_token()
         try:
             response = yield Send(refresh_request(self.config, host, spent))
-            tokens = read_tokens(response, self.records.now(), grant="refresh_token")
+            tokens = read_tokens(response, self.records.now(), grant="refresh_token", sent=spent)
             tokens = attrs.evolve(tokens, after_rejection=after_rejection)
         except ProviderError as error:
             if meaning_of(error, "refresh_token").meaning is Meaning.ACCOUNT_MOVED:
@@ -276,7 +279,7 @@ class TokenFlows:
             )
         try:  # the one retry on the new host, with the same refresh token (protocol §5)
             response = yield Send(refresh_request(self.config, moved_to, spent))
-            tokens = read_tokens(response, self.records.now(), grant="refresh_token")
+            tokens = read_tokens(response, self.records.now(), grant="refresh_token", sent=spent)
         except ProviderError as error:
             # As any refresh failure; the host is still the old one, so a later try looks the
             # account up again.

@@ -32,6 +32,7 @@ from ._events import (
 )
 from ._reasons import Reason
 from ._records import ConnectionRecord, ConnectionStatus, code_digest
+from ._state_token import issued_ahead
 
 __all__ = ["DENIED_HOLDER", "EXCHANGING", "MACHINE", "TABLE", "NoOp", "Rule", "Step", "step"]
 
@@ -47,6 +48,7 @@ class NoOp(enum.StrEnum):
     DUPLICATE_CODE = "duplicate_code"
     DUPLICATE_CONSENT = "duplicate_consent"
     EXPIRED_STATE = "expired_state"
+    STATE_FROM_AHEAD = "state_from_ahead"
     REUSED_STATE = "reused_state"
     WRONG_BROWSER = "wrong_browser"
     NEW_CODE_REFUSED = "new_code_refused"
@@ -64,6 +66,7 @@ class NoOp(enum.StrEnum):
     # refresh_claimed, refreshed, refresh_failed
     TOKEN_FRESH = "token_fresh"
     REFRESH_IN_PROGRESS = "refresh_in_progress"
+    NO_REFRESH_TOKEN = "no_refresh_token"
     REFUSED_AGAIN = "refused_again"
     REFRESH_EXHAUSTED = "refresh_exhausted"
     NOT_CONNECTED = "not_connected"
@@ -155,19 +158,38 @@ def host_is_unknown(data: EventData) -> bool:
 
 
 def state_has_expired(data: EventData) -> bool:
-    """The code came with a state that has expired: no new claim under it."""
+    """The code came with a state that has expired: no new claim under it. (The flow passes
+    the state's expiry plus ``MAX_CLOCK_SKEW``: the machine that signed it may run behind.)"""
     step = _model(data)
     expires = getattr(step.event, "state_expires_at", None)
     return expires is not None and step.now >= expires
+
+
+def state_from_ahead(data: EventData) -> bool:
+    """The code came with a state signed more than ``MAX_CLOCK_SKEW`` ahead of the store's
+    clock: the signing machine's clock is off too far to judge the state's age."""
+    step = _model(data)
+    issued = getattr(step.event, "state_issued_at", None)
+    return issued is not None and issued_ahead(issued, step.now)
 
 
 def state_is_fresh(data: EventData) -> bool:
     """The code came with an unused state issued after the connection was made, and a host:
     a deliberate re-authorization."""
     step = _model(data)
+    return _begun_after_connecting(step) and not host_is_unknown(data)
+
+
+def _begun_after_connecting(step: _Model) -> bool:
+    """Did the state's ``begin()`` read the record after its connection was made? By version,
+    which cannot tie (a re-authorization begun in the same millisecond as the connection is
+    fresh); by time only for a state or record from before versions were kept."""
+    seen = getattr(step.event, "state_seen_version", None)
+    made = step.record.connected_version
+    if seen is not None and made is not None:
+        return bool(seen >= made)
     issued, connected = getattr(step.event, "state_issued_at", None), step.record.connected_at
-    fresh = issued is not None and connected is not None and issued > connected
-    return fresh and not host_is_unknown(data)
+    return issued is not None and connected is not None and issued > connected
 
 
 def reclaims_a_claimed_code(data: EventData) -> bool:
@@ -265,6 +287,12 @@ def refused_after_refresh(data: EventData) -> bool:
     return tokens.access_token == event.stale and tokens.after_rejection and recent
 
 
+def cannot_renew(data: EventData) -> bool:
+    """The stored token has no refresh token (amoCRM gave none): nothing to send."""
+    tokens = _model(data).record.tokens
+    return tokens is not None and tokens.refresh_token is None
+
+
 def refresh_token_spent(data: EventData) -> bool:
     """The stored refresh token was sent MAX_REFRESH_SENDS times without a stored answer."""
     tokens = _model(data).record.tokens
@@ -334,6 +362,7 @@ TABLE: tuple[Rule, ...] = (
     # A known code is a no-op in every status: the fix for the seed's double exchange.
     Rule("code_received", ALL, None, code_is_known, noop=NoOp.DUPLICATE_CODE),
     Rule("code_received", ALL, None, state_has_expired, noop=NoOp.EXPIRED_STATE),
+    Rule("code_received", ALL, None, state_from_ahead, noop=NoOp.STATE_FROM_AHEAD),
     # A second code of one consent is reported, never exchanged: while the first is in flight
     # or connected it is that connection, and after a failure or a disconnect a new consent
     # (a new begin()) is the way back. A state that brought a denial stays refused.
@@ -415,6 +444,7 @@ TABLE: tuple[Rule, ...] = (
     # Tokens are served only when connected; a refresh is claimed only when the token is not
     # usable and no other worker holds a live lease (at most one refresh in flight).
     Rule("refresh_claimed", (S.CONNECTED,), None, token_is_usable, noop=NoOp.TOKEN_FRESH),
+    Rule("refresh_claimed", (S.CONNECTED,), None, cannot_renew, noop=NoOp.NO_REFRESH_TOKEN),
     Rule("refresh_claimed", (S.CONNECTED,), None, lease_is_live, noop=NoOp.REFRESH_IN_PROGRESS),
     # A rotated pair kept by the refresh token's first sender may land: nobody sends it again.
     Rule("refresh_claimed", (S.CONNECTED,), None, awaits_a_kept_pair, noop=NoOp.KEPT_PAIR_PENDING),

@@ -66,13 +66,17 @@ class RecordView:
         return self._record.tokens_or_raise().access_token
 
     def refresh_token(self) -> str:
-        """The refresh token, to send: for a record the table says holds a pair."""
-        return self._record.tokens_or_raise().refresh_token
+        """The refresh token, to send: for a record the table says holds a pair. "" for a token
+        amoCRM gave without one: the table never lets such a record claim a refresh
+        (``no_refresh_token``), and anything else sent with it is refused, changing nothing."""
+        return self._record.tokens_or_raise().refresh_token or ""
 
     def api_credentials(self) -> tuple[str, str, str]:
         """``(account host, access token, refresh token)``; three empty strings when the record
-        holds no pair (no host passes the allowlist then, so nothing is sent)."""
-        return self._record.api_credentials() or ("", "", "")
+        holds no pair (no host passes the allowlist then, so nothing is sent), and an empty
+        refresh token for a token that cannot be renewed."""
+        host, access, refresh = self._record.api_credentials() or ("", "", "")
+        return host, access, refresh or ""
 
     def not_connected_reason(self) -> str:
         """Why the record gives no token (``ReauthorizationRequired``'s reason)."""

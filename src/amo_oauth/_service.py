@@ -68,7 +68,9 @@ class AmoOAuth(ServiceCore):
         self, connection_id: str, *, binding: str | None = None, browser_binding: bool = True
     ) -> AuthorizationRequest:
         """Start connecting: the consent-page URL with a fresh signed ``state``, bound to the
-        browser that will go there. Writes nothing.
+        browser that will go there. Reads the connection's record once (its version orders a
+        re-authorization after the connection it replaces; the store's clock dates the state)
+        and writes nothing.
 
         Args:
             connection_id: the application's key for this connection (a user or tenant id).
@@ -82,7 +84,7 @@ class AmoOAuth(ServiceCore):
             ``AuthorizationRequest(url, state, expires_at, binding)``: keep ``binding`` in the
             browser (an ``HttpOnly`` cookie) and redirect it to ``url``.
         """
-        return self._flows.codes.begin(connection_id, binding, browser_binding)
+        return self._run(self._flows.codes.begin(connection_id, binding, browser_binding))
 
     def issue_ticket(self, connection_id: str) -> str:
         """A single-use ticket (``Config.ticket_ttl``, a minute) for a mobile app to open
