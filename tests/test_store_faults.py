@@ -29,7 +29,7 @@ def _not_a_claim(args: tuple[object, ...]) -> bool:
 def connected(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
 ) -> tuple[AmoOAuth, FaultyStore]:
-    store = FaultyStore(MemoryStore(clock=clock))  # the store's clock judges leases
+    store = FaultyStore(MemoryStore(clock=clock))
     oauth = make_oauth(store=store)
     run_consent(oauth, fake, USER)
     clock.advance(timedelta(days=1, minutes=1))
