@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -194,11 +194,11 @@ def timed(call: Callable[[], object]) -> tuple[object, float]:
 
 
 def run_threads(
-    make: Callable[[], Store], scenario: str, callers: int, latency: float, settle: float
+    make: Callable[[FakeClock], Store], scenario: str, callers: int, latency: float, settle: float
 ) -> str:
     clock = FakeClock()
     fake = FakeAmoCRM(clock=clock, rate_limit=None, latency=latency)
-    store = make()
+    store = make(clock)  # the store judges leases: it reads the same clock
     counting = Counting(store, store)  # type: ignore[arg-type]
     http = httpx.Client(transport=fake.transport())
     with AmoOAuth(config(fake, settle), store=counting, http=http, clock=clock) as oauth:
@@ -228,12 +228,12 @@ def run_threads(
 
 
 def run_tasks(
-    make: Callable[[], Store], scenario: str, callers: int, latency: float, settle: float
+    make: Callable[[FakeClock], Store], scenario: str, callers: int, latency: float, settle: float
 ) -> str:
     async def burst() -> str:
         clock = FakeClock()
         fake = FakeAmoCRM(clock=clock, rate_limit=None, latency=latency)
-        store = make()
+        store = make(clock)  # the store judges leases: it reads the same clock
         counting = Counting(store, store)  # type: ignore[arg-type]
         http = httpx.AsyncClient(transport=fake.async_transport())
         cfg = config(fake, settle)
@@ -294,18 +294,25 @@ def report(fake: FakeAmoCRM, counting: Counting, store: object, scenario: str, b
     )
 
 
-def _postgres(url: str) -> Store:
+def _following(clock: FakeClock) -> Callable[[], timedelta]:
+    """A server store's ``clock_offset`` that makes it read ``clock``."""
+    return lambda: clock() - datetime.now(UTC)
+
+
+def _postgres(url: str, clock: FakeClock) -> Store:
     from amo_oauth.stores.postgres import PostgresStore
 
-    store = PostgresStore(url, table=f"burst_{time.monotonic_ns()}", max_size=16)
+    table = f"burst_{time.monotonic_ns()}"
+    store = PostgresStore(url, table=table, max_size=16, clock_offset=_following(clock))
     store.migrate()
     return store
 
 
-def _redis(url: str) -> Store:
+def _redis(url: str, clock: FakeClock) -> Store:
     from amo_oauth.stores.redis import RedisStore
 
-    store = RedisStore(url, prefix=f"burst{time.monotonic_ns()}:")
+    prefix = f"burst{time.monotonic_ns()}:"
+    store = RedisStore(url, prefix=prefix, clock_offset=_following(clock))
     store.migrate()
     return store
 
@@ -323,16 +330,18 @@ def main() -> None:
     parser.add_argument("--redis", help="a Redis URL: adds the redis store")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        makers: dict[str, Callable[[], Store]] = {
-            "memory": MemoryStore,
-            "sqlite": lambda: SQLiteStore(Path(tmp) / f"burst-{time.monotonic_ns()}.db"),
+        makers: dict[str, Callable[[FakeClock], Store]] = {
+            "memory": lambda clock: MemoryStore(clock=clock),
+            "sqlite": lambda clock: SQLiteStore(
+                Path(tmp) / f"burst-{time.monotonic_ns()}.db", clock=clock
+            ),
         }
         stores = args.stores.split(",")
         if args.postgres:
-            makers["postgres"] = lambda: _postgres(args.postgres)
+            makers["postgres"] = lambda clock: _postgres(args.postgres, clock)
             stores.append("postgres")
         if args.redis:
-            makers["redis"] = lambda: _redis(args.redis)
+            makers["redis"] = lambda clock: _redis(args.redis, clock)
             stores.append("redis")
         print(f"{args.callers} callers at once, token latency {args.latency}s")
         for scenario in args.scenarios.split(","):

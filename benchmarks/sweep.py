@@ -32,7 +32,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -87,10 +87,10 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def run(make: Callable[[], Store], args: argparse.Namespace) -> str:
+def run(make: Callable[[FakeClock], Store], args: argparse.Namespace) -> str:
     clock = FakeClock()
     fake = FakeAmoCRM(rate_limit=None, latency=0.0, clock=clock)
-    store = make()
+    store = make(clock)  # the store judges leases: it reads the same clock
     http = httpx.Client(transport=fake.transport(), limits=httpx.Limits(max_connections=64))
     with AmoOAuth(config(fake), store=store, http=http, clock=clock) as oauth:
         connect_all(oauth, fake, args.connections, args.hosts)
@@ -148,18 +148,25 @@ async def sweep_async(
     return report, still_due
 
 
-def _postgres(url: str) -> Store:
+def _following(clock: FakeClock) -> Callable[[], timedelta]:
+    """A server store's ``clock_offset`` that makes it read ``clock``."""
+    return lambda: clock() - datetime.now(UTC)
+
+
+def _postgres(url: str, clock: FakeClock) -> Store:
     from amo_oauth.stores.postgres import PostgresStore
 
-    store = PostgresStore(url, table=f"sweep_{time.monotonic_ns()}", max_size=32)
+    table = f"sweep_{time.monotonic_ns()}"
+    store = PostgresStore(url, table=table, max_size=32, clock_offset=_following(clock))
     store.migrate()
     return store
 
 
-def _redis(url: str) -> Store:
+def _redis(url: str, clock: FakeClock) -> Store:
     from amo_oauth.stores.redis import RedisStore
 
-    store = RedisStore(url, prefix=f"sweep{time.monotonic_ns()}:", max_connections=64)
+    prefix = f"sweep{time.monotonic_ns()}:"
+    store = RedisStore(url, prefix=prefix, max_connections=64, clock_offset=_following(clock))
     store.migrate()
     return store
 
@@ -183,16 +190,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        makers: dict[str, Callable[[], Store]] = {
-            "memory": MemoryStore,
-            "sqlite": lambda: SQLiteStore(Path(tmp) / f"sweep-{time.monotonic_ns()}.db"),
+        makers: dict[str, Callable[[FakeClock], Store]] = {
+            "memory": lambda clock: MemoryStore(clock=clock),
+            "sqlite": lambda clock: SQLiteStore(
+                Path(tmp) / f"sweep-{time.monotonic_ns()}.db", clock=clock
+            ),
         }
         stores = [name for name in args.stores.split(",") if name]
         if args.postgres:
-            makers["postgres"] = lambda: _postgres(args.postgres)
+            makers["postgres"] = lambda clock: _postgres(args.postgres, clock)
             stores.append("postgres")
         if args.redis:
-            makers["redis"] = lambda: _redis(args.redis)
+            makers["redis"] = lambda clock: _redis(args.redis, clock)
             stores.append("redis")
         driver = "tasks" if args.use_async else "threads"
         print(

@@ -72,18 +72,21 @@ async def acallback(oauth: AsyncAmoOAuth, given: Consent) -> CallbackResult:
     return await oauth.handle_callback(given["query"], binding=given["binding"])
 
 
-def open_store(spec: dict[str, Any]) -> Store:
+def open_store(spec: dict[str, Any], clock: Callable[[], datetime] | None = None) -> Store:
     """The store a job names: ``{"kind": "sqlite", "path": ...}``, ``{"kind": "postgres",
     "url": ..., "table": ...}`` or ``{"kind": "redis", "url": ..., "prefix": ...}``; ``timeout``
-    (seconds) for the server stores, when given."""
+    (seconds) for the server stores, when given. With ``clock`` (the test's moved clock) the
+    store reads it too: leases and the ledger are judged by the store's clock."""
     kind = spec["kind"]
     options: dict[str, Any] = {}
     if "timeout" in spec:
         options["timeout"] = spec["timeout"]
+    if clock is not None and kind != "sqlite":
+        options["clock_offset"] = lambda: clock() - datetime.now(UTC)
     if kind == "sqlite":
         from amo_oauth import SQLiteStore
 
-        return SQLiteStore(spec["path"])
+        return SQLiteStore(spec["path"], clock=clock)
     if kind == "postgres":
         from amo_oauth import PostgresStore
 
@@ -139,7 +142,7 @@ def threads_at_once(run: Callable[[], dict[str, Any]], count: int) -> dict[str, 
 
 def _threads(job: dict[str, Any], clock: Callable[[], datetime]) -> dict[str, Any]:
     http = httpx.Client(transport=LoopbackTransport.to(job["url"], domain=job["domain"]))
-    oauth = AmoOAuth(_config(job), store=open_store(job["store"]), http=http, clock=clock)
+    oauth = AmoOAuth(_config(job), store=open_store(job["store"], clock), http=http, clock=clock)
 
     def run() -> dict[str, Any]:
         if job["action"] == "callback":
@@ -157,7 +160,9 @@ def _threads(job: dict[str, Any], clock: Callable[[], datetime]) -> dict[str, An
 async def _tasks(job: dict[str, Any], clock: Callable[[], datetime]) -> dict[str, Any]:
     transport = AsyncLoopbackTransport.to(job["url"], domain=job["domain"])
     http = httpx.AsyncClient(transport=transport)
-    oauth = AsyncAmoOAuth(_config(job), store=open_store(job["store"]), http=http, clock=clock)
+    oauth = AsyncAmoOAuth(
+        _config(job), store=open_store(job["store"], clock), http=http, clock=clock
+    )
 
     async def run() -> dict[str, Any]:
         if job["action"] == "callback":

@@ -59,7 +59,7 @@ def make_oauth(fake: FakeAmoCRM, clock: FakeClock) -> Iterator[Callable[..., Amo
     def make(store: Store | None = None, **overrides: object) -> AmoOAuth:
         oauth = AmoOAuth(
             config_for(fake, **overrides),
-            store=store if store is not None else MemoryStore(),
+            store=store if store is not None else MemoryStore(clock=clock),
             http=httpx.Client(transport=fake.transport()),
             clock=clock,
         )

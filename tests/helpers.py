@@ -80,3 +80,9 @@ class OffsetClock:
 
     def __call__(self) -> datetime:
         return datetime.now(UTC) + self.offset
+
+
+def following(clock: Any) -> Any:
+    """A server store's ``clock_offset`` that makes its clock read ``clock`` (a test's
+    ``FakeClock``): the store judges leases and the ledger, so it must see the test's time."""
+    return lambda: clock() - datetime.now(UTC)

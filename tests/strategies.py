@@ -16,6 +16,7 @@ from amo_oauth._events import (
     LeaseExpired,
     ProviderDisconnected,
     RefreshClaimed,
+    RefreshDoubted,
     Refreshed,
     RefreshFailed,
     RefreshReleased,
@@ -102,6 +103,7 @@ records = st.builds(
     refused_refresh=st.none() | refresh_tokens.map(code_digest),
     verify_after=st.none() | moments,
     verify_attempts=st.integers(min_value=0, max_value=5),
+    kept_pair_until=st.none() | moments,
 )
 
 
@@ -123,9 +125,18 @@ def events(codes: st.SearchStrategy[str]) -> dict[type[Event], st.SearchStrategy
     return {
         CodeReceived: code_received(codes),
         Denied: st.builds(Denied, at=moments, reason=st.sampled_from(["access_denied", "x"])),
-        ExchangeSucceeded: st.builds(ExchangeSucceeded, tokens=token_sets),
+        ExchangeSucceeded: st.builds(
+            ExchangeSucceeded,
+            tokens=token_sets,
+            code_digest=st.none() | codes.map(code_digest),
+            released=st.booleans(),
+        ),
         ExchangeFailed: st.builds(ExchangeFailed, error=error_infos),
-        LeaseExpired: st.builds(LeaseExpired, at=moments),
+        LeaseExpired: st.builds(
+            LeaseExpired,
+            at=moments,
+            grace=st.sampled_from([timedelta(0), timedelta(minutes=2)]),
+        ),
         Verified: st.builds(Verified, account=accounts, at=moments),
         VerifyFailed: st.builds(VerifyFailed, error=error_infos),
         VerifyClaimed: st.builds(VerifyClaimed, lease=leases("exchange")),
@@ -141,6 +152,9 @@ def events(codes: st.SearchStrategy[str]) -> dict[type[Event], st.SearchStrategy
         Refreshed: st.builds(Refreshed, tokens=token_sets, spent_refresh_token=refresh_tokens),
         RefreshFailed: st.builds(
             RefreshFailed, error=error_infos, spent_refresh_token=refresh_tokens
+        ),
+        RefreshDoubted: st.builds(
+            RefreshDoubted, spent_refresh_token=refresh_tokens, until=moments
         ),
         RefreshReleased: st.just(RefreshReleased()),
         Disconnect: st.just(Disconnect()),

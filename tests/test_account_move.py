@@ -89,7 +89,7 @@ def test_a_token_without_the_api_domain_claim_cannot_be_followed(clock: FakeCloc
     fake = FakeAmoCRM(clock=clock, rate_limit=None, api_domain_claim=False)
     oauth = AmoOAuth(
         config_for(fake),
-        store=MemoryStore(),
+        store=MemoryStore(clock=clock),
         http=httpx.Client(transport=fake.transport()),
         clock=clock,
     )

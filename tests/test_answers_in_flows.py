@@ -59,7 +59,7 @@ def html(status: int) -> Callable[[], httpx.Response]:
 def connected(fake: FakeAmoCRM, clock: FakeClock, transport: httpx.BaseTransport) -> AmoOAuth:
     oauth = AmoOAuth(
         config_for(fake),
-        store=MemoryStore(),
+        store=MemoryStore(clock=clock),
         http=httpx.Client(transport=transport),
         clock=clock,
     )
@@ -130,7 +130,7 @@ def test_a_misconfigured_redirect_uri_is_said_so(
 ) -> None:
     oauth = AmoOAuth(
         config_for(fake, redirect_uri="https://elsewhere.example/callback"),
-        store=MemoryStore(),
+        store=MemoryStore(clock=clock),
         http=httpx.Client(transport=fake.transport()),
         clock=clock,
     )
@@ -165,7 +165,7 @@ def test_a_wrong_client_secret_is_a_misconfiguration(
 ) -> None:
     oauth = AmoOAuth(
         config_for(fake, **client),
-        store=MemoryStore(),
+        store=MemoryStore(clock=clock),
         http=httpx.Client(transport=fake.transport()),
         clock=clock,
     )
@@ -183,7 +183,7 @@ def test_out_of_range_values_never_escape_as_a_crash(
 
     oauth = AmoOAuth(
         config_for(fake),
-        store=MemoryStore(),
+        store=MemoryStore(clock=clock),
         http=httpx.Client(transport=fake.transport()),
         clock=clock,
     )
@@ -218,7 +218,10 @@ def test_a_trickling_answer_is_cut_at_http_timeout_over_real_http(clock: FakeClo
     with fake.serve() as served:
         http = httpx.Client(transport=LoopbackTransport.to(served.url, domain=fake.domain))
         oauth = AmoOAuth(
-            config_for(fake, http_timeout=1.0), store=MemoryStore(), http=http, clock=clock
+            config_for(fake, http_timeout=1.0),
+            store=MemoryStore(clock=clock),
+            http=http,
+            clock=clock,
         )
         run_consent(oauth, fake, USER)
         clock.advance(timedelta(days=1, minutes=1))

@@ -37,7 +37,11 @@ def test_a_refresh_cancelled_after_amocrm_rotated_the_pair_keeps_the_pair(
     fake: FakeAmoCRM, clock: FakeClock, tmp_path: object, how: str, store: str
 ) -> None:
     async def scenario() -> None:
-        made = MemoryStore() if store == "memory" else SQLiteStore(f"{tmp_path}/c.db")
+        made = (
+            MemoryStore(clock=clock)
+            if store == "memory"
+            else SQLiteStore(f"{tmp_path}/c.db", clock=clock)
+        )
         oauth = await connected(fake, clock, made)
         clock.advance(timedelta(days=1, minutes=1))
         fake.latency = 0.3  # amoCRM rotates the pair, then the answer takes 0.3 s to arrive

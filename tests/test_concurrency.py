@@ -20,13 +20,16 @@ RACERS = 100
 USER = "user-42"
 
 
-def stores(tmp_path: Path) -> dict[str, Store]:
-    return {"memory": MemoryStore(), "sqlite": SQLiteStore(tmp_path / "race.db")}
+def stores(tmp_path: Path, clock: FakeClock) -> dict[str, Store]:
+    return {
+        "memory": MemoryStore(clock=clock),
+        "sqlite": SQLiteStore(tmp_path / "race.db", clock=clock),
+    }
 
 
 @pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    return stores(tmp_path)[request.param]
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Store:
+    return stores(tmp_path, clock)[request.param]
 
 
 @pytest.fixture

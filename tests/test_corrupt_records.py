@@ -36,9 +36,9 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def connected(
-    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, db: Path
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, db: Path, clock: FakeClock
 ) -> tuple[AmoOAuth, dict[str, str]]:
-    oauth = make_oauth(store=SQLiteStore(db))
+    oauth = make_oauth(store=SQLiteStore(db, clock=clock))
     query, binding = consent(oauth, fake, USER)
     assert oauth.handle_callback(query, binding=binding).outcome is Outcome.CONNECTED
     return oauth, query
@@ -78,7 +78,7 @@ def test_the_web_layer_answers_503(connected: tuple[AmoOAuth, dict[str, str]], d
         if path.endswith("status"):
             assert (answer.status, json.loads(answer.text)) == (503, {"error": "store_unavailable"})
         else:
-            assert answer.status in (200, 302)  # begin() reads nothing
+            assert answer.status in (200, 302)  # begin() reads only the version column
 
 
 def test_disconnect_overwrites_a_corrupt_row_and_the_code_stays_spent(

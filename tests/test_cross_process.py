@@ -104,7 +104,7 @@ def make_parent(
     http = httpx.Client(transport=LoopbackTransport.to(served, domain=fake.domain))
     oauth = AmoOAuth(
         config_for(fake, settle_timeout=SETTLE, lease_ttl=LEASE),
-        store=open_store(spec),
+        store=open_store(spec, clock),
         http=http,
         clock=clock,
     )
@@ -382,6 +382,11 @@ def test_a_worker_killed_before_the_pair_is_stored_leaves_the_code_unsent(
     assert parent.status(USER).status is ConnectionStatus.CODE_RECEIVED
 
     clock.offset += LEASE + timedelta(seconds=1)
+    # The worker might be alive and keep the pair (a failed store write): awaited a grace.
+    assert parent.status(USER).status is ConnectionStatus.CODE_RECEIVED
+    again = callback(parent, given)  # a reload during the grace: answered, never resent
+    assert again.connection.status is ConnectionStatus.CODE_RECEIVED
+    clock.offset += parent.config.kept_pair_grace
     status = parent.status(USER)
     assert status.status is ConnectionStatus.ERROR, status
     assert status.error is not None and status.error.reason == Reason.EXCHANGE_INTERRUPTED
@@ -538,7 +543,7 @@ def test_a_server_killed_mid_run_fails_calls_fast_and_loses_nothing(
     loop = asyncio.Runner()
     aoauth = AsyncAmoOAuth(
         config_for(fake, settle_timeout=SETTLE, lease_ttl=LEASE),
-        store=open_store(spec),
+        store=open_store(spec, clock),
         http=httpx.AsyncClient(transport=fake.async_transport()),
         clock=clock,
     )
@@ -696,7 +701,7 @@ def test_an_async_service_works_from_successive_event_loops(
     spec = fresh_spec(kind, request, tmp_path)
     oauth = AsyncAmoOAuth(
         config_for(fake, settle_timeout=SETTLE),
-        store=open_store(spec),
+        store=open_store(spec, clock),
         http=httpx.AsyncClient(transport=fake.async_transport()),
         clock=clock,
     )

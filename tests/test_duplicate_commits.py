@@ -35,7 +35,7 @@ from amo_oauth import (
 from amo_oauth.stores._protocol import ClaimResult
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import config_for, consent
+from helpers import config_for, consent, following
 
 USER = "user-1"
 ACCOUNT = "/api/v4/account"
@@ -99,20 +99,22 @@ class Commits:
         return counted
 
 
-def _postgres(request: pytest.FixtureRequest) -> Store:
+def _postgres(request: pytest.FixtureRequest, clock: FakeClock) -> Store:
     pytest.importorskip("psycopg")
     from amo_oauth.stores import PostgresStore
 
-    store = PostgresStore(request.getfixturevalue("postgres_url"), table=_unique("t_"))
+    url = request.getfixturevalue("postgres_url")
+    store = PostgresStore(url, table=_unique("t_"), clock_offset=following(clock))
     store.migrate()
     return store
 
 
-def _redis(request: pytest.FixtureRequest) -> Store:
+def _redis(request: pytest.FixtureRequest, clock: FakeClock) -> Store:
     pytest.importorskip("redis")
     from amo_oauth.stores import RedisStore
 
-    store = RedisStore(request.getfixturevalue("redis_url"), prefix=_unique("commits-") + ":")
+    url, prefix = request.getfixturevalue("redis_url"), _unique("commits-") + ":"
+    store = RedisStore(url, prefix=prefix, clock_offset=following(clock))
     store.migrate()
     return store
 
@@ -122,14 +124,14 @@ def _unique(prefix: str) -> str:
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
     kind = request.param
     if kind == "memory":
-        yield MemoryStore()
+        yield MemoryStore(clock=clock)
     elif kind == "sqlite":
-        yield SQLiteStore(tmp_path / "commits.db")
+        yield SQLiteStore(tmp_path / "commits.db", clock=clock)
     else:
-        yield _postgres(request) if kind == "postgres" else _redis(request)
+        yield _postgres(request, clock) if kind == "postgres" else _redis(request, clock)
 
 
 @pytest.fixture
@@ -182,7 +184,9 @@ def test_a_duplicate_while_verification_waits_commits_nothing_until_it_is_due(
     assert (replay.connection.status, replay.duplicate) == (ConnectionStatus.EXCHANGED, True)
     assert oauth.exchange_code(USER, query["code"]).duplicate
     assert commits.count == before
-    clock.advance(timedelta(seconds=5))
+    # The 5 s backoff, plus a second: a server store's clock follows the fake one through an
+    # offset, to a few milliseconds.
+    clock.advance(timedelta(seconds=6))
     due = oauth.handle_callback(query)
     assert (due.outcome, due.duplicate) == (Outcome.ALREADY_CONNECTED, True)
     assert commits.count == before + 2  # the verification's claim, the verified account

@@ -30,11 +30,11 @@ def raw_rows(db: Path) -> str:
 
 @pytest.fixture
 def connected(
-    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, tmp_path: Path
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, tmp_path: Path, clock: FakeClock
 ) -> tuple[AmoOAuth, Path, Fernet]:
     key = Fernet(Fernet.generate_key())
     db = tmp_path / "sealed.db"
-    oauth = make_oauth(store=SQLiteStore(db, encryption=key))
+    oauth = make_oauth(store=SQLiteStore(db, encryption=key, clock=clock))
     run_consent(oauth, fake, USER)
     return oauth, db, key
 
@@ -71,7 +71,7 @@ def test_multifernet_reads_old_rows_and_rewrites_them_with_the_new_key(
 ) -> None:
     oauth, db, old = connected
     new = Fernet(Fernet.generate_key())
-    rotating = make_oauth(store=SQLiteStore(db, encryption=MultiFernet([new, old])))
+    rotating = make_oauth(store=SQLiteStore(db, encryption=MultiFernet([new, old]), clock=clock))
     assert rotating.status(USER).status is ConnectionStatus.CONNECTED  # old rows read
     clock.advance(timedelta(days=1, minutes=1))
     token = rotating.access_token(USER)  # the refresh rewrites the row, with the newest key

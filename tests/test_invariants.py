@@ -57,8 +57,8 @@ from amo_oauth import (
     ReauthorizationRequired,
 )
 from amo_oauth._lifecycle import REJECTION_WINDOW
-from amo_oauth._records import MAX_CODE_DIGESTS, code_digest, record_key
-from amo_oauth._state_token import issue_state
+from amo_oauth._records import CODE_MEMORY, MAX_CODE_DIGESTS, code_digest, record_key
+from amo_oauth._state_token import MAX_CLOCK_SKEW, issue_state
 from amo_oauth.stores import BaseStore, Claim, ClaimResult, Loaded
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
@@ -94,8 +94,8 @@ class RecordingStore(BaseStore):
     Its ``claim`` is ``BaseStore``'s, made of the calls below, so claims are recorded too.
     """
 
-    def __init__(self) -> None:
-        self.inner = MemoryStore()
+    def __init__(self, clock: FakeClock) -> None:
+        self.inner = MemoryStore(clock=clock)  # the store's clock judges leases and the ledger
         self.written: list[tuple[int | None, ConnectionRecord]] = []
 
     def load(self, connection_id: str) -> Loaded:
@@ -145,6 +145,8 @@ class Begun:
     expires_at: datetime
     #: The binding of the browser that began it, which brings every redirect of it back.
     binding: str | None = attrs.field(default=None, repr=False)
+    #: The record version begin() read: it orders the consent after a connection.
+    seen_version: int = 0
 
 
 @attrs.frozen
@@ -183,7 +185,7 @@ class OAuthMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.fake = FakeAmoCRM(clock=self.clock, rate_limit=None)
         self.config = config_for(self.fake, settle_timeout=0.001)
-        self.store = RecordingStore()
+        self.store = RecordingStore(self.clock)
         self.http = httpx.Client(transport=self.fake.transport())
         self.oauth = AmoOAuth(self.config, store=self.store, http=self.http, clock=self.clock)
         self.logs = LogCapture()
@@ -195,7 +197,9 @@ class OAuthMachine(RuleBasedStateMachine):
         self.codes: dict[str, tuple[datetime, int]] = {}  # code -> (issued at, uninstall epoch)
         self.submitted: set[str] = set()  # codes handed to the service
         self.holders: dict[str, str] = {}  # state -> the holder that consumed it
-        self.claimed: set[str] = set()  # codes an exchange was started for (the code ledger)
+        # Codes an exchange was started for, and when (the code ledger, which remembers each
+        # for CODE_MEMORY on the store's clock: the fake clock here).
+        self.claimed: dict[str, datetime] = {}
         self.epoch = 0  # uninstalls so far
         self.revoked: set[str] = set()  # tokens an uninstall revoked at the fake
         self.dead_access: set[str] = set()  # access tokens revoked or expired early
@@ -229,6 +233,11 @@ class OAuthMachine(RuleBasedStateMachine):
         self.counts[what] = self.counts.get(what, 0) + 1
         if currently_in_test_context():
             event(what)  # shown by --hypothesis-show-statistics
+
+    def in_ledger(self, code: str) -> bool:
+        """Does the store's code ledger still hold ``code``? For CODE_MEMORY after its claim."""
+        claimed = self.claimed.get(code)
+        return claimed is not None and self.clock() <= claimed + CODE_MEMORY
 
     def record(self, cid: str) -> ConnectionRecord:
         key = record_key(self.config.client_id, cid)
@@ -303,7 +312,7 @@ class OAuthMachine(RuleBasedStateMachine):
             return Expect("duplicate")
         consume = None
         if begun is not None:
-            if self.clock() >= begun.expires_at:
+            if self.clock() >= begun.expires_at + MAX_CLOCK_SKEW:
                 return Expect("reject", "expired_state")
             holder = self.holders.get(begun.state, digest)
             if holder == "denied":
@@ -313,18 +322,20 @@ class OAuthMachine(RuleBasedStateMachine):
             consume = (begun.state, digest)
         if host is None and record.host is None:
             return Expect("reject", "missing_referer", consume)
+        # Ordered by versions, which cannot tie (issue 18, item 5): a consent begun after the
+        # connection was made, even in its millisecond, is a re-authorization.
         fresh = (
             begun is not None
-            and record.connected_at is not None
-            and begun.issued_at > record.connected_at
+            and record.connected_version is not None
+            and begun.seen_version >= record.connected_version
         )
-        if begun is None and record.status is S.CONNECTED and code not in self.claimed:
+        if begun is None and record.status is S.CONNECTED and not self.in_ledger(code):
             return Expect("reject", "new_code_refused")  # no consent ties it to this user
         if not (
             record.status in (S.DISCONNECTED, S.ERROR) or (record.status is S.CONNECTED and fresh)
         ):
             return Expect("keep", consume=consume)
-        if code in self.claimed:
+        if self.in_ledger(code):
             # Sent before: for another connection, or before this record let its digest go.
             return Expect("duplicate", consume=consume)
         if begun is None:  # no consent ties a new code to this user: never exchanged
@@ -375,7 +386,7 @@ class OAuthMachine(RuleBasedStateMachine):
             return
         # An exchange: exactly one token call, for this code, sent for the first time.
         assert not was_sent
-        self.claimed.add(code)
+        self.claimed[code] = self.clock()
         assert self.fake.token_call_count() == calls + 1
         assert self.fake.token_calls_for(code) == 1
         assert record.knows_code(code_digest(code))
@@ -395,7 +406,7 @@ class OAuthMachine(RuleBasedStateMachine):
         before = self.snapshot()
         calls = self.fake.token_call_count()
         reason = None
-        if self.clock() >= begun.expires_at:
+        if self.clock() >= begun.expires_at + MAX_CLOCK_SKEW:
             reason = "expired_state"
         elif self.holders.get(begun.state, "denied") != "denied":
             reason = "reused_state"
@@ -425,10 +436,11 @@ class OAuthMachine(RuleBasedStateMachine):
 
     @rule(target=states, cid=st.sampled_from(USERS))
     def begin(self, cid: str) -> Begun:
+        seen = self.record(cid).version
         request = self.oauth.begin(cid)
         self.check_clean(request)
         issued = request.expires_at - self.config.state_ttl
-        return Begun(cid, request.state, issued, request.expires_at, request.binding)
+        return Begun(cid, request.state, issued, request.expires_at, request.binding, seen)
 
     @rule(target=sent, cid=st.sampled_from(USERS))
     def connect(self, cid: str) -> Sent:
@@ -454,7 +466,8 @@ class OAuthMachine(RuleBasedStateMachine):
         request = self.oauth.begin(cid)
         issued = request.expires_at - self.config.state_ttl
         begun = Begun(cid, request.state, issued, request.expires_at, request.binding)
-        self.clock.advance(self.config.state_ttl + timedelta(seconds=late))
+        # Past the state's expiry plus MAX_CLOCK_SKEW (its signer may run behind).
+        self.clock.advance(self.config.state_ttl + MAX_CLOCK_SKEW + timedelta(seconds=late))
         query = self.redirect(begun.state)
         self.run_grant(
             cid,
@@ -558,7 +571,7 @@ class OAuthMachine(RuleBasedStateMachine):
             code = query["code"]
             self.submitted.add(code)
             self.touched.add(code)
-            self.claimed.add(code)
+            self.claimed[code] = self.clock()
             result = self.oauth.handle_callback(query, binding=request.binding)
             assert result.outcome is Outcome.CONNECTED
         assert self.fake.token_call_count() == calls + CHURN
@@ -1024,7 +1037,7 @@ def test_a_code_claimed_for_another_connection_is_reported_without_waiting(
     for ``settle_timeout`` by a request that changes nothing."""
     with AmoOAuth(
         config_for(fake, settle_timeout=1.0),
-        store=MemoryStore(),
+        store=MemoryStore(clock=clock),
         http=httpx.Client(transport=fake.transport()),
         clock=clock,
     ) as oauth:

@@ -890,6 +890,12 @@ class TestPostgresContract(StoreContract):
     def run_async(self, main: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(main)
 
+    @pytest.fixture
+    def skewed_store(
+        self, make_store: Callable[..., PostgresStore]
+    ) -> Callable[[timedelta], Store]:
+        return lambda skew: make_store(clock_offset=lambda: skew)
+
 
 def test_the_cli_names_migrate_and_migrate_makes_the_store(
     postgres_url: str,  # noqa: F811

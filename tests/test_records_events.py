@@ -165,7 +165,17 @@ def test_disconnect_forgets_everything_but_the_seen_codes():
     changes = Disconnect().changes(ConnectionRecord("c"), T0)
     assert "seen_codes" not in changes
     assert changes == dict.fromkeys(
-        ("tokens", "account", "error", "lease", "host", "connected_at", "refused_refresh"), None
+        (
+            "tokens",
+            "account",
+            "error",
+            "lease",
+            "host",
+            "connected_at",
+            "refused_refresh",
+            "kept_pair_until",
+        ),
+        None,
     )
 
 

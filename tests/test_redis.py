@@ -902,6 +902,10 @@ class TestRedisContract(StoreContract):
     """The public store contract, unchanged, on a real Redis server (the ``store`` fixture
     above: a fresh prefix per test)."""
 
+    @pytest.fixture
+    def skewed_store(self, make_store: Callable[..., RedisStore]) -> Callable[[timedelta], Store]:
+        return lambda skew: make_store(clock_offset=lambda: skew)
+
 
 def test_the_cli_names_migrate_and_migrate_makes_the_store(
     redis_url: str,  # noqa: F811

@@ -27,7 +27,7 @@ USER = "user-1"
 def connect(fake: FakeAmoCRM, clock: FakeClock, transport: httpx.BaseTransport | None = None):
     oauth = AmoOAuth(
         config_for(fake),
-        store=MemoryStore(),
+        store=MemoryStore(clock=clock),
         http=httpx.Client(transport=transport or fake.transport()),
         clock=clock,
     )

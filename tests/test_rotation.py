@@ -112,7 +112,7 @@ def test_every_row_ends_sealed_with_the_newest_key(db: Path, clock: FakeClock) -
 
 
 def test_a_leased_record_is_skipped_then_done(db: Path, clock: FakeClock) -> None:
-    rotating = SQLiteStore(db, encryption=MultiFernet([Fernet(NEW), Fernet(OLD)]))
+    rotating = SQLiteStore(db, encryption=MultiFernet([Fernet(NEW), Fernet(OLD)]), clock=clock)
     key = keys_of(rotating)[1]
     leased = lease(rotating, key, clock)
     released: list[float] = []
@@ -132,7 +132,8 @@ def test_a_leased_record_is_skipped_then_done(db: Path, clock: FakeClock) -> Non
 
 
 def test_a_lease_that_stays_is_left_for_a_later_run(db: Path, clock: FakeClock) -> None:
-    rotating = SQLiteStore(db, encryption=MultiFernet([Fernet(NEW), Fernet(OLD)]))
+    # The store's clock judges the lease: the test moves it.
+    rotating = SQLiteStore(db, encryption=MultiFernet([Fernet(NEW), Fernet(OLD)]), clock=clock)
     key = keys_of(rotating)[1]  # [0] is "bare"
     leased = lease(rotating, key, clock)
     pauses: list[float] = []
@@ -354,3 +355,15 @@ def test_missing_or_bad_keys_are_a_clear_error(
         rotate(db, monkeypatch, keys)
     assert "short-secret-value" not in str(exited.value)
     assert "not-a-key" not in str(exited.value)
+
+
+def test_a_lease_is_judged_by_the_stores_clock_not_the_jobs(db: Path, clock: FakeClock) -> None:
+    # The job's machine runs two minutes ahead of the store (lease 60 s): the lease is live.
+    rotating = SQLiteStore(db, encryption=MultiFernet([Fernet(NEW), Fernet(OLD)]), clock=clock)
+    key = keys_of(rotating)[1]
+    leased = lease(rotating, key, clock)
+    ahead = lambda: clock() + timedelta(seconds=120)  # noqa: E731
+    report = rotate_keys(rotating, now=ahead, sleep=lambda _: None, retries=0)
+    assert report.left_leased == (key,)
+    assert rotating.load(key).record == leased
+    rotating.close()

@@ -29,6 +29,7 @@ from amo_oauth import (
     StoreError,
 )
 from amo_oauth._records import record_key
+from amo_oauth._state_token import MAX_CLOCK_SKEW
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import config_for, query_of, run_consent, stored
@@ -96,7 +97,7 @@ def test_expired_state_with_a_new_code_is_rejected(
     oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
     begun = oauth.begin(USER)
-    clock.advance(oauth.config.state_ttl)
+    clock.advance(oauth.config.state_ttl + MAX_CLOCK_SKEW)  # its signer may run behind
     with pytest.raises(CallbackRejected) as rejected:
         oauth.handle_callback(query_of(fake.authorize(begun.state)), binding=begun.binding)
     assert rejected.value.reason == "expired_state"
@@ -219,6 +220,9 @@ def test_a_dead_workers_lease_expires_into_exchange_interrupted(
     assert oauth.store.compare_and_set(crashed, None)
     assert oauth.status(USER).status is ConnectionStatus.CODE_RECEIVED
     clock.advance(61)
+    # Its worker may be alive and keep the pair (a failed store write): awaited a grace.
+    assert oauth.status(USER).status is ConnectionStatus.CODE_RECEIVED
+    clock.advance(oauth.config.kept_pair_grace.total_seconds())
     status = oauth.status(USER)
     assert status.status is ConnectionStatus.ERROR
     assert status.error is not None and status.error.reason == "exchange_interrupted"
@@ -425,7 +429,8 @@ def test_a_state_expires_after_thirty_minutes_by_default(
     oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
     begun = oauth.begin(USER)
-    clock.advance(timedelta(minutes=29, seconds=59))
+    # Thirty minutes, plus MAX_CLOCK_SKEW: the machine that signed it may run behind.
+    clock.advance(timedelta(minutes=29, seconds=59) + MAX_CLOCK_SKEW)
     late = oauth.begin(USER, binding=begun.binding)  # the same browser, a second "Connect"
     assert late.binding == begun.binding
     clock.advance(timedelta(seconds=1))

@@ -69,6 +69,7 @@ def test_the_payload_holds_only_keyed_hashes_the_nonce_and_times():
         "n": claims.nonce,
         "i": int(T0.timestamp() * 1000),
         "e": int((T0 + TTL).timestamp() * 1000),
+        "v": 0,  # the record version begin() read (none here)
     }
 
 

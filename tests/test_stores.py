@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -51,6 +51,10 @@ class TestMemoryStore(StoreContract):
         yield made
         made.close()
 
+    @pytest.fixture
+    def skewed_store(self) -> Callable[[timedelta], Store]:
+        return lambda skew: MemoryStore(clock=lambda: datetime.now(UTC) + skew)
+
 
 def _sqlite_keys_by_record_key() -> bool:
     """Whether this SQLiteStore keeps records under ``ConnectionRecord.key`` (it kept them under
@@ -83,6 +87,19 @@ class TestSQLiteStore(StoreContract):
         made = SQLiteStore(tmp_path / "store.db")
         yield made
         made.close()
+
+    @pytest.fixture
+    def skewed_store(self, tmp_path: Path) -> Iterator[Callable[[timedelta], Store]]:
+        made: list[SQLiteStore] = []
+
+        def make(skew: timedelta) -> Store:
+            store = SQLiteStore(tmp_path / "skewed.db", clock=lambda: datetime.now(UTC) + skew)
+            made.append(store)
+            return store
+
+        yield make
+        for store in made:
+            store.close()
 
     @pytest.fixture(autouse=True)
     def _until_sqlite_keys_by_record_key(self, request: pytest.FixtureRequest) -> None:

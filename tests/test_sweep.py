@@ -268,7 +268,8 @@ def test_several_machines_sweeping_at_once_refresh_each_once(
     tmp_path: Path, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
     db = tmp_path / "shared.db"
-    first, second = make_oauth(store=SQLiteStore(db)), make_oauth(store=SQLiteStore(db))
+    first = make_oauth(store=SQLiteStore(db, clock=clock))
+    second = make_oauth(store=SQLiteStore(db, clock=clock))
     ids = connect_many(first, fake, 20, 5)
     clock.advance(timedelta(days=85))
     spent = refresh_tokens(first, ids)

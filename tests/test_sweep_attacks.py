@@ -27,7 +27,7 @@ from amo_oauth.cli import main
 from amo_oauth.stores import Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import config_for, run_consent
+from helpers import config_for, following, run_consent
 
 WEEK = timedelta(days=7)
 
@@ -106,10 +106,10 @@ def test_two_sweeps_at_once_on_a_server_store_refresh_each_once(
 
     def make() -> Store:
         if kind == "postgres":
-            pg = PostgresStore(url, table=f"atk_{name}")
+            pg = PostgresStore(url, table=f"atk_{name}", clock_offset=following(clock))
             pg.migrate()
             return pg
-        rs = RedisStore(url, prefix=f"atk{name}:")
+        rs = RedisStore(url, prefix=f"atk{name}:", clock_offset=following(clock))
         rs.migrate()
         return rs
 
@@ -119,7 +119,7 @@ def test_two_sweeps_at_once_on_a_server_store_refresh_each_once(
 def test_a_sweep_racing_access_token_callers_refreshes_each_once(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    store = MemoryStore()
+    store = MemoryStore(clock=clock)
     oauth = make_oauth(store=store)
     ids = connect_many(oauth, fake, 20, 20)
     clock.advance(timedelta(days=85))
@@ -157,7 +157,7 @@ def test_rotation_over_a_lapsed_lease_does_not_lose_the_refresh(
     """The refresh holder is slow: its lease lapses on the rotation's clock, the rotation
     rewrites the record (version up), then the holder stores amoCRM's new pair: it must land."""
     old, new = Fernet.generate_key(), Fernet.generate_key()
-    store = MemoryStore()
+    store = MemoryStore(clock=clock)
     oauth = make_oauth(store=store)
     connect_many(oauth, fake, 1, 1)
     clock.advance(timedelta(days=85))
@@ -181,7 +181,8 @@ def test_rotation_over_a_lapsed_lease_does_not_lose_the_refresh(
     leased = store.load(key).record
     assert leased is not None and leased.lease is not None
     del old, new  # the memory store keeps records as objects: the rewrite is what matters
-    report = rotate_keys(store, now=lambda: clock() + timedelta(hours=1), sleep=lambda _: None)
+    clock.advance(timedelta(hours=1))  # the lease lapses on the store's clock
+    report = rotate_keys(store, now=clock, sleep=lambda _: None)
     assert report.rewritten == 1
     go_on.set()
     worker.join()
@@ -199,7 +200,7 @@ def test_rotation_over_a_lapsed_lease_does_not_lose_the_refresh(
 def test_a_cancelled_async_sweep_leaves_no_live_lease_and_no_lost_pair(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock, tmp_path: Any
 ) -> None:
-    store = SQLiteStore(tmp_path / "c.db")
+    store = SQLiteStore(tmp_path / "c.db", clock=clock)
     ids = connect_many(make_oauth(store=store), fake, 40, 40)
     clock.advance(timedelta(days=85))
     spent = spent_tokens(store, fake, ids)
@@ -208,7 +209,10 @@ def test_a_cancelled_async_sweep_leaves_no_live_lease_and_no_lost_pair(
     async def run() -> None:
         http = httpx.AsyncClient(transport=fake.async_transport())
         oauth = AsyncAmoOAuth(
-            config_for(fake), store=SQLiteStore(tmp_path / "c.db"), http=http, clock=clock
+            config_for(fake),
+            store=SQLiteStore(tmp_path / "c.db", clock=clock),
+            http=http,
+            clock=clock,
         )
         task = asyncio.ensure_future(oauth.refresh_due(WEEK, None, concurrency=4))
         await asyncio.sleep(0.12)
@@ -236,7 +240,7 @@ def test_a_progress_callback_that_raises_ends_the_run_cleanly(
     clock: FakeClock,
     tmp_path: Any,
 ) -> None:
-    store = SQLiteStore(tmp_path / "p.db")
+    store = SQLiteStore(tmp_path / "p.db", clock=clock)
     oauth = make_oauth(store=store)
     ids = connect_many(oauth, fake, 12, 12)
     clock.advance(timedelta(days=85))
@@ -251,7 +255,10 @@ def test_a_progress_callback_that_raises_ends_the_run_cleanly(
         async def run() -> None:
             http = httpx.AsyncClient(transport=fake.async_transport())
             aoauth = AsyncAmoOAuth(
-                config_for(fake), store=SQLiteStore(tmp_path / "p.db"), http=http, clock=clock
+                config_for(fake),
+                store=SQLiteStore(tmp_path / "p.db", clock=clock),
+                http=http,
+                clock=clock,
             )
             with pytest.raises(RuntimeError, match="progress broke"):
                 await aoauth.refresh_due(WEEK, None, concurrency=2, progress=boom)
@@ -283,7 +290,7 @@ def test_a_progress_callback_that_raises_ends_the_run_cleanly(
 def test_the_per_host_pace_measured_at_the_fake(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    store = MemoryStore()
+    store = MemoryStore(clock=clock)
     ids = connect_many(make_oauth(store=store), fake, 22, 1)
     clock.advance(timedelta(days=85))
     arrivals: list[float] = []
@@ -324,7 +331,7 @@ def test_the_pacers_schedule_never_puts_rate_plus_one_in_a_second() -> None:
 def test_the_report_lists_connections_soonest_first_whatever_finishes_first(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    store = MemoryStore()
+    store = MemoryStore(clock=clock)
     oauth = make_oauth(store=store)
     ids = connect_many(oauth, fake, 4, 4)  # c000 on the default host, issued first
     clock.advance(timedelta(days=85))
@@ -431,7 +438,7 @@ NAMES = [
 
 
 def _records(clock: FakeClock, fake: FakeAmoCRM) -> list[ConnectionRecord]:
-    store = MemoryStore()
+    store = MemoryStore(clock=clock)
     oauth = AmoOAuth(
         config_for(fake), store=store, http=httpx.Client(transport=fake.transport()), clock=clock
     )
@@ -470,25 +477,28 @@ def _check_order(store: Store, records: list[ConnectionRecord]) -> None:
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Store]:
+def any_store(request: pytest.FixtureRequest, tmp_path: Any, clock: FakeClock) -> Iterator[Store]:
     kind = request.param
     if kind == "memory":
-        store: Store = MemoryStore()
+        store: Store = MemoryStore(clock=clock)
     elif kind == "sqlite":
-        store = SQLiteStore(tmp_path / "k.db")
+        store = SQLiteStore(tmp_path / "k.db", clock=clock)
     elif kind == "postgres":
         from amo_oauth.stores import PostgresStore
 
         request.applymarker(pytest.mark.services)
         pg = PostgresStore(
-            request.getfixturevalue("postgres_url"), table=f"k_{uuid.uuid4().hex[:10]}"
+            request.getfixturevalue("postgres_url"),
+            table=f"k_{uuid.uuid4().hex[:10]}",
+            clock_offset=following(clock),
         )
         pg.migrate()
         store = pg
     else:
         from amo_oauth.stores import RedisStore
 
-        rs = RedisStore(request.getfixturevalue("redis_url"), prefix=f"k{uuid.uuid4().hex[:8]}:")
+        url = request.getfixturevalue("redis_url")
+        rs = RedisStore(url, prefix=f"k{uuid.uuid4().hex[:8]}:", clock_offset=following(clock))
         rs.migrate()
         store = rs
     yield store

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from amo_oauth import AmoOAuth, ConnectionStatus, Outcome, ProviderError
+from amo_oauth import AmoOAuth, ConnectionStatus, Outcome, TryAgainLater
 from amo_oauth._ops import Send, StoreOp
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
@@ -39,9 +39,14 @@ def test_a_transient_verification_failure_keeps_the_pair(
     calls = account_calls(fake)
     assert oauth.status(USER).status is ConnectionStatus.EXCHANGED  # not due: no network I/O
     assert account_calls(fake) == calls
-    with pytest.raises(ProviderError) as pending:
+    with pytest.raises(TryAgainLater) as pending:
         oauth.access_token(USER)
     assert pending.value.transient and account_calls(fake) == calls
+    assert pending.value.reason == "verification_deferred"
+    assert pending.value.retry_after is not None and pending.value.retry_after > 0
+    during = oauth.handle_callback(query)  # a replay during the back-off: answered, not raised
+    assert (during.duplicate, during.connection.status) == (True, ConnectionStatus.EXCHANGED)
+    assert account_calls(fake) == calls
     clock.advance(timedelta(seconds=5))
     assert oauth.status(USER).status is ConnectionStatus.CONNECTED  # due: verified now
     assert fake.token_call_count("authorization_code") == 1

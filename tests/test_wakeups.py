@@ -38,31 +38,36 @@ from amo_oauth.testing._contract import (
     until,
 )
 
-from helpers import config_for, run_consent
+from helpers import config_for, following, run_consent
 
 USER = "crowd-user"
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
-def every_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+def every_store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> Iterator[Store]:
+    # Each store reads the test's clock: leases are judged by the store's.
     kind = request.param
     if kind == "memory":
-        store: Store = MemoryStore()
+        store: Store = MemoryStore(clock=clock)
     elif kind == "sqlite":
-        store = SQLiteStore(tmp_path / "w.db")
+        store = SQLiteStore(tmp_path / "w.db", clock=clock)
     elif kind == "postgres":
         from amo_oauth.stores import PostgresStore
 
         request.applymarker(pytest.mark.services)
         url = request.getfixturevalue("postgres_url")
-        pg = PostgresStore(url, table=f"w_{uuid.uuid4().hex[:10]}", max_size=16)
+        table = f"w_{uuid.uuid4().hex[:10]}"
+        pg = PostgresStore(url, table=table, max_size=16, clock_offset=following(clock))
         pg.migrate()
         store = pg
     else:
         from amo_oauth.stores import RedisStore
 
         request.applymarker(pytest.mark.services)
-        rs = RedisStore(request.getfixturevalue("redis_url"), prefix=f"w{uuid.uuid4().hex[:8]}:")
+        url = request.getfixturevalue("redis_url")
+        rs = RedisStore(url, prefix=f"w{uuid.uuid4().hex[:8]}:", clock_offset=following(clock))
         rs.migrate()
         store = rs
     yield store

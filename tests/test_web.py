@@ -25,11 +25,13 @@ from hypothesis import strategies as st
 from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
+    Connection,
     ConnectionRecord,
     ConnectionStatus,
     Lease,
     MemoryStore,
     StoreError,
+    TryAgainLater,
     web,
 )
 from amo_oauth._hook import hook_signature
@@ -1271,3 +1273,18 @@ def test_an_adapter_refuses_the_other_kind_of_service_when_built(fake: FakeAmoCR
         router(blocking, connection_id=user_from_header, app_scheme="myapp")
     with pytest.raises(TypeError, match="serve a blocking AmoOAuth, not AsyncAmoOAuth"):
         blueprint(awaiting, connection_id=user_from_header, app_scheme="myapp")
+
+
+def test_try_again_later_is_503_with_its_reason_and_retry_after(
+    make_oauth: Callable[..., AmoOAuth], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    oauth = make_oauth()
+
+    def later(connection_id: str) -> Connection:
+        raise TryAgainLater("kept_pair_pending", "a pair may land", retry_after=1.2)
+
+    monkeypatch.setattr(oauth, "status", later)
+    send = sender(Handlers(oauth, connection_id=user_from_header, app_scheme="foryoure"))
+    answer = send("GET", f"{PREFIX}/status", headers=AS_USER)
+    assert (answer.status, answer.json()) == (503, {"error": "kept_pair_pending"})
+    assert answer.headers.get("retry-after") == "2"

@@ -21,6 +21,7 @@ from ._errors import (
     ReauthorizationRequired,
     StoreError,
     TokenScopeError,
+    TryAgainLater,
     UndecryptableRecord,
     UnreadableRecord,
 )
@@ -37,6 +38,7 @@ from ._records import (
 )
 from ._results import AuthorizationRequest, CallbackResult, Outcome, RefreshReport, SweepProgress
 from ._service import AmoOAuth
+from ._state_token import MAX_CLOCK_SKEW
 from .stores import AsyncStore, MemoryStore, SQLiteStore, Store, store_from_url
 
 if TYPE_CHECKING:
@@ -45,7 +47,8 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-__all__ = [
+# Plain code-point order (a test keeps it), which puts the one constant among the classes.
+__all__ = [  # noqa: RUF022
     "Account",
     "AmoOAuth",
     "AmoOAuthError",
@@ -62,6 +65,7 @@ __all__ = [
     "ErrorInfo",
     "InvalidTransition",
     "Lease",
+    "MAX_CLOCK_SKEW",
     "MemoryStore",
     "Outcome",
     "PostgresStore",
@@ -76,6 +80,7 @@ __all__ = [
     "SweepProgress",
     "TokenScopeError",
     "TokenSet",
+    "TryAgainLater",
     "UndecryptableRecord",
     "UnreadableRecord",
     "__version__",

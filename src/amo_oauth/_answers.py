@@ -28,6 +28,7 @@ __all__ = [
     "NO_ANSWER",
     "REFRESH_REFUSALS",
     "ROWS",
+    "SPENT_TOKEN_REASONS",
     "TOKEN_GRANTS",
     "UNREADABLE_ACCOUNT",
     "UNREADABLE_TOKENS",
@@ -389,3 +390,7 @@ EXCHANGE_FAILURES: Final[Mapping[Meaning, str]] = {
 #: What a refused refresh means: only these drop the connection (the refresh token is refused
 #: for good and is never sent again); anything else keeps the pair for a later try.
 REFRESH_REFUSALS: Final = frozenset({Meaning.REFRESH_REFUSED})
+#: The refusals (``Answer.reason``) a refresh token already rotated by an earlier send gets
+#: ("Token has been revoked", ``invalid_grant``): sent again after a lapsed lease, such a
+#: refusal is no verdict on the connection while the earlier sender may keep the new pair.
+SPENT_TOKEN_REASONS: Final = frozenset({"token_revoked", "token_invalid"})

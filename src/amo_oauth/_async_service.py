@@ -14,6 +14,7 @@ from ._auth import ConnectionAuth
 from ._callback import QueryLike
 from ._config import Config
 from ._driving import adrive
+from ._kept import AsyncKeptRetry
 from ._ops import Op, Send, Sleep, StoreOp
 from ._provider import asend_within
 from ._record_view import RecordView
@@ -57,6 +58,11 @@ class AsyncAmoOAuth(ServiceCore):
         self.store = store if store is not None else default_store()
         self._astore = as_async_store(self.store)
         self._finishing: set[asyncio.Future[Any]] = set()
+        records = self._flows.records
+        self._kept_retry = AsyncKeptRetry(
+            lambda: adrive(records.store_kept(), self._perform), records.kept_pairs
+        )
+        records.on_kept = self._kept_retry.start
         self._owns_http = http is None
         self.http = http or httpx.AsyncClient(timeout=config.http_timeout, follow_redirects=False)
 
@@ -64,7 +70,7 @@ class AsyncAmoOAuth(ServiceCore):
         self, connection_id: str, *, binding: str | None = None, browser_binding: bool = True
     ) -> AuthorizationRequest:
         """See ``AmoOAuth.begin``."""
-        return self._flows.codes.begin(connection_id, binding, browser_binding)
+        return await self._run(self._flows.codes.begin(connection_id, binding, browser_binding))
 
     async def issue_ticket(self, connection_id: str) -> str:
         """See ``AmoOAuth.issue_ticket``."""
@@ -157,19 +163,23 @@ class AsyncAmoOAuth(ServiceCore):
                 self._flows.tokens.refresh_one(RecordView(record), plan.before), paced
             )
 
+        mark = self._flows.records.landings()
         try:
             report = await asweep(plan, read, refresh, progress)
         except BaseException:
             await self._run(self._flows.records.store_kept_patiently())
             raise
-        return with_stored(report, await self._run(self._flows.records.store_kept_patiently()))
+        await self._run(self._flows.records.store_kept_patiently())
+        # Pairs refused during the sweep land by any call or the background retry: each counts.
+        return with_stored(report, self._flows.records.landed_after(mark))
 
     async def aclose(self) -> None:
-        """Let shielded calls whose callers were cancelled finish, store the rotated pairs the
-        store refused earlier if it takes them now (else say which are lost), then close the
-        http client if this object made it, and the store."""
+        """Let shielded calls whose callers were cancelled finish, stop the background retry of
+        kept pairs, store the pairs the store refused earlier if it takes them now (else say
+        which are lost), then close the http client if this object made it, and the store."""
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
+        await self._kept_retry.stop()
         await self._run(self._flows.records.store_kept_at_close())
         if self._owns_http:
             await self.http.aclose()
@@ -182,7 +192,7 @@ class AsyncAmoOAuth(ServiceCore):
         await self.aclose()
 
     async def _run(self, flow: Generator[Op, Any, T]) -> T:
-        return await adrive(flow, self._perform)
+        return await adrive(self._flows.records.landing(flow), self._perform)
 
     async def _shielded(
         self,
@@ -196,7 +206,8 @@ class AsyncAmoOAuth(ServiceCore):
         hung up) would lose the only valid pair. The caller is cancelled at once; the flow runs
         on to its end in a task ``aclose()`` waits for.
         """
-        task = asyncio.ensure_future(adrive(flow, perform or self._perform))
+        landing = self._flows.records.landing(flow)
+        task = asyncio.ensure_future(adrive(landing, perform or self._perform))
         self._finishing.add(task)
         task.add_done_callback(self._finished)
         return await asyncio.shield(task)

@@ -31,6 +31,7 @@ import attrs
 from ._errors import CallbackRejected
 from ._reasons import Reason
 from ._records import check_connection_id
+from ._state_token import MAX_CLOCK_SKEW
 
 __all__ = [
     "Binding",
@@ -106,7 +107,9 @@ class TicketClaims:
     expires_at: datetime
 
     def is_expired(self, now: datetime) -> bool:
-        return now >= self.expires_at
+        """Past its signed expiry plus ``MAX_CLOCK_SKEW`` on ``now`` (aware, UTC; the store's
+        clock): the machine that issued it may run behind this one."""
+        return now >= self.expires_at + MAX_CLOCK_SKEW
 
 
 def ticket_nonce_key(claims: TicketClaims) -> str:

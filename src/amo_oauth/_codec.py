@@ -61,12 +61,14 @@ def record_to_json(record: ConnectionRecord) -> str:
         "seen_codes": [[seen.digest, _time(seen.at)] for seen in record.seen_codes],
         "lease": _lease(record.lease),
         "connected_at": _time(record.connected_at),
+        "connected_version": record.connected_version,
         "updated_at": _time(record.updated_at),
         "integration": record.integration,
         "widget": record.widget,
         "refused_refresh": record.refused_refresh,
         "verify_after": _time(record.verify_after),
         "verify_attempts": record.verify_attempts,
+        "kept_pair_until": _time(record.kept_pair_until),
     }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
@@ -126,6 +128,8 @@ def _record(body: _Fields) -> ConnectionRecord:
         seen_codes=tuple(_read_seen(item) for item in seen),
         lease=_read_lease(body.optional_obj("lease")),
         connected_at=body.optional_time("connected_at"),
+        # Absent in records connected before it was kept.
+        connected_version=body.optional_integer("connected_version"),
         updated_at=body.optional_time("updated_at"),
         # Absent in records written before keys had a namespace.
         integration=body.optional_text("integration", missing_ok=True),
@@ -133,6 +137,8 @@ def _record(body: _Fields) -> ConnectionRecord:
         refused_refresh=body.optional_text("refused_refresh", missing_ok=True),
         verify_after=body.optional_time("verify_after", missing_ok=True),
         verify_attempts=body.integer("verify_attempts", default=0),
+        # Absent in records written before kept pairs were awaited.
+        kept_pair_until=body.optional_time("kept_pair_until", missing_ok=True),
     )
 
 
@@ -141,7 +147,8 @@ def _read_tokens(tokens: _Fields | None) -> TokenSet | None:
         return None
     return TokenSet(
         access_token=tokens.text("access_token"),
-        refresh_token=tokens.text("refresh_token"),
+        # None: a token that cannot be renewed (``TokenSet``).
+        refresh_token=tokens.optional_text("refresh_token"),
         expires_at=tokens.time("expires_at"),
         refresh_expires_at=tokens.time("refresh_expires_at"),
         token_type=tokens.text("token_type"),
@@ -225,6 +232,11 @@ class _Fields:
         if not isinstance(value, int) or isinstance(value, bool):  # True is an int in Python
             raise ValueError(f"{name} is not an integer")
         return value
+
+    def optional_integer(self, name: str) -> int | None:
+        """An integer, or None when absent or null."""
+        value = self._body.get(name)
+        return None if value is None else self.integer(name)
 
     def flag(self, name: str, *, default: bool) -> bool:
         value = self._body.get(name, default)

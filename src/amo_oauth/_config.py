@@ -150,7 +150,7 @@ class Config:
         lease_ttl: how long a worker may hold an exchange or a refresh before it is presumed
             dead; more than three ``http_timeout``s (an exchange makes two calls).
         settle_timeout: seconds a duplicate callback waits for another worker's exchange, and
-            ``access_token()`` for another worker's refresh (then a transient ProviderError).
+            ``access_token()`` for another worker's refresh or a kept pair (then ``TryAgainLater``).
         refresh_margin: refresh an access token this long before it expires.
         http_timeout: seconds for each call to amoCRM, from connect to last byte.
         max_exchanges_per_connection, max_exchanges_per_host, max_exchanges_per_process: code
@@ -159,6 +159,11 @@ class Config:
             ``rate_limited`` (429 on the web) and writes nothing. Duplicates never count;
             widget installs get at most half of ``max_exchanges_per_process``.
         exchange_window: the window of those bounds.
+        kept_pair_grace: how long a pair that another process may keep in memory (its store
+            write failed: a rotated pair, or the pair from a code) is awaited before the
+            connection needs re-authorization: amoCRM's "revoked" for a refresh token sent
+            again after a lapsed lease, and a lapsed exchange lease, are transient that long
+            (``TryAgainLater``, reason ``kept_pair_pending``). Two ``lease_ttl`` by default.
     """
 
     client_id: str = attrs.field(validator=_non_empty)
@@ -179,6 +184,10 @@ class Config:
     max_exchanges_per_host: int = attrs.field(default=30, validator=_positive)
     max_exchanges_per_process: int = attrs.field(default=300, validator=_positive)
     exchange_window: timedelta = attrs.field(default=timedelta(minutes=10), validator=_positive)
+    kept_pair_grace: timedelta = attrs.field(
+        default=attrs.Factory(lambda config: 2 * config.lease_ttl, takes_self=True),
+        validator=_positive,
+    )
 
     def __attrs_post_init__(self) -> None:
         # A live worker must never lose its lease mid-exchange: the token call and the account

@@ -6,6 +6,7 @@
      +-- CallbackRejected(reason)     a redirect, hook or legacy call the library refuses
      +-- ReauthorizationRequired      no usable tokens: the user must connect again
      +-- ProviderError(status, hint)  amoCRM answered with an error, or did not answer
+     |    +-- TryAgainLater(reason, retry_after)  nothing is wrong for good: call again later
      +-- TokenScopeError              auth() would have sent a token off its account host
      +-- InvalidTransition            an event the lifecycle table does not know
      +-- StoreError                   a store could not read or write a record
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._reasons import NOT_CONNECTED, REJECTIONS
+from ._reasons import NOT_CONNECTED, REJECTIONS, RETRY_LATER
 
 __all__ = [
     "REJECTION_REASONS",
@@ -31,6 +32,7 @@ __all__ = [
     "ReauthorizationRequired",
     "StoreError",
     "TokenScopeError",
+    "TryAgainLater",
     "UndecryptableRecord",
     "UnreadableRecord",
 ]
@@ -88,6 +90,37 @@ class ProviderError(AmoOAuthError):
         self.status = status
         self.hint = hint
         self.transient = transient
+
+
+class TryAgainLater(ProviderError):
+    """The call may succeed later; nothing is wrong for good, and nobody needs to re-authorize.
+
+    A ``ProviderError`` (always ``transient``, ``status`` None) so that code catching
+    ``ProviderError`` for transient failures keeps working; catch this class to read
+    ``reason`` and ``retry_after``.
+
+    Args:
+        reason: a stable slug, one of ``_reasons.RETRY_LATER``:
+            ``refresh_in_progress`` (another worker's refresh outlasted ``settle_timeout``),
+            ``kept_pair_pending`` (amoCRM refused a refresh token that another process may
+            have rotated and still keeps in memory: its pair may land within
+            ``Config.kept_pair_grace``), ``verification_deferred`` (a new connection's
+            verification failed for a moment and is retried).
+        hint: a sentence for the log; never a secret.
+        retry_after: seconds after which a retry makes sense, when known; else None.
+
+    Raises:
+        ValueError: ``reason`` is not one of ``RETRY_LATER``, or ``retry_after`` < 0.
+    """
+
+    def __init__(self, reason: str, hint: str, *, retry_after: float | None = None) -> None:
+        if reason not in RETRY_LATER:
+            raise ValueError(f"unknown retry reason {reason!r}")
+        if retry_after is not None and retry_after < 0:
+            raise ValueError("retry_after must be >= 0 seconds")
+        super().__init__(None, hint, transient=True)
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 class TokenScopeError(AmoOAuthError):

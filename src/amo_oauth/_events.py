@@ -37,6 +37,7 @@ __all__ = [
     "LeaseExpired",
     "ProviderDisconnected",
     "RefreshClaimed",
+    "RefreshDoubted",
     "RefreshFailed",
     "RefreshReleased",
     "Refreshed",
@@ -56,6 +57,11 @@ def _digest(_: object, __: object, value: str) -> None:
         raise ValueError("code_digest must be a sha256 hex digest (never a raw code)")
 
 
+def _digest_or_none(instance: object, attribute: object, value: str | None) -> None:
+    if value is not None:
+        _digest(instance, attribute, value)
+
+
 def _purpose(purpose: str) -> Any:
     def check(_: object, attribute: attrs.Attribute[Lease], value: Lease) -> None:
         if value.purpose != purpose:
@@ -66,7 +72,7 @@ def _purpose(purpose: str) -> Any:
 
 def _error_changes(error: ErrorInfo) -> dict[str, Any]:
     # A connection in error holds no tokens and no lease: nothing can use them by mistake.
-    return {"error": error, "tokens": None, "lease": None}
+    return {"error": error, "tokens": None, "lease": None, "kept_pair_until": None}
 
 
 class Event:
@@ -97,6 +103,9 @@ class CodeReceived(Event):
     lease: Lease = attrs.field(validator=_purpose("exchange"))
     state_issued_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
     code_holder: str | None = None
+    #: The record version ``begin()`` read when it signed the state (None for a state signed
+    #: before it was kept): the state is fresh for a connection made at that version or earlier.
+    state_seen_version: int | None = None
     state_expires_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
     state_holder: str | None = None
     #: False for a code that came with no consent to tie it to a user (the legacy endpoint):
@@ -135,11 +144,24 @@ class Denied(Event):
 
 @attrs.frozen
 class ExchangeSucceeded(Event):
+    """amoCRM answered the code whose sha256 digest is ``code_digest`` with ``tokens``.
+
+    ``code_digest`` names the claim the pair belongs to (None from callers that predate it):
+    a pair kept in memory because its write failed may land after its exchange lease lapsed,
+    and must land only on the claim of that very code (the table's guards).
+    """
+
     name: ClassVar[str] = "exchange_succeeded"
     tokens: TokenSet
+    code_digest: str | None = attrs.field(default=None, validator=_digest_or_none)
+    #: True for a pair written by someone other than the exchanging worker (it was kept in
+    #: memory: that worker's write failed and it gave up): the exchange lease is released, so
+    #: the next caller verifies the pair at once.
+    released: bool = False
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        return {"tokens": self.tokens}
+        released = {"lease": None} if self.released else {}
+        return {"tokens": self.tokens, "error": None, **released}
 
 
 @attrs.frozen
@@ -153,10 +175,15 @@ class ExchangeFailed(Event):
 
 @attrs.frozen
 class LeaseExpired(Event):
-    """The worker holding the exchange lease is presumed dead; the code is never resent."""
+    """The worker holding the exchange lease is presumed dead; the code is never resent.
+
+    ``grace``: how long past the lease the exchange's pair is still awaited, since the worker
+    may be alive and keep it in memory (its store write failed): ``Config.kept_pair_grace``.
+    """
 
     name: ClassVar[str] = "lease_expired"
     at: datetime = attrs.field(validator=_aware)
+    grace: timedelta = timedelta(0)
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return _error_changes(ErrorInfo(Reason.EXCHANGE_INTERRUPTED, None, self.at))
@@ -174,6 +201,8 @@ class Verified(Event):
             "lease": None,
             "error": None,
             "connected_at": self.at,
+            # The version this write gives the record (``step`` adds one).
+            "connected_version": record.version + 1,
             "refused_refresh": None,
             "verify_after": None,
             "verify_attempts": 0,
@@ -265,8 +294,24 @@ class Refreshed(Event):
             "lease": None,
             "error": None,
             "refused_refresh": None,
+            "kept_pair_until": None,
             **moved,
         }
+
+
+@attrs.frozen
+class RefreshDoubted(Event):
+    """amoCRM refused ``spent_refresh_token`` as revoked, but it was sent again after a lapsed
+    lease: the first send may have rotated it, and the process that sent it may keep the new
+    pair in memory (its store write failed). The pair is awaited ``until`` (UTC): the refresh
+    token is not sent again, and nobody is told to re-authorize before then."""
+
+    name: ClassVar[str] = "refresh_doubted"
+    spent_refresh_token: str = attrs.field(repr=False)
+    until: datetime = attrs.field(validator=_aware)
+
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
+        return {"lease": None, "kept_pair_until": self.until}
 
 
 @attrs.frozen
@@ -315,6 +360,7 @@ class Disconnect(Event):
             "host": None,
             "connected_at": None,
             "refused_refresh": None,
+            "kept_pair_until": None,
         }
 
 
@@ -350,6 +396,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     VerifyFailed,
     RefreshClaimed,
     Refreshed,
+    RefreshDoubted,
     RefreshFailed,
     RefreshReleased,
     Disconnect,

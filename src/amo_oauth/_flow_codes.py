@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Final
 from urllib.parse import urlencode
 
@@ -25,7 +25,6 @@ from ._events import (
     Denied,
     ExchangeFailed,
     ExchangeSucceeded,
-    LeaseExpired,
 )
 from ._flow_records import Decision
 from ._flow_verify import Verification
@@ -42,7 +41,7 @@ from ._reasons import Reason
 from ._record_view import RecordView
 from ._records import CODE_MEMORY, check_connection_id, code_digest, record_key
 from ._results import AuthorizationRequest, CallbackResult, Outcome
-from ._state_token import StateClaims, issue_state, read_state
+from ._state_token import MAX_CLOCK_SKEW, StateClaims, issue_state, issued_ahead, read_state
 from .stores._protocol import ClaimResult, LedgerEntry
 
 __all__ = ["CodeFlows"]
@@ -52,6 +51,7 @@ _MAX_CODE = 2048
 _REFUSED: Final[Mapping[NoOp, Reason]] = {
     NoOp.NEW_CODE_REFUSED: Reason.NEW_CODE_REFUSED,
     NoOp.EXPIRED_STATE: Reason.EXPIRED_STATE,
+    NoOp.STATE_FROM_AHEAD: Reason.CLOCK_SKEW,
     NoOp.REUSED_STATE: Reason.REUSED_STATE,
     NoOp.NO_HOST: Reason.MISSING_REFERER,
     NoOp.WRONG_BROWSER: Reason.WRONG_BROWSER,
@@ -62,7 +62,7 @@ _TICKET_HOLDER = "ticket"
 #: How much longer than its token lives a used state or ticket is remembered: the store forgets
 #: by its own clock (a database on another host), which may run ahead of this process's, and a
 #: key it forgot early would let the same token through twice.
-LEDGER_SKEW = timedelta(minutes=10)
+LEDGER_SKEW = 2 * MAX_CLOCK_SKEW
 
 
 class CodeFlows:
@@ -79,9 +79,12 @@ class CodeFlows:
 
     def begin(
         self, connection_id: str, binding: str | None = None, browser_binding: bool = True
-    ) -> AuthorizationRequest:
+    ) -> Flow[AuthorizationRequest]:
         check_connection_id(connection_id)
         config = self.config
+        # One read: the record's version orders this consent after (or before) the connection
+        # it may replace, and the store's clock dates the state.
+        seen = yield from self.records.version_of(connection_id)
         # Bound by default: the given binding when it was made for this connection (a second
         # /connect in the same browser), else a fresh one. Unbound only when asked, and then
         # signed into the state ("b": ""), so no later caller can switch the check off.
@@ -92,6 +95,7 @@ class CodeFlows:
             self.records.now(),
             config.state_ttl,
             bound.secret if bound is not None else None,
+            seen,
         )
         query = urlencode({"client_id": config.client_id, "state": token, "mode": config.mode})
         joiner = "&" if "?" in config.authorize_url else "?"
@@ -113,8 +117,12 @@ class CodeFlows:
 
     def redeem_ticket(self, ticket: str, signed_in: str | None = None) -> Flow[str]:
         claims = read_ticket(self.config.state_secret, ticket)
-        if claims.is_expired(self.records.now()):
+        now = self.records.now()
+        if claims.is_expired(now):
             raise CallbackRejected(Reason.EXPIRED_TICKET)
+        if claims.expires_at - now > self.config.ticket_ttl + MAX_CLOCK_SKEW:
+            # Issued on a clock too far ahead of this one to judge its age.
+            raise CallbackRejected(Reason.CLOCK_SKEW)
         if signed_in is not None and signed_in != claims.connection_id:
             # Another user's ticket in a signed-in browser (forwarded to its victim): it must
             # not win over the session, and is left unused.
@@ -349,7 +357,8 @@ class CodeFlows:
             self.records.lease("exchange"),
             claims.issued_at if claims else None,
             code_holder=holder,
-            state_expires_at=claims.expires_at if claims else None,
+            state_seen_version=claims.seen_version if claims else None,
+            state_expires_at=claims.accepted_until if claims else None,
             state_holder=used_with,
         )
 
@@ -358,7 +367,7 @@ class CodeFlows:
     ) -> tuple[LedgerEntry, LedgerEntry | None]:
         """The code's entry in the ledger (held by the record's key) and the state's (held by
         the code's digest; none for a code without a state)."""
-        remembered = self.records.store_time(self.records.now() + CODE_MEMORY)
+        remembered = self.records.now() + CODE_MEMORY
         code = LedgerEntry(f"code:{digest}", record.key, remembered)
         if claims is None:
             return code, None
@@ -366,7 +375,7 @@ class CodeFlows:
 
     def _remembered_until(self, expires_at: datetime) -> datetime:
         """Until when the store keeps a used state or ticket that expires at ``expires_at``."""
-        return self.records.store_time(expires_at) + LEDGER_SKEW
+        return expires_at + LEDGER_SKEW
 
     def _unchanged(self, record: RecordView, noop: NoOp) -> Flow[CallbackResult]:
         """Answer a code the table would not claim: refuse it, or report the connection (after
@@ -394,7 +403,13 @@ class CodeFlows:
             reason = EXCHANGE_FAILURES.get(answer.meaning, Reason.CODE_REJECTED)
             failed = ExchangeFailed(self.records.error_info(Reason(reason), error))
             return (yield from self.verification.conclude(record, failed, Outcome.FAILED))
-        exchanged = yield from self.records.write(record, ExchangeSucceeded(tokens))
+        # The code is spent: this pair is the only one. A store that stays down keeps it in
+        # memory, to land (even after the lease, within the grace or on exchange_interrupted).
+        event = ExchangeSucceeded(tokens, code_digest(code))
+        kept = attrs.evolve(event, released=True)  # whoever lands it, this worker won't verify
+        exchanged = yield from self.records.keeping(
+            record, kept, lambda: self.records.write(record, event)
+        )
         if exchanged is None:
             return (yield from self.verification.overtaken(record))
         return (yield from self.verification.verify(exchanged, host, tokens.access_token))
@@ -404,7 +419,7 @@ class CodeFlows:
         is in flight while its lease is live)."""
         deadline = self.records.deadline()
         while not self.records.expired(deadline):
-            answer = self.records.decide(record, LeaseExpired(self.records.now()))
+            answer = self.records.decide(record, self.records.lease_expired())
             if answer.noop is not NoOp.LEASE_LIVE:
                 break
             record = yield from self.records.wait(record, deadline)
@@ -412,8 +427,11 @@ class CodeFlows:
 
     def _deny(self, denial: Denial, connection_id: str) -> Flow[CallbackResult]:
         claims = denial.state
-        if claims.is_expired(self.records.now()):
+        now = self.records.now()
+        if claims.is_expired(now):
             raise CallbackRejected(Reason.EXPIRED_STATE)
+        if issued_ahead(claims.issued_at, now):
+            raise CallbackRejected(Reason.CLOCK_SKEW)
         expires_at = self._remembered_until(claims.expires_at)
         if not (yield from perform(ConsumeState(claims.nonce, expires_at, DENIED_HOLDER))):
             raise CallbackRejected(Reason.REUSED_STATE)

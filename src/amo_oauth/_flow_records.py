@@ -17,13 +17,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import attrs
 
 from ._answers import Answer, describe
 from ._config import Config
-from ._errors import ProviderError, StoreError
+from ._errors import ProviderError, StoreError, UnreadableRecord
 from ._events import Event, LeaseExpired
 from ._lifecycle import NoOp, Step, step
 from ._ops import (
@@ -35,11 +36,12 @@ from ._ops import (
     Flow,
     Load,
     Sleep,
+    StoreOp,
     WaitForChange,
     perform,
 )
 from ._reasons import Reason
-from ._record_view import RecordView, record_of, seconds_to_wait
+from ._record_view import RecordView, record_of, retry_after_of, seconds_to_wait
 from ._records import ConnectionRecord, ErrorInfo, Lease, record_key
 from .stores._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
 
@@ -47,11 +49,15 @@ __all__ = ["Decision", "Records"]
 
 #: Seconds a waiter gives a lapsing lease past its end before it looks again.
 _LEASE_SLACK = 0.01
+#: Pauses (seconds) between tries to store a pair amoCRM just gave while the store fails; well
+#: inside a lease, so no other worker sends the spent token (or gives the code up) meanwhile.
+_STORE_RETRIES = (0.05, 0.2, 0.5)
 #: Pauses (seconds) between the tries a sweep makes, before it returns, to store the rotated
 #: pairs the store refused during it (about 15 s in all; a refresh lease lasts 60 s).
 _KEPT_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 logger = logging.getLogger("amo_oauth")
+T = TypeVar("T")
 
 
 def _expected(record: ConnectionRecord) -> int | None:
@@ -89,13 +95,39 @@ class Records:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.now = clock
+        self._clock = clock
+        # The store's clock minus this machine's, as the last load read it (``Loaded.now``):
+        # every expiry that decides who may send (leases, the ledger) is judged by the store's
+        # clock, so machines whose clocks drift apart still agree on whose lease is live.
+        self._skew = timedelta(0)
         # Waits are bounded in real time even when the clock is a test's frozen fake.
         self._monotonic = monotonic
         self._instance = secrets.token_hex(4)
-        # Events the store failed to take, by record key: written before the next call.
+        # Events the store failed to take, by record key: written before the next store call.
         self._unwritten: dict[str, tuple[ConnectionRecord, Event]] = {}
         self._unwritten_lock = threading.Lock()
+        self._writing: set[str] = set()  # keys taken out of _unwritten by a call writing them
+        # When each connection's kept pair last landed (a count of landings), for the sweep's
+        # report: a pair may land by any call or the background retry.
+        self._landed: dict[str, int] = {}
+        self._landings = 0
+        #: Called (with no lock held) when a pair is kept: the service starts its retry.
+        self.on_kept: Callable[[], None] | None = None
+
+    # -- the store's clock -------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The store's clock (aware, UTC): this machine's clock plus the skew the latest load
+        measured (none before the first). What the table decides with and leases are written
+        with."""
+        return self._clock() + self._skew
+
+    def _observe(self, store_now: datetime) -> datetime:
+        """Learn the store's clock from a load (``Loaded.now``); returns it."""
+        # One store per service, so the skew is this machine's against it: the latest load's
+        # reading serves every record (one reference assignment: safe across threads).
+        self._skew = store_now - self._clock()
+        return store_now
 
     # -- keys and loading ------------------------------------------------------------------
 
@@ -107,19 +139,24 @@ class Records:
         return ConnectionRecord(connection_id, integration=self.config.client_id, widget=widget)
 
     def load(self, connection_id: str, *, widget: bool = False) -> Flow[RecordView]:
-        """The stored record (or a fresh one), with a dead worker's exchange lease expired, and
-        a rotated pair this process could not store written first."""
+        """The stored record (or a fresh one), with a dead worker's exchange lease expired
+        (after the grace a kept pair is awaited)."""
         return RecordView((yield from self._load(connection_id, widget)))
 
     def reload(self, view: RecordView) -> Flow[RecordView]:
         """``load`` the record ``view`` was read from, as it is now."""
         return (yield from self.load(view.connection_id, widget=view.widget))
 
+    def lease_expired(self) -> LeaseExpired:
+        """The event a load fires on a record whose exchange lease may have lapsed, with the
+        grace a pair kept in memory is awaited (``Config.kept_pair_grace``)."""
+        return LeaseExpired(self.now(), self.config.kept_pair_grace)
+
     def _load(self, connection_id: str, widget: bool) -> Flow[ConnectionRecord]:
-        yield from self._write_kept(record_key(self.config.client_id, connection_id, widget=widget))
         while True:
-            record = yield from self._load_key(connection_id, widget)
-            result = step(record, LeaseExpired(self.now()), self.now())
+            record, now = yield from self._load_key(connection_id, widget)
+            # Judged by the clock the store read with the record (``Loaded.now``).
+            result = step(record, LeaseExpired(now, self.config.kept_pair_grace), now)
             if not result.changed:
                 return record
             # The worker holding the exchange is presumed dead: the code is never resent.
@@ -127,23 +164,39 @@ class Records:
             if expired is not None:
                 return expired
 
-    def _load_key(self, connection_id: str, widget: bool) -> Flow[ConnectionRecord]:
+    def version_of(self, connection_id: str) -> Flow[int]:
+        """The version stored under the connection's key (0: none), by one read that writes
+        nothing (no lease expiry, no key migration), learning the store's clock with it. A row
+        that cannot be read answers its intact version column (or 0): a new consent is the
+        way out of a corrupt row, so it must not be blocked by it."""
+        try:
+            loaded = yield from perform(Load(record_key(self.config.client_id, connection_id)))
+        except UnreadableRecord as unreadable:
+            return unreadable.version or 0
+        self._observe(loaded.now)
+        return loaded.version
+
+    def _load_key(
+        self, connection_id: str, widget: bool
+    ) -> Flow[tuple[ConnectionRecord, datetime]]:
+        """The record under its key (or a fresh one) and the store's clock read with it."""
         key = record_key(self.config.client_id, connection_id, widget=widget)
         while True:
-            record = yield from perform(Load(key))
-            if record is not None:
-                return record
-            legacy = yield from perform(Load(connection_id))
+            loaded = yield from perform(Load(key))
+            now = self._observe(loaded.now)
+            if loaded.record is not None:
+                return loaded.record, now
+            legacy = (yield from perform(Load(connection_id))).record
             if legacy is not None and legacy.integration is not None:
                 # A namespaced record under its bare id: the store keys rows by something other
                 # than ``record.key``, and every write would conflict with it for ever.
                 raise StoreError("the store keeps records under connection_id, not record.key")
             if legacy is None:
-                return self._fresh(connection_id, widget)
+                return self._fresh(connection_id, widget), now
             # A record stored before keys had a namespace. A widget install was named after
             # its account host: such a record never moves into an app user's namespace.
             if (legacy.host == legacy.connection_id) != widget:
-                return self._fresh(connection_id, widget)
+                return self._fresh(connection_id, widget), now
             yield from self._migrate(legacy, widget)
 
     def _migrate(self, legacy: ConnectionRecord, widget: bool) -> Flow[None]:
@@ -159,15 +212,64 @@ class Records:
     # -- pairs the store could not take ------------------------------------------------------
 
     def keep_unwritten(self, view: RecordView, event: Event) -> None:
-        """Keep an event the store failed to take (a rotated pair) until it can be written."""
+        """Keep an event the store failed to take (a rotated pair, the pair from a code) until
+        it can be written: every store operation of this process tries it first (``landing``),
+        and the service's background retry (``on_kept``) does too. Never logged: it holds
+        tokens."""
         with self._unwritten_lock:
             self._unwritten[view.key] = (record_of(view), event)
+        if self.on_kept is not None:
+            self.on_kept()
+
+    def keeping(self, view: RecordView, event: Event, attempt: Callable[[], Flow[T]]) -> Flow[T]:
+        """Run ``attempt`` (a write of a pair amoCRM just gave: the only valid one), tried again
+        within the lease while the store fails. If the store stays down, ``event`` (that pair's
+        event, as another call or the background retry is to write it) is kept in memory
+        (``keep_unwritten``) and the ``StoreError`` raised.
+
+        Raises:
+            StoreError: the store failed every try; the pair is kept.
+        """
+        for pause in (*_STORE_RETRIES, None):
+            try:
+                return (yield from attempt())
+            except StoreError:
+                if pause is None:
+                    self.keep_unwritten(view, event)
+                    raise
+            yield Sleep(pause)
+        raise AssertionError("not reached: the last try returns or raises")
+
+    def landing(self, flow: Flow[T]) -> Flow[T]:
+        """``flow``, with the pairs kept in memory tried first before each of its store
+        operations, whatever connection it is about: a kept pair is the only valid one, and
+        any call of this process may find the store back. A pair the store still refuses stays
+        kept, and the operation goes on (it meets the store as it is)."""
+        reply: Any = None
+        error: Exception | None = None
+        try:
+            while True:
+                try:
+                    op = flow.throw(error) if error is not None else flow.send(reply)
+                except StopIteration as stop:
+                    result: T = stop.value
+                    return result
+                reply, error = None, None
+                if isinstance(op, StoreOp) and self.kept_pairs():
+                    yield from self.store_kept(stop_at_failure=True)
+                try:
+                    reply = yield op
+                except Exception as exc:  # the driver's answer: the flow knows what it means
+                    error = exc
+        finally:
+            flow.close()
 
     def _write_kept(self, key: str) -> Flow[None]:
         with self._unwritten_lock:
             kept = self._unwritten.pop(key, None)
-        if kept is None:
-            return
+            if kept is None:
+                return
+            self._writing.add(key)  # still counted as kept while this call writes it
         record, event = kept
         try:
             yield from self._apply(record, event)  # the table decides, as for a late answer
@@ -175,16 +277,37 @@ class Records:
             with self._unwritten_lock:
                 self._unwritten.setdefault(key, kept)
             raise
-        logger.info("connection %s: a rotated pair kept in memory was stored", record.connection_id)
+        finally:
+            with self._unwritten_lock:
+                self._writing.discard(key)
+        with self._unwritten_lock:
+            self._landings += 1
+            self._landed[record.connection_id] = self._landings
+        logger.info("connection %s: a pair kept in memory was stored", record.connection_id)
+
+    def landings(self) -> int:
+        """A mark for ``landed_after``: how many kept pairs landed so far."""
+        with self._unwritten_lock:
+            return self._landings
+
+    def landed_after(self, mark: int) -> tuple[str, ...]:
+        """The connection ids whose kept pair landed after ``landings()`` returned ``mark``."""
+        with self._unwritten_lock:
+            return tuple(cid for cid, when in self._landed.items() if when > mark)
 
     def kept_pairs(self) -> int:
-        """How many rotated pairs this process holds that the store has not taken yet."""
+        """How many pairs this process holds that the store has not taken yet (those a call is
+        writing now included)."""
         with self._unwritten_lock:
-            return len(self._unwritten)
+            return len(self._unwritten.keys() | self._writing)
 
-    def store_kept(self) -> Flow[tuple[tuple[str, ...], tuple[str, ...]]]:
-        """Try to store every rotated pair kept in memory (the table decides, as for a late
-        answer). Returns the connection ids stored, and those still kept (the store failed)."""
+    def store_kept(
+        self, *, stop_at_failure: bool = False
+    ) -> Flow[tuple[tuple[str, ...], tuple[str, ...]]]:
+        """Try to store every pair kept in memory (the table decides, as for a late answer).
+        Returns the connection ids stored, and those still kept (the store failed); with
+        ``stop_at_failure``, the first failure ends the try (the store is down: the rest would
+        fail too). Raises nothing for a store that fails."""
         with self._unwritten_lock:
             keys = list(self._unwritten)
         stored: list[str] = []
@@ -198,6 +321,8 @@ class Records:
                 yield from self._write_kept(key)
             except StoreError:
                 left.append(kept[0].connection_id)
+                if stop_at_failure:
+                    break
             else:
                 stored.append(kept[0].connection_id)
         return tuple(stored), tuple(left)
@@ -350,6 +475,12 @@ class Records:
             yield from perform(WaitForChange(view.key, view.version, left))
         return (yield from self.reload(view))
 
+    def retry_after(self, view: RecordView) -> float | None:
+        """Seconds until what holds ``view``'s record up lapses (a live lease, a deferred
+        verification, a kept pair's grace), for ``TryAgainLater.retry_after``; None when
+        nothing known holds it up."""
+        return retry_after_of(record_of(view), self.now(), self.config.kept_pair_grace)
+
     def deadline(self) -> float:
         """The monotonic time a wait for another worker gives up: ``settle_timeout`` away."""
         return self._monotonic() + self.config.settle_timeout
@@ -392,10 +523,3 @@ class Records:
     def error_info(self, reason: Reason, error: ProviderError) -> ErrorInfo:
         """``ErrorInfo`` for a provider failure, with amoCRM's hint."""
         return ErrorInfo(reason, error.hint, self.now())
-
-    def store_time(self, moment: datetime) -> datetime:
-        """``moment`` on the real clock, for what a store forgets by real time (nonces).
-
-        A test's clock may run far behind the wall clock; the store must not forget early.
-        """
-        return datetime.now(UTC) + (moment - self.now())

@@ -13,14 +13,19 @@ from typing import NoReturn, assert_never
 
 import attrs
 
-from ._answers import REFRESH_REFUSALS, Meaning
-from ._errors import AmoOAuthError, ProviderError, ReauthorizationRequired, StoreError
-from ._events import RefreshClaimed, Refreshed, RefreshFailed, RefreshReleased
+from ._answers import REFRESH_REFUSALS, SPENT_TOKEN_REASONS, Meaning
+from ._errors import (
+    AmoOAuthError,
+    ProviderError,
+    ReauthorizationRequired,
+    TryAgainLater,
+)
+from ._events import RefreshClaimed, RefreshDoubted, Refreshed, RefreshFailed, RefreshReleased
 from ._flow_records import logger
 from ._flow_verify import Verification
 from ._hosts import AccountHost
 from ._lifecycle import NoOp
-from ._ops import Flow, Send, Sleep
+from ._ops import Flow, Send
 from ._provider import (
     api_domain_of,
     lookup_request,
@@ -127,13 +132,23 @@ class TokenFlows:
             ):
                 return (yield from self.records.wait(record, deadline))
             case NoOp.REFRESH_IN_PROGRESS:
-                raise ProviderError(
-                    None, "a refresh by another worker is still running", transient=True
+                raise TryAgainLater(
+                    Reason.REFRESH_IN_PROGRESS,
+                    "a refresh by another worker is still running",
+                    retry_after=self.records.retry_after(record),
                 )
+            case NoOp.KEPT_PAIR_PENDING if not self.records.expired(deadline):
+                return (yield from self.records.wait(record, deadline))
+            case NoOp.KEPT_PAIR_PENDING:
+                raise self._later(record)
+            case NoOp.EXCHANGE_IN_PROGRESS if self._awaits_kept_exchange(record):
+                raise self._later(record)  # and the wait for it is over
             case NoOp.REFUSED_AGAIN:
                 # The pair is kept; the API refuses tokens however new (a blocked integration,
                 # missing scopes): the caller hears it, amoCRM gets no more refreshes for it.
                 raise ProviderError(401, "amoCRM refused a freshly refreshed access token")
+            case NoOp.NO_REFRESH_TOKEN:
+                raise ReauthorizationRequired(record.connection_id, Reason.TOKEN_EXPIRED)
             case NoOp.REFRESH_EXHAUSTED:
                 yield from self._give_up(record)
             case (
@@ -144,6 +159,7 @@ class TokenFlows:
                 | NoOp.DUPLICATE_CODE
                 | NoOp.DUPLICATE_CONSENT
                 | NoOp.EXPIRED_STATE
+                | NoOp.STATE_FROM_AHEAD
                 | NoOp.REUSED_STATE
                 | NoOp.WRONG_BROWSER
                 | NoOp.NEW_CODE_REFUSED
@@ -159,20 +175,35 @@ class TokenFlows:
                 | NoOp.ALREADY_DISCONNECTED
                 | NoOp.HOOK_REPLAYED
                 | NoOp.NOTHING_TO_FORGET
+                | NoOp.FIRST_SEND
             ):
                 raise ReauthorizationRequired(record.connection_id, record.not_connected_reason())
             case unreachable:
                 assert_never(unreachable)
         return (yield from self.records.reload(record))
 
+    def _later(self, record: RecordView) -> TryAgainLater:
+        """The error for a caller while a pair kept in memory elsewhere is awaited."""
+        return TryAgainLater(
+            Reason.KEPT_PAIR_PENDING,
+            "a pair another worker keeps in memory may still be stored",
+            retry_after=self.records.retry_after(record),
+        )
+
+    def _awaits_kept_exchange(self, record: RecordView) -> bool:
+        """The table says the exchange's lease lapsed within the grace: its pair is awaited."""
+        return self.records.decide(record, self.records.lease_expired()).noop is (
+            NoOp.KEPT_PAIR_PENDING
+        )
+
     def _pending_verification(self, record: RecordView) -> Flow[RecordView]:
         """Verify a pair whose verification is due; a deferred one is reported at once."""
         current, noop = yield from self.verification.verify_if_due(record)
         if noop is NoOp.VERIFICATION_DEFERRED:
-            raise ProviderError(
-                None,
+            raise TryAgainLater(
+                Reason.VERIFICATION_DEFERRED,
                 "amoCRM could not verify the new connection yet; it is retried",
-                transient=True,
+                retry_after=self.records.retry_after(current),
             )
         return current
 
@@ -203,7 +234,7 @@ class TokenFlows:
         spent = record.refresh_token()
         try:
             response = yield Send(refresh_request(self.config, host, spent))
-            tokens = read_tokens(response, self.records.now(), grant="refresh_token")
+            tokens = read_tokens(response, self.records.now(), grant="refresh_token", sent=spent)
             tokens = attrs.evolve(tokens, after_rejection=after_rejection)
         except ProviderError as error:
             if meaning_of(error, "refresh_token").meaning is Meaning.ACCOUNT_MOVED:
@@ -248,7 +279,7 @@ class TokenFlows:
             )
         try:  # the one retry on the new host, with the same refresh token (protocol §5)
             response = yield Send(refresh_request(self.config, moved_to, spent))
-            tokens = read_tokens(response, self.records.now(), grant="refresh_token")
+            tokens = read_tokens(response, self.records.now(), grant="refresh_token", sent=spent)
         except ProviderError as error:
             # As any refresh failure; the host is still the old one, so a later try looks the
             # account up again.
@@ -273,21 +304,18 @@ class TokenFlows:
     def _store_rotated(self, record: RecordView, event: Refreshed) -> Flow[bool]:
         """Store a rotated pair: amoCRM has revoked the token we spent, so this pair is the only
         valid one. A store that fails is retried within the lease; if it stays down, the pair
-        is kept in this process and written before this process's next call for the connection,
-        and the caller gets the ``StoreError``. False: the table made it a no-op (a disconnect)."""
-        for tries_left in range(len(_STORE_RETRIES), -1, -1):
-            try:
-                written = yield from self.records.write(record, event)
-                if written is None:
-                    _, wrote = yield from self.records.apply(record, event)
-                    return wrote
-                return True
-            except StoreError:
-                if not tries_left:
-                    self.records.keep_unwritten(record, event)
-                    raise
-            yield Sleep(_STORE_RETRIES[-tries_left])
-        return False  # not reached: the last try returns or raises
+        is kept in this process (``Records.keeping``: written before its next store operation,
+        and by the background retry) and the caller gets the ``StoreError``. False: the table
+        made it a no-op (a disconnect)."""
+
+        def attempt() -> Flow[bool]:
+            written = yield from self.records.write(record, event)
+            if written is None:
+                _, wrote = yield from self.records.apply(record, event)
+                return wrote
+            return True
+
+        return (yield from self.records.keeping(record, event, attempt))
 
     def _refresh_failed(
         self, record: RecordView, spent: str, error: ProviderError
@@ -299,6 +327,13 @@ class TokenFlows:
             # keep the pair for a later try.
             yield from self.records.write(record, RefreshReleased(sent=maybe_spent(error)))
             raise error
+        doubted = RefreshDoubted(spent, self.records.now() + self.config.kept_pair_grace)
+        if answer.reason in SPENT_TOKEN_REASONS and self._maybe_rotated(record, doubted):
+            # Sent again after a lapse: the first sender may keep the rotated pair in memory.
+            awaited, wrote = yield from self.records.apply(record, doubted)
+            if not wrote:
+                return None  # someone else rotated the pair meanwhile: adopt theirs
+            raise self._later(awaited)
         # Refused for good: this refresh token is never sent again.
         failed = RefreshFailed(
             self.records.error_info(Reason.REAUTHORIZATION_REQUIRED, error), spent
@@ -308,8 +343,16 @@ class TokenFlows:
             return None  # someone else rotated the pair: adopt theirs
         raise ReauthorizationRequired(record.connection_id, Reason.REAUTHORIZATION_REQUIRED)
 
+    def _maybe_rotated(self, record: RecordView, doubted: RefreshDoubted) -> bool:
+        """Whether a "revoked" for this refresh may not be the token's verdict: the table says
+        the token was sent more than once (after a lapsed lease, or a send without a stored
+        answer), so its pair is awaited ``Config.kept_pair_grace`` rather than given up."""
+        return self.records.decide(record, doubted).noop is not NoOp.FIRST_SEND
+
 
 def _slug(error: AmoOAuthError) -> str:
+    if isinstance(error, TryAgainLater):
+        return error.reason
     if isinstance(error, ProviderError):
         return reason_of(error)
     return type(error).__name__

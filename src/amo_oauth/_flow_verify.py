@@ -81,7 +81,7 @@ class Verification:
         spent = record.refresh_token()
         try:
             response = yield Send(refresh_request(self.config, host, spent))
-            tokens = read_tokens(response, self.records.now(), grant="refresh_token")
+            tokens = read_tokens(response, self.records.now(), grant="refresh_token", sent=spent)
         except ProviderError as error:
             answer = meaning_of(error, "refresh_token")
             self.records.warn(record, "refresh", answer, error, redact=(spent,))

@@ -21,8 +21,18 @@ import attrs
 from transitions import EventData, Machine, MachineError
 
 from ._errors import InvalidTransition
-from ._events import EVENT_TYPES, SHA256_HEX, CodeReceived, Event, RefreshClaimed
+from ._events import (
+    EVENT_TYPES,
+    SHA256_HEX,
+    CodeReceived,
+    Event,
+    ExchangeSucceeded,
+    LeaseExpired,
+    RefreshClaimed,
+)
+from ._reasons import Reason
 from ._records import ConnectionRecord, ConnectionStatus, code_digest
+from ._state_token import issued_ahead
 
 __all__ = ["DENIED_HOLDER", "EXCHANGING", "MACHINE", "TABLE", "NoOp", "Rule", "Step", "step"]
 
@@ -38,6 +48,7 @@ class NoOp(enum.StrEnum):
     DUPLICATE_CODE = "duplicate_code"
     DUPLICATE_CONSENT = "duplicate_consent"
     EXPIRED_STATE = "expired_state"
+    STATE_FROM_AHEAD = "state_from_ahead"
     REUSED_STATE = "reused_state"
     WRONG_BROWSER = "wrong_browser"
     NEW_CODE_REFUSED = "new_code_refused"
@@ -55,10 +66,15 @@ class NoOp(enum.StrEnum):
     # refresh_claimed, refreshed, refresh_failed
     TOKEN_FRESH = "token_fresh"
     REFRESH_IN_PROGRESS = "refresh_in_progress"
+    NO_REFRESH_TOKEN = "no_refresh_token"
     REFUSED_AGAIN = "refused_again"
     REFRESH_EXHAUSTED = "refresh_exhausted"
     NOT_CONNECTED = "not_connected"
     ALREADY_ROTATED = "already_rotated"
+    # a pair another process may keep in memory (its store write failed) is awaited
+    KEPT_PAIR_PENDING = "kept_pair_pending"
+    # refresh_doubted on a refresh token sent once: amoCRM's "revoked" is the token's verdict
+    FIRST_SEND = "first_send"
     # disconnect and provider_disconnected
     ALREADY_DISCONNECTED = "already_disconnected"
     HOOK_REPLAYED = "hook_replayed"
@@ -142,19 +158,38 @@ def host_is_unknown(data: EventData) -> bool:
 
 
 def state_has_expired(data: EventData) -> bool:
-    """The code came with a state that has expired: no new claim under it."""
+    """The code came with a state that has expired: no new claim under it. (The flow passes
+    the state's expiry plus ``MAX_CLOCK_SKEW``: the machine that signed it may run behind.)"""
     step = _model(data)
     expires = getattr(step.event, "state_expires_at", None)
     return expires is not None and step.now >= expires
+
+
+def state_from_ahead(data: EventData) -> bool:
+    """The code came with a state signed more than ``MAX_CLOCK_SKEW`` ahead of the store's
+    clock: the signing machine's clock is off too far to judge the state's age."""
+    step = _model(data)
+    issued = getattr(step.event, "state_issued_at", None)
+    return issued is not None and issued_ahead(issued, step.now)
 
 
 def state_is_fresh(data: EventData) -> bool:
     """The code came with an unused state issued after the connection was made, and a host:
     a deliberate re-authorization."""
     step = _model(data)
+    return _begun_after_connecting(step) and not host_is_unknown(data)
+
+
+def _begun_after_connecting(step: _Model) -> bool:
+    """Did the state's ``begin()`` read the record after its connection was made? By version,
+    which cannot tie (a re-authorization begun in the same millisecond as the connection is
+    fresh); by time only for a state or record from before versions were kept."""
+    seen = getattr(step.event, "state_seen_version", None)
+    made = step.record.connected_version
+    if seen is not None and made is not None:
+        return bool(seen >= made)
     issued, connected = getattr(step.event, "state_issued_at", None), step.record.connected_at
-    fresh = issued is not None and connected is not None and issued > connected
-    return fresh and not host_is_unknown(data)
+    return issued is not None and connected is not None and issued > connected
 
 
 def reclaims_a_claimed_code(data: EventData) -> bool:
@@ -166,6 +201,56 @@ def lease_is_live(data: EventData) -> bool:
     """A worker holds the record (an exchange or a refresh) and has not outlived its lease."""
     step = _model(data)
     return step.record.live_lease(step.now) is not None
+
+
+def awaits_a_kept_exchange(data: EventData) -> bool:
+    """The exchange lease lapsed less than the event's grace ago: its worker may be alive and
+    keep the pair from the code in memory (its store write failed), so the exchange is not
+    given up yet."""
+    step = _model(data)
+    event, lease = step.event, step.record.lease
+    if not isinstance(event, LeaseExpired) or lease is None:
+        return False
+    return step.now < lease.expires_at + event.grace
+
+
+def is_this_exchange(data: EventData) -> bool:
+    """The pair is from the code this record's claim is for (the newest code it saw); a pair
+    that names no code is taken as the claim's (it comes from the claim's own worker)."""
+    step = _model(data)
+    event, seen = step.event, step.record.seen_codes
+    if not isinstance(event, ExchangeSucceeded) or event.code_digest is None:
+        return True
+    return bool(seen) and seen[-1].digest == event.code_digest
+
+
+def interrupted_this_exchange(data: EventData) -> bool:
+    """In ``error(exchange_interrupted)`` for the very code whose pair arrives (kept in memory
+    by a worker whose store write failed, landing after the grace): it brings the pair in."""
+    step = _model(data)
+    event, error = step.event, step.record.error
+    return (
+        isinstance(event, ExchangeSucceeded)
+        and event.code_digest is not None
+        and error is not None
+        and error.reason == Reason.EXCHANGE_INTERRUPTED
+        and is_this_exchange(data)
+    )
+
+
+def awaits_a_kept_pair(data: EventData) -> bool:
+    """amoCRM refused a refresh token sent again after a lapsed lease, less than the grace ago:
+    a rotated pair kept in memory by the first sender may still land."""
+    step = _model(data)
+    until = step.record.kept_pair_until
+    return until is not None and step.now < until
+
+
+def sent_again_after_a_lapse(data: EventData) -> bool:
+    """The refresh token was claimed more than once (a lease lapsed, or a send went without a
+    stored answer): an earlier send may have rotated it, so a "revoked" is not its verdict."""
+    tokens = _model(data).record.tokens
+    return tokens is not None and tokens.refresh_sends > 1
 
 
 def verification_not_due(data: EventData) -> bool:
@@ -200,6 +285,12 @@ def refused_after_refresh(data: EventData) -> bool:
         return False
     recent = tokens.issued_at is None or event.at - tokens.issued_at < REJECTION_WINDOW
     return tokens.access_token == event.stale and tokens.after_rejection and recent
+
+
+def cannot_renew(data: EventData) -> bool:
+    """The stored token has no refresh token (amoCRM gave none): nothing to send."""
+    tokens = _model(data).record.tokens
+    return tokens is not None and tokens.refresh_token is None
 
 
 def refresh_token_spent(data: EventData) -> bool:
@@ -271,6 +362,7 @@ TABLE: tuple[Rule, ...] = (
     # A known code is a no-op in every status: the fix for the seed's double exchange.
     Rule("code_received", ALL, None, code_is_known, noop=NoOp.DUPLICATE_CODE),
     Rule("code_received", ALL, None, state_has_expired, noop=NoOp.EXPIRED_STATE),
+    Rule("code_received", ALL, None, state_from_ahead, noop=NoOp.STATE_FROM_AHEAD),
     # A second code of one consent is reported, never exchanged: while the first is in flight
     # or connected it is that connection, and after a failure or a disconnect a new consent
     # (a new begin()) is the way back. A state that brought a denial stays refused.
@@ -305,7 +397,11 @@ TABLE: tuple[Rule, ...] = (
     Rule("denied", (S.DISCONNECTED, S.ERROR), S.ERROR),
     Rule("denied", (S.CONNECTED,), None, noop=NoOp.KEEP_CONNECTION),
     Rule("denied", EXCHANGING, None, noop=NoOp.EXCHANGE_IN_PROGRESS),
-    Rule("exchange_succeeded", (S.CODE_RECEIVED,), S.EXCHANGED),
+    Rule("exchange_succeeded", (S.CODE_RECEIVED,), S.EXCHANGED, is_this_exchange),
+    Rule("exchange_succeeded", (S.CODE_RECEIVED,), None, noop=NoOp.STALE),
+    # A pair from a code kept in memory (its write failed) lands after the grace too, on the
+    # claim of that very code: the connection needs no new consent.
+    Rule("exchange_succeeded", (S.ERROR,), S.EXCHANGED, interrupted_this_exchange),
     _stale("exchange_succeeded", S.CODE_RECEIVED),
     Rule("exchange_failed", (S.CODE_RECEIVED,), S.ERROR),
     _stale("exchange_failed", S.CODE_RECEIVED),
@@ -313,6 +409,14 @@ TABLE: tuple[Rule, ...] = (
     # Before the pair is stored that is the end of this code; after, the pair from the spent
     # code is kept and its verification stays pending (tried again by the next caller).
     Rule("lease_expired", EXCHANGING, None, lease_is_live, noop=NoOp.LEASE_LIVE),
+    # Its worker may be alive and keep the pair (its store write failed): awaited a grace.
+    Rule(
+        "lease_expired",
+        (S.CODE_RECEIVED,),
+        None,
+        awaits_a_kept_exchange,
+        noop=NoOp.KEPT_PAIR_PENDING,
+    ),
     Rule("lease_expired", (S.CODE_RECEIVED,), S.ERROR),
     Rule("lease_expired", (S.EXCHANGED,), None, noop=NoOp.VERIFICATION_PENDING),
     Rule("lease_expired", (S.DISCONNECTED, S.CONNECTED, S.ERROR), None, noop=NoOp.NO_EXCHANGE),
@@ -340,7 +444,10 @@ TABLE: tuple[Rule, ...] = (
     # Tokens are served only when connected; a refresh is claimed only when the token is not
     # usable and no other worker holds a live lease (at most one refresh in flight).
     Rule("refresh_claimed", (S.CONNECTED,), None, token_is_usable, noop=NoOp.TOKEN_FRESH),
+    Rule("refresh_claimed", (S.CONNECTED,), None, cannot_renew, noop=NoOp.NO_REFRESH_TOKEN),
     Rule("refresh_claimed", (S.CONNECTED,), None, lease_is_live, noop=NoOp.REFRESH_IN_PROGRESS),
+    # A rotated pair kept by the refresh token's first sender may land: nobody sends it again.
+    Rule("refresh_claimed", (S.CONNECTED,), None, awaits_a_kept_pair, noop=NoOp.KEPT_PAIR_PENDING),
     Rule("refresh_claimed", (S.CONNECTED,), None, refused_after_refresh, noop=NoOp.REFUSED_AGAIN),
     Rule("refresh_claimed", (S.CONNECTED,), None, refresh_token_spent, noop=NoOp.REFRESH_EXHAUSTED),
     Rule("refresh_claimed", (S.CONNECTED,), S.CONNECTED),
@@ -352,6 +459,12 @@ TABLE: tuple[Rule, ...] = (
     # A pair from a spent code, renewed before its late verification: only that very pair.
     Rule("refreshed", (S.EXCHANGED,), S.EXCHANGED, renews_the_stored_pair),
     _stale("refreshed", S.CONNECTED),
+    # "Revoked" for a refresh token sent again after a lapse: its first send may have rotated
+    # it, and that pair may be kept in memory; it is awaited (kept_pair_until), not given up.
+    Rule("refresh_doubted", (S.CONNECTED,), None, pair_was_rotated, noop=NoOp.ALREADY_ROTATED),
+    Rule("refresh_doubted", (S.CONNECTED,), S.CONNECTED, sent_again_after_a_lapse),
+    Rule("refresh_doubted", (S.CONNECTED,), None, noop=NoOp.FIRST_SEND),
+    _stale("refresh_doubted", S.CONNECTED),
     Rule("refresh_failed", (S.CONNECTED,), None, pair_was_rotated, noop=NoOp.ALREADY_ROTATED),
     Rule("refresh_failed", (S.CONNECTED,), S.ERROR),
     _stale("refresh_failed", S.CONNECTED),

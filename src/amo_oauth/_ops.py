@@ -16,7 +16,7 @@ import attrs
 import httpx
 
 from ._records import ConnectionRecord
-from .stores._protocol import AsyncStore, Claim, ClaimResult, DueCursor, Store
+from .stores._protocol import AsyncStore, Claim, ClaimResult, DueCursor, Loaded, Store
 
 __all__ = [
     "ClaimOp",
@@ -50,17 +50,17 @@ class StoreOp(Generic[T]):
 
 
 @attrs.frozen
-class Load(StoreOp[ConnectionRecord | None]):
-    """The record under ``key``, or None. (The store's clock that comes with it is not used
-    by the flows yet.)"""
+class Load(StoreOp[Loaded]):
+    """The record under ``key`` (or None) and the store's clock, read in one round trip: the
+    flows judge every lease and ledger expiry by that clock (``Records.now``)."""
 
     key: str
 
-    def run(self, store: Store) -> ConnectionRecord | None:
-        return store.load(self.key).record
+    def run(self, store: Store) -> Loaded:
+        return store.load(self.key)
 
-    async def arun(self, store: AsyncStore) -> ConnectionRecord | None:
-        return (await store.aload(self.key)).record
+    async def arun(self, store: AsyncStore) -> Loaded:
+        return await store.aload(self.key)
 
 
 @attrs.frozen

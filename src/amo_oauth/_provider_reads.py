@@ -39,6 +39,7 @@ from ._hosts import AccountHost
 from ._records import Account, TokenSet
 
 __all__ = [
+    "DEFAULT_EXPIRES_IN",
     "MAX_ACCOUNT_ID",
     "MAX_ACCOUNT_NAME",
     "MAX_EXPIRES_IN",
@@ -48,6 +49,7 @@ __all__ = [
     "Reply",
     "api_domain_of",
     "check_account_host",
+    "lifetime_hint",
     "maybe_spent",
     "meaning_of",
     "read_account",
@@ -64,6 +66,9 @@ REFRESH_TOKEN_LIFETIME: Final = timedelta(days=90)
 #: at most 5 years (§8). A value outside 1 s .. 10 years (3650 days) is clamped into them.
 MIN_EXPIRES_IN: Final = 1
 MAX_EXPIRES_IN: Final = 3650 * 86400
+#: The access token's lifetime (seconds) when an answer gives no ``expires_in`` (RFC 6749 §5.1
+#: makes it optional) and its JWT ``exp`` gives no usable hint: amoCRM's 24 hours (§3).
+DEFAULT_EXPIRES_IN: Final = 86400
 #: The longest token accepted (characters). Access tokens are JWTs of 1-2 KB and refresh tokens
 #: under 1 KB (§3); 8192 is the usual limit of one HTTP header line (nginx's default buffer), and
 #: both tokens travel in headers (``Authorization``, ``X-Refresh-Token``, §5).
@@ -102,19 +107,39 @@ class Reply(Protocol):
         ...
 
 
+def _jwt_claims(access_token: str) -> dict[str, Any]:
+    """The claims of an access token (a JWT), read without verifying its signature (clients
+    cannot): hints only, never trusted for security (protocol notes §3). Empty when
+    unreadable."""
+    parts = access_token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 16_384:
+        return {}
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
 def api_domain_of(access_token: str) -> str | None:
     """The ``api_domain`` claim of an amoCRM access token (a JWT), read without verifying its
     signature (clients cannot): a hint for the account lookup only (protocol notes §3, §5).
     None for tokens issued before the claim existed (about 2024-08-21) or anything unreadable."""
-    parts = access_token.split(".")
-    if len(parts) != 3 or len(parts[1]) > 16_384:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error, RecursionError):
-        return None
-    domain = claims.get("api_domain") if isinstance(claims, dict) else None
+    domain = _jwt_claims(access_token).get("api_domain")
     return domain if isinstance(domain, str) and domain else None
+
+
+def lifetime_hint(access_token: str, now: datetime) -> int:
+    """Seconds an access token lives from ``now`` (aware, UTC) when its answer has no
+    ``expires_in``: its JWT ``exp`` claim as a hint (protocol notes §3, §8), when that is a
+    number of seconds since the epoch that lies ``MIN_EXPIRES_IN .. MAX_EXPIRES_IN`` ahead;
+    else ``DEFAULT_EXPIRES_IN`` (a day, amoCRM's access-token lifetime). Never used over an
+    explicit ``expires_in``."""
+    exp = _jwt_claims(access_token).get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        return DEFAULT_EXPIRES_IN
+    seconds = math.floor(exp - now.timestamp())
+    return seconds if MIN_EXPIRES_IN <= seconds <= MAX_EXPIRES_IN else DEFAULT_EXPIRES_IN
 
 
 def read_lookup(response: Reply, extra_domains: tuple[str, ...]) -> AccountHost | None:
@@ -212,18 +237,27 @@ def _unusable(hint: str, field: str) -> ProviderError:
     return ProviderError(200, f"{hint}: {field}")
 
 
-def read_tokens(response: Reply, now: datetime, *, grant: Grant | None = None) -> TokenSet:
-    """The token pair from a 200 answer of the token endpoint (protocol §3).
+def read_tokens(
+    response: Reply, now: datetime, *, grant: Grant | None = None, sent: str | None = None
+) -> TokenSet:
+    """The token pair from a 200 answer of the token endpoint (protocol §3, RFC 6749 §5.1).
 
     Args:
         response: the answer, read in full.
-        now: the current time (UTC, timezone-aware): ``expires_at = now + expires_in``.
+        now: the current time (UTC, timezone-aware; the store's clock):
+            ``expires_at = now + expires_in``.
         grant: ``authorization_code`` or ``refresh_token`` when known, to classify errors.
+        sent: the refresh token the request sent, kept when the answer has none (RFC 6749
+            §6: the server did not rotate it). None for a code exchange.
 
-    Fields: ``access_token`` and ``refresh_token`` must be visible ASCII of 1 to
-    ``MAX_TOKEN_LENGTH`` characters; ``token_type`` "Bearer" (any case) or absent;
-    ``expires_in`` a number of seconds (a numeric string is accepted), clamped into
-    ``MIN_EXPIRES_IN .. MAX_EXPIRES_IN`` with one WARNING on the ``amo_oauth`` logger.
+    Fields: ``access_token`` (required) and ``refresh_token`` must be visible ASCII of 1 to
+    ``MAX_TOKEN_LENGTH`` characters; a missing (or null) ``refresh_token`` keeps ``sent``, or
+    gives a token that cannot be renewed (``TokenSet.refresh_token`` None); ``token_type``
+    "Bearer" (any case) or absent; ``expires_in`` a number of seconds (a numeric string is
+    accepted), clamped into ``MIN_EXPIRES_IN .. MAX_EXPIRES_IN`` with one WARNING on the
+    ``amo_oauth`` logger; a missing (or null) one is ``lifetime_hint`` (the JWT's ``exp``,
+    else ``DEFAULT_EXPIRES_IN``). A valid token amoCRM gave is never thrown away for a field
+    the spec makes optional.
 
     Raises:
         ProviderError: the only exception raised, for any body. An error answer (classified by
@@ -236,18 +270,18 @@ def read_tokens(response: Reply, now: datetime, *, grant: Grant | None = None) -
     if response.status_code != 200:
         raise _error(response, grant)
     body = _json(response)
-    if not isinstance(body, dict) or not {"access_token", "refresh_token", "expires_in"} <= set(
-        body
-    ):
+    if not isinstance(body, dict) or "access_token" not in body:
         raise ProviderError(200, UNREADABLE_TOKENS, transient=True)
     access_token = _token(body["access_token"], "access_token")
-    refresh_token = _token(body["refresh_token"], "refresh_token")
+    answered = body.get("refresh_token")
+    refresh_token = sent if answered is None else _token(answered, "refresh_token")
     token_type = body.get("token_type")
     if token_type is not None and (
         not isinstance(token_type, str) or token_type.lower() != "bearer"
     ):
         raise _unusable(UNUSABLE_TOKENS, "token_type")
-    seconds = _expires_in(body["expires_in"])
+    given = body.get("expires_in")
+    seconds = lifetime_hint(access_token, now) if given is None else _expires_in(given)
     return TokenSet(
         access_token=access_token,
         refresh_token=refresh_token,

@@ -16,6 +16,7 @@ __all__ = [
     "CONNECTION_ERRORS",
     "NOT_CONNECTED",
     "REJECTIONS",
+    "RETRY_LATER",
     "WEB_REFUSALS",
     "Reason",
 ]
@@ -39,6 +40,7 @@ class Reason(enum.StrEnum):
     MISSING_REFERER = "missing_referer"
     BAD_STATE = "bad_state"
     EXPIRED_STATE = "expired_state"
+    CLOCK_SKEW = "clock_skew"
     REUSED_STATE = "reused_state"
     FOREIGN_HOST = "foreign_host"
     MALFORMED = "malformed"
@@ -54,6 +56,11 @@ class Reason(enum.StrEnum):
     # Why a connection has no token to give, besides its error reason (``ReauthorizationRequired``).
     DISCONNECTED = "disconnected"
     EXCHANGE_PENDING = "exchange_pending"
+    TOKEN_EXPIRED = "token_expired"
+    # Why a caller should try again later (``TryAgainLater.reason``); nothing is wrong for good.
+    REFRESH_IN_PROGRESS = "refresh_in_progress"
+    KEPT_PAIR_PENDING = "kept_pair_pending"
+    VERIFICATION_DEFERRED = "verification_deferred"
     # The web layer's own refusals.
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -90,6 +97,7 @@ REJECTIONS: Final = frozenset(
         R.MISSING_REFERER,
         R.BAD_STATE,
         R.EXPIRED_STATE,
+        R.CLOCK_SKEW,
         R.REUSED_STATE,
         R.FOREIGN_HOST,
         R.MALFORMED,
@@ -105,11 +113,21 @@ REJECTIONS: Final = frozenset(
     }
 )
 #: ``ReauthorizationRequired.reason``: a connection error, or why there is none to report.
-NOT_CONNECTED: Final = CONNECTION_ERRORS | {R.DISCONNECTED, R.EXCHANGE_PENDING, R.FOREIGN_HOST}
+NOT_CONNECTED: Final = CONNECTION_ERRORS | {
+    R.DISCONNECTED,
+    R.EXCHANGE_PENDING,
+    R.FOREIGN_HOST,
+    R.TOKEN_EXPIRED,
+}
+#: ``TryAgainLater.reason``: why the same call may succeed later (``retry_after`` says when).
+RETRY_LATER: Final = frozenset(
+    {R.REFRESH_IN_PROGRESS, R.KEPT_PAIR_PENDING, R.VERIFICATION_DEFERRED}
+)
 #: The web layer's ``{"error": reason}``: rejections, connection errors, and its own refusals.
 WEB_REFUSALS: Final = (
     REJECTIONS
     | CONNECTION_ERRORS
+    | RETRY_LATER
     | {
         R.NOT_FOUND,
         R.METHOD_NOT_ALLOWED,

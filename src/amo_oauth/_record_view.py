@@ -13,13 +13,13 @@ and writes them (``tests/test_decisions.py`` checks that no other flow does).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import attrs
 
 from ._records import Connection, ConnectionRecord
 
-__all__ = ["RecordView", "record_of", "seconds_to_wait"]
+__all__ = ["RecordView", "record_of", "retry_after_of", "seconds_to_wait"]
 
 
 @attrs.frozen
@@ -66,13 +66,17 @@ class RecordView:
         return self._record.tokens_or_raise().access_token
 
     def refresh_token(self) -> str:
-        """The refresh token, to send: for a record the table says holds a pair."""
-        return self._record.tokens_or_raise().refresh_token
+        """The refresh token, to send: for a record the table says holds a pair. "" for a token
+        amoCRM gave without one: the table never lets such a record claim a refresh
+        (``no_refresh_token``), and anything else sent with it is refused, changing nothing."""
+        return self._record.tokens_or_raise().refresh_token or ""
 
     def api_credentials(self) -> tuple[str, str, str]:
         """``(account host, access token, refresh token)``; three empty strings when the record
-        holds no pair (no host passes the allowlist then, so nothing is sent)."""
-        return self._record.api_credentials() or ("", "", "")
+        holds no pair (no host passes the allowlist then, so nothing is sent), and an empty
+        refresh token for a token that cannot be renewed."""
+        host, access, refresh = self._record.api_credentials() or ("", "", "")
+        return host, access, refresh or ""
 
     def not_connected_reason(self) -> str:
         """Why the record gives no token (``ReauthorizationRequired``'s reason)."""
@@ -95,3 +99,25 @@ def seconds_to_wait(record: ConnectionRecord, now: datetime, left: float, slack:
     expires it. Decided here, on the lease, so that the flows never look at one."""
     lease_left = record.lease_seconds_left(now)
     return left if lease_left is None else min(left, lease_left + slack)
+
+
+def retry_after_of(record: ConnectionRecord, now: datetime, grace: timedelta) -> float | None:
+    """Seconds (>= 0) until the first of what holds ``record`` up lapses at ``now`` (UTC): its
+    live lease, a lapsed exchange lease's ``grace``, a kept pair's wait, a deferred
+    verification's next try; None when nothing does. Decided here, so that the flows never
+    look at a lease."""
+    ends = [
+        end
+        for end in (
+            record.lease.expires_at if record.lease is not None else None,
+            record.lease.expires_at + grace
+            if record.lease is not None and record.lease.purpose == "exchange"
+            else None,
+            record.kept_pair_until,
+            record.verify_after,
+        )
+        if end is not None and end > now
+    ]
+    if not ends:
+        return None
+    return max((min(ends) - now).total_seconds(), 0.0)

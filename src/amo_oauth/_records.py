@@ -95,10 +95,18 @@ def _aware_or_none(instance: object, attribute: attrs.Attribute[datetime], value
 
 @attrs.frozen
 class TokenSet:
-    """An access/refresh token pair. The tokens never appear in a repr."""
+    """An access token and, usually, the refresh token that renews it. The tokens never
+    appear in a repr.
+
+    ``refresh_token`` is None for a token that cannot be renewed: amoCRM's answer carried
+    none (RFC 6749 §5.1 makes it optional; a refresh answer without one keeps the refresh
+    token sent, §6, so that case stores the old one) or, later, a long-lived token (protocol
+    §8). Such a connection works until ``expires_at``; then it needs a new consent
+    (``ReauthorizationRequired``), since there is nothing to send.
+    """
 
     access_token: str = attrs.field(repr=False)
-    refresh_token: str = attrs.field(repr=False)
+    refresh_token: str | None = attrs.field(repr=False)
     expires_at: datetime = attrs.field(validator=_aware)
     refresh_expires_at: datetime = attrs.field(validator=_aware)
     """amoCRM revokes a refresh token 3 months after it was issued (or last used)."""
@@ -217,18 +225,29 @@ class ConnectionRecord:
     seen_codes: tuple[SeenCode, ...] = ()
     lease: Lease | None = None
     connected_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
-    """When the current connection was made; a re-authorization needs a state issued after it."""
+    """When the current connection was made (shown to users; decisions use
+    ``connected_version``)."""
     updated_at: datetime | None = attrs.field(default=None, validator=_aware_or_none)
     integration: str | None = None
     """The client id of the integration the connection belongs to; None for a record stored
     before keys had a namespace (its key is then its bare ``connection_id``)."""
     widget: bool = False
     """True for a widget install (named after its account host), not an app user."""
+    connected_version: int | None = None
+    """The version written when the current connection was made: a re-authorization needs a
+    state whose ``begin()`` read this version or a later one. Versions cannot tie, as two
+    timestamps in one millisecond do. None for records connected before it was kept (their
+    ``connected_at`` decides)."""
     verify_after: datetime | None = attrs.field(default=None, validator=_aware_or_none)
     """In ``exchanged``: when the next verification may be tried, after a transient failure
     (one backoff for every process sharing the store)."""
     verify_attempts: int = 0
     """In ``exchanged``: verifications that failed for a moment so far (the backoff grows)."""
+    kept_pair_until: datetime | None = attrs.field(default=None, validator=_aware_or_none)
+    """In ``connected``: amoCRM refused a refresh token that was sent again after a lapsed
+    lease, so the process that sent it first may keep the rotated pair in memory (its store
+    write failed). Until this time (UTC) nobody sends that token again and nobody is told to
+    re-authorize: callers hear ``TryAgainLater`` while the pair may land."""
     refused_refresh: str | None = None
     """The sha256 digest of the refresh token amoCRM refused when the connection entered
     ``error`` that way: only the answer to an overtaken refresh of that same token may bring the
@@ -266,9 +285,9 @@ class ConnectionRecord:
             raise ValueError("the record holds no tokens")
         return self.tokens
 
-    def api_credentials(self) -> tuple[str, str, str] | None:
-        """``(account host, access token, refresh token)`` when the record holds them, else
-        None."""
+    def api_credentials(self) -> tuple[str, str, str | None] | None:
+        """``(account host, access token, refresh token)`` when the record holds a token, else
+        None; the refresh token is None when the token cannot be renewed."""
         if self.host is None or self.tokens is None:
             return None
         return self.host, self.tokens.access_token, self.tokens.refresh_token

@@ -26,6 +26,7 @@ import attrs
 from ._errors import UndecryptableRecord
 from ._records import ConnectionRecord
 from .stores._protocol import Store
+from .stores._skew import clock_skew
 
 __all__ = ["RotationProgress", "RotationReport", "rotate_keys"]
 
@@ -137,7 +138,9 @@ def rotate_keys(
         retries: rounds of retrying the records put aside (leased or changing), >= 0.
         pause: seconds between those rounds (a lease lasts ``Config.lease_ttl``, 60 s by
             default; a refresh holds it for about one token call).
-        now: the current aware UTC time, to tell a live lease; default the real clock.
+        now: this machine's aware UTC clock; default the real one. A lease is judged live by
+            the store's clock: this clock plus the skew one ``store.check()`` measures at the
+            start (``stores.clock_skew``), as the service judges it.
         sleep: how to pause; for tests.
         progress: called after each page with the key to resume after.
         page_size: records read per page, >= 1 (default ``PAGE_SIZE``, 256).
@@ -155,7 +158,8 @@ def rotate_keys(
     if retries < 0 or pause < 0 or page_size < 1:
         raise ValueError("retries and pause must be >= 0 and page_size >= 1")
     clock = now or _utcnow
-    run = _Pass(store, clock)
+    skew = clock_skew(store, clock=clock)
+    run = _Pass(store, lambda: clock() + skew)
     last = after
     while True:
         records, bad = run.page(last, page_size)

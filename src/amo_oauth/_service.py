@@ -13,6 +13,7 @@ from ._auth import ConnectionAuth
 from ._callback import QueryLike
 from ._config import Config
 from ._driving import drive
+from ._kept import KeptRetry
 from ._ops import Op, Send, StoreOp
 from ._provider import send_within
 from ._record_view import RecordView
@@ -57,12 +58,19 @@ class AmoOAuth(ServiceCore):
         self.store = self._store  # the core's attribute, typed for either service
         self._owns_http = http is None
         self.http = http or httpx.Client(timeout=config.http_timeout, follow_redirects=False)
+        records = self._flows.records
+        self._kept_retry = KeptRetry(
+            lambda: drive(records.store_kept(), self._perform), records.kept_pairs
+        )
+        records.on_kept = self._kept_retry.start
 
     def begin(
         self, connection_id: str, *, binding: str | None = None, browser_binding: bool = True
     ) -> AuthorizationRequest:
         """Start connecting: the consent-page URL with a fresh signed ``state``, bound to the
-        browser that will go there. Writes nothing.
+        browser that will go there. Reads the connection's record once (its version orders a
+        re-authorization after the connection it replaces; the store's clock dates the state)
+        and writes nothing.
 
         Args:
             connection_id: the application's key for this connection (a user or tenant id).
@@ -76,7 +84,7 @@ class AmoOAuth(ServiceCore):
             ``AuthorizationRequest(url, state, expires_at, binding)``: keep ``binding`` in the
             browser (an ``HttpOnly`` cookie) and redirect it to ``url``.
         """
-        return self._flows.codes.begin(connection_id, binding, browser_binding)
+        return self._run(self._flows.codes.begin(connection_id, binding, browser_binding))
 
     def issue_ticket(self, connection_id: str) -> str:
         """A single-use ticket (``Config.ticket_ttl``, a minute) for a mobile app to open
@@ -185,8 +193,11 @@ class AmoOAuth(ServiceCore):
 
         Raises:
             ReauthorizationRequired: the connection has no usable tokens.
-            ProviderError: amoCRM could not be reached, or another worker's refresh outlasted
-                ``settle_timeout`` (both ``transient``), or amoCRM refused the refresh.
+            TryAgainLater: another worker's refresh outlasted ``settle_timeout``
+                (``refresh_in_progress``), a pair another process keeps in memory is awaited
+                (``kept_pair_pending``), or a new connection's verification was deferred.
+            ProviderError: amoCRM could not be reached (``transient``), or refused the refresh.
+            StoreError: the store failed (a rotated pair it refused is kept and lands later).
         """
         return self._run(self._flows.tokens.access_token(connection_id))
 
@@ -269,18 +280,26 @@ class AmoOAuth(ServiceCore):
             return self._run(self._flows.records.due_page(plan.before, size, after))
 
         def refresh(record: ConnectionRecord) -> Done:
-            return drive(self._flows.tokens.refresh_one(RecordView(record), plan.before), paced)
+            flow = self._flows.tokens.refresh_one(RecordView(record), plan.before)
+            return drive(self._flows.records.landing(flow), paced)
 
+        mark = self._flows.records.landings()
         try:
             report = sweep(plan, read, refresh, progress)
         except BaseException:
             self._run(self._flows.records.store_kept_patiently())
             raise
-        return with_stored(report, self._run(self._flows.records.store_kept_patiently()))
+        self._run(self._flows.records.store_kept_patiently())
+        # Pairs refused during the sweep land by any call or the background retry: each counts.
+        return with_stored(report, self._flows.records.landed_after(mark))
 
     def close(self) -> None:
-        """Store the rotated pairs the store refused earlier, if it takes them now (else say
-        which are lost), then close the http client if this object made it, and the store."""
+        """Stop the background retry of kept pairs, store the pairs the store refused earlier
+        if it takes them now (else say which are lost), then close the http client if this
+        object made it, and the store."""
+        # A try in flight ends with its store call: bounded by the store's timeout, and a
+        # lease (no pair is worth more waiting: its grace is two).
+        self._kept_retry.stop(self.config.lease_ttl.total_seconds())
         self._run(self._flows.records.store_kept_at_close())
         if self._owns_http:
             self.http.close()
@@ -293,7 +312,7 @@ class AmoOAuth(ServiceCore):
         self.close()
 
     def _run(self, flow: Generator[Op, Any, T]) -> T:
-        return drive(flow, self._perform)
+        return drive(self._flows.records.landing(flow), self._perform)
 
     def _perform(self, op: Op) -> Any:
         if isinstance(op, StoreOp):

@@ -9,7 +9,10 @@ A token is ``v2.<payload>.<mac>``: the payload (base64url JSON) signed with HMAC
 - ``b``: a keyed hash of the browser binding's secret (``_binding``), or ``""`` when
   ``begin()`` was told ``browser_binding=False`` (the app's own session then binds the
   browser); signed, so no caller can switch the check off later;
-- ``n``: the nonce a callback consumes; ``i``, ``e``: issue and expiry times in milliseconds.
+- ``n``: the nonce a callback consumes; ``i``, ``e``: issue and expiry times in milliseconds;
+- ``v``: the version of the connection's record ``begin()`` read (0: none stored), which orders
+  a re-authorization after the connection it replaces without comparing times that can tie
+  (absent in states signed before it was added: their ``i`` decides).
 
 States of the first format (``v1``, which showed the connection id and bound no browser) are
 refused as ``bad_state``: they lived 30 minutes, so an upgrade costs at most one re-begin.
@@ -29,7 +32,23 @@ import attrs
 
 from ._errors import CallbackRejected
 
-__all__ = ["StateClaims", "binding_hash", "id_hash", "issue_state", "read_state"]
+__all__ = [
+    "MAX_CLOCK_SKEW",
+    "StateClaims",
+    "binding_hash",
+    "id_hash",
+    "issue_state",
+    "issued_ahead",
+    "read_state",
+]
+
+#: How far apart the clocks of two machines serving one store may be for what is checked
+#: without a store read (a signed state, a mobile ticket) to be judged alike on both: such a
+#: value is accepted until this long after its signed expiry, and refused (``clock_skew``)
+#: when issued further than this ahead of the checking machine's clock. Leases and the
+#: ledger are judged by the store's clock (``Loaded.now``) and tolerate any skew. Five
+#: minutes: at least the default ``lease_ttl`` (60 s), and what NTP keeps far below.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 _PREFIX = "v2"
 # As long as a callback parameter may be (``_callback._MAX_VALUE``).
@@ -90,6 +109,7 @@ class StateClaims:
         binding_hash: the keyed hash of its browser binding's secret; "" when unbound.
         nonce: what a callback consumes, once.
         issued_at, expires_at: its lifetime.
+        seen_version: the record version ``begin()`` read; None for a state without one.
     """
 
     id_hash: str = attrs.field(repr=False)
@@ -97,6 +117,7 @@ class StateClaims:
     nonce: str = attrs.field(repr=False)
     issued_at: datetime
     expires_at: datetime
+    seen_version: int | None = None
 
     @property
     def bound(self) -> bool:
@@ -113,8 +134,21 @@ class StateClaims:
             return False
         return _same(self.binding_hash, binding_hash(secret, binding_secret))
 
+    @property
+    def accepted_until(self) -> datetime:
+        """When a new code stops being accepted with this state: its signed expiry plus
+        ``MAX_CLOCK_SKEW``, since the machine that signed it may run behind this one."""
+        return self.expires_at + MAX_CLOCK_SKEW
+
     def is_expired(self, now: datetime) -> bool:
-        return now >= self.expires_at
+        """Past ``accepted_until`` on ``now`` (aware, UTC; the store's clock)."""
+        return now >= self.accepted_until
+
+
+def issued_ahead(issued_at: datetime, now: datetime) -> bool:
+    """Was a value issued more than ``MAX_CLOCK_SKEW`` after ``now``? Then the clock of the
+    machine that signed it runs too far ahead of this one's to judge its expiry."""
+    return issued_at - now > MAX_CLOCK_SKEW
 
 
 def issue_state(
@@ -123,17 +157,28 @@ def issue_state(
     now: datetime,
     ttl: timedelta,
     binding_secret: str | None = None,
+    seen_version: int = 0,
 ) -> tuple[str, StateClaims]:
-    """Make a fresh state token for ``connection_id``, valid for ``ttl`` from ``now``, bound
-    to the browser holding ``binding_secret`` (None: unbound, the caller's explicit choice)."""
+    """Make a fresh state token for ``connection_id``, valid for ``ttl`` from ``now`` (aware,
+    UTC; the store's clock), bound to the browser holding ``binding_secret`` (None: unbound,
+    the caller's explicit choice), naming the record version ``begin()`` read."""
     issued, expires = _millis(now), _millis(now + ttl)
     nonce = secrets.token_urlsafe(16)
     hashed_id = id_hash(secret, connection_id)
     hashed_binding = "" if binding_secret is None else binding_hash(secret, binding_secret)
-    body = {"h": hashed_id, "b": hashed_binding, "n": nonce, "i": issued, "e": expires}
+    body = {
+        "h": hashed_id,
+        "b": hashed_binding,
+        "n": nonce,
+        "i": issued,
+        "e": expires,
+        "v": seen_version,
+    }
     payload = _b64(json.dumps(body, separators=(",", ":")).encode("ascii"))
     token = f"{_PREFIX}.{payload}.{_mac(secret, payload)}"
-    claims = StateClaims(hashed_id, hashed_binding, nonce, _moment(issued), _moment(expires))
+    claims = StateClaims(
+        hashed_id, hashed_binding, nonce, _moment(issued), _moment(expires), seen_version
+    )
     return token, claims
 
 
@@ -159,8 +204,16 @@ def read_state(secret: bytes, token: str) -> StateClaims:
             raise TypeError
         hashed_id.encode("ascii")
         hashed_binding.encode("ascii")
+        seen = body.get("v")
+        if seen is not None and (not isinstance(seen, int) or isinstance(seen, bool) or seen < 0):
+            raise TypeError
         claims = StateClaims(
-            hashed_id, hashed_binding, str(body["n"]), _moment(body["i"]), _moment(body["e"])
+            hashed_id,
+            hashed_binding,
+            str(body["n"]),
+            _moment(body["i"]),
+            _moment(body["e"]),
+            seen,
         )
     except (binascii.Error, ValueError, KeyError, TypeError, OverflowError):
         # Only a holder of the secret could sign this; still, refuse rather than crash.

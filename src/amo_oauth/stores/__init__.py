@@ -21,6 +21,7 @@ from ._protocol import (
     StoreCheck,
 )
 from ._rows import RecordCodec, Row
+from ._skew import aclock_skew, clock_skew
 from ._urls import store_from_url
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
@@ -47,8 +48,10 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoreCheck",
+    "aclock_skew",
     "as_async_store",
     "as_full_store",
+    "clock_skew",
     "due_position",
     "store_from_url",
 ]

@@ -77,7 +77,7 @@ class RedisOps:
         return Work("delete a record", _reply(script, bool))
 
     def consume_state(self, nonce: str, expires_at: datetime, holder: str | None) -> _Work[bool]:
-        value, expiry = _ledger_value(holder), _expiry_ms(expires_at)
+        value, expiry = _ledger_value(holder), _expiry_ms(self._on_server(expires_at))
         args = (value, expiry, "0" if holder is None else "1", self._ahead_ms())
         script = self._script("consume", [self._ledger_key(nonce)], *args)
         return Work("consume a state", _reply(script, bool))
@@ -88,11 +88,11 @@ class RedisOps:
 
     def claim(self, claim: Claim) -> _Work[ClaimResult]:
         row = self._row_args(claim.record, claim.expected_version)
-        code = _entry_args(claim.code)
+        code = self._entry_args(claim.code)
         keys = [self._record_key(claim.record.key), self._ledger_key(claim.code.key)]
         state = ["", ""]
         if claim.state is not None:
-            state = _entry_args(claim.state)
+            state = self._entry_args(claim.state)
             keys.append(self._ledger_key(claim.state.key))
         script = self._script("claim", keys, *row, *code, *state, self._ahead_ms())
         return Work("claim a code", _reply(script, ClaimResult))
@@ -175,9 +175,20 @@ class RedisOps:
 
     def _ahead_ms(self) -> str:
         """How far the store's clock runs ahead of the server's, in ms: a ledger entry is
-        over once Redis has less than that left of it. A clock behind the server's is not
-        applied (Redis expires entries on its own clock)."""
+        over once Redis has less than that left of it (a clock behind is applied when the
+        entry is written, ``_on_server``)."""
         return str(max(0, math.floor(self._offset().total_seconds() * 1000)))
+
+    def _on_server(self, expires_at: datetime) -> datetime:
+        """A ledger expiry on the store's clock as Redis must keep it (``PXAT`` is on the
+        server's clock): later by as much as the store's clock runs behind the server's, so
+        an entry is forgotten by the store's clock, never a caller's. (A clock ahead is
+        applied when the entry is read, ``_ahead_ms``, so a test may move it on meanwhile.)"""
+        behind = min(self._offset(), timedelta(0))
+        return require_aware(expires_at, "expires_at") - behind
+
+    def _entry_args(self, entry: LedgerEntry) -> list[str]:
+        return [_ledger_value(entry.holder), _expiry_ms(self._on_server(entry.expires_at))]
 
     def _keyed(self, reply: Sequence[str]) -> list[ConnectionRecord]:
         """The records of a paged read's ``key, body, ...`` reply, in its order."""
@@ -229,7 +240,3 @@ def _expiry_ms(expires_at: datetime) -> str:
     refuses 0 and below; any moment in the past expires the key at once)."""
     moment = require_aware(expires_at, "expires_at").timestamp()
     return str(max(1, math.ceil(moment * 1000)))
-
-
-def _entry_args(entry: LedgerEntry) -> list[str]:
-    return [_ledger_value(entry.holder), _expiry_ms(entry.expires_at)]

@@ -95,6 +95,10 @@ HANG = 30.0
 FOREVER = 3600.0
 
 
+#: How far the ``skewed_store`` cases move a store's clock off the real one.
+STORE_SKEW = timedelta(hours=2)
+
+
 def later(minutes: float = 10) -> datetime:
     """A ledger expiry ``minutes`` from now (aware, real clock)."""
     return datetime.now(UTC) + timedelta(minutes=minutes)
@@ -430,8 +434,11 @@ class StoreContract:
     fixture (a new, empty ``Store`` and/or ``AsyncStore`` per test, closed after it).
 
     Optional: override the ``failing_store`` fixture (a store whose backend fails; default: the
-    ``store`` closed) and ``run_async`` (how async cases run; default ``asyncio.run``). See the
-    module docstring. Needs ``pytest`` and ``hypothesis``.
+    ``store`` closed), ``skewed_store`` (a factory of stores on the same data whose clock runs a
+    given ``timedelta`` off the real one, e.g. through the store's ``clock=`` or
+    ``clock_offset=``; default: none, and the cases on ledger expiry by the store's clock are
+    skipped) and ``run_async`` (how async cases run; default ``asyncio.run``). See the module
+    docstring. Needs ``pytest`` and ``hypothesis``.
     """
 
     # -- hooks ---------------------------------------------------------------------------
@@ -444,6 +451,12 @@ class StoreContract:
         else:
             self.run_async(store.aclose())
         return store
+
+    @pytest.fixture
+    def skewed_store(self) -> Callable[[timedelta], Store] | None:
+        """Make a store whose clock runs the given offset off the real clock (seconds of a
+        ``timedelta``; positive: ahead); None when the store's clock cannot be moved."""
+        return None
 
     @pytest.fixture
     def full_store(self, store: AnyStore) -> Store:
@@ -663,6 +676,43 @@ class StoreContract:
         assert full_store.consume_state("old", later(-1), "digest-a") is True
         assert full_store.consume_state("fresh", later(), "digest-b") is True
         assert full_store.consume_state("fresh", later(), "digest-c") is False
+
+    def test_ledger_keeps_an_entry_live_on_the_stores_clock(
+        self, skewed_store: Callable[[timedelta], Store] | None
+    ) -> None:
+        # Two hours behind: an expiry a minute ahead of the store's clock is in the real past,
+        # and the store must still hold it (a client's clock never decides).
+        if skewed_store is None:
+            pytest.skip("no skewed_store fixture: the store's clock cannot be moved")
+        store = skewed_store(-STORE_SKEW)
+        now = store.load("nobody").now
+        assert store.consume_state("k", now + timedelta(minutes=1), "digest-a")
+        assert not store.consume_state("k", now + timedelta(minutes=1), "digest-b")
+        if reads_ledger(store):
+            assert store.holder_of("k") == "digest-a"
+
+    def test_ledger_forgets_an_entry_expired_on_the_stores_clock(
+        self, skewed_store: Callable[[timedelta], Store] | None
+    ) -> None:
+        # Two hours ahead: an expiry a minute behind the store's clock is in the real future,
+        # and the store must have forgotten it.
+        if skewed_store is None:
+            pytest.skip("no skewed_store fixture: the store's clock cannot be moved")
+        store = skewed_store(STORE_SKEW)
+        now = store.load("nobody").now
+        assert store.consume_state("k", now - timedelta(minutes=1), "digest-a")
+        if reads_ledger(store):
+            assert store.holder_of("k") is None
+        assert store.consume_state("k", now + timedelta(minutes=1), "digest-b")
+
+    def test_load_reads_the_skewed_clock(
+        self, skewed_store: Callable[[timedelta], Store] | None
+    ) -> None:
+        if skewed_store is None:
+            pytest.skip("no skewed_store fixture: the store's clock cannot be moved")
+        store = skewed_store(STORE_SKEW)
+        skew = store.load("nobody").now - datetime.now(UTC)
+        assert abs(skew - STORE_SKEW) < timedelta(minutes=1)
 
     def test_consume_state_needs_aware_datetime(self, full_store: Store) -> None:
         with pytest.raises(ValueError, match="timezone-aware"):

@@ -122,6 +122,12 @@ class FakeAmoCRM(FakeSetup, FakeReadings):
             token keeps working until the new refresh or access token is first used (settable).
         api_domain_claim: True (default): access tokens carry the `api_domain` claim (§3, §5).
             False: tokens as issued before about 2024-08-21, without it (settable).
+        rotate_refresh_tokens: True (default, §3): every refresh answers a new refresh token.
+            False: a refresh answers no `refresh_token` and the one sent keeps working, as
+            RFC 6749 §6 allows (settable).
+        send_expires_in: True (default, §3): token answers carry `expires_in`. False: they
+            omit it, as RFC 6749 §5.1 allows; the access token's JWT `exp` still says when it
+            expires (settable).
 
     Raises:
         ValueError: a knob is out of range, or the subdomain or domain is not a host name.
@@ -149,6 +155,8 @@ class FakeAmoCRM(FakeSetup, FakeReadings):
         api_domain: str | None = None,
         refresh_grace: bool = False,
         api_domain_claim: bool = True,
+        rotate_refresh_tokens: bool = True,
+        send_expires_in: bool = True,
     ) -> None:
         if rate_limit is not None and rate_limit < 1:
             raise ValueError("rate_limit must be at least 1, or None for no limit")
@@ -158,6 +166,8 @@ class FakeAmoCRM(FakeSetup, FakeReadings):
         self.latency = latency
         self.refresh_grace = refresh_grace
         self.api_domain_claim = api_domain_claim
+        self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.send_expires_in = send_expires_in
         self._core = Core(self, clock or system_clock, monotonic, user_id)
         self._routes = self._route_table()
         self.add_integration(client_id, client_secret, redirect_uri)

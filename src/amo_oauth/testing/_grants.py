@@ -97,6 +97,9 @@ class Grants:
         if not record.live(self._now()):
             return "token_revoked", None
         self.first_use(record)
+        if not self._knobs.rotate_refresh_tokens:
+            # RFC 6749 §6: the server may keep the refresh token; the client keeps using it.
+            return "ok", self._issue(account, integration, None, refresh=False)
         if not self._knobs.refresh_grace:
             record.spent = True  # amoCRM (§3): a used refresh token is revoked at once
         elif record.child is not None:
@@ -169,6 +172,23 @@ class Grants:
                 record.spent = True
 
     def _issue(
+        self,
+        account: FakeAccount,
+        integration: FakeIntegration,
+        parent: Secret | None,
+        *,
+        refresh: bool = True,
+    ) -> dict[str, Any]:
+        """A new access token (and, unless `refresh` is False, a refresh token): the answer,
+        shaped by the knobs."""
+        answer = self._issued(account, integration, parent)
+        if not refresh:
+            self.refresh.pop(answer.pop("refresh_token"))
+        if not self._knobs.send_expires_in:
+            del answer["expires_in"]
+        return answer
+
+    def _issued(
         self, account: FakeAccount, integration: FakeIntegration, parent: Secret | None
     ) -> dict[str, Any]:
         issued_at = int(self._now().timestamp())

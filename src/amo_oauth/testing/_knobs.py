@@ -20,3 +20,7 @@ class Knobs(Protocol):
     """A used refresh token keeps working until its successor is first used (Kommo)."""
     api_domain_claim: bool
     """New access tokens carry the `api_domain` claim."""
+    rotate_refresh_tokens: bool
+    """A refresh answers a new refresh token; False: none, and the one sent keeps working."""
+    send_expires_in: bool
+    """Token answers carry `expires_in`; False: they omit it (the JWT's `exp` still says)."""

@@ -64,9 +64,11 @@ def amo_oauth_client(
     amo_config: Config, amo_fake: FakeAmoCRM, amo_fake_clock: FakeClock
 ) -> Iterator[AmoOAuth]:
     """An `AmoOAuth` wired to `amo_fake`: a MemoryStore, the fake's in-process transport and
-    `amo_fake_clock`. Closed (store and http client) at teardown."""
+    `amo_fake_clock` (the store's clock too). Closed (store and http client) at teardown."""
     http = httpx.Client(transport=amo_fake.transport(), follow_redirects=False)
-    oauth = AmoOAuth(amo_config, store=MemoryStore(), http=http, clock=amo_fake_clock)
+    # The store judges every lease and ledger expiry: it reads the same fake clock.
+    store = MemoryStore(clock=amo_fake_clock)
+    oauth = AmoOAuth(amo_config, store=store, http=http, clock=amo_fake_clock)
     try:
         yield oauth
     finally:

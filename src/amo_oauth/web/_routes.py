@@ -10,6 +10,7 @@ twice.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar, Final, Generic, TypeVar, cast
@@ -19,7 +20,7 @@ import attrs
 
 from .._async_service import AsyncAmoOAuth
 from .._binding import parse_binding, ticket_expires_at
-from .._errors import CallbackRejected, ProviderError, StoreError
+from .._errors import CallbackRejected, ProviderError, StoreError, TryAgainLater
 from .._reasons import Reason
 from .._records import Connection
 from .._results import CallbackResult, Outcome
@@ -257,6 +258,10 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             # StoreError's text names the store and the fault, never a secret).
             logger.warning("%s %s: 503 store_unavailable: %s", request.method, route.path, error)
             response = self._refuse(route, request, 503, "store_unavailable")
+        except TryAgainLater as later:  # nothing wrong for good: say when to come back
+            response = self._refuse(route, request, 503, later.reason)
+            if later.retry_after is not None:
+                response = response.with_headers((("retry-after", _seconds(later.retry_after)),))
         except ProviderError:  # the routes' calls report provider failures; belt and braces
             response = self._refuse(route, request, 502, "provider_unavailable")
         return _finish(response)
@@ -430,6 +435,11 @@ def _connect_url(redirect_uri: str, prefix: str) -> str:
     else:
         path = prefix + "/connect"
     return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def _seconds(retry_after: float) -> str:
+    """A ``Retry-After`` value: whole seconds, rounded up (HTTP takes no fractions)."""
+    return str(max(math.ceil(retry_after), 0))
 
 
 def _finish(response: Response) -> Response:
