@@ -424,6 +424,40 @@ def test_wait_for_change_is_woken_by_another_store(
     assert returned.is_set(), "the waiter was not woken by the write"
 
 
+def test_a_wait_works_with_descriptors_above_1024(
+    store: PostgresStore, make_store: Callable[..., PostgresStore]
+) -> None:
+    """select.select refuses a descriptor of 1024 or more; a busy server process has them."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1400
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.fail(f"the machine allows only {hard} open files; this test needs {wanted}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        writer = make_store()
+        assert writer.compare_and_set(make_record(), None)
+        returned = threading.Event()
+
+        def wait() -> None:
+            store.wait_for_change("c1", 1, FOREVER)  # the listener's socket is now above 1024
+            returned.set()
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        until(lambda: registered(store, "c1"))
+        assert writer.compare_and_set(make_record(version=2), 1)
+        waiter.join(timeout=60)
+        assert returned.is_set(), "the waiter was not woken by the write"
+    finally:
+        for descriptor in held:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_wait_for_change_returns_at_once_when_the_version_differs(store: PostgresStore) -> None:
     assert store.compare_and_set(make_record(version=3), None)
     store.wait_for_change("c1", 2, FOREVER)  # would hang the test if it waited

@@ -8,9 +8,10 @@ store's hub (a payload too long for a key is empty: every watch fires).
 from __future__ import annotations
 
 import contextlib
-import select
+import selectors
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -54,23 +55,32 @@ class Listener(ChannelListener[Conn]):
     def _serve(self, conn: Conn) -> None:
         assert self._wake is not None
         pgconn, wake = conn.pgconn, self._wake[1]
-        while not self.stopping.is_set():
-            readable, _, _ = select.select([conn.fileno(), wake.fileno()], [], [])
-            if wake.fileno() in readable:
-                return
-            pgconn.consume_input()  # psycopg.Error when the connection is gone
-            everyone = False
-            keys: set[str] = set()
-            while (notice := pgconn.notifies()) is not None:
-                payload = notice.extra.decode("utf-8", "replace")
-                if payload:
-                    keys.add(payload)
-                else:
-                    everyone = True
-            if everyone:
-                self.lost()
-            for key in keys:
-                self.changed(key)
+        # A selector, not select.select: that refuses a descriptor of 1024 or more, which a
+        # busy server process reaches, and the listener would die on its first wait.
+        with selectors.DefaultSelector() as selector:
+            selector.register(conn.fileno(), selectors.EVENT_READ)
+            selector.register(wake.fileno(), selectors.EVENT_READ)
+            while not self.stopping.is_set():
+                ready = {key.fd for key, _ in selector.select()}
+                if wake.fileno() in ready:
+                    return
+                self._consume(pgconn)
+
+    def _consume(self, pgconn: Any) -> None:
+        """Pass each notification's key to the hub (an empty payload: every key)."""
+        pgconn.consume_input()  # psycopg.Error when the connection is gone
+        everyone = False
+        keys: set[str] = set()
+        while (notice := pgconn.notifies()) is not None:
+            payload = notice.extra.decode("utf-8", "replace")
+            if payload:
+                keys.add(payload)
+            else:
+                everyone = True
+        if everyone:
+            self.lost()
+        for key in keys:
+            self.changed(key)
 
     def _interrupt(self) -> None:
         if self._wake is not None:
