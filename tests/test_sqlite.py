@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import json
 import os
 import sqlite3
@@ -25,6 +26,7 @@ from amo_oauth._errors import StoreError
 from amo_oauth._records import Account, ConnectionRecord, ConnectionStatus, TokenSet
 from amo_oauth.stores import MemoryStore, SQLiteStore
 from amo_oauth.stores import _sqlite_pool as sqlite_pool
+from amo_oauth.stores._hub import Hub
 from amo_oauth.stores._protocol import Claim, ClaimResult, LedgerEntry, Store
 from amo_oauth.testing._contract import until
 
@@ -462,6 +464,69 @@ def test_another_process_commit_is_seen_by_polling(db: Path) -> None:
     waiter.join(HANG)
     assert not waiter.is_alive()
     store.close()
+
+
+def test_a_commit_before_the_poll_of_a_key_watched_after_its_list_is_seen(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poller takes the list of watched keys, a waiter registers on "u1" and reads it,
+    another process commits "u1", then the poller asks ``PRAGMA data_version``: that commit
+    moved the answer before "u1" was ever compared, so every later poll sees the answer
+    unchanged; "u1" must still be read on the next one (no other commit comes)."""
+    store = SQLiteStore(db)
+    assert store.compare_and_set(ConnectionRecord("u1", version=1), None)
+    assert store.compare_and_set(ConnectionRecord("other", version=1), None)
+    hub = store.hub
+    read_u1 = threading.Event()
+    seam_done = threading.Event()
+    failures: list[BaseException] = []
+
+    version_of = SQLiteStore._version
+
+    def traced_version(self: SQLiteStore, key: str) -> int:
+        found = version_of(self, key)
+        if key == "u1":
+            read_u1.set()
+        return found
+
+    monkeypatch.setattr(SQLiteStore, "_version", traced_version)
+    watched_of = Hub._watched
+    armed = [True]
+
+    def seam(self: Hub) -> dict[str, frozenset[int]]:
+        watched = watched_of(self)
+        if self is hub and armed[0] and "other" in watched:
+            armed[0] = False  # once: between this list (without "u1") and the PRAGMA
+            try:
+                assert "u1" not in watched
+                waiter.start()
+                assert read_u1.wait(HANG), "the waiter never read u1"
+                assert run_helper(db) == "True"  # another process commits u1 at version 2
+            except BaseException as exc:  # surfaced by the test's thread
+                failures.append(exc)
+            finally:
+                seam_done.set()
+        return watched
+
+    monkeypatch.setattr(Hub, "_watched", seam)
+    waiter = threading.Thread(
+        target=lambda: store.wait_for_change("u1", 1, timeout=600), daemon=True
+    )
+
+    def keep() -> None:
+        with contextlib.suppress(StoreError):  # ended by the store's close
+            store.wait_for_change("other", 1, timeout=600)
+
+    # A waiter on another key starts the poller and keeps it running.
+    keeper = threading.Thread(target=keep, daemon=True)
+    keeper.start()
+    assert seam_done.wait(HANG), "the poller never took its list of watched keys"
+    assert not failures, failures
+    waiter.join(HANG)
+    assert not waiter.is_alive(), "the other process's commit of u1 never woke its waiter"
+    assert store.load("u1").version == 2
+    store.close()
+    keeper.join(HANG)
 
 
 def test_async_waiter_is_woken_without_holding_a_thread(db: Path, no_polling: None) -> None:

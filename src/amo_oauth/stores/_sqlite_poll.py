@@ -6,6 +6,13 @@ since that connection last asked, and asking reads no page (the WAL index in sha
 So the file's hub has one poller thread with one connection of its own that never writes; when
 the answer moves (or on its first question, which has nothing to compare with), it reads the
 stored versions of the watched keys in one statement and names the keys that moved.
+
+An unchanged answer only vouches for the keys already compared at that ``data_version``: a
+waiter may register after the hub took its list of watched keys for a poll, and another
+process commit before that poll's ``PRAGMA``; the answer then moves without the key being
+looked at, and never moves again for that commit. So the poller remembers which keys (and which
+read versions) it compared at the current ``data_version``, and reads the stored versions of
+any others on the next poll, whatever the answer.
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ class FilePoller(Poller):
         self._identity = identity
         self._conn: sqlite3.Connection | None = None
         self._seen: int | None = None
+        #: The versions read by waiters, per key, already compared with the stored ones at
+        #: ``data_version`` ``_seen``: an unchanged ``data_version`` says nothing of the others.
+        self._compared: dict[str, frozenset[int]] = {}
 
     def poll(self, watched: Mapping[str, frozenset[int]]) -> list[str]:
         """The watched keys whose stored version is not what a waiter read.
@@ -53,16 +63,27 @@ class FilePoller(Poller):
             raise StoreError(f"{named(self._path)}: the database file was deleted or replaced")
         conn = self._connection()
         ((version,),) = conn.execute("PRAGMA data_version").fetchall()
-        if version == self._seen:
-            return []
+        # Nothing committed since the last look: only the keys (or read versions) not compared
+        # yet at this data_version, those that came after the hub's list for an earlier poll,
+        # whose change may have landed before that poll's PRAGMA. Else (or on the first look):
+        # every watched key.
+        compared = self._compared if version == self._seen else {}
+        fresh = {
+            key: read for key, read in watched.items() if not read <= compared.get(key, frozenset())
+        }
+        stored = _versions(conn, list(fresh)) if fresh else {}
+        # Remembered only once read; the keys nobody watches any more are forgotten (a key
+        # watched again is simply read again).
         self._seen = version
-        stored = _versions(conn, list(watched))
-        return [key for key, read in watched.items() if read != {stored.get(key, 0)}]
+        self._compared = {
+            key: read | compared.get(key, frozenset()) for key, read in watched.items()
+        }
+        return [key for key, read in fresh.items() if read != {stored.get(key, 0)}]
 
     def idle(self) -> None:
         """Close the connection (through SQLite; see ``SQLiteStore`` on why that matters).
         The next poll opens a new one and, with nothing to compare, reads the versions."""
-        conn, self._conn, self._seen = self._conn, None, None
+        conn, self._conn, self._seen, self._compared = self._conn, None, None, {}
         if conn is not None:
             conn.close()
 
