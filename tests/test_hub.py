@@ -155,3 +155,46 @@ def test_pause_ends_the_poller_and_resume_starts_it_again(recording: _Recording)
         recording.moved.add("k")
         assert watch.wait(HANG)
         assert recording.threads
+
+
+# -- ChannelListener: a listener lost at once fails its waiter fast --------------------------
+
+
+def test_a_listener_lost_at_once_fails_ensure_fast_not_by_timeout() -> None:
+    import asyncio
+
+    from amo_oauth import StoreError
+    from amo_oauth.stores._listening import ChannelListener
+
+    lost = threading.Event()
+
+    class DiesAtOnce(ChannelListener[object]):
+        """Listens, then is lost before its waiter can look: the thread holds the (reentrant)
+        lock from its start to its end, so the waiter wakes only once it has ended."""
+
+        def _open(self) -> object:
+            self._cond.acquire()
+            return object()
+
+        def _ended(self) -> None:
+            super()._ended()
+            self._cond.release()
+
+        def _serve(self, conn: object) -> None:
+            raise OSError("connection reset")
+
+        def _disconnect(self, conn: object) -> None:
+            pass
+
+    listener = DiesAtOnce("t", "test server", lambda key: None, lost.set)
+    # A timeout far longer than the test: only the thread's own report ends the wait.
+    with pytest.raises(StoreError, match="connection was lost"):
+        listener.ensure(3600)
+    assert lost.wait(30)
+
+    async def main() -> None:
+        with pytest.raises(StoreError, match="connection was lost"):
+            await asyncio.wait_for(listener.aensure(3600), 30)
+
+    asyncio.run(main())
+    listener.close()

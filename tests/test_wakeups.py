@@ -14,10 +14,11 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +31,7 @@ from amo_oauth.stores._hub import Hub
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing._contract import (
     CROWD,
+    FOREVER,
     HANG,
     ChangeBeforeRegistering,
     crowd_of_tasks,
@@ -126,6 +128,113 @@ def test_an_async_write_in_the_pause_before_registering_is_seen(
 
     asyncio.run(main())
     assert change.moved
+
+
+# -- a listener lost just before the registration (PostgreSQL, Redis) ---------------------
+
+
+class ListenerLost:
+    """A waiting store, a writer (another object: only the server's notification reaches the
+    waiter's hub) and how to drop the waiter's listening connection."""
+
+    def __init__(self, store: Any, writer: Store, drop: Callable[[], object]) -> None:
+        self.store = store
+        self.writer = writer
+        self.drop = drop
+        self.dropped = False
+
+    def __call__(self, key: str) -> None:
+        """``Hub.before_register``: the first time, drop the listening connection and wait
+        until its thread is gone (its ``lost`` ran, firing no watch of this waiter's)."""
+        if key != "c1" or self.dropped:
+            return
+        self.dropped = True
+        thread = self.store._listener._thread
+        assert thread is not None and self.store._listener.ready, "no listener to drop"
+        self.drop()
+        thread.join(HANG)
+        assert not thread.is_alive() and not self.store._listener.ready
+
+
+@pytest.fixture(params=["postgres", "redis"])
+def listener_lost(request: pytest.FixtureRequest) -> Iterator[ListenerLost]:
+    if request.param == "postgres":
+        import psycopg
+
+        from amo_oauth.stores import PostgresStore
+
+        request.applymarker(pytest.mark.services)
+        url = request.getfixturevalue("postgres_url")
+        table = f"l_{uuid.uuid4().hex[:10]}"
+        pg, writer = PostgresStore(url, table=table), PostgresStore(url, table=table)
+        pg.migrate()
+
+        def drop() -> object:
+            with psycopg.connect(pg._conns.conninfo, autocommit=True) as conn:
+                killed = conn.execute(
+                    b"SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    b" WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
+                ).fetchall()
+            assert killed
+            return killed
+
+        lost = ListenerLost(pg, writer, drop)
+    else:
+        import redis
+
+        from amo_oauth.stores import RedisStore
+
+        request.applymarker(pytest.mark.services)
+        url = request.getfixturevalue("redis_url")
+        prefix = f"l{uuid.uuid4().hex[:8]}:"
+        rs, writer = RedisStore(url, prefix=prefix), RedisStore(url, prefix=prefix)
+        rs.migrate()
+        raw = redis.Redis.from_url(url)
+
+        def drop() -> object:
+            killed = raw.client_kill_filter(_type="pubsub")
+            assert killed
+            return killed
+
+        lost = ListenerLost(rs, writer, drop)
+    assert lost.writer.compare_and_set(make_record(), None)
+    lost.store.wait_for_change("c1", 0, 0)  # the listener runs
+    yield lost
+    lost.store.close()
+    lost.writer.close()
+
+
+def test_a_listener_lost_before_registering_is_replaced(
+    listener_lost: ListenerLost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = listener_lost.store
+    monkeypatch.setattr(Hub, "before_register", staticmethod(listener_lost))
+    waiter = threading.Thread(target=store.wait_for_change, args=("c1", 1, FOREVER))
+    waiter.start()
+    until(lambda: listener_lost.dropped and hub(store).waiting("c1") >= 1, "registered")
+    assert listener_lost.writer.compare_and_set(make_record(version=2), 1)
+    waiter.join(HANG)
+    assert not waiter.is_alive(), "a write after a listener's loss never woke the waiter"
+
+
+def test_a_listener_lost_before_an_async_wait_registers_is_replaced(
+    listener_lost: ListenerLost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = listener_lost.store
+    monkeypatch.setattr(Hub, "before_register", staticmethod(listener_lost))
+
+    async def main() -> None:
+        waiting = asyncio.ensure_future(store.await_for_change("c1", 1, FOREVER))
+        await asyncio.to_thread(
+            until, lambda: listener_lost.dropped and hub(store).waiting("c1") >= 1, "registered"
+        )
+        moved = await asyncio.to_thread(
+            listener_lost.writer.compare_and_set, make_record(version=2), 1
+        )
+        assert moved
+        await asyncio.wait_for(waiting, HANG)
+
+    asyncio.run(main())
 
 
 # -- the issue's scenario: a thousand callers, one expired token ---------------------------

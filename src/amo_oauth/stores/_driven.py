@@ -296,21 +296,30 @@ class DrivenStore(Generic[S, R]):
         """
         timeout = wait_seconds(timeout)  # NaN, negative or huge: bounded
         self._check_open()
-        # Subscribed before the read: a change committed after it is heard.
-        self._listener.ensure(self._listen_timeout)
-        self.hub.wait(key, version, timeout, lambda: self.load(key).version)
+        # Registered, then subscribed, then read: a change committed after the read is heard,
+        # and a listener lost before the registration (its ``lost`` firing no watch of ours) is
+        # replaced before the read; one lost after it fires our watch.
+        self.hub.wait(
+            key,
+            version,
+            timeout,
+            lambda: self.load(key).version,
+            registered=lambda: self._listener.ensure(self._listen_timeout),
+        )
         self._check_open()
 
     async def await_for_change(self, key: str, version: int, timeout: float) -> None:
         """See ``wait_for_change``; waits on the event loop, occupying no thread."""
         timeout = wait_seconds(timeout)
         self._check_open()
-        await self._listener.aensure(self._listen_timeout)
+
+        async def listen() -> None:  # after the registration, before the read: see above
+            await self._listener.aensure(self._listen_timeout)
 
         async def read() -> int:
             return (await self.aload(key)).version
 
-        await self.hub.await_change(key, version, timeout, read)
+        await self.hub.await_change(key, version, timeout, read, registered=listen)
         self._check_open()
 
     def _wrote(self, key: str, written: bool) -> bool:

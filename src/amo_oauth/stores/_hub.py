@@ -17,8 +17,8 @@ Who fires watches:
   watched keys; ``BaseStore``: a ``load`` per watched key). A store with a listener of its own
   (LISTEN, pub/sub) calls ``notify`` from it instead and gives no ``Poller``.
 
-``Hub.before_register`` is a seam for tests: called with the key between a waiter's read and
-its registration, to prove that a change landing exactly there is still seen.
+``Hub.before_register`` is a seam for tests: called with the key just before a waiter's
+registration, to prove that a change (or a listener's loss) landing exactly there is still seen.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class Hub:
         name: names the poller thread (no secret: a path or a class name).
     """
 
-    #: A seam for tests: called with the key after a waiter's read, before its registration.
+    #: A seam for tests: called with the key just before a waiter's registration.
     before_register: ClassVar[Callable[[str], None] | None] = None
 
     def __init__(
@@ -153,22 +153,43 @@ class Hub:
 
     # -- waiting ---------------------------------------------------------------------------
 
-    def wait(self, key: str, version: int, timeout: float, read: Callable[[], int]) -> None:
+    def wait(
+        self,
+        key: str,
+        version: int,
+        timeout: float,
+        read: Callable[[], int],
+        *,
+        registered: Callable[[], None] | None = None,
+    ) -> None:
         """Block until the record under ``key`` may have moved from ``version``, or ``timeout``
         seconds passed. ``read`` returns the stored version (0: none) and raises what the
         store raises (``StoreError``); it is called once, after the registration, never in a
-        loop."""
+        loop. ``registered`` runs after the registration and before the read: a store with a
+        listener of its own makes sure it listens there, so that a listener lost at any
+        moment before (its ``notify_all`` reaching no watch yet) is replaced, and one lost
+        after fires this watch."""
         with self.watch(key, version) as watch:
+            if registered is not None:
+                registered()
             if read() != version:
                 return
             watch.wait(timeout)
 
     async def await_change(
-        self, key: str, version: int, timeout: float, read: Callable[[], Awaitable[int]]
+        self,
+        key: str,
+        version: int,
+        timeout: float,
+        read: Callable[[], Awaitable[int]],
+        *,
+        registered: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``wait`` for a task: the watch is a future of the running loop, so no thread is
         held while waiting (``read`` may run in one)."""
         with self.watch(key, version, asyncio.get_running_loop()) as watch:
+            if registered is not None:
+                await registered()
             if (await read()) != version:
                 return
             await watch.await_fired(timeout)

@@ -6,9 +6,11 @@ by the first waiter, that passes each changed key to ``changed`` (the store's hu
 watches on it) and, when its connection fails or a message names no key, calls ``lost`` (every
 watch fires: those waiters read again). The next waiter then starts another.
 
-A waiter calls ``ensure`` (or ``aensure``) *before* it reads the record: once it returns, a
-change committed after the read is heard. What differs per server is only how the connection is
-opened (``_open``), read (``_serve``) and interrupted (``_interrupt``).
+A waiter calls ``ensure`` (or ``aensure``) after registering its watch and before it reads the
+record: once it returns, a change committed after the read is heard, and a loss after the
+registration fires the watch (a loss before it fired nothing of this waiter's, which is why
+``ensure`` comes after the registration, not before). What differs per server is only how the
+connection is opened (``_open``), read (``_serve``) and interrupted (``_interrupt``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class ChannelListener(Generic[C]):
         self._thread: threading.Thread | None = None
         self._ready = False
         self._error: StoreError | None = None
+        self._starts = 0  # how many threads reported their start (ready or failed)
         self._ready_futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.stopping = threading.Event()
 
@@ -94,10 +97,12 @@ class ChannelListener(Generic[C]):
             if self._listening():
                 return
             self._start()
-            if not self._cond.wait_for(lambda: self._ready or self._error is not None, timeout):
+            starts = self._starts
+            # The thread's report, not ``_ready``: one that listened and was lost at once has
+            # flipped ``_ready`` back to False before this thread looks.
+            if not self._cond.wait_for(lambda: self._starts != starts, timeout):
                 raise StoreError(f"{self._where} could not listen: timed out")
-            if self._error is not None:
-                raise self._error
+            self._check_started()
 
     async def aensure(self, timeout: float) -> None:
         """``ensure`` on the event loop: awaits a future, blocking no thread."""
@@ -117,8 +122,14 @@ class ChannelListener(Generic[C]):
                 if (loop, future) in self._ready_futures:
                     self._ready_futures.remove((loop, future))
         with self._cond:
-            if self._error is not None:
-                raise self._error
+            self._check_started()
+
+    def _check_started(self) -> None:
+        """After a thread's report (with ``_cond`` held): raise unless it listens now."""
+        if self._error is not None:
+            raise self._error
+        if not self._listening():
+            raise StoreError(f"{self._where} could not listen: the connection was lost")
 
     def _listening(self) -> bool:
         return self._ready and self._thread is not None and self._thread.is_alive()
@@ -143,6 +154,7 @@ class ChannelListener(Generic[C]):
             error = StoreError(f"{self._where} could not listen: {type(exc).__name__}")
             error.__cause__ = exc
             self._started(error)
+            self._ended()
             return
         try:
             self._started(None)
@@ -152,13 +164,21 @@ class ChannelListener(Generic[C]):
         finally:
             with contextlib.suppress(Exception):
                 self._disconnect(conn)
-            with self._cond:
-                self._ready = False
+            self._ended()
             self.lost()  # they return early and look again
+
+    def _ended(self) -> None:
+        """The thread is ending: the next waiter starts another at once (not after this one
+        is gone: it is not listening any more)."""
+        with self._cond:
+            self._ready = False
+            if self._thread is threading.current_thread():
+                self._thread = None
 
     def _started(self, error: StoreError | None) -> None:
         with self._cond:
             self._ready, self._error = error is None, error
+            self._starts += 1
             self._cond.notify_all()
             futures, self._ready_futures = self._ready_futures, []
         for loop, future in futures:
