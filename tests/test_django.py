@@ -441,3 +441,18 @@ def test_repeated_set_cookie_headers_stay_repeated(wire: str) -> None:
 def test_a_set_cookie_the_cookie_jar_cannot_hold_is_an_error() -> None:
     with pytest.raises(ValueError, match="cookie jar"):
         _to_django(web.Response(200, [("set-cookie", "a=1; Path=/; Unheard-Of")]))
+
+
+def test_login_required_middleware_never_redirects_the_routes(send: Send) -> None:
+    """Django 5.1+'s LoginRequiredMiddleware would send amoCRM's hook, the callback (with its
+    code) and a ticket link to the sign-in page: the routes decide who asks themselves."""
+    middleware = [*settings.MIDDLEWARE, "django.contrib.auth.middleware.LoginRequiredMiddleware"]
+    with override_settings(MIDDLEWARE=middleware):
+        for path, query in (
+            ("/callback", "code=abc&state=v2.x.y"),
+            ("/disconnect-hook", "client_uuid=x&account_id=1&signature=y"),
+            ("/connect", "ticket=t1"),
+            ("/status", ""),
+        ):
+            answer = send("GET", f"{PREFIX}{path}", query=query)
+            assert answer.status != 302 and "location" not in answer.headers, (path, answer)

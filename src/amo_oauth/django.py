@@ -37,6 +37,7 @@ from .web import (
 )
 
 with needs_extra("django", "amo_oauth.django"):
+    from django.contrib.auth.decorators import login_not_required
     from django.core.exceptions import ImproperlyConfigured
     from django.core.handlers.asgi import ASGIRequest
     from django.core.handlers.wsgi import get_bytes_from_wsgi
@@ -131,6 +132,9 @@ def _patterns(prefix: str, view: View) -> list[URLPattern]:
 
 
 def _sync_view(handlers: Handlers) -> View:
+    # LoginRequiredMiddleware (Django 5.1+) would redirect amoCRM's hook, the callback and a
+    # ticket link to the sign-in page with the code in its query: connection_id decides who asks.
+    @login_not_required
     @csrf_exempt  # the routes' own defences stand in for the token: see the module docstring
     def view(request: HttpRequest, rest: str) -> HttpResponse:
         web_request = _to_web(request, f"{handlers.prefix}/{rest}", handlers.max_body)
@@ -140,6 +144,9 @@ def _sync_view(handlers: Handlers) -> View:
 
 
 def _async_view(handlers: AsyncHandlers) -> View:
+    # LoginRequiredMiddleware (Django 5.1+) would redirect amoCRM's hook, the callback and a
+    # ticket link to the sign-in page with the code in its query: connection_id decides who asks.
+    @login_not_required
     @csrf_exempt  # the routes' own defences stand in for the token: see the module docstring
     async def view(request: HttpRequest, rest: str) -> HttpResponse:
         web_request = _to_web(request, f"{handlers.prefix}/{rest}", handlers.max_body)
