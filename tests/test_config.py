@@ -300,6 +300,7 @@ def _handlers(**options: object) -> Handlers:
 #: One way to make each message, by key: every message is reachable and fills in.
 TRIGGERS: dict[str, Callable[[], object]] = {
     "empty_text": lambda: config(client_id=" "),
+    "not_utf8": lambda: config(client_secret="secret-\udcff-client"),
     "url_type": lambda: config(redirect_uri=b"https://app.example.com/cb"),
     "url_invalid": lambda: config(redirect_uri="https://app.example.com:99999/cb"),
     "url_scheme": lambda: config(authorize_url="www.amocrm.ru/oauth"),
@@ -347,3 +348,12 @@ def test_every_message_is_raised_by_its_check():
             trigger()
         pattern = ".+".join(map(re.escape, re.split(r"\{\w+\}", SETTING_ERRORS[key])))
         assert re.fullmatch(pattern, str(refused.value)), (key, str(refused.value))
+
+
+@pytest.mark.parametrize("field", ["client_id", "client_secret", "state_secret"])
+def test_an_undecodable_secret_is_refused_without_showing_it(field: str) -> None:
+    value = "TOPSECRET-value-" + "x" * 32 + "\udcff"
+    with pytest.raises(ValueError, match=f"{field} is not valid text") as refused:
+        config(**{field: value})
+    assert "TOPSECRET" not in repr(refused.value) and "TOPSECRET" not in str(refused.value)
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__

@@ -21,6 +21,17 @@ _LOOPBACK: Final = ("localhost", "127.0.0.1", "::1")
 def _non_empty(_: object, attribute: attrs.Attribute[str], value: str) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(setting_error("empty_text", field=attribute.name))
+    _check_utf8(attribute.name, value)
+
+
+def _check_utf8(field: str, value: str) -> None:
+    # os.environ hands undecodable bytes over as lone surrogates; UnicodeEncodeError would
+    # carry the whole value (a secret) in its repr, so the error is ours, with none of it.
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(setting_error("not_utf8", field=field)) from None
 
 
 def _url_problem(value: str) -> tuple[str | None, str | None]:
@@ -64,6 +75,7 @@ def _type(value: object) -> str:
 
 def _secret_bytes(value: str | bytes) -> bytes:
     if isinstance(value, str):
+        _check_utf8("state_secret", value)
         return value.encode("utf-8")
     if isinstance(value, bytes | bytearray):
         return bytes(value)

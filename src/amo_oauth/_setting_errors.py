@@ -32,6 +32,10 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
     {
         # Config: text
         "empty_text": "{field} must be a non-empty string",
+        "not_utf8": (
+            "{field} is not valid text (it holds an undecodable byte, e.g. from the environment): "
+            "set it to the value amoCRM gave, as UTF-8"
+        ),
         # Config: URLs (redirect_uri, authorize_url)
         "url_type": "{field} must be a URL string, not {type}",
         "url_invalid": "{field} is not a valid URL (check its brackets and port)",
