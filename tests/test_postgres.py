@@ -985,3 +985,26 @@ def test_connections_find_a_silent_server_dead(store: PostgresStore, postgres_ur
             assert conn.info.get_parameters()["keepalives_idle"] == "5"
     finally:
         own.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:hun@ter2@127.0.0.1:1/db",
+        "postgresql://app:s3cr/et@127.0.0.1:1/db",
+        "postgres://app:pa@ss/wo@rd@127.0.0.1/db",
+    ],
+)
+def test_a_url_with_an_unescaped_password_is_refused_without_showing_it(url: str) -> None:
+    with pytest.raises(ValueError, match="percent-encode") as refused:
+        PostgresStore(url)
+    for fragment in ("ter2", "hun", "s3cr", "et@", "pa@ss", "wo@rd"):
+        assert fragment not in str(refused.value)
+
+
+def test_a_url_with_an_encoded_password_is_accepted() -> None:
+    store = PostgresStore("postgresql://app:hun%40ter2@127.0.0.1:1/db", timeout=1)
+    try:
+        assert "ter2" not in repr(store) and "127.0.0.1" in repr(store)
+    finally:
+        store.close()

@@ -99,6 +99,13 @@ class PostgresStore(DrivenStore[Query, Result]):
         except psycopg.Error:
             # libpq's message quotes the string, password and all.
             raise ValueError("conninfo is not a valid PostgreSQL connection string") from None
+        if "@" in str(params.get("host") or "") or "@" in str(params.get("dbname") or ""):
+            # A URL whose password holds a raw '@' or '/' parses with part of the password as
+            # the host or the database, which reprs, errors and pool logs would then show.
+            raise ValueError(
+                "conninfo is not a valid PostgreSQL URL: percent-encode '@', '/' and ':' in its "
+                "user name and password (e.g. '@' as %40)"
+            )
         if not 0 <= min_size <= max_size or max_size < 1:
             raise ValueError("need 0 <= min_size <= max_size and max_size >= 1")
         if not (timeout > 0 and math.isfinite(timeout)):
