@@ -68,6 +68,7 @@ WITHHELD: Final = "[amo_oauth: a log line that could not be redacted was withhel
 _KEY_CHARACTERS = "A-Za-z0-9_.~%-"  # a name's own characters: none of them ends the previous one
 _MAX_DEPTH = 4  # nested arguments (uvicorn's ASGI scope is a dict in a tuple)
 _SECRET_KEYS = frozenset(name.lower() for name in REDACTED_NAMES)
+_NUMBERS = (int, float)  # a status, a size, a duration: nothing to redact
 _INSTALLING = threading.Lock()
 _TRACEBACKS = logging.Formatter()
 
@@ -105,6 +106,10 @@ def redact(text: str) -> str:
     """
     if "=" not in text and "%3" not in text:
         return text  # the cheap common case: nothing that could be a value
+    if "%" not in text:  # no name can be encoded: skip the regex unless one appears plainly
+        lowered = text.lower()
+        if not any(name in lowered for name in _SECRET_KEYS):
+            return text
     redacted, found = _SECRET.subn(_REPLACEMENT, text)
     return redacted if found else text
 
@@ -164,7 +169,7 @@ def _redacted(value: object, depth: int) -> object:
         text = value.decode("latin-1")  # decoding latin-1 never fails, and round-trips
         red = redact(text)
         return value if red is text else red.encode("latin-1")
-    if value is None or isinstance(value, int | float):
+    if value is None or isinstance(value, _NUMBERS):
         return value
     if depth < _MAX_DEPTH:
         if isinstance(value, Mapping):
