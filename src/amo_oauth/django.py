@@ -34,6 +34,7 @@ from .web import (
     PageText,
     Request,
     Response,
+    install_access_log_redaction,
 )
 
 with needs_extra("django", "amo_oauth.django"):
@@ -63,6 +64,7 @@ def urls(
     prefix: str = DEFAULT_PREFIX,
     texts: Mapping[str, PageText] | None = None,
     allowed_origins: Sequence[str] = (),
+    redact_access_logs: bool = True,
 ) -> list[URLPattern]: ...
 @overload
 def urls(
@@ -73,6 +75,7 @@ def urls(
     prefix: str = DEFAULT_PREFIX,
     texts: Mapping[str, PageText] | None = None,
     allowed_origins: Sequence[str] = (),
+    redact_access_logs: bool = True,
 ) -> list[URLPattern]: ...
 def urls(
     oauth: AmoOAuth | AsyncAmoOAuth,
@@ -82,6 +85,7 @@ def urls(
     prefix: str = DEFAULT_PREFIX,
     texts: Mapping[str, PageText] | None = None,
     allowed_origins: Sequence[str] = (),
+    redact_access_logs: bool = True,
 ) -> list[URLPattern]:
     """URL patterns for ``include()``: one per route, named ``amo_oauth_{route}``.
 
@@ -96,6 +100,9 @@ def urls(
         texts: page strings by language, added to the built-in en/ru/uk.
         allowed_origins: origins (``https://app.example``) whose pages may POST to the routes
             besides the ``redirect_uri``'s own.
+        redact_access_logs: when True (the default),
+            ``amo_oauth.web.install_access_log_redaction()`` keeps the callback's code and
+            state out of runserver's (``django.server``), uvicorn's and gunicorn's logs.
 
     Returns:
         The patterns. Under a non-empty ``prefix`` the last one answers every other path there
@@ -104,6 +111,8 @@ def urls(
     Raises:
         ValueError: a bad ``app_scheme`` or ``prefix``.
     """
+    if redact_access_logs:
+        install_access_log_redaction()
     options: dict[str, Any] = {
         "app_scheme": app_scheme,
         "prefix": prefix,

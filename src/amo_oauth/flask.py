@@ -11,7 +11,14 @@ from collections.abc import Mapping, Sequence
 
 from ._extras import needs_extra
 from ._service import AmoOAuth
-from .web import DEFAULT_PREFIX, ConnectionIdFn, Handlers, PageText, Request
+from .web import (
+    DEFAULT_PREFIX,
+    ConnectionIdFn,
+    Handlers,
+    PageText,
+    Request,
+    install_access_log_redaction,
+)
 from .web._catalogue import HTTP_METHODS
 
 with needs_extra("flask", "amo_oauth.flask"):
@@ -29,6 +36,7 @@ def blueprint(
     texts: Mapping[str, PageText] | None = None,
     allowed_origins: Sequence[str] = (),
     name: str = "amo_oauth",
+    redact_access_logs: bool = True,
 ) -> flask.Blueprint:
     """A ``Blueprint`` with one rule per endpoint of ``amo_oauth.web``.
 
@@ -42,6 +50,9 @@ def blueprint(
         allowed_origins: origins (``https://app.example``) whose pages may POST to the routes
             besides the ``redirect_uri``'s own (e.g. a same-site SPA).
         name: the blueprint's name (endpoints are ``{name}.{route}``).
+        redact_access_logs: when True (the default),
+            ``amo_oauth.web.install_access_log_redaction()`` keeps the callback's code and
+            state out of werkzeug's and gunicorn's logs.
 
     Returns:
         The blueprint, for ``app.register_blueprint(...)``. A wrong method on any route
@@ -59,6 +70,8 @@ def blueprint(
         texts=texts,
         allowed_origins=allowed_origins,
     )
+    if redact_access_logs:
+        install_access_log_redaction()
     bp = flask.Blueprint(name, __name__)
 
     # ``rest`` is the path under the prefix, so a url_prefix given at registration is fine.
