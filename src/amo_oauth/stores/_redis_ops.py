@@ -148,6 +148,18 @@ class RedisOps:
         """What the server's memory policy means for the store's keys (``_redis_memory``)."""
         return Work("read the memory policy", _reply(Command("INFO", "memory"), judge))
 
+    def rewrite_aof(self) -> _Work[bool | None]:
+        return Work("rewrite the append-only file", self._rewrite_aof())
+
+    def _rewrite_aof(self) -> Op[bool | None]:
+        persistence = yield Command("INFO", "persistence")
+        if persistence is None or "aof_enabled" not in persistence:
+            return None
+        if not persistence["aof_enabled"]:
+            return False
+        started = yield Command("BGREWRITEAOF")
+        return None if started is None else True
+
     def _check(self) -> Op[StoreCheck]:
         checked = self._checked((yield Script("check", [self._prefix + "schema"], [])))
         verdict = judge((yield Command("INFO", "memory")))

@@ -166,6 +166,24 @@ class RedisStore(DrivenStore[Step, Any]):
         """``migrate`` for asyncio callers."""
         return await self._arun(self._ops.migrate())
 
+    def rewrite_aof(self) -> bool | None:
+        """Start rewriting the server's append-only file (``BGREWRITEAOF``) when AOF is on, so
+        that old values of rewritten records (token pairs stored before encryption, or sealed
+        with a key since rotated) leave it: ``amo-oauth rotate-key --vacuum``. Redis rewrites
+        it in the background (``INFO persistence``: ``aof_rewrite_in_progress``); RDB snapshots
+        keep old values until the next one replaces them (https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/).
+
+        Returns:
+            True: the rewrite started (or was scheduled); False: AOF is off, nothing to
+            rewrite; None: the server refused ``INFO`` or ``BGREWRITEAOF`` (managed services
+            may): rewrite it by the provider's means.
+
+        Raises:
+            StoreError: Redis failed or is unreachable, or the store refuses the server
+                (``allow_eviction``).
+        """
+        return self._run(self._ops.rewrite_aof())
+
     def _run(self, work: Work[Step, Any, T]) -> T:
         if not self._gate.passed:
             self._gate.admit(self._clients.run(self._ops.memory()))
