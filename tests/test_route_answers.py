@@ -11,7 +11,8 @@ reason, never 403.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -31,27 +32,34 @@ from amo_oauth.web._routes import Identify
 from test_web import PREFIX, post_code, sender, user_from_header
 
 R = Reason
-#: What ``redeem_ticket`` documents, plus the clock check it makes.
-TICKET_REFUSALS = {R.BAD_TICKET, R.EXPIRED_TICKET, R.USED_TICKET, R.WRONG_BROWSER, R.CLOCK_SKEW}
-#: What ``handle_callback`` documents, plus ``parse_callback``'s other integration and the
-#: state's clock check.
-CALLBACK_REFUSALS = {
-    R.BAD_STATE,
-    R.EXPIRED_STATE,
-    R.REUSED_STATE,
-    R.WRONG_BROWSER,
-    R.MISSING_CODE,
-    R.MISSING_REFERER,
-    R.FOREIGN_HOST,
-    R.WIDGET_INSTALLS_DISABLED,
-    R.RATE_LIMITED,
-    R.MALFORMED,
-    R.CLIENT_ID_MISMATCH,
-    R.CLOCK_SKEW,
-}
-#: ``exchange_code``: "as handle_callback, and new_code_refused".
-EXCHANGE_REFUSALS = CALLBACK_REFUSALS | {R.NEW_CODE_REFUSED}
-HOOK_REFUSALS = {R.BAD_SIGNATURE, R.MALFORMED}
+
+
+def documented(method: Callable[..., object]) -> set[Reason]:
+    """The slugs a service method's docstring names under ``CallbackRejected:``."""
+    raises = (method.__doc__ or "").partition("CallbackRejected:")[2]
+    raises = re.split(r"\n\s*\w+(Error|Rejected|Required|Later):", raises)[0]
+    return {Reason(slug) for slug in re.findall(r"``(\w+)``", raises) if slug in SLUGS}
+
+
+SLUGS = {reason.value for reason in Reason}
+#: What ``redeem_ticket`` documents, and the clock check it makes besides.
+TICKET_REFUSALS = documented(AmoOAuth.redeem_ticket) | {R.CLOCK_SKEW}
+#: What ``handle_callback`` documents, and besides: another integration's redirect
+#: (``parse_callback``) and a state from a clock too far ahead.
+CALLBACK_REFUSALS = documented(AmoOAuth.handle_callback) | {R.CLIENT_ID_MISMATCH, R.CLOCK_SKEW}
+#: ``exchange_code``: "as ``handle_callback``, and ``new_code_refused``".
+EXCHANGE_REFUSALS = CALLBACK_REFUSALS | documented(AmoOAuth.exchange_code)
+HOOK_REFUSALS = documented(AmoOAuth.handle_disconnect_hook)
+
+
+def test_the_documented_refusals_are_read() -> None:
+    """The docstrings above are read as meant (a reworded one must not empty a set)."""
+    assert {R.BAD_TICKET, R.EXPIRED_TICKET, R.USED_TICKET, R.WRONG_BROWSER} <= TICKET_REFUSALS
+    assert {R.WRONG_BROWSER, R.RATE_LIMITED, R.BAD_STATE, R.MALFORMED} <= CALLBACK_REFUSALS
+    assert {R.NEW_CODE_REFUSED, R.WRONG_BROWSER} <= EXCHANGE_REFUSALS
+    assert {R.BAD_SIGNATURE, R.MALFORMED} == HOOK_REFUSALS
+
+
 OUTAGES: list[Exception] = [
     StoreError("the store is down"),
     ProviderError(None, "amoCRM could not be reached", transient=True),
