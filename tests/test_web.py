@@ -1168,6 +1168,7 @@ def test_no_input_reaches_a_5xx_or_leaks_a_secret(
     values = [fake.account_host, fake.client_id, "json", "ru", "1", "access_denied"]
     known = Known(states, codes, callbacks, urlencode(hook), values)
     secrets = [*codes, fake.client_secret, STATE_SECRET]
+    declared = {(route.method, PREFIX + route.path): route for route in web.ROUTES}
 
     @settings(max_examples=examples(400))
     @given(request=requests(known))
@@ -1179,6 +1180,9 @@ def test_no_input_reaches_a_5xx_or_leaks_a_secret(
         assert not any(secret in shown for secret in secrets)
         if response.status >= 400 and response.header("content-type") == "application/json":
             assert isinstance(json.loads(response.body)["error"], str)
+        route = declared.get((request.method, request.path.rstrip("/")))
+        if route is not None:  # what its OpenAPI publishes (issue 20 #8)
+            assert response.status in {status for status, _ in route.responses}, route.name
 
     check()
 

@@ -36,6 +36,7 @@ from .web import (
     Response,
     install_access_log_redaction,
 )
+from .web._http import HeadersInput
 
 with needs_extra("django", "amo_oauth.django"):
     from django.contrib.auth.decorators import login_not_required
@@ -165,14 +166,19 @@ def _async_view(handlers: AsyncHandlers) -> View:
 
 
 def _to_web(request: HttpRequest, path: str, max_body: int) -> Request:
-    # The raw query, decoded once by the web layer: bytes under ASGI (text from Django's test
-    # client), latin-1 text standing for the bytes under WSGI (PEP 3333).
+    # The raw query and headers, decoded once by the web layer: bytes under ASGI (text from
+    # Django's test client), latin-1 text standing for the bytes under WSGI (PEP 3333). Never
+    # Django's parsed cookies, nor its ASGI META, which joins repeated headers with ",": the
+    # web layer parses the Cookie header(s) itself (issue 20 #1).
+    headers: HeadersInput
     if isinstance(request, ASGIRequest):
         query: str | bytes = request.scope.get("query_string", b"")
+        headers = request.scope.get("headers", [])
     else:
         query = get_bytes_from_wsgi(request.META, "QUERY_STRING", "")
+        headers = request.headers.items()
     body = request.read(max_body + 1)  # +1: enough to refuse
-    return Request(request.method or "GET", path, query, request.headers.items(), body, request)
+    return Request(request.method or "GET", path, query, headers, body, request)
 
 
 def _to_django(answer: Response) -> HttpResponse:

@@ -126,7 +126,9 @@ def _endpoint(handlers: AsyncHandlers, path: str | None) -> Endpoint:
     async def endpoint(request: StarletteRequest) -> StarletteResponse:
         sub = path if path is not None else "/" + str(request.path_params.get("rest", ""))
         body = await read_body(request.stream(), handlers.max_body)
-        query, headers = request.scope.get("query_string", b""), request.headers.items()
+        # The raw header bytes, as ASGI hands them over: the web layer parses the cookies
+        # itself (Starlette's parser strips U+00A0 around a name; issue 20 #1).
+        query, headers = request.scope.get("query_string", b""), request.scope.get("headers", [])
         web_request = Request(request.method, handlers.prefix + sub, query, headers, body, request)
         answer = await handlers.handle(web_request)
         return to_starlette(answer)

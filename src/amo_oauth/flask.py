@@ -82,6 +82,8 @@ def blueprint(
                 request.method,
                 f"{handlers.prefix}/{rest}",
                 query=request.query_string,
+                # The environ's headers as the server wrote them (never Werkzeug's parsed
+                # cookies): the web layer parses the Cookie header itself (issue 20 #1).
                 headers=request.headers.items(),
                 body=request.stream.read(handlers.max_body + 1),  # +1: enough to refuse
                 native=request,

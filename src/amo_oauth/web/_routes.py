@@ -250,8 +250,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         except Refusal as refusal:
             response = self._refuse(route, request, refusal.status, refusal.reason, refusal.hint)
         except CallbackRejected as rejected:
-            status = 429 if rejected.reason == Reason.RATE_LIMITED else 400
-            status = 403 if rejected.reason in _FORBIDDEN else status
+            status = _rejection_status(route, rejected.reason)
             response = self._refuse(route, request, status, rejected.reason)
         except StoreError as error:
             # The client is told only "store_unavailable"; the operator needs the cause (a
@@ -435,6 +434,17 @@ def _connect_url(redirect_uri: str, prefix: str) -> str:
     else:
         path = prefix + "/connect"
     return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def _rejection_status(route: Route, reason: str) -> int:
+    """The status of a call the service refused: on the legacy route 400, whatever the reason
+    (the seed's mobile apps read a 400 and its reason; issue 20 #8); elsewhere 429 for a bound
+    on token calls, 403 for a refusal about who is asking, else 400."""
+    if route.legacy:
+        return 400
+    if reason == Reason.RATE_LIMITED:
+        return 429
+    return 403 if reason in _FORBIDDEN else 400
 
 
 def _seconds(retry_after: float) -> str:
