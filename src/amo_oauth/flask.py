@@ -8,6 +8,7 @@ context, so ``lambda r: flask.session.get("user_id")`` works; ``request.native``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlencode
 
 from ._extras import needs_extra
 from ._service import AmoOAuth
@@ -85,7 +86,7 @@ def blueprint(
                 # The environ's headers as the server wrote them (never Werkzeug's parsed
                 # cookies): the web layer parses the Cookie header itself (issue 20 #1).
                 headers=request.headers.items(),
-                body=request.stream.read(handlers.max_body + 1),  # +1: enough to refuse
+                body=_body(request, handlers.max_body + 1),  # +1: enough to refuse
                 native=request,
             )
         )
@@ -114,3 +115,16 @@ def _other_methods(method: str) -> list[str]:
     on a GET rule to that rule's view (whose handlers answer it 405 as well)."""
     implied = {method, "HEAD"} if method == "GET" else {method}
     return [other for other in HTTP_METHODS if other not in implied]
+
+
+def _body(request: flask.Request, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body, as the client sent it.
+
+    A ``before_request`` hook that read ``request.form`` (Flask-WTF's CSRFProtect does, on
+    every POST) has consumed a form body from the stream: Werkzeug keeps only the parsed
+    fields. They are encoded back then, every value of every name, so the web layer's
+    reading (and its refusal of a repeated name) sees what was sent.
+    """
+    if "form" in request.__dict__ and request.mimetype == "application/x-www-form-urlencoded":
+        return urlencode(list(request.form.items(multi=True))).encode()[:limit]
+    return request.stream.read(limit)
