@@ -204,6 +204,8 @@ def test_another_sites_page_signs_nobody_in(tmp_path: Path) -> None:
             page.goto("http://evil.example/")
             with page.expect_response(f"{stack.backend}/login") as posted:
                 page.evaluate("document.getElementById('f').submit()")
+            page.wait_for_url(f"{stack.backend}/login")
+            page.wait_for_load_state()
             assert posted.value.status == 403
             assert posted.value.request.header_value("origin") == "http://evil.example"
             assert "cross_site_request" in page.content()
