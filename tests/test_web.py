@@ -458,6 +458,7 @@ def test_callback_page_headers(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) ->
         assert headers["cache-control"] == "no-store"
         assert headers["referrer-policy"] == "no-referrer"
         assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
         policy = headers["content-security-policy"]
         assert "default-src 'none'" in policy
         assert "frame-ancestors 'none'" in policy
