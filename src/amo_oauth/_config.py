@@ -155,7 +155,8 @@ class Config:
 
     Raises:
         ValueError: a setting is wrong, or two contradict each other (``lease_ttl`` against
-            ``http_timeout``; ``state_secret`` equal to ``client_secret``).
+            ``http_timeout``; ``state_secret`` or one of ``previous_state_secrets`` equal to
+            ``client_secret``; a previous secret equal to ``state_secret``).
         TypeError: a setting of the wrong type (a number where a ``timedelta`` belongs...).
             Every message names the setting and what to do; docs/configuration.md lists them.
 
