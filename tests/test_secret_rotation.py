@@ -12,6 +12,7 @@ import asyncio
 import http.cookiejar
 import json
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,6 +20,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _pg_server import postgres_url  # noqa: F401
 from _redis_server import redis_url  # noqa: F401
@@ -33,9 +36,10 @@ from amo_oauth import (
     SQLiteStore,
     _state_token,
 )
+from amo_oauth._binding import issue_ticket, read_ticket
 from amo_oauth._callback import parse_callback
 from amo_oauth._setting_errors import MAX_PREVIOUS_STATE_SECRETS
-from amo_oauth._state_token import issue_state, read_state
+from amo_oauth._state_token import UnsignedState, issue_state, read_state
 from amo_oauth.cli import _config_from_env
 from amo_oauth.fastapi import router
 from amo_oauth.stores import Store
@@ -43,7 +47,8 @@ from amo_oauth.testing import FakeAmoCRM, FakeClock
 from test_duplicate_commits import _postgres, _redis
 from test_web import user_from_header
 
-from helpers import config_for, query_of
+from helpers import config_for, examples, query_of
+from strategies import T0
 
 OLD = "old-state-secret-of-pod-a-0123456789abcdef"
 NEW = "new-state-secret-of-pod-b-0123456789abcdef"
@@ -273,7 +278,7 @@ def test_over_http_a_consent_and_a_ticket_cross_the_rotation(
 # -- the settings --------------------------------------------------------------------------
 
 
-def settings(**changes: object) -> Config:
+def config_with(**changes: object) -> Config:
     base: dict[str, object] = {
         "client_id": "client-1",
         "client_secret": "client-secret-of-at-least-32-bytes!",
@@ -289,22 +294,22 @@ def test_no_accepted_secret_may_be_the_client_secret(position: int) -> None:
     previous = [f"previous-secret-{n}-".ljust(32, "p") for n in range(3)]
     previous[position] = client_secret
     with pytest.raises(ValueError, match="must not hold the client_secret") as refused:
-        settings(previous_state_secrets=previous)
+        config_with(previous_state_secrets=previous)
     assert client_secret not in str(refused.value) and client_secret not in repr(refused.value)
     bytes_too = [value.encode() for value in previous]
     with pytest.raises(ValueError, match="must not hold the client_secret"):
-        settings(previous_state_secrets=bytes_too)
+        config_with(previous_state_secrets=bytes_too)
 
 
 def test_the_previous_secrets_are_kept_as_bytes_and_accepted_after_the_current() -> None:
-    config = settings(previous_state_secrets=[OLD, bytearray(b"o" * 32)])
+    config = config_with(previous_state_secrets=[OLD, bytearray(b"o" * 32)])
     assert config.previous_state_secrets == (OLD.encode(), b"o" * 32)
     assert config.accepted_state_secrets == (NEW.encode(), OLD.encode(), b"o" * 32)
-    assert settings().accepted_state_secrets == (NEW.encode(),)
+    assert config_with().accepted_state_secrets == (NEW.encode(),)
 
 
 def test_no_repr_or_message_shows_a_secret(clock: FakeClock) -> None:
-    config = settings(previous_state_secrets=[OLD])
+    config = config_with(previous_state_secrets=[OLD])
     token, claims = issue_state(config.state_secret, USER, clock(), config.state_ttl)
     query = {"code": "c", "state": token, "referer": "acme.amocrm.ru"}
     shown = [repr(config), str(config), repr(claims), repr(parse_callback(query, config))]
@@ -314,20 +319,41 @@ def test_no_repr_or_message_shows_a_secret(clock: FakeClock) -> None:
         assert OLD not in text and NEW not in text and repr(OLD.encode()) not in text
     undecodable = "TOPSECRET-previous-" + "x" * 32 + "\udcff"
     with pytest.raises(ValueError, match="previous_state_secrets is not valid text") as refused:
-        settings(previous_state_secrets=[undecodable])
+        config_with(previous_state_secrets=[undecodable])
     assert "TOPSECRET" not in str(refused.value) and "TOPSECRET" not in repr(refused.value)
 
 
 def test_the_keyed_hashes_are_checked_under_the_secret_that_signed_the_state(
     clock: FakeClock,
 ) -> None:
-    token, _ = issue_state(OLD.encode(), USER, clock(), settings().state_ttl, "binding-1")
+    token, _ = issue_state(OLD.encode(), USER, clock(), config_with().state_ttl, "binding-1")
     claims = read_state([NEW.encode(), OLD.encode()], token)
     assert claims.signed_with == OLD.encode()
     assert claims.names(USER) and not claims.names("someone-else")
     assert claims.binds("binding-1") and not claims.binds("binding-2")
     with pytest.raises(CallbackRejected):
         read_state([NEW.encode()], token)
+
+
+@settings(max_examples=examples(100))
+@given(
+    accepted=st.lists(st.binary(min_size=32, max_size=48), min_size=1, max_size=4, unique=True),
+    data=st.data(),
+)
+def test_a_state_or_ticket_reads_under_the_secret_that_signed_it_and_no_other(
+    accepted: list[bytes], data: st.DataObject
+) -> None:
+    signer = data.draw(st.sampled_from(accepted), label="signer")
+    others = [key for key in accepted if key != signer]
+    token, made = issue_state(signer, USER, T0, timedelta(minutes=30), "binding-1")
+    claims = read_state(accepted, token)
+    assert claims == made and claims.signed_with == signer
+    assert claims.names(USER) and claims.binds("binding-1")
+    with pytest.raises(UnsignedState):
+        read_state(others, token)
+    ticket = issue_ticket(signer, USER, T0, timedelta(seconds=60))
+    assert read_ticket(accepted, ticket).connection_id == USER
+    assert rejected(lambda: read_ticket(others, ticket)) == "bad_ticket"
 
 
 def test_the_command_reads_the_previous_secrets_from_the_environment(
@@ -353,16 +379,16 @@ def test_verifying_costs_one_mac_per_accepted_secret_and_their_number_is_bounded
         _state_token, "_mac", lambda key, payload: macs.append(key) or real_mac(key, payload)
     )
     accepted = [bytes([n]) * 32 for n in range(1 + MAX_PREVIOUS_STATE_SECRETS)]
-    forged, _ = issue_state(b"f" * 32, USER, clock(), settings().state_ttl)
+    forged, _ = issue_state(b"f" * 32, USER, clock(), config_with().state_ttl)
     macs.clear()
     assert rejected(lambda: read_state(accepted, forged)) == "bad_state"
     assert macs == accepted
     macs.clear()
-    signed, _ = issue_state(accepted[0], USER, clock(), settings().state_ttl)
+    signed, _ = issue_state(accepted[0], USER, clock(), config_with().state_ttl)
     assert read_state(accepted, signed).signed_with == accepted[0]
     assert macs == [accepted[0], *accepted]  # issuing made one; reading tried every secret
     too_many = [
         f"previous-secret-{n}-".ljust(32, "p") for n in range(MAX_PREVIOUS_STATE_SECRETS + 1)
     ]
     with pytest.raises(ValueError, match="at most 3 secrets"):
-        settings(previous_state_secrets=too_many)
+        config_with(previous_state_secrets=too_many)
