@@ -170,8 +170,8 @@ class Config:
             of 32 bytes or more, none the client secret or ``state_secret``): what they signed
             is still accepted, nothing new is signed with them. Set during a rotation, so a
             consent begun on a machine with the old secret completes on one with the new;
-            remove each once ``state_ttl`` has passed since every machine signs with its
-            successor (docs/operations.md, "Rotating the state secret").
+            remove each ``state_ttl + ticket_ttl + MAX_CLOCK_SKEW`` after every machine signs
+            with its successor (docs/operations.md, "Rotating the state secret").
         authorize_url: the consent page (``https://www.kommo.com/oauth`` for Kommo).
         mode: ``post_message`` (amoCRM's default) or ``popup``.
         extra_domains: account domains to allow besides amocrm.ru, amocrm.com and kommo.com,
