@@ -311,6 +311,18 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "state_secret_type": lambda: config(state_secret=32),
     "state_secret_short": lambda: config(state_secret="short"),
     "state_secret_is_client_secret": lambda: config(client_secret="s" * 40, state_secret="s" * 40),
+    "previous_state_secrets_type": lambda: config(previous_state_secrets="o" * 32),
+    "previous_state_secret_type": lambda: config(previous_state_secrets=[32]),
+    "previous_state_secret_short": lambda: config(previous_state_secrets=["old"]),
+    "previous_state_secrets_many": lambda: config(
+        previous_state_secrets=[f"old-secret-{n}-".ljust(32, "o") for n in range(4)]
+    ),
+    "previous_state_secret_is_client_secret": lambda: config(
+        client_secret="c" * 40, previous_state_secrets=["c" * 40]
+    ),
+    "previous_state_secret_is_current": lambda: config(
+        state_secret="n" * 32, previous_state_secrets=[b"n" * 32]
+    ),
     "mode": lambda: config(mode="redirect"),
     "domains_type": lambda: config(extra_domains="fake.test"),
     "domain_type": lambda: config(extra_domains=[None]),

@@ -17,12 +17,21 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import Final
 
-__all__ = ["MAX_TICKET_TTL", "MODES", "SETTING_ERRORS", "setting_error"]
+__all__ = [
+    "MAX_PREVIOUS_STATE_SECRETS",
+    "MAX_TICKET_TTL",
+    "MODES",
+    "SETTING_ERRORS",
+    "setting_error",
+]
 
 #: ``Config.mode``'s choices: amoCRM's consent page answers by ``postMessage`` or in a popup.
 MODES: Final = ("post_message", "popup")
 #: The longest a mobile ticket may live: it is a bearer link, good for whoever opens it first.
 MAX_TICKET_TTL: Final = timedelta(minutes=10)
+#: The most ``Config.previous_state_secrets`` may hold: a state or ticket that none signed
+#: costs one HMAC per accepted secret, and a rotation needs one (two when rotations overlap).
+MAX_PREVIOUS_STATE_SECRETS: Final = 3
 
 _SECRET_RECIPE: Final = "generate one with secrets.token_urlsafe(32)"
 
@@ -59,6 +68,27 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         "state_secret_is_client_secret": (
             "state_secret must not be the client_secret: whoever holds the client secret "
             "could then sign states; generate a separate one with secrets.token_urlsafe(32)"
+        ),
+        # Config: the previous state secrets (a rotation)
+        "previous_state_secrets_type": (
+            "previous_state_secrets must be a sequence of secrets, e.g. (old_secret,), not {type}"
+        ),
+        "previous_state_secret_type": "previous_state_secrets must hold str or bytes, not {type}",
+        "previous_state_secret_short": (
+            "previous_state_secrets must hold secrets of at least 32 bytes, as state_secret: "
+            "list the secret state_secret had before"
+        ),
+        "previous_state_secrets_many": (
+            f"previous_state_secrets must hold at most {MAX_PREVIOUS_STATE_SECRETS} secrets: "
+            "remove the oldest (what it signed expired state_ttl after it was replaced)"
+        ),
+        "previous_state_secret_is_client_secret": (
+            "previous_state_secrets must not hold the client_secret: whoever holds the client "
+            "secret could then sign states"
+        ),
+        "previous_state_secret_is_current": (
+            "previous_state_secrets must not hold state_secret itself: list only the secrets "
+            "it replaced"
         ),
         # Config: choices and domains
         "mode": f"mode must be one of {', '.join(MODES)}",

@@ -15,8 +15,8 @@ amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-h
                                     within N days (7); a progress bar on a terminal (with
                                     the ``cli`` extra), a line per 1,000 otherwise; a JSON
                                     summary; exit status 1 when any failed. Reads
-                                    AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI and
-                                    AMO_STATE_SECRET
+                                    AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI,
+                                    AMO_STATE_SECRET (and AMO_PREVIOUS_STATE_SECRETS)
 amo-oauth migrate [--store URL]     create a store's schema; refuse another version's
 amo-oauth rotate-key [--store URL] [--after KEY] [--vacuum]
                                     re-encrypt every record with the newest key of
@@ -146,7 +146,15 @@ def _config_from_env() -> Config:
         client_secret=os.environ["AMO_CLIENT_SECRET"],
         redirect_uri=os.environ["AMO_REDIRECT_URI"],
         state_secret=os.environ["AMO_STATE_SECRET"],
+        previous_state_secrets=_previous_state_secrets_from_env(),
     )
+
+
+def _previous_state_secrets_from_env() -> list[str]:
+    """``AMO_PREVIOUS_STATE_SECRETS``: the secrets ``AMO_STATE_SECRET`` replaced, comma-separated
+    (a rotation; secrets.token_urlsafe and token_hex never make a comma)."""
+    text = os.environ.get("AMO_PREVIOUS_STATE_SECRETS", "")
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _keys_from_env(*, required: bool) -> Encryption | None:
