@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -35,6 +37,8 @@ from amo_oauth import (
 from amo_oauth._records import record_key
 from amo_oauth.cli import main
 from amo_oauth.testing import FakeAmoCRM, FakeClock
+from amo_oauth.web import Handlers
+from test_web import PREFIX, CookieJar, deep_link, sender
 
 from helpers import config_for, following, query_of, run_consent
 
@@ -125,6 +129,8 @@ def test_a_widget_install_is_reached_by_its_widget_on_the_async_service(
                 assert (await api.get(f"https://{fake.account_host}{LEADS}")).status_code == 200
             assert (await oauth.disconnect(widget)).status is ConnectionStatus.DISCONNECTED
             assert (await oauth.status(fake.account_host)).version == 0  # an app user's
+            key = record_key(config.client_id, fake.account_host, widget=True)
+            assert (await oauth.status(key)).version == 0  # only an id, no StoreError
             with pytest.raises(ReauthorizationRequired):
                 await oauth.access_token(widget)
         await http.aclose()
@@ -142,6 +148,8 @@ def _key_shaped_ids(oauth: AmoOAuth, host: str) -> tuple[str, ...]:
         "w:other-client:x.amocrm.ru",
         "a:b:c",
         ":",
+        "u:*",  # what a glob or LIKE pattern would read otherwise
+        "%:_",
     )
 
 
@@ -153,9 +161,10 @@ def test_no_app_user_id_reaches_a_widget_install_or_another_users_record(
     oauth = make_oauth(store=store, allow_widget_installs=True)
     widget = _installed(oauth, fake)
     run_consent(oauth, fake, "user-1")
-    installed, user = _widget_record(oauth, fake.account_host), oauth.store.load(
-        record_key(oauth.config.client_id, "user-1")
-    ).record
+    installed, user = (
+        _widget_record(oauth, fake.account_host),
+        oauth.store.load(record_key(oauth.config.client_id, "user-1")).record,
+    )
     for connection_id in _key_shaped_ids(oauth, fake.account_host):
         status = oauth.status(connection_id)
         assert (status.status, status.version, status.widget) == (
@@ -250,3 +259,47 @@ def test_the_cli_shows_a_widget_install_only_when_asked_with_widget(
         assert shown == {"connection_id": connection_id, "status": "disconnected"}
     with pytest.raises(SystemExit, match="account host"):
         main(["status", "not a host", "--widget", *base])
+
+
+def test_a_widget_install_leaves_the_binding_of_a_user_named_like_its_host(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """The callback page clears a browser's binding once that browser's connection is made: a
+    widget install landing in the browser of an app user whose id is the install's host is not
+    that user's connection, so the user's consent in progress keeps its binding."""
+    oauth = make_oauth(allow_widget_installs=True)
+    handlers = Handlers(
+        oauth, connection_id=lambda request: request.header("x-user"), app_scheme="myapp"
+    )
+    jar = CookieJar()
+    browser = sender(handlers, jar)
+    browser("GET", f"{PREFIX}/connect", headers={"x-user": fake.account_host})
+    bound = dict(jar.cookies)
+    assert bound
+    install = urlsplit(fake.authorize(from_widget=True)).query
+    page = browser("GET", f"{PREFIX}/callback", query=install)
+    assert page.status == 200 and deep_link(page)[1]["success"] == "true"
+    assert jar.cookies == bound
+
+
+def test_disconnect_of_a_widget_overwrites_its_corrupt_row(
+    tmp_path: Path, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """A disconnect replaces an unreadable row by a fresh record under the same key: for an
+    install, the widget key (never the app user's key of the same name)."""
+    db = tmp_path / "amo.db"
+    config = config_for(fake, allow_widget_installs=True)
+    http = httpx.Client(transport=fake.transport())
+    with AmoOAuth(config, store=SQLiteStore(db), http=http, clock=clock) as oauth:
+        widget = _installed(oauth, fake)
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE amo_connections SET data = ?", ("[]",))
+        conn.close()
+        disconnected = oauth.disconnect(widget)
+        assert (disconnected.status, disconnected.version, disconnected.widget) == (
+            ConnectionStatus.DISCONNECTED,
+            4,
+            widget,
+        )
+        assert oauth.status(widget) == disconnected
+        assert oauth.status(fake.account_host).version == 0
