@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -131,6 +132,8 @@ def test_a_widget_install_is_reached_by_its_widget_on_the_async_service(
             assert (await oauth.status(fake.account_host)).version == 0  # an app user's
             key = record_key(config.client_id, fake.account_host, widget=True)
             assert (await oauth.status(key)).version == 0  # only an id, no StoreError
+            with pytest.raises(ValueError, match="allowed"):
+                oauth.auth(Widget("sub.example.org"))  # at once, not at the first request
             with pytest.raises(ReauthorizationRequired):
                 await oauth.access_token(widget)
         await http.aclose()
@@ -303,3 +306,27 @@ def test_disconnect_of_a_widget_overwrites_its_corrupt_row(
         )
         assert oauth.status(widget) == disconnected
         assert oauth.status(fake.account_host).version == 0
+
+
+def test_the_uninstall_hook_names_the_widget_it_disconnected(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    oauth = make_oauth(allow_widget_installs=True)
+    widget = _installed(oauth, fake)
+    run_consent(oauth, fake, fake.account_host)  # an app user named like the host, same account
+    ended = oauth.handle_disconnect_hook(fake.uninstall())
+    assert sorted((c.connection_id, c.widget is not None) for c in ended) == [
+        (fake.account_host, False),
+        (fake.account_host, True),
+    ]
+    assert not any(c.is_connected for c in ended)
+    assert {c.widget for c in ended} == {None, widget}
+
+
+def test_a_widget_survives_pickling_inside_a_connection(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    oauth = make_oauth(allow_widget_installs=True)
+    connection = oauth.status(_installed(oauth, fake))
+    assert pickle.loads(pickle.dumps(connection)) == connection
+    assert repr(connection.widget) == f"Widget(host='{fake.account_host}')"
