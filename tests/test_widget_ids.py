@@ -213,6 +213,8 @@ def test_a_widget_is_a_host_under_an_allowed_domain(
         with pytest.raises(ValueError, match="allowed"):
             call(foreign)
     assert len(oauth.store.scan(None, 10)) == 0
+    extra = make_oauth(allow_widget_installs=True, extra_domains=("example.org",))
+    assert extra.status(foreign).status is ConnectionStatus.DISCONNECTED  # allowed there
 
 
 def test_a_consent_is_begun_for_an_app_user_never_for_a_widget(
