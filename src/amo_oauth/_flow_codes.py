@@ -18,6 +18,7 @@ import attrs
 from ._answers import EXCHANGE_FAILURES
 from ._binding import binding_for, issue_ticket, parse_binding, read_ticket, ticket_nonce_key
 from ._callback import Denial, Grant, QueryLike, parse_callback
+from ._connection_id import Widget, check_app_user_id
 from ._errors import CallbackRejected, ProviderError
 from ._events import (
     SHA256_HEX,
@@ -39,7 +40,7 @@ from ._provider import (
 )
 from ._reasons import Reason
 from ._record_view import RecordView
-from ._records import CODE_MEMORY, check_connection_id, code_digest, record_key
+from ._records import CODE_MEMORY, code_digest, record_key
 from ._results import AuthorizationRequest, CallbackResult, Outcome
 from ._state_token import (
     MAX_CLOCK_SKEW,
@@ -89,7 +90,7 @@ class CodeFlows:
     def begin(
         self, connection_id: str, binding: str | None = None, browser_binding: bool = True
     ) -> Flow[AuthorizationRequest]:
-        check_connection_id(connection_id)
+        check_app_user_id(connection_id)
         config = self.config
         # One read: the record's version orders this consent after (or before) the connection
         # it may replace, and the store's clock dates the state.
@@ -118,7 +119,7 @@ class CodeFlows:
     # -- mobile tickets --------------------------------------------------------------------
 
     def issue_ticket(self, connection_id: str) -> str:
-        check_connection_id(connection_id)
+        check_app_user_id(connection_id)
         config = self.config
         return issue_ticket(
             config.state_secret, connection_id, self.records.now(), config.ticket_ttl
@@ -156,7 +157,7 @@ class CodeFlows:
             return (yield from self._unsigned_callback(parsed, signed_in, binding))
         if claims is None:  # a widget install: named after its account host, no browser
             assert isinstance(parsed, Grant)
-            target = self.records.fresh(parsed.host.name, widget=True)
+            target = self.records.fresh(Widget(parsed.host.name))
             return (yield from self._exchange(target, parsed.code, parsed.host, None))
         connection_id, matches = self._browser(claims, signed_in, binding)
         if isinstance(parsed, Denial):
@@ -255,7 +256,7 @@ class CodeFlows:
         exchange_new: bool = True,
         binding: str | None = None,
     ) -> Flow[CallbackResult]:
-        check_connection_id(connection_id)
+        check_app_user_id(connection_id)
         if not isinstance(code, str) or not code:
             raise CallbackRejected(Reason.MISSING_CODE)
         if len(code) > _MAX_CODE or not code.isprintable():

@@ -14,6 +14,7 @@ from typing import NoReturn, assert_never
 import attrs
 
 from ._answers import REFRESH_REFUSALS, SPENT_TOKEN_REASONS, Meaning
+from ._connection_id import ConnectionId
 from ._errors import (
     AmoOAuthError,
     ProviderError,
@@ -38,7 +39,7 @@ from ._provider import (
 )
 from ._reasons import Reason
 from ._record_view import RecordView
-from ._records import ErrorInfo, check_connection_id
+from ._records import ErrorInfo
 from ._sweep import Done
 
 __all__ = ["TokenFlows"]
@@ -56,8 +57,8 @@ class TokenFlows:
         self.records = verification.records
         self.config = verification.config
 
-    def access_token(self, connection_id: str, stale: str | None = None) -> Flow[str]:
-        check_connection_id(connection_id)
+    def access_token(self, connection_id: ConnectionId, stale: str | None = None) -> Flow[str]:
+        fresh = self.records.fresh(connection_id)  # checks the id before anything is read
 
         def wanted() -> RefreshClaimed:
             margin = self.config.refresh_margin
@@ -65,9 +66,11 @@ class TokenFlows:
                 self.records.lease("refresh"), self.records.now(), margin, stale=stale
             )
 
-        return (yield from self._token(self.records.fresh(connection_id), wanted))
+        return (yield from self._token(fresh, wanted))
 
-    def api_token(self, connection_id: str, stale: str | None = None) -> Flow[tuple[str, str]]:
+    def api_token(
+        self, connection_id: ConnectionId, stale: str | None = None
+    ) -> Flow[tuple[str, str]]:
         """``(account host, access token)``: what ``auth()`` needs to send the token only to
         that host, read with the token (after an account move, the new host)."""
         token = yield from self.access_token(connection_id, stale)

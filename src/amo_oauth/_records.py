@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import attrs
 
+from ._connection_id import Widget, check_connection_id
 from ._reasons import CONNECTION_ERRORS, Reason
 
 __all__ = [
@@ -45,24 +46,6 @@ class ConnectionStatus(enum.StrEnum):
     EXCHANGED = "exchanged"
     CONNECTED = "connected"
     ERROR = "error"
-
-
-#: The longest connection id an application may use (a widget install's account host fits).
-MAX_CONNECTION_ID = 255
-
-
-def check_connection_id(connection_id: object) -> str:
-    """``connection_id`` itself when it is an application key: non-empty printable text of at
-    most 255 characters.
-
-    Raises:
-        ValueError: anything else.
-    """
-    if not isinstance(connection_id, str) or not 0 < len(connection_id) <= MAX_CONNECTION_ID:
-        raise ValueError("connection_id must be a non-empty string of at most 255 characters")
-    if not connection_id.isprintable():
-        raise ValueError("connection_id must be printable")
-    return connection_id
 
 
 def record_key(integration: str, connection_id: str, *, widget: bool = False) -> str:
@@ -187,6 +170,10 @@ class Connection:
         error: why the connection is in ``error``.
         version: increases with every write to the record.
         host: the account host API calls go to (``x.amocrm.ru``, ``x.kommo.com``), when known.
+        widget: for a widget install, the ``Widget`` that names it in every call (keep it to
+            call ``status(widget)``, ``access_token(widget)``, ...); None for an app user's
+            connection. ``connection_id`` is then the install's account host, which may differ
+            from ``host`` after the account moved.
     """
 
     connection_id: str
@@ -196,6 +183,7 @@ class Connection:
     error: ErrorInfo | None = None
     version: int = 0
     host: str | None = None
+    widget: Widget | None = None
 
     @property
     def api_url(self) -> str | None:
@@ -311,4 +299,5 @@ class ConnectionRecord:
             error=self.error,
             version=self.version,
             host=self.host,
+            widget=Widget(self.connection_id) if self.widget else None,
         )

@@ -102,16 +102,26 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from ._connection_id import Widget
+    from ._flow_records import legacy_record
     from ._records import record_key
 
     client_id = args.client_id or os.environ.get("AMO_CLIENT_ID")
     if not client_id:
         raise SystemExit("amo-oauth: pass --client-id or set AMO_CLIENT_ID")
+    name = args.connection_id
+    if args.widget:
+        try:
+            name = Widget(name).host
+        except ValueError as error:
+            raise SystemExit(f"amo-oauth: {error}") from None
     store = _open_store(args)
     try:
         # Records are kept per integration; one stored before that has its bare id as key.
-        record = store.load(record_key(client_id, args.connection_id)).record
-        record = record or store.load(args.connection_id).record
+        record = store.load(record_key(client_id, name, widget=args.widget)).record
+        if record is None:
+            found = store.load(name).record
+            record = legacy_record(found, name, widget=args.widget)
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
     finally:
@@ -353,7 +363,10 @@ def _parser() -> argparse.ArgumentParser:
     diagram.add_argument("--markdown", action="store_true", help="the whole docs page")
     diagram.set_defaults(handler=_diagram)
     status = commands.add_parser("status", help="show a stored connection")
-    status.add_argument("connection_id")
+    status.add_argument("connection_id", help="an app user's id, or the host with --widget")
+    status.add_argument(
+        "--widget", action="store_true", help="connection_id is a widget install's account host"
+    )
     _store_options(status)
     status.add_argument("--client-id", help="the integration's client id (env AMO_CLIENT_ID)")
     status.set_defaults(handler=_status)
