@@ -240,6 +240,25 @@ def test_a_valid_access_token_is_served_during_a_back_off(
     assert fake.token_call_count("refresh_token") == 1
 
 
+def test_a_token_inside_the_refresh_margin_is_served_while_the_refresh_is_held_back(
+    local: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """Within ``refresh_margin`` of its expiry a token is due a refresh, yet still valid: during
+    a back-off it is served (up to its expiry), not refused."""
+    oauth = _connected(make_oauth, fake, local.open())
+    token = oauth.access_token(USER)
+    clock.advance(timedelta(days=1) - timedelta(minutes=4))  # 4 minutes left, margin 5
+    fake.fail_next("429", grant="refresh_token")
+    with pytest.raises(ProviderError):
+        oauth.access_token(USER)  # the refresh it was due: answered 429
+    for _ in range(3):
+        clock.advance(timedelta(minutes=1))
+        assert oauth.access_token(USER) == token
+    clock.advance(timedelta(minutes=1, seconds=1))  # expired now, the back-off still live
+    assert _refused_later(oauth).reason == "refresh_backoff"
+    assert fake.token_call_count("refresh_token") == 1
+
+
 def test_auth_raises_try_again_later_also_on_the_401_path(
     local: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
@@ -265,6 +284,34 @@ def test_auth_raises_try_again_later_also_on_the_401_path(
             client.get(f"https://{host}/api/v4/account")  # 401, then the back-off
         assert later.value.reason == "refresh_backoff"
     assert fake.token_call_count("refresh_token") == 3
+
+
+def test_async_auth_raises_try_again_later_on_the_401_path(
+    local: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """The awaited twin of ``auth()``: a 401, a refresh answered 503, then the back-off."""
+    store = local.open()
+    host = _connected(make_oauth, fake, store).status(USER).host
+    fake.expire_access_tokens()
+    fake.fail_next("500", grant="refresh_token")
+
+    async def main() -> None:
+        http = httpx.AsyncClient(transport=fake.async_transport())
+        config = config_for(fake, **EXACT)
+        async with AsyncAmoOAuth(config, store=store, http=http, clock=clock) as oauth:
+            api = httpx.AsyncClient(transport=fake.async_transport(), auth=oauth.auth(USER))
+            with pytest.raises(ProviderError) as answered:
+                await api.get(f"https://{host}/api/v4/account")
+            assert answered.value.status == 500
+            with pytest.raises(TryAgainLater) as later:
+                await api.get(f"https://{host}/api/v4/account")
+            assert later.value.reason == "refresh_backoff"
+            assert later.value.retry_after == pytest.approx(60, abs=1)
+            await api.aclose()
+        await http.aclose()
+
+    asyncio.run(main())
+    assert fake.token_call_count("refresh_token") == 1
 
 
 def test_no_answer_at_all_releases_the_refresh_without_a_back_off(
@@ -372,5 +419,5 @@ def test_the_back_off_round_trips_and_old_records_decode() -> None:
     old = record_to_json(ConnectionRecord("c")).replace(',"backoff":null', "")
     assert '"backoff"' not in old
     assert record_from_json(old).backoff is None
-    with pytest.raises(ValueError, match="malformed record"):
+    with pytest.raises(ValueError, match="attempts"):
         record_from_json(record_to_json(held).replace('"attempts":3', '"attempts":0'))

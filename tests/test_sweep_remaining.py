@@ -37,19 +37,14 @@ def due_db(tmp_path: Path, fake: FakeAmoCRM, clock: FakeClock) -> Path:
     return db
 
 
-def test_every_due_connection_is_refreshed_without_a_limit(
+def test_every_due_connection_is_refreshed_unless_a_limit_says_how_many_remain(
     due_db: Path, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
     oauth = make_oauth(store=SQLiteStore(due_db, clock=clock))
-    report = oauth.refresh_due(WEEK, concurrency=8, per_host_rate=1000)
-    assert len(report.refreshed) == DUE and report.failed == () and report.remaining == 0
+    every = oauth.refresh_due(WEEK, concurrency=8, per_host_rate=1000)  # the call
+    assert len(every.refreshed) == DUE and every.failed == () and every.remaining == 0
     assert fake.token_call_count("refresh_token", "ok") == DUE
-
-
-def test_a_limit_reports_how_many_remain(
-    due_db: Path, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
-) -> None:
-    oauth = make_oauth(store=SQLiteStore(due_db, clock=clock))
+    clock.advance(timedelta(days=85))  # the new pairs are all due in turn
     first = oauth.refresh_due(WEEK, 100, concurrency=8, per_host_rate=1000)
     assert (len(first.refreshed), first.remaining) == (100, 200)
     rest = oauth.refresh_due(WEEK, None, concurrency=8, per_host_rate=1000)

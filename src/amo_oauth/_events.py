@@ -280,6 +280,13 @@ class RefreshClaimed(Event):
             and (self.refresh_before is None or tokens.refresh_expires_at >= self.refresh_before)
         )
 
+    def still_valid(self, tokens: TokenSet | None) -> bool:
+        """True when ``tokens`` hold an access token that has not expired at ``at`` and is not
+        the one amoCRM refused (``stale``): usable, though inside the refresh margin."""
+        return (
+            tokens is not None and tokens.access_token != self.stale and self.at < tokens.expires_at
+        )
+
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         tokens = record.tokens
         counted = attrs.evolve(tokens, refresh_sends=tokens.refresh_sends + 1) if tokens else None

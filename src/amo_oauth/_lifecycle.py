@@ -256,6 +256,20 @@ def refresh_held_back(data: EventData) -> bool:
     return backoff is not None and backoff.is_live(step.now)
 
 
+def held_back_with_a_valid_token(data: EventData) -> bool:
+    """The refresh is held back, and a caller asking for a token (not the sweep, which wants
+    the refresh token renewed) holds one that still works: not expired, not the one amoCRM
+    refused. It is served (only the refresh waits), inside the refresh margin too."""
+    step = _model(data)
+    event = step.event
+    return (
+        refresh_held_back(data)
+        and isinstance(event, RefreshClaimed)
+        and event.refresh_before is None
+        and event.still_valid(step.record.tokens)
+    )
+
+
 def sent_again_after_a_lapse(data: EventData) -> bool:
     """The refresh token was claimed more than once (a lease lapsed, or a send went without a
     stored answer): an earlier send may have rotated it, so a "revoked" is not its verdict."""
@@ -460,6 +474,13 @@ TABLE: tuple[Rule, ...] = (
     Rule("refresh_claimed", (S.CONNECTED,), None, awaits_a_kept_pair, noop=NoOp.KEPT_PAIR_PENDING),
     # amoCRM pushed back (429, 403, 5xx): held back for every process until the back-off lapses.
     # A still-valid token is served above; only the refresh waits.
+    Rule(
+        "refresh_claimed",
+        (S.CONNECTED,),
+        None,
+        held_back_with_a_valid_token,
+        noop=NoOp.TOKEN_FRESH,
+    ),
     Rule("refresh_claimed", (S.CONNECTED,), None, refresh_held_back, noop=NoOp.REFRESH_BACKOFF),
     Rule("refresh_claimed", (S.CONNECTED,), None, refused_after_refresh, noop=NoOp.REFUSED_AGAIN),
     Rule("refresh_claimed", (S.CONNECTED,), None, refresh_token_spent, noop=NoOp.REFRESH_EXHAUSTED),
