@@ -3,15 +3,19 @@
 What the mobile app (or a browser) talks to::
 
     POST /login {"user": "ann"}          -> {"token": "..."}: send it as "Authorization: Bearer"
-    GET  /login?user=ann&next=/api/amo-crm/connect
-                                         the same for a browser: a session cookie, then a 302
+    GET  /login?next=/api/amo-crm/connect
+                                         a browser's sign-in form, which signs nobody in; it
+                                         posts user=ann&next=... to /login: a session cookie,
+                                         then a 303 to ``next``
     GET  /api/amo-crm/connect, /callback, /status, POST /exchange-code, /disconnect ...
                                          amo_oauth's routes (``amo_oauth.fastapi.router``)
     GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"}
 
 The sign-in is a toy (no password, sessions in memory): replace it with yours. What matters is
 the ``connection_id`` callable: it maps a request to your user id, and amo_oauth keeps one amoCRM
-connection per user id.
+connection per user id. Even a toy sign-in is a POST that another site's page cannot send: a
+sign-in by link (``GET /login?user=...``) would let any page sign a visitor in as the page's
+author, whose user the visitor's amoCRM account is then connected to (login CSRF).
 
 Run it (the redirect URI registered in amoCRM must end in ``/api/amo-crm/callback``)::
 
@@ -28,16 +32,17 @@ Run it (the redirect URI registered in amoCRM must end in ``/api/amo-crm/callbac
 from __future__ import annotations
 
 import contextlib
+import html
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field, ValidationError
 
 from amo_oauth import (
     AsyncAmoOAuth,
@@ -54,6 +59,16 @@ COOKIE = "session"
 USER_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
 PAGE_SIZE = 250  # amoCRM's largest page: the fewest calls under its 7 requests per second
 MAX_PAGES = 100  # a bound on following links we did not write
+SIGN_IN_PAGE = """<!doctype html>
+<html lang="en"><meta charset="utf-8"><title>Sign in</title>
+<form method="post" action="/login">
+<label>User <input name="user" required autofocus autocomplete="username"></label>
+<input type="hidden" name="next" value="{then}">
+<button>Sign in</button>
+</form></html>
+"""
+# The form loads nothing, and no other site may frame it (a framed form is clicked blindly).
+SIGN_IN_HEADERS = {"content-security-policy": "default-src 'none'; frame-ancestors 'none'"}
 
 
 class Login(BaseModel):
@@ -101,21 +116,37 @@ def create_app(
 
     app = FastAPI(title="amo_oauth example", lifespan=lifespan)
 
+    own_site = _origin_of(oauth.config.redirect_uri)  # the site the browser binding is on
+
     @app.post("/login")
-    async def login(body: Login) -> JSONResponse:
-        token = sessions.open(body.user)
-        answer = JSONResponse({"token": token})
+    async def login(request: Request) -> Response:
+        """The app posts JSON and gets a token; a browser posts the form and is redirected."""
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        is_json = media == "application/json"
+        if not _may_sign_in(request.headers.get, own_site, is_json=is_json):
+            return JSONResponse({"error": "cross_site_request"}, 403)
+        fields = await _sign_in_fields(request, media)
+        if fields is None:
+            return JSONResponse({"error": "unsupported_media_type"}, 415)
+        try:
+            user = Login.model_validate({"user": fields.get("user")}).user
+        except ValidationError:
+            return JSONResponse({"error": "bad_user"}, 422)
+        token = sessions.open(user)
+        then = fields.get("next", "/")
+        answer: JSONResponse | RedirectResponse
+        if is_json:
+            answer = JSONResponse({"token": token})
+        else:  # only local paths for `next`, or this is an open redirect
+            answer = RedirectResponse(then if _is_local_path(then) else "/", status_code=303)
         _set_session_cookie(answer, token)
         return answer
 
     @app.get("/login")
-    async def login_in_browser(
-        user: str = Query(pattern=USER_PATTERN), then: str = Query("/", alias="next")
-    ) -> RedirectResponse:
-        # Toy: no password. Only local paths for `next`, or this is an open redirect.
-        answer = RedirectResponse(then if _is_local_path(then) else "/", status_code=303)
-        _set_session_cookie(answer, sessions.open(user))
-        return answer
+    async def sign_in_form(then: str = Query("/", alias="next")) -> HTMLResponse:
+        # A GET signs nobody in: a link or an image on any site can make a browser send one.
+        page = SIGN_IN_PAGE.format(then=html.escape(then, quote=True))
+        return HTMLResponse(page, headers=SIGN_IN_HEADERS)
 
     # Registered before the router: its catch-all under PREFIX answers 404 for unknown paths.
     @app.get(PREFIX + "/leads")
@@ -140,9 +171,52 @@ def _set_session_cookie(answer: JSONResponse | RedirectResponse, token: str) -> 
     answer.set_cookie(COOKIE, token, httponly=True, samesite="lax")
 
 
+def _origin_of(url: str) -> str:
+    """``scheme://host[:port]``, lower-case: what a browser sends as ``Origin``."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _may_sign_in(header: Callable[[str], str | None], own_site: str, *, is_json: bool) -> bool:
+    """Whether a sign-in POST may come from where its headers (``header(name)``) say it does.
+
+    A browser names where a POST comes from: ``Origin`` (every current browser), else
+    ``Sec-Fetch-Site``, else ``Referer``; it must be this site. A request naming nothing is
+    not a browser's (the mobile app, curl): it may post JSON, which another site's page cannot
+    make a browser send without a CORS preflight this app never answers, but not the form.
+    """
+    origin = header("origin")
+    if origin is not None:
+        return origin.lower() == own_site
+    fetch_site = header("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site == "same-origin"
+    referer = header("referer")
+    if referer is not None:
+        return _origin_of(referer) == own_site
+    return is_json
+
+
+async def _sign_in_fields(request: Request, media: str) -> dict[str, str] | None:
+    """The sign-in's fields (``user``, ``next``) from JSON or a form; None for another body."""
+    if media == "application/json":
+        with contextlib.suppress(ValueError):
+            body = await request.json()
+            if isinstance(body, dict):
+                return {key: value for key, value in body.items() if isinstance(value, str)}
+        return {}
+    if media == "application/x-www-form-urlencoded":
+        with contextlib.suppress(ValueError):
+            return dict(parse_qsl((await request.body()).decode()))
+        return {}
+    return None
+
+
 def _is_local_path(path: str) -> bool:
     # A browser takes "//evil.example" and "/\\evil.example" for another host, and drops tabs
     # and newlines first ("/\t/evil.example" is "//evil.example"): a plain path only.
+    if path is None:
+        return False
     return path.startswith("/") and path.isprintable() and not path.startswith(("//", "/\\"))
 
 

@@ -3,15 +3,21 @@
 The same backend as ``fastapi_app.py``, blocking::
 
     POST /login {"user": "ann"}          -> {"token": "..."}: send it as "Authorization: Bearer"
-    GET  /login?user=ann&next=/api/amo-crm/connect
-                                         the same for a browser: a session cookie, then a 303
+    GET  /login?next=/api/amo-crm/connect
+                                         a browser's sign-in form, which signs nobody in; it
+                                         posts user=ann&next=... to /login: a session cookie,
+                                         then a 303 to ``next``
     GET  /api/amo-crm/connect, /callback, /status, POST /exchange-code, /disconnect ...
                                          amo_oauth's routes (``amo_oauth.flask.blueprint``)
     GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"}
 
 The sign-in is a toy (no password, sessions in memory): replace it with yours. What matters is
 the ``connection_id`` callable: it maps a request to your user id, and amo_oauth keeps one amoCRM
-connection per user id. With several worker processes, use a shared session store and one
+connection per user id. Even a toy sign-in is a POST that another site's page cannot send: a
+sign-in by link (``GET /login?user=...``) would let any page sign a visitor in as the page's
+author, whose user the visitor's amoCRM account is then connected to (login CSRF).
+
+With several worker processes, use a shared session store and one
 ``SQLiteStore`` file (or Postgres/Redis) for all of them.
 
 Run it (the redirect URI registered in amoCRM must end in ``/api/amo-crm/callback``)::
@@ -24,9 +30,11 @@ Run it (the redirect URI registered in amoCRM must end in ``/api/amo-crm/callbac
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,6 +57,16 @@ COOKIE = "session"
 USER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 PAGE_SIZE = 250  # amoCRM's largest page: the fewest calls under its 7 requests per second
 MAX_PAGES = 100  # a bound on following links we did not write
+SIGN_IN_PAGE = """<!doctype html>
+<html lang="en"><meta charset="utf-8"><title>Sign in</title>
+<form method="post" action="/login">
+<label>User <input name="user" required autofocus autocomplete="username"></label>
+<input type="hidden" name="next" value="{then}">
+<button>Sign in</button>
+</form></html>
+"""
+# The form loads nothing, and no other site may frame it (a framed form is clicked blindly).
+SIGN_IN_HEADERS = {"content-security-policy": "default-src 'none'; frame-ancestors 'none'"}
 
 
 class Sessions:
@@ -85,26 +103,39 @@ def create_app(
     client = api if api is not None else httpx.Client(timeout=10.0)
     app = flask.Flask(__name__)
 
+    own_site = _origin_of(oauth.config.redirect_uri)  # the site the browser binding is on
+
     @app.post("/login")
-    def login() -> flask.Response:
-        body = flask.request.get_json(silent=True)
-        user = body.get("user") if isinstance(body, dict) else None
+    def login() -> Response:
+        """The app posts JSON and gets a token; a browser posts the form and is redirected."""
+        request = flask.request
+        if not _may_sign_in(request.headers.get, own_site, is_json=request.is_json):
+            return _json({"error": "cross_site_request"}, 403)
+        if request.is_json:
+            body = request.get_json(silent=True)
+            fields = body if isinstance(body, dict) else {}
+        elif request.mimetype == "application/x-www-form-urlencoded":
+            fields = request.form.to_dict()
+        else:
+            return _json({"error": "unsupported_media_type"}, 415)
+        user, then = fields.get("user"), fields.get("next", "/")
         if not isinstance(user, str) or not USER.fullmatch(user):
             return _json({"error": "bad_user"}, 422)
         token = sessions.open(user)
-        answer = _json({"token": token})
+        if request.is_json:
+            answer: Response = _json({"token": token})
+        else:  # only local paths for `next`, or this is an open redirect
+            local = isinstance(then, str) and _is_local_path(then)
+            answer = flask.redirect(then if local else "/", 303)
         _set_session_cookie(answer, token)
         return answer
 
     @app.get("/login")
-    def login_in_browser() -> Response:
-        # Toy: no password. Only local paths for `next`, or this is an open redirect.
-        user, then = flask.request.args.get("user", ""), flask.request.args.get("next", "/")
-        if not USER.fullmatch(user):
-            return _json({"error": "bad_user"}, 422)
-        answer = flask.redirect(then if _is_local_path(then) else "/", 303)
-        _set_session_cookie(answer, sessions.open(user))
-        return answer
+    def sign_in_form() -> flask.Response:
+        # A GET signs nobody in: a link or an image on any site can make a browser send one.
+        then = flask.request.args.get("next", "/")
+        page = SIGN_IN_PAGE.format(then=html.escape(then, quote=True))
+        return flask.Response(page, 200, SIGN_IN_HEADERS, mimetype="text/html")
 
     @app.get(PREFIX + "/leads")
     def leads() -> flask.Response:
@@ -130,6 +161,32 @@ def _json(payload: dict[str, Any], status: int = 200) -> flask.Response:
 def _set_session_cookie(answer: Response, token: str) -> None:
     # Lax: sent on amoCRM's redirect back (a top-level GET), not on other sites' POSTs.
     answer.set_cookie(COOKIE, token, httponly=True, samesite="Lax")
+
+
+def _origin_of(url: str) -> str:
+    """``scheme://host[:port]``, lower-case: what a browser sends as ``Origin``."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _may_sign_in(header: Callable[[str], str | None], own_site: str, *, is_json: bool) -> bool:
+    """Whether a sign-in POST may come from where its headers (``header(name)``) say it does.
+
+    A browser names where a POST comes from: ``Origin`` (every current browser), else
+    ``Sec-Fetch-Site``, else ``Referer``; it must be this site. A request naming nothing is
+    not a browser's (the mobile app, curl): it may post JSON, which another site's page cannot
+    make a browser send without a CORS preflight this app never answers, but not the form.
+    """
+    origin = header("origin")
+    if origin is not None:
+        return origin.lower() == own_site
+    fetch_site = header("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site == "same-origin"
+    referer = header("referer")
+    if referer is not None:
+        return _origin_of(referer) == own_site
+    return is_json
 
 
 def _is_local_path(path: str) -> bool:

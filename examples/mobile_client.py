@@ -15,9 +15,10 @@ presses "Allow" (or "Deny") on the consent page and reads the "Return to App" bu
 against ``amo-oauth demo --serve`` (a fake amoCRM), not against amoCRM, whose consent page needs
 a login.
 
-As a library: ``sign_in``, ``authorize_in_browser`` (or its steps ``connect_link``,
-``open_connect``, ``press``, ``land``), ``old_app`` and ``new_app`` return what the app would
-show. As a script::
+As a library: ``sign_in`` (the app's: JSON, and no ``Origin``, as a native app sends none),
+``sign_in_browser`` (a person's: the sign-in form, posted from the backend's own page),
+``authorize_in_browser`` (or its steps ``connect_link``, ``open_connect``, ``press``, ``land``),
+``old_app`` and ``new_app`` return what the app would show. As a script::
 
     python examples/mobile_client.py --backend http://127.0.0.1:8000 --version new
 """
@@ -200,6 +201,19 @@ def sign_in(app: httpx.Client, user: str) -> str:
     token = str(answer.json()["token"])
     app.headers["authorization"] = f"Bearer {token}"
     return token
+
+
+def sign_in_browser(browser: httpx.Client, backend: str, user: str, then: str = "/") -> str:
+    """Sign a browser in as a person does: open the backend's sign-in form (``GET /login``,
+    which signs nobody in), then post it from that page (``Origin``: the backend, as a browser
+    sends it). Returns where the backend sends the browser next (``then``, a local path)."""
+    browser.get(f"{backend}/login", params={"next": then}).raise_for_status()
+    answer = browser.post(
+        f"{backend}/login", data={"user": user, "next": then}, headers={"origin": backend}
+    )
+    if answer.status_code != 303:
+        raise BrowserError(f"the sign-in form answered {answer.status_code}")
+    return answer.headers["location"]
 
 
 def _query(url: str) -> dict[str, str]:

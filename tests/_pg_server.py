@@ -222,6 +222,15 @@ class PostgresProcess:
         """Start the server again on the same data directory and port (it recovers first)."""
         self._server.start()
 
+    @property
+    def data(self) -> Path:
+        """The server's data directory (``pg_relation_filepath`` names files under it)."""
+        return self._server.data
+
+    def admin(self, statement: str) -> None:
+        """Run one statement as the superuser (e.g. ``CHECKPOINT``)."""
+        _admin(self._server, statement)
+
 
 def _children(pid: int) -> list[int]:
     found: list[int] = []

@@ -35,7 +35,8 @@ def _missing(what: str) -> None:
 @pytest.mark.browser
 @pytest.mark.timeout(90)
 def test_a_person_connects_amocrm_in_a_browser(tmp_path: Path) -> None:
-    """Sign in (cookie) -> connect -> the consent page -> Allow -> "Return to App"."""
+    """Sign in (the form; a cookie) -> connect -> the consent page -> Allow -> "Return to
+    App"."""
     if not CHROMIUM.is_file():
         _missing(f"{CHROMIUM} not found (apt-get install chromium)")
     try:
@@ -47,7 +48,9 @@ def test_a_person_connects_amocrm_in_a_browser(tmp_path: Path) -> None:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 480, "height": 640})
-            page.goto(f"{stack.backend}/login?user=ann&next={PREFIX}/connect")
+            page.goto(f"{stack.backend}/login?next={PREFIX}/connect")  # the sign-in form
+            page.fill("input[name=user]", "ann")
+            page.click("button")
             page.wait_for_url(f"{stack.fake_url}/oauth?*")
             assert page.locator("h1").inner_text() == "Grant access to your amoCRM account?"
             state = query_of(page.url)["state"]
@@ -161,6 +164,55 @@ def test_a_ticket_link_on_another_sites_page_starts_nothing(tmp_path: Path) -> N
             own = browser.new_context().new_page()
             own.goto(her_ticket)
             own.wait_for_url(f"{stack.fake_url}/oauth?*")
+        finally:
+            browser.close()
+    assert stack.fake.token_calls == {}
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(90)
+def test_another_sites_page_signs_nobody_in(tmp_path: Path) -> None:
+    """Login CSRF: Mallory's page posts the example's sign-in form as her (on load), and links
+    its old ``GET /login?user=...``. Chromium's POST says ``Origin: http://evil.example``: it
+    is refused; the GET is only the form. The victim holds no session, and ``/connect`` (the
+    next step of her lure) starts nothing for her."""
+    if not CHROMIUM.is_file():
+        _missing(f"{CHROMIUM} not found (apt-get install chromium)")
+    try:
+        from playwright.sync_api import Route, sync_playwright
+    except ImportError:
+        _missing("the playwright package is not installed")
+    import html
+
+    with fastapi_stack(tmp_path / "amo_oauth.db") as stack, sync_playwright() as playwright:
+        then = f"{PREFIX}/connect"
+        sign_in = html.escape(f"{stack.backend}/login")
+        lure = (
+            f'<img src="{sign_in}?user=mallory&amp;next={then}">'
+            f'<form id="f" method="post" action="{sign_in}">'
+            f'<input name="user" value="mallory"><input name="next" value="{then}"></form>'
+        )
+
+        def evil(route: Route) -> None:
+            route.fulfill(status=200, content_type="text/html", body=lure)
+
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            victim = browser.new_context()
+            victim.route("http://evil.example/**", evil)
+            page = victim.new_page()
+            page.goto("http://evil.example/")
+            with page.expect_response(f"{stack.backend}/login") as posted:
+                page.evaluate("document.getElementById('f').submit()")
+            page.wait_for_url(f"{stack.backend}/login")
+            page.wait_for_load_state()
+            assert posted.value.status == 403
+            assert posted.value.request.header_value("origin") == "http://evil.example"
+            assert "cross_site_request" in page.content()
+            assert victim.cookies() == []  # no session: neither the GET nor the POST made one
+            page.goto(f"{stack.backend}{then}")
+            assert page.url.startswith(stack.backend)  # not sent on to amoCRM's consent
+            assert "unauthenticated" in page.content()
         finally:
             browser.close()
     assert stack.fake.token_calls == {}

@@ -343,6 +343,8 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "prefix_query": lambda: _handlers(prefix="/api?x=1"),
     "default_language": lambda: _handlers(default_language="de"),
     "limits": lambda: _handlers(max_body=0),
+    "allowed_origin": lambda: _handlers(allowed_origins=["app.example"]),
+    "allowed_origins_type": lambda: _handlers(allowed_origins="https://app.example"),
 }
 
 

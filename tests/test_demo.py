@@ -125,14 +125,14 @@ def test_serve_keeps_running_for_a_person_until_ctrl_c() -> None:
                 break
         start = lines[-1].strip()
         assert re.fullmatch(
-            r"http://127\.0\.0\.1:\d+/login\?user=demo&next=%2Fapi%2Famo-crm%2Fconnect", start
+            r"http://127\.0\.0\.1:\d+/login\?next=%2Fapi%2Famo-crm%2Fconnect", start
         )
         backend = start.partition("/login")[0]
-        # A person: the login link sets the cookie and goes on to amoCRM's consent page.
+        # A person: the link opens the sign-in form, whose post sets the cookie and goes on
+        # to amoCRM's consent page.
         with httpx.Client(follow_redirects=False) as browser:
-            connect = browser.get(start)
-            assert connect.status_code == 303
-            consent = browser.get(backend + connect.headers["location"]).headers["location"]
+            then = MOBILE.sign_in_browser(browser, backend, "demo", "/api/amo-crm/connect")
+            consent = browser.get(backend + then).headers["location"]
             visit = MOBILE.land(browser, MOBILE.press(browser, consent, "Allow"))
         assert query_of(visit.deep_link)["success"] == "true"
         _the_printed_app_commands_work(demo.stdout, backend)

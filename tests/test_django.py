@@ -36,6 +36,7 @@ from amo_oauth.django import _to_django, urls
 from amo_oauth.fastapi import router
 from amo_oauth.flask import blueprint
 from amo_oauth.testing import FakeAmoCRM, FakeClock
+from test_code_injection import callback_page_sends_no_referrer
 from test_web import (
     AS_USER,
     BODIES,
@@ -173,6 +174,10 @@ def test_seed_scenario(send: Send, fake: FakeAmoCRM) -> None:
 
 def test_replay_deny_and_forged_state(send: Send, fake: FakeAmoCRM) -> None:
     replay_deny_and_forgery(send, fake)
+
+
+def test_the_callback_page_sends_no_referrer(send: Send, fake: FakeAmoCRM) -> None:
+    callback_page_sends_no_referrer(send, fake)  # RFC 9700 §4.2: its URL holds the code
 
 
 def test_the_replayed_code_is_200_while_a_plain_view_is_403(send: Send, fake: FakeAmoCRM) -> None:

@@ -38,11 +38,14 @@ from test_e2e import (  # noqa: F401
     test_a_browser_signs_in_by_cookie,
     test_a_forged_state_is_refused,
     test_a_replayed_callback_shows_the_same_page,
+    test_a_sign_in_link_signs_nobody_in,
     test_an_account_without_leads,
+    test_another_sites_sign_in_form_signs_nobody_in,
     test_deny_shows_try_again,
     test_leads_need_a_connection,
     test_the_mobile_client_as_a_script,
     test_the_seeds_scenario,
+    test_the_sites_own_sign_in_form_signs_in,
 )
 
 django_settings.setup()

@@ -105,5 +105,5 @@ def test_the_readmes_command_serves_the_seeds_scenario(
     assert " 403" not in out
     assert "  - Support contract 2025" in out  # the demo account's leads
     said = printed.read_text()
-    assert f"{url}/login?user=demo" in said  # where to start
+    assert f"{url}/login?next=%2Fapi%2Famo-crm%2Fconnect" in said  # where to start
     assert "code=" not in said and "ticket=" not in said  # no access log, no secret

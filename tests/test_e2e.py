@@ -178,8 +178,8 @@ def test_an_account_without_leads(
 
 
 def test_a_browser_signs_in_by_cookie(stack: Stack, browser: httpx.Client) -> None:
-    start = f"{stack.backend}/login?" + urlencode({"user": "ann", "next": f"{PREFIX}/connect"})
-    answer = browser.get(start)
+    form = {"user": "ann", "next": f"{PREFIX}/connect"}
+    answer = browser.post(f"{stack.backend}/login", data=form, headers={"origin": stack.backend})
     assert answer.status_code == 303
     assert answer.headers["location"] == f"{PREFIX}/connect"
     assert "httponly" in answer.headers["set-cookie"].lower()
@@ -188,8 +188,66 @@ def test_a_browser_signs_in_by_cookie(stack: Stack, browser: httpx.Client) -> No
     assert connect.headers["location"].startswith(f"{stack.fake_url}/oauth?")
     # `next` is a local path only: no open redirect.
     for elsewhere in ("https://evil.example/", "//evil.example/", "/\\evil.example/"):
-        answer = browser.get(f"{stack.backend}/login", params={"user": "ann", "next": elsewhere})
-        assert (answer.status_code, answer.headers["location"]) == (303, "/")
+        assert MOBILE.sign_in_browser(browser, stack.backend, "ann", elsewhere) == "/"
+
+
+#: What a browser says of a sign-in POST that another site's page sent (login CSRF): the
+#: ``Origin`` of every current browser (``null`` from a sandboxed frame or a no-referrer page),
+#: or, without one, ``Sec-Fetch-Site`` or a ``Referer``; and a form that says nothing.
+CROSS_SITE = {
+    "origin": {"origin": "http://evil.example"},
+    "null origin": {"origin": "null"},
+    "fetch site": {"sec-fetch-site": "cross-site"},
+    "same site": {"sec-fetch-site": "same-site"},
+    "referer": {"referer": "http://evil.example/lure.html"},
+    "nothing": {},
+}
+
+
+def test_another_sites_sign_in_form_signs_nobody_in(stack: Stack, browser: httpx.Client) -> None:
+    form = {"user": "mallory", "next": f"{PREFIX}/connect"}
+    for case, said in CROSS_SITE.items():  # one stack for all: each stack costs a server
+        answer = browser.post(f"{stack.backend}/login", data=form, headers=said)
+        assert (answer.status_code, answer.json()) == (403, {"error": "cross_site_request"}), case
+        assert "set-cookie" not in answer.headers, case
+        assert browser.get(f"{stack.backend}{PREFIX}/connect").status_code == 401, case
+        # JSON too, had a preflight ever let it through: a browser names the page's site.
+        answer = browser.post(f"{stack.backend}/login", json={"user": "mallory"}, headers=said)
+        assert (answer.status_code, "set-cookie" in answer.headers) == (
+            (403, False) if said else (200, True)  # naming nothing: the app's own sign-in
+        ), case
+        browser.cookies.clear()
+
+
+def test_a_sign_in_link_signs_nobody_in(stack: Stack, browser: httpx.Client) -> None:
+    """The old ``GET /login?user=...`` (an image or a link on any page) is only the form."""
+    lure = {"user": "mallory", "next": f'{PREFIX}/connect"><b>'}
+    answer = browser.get(f"{stack.backend}/login", params=lure)
+    assert answer.status_code == 200 and "set-cookie" not in answer.headers
+    assert '<form method="post" action="/login">' in answer.text
+    assert "mallory" not in answer.text  # nothing filled in for the person
+    assert f'value="{PREFIX}/connect&quot;&gt;&lt;b&gt;"' in answer.text  # `next`, escaped
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    assert browser.get(f"{stack.backend}{PREFIX}/connect").status_code == 401
+
+
+#: What a browser says of a POST from the backend's own page (``{site}``: the backend).
+SAME_SITE = {
+    "origin": {"origin": "{site}"},
+    "fetch site": {"sec-fetch-site": "same-origin"},
+    "referer": {"referer": "{site}/login?next=/"},
+}
+
+
+def test_the_sites_own_sign_in_form_signs_in(stack: Stack, browser: httpx.Client) -> None:
+    form = {"user": "ann", "next": f"{PREFIX}/connect"}
+    for case, said in SAME_SITE.items():
+        browser.cookies.clear()
+        headers = {name: value.format(site=stack.backend) for name, value in said.items()}
+        answer = browser.post(f"{stack.backend}/login", data=form, headers=headers)
+        assert (answer.status_code, answer.headers["location"]) == (303, form["next"]), case
+        connect = browser.get(f"{stack.backend}{PREFIX}/connect")
+        assert connect.status_code == 302, case  # signed in: on to amoCRM's consent page
 
 
 def test_the_mobile_client_as_a_script(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:

@@ -228,3 +228,30 @@ def test_the_loopback_transport_refuses_hosts_outside_the_domain() -> None:
             http.get("https://backend.example/api/v4/account")
         with pytest.raises(httpx.ConnectError, match="no route"):
             http.get("https://test.kommo.com/api/v4/account")  # another domain: another route
+
+
+def test_the_request_log_escapes_what_a_terminal_would_act_on() -> None:
+    """The method and the Host header are the client's: an escape sequence in them reached the
+    operator's terminal as it was sent."""
+    with running_fake("--port", "0") as fake:
+        port = int(fake.env["AMO_AUTHORIZE_URL"].split(":")[2].split("/")[0])
+        answers = [_raw_get(port, host) for host in (b"\x1b[2Jevil", b"evil\x1bc\x07")]
+        assert fake.process.stdout is not None
+        logged = ""  # the log as it comes: the command prints each request a moment later
+        while "/oauth: " not in logged:
+            logged += fake.process.stdout.readline()
+        rest, err = fake.interrupt()
+    assert "\x1b" not in logged + rest + err and "\x07" not in logged + rest + err
+    assert "  GET evil\\x1bc\\x07/oauth: " in logged
+    assert answers[1].startswith(b"HTTP/1.0 400 ")  # a Host no URL holds: the client's error
+    assert "Traceback" not in err
+
+
+def _raw_get(port: int, host: bytes) -> bytes:
+    """GET /oauth with ``host`` as the Host header, as no HTTP library would send it."""
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(b"GET /oauth HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    return answer

@@ -20,6 +20,7 @@ from amo_oauth.fastapi import router
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import Request
 from amo_oauth.web._routes import NO_COOKIE_OVER_HTTP
+from test_code_injection import callback_page_sends_no_referrer
 from test_web import (
     AS_USER,
     BODIES,
@@ -98,6 +99,10 @@ def test_seed_scenario(send: Send, fake: FakeAmoCRM) -> None:
 
 def test_replay_deny_and_forged_state(send: Send, fake: FakeAmoCRM) -> None:
     replay_deny_and_forgery(send, fake)
+
+
+def test_the_callback_page_sends_no_referrer(send: Send, fake: FakeAmoCRM) -> None:
+    callback_page_sends_no_referrer(send, fake)  # RFC 9700 §4.2: its URL holds the code
 
 
 def test_every_route_and_status(send: Send, fake: FakeAmoCRM) -> None:

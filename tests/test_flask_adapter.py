@@ -14,6 +14,7 @@ from amo_oauth import AmoOAuth
 from amo_oauth.flask import blueprint
 from amo_oauth.testing import FakeAmoCRM
 from amo_oauth.web import Request
+from test_code_injection import callback_page_sends_no_referrer
 from test_web import (
     AS_USER,
     BODIES,
@@ -75,6 +76,10 @@ def test_seed_scenario(send: Send, fake: FakeAmoCRM) -> None:
 
 def test_replay_deny_and_forged_state(send: Send, fake: FakeAmoCRM) -> None:
     replay_deny_and_forgery(send, fake)
+
+
+def test_the_callback_page_sends_no_referrer(send: Send, fake: FakeAmoCRM) -> None:
+    callback_page_sends_no_referrer(send, fake)  # RFC 9700 §4.2: its URL holds the code
 
 
 def test_every_route_and_status(send: Send, fake: FakeAmoCRM) -> None:
@@ -178,3 +183,31 @@ def test_exchange_code_answers_a_known_code_posted_as_json_or_a_form(
     send: Send, fake: FakeAmoCRM, kind: str
 ) -> None:
     check_known_code_is_answered(send, fake, kind)
+
+
+def read_the_form() -> None:
+    """What Flask-WTF's CSRFProtect does before every POST."""
+    assert flask.request.form is not None
+
+
+@pytest.mark.parametrize("kind", BODIES)
+def test_a_hook_that_read_the_form_first_leaves_the_body_readable(
+    oauth: AmoOAuth, fake: FakeAmoCRM, kind: str
+) -> None:
+    """Flask-WTF's CSRFProtect reads ``request.form`` in a ``before_request`` hook, which
+    drains a form body from the stream: the seed's replay posted as a form then answered 400
+    ``missing_code`` instead of 200."""
+    app = app_for(oauth)
+    app.before_request(read_the_form)
+    check_known_code_is_answered(sender(app.test_client()), fake, kind)
+
+
+def test_a_repeated_field_survives_a_hook_that_read_the_form(oauth: AmoOAuth) -> None:
+    """Every value is handed on, so the web layer still refuses a name sent twice."""
+    app = app_for(oauth)
+    app.before_request(read_the_form)
+    form = {"content-type": "application/x-www-form-urlencoded", **AS_USER}
+    body = urlencode([("code", "a"), ("code", "b"), ("state", "s")]).encode()
+    answer = sender(app.test_client())("POST", f"{PREFIX}/exchange-code", headers=form, body=body)
+    assert answer.status == 400
+    assert answer.json()["error"] != "missing_code"

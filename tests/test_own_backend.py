@@ -124,8 +124,10 @@ def _wait_listening(port: int, process: subprocess.Popen[str]) -> None:
 
 def click_through(base: str) -> None:
     """Section 3 of the recipe, with httpx for the browser."""
+    with httpx.Client(follow_redirects=False, timeout=10) as mallorys_page:
+        _no_sign_in_from_another_site(mallorys_page, base)
     with httpx.Client(follow_redirects=False, timeout=10) as browser:
-        signed_in = browser.get(f"{base}/login", params={"user": "ann"})
+        signed_in = sign_in(browser, base, "ann", origin=base)
         assert signed_in.status_code == 303
         connect = browser.get(base + signed_in.headers["location"])
         assert connect.status_code == 302  # to the fake's consent page
@@ -142,6 +144,26 @@ def click_through(base: str) -> None:
         leads = browser.get(f"{base}/leads")
         assert leads.json() == ["Lead #1", "Lead #2", "Lead #3"]
     assert "code" in query_of(callback)
+
+
+def sign_in(browser: httpx.Client, base: str, user: str, origin: str) -> httpx.Response:
+    """The recipe's sign-in page, then its form posted with ``Origin: origin`` (and Django's
+    CSRF token when the page holds one), as a browser on that origin's page posts it."""
+    page = browser.get(f"{base}/login")
+    assert page.status_code == 200
+    form = {"user": user}
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+    if token:
+        form["csrfmiddlewaretoken"] = token[1]
+    return browser.post(f"{base}/login", data=form, headers={"origin": origin})
+
+
+def _no_sign_in_from_another_site(browser: httpx.Client, base: str) -> None:
+    """Login CSRF: the recipe's sign-in takes neither a link nor another site's form."""
+    assert browser.get(f"{base}/login", params={"user": "mallory"}).status_code == 200
+    assert browser.get(f"{base}/api/amo-crm/connect").status_code == 401
+    assert sign_in(browser, base, "mallory", origin="http://evil.example").status_code == 403
+    assert browser.get(f"{base}/api/amo-crm/connect").status_code == 401
 
 
 @pytest.mark.parametrize("name", RECIPES)

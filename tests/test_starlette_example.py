@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 
 from amo_oauth import AsyncAmoOAuth, MemoryStore
 from amo_oauth.testing import FakeAmoCRM, FakeClock
+from test_code_injection import callback_page_sends_no_referrer
 from test_web import PREFIX, Answer, Send, replay_deny_and_forgery, seed_scenario
 
 from helpers import config_for
@@ -75,6 +76,10 @@ def test_seed_scenario(send: Send, fake: FakeAmoCRM) -> None:
 
 def test_replay_deny_and_forged_state(send: Send, fake: FakeAmoCRM) -> None:
     replay_deny_and_forgery(send, fake)
+
+
+def test_the_callback_page_sends_no_referrer(send: Send, fake: FakeAmoCRM) -> None:
+    callback_page_sends_no_referrer(send, fake)  # RFC 9700 §4.2: its URL holds the code
 
 
 def test_only_known_bearer_tokens_get_a_connection(client: TestClient) -> None:

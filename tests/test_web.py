@@ -458,6 +458,7 @@ def test_callback_page_headers(send: Send, oauth: AmoOAuth, fake: FakeAmoCRM) ->
         assert headers["cache-control"] == "no-store"
         assert headers["referrer-policy"] == "no-referrer"
         assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
         policy = headers["content-security-policy"]
         assert "default-src 'none'" in policy
         assert "frame-ancestors 'none'" in policy
@@ -878,6 +879,58 @@ def test_the_apps_own_posts_pass(oauth: AmoOAuth, headers: dict[str, str]) -> No
     assert answer.status == 200
 
 
+@pytest.mark.parametrize(
+    ("configured", "sent"),
+    [
+        ("https://spa.example.com:443", "https://spa.example.com"),  # browsers drop :443
+        ("HTTPS://SPA.Example.COM/", "https://spa.example.com"),
+        ("http://127.0.0.1:80", "http://127.0.0.1"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+    ],
+)
+def test_an_allowed_origin_matches_what_browsers_send(
+    oauth: AmoOAuth, configured: str, sent: str
+) -> None:
+    """An origin is compared as browsers serialize it (WHATWG URL §4.1): a configured
+    ``:443`` or upper case refused the app's own page before."""
+    handlers = Handlers(
+        oauth, connection_id=user_from_header, app_scheme="foryoure", allowed_origins=[configured]
+    )
+    headers = {**AS_USER, "origin": sent, "sec-fetch-site": "cross-site"}
+    headers["content-type"] = "application/json"
+    answer = sender(handlers)("POST", f"{PREFIX}/disconnect", headers=headers, body=b"{}")
+    assert answer.status == 200
+
+
+def test_a_redirect_uri_with_its_default_port_still_admits_its_own_origin(
+    fake: FakeAmoCRM,
+) -> None:
+    oauth = AmoOAuth(
+        config_for(fake, redirect_uri="https://backend.example:443/api/amo-crm/callback"),
+        store=MemoryStore(),
+        http=httpx.Client(transport=fake.transport()),
+    )
+    handlers = Handlers(oauth, connection_id=user_from_header, app_scheme="foryoure")
+    headers = {**AS_USER, "origin": "https://backend.example", "sec-fetch-site": "same-site"}
+    headers["content-type"] = "application/json"
+    answer = sender(handlers)("POST", f"{PREFIX}/disconnect", headers=headers, body=b"{}")
+    assert answer.status == 200
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["app.example", "//app.example", "https://app.example/page", "https://app.example?x",
+     "ftp://app.example", "https://user@app.example", "https://app.example:port", ""],
+)  # fmt: skip
+def test_an_origin_that_is_no_origin_is_refused_at_construction(
+    oauth: AmoOAuth, origin: str
+) -> None:
+    with pytest.raises(ValueError, match="allowed_origins takes origins"):
+        Handlers(
+            oauth, connection_id=user_from_header, app_scheme="foryoure", allowed_origins=[origin]
+        )
+
+
 # -- status, disconnect, the hook ------------------------------------------------------------
 
 
@@ -1168,6 +1221,7 @@ def test_no_input_reaches_a_5xx_or_leaks_a_secret(
     values = [fake.account_host, fake.client_id, "json", "ru", "1", "access_denied"]
     known = Known(states, codes, callbacks, urlencode(hook), values)
     secrets = [*codes, fake.client_secret, STATE_SECRET]
+    declared = {(route.method, PREFIX + route.path): route for route in web.ROUTES}
 
     @settings(max_examples=examples(400))
     @given(request=requests(known))
@@ -1179,6 +1233,9 @@ def test_no_input_reaches_a_5xx_or_leaks_a_secret(
         assert not any(secret in shown for secret in secrets)
         if response.status >= 400 and response.header("content-type") == "application/json":
             assert isinstance(json.loads(response.body)["error"], str)
+        route = declared.get((request.method, request.path.rstrip("/")))
+        if route is not None:  # what its OpenAPI publishes (issue 20 #8)
+            assert response.status in {status for status, _ in route.responses}, route.name
 
     check()
 

@@ -362,12 +362,12 @@ def _verdict(stack: Stack, statuses: list[int], visit: Any, old: Any, new: Any) 
 
 
 def _serve(stack: Stack) -> int:
-    start = f"{stack.backend}/login?{urlencode({'user': USER, 'next': PREFIX + '/connect'})}"
+    start = f"{stack.backend}/login?{urlencode({'next': PREFIX + '/connect'})}"
     _say("amo_oauth demo --serve: FakeAmoCRM and examples/fastapi_app.py on 127.0.0.1")
     _say(f"   fake amoCRM  {stack.fake_url}")
     _say(f"   backend      {stack.backend}")
     _say()
-    _say("Open this in a browser to sign in as 'demo' and connect amoCRM:")
+    _say(f"Open this in a browser, sign in as '{USER}' (or any name) and connect amoCRM:")
     _say(f"   {start}")
     _say('Press "Allow" (or "Deny") on the consent page; the backend shows "Return to App"')
     _say("(its foryoure:// link is for the mobile app: a desktop browser will not open it).")

@@ -183,8 +183,16 @@ def _print_new(fake: FakeAmoCRM, shown: int, out: TextIO) -> int:
     seen = fake.requests
     for record in seen[shown:]:
         status = record.status if record.status is not None else "no answer"
-        print(f"  {record.method} {record.host}{record.path}: {status}", file=out, flush=True)
+        line = f"{record.method} {record.host}{record.path}"
+        print(f"  {_printable(line)}: {status}", file=out, flush=True)
     return len(seen)
+
+
+def _printable(text: str) -> str:
+    """``text`` with every character a terminal would act on escaped (``\\x1b``): the method
+    and the Host header are the client's, and an escape sequence in them must not reach the
+    operator's terminal."""
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
 
 
 def run_fake(

@@ -118,6 +118,13 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
             "or add its PageText with texts="
         ),
         "limits": "max_body and max_query must be positive",
+        "allowed_origin": (
+            "allowed_origins takes origins, scheme://host[:port] with http or https and "
+            "nothing after, e.g. 'https://app.example', not {origin}"
+        ),
+        "allowed_origins_type": (
+            "allowed_origins takes a list of origins, e.g. ['https://app.example'], not one string"
+        ),
         "sync_service": (
             "Handlers and amo_oauth.flask.blueprint serve a blocking AmoOAuth, not {type}: "
             "use AsyncHandlers (or amo_oauth.fastapi.router) for an AsyncAmoOAuth"

@@ -20,10 +20,12 @@ amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-h
                                     AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI and
                                     AMO_STATE_SECRET
 amo-oauth migrate [--store URL]     create a store's schema; refuse another version's
-amo-oauth rotate-key [--store URL] [--after KEY]
+amo-oauth rotate-key [--store URL] [--after KEY] [--vacuum]
                                     re-encrypt every record with the newest key of
                                     AMO_OAUTH_KEYS (Fernet keys, newest first; the ``crypto``
-                                    extra); resumable; exit status 1 when records were left
+                                    extra); resumable; exit status 1 when records were left;
+                                    says where old values may remain; --vacuum removes them
+                                    from the store's own files (it locks the store meanwhile)
 
 The store is ``--store URL`` (``store_from_url``: sqlite:///file.db, postgresql://...,
 redis://...), else ``AMO_OAUTH_STORE``, else ``sqlite:///amo_oauth.db``; ``--db PATH`` is the
@@ -259,6 +261,7 @@ def _refresh_due(args: argparse.Namespace) -> int:
 
 
 def _rotate_key(args: argparse.Namespace) -> int:
+    from ._remnants import remnants
     from ._rotation import RotationProgress, rotate_keys
 
     _keys_from_env(required=True)  # a clear error before anything is opened
@@ -273,6 +276,7 @@ def _rotate_key(args: argparse.Namespace) -> int:
 
     try:
         report = rotate_keys(store, after=args.after, progress=show)
+        left = remnants(store, vacuum=args.vacuum)
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
     except NotImplementedError as error:
@@ -287,9 +291,15 @@ def _rotate_key(args: argparse.Namespace) -> int:
                 "undecryptable": list(report.undecryptable),
                 "left_leased": list(report.left_leased),
                 "last_key": report.last_key,
+                "vacuumed": list(left.cleaned),
+                "may_remain": list(left.remaining),
             }
         )
     )
+    for sentence in left.cleaned:
+        print(f"rotate-key: done: {sentence}", file=sys.stderr)
+    for sentence in left.remaining:
+        print(f"rotate-key: old values may remain: {sentence}", file=sys.stderr)
     if report.undecryptable:
         print(
             f"rotate-key: {len(report.undecryptable)} record(s) none of the keys opens"
@@ -364,6 +374,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _store_options(rotate)
     rotate.add_argument("--after", help="resume after this record key (printed as it goes)")
+    rotate.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="then remove old values from the store's files: PostgreSQL VACUUM FULL (locks the"
+        " table), Redis BGREWRITEAOF, SQLite VACUUM and a WAL checkpoint",
+    )
     rotate.set_defaults(handler=_rotate_key)
     migrate = commands.add_parser(
         "migrate", help="create a store's schema (refuses another version's)"

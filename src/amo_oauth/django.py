@@ -34,7 +34,9 @@ from .web import (
     PageText,
     Request,
     Response,
+    install_access_log_redaction,
 )
+from .web._http import HeadersInput
 
 with needs_extra("django", "amo_oauth.django"):
     from django.contrib.auth.decorators import login_not_required
@@ -63,6 +65,7 @@ def urls(
     prefix: str = DEFAULT_PREFIX,
     texts: Mapping[str, PageText] | None = None,
     allowed_origins: Sequence[str] = (),
+    redact_access_logs: bool = True,
 ) -> list[URLPattern]: ...
 @overload
 def urls(
@@ -73,6 +76,7 @@ def urls(
     prefix: str = DEFAULT_PREFIX,
     texts: Mapping[str, PageText] | None = None,
     allowed_origins: Sequence[str] = (),
+    redact_access_logs: bool = True,
 ) -> list[URLPattern]: ...
 def urls(
     oauth: AmoOAuth | AsyncAmoOAuth,
@@ -82,6 +86,7 @@ def urls(
     prefix: str = DEFAULT_PREFIX,
     texts: Mapping[str, PageText] | None = None,
     allowed_origins: Sequence[str] = (),
+    redact_access_logs: bool = True,
 ) -> list[URLPattern]:
     """URL patterns for ``include()``: one per route, named ``amo_oauth_{route}``.
 
@@ -96,6 +101,9 @@ def urls(
         texts: page strings by language, added to the built-in en/ru/uk.
         allowed_origins: origins (``https://app.example``) whose pages may POST to the routes
             besides the ``redirect_uri``'s own.
+        redact_access_logs: when True (the default),
+            ``amo_oauth.web.install_access_log_redaction()`` keeps the callback's code and
+            state out of runserver's (``django.server``), uvicorn's and gunicorn's logs.
 
     Returns:
         The patterns. Under a non-empty ``prefix`` the last one answers every other path there
@@ -104,6 +112,8 @@ def urls(
     Raises:
         ValueError: a bad ``app_scheme`` or ``prefix``.
     """
+    if redact_access_logs:
+        install_access_log_redaction()
     options: dict[str, Any] = {
         "app_scheme": app_scheme,
         "prefix": prefix,
@@ -156,14 +166,19 @@ def _async_view(handlers: AsyncHandlers) -> View:
 
 
 def _to_web(request: HttpRequest, path: str, max_body: int) -> Request:
-    # The raw query, decoded once by the web layer: bytes under ASGI (text from Django's test
-    # client), latin-1 text standing for the bytes under WSGI (PEP 3333).
+    # The raw query and headers, decoded once by the web layer: bytes under ASGI (text from
+    # Django's test client), latin-1 text standing for the bytes under WSGI (PEP 3333). Never
+    # Django's parsed cookies, nor its ASGI META, which joins repeated headers with ",": the
+    # web layer parses the Cookie header(s) itself (issue 20 #1).
+    headers: HeadersInput
     if isinstance(request, ASGIRequest):
         query: str | bytes = request.scope.get("query_string", b"")
+        headers = request.scope.get("headers", [])
     else:
         query = get_bytes_from_wsgi(request.META, "QUERY_STRING", "")
+        headers = request.headers.items()
     body = request.read(max_body + 1)  # +1: enough to refuse
-    return Request(request.method or "GET", path, query, request.headers.items(), body, request)
+    return Request(request.method or "GET", path, query, headers, body, request)
 
 
 def _to_django(answer: Response) -> HttpResponse:

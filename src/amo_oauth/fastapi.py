@@ -21,6 +21,7 @@ from .web import (
     Request,
     Response,
     Route,
+    install_access_log_redaction,
     read_body,
 )
 from .web._catalogue import HTTP_METHODS
@@ -44,10 +45,13 @@ def router(
     prefix: str = DEFAULT_PREFIX,
     texts: Mapping[str, PageText] | None = None,
     allowed_origins: Sequence[str] = (),
+    redact_access_logs: bool = True,
 ) -> APIRouter:
     """An ``APIRouter`` with one documented route per endpoint (``app.include_router(...)``).
 
-    Args: as ``amo_oauth.web.AsyncHandlers``. Tagged "amoCRM" in OpenAPI.
+    Args: as ``amo_oauth.web.AsyncHandlers``, and ``redact_access_logs``: when True (the
+    default), ``amo_oauth.web.install_access_log_redaction()`` keeps the callback's code and
+    state out of uvicorn's, gunicorn's and hypercorn's logs. Tagged "amoCRM" in OpenAPI.
 
     Returns:
         The router. A wrong method on any route gets the handlers' JSON 405 with ``Allow``,
@@ -65,6 +69,8 @@ def router(
         texts=texts,
         allowed_origins=allowed_origins,
     )
+    if redact_access_logs:
+        install_access_log_redaction()
     api = APIRouter(tags=["amoCRM"])
     for route in handlers.routes:
         _add_route(api, handlers, route)
@@ -120,7 +126,9 @@ def _endpoint(handlers: AsyncHandlers, path: str | None) -> Endpoint:
     async def endpoint(request: StarletteRequest) -> StarletteResponse:
         sub = path if path is not None else "/" + str(request.path_params.get("rest", ""))
         body = await read_body(request.stream(), handlers.max_body)
-        query, headers = request.scope.get("query_string", b""), request.headers.items()
+        # The raw header bytes, as ASGI hands them over: the web layer parses the cookies
+        # itself (Starlette's parser strips U+00A0 around a name; issue 20 #1).
+        query, headers = request.scope.get("query_string", b""), request.scope.get("headers", [])
         web_request = Request(request.method, handlers.prefix + sub, query, headers, body, request)
         answer = await handlers.handle(web_request)
         return to_starlette(answer)

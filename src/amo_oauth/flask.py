@@ -8,10 +8,18 @@ context, so ``lambda r: flask.session.get("user_id")`` works; ``request.native``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlencode
 
 from ._extras import needs_extra
 from ._service import AmoOAuth
-from .web import DEFAULT_PREFIX, ConnectionIdFn, Handlers, PageText, Request
+from .web import (
+    DEFAULT_PREFIX,
+    ConnectionIdFn,
+    Handlers,
+    PageText,
+    Request,
+    install_access_log_redaction,
+)
 from .web._catalogue import HTTP_METHODS
 
 with needs_extra("flask", "amo_oauth.flask"):
@@ -29,6 +37,7 @@ def blueprint(
     texts: Mapping[str, PageText] | None = None,
     allowed_origins: Sequence[str] = (),
     name: str = "amo_oauth",
+    redact_access_logs: bool = True,
 ) -> flask.Blueprint:
     """A ``Blueprint`` with one rule per endpoint of ``amo_oauth.web``.
 
@@ -42,6 +51,9 @@ def blueprint(
         allowed_origins: origins (``https://app.example``) whose pages may POST to the routes
             besides the ``redirect_uri``'s own (e.g. a same-site SPA).
         name: the blueprint's name (endpoints are ``{name}.{route}``).
+        redact_access_logs: when True (the default),
+            ``amo_oauth.web.install_access_log_redaction()`` keeps the callback's code and
+            state out of werkzeug's and gunicorn's logs.
 
     Returns:
         The blueprint, for ``app.register_blueprint(...)``. A wrong method on any route
@@ -59,6 +71,8 @@ def blueprint(
         texts=texts,
         allowed_origins=allowed_origins,
     )
+    if redact_access_logs:
+        install_access_log_redaction()
     bp = flask.Blueprint(name, __name__)
 
     # ``rest`` is the path under the prefix, so a url_prefix given at registration is fine.
@@ -69,8 +83,10 @@ def blueprint(
                 request.method,
                 f"{handlers.prefix}/{rest}",
                 query=request.query_string,
+                # The environ's headers as the server wrote them (never Werkzeug's parsed
+                # cookies): the web layer parses the Cookie header itself (issue 20 #1).
                 headers=request.headers.items(),
-                body=request.stream.read(handlers.max_body + 1),  # +1: enough to refuse
+                body=_body(request, handlers.max_body + 1),  # +1: enough to refuse
                 native=request,
             )
         )
@@ -99,3 +115,16 @@ def _other_methods(method: str) -> list[str]:
     on a GET rule to that rule's view (whose handlers answer it 405 as well)."""
     implied = {method, "HEAD"} if method == "GET" else {method}
     return [other for other in HTTP_METHODS if other not in implied]
+
+
+def _body(request: flask.Request, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body, as the client sent it.
+
+    A ``before_request`` hook that read ``request.form`` (Flask-WTF's CSRFProtect does, on
+    every POST) has consumed a form body from the stream: Werkzeug keeps only the parsed
+    fields. They are encoded back then, every value of every name, so the web layer's
+    reading (and its refusal of a repeated name) sees what was sent.
+    """
+    if "form" in request.__dict__ and request.mimetype == "application/x-www-form-urlencoded":
+        return urlencode(list(request.form.items(multi=True))).encode()[:limit]
+    return request.stream.read(limit)

@@ -106,8 +106,8 @@ def _demo() -> Demo | None:
     )
     served = _running.enter_context(fake.serve())
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(redirect_uri))
-    start = urlencode({"user": "demo", "next": "/api/amo-crm/connect"})
-    print(f"FakeAmoCRM serves amoCRM at {served.url}. Sign in as 'demo' and connect it:\n"
+    start = urlencode({"next": "/api/amo-crm/connect"})
+    print(f"FakeAmoCRM serves amoCRM at {served.url}. Sign in (as 'demo') and connect it:\n"
           f"    {origin}/login?{start}", file=sys.stderr)  # fmt: skip
     return fake, served
 

@@ -3,8 +3,10 @@
 What the mobile app (or a browser) talks to::
 
     POST /login {"user": "ann"}          -> {"token": "..."}: send it as "Authorization: Bearer"
-    GET  /login?user=ann&next=/api/amo-crm/connect
-                                         the same for a browser: a session cookie, then a 303
+    GET  /login?next=/api/amo-crm/connect
+                                         a browser's sign-in form, which signs nobody in; it
+                                         posts user=ann&next=... to /login: a session cookie,
+                                         then a 303 to ``next``
     GET  /api/amo-crm/connect, /callback, /status, POST /exchange-code, /disconnect ...
                                          amo_oauth's routes (``amo_oauth.django.urls``)
     GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"}
@@ -12,16 +14,21 @@ What the mobile app (or a browser) talks to::
 The sign-in is a toy (no password, sessions in memory): replace it with yours. What matters is
 the ``connection_id`` callable: it maps a request to your user id, and amo_oauth keeps one amoCRM
 connection per user id. With Django's own auth (``AuthenticationMiddleware``, ``login()``), leave
-``connection_id`` out: the default is the signed-in user's ``str(pk)``.
+``connection_id`` out: the default is the signed-in user's ``str(pk)``. Even a toy sign-in is a
+POST that another site's page cannot send: a sign-in by link (``GET /login?user=...``) would let
+any page sign a visitor in as the page's author, whose user the visitor's amoCRM account is then
+connected to (login CSRF).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any, overload
+from urllib.parse import urlsplit
 
 import httpx
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -41,6 +48,16 @@ USER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 Patterns = list[URLPattern | URLResolver]
 View = Callable[[HttpRequest], HttpResponse]
 AsyncView = Callable[[HttpRequest], Coroutine[Any, Any, HttpResponse]]
+SIGN_IN_PAGE = """<!doctype html>
+<html lang="en"><meta charset="utf-8"><title>Sign in</title>
+<form method="post" action="/login">
+<label>User <input name="user" required autofocus autocomplete="username"></label>
+<input type="hidden" name="next" value="{then}">
+<button>Sign in</button>
+</form></html>
+"""
+# The form loads nothing, and no other site may frame it (a framed form is clicked blindly).
+SIGN_IN_HEADERS = {"content-security-policy": "default-src 'none'; frame-ancestors 'none'"}
 
 
 class Sessions:
@@ -97,41 +114,56 @@ def routes(
     else:
         raise TypeError("AmoOAuth goes with an httpx.Client, AsyncAmoOAuth with an AsyncClient")
     return [
-        path("login", _login(sessions)),
+        path("login", _login(sessions, _origin_of(oauth.config.redirect_uri))),
         # Before amo_oauth's patterns: the last of them answers every other path under PREFIX.
         path(PREFIX.lstrip("/") + "/leads", leads),
         path("", include(amo)),
     ]
 
 
-def _login(sessions: Sessions) -> View:
-    # Exempt from Django's CSRF check: the app's sign-in posts JSON, which a page on another
-    # site cannot send without a CORS preflight (a text/plain or form post is refused, 415).
-    # A sign-in form of your own keeps Django's token.
+def _login(sessions: Sessions, own_site: str) -> View:
+    # Exempt from Django's CSRF token: the app's sign-in posts JSON without one, and a page on
+    # another site cannot send JSON without a CORS preflight. The Origin check below refuses
+    # another site's form. A sign-in form of your own keeps Django's token (which checks the
+    # Origin too).
     @csrf_exempt
     @require_http_methods(["GET", "POST"])
     def login(request: HttpRequest) -> HttpResponse:
-        if request.method == "GET":
-            return _login_in_browser(request, sessions)
-        if request.content_type != "application/json":
-            return JsonResponse({"error": "unsupported_media_type"}, status=415)
-        try:
-            body = json.loads(request.body)
-        except ValueError:
-            body = None
-        user = body.get("user") if isinstance(body, dict) else None
-        if not isinstance(user, str) or not USER.fullmatch(user):
-            return JsonResponse({"error": "bad_user"}, status=422)
-        token = sessions.open(user)
-        answer = JsonResponse({"token": token})
-        _set_session_cookie(answer, token)
-        return answer
+        if request.method == "GET":  # signs nobody in: any site can make a browser send one
+            return _sign_in_form(request)
+        is_json = request.content_type == "application/json"
+        if not _may_sign_in(request.headers.get, own_site, is_json=is_json):
+            return JsonResponse({"error": "cross_site_request"}, status=403)
+        if is_json:
+            return _sign_in_app(request, sessions)
+        if request.content_type == "application/x-www-form-urlencoded":
+            return _sign_in_browser(request, sessions)
+        return JsonResponse({"error": "unsupported_media_type"}, status=415)
 
     return login
 
 
-def _login_in_browser(request: HttpRequest, sessions: Sessions) -> HttpResponse:
-    user, then = request.GET.get("user", ""), request.GET.get("next", "/")
+def _sign_in_form(request: HttpRequest) -> HttpResponse:
+    then = html.escape(request.GET.get("next", "/"), quote=True)
+    return HttpResponse(SIGN_IN_PAGE.format(then=then), headers=SIGN_IN_HEADERS)
+
+
+def _sign_in_app(request: HttpRequest, sessions: Sessions) -> HttpResponse:
+    try:
+        body = json.loads(request.body)
+    except ValueError:
+        body = None
+    user = body.get("user") if isinstance(body, dict) else None
+    if not isinstance(user, str) or not USER.fullmatch(user):
+        return JsonResponse({"error": "bad_user"}, status=422)
+    token = sessions.open(user)
+    answer = JsonResponse({"token": token})
+    _set_session_cookie(answer, token)
+    return answer
+
+
+def _sign_in_browser(request: HttpRequest, sessions: Sessions) -> HttpResponse:
+    user, then = request.POST.get("user", ""), request.POST.get("next", "/")
     if not USER.fullmatch(user):
         return JsonResponse({"error": "bad_user"}, status=422)
     # Toy: no password. Only this site's own paths for `next`, or this is an open redirect.
@@ -140,6 +172,32 @@ def _login_in_browser(request: HttpRequest, sessions: Sessions) -> HttpResponse:
     answer = HttpResponse(status=303, headers={"Location": then})
     _set_session_cookie(answer, sessions.open(user))
     return answer
+
+
+def _origin_of(url: str) -> str:
+    """``scheme://host[:port]``, lower-case: what a browser sends as ``Origin``."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _may_sign_in(header: Callable[[str], str | None], own_site: str, *, is_json: bool) -> bool:
+    """Whether a sign-in POST may come from where its headers (``header(name)``) say it does.
+
+    A browser names where a POST comes from: ``Origin`` (every current browser), else
+    ``Sec-Fetch-Site``, else ``Referer``; it must be this site. A request naming nothing is
+    not a browser's (the mobile app, curl): it may post JSON, which another site's page cannot
+    make a browser send without a CORS preflight this app never answers, but not the form.
+    """
+    origin = header("origin")
+    if origin is not None:
+        return origin.lower() == own_site
+    fetch_site = header("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site == "same-origin"
+    referer = header("referer")
+    if referer is not None:
+        return _origin_of(referer) == own_site
+    return is_json
 
 
 def _set_session_cookie(answer: HttpResponse, token: str) -> None:

@@ -116,6 +116,15 @@ class DrivenStore(Generic[S, R]):
     async def _arun(self, work: Work[S, R, T]) -> T:
         raise NotImplementedError
 
+    def _run_check(self, work: Work[S, R, StoreCheck]) -> StoreCheck:
+        """Run ``check``'s work. A store that vets its server before its first call (Redis:
+        its memory policy) runs it without that, since ``check`` reports what it refuses."""
+        return self._run(work)
+
+    async def _arun_check(self, work: Work[S, R, StoreCheck]) -> StoreCheck:
+        """``_run_check``, awaited."""
+        return await self._arun(work)
+
     def _check_open(self) -> None:
         """Raise ``StoreError`` when the store is closed."""
         raise NotImplementedError
@@ -271,14 +280,14 @@ class DrivenStore(Generic[S, R]):
         """Diagnose the store: reachable, its schema in place, its clock. Raises nothing for
         what it finds (a server down, a closed store: ``reachable=False``); creates nothing."""
         try:
-            return self._run(self._ops.check())
+            return self._run_check(self._ops.check())
         except StoreError as exc:
             return StoreCheck(self._kind, reachable=False, schema_ready=False, detail=str(exc))
 
     async def acheck(self) -> StoreCheck:
         """See ``check``."""
         try:
-            return await self._arun(self._ops.check())
+            return await self._arun_check(self._ops.check())
         except StoreError as exc:
             return StoreCheck(self._kind, reachable=False, schema_ready=False, detail=str(exc))
 

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import ClassVar, Final
 
 from ._common import wait_seconds
+from ._forks import reset_in_child
 from ._protocol import Loaded
 
 __all__ = ["Hub", "LoadPoller", "Poller", "Watch"]
@@ -147,6 +148,7 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._paused = False
         self._halt = threading.Event()  # set: the poller thread ends at once
+        reset_in_child(self)
 
     def __repr__(self) -> str:
         return f"Hub({self._name!r}, waiting={self.waiting()})"
@@ -254,8 +256,9 @@ class Hub:
                 self._start_poller()
 
     def after_fork(self) -> None:
-        """In a forked child: its threads are gone, so the registrations and the poller are
-        forgotten and the locks replaced (a vanished thread may have held one)."""
+        """In a forked child (``_forks`` calls it for every hub): its threads are gone, so
+        the registrations and the poller are forgotten and the locks replaced (a vanished
+        thread may have held one)."""
         self._lock = threading.Lock()
         self._watches = {}
         self._thread = None

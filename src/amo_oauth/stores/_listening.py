@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 
 from .._errors import StoreError
 from ._common import closed_error
+from ._forks import reset_in_child
 
 __all__ = ["ChannelListener"]
 
@@ -53,6 +54,14 @@ class ChannelListener(Generic[C]):
         self._starts = 0  # how many threads reported their start (ready or failed)
         self._ready_futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.stopping = threading.Event()
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: the thread and its connection stayed in the parent, and a
+        vanished thread may hold the lock; the child's first waiter starts its own."""
+        self._cond = threading.Condition()
+        self._thread, self._ready, self._error = None, False, None
+        self._ready_futures = []
 
     # -- what each server does -------------------------------------------------------------
 

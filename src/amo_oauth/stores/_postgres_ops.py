@@ -133,6 +133,9 @@ class PostgresOps:
     def check(self) -> _Work[StoreCheck]:
         return Work("check the store", self._check())
 
+    def vacuum_full(self) -> _Work[None]:
+        return Work("rewrite the records table", _only(Query(self._tables.vacuum_full)))
+
     # -- the statements ------------------------------------------------------------------
 
     def _migrate(self) -> Op[None]:
@@ -272,3 +275,8 @@ class PostgresOps:
 
 def _fits(number: int) -> bool:
     return _INT64_MIN <= number <= _INT64_MAX
+
+
+def _only(query: Query) -> Op[None]:
+    """One statement whose result means nothing."""
+    yield query

@@ -102,6 +102,10 @@ class Tables:
         self.scan_after = sql.SQL(
             "SELECT key, version, data FROM {records} WHERE key > %s ORDER BY key LIMIT %s"
         ).format(**fmt)
+        # Rewrites the table (and its TOAST) into new files: the old row versions, e.g. token
+        # pairs from before encryption or a key rotation, are gone from it. Outside a
+        # transaction, under an ACCESS EXCLUSIVE lock.
+        self.vacuum_full = sql.SQL("VACUUM FULL {records}").format(**fmt)
 
     def _ledger(self, fmt: dict[str, sql.Identifier]) -> None:
         # A free key is inserted; an expired one is taken over; a live one is locked (the

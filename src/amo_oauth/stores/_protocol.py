@@ -79,11 +79,14 @@ class StoreCheck:
     now: datetime | None = None
     #: What is wrong, in one sentence; empty when all is well.
     detail: str = ""
+    #: Nothing found that would lose what the store keeps: False for a Redis whose memory
+    #: policy may evict the store's keys, unless the store was told to allow it.
+    safe: bool = True
 
     @property
     def ok(self) -> bool:
-        """Reachable, with its schema in place."""
-        return self.reachable and self.schema_ready
+        """Reachable, with its schema in place, and safe."""
+        return self.reachable and self.schema_ready and self.safe
 
 
 @attrs.frozen

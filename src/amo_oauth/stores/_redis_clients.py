@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
-from typing import Any, Final, TypeVar
-from urllib.parse import unquote, urlsplit
+from collections.abc import Callable, Iterator
+from typing import Any, Final, TypeVar, cast
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
@@ -25,12 +25,15 @@ from .._errors import StoreError
 from ._common import closed_error
 from ._driven import Work
 from ._redis_lua import SCHEMA_REPLY, SCHEMA_VERSION, SCRIPTS
-from ._redis_ops import Script
+from ._redis_ops import Command, Step
 
 __all__ = ["Clients"]
 
 #: Seconds a connection may sit idle before redis-py checks it with a PING first.
 _HEALTH_CHECK: Final = 30
+#: The URL's query parameter that is ``RedisStore``'s ``allow_eviction``, and its values.
+_OPT_IN: Final = "allow_eviction"
+_TRUTH: Final = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 T = TypeVar("T")
 
@@ -42,7 +45,12 @@ class Clients:
         ValueError: ``url`` is not a Redis URL (the message quotes none of it).
     """
 
-    def __init__(self, url: str, prefix: str, timeout: float, max_connections: int) -> None:
+    def __init__(
+        self, url: str, prefix: str, timeout: float, max_connections: int, allow_eviction: bool
+    ) -> None:
+        url, in_url = _opt_in(url)
+        #: The keyword or the URL accepts a memory policy that may evict (``_redis_memory``).
+        self.allow_eviction = allow_eviction or in_url
         self.prefix = prefix
         self.timeout = timeout
         self._max_connections = max_connections
@@ -97,19 +105,36 @@ class Clients:
 
     # -- the drivers ---------------------------------------------------------------------
 
-    def run(self, work: Work[Script, Any, T]) -> T:
-        """Make ``work``'s script calls on the blocking client."""
+    def run(self, work: Work[Step, Any, T]) -> T:
+        """Make ``work``'s calls on the blocking client."""
         self.check_open()
-        scripts = self._scripts
-        with self.mapped(work.action):
-            return drive(work.steps, lambda s: scripts[s.name](keys=s.keys, args=s.args))
+        scripts, command = self._scripts, _untyped(self.client.execute_command)
 
-    async def arun(self, work: Work[Script, Any, T]) -> T:
+        def perform(step: Step) -> Any:
+            if isinstance(step, Command):
+                with _refused_as_none():
+                    return command(*step.args)
+                return None
+            return scripts[step.name](keys=step.keys, args=step.args)
+
+        with self.mapped(work.action):
+            return drive(work.steps, perform)
+
+    async def arun(self, work: Work[Step, Any, T]) -> T:
         """``run`` on the running loop's asyncio client: the same calls, awaited."""
         self.check_open()
-        scripts = self.side().scripts
+        side = self.side()
+        scripts, command = side.scripts, _untyped(side.client.execute_command)
+
+        async def perform(step: Step) -> Any:
+            if isinstance(step, Command):
+                with _refused_as_none():
+                    return await command(*step.args)
+                return None
+            return await scripts[step.name](keys=step.keys, args=step.args)
+
         with self.mapped(work.action):
-            return await adrive(work.steps, lambda s: scripts[s.name](keys=s.keys, args=s.args))
+            return await adrive(work.steps, perform)
 
     def check_open(self) -> None:
         if self.closed:
@@ -212,6 +237,42 @@ class AsyncSide:
 
     def _close_soon(self) -> None:
         self._closing = self.loop.create_task(self.close())
+
+
+def _untyped(method: object) -> Callable[..., Any]:
+    """redis-py's ``execute_command``, which it leaves unannotated at some versions."""
+    return cast("Callable[..., Any]", method)
+
+
+@contextlib.contextmanager
+def _refused_as_none() -> Iterator[None]:
+    """A plain command the server answers with an error (unknown: renamed away; denied by an
+    ACL) is None to its operation; the connection failing is still an error."""
+    with contextlib.suppress(redis.ResponseError):
+        yield
+
+
+def _opt_in(url: str) -> tuple[str, bool]:
+    """``url`` without its ``allow_eviction`` query parameter (redis-py would hand it to every
+    connection, which refuses it), and what that parameter says (False when absent).
+
+    Raises:
+        ValueError: its value is not true/false, 1/0 or yes/no (the message quotes no URL).
+    """
+    if not isinstance(url, str) or _OPT_IN not in url:
+        return url, False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url, False  # malformed: redis-py refuses it with the usual message
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    values = [value.lower() for name, value in pairs if name == _OPT_IN]
+    if not values:
+        return url, False
+    if any(value not in _TRUTH for value in values):
+        raise ValueError("allow_eviction in a Redis URL is true or false")
+    rest = urlencode([(name, value) for name, value in pairs if name != _OPT_IN])
+    return urlunsplit(parts._replace(query=rest)), _TRUTH[values[-1]]
 
 
 def _names_a_db(url: str) -> bool:

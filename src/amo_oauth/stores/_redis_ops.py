@@ -9,15 +9,18 @@ from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeAlias, TypeVar
 
+import attrs
+
 from .._errors import StoreError, UndecryptableRecord
 from .._records import ConnectionRecord
 from ._common import check_after, check_limit, check_write, require_aware
 from ._driven import Offset, Work, server_now
 from ._protocol import Claim, ClaimResult, DueCursor, LedgerEntry, Loaded, StoreCheck
 from ._redis_lua import SCHEMA_VERSION
+from ._redis_memory import Eviction, MemoryVerdict, judge
 from ._rows import RecordCodec, Row
 
-__all__ = ["Op", "RedisOps", "Script"]
+__all__ = ["Command", "Op", "RedisOps", "Script", "Step"]
 
 #: ``ZRANGE ... LIMIT`` takes a signed 64-bit count; larger limits mean "all" anyway.
 _MAX_LIMIT: Final = 2**62
@@ -39,18 +42,39 @@ class Script:
         self.args = args
 
 
-#: An operation's script calls (one, as it happens), ending in its value.
-Op: TypeAlias = Generator[Script, Any, T]
-_Work: TypeAlias = Work[Script, Any, T]
+class Command:
+    """One plain command, not a script (``INFO`` is not ours to run inside one). Its reply is
+    what redis-py makes of it, or None when the server answers with an error: a command
+    renamed away, disabled, or denied by an ACL, as managed services do."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+
+
+#: What an operation asks its driver to do.
+Step: TypeAlias = Script | Command
+#: An operation's calls, ending in its value.
+Op: TypeAlias = Generator[Step, Any, T]
+_Work: TypeAlias = Work[Step, Any, T]
 
 
 class RedisOps:
     """Every operation of ``RedisStore`` under one key prefix."""
 
     def __init__(
-        self, prefix: str, channel: str, codec: RecordCodec, where: str, offset: Offset
+        self,
+        prefix: str,
+        channel: str,
+        codec: RecordCodec,
+        where: str,
+        offset: Offset,
+        *,
+        allow_eviction: bool = False,
     ) -> None:
         self._prefix = prefix
+        self._allow_eviction = allow_eviction
         self._channel = channel
         self._codec = codec
         self._where = where
@@ -118,8 +142,33 @@ class RedisOps:
         return Work("scan records", _reply(script, self._keyed))
 
     def check(self) -> _Work[StoreCheck]:
-        script = Script("check", [self._prefix + "schema"], [])
-        return Work("check the store", _reply(script, self._checked))
+        return Work("check the store", self._check())
+
+    def memory(self) -> _Work[MemoryVerdict]:
+        """What the server's memory policy means for the store's keys (``_redis_memory``)."""
+        return Work("read the memory policy", _reply(Command("INFO", "memory"), judge))
+
+    def rewrite_aof(self) -> _Work[bool | None]:
+        return Work("rewrite the append-only file", self._rewrite_aof())
+
+    def _rewrite_aof(self) -> Op[bool | None]:
+        persistence = yield Command("INFO", "persistence")
+        if persistence is None or "aof_enabled" not in persistence:
+            return None
+        if not persistence["aof_enabled"]:
+            return False
+        started = yield Command("BGREWRITEAOF")
+        return None if started is None else True
+
+    def _check(self) -> Op[StoreCheck]:
+        checked = self._checked((yield Script("check", [self._prefix + "schema"], [])))
+        verdict = judge((yield Command("INFO", "memory")))
+        sentence = verdict.sentence(self._where)
+        if verdict.eviction is Eviction.NEVER:
+            return checked
+        detail = "; ".join(part for part in (checked.detail, sentence) if part)
+        safe = not verdict.refused(self._allow_eviction)
+        return attrs.evolve(checked, detail=detail, safe=safe)
 
     # -- the calls -----------------------------------------------------------------------
 
@@ -219,9 +268,9 @@ class RedisOps:
         return version
 
 
-def _reply(script: Script, meaning: Callable[[Any], T]) -> Op[T]:
-    """Make ``script``'s call; its reply, read by ``meaning``, is the operation's value."""
-    reply = yield script
+def _reply(step: Step, meaning: Callable[[Any], T]) -> Op[T]:
+    """Make ``step``'s call; its reply, read by ``meaning``, is the operation's value."""
+    reply = yield step
     return meaning(reply)
 
 

@@ -24,7 +24,9 @@ def store_from_url(url: str, *, encryption: Encryption | None = None) -> Store:
       path, four for an absolute one: SQLAlchemy's convention): an ``SQLiteStore``;
     - ``postgresql://user:pw@host:5432/db`` or ``postgres://...``: a ``PostgresStore`` (the
       ``postgres`` extra);
-    - ``redis://host:6379/0`` or ``rediss://...``: a ``RedisStore`` (the ``redis`` extra).
+    - ``redis://host:6379/0`` or ``rediss://...``: a ``RedisStore`` (the ``redis`` extra);
+      ``?allow_eviction=true`` is its ``allow_eviction`` (a server whose memory policy may
+      evict the store's keys is used, with a warning, instead of refused).
 
     Nothing is opened or created here: stores connect on first use. ``encryption`` (e.g.
     ``cryptography``'s ``MultiFernet``) encrypts the token pair at rest, for every store.

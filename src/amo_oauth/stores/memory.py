@@ -18,6 +18,7 @@ from ._common import (
     read_clock,
     require_aware,
 )
+from ._forks import reset_in_child
 from ._hub import Hub
 from ._protocol import Claim, ClaimResult, DueCursor, LedgerEntry, Loaded, Store, StoreCheck
 
@@ -63,6 +64,12 @@ class MemoryStore(AsyncSide):
         self._closed = False
         #: Where this store's waiters wait; every change passes through ``_write``/``delete``.
         self.hub = Hub(name="memory")
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: a thread the child does not have may hold the lock. The child
+        keeps a copy of the records: its own store from now on, shared with nobody."""
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"MemoryStore(records={len(self._records)})"

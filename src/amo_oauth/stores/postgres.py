@@ -141,6 +141,20 @@ class PostgresStore(DrivenStore[Query, Result]):
         """
         self._run(self._ops.migrate())
 
+    def vacuum_full(self) -> None:
+        """Rewrite the records table into new files (``VACUUM FULL``), so that the old
+        versions of its rows are gone from them: token pairs stored before encryption was
+        turned on, or sealed with a key since rotated (``amo-oauth rotate-key --vacuum``).
+
+        It holds an ACCESS EXCLUSIVE lock on the table while it runs: every flow on the store
+        waits. The WAL, its archive, replicas and backups keep the old versions still
+        (https://www.postgresql.org/docs/current/sql-vacuum.html).
+
+        Raises:
+            StoreError: the database failed, or the store's role does not own the table.
+        """
+        self._run(self._ops.vacuum_full())
+
     def _run(self, work: Work[Query, Result, T]) -> T:
         return self._conns.run(work)
 

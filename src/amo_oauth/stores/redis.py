@@ -16,6 +16,10 @@ How a call is made safe:
   subscription per store and process (a thread) fires it; a waiter never subscribes itself.
 - The store's clock is the server's ``TIME`` (plus ``clock_offset``), read in the same script
   as the record by ``load``; ledger keys expire by it too.
+- Before its first call the store reads the server's memory policy (``INFO memory``): a
+  ``maxmemory-policy`` that may evict its keys is refused with ``StoreError`` unless
+  ``allow_eviction``; a server that does not tell is warned about (``_redis_memory``).
+  ``check()`` reports the same.
 - Nothing is retried by redis-py: a write whose reply was lost may have been applied, and
   retrying it would report a lost race for a write that won. The caller gets ``StoreError``
   instead, and loads again.
@@ -46,8 +50,10 @@ from typing import Any, TypeVar
 from .._extras import needs_extra
 from ._driven import DrivenStore, Offset, Work, offset_of
 from ._hub import Hub
+from ._protocol import StoreCheck
 from ._redis_lua import SCHEMA_VERSION
-from ._redis_ops import RedisOps, Script
+from ._redis_memory import MemoryGate
+from ._redis_ops import RedisOps, Step
 from ._rows import Encryption, RecordCodec
 
 with needs_extra("redis", "RedisStore"):  # redis-py
@@ -59,7 +65,7 @@ __all__ = ["SCHEMA_VERSION", "RedisStore"]
 T = TypeVar("T")
 
 
-class RedisStore(DrivenStore[Script, Any]):
+class RedisStore(DrivenStore[Step, Any]):
     """A ``Store`` and an ``AsyncStore`` in one Redis database (6.2 or later).
 
     Safe across threads, processes and machines: every operation is one atomic Lua script.
@@ -82,10 +88,21 @@ class RedisStore(DrivenStore[Script, Any]):
             ``MultiFernet``); rows are then useless without the key.
         clock_offset: added to the server's clock wherever the store reads it (``Loaded.now``,
             ``check``, ledger expiry); none by default. Tests move the store's time with it.
+        allow_eviction: use a server whose ``maxmemory-policy`` may evict the store's keys
+            (any policy but ``noeviction`` under a ``maxmemory`` limit), with a warning on the
+            ``amo_oauth.stores`` logger instead of ``StoreError``. ``?allow_eviction=true`` on
+            the URL says the same (for ``store_from_url`` and the ``amo-oauth`` command).
+            Evicted ledger keys make a reload of the callback page answer ``wrong_browser``;
+            evicted records are lost connections.
+
+    Before its first call the store reads ``INFO memory`` once (see docs/stores.md, "Redis
+    memory policy"); every call then raises ``StoreError`` while the policy may evict and
+    eviction is not allowed. A server that hides its policy (``INFO`` renamed or denied, the
+    fields missing) is used, with a warning.
 
     Raises:
-        ValueError: ``url`` is not a Redis URL, ``prefix`` is empty, or ``timeout`` is not
-            positive.
+        ValueError: ``url`` is not a Redis URL (or its ``allow_eviction`` is not true or
+            false), ``prefix`` is empty, or ``timeout`` is not positive.
     """
 
     _ops: RedisOps
@@ -100,6 +117,7 @@ class RedisStore(DrivenStore[Script, Any]):
         encryption: Encryption | None = None,
         max_connections: int = 32,
         clock_offset: Offset | None = None,
+        allow_eviction: bool = False,
     ) -> None:
         if not isinstance(prefix, str) or not prefix:
             raise ValueError("prefix must be a non-empty string")
@@ -107,10 +125,13 @@ class RedisStore(DrivenStore[Script, Any]):
             raise ValueError("timeout must be a positive number of seconds")
         if max_connections < 2:  # one for calls, one for the change subscription
             raise ValueError("max_connections must be at least 2")
-        self._clients = Clients(url, prefix, float(timeout), max_connections)
+        self._clients = Clients(url, prefix, float(timeout), max_connections, allow_eviction)
         where, channel = self._clients.where, self._clients.channel
+        allowed = self._clients.allow_eviction
         codec = RecordCodec(encryption)
-        self._ops = RedisOps(prefix, channel, codec, where, offset_of(clock_offset))
+        offset = offset_of(clock_offset)
+        self._ops = RedisOps(prefix, channel, codec, where, offset, allow_eviction=allowed)
+        self._gate = MemoryGate(where, allowed)
         self.hub = Hub(name=f"redis {prefix}")
         self._listener = Listener(
             self._clients.client,
@@ -145,10 +166,38 @@ class RedisStore(DrivenStore[Script, Any]):
         """``migrate`` for asyncio callers."""
         return await self._arun(self._ops.migrate())
 
-    def _run(self, work: Work[Script, Any, T]) -> T:
+    def rewrite_aof(self) -> bool | None:
+        """Start rewriting the server's append-only file (``BGREWRITEAOF``) when AOF is on, so
+        that old values of rewritten records (token pairs stored before encryption, or sealed
+        with a key since rotated) leave it: ``amo-oauth rotate-key --vacuum``. Redis rewrites
+        it in the background (``INFO persistence``: ``aof_rewrite_in_progress``); RDB snapshots
+        keep old values until the next one replaces them (https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/).
+
+        Returns:
+            True: the rewrite started (or was scheduled); False: AOF is off, nothing to
+            rewrite; None: the server refused ``INFO`` or ``BGREWRITEAOF`` (managed services
+            may): rewrite it by the provider's means.
+
+        Raises:
+            StoreError: Redis failed or is unreachable, or the store refuses the server
+                (``allow_eviction``).
+        """
+        return self._run(self._ops.rewrite_aof())
+
+    def _run(self, work: Work[Step, Any, T]) -> T:
+        if not self._gate.passed:
+            self._gate.admit(self._clients.run(self._ops.memory()))
         return self._clients.run(work)
 
-    async def _arun(self, work: Work[Script, Any, T]) -> T:
+    async def _arun(self, work: Work[Step, Any, T]) -> T:
+        if not self._gate.passed:
+            self._gate.admit(await self._clients.arun(self._ops.memory()))
+        return await self._clients.arun(work)
+
+    def _run_check(self, work: Work[Step, Any, StoreCheck]) -> StoreCheck:
+        return self._clients.run(work)  # not gated: it reports what the gate would refuse
+
+    async def _arun_check(self, work: Work[Step, Any, StoreCheck]) -> StoreCheck:
         return await self._clients.arun(work)
 
     def _check_open(self) -> None:

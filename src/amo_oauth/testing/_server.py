@@ -57,9 +57,15 @@ def wsgi_call(
     Injected network faults raise DropConnection: the loopback server (`serve`) turns that
     into a connection closed without an answer; other WSGI servers will answer 500.
     """
+    url = _environ_url(environ)
+    try:
+        urlsplit(url).port  # noqa: B018 - raises for a Host that no URL can hold
+    except ValueError:  # e.g. "[" without "]": the client's error, not the fake's (500)
+        start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"bad Host header\n"]
     answer = app.handle(
         environ["REQUEST_METHOD"],
-        _environ_url(environ),
+        url,
         _environ_headers(environ),
         _read_body(environ),
     )

@@ -30,6 +30,10 @@ link carries ``error=<reason>``): the reasons of ``CallbackRejected``, and ``una
 ``/exchange-code`` body neither JSON nor a form). A store outage is 503
 ``store_unavailable`` (and an amoCRM failure would be 502 ``provider_unavailable``, though no
 route lets one through: exchanges report failures as outcomes); no input produces a 500.
+
+The request line of ``GET /callback`` carries the code and state: ``install_access_log_redaction``
+adds a ``RedactingFilter`` to the servers' access loggers (the adapters do so by default), and
+``redact`` is the same redaction for a line of your own.
 """
 
 from .._public import present_as
@@ -45,13 +49,24 @@ from ._page import (
     check_app_scheme,
     deep_link,
 )
+from ._redact import (
+    ACCESS_LOGGERS,
+    REDACTED,
+    REDACTED_NAMES,
+    RedactingFilter,
+    install_access_log_redaction,
+    redact,
+)
 from ._routes import status_payload
 
 __all__ = [
+    "ACCESS_LOGGERS",
     "CONTENT_SECURITY_POLICY",
     "DEEP_LINK_PATH",
     "DEFAULT_PREFIX",
     "PAGE_TEXTS",
+    "REDACTED",
+    "REDACTED_NAMES",
     "ROUTES",
     "AsyncConnectionIdFn",
     "AsyncHandlers",
@@ -59,12 +74,15 @@ __all__ = [
     "Handlers",
     "PageKind",
     "PageText",
+    "RedactingFilter",
     "Request",
     "Response",
     "Route",
     "check_app_scheme",
     "deep_link",
+    "install_access_log_redaction",
     "read_body",
+    "redact",
     "status_payload",
 ]
 

@@ -49,6 +49,8 @@ class Route:
         responses: (status, meaning) pairs it can answer with.
         request_body: an OpenAPI ``requestBody`` object, when it reads a body.
         page: True when it answers an HTML page (for a browser), not JSON.
+        legacy: True for the seed's mobile apps' route, which answers every refusal of the
+            service 400 with its reason (never 403: those apps know 400 only).
     """
 
     name: str
@@ -59,6 +61,7 @@ class Route:
     responses: tuple[tuple[int, str], ...]
     request_body: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
     page: bool = False
+    legacy: bool = False
     #: OpenAPI ``parameters`` objects (query parameters it reads).
     parameters: tuple[Mapping[str, Any], ...] = attrs.field(default=(), eq=False)
 
@@ -96,8 +99,18 @@ _HOOK_QUERY: Final = tuple(
 )
 
 _AUTH = ((401, "No connection id for this request: {error: unauthenticated}"),)
-_ID = ((400, "The app's connection id is not valid: {error: bad_connection_id}"),)
-_CROSS_SITE = (400, "A cross-site form or bodiless POST: {error: cross_site_request}")
+_BAD_ID = "the app's connection id is not valid (bad_connection_id)"
+#: What any route may answer: the dispatch checks sizes and maps outages the same on every one.
+_EVERY_ROUTE = (
+    (413, "{error: body_too_large}"),
+    (414, "{error: query_too_large}"),
+    (502, "{error: provider_unavailable}"),
+    (
+        503,
+        "{error: store_unavailable | refresh_in_progress | kept_pair_pending | "
+        "verification_deferred}: try again (Retry-After when known)",
+    ),
+)
 
 #: The six endpoints, in the order adapters register them.
 ROUTES: Final = (
@@ -116,13 +129,13 @@ ROUTES: Final = (
             (200, "{url, expires_at}: the ticket URL to open in the in-app browser"),
             (
                 400,
-                "A refused ticket (bad_ticket | expired_ticket | used_ticket | "
+                "A refused ticket (bad_ticket | expired_ticket | used_ticket | clock_skew | "
                 "cross_site_request): the HTML error page, whose button opens "
-                "{app_scheme}://amo-crm/callback?error=<reason>",
+                f"{{app_scheme}}://amo-crm/callback?error=<reason>; or {_BAD_ID}",
             ),
             (403, "A ticket of another user than the signed-in one: the page, wrong_browser"),
             *_AUTH,
-            *_ID,
+            *_EVERY_ROUTE,
         ),
         parameters=(
             {
@@ -155,6 +168,8 @@ ROUTES: Final = (
             (200, "The Return to App page"),
             (400, "A refused redirect: the error page"),
             (403, "Another browser's consent (wrong_browser): the error page"),
+            (429, "Beyond the bounds on code exchanges (rate_limited): the error page"),
+            *_EVERY_ROUTE,
         ),
         page=True,
         parameters=_CALLBACK_QUERY,
@@ -165,16 +180,18 @@ ROUTES: Final = (
         "/exchange-code",
         "Exchange a code (legacy apps)",
         "Idempotent: a code already exchanged answers 200 with the status and duplicate=true, "
-        "never 403; a new code is refused (new_code_refused). Body: JSON "
-        "(application/json) or a form (application/x-www-form-urlencoded): "
-        "{code, state?, referer?}.",
+        "never 403; a new code is refused (new_code_refused), and so is every other refusal: "
+        "400 with its reason, never 403. Body: JSON (application/json) or a form "
+        "(application/x-www-form-urlencoded): {code, state?, referer?}.",
         (
             (200, "Connected, already connected or in progress: the status"),
-            (400, "{error: reason}: refused, malformed, failed or cross-site"),
+            (400, f"{{error: reason}}: refused, malformed, failed or cross-site; or {_BAD_ID}"),
             *_AUTH,
             (415, "{error: unsupported_media_type}: a body neither JSON nor a form"),
+            *_EVERY_ROUTE,
         ),
         _CODE_BODY,
+        legacy=True,
     ),
     Route(
         "status",
@@ -182,7 +199,12 @@ ROUTES: Final = (
         "/status",
         "The connection's status",
         "{connected, status, account, expires_at, error, version}; never a token.",
-        ((200, "The status"), *_AUTH, *_ID),
+        (
+            (200, "The status"),
+            (400, f"{{error: bad_connection_id}}: {_BAD_ID}"),
+            *_AUTH,
+            *_EVERY_ROUTE,
+        ),
     ),
     Route(
         "disconnect",
@@ -190,7 +212,15 @@ ROUTES: Final = (
         "/disconnect",
         "Disconnect amoCRM",
         "Forgets the connection's tokens and answers the status.",
-        ((200, "The status, disconnected"), *_AUTH, *_ID, _CROSS_SITE),
+        (
+            (200, "The status, disconnected"),
+            (
+                400,
+                f"{{error: cross_site_request}}: a cross-site form or bodiless POST; or {_BAD_ID}",
+            ),
+            *_AUTH,
+            *_EVERY_ROUTE,
+        ),
     ),
     Route(
         "disconnect_hook",
@@ -198,7 +228,7 @@ ROUTES: Final = (
         "/disconnect-hook",
         "amoCRM's uninstall hook",
         "Checks the hook's signature and disconnects every connection of the account.",
-        ((200, "{disconnected: n}"), (400, "{error: bad_signature | malformed}")),
+        ((200, "{disconnected: n}"), (400, "{error: bad_signature | malformed}"), *_EVERY_ROUTE),
         parameters=_HOOK_QUERY,
     ),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
 import attrs
@@ -16,6 +16,7 @@ __all__ = [
     "QueryInput",
     "Request",
     "Response",
+    "cookie_pairs",
     "media_type",
     "read_body",
     "weighted",
@@ -101,6 +102,35 @@ def media_type(request: Request) -> str | None:
     return value.split(";")[0].strip().lower() if value is not None else None
 
 
+#: What RFC 6265 §5.2 trims around a cookie's name and value: SP and HTAB, nothing else.
+_COOKIE_BLANKS: Final = " \t"
+
+
+def cookie_pairs(headers: Headers) -> Pairs:
+    """Every (name, value) pair of the request's ``Cookie`` headers, in arrival order.
+
+    One parser for every adapter: each hands over the raw header(s), never its framework's
+    parsed cookies, whose trimming and unquoting differ. Pairs are split on ``;`` only (never
+    on ``,``: a value may hold one, and a WSGI server joins several ``Cookie`` headers with
+    ``,``, so a pair after it stays inside the value before it). Name and value lose SP and
+    HTAB around them; a value in double quotes loses that one pair (RFC 6265 §4.1.1). A pair
+    without ``=`` or with an empty name is skipped.
+    """
+    pairs: list[tuple[str, str]] = []
+    for header_value in (value for key, value in headers if key == "cookie"):
+        for part in header_value.split(";"):
+            name, sep, value = part.partition("=")
+            name, value = name.strip(_COOKIE_BLANKS), value.strip(_COOKIE_BLANKS)
+            if sep and name:
+                pairs.append((name, _unquoted(value)))
+    return tuple(pairs)
+
+
+def _unquoted(value: str) -> str:
+    quoted = len(value) >= 2 and value[0] == value[-1] == '"'
+    return value[1:-1] if quoted else value
+
+
 def _find(headers: Headers, name: str) -> str | None:
     wanted = name.lower()
     return next((value for key, value in headers if key.lower() == wanted), None)
@@ -141,16 +171,16 @@ class Request:
         return next((value for key, value in self.query if key == name), None)
 
     def cookie(self, name: str) -> str | None:
-        """The value of cookie ``name`` from the ``Cookie`` header, or None.
+        """The value of cookie ``name`` from the ``Cookie`` header(s), or None.
 
-        Raw, as sent: a signed session cookie still has to be verified by the app.
+        Names are compared exactly, as RFC 6265 §5.2 parses a pair (only SP and HTAB trimmed):
+        a name with any other byte around it (U+00A0 or U+0085, which a sibling subdomain can
+        plant and ``str.strip`` would remove) never matches. A name sent more than once answers
+        None: which of the two its owner set cannot be told. Raw, as sent: a signed session
+        cookie still has to be verified by the app.
         """
-        for header_value in (value for key, value in self.headers if key == "cookie"):
-            for part in header_value.split(";"):
-                key, sep, value = part.strip().partition("=")
-                if sep and key == name:
-                    return value.strip('"')
-        return None
+        values = [value for key, value in cookie_pairs(self.headers) if key == name]
+        return values[0] if len(values) == 1 else None
 
 
 @attrs.frozen

@@ -72,10 +72,23 @@ def _is_json(media: str | None) -> bool:
     return media is not None and (media == "application/json" or media.endswith("+json"))
 
 
+#: The port an origin leaves out (WHATWG URL §4.1 "default port"): browsers send
+#: ``https://app.example``, never ``https://app.example:443``.
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
 def origin_of(url: str) -> str:
-    """``scheme://host[:port]`` of a URL, lower-case: what browsers send as ``Origin``."""
+    """``scheme://host[:port]`` of an ``http(s)`` URL, lower-case and without its scheme's
+    default port: what browsers send as ``Origin`` (WHATWG HTML §7.5, URL §4.1).
+
+    Raises:
+        ValueError: the port is not a number (``urllib.parse``'s own message).
+    """
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
+    scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
+    host = f"[{host}]" if ":" in host else host
+    shown_port = "" if port is None or port == DEFAULT_PORTS.get(scheme) else f":{port}"
+    return f"{scheme}://{host}{shown_port}"
 
 
 def check_origin(request: Request, allowed: frozenset[str]) -> None:

@@ -49,6 +49,7 @@ from ._page import (
     render_page,
 )
 from ._reading import (
+    DEFAULT_PORTS,
     Refusal,
     as_connection_id,
     check_origin,
@@ -218,7 +219,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         self.cookie_max_age = max(1, int(state_ttl.total_seconds()))
         self.connect_url = _connect_url(redirect_uri, self.prefix)
         self.allowed_origins = frozenset(
-            origin_of(url) for url in (redirect_uri, *allowed_origins) if url
+            origin_of(url) for url in (redirect_uri, *_origins(allowed_origins)) if url
         )
         self.routes = ROUTES
         self._by_path = {self.prefix + route.path: route for route in ROUTES}
@@ -250,8 +251,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         except Refusal as refusal:
             response = self._refuse(route, request, refusal.status, refusal.reason, refusal.hint)
         except CallbackRejected as rejected:
-            status = 429 if rejected.reason == Reason.RATE_LIMITED else 400
-            status = 403 if rejected.reason in _FORBIDDEN else status
+            status = _rejection_status(route, rejected.reason)
             response = self._refuse(route, request, status, rejected.reason)
         except StoreError as error:
             # The client is told only "store_unavailable"; the operator needs the cause (a
@@ -437,6 +437,17 @@ def _connect_url(redirect_uri: str, prefix: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}"
 
 
+def _rejection_status(route: Route, reason: str) -> int:
+    """The status of a call the service refused: on the legacy route 400, whatever the reason
+    (the seed's mobile apps read a 400 and its reason; issue 20 #8); elsewhere 429 for a bound
+    on token calls, 403 for a refusal about who is asking, else 400."""
+    if route.legacy:
+        return 400
+    if reason == Reason.RATE_LIMITED:
+        return 429
+    return 403 if reason in _FORBIDDEN else 400
+
+
 def _seconds(retry_after: float) -> str:
     """A ``Retry-After`` value: whole seconds, rounded up (HTTP takes no fractions)."""
     return str(max(math.ceil(retry_after), 0))
@@ -444,3 +455,29 @@ def _seconds(retry_after: float) -> str:
 
 def _finish(response: Response) -> Response:
     return response.with_headers(_BASE_HEADERS)
+
+
+def _origins(allowed_origins: Sequence[str]) -> list[str]:
+    """``allowed_origins`` checked: each ``http(s)://host[:port]`` with nothing after but
+    ``/``. A scheme-less ``app.example`` would otherwise be kept as ``://`` and match nothing,
+    and one string passed for the list as one origin per character."""
+    if isinstance(allowed_origins, str):
+        raise TypeError(setting_error("allowed_origins_type"))
+    return [_checked_origin(origin) for origin in allowed_origins]
+
+
+def _checked_origin(origin: object) -> str:
+    refused = ValueError(setting_error("allowed_origin", origin=repr(origin)))
+    if not isinstance(origin, str):
+        raise refused
+    parts = urlsplit(origin)
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise refused from None
+    extra = parts.username or parts.password or parts.query or parts.fragment
+    if parts.scheme.lower() not in DEFAULT_PORTS or not parts.hostname or extra:
+        raise refused
+    if parts.path not in ("", "/"):
+        raise refused
+    return origin
