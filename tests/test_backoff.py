@@ -6,6 +6,7 @@ back-off kept in its record, so every process sharing the store honours it; call
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,8 @@ from amo_oauth import (
     ProviderError,
     SQLiteStore,
     TryAgainLater,
+    _service,
+    cli,
 )
 from amo_oauth._codec import record_from_json, record_to_json
 from amo_oauth._record_view import MAX_RETRY_AFTER, backoff_until
@@ -40,6 +43,7 @@ EXPIRED = timedelta(days=1, minutes=1)
 #: Exact back-offs: no jitter unless a test asks for it.
 EXACT = {"refresh_backoff_jitter": 0.0}
 KINDS = ["memory", "sqlite", "postgres", "redis"]
+CLI_ENV = ("AMO_CLIENT_ID", "AMO_CLIENT_SECRET", "AMO_REDIRECT_URI", "AMO_STATE_SECRET")
 
 
 def _unique() -> str:
@@ -215,6 +219,38 @@ def test_the_async_service_honours_the_back_off(
         await http.aclose()
 
     asyncio.run(main())
+    assert fake.token_call_count("refresh_token") == 1
+
+
+def test_the_cli_sweep_reports_a_held_back_connection_and_sends_nothing(
+    tmp_path: Path,
+    make_oauth: Callable[..., AmoOAuth],
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = tmp_path / "cli.db"
+    oauth = _connected(make_oauth, fake, SQLiteStore(db, clock=clock))
+    clock.advance(EXPIRED)
+    fake.fail_next("403_html", grant="refresh_token")
+    with pytest.raises(ProviderError):
+        oauth.access_token(USER)
+    values = (fake.client_id, fake.client_secret, fake.redirect_uri, "s" * 32)
+    for name, value in zip(CLI_ENV, values, strict=True):
+        monkeypatch.setenv(name, value)
+    real = _service.AmoOAuth.__init__
+
+    def on_the_fakes(self: AmoOAuth, config: object, **options: object) -> None:
+        options["http"] = httpx.Client(transport=fake.transport())
+        options["clock"] = clock
+        real(self, config, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_service.AmoOAuth, "__init__", on_the_fakes)
+    monkeypatch.setattr(cli, "_open_store", lambda args: SQLiteStore(args.db, clock=clock))
+    assert cli.main(["refresh-due", "--db", str(db), "--within-days", "91"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["failed"] == {USER: "refresh_backoff"}
     assert fake.token_call_count("refresh_token") == 1
 
 
