@@ -334,6 +334,11 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "not_positive": lambda: config(refresh_margin=timedelta(0)),
     "ticket_ttl_long": lambda: config(ticket_ttl=timedelta(hours=1)),
     "lease_short": lambda: config(http_timeout=30.0),
+    "fraction_type": lambda: config(refresh_backoff_jitter="0.1"),
+    "fraction_range": lambda: config(refresh_backoff_jitter=1.5),
+    "backoff_order": lambda: config(
+        refresh_backoff_initial=timedelta(minutes=10), refresh_backoff_max=timedelta(minutes=5)
+    ),
     "app_scheme_type": lambda: _handlers(app_scheme=None),
     "sync_service": lambda: Handlers(
         _async_service(), connection_id=lambda r: None, app_scheme="a"

@@ -137,7 +137,7 @@ class AsyncAmoOAuth(ServiceCore):
     async def refresh_due(
         self,
         within: timedelta = timedelta(days=7),
-        limit: int | None = 100,
+        limit: int | None = None,
         *,
         concurrency: int = 16,
         per_host_rate: float = 7.0,

@@ -138,6 +138,13 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: timedelta | flo
         raise ValueError(setting_error("not_positive", field=attribute.name))
 
 
+def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(setting_error("fraction_type", field=attribute.name, type=_type(value)))
+    if not 0 <= value <= 1:  # NaN fails the comparison too
+        raise ValueError(setting_error("fraction_range", field=attribute.name))
+
+
 def _ticket_ttl(instance: object, attribute: attrs.Attribute[Any], value: timedelta) -> None:
     _positive(instance, attribute, value)
     if value > MAX_TICKET_TTL:
@@ -199,6 +206,14 @@ class Config:
             connection needs re-authorization: amoCRM's "revoked" for a refresh token sent
             again after a lapsed lease, and a lapsed exchange lease, are transient that long
             (``TryAgainLater``, reason ``kept_pair_pending``). Two ``lease_ttl`` by default.
+        refresh_backoff_initial, refresh_backoff_max: when amoCRM pushes back on a refresh
+            (429, a blocked account's 403, 5xx), the connection's refreshes are held back
+            (kept in its record, for every process) for ``refresh_backoff_initial`` (60 s),
+            doubling with each such answer in a row up to ``refresh_backoff_max`` (an hour);
+            never less than a 429's ``retry_after`` (docs/operations.md).
+        refresh_backoff_jitter: each back-off is lengthened by a random fraction of itself
+            up to this (0 to 1; 0.1 by default), so that connections held back together are
+            not all retried in the same second. 0 makes back-offs exact.
     """
 
     client_id: str = attrs.field(validator=_non_empty)
@@ -226,12 +241,19 @@ class Config:
         default=attrs.Factory(lambda config: 2 * config.lease_ttl, takes_self=True),
         validator=_positive,
     )
+    refresh_backoff_initial: timedelta = attrs.field(
+        default=timedelta(seconds=60), validator=_positive
+    )
+    refresh_backoff_max: timedelta = attrs.field(default=timedelta(hours=1), validator=_positive)
+    refresh_backoff_jitter: float = attrs.field(default=0.1, validator=_fraction)
 
     def __attrs_post_init__(self) -> None:
         # A live worker must never lose its lease mid-exchange: the token call and the account
         # check each may take http_timeout, and an expired lease means the code is abandoned.
         if self.lease_ttl.total_seconds() <= 3 * self.http_timeout:
             raise ValueError(setting_error("lease_short", seconds=f"{3 * self.http_timeout:g}"))
+        if self.refresh_backoff_max < self.refresh_backoff_initial:
+            raise ValueError(setting_error("backoff_order"))
         self._check_state_secrets_apart()
 
     def _check_state_secrets_apart(self) -> None:

@@ -13,6 +13,7 @@ decides on: mypy rejects it.
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import threading
 import time
@@ -26,7 +27,7 @@ from ._answers import Answer, describe
 from ._config import Config
 from ._connection_id import ConnectionId, resolve_connection_id
 from ._errors import ProviderError, StoreError, UnreadableRecord
-from ._events import Event, LeaseExpired
+from ._events import Event, LeaseExpired, RefreshDeferred
 from ._lifecycle import NoOp, Step, step
 from ._ops import (
     ClaimOp,
@@ -42,7 +43,14 @@ from ._ops import (
     perform,
 )
 from ._reasons import Reason
-from ._record_view import RecordView, record_of, retry_after_of, seconds_to_wait
+from ._record_view import (
+    RecordView,
+    backoff_until,
+    held_back_hint,
+    record_of,
+    retry_after_of,
+    seconds_to_wait,
+)
 from ._records import ConnectionRecord, ErrorInfo, Lease, record_key
 from .stores._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
 
@@ -116,8 +124,11 @@ class Records:
         config: Config,
         clock: Callable[[], datetime],
         monotonic: Callable[[], float] = time.monotonic,
+        draw: Callable[[], float] = random.random,
     ) -> None:
         self.config = config
+        #: A number in [0, 1) for each back-off's jitter (``deferral``); replaceable in tests.
+        self.draw = draw
         self._clock = clock
         # The store's clock minus this machine's, as the last load read it (``Loaded.now``):
         # every expiry that decides who may send (leases, the ledger) is judged by the store's
@@ -506,9 +517,30 @@ class Records:
 
     def retry_after(self, view: RecordView) -> float | None:
         """Seconds until what holds ``view``'s record up lapses (a live lease, a deferred
-        verification, a kept pair's grace), for ``TryAgainLater.retry_after``; None when
-        nothing known holds it up."""
+        verification, a kept pair's grace, a refresh's back-off), for
+        ``TryAgainLater.retry_after``; None when nothing known holds it up."""
         return retry_after_of(record_of(view), self.now(), self.config.kept_pair_grace)
+
+    def deferral(
+        self, view: RecordView, cause: str, retry_after: float | None, *, sent: bool
+    ) -> RefreshDeferred:
+        """The event that holds ``view``'s refreshes back after amoCRM pushed back on one
+        (``cause``: the answer's reason slug; ``retry_after``: a 429's, in seconds): until the
+        back-off the record's earlier ones and the config give (``backoff_until``), jittered."""
+        config = self.config
+        until = backoff_until(
+            record_of(view),
+            self.now(),
+            initial=config.refresh_backoff_initial,
+            maximum=config.refresh_backoff_max,
+            jitter=config.refresh_backoff_jitter * self.draw(),
+            retry_after=retry_after,
+        )
+        return RefreshDeferred(until, cause, sent)
+
+    def held_back(self, view: RecordView) -> str:
+        """Why ``view``'s refresh is held back, for ``TryAgainLater`` (no secret)."""
+        return held_back_hint(record_of(view))
 
     def deadline(self) -> float:
         """The monotonic time a wait for another worker gives up: ``settle_timeout`` away."""

@@ -61,6 +61,7 @@ class Reason(enum.StrEnum):
     REFRESH_IN_PROGRESS = "refresh_in_progress"
     KEPT_PAIR_PENDING = "kept_pair_pending"
     VERIFICATION_DEFERRED = "verification_deferred"
+    REFRESH_BACKOFF = "refresh_backoff"
     # The web layer's own refusals.
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -121,7 +122,7 @@ NOT_CONNECTED: Final = CONNECTION_ERRORS | {
 }
 #: ``TryAgainLater.reason``: why the same call may succeed later (``retry_after`` says when).
 RETRY_LATER: Final = frozenset(
-    {R.REFRESH_IN_PROGRESS, R.KEPT_PAIR_PENDING, R.VERIFICATION_DEFERRED}
+    {R.REFRESH_IN_PROGRESS, R.KEPT_PAIR_PENDING, R.VERIFICATION_DEFERRED, R.REFRESH_BACKOFF}
 )
 #: The web layer's ``{"error": reason}``: rejections, connection errors, and its own refusals.
 WEB_REFUSALS: Final = (

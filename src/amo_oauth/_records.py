@@ -18,6 +18,7 @@ from ._reasons import CONNECTION_ERRORS, Reason
 
 __all__ = [
     "Account",
+    "Backoff",
     "Connection",
     "ConnectionRecord",
     "ConnectionStatus",
@@ -151,6 +152,27 @@ class Lease:
 
 
 @attrs.frozen
+class Backoff:
+    """amoCRM pushed back on a refresh (a 429, a blocked account's 403, a 5xx...): no refresh
+    token is sent for this connection before ``until`` (UTC, the store's clock), by any
+    process sharing the store.
+
+    Attributes:
+        until: when the next refresh may be tried (aware, UTC).
+        attempts: refreshes answered that way in a row (the interval grows with them), >= 1.
+        cause: the answer's reason slug (``_answers``: ``unavailable``, ``account_blocked``...).
+    """
+
+    until: datetime = attrs.field(validator=_aware)
+    attempts: int = attrs.field(validator=attrs.validators.ge(1))
+    cause: str
+
+    def is_live(self, now: datetime) -> bool:
+        """True until ``until``."""
+        return now < self.until
+
+
+@attrs.frozen
 class SeenCode:
     """A code a connection has seen: its sha256 digest (never the code) and when."""
 
@@ -236,6 +258,9 @@ class ConnectionRecord:
     lease, so the process that sent it first may keep the rotated pair in memory (its store
     write failed). Until this time (UTC) nobody sends that token again and nobody is told to
     re-authorize: callers hear ``TryAgainLater`` while the pair may land."""
+    backoff: Backoff | None = None
+    """In ``connected``: amoCRM pushed back on the last refresh; none is sent again before
+    ``backoff.until`` (the table's ``refresh_backoff``). Cleared by a successful refresh."""
     refused_refresh: str | None = None
     """The sha256 digest of the refresh token amoCRM refused when the connection entered
     ``error`` that way: only the answer to an overtaken refresh of that same token may bring the

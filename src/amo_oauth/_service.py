@@ -263,7 +263,7 @@ class AmoOAuth(ServiceCore):
     def refresh_due(
         self,
         within: timedelta = timedelta(days=7),
-        limit: int | None = 100,
+        limit: int | None = None,
         *,
         concurrency: int = 16,
         per_host_rate: float = 7.0,
@@ -288,13 +288,16 @@ class AmoOAuth(ServiceCore):
             within: the window (a ``timedelta``); records expiring before now + ``within`` are
                 due. Over 90 days every pair is due, even one refreshed by this very run: the
                 run then keeps the keys it refreshed in memory to refresh each once.
-            limit: at most this many due records are handled (the soonest); None: all.
+            limit: at most this many due records are handled (the soonest); None (the
+                default): every due record. The report counts those left (``remaining``).
             concurrency: refreshes in flight at once, >= 1.
             per_host_rate: requests per second to one account host, > 0 (amoCRM allows 7).
             progress: called in this thread after each connection with a ``SweepProgress``.
 
         Returns:
-            A ``RefreshReport``: refreshed, failed (with reasons), needing re-authorization.
+            A ``RefreshReport``: refreshed, failed (with reasons, ``refresh_backoff`` for a
+            connection amoCRM pushed back on: nothing is sent for it before its back-off
+            lapses), needing re-authorization, and how many due records a ``limit`` left.
 
         Raises:
             TypeError: ``within`` is not a ``timedelta``, or ``limit`` is not an int or None.

@@ -115,6 +115,12 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
             "lease_ttl must be more than three http_timeouts ({seconds} s): an exchange "
             "makes two calls of up to http_timeout each; raise lease_ttl or lower http_timeout"
         ),
+        "fraction_type": "{field} must be a number from 0 to 1, not {type}",
+        "fraction_range": "{field} must be a number from 0 to 1 (0.1: up to a tenth longer)",
+        "backoff_order": (
+            "refresh_backoff_max must not be shorter than refresh_backoff_initial: "
+            "the back-off grows from the first to the most"
+        ),
         # The web layer's handlers and adapters
         "app_scheme_type": "app_scheme must be a string such as 'myapp', not {type}",
         "app_scheme_empty": (

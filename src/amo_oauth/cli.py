@@ -11,10 +11,12 @@ amo-oauth fake [--port N] [--redirect-uri URL] [--accounts N]
 amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
 amo-oauth status ID [--store URL]   a connection's status
 amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-host-rate R]
-                                    refresh every connection whose refresh token expires
-                                    within N days (7); a progress bar on a terminal (with
-                                    the ``cli`` extra), a line per 1,000 otherwise; a JSON
-                                    summary; exit status 1 when any failed. Reads
+                      [--limit N]   refresh every connection whose refresh token expires
+                                    within N days (7), or the N soonest (the summary's
+                                    ``remaining`` counts the rest); a progress bar on a
+                                    terminal (with the ``cli`` extra), a line per 1,000
+                                    otherwise; a JSON summary; exit status 1 when any
+                                    failed. Reads
                                     AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI,
                                     AMO_STATE_SECRET (and AMO_PREVIOUS_STATE_SECRETS)
 amo-oauth migrate [--store URL]     create a store's schema; refuse another version's
@@ -253,7 +255,7 @@ def _refresh_due(args: argparse.Namespace) -> int:
         with AmoOAuth(config, store=_open_store(args)) as oauth:
             report = oauth.refresh_due(
                 within=within,
-                limit=None,
+                limit=args.limit,
                 concurrency=args.concurrency,
                 per_host_rate=args.per_host_rate,
                 progress=show,
@@ -270,6 +272,7 @@ def _refresh_due(args: argparse.Namespace) -> int:
         "failed_by_reason": report.failed_by_reason,
         "needs_reauthorization": list(report.needs_reauthorization),
         "skipped": report.skipped,
+        "remaining": report.remaining,
     }
     print(json.dumps(summary))
     return 1 if report.failed else 0
@@ -379,6 +382,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=7.0,
         help="requests per second to one account host (7, amoCRM's limit)",
+    )
+    due.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="handle at most this many due connections, soonest first (default: all)",
     )
     due.set_defaults(handler=_refresh_due)
     rotate = commands.add_parser(
