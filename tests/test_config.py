@@ -312,6 +312,8 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "state_secret_short": lambda: config(state_secret="short"),
     "state_secret_is_client_secret": lambda: config(client_secret="s" * 40, state_secret="s" * 40),
     "mode": lambda: config(mode="redirect"),
+    "forwarded_header": lambda: config(forwarded_header="X-Real-IP"),
+    "trusted_proxies": lambda: config(trusted_proxies=-1),
     "domains_type": lambda: config(extra_domains="fake.test"),
     "domain_type": lambda: config(extra_domains=[None]),
     "domain_not_plain": lambda: config(extra_domains=["localhost"]),
