@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from urllib.parse import urlencode
 
+import attrs
 import flask
 import httpx
 import pytest
@@ -23,7 +24,7 @@ from django.test import AsyncClient, Client, override_settings
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, MemoryStore
 from amo_oauth.django import urls
 from amo_oauth.fastapi import router
 from amo_oauth.flask import blueprint
@@ -35,11 +36,11 @@ from test_django import project
 from helpers import config_for, query_of
 
 PREFIX = "/api/amo-crm"
-#: The defaults of Config (helpers.config_for lifts them for the rest of the suite).
+#: Config's own bounds (helpers.config_for lifts them for the rest of the suite).
 DEFAULT_BOUNDS = {
-    "max_exchanges_per_connection": 10,
-    "max_exchanges_per_host": 30,
-    "max_exchanges_per_process": 300,
+    field.name: field.default
+    for field in attrs.fields(Config)
+    if field.name.startswith(("max_exchanges_", "max_widget_exchanges"))
 }
 ATTACKER = "203.0.113.66"
 AMOCRM = "185.25.0.10"  # where genuine widget installs come from
@@ -156,7 +157,7 @@ def test_a_successful_exchange_does_not_count_against_its_source(
 ) -> None:
     """An office behind one address (or one user re-authorizing often) is not its own
     attacker: only what fails counts against a source."""
-    oauth = make_oauth(max_exchanges_per_source=2)
+    oauth = make_oauth(**{**DEFAULT_BOUNDS, "max_exchanges_per_source": 2})
     handlers = handlers_for(oauth)
     for n in range(6):
         begun = oauth.begin(f"colleague-{n}")
@@ -172,7 +173,7 @@ def test_a_replay_of_a_ledger_code_is_never_refused_while_budgets_are_spent(
 ) -> None:
     oauth = make_oauth(
         max_exchanges_per_connection=2, max_exchanges_per_process=4, max_exchanges_per_source=1
-    )
+    )  # the widget bounds play no part
     handlers = handlers_for(oauth)
     begun = oauth.begin("ann")
     good = query_of(fake.authorize(begun.state))
@@ -195,7 +196,7 @@ def test_forwarded_headers_count_only_where_the_app_opts_in(
 ) -> None:
     """A client writes any X-Forwarded-For it likes: by default it is ignored, so one peer
     stays one source however it rotates the header."""
-    oauth = make_oauth(allow_widget_installs=True)
+    oauth = make_oauth(allow_widget_installs=True, **DEFAULT_BOUNDS)
     handlers = handlers_for(oauth)
     for n in range(40):
         spoofed = {"x-forwarded-for": f"10.9.{n}.1", "forwarded": f"for=10.8.{n}.1"}

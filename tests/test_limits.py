@@ -66,7 +66,9 @@ def test_a_looping_user_is_cut_at_the_bound_and_writes_nothing_beyond_it(
 def test_a_flood_of_widget_installs_is_cut_per_host_and_leaves_no_records(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
 ) -> None:
-    oauth = make_oauth(allow_widget_installs=True, max_exchanges_per_process=20)
+    oauth = make_oauth(
+        allow_widget_installs=True, max_exchanges_per_process=20, max_widget_exchanges_per_host=3
+    )
     install = query_of(fake.authorize(from_widget=True))
     outcomes = []
     for n in range(60):

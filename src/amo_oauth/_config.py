@@ -195,8 +195,10 @@ class Config:
         forwarded_header: ``x-forwarded-for`` or ``forwarded`` (RFC 7239 ``for=``): the one
             header the trusted proxies write.
         hook_check_interval: at most one check of amoCRM's disconnect hook per account in
-            any such interval, across processes (a key in the store's ledger): each check
-            asks amoCRM's API with the account's token, and a hook URL replays for ever.
+            each such interval (windows aligned on the store's clock, so two checks are never
+            closer than one window boundary apart: at most two in any span of this length),
+            across processes (a key in the store's ledger): each check asks amoCRM's API with
+            the account's token, and a hook URL replays for ever.
         kept_pair_grace: how long a pair that another process may keep in memory (its store
             write failed: a rotated pair, or the pair from a code) is awaited before the
             connection needs re-authorization: amoCRM's "revoked" for a refresh token sent

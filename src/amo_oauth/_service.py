@@ -231,7 +231,7 @@ class AmoOAuth(ServiceCore):
 
         A connection is disconnected only when amoCRM refuses its tokens (a hook URL never
         expires, so a replayed one must change nothing), and amoCRM is asked at most once per
-        account in any ``Config.hook_check_interval`` (60 s), across every process sharing
+        account in each ``Config.hook_check_interval`` (60 s), across every process sharing
         the store: replays in between are answered without an API call (``hook_paced``).
 
         Returns:
