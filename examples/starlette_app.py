@@ -71,6 +71,7 @@ def create_app(
                 headers=request.headers.items(),
                 body=await web.read_body(request.stream(), handlers.max_body),
                 native=request,
+                peer=request.client.host if request.client else None,  # the per-source bound
             )
         )
         response = Response(answer.body, answer.status)

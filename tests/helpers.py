@@ -40,6 +40,9 @@ def config_for(fake: FakeAmoCRM, **overrides: object) -> Config:
         "max_exchanges_per_connection": 1_000_000,
         "max_exchanges_per_host": 1_000_000,
         "max_exchanges_per_process": 1_000_000,
+        "max_exchanges_per_source": 1_000_000,
+        "max_widget_exchanges": 1_000_000,
+        "max_widget_exchanges_per_host": 1_000_000,
     }
     settings.update(overrides)
     return Config(**settings)  # type: ignore[arg-type]

@@ -324,6 +324,8 @@ TRIGGERS: dict[str, Callable[[], object]] = {
         state_secret="n" * 32, previous_state_secrets=[b"n" * 32]
     ),
     "mode": lambda: config(mode="redirect"),
+    "forwarded_header": lambda: config(forwarded_header="X-Real-IP"),
+    "trusted_proxies": lambda: config(trusted_proxies=-1),
     "domains_type": lambda: config(extra_domains="fake.test"),
     "domain_type": lambda: config(extra_domains=[None]),
     "domain_not_plain": lambda: config(extra_domains=["localhost"]),

@@ -234,7 +234,7 @@ def test_every_route_and_status(send: Send, fake: FakeAmoCRM) -> None:
     )
     assert (cross.status, cross.json()) == (400, {"error": "cross_site_request"})
     hook = send("GET", f"{PREFIX}/disconnect-hook", query=urlencode(fake.uninstall()))
-    assert (hook.status, hook.json()) == (200, {"disconnected": 1})
+    assert (hook.status, hook.json()) == (200, {"disconnected": 1, "checked": True, "reason": None})
     forged = send(
         "GET", f"{PREFIX}/disconnect-hook", query="account_id=1&client_uuid=x&signature=y"
     )

@@ -124,7 +124,7 @@ def test_every_route_and_status(send: Send, fake: FakeAmoCRM) -> None:
     huge = send("POST", f"{PREFIX}/exchange-code", headers=as_json, body=b" " * 100_000)
     assert (huge.status, huge.json()) == (413, {"error": "body_too_large"})
     hook = send("GET", f"{PREFIX}/disconnect-hook", query=urlencode(fake.uninstall()))
-    assert (hook.status, hook.json()) == (200, {"disconnected": 1})
+    assert (hook.status, hook.json()) == (200, {"disconnected": 1, "checked": True, "reason": None})
     forged = send(
         "GET", f"{PREFIX}/disconnect-hook", query="account_id=1&client_uuid=x&signature=y"
     )

@@ -780,6 +780,8 @@ class OAuthMachine(RuleBasedStateMachine):
     def deliver_hook(self, index: int) -> None:
         """An uninstall's hook arrives (late, or once more)."""
         hook = self.hooks[index % len(self.hooks)]
+        # amoCRM is asked once per account an interval (paced hooks: test_hook_pace.py).
+        self.clock.advance(self.config.hook_check_interval)
         before = {cid: self.record(cid) for cid in USERS}
         calls = self.fake.token_call_count()
         affected = self.oauth.handle_disconnect_hook(hook)

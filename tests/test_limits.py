@@ -63,10 +63,12 @@ def test_a_looping_user_is_cut_at_the_bound_and_writes_nothing_beyond_it(
         assert oauth.handle_callback(good).duplicate  # no binding needed for a known code
 
 
-def test_a_flood_of_widget_installs_is_cut_per_process_and_leaves_no_records(
+def test_a_flood_of_widget_installs_is_cut_per_host_and_leaves_no_records(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
 ) -> None:
-    oauth = make_oauth(allow_widget_installs=True, max_exchanges_per_process=20)
+    oauth = make_oauth(
+        allow_widget_installs=True, max_exchanges_per_process=20, max_widget_exchanges_per_host=3
+    )
     install = query_of(fake.authorize(from_widget=True))
     outcomes = []
     for n in range(60):
@@ -74,10 +76,10 @@ def test_a_flood_of_widget_installs_is_cut_per_process_and_leaves_no_records(
             outcomes.append(oauth.handle_callback({**install, "code": f"bogus-{n}"}).outcome)
         except CallbackRejected as rejected:
             outcomes.append(rejected.reason)  # type: ignore[arg-type]
-    # Widget installs get half of the process's bound (the rest is the app's users').
-    assert fake.token_call_count("authorization_code") == 10
-    assert outcomes.count("rate_limited") == 50  # type: ignore[arg-type]
-    assert outcomes.count(Outcome.FAILED) == 10
+    # One account host takes max_widget_exchanges_per_host (3) widget installs a window.
+    assert fake.token_call_count("authorization_code") == 3
+    assert outcomes.count("rate_limited") == 57  # type: ignore[arg-type]
+    assert outcomes.count(Outcome.FAILED) == 3
     # A failed install leaves no permanent record.
     key = record_key(oauth.config.client_id, fake.account_host, widget=True)
     assert oauth.store.load(key).record is None  # type: ignore[union-attr]

@@ -548,6 +548,7 @@ def test_a_replayed_hook_spares_an_idle_connection_whose_access_token_expired(
     assert oauth.status(USER).status is ConnectionStatus.CONNECTED
     assert fake.token_call_count("refresh_token") == 0  # nothing spent to find out
     fake.uninstall()  # a real uninstall now: both tokens refused
+    clock.advance(oauth.config.hook_check_interval)  # amoCRM is asked once an interval
     (gone,) = oauth.handle_disconnect_hook(old_hook)
     assert gone.status is ConnectionStatus.ERROR
 

@@ -976,7 +976,8 @@ def test_disconnect_hook(send: Send, fake: FakeAmoCRM) -> None:
     answer = send("GET", f"{PREFIX}/disconnect-hook", query=urlencode(forged))
     assert (answer.status, answer.json()) == (400, {"error": "bad_signature"})
     answer = send("GET", f"{PREFIX}/disconnect-hook", query=urlencode(hook))
-    assert (answer.status, answer.json()) == (200, {"disconnected": 1})
+    done = {"disconnected": 1, "checked": True, "reason": None}
+    assert (answer.status, answer.json()) == (200, done)
     status = send("GET", f"{PREFIX}/status", headers=AS_USER).json()
     assert (status["status"], status["error"]) == ("error", "disconnected_by_provider")
     answer = send("GET", f"{PREFIX}/disconnect-hook", query="account_id=x")

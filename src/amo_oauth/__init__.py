@@ -37,7 +37,14 @@ from ._records import (
     SeenCode,
     TokenSet,
 )
-from ._results import AuthorizationRequest, CallbackResult, Outcome, RefreshReport, SweepProgress
+from ._results import (
+    AuthorizationRequest,
+    CallbackResult,
+    HookResult,
+    Outcome,
+    RefreshReport,
+    SweepProgress,
+)
 from ._service import AmoOAuth
 from ._state_token import MAX_CLOCK_SKEW
 from .stores import AsyncStore, MemoryStore, SQLiteStore, Store, store_from_url
@@ -65,6 +72,7 @@ __all__ = [  # noqa: RUF022
     "ConnectionRecord",
     "ConnectionStatus",
     "ErrorInfo",
+    "HookResult",
     "InvalidTransition",
     "Lease",
     "MAX_CLOCK_SKEW",

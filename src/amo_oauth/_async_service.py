@@ -20,7 +20,13 @@ from ._ops import Op, Send, Sleep, StoreOp
 from ._provider import asend_within
 from ._record_view import RecordView
 from ._records import Connection, ConnectionRecord
-from ._results import AuthorizationRequest, CallbackResult, RefreshReport, SweepProgress
+from ._results import (
+    AuthorizationRequest,
+    CallbackResult,
+    HookResult,
+    RefreshReport,
+    SweepProgress,
+)
 from ._service_core import ServiceCore, default_store, with_stored
 from ._sweep import Done, HostPacer, SweepPlan, asweep
 from .stores import AsyncStore, Store
@@ -87,10 +93,11 @@ class AsyncAmoOAuth(ServiceCore):
         *,
         connection_id: str | None = None,
         binding: str | None = None,
+        source: str | None = None,
     ) -> CallbackResult:
         """See ``AmoOAuth.handle_callback``."""
         return await self._shielded(
-            self._flows.codes.handle_callback(query, connection_id, binding)
+            self._flows.codes.handle_callback(query, connection_id, binding, source)
         )
 
     async def exchange_code(
@@ -102,10 +109,11 @@ class AsyncAmoOAuth(ServiceCore):
         state: str | None = None,
         exchange_new: bool = True,
         binding: str | None = None,
+        source: str | None = None,
     ) -> CallbackResult:
         """See ``AmoOAuth.exchange_code``."""
         flow = self._flows.codes.exchange_code(
-            connection_id, code, referer, state, exchange_new, binding
+            connection_id, code, referer, state, exchange_new, binding, source
         )
         return await self._shielded(flow)
 
@@ -130,7 +138,7 @@ class AsyncAmoOAuth(ServiceCore):
         """See ``AmoOAuth.disconnect``."""
         return await self._shielded(self._flows.connections.disconnect(connection_id))
 
-    async def handle_disconnect_hook(self, query: QueryLike) -> tuple[Connection, ...]:
+    async def handle_disconnect_hook(self, query: QueryLike) -> HookResult:
         """See ``AmoOAuth.handle_disconnect_hook``."""
         return await self._shielded(self._flows.connections.handle_disconnect_hook(query))
 

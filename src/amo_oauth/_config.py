@@ -11,7 +11,13 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._hosts import check_domain
-from ._setting_errors import MAX_PREVIOUS_STATE_SECRETS, MAX_TICKET_TTL, MODES, setting_error
+from ._setting_errors import (
+    FORWARDED_HEADERS,
+    MAX_PREVIOUS_STATE_SECRETS,
+    MAX_TICKET_TTL,
+    MODES,
+    setting_error,
+)
 
 __all__ = ["Config"]
 
@@ -151,6 +157,16 @@ def _ticket_ttl(instance: object, attribute: attrs.Attribute[Any], value: timede
         raise ValueError(setting_error("ticket_ttl_long"))
 
 
+def _proxy_count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(setting_error("trusted_proxies"))
+
+
+def _forwarded_header(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in FORWARDED_HEADERS:
+        raise ValueError(setting_error("forwarded_header"))
+
+
 def _mode(_: object, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in MODES:
         raise ValueError(setting_error("mode"))
@@ -198,9 +214,27 @@ class Config:
         max_exchanges_per_connection, max_exchanges_per_host, max_exchanges_per_process: code
             exchanges (token-endpoint calls with a code) allowed in any ``exchange_window``,
             counted by each service object in its process; beyond them a callback is refused
-            ``rate_limited`` (429 on the web) and writes nothing. Duplicates never count;
-            widget installs get at most half of ``max_exchanges_per_process``.
+            ``rate_limited`` (429 on the web) and writes nothing. Duplicates never count.
+        max_exchanges_per_source: exchanges that did not succeed (junk codes amoCRM refused,
+            or still in flight) allowed to one source in any ``exchange_window``: the
+            signed-in user, else the client's address (the web layer says which). A source
+            with any is suspect and may fill at most half of the host's, the process's and
+            the widget installs' bounds, so a flood leaves the other half to honest users.
+        max_widget_exchanges, max_widget_exchanges_per_host: widget installs (anonymous: no
+            session, no state) allowed in any ``exchange_window``, in all and per account
+            host; in all at most half of ``max_exchanges_per_process`` too.
         exchange_window: the window of those bounds.
+        trusted_proxies: how many reverse proxies in front of the app append the client's
+            address to ``forwarded_header``; the web layer then takes the address that many
+            entries from the right as the client's. 0 (the default): forwarded headers are
+            ignored and the peer address is the client's (a client can write any header).
+        forwarded_header: ``x-forwarded-for`` or ``forwarded`` (RFC 7239 ``for=``): the one
+            header the trusted proxies write.
+        hook_check_interval: at most one check of amoCRM's disconnect hook per account in
+            each such interval (windows aligned on the store's clock, so two checks are never
+            closer than one window boundary apart: at most two in any span of this length),
+            across processes (a key in the store's ledger): each check asks amoCRM's API with
+            the account's token, and a hook URL replays for ever.
         kept_pair_grace: how long a pair that another process may keep in memory (its store
             write failed: a rotated pair, or the pair from a code) is awaited before the
             connection needs re-authorization: amoCRM's "revoked" for a refresh token sent
@@ -236,7 +270,13 @@ class Config:
     max_exchanges_per_connection: int = attrs.field(default=10, validator=_positive)
     max_exchanges_per_host: int = attrs.field(default=30, validator=_positive)
     max_exchanges_per_process: int = attrs.field(default=300, validator=_positive)
+    max_exchanges_per_source: int = attrs.field(default=10, validator=_positive)
+    max_widget_exchanges: int = attrs.field(default=30, validator=_positive)
+    max_widget_exchanges_per_host: int = attrs.field(default=3, validator=_positive)
     exchange_window: timedelta = attrs.field(default=timedelta(minutes=10), validator=_positive)
+    trusted_proxies: int = attrs.field(default=0, validator=_proxy_count)
+    forwarded_header: str = attrs.field(default="x-forwarded-for", validator=_forwarded_header)
+    hook_check_interval: timedelta = attrs.field(default=timedelta(seconds=60), validator=_positive)
     kept_pair_grace: timedelta = attrs.field(
         default=attrs.Factory(lambda config: 2 * config.lease_ttl, takes_self=True),
         validator=_positive,

@@ -31,7 +31,7 @@ from ._flow_records import Decision
 from ._flow_verify import Verification
 from ._hosts import AccountHost
 from ._lifecycle import DENIED_HOLDER, NoOp
-from ._limits import ExchangeLimiter
+from ._limits import Attempt, Bounds, ExchangeLimiter, Slot
 from ._ops import ConsumeState, Flow, HolderOf, Send, perform
 from ._provider import (
     code_request,
@@ -149,7 +149,11 @@ class CodeFlows:
     # -- codes ---------------------------------------------------------------------------
 
     def handle_callback(
-        self, query: QueryLike, signed_in: str | None = None, binding: str | None = None
+        self,
+        query: QueryLike,
+        signed_in: str | None = None,
+        binding: str | None = None,
+        source: str | None = None,
     ) -> Flow[CallbackResult]:
         parsed = parse_callback(query, self.config)
         claims = parsed.state
@@ -158,7 +162,7 @@ class CodeFlows:
         if claims is None:  # a widget install: named after its account host, no browser
             assert isinstance(parsed, Grant)
             target = self.records.fresh(Widget(parsed.host.name))
-            return (yield from self._exchange(target, parsed.code, parsed.host, None))
+            return (yield from self._exchange(target, parsed.code, parsed.host, None, source))
         connection_id, matches = self._browser(claims, signed_in, binding)
         if isinstance(parsed, Denial):
             if connection_id is None or not matches:
@@ -178,7 +182,7 @@ class CodeFlows:
         target = self.records.fresh(connection_id)
         return (
             yield from self._exchange(
-                target, parsed.code, parsed.host, claims, browser_matches=matches
+                target, parsed.code, parsed.host, claims, source, browser_matches=matches
             )
         )
 
@@ -204,7 +208,8 @@ class CodeFlows:
         """Answer a code that came with an unsigned state from reads, as a duplicate; a new
         code is refused ``bad_state`` (its state is what is wrong), nothing written."""
         try:
-            return (yield from self._exchange(target, code, host, None, may_claim=False))
+            # No source: a code that may not be claimed never reaches a budget.
+            return (yield from self._exchange(target, code, host, None, None, may_claim=False))
         except CallbackRejected as refused:
             if refused.reason in _NEW_CODE_REFUSALS:
                 raise CallbackRejected(Reason.BAD_STATE) from None
@@ -255,6 +260,7 @@ class CodeFlows:
         state: str | None = None,
         exchange_new: bool = True,
         binding: str | None = None,
+        source: str | None = None,
     ) -> Flow[CallbackResult]:
         check_app_user_id(connection_id)
         if not isinstance(code, str) or not code:
@@ -286,7 +292,7 @@ class CodeFlows:
         may_claim = exchange_new and claims is not None
         return (
             yield from self._exchange(
-                target, code, host, claims, may_claim=may_claim, browser_matches=matches
+                target, code, host, claims, source, may_claim=may_claim, browser_matches=matches
             )
         )
 
@@ -305,6 +311,7 @@ class CodeFlows:
         code: str,
         host: AccountHost | None,
         claims: StateClaims | None,
+        source: str | None,
         *,
         may_claim: bool = True,
         browser_matches: bool = True,
@@ -318,10 +325,13 @@ class CodeFlows:
             decision = self.records.decide(record, event)
             if decision.noop is not None:
                 return (yield from self._unchanged(record, decision.noop))
-            claimed = yield from self._claim(record, decision, event, claims, deadline)
+            claimed, slot = yield from self._claim(
+                record, decision, event, claims, source, deadline
+            )
             if claimed is ClaimResult.CLAIMED:
-                assert event.host is not None  # the table claims only with a host
-                return (yield from self._finish_exchange(decision.record, code, event.host))
+                assert event.host is not None and slot is not None  # claimed: admitted, a host
+                finished = self._finish_exchange(decision.record, code, event.host, slot)
+                return (yield from finished)
             if claimed is ClaimResult.STATE_USED:
                 if event.state_holder is None and not state_raced:
                     # Another code of the same consent claimed the state since it was read
@@ -353,18 +363,19 @@ class CodeFlows:
         decision: Decision,
         event: CodeReceived,
         claims: StateClaims | None,
+        source: str | None,
         deadline: float,
-    ) -> Flow[ClaimResult | None]:
-        """Claim the code, within the bounds on token calls. None: claims of this connection
-        were in flight and this call waited for one to land (look again)."""
+    ) -> Flow[tuple[ClaimResult | None, Slot | None]]:
+        """Claim the code, within the bounds on token calls, and the slot it took. None: claims
+        of this connection were in flight and this call waited for one to land (look again)."""
         assert event.host is not None  # the table claims only with a host
-        limiter, host_name, widget = self._limiter(), event.host.name, record.widget
-        slot = limiter.admit(record.key, host_name, widget=widget)
+        limiter = self._limiter()
+        slot = limiter.admit(Attempt(record.key, event.host.name, source, record.widget))
         if slot is None:
             if limiter.in_flight(record.key) and not self.records.expired(deadline):
                 # Most likely this is a duplicate of one of them (a burst of the same redirect).
                 yield from self.records.wait(record, min(deadline, self.records.soon(1.0)))
-                return None
+                return None, None
             # Beyond the bounds on token calls: nothing written (state, ledger, record), so the
             # same redirect succeeds once the window passes.
             raise CallbackRejected(Reason.RATE_LIMITED)
@@ -373,19 +384,24 @@ class CodeFlows:
         try:
             claimed = yield from self.records.claim(record, decision, event.name, code, state)
         finally:  # a lost or failed claim sent nothing: its slot is given back
-            exchanged = claimed is ClaimResult.CLAIMED
-            limiter.claimed(record.key, host_name, slot, exchanged=exchanged, widget=widget)
-        return claimed
+            limiter.claimed(slot, exchanged=claimed is ClaimResult.CLAIMED)
+        return claimed, slot
 
     def _limiter(self) -> ExchangeLimiter:
         if self._exchange_limiter is None:  # one per service object, made on first use
             config = self.config
-            self._exchange_limiter = ExchangeLimiter(
-                config.max_exchanges_per_connection,
-                config.max_exchanges_per_host,
-                config.max_exchanges_per_process,
-                config.exchange_window.total_seconds(),
+            bounds = Bounds(
+                connection=config.max_exchanges_per_connection,
+                host=config.max_exchanges_per_host,
+                process=config.max_exchanges_per_process,
+                source=config.max_exchanges_per_source,
+                widgets=min(
+                    config.max_widget_exchanges, max(1, config.max_exchanges_per_process // 2)
+                ),
+                widget_host=config.max_widget_exchanges_per_host,
             )
+            window = config.exchange_window.total_seconds()
+            self._exchange_limiter = ExchangeLimiter(bounds, window)
         return self._exchange_limiter
 
     def _code_event(
@@ -437,7 +453,7 @@ class CodeFlows:
         return CallbackResult.report(settled.public(), duplicate=duplicate)
 
     def _finish_exchange(
-        self, record: RecordView, code: str, host: AccountHost
+        self, record: RecordView, code: str, host: AccountHost, slot: Slot
     ) -> Flow[CallbackResult]:
         try:
             response = yield Send(code_request(self.config, host, code))
@@ -450,6 +466,7 @@ class CodeFlows:
             reason = EXCHANGE_FAILURES.get(answer.meaning, Reason.CODE_REJECTED)
             failed = ExchangeFailed(self.records.error_info(Reason(reason), error))
             return (yield from self.verification.conclude(record, failed, Outcome.FAILED))
+        self._limiter().succeeded(slot)  # a real code: it no longer counts against its source
         # The code is spent: this pair is the only one. A store that stays down keeps it in
         # memory, to land (even after the lease, within the grace or on exchange_interrupted).
         event = ExchangeSucceeded(tokens, code_digest(code))

@@ -7,6 +7,9 @@ disconnect and a hook are events the table applies to whatever is stored.
 
 from __future__ import annotations
 
+import secrets
+from datetime import UTC, datetime
+
 from ._callback import QueryLike
 from ._connection_id import ConnectionId
 from ._errors import ProviderError, UnreadableRecord
@@ -14,7 +17,7 @@ from ._events import Disconnect, ProviderDisconnected
 from ._flow_verify import Verification
 from ._hook import verify_disconnect_hook
 from ._hosts import AccountHost
-from ._ops import Flow, Send
+from ._ops import ConsumeState, Flow, Send, perform
 from ._provider import (
     account_request,
     api_domain_of,
@@ -23,8 +26,11 @@ from ._provider import (
     read_account,
     read_lookup,
 )
+from ._reasons import Reason
 from ._record_view import RecordView
 from ._records import Connection
+from ._results import HookResult
+from ._state_token import MAX_CLOCK_SKEW
 
 __all__ = ["ConnectionFlows"]
 
@@ -62,41 +68,78 @@ class ConnectionFlows:
                 record = replaced
             return record.public()
 
-    def handle_disconnect_hook(self, query: QueryLike) -> Flow[tuple[Connection, ...]]:
+    def handle_disconnect_hook(self, query: QueryLike) -> Flow[HookResult]:
         account_id = verify_disconnect_hook(query, self.config)
         records = yield from self.records.find_by_account(account_id)
-        done = []
-        for record in records:
-            if record.integration in (None, self.config.client_id):  # this integration's only
-                alive = yield from self._token_still_accepted(record)
-                event = ProviderDisconnected(self.records.now(), token_still_accepted=alive)
-                updated, _ = yield from self.records.apply(record, event)
-                done.append(updated.public())
-        return tuple(done)
+        ours = [r for r in records if r.integration in (None, self.config.client_id)]
+        # Only connections the hook would change are worth a question to amoCRM.
+        unheard = ProviderDisconnected(self.records.now())
+        due = [r for r in ours if self.records.decide(r, unheard).noop is None]
+        if not due:
+            return _result(ours, reason=Reason.NOTHING_TO_FORGET)
+        if not (yield from self._may_check(account_id)):
+            return _result(ours, reason=Reason.HOOK_PACED)
+        after = {r.key: r for r in ours}
+        disconnected, standing = [], None
+        for record in due:
+            reason = yield from self._why_it_stands(record)
+            event = ProviderDisconnected(self.records.now(), token_still_accepted=bool(reason))
+            updated, wrote = yield from self.records.apply(record, event)
+            after[record.key] = updated
+            if wrote and not reason:
+                disconnected.append(updated.public())
+            standing = standing or reason
+        reason = None if disconnected else (standing or Reason.NOTHING_TO_FORGET)
+        return _result(list(after.values()), disconnected, checked=True, reason=reason)
 
-    def _token_still_accepted(self, record: RecordView) -> Flow[bool]:
-        """Does amoCRM still accept the connection's tokens? After a real uninstall it answers
-        401 to both (protocol notes §6). The access token is asked first (the account call);
-        an expired one proves nothing, so the refresh token is then asked through the account
-        lookup, which does not spend it (§5). Only definite refusals count as "no": when amoCRM
-        cannot be asked (down, busy), the hook is not acted on, so a replay during an outage
-        changes nothing (a real uninstall still shows at the next use of the tokens)."""
+    def _may_check(self, account_id: int) -> Flow[bool]:
+        """Take this account's one check of the current ``hook_check_interval`` (a ledger key
+        per interval on the store's clock, so every process sharing the store counts it):
+        a hook URL replays for ever, and each check spends one of the account's API calls."""
+        interval = self.config.hook_check_interval.total_seconds()
+        now = self.records.now()
+        index = int(now.timestamp() // interval)
+        ends = datetime.fromtimestamp((index + 1) * interval, UTC) + MAX_CLOCK_SKEW
+        key = f"hookcheck:{self.config.client_id}:{account_id}:{index}"
+        return (yield from perform(ConsumeState(key, ends, secrets.token_urlsafe(12))))
+
+    def _why_it_stands(self, record: RecordView) -> Flow[Reason | None]:
+        """Why the hook must not disconnect this connection: amoCRM still accepts its tokens
+        (``hook_replayed``: after a real uninstall it answers 401 to both, protocol notes §6)
+        or could not be asked (``provider_unavailable``: a replay during an outage changes
+        nothing; a real uninstall still shows at the next use of the tokens). None: amoCRM
+        refused them. The access token is asked first (the account call); an expired one
+        proves nothing, so the refresh token is then asked through the account lookup, which
+        does not spend it (§5)."""
         extra = self.config.extra_domains
         host_name, access, refresh = record.api_credentials()
         host = AccountHost.accept(host_name, extra)
         if host is None:
-            return False
+            return None
         try:
             read_account((yield Send(account_request(self.config, host, access))))
-            return True
+            return Reason.HOOK_REPLAYED
         except ProviderError as error:
             if meaning_of(error, "account").meaning.transient:
-                return True  # cannot tell: change nothing
+                return Reason.PROVIDER_UNAVAILABLE
         api_host = AccountHost.accept(api_domain_of(access) or "", extra)
         if api_host is None:
-            return False
+            return None
         try:
             answer = yield Send(lookup_request(self.config, api_host, refresh))
-            return read_lookup(answer, extra) is not None
+            return Reason.HOOK_REPLAYED if read_lookup(answer, extra) is not None else None
         except ProviderError as error:
-            return meaning_of(error, "subdomain_lookup").meaning.transient
+            transient = meaning_of(error, "subdomain_lookup").meaning.transient
+            return Reason.PROVIDER_UNAVAILABLE if transient else None
+
+
+def _result(
+    records: list[RecordView],
+    disconnected: list[Connection] | None = None,
+    *,
+    checked: bool = False,
+    reason: Reason | None,
+) -> HookResult:
+    connections = tuple(record.public() for record in records)
+    gone = tuple(disconnected or ())
+    return HookResult(connections, disconnected=gone, checked=checked, reason=reason)

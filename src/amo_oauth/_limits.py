@@ -2,13 +2,19 @@
 
 amoCRM blocks integrations and IPs that exceed its limits (protocol notes §9), and every code
 exchange carries the client secret. A looped ``/connect`` + ``/callback?code=garbage``, or a
-flood of widget installs, must not turn into a flood of token calls. The counters live in this
-service object (no store writes: a rate-limited callback writes nothing): one per process in
-an app that makes one ``AmoOAuth``; run N processes and the integration-wide bound is N times
-as large.
+flood of widget installs, must not turn into a flood of token calls; and whoever floods must
+not spend the budget of the app's other users. The counters live in this service object (no
+store writes: a rate-limited callback writes nothing): one per process in an app that makes
+one ``AmoOAuth``; run N processes and the integration-wide bound is N times as large.
 
-Widget installs (anonymous: no session, no state) may take at most half of the per-process
-bound, so a flood of them never leaves the app's own users without a code exchange.
+Each exchange is counted in windows that bound token calls (its connection, its account host,
+the process; a widget install's host and all widget installs) and, when the caller names one,
+in its source's (the signed-in user or the client's address): a source's window keeps only
+what did not succeed (failed or still in flight), so junk codes count against whoever sends
+them. A source with anything in its window is *suspect*: its exchanges may fill at most half
+of each shared window (host, process, widgets), so however many failing sources flood, the
+other half stays for sources whose exchanges succeed, and an honest user's first callback
+goes through.
 """
 
 from __future__ import annotations
@@ -16,29 +22,74 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-__all__ = ["ExchangeLimiter"]
+import attrs
+
+__all__ = ["Attempt", "Bounds", "ExchangeLimiter", "Slot"]
+
+#: The windows every exchange shares with others; a suspect source gets half of each.
+_SHARED = ("host", "process", "widgets", "widget_host")
+#: How many windows may be held before the emptied ones are swept out.
+_PRUNE_AT = 10_000
+
+
+@attrs.frozen
+class Bounds:
+    """How many code exchanges each window takes (``Config.max_exchanges_per_*``)."""
+
+    connection: int
+    host: int
+    process: int
+    source: int
+    widgets: int
+    widget_host: int
+
+    def of(self, kind: str) -> int:
+        """The bound of a window kind; a ``suspect:`` one is half of its shared window's."""
+        if kind.startswith("suspect:"):
+            return max(1, self.of(kind.removeprefix("suspect:")) // 2)
+        bound: int = getattr(self, kind)
+        return bound
+
+
+@attrs.frozen
+class Attempt:
+    """One code exchange about to be sent: for which record, to which host, asked by whom
+    (None: the caller named no source, so only the other windows count it)."""
+
+    connection: str
+    host: str
+    source: str | None = None
+    widget: bool = False
+
+    def windows(self, suspect: bool) -> tuple[tuple[str, str], ...]:
+        keys = [("connection", self.connection), ("host", self.host), ("process", "")]
+        if self.widget:
+            keys += [("widgets", ""), ("widget_host", self.host)]
+        if self.source is not None:
+            keys.append(("source", self.source))
+        if suspect:
+            keys += [(f"suspect:{kind}", name) for kind, name in keys if kind in _SHARED]
+        return tuple(keys)
+
+
+@attrs.frozen
+class Slot:
+    """An admitted exchange: its time and the windows it was counted in."""
+
+    attempt: Attempt
+    at: float
+    windows: tuple[tuple[str, str], ...]
 
 
 class ExchangeLimiter:
-    """At most ``per_connection``, ``per_host`` and ``per_process`` code exchanges in any
-    ``window`` seconds (monotonic); widget installs at most half of ``per_process``."""
+    """Sliding windows of ``window`` seconds (monotonic) over the code exchanges sent."""
 
     def __init__(
-        self,
-        per_connection: int,
-        per_host: int,
-        per_process: int,
-        window: float,
-        clock: Callable[[], float] = time.monotonic,
+        self, bounds: Bounds, window: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._limits = {
-            "connection": per_connection,
-            "host": per_host,
-            "process": per_process,
-            "widgets": max(1, per_process // 2),
-        }
+        self._bounds = bounds
         self._window = window
         self._clock = clock
         self._lock = threading.Lock()
@@ -46,55 +97,74 @@ class ExchangeLimiter:
         # Slots admitted whose claim has not resolved yet, by connection: while one is in
         # flight, a caller beyond the bound is more likely a duplicate about to be answered.
         self._in_flight: dict[str, int] = {}
+        self._prune_at = _PRUNE_AT
 
-    def admit(self, connection_key: str, host: str, *, widget: bool = False) -> float | None:
-        """Count one exchange for this connection and host, unless a bound is reached (then
-        nothing is counted and None is returned). Returns the slot's time, for ``claimed``."""
+    def admit(self, attempt: Attempt) -> Slot | None:
+        """Count one exchange in its windows, unless one of them is full (then nothing is
+        counted and None is returned)."""
         now = self._clock()
-        keys = _keys(connection_key, host, widget)
         with self._lock:
-            windows = [self._window_of(key, now) for key in keys]
-            if any(len(w) >= self._limits[key[0]] for key, w in zip(keys, windows, strict=True)):
+            suspect = attempt.source is not None and bool(
+                self._count(("source", attempt.source), now)
+            )
+            keys = attempt.windows(suspect)
+            if any(self._count(key, now) >= self._bounds.of(key[0]) for key in keys):
                 return None
-            for window in windows:
-                window.append(now)
-            self._in_flight[connection_key] = self._in_flight.get(connection_key, 0) + 1
-            return now
+            for key in keys:
+                self._seen.setdefault(key, deque()).append(now)
+            if len(self._seen) > self._prune_at:
+                self._prune(now)
+            self._in_flight[attempt.connection] = self._in_flight.get(attempt.connection, 0) + 1
+            return Slot(attempt, now, keys)
 
-    def claimed(
-        self, connection_key: str, host: str, slot: float, *, exchanged: bool, widget: bool = False
-    ) -> None:
+    def claimed(self, slot: Slot, *, exchanged: bool) -> None:
         """The claim of an admitted slot resolved. Without an exchange (the claim went to
         another worker, or the code turned out a duplicate) the slot is given back:
         duplicates never count."""
         with self._lock:
-            left = self._in_flight.get(connection_key, 0) - 1
+            connection = slot.attempt.connection
+            left = self._in_flight.get(connection, 0) - 1
             if left > 0:
-                self._in_flight[connection_key] = left
+                self._in_flight[connection] = left
             else:
-                self._in_flight.pop(connection_key, None)
-            if exchanged:
-                return
-            for key in _keys(connection_key, host, widget):
-                window = self._seen.get(key)
-                if window is not None and slot in window:
-                    window.remove(slot)
+                self._in_flight.pop(connection, None)
+            if not exchanged:
+                self._give_back(slot, slot.windows)
+
+    def succeeded(self, slot: Slot) -> None:
+        """amoCRM gave tokens for the slot's code: it no longer counts against its source
+        (the token call was made, so every other window keeps it)."""
+        with self._lock:
+            self._give_back(slot, [key for key in slot.windows if key[0] == "source"])
 
     def in_flight(self, connection_key: str) -> bool:
         """True while an admitted claim for this connection has not resolved."""
         with self._lock:
             return connection_key in self._in_flight
 
-    def _window_of(self, key: tuple[str, str], now: float) -> deque[float]:
-        window = self._seen.setdefault(key, deque())
+    def _give_back(self, slot: Slot, keys: Iterable[tuple[str, str]]) -> None:
+        for key in keys:
+            window = self._seen.get(key)
+            if window is not None and slot.at in window:
+                window.remove(slot.at)
+                if not window:
+                    del self._seen[key]
+
+    def _prune(self, now: float) -> None:
+        """Forget the windows nobody counted since they emptied; prune again once as many
+        more have come as are live (each admission costs O(1) amortised)."""
+        for key in list(self._seen):
+            self._count(key, now)
+        self._prune_at = max(_PRUNE_AT, 2 * len(self._seen))
+
+    def _count(self, key: tuple[str, str], now: float) -> int:
+        """The exchanges in a window now; an emptied window is forgotten, so memory holds
+        only live windows (a flood from many addresses leaves nothing behind)."""
+        window = self._seen.get(key)
+        if window is None:
+            return 0
         while window and window[0] <= now - self._window:
             window.popleft()
-        if not window and len(self._seen) > 10_000:  # forget idle keys: memory stays bounded
-            self._seen.pop(key, None)
-            window = self._seen.setdefault(key, deque())
-        return window
-
-
-def _keys(connection_key: str, host: str, widget: bool) -> tuple[tuple[str, str], ...]:
-    keys = (("connection", connection_key), ("host", host), ("process", ""))
-    return (*keys, ("widgets", "")) if widget else keys
+        if not window:
+            del self._seen[key]
+        return len(window)

@@ -14,6 +14,7 @@ from typing import Final
 
 __all__ = [
     "CONNECTION_ERRORS",
+    "HOOK_OUTCOMES",
     "NOT_CONNECTED",
     "REJECTIONS",
     "RETRY_LATER",
@@ -62,6 +63,10 @@ class Reason(enum.StrEnum):
     KEPT_PAIR_PENDING = "kept_pair_pending"
     VERIFICATION_DEFERRED = "verification_deferred"
     REFRESH_BACKOFF = "refresh_backoff"
+    # Why a disconnect hook disconnected nothing (``HookResult.reason``).
+    HOOK_PACED = "hook_paced"
+    HOOK_REPLAYED = "hook_replayed"
+    NOTHING_TO_FORGET = "nothing_to_forget"
     # The web layer's own refusals.
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -123,6 +128,10 @@ NOT_CONNECTED: Final = CONNECTION_ERRORS | {
 #: ``TryAgainLater.reason``: why the same call may succeed later (``retry_after`` says when).
 RETRY_LATER: Final = frozenset(
     {R.REFRESH_IN_PROGRESS, R.KEPT_PAIR_PENDING, R.VERIFICATION_DEFERRED, R.REFRESH_BACKOFF}
+)
+#: ``HookResult.reason``: why a signed disconnect hook disconnected nothing.
+HOOK_OUTCOMES: Final = frozenset(
+    {R.HOOK_PACED, R.HOOK_REPLAYED, R.NOTHING_TO_FORGET, R.PROVIDER_UNAVAILABLE}
 )
 #: The web layer's ``{"error": reason}``: rejections, connection errors, and its own refusals.
 WEB_REFUSALS: Final = (

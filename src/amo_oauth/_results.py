@@ -9,7 +9,14 @@ import attrs
 
 from ._records import Connection, ConnectionStatus
 
-__all__ = ["AuthorizationRequest", "CallbackResult", "Outcome", "RefreshReport", "SweepProgress"]
+__all__ = [
+    "AuthorizationRequest",
+    "CallbackResult",
+    "HookResult",
+    "Outcome",
+    "RefreshReport",
+    "SweepProgress",
+]
 
 
 class Outcome(enum.StrEnum):
@@ -126,3 +133,40 @@ class SweepProgress:
     refreshed: int
     failed: int
     skipped: int = 0
+
+
+class HookResult(tuple[Connection, ...]):
+    """What ``handle_disconnect_hook`` did. The tuple holds every connection of this
+    integration on the hook's account, as it is after the hook (the same tuple as before
+    this class: ``(gone,) = oauth.handle_disconnect_hook(query)`` still works).
+
+    Attributes:
+        disconnected: the connections this call put in ``error``
+            (``disconnected_by_provider``).
+        checked: whether amoCRM's API was asked (``GET /api/v4/account``, or the account
+            lookup) whether the tokens still work.
+        reason: why nothing was disconnected (``hook_paced``, ``hook_replayed``,
+            ``nothing_to_forget``, ``provider_unavailable``; docs/reasons.md), or None.
+    """
+
+    disconnected: tuple[Connection, ...]
+    checked: bool
+    reason: str | None
+
+    def __new__(
+        cls,
+        connections: tuple[Connection, ...] = (),
+        *,
+        disconnected: tuple[Connection, ...] = (),
+        checked: bool = False,
+        reason: str | None = None,
+    ) -> HookResult:
+        result = super().__new__(cls, connections)
+        result.disconnected, result.checked, result.reason = disconnected, checked, reason
+        return result
+
+    def __repr__(self) -> str:
+        return (
+            f"HookResult({tuple(self)!r}, disconnected={self.disconnected!r}, "
+            f"checked={self.checked!r}, reason={self.reason!r})"
+        )

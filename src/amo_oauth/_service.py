@@ -19,7 +19,13 @@ from ._ops import Op, Send, StoreOp
 from ._provider import send_within
 from ._record_view import RecordView
 from ._records import Connection, ConnectionRecord
-from ._results import AuthorizationRequest, CallbackResult, RefreshReport, SweepProgress
+from ._results import (
+    AuthorizationRequest,
+    CallbackResult,
+    HookResult,
+    RefreshReport,
+    SweepProgress,
+)
 from ._service_core import ServiceCore, default_store, with_stored
 from ._sweep import Done, HostPacer, SweepPlan, sweep
 from .stores import Store
@@ -118,6 +124,7 @@ class AmoOAuth(ServiceCore):
         *,
         connection_id: str | None = None,
         binding: str | None = None,
+        source: str | None = None,
     ) -> CallbackResult:
         """Handle amoCRM's redirect back (``code``, ``state``, ``referer``; or ``error``).
 
@@ -136,6 +143,10 @@ class AmoOAuth(ServiceCore):
                 app knows: a state issued to another connection is then refused
                 (``bad_state``).
             binding: the browser's binding (its cookie), as ``begin()`` returned it.
+            source: who sent the redirect, for the per-source bound on code exchanges
+                (``Config.max_exchanges_per_source``): the web layer passes ``user:<id>`` of
+                the signed-in user, else ``addr:<client address>``. None: the bound is not
+                applied (the other bounds are).
 
         Returns:
             ``CallbackResult(outcome, connection, duplicate)``.
@@ -146,7 +157,7 @@ class AmoOAuth(ServiceCore):
                 ``widget_installs_disabled``, ``rate_limited`` or ``malformed``. Nothing
                 changed.
         """
-        return self._run(self._flows.codes.handle_callback(query, connection_id, binding))
+        return self._run(self._flows.codes.handle_callback(query, connection_id, binding, source))
 
     def exchange_code(
         self,
@@ -157,6 +168,7 @@ class AmoOAuth(ServiceCore):
         state: str | None = None,
         exchange_new: bool = True,
         binding: str | None = None,
+        source: str | None = None,
     ) -> CallbackResult:
         """The legacy path: an app posts the code it got. Same rules, idempotent.
 
@@ -177,6 +189,7 @@ class AmoOAuth(ServiceCore):
             exchange_new: False to answer known codes only and refuse every new one (what the
                 web layer's ``POST /exchange-code`` does: no browser is bound to it).
             binding: the binding ``begin()`` returned, for a state bound to a browser.
+            source: as ``handle_callback``'s.
 
         Raises:
             CallbackRejected: as ``handle_callback``, and ``new_code_refused``.
@@ -184,7 +197,7 @@ class AmoOAuth(ServiceCore):
                 ``Widget``.
         """
         flow = self._flows.codes.exchange_code(
-            connection_id, code, referer, state, exchange_new, binding
+            connection_id, code, referer, state, exchange_new, binding, source
         )
         return self._run(flow)
 
@@ -249,11 +262,19 @@ class AmoOAuth(ServiceCore):
         """
         return self._run(self._flows.connections.disconnect(connection_id))
 
-    def handle_disconnect_hook(self, query: QueryLike) -> tuple[Connection, ...]:
+    def handle_disconnect_hook(self, query: QueryLike) -> HookResult:
         """amoCRM's uninstall hook: every connection of that account loses its tokens.
 
+        A connection is disconnected only when amoCRM refuses its tokens (a hook URL never
+        expires, so a replayed one must change nothing), and amoCRM is asked at most once per
+        account in each ``Config.hook_check_interval`` (60 s), across every process sharing
+        the store: replays in between are answered without an API call (``hook_paced``).
+
         Returns:
-            The affected connections (idempotent: a repeated hook changes nothing more).
+            A ``HookResult``: the tuple of the account's connections as they now are, with
+            ``disconnected`` (those this call disconnected), ``checked`` (amoCRM was asked) and
+            ``reason`` (why nothing was disconnected). Idempotent: a repeated hook changes
+            nothing more.
 
         Raises:
             CallbackRejected: ``bad_signature`` or ``malformed``; nothing changed.

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Final
 
 __all__ = [
+    "FORWARDED_HEADERS",
     "MAX_PREVIOUS_STATE_SECRETS",
     "MAX_TICKET_TTL",
     "MODES",
@@ -27,6 +28,8 @@ __all__ = [
 
 #: ``Config.mode``'s choices: amoCRM's consent page answers by ``postMessage`` or in a popup.
 MODES: Final = ("post_message", "popup")
+#: ``Config.forwarded_header``'s choices: the header a trusted proxy writes the client into.
+FORWARDED_HEADERS: Final = ("x-forwarded-for", "forwarded")
 #: The longest a mobile ticket may live: it is a bearer link, good for whoever opens it first.
 MAX_TICKET_TTL: Final = timedelta(minutes=10)
 #: The most ``Config.previous_state_secrets`` may hold: a state or ticket that none signed
@@ -92,6 +95,14 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         ),
         # Config: choices and domains
         "mode": f"mode must be one of {', '.join(MODES)}",
+        "forwarded_header": (
+            f"forwarded_header must be one of {', '.join(FORWARDED_HEADERS)}: the one header "
+            "your trusted proxies write the client's address into"
+        ),
+        "trusted_proxies": (
+            "trusted_proxies must be a whole number (int) of proxies, 0 or more: 0 ignores "
+            "forwarded headers (a client can write any header)"
+        ),
         "domains_type": "extra_domains must be a tuple of domain names, e.g. ('example.com',)",
         "domain_type": "extra_domains must hold domain names as strings, not {type}",
         "domain_not_plain": (

@@ -178,7 +178,8 @@ def _to_web(request: HttpRequest, path: str, max_body: int) -> Request:
         query = get_bytes_from_wsgi(request.META, "QUERY_STRING", "")
         headers = request.headers.items()
     body = request.read(max_body + 1)  # +1: enough to refuse
-    return Request(request.method or "GET", path, query, headers, body, request)
+    peer = request.META.get("REMOTE_ADDR") or None
+    return Request(request.method or "GET", path, query, headers, body, request, peer=peer)
 
 
 def _to_django(answer: Response) -> HttpResponse:

@@ -129,7 +129,10 @@ def _endpoint(handlers: AsyncHandlers, path: str | None) -> Endpoint:
         # The raw header bytes, as ASGI hands them over: the web layer parses the cookies
         # itself (Starlette's parser strips U+00A0 around a name; issue 20 #1).
         query, headers = request.scope.get("query_string", b""), request.scope.get("headers", [])
-        web_request = Request(request.method, handlers.prefix + sub, query, headers, body, request)
+        peer = request.client.host if request.client is not None else None
+        web_request = Request(
+            request.method, handlers.prefix + sub, query, headers, body, request, peer=peer
+        )
         answer = await handlers.handle(web_request)
         return to_starlette(answer)
 

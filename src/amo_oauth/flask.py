@@ -88,6 +88,7 @@ def blueprint(
                 headers=request.headers.items(),
                 body=_body(request, handlers.max_body + 1),  # +1: enough to refuse
                 native=request,
+                peer=request.remote_addr,
             )
         )
         return flask.Response(answer.body, answer.status, headers=list(answer.headers))

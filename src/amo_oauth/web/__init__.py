@@ -12,7 +12,8 @@ handlers = AsyncHandlers(
     app_scheme="foryoure",
 )
 response = await handlers.handle(
-    Request(method, path, query=raw_query_bytes, headers=header_pairs, body=body, native=req)
+    Request(method, path, query=raw_query_bytes, headers=header_pairs, body=body, native=req,
+            peer=client_address)   # the TCP peer's address: anonymous callers' budget key
 )
 ```
 

@@ -14,7 +14,7 @@ import attrs
 
 from .._callback import QueryLike
 from .._records import Connection
-from .._results import AuthorizationRequest, CallbackResult
+from .._results import AuthorizationRequest, CallbackResult, HookResult
 
 if TYPE_CHECKING:  # the service imports the web layer's nothing; only types go this way
     from .._async_service import AsyncAmoOAuth
@@ -88,15 +88,16 @@ class HandleCallback(ServiceCall[CallbackResult]):
     query: QueryLike = attrs.field(repr=False)
     connection_id: str | None
     binding: str | None = attrs.field(repr=False)
+    source: str | None = attrs.field(default=None, repr=False)
 
     def run(self, oauth: AmoOAuth) -> CallbackResult:
         return oauth.handle_callback(
-            self.query, connection_id=self.connection_id, binding=self.binding
+            self.query, connection_id=self.connection_id, binding=self.binding, source=self.source
         )
 
     async def arun(self, oauth: AsyncAmoOAuth) -> CallbackResult:
         return await oauth.handle_callback(
-            self.query, connection_id=self.connection_id, binding=self.binding
+            self.query, connection_id=self.connection_id, binding=self.binding, source=self.source
         )
 
 
@@ -152,11 +153,11 @@ class Disconnect(ServiceCall[Connection]):
 
 
 @attrs.frozen
-class HandleDisconnectHook(ServiceCall[tuple[Connection, ...]]):
+class HandleDisconnectHook(ServiceCall[HookResult]):
     query: QueryLike = attrs.field(repr=False)
 
-    def run(self, oauth: AmoOAuth) -> tuple[Connection, ...]:
+    def run(self, oauth: AmoOAuth) -> HookResult:
         return oauth.handle_disconnect_hook(self.query)
 
-    async def arun(self, oauth: AsyncAmoOAuth) -> tuple[Connection, ...]:
+    async def arun(self, oauth: AsyncAmoOAuth) -> HookResult:
         return await oauth.handle_disconnect_hook(self.query)

@@ -227,8 +227,20 @@ ROUTES: Final = (
         "GET",
         "/disconnect-hook",
         "amoCRM's uninstall hook",
-        "Checks the hook's signature and disconnects every connection of the account.",
-        ((200, "{disconnected: n}"), (400, "{error: bad_signature | malformed}"), *_EVERY_ROUTE),
+        "Checks the hook's signature and disconnects every connection of the account "
+        "whose tokens amoCRM refuses. amoCRM is asked at most once per account in each "
+        "Config.hook_check_interval (60 s), across processes; a replay in between is "
+        "answered without asking (reason hook_paced).",
+        (
+            (
+                200,
+                "{disconnected: n (connections this call disconnected), checked: bool (amoCRM "
+                "was asked), reason: null | hook_paced | hook_replayed | nothing_to_forget | "
+                "provider_unavailable (why nothing was disconnected)}",
+            ),
+            (400, "{error: bad_signature | malformed}"),
+            *_EVERY_ROUTE,
+        ),
         parameters=_HOOK_QUERY,
     ),
 )

@@ -153,6 +153,9 @@ class Request:
         native: the framework's own request object, for the app's ``connection_id`` callable
             (``starlette.requests.Request`` under ``amo_oauth.fastapi``, ``flask.request``
             under ``amo_oauth.flask``); ignored by the handlers.
+        peer: the address of the client at the other end of the connection, as the server
+            saw it (a proxy's, behind one), or None when unknown; the adapters fill it. The
+            per-source bound on code exchanges keys anonymous callers by it.
     """
 
     method: str = attrs.field(converter=_upper)
@@ -161,6 +164,7 @@ class Request:
     headers: Headers = attrs.field(default=(), converter=_headers, repr=False)
     body: bytes = attrs.field(default=b"", repr=_size)
     native: Any = attrs.field(default=None, eq=False, repr=False)
+    peer: str | None = attrs.field(default=None, kw_only=True, repr=False)
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""

@@ -19,6 +19,7 @@ __all__ = [
     "as_connection_id",
     "check_origin",
     "check_size",
+    "client_address",
     "code_fields",
     "origin_of",
     "wants_json",
@@ -169,6 +170,34 @@ def _optional_text(value: object) -> str | None:
     if not isinstance(value, str):
         raise Refusal(400, "malformed")
     return value
+
+
+def client_address(request: Request, trusted_proxies: int, header: str) -> str | None:
+    """The client's address: the peer's, or with ``trusted_proxies`` (``Config``) the entry
+    that many from the right of the forwarded ``header`` (each trusted proxy appends the
+    address it was reached from; entries further left are whatever the client wrote). None
+    when unknown, and the peer's when the header holds fewer entries than proxies trusted."""
+    if trusted_proxies == 0:
+        return request.peer
+    lines = [value for name, value in request.headers if name == header]
+    entries = [entry.strip() for line in lines for entry in line.split(",")]
+    if header == "forwarded":  # RFC 7239: for=... in each element
+        entries = [_forwarded_for(entry) for entry in entries]
+    if len(entries) < trusted_proxies or not entries[-trusted_proxies]:
+        return request.peer
+    return entries[-trusted_proxies].lower()
+
+
+def _forwarded_for(element: str) -> str:
+    """The node of an RFC 7239 element's ``for=`` (quotes, brackets and the port dropped)."""
+    for pair in element.split(";"):
+        name, _, value = pair.strip().partition("=")
+        if name.strip().lower() == "for":
+            node = value.strip().strip('"')
+            if node.startswith("["):  # [2001:db8::1]:4711
+                return node[1:].partition("]")[0]
+            return node.partition(":")[0] if node.count(":") == 1 else node
+    return ""
 
 
 def as_connection_id(value: object) -> str:

@@ -54,6 +54,7 @@ from ._reading import (
     as_connection_id,
     check_origin,
     check_size,
+    client_address,
     code_fields,
     origin_of,
     wants_json,
@@ -218,6 +219,9 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         state_ttl = getattr(config, "state_ttl", timedelta(minutes=30))
         self.cookie_max_age = max(1, int(state_ttl.total_seconds()))
         self.connect_url = _connect_url(redirect_uri, self.prefix)
+        # Forwarded headers count only where the app said how many proxies write them.
+        self.trusted_proxies: int = getattr(config, "trusted_proxies", 0)
+        self.forwarded_header: str = getattr(config, "forwarded_header", "x-forwarded-for")
         self.allowed_origins = frozenset(
             origin_of(url) for url in (redirect_uri, *_origins(allowed_origins)) if url
         )
@@ -368,8 +372,9 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
     def _callback(self, request: Request) -> WebFlow[Response]:
         signed_in = yield from self._signed_in()
         cookie = request.cookie(self.cookie_name)
+        source = self._source(request, signed_in)
         result = yield from self._call(
-            HandleCallback(request.query, connection_id=signed_in, binding=cookie)
+            HandleCallback(request.query, connection_id=signed_in, binding=cookie, source=source)
         )
         kind, params, reason = _page_link(result, request)
         # The state is echoed so the app can match the answer to its request; the code never is.
@@ -388,6 +393,14 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             # Done with: the binding is cleared once the connection is made.
             page = attrs.evolve(page, headers=(*page.headers, self._set_cookie("", 0)))
         return page
+
+    def _source(self, request: Request, signed_in: str | None) -> str | None:
+        """Whom a callback's code exchange counts against (``max_exchanges_per_source``): the
+        signed-in user (the app's own key for who is asking), else the client's address."""
+        if signed_in is not None:
+            return f"user:{signed_in}"
+        address = client_address(request, self.trusted_proxies, self.forwarded_header)
+        return None if address is None else f"addr:{address}"
 
     def _exchange_code(self, request: Request) -> WebFlow[Response]:
         connection_id = yield from self._identity(request)
@@ -416,8 +429,9 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         return Response.json(200, status_payload(connection))
 
     def _disconnect_hook(self, request: Request) -> WebFlow[Response]:
-        affected = yield from self._call(HandleDisconnectHook(request.query))
-        return Response.json(200, {"disconnected": len(affected)})
+        done = yield from self._call(HandleDisconnectHook(request.query))
+        answer = {"disconnected": len(done.disconnected), "checked": done.checked}
+        return Response.json(200, {**answer, "reason": done.reason})
 
 
 def _connect_url(redirect_uri: str, prefix: str) -> str:

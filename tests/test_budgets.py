@@ -1,0 +1,296 @@
+"""Budgets one source cannot spend for another (issue 20, item 4).
+
+Code exchanges count against their source (the signed-in user, else the client's address);
+a source whose exchanges fail may fill only half of each shared bound, so an honest user's
+first callback goes through while others flood; widget installs are bounded per account host
+and in total, far below the process's bound; a replay of a code the ledger holds never counts
+and is never refused; forwarded headers count only where the app opts in; every adapter hands
+the web layer the peer's address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from urllib.parse import urlencode
+
+import attrs
+import flask
+import httpx
+import pytest
+from django.test import AsyncClient, Client, override_settings
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, MemoryStore
+from amo_oauth.django import urls
+from amo_oauth.fastapi import router
+from amo_oauth.flask import blueprint
+from amo_oauth.testing import FakeAmoCRM, FakeClock
+from amo_oauth.web import Handlers, Request, Response
+from amo_oauth.web._reading import client_address
+from test_django import project
+
+from helpers import config_for, query_of
+
+PREFIX = "/api/amo-crm"
+#: Config's own bounds (helpers.config_for lifts them for the rest of the suite).
+DEFAULT_BOUNDS = {
+    field.name: field.default
+    for field in attrs.fields(Config)
+    if field.name.startswith(("max_exchanges_", "max_widget_exchanges"))
+}
+ATTACKER = "203.0.113.66"
+AMOCRM = "185.25.0.10"  # where genuine widget installs come from
+
+
+def handlers_for(oauth: AmoOAuth) -> Handlers:
+    return Handlers(oauth, connection_id=lambda r: r.header("x-user"), app_scheme="app")
+
+
+def callback(
+    handlers: Handlers,
+    query: dict[str, str],
+    *,
+    peer: str | None = None,
+    user: str | None = None,
+    binding: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    sent = dict(headers or {})
+    if user is not None:
+        sent["x-user"] = user
+    if binding is not None:
+        sent["cookie"] = f"{handlers.cookie_name}={binding}"
+    request = Request("GET", f"{PREFIX}/callback", urlencode(query), sent, peer=peer)
+    return handlers.handle(request)
+
+
+def junk_consent(oauth: AmoOAuth, fake: FakeAmoCRM, user: str, n: int) -> tuple[dict, str | None]:
+    """A consent of ``user`` whose redirect carries a junk code for the user's own account."""
+    begun = oauth.begin(user)
+    query = query_of(fake.authorize(begun.state))
+    return {**query, "code": f"junk-{user}-{n}", "referer": f"{user}.amocrm.ru"}, begun.binding
+
+
+def junk_install(fake: FakeAmoCRM, n: int) -> dict[str, str]:
+    install = query_of(fake.authorize(from_widget=True))
+    return {**install, "code": f"junk-{n}", "referer": f"shop{n}.amocrm.ru"}
+
+
+def test_32_flooding_accounts_leave_an_honest_users_first_callback_its_exchange(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """Issue 20.4: one attacker with 32 free accounts x 10 junk callbacks (300 exchanges)
+    made an honest user's first callback rate_limited."""
+    oauth = make_oauth(**DEFAULT_BOUNDS)
+    handlers = handlers_for(oauth)
+    statuses = []
+    for account in range(32):
+        user = f"attacker-{account}"
+        for n in range(10):
+            query, binding = junk_consent(oauth, fake, user, n)
+            statuses.append(callback(handlers, query, peer=ATTACKER, user=user, binding=binding))
+    sent = fake.token_call_count("authorization_code")
+    # Each account's first junk code is its only clean one; the rest share half the process.
+    assert sent <= 32 + 300 // 2
+    assert [answer.status for answer in statuses].count(429) == 320 - sent
+    begun = oauth.begin("honest")
+    query = query_of(fake.authorize(begun.state))
+    answer = callback(handlers, query, peer="198.51.100.7", user="honest", binding=begun.binding)
+    assert answer.status == 200 and oauth.status("honest").is_connected
+
+
+def test_160_junk_widget_installs_from_one_address_make_10_token_calls(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """Issue 20.4: 160 anonymous installs with junk codes on 160 hosts made 150 token calls
+    carrying the client secret, and a real widget install then got 429 for 10 minutes."""
+    oauth = make_oauth(allow_widget_installs=True, **DEFAULT_BOUNDS)
+    handlers = handlers_for(oauth)
+    answers = [callback(handlers, junk_install(fake, n), peer=ATTACKER) for n in range(160)]
+    assert fake.token_call_count("authorization_code") == 10  # max_exchanges_per_source
+    assert [answer.status for answer in answers].count(429) == 150
+    genuine = query_of(fake.authorize(from_widget=True))  # from amoCRM's servers
+    assert callback(handlers, genuine, peer=AMOCRM).status == 200
+    assert fake.token_call_count("authorization_code", "ok") == 1
+
+
+def test_160_junk_widget_installs_from_160_addresses_are_bounded_in_total(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """Every install from its own address: installs are told apart by nothing, so they are
+    bounded in total (max_widget_exchanges, 30: a tenth of the process's bound). A genuine one
+    in the same window is refused, with nothing written: the same redirect works after it."""
+    oauth = make_oauth(
+        allow_widget_installs=True, **DEFAULT_BOUNDS, exchange_window=timedelta(seconds=1)
+    )
+    handlers = handlers_for(oauth)
+    for n in range(160):
+        callback(handlers, junk_install(fake, n), peer=f"10.0.{n // 250}.{n % 250}")
+    assert fake.token_call_count("authorization_code") == 30
+    genuine = query_of(fake.authorize(from_widget=True))
+    assert callback(handlers, genuine, peer=AMOCRM).status == 429
+    time.sleep(1.05)
+    assert callback(handlers, genuine, peer=AMOCRM).status == 200
+    # The app's own users were never short of an exchange meanwhile.
+    begun = oauth.begin("ann")
+    query = query_of(fake.authorize(begun.state))
+    assert callback(handlers, query, user="ann", binding=begun.binding).status == 200
+
+
+def test_one_host_takes_few_widget_installs(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    oauth = make_oauth(allow_widget_installs=True, **DEFAULT_BOUNDS)
+    handlers = handlers_for(oauth)
+    for n in range(20):
+        install = {**junk_install(fake, n), "referer": "shop.amocrm.ru"}
+        callback(handlers, install, peer=f"10.1.0.{n}")
+    assert fake.token_call_count("authorization_code") == 3  # max_widget_exchanges_per_host
+
+
+def test_a_successful_exchange_does_not_count_against_its_source(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """An office behind one address (or one user re-authorizing often) is not its own
+    attacker: only what fails counts against a source."""
+    oauth = make_oauth(**{**DEFAULT_BOUNDS, "max_exchanges_per_source": 2})
+    handlers = handlers_for(oauth)
+    for n in range(6):
+        begun = oauth.begin(f"colleague-{n}")
+        query = query_of(fake.authorize(begun.state))
+        assert callback(handlers, query, peer="192.0.2.1", binding=begun.binding).status == 200
+    junk = [junk_consent(oauth, fake, f"colleague-{n}", n) for n in range(3)]
+    answers = [callback(handlers, q, peer="192.0.2.1", binding=b).status for q, b in junk]
+    assert answers == [200, 200, 429]  # junk counts: a failed exchange answers its page
+
+
+def test_a_replay_of_a_ledger_code_is_never_refused_while_budgets_are_spent(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    oauth = make_oauth(
+        max_exchanges_per_connection=2, max_exchanges_per_process=4, max_exchanges_per_source=1
+    )  # the widget bounds play no part
+    handlers = handlers_for(oauth)
+    begun = oauth.begin("ann")
+    good = query_of(fake.authorize(begun.state))
+    assert callback(handlers, good, peer=ATTACKER, binding=begun.binding).status == 200
+    for n in range(10):  # every budget spent: the process's, ann's, the address's
+        query, binding = junk_consent(oauth, fake, f"user-{n}", n)
+        callback(handlers, query, peer=ATTACKER, binding=binding)
+    query, binding = junk_consent(oauth, fake, "ann", 99)
+    assert callback(handlers, query, peer=ATTACKER, binding=binding).status == 429
+    calls = fake.token_call_count()
+    for peer in (ATTACKER, "198.51.100.1", None):
+        for binding in (begun.binding, None):
+            answer = callback(handlers, good, peer=peer, binding=binding)
+            assert answer.status == 200 and "error=" not in answer.text
+    assert fake.token_call_count() == calls
+
+
+def test_forwarded_headers_count_only_where_the_app_opts_in(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """A client writes any X-Forwarded-For it likes: by default it is ignored, so one peer
+    stays one source however it rotates the header."""
+    oauth = make_oauth(allow_widget_installs=True, **DEFAULT_BOUNDS)
+    handlers = handlers_for(oauth)
+    for n in range(40):
+        spoofed = {"x-forwarded-for": f"10.9.{n}.1", "forwarded": f"for=10.8.{n}.1"}
+        callback(handlers, junk_install(fake, n), peer=ATTACKER, headers=spoofed)
+    assert fake.token_call_count("authorization_code") == 10  # one source: the peer
+
+
+@pytest.mark.parametrize(
+    ("proxies", "header", "lines", "expected"),
+    [
+        (0, "x-forwarded-for", ["1.1.1.1"], "10.0.0.1"),  # not opted in: the peer
+        (1, "x-forwarded-for", ["6.6.6.6, 1.1.1.1"], "1.1.1.1"),  # what our proxy appended
+        (2, "x-forwarded-for", ["6.6.6.6, 1.1.1.1", "172.16.0.9"], "1.1.1.1"),
+        (2, "x-forwarded-for", ["1.1.1.1"], "10.0.0.1"),  # fewer entries than proxies
+        (1, "forwarded", ['for=6.6.6.6, for="[2001:DB8::1]:4711";proto=https'], "2001:db8::1"),
+        (1, "forwarded", ["for=192.0.2.60:8080;by=203.0.113.43"], "192.0.2.60"),
+        (1, "forwarded", ["for=_hidden"], "_hidden"),
+        (1, "x-forwarded-for", [], "10.0.0.1"),
+    ],
+)
+def test_the_client_address(proxies: int, header: str, lines: list[str], expected: str) -> None:
+    headers = [(header, line) for line in lines] + [("x-forwarded-for", "9.9.9.9")] * (
+        header == "forwarded"
+    )
+    request = Request("GET", "/", headers=headers, peer="10.0.0.1")
+    assert client_address(request, proxies, header) == expected
+
+
+def test_a_trusted_proxy_makes_each_client_its_own_source(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """Behind one proxy (trusted_proxies=1), callers are told apart by the address it writes:
+    a flood from one client leaves another client's widget install its exchange."""
+    oauth = make_oauth(allow_widget_installs=True, trusted_proxies=1, **DEFAULT_BOUNDS)
+    handlers = handlers_for(oauth)
+    via_proxy = {"x-forwarded-for": f"1.2.3.4, {ATTACKER}"}
+    for n in range(40):
+        callback(handlers, junk_install(fake, n), peer="10.0.0.2", headers=via_proxy)
+    assert fake.token_call_count("authorization_code") == 10
+    genuine = query_of(fake.authorize(from_widget=True))
+    answer = callback(handlers, genuine, peer="10.0.0.2", headers={"x-forwarded-for": AMOCRM})
+    assert answer.status == 200
+
+
+# -- every adapter fills the peer address ------------------------------------------------------
+
+
+@pytest.fixture
+def async_oauth(fake: FakeAmoCRM, clock: FakeClock) -> Iterator[AsyncAmoOAuth]:
+    oauth = AsyncAmoOAuth(
+        config_for(fake),
+        store=MemoryStore(),
+        http=httpx.AsyncClient(transport=fake.async_transport()),
+        clock=clock,
+    )
+    yield oauth
+    asyncio.run(oauth.aclose())
+
+
+def peer_seen(seen: list[str | None]) -> Callable[[Request], None]:
+    def identify(request: Request) -> None:
+        seen.append(request.peer)
+
+    return identify
+
+
+def test_fastapi_fills_the_peer(async_oauth: AsyncAmoOAuth) -> None:
+    seen: list[str | None] = []
+    app = FastAPI()
+    app.include_router(router(async_oauth, connection_id=peer_seen(seen), app_scheme="app"))
+    with TestClient(app, client=("192.0.2.31", 50000)) as client:
+        assert client.get(f"{PREFIX}/status").status_code == 401
+    assert seen == ["192.0.2.31"]
+
+
+def test_flask_fills_the_peer(oauth: AmoOAuth) -> None:
+    seen: list[str | None] = []
+    app = flask.Flask(__name__)
+    app.register_blueprint(blueprint(oauth, connection_id=peer_seen(seen), app_scheme="app"))
+    client = app.test_client()
+    response = client.get(f"{PREFIX}/status", environ_base={"REMOTE_ADDR": "192.0.2.32"})
+    assert response.status_code == 401
+    assert seen == ["192.0.2.32"]
+
+
+def test_django_fills_the_peer(oauth: AmoOAuth, async_oauth: AsyncAmoOAuth) -> None:
+    seen: list[str | None] = []
+    for service in (oauth, async_oauth):
+        patterns = urls(service, connection_id=peer_seen(seen), app_scheme="app")
+        with override_settings(ROOT_URLCONF=project(patterns)):
+            if service is oauth:
+                answer = Client(REMOTE_ADDR="192.0.2.33").get(f"{PREFIX}/status")
+            else:
+                # The ASGI scope's client, which Django's AsyncClient sets to loopback.
+                answer = asyncio.run(AsyncClient().get(f"{PREFIX}/status"))  # type: ignore[arg-type]
+        assert answer.status_code == 401
+    assert seen == ["192.0.2.33", "127.0.0.1"]
