@@ -129,9 +129,9 @@ def test_a_429_with_retry_after_300_holds_60_calls_in_120_s_to_one_refresh(
     oauth = _connected(make_oauth, fake, backend.open())
     clock.advance(EXPIRED)
     fake.fail_next("429", times=100, grant="refresh_token")
-    with pytest.raises(ProviderError) as first:
+    with pytest.raises(TryAgainLater) as first:  # the caller that met the 429 too
         oauth.access_token(USER)
-    assert first.value.status == 429
+    assert (first.value.reason, first.value.status) == ("refresh_backoff", 429)
     assert first.value.retry_after == pytest.approx(300, abs=1)  # amoCRM's retry_after
     for _ in range(59):
         clock.advance(timedelta(seconds=2))
@@ -162,7 +162,8 @@ def test_a_403_is_sent_once_in_5_calls_then_at_growing_intervals(
         clock.advance(timedelta(seconds=2))  # a server store's clock follows to a few ms
         with pytest.raises(ProviderError) as blocked:
             oauth.access_token(USER)
-        assert blocked.value.status == 403 and not isinstance(blocked.value, TryAgainLater)
+        assert isinstance(blocked.value, TryAgainLater) and blocked.value.status == 403
+        assert blocked.value.reason == "refresh_backoff"
         sent += 1
         assert fake.token_call_count("refresh_token") == sent
         assert blocked.value.retry_after == pytest.approx(2 * interval, abs=0.5)

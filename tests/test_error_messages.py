@@ -74,7 +74,9 @@ def test_an_answer_during_a_refresh_names_its_status_and_keeps_retry_after(
     run_consent(oauth, fake, USER)
     clock.advance(timedelta(days=1, minutes=1))
     fake.fail_next("429", grant="refresh_token")
-    with pytest.raises(ProviderError) as answered:
+    with pytest.raises(TryAgainLater) as answered:
         oauth.access_token(USER)
-    assert str(answered.value) == "amoCRM answered 429: Too Many Requests"
-    assert answered.value.retry_after == 300
+    assert str(answered.value) == (
+        "try again later (refresh_backoff): amoCRM answered 429: Too Many Requests"
+    )
+    assert (answered.value.status, answered.value.retry_after) == (429, 300)

@@ -117,11 +117,12 @@ class ProviderError(AmoOAuthError):
 class TryAgainLater(ProviderError):
     """The call may succeed later; nothing is wrong for good, and nobody needs to re-authorize.
 
-    A ``ProviderError`` (always ``transient``, ``status`` None) so that code catching
-    ``ProviderError`` for transient failures keeps working; catch this class to read
-    ``reason`` and ``retry_after``. Its message names the reason, never amoCRM as the one
-    that answered: ``try again later (refresh_in_progress): a refresh by another worker is
-    still running``.
+    A ``ProviderError`` (always ``transient``) so that code catching ``ProviderError`` for
+    transient failures keeps working; catch this class to read ``reason`` and
+    ``retry_after``. Its message names the reason first, and amoCRM only when amoCRM's answer
+    is the cause: ``try again later (refresh_in_progress): a refresh by another worker is
+    still running``; ``try again later (refresh_backoff): amoCRM answered 429: Too Many
+    Requests``.
 
     Args:
         reason: a stable slug, one of ``_reasons.RETRY_LATER``:
@@ -130,26 +131,37 @@ class TryAgainLater(ProviderError):
             have rotated and still keeps in memory: its pair may land within
             ``Config.kept_pair_grace``), ``verification_deferred`` (a new connection's
             verification failed for a moment and is retried), ``refresh_backoff`` (amoCRM
-            pushed back on the connection's last refresh: a 429, a blocked account's 403, a
-            5xx; no refresh is sent until the back-off kept in the record lapses).
+            pushed back on the connection's refresh: a 429, a blocked account's 403, a 5xx;
+            no refresh is sent until the back-off kept in the record lapses).
         hint: a sentence for the log; never a secret.
         retry_after: seconds after which a retry makes sense, when known; else None.
+        status: the HTTP status of amoCRM's answer when that answer is the cause (the call
+            whose refresh amoCRM answered 429 / 403 / 5xx); ``None`` for a wait of the
+            library's own (another worker's refresh, a back-off already in the record).
 
     Raises:
         ValueError: ``reason`` is not one of ``RETRY_LATER``, or ``retry_after`` < 0.
     """
 
-    def __init__(self, reason: str, hint: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        hint: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
         if reason not in RETRY_LATER:
             raise ValueError(f"unknown retry reason {reason!r}")
         if retry_after is not None and retry_after < 0:
             raise ValueError("retry_after must be >= 0 seconds")
         self.reason = reason
-        super().__init__(None, hint, transient=True, retry_after=retry_after)
+        super().__init__(status, hint, transient=True, retry_after=retry_after)
 
     def _describe(self, status: int | None, hint: str) -> str:
-        # Not amoCRM's answer (often none was asked for): what holds the call up.
-        return f"try again later ({self.reason}): {hint}"
+        if status is None:  # a wait of the library's own: amoCRM was not asked
+            return f"try again later ({self.reason}): {hint}"
+        return f"try again later ({self.reason}): amoCRM answered {status}: {hint}"
 
 
 class TokenScopeError(AmoOAuthError):

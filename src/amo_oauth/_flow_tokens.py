@@ -365,16 +365,20 @@ class TokenFlows:
         token may have been spent (``RefreshReleased``).
 
         Raises:
-            ProviderError: ``error``, always.
+            TryAgainLater: ``refresh_backoff``, amoCRM's status on it, when amoCRM answered.
+            ProviderError: ``error`` itself when no answer came.
         """
         if not answered(error):
             yield from self.records.write(record, RefreshReleased(sent=sent))
             raise error
         deferral = self.records.deferral(record, answer.reason, error.retry_after, sent=sent)
         held = yield from self.records.write(record, deferral)
-        if held is not None:
-            error.retry_after = self.records.retry_after(held)
-        raise error
+        retry_after = self.records.retry_after(held) if held is not None else error.retry_after
+        # The same error every caller meets until the back-off lapses, amoCRM's status on it:
+        # one ``except TryAgainLater`` handles the first call and the ones it holds back.
+        raise TryAgainLater(
+            Reason.REFRESH_BACKOFF, error.hint, retry_after=retry_after, status=error.status
+        ) from error
 
     def _maybe_rotated(self, record: RecordView, doubted: RefreshDoubted) -> bool:
         """Whether a "revoked" for this refresh may not be the token's verdict: the table says
@@ -384,8 +388,11 @@ class TokenFlows:
 
 
 def _slug(error: AmoOAuthError) -> str:
+    """What a sweep reports for a connection it could not refresh: what amoCRM's answer meant
+    (``account_blocked``, ``unavailable``...) when one came, else why nothing was sent."""
     if isinstance(error, TryAgainLater):
-        return error.reason
+        cause = error.__cause__
+        return reason_of(cause) if isinstance(cause, ProviderError) else error.reason
     if isinstance(error, ProviderError):
         return reason_of(error)
     return type(error).__name__
