@@ -284,6 +284,10 @@ def app_from_env() -> FastAPI:
         client_secret=env["AMO_CLIENT_SECRET"],
         redirect_uri=env["AMO_REDIRECT_URI"],
         state_secret=env["AMO_STATE_SECRET"],
+        # Rotating: the secrets AMO_STATE_SECRET replaced, comma-separated (operations.md).
+        previous_state_secrets=[
+            old for old in env.get("AMO_PREVIOUS_STATE_SECRETS", "").split(",") if old
+        ],
         authorize_url=env.get("AMO_AUTHORIZE_URL", "https://www.amocrm.ru/oauth"),
     )
     oauth = AsyncAmoOAuth(config, store=SQLiteStore(env.get("AMO_DB", "amo_oauth.db")))

@@ -96,6 +96,10 @@ def app_from_env() -> Starlette:
         client_secret=env["AMO_CLIENT_SECRET"],
         redirect_uri=env["AMO_REDIRECT_URI"],
         state_secret=env["AMO_STATE_SECRET"],
+        # Rotating: the secrets AMO_STATE_SECRET replaced, comma-separated (operations.md).
+        previous_state_secrets=[
+            old for old in env.get("AMO_PREVIOUS_STATE_SECRETS", "").split(",") if old
+        ],
     )
     pairs = (item.partition(":") for item in env.get("AMO_API_TOKENS", "").split(",") if item)
     tokens = {token: user for token, _, user in pairs}

@@ -16,6 +16,7 @@ from amo_oauth._events import (
     LeaseExpired,
     ProviderDisconnected,
     RefreshClaimed,
+    RefreshDeferred,
     RefreshDoubted,
     Refreshed,
     RefreshFailed,
@@ -28,6 +29,7 @@ from amo_oauth._events import (
 from amo_oauth._hosts import AccountHost
 from amo_oauth._records import (
     Account,
+    Backoff,
     ConnectionRecord,
     ConnectionStatus,
     ErrorInfo,
@@ -104,6 +106,13 @@ records = st.builds(
     verify_after=st.none() | moments,
     verify_attempts=st.integers(min_value=0, max_value=5),
     kept_pair_until=st.none() | moments,
+    backoff=st.none()
+    | st.builds(
+        Backoff,
+        until=moments,
+        attempts=st.integers(min_value=1, max_value=9),
+        cause=st.sampled_from(["unavailable", "account_blocked"]),
+    ),
 )
 
 
@@ -157,6 +166,12 @@ def events(codes: st.SearchStrategy[str]) -> dict[type[Event], st.SearchStrategy
             RefreshDoubted, spent_refresh_token=refresh_tokens, until=moments
         ),
         RefreshReleased: st.just(RefreshReleased()),
+        RefreshDeferred: st.builds(
+            RefreshDeferred,
+            until=moments,
+            cause=st.sampled_from(["unavailable", "account_blocked"]),
+            sent=st.booleans(),
+        ),
         Disconnect: st.just(Disconnect()),
         ProviderDisconnected: st.builds(ProviderDisconnected, at=moments),
     }

@@ -121,6 +121,7 @@ def test_a_refresh_that_is_not_the_tokens_fault_keeps_the_pair(
     status = oauth.status(USER)
     assert (status.status, status.error) == (ConnectionStatus.CONNECTED, None)
     transport.answer = None  # amoCRM answers again: the kept pair refreshes
+    clock.advance(timedelta(minutes=6))  # once the back-off lapses (test_backoff.py)
     assert fake.is_access_token_valid(oauth.access_token(USER))
     assert len(transport.refresh_sends) == 2 and len(set(transport.refresh_sends)) == 1
 

@@ -261,10 +261,10 @@ def test_the_state_verifies_without_a_store(fake: FakeAmoCRM, clock: FakeClock) 
     with AmoOAuth(config, store=MemoryStore(), http=httpx.Client(), clock=clock) as oauth:
         oauth._store = ReadOnly()  # type: ignore[assignment]  # begin reads once, writes nothing
         begun = oauth.begin(MALLORY)
-        claims = read_state(config.state_secret, begun.state)
+        claims = read_state(config.accepted_state_secrets, begun.state)
         oauth._store = MemoryStore()  # type: ignore[assignment]
-    assert claims.names(config.state_secret, MALLORY)
-    assert not claims.names(config.state_secret, VICTIM)
+    assert claims.names(MALLORY)
+    assert not claims.names(VICTIM)
     assert claims.bound and claims.expires_at == begun.expires_at
 
 
@@ -570,7 +570,7 @@ def test_bindings_and_tickets_never_show(oauth: AmoOAuth) -> None:
         for value in (
             begun,
             parse_binding(begun.binding),
-            read_ticket(oauth.config.state_secret, ticket),
+            read_ticket(oauth.config.accepted_state_secrets, ticket),
             Request(
                 "GET",
                 f"{PREFIX}/connect",

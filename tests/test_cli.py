@@ -111,6 +111,7 @@ def test_refresh_due_with_nothing_due_refreshes_nothing(
         "failed_by_reason": {},
         "needs_reauthorization": [],
         "skipped": 0,
+        "remaining": 0,
     }
 
 
@@ -168,6 +169,7 @@ def test_refresh_due_refreshes_and_summarizes(
         "failed_by_reason": {},
         "needs_reauthorization": [],
         "skipped": 0,
+        "remaining": 0,
     }
     assert err == ""  # fewer than a thousand, and not a terminal: no progress line
     assert fake.token_call_count("refresh_token", "ok") == 5

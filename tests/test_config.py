@@ -311,6 +311,18 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "state_secret_type": lambda: config(state_secret=32),
     "state_secret_short": lambda: config(state_secret="short"),
     "state_secret_is_client_secret": lambda: config(client_secret="s" * 40, state_secret="s" * 40),
+    "previous_state_secrets_type": lambda: config(previous_state_secrets="o" * 32),
+    "previous_state_secret_type": lambda: config(previous_state_secrets=[32]),
+    "previous_state_secret_short": lambda: config(previous_state_secrets=["old"]),
+    "previous_state_secrets_many": lambda: config(
+        previous_state_secrets=[f"old-secret-{n}-".ljust(32, "o") for n in range(4)]
+    ),
+    "previous_state_secret_is_client_secret": lambda: config(
+        client_secret="c" * 40, previous_state_secrets=["c" * 40]
+    ),
+    "previous_state_secret_is_current": lambda: config(
+        state_secret="n" * 32, previous_state_secrets=[b"n" * 32]
+    ),
     "mode": lambda: config(mode="redirect"),
     "forwarded_header": lambda: config(forwarded_header="X-Real-IP"),
     "trusted_proxies": lambda: config(trusted_proxies=-1),
@@ -324,6 +336,11 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "not_positive": lambda: config(refresh_margin=timedelta(0)),
     "ticket_ttl_long": lambda: config(ticket_ttl=timedelta(hours=1)),
     "lease_short": lambda: config(http_timeout=30.0),
+    "fraction_type": lambda: config(refresh_backoff_jitter="0.1"),
+    "fraction_range": lambda: config(refresh_backoff_jitter=1.5),
+    "backoff_order": lambda: config(
+        refresh_backoff_initial=timedelta(minutes=10), refresh_backoff_max=timedelta(minutes=5)
+    ),
     "app_scheme_type": lambda: _handlers(app_scheme=None),
     "sync_service": lambda: Handlers(
         _async_service(), connection_id=lambda r: None, app_scheme="a"

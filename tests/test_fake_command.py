@@ -235,10 +235,14 @@ def test_the_request_log_escapes_what_a_terminal_would_act_on() -> None:
     operator's terminal as it was sent."""
     with running_fake("--port", "0") as fake:
         port = int(fake.env["AMO_AUTHORIZE_URL"].split(":")[2].split("/")[0])
-        answers = [_raw_get(port, host) for host in (b"evil\x1bc\x07", b"\x1b[2Jevil")]
+        answers = [_raw_get(port, host) for host in (b"\x1b[2Jevil", b"evil\x1bc\x07")]
+        assert fake.process.stdout is not None
+        logged = ""  # the log as it comes: the command prints each request a moment later
+        while "/oauth: " not in logged:
+            logged += fake.process.stdout.readline()
         rest, err = fake.interrupt()
-    assert "\x1b" not in rest + err and "\x07" not in rest + err
-    assert "  GET evil\\x1bc\\x07/oauth: " in rest
+    assert "\x1b" not in logged + rest + err and "\x07" not in logged + rest + err
+    assert "  GET evil\\x1bc\\x07/oauth: " in logged
     assert answers[1].startswith(b"HTTP/1.0 400 ")  # a Host no URL holds: the client's error
     assert "Traceback" not in err
 

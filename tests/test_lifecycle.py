@@ -21,6 +21,7 @@ from amo_oauth._events import (
     LeaseExpired,
     ProviderDisconnected,
     RefreshClaimed,
+    RefreshDeferred,
     RefreshDoubted,
     Refreshed,
     RefreshFailed,
@@ -125,6 +126,7 @@ EXPECTED = {
     RefreshFailed: ("stale", "stale", "stale", E, "stale"),
     RefreshDoubted: ("stale", "stale", "stale", "first_send", "stale"),
     RefreshReleased: ("stale", "stale", "stale", C, "stale"),
+    RefreshDeferred: ("stale", "stale", "stale", C, "stale"),
     Disconnect: ("already_disconnected", D, D, D, D),
     ProviderDisconnected: ("nothing_to_forget", E, E, E, "nothing_to_forget"),
 }
@@ -143,6 +145,7 @@ EXAMPLES = {
     RefreshFailed: RefreshFailed(ERROR, "refresh-1"),
     RefreshDoubted: RefreshDoubted("refresh-1", T0 + timedelta(minutes=2)),
     RefreshReleased: RefreshReleased(),
+    RefreshDeferred: RefreshDeferred(T0, "unavailable"),
     Disconnect: Disconnect(),
     ProviderDisconnected: ProviderDisconnected(T0),
 }

@@ -14,6 +14,7 @@ import pytest
 PURE = (
     "_lifecycle",
     "_records",
+    "_connection_id",
     "_record_view",
     "_events",
     "_callback",

@@ -174,6 +174,7 @@ def test_disconnect_forgets_everything_but_the_seen_codes():
             "connected_at",
             "refused_refresh",
             "kept_pair_until",
+            "backoff",
         ),
         None,
     )

@@ -137,7 +137,10 @@ def test_answers_that_did_not_spend_the_token_never_use_up_the_bound(
     clock.advance(timedelta(days=1, minutes=1))
     fake.fail_next(kind, times=4, grant="refresh_token")  # type: ignore[arg-type]
     for _ in range(4):
-        with pytest.raises(ProviderError):
+        with pytest.raises(ProviderError) as answered:
             oauth.access_token(USER)
+        assert answered.value.status is not None  # amoCRM's answer, not a held-back call
+        clock.advance(timedelta(hours=1, minutes=10))  # past the back-off (test_backoff.py)
+    assert fake.token_call_count("refresh_token") == 4
     assert fake.is_access_token_valid(oauth.access_token(USER))
     assert oauth.status(USER).status is ConnectionStatus.CONNECTED

@@ -272,6 +272,9 @@ def test_transient_refresh_failure_releases_the_lease(
     record = stored(oauth, USER)
     assert record is not None and record.lease is None
     assert record.status is ConnectionStatus.CONNECTED
+    # The answer holds refreshes back (test_backoff.py) for failed.value.retry_after seconds.
+    assert failed.value.retry_after is not None
+    clock.advance(timedelta(seconds=failed.value.retry_after + 1))
     assert oauth.access_token(USER)
     assert fake.token_calls[("refresh_token", "ok")] == 1
 

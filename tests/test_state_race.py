@@ -61,7 +61,7 @@ def test_a_state_taken_without_a_holder_is_still_refused_after_one_more_look(
     store = LateClaims()
     oauth = make_oauth(store=store)
     request = oauth.begin(USER)
-    claims = read_state(oauth.config.state_secret, request.state)
+    claims = read_state(oauth.config.accepted_state_secrets, request.state)
     store.consume_state(claims.nonce, claims.expires_at)
     with pytest.raises(CallbackRejected) as refused:
         oauth.handle_callback(query_of(fake.authorize(request.state)), binding=request.binding)

@@ -102,14 +102,15 @@ def test_the_old_call_still_works_and_limit_takes_the_soonest(
         run_consent(oauth, fake, cid)
         clock.advance(timedelta(days=1))
     clock.advance(timedelta(days=80))  # c0..c4 expire in 5, 6, ... 9 days
-    assert oauth.refresh_due(timedelta(days=8), 2).refreshed == ("c0", "c1")
-    assert oauth.refresh_due(within=timedelta(days=8), limit=0) == RefreshReport()
+    first = oauth.refresh_due(timedelta(days=8), 2)
+    assert (first.refreshed, first.remaining) == (("c0", "c1"), 1)  # c2 is due too
+    assert oauth.refresh_due(within=timedelta(days=8), limit=0) == RefreshReport(remaining=1)
     assert oauth.refresh_due().refreshed == ()  # the default window: 7 days
     assert sorted(oauth.refresh_due(timedelta(days=10)).refreshed) == ["c2", "c3", "c4"]
 
 
 def test_failures_are_tallied_by_reason(
-    idle: tuple[AmoOAuth, list[str], dict[str, str]], fake: FakeAmoCRM
+    idle: tuple[AmoOAuth, list[str], dict[str, str]], fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
     oauth, _, spent = idle
     fake.revoke_refresh_tokens(account=fake.default_account)  # c000, c006, c012, c018
@@ -124,7 +125,10 @@ def test_failures_are_tallied_by_reason(
     for cid in revoked:
         record = stored(oauth, cid)
         assert record is not None and record.status is ConnectionStatus.ERROR
-    # The transient one kept its pair and is refreshed by the next run, once.
+    # The transient one kept its pair and is refreshed by the next run once its back-off
+    # (60 s and up to a tenth more: test_backoff.py) has lapsed.
+    assert oauth.refresh_due(WEEK).failed == ((transient[0], "refresh_backoff"),)
+    clock.advance(timedelta(minutes=2))
     again = oauth.refresh_due(WEEK, None)
     assert again.refreshed == (transient[0],) and again.failed == ()
     assert fake.token_calls_for(spent[transient[0]]) == 2  # the 500, then the refresh

@@ -532,7 +532,7 @@ def test_interrupted_exchange_links_the_reason(
     [
         ("", "bad_state"),
         ("code=abc", "bad_state"),
-        ("state=v2.forged.sig&code=abc", "bad_state"),
+        ("state=v2.forged.sig&code=abc&referer=acme.amocrm.ru", "bad_state"),
         ("code=a&code=b", "malformed"),
         ("error=<script>&state=x", "malformed"),
     ],

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ._async_service import AsyncAmoOAuth
 from ._auth import ConnectionAuth
 from ._config import Config
+from ._connection_id import ConnectionId, Widget
 from ._errors import (
     AmoOAuthError,
     CallbackRejected,
@@ -67,6 +68,7 @@ __all__ = [  # noqa: RUF022
     "Config",
     "Connection",
     "ConnectionAuth",
+    "ConnectionId",
     "ConnectionRecord",
     "ConnectionStatus",
     "ErrorInfo",
@@ -91,6 +93,7 @@ __all__ = [  # noqa: RUF022
     "TryAgainLater",
     "UndecryptableRecord",
     "UnreadableRecord",
+    "Widget",
     "__version__",
     "store_from_url",
 ]

@@ -13,6 +13,7 @@ import httpx
 from ._auth import ConnectionAuth
 from ._callback import QueryLike
 from ._config import Config
+from ._connection_id import ConnectionId
 from ._driving import adrive
 from ._kept import AsyncKeptRetry
 from ._ops import Op, Send, Sleep, StoreOp
@@ -116,23 +117,24 @@ class AsyncAmoOAuth(ServiceCore):
         )
         return await self._shielded(flow)
 
-    async def status(self, connection_id: str) -> Connection:
+    async def status(self, connection_id: ConnectionId) -> Connection:
         """See ``AmoOAuth.status``."""
         return await self._shielded(self._flows.connections.status(connection_id))  # it may verify
 
-    async def access_token(self, connection_id: str) -> str:
+    async def access_token(self, connection_id: ConnectionId) -> str:
         """See ``AmoOAuth.access_token``."""
         return await self._shielded(self._flows.tokens.access_token(connection_id))
 
-    def auth(self, connection_id: str) -> ConnectionAuth:
+    def auth(self, connection_id: ConnectionId) -> ConnectionAuth:
         """See ``AmoOAuth.auth``; for ``httpx.AsyncClient``."""
+        self._flows.records.fresh(connection_id)  # a bad id fails here, not at the first request
 
         async def token(stale: str | None) -> tuple[str, str]:
             return await self._shielded(self._flows.tokens.api_token(connection_id, stale))
 
         return ConnectionAuth(async_token=token)
 
-    async def disconnect(self, connection_id: str) -> Connection:
+    async def disconnect(self, connection_id: ConnectionId) -> Connection:
         """See ``AmoOAuth.disconnect``."""
         return await self._shielded(self._flows.connections.disconnect(connection_id))
 
@@ -143,7 +145,7 @@ class AsyncAmoOAuth(ServiceCore):
     async def refresh_due(
         self,
         within: timedelta = timedelta(days=7),
-        limit: int | None = 100,
+        limit: int | None = None,
         *,
         concurrency: int = 16,
         per_host_rate: float = 7.0,

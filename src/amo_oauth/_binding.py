@@ -9,7 +9,9 @@ in an ``HttpOnly`` cookie; a caller of the service treats it as an opaque string
 A **ticket** lets a mobile app, which has a session with its backend but whose in-app browser
 has none, start a consent in that browser: ``t1.<payload>.<mac>``, signed like a state under
 its own context, naming the connection, a nonce and an expiry about a minute away. It is
-single-use: redeeming it consumes ``ticket:<nonce>`` in the store.
+single-use: redeeming it consumes ``ticket:<nonce>`` in the store. Like a state, it is signed
+under ``Config.state_secret`` and accepted under any of ``Config.accepted_state_secrets`` (a
+rotation). A binding is not signed: the state's keyed hash of its secret is what is checked.
 
 Both are secrets: they never appear in a repr, a log line or an exception.
 """
@@ -23,6 +25,7 @@ import hmac
 import json
 import re
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -31,7 +34,7 @@ import attrs
 from ._errors import CallbackRejected
 from ._reasons import Reason
 from ._records import check_connection_id
-from ._state_token import MAX_CLOCK_SKEW
+from ._state_token import MAX_CLOCK_SKEW, signer_of
 
 __all__ = [
     "Binding",
@@ -137,18 +140,19 @@ def ticket_expires_at(ticket: str) -> datetime:
     return datetime.fromtimestamp(body["e"] / 1000, UTC)
 
 
-def read_ticket(secret: bytes, token: object) -> TicketClaims:
-    """Check a ticket's signature and return its claims.
+def read_ticket(keys: Sequence[bytes], token: object) -> TicketClaims:
+    """Check a ticket's signature under each of ``keys`` (the current secret and the previous
+    ones, ``Config.accepted_state_secrets``) and return its claims.
 
     Raises:
-        CallbackRejected: ``bad_ticket`` for anything malformed or not signed with ``secret``.
+        CallbackRejected: ``bad_ticket`` for anything malformed or signed by none of ``keys``.
     """
     ok = isinstance(token, str) and len(token) <= _MAX_TICKET and token.isascii()
     parts = token.split(".") if ok and isinstance(token, str) else []
     if len(parts) != 3 or parts[0] != _TICKET_PREFIX:
         raise CallbackRejected(Reason.BAD_TICKET)
     payload, mac = parts[1], parts[2]
-    if not hmac.compare_digest(_ticket_mac(secret, payload).encode(), mac.encode()):
+    if signer_of(keys, mac, lambda key: _ticket_mac(key, payload)) is None:
         raise CallbackRejected(Reason.BAD_TICKET)
     try:
         body = json.loads(_unb64(payload))

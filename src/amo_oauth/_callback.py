@@ -16,7 +16,7 @@ import attrs
 from ._errors import CallbackRejected
 from ._hosts import AccountHost
 from ._records import code_digest
-from ._state_token import StateClaims, read_state
+from ._state_token import StateClaims, UnsignedState, read_state
 
 __all__ = ["CallbackSettings", "Denial", "Grant", "QueryLike", "parse_callback", "single_values"]
 
@@ -35,7 +35,7 @@ class CallbackSettings(Protocol):
     @property
     def client_id(self) -> str: ...
     @property
-    def state_secret(self) -> bytes: ...
+    def accepted_state_secrets(self) -> tuple[bytes, ...]: ...
     @property
     def extra_domains(self) -> tuple[str, ...]: ...
     @property
@@ -44,12 +44,18 @@ class CallbackSettings(Protocol):
 
 @attrs.frozen
 class Grant:
-    """A redirect that brought a code. The code never appears in a repr."""
+    """A redirect that brought a code. The code never appears in a repr.
+
+    ``state`` is None for a widget install (no state), and for a state that none of the
+    accepted secrets signed (``state_unsigned``: made under a secret removed since, or
+    forged), with which only a code the code ledger holds is answered.
+    """
 
     code: str = attrs.field(repr=False)
     host: AccountHost
     state: StateClaims | None
     from_widget: bool = False
+    state_unsigned: bool = False
 
     @property
     def code_digest(self) -> str:
@@ -101,7 +107,7 @@ def _state(params: Mapping[str, str], config: CallbackSettings) -> StateClaims:
     token = params.get("state")
     if not token:
         raise CallbackRejected("bad_state")
-    return read_state(config.state_secret, token)
+    return read_state(config.accepted_state_secrets, token)
 
 
 def _host(params: Mapping[str, str], config: CallbackSettings) -> AccountHost:
@@ -115,7 +121,9 @@ def _host(params: Mapping[str, str], config: CallbackSettings) -> AccountHost:
 
 
 def parse_callback(query: QueryLike, config: CallbackSettings) -> Grant | Denial:
-    """Turn the redirect's query into a ``Grant`` or a ``Denial``.
+    """Turn the redirect's query into a ``Grant`` or a ``Denial``. A code whose state has a
+    state's form but no accepted signature is a ``Grant`` with ``state_unsigned``; a denial
+    with one is ``bad_state``.
 
     Raises:
         CallbackRejected: ``malformed``, ``client_id_mismatch``, ``bad_state``,
@@ -136,8 +144,12 @@ def parse_callback(query: QueryLike, config: CallbackSettings) -> Grant | Denial
     widget = params.get("from_widget") == "1" and "state" not in params
     if widget and not config.allow_widget_installs:
         raise CallbackRejected("widget_installs_disabled")
-    state = None if widget else _state(params, config)
+    unsigned = False
+    try:
+        state = None if widget else _state(params, config)
+    except UnsignedState:  # the flow answers its code only if the ledger holds it
+        state, unsigned = None, True
     code = params.get("code")
     if not code:
         raise CallbackRejected("missing_code")
-    return Grant(code, _host(params, config), state, from_widget=widget)
+    return Grant(code, _host(params, config), state, from_widget=widget, state_unsigned=unsigned)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ._records import (
     Account,
+    Backoff,
     ConnectionRecord,
     ConnectionStatus,
     ErrorInfo,
@@ -69,6 +70,7 @@ def record_to_json(record: ConnectionRecord) -> str:
         "verify_after": _time(record.verify_after),
         "verify_attempts": record.verify_attempts,
         "kept_pair_until": _time(record.kept_pair_until),
+        "backoff": _backoff(record.backoff),
     }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
@@ -89,6 +91,12 @@ def _lease(lease: Lease | None) -> dict[str, Any] | None:
     if lease is None:
         return None
     return {"owner": lease.owner, "purpose": lease.purpose, "expires_at": _time(lease.expires_at)}
+
+
+def _backoff(backoff: Backoff | None) -> dict[str, Any] | None:
+    if backoff is None:
+        return None
+    return {"until": _time(backoff.until), "attempts": backoff.attempts, "cause": backoff.cause}
 
 
 def record_from_json(text: str | bytes) -> ConnectionRecord:
@@ -139,6 +147,8 @@ def _record(body: _Fields) -> ConnectionRecord:
         verify_attempts=body.integer("verify_attempts", default=0),
         # Absent in records written before kept pairs were awaited.
         kept_pair_until=body.optional_time("kept_pair_until", missing_ok=True),
+        # Absent in records written before refreshes backed off.
+        backoff=_read_backoff(body.optional_obj("backoff", missing_ok=True)),
     )
 
 
@@ -175,6 +185,12 @@ def _read_lease(lease: _Fields | None) -> Lease | None:
     if lease is None:
         return None
     return Lease(lease.text("owner"), lease.text("purpose"), lease.time("expires_at"))
+
+
+def _read_backoff(backoff: _Fields | None) -> Backoff | None:
+    if backoff is None:
+        return None
+    return Backoff(backoff.time("until"), backoff.integer("attempts"), backoff.text("cause"))
 
 
 def _read_seen(item: object) -> SeenCode:
@@ -257,6 +273,6 @@ class _Fields:
         value = self._body.get(name) if missing_ok else self._get(name)
         return None if value is None else _read_time(value, name)
 
-    def optional_obj(self, name: str) -> _Fields | None:
-        value = self._get(name)
+    def optional_obj(self, name: str, *, missing_ok: bool = False) -> _Fields | None:
+        value = self._body.get(name) if missing_ok else self._get(name)
         return None if value is None else _Fields(_obj(value, name))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -11,7 +11,13 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._hosts import check_domain
-from ._setting_errors import FORWARDED_HEADERS, MAX_TICKET_TTL, MODES, setting_error
+from ._setting_errors import (
+    FORWARDED_HEADERS,
+    MAX_PREVIOUS_STATE_SECRETS,
+    MAX_TICKET_TTL,
+    MODES,
+    setting_error,
+)
 
 __all__ = ["Config"]
 
@@ -73,14 +79,22 @@ def _type(value: object) -> str:
     return type(value).__name__
 
 
-def _secret_bytes(value: str | bytes) -> bytes:
+def _secret_bytes(value: str | bytes, field: str = "state_secret") -> bytes:
     if isinstance(value, str):
-        _check_utf8("state_secret", value)
+        _check_utf8(field, value)
         return value.encode("utf-8")
     if isinstance(value, bytes | bytearray):
         return bytes(value)
     # bytes(32) would be 32 zero bytes: "long enough", and no secret at all.
-    raise TypeError(setting_error("state_secret_type", type=_type(value)))
+    key = "state_secret_type" if field == "state_secret" else "previous_state_secret_type"
+    raise TypeError(setting_error(key, type=_type(value)))
+
+
+def _previous_secrets(values: Sequence[str | bytes]) -> tuple[bytes, ...]:
+    if isinstance(values, str | bytes | bytearray) or not isinstance(values, Iterable):
+        # A lone secret would be read a character (or a byte) at a time.
+        raise TypeError(setting_error("previous_state_secrets_type", type=_type(values)))
+    return tuple(_secret_bytes(value, "previous_state_secrets") for value in values)
 
 
 def _domain(domain: object) -> str:
@@ -106,6 +120,13 @@ def _strong(_: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
         raise ValueError(setting_error("state_secret_short"))
 
 
+def _all_strong(_: object, attribute: attrs.Attribute[Any], values: tuple[bytes, ...]) -> None:
+    if len(values) > MAX_PREVIOUS_STATE_SECRETS:
+        raise ValueError(setting_error("previous_state_secrets_many"))
+    if any(len(value) < 32 for value in values):
+        raise ValueError(setting_error("previous_state_secret_short"))
+
+
 #: The message for a value of the wrong type, by the kind of number a field holds.
 _TYPE_MESSAGES: Final = {"timedelta": "duration_type", "float": "seconds_type", "int": "count_type"}
 
@@ -121,6 +142,13 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: timedelta | flo
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     if not seconds > 0 or seconds == float("inf"):  # NaN fails the comparison too
         raise ValueError(setting_error("not_positive", field=attribute.name))
+
+
+def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(setting_error("fraction_type", field=attribute.name, type=_type(value)))
+    if not 0 <= value <= 1:  # NaN fails the comparison too
+        raise ValueError(setting_error("fraction_range", field=attribute.name))
 
 
 def _ticket_ttl(instance: object, attribute: attrs.Attribute[Any], value: timedelta) -> None:
@@ -150,7 +178,8 @@ class Config:
 
     Raises:
         ValueError: a setting is wrong, or two contradict each other (``lease_ttl`` against
-            ``http_timeout``; ``state_secret`` equal to ``client_secret``).
+            ``http_timeout``; ``state_secret`` or one of ``previous_state_secrets`` equal to
+            ``client_secret``; a previous secret equal to ``state_secret``).
         TypeError: a setting of the wrong type (a number where a ``timedelta`` belongs...).
             Every message names the setting and what to do; docs/configuration.md lists them.
 
@@ -158,7 +187,14 @@ class Config:
         client_id: the integration's ID from amoCRM.
         client_secret: the integration's secret key; sent only to allow-listed account hosts.
         redirect_uri: the redirect URI registered with the integration (https; http on loopback).
-        state_secret: at least 32 bytes of secret used to sign ``state``; not the client secret.
+        state_secret: at least 32 bytes of secret (``str`` in UTF-8, or ``bytes``) that signs
+            every ``state`` and mobile ticket; not the client secret.
+        previous_state_secrets: the secrets ``state_secret`` had before (at most three, each
+            of 32 bytes or more, none the client secret or ``state_secret``): what they signed
+            is still accepted, nothing new is signed with them. Set during a rotation, so a
+            consent begun on a machine with the old secret completes on one with the new;
+            remove each ``state_ttl + ticket_ttl + MAX_CLOCK_SKEW`` after every machine signs
+            with its successor (docs/operations.md, "Rotating the state secret").
         authorize_url: the consent page (``https://www.kommo.com/oauth`` for Kommo).
         mode: ``post_message`` (amoCRM's default) or ``popup``.
         extra_domains: account domains to allow besides amocrm.ru, amocrm.com and kommo.com,
@@ -204,12 +240,23 @@ class Config:
             connection needs re-authorization: amoCRM's "revoked" for a refresh token sent
             again after a lapsed lease, and a lapsed exchange lease, are transient that long
             (``TryAgainLater``, reason ``kept_pair_pending``). Two ``lease_ttl`` by default.
+        refresh_backoff_initial, refresh_backoff_max: when amoCRM pushes back on a refresh
+            (429, a blocked account's 403, 5xx), the connection's refreshes are held back
+            (kept in its record, for every process) for ``refresh_backoff_initial`` (60 s),
+            doubling with each such answer in a row up to ``refresh_backoff_max`` (an hour);
+            never less than a 429's ``retry_after`` (docs/operations.md).
+        refresh_backoff_jitter: each back-off is lengthened by a random fraction of itself
+            up to this (0 to 1; 0.1 by default), so that connections held back together are
+            not all retried in the same second. 0 makes back-offs exact.
     """
 
     client_id: str = attrs.field(validator=_non_empty)
     client_secret: str = attrs.field(validator=_non_empty, repr=False)
     redirect_uri: str = attrs.field(validator=_web_url)
     state_secret: bytes = attrs.field(converter=_secret_bytes, validator=_strong, repr=False)
+    previous_state_secrets: tuple[bytes, ...] = attrs.field(
+        default=(), converter=_previous_secrets, validator=_all_strong, repr=False
+    )
     authorize_url: str = attrs.field(default="https://www.amocrm.ru/oauth", validator=_web_url)
     mode: str = attrs.field(default="post_message", validator=_mode)
     extra_domains: tuple[str, ...] = attrs.field(default=(), converter=_domains)
@@ -234,14 +281,36 @@ class Config:
         default=attrs.Factory(lambda config: 2 * config.lease_ttl, takes_self=True),
         validator=_positive,
     )
+    refresh_backoff_initial: timedelta = attrs.field(
+        default=timedelta(seconds=60), validator=_positive
+    )
+    refresh_backoff_max: timedelta = attrs.field(default=timedelta(hours=1), validator=_positive)
+    refresh_backoff_jitter: float = attrs.field(default=0.1, validator=_fraction)
 
     def __attrs_post_init__(self) -> None:
         # A live worker must never lose its lease mid-exchange: the token call and the account
         # check each may take http_timeout, and an expired lease means the code is abandoned.
         if self.lease_ttl.total_seconds() <= 3 * self.http_timeout:
             raise ValueError(setting_error("lease_short", seconds=f"{3 * self.http_timeout:g}"))
+        if self.refresh_backoff_max < self.refresh_backoff_initial:
+            raise ValueError(setting_error("backoff_order"))
+        self._check_state_secrets_apart()
+
+    def _check_state_secrets_apart(self) -> None:
         # The docs forbid it (security.md): amoCRM holds the client secret too (it checks it on
         # every token call) and shows it in the integration's settings, so it must not also be
-        # the key that signs the states.
-        if hmac.compare_digest(self.state_secret, self.client_secret.encode("utf-8")):
+        # a key that signs states, now or as a previous secret still accepted.
+        client_secret = self.client_secret.encode("utf-8")
+        if hmac.compare_digest(self.state_secret, client_secret):
             raise ValueError(setting_error("state_secret_is_client_secret"))
+        for previous in self.previous_state_secrets:
+            if hmac.compare_digest(previous, client_secret):
+                raise ValueError(setting_error("previous_state_secret_is_client_secret"))
+            if hmac.compare_digest(previous, self.state_secret):
+                raise ValueError(setting_error("previous_state_secret_is_current"))
+
+    @property
+    def accepted_state_secrets(self) -> tuple[bytes, ...]:
+        """Every secret a ``state`` or a mobile ticket is accepted under: ``state_secret``
+        (which signs them), then ``previous_state_secrets``."""
+        return (self.state_secret, *self.previous_state_secrets)

@@ -79,17 +79,39 @@ class ReauthorizationRequired(AmoOAuthError):
 class ProviderError(AmoOAuthError):
     """amoCRM answered with an error, or the call failed on the way.
 
+    The message says which: ``amoCRM answered 429: Too Many Requests`` for an answer, ``no
+    answer from amoCRM: ConnectTimeout`` when none came.
+
     Args:
         status: the HTTP status, or ``None`` when no answer arrived.
-        hint: amoCRM's ``hint`` (or ``title``) from the problem+json body; never a secret.
-        transient: True when retrying later may succeed (5xx, HTML, timeouts, 429).
+        hint: amoCRM's ``hint`` (or ``title``) from the problem+json body, or the transport's
+            failure (an httpx exception's name) when no answer arrived; never a secret.
+        transient: True when retrying later may succeed (5xx, HTML, timeouts, 429, 403).
+        retry_after: seconds (>= 0) after which the call may succeed, when known: amoCRM's own
+            ``retry_after`` on a 429 (protocol notes §9), or, for a refresh amoCRM pushed
+            back on, how long the connection's refresh is held back (``refresh_backoff``);
+            else None.
     """
 
-    def __init__(self, status: int | None, hint: str, *, transient: bool = False) -> None:
-        super().__init__(f"amoCRM answered {status}: {hint}")
+    def __init__(
+        self,
+        status: int | None,
+        hint: str,
+        *,
+        transient: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(self._describe(status, hint))
         self.status = status
         self.hint = hint
         self.transient = transient
+        self.retry_after = retry_after
+
+    def _describe(self, status: int | None, hint: str) -> str:
+        """The message: who answered what, or that nothing came back."""
+        if status is None:
+            return f"no answer from amoCRM: {hint}"
+        return f"amoCRM answered {status}: {hint}"
 
 
 class TryAgainLater(ProviderError):
@@ -97,7 +119,9 @@ class TryAgainLater(ProviderError):
 
     A ``ProviderError`` (always ``transient``, ``status`` None) so that code catching
     ``ProviderError`` for transient failures keeps working; catch this class to read
-    ``reason`` and ``retry_after``.
+    ``reason`` and ``retry_after``. Its message names the reason, never amoCRM as the one
+    that answered: ``try again later (refresh_in_progress): a refresh by another worker is
+    still running``.
 
     Args:
         reason: a stable slug, one of ``_reasons.RETRY_LATER``:
@@ -105,7 +129,9 @@ class TryAgainLater(ProviderError):
             ``kept_pair_pending`` (amoCRM refused a refresh token that another process may
             have rotated and still keeps in memory: its pair may land within
             ``Config.kept_pair_grace``), ``verification_deferred`` (a new connection's
-            verification failed for a moment and is retried).
+            verification failed for a moment and is retried), ``refresh_backoff`` (amoCRM
+            pushed back on the connection's last refresh: a 429, a blocked account's 403, a
+            5xx; no refresh is sent until the back-off kept in the record lapses).
         hint: a sentence for the log; never a secret.
         retry_after: seconds after which a retry makes sense, when known; else None.
 
@@ -118,9 +144,12 @@ class TryAgainLater(ProviderError):
             raise ValueError(f"unknown retry reason {reason!r}")
         if retry_after is not None and retry_after < 0:
             raise ValueError("retry_after must be >= 0 seconds")
-        super().__init__(None, hint, transient=True)
         self.reason = reason
-        self.retry_after = retry_after
+        super().__init__(None, hint, transient=True, retry_after=retry_after)
+
+    def _describe(self, status: int | None, hint: str) -> str:
+        # Not amoCRM's answer (often none was asked for): what holds the call up.
+        return f"try again later ({self.reason}): {hint}"
 
 
 class TokenScopeError(AmoOAuthError):

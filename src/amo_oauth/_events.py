@@ -16,6 +16,7 @@ from ._hosts import AccountHost
 from ._reasons import Reason
 from ._records import (
     Account,
+    Backoff,
     ConnectionRecord,
     ErrorInfo,
     Lease,
@@ -37,6 +38,7 @@ __all__ = [
     "LeaseExpired",
     "ProviderDisconnected",
     "RefreshClaimed",
+    "RefreshDeferred",
     "RefreshDoubted",
     "RefreshFailed",
     "RefreshReleased",
@@ -72,7 +74,13 @@ def _purpose(purpose: str) -> Any:
 
 def _error_changes(error: ErrorInfo) -> dict[str, Any]:
     # A connection in error holds no tokens and no lease: nothing can use them by mistake.
-    return {"error": error, "tokens": None, "lease": None, "kept_pair_until": None}
+    return {
+        "error": error,
+        "tokens": None,
+        "lease": None,
+        "kept_pair_until": None,
+        "backoff": None,
+    }
 
 
 class Event:
@@ -206,6 +214,7 @@ class Verified(Event):
             "refused_refresh": None,
             "verify_after": None,
             "verify_attempts": 0,
+            "backoff": None,
         }
 
 
@@ -271,6 +280,13 @@ class RefreshClaimed(Event):
             and (self.refresh_before is None or tokens.refresh_expires_at >= self.refresh_before)
         )
 
+    def still_valid(self, tokens: TokenSet | None) -> bool:
+        """True when ``tokens`` hold an access token that has not expired at ``at`` and is not
+        the one amoCRM refused (``stale``): usable, though inside the refresh margin."""
+        return (
+            tokens is not None and tokens.access_token != self.stale and self.at < tokens.expires_at
+        )
+
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         tokens = record.tokens
         counted = attrs.evolve(tokens, refresh_sends=tokens.refresh_sends + 1) if tokens else None
@@ -295,6 +311,7 @@ class Refreshed(Event):
             "error": None,
             "refused_refresh": None,
             "kept_pair_until": None,
+            "backoff": None,
             **moved,
         }
 
@@ -345,6 +362,25 @@ class RefreshReleased(Event):
 
 
 @attrs.frozen
+class RefreshDeferred(Event):
+    """amoCRM pushed back on a refresh (a 429, a blocked account's 403, a 5xx, any answer that
+    kept the pair): the lease is given up and no refresh is tried before ``until`` (UTC, the
+    store's clock), by any process. ``sent`` as for ``RefreshReleased``: an answer proves the
+    refresh token unspent, so the claim's count of it is taken back. ``cause`` is the answer's
+    reason slug (``_answers``)."""
+
+    name: ClassVar[str] = "refresh_deferred"
+    until: datetime = attrs.field(validator=_aware)
+    cause: str
+    sent: bool = False
+
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
+        attempts = record.backoff.attempts + 1 if record.backoff is not None else 1
+        released = RefreshReleased(sent=self.sent).changes(record, now)
+        return {**released, "backoff": Backoff(self.until, attempts, self.cause)}
+
+
+@attrs.frozen
 class Disconnect(Event):
     """The application disconnects: tokens and account are forgotten, seen codes kept."""
 
@@ -361,6 +397,7 @@ class Disconnect(Event):
             "connected_at": None,
             "refused_refresh": None,
             "kept_pair_until": None,
+            "backoff": None,
         }
 
 
@@ -399,6 +436,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RefreshDoubted,
     RefreshFailed,
     RefreshReleased,
+    RefreshDeferred,
     Disconnect,
     ProviderDisconnected,
 )

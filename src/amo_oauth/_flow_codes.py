@@ -18,6 +18,7 @@ import attrs
 from ._answers import EXCHANGE_FAILURES
 from ._binding import binding_for, issue_ticket, parse_binding, read_ticket, ticket_nonce_key
 from ._callback import Denial, Grant, QueryLike, parse_callback
+from ._connection_id import Widget, check_app_user_id
 from ._errors import CallbackRejected, ProviderError
 from ._events import (
     SHA256_HEX,
@@ -39,9 +40,16 @@ from ._provider import (
 )
 from ._reasons import Reason
 from ._record_view import RecordView
-from ._records import CODE_MEMORY, check_connection_id, code_digest, record_key
+from ._records import CODE_MEMORY, code_digest, record_key
 from ._results import AuthorizationRequest, CallbackResult, Outcome
-from ._state_token import MAX_CLOCK_SKEW, StateClaims, issue_state, issued_ahead, read_state
+from ._state_token import (
+    MAX_CLOCK_SKEW,
+    StateClaims,
+    UnsignedState,
+    issue_state,
+    issued_ahead,
+    read_state,
+)
 from .stores._protocol import ClaimResult, LedgerEntry
 
 __all__ = ["CodeFlows"]
@@ -57,6 +65,8 @@ _REFUSED: Final[Mapping[NoOp, Reason]] = {
     NoOp.WRONG_BROWSER: Reason.WRONG_BROWSER,
 }
 _DUPLICATES: Final = frozenset({NoOp.DUPLICATE_CODE, NoOp.DUPLICATE_CONSENT})
+#: What the table refuses a new code with when no state may claim it (none, or unsigned).
+_NEW_CODE_REFUSALS: Final = frozenset({Reason.NEW_CODE_REFUSED, Reason.MISSING_REFERER})
 #: The ledger holder of a redeemed mobile ticket.
 _TICKET_HOLDER = "ticket"
 #: How much longer than its token lives a used state or ticket is remembered: the store forgets
@@ -80,7 +90,7 @@ class CodeFlows:
     def begin(
         self, connection_id: str, binding: str | None = None, browser_binding: bool = True
     ) -> Flow[AuthorizationRequest]:
-        check_connection_id(connection_id)
+        check_app_user_id(connection_id)
         config = self.config
         # One read: the record's version orders this consent after (or before) the connection
         # it may replace, and the store's clock dates the state.
@@ -109,14 +119,14 @@ class CodeFlows:
     # -- mobile tickets --------------------------------------------------------------------
 
     def issue_ticket(self, connection_id: str) -> str:
-        check_connection_id(connection_id)
+        check_app_user_id(connection_id)
         config = self.config
         return issue_ticket(
             config.state_secret, connection_id, self.records.now(), config.ticket_ttl
         )
 
     def redeem_ticket(self, ticket: str, signed_in: str | None = None) -> Flow[str]:
-        claims = read_ticket(self.config.state_secret, ticket)
+        claims = read_ticket(self.config.accepted_state_secrets, ticket)
         now = self.records.now()
         if claims.is_expired(now):
             raise CallbackRejected(Reason.EXPIRED_TICKET)
@@ -147,9 +157,11 @@ class CodeFlows:
     ) -> Flow[CallbackResult]:
         parsed = parse_callback(query, self.config)
         claims = parsed.state
+        if isinstance(parsed, Grant) and parsed.state_unsigned:
+            return (yield from self._unsigned_callback(parsed, signed_in, binding))
         if claims is None:  # a widget install: named after its account host, no browser
             assert isinstance(parsed, Grant)
-            target = self.records.fresh(parsed.host.name, widget=True)
+            target = self.records.fresh(Widget(parsed.host.name))
             return (yield from self._exchange(target, parsed.code, parsed.host, None, source))
         connection_id, matches = self._browser(claims, signed_in, binding)
         if isinstance(parsed, Denial):
@@ -164,7 +176,7 @@ class CodeFlows:
             if holder is None:
                 raise CallbackRejected(Reason.WRONG_BROWSER)
             resolved = self._connection_of(holder)
-            if resolved is None or not claims.names(self.config.state_secret, resolved):
+            if resolved is None or not claims.names(resolved):
                 raise CallbackRejected(Reason.BAD_STATE)
             connection_id = resolved
         target = self.records.fresh(connection_id)
@@ -173,6 +185,35 @@ class CodeFlows:
                 target, parsed.code, parsed.host, claims, source, browser_matches=matches
             )
         )
+
+    def _unsigned_callback(
+        self, grant: Grant, signed_in: str | None, binding: str | None
+    ) -> Flow[CallbackResult]:
+        """A redirect whose state none of the accepted secrets signed (one removed since a
+        rotation, or forged): its code is answered only when the code ledger holds it (a
+        reload of the callback page, the seed's replay), for the connection that exchanged it,
+        and only where the browser names no other; anything else is ``bad_state``."""
+        holder = yield from perform(HolderOf(f"code:{grant.code_digest}"))
+        resolved = self._connection_of(holder) if holder is not None else None
+        bound = parse_binding(binding)
+        named = {signed_in, bound.connection_id if bound is not None else None} - {None}
+        if resolved is None or named - {resolved}:
+            raise CallbackRejected(Reason.BAD_STATE)
+        target = self.records.fresh(resolved)
+        return (yield from self._known_code_only(target, grant.code, grant.host))
+
+    def _known_code_only(
+        self, target: RecordView, code: str, host: AccountHost | None
+    ) -> Flow[CallbackResult]:
+        """Answer a code that came with an unsigned state from reads, as a duplicate; a new
+        code is refused ``bad_state`` (its state is what is wrong), nothing written."""
+        try:
+            # No source: a code that may not be claimed never reaches a budget.
+            return (yield from self._exchange(target, code, host, None, None, may_claim=False))
+        except CallbackRejected as refused:
+            if refused.reason in _NEW_CODE_REFUSALS:
+                raise CallbackRejected(Reason.BAD_STATE) from None
+            raise
 
     def _holder_of(self, digest: str, claims: StateClaims) -> Flow[str | None]:
         """The record key the code ledger names for this code or, for a second code of a used
@@ -189,18 +230,17 @@ class CodeFlows:
     ) -> tuple[str | None, bool]:
         """Who the callback is for, if the browser says, and whether it is the browser (or the
         session, for a state that opted out) the state was bound to."""
-        secret = self.config.state_secret
-        if signed_in is not None and not claims.names(secret, signed_in):
+        if signed_in is not None and not claims.names(signed_in):
             # The redirect was started by someone else's begin(): refuse to attach this
             # browser's amoCRM account to their connection.
             raise CallbackRejected(Reason.BAD_STATE)
         bound = parse_binding(binding)
         if bound is not None and signed_in is not None and bound.connection_id != signed_in:
             raise CallbackRejected(Reason.BAD_STATE)
-        named = bound is not None and claims.names(secret, bound.connection_id)
+        named = bound is not None and claims.names(bound.connection_id)
         connection_id = bound.connection_id if bound is not None and named else signed_in
         if claims.bound:
-            matches = named and claims.binds(secret, bound.secret if bound else None)
+            matches = named and claims.binds(bound.secret if bound else None)
         else:
             matches = signed_in is not None
         return connection_id, matches
@@ -222,14 +262,18 @@ class CodeFlows:
         binding: str | None = None,
         source: str | None = None,
     ) -> Flow[CallbackResult]:
-        check_connection_id(connection_id)
+        check_app_user_id(connection_id)
         if not isinstance(code, str) or not code:
             raise CallbackRejected(Reason.MISSING_CODE)
         if len(code) > _MAX_CODE or not code.isprintable():
             raise CallbackRejected(Reason.MALFORMED)
-        secret = self.config.state_secret
-        claims = read_state(secret, state) if state else None
-        if claims is not None and not claims.names(secret, connection_id):
+        target = self.records.fresh(connection_id)
+        try:
+            claims = read_state(self.config.accepted_state_secrets, state) if state else None
+        except UnsignedState:  # signed under a secret removed since (a rotation), or forged
+            host = self._referer_host(referer)
+            return (yield from self._known_code_only(target, code, host))
+        if claims is not None and not claims.names(connection_id):
             raise CallbackRejected(Reason.BAD_STATE)
         # A bound state wants its browser's binding for a new code; an unbound one was bound to
         # the app's session, which connection_id is. Without a state no new code is exchanged.
@@ -239,23 +283,27 @@ class CodeFlows:
             matches = (
                 bound is not None
                 and bound.connection_id == connection_id
-                and claims.binds(secret, bound.secret)
+                and claims.binds(bound.secret)
             )
-        host = None
-        if referer:
-            host = AccountHost.accept(referer, self.config.extra_domains)
-            if host is None:
-                raise CallbackRejected(Reason.FOREIGN_HOST)
+        host = self._referer_host(referer)
         # Without a state nothing ties a new code to this user (amoCRM has no PKCE): whoever
         # holds a code of someone else's consent could bind that account here. Known codes are
         # still answered (the seed's old app); a new one is refused.
-        target = self.records.fresh(connection_id)
         may_claim = exchange_new and claims is not None
         return (
             yield from self._exchange(
                 target, code, host, claims, source, may_claim=may_claim, browser_matches=matches
             )
         )
+
+    def _referer_host(self, referer: str | None) -> AccountHost | None:
+        """The account host a caller named (None: none named), if it is allowed."""
+        if not referer:
+            return None
+        host = AccountHost.accept(referer, self.config.extra_domains)
+        if host is None:
+            raise CallbackRejected(Reason.FOREIGN_HOST)
+        return host
 
     def _exchange(
         self,

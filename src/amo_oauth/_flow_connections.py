@@ -11,6 +11,7 @@ import secrets
 from datetime import UTC, datetime
 
 from ._callback import QueryLike
+from ._connection_id import ConnectionId
 from ._errors import ProviderError, UnreadableRecord
 from ._events import Disconnect, ProviderDisconnected
 from ._flow_verify import Verification
@@ -27,7 +28,7 @@ from ._provider import (
 )
 from ._reasons import Reason
 from ._record_view import RecordView
-from ._records import Connection, check_connection_id
+from ._records import Connection
 from ._results import HookResult
 from ._state_token import MAX_CLOCK_SKEW
 
@@ -42,20 +43,17 @@ class ConnectionFlows:
         self.records = verification.records
         self.config = verification.config
 
-    def status(self, connection_id: str) -> Flow[Connection]:
-        check_connection_id(connection_id)
+    def status(self, connection_id: ConnectionId) -> Flow[Connection]:
         record = yield from self.records.load(connection_id)
         # Network I/O (and a write) only when a verification is due.
         record, _ = yield from self.verification.verify_if_due(record)
         return record.public()
 
-    def disconnect(self, connection_id: str) -> Flow[Connection]:
-        check_connection_id(connection_id)
+    def disconnect(self, connection_id: ConnectionId) -> Flow[Connection]:
+        fresh = self.records.fresh(connection_id)  # checks the id before anything is read
         while True:
             try:
-                record, _ = yield from self.records.apply(
-                    self.records.fresh(connection_id), Disconnect()
-                )
+                record, _ = yield from self.records.apply(fresh, Disconnect())
             except UnreadableRecord as unreadable:
                 if unreadable.version is None:
                     raise

@@ -13,6 +13,7 @@ decides on: mypy rejects it.
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import threading
 import time
@@ -24,8 +25,9 @@ import attrs
 
 from ._answers import Answer, describe
 from ._config import Config
+from ._connection_id import ConnectionId, resolve_connection_id
 from ._errors import ProviderError, StoreError, UnreadableRecord
-from ._events import Event, LeaseExpired
+from ._events import Event, LeaseExpired, RefreshDeferred
 from ._lifecycle import NoOp, Step, step
 from ._ops import (
     ClaimOp,
@@ -41,11 +43,18 @@ from ._ops import (
     perform,
 )
 from ._reasons import Reason
-from ._record_view import RecordView, record_of, retry_after_of, seconds_to_wait
+from ._record_view import (
+    RecordView,
+    backoff_until,
+    held_back_hint,
+    record_of,
+    retry_after_of,
+    seconds_to_wait,
+)
 from ._records import ConnectionRecord, ErrorInfo, Lease, record_key
 from .stores._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
 
-__all__ = ["Decision", "Records"]
+__all__ = ["Decision", "Records", "legacy_record"]
 
 #: Seconds a waiter gives a lapsing lease past its end before it looks again.
 _LEASE_SLACK = 0.01
@@ -85,6 +94,28 @@ class Decision:
         return RecordView(self._step.record)
 
 
+def legacy_record(
+    found: ConnectionRecord | None, connection_id: str, *, widget: bool
+) -> ConnectionRecord | None:
+    """The record a connection had before keys had a namespace, from ``found``: what the
+    store holds under the bare ``connection_id``. None when that is nothing, a record of the
+    other kind (a widget install was named after its account host: it never moves into an app
+    user's namespace, nor the reverse), or another connection's namespaced record whose key is
+    spelled like this id (``w:<client>:<host>``): an id is only an id.
+
+    Raises:
+        StoreError: a namespaced record under its bare id: the store keys rows by something
+            other than ``record.key``, and every write would conflict with it for ever.
+    """
+    if found is None:
+        return None
+    if found.integration is not None:
+        if found.key == connection_id:
+            return None
+        raise StoreError("the store keeps records under connection_id, not record.key")
+    return found if (found.host == found.connection_id) == widget else None
+
+
 class Records:
     """Load, write and wait on records, for one integration (``config.client_id``)."""
 
@@ -93,8 +124,11 @@ class Records:
         config: Config,
         clock: Callable[[], datetime],
         monotonic: Callable[[], float] = time.monotonic,
+        draw: Callable[[], float] = random.random,
     ) -> None:
         self.config = config
+        #: A number in [0, 1) for each back-off's jitter (``deferral``); replaceable in tests.
+        self.draw = draw
         self._clock = clock
         # The store's clock minus this machine's, as the last load read it (``Loaded.now``):
         # every expiry that decides who may send (leases, the ledger) is judged by the store's
@@ -131,21 +165,32 @@ class Records:
 
     # -- keys and loading ------------------------------------------------------------------
 
-    def fresh(self, connection_id: str, *, widget: bool = False) -> RecordView:
-        """The record of a connection never stored: ``disconnected``, version 0."""
-        return RecordView(self._fresh(connection_id, widget))
+    def fresh(self, connection_id: ConnectionId) -> RecordView:
+        """The record of a connection never stored: ``disconnected``, version 0.
+
+        Raises:
+            ValueError: not a valid connection id (``resolve_connection_id``).
+        """
+        return RecordView(self._fresh(*self._named(connection_id)))
+
+    def _named(self, connection_id: ConnectionId) -> tuple[str, bool]:
+        return resolve_connection_id(connection_id, self.config.extra_domains)
 
     def _fresh(self, connection_id: str, widget: bool) -> ConnectionRecord:
         return ConnectionRecord(connection_id, integration=self.config.client_id, widget=widget)
 
-    def load(self, connection_id: str, *, widget: bool = False) -> Flow[RecordView]:
+    def load(self, connection_id: ConnectionId) -> Flow[RecordView]:
         """The stored record (or a fresh one), with a dead worker's exchange lease expired
-        (after the grace a kept pair is awaited)."""
-        return RecordView((yield from self._load(connection_id, widget)))
+        (after the grace a kept pair is awaited).
+
+        Raises:
+            ValueError: not a valid connection id (``resolve_connection_id``).
+        """
+        return RecordView((yield from self._load(*self._named(connection_id))))
 
     def reload(self, view: RecordView) -> Flow[RecordView]:
         """``load`` the record ``view`` was read from, as it is now."""
-        return (yield from self.load(view.connection_id, widget=view.widget))
+        return RecordView((yield from self._load(view.connection_id, view.widget)))
 
     def lease_expired(self) -> LeaseExpired:
         """The event a load fires on a record whose exchange lease may have lapsed, with the
@@ -186,16 +231,9 @@ class Records:
             now = self._observe(loaded.now)
             if loaded.record is not None:
                 return loaded.record, now
-            legacy = (yield from perform(Load(connection_id))).record
-            if legacy is not None and legacy.integration is not None:
-                # A namespaced record under its bare id: the store keys rows by something other
-                # than ``record.key``, and every write would conflict with it for ever.
-                raise StoreError("the store keeps records under connection_id, not record.key")
+            found = (yield from perform(Load(connection_id))).record
+            legacy = legacy_record(found, connection_id, widget=widget)
             if legacy is None:
-                return self._fresh(connection_id, widget), now
-            # A record stored before keys had a namespace. A widget install was named after
-            # its account host: such a record never moves into an app user's namespace.
-            if (legacy.host == legacy.connection_id) != widget:
                 return self._fresh(connection_id, widget), now
             yield from self._migrate(legacy, widget)
 
@@ -439,15 +477,17 @@ class Records:
             if written is not None:
                 return written, True
 
-    def replace_unreadable(self, connection_id: str, version: int) -> Flow[RecordView | None]:
+    def replace_unreadable(
+        self, connection_id: ConnectionId, version: int
+    ) -> Flow[RecordView | None]:
         """Overwrite a corrupt row whose version is intact with a fresh, disconnected record.
         None when another writer got there first."""
         fresh = attrs.evolve(
-            self._fresh(connection_id, False), version=version + 1, updated_at=self.now()
+            self._fresh(*self._named(connection_id)), version=version + 1, updated_at=self.now()
         )
         if not (yield from perform(CompareAndSet(fresh, version))):
             return None
-        logger.warning("connection %s: an unreadable record was replaced", connection_id)
+        logger.warning("connection %s: an unreadable record was replaced", fresh.connection_id)
         return RecordView(fresh)
 
     # -- reading many --------------------------------------------------------------------------
@@ -477,9 +517,30 @@ class Records:
 
     def retry_after(self, view: RecordView) -> float | None:
         """Seconds until what holds ``view``'s record up lapses (a live lease, a deferred
-        verification, a kept pair's grace), for ``TryAgainLater.retry_after``; None when
-        nothing known holds it up."""
+        verification, a kept pair's grace, a refresh's back-off), for
+        ``TryAgainLater.retry_after``; None when nothing known holds it up."""
         return retry_after_of(record_of(view), self.now(), self.config.kept_pair_grace)
+
+    def deferral(
+        self, view: RecordView, cause: str, retry_after: float | None, *, sent: bool
+    ) -> RefreshDeferred:
+        """The event that holds ``view``'s refreshes back after amoCRM pushed back on one
+        (``cause``: the answer's reason slug; ``retry_after``: a 429's, in seconds): until the
+        back-off the record's earlier ones and the config give (``backoff_until``), jittered."""
+        config = self.config
+        until = backoff_until(
+            record_of(view),
+            self.now(),
+            initial=config.refresh_backoff_initial,
+            maximum=config.refresh_backoff_max,
+            jitter=config.refresh_backoff_jitter * self.draw(),
+            retry_after=retry_after,
+        )
+        return RefreshDeferred(until, cause, sent)
+
+    def held_back(self, view: RecordView) -> str:
+        """Why ``view``'s refresh is held back, for ``TryAgainLater`` (no secret)."""
+        return held_back_hint(record_of(view))
 
     def deadline(self) -> float:
         """The monotonic time a wait for another worker gives up: ``settle_timeout`` away."""

@@ -13,7 +13,8 @@ from typing import NoReturn, assert_never
 
 import attrs
 
-from ._answers import REFRESH_REFUSALS, SPENT_TOKEN_REASONS, Meaning
+from ._answers import REFRESH_REFUSALS, SPENT_TOKEN_REASONS, Answer, Meaning
+from ._connection_id import ConnectionId
 from ._errors import (
     AmoOAuthError,
     ProviderError,
@@ -27,6 +28,7 @@ from ._hosts import AccountHost
 from ._lifecycle import NoOp
 from ._ops import Flow, Send
 from ._provider import (
+    answered,
     api_domain_of,
     lookup_request,
     maybe_spent,
@@ -38,7 +40,7 @@ from ._provider import (
 )
 from ._reasons import Reason
 from ._record_view import RecordView
-from ._records import ErrorInfo, check_connection_id
+from ._records import ErrorInfo
 from ._sweep import Done
 
 __all__ = ["TokenFlows"]
@@ -56,8 +58,8 @@ class TokenFlows:
         self.records = verification.records
         self.config = verification.config
 
-    def access_token(self, connection_id: str, stale: str | None = None) -> Flow[str]:
-        check_connection_id(connection_id)
+    def access_token(self, connection_id: ConnectionId, stale: str | None = None) -> Flow[str]:
+        fresh = self.records.fresh(connection_id)  # checks the id before anything is read
 
         def wanted() -> RefreshClaimed:
             margin = self.config.refresh_margin
@@ -65,9 +67,11 @@ class TokenFlows:
                 self.records.lease("refresh"), self.records.now(), margin, stale=stale
             )
 
-        return (yield from self._token(self.records.fresh(connection_id), wanted))
+        return (yield from self._token(fresh, wanted))
 
-    def api_token(self, connection_id: str, stale: str | None = None) -> Flow[tuple[str, str]]:
+    def api_token(
+        self, connection_id: ConnectionId, stale: str | None = None
+    ) -> Flow[tuple[str, str]]:
         """``(account host, access token)``: what ``auth()`` needs to send the token only to
         that host, read with the token (after an account move, the new host)."""
         token = yield from self.access_token(connection_id, stale)
@@ -135,6 +139,13 @@ class TokenFlows:
                 raise TryAgainLater(
                     Reason.REFRESH_IN_PROGRESS,
                     "a refresh by another worker is still running",
+                    retry_after=self.records.retry_after(record),
+                )
+            case NoOp.REFRESH_BACKOFF:
+                # amoCRM pushed back on the last refresh: nobody sends one before it lapses.
+                raise TryAgainLater(
+                    Reason.REFRESH_BACKOFF,
+                    self.records.held_back(record),
                     retry_after=self.records.retry_after(record),
                 )
             case NoOp.KEPT_PAIR_PENDING if not self.records.expired(deadline):
@@ -270,8 +281,8 @@ class TokenFlows:
             answer = meaning_of(error, "subdomain_lookup")
             self.records.warn(record, "account lookup", answer, error, redact=(spent,))
             if answer.meaning.transient:  # amoCRM did not say: keep the pair for a later try
-                yield from self.records.write(record, RefreshReleased(sent=False))
-                raise error from None
+                # (a lookup sends the refresh token but never spends it)
+                yield from self._keep_for_later(record, answer, error, sent=False)
             return (yield from self._moved_away(record, spent, error.hint))
         if moved_to is None:  # no secret goes to a host the allowlist refuses
             return (
@@ -325,8 +336,7 @@ class TokenFlows:
         if answer.meaning not in REFRESH_REFUSALS:
             # Not the token's fault (amoCRM down, the account blocked, the client misconfigured):
             # keep the pair for a later try.
-            yield from self.records.write(record, RefreshReleased(sent=maybe_spent(error)))
-            raise error
+            yield from self._keep_for_later(record, answer, error, sent=maybe_spent(error))
         doubted = RefreshDoubted(spent, self.records.now() + self.config.kept_pair_grace)
         if answer.reason in SPENT_TOKEN_REASONS and self._maybe_rotated(record, doubted):
             # Sent again after a lapse: the first sender may keep the rotated pair in memory.
@@ -342,6 +352,29 @@ class TokenFlows:
         if not wrote:
             return None  # someone else rotated the pair: adopt theirs
         raise ReauthorizationRequired(record.connection_id, Reason.REAUTHORIZATION_REQUIRED)
+
+    def _keep_for_later(
+        self, record: RecordView, answer: Answer, error: ProviderError, *, sent: bool
+    ) -> Flow[NoReturn]:
+        """Give the claim up and keep the pair for a later try. An answer from amoCRM that kept
+        it (a 429, a blocked account's 403, a 5xx...) holds the connection's refreshes back for
+        every process (``RefreshDeferred``: a back-off in the record, growing while amoCRM keeps
+        answering so); ``error.retry_after`` then says for how long. No answer at all (a
+        timeout) only releases the lease: the request may have rotated the pair, and a second
+        send of its token must come while amoCRM still honours it. ``sent``: the refresh
+        token may have been spent (``RefreshReleased``).
+
+        Raises:
+            ProviderError: ``error``, always.
+        """
+        if not answered(error):
+            yield from self.records.write(record, RefreshReleased(sent=sent))
+            raise error
+        deferral = self.records.deferral(record, answer.reason, error.retry_after, sent=sent)
+        held = yield from self.records.write(record, deferral)
+        if held is not None:
+            error.retry_after = self.records.retry_after(held)
+        raise error
 
     def _maybe_rotated(self, record: RecordView, doubted: RefreshDoubted) -> bool:
         """Whether a "revoked" for this refresh may not be the token's verdict: the table says

@@ -71,6 +71,8 @@ class NoOp(enum.StrEnum):
     REFRESH_EXHAUSTED = "refresh_exhausted"
     NOT_CONNECTED = "not_connected"
     ALREADY_ROTATED = "already_rotated"
+    # amoCRM pushed back on the last refresh: none is sent before the back-off lapses
+    REFRESH_BACKOFF = "refresh_backoff"
     # a pair another process may keep in memory (its store write failed) is awaited
     KEPT_PAIR_PENDING = "kept_pair_pending"
     # refresh_doubted on a refresh token sent once: amoCRM's "revoked" is the token's verdict
@@ -244,6 +246,28 @@ def awaits_a_kept_pair(data: EventData) -> bool:
     step = _model(data)
     until = step.record.kept_pair_until
     return until is not None and step.now < until
+
+
+def refresh_held_back(data: EventData) -> bool:
+    """amoCRM pushed back on the connection's last refresh (a 429, a 403, a 5xx) and the
+    back-off it earned has not lapsed: no refresh token is sent before then."""
+    step = _model(data)
+    backoff = step.record.backoff
+    return backoff is not None and backoff.is_live(step.now)
+
+
+def held_back_with_a_valid_token(data: EventData) -> bool:
+    """The refresh is held back, and a caller asking for a token (not the sweep, which wants
+    the refresh token renewed) holds one that still works: not expired, not the one amoCRM
+    refused. It is served (only the refresh waits), inside the refresh margin too."""
+    step = _model(data)
+    event = step.event
+    return (
+        refresh_held_back(data)
+        and isinstance(event, RefreshClaimed)
+        and event.refresh_before is None
+        and event.still_valid(step.record.tokens)
+    )
 
 
 def sent_again_after_a_lapse(data: EventData) -> bool:
@@ -448,6 +472,16 @@ TABLE: tuple[Rule, ...] = (
     Rule("refresh_claimed", (S.CONNECTED,), None, lease_is_live, noop=NoOp.REFRESH_IN_PROGRESS),
     # A rotated pair kept by the refresh token's first sender may land: nobody sends it again.
     Rule("refresh_claimed", (S.CONNECTED,), None, awaits_a_kept_pair, noop=NoOp.KEPT_PAIR_PENDING),
+    # amoCRM pushed back (429, 403, 5xx): held back for every process until the back-off lapses.
+    # A still-valid token is served above; only the refresh waits.
+    Rule(
+        "refresh_claimed",
+        (S.CONNECTED,),
+        None,
+        held_back_with_a_valid_token,
+        noop=NoOp.TOKEN_FRESH,
+    ),
+    Rule("refresh_claimed", (S.CONNECTED,), None, refresh_held_back, noop=NoOp.REFRESH_BACKOFF),
     Rule("refresh_claimed", (S.CONNECTED,), None, refused_after_refresh, noop=NoOp.REFUSED_AGAIN),
     Rule("refresh_claimed", (S.CONNECTED,), None, refresh_token_spent, noop=NoOp.REFRESH_EXHAUSTED),
     Rule("refresh_claimed", (S.CONNECTED,), S.CONNECTED),
@@ -470,6 +504,8 @@ TABLE: tuple[Rule, ...] = (
     _stale("refresh_failed", S.CONNECTED),
     Rule("refresh_released", (S.CONNECTED,), S.CONNECTED),
     _stale("refresh_released", S.CONNECTED),
+    Rule("refresh_deferred", (S.CONNECTED,), S.CONNECTED),
+    _stale("refresh_deferred", S.CONNECTED),
     Rule("disconnect", (S.DISCONNECTED,), None, noop=NoOp.ALREADY_DISCONNECTED),
     Rule("disconnect", (S.CODE_RECEIVED, S.EXCHANGED, S.CONNECTED, S.ERROR), S.DISCONNECTED),
     Rule("provider_disconnected", ALL, None, hook_is_a_replay, noop=NoOp.HOOK_REPLAYED),

@@ -47,6 +47,7 @@ __all__ = [
     "MIN_EXPIRES_IN",
     "REFRESH_TOKEN_LIFETIME",
     "Reply",
+    "answered",
     "api_domain_of",
     "check_account_host",
     "lifetime_hint",
@@ -184,12 +185,35 @@ def _hint_of(body: object) -> str | None:
     return None
 
 
+def _retry_after_of(body: object, headers: Mapping[str, str]) -> float | None:
+    """Seconds amoCRM asks a client to wait: its 429 body's ``retry_after`` (protocol notes
+    §9), else an HTTP ``Retry-After`` of whole seconds (RFC 9110 §10.2.3); None when neither
+    is a finite number >= 0."""
+    given: object = body.get("retry_after") if isinstance(body, dict) else None
+    if given is None:
+        text = headers.get("retry-after", "").strip()
+        given = int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else None
+    if isinstance(given, bool) or not isinstance(given, int | float):
+        return None
+    try:
+        seconds = float(given)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
 def _error(response: Reply, grant: Grant | None) -> ProviderError:
     status = response.status_code
-    hint = _hint_of(_json(response))
+    body = _json(response)
+    hint = _hint_of(body)
     answer = classify(grant, status, hint)
     shown = hint if hint is not None else f"HTTP {status}"
-    return ProviderError(status, shown, transient=answer.meaning.transient)
+    return ProviderError(
+        status,
+        shown,
+        transient=answer.meaning.transient,
+        retry_after=_retry_after_of(body, response.headers),
+    )
 
 
 def meaning_of(error: ProviderError, grant: Grant | None = None) -> Answer:
@@ -224,6 +248,12 @@ def surely_unsent(error: ProviderError) -> bool:
     """True when the failed call's request surely never reached amoCRM (the connection was
     refused or never made), so a refresh token in it was not spent."""
     return error.status is None and error.hint in _UNSENT
+
+
+def answered(error: ProviderError) -> bool:
+    """True when amoCRM answered the failed call (any HTTP status); False when no answer came
+    (a timeout, a refused connection)."""
+    return error.status is not None
 
 
 def maybe_spent(error: ProviderError) -> bool:

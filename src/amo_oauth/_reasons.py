@@ -62,6 +62,7 @@ class Reason(enum.StrEnum):
     REFRESH_IN_PROGRESS = "refresh_in_progress"
     KEPT_PAIR_PENDING = "kept_pair_pending"
     VERIFICATION_DEFERRED = "verification_deferred"
+    REFRESH_BACKOFF = "refresh_backoff"
     # Why a disconnect hook disconnected nothing (``HookResult.reason``).
     HOOK_PACED = "hook_paced"
     HOOK_REPLAYED = "hook_replayed"
@@ -126,7 +127,7 @@ NOT_CONNECTED: Final = CONNECTION_ERRORS | {
 }
 #: ``TryAgainLater.reason``: why the same call may succeed later (``retry_after`` says when).
 RETRY_LATER: Final = frozenset(
-    {R.REFRESH_IN_PROGRESS, R.KEPT_PAIR_PENDING, R.VERIFICATION_DEFERRED}
+    {R.REFRESH_IN_PROGRESS, R.KEPT_PAIR_PENDING, R.VERIFICATION_DEFERRED, R.REFRESH_BACKOFF}
 )
 #: ``HookResult.reason``: why a signed disconnect hook disconnected nothing.
 HOOK_OUTCOMES: Final = frozenset(

@@ -19,7 +19,21 @@ import attrs
 
 from ._records import Connection, ConnectionRecord
 
-__all__ = ["RecordView", "record_of", "retry_after_of", "seconds_to_wait"]
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "RecordView",
+    "backoff_until",
+    "held_back_hint",
+    "record_of",
+    "retry_after_of",
+    "seconds_to_wait",
+]
+
+#: The longest ``retry_after`` taken from amoCRM's 429 (protocol notes §9 show 300 s): a larger
+#: number in a damaged body must not hold a connection back for good.
+MAX_RETRY_AFTER = timedelta(days=1)
+#: Doublings past which the interval is surely at its cap (and 2**n stays a small number).
+_MAX_DOUBLINGS = 32
 
 
 @attrs.frozen
@@ -101,6 +115,40 @@ def seconds_to_wait(record: ConnectionRecord, now: datetime, left: float, slack:
     return left if lease_left is None else min(left, lease_left + slack)
 
 
+def backoff_until(
+    record: ConnectionRecord,
+    now: datetime,
+    *,
+    initial: timedelta,
+    maximum: timedelta,
+    jitter: float,
+    retry_after: float | None = None,
+) -> datetime:
+    """When (UTC) the next refresh of ``record`` may be tried, amoCRM having pushed back on
+    this one at ``now``: ``initial`` for the first such answer in a row, doubling with each
+    next one up to ``maximum``; never sooner than amoCRM's ``retry_after`` (seconds, from a
+    429's body; at most ``MAX_RETRY_AFTER``); then lengthened by ``jitter`` (a fraction, drawn
+    by the caller in [0, Config.refresh_backoff_jitter]), so back-offs begun together spread.
+    Decided here, on the record's back-off, so that the flows never look at it."""
+    done = record.backoff.attempts if record.backoff is not None else 0
+    interval = min(initial * (1 << min(done, _MAX_DOUBLINGS)), maximum)
+    if retry_after is not None:
+        interval = max(interval, min(timedelta(seconds=retry_after), MAX_RETRY_AFTER))
+    return now + interval * (1 + jitter)
+
+
+def held_back_hint(record: ConnectionRecord) -> str:
+    """A sentence for ``TryAgainLater`` while ``record``'s refresh is held back: amoCRM's
+    answer that began it (its reason slug) and how many in a row. No secret."""
+    backoff = record.backoff
+    if backoff is None:
+        return "the refresh is held back"
+    return (
+        f"amoCRM pushed back on the last refresh ({backoff.cause}, {backoff.attempts} in a"
+        " row); no refresh is sent until the back-off lapses"
+    )
+
+
 def retry_after_of(record: ConnectionRecord, now: datetime, grace: timedelta) -> float | None:
     """Seconds (>= 0) until the first of what holds ``record`` up lapses at ``now`` (UTC): its
     live lease, a lapsed exchange lease's ``grace``, a kept pair's wait, a deferred
@@ -115,6 +163,7 @@ def retry_after_of(record: ConnectionRecord, now: datetime, grace: timedelta) ->
             else None,
             record.kept_pair_until,
             record.verify_after,
+            record.backoff.until if record.backoff is not None else None,
         )
         if end is not None and end > now
     ]

@@ -13,10 +13,12 @@ from datetime import datetime, timedelta
 
 import attrs
 
+from ._connection_id import Widget, check_connection_id
 from ._reasons import CONNECTION_ERRORS, Reason
 
 __all__ = [
     "Account",
+    "Backoff",
     "Connection",
     "ConnectionRecord",
     "ConnectionStatus",
@@ -45,24 +47,6 @@ class ConnectionStatus(enum.StrEnum):
     EXCHANGED = "exchanged"
     CONNECTED = "connected"
     ERROR = "error"
-
-
-#: The longest connection id an application may use (a widget install's account host fits).
-MAX_CONNECTION_ID = 255
-
-
-def check_connection_id(connection_id: object) -> str:
-    """``connection_id`` itself when it is an application key: non-empty printable text of at
-    most 255 characters.
-
-    Raises:
-        ValueError: anything else.
-    """
-    if not isinstance(connection_id, str) or not 0 < len(connection_id) <= MAX_CONNECTION_ID:
-        raise ValueError("connection_id must be a non-empty string of at most 255 characters")
-    if not connection_id.isprintable():
-        raise ValueError("connection_id must be printable")
-    return connection_id
 
 
 def record_key(integration: str, connection_id: str, *, widget: bool = False) -> str:
@@ -168,6 +152,27 @@ class Lease:
 
 
 @attrs.frozen
+class Backoff:
+    """amoCRM pushed back on a refresh (a 429, a blocked account's 403, a 5xx...): no refresh
+    token is sent for this connection before ``until`` (UTC, the store's clock), by any
+    process sharing the store.
+
+    Attributes:
+        until: when the next refresh may be tried (aware, UTC).
+        attempts: refreshes answered that way in a row (the interval grows with them), >= 1.
+        cause: the answer's reason slug (``_answers``: ``unavailable``, ``account_blocked``...).
+    """
+
+    until: datetime = attrs.field(validator=_aware)
+    attempts: int = attrs.field(validator=attrs.validators.ge(1))
+    cause: str
+
+    def is_live(self, now: datetime) -> bool:
+        """True until ``until``."""
+        return now < self.until
+
+
+@attrs.frozen
 class SeenCode:
     """A code a connection has seen: its sha256 digest (never the code) and when."""
 
@@ -187,6 +192,10 @@ class Connection:
         error: why the connection is in ``error``.
         version: increases with every write to the record.
         host: the account host API calls go to (``x.amocrm.ru``, ``x.kommo.com``), when known.
+        widget: for a widget install, the ``Widget`` that names it in every call (keep it to
+            call ``status(widget)``, ``access_token(widget)``, ...); None for an app user's
+            connection. ``connection_id`` is then the install's account host, which may differ
+            from ``host`` after the account moved.
     """
 
     connection_id: str
@@ -196,6 +205,7 @@ class Connection:
     error: ErrorInfo | None = None
     version: int = 0
     host: str | None = None
+    widget: Widget | None = None
 
     @property
     def api_url(self) -> str | None:
@@ -248,6 +258,9 @@ class ConnectionRecord:
     lease, so the process that sent it first may keep the rotated pair in memory (its store
     write failed). Until this time (UTC) nobody sends that token again and nobody is told to
     re-authorize: callers hear ``TryAgainLater`` while the pair may land."""
+    backoff: Backoff | None = None
+    """In ``connected``: amoCRM pushed back on the last refresh; none is sent again before
+    ``backoff.until`` (the table's ``refresh_backoff``). Cleared by a successful refresh."""
     refused_refresh: str | None = None
     """The sha256 digest of the refresh token amoCRM refused when the connection entered
     ``error`` that way: only the answer to an overtaken refresh of that same token may bring the
@@ -311,4 +324,5 @@ class ConnectionRecord:
             error=self.error,
             version=self.version,
             host=self.host,
+            widget=Widget(self.connection_id) if self.widget else None,
         )

@@ -90,17 +90,23 @@ class RefreshReport:
         failed: ``(connection id, reason)`` for each connection that could not be refreshed;
             the reason is a ``ReauthorizationRequired`` reason, a provider reason slug (e.g.
             ``unavailable``: tried again on the next run) or an error class name
-            (``StoreError``).
+            (``StoreError``). A connection whose refreshes amoCRM pushed back on is tried no
+            sooner than its back-off allows: ``refresh_backoff`` while it lasts (nothing is
+            sent), the answer's own slug (``unavailable``, ``account_blocked``...) when a try
+            is made.
         needs_reauthorization: the connection ids of ``failed`` that stay unusable until the
             user consents again (their reason came with ``ReauthorizationRequired``).
         skipped: due records left alone: another integration's (another client id), or
             disconnected by their user while the run went on.
+        remaining: due records not handled because the run's ``limit`` was reached (0 without
+            a limit): a later run handles them, soonest expiry first.
     """
 
     refreshed: tuple[str, ...] = ()
     failed: tuple[tuple[str, str], ...] = ()
     needs_reauthorization: tuple[str, ...] = ()
     skipped: int = 0
+    remaining: int = 0
 
     @property
     def failed_by_reason(self) -> dict[str, int]:

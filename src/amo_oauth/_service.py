@@ -12,6 +12,7 @@ import httpx
 from ._auth import ConnectionAuth
 from ._callback import QueryLike
 from ._config import Config
+from ._connection_id import ConnectionId
 from ._driving import drive
 from ._kept import KeptRetry
 from ._ops import Op, Send, StoreOp
@@ -79,7 +80,8 @@ class AmoOAuth(ServiceCore):
         and writes nothing.
 
         Args:
-            connection_id: the application's key for this connection (a user or tenant id).
+            connection_id: the application's key for this connection (a user or tenant id);
+                never a ``Widget``: amoCRM's install makes a widget connection.
             binding: the browser's current binding (e.g. from its cookie), reused when it was
                 made for this connection; otherwise a fresh one is made.
             browser_binding: False to opt out of the browser binding: the state is then bound
@@ -89,6 +91,10 @@ class AmoOAuth(ServiceCore):
         Returns:
             ``AuthorizationRequest(url, state, expires_at, binding)``: keep ``binding`` in the
             browser (an ``HttpOnly`` cookie) and redirect it to ``url``.
+
+        Raises:
+            ValueError: ``connection_id`` is empty, over 255 characters, unprintable or a
+                ``Widget``.
         """
         return self._run(self._flows.codes.begin(connection_id, binding, browser_binding))
 
@@ -187,24 +193,38 @@ class AmoOAuth(ServiceCore):
 
         Raises:
             CallbackRejected: as ``handle_callback``, and ``new_code_refused``.
-            ValueError: ``connection_id`` is empty, over 255 characters or unprintable.
+            ValueError: ``connection_id`` is empty, over 255 characters, unprintable or a
+                ``Widget``.
         """
         flow = self._flows.codes.exchange_code(
             connection_id, code, referer, state, exchange_new, binding, source
         )
         return self._run(flow)
 
-    def status(self, connection_id: str) -> Connection:
-        """The connection as stored now (``disconnected`` when unknown)."""
+    def status(self, connection_id: ConnectionId) -> Connection:
+        """The connection as stored now (``disconnected`` when unknown).
+
+        Args:
+            connection_id: an app user's id, or ``Widget(account_host)`` for a widget install
+                (``CallbackResult.connection.widget``); the two never name the same record.
+
+        Raises:
+            ValueError: a ``str`` that is empty, over 255 characters or unprintable, or a
+                ``Widget`` of a host outside the allowlist (``Config.extra_domains``).
+        """
         return self._run(self._flows.connections.status(connection_id))
 
-    def access_token(self, connection_id: str) -> str:
+    def access_token(self, connection_id: ConnectionId) -> str:
         """A valid access token, refreshed first when it is about to expire.
 
         At most one refresh runs per connection across every thread and process sharing the
         store; the others wait for it and use its token.
 
+        Args:
+            connection_id: an app user's id, or ``Widget(account_host)`` (see ``status``).
+
         Raises:
+            ValueError: not a valid connection id (see ``status``).
             ReauthorizationRequired: the connection has no usable tokens.
             TryAgainLater: another worker's refresh outlasted ``settle_timeout``
                 (``refresh_in_progress``), a pair another process keeps in memory is awaited
@@ -214,16 +234,32 @@ class AmoOAuth(ServiceCore):
         """
         return self._run(self._flows.tokens.access_token(connection_id))
 
-    def auth(self, connection_id: str) -> ConnectionAuth:
+    def auth(self, connection_id: ConnectionId) -> ConnectionAuth:
         """An ``httpx.Auth`` sending this connection's bearer token, only to ``https`` requests
         to the connection's own account host (else ``TokenScopeError``, nothing sent); on a 401
-        from that host it refreshes once and retries once."""
+        from that host it refreshes once and retries once.
+
+        Args:
+            connection_id: an app user's id, or ``Widget(account_host)`` (see ``status``).
+
+        Raises:
+            ValueError: not a valid connection id (see ``status``), raised here, not at the
+                first request.
+        """
+        self._flows.records.fresh(connection_id)  # a bad id fails here, not at the first request
         return ConnectionAuth(
             token=lambda stale: self._run(self._flows.tokens.api_token(connection_id, stale))
         )
 
-    def disconnect(self, connection_id: str) -> Connection:
-        """Forget the connection's tokens and account: it becomes ``disconnected``."""
+    def disconnect(self, connection_id: ConnectionId) -> Connection:
+        """Forget the connection's tokens and account: it becomes ``disconnected``.
+
+        Args:
+            connection_id: an app user's id, or ``Widget(account_host)`` (see ``status``).
+
+        Raises:
+            ValueError: not a valid connection id (see ``status``).
+        """
         return self._run(self._flows.connections.disconnect(connection_id))
 
     def handle_disconnect_hook(self, query: QueryLike) -> HookResult:
@@ -248,7 +284,7 @@ class AmoOAuth(ServiceCore):
     def refresh_due(
         self,
         within: timedelta = timedelta(days=7),
-        limit: int | None = 100,
+        limit: int | None = None,
         *,
         concurrency: int = 16,
         per_host_rate: float = 7.0,
@@ -273,13 +309,16 @@ class AmoOAuth(ServiceCore):
             within: the window (a ``timedelta``); records expiring before now + ``within`` are
                 due. Over 90 days every pair is due, even one refreshed by this very run: the
                 run then keeps the keys it refreshed in memory to refresh each once.
-            limit: at most this many due records are handled (the soonest); None: all.
+            limit: at most this many due records are handled (the soonest); None (the
+                default): every due record. The report counts those left (``remaining``).
             concurrency: refreshes in flight at once, >= 1.
             per_host_rate: requests per second to one account host, > 0 (amoCRM allows 7).
             progress: called in this thread after each connection with a ``SweepProgress``.
 
         Returns:
-            A ``RefreshReport``: refreshed, failed (with reasons), needing re-authorization.
+            A ``RefreshReport``: refreshed, failed (with reasons, ``refresh_backoff`` for a
+            connection amoCRM pushed back on: nothing is sent for it before its back-off
+            lapses), needing re-authorization, and how many due records a ``limit`` left.
 
         Raises:
             TypeError: ``within`` is not a ``timedelta``, or ``limit`` is not an int or None.

@@ -8,6 +8,8 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import attrs
+
 from ._config import Config
 from ._flows import Flows
 from ._results import RefreshReport
@@ -63,9 +65,8 @@ def with_stored(report: RefreshReport, stored: tuple[str, ...]) -> RefreshReport
     late = set(stored) & {connection_id for connection_id, _ in report.failed}
     if not late:
         return report
-    return RefreshReport(
-        report.refreshed + tuple(cid for cid, _ in report.failed if cid in late),
-        tuple(failure for failure in report.failed if failure[0] not in late),
-        needs_reauthorization=report.needs_reauthorization,
-        skipped=report.skipped,
+    return attrs.evolve(
+        report,
+        refreshed=report.refreshed + tuple(cid for cid, _ in report.failed if cid in late),
+        failed=tuple(failure for failure in report.failed if failure[0] not in late),
     )

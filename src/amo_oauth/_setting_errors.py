@@ -17,7 +17,14 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import Final
 
-__all__ = ["FORWARDED_HEADERS", "MAX_TICKET_TTL", "MODES", "SETTING_ERRORS", "setting_error"]
+__all__ = [
+    "FORWARDED_HEADERS",
+    "MAX_PREVIOUS_STATE_SECRETS",
+    "MAX_TICKET_TTL",
+    "MODES",
+    "SETTING_ERRORS",
+    "setting_error",
+]
 
 #: ``Config.mode``'s choices: amoCRM's consent page answers by ``postMessage`` or in a popup.
 MODES: Final = ("post_message", "popup")
@@ -25,6 +32,9 @@ MODES: Final = ("post_message", "popup")
 FORWARDED_HEADERS: Final = ("x-forwarded-for", "forwarded")
 #: The longest a mobile ticket may live: it is a bearer link, good for whoever opens it first.
 MAX_TICKET_TTL: Final = timedelta(minutes=10)
+#: The most ``Config.previous_state_secrets`` may hold: a state or ticket that none signed
+#: costs one HMAC per accepted secret, and a rotation needs one (two when rotations overlap).
+MAX_PREVIOUS_STATE_SECRETS: Final = 3
 
 _SECRET_RECIPE: Final = "generate one with secrets.token_urlsafe(32)"
 
@@ -62,6 +72,27 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
             "state_secret must not be the client_secret: whoever holds the client secret "
             "could then sign states; generate a separate one with secrets.token_urlsafe(32)"
         ),
+        # Config: the previous state secrets (a rotation)
+        "previous_state_secrets_type": (
+            "previous_state_secrets must be a sequence of secrets, e.g. (old_secret,), not {type}"
+        ),
+        "previous_state_secret_type": "previous_state_secrets must hold str or bytes, not {type}",
+        "previous_state_secret_short": (
+            "previous_state_secrets must hold secrets of at least 32 bytes, as state_secret: "
+            "list the secret state_secret had before"
+        ),
+        "previous_state_secrets_many": (
+            f"previous_state_secrets must hold at most {MAX_PREVIOUS_STATE_SECRETS} secrets: "
+            "remove the oldest (what it signed expired state_ttl after it was replaced)"
+        ),
+        "previous_state_secret_is_client_secret": (
+            "previous_state_secrets must not hold the client_secret: whoever holds the client "
+            "secret could then sign states"
+        ),
+        "previous_state_secret_is_current": (
+            "previous_state_secrets must not hold state_secret itself: list only the secrets "
+            "it replaced"
+        ),
         # Config: choices and domains
         "mode": f"mode must be one of {', '.join(MODES)}",
         "forwarded_header": (
@@ -94,6 +125,12 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         "lease_short": (
             "lease_ttl must be more than three http_timeouts ({seconds} s): an exchange "
             "makes two calls of up to http_timeout each; raise lease_ttl or lower http_timeout"
+        ),
+        "fraction_type": "{field} must be a number from 0 to 1, not {type}",
+        "fraction_range": "{field} must be a number from 0 to 1 (0.1: up to a tenth longer)",
+        "backoff_order": (
+            "refresh_backoff_max must not be shorter than refresh_backoff_initial: "
+            "the back-off grows from the first to the most"
         ),
         # The web layer's handlers and adapters
         "app_scheme_type": "app_scheme must be a string such as 'myapp', not {type}",

@@ -2,7 +2,9 @@
 
 amoCRM has no PKCE, so ``state`` is what ties a redirect to the ``begin()`` that caused it.
 A token is ``v2.<payload>.<mac>``: the payload (base64url JSON) signed with HMAC-SHA256 under
-``Config.state_secret``. It carries no user identifier anyone but the backend can read:
+``Config.state_secret``, and accepted under it or any of ``Config.previous_state_secrets`` (a
+rotation: a consent begun on a machine with the old secret completes on one with the new). It
+carries no user identifier anyone but the backend can read:
 
 - ``h``: a keyed hash of the connection id (HMAC under the state secret, its own context,
   16 bytes), so a callback checks a candidate id without the id being in the URL;
@@ -16,6 +18,9 @@ A token is ``v2.<payload>.<mac>``: the payload (base64url JSON) signed with HMAC
 
 States of the first format (``v1``, which showed the connection id and bound no browser) are
 refused as ``bad_state``: they lived 30 minutes, so an upgrade costs at most one re-begin.
+
+The keyed hashes are checked under the secret whose MAC matched (``StateClaims.signed_with``):
+a state is made under one secret, all of it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -35,11 +41,13 @@ from ._errors import CallbackRejected
 __all__ = [
     "MAX_CLOCK_SKEW",
     "StateClaims",
+    "UnsignedState",
     "binding_hash",
     "id_hash",
     "issue_state",
     "issued_ahead",
     "read_state",
+    "signer_of",
 ]
 
 #: How far apart the clocks of two machines serving one store may be for what is checked
@@ -100,6 +108,29 @@ def _same(expected: str, candidate: str) -> bool:
     return hmac.compare_digest(expected.encode("ascii"), candidate.encode("ascii"))
 
 
+def signer_of(keys: Sequence[bytes], mac: str, mac_for: Callable[[bytes], str]) -> bytes | None:
+    """The secret among ``keys`` under which ``mac_for`` gives ``mac``, or None.
+
+    Every secret is tried, each compared in constant time, so the time taken says nothing of
+    which one signed; ``Config`` allows few (``MAX_PREVIOUS_STATE_SECRETS`` besides the current).
+    """
+    given = mac.encode("ascii", "replace")
+    signer = None
+    for secret in keys:
+        if hmac.compare_digest(mac_for(secret).encode("ascii"), given) and signer is None:
+            signer = secret
+    return signer
+
+
+class UnsignedState(CallbackRejected):
+    """``bad_state`` for a token of a state's form that none of the accepted secrets signed:
+    made under a secret removed since (or forged). Its claims are unknown; a caller may still
+    answer a code the code ledger holds (the seed's replay), never exchange a new one."""
+
+    def __init__(self) -> None:
+        super().__init__("bad_state")
+
+
 @attrs.frozen
 class StateClaims:
     """What a verified state says. Its MAC was checked; its expiry and use were not.
@@ -110,6 +141,8 @@ class StateClaims:
         nonce: what a callback consumes, once.
         issued_at, expires_at: its lifetime.
         seen_version: the record version ``begin()`` read; None for a state without one.
+        signed_with: the secret that signed it (never shown): its keyed hashes are checked
+            under it.
     """
 
     id_hash: str = attrs.field(repr=False)
@@ -118,21 +151,24 @@ class StateClaims:
     issued_at: datetime
     expires_at: datetime
     seen_version: int | None = None
+    signed_with: bytes = attrs.field(kw_only=True, repr=False, eq=False)
 
     @property
     def bound(self) -> bool:
         """True when a browser binding must come back with a new code."""
         return self.binding_hash != ""
 
-    def names(self, secret: bytes, connection_id: str | None) -> bool:
+    def names(self, connection_id: str | None) -> bool:
         """Was this state issued to ``connection_id``? (constant-time)"""
-        return connection_id is not None and _same(self.id_hash, id_hash(secret, connection_id))
+        if connection_id is None:
+            return False
+        return _same(self.id_hash, id_hash(self.signed_with, connection_id))
 
-    def binds(self, secret: bytes, binding_secret: str | None) -> bool:
+    def binds(self, binding_secret: str | None) -> bool:
         """Is ``binding_secret`` the one this state was bound to? False for an unbound state."""
         if not self.bound or binding_secret is None:
             return False
-        return _same(self.binding_hash, binding_hash(secret, binding_secret))
+        return _same(self.binding_hash, binding_hash(self.signed_with, binding_secret))
 
     @property
     def accepted_until(self) -> datetime:
@@ -177,17 +213,24 @@ def issue_state(
     payload = _b64(json.dumps(body, separators=(",", ":")).encode("ascii"))
     token = f"{_PREFIX}.{payload}.{_mac(secret, payload)}"
     claims = StateClaims(
-        hashed_id, hashed_binding, nonce, _moment(issued), _moment(expires), seen_version
+        hashed_id,
+        hashed_binding,
+        nonce,
+        _moment(issued),
+        _moment(expires),
+        seen_version,
+        signed_with=secret,
     )
     return token, claims
 
 
-def read_state(secret: bytes, token: str) -> StateClaims:
-    """Check a state's signature and return its claims.
+def read_state(keys: Sequence[bytes], token: str) -> StateClaims:
+    """Check a state's signature under each of ``keys`` (the current one and the previous
+    ones, ``Config.accepted_state_secrets``) and return its claims.
 
     Raises:
-        CallbackRejected: ``bad_state`` for anything malformed, not signed with ``secret``, or
-            of the first format (``v1``).
+        UnsignedState: ``bad_state`` for a token of a state's form none of ``keys`` signed.
+        CallbackRejected: ``bad_state`` for anything malformed or of the first format (``v1``).
     """
     # A state is ASCII; anything else would not even encode for the MAC check.
     ok = isinstance(token, str) and len(token) <= _MAX_TOKEN and token.isascii()
@@ -195,8 +238,9 @@ def read_state(secret: bytes, token: str) -> StateClaims:
     if len(parts) != 3 or parts[0] != _PREFIX:
         raise CallbackRejected("bad_state")
     payload, mac = parts[1], parts[2]
-    if not hmac.compare_digest(_mac(secret, payload).encode(), mac.encode("ascii", "replace")):
-        raise CallbackRejected("bad_state")
+    secret = signer_of(keys, mac, lambda key: _mac(key, payload))
+    if secret is None:
+        raise UnsignedState
     try:
         body = json.loads(_unb64(payload))
         hashed_id, hashed_binding = body["h"], body["b"]
@@ -214,6 +258,7 @@ def read_state(secret: bytes, token: str) -> StateClaims:
             _moment(body["i"]),
             _moment(body["e"]),
             seen,
+            signed_with=secret,
         )
     except (binascii.Error, ValueError, KeyError, TypeError, OverflowError):
         # Only a holder of the secret could sign this; still, refuse rather than crash.

@@ -7,7 +7,8 @@ decides, the refresh lease makes it single-flight across machines); this module 
 
 - ``SweepPlan`` checks the arguments and walks the store's ``due_page`` by keyset cursor, so a
   run holds one page of records at a time, whatever the number of connections, and meets each
-  record due when it started at most once (the cursor only moves forward).
+  record due when it started at most once (the cursor only moves forward). Every due record is
+  handled unless a ``limit`` is given; the due records past it are counted (``remaining``).
 - ``HostPacer``: at most ``rate`` requests per second to one account host (amoCRM allows 7),
   by spacing that host's requests ``1 / rate`` seconds apart. Process-local: several machines
   sweeping at once each keep their own pace (the lease still makes each refresh happen once).
@@ -157,33 +158,25 @@ class SweepPlan:
         remember = within >= REFRESH_TOKEN_LIFETIME
         return cls(before, limit, concurrency, float(per_host_rate), remember)
 
-    def _sizes(self) -> Iterator[int]:
-        """Page sizes until ``limit`` records have been read (forever without a limit)."""
-        left = self.limit
-        while left is None or left > 0:
-            size = PAGE_SIZE if left is None else min(PAGE_SIZE, left)
-            yield size
-            if left is not None:
-                left -= size
-
     def records(self, read: ReadPage) -> Iterator[ConnectionRecord]:
-        """The due records, page by page, soonest expiry first; at most ``limit``."""
+        """Every due record, page by page, soonest expiry first (``limit`` is the sweep's:
+        the records past it are read to be counted, never handed out)."""
         after: DueCursor | None = None
-        for size in self._sizes():
-            page = read(after, size)
+        while True:
+            page = read(after, PAGE_SIZE)
             yield from page
-            if len(page) < size:
+            if len(page) < PAGE_SIZE:
                 return
             after = due_position(page[-1])
 
     async def arecords(self, read: AReadPage) -> AsyncIterator[ConnectionRecord]:
         """``records`` for asyncio."""
         after: DueCursor | None = None
-        for size in self._sizes():
-            page = await read(after, size)
+        while True:
+            page = await read(after, PAGE_SIZE)
             for record in page:
                 yield record
-            if len(page) < size:
+            if len(page) < PAGE_SIZE:
                 return
             after = due_position(page[-1])
 
@@ -192,7 +185,12 @@ class _Tally:
     """The report being made, and the progress callback fed as connections finish. Only the
     sweeping thread (or the event loop) touches it."""
 
-    def __init__(self, progress: Callable[[SweepProgress], None] | None, remember: bool) -> None:
+    def __init__(
+        self,
+        progress: Callable[[SweepProgress], None] | None,
+        remember: bool,
+        limit: int | None = None,
+    ) -> None:
         self.progress = progress
         # Each entry carries the record's place in the due order, so the report lists the
         # connections soonest-first (as the first release did), not in whatever order
@@ -202,11 +200,23 @@ class _Tally:
         self.reauthorize: list[tuple[int, str]] = []
         self.skipped = 0
         self.done = 0
+        #: Due records read past ``limit``: left for a later run.
+        self.remaining = 0
+        self._started = 0
+        self._limit = limit
         #: Keys refreshed by this run, kept only when a refreshed pair could be due again.
         self.remembered: set[str] | None = set() if remember else None
 
     def wanted(self, record: ConnectionRecord) -> bool:
-        return self.remembered is None or record.key not in self.remembered
+        """Whether to hand ``record`` to a refresh: not one this run refreshed already, and
+        within ``limit`` (a record past it is counted in ``remaining``)."""
+        if self.remembered is not None and record.key in self.remembered:
+            return False
+        if self._limit is not None and self._started >= self._limit:
+            self.remaining += 1
+            return False
+        self._started += 1
+        return True
 
     def add(self, place: int, record: ConnectionRecord, done: Done) -> None:
         self.done += 1
@@ -231,6 +241,7 @@ class _Tally:
             tuple(failure for _, failure in sorted(self.failed)),
             needs_reauthorization=tuple(cid for _, cid in sorted(self.reauthorize)),
             skipped=self.skipped,
+            remaining=self.remaining,
         )
 
 
@@ -247,7 +258,7 @@ def sweep(
     be read (``StoreError``) or an interrupt ends the run: records not yet started are
     dropped, the refreshes in flight finish first, then the error is raised.
     """
-    tally = _Tally(progress, plan.remember)
+    tally = _Tally(progress, plan.remember, plan.limit)
     window = 2 * plan.concurrency
     pool = ThreadPoolExecutor(plan.concurrency, thread_name_prefix="amo-oauth-sweep")
     running: dict[Future[Done], tuple[int, ConnectionRecord]] = {}
@@ -282,7 +293,7 @@ async def asweep(
 ) -> RefreshReport:
     """``sweep`` for asyncio: one task per record, at most ``plan.concurrency`` at once (the
     next page is read only when a slot frees up). ``progress`` is called on the event loop."""
-    tally = _Tally(progress, plan.remember)
+    tally = _Tally(progress, plan.remember, plan.limit)
     slots = asyncio.Semaphore(plan.concurrency)
     running: set[asyncio.Task[None]] = set()
     errors: list[Exception] = []

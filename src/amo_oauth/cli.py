@@ -11,12 +11,14 @@ amo-oauth fake [--port N] [--redirect-uri URL] [--accounts N]
 amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
 amo-oauth status ID [--store URL]   a connection's status
 amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-host-rate R]
-                                    refresh every connection whose refresh token expires
-                                    within N days (7); a progress bar on a terminal (with
-                                    the ``cli`` extra), a line per 1,000 otherwise; a JSON
-                                    summary; exit status 1 when any failed. Reads
-                                    AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI and
-                                    AMO_STATE_SECRET
+                      [--limit N]   refresh every connection whose refresh token expires
+                                    within N days (7), or the N soonest (the summary's
+                                    ``remaining`` counts the rest); a progress bar on a
+                                    terminal (with the ``cli`` extra), a line per 1,000
+                                    otherwise; a JSON summary; exit status 1 when any
+                                    failed. Reads
+                                    AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI,
+                                    AMO_STATE_SECRET (and AMO_PREVIOUS_STATE_SECRETS)
 amo-oauth migrate [--store URL]     create a store's schema; refuse another version's
 amo-oauth rotate-key [--store URL] [--after KEY] [--vacuum]
                                     re-encrypt every record with the newest key of
@@ -102,16 +104,26 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from ._connection_id import Widget
+    from ._flow_records import legacy_record
     from ._records import record_key
 
     client_id = args.client_id or os.environ.get("AMO_CLIENT_ID")
     if not client_id:
         raise SystemExit("amo-oauth: pass --client-id or set AMO_CLIENT_ID")
+    name = args.connection_id
+    if args.widget:
+        try:
+            name = Widget(name).host
+        except ValueError as error:
+            raise SystemExit(f"amo-oauth: {error}") from None
     store = _open_store(args)
     try:
         # Records are kept per integration; one stored before that has its bare id as key.
-        record = store.load(record_key(client_id, args.connection_id)).record
-        record = record or store.load(args.connection_id).record
+        record = store.load(record_key(client_id, name, widget=args.widget)).record
+        if record is None:
+            found = store.load(name).record
+            record = legacy_record(found, name, widget=args.widget)
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
     finally:
@@ -146,7 +158,15 @@ def _config_from_env() -> Config:
         client_secret=os.environ["AMO_CLIENT_SECRET"],
         redirect_uri=os.environ["AMO_REDIRECT_URI"],
         state_secret=os.environ["AMO_STATE_SECRET"],
+        previous_state_secrets=_previous_state_secrets_from_env(),
     )
+
+
+def _previous_state_secrets_from_env() -> list[str]:
+    """``AMO_PREVIOUS_STATE_SECRETS``: the secrets ``AMO_STATE_SECRET`` replaced, comma-separated
+    (a rotation; secrets.token_urlsafe and token_hex never make a comma)."""
+    text = os.environ.get("AMO_PREVIOUS_STATE_SECRETS", "")
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _keys_from_env(*, required: bool) -> Encryption | None:
@@ -235,7 +255,7 @@ def _refresh_due(args: argparse.Namespace) -> int:
         with AmoOAuth(config, store=_open_store(args)) as oauth:
             report = oauth.refresh_due(
                 within=within,
-                limit=None,
+                limit=args.limit,
                 concurrency=args.concurrency,
                 per_host_rate=args.per_host_rate,
                 progress=show,
@@ -252,6 +272,7 @@ def _refresh_due(args: argparse.Namespace) -> int:
         "failed_by_reason": report.failed_by_reason,
         "needs_reauthorization": list(report.needs_reauthorization),
         "skipped": report.skipped,
+        "remaining": report.remaining,
     }
     print(json.dumps(summary))
     return 1 if report.failed else 0
@@ -345,7 +366,10 @@ def _parser() -> argparse.ArgumentParser:
     diagram.add_argument("--markdown", action="store_true", help="the whole docs page")
     diagram.set_defaults(handler=_diagram)
     status = commands.add_parser("status", help="show a stored connection")
-    status.add_argument("connection_id")
+    status.add_argument("connection_id", help="an app user's id, or the host with --widget")
+    status.add_argument(
+        "--widget", action="store_true", help="connection_id is a widget install's account host"
+    )
     _store_options(status)
     status.add_argument("--client-id", help="the integration's client id (env AMO_CLIENT_ID)")
     status.set_defaults(handler=_status)
@@ -358,6 +382,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=7.0,
         help="requests per second to one account host (7, amoCRM's limit)",
+    )
+    due.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="handle at most this many due connections, soonest first (default: all)",
     )
     due.set_defaults(handler=_refresh_due)
     rotate = commands.add_parser(

@@ -120,6 +120,10 @@ def _config(demo: Demo | None) -> Config:
             client_secret=env["AMO_CLIENT_SECRET"],
             redirect_uri=env["AMO_REDIRECT_URI"],
             state_secret=env["AMO_STATE_SECRET"],
+            # Rotating: the secrets AMO_STATE_SECRET replaced, comma-separated (operations.md).
+            previous_state_secrets=[
+                old for old in env.get("AMO_PREVIOUS_STATE_SECRETS", "").split(",") if old
+            ],
             authorize_url=env.get("AMO_AUTHORIZE_URL", "https://www.amocrm.ru/oauth"),
         )
     fake, served = demo

@@ -387,6 +387,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         if (
             connected
             and bound is not None
+            and result.connection.widget is None  # an install is no app user's, whatever its id
             and bound.connection_id == result.connection.connection_id
         ):
             # Done with: the binding is cleared once the connection is made.

@@ -1,0 +1,459 @@
+"""Back-pressure on refresh (issue 19, item 1): when amoCRM pushes back on a refresh (a 429 with
+``retry_after``, a blocked account's 403, a 5xx), the connection's refreshes are held back by a
+back-off kept in its record, so every process sharing the store honours it; callers hear
+``TryAgainLater`` (``refresh_backoff``) with ``retry_after``; a successful refresh clears it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from _pg_server import postgres_url  # noqa: F401
+from _redis_server import redis_url  # noqa: F401
+from amo_oauth import (
+    AmoOAuth,
+    AsyncAmoOAuth,
+    ConnectionStatus,
+    MemoryStore,
+    Outcome,
+    ProviderError,
+    SQLiteStore,
+    TryAgainLater,
+    _service,
+    cli,
+)
+from amo_oauth._codec import record_from_json, record_to_json
+from amo_oauth._record_view import MAX_RETRY_AFTER, backoff_until
+from amo_oauth._records import Backoff, ConnectionRecord
+from amo_oauth.stores import Store
+from amo_oauth.testing import FakeAmoCRM, FakeClock
+
+from helpers import config_for, consent, following, run_consent, stored
+
+USER = "user-1"
+#: Past the access token's lifetime (a day), well inside the refresh token's (90 days).
+EXPIRED = timedelta(days=1, minutes=1)
+#: Exact back-offs: no jitter unless a test asks for it.
+EXACT = {"refresh_backoff_jitter": 0.0}
+KINDS = ["memory", "sqlite", "postgres", "redis"]
+CLI_ENV = ("AMO_CLIENT_ID", "AMO_CLIENT_SECRET", "AMO_REDIRECT_URI", "AMO_STATE_SECRET")
+
+
+def _unique() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Backend:
+    """One store backend; ``open()`` gives another store object on the same data, as another
+    machine would hold."""
+
+    def __init__(self, request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> None:
+        self.kind: str = request.param
+        self._request, self._clock = request, clock
+        self._path = tmp_path / "backoff.db"
+        self._name = _unique()
+        self._memory = MemoryStore(clock=clock)
+        self.opened: list[Store] = []
+
+    def open(self) -> Store:
+        store = self._open()
+        self.opened.append(store)
+        return store
+
+    def _open(self) -> Store:
+        offset = following(self._clock)
+        if self.kind == "memory":
+            return self._memory  # one process: the same object is the shared store
+        if self.kind == "sqlite":
+            return SQLiteStore(self._path, clock=self._clock)
+        if self.kind == "postgres":
+            pytest.importorskip("psycopg")
+            from amo_oauth.stores import PostgresStore
+
+            url = self._request.getfixturevalue("postgres_url")
+            pg = PostgresStore(url, table=f"t_{self._name}", clock_offset=offset)
+            pg.migrate()
+            return pg
+        pytest.importorskip("redis")
+        from amo_oauth.stores import RedisStore
+
+        url = self._request.getfixturevalue("redis_url")
+        redis = RedisStore(url, prefix=f"backoff-{self._name}:", clock_offset=offset)
+        redis.migrate()
+        return redis
+
+
+@pytest.fixture(params=KINDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Backend]:
+    made = Backend(request, tmp_path, clock)
+    yield made
+    for store in {id(store): store for store in made.opened}.values():
+        if made.kind != "memory":
+            store.close()
+
+
+@pytest.fixture(params=KINDS[:2])
+def local(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Backend:
+    """Memory and SQLite only: for what no store decides (the back-off is data in the record;
+    the server stores carry it like any field, which ``backend`` checks)."""
+    return Backend(request, tmp_path, clock)
+
+
+def _connected(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, store: Store, **overrides: object
+) -> AmoOAuth:
+    oauth = make_oauth(store=store, **{**EXACT, **overrides})
+    assert run_consent(oauth, fake, USER).connection.is_connected
+    return oauth
+
+
+def _refused_later(oauth: AmoOAuth) -> TryAgainLater:
+    with pytest.raises(TryAgainLater) as later:
+        oauth.access_token(USER)
+    return later.value
+
+
+# -- the issue's two examples ------------------------------------------------------------------
+
+
+def test_a_429_with_retry_after_300_holds_60_calls_in_120_s_to_one_refresh(
+    backend: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    oauth = _connected(make_oauth, fake, backend.open())
+    clock.advance(EXPIRED)
+    fake.fail_next("429", times=100, grant="refresh_token")
+    with pytest.raises(ProviderError) as first:
+        oauth.access_token(USER)
+    assert first.value.status == 429
+    assert first.value.retry_after == pytest.approx(300, abs=1)  # amoCRM's retry_after
+    for _ in range(59):
+        clock.advance(timedelta(seconds=2))
+        later = _refused_later(oauth)
+        assert later.reason == "refresh_backoff" and later.retry_after is not None
+        assert 300 - 121 <= later.retry_after <= 300
+    assert fake.token_call_count("refresh_token") == 1
+    record = stored(oauth, USER)
+    assert record is not None and record.status is ConnectionStatus.CONNECTED
+    assert record.backoff is not None and record.backoff.cause == "unavailable"
+
+
+def test_a_403_is_sent_once_in_5_calls_then_at_growing_intervals(
+    backend: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    oauth = _connected(make_oauth, fake, backend.open())
+    clock.advance(EXPIRED)
+    fake.block_account()
+    for _ in range(5):
+        with pytest.raises(ProviderError):
+            oauth.access_token(USER)
+    assert fake.token_call_count("refresh_token") == 1
+    sent = 1
+    for interval in (60, 120, 240, 480):  # from 60 s, doubling
+        clock.advance(timedelta(seconds=interval - 1))
+        assert _refused_later(oauth).retry_after == pytest.approx(1, abs=0.5)
+        assert fake.token_call_count("refresh_token") == sent
+        clock.advance(timedelta(seconds=2))  # a server store's clock follows to a few ms
+        with pytest.raises(ProviderError) as blocked:
+            oauth.access_token(USER)
+        assert blocked.value.status == 403 and not isinstance(blocked.value, TryAgainLater)
+        sent += 1
+        assert fake.token_call_count("refresh_token") == sent
+        assert blocked.value.retry_after == pytest.approx(2 * interval, abs=0.5)
+    fake.unblock_account()
+    clock.advance(timedelta(seconds=961))
+    assert oauth.access_token(USER)  # the refresh goes through and clears the back-off
+    record = stored(oauth, USER)
+    assert record is not None and record.backoff is None
+
+
+# -- every machine honours it -------------------------------------------------------------------
+
+
+def test_a_second_service_on_the_same_store_honours_the_back_off(
+    backend: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    first = _connected(make_oauth, fake, backend.open())
+    second = make_oauth(store=backend.open(), **EXACT)
+    clock.advance(EXPIRED)
+    fake.fail_next("500", times=10, grant="refresh_token")
+    with pytest.raises(ProviderError):
+        first.access_token(USER)
+    later = _refused_later(second)
+    assert later.reason == "refresh_backoff" and later.retry_after == pytest.approx(60, abs=1)
+    assert fake.token_call_count("refresh_token") == 1
+    clock.advance(timedelta(seconds=61))
+    with pytest.raises(ProviderError):
+        second.access_token(USER)  # due: the second machine tries, amoCRM still answers 500
+    assert _refused_later(first).retry_after == pytest.approx(120, abs=1)
+    assert fake.token_call_count("refresh_token") == 2
+
+
+def test_the_async_service_honours_the_back_off(
+    backend: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    store = backend.open()
+    _connected(make_oauth, fake, store)
+    clock.advance(EXPIRED)
+    fake.fail_next("429", times=10, grant="refresh_token")
+
+    async def main() -> None:
+        http = httpx.AsyncClient(transport=fake.async_transport())
+        config = config_for(fake, **EXACT)
+        async with AsyncAmoOAuth(config, store=store, http=http, clock=clock) as oauth:
+            with pytest.raises(ProviderError) as first:
+                await oauth.access_token(USER)
+            assert first.value.status == 429
+            for _ in range(5):
+                with pytest.raises(TryAgainLater) as later:
+                    await oauth.access_token(USER)
+                assert later.value.reason == "refresh_backoff"
+            report = await oauth.refresh_due(timedelta(days=91))
+            assert report.failed == ((USER, "refresh_backoff"),)
+        await http.aclose()
+
+    asyncio.run(main())
+    assert fake.token_call_count("refresh_token") == 1
+
+
+def test_the_cli_sweep_reports_a_held_back_connection_and_sends_nothing(
+    tmp_path: Path,
+    make_oauth: Callable[..., AmoOAuth],
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = tmp_path / "cli.db"
+    oauth = _connected(make_oauth, fake, SQLiteStore(db, clock=clock))
+    clock.advance(EXPIRED)
+    fake.fail_next("403_html", grant="refresh_token")
+    with pytest.raises(ProviderError):
+        oauth.access_token(USER)
+    values = (fake.client_id, fake.client_secret, fake.redirect_uri, "s" * 32)
+    for name, value in zip(CLI_ENV, values, strict=True):
+        monkeypatch.setenv(name, value)
+    real = _service.AmoOAuth.__init__
+
+    def on_the_fakes(self: AmoOAuth, config: object, **options: object) -> None:
+        options["http"] = httpx.Client(transport=fake.transport())
+        options["clock"] = clock
+        real(self, config, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_service.AmoOAuth, "__init__", on_the_fakes)
+    monkeypatch.setattr(cli, "_open_store", lambda args: SQLiteStore(args.db, clock=clock))
+    assert cli.main(["refresh-due", "--db", str(db), "--within-days", "91"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["failed"] == {USER: "refresh_backoff"}
+    assert fake.token_call_count("refresh_token") == 1
+
+
+# -- what is still served, and what is not held back -------------------------------------------
+
+
+def test_a_valid_access_token_is_served_during_a_back_off(
+    local: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """The sweep's refresh is held back by a 403, yet the access token (valid for a day) is
+    still handed out: only refreshes wait. Once it expires, callers hear ``TryAgainLater``."""
+    two_days = timedelta(days=2)  # a back-off that outlasts the access token
+    longer = {"refresh_backoff_initial": two_days, "refresh_backoff_max": two_days}
+    oauth = _connected(make_oauth, fake, local.open(), **longer)
+    token = oauth.access_token(USER)
+    fake.fail_next("403_html", grant="refresh_token")
+    every_pair = timedelta(days=91)  # past a refresh token's life: every connection is due
+    assert oauth.refresh_due(every_pair).failed == ((USER, "account_blocked"),)
+    assert oauth.refresh_due(every_pair).failed == ((USER, "refresh_backoff"),)
+    assert oauth.access_token(USER) == token
+    clock.advance(EXPIRED)
+    assert _refused_later(oauth).reason == "refresh_backoff"
+    assert fake.token_call_count("refresh_token") == 1
+
+
+def test_a_token_inside_the_refresh_margin_is_served_while_the_refresh_is_held_back(
+    local: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """Within ``refresh_margin`` of its expiry a token is due a refresh, yet still valid: during
+    a back-off it is served (up to its expiry), not refused."""
+    oauth = _connected(make_oauth, fake, local.open())
+    token = oauth.access_token(USER)
+    clock.advance(timedelta(days=1) - timedelta(minutes=4))  # 4 minutes left, margin 5
+    fake.fail_next("429", grant="refresh_token")
+    with pytest.raises(ProviderError):
+        oauth.access_token(USER)  # the refresh it was due: answered 429
+    for _ in range(3):
+        clock.advance(timedelta(minutes=1))
+        assert oauth.access_token(USER) == token
+    clock.advance(timedelta(minutes=1, seconds=1))  # expired now, the back-off still live
+    assert _refused_later(oauth).reason == "refresh_backoff"
+    assert fake.token_call_count("refresh_token") == 1
+
+
+def test_auth_raises_try_again_later_also_on_the_401_path(
+    local: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """``auth()``: an expired token during a back-off raises ``TryAgainLater`` before sending;
+    a 401 for a still-valid token asks for a refresh, which the back-off holds back too."""
+    oauth = _connected(make_oauth, fake, local.open())
+    host = oauth.status(USER).host
+    clock.advance(EXPIRED)
+    fake.fail_next("429", grant="refresh_token")
+    with pytest.raises(ProviderError):
+        oauth.access_token(USER)
+    with httpx.Client(transport=fake.transport(), auth=oauth.auth(USER)) as client:
+        with pytest.raises(TryAgainLater, match=r"try again later \(refresh_backoff\)"):
+            client.get(f"https://{host}/api/v4/account")
+        clock.advance(timedelta(seconds=301))
+        client.get(f"https://{host}/api/v4/account").raise_for_status()  # refreshed
+        fake.expire_access_tokens()
+        fake.fail_next("500", grant="refresh_token")
+        with pytest.raises(ProviderError) as answered:
+            client.get(f"https://{host}/api/v4/account")  # 401, then a refresh: 500
+        assert answered.value.status == 500
+        with pytest.raises(TryAgainLater) as later:
+            client.get(f"https://{host}/api/v4/account")  # 401, then the back-off
+        assert later.value.reason == "refresh_backoff"
+    assert fake.token_call_count("refresh_token") == 3
+
+
+def test_async_auth_raises_try_again_later_on_the_401_path(
+    local: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """The awaited twin of ``auth()``: a 401, a refresh answered 503, then the back-off."""
+    store = local.open()
+    host = _connected(make_oauth, fake, store).status(USER).host
+    fake.expire_access_tokens()
+    fake.fail_next("500", grant="refresh_token")
+
+    async def main() -> None:
+        http = httpx.AsyncClient(transport=fake.async_transport())
+        config = config_for(fake, **EXACT)
+        async with AsyncAmoOAuth(config, store=store, http=http, clock=clock) as oauth:
+            api = httpx.AsyncClient(transport=fake.async_transport(), auth=oauth.auth(USER))
+            with pytest.raises(ProviderError) as answered:
+                await api.get(f"https://{host}/api/v4/account")
+            assert answered.value.status == 500
+            with pytest.raises(TryAgainLater) as later:
+                await api.get(f"https://{host}/api/v4/account")
+            assert later.value.reason == "refresh_backoff"
+            assert later.value.retry_after == pytest.approx(60, abs=1)
+            await api.aclose()
+        await http.aclose()
+
+    asyncio.run(main())
+    assert fake.token_call_count("refresh_token") == 1
+
+
+def test_no_answer_at_all_releases_the_refresh_without_a_back_off(
+    local: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """A timeout may have spent the refresh token: its second send must not wait a back-off
+    (amoCRM honours the old token only a while). Only an answer holds refreshes back."""
+    oauth = _connected(make_oauth, fake, local.open())
+    clock.advance(EXPIRED)
+    fake.fail_next("timeout_before", grant="refresh_token")
+    with pytest.raises(ProviderError, match=r"^no answer from amoCRM: ConnectTimeout$"):
+        oauth.access_token(USER)
+    record = stored(oauth, USER)
+    assert record is not None and record.backoff is None
+    assert oauth.access_token(USER)
+    assert fake.token_call_count("refresh_token") == 2
+
+
+# -- the guard: replays keep the seed's answer --------------------------------------------------
+
+
+def test_a_replayed_code_answers_its_connection_during_a_back_off(
+    backend: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """The seed's replay of a code the ledger holds answers the connection's status (the web
+    route's 200) during a back-off, before and after the access token expires: never
+    ``TryAgainLater``, and nothing is sent."""
+    two_days = timedelta(days=2)  # a back-off live for the whole test
+    oauth = make_oauth(
+        store=backend.open(),
+        refresh_backoff_initial=two_days,
+        refresh_backoff_max=two_days,
+        **EXACT,
+    )
+    query, binding = consent(oauth, fake, USER)
+    assert oauth.handle_callback(query, binding=binding).outcome is Outcome.CONNECTED
+    fake.fail_next("429", grant="refresh_token")
+    assert oauth.refresh_due(timedelta(days=91)).failed == ((USER, "unavailable"),)
+    for wait in (timedelta(0), timedelta(hours=23)):  # the ledger keeps a code for a day
+        clock.advance(wait)
+        for replay in (oauth.handle_callback(query), oauth.handle_callback(query, binding=binding)):
+            assert (replay.outcome, replay.duplicate) == (Outcome.ALREADY_CONNECTED, True)
+        legacy = oauth.exchange_code(USER, query["code"])
+        assert (legacy.outcome, legacy.duplicate) == (Outcome.ALREADY_CONNECTED, True)
+    clock.advance(timedelta(hours=2))  # the access token expired; the record knows the code
+    replay = oauth.handle_callback(query, binding=binding)
+    assert (replay.outcome, replay.duplicate) == (Outcome.ALREADY_CONNECTED, True)
+    assert _refused_later(oauth).reason == "refresh_backoff"  # the back-off was live throughout
+    assert fake.token_call_count("authorization_code") == 1
+    assert fake.token_call_count("refresh_token") == 1
+
+
+# -- the pure parts: intervals, the record's field ---------------------------------------------
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _after(attempts: int) -> ConnectionRecord:
+    backoff = Backoff(NOW, attempts, "unavailable") if attempts else None
+    return ConnectionRecord("c", backoff=backoff)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "seconds"), [(0, 60), (1, 120), (2, 240), (5, 1920), (6, 3600), (500, 3600)]
+)
+def test_the_interval_doubles_from_the_first_to_the_most(attempts: int, seconds: int) -> None:
+    until = backoff_until(
+        _after(attempts),
+        NOW,
+        initial=timedelta(seconds=60),
+        maximum=timedelta(hours=1),
+        jitter=0.0,
+    )
+    assert until - NOW == timedelta(seconds=seconds)
+
+
+def test_retry_after_is_a_floor_and_jitter_only_lengthens() -> None:
+    limits = {"initial": timedelta(seconds=60), "maximum": timedelta(hours=1)}
+    assert backoff_until(_after(0), NOW, jitter=0.0, retry_after=300, **limits) == NOW + (
+        timedelta(seconds=300)
+    )
+    # A retry_after past the cap is honoured, up to a day (a damaged body holds nothing for good).
+    huge = backoff_until(_after(0), NOW, jitter=0.0, retry_after=1e12, **limits)
+    assert huge == NOW + MAX_RETRY_AFTER
+    jittered = backoff_until(_after(0), NOW, jitter=0.05, retry_after=300, **limits)
+    assert jittered == NOW + timedelta(seconds=315)
+
+
+def test_the_jitter_is_drawn_from_the_service_and_bounded_by_the_config(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    oauth = make_oauth(refresh_backoff_jitter=0.5)
+    run_consent(oauth, fake, USER)
+    oauth._flows.records.draw = lambda: 0.5  # a quarter longer
+    clock.advance(EXPIRED)
+    fake.fail_next("500", grant="refresh_token")
+    with pytest.raises(ProviderError) as answered:
+        oauth.access_token(USER)
+    assert answered.value.retry_after == pytest.approx(75)
+
+
+def test_the_back_off_round_trips_and_old_records_decode() -> None:
+    held = ConnectionRecord("c", backoff=Backoff(NOW, 3, "account_blocked"))
+    assert record_from_json(record_to_json(held)) == held
+    old = record_to_json(ConnectionRecord("c")).replace(',"backoff":null', "")
+    assert '"backoff"' not in old
+    assert record_from_json(old).backoff is None
+    with pytest.raises(ValueError, match="attempts"):
+        record_from_json(record_to_json(held).replace('"attempts":3', '"attempts":0'))
