@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, MemoryStore
+from amo_oauth._limits import Attempt, Bounds, ExchangeLimiter
 from amo_oauth.django import urls
 from amo_oauth.fastapi import router
 from amo_oauth.flask import blueprint
@@ -294,3 +295,19 @@ def test_django_fills_the_peer(oauth: AmoOAuth, async_oauth: AsyncAmoOAuth) -> N
                 answer = asyncio.run(AsyncClient().get(f"{PREFIX}/status"))  # type: ignore[arg-type]
         assert answer.status_code == 401
     assert seen == ["192.0.2.33", "127.0.0.1"]
+
+
+def test_a_flood_from_many_addresses_leaves_no_memory_behind() -> None:
+    """Every address is a window of its own: windows emptied by time are forgotten, so a
+    flood from a million IPv6 addresses cannot grow the process without bound."""
+    now = [0.0]
+    bounds = Bounds(connection=5, host=10**9, process=10**9, source=5, widgets=1, widget_host=1)
+    limiter = ExchangeLimiter(bounds, window=1.0, clock=lambda: now[0])
+    most = 0
+    for n in range(50_000):
+        now[0] = n / 1000  # 1,000 attempts a second, each from its own address
+        slot = limiter.admit(Attempt(f"u:{n}", "shop.amocrm.ru", f"addr:2001:db8::{n:x}"))
+        assert slot is not None
+        limiter.claimed(slot, exchanged=True)
+        most = max(most, len(limiter._seen))
+    assert most <= 2 * 10_000 + 4 * 1_000  # the prune threshold, plus a window's live keys
