@@ -441,7 +441,12 @@ def test_a_real_server_logs_the_callback_redacted(server: str, tmp_path: Path) -
             headers={"Referer": f"{url}{CALLBACK}?code={in_referer}&state={state}"},
         )
         client.get(f"/api/amo-crm/disconnect-hook?client_uuid=c&account_id=1&signature={signature}")
-        _wait_for(printed, "/api/amo-crm/disconnect-hook")
+        # One more request, and its line: a server handles a connection's requests in order
+        # and logs each before it reads the next, so every line above is written by then
+        # (the hook's path alone was not enough: gunicorn's debug line names it first).
+        sentinel = f"sentinel{secrets.token_hex(6)}"
+        client.get(f"/api/amo-crm/status?{sentinel}=1")
+        _wait_for(printed, sentinel)
     said = printed.read_text()
     assert f"{CALLBACK}?code={REDACTED}&state={REDACTED}&referer=example.amocrm.ru" in said, said
     assert f"ticket={REDACTED}" in said

@@ -525,23 +525,6 @@ def test_a_redirect_from_the_token_endpoint_is_never_followed(
     assert hosts == [fake.account_host]
 
 
-def test_the_threat_table_names_tests_that_exist() -> None:
-    import re
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    table = (root / "docs" / "security.md").read_text(encoding="utf-8")
-    table = table[table.index("## RFC 9700 threat table") :]
-    named = re.findall(r"`(?:(test_\w+)\.py)?::(test_\w+)`", table)
-    assert len(named) >= 20
-    module = None
-    for file, name in named:
-        module = file or module
-        assert module is not None
-        source = (root / "tests" / f"{module}.py").read_text(encoding="utf-8")
-        assert re.search(rf"^(async )?def {name}\(", source, re.M), f"{module}::{name}"
-
-
 def test_openapi_documents_the_ticket_parameter(async_oauth: AsyncAmoOAuth) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
