@@ -843,6 +843,8 @@ def test_exchange_code_with_another_users_state_is_refused(
         {"origin": "https://evil.example"},  # an older browser: no Sec-Fetch-Site
         {"origin": "null"},  # a sandboxed frame, a data: URL
         {"sec-fetch-site": "same-site", "origin": "https://evil.app.example.com"},
+        {"referer": "https://evil.example/page"},  # neither Origin nor Sec-Fetch-Site
+        {"referer": "https://backend.example:bad/"},  # no URL a page of ours has
     ],
 )
 def test_cross_site_posts_are_refused(
@@ -865,6 +867,8 @@ def test_cross_site_posts_are_refused(
         {"sec-fetch-site": "none"},
         {"origin": "https://backend.example"},  # the redirect_uri's own origin
         {"origin": "https://spa.example.com", "sec-fetch-site": "same-site"},  # configured
+        {"referer": "https://backend.example/settings"},  # an older browser on our own page
+        {"referer": "https://spa.example.com/"},
     ],
 )
 def test_the_apps_own_posts_pass(oauth: AmoOAuth, headers: dict[str, str]) -> None:

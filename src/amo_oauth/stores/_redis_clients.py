@@ -72,7 +72,7 @@ class Clients:
             self.where = f"{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)} db {db}"
         self.channel = f"{prefix}changed:{db}"
         self._scripts = {name: self.client.register_script(src) for name, src in SCRIPTS.items()}
-        self._async: AsyncSide | None = None
+        self._async: LoopClient | None = None
         self.closed = False
 
     def _blocking_client(self, url: str) -> redis.Redis:
@@ -170,7 +170,7 @@ class Clients:
 
     # -- the asyncio side ----------------------------------------------------------------
 
-    def side(self) -> AsyncSide:
+    def side(self) -> LoopClient:
         """The asyncio client of the running loop, made on first use."""
         loop = asyncio.get_running_loop()
         side = self._async
@@ -185,7 +185,7 @@ class Clients:
                 **self.options,
             )
             client: redis.asyncio.Redis = redis.asyncio.Redis(connection_pool=apool)
-            side = AsyncSide(loop, client)
+            side = LoopClient(loop, client)
             self._async = side
         return side
 
@@ -209,7 +209,7 @@ class Clients:
         self.client.close()
 
 
-class AsyncSide:
+class LoopClient:
     """The asyncio client of one event loop, and its scripts."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis) -> None:

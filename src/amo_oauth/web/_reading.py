@@ -97,8 +97,10 @@ def check_origin(request: Request, allowed: frozenset[str]) -> None:
 
     An ``Origin`` among the app's allowed origins passes. Otherwise, when ``Sec-Fetch-Site``
     is present, only ``same-origin`` and ``none`` (typed, bookmarked) pass; when it is absent
-    (older browsers), any ``Origin`` present (``null`` included) refuses. A request with
-    neither header is not a browser's (the mobile app, a server) and passes.
+    (older browsers), any ``Origin`` present (``null`` included) refuses, and so does a
+    ``Referer`` from an origin not allowed (a browser that sends neither header still sends
+    the page it came from, unless told not to). A request with none of the three is not a
+    browser page's (the mobile app, a server) and passes.
     """
     origin = request.header("origin")
     if origin is not None and origin.lower() in allowed:
@@ -107,8 +109,18 @@ def check_origin(request: Request, allowed: frozenset[str]) -> None:
     if fetch_site is not None:
         if fetch_site not in ("same-origin", "none"):
             raise Refusal(400, "cross_site_request")
-    elif origin is not None:
+    elif origin is not None or _foreign(request.header("referer"), allowed):
         raise Refusal(400, "cross_site_request")
+
+
+def _foreign(referer: str | None, allowed: frozenset[str]) -> bool:
+    """A ``Referer`` naming a page outside the allowed origins (one that is no URL too)."""
+    if referer is None:
+        return False
+    try:
+        return origin_of(referer) not in allowed
+    except ValueError:  # a port that is no number: no page of ours
+        return True
 
 
 def _form_fields(body: bytes) -> Mapping[str, object]:
