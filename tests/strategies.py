@@ -126,6 +126,10 @@ def code_received(codes: st.SearchStrategy[str]) -> st.SearchStrategy[CodeReceiv
         code_holder=st.none() | words,
         state_expires_at=st.none() | moments,
         state_holder=st.none() | words,
+        state_seen_version=st.none() | st.integers(min_value=0, max_value=20),
+        may_claim=st.booleans(),
+        browser_matches=st.booleans(),
+        caller_owns=st.booleans(),
     )
 
 

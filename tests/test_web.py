@@ -1350,3 +1350,35 @@ def test_try_again_later_is_503_with_its_reason_and_retry_after(
     answer = send("GET", f"{PREFIX}/status", headers=AS_USER)
     assert (answer.status, answer.json()) == (503, {"error": "kept_pair_pending"})
     assert answer.headers.get("retry-after") == "2"
+
+
+def test_two_tabs_of_one_browser_then_the_apps_post_of_the_second_code(
+    send: Send, fake: FakeAmoCRM
+) -> None:
+    """Two consents begun in one browser; "Allow" in the first connects, "Allow" in the second
+    is an older consent than the connection: its page says connected and deep-links its code.
+    The app then posts that code. It answered 400 ``new_code_refused`` (before that 403
+    ``wrong_browser``), so the app never showed "Connected": the seed's bug. Nothing is sent."""
+    first, second = connect_state(send), connect_state(send)
+    done = send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(first)))
+    assert done.status == 200
+    # The app's session comes along (the first callback cleared the binding cookie).
+    redirect = fake.authorize(second)
+    page = send("GET", f"{PREFIX}/callback", query=callback_query(redirect), headers=AS_USER)
+    assert page.status == 200 and "success=true" in page.text
+    fields = query_of(redirect)
+    answer = post_code(send, {"code": fields["code"], "state": fields["state"]})
+    assert answer.status == 200
+    body = answer.json()
+    assert (body["outcome"], body["connected"]) == ("already_connected", True)
+    assert fake.token_call_count() == 1
+
+
+def test_another_users_older_consent_hears_nothing(send: Send, fake: FakeAmoCRM) -> None:
+    """Only the connection's own user hears its status: the same post as another user is
+    refused (its state names someone else)."""
+    state = connect_state(send)
+    send("GET", f"{PREFIX}/callback", query=callback_query(fake.authorize(connect_state(send))))
+    fields = query_of(fake.authorize(state))
+    answer = post_code(send, {"code": fields["code"], "state": fields["state"]}, user="mallory")
+    assert (answer.status, answer.json()) == (400, {"error": "bad_state"})

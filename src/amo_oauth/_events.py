@@ -123,6 +123,11 @@ class CodeReceived(Event):
     #: to at ``begin()``: the flow compares the binding (or the app's session, for a state that
     #: opted out) with the state's keyed hashes, in constant time.
     browser_matches: bool = True
+    #: True when the caller is the connection's own user: the app named the connection
+    #: (``exchange_code``) or the browser's binding or session matched, and the state names
+    #: it. Such a caller may hear that a consent older than the connection changed nothing,
+    #: whichever route its code came by.
+    caller_owns: bool = False
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         assert self.host is not None  # the table's rules claim a code only with a host

@@ -182,7 +182,14 @@ class CodeFlows:
         target = self.records.fresh(connection_id)
         return (
             yield from self._exchange(
-                target, parsed.code, parsed.host, claims, source, browser_matches=matches
+                target,
+                parsed.code,
+                parsed.host,
+                claims,
+                source,
+                browser_matches=matches,
+                # The bound browser, or the signed-in user the state names (_browser checked).
+                caller_owns=matches or signed_in is not None,
             )
         )
 
@@ -292,7 +299,15 @@ class CodeFlows:
         may_claim = exchange_new and claims is not None
         return (
             yield from self._exchange(
-                target, code, host, claims, source, may_claim=may_claim, browser_matches=matches
+                target,
+                code,
+                host,
+                claims,
+                source,
+                may_claim=may_claim,
+                browser_matches=matches,
+                # The app named the connection, and the state names it too (checked above).
+                caller_owns=claims is not None,
             )
         )
 
@@ -315,13 +330,19 @@ class CodeFlows:
         *,
         may_claim: bool = True,
         browser_matches: bool = True,
+        caller_owns: bool = False,
     ) -> Flow[CallbackResult]:
         digest = code_digest(code)
         deadline = self.records.deadline()
         state_raced = False
         while True:
             record, event = yield from self._read_code(target, digest, host, claims)
-            event = attrs.evolve(event, may_claim=may_claim, browser_matches=browser_matches)
+            event = attrs.evolve(
+                event,
+                may_claim=may_claim,
+                browser_matches=browser_matches,
+                caller_owns=caller_owns,
+            )
             decision = self.records.decide(record, event)
             if decision.noop is not None:
                 return (yield from self._unchanged(record, decision.noop))

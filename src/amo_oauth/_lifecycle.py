@@ -153,6 +153,22 @@ def browser_is_not_bound(data: EventData) -> bool:
     )
 
 
+def owner_brings_an_older_consent(data: EventData) -> bool:
+    """A new code of a consent begun before the connection was made, from the connection's own
+    user (two tabs of one browser, the second "Allow" after the first connected; then the
+    app's deep link of that second code to the legacy route). Nothing is to be exchanged, so
+    neither the route nor the binding matters: the user hears the connection's status."""
+    step = _model(data)
+    event = step.event
+    return (
+        isinstance(event, CodeReceived)
+        and event.caller_owns
+        and event.code_holder is None
+        and (event.state_seen_version is not None or event.state_issued_at is not None)
+        and not _begun_after_connecting(step)
+    )
+
+
 def host_is_unknown(data: EventData) -> bool:
     """Neither the redirect nor the record names a host to send the code to."""
     step = _model(data)
@@ -394,6 +410,13 @@ TABLE: tuple[Rule, ...] = (
     Rule("code_received", ALL, None, state_was_denied, noop=NoOp.REUSED_STATE),
     # Known codes and duplicates are answered above from reads alone (a reload of the callback
     # page, the seed's replay); a new code only in the browser that started the consent.
+    Rule(
+        "code_received",
+        (S.CONNECTED,),
+        None,
+        owner_brings_an_older_consent,
+        noop=NoOp.KEEP_CONNECTION,
+    ),
     Rule("code_received", ALL, None, browser_is_not_bound, noop=NoOp.WRONG_BROWSER),
     Rule("code_received", EXCHANGING, None, noop=NoOp.EXCHANGE_IN_PROGRESS),
     # A code the store-wide ledger holds is a duplicate too (each code goes out at most once),
