@@ -14,6 +14,8 @@ from amo_oauth._events import (
     ExchangeFailed,
     ExchangeSucceeded,
     LeaseExpired,
+    LongLivedEnded,
+    LongLivedInstalled,
     ProviderDisconnected,
     RefreshClaimed,
     RefreshDeferred,
@@ -27,6 +29,7 @@ from amo_oauth._events import (
     VerifyFailed,
 )
 from amo_oauth._hosts import AccountHost
+from amo_oauth._reasons import Reason
 from amo_oauth._records import (
     Account,
     Backoff,
@@ -71,6 +74,17 @@ token_sets = st.builds(
     refresh_sends=st.integers(min_value=0, max_value=3),
     after_rejection=st.booleans(),
 )
+#: Few long-lived tokens, so that "the token that ended" and "the stored token" often match.
+long_lived_tokens = st.sampled_from(["long-1", "long-2"])
+#: An admin's long-lived token (protocol §8): no refresh token, never refreshed.
+long_lived_sets = st.builds(
+    lambda token, expires_at, issued_at: TokenSet(
+        token, None, expires_at, expires_at, issued_at=issued_at, long_lived=True
+    ),
+    long_lived_tokens,
+    aware_datetimes,
+    st.none() | aware_datetimes,
+)
 accounts = st.builds(
     Account, id=st.integers(min_value=1, max_value=2**53), subdomain=words, name=st.text()
 )
@@ -93,7 +107,7 @@ records = st.builds(
     status=st.sampled_from(ConnectionStatus),
     version=st.integers(min_value=0, max_value=2**31),
     host=st.none() | st.just("acme.amocrm.ru"),
-    tokens=st.none() | token_sets,
+    tokens=st.none() | token_sets | long_lived_sets,
     account=st.none() | accounts,
     error=st.none() | error_infos,
     seen_codes=st.lists(st.builds(SeenCode, digests, aware_datetimes), max_size=16).map(tuple),
@@ -130,6 +144,7 @@ def code_received(codes: st.SearchStrategy[str]) -> st.SearchStrategy[CodeReceiv
         may_claim=st.booleans(),
         browser_matches=st.booleans(),
         caller_owns=st.booleans(),
+        from_admin=st.booleans(),
     )
 
 
@@ -178,6 +193,17 @@ def events(codes: st.SearchStrategy[str]) -> dict[type[Event], st.SearchStrategy
         ),
         Disconnect: st.just(Disconnect()),
         ProviderDisconnected: st.builds(ProviderDisconnected, at=moments),
+        LongLivedInstalled: st.builds(
+            LongLivedInstalled, tokens=long_lived_sets, host=hosts, account=accounts, at=moments
+        ),
+        LongLivedEnded: st.builds(
+            LongLivedEnded,
+            access_token=long_lived_tokens,
+            reason=st.sampled_from(
+                [Reason.LONG_LIVED_TOKEN_EXPIRED, Reason.LONG_LIVED_TOKEN_REVOKED]
+            ),
+            at=moments,
+        ),
     }
 
 

@@ -34,6 +34,8 @@ RUNNABLE_PAGES = (
     "any-framework.md",
     "fastapi.md",
     "flask.md",
+    "long-lived-tokens.md",
+    "keys-tab-code.md",
 )
 
 _FENCE = re.compile(

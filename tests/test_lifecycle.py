@@ -19,6 +19,8 @@ from amo_oauth._events import (
     ExchangeFailed,
     ExchangeSucceeded,
     LeaseExpired,
+    LongLivedEnded,
+    LongLivedInstalled,
     ProviderDisconnected,
     RefreshClaimed,
     RefreshDeferred,
@@ -129,7 +131,14 @@ EXPECTED = {
     RefreshDeferred: ("stale", "stale", "stale", C, "stale"),
     Disconnect: ("already_disconnected", D, D, D, D),
     ProviderDisconnected: ("nothing_to_forget", E, E, E, "nothing_to_forget"),
+    # An admin's verified long-lived token connects from anywhere (no live exchange lease here).
+    LongLivedInstalled: (C, C, C, C, C),
+    # The record holds no long-lived token "long-1": a newer one (or a pair) stands.
+    LongLivedEnded: ("stale", "stale", "stale", "already_rotated", "stale"),
 }
+LONG_LIVED = TokenSet(
+    "long-1", None, T0 + timedelta(days=30), T0 + timedelta(days=30), long_lived=True
+)
 EXAMPLES = {
     CodeReceived: code("new-code"),
     Denied: Denied(T0),
@@ -148,6 +157,8 @@ EXAMPLES = {
     RefreshDeferred: RefreshDeferred(T0, "unavailable"),
     Disconnect: Disconnect(),
     ProviderDisconnected: ProviderDisconnected(T0),
+    LongLivedInstalled: LongLivedInstalled(LONG_LIVED, HOST, Account(1, "acme", "Acme"), T0),
+    LongLivedEnded: LongLivedEnded("long-1", "long_lived_token_revoked", T0),
 }
 
 

@@ -117,6 +117,19 @@ class AsyncAmoOAuth(ServiceCore):
         )
         return await self._shielded(flow)
 
+    async def connect_with_code(
+        self, connection_id: ConnectionId, code: str, host: str
+    ) -> CallbackResult:
+        """See ``AmoOAuth.connect_with_code``."""
+        return await self._shielded(self._flows.codes.connect_with_code(connection_id, code, host))
+
+    async def connect_long_lived(
+        self, connection_id: ConnectionId, token: str, host: str
+    ) -> Connection:
+        """See ``AmoOAuth.connect_long_lived``."""
+        flow = self._flows.tokens.connect_long_lived(connection_id, token, host)
+        return await self._shielded(flow)
+
     async def status(self, connection_id: ConnectionId) -> Connection:
         """See ``AmoOAuth.status``."""
         return await self._shielded(self._flows.connections.status(connection_id))  # it may verify

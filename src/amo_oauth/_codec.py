@@ -45,6 +45,8 @@ def _tokens(tokens: TokenSet | None) -> dict[str, Any] | None:
         "issued_at": _time(tokens.issued_at),
         "refresh_sends": tokens.refresh_sends,
         "after_rejection": tokens.after_rejection,
+        # Written only when set: every other pair's row stays as it was.
+        **({"long_lived": True} if tokens.long_lived else {}),
     }
 
 
@@ -166,6 +168,7 @@ def _read_tokens(tokens: _Fields | None) -> TokenSet | None:
         issued_at=tokens.optional_time("issued_at", missing_ok=True),
         refresh_sends=tokens.integer("refresh_sends", default=0),
         after_rejection=tokens.flag("after_rejection", default=False),
+        long_lived=tokens.flag("long_lived", default=False),
     )
 
 

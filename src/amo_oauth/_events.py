@@ -36,6 +36,8 @@ __all__ = [
     "ExchangeFailed",
     "ExchangeSucceeded",
     "LeaseExpired",
+    "LongLivedEnded",
+    "LongLivedInstalled",
     "ProviderDisconnected",
     "RefreshClaimed",
     "RefreshDeferred",
@@ -128,6 +130,10 @@ class CodeReceived(Event):
     #: it. Such a caller may hear that a consent older than the connection changed nothing,
     #: whichever route its code came by.
     caller_owns: bool = False
+    #: True for a code an admin copied from the integration's "Keys and scopes" tab and the
+    #: backend passed to ``connect_with_code``: server-side, no browser and no state; its
+    #: caller's word is the consent, so a new one re-authorizes a connected connection.
+    from_admin: bool = False
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         assert self.host is not None  # the table's rules claim a code only with a host
@@ -425,6 +431,64 @@ class ProviderDisconnected(Event):
         return {**_error_changes(error), "refused_refresh": None}
 
 
+#: What a connection whose long-lived token ended tells its user (``ErrorInfo.hint``).
+LONG_LIVED_HINT: Final = "ask your amoCRM admin for a new token"
+
+
+@attrs.frozen
+class LongLivedInstalled(Event):
+    """An admin's long-lived token (protocol notes §8), already verified with
+    ``GET /api/v4/account`` on ``host``: the connection is made with it, replacing whatever it
+    held (a pair, an older token, an error). Seen codes stay: a replayed code remains a no-op.
+    """
+
+    name: ClassVar[str] = "long_lived_installed"
+    tokens: TokenSet = attrs.field(validator=lambda _, __, value: _long_lived(value))
+    host: AccountHost
+    account: Account
+    at: datetime = attrs.field(validator=_aware)
+
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens,
+            "host": self.host.name,
+            "account": self.account,
+            "error": None,
+            "lease": None,
+            "connected_at": self.at,
+            # The version this write gives the record (``step`` adds one).
+            "connected_version": record.version + 1,
+            "refused_refresh": None,
+            "verify_after": None,
+            "verify_attempts": 0,
+            "kept_pair_until": None,
+            "backoff": None,
+        }
+
+
+def _long_lived(tokens: TokenSet) -> None:
+    if not tokens.long_lived or tokens.refresh_token is not None:
+        raise ValueError("tokens must be a long-lived token without a refresh token")
+
+
+@attrs.frozen
+class LongLivedEnded(Event):
+    """The long-lived token ``access_token`` can serve no more: it reached its ``exp``, or
+    amoCRM refused it (a 401). Only an admin's new token brings the connection back."""
+
+    name: ClassVar[str] = "long_lived_ended"
+    access_token: str = attrs.field(repr=False)
+    reason: Reason = attrs.field(
+        validator=attrs.validators.in_(
+            (Reason.LONG_LIVED_TOKEN_EXPIRED, Reason.LONG_LIVED_TOKEN_REVOKED)
+        )
+    )
+    at: datetime = attrs.field(validator=_aware)
+
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
+        return _error_changes(ErrorInfo(self.reason, LONG_LIVED_HINT, self.at))
+
+
 #: Every event class, in the order the docs list them.
 EVENT_TYPES: tuple[type[Event], ...] = (
     CodeReceived,
@@ -444,4 +508,6 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RefreshDeferred,
     Disconnect,
     ProviderDisconnected,
+    LongLivedInstalled,
+    LongLivedEnded,
 )

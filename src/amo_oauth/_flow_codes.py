@@ -18,7 +18,7 @@ import attrs
 from ._answers import EXCHANGE_FAILURES
 from ._binding import binding_for, issue_ticket, parse_binding, read_ticket, ticket_nonce_key
 from ._callback import Denial, Grant, QueryLike, parse_callback
-from ._connection_id import Widget, check_app_user_id
+from ._connection_id import ConnectionId, Widget, check_app_user_id
 from ._errors import CallbackRejected, ProviderError
 from ._events import (
     SHA256_HEX,
@@ -270,10 +270,7 @@ class CodeFlows:
         source: str | None = None,
     ) -> Flow[CallbackResult]:
         check_app_user_id(connection_id)
-        if not isinstance(code, str) or not code:
-            raise CallbackRejected(Reason.MISSING_CODE)
-        if len(code) > _MAX_CODE or not code.isprintable():
-            raise CallbackRejected(Reason.MALFORMED)
+        self._check_code(code)
         target = self.records.fresh(connection_id)
         try:
             claims = read_state(self.config.accepted_state_secrets, state) if state else None
@@ -311,6 +308,31 @@ class CodeFlows:
             )
         )
 
+    def connect_with_code(
+        self, connection_id: ConnectionId, code: str, host: str
+    ) -> Flow[CallbackResult]:
+        """Exchange an authorization code an admin copied from the integration's "Keys and
+        scopes" tab (20 minutes, single use; protocol notes §3, §8): server-side, no state and
+        no browser. The callback's machinery: the code ledger, one claim, one token call, the
+        verification; the same code again is answered from reads."""
+        target = self.records.fresh(connection_id)  # checks the id before anything is read
+        self._check_code(code)
+        account_host = self._referer_host(host) if host else None
+        if account_host is None:
+            raise CallbackRejected(Reason.MISSING_REFERER)
+        holder = yield from perform(HolderOf(f"code:{code_digest(code)}"))
+        if holder is not None and holder != target.key:
+            raise CallbackRejected(Reason.CODE_USED_ELSEWHERE)  # it is never sent again
+        return (yield from self._exchange(target, code, account_host, None, None, from_admin=True))
+
+    @staticmethod
+    def _check_code(code: str) -> None:
+        """Refuse a code amoCRM could not have issued, before anything is read or sent."""
+        if not isinstance(code, str) or not code:
+            raise CallbackRejected(Reason.MISSING_CODE)
+        if len(code) > _MAX_CODE or not code.isprintable():
+            raise CallbackRejected(Reason.MALFORMED)
+
     def _referer_host(self, referer: str | None) -> AccountHost | None:
         """The account host a caller named (None: none named), if it is allowed."""
         if not referer:
@@ -331,6 +353,7 @@ class CodeFlows:
         may_claim: bool = True,
         browser_matches: bool = True,
         caller_owns: bool = False,
+        from_admin: bool = False,
     ) -> Flow[CallbackResult]:
         digest = code_digest(code)
         deadline = self.records.deadline()
@@ -342,6 +365,7 @@ class CodeFlows:
                 may_claim=may_claim,
                 browser_matches=browser_matches,
                 caller_owns=caller_owns,
+                from_admin=from_admin,
             )
             decision = self.records.decide(record, event)
             if decision.noop is not None:

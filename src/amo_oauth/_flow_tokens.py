@@ -17,11 +17,21 @@ from ._answers import REFRESH_REFUSALS, SPENT_TOKEN_REASONS, Answer, Meaning
 from ._connection_id import ConnectionId
 from ._errors import (
     AmoOAuthError,
+    CallbackRejected,
     ProviderError,
     ReauthorizationRequired,
     TryAgainLater,
 )
-from ._events import RefreshClaimed, RefreshDoubted, Refreshed, RefreshFailed, RefreshReleased
+from ._events import (
+    LONG_LIVED_HINT,
+    LongLivedEnded,
+    LongLivedInstalled,
+    RefreshClaimed,
+    RefreshDoubted,
+    Refreshed,
+    RefreshFailed,
+    RefreshReleased,
+)
 from ._flow_records import logger
 from ._flow_verify import Verification
 from ._hosts import AccountHost
@@ -30,6 +40,7 @@ from ._ops import Flow, Send
 from ._provider import (
     answered,
     api_domain_of,
+    long_lived_expiry,
     lookup_request,
     maybe_spent,
     meaning_of,
@@ -40,7 +51,7 @@ from ._provider import (
 )
 from ._reasons import Reason
 from ._record_view import RecordView
-from ._records import ErrorInfo
+from ._records import Account, Connection, ErrorInfo, TokenSet
 from ._sweep import Done
 
 __all__ = ["TokenFlows"]
@@ -48,6 +59,11 @@ __all__ = ["TokenFlows"]
 #: Pauses (seconds) between tries to store a rotated pair while the store fails; well inside
 #: a lease, so no other worker sends the spent token meanwhile.
 _STORE_RETRIES = (0.05, 0.2, 0.5)
+
+
+class LongLivedExpiring(AmoOAuthError):
+    """The sweep met a long-lived token about to expire: reported, never refreshed (internal:
+    ``refresh_one`` turns it into its ``Done``)."""
 
 
 class TokenFlows:
@@ -68,6 +84,52 @@ class TokenFlows:
             )
 
         return (yield from self._token(fresh, wanted))
+
+    def connect_long_lived(
+        self, connection_id: ConnectionId, token: str, host: str
+    ) -> Flow[Connection]:
+        """Connect with an admin's long-lived token (protocol notes §8): checked, verified with
+        ``GET /api/v4/account`` on ``host``, then stored in one versioned write that replaces
+        whatever the connection held. Nothing is written before amoCRM accepted the token."""
+        target = self.records.fresh(connection_id)  # checks the id before anything is sent
+        account_host = AccountHost.accept(host, self.config.extra_domains)
+        if account_host is None:
+            raise CallbackRejected(Reason.FOREIGN_HOST)
+        expires_at = long_lived_expiry(token) if isinstance(token, str) else None
+        if expires_at is None:  # not a JWT with an exp: nothing to schedule, nothing sent
+            raise CallbackRejected(Reason.MALFORMED)
+        if expires_at <= self.records.now():
+            raise CallbackRejected(Reason.LONG_LIVED_TOKEN_EXPIRED)
+        account = yield from self._verified_account(target, account_host, token)
+        now = self.records.now()
+        tokens = TokenSet(token, None, expires_at, expires_at, issued_at=now, long_lived=True)
+        installed = LongLivedInstalled(tokens, account_host, account, now)
+        deadline = self.records.deadline()
+        while True:
+            record, wrote = yield from self.records.apply(target, installed)
+            if wrote:
+                return record.public()
+            # The table keeps a live code exchange: its pair is about to land.
+            if self.records.expired(deadline):
+                raise TryAgainLater(
+                    Reason.EXCHANGE_IN_PROGRESS,
+                    "a code exchange of this connection is still in flight",
+                    retry_after=self.records.retry_after(record),
+                )
+            target = yield from self.records.wait(record, deadline)
+
+    def _verified_account(self, target: RecordView, host: AccountHost, token: str) -> Flow[Account]:
+        """The account the long-lived token opens on ``host``, or the refusal (nothing
+        written): ``token_refused`` for amoCRM's 401 or another account's answer, amoCRM's own
+        ``ProviderError`` (transient or not) for anything else."""
+        try:
+            return (yield from self.verification.account_of(host, token))
+        except ProviderError as error:
+            answer = meaning_of(error, "account")
+            self.records.warn(target, "long-lived token verification", answer, error, (token,))
+            if answer.meaning in (Meaning.TOKEN_REJECTED, Meaning.UNUSABLE):
+                raise CallbackRejected(Reason.TOKEN_REFUSED) from None
+            raise
 
     def api_token(
         self, connection_id: ConnectionId, stale: str | None = None
@@ -93,6 +155,8 @@ class TokenFlows:
 
         try:
             yield from self._token(ref, wanted)
+        except LongLivedExpiring:
+            return Done(ref.connection_id, expiring_long_lived=True)
         except ReauthorizationRequired as error:
             if error.reason == Reason.DISCONNECTED:
                 # Its user disconnected it after the page was read: nothing failed, and nothing
@@ -162,6 +226,12 @@ class TokenFlows:
                 raise ReauthorizationRequired(record.connection_id, Reason.TOKEN_EXPIRED)
             case NoOp.REFRESH_EXHAUSTED:
                 yield from self._give_up(record)
+            case NoOp.LONG_LIVED_REVOKED:
+                yield from self._end_long_lived(record, Reason.LONG_LIVED_TOKEN_REVOKED)
+            case NoOp.LONG_LIVED_EXPIRED:
+                yield from self._end_long_lived(record, Reason.LONG_LIVED_TOKEN_EXPIRED)
+            case NoOp.LONG_LIVED_EXPIRING:
+                raise LongLivedExpiring(record.connection_id)  # the sweep's: report, not refresh
             case (
                 NoOp.NOT_CONNECTED
                 | NoOp.EXCHANGE_IN_PROGRESS  # and the wait for it is over
@@ -217,6 +287,21 @@ class TokenFlows:
                 retry_after=self.records.retry_after(current),
             )
         return current
+
+    def _end_long_lived(self, record: RecordView, reason: Reason) -> Flow[None]:
+        """A long-lived token reached its ``exp`` or amoCRM refused it: the connection goes to
+        ``error`` (nothing can renew it; an admin issues a new one). Falls through when a new
+        token replaced it meanwhile (the caller looks again)."""
+        ended = LongLivedEnded(record.access_token(), reason, self.records.now())
+        _, wrote = yield from self.records.apply(record, ended)
+        if wrote:
+            logger.warning(
+                "connection %s: its long-lived token ended (%s): %s",
+                record.connection_id,
+                reason.value,
+                LONG_LIVED_HINT,
+            )
+            raise ReauthorizationRequired(record.connection_id, reason)
 
     def _give_up(self, record: RecordView) -> Flow[None]:
         """The refresh token went out twice without a stored answer: it is never sent again."""

@@ -28,6 +28,7 @@ from ._provider import (
 )
 from ._reasons import Reason
 from ._record_view import RecordView
+from ._records import Account
 from ._results import CallbackResult, Outcome
 
 __all__ = ["Verification"]
@@ -66,6 +67,17 @@ class Verification:
             return (yield from self._verification_failed(record, answer, error))
         verified = Verified(account, self.records.now())
         return (yield from self.conclude(record, verified, Outcome.CONNECTED))
+
+    def account_of(self, host: AccountHost, access_token: str) -> Flow[Account]:
+        """The account ``access_token`` opens on ``host`` (``GET /api/v4/account``, protocol
+        notes §5), which must be that host's; nothing is written.
+
+        Raises:
+            ProviderError: amoCRM refused the token or did not answer (``meaning_of`` with the
+                ``account`` call says which), or answered for another account's subdomain.
+        """
+        response = yield Send(account_request(self.config, host, access_token))
+        return check_account_host(read_account(response), host)
 
     def _verification_failed(
         self, record: RecordView, answer: Answer, error: ProviderError

@@ -28,6 +28,7 @@ from ._events import (
     Event,
     ExchangeSucceeded,
     LeaseExpired,
+    LongLivedEnded,
     RefreshClaimed,
 )
 from ._reasons import Reason
@@ -77,6 +78,10 @@ class NoOp(enum.StrEnum):
     KEPT_PAIR_PENDING = "kept_pair_pending"
     # refresh_doubted on a refresh token sent once: amoCRM's "revoked" is the token's verdict
     FIRST_SEND = "first_send"
+    # refresh_claimed on a long-lived token (protocol §8): never refreshed
+    LONG_LIVED_EXPIRING = "long_lived_expiring"
+    LONG_LIVED_REVOKED = "long_lived_revoked"
+    LONG_LIVED_EXPIRED = "long_lived_expired"
     # disconnect and provider_disconnected
     ALREADY_DISCONNECTED = "already_disconnected"
     HOOK_REPLAYED = "hook_replayed"
@@ -210,6 +215,20 @@ def _begun_after_connecting(step: _Model) -> bool:
     return issued is not None and connected is not None and issued > connected
 
 
+def admin_code_is_new(data: EventData) -> bool:
+    """A code an admin supplied server-side (``connect_with_code``), unknown to the code ledger,
+    with a host: the backend's call is the consent, so it re-authorizes a connected
+    connection as a fresh state would."""
+    step = _model(data)
+    event = step.event
+    return (
+        isinstance(event, CodeReceived)
+        and event.from_admin
+        and event.code_holder is None
+        and event.host is not None
+    )
+
+
 def reclaims_a_claimed_code(data: EventData) -> bool:
     """A re-authorization (fresh state) would claim a code the ledger says was claimed."""
     return state_is_fresh(data) and code_was_claimed(data)
@@ -327,6 +346,56 @@ def refused_after_refresh(data: EventData) -> bool:
     return tokens.access_token == event.stale and tokens.after_rejection and recent
 
 
+def _long_lived_tokens(data: EventData) -> bool:
+    tokens = _model(data).record.tokens
+    return tokens is not None and tokens.long_lived
+
+
+def long_lived_still_valid(data: EventData) -> bool:
+    """A long-lived token that has not reached its ``exp`` and that amoCRM did not just refuse,
+    asked for by a caller (not the sweep): served to its last second, whatever the refresh
+    margin (nothing could renew it earlier)."""
+    step = _model(data)
+    event = step.event
+    return (
+        _long_lived_tokens(data)
+        and isinstance(event, RefreshClaimed)
+        and event.refresh_before is None
+        and event.still_valid(step.record.tokens)
+    )
+
+
+def long_lived_expiring(data: EventData) -> bool:
+    """The sweep met a long-lived token, still valid, that expires inside its window: it is
+    reported, never refreshed (there is no refresh token; an admin issues a new one)."""
+    step = _model(data)
+    event = step.event
+    return (
+        _long_lived_tokens(data)
+        and isinstance(event, RefreshClaimed)
+        and event.still_valid(step.record.tokens)
+    )
+
+
+def long_lived_refused(data: EventData) -> bool:
+    """amoCRM refused (a 401) the long-lived token before its ``exp``: an admin revoked it."""
+    step = _model(data)
+    tokens, stale = step.record.tokens, getattr(step.event, "stale", None)
+    return _long_lived_tokens(data) and tokens is not None and tokens.access_token == stale
+
+
+def ends_the_stored_token(data: EventData) -> bool:
+    """The long-lived token that ended is the one the record holds (not one replaced since)."""
+    step = _model(data)
+    event, tokens = step.event, step.record.tokens
+    return (
+        isinstance(event, LongLivedEnded)
+        and tokens is not None
+        and tokens.long_lived
+        and tokens.access_token == event.access_token
+    )
+
+
 def cannot_renew(data: EventData) -> bool:
     """The stored token has no refresh token (amoCRM gave none): nothing to send."""
     tokens = _model(data).record.tokens
@@ -424,6 +493,7 @@ TABLE: tuple[Rule, ...] = (
     Rule("code_received", (S.CONNECTED,), None, reclaims_a_claimed_code, noop=NoOp.DUPLICATE_CODE),
     Rule("code_received", (S.CONNECTED,), None, code_has_no_consent, noop=NoOp.NEW_CODE_REFUSED),
     Rule("code_received", (S.CONNECTED,), S.CODE_RECEIVED, state_is_fresh),
+    Rule("code_received", (S.CONNECTED,), S.CODE_RECEIVED, admin_code_is_new),
     Rule("code_received", (S.CONNECTED,), None, noop=NoOp.KEEP_CONNECTION),
     Rule("code_received", (S.DISCONNECTED, S.ERROR), None, host_is_unknown, noop=NoOp.NO_HOST),
     Rule(
@@ -491,6 +561,19 @@ TABLE: tuple[Rule, ...] = (
     # Tokens are served only when connected; a refresh is claimed only when the token is not
     # usable and no other worker holds a live lease (at most one refresh in flight).
     Rule("refresh_claimed", (S.CONNECTED,), None, token_is_usable, noop=NoOp.TOKEN_FRESH),
+    # A long-lived token (protocol §8) is served until its exp and never refreshed: the sweep
+    # reports one about to expire; a 401 or its exp ends the connection (an admin's new token
+    # is the way back).
+    Rule("refresh_claimed", (S.CONNECTED,), None, long_lived_still_valid, noop=NoOp.TOKEN_FRESH),
+    Rule(
+        "refresh_claimed",
+        (S.CONNECTED,),
+        None,
+        long_lived_expiring,
+        noop=NoOp.LONG_LIVED_EXPIRING,
+    ),
+    Rule("refresh_claimed", (S.CONNECTED,), None, long_lived_refused, noop=NoOp.LONG_LIVED_REVOKED),
+    Rule("refresh_claimed", (S.CONNECTED,), None, _long_lived_tokens, noop=NoOp.LONG_LIVED_EXPIRED),
     Rule("refresh_claimed", (S.CONNECTED,), None, cannot_renew, noop=NoOp.NO_REFRESH_TOKEN),
     Rule("refresh_claimed", (S.CONNECTED,), None, lease_is_live, noop=NoOp.REFRESH_IN_PROGRESS),
     # A rotated pair kept by the refresh token's first sender may land: nobody sends it again.
@@ -537,6 +620,14 @@ TABLE: tuple[Rule, ...] = (
     # refresh must not bring an uninstalled integration back.
     Rule("provider_disconnected", (S.ERROR,), S.ERROR, awaits_a_late_refresh),
     Rule("provider_disconnected", (S.DISCONNECTED, S.ERROR), None, noop=NoOp.NOTHING_TO_FORGET),
+    # An admin's long-lived token, verified before: it connects from any status, replacing what
+    # was there, except under a live exchange (that code's pair is about to land).
+    Rule("long_lived_installed", EXCHANGING, None, lease_is_live, noop=NoOp.EXCHANGE_IN_PROGRESS),
+    Rule("long_lived_installed", ALL, S.CONNECTED),
+    Rule("long_lived_ended", (S.CONNECTED,), S.ERROR, ends_the_stored_token),
+    # A newer token (or a consent) replaced the one that ended: it stands.
+    Rule("long_lived_ended", (S.CONNECTED,), None, noop=NoOp.ALREADY_ROTATED),
+    _stale("long_lived_ended", S.CONNECTED),
 )
 
 

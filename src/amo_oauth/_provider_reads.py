@@ -20,7 +20,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from ._answers import (
@@ -51,6 +51,7 @@ __all__ = [
     "api_domain_of",
     "check_account_host",
     "lifetime_hint",
+    "long_lived_expiry",
     "maybe_spent",
     "meaning_of",
     "read_account",
@@ -128,6 +129,22 @@ def api_domain_of(access_token: str) -> str | None:
     None for tokens issued before the claim existed (about 2024-08-21) or anything unreadable."""
     domain = _jwt_claims(access_token).get("api_domain")
     return domain if isinstance(domain, str) and domain else None
+
+
+def long_lived_expiry(token: str) -> datetime | None:
+    """When an admin's long-lived token expires: its JWT ``exp`` claim (seconds since the
+    epoch, UTC), read without verifying the signature (clients cannot; protocol notes §8: the
+    claim only schedules, amoCRM's 401 decides). None when ``token`` cannot go in a header, is
+    not a JWT, or has no finite numeric ``exp`` that a ``datetime`` holds."""
+    if len(token) > MAX_TOKEN_LENGTH or not _TOKEN_TEXT.fullmatch(token):
+        return None
+    exp = _jwt_claims(token).get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        return None
+    try:
+        return datetime.fromtimestamp(exp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def lifetime_hint(access_token: str, now: datetime) -> int:

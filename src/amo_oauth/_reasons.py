@@ -36,6 +36,8 @@ class Reason(enum.StrEnum):
     REAUTHORIZATION_REQUIRED = "reauthorization_required"
     DISCONNECTED_BY_PROVIDER = "disconnected_by_provider"
     ACCOUNT_MOVED = "account_moved"
+    LONG_LIVED_TOKEN_EXPIRED = "long_lived_token_expired"
+    LONG_LIVED_TOKEN_REVOKED = "long_lived_token_revoked"
     # Why a request was refused before anything changed (``CallbackRejected.reason``).
     MISSING_CODE = "missing_code"
     MISSING_REFERER = "missing_referer"
@@ -54,6 +56,8 @@ class Reason(enum.StrEnum):
     BAD_TICKET = "bad_ticket"
     EXPIRED_TICKET = "expired_ticket"
     USED_TICKET = "used_ticket"
+    TOKEN_REFUSED = "token_refused"
+    CODE_USED_ELSEWHERE = "code_used_elsewhere"
     # Why a connection has no token to give, besides its error reason (``ReauthorizationRequired``).
     DISCONNECTED = "disconnected"
     EXCHANGE_PENDING = "exchange_pending"
@@ -63,6 +67,7 @@ class Reason(enum.StrEnum):
     KEPT_PAIR_PENDING = "kept_pair_pending"
     VERIFICATION_DEFERRED = "verification_deferred"
     REFRESH_BACKOFF = "refresh_backoff"
+    EXCHANGE_IN_PROGRESS = "exchange_in_progress"
     # Why a disconnect hook disconnected nothing (``HookResult.reason``).
     HOOK_PACED = "hook_paced"
     HOOK_REPLAYED = "hook_replayed"
@@ -94,6 +99,8 @@ CONNECTION_ERRORS: Final = frozenset(
         R.REAUTHORIZATION_REQUIRED,
         R.DISCONNECTED_BY_PROVIDER,
         R.ACCOUNT_MOVED,
+        R.LONG_LIVED_TOKEN_EXPIRED,
+        R.LONG_LIVED_TOKEN_REVOKED,
     }
 )
 #: ``CallbackRejected.reason``: a redirect, hook or legacy call refused before anything changed.
@@ -116,6 +123,10 @@ REJECTIONS: Final = frozenset(
         R.BAD_TICKET,
         R.EXPIRED_TICKET,
         R.USED_TICKET,
+        R.TOKEN_REFUSED,
+        R.CODE_USED_ELSEWHERE,
+        # connect_long_lived with a token whose ``exp`` has passed: refused before sending.
+        R.LONG_LIVED_TOKEN_EXPIRED,
     }
 )
 #: ``ReauthorizationRequired.reason``: a connection error, or why there is none to report.
@@ -127,7 +138,13 @@ NOT_CONNECTED: Final = CONNECTION_ERRORS | {
 }
 #: ``TryAgainLater.reason``: why the same call may succeed later (``retry_after`` says when).
 RETRY_LATER: Final = frozenset(
-    {R.REFRESH_IN_PROGRESS, R.KEPT_PAIR_PENDING, R.VERIFICATION_DEFERRED, R.REFRESH_BACKOFF}
+    {
+        R.REFRESH_IN_PROGRESS,
+        R.KEPT_PAIR_PENDING,
+        R.VERIFICATION_DEFERRED,
+        R.REFRESH_BACKOFF,
+        R.EXCHANGE_IN_PROGRESS,
+    }
 )
 #: ``HookResult.reason``: why a signed disconnect hook disconnected nothing.
 HOOK_OUTCOMES: Final = frozenset(

@@ -104,6 +104,8 @@ class TokenSet:
     after_rejection: bool = False
     """The pair came from a refresh made because amoCRM refused the previous access token
     (a 401): a 401 for this one too is not answered by refreshing again right away."""
+    long_lived: bool = False
+    """An admin's long-lived token (protocol notes §8): nothing ever refreshes it."""
 
     def is_fresh(self, now: datetime, margin: timedelta) -> bool:
         """True while the access token stays valid for at least ``margin``, capped at half the

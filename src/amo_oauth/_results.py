@@ -100,6 +100,11 @@ class RefreshReport:
             disconnected by their user while the run went on.
         remaining: due records not handled because the run's ``limit`` was reached (0 without
             a limit): a later run handles them, soonest expiry first.
+        expiring_long_lived: connection ids holding a long-lived token (``connect_long_lived``)
+            that expires inside the window: nothing can refresh one (protocol notes §8), so
+            they are reported here, neither refreshed nor failed; ask the amoCRM admin for new
+            tokens. One that has expired already is in ``failed`` and
+            ``needs_reauthorization`` (``long_lived_token_expired``).
     """
 
     refreshed: tuple[str, ...] = ()
@@ -107,6 +112,7 @@ class RefreshReport:
     needs_reauthorization: tuple[str, ...] = ()
     skipped: int = 0
     remaining: int = 0
+    expiring_long_lived: tuple[str, ...] = ()
 
     @property
     def failed_by_reason(self) -> dict[str, int]:

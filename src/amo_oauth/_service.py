@@ -201,6 +201,79 @@ class AmoOAuth(ServiceCore):
         )
         return self._run(flow)
 
+    def connect_with_code(
+        self, connection_id: ConnectionId, code: str, host: str
+    ) -> CallbackResult:
+        """Connect with an authorization code an admin copied from the integration's "Keys and
+        scopes" tab in amoCRM (valid 20 minutes, single use; protocol notes §3, §8).
+
+        A server-side call for a code your admin pastes into your backend: never expose it on a
+        web route (anyone who can post a code to it binds that account to the connection).
+        The code is exchanged like a callback's, with the integration's ``redirect_uri``:
+        claimed once in the store's code ledger, sent to amoCRM at most once across every
+        thread, process and machine sharing the store, the pair verified with
+        ``GET /api/v4/account``. The same code again answers the connection's status
+        (``ALREADY_CONNECTED``, ``duplicate=True``) and sends nothing; a new code for a
+        connected connection re-authorizes it.
+
+        Args:
+            connection_id: the application's key for the connection, or ``Widget(host)``.
+            code: the code as the tab shows it.
+            host: the account host (``example.amocrm.ru``, ``example.kommo.com``): where the
+                code is sent, through the allowlist (``Config.extra_domains``).
+
+        Returns:
+            The ``CallbackResult``: ``CONNECTED``; ``FAILED`` with the connection's error
+            (``code_rejected`` for a spent or expired code: it is never sent again); a report
+            of the connection for a code seen before.
+
+        Raises:
+            CallbackRejected: ``foreign_host`` / ``missing_referer`` (no allowed host),
+                ``missing_code`` / ``malformed``, ``code_used_elsewhere`` (the ledger holds
+                the code for another connection), ``rate_limited``; nothing written or sent.
+            ValueError: not a valid connection id (see ``status``).
+            StoreError: the store failed.
+        """
+        return self._run(self._flows.codes.connect_with_code(connection_id, code, host))
+
+    def connect_long_lived(self, connection_id: ConnectionId, token: str, host: str) -> Connection:
+        """Connect with a long-lived token an admin issued in the integration's "Keys and
+        scopes" tab (a JWT valid 1 day to 5 years, no refresh token; protocol notes §8).
+
+        The token is checked with ``GET /api/v4/account`` on ``host`` before anything is
+        written; then it is stored (encrypted at rest where configured) in one versioned write
+        that replaces what the connection held, and the connection is ``connected``. Its expiry
+        is the JWT's ``exp`` claim, read without verifying the signature (a client cannot): it
+        only schedules, amoCRM's 401 decides. ``access_token`` and ``auth`` serve it like any
+        token until then; nothing ever refreshes it. A 401 from amoCRM, or reaching ``exp``,
+        moves the connection to ``error`` (``long_lived_token_revoked`` /
+        ``long_lived_token_expired``, hint "ask your amoCRM admin for a new token");
+        ``refresh_due`` lists those expiring inside its window in ``expiring_long_lived``.
+        The token never appears in a log, a repr or an error.
+
+        Args:
+            connection_id: the application's key for the connection, or ``Widget(host)``.
+            token: the long-lived token.
+            host: the account host the token belongs to, through the allowlist.
+
+        Returns:
+            The connection, ``connected``, with the verified account; ``expires_at`` is the
+            token's ``exp`` (UTC).
+
+        Raises:
+            CallbackRejected: ``foreign_host``; ``malformed`` (not a JWT with a numeric
+                ``exp``: nothing sent); ``long_lived_token_expired`` (its ``exp`` has passed:
+                nothing sent); ``token_refused`` (amoCRM answered 401, or for another
+                account). Nothing is written.
+            TryAgainLater: ``exchange_in_progress``: a code exchange of this connection is
+                still in flight after ``settle_timeout``; nothing written.
+            ProviderError: amoCRM did not answer, or refused otherwise (a blocked or unpaid
+                account, 5xx: ``transient``); nothing written.
+            ValueError: not a valid connection id (see ``status``).
+            StoreError: the store failed.
+        """
+        return self._run(self._flows.tokens.connect_long_lived(connection_id, token, host))
+
     def status(self, connection_id: ConnectionId) -> Connection:
         """The connection as stored now (``disconnected`` when unknown).
 

@@ -69,6 +69,8 @@ class Done:
     reauthorize: bool = False
     #: Another integration's record: our client secret cannot refresh it.
     skipped: bool = False
+    #: A long-lived token that expires inside the window: reported, never refreshed.
+    expiring_long_lived: bool = False
 
 
 class HostPacer:
@@ -199,6 +201,7 @@ class _Tally:
         self.failed: list[tuple[int, tuple[str, str]]] = []
         self.reauthorize: list[tuple[int, str]] = []
         self.skipped = 0
+        self.expiring_long_lived: list[tuple[int, str]] = []
         self.done = 0
         #: Due records read past ``limit``: left for a later run.
         self.remaining = 0
@@ -222,6 +225,8 @@ class _Tally:
         self.done += 1
         if done.skipped:
             self.skipped += 1
+        elif done.expiring_long_lived:
+            self.expiring_long_lived.append((place, done.connection_id))
         elif done.reason is None:
             self.refreshed.append((place, done.connection_id))
             if self.remembered is not None:
@@ -242,6 +247,7 @@ class _Tally:
             needs_reauthorization=tuple(cid for _, cid in sorted(self.reauthorize)),
             skipped=self.skipped,
             remaining=self.remaining,
+            expiring_long_lived=tuple(cid for _, cid in sorted(self.expiring_long_lived)),
         )
 
 

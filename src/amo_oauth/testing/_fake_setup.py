@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import Any
 
+from . import _protocol as P
 from ._accounts import FakeAccount, FakeIntegration
 from ._api import new_lead
 from ._consent import authorization_url, denied_url, success_url
@@ -227,6 +229,64 @@ class FakeSetup:
         with self._core.lock:
             handle, installed = self._pair(account, integration)
             return self._core.grants.new_code(handle, installed)
+
+    def issue_keys_tab_code(
+        self,
+        *,
+        account: AccountRef | None = None,
+        integration: IntegrationRef | None = None,
+    ) -> str:
+        """The authorization code an admin copies from the integration's "Keys and scopes" tab
+        (§8): valid 20 minutes, single use, exchanged at the account host's token endpoint
+        with `grant_type=authorization_code` and the integration's `redirect_uri` (§3), like
+        a redirect's code. What `connect_with_code` takes.
+
+        Args:
+            account: the account whose admin copies it (default: the default account).
+            integration: the integration whose tab shows it (default: the default one).
+
+        Raises:
+            KeyError: no such account or integration.
+        """
+        return self.issue_code(account=account, integration=integration)
+
+    def issue_long_lived_token(
+        self,
+        *,
+        lifetime: timedelta = timedelta(days=365),
+        account: AccountRef | None = None,
+        integration: IntegrationRef | None = None,
+    ) -> str:
+        """Issue a long-lived token as an admin does in the integration's "Keys and scopes"
+        tab (§8) and return it: a JWT (claims as an access token's, `exp` = now + `lifetime`
+        on the fake's clock), used as a bearer token on the account host, no refresh token.
+        The API answers 401 once it expires (`clock` past `exp`) or is revoked.
+
+        Args:
+            lifetime: 1 day to 5 years, as the tab offers (whole seconds are kept).
+            account: the account it opens (default: the default account).
+            integration: the private integration it is issued for (default: the default one).
+
+        Raises:
+            ValueError: `lifetime` outside 1 day .. 5 years.
+            KeyError: no such account or integration.
+        """
+        if not P.LONG_LIVED_MIN <= lifetime <= P.LONG_LIVED_MAX:
+            raise ValueError("a long-lived token lives 1 day to 5 years")
+        with self._core.lock:
+            handle, installed = self._pair(account, integration)
+            return self._core.grants.new_long_lived(handle, installed, lifetime)
+
+    def revoke_long_lived_token(self, token: str) -> None:
+        """Revoke a long-lived token, as an admin does in the tab (§8): the API answers 401
+        for it from now on.
+
+        Raises:
+            KeyError: the fake never issued this token (the message does not show it).
+        """
+        with self._core.lock:
+            if not self._core.grants.revoke_access(token):
+                raise KeyError("no such token")
 
     def authorize(
         self,

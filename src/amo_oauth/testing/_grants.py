@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -58,6 +58,25 @@ class Grants:
         code = opaque_secret()
         self.codes[code] = Secret(self._now() + P.CODE_LIFETIME, account, integration)
         return code
+
+    def new_long_lived(
+        self, account: FakeAccount, integration: FakeIntegration, lifetime: timedelta
+    ) -> str:
+        """A long-lived token (§8): a JWT used as an access token, no refresh token, expiring
+        `lifetime` from now (whole seconds, its `exp` claim)."""
+        issued_at = int(self._now().timestamp())
+        expires_at = issued_at + int(lifetime.total_seconds())
+        token = make_jwt(self._claims(account, integration, issued_at, expires_at))
+        self.access[token] = Secret(datetime.fromtimestamp(expires_at, UTC), account, integration)
+        return token
+
+    def revoke_access(self, token: str) -> bool:
+        """Revoke one access (or long-lived) token; False when the fake never issued it."""
+        record = self.access.get(token)
+        if record is None:
+            return False
+        record.spent = True
+        return True
 
     def live_access(self, token: str) -> Secret | None:
         """The record of `token` when it is a live access token."""

@@ -21,6 +21,9 @@ CODE_LIFETIME: Final = timedelta(minutes=20)
 ACCESS_LIFETIME: Final = timedelta(hours=24)
 # "3 months": the fake uses 90 days, the shortest reading, so tests err on the safe side.
 REFRESH_LIFETIME: Final = timedelta(days=90)
+#: A long-lived token's lifetime, as the admin picks it in "Keys and scopes" (§8).
+LONG_LIVED_MIN: Final = timedelta(days=1)
+LONG_LIVED_MAX: Final = timedelta(days=5 * 366)
 
 PROBLEM_TYPE: Final = "https://developers.amocrm.ru/v3/errors/OAuthProblemJson"
 PROBLEM_JSON: Final = "application/problem+json"
