@@ -252,10 +252,11 @@ class OAuthMachine(RuleBasedStateMachine):
         """client_secret, state_secret, every code issued, every token the store held."""
         for _, record in self.store.written[self.secrets_from :]:
             if record.tokens is not None:
-                tokens = {record.tokens.access_token, record.tokens.refresh_token}
+                tokens = {record.tokens.access_token, record.tokens.refresh_token} - {None}
                 self.known_tokens |= tokens
                 self.secret_set |= tokens
-                self.new_refresh.add(record.tokens.refresh_token)
+                if record.tokens.refresh_token is not None:  # a long-lived token has none
+                    self.new_refresh.add(record.tokens.refresh_token)
         self.secrets_from = len(self.store.written)
         return self.secret_set
 
@@ -613,6 +614,10 @@ class OAuthMachine(RuleBasedStateMachine):
             assert self.record(cid) == record
             assert self.fake.token_call_count() == calls
             return
+        if tokens.long_lived:
+            self.long_lived_access_token(cid, record, tokens)
+            assert self.fake.token_call_count() == calls  # never refreshed
+            return
         if tokens.is_fresh(self.clock(), self.config.refresh_margin):
             self.note("access_token: fresh")
             assert self.oauth.access_token(cid) == tokens.access_token
@@ -645,6 +650,93 @@ class OAuthMachine(RuleBasedStateMachine):
         assert self.fake.token_call_count() == calls + 1
         assert self.fake.token_calls_for(tokens.refresh_token) == 1
 
+    def long_lived_access_token(self, cid: str, record: ConnectionRecord, tokens: Any) -> None:
+        """A long-lived token is served to its exp, then the connection is in error."""
+        if self.clock() < tokens.expires_at:
+            self.note("access_token: long-lived served")
+            assert self.oauth.access_token(cid) == tokens.access_token
+            assert self.record(cid) == record
+            return
+        self.note("access_token: long-lived expired")
+        with pytest.raises(ReauthorizationRequired) as needed:
+            self.oauth.access_token(cid)
+        self.check_clean(needed.value)
+        assert needed.value.reason == "long_lived_token_expired"
+        self.check_long_lived_ended(cid, "long_lived_token_expired")
+
+    def check_long_lived_ended(self, cid: str, reason: str) -> None:
+        after = self.record(cid)
+        assert after.status is S.ERROR and after.tokens is None
+        assert after.error is not None and after.error.reason == reason
+        assert after.error.hint == "ask your amoCRM admin for a new token"
+
+    def long_lived_api_call(self, cid: str, api: httpx.Client, url: str, tokens: Any) -> None:
+        """Through auth(): served while valid; its exp or amoCRM's 401 ends the connection."""
+        if self.clock() >= tokens.expires_at:
+            self.note("api: long-lived expired")
+            with pytest.raises(ReauthorizationRequired) as needed:
+                api.get(url)
+            assert needed.value.reason == "long_lived_token_expired"
+            self.check_long_lived_ended(cid, "long_lived_token_expired")
+        elif tokens.access_token in self.dead_access:
+            self.note("api: long-lived refused")
+            with pytest.raises(ReauthorizationRequired) as needed:
+                api.get(url)
+            assert needed.value.reason == "long_lived_token_revoked"
+            self.check_long_lived_ended(cid, "long_lived_token_revoked")
+        else:
+            self.note("api: long-lived works")
+            assert api.get(url).status_code == 200
+
+    @rule(cid=st.sampled_from(USERS), days=st.integers(1, 400))
+    def connect_long_lived(self, cid: str, days: int) -> None:
+        """An admin's long-lived token replaces whatever the connection held; no token call."""
+        token = self.fake.issue_long_lived_token(lifetime=timedelta(days=days))
+        self.secret_set.add(token)
+        before = self.record(cid)
+        calls = self.fake.token_call_count()
+        self.note(f"long-lived: over {before.status.value}")
+        connection = self.oauth.connect_long_lived(cid, token, self.fake.account_host)
+        self.check_clean(connection)
+        after = self.record(cid)
+        assert connection == after.public() and connection.is_connected
+        assert after.tokens is not None and after.tokens.long_lived
+        assert after.tokens.access_token == token and after.tokens.refresh_token is None
+        assert after.version == before.version + 1
+        assert after.seen_codes == before.seen_codes  # replayed codes stay no-ops
+        assert self.fake.token_call_count() == calls
+
+    @precondition(lambda self: any(self.record(cid).tokens is not None for cid in USERS))
+    @rule(cid=st.sampled_from(USERS))
+    def admin_revokes_long_lived(self, cid: str) -> None:
+        """The admin revokes the connection's long-lived token in the tab: only a 401 tells."""
+        tokens = self.record(cid).tokens
+        if tokens is None or not tokens.long_lived:
+            return
+        self.fake.revoke_long_lived_token(tokens.access_token)
+        self.dead_access.add(tokens.access_token)
+
+    @rule(cid=st.sampled_from(USERS))
+    def connect_with_keys_tab_code(self, cid: str) -> None:
+        """An admin pastes the tab's code, twice: one token call, then a duplicate."""
+        code = self.issued(self.fake.issue_keys_tab_code())
+        self.submitted.add(code)
+        self.touched.add(code)
+        self.claimed[code] = self.clock()
+        self.note("keys-tab code")
+        first = self.oauth.connect_with_code(cid, code, self.fake.account_host)
+        again = self.oauth.connect_with_code(cid, code, self.fake.account_host)
+        self.check_clean(first, again)
+        assert first.outcome is Outcome.CONNECTED and not first.duplicate
+        assert (again.outcome, again.duplicate) == (Outcome.ALREADY_CONNECTED, True)
+        assert self.fake.token_calls_for(code) == 1
+        other = USERS[(USERS.index(cid) + 1) % len(USERS)]
+        before = self.snapshot()
+        with pytest.raises(CallbackRejected) as refused:
+            self.oauth.connect_with_code(other, code, self.fake.account_host)
+        assert refused.value.reason == "code_used_elsewhere"
+        assert self.snapshot() == before
+
     @rule(cid=st.sampled_from(USERS))
     def api_call(self, cid: str) -> None:
         """A request through ``oauth.auth()``: on a 401 it refreshes once and retries once."""
@@ -659,6 +751,10 @@ class OAuthMachine(RuleBasedStateMachine):
                     api.get(url)
                 assert self.record(cid) == record
                 assert self.fake.token_call_count() == calls
+                return
+            if tokens.long_lived:
+                self.long_lived_api_call(cid, api, url, tokens)
+                assert self.fake.token_call_count() == calls  # never refreshed
                 return
             fresh = tokens.is_fresh(self.clock(), self.config.refresh_margin)
             if fresh and tokens.access_token not in self.dead_access:
@@ -728,12 +824,29 @@ class OAuthMachine(RuleBasedStateMachine):
             if (record := self.record(cid)).status is S.CONNECTED
             and record.tokens is not None
             and record.tokens.refresh_expires_at < before
+            and not record.tokens.long_lived
         }
+        long_lived = {
+            cid: record.tokens.expires_at
+            for cid in USERS
+            if (record := self.record(cid)).status is S.CONNECTED
+            and record.tokens is not None
+            and record.tokens.long_lived
+            and record.tokens.expires_at < before
+        }
+        expiring = {cid for cid, exp in long_lived.items() if self.clock() < exp}
         calls = self.fake.token_call_count()
         report = self.oauth.refresh_due(within)
         self.check_clean(report)
         self.note(f"refresh_due: {len(due)} due")
-        assert set(report.refreshed) | {cid for cid, _ in report.failed} == set(due)
+        # Long-lived tokens are reported (or, past their exp, failed), never refreshed.
+        assert set(report.expiring_long_lived) == expiring
+        for cid in set(long_lived) - expiring:
+            assert (cid, "long_lived_token_expired") in report.failed
+            assert cid in report.needs_reauthorization
+        assert set(report.refreshed) | {cid for cid, _ in report.failed} == set(due) | (
+            set(long_lived) - expiring
+        )
         assert self.fake.token_call_count() == calls + len(due)
         for cid, tokens in due.items():
             assert self.fake.token_calls_for(tokens.refresh_token) == 1
@@ -799,7 +912,10 @@ class OAuthMachine(RuleBasedStateMachine):
             # amoCRM still accepting either token means this hook is an old one replayed.
             replayed = tokens is not None and (
                 self.fake.is_access_token_valid(tokens.access_token)
-                or self.fake.is_refresh_token_valid(tokens.refresh_token)
+                or (
+                    tokens.refresh_token is not None
+                    and self.fake.is_refresh_token_valid(tokens.refresh_token)
+                )
             )
             refused = before[cid].status is S.ERROR and before[cid].refused_refresh is not None
             if cid in ours and refused:
@@ -890,6 +1006,7 @@ class OAuthMachine(RuleBasedStateMachine):
             record.tokens.refresh_token
             for cid in USERS
             if (record := self.record(cid)).tokens is not None
+            and record.tokens.refresh_token is not None
         }
         # 6. Secrets went only to the account host.
         requests = fake.requests[self.checked_requests :]
