@@ -11,7 +11,6 @@ import json
 import logging
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
+from _backends import KINDS, Backend
 from _pg_server import postgres_url  # noqa: F401
 from _redis_server import redis_url  # noqa: F401
 from amo_oauth import (
@@ -36,55 +36,13 @@ from amo_oauth import (
 )
 from amo_oauth._codec import record_from_json, record_to_json
 from amo_oauth._records import record_key
-from amo_oauth.stores import Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing.faults import FaultyStore
 
-from helpers import config_for, following, run_consent, stored
+from helpers import config_for, run_consent, stored
 
 USER = "crm"
 HINT = "ask your amoCRM admin for a new token"
-KINDS = ["memory", "sqlite", "postgres", "redis"]
-
-
-class Backend:
-    """One store backend; ``open()`` gives another store object on the same data, as another
-    machine would hold."""
-
-    def __init__(self, request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> None:
-        self.kind: str = request.param
-        self._request, self._clock = request, clock
-        self._path = tmp_path / "long-lived.db"
-        self._name = uuid.uuid4().hex[:16]
-        self._memory = MemoryStore(clock=clock)
-        self.opened: list[Store] = []
-
-    def open(self) -> Store:
-        store = self._open()
-        self.opened.append(store)
-        return store
-
-    def _open(self) -> Store:
-        if self.kind == "memory":
-            return self._memory  # one process: the same object is the shared store
-        if self.kind == "sqlite":
-            return SQLiteStore(self._path, clock=self._clock)
-        if self.kind == "postgres":
-            pytest.importorskip("psycopg")
-            from amo_oauth.stores import PostgresStore
-
-            url = self._request.getfixturevalue("postgres_url")
-            pg = PostgresStore(url, table=f"t_{self._name}", clock_offset=following(self._clock))
-            pg.migrate()
-            return pg
-        pytest.importorskip("redis")
-        from amo_oauth.stores import RedisStore
-
-        url = self._request.getfixturevalue("redis_url")
-        offset = following(self._clock)
-        redis = RedisStore(url, prefix=f"long-lived-{self._name}:", clock_offset=offset)
-        redis.migrate()
-        return redis
 
 
 @pytest.fixture(params=KINDS)
