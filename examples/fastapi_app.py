@@ -10,6 +10,13 @@ What the mobile app (or a browser) talks to::
     GET  /api/amo-crm/connect, /callback, /status, POST /exchange-code, /disconnect ...
                                          amo_oauth's routes (``amo_oauth.fastapi.router``)
     GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"}
+    GET  /admin                          a private integration's admin (a signed-in user in
+                                         ``admins``) pastes a long-lived token or the
+                                         keys-tab code from amoCRM's "Keys and scopes" tab;
+    POST /admin/long-lived, /admin/keys-tab-code
+                                         the forms' posts (this site's Origin only): the
+                                         admin's own connection is made server-side with
+                                         ``connect_long_lived`` / ``connect_with_code``
 
 The sign-in is a toy (no password, sessions in memory): replace it with yours. What matters is
 the ``connection_id`` callable: it maps a request to your user id, and amo_oauth keeps one amoCRM
@@ -35,7 +42,7 @@ import contextlib
 import html
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -46,6 +53,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from amo_oauth import (
     AsyncAmoOAuth,
+    CallbackRejected,
     Config,
     ProviderError,
     ReauthorizationRequired,
@@ -69,6 +77,21 @@ SIGN_IN_PAGE = """<!doctype html>
 """
 # The form loads nothing, and no other site may frame it (a framed form is clicked blindly).
 SIGN_IN_HEADERS = {"content-security-policy": "default-src 'none'; frame-ancestors 'none'"}
+ADMIN_PAGE = """<!doctype html>
+<html lang="en"><meta charset="utf-8"><title>Private integration</title>
+<h1>Connect with amoCRM's "Keys and scopes" tab</h1>
+<p>{result}</p>
+<form method="post" action="/admin/long-lived">
+<label>Long-lived token <textarea name="token" required rows="4" cols="60"></textarea></label>
+<label>Account host <input name="host" required placeholder="example.amocrm.ru"></label>
+<button>Connect with the token</button>
+</form>
+<form method="post" action="/admin/keys-tab-code">
+<label>Authorization code <textarea name="code" required rows="3" cols="60"></textarea></label>
+<label>Account host <input name="host" required placeholder="example.amocrm.ru"></label>
+<button>Connect with the code</button>
+</form></html>
+"""
 
 
 class Login(BaseModel):
@@ -95,7 +118,11 @@ class Sessions:
 
 
 def create_app(
-    oauth: AsyncAmoOAuth, *, app_scheme: str = "foryoure", api: httpx.AsyncClient | None = None
+    oauth: AsyncAmoOAuth,
+    *,
+    app_scheme: str = "foryoure",
+    api: httpx.AsyncClient | None = None,
+    admins: frozenset[str] = frozenset({"admin"}),
 ) -> FastAPI:
     """The backend.
 
@@ -104,6 +131,8 @@ def create_app(
         app_scheme: the mobile app's URL scheme, for the "Return to App" deep link.
         api: the client for amoCRM's API (tests route it to a fake); the app closes it on
             shutdown. Default: a new ``httpx.AsyncClient``.
+        admins: the users who may paste a long-lived token or a keys-tab code on ``/admin``
+            (a toy, like the sign-in: use your own roles).
     """
     sessions = Sessions()
     client = api if api is not None else httpx.AsyncClient(timeout=10.0)
@@ -148,6 +177,56 @@ def create_app(
         page = SIGN_IN_PAGE.format(then=html.escape(then, quote=True))
         return HTMLResponse(page, headers=SIGN_IN_HEADERS)
 
+    @app.get("/admin")
+    async def admin_page(request: Request) -> Response:
+        if sessions.current_user(request) not in admins:
+            return JSONResponse({"error": "not_an_admin"}, 403)
+        return _admin_answer(200, "Paste what the tab shows, and the account's host.")
+
+    @app.post("/admin/long-lived")
+    async def admin_long_lived(request: Request) -> Response:
+        async def connect(user: str, fields: dict[str, str]) -> str:
+            connection = await oauth.connect_long_lived(
+                user, fields.get("token", "").strip(), fields.get("host", "").strip()
+            )
+            return f"Connected until {connection.expires_at:%Y-%m-%d %H:%M} UTC"
+
+        return await _as_admin(request, connect)
+
+    @app.post("/admin/keys-tab-code")
+    async def admin_keys_tab_code(request: Request) -> Response:
+        async def connect(user: str, fields: dict[str, str]) -> str:
+            result = await oauth.connect_with_code(
+                user, fields.get("code", "").strip(), fields.get("host", "").strip()
+            )
+            return f"{result.outcome.value}" + (" (seen before)" if result.duplicate else "")
+
+        return await _as_admin(request, connect)
+
+    async def _as_admin(
+        request: Request, connect: Callable[[str, dict[str, str]], Awaitable[str]]
+    ) -> Response:
+        """Run an admin's form post: from this site only (like the sign-in), by an admin,
+        on the admin's own connection. Never echoes what was pasted."""
+        if not _may_sign_in(request.headers.get, own_site, is_json=False):
+            return JSONResponse({"error": "cross_site_request"}, 403)
+        user = sessions.current_user(request)
+        if user is None or user not in admins:
+            return JSONResponse({"error": "not_an_admin"}, 403)
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        fields = await _sign_in_fields(request, media)
+        if fields is None or media != "application/x-www-form-urlencoded":
+            return JSONResponse({"error": "unsupported_media_type"}, 415)
+        try:
+            said = await connect(user, fields)
+        except CallbackRejected as refused:
+            return _admin_answer(400, f"Refused: {refused.reason}")
+        except ProviderError as failed:  # TryAgainLater too: nothing was changed
+            return _admin_answer(502, f"amoCRM did not accept it now ({failed.status}): try again")
+        connection = await oauth.status(user)
+        account = connection.account.name if connection.account else "no account"
+        return _admin_answer(200, f"{said}: {connection.status.value}, {account}")
+
     # Registered before the router: its catch-all under PREFIX answers 404 for unknown paths.
     @app.get(PREFIX + "/leads")
     async def leads(request: Request) -> JSONResponse:
@@ -164,6 +243,11 @@ def create_app(
         )
     )
     return app
+
+
+def _admin_answer(status: int, result: str) -> HTMLResponse:
+    page = ADMIN_PAGE.format(result=html.escape(result))
+    return HTMLResponse(page, status, headers={**SIGN_IN_HEADERS, "cache-control": "no-store"})
 
 
 def _set_session_cookie(answer: JSONResponse | RedirectResponse, token: str) -> None:

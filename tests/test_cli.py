@@ -112,6 +112,7 @@ def test_refresh_due_with_nothing_due_refreshes_nothing(
         "needs_reauthorization": [],
         "skipped": 0,
         "remaining": 0,
+        "expiring_long_lived": [],
     }
 
 
@@ -170,6 +171,7 @@ def test_refresh_due_refreshes_and_summarizes(
         "needs_reauthorization": [],
         "skipped": 0,
         "remaining": 0,
+        "expiring_long_lived": [],
     }
     assert err == ""  # fewer than a thousand, and not a terminal: no progress line
     assert fake.token_call_count("refresh_token", "ok") == 5

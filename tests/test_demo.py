@@ -136,6 +136,7 @@ def test_serve_keeps_running_for_a_person_until_ctrl_c() -> None:
             visit = MOBILE.land(browser, MOBILE.press(browser, consent, "Allow"))
         assert query_of(visit.deep_link)["success"] == "true"
         _the_printed_app_commands_work(demo.stdout, backend)
+        _the_printed_admin_path_works(demo.stdout, backend)
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=20)
     finally:
@@ -163,3 +164,24 @@ def _the_printed_app_commands_work(stdout: IO[str], backend: str) -> None:
         assert played.returncode == 0, played.stdout + played.stderr
         assert "The app shows: Connected: Test account" in played.stdout
         assert not SECRETS.search(played.stdout + played.stderr)
+
+
+def _the_printed_admin_path_works(stdout: IO[str], backend: str) -> None:
+    """The private integration's path ``--serve`` prints: the fake's "Keys and scopes" tab,
+    then the backend's ``/admin`` form, where the tab's long-lived token connects."""
+    printed = "".join(next(stdout) for _ in range(5))
+    tab = re.search(r"tab at (http://127\.0\.0\.1:\d+/keys\?client_id=\S+)", printed)
+    host = re.search(r"with the host (\S+)\.", printed)
+    assert tab is not None and host is not None and f"{backend}/login?next=%2Fadmin" in printed
+    with httpx.Client(follow_redirects=False) as browser:
+        page = browser.get(tab.group(1)).text
+        token = re.search(r'id="long-lived-token"[^>]*>([^<]+)<', page)
+        assert token is not None
+        MOBILE.sign_in_browser(browser, backend, "admin", "/admin")
+        pasted = browser.post(
+            f"{backend}/admin/long-lived",
+            data={"token": token.group(1), "host": host.group(1)},
+            headers={"origin": backend},
+        )
+        assert pasted.status_code == 200 and "Connected until" in pasted.text
+        assert browser.get(f"{backend}/api/amo-crm/status").json()["status"] == "connected"

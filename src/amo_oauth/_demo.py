@@ -7,7 +7,9 @@ to App". Then the OLD app posts the code again to exchange-code (the seed's 403)
 reads ``success=true`` from the deep link (``examples/mobile_client.py`` plays both). Expected,
 as in the seed: no 403, "Connected", the leads listed, and exactly one token-endpoint call.
 
-``--serve`` keeps both servers running for a person with a browser, until Ctrl-C.
+``--serve`` keeps both servers running for a person with a browser, until Ctrl-C; there a
+private integration's admin can also connect without the consent page, pasting a long-lived
+token or the keys-tab code from the fake's "Keys and scopes" tab into the backend's ``/admin``.
 """
 
 from __future__ import annotations
@@ -377,6 +379,12 @@ def _serve(stack: Stack) -> int:
     _say("Or play the mobile app against it, old or new, from another terminal:")
     for version in ("old", "new"):
         _say(f"   {_command('demo-app', '--backend', stack.backend, '--version', version)}")
+    _say("A private integration's admin, without the consent page: open amoCRM's")
+    keys = f"{stack.fake_url}/keys?{urlencode({'client_id': stack.fake.client_id})}"
+    _say(f'"Keys and scopes" tab at {keys}')
+    _say("(each visit issues a long-lived token and a keys-tab code), sign in as 'admin' at")
+    _say(f"   {stack.backend}/login?{urlencode({'next': '/admin'})}")
+    _say(f"and paste either one with the host {stack.fake.account_host}.")
     _say("Ctrl-C stops.")
     try:
         while True:

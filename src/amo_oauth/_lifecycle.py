@@ -373,6 +373,7 @@ def long_lived_expiring(data: EventData) -> bool:
     return (
         _long_lived_tokens(data)
         and isinstance(event, RefreshClaimed)
+        and event.refresh_before is not None
         and event.still_valid(step.record.tokens)
     )
 

@@ -273,6 +273,8 @@ def _refresh_due(args: argparse.Namespace) -> int:
         "needs_reauthorization": list(report.needs_reauthorization),
         "skipped": report.skipped,
         "remaining": report.remaining,
+        # Long-lived tokens expiring inside the window: never refreshed, ask the admin.
+        "expiring_long_lived": list(report.expiring_long_lived),
     }
     print(json.dumps(summary))
     return 1 if report.failed else 0

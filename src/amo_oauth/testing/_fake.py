@@ -32,6 +32,7 @@ from ._core import Core
 from ._directory import LeadsSpec
 from ._fake_readings import FakeReadings
 from ._fake_setup import FakeSetup
+from ._keys_tab import KeysTab
 from ._server import ServedFake, serve, wsgi_call
 from ._token_endpoint import TokenEndpoint
 from ._transport import AsyncFakeTransport, FakeTransport
@@ -187,6 +188,7 @@ class FakeAmoCRM(FakeSetup, FakeReadings):
             "/oauth": consent.page,
             "/oauth/allow": consent.allow,
             "/oauth/deny": consent.deny,
+            "/keys": KeysTab(self._core).page,
             "/oauth2/access_token": TokenEndpoint(self._core),
             "/api/v4/account": api.account,
             "/api/v4/leads": api.leads,

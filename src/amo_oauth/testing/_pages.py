@@ -90,6 +90,20 @@ def consent_page(
     return page("Grant access to your amoCRM account?", intro + "\n" + buttons)
 
 
+def keys_page(account_name: str, host: str, token: str, code: str) -> bytes:
+    """The "Keys and scopes" tab (§8): a long-lived token and an authorization code to copy."""
+    content = (
+        f'<p>Account: {escape(account_name)} (<code id="host">{escape(host)}</code>)</p>\n'
+        '<label for="long-lived-token">Long-lived token (a year; shown once)</label>\n'
+        '<textarea id="long-lived-token" readonly rows="6" cols="80">'
+        f"{escape(token)}</textarea>\n"
+        '<label for="authorization-code">Authorization code (20 minutes, single use)</label>\n'
+        '<textarea id="authorization-code" readonly rows="4" cols="80">'
+        f"{escape(code)}</textarea>\n"
+    )
+    return page("Keys and scopes", content)
+
+
 SERVER_ERROR_PAGE = message_page("500 Internal Server Error", "Something went wrong.")
 HTML_INSTEAD_OF_JSON = message_page("amoCRM", "Technical works are in progress.")
 
