@@ -32,10 +32,11 @@ from amo_oauth import (
     ReauthorizationRequired,
     SQLiteStore,
     StoreError,
+    TryAgainLater,
     Widget,
 )
 from amo_oauth._codec import record_from_json, record_to_json
-from amo_oauth._records import record_key
+from amo_oauth._records import ConnectionRecord, Lease, record_key
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing.faults import FaultyStore
 
@@ -402,3 +403,27 @@ def test_the_fake_issues_tokens_of_1_day_to_5_years_that_expire_on_its_clock(
     assert fake.is_access_token_valid(token)
     clock.advance(timedelta(days=1))
     assert not fake.is_access_token_valid(token)
+
+
+def test_a_live_code_exchange_holds_a_long_lived_token_back_then_yields_to_it(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    store = MemoryStore(clock=clock)
+    oauth = make_oauth(store=store, settle_timeout=0.05)
+    lease = Lease("another-worker", "exchange", clock() + timedelta(minutes=1))
+    key_record = ConnectionRecord(
+        USER,
+        status=ConnectionStatus.CODE_RECEIVED,
+        version=1,
+        host=fake.account_host,
+        lease=lease,
+        integration=fake.client_id,
+    )
+    assert store.compare_and_set(key_record, None)
+    token = fake.issue_long_lived_token()
+    with pytest.raises(TryAgainLater) as later:
+        oauth.connect_long_lived(USER, token, fake.account_host)
+    assert later.value.reason == "exchange_in_progress"
+    assert stored(oauth, USER) == key_record  # nothing written
+    clock.advance(timedelta(minutes=2))  # that worker is presumed dead
+    assert oauth.connect_long_lived(USER, token, fake.account_host).is_connected

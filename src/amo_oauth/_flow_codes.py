@@ -321,8 +321,10 @@ class CodeFlows:
         if account_host is None:
             raise CallbackRejected(Reason.MISSING_REFERER)
         holder = yield from perform(HolderOf(f"code:{code_digest(code)}"))
-        if holder is not None and holder != target.key:
-            raise CallbackRejected(Reason.CODE_USED_ELSEWHERE)  # it is never sent again
+        # The holder is this record's key (or, for a record from before keys had a namespace,
+        # its bare connection id); any other connection's code is never sent again.
+        if holder is not None and holder not in (target.key, target.connection_id):
+            raise CallbackRejected(Reason.CODE_USED_ELSEWHERE)
         return (yield from self._exchange(target, code, account_host, None, None, from_admin=True))
 
     @staticmethod
