@@ -63,6 +63,8 @@ class Reason(enum.StrEnum):
     KEPT_PAIR_PENDING = "kept_pair_pending"
     VERIFICATION_DEFERRED = "verification_deferred"
     REFRESH_BACKOFF = "refresh_backoff"
+    API_PAUSED = "api_paused"
+    API_BUSY = "api_busy"
     # Why a disconnect hook disconnected nothing (``HookResult.reason``).
     HOOK_PACED = "hook_paced"
     HOOK_REPLAYED = "hook_replayed"
@@ -127,7 +129,14 @@ NOT_CONNECTED: Final = CONNECTION_ERRORS | {
 }
 #: ``TryAgainLater.reason``: why the same call may succeed later (``retry_after`` says when).
 RETRY_LATER: Final = frozenset(
-    {R.REFRESH_IN_PROGRESS, R.KEPT_PAIR_PENDING, R.VERIFICATION_DEFERRED, R.REFRESH_BACKOFF}
+    {
+        R.REFRESH_IN_PROGRESS,
+        R.KEPT_PAIR_PENDING,
+        R.VERIFICATION_DEFERRED,
+        R.REFRESH_BACKOFF,
+        R.API_PAUSED,
+        R.API_BUSY,
+    }
 )
 #: ``HookResult.reason``: why a signed disconnect hook disconnected nothing.
 HOOK_OUTCOMES: Final = frozenset(
