@@ -34,6 +34,7 @@ RUNNABLE_PAGES = (
     "any-framework.md",
     "fastapi.md",
     "flask.md",
+    "api-pace.md",
 )
 
 _FENCE = re.compile(
