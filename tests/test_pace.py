@@ -10,9 +10,9 @@ import asyncio
 import itertools
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import httpx
@@ -420,7 +420,8 @@ class AnswersFirst(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not request.url.path.startswith("/api/v4/leads"):
             return self.inner.handle_request(request)
-        self.bodies.append(request.read())
+        # Iterated as a real transport does (read() would keep a copy and hide a lost body).
+        self.bodies.append(b"".join(cast(Iterable[bytes], request.stream)))
         if len(self.bodies) == 1:
             body = {"status": self.status, "retry_after": 1}
             return httpx.Response(self.status, json=body, request=request)
@@ -437,3 +438,39 @@ def test_a_streamed_body_is_resent_whole(
         sent = api.post(f"https://{fake.account_host}{LEADS}", content=iter([b"[{", b"}]"]))
     assert sent.status_code == 200
     assert transport.bodies == [b"[{}]", b"[{}]"]  # a generator is read once: buffered first
+
+
+def test_the_fakes_429_takes_fields_and_other_short_answers_do_not(fake: FakeAmoCRM) -> None:
+    fake.fail_next("429", endpoint="api", fields={"retry_after": 2})
+    with httpx.Client(transport=fake.transport()) as plain:
+        answer = plain.get(f"https://{fake.account_host}{LEADS}")
+    assert (answer.status_code, answer.json()["retry_after"]) == (429, 2)
+    assert answer.json()["title"] == "Too Many Requests"  # amoCRM's body, one field changed
+    with pytest.raises(ValueError, match="fields"):
+        fake.fail_next("500", endpoint="api", fields={"retry_after": 2})
+
+
+def test_async_auth_the_hook_and_the_sweep_share_one_schedule(
+    fake: FakeAmoCRM, clock: FakeClock, seconds: FakeSeconds
+) -> None:
+    async def main() -> None:
+        http = httpx.AsyncClient(transport=fake.async_transport())
+        store = MemoryStore(clock=clock)
+        async with AsyncAmoOAuth(config_for(fake), store=store, http=http, clock=clock) as oauth:
+            paced_by(oauth, seconds)
+            begun = await oauth.begin(USER)
+            query = dict(httpx.URL(fake.authorize(begun.state)).params)
+            await oauth.handle_callback(query, binding=begun.binding)
+            transport = fake.async_transport()
+            async with httpx.AsyncClient(auth=oauth.auth(USER), transport=transport) as api:
+                assert (await api.get(f"https://{fake.account_host}{LEADS}")).status_code == 200
+                hook = await oauth.handle_disconnect_hook(fake.hook_query())
+                assert hook.reason == "hook_replayed"
+                assert seconds.slept == [pytest.approx(STEP)]
+                clock.advance(timedelta(days=85))
+                assert (await oauth.refresh_due(timedelta(days=7))).refreshed == (USER,)
+                assert (await api.get(f"https://{fake.account_host}{LEADS}")).status_code == 200
+                assert seconds.slept[-1] == pytest.approx(STEP)
+
+    asyncio.run(main())
+    assert spaced(seconds.slots)
