@@ -30,6 +30,7 @@ import attrs
 
 from ._errors import TryAgainLater
 from ._reasons import Reason
+from .stores._forks import reset_in_child
 
 __all__ = [
     "BLOCKED_PAUSE",
@@ -112,6 +113,13 @@ class Pacer:
         self.asleep = asleep
         self._lock = threading.Lock()
         self._lanes: dict[Key, _Lane] = {}
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (another thread may have held this one at the fork)
+        and a schedule of its own (a child is one more process sharing the budget)."""
+        self._lock = threading.Lock()
+        self._lanes = {}
 
     def reserve(self, key: Key, rate: float, *, within: float | None = None) -> float:
         """Take the key's next slot for one request at ``rate`` requests per second.
