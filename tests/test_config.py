@@ -341,6 +341,9 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "backoff_order": lambda: config(
         refresh_backoff_initial=timedelta(minutes=10), refresh_backoff_max=timedelta(minutes=5)
     ),
+    "api_rate_type": lambda: config(api_rate="7"),
+    "api_rate_range": lambda: config(api_rate=-7),
+    "api_max_wait": lambda: config(api_max_wait=-1),
     "app_scheme_type": lambda: _handlers(app_scheme=None),
     "sync_service": lambda: Handlers(
         _async_service(), connection_id=lambda r: None, app_scheme="a"

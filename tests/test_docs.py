@@ -36,6 +36,7 @@ RUNNABLE_PAGES = (
     "flask.md",
     "long-lived-tokens.md",
     "keys-tab-code.md",
+    "api-pace.md",
 )
 
 _FENCE = re.compile(

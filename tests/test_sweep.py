@@ -23,10 +23,10 @@ from amo_oauth import (
     SQLiteStore,
     StoreError,
     SweepProgress,
-    _service,
+    _pace,
     _sweep,
 )
-from amo_oauth._sweep import HostPacer
+from amo_oauth._pace import Pacer
 from amo_oauth.stores import Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing._fake import FakeAccount
@@ -234,14 +234,14 @@ def test_one_host_is_paced_at_the_per_host_rate(
         with lock:
             pauses.append(seconds)
 
-    monkeypatch.setattr(_service.time, "sleep", no_sleep)
+    oauth._pace.pacer.sleep = no_sleep
     report = oauth.refresh_due(WEEK, None, concurrency=6, per_host_rate=2.0)
     assert sorted(report.refreshed) == ids
     # Six requests to one host at 2/s: the slots are 0, 0.525, ..., 2.625 s from the first
     # one (1/2 s plus the 5 % guard; the first goes at once: no pause); real time passing
     # meanwhile only shortens a pause.
     assert len(pauses) == 5
-    step = (1 + _sweep.PACE_GUARD) / 2.0
+    step = (1 + _pace.PACE_GUARD) / 2.0
     for n, pause in enumerate(sorted(pauses), start=1):
         assert n * step - 0.4 < pause <= n * step
 
@@ -364,27 +364,28 @@ class _Ticks:
 
 def test_the_pacer_spaces_one_hosts_requests() -> None:
     ticks = _Ticks()
-    pacer = HostPacer(4.0, clock=ticks)
-    step = 0.25 * (1 + _sweep.PACE_GUARD)  # 1/4 s, and the guard against a late send
-    got = [pacer.reserve("a.amocrm.ru") for _ in range(3)]
+    pacer = Pacer(clock=ticks)
+    step = 0.25 * (1 + _pace.PACE_GUARD)  # 1/4 s, and the guard against a late send
+    a, b = ("client", "a.amocrm.ru"), ("client", "b.amocrm.ru")
+    got = [pacer.reserve(a, 4.0) for _ in range(3)]
     assert got == [0.0, pytest.approx(step), pytest.approx(2 * step)]
-    assert pacer.reserve("b.amocrm.ru") == 0.0  # another host has its own pace
+    assert pacer.reserve(b, 4.0) == 0.0  # another host has its own pace
     ticks.now += 0.6
-    assert pacer.reserve("a.amocrm.ru") == pytest.approx(3 * step - 0.6)  # its slot
+    assert pacer.reserve(a, 4.0) == pytest.approx(3 * step - 0.6)  # its slot
     ticks.now += 10
-    assert pacer.reserve("a.amocrm.ru") == 0.0  # no credit saved up: idle is not a burst
-    assert pacer.reserve("a.amocrm.ru") == pytest.approx(step)
+    assert pacer.reserve(a, 4.0) == 0.0  # no credit saved up: idle is not a burst
+    assert pacer.reserve(a, 4.0) == pytest.approx(step)
 
 
 def test_the_pacer_forgets_idle_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_sweep, "_PACER_PRUNE_AT", 10)
+    monkeypatch.setattr(_pace, "_PRUNE_AT", 10)
     ticks = _Ticks()
-    pacer = HostPacer(1.0, clock=ticks)
+    pacer = Pacer(clock=ticks)
     for i in range(10):
-        pacer.reserve(f"h{i}")
+        pacer.reserve(("client", f"h{i}"), 1.0)
     ticks.now += 5
-    pacer.reserve("new")
-    assert pacer._next.keys() == {"new"}
+    pacer.reserve(("client", "new"), 1.0)
+    assert pacer._lanes.keys() == {("client", "new")}
 
 
 @pytest.fixture

@@ -319,11 +319,11 @@ def test_the_pacers_schedule_never_puts_rate_plus_one_in_a_second() -> None:
     """Slots spaced exactly 1/rate put rate + 1 requests in a closed one-second window (the
     first and the last exactly a second apart): any lateness of one send then makes rate + 1
     arrive within a second at amoCRM. The schedule keeps a guard."""
-    from amo_oauth._sweep import HostPacer
+    from amo_oauth._pace import Pacer
 
     for rate in (7.0, 2.0, 1.0, 10.0):  # whole rates: a window holds at most that many
-        pacer = HostPacer(rate, clock=lambda: 100.0)
-        slots = [100.0 + pacer.reserve("a.amocrm.ru") for _ in range(40)]
+        pacer = Pacer(clock=lambda: 100.0)
+        slots = [100.0 + pacer.reserve(("client", "a.amocrm.ru"), rate) for _ in range(40)]
         most = max(sum(1 for t in slots if start <= t <= start + 1.0) for start in slots)
         assert most <= rate, (rate, most)
 

@@ -28,7 +28,7 @@ from ._results import (
     SweepProgress,
 )
 from ._service_core import ServiceCore, default_store, with_stored
-from ._sweep import Done, HostPacer, SweepPlan, asweep
+from ._sweep import Done, SweepPlan, asweep
 from .stores import AsyncStore, Store
 from .stores._base import as_async_store, is_async_store
 from .stores._protocol import DueCursor
@@ -145,7 +145,7 @@ class AsyncAmoOAuth(ServiceCore):
         async def token(stale: str | None) -> tuple[str, str]:
             return await self._shielded(self._flows.tokens.api_token(connection_id, stale))
 
-        return ConnectionAuth(async_token=token)
+        return ConnectionAuth(async_token=token, pace=self._pace)
 
     async def disconnect(self, connection_id: ConnectionId) -> Connection:
         """See ``AmoOAuth.disconnect``."""
@@ -153,7 +153,8 @@ class AsyncAmoOAuth(ServiceCore):
 
     async def handle_disconnect_hook(self, query: QueryLike) -> HookResult:
         """See ``AmoOAuth.handle_disconnect_hook``."""
-        return await self._shielded(self._flows.connections.handle_disconnect_hook(query))
+        flow = self._flows.connections.handle_disconnect_hook(query)
+        return await self._shielded(flow, self._perform_paced)
 
     async def refresh_due(
         self,
@@ -161,22 +162,18 @@ class AsyncAmoOAuth(ServiceCore):
         limit: int | None = None,
         *,
         concurrency: int = 16,
-        per_host_rate: float = 7.0,
+        per_host_rate: float | None = None,
         progress: Callable[[SweepProgress], None] | None = None,
     ) -> RefreshReport:
         """See ``AmoOAuth.refresh_due``: the same sweep, with up to ``concurrency`` tasks on
         this event loop instead of threads (``progress`` is called on the loop). Each
         connection's refresh is shielded: a cancelled sweep stops taking new records, and the
         refreshes in flight still store what amoCRM answered (``aclose()`` waits for them)."""
-        plan = SweepPlan.make(self._flows.records.now(), within, limit, concurrency, per_host_rate)
-        pacer = HostPacer(plan.per_host_rate)
+        rate = self._sweep_rate(per_host_rate)
+        plan = SweepPlan.make(self._flows.records.now(), within, limit, concurrency, rate)
 
         async def paced(op: Op) -> Any:
-            if isinstance(op, Send):
-                pause = pacer.reserve(op.request.url.host)
-                if pause > 0:
-                    await asyncio.sleep(pause)
-            return await self._perform(op)
+            return await self._perform_paced(op, plan.per_host_rate)
 
         async def read(after: DueCursor | None, size: int) -> list[ConnectionRecord]:
             return await self._run(self._flows.records.due_page(plan.before, size, after))
@@ -239,6 +236,18 @@ class AsyncAmoOAuth(ServiceCore):
         self._finishing.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: a cancelled caller's failure is not "never retrieved"
+
+    async def _perform_paced(self, op: Op, sweep_rate: float | None = None) -> Any:
+        """See ``AmoOAuth._perform_paced``."""
+        if not isinstance(op, Send):
+            return await self._perform(op)
+        wait = self._slot(op.request, sweep_rate)
+        if wait > 0:
+            await self._pace.pacer.asleep(wait)
+        sent_at = self._pace.pacer.clock()
+        response = await self._perform(op)
+        self._note(op.request, response, sent_at)
+        return response
 
     async def _perform(self, op: Op) -> Any:
         if isinstance(op, StoreOp):

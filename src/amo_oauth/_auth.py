@@ -1,4 +1,5 @@
-"""``httpx.Auth`` for one connection: a bearer token, and on 401 one refresh and one retry."""
+"""``httpx.Auth`` for one connection: a bearer token, on 401 one refresh and one retry, and
+the API's pace (``_pace.py``): a slot per request, a pause after a 429 or 403."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import attrs
 import httpx
 
 from ._errors import TokenScopeError
+from ._pace import ApiPace, Pacer
+from ._provider_reads import retry_after_in
 
 __all__ = ["ConnectionAuth"]
 
@@ -18,6 +21,34 @@ class _NeedToken:
     """Ask the driver for a token; ``stale`` is one amoCRM just refused."""
 
     stale: str | None
+
+
+@attrs.frozen
+class _Turn:
+    """Ask the driver to wait for the host's slot (or raise ``TryAgainLater``)."""
+
+    host: str
+
+
+@attrs.frozen
+class _Read:
+    """Ask the driver to read an answer's body (to find its ``retry_after``)."""
+
+    response: httpx.Response
+
+
+@attrs.frozen
+class _PushedBack:
+    """amoCRM answered 429 or 403: the driver pauses the host, and answers whether to resend
+    (after waiting for the pause's one resend) or raises ``TryAgainLater``."""
+
+    host: str
+    status: int
+    retry_after: float | None
+    may_resend: bool
+
+
+_Item = _NeedToken | _Turn | _Read | _PushedBack | httpx.Request
 
 
 def _on_account_host(url: httpx.URL, host: str) -> bool:
@@ -37,26 +68,59 @@ def _attach(request: httpx.Request, granted: object) -> str:
     return str(token)
 
 
-def _flow(request: httpx.Request) -> Generator[_NeedToken | httpx.Request, object, None]:
+def _answered_by(response: object, host: str, statuses: tuple[int, ...]) -> bool:
+    """An answer of one of ``statuses`` from the account host itself (not after a redirect)."""
+    return (
+        isinstance(response, httpx.Response)
+        and response.status_code in statuses
+        and _on_account_host(response.url, host)
+    )
+
+
+def _flow(request: httpx.Request, paced: bool) -> Generator[_Item, object, None]:
     token = _attach(request, (yield _NeedToken(None)))
-    response = yield request
-    if not isinstance(response, httpx.Response) or response.status_code != 401:
-        return
     host = request.url.host
-    if not _on_account_host(response.url, host):
-        return  # a 401 from elsewhere (after a redirect) says nothing about this token
-    # The token was revoked or expired early: refresh once (single-flight) and retry once.
-    _attach(request, (yield _NeedToken(token)))
-    yield request
+    response = yield from _send(request, paced)
+    if _answered_by(response, host, (401,)):
+        # The token was revoked or expired early: refresh once (single-flight) and retry once.
+        _attach(request, (yield _NeedToken(token)))
+        response = yield from _send(request, paced)
+    resent = False
+    while paced and _answered_by(response, host, (429, 403)):
+        answer = cast(httpx.Response, response)
+        yield _Read(answer)
+        pushed = _PushedBack(host, answer.status_code, retry_after_in(answer), not resent)
+        if (yield pushed) is None:  # a 403: returned as it came
+            return
+        resent = True
+        response = yield request  # the slot was taken with the resend
+
+
+def _send(request: httpx.Request, paced: bool) -> Generator[_Item, object, object]:
+    if paced:
+        yield _Turn(request.url.host)
+    return (yield request)
 
 
 class ConnectionAuth(httpx.Auth):
-    """Authenticates requests to amoCRM's API as one connection.
+    """Authenticates requests to amoCRM's API as one connection, at the API's pace.
 
     The bearer token goes only to ``https`` requests to the connection's own account host,
     re-read with every token (after an account move the old host is refused); anything else
     raises ``TokenScopeError`` before sending. A 401 refreshes (once, single-flight) only when it
     comes from that host.
+
+    Paced (``Config.api_rate``, docs/api-pace.md): each request waits for its slot of the
+    ``(client id, host)`` schedule, at most ``Config.api_max_wait`` seconds. A 429 from the
+    host pauses the host for its ``retry_after`` and is resent once, by one caller, when the
+    pause ends within ``api_max_wait``; a 403 pauses the host for ``BLOCKED_PAUSE`` (60 s) and
+    is returned as it came. The request body is read before the first send, so a resend sends
+    it whole.
+
+    Raises (on a request):
+        TryAgainLater: ``api_paused`` (the host is paused: nothing was sent; or a 429 answered
+            this request and it could not be resent: ``status`` 429) or ``api_busy`` (its slot
+            is more than ``api_max_wait`` away: nothing was sent), with ``retry_after``.
 
     Made by ``AmoOAuth.auth()`` (for ``httpx.Client``) or ``AsyncAmoOAuth.auth()`` (for
     ``httpx.AsyncClient``); using it with the other kind of client raises ``RuntimeError``.
@@ -68,9 +132,11 @@ class ConnectionAuth(httpx.Auth):
         self,
         token: Callable[[str | None], tuple[str, str]] | None = None,
         async_token: Callable[[str | None], Awaitable[tuple[str, str]]] | None = None,
+        pace: ApiPace | None = None,
     ) -> None:
         self._token = token
         self._async_token = async_token
+        self._pace = pace
 
     def __repr__(self) -> str:
         return "ConnectionAuth()"
@@ -80,11 +146,23 @@ class ConnectionAuth(httpx.Auth):
     ) -> Generator[httpx.Request, httpx.Response, None]:
         if self._token is None:
             raise RuntimeError("this auth comes from AsyncAmoOAuth: use it with httpx.AsyncClient")
-        flow = _flow(request)
+        request.read()  # what requires_request_body asks: a resend then sends the body whole
+        flow = _flow(request, self._paced)
         item = next(flow)
+        sent_at = 0.0
         try:
             while True:
-                reply = self._token(item.stale) if isinstance(item, _NeedToken) else (yield item)
+                if isinstance(item, httpx.Request):
+                    sent_at = self._now()
+                    reply: object = yield item
+                elif isinstance(item, _NeedToken):
+                    reply = self._token(item.stale)
+                elif isinstance(item, _Read):
+                    reply = item.response.read()
+                else:
+                    reply = self._seconds_to_wait(item, sent_at)
+                    if reply:  # None (no resend) or 0.0: nothing to wait for
+                        self._pacer().sleep(reply)
                 item = flow.send(reply)
         except StopIteration:
             return
@@ -96,16 +174,53 @@ class ConnectionAuth(httpx.Auth):
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         if self._async_token is None:
             raise RuntimeError("this auth comes from AmoOAuth: use it with httpx.Client")
-        flow = _flow(request)
+        await request.aread()  # as in sync_auth_flow
+        flow = _flow(request, self._paced)
         item = next(flow)
+        sent_at = 0.0
         try:
             while True:
-                if isinstance(item, _NeedToken):
-                    reply: object = await self._async_token(item.stale)
+                if isinstance(item, httpx.Request):
+                    sent_at = self._now()
+                    reply: object = yield item
+                elif isinstance(item, _NeedToken):
+                    reply = await self._async_token(item.stale)
+                elif isinstance(item, _Read):
+                    reply = await item.response.aread()
                 else:
-                    reply = yield item
+                    reply = self._seconds_to_wait(item, sent_at)
+                    if reply:  # as in sync_auth_flow
+                        await self._pacer().asleep(reply)
                 item = flow.send(reply)
         except StopIteration:
             return
         finally:
             flow.close()
+
+    @property
+    def _paced(self) -> bool:
+        return self._pace is not None and self._pace.rate is not None
+
+    def _now(self) -> float:
+        return self._pace.pacer.clock() if self._pace is not None else 0.0
+
+    def _pacer(self) -> Pacer:
+        assert self._pace is not None  # only a paced flow yields a turn or a push-back
+        return self._pace.pacer
+
+    def _seconds_to_wait(self, item: _Turn | _PushedBack, sent_at: float) -> float | None:
+        """The wait for a slot, or for the one resend after a 429; None: no resend (a 403
+        is returned as it came).
+
+        Raises:
+            TryAgainLater: the host is paused or busy, or a 429 that is not resent.
+        """
+        pace = self._pace
+        assert pace is not None  # only a paced flow yields a turn or a push-back
+        if isinstance(item, _Turn):
+            return pace.turn(item.host)
+        resent = not item.may_resend
+        pace.answered(item.host, item.status, item.retry_after, sent_at, resent=resent)
+        if item.status != 429:
+            return None
+        return pace.resend_turn(item.host, first=item.may_resend)

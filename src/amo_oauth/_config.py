@@ -15,6 +15,7 @@ from ._setting_errors import (
     FORWARDED_HEADERS,
     MAX_PREVIOUS_STATE_SECRETS,
     MAX_TICKET_TTL,
+    MIN_API_RATE,
     MODES,
     setting_error,
 )
@@ -167,6 +168,23 @@ def _forwarded_header(_: object, attribute: attrs.Attribute[str], value: str) ->
         raise ValueError(setting_error("forwarded_header"))
 
 
+def _api_rate(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(setting_error("api_rate_type", type=_type(value)))
+    # 0 turns the pace off, as None does; below one a day a slot would sleep for ever.
+    if not (value == 0 or MIN_API_RATE <= value < float("inf")):  # NaN fails both
+        raise ValueError(setting_error("api_rate_range"))
+
+
+def _api_max_wait(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(setting_error("seconds_type", field=attribute.name, type=_type(value)))
+    if not 0 <= value < float("inf"):  # NaN fails the comparison too
+        raise ValueError(setting_error("api_max_wait"))
+
+
 def _mode(_: object, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in MODES:
         raise ValueError(setting_error("mode"))
@@ -248,6 +266,14 @@ class Config:
         refresh_backoff_jitter: each back-off is lengthened by a random fraction of itself
             up to this (0 to 1; 0.1 by default), so that connections held back together are
             not all retried in the same second. 0 makes back-offs exact.
+        api_rate: requests per second per account host that ``auth()``, the disconnect hook's
+            checks and (by default) the keep-alive sweep send, in this process: amoCRM's 7
+            (protocol notes §9) by default; None or 0 turns ``auth()``'s and the hook's pace
+            off. Processes sharing the integration each get their share (7 / N): the pace is
+            process-local (docs/api-pace.md).
+        api_max_wait: the most seconds ``auth()`` holds a request for its slot, or for the
+            one resend after amoCRM's 429; past it the caller gets ``TryAgainLater``
+            (``api_busy``, ``api_paused``) at once. 2 s by default; 0: never wait.
     """
 
     client_id: str = attrs.field(validator=_non_empty)
@@ -286,6 +312,8 @@ class Config:
     )
     refresh_backoff_max: timedelta = attrs.field(default=timedelta(hours=1), validator=_positive)
     refresh_backoff_jitter: float = attrs.field(default=0.1, validator=_fraction)
+    api_rate: float | None = attrs.field(default=7.0, validator=_api_rate)
+    api_max_wait: float = attrs.field(default=2.0, validator=_api_max_wait)
 
     def __attrs_post_init__(self) -> None:
         # A live worker must never lose its lease mid-exchange: the token call and the account

@@ -132,7 +132,10 @@ class TryAgainLater(ProviderError):
             ``Config.kept_pair_grace``), ``verification_deferred`` (a new connection's
             verification failed for a moment and is retried), ``refresh_backoff`` (amoCRM
             pushed back on the connection's refresh: a 429, a blocked account's 403, a 5xx;
-            no refresh is sent until the back-off kept in the record lapses).
+            no refresh is sent until the back-off kept in the record lapses), ``api_paused``
+            (``auth()``: amoCRM answered the host 429 or 403, nothing is sent to it until the
+            pause ends) or ``api_busy`` (``auth()``: the host's slot is further away than
+            ``Config.api_max_wait``; docs/api-pace.md).
         hint: a sentence for the log; never a secret.
         retry_after: seconds after which a retry makes sense, when known; else None.
         status: the HTTP status of amoCRM's answer when that answer is the cause (the call

@@ -58,6 +58,7 @@ __all__ = [
     "read_lookup",
     "read_tokens",
     "reason_of",
+    "retry_after_in",
     "surely_unsent",
 ]
 
@@ -217,6 +218,12 @@ def _retry_after_of(body: object, headers: Mapping[str, str]) -> float | None:
     except OverflowError:  # an integer of hundreds of digits
         return None
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def retry_after_in(response: Reply) -> float | None:
+    """Seconds an answer asks a client to wait (a 429's ``retry_after`` or ``Retry-After``);
+    None when it says nothing readable. ``response`` must be read in full."""
+    return _retry_after_of(_json(response), response.headers)
 
 
 def _error(response: Reply, grant: Grant | None) -> ProviderError:

@@ -68,6 +68,8 @@ class Reason(enum.StrEnum):
     VERIFICATION_DEFERRED = "verification_deferred"
     REFRESH_BACKOFF = "refresh_backoff"
     EXCHANGE_IN_PROGRESS = "exchange_in_progress"
+    API_PAUSED = "api_paused"
+    API_BUSY = "api_busy"
     # Why a disconnect hook disconnected nothing (``HookResult.reason``).
     HOOK_PACED = "hook_paced"
     HOOK_REPLAYED = "hook_replayed"
@@ -144,6 +146,8 @@ RETRY_LATER: Final = frozenset(
         R.VERIFICATION_DEFERRED,
         R.REFRESH_BACKOFF,
         R.EXCHANGE_IN_PROGRESS,
+        R.API_PAUSED,
+        R.API_BUSY,
     }
 )
 #: ``HookResult.reason``: why a signed disconnect hook disconnected nothing.

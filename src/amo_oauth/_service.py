@@ -27,7 +27,7 @@ from ._results import (
     SweepProgress,
 )
 from ._service_core import ServiceCore, default_store, with_stored
-from ._sweep import Done, HostPacer, SweepPlan, sweep
+from ._sweep import Done, SweepPlan, sweep
 from .stores import Store
 from .stores._protocol import DueCursor
 
@@ -312,6 +312,12 @@ class AmoOAuth(ServiceCore):
         to the connection's own account host (else ``TokenScopeError``, nothing sent); on a 401
         from that host it refreshes once and retries once.
 
+        Paced (``Config.api_rate``, 7 requests per second per account host in this process; a
+        request waits at most ``Config.api_max_wait``, 2 s): a 429 pauses the host for its
+        ``retry_after`` and is resent once when the pause ends within ``api_max_wait``; until
+        the pause ends, requests to the host raise ``TryAgainLater`` (``api_paused``) without
+        being sent (docs/api-pace.md).
+
         Args:
             connection_id: an app user's id, or ``Widget(account_host)`` (see ``status``).
 
@@ -321,7 +327,8 @@ class AmoOAuth(ServiceCore):
         """
         self._flows.records.fresh(connection_id)  # a bad id fails here, not at the first request
         return ConnectionAuth(
-            token=lambda stale: self._run(self._flows.tokens.api_token(connection_id, stale))
+            token=lambda stale: self._run(self._flows.tokens.api_token(connection_id, stale)),
+            pace=self._pace,
         )
 
     def disconnect(self, connection_id: ConnectionId) -> Connection:
@@ -342,6 +349,8 @@ class AmoOAuth(ServiceCore):
         expires, so a replayed one must change nothing), and amoCRM is asked at most once per
         account in each ``Config.hook_check_interval`` (60 s), across every process sharing
         the store: replays in between are answered without an API call (``hook_paced``).
+        Its checks take their slots of the API's pace as ``auth()``'s requests do; a paused or
+        busy host changes nothing (``provider_unavailable``).
 
         Returns:
             A ``HookResult``: the tuple of the account's connections as they now are, with
@@ -352,7 +361,8 @@ class AmoOAuth(ServiceCore):
         Raises:
             CallbackRejected: ``bad_signature`` or ``malformed``; nothing changed.
         """
-        return self._run(self._flows.connections.handle_disconnect_hook(query))
+        flow = self._flows.connections.handle_disconnect_hook(query)
+        return drive(self._flows.records.landing(flow), self._perform_paced)
 
     def refresh_due(
         self,
@@ -360,7 +370,7 @@ class AmoOAuth(ServiceCore):
         limit: int | None = None,
         *,
         concurrency: int = 16,
-        per_host_rate: float = 7.0,
+        per_host_rate: float | None = None,
         progress: Callable[[SweepProgress], None] | None = None,
     ) -> RefreshReport:
         """The keep-alive sweep: refresh every connection whose REFRESH token expires within
@@ -375,8 +385,9 @@ class AmoOAuth(ServiceCore):
         and key), so memory stays flat however many connections there are, and each record
         due when the run starts is handled at most once. Refreshes run in up to
         ``concurrency`` worker threads; requests to one account host are spaced so that at
-        most ``per_host_rate`` go out per second (process-local). Each refresh is the usual
-        single-flight one: several machines may sweep at once.
+        most ``per_host_rate`` go out per second, on the host's one schedule that ``auth()``
+        and the hook use too (process-local; a host amoCRM paused with a 429 is waited for).
+        Each refresh is the usual single-flight one: several machines may sweep at once.
 
         Args:
             within: the window (a ``timedelta``); records expiring before now + ``within`` are
@@ -385,7 +396,8 @@ class AmoOAuth(ServiceCore):
             limit: at most this many due records are handled (the soonest); None (the
                 default): every due record. The report counts those left (``remaining``).
             concurrency: refreshes in flight at once, >= 1.
-            per_host_rate: requests per second to one account host, > 0 (amoCRM allows 7).
+            per_host_rate: requests per second to one account host, > 0; None (the default):
+                ``Config.api_rate`` (amoCRM allows 7; 7 when the pace is off).
             progress: called in this thread after each connection with a ``SweepProgress``.
 
         Returns:
@@ -399,15 +411,11 @@ class AmoOAuth(ServiceCore):
             StoreError: a page of due records could not be read (after the refreshes in
                 flight finish). A refresh that fails is reported, not raised.
         """
-        plan = SweepPlan.make(self._flows.records.now(), within, limit, concurrency, per_host_rate)
-        pacer = HostPacer(plan.per_host_rate)
+        rate = self._sweep_rate(per_host_rate)
+        plan = SweepPlan.make(self._flows.records.now(), within, limit, concurrency, rate)
 
         def paced(op: Op) -> Any:
-            if isinstance(op, Send):
-                pause = pacer.reserve(op.request.url.host)
-                if pause > 0:
-                    time.sleep(pause)
-            return self._perform(op)
+            return self._perform_paced(op, plan.per_host_rate)
 
         def read(after: DueCursor | None, size: int) -> list[ConnectionRecord]:
             return self._run(self._flows.records.due_page(plan.before, size, after))
@@ -446,6 +454,19 @@ class AmoOAuth(ServiceCore):
 
     def _run(self, flow: Generator[Op, Any, T]) -> T:
         return drive(self._flows.records.landing(flow), self._perform)
+
+    def _perform_paced(self, op: Op, sweep_rate: float | None = None) -> Any:
+        """``_perform``, a ``Send`` taking its slot of the API's pace first (a sweep's at
+        ``sweep_rate``) and a 429 or 403 pausing the host after."""
+        if not isinstance(op, Send):
+            return self._perform(op)
+        wait = self._slot(op.request, sweep_rate)
+        if wait > 0:
+            self._pace.pacer.sleep(wait)
+        sent_at = self._pace.pacer.clock()
+        response = self._perform(op)
+        self._note(op.request, response, sent_at)
+        return response
 
     def _perform(self, op: Op) -> Any:
         if isinstance(op, StoreOp):

@@ -9,9 +9,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import attrs
+import httpx
 
 from ._config import Config
 from ._flows import Flows
+from ._pace import DEFAULT_API_RATE, ApiPace, Pacer
+from ._provider_reads import retry_after_in
 from ._results import RefreshReport
 from .stores import AsyncStore, SQLiteStore, Store
 
@@ -49,6 +52,36 @@ class ServiceCore:
             raise TypeError(f"config must be an amo_oauth.Config, not {type(config).__name__}")
         self.config = config
         self._flows = Flows(config, clock or _utcnow)
+        # One pacer for everything this service sends on a connection's behalf: auth()'s API
+        # calls, the hook's checks and the sweep's token calls share each host's schedule.
+        self._pace = ApiPace(
+            Pacer(), config.client_id, config.api_rate or None, config.api_max_wait
+        )
+
+    def _sweep_rate(self, per_host_rate: float | None) -> float:
+        """A sweep's requests per second per host: its own, else ``Config.api_rate`` (else, with
+        the pace off, amoCRM's 7)."""
+        if per_host_rate is not None:
+            return per_host_rate
+        return self.config.api_rate or DEFAULT_API_RATE
+
+    def _slot(self, request: httpx.Request, sweep_rate: float | None) -> float:
+        """Seconds to wait before sending ``request``: a sweep's at ``sweep_rate`` (through
+        pauses), else an API call's within ``Config.api_max_wait``.
+
+        Raises:
+            TryAgainLater: ``api_paused`` / ``api_busy`` (API calls only).
+        """
+        host = request.url.host
+        if sweep_rate is not None:
+            return self._pace.sweep_turn(host, sweep_rate)
+        return self._pace.turn(host)
+
+    def _note(self, request: httpx.Request, response: httpx.Response, sent_at: float) -> None:
+        """A 429 or 403 (read in full) to ``request``, sent at ``sent_at`` (the pacer's
+        clock), pauses the host's schedule."""
+        status, seconds = response.status_code, retry_after_in(response)
+        self._pace.answered(request.url.host, status, seconds, sent_at)
 
     @staticmethod
     def _check_store(store: object, *kinds: type) -> None:

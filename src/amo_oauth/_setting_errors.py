@@ -21,6 +21,7 @@ __all__ = [
     "FORWARDED_HEADERS",
     "MAX_PREVIOUS_STATE_SECRETS",
     "MAX_TICKET_TTL",
+    "MIN_API_RATE",
     "MODES",
     "SETTING_ERRORS",
     "setting_error",
@@ -35,6 +36,9 @@ MAX_TICKET_TTL: Final = timedelta(minutes=10)
 #: The most ``Config.previous_state_secrets`` may hold: a state or ticket that none signed
 #: costs one HMAC per accepted secret, and a rotation needs one (two when rotations overlap).
 MAX_PREVIOUS_STATE_SECRETS: Final = 3
+#: The slowest ``Config.api_rate``: one request per host a day (a slower slot would sleep past
+#: what the platform's sleep accepts).
+MIN_API_RATE: Final = 1 / 86400
 
 _SECRET_RECIPE: Final = "generate one with secrets.token_urlsafe(32)"
 
@@ -131,6 +135,20 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         "backoff_order": (
             "refresh_backoff_max must not be shorter than refresh_backoff_initial: "
             "the back-off grows from the first to the most"
+        ),
+        # Config: the API's pace
+        "api_rate_type": (
+            "api_rate must be a number of requests per second (amoCRM allows 7), or None to "
+            "turn the pace off, not {type}"
+        ),
+        "api_rate_range": (
+            "api_rate must be a finite number of requests per second of at least one a day "
+            "(1/86400), e.g. 7 (amoCRM's limit) or 7 / N for N processes; 0 or None turns "
+            "the pace off"
+        ),
+        "api_max_wait": (
+            "api_max_wait must be a finite number of seconds, 0 or more (0: a request never "
+            "waits for its slot and is never resent after a 429)"
         ),
         # The web layer's handlers and adapters
         "app_scheme_type": "app_scheme must be a string such as 'myapp', not {type}",

@@ -9,9 +9,11 @@ decides, the refresh lease makes it single-flight across machines); this module 
   run holds one page of records at a time, whatever the number of connections, and meets each
   record due when it started at most once (the cursor only moves forward). Every due record is
   handled unless a ``limit`` is given; the due records past it are counted (``remaining``).
-- ``HostPacer``: at most ``rate`` requests per second to one account host (amoCRM allows 7),
-  by spacing that host's requests ``1 / rate`` seconds apart. Process-local: several machines
-  sweeping at once each keep their own pace (the lease still makes each refresh happen once).
+- the pace: each token call takes a slot of the service's one schedule per account host
+  (``_pace.Pacer``, shared with ``auth()`` and the disconnect hook), at ``per_host_rate``
+  requests per second (amoCRM allows 7), waiting through a pause amoCRM asked for.
+  Process-local: several machines sweeping at once each keep their own pace (the lease still
+  makes each refresh happen once).
 - ``sweep`` (threads) and ``asweep`` (tasks) keep at most ``concurrency`` refreshes in flight
   and a bounded window of submitted work, and tally a ``RefreshReport``.
 """
@@ -20,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
@@ -35,18 +35,10 @@ from ._results import RefreshReport, SweepProgress
 from .stores._common import due_position
 from .stores._protocol import DueCursor
 
-__all__ = ["Done", "HostPacer", "SweepPlan", "asweep", "sweep"]
+__all__ = ["Done", "SweepPlan", "asweep", "sweep"]
 
 #: Records read from the store per page: one page is what a run holds at a time.
 PAGE_SIZE: Final = 256
-#: A pacer forgets hosts whose next slot has passed once it tracks this many.
-_PACER_PRUNE_AT: Final = 4096
-#: A host's requests are spaced this much more than ``1 / rate`` apart. Spaced exactly
-#: ``1 / rate``, ``rate + 1`` requests fit in one second (the first and the last one exactly a
-#: second apart), so the least lateness of one send (a thread woken late, the GIL) puts
-#: ``rate + 1`` in a one-second window at amoCRM; the guard absorbs a send up to 5 % of a
-#: second late at amoCRM's 7/s.
-PACE_GUARD: Final = 0.05
 #: The slowest pace accepted: one request per host a day (a slower one would sleep past what
 #: the platform's sleep accepts, or for ever).
 MIN_PER_HOST_RATE: Final = 1 / 86400
@@ -71,34 +63,6 @@ class Done:
     skipped: bool = False
     #: A long-lived token that expires inside the window: reported, never refreshed.
     expiring_long_lived: bool = False
-
-
-class HostPacer:
-    """At most ``rate`` requests per second to each host: each host's requests are spaced
-    ``(1 + PACE_GUARD) / rate`` seconds apart (no bursts), so that no one-second window holds
-    more than ``rate`` even when a send goes out a little after its slot. Thread-safe; one per
-    sweep; process-local.
-
-    Args:
-        rate: requests per second per host, > 0.
-        clock: monotonic seconds; for tests.
-    """
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._interval = (1.0 + PACE_GUARD) / rate
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._next: dict[str, float] = {}
-
-    def reserve(self, host: str) -> float:
-        """Take the host's next free slot; returns how many seconds to wait before sending."""
-        with self._lock:
-            now = self._clock()
-            if len(self._next) >= _PACER_PRUNE_AT:
-                self._next = {name: at for name, at in self._next.items() if at > now}
-            slot = max(now, self._next.get(host, now))
-            self._next[host] = slot + self._interval
-            return slot - now
 
 
 @attrs.frozen

@@ -62,7 +62,7 @@ class Core:
         fault = self.faults.take(endpoint, grant, request)
         if fault is not None and fault.answers_instead:
             note(fault.outcome)
-            return finish(instead(fault.kind), None, self.knobs.latency)
+            return finish(instead(fault.kind), fault, self.knobs.latency)  # a 429's fields
         outcome, answer = work()
         note(outcome)
         return finish(answer, fault, self.knobs.latency)

@@ -366,7 +366,8 @@ class FakeSetup:
                 (GET /oauth2/account/current/subdomain, §5).
             path: only requests to this path, e.g. "/api/v4/account"; None for any.
             account: only requests addressed to this account's current host; None for any.
-            fields: the fields for "override" (required there, refused elsewhere).
+            fields: the fields for "override" (required there), or merged into a "429"'s
+                body (e.g. `{"retry_after": 1}`); refused elsewhere.
             chunk_size: "slow_body": bytes per chunk (at least 1).
             every: "slow_body": seconds before each chunk (not negative).
 

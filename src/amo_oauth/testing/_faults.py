@@ -78,8 +78,11 @@ def check_fault(
         raise ValueError(f"bad fault: kind={kind!r} endpoint={endpoint!r} times={times}")
     if grant is not None and (grant not in P.GRANTS or endpoint != "token"):
         raise ValueError(f"bad grant filter {grant!r} for endpoint {endpoint!r}")
-    if (kind == "override") != (fields is not None):
-        raise ValueError("fields go with kind='override', and only with it")
+    if kind == "override" and fields is None:
+        raise ValueError("kind='override' needs the fields to merge into the answer")
+    if fields is not None and kind not in ("override", "429"):
+        # A 429's body takes fields too, e.g. {"retry_after": 1} for a short pause.
+        raise ValueError("fields go with kind='override' or '429', and only with them")
     if kind == "slow_body" and (chunk_size < 1 or every < 0):
         raise ValueError("slow_body needs chunk_size >= 1 and every >= 0")
 

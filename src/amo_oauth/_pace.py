@@ -1,0 +1,267 @@
+"""The API's pace: one schedule per integration and account host, in this process.
+
+amoCRM allows about 7 requests per second per integration and answers more with 429 and a
+``retry_after`` (300 s in its example); an account that keeps exceeding it is blocked, 403 on
+every request (protocol notes §9). So every request a service sends on a connection's behalf
+(``auth()``'s API calls, the disconnect hook's token checks, the keep-alive sweep's token
+calls) takes a slot of one ``Pacer``, keyed by ``(client id, host)``:
+
+- spacing, not a bucket: a key's requests go out ``(1 + PACE_GUARD) / rate`` seconds apart, so
+  an idle minute saves up no burst and no one-second window holds more than ``rate``;
+- a 429 (or a 403) pauses the key: until the pause ends, ``auth()`` and the hook are refused
+  without sending (``TryAgainLater``, ``api_paused``), the sweep waits; after a 429 one caller,
+  and one only, may resend when the pause ends within ``Config.api_max_wait``.
+
+Thread-safe (a lock around a few arithmetic steps, never held while waiting) and usable from
+asyncio tasks (the same reservation, then ``asleep``). Process-local: processes sharing an
+integration share amoCRM's budget only by configuration (each gets ``rate / N``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import attrs
+
+from ._errors import TryAgainLater
+from ._reasons import Reason
+from .stores._forks import reset_in_child
+
+__all__ = [
+    "BLOCKED_PAUSE",
+    "DEFAULT_API_RATE",
+    "MAX_PAUSE",
+    "PACE_GUARD",
+    "ApiPace",
+    "Pacer",
+    "pause_after",
+]
+
+#: amoCRM's documented limit: requests per second per integration (protocol notes §9).
+DEFAULT_API_RATE: Final = 7.0
+#: A key's requests are spaced this much more than ``1 / rate`` apart. Spaced exactly
+#: ``1 / rate``, ``rate + 1`` requests fit in one closed second (the first and the last exactly
+#: a second apart), so the least lateness of one send puts ``rate + 1`` in a window at amoCRM;
+#: the guard absorbs a send up to 5 % of a second late at 7/s.
+PACE_GUARD: Final = 0.05
+#: The pause after a 403 (a blocked account or client, §9) that gives no ``retry_after``: the
+#: block is lifted by amoCRM's support, not by time, so requests meanwhile only add to it.
+BLOCKED_PAUSE: Final = 60.0
+#: The pause after a 429 without a readable ``retry_after``.
+DEFAULT_429_PAUSE: Final = 1.0
+#: The longest pause taken from an answer (amoCRM's example says 300 s): a larger number in a
+#: damaged body must not stop a key's requests for a day.
+MAX_PAUSE: Final = 900.0
+#: A pacer forgets keys with no slot ahead and no pause once it tracks this many.
+_PRUNE_AT: Final = 4096
+
+Key = tuple[str, str]
+"""``(client id, host)``."""
+
+
+def pause_after(status: int | None, retry_after: float | None) -> float | None:
+    """How long an answer pauses its key, in seconds: a 429 for its ``retry_after``
+    (``DEFAULT_429_PAUSE`` when it has none), a 403 for ``BLOCKED_PAUSE`` (or a longer
+    ``retry_after``), each at most ``MAX_PAUSE``; None for any other answer."""
+    if status == 429:
+        seconds = DEFAULT_429_PAUSE if retry_after is None else retry_after
+    elif status == 403:
+        seconds = max(BLOCKED_PAUSE, retry_after or 0.0)
+    else:
+        return None
+    return min(seconds, MAX_PAUSE)
+
+
+@attrs.define
+class _Lane:
+    """One key's schedule: its next free slot, its pause, and whether the pause's one resend
+    was taken (monotonic seconds)."""
+
+    next_slot: float = -math.inf
+    paused_until: float = -math.inf
+    #: When the latest pause began: a 429 to a request sent before it is of the same burst.
+    pause_began: float = -math.inf
+    resend_taken: bool = False
+
+
+async def _asyncio_sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+class Pacer:
+    """Slots and pauses per key, for threads and asyncio tasks.
+
+    Args:
+        clock: monotonic seconds (``time.monotonic``); a test passes a fake clock's.
+        sleep: how a thread waits for its slot (``time.sleep``).
+        asleep: how a task waits for its slot (``asyncio.sleep``).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+        asleep: Callable[[float], Awaitable[object]] = _asyncio_sleep,
+    ) -> None:
+        self.clock = clock
+        self.sleep = sleep
+        self.asleep = asleep
+        self._lock = threading.Lock()
+        self._lanes: dict[Key, _Lane] = {}
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (another thread may have held this one at the fork)
+        and a schedule of its own (a child is one more process sharing the budget)."""
+        self._lock = threading.Lock()
+        self._lanes = {}
+
+    def reserve(self, key: Key, rate: float, *, within: float | None = None) -> float:
+        """Take the key's next slot for one request at ``rate`` requests per second.
+
+        Args:
+            within: None: the caller waits whatever it takes, a pause included (the sweep).
+                Else the most seconds it may wait: it is refused, and takes no slot, while the
+                key is paused or when its slot is further away.
+
+        Returns:
+            The seconds to wait before sending (0: now).
+
+        Raises:
+            TryAgainLater: ``api_paused`` (a 429 or 403 paused the key) or ``api_busy`` (this
+                process's requests for the key fill more than ``within`` seconds), with
+                ``retry_after``; only with ``within`` given.
+        """
+        with self._lock:
+            now = self.clock()
+            lane = self._lane(key, now)
+            if within is not None and lane.paused_until > now:
+                raise _paused(lane.paused_until - now, None)
+            slot = max(now, lane.next_slot, lane.paused_until)
+            if within is not None and slot - now > within:
+                raise TryAgainLater(
+                    Reason.API_BUSY,
+                    f"this process's requests to that host fill the next {slot - now:.2f} s",
+                    retry_after=slot - now,
+                )
+            lane.next_slot = slot + (1.0 + PACE_GUARD) / rate
+            return slot - now
+
+    def pause(self, key: Key, seconds: float, sent_at: float, *, resent: bool = False) -> None:
+        """Pause the key for ``seconds`` from now (a longer pause already running stays), for
+        an answer to a request sent at ``sent_at`` (this pacer's clock). An answer to a request
+        sent before the latest pause began is of the burst that began it, and an answer to the
+        pause's own resend (``resent``) is of that pause: either lengthens it and brings no
+        resend of its own, however late it arrives.
+        """
+        with self._lock:
+            now = self.clock()
+            lane = self._lane(key, now)
+            if sent_at > lane.pause_began and not resent:  # news: a pause with its one resend
+                lane.pause_began = now
+                lane.resend_taken = False
+            lane.paused_until = max(lane.paused_until, now + seconds)
+
+    def claim_resend(self, key: Key, rate: float, within: float) -> float:
+        """The one resend of the key's current pause, for a caller amoCRM answered 429: the
+        first claimant whose wait (the pause's end, then a slot) is at most ``within`` seconds
+        gets it. Every other one is refused, so N callers answered 429 make one resend.
+
+        Returns:
+            The seconds to wait before resending.
+
+        Raises:
+            TryAgainLater: ``api_paused``, status 429, with the pause's ``retry_after``.
+        """
+        with self._lock:
+            now = self.clock()
+            lane = self._lane(key, now)
+            slot = max(now, lane.next_slot, lane.paused_until)
+            if lane.resend_taken or slot - now > within:
+                raise _paused(max(lane.paused_until - now, 0.0), 429)
+            lane.resend_taken = True
+            lane.next_slot = slot + (1.0 + PACE_GUARD) / rate
+            return slot - now
+
+    def refusal(self, key: Key, status: int | None) -> TryAgainLater:
+        """The ``api_paused`` error for the key's pause as it stands (``retry_after``: what is
+        left of it)."""
+        with self._lock:
+            now = self.clock()
+            return _paused(max(self._lane(key, now).paused_until - now, 0.0), status)
+
+    def _lane(self, key: Key, now: float) -> _Lane:
+        if key not in self._lanes and len(self._lanes) >= _PRUNE_AT:
+            self._lanes = {
+                name: lane
+                for name, lane in self._lanes.items()
+                if lane.next_slot > now or lane.paused_until > now or lane.resend_taken
+            }
+        return self._lanes.setdefault(key, _Lane())
+
+
+def _paused(seconds: float, status: int | None) -> TryAgainLater:
+    hint = f"amoCRM asked for a pause of this host's requests; {seconds:.0f} s left"
+    return TryAgainLater(Reason.API_PAUSED, hint, retry_after=seconds, status=status)
+
+
+@attrs.frozen
+class ApiPace:
+    """One service's view of its pacer: whose requests (``client_id``), at what ``rate``
+    (requests per second; None: ``auth()`` and the hook are not paced) and how long a caller
+    may wait (``max_wait`` seconds). The service sleeps (or awaits) the seconds returned."""
+
+    pacer: Pacer
+    client_id: str
+    rate: float | None
+    max_wait: float
+
+    def turn(self, host: str) -> float:
+        """An API call's slot (``auth()``, the hook): seconds to wait, at most ``max_wait``.
+
+        Raises:
+            TryAgainLater: ``api_paused`` or ``api_busy`` (see ``Pacer.reserve``).
+        """
+        if self.rate is None:
+            return 0.0
+        return self.pacer.reserve(self._key(host), self.rate, within=self.max_wait)
+
+    def sweep_turn(self, host: str, rate: float) -> float:
+        """A sweep's token call's slot at the sweep's own ``rate``: it waits, pauses included."""
+        return self.pacer.reserve(self._key(host), rate)
+
+    def answered(
+        self,
+        host: str,
+        status: int | None,
+        retry_after: float | None,
+        sent_at: float,
+        *,
+        resent: bool = False,
+    ) -> None:
+        """Note amoCRM's answer from ``host`` to a request sent at ``sent_at`` (the pacer's
+        clock; ``resent``: the pause's resend): a 429 or 403 pauses the key (``pause_after``,
+        ``Pacer.pause``)."""
+        seconds = pause_after(status, retry_after)
+        if seconds is not None:
+            self.pacer.pause(self._key(host), seconds, sent_at, resent=resent)
+
+    def resend_turn(self, host: str, *, first: bool) -> float:
+        """After a 429 (``answered`` first): the seconds to wait for the one resend (see
+        ``Pacer.claim_resend``); a request answered 429 ``first`` time only is resent.
+
+        Raises:
+            TryAgainLater: ``api_paused``, status 429.
+        """
+        if not first:
+            raise self.pacer.refusal(self._key(host), 429)
+        rate = self.rate if self.rate is not None else DEFAULT_API_RATE
+        return self.pacer.claim_resend(self._key(host), rate, self.max_wait)
+
+    def _key(self, host: str) -> Key:
+        return (self.client_id, host)
