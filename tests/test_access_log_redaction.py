@@ -219,6 +219,43 @@ def test_hypercorns_loggers_and_atoms() -> None:
     assert CANARY not in line
 
 
+@pytest.mark.parametrize("logger_name", ACCESS_LOGGERS)
+@pytest.mark.parametrize(
+    ("template", "args", "expected"),
+    [
+        ("callback code=%s state=%s", (f"{CANARY}1", f"{CANARY}2"),
+         f"callback code={REDACTED} state={REDACTED}"),
+        ("state=%d", (5,), f"state={REDACTED}"),
+        ("%s=%s", ("code", CANARY), f"code={REDACTED}"),
+        ("ticket=%(t)s for %(u)s", {"t": CANARY, "u": "ann"}, f"ticket={REDACTED} for ann"),
+        ("request %s", (f"{CALLBACK}?code={CANARY}",), f"request {CALLBACK}?code={REDACTED}"),
+        ("100%% of %s", ("ann",), "100% of ann"),
+    ],
+)  # fmt: skip
+def test_an_apps_templated_line_is_logged_redacted_and_whole(
+    logger_name: str,
+    template: str,
+    args: Any,
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review of issue 20.2: the template was redacted apart from its arguments, so
+    ``"code=%s", code`` lost the line and logging printed the raw arguments to stderr."""
+    logger, out = logging.getLogger(logger_name), io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger.addHandler(handler)
+    saved = logger.filters[:], logger.level, logger.propagate
+    logger.filters, logger.propagate = [RedactingFilter()], False
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info(template, *(args if isinstance(args, tuple) else (args,)))
+    finally:
+        logger.removeHandler(handler)
+        logger.filters, logger.level, logger.propagate = saved
+    assert out.getvalue() == f"{expected}\n"
+    assert capsys.readouterr().err == ""  # no "--- Logging error ---", no raw arguments
+
+
 class Exploding:
     def __str__(self) -> str:
         raise RuntimeError(f"code={CANARY}")

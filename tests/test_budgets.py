@@ -25,13 +25,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, MemoryStore
-from amo_oauth._limits import Attempt, Bounds, ExchangeLimiter
+from amo_oauth._limits import Attempt, Bounds, ExchangeLimiter, Slot
 from amo_oauth.django import urls
 from amo_oauth.fastapi import router
 from amo_oauth.flask import blueprint
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web import Handlers, Request, Response
-from amo_oauth.web._reading import client_address
+from amo_oauth.web._reading import address_network, client_address
 from test_django import project
 
 from helpers import config_for, query_of
@@ -156,31 +156,50 @@ def test_one_host_takes_few_widget_installs(
 def test_a_successful_exchange_does_not_count_against_its_source(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
 ) -> None:
-    """An office behind one address (or one user re-authorizing often) is not its own
+    """An address that brings many genuine installs (amoCRM's servers) is not its own
     attacker: only what fails counts against a source."""
+    oauth = make_oauth(
+        allow_widget_installs=True, **{**DEFAULT_BOUNDS, "max_exchanges_per_source": 2}
+    )
+    handlers = handlers_for(oauth)
+    for _ in range(6):
+        genuine = query_of(fake.authorize(from_widget=True))
+        assert callback(handlers, genuine, peer=AMOCRM).status == 200
+    answers = [callback(handlers, junk_install(fake, n), peer=AMOCRM).status for n in range(3)]
+    assert answers == [200, 200, 429]  # junk counts: a failed exchange answers its page
+
+
+def test_an_office_behind_one_address_is_many_sources(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """A callback whose binding matches its state counts against that consent's user, not
+    the address: colleagues behind one NAT (no session in their in-app browsers) each keep
+    their own budget, however often one of them fails."""
     oauth = make_oauth(**{**DEFAULT_BOUNDS, "max_exchanges_per_source": 2})
     handlers = handlers_for(oauth)
-    for n in range(6):
+    for n in range(3):
+        query, binding = junk_consent(oauth, fake, "clumsy", n)
+        callback(handlers, query, peer="192.0.2.1", binding=binding)
+    for n in range(4):
         begun = oauth.begin(f"colleague-{n}")
         query = query_of(fake.authorize(begun.state))
         assert callback(handlers, query, peer="192.0.2.1", binding=begun.binding).status == 200
-    junk = [junk_consent(oauth, fake, f"colleague-{n}", n) for n in range(3)]
-    answers = [callback(handlers, q, peer="192.0.2.1", binding=b).status for q, b in junk]
-    assert answers == [200, 200, 429]  # junk counts: a failed exchange answers its page
+    query, binding = junk_consent(oauth, fake, "clumsy", 9)
+    assert callback(handlers, query, peer="192.0.2.1", binding=binding).status == 429
 
 
 def test_a_replay_of_a_ledger_code_is_never_refused_while_budgets_are_spent(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
 ) -> None:
     oauth = make_oauth(
-        max_exchanges_per_connection=2, max_exchanges_per_process=4, max_exchanges_per_source=1
+        max_exchanges_per_connection=1, max_exchanges_per_process=4, max_exchanges_per_source=1
     )  # the widget bounds play no part
     handlers = handlers_for(oauth)
     begun = oauth.begin("ann")
     good = query_of(fake.authorize(begun.state))
     assert callback(handlers, good, peer=ATTACKER, binding=begun.binding).status == 200
-    for n in range(10):  # every budget spent: the process's, ann's, the address's
-        query, binding = junk_consent(oauth, fake, f"user-{n}", n)
+    for n in range(10):  # every budget spent: the process's suspect share, ann's connection's
+        query, binding = junk_consent(oauth, fake, f"user-{n % 2}", n)
         callback(handlers, query, peer=ATTACKER, binding=binding)
     query, binding = junk_consent(oauth, fake, "ann", 99)
     assert callback(handlers, query, peer=ATTACKER, binding=binding).status == 429
@@ -311,3 +330,118 @@ def test_a_flood_from_many_addresses_leaves_no_memory_behind() -> None:
         limiter.claimed(slot, exchanged=True)
         most = max(most, len(limiter._seen))
     assert most <= 2 * 10_000 + 4 * 1_000  # the prune threshold, plus a window's live keys
+
+
+# -- the review's drains (issue 20.4, second round) ---------------------------------------------
+
+
+def test_32_accounts_one_junk_each_aimed_at_the_victims_host_leave_its_user_his_exchange(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """32 accounts each sent one junk callback (a clean first try) naming the victim's account
+    host: the host's window (30) filled and the victim's first callback was refused. A failed
+    try now moves to the suspect share; the clean share holds only tries in flight."""
+    oauth = make_oauth(**DEFAULT_BOUNDS)
+    handlers = handlers_for(oauth)
+    begun = oauth.begin("honest")
+    honest = query_of(fake.authorize(begun.state))
+    for account in range(32):
+        user = f"attacker-{account}"
+        query, binding = junk_consent(oauth, fake, user, 0)
+        query["referer"] = honest["referer"]
+        callback(handlers, query, peer=ATTACKER, user=user, binding=binding)
+    assert fake.token_call_count("authorization_code") == 32
+    answer = callback(handlers, honest, peer="198.51.100.7", user="honest", binding=begun.binding)
+    assert answer.status == 200 and oauth.status("honest").is_connected
+
+
+def test_dropping_the_session_and_rotating_ipv6_addresses_gains_nothing(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """Without his session cookie, from a fresh address of his /64 each time: the binding
+    that matches each state makes its user the source, so 32 accounts x 10 junk callbacks
+    make the same token calls as with the session, and the honest first callback goes."""
+    oauth = make_oauth(**DEFAULT_BOUNDS)
+    handlers = handlers_for(oauth)
+    for account in range(32):
+        for n in range(10):
+            query, binding = junk_consent(oauth, fake, f"attacker-{account}", n)
+            peer = f"2001:db8:66::{account * 10 + n:x}"
+            callback(handlers, query, peer=peer, binding=binding)
+    # The process's suspect share (150) is full after 15 accounts; each later account still
+    # has its one clean first try (17 more): the session's absence and the addresses changed
+    # nothing (the reviewer counted 300).
+    assert fake.token_call_count("authorization_code") == 300 // 2 + 17
+    begun = oauth.begin("honest")
+    query = query_of(fake.authorize(begun.state))
+    answer = callback(handlers, query, peer="198.51.100.7", user="honest", binding=begun.binding)
+    assert answer.status == 200
+
+
+def test_junk_through_a_shared_proxy_leaves_an_in_app_browsers_callback_its_exchange(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """trusted_proxies=0 behind a reverse proxy: every peer is the proxy. 12 junk callbacks
+    through it made the next mobile callback (a binding, no session) 429 for the window."""
+    oauth = make_oauth(**DEFAULT_BOUNDS)
+    handlers = handlers_for(oauth)
+    proxy = "10.0.0.2"
+    for n in range(12):
+        query, binding = junk_consent(oauth, fake, "attacker", n)
+        callback(handlers, query, peer=proxy, binding=binding)
+    assert fake.token_call_count("authorization_code") == 10  # the attacker's own bound
+    begun = oauth.begin("mobile-user")  # as redeem_ticket begins it: a binding, no session
+    query = query_of(fake.authorize(begun.state))
+    answer = callback(handlers, query, peer=proxy, binding=begun.binding)
+    assert answer.status == 200 and oauth.status("mobile-user").is_connected
+
+
+def test_junk_widget_installs_from_one_ipv6_network_are_one_source(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """Sources keyed per /128 gave unlimited clean tries: a /64 is one customer's."""
+    oauth = make_oauth(allow_widget_installs=True, **DEFAULT_BOUNDS)
+    handlers = handlers_for(oauth)
+    for n in range(40):
+        callback(handlers, junk_install(fake, n), peer=f"2001:db8:66:1:{n:x}::1")
+    assert fake.token_call_count("authorization_code") == 10  # max_exchanges_per_source
+
+
+@pytest.mark.parametrize(
+    ("address", "network"),
+    [
+        ("2001:db8:66:1:abcd::1", "2001:db8:66:1::/64"),
+        ("2001:DB8:66:1::2", "2001:db8:66:1::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),  # an IPv4 client on a dual-stack socket
+        ("192.0.2.7", "192.0.2.7"),
+        ("_hidden", "_hidden"),  # RFC 7239 obfuscated node
+    ],
+)
+def test_an_address_source_is_its_network(address: str, network: str) -> None:
+    assert address_network(address) == network
+
+
+def test_an_honest_first_try_finds_room_unless_the_clean_share_is_in_flight() -> None:
+    """Failures from ever more sources fill the suspect share and never the clean one; only
+    clean tries still in flight (a burst of honest first callbacks) can fill that."""
+    bounds = Bounds(connection=99, host=4, process=99, source=9, widgets=1, widget_host=1)
+    limiter = ExchangeLimiter(bounds, window=600.0, clock=lambda: 0.0)
+
+    def first_try(n: int) -> Slot | None:
+        return limiter.admit(Attempt(f"u:{n}", "shop.amocrm.ru", f"user:{n}"))
+
+    for n in range(50):  # 50 sources, one junk code each
+        slot = first_try(n)
+        assert slot is not None
+        limiter.claimed(slot, exchanged=True)
+        limiter.failed(slot)
+    assert limiter.admit(Attempt("u:0", "shop.amocrm.ru", "user:0")) is None  # suspect now
+    in_flight = [first_try(100 + n) for n in range(2)]  # the clean share: 4 - 4 // 2
+    assert all(slot is not None for slot in in_flight)
+    assert first_try(200) is None
+    for slot in in_flight:
+        assert slot is not None
+        limiter.claimed(slot, exchanged=True)
+        limiter.succeeded(slot)  # a success leaves the clean share
+    assert first_try(201) is not None

@@ -235,9 +235,11 @@ class Config:
             ``rate_limited`` (429 on the web) and writes nothing. Duplicates never count.
         max_exchanges_per_source: exchanges that did not succeed (junk codes amoCRM refused,
             or still in flight) allowed to one source in any ``exchange_window``: the
-            signed-in user, else the client's address (the web layer says which). A source
-            with any is suspect and may fill at most half of the host's, the process's and
-            the widget installs' bounds, so a flood leaves the other half to honest users.
+            consent's user (its signed-in user, or the browser its binding matches), else the
+            client's network (an IPv6 /64, an IPv4 address). A failed exchange counts in the
+            suspect half of the host's and the process's bounds, as does every try of a
+            source with any; the other half holds only clean tries in flight, so a flood
+            leaves honest first callbacks their room.
         max_widget_exchanges, max_widget_exchanges_per_host: widget installs (anonymous: no
             session, no state) allowed in any ``exchange_window``, in all and per account
             host; in all at most half of ``max_exchanges_per_process`` too.

@@ -416,6 +416,11 @@ class CodeFlows:
         """Claim the code, within the bounds on token calls, and the slot it took. None: claims
         of this connection were in flight and this call waited for one to land (look again)."""
         assert event.host is not None  # the table claims only with a host
+        if event.caller_owns and not record.widget:
+            # The consent's own browser (its binding) or its signed-in user: this app began
+            # it for this user, so the user is the source, not the address it came from (a
+            # flood through the same proxy or network does not spend it).
+            source = f"user:{record.connection_id}"
         limiter = self._limiter()
         slot = limiter.admit(Attempt(record.key, event.host.name, source, record.widget))
         if slot is None:
@@ -508,6 +513,7 @@ class CodeFlows:
         except ProviderError as error:
             # What the answer means is data (_answers): a transient failure leaves the code's
             # fate unknown (it is never sent again), a misconfigured client is said so.
+            self._limiter().failed(slot)  # junk counts against the suspect shares
             answer = meaning_of(error, "authorization_code")
             self.records.warn(record, "exchange", answer, error, redact=(code,))
             reason = EXCHANGE_FAILURES.get(answer.meaning, Reason.CODE_REJECTED)

@@ -7,18 +7,29 @@ not spend the budget of the app's other users. The counters live in this service
 store writes: a rate-limited callback writes nothing): one per process in an app that makes
 one ``AmoOAuth``; run N processes and the integration-wide bound is N times as large.
 
-Each exchange is counted in windows that bound token calls (its connection, its account host,
-the process; a widget install's host and all widget installs) and, when the caller names one,
-in its source's (the signed-in user or the client's address): a source's window keeps only
-what did not succeed (failed or still in flight), so junk codes count against whoever sends
-them. A source with anything in its window is *suspect*: its exchanges may fill at most half
-of each shared window (host, process, widgets), so however many failing sources flood, the
-other half stays for sources whose exchanges succeed, and an honest user's first callback
-goes through.
+Each exchange counts in its connection's window and, when the caller names one, its
+source's (the app user whose consent it is, else the client's network): a source's window
+keeps only what did not succeed (failed or still in flight), so junk codes count against
+whoever sends them. Widget installs, which nobody can tell apart, count in hard windows (per
+account host and in total) where every try stays. The host's and the process's windows are
+split in two shares:
+
+- the *suspect* share (half the bound) holds every try that failed, and the tries of a
+  *suspect* source (one with anything in its window, or no source at all);
+- the *clean* share (the other half) holds a clean source's try only while it is in flight:
+  a success leaves it, a failure moves to the suspect share.
+
+So however many junk codes fail, from however many sources, they fill only the suspect share,
+and an honest user's first callback finds room unless the clean share is full of tries in
+flight at this very moment. The price: each new source adds one failed try per window beyond
+the suspect share, so junk token calls are bounded by the suspect share plus the number of
+sources (app users with a consent, client networks), and successes (real codes of real
+consents) are bounded by the connection's window only.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
@@ -28,10 +39,12 @@ import attrs
 
 __all__ = ["Attempt", "Bounds", "ExchangeLimiter", "Slot"]
 
-#: The windows every exchange shares with others; a suspect source gets half of each.
-_SHARED = ("host", "process", "widgets", "widget_host")
+#: The windows split into a clean and a suspect share.
+_SHARED = ("host", "process")
 #: How many windows may be held before the emptied ones are swept out.
 _PRUNE_AT = 10_000
+
+Key = tuple[str, str]
 
 
 @attrs.frozen
@@ -46,9 +59,14 @@ class Bounds:
     widget_host: int
 
     def of(self, kind: str) -> int:
-        """The bound of a window kind; a ``suspect:`` one is half of its shared window's."""
-        if kind.startswith("suspect:"):
-            return max(1, self.of(kind.removeprefix("suspect:")) // 2)
+        """The bound of a window kind; a ``suspect:`` share is half its window's bound, a
+        ``clean:`` share the rest (each at least 1)."""
+        share, _, shared = kind.partition(":")
+        if share == "suspect":
+            return max(1, self.of(shared) // 2)
+        if share == "clean":
+            whole = self.of(shared)
+            return max(1, whole - whole // 2)
         bound: int = getattr(self, kind)
         return bound
 
@@ -56,21 +74,21 @@ class Bounds:
 @attrs.frozen
 class Attempt:
     """One code exchange about to be sent: for which record, to which host, asked by whom
-    (None: the caller named no source, so only the other windows count it)."""
+    (None: the caller named no source, so it is suspect)."""
 
     connection: str
     host: str
     source: str | None = None
     widget: bool = False
 
-    def windows(self, suspect: bool) -> tuple[tuple[str, str], ...]:
-        keys = [("connection", self.connection), ("host", self.host), ("process", "")]
+    def windows(self, suspect: bool) -> tuple[Key, ...]:
+        share = "suspect" if suspect else "clean"
+        keys = [("connection", self.connection), (f"{share}:host", self.host)]
+        keys.append((f"{share}:process", ""))
         if self.widget:
             keys += [("widgets", ""), ("widget_host", self.host)]
         if self.source is not None:
             keys.append(("source", self.source))
-        if suspect:
-            keys += [(f"suspect:{kind}", name) for kind, name in keys if kind in _SHARED]
         return tuple(keys)
 
 
@@ -80,7 +98,11 @@ class Slot:
 
     attempt: Attempt
     at: float
-    windows: tuple[tuple[str, str], ...]
+    windows: tuple[Key, ...]
+
+    def of(self, *kinds: str) -> list[Key]:
+        """The slot's windows of these kinds (``clean:`` for the clean shares)."""
+        return [key for key in self.windows if key[0].startswith(kinds)]
 
 
 class ExchangeLimiter:
@@ -93,7 +115,7 @@ class ExchangeLimiter:
         self._window = window
         self._clock = clock
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, str], deque[float]] = {}
+        self._seen: dict[Key, deque[float]] = {}
         # Slots admitted whose claim has not resolved yet, by connection: while one is in
         # flight, a caller beyond the bound is more likely a duplicate about to be answered.
         self._in_flight: dict[str, int] = {}
@@ -104,9 +126,7 @@ class ExchangeLimiter:
         counted and None is returned)."""
         now = self._clock()
         with self._lock:
-            suspect = attempt.source is not None and bool(
-                self._count(("source", attempt.source), now)
-            )
+            suspect = attempt.source is None or bool(self._count(("source", attempt.source), now))
             keys = attempt.windows(suspect)
             if any(self._count(key, now) >= self._bounds.of(key[0]) for key in keys):
                 return None
@@ -132,23 +152,35 @@ class ExchangeLimiter:
                 self._give_back(slot, slot.windows)
 
     def succeeded(self, slot: Slot) -> None:
-        """amoCRM gave tokens for the slot's code: it no longer counts against its source
-        (the token call was made, so every other window keeps it)."""
+        """amoCRM gave tokens for the slot's code: it no longer counts against its source nor
+        in a clean share (the connection's and the widgets' windows keep it)."""
         with self._lock:
-            self._give_back(slot, [key for key in slot.windows if key[0] == "source"])
+            self._give_back(slot, slot.of("source", "clean:"))
+
+    def failed(self, slot: Slot) -> None:
+        """amoCRM refused the slot's code: a clean try moves to the suspect shares (its source
+        keeps it: the source is suspect from now on)."""
+        with self._lock:
+            for kind, name in self._give_back(slot, slot.of("clean:")):
+                suspect = (kind.replace("clean:", "suspect:", 1), name)
+                bisect.insort(self._seen.setdefault(suspect, deque()), slot.at)
 
     def in_flight(self, connection_key: str) -> bool:
         """True while an admitted claim for this connection has not resolved."""
         with self._lock:
             return connection_key in self._in_flight
 
-    def _give_back(self, slot: Slot, keys: Iterable[tuple[str, str]]) -> None:
+    def _give_back(self, slot: Slot, keys: Iterable[Key]) -> list[Key]:
+        """Take the slot out of these windows; the ones it was still in."""
+        removed = []
         for key in keys:
             window = self._seen.get(key)
             if window is not None and slot.at in window:
                 window.remove(slot.at)
+                removed.append(key)
                 if not window:
                     del self._seen[key]
+        return removed
 
     def _prune(self, now: float) -> None:
         """Forget the windows nobody counted since they emptied; prune again once as many
@@ -157,7 +189,7 @@ class ExchangeLimiter:
             self._count(key, now)
         self._prune_at = max(_PRUNE_AT, 2 * len(self._seen))
 
-    def _count(self, key: tuple[str, str], now: float) -> int:
+    def _count(self, key: Key, now: float) -> int:
         """The exchanges in a window now; an emptied window is forgotten, so memory holds
         only live windows (a flood from many addresses leaves nothing behind)."""
         window = self._seen.get(key)

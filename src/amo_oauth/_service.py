@@ -145,8 +145,10 @@ class AmoOAuth(ServiceCore):
             binding: the browser's binding (its cookie), as ``begin()`` returned it.
             source: who sent the redirect, for the per-source bound on code exchanges
                 (``Config.max_exchanges_per_source``): the web layer passes ``user:<id>`` of
-                the signed-in user, else ``addr:<client address>``. None: the bound is not
-                applied (the other bounds are).
+                the signed-in user, else ``addr:<client network>``. A callback whose binding
+                (or session) the state names counts as ``user:<its connection id>`` whatever
+                is passed; None elsewhere (a widget install): a suspect source, held to half
+                of the shared bounds.
 
         Returns:
             ``CallbackResult(outcome, connection, duplicate)``.

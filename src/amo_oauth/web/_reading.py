@@ -6,6 +6,7 @@ Each check raises ``Refusal`` (a status and a stable reason slug), which the dis
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Mapping
 from typing import Final
@@ -16,6 +17,7 @@ from ._http import Request, media_type, weighted
 
 __all__ = [
     "Refusal",
+    "address_network",
     "as_connection_id",
     "check_origin",
     "check_size",
@@ -198,6 +200,22 @@ def client_address(request: Request, trusted_proxies: int, header: str) -> str |
     if len(entries) < trusted_proxies or not entries[-trusted_proxies]:
         return request.peer
     return entries[-trusted_proxies].lower()
+
+
+def address_network(address: str) -> str:
+    """The network one client holds around ``address``: an IPv6 address's /64 (one customer
+    is handed a whole /64, so each /128 in it would be a fresh source), an IPv4 address
+    itself, an IPv4-mapped IPv6 address as IPv4. Anything else (an RFC 7239 obfuscated node,
+    a unix socket's name) is returned as it is."""
+    try:
+        parsed = ipaddress.ip_address(address.partition("%")[0])  # a zone id names no host
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
 
 
 def _forwarded_for(element: str) -> str:

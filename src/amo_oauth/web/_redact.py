@@ -86,7 +86,7 @@ def _spelled(name: str) -> str:
 _NAMES = "|".join(_spelled(name) for name in sorted(REDACTED_NAMES, key=len, reverse=True))
 _SECRET = re.compile(
     rf"(?P<lead>^|[^{_KEY_CHARACTERS}]|%(?:3f|26|3b|20))(?P<name>{_NAMES})"
-    r"(?P<equals>=|%3d)[^&;\s]+",
+    r"(?P<equals>=|%3d)(?P<value>[^&;\s]+)",
     re.IGNORECASE,
 )
 _REPLACEMENT = rf"\g<lead>\g<name>\g<equals>{REDACTED}"
@@ -120,19 +120,20 @@ class RedactingFilter(logging.Filter):
     The message, each argument (strings, bytes, and inside tuples, lists and dicts: a dict
     subclass such as gunicorn's or hypercorn's access-log atoms keeps its class, and a string
     value under a secret name is redacted whole), any other argument whose text shows a secret
-    (replaced by that text, redacted), the traceback and the stack. It never drops a record and
-    never raises: a record it cannot redact is passed on as a note that it was withheld, plus
-    its message redacted when that can still be formatted.
+    (replaced by that text, redacted), the traceback and the stack. A template is never
+    redacted apart from its arguments: when a secret shows only once they are put in (an
+    app's ``logger.info("code=%s", code)``), the record becomes its formatted line, redacted,
+    without arguments. It never drops a record and never raises: a record it cannot redact is
+    passed on as a note that it was withheld, plus its message (or its template) redacted.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Redact ``record`` in place; always True (the line is kept)."""
         try:
-            record.msg = _redacted(record.msg, 0)
-            if record.args:  # a tuple stays a tuple, a mapping a mapping of its own class
-                record.args = cast(
-                    "tuple[object, ...] | Mapping[str, object]", _redacted(record.args, 0)
-                )
+            if record.args:
+                _redact_templated(record)
+            else:
+                record.msg = _redacted(record.msg, 0)
         except Exception:
             _withhold(record)
         try:
@@ -158,6 +159,32 @@ def install_access_log_redaction(logger_names: Iterable[str] = ACCESS_LOGGERS) -
             logger = logging.getLogger(name)
             if not any(isinstance(present, RedactingFilter) for present in logger.filters):
                 logger.addFilter(RedactingFilter())
+
+
+def _redact_templated(record: logging.LogRecord) -> None:
+    """Redact a record whose message is a template and its arguments.
+
+    The arguments are redacted one by one, keeping their shape (a tuple stays a tuple, a
+    mapping a mapping of its own class): uvicorn's access formatter reads them as a 5-tuple,
+    gunicorn's and hypercorn's as atoms. The template is never rewritten on its own: ``code=%s``
+    made ``code=[redacted]`` would leave an argument over, and logging would drop the line and
+    print the raw arguments to stderr. When a secret still shows once the line is formatted
+    (the template names it, an argument holds it: an app's own ``"code=%s", code``), the
+    record becomes its formatted line, redacted, with no arguments.
+    """
+    template = str(record.msg)
+    args = cast("tuple[object, ...] | Mapping[str, object]", _redacted(record.args, 0))
+    line = template % args  # what getMessage() would show; raises as it would
+    if redact(template) == template and not _shows_secret(line):
+        record.args = args
+    else:
+        record.msg, record.args = redact(line), ()
+
+
+def _shows_secret(text: str) -> bool:
+    """Whether a secret name in ``text`` has a value other than one already redacted (a
+    redacted value may be followed by what closed it: a quote of a repr, a brace)."""
+    return any(not found["value"].startswith(REDACTED) for found in _SECRET.finditer(text))
 
 
 def _redacted(value: object, depth: int) -> object:
@@ -220,5 +247,8 @@ def _withhold(record: logging.LogRecord) -> None:
     try:
         text = f"{WITHHELD} {redact(record.getMessage())}"
     except Exception:
-        text = WITHHELD
+        try:  # the template alone, redacted: which line it was, without its arguments
+            text = f"{WITHHELD} {redact(str(record.msg))}"
+        except Exception:
+            text = WITHHELD
     record.msg, record.args = text, ()

@@ -51,6 +51,7 @@ from ._page import (
 from ._reading import (
     DEFAULT_PORTS,
     Refusal,
+    address_network,
     as_connection_id,
     check_origin,
     check_size,
@@ -396,11 +397,13 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
 
     def _source(self, request: Request, signed_in: str | None) -> str | None:
         """Whom a callback's code exchange counts against (``max_exchanges_per_source``): the
-        signed-in user (the app's own key for who is asking), else the client's address."""
+        signed-in user (the app's own key for who is asking), else the client's network (an
+        IPv6 /64, an IPv4 address). The flow puts a consent's own user in its place when the
+        browser's binding matches the state (an in-app browser has no session)."""
         if signed_in is not None:
             return f"user:{signed_in}"
         address = client_address(request, self.trusted_proxies, self.forwarded_header)
-        return None if address is None else f"addr:{address}"
+        return None if address is None else f"addr:{address_network(address)}"
 
     def _exchange_code(self, request: Request) -> WebFlow[Response]:
         connection_id = yield from self._identity(request)
