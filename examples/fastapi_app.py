@@ -15,7 +15,9 @@ The sign-in is a toy (no password, sessions in memory): replace it with yours. W
 the ``connection_id`` callable: it maps a request to your user id, and amo_oauth keeps one amoCRM
 connection per user id. Even a toy sign-in is a POST that another site's page cannot send: a
 sign-in by link (``GET /login?user=...``) would let any page sign a visitor in as the page's
-author, whose user the visitor's amoCRM account is then connected to (login CSRF).
+author, whose user the visitor's amoCRM account is then connected to (login CSRF). Its
+session cookie, too, is one no other host can set (``__Host-session`` over https), read exactly
+(``web.read_cookie``): a sibling subdomain could otherwise plant its own session over yours.
 
 Run it (the redirect URI registered in amoCRM must end in ``/api/amo-crm/callback``)::
 

@@ -34,7 +34,7 @@ from test_django_e2e import STACKS as DJANGO_STACKS
 from helpers import STATE_SECRET
 
 sys.path.insert(0, str(example_path("django_app")))  # the example's project package: backend
-from backend.views import routes  # noqa: E402
+from backend.views import routes
 
 #: Every byte ``str.strip()`` removes besides SP and HTAB: what a framework's parser strips
 #: around a name, and a browser keeps in one (0xA0 and 0x85 among them).

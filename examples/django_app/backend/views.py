@@ -17,7 +17,9 @@ connection per user id. With Django's own auth (``AuthenticationMiddleware``, ``
 ``connection_id`` out: the default is the signed-in user's ``str(pk)``. Even a toy sign-in is a
 POST that another site's page cannot send: a sign-in by link (``GET /login?user=...``) would let
 any page sign a visitor in as the page's author, whose user the visitor's amoCRM account is then
-connected to (login CSRF).
+connected to (login CSRF). Its session cookie, too, is one no other host can set
+(``__Host-session`` over https), read exactly (``web.read_cookie``): a sibling subdomain could
+otherwise plant its own session over yours.
 """
 
 from __future__ import annotations
