@@ -22,7 +22,9 @@ The sign-in is a toy (no password, sessions in memory): replace it with yours. W
 the ``connection_id`` callable: it maps a request to your user id, and amo_oauth keeps one amoCRM
 connection per user id. Even a toy sign-in is a POST that another site's page cannot send: a
 sign-in by link (``GET /login?user=...``) would let any page sign a visitor in as the page's
-author, whose user the visitor's amoCRM account is then connected to (login CSRF).
+author, whose user the visitor's amoCRM account is then connected to (login CSRF). Its
+session cookie, too, is one no other host can set (``__Host-session`` over https), read exactly
+(``web.read_cookie``): a sibling subdomain could otherwise plant its own session over yours.
 
 Run it (the redirect URI registered in amoCRM must end in ``/api/amo-crm/callback``)::
 
@@ -63,7 +65,7 @@ from amo_oauth import (
 from amo_oauth.fastapi import router
 
 PREFIX = web.DEFAULT_PREFIX  # "/api/amo-crm", the seed's paths
-COOKIE = "session"
+COOKIE = "session"  # "__Host-session" over https (Sessions)
 USER_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
 PAGE_SIZE = 250  # amoCRM's largest page: the fewest calls under its 7 requests per second
 MAX_PAGES = 100  # a bound on following links we did not write
@@ -99,10 +101,17 @@ class Login(BaseModel):
 
 
 class Sessions:
-    """Toy sign-in: random session tokens mapped to user ids, in memory. Use your own."""
+    """Toy sign-in: random session tokens mapped to user ids, in memory. Use your own.
 
-    def __init__(self) -> None:
+    Its cookie is ``__Host-session`` over https (``Secure``, ``Path=/``, no ``Domain``: a
+    browser refuses that name from a sibling subdomain), plain ``session`` on http (the demo on
+    127.0.0.1, where browsers refuse the prefix); ``HttpOnly`` and ``SameSite=Lax`` always.
+    """
+
+    def __init__(self, own_site: str) -> None:
         self._users: dict[str, str] = {}
+        self.secure = own_site.startswith("https://")
+        self.cookie = ("__Host-" if self.secure else "") + COOKIE
 
     def open(self, user: str) -> str:
         token = secrets.token_urlsafe(32)
@@ -110,11 +119,23 @@ class Sessions:
         return token
 
     def current_user(self, request: Request) -> str | None:
-        """The signed-in user: a bearer token (the app) or the session cookie (a browser)."""
+        """The signed-in user: a bearer token (the app) or the session cookie (a browser).
+
+        The cookie is read from the raw headers by amo_oauth's exact parser, never
+        ``request.cookies``: Starlette's strips U+00A0 around a name and keeps the last of a
+        repeated one, so a sibling subdomain could plant its own session over the user's. Sent
+        twice or under a near name, it reads as signed out.
+        """
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
-            token = request.cookies.get(COOKIE, "")
+            token = web.read_cookie(request.headers.raw, self.cookie) or ""
         return self._users.get(token)
+
+    def set_cookie(self, answer: Response, token: str) -> None:
+        # Lax: sent on amoCRM's redirect back (a top-level GET), not on other sites' POSTs.
+        answer.set_cookie(
+            self.cookie, token, path="/", secure=self.secure, httponly=True, samesite="lax"
+        )
 
 
 def create_app(
@@ -134,7 +155,8 @@ def create_app(
         admins: the users who may paste a long-lived token or a keys-tab code on ``/admin``
             (a toy, like the sign-in: use your own roles).
     """
-    sessions = Sessions()
+    own_site = _origin_of(oauth.config.redirect_uri)  # the site the browser binding is on
+    sessions = Sessions(own_site)
     client = api if api is not None else httpx.AsyncClient(timeout=10.0)
 
     @contextlib.asynccontextmanager
@@ -144,8 +166,6 @@ def create_app(
         await client.aclose()
 
     app = FastAPI(title="amo_oauth example", lifespan=lifespan)
-
-    own_site = _origin_of(oauth.config.redirect_uri)  # the site the browser binding is on
 
     @app.post("/login")
     async def login(request: Request) -> Response:
@@ -168,7 +188,7 @@ def create_app(
             answer = JSONResponse({"token": token})
         else:  # only local paths for `next`, or this is an open redirect
             answer = RedirectResponse(then if _is_local_path(then) else "/", status_code=303)
-        _set_session_cookie(answer, token)
+        sessions.set_cookie(answer, token)
         return answer
 
     @app.get("/login")
@@ -248,11 +268,6 @@ def create_app(
 def _admin_answer(status: int, result: str) -> HTMLResponse:
     page = ADMIN_PAGE.format(result=html.escape(result))
     return HTMLResponse(page, status, headers={**SIGN_IN_HEADERS, "cache-control": "no-store"})
-
-
-def _set_session_cookie(answer: JSONResponse | RedirectResponse, token: str) -> None:
-    # Lax: sent on amoCRM's redirect back (a top-level GET), not on other sites' POSTs.
-    answer.set_cookie(COOKIE, token, httponly=True, samesite="lax")
 
 
 def _origin_of(url: str) -> str:

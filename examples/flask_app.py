@@ -15,7 +15,9 @@ The sign-in is a toy (no password, sessions in memory): replace it with yours. W
 the ``connection_id`` callable: it maps a request to your user id, and amo_oauth keeps one amoCRM
 connection per user id. Even a toy sign-in is a POST that another site's page cannot send: a
 sign-in by link (``GET /login?user=...``) would let any page sign a visitor in as the page's
-author, whose user the visitor's amoCRM account is then connected to (login CSRF).
+author, whose user the visitor's amoCRM account is then connected to (login CSRF). Its
+session cookie, too, is one no other host can set (``__Host-session`` over https), read exactly
+(``web.read_cookie``): a sibling subdomain could otherwise plant its own session over yours.
 
 With several worker processes, use a shared session store and one
 ``SQLiteStore`` file (or Postgres/Redis) for all of them.
@@ -53,7 +55,7 @@ from amo_oauth import (
 from amo_oauth.flask import blueprint
 
 PREFIX = web.DEFAULT_PREFIX  # "/api/amo-crm", the seed's paths
-COOKIE = "session"
+COOKIE = "session"  # "__Host-session" over https (Sessions)
 USER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 PAGE_SIZE = 250  # amoCRM's largest page: the fewest calls under its 7 requests per second
 MAX_PAGES = 100  # a bound on following links we did not write
@@ -70,10 +72,17 @@ SIGN_IN_HEADERS = {"content-security-policy": "default-src 'none'; frame-ancesto
 
 
 class Sessions:
-    """Toy sign-in: random session tokens mapped to user ids, in memory. Use your own."""
+    """Toy sign-in: random session tokens mapped to user ids, in memory. Use your own.
 
-    def __init__(self) -> None:
+    Its cookie is ``__Host-session`` over https (``Secure``, ``Path=/``, no ``Domain``: a
+    browser refuses that name from a sibling subdomain), plain ``session`` on http (the demo on
+    127.0.0.1, where browsers refuse the prefix); ``HttpOnly`` and ``SameSite=Lax`` always.
+    """
+
+    def __init__(self, own_site: str) -> None:
         self._users: dict[str, str] = {}
+        self.secure = own_site.startswith("https://")
+        self.cookie = ("__Host-" if self.secure else "") + COOKIE
 
     def open(self, user: str) -> str:
         token = secrets.token_urlsafe(32)
@@ -81,11 +90,23 @@ class Sessions:
         return token
 
     def current_user(self, request: flask.Request) -> str | None:
-        """The signed-in user: a bearer token (the app) or the session cookie (a browser)."""
+        """The signed-in user: a bearer token (the app) or the session cookie (a browser).
+
+        The cookie is read from the raw headers by amo_oauth's exact parser, never
+        ``request.cookies``: Werkzeug's keeps the first of a repeated name, and a browser sends
+        a cookie with a longer ``Path`` first, so a sibling subdomain could plant its own
+        session over the user's. Sent twice or under a near name, it reads as signed out.
+        """
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
-            token = request.cookies.get(COOKIE, "")
+            token = web.read_cookie(request.headers.items(), self.cookie) or ""
         return self._users.get(token)
+
+    def set_cookie(self, answer: Response, token: str) -> None:
+        # Lax: sent on amoCRM's redirect back (a top-level GET), not on other sites' POSTs.
+        answer.set_cookie(
+            self.cookie, token, path="/", secure=self.secure, httponly=True, samesite="Lax"
+        )
 
 
 def create_app(
@@ -99,11 +120,10 @@ def create_app(
         api: the client for amoCRM's API (tests route it to a fake). Default: a new
             ``httpx.Client``.
     """
-    sessions = Sessions()
+    own_site = _origin_of(oauth.config.redirect_uri)  # the site the browser binding is on
+    sessions = Sessions(own_site)
     client = api if api is not None else httpx.Client(timeout=10.0)
     app = flask.Flask(__name__)
-
-    own_site = _origin_of(oauth.config.redirect_uri)  # the site the browser binding is on
 
     @app.post("/login")
     def login() -> Response:
@@ -127,7 +147,7 @@ def create_app(
         else:  # only local paths for `next`, or this is an open redirect
             local = isinstance(then, str) and _is_local_path(then)
             answer = flask.redirect(then if local else "/", 303)
-        _set_session_cookie(answer, token)
+        sessions.set_cookie(answer, token)
         return answer
 
     @app.get("/login")
@@ -156,11 +176,6 @@ def create_app(
 
 def _json(payload: dict[str, Any], status: int = 200) -> flask.Response:
     return flask.Response(flask.json.dumps(payload), status, mimetype="application/json")
-
-
-def _set_session_cookie(answer: Response, token: str) -> None:
-    # Lax: sent on amoCRM's redirect back (a top-level GET), not on other sites' POSTs.
-    answer.set_cookie(COOKIE, token, httponly=True, samesite="Lax")
 
 
 def _origin_of(url: str) -> str:

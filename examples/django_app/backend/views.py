@@ -17,7 +17,9 @@ connection per user id. With Django's own auth (``AuthenticationMiddleware``, ``
 ``connection_id`` out: the default is the signed-in user's ``str(pk)``. Even a toy sign-in is a
 POST that another site's page cannot send: a sign-in by link (``GET /login?user=...``) would let
 any page sign a visitor in as the page's author, whose user the visitor's amoCRM account is then
-connected to (login CSRF).
+connected to (login CSRF). Its session cookie, too, is one no other host can set
+(``__Host-session`` over https), read exactly (``web.read_cookie``): a sibling subdomain could
+otherwise plant its own session over yours.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import html
 import json
 import re
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, overload
 from urllib.parse import urlsplit
 
 import httpx
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import URLPattern, URLResolver, include, path
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -43,7 +46,7 @@ from amo_oauth.django import urls
 from .leads import afetch_leads, fetch_leads
 
 PREFIX = web.DEFAULT_PREFIX  # "/api/amo-crm", the seed's paths
-COOKIE = "session"
+COOKIE = "session"  # "__Host-session" over https (Sessions)
 USER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 Patterns = list[URLPattern | URLResolver]
 View = Callable[[HttpRequest], HttpResponse]
@@ -61,10 +64,17 @@ SIGN_IN_HEADERS = {"content-security-policy": "default-src 'none'; frame-ancesto
 
 
 class Sessions:
-    """Toy sign-in: random session tokens mapped to user ids, in memory. Use your own."""
+    """Toy sign-in: random session tokens mapped to user ids, in memory. Use your own.
 
-    def __init__(self) -> None:
+    Its cookie is ``__Host-session`` over https (``Secure``, ``Path=/``, no ``Domain``: a
+    browser refuses that name from a sibling subdomain), plain ``session`` on http (the demo on
+    127.0.0.1, where browsers refuse the prefix); ``HttpOnly`` and ``SameSite=Lax`` always.
+    """
+
+    def __init__(self, own_site: str) -> None:
         self._users: dict[str, str] = {}
+        self.secure = own_site.startswith("https://")
+        self.cookie = ("__Host-" if self.secure else "") + COOKIE
 
     def open(self, user: str) -> str:
         token = secrets.token_urlsafe(32)
@@ -72,11 +82,32 @@ class Sessions:
         return token
 
     def current_user(self, request: HttpRequest) -> str | None:
-        """The signed-in user: a bearer token (the app) or the session cookie (a browser)."""
+        """The signed-in user: a bearer token (the app) or the session cookie (a browser).
+
+        The cookie is read from the raw headers by amo_oauth's exact parser, never
+        ``request.COOKIES``: Django's ``parse_cookie`` strips U+00A0 around a name and keeps the
+        last of a repeated one, so a sibling subdomain could plant its own session over the
+        user's. Sent twice or under a near name, it reads as signed out.
+        """
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
-            token = request.COOKIES.get(COOKIE, "")
+            token = web.read_cookie(_raw_headers(request), self.cookie) or ""
         return self._users.get(token)
+
+    def set_cookie(self, answer: HttpResponse, token: str) -> None:
+        # Lax: sent on amoCRM's redirect back (a top-level GET), not on other sites' POSTs.
+        answer.set_cookie(
+            self.cookie, token, path="/", secure=self.secure, httponly=True, samesite="Lax"
+        )
+
+
+def _raw_headers(request: HttpRequest) -> Iterable[tuple[str | bytes, str | bytes]]:
+    # As amo_oauth.django reads them: the ASGI scope's (Django's META joins a repeated header
+    # with ","), else the WSGI environ's.
+    if isinstance(request, ASGIRequest):
+        headers: list[tuple[bytes, bytes]] = request.scope.get("headers", [])
+        return headers
+    return request.headers.items()
 
 
 @overload
@@ -99,7 +130,8 @@ def routes(
     Raises:
         TypeError: an ``AmoOAuth`` with an ``httpx.AsyncClient``, or the other way round.
     """
-    sessions = Sessions()
+    own_site = _origin_of(oauth.config.redirect_uri)
+    sessions = Sessions(own_site)
 
     def connection_id(request: web.Request) -> str | None:
         return sessions.current_user(request.native)
@@ -114,7 +146,7 @@ def routes(
     else:
         raise TypeError("AmoOAuth goes with an httpx.Client, AsyncAmoOAuth with an AsyncClient")
     return [
-        path("login", _login(sessions, _origin_of(oauth.config.redirect_uri))),
+        path("login", _login(sessions, own_site)),
         # Before amo_oauth's patterns: the last of them answers every other path under PREFIX.
         path(PREFIX.lstrip("/") + "/leads", leads),
         path("", include(amo)),
@@ -158,7 +190,7 @@ def _sign_in_app(request: HttpRequest, sessions: Sessions) -> HttpResponse:
         return JsonResponse({"error": "bad_user"}, status=422)
     token = sessions.open(user)
     answer = JsonResponse({"token": token})
-    _set_session_cookie(answer, token)
+    sessions.set_cookie(answer, token)
     return answer
 
 
@@ -170,7 +202,7 @@ def _sign_in_browser(request: HttpRequest, sessions: Sessions) -> HttpResponse:
     if not url_has_allowed_host_and_scheme(then, allowed_hosts=None):
         then = "/"
     answer = HttpResponse(status=303, headers={"Location": then})
-    _set_session_cookie(answer, sessions.open(user))
+    sessions.set_cookie(answer, sessions.open(user))
     return answer
 
 
@@ -198,11 +230,6 @@ def _may_sign_in(header: Callable[[str], str | None], own_site: str, *, is_json:
     if referer is not None:
         return _origin_of(referer) == own_site
     return is_json
-
-
-def _set_session_cookie(answer: HttpResponse, token: str) -> None:
-    # Lax: sent on amoCRM's redirect back (a top-level GET), not on other sites' POSTs.
-    answer.set_cookie(COOKIE, token, httponly=True, samesite="Lax")
 
 
 def _leads(oauth: AmoOAuth, api: httpx.Client, sessions: Sessions) -> View:

@@ -34,13 +34,15 @@ route lets one through: exchanges report failures as outcomes); no input produce
 
 The request line of ``GET /callback`` carries the code and state: ``install_access_log_redaction``
 adds a ``RedactingFilter`` to the servers' access loggers (the adapters do so by default), and
-``redact`` is the same redaction for a line of your own.
+``redact`` is the same redaction for a line of your own. ``read_cookie`` reads your app's own
+session cookie from the raw headers exactly (a name sent twice, or under a near name a sibling
+subdomain can plant, reads None: signed out).
 """
 
 from .._public import present_as
 from ._catalogue import DEFAULT_PREFIX, ROUTES, Route
 from ._handlers import AsyncConnectionIdFn, AsyncHandlers, ConnectionIdFn, Handlers
-from ._http import Request, Response, read_body
+from ._http import Request, Response, read_body, read_cookie
 from ._page import (
     CONTENT_SECURITY_POLICY,
     DEEP_LINK_PATH,
@@ -83,6 +85,7 @@ __all__ = [
     "deep_link",
     "install_access_log_redaction",
     "read_body",
+    "read_cookie",
     "redact",
     "status_payload",
 ]

@@ -19,6 +19,7 @@ __all__ = [
     "cookie_pairs",
     "media_type",
     "read_body",
+    "read_cookie",
     "weighted",
 ]
 
@@ -124,6 +125,30 @@ def cookie_pairs(headers: Headers) -> Pairs:
             if sep and name:
                 pairs.append((name, _unquoted(value)))
     return tuple(pairs)
+
+
+def read_cookie(headers: HeadersInput, name: str) -> str | None:
+    """The value of your app's own cookie ``name`` (a session), read exactly; None when unsure.
+
+    For a cookie the app itself sets, e.g. its session (RFC 6265 §5.2 parsing, as
+    ``Request.cookie``). Give it the raw request headers, never the framework's parsed cookies:
+    Starlette's and Django's parsers strip U+00A0 around a name and keep the last of a repeated
+    one, Werkzeug's keeps the first, so a page on a sibling subdomain that plants
+    ``session=<its own>; Domain=<your domain>`` (or ``\xa0session=``) replaces yours there.
+
+    Args:
+        headers: the request's headers as name/value pairs (``str`` or latin-1 ``bytes``, as
+            ASGI and WSGI hand them over) or a mapping; only ``Cookie`` is read.
+        name: the cookie's exact name, e.g. ``__Host-session``.
+
+    Returns:
+        The value, raw as sent; None when no cookie is named ``name``, when ``name`` comes more
+        than once, or when another cookie's name is ``name`` with bytes around it that
+        ``str.strip`` removes (U+00A0, U+0085, LF, ...): which one its owner set cannot be told,
+        so treat None as "signed out". Never raises.
+    """
+    near = [(key, value) for key, value in cookie_pairs(_headers(headers)) if key.strip() == name]
+    return near[0][1] if len(near) == 1 and near[0][0] == name else None
 
 
 def _unquoted(value: str) -> str:
