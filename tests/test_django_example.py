@@ -50,14 +50,20 @@ def started(port: int, process: subprocess.Popen[bytes]) -> bool:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """Ctrl-C to its process group, then SIGKILL to whatever did not stop."""
+    """Ctrl-C to its process group, then SIGKILL to whatever did not stop within a minute.
+
+    How fast runserver's reloader and its child wind down is Django's, not what these tests
+    check (on a loaded machine it took over 30 s): a slow stop is killed, not failed. What the
+    server printed is still checked after (no traceback; uvicorn's lifespan shutdown)."""
     try:
         with contextlib.suppress(ProcessLookupError):  # the group is gone already
             os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=30)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=60)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @pytest.fixture(params=sorted(COMMANDS))
