@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import attrs
 
 from ._config import Config
+from ._connection_id import ConnectionId
 from ._flows import Flows
 from ._results import RefreshReport
 from .stores import AsyncStore, SQLiteStore, Store
@@ -60,8 +61,9 @@ class ServiceCore:
         return f"{type(self).__name__}(client_id={self.config.client_id!r}, store={self.store!r})"
 
 
-def with_stored(report: RefreshReport, stored: tuple[str, ...]) -> RefreshReport:
-    """``report`` with the connections whose pair was stored late counted as refreshed."""
+def with_stored(report: RefreshReport, stored: tuple[ConnectionId, ...]) -> RefreshReport:
+    """``report`` with the connections whose pair was stored late counted as refreshed. Matched
+    by name: a widget install's ``Widget(host)`` never matches an app user named ``host``."""
     late = set(stored) & {connection_id for connection_id, _ in report.failed}
     if not late:
         return report
