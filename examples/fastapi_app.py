@@ -9,7 +9,9 @@ What the mobile app (or a browser) talks to::
                                          then a 303 to ``next``
     GET  /api/amo-crm/connect, /callback, /status, POST /exchange-code, /disconnect ...
                                          amo_oauth's routes (``amo_oauth.fastapi.router``)
-    GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"}
+    GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"};
+                                            503 {"error": "refresh_backoff"} + Retry-After
+                                            while amoCRM pushes back on the refresh
 
 The sign-in is a toy (no password, sessions in memory): replace it with yours. What matters is
 the ``connection_id`` callable: it maps a request to your user id, and amo_oauth keeps one amoCRM
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import math
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -50,6 +53,7 @@ from amo_oauth import (
     ProviderError,
     ReauthorizationRequired,
     SQLiteStore,
+    TryAgainLater,
     web,
 )
 from amo_oauth.fastapi import router
@@ -229,9 +233,18 @@ async def _leads_of(oauth: AsyncAmoOAuth, client: httpx.AsyncClient, user: str) 
         found = await fetch_leads(client, host, oauth.auth(user))
     except ReauthorizationRequired:  # amoCRM revoked the tokens: the user must connect again
         return JSONResponse({"error": "not_connected"}, 409)
+    except TryAgainLater as later:  # amoCRM pushed back (a refresh back-off): come back later
+        return JSONResponse({"error": later.reason}, 503, headers=_retry_after(later))
     except (httpx.HTTPError, ProviderError, ValueError):
         return JSONResponse({"error": "amocrm_unavailable"}, 502)
     return JSONResponse({"leads": found})
+
+
+def _retry_after(later: TryAgainLater) -> dict[str, str]:
+    """``Retry-After`` for a 503: whole seconds, rounded up (HTTP takes no fractions)."""
+    if later.retry_after is None:
+        return {}
+    return {"Retry-After": str(math.ceil(later.retry_after))}
 
 
 async def _account_host(oauth: AsyncAmoOAuth, user: str) -> str | None:

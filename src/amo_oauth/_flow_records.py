@@ -329,7 +329,8 @@ class Records:
             return self._landings
 
     def landed_after(self, mark: int) -> tuple[ConnectionId, ...]:
-        """The connections (app user ids, ``Widget`` values) whose kept pair landed after ``landings()`` returned ``mark``."""
+        """The connections (app user ids, ``Widget`` values) whose kept pair landed after
+        ``landings()`` returned ``mark``."""
         with self._unwritten_lock:
             return tuple(cid for cid, when in self._landed.items() if when > mark)
 
