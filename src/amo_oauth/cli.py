@@ -3,7 +3,7 @@ operator commands. ``python -m amo_oauth`` is the same command, where its script
 
 amo-oauth demo [--serve]            the seed's scenario end to end over loopback HTTP:
                                     FakeAmoCRM, the FastAPI example, the old and new app
-amo-oauth demo-app --backend URL [--version old|new]
+amo-oauth demo-app --backend URL [--version old|new] [--user NAME] [--press Allow|Deny]
                                     play the demo's mobile app against a running backend
 amo-oauth fake [--port N] [--redirect-uri URL] [--accounts N]
                                     serve FakeAmoCRM on 127.0.0.1 for your own backend until
