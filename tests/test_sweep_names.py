@@ -27,12 +27,14 @@ from amo_oauth import (
     ReauthorizationRequired,
     RefreshReport,
     SQLiteStore,
+    StoreError,
     Widget,
 )
-from amo_oauth._service_core import with_stored
 from amo_oauth.cli import main
 from amo_oauth.testing import FakeAmoCRM, FakeClock
+from amo_oauth.testing.faults import FaultyStore
 from test_cli import _sweep_with_the_fakes
+from test_kept_pairs import _rotated_pair_write
 
 from helpers import config_for, query_of, run_consent
 
@@ -99,15 +101,6 @@ def test_the_async_sweep_names_a_widget_install_apart(fake: FakeAmoCRM, clock: F
     assert asyncio.run(run()).refreshed == (Widget(fake.account_host),)
 
 
-def test_a_pair_stored_late_counts_only_for_the_connection_it_belongs_to() -> None:
-    report = RefreshReport(
-        failed=(("test.amocrm.ru", "unavailable"), (Widget("test.amocrm.ru"), "unavailable"))
-    )
-    late = with_stored(report, (Widget("test.amocrm.ru"),))
-    assert late.refreshed == (Widget("test.amocrm.ru"),)
-    assert late.failed == (("test.amocrm.ru", "unavailable"),)
-
-
 def test_the_cli_lists_widget_installs_under_their_own_key(
     tmp_path: Path,
     fake: FakeAmoCRM,
@@ -139,3 +132,25 @@ def test_the_cli_lists_widget_installs_under_their_own_key(
         "needs_reauthorization": [host],
     }
     assert summary["failed_by_reason"] == {"reauthorization_required": 2}
+
+
+def test_a_widget_installs_pair_stored_late_is_counted_as_the_install(
+    fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """The sibling in the service: the pairs a run's kept pairs landed for were matched by the
+    bare host, so an install's late pair would have moved the app user named like its host
+    from ``failed`` to ``refreshed``. They are named ``Widget(host)`` now."""
+    store = FaultyStore(MemoryStore(clock=clock))
+    config = config_for(fake, allow_widget_installs=True, settle_timeout=0.2)
+    http = httpx.Client(transport=fake.transport())
+    with AmoOAuth(config, store=store, http=http, clock=clock) as oauth:
+        host = _user_and_install(oauth, fake)
+        clock.advance(timedelta(days=1, minutes=1))  # the access tokens have expired
+        down = store.fail("compare_and_set", times=None, when=_rotated_pair_write)
+        oauth._kept_retry.stop(0)  # landed by the next call, not the background retry
+        mark = oauth._flows.records.landings()
+        with pytest.raises(StoreError):
+            oauth.access_token(Widget(host))  # the rotated pair is kept in memory
+        down.heal()
+        oauth.status(host)  # any call lands it
+        assert oauth._flows.records.landed_after(mark) == (Widget(host),)
