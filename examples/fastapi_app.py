@@ -9,7 +9,9 @@ What the mobile app (or a browser) talks to::
                                          then a 303 to ``next``
     GET  /api/amo-crm/connect, /callback, /status, POST /exchange-code, /disconnect ...
                                          amo_oauth's routes (``amo_oauth.fastapi.router``)
-    GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"}
+    GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"};
+                                            503 {"error": "refresh_backoff"} + Retry-After
+                                            while amoCRM pushes back on the refresh
     GET  /admin                          a private integration's admin (a signed-in user in
                                          ``admins``) pastes a long-lived token or the
                                          keys-tab code from amoCRM's "Keys and scopes" tab;
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import math
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -60,6 +63,7 @@ from amo_oauth import (
     ProviderError,
     ReauthorizationRequired,
     SQLiteStore,
+    TryAgainLater,
     web,
 )
 from amo_oauth.fastapi import router
@@ -328,9 +332,18 @@ async def _leads_of(oauth: AsyncAmoOAuth, client: httpx.AsyncClient, user: str) 
         found = await fetch_leads(client, host, oauth.auth(user))
     except ReauthorizationRequired:  # amoCRM revoked the tokens: the user must connect again
         return JSONResponse({"error": "not_connected"}, 409)
+    except TryAgainLater as later:  # amoCRM pushed back (a refresh back-off): come back later
+        return JSONResponse({"error": later.reason}, 503, headers=_retry_after(later))
     except (httpx.HTTPError, ProviderError, ValueError):
         return JSONResponse({"error": "amocrm_unavailable"}, 502)
     return JSONResponse({"leads": found})
+
+
+def _retry_after(later: TryAgainLater) -> dict[str, str]:
+    """``Retry-After`` for a 503: whole seconds, rounded up (HTTP takes no fractions)."""
+    if later.retry_after is None:
+        return {}
+    return {"Retry-After": str(math.ceil(later.retry_after))}
 
 
 async def _account_host(oauth: AsyncAmoOAuth, user: str) -> str | None:

@@ -94,6 +94,10 @@ def test_refresh_due_needs_the_integration_settings(
         main(["refresh-due", "--db", str(connected_db)])
 
 
+#: ``refresh-due``'s summary of widget installs when there are none.
+NO_WIDGETS = {"refreshed": [], "failed": {}, "needs_reauthorization": []}
+
+
 def test_refresh_due_with_nothing_due_refreshes_nothing(
     connected_db: Path,
     fake: FakeAmoCRM,
@@ -113,6 +117,7 @@ def test_refresh_due_with_nothing_due_refreshes_nothing(
         "skipped": 0,
         "remaining": 0,
         "expiring_long_lived": [],
+        "widgets": NO_WIDGETS,
     }
 
 
@@ -172,6 +177,7 @@ def test_refresh_due_refreshes_and_summarizes(
         "skipped": 0,
         "remaining": 0,
         "expiring_long_lived": [],
+        "widgets": NO_WIDGETS,
     }
     assert err == ""  # fewer than a thousand, and not a terminal: no progress line
     assert fake.token_call_count("refresh_token", "ok") == 5

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import attrs
 
+from ._connection_id import ConnectionId
 from ._records import Connection, ConnectionStatus
 
 __all__ = [
@@ -84,6 +85,10 @@ class AuthorizationRequest:
 class RefreshReport:
     """What ``refresh_due`` did: connections refreshed, and those that failed with why.
 
+    Each connection is named as calls name it: an app user's id (``str``), or ``Widget(host)``
+    for a widget install, so an app user whose id is an account host and a widget install on
+    that host are two entries that never compare equal.
+
     Attributes:
         refreshed: connection ids whose refresh token now outlasts the window (refreshed by
             this run, or meanwhile by another worker or machine).
@@ -107,12 +112,12 @@ class RefreshReport:
             ``needs_reauthorization`` (``long_lived_token_expired``).
     """
 
-    refreshed: tuple[str, ...] = ()
-    failed: tuple[tuple[str, str], ...] = ()
-    needs_reauthorization: tuple[str, ...] = ()
+    refreshed: tuple[ConnectionId, ...] = ()
+    failed: tuple[tuple[ConnectionId, str], ...] = ()
+    needs_reauthorization: tuple[ConnectionId, ...] = ()
     skipped: int = 0
     remaining: int = 0
-    expiring_long_lived: tuple[str, ...] = ()
+    expiring_long_lived: tuple[ConnectionId, ...] = ()
 
     @property
     def failed_by_reason(self) -> dict[str, int]:
