@@ -33,9 +33,10 @@ Run it (the redirect URI registered in amoCRM must end in ``/api/amo-crm/callbac
     AMO_CLIENT_ID=... AMO_CLIENT_SECRET=... \\
     AMO_REDIRECT_URI=https://example.com/api/amo-crm/callback \\
     AMO_STATE_SECRET=$(python -c "import secrets; print(secrets.token_hex(32))") \\
-    uvicorn examples.fastapi_app:app_from_env --factory --no-access-log
+    uvicorn examples.fastapi_app:app_from_env --factory
 
-(No access log: the callback's request line carries the code until it is exchanged.)
+(The access log prints the callback's code and state as ``[redacted]``: the router installs
+the filter.)
 
 ``amo-oauth demo --serve`` runs this app against a fake amoCRM, to click through in a browser.
 """
