@@ -244,6 +244,7 @@ class TokenFlows:
                 | NoOp.REUSED_STATE
                 | NoOp.WRONG_BROWSER
                 | NoOp.NEW_CODE_REFUSED
+                | NoOp.CODE_USED_ELSEWHERE
                 | NoOp.NO_HOST
                 | NoOp.KEEP_CONNECTION
                 | NoOp.STALE
