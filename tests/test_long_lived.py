@@ -98,6 +98,42 @@ def test_a_verified_token_is_stored_long_lived_and_served_until_its_exp(
     assert fake.token_call_count() == 0  # nothing ever tried to refresh it
 
 
+def test_status_past_exp_reports_the_connection_ended_on_every_store(
+    backend: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    oauth = make_oauth(store=backend.open())
+    oauth.connect_long_lived(
+        USER, fake.issue_long_lived_token(lifetime=timedelta(days=1)), fake.account_host
+    )
+    clock.advance(timedelta(hours=23, minutes=59))
+    assert oauth.status(USER).is_connected  # to its last second
+    clock.advance(timedelta(days=2))
+    other = make_oauth(store=backend.open())
+    ended = other.status(USER)
+    assert ended.status is ConnectionStatus.ERROR and not ended.is_connected
+    assert ended.error is not None
+    assert (ended.error.reason, ended.error.hint) == ("long_lived_token_expired", HINT)
+    assert oauth.status(USER).error == ended.error  # written: every reader agrees
+    assert fake.token_call_count() == 0
+
+
+def test_the_async_status_reports_a_token_past_its_exp(
+    fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    async def scenario() -> None:
+        http = httpx.AsyncClient(transport=fake.async_transport())
+        store = MemoryStore(clock=clock)
+        async with AsyncAmoOAuth(config_for(fake), store=store, http=http, clock=clock) as oauth:
+            token = fake.issue_long_lived_token(lifetime=timedelta(days=1))
+            await oauth.connect_long_lived(USER, token, fake.account_host)
+            clock.advance(timedelta(days=2))
+            ended = await oauth.status(USER)
+            assert ended.error is not None and not ended.is_connected
+            assert ended.error.reason == "long_lived_token_expired"
+
+    asyncio.run(scenario())
+
+
 def test_refresh_due_reports_long_lived_tokens_expiring_in_its_window_and_sends_nothing(
     backend: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
 ) -> None:

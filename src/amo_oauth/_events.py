@@ -491,10 +491,13 @@ def _long_lived(tokens: TokenSet) -> None:
 @attrs.frozen
 class LongLivedEnded(Event):
     """The long-lived token ``access_token`` can serve no more: it reached its ``exp``, or
-    amoCRM refused it (a 401). Only an admin's new token brings the connection back."""
+    amoCRM refused it (a 401). Only an admin's new token brings the connection back.
+
+    ``access_token`` None (a status read): whichever long-lived token the record holds, once
+    its ``exp`` has passed."""
 
     name: ClassVar[str] = "long_lived_ended"
-    access_token: str = attrs.field(repr=False)
+    access_token: str | None = attrs.field(repr=False)
     reason: Reason = attrs.field(
         validator=attrs.validators.in_(
             (Reason.LONG_LIVED_TOKEN_EXPIRED, Reason.LONG_LIVED_TOKEN_REVOKED)

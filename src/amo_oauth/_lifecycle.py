@@ -429,14 +429,17 @@ def long_lived_refused(data: EventData) -> bool:
 
 
 def ends_the_stored_token(data: EventData) -> bool:
-    """The long-lived token that ended is the one the record holds (not one replaced since)."""
+    """The long-lived token that ended is the one the record holds (not one replaced since;
+    any held, for an event that names none), and one that expired has reached its ``exp`` on
+    the store's clock."""
     step = _model(data)
     event, tokens = step.event, step.record.tokens
     return (
         isinstance(event, LongLivedEnded)
         and tokens is not None
         and tokens.long_lived
-        and tokens.access_token == event.access_token
+        and event.access_token in (None, tokens.access_token)
+        and (event.reason != Reason.LONG_LIVED_TOKEN_EXPIRED or step.now >= tokens.expires_at)
     )
 
 
