@@ -94,6 +94,19 @@ def test_a_refused_token_says_why_and_connects_nothing(stack: Stack, browser: ht
     assert browser.get(f"{stack.backend}{PREFIX}/status").json()["status"] == "disconnected"
 
 
+def test_a_host_typed_as_a_url_connects_and_a_foreign_one_says_why(
+    stack: Stack, browser: httpx.Client
+) -> None:
+    token, _, host = _tab(stack, browser)
+    _admin(stack, browser)
+    refused = _paste(stack, browser, "long-lived", token=token, host="https://evil.example.com/")
+    assert refused.status_code == 400
+    assert "Refused: foreign_host (type the account&#x27;s host" in refused.text
+    pasted = _paste(stack, browser, "long-lived", token=token, host=f"https://{host.upper()}/")
+    assert pasted.status_code == 200
+    assert browser.get(f"{stack.backend}{PREFIX}/status").json()["status"] == "connected"
+
+
 def test_only_an_admin_on_this_site_may_paste(stack: Stack, browser: httpx.Client) -> None:
     token, code, host = _tab(stack, browser)
     # Signed in as an admin, but the post comes from another site's page.

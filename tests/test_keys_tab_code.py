@@ -220,6 +220,26 @@ def test_refusals_write_and_send_nothing(
     assert fake.token_call_count() == 0 and stored(oauth, USER) is None
 
 
+@pytest.mark.parametrize("spelling", ["https://{}/", "{}/", "http://{}"])
+def test_a_keys_tab_host_typed_with_a_scheme_a_slash_or_in_capitals_connects(
+    oauth: AmoOAuth, fake: FakeAmoCRM, spelling: str
+) -> None:
+    typed = spelling.format(fake.account_host.upper())
+    result = oauth.connect_with_code(USER, fake.issue_keys_tab_code(), typed)
+    assert result.outcome is Outcome.CONNECTED
+    record = stored(oauth, USER)
+    assert record is not None and record.host == fake.account_host
+
+
+@pytest.mark.parametrize("spelling", ["https://{}/leads", "https://{}:443/", "https://u@{}"])
+def test_a_keys_tab_host_with_a_path_port_or_userinfo_is_refused(
+    oauth: AmoOAuth, fake: FakeAmoCRM, spelling: str
+) -> None:
+    with pytest.raises(CallbackRejected) as refused:
+        oauth.connect_with_code(USER, "def50200abc", spelling.format(fake.account_host))
+    assert refused.value.reason == "foreign_host" and fake.token_call_count() == 0
+
+
 def test_the_async_twin_races_one_code_to_one_token_call(
     fake: FakeAmoCRM, clock: FakeClock
 ) -> None:

@@ -117,9 +117,7 @@ def test_status_past_exp_reports_the_connection_ended_on_every_store(
     assert fake.token_call_count() == 0
 
 
-def test_the_async_status_reports_a_token_past_its_exp(
-    fake: FakeAmoCRM, clock: FakeClock
-) -> None:
+def test_the_async_status_reports_a_token_past_its_exp(fake: FakeAmoCRM, clock: FakeClock) -> None:
     async def scenario() -> None:
         http = httpx.AsyncClient(transport=fake.async_transport())
         store = MemoryStore(clock=clock)
@@ -355,6 +353,28 @@ def test_a_host_outside_the_allowlist_gets_no_token(
         oauth.connect_long_lived(USER, token, host)
     assert refused.value.reason == "foreign_host"
     assert fake.api_call_count() == 0 and stored(oauth, USER) is None
+
+
+@pytest.mark.parametrize("spelling", ["https://{}/", "{}/", "http://{}"])
+def test_a_host_typed_with_a_scheme_a_slash_or_in_capitals_connects(
+    oauth: AmoOAuth, fake: FakeAmoCRM, spelling: str
+) -> None:
+    typed = spelling.format(fake.account_host.upper())
+    connection = oauth.connect_long_lived(USER, fake.issue_long_lived_token(), typed)
+    assert connection.is_connected
+    record = stored(oauth, USER)
+    assert record is not None and record.host == fake.account_host
+
+
+@pytest.mark.parametrize("spelling", ["https://{}/leads", "https://{}:443/", "https://u@{}"])
+def test_a_typed_host_with_a_path_port_or_userinfo_is_refused(
+    oauth: AmoOAuth, fake: FakeAmoCRM, spelling: str
+) -> None:
+    with pytest.raises(CallbackRejected) as refused:
+        oauth.connect_long_lived(
+            USER, fake.issue_long_lived_token(), spelling.format(fake.account_host)
+        )
+    assert refused.value.reason == "foreign_host" and fake.api_call_count() == 0
 
 
 def test_a_failing_store_write_leaves_the_connection_as_it_was(

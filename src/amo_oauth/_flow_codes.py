@@ -318,9 +318,12 @@ class CodeFlows:
         verification; the same code again is answered from reads."""
         target = self.records.fresh(connection_id)  # checks the id before anything is read
         self._check_code(code)
-        account_host = self._referer_host(host) if host else None
-        if account_host is None:
+        if not host:
             raise CallbackRejected(Reason.MISSING_REFERER)
+        # Typed by a person: any case, a scheme or a trailing slash is how they write it.
+        account_host = AccountHost.typed(host, self.config.extra_domains)
+        if account_host is None:
+            raise CallbackRejected(Reason.FOREIGN_HOST)
         # A code the ledger holds for another connection is refused by the table
         # (``code_used_elsewhere``), also to the loser of a race for it.
         return (yield from self._exchange(target, code, account_host, None, None, from_admin=True))
