@@ -16,7 +16,8 @@ amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-h
                                     ``remaining`` counts the rest); a progress bar on a
                                     terminal (with the ``cli`` extra), a line per 1,000
                                     otherwise; a JSON summary; exit status 1 when any
-                                    failed. Reads
+                                    failed, else 3 when long-lived tokens expire within
+                                    the window (ask the admin for new ones). Reads
                                     AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI,
                                     AMO_STATE_SECRET (and AMO_PREVIOUS_STATE_SECRETS)
 amo-oauth migrate [--store URL]     create a store's schema; refuse another version's
@@ -40,7 +41,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TextIO
 
@@ -277,7 +278,20 @@ def _refresh_due(args: argparse.Namespace) -> int:
         "expiring_long_lived": list(report.expiring_long_lived),
     }
     print(json.dumps(summary))
-    return 1 if report.failed else 0
+    return _refresh_due_exit(report.failed, report.expiring_long_lived)
+
+
+#: ``refresh-due``'s exit status when nothing failed but long-lived tokens expire inside the
+#: window: the run did its work, yet an admin must issue new tokens before then, and a cron job
+#: or a monitor sees a status sooner than a JSON key. (2 is argparse's for a usage error.)
+EXIT_LONG_LIVED_EXPIRING = 3
+
+
+def _refresh_due_exit(failed: Mapping[str, str], expiring: Sequence[str]) -> int:
+    """1 when any connection failed, else 3 when long-lived tokens expire soon, else 0."""
+    if failed:
+        return 1
+    return EXIT_LONG_LIVED_EXPIRING if expiring else 0
 
 
 def _rotate_key(args: argparse.Namespace) -> int:
