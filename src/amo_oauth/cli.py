@@ -41,7 +41,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TextIO
 
@@ -287,7 +287,7 @@ def _refresh_due(args: argparse.Namespace) -> int:
 EXIT_LONG_LIVED_EXPIRING = 3
 
 
-def _refresh_due_exit(failed: Mapping[str, str], expiring: Sequence[str]) -> int:
+def _refresh_due_exit(failed: Sequence[object], expiring: Sequence[str]) -> int:
     """1 when any connection failed, else 3 when long-lived tokens expire soon, else 0."""
     if failed:
         return 1
