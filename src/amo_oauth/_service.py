@@ -287,6 +287,11 @@ class AmoOAuth(ServiceCore):
     def status(self, connection_id: ConnectionId) -> Connection:
         """The connection as stored now (``disconnected`` when unknown).
 
+        A long-lived token past its ``exp`` (UTC, the store's clock; protocol notes §8) is
+        reported ended: this read writes ``error(long_lived_token_expired)``, as
+        ``access_token`` would, once; otherwise a pending verification, when due, is the only
+        thing a status read may write.
+
         Args:
             connection_id: an app user's id, or ``Widget(account_host)`` for a widget install
                 (``CallbackResult.connection.widget``); the two never name the same record.
