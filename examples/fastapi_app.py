@@ -224,6 +224,8 @@ def create_app(
             result = await oauth.connect_with_code(
                 user, fields.get("code", "").strip(), fields.get("host", "").strip()
             )
+            if result.refused is not None:  # a connected connection keeps its tokens
+                return f"Not exchanged: {_with_hint(result.refused)}"
             return f"{result.outcome.value}" + (" (seen before)" if result.duplicate else "")
 
         return await _as_admin(request, connect)
@@ -245,7 +247,7 @@ def create_app(
         try:
             said = await connect(user, fields)
         except CallbackRejected as refused:
-            return _admin_answer(400, f"Refused: {refused.reason}")
+            return _admin_answer(400, f"Refused: {_with_hint(refused.reason)}")
         except ProviderError as failed:  # TryAgainLater too: nothing was changed
             return _admin_answer(502, f"amoCRM did not accept it now ({failed.status}): try again")
         connection = await oauth.status(user)
@@ -268,6 +270,22 @@ def create_app(
         )
     )
     return app
+
+
+#: What an admin can do about a refusal on the admin page (the slug stays first: docs/reasons.md).
+ADMIN_HINTS = {
+    "foreign_host": "type the account's host, e.g. example.amocrm.ru or example.kommo.com",
+    "missing_referer": "type the account's host too",
+    "code_rejected": "amoCRM did not accept the code: copy it again (it lives 20 minutes)",
+    "exchange_interrupted": "amoCRM did not answer; the code may be spent: take a new one",
+    "code_used_elsewhere": "this code already connected another connection: take a new one",
+    "token_refused": "amoCRM did not accept the token: issue a new one in the tab",
+}
+
+
+def _with_hint(reason: str) -> str:
+    hint = ADMIN_HINTS.get(reason)
+    return f"{reason} ({hint})" if hint else reason
 
 
 def _admin_answer(status: int, result: str) -> HTMLResponse:

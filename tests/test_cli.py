@@ -203,6 +203,28 @@ def test_refresh_due_exits_non_zero_when_any_failed(
     assert summary["needs_reauthorization"] == ["user-0"]
 
 
+def test_refresh_due_exits_3_when_only_long_lived_tokens_expire_in_the_window(
+    tmp_path: Path,
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = tmp_path / "long.db"
+    http = httpx.Client(transport=fake.transport())
+    with AmoOAuth(config_for(fake), store=SQLiteStore(db), http=http, clock=clock) as oauth:
+        token = fake.issue_long_lived_token(lifetime=timedelta(days=3))
+        oauth.connect_long_lived("admin", token, fake.account_host)
+    _integration_env(fake, monkeypatch)
+    _sweep_with_the_fakes(fake, clock, monkeypatch)
+    assert main(["refresh-due", "--db", str(db), "--within-days", "1"]) == 0  # not yet
+    capsys.readouterr()
+    assert main(["refresh-due", "--db", str(db), "--within-days", "7"]) == 3
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["expiring_long_lived"] == ["admin"] and summary["failed"] == {}
+    assert fake.token_call_count() == 0
+
+
 @pytest.mark.parametrize(
     ("flag", "value"),
     [

@@ -92,7 +92,7 @@ class TokenFlows:
         ``GET /api/v4/account`` on ``host``, then stored in one versioned write that replaces
         whatever the connection held. Nothing is written before amoCRM accepted the token."""
         target = self.records.fresh(connection_id)  # checks the id before anything is sent
-        account_host = AccountHost.accept(host, self.config.extra_domains)
+        account_host = AccountHost.typed(host, self.config.extra_domains)
         if account_host is None:
             raise CallbackRejected(Reason.FOREIGN_HOST)
         expires_at = long_lived_expiry(token) if isinstance(token, str) else None
@@ -244,6 +244,7 @@ class TokenFlows:
                 | NoOp.REUSED_STATE
                 | NoOp.WRONG_BROWSER
                 | NoOp.NEW_CODE_REFUSED
+                | NoOp.CODE_USED_ELSEWHERE
                 | NoOp.NO_HOST
                 | NoOp.KEEP_CONNECTION
                 | NoOp.STALE

@@ -54,11 +54,18 @@ class CallbackResult:
         outcome: what happened.
         connection: the connection (and its status) after the call.
         duplicate: True when the code had been seen before and nothing was sent to amoCRM.
+        refused: for ``Outcome.FAILED``, the reason slug amoCRM's answer (or its absence) gave
+            the code: ``code_rejected``, ``exchange_interrupted`` (a 5xx or a timeout: the
+            code's fate is unknown and it is never sent again), ... A connection that was
+            connected before an admin's code (``connect_with_code``) stays connected with its
+            tokens, so this is where the refusal is reported; otherwise
+            ``connection.error`` says the same. None for any other outcome.
     """
 
     outcome: Outcome
     connection: Connection
     duplicate: bool = False
+    refused: str | None = None
 
     @classmethod
     def report(cls, connection: Connection, *, duplicate: bool) -> CallbackResult:

@@ -17,7 +17,8 @@ amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-h
                                     ``remaining`` counts the rest); a progress bar on a
                                     terminal (with the ``cli`` extra), a line per 1,000
                                     otherwise; a JSON summary; exit status 1 when any
-                                    failed. Reads
+                                    failed, else 3 when long-lived tokens expire within
+                                    the window (ask the admin for new ones). Reads
                                     AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI,
                                     AMO_STATE_SECRET (and AMO_PREVIOUS_STATE_SECRETS)
 amo-oauth migrate [--store URL]     create a store's schema; refuse another version's
@@ -291,7 +292,7 @@ def _refresh_due(args: argparse.Namespace) -> int:
     finally:
         stop()
     print(json.dumps(_summary(report)))
-    return 1 if report.failed else 0
+    return _refresh_due_exit(report.failed, report.expiring_long_lived)
 
 
 def _summary(report: RefreshReport) -> dict[str, Any]:
@@ -326,6 +327,19 @@ def _named(report: RefreshReport, kind: type[str] | type[Widget]) -> dict[str, A
             _text(name) for name in report.needs_reauthorization if isinstance(name, kind)
         ],
     }
+
+
+#: ``refresh-due``'s exit status when nothing failed but long-lived tokens expire inside the
+#: window: the run did its work, yet an admin must issue new tokens before then, and a cron job
+#: or a monitor sees a status sooner than a JSON key. (2 is argparse's for a usage error.)
+EXIT_LONG_LIVED_EXPIRING = 3
+
+
+def _refresh_due_exit(failed: Sequence[object], expiring: Sequence[object]) -> int:
+    """1 when any connection failed, else 3 when long-lived tokens expire soon, else 0."""
+    if failed:
+        return 1
+    return EXIT_LONG_LIVED_EXPIRING if expiring else 0
 
 
 def _rotate_key(args: argparse.Namespace) -> int:
