@@ -6,6 +6,7 @@ the parent's keep working."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import threading
@@ -15,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pytest
 
@@ -24,11 +25,16 @@ from _redis_server import redis_url  # noqa: F401
 from amo_oauth import MemoryStore, StoreError
 from amo_oauth._driving import drive
 from amo_oauth.stores import Hub
-from amo_oauth.stores._driven import DrivenStore, offset_of
+from amo_oauth.stores._driven import offset_of
 from amo_oauth.stores._listening import ChannelListener
 from amo_oauth.stores._protocol import Claim, LedgerEntry
 from amo_oauth.stores._rows import RecordCodec
 from amo_oauth.testing._contract import T0, make_record
+
+if TYPE_CHECKING:
+    from amo_oauth.stores import PostgresStore, RedisStore
+
+    ServerStore: TypeAlias = PostgresStore | RedisStore
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
@@ -182,10 +188,10 @@ KEYS = [f"k{i}" for i in range(CHILDREN + 1)]
 
 
 @pytest.fixture(params=["postgres", "redis"])
-def make_server_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], DrivenStore]]:
+def make_server_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], ServerStore]]:
     """Make stores on one fresh table (PostgreSQL) or prefix (Redis) of the session's server;
     each is closed at the end. The server starts only for its own parameter."""
-    made: list[DrivenStore] = []
+    made: list[ServerStore] = []
     name = f"fork_{uuid.uuid4().hex[:12]}"
     if request.param == "postgres":
         pytest.importorskip("psycopg")
@@ -193,7 +199,7 @@ def make_server_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], D
 
         url = request.getfixturevalue("postgres_url")
 
-        def make() -> DrivenStore:
+        def make() -> ServerStore:
             made.append(PostgresStore(url, table=name))
             return made[-1]
 
@@ -203,7 +209,7 @@ def make_server_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], D
 
         url = request.getfixturevalue("redis_url")
 
-        def make() -> DrivenStore:
+        def make() -> ServerStore:
             made.append(RedisStore(url, prefix=f"{name}:"))
             return made[-1]
 
@@ -218,15 +224,18 @@ def make_server_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], D
                 conn.execute(f"DROP TABLE IF EXISTS {name}{suffix}".encode())
 
 
-def _load_own(store: DrivenStore, key: str) -> None:
-    """``LOADS`` loads of ``key``; each must be that key's record."""
-    for _ in range(LOADS):
+def _load_own(store: ServerStore, key: str, until: threading.Event | None = None) -> None:
+    """``LOADS`` loads of ``key``, and more until ``until`` is set; each must be that key's
+    record."""
+    for done in itertools.count():
+        if done >= LOADS and (until is None or until.is_set()):
+            return
         record = store.load(key).record
         assert record is not None, f"{key}: no record"
         assert record.key == key, f"{key}: got another key's record"
 
 
-def _child_of_preload(store: DrivenStore, key: str) -> None:
+def _child_of_preload(store: ServerStore, key: str) -> None:
     """What a worker does with the store it inherited: read its own record (blocking and
     awaited), write it, wait for a change (its own listener), and close the store at exit."""
     _load_own(store, key)
@@ -289,7 +298,7 @@ def _in_thread(work: Callable[[], None]) -> Callable[[], str]:
 
 
 def test_children_of_a_parent_that_used_a_server_store_read_only_their_own_records(
-    make_server_store: Callable[[], DrivenStore],
+    make_server_store: Callable[[], ServerStore],
 ) -> None:
     """The reviewer's gunicorn --preload scenario: the parent migrates and writes, has used
     both pools and listens, then forks; every process loads its own key at once. Before the
@@ -302,12 +311,17 @@ def test_children_of_a_parent_that_used_a_server_store_read_only_their_own_recor
     assert asyncio.run(store.aload("k0")).record is not None  # and the awaited one
     # A waiter listens at the fork: the listener's thread and connection are the parent's.
     parent_waits = _in_thread(lambda: store.wait_for_change("k0", 1, STUCK))
+    deadline = time.monotonic() + STUCK
     while store.hub.waiting() == 0 or not store._listener.ready:
+        assert time.monotonic() < deadline, "the parent's waiter never listened"
         time.sleep(0.01)
+    # And a thread of the parent's loads all along: the fork lands while it holds a connection.
+    children_done = threading.Event()
+    parent_loads = _in_thread(lambda: _load_own(store, "k0", until=children_done))
 
     children = [_fork_reporting(partial(_child_of_preload, store, key)) for key in KEYS[1:]]
-    parent_loads = _in_thread(lambda: _load_own(store, "k0"))
     reports = [_report(pid, read_end) for pid, read_end in children]
+    children_done.set()
 
     assert reports == ["ok"] * CHILDREN
     assert parent_loads() == "ok"
