@@ -1,20 +1,40 @@
 """A forked child is never stuck on a lock that one of the parent's other threads held at the
-fork, and forgets the parent's waiters and listener threads (stores/_forks.py)."""
+fork, and forgets the parent's waiters and listener threads (stores/_forks.py); a server store
+used before the fork (``gunicorn --preload``) gives each child connections of its own, while
+the parent's keep working."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import signal
 import threading
 import time
+import traceback
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pytest
 
-from amo_oauth import MemoryStore
+from _pg_server import postgres_url  # noqa: F401
+from _redis_server import redis_url  # noqa: F401
+from amo_oauth import MemoryStore, StoreError
+from amo_oauth._driving import drive
 from amo_oauth.stores import Hub
+from amo_oauth.stores._driven import offset_of
 from amo_oauth.stores._listening import ChannelListener
-from amo_oauth.testing._contract import make_record
+from amo_oauth.stores._protocol import Claim, LedgerEntry
+from amo_oauth.stores._rows import RecordCodec
+from amo_oauth.testing._contract import T0, make_record
+
+if TYPE_CHECKING:
+    from amo_oauth.stores import PostgresStore, RedisStore
+
+    ServerStore: TypeAlias = PostgresStore | RedisStore
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
@@ -156,3 +176,228 @@ def test_a_listener_in_a_child_starts_its_own_thread() -> None:
         release.set()
         holder.join()
         listener.close()
+
+
+# -- server stores used before the fork (gunicorn --preload) --------------------------------
+
+#: Loads of its own key each process makes while the others make theirs.
+LOADS = 200
+CHILDREN = 3
+#: The record keys: the parent's is k0, child i's is k{i}.
+KEYS = [f"k{i}" for i in range(CHILDREN + 1)]
+
+
+@pytest.fixture(params=["postgres", "redis"])
+def make_server_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], ServerStore]]:
+    """Make stores on one fresh table (PostgreSQL) or prefix (Redis) of the session's server;
+    each is closed at the end. The server starts only for its own parameter."""
+    made: list[ServerStore] = []
+    name = f"fork_{uuid.uuid4().hex[:12]}"
+    if request.param == "postgres":
+        pytest.importorskip("psycopg")
+        from amo_oauth.stores import PostgresStore
+
+        url = request.getfixturevalue("postgres_url")
+
+        def make() -> ServerStore:
+            made.append(PostgresStore(url, table=name))
+            return made[-1]
+
+    else:
+        pytest.importorskip("redis")
+        from amo_oauth.stores import RedisStore
+
+        url = request.getfixturevalue("redis_url")
+
+        def make() -> ServerStore:
+            made.append(RedisStore(url, prefix=f"{name}:"))
+            return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+    if request.param == "postgres":
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            for suffix in ("", "_ledger", "_schema"):
+                conn.execute(f"DROP TABLE IF EXISTS {name}{suffix}".encode())
+
+
+def _load_own(store: ServerStore, key: str, until: threading.Event | None = None) -> None:
+    """``LOADS`` loads of ``key``, and more until ``until`` is set; each must be that key's
+    record."""
+    for done in itertools.count():
+        if done >= LOADS and (until is None or until.is_set()):
+            return
+        record = store.load(key).record
+        assert record is not None, f"{key}: no record"
+        assert record.key == key, f"{key}: got another key's record"
+
+
+def _child_of_preload(store: ServerStore, key: str) -> None:
+    """What a worker does with the store it inherited: read its own record (blocking and
+    awaited), write it, wait for a change (its own listener), and close the store at exit."""
+    _load_own(store, key)
+    loaded = asyncio.run(store.aload(key))
+    assert loaded.record is not None and loaded.record.key == key
+    assert store.compare_and_set(make_record(key, version=2), 1)
+    store.wait_for_change(key, 2, 0.05)  # nothing changes: returns after 50 ms
+    store.close()
+
+
+def _fork_reporting(work: Callable[[], None]) -> tuple[int, int]:
+    """Fork; the child runs ``work()``, writes "ok" or its error to a pipe and exits. Returns
+    the child's pid and the pipe's reading end."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        message = "ok"
+        try:
+            work()
+        except BaseException as exc:
+            message = "".join(traceback.format_exception_only(exc))[-2000:]
+        finally:
+            os.write(write_end, message.encode())
+            os._exit(0)
+    os.close(write_end)
+    return pid, read_end
+
+
+def _report(pid: int, read_end: int) -> str:
+    """What the child wrote, or "stuck" when it was still running after ``STUCK`` seconds."""
+    try:
+        if _exit_code(pid) is None:
+            return "stuck"
+        return os.read(read_end, 4096).decode() or "exited without a word"
+    finally:
+        os.close(read_end)
+
+
+def _in_thread(work: Callable[[], None]) -> Callable[[], str]:
+    """Run ``work`` in a daemon thread; the returned call waits up to ``STUCK`` seconds and says
+    "ok", the error, or "stuck"."""
+    outcome: list[str] = []
+
+    def run() -> None:
+        try:
+            work()
+            outcome.append("ok")
+        except BaseException as exc:
+            outcome.append(repr(exc)[:500])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def result() -> str:
+        thread.join(STUCK)
+        return outcome[0] if outcome else "stuck"
+
+    return result
+
+
+def test_children_of_a_parent_that_used_a_server_store_read_only_their_own_records(
+    make_server_store: Callable[[], ServerStore],
+) -> None:
+    """The reviewer's gunicorn --preload scenario: the parent migrates and writes, has used
+    both pools and listens, then forks; every process loads its own key at once. Before the
+    fix (PostgreSQL) a child got other keys' records or an IndexError, and processes hung."""
+    store = make_server_store()
+    store.migrate()
+    for key in KEYS:
+        assert store.compare_and_set(make_record(key), None)
+    assert store.load("k0").record is not None  # the blocking pool is open at the fork
+    assert asyncio.run(store.aload("k0")).record is not None  # and the awaited one
+    # A waiter listens at the fork: the listener's thread and connection are the parent's.
+    parent_waits = _in_thread(lambda: store.wait_for_change("k0", 1, STUCK))
+    deadline = time.monotonic() + STUCK
+    while store.hub.waiting() == 0 or not store._listener.ready:
+        assert time.monotonic() < deadline, "the parent's waiter never listened"
+        time.sleep(0.01)
+    # And a thread of the parent's loads all along: the fork lands while it holds a connection.
+    children_done = threading.Event()
+    parent_loads = _in_thread(lambda: _load_own(store, "k0", until=children_done))
+
+    children = [_fork_reporting(partial(_child_of_preload, store, key)) for key in KEYS[1:]]
+    reports = [_report(pid, read_end) for pid, read_end in children]
+    children_done.set()
+
+    assert reports == ["ok"] * CHILDREN
+    assert parent_loads() == "ok"
+    # The parent sees every child's write, and still hears another writer's change.
+    for key in KEYS[1:]:
+        record = store.load(key).record
+        assert record is not None and record.version == 2
+    writer = make_server_store()
+    assert writer.compare_and_set(make_record("k0", version=2), 1)
+    assert parent_waits() == "ok"
+    # A wait with nothing to hear lasts its timeout: the children's close() ended no listener
+    # of the parent's (an ended listener fires every watch, and the wait returns at once).
+    started = time.monotonic()
+    store.wait_for_change("k0", 2, 0.5)
+    assert time.monotonic() - started >= 0.45
+
+
+# -- defence in depth: an answer that is not the statement's ---------------------------------
+
+#: A load's answer for k0: the row a caller of k1 got before the fix, when a connection
+#: shared across fork() handed it another process's answer.
+K0_ROW = (T0, "k0", 1, RecordCodec(None).row(make_record("k0")).data)
+LATER = T0 + timedelta(hours=1)
+
+
+def _works(ops: Any) -> dict[str, Callable[[], Any]]:
+    """The operations on one key, made on ``ops`` (a ``PostgresOps``)."""
+    return {
+        "load": lambda: ops.load("k1"),
+        "compare_and_set": lambda: ops.compare_and_set(make_record("k1", version=2), 1),
+        "insert": lambda: ops.compare_and_set(make_record("k1"), None),
+        "delete": lambda: ops.delete("k1", 1),
+        "consume_state": lambda: ops.consume_state("n1", LATER, None),
+        "holder_of": lambda: ops.holder_of("n1"),
+        "claim": lambda: ops.claim(
+            Claim(make_record("k1", version=2), 1, LedgerEntry("code1", "me", LATER), None)
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    ("operation", "answers"),
+    [
+        ("load", {"load": [K0_ROW]}),  # was k0's record, handed to a caller of k1
+        ("load", {"load": []}),  # no row where one always comes: was an IndexError
+        ("load", {"load": [(1,)]}),  # another statement's row
+        ("compare_and_set", {"update": [("k0",)]}),  # was a write reported that did not happen
+        ("insert", {"insert": [("k0",)]}),
+        ("delete", {"delete": [("k0",)]}),
+        ("consume_state", {"take": [("x9",)]}),  # was a ledger key taken that nobody took
+        ("consume_state", {}),  # neither taken nor held: a missing row where one must be
+        ("holder_of", {"live_holder": [("x9", "someone")]}),
+        ("claim", {"take": [("x9",)]}),
+    ],
+)
+def test_an_answer_for_another_key_or_statement_is_a_store_error_naming_the_operation(
+    operation: str, answers: dict[str, list[tuple[object, ...]]]
+) -> None:
+    """Each statement is answered from ``answers`` (keyed by its name on ``Tables``; any other
+    statement: no rows), as a connection shared by two processes may answer it."""
+    pytest.importorskip("psycopg")
+    from amo_oauth.stores._postgres_ops import PostgresOps, Query, Result
+    from amo_oauth.stores._postgres_pools import Place
+    from amo_oauth.stores._postgres_sql import Tables
+
+    tables = Tables("t")
+    ops = PostgresOps(tables, RecordCodec(None), "PostgreSQL store (h/d)", offset_of(None))
+    by_statement = {id(getattr(tables, name)): rows for name, rows in answers.items()}
+
+    def perform(query: Query) -> Result:
+        rows = by_statement.get(id(query.query), [])
+        return Result(len(rows), list(rows))
+
+    work = _works(ops)[operation]()
+    with pytest.raises(StoreError) as caught, Place("h", "d", "t").mapped(work.action):
+        drive(work.steps, perform)
+    message = str(caught.value)
+    assert f"could not {work.action}: the server's answer does not fit the statement" in message
+    assert "k0" not in message and "x9" not in message

@@ -39,6 +39,17 @@ class Listener(ChannelListener[Conn]):
         #: Written to by ``close`` to end the ``select``; made before the first thread starts.
         self._wake: tuple[socket.socket, socket.socket] | None = None
 
+    def after_fork(self) -> None:
+        """In a forked child: also a wake-up pair of its own. The inherited pair is the
+        parent's too: a child's ``close`` writing to it would end the parent's listener, and
+        every listener the parent started after it, since nobody reads the byte back out. The
+        parent's LISTEN connection stayed with the parent's thread and is never touched here."""
+        super().after_fork()
+        if self._wake is not None:
+            for end in self._wake:
+                end.close()  # this process's descriptors only: the parent keeps its own
+            self._wake = None
+
     def _prepare(self) -> None:
         if self._wake is None:
             self._wake = socket.socketpair()

@@ -3,6 +3,12 @@
 An operation yields a ``Query`` and is sent its ``Result``; ``ROLLBACK`` asks its driver to roll
 the transaction back (answered with an empty result). The blocking and the awaited driver
 (``_postgres_pools``) run exactly the same statements.
+
+Every answer is checked before it is used: as many rows and columns as the statement returns,
+and, for a statement on one key, that key. An answer that is not the statement's (a connection
+used by two processes at once reads the other's) raises ``MismatchedAnswer``, which the driver
+reports as ``StoreError`` naming the operation: never another key's record, never a write or a
+ledger key taken that did not happen.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from ._postgres_sql import SCHEMA_VERSION, Tables
 from ._protocol import Claim, ClaimResult, DueCursor, Loaded, StoreCheck
 from ._rows import RecordCodec, Row
 
-__all__ = ["ROLLBACK", "Op", "PostgresOps", "Query", "Result"]
+__all__ = ["ROLLBACK", "MismatchedAnswer", "Op", "PostgresOps", "Query", "Result"]
 
 #: Expired ledger keys are deleted on one ``consume_state`` in this many (the first included),
 #: at most ``_PRUNE_BATCH`` at a time.
@@ -55,6 +61,36 @@ class Result:
     def __init__(self, rowcount: int, rows: list[tuple[Any, ...]]) -> None:
         self.rowcount = rowcount
         self.rows = rows
+
+
+class MismatchedAnswer(Exception):
+    """The server's answer does not fit the statement sent: another statement's, or another
+    key's. The message names no key and no data."""
+
+
+def _rows(done: Result, width: int) -> list[tuple[Any, ...]]:
+    """The rows of ``done``, each of ``width`` columns."""
+    if any(len(row) != width for row in done.rows):
+        raise MismatchedAnswer(f"rows of another shape than the statement's {width} columns")
+    return done.rows
+
+
+def _one(done: Result, width: int) -> tuple[Any, ...]:
+    """The one row a statement always returns (``now()`` and the like)."""
+    rows = _rows(done, width)
+    if len(rows) != 1:
+        raise MismatchedAnswer(f"{len(rows)} rows where the statement returns one")
+    return rows[0]
+
+
+def _for_key(done: Result, width: int, key: str) -> tuple[Any, ...] | None:
+    """The row a statement on one key returned (its first column that key), or None."""
+    rows = _rows(done, width)
+    if not rows:
+        return None
+    if len(rows) != 1 or rows[0][0] != key:
+        raise MismatchedAnswer("an answer for another key")
+    return rows[0]
 
 
 #: Yielded by an operation to roll its transaction back (answered with an empty ``Result``).
@@ -143,7 +179,7 @@ class PostgresOps:
         yield Query(t.lock, (t.lock_id,))
         yield Query(t.create_meta)
         done = yield Query(t.schema_version)
-        found = done.rows[0][0] or 0
+        found = _one(done, 1)[0] or 0
         if found > SCHEMA_VERSION:
             raise StoreError(
                 f"{self._where}: table {t.qualified!r} has schema version {found}; "
@@ -162,20 +198,22 @@ class PostgresOps:
 
     def _load(self, key: str) -> Op[Loaded]:
         done = yield Query(self._tables.load, (key,))
-        now, found, version, data = done.rows[0]
+        now, found, version, data = _one(done, 4)
+        if found is not None and found != key:
+            raise MismatchedAnswer("an answer for another key")
         record = None if found is None else self._codec.decode_row(found, version, data)
         return Loaded(record, server_now(now, self._offset))
 
     def _check(self) -> Op[StoreCheck]:
         t = self._tables
         done = yield Query(t.check, (t.meta_name,))
-        now, migrated = done.rows[0]
+        now, migrated = _one(done, 2)
         now = server_now(now, self._offset)
         if not migrated:
             detail = f"table {t.qualified!r} does not exist; run amo-oauth migrate"
             return StoreCheck("postgres", True, False, now, detail)
         done = yield Query(t.schema_version)
-        found = done.rows[0][0] or 0
+        found = _one(done, 1)[0] or 0
         if found != SCHEMA_VERSION:
             detail = f"schema version {found}; this library knows {SCHEMA_VERSION}"
             return StoreCheck("postgres", True, False, now, detail)
@@ -200,7 +238,7 @@ class PostgresOps:
             return False  # no stored version can be that number
         else:
             done = yield Query(t.update, (*columns, row.key, expected_version))
-        if done.rowcount != 1:
+        if _for_key(done, 1, row.key) is None:
             return False
         yield self._notify(row.key)
         return True
@@ -209,7 +247,7 @@ class PostgresOps:
         if not _fits(expected_version):
             return False  # no stored version can be that number
         done = yield Query(self._tables.delete, (key, expected_version))
-        if done.rowcount != 1:
+        if _for_key(done, 1, key) is None:
             return False
         yield self._notify(key)
         return True
@@ -226,17 +264,21 @@ class PostgresOps:
         """Take a ledger key for ``holder`` (None: plainly single-use), inside a transaction."""
         t = self._tables
         done = yield Query(t.take, (key, holder, expires_at, self._offset()))
-        if done.rows:
+        if _for_key(done, 1, key) is not None:
             return True
         # The live entry is locked by this transaction now: it is still there to be read.
         done = yield Query(t.holder, (key,))
-        return holder is not None and bool(done.rows) and done.rows[0][0] == holder
+        entry = _for_key(done, 2, key)
+        if entry is None:
+            raise MismatchedAnswer("no entry where the statement before found one")
+        return holder is not None and entry[1] == holder
 
     def _holder(self, key: str) -> Op[str | None]:
         done = yield Query(self._tables.live_holder, (key, self._offset()))
-        if not done.rows:
+        entry = _for_key(done, 2, key)
+        if entry is None:
             return None
-        holder: str | None = done.rows[0][0]
+        holder: str | None = entry[1]
         return holder
 
     def _claim(self, claim: Claim, write: Op[bool]) -> Op[ClaimResult]:
@@ -257,16 +299,16 @@ class PostgresOps:
     def _by_account(self, account_id: int) -> Op[list[ConnectionRecord]]:
         if not _fits(account_id):
             return []  # no stored account can be that number
-        records = yield from self._bodies(Query(self._tables.by_account, (account_id,)))
+        done = yield Query(self._tables.by_account, (account_id,))
+        records = [self._codec.decode(data) for (data,) in _rows(done, 1)]
+        if any(record.account is None or record.account.id != account_id for record in records):
+            raise MismatchedAnswer("records of another account")
         return records
-
-    def _bodies(self, query: Query) -> Op[list[ConnectionRecord]]:
-        done = yield query
-        return [self._codec.decode(data) for (data,) in done.rows]
 
     def _keyed_rows(self, query: Query) -> Op[list[ConnectionRecord]]:
         done = yield query
-        return [self._codec.decode_row(key, version, data) for key, version, data in done.rows]
+        rows = _rows(done, 3)
+        return [self._codec.decode_row(key, version, data) for key, version, data in rows]
 
     def _notify(self, key: str) -> Query:
         payload = key if len(key.encode()) <= _MAX_PAYLOAD else ""

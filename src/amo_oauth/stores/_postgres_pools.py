@@ -11,6 +11,7 @@ and the mapping of every psycopg error to ``StoreError``.
   login, fails the call at once with libpq's reason instead of a ``PoolTimeout`` at the end of
   ``timeout`` (the pool retries in the background and tells only its log why).
 - Every connection carries TCP keepalives and a user timeout unless the conninfo sets its own.
+- A forked child never uses its parent's pools: it opens its own on first use (``after_fork``).
 """
 
 from __future__ import annotations
@@ -31,13 +32,20 @@ from .._driving import adrive, drive
 from .._errors import StoreError
 from ._common import closed_error
 from ._driven import Work
-from ._postgres_ops import ROLLBACK, Query, Result
+from ._forks import reset_in_child
+from ._postgres_ops import ROLLBACK, MismatchedAnswer, Query, Result
 
 __all__ = ["Connections", "Place", "connect_kwargs"]
 
 Conn: TypeAlias = "psycopg.Connection[tuple[Any, ...]]"
 AsyncConn: TypeAlias = "psycopg.AsyncConnection[tuple[Any, ...]]"
 T = TypeVar("T")
+
+#: The pools a forked child inherited from its parent: held here, never used and never
+#: collected. Their connections are the parent's server sessions: closing one (or collecting a
+#: pool, which stops its workers) would send PostgreSQL a Terminate on the parent's socket, and
+#: using one would interleave two processes' statements on it.
+_INHERITED: Final[list[object]] = []
 
 #: libpq's reason is kept to this many characters in a ``StoreError`` (several hosts make
 #: several lines).
@@ -83,10 +91,16 @@ class Place:
 
     @contextlib.contextmanager
     def mapped(self, action: str) -> Iterator[None]:
-        """Turn psycopg's and the pool's errors into ``StoreError``, naming the host, the
-        database and the error class, never the connection string or the data."""
+        """Turn psycopg's and the pool's errors, and an answer that is not the statement's,
+        into ``StoreError``, naming the host, the database and the error class, never the
+        connection string or the data."""
         try:
             yield
+        except MismatchedAnswer as exc:
+            raise StoreError(
+                f"{self.where} could not {action}: the server's answer does not fit the "
+                f"statement ({exc}): was its connection used by two processes at once?"
+            ) from None
         except psycopg.errors.UndefinedTable as exc:
             raise StoreError(
                 f"{self.where} could not {action}: table {self.table!r} does not exist; "
@@ -121,6 +135,20 @@ class Connections:
         self._pool: ConnectionPool[Conn] | None = None
         self._apool: AsyncConnectionPool[AsyncConn] | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's pools, so the first call opens the child's own.
+
+        The parent's connections share their sockets with the parent: answers to two
+        processes' statements would interleave on them (one process reading another's rows).
+        They are kept, not closed, so the parent's server sessions live on; a vanished thread
+        may hold the guard, so it is replaced.
+        """
+        self._guard = threading.Lock()
+        _INHERITED.extend(pool for pool in (self._pool, self._apool) if pool is not None)
+        self._pool = self._apool = None
+        self._aloop = None
 
     @property
     def closed(self) -> bool:

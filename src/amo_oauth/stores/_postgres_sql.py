@@ -68,6 +68,8 @@ class Tables:
         self.check = sql.SQL("SELECT now(), to_regclass(%s) IS NOT NULL")
 
     def _records(self, fmt: dict[str, sql.Identifier]) -> None:
+        # Every statement on one key returns that key: the operation checks the answer is for
+        # the key it asked about (_postgres_ops.Answer).
         # One row whether or not the record exists: the server's clock with it.
         self.load = sql.SQL(
             """SELECT now(), r.key, r.version, r.data
@@ -75,14 +77,16 @@ class Tables:
         ).format(**fmt)
         self.insert = sql.SQL(
             """INSERT INTO {records} (key, version, status, account_id, refresh_due, data)
-            VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING"""
+            VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING RETURNING key"""
         ).format(**fmt)
         self.update = sql.SQL(
             """UPDATE {records}
             SET version = %s, status = %s, account_id = %s, refresh_due = %s, data = %s
-            WHERE key = %s AND version = %s"""
+            WHERE key = %s AND version = %s RETURNING key"""
         ).format(**fmt)
-        self.delete = sql.SQL("DELETE FROM {records} WHERE key = %s AND version = %s").format(**fmt)
+        self.delete = sql.SQL(
+            "DELETE FROM {records} WHERE key = %s AND version = %s RETURNING key"
+        ).format(**fmt)
         self.by_account = sql.SQL(
             "SELECT data FROM {records} WHERE account_id = %s ORDER BY key"
         ).format(**fmt)
@@ -115,11 +119,11 @@ class Tables:
             ON CONFLICT (key) DO UPDATE SET holder = excluded.holder,
                 expires_at = excluded.expires_at
             WHERE l.expires_at < now() + %s
-            RETURNING 1"""
+            RETURNING l.key"""
         ).format(**fmt)
-        self.holder = sql.SQL("SELECT holder FROM {ledger} WHERE key = %s").format(**fmt)
+        self.holder = sql.SQL("SELECT key, holder FROM {ledger} WHERE key = %s").format(**fmt)
         self.live_holder = sql.SQL(
-            "SELECT holder FROM {ledger} WHERE key = %s AND expires_at >= now() + %s"
+            "SELECT key, holder FROM {ledger} WHERE key = %s AND expires_at >= now() + %s"
         ).format(**fmt)
         # SKIP LOCKED: two pruning writers never wait for (or deadlock on) each other's rows.
         self.prune = sql.SQL(

@@ -16,6 +16,10 @@ How a call is made safe:
   fires it for the changes of every process.
 - The store's clock is the server's ``now()`` (plus ``clock_offset``), read in the same
   statement as the record by ``load``; ledger keys expire by it too.
+- After ``fork()`` a child opens its own pools and listening connection and never touches the
+  parent's (``_forks.reset_in_child``); every answer is checked against its statement and key,
+  so a connection shared by two processes anyway fails with ``StoreError``, never another
+  key's record.
 - The store never creates tables by itself: ``migrate()`` does, once, and records the schema
   version in a table of its own. Calls before then raise ``StoreError`` saying so.
 
