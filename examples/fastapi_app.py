@@ -9,7 +9,9 @@ What the mobile app (or a browser) talks to::
                                          then a 303 to ``next``
     GET  /api/amo-crm/connect, /callback, /status, POST /exchange-code, /disconnect ...
                                          amo_oauth's routes (``amo_oauth.fastapi.router``)
-    GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"}
+    GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"};
+                                            503 {"error": "refresh_backoff"} + Retry-After
+                                            while amoCRM pushes back on the refresh
     GET  /admin                          a private integration's admin (a signed-in user in
                                          ``admins``) pastes a long-lived token or the
                                          keys-tab code from amoCRM's "Keys and scopes" tab;
@@ -31,9 +33,10 @@ Run it (the redirect URI registered in amoCRM must end in ``/api/amo-crm/callbac
     AMO_CLIENT_ID=... AMO_CLIENT_SECRET=... \\
     AMO_REDIRECT_URI=https://example.com/api/amo-crm/callback \\
     AMO_STATE_SECRET=$(python -c "import secrets; print(secrets.token_hex(32))") \\
-    uvicorn examples.fastapi_app:app_from_env --factory --no-access-log
+    uvicorn examples.fastapi_app:app_from_env --factory
 
-(No access log: the callback's request line carries the code until it is exchanged.)
+(The access log prints the callback's code and state as ``[redacted]``: the router installs
+the filter.)
 
 ``amo-oauth demo --serve`` runs this app against a fake amoCRM, to click through in a browser.
 """
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import math
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -60,6 +64,7 @@ from amo_oauth import (
     ProviderError,
     ReauthorizationRequired,
     SQLiteStore,
+    TryAgainLater,
     web,
 )
 from amo_oauth.fastapi import router
@@ -219,6 +224,8 @@ def create_app(
             result = await oauth.connect_with_code(
                 user, fields.get("code", "").strip(), fields.get("host", "").strip()
             )
+            if result.refused is not None:  # a connected connection keeps its tokens
+                return f"Not exchanged: {_with_hint(result.refused)}"
             return f"{result.outcome.value}" + (" (seen before)" if result.duplicate else "")
 
         return await _as_admin(request, connect)
@@ -240,7 +247,7 @@ def create_app(
         try:
             said = await connect(user, fields)
         except CallbackRejected as refused:
-            return _admin_answer(400, f"Refused: {refused.reason}")
+            return _admin_answer(400, f"Refused: {_with_hint(refused.reason)}")
         except ProviderError as failed:  # TryAgainLater too: nothing was changed
             return _admin_answer(502, f"amoCRM did not accept it now ({failed.status}): try again")
         connection = await oauth.status(user)
@@ -263,6 +270,22 @@ def create_app(
         )
     )
     return app
+
+
+#: What an admin can do about a refusal on the admin page (the slug stays first: docs/reasons.md).
+ADMIN_HINTS = {
+    "foreign_host": "type the account's host, e.g. example.amocrm.ru or example.kommo.com",
+    "missing_referer": "type the account's host too",
+    "code_rejected": "amoCRM did not accept the code: copy it again (it lives 20 minutes)",
+    "exchange_interrupted": "amoCRM did not answer; the code may be spent: take a new one",
+    "code_used_elsewhere": "this code already connected another connection: take a new one",
+    "token_refused": "amoCRM did not accept the token: issue a new one in the tab",
+}
+
+
+def _with_hint(reason: str) -> str:
+    hint = ADMIN_HINTS.get(reason)
+    return f"{reason} ({hint})" if hint else reason
 
 
 def _admin_answer(status: int, result: str) -> HTMLResponse:
@@ -328,9 +351,18 @@ async def _leads_of(oauth: AsyncAmoOAuth, client: httpx.AsyncClient, user: str) 
         found = await fetch_leads(client, host, oauth.auth(user))
     except ReauthorizationRequired:  # amoCRM revoked the tokens: the user must connect again
         return JSONResponse({"error": "not_connected"}, 409)
+    except TryAgainLater as later:  # amoCRM pushed back (a refresh back-off): come back later
+        return JSONResponse({"error": later.reason}, 503, headers=_retry_after(later))
     except (httpx.HTTPError, ProviderError, ValueError):
         return JSONResponse({"error": "amocrm_unavailable"}, 502)
     return JSONResponse({"leads": found})
+
+
+def _retry_after(later: TryAgainLater) -> dict[str, str]:
+    """``Retry-After`` for a 503: whole seconds, rounded up (HTTP takes no fractions)."""
+    if later.retry_after is None:
+        return {}
+    return {"Retry-After": str(math.ceil(later.retry_after))}
 
 
 async def _account_host(oauth: AsyncAmoOAuth, user: str) -> str | None:

@@ -9,7 +9,9 @@ The same backend as ``fastapi_app.py``, blocking::
                                          then a 303 to ``next``
     GET  /api/amo-crm/connect, /callback, /status, POST /exchange-code, /disconnect ...
                                          amo_oauth's routes (``amo_oauth.flask.blueprint``)
-    GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"}
+    GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"};
+                                            503 {"error": "refresh_backoff"} + Retry-After
+                                            while amoCRM pushes back on the refresh
 
 The sign-in is a toy (no password, sessions in memory): replace it with yours. What matters is
 the ``connection_id`` callable: it maps a request to your user id, and amo_oauth keeps one amoCRM
@@ -33,6 +35,7 @@ Run it (the redirect URI registered in amoCRM must end in ``/api/amo-crm/callbac
 from __future__ import annotations
 
 import html
+import math
 import os
 import re
 import secrets
@@ -50,6 +53,7 @@ from amo_oauth import (
     ProviderError,
     ReauthorizationRequired,
     SQLiteStore,
+    TryAgainLater,
     web,
 )
 from amo_oauth.flask import blueprint
@@ -219,9 +223,20 @@ def _leads_of(oauth: AmoOAuth, client: httpx.Client, user: str) -> flask.Respons
         found = fetch_leads(client, host, oauth.auth(user))
     except ReauthorizationRequired:  # amoCRM revoked the tokens: the user must connect again
         return _json({"error": "not_connected"}, 409)
+    except TryAgainLater as later:  # amoCRM pushed back (a refresh back-off): come back later
+        answer = _json({"error": later.reason}, 503)
+        answer.headers.update(_retry_after(later))
+        return answer
     except (httpx.HTTPError, ProviderError, ValueError):
         return _json({"error": "amocrm_unavailable"}, 502)
     return _json({"leads": found})
+
+
+def _retry_after(later: TryAgainLater) -> dict[str, str]:
+    """``Retry-After`` for a 503: whole seconds, rounded up (HTTP takes no fractions)."""
+    if later.retry_after is None:
+        return {}
+    return {"Retry-After": str(math.ceil(later.retry_after))}
 
 
 def _account_host(oauth: AmoOAuth, user: str) -> str | None:

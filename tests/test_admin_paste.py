@@ -94,6 +94,47 @@ def test_a_refused_token_says_why_and_connects_nothing(stack: Stack, browser: ht
     assert browser.get(f"{stack.backend}{PREFIX}/status").json()["status"] == "disconnected"
 
 
+def test_a_host_typed_as_a_url_connects_and_a_foreign_one_says_why(
+    stack: Stack, browser: httpx.Client
+) -> None:
+    token, _, host = _tab(stack, browser)
+    _admin(stack, browser)
+    refused = _paste(stack, browser, "long-lived", token=token, host="https://evil.example.com/")
+    assert refused.status_code == 400
+    assert "Refused: foreign_host (type the account&#x27;s host" in refused.text
+    pasted = _paste(stack, browser, "long-lived", token=token, host=f"https://{host.upper()}/")
+    assert pasted.status_code == 200
+    assert browser.get(f"{stack.backend}{PREFIX}/status").json()["status"] == "connected"
+
+
+@pytest.mark.parametrize("button", ["revoke", "expire"])
+def test_the_tabs_buttons_end_the_pasted_token_and_the_app_says_so(
+    stack: Stack, browser: httpx.Client, button: str
+) -> None:
+    page = browser.get(f"{stack.fake_url}/keys", params={"client_id": stack.fake.client_id})
+    form = re.search(
+        rf'<form method="post" action="([^"]+)">((?:(?!</form>).)*)id="{button}"', page.text, re.S
+    )
+    assert form is not None
+    fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', form.group(2)))
+    token = html.unescape(fields["token"])
+    host = re.search(r'<code id="host">([^<]+)</code>', page.text)
+    assert host is not None
+    _admin(stack, browser)
+    assert _paste(stack, browser, "long-lived", token=token, host=host.group(1)).status_code == 200
+    assert browser.get(f"{stack.backend}{PREFIX}/leads").status_code == 200
+    clicked = browser.post(f"{stack.fake_url}{html.unescape(form.group(1))}", data=fields)
+    assert clicked.status_code == 200 and "refuses it from now on" in clicked.text
+    assert token not in clicked.text
+    browser.get(f"{stack.backend}{PREFIX}/leads")  # amoCRM's 401 ends the connection
+    status = browser.get(f"{stack.backend}{PREFIX}/status").json()
+    assert status["status"] == "error" and status["connected"] is False
+    unknown = browser.post(
+        f"{stack.fake_url}{html.unescape(form.group(1))}", data={"do": button, "token": "nope"}
+    )
+    assert unknown.status_code == 400
+
+
 def test_only_an_admin_on_this_site_may_paste(stack: Stack, browser: httpx.Client) -> None:
     token, code, host = _tab(stack, browser)
     # Signed in as an admin, but the post comes from another site's page.

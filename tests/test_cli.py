@@ -94,6 +94,10 @@ def test_refresh_due_needs_the_integration_settings(
         main(["refresh-due", "--db", str(connected_db)])
 
 
+#: ``refresh-due``'s summary of widget installs when there are none.
+NO_WIDGETS = {"refreshed": [], "failed": {}, "needs_reauthorization": []}
+
+
 def test_refresh_due_with_nothing_due_refreshes_nothing(
     connected_db: Path,
     fake: FakeAmoCRM,
@@ -113,6 +117,7 @@ def test_refresh_due_with_nothing_due_refreshes_nothing(
         "skipped": 0,
         "remaining": 0,
         "expiring_long_lived": [],
+        "widgets": NO_WIDGETS,
     }
 
 
@@ -172,6 +177,7 @@ def test_refresh_due_refreshes_and_summarizes(
         "skipped": 0,
         "remaining": 0,
         "expiring_long_lived": [],
+        "widgets": NO_WIDGETS,
     }
     assert err == ""  # fewer than a thousand, and not a terminal: no progress line
     assert fake.token_call_count("refresh_token", "ok") == 5
@@ -195,6 +201,28 @@ def test_refresh_due_exits_non_zero_when_any_failed(
     # The first release's shape: each failed connection with its reason.
     assert summary["failed"] == {"user-0": "reauthorization_required", "user-1": "unavailable"}
     assert summary["needs_reauthorization"] == ["user-0"]
+
+
+def test_refresh_due_exits_3_when_only_long_lived_tokens_expire_in_the_window(
+    tmp_path: Path,
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = tmp_path / "long.db"
+    http = httpx.Client(transport=fake.transport())
+    with AmoOAuth(config_for(fake), store=SQLiteStore(db), http=http, clock=clock) as oauth:
+        token = fake.issue_long_lived_token(lifetime=timedelta(days=3))
+        oauth.connect_long_lived("admin", token, fake.account_host)
+    _integration_env(fake, monkeypatch)
+    _sweep_with_the_fakes(fake, clock, monkeypatch)
+    assert main(["refresh-due", "--db", str(db), "--within-days", "1"]) == 0  # not yet
+    capsys.readouterr()
+    assert main(["refresh-due", "--db", str(db), "--within-days", "7"]) == 3
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["expiring_long_lived"] == ["admin"] and summary["failed"] == {}
+    assert fake.token_call_count() == 0
 
 
 @pytest.mark.parametrize(

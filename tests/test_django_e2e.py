@@ -42,6 +42,7 @@ from test_e2e import (  # noqa: F401
     test_an_account_without_leads,
     test_another_sites_sign_in_form_signs_nobody_in,
     test_deny_shows_try_again,
+    test_leads_answer_503_with_retry_after_while_amocrm_pushes_back,
     test_leads_need_a_connection,
     test_the_mobile_client_as_a_script,
     test_the_seeds_scenario,

@@ -212,3 +212,16 @@ def test_a_duplicate_callback_commits_nothing_on_the_async_service(
             await http.aclose()
 
     asyncio.run(main())
+
+
+def test_a_status_read_commits_only_the_end_of_a_long_lived_token_past_its_exp(
+    counted: tuple[AmoOAuth, Commits], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    oauth, commits = counted
+    token = fake.issue_long_lived_token(lifetime=timedelta(days=1))
+    oauth.connect_long_lived(USER, token, fake.account_host)
+    before = commits.count
+    assert oauth.status(USER).is_connected and commits.count == before  # nothing due
+    clock.advance(timedelta(days=2))
+    assert oauth.status(USER).error is not None and commits.count == before + 1
+    assert oauth.status(USER).error is not None and commits.count == before + 1

@@ -275,3 +275,23 @@ def test_screens_without_a_backend() -> None:
         callback = "http://backend/api/amo-crm/callback"
         assert MOBILE.old_app(app, f"{callback}?state=s").message == MOBILE.CODE_MISSING
         assert MOBILE.old_app(app, f"{callback}?error=access_denied").message == MOBILE.TRY_AGAIN
+
+
+def test_leads_answer_503_with_retry_after_while_amocrm_pushes_back(
+    stack: Stack, browser: httpx.Client, app: httpx.Client
+) -> None:
+    """The reviewer's example: amoCRM answered the refresh 429 (`retry_after: 300`) and the
+    example's /leads answered 502 `amocrm_unavailable`, dropping when to come back (the docs'
+    recipe let `TryAgainLater` escape: 500). It is a 503 with `Retry-After`, and the calls
+    during the back-off send no refresh."""
+    visit = _allow(stack, browser, app)
+    MOBILE.new_app(app, visit.deep_link)
+    stack.fake.expire_access_tokens()  # the next API call is a 401: the auth refreshes
+    stack.fake.fail_next("429", grant="refresh_token")
+    for _ in range(2):
+        answer = app.get(f"{PREFIX}/leads")
+        assert (answer.status_code, answer.json()) == (503, {"error": "refresh_backoff"})
+        assert 295 <= int(answer.headers["retry-after"]) <= 300 * 1.25  # amoCRM's, jittered
+    assert (
+        sum(n for (grant, _), n in stack.fake.token_calls.items() if grant == "refresh_token") == 1
+    )

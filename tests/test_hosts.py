@@ -203,3 +203,39 @@ def test_hosts_compare_and_show_by_name_only():
     extra = ("fake.test",)
     assert AccountHost("acme.fake.test", extra) == AccountHost("acme.fake.test", (*extra, "x.test"))
     assert repr(AccountHost("acme.fake.test", extra)) == "AccountHost(name='acme.fake.test')"
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "test.amocrm.ru",
+        "TEST.AMOCRM.RU",
+        "https://test.amocrm.ru/",
+        "https://Test.amoCRM.ru",
+        "http://test.amocrm.ru/",
+        "  test.amocrm.ru/  ",
+    ],
+)
+def test_a_typed_host_in_any_case_with_a_scheme_or_a_slash_is_accepted(typed: str) -> None:
+    host = AccountHost.typed(typed)
+    assert host is not None and host.name == "test.amocrm.ru"
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "https://test.amocrm.ru/leads",
+        "https://test.amocrm.ru:8443/",
+        "https://user@test.amocrm.ru/",
+        "https://test.amocrm.ru/?x=1",
+        "https://test.amocrm.ru//",
+        "https://https://test.amocrm.ru",
+        "ftp://test.amocrm.ru",
+        "https://evil.example.com/",
+        "https://test.amocrm.ru.evil.com/",
+        "\u212a.amocrm.ru",  # the Kelvin sign lower-cases to an ASCII "k"
+        "",
+    ],
+)
+def test_a_typed_host_with_anything_more_is_refused(typed: str) -> None:
+    assert AccountHost.typed(typed) is None

@@ -220,6 +220,26 @@ def test_refusals_write_and_send_nothing(
     assert fake.token_call_count() == 0 and stored(oauth, USER) is None
 
 
+@pytest.mark.parametrize("spelling", ["https://{}/", "{}/", "http://{}"])
+def test_a_keys_tab_host_typed_with_a_scheme_a_slash_or_in_capitals_connects(
+    oauth: AmoOAuth, fake: FakeAmoCRM, spelling: str
+) -> None:
+    typed = spelling.format(fake.account_host.upper())
+    result = oauth.connect_with_code(USER, fake.issue_keys_tab_code(), typed)
+    assert result.outcome is Outcome.CONNECTED
+    record = stored(oauth, USER)
+    assert record is not None and record.host == fake.account_host
+
+
+@pytest.mark.parametrize("spelling", ["https://{}/leads", "https://{}:443/", "https://u@{}"])
+def test_a_keys_tab_host_with_a_path_port_or_userinfo_is_refused(
+    oauth: AmoOAuth, fake: FakeAmoCRM, spelling: str
+) -> None:
+    with pytest.raises(CallbackRejected) as refused:
+        oauth.connect_with_code(USER, "def50200abc", spelling.format(fake.account_host))
+    assert refused.value.reason == "foreign_host" and fake.token_call_count() == 0
+
+
 def test_the_async_twin_races_one_code_to_one_token_call(
     fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
@@ -266,3 +286,126 @@ def test_the_code_is_never_in_a_log_a_repr_or_an_error(
     seen += [refused.value, stored(oauth, USER), oauth, fake]
     texts = [caplog.text] + [f"{item!r} {item}" for item in seen]
     assert all(code not in text and stale not in text for text in texts)
+
+
+# -- a connected connection keeps working until the new pair is in hand (review of issue 21) -----
+
+
+def _connected_long_lived(oauth: AmoOAuth, fake: FakeAmoCRM) -> str:
+    token = fake.issue_long_lived_token()
+    assert oauth.connect_long_lived(USER, token, fake.account_host).is_connected
+    return token
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        (None, "code_rejected"),  # a typo: amoCRM cannot decrypt it
+        ("500", "exchange_interrupted"),
+        ("timeout_before", "exchange_interrupted"),
+        ("lost_answer", "exchange_interrupted"),  # the code may be spent: never sent again
+    ],
+)
+def test_a_refused_admin_code_leaves_a_connected_connection_as_it_was(
+    backend: Backend,
+    make_oauth: Callable[..., AmoOAuth],
+    fake: FakeAmoCRM,
+    fault: str | None,
+    reason: str,
+) -> None:
+    oauth = make_oauth(store=backend.open())
+    token = _connected_long_lived(oauth, fake)
+    before = stored(oauth, USER)
+    code = "def502typo" if fault is None else fake.issue_keys_tab_code()
+    if fault is not None:
+        fake.fail_next(fault, grant="authorization_code")  # type: ignore[arg-type]
+    result = oauth.connect_with_code(USER, code, fake.account_host)
+    assert (result.outcome, result.refused) == (Outcome.FAILED, reason)
+    assert result.connection.status is ConnectionStatus.CONNECTED
+    assert result.connection.error is None
+    assert oauth.access_token(USER) == token
+    after = stored(oauth, USER)
+    assert before is not None and after is not None
+    assert (after.host, after.account, after.lease) == (before.host, before.account, None)
+    replay = oauth.connect_with_code(USER, code, fake.account_host)  # never sent again
+    assert (replay.outcome, replay.duplicate) == (Outcome.ALREADY_CONNECTED, True)
+    assert fake.token_call_count("authorization_code") == 1
+
+
+def test_the_old_token_is_served_while_an_admin_code_is_at_amocrm(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    store = MemoryStore(clock=clock)
+    oauth, other = make_oauth(store=store), make_oauth(store=store)
+    token = _connected_long_lived(oauth, fake)
+    served: list[str] = []
+
+    class AsksMeanwhile(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.startswith("/oauth2/access_token"):
+                served.append(other.access_token(USER))
+            return fake.transport().handle_request(request)
+
+    oauth.http = httpx.Client(transport=AsksMeanwhile())
+    code = fake.issue_keys_tab_code()
+    result = oauth.connect_with_code(USER, code, fake.account_host)
+    assert result.outcome is Outcome.CONNECTED and served == [token]
+    assert oauth.access_token(USER) != token  # the new pair replaced it once in hand
+
+
+def test_the_async_twin_keeps_a_connected_connection_on_a_refused_code(
+    fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    async def scenario() -> None:
+        http = httpx.AsyncClient(transport=fake.async_transport())
+        store = MemoryStore(clock=clock)
+        async with AsyncAmoOAuth(config_for(fake), store=store, http=http, clock=clock) as oauth:
+            token = fake.issue_long_lived_token()
+            await oauth.connect_long_lived(USER, token, fake.account_host)
+            fake.fail_next("500", grant="authorization_code")
+            result = await oauth.connect_with_code(
+                USER, fake.issue_keys_tab_code(), fake.account_host
+            )
+            assert (result.outcome, result.refused) == (Outcome.FAILED, "exchange_interrupted")
+            assert await oauth.access_token(USER) == token
+
+    asyncio.run(scenario())
+
+
+def test_connections_racing_one_code_lose_with_code_used_elsewhere(
+    backend: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    fake.latency = 0.05  # the winner's exchange is in flight when the others claim
+    services = [make_oauth(store=backend.open()) for _ in range(2)]
+    assert services[0].connect_with_code("c0", fake.issue_keys_tab_code(), fake.account_host)
+    connected_before = stored(services[0], "c0")
+    code = fake.issue_keys_tab_code()
+    ids = ["c0", "c1", "c2", "c3"]
+    start = threading.Barrier(len(ids))
+    answers: dict[str, object] = {}
+
+    def paste(index: int) -> None:
+        start.wait()
+        try:
+            answers[ids[index]] = (
+                services[index % 2].connect_with_code(ids[index], code, fake.account_host).outcome
+            )
+        except CallbackRejected as refused:
+            answers[ids[index]] = refused.reason
+
+    threads = [threading.Thread(target=paste, args=(i,)) for i in range(len(ids))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [name for name, answer in answers.items() if answer is Outcome.CONNECTED]
+    assert len(winners) == 1 and fake.token_calls_for(code) == 1
+    assert {answers[name] for name in ids if name not in winners} == {"code_used_elsewhere"}
+    for loser in (name for name in ids if name not in winners):
+        record = stored(services[0], loser)
+        if loser == "c0":  # it was connected: it is still, with its own pair
+            assert record is not None and connected_before is not None
+            assert record.status is ConnectionStatus.CONNECTED
+            assert record.tokens == connected_before.tokens
+        else:
+            assert record is None or record.status is ConnectionStatus.DISCONNECTED

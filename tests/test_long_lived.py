@@ -100,6 +100,40 @@ def test_a_verified_token_is_stored_long_lived_and_served_until_its_exp(
     assert fake.token_call_count() == 0  # nothing ever tried to refresh it
 
 
+def test_status_past_exp_reports_the_connection_ended_on_every_store(
+    backend: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    oauth = make_oauth(store=backend.open())
+    oauth.connect_long_lived(
+        USER, fake.issue_long_lived_token(lifetime=timedelta(days=1)), fake.account_host
+    )
+    clock.advance(timedelta(hours=23, minutes=59))
+    assert oauth.status(USER).is_connected  # to its last second
+    clock.advance(timedelta(days=2))
+    other = make_oauth(store=backend.open())
+    ended = other.status(USER)
+    assert ended.status is ConnectionStatus.ERROR and not ended.is_connected
+    assert ended.error is not None
+    assert (ended.error.reason, ended.error.hint) == ("long_lived_token_expired", HINT)
+    assert oauth.status(USER).error == ended.error  # written: every reader agrees
+    assert fake.token_call_count() == 0
+
+
+def test_the_async_status_reports_a_token_past_its_exp(fake: FakeAmoCRM, clock: FakeClock) -> None:
+    async def scenario() -> None:
+        http = httpx.AsyncClient(transport=fake.async_transport())
+        store = MemoryStore(clock=clock)
+        async with AsyncAmoOAuth(config_for(fake), store=store, http=http, clock=clock) as oauth:
+            token = fake.issue_long_lived_token(lifetime=timedelta(days=1))
+            await oauth.connect_long_lived(USER, token, fake.account_host)
+            clock.advance(timedelta(days=2))
+            ended = await oauth.status(USER)
+            assert ended.error is not None and not ended.is_connected
+            assert ended.error.reason == "long_lived_token_expired"
+
+    asyncio.run(scenario())
+
+
 def test_refresh_due_reports_long_lived_tokens_expiring_in_its_window_and_sends_nothing(
     backend: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
@@ -326,6 +360,28 @@ def test_a_host_outside_the_allowlist_gets_no_token(
         oauth.connect_long_lived(USER, token, host)
     assert refused.value.reason == "foreign_host"
     assert fake.api_call_count() == 0 and stored(oauth, USER) is None
+
+
+@pytest.mark.parametrize("spelling", ["https://{}/", "{}/", "http://{}"])
+def test_a_host_typed_with_a_scheme_a_slash_or_in_capitals_connects(
+    oauth: AmoOAuth, fake: FakeAmoCRM, spelling: str
+) -> None:
+    typed = spelling.format(fake.account_host.upper())
+    connection = oauth.connect_long_lived(USER, fake.issue_long_lived_token(), typed)
+    assert connection.is_connected
+    record = stored(oauth, USER)
+    assert record is not None and record.host == fake.account_host
+
+
+@pytest.mark.parametrize("spelling", ["https://{}/leads", "https://{}:443/", "https://u@{}"])
+def test_a_typed_host_with_a_path_port_or_userinfo_is_refused(
+    oauth: AmoOAuth, fake: FakeAmoCRM, spelling: str
+) -> None:
+    with pytest.raises(CallbackRejected) as refused:
+        oauth.connect_long_lived(
+            USER, fake.issue_long_lived_token(), spelling.format(fake.account_host)
+        )
+    assert refused.value.reason == "foreign_host" and fake.api_call_count() == 0
 
 
 def test_a_failing_store_write_leaves_the_connection_as_it_was(

@@ -207,8 +207,11 @@ def test_the_recipe_connects_a_backend_outside_the_repository(
     assert fake.process.returncode == 130, err
     assert log.count("POST test.amocrm.ru/oauth2/access_token: 200") == 1  # reloads: none
     assert "GET test.amocrm.ru/api/v4/leads: 200" in log
-    # No access log line with the callback's query: the code never reaches the backend's output.
-    assert "code=" not in "".join(said), "".join(said)
+    # The access log is on and redacted by default: the callback's line is logged, its code and
+    # state never reach the backend's output.
+    printed = "".join(said)
+    assert "code=[redacted]" in printed, printed
+    assert re.search(r"(code|state)=(?!\[redacted\])", printed) is None, printed
 
 
 def _a_planted_session_signs_nobody_in(browser: httpx.Client, base: str) -> None:

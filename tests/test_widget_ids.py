@@ -258,12 +258,43 @@ def test_the_cli_shows_a_widget_install_only_when_asked_with_widget(
     base = ["--db", str(db), "--client-id", fake.client_id]
     assert main(["status", fake.account_host, "--widget", *base]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "connected"
-    for connection_id in (fake.account_host, key):
-        assert main(["status", connection_id, *base]) == 0
-        shown = json.loads(capsys.readouterr().out)
-        assert shown == {"connection_id": connection_id, "status": "disconnected"}
-    with pytest.raises(SystemExit, match="account host"):
-        main(["status", "not a host", "--widget", *base])
+    assert main(["status", key, *base]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == {"connection_id": key, "status": "disconnected"}
+    # The host as an app user's id: no such user, and a hint that the install is there.
+    assert main(["status", fake.account_host, *base]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["status"], "add --widget" in shown["hint"]) == ("disconnected", True)
+    assert main(["status", "not a host", "--widget", *base]) == 2
+    assert "account host" in capsys.readouterr().err
+
+
+def test_the_cli_refuses_a_widget_host_outside_the_allowlist_as_python_does(
+    tmp_path: Path, fake: FakeAmoCRM, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reviewer's example: ``status nope.example.com --widget`` said disconnected, exit 0,
+    where ``status(Widget(...))`` raises ValueError. Both now refuse, naming the host and
+    ``Config.extra_domains``; an extra domain lets the host in, as in Python."""
+    db = tmp_path / "amo.db"
+    config = config_for(fake)
+    refused = r"'nope\.example\.com'.*Config\.extra_domains"
+    with (
+        AmoOAuth(config, store=SQLiteStore(db), clock=clock) as oauth,
+        pytest.raises(ValueError, match=refused),
+    ):
+        oauth.status(Widget("nope.example.com"))
+    assert main(["migrate", "--store", f"sqlite:///{db}"]) == 0
+    capsys.readouterr()
+    base = ["--db", str(db), "--client-id", fake.client_id]
+    assert main(["status", "nope.example.com", "--widget", *base]) == 2
+    _, err = capsys.readouterr()
+    assert "'nope.example.com' is not an allowed" in err and "Config.extra_domains" in err
+    argv = ["status", "nope.example.com", "--widget", "--extra-domain", "example.com", *base]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "disconnected"
+    # An app user's id shaped like a host with no install behind it gets no hint.
+    assert main(["status", fake.account_host, *base]) == 0
+    assert "hint" not in json.loads(capsys.readouterr().out)
 
 
 def test_a_widget_install_leaves_the_binding_of_a_user_named_like_its_host(

@@ -96,7 +96,13 @@ def resolve_connection_id(connection_id: object, extra_domains: Iterable[str]) -
             whose host is not under an allowed domain; anything else.
     """
     if isinstance(connection_id, Widget):
-        AccountHost(connection_id.host, tuple(extra_domains))
+        if AccountHost.accept(connection_id.host, extra_domains) is None:
+            # The host is an account's public name, not a secret: naming it tells the caller
+            # which value to fix, and where the allowlist is widened.
+            raise ValueError(
+                f"Widget host {connection_id.host!r} is not an allowed amoCRM account host "
+                "(the allowed domains are DEFAULT_DOMAINS plus Config.extra_domains)"
+            )
         return connection_id.host, True
     return check_connection_id(connection_id), False
 

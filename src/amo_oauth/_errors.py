@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from ._connection_id import ConnectionId
 from ._reasons import NOT_CONNECTED, REJECTIONS, RETRY_LATER
 
 __all__ = [
@@ -63,12 +64,13 @@ class ReauthorizationRequired(AmoOAuthError):
     """The connection has no usable tokens; the user has to go through ``begin()`` again.
 
     Args:
-        connection_id: the application's key for the connection.
+        connection_id: what names the connection: the app user's id, or ``Widget(host)`` for
+            a widget install (``amo_oauth.Widget``).
         reason: the connection's error reason, or ``disconnected`` / ``exchange_pending`` /
             ``foreign_host`` (one of ``_reasons.NOT_CONNECTED``).
     """
 
-    def __init__(self, connection_id: str, reason: str) -> None:
+    def __init__(self, connection_id: ConnectionId, reason: str) -> None:
         if reason not in NOT_CONNECTED:
             raise ValueError(f"unknown reauthorization reason {reason!r}")
         super().__init__(f"connection {connection_id!r} needs re-authorization: {reason}")

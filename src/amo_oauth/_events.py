@@ -18,6 +18,7 @@ from ._records import (
     Account,
     Backoff,
     ConnectionRecord,
+    ConnectionStatus,
     ErrorInfo,
     Lease,
     TokenSet,
@@ -137,8 +138,11 @@ class CodeReceived(Event):
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         assert self.host is not None  # the table's rules claim a code only with a host
+        # A connected record keeps serving its tokens while an admin's code is exchanged: they
+        # belong to its host, which the new pair's host replaces only when it lands.
+        keeps_host = record.status is ConnectionStatus.CONNECTED
         return {
-            "host": self.host.name,
+            "host": record.host if keeps_host else self.host.name,
             "seen_codes": record.with_code(self.code_digest, now),
             "lease": self.lease,
             "error": None,
@@ -177,10 +181,15 @@ class ExchangeSucceeded(Event):
     #: memory: that worker's write failed and it gave up): the exchange lease is released, so
     #: the next caller verifies the pair at once.
     released: bool = False
+    #: The account host the code was sent to (None from callers that predate it: the claim
+    #: wrote it then). A connected record claiming an admin's code keeps its old host until
+    #: this pair lands.
+    host: str | None = None
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         released = {"lease": None} if self.released else {}
-        return {"tokens": self.tokens, "error": None, **released}
+        host = {"host": self.host} if self.host is not None else {}
+        return {"tokens": self.tokens, "error": None, **released, **host}
 
 
 @attrs.frozen
@@ -189,6 +198,10 @@ class ExchangeFailed(Event):
     error: ErrorInfo
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
+        if record.status is ConnectionStatus.CONNECTED:
+            # An admin's code refused on a connected connection (the table keeps it): the
+            # claim's lease goes, the working tokens stay.
+            return {"lease": None}
         return _error_changes(self.error)
 
 
@@ -260,6 +273,10 @@ class VerifyFailed(Event):
     error: ErrorInfo
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
+        if record.status is ConnectionStatus.CONNECTED:
+            # An admin's code refused on a connected connection (the table keeps it): the
+            # claim's lease goes, the working tokens stay.
+            return {"lease": None}
         return _error_changes(self.error)
 
 
@@ -474,10 +491,13 @@ def _long_lived(tokens: TokenSet) -> None:
 @attrs.frozen
 class LongLivedEnded(Event):
     """The long-lived token ``access_token`` can serve no more: it reached its ``exp``, or
-    amoCRM refused it (a 401). Only an admin's new token brings the connection back."""
+    amoCRM refused it (a 401). Only an admin's new token brings the connection back.
+
+    ``access_token`` None (a status read): whichever long-lived token the record holds, once
+    its ``exp`` has passed."""
 
     name: ClassVar[str] = "long_lived_ended"
-    access_token: str = attrs.field(repr=False)
+    access_token: str | None = attrs.field(repr=False)
     reason: Reason = attrs.field(
         validator=attrs.validators.in_(
             (Reason.LONG_LIVED_TOKEN_EXPIRED, Reason.LONG_LIVED_TOKEN_REVOKED)

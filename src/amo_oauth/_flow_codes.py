@@ -63,6 +63,7 @@ _REFUSED: Final[Mapping[NoOp, Reason]] = {
     NoOp.REUSED_STATE: Reason.REUSED_STATE,
     NoOp.NO_HOST: Reason.MISSING_REFERER,
     NoOp.WRONG_BROWSER: Reason.WRONG_BROWSER,
+    NoOp.CODE_USED_ELSEWHERE: Reason.CODE_USED_ELSEWHERE,
 }
 _DUPLICATES: Final = frozenset({NoOp.DUPLICATE_CODE, NoOp.DUPLICATE_CONSENT})
 #: What the table refuses a new code with when no state may claim it (none, or unsigned).
@@ -317,14 +318,14 @@ class CodeFlows:
         verification; the same code again is answered from reads."""
         target = self.records.fresh(connection_id)  # checks the id before anything is read
         self._check_code(code)
-        account_host = self._referer_host(host) if host else None
-        if account_host is None:
+        if not host:
             raise CallbackRejected(Reason.MISSING_REFERER)
-        holder = yield from perform(HolderOf(f"code:{code_digest(code)}"))
-        # The holder is this record's key (or, for a record from before keys had a namespace,
-        # its bare connection id); any other connection's code is never sent again.
-        if holder is not None and holder not in (target.key, target.connection_id):
-            raise CallbackRejected(Reason.CODE_USED_ELSEWHERE)
+        # Typed by a person: any case, a scheme or a trailing slash is how they write it.
+        account_host = AccountHost.typed(host, self.config.extra_domains)
+        if account_host is None:
+            raise CallbackRejected(Reason.FOREIGN_HOST)
+        # A code the ledger holds for another connection is refused by the table
+        # (``code_used_elsewhere``), also to the loser of a race for it.
         return (yield from self._exchange(target, code, account_host, None, None, from_admin=True))
 
     @staticmethod
@@ -386,8 +387,9 @@ class CodeFlows:
                     state_raced = True
                     continue
                 raise CallbackRejected(Reason.REUSED_STATE)
-            if claimed is ClaimResult.CODE_TAKEN:
+            if claimed is ClaimResult.CODE_TAKEN and not from_admin:
                 # Another connection claimed this code: a duplicate here too, reported at once.
+                # (An admin's code looks again: the table refuses it code_used_elsewhere.)
                 return CallbackResult.report(record.public(), duplicate=True)
             # Lost the race for the record, or waited for the claims in flight: look again; the
             # winner's claim usually makes this a duplicate.
@@ -518,11 +520,12 @@ class CodeFlows:
             self.records.warn(record, "exchange", answer, error, redact=(code,))
             reason = EXCHANGE_FAILURES.get(answer.meaning, Reason.CODE_REJECTED)
             failed = ExchangeFailed(self.records.error_info(Reason(reason), error))
-            return (yield from self.verification.conclude(record, failed, Outcome.FAILED))
+            concluded = yield from self.verification.conclude(record, failed, Outcome.FAILED)
+            return attrs.evolve(concluded, refused=str(reason))
         self._limiter().succeeded(slot)  # a real code: it no longer counts against its source
         # The code is spent: this pair is the only one. A store that stays down keeps it in
         # memory, to land (even after the lease, within the grace or on exchange_interrupted).
-        event = ExchangeSucceeded(tokens, code_digest(code))
+        event = ExchangeSucceeded(tokens, code_digest(code), host=host.name)
         kept = attrs.evolve(event, released=True)  # whoever lands it, this worker won't verify
         exchanged = yield from self.records.keeping(
             record, kept, lambda: self.records.write(record, event)

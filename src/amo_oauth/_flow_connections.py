@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from ._callback import QueryLike
 from ._connection_id import ConnectionId
 from ._errors import ProviderError, UnreadableRecord
-from ._events import Disconnect, ProviderDisconnected
+from ._events import Disconnect, LongLivedEnded, ProviderDisconnected
 from ._flow_verify import Verification
 from ._hook import verify_disconnect_hook
 from ._hosts import AccountHost
@@ -45,9 +45,20 @@ class ConnectionFlows:
 
     def status(self, connection_id: ConnectionId) -> Flow[Connection]:
         record = yield from self.records.load(connection_id)
+        record = yield from self._end_if_expired(record)
         # Network I/O (and a write) only when a verification is due.
         record, _ = yield from self.verification.verify_if_due(record)
         return record.public()
+
+    def _end_if_expired(self, record: RecordView) -> Flow[RecordView]:
+        """A long-lived token past its ``exp`` (protocol §8) ends the connection here as
+        ``access_token`` would: the status read writes ``error(long_lived_token_expired)``, so
+        every later read (and the sweep) agrees. Nothing is written when nothing ended."""
+        ended = LongLivedEnded(None, Reason.LONG_LIVED_TOKEN_EXPIRED, self.records.now())
+        if not self.records.decide(record, ended).changed:
+            return record
+        record, _ = yield from self.records.apply(record, ended)
+        return record
 
     def disconnect(self, connection_id: ConnectionId) -> Flow[Connection]:
         fresh = self.records.fresh(connection_id)  # checks the id before anything is read

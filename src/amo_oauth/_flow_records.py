@@ -143,7 +143,7 @@ class Records:
         self._writing: set[str] = set()  # keys taken out of _unwritten by a call writing them
         # When each connection's kept pair last landed (a count of landings), for the sweep's
         # report: a pair may land by any call or the background retry.
-        self._landed: dict[str, int] = {}
+        self._landed: dict[ConnectionId, int] = {}
         self._landings = 0
         #: Called (with no lock held) when a pair is kept: the service starts its retry.
         self.on_kept: Callable[[], None] | None = None
@@ -320,7 +320,7 @@ class Records:
                 self._writing.discard(key)
         with self._unwritten_lock:
             self._landings += 1
-            self._landed[record.connection_id] = self._landings
+            self._landed[record.name] = self._landings
         logger.info("connection %s: a pair kept in memory was stored", record.connection_id)
 
     def landings(self) -> int:
@@ -328,8 +328,9 @@ class Records:
         with self._unwritten_lock:
             return self._landings
 
-    def landed_after(self, mark: int) -> tuple[str, ...]:
-        """The connection ids whose kept pair landed after ``landings()`` returned ``mark``."""
+    def landed_after(self, mark: int) -> tuple[ConnectionId, ...]:
+        """The connections (app user ids, ``Widget`` values) whose kept pair landed after
+        ``landings()`` returned ``mark``."""
         with self._unwritten_lock:
             return tuple(cid for cid, when in self._landed.items() if when > mark)
 

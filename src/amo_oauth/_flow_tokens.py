@@ -92,7 +92,7 @@ class TokenFlows:
         ``GET /api/v4/account`` on ``host``, then stored in one versioned write that replaces
         whatever the connection held. Nothing is written before amoCRM accepted the token."""
         target = self.records.fresh(connection_id)  # checks the id before anything is sent
-        account_host = AccountHost.accept(host, self.config.extra_domains)
+        account_host = AccountHost.typed(host, self.config.extra_domains)
         if account_host is None:
             raise CallbackRejected(Reason.FOREIGN_HOST)
         expires_at = long_lived_expiry(token) if isinstance(token, str) else None
@@ -146,7 +146,7 @@ class TokenFlows:
         already outlasts ``before`` (the table decides; another machine may have done it).
         Never raises for a failed refresh: the ``Done`` says why."""
         if ref.integration not in (None, self.config.client_id):
-            return Done(ref.connection_id, skipped=True)  # our secret cannot refresh it
+            return Done(ref.name, skipped=True)  # our secret cannot refresh it
 
         def wanted() -> RefreshClaimed:
             return RefreshClaimed(
@@ -156,16 +156,16 @@ class TokenFlows:
         try:
             yield from self._token(ref, wanted)
         except LongLivedExpiring:
-            return Done(ref.connection_id, expiring_long_lived=True)
+            return Done(ref.name, expiring_long_lived=True)
         except ReauthorizationRequired as error:
             if error.reason == Reason.DISCONNECTED:
                 # Its user disconnected it after the page was read: nothing failed, and nothing
                 # is left to keep alive.
-                return Done(ref.connection_id, skipped=True)
-            return Done(ref.connection_id, str(error.reason), reauthorize=True)
+                return Done(ref.name, skipped=True)
+            return Done(ref.name, str(error.reason), reauthorize=True)
         except AmoOAuthError as error:
-            return Done(ref.connection_id, _slug(error))
-        return Done(ref.connection_id)
+            return Done(ref.name, _slug(error))
+        return Done(ref.name)
 
     def _token(self, ref: RecordView, wanted: Callable[[], RefreshClaimed]) -> Flow[str]:
         """A usable access token; at most one refresh in flight per connection, anywhere."""
@@ -223,7 +223,7 @@ class TokenFlows:
                 # missing scopes): the caller hears it, amoCRM gets no more refreshes for it.
                 raise ProviderError(401, "amoCRM refused a freshly refreshed access token")
             case NoOp.NO_REFRESH_TOKEN:
-                raise ReauthorizationRequired(record.connection_id, Reason.TOKEN_EXPIRED)
+                raise ReauthorizationRequired(record.name, Reason.TOKEN_EXPIRED)
             case NoOp.REFRESH_EXHAUSTED:
                 yield from self._give_up(record)
             case NoOp.LONG_LIVED_REVOKED:
@@ -244,6 +244,7 @@ class TokenFlows:
                 | NoOp.REUSED_STATE
                 | NoOp.WRONG_BROWSER
                 | NoOp.NEW_CODE_REFUSED
+                | NoOp.CODE_USED_ELSEWHERE
                 | NoOp.NO_HOST
                 | NoOp.KEEP_CONNECTION
                 | NoOp.STALE
@@ -258,7 +259,7 @@ class TokenFlows:
                 | NoOp.NOTHING_TO_FORGET
                 | NoOp.FIRST_SEND
             ):
-                raise ReauthorizationRequired(record.connection_id, record.not_connected_reason())
+                raise ReauthorizationRequired(record.name, record.not_connected_reason())
             case unreachable:
                 assert_never(unreachable)
         return (yield from self.records.reload(record))
@@ -312,12 +313,12 @@ class TokenFlows:
         )
         _, wrote = yield from self.records.apply(record, failed)
         if wrote:
-            raise ReauthorizationRequired(record.connection_id, Reason.REAUTHORIZATION_REQUIRED)
+            raise ReauthorizationRequired(record.name, Reason.REAUTHORIZATION_REQUIRED)
 
     def _claim_and_refresh(self, record: RecordView, event: RefreshClaimed) -> Flow[str | None]:
         host = AccountHost.accept(record.host or "", self.config.extra_domains)
         if host is None:  # the allowlist changed since: no secret goes there now
-            raise ReauthorizationRequired(record.connection_id, Reason.FOREIGN_HOST)
+            raise ReauthorizationRequired(record.name, Reason.FOREIGN_HOST)
         claimed = yield from self.records.write(record, event)
         if claimed is None:
             return None
@@ -395,7 +396,7 @@ class TokenFlows:
         """
         gone = RefreshFailed(ErrorInfo(Reason.ACCOUNT_MOVED, hint, self.records.now()), spent)
         yield from self.records.apply(record, gone)
-        raise ReauthorizationRequired(record.connection_id, Reason.ACCOUNT_MOVED)
+        raise ReauthorizationRequired(record.name, Reason.ACCOUNT_MOVED)
 
     def _store_rotated(self, record: RecordView, event: Refreshed) -> Flow[bool]:
         """Store a rotated pair: amoCRM has revoked the token we spent, so this pair is the only
@@ -436,7 +437,7 @@ class TokenFlows:
         _, wrote = yield from self.records.apply(record, failed)
         if not wrote:
             return None  # someone else rotated the pair: adopt theirs
-        raise ReauthorizationRequired(record.connection_id, Reason.REAUTHORIZATION_REQUIRED)
+        raise ReauthorizationRequired(record.name, Reason.REAUTHORIZATION_REQUIRED)
 
     def _keep_for_later(
         self, record: RecordView, answer: Answer, error: ProviderError, *, sent: bool

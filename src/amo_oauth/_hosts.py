@@ -23,6 +23,8 @@ DEFAULT_DOMAINS: Final = ("amocrm.ru", "amocrm.com", "kommo.com")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # Names amoCRM uses for its own sites, never for an account's token endpoint.
 _NOT_ACCOUNTS: Final = frozenset({"www"})
+# What a person may type before a host name: dropped by ``AccountHost.typed`` (one, at most).
+_SCHEMES: Final = ("https://", "http://")
 
 
 def check_domain(domain: str) -> str:
@@ -77,6 +79,20 @@ class AccountHost:
             return cls(name, tuple(extra_domains))
         except ValueError:
             return None
+
+    @classmethod
+    def typed(cls, text: str, extra_domains: Iterable[str] = ()) -> AccountHost | None:
+        """A host a person typed or pasted (``connect_long_lived``, ``connect_with_code``),
+        if the allowlist accepts it once written as amoCRM writes it: surrounding blanks,
+        an ``https://`` (or ``http://``) prefix, one trailing ``/`` and ASCII upper case are
+        dropped. Anything else (a path, a port, userinfo, a query, a foreign domain) is kept
+        and refused, as is any non-ASCII text (never folded into an ASCII look-alike).
+        None when refused."""
+        if not isinstance(text, str) or not text.isascii():
+            return None
+        name = text.strip().lower()
+        scheme = next((prefix for prefix in _SCHEMES if name.startswith(prefix)), "")
+        return cls.accept(name[len(scheme) :].removesuffix("/"), extra_domains)
 
     def url(self, path: str) -> str:
         """An https URL on this host; ``path`` must be an absolute path."""

@@ -56,6 +56,8 @@ class NoOp(enum.StrEnum):
     NO_HOST = "no_host"
     KEEP_CONNECTION = "keep_connection"
     EXCHANGE_IN_PROGRESS = "exchange_in_progress"
+    # an admin's code the ledger holds for another connection: never sent again
+    CODE_USED_ELSEWHERE = "code_used_elsewhere"
     # a result for a claim someone else has since replaced
     STALE = "stale"
     # lease_expired and verify_claimed
@@ -229,6 +231,47 @@ def admin_code_is_new(data: EventData) -> bool:
     )
 
 
+def admin_code_held_elsewhere(data: EventData) -> bool:
+    """An admin's code (``connect_with_code``) the code ledger holds for another connection
+    (another record's key): it went to amoCRM for that one, so it is refused here, whichever
+    of two racing calls lost (protocol §3: a code is single use)."""
+    step = _model(data)
+    event, record = step.event, step.record
+    return (
+        isinstance(event, CodeReceived)
+        and event.from_admin
+        and event.code_holder is not None
+        and event.code_holder not in (record.key, record.connection_id)
+    )
+
+
+def admin_claim_is_live(data: EventData) -> bool:
+    """A connected record holds a live exchange lease: an admin's code claimed on it is at
+    amoCRM now (the connection keeps serving its tokens meanwhile)."""
+    step = _model(data)
+    lease = step.record.live_lease(step.now)
+    return lease is not None and lease.purpose == "exchange"
+
+
+def holds_an_admin_claim(data: EventData) -> bool:
+    """A connected record holds the exchange lease of an admin's code (live or lapsed, not
+    replaced since by a refresh): the answer for that code belongs to it."""
+    lease = _model(data).record.lease
+    return lease is not None and lease.purpose == "exchange"
+
+
+def lands_the_admin_claim(data: EventData) -> bool:
+    """The pair for the very admin code a connected record claimed: it replaces the old pair
+    (then verified as any exchange's)."""
+    event = _model(data).event
+    return (
+        holds_an_admin_claim(data)
+        and isinstance(event, ExchangeSucceeded)
+        and event.code_digest is not None
+        and is_this_exchange(data)
+    )
+
+
 def reclaims_a_claimed_code(data: EventData) -> bool:
     """A re-authorization (fresh state) would claim a code the ledger says was claimed."""
     return state_is_fresh(data) and code_was_claimed(data)
@@ -386,14 +429,17 @@ def long_lived_refused(data: EventData) -> bool:
 
 
 def ends_the_stored_token(data: EventData) -> bool:
-    """The long-lived token that ended is the one the record holds (not one replaced since)."""
+    """The long-lived token that ended is the one the record holds (not one replaced since;
+    any held, for an event that names none), and one that expired has reached its ``exp`` on
+    the store's clock."""
     step = _model(data)
     event, tokens = step.event, step.record.tokens
     return (
         isinstance(event, LongLivedEnded)
         and tokens is not None
         and tokens.long_lived
-        and tokens.access_token == event.access_token
+        and event.access_token in (None, tokens.access_token)
+        and (event.reason != Reason.LONG_LIVED_TOKEN_EXPIRED or step.now >= tokens.expires_at)
     )
 
 
@@ -471,6 +517,7 @@ def _stale(event: str, *live: ConnectionStatus) -> Rule:
 TABLE: tuple[Rule, ...] = (
     # A known code is a no-op in every status: the fix for the seed's double exchange.
     Rule("code_received", ALL, None, code_is_known, noop=NoOp.DUPLICATE_CODE),
+    Rule("code_received", ALL, None, admin_code_held_elsewhere, noop=NoOp.CODE_USED_ELSEWHERE),
     Rule("code_received", ALL, None, state_has_expired, noop=NoOp.EXPIRED_STATE),
     Rule("code_received", ALL, None, state_from_ahead, noop=NoOp.STATE_FROM_AHEAD),
     # A second code of one consent is reported, never exchanged: while the first is in flight
@@ -489,12 +536,17 @@ TABLE: tuple[Rule, ...] = (
     ),
     Rule("code_received", ALL, None, browser_is_not_bound, noop=NoOp.WRONG_BROWSER),
     Rule("code_received", EXCHANGING, None, noop=NoOp.EXCHANGE_IN_PROGRESS),
+    Rule(
+        "code_received", (S.CONNECTED,), None, admin_claim_is_live, noop=NoOp.EXCHANGE_IN_PROGRESS
+    ),
     # A code the store-wide ledger holds is a duplicate too (each code goes out at most once),
     # found where this record would otherwise claim it.
     Rule("code_received", (S.CONNECTED,), None, reclaims_a_claimed_code, noop=NoOp.DUPLICATE_CODE),
     Rule("code_received", (S.CONNECTED,), None, code_has_no_consent, noop=NoOp.NEW_CODE_REFUSED),
     Rule("code_received", (S.CONNECTED,), S.CODE_RECEIVED, state_is_fresh),
-    Rule("code_received", (S.CONNECTED,), S.CODE_RECEIVED, admin_code_is_new),
+    # An admin's new code on a connected connection is claimed without ending it: the old
+    # tokens are served until the new pair is in hand, and kept if amoCRM refuses the code.
+    Rule("code_received", (S.CONNECTED,), S.CONNECTED, admin_code_is_new),
     Rule("code_received", (S.CONNECTED,), None, noop=NoOp.KEEP_CONNECTION),
     Rule("code_received", (S.DISCONNECTED, S.ERROR), None, host_is_unknown, noop=NoOp.NO_HOST),
     Rule(
@@ -517,11 +569,15 @@ TABLE: tuple[Rule, ...] = (
     Rule("denied", EXCHANGING, None, noop=NoOp.EXCHANGE_IN_PROGRESS),
     Rule("exchange_succeeded", (S.CODE_RECEIVED,), S.EXCHANGED, is_this_exchange),
     Rule("exchange_succeeded", (S.CODE_RECEIVED,), None, noop=NoOp.STALE),
+    Rule("exchange_succeeded", (S.CONNECTED,), S.EXCHANGED, lands_the_admin_claim),
     # A pair from a code kept in memory (its write failed) lands after the grace too, on the
     # claim of that very code: the connection needs no new consent.
     Rule("exchange_succeeded", (S.ERROR,), S.EXCHANGED, interrupted_this_exchange),
     _stale("exchange_succeeded", S.CODE_RECEIVED),
     Rule("exchange_failed", (S.CODE_RECEIVED,), S.ERROR),
+    # An admin's code refused (or of unknown fate) on a connected connection: it stays as it
+    # was; only the claim's lease is released (the flow reports the refusal).
+    Rule("exchange_failed", (S.CONNECTED,), S.CONNECTED, holds_an_admin_claim),
     _stale("exchange_failed", S.CODE_RECEIVED),
     # A worker that outlives its exchange lease is presumed dead; the code is never resent.
     # Before the pair is stored that is the end of this code; after, the pair from the spent
@@ -537,6 +593,9 @@ TABLE: tuple[Rule, ...] = (
     ),
     Rule("lease_expired", (S.CODE_RECEIVED,), S.ERROR),
     Rule("lease_expired", (S.EXCHANGED,), None, noop=NoOp.VERIFICATION_PENDING),
+    # An admin's code claimed on a connected connection: awaited like any exchange; a lapsed
+    # claim leaves the connection as it is (the code is never resent).
+    Rule("lease_expired", (S.CONNECTED,), None, admin_claim_is_live, noop=NoOp.LEASE_LIVE),
     Rule("lease_expired", (S.DISCONNECTED, S.CONNECTED, S.ERROR), None, noop=NoOp.NO_EXCHANGE),
     Rule("verified", (S.EXCHANGED,), S.CONNECTED),
     _stale("verified", S.EXCHANGED),

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 import attrs
 
+from ._connection_id import ConnectionId
 from ._records import Connection, ConnectionRecord
 
 __all__ = [
@@ -45,6 +46,11 @@ class RecordView:
     @property
     def connection_id(self) -> str:
         return self._record.connection_id
+
+    @property
+    def name(self) -> ConnectionId:
+        """What names the connection to callers: the app user's id, or ``Widget(host)``."""
+        return self._record.name
 
     @property
     def key(self) -> str:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 import attrs
 
-from ._connection_id import Widget, check_connection_id
+from ._connection_id import ConnectionId, Widget, check_connection_id
 from ._reasons import CONNECTION_ERRORS, Reason
 
 __all__ = [
@@ -274,6 +274,12 @@ class ConnectionRecord:
         if self.integration is None:
             return self.connection_id
         return record_key(self.integration, self.connection_id, widget=self.widget)
+
+    @property
+    def name(self) -> ConnectionId:
+        """What names the connection in calls and reports: the app user's id, or
+        ``Widget(host)`` for a widget install (never equal to any app user's id)."""
+        return Widget(self.connection_id) if self.widget else self.connection_id
 
     def knows_code(self, digest: str) -> bool:
         """True when a code with this sha256 digest was seen on this connection."""

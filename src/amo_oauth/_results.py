@@ -7,6 +7,7 @@ from datetime import datetime
 
 import attrs
 
+from ._connection_id import ConnectionId
 from ._records import Connection, ConnectionStatus
 
 __all__ = [
@@ -53,11 +54,18 @@ class CallbackResult:
         outcome: what happened.
         connection: the connection (and its status) after the call.
         duplicate: True when the code had been seen before and nothing was sent to amoCRM.
+        refused: for ``Outcome.FAILED``, the reason slug amoCRM's answer (or its absence) gave
+            the code: ``code_rejected``, ``exchange_interrupted`` (a 5xx or a timeout: the
+            code's fate is unknown and it is never sent again), ... A connection that was
+            connected before an admin's code (``connect_with_code``) stays connected with its
+            tokens, so this is where the refusal is reported; otherwise
+            ``connection.error`` says the same. None for any other outcome.
     """
 
     outcome: Outcome
     connection: Connection
     duplicate: bool = False
+    refused: str | None = None
 
     @classmethod
     def report(cls, connection: Connection, *, duplicate: bool) -> CallbackResult:
@@ -84,6 +92,10 @@ class AuthorizationRequest:
 class RefreshReport:
     """What ``refresh_due`` did: connections refreshed, and those that failed with why.
 
+    Each connection is named as calls name it: an app user's id (``str``), or ``Widget(host)``
+    for a widget install, so an app user whose id is an account host and a widget install on
+    that host are two entries that never compare equal.
+
     Attributes:
         refreshed: connection ids whose refresh token now outlasts the window (refreshed by
             this run, or meanwhile by another worker or machine).
@@ -107,12 +119,12 @@ class RefreshReport:
             ``needs_reauthorization`` (``long_lived_token_expired``).
     """
 
-    refreshed: tuple[str, ...] = ()
-    failed: tuple[tuple[str, str], ...] = ()
-    needs_reauthorization: tuple[str, ...] = ()
+    refreshed: tuple[ConnectionId, ...] = ()
+    failed: tuple[tuple[ConnectionId, str], ...] = ()
+    needs_reauthorization: tuple[ConnectionId, ...] = ()
     skipped: int = 0
     remaining: int = 0
-    expiring_long_lived: tuple[str, ...] = ()
+    expiring_long_lived: tuple[ConnectionId, ...] = ()
 
     @property
     def failed_by_reason(self) -> dict[str, int]:

@@ -224,17 +224,23 @@ class AmoOAuth(ServiceCore):
             connection_id: the application's key for the connection, or ``Widget(host)``.
             code: the code as the tab shows it.
             host: the account host (``example.amocrm.ru``, ``example.kommo.com``): where the
-                code is sent, through the allowlist (``Config.extra_domains``).
+                code is sent, through the allowlist (``Config.extra_domains``); any case, an
+                ``https://`` prefix and a trailing ``/`` are accepted, a path, port or
+                userinfo is not.
 
         Returns:
-            The ``CallbackResult``: ``CONNECTED``; ``FAILED`` with the connection's error
-            (``code_rejected`` for a spent or expired code: it is never sent again); a report
-            of the connection for a code seen before.
+            The ``CallbackResult``: ``CONNECTED``; ``FAILED`` with ``refused`` naming why
+            (``code_rejected`` for a mistyped, spent or expired code; ``exchange_interrupted``
+            for a 5xx or a timeout: its fate unknown, it is never sent again). A connection
+            that was connected stays connected with its tokens (served meanwhile too);
+            another gets the same reason as its error. A report of the connection for a code
+            seen before.
 
         Raises:
             CallbackRejected: ``foreign_host`` / ``missing_referer`` (no allowed host),
                 ``missing_code`` / ``malformed``, ``code_used_elsewhere`` (the ledger holds
-                the code for another connection), ``rate_limited``; nothing written or sent.
+                the code for another connection, also when that one won a race for it: this
+                connection unchanged), ``rate_limited``; nothing written or sent.
             ValueError: not a valid connection id (see ``status``).
             StoreError: the store failed.
         """
@@ -246,8 +252,10 @@ class AmoOAuth(ServiceCore):
 
         The token is checked with ``GET /api/v4/account`` on ``host`` before anything is
         written (that check waits for its slot of the API's pace, docs/api-pace.md); then it is
-        stored (encrypted at rest where configured) in one versioned write
-        that replaces what the connection held, and the connection is ``connected``. Its expiry
+        stored (encrypted at rest where the store was given ``encryption=``) in one versioned
+        write that replaces what the connection held, and the connection is ``connected``.
+        ``host`` may be typed as a person writes it (any case, ``https://``, a trailing ``/``);
+        a path, port or userinfo is refused ``foreign_host``. Its expiry
         is the JWT's ``exp`` claim, read without verifying the signature (a client cannot): it
         only schedules, amoCRM's 401 decides. ``access_token`` and ``auth`` serve it like any
         token until then; nothing ever refreshes it. A 401 from amoCRM, or reaching ``exp``,
@@ -283,6 +291,11 @@ class AmoOAuth(ServiceCore):
 
     def status(self, connection_id: ConnectionId) -> Connection:
         """The connection as stored now (``disconnected`` when unknown).
+
+        A long-lived token past its ``exp`` (UTC, the store's clock; protocol notes §8) is
+        reported ended: this read writes ``error(long_lived_token_expired)``, as
+        ``access_token`` would, once; otherwise a pending verification, when due, is the only
+        thing a status read may write.
 
         Args:
             connection_id: an app user's id, or ``Widget(account_host)`` for a widget install

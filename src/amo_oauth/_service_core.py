@@ -12,6 +12,7 @@ import attrs
 import httpx
 
 from ._config import Config
+from ._connection_id import ConnectionId
 from ._flows import Flows
 from ._pace import DEFAULT_API_RATE, ApiPace, Pacer, Slot, is_api_request
 from ._provider_reads import retry_after_in
@@ -111,8 +112,9 @@ class ServiceCore:
         return f"{type(self).__name__}(client_id={self.config.client_id!r}, store={self.store!r})"
 
 
-def with_stored(report: RefreshReport, stored: tuple[str, ...]) -> RefreshReport:
-    """``report`` with the connections whose pair was stored late counted as refreshed."""
+def with_stored(report: RefreshReport, stored: tuple[ConnectionId, ...]) -> RefreshReport:
+    """``report`` with the connections whose pair was stored late counted as refreshed. Matched
+    by name: a widget install's ``Widget(host)`` never matches an app user named ``host``."""
     late = set(stored) & {connection_id for connection_id, _ in report.failed}
     if not late:
         return report

@@ -25,10 +25,11 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
 import attrs
 
+from ._connection_id import ConnectionId
 from ._provider import REFRESH_TOKEN_LIFETIME
 from ._records import ConnectionRecord
 from ._results import RefreshReport, SweepProgress
@@ -46,6 +47,8 @@ MIN_PER_HOST_RATE: Final = 1 / 86400
 #: a store connection), and past a few hundred more only exhausts threads and pools.
 MAX_CONCURRENCY: Final = 256
 
+_T = TypeVar("_T")
+
 ReadPage = Callable[[DueCursor | None, int], list[ConnectionRecord]]
 AReadPage = Callable[[DueCursor | None, int], Awaitable[list[ConnectionRecord]]]
 
@@ -54,7 +57,8 @@ AReadPage = Callable[[DueCursor | None, int], Awaitable[list[ConnectionRecord]]]
 class Done:
     """What the sweep did with one record."""
 
-    connection_id: str
+    #: The app user's id, or ``Widget(host)`` for a widget install: the two never collide.
+    connection_id: ConnectionId
     #: None: the connection's refresh token now outlasts the window. Else why it failed.
     reason: str | None = None
     #: The failure leaves the connection needing a new consent (``ReauthorizationRequired``).
@@ -161,11 +165,11 @@ class _Tally:
         # Each entry carries the record's place in the due order, so the report lists the
         # connections soonest-first (as the first release did), not in whatever order
         # concurrent refreshes happened to finish.
-        self.refreshed: list[tuple[int, str]] = []
-        self.failed: list[tuple[int, tuple[str, str]]] = []
-        self.reauthorize: list[tuple[int, str]] = []
+        self.refreshed: list[tuple[int, ConnectionId]] = []
+        self.failed: list[tuple[int, tuple[ConnectionId, str]]] = []
+        self.reauthorize: list[tuple[int, ConnectionId]] = []
         self.skipped = 0
-        self.expiring_long_lived: list[tuple[int, str]] = []
+        self.expiring_long_lived: list[tuple[int, ConnectionId]] = []
         self.done = 0
         #: Due records read past ``limit``: left for a later run.
         self.remaining = 0
@@ -206,13 +210,18 @@ class _Tally:
 
     def report(self) -> RefreshReport:
         return RefreshReport(
-            tuple(cid for _, cid in sorted(self.refreshed)),
-            tuple(failure for _, failure in sorted(self.failed)),
-            needs_reauthorization=tuple(cid for _, cid in sorted(self.reauthorize)),
+            _in_due_order(self.refreshed),
+            _in_due_order(self.failed),
+            needs_reauthorization=_in_due_order(self.reauthorize),
             skipped=self.skipped,
             remaining=self.remaining,
             expiring_long_lived=tuple(cid for _, cid in sorted(self.expiring_long_lived)),
         )
+
+
+def _in_due_order(entries: list[tuple[int, _T]]) -> tuple[_T, ...]:
+    """The entries' values by their place in the due order (places are unique)."""
+    return tuple(value for _, value in sorted(entries, key=lambda entry: entry[0]))
 
 
 def sweep(

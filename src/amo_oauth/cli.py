@@ -3,20 +3,22 @@ operator commands. ``python -m amo_oauth`` is the same command, where its script
 
 amo-oauth demo [--serve]            the seed's scenario end to end over loopback HTTP:
                                     FakeAmoCRM, the FastAPI example, the old and new app
-amo-oauth demo-app --backend URL [--version old|new]
+amo-oauth demo-app --backend URL [--version old|new] [--user NAME] [--press Allow|Deny]
                                     play the demo's mobile app against a running backend
 amo-oauth fake [--port N] [--redirect-uri URL] [--accounts N]
                                     serve FakeAmoCRM on 127.0.0.1 for your own backend until
                                     Ctrl-C, printing what to configure
 amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
-amo-oauth status ID [--store URL]   a connection's status
+amo-oauth status ID [--widget] [--extra-domain D] [--store URL] [--client-id ID]
+                                    a connection's status (--widget: ID is an install's host)
 amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-host-rate R]
                       [--limit N]   refresh every connection whose refresh token expires
                                     within N days (7), or the N soonest (the summary's
                                     ``remaining`` counts the rest); a progress bar on a
                                     terminal (with the ``cli`` extra), a line per 1,000
                                     otherwise; a JSON summary; exit status 1 when any
-                                    failed. Reads
+                                    failed, else 3 when long-lived tokens expire within
+                                    the window (ask the admin for new ones). Reads
                                     AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI,
                                     AMO_STATE_SECRET (and AMO_PREVIOUS_STATE_SECRETS)
 amo-oauth migrate [--store URL]     create a store's schema; refuse another version's
@@ -45,8 +47,10 @@ from datetime import timedelta
 from typing import Any, TextIO
 
 from ._config import Config
+from ._connection_id import ConnectionId, Widget, resolve_connection_id
 from ._errors import StoreError
-from ._results import SweepProgress
+from ._records import ConnectionRecord, record_key
+from ._results import RefreshReport, SweepProgress
 from ._sweep import MAX_CONCURRENCY
 from .stores._protocol import Store
 from .stores._rows import Encryption
@@ -104,32 +108,35 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from ._connection_id import Widget
-    from ._flow_records import legacy_record
-    from ._records import record_key
-
     client_id = args.client_id or os.environ.get("AMO_CLIENT_ID")
     if not client_id:
         raise SystemExit("amo-oauth: pass --client-id or set AMO_CLIENT_ID")
     name = args.connection_id
     if args.widget:
         try:
-            name = Widget(name).host
+            # The same check as Python's status(Widget(host)): a host the allowlist refuses
+            # can never have a connection, so saying "disconnected" would mislead.
+            name, _ = resolve_connection_id(Widget(name), args.extra_domain)
         except ValueError as error:
-            raise SystemExit(f"amo-oauth: {error}") from None
+            print(f"amo-oauth: {error}", file=sys.stderr)
+            return 2
     store = _open_store(args)
     try:
-        # Records are kept per integration; one stored before that has its bare id as key.
-        record = store.load(record_key(client_id, name, widget=args.widget)).record
-        if record is None:
-            found = store.load(name).record
-            record = legacy_record(found, name, widget=args.widget)
+        record = _stored(store, client_id, name, widget=args.widget)
+        install = None
+        if record is None and not args.widget and _widget_host(name, args.extra_domain):
+            install = _stored(store, client_id, name.lower().removesuffix("."), widget=True)
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
     finally:
         store.close()
     if record is None:
-        print(json.dumps({"connection_id": args.connection_id, "status": "disconnected"}))
+        shown = {"connection_id": args.connection_id, "status": "disconnected"}
+        if install is not None:
+            shown["hint"] = (
+                "no app user has this id; a widget install on this host does: add --widget"
+            )
+        print(json.dumps(shown))
         return 0
     connection = record.public()
     print(
@@ -146,6 +153,26 @@ def _status(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _stored(store: Store, client_id: str, name: str, *, widget: bool) -> ConnectionRecord | None:
+    """The record of an app user (or, with ``widget``, of a host's install), if stored."""
+    from ._flow_records import legacy_record
+
+    # Records are kept per integration; one stored before that has its bare id as key.
+    record = store.load(record_key(client_id, name, widget=widget)).record
+    if record is None:
+        record = legacy_record(store.load(name).record, name, widget=widget)
+    return record
+
+
+def _widget_host(name: str, extra_domains: Sequence[str]) -> bool:
+    """Whether ``name`` could name a widget install (an allowed account host)."""
+    try:
+        resolve_connection_id(Widget(name), extra_domains)
+    except ValueError:
+        return False
+    return True
 
 
 def _config_from_env() -> Config:
@@ -264,20 +291,55 @@ def _refresh_due(args: argparse.Namespace) -> int:
         raise SystemExit(f"amo-oauth: {error}") from None
     finally:
         stop()
-    # The first release's keys keep their shapes (ids; id -> reason); the counts are added.
-    summary: dict[str, Any] = {
-        "refreshed": sorted(report.refreshed),
-        "failed": dict(report.failed),
+    print(json.dumps(_summary(report)))
+    return _refresh_due_exit(report.failed, report.expiring_long_lived)
+
+
+def _summary(report: RefreshReport) -> dict[str, Any]:
+    """``refresh-due``'s JSON summary. The first release's keys keep their shapes (app user
+    ids; id -> reason); widget installs, named by account host, are under ``widgets`` in the
+    same shapes, so an app user whose id is a host is never merged with that host's install.
+    The counts cover both."""
+    users, widgets = _named(report, str), _named(report, Widget)
+    return {
+        **users,
         "refreshed_count": len(report.refreshed),
         "failed_by_reason": report.failed_by_reason,
-        "needs_reauthorization": list(report.needs_reauthorization),
         "skipped": report.skipped,
         "remaining": report.remaining,
         # Long-lived tokens expiring inside the window: never refreshed, ask the admin.
-        "expiring_long_lived": list(report.expiring_long_lived),
+        "expiring_long_lived": [_text(name) for name in report.expiring_long_lived],
+        "widgets": widgets,
     }
-    print(json.dumps(summary))
-    return 1 if report.failed else 0
+
+
+def _text(name: ConnectionId) -> str:
+    """A connection's name as the JSON shows it: an app user's id, an install's host."""
+    return name.host if isinstance(name, Widget) else name
+
+
+def _named(report: RefreshReport, kind: type[str] | type[Widget]) -> dict[str, Any]:
+    """The report's entries of one kind (app users or widget installs), each by its text."""
+    return {
+        "refreshed": sorted(_text(name) for name in report.refreshed if isinstance(name, kind)),
+        "failed": {_text(name): why for name, why in report.failed if isinstance(name, kind)},
+        "needs_reauthorization": [
+            _text(name) for name in report.needs_reauthorization if isinstance(name, kind)
+        ],
+    }
+
+
+#: ``refresh-due``'s exit status when nothing failed but long-lived tokens expire inside the
+#: window: the run did its work, yet an admin must issue new tokens before then, and a cron job
+#: or a monitor sees a status sooner than a JSON key. (2 is argparse's for a usage error.)
+EXIT_LONG_LIVED_EXPIRING = 3
+
+
+def _refresh_due_exit(failed: Sequence[object], expiring: Sequence[object]) -> int:
+    """1 when any connection failed, else 3 when long-lived tokens expire soon, else 0."""
+    if failed:
+        return 1
+    return EXIT_LONG_LIVED_EXPIRING if expiring else 0
 
 
 def _rotate_key(args: argparse.Namespace) -> int:
@@ -371,6 +433,13 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("connection_id", help="an app user's id, or the host with --widget")
     status.add_argument(
         "--widget", action="store_true", help="connection_id is a widget install's account host"
+    )
+    status.add_argument(
+        "--extra-domain",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help="a domain allowed beside amoCRM's and Kommo's (Config.extra_domains); repeatable",
     )
     _store_options(status)
     status.add_argument("--client-id", help="the integration's client id (env AMO_CLIENT_ID)")

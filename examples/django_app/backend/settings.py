@@ -28,14 +28,8 @@ ROOT_URLCONF = "backend.urls"
 WSGI_APPLICATION = "backend.wsgi.application"
 DATABASES: dict[str, Any] = {}  # the toy sign-in keeps its sessions in memory
 USE_TZ = True
-# No access log ("django.server", runserver's): the callback's request line carries the code
-# until it is exchanged, a ticket link its ticket. uvicorn: --no-access-log.
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"nowhere": {"class": "logging.NullHandler"}},
-    "loggers": {"django.server": {"handlers": ["nowhere"], "propagate": False}},
-}
+# The access logs (runserver's "django.server", uvicorn's) stay on: amo_oauth.django.urls()
+# installs a filter that prints the callback's code and state, and a ticket, as [redacted].
 
 #: AsyncAmoOAuth and async views (``asgi.py`` sets AMO_ASYNC=1), else AmoOAuth and sync views.
 AMO_ASYNC = os.environ.get("AMO_ASYNC") == "1"

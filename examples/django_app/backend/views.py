@@ -9,7 +9,9 @@ What the mobile app (or a browser) talks to::
                                          then a 303 to ``next``
     GET  /api/amo-crm/connect, /callback, /status, POST /exchange-code, /disconnect ...
                                          amo_oauth's routes (``amo_oauth.django.urls``)
-    GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"}
+    GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"};
+                                            503 {"error": "refresh_backoff"} + Retry-After
+                                            while amoCRM pushes back on the refresh
 
 The sign-in is a toy (no password, sessions in memory): replace it with yours. What matters is
 the ``connection_id`` callable: it maps a request to your user id, and amo_oauth keeps one amoCRM
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import secrets
 from collections.abc import Callable, Coroutine, Iterable
@@ -40,7 +43,14 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
-from amo_oauth import AmoOAuth, AsyncAmoOAuth, ProviderError, ReauthorizationRequired, web
+from amo_oauth import (
+    AmoOAuth,
+    AsyncAmoOAuth,
+    ProviderError,
+    ReauthorizationRequired,
+    TryAgainLater,
+    web,
+)
 from amo_oauth.django import urls
 
 from .leads import afetch_leads, fetch_leads
@@ -245,11 +255,21 @@ def _leads(oauth: AmoOAuth, api: httpx.Client, sessions: Sessions) -> View:
             found = fetch_leads(api, connection.host, oauth.auth(user))
         except ReauthorizationRequired:  # amoCRM revoked the tokens: connect again
             return _not_connected()
+        except TryAgainLater as later:  # amoCRM pushed back (a refresh back-off)
+            return _try_again_later(later)
         except (httpx.HTTPError, ProviderError, ValueError):
             return JsonResponse({"error": "amocrm_unavailable"}, status=502)
         return JsonResponse({"leads": found})
 
     return leads
+
+
+def _try_again_later(later: TryAgainLater) -> HttpResponse:
+    """503 with ``Retry-After`` (whole seconds, rounded up) when amoCRM said when."""
+    answer = JsonResponse({"error": later.reason}, status=503)
+    if later.retry_after is not None:
+        answer["Retry-After"] = str(math.ceil(later.retry_after))
+    return answer
 
 
 def _async_leads(oauth: AsyncAmoOAuth, api: httpx.AsyncClient, sessions: Sessions) -> AsyncView:
@@ -265,6 +285,8 @@ def _async_leads(oauth: AsyncAmoOAuth, api: httpx.AsyncClient, sessions: Session
             found = await afetch_leads(api, connection.host, oauth.auth(user))
         except ReauthorizationRequired:  # amoCRM revoked the tokens: connect again
             return _not_connected()
+        except TryAgainLater as later:  # amoCRM pushed back (a refresh back-off)
+            return _try_again_later(later)
         except (httpx.HTTPError, ProviderError, ValueError):
             return JsonResponse({"error": "amocrm_unavailable"}, status=502)
         return JsonResponse({"leads": found})

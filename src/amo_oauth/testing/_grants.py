@@ -78,6 +78,16 @@ class Grants:
         record.spent = True
         return True
 
+    def expire_token(self, token: str) -> bool:
+        """End one access (or long-lived) token now, as if its lifetime had run out; False
+        when the fake never issued it. (A JWT's own ``exp`` claim cannot change: a client
+        that reads it learns of the end from the API's 401.)"""
+        record = self.access.get(token)
+        if record is None:
+            return False
+        record.expires_at = min(record.expires_at, self._now())
+        return True
+
     def live_access(self, token: str) -> Secret | None:
         """The record of `token` when it is a live access token."""
         return _live(self.access.get(token), self._now())

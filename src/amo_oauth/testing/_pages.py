@@ -90,18 +90,29 @@ def consent_page(
     return page("Grant access to your amoCRM account?", intro + "\n" + buttons)
 
 
-def keys_page(account_name: str, host: str, token: str, code: str) -> bytes:
-    """The "Keys and scopes" tab (§8): a long-lived token and an authorization code to copy."""
+def keys_page(account_name: str, host: str, token: str, code: str, action: str) -> bytes:
+    """The "Keys and scopes" tab (§8): a long-lived token and an authorization code to copy,
+    and what an admin can do to that token: revoke it (#revoke), or end it now (#expire)."""
     content = (
         f'<p>Account: {escape(account_name)} (<code id="host">{escape(host)}</code>)</p>\n'
         '<label for="long-lived-token">Long-lived token (a year; shown once)</label>\n'
         '<textarea id="long-lived-token" readonly rows="6" cols="80">'
         f"{escape(token)}</textarea>\n"
-        '<label for="authorization-code">Authorization code (20 minutes, single use)</label>\n'
+        + _post_form(action, "revoke", "Revoke this token", {"do": "revoke", "token": token})
+        + _post_form(action, "expire", "Expire it now", {"do": "expire", "token": token})
+        + '<label for="authorization-code">Authorization code (20 minutes, single use)</label>\n'
         '<textarea id="authorization-code" readonly rows="4" cols="80">'
         f"{escape(code)}</textarea>\n"
     )
     return page("Keys and scopes", content)
+
+
+def _post_form(action: str, button_id: str, label: str, fields: Mapping[str, str]) -> str:
+    # POST: it changes what amoCRM accepts, and the token stays out of URLs and logs.
+    return (
+        f'<form method="post" action="{escape(action)}">\n{_hidden_inputs(fields)}\n'
+        f'<button type="submit" id="{button_id}">{escape(label)}</button>\n</form>\n'
+    )
 
 
 SERVER_ERROR_PAGE = message_page("500 Internal Server Error", "Something went wrong.")

@@ -92,11 +92,27 @@ _SECRET = re.compile(
 _REPLACEMENT = rf"\g<lead>\g<name>\g<equals>{REDACTED}"
 
 
+#: A bearer credential written as text (an ``Authorization: Bearer <token>`` header logged as a
+#: line, a trace record's headers): RFC 6750 §2.1's b64token after the scheme, which is
+#: case-insensitive. At least 16 characters, so prose ("a bearer link") is left alone; an
+#: amoCRM access token is a JWT of hundreds.
+_BEARER = re.compile(r"(?P<scheme>\bbearer)(?P<gap>\s+|%20|\+)[A-Za-z0-9\-._~+/]{16,}=*", re.I)
+
+
+def _without_bearer(text: str) -> str:
+    """``text`` with every bearer credential's value ``[redacted]``; the same object when it
+    holds none."""
+    if "bearer" not in text.lower():
+        return text
+    redacted, found = _BEARER.subn(rf"\g<scheme>\g<gap>{REDACTED}", text)
+    return redacted if found else text
+
+
 def redact(text: str) -> str:
     """``text`` with the value of every ``name=value`` whose name is in ``REDACTED_NAMES``
-    replaced by ``[redacted]``: names in any case and percent-encoded, ``&`` and ``;``
-    separators, repeated names, bare queries and whole URLs. Idempotent; never raises on a
-    ``str``.
+    replaced by ``[redacted]``, and every ``Bearer <token>``'s token: names in any case and
+    percent-encoded, ``&`` and ``;`` separators, repeated names, bare queries and whole URLs.
+    Idempotent; never raises on a ``str``.
 
     Args:
         text: a request line, a URL, a query or a header value.
@@ -104,6 +120,7 @@ def redact(text: str) -> str:
     Returns:
         The text redacted; the same object when it holds no secret.
     """
+    text = _without_bearer(text)  # ``Bearer <token>``: a secret with no name=value
     if "=" not in text and "%3" not in text:
         return text  # the cheap common case: nothing that could be a value
     if "%" not in text:  # no name can be encoded: skip the regex unless one appears plainly
