@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 from cryptography.fernet import Fernet
@@ -36,6 +37,7 @@ from amo_oauth import (
     Widget,
 )
 from amo_oauth._codec import record_from_json, record_to_json
+from amo_oauth._pace import Pacer
 from amo_oauth._records import ConnectionRecord, Lease, record_key
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing.faults import FaultyStore
@@ -307,6 +309,11 @@ def test_a_verification_amocrm_cannot_answer_changes_nothing(
         connected.connect_long_lived(USER, token, fake.account_host)
     assert failed.value.transient
     assert stored(connected, USER) == before
+    if kind in ("429", "403_html"):  # amoCRM's push-back pauses the host (docs/api-pace.md)
+        with pytest.raises(TryAgainLater) as paused:
+            connected.connect_long_lived(USER, token, fake.account_host)
+        assert paused.value.reason == "api_paused" and stored(connected, USER) == before
+        connected._pace = attrs.evolve(connected._pace, pacer=Pacer())  # the pause is over
     assert connected.connect_long_lived(USER, token, fake.account_host).is_connected  # later
 
 

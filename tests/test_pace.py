@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, TryAgainLater
-from amo_oauth._pace import BLOCKED_PAUSE, PACE_GUARD, Pacer
+from amo_oauth._pace import BLOCKED_PAUSE, PACE_GUARD, Pacer, Slot
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import config_for, run_consent
@@ -50,6 +50,9 @@ class FakeSeconds:
         self.clock.advance(max(0.0, seconds))
 
     async def asleep(self, seconds: float) -> None:
+        # The other tasks ready now run first: what reaches them at this instant (amoCRM's
+        # answers to a burst) is handled at this instant, as on a real clock.
+        await asyncio.sleep(0)
         self.sleep(seconds)
         await asyncio.sleep(0)
 
@@ -57,10 +60,10 @@ class FakeSeconds:
         pacer = Pacer(clock=self.now, sleep=self.sleep, asleep=self.asleep)
         reserve, claim = pacer.reserve, pacer.claim_resend
 
-        def recorded(wait: float) -> float:
+        def recorded(slot: Slot) -> Slot:
             with self.lock:
-                self.slots.append(self.now() + wait)
-            return wait
+                self.slots.append(slot.at)
+            return slot
 
         pacer.reserve = lambda *a, **k: recorded(reserve(*a, **k))  # type: ignore[method-assign]
         pacer.claim_resend = lambda *a, **k: recorded(claim(*a, **k))  # type: ignore[method-assign]
@@ -168,27 +171,27 @@ def test_api_rate_none_or_0_turns_the_pace_off(
 def test_keys_are_independent_per_host_and_per_integration() -> None:
     now = [100.0]
     pacer = Pacer(clock=lambda: now[0])
-    assert [pacer.reserve(("one", "a.amocrm.ru"), 7) for _ in range(2)] == [
+    assert [pacer.reserve(("one", "a.amocrm.ru"), 7).wait for _ in range(2)] == [
         0.0,
         pytest.approx(STEP),
     ]
-    assert pacer.reserve(("one", "b.amocrm.ru"), 7) == 0.0  # another account host
-    assert pacer.reserve(("two", "a.amocrm.ru"), 7) == 0.0  # another integration
+    assert pacer.reserve(("one", "b.amocrm.ru"), 7).wait == 0.0  # another account host
+    assert pacer.reserve(("two", "a.amocrm.ru"), 7).wait == 0.0  # another integration
     pacer.pause(("one", "a.amocrm.ru"), 300, sent_at=100.0)
-    assert pacer.reserve(("two", "a.amocrm.ru"), 7, within=2) == pytest.approx(STEP)
+    assert pacer.reserve(("two", "a.amocrm.ru"), 7, within=2).wait == pytest.approx(STEP)
 
 
 def test_a_caller_whose_slot_is_further_than_api_max_wait_is_refused_without_sending() -> None:
     now = [100.0]
     pacer = Pacer(clock=lambda: now[0])
     key = ("one", "a.amocrm.ru")
-    waits = [pacer.reserve(key, 7, within=2.0) for _ in range(14)]  # 13 * 0.15 s = 1.95 s
+    waits = [pacer.reserve(key, 7, within=2.0).wait for _ in range(14)]  # 13 * 0.15 s = 1.95 s
     assert waits[-1] == pytest.approx(13 * STEP)
     with pytest.raises(TryAgainLater) as busy:
         pacer.reserve(key, 7, within=2.0)
     assert (busy.value.reason, busy.value.status) == ("api_busy", None)
     assert busy.value.retry_after == pytest.approx(14 * STEP)
-    assert pacer.reserve(key, 7) == pytest.approx(14 * STEP)  # the refusal took no slot
+    assert pacer.reserve(key, 7).wait == pytest.approx(14 * STEP)  # the refusal took no slot
 
 
 def test_threads_share_one_schedule(
@@ -207,7 +210,8 @@ def test_threads_share_one_schedule(
     for thread in threads:
         thread.join()
     assert statuses == [200] * 20
-    assert len(seconds.slots) == 20 and spaced(seconds.slots)
+    # The consent's account check took the first slot, the 20 calls the next ones.
+    assert len(seconds.slots) == 21 and spaced(seconds.slots)
 
 
 def test_asyncio_tasks_share_one_schedule(
@@ -231,7 +235,8 @@ def test_asyncio_tasks_share_one_schedule(
         return [answer.status_code for answer in answers]
 
     assert asyncio.run(main()) == [200] * 20
-    assert len(seconds.slots) == 20 and spaced(seconds.slots)
+    # The consent's account check took the first slot, the 20 calls the next ones.
+    assert len(seconds.slots) == 21 and spaced(seconds.slots)
 
 
 def test_auth_the_hook_and_the_sweep_share_one_schedule(
@@ -240,9 +245,10 @@ def test_auth_the_hook_and_the_sweep_share_one_schedule(
     oauth = make(fake)
     with httpx.Client(auth=oauth.auth(USER), transport=fake.transport()) as api:
         assert api.get(f"https://{fake.account_host}{LEADS}").status_code == 200
-    # The hook's token check goes to the same host: it takes the next slot, a step later.
+    # The call waited a step after the consent's account check; the hook's token check goes
+    # to the same host: it takes the next slot, a step later.
     assert oauth.handle_disconnect_hook(fake.hook_query()).reason == "hook_replayed"
-    assert seconds.slept == [pytest.approx(STEP)]
+    assert seconds.slept == [pytest.approx(STEP)] * 2
     # The sweep's token call takes the next one (at the sweep's rate, on the same schedule),
     # and auth()'s next request waits a step after it.
     clock.advance(timedelta(days=85))
@@ -299,7 +305,9 @@ def test_a_429_whose_pause_ends_within_api_max_wait_is_resent_once(
     fake.fail_next("429", endpoint="api", fields={"retry_after": 1})
     with httpx.Client(auth=oauth.auth(USER), transport=fake.transport()) as api:
         assert api.get(f"https://{fake.account_host}{LEADS}").status_code == 200
-    assert fake.api_call_count(LEADS) == 2 and seconds.slept == [pytest.approx(1.0)]
+    # A step after the consent's account check, then the pause.
+    assert fake.api_call_count(LEADS) == 2
+    assert seconds.slept == [pytest.approx(STEP), pytest.approx(1.0)]
     # A second 429 to the resend is not resent again.
     fake.fail_next("429", times=2, endpoint="api", fields={"retry_after": 1})
     api = httpx.Client(auth=oauth.auth(USER), transport=fake.transport())
@@ -466,7 +474,7 @@ def test_async_auth_the_hook_and_the_sweep_share_one_schedule(
                 assert (await api.get(f"https://{fake.account_host}{LEADS}")).status_code == 200
                 hook = await oauth.handle_disconnect_hook(fake.hook_query())
                 assert hook.reason == "hook_replayed"
-                assert seconds.slept == [pytest.approx(STEP)]
+                assert seconds.slept == [pytest.approx(STEP)] * 2  # as in the sync test
                 clock.advance(timedelta(days=85))
                 assert (await oauth.refresh_due(timedelta(days=7))).refreshed == (USER,)
                 assert (await api.get(f"https://{fake.account_host}{LEADS}")).status_code == 200
@@ -474,3 +482,245 @@ def test_async_auth_the_hook_and_the_sweep_share_one_schedule(
 
     asyncio.run(main())
     assert spaced(seconds.slots)
+
+
+# -- a pause stops the callers already waiting for their turn ----------------------------------
+
+
+def test_a_pause_voids_the_slots_it_covers_and_the_resend_it_outgrows() -> None:
+    now = [100.0]
+    pacer = Pacer(clock=lambda: now[0])
+    key = ("one", "a.amocrm.ru")
+    pacer.reserve(key, 7)  # the request whose answer pauses the key
+    waiting, later = (pacer.reserve(key, 7, within=30) for _ in range(2))
+    sweeps = pacer.reserve(key, 7, through_pauses=True)
+    pacer.pause(key, later.at - 100.0 - 0.01, sent_at=100.0)  # ends just before ``later``
+    now[0] = waiting.at
+    with pytest.raises(TryAgainLater) as refused:
+        pacer.recheck(waiting)  # its turn came inside the pause: nothing is sent
+    assert (refused.value.reason, refused.value.status) == ("api_paused", None)
+    assert pacer.recheck(later) is None  # its turn comes after the pause: it goes
+    # A 429 of 300 s: the sweep's slot is taken again after it, the resend outgrown by a
+    # late answer of the same burst is refused with that 429.
+    pacer.pause(key, 300, sent_at=now[0])
+    assert pacer.recheck(sweeps) == attrs.evolve(sweeps, at=now[0] + 300, wait=300)
+    pacer.pause(key, 1, sent_at=now[0] + 1)  # a new burst: its resend may be claimed ...
+    resend = pacer.claim_resend(key, 7, within=400)
+    pacer.pause(key, 350, sent_at=now[0])  # ... and a late answer of it lengthens the pause
+    with pytest.raises(TryAgainLater) as outgrown:
+        pacer.recheck(resend)
+    assert (outgrown.value.reason, outgrown.value.status) == ("api_paused", 429)
+
+
+class HeldFirst(httpx.BaseTransport):
+    """The fake's transport holding the first API request until ``release`` is set: amoCRM
+    answers it while the other callers wait for their turns."""
+
+    def __init__(self, fake: FakeAmoCRM) -> None:
+        self.inner, self.release, self.held = fake.transport(), threading.Event(), False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/api/") and not self.held:
+            self.held = True
+            assert self.release.wait(60)
+        return self.inner.handle_request(request)
+
+
+def test_threads_waiting_for_their_turn_when_a_429_lands_send_nothing(
+    make: Callable[..., AmoOAuth], fake: FakeAmoCRM, seconds: FakeSeconds
+) -> None:
+    oauth = make(fake)
+    seconds.clock.advance(1)  # the consent's check is a second behind: the first call goes now
+    fake.fail_next("429", endpoint="api")  # retry_after 300 (§9)
+    transport = HeldFirst(fake)
+    answered, all_waiting = threading.Event(), threading.Barrier(13, timeout=60)
+
+    def sleep(wait: float) -> None:
+        # amoCRM answers the first request 429 once the 13 others all wait for their turns,
+        # and their turns come only after that answer.
+        all_waiting.wait()
+        transport.release.set()
+        assert answered.wait(60)
+        seconds.sleep(wait)
+
+    oauth._pace = attrs.evolve(oauth._pace, pacer=Pacer(clock=seconds.now, sleep=sleep))
+    outcomes: list[Any] = []
+
+    def call(first: bool) -> None:
+        with httpx.Client(auth=oauth.auth(USER), transport=transport) as api:
+            try:
+                outcomes.append(api.get(f"https://{fake.account_host}{LEADS}").status_code)
+            except TryAgainLater as error:
+                outcomes.append((error.reason, error.status))
+            finally:
+                if first:
+                    answered.set()
+
+    first = threading.Thread(target=call, args=(True,))
+    first.start()
+    while not transport.held:  # the first request is in flight: the others queue behind it
+        first.join(0.01)
+    waiters = [threading.Thread(target=call, args=(False,)) for _ in range(13)]
+    for thread in [*waiters]:
+        thread.start()
+    for thread in [first, *waiters]:
+        thread.join()
+    # Only the first request reached amoCRM: each waiter looked at the pause after its wait.
+    assert fake.api_call_count(LEADS) == 1
+    assert Counter(outcomes) == {("api_paused", 429): 1, ("api_paused", None): 13}
+
+
+def test_tasks_waiting_for_their_turn_when_a_429_lands_send_nothing(
+    fake: FakeAmoCRM, clock: FakeClock, seconds: FakeSeconds
+) -> None:
+    class HeldFirstAsync(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner, self.release, self.held = fake.async_transport(), asyncio.Event(), False
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.startswith("/api/") and not self.held:
+                self.held = True
+                await self.release.wait()
+            return await self.inner.handle_async_request(request)
+
+    async def main() -> list[Any]:
+        http = httpx.AsyncClient(transport=fake.async_transport())
+        async with AsyncAmoOAuth(
+            config_for(fake), store=MemoryStore(clock=clock), http=http, clock=clock
+        ) as oauth:
+            paced_by(oauth, seconds)
+            begun = await oauth.begin(USER)
+            query = dict(httpx.URL(fake.authorize(begun.state)).params)
+            await oauth.handle_callback(query, binding=begun.binding)
+            clock.advance(1)  # as in the thread test
+            fake.fail_next("429", endpoint="api")
+            transport, answered, waiting = HeldFirstAsync(), asyncio.Event(), [0]
+
+            async def asleep(wait: float) -> None:
+                waiting[0] += 1
+                if waiting[0] == 13:  # as in the thread test
+                    transport.release.set()
+                await answered.wait()
+                seconds.sleep(wait)
+
+            oauth._pace = attrs.evolve(
+                oauth._pace, pacer=Pacer(clock=seconds.now, sleep=seconds.sleep, asleep=asleep)
+            )
+            async with httpx.AsyncClient(auth=oauth.auth(USER), transport=transport) as api:
+
+                async def call(first: bool) -> Any:
+                    try:
+                        return (await api.get(f"https://{fake.account_host}{LEADS}")).status_code
+                    except TryAgainLater as error:
+                        return (error.reason, error.status)
+                    finally:
+                        if first:
+                            answered.set()
+
+                return await asyncio.gather(call(True), *(call(False) for _ in range(13)))
+
+    outcomes = asyncio.run(main())
+    assert fake.api_call_count(LEADS) == 1
+    assert Counter(outcomes) == {("api_paused", 429): 1, ("api_paused", None): 13}
+
+
+# -- the library's own account checks take their slots too -------------------------------------
+
+
+def connect(kind: str, oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    """Connect ``USER`` the ``kind`` way: each ends with ``GET /api/v4/account``."""
+    if kind == "consent":
+        assert run_consent(oauth, fake, USER).connection.is_connected
+    elif kind == "keys_tab_code":
+        code = fake.issue_keys_tab_code()
+        assert oauth.connect_with_code(USER, code, fake.account_host).connection.is_connected
+    else:
+        token = fake.issue_long_lived_token()
+        assert oauth.connect_long_lived(USER, token, fake.account_host).is_connected
+
+
+@pytest.mark.parametrize("kind", ["consent", "keys_tab_code", "long_lived"])
+def test_connecting_then_loading_at_once_stays_within_amocrms_limit(
+    limited: FakeAmoCRM, clock: FakeClock, seconds: FakeSeconds, kind: str
+) -> None:
+    http = httpx.Client(transport=Arrivals(limited, seconds))
+    oauth = AmoOAuth(config_for(limited), store=MemoryStore(clock=clock), http=http, clock=clock)
+    paced_by(oauth, seconds)
+    arrivals = cast(Arrivals, http._transport)
+    with oauth, httpx.Client(auth=oauth.auth(USER), transport=arrivals) as api:
+        connect(kind, oauth, limited)  # its account check takes the host's first slot
+        statuses = [api.get(f"https://{limited.account_host}{LEADS}").status_code for _ in range(7)]
+    assert statuses == [200] * 7  # unpaced, the check and 7 calls in 0.9 s made a 429
+    assert limited.api_call_count(outcome="rate_limited") == 0
+    assert most_in_a_second(arrivals.times) == 7 and len(arrivals.times) == 8
+
+
+def test_connecting_then_50_tasks_at_once_stay_within_amocrms_limit(
+    limited: FakeAmoCRM, clock: FakeClock, seconds: FakeSeconds
+) -> None:
+    class AsyncArrivals(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner, self.times = limited.async_transport(), list[float]()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.startswith("/api/"):
+                self.times.append(seconds.now())
+            return await self.inner.handle_async_request(request)
+
+    async def asleep(wait: float) -> None:
+        # Fake seconds that pass in order: asyncio wakes its sleepers in the order of their
+        # ends (a hundredth of the wait, in real time), each at its own end in fake time.
+        wake = seconds.now() + wait
+        await asyncio.sleep(wait / 100)
+        clock.advance(max(0.0, wake - seconds.now()))
+
+    arrivals = AsyncArrivals()
+
+    async def main() -> list[Any]:
+        http = httpx.AsyncClient(transport=arrivals)
+        store = MemoryStore(clock=clock)
+        async with AsyncAmoOAuth(config_for(limited), store=store, http=http, clock=clock) as oauth:
+            pacer = Pacer(clock=seconds.now, sleep=seconds.sleep, asleep=asleep)
+            oauth._pace = attrs.evolve(oauth._pace, pacer=pacer)
+            token = limited.issue_long_lived_token()
+            await oauth.connect_long_lived(USER, token, limited.account_host)
+            async with httpx.AsyncClient(auth=oauth.auth(USER), transport=arrivals) as api:
+
+                async def call() -> Any:
+                    try:
+                        return (await api.get(f"https://{limited.account_host}{LEADS}")).status_code
+                    except TryAgainLater as error:
+                        return error.reason
+
+                return await asyncio.gather(*(call() for _ in range(50)))
+
+    outcomes = asyncio.run(main())
+    # 13 slots within api_max_wait (2 s) after the check's; the others are refused unsent.
+    assert Counter(outcomes) == {200: 13, "api_busy": 37}
+    assert limited.api_call_count(outcome="rate_limited") == 0
+    assert most_in_a_second(arrivals.times) == 7 and len(arrivals.times) == 14
+
+
+def test_a_verification_during_a_pause_is_deferred_without_sending(
+    make: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    oauth = make(fake)
+    fake.fail_next("429", endpoint="api", path=LEADS)  # retry_after 300: the host is paused
+    api = httpx.Client(auth=oauth.auth(USER), transport=fake.transport())
+    with api, pytest.raises(TryAgainLater):
+        api.get(f"https://{fake.account_host}{LEADS}")
+    checks = fake.api_call_count(ACCOUNT)
+    # A keys-tab code is exchanged (the token endpoint is not paced: a spent code must land);
+    # its verification is not sent into the pause but deferred, as after a transient failure.
+    code = fake.issue_keys_tab_code()
+    result = oauth.connect_with_code("user-2", code, fake.account_host)
+    assert (result.outcome.value, result.connection.status.value) == ("in_progress", "exchanged")
+    # A long-lived token's check is refused as it stands: nothing is written.
+    with pytest.raises(TryAgainLater) as paused:
+        oauth.connect_long_lived("user-3", fake.issue_long_lived_token(), fake.account_host)
+    assert (paused.value.reason, paused.value.retry_after) == ("api_paused", pytest.approx(300))
+    assert not oauth.status("user-3").is_connected
+    assert fake.api_call_count(ACCOUNT) == checks  # nothing sent during the pause
+    clock.advance(300)
+    assert oauth.access_token("user-2")  # the deferred verification is sent, and passes
+    assert oauth.status("user-2").is_connected and fake.api_call_count(ACCOUNT) == checks + 1

@@ -27,7 +27,7 @@ from ._results import (
     RefreshReport,
     SweepProgress,
 )
-from ._service_core import ServiceCore, default_store, with_stored
+from ._service_core import ServiceCore, Turn, default_store, with_stored
 from ._sweep import Done, SweepPlan, asweep
 from .stores import AsyncStore, Store
 from .stores._base import as_async_store, is_async_store
@@ -154,7 +154,7 @@ class AsyncAmoOAuth(ServiceCore):
     async def handle_disconnect_hook(self, query: QueryLike) -> HookResult:
         """See ``AmoOAuth.handle_disconnect_hook``."""
         flow = self._flows.connections.handle_disconnect_hook(query)
-        return await self._shielded(flow, self._perform_paced)
+        return await self._shielded(flow, lambda op: self._perform(op, self._hook_turn))
 
     async def refresh_due(
         self,
@@ -172,8 +172,10 @@ class AsyncAmoOAuth(ServiceCore):
         rate = self._sweep_rate(per_host_rate)
         plan = SweepPlan.make(self._flows.records.now(), within, limit, concurrency, rate)
 
+        turn = self._sweep_turn(plan.per_host_rate)
+
         async def paced(op: Op) -> Any:
-            return await self._perform_paced(op, plan.per_host_rate)
+            return await self._perform(op, turn)
 
         async def read(after: DueCursor | None, size: int) -> list[ConnectionRecord]:
             return await self._run(self._flows.records.due_page(plan.before, size, after))
@@ -237,23 +239,18 @@ class AsyncAmoOAuth(ServiceCore):
         if not task.cancelled():
             task.exception()  # retrieved: a cancelled caller's failure is not "never retrieved"
 
-    async def _perform_paced(self, op: Op, sweep_rate: float | None = None) -> Any:
-        """See ``AmoOAuth._perform_paced``."""
-        if not isinstance(op, Send):
-            return await self._perform(op)
-        wait = self._slot(op.request, sweep_rate)
-        if wait > 0:
-            await self._pace.pacer.asleep(wait)
-        sent_at = self._pace.pacer.clock()
-        response = await self._perform(op)
-        self._note(op.request, response, sent_at)
-        return response
-
-    async def _perform(self, op: Op) -> Any:
+    async def _perform(self, op: Op, turn: Turn | None = None) -> Any:
+        """See ``AmoOAuth._perform``."""
         if isinstance(op, StoreOp):
             return await op.arun(self._astore)
         if isinstance(op, Send):
-            return await asend_within(self.http, op.request, self.config.http_timeout)
+            slot = (turn or self._check_turn)(op.request)
+            await self._pace.pacer.await_for(slot)  # as in AmoOAuth._perform
+            sent_at = self._pace.pacer.clock()
+            response = await asend_within(self.http, op.request, self.config.http_timeout)
+            if slot is not None:
+                self._note(op.request, response, sent_at)
+            return response
         assert isinstance(op, Sleep)
         await asyncio.sleep(op.seconds)
         return None

@@ -10,7 +10,7 @@ import attrs
 import httpx
 
 from ._errors import TokenScopeError
-from ._pace import ApiPace, Pacer
+from ._pace import ApiPace, Pacer, Slot
 from ._provider_reads import retry_after_in
 
 __all__ = ["ConnectionAuth"]
@@ -93,12 +93,12 @@ def _flow(request: httpx.Request, paced: bool) -> Generator[_Item, object, None]
         if (yield pushed) is None:  # a 403: returned as it came
             return
         resent = True
-        response = yield request  # the slot was taken with the resend
+        response = yield request  # the driver waited for the resend's slot and rechecked it
 
 
 def _send(request: httpx.Request, paced: bool) -> Generator[_Item, object, object]:
     if paced:
-        yield _Turn(request.url.host)
+        yield _Turn(request.url.host)  # the driver waits for the slot, then checks the pause
     return (yield request)
 
 
@@ -113,12 +113,15 @@ class ConnectionAuth(httpx.Auth):
     Paced (``Config.api_rate``, docs/api-pace.md): each request waits for its slot of the
     ``(client id, host)`` schedule, at most ``Config.api_max_wait`` seconds. A 429 from the
     host pauses the host for its ``retry_after`` and is resent once, by one caller, when the
-    pause ends within ``api_max_wait``; a 403 pauses the host for ``BLOCKED_PAUSE`` (60 s) and
+    pause ends within ``api_max_wait``. A request already waiting for its slot when a pause
+    begins looks at the pause again when its turn comes, and is refused without sending when
+    the pause covers its slot; a 403 pauses the host for ``BLOCKED_PAUSE`` (60 s) and
     is returned as it came. The request body is read before the first send, so a resend sends
     it whole.
 
     Raises (on a request):
-        TryAgainLater: ``api_paused`` (the host is paused: nothing was sent; or a 429 answered
+        TryAgainLater: ``api_paused`` (the host is paused, or a pause began while the request
+            waited for its slot: nothing was sent; or a 429 answered
             this request and it could not be resent: ``status`` 429) or ``api_busy`` (its slot
             is more than ``api_max_wait`` away: nothing was sent), with ``retry_after``.
 
@@ -160,9 +163,8 @@ class ConnectionAuth(httpx.Auth):
                 elif isinstance(item, _Read):
                     reply = item.response.read()
                 else:
-                    reply = self._seconds_to_wait(item, sent_at)
-                    if reply:  # None (no resend) or 0.0: nothing to wait for
-                        self._pacer().sleep(reply)
+                    reply = slot = self._slot(item, sent_at)
+                    self._pacer().wait_for(slot)  # and looks at the pause again after it
                 item = flow.send(reply)
         except StopIteration:
             return
@@ -188,9 +190,8 @@ class ConnectionAuth(httpx.Auth):
                 elif isinstance(item, _Read):
                     reply = await item.response.aread()
                 else:
-                    reply = self._seconds_to_wait(item, sent_at)
-                    if reply:  # as in sync_auth_flow
-                        await self._pacer().asleep(reply)
+                    reply = slot = self._slot(item, sent_at)
+                    await self._pacer().await_for(slot)  # as in sync_auth_flow
                 item = flow.send(reply)
         except StopIteration:
             return
@@ -208,9 +209,9 @@ class ConnectionAuth(httpx.Auth):
         assert self._pace is not None  # only a paced flow yields a turn or a push-back
         return self._pace.pacer
 
-    def _seconds_to_wait(self, item: _Turn | _PushedBack, sent_at: float) -> float | None:
-        """The wait for a slot, or for the one resend after a 429; None: no resend (a 403
-        is returned as it came).
+    def _slot(self, item: _Turn | _PushedBack, sent_at: float) -> Slot | None:
+        """The slot to wait for: a request's, or the one resend's after a 429; None: no resend
+        (a 403 is returned as it came).
 
         Raises:
             TryAgainLater: the host is paused or busy, or a 429 that is not resent.

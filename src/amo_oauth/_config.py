@@ -268,11 +268,12 @@ class Config:
         refresh_backoff_jitter: each back-off is lengthened by a random fraction of itself
             up to this (0 to 1; 0.1 by default), so that connections held back together are
             not all retried in the same second. 0 makes back-offs exact.
-        api_rate: requests per second per account host that ``auth()``, the disconnect hook's
-            checks and (by default) the keep-alive sweep send, in this process: amoCRM's 7
-            (protocol notes §9) by default; None or 0 turns ``auth()``'s and the hook's pace
-            off. Processes sharing the integration each get their share (7 / N): the pace is
-            process-local (docs/api-pace.md).
+        api_rate: requests per second per account host that ``auth()``, the library's own
+            account checks (verifications), the disconnect hook's checks and (by default) the
+            keep-alive sweep send, in this process: amoCRM's 7 (protocol notes §9) by default;
+            None or 0 turns the pace off (but for the sweep's). Processes sharing the
+            integration each get their share (7 / N): the pace is process-local
+            (docs/api-pace.md).
         api_max_wait: the most seconds ``auth()`` holds a request for its slot, or for the
             one resend after amoCRM's 429; past it the caller gets ``TryAgainLater``
             (``api_busy``, ``api_paused``) at once. 2 s by default; 0: never wait.

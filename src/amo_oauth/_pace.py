@@ -2,15 +2,18 @@
 
 amoCRM allows about 7 requests per second per integration and answers more with 429 and a
 ``retry_after`` (300 s in its example); an account that keeps exceeding it is blocked, 403 on
-every request (protocol notes §9). So every request a service sends on a connection's behalf
-(``auth()``'s API calls, the disconnect hook's token checks, the keep-alive sweep's token
-calls) takes a slot of one ``Pacer``, keyed by ``(client id, host)``:
+every request (protocol notes §9). So every request a service sends to an account host's API
+(``auth()``'s calls, a new connection's verification and a long-lived token's check, the
+disconnect hook's token checks), and the keep-alive sweep's token calls, takes a slot of one
+``Pacer``, keyed by ``(client id, host)``:
 
 - spacing, not a bucket: a key's requests go out ``(1 + PACE_GUARD) / rate`` seconds apart, so
   an idle minute saves up no burst and no one-second window holds more than ``rate``;
-- a 429 (or a 403) pauses the key: until the pause ends, ``auth()`` and the hook are refused
-  without sending (``TryAgainLater``, ``api_paused``), the sweep waits; after a 429 one caller,
-  and one only, may resend when the pause ends within ``Config.api_max_wait``.
+- a 429 (or a 403) pauses the key: until the pause ends, ``auth()``, the hook and the
+  verification are refused without sending (``TryAgainLater``, ``api_paused``), the sweep
+  waits; a caller already waiting for its slot looks again when its turn comes (``recheck``),
+  so none sends into a pause that began while it waited; after a 429 one caller, and one
+  only, may resend when the pause ends within ``Config.api_max_wait``.
 
 Thread-safe (a lock around a few arithmetic steps, never held while waiting) and usable from
 asyncio tasks (the same reservation, then ``asleep``). Process-local: processes sharing an
@@ -27,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 import attrs
+import httpx
 
 from ._errors import TryAgainLater
 from ._reasons import Reason
@@ -39,6 +43,8 @@ __all__ = [
     "PACE_GUARD",
     "ApiPace",
     "Pacer",
+    "Slot",
+    "is_api_request",
     "pause_after",
 ]
 
@@ -75,6 +81,21 @@ def pause_after(status: int | None, retry_after: float | None) -> float | None:
     else:
         return None
     return min(seconds, MAX_PAUSE)
+
+
+@attrs.frozen
+class Slot:
+    """One request's turn on a key's schedule: ``at`` (the pacer's clock) it may be sent, ``wait``
+    seconds after it was handed out. ``rate`` and ``through_pauses`` are how it was taken (a
+    sweep's slot waits a pause out and is taken again); ``resend_of`` is the status (429) of
+    the answer a resend repeats, for its refusal."""
+
+    key: Key
+    at: float
+    wait: float
+    rate: float
+    through_pauses: bool = False
+    resend_of: int | None = None
 
 
 @attrs.define
@@ -121,36 +142,87 @@ class Pacer:
         self._lock = threading.Lock()
         self._lanes = {}
 
-    def reserve(self, key: Key, rate: float, *, within: float | None = None) -> float:
+    def reserve(
+        self,
+        key: Key,
+        rate: float,
+        *,
+        within: float = math.inf,
+        through_pauses: bool = False,
+    ) -> Slot:
         """Take the key's next slot for one request at ``rate`` requests per second.
 
         Args:
-            within: None: the caller waits whatever it takes, a pause included (the sweep).
-                Else the most seconds it may wait: it is refused, and takes no slot, while the
-                key is paused or when its slot is further away.
+            within: the most seconds the caller may wait for its slot: it is refused, and
+                takes no slot, when the slot is further away (``auth()``, the hook:
+                ``Config.api_max_wait``; a verification: no bound).
+            through_pauses: True: the caller waits a pause out (the sweep); False: it is
+                refused while the key is paused, and its slot is void if a pause begun after
+                it covers it (``recheck``).
 
         Returns:
-            The seconds to wait before sending (0: now).
+            The ``Slot``: sleep ``slot.wait`` seconds, then ``recheck`` it before sending.
 
         Raises:
-            TryAgainLater: ``api_paused`` (a 429 or 403 paused the key) or ``api_busy`` (this
-                process's requests for the key fill more than ``within`` seconds), with
-                ``retry_after``; only with ``within`` given.
+            TryAgainLater: ``api_paused`` (a 429 or 403 paused the key; not with
+                ``through_pauses``) or ``api_busy`` (this process's requests for the key fill
+                more than ``within`` seconds), with ``retry_after``.
         """
         with self._lock:
             now = self.clock()
             lane = self._lane(key, now)
-            if within is not None and lane.paused_until > now:
+            if not through_pauses and lane.paused_until > now:
                 raise _paused(lane.paused_until - now, None)
             slot = max(now, lane.next_slot, lane.paused_until)
-            if within is not None and slot - now > within:
+            if slot - now > within:
                 raise TryAgainLater(
                     Reason.API_BUSY,
                     f"this process's requests to that host fill the next {slot - now:.2f} s",
                     retry_after=slot - now,
                 )
             lane.next_slot = slot + (1.0 + PACE_GUARD) / rate
-            return slot - now
+            return Slot(key, slot, slot - now, rate, through_pauses=through_pauses)
+
+    def recheck(self, slot: Slot) -> Slot | None:
+        """Whether a slot whose time has come may still be sent: a pause that began (or grew)
+        while its caller waited, and runs past the slot's time, voids it. Called after the
+        wait and right before the send, so no caller sends into a pause that began while it
+        waited (a request already sent is beyond recall).
+
+        Returns:
+            None: send now. A new ``Slot`` (a sweep's, ``through_pauses``): wait for it, after
+            the pause, and recheck again.
+
+        Raises:
+            TryAgainLater: ``api_paused`` (``status``: the slot's ``resend_of``), nothing sent.
+        """
+        with self._lock:
+            now = self.clock()
+            paused_until = self._lane(slot.key, now).paused_until
+        if paused_until <= slot.at:
+            return None
+        if not slot.through_pauses:
+            raise _paused(max(paused_until - now, 0.0), slot.resend_of)
+        return self.reserve(slot.key, slot.rate, through_pauses=True)
+
+    def wait_for(self, slot: Slot | None) -> None:
+        """Sleep (``sleep``) until ``slot`` comes, ``recheck`` it, and so on until it may be sent
+        (None: nothing to wait for).
+
+        Raises:
+            TryAgainLater: ``api_paused``, from ``recheck``.
+        """
+        while slot is not None:
+            if slot.wait > 0:
+                self.sleep(slot.wait)
+            slot = self.recheck(slot)
+
+    async def await_for(self, slot: Slot | None) -> None:
+        """``wait_for`` for a task: it awaits ``asleep``."""
+        while slot is not None:
+            if slot.wait > 0:
+                await self.asleep(slot.wait)
+            slot = self.recheck(slot)
 
     def pause(self, key: Key, seconds: float, sent_at: float, *, resent: bool = False) -> None:
         """Pause the key for ``seconds`` from now (a longer pause already running stays), for
@@ -167,13 +239,13 @@ class Pacer:
                 lane.resend_taken = False
             lane.paused_until = max(lane.paused_until, now + seconds)
 
-    def claim_resend(self, key: Key, rate: float, within: float) -> float:
+    def claim_resend(self, key: Key, rate: float, within: float) -> Slot:
         """The one resend of the key's current pause, for a caller amoCRM answered 429: the
         first claimant whose wait (the pause's end, then a slot) is at most ``within`` seconds
         gets it. Every other one is refused, so N callers answered 429 make one resend.
 
         Returns:
-            The seconds to wait before resending.
+            The resend's ``Slot`` (``resend_of`` 429), at or after the pause's end.
 
         Raises:
             TryAgainLater: ``api_paused``, status 429, with the pause's ``retry_after``.
@@ -186,7 +258,7 @@ class Pacer:
                 raise _paused(max(lane.paused_until - now, 0.0), 429)
             lane.resend_taken = True
             lane.next_slot = slot + (1.0 + PACE_GUARD) / rate
-            return slot - now
+            return Slot(key, slot, slot - now, rate, resend_of=429)
 
     def refusal(self, key: Key, status: int | None) -> TryAgainLater:
         """The ``api_paused`` error for the key's pause as it stands (``retry_after``: what is
@@ -205,6 +277,13 @@ class Pacer:
         return self._lanes.setdefault(key, _Lane())
 
 
+def is_api_request(url: httpx.URL) -> bool:
+    """A request to amoCRM's REST API (``/api/...`` on an account host): what its limit of 7 a
+    second counts (protocol notes §9). The token endpoint (``/oauth2/access_token``: whether it
+    shares the limit is unknown, §9) and the shared hosts' account lookup are not."""
+    return url.path.startswith("/api/")
+
+
 def _paused(seconds: float, status: int | None) -> TryAgainLater:
     hint = f"amoCRM asked for a pause of this host's requests; {seconds:.0f} s left"
     return TryAgainLater(Reason.API_PAUSED, hint, retry_after=seconds, status=status)
@@ -221,19 +300,32 @@ class ApiPace:
     rate: float | None
     max_wait: float
 
-    def turn(self, host: str) -> float:
-        """An API call's slot (``auth()``, the hook): seconds to wait, at most ``max_wait``.
+    def turn(self, host: str) -> Slot | None:
+        """An API call's slot (``auth()``, the hook), at most ``max_wait`` seconds away; None when
+        the pace is off.
 
         Raises:
             TryAgainLater: ``api_paused`` or ``api_busy`` (see ``Pacer.reserve``).
         """
         if self.rate is None:
-            return 0.0
+            return None
         return self.pacer.reserve(self._key(host), self.rate, within=self.max_wait)
 
-    def sweep_turn(self, host: str, rate: float) -> float:
+    def check_turn(self, host: str) -> Slot | None:
+        """The slot of a check the library makes on its own (a new connection's verification,
+        a long-lived token's check): it waits its turn however far away (a consent must not
+        fail for the pace), but is refused during a pause; None when the pace is off.
+
+        Raises:
+            TryAgainLater: ``api_paused`` (the caller defers, as for a transient failure).
+        """
+        if self.rate is None:
+            return None
+        return self.pacer.reserve(self._key(host), self.rate)
+
+    def sweep_turn(self, host: str, rate: float) -> Slot:
         """A sweep's token call's slot at the sweep's own ``rate``: it waits, pauses included."""
-        return self.pacer.reserve(self._key(host), rate)
+        return self.pacer.reserve(self._key(host), rate, through_pauses=True)
 
     def answered(
         self,
@@ -251,8 +343,8 @@ class ApiPace:
         if seconds is not None:
             self.pacer.pause(self._key(host), seconds, sent_at, resent=resent)
 
-    def resend_turn(self, host: str, *, first: bool) -> float:
-        """After a 429 (``answered`` first): the seconds to wait for the one resend (see
+    def resend_turn(self, host: str, *, first: bool) -> Slot:
+        """After a 429 (``answered`` first): the slot of the one resend (see
         ``Pacer.claim_resend``); a request answered 429 ``first`` time only is resent.
 
         Raises:

@@ -26,7 +26,7 @@ from ._results import (
     RefreshReport,
     SweepProgress,
 )
-from ._service_core import ServiceCore, default_store, with_stored
+from ._service_core import ServiceCore, Turn, default_store, with_stored
 from ._sweep import Done, SweepPlan, sweep
 from .stores import Store
 from .stores._protocol import DueCursor
@@ -214,7 +214,9 @@ class AmoOAuth(ServiceCore):
         The code is exchanged like a callback's, with the integration's ``redirect_uri``:
         claimed once in the store's code ledger, sent to amoCRM at most once across every
         thread, process and machine sharing the store, the pair verified with
-        ``GET /api/v4/account``. The same code again answers the connection's status
+        ``GET /api/v4/account`` (in its slot of the API's pace; during a pause amoCRM asked
+        for, the verification is deferred, as after a transient failure: docs/api-pace.md).
+        The same code again answers the connection's status
         (``ALREADY_CONNECTED``, ``duplicate=True``) and sends nothing; a new code for a
         connected connection re-authorizes it.
 
@@ -249,10 +251,11 @@ class AmoOAuth(ServiceCore):
         scopes" tab (a JWT valid 1 day to 5 years, no refresh token; protocol notes §8).
 
         The token is checked with ``GET /api/v4/account`` on ``host`` before anything is
-        written; then it is stored (encrypted at rest where the store was given ``encryption=``)
-        in one versioned write that replaces what the connection held, and the connection is
-        ``connected``. ``host`` may be typed as a person writes it (any case, ``https://``, a
-        trailing ``/``); a path, port or userinfo is refused ``foreign_host``. Its expiry
+        written (that check waits for its slot of the API's pace, docs/api-pace.md); then it is
+        stored (encrypted at rest where the store was given ``encryption=``) in one versioned
+        write that replaces what the connection held, and the connection is ``connected``.
+        ``host`` may be typed as a person writes it (any case, ``https://``, a trailing ``/``);
+        a path, port or userinfo is refused ``foreign_host``. Its expiry
         is the JWT's ``exp`` claim, read without verifying the signature (a client cannot): it
         only schedules, amoCRM's 401 decides. ``access_token`` and ``auth`` serve it like any
         token until then; nothing ever refreshes it. A 401 from amoCRM, or reaching ``exp``,
@@ -276,7 +279,9 @@ class AmoOAuth(ServiceCore):
                 nothing sent); ``token_refused`` (amoCRM answered 401, or for another
                 account). Nothing is written.
             TryAgainLater: ``exchange_in_progress``: a code exchange of this connection is
-                still in flight after ``settle_timeout``; nothing written.
+                still in flight after ``settle_timeout``; nothing written. ``api_paused``
+                (with ``retry_after``, seconds): amoCRM paused the host's requests (a 429 or
+                403, docs/api-pace.md); nothing sent, nothing written.
             ProviderError: amoCRM did not answer, or refused otherwise (a blocked or unpaid
                 account, 5xx: ``transient``); nothing written.
             ValueError: not a valid connection id (see ``status``).
@@ -377,7 +382,9 @@ class AmoOAuth(ServiceCore):
             CallbackRejected: ``bad_signature`` or ``malformed``; nothing changed.
         """
         flow = self._flows.connections.handle_disconnect_hook(query)
-        return drive(self._flows.records.landing(flow), self._perform_paced)
+        return drive(
+            self._flows.records.landing(flow), lambda op: self._perform(op, self._hook_turn)
+        )
 
     def refresh_due(
         self,
@@ -429,8 +436,10 @@ class AmoOAuth(ServiceCore):
         rate = self._sweep_rate(per_host_rate)
         plan = SweepPlan.make(self._flows.records.now(), within, limit, concurrency, rate)
 
+        turn = self._sweep_turn(plan.per_host_rate)
+
         def paced(op: Op) -> Any:
-            return self._perform_paced(op, plan.per_host_rate)
+            return self._perform(op, turn)
 
         def read(after: DueCursor | None, size: int) -> list[ConnectionRecord]:
             return self._run(self._flows.records.due_page(plan.before, size, after))
@@ -470,23 +479,21 @@ class AmoOAuth(ServiceCore):
     def _run(self, flow: Generator[Op, Any, T]) -> T:
         return drive(self._flows.records.landing(flow), self._perform)
 
-    def _perform_paced(self, op: Op, sweep_rate: float | None = None) -> Any:
-        """``_perform``, a ``Send`` taking its slot of the API's pace first (a sweep's at
-        ``sweep_rate``) and a 429 or 403 pausing the host after."""
-        if not isinstance(op, Send):
-            return self._perform(op)
-        wait = self._slot(op.request, sweep_rate)
-        if wait > 0:
-            self._pace.pacer.sleep(wait)
-        sent_at = self._pace.pacer.clock()
-        response = self._perform(op)
-        self._note(op.request, response, sent_at)
-        return response
-
-    def _perform(self, op: Op) -> Any:
+    def _perform(self, op: Op, turn: Turn | None = None) -> Any:
+        """Run one operation of a flow. A ``Send`` first takes its slot of the API's pace by
+        ``turn`` (else ``_check_turn``: only requests to an account host's API are paced),
+        waits for it and looks at the pause again; a 429 or 403 to a paced one pauses the host.
+        """
         if isinstance(op, StoreOp):
             return op.run(self._store)
-        if isinstance(op, Send):  # http_timeout bounds the whole call, connect to last byte
-            return send_within(self.http, op.request, self.config.http_timeout)
+        if isinstance(op, Send):
+            slot = (turn or self._check_turn)(op.request)
+            self._pace.pacer.wait_for(slot)  # raises TryAgainLater into the flow: not sent
+            sent_at = self._pace.pacer.clock()
+            # http_timeout bounds the whole call, connect to last byte
+            response = send_within(self.http, op.request, self.config.http_timeout)
+            if slot is not None:
+                self._note(op.request, response, sent_at)
+            return response
         time.sleep(op.seconds)
         return None

@@ -14,17 +14,20 @@ import httpx
 from ._config import Config
 from ._connection_id import ConnectionId
 from ._flows import Flows
-from ._pace import DEFAULT_API_RATE, ApiPace, Pacer
+from ._pace import DEFAULT_API_RATE, ApiPace, Pacer, Slot, is_api_request
 from ._provider_reads import retry_after_in
 from ._results import RefreshReport
 from .stores import AsyncStore, SQLiteStore, Store
 
-__all__ = ["DEFAULT_DB", "ServiceCore", "default_store", "with_stored"]
+__all__ = ["DEFAULT_DB", "ServiceCore", "Turn", "default_store", "with_stored"]
 
 #: Where the service keeps its connections when given no store.
 DEFAULT_DB = "amo_oauth.db"
 
 logger = logging.getLogger("amo_oauth")
+
+Turn = Callable[[httpx.Request], Slot | None]
+"""How a request to amoCRM takes its slot of the API's pace (None: it is not paced)."""
 
 
 def default_store() -> SQLiteStore:
@@ -53,8 +56,9 @@ class ServiceCore:
             raise TypeError(f"config must be an amo_oauth.Config, not {type(config).__name__}")
         self.config = config
         self._flows = Flows(config, clock or _utcnow)
-        # One pacer for everything this service sends on a connection's behalf: auth()'s API
-        # calls, the hook's checks and the sweep's token calls share each host's schedule.
+        # One pacer for everything this service sends to an account host's API (auth()'s
+        # calls, verifications, the hook's checks) and the sweep's token calls: each host's
+        # schedule is shared by all of them.
         self._pace = ApiPace(
             Pacer(), config.client_id, config.api_rate or None, config.api_max_wait
         )
@@ -66,17 +70,31 @@ class ServiceCore:
             return per_host_rate
         return self.config.api_rate or DEFAULT_API_RATE
 
-    def _slot(self, request: httpx.Request, sweep_rate: float | None) -> float:
-        """Seconds to wait before sending ``request``: a sweep's at ``sweep_rate`` (through
-        pauses), else an API call's within ``Config.api_max_wait``.
+    def _check_turn(self, request: httpx.Request) -> Slot | None:
+        """How a flow's request is paced unless the caller says otherwise: one to an account
+        host's API (a new connection's verification, a long-lived token's check) waits for its
+        slot, however far, and is refused during a pause (the verification then defers, as
+        for a transient failure); the token endpoint and the account lookup are not paced
+        (docs/api-pace.md#limits).
 
         Raises:
-            TryAgainLater: ``api_paused`` / ``api_busy`` (API calls only).
+            TryAgainLater: ``api_paused``.
         """
-        host = request.url.host
-        if sweep_rate is not None:
-            return self._pace.sweep_turn(host, sweep_rate)
-        return self._pace.turn(host)
+        if not is_api_request(request.url):
+            return None
+        return self._pace.check_turn(request.url.host)
+
+    def _hook_turn(self, request: httpx.Request) -> Slot | None:
+        """The disconnect hook's checks: an API call's slot, within ``Config.api_max_wait``.
+
+        Raises:
+            TryAgainLater: ``api_paused`` / ``api_busy``.
+        """
+        return self._pace.turn(request.url.host)
+
+    def _sweep_turn(self, rate: float) -> Turn:
+        """A sweep's requests: a slot at ``rate``, waiting pauses out."""
+        return lambda request: self._pace.sweep_turn(request.url.host, rate)
 
     def _note(self, request: httpx.Request, response: httpx.Response, sent_at: float) -> None:
         """A 429 or 403 (read in full) to ``request``, sent at ``sent_at`` (the pacer's
