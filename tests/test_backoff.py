@@ -553,8 +553,18 @@ def _answer_429(retry_after: object) -> Callable[[], httpx.Response]:
 
 @pytest.mark.parametrize(
     ("given", "seconds"),
-    [(1e15, 86400), (1e300, 86400), (2**80, 86400), (10**400, 86400), ("300", 300)]
-    + [("300.5", 300.5), (" 120 ", 120), ("1e999", 86400), ("abc", 60), (-5, 60)],
+    [
+        (1e15, 86400),
+        (1e300, 86400),
+        (2**80, 86400),
+        (10**400, 86400),
+        ("300", 300),
+        ("300.5", 300.5),
+        (" 120 ", 120),
+        ("1e999", 86400),
+        ("abc", 60),
+        (-5, 60),
+    ],
 )
 def test_a_retry_after_of_any_size_is_cut_to_a_day_and_holds_the_refresh_back(
     local: Backend, fake: FakeAmoCRM, clock: FakeClock, given: object, seconds: float

@@ -168,7 +168,7 @@ class TokenFlows:
             return Done(ref.connection_id, str(error.reason), reauthorize=True)
         except AmoOAuthError as error:
             return Done(ref.connection_id, _slug(error))
-        except Exception as error:  # noqa: BLE001 (one connection's fault must not end the run)
+        except Exception as error:  # one connection's fault must not end the run
             # Not a failure the flows know (a bug, a damaged answer no check caught): reported
             # for this connection by its class name, never its message (it may quote a secret).
             logger.error(
