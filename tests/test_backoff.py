@@ -562,6 +562,7 @@ def _answer_429(retry_after: object) -> Callable[[], httpx.Response]:
         ("300.5", 300.5),
         (" 120 ", 120),
         ("1e999", 86400),
+        ("9" * 500, 86400),
         ("abc", 60),
         (-5, 60),
     ],

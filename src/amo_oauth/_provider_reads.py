@@ -263,7 +263,12 @@ def _wait_seconds(given: object) -> float | None:
     integer of hundreds of digits overflows."""
     if isinstance(given, str):
         text = given.strip()
-        given = float(text) if len(text) <= 64 and _NUMERIC_TEXT.fullmatch(text) else None
+        # Plain digits of any length (a header's) are a number; other forms are matched only
+        # when short, since the pattern backtracks on long near-misses.
+        numeric = (text.isascii() and text.isdigit()) or (
+            len(text) <= 64 and _NUMERIC_TEXT.fullmatch(text) is not None
+        )
+        given = float(text) if numeric else None
     if isinstance(given, bool) or not isinstance(given, int | float):
         return None
     seconds = float(max(min(given, MAX_RETRY_AFTER), -1.0))
