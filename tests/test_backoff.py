@@ -26,14 +26,17 @@ from amo_oauth import (
     ProviderError,
     SQLiteStore,
     TryAgainLater,
+    _flow_tokens,
     _service,
     cli,
 )
 from amo_oauth._codec import record_from_json, record_to_json
+from amo_oauth._provider_reads import read_account, read_tokens
 from amo_oauth._record_view import MAX_RETRY_AFTER, backoff_until
 from amo_oauth._records import Backoff, ConnectionRecord
 from amo_oauth.stores import Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
+from amo_oauth.testing.faults import AsyncFaultyTransport, FaultyStore, FaultyTransport
 
 from helpers import config_for, consent, following, run_consent, stored
 
@@ -110,6 +113,26 @@ def _connected(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, store: Store, **overrides: object
 ) -> AmoOAuth:
     oauth = make_oauth(store=store, **{**EXACT, **overrides})
+    assert run_consent(oauth, fake, USER).connection.is_connected
+    return oauth
+
+
+def _through(
+    transport: httpx.BaseTransport,
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    store: Store,
+    **overrides: object,
+) -> AmoOAuth:
+    """A service on ``store`` whose calls go through ``transport``, with USER connected; its
+    pacer never sleeps (the sweep waits through a 429's pause, in real time)."""
+    oauth = AmoOAuth(
+        config_for(fake, **{**EXACT, **overrides}),
+        store=store,
+        http=httpx.Client(transport=transport),
+        clock=clock,
+    )
+    oauth._pace.pacer.sleep = lambda seconds: None
     assert run_consent(oauth, fake, USER).connection.is_connected
     return oauth
 
@@ -351,20 +374,79 @@ def test_async_auth_raises_try_again_later_on_the_401_path(
     assert fake.token_call_count("refresh_token") == 1
 
 
-def test_no_answer_at_all_releases_the_refresh_without_a_back_off(
+def test_a_request_that_may_have_arrived_unanswered_releases_the_refresh_without_a_back_off(
     local: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    """A timeout may have spent the refresh token: its second send must not wait a back-off
-    (amoCRM honours the old token only a while). Only an answer holds refreshes back."""
-    oauth = _connected(make_oauth, fake, local.open())
+    """A read timeout may have spent the refresh token: its second send must not wait a
+    back-off (amoCRM honours the old token only a while). Only an answer, or a request that
+    surely never arrived, holds refreshes back."""
+    transport = FaultyTransport(fake.transport())
+    oauth = _through(transport, fake, clock, local.open())
     clock.advance(EXPIRED)
-    fake.fail_next("timeout_before", grant="refresh_token")
-    with pytest.raises(ProviderError, match=r"^no answer from amoCRM: ConnectTimeout$"):
+    transport.fail(grant="refresh_token", error=lambda: httpx.ReadTimeout("injected"))
+    with pytest.raises(ProviderError, match=r"^no answer from amoCRM: "):
         oauth.access_token(USER)
     record = stored(oauth, USER)
     assert record is not None and record.backoff is None
     assert oauth.access_token(USER)
-    assert fake.token_call_count("refresh_token") == 2
+    assert fake.token_call_count("refresh_token") == 1  # the injected timeout reached nothing
+
+
+@pytest.mark.parametrize("failure", [httpx.ConnectTimeout, httpx.ConnectError])
+def test_a_connect_failure_holds_refreshes_back_at_growing_intervals(
+    local: Backend,
+    make_oauth: Callable[..., AmoOAuth],
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    failure: type[httpx.TransportError],
+) -> None:
+    """amoCRM cannot be reached (the request surely never left): 20 calls 5 s apart send 2
+    refreshes (at 0 s and after the 60 s back-off), not 20; the connection stays connected
+    and its callers hear ``refresh_backoff`` with no status (amoCRM answered nothing)."""
+    transport = FaultyTransport(fake.transport())
+    oauth = _through(transport, fake, clock, local.open())
+    clock.advance(EXPIRED)
+    tries = transport.fail(grant="refresh_token", times=None, error=lambda: failure("injected"))
+    seen = []
+    for _ in range(20):
+        later = _refused_later(oauth)
+        seen.append((later.reason, later.status))
+        clock.advance(timedelta(seconds=5))
+    assert tries.fired == 2
+    assert set(seen) == {("refresh_backoff", None)}
+    record = stored(oauth, USER)
+    assert record is not None and record.status is ConnectionStatus.CONNECTED
+    assert record.backoff is not None and record.backoff.attempts == 2
+    transport.heal()
+    clock.advance(timedelta(seconds=121))
+    assert oauth.access_token(USER)  # reachable again: refreshed, the back-off cleared
+
+
+def test_the_async_service_holds_back_after_a_connect_failure(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    store = MemoryStore(clock=clock)
+    _connected(make_oauth, fake, store)
+    clock.advance(EXPIRED)
+
+    async def main() -> int:
+        transport = AsyncFaultyTransport(fake.async_transport())
+        tries = transport.fail(
+            grant="refresh_token", times=None, error=lambda: httpx.ConnectError("injected")
+        )
+        http = httpx.AsyncClient(transport=transport)
+        async with AsyncAmoOAuth(
+            config_for(fake, **EXACT), store=store, http=http, clock=clock
+        ) as oauth:
+            for _ in range(10):
+                with pytest.raises(TryAgainLater) as later:
+                    await oauth.access_token(USER)
+                assert later.value.reason == "refresh_backoff"
+                clock.advance(timedelta(seconds=5))
+        await http.aclose()
+        return tries.fired
+
+    assert asyncio.run(main()) == 1
 
 
 # -- the guard: replays keep the seed's answer --------------------------------------------------
@@ -458,3 +540,256 @@ def test_the_back_off_round_trips_and_old_records_decode() -> None:
     assert record_from_json(old).backoff is None
     with pytest.raises(ValueError, match="attempts"):
         record_from_json(record_to_json(held).replace('"attempts":3', '"attempts":0'))
+
+
+# -- a fault review (issue 19, item 1): odd answers, a failing store, the sweep's limit --------
+
+
+def _answer_429(retry_after: object) -> Callable[[], httpx.Response]:
+    return lambda: httpx.Response(
+        429, json={"title": "Too Many Requests", "status": 429, "retry_after": retry_after}
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [
+        (1e15, 86400),
+        (1e300, 86400),
+        (2**80, 86400),
+        (10**400, 86400),
+        ("300", 300),
+        ("300.5", 300.5),
+        (" 120 ", 120),
+        ("1e999", 86400),
+        ("9" * 500, 86400),
+        ("abc", 60),
+        (-5, 60),
+    ],
+)
+def test_a_retry_after_of_any_size_is_cut_to_a_day_and_holds_the_refresh_back(
+    local: Backend, fake: FakeAmoCRM, clock: FakeClock, given: object, seconds: float
+) -> None:
+    """A 429 whose ``retry_after`` is huge (no OverflowError), a numeric string (taken), or
+    unreadable (the 60 s back-off): the caller hears ``refresh_backoff`` with the cut value,
+    the back-off is in the record, the lease given up; after the lease's time nothing is sent
+    and the connection stays connected (a 429 spends nothing)."""
+    transport = FaultyTransport(fake.transport())
+    oauth = _through(transport, fake, clock, local.open())
+    clock.advance(EXPIRED)
+    transport.answer(_answer_429(given), grant="refresh_token", times=None)
+    with pytest.raises(TryAgainLater) as first:
+        oauth.access_token(USER)
+    assert (first.value.reason, first.value.status) == ("refresh_backoff", 429)
+    assert first.value.retry_after == pytest.approx(seconds, abs=1)
+    record = stored(oauth, USER)
+    assert record is not None and record.backoff is not None
+    assert record.backoff.until == clock() + timedelta(seconds=seconds)
+    clock.advance(timedelta(seconds=59))
+    assert _refused_later(oauth).reason == "refresh_backoff"
+    assert fake.token_call_count("refresh_token") == 0  # the 429s came from the transport
+    status = oauth.status(USER)
+    assert status.status is ConnectionStatus.CONNECTED and status.error is None
+
+
+def test_a_long_back_off_doubled_many_times_stays_at_its_cap() -> None:
+    week = timedelta(weeks=1)
+    until = backoff_until(_after(40), NOW, initial=week, maximum=week, jitter=1.0)
+    assert until == NOW + 2 * week
+
+
+@pytest.mark.parametrize("given", [1e15, 10**20])
+def test_the_sweep_reports_a_huge_retry_after_and_refreshes_the_rest(
+    fake: FakeAmoCRM, clock: FakeClock, given: float
+) -> None:
+    transport = FaultyTransport(fake.transport())
+    oauth = _through(transport, fake, clock, MemoryStore(clock=clock))
+    for user in ("u2", "u3"):
+        run_consent(oauth, fake, user)
+    clock.advance(timedelta(days=85))
+    transport.answer(_answer_429(given), grant="refresh_token", times=1)
+    report = oauth.refresh_due(timedelta(days=7), concurrency=1)
+    assert len(report.refreshed) == 2 and len(report.failed) == 1
+    assert report.failed[0][1] == "unavailable"
+    again = oauth.refresh_due(timedelta(days=7), concurrency=1)
+    assert again.failed == ((report.failed[0][0], "refresh_backoff"),)
+
+
+def test_the_async_sweep_reports_a_huge_retry_after_and_refreshes_the_rest(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    store = MemoryStore(clock=clock)
+    first = _connected(make_oauth, fake, store)
+    run_consent(first, fake, "u2")
+    clock.advance(timedelta(days=85))
+
+    async def main() -> tuple[object, object]:
+        transport = AsyncFaultyTransport(fake.async_transport())
+        transport.answer(_answer_429(10**20), grant="refresh_token", times=1)
+        http = httpx.AsyncClient(transport=transport)
+        config = config_for(fake, **EXACT)
+        async with AsyncAmoOAuth(config, store=store, http=http, clock=clock) as oauth:
+
+            async def no_wait(seconds: float) -> None:
+                return None
+
+            oauth._pace.pacer.asleep = no_wait
+            report = await oauth.refresh_due(timedelta(days=7), concurrency=1)
+            with pytest.raises(TryAgainLater) as later:
+                await oauth.access_token(report.failed[0][0])
+        await http.aclose()
+        return report, later.value.retry_after
+
+    report, retry_after = asyncio.run(main())
+    assert len(report.refreshed) == 1  # type: ignore[attr-defined]
+    assert [reason for _, reason in report.failed] == ["unavailable"]  # type: ignore[attr-defined]
+    assert retry_after == pytest.approx(86400, abs=1)
+
+
+def test_an_unexpected_error_for_one_connection_does_not_end_the_sweep(
+    make_oauth: Callable[..., AmoOAuth],
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever one connection's refresh raises, the sweep reports it (by its class name,
+    never its message) and goes on with the rest."""
+    oauth = _connected(make_oauth, fake, MemoryStore(clock=clock))
+    run_consent(oauth, fake, "u2")
+    clock.advance(timedelta(days=85))
+    real = _flow_tokens.read_tokens
+    calls = []
+
+    def overflowing_once(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OverflowError("date value out of range: secret-ish detail")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_flow_tokens, "read_tokens", overflowing_once)
+    report = oauth.refresh_due(timedelta(days=7), concurrency=1)
+    assert len(report.refreshed) == 1
+    assert [reason for _, reason in report.failed] == ["OverflowError"]
+
+
+def _fail_back_off_writes(store: FaultyStore, times: int | None) -> None:
+    """Fail the compare-and-set that writes a back-off (the claim before it goes through)."""
+
+    def writes_a_back_off(args: tuple[object, ...]) -> bool:
+        return getattr(args[0], "backoff", None) is not None
+
+    store.fail("compare_and_set", times=times, when=writes_a_back_off)
+
+
+def test_a_failed_back_off_write_is_tried_again_and_never_ends_the_connection(
+    backend: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """A 429 (retry_after 300) whose back-off write fails once: the write is tried again, the
+    back-off holds (one 429 in four rounds 61 s apart, not four), and the connection never
+    moves to ``error`` ("sent twice without an answer"): an answer proves the token unspent."""
+    store = FaultyStore(backend.open())
+    oauth = _connected(make_oauth, fake, store)
+    clock.advance(EXPIRED)
+    for _ in range(4):
+        fake.fail_next("429", grant="refresh_token")
+        _fail_back_off_writes(store, times=1)
+        assert _refused_later(oauth).reason == "refresh_backoff"
+        status = oauth.status(USER)
+        assert status.status is ConnectionStatus.CONNECTED and status.error is None
+        clock.advance(timedelta(seconds=61))
+    assert fake.token_call_count("refresh_token", "injected_429") == 1
+
+
+def test_a_back_off_the_store_never_takes_still_answers_try_again_later(
+    local: Backend,
+    make_oauth: Callable[..., AmoOAuth],
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store refuses every try to write the back-off: the caller hears the back-off it
+    earned (``TryAgainLater``, amoCRM's 429 as the cause), not a bare ``StoreError``; the
+    store's failure is logged."""
+    store = FaultyStore(local.open())
+    oauth = _connected(make_oauth, fake, store)
+    clock.advance(EXPIRED)
+    fake.fail_next("429", grant="refresh_token")
+    _fail_back_off_writes(store, times=None)
+    later = _refused_later(oauth)
+    assert (later.reason, later.status) == ("refresh_backoff", 429)
+    assert later.retry_after == pytest.approx(300, abs=1)
+    assert isinstance(later.__cause__, ProviderError) and later.__cause__.status == 429
+    assert "back-off could not be stored (StoreError)" in caplog.text
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_held_back_connections_do_not_use_up_the_sweeps_limit(
+    local: Backend, fake: FakeAmoCRM, clock: FakeClock, concurrency: int
+) -> None:
+    """10 due connections, 4 held back: ``limit=5`` refreshes 5 due ones and reports the 4
+    held back (nothing sent for them) and the 1 that remains; the next run the last one."""
+    transport = FaultyTransport(fake.transport())
+    oauth = _through(transport, fake, clock, local.open())
+    for n in range(9):
+        run_consent(oauth, fake, f"u{n}")
+    clock.advance(timedelta(days=85))
+    fake.fail_next("429", times=4, grant="refresh_token")
+    first = oauth.refresh_due(timedelta(days=7), limit=4, concurrency=concurrency)
+    held = {connection_id for connection_id, _ in first.failed}
+    assert len(held) == 4 and first.remaining == 6
+    sent = fake.token_call_count("refresh_token")
+    second = oauth.refresh_due(timedelta(days=7), limit=5, concurrency=concurrency)
+    assert len(second.refreshed) == 5 and second.remaining == 1
+    assert set(second.failed) == {(connection_id, "refresh_backoff") for connection_id in held}
+    third = oauth.refresh_due(timedelta(days=7), limit=5, concurrency=concurrency)
+    assert len(third.refreshed) == 1 and third.remaining == 0 and len(third.failed) == 4
+    assert fake.token_call_count("refresh_token") == sent + 6
+
+
+def test_the_async_sweeps_limit_skips_over_held_back_connections(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    store = MemoryStore(clock=clock)
+    first = _connected(make_oauth, fake, store)
+    for n in range(4):
+        run_consent(first, fake, f"u{n}")
+    clock.advance(timedelta(days=85))
+    first._pace.pacer.sleep = lambda seconds: None
+    fake.fail_next("429", times=2, grant="refresh_token")
+    first.refresh_due(timedelta(days=7), limit=2)
+
+    async def main() -> object:
+        http = httpx.AsyncClient(transport=fake.async_transport())
+        config = config_for(fake, **EXACT)
+        async with AsyncAmoOAuth(config, store=store, http=http, clock=clock) as oauth:
+            report = await oauth.refresh_due(timedelta(days=7), limit=2)
+        await http.aclose()
+        return report
+
+    report = asyncio.run(main())
+    assert len(report.refreshed) == 2 and report.remaining == 1  # type: ignore[attr-defined]
+    assert [reason for _, reason in report.failed] == ["refresh_backoff"] * 2  # type: ignore[attr-defined]
+
+
+def test_a_hint_never_quotes_what_the_request_sent() -> None:
+    """amoCRM's error body echoes the client secret and the refresh token, both shorter than
+    the token-shape rule: the error's message holds neither."""
+    secret, token = "short-secret-42", "rt-0123"
+    request = httpx.Request(
+        "POST",
+        "https://test.amocrm.ru/oauth2/access_token",
+        json={"client_secret": secret, "refresh_token": token, "client_id": "id"},
+    )
+    for status in (429, 403, 500, 400):
+        echo = {"hint": f"token {token} / {secret}", "retry_after": 5}
+        response = httpx.Response(status, json=echo, request=request)
+        with pytest.raises(ProviderError) as failed:
+            read_tokens(response, NOW, grant="refresh_token", sent=token)
+        shown = f"{failed.value} {failed.value!r} {failed.value.args}"
+        assert secret not in shown and token not in shown
+        assert "token [redacted] / [redacted]" in shown
+    bearer = httpx.Request("GET", "https://test.amocrm.ru/api/v4/account")
+    bearer.headers["Authorization"] = "Bearer at-short"
+    with pytest.raises(ProviderError) as refused:
+        read_account(httpx.Response(401, json={"title": "bad at-short"}, request=bearer))
+    assert "at-short" not in str(refused.value)

@@ -301,6 +301,7 @@ def _handlers(**options: object) -> Handlers:
 TRIGGERS: dict[str, Callable[[], object]] = {
     "empty_text": lambda: config(client_id=" "),
     "not_utf8": lambda: config(client_secret="secret-\udcff-client"),
+    "secret_not_utf8": lambda: config(previous_state_secrets=["old-\udcff-".ljust(40, "o")]),
     "url_type": lambda: config(redirect_uri=b"https://app.example.com/cb"),
     "url_invalid": lambda: config(redirect_uri="https://app.example.com:99999/cb"),
     "url_scheme": lambda: config(authorize_url="www.amocrm.ru/oauth"),
@@ -316,6 +317,9 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "previous_state_secret_short": lambda: config(previous_state_secrets=["old"]),
     "previous_state_secrets_many": lambda: config(
         previous_state_secrets=[f"old-secret-{n}-".ljust(32, "o") for n in range(4)]
+    ),
+    "previous_state_secrets_repeated": lambda: config(
+        previous_state_secrets=["o" * 40, ("o" * 40).encode()]
     ),
     "previous_state_secret_is_client_secret": lambda: config(
         client_secret="c" * 40, previous_state_secrets=["c" * 40]
@@ -338,6 +342,7 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "lease_short": lambda: config(http_timeout=30.0),
     "fraction_type": lambda: config(refresh_backoff_jitter="0.1"),
     "fraction_range": lambda: config(refresh_backoff_jitter=1.5),
+    "backoff_long": lambda: config(refresh_backoff_initial=timedelta(days=3_000_000)),
     "backoff_order": lambda: config(
         refresh_backoff_initial=timedelta(minutes=10), refresh_backoff_max=timedelta(minutes=5)
     ),

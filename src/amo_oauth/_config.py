@@ -14,6 +14,7 @@ from ._hosts import check_domain
 from ._setting_errors import (
     FORWARDED_HEADERS,
     MAX_PREVIOUS_STATE_SECRETS,
+    MAX_REFRESH_BACKOFF,
     MAX_TICKET_TTL,
     MIN_API_RATE,
     MODES,
@@ -31,6 +32,10 @@ def _non_empty(_: object, attribute: attrs.Attribute[str], value: str) -> None:
     _check_utf8(attribute.name, value)
 
 
+#: Secrets the application generates (amoCRM never gives them): their messages say so.
+_OWN_SECRETS: Final = ("state_secret", "previous_state_secrets")
+
+
 def _check_utf8(field: str, value: str) -> None:
     # os.environ hands undecodable bytes over as lone surrogates; UnicodeEncodeError would
     # carry the whole value (a secret) in its repr, so the error is ours, with none of it.
@@ -38,7 +43,8 @@ def _check_utf8(field: str, value: str) -> None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError(setting_error("not_utf8", field=field)) from None
+            key = "secret_not_utf8" if field in _OWN_SECRETS else "not_utf8"
+            raise ValueError(setting_error(key, field=field)) from None
 
 
 def _url_problem(value: str) -> tuple[str | None, str | None]:
@@ -126,6 +132,8 @@ def _all_strong(_: object, attribute: attrs.Attribute[Any], values: tuple[bytes,
         raise ValueError(setting_error("previous_state_secrets_many"))
     if any(len(value) < 32 for value in values):
         raise ValueError(setting_error("previous_state_secret_short"))
+    if len(set(values)) < len(values):  # compared as bytes: "x" and b"x" are one secret
+        raise ValueError(setting_error("previous_state_secrets_repeated"))
 
 
 #: The message for a value of the wrong type, by the kind of number a field holds.
@@ -150,6 +158,12 @@ def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> Non
         raise TypeError(setting_error("fraction_type", field=attribute.name, type=_type(value)))
     if not 0 <= value <= 1:  # NaN fails the comparison too
         raise ValueError(setting_error("fraction_range", field=attribute.name))
+
+
+def _backoff(instance: object, attribute: attrs.Attribute[Any], value: timedelta) -> None:
+    _positive(instance, attribute, value)
+    if value > MAX_REFRESH_BACKOFF:
+        raise ValueError(setting_error("backoff_long", field=attribute.name))
 
 
 def _ticket_ttl(instance: object, attribute: attrs.Attribute[Any], value: timedelta) -> None:
@@ -208,9 +222,10 @@ class Config:
         state_secret: at least 32 bytes of secret (``str`` in UTF-8, or ``bytes``) that signs
             every ``state`` and mobile ticket; not the client secret.
         previous_state_secrets: the secrets ``state_secret`` had before (at most three, each
-            of 32 bytes or more, none the client secret or ``state_secret``): what they signed
-            is still accepted, nothing new is signed with them. Set during a rotation, so a
-            consent begun on a machine with the old secret completes on one with the new;
+            of 32 bytes or more, none repeated, none the client secret or ``state_secret``):
+            what they signed is still accepted, nothing new is signed with them. Set during a
+            rotation, so a consent begun on a machine with the old secret completes on one
+            with the new;
             remove each ``state_ttl + ticket_ttl + MAX_CLOCK_SKEW`` after every machine signs
             with its successor (docs/operations.md, "Rotating the state secret").
         authorize_url: the consent page (``https://www.kommo.com/oauth`` for Kommo).
@@ -264,7 +279,8 @@ class Config:
             (429, a blocked account's 403, 5xx), the connection's refreshes are held back
             (kept in its record, for every process) for ``refresh_backoff_initial`` (60 s),
             doubling with each such answer in a row up to ``refresh_backoff_max`` (an hour);
-            never less than a 429's ``retry_after`` (docs/operations.md).
+            never less than a 429's ``retry_after`` (docs/operations.md). Each at most a week
+            (``MAX_REFRESH_BACKOFF``).
         refresh_backoff_jitter: each back-off is lengthened by a random fraction of itself
             up to this (0 to 1; 0.1 by default), so that connections held back together are
             not all retried in the same second. 0 makes back-offs exact.
@@ -311,9 +327,9 @@ class Config:
         validator=_positive,
     )
     refresh_backoff_initial: timedelta = attrs.field(
-        default=timedelta(seconds=60), validator=_positive
+        default=timedelta(seconds=60), validator=_backoff
     )
-    refresh_backoff_max: timedelta = attrs.field(default=timedelta(hours=1), validator=_positive)
+    refresh_backoff_max: timedelta = attrs.field(default=timedelta(hours=1), validator=_backoff)
     refresh_backoff_jitter: float = attrs.field(default=0.1, validator=_fraction)
     api_rate: float | None = attrs.field(default=7.0, validator=_api_rate)
     api_max_wait: float = attrs.field(default=2.0, validator=_api_max_wait)

@@ -142,7 +142,9 @@ class TryAgainLater(ProviderError):
         retry_after: seconds after which a retry makes sense, when known; else None.
         status: the HTTP status of amoCRM's answer when that answer is the cause (the call
             whose refresh amoCRM answered 429 / 403 / 5xx); ``None`` for a wait of the
-            library's own (another worker's refresh, a back-off already in the record).
+            library's own (another worker's refresh, a back-off already in the record) and
+            for a refresh held back because amoCRM could not be reached (a refused or
+            timed-out connect: nothing was sent).
 
     Raises:
         ValueError: ``reason`` is not one of ``RETRY_LATER``, or ``retry_after`` < 0.

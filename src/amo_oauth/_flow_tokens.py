@@ -20,6 +20,7 @@ from ._errors import (
     CallbackRejected,
     ProviderError,
     ReauthorizationRequired,
+    StoreError,
     TryAgainLater,
 )
 from ._events import (
@@ -27,6 +28,7 @@ from ._events import (
     LongLivedEnded,
     LongLivedInstalled,
     RefreshClaimed,
+    RefreshDeferred,
     RefreshDoubted,
     Refreshed,
     RefreshFailed,
@@ -36,7 +38,7 @@ from ._flow_records import logger
 from ._flow_verify import Verification
 from ._hosts import AccountHost
 from ._lifecycle import NoOp
-from ._ops import Flow, Send
+from ._ops import Flow, Send, Sleep
 from ._provider import (
     answered,
     api_domain_of,
@@ -48,6 +50,7 @@ from ._provider import (
     read_tokens,
     reason_of,
     refresh_request,
+    surely_unsent,
 )
 from ._reasons import Reason
 from ._record_view import RecordView
@@ -165,6 +168,15 @@ class TokenFlows:
             return Done(ref.name, str(error.reason), reauthorize=True)
         except AmoOAuthError as error:
             return Done(ref.name, _slug(error))
+        except Exception as error:  # one connection's fault must not end the run
+            # Not a failure the flows know (a bug, a damaged answer no check caught): reported
+            # for this connection by its class name, never its message (it may quote a secret).
+            logger.error(
+                "connection %s: the sweep's refresh failed unexpectedly: %s",
+                ref.name,
+                type(error).__name__,
+            )
+            return Done(ref.name, type(error).__name__)
         return Done(ref.name)
 
     def _token(self, ref: RecordView, wanted: Callable[[], RefreshClaimed]) -> Flow[str]:
@@ -443,28 +455,67 @@ class TokenFlows:
         self, record: RecordView, answer: Answer, error: ProviderError, *, sent: bool
     ) -> Flow[NoReturn]:
         """Give the claim up and keep the pair for a later try. An answer from amoCRM that kept
-        it (a 429, a blocked account's 403, a 5xx...) holds the connection's refreshes back for
-        every process (``RefreshDeferred``: a back-off in the record, growing while amoCRM keeps
-        answering so); ``error.retry_after`` then says for how long. No answer at all (a
-        timeout) only releases the lease: the request may have rotated the pair, and a second
-        send of its token must come while amoCRM still honours it. ``sent``: the refresh
-        token may have been spent (``RefreshReleased``).
+        it (a 429, a blocked account's 403, a 5xx...), and a request that surely never reached
+        amoCRM (a refused or timed-out connect: nothing was spent), hold the connection's
+        refreshes back for every process (``RefreshDeferred``: a back-off in the record,
+        growing while it goes on); ``error.retry_after`` then says for how long. A request
+        that may have arrived with no answer (a read timeout) only releases the lease: it may
+        have rotated the pair, and a second send of its token must come while amoCRM still
+        honours it. ``sent``: the refresh token may have been spent (``RefreshReleased``).
 
         Raises:
-            TryAgainLater: ``refresh_backoff``, amoCRM's status on it, when amoCRM answered.
-            ProviderError: ``error`` itself when no answer came.
+            TryAgainLater: ``refresh_backoff`` when the refresh is held back: amoCRM's status
+                on it when amoCRM answered (None when it could not be reached), ``error`` as
+                its cause; also when the store failed every try to take the back-off (then
+                logged as a WARNING): the caller's retry is what helps either way.
+            ProviderError: ``error`` itself when the request may have arrived unanswered.
         """
-        if not answered(error):
+        if not answered(error) and not surely_unsent(error):
             yield from self.records.write(record, RefreshReleased(sent=sent))
             raise error
         deferral = self.records.deferral(record, answer.reason, error.retry_after, sent=sent)
-        held = yield from self.records.write(record, deferral)
+        hint = error.hint if answered(error) else f"amoCRM could not be reached ({error.hint})"
+        try:
+            held = yield from self._write_deferral(record, deferral)
+        except StoreError as failure:
+            # The answer stands even if the store would not take it: the caller hears the
+            # back-off it earned; the store's failure is logged (no secret in its name).
+            logger.warning(
+                "connection %s: the refresh's back-off could not be stored (%s): its claim"
+                " lapses with lease_ttl, and the send stays counted until an answer is stored",
+                record.connection_id,
+                type(failure).__name__,
+            )
+            waited = (deferral.until - self.records.now()).total_seconds()
+            raise TryAgainLater(
+                Reason.REFRESH_BACKOFF, hint, retry_after=max(waited, 0.0), status=error.status
+            ) from error
         retry_after = self.records.retry_after(held) if held is not None else error.retry_after
         # The same error every caller meets until the back-off lapses, amoCRM's status on it:
         # one ``except TryAgainLater`` handles the first call and the ones it holds back.
         raise TryAgainLater(
-            Reason.REFRESH_BACKOFF, error.hint, retry_after=retry_after, status=error.status
+            Reason.REFRESH_BACKOFF, hint, retry_after=retry_after, status=error.status
         ) from error
+
+    def _write_deferral(
+        self, record: RecordView, deferral: RefreshDeferred
+    ) -> Flow[RecordView | None]:
+        """Write the back-off of a refresh that got an answer, tried again within the lease
+        while the store fails: left unwritten, the claim would count a send that amoCRM's
+        answer proved unspent, and two such would end the connection ("sent twice without an
+        answer"). None: another writer moved the record on.
+
+        Raises:
+            StoreError: the store failed every try.
+        """
+        for pause in (*_STORE_RETRIES, None):
+            try:
+                return (yield from self.records.write(record, deferral))
+            except StoreError:
+                if pause is None:
+                    raise
+            yield Sleep(pause)
+        raise AssertionError("not reached: the last try returns or raises")
 
     def _maybe_rotated(self, record: RecordView, doubted: RefreshDoubted) -> bool:
         """Whether a "revoked" for this refresh may not be the token's verdict: the table says

@@ -43,6 +43,7 @@ __all__ = [
     "MAX_ACCOUNT_ID",
     "MAX_ACCOUNT_NAME",
     "MAX_EXPIRES_IN",
+    "MAX_RETRY_AFTER",
     "MAX_TOKEN_LENGTH",
     "MIN_EXPIRES_IN",
     "REFRESH_TOKEN_LIFETIME",
@@ -76,6 +77,10 @@ DEFAULT_EXPIRES_IN: Final = 86400
 #: under 1 KB (§3); 8192 is the usual limit of one HTTP header line (nginx's default buffer), and
 #: both tokens travel in headers (``Authorization``, ``X-Refresh-Token``, §5).
 MAX_TOKEN_LENGTH: Final = 8192
+#: The longest wait (seconds) taken from an answer's ``retry_after`` or ``Retry-After``: protocol
+#: notes §9 show 300 s; a larger number (a damaged body, ``1e300``) is cut to a day here, where
+#: it is read, so that no caller turns it into a duration that overflows or holds for good.
+MAX_RETRY_AFTER: Final = 86400.0
 #: Account ids are positive 63-bit integers (a signed BIGINT in any store).
 MAX_ACCOUNT_ID: Final = 2**63 - 1
 #: Account names are cut at this many characters (display only).
@@ -192,32 +197,82 @@ def _json(response: Reply) -> Any:
         return None
 
 
-def _hint_of(body: object) -> str | None:
-    """amoCRM's ``hint``, else the RFC 6749 ``error`` code, else the ``title``; cleaned."""
+def _hint_of(body: object, redact: tuple[str, ...] = ()) -> str | None:
+    """amoCRM's ``hint``, else the RFC 6749 ``error`` code, else the ``title``; cleaned, with
+    every string of ``redact`` (what the request sent) cut out."""
     if not isinstance(body, dict):
         return None
     for key in ("hint", "error", "title"):
-        hint = clean_hint(body.get(key))
+        hint = clean_hint(body.get(key), redact=redact)
         if hint is not None:
             return hint
     return None
 
 
+#: Fields of a request body (``_provider_calls``) and headers that carry a secret.
+_SECRET_FIELDS: Final = ("client_secret", "code", "refresh_token")
+_SECRET_HEADERS: Final = ("x-refresh-token",)
+
+
+def _sent_secrets(response: Reply) -> tuple[str, ...]:
+    """The secrets the request behind ``response`` sent (the client secret, a code, a token
+    in its body or headers), so that an answer echoing them never quotes them. Empty for a
+    reply that does not carry its request (an ``httpx.Response`` does, as ``request``)."""
+    try:  # httpx raises RuntimeError for a response built without a request
+        request = getattr(response, "request", None)
+        headers = getattr(request, "headers", None)
+        content = getattr(request, "content", None)
+    except RuntimeError:
+        return ()
+    found: list[object] = []
+    if isinstance(headers, Mapping):
+        found += [headers.get(name) for name in _SECRET_HEADERS]
+        bearer = headers.get("authorization")
+        found.append(bearer.removeprefix("Bearer ") if isinstance(bearer, str) else None)
+    body = _json_object(content)
+    found += [body.get(key) for key in _SECRET_FIELDS]
+    return tuple(value for value in found if isinstance(value, str) and value)
+
+
+def _json_object(content: object) -> dict[str, Any]:
+    """``content`` (bytes) read as a JSON object; empty when it is none."""
+    if not isinstance(content, bytes) or not content:
+        return {}
+    try:
+        body = json.loads(content)
+    except (ValueError, RecursionError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def _retry_after_of(body: object, headers: Mapping[str, str]) -> float | None:
     """Seconds amoCRM asks a client to wait: its 429 body's ``retry_after`` (protocol notes
-    §9), else an HTTP ``Retry-After`` of whole seconds (RFC 9110 §10.2.3); None when neither
-    is a finite number >= 0."""
+    §9; a number, or a numeric string such as ``"300"``), else an HTTP ``Retry-After`` of
+    whole seconds (RFC 9110 §10.2.3); cut to ``MAX_RETRY_AFTER``. None when neither is a
+    number >= 0."""
     given: object = body.get("retry_after") if isinstance(body, dict) else None
     if given is None:
         text = headers.get("retry-after", "").strip()
-        given = int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else None
+        given = text if text.isascii() and text.isdigit() else None
+    return _wait_seconds(given)
+
+
+def _wait_seconds(given: object) -> float | None:
+    """``given`` (a number or a numeric string) as seconds in ``0 .. MAX_RETRY_AFTER``; None
+    for anything else, a negative number or NaN. Cut before it becomes a float, so that no
+    integer of hundreds of digits overflows."""
+    if isinstance(given, str):
+        text = given.strip()
+        # Plain digits of any length (a header's) are a number; other forms are matched only
+        # when short, since the pattern backtracks on long near-misses.
+        numeric = (text.isascii() and text.isdigit()) or (
+            len(text) <= 64 and _NUMERIC_TEXT.fullmatch(text) is not None
+        )
+        given = float(text) if numeric else None
     if isinstance(given, bool) or not isinstance(given, int | float):
         return None
-    try:
-        seconds = float(given)
-    except OverflowError:  # an integer of hundreds of digits
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    seconds = float(max(min(given, MAX_RETRY_AFTER), -1.0))
+    return None if math.isnan(seconds) or seconds < 0 else seconds
 
 
 def retry_after_in(response: Reply) -> float | None:
@@ -229,7 +284,7 @@ def retry_after_in(response: Reply) -> float | None:
 def _error(response: Reply, grant: Grant | None) -> ProviderError:
     status = response.status_code
     body = _json(response)
-    hint = _hint_of(body)
+    hint = _hint_of(body, _sent_secrets(response))
     answer = classify(grant, status, hint)
     shown = hint if hint is not None else f"HTTP {status}"
     return ProviderError(

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 import attrs
 
 from ._connection_id import ConnectionId
+from ._provider_reads import MAX_RETRY_AFTER as _MAX_RETRY_AFTER_SECONDS
 from ._records import Connection, ConnectionRecord
 
 __all__ = [
@@ -31,8 +32,9 @@ __all__ = [
 ]
 
 #: The longest ``retry_after`` taken from amoCRM's 429 (protocol notes §9 show 300 s): a larger
-#: number in a damaged body must not hold a connection back for good.
-MAX_RETRY_AFTER = timedelta(days=1)
+#: number in a damaged body must not hold a connection back for good (``_provider_reads`` cuts
+#: it where it is read; cut here too, before it becomes a ``timedelta``, which overflows).
+MAX_RETRY_AFTER = timedelta(seconds=_MAX_RETRY_AFTER_SECONDS)
 #: Doublings past which the interval is surely at its cap (and 2**n stays a small number).
 _MAX_DOUBLINGS = 32
 
@@ -137,10 +139,12 @@ def backoff_until(
     by the caller in [0, Config.refresh_backoff_jitter]), so back-offs begun together spread.
     Decided here, on the record's back-off, so that the flows never look at it."""
     done = record.backoff.attempts if record.backoff is not None else 0
-    interval = min(initial * (1 << min(done, _MAX_DOUBLINGS)), maximum)
-    if retry_after is not None:
-        interval = max(interval, min(timedelta(seconds=retry_after), MAX_RETRY_AFTER))
-    return now + interval * (1 + jitter)
+    # In float seconds until the cap is taken: a week doubled 32 times overflows a timedelta.
+    doubled = initial.total_seconds() * 2.0 ** min(done, _MAX_DOUBLINGS)
+    seconds = min(doubled, maximum.total_seconds())
+    if retry_after is not None and retry_after >= 0:  # NaN and negatives: no floor
+        seconds = max(seconds, min(retry_after, _MAX_RETRY_AFTER_SECONDS))
+    return now + timedelta(seconds=seconds * (1 + jitter))
 
 
 def held_back_hint(record: ConnectionRecord) -> str:

@@ -20,6 +20,7 @@ from typing import Final
 __all__ = [
     "FORWARDED_HEADERS",
     "MAX_PREVIOUS_STATE_SECRETS",
+    "MAX_REFRESH_BACKOFF",
     "MAX_TICKET_TTL",
     "MIN_API_RATE",
     "MODES",
@@ -36,6 +37,10 @@ MAX_TICKET_TTL: Final = timedelta(minutes=10)
 #: The most ``Config.previous_state_secrets`` may hold: a state or ticket that none signed
 #: costs one HMAC per accepted secret, and a rotation needs one (two when rotations overlap).
 MAX_PREVIOUS_STATE_SECRETS: Final = 3
+#: The longest ``Config.refresh_backoff_initial`` and ``_max``: a refresh token lives 90 days,
+#: so a connection held back for weeks would die unrefreshed (and a far longer back-off
+#: overflows a date).
+MAX_REFRESH_BACKOFF: Final = timedelta(weeks=1)
 #: The slowest ``Config.api_rate``: one request per host a day (a slower slot would sleep past
 #: what the platform's sleep accepts).
 MIN_API_RATE: Final = 1 / 86400
@@ -51,6 +56,10 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         "not_utf8": (
             "{field} is not valid text (it holds an undecodable byte, e.g. from the environment): "
             "set it to the value amoCRM gave, as UTF-8"
+        ),
+        "secret_not_utf8": (
+            "{field} is not valid text (it holds an undecodable byte, e.g. from the environment): "
+            "set it to the secret you generated, as UTF-8 text, or pass it as bytes"
         ),
         # Config: URLs (redirect_uri, authorize_url)
         "url_type": "{field} must be a URL string, not {type}",
@@ -87,7 +96,12 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         ),
         "previous_state_secrets_many": (
             f"previous_state_secrets must hold at most {MAX_PREVIOUS_STATE_SECRETS} secrets: "
-            "remove the oldest (what it signed expired state_ttl after it was replaced)"
+            "remove the oldest (what it signed expires state_ttl + ticket_ttl + 5 minutes of "
+            "clock skew after every machine signs with its successor)"
+        ),
+        "previous_state_secrets_repeated": (
+            "previous_state_secrets must not hold the same secret twice (as str or as bytes): "
+            "list each secret state_secret replaced once"
         ),
         "previous_state_secret_is_client_secret": (
             "previous_state_secrets must not hold the client_secret: whoever holds the client "
@@ -132,6 +146,10 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         ),
         "fraction_type": "{field} must be a number from 0 to 1, not {type}",
         "fraction_range": "{field} must be a number from 0 to 1 (0.1: up to a tenth longer)",
+        "backoff_long": (
+            f"{{field}} must be at most {MAX_REFRESH_BACKOFF}: a connection held back longer "
+            "risks its refresh token (90 days) expiring unrefreshed"
+        ),
         "backoff_order": (
             "refresh_backoff_max must not be shorter than refresh_backoff_initial: "
             "the back-off grows from the first to the most"

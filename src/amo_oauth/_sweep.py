@@ -9,6 +9,8 @@ decides, the refresh lease makes it single-flight across machines); this module 
   run holds one page of records at a time, whatever the number of connections, and meets each
   record due when it started at most once (the cursor only moves forward). Every due record is
   handled unless a ``limit`` is given; the due records past it are counted (``remaining``).
+  A record whose refresh is held back (a back-off in it) is handed out outside the limit: it
+  sends nothing and is reported ``refresh_backoff``, so it never takes a due record's place.
 - the pace: each token call takes a slot of the service's one schedule per account host
   (``_pace.Pacer``, shared with ``auth()`` and the disconnect hook), at ``per_host_rate``
   requests per second (amoCRM allows 7), waiting through a pause amoCRM asked for.
@@ -87,6 +89,8 @@ class SweepPlan:
     #: The window outlasts a refresh token's lifetime, so a pair refreshed by this run may
     #: itself be due before ``before``: the run then remembers what it refreshed.
     remember: bool
+    #: When the run started (UTC): a record held back past it does not count against ``limit``.
+    started: datetime | None = None
 
     @classmethod
     def make(
@@ -126,7 +130,7 @@ class SweepPlan:
         except OverflowError:
             raise ValueError("within reaches past the last date a datetime holds") from None
         remember = within >= REFRESH_TOKEN_LIFETIME
-        return cls(before, limit, concurrency, float(per_host_rate), remember)
+        return cls(before, limit, concurrency, float(per_host_rate), remember, now)
 
     def records(self, read: ReadPage) -> Iterator[ConnectionRecord]:
         """Every due record, page by page, soonest expiry first (``limit`` is the sweep's:
@@ -160,6 +164,7 @@ class _Tally:
         progress: Callable[[SweepProgress], None] | None,
         remember: bool,
         limit: int | None = None,
+        started: datetime | None = None,
     ) -> None:
         self.progress = progress
         # Each entry carries the record's place in the due order, so the report lists the
@@ -175,19 +180,28 @@ class _Tally:
         self.remaining = 0
         self._started = 0
         self._limit = limit
+        self._now = started
         #: Keys refreshed by this run, kept only when a refreshed pair could be due again.
         self.remembered: set[str] | None = set() if remember else None
 
     def wanted(self, record: ConnectionRecord) -> bool:
         """Whether to hand ``record`` to a refresh: not one this run refreshed already, and
-        within ``limit`` (a record past it is counted in ``remaining``)."""
+        within ``limit`` (a record past it is counted in ``remaining``). A record held back
+        by a back-off is always handed out and not counted: it sends nothing, and is reported
+        ``refresh_backoff``."""
         if self.remembered is not None and record.key in self.remembered:
             return False
+        if self._held_back(record):
+            return True
         if self._limit is not None and self._started >= self._limit:
             self.remaining += 1
             return False
         self._started += 1
         return True
+
+    def _held_back(self, record: ConnectionRecord) -> bool:
+        backoff = record.backoff
+        return self._now is not None and backoff is not None and backoff.until > self._now
 
     def add(self, place: int, record: ConnectionRecord, done: Done) -> None:
         self.done += 1
@@ -237,7 +251,7 @@ def sweep(
     be read (``StoreError``) or an interrupt ends the run: records not yet started are
     dropped, the refreshes in flight finish first, then the error is raised.
     """
-    tally = _Tally(progress, plan.remember, plan.limit)
+    tally = _Tally(progress, plan.remember, plan.limit, plan.started)
     window = 2 * plan.concurrency
     pool = ThreadPoolExecutor(plan.concurrency, thread_name_prefix="amo-oauth-sweep")
     running: dict[Future[Done], tuple[int, ConnectionRecord]] = {}
@@ -272,7 +286,7 @@ async def asweep(
 ) -> RefreshReport:
     """``sweep`` for asyncio: one task per record, at most ``plan.concurrency`` at once (the
     next page is read only when a slot frees up). ``progress`` is called on the event loop."""
-    tally = _Tally(progress, plan.remember, plan.limit)
+    tally = _Tally(progress, plan.remember, plan.limit, plan.started)
     slots = asyncio.Semaphore(plan.concurrency)
     running: set[asyncio.Task[None]] = set()
     errors: list[Exception] = []
