@@ -609,10 +609,14 @@ def test_the_sweep_reports_a_huge_retry_after_and_refreshes_the_rest(
     clock.advance(timedelta(days=85))
     transport.answer(_answer_429(given), grant="refresh_token", times=1)
     report = oauth.refresh_due(timedelta(days=7), concurrency=1)
-    assert len(report.refreshed) == 2 and len(report.failed) == 1
-    assert report.failed[0][1] == "unavailable"
+    # The answered one is held back; the others on its host are not sent into the pause the
+    # 429 began (the API's pace, cut to 15 minutes): held back too, nothing sent, no error.
+    reasons = sorted(reason for _, reason in report.failed)
+    assert reasons == ["api_paused", "api_paused", "unavailable"]
+    assert fake.token_call_count("refresh_token") == 0  # the 429 was the transport's: no more
     again = oauth.refresh_due(timedelta(days=7), concurrency=1)
-    assert again.failed == ((report.failed[0][0], "refresh_backoff"),)
+    assert sorted(reason for _, reason in again.failed) == ["refresh_backoff"] * 3
+    assert fake.token_call_count("refresh_token") == 0
 
 
 def test_the_async_sweep_reports_a_huge_retry_after_and_refreshes_the_rest(
@@ -641,8 +645,8 @@ def test_the_async_sweep_reports_a_huge_retry_after_and_refreshes_the_rest(
         return report, later.value.retry_after
 
     report, retry_after = asyncio.run(main())
-    assert len(report.refreshed) == 1  # type: ignore[attr-defined]
-    assert [reason for _, reason in report.failed] == ["unavailable"]  # type: ignore[attr-defined]
+    reasons = sorted(reason for _, reason in report.failed)  # type: ignore[attr-defined]
+    assert reasons == ["api_paused", "unavailable"]  # the other is not sent into the pause
     assert retry_after == pytest.approx(86400, abs=1)
 
 
@@ -733,7 +737,9 @@ def test_held_back_connections_do_not_use_up_the_sweeps_limit(
     for n in range(9):
         run_consent(oauth, fake, f"u{n}")
     clock.advance(timedelta(days=85))
-    fake.fail_next("429", times=4, grant="refresh_token")
+    # retry_after 0: the host's pace is not paused (a pause would hold the others back too,
+    # test_pace.py), so only the record's back-off (60 s on the fake clock) holds these 4.
+    fake.fail_next("429", times=4, grant="refresh_token", fields={"retry_after": 0})
     first = oauth.refresh_due(timedelta(days=7), limit=4, concurrency=concurrency)
     held = {connection_id for connection_id, _ in first.failed}
     assert len(held) == 4 and first.remaining == 6
@@ -755,7 +761,8 @@ def test_the_async_sweeps_limit_skips_over_held_back_connections(
         run_consent(first, fake, f"u{n}")
     clock.advance(timedelta(days=85))
     first._pace.pacer.sleep = lambda seconds: None
-    fake.fail_next("429", times=2, grant="refresh_token")
+    # retry_after 0: no pause of the host's pace, only the records' back-offs hold these two.
+    fake.fail_next("429", times=2, grant="refresh_token", fields={"retry_after": 0})
     first.refresh_due(timedelta(days=7), limit=2)
 
     async def main() -> object:

@@ -493,17 +493,18 @@ def test_a_pause_voids_the_slots_it_covers_and_the_resend_it_outgrows() -> None:
     key = ("one", "a.amocrm.ru")
     pacer.reserve(key, 7)  # the request whose answer pauses the key
     waiting, later = (pacer.reserve(key, 7, within=30) for _ in range(2))
-    sweeps = pacer.reserve(key, 7, through_pauses=True)
+    sweeps = pacer.reserve(key, 7)
     pacer.pause(key, later.at - 100.0 - 0.01, sent_at=100.0)  # ends just before ``later``
     now[0] = waiting.at
     with pytest.raises(TryAgainLater) as refused:
         pacer.recheck(waiting)  # its turn came inside the pause: nothing is sent
     assert (refused.value.reason, refused.value.status) == ("api_paused", None)
     assert pacer.recheck(later) is None  # its turn comes after the pause: it goes
-    # A 429 of 300 s: the sweep's slot is taken again after it, the resend outgrown by a
-    # late answer of the same burst is refused with that 429.
+    # A 429 of 300 s: the sweep's slot is void too (a sweep skips a paused host), and the
+    # resend outgrown by a late answer of the same burst is refused with that 429.
     pacer.pause(key, 300, sent_at=now[0])
-    assert pacer.recheck(sweeps) == attrs.evolve(sweeps, at=now[0] + 300, wait=300)
+    with pytest.raises(TryAgainLater, match="api_paused"):
+        pacer.recheck(sweeps)
     pacer.pause(key, 1, sent_at=now[0] + 1)  # a new burst: its resend may be claimed ...
     resend = pacer.claim_resend(key, 7, within=400)
     pacer.pause(key, 350, sent_at=now[0])  # ... and a late answer of it lengthens the pause
@@ -724,3 +725,21 @@ def test_a_verification_during_a_pause_is_deferred_without_sending(
     clock.advance(300)
     assert oauth.access_token("user-2")  # the deferred verification is sent, and passes
     assert oauth.status("user-2").is_connected and fake.api_call_count(ACCOUNT) == checks + 1
+
+
+def test_a_sweep_skips_a_host_paused_by_a_429_instead_of_sitting_it_out(
+    make: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock, seconds: FakeSeconds
+) -> None:
+    """A sweep whose first refresh on a host is answered 429 (retry_after 300) waited the 300 s
+    out for every other connection on that host: a user's test of ``refresh_due`` against the
+    fake sat still for five minutes. Now the others are held back without a send."""
+    oauth = make(fake)
+    run_consent(oauth, fake, "user-2")
+    clock.advance(timedelta(days=85))
+    fake.fail_next("429", grant="refresh_token")  # amoCRM's body: retry_after 300
+    report = oauth.refresh_due(timedelta(days=7), concurrency=1)
+    assert dict(report.failed) == {USER: "unavailable", "user-2": "api_paused"}
+    assert fake.token_call_count("refresh_token") == 1  # the second one was never sent
+    assert max(seconds.slept, default=0.0) < 1.0  # nobody sat the pause out
+    for user in (USER, "user-2"):
+        assert oauth.status(user).is_connected  # held back, not ended

@@ -474,7 +474,11 @@ class TokenFlows:
             yield from self.records.write(record, RefreshReleased(sent=sent))
             raise error
         deferral = self.records.deferral(record, answer.reason, error.retry_after, sent=sent)
-        hint = error.hint if answered(error) else f"amoCRM could not be reached ({error.hint})"
+        # A refusal of the API's pace names its own cause; a failed connect, amoCRM's absence.
+        pace_refused = isinstance(error, TryAgainLater)
+        hint = error.hint
+        if not answered(error) and not pace_refused:
+            hint = f"amoCRM could not be reached ({error.hint})"
         try:
             held = yield from self._write_deferral(record, deferral)
         except StoreError as failure:
@@ -529,6 +533,8 @@ def _slug(error: AmoOAuthError) -> str:
     (``account_blocked``, ``unavailable``...) when one came, else why nothing was sent."""
     if isinstance(error, TryAgainLater):
         cause = error.__cause__
+        if isinstance(cause, TryAgainLater):  # never sent: why (``api_paused``)
+            return str(cause.reason)
         return reason_of(cause) if isinstance(cause, ProviderError) else error.reason
     if isinstance(error, ProviderError):
         return reason_of(error)

@@ -86,15 +86,13 @@ def pause_after(status: int | None, retry_after: float | None) -> float | None:
 @attrs.frozen
 class Slot:
     """One request's turn on a key's schedule: ``at`` (the pacer's clock) it may be sent, ``wait``
-    seconds after it was handed out. ``rate`` and ``through_pauses`` are how it was taken (a
-    sweep's slot waits a pause out and is taken again); ``resend_of`` is the status (429) of
-    the answer a resend repeats, for its refusal."""
+    seconds after it was handed out, at ``rate``; ``resend_of`` is the status (429) of the
+    answer a resend repeats, for its refusal."""
 
     key: Key
     at: float
     wait: float
     rate: float
-    through_pauses: bool = False
     resend_of: int | None = None
 
 
@@ -148,15 +146,13 @@ class Pacer:
         rate: float,
         *,
         within: float = math.inf,
-        through_pauses: bool = False,
     ) -> Slot:
         """Take the key's next slot for one request at ``rate`` requests per second.
 
         Args:
             within: the most seconds the caller may wait for its slot: it is refused, and
                 takes no slot, when the slot is further away (``auth()``, the hook:
-                ``Config.api_max_wait``; a verification: no bound).
-            through_pauses: True: the caller waits a pause out (the sweep); False: it is
+                ``Config.api_max_wait``; a verification, the sweep: no bound). It is
                 refused while the key is paused, and its slot is void if a pause begun after
                 it covers it (``recheck``).
 
@@ -164,14 +160,14 @@ class Pacer:
             The ``Slot``: sleep ``slot.wait`` seconds, then ``recheck`` it before sending.
 
         Raises:
-            TryAgainLater: ``api_paused`` (a 429 or 403 paused the key; not with
-                ``through_pauses``) or ``api_busy`` (this process's requests for the key fill
-                more than ``within`` seconds), with ``retry_after``.
+            TryAgainLater: ``api_paused`` (a 429 or 403 paused the key) or ``api_busy`` (this
+                process's requests for the key fill more than ``within`` seconds), with
+                ``retry_after``.
         """
         with self._lock:
             now = self.clock()
             lane = self._lane(key, now)
-            if not through_pauses and lane.paused_until > now:
+            if lane.paused_until > now:
                 raise _paused(lane.paused_until - now, None)
             slot = max(now, lane.next_slot, lane.paused_until)
             if slot - now > within:
@@ -181,7 +177,7 @@ class Pacer:
                     retry_after=slot - now,
                 )
             lane.next_slot = slot + (1.0 + PACE_GUARD) / rate
-            return Slot(key, slot, slot - now, rate, through_pauses=through_pauses)
+            return Slot(key, slot, slot - now, rate)
 
     def recheck(self, slot: Slot) -> Slot | None:
         """Whether a slot whose time has come may still be sent: a pause that began (or grew)
@@ -190,8 +186,7 @@ class Pacer:
         waited (a request already sent is beyond recall).
 
         Returns:
-            None: send now. A new ``Slot`` (a sweep's, ``through_pauses``): wait for it, after
-            the pause, and recheck again.
+            None: send now.
 
         Raises:
             TryAgainLater: ``api_paused`` (``status``: the slot's ``resend_of``), nothing sent.
@@ -201,9 +196,7 @@ class Pacer:
             paused_until = self._lane(slot.key, now).paused_until
         if paused_until <= slot.at:
             return None
-        if not slot.through_pauses:
-            raise _paused(max(paused_until - now, 0.0), slot.resend_of)
-        return self.reserve(slot.key, slot.rate, through_pauses=True)
+        raise _paused(max(paused_until - now, 0.0), slot.resend_of)
 
     def wait_for(self, slot: Slot | None) -> None:
         """Sleep (``sleep``) until ``slot`` comes, ``recheck`` it, and so on until it may be sent
@@ -324,8 +317,14 @@ class ApiPace:
         return self.pacer.reserve(self._key(host), self.rate)
 
     def sweep_turn(self, host: str, rate: float) -> Slot:
-        """A sweep's token call's slot at the sweep's own ``rate``: it waits, pauses included."""
-        return self.pacer.reserve(self._key(host), rate, through_pauses=True)
+        """A sweep's token call's slot at the sweep's own ``rate``, however far; refused while
+        the host is paused (a sweep must not sit out a 429's five minutes per host: the
+        connection is held back instead, ``refresh_backoff``, and nothing is sent).
+
+        Raises:
+            TryAgainLater: ``api_paused``.
+        """
+        return self.pacer.reserve(self._key(host), rate)
 
     def answered(
         self,

@@ -34,7 +34,7 @@ from ._answers import (
     classify,
     clean_hint,
 )
-from ._errors import ProviderError
+from ._errors import ProviderError, TryAgainLater
 from ._hosts import AccountHost
 from ._records import Account, TokenSet
 
@@ -325,7 +325,10 @@ _UNSENT: Final = frozenset({"ConnectError", "ConnectTimeout", "UnsupportedProtoc
 
 def surely_unsent(error: ProviderError) -> bool:
     """True when the failed call's request surely never reached amoCRM (the connection was
-    refused or never made), so a refresh token in it was not spent."""
+    refused or never made, or the API's pace refused to send it: a ``TryAgainLater`` from a
+    send is always the pacer's), so a refresh token in it was not spent."""
+    if isinstance(error, TryAgainLater):
+        return True
     return error.status is None and error.hint in _UNSENT
 
 

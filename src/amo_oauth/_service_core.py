@@ -93,7 +93,8 @@ class ServiceCore:
         return self._pace.turn(request.url.host)
 
     def _sweep_turn(self, rate: float) -> Turn:
-        """A sweep's requests: a slot at ``rate``, waiting pauses out."""
+        """A sweep's requests: a slot at ``rate``; refused (nothing sent) while the host is
+        paused, so the refresh is held back like one that never reached amoCRM."""
         return lambda request: self._pace.sweep_turn(request.url.host, rate)
 
     def _note(self, request: httpx.Request, response: httpx.Response, sent_at: float) -> None:
