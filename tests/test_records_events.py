@@ -47,6 +47,21 @@ def test_token_reprs_hide_the_tokens():
         assert "refresh-SECRET-2" not in shown
 
 
+def test_an_authorization_requests_repr_shows_neither_its_state_nor_its_binding():
+    """The URL carries the state (it must: the browser takes it to amoCRM); its repr did too."""
+    from amo_oauth import AuthorizationRequest
+
+    begun = AuthorizationRequest(
+        "https://www.amocrm.ru/oauth?client_id=c&state=STATE-SECRET&mode=post_message",
+        "STATE-SECRET",
+        T0,
+        "BINDING-SECRET",
+    )
+    shown = repr(begun)
+    assert "STATE-SECRET" not in shown and "BINDING-SECRET" not in shown
+    assert "https://www.amocrm.ru/oauth?..." in shown
+
+
 def test_the_public_view_holds_no_secret_and_no_digest():
     record = ConnectionRecord(
         "c",

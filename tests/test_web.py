@@ -890,6 +890,8 @@ def test_the_apps_own_posts_pass(oauth: AmoOAuth, headers: dict[str, str]) -> No
         ("HTTPS://SPA.Example.COM/", "https://spa.example.com"),
         ("http://127.0.0.1:80", "http://127.0.0.1"),
         ("http://[::1]:8000", "http://[::1]:8000"),
+        ("https://пример.рф", "https://xn--e1afmkfd.xn--p1ai"),  # browsers send punycode
+        ("https://spa.example.com.", "https://spa.example.com"),
     ],
 )
 def test_an_allowed_origin_matches_what_browsers_send(

@@ -82,7 +82,7 @@ class AuthorizationRequest:
     it as an ``HttpOnly`` cookie) and pass it to ``handle_callback``. Opaque and secret.
     """
 
-    url: str
+    url: str = attrs.field(repr=lambda url: repr(url.split("?", 1)[0] + "?..."))
     state: str = attrs.field(repr=False)
     expires_at: datetime
     binding: str | None = attrs.field(default=None, repr=False)

@@ -81,17 +81,30 @@ DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 def origin_of(url: str) -> str:
-    """``scheme://host[:port]`` of an ``http(s)`` URL, lower-case and without its scheme's
-    default port: what browsers send as ``Origin`` (WHATWG HTML §7.5, URL §4.1).
+    """``scheme://host[:port]`` of an ``http(s)`` URL, lower-case, an internationalized host in
+    its ASCII form, without its scheme's default port: what browsers send as ``Origin``
+    (WHATWG HTML §7.5, URL §4.1 and §3.5).
 
     Raises:
         ValueError: the port is not a number (``urllib.parse``'s own message).
     """
     parts = urlsplit(url)
-    scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
+    scheme, host, port = parts.scheme.lower(), _ascii_host(parts.hostname or ""), parts.port
     host = f"[{host}]" if ":" in host else host
     shown_port = "" if port is None or port == DEFAULT_PORTS.get(scheme) else f":{port}"
     return f"{scheme}://{host}{shown_port}"
+
+
+def _ascii_host(host: str) -> str:
+    """A host as browsers put it in ``Origin``: an internationalized name in its ASCII form
+    (``пример.рф`` is ``xn--e1afmkfd.xn--p1ai``), without a trailing dot."""
+    host = host.rstrip(".")
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:  # no valid name: kept as given, so it matches no Origin
+        return host
 
 
 def check_origin(request: Request, allowed: frozenset[str]) -> None:

@@ -52,6 +52,7 @@ REDACTED_NAMES: Final = (
 #: werkzeug's (Flask's development server) and Django's runserver (``django.server``).
 ACCESS_LOGGERS: Final = (
     "django.server",
+    "granian.access",
     "gunicorn.access",
     "gunicorn.error",
     "hypercorn.access",
