@@ -401,3 +401,35 @@ def test_an_answer_for_another_key_or_statement_is_a_store_error_naming_the_oper
     message = str(caught.value)
     assert f"could not {work.action}: the server's answer does not fit the statement" in message
     assert "k0" not in message and "x9" not in message
+
+
+def test_children_reusing_the_parents_event_loop_read_only_their_own_records(
+    make_server_store: Callable[[], ServerStore],
+) -> None:
+    """One event loop kept by the parent (as a sync wrapper over the awaited store does) and
+    used again in each child: RedisStore's asyncio client is cached per loop, and redis-py's
+    asyncio pool does not check the process id, so the children shared the parent's
+    connections and read each other's replies (k1 got k3). The parent does not use that loop
+    after the fork: a copied loop shares its selector with the child (asyncio does not support
+    that; docs/stores.md says so), which no store can mend."""
+    store = make_server_store()
+    store.migrate()
+    for key in KEYS:
+        assert store.compare_and_set(make_record(key), None)
+    loop = asyncio.new_event_loop()
+
+    async def load_own(key: str) -> None:
+        for _ in range(LOADS):
+            record = (await store.aload(key)).record
+            assert record is not None and record.key == key, f"{key}: got another key's record"
+
+    try:
+        loop.run_until_complete(load_own("k0"))  # the loop's client is open at the fork
+        children = [
+            _fork_reporting(lambda key=key: loop.run_until_complete(load_own(key)))
+            for key in KEYS[1:]
+        ]
+        assert [_report(pid, read_end) for pid, read_end in children] == ["ok"] * CHILDREN
+    finally:
+        loop.run_until_complete(store.aclose())  # its asyncio client closes on its own loop
+        loop.close()

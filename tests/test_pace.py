@@ -22,7 +22,7 @@ from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, TryAgainLater
 from amo_oauth._pace import BLOCKED_PAUSE, PACE_GUARD, Pacer, Slot
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from helpers import config_for, run_consent
+from helpers import config_for, run_consent, stored
 
 USER = "user-1"
 LEADS = "/api/v4/leads"
@@ -730,16 +730,21 @@ def test_a_verification_during_a_pause_is_deferred_without_sending(
 def test_a_sweep_skips_a_host_paused_by_a_429_instead_of_sitting_it_out(
     make: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock, seconds: FakeSeconds
 ) -> None:
-    """A sweep whose first refresh on a host is answered 429 (retry_after 300) waited the 300 s
-    out for every other connection on that host: a user's test of ``refresh_due`` against the
-    fake sat still for five minutes. Now the others are held back without a send."""
+    """An API call answered 429 (retry_after 300) pauses its host; a sweep then waited the 300 s
+    out for every connection on that host (a user's test of ``refresh_due`` against the fake
+    sat still for five minutes). Now they are left for a later run before anything is
+    claimed: reported ``api_paused``, nothing sent, nothing counted, nobody waits."""
     oauth = make(fake)
     run_consent(oauth, fake, "user-2")
-    clock.advance(timedelta(days=85))
-    fake.fail_next("429", grant="refresh_token")  # amoCRM's body: retry_after 300
+    clock.advance(timedelta(days=85))  # both due; the pacer's clock moves with it
+    fake.fail_next("429", endpoint="api", path=LEADS)  # amoCRM's body: retry_after 300
+    api = httpx.Client(auth=oauth.auth(USER), transport=fake.transport())
+    with api, pytest.raises(TryAgainLater):
+        api.get(f"https://{fake.account_host}{LEADS}")  # refreshes USER, then the 429
+    refreshes, slept = fake.token_call_count("refresh_token"), len(seconds.slept)
     report = oauth.refresh_due(timedelta(days=7), concurrency=1)
-    assert dict(report.failed) == {USER: "unavailable", "user-2": "api_paused"}
-    assert fake.token_call_count("refresh_token") == 1  # the second one was never sent
-    assert max(seconds.slept, default=0.0) < 1.0  # nobody sat the pause out
-    for user in (USER, "user-2"):
-        assert oauth.status(user).is_connected  # held back, not ended
+    assert dict(report.failed) == {"user-2": "api_paused"}
+    assert fake.token_call_count("refresh_token") == refreshes  # nothing sent into the pause
+    assert max(seconds.slept[slept:], default=0.0) < 1.0  # nobody sat the pause out
+    record = stored(oauth, "user-2")
+    assert record is not None and record.lease is None and record.backoff is None

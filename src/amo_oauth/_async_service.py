@@ -18,6 +18,7 @@ from ._driving import adrive
 from ._kept import AsyncKeptRetry
 from ._ops import Op, Send, Sleep, StoreOp
 from ._provider import asend_within
+from ._reasons import Reason
 from ._record_view import RecordView
 from ._records import Connection, ConnectionRecord
 from ._results import (
@@ -181,6 +182,8 @@ class AsyncAmoOAuth(ServiceCore):
             return await self._run(self._flows.records.due_page(plan.before, size, after))
 
         async def refresh(record: ConnectionRecord) -> Done:
+            if self._sweep_skips(record):
+                return Done(record.name, Reason.API_PAUSED)
             return await self._shielded(
                 self._flows.tokens.refresh_one(RecordView(record), plan.before), paced
             )

@@ -50,7 +50,6 @@ from ._provider import (
     read_tokens,
     reason_of,
     refresh_request,
-    surely_unsent,
 )
 from ._reasons import Reason
 from ._record_view import RecordView
@@ -455,30 +454,28 @@ class TokenFlows:
         self, record: RecordView, answer: Answer, error: ProviderError, *, sent: bool
     ) -> Flow[NoReturn]:
         """Give the claim up and keep the pair for a later try. An answer from amoCRM that kept
-        it (a 429, a blocked account's 403, a 5xx...), and a request that surely never reached
-        amoCRM (a refused or timed-out connect: nothing was spent), hold the connection's
-        refreshes back for every process (``RefreshDeferred``: a back-off in the record,
-        growing while it goes on); ``error.retry_after`` then says for how long. A request
-        that may have arrived with no answer (a read timeout) only releases the lease: it may
-        have rotated the pair, and a second send of its token must come while amoCRM still
-        honours it. ``sent``: the refresh token may have been spent (``RefreshReleased``).
+        it (a 429, a blocked account's 403, a 5xx...) holds the connection's refreshes back
+        for every process (``RefreshDeferred``: a back-off in the record, growing while it
+        goes on); ``error.retry_after`` then says for how long. No answer only releases the
+        lease: a request that never left (a refused connect, the API's pace) spent nothing and
+        pushed back on nothing, and one that may have arrived (a read timeout) may have rotated
+        the pair, so a second send of its token must come while amoCRM still honours it.
+        ``sent``: the refresh token may have been spent (``RefreshReleased``).
 
         Raises:
-            TryAgainLater: ``refresh_backoff`` when the refresh is held back: amoCRM's status
-                on it when amoCRM answered (None when it could not be reached), ``error`` as
-                its cause; also when the store failed every try to take the back-off (then
-                logged as a WARNING): the caller's retry is what helps either way.
-            ProviderError: ``error`` itself when the request may have arrived unanswered.
+            TryAgainLater: ``refresh_backoff`` when the refresh is held back, amoCRM's status
+                on it, ``error`` as its cause; also when the store failed every try to take
+                the back-off (then logged as a WARNING): the caller's retry helps either way.
+            ProviderError: ``error`` itself when no answer came.
         """
-        if not answered(error) and not surely_unsent(error):
+        if not answered(error):
+            # Nothing reached amoCRM, or nothing came back: amoCRM pushed back on nothing, so
+            # nothing is held back for every machine (one machine's broken network must not
+            # stop the others). ``sent`` says whether the token may have been spent.
             yield from self.records.write(record, RefreshReleased(sent=sent))
             raise error
         deferral = self.records.deferral(record, answer.reason, error.retry_after, sent=sent)
-        # A refusal of the API's pace names its own cause; a failed connect, amoCRM's absence.
-        pace_refused = isinstance(error, TryAgainLater)
         hint = error.hint
-        if not answered(error) and not pace_refused:
-            hint = f"amoCRM could not be reached ({error.hint})"
         try:
             held = yield from self._write_deferral(record, deferral)
         except StoreError as failure:

@@ -217,6 +217,12 @@ class Pacer:
                 await self.asleep(slot.wait)
             slot = self.recheck(slot)
 
+    def paused_for(self, key: Key) -> float:
+        """Seconds left of the key's pause (0: not paused)."""
+        with self._lock:
+            now = self.clock()
+            return max(self._lane(key, now).paused_until - now, 0.0)
+
     def pause(self, key: Key, seconds: float, sent_at: float, *, resent: bool = False) -> None:
         """Pause the key for ``seconds`` from now (a longer pause already running stays), for
         an answer to a request sent at ``sent_at`` (this pacer's clock). An answer to a request
@@ -315,6 +321,10 @@ class ApiPace:
         if self.rate is None:
             return None
         return self.pacer.reserve(self._key(host), self.rate)
+
+    def paused(self, host: str) -> bool:
+        """Whether ``host``'s schedule is paused just now."""
+        return self.pacer.paused_for(self._key(host)) > 0
 
     def sweep_turn(self, host: str, rate: float) -> Slot:
         """A sweep's token call's slot at the sweep's own ``rate``, however far; refused while

@@ -17,6 +17,7 @@ from ._driving import drive
 from ._kept import KeptRetry
 from ._ops import Op, Send, StoreOp
 from ._provider import send_within
+from ._reasons import Reason
 from ._record_view import RecordView
 from ._records import Connection, ConnectionRecord
 from ._results import (
@@ -445,6 +446,8 @@ class AmoOAuth(ServiceCore):
             return self._run(self._flows.records.due_page(plan.before, size, after))
 
         def refresh(record: ConnectionRecord) -> Done:
+            if self._sweep_skips(record):
+                return Done(record.name, Reason.API_PAUSED)
             flow = self._flows.tokens.refresh_one(RecordView(record), plan.before)
             return drive(self._flows.records.landing(flow), paced)
 

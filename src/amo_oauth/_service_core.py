@@ -16,6 +16,7 @@ from ._connection_id import ConnectionId
 from ._flows import Flows
 from ._pace import DEFAULT_API_RATE, ApiPace, Pacer, Slot, is_api_request
 from ._provider_reads import retry_after_in
+from ._records import ConnectionRecord
 from ._results import RefreshReport
 from .stores import AsyncStore, SQLiteStore, Store
 
@@ -92,14 +93,24 @@ class ServiceCore:
         """
         return self._pace.turn(request.url.host)
 
+    def _sweep_skips(self, record: ConnectionRecord) -> bool:
+        """Whether the sweep leaves ``record`` for a later run: its host's pace is paused (a
+        429 to an API call). Judged before the refresh claims anything, so nothing is counted
+        as sent for it and no worker sits the pause out."""
+        return record.host is not None and self._pace.paused(record.host)
+
     def _sweep_turn(self, rate: float) -> Turn:
         """A sweep's requests: a slot at ``rate``; refused (nothing sent) while the host is
         paused, so the refresh is held back like one that never reached amoCRM."""
         return lambda request: self._pace.sweep_turn(request.url.host, rate)
 
     def _note(self, request: httpx.Request, response: httpx.Response, sent_at: float) -> None:
-        """A 429 or 403 (read in full) to ``request``, sent at ``sent_at`` (the pacer's
-        clock), pauses the host's schedule."""
+        """A 429 or 403 (read in full) to an API ``request``, sent at ``sent_at`` (the
+        pacer's clock), pauses the host's schedule. The token endpoint's answers pause nothing
+        (protocol notes §9: whether it shares the API's limit is unknown; a refresh it pushes
+        back on is held back in its record instead)."""
+        if not is_api_request(request.url):
+            return
         status, seconds = response.status_code, retry_after_in(response)
         self._pace.answered(request.url.host, status, seconds, sent_at)
 

@@ -24,6 +24,7 @@ from .._driving import adrive, drive
 from .._errors import StoreError
 from ._common import closed_error
 from ._driven import Work
+from ._forks import reset_in_child
 from ._redis_lua import SCHEMA_REPLY, SCHEMA_VERSION, SCRIPTS
 from ._redis_ops import Command, Step
 
@@ -74,6 +75,16 @@ class Clients:
         self._scripts = {name: self.client.register_script(src) for name, src in SCRIPTS.items()}
         self._async: LoopClient | None = None
         self.closed = False
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: the asyncio client (per event loop) holds the parent's sockets,
+        and redis-py's asyncio pool does not check the process id (its blocking one does): a
+        child reusing the parent's loop read the parent's replies. Forgotten, never closed
+        (closing would speak on the parent's connections); the child's next call opens its
+        own."""
+        _INHERITED.append(self._async)
+        self._async = None
 
     def _blocking_client(self, url: str) -> redis.Redis:
         if not isinstance(url, str) or not _names_a_db(url):
@@ -207,6 +218,11 @@ class Clients:
             else:
                 side.stop_soon()
         self.client.close()
+
+
+#: Asyncio clients a forked child inherited: kept referenced, so no finalizer of theirs ever
+#: speaks on the parent's connections.
+_INHERITED: list[LoopClient | None] = []
 
 
 class LoopClient:
