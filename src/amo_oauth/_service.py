@@ -305,6 +305,8 @@ class AmoOAuth(ServiceCore):
         Raises:
             ValueError: a ``str`` that is empty, over 255 characters or unprintable, or a
                 ``Widget`` of a host outside the allowlist (``Config.extra_domains``).
+            StoreError: the store could not be read, or refused the write that ends a
+                long-lived token past its ``exp`` (or a due verification's).
         """
         return self._run(self._flows.connections.status(connection_id))
 
@@ -409,7 +411,8 @@ class AmoOAuth(ServiceCore):
         due when the run starts is handled at most once. Refreshes run in up to
         ``concurrency`` worker threads; requests to one account host are spaced so that at
         most ``per_host_rate`` go out per second, on the host's one schedule that ``auth()``
-        and the hook use too (process-local; a host amoCRM paused with a 429 is waited for).
+        and the hook use too (process-local; a host whose API amoCRM paused with a 429 is left
+        for a later run: its connections are reported ``api_paused``, nothing sent).
         Each refresh is the usual single-flight one: several machines may sweep at once.
 
         Args:
