@@ -24,7 +24,7 @@ from django.test import AsyncClient, Client, override_settings
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, MemoryStore
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, MemoryStore, Widget
 from amo_oauth._limits import Attempt, Bounds, ExchangeLimiter, Slot
 from amo_oauth.django import urls
 from amo_oauth.fastapi import router
@@ -142,15 +142,44 @@ def test_160_junk_widget_installs_from_160_addresses_are_bounded_in_total(
     assert callback(handlers, query, user="ann", binding=begun.binding).status == 200
 
 
-def test_one_host_takes_few_widget_installs(
+def test_one_host_takes_few_widget_installs_from_one_address(
     make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
 ) -> None:
     oauth = make_oauth(allow_widget_installs=True, **DEFAULT_BOUNDS)
     handlers = handlers_for(oauth)
     for n in range(20):
         install = {**junk_install(fake, n), "referer": "shop.amocrm.ru"}
-        callback(handlers, install, peer=f"10.1.0.{n}")
+        callback(handlers, install, peer=ATTACKER)
     assert fake.token_call_count("authorization_code") == 3  # max_widget_exchanges_per_host
+
+
+def test_junk_installs_on_one_host_from_many_addresses_are_bounded_in_total(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    oauth = make_oauth(allow_widget_installs=True, **DEFAULT_BOUNDS)
+    handlers = handlers_for(oauth)
+    for n in range(40):
+        install = {**junk_install(fake, n), "referer": "shop.amocrm.ru"}
+        callback(handlers, install, peer=f"10.1.0.{n}")
+    assert fake.token_call_count("authorization_code") == 30  # max_widget_exchanges
+
+
+@pytest.mark.parametrize("junk", [3, 12])
+def test_junk_installs_naming_a_host_leave_its_genuine_install_its_exchange(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, junk: int
+) -> None:
+    """The last review: three junk installs naming the victim's host, each from its own
+    address, filled the host's widget bound (3) and its genuine install got 429 for 10
+    minutes (twelve would fill its connection's, 10). Both are per (host, source)."""
+    oauth = make_oauth(allow_widget_installs=True, **DEFAULT_BOUNDS)
+    handlers = handlers_for(oauth)
+    genuine = query_of(fake.authorize(from_widget=True))
+    for n in range(junk):
+        junk = {**genuine, "code": f"junk-{n}"}
+        callback(handlers, junk, peer=f"203.0.113.{n + 1}")
+    assert fake.token_call_count("authorization_code", "ok") == 0
+    assert callback(handlers, genuine, peer=AMOCRM).status == 200
+    assert oauth.status(Widget(genuine["referer"])).is_connected
 
 
 def test_a_successful_exchange_does_not_count_against_its_source(
@@ -443,5 +472,35 @@ def test_an_honest_first_try_finds_room_unless_the_clean_share_is_in_flight() ->
     for slot in in_flight:
         assert slot is not None
         limiter.claimed(slot, exchanged=True)
-        limiter.succeeded(slot)  # a success leaves the clean share
+        limiter.released(slot)  # a success leaves the clean share
     assert first_try(201) is not None
+
+
+# -- the last review: amoCRM's own failure is not the source's (issue 20.4) ---------------------
+
+
+@pytest.mark.parametrize("attacker_accounts", [0, 1, 2])
+def test_an_honest_retry_after_amocrms_500_connects_while_junk_names_the_host(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, attacker_accounts: int
+) -> None:
+    """The honest user's first callback met amoCRM's 500, which made the user's own source
+    suspect; two attacker accounts' junk naming the host then filled the host's suspect half
+    and every retry got 429 for 10 minutes. A transient failure is amoCRM's, not the
+    source's: the retry is clean."""
+    oauth = make_oauth(**DEFAULT_BOUNDS)
+    handlers = handlers_for(oauth)
+    begun = oauth.begin("honest")
+    first = query_of(fake.authorize(begun.state))
+    fake.fail_next("500", grant="authorization_code")
+    callback(handlers, first, peer="198.51.100.7", user="honest", binding=begun.binding)
+    assert not oauth.status("honest").is_connected
+    for account in range(attacker_accounts):
+        user = f"attacker-{account}"
+        for n in range(10):
+            query, binding = junk_consent(oauth, fake, user, n)
+            query["referer"] = first["referer"]
+            callback(handlers, query, peer=ATTACKER, user=user, binding=binding)
+    begun = oauth.begin("honest")
+    retry = query_of(fake.authorize(begun.state))
+    answer = callback(handlers, retry, peer="198.51.100.7", user="honest", binding=begun.binding)
+    assert answer.status == 200 and oauth.status("honest").is_connected

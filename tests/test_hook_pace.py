@@ -163,3 +163,55 @@ def test_the_result_keeps_no_secret_and_pickles(oauth: AmoOAuth, fake: FakeAmoCR
     assert fake.client_secret not in repr(result) and "signature" not in repr(result)
     copy = pickle.loads(pickle.dumps(result))
     assert copy == result and (copy.checked, copy.reason) == (True, "hook_replayed")
+
+
+# -- one account, many connections (issue 20.5, the last review) --------------------------------
+
+
+def test_20_connections_of_one_account_make_one_account_call_per_interval(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """The last review: 20 app users connected the same account, and each interval's replay
+    asked amoCRM about each of them (20 account calls, 3.1 s with the pace). One accepted
+    token proves the hook a replay for every connection of the account."""
+    users = [f"employee-{n}" for n in range(20)]
+    for user in users:
+        connect(oauth, fake, user)
+    hook = fake.hook_query()
+    before = fake.api_call_count(ACCOUNT_CALLS)
+    for interval in range(3):
+        results = [oauth.handle_disconnect_hook(hook) for _ in range(5)]
+        assert fake.api_call_count(ACCOUNT_CALLS) - before == interval + 1
+        assert (results[0].checked, results[0].reason) == (True, "hook_replayed")
+        assert len(results[0]) == 20 and not results[0].disconnected
+        clock.advance(oauth.config.hook_check_interval)
+    assert all(oauth.status(user).is_connected for user in users)
+
+
+def test_a_connection_whose_tokens_lapsed_does_not_end_the_accounts_others(
+    oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    """A refusal proves only that connection's tokens dead: the next one is asked, and its
+    accepted token makes the hook a replay for the rest."""
+    connect(oauth, fake, "lapsed")
+    fake.expire_access_tokens()
+    fake.revoke_refresh_tokens()
+    live = [f"employee-{n}" for n in range(5)]
+    for user in live:
+        connect(oauth, fake, user)
+    before = fake.api_call_count(ACCOUNT_CALLS)
+    result = oauth.handle_disconnect_hook(fake.hook_query())
+    assert fake.api_call_count(ACCOUNT_CALLS) - before <= 2
+    assert [c.connection_id for c in result.disconnected] in ([], ["lapsed"])
+    assert all(oauth.status(user).is_connected for user in live)
+
+
+def test_a_real_uninstall_ends_every_connection_of_the_account(
+    oauth: AmoOAuth, fake: FakeAmoCRM
+) -> None:
+    users = [f"employee-{n}" for n in range(5)]
+    for user in users:
+        connect(oauth, fake, user)
+    result = oauth.handle_disconnect_hook(fake.uninstall())
+    assert sorted(c.connection_id for c in result.disconnected) == users
+    assert not any(oauth.status(user).is_connected for user in users)

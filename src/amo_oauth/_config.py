@@ -257,7 +257,9 @@ class Config:
             leaves honest first callbacks their room.
         max_widget_exchanges, max_widget_exchanges_per_host: widget installs (anonymous: no
             session, no state) allowed in any ``exchange_window``, in all and per account
-            host; in all at most half of ``max_exchanges_per_process`` too.
+            host and source (the client's network: junk naming a host from elsewhere leaves
+            its genuine install, from amoCRM's servers, its tries); in all at most half of
+            ``max_exchanges_per_process`` too.
         exchange_window: the window of those bounds.
         trusted_proxies: how many reverse proxies in front of the app append the client's
             address to ``forwarded_header``; the web layer then takes the address that many
@@ -269,7 +271,9 @@ class Config:
             each such interval (windows aligned on the store's clock, so two checks are never
             closer than one window boundary apart: at most two in any span of this length),
             across processes (a key in the store's ledger): each check asks amoCRM's API with
-            the account's token, and a hook URL replays for ever.
+            one connection's token (an accepted one settles every connection of the account;
+            a refused one ends that connection and the next is asked), and a hook URL replays
+            for ever.
         kept_pair_grace: how long a pair that another process may keep in memory (its store
             write failed: a rotated pair, or the pair from a code) is awaited before the
             connection needs re-authorization: amoCRM's "revoked" for a refresh token sent

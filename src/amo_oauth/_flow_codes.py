@@ -515,14 +515,17 @@ class CodeFlows:
         except ProviderError as error:
             # What the answer means is data (_answers): a transient failure leaves the code's
             # fate unknown (it is never sent again), a misconfigured client is said so.
-            self._limiter().failed(slot)  # junk counts against the suspect shares
             answer = meaning_of(error, "authorization_code")
+            if answer.meaning.transient:  # amoCRM's own failure: not the source's fault
+                self._limiter().released(slot)
+            else:  # amoCRM refused the code: junk counts against the suspect shares
+                self._limiter().failed(slot)
             self.records.warn(record, "exchange", answer, error, redact=(code,))
             reason = EXCHANGE_FAILURES.get(answer.meaning, Reason.CODE_REJECTED)
             failed = ExchangeFailed(self.records.error_info(Reason(reason), error))
             concluded = yield from self.verification.conclude(record, failed, Outcome.FAILED)
             return attrs.evolve(concluded, refused=str(reason))
-        self._limiter().succeeded(slot)  # a real code: it no longer counts against its source
+        self._limiter().released(slot)  # a real code: it no longer counts against its source
         # The code is spent: this pair is the only one. A store that stays down keeps it in
         # memory, to land (even after the lease, within the grace or on exchange_interrupted).
         event = ExchangeSucceeded(tokens, code_digest(code), host=host.name)

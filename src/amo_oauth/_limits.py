@@ -10,9 +10,11 @@ one ``AmoOAuth``; run N processes and the integration-wide bound is N times as l
 Each exchange counts in its connection's window and, when the caller names one, its
 source's (the app user whose consent it is, else the client's network): a source's window
 keeps only what did not succeed (failed or still in flight), so junk codes count against
-whoever sends them. Widget installs, which nobody can tell apart, count in hard windows (per
-account host and in total) where every try stays. The host's and the process's windows are
-split in two shares:
+whoever sends them; a failure amoCRM caused (a 5xx, 429, 403, no answer) leaves it as a
+success does, so an honest source stays clean. Widget installs, which nobody can tell apart,
+count in hard windows (per account host and source, and in total) where every try stays; a
+widget's connection window is per source too (its connection is a host anyone may name). The
+host's and the process's windows are split in two shares:
 
 - the *suspect* share (half the bound) holds every try that failed, and the tries of a
   *suspect* source (one with anything in its window, or no source at all);
@@ -83,10 +85,14 @@ class Attempt:
 
     def windows(self, suspect: bool) -> tuple[Key, ...]:
         share = "suspect" if suspect else "clean"
-        keys = [("connection", self.connection), (f"{share}:host", self.host)]
+        # A widget install's connection is its host, which anyone may name: its windows are
+        # per source too, so junk naming a host from other addresses leaves the genuine
+        # install (from amoCRM's servers) its tries; "widgets" caps all of them.
+        by_source = f" {self.source or ''}" if self.widget else ""
+        keys = [("connection", self.connection + by_source), (f"{share}:host", self.host)]
         keys.append((f"{share}:process", ""))
         if self.widget:
-            keys += [("widgets", ""), ("widget_host", self.host)]
+            keys += [("widgets", ""), ("widget_host", self.host + by_source)]
         if self.source is not None:
             keys.append(("source", self.source))
         return tuple(keys)
@@ -151,9 +157,12 @@ class ExchangeLimiter:
             if not exchanged:
                 self._give_back(slot, slot.windows)
 
-    def succeeded(self, slot: Slot) -> None:
-        """amoCRM gave tokens for the slot's code: it no longer counts against its source nor
-        in a clean share (the connection's and the widgets' windows keep it)."""
+    def released(self, slot: Slot) -> None:
+        """The slot's exchange ended without the source at fault (tokens, or amoCRM's own
+        transient failure: 5xx, 429, 403, no answer): it leaves its source's window and the
+        clean shares, so the source stays clean. The token call was sent, so the
+        connection's window, the widget windows and a suspect share it was admitted to keep
+        it."""
         with self._lock:
             self._give_back(slot, slot.of("source", "clean:"))
 
