@@ -270,10 +270,10 @@ class Config:
         hook_check_interval: at most one check of amoCRM's disconnect hook per account in
             each such interval (windows aligned on the store's clock, so two checks are never
             closer than one window boundary apart: at most two in any span of this length),
-            across processes (a key in the store's ledger): each check asks amoCRM's API with
-            one connection's token (an accepted one settles every connection of the account;
-            a refused one ends that connection and the next is asked), and a hook URL replays
-            for ever.
+            across processes (a key in the store's ledger): each check asks amoCRM's API once
+            per connection of the account, with that connection's token (an accepted one
+            speaks for its own connection only: a consent after an uninstall installs the
+            integration again), and a hook URL replays for ever.
         kept_pair_grace: how long a pair that another process may keep in memory (its store
             write failed: a rotated pair, or the pair from a code) is awaited before the
             connection needs re-authorization: amoCRM's "revoked" for a refresh token sent

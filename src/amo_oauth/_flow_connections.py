@@ -93,12 +93,10 @@ class ConnectionFlows:
         after = {r.key: r for r in ours}
         disconnected, standing = [], None
         for record in due:
-            # One answer that is not a refusal settles the rest: an accepted token proves
-            # the hook a replay for the whole account (they share its one install), and an
-            # outage leaves every one standing. A refusal proves only this connection's
-            # tokens dead (they may have lapsed on their own), so the next one is asked: a
-            # replay costs one call, plus one per connection it ends for good.
-            reason = standing or (yield from self._why_it_stands(record))
+            # Each connection is asked about its own tokens: one accepted token proves only
+            # that the integration is installed now (a consent after the uninstall installs it
+            # again), not that an older connection's tokens survived the uninstall.
+            reason = yield from self._why_it_stands(record)
             event = ProviderDisconnected(self.records.now(), token_still_accepted=bool(reason))
             updated, wrote = yield from self.records.apply(record, event)
             after[record.key] = updated
