@@ -25,8 +25,7 @@ import pytest
 
 from _pg_server import postgres_url  # noqa: F401
 from _redis_server import redis_url  # noqa: F401
-from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, MemoryStore, StoreError
-from amo_oauth import _kept
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, MemoryStore, StoreError, _kept
 from amo_oauth._driving import drive
 from amo_oauth._flows import Flows
 from amo_oauth._kept import AsyncKeptRetry, KeptRetry
