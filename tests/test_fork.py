@@ -6,6 +6,7 @@ the parent's keep working."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import itertools
 import os
 import signal
@@ -14,20 +15,26 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
+import httpx
 import pytest
 
 from _pg_server import postgres_url  # noqa: F401
 from _redis_server import redis_url  # noqa: F401
-from amo_oauth import MemoryStore, StoreError
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, MemoryStore, StoreError, _kept
 from amo_oauth._driving import drive
+from amo_oauth._flows import Flows
+from amo_oauth._kept import AsyncKeptRetry, KeptRetry
+from amo_oauth._limits import Attempt, Bounds, ExchangeLimiter
 from amo_oauth.stores import Hub
+from amo_oauth.stores._base import BaseStore
 from amo_oauth.stores._driven import offset_of
 from amo_oauth.stores._listening import ChannelListener
-from amo_oauth.stores._protocol import Claim, LedgerEntry
+from amo_oauth.stores._protocol import Claim, LedgerEntry, Loaded
 from amo_oauth.stores._rows import RecordCodec
 from amo_oauth.testing._contract import T0, make_record
 
@@ -433,3 +440,220 @@ def test_children_reusing_the_parents_event_loop_read_only_their_own_records(
     finally:
         loop.run_until_complete(store.aclose())  # its asyncio client closes on its own loop
         loop.close()
+
+
+# -- the service's own parts: the limiter, the kept pairs, the base store, the http client ---
+
+
+@contextmanager
+def _held(lock: Any) -> Iterator[None]:
+    """``lock`` held by another thread, one a child forked in the block does not have."""
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    held.wait()
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+def _until(done: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + STUCK / 2  # fails before _exit_code kills the child
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_an_exchange_limiter_in_a_child_counts_its_own_exchanges() -> None:
+    limiter = ExchangeLimiter(Bounds(1, 2, 2, 2, 2, 2), window=3600.0)
+    attempt = Attempt("c1", "test.amocrm.ru", "u1")
+    assert limiter.admit(attempt) is not None  # in flight at the fork, in a parent's thread
+
+    def child() -> None:
+        assert not limiter.in_flight("c1")  # the parent's slot never resolves here
+        assert limiter.admit(attempt) is not None  # the bounds are per process
+
+    with _held(limiter._lock):
+        assert _exit_code(_in_child(child)) == 0
+    assert limiter.in_flight("c1")  # the parent's are unchanged
+    assert limiter.admit(attempt) is None
+
+
+def test_the_kept_pairs_retry_in_a_child_starts_its_own_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_kept, "KEPT_RETRY_PAUSES", (0.01,))
+    tried: list[int] = []  # the pid of each try (appending needs no lock of ours)
+    retry = KeptRetry(lambda: tried.append(os.getpid()), lambda: 1)
+    retry.start()  # the parent's thread runs at the fork: its pair never lands
+    _until(lambda: bool(tried), "the parent's retry never tried")
+
+    def child() -> None:
+        retry.start()  # the next kept pair
+        _until(lambda: os.getpid() in tried, "no retry thread in the child")
+
+    try:
+        with _held(retry._lock):
+            assert _exit_code(_in_child(child)) == 0
+    finally:
+        retry.stop(STUCK)
+
+
+def test_the_async_kept_pairs_retry_in_a_child_starts_its_own_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_kept, "KEPT_RETRY_PAUSES", (0.01,))
+    tried: list[int] = []
+
+    async def store_kept() -> None:
+        tried.append(os.getpid())
+
+    retry = AsyncKeptRetry(store_kept, lambda: 1)
+    loop = asyncio.new_event_loop()
+
+    async def start() -> None:
+        retry.start()
+
+    async def child_retries() -> None:
+        retry.start()  # the next kept pair, on the child's own loop
+        deadline = time.monotonic() + STUCK / 2
+        while os.getpid() not in tried:
+            assert time.monotonic() < deadline, "no retry task in the child"
+            await asyncio.sleep(0.01)
+
+    try:
+        loop.run_until_complete(start())  # the parent's task is pending at the fork
+        assert _exit_code(_in_child(lambda: asyncio.run(child_retries()))) == 0
+    finally:
+        loop.run_until_complete(retry.stop())
+        loop.close()
+
+
+def test_records_in_a_child_leave_the_parents_kept_pairs_to_the_parent(
+    amo_config: Config,
+) -> None:
+    records = Flows(amo_config, lambda: datetime.now(UTC)).records
+    records._writing.add("k1")  # a kept pair a parent's thread is writing at the fork
+
+    def child() -> None:
+        assert records.kept_pairs() == 0  # that write never ends here: not the child's
+
+    with _held(records._unwritten_lock):
+        assert _exit_code(_in_child(child)) == 0
+    assert records.kept_pairs() == 1
+
+
+def test_a_base_store_in_a_child_makes_its_hub() -> None:
+    class Minimal(BaseStore):
+        def load(self, key: str) -> Loaded:
+            return Loaded(None, T0)
+
+    store = Minimal()
+
+    def child() -> None:
+        assert store.hub.waiting() == 0  # made under the class's lock
+
+    with _held(BaseStore._hub_lock):
+        assert _exit_code(_in_child(child)) == 0
+
+
+class _CountingServer(http.server.ThreadingHTTPServer):
+    """Answers every GET with 204 over keep-alive HTTP/1.1, noting each connection's peer."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Counted)
+        self.peers: set[tuple[str, int]] = set()
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/"
+
+
+class _Counted(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        cast(_CountingServer, self.server).peers.add(self.client_address)
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def counting_server() -> Iterator[_CountingServer]:
+    """A loopback server in the parent's thread: the children's requests reach it too."""
+    server = _CountingServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_a_child_sends_over_connections_of_its_own_not_the_parents(
+    amo_config: Config, counting_server: _CountingServer
+) -> None:
+    """httpx has no fork check: a child using the service's client used before the fork sent
+    over the parent's keep-alive connection (one process could read the other's answer)."""
+    oauth = AmoOAuth(amo_config, store=MemoryStore())
+    parents = oauth.http
+    assert parents.get(counting_server.url).status_code == 204  # kept alive at the fork
+
+    def child() -> None:
+        assert oauth.http.get(counting_server.url).status_code == 204
+
+    try:
+        assert _exit_code(_in_child(child)) == 0
+        assert len(counting_server.peers) == 2  # the child's request came on its own
+        assert oauth.http is parents and not parents.is_closed  # the parent's is untouched
+        assert parents.get(counting_server.url).status_code == 204
+        assert len(counting_server.peers) == 2  # over its kept connection, still open
+    finally:
+        oauth.close()
+
+
+def test_an_async_service_in_a_child_sends_over_connections_of_its_own(
+    amo_config: Config, counting_server: _CountingServer
+) -> None:
+    oauth = AsyncAmoOAuth(amo_config, store=MemoryStore())
+    loop = asyncio.new_event_loop()
+
+    async def get() -> int:
+        return (await oauth.http.get(counting_server.url)).status_code
+
+    try:
+        assert loop.run_until_complete(get()) == 204  # kept alive at the fork
+
+        def child() -> None:
+            assert asyncio.run(get()) == 204  # on the child's own loop
+
+        assert _exit_code(_in_child(child)) == 0
+        assert len(counting_server.peers) == 2
+        assert loop.run_until_complete(get()) == 204
+        assert len(counting_server.peers) == 2
+    finally:
+        loop.run_until_complete(oauth.aclose())
+        loop.close()
+
+
+def test_a_client_passed_in_stays_the_callers_in_a_child(amo_config: Config) -> None:
+    with httpx.Client() as client:
+        oauth = AmoOAuth(amo_config, store=MemoryStore(), http=client)
+
+        def child() -> None:
+            assert oauth.http is client  # the caller's to replace (docs/stores.md)
+
+        assert _exit_code(_in_child(child)) == 0
+        oauth.close()

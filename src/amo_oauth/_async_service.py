@@ -32,6 +32,7 @@ from ._service_core import ServiceCore, Turn, default_store, with_stored
 from ._sweep import Done, SweepPlan, asweep
 from .stores import AsyncStore, Store
 from .stores._base import as_async_store, is_async_store
+from .stores._forks import reset_in_child
 from .stores._protocol import DueCursor
 
 __all__ = ["AsyncAmoOAuth"]
@@ -72,7 +73,20 @@ class AsyncAmoOAuth(ServiceCore):
         )
         records.on_kept = self._kept_retry.start
         self._owns_http = http is None
-        self.http = http or httpx.AsyncClient(timeout=config.http_timeout, follow_redirects=False)
+        self.http = http or self._new_http()
+        if self._owns_http:
+            reset_in_child(self)
+
+    def _new_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=self.config.http_timeout, follow_redirects=False)
+
+    def after_fork(self) -> None:
+        """In a forked child: a client of its own. httpx keeps no fork check, so the parent's
+        client would share its keep-alive connections to amoCRM with the child, and one
+        process could read the other's answer. The parent's is not closed: its sockets are
+        the parent's too. Registered only for a client this object made: one passed in is the
+        caller's to replace (docs/stores.md, After fork())."""
+        self.http = self._new_http()
 
     async def begin(
         self, connection_id: str, *, binding: str | None = None, browser_binding: bool = True

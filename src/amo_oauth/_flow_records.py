@@ -52,6 +52,7 @@ from ._record_view import (
     seconds_to_wait,
 )
 from ._records import ConnectionRecord, ErrorInfo, Lease, record_key
+from .stores._forks import reset_in_child
 from .stores._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
 
 __all__ = ["Decision", "Records", "legacy_record"]
@@ -141,6 +142,7 @@ class Records:
         self._unwritten: dict[str, tuple[ConnectionRecord, Event]] = {}
         self._unwritten_lock = threading.Lock()
         self._writing: set[str] = set()  # keys taken out of _unwritten by a call writing them
+        reset_in_child(self)
         # When each connection's kept pair last landed (a count of landings), for the sweep's
         # report: a pair may land by any call or the background retry.
         self._landed: dict[ConnectionId, int] = {}
@@ -248,6 +250,15 @@ class Records:
         yield from perform(Delete(legacy.key, legacy.version))
 
     # -- pairs the store could not take ------------------------------------------------------
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (a thread the child does not have may have held this
+        one at the fork), and no kept pairs: they are the parent's, which still holds them and
+        stores them (its retry, its ``close()``); the child writing the same pairs would only
+        race it, and a write in flight at the fork belongs to a thread the child lacks."""
+        self._unwritten_lock = threading.Lock()
+        self._unwritten = {}
+        self._writing = set()
 
     def keep_unwritten(self, view: RecordView, event: Event) -> None:
         """Keep an event the store failed to take (a rotated pair, the pair from a code) until

@@ -16,6 +16,8 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 
+from .stores._forks import reset_in_child
+
 __all__ = ["KEPT_RETRY_PAUSES", "AsyncKeptRetry", "KeptRetry"]
 
 #: Pauses (seconds) between the background tries; the last repeats until the pairs land.
@@ -43,6 +45,18 @@ class KeptRetry:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock and stop event (the parent's thread may have held
+        either's lock at the fork), and no thread: the parent's is not the child's, so the
+        next kept pair starts one. A retry stopped before the fork stays stopped."""
+        stopped = self._stop.is_set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        if stopped:
+            self._stop.set()
+        self._thread = None
 
     def start(self) -> None:
         """Start the thread unless it runs (a pair was kept), or ``stop`` was called."""
@@ -92,6 +106,12 @@ class AsyncKeptRetry:
         self._pending = pending
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: the task is the parent's loop's; the child runs a loop of its own
+        (docs/stores.md, After fork()), where the next kept pair starts a task."""
+        self._task = None
 
     def start(self) -> None:
         """Start the task unless it runs or ``stop`` was called; needs a running loop (a pair

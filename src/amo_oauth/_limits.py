@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable
 
 import attrs
 
+from .stores._forks import reset_in_child
+
 __all__ = ["Attempt", "Bounds", "ExchangeLimiter", "Slot"]
 
 #: The windows split into a clean and a suspect share.
@@ -125,6 +127,16 @@ class ExchangeLimiter:
         # Slots admitted whose claim has not resolved yet, by connection: while one is in
         # flight, a caller beyond the bound is more likely a duplicate about to be answered.
         self._in_flight: dict[str, int] = {}
+        self._prune_at = _PRUNE_AT
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (a thread the child does not have may have held this
+        one at the fork), and windows of its own: the bounds are per process, and the slots in
+        flight are the parent's threads' (they never resolve here)."""
+        self._lock = threading.Lock()
+        self._seen = {}
+        self._in_flight = {}
         self._prune_at = _PRUNE_AT
 
     def admit(self, attempt: Attempt) -> Slot | None:

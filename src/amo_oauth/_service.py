@@ -30,6 +30,7 @@ from ._results import (
 from ._service_core import ServiceCore, Turn, default_store, with_stored
 from ._sweep import Done, SweepPlan, sweep
 from .stores import Store
+from .stores._forks import reset_in_child
 from .stores._protocol import DueCursor
 
 __all__ = ["AmoOAuth"]
@@ -65,12 +66,25 @@ class AmoOAuth(ServiceCore):
         self._store: Store = store if store is not None else default_store()
         self.store = self._store  # the core's attribute, typed for either service
         self._owns_http = http is None
-        self.http = http or httpx.Client(timeout=config.http_timeout, follow_redirects=False)
+        self.http = http or self._new_http()
         records = self._flows.records
         self._kept_retry = KeptRetry(
             lambda: drive(records.store_kept(), self._perform), records.kept_pairs
         )
         records.on_kept = self._kept_retry.start
+        if self._owns_http:
+            reset_in_child(self)
+
+    def _new_http(self) -> httpx.Client:
+        return httpx.Client(timeout=self.config.http_timeout, follow_redirects=False)
+
+    def after_fork(self) -> None:
+        """In a forked child: a client of its own. httpx keeps no fork check, so the parent's
+        client would share its keep-alive connections to amoCRM with the child, and one
+        process could read the other's answer. The parent's is not closed: its sockets are
+        the parent's too. Registered only for a client this object made: one passed in is the
+        caller's to replace (docs/stores.md, After fork())."""
+        self.http = self._new_http()
 
     def begin(
         self, connection_id: str, *, binding: str | None = None, browser_binding: bool = True

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import os
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -77,6 +78,8 @@ class BaseStore:
     default to make it faster, never to change what it means.
     """
 
+    #: Guards the making of each instance's hub; replaced in a forked child
+    #: (``_new_hub_lock_in_child``).
     _hub_lock = threading.Lock()
 
     def load(self, key: str) -> Loaded:
@@ -166,6 +169,16 @@ class BaseStore:
         except StoreError as exc:
             return StoreCheck(kind, reachable=False, schema_ready=False, detail=str(exc))
         return StoreCheck(kind, reachable=True, schema_ready=True, now=loaded.now)
+
+
+def _new_hub_lock_in_child() -> None:
+    """A forked child: a thread it does not have may have held the class's lock at the fork
+    (``stores/_forks.py``). A class attribute, so no instance's ``after_fork`` replaces it."""
+    BaseStore._hub_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_hub_lock_in_child)
 
 
 class AsyncSide:
