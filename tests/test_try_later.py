@@ -1,4 +1,4 @@
-""""Try again later" that says when (the reviews of issues 19-21).
+""" "Try again later" that says when (the reviews of issues 19-21).
 
 A callback refused by the bounds on code exchanges (``rate_limited``) carries when a try would
 be admitted, and every adapter answers it 429 with ``Retry-After`` and a page that names the
@@ -223,9 +223,9 @@ def seconds(clock: FakeClock) -> FakeSeconds:
 def pause_the_host(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
     """amoCRM answers ``auth()``'s call 429 with ``retry_after`` 300: the host is paused."""
     fake.fail_next("429", endpoint="api", path=LEADS)
-    with httpx.Client(auth=oauth.auth(USER), transport=fake.transport()) as api:
-        with pytest.raises(TryAgainLater):
-            api.get(f"https://{fake.account_host}{LEADS}")
+    api = httpx.Client(auth=oauth.auth(USER), transport=fake.transport())
+    with api, pytest.raises(TryAgainLater):
+        api.get(f"https://{fake.account_host}{LEADS}")
 
 
 def test_a_verification_deferred_by_the_pause_waits_for_its_end_and_keeps_its_tries(
