@@ -254,6 +254,31 @@ def test_a_verification_deferred_by_the_pause_waits_for_its_end_and_keeps_its_tr
         assert fake.api_call_count(ACCOUNT) == checks + 1
 
 
+def test_a_verification_due_inside_a_longer_pause_is_deferred_again_without_a_try(
+    fake: FakeAmoCRM, clock: FakeClock, seconds: FakeSeconds
+) -> None:
+    """The pause grew (another 429 to another caller) after the verification was deferred:
+    the due try is refused unsent, deferred to the new end, and still counts no attempt."""
+    oauth = service(fake, clock, seconds)
+    with oauth:
+        pause_the_host(oauth, fake)
+        oauth.connect_with_code("user-2", fake.issue_keys_tab_code(), fake.account_host)
+        clock.advance(200)
+        pacer, key = oauth._pace.pacer, (oauth.config.client_id, fake.account_host)
+        pacer.pause(key, 300.0, sent_at=pacer.clock())  # now paused until 500 s
+        clock.advance(100)  # the verification is due; the pause has 200 s left
+        checks = fake.api_call_count(ACCOUNT)
+        with pytest.raises(TryAgainLater) as later:
+            oauth.access_token("user-2")
+        assert later.value.reason == "verification_deferred"
+        assert later.value.retry_after == pytest.approx(200)
+        record = stored(oauth, "user-2")
+        assert record is not None and record.verify_attempts == 0
+        assert fake.api_call_count(ACCOUNT) == checks
+        clock.advance(200)
+        assert oauth.access_token("user-2") and oauth.status("user-2").is_connected
+
+
 def test_a_verification_answered_429_waits_for_amocrms_retry_after(
     fake: FakeAmoCRM, clock: FakeClock, seconds: FakeSeconds
 ) -> None:
