@@ -50,11 +50,16 @@ def test_a_transient_verification_failure_keeps_the_pair(
     assert (during.duplicate, during.connection.status) == (True, ConnectionStatus.EXCHANGED)
     assert account_calls(fake) == calls
     clock.advance(timedelta(seconds=5))
-    if fault != "500":  # amoCRM's 429 or 403 paused the host: nothing is sent into the pause
+    if fault != "500":  # amoCRM's 429 or 403 paused the host: the next try awaits its end
         assert oauth.status(USER).status is ConnectionStatus.EXCHANGED
         assert account_calls(fake) == calls
+        record = stored(oauth, USER)
+        assert record is not None and record.verify_after is not None
+        # A 429's retry_after (300 s), a blocked account's minute: was 5 s, into the pause.
+        left = {"429": 295, "403_html": 55}[fault]
+        assert record.verify_after - clock() == timedelta(seconds=left)
         oauth._pace = attrs.evolve(oauth._pace, pacer=Pacer())  # the pause is over
-        clock.advance(timedelta(seconds=10))  # and the next deferral
+        clock.advance(timedelta(seconds=left))
     assert oauth.status(USER).status is ConnectionStatus.CONNECTED  # due: verified now
     assert fake.token_call_count("authorization_code") == 1
     assert fake.is_access_token_valid(oauth.access_token(USER))

@@ -24,6 +24,14 @@ class _NeedToken:
 
 
 @attrs.frozen
+class _Look:
+    """Ask the driver whether the host is paused (it raises ``TryAgainLater`` if so), before a
+    token is asked for: an expired token is not refreshed for a request that cannot go."""
+
+    host: str
+
+
+@attrs.frozen
 class _Turn:
     """Ask the driver to wait for the host's slot (or raise ``TryAgainLater``)."""
 
@@ -48,7 +56,7 @@ class _PushedBack:
     may_resend: bool
 
 
-_Item = _NeedToken | _Turn | _Read | _PushedBack | httpx.Request
+_Item = _NeedToken | _Look | _Turn | _Read | _PushedBack | httpx.Request
 
 
 def _on_account_host(url: httpx.URL, host: str) -> bool:
@@ -78,8 +86,10 @@ def _answered_by(response: object, host: str, statuses: tuple[int, ...]) -> bool
 
 
 def _flow(request: httpx.Request, paced: bool) -> Generator[_Item, object, None]:
-    token = _attach(request, (yield _NeedToken(None)))
     host = request.url.host
+    if paced:
+        yield _Look(host)  # a paused host: refused before a refresh is spent on it
+    token = _attach(request, (yield _NeedToken(None)))
     response = yield from _send(request, paced)
     if _answered_by(response, host, (401,)):
         # The token was revoked or expired early: refresh once (single-flight) and retry once.
@@ -118,6 +128,9 @@ class ConnectionAuth(httpx.Auth):
     the pause covers its slot; a 403 pauses the host for ``BLOCKED_PAUSE`` (60 s) and
     is returned as it came. The request body is read before the first send, so a resend sends
     it whole.
+
+    A request to a paused host is refused before its token is read, so an expired token is
+    not refreshed for a request that could not be sent (the token endpoint is not paced).
 
     Raises (on a request):
         TryAgainLater: ``api_paused`` (the host is paused, or a pause began while the request
@@ -162,6 +175,9 @@ class ConnectionAuth(httpx.Auth):
                     reply = self._token(item.stale)
                 elif isinstance(item, _Read):
                     reply = item.response.read()
+                elif isinstance(item, _Look):
+                    self._look(item.host)
+                    reply = None
                 else:
                     reply = slot = self._slot(item, sent_at)
                     self._pacer().wait_for(slot)  # and looks at the pause again after it
@@ -189,6 +205,9 @@ class ConnectionAuth(httpx.Auth):
                     reply = await self._async_token(item.stale)
                 elif isinstance(item, _Read):
                     reply = await item.response.aread()
+                elif isinstance(item, _Look):
+                    self._look(item.host)
+                    reply = None
                 else:
                     reply = slot = self._slot(item, sent_at)
                     await self._pacer().await_for(slot)  # as in sync_auth_flow
@@ -208,6 +227,16 @@ class ConnectionAuth(httpx.Auth):
     def _pacer(self) -> Pacer:
         assert self._pace is not None  # only a paced flow yields a turn or a push-back
         return self._pace.pacer
+
+    def _look(self, host: str) -> None:
+        """Refuse a request to a paused host before its token is asked for.
+
+        Raises:
+            TryAgainLater: ``api_paused``, with what is left of the pause as ``retry_after``.
+        """
+        pace = self._pace
+        assert pace is not None  # only a paced flow looks
+        pace.refuse_if_paused(host)
 
     def _slot(self, item: _Turn | _PushedBack, sent_at: float) -> Slot | None:
         """The slot to wait for: a request's, or the one resend's after a 429; None: no resend

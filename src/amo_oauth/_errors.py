@@ -51,13 +51,23 @@ class CallbackRejected(AmoOAuthError):
 
     Args:
         reason: one of ``REJECTION_REASONS``, stable and safe to show to a client.
+        retry_after: seconds (whole, rounded up) after which the same request would be
+            admitted, when the refusal is about time: ``rate_limited`` carries when the full
+            exchange window frees a try (the web routes send it as ``Retry-After``); None
+            for every other refusal.
+
+    Raises:
+        ValueError: ``reason`` is not one of ``REJECTION_REASONS``, or ``retry_after`` < 0.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
         if reason not in REJECTION_REASONS:
             raise ValueError(f"unknown rejection reason {reason!r}")
+        if retry_after is not None and retry_after < 0:
+            raise ValueError("retry_after must be >= 0 seconds")
         super().__init__(reason)
         self.reason = reason
+        self.retry_after = retry_after
 
 
 class ReauthorizationRequired(AmoOAuthError):

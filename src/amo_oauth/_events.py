@@ -257,13 +257,16 @@ class VerifyClaimed(Event):
 @attrs.frozen
 class VerifyDeferred(Event):
     """Verification failed for a moment (5xx, 429, a timeout): the pair from the spent code is
-    kept and verification is tried again from ``retry_at`` on."""
+    kept and verification is tried again from ``retry_at`` on. ``sent``: the try reached
+    amoCRM, so it counts in the back-off (one refused unsent, during the host's pause, does
+    not)."""
 
     name: ClassVar[str] = "verify_deferred"
     retry_at: datetime = attrs.field(validator=_aware)
+    sent: bool = True
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        attempts = record.verify_attempts + 1
+        attempts = record.verify_attempts + (1 if self.sent else 0)
         return {"lease": None, "verify_after": self.retry_at, "verify_attempts": attempts}
 
 

@@ -424,7 +424,8 @@ class CodeFlows:
             # flood through the same proxy or network does not spend it).
             source = f"user:{record.connection_id}"
         limiter = self._limiter()
-        slot = limiter.admit(Attempt(record.key, event.host.name, source, record.widget))
+        attempt = Attempt(record.key, event.host.name, source, record.widget)
+        slot = limiter.admit(attempt)
         if slot is None:
             if limiter.in_flight(record.key) and not self.records.expired(deadline):
                 # Most likely this is a duplicate of one of them (a burst of the same redirect).
@@ -432,7 +433,7 @@ class CodeFlows:
                 return None, None
             # Beyond the bounds on token calls: nothing written (state, ledger, record), so the
             # same redirect succeeds once the window passes.
-            raise CallbackRejected(Reason.RATE_LIMITED)
+            raise CallbackRejected(Reason.RATE_LIMITED, retry_after=limiter.retry_after(attempt))
         code, state = self._ledger_entries(record, event.code_digest, claims)
         claimed = ClaimResult.RECORD_CHANGED  # what a claim that raised amounts to
         try:

@@ -12,12 +12,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from ._answers import Answer, Meaning
-from ._errors import ProviderError
+from ._errors import ProviderError, TryAgainLater
 from ._events import Event, Refreshed, Verified, VerifyClaimed, VerifyDeferred, VerifyFailed
 from ._flow_records import Records
 from ._hosts import AccountHost
 from ._lifecycle import NoOp
 from ._ops import Delete, Flow, Send, perform
+from ._pace import pause_after
 from ._provider import (
     account_request,
     check_account_host,
@@ -83,11 +84,23 @@ class Verification:
         self, record: RecordView, answer: Answer, error: ProviderError
     ) -> Flow[CallbackResult]:
         if answer.meaning.transient:  # amoCRM down or busy: keep the pair, try later
-            retry = min(FIRST_RETRY * 2**record.verify_attempts, LAST_RETRY)
-            deferred = VerifyDeferred(self.records.now() + retry)
+            deferred = self._deferral(record, error)
             return (yield from self.conclude(record, deferred, Outcome.IN_PROGRESS))
         failed = VerifyFailed(self.records.error_info(Reason.VERIFY_FAILED, error))
         return (yield from self.conclude(record, failed, Outcome.FAILED))
+
+    def _deferral(self, record: RecordView, error: ProviderError) -> VerifyDeferred:
+        """When to verify again after a transient failure. Refused unsent because amoCRM
+        paused the host's API (``api_paused``): when the pause ends, and the try does not
+        count. Sent: the back-off (5 s doubling to an hour), and no sooner than the pause
+        amoCRM's answer began (a 429's ``retry_after``, a blocked account's minute; protocol
+        notes §9), so the next try is not refused by it."""
+        now = self.records.now()
+        if isinstance(error, TryAgainLater) and error.reason == Reason.API_PAUSED:
+            return VerifyDeferred(now + timedelta(seconds=error.retry_after or 0), sent=False)
+        backoff = min(FIRST_RETRY * 2**record.verify_attempts, LAST_RETRY)
+        paused = timedelta(seconds=pause_after(error.status, error.retry_after) or 0)
+        return VerifyDeferred(now + max(backoff, paused))
 
     def _renew_and_verify(self, record: RecordView, host: AccountHost) -> Flow[CallbackResult]:
         spent = record.refresh_token()

@@ -32,6 +32,7 @@ consents) are bounded by the connection's window only.
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 import time
 from collections import deque
@@ -154,6 +155,25 @@ class ExchangeLimiter:
                 self._prune(now)
             self._in_flight[attempt.connection] = self._in_flight.get(attempt.connection, 0) + 1
             return Slot(attempt, now, keys)
+
+    def retry_after(self, attempt: Attempt) -> int:
+        """Whole seconds (rounded up, at least 1) until ``admit`` would take ``attempt``: when
+        every full window it would be counted in has let enough tries age out. Tries in
+        flight may leave a clean share sooner, so this is when a try is sure to find room."""
+        now = self._clock()
+        with self._lock:
+            suspect = attempt.source is None or bool(self._count(("source", attempt.source), now))
+            waits = [self._frees_in(key, now) for key in attempt.windows(suspect)]
+        return max(1, math.ceil(max(waits, default=0.0)))
+
+    def _frees_in(self, key: Key, now: float) -> float:
+        """Seconds until the window ``key`` holds fewer tries than its bound (0: it does now)."""
+        over = self._count(key, now) - self._bounds.of(key[0])
+        window = self._seen.get(key)
+        if over < 0 or window is None:
+            return 0.0
+        # The (over + 1) oldest tries must age out; windows are kept in time order.
+        return window[over] + self._window - now
 
     def claimed(self, slot: Slot, *, exchanged: bool) -> None:
         """The claim of an admitted slot resolved. Without an exchange (the claim went to

@@ -326,6 +326,16 @@ class ApiPace:
         """Whether ``host``'s schedule is paused just now."""
         return self.pacer.paused_for(self._key(host)) > 0
 
+    def refuse_if_paused(self, host: str) -> None:
+        """Refuse at once while ``host``'s schedule is paused (``auth()`` looks before it
+        reads, and perhaps refreshes, a token); nothing when the pace is off.
+
+        Raises:
+            TryAgainLater: ``api_paused``, ``retry_after``: what is left of the pause.
+        """
+        if self.rate is not None and self.paused(host):
+            raise self.pacer.refusal(self._key(host), None)
+
     def sweep_turn(self, host: str, rate: float) -> Slot:
         """A sweep's token call's slot at the sweep's own ``rate``, however far; refused while
         the host is paused (a sweep must not sit out a 429's five minutes per host: the

@@ -168,7 +168,11 @@ ROUTES: Final = (
             (200, "The Return to App page"),
             (400, "A refused redirect: the error page"),
             (403, "Another browser's consent (wrong_browser): the error page"),
-            (429, "Beyond the bounds on code exchanges (rate_limited): the error page"),
+            (
+                429,
+                "Beyond the bounds on code exchanges (rate_limited): the error page, saying "
+                "when to try again; Retry-After: the seconds until a try is admitted",
+            ),
             *_EVERY_ROUTE,
         ),
         page=True,

@@ -10,6 +10,7 @@ import base64
 import enum
 import hashlib
 import html
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Final
@@ -53,6 +54,7 @@ class PageKind(enum.StrEnum):
     MISCONFIGURED = "misconfigured"
     WRONG_BROWSER = "wrong_browser"
     CLIENT_ID_MISMATCH = "client_id_mismatch"
+    RATE_LIMITED = "rate_limited"
 
 
 @attrs.frozen(kw_only=True)
@@ -74,6 +76,10 @@ class PageText:
         client_id_mismatch_title, client_id_mismatch_body: shown when amoCRM's redirect names
             another integration's client id than this backend's (``client_id_mismatch``).
             English by default, like the misconfigured texts.
+        rate_limited_title, rate_limited_body: shown when too many connection attempts were
+            made (``rate_limited``); ``{minutes}`` in the body becomes the whole minutes
+            (rounded up) until a try is admitted again. English by default, like the
+            misconfigured texts.
     """
 
     connected_title: str
@@ -100,12 +106,19 @@ class PageText:
         "was connected. Start connecting again from the app; if this happens again, let its "
         "support team know."
     )
+    rate_limited_title: str = "Too many attempts"
+    rate_limited_body: str = (
+        "There were too many connection attempts. Return to the app and try again in {minutes} min."
+    )
 
     def title(self, kind: PageKind) -> str:
         return str(getattr(self, f"{kind.value}_title"))
 
-    def body(self, kind: PageKind) -> str:
-        return str(getattr(self, f"{kind.value}_body"))
+    def body(self, kind: PageKind, minutes: int | None = None) -> str:
+        """The body in ``kind``; ``{minutes}`` replaced (by plain replacement: an app's text
+        may hold other braces) when ``minutes`` is given."""
+        body = str(getattr(self, f"{kind.value}_body"))
+        return body if minutes is None else body.replace("{minutes}", str(minutes))
 
 
 #: The built-in translations; pass ``texts=`` to the handlers to add or replace languages.
@@ -141,6 +154,9 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         client_id_mismatch_body="amoCRM вернула client id другой интеграции, не этого "
         "приложения, поэтому ничего не подключено. Начните подключение заново из приложения; "
         "если это повторится, сообщите в его поддержку.",
+        rate_limited_title="Слишком много попыток",
+        rate_limited_body="Было слишком много попыток подключения. Вернитесь в приложение и "
+        "попробуйте снова через {minutes} мин.",
     ),
     "uk": PageText(
         connected_title="amoCRM підключено",
@@ -163,6 +179,9 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         client_id_mismatch_body="amoCRM повернула client id іншої інтеграції, не цього "
         "застосунку, тому нічого не підключено. Почніть підключення знову із застосунку; "
         "якщо це повториться, повідомте його підтримку.",
+        rate_limited_title="Забагато спроб",
+        rate_limited_body="Було забагато спроб підключення. Поверніться до застосунку та "
+        "спробуйте знову через {minutes} хв.",
     ),
 }
 
@@ -289,7 +308,14 @@ def choose_language(request: Request, available: Mapping[str, object], default: 
 
 
 def render_page(
-    status: int, text: PageText, lang: str, kind: PageKind, link: str, reason: str | None = None
+    status: int,
+    text: PageText,
+    lang: str,
+    kind: PageKind,
+    link: str,
+    reason: str | None = None,
+    *,
+    retry_after: float | None = None,
 ) -> Response:
     """The HTML page with every interpolated value escaped.
 
@@ -300,6 +326,8 @@ def render_page(
         kind: which message to show.
         link: the deep link for the button.
         reason: the error's reason slug, shown under the button.
+        retry_after: seconds until a try is admitted again (``rate_limited``): the body's
+            ``{minutes}``, in whole minutes rounded up (at least 1).
 
     Returns:
         The page with ``no-store``, ``no-referrer``, ``nosniff`` and a script-free CSP.
@@ -312,9 +340,14 @@ def render_page(
         lang=escape(lang),
         title=escape(text.title(kind)),
         style=_STYLE,
-        body=escape(text.body(kind)),
+        body=escape(text.body(kind, _minutes(retry_after))),
         link=escape(link),
         button=escape(text.button),
         detail=detail,
     )
     return Response.html(status, page, _PAGE_HEADERS)
+
+
+def _minutes(seconds: float | None) -> int | None:
+    """Whole minutes, rounded up, at least 1 (a page saying "in 0 min" invites a reload)."""
+    return None if seconds is None else max(1, math.ceil(seconds / 60))

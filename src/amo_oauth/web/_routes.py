@@ -93,6 +93,7 @@ _FORBIDDEN: Final = frozenset({Reason.WRONG_BROWSER})
 _REFUSAL_PAGES: Final[Mapping[str, PageKind]] = {
     Reason.WRONG_BROWSER: PageKind.WRONG_BROWSER,
     Reason.CLIENT_ID_MISMATCH: PageKind.CLIENT_ID_MISMATCH,
+    Reason.RATE_LIMITED: PageKind.RATE_LIMITED,
 }
 
 # Every response: never cached (they describe a user's connection or carry a state/code), never
@@ -257,7 +258,10 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             response = self._refuse(route, request, refusal.status, refusal.reason, refusal.hint)
         except CallbackRejected as rejected:
             status = _rejection_status(route, rejected.reason)
-            response = self._refuse(route, request, status, rejected.reason)
+            wait = rejected.retry_after if status == 429 else None  # when a try is admitted
+            response = self._refuse(route, request, status, rejected.reason, retry_after=wait)
+            if wait is not None:
+                response = response.with_headers((("retry-after", _seconds(wait)),))
         except StoreError as error:
             # The client is told only "store_unavailable"; the operator needs the cause (a
             # StoreError's text names the store and the fault, never a secret).
@@ -272,22 +276,38 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         return _finish(response)
 
     def _refuse(
-        self, route: Route, request: Request, status: int, reason: str, hint: str | None = None
+        self,
+        route: Route,
+        request: Request,
+        status: int,
+        reason: str,
+        hint: str | None = None,
+        *,
+        retry_after: float | None = None,
     ) -> Response:
         # A browser is looking (the callback; a ticket link in an app's in-app browser, which
         # has no other way back to the app): the page, with no state echoed.
         if route.page or (route.name == "connect" and request.param("ticket") is not None):
             link = deep_link(self.app_scheme, [("error", reason)])
             kind = _REFUSAL_PAGES.get(reason, PageKind.ERROR)
-            return self._page(request, status, kind, link, reason)
+            if kind is PageKind.RATE_LIMITED and retry_after is None:
+                kind = PageKind.ERROR  # no time to name: the generic "try again"
+            return self._page(request, status, kind, link, reason, retry_after)
         payload = {"error": reason} if hint is None else {"error": reason, "hint": hint}
         return Response.json(status, payload)
 
     def _page(
-        self, request: Request, status: int, kind: PageKind, link: str, reason: str | None
+        self,
+        request: Request,
+        status: int,
+        kind: PageKind,
+        link: str,
+        reason: str | None,
+        retry_after: float | None = None,
     ) -> Response:
         lang = choose_language(request, self.texts, self.default_language)
-        return render_page(status, self.texts[lang], lang, kind, link, reason)
+        text = self.texts[lang]
+        return render_page(status, text, lang, kind, link, reason, retry_after=retry_after)
 
     # -- steps shared by the routes ----------------------------------------------------------
 
