@@ -86,13 +86,12 @@ def pause_after(status: int | None, retry_after: float | None) -> float | None:
 @attrs.frozen
 class Slot:
     """One request's turn on a key's schedule: ``at`` (the pacer's clock) it may be sent, ``wait``
-    seconds after it was handed out, at ``rate``; ``resend_of`` is the status (429) of the
-    answer a resend repeats, for its refusal."""
+    seconds after it was handed out; ``resend_of`` is the status (429) of the answer a resend
+    repeats, for its refusal."""
 
     key: Key
     at: float
     wait: float
-    rate: float
     resend_of: int | None = None
 
 
@@ -177,7 +176,7 @@ class Pacer:
                     retry_after=slot - now,
                 )
             lane.next_slot = slot + (1.0 + PACE_GUARD) / rate
-            return Slot(key, slot, slot - now, rate)
+            return Slot(key, slot, slot - now)
 
     def recheck(self, slot: Slot) -> Slot | None:
         """Whether a slot whose time has come may still be sent: a pause that began (or grew)
@@ -257,7 +256,7 @@ class Pacer:
                 raise _paused(max(lane.paused_until - now, 0.0), 429)
             lane.resend_taken = True
             lane.next_slot = slot + (1.0 + PACE_GUARD) / rate
-            return Slot(key, slot, slot - now, rate, resend_of=429)
+            return Slot(key, slot, slot - now, resend_of=429)
 
     def refusal(self, key: Key, status: int | None) -> TryAgainLater:
         """The ``api_paused`` error for the key's pause as it stands (``retry_after``: what is
@@ -338,8 +337,8 @@ class ApiPace:
 
     def sweep_turn(self, host: str, rate: float) -> Slot:
         """A sweep's token call's slot at the sweep's own ``rate``, however far; refused while
-        the host is paused (a sweep must not sit out a 429's five minutes per host: the
-        connection is held back instead, ``refresh_backoff``, and nothing is sent).
+        the host is paused (a sweep must not sit out a 429's five minutes per host: nothing
+        is sent, the claim is released unspent, and the sweep reports ``api_paused``).
 
         Raises:
             TryAgainLater: ``api_paused``.
