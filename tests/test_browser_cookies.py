@@ -144,16 +144,10 @@ def _user(request: Any) -> str | None:
 
 
 @contextlib.contextmanager
-def fastapi_site(site: Site, fake: FakeAmoCRM, served: ServedFake, tls: Any) -> Iterator[int]:
+def asgi_over_tls(site: Site, app: Any, tls: Any) -> Iterator[int]:
+    """Serve ``app`` (recorded by ``site``) with uvicorn over ``tls``; its port."""
     import uvicorn
-    from fastapi import FastAPI
 
-    from amo_oauth.fastapi import router
-
-    http = httpx.AsyncClient(transport=served.async_transport())
-    oauth = AsyncAmoOAuth(_config(fake, served), store=MemoryStore(), http=http)
-    app = FastAPI()
-    app.include_router(router(oauth, connection_id=_user, app_scheme="foryoure"))
     cert, key = tls.files
     config = uvicorn.Config(
         site.asgi(app),
@@ -173,16 +167,59 @@ def fastapi_site(site: Site, fake: FakeAmoCRM, served: ServedFake, tls: Any) -> 
         server.should_exit = True
         thread.join(timeout=10)
         tls.sock.close()
+
+
+@contextlib.contextmanager
+def wsgi_over_tls(site: Site, app: Any, tls: Any) -> Iterator[int]:
+    """Serve ``app`` (recorded by ``site``) with werkzeug over ``tls``; its port."""
+    from werkzeug.serving import make_server
+
+    from e2e_support import _QuietHandler
+
+    cert, key = tls.files
+    server = make_server(
+        "127.0.0.1",
+        tls.port,
+        site.wsgi(app),
+        threaded=True,
+        request_handler=_QuietHandler,
+        ssl_context=(str(cert), str(key)),
+        fd=tls.sock.fileno(),
+    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield tls.port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        tls.sock.close()
+
+
+@contextlib.contextmanager
+def fastapi_site(site: Site, fake: FakeAmoCRM, served: ServedFake, tls: Any) -> Iterator[int]:
+    from fastapi import FastAPI
+
+    from amo_oauth.fastapi import router
+
+    http = httpx.AsyncClient(transport=served.async_transport())
+    oauth = AsyncAmoOAuth(_config(fake, served), store=MemoryStore(), http=http)
+    app = FastAPI()
+    app.include_router(router(oauth, connection_id=_user, app_scheme="foryoure"))
+    try:
+        with asgi_over_tls(site, app, tls) as port:
+            yield port
+    finally:
         asyncio.run(oauth.aclose())
 
 
 @contextlib.contextmanager
 def flask_site(site: Site, fake: FakeAmoCRM, served: ServedFake, tls: Any) -> Iterator[int]:
     import flask
-    from werkzeug.serving import make_server
 
     from amo_oauth.flask import blueprint
-    from e2e_support import _QuietHandler
 
     with (
         httpx.Client(transport=served.transport()) as http,
@@ -190,26 +227,8 @@ def flask_site(site: Site, fake: FakeAmoCRM, served: ServedFake, tls: Any) -> It
     ):
         app = flask.Flask(__name__)
         app.register_blueprint(blueprint(oauth, connection_id=_user, app_scheme="foryoure"))
-        cert, key = tls.files
-        server = make_server(
-            "127.0.0.1",
-            tls.port,
-            site.wsgi(app),
-            threaded=True,
-            request_handler=_QuietHandler,
-            ssl_context=(str(cert), str(key)),
-            fd=tls.sock.fileno(),
-        )
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-        thread.daemon = True
-        thread.start()
-        try:
-            yield tls.port
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=10)
-            tls.sock.close()
+        with wsgi_over_tls(site, app, tls) as port:
+            yield port
 
 
 class Tls:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,10 @@ import httpx
 import pytest
 
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore
-from amo_oauth._demo import wait_until
 from amo_oauth.testing import FakeAmoCRM, ServedFake
 from e2e_support import FASTAPI, FLASK
 from test_browser import ARGS, CHROMIUM, _missing
-from test_browser_cookies import Site, Tls, _config
+from test_browser_cookies import Site, Tls, _config, asgi_over_tls, wsgi_over_tls
 
 PREFIX = "/api/amo-crm"
 SESSION = b"__Host-session"
@@ -79,64 +77,25 @@ class Recording(Site):
 
 @contextlib.contextmanager
 def fastapi_example(site: Site, fake: FakeAmoCRM, served: ServedFake, tls: Tls) -> Iterator[int]:
-    import uvicorn
-
     http = httpx.AsyncClient(transport=served.async_transport())
     oauth = AsyncAmoOAuth(_config(fake, served), store=MemoryStore(), http=http)
     app = FASTAPI.create_app(oauth, api=httpx.AsyncClient(transport=served.async_transport()))
-    cert, key = tls.files
-    config = uvicorn.Config(
-        site.asgi(app),
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        ssl_certfile=str(cert),
-        ssl_keyfile=str(key),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [tls.sock]}, daemon=True)
-    thread.start()
     try:
-        wait_until(lambda: server.started, thread, "uvicorn")
-        yield tls.port
+        with asgi_over_tls(site, app, tls) as port:
+            yield port
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        tls.sock.close()
         asyncio.run(oauth.aclose())
 
 
 @contextlib.contextmanager
 def flask_example(site: Site, fake: FakeAmoCRM, served: ServedFake, tls: Tls) -> Iterator[int]:
-    from werkzeug.serving import make_server
-
-    from e2e_support import _QuietHandler
-
     with (
         httpx.Client(transport=served.transport()) as http,
         httpx.Client(transport=served.transport()) as api,
         AmoOAuth(_config(fake, served), store=MemoryStore(), http=http) as oauth,
+        wsgi_over_tls(site, FLASK.create_app(oauth, api=api), tls) as port,
     ):
-        cert, key = tls.files
-        server = make_server(
-            "127.0.0.1",
-            tls.port,
-            site.wsgi(FLASK.create_app(oauth, api=api)),
-            threaded=True,
-            request_handler=_QuietHandler,
-            ssl_context=(str(cert), str(key)),
-            fd=tls.sock.fileno(),
-        )
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-        thread.daemon = True
-        thread.start()
-        try:
-            yield tls.port
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=10)
-            tls.sock.close()
+        yield port
 
 
 EXAMPLES: dict[str, Callable[..., contextlib.AbstractContextManager[int]]] = {
