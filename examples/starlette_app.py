@@ -59,8 +59,6 @@ def create_app(
     """The backend: amo_oauth's six routes under ``/api/amo-crm``; it closes ``oauth`` on
     shutdown."""
     handlers = web.AsyncHandlers(oauth, connection_id=bearer_user(tokens), app_scheme=app_scheme)
-    # uvicorn's access log would print the callback's code and state: what the adapters do.
-    web.install_access_log_redaction()
 
     async def amo_crm(request: Request) -> Response:
         answer = await handlers.handle(

@@ -361,13 +361,16 @@ def test_each_adapter_installs_the_filter_unless_told_not_to(adapter: str) -> No
 
 
 @pytest.mark.usefixtures("no_redaction")
-def test_the_starlette_example_installs_it_too() -> None:
-    """The web layer alone installs nothing: the example that uses it does, as the docs say."""
+def test_the_web_layer_installs_it_unless_told_not_to() -> None:
+    """The handlers install it (one place for every adapter), so a backend on the web layer
+    alone (the Starlette example) has it too."""
     from test_starlette_example import load_example
 
     web_layer_only = AsyncAmoOAuth(_config(), store=MemoryStore())
-    AsyncHandlers(web_layer_only, connection_id=lambda r: None, app_scheme="myapp")
-    assert not any(_redacting())
+    kept = AsyncHandlers(
+        web_layer_only, connection_id=lambda r: None, app_scheme="myapp", redact_access_logs=False
+    )
+    assert kept.prefix and not any(_redacting())
     load_example().create_app(AsyncAmoOAuth(_config(), store=MemoryStore()), {})
     assert all(_redacting())
 

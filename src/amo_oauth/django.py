@@ -34,7 +34,6 @@ from .web import (
     PageText,
     Request,
     Response,
-    install_access_log_redaction,
 )
 from .web._http import HeadersInput
 
@@ -112,13 +111,12 @@ def urls(
     Raises:
         ValueError: a bad ``app_scheme`` or ``prefix``.
     """
-    if redact_access_logs:
-        install_access_log_redaction()
     options: dict[str, Any] = {
         "app_scheme": app_scheme,
         "prefix": prefix,
         "texts": texts,
         "allowed_origins": allowed_origins,
+        "redact_access_logs": redact_access_logs,
     }
     if isinstance(oauth, AsyncAmoOAuth):
         handlers = AsyncHandlers(oauth, connection_id=connection_id or _asigned_in, **options)

@@ -21,7 +21,6 @@ from .web import (
     Request,
     Response,
     Route,
-    install_access_log_redaction,
     read_body,
 )
 from .web._catalogue import HTTP_METHODS
@@ -49,9 +48,9 @@ def router(
 ) -> APIRouter:
     """An ``APIRouter`` with one documented route per endpoint (``app.include_router(...)``).
 
-    Args: as ``amo_oauth.web.AsyncHandlers``, and ``redact_access_logs``: when True (the
-    default), ``amo_oauth.web.install_access_log_redaction()`` keeps the callback's code and
-    state out of uvicorn's, gunicorn's and hypercorn's logs. Tagged "amoCRM" in OpenAPI.
+    Args: as ``amo_oauth.web.AsyncHandlers`` (``redact_access_logs`` included: by default
+    the callback's code and state stay out of uvicorn's, gunicorn's and hypercorn's logs).
+    Tagged "amoCRM" in OpenAPI.
 
     Returns:
         The router. A wrong method on any route gets the handlers' JSON 405 with ``Allow``,
@@ -68,9 +67,8 @@ def router(
         prefix=prefix,
         texts=texts,
         allowed_origins=allowed_origins,
+        redact_access_logs=redact_access_logs,
     )
-    if redact_access_logs:
-        install_access_log_redaction()
     api = APIRouter(tags=["amoCRM"])
     for route in handlers.routes:
         _add_route(api, handlers, route)

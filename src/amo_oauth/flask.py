@@ -18,7 +18,6 @@ from .web import (
     Handlers,
     PageText,
     Request,
-    install_access_log_redaction,
 )
 from .web._catalogue import HTTP_METHODS
 
@@ -70,9 +69,8 @@ def blueprint(
         prefix=prefix,
         texts=texts,
         allowed_origins=allowed_origins,
+        redact_access_logs=redact_access_logs,
     )
-    if redact_access_logs:
-        install_access_log_redaction()
     bp = flask.Blueprint(name, __name__)
 
     # ``rest`` is the path under the prefix, so a url_prefix given at registration is fine.

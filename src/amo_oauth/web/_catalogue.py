@@ -8,10 +8,14 @@ from typing import Any, Final
 
 import attrs
 
-__all__ = ["DEFAULT_PREFIX", "HTTP_METHODS", "ROUTES", "Route"]
+__all__ = ["BINDING_COOKIE", "DEFAULT_PREFIX", "HTTP_METHODS", "ROUTES", "Route"]
 
 #: Where the routes live unless told otherwise: the seed's backend paths.
 DEFAULT_PREFIX: Final = "/api/amo-crm"
+#: The browser binding's cookie; ``__Host-`` + this (and ``Secure``) when the redirect URI is
+#: https. Decided from ``Config.redirect_uri``, never from the request (a TLS-terminating proxy
+#: may hand it over as http).
+BINDING_COOKIE: Final = "amo_oauth_binding"
 #: The methods adapters hand to the handlers on every route path, the route's own and every
 #: other, so a wrong one gets the handlers' 405 (JSON, ``Allow``) rather than the framework's
 #: (RFC 9110 §9: the methods a client may send; CONNECT never reaches an application).

@@ -46,6 +46,10 @@ class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
         allowed_origins: origins (``https://app.example``) whose pages may POST to the routes,
             besides the origin of ``Config.redirect_uri``. Other cross-site browser POSTs are
             refused (``cross_site_request``): by ``Origin``, else by ``Sec-Fetch-Site``.
+        redact_access_logs: True (the default): ``install_access_log_redaction()`` keeps the
+            callback's code and state, a ticket and the hook's signature out of the servers'
+            access logs (uvicorn, gunicorn, hypercorn, werkzeug, runserver); False leaves
+            logging alone.
 
     Raises:
         ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit.
@@ -97,6 +101,7 @@ class AsyncHandlers(RouteCore[AsyncAmoOAuth, AsyncConnectionIdFn]):
         max_body: the largest body read, in bytes.
         max_query: the largest query, in characters.
         allowed_origins: as for ``Handlers``.
+        redact_access_logs: as for ``Handlers``.
 
     Raises:
         ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit.

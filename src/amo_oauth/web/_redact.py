@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Final, cast
 
-from ._routes import BINDING_COOKIE
+from ._catalogue import BINDING_COOKIE
 
 __all__ = [
     "ACCESS_LOGGERS",

@@ -37,7 +37,7 @@ from ._calls import (
     ServiceCall,
     Status,
 )
-from ._catalogue import DEFAULT_PREFIX, ROUTES, Route
+from ._catalogue import BINDING_COOKIE, DEFAULT_PREFIX, ROUTES, Route
 from ._http import Request, Response
 from ._page import (
     PAGE_TEXTS,
@@ -60,6 +60,7 @@ from ._reading import (
     origin_of,
     wants_json,
 )
+from ._redact import install_access_log_redaction
 
 __all__ = [
     "BINDING_COOKIE",
@@ -76,10 +77,6 @@ T = TypeVar("T")
 
 DEFAULT_MAX_BODY: Final = 16 * 1024
 DEFAULT_MAX_QUERY: Final = 8 * 1024
-#: The browser binding's cookie; ``__Host-`` + this (and ``Secure``) when the redirect URI is
-#: https. Decided from ``Config.redirect_uri``, never from the request (a TLS-terminating proxy
-#: may hand it over as http).
-BINDING_COOKIE: Final = "amo_oauth_binding"
 #: The 401's ``hint`` when no cookie came and the redirect URI is http (``_no_session_hint``).
 NO_COOKIE_OVER_HTTP: Final = (
     "No cookie came with this request. If your sign-in keeps a session cookie: the redirect "
@@ -190,6 +187,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         max_body: int = DEFAULT_MAX_BODY,
         max_query: int = DEFAULT_MAX_QUERY,
         allowed_origins: Sequence[str] = (),
+        redact_access_logs: bool = True,
     ) -> None:
         # The other kind of service would fail only at a user's first request: refuse it now.
         if self.blocking and isinstance(oauth, AsyncAmoOAuth):
@@ -224,6 +222,8 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         # Forwarded headers count only where the app said how many proxies write them.
         self.trusted_proxies: int = getattr(config, "trusted_proxies", 0)
         self.forwarded_header: str = getattr(config, "forwarded_header", "x-forwarded-for")
+        if redact_access_logs:  # the callback's request line carries the code and state
+            install_access_log_redaction()
         self.allowed_origins = frozenset(
             origin_of(url) for url in (redirect_uri, *_origins(allowed_origins)) if url
         )
