@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ class Backend:
     def __init__(self, request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> None:
         self.kind: str = request.param
         self._request, self._clock = request, clock
-        self._path = tmp_path / "long-lived.db"
+        self._path = tmp_path / "store.db"
         self._name = uuid.uuid4().hex[:16]
         self._memory = MemoryStore(clock=clock)
         self.opened: list[Store] = []
@@ -52,6 +53,17 @@ class Backend:
 
         url = self._request.getfixturevalue("redis_url")
         offset = following(self._clock)
-        redis = RedisStore(url, prefix=f"long-lived-{self._name}:", clock_offset=offset)
+        redis = RedisStore(url, prefix=f"t-{self._name}:", clock_offset=offset)
         redis.migrate()
         return redis
+
+
+@pytest.fixture(params=KINDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Backend]:
+    """Each of the four stores in turn (tests/conftest.py offers it; the test module imports
+    ``postgres_url`` and ``redis_url``); the server stores opened are closed after the test."""
+    made = Backend(request, tmp_path, clock)
+    yield made
+    for store in {id(store): store for store in made.opened}.values():
+        if made.kind != "memory":
+            store.close()

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 
+from _backends import backend  # noqa: F401 - the four stores, for the tests that ask
 from amo_oauth import AmoOAuth, MemoryStore, Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 

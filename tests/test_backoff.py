@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from _backends import KINDS, Backend
 from _pg_server import postgres_url  # noqa: F401
 from _redis_server import redis_url  # noqa: F401
 from amo_oauth import (
@@ -38,68 +38,14 @@ from amo_oauth.stores import Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing.faults import AsyncFaultyTransport, FaultyStore, FaultyTransport
 
-from helpers import config_for, consent, following, run_consent, stored
+from helpers import config_for, consent, run_consent, stored
 
 USER = "user-1"
 #: Past the access token's lifetime (a day), well inside the refresh token's (90 days).
 EXPIRED = timedelta(days=1, minutes=1)
 #: Exact back-offs: no jitter unless a test asks for it.
 EXACT = {"refresh_backoff_jitter": 0.0}
-KINDS = ["memory", "sqlite", "postgres", "redis"]
 CLI_ENV = ("AMO_CLIENT_ID", "AMO_CLIENT_SECRET", "AMO_REDIRECT_URI", "AMO_STATE_SECRET")
-
-
-def _unique() -> str:
-    return uuid.uuid4().hex[:16]
-
-
-class Backend:
-    """One store backend; ``open()`` gives another store object on the same data, as another
-    machine would hold."""
-
-    def __init__(self, request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> None:
-        self.kind: str = request.param
-        self._request, self._clock = request, clock
-        self._path = tmp_path / "backoff.db"
-        self._name = _unique()
-        self._memory = MemoryStore(clock=clock)
-        self.opened: list[Store] = []
-
-    def open(self) -> Store:
-        store = self._open()
-        self.opened.append(store)
-        return store
-
-    def _open(self) -> Store:
-        offset = following(self._clock)
-        if self.kind == "memory":
-            return self._memory  # one process: the same object is the shared store
-        if self.kind == "sqlite":
-            return SQLiteStore(self._path, clock=self._clock)
-        if self.kind == "postgres":
-            pytest.importorskip("psycopg")
-            from amo_oauth.stores import PostgresStore
-
-            url = self._request.getfixturevalue("postgres_url")
-            pg = PostgresStore(url, table=f"t_{self._name}", clock_offset=offset)
-            pg.migrate()
-            return pg
-        pytest.importorskip("redis")
-        from amo_oauth.stores import RedisStore
-
-        url = self._request.getfixturevalue("redis_url")
-        redis = RedisStore(url, prefix=f"backoff-{self._name}:", clock_offset=offset)
-        redis.migrate()
-        return redis
-
-
-@pytest.fixture(params=KINDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Backend]:
-    made = Backend(request, tmp_path, clock)
-    yield made
-    for store in {id(store): store for store in made.opened}.values():
-        if made.kind != "memory":
-            store.close()
 
 
 @pytest.fixture(params=KINDS[:2])

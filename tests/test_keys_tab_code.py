@@ -9,15 +9,14 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
 
 import amo_oauth.web
-from _backends import KINDS, Backend
+from _backends import Backend
 from _pg_server import postgres_url  # noqa: F401
 from _redis_server import redis_url  # noqa: F401
 from amo_oauth import (
@@ -36,15 +35,6 @@ from amo_oauth.testing.faults import FaultyStore
 from helpers import config_for, run_consent, stored
 
 USER = "crm"
-
-
-@pytest.fixture(params=KINDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Backend]:
-    made = Backend(request, tmp_path, clock)
-    yield made
-    for store in {id(store): store for store in made.opened}.values():
-        if made.kind != "memory":
-            store.close()
 
 
 # -- on every store ------------------------------------------------------------------------------

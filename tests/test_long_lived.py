@@ -11,7 +11,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from _backends import KINDS, Backend
+from _backends import Backend
 from _pg_server import postgres_url  # noqa: F401
 from _redis_server import redis_url  # noqa: F401
 from amo_oauth import (
@@ -46,15 +46,6 @@ from helpers import config_for, run_consent, stored
 
 USER = "crm"
 HINT = "ask your amoCRM admin for a new token"
-
-
-@pytest.fixture(params=KINDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Backend]:
-    made = Backend(request, tmp_path, clock)
-    yield made
-    for store in {id(store): store for store in made.opened}.values():
-        if made.kind != "memory":
-            store.close()
 
 
 def _url(fake: FakeAmoCRM) -> str:

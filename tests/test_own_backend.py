@@ -214,27 +214,6 @@ def test_the_recipe_connects_a_backend_outside_the_repository(
     assert re.search(r"(code|state)=(?!\[redacted\])", printed) is None, printed
 
 
-def _a_planted_session_signs_nobody_in(browser: httpx.Client, base: str) -> None:
-    """Mallory's own session cookie, planted beside the user's (a sibling subdomain can:
-    ``Domain=``, or a near name), is no session: the framework's parser alone would pick one."""
-    with httpx.Client(follow_redirects=False, timeout=10) as mallorys:
-        assert sign_in(mallorys, base, "mallory", origin=base).status_code == 303
-        (name,) = [name for name in mallorys.cookies if "session" in name]
-        planted = mallorys.cookies[name].encode()
-    own = f"{name}={browser.cookies[name]}".encode()
-    for sent, signed_in in (
-        (own, True),  # the control: her cookie alone is her session
-        (own + b"; " + name.encode() + b"=" + planted, False),
-        (name.encode() + b"=" + planted + b"; " + own, False),
-        (own + b"; \xa0" + name.encode() + b"=" + planted, False),
-    ):
-        with httpx.Client(timeout=10) as client:  # no jar: exactly these bytes
-            status = client.get(f"{base}/api/amo-crm/status", headers={"cookie": sent})
-            leads = client.get(f"{base}/leads", headers={"cookie": sent})
-        answered = (status.status_code, leads.status_code)
-        assert answered == ((200, 200) if signed_in else (401, 401)), (sent, answered)
-
-
 @pytest.mark.parametrize("name", RECIPES)
 def test_the_recipe_type_checks(name: str, tmp_path: Path) -> None:
     # Copied into a user's project, the files pass the checks this project's code passes.
