@@ -393,7 +393,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
     def _callback(self, request: Request) -> WebFlow[Response]:
         signed_in = yield from self._signed_in()
         cookie = request.cookie(self.cookie_name)
-        source = self._source(request, signed_in)
+        source = self._source(request)
         result = yield from self._call(
             HandleCallback(request.query, connection_id=signed_in, binding=cookie, source=source)
         )
@@ -415,13 +415,11 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             page = attrs.evolve(page, headers=(*page.headers, self._set_cookie("", 0)))
         return page
 
-    def _source(self, request: Request, signed_in: str | None) -> str | None:
-        """Whom a callback's code exchange counts against (``max_exchanges_per_source``): the
-        signed-in user (the app's own key for who is asking), else the client's network (an
-        IPv6 /64, an IPv4 address). The flow puts a consent's own user in its place when the
-        browser's binding matches the state (an in-app browser has no session)."""
-        if signed_in is not None:
-            return f"user:{signed_in}"
+    def _source(self, request: Request) -> str | None:
+        """Whom a callback's code exchange counts against (``max_exchanges_per_source``) when
+        nobody the state names is asking: the client's network (an IPv6 /64, an IPv4
+        address). The flow puts the consent's own user in its place when the browser's
+        binding or the signed-in user matches the state."""
         address = client_address(request, self.trusted_proxies, self.forwarded_header)
         return None if address is None else f"addr:{address_network(address)}"
 
