@@ -312,6 +312,8 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "state_secret_type": lambda: config(state_secret=32),
     "state_secret_short": lambda: config(state_secret="short"),
     "state_secret_is_client_secret": lambda: config(client_secret="s" * 40, state_secret="s" * 40),
+    "client_secret_missing": lambda: config(client_secret=None),
+    "client_secret_with_secrets_uri": lambda: config(secrets_uri="https://app.example.com/s"),
     "previous_state_secrets_type": lambda: config(previous_state_secrets="o" * 32),
     "previous_state_secret_type": lambda: config(previous_state_secrets=[32]),
     "previous_state_secret_short": lambda: config(previous_state_secrets=["old"]),

@@ -18,7 +18,10 @@ from amo_oauth import Config
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 #: Defaults computed from other fields, as the table words them.
-COMPUTED = {"kept_pair_grace": "`2 * lease_ttl`"}
+COMPUTED = {
+    "kept_pair_grace": "`2 * lease_ttl`",
+    "button_script_url": "amoCRM's (Kommo's for a Kommo `authorize_url`)",
+}
 
 
 def _rows() -> list[list[str]]:

@@ -13,10 +13,12 @@ from typing import Any
 from ._records import (
     Account,
     Backoff,
+    ClientCredentials,
     ConnectionRecord,
     ConnectionStatus,
     ErrorInfo,
     Lease,
+    PendingCredentials,
     SeenCode,
     TokenSet,
 )
@@ -73,8 +75,19 @@ def record_to_json(record: ConnectionRecord) -> str:
         "verify_attempts": record.verify_attempts,
         "kept_pair_until": _time(record.kept_pair_until),
         "backoff": _backoff(record.backoff),
+        "credentials": _credentials(record.credentials),
+        "pending_credentials": [
+            [pending.state_digest, _credentials(pending.credentials), _time(pending.at)]
+            for pending in record.pending_credentials
+        ],
     }
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def _credentials(credentials: ClientCredentials | None) -> dict[str, Any] | None:
+    if credentials is None:
+        return None
+    return {"client_id": credentials.client_id, "client_secret": credentials.client_secret}
 
 
 def _account(account: Account | None) -> dict[str, Any] | None:
@@ -151,6 +164,11 @@ def _record(body: _Fields) -> ConnectionRecord:
         kept_pair_until=body.optional_time("kept_pair_until", missing_ok=True),
         # Absent in records written before refreshes backed off.
         backoff=_read_backoff(body.optional_obj("backoff", missing_ok=True)),
+        # Both absent in records written before site-button installs kept their integration.
+        credentials=_read_credentials(body.optional_obj("credentials", missing_ok=True)),
+        pending_credentials=tuple(
+            _read_pending(item) for item in body.items("pending_credentials", missing_ok=True)
+        ),
     )
 
 
@@ -194,6 +212,23 @@ def _read_backoff(backoff: _Fields | None) -> Backoff | None:
     if backoff is None:
         return None
     return Backoff(backoff.time("until"), backoff.integer("attempts"), backoff.text("cause"))
+
+
+def _read_credentials(credentials: _Fields | None) -> ClientCredentials | None:
+    if credentials is None:
+        return None
+    return ClientCredentials(credentials.text("client_id"), credentials.text("client_secret"))
+
+
+def _read_pending(item: object) -> PendingCredentials:
+    if not isinstance(item, list) or len(item) != 3:
+        raise ValueError("malformed pending credentials")
+    digest, credentials, at = item
+    fields = _Fields(_obj(credentials, "pending_credentials"))
+    read = ClientCredentials(fields.text("client_id"), fields.text("client_secret"))
+    return PendingCredentials(
+        _check_text(digest, "pending_credentials"), read, _read_time(at, "pending_credentials")
+    )
 
 
 def _read_seen(item: object) -> SeenCode:
@@ -263,8 +298,8 @@ class _Fields:
             raise ValueError(f"{name} is not a boolean")
         return value
 
-    def items(self, name: str) -> list[object]:
-        value = self._get(name)
+    def items(self, name: str, *, missing_ok: bool = False) -> list[object]:
+        value = self._body.get(name, []) if missing_ok else self._get(name)
         if not isinstance(value, list):
             raise ValueError(f"{name} is not a list")
         return value

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._hosts import check_domain
+from ._records import ClientCredentials
 from ._setting_errors import (
     FORWARDED_HEADERS,
     MAX_PREVIOUS_STATE_SECRETS,
@@ -199,6 +200,28 @@ def _api_max_wait(_: object, attribute: attrs.Attribute[float], value: float) ->
         raise ValueError(setting_error("api_max_wait"))
 
 
+def _secret_or_none(instance: object, attribute: attrs.Attribute[str], value: str | None) -> None:
+    if value is not None:
+        _non_empty(instance, attribute, value)
+
+
+def _web_url_or_none(instance: object, attribute: attrs.Attribute[str], value: str | None) -> None:
+    if value is not None:
+        _web_url(instance, attribute, value)
+
+
+#: amoCRM's and Kommo's site-button scripts (protocol notes §7), by the consent page's host.
+_BUTTON_SCRIPTS: Final = {
+    "www.kommo.com": "https://www.kommo.com/auth/button.js",
+}
+_AMOCRM_BUTTON_SCRIPT: Final = "https://www.amocrm.ru/auth/button.min.js"
+
+
+def _default_button_script(config: Config) -> str:
+    host = urlsplit(config.authorize_url).hostname or ""
+    return _BUTTON_SCRIPTS.get(host, _AMOCRM_BUTTON_SCRIPT)
+
+
 def _mode(_: object, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in MODES:
         raise ValueError(setting_error("mode"))
@@ -216,9 +239,15 @@ class Config:
             Every message names the setting and what to do; docs/configuration.md lists them.
 
     Attributes:
-        client_id: the integration's ID from amoCRM.
+        client_id: the integration's ID from amoCRM. In metadata mode (``secrets_uri`` set)
+            the name this product's connections are kept under in the store, never sent.
         client_secret: the integration's secret key; sent only to allow-listed account hosts.
+            Required, except in metadata mode, where it must be absent: each connection's
+            secret comes from amoCRM's post to ``secrets_uri``.
         redirect_uri: the redirect URI registered with the integration (https; http on loopback).
+        secrets_uri: set for the site button's metadata mode (protocol notes §7): where amoCRM
+            posts each installing account's new ``client_id`` and ``client_secret`` with the
+            ``state`` (the web layer's ``POST /secrets``); https (http on loopback).
         state_secret: at least 32 bytes of secret (``str`` in UTF-8, or ``bytes``) that signs
             every ``state`` and mobile ticket; not the client secret.
         previous_state_secrets: the secrets ``state_secret`` had before (at most three, each
@@ -300,8 +329,9 @@ class Config:
     """
 
     client_id: str = attrs.field(validator=_non_empty)
-    client_secret: str = attrs.field(validator=_non_empty, repr=False)
+    client_secret: str | None = attrs.field(default=None, validator=_secret_or_none, repr=False)
     redirect_uri: str = attrs.field(validator=_web_url)
+    secrets_uri: str | None = attrs.field(default=None, validator=_web_url_or_none)
     state_secret: bytes = attrs.field(converter=_secret_bytes, validator=_strong, repr=False)
     previous_state_secrets: tuple[bytes, ...] = attrs.field(
         default=(), converter=_previous_secrets, validator=_all_strong, repr=False
@@ -337,6 +367,10 @@ class Config:
     refresh_backoff_jitter: float = attrs.field(default=0.1, validator=_fraction)
     api_rate: float | None = attrs.field(default=7.0, validator=_api_rate)
     api_max_wait: float = attrs.field(default=2.0, validator=_api_max_wait)
+    secrets_wait: float = attrs.field(default=10.0, validator=_positive)
+    button_script_url: str = attrs.field(
+        default=attrs.Factory(_default_button_script, takes_self=True), validator=_web_url
+    )
 
     def __attrs_post_init__(self) -> None:
         # A live worker must never lose its lease mid-exchange: the token call and the account
@@ -345,12 +379,34 @@ class Config:
             raise ValueError(setting_error("lease_short", seconds=f"{3 * self.http_timeout:g}"))
         if self.refresh_backoff_max < self.refresh_backoff_initial:
             raise ValueError(setting_error("backoff_order"))
+        if self.secrets_uri is None and self.client_secret is None:
+            raise ValueError(setting_error("client_secret_missing"))
+        if self.secrets_uri is not None and self.client_secret is not None:
+            raise ValueError(setting_error("client_secret_with_secrets_uri"))
         self._check_state_secrets_apart()
+
+    @property
+    def metadata_mode(self) -> bool:
+        """True with ``secrets_uri`` set: the site button's metadata mode (protocol notes §7),
+        where amoCRM makes a new integration per installing account and posts its credentials
+        to ``secrets_uri``; ``client_id`` then only names this product's connections in the
+        store and is never sent to amoCRM."""
+        return self.secrets_uri is not None
+
+    @property
+    def credentials(self) -> ClientCredentials | None:
+        """The integration's ``client_id`` and ``client_secret`` that token calls carry; None
+        in metadata mode, where each connection has its own (``ConnectionRecord.credentials``)."""
+        if self.client_secret is None:
+            return None
+        return ClientCredentials(self.client_id, self.client_secret)
 
     def _check_state_secrets_apart(self) -> None:
         # The docs forbid it (security.md): amoCRM holds the client secret too (it checks it on
         # every token call) and shows it in the integration's settings, so it must not also be
         # a key that signs states, now or as a previous secret still accepted.
+        if self.client_secret is None:
+            return
         client_secret = self.client_secret.encode("utf-8")
         if hmac.compare_digest(self.state_secret, client_secret):
             raise ValueError(setting_error("state_secret_is_client_secret"))

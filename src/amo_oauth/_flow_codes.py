@@ -511,7 +511,9 @@ class CodeFlows:
         self, record: RecordView, code: str, host: AccountHost, slot: Slot
     ) -> Flow[CallbackResult]:
         try:
-            response = yield Send(code_request(self.config, host, code))
+            response = yield Send(
+                code_request(self.config, self.records.credentials(record), host, code)
+            )
             tokens = read_tokens(response, self.records.now(), grant="authorization_code")
         except ProviderError as error:
             # What the answer means is data (_answers): a transient failure leaves the code's

@@ -26,7 +26,7 @@ import attrs
 from ._answers import Answer, describe
 from ._config import Config
 from ._connection_id import ConnectionId, resolve_connection_id
-from ._errors import ProviderError, StoreError, UnreadableRecord
+from ._errors import ProviderError, ReauthorizationRequired, StoreError, UnreadableRecord
 from ._events import Event, LeaseExpired, RefreshDeferred
 from ._lifecycle import NoOp, Step, step
 from ._ops import (
@@ -51,7 +51,7 @@ from ._record_view import (
     retry_after_of,
     seconds_to_wait,
 )
-from ._records import ConnectionRecord, ErrorInfo, Lease, record_key
+from ._records import ClientCredentials, ConnectionRecord, ErrorInfo, Lease, record_key
 from .stores._forks import reset_in_child
 from .stores._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
 
@@ -583,7 +583,8 @@ class Records:
     ) -> None:
         """One WARNING per failed exchange, verification or refresh: the reason and amoCRM's
         hint (cleaned: no code, token or secret, even one amoCRM echoed)."""
-        secrets_ = (*redact, self.config.client_secret)
+        own = record.credentials or self.config.credentials
+        secrets_ = (*redact, *((own.client_secret,) if own is not None else ()))
         line = describe(answer, error.hint, status=error.status, redact=secrets_)
         logger.warning(
             "connection %s: %s failed: %s",
@@ -592,6 +593,19 @@ class Records:
             line,
             extra={"amo_reason": answer.reason, "amo_connection_id": record.connection_id},
         )
+
+    def credentials(self, record: RecordView) -> ClientCredentials:
+        """What the connection's token calls carry: its own integration's credentials (a
+        site-button install in metadata mode, protocol notes §7), else ``Config``'s.
+
+        Raises:
+            ReauthorizationRequired: ``credentials_missing``: in metadata mode, a record that
+                never received its integration's credentials has nothing to send.
+        """
+        credentials = record.credentials or self.config.credentials
+        if credentials is None:
+            raise ReauthorizationRequired(record.name, Reason.CREDENTIALS_MISSING)
+        return credentials
 
     def error_info(self, reason: Reason, error: ProviderError) -> ErrorInfo:
         """``ErrorInfo`` for a provider failure, with amoCRM's hint."""

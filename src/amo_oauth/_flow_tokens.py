@@ -341,7 +341,9 @@ class TokenFlows:
         """Spend the refresh token once. None: the record moved on under us; look again."""
         spent = record.refresh_token()
         try:
-            response = yield Send(refresh_request(self.config, host, spent))
+            response = yield Send(
+                refresh_request(self.config, self.records.credentials(record), host, spent)
+            )
             tokens = read_tokens(response, self.records.now(), grant="refresh_token", sent=spent)
             tokens = attrs.evolve(tokens, after_rejection=after_rejection)
         except ProviderError as error:
@@ -386,7 +388,9 @@ class TokenFlows:
                 yield from self._moved_away(record, spent, "the lookup named a host not allowed")
             )
         try:  # the one retry on the new host, with the same refresh token (protocol §5)
-            response = yield Send(refresh_request(self.config, moved_to, spent))
+            response = yield Send(
+                refresh_request(self.config, self.records.credentials(record), moved_to, spent)
+            )
             tokens = read_tokens(response, self.records.now(), grant="refresh_token", sent=spent)
         except ProviderError as error:
             # As any refresh failure; the host is still the old one, so a later try looks the

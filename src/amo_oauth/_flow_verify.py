@@ -105,7 +105,9 @@ class Verification:
     def _renew_and_verify(self, record: RecordView, host: AccountHost) -> Flow[CallbackResult]:
         spent = record.refresh_token()
         try:
-            response = yield Send(refresh_request(self.config, host, spent))
+            response = yield Send(
+                refresh_request(self.config, self.records.credentials(record), host, spent)
+            )
             tokens = read_tokens(response, self.records.now(), grant="refresh_token", sent=spent)
         except ProviderError as error:
             answer = meaning_of(error, "refresh_token")

@@ -34,7 +34,10 @@ def verify_disconnect_hook(query: QueryLike, config: Config) -> int:
     signature = params.get("signature", "")
     if not (account_id.isascii() and account_id.isdigit()) or not client_uuid or not signature:
         raise CallbackRejected("malformed")
-    expected = hook_signature(config.client_id, config.client_secret, account_id)
+    credentials = config.credentials
+    if credentials is None:  # metadata mode: each connection's own secret signs (not yet)
+        raise CallbackRejected("bad_signature")
+    expected = hook_signature(credentials.client_id, credentials.client_secret, account_id)
     # Both comparisons always run, in constant time, so timing tells nothing about which failed.
     same_client = hmac.compare_digest(client_uuid.encode(), config.client_id.encode())
     same_mac = hmac.compare_digest(signature.encode(), expected.encode())

@@ -40,6 +40,7 @@ from ._provider_reads import (
     reason_of,
     surely_unsent,
 )
+from ._records import ClientCredentials
 
 # The pure names are re-exported: the flows, the service and the sweep import them from here.
 __all__ = [
@@ -81,14 +82,18 @@ def _as_httpx(call: Call) -> httpx.Request:
     )
 
 
-def code_request(config: Config, host: AccountHost, code: str) -> httpx.Request:
+def code_request(
+    config: Config, credentials: ClientCredentials, host: AccountHost, code: str
+) -> httpx.Request:
     """:func:`_provider_calls.code_call` as an httpx request."""
-    return _as_httpx(code_call(config, host, code))
+    return _as_httpx(code_call(config, credentials, host, code))
 
 
-def refresh_request(config: Config, host: AccountHost, refresh_token: str) -> httpx.Request:
+def refresh_request(
+    config: Config, credentials: ClientCredentials, host: AccountHost, refresh_token: str
+) -> httpx.Request:
     """:func:`_provider_calls.refresh_call` as an httpx request."""
-    return _as_httpx(refresh_call(config, host, refresh_token))
+    return _as_httpx(refresh_call(config, credentials, host, refresh_token))
 
 
 def lookup_request(config: Config, api_host: AccountHost, refresh_token: str) -> httpx.Request:

@@ -13,6 +13,7 @@ import attrs
 
 from ._config import Config
 from ._hosts import AccountHost
+from ._records import ClientCredentials
 
 __all__ = ["LOOKUP_PATH", "Call", "account_call", "code_call", "lookup_call", "refresh_call"]
 
@@ -37,25 +38,32 @@ class Call:
     timeout: float
 
 
-def _token_call(config: Config, host: AccountHost, grant: dict[str, str]) -> Call:
+def _token_call(
+    config: Config, credentials: ClientCredentials, host: AccountHost, grant: dict[str, str]
+) -> Call:
     body = {
-        "client_id": config.client_id,
-        "client_secret": config.client_secret,
+        "client_id": credentials.client_id,
+        "client_secret": credentials.client_secret,
         "redirect_uri": config.redirect_uri,
         **grant,
     }
     return Call("POST", host.token_url, {**_ACCEPT_JSON}, body, config.http_timeout)
 
 
-def code_call(config: Config, host: AccountHost, code: str) -> Call:
-    """``POST https://{host}/oauth2/access_token`` for the authorization_code grant."""
-    return _token_call(config, host, {"grant_type": "authorization_code", "code": code})
+def code_call(config: Config, credentials: ClientCredentials, host: AccountHost, code: str) -> Call:
+    """``POST https://{host}/oauth2/access_token`` for the authorization_code grant, with the
+    connection's integration's ``credentials``."""
+    grant = {"grant_type": "authorization_code", "code": code}
+    return _token_call(config, credentials, host, grant)
 
 
-def refresh_call(config: Config, host: AccountHost, refresh_token: str) -> Call:
-    """``POST https://{host}/oauth2/access_token`` for the refresh_token grant."""
+def refresh_call(
+    config: Config, credentials: ClientCredentials, host: AccountHost, refresh_token: str
+) -> Call:
+    """``POST https://{host}/oauth2/access_token`` for the refresh_token grant, with the
+    connection's integration's ``credentials``."""
     grant = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-    return _token_call(config, host, grant)
+    return _token_call(config, credentials, host, grant)
 
 
 def lookup_call(config: Config, api_host: AccountHost, refresh_token: str) -> Call:

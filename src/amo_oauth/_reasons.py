@@ -58,6 +58,7 @@ class Reason(enum.StrEnum):
     USED_TICKET = "used_ticket"
     TOKEN_REFUSED = "token_refused"
     CODE_USED_ELSEWHERE = "code_used_elsewhere"
+    CREDENTIALS_MISSING = "credentials_missing"
     # Why a connection has no token to give, besides its error reason (``ReauthorizationRequired``).
     DISCONNECTED = "disconnected"
     EXCHANGE_PENDING = "exchange_pending"
@@ -127,6 +128,7 @@ REJECTIONS: Final = frozenset(
         R.USED_TICKET,
         R.TOKEN_REFUSED,
         R.CODE_USED_ELSEWHERE,
+        R.CREDENTIALS_MISSING,
         # connect_long_lived with a token whose ``exp`` has passed: refused before sending.
         R.LONG_LIVED_TOKEN_EXPIRED,
     }
@@ -137,6 +139,8 @@ NOT_CONNECTED: Final = CONNECTION_ERRORS | {
     R.EXCHANGE_PENDING,
     R.FOREIGN_HOST,
     R.TOKEN_EXPIRED,
+    # Metadata mode: a connection that never received its integration's credentials.
+    R.CREDENTIALS_MISSING,
 }
 #: ``TryAgainLater.reason``: why the same call may succeed later (``retry_after`` says when).
 RETRY_LATER: Final = frozenset(

@@ -19,7 +19,7 @@ import attrs
 
 from ._connection_id import ConnectionId
 from ._provider_reads import MAX_RETRY_AFTER as _MAX_RETRY_AFTER_SECONDS
-from ._records import Connection, ConnectionRecord
+from ._records import ClientCredentials, Connection, ConnectionRecord, PendingCredentials
 
 __all__ = [
     "MAX_RETRY_AFTER",
@@ -77,6 +77,16 @@ class RecordView:
     def host(self) -> str | None:
         """The account host the connection's calls go to, when known."""
         return self._record.host
+
+    @property
+    def credentials(self) -> ClientCredentials | None:
+        """The connection's own integration (a site-button install), None: ``Config``'s."""
+        return self._record.credentials
+
+    @property
+    def pending_credentials(self) -> tuple[PendingCredentials, ...]:
+        """Credentials posted to ``secrets_uri`` for consents whose code is not claimed yet."""
+        return self._record.pending_credentials
 
     @property
     def verify_attempts(self) -> int:

@@ -19,11 +19,13 @@ from ._reasons import CONNECTION_ERRORS, Reason
 __all__ = [
     "Account",
     "Backoff",
+    "ClientCredentials",
     "Connection",
     "ConnectionRecord",
     "ConnectionStatus",
     "ErrorInfo",
     "Lease",
+    "PendingCredentials",
     "SeenCode",
     "TokenSet",
     "check_connection_id",
@@ -34,6 +36,9 @@ __all__ = [
 #: How long the store's code ledger remembers which connection a code was claimed for.
 #: amoCRM codes live 20 minutes; a day leaves room for slow replays and skewed clocks.
 CODE_MEMORY = timedelta(days=1)
+#: How many consents' credentials a record keeps while they wait for their code (the newest):
+#: one per site-button install the user started and has not finished (protocol notes §7).
+MAX_PENDING_CREDENTIALS = 4
 #: How many codes a record remembers (the newest). Every code is one consent by a user in
 #: amoCRM, so a connection sees a handful in its life; the bound only caps the row's size.
 MAX_CODE_DIGESTS = 256
@@ -183,6 +188,36 @@ class SeenCode:
 
 
 @attrs.frozen
+class ClientCredentials:
+    """An integration's ``client_id`` and ``client_secret``: what every token call carries
+    (protocol notes §3) and what keys the disconnect hook's signature (§6). The secret never
+    appears in a repr.
+
+    For a site-button install in metadata mode (§7) amoCRM makes a new integration per
+    installing account and posts its credentials to ``secrets_uri``: the connection keeps them
+    in its record (``ConnectionRecord.credentials``). Otherwise they are ``Config``'s.
+    """
+
+    client_id: str
+    client_secret: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class PendingCredentials:
+    """Credentials amoCRM posted to ``secrets_uri`` for one consent, waiting for its code.
+
+    Attributes:
+        state_digest: the sha256 hex digest of the consent's state nonce (never the nonce).
+        credentials: the new integration's client id and secret.
+        at: when they arrived (aware, UTC; the store's clock).
+    """
+
+    state_digest: str = attrs.field(validator=attrs.validators.matches_re(r"[0-9a-f]{64}"))
+    credentials: ClientCredentials
+    at: datetime = attrs.field(validator=_aware)
+
+
+@attrs.frozen
 class Connection:
     """The public view of a connection: what ``status()`` returns. Holds no secret.
 
@@ -263,6 +298,14 @@ class ConnectionRecord:
     backoff: Backoff | None = None
     """In ``connected``: amoCRM pushed back on the last refresh; none is sent again before
     ``backoff.until`` (the table's ``refresh_backoff``). Cleared by a successful refresh."""
+    credentials: ClientCredentials | None = None
+    """The connection's own integration (a site-button install in metadata mode, protocol
+    notes §7): its token calls, refreshes and the disconnect hook's signature use these, never
+    ``Config``'s. None: the connection uses ``Config.client_id`` / ``client_secret``."""
+    pending_credentials: tuple[PendingCredentials, ...] = ()
+    """Credentials posted to ``secrets_uri`` for consents whose code has not been claimed yet
+    (the newest ``MAX_PENDING_CREDENTIALS``); a claimed code moves its consent's into
+    ``credentials``."""
     refused_refresh: str | None = None
     """The sha256 digest of the refresh token amoCRM refused when the connection entered
     ``error`` that way: only the answer to an overtaken refresh of that same token may bring the

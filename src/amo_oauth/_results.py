@@ -12,10 +12,13 @@ from ._records import Connection, ConnectionStatus
 
 __all__ = [
     "AuthorizationRequest",
+    "ButtonMetadata",
     "CallbackResult",
     "HookResult",
     "Outcome",
     "RefreshReport",
+    "SecretsResult",
+    "SiteButton",
     "SweepProgress",
 ]
 
@@ -86,6 +89,54 @@ class AuthorizationRequest:
     state: str = attrs.field(repr=False)
     expires_at: datetime
     binding: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class ButtonMetadata:
+    """What amoCRM's site button shows, in metadata mode, for the integration it makes for each
+    installing account (protocol notes §7: ``data-name``, ``data-description``, ``data-logo``,
+    ``data-scopes``).
+
+    Attributes:
+        name: the integration's name as the account will see it.
+        description: what it does.
+        scopes: amoCRM's scope names, e.g. ``("crm", "notifications")`` (sent comma-separated).
+        logo: an https URL of its logo, or None.
+    """
+
+    name: str
+    description: str
+    scopes: tuple[str, ...] = ("crm",)
+    logo: str | None = None
+
+
+@attrs.frozen
+class SiteButton:
+    """amoCRM's site button for one consent: ``html`` is the ``<script>`` element to put on the
+    page (every attribute escaped), carrying a fresh ``state`` bound to the browser.
+
+    ``binding`` is kept in the browser as for ``begin()`` (the web layer sets its cookie).
+    """
+
+    html: str = attrs.field(repr=False)
+    state: str = attrs.field(repr=False)
+    expires_at: datetime
+    binding: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class SecretsResult:
+    """What a post to ``secrets_uri`` did (site button, metadata mode; protocol notes §7).
+
+    Attributes:
+        connection: the connection the consent's state names (public view: no secret).
+        stored: True when the credentials were stored (first post, or a retried install's
+            new integration replacing them before the code was claimed); False when nothing
+            changed (the same credentials again, or the consent's code was claimed already).
+    """
+
+    connection: Connection
+    stored: bool
 
 
 @attrs.frozen

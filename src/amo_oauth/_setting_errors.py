@@ -81,6 +81,14 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         # Config: the state secret
         "state_secret_type": "state_secret must be str or bytes, not {type}",
         "state_secret_short": f"state_secret must be at least 32 bytes: {_SECRET_RECIPE}",
+        "client_secret_missing": (
+            "client_secret is required: set it to the secret key amoCRM shows for the "
+            "integration (or set secrets_uri for the site button's metadata mode)"
+        ),
+        "client_secret_with_secrets_uri": (
+            "client_secret must be absent with secrets_uri set: in the site button's metadata "
+            "mode each connection's secret comes from amoCRM's post to secrets_uri"
+        ),
         "state_secret_is_client_secret": (
             "state_secret must not be the client_secret: whoever holds the client secret "
             "could then sign states; generate a separate one with secrets.token_urlsafe(32)"
