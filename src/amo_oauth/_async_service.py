@@ -23,9 +23,12 @@ from ._record_view import RecordView
 from ._records import Connection, ConnectionRecord
 from ._results import (
     AuthorizationRequest,
+    ButtonMetadata,
     CallbackResult,
     HookResult,
     RefreshReport,
+    SecretsResult,
+    SiteButton,
     SweepProgress,
 )
 from ._service_core import ServiceCore, Turn, default_store, with_stored
@@ -93,6 +96,28 @@ class AsyncAmoOAuth(ServiceCore):
     ) -> AuthorizationRequest:
         """See ``AmoOAuth.begin``."""
         return await self._run(self._flows.codes.begin(connection_id, binding, browser_binding))
+
+    async def site_button(
+        self,
+        connection_id: str,
+        *,
+        binding: str | None = None,
+        browser_binding: bool = True,
+        metadata: ButtonMetadata | None = None,
+        title: str | None = None,
+        compact: bool = False,
+        class_name: str | None = None,
+        color: str | None = None,
+        theme: str | None = None,
+        locale: str | None = None,
+        error_callback: str | None = None,
+    ) -> SiteButton:
+        """See ``AmoOAuth.site_button``."""
+        raise NotImplementedError  # issue 22: being built
+
+    async def receive_secrets(self, form: QueryLike) -> SecretsResult:
+        """See ``AmoOAuth.receive_secrets``."""
+        raise NotImplementedError  # issue 22: being built
 
     async def issue_ticket(self, connection_id: str) -> str:
         """See ``AmoOAuth.issue_ticket``."""

@@ -22,9 +22,12 @@ from ._record_view import RecordView
 from ._records import Connection, ConnectionRecord
 from ._results import (
     AuthorizationRequest,
+    ButtonMetadata,
     CallbackResult,
     HookResult,
     RefreshReport,
+    SecretsResult,
+    SiteButton,
     SweepProgress,
 )
 from ._service_core import ServiceCore, Turn, default_store, with_stored
@@ -112,6 +115,39 @@ class AmoOAuth(ServiceCore):
                 ``Widget``.
         """
         return self._run(self._flows.codes.begin(connection_id, binding, browser_binding))
+
+    def site_button(
+        self,
+        connection_id: str,
+        *,
+        binding: str | None = None,
+        browser_binding: bool = True,
+        metadata: ButtonMetadata | None = None,
+        title: str | None = None,
+        compact: bool = False,
+        class_name: str | None = None,
+        color: str | None = None,
+        theme: str | None = None,
+        locale: str | None = None,
+        error_callback: str | None = None,
+    ) -> SiteButton:
+        """amoCRM's site button for ``connection_id``: a ``<script>`` element with the
+        documented ``data-*`` attributes (protocol notes §7), every value escaped, carrying a
+        fresh ``state`` from ``begin()`` (same binding rules). In metadata mode
+        (``Config.secrets_uri``) ``metadata`` is required and the button asks amoCRM to make a
+        new integration for the installing account; otherwise it names ``Config.client_id``.
+        """
+        raise NotImplementedError  # issue 22: being built
+
+    def receive_secrets(self, form: QueryLike) -> SecretsResult:
+        """Metadata mode: store the ``client_id`` and ``client_secret`` amoCRM posted to
+        ``secrets_uri`` with the consent's ``state`` (protocol notes §7).
+
+        Raises:
+            CallbackRejected: ``malformed``, ``bad_state``, ``expired_state``, ``clock_skew``;
+                nothing changed.
+        """
+        raise NotImplementedError  # issue 22: being built
 
     def issue_ticket(self, connection_id: str) -> str:
         """A single-use ticket (``Config.ticket_ttl``, a minute) for a mobile app to open
