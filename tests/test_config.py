@@ -15,7 +15,7 @@ import amo_oauth
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore
 from amo_oauth._config import Config
 from amo_oauth._setting_errors import SETTING_ERRORS
-from amo_oauth.web import AsyncHandlers, Handlers
+from amo_oauth.web import AsyncHandlers, Handlers, Integrations
 
 GOOD = {
     "client_id": "client-1",
@@ -235,6 +235,7 @@ CHECKED = (
     "_setting_errors.py",
     "web/_page.py",
     "web/_routes.py",
+    "web/_integrations.py",
 )
 PAGE = SRC.parents[1] / "docs" / "configuration.md"
 
@@ -369,6 +370,20 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "limits": lambda: _handlers(max_body=0),
     "allowed_origin": lambda: _handlers(allowed_origins=["app.example"]),
     "allowed_origins_type": lambda: _handlers(allowed_origins="https://app.example"),
+    "integrations_type": lambda: Integrations([_sync_service()]),  # type: ignore[arg-type]
+    "integrations_empty": lambda: Integrations({}),
+    "integration_name": lambda: Integrations({"Kommo CRM": _sync_service()}),
+    "integration_default": lambda: Integrations({"kommo": _sync_service()}, default="amocrm"),
+    "integration_namespace": lambda: Integrations({"a": _sync_service(), "b": _sync_service()}),
+    "integration_shared": lambda: Integrations(
+        {
+            "a": _sync_service(),
+            "b": AmoOAuth(
+                config(client_id="another", redirect_uri="https://other.example/cb"),
+                store=MemoryStore(),
+            ),
+        }
+    ),
 }
 
 

@@ -107,6 +107,7 @@ class CodeFlows:
             config.state_ttl,
             bound.secret if bound is not None else None,
             seen,
+            namespace=config.client_id,
         )
         query = urlencode({"client_id": config.client_id, "state": token, "mode": config.mode})
         joiner = "&" if "?" in config.authorize_url else "?"
@@ -223,6 +224,11 @@ class CodeFlows:
                 raise CallbackRejected(Reason.BAD_STATE) from None
             raise
 
+    def _read_state(self, state: str) -> StateClaims:
+        """A state this integration signed: another namespace's is ``UnsignedState``."""
+        config = self.config
+        return read_state(config.accepted_state_secrets, state, config.client_id)
+
     def _holder_of(self, digest: str, claims: StateClaims) -> Flow[str | None]:
         """The record key the code ledger names for this code or, for a second code of a used
         consent (a double tap on "Allow"), for the code that used its state first."""
@@ -274,7 +280,7 @@ class CodeFlows:
         self._check_code(code)
         target = self.records.fresh(connection_id)
         try:
-            claims = read_state(self.config.accepted_state_secrets, state) if state else None
+            claims = self._read_state(state) if state else None
         except UnsignedState:  # signed under a secret removed since (a rotation), or forged
             host = self._referer_host(referer)
             return (yield from self._known_code_only(target, code, host))

@@ -218,6 +218,25 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
             "AsyncHandlers and amo_oauth.fastapi.router serve an AsyncAmoOAuth, not {type}: "
             "use Handlers (or amo_oauth.flask.blueprint) for a blocking AmoOAuth"
         ),
+        # amo_oauth.web.Integrations: several integrations behind one set of routes
+        "integrations_type": (
+            "Integrations takes a dict of names to services, e.g. "
+            "dict(amocrm=oauth_a, kommo=oauth_b), not {type}"
+        ),
+        "integrations_empty": "Integrations needs at least one service, e.g. dict(amocrm=oauth)",
+        "integration_name": (
+            "an integration's name is 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter "
+            "or digit (what ?integration= carries), e.g. 'kommo', not {name}"
+        ),
+        "integration_default": "default {name} is none of the integrations: use one of {names}",
+        "integration_namespace": (
+            "integrations {first} and {second} have the same client_id: their connections "
+            "would share records; give each integration its own"
+        ),
+        "integration_shared": (
+            "integrations {first} and {second} differ in {field}: one set of routes has one "
+            "redirect_uri, trusted_proxies and forwarded_header; serve them on routes of their own"
+        ),
     }
 )
 

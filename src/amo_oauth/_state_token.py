@@ -14,7 +14,11 @@ carries no user identifier anyone but the backend can read:
 - ``n``: the nonce a callback consumes; ``i``, ``e``: issue and expiry times in milliseconds;
 - ``v``: the version of the connection's record ``begin()`` read (0: none stored), which orders
   a re-authorization after the connection it replaces without comparing times that can tie
-  (absent in states signed before it was added: their ``i`` decides).
+  (absent in states signed before it was added: their ``i`` decides);
+- ``k``: a keyed hash of the integration's namespace (``Config.client_id``), so that of two
+  integrations sharing a state secret neither accepts the other's state (``read_state`` with a
+  ``namespace`` treats another namespace's state as unsigned). Absent in states signed before it
+  was added (they lived 30 minutes): those are accepted by any namespace.
 
 States of the first format (``v1``, which showed the connection id and bound no browser) are
 refused as ``bad_state``: they lived 30 minutes, so an upgrade costs at most one re-begin.
@@ -66,6 +70,7 @@ _MAX_TOKEN = 2048
 _CONTEXT = b"amo_oauth.state.v2."
 _ID_CONTEXT = b"amo_oauth.state.v2.id."
 _BINDING_CONTEXT = b"amo_oauth.state.v2.binding."
+_NAMESPACE_CONTEXT = b"amo_oauth.state.v2.namespace."
 _HASH_BYTES = 16
 
 
@@ -194,10 +199,13 @@ def issue_state(
     ttl: timedelta,
     binding_secret: str | None = None,
     seen_version: int = 0,
+    *,
+    namespace: str | None = None,
 ) -> tuple[str, StateClaims]:
     """Make a fresh state token for ``connection_id``, valid for ``ttl`` from ``now`` (aware,
     UTC; the store's clock), bound to the browser holding ``binding_secret`` (None: unbound,
-    the caller's explicit choice), naming the record version ``begin()`` read."""
+    the caller's explicit choice), naming the record version ``begin()`` read, and for the
+    integration ``namespace`` (``Config.client_id``; None: none named, for tests)."""
     issued, expires = _millis(now), _millis(now + ttl)
     nonce = secrets.token_urlsafe(16)
     hashed_id = id_hash(secret, connection_id)
@@ -210,6 +218,8 @@ def issue_state(
         "e": expires,
         "v": seen_version,
     }
+    if namespace is not None:
+        body["k"] = _keyed(secret, _NAMESPACE_CONTEXT, namespace)
     payload = _b64(json.dumps(body, separators=(",", ":")).encode("ascii"))
     token = f"{_PREFIX}.{payload}.{_mac(secret, payload)}"
     claims = StateClaims(
@@ -224,12 +234,19 @@ def issue_state(
     return token, claims
 
 
-def read_state(keys: Sequence[bytes], token: str) -> StateClaims:
+def read_state(keys: Sequence[bytes], token: str, namespace: str | None = None) -> StateClaims:
     """Check a state's signature under each of ``keys`` (the current one and the previous
     ones, ``Config.accepted_state_secrets``) and return its claims.
 
+    Args:
+        keys: the accepted secrets.
+        token: the state as it came back.
+        namespace: the reading integration's ``Config.client_id``: a state that names another
+            one (``k``) is not this integration's, whoever shares its secret.
+
     Raises:
-        UnsignedState: ``bad_state`` for a token of a state's form none of ``keys`` signed.
+        UnsignedState: ``bad_state`` for a token of a state's form none of ``keys`` signed,
+            or one signed for another integration's ``namespace``.
         CallbackRejected: ``bad_state`` for anything malformed or of the first format (``v1``).
     """
     # A state is ASCII; anything else would not even encode for the MAC check.
@@ -263,4 +280,18 @@ def read_state(keys: Sequence[bytes], token: str) -> StateClaims:
     except (binascii.Error, ValueError, KeyError, TypeError, OverflowError):
         # Only a holder of the secret could sign this; still, refuse rather than crash.
         raise CallbackRejected("bad_state") from None
+    if not _names_namespace(secret, body.get("k"), namespace):
+        raise UnsignedState
     return claims
+
+
+def _names_namespace(secret: bytes, named: object, namespace: str | None) -> bool:
+    """Whether a state's ``k`` allows ``namespace``: no reader's namespace or no ``k`` (a state
+    from before it) allows any; else the keyed hashes must match (constant time)."""
+    if namespace is None or named is None:
+        return True
+    return (
+        isinstance(named, str)
+        and named.isascii()
+        and _same(_keyed(secret, _NAMESPACE_CONTEXT, namespace), named)
+    )

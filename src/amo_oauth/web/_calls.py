@@ -27,6 +27,7 @@ __all__ = [
     "HandleCallback",
     "HandleDisconnectHook",
     "IssueTicket",
+    "LedgerHolds",
     "RedeemTicket",
     "ServiceCall",
     "Status",
@@ -161,3 +162,16 @@ class HandleDisconnectHook(ServiceCall[HookResult]):
 
     async def arun(self, oauth: AsyncAmoOAuth) -> HookResult:
         return await oauth.handle_disconnect_hook(self.query)
+
+
+@attrs.frozen
+class LedgerHolds(ServiceCall[bool]):
+    """Does the ledger hold ``entry`` for this integration? (routing several integrations)"""
+
+    entry: str = attrs.field(repr=False)  # a code's digest or a client id: kept out of logs
+
+    def run(self, oauth: AmoOAuth) -> bool:
+        return oauth.ledger_holds(self.entry)
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> bool:
+        return await oauth.ledger_holds(self.entry)

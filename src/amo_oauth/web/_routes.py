@@ -39,6 +39,7 @@ from ._calls import (
 )
 from ._catalogue import BINDING_COOKIE, DEFAULT_PREFIX, ROUTES, Route
 from ._http import Request, Response
+from ._integrations import INTEGRATION_PARAM, Ask, Integrations, UseIntegration
 from ._page import (
     PAGE_TEXTS,
     PageKind,
@@ -107,7 +108,7 @@ class Identify:
     """Ask the app which connection the request belongs to; the answer is ``str | None``."""
 
 
-WebFlow = Generator[Identify | ServiceCall[Any], Any, T]
+WebFlow = Generator[Identify | ServiceCall[Any] | Ask[Any] | UseIntegration, Any, T]
 
 
 def status_payload(connection: Connection) -> dict[str, Any]:
@@ -177,7 +178,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
 
     def __init__(
         self,
-        oauth: ServiceT,
+        oauth: ServiceT | Integrations[ServiceT],
         *,
         connection_id: IdentifyT,
         app_scheme: str,
@@ -189,12 +190,11 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         allowed_origins: Sequence[str] = (),
         redact_access_logs: bool = True,
     ) -> None:
-        # The other kind of service would fail only at a user's first request: refuse it now.
-        if self.blocking and isinstance(oauth, AsyncAmoOAuth):
-            raise TypeError(setting_error("sync_service", type=type(oauth).__name__))
-        if not self.blocking and isinstance(oauth, AmoOAuth):
-            raise TypeError(setting_error("async_service", type=type(oauth).__name__))
-        self.oauth = oauth
+        self.integrations: Integrations[ServiceT] = Integrations.of(oauth)
+        for service in self.integrations.values():
+            self._check_kind(service)
+        #: The service (with several integrations: the default's, else the first's).
+        self.oauth: ServiceT = self.integrations.primary
         self.connection_id = connection_id
         self.app_scheme = check_app_scheme(app_scheme)
         self.prefix = _check_prefix(prefix)
@@ -211,12 +211,16 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         self.default_language = default_language
         self.max_body = max_body
         self.max_query = max_query
-        config = getattr(oauth, "config", None)
+        # Integrations share these (redirect URI, proxies): the primary's stand for all.
+        config = getattr(self.oauth, "config", None)
         redirect_uri = getattr(config, "redirect_uri", "")
         # The cookie's attributes come from the configured redirect URI, never the request.
         self.secure_cookie = urlsplit(redirect_uri).scheme == "https"
         self.cookie_name = ("__Host-" if self.secure_cookie else "") + BINDING_COOKIE
-        state_ttl = getattr(config, "state_ttl", timedelta(minutes=30))
+        state_ttl = max(
+            getattr(getattr(service, "config", None), "state_ttl", timedelta(minutes=30))
+            for service in self.integrations.values()
+        )
         self.cookie_max_age = max(1, int(state_ttl.total_seconds()))
         self.connect_url = _connect_url(redirect_uri, self.prefix)
         # Forwarded headers count only where the app said how many proxies write them.
@@ -238,6 +242,13 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             "disconnect_hook": self._disconnect_hook,
         }
 
+    def _check_kind(self, service: object) -> None:
+        """The other kind of service would fail only at a user's first request: refuse it now."""
+        if self.blocking and isinstance(service, AsyncAmoOAuth):
+            raise TypeError(setting_error("sync_service", type=type(service).__name__))
+        if not self.blocking and isinstance(service, AmoOAuth):
+            raise TypeError(setting_error("async_service", type=type(service).__name__))
+
     # -- dispatch ------------------------------------------------------------------------
 
     def serve(self, request: Request) -> WebFlow[Response]:
@@ -253,6 +264,9 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             check_size(request, self.max_query, self.max_body)
             if route.method == "POST":
                 check_origin(request, self.allowed_origins)
+            # The integration first (one service: itself), then the route on its service.
+            chosen = yield from self.integrations.choose(route.name, request)
+            yield UseIntegration(chosen)
             response = yield from self._flows[route.name](request)
         except Refusal as refusal:
             response = self._refuse(route, request, refusal.status, refusal.reason, refusal.hint)
@@ -359,7 +373,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         else:
             connection_id = yield from self._identity(request)
             if wants_json(request):
-                return (yield from self._ticket_url(connection_id))
+                return (yield from self._ticket_url(connection_id, request))
         cookie = request.cookie(self.cookie_name)
         begun = yield from self._call(Begin(connection_id, binding=cookie))
         headers = [self._set_cookie(begun.binding, self.cookie_max_age)] if begun.binding else []
@@ -383,11 +397,16 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         signed_in = yield from self._signed_in()
         return (yield from self._call(RedeemTicket(ticket, connection_id=signed_in)))
 
-    def _ticket_url(self, connection_id: str) -> WebFlow[Response]:
+    def _ticket_url(self, connection_id: str, request: Request) -> WebFlow[Response]:
         """``{url, expires_at}``: this route with a fresh ticket, for the browser that will
-        consent (the app's in-app browser keeps the binding cookie /connect sets there)."""
+        consent (the app's in-app browser keeps the binding cookie /connect sets there), and
+        the integration the app named, which signed the ticket."""
         ticket = yield from self._call(IssueTicket(connection_id))
-        url = f"{self.connect_url}?{urlencode({'ticket': ticket})}"
+        query = {"ticket": ticket}
+        integration = request.param(INTEGRATION_PARAM)
+        if integration is not None and len(self.integrations) > 1:
+            query[INTEGRATION_PARAM] = integration
+        url = f"{self.connect_url}?{urlencode(query)}"
         return Response.json(200, {"url": url, "expires_at": ticket_expires_at(ticket).isoformat()})
 
     def _callback(self, request: Request) -> WebFlow[Response]:
