@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import flask
 import httpx
@@ -382,6 +383,7 @@ PER_CONNECTION = (
     ("callback", "client_id=fake-client-id", AMO),  # fixed: in memory
     ("callback", "client_id=per-connection-3", "client_id_mismatch"),  # another namespace's
     ("callback", "client_id=never-seen", "client_id_mismatch"),
+    ("disconnect_hook", "client_uuid=never-seen", "client_id_mismatch"),
 )
 
 
@@ -417,6 +419,17 @@ async def achoices(integrations: Integrations[Any]) -> list[str]:
     return found
 
 
+def refuse_lookups(ask: Ask[Any]) -> bool:
+    """No ledger entry anywhere: every lookup answers no."""
+    return False
+
+
+def state_of(config: Config, clock: FakeClock) -> str:
+    """A state that ``config``'s integration issues for USER (it is the same on any store)."""
+    with AmoOAuth(config, store=MemoryStore(clock=clock), clock=clock) as oauth:
+        return oauth.begin(USER).state
+
+
 @pytest.mark.parametrize("awaited", [False, True], ids=["sync", "async"])
 def test_a_per_connection_client_id_is_routed_by_its_ledger_entry(
     backend: Backend, fake: FakeAmoCRM, clock: FakeClock, awaited: bool
@@ -439,6 +452,13 @@ def test_a_per_connection_client_id_is_routed_by_its_ledger_entry(
     widget_key = record_key("site", "example.amocrm.ru", widget=True)
     store.consume_state("client:per-connection-2", far, widget_key)
     store.consume_state("client:per-connection-3", far, record_key("elsewhere", USER))
+    states = {name: state_of(oauth.config, clock) for name, oauth in services.items()}
+    # Before amoCRM posted the new integration's credentials, only the state names it.
+    early = Request("GET", "/", urlencode({"client_id": "not-yet", "state": states["site2"]}))
+    assert drive(integrations.choose("callback", early), refuse_lookups) == "site2"
+    fixed_state = urlencode({"client_id": "not-yet", "state": states[AMO]})
+    with pytest.raises(CallbackRejected, match="client_id_mismatch"):
+        drive(integrations.choose("callback", Request("GET", "/", fixed_state)), refuse_lookups)
     if awaited:
         found = asyncio.run(achoices(integrations))
     else:

@@ -11,8 +11,9 @@ integration first (``Integrations.choose``); then its route runs, unchanged, on 
 - ``GET /callback`` and ``GET /disconnect-hook``: the client id amoCRM sends (``client_id``,
   ``client_uuid``; protocol notes §2, §6). A fixed one is found in memory; any other is asked
   of each metadata-mode integration's store (the ledger entry ``client:<id>`` that
-  ``receive_secrets`` writes, held by the connection's record key); none holds it: 400
-  ``client_id_mismatch``. Without a client id: by the state, as below.
+  ``receive_secrets`` writes, held by the connection's record key), then, for a redirect that
+  came before those credentials, the metadata-mode integration whose secret signed its state;
+  none: 400 ``client_id_mismatch``. Without a client id: by the state, as below.
 - ``POST /exchange-code`` (no client id in its body): the integration whose code ledger holds
   the code (a replay: answered 200 with its status), else the one whose secret signed the
   state, else the default (which refuses a new code there anyway: ``new_code_refused``).
@@ -195,6 +196,12 @@ class Integrations(Mapping[str, S]):
         for name in self._metadata:
             if (yield Ask(name, LedgerHolds(entry))):
                 return name
+        # The redirect may come before amoCRM's post of the new integration's credentials (no
+        # ledger entry yet): a metadata-mode integration's own state names it, and its callback
+        # waits for them, then checks the client id against what was posted.
+        signer = self.integration_for_state(state)
+        if signer in self._metadata:
+            return signer
         raise CallbackRejected(Reason.CLIENT_ID_MISMATCH)
 
     def _by_code(self, request: Request) -> Choosing:
