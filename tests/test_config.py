@@ -371,6 +371,11 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "allowed_origin": lambda: _handlers(allowed_origins=["app.example"]),
     "allowed_origins_type": lambda: _handlers(allowed_origins="https://app.example"),
     "integrations_type": lambda: Integrations([_sync_service()]),  # type: ignore[arg-type]
+    "integrations_plain": lambda: Handlers(
+        {"amocrm": _sync_service()},  # type: ignore[arg-type]
+        connection_id=lambda r: None,
+        app_scheme="a",
+    ),
     "integrations_empty": lambda: Integrations({}),
     "integration_name": lambda: Integrations({"Kommo CRM": _sync_service()}),
     "integration_default": lambda: Integrations({"kommo": _sync_service()}, default="amocrm"),

@@ -223,6 +223,10 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
             "Integrations takes a dict of names to services, e.g. "
             "dict(amocrm=oauth_a, kommo=oauth_b), not {type}"
         ),
+        "integrations_plain": (
+            "several services go in amo_oauth.web.Integrations(...), not a plain {type}: "
+            "it names each one and checks that they can share the routes"
+        ),
         "integrations_empty": "Integrations needs at least one service, e.g. dict(amocrm=oauth)",
         "integration_name": (
             "an integration's name is 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter "

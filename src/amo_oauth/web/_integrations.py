@@ -113,9 +113,16 @@ class Integrations(Mapping[str, S]):
 
     @classmethod
     def of(cls, oauth: S | Integrations[S]) -> Integrations[S]:
-        """``oauth`` as it is when several, else one service as the only (default) one."""
+        """``oauth`` as it is when several, else one service as the only (default) one.
+
+        Raises:
+            TypeError: a plain mapping of services (it must be named ``Integrations``, which
+                checks it).
+        """
         if isinstance(oauth, Integrations):
             return oauth
+        if isinstance(oauth, Mapping):
+            raise TypeError(setting_error("integrations_plain", type=type(oauth).__name__))
         return cls({"default": oauth}, default="default")
 
     def __getitem__(self, name: str) -> S:
