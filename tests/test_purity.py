@@ -20,6 +20,7 @@ PURE = (
     "_callback",
     "_hosts",
     "_state_token",
+    "_secrets_post",
     "_binding",
     "_errors",
     "_config",

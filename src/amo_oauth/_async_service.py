@@ -117,7 +117,7 @@ class AsyncAmoOAuth(ServiceCore):
 
     async def receive_secrets(self, form: QueryLike) -> SecretsResult:
         """See ``AmoOAuth.receive_secrets``."""
-        raise NotImplementedError  # issue 22: being built
+        return await self._run(self._flows.codes.receive_secrets(form))
 
     async def issue_ticket(self, connection_id: str) -> str:
         """See ``AmoOAuth.issue_ticket``."""

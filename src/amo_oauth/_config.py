@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import importlib.util
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any, Final
@@ -383,6 +384,9 @@ class Config:
             raise ValueError(setting_error("client_secret_missing"))
         if self.secrets_uri is not None and self.client_secret is not None:
             raise ValueError(setting_error("client_secret_with_secrets_uri"))
+        if self.secrets_uri is not None and importlib.util.find_spec("cryptography") is None:
+            # Said here, once, rather than at the first begin() or post to secrets_uri.
+            raise ValueError(setting_error("secrets_uri_needs_crypto"))
         self._check_state_secrets_apart()
 
     @property

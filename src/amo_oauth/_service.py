@@ -140,14 +140,42 @@ class AmoOAuth(ServiceCore):
         raise NotImplementedError  # issue 22: being built
 
     def receive_secrets(self, form: QueryLike) -> SecretsResult:
-        """Metadata mode: store the ``client_id`` and ``client_secret`` amoCRM posted to
-        ``secrets_uri`` with the consent's ``state`` (protocol notes §7).
+        """Metadata mode (``Config.secrets_uri``): keep the ``client_id`` and ``client_secret``
+        amoCRM posted to ``secrets_uri`` with the consent's ``state`` (protocol notes §7: a
+        new integration per installing account, posted server to server before the code
+        redirect), with the connection that state names, until that consent's code is claimed.
+
+        Only ``client_id``, ``client_secret`` and ``state`` are read (any other field is
+        ignored). amoCRM signs nothing of this post: the state, signed by ``begin()`` or
+        ``site_button()`` under ``Config.state_secret`` (or one of ``previous_state_secrets``)
+        and carrying its connection encrypted, is the only authority. The credentials go into
+        the connection's record in one compare-and-set write (encrypted at rest with the
+        store's ``encryption``); a retried install's new integration, posted under the same
+        state, replaces them until the code is claimed; after that, and for the same post
+        again, nothing changes. The client id is also entered in the store's ledger
+        (``client:<client_id>``, before the record write) so the web layer can find the
+        connection a redirect or a hook bringing it belongs to.
+
+        Args:
+            form: the post's fields: a mapping (of ``str``, or of one-item lists), a
+                multi-dict, or (name, value) pairs, as the web layer read them from a form or
+                JSON body.
+
+        Returns:
+            ``SecretsResult``: the connection (no secret) and ``stored``, True when this call
+            wrote the credentials, False when nothing changed.
 
         Raises:
-            CallbackRejected: ``malformed``, ``bad_state``, ``expired_state``, ``clock_skew``;
-                nothing changed.
+            CallbackRejected: nothing changed: ``malformed`` (a field missing, repeated, not
+                text, too long; a client id that is not printable ASCII of at most 255
+                characters; a secret not printable or over 2048), ``bad_state`` (forged,
+                unsigned, or a fixed-mode state without a connection), ``expired_state``,
+                ``clock_skew`` (signed more than ``MAX_CLOCK_SKEW`` ahead of the store's
+                clock), ``client_id_mismatch`` (the ledger names another connection for that
+                client id).
+            StoreError: the store failed; the post may be retried.
         """
-        raise NotImplementedError  # issue 22: being built
+        return self._run(self._flows.codes.receive_secrets(form))
 
     def issue_ticket(self, connection_id: str) -> str:
         """A single-use ticket (``Config.ticket_ttl``, a minute) for a mobile app to open

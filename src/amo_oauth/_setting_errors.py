@@ -89,6 +89,10 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
             "client_secret must be absent with secrets_uri set: in the site button's metadata "
             "mode each connection's secret comes from amoCRM's post to secrets_uri"
         ),
+        "secrets_uri_needs_crypto": (
+            "secrets_uri needs the crypto extra (the site button's metadata mode encrypts the "
+            "connection into each state): pip install 'amo_oauth[crypto]'"
+        ),
         "state_secret_is_client_secret": (
             "state_secret must not be the client_secret: whoever holds the client secret "
             "could then sign states; generate a separate one with secrets.token_urlsafe(32)"
