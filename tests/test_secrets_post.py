@@ -412,7 +412,10 @@ def _raw_bodies(backend: Backend) -> list[str]:
         import sqlite3
 
         with sqlite3.connect(backend._path) as db:
-            tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            tables = [
+                name
+                for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            ]
             return [str(row) for table in tables for row in db.execute(f'SELECT * FROM "{table}"')]
     if backend.kind == "postgres":
         import psycopg
@@ -426,7 +429,13 @@ def _raw_bodies(backend: Backend) -> list[str]:
     url = backend._request.getfixturevalue("redis_url")
     client = redis.Redis.from_url(url)
     try:
-        return [str(client.dump(key)) for key in client.keys(f"t-{backend._name}:*".encode())]
+        keys = client.keys(f"t-{backend._name}:*".encode())
+        # Records are hashes (the body in a field); ledger entries and the rest are strings.
+        return [
+            str(client.hgetall(key) if client.type(key) == b"hash" else client.get(key))
+            for key in keys
+            if client.type(key) in (b"hash", b"string")
+        ]
     finally:
         client.close()
 
@@ -586,3 +595,26 @@ def test_racing_posts_end_in_one_consistent_record(metadata_oauth) -> None:
     assert record.pending_credentials[0].credentials in (FIRST, SECOND)
     # Every stored post is one write, and nothing else wrote the record.
     assert record.version == sum(result.stored for result in results) >= 1
+
+
+def test_rotate_key_re_encrypts_a_record_holding_only_credentials(
+    tmp_path, make_oauth: Callable[..., AmoOAuth], clock: FakeClock
+) -> None:
+    from cryptography.fernet import MultiFernet
+
+    from amo_oauth import SQLiteStore
+    from amo_oauth._errors import UndecryptableRecord
+    from amo_oauth._rotation import rotate_keys
+
+    db = tmp_path / "rotate.db"
+    old, new = Fernet(Fernet.generate_key()), Fernet(Fernet.generate_key())
+    oauth = make_oauth(store=SQLiteStore(db, encryption=old, clock=clock), **METADATA)
+    oauth.receive_secrets(form(FIRST, oauth.begin(USER).state))
+    key = record_key(oauth.config.client_id, USER)
+    with pytest.raises(UndecryptableRecord):
+        SQLiteStore(db, encryption=new).load(key)
+    report = rotate_keys(SQLiteStore(db, encryption=MultiFernet([new, old])))
+    assert (report.rewritten, report.without_tokens) == (1, 0)
+    record = SQLiteStore(db, encryption=new).load(key).record
+    assert record is not None
+    assert [p.credentials for p in record.pending_credentials] == [FIRST]
