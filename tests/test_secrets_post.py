@@ -334,6 +334,22 @@ def test_a_post_without_a_valid_state_changes_nothing(
     assert oauth.store.holder_of(f"client:{FIRST.client_id}") is None
 
 
+def test_a_fixed_mode_service_takes_no_post(
+    backend: Backend, make_oauth: Callable[..., AmoOAuth], clock: FakeClock
+) -> None:
+    store = backend.open()
+    commits = Commits(store)
+    oauth = make_oauth(store=store)
+    # Even a state that carries a connection under this very secret (shared with a
+    # metadata-mode integration) gives a fixed-mode connection no integration of its own.
+    state, _ = issue_state(
+        oauth.config.state_secret, USER, clock(), timedelta(minutes=5), carry_connection=True
+    )
+    with pytest.raises(CallbackRejected, match="bad_state"):
+        oauth.receive_secrets(form(FIRST, state))
+    assert commits.count == 0 and version(oauth) == 0
+
+
 def test_an_expired_state_changes_nothing(metadata_oauth, clock: FakeClock) -> None:
     oauth, commits = metadata_oauth
     state = oauth.begin(USER).state

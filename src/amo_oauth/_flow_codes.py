@@ -132,6 +132,10 @@ class CodeFlows:
         post's state names, until that consent's code claims them (protocol notes §7). The
         signed state is the only authority: amoCRM signs nothing else of this post."""
         post = read_secrets_post(form)
+        if not self.config.metadata_mode:
+            # Fixed mode has no secrets_uri: its connections use Config's integration, and no
+            # post may give one another (even under a state a shared secret signed).
+            raise CallbackRejected(Reason.BAD_STATE)
         claims = read_state(self.config.accepted_state_secrets, post.state)
         connection = claims.connection()  # bad_state for a state without one (fixed mode)
         digest = code_digest(claims.nonce)

@@ -169,7 +169,8 @@ class AmoOAuth(ServiceCore):
             CallbackRejected: nothing changed: ``malformed`` (a field missing, repeated, not
                 text, too long; a client id that is not printable ASCII of at most 255
                 characters; a secret not printable or over 2048), ``bad_state`` (forged,
-                unsigned, or a fixed-mode state without a connection), ``expired_state``,
+                unsigned, a fixed-mode state without a connection, or any post to a service
+                without ``secrets_uri``), ``expired_state``,
                 ``clock_skew`` (signed more than ``MAX_CLOCK_SKEW`` ahead of the store's
                 clock), ``client_id_mismatch`` (the ledger names another connection for that
                 client id).
