@@ -39,10 +39,12 @@ from ._records import (
 )
 from ._results import (
     AuthorizationRequest,
+    ButtonMetadata,
     CallbackResult,
     HookResult,
     Outcome,
     RefreshReport,
+    SiteButton,
     SweepProgress,
 )
 from ._service import AmoOAuth
@@ -63,6 +65,7 @@ __all__ = [  # noqa: RUF022
     "AsyncAmoOAuth",
     "AsyncStore",
     "AuthorizationRequest",
+    "ButtonMetadata",
     "CallbackRejected",
     "CallbackResult",
     "Config",
@@ -85,6 +88,7 @@ __all__ = [  # noqa: RUF022
     "RefreshReport",
     "SQLiteStore",
     "SeenCode",
+    "SiteButton",
     "Store",
     "StoreError",
     "SweepProgress",
