@@ -320,6 +320,10 @@ class Config:
         api_max_wait: the most seconds ``auth()`` holds a request for its slot, or for the
             one resend after amoCRM's 429; past it the caller gets ``TryAgainLater``
             (``api_busy``, ``api_paused``) at once. 2 s by default; 0: never wait.
+        button_script_url: the button script ``site_button()``'s element loads (protocol
+            notes §7): amoCRM's ``https://www.amocrm.ru/auth/button.min.js`` by default,
+            Kommo's ``https://www.kommo.com/auth/button.js`` for a Kommo ``authorize_url``;
+            a test points it at a stand-in (docs/site-button.md).
     """
 
     client_id: str = attrs.field(validator=_non_empty)
