@@ -30,6 +30,8 @@ PURE = (
     "_answers",
     "_provider_calls",
     "_provider_reads",
+    "_results",
+    "_site_button",
 )
 FORBIDDEN = frozenset(
     {

@@ -42,8 +42,9 @@ from ._provider import (
 from ._reasons import Reason
 from ._record_view import RecordView
 from ._records import CODE_MEMORY, code_digest, record_key
-from ._results import AuthorizationRequest, CallbackResult, Outcome, SecretsResult
+from ._results import AuthorizationRequest, CallbackResult, Outcome, SecretsResult, SiteButton
 from ._secrets_post import read_secrets_post
+from ._site_button import ButtonOptions, button_attributes, button_html
 from ._state_token import (
     MAX_CLOCK_SKEW,
     StateClaims,
@@ -79,11 +80,25 @@ LEDGER_SKEW = 2 * MAX_CLOCK_SKEW
 #: How long the ledger names the connection a site-button integration's client id belongs to
 #: (``client:<client_id>``, metadata mode): as long as such a connection may live.
 CLIENT_MEMORY = timedelta(days=3650)
+_BEGIN_IN_METADATA_MODE: Final = (
+    "begin() has no consent URL in the site button's metadata mode (Config.secrets_uri set): "
+    "amoCRM makes each account's integration from the button's metadata, so render "
+    "site_button(connection_id, metadata=ButtonMetadata(...)) instead"
+)
+
+
+@attrs.frozen
+class _Consent:
+    """A consent's fresh state, its expiry, and the binding of the browser it is bound to."""
+
+    state: str = attrs.field(repr=False)
+    expires_at: datetime
+    binding: str | None = attrs.field(repr=False)
 
 
 class CodeFlows:
-    """The logic behind ``begin``, ``issue_ticket``, ``redeem_ticket``, ``handle_callback`` and
-    ``exchange_code``."""
+    """The logic behind ``begin``, ``site_button``, ``issue_ticket``, ``redeem_ticket``,
+    ``handle_callback`` and ``exchange_code``."""
 
     def __init__(self, verification: Verification) -> None:
         self.verification = verification
@@ -96,6 +111,43 @@ class CodeFlows:
     def begin(
         self, connection_id: str, binding: str | None = None, browser_binding: bool = True
     ) -> Flow[AuthorizationRequest]:
+        config = self.config
+        if config.metadata_mode:
+            raise ValueError(_BEGIN_IN_METADATA_MODE)
+        consent = yield from self._consent(connection_id, binding, browser_binding)
+        query = urlencode(
+            {"client_id": config.client_id, "state": consent.state, "mode": config.mode}
+        )
+        joiner = "&" if "?" in config.authorize_url else "?"
+        return AuthorizationRequest(
+            f"{config.authorize_url}{joiner}{query}",
+            consent.state,
+            consent.expires_at,
+            binding=consent.binding,
+        )
+
+    def site_button(
+        self,
+        connection_id: str,
+        binding: str | None,
+        browser_binding: bool,
+        options: ButtonOptions,
+    ) -> Flow[SiteButton]:
+        # Checked before the read: a wrong option costs no store round trip.
+        attributes = button_attributes(self.config, options)
+        consent = yield from self._consent(connection_id, binding, browser_binding)
+        return SiteButton(
+            button_html(attributes, consent.state),
+            consent.state,
+            consent.expires_at,
+            binding=consent.binding,
+        )
+
+    def _consent(
+        self, connection_id: str, binding: str | None, browser_binding: bool
+    ) -> Flow[_Consent]:
+        """A fresh state for a consent to ``connection_id`` and the browser binding it is
+        bound to: what both ``begin`` and ``site_button`` hand out."""
         check_app_user_id(connection_id)
         config = self.config
         # One read: the record's version orders this consent after (or before) the connection
@@ -116,14 +168,7 @@ class CodeFlows:
             # connection by (protocol notes §7), so the state carries it, encrypted.
             carry_connection=config.metadata_mode,
         )
-        query = urlencode({"client_id": config.client_id, "state": token, "mode": config.mode})
-        joiner = "&" if "?" in config.authorize_url else "?"
-        return AuthorizationRequest(
-            f"{config.authorize_url}{joiner}{query}",
-            token,
-            claims.expires_at,
-            binding=bound.token if bound is not None else None,
-        )
+        return _Consent(token, claims.expires_at, bound.token if bound is not None else None)
 
     # -- the secrets_uri post (metadata mode) -------------------------------------------------
 
