@@ -69,6 +69,7 @@ class Receiver:
         self.status = status
         self.seen: list[Seen] = []
         self.page = b""
+        self.on_secrets: Callable[[], object] = lambda: None
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -82,6 +83,8 @@ class Receiver:
                 environ["wsgi.input"].read(length) if length else b"",
             )
         )
+        if path.endswith("/secrets"):
+            self.on_secrets()
         status = self.status if path.endswith("/secrets") else 200
         kind = "text/html" if path == "/" else "text/plain"
         start_response(f"{status} {HTTPStatus(status).phrase}", [("content-type", kind)])
@@ -457,8 +460,11 @@ class _QuietHandler(simple_server.WSGIRequestHandler):
         """No access log in the test output (it would show the callback's code)."""
 
 
-def test_the_served_install_posts_over_loopback_http() -> None:
+def test_the_served_install_posts_over_loopback_http_without_holding_the_fakes_lock() -> None:
     receiver, fake = Receiver(), FakeAmoCRM()
+    # The backend reads the fake (on its own thread) while it answers the post: a fake that
+    # held its lock over the post would wait on itself until the post timed out.
+    receiver.on_secrets = lambda: fake.requests
     with served(receiver) as backend, fake.serve() as running:
         query = button_query(f"{backend}/secrets", f"{backend}/callback")
         answer = httpx.get(f"{running.url}/oauth/install?{query}", follow_redirects=False)

@@ -6,11 +6,12 @@ it.
 
 The parts share one `_core.Core` (one lock over all state): the accounts and integrations
 (`_directory`), the codes and tokens (`_grants`), the scripted faults (`_faults`) and the
-counts (`_tally`), served by one object per endpoint: the consent pages (`_consent`), the token
-endpoint (`_token_endpoint`), the API and the account lookup (`_api`). The public methods come
-in two documented halves, `FakeSetup` (`_fake_setup`: what a test does to the fake) and
-`FakeReadings` (`_fake_readings`: what it reads back); this module adds the identity of the
-default account and integration, the routing and the wrappers.
+counts (`_tally`), served by one object per endpoint: the consent pages, the button script and
+the metadata-mode install (`_consent`), the token endpoint (`_token_endpoint`), the API and the
+account lookup (`_api`). The public methods come in documented parts, `FakeSetup`
+(`_fake_setup`: what a test does to the fake), `FakeReadings` (`_fake_readings`: what it reads
+back) and `FakeSiteButton` (`_fake_button`: the site button's install, §7); this module adds
+the identity of the default account and integration, the routing and the wrappers.
 """
 
 from __future__ import annotations
