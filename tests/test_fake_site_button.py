@@ -438,6 +438,8 @@ def test_a_metadata_button_missing_what_section_7_requires_is_refused(
         for path in ("/oauth", "/oauth/install"):
             answer = client.get(f"https://www.amocrm.ru{path}?{query}")
             assert answer.status_code == 400 and said in answer.text, path
+        put = client.put(f"https://www.amocrm.ru/oauth/install?{button_query()}")
+        assert put.status_code == 405
     assert fake.site_button_integrations == ()
 
 

@@ -116,6 +116,8 @@ class Consent:
         consent host), or None: every field §7 requires, both URLs https, a state."""
         if not self._is_consent_host(request.host):
             return not_found()
+        if request.method not in ("GET", "POST"):
+            return html_answer(405, _pages.message_page("405", "Method not allowed."))
         query = request.query
         missing = [f for f in (*METADATA_FIELDS, SCOPES_PARAMETER, "state") if not query.get(f)]
         problems = [f"missing {', '.join(missing)}"] if missing else []
