@@ -39,6 +39,7 @@ from ._records import (
 )
 from ._results import (
     AuthorizationRequest,
+    ButtonMetadata,
     CallbackResult,
     HookResult,
     Outcome,
@@ -63,6 +64,7 @@ __all__ = [  # noqa: RUF022
     "AsyncAmoOAuth",
     "AsyncStore",
     "AuthorizationRequest",
+    "ButtonMetadata",
     "CallbackRejected",
     "CallbackResult",
     "Config",

@@ -18,7 +18,8 @@ response = await handlers.handle(
 ```
 
 Routes (under ``prefix``, default ``/api/amo-crm``): ``GET /connect``, ``GET /callback``,
-``POST /exchange-code``, ``GET /status``, ``POST /disconnect``, ``GET /disconnect-hook``.
+``POST /exchange-code``, ``GET /status``, ``POST /disconnect``, ``GET /disconnect-hook``, and
+in the site button's metadata mode ``POST /secrets`` (``METADATA_ROUTES``).
 ``GET /connect`` sets the ``HttpOnly`` browser-binding cookie and redirects to amoCRM (with
 ``?ticket=...`` it first redeems a mobile app's single-use ticket; as JSON it answers
 ``{url, expires_at}`` with such a ticket URL); ``GET /callback`` exchanges a new code only in the
@@ -40,7 +41,7 @@ subdomain can plant, reads None: signed out).
 """
 
 from .._public import present_as
-from ._catalogue import DEFAULT_PREFIX, ROUTES, Route
+from ._catalogue import DEFAULT_PREFIX, METADATA_ROUTES, ROUTES, Route
 from ._handlers import AsyncConnectionIdFn, AsyncHandlers, ConnectionIdFn, Handlers
 from ._http import Request, Response, read_body, read_cookie
 from ._page import (
@@ -67,6 +68,7 @@ __all__ = [
     "CONTENT_SECURITY_POLICY",
     "DEEP_LINK_PATH",
     "DEFAULT_PREFIX",
+    "METADATA_ROUTES",
     "PAGE_TEXTS",
     "REDACTED",
     "REDACTED_NAMES",
