@@ -42,7 +42,8 @@ from _secrets_apps import (
     RecordingService,
     metadata_config,
 )
-from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, web
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, CallbackRejected, MemoryStore, web
+from amo_oauth._errors import REJECTION_REASONS
 from amo_oauth.django import urls
 from amo_oauth.fastapi import router
 from amo_oauth.flask import blueprint
@@ -51,6 +52,7 @@ from test_access_log_redaction import SERVERS, _served, _wait_for
 from test_django import client_sender, project
 from test_fastapi_adapter import sender as fastapi_sender
 from test_flask_adapter import sender as flask_sender
+from test_route_answers import OUTAGES, answered
 from test_web import AS_USER, PREFIX, Answer, Send, user_from_header
 
 from helpers import STATE_SECRET
@@ -295,6 +297,21 @@ def test_fixed_mode_has_no_secrets_route(adapter: str) -> None:
         answer = send("POST", SECRETS, headers=FORM, body=as_form(fields()))
         assert (answer.status, answer.json()) == (404, {"error": "not_found"})
         assert recorder.forms == []
+
+
+def test_every_answer_of_the_route_is_one_it_declares() -> None:
+    """What OpenAPI publishes: every refusal 403 whatever its reason, outages 502/503; and the
+    site button's outages on /connect are among /connect's answers too."""
+    service = RecordingService(metadata_config())
+    handlers = Handlers(service, connection_id=user_from_header, app_scheme="a", button=BUTTON)
+    declared = {route.name: {status for status, _ in route.responses} for route in handlers.routes}
+    post = Request("POST", SECRETS, headers=FORM, body=as_form(fields()))
+    for reason in sorted(REJECTION_REASONS):
+        assert answered(handlers, post, CallbackRejected(reason), None) == 403, reason
+    connect = Request("GET", f"{PREFIX}/connect")
+    for outage in OUTAGES:
+        assert answered(handlers, post, outage, None) in declared["secrets"], outage
+        assert answered(handlers, connect, outage, "user-42") in declared["connect"], outage
 
 
 # -- /connect in metadata mode ---------------------------------------------------------------------

@@ -29,7 +29,8 @@ link carries ``error=<reason>``): the reasons of ``CallbackRejected``, and ``una
 (401; with a ``hint`` when the redirect URI is http and no cookie came), ``bad_connection_id``,
 ``cross_site_request`` (400), ``not_found`` (404), ``method_not_allowed`` (405, with ``Allow``),
 ``body_too_large`` (413), ``query_too_large`` (414), ``unsupported_media_type`` (415: a
-``/exchange-code`` body neither JSON nor a form). A store outage is 503
+``/exchange-code`` or ``/secrets`` body neither JSON nor a form). Every refusal of amoCRM's
+post to ``/secrets`` is 403 with its reason, whatever the reason. A store outage is 503
 ``store_unavailable`` (and an amoCRM failure would be 502 ``provider_unavailable``, though no
 route lets one through: exchanges report failures as outcomes); no input produces a 500.
 
