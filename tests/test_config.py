@@ -380,6 +380,14 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "limits": lambda: _handlers(max_body=0),
     "allowed_origin": lambda: _handlers(allowed_origins=["app.example"]),
     "allowed_origins_type": lambda: _handlers(allowed_origins="https://app.example"),
+    "button_missing": lambda: Handlers(
+        AmoOAuth(
+            config(client_secret=None, secrets_uri="https://app.example.com/api/amo-crm/secrets"),
+            store=MemoryStore(),
+        ),
+        connection_id=lambda r: None,
+        app_scheme="a",
+    ),
 }
 
 

@@ -222,6 +222,11 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
             "AsyncHandlers and amo_oauth.fastapi.router serve an AsyncAmoOAuth, not {type}: "
             "use Handlers (or amo_oauth.flask.blueprint) for a blocking AmoOAuth"
         ),
+        "button_missing": (
+            "button must be a ButtonMetadata(name=..., description=...) in the site button's "
+            "metadata mode (Config.secrets_uri set), not {type}: /connect shows amoCRM's site "
+            "button, which names the integration it makes for each account"
+        ),
     }
 )
 
