@@ -58,6 +58,8 @@ from test_duplicate_commits import Commits
 from helpers import config_for
 from strategies import T0
 
+#: The button a metadata-mode consent starts from (begin() has no consent URL there).
+META = ButtonMetadata("Shop sync", "Syncs orders")
 USER = "user-1"
 SECRETS_URI = "https://app.example.com/amo/secrets"
 METADATA = {"client_secret": None, "secrets_uri": SECRETS_URI}
@@ -108,7 +110,7 @@ KEY = b"k" * 32
 
 def test_a_metadata_state_carries_its_connection_unreadable(make_oauth) -> None:
     oauth = make_oauth(**METADATA)
-    state = oauth.begin("alice@example.com").state
+    state = oauth.site_button("alice@example.com", metadata=META).state
     claims = claims_of(oauth, state)
     assert claims.connection() == "alice@example.com"
     assert "sealed_connection" not in repr(claims) and "alice" not in repr(claims)
@@ -226,7 +228,7 @@ def test_the_newest_consents_are_kept() -> None:
 
 def test_the_first_post_is_stored_and_the_same_post_again_writes_nothing(metadata_oauth) -> None:
     oauth, commits = metadata_oauth
-    state = oauth.begin(USER).state
+    state = oauth.site_button(USER, metadata=META).state
     first = oauth.receive_secrets(form(FIRST, state))
     assert isinstance(first, SecretsResult)
     assert (first.stored, first.connection.connection_id) == (True, USER)
@@ -250,7 +252,7 @@ def test_a_retried_install_replaces_the_credentials_until_the_code_is_claimed(
     metadata_oauth,
 ) -> None:
     oauth, commits = metadata_oauth
-    state = oauth.begin(USER).state
+    state = oauth.site_button(USER, metadata=META).state
     oauth.receive_secrets(form(FIRST, state))
     replaced = oauth.receive_secrets(form(SECOND, state))
     assert replaced.stored
@@ -268,7 +270,7 @@ def test_a_retried_install_replaces_the_credentials_until_the_code_is_claimed(
 
 def test_a_state_that_brought_a_denial_takes_no_credentials(metadata_oauth) -> None:
     oauth, commits = metadata_oauth
-    begun = oauth.begin(USER)
+    begun = oauth.site_button(USER, metadata=META)
     oauth.handle_callback({"error": "access_denied", "state": begun.state}, binding=begun.binding)
     count, was = commits.count, version(oauth)
     assert oauth.receive_secrets(form(FIRST, begun.state)).stored is False
@@ -277,7 +279,10 @@ def test_a_state_that_brought_a_denial_takes_no_credentials(metadata_oauth) -> N
 
 def test_consents_of_one_connection_keep_their_own_credentials(metadata_oauth) -> None:
     oauth, _ = metadata_oauth
-    first, second = oauth.begin(USER).state, oauth.begin(USER).state
+    first, second = (
+        oauth.site_button(USER, metadata=META).state,
+        oauth.site_button(USER, metadata=META).state,
+    )
     oauth.receive_secrets(form(FIRST, first))
     oauth.receive_secrets(form(SECOND, second))
     pending = {p.state_digest: p.credentials for p in stored(oauth).pending_credentials}
@@ -288,7 +293,7 @@ def test_consents_of_one_connection_keep_their_own_credentials(metadata_oauth) -
 
 
 def _forged(oauth: AmoOAuth, now: datetime) -> str:
-    state = oauth.begin(USER).state
+    state = oauth.site_button(USER, metadata=META).state
     prefix, payload, mac = state.split(".")
     return f"{prefix}.{payload}.{mac[:-2]}{'AA' if mac[-2:] != 'AA' else 'BB'}"
 
@@ -352,7 +357,7 @@ def test_a_fixed_mode_service_takes_no_post(
 
 def test_an_expired_state_changes_nothing(metadata_oauth, clock: FakeClock) -> None:
     oauth, commits = metadata_oauth
-    state = oauth.begin(USER).state
+    state = oauth.site_button(USER, metadata=META).state
     clock.advance(oauth.config.state_ttl + MAX_CLOCK_SKEW + timedelta(seconds=1))
     with pytest.raises(CallbackRejected, match="expired_state"):
         oauth.receive_secrets(form(FIRST, state))
@@ -361,10 +366,10 @@ def test_an_expired_state_changes_nothing(metadata_oauth, clock: FakeClock) -> N
 
 def test_a_client_id_registered_to_another_connection_is_refused(metadata_oauth) -> None:
     oauth, commits = metadata_oauth
-    oauth.receive_secrets(form(FIRST, oauth.begin("user-other").state))
+    oauth.receive_secrets(form(FIRST, oauth.site_button("user-other", metadata=META).state))
     count = commits.count
     with pytest.raises(CallbackRejected, match="client_id_mismatch"):
-        oauth.receive_secrets(form(FIRST, oauth.begin(USER).state))
+        oauth.receive_secrets(form(FIRST, oauth.site_button(USER, metadata=META).state))
     assert commits.count == count and version(oauth) == 0
 
 
@@ -373,7 +378,7 @@ def test_a_state_signed_before_a_rotation_is_accepted(
 ) -> None:
     old_secret, new_secret = "o" * 40, "n" * 40
     before = make_oauth(store=backend.open(), state_secret=old_secret, **METADATA)
-    state = before.begin(USER).state
+    state = before.site_button(USER, metadata=META).state
     after = make_oauth(
         store=backend.open(),
         state_secret=new_secret,
@@ -394,7 +399,7 @@ def test_the_credentials_are_encrypted_at_rest(
         pytest.skip("a MemoryStore keeps records in this process only: nothing is at rest")
     key = Fernet(Fernet.generate_key())
     oauth = make_oauth(store=_encrypted(backend, key), **METADATA)
-    oauth.receive_secrets(form(FIRST, oauth.begin(USER).state))
+    oauth.receive_secrets(form(FIRST, oauth.site_button(USER, metadata=META).state))
     bodies = _raw_bodies(backend)
     assert bodies and all(FIRST.client_secret not in body for body in bodies)
     assert [p.credentials for p in stored(oauth).pending_credentials] == [FIRST]
@@ -492,7 +497,7 @@ GOOD = form(FIRST, "")
 )
 def test_malformed_fields_change_nothing(metadata_oauth, fields: dict[str, object]) -> None:
     oauth, commits = metadata_oauth
-    state = oauth.begin(USER).state
+    state = oauth.site_button(USER, metadata=META).state
     with pytest.raises(CallbackRejected, match="malformed"):
         oauth.receive_secrets({**fields, "state": state})
     assert commits.count == 0 and version(oauth) == 0
@@ -500,7 +505,7 @@ def test_malformed_fields_change_nothing(metadata_oauth, fields: dict[str, objec
 
 def test_a_missing_or_repeated_state_is_malformed(oauth_metadata_memory) -> None:
     oauth = oauth_metadata_memory
-    state = oauth.begin(USER).state
+    state = oauth.site_button(USER, metadata=META).state
     fields = [("client_id", FIRST.client_id), ("client_secret", FIRST.client_secret)]
     with pytest.raises(CallbackRejected, match="malformed"):
         oauth.receive_secrets(fields)
@@ -510,7 +515,7 @@ def test_a_missing_or_repeated_state_is_malformed(oauth_metadata_memory) -> None
 
 def test_other_fields_are_ignored_in_every_form_shape(oauth_metadata_memory) -> None:
     oauth = oauth_metadata_memory
-    state = oauth.begin(USER).state
+    state = oauth.site_button(USER, metadata=META).state
     pairs = [*form(FIRST, state).items(), ("platform", "1"), ("platform", "2"), ("x", 7)]
     assert oauth.receive_secrets(pairs).stored
     as_lists = {name: [value] for name, value in form(SECOND, state).items()}
@@ -531,7 +536,7 @@ def test_no_secret_in_any_repr_log_or_refusal(
 ) -> None:
     oauth = oauth_metadata_memory
     caplog.set_level(logging.DEBUG)
-    state = oauth.begin(USER).state
+    state = oauth.site_button(USER, metadata=META).state
     shown: list[str] = []
     result = oauth.receive_secrets(form(FIRST, state))
     shown += [repr(result), str(result), repr(stored(oauth)), repr(claims_of(oauth, state))]
@@ -569,7 +574,7 @@ def test_the_async_service_stores_the_post_once(
         http = httpx.AsyncClient(transport=fake.async_transport())
         config = config_for(fake, **METADATA)
         async with AsyncAmoOAuth(config, store=store, http=http, clock=clock) as oauth:
-            state = (await oauth.begin(USER)).state
+            state = (await oauth.site_button(USER, metadata=META)).state
             assert (await oauth.receive_secrets(form(FIRST, state))).stored
             assert not (await oauth.receive_secrets(form(FIRST, state))).stored
             assert commits.count == 2
@@ -586,7 +591,7 @@ def test_the_async_service_stores_the_post_once(
 
 def test_racing_posts_end_in_one_consistent_record(metadata_oauth) -> None:
     oauth, _ = metadata_oauth
-    state = oauth.begin(USER).state
+    state = oauth.site_button(USER, metadata=META).state
     posts = [FIRST, SECOND] * 4
     results: list[SecretsResult] = []
     errors: list[BaseException] = []
@@ -625,7 +630,7 @@ def test_rotate_key_re_encrypts_a_record_holding_only_credentials(
     db = tmp_path / "rotate.db"
     old, new = Fernet(Fernet.generate_key()), Fernet(Fernet.generate_key())
     oauth = make_oauth(store=SQLiteStore(db, encryption=old, clock=clock), **METADATA)
-    oauth.receive_secrets(form(FIRST, oauth.begin(USER).state))
+    oauth.receive_secrets(form(FIRST, oauth.site_button(USER, metadata=META).state))
     key = record_key(oauth.config.client_id, USER)
     with pytest.raises(UndecryptableRecord):
         SQLiteStore(db, encryption=new).load(key)
