@@ -25,7 +25,15 @@ from fastapi.testclient import TestClient
 from _backends import Backend
 from _pg_server import postgres_url  # noqa: F401
 from _redis_server import redis_url  # noqa: F401
-from amo_oauth import AmoOAuth, AsyncAmoOAuth, CallbackRejected, Config, MemoryStore, Outcome
+from amo_oauth import (
+    AmoOAuth,
+    AsyncAmoOAuth,
+    ButtonMetadata,
+    CallbackRejected,
+    Config,
+    MemoryStore,
+    Outcome,
+)
 from amo_oauth._driving import adrive, drive
 from amo_oauth._records import record_key
 from amo_oauth._state_token import UnsignedState, read_state
@@ -58,6 +66,7 @@ from helpers import config_for, query_of
 AMO, KOMMO = "amocrm", "kommo"
 KOMMO_ID, KOMMO_SECRET = "kommo-client-id", "kommo-client-secret-for-tests"
 SITE = "https://backend.example/api/amo-crm/secrets"
+BUTTON = ButtonMetadata("Our product", "Leads in one place")
 
 #: A store's operations, blocking and awaited: what "touching a store" means here.
 _OPS = frozenset(
@@ -160,6 +169,7 @@ def handlers_for(services: Mapping[str, AmoOAuth], default: str | None = AMO) ->
         Integrations(services, default=default),
         connection_id=user_from_header,
         app_scheme="foryoure",
+        button=BUTTON,  # shown by the metadata-mode integrations' /connect only
     )
 
 
@@ -427,6 +437,8 @@ def refuse_lookups(ask: Ask[Any]) -> bool:
 def state_of(config: Config, clock: FakeClock) -> str:
     """A state that ``config``'s integration issues for USER (it is the same on any store)."""
     with AmoOAuth(config, store=MemoryStore(clock=clock), clock=clock) as oauth:
+        if config.metadata_mode:  # begin() makes no consent URL there: the button's state
+            return oauth.site_button(USER, metadata=BUTTON).state
         return oauth.begin(USER).state
 
 

@@ -39,7 +39,7 @@ from .._setting_errors import setting_error
 from .._state_token import read_state
 from ._calls import LedgerHolds, ServiceCall
 from ._http import Request
-from ._reading import Refusal, _body_fields, code_fields
+from ._reading import Refusal, code_fields, secrets_fields
 
 __all__ = ["INTEGRATION_PARAM", "Ask", "Choosing", "Integrations", "UseIntegration"]
 
@@ -138,6 +138,11 @@ class Integrations(Mapping[str, S]):
         return f"Integrations({', '.join(self._services)}; default={self.default})"
 
     @property
+    def metadata_mode(self) -> bool:
+        """Whether any integration is in the site button's metadata mode (``POST /secrets``)."""
+        return bool(self._metadata)
+
+    @property
     def primary(self) -> S:
         """The default integration's service, else the first one's."""
         return self._services[self._fallback()]
@@ -226,7 +231,7 @@ class Integrations(Mapping[str, S]):
 
     def _by_posted_state(self, request: Request) -> str:
         try:
-            state = _body_fields(request).get("state")
+            state = secrets_fields(request).get("state")
         except Refusal:  # the route refuses the body itself
             return self._fallback()
         return self._by_state(state if isinstance(state, str) else None)

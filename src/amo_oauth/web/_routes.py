@@ -23,7 +23,7 @@ from .._binding import parse_binding, ticket_expires_at
 from .._errors import CallbackRejected, ProviderError, StoreError, TryAgainLater
 from .._reasons import Reason
 from .._records import Connection
-from .._results import CallbackResult, Outcome
+from .._results import ButtonMetadata, CallbackResult, Outcome
 from .._service import AmoOAuth
 from .._setting_errors import setting_error
 from ._calls import (
@@ -33,11 +33,14 @@ from ._calls import (
     HandleCallback,
     HandleDisconnectHook,
     IssueTicket,
+    MakeSiteButton,
+    ReceiveSecrets,
     RedeemTicket,
     ServiceCall,
+    ServiceConfig,
     Status,
 )
-from ._catalogue import BINDING_COOKIE, DEFAULT_PREFIX, ROUTES, Route
+from ._catalogue import BINDING_COOKIE, DEFAULT_PREFIX, METADATA_ROUTES, ROUTES, Route
 from ._http import Request, Response
 from ._integrations import INTEGRATION_PARAM, Ask, Integrations, UseIntegration
 from ._page import (
@@ -47,6 +50,7 @@ from ._page import (
     check_app_scheme,
     choose_language,
     deep_link,
+    render_button_page,
     render_page,
 )
 from ._reading import (
@@ -59,6 +63,7 @@ from ._reading import (
     client_address,
     code_fields,
     origin_of,
+    secrets_fields,
     wants_json,
 )
 from ._redact import install_access_log_redaction
@@ -189,6 +194,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         max_query: int = DEFAULT_MAX_QUERY,
         allowed_origins: Sequence[str] = (),
         redact_access_logs: bool = True,
+        button: ButtonMetadata | None = None,
     ) -> None:
         self.integrations: Integrations[ServiceT] = Integrations.of(oauth)
         for service in self.integrations.values():
@@ -231,8 +237,16 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         self.allowed_origins = frozenset(
             origin_of(url) for url in (redirect_uri, *_origins(allowed_origins)) if url
         )
-        self.routes = ROUTES
-        self._by_path = {self.prefix + route.path: route for route in ROUTES}
+        # Metadata mode (Config.secrets_uri; of any integration): amoCRM's post to secrets_uri
+        # has a route, and /connect shows such an integration's site button, which needs the
+        # integration's name and description.
+        metadata_mode = self.integrations.metadata_mode
+        if metadata_mode and not isinstance(button, ButtonMetadata):
+            raise ValueError(setting_error("button_missing", type=type(button).__name__))
+        #: What the site button shows (metadata mode); None: /connect redirects.
+        self.button = button if metadata_mode else None
+        self.routes = ROUTES + METADATA_ROUTES if metadata_mode else ROUTES
+        self._by_path = {self.prefix + route.path: route for route in self.routes}
         self._flows: dict[str, Callable[[Request], WebFlow[Response]]] = {
             "connect": self._connect,
             "callback": self._callback,
@@ -240,6 +254,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             "status": self._status,
             "disconnect": self._disconnect,
             "disconnect_hook": self._disconnect_hook,
+            "secrets": self._secrets,
         }
 
     def _check_kind(self, service: object) -> None:
@@ -262,7 +277,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             return _finish(refused)
         try:
             check_size(request, self.max_query, self.max_body)
-            if route.method == "POST":
+            if route.method == "POST" and not route.server_to_server:
                 check_origin(request, self.allowed_origins)
             # The integration first (one service: itself), then the route on its service.
             chosen = yield from self.integrations.choose(route.name, request)
@@ -375,9 +390,32 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             if wants_json(request):
                 return (yield from self._ticket_url(connection_id, request))
         cookie = request.cookie(self.cookie_name)
+        if self.button is not None:
+            # Of several integrations only those in metadata mode show the button.
+            config = yield from self._call(ServiceConfig())
+            if config.metadata_mode:
+                script = origin_of(config.button_script_url)
+                page = self._site_button(request, connection_id, cookie, self.button, script)
+                return (yield from page)
         begun = yield from self._call(Begin(connection_id, binding=cookie))
         headers = [self._set_cookie(begun.binding, self.cookie_max_age)] if begun.binding else []
         return Response.redirect(begun.url, headers)
+
+    def _site_button(
+        self,
+        request: Request,
+        connection_id: str,
+        cookie: str | None,
+        button: ButtonMetadata,
+        script_origin: str,
+    ) -> WebFlow[Response]:
+        """Metadata mode's ``/connect``: a page with amoCRM's site button (its state from
+        ``begin()``; its script from ``script_origin``), the binding cookie set exactly as for
+        the redirect."""
+        made = yield from self._call(MakeSiteButton(connection_id, binding=cookie, metadata=button))
+        headers = [self._set_cookie(made.binding, self.cookie_max_age)] if made.binding else []
+        lang = choose_language(request, self.texts, self.default_language)
+        return render_button_page(self.texts[lang], lang, made.html, script_origin, headers)
 
     def _redeem(self, request: Request, ticket: str) -> WebFlow[str]:
         """The connection a ticket names, redeemed only by a browser that opened it itself.
@@ -468,6 +506,19 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         connection = yield from self._call(Disconnect(connection_id))
         return Response.json(200, status_payload(connection))
 
+    def _secrets(self, request: Request) -> WebFlow[Response]:
+        """amoCRM's post to ``secrets_uri``: only its three fields reach the service. Answered
+        200 whether stored or unchanged (a retried post); a body that does not parse is
+        refused 403 like every refusal of the service, and changes nothing."""
+        try:
+            form = secrets_fields(request)
+        except Refusal as refusal:
+            if refusal.status != 400:
+                raise
+            raise Refusal(403, refusal.reason) from None
+        yield from self._call(ReceiveSecrets(form))
+        return Response.json(200, {"ok": True})
+
     def _disconnect_hook(self, request: Request) -> WebFlow[Response]:
         done = yield from self._call(HandleDisconnectHook(request.query))
         answer = {"disconnected": len(done.disconnected), "checked": done.checked}
@@ -494,10 +545,13 @@ def _connect_url(redirect_uri: str, prefix: str) -> str:
 
 def _rejection_status(route: Route, reason: str) -> int:
     """The status of a call the service refused: on the legacy route 400, whatever the reason
-    (the seed's mobile apps read a 400 and its reason; issue 20 #8); elsewhere 429 for a bound
+    (the seed's mobile apps read a 400 and its reason; issue 20 #8); on amoCRM's post to
+    ``secrets_uri`` 403, whatever the reason; elsewhere 429 for a bound
     on token calls, 403 for a refusal about who is asking, else 400."""
     if route.legacy:
         return 400
+    if route.server_to_server:  # amoCRM's post to secrets_uri: nothing it sends may pass
+        return 403
     if reason == Reason.RATE_LIMITED:
         return 429
     return 403 if reason in _FORBIDDEN else 400
