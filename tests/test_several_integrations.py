@@ -522,3 +522,72 @@ def test_one_service_is_the_only_integration(services: dict[str, AmoOAuth]) -> N
     answer = send("GET", f"{PREFIX}/connect", query="integration=whatever", headers=AS_USER)
     assert answer.status == 302
     assert json.loads(send("GET", f"{PREFIX}/status", headers=AS_USER).text)["connected"] is False
+
+
+# -- the site button's metadata mode beside a fixed integration ------------------------------------
+
+
+def metadata_services(fake: FakeAmoCRM, clock: FakeClock) -> dict[str, AmoOAuth]:
+    """A fixed integration and two metadata-mode ones ("site", "site-two") on one store, all
+    under one state secret."""
+    store = MemoryStore(clock=clock)
+    settings = {
+        AMO: config_for(fake),
+        "site": config_for(fake, client_id="site", client_secret=None, secrets_uri=SITE),
+        "site2": config_for(fake, client_id="site-two", client_secret=None, secrets_uri=SITE),
+    }
+    return {name: AmoOAuth(config, store=store, clock=clock) for name, config in settings.items()}
+
+
+def post_secrets(send: Send, state: str, client_id: str) -> int:
+    body = urlencode(
+        {"client_id": client_id, "client_secret": "per-account-secret", "state": state}
+    )
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    return send("POST", f"{PREFIX}/secrets", headers=form, body=body.encode()).status
+
+
+def test_the_secrets_post_goes_to_the_integration_whose_state_it_brings(
+    fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """amoCRM posts only client_id, client_secret and state: the state's signer stores them,
+    in its own namespace, and the client id it registers routes the redirect and the hook."""
+    services = metadata_services(fake, clock)
+    handlers = handlers_for(services)
+    send = sender(handlers)
+    page = send("GET", f"{PREFIX}/connect", query="integration=site2", headers=AS_USER)
+    assert page.status == 200 and "data-secrets_uri" in page.text  # the button's page
+    state = services["site2"].site_button(USER, metadata=BUTTON).state
+    assert post_secrets(send, state, "per-account-1") == 200
+    store = services["site2"].store
+    mine = store.load(record_key("site-two", USER)).record
+    assert mine is not None and len(mine.pending_credentials) == 1
+    assert store.load(record_key("site", USER)).record is None  # the other namespace: nothing
+    found = drive(
+        handlers.integrations.choose(
+            "disconnect_hook", Request("GET", "/", "client_uuid=per-account-1")
+        ),
+        lambda ask: ask.call.run(services[ask.name]),
+    )
+    assert found == "site2"  # by the ledger entry receive_secrets wrote
+    redirected = send("GET", f"{PREFIX}/connect", query="integration=amocrm", headers=AS_USER)
+    assert redirected.status == 302  # the fixed integration still redirects to its consent
+    for oauth in services.values():
+        oauth.close()
+
+
+def test_a_secrets_post_is_refused_by_an_integration_that_did_not_sign_its_state(
+    fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """Both share the state secret: site's state must not store credentials with site-two
+    (its connection is decrypted under the same secret, so only the namespace tells)."""
+    services = metadata_services(fake, clock)
+    state = services["site"].site_button(USER, metadata=BUTTON).state
+    form = {"client_id": "per-account-2", "client_secret": "per-account-secret", "state": state}
+    with pytest.raises(CallbackRejected) as refused:
+        services["site2"].receive_secrets(form)
+    assert refused.value.reason == "bad_state"
+    assert services["site2"].store.load(record_key("site-two", USER)).record is None
+    assert services["site"].receive_secrets(form).stored is True
+    for oauth in services.values():
+        oauth.close()
