@@ -4,6 +4,7 @@ them against FakeAmoCRM, two integrations sharing one SQLite store. No secret ev
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +13,7 @@ import attrs
 import httpx
 import pytest
 
-from amo_oauth import AmoOAuth, SQLiteStore
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, RefreshReport, SQLiteStore
 from amo_oauth._integrations_file import parse_integrations
 from amo_oauth._records import ClientCredentials, record_key
 from amo_oauth.cli import main
@@ -241,6 +242,7 @@ def two(
             for user, account in zip(users, (fake.default_account, second), strict=True):
                 integration = kommo if client_id == KOMMO_ID else None
                 run_consent(oauth, fake, user, account=account, integration=integration)
+        clock.advance(timedelta(minutes=1))  # kommo's records are due after amocrm's
     clock.advance(timedelta(days=85))
     monkeypatch.setenv("AMO_AMOCRM_SECRET", fake.client_secret)
     monkeypatch.setenv("AMO_KOMMO_SECRET", KOMMO_SECRET)
@@ -290,6 +292,7 @@ def test_refresh_due_across_the_files_integrations_refreshes_each_once_with_its_
         "failed_by_reason": {},
         "needs_reauthorization_count": 0,
         "expiring_long_lived_count": 0,
+        "remaining": 0,
         "failed_integrations": [],
     }
     assert fake.token_call_count("refresh_token", "ok", integration=fake.client_id) == 2
@@ -318,6 +321,33 @@ def test_refresh_due_for_one_integration_leaves_the_others_alone(
     assert shown["integration"] == "kommo"
     assert shown["refreshed"] == ["k-1", "user-0"] and shown["refreshed_count"] == 2
     assert fake.token_call_count("refresh_token", integration=fake.client_id) == 0
+
+
+def test_a_limit_counts_only_the_integrations_own_records_in_a_shared_store(
+    two: Path, fake: FakeAmoCRM, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """amocrm's two records are due first; kommo's sweep with --limit 2 skips them without
+    letting them take its two places (it used to refresh nothing, "remaining": 2)."""
+    argv = ["refresh-due", "--integrations", str(two), "--integration", "kommo", "--limit", "2"]
+    assert main(argv) == 0
+    shown = _output(capsys, fake)
+    assert shown["refreshed"] == ["k-1", "user-0"]
+    assert (shown["skipped"], shown["remaining"]) == (2, 0)
+
+
+def test_the_async_sweep_counts_only_its_own_records_against_the_limit(
+    two: Path, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    db = two.parent / "shared.db"
+    config = config_for(fake, client_id=KOMMO_ID, client_secret=KOMMO_SECRET)
+
+    async def sweep() -> RefreshReport:
+        http = httpx.AsyncClient(transport=fake.async_transport())
+        async with AsyncAmoOAuth(config, store=SQLiteStore(db), http=http, clock=clock) as oauth:
+            return await oauth.refresh_due(timedelta(days=7), 1)
+
+    report = asyncio.run(sweep())
+    assert (len(report.refreshed), report.skipped, report.remaining) == (1, 2, 1)
 
 
 def test_status_per_integration_and_across_all(

@@ -132,7 +132,8 @@ class _Target:
     name: str | None
     client_id: str
     extra_domains: tuple[str, ...]
-    store_url: str
+    #: Opens its store (the environment's: ``_open_store``, the one way tests reach it).
+    open_store: Callable[[], Store]
     #: Its Config, secrets read from the environment when called (refresh-due needs them,
     #: status does not).
     config: Callable[[], Config]
@@ -199,9 +200,16 @@ def _file_target(
         integration.name,
         integration.client_id,
         integration.extra_domains,
-        file.store_of(integration, os.environ) or _store_url(args),
+        _file_store(args, file.store_of(integration, os.environ)),
         config,
     )
+
+
+def _file_store(args: argparse.Namespace, url: str | None) -> Callable[[], Store]:
+    """What opens an integration's store: the file's URL, else the command's store."""
+    if url is None:
+        return lambda: _open_store(args)
+    return lambda: _open_store_at(url)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -238,13 +246,15 @@ def _status_from_env(args: argparse.Namespace) -> _Target:
     client_id = args.client_id or os.environ.get("AMO_CLIENT_ID")
     if not client_id:
         raise SystemExit("amo-oauth: pass --client-id or set AMO_CLIENT_ID")
-    return _Target(None, client_id, tuple(args.extra_domain), _store_url(args), _config_from_env)
+    return _Target(
+        None, client_id, tuple(args.extra_domain), lambda: _open_store(args), _config_from_env
+    )
 
 
 def _shown_status(args: argparse.Namespace, target: _Target, name: str) -> dict[str, Any]:
     """``status``'s JSON for one integration's connection ``name``."""
     client_id, extra_domains = target.client_id, target.extra_domains
-    store = _open_store_at(target.store_url)
+    store = target.open_store()
     try:
         record = _stored(store, client_id, name, widget=args.widget)
         install = None
@@ -405,7 +415,7 @@ def _refresh_due(args: argparse.Namespace) -> int:
     # Every integration's settings and store are checked before any sweep starts.
     configs = [_checked_config(target) for target in targets]
     for target in targets:
-        _open_store_at(target.store_url).close()
+        target.open_store().close()
     swept = {
         target.name: _sweep_one(args, target, config, within)
         for target, config in zip(targets, configs, strict=True)
@@ -422,7 +432,9 @@ def _refresh_due(args: argparse.Namespace) -> int:
 
 def _refresh_from_env(args: argparse.Namespace) -> _Target:
     config = _config_from_env()
-    return _Target(None, config.client_id, config.extra_domains, _store_url(args), lambda: config)
+    return _Target(
+        None, config.client_id, config.extra_domains, lambda: _open_store(args), lambda: config
+    )
 
 
 def _checked_config(target: _Target) -> Config:
@@ -453,7 +465,7 @@ def _sweep_one(
     label = "refresh-due" if target.name is None else f"refresh-due {target.name}"
     show, stop = _progress_printer(sys.stderr, label)
     try:
-        with AmoOAuth(config, store=_open_store_at(target.store_url)) as oauth:
+        with AmoOAuth(config, store=target.open_store()) as oauth:
             return _Swept(
                 oauth.refresh_due(
                     within=within,
@@ -474,8 +486,8 @@ def _sweep_one(
 
 
 def _total(swept: dict[str | None, _Swept]) -> dict[str, Any]:
-    """The file's integrations' sweeps in one: counts summed. ``skipped`` and ``remaining``
-    stay per integration: sweeping a shared store, each counts the others' records too."""
+    """The file's integrations' sweeps in one: counts summed. ``skipped`` stays per
+    integration: sweeping a shared store, each skips (and counts) the others' records."""
     reports = [one.report for one in swept.values()]
     by_reason: Counter[str] = Counter()
     for report in reports:
@@ -485,6 +497,7 @@ def _total(swept: dict[str | None, _Swept]) -> dict[str, Any]:
         "failed_by_reason": dict(by_reason),
         "needs_reauthorization_count": sum(len(r.needs_reauthorization) for r in reports),
         "expiring_long_lived_count": sum(len(r.expiring_long_lived) for r in reports),
+        "remaining": sum(report.remaining for report in reports),
         "failed_integrations": [name for name, one in swept.items() if one.error],
     }
 
