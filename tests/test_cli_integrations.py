@@ -13,7 +13,7 @@ import attrs
 import httpx
 import pytest
 
-from amo_oauth import AmoOAuth, AsyncAmoOAuth, RefreshReport, SQLiteStore
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, RefreshReport, SQLiteStore, StoreError
 from amo_oauth._integrations_file import parse_integrations
 from amo_oauth._records import ClientCredentials, record_key
 from amo_oauth.cli import main
@@ -311,6 +311,25 @@ def test_refresh_due_reads_the_file_from_the_environment_and_exits_1_when_one_fa
     assert shown["integrations"]["amocrm"]["refreshed"] == ["user-0", "user-1"]
     assert shown["total"]["failed_by_reason"] == {"reauthorization_required": 1}
     assert shown["total"]["needs_reauthorization_count"] == 1
+
+
+def test_a_store_failing_one_integrations_sweep_ends_only_that_one(
+    two: Path, fake: FakeAmoCRM, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = AmoOAuth.refresh_due
+
+    def failing_for_kommo(self: AmoOAuth, *args: object, **options: object) -> RefreshReport:
+        if self.config.client_id == KOMMO_ID:
+            raise StoreError("the store could not be reached")
+        return real(self, *args, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AmoOAuth, "refresh_due", failing_for_kommo)
+    assert main(["refresh-due", "--integrations", str(two)]) == 1
+    shown = _output(capsys, fake)
+    assert shown["integrations"]["kommo"] == {"error": "the store could not be reached"}
+    assert shown["integrations"]["amocrm"]["refreshed"] == ["user-0", "user-1"]
+    assert shown["total"]["failed_integrations"] == ["kommo"]
+    assert shown["total"]["refreshed_count"] == 2
 
 
 def test_refresh_due_for_one_integration_leaves_the_others_alone(
