@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, RefreshReport, SQLiteStore, StoreError
-from amo_oauth._integrations_file import parse_integrations
+from amo_oauth._config import Config
+from amo_oauth._integrations_file import FIELDS, SECRET_ENV_KEYS, parse_integrations
 from amo_oauth._records import ClientCredentials, record_key
 from amo_oauth.cli import main
 from amo_oauth.testing import FakeAmoCRM, FakeClock
@@ -87,6 +88,11 @@ def test_the_file_gives_each_integration_its_config_with_secrets_from_the_enviro
     assert file.store_of(kommo, ENVIRON) == "sqlite:///kommo.db"
     assert file.names_a_store
     assert file.named("kommo") == (kommo,) and file.named(None) == file.integrations
+
+
+def test_the_file_can_set_every_config_field_but_the_secrets() -> None:
+    settable = set(FIELDS) | set(SECRET_ENV_KEYS.values())
+    assert settable == {field.name for field in attrs.fields(Config)}
 
 
 def test_a_missing_variable_is_named_and_a_refused_secret_is_never_shown() -> None:

@@ -90,11 +90,12 @@ _BY_TYPE: Final[Mapping[str, Callable[[str, str, object], object]]] = {
         tuple,
     ),
 }
-#: Every ``Config`` field the file may set, with its conversion (not the secrets).
+#: Every ``Config`` field the file may set, with its conversion (not the secrets). A field of
+#: a type TOML cannot spell is left out (a test says so, rather than the import failing).
 FIELDS: Final = {
     field.name: _BY_TYPE[str(field.type)]
     for field in attrs.fields(Config)
-    if field.name not in SECRET_ENV_KEYS.values()
+    if field.name not in SECRET_ENV_KEYS.values() and str(field.type) in _BY_TYPE
 }
 
 
