@@ -92,15 +92,17 @@ class Integrations(Mapping[str, S]):
 
     def __init__(self, services: Mapping[str, S], *, default: str | None = None) -> None:
         if not isinstance(services, Mapping):
-            raise TypeError(setting_error("integrations_type", type=type(services).__name__))
+            raise TypeError(setting_error("web_integrations_type", type=type(services).__name__))
         if not services:
-            raise ValueError(setting_error("integrations_empty"))
+            raise ValueError(setting_error("web_integrations_empty"))
         for name in services:
             if not isinstance(name, str) or not _NAME.fullmatch(name):
-                raise ValueError(setting_error("integration_name", name=repr(name)))
+                raise ValueError(setting_error("web_integration_name", name=repr(name)))
         if default is not None and default not in services:
             names = ", ".join(services)
-            raise ValueError(setting_error("integration_default", name=repr(default), names=names))
+            raise ValueError(
+                setting_error("web_integration_default", name=repr(default), names=names)
+            )
         self._services = dict(services)
         self.default = default
         configs = {name: _config(service) for name, service in self._services.items()}
@@ -122,7 +124,7 @@ class Integrations(Mapping[str, S]):
         if isinstance(oauth, Integrations):
             return oauth
         if isinstance(oauth, Mapping):
-            raise TypeError(setting_error("integrations_plain", type=type(oauth).__name__))
+            raise TypeError(setting_error("web_integrations_plain", type=type(oauth).__name__))
         return cls({"default": oauth}, default="default")
 
     def __getitem__(self, name: str) -> S:
@@ -266,7 +268,7 @@ def _check_shared(configs: Mapping[str, CallbackSettings]) -> None:
     for name, config in configs.items():
         first = owners.setdefault(config.client_id, name)
         if first != name:
-            raise ValueError(setting_error("integration_namespace", first=first, second=name))
+            raise ValueError(setting_error("web_integration_namespace", first=first, second=name))
     if not configs:
         return
     first_name, first_config = next(iter(configs.items()))
@@ -274,5 +276,7 @@ def _check_shared(configs: Mapping[str, CallbackSettings]) -> None:
         for field in _SHARED:
             if getattr(config, field, None) != getattr(first_config, field, None):
                 raise ValueError(
-                    setting_error("integration_shared", first=first_name, second=name, field=field)
+                    setting_error(
+                        "web_integration_shared", first=first_name, second=name, field=field
+                    )
                 )
