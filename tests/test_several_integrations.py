@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import flask
 import httpx
@@ -589,5 +589,38 @@ def test_a_secrets_post_is_refused_by_an_integration_that_did_not_sign_its_state
     assert refused.value.reason == "bad_state"
     assert services["site2"].store.load(record_key("site-two", USER)).record is None
     assert services["site"].receive_secrets(form).stored is True
+    for oauth in services.values():
+        oauth.close()
+
+
+def test_the_fakes_site_button_install_reaches_its_integration_through_flask(
+    fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """FakeAmoCRM's metadata-mode install posts the new integration's credentials to the one
+    set of routes (a Flask app): answered 200 by "site", whose state it brings, in its
+    namespace; the code redirect that follows is routed to "site" by the new client id."""
+    services = metadata_services(fake, clock)
+    integrations = Integrations(services, default=AMO)
+    app = flask.Flask(__name__)
+    routes = blueprint(
+        integrations, connection_id=user_from_header, app_scheme="app", button=BUTTON
+    )
+    app.register_blueprint(routes)
+    state = services["site"].site_button(USER, metadata=BUTTON).state
+    install = fake.install_site_button(
+        redirect_uri=fake.redirect_uri,
+        secrets_uri=SITE,
+        state=state,
+        transport=httpx.WSGITransport(app=app),
+    )
+    assert [post.status for post in install.posts] == [200]
+    assert install.redirect_url is not None
+    record = services["site"].store.load(record_key("site", USER)).record
+    assert record is not None and len(record.pending_credentials) == 1
+    redirect = Request("GET", "/", urlsplit(install.redirect_url).query)
+    routed = drive(
+        integrations.choose("callback", redirect), lambda ask: ask.call.run(services[ask.name])
+    )
+    assert routed == "site"
     for oauth in services.values():
         oauth.close()
