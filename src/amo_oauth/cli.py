@@ -10,8 +10,17 @@ amo-oauth fake [--port N] [--redirect-uri URL] [--accounts N]
                                     Ctrl-C, printing what to configure
 amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
 amo-oauth status ID [--widget] [--extra-domain D] [--store URL] [--client-id ID]
-                    [--integrations FILE] [--integration NAME]
-                                    a connection's status (--widget: ID is an install's host)
+                    [--integrations FILE] [--integration NAME] [--json]
+                                    one connection in full, never a secret (--widget: ID is
+                                    an install's host); a table on a terminal (the ``cli``
+                                    extra), JSON otherwise and with --json
+amo-oauth connections [--store URL] [--client-id ID] [--state S] [--due-within-days N]
+                      [--integrations FILE] [--integration NAME] [--json]
+                                    how every stored connection stands: counts per state and
+                                    host, who needs re-authorization and why, whose refresh
+                                    token ends within N days (14); JSON Lines (each named
+                                    connection as found, the summary last), lines and tables
+                                    on a terminal; walks the store by pages (flat memory)
 amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-host-rate R]
                       [--limit N] [--integrations FILE] [--integration NAME]
                                     refresh every connection whose refresh token expires
@@ -39,9 +48,10 @@ older spelling of ``--store sqlite:///PATH``. An operator's typo never creates a
 only ``migrate`` creates one. When ``AMO_OAUTH_KEYS`` is set, every command opens the store with
 those keys (an encrypted store needs them); ``rotate-key`` requires it.
 
-``status`` and ``refresh-due`` act on several integrations with ``--integrations FILE`` (or
-``AMO_OAUTH_INTEGRATIONS``): a TOML table per integration, secrets named by environment
-variable (``_integrations_file``); on each of them, or on ``--integration NAME``'s alone.
+``status``, ``connections`` and ``refresh-due`` act on several integrations with
+``--integrations FILE`` (or ``AMO_OAUTH_INTEGRATIONS``): a TOML table per integration, secrets
+named by environment variable (``_integrations_file``); on each of them, or on
+``--integration NAME``'s alone.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -228,8 +238,27 @@ def _status(args: argparse.Namespace) -> int:
                 return 2
         names[target.name] = name
     shown = {target.name: _shown_status(args, target, names[target.name]) for target in targets}
-    print(json.dumps(_by_integration(args, shown)))
+    if _as_table(args):
+        from ._connections_report import print_details
+
+        print_details(sys.stdout, shown)
+    else:
+        print(json.dumps(_by_integration(args, shown)))
     return 0
+
+
+def _as_table(args: argparse.Namespace) -> bool:
+    """Tables (rich) on a terminal unless ``--json``; JSON when rich is missing, said once."""
+    if args.json or not sys.stdout.isatty():
+        return False
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        from ._connections_report import RICH_HINT
+
+        print(f"amo-oauth: {RICH_HINT}", file=sys.stderr)
+        return False
+    return True
 
 
 def _by_integration(args: argparse.Namespace, shown: dict[str | None, dict[str, Any]]) -> object:
@@ -254,12 +283,15 @@ def _status_from_env(args: argparse.Namespace) -> _Target:
 def _shown_status(args: argparse.Namespace, target: _Target, name: str) -> dict[str, Any]:
     """``status``'s JSON for one integration's connection ``name``."""
     client_id, extra_domains = target.client_id, target.extra_domains
+    from ._connections_report import connection_details, store_now
+
     store = target.open_store()
     try:
         record = _stored(store, client_id, name, widget=args.widget)
         install = None
         if record is None and not args.widget and _widget_host(name, extra_domains):
             install = _stored(store, client_id, name.lower().removesuffix("."), widget=True)
+        now = store_now(store)
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
     finally:
@@ -271,16 +303,60 @@ def _shown_status(args: argparse.Namespace, target: _Target, name: str) -> dict[
                 "no app user has this id; a widget install on this host does: add --widget"
             )
         return shown
-    connection = record.public()
-    return {
-        "connection_id": connection.connection_id,
-        "status": connection.status.value,
-        "account": connection.account.subdomain if connection.account else None,
-        "expires_at": connection.expires_at.isoformat() if connection.expires_at else None,
-        "error": connection.error.reason if connection.error else None,
-        "version": connection.version,
-        "host": connection.host,
-    }
+    return connection_details(record, now)
+
+
+def _connections(args: argparse.Namespace) -> int:
+    """``connections``: JSON Lines (or, on a terminal, lines and tables), printed as found."""
+    from ._connections_report import print_lines, print_rich
+
+    targets = _targets(args, lambda: _connections_from_env(args))
+    for target in targets:
+        target.open_store().close()  # every store checked before anything is printed
+    items = _connections_items(args, targets)
+    try:
+        if _as_table(args):
+            print_rich(sys.stdout, items)
+        else:
+            print_lines(sys.stdout, items)
+    except StoreError as error:
+        raise SystemExit(f"amo-oauth: {error}") from None
+    return 0
+
+
+def _connections_from_env(args: argparse.Namespace) -> _Target:
+    client_id = args.client_id or os.environ.get("AMO_CLIENT_ID")
+    if not client_id:
+        raise SystemExit("amo-oauth: pass --client-id or set AMO_CLIENT_ID")
+    return _Target(None, client_id, (), lambda: _open_store(args), _config_from_env)
+
+
+def _connections_items(
+    args: argparse.Namespace, targets: Sequence[_Target]
+) -> Iterator[dict[str, Any]]:
+    """Each integration's named connections as met, then its summary (with its name, from
+    the integrations file)."""
+    from ._connections_report import Tally, store_now, walk
+    from ._records import ConnectionStatus
+
+    state = ConnectionStatus(args.state) if args.state else None
+    for target in targets:
+        named = {} if target.name is None else {"integration": target.name}
+        store, tally = target.open_store(), Tally()
+        try:
+            now = store_now(store)
+            for listed in walk(
+                store,
+                tally,
+                integration=target.client_id,
+                now=now,
+                due_within=timedelta(days=args.due_within_days),
+                state=state,
+            ):
+                yield {**listed.as_json(), **named}
+        finally:
+            store.close()
+        yield {**tally.as_json(now=now, due_within_days=args.due_within_days), **named}
 
 
 def _stored(store: Store, client_id: str, name: str, *, widget: bool) -> ConnectionRecord | None:
@@ -651,7 +727,9 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(status)
     status.add_argument("--client-id", help="the integration's client id (env AMO_CLIENT_ID)")
     _integrations_options(status)
+    _json_option(status)
     status.set_defaults(handler=_status)
+    _connections_parser(commands)
     due = commands.add_parser("refresh-due", help="refresh connections expiring soon")
     _store_options(due)
     due.add_argument("--within-days", type=_positive_int, default=7)
@@ -688,6 +766,36 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(migrate)
     migrate.set_defaults(handler=_migrate)
     return parser
+
+
+def _connections_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ._connections_report import DEFAULT_DUE_WITHIN_DAYS
+    from ._records import ConnectionStatus
+
+    report = commands.add_parser(
+        "connections",
+        help="how every stored connection stands: counts, who must re-authorize, who expires",
+    )
+    _store_options(report)
+    report.add_argument(
+        "--state", choices=[status.value for status in ConnectionStatus], help="only this state"
+    )
+    report.add_argument(
+        "--due-within-days",
+        type=_days,
+        default=DEFAULT_DUE_WITHIN_DAYS,
+        help=f"list refresh tokens ending within N days ({DEFAULT_DUE_WITHIN_DAYS})",
+    )
+    report.add_argument("--client-id", help="the integration's client id (env AMO_CLIENT_ID)")
+    _integrations_options(report)
+    _json_option(report)
+    report.set_defaults(handler=_connections)
+
+
+def _json_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--json", action="store_true", help="JSON even on a terminal (default there: tables)"
+    )
 
 
 def _demo_app_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -750,6 +858,17 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+#: The longest window ``connections`` looks ahead (a century: any refresh token's life).
+MAX_DAYS = 36500
+
+
+def _days(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_DAYS}: {text!r}")
     return value
 
 
