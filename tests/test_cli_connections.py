@@ -434,3 +434,12 @@ def test_status_on_a_terminal_is_a_table(full_db: Path, monkeypatch: pytest.Monk
     assert "own-client-id" in text
     assert "refresh_expires_at" in text
     assert not any(canary in text for canary in CANARIES)
+
+
+def test_a_record_stored_before_keys_had_an_integration_is_counted(clock: FakeClock) -> None:
+    store, now = MemoryStore(clock=clock), clock()
+    _fill(store, [attrs.evolve(_error("old", now, "verify_failed"), integration=None)])
+    tally = Tally()
+    listed = list(walk(store, tally, integration=CLIENT, now=now, due_within=timedelta()))
+    assert [(one.connection_id, one.reason) for one in listed] == [("old", "verify_failed")]
+    assert tally.by_reason == {"verify_failed": 1}
