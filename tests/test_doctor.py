@@ -14,6 +14,7 @@ import json
 import re
 import secrets
 import sqlite3
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -263,9 +264,10 @@ def test_a_redis_that_may_evict_through_the_command(
     environ: Callable[..., None],
     doctor: Callable[..., tuple[int, dict[str, Any]]],
 ) -> None:
-    RedisStore(redis_url).migrate()
+    own_db = redis_url.rsplit("/", 1)[0] + "/11"  # the default prefix, kept off others' db 0
+    RedisStore(own_db).migrate()
     policy("volatile-lru")
-    code, shown = doctor("--store", redis_url)
+    code, shown = doctor("--store", own_db)
     assert (code, ids(shown)) == (1, ["store_may_lose_keys"])
     assert "noeviction" in shown["findings"][0]["action"]
 
@@ -619,3 +621,44 @@ def test_operations_md_lists_every_finding_and_what_to_do() -> None:
     assert listed == set(FINDINGS)
     for finding, (level, _) in FINDINGS.items():
         assert re.search(rf"^\| `{finding}` \| {level.value} \|", section[1], re.M), finding
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_the_table(
+    environ: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    environ(AMO_STATE_SECRET="q" * 40)
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stdout", terminal)
+    assert main(["doctor"]) == 1
+    shown = terminal.getvalue()
+    assert "amo-oauth doctor" in shown and "state_secret_weak" in shown
+    assert "q" * 40 not in shown
+
+
+@pytest.mark.services
+def test_a_postgres_that_does_not_answer() -> None:
+    from _redis_server import free_port
+
+    store = PostgresStore(f"postgresql://nobody@127.0.0.1:{free_port()}/none", timeout=2.0)
+    try:
+        found = examine_store(store, keys_given=False)
+    finally:
+        store.close()
+    assert [finding.id for finding in found] == ["store_unreachable"]
+
+
+def test_keys_without_the_crypto_extra(
+    environ: Callable[..., None],
+    doctor: Callable[..., tuple[int, dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "cryptography.fernet", None)  # as if not installed
+    environ(AMO_OAUTH_KEYS=KEY)
+    code, shown = doctor()
+    assert (code, ids(shown)) == (1, ["encryption_keys_invalid"])
+    assert "pip install 'amo_oauth[crypto]'" in shown["findings"][0]["message"]
