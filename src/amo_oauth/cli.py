@@ -41,6 +41,14 @@ amo-oauth rotate-key [--store URL] [--after KEY] [--vacuum]
                                     extra); resumable; exit status 1 when records were left;
                                     says where old values may remain; --vacuum removes them
                                     from the store's own files (it locks the store meanwhile)
+amo-oauth doctor [--store URL] [--app-scheme S] [--prefix P] [--json]
+                 [--integrations FILE] [--integration NAME]
+                                    what an operator gets wrong (the store reachable and
+                                    migrated, SQLite file modes, a Redis that may evict,
+                                    clock skew, the URLs, app_scheme, the secrets' strength,
+                                    AMO_OAUTH_KEYS against a sample of records), each with
+                                    what to do; a table on a terminal, lines otherwise,
+                                    JSON with --json; exit status 1 on an error
 
 The store is ``--store URL`` (``store_from_url``: sqlite:///file.db, postgresql://...,
 redis://...), else ``AMO_OAUTH_STORE``, else ``sqlite:///amo_oauth.db``; ``--db PATH`` is the
@@ -48,9 +56,9 @@ older spelling of ``--store sqlite:///PATH``. An operator's typo never creates a
 only ``migrate`` creates one. When ``AMO_OAUTH_KEYS`` is set, every command opens the store with
 those keys (an encrypted store needs them); ``rotate-key`` requires it.
 
-``status``, ``connections`` and ``refresh-due`` act on several integrations with
-``--integrations FILE`` (or ``AMO_OAUTH_INTEGRATIONS``): a TOML table per integration, secrets
-named by environment variable (``_integrations_file``); on each of them, or on
+``status``, ``connections``, ``refresh-due`` and ``doctor`` act on several integrations
+with ``--integrations FILE`` (or ``AMO_OAUTH_INTEGRATIONS``): a TOML table per integration,
+secrets named by environment variable (``_integrations_file``); on each of them, or on
 ``--integration NAME``'s alone.
 """
 
@@ -70,6 +78,7 @@ import attrs
 
 from ._config import Config
 from ._connection_id import ConnectionId, Widget, resolve_connection_id
+from ._doctor import Finding, Report
 from ._errors import StoreError
 from ._integrations_file import Integration, IntegrationsFile, parse_integrations
 from ._records import ConnectionRecord, record_key
@@ -147,6 +156,8 @@ class _Target:
     #: Its Config, secrets read from the environment when called (refresh-due needs them,
     #: status does not).
     config: Callable[[], Config]
+    #: The URL of its store when the integrations file names one (None: the command's).
+    store_url: str | None = None
 
 
 def _integrations_file(args: argparse.Namespace) -> IntegrationsFile | None:
@@ -206,12 +217,14 @@ def _file_target(
     def config() -> Config:
         return integration.config(os.environ)
 
+    url = file.store_of(integration, os.environ)
     return _Target(
         integration.name,
         integration.client_id,
         integration.extra_domains,
-        _file_store(args, file.store_of(integration, os.environ)),
+        _file_store(args, url),
         config,
+        url,
     )
 
 
@@ -383,10 +396,7 @@ def _config_from_env() -> Config:
     """The single integration of the environment. With ``AMO_SECRETS_URI`` (the site
     button's metadata mode) there is no client secret: each connection has its own."""
     secrets_uri = os.environ.get("AMO_SECRETS_URI") or None
-    names = ["AMO_CLIENT_ID", "AMO_CLIENT_SECRET", "AMO_REDIRECT_URI", "AMO_STATE_SECRET"]
-    if secrets_uri is not None:
-        names.remove("AMO_CLIENT_SECRET")
-    missing = [name for name in names if not os.environ.get(name)]
+    missing = [name for name in _env_settings() if not os.environ.get(name)]
     if missing:
         raise SystemExit(f"amo-oauth: set {', '.join(missing)}")
     return Config(
@@ -399,6 +409,14 @@ def _config_from_env() -> Config:
     )
 
 
+def _env_settings() -> list[str]:
+    """The variables the environment's single integration needs (``_config_from_env``)."""
+    names = ["AMO_CLIENT_ID", "AMO_CLIENT_SECRET", "AMO_REDIRECT_URI", "AMO_STATE_SECRET"]
+    if os.environ.get("AMO_SECRETS_URI"):
+        names.remove("AMO_CLIENT_SECRET")
+    return names
+
+
 def _previous_state_secrets_from_env() -> list[str]:
     """``AMO_PREVIOUS_STATE_SECRETS``: the secrets ``AMO_STATE_SECRET`` replaced, comma-separated
     (a rotation; secrets.token_urlsafe and token_hex never make a comma)."""
@@ -409,27 +427,32 @@ def _previous_state_secrets_from_env() -> list[str]:
 def _keys_from_env(*, required: bool) -> Encryption | None:
     """``AMO_OAUTH_KEYS`` (comma-separated Fernet keys, newest first) as a ``MultiFernet``;
     None when unset and not ``required``. A message never shows a key."""
-    text = os.environ.get("AMO_OAUTH_KEYS", "")
+    try:
+        return _keys_in(os.environ.get("AMO_OAUTH_KEYS", ""), required=required)
+    except ValueError as error:
+        raise SystemExit(f"amo-oauth: {error}") from None
+
+
+def _keys_in(text: str, *, required: bool) -> Encryption | None:
+    """``_keys_from_env`` of ``text``; raises ValueError (naming no key) where it exits."""
     keys = [part.strip() for part in text.split(",") if part.strip()]
     if not keys:
         if not required:
             return None
-        raise SystemExit(
-            "amo-oauth: set AMO_OAUTH_KEYS to the Fernet keys, comma-separated, newest first"
-        )
+        raise ValueError("set AMO_OAUTH_KEYS to the Fernet keys, comma-separated, newest first")
     try:
         from cryptography.fernet import Fernet, MultiFernet
     except ImportError:
-        raise SystemExit(
-            "amo-oauth: AMO_OAUTH_KEYS needs the crypto extra: pip install 'amo_oauth[crypto]'"
+        raise ValueError(
+            "AMO_OAUTH_KEYS needs the crypto extra: pip install 'amo_oauth[crypto]'"
         ) from None
     fernets = []
     for number, key in enumerate(keys, start=1):
         try:
             fernets.append(Fernet(key))
         except (ValueError, TypeError):
-            raise SystemExit(
-                f"amo-oauth: AMO_OAUTH_KEYS: key {number} of {len(keys)} is not a Fernet key "
+            raise ValueError(
+                f"AMO_OAUTH_KEYS: key {number} of {len(keys)} is not a Fernet key "
                 "(32 url-safe base64-encoded bytes, as Fernet.generate_key() makes)"
             ) from None
     return MultiFernet(fernets)
@@ -679,6 +702,97 @@ def _rotate_key(args: argparse.Namespace) -> int:
     return 0 if report.complete else 1
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    """``doctor``: every integration's findings (``_doctor``); 1 when any is an error."""
+    from ._doctor import keys_invalid
+
+    text = os.environ.get("AMO_OAUTH_KEYS", "")
+    keys, refused = None, None
+    try:
+        keys = _keys_in(text, required=False)
+    except ValueError as error:
+        refused = keys_invalid(str(error))
+    targets = _targets(args, lambda: _doctor_from_env(args))
+    reports = {
+        target.name: _doctor_one(args, target, keys, refused, keys_given=bool(text.strip()))
+        for target in targets
+    }
+    _show_doctor(args, reports)
+    return 0 if all(report.healthy for report in reports.values()) else 1
+
+
+def _doctor_from_env(args: argparse.Namespace) -> _Target:
+    client_id = os.environ.get("AMO_CLIENT_ID", "")
+    return _Target(None, client_id, (), lambda: _open_store(args), _config_from_env)
+
+
+def _doctor_one(
+    args: argparse.Namespace,
+    target: _Target,
+    keys: Encryption | None,
+    refused: Finding | None,
+    *,
+    keys_given: bool,
+) -> Report:
+    from ._doctor import examine
+
+    store = _doctor_store(target.store_url or _store_url(args), keys)
+    try:
+        return examine(
+            _doctor_settings(target),
+            store,
+            keys=refused,
+            keys_given=keys_given,
+            app_scheme=args.app_scheme,
+            prefix=args.prefix,
+        )
+    finally:
+        if not isinstance(store, Finding):
+            store.close()
+
+
+def _doctor_store(url: str, keys: Encryption | None) -> Store | Finding:
+    """The store at ``url``, opened as every command opens it but creating nothing and
+    refusing nothing itself: its ``check()`` says what is wrong (a missing SQLite file)."""
+    from ._doctor import store_unopened
+    from .stores import store_from_url
+
+    if url.lower().startswith("memory:"):
+        return store_unopened("memory:// keeps nothing between runs; name a real store")
+    try:
+        return store_from_url(url, encryption=keys)
+    except (ValueError, ImportError, StoreError) as error:  # messages never repeat the URL
+        return store_unopened(str(error))
+
+
+def _doctor_settings(target: _Target) -> Config | Finding:
+    """The integration's Config, or why the doctor cannot check it."""
+    from ._doctor import settings_invalid, settings_missing, settings_unchecked
+
+    if target.name is None:
+        names = _env_settings()
+        missing = [name for name in names if not os.environ.get(name)]
+        if len(missing) == len(names):
+            return settings_unchecked(missing)
+        if missing:
+            return settings_missing(missing)
+    try:
+        return target.config()
+    except (TypeError, ValueError) as error:  # Config's messages hold no secret
+        return settings_invalid(str(error))
+
+
+def _show_doctor(args: argparse.Namespace, reports: dict[str | None, Report]) -> None:
+    """JSON with ``--json``; a table on a terminal (with rich); else a line per finding."""
+    from ._doctor import render_lines, render_table
+
+    if args.json:
+        shown = {name: report.as_json() for name, report in reports.items()}
+        print(json.dumps(_by_integration(args, shown)))
+    elif not (sys.stdout.isatty() and render_table(reports, sys.stdout)):
+        render_lines(reports, sys.stdout)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -765,6 +879,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _store_options(migrate)
     migrate.set_defaults(handler=_migrate)
+    _doctor_parser(commands)
     return parser
 
 
@@ -796,6 +911,27 @@ def _json_option(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--json", action="store_true", help="JSON even on a terminal (default there: tables)"
     )
+
+
+def _doctor_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .web._catalogue import DEFAULT_PREFIX
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the store and the settings for what operators get wrong (exit 1 on an error)",
+    )
+    _store_options(doctor)
+    doctor.add_argument(
+        "--app-scheme", help="the app_scheme the routes are given, to check it (default: none)"
+    )
+    doctor.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help=f"the prefix the routes are mounted under ({DEFAULT_PREFIX})",
+    )
+    _json_option(doctor)
+    _integrations_options(doctor)
+    doctor.set_defaults(handler=_doctor)
 
 
 def _demo_app_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
