@@ -256,6 +256,7 @@ class TokenFlows:
                 | NoOp.WRONG_BROWSER
                 | NoOp.NEW_CODE_REFUSED
                 | NoOp.CODE_USED_ELSEWHERE
+                | NoOp.CREDENTIALS_PENDING
                 | NoOp.NO_HOST
                 | NoOp.KEEP_CONNECTION
                 | NoOp.STALE
