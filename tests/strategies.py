@@ -33,10 +33,12 @@ from amo_oauth._reasons import Reason
 from amo_oauth._records import (
     Account,
     Backoff,
+    ClientCredentials,
     ConnectionRecord,
     ConnectionStatus,
     ErrorInfo,
     Lease,
+    PendingCredentials,
     SeenCode,
     TokenSet,
     code_digest,
@@ -100,6 +102,9 @@ def leases(purpose: str) -> st.SearchStrategy[Lease]:
     return st.builds(Lease, owner=words, purpose=st.just(purpose), expires_at=aware_datetimes)
 
 
+#: An integration's client id and secret (a site-button install's, in metadata mode).
+client_credentials = st.builds(ClientCredentials, words, words)
+
 #: Any record, consistent or not: the table must give every one of them an answer.
 records = st.builds(
     ConnectionRecord,
@@ -120,6 +125,10 @@ records = st.builds(
     verify_after=st.none() | moments,
     verify_attempts=st.integers(min_value=0, max_value=5),
     kept_pair_until=st.none() | moments,
+    credentials=st.none() | client_credentials,
+    pending_credentials=st.lists(
+        st.builds(PendingCredentials, digests, client_credentials, aware_datetimes), max_size=4
+    ).map(tuple),
     backoff=st.none()
     | st.builds(
         Backoff,
@@ -145,6 +154,9 @@ def code_received(codes: st.SearchStrategy[str]) -> st.SearchStrategy[CodeReceiv
         browser_matches=st.booleans(),
         caller_owns=st.booleans(),
         from_admin=st.booleans(),
+        needs_credentials=st.booleans(),
+        credentials=st.none() | client_credentials,
+        state_digest=st.none() | digests,
     )
 
 

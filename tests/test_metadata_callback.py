@@ -21,6 +21,8 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _backends import Backend
 from _pg_server import postgres_url  # noqa: F401
@@ -35,13 +37,24 @@ from amo_oauth import (
     Outcome,
 )
 from amo_oauth._callback import Grant, parse_callback
-from amo_oauth._records import ClientCredentials, PendingCredentials, code_digest, record_key
+from amo_oauth._events import CodeReceived
+from amo_oauth._hosts import AccountHost
+from amo_oauth._lifecycle import NoOp, step
+from amo_oauth._records import (
+    ClientCredentials,
+    Lease,
+    PendingCredentials,
+    SeenCode,
+    code_digest,
+    record_key,
+)
 from amo_oauth._state_token import issue_state, read_state
 from amo_oauth.stores import Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing._accounts import FakeIntegration
 
-from helpers import config_for, query_of
+from helpers import config_for, examples, query_of
+from strategies import code_received, records
 
 #: What this product's connections are kept under: in metadata mode never sent to amoCRM.
 NAMESPACE = "our-product"
@@ -177,6 +190,76 @@ def waiting() -> Iterator[Callable[[Callable[[], object]], Waiting]]:
 def settle(seconds: float = 0.3) -> None:
     """Let a started callback reach its wait (what it may do before is reads)."""
     time.sleep(seconds)
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+HOST = AccountHost("acme.amocrm.ru")
+POSTED = ClientCredentials("site-1", "site-secret-1")
+STATE_DIGEST = code_digest("nonce-1")
+
+
+def new_code(**fields: Any) -> CodeReceived:
+    """A new code of a fresh consent in metadata mode, its credentials not posted."""
+    base: dict[str, Any] = {
+        "code_digest": code_digest("c0de"),
+        "host": HOST,
+        "lease": Lease("worker-1", "exchange", T0 + timedelta(minutes=1)),
+        "state_issued_at": T0,
+        "state_expires_at": T0 + timedelta(hours=1),
+        "needs_credentials": True,
+        "state_digest": STATE_DIGEST,
+        "caller_owns": True,
+    }
+    return CodeReceived(**{**base, **fields})
+
+
+def test_the_table_answers_duplicates_and_refusals_before_it_asks_for_credentials() -> None:
+    fresh = ConnectionRecord("ann", integration=NAMESPACE)
+    known = attrs.evolve(fresh, seen_codes=(SeenCode(code_digest("c0de"), T0),))
+    connected = attrs.evolve(
+        fresh, status=ConnectionStatus.CONNECTED, version=3, connected_version=3
+    )
+    for record, event, answer in (
+        (fresh, new_code(), NoOp.CREDENTIALS_PENDING),
+        (known, new_code(), NoOp.DUPLICATE_CODE),
+        (fresh, new_code(code_holder="u:elsewhere:bob"), NoOp.DUPLICATE_CODE),
+        (fresh, new_code(may_claim=False, state_issued_at=None), NoOp.NEW_CODE_REFUSED),
+        (fresh, new_code(browser_matches=False), NoOp.WRONG_BROWSER),
+        (fresh, new_code(host=None), NoOp.NO_HOST),
+        (connected, new_code(state_seen_version=2), NoOp.KEEP_CONNECTION),  # an older consent
+        (connected, new_code(state_seen_version=3), NoOp.CREDENTIALS_PENDING),  # a fresh one
+    ):
+        result = step(record, event, T0)
+        assert (result.changed, result.noop) == (False, answer), (record.status, event)
+
+
+def test_the_claim_makes_the_states_credentials_the_connections_own_in_its_one_write() -> None:
+    other = PendingCredentials(code_digest("nonce-2"), ClientCredentials("site-2", "s2"), T0)
+    mine = PendingCredentials(STATE_DIGEST, POSTED, T0)
+    record = ConnectionRecord("ann", integration=NAMESPACE, pending_credentials=(other, mine))
+    claimed = step(record, new_code(credentials=POSTED), T0)
+    assert claimed.changed and claimed.record.status is ConnectionStatus.CODE_RECEIVED
+    assert claimed.record.credentials == POSTED
+    assert claimed.record.pending_credentials == (other,)  # another consent's stay pending
+    fixed = step(ConnectionRecord("ann"), attrs.evolve(new_code(), needs_credentials=False), T0)
+    assert fixed.changed and fixed.record.credentials is None  # fixed mode: Config's
+
+
+@settings(max_examples=examples(500))
+@given(record=records, event=code_received(st.sampled_from(["c0de", "other"])))
+def test_no_code_is_claimed_without_credentials_in_metadata_mode(
+    record: ConnectionRecord, event: CodeReceived
+) -> None:
+    event = attrs.evolve(event, needs_credentials=True, credentials=None)
+    # The event as drawn, and as a claim would most often see it (new to the ledger, its
+    # state unused, from its own browser), which the drawn fields rarely all give.
+    claimable = attrs.evolve(
+        event, code_holder=None, state_holder=None, may_claim=True, browser_matches=True
+    )
+    for each in (event, claimable):
+        assert not step(record, each, T0).changed, (record.status, each)
 
 
 # -- the callback, on every store ----------------------------------------------------------------
