@@ -11,11 +11,13 @@ leaves, the pending credentials under the state, through the store."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -24,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import amo_oauth._service as service
 from _backends import Backend
 from _pg_server import postgres_url  # noqa: F401
 from _redis_server import redis_url  # noqa: F401
@@ -35,6 +38,8 @@ from amo_oauth import (
     ConnectionStatus,
     MemoryStore,
     Outcome,
+    SQLiteStore,
+    cli,
 )
 from amo_oauth._callback import Grant, parse_callback
 from amo_oauth._events import CodeReceived
@@ -576,6 +581,45 @@ def test_the_sweep_refreshes_each_install_with_its_own_integration(
     for site in sites.values():
         assert calls(fake, "refresh_token", site) == 1
     assert fake.token_call_count("refresh_token") == 2
+
+
+def test_the_cli_sweep_refreshes_each_install_with_its_own_integration(
+    tmp_path: Path,
+    make_meta: Callable[..., AmoOAuth],
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``amo-oauth refresh-due`` in metadata mode: no client secret to read, each connection
+    refreshed with its own integration."""
+    db = tmp_path / "amo.db"
+    oauth = make_meta(store=SQLiteStore(db))
+    sites = [site_integration(fake), site_integration(fake)]
+    install(oauth, fake, "ann", sites[0])
+    install(oauth, fake, "bob", sites[1], account=fake.add_account("other"))
+    clock.advance(timedelta(days=85))
+    env = {
+        "AMO_CLIENT_ID": NAMESPACE,
+        "AMO_SECRETS_URI": SECRETS_URI,
+        "AMO_REDIRECT_URI": fake.redirect_uri,
+        "AMO_STATE_SECRET": "s" * 32,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AMO_CLIENT_SECRET", raising=False)
+    real = service.AmoOAuth.__init__
+
+    def on_the_fake(self: AmoOAuth, config: object, **options: object) -> None:
+        options["http"], options["clock"] = httpx.Client(transport=fake.transport()), clock
+        real(self, config, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service.AmoOAuth, "__init__", on_the_fake)
+    assert cli.main(["refresh-due", "--db", str(db)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (sorted(summary["refreshed"]), summary["skipped"]) == (["ann", "bob"], 0)
+    for site in sites:
+        assert calls(fake, "refresh_token", site) == 1
 
 
 # -- the disconnect hook --------------------------------------------------------------------------

@@ -20,7 +20,9 @@ amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-h
                                     failed, else 3 when long-lived tokens expire within
                                     the window (ask the admin for new ones). Reads
                                     AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI,
-                                    AMO_STATE_SECRET (and AMO_PREVIOUS_STATE_SECRETS)
+                                    AMO_STATE_SECRET (and AMO_PREVIOUS_STATE_SECRETS;
+                                    AMO_SECRETS_URI instead of AMO_CLIENT_SECRET for the
+                                    site button's metadata mode)
 amo-oauth migrate [--store URL]     create a store's schema; refuse another version's
 amo-oauth rotate-key [--store URL] [--after KEY] [--vacuum]
                                     re-encrypt every record with the newest key of
@@ -176,13 +178,18 @@ def _widget_host(name: str, extra_domains: Sequence[str]) -> bool:
 
 
 def _config_from_env() -> Config:
-    names = ("AMO_CLIENT_ID", "AMO_CLIENT_SECRET", "AMO_REDIRECT_URI", "AMO_STATE_SECRET")
+    # The site button's metadata mode (AMO_SECRETS_URI): each connection's own integration is
+    # in its record, so there is no client secret to read (AMO_CLIENT_ID is the namespace).
+    secrets_uri = os.environ.get("AMO_SECRETS_URI") or None
+    secret = () if secrets_uri else ("AMO_CLIENT_SECRET",)
+    names = ("AMO_CLIENT_ID", *secret, "AMO_REDIRECT_URI", "AMO_STATE_SECRET")
     missing = [name for name in names if not os.environ.get(name)]
     if missing:
         raise SystemExit(f"amo-oauth: set {', '.join(missing)}")
     return Config(
         client_id=os.environ["AMO_CLIENT_ID"],
-        client_secret=os.environ["AMO_CLIENT_SECRET"],
+        client_secret=None if secrets_uri else os.environ["AMO_CLIENT_SECRET"],
+        secrets_uri=secrets_uri,
         redirect_uri=os.environ["AMO_REDIRECT_URI"],
         state_secret=os.environ["AMO_STATE_SECRET"],
         previous_state_secrets=_previous_state_secrets_from_env(),
