@@ -14,6 +14,11 @@ Run it (the redirect URI registered in amoCRM must end in ``/api/amo-crm/callbac
     uvicorn --factory examples.starlette_app:app_from_env
 
 then ``curl -H "Authorization: Bearer token-of-user-42" localhost:8000/api/amo-crm/status``.
+
+For the site button's metadata mode (an integration per installing account) leave out
+``AMO_CLIENT_SECRET`` and set ``AMO_SECRETS_URI=https://example.com/api/amo-crm/secrets``,
+``AMO_BUTTON_NAME`` and ``AMO_BUTTON_DESCRIPTION``: ``/connect`` then shows amoCRM's button and
+``POST /api/amo-crm/secrets`` receives each integration's credentials (the same one view).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from amo_oauth import AsyncAmoOAuth, Config, SQLiteStore, web
+from amo_oauth import AsyncAmoOAuth, ButtonMetadata, Config, SQLiteStore, web
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -54,11 +59,17 @@ def bearer_user(tokens: Mapping[str, str]) -> web.ConnectionIdFn:
 
 
 def create_app(
-    oauth: AsyncAmoOAuth, tokens: Mapping[str, str], *, app_scheme: str = "foryoure"
+    oauth: AsyncAmoOAuth,
+    tokens: Mapping[str, str],
+    *,
+    app_scheme: str = "foryoure",
+    button: ButtonMetadata | None = None,
 ) -> Starlette:
-    """The backend: amo_oauth's six routes under ``/api/amo-crm``; it closes ``oauth`` on
-    shutdown."""
-    handlers = web.AsyncHandlers(oauth, connection_id=bearer_user(tokens), app_scheme=app_scheme)
+    """The backend: amo_oauth's routes under ``/api/amo-crm`` (``POST /secrets`` too in
+    metadata mode, where ``button`` is required); it closes ``oauth`` on shutdown."""
+    handlers = web.AsyncHandlers(
+        oauth, connection_id=bearer_user(tokens), app_scheme=app_scheme, button=button
+    )
 
     async def amo_crm(request: Request) -> Response:
         answer = await handlers.handle(
@@ -89,9 +100,11 @@ def create_app(
 def app_from_env() -> Starlette:
     """The app configured from ``AMO_*`` environment variables (see the module docstring)."""
     env = os.environ
+    secrets_uri = env.get("AMO_SECRETS_URI")  # set: the site button's metadata mode
     config = Config(
         client_id=env["AMO_CLIENT_ID"],
-        client_secret=env["AMO_CLIENT_SECRET"],
+        client_secret=env.get("AMO_CLIENT_SECRET"),
+        secrets_uri=secrets_uri,
         redirect_uri=env["AMO_REDIRECT_URI"],
         state_secret=env["AMO_STATE_SECRET"],
         # Rotating: the secrets AMO_STATE_SECRET replaced, comma-separated (operations.md).
@@ -101,5 +114,9 @@ def app_from_env() -> Starlette:
     )
     pairs = (item.partition(":") for item in env.get("AMO_API_TOKENS", "").split(",") if item)
     tokens = {token: user for token, _, user in pairs}
+    button = None
+    if secrets_uri:  # what amoCRM shows for the integration it makes for each account
+        button = ButtonMetadata(env["AMO_BUTTON_NAME"], env["AMO_BUTTON_DESCRIPTION"])
     oauth = AsyncAmoOAuth(config, store=SQLiteStore(env.get("AMO_DB", "amo_oauth.db")))
-    return create_app(oauth, tokens, app_scheme=env.get("AMO_APP_SCHEME", "foryoure"))
+    scheme = env.get("AMO_APP_SCHEME", "foryoure")
+    return create_app(oauth, tokens, app_scheme=scheme, button=button)

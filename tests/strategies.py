@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from amo_oauth._events import (
     CodeReceived,
+    CredentialsReceived,
     Denied,
     Disconnect,
     Event,
@@ -98,12 +99,19 @@ error_infos = st.builds(
 )
 
 
+#: A few integrations' credentials (a retried site-button install makes a new one) and the
+#: digests of a few consents' state nonces, so that the same ones come up often.
+client_credentials = st.builds(
+    ClientCredentials,
+    client_id=st.sampled_from(["client-a", "client-b"]),
+    client_secret=st.sampled_from(["secret-a", "secret-b"]),
+)
+state_digests = st.sampled_from(["nonce-1", "nonce-2", "nonce-3"]).map(code_digest)
+
+
 def leases(purpose: str) -> st.SearchStrategy[Lease]:
     return st.builds(Lease, owner=words, purpose=st.just(purpose), expires_at=aware_datetimes)
 
-
-#: An integration's client id and secret (a site-button install's, in metadata mode).
-client_credentials = st.builds(ClientCredentials, words, words)
 
 #: Any record, consistent or not: the table must give every one of them an answer.
 records = st.builds(
@@ -125,10 +133,6 @@ records = st.builds(
     verify_after=st.none() | moments,
     verify_attempts=st.integers(min_value=0, max_value=5),
     kept_pair_until=st.none() | moments,
-    credentials=st.none() | client_credentials,
-    pending_credentials=st.lists(
-        st.builds(PendingCredentials, digests, client_credentials, aware_datetimes), max_size=4
-    ).map(tuple),
     backoff=st.none()
     | st.builds(
         Backoff,
@@ -136,6 +140,10 @@ records = st.builds(
         attempts=st.integers(min_value=1, max_value=9),
         cause=st.sampled_from(["unavailable", "account_blocked"]),
     ),
+    credentials=st.none() | client_credentials,
+    pending_credentials=st.lists(
+        st.builds(PendingCredentials, state_digests, client_credentials, moments), max_size=4
+    ).map(tuple),
 )
 
 
@@ -156,7 +164,7 @@ def code_received(codes: st.SearchStrategy[str]) -> st.SearchStrategy[CodeReceiv
         from_admin=st.booleans(),
         needs_credentials=st.booleans(),
         credentials=st.none() | client_credentials,
-        state_digest=st.none() | digests,
+        state_digest=st.none() | state_digests,
     )
 
 
@@ -215,6 +223,13 @@ def events(codes: st.SearchStrategy[str]) -> dict[type[Event], st.SearchStrategy
                 [Reason.LONG_LIVED_TOKEN_EXPIRED, Reason.LONG_LIVED_TOKEN_REVOKED]
             ),
             at=moments,
+        ),
+        CredentialsReceived: st.builds(
+            CredentialsReceived,
+            state_digest=state_digests,
+            credentials=client_credentials,
+            at=moments,
+            state_holder=st.none() | st.just("denied") | digests,
         ),
     }
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -292,6 +294,12 @@ def _async_service() -> AsyncAmoOAuth:
     return AsyncAmoOAuth(config(), store=MemoryStore())
 
 
+def _without_cryptography(make: Callable[[], object]) -> object:
+    """``make()`` where ``cryptography`` cannot be imported (as where it is not installed)."""
+    with mock.patch.dict(sys.modules, {"cryptography": None}):
+        return make()
+
+
 def _handlers(**options: object) -> Handlers:
     settings: dict[str, Any] = {"connection_id": lambda request: None, "app_scheme": "myapp"}
     return Handlers(object(), **{**settings, **options})  # type: ignore[arg-type]
@@ -314,6 +322,9 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "state_secret_is_client_secret": lambda: config(client_secret="s" * 40, state_secret="s" * 40),
     "client_secret_missing": lambda: config(client_secret=None),
     "client_secret_with_secrets_uri": lambda: config(secrets_uri="https://app.example.com/s"),
+    "secrets_uri_needs_crypto": lambda: _without_cryptography(
+        lambda: config(client_secret=None, secrets_uri="https://app.example.com/s")
+    ),
     "previous_state_secrets_type": lambda: config(previous_state_secrets="o" * 32),
     "previous_state_secret_type": lambda: config(previous_state_secrets=[32]),
     "previous_state_secret_short": lambda: config(previous_state_secrets=["old"]),
@@ -369,6 +380,14 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "limits": lambda: _handlers(max_body=0),
     "allowed_origin": lambda: _handlers(allowed_origins=["app.example"]),
     "allowed_origins_type": lambda: _handlers(allowed_origins="https://app.example"),
+    "button_missing": lambda: Handlers(
+        AmoOAuth(
+            config(client_secret=None, secrets_uri="https://app.example.com/api/amo-crm/secrets"),
+            store=MemoryStore(),
+        ),
+        connection_id=lambda r: None,
+        app_scheme="a",
+    ),
 }
 
 

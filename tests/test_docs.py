@@ -37,6 +37,7 @@ RUNNABLE_PAGES = (
     "long-lived-tokens.md",
     "keys-tab-code.md",
     "api-pace.md",
+    "site-button.md",
 )
 
 _FENCE = re.compile(

@@ -13,6 +13,7 @@ from amo_oauth._errors import InvalidTransition
 from amo_oauth._events import (
     EVENT_TYPES,
     CodeReceived,
+    CredentialsReceived,
     Denied,
     Disconnect,
     Event,
@@ -38,6 +39,7 @@ from amo_oauth._lifecycle import MACHINE, TABLE, step
 from amo_oauth._records import (
     MAX_CODE_DIGESTS,
     Account,
+    ClientCredentials,
     ConnectionRecord,
     ConnectionStatus,
     ErrorInfo,
@@ -135,6 +137,8 @@ EXPECTED = {
     LongLivedInstalled: (C, C, C, C, C),
     # The record holds no long-lived token "long-1": a newer one (or a pair) stands.
     LongLivedEnded: ("stale", "stale", "stale", "already_rotated", "stale"),
+    # Credentials posted to secrets_uri wait beside whatever the connection is.
+    CredentialsReceived: (D, CR, EX, C, E),
 }
 LONG_LIVED = TokenSet(
     "long-1", None, T0 + timedelta(days=30), T0 + timedelta(days=30), long_lived=True
@@ -159,6 +163,9 @@ EXAMPLES = {
     ProviderDisconnected: ProviderDisconnected(T0),
     LongLivedInstalled: LongLivedInstalled(LONG_LIVED, HOST, Account(1, "acme", "Acme"), T0),
     LongLivedEnded: LongLivedEnded("long-1", "long_lived_token_revoked", T0),
+    CredentialsReceived: CredentialsReceived(
+        code_digest("nonce-1"), ClientCredentials("client-a", "secret-a"), T0
+    ),
 }
 
 
@@ -278,7 +285,9 @@ def test_a_known_code_never_changes_the_record(record, sequence):
                     and record.connected_at is not None
                     and event.state_issued_at > record.connected_at
                 )
-                assert record.status in (S.DISCONNECTED, S.ERROR) or fresh
+                # An admin's keys-tab code re-authorizes a connected connection (issue 21).
+                admin = record.status is S.CONNECTED and event.from_admin
+                assert record.status in (S.DISCONNECTED, S.ERROR) or fresh or admin
                 assert new.status is S.CODE_RECEIVED
                 assert new.seen_codes[-1] == SeenCode(event.code_digest, T0)
                 claimed.append(event.code_digest)

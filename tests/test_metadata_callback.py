@@ -5,8 +5,9 @@ with nothing claimed or sent), and every later call (refresh, the account-moved 
 verification's renewal, ``auth()``'s 401, the keep-alive sweep, the disconnect hook) uses the
 connection's own integration, never ``Config``'s (which has none).
 
-The post itself (``receive_secrets``) is built apart: ``post_credentials`` writes what it
-leaves, the pending credentials under the state, through the store."""
+A consent starts from ``site_button()`` (``begin()`` has no consent URL in metadata mode);
+``post_credentials`` is amoCRM's post (``receive_secrets``), and the fake's own install
+(``install_site_button``) plays the whole of it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import attrs
 import httpx
@@ -33,6 +35,7 @@ from _redis_server import redis_url  # noqa: F401
 from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
+    ButtonMetadata,
     CallbackRejected,
     ConnectionRecord,
     ConnectionStatus,
@@ -68,6 +71,8 @@ ACCOUNT = "/api/v4/account"
 #: Long enough that no loaded machine reaches it before the credentials land; a test that
 #: waits it out (the credentials never come) sets its own short wait.
 PATIENT = 60.0
+#: What amoCRM's button shows of the integration it makes for each install.
+META = ButtonMetadata("Shop sync", "Syncs the shop's orders into amoCRM")
 
 
 @pytest.fixture
@@ -89,23 +94,19 @@ def site_integration(fake: FakeAmoCRM) -> FakeIntegration:
     return fake.add_integration(f"site-{tag}", f"site-secret-{tag}-0123456789", fake.redirect_uri)
 
 
-def post_credentials(
-    oauth: Any, store: Store, connection_id: str, state: str, integration: FakeIntegration
-) -> None:
-    """What amoCRM's post to ``secrets_uri`` leaves: ``integration``'s credentials pending for
-    ``state`` on the connection's record (a second post under the state replaces them),
-    written through ``store`` as any other machine would."""
-    nonce = read_state(oauth.config.accepted_state_secrets, state).nonce
-    posted = ClientCredentials(integration.client_id, integration.client_secret)
-    entry = PendingCredentials(code_digest(nonce), posted, datetime.now(UTC))
-    key = record_key(NAMESPACE, connection_id)
-    while True:
-        found = store.load(key).record
-        base = found or ConnectionRecord(connection_id, integration=NAMESPACE)
-        others = [p for p in base.pending_credentials if p.state_digest != entry.state_digest]
-        new = attrs.evolve(base, pending_credentials=(*others, entry), version=base.version + 1)
-        if store.compare_and_set(new, found.version if found is not None else None):
-            return
+def form(integration: FakeIntegration, state: str) -> dict[str, str]:
+    """What amoCRM posts to ``secrets_uri`` for ``integration`` under ``state``."""
+    return {
+        "client_id": integration.client_id,
+        "client_secret": integration.client_secret,
+        "state": state,
+    }
+
+
+def post_credentials(oauth: AmoOAuth, state: str, integration: FakeIntegration) -> None:
+    """amoCRM's post of ``integration``'s credentials under ``state``, received by ``oauth``
+    (a service on the store, as any machine behind the route)."""
+    assert oauth.receive_secrets(form(integration, state)).stored
 
 
 @attrs.frozen
@@ -125,9 +126,9 @@ def start_install(
     oauth: AmoOAuth, fake: FakeAmoCRM, connection_id: str, integration: FakeIntegration, **at: Any
 ) -> Install:
     """Begin, and press "Allow" for ``integration`` (whose client id the redirect carries)."""
-    begun = oauth.begin(connection_id)
-    redirect = fake.authorize(begun.state, integration=integration, **at)
-    return Install(query_of(redirect), begun.binding, begun.state)
+    button = oauth.site_button(connection_id, metadata=META)
+    redirect = fake.authorize(button.state, integration=integration, **at)
+    return Install(query_of(redirect), button.binding, button.state)
 
 
 def install(
@@ -135,7 +136,7 @@ def install(
 ) -> Install:
     """A whole install: the credentials posted, then the redirect; connected."""
     started = start_install(oauth, fake, connection_id, integration, **at)
-    post_credentials(oauth, oauth.store, connection_id, started.state, integration)
+    post_credentials(oauth, started.state, integration)
     result = oauth.handle_callback(started.query, binding=started.binding)
     assert result.outcome is Outcome.CONNECTED, result
     return started
@@ -303,7 +304,7 @@ def test_a_redirect_before_its_credentials_waits_for_them(
     settle()
     assert callback.alive() and fake.token_call_count() == 0  # waiting, nothing claimed
     # amoCRM's post lands on another machine: the hub wakes the waiting callback.
-    post_credentials(oauth, backend.open(), "ann", started.state, site)
+    post_credentials(make_meta(store=backend.open()), started.state, site)
     callback.join()
     assert callback.error is None, callback.error
     assert getattr(callback.result, "outcome", None) is Outcome.CONNECTED
@@ -329,7 +330,7 @@ def test_credentials_that_never_come_refuse_the_code_unspent_and_it_connects_lat
     assert oauth.store.holder_of(nonce) is None
     assert stored(oauth, "ann") is None
     # The post arrives after all: the same redirect now connects.
-    post_credentials(oauth, backend.open(), "ann", started.state, site)
+    post_credentials(make_meta(store=backend.open()), started.state, site)
     result = oauth.handle_callback(started.query, binding=started.binding)
     assert result.outcome is Outcome.CONNECTED
     assert fake.token_calls_for(started.code) == 1
@@ -353,7 +354,7 @@ def test_burst_of_one_redirect_waiting_for_its_credentials_makes_one_token_call(
         for i in range(4)
     ]
     settle()
-    post_credentials(services[0], backend.open(), "ann", started.state, site)
+    post_credentials(make_meta(store=backend.open()), started.state, site)
     for callback in callbacks:
         callback.join()
         assert callback.error is None, callback.error
@@ -362,6 +363,68 @@ def test_burst_of_one_redirect_waiting_for_its_credentials_makes_one_token_call(
     assert set(outcomes) <= {"connected", "already_connected", "in_progress"}
     assert fake.token_calls_for(started.code) == 1
     assert calls(fake, "authorization_code", site) == 1
+
+
+# -- the fake's whole install ---------------------------------------------------------------------
+
+
+def secrets_route(oauth: AmoOAuth) -> httpx.MockTransport:
+    """``secrets_uri`` in process: the post's form handed to ``receive_secrets``, 200."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        oauth.receive_secrets(dict(parse_qsl(request.content.decode())))
+        return httpx.Response(200, json={"ok": True})
+
+    return httpx.MockTransport(answer)
+
+
+def test_the_fakes_retried_install_exchanges_once_with_its_last_integration(
+    make_meta: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    oauth = make_meta()
+    button = oauth.site_button("ann", metadata=META)
+    done = fake.install_site_button(
+        redirect_uri=fake.redirect_uri,
+        secrets_uri=SECRETS_URI,
+        state=button.state,
+        transport=secrets_route(oauth),
+        attempts=2,  # the user retried: amoCRM made (and posted) a second integration
+    )
+    assert done.redirect_url is not None
+    query = query_of(done.redirect_url)
+    first, last = done.integrations
+    assert oauth.handle_callback(query, binding=button.binding).outcome is Outcome.CONNECTED
+    again = oauth.handle_callback(query, binding=button.binding)
+    assert (again.outcome, again.duplicate) == (Outcome.ALREADY_CONNECTED, True)
+    assert fake.token_calls_for(query["code"]) == 1
+    assert calls(fake, "authorization_code", last) == 1
+    assert fake.token_call_count(integration=first) == 0
+    record = stored(oauth, "ann")
+    assert record is not None and record.credentials == own(last)
+
+
+def test_the_fakes_install_whose_post_comes_after_the_redirect_connects(
+    make_meta: Callable[..., AmoOAuth],
+    fake: FakeAmoCRM,
+    waiting: Callable[[Callable[[], object]], Waiting],
+) -> None:
+    oauth = make_meta()
+    button = oauth.site_button("ann", metadata=META)
+    done = fake.install_site_button(
+        redirect_uri=fake.redirect_uri,
+        secrets_uri=SECRETS_URI,
+        state=button.state,
+        post_credentials=False,
+    )
+    assert done.redirect_url is not None
+    query = query_of(done.redirect_url)
+    callback = waiting(lambda: oauth.handle_callback(query, binding=button.binding))
+    settle()
+    assert callback.alive() and fake.token_call_count() == 0
+    fake.post_site_button_secrets(done, transport=secrets_route(make_meta(store=oauth.store)))
+    callback.join()
+    assert getattr(callback.result, "outcome", None) is Outcome.CONNECTED, callback.error
+    assert calls(fake, "authorization_code", done.integration) == 1
 
 
 # -- which credentials ---------------------------------------------------------------------------
@@ -377,7 +440,7 @@ def test_a_redirect_for_another_client_id_waits_for_its_own_credentials(
     oauth = make_meta(secrets_wait=0.3)
     first, retried = site_integration(fake), site_integration(fake)
     started = start_install(oauth, fake, "ann", retried)
-    post_credentials(oauth, oauth.store, "ann", started.state, first)
+    post_credentials(oauth, started.state, first)
     with pytest.raises(CallbackRejected) as refused:
         oauth.handle_callback(started.query, binding=started.binding)
     assert refused.value.reason == "credentials_missing"
@@ -387,7 +450,7 @@ def test_a_redirect_for_another_client_id_waits_for_its_own_credentials(
     callback = waiting(lambda: patient.handle_callback(started.query, binding=started.binding))
     settle()
     assert callback.alive()
-    post_credentials(oauth, oauth.store, "ann", started.state, retried)
+    post_credentials(oauth, started.state, retried)
     callback.join()
     assert getattr(callback.result, "outcome", None) is Outcome.CONNECTED, callback.error
     assert calls(fake, "authorization_code", retried) == 1
@@ -401,9 +464,9 @@ def test_another_states_credentials_are_not_this_consents(
 ) -> None:
     oauth = make_meta(secrets_wait=0.2)
     site = site_integration(fake)
-    earlier = oauth.begin("ann")
+    earlier = oauth.site_button("ann", metadata=META)
     started = start_install(oauth, fake, "ann", site)
-    post_credentials(oauth, oauth.store, "ann", earlier.state, site)  # under the other state
+    post_credentials(oauth, earlier.state, site)  # under the other state
     with pytest.raises(CallbackRejected) as refused:
         oauth.handle_callback(started.query, binding=started.binding)
     assert refused.value.reason == "credentials_missing"
@@ -435,7 +498,7 @@ def test_the_legacy_exchange_with_a_state_uses_the_states_credentials(
     oauth = make_meta()
     site = site_integration(fake)
     started = start_install(oauth, fake, "ann", site)
-    post_credentials(oauth, oauth.store, "ann", started.state, site)
+    post_credentials(oauth, started.state, site)
     result = oauth.exchange_code(
         "ann",
         started.code,
@@ -494,7 +557,7 @@ def test_the_seeds_replay_is_answered_at_once_during_and_after_a_wait(
 
     replays()  # during the wait
     assert callback.alive()
-    post_credentials(oauth, oauth.store, "ann", second.state, second_site)
+    post_credentials(oauth, second.state, second_site)
     callback.join()
     assert getattr(callback.result, "outcome", None) is Outcome.CONNECTED, callback.error
     replays()  # and after
@@ -542,7 +605,7 @@ def test_the_verifications_renewal_uses_the_connections_own_integration(
     site = site_integration(fake)
     fake.fail_next("500", endpoint="api", path=ACCOUNT)  # the verification is deferred
     started = start_install(oauth, fake, "ann", site)
-    post_credentials(oauth, oauth.store, "ann", started.state, site)
+    post_credentials(oauth, started.state, site)
     result = oauth.handle_callback(started.query, binding=started.binding)
     assert result.outcome is Outcome.IN_PROGRESS
     clock.advance(timedelta(days=1, seconds=10))  # its access token expired meanwhile
@@ -680,19 +743,19 @@ def test_the_async_twin_waits_for_the_credentials_and_uses_them_after(
     async def scenario() -> None:
         http = httpx.AsyncClient(transport=fake.async_transport())
         async with AsyncAmoOAuth(config, store=store, http=http, clock=clock) as oauth:
-            begun = await oauth.begin("ann")
+            begun = await oauth.site_button("ann", metadata=META)
             query = query_of(fake.authorize(begun.state, integration=ann_site))
             callback = asyncio.ensure_future(oauth.handle_callback(query, binding=begun.binding))
             await asyncio.sleep(0.3)
             assert not callback.done() and fake.token_call_count() == 0
-            await asyncio.to_thread(post_credentials, oauth, store, "ann", begun.state, ann_site)
+            assert (await oauth.receive_secrets(form(ann_site, begun.state))).stored
             result = await callback
             assert result.outcome is Outcome.CONNECTED
             again = await oauth.handle_callback(query)  # the replay: at once, from reads
             assert (again.outcome, again.duplicate) == (Outcome.ALREADY_CONNECTED, True)
             # A second install on another account, whose credentials never come.
             other = fake.add_account("other")
-            begun = await oauth.begin("bob")
+            begun = await oauth.site_button("bob", metadata=META)
             query = query_of(fake.authorize(begun.state, integration=bob_site, account=other))
             short = attrs.evolve(config, secrets_wait=0.2)
             # Not closed: closing a service closes its store, which the other one uses.
@@ -700,7 +763,7 @@ def test_the_async_twin_waits_for_the_credentials_and_uses_them_after(
             with pytest.raises(CallbackRejected) as refused:
                 await hasty.handle_callback(query, binding=begun.binding)
             assert refused.value.reason == "credentials_missing"
-            post_credentials(oauth, store, "bob", begun.state, bob_site)
+            assert (await oauth.receive_secrets(form(bob_site, begun.state))).stored
             assert (await oauth.handle_callback(query, binding=begun.binding)).outcome is (
                 Outcome.CONNECTED
             )

@@ -20,6 +20,7 @@ PURE = (
     "_callback",
     "_hosts",
     "_state_token",
+    "_secrets_post",
     "_binding",
     "_errors",
     "_config",
@@ -29,6 +30,8 @@ PURE = (
     "_answers",
     "_provider_calls",
     "_provider_reads",
+    "_results",
+    "_site_button",
 )
 FORBIDDEN = frozenset(
     {

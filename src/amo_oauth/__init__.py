@@ -39,10 +39,13 @@ from ._records import (
 )
 from ._results import (
     AuthorizationRequest,
+    ButtonMetadata,
     CallbackResult,
     HookResult,
     Outcome,
     RefreshReport,
+    SecretsResult,
+    SiteButton,
     SweepProgress,
 )
 from ._service import AmoOAuth
@@ -63,6 +66,7 @@ __all__ = [  # noqa: RUF022
     "AsyncAmoOAuth",
     "AsyncStore",
     "AuthorizationRequest",
+    "ButtonMetadata",
     "CallbackRejected",
     "CallbackResult",
     "Config",
@@ -84,7 +88,9 @@ __all__ = [  # noqa: RUF022
     "RedisStore",
     "RefreshReport",
     "SQLiteStore",
+    "SecretsResult",
     "SeenCode",
+    "SiteButton",
     "Store",
     "StoreError",
     "SweepProgress",

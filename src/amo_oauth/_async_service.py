@@ -32,6 +32,7 @@ from ._results import (
     SweepProgress,
 )
 from ._service_core import ServiceCore, Turn, default_store, with_stored
+from ._site_button import ButtonOptions
 from ._sweep import Done, SweepPlan, asweep
 from .stores import AsyncStore, Store
 from .stores._base import as_async_store, is_async_store
@@ -113,11 +114,23 @@ class AsyncAmoOAuth(ServiceCore):
         error_callback: str | None = None,
     ) -> SiteButton:
         """See ``AmoOAuth.site_button``."""
-        raise NotImplementedError  # issue 22: being built
+        options = ButtonOptions(
+            metadata=metadata,
+            title=title,
+            compact=compact,
+            class_name=class_name,
+            color=color,
+            theme=theme,
+            locale=locale,
+            error_callback=error_callback,
+        )
+        return await self._run(
+            self._flows.codes.site_button(connection_id, binding, browser_binding, options)
+        )
 
     async def receive_secrets(self, form: QueryLike) -> SecretsResult:
         """See ``AmoOAuth.receive_secrets``."""
-        raise NotImplementedError  # issue 22: being built
+        return await self._run(self._flows.codes.receive_secrets(form))
 
     async def issue_ticket(self, connection_id: str) -> str:
         """See ``AmoOAuth.issue_ticket``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import importlib.util
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any, Final
@@ -21,6 +22,7 @@ from ._setting_errors import (
     MODES,
     setting_error,
 )
+from ._site_button import AMOCRM_BUTTON_SCRIPT, KOMMO_BUTTON_SCRIPT, is_kommo
 
 __all__ = ["Config"]
 
@@ -210,16 +212,9 @@ def _web_url_or_none(instance: object, attribute: attrs.Attribute[str], value: s
         _web_url(instance, attribute, value)
 
 
-#: amoCRM's and Kommo's site-button scripts (protocol notes §7), by the consent page's host.
-_BUTTON_SCRIPTS: Final = {
-    "www.kommo.com": "https://www.kommo.com/auth/button.js",
-}
-_AMOCRM_BUTTON_SCRIPT: Final = "https://www.amocrm.ru/auth/button.min.js"
-
-
 def _default_button_script(config: Config) -> str:
-    host = urlsplit(config.authorize_url).hostname or ""
-    return _BUTTON_SCRIPTS.get(host, _AMOCRM_BUTTON_SCRIPT)
+    # amoCRM's or Kommo's site-button script (protocol notes §7), by the consent page.
+    return KOMMO_BUTTON_SCRIPT if is_kommo(config.authorize_url) else AMOCRM_BUTTON_SCRIPT
 
 
 def _mode(_: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -326,6 +321,10 @@ class Config:
         api_max_wait: the most seconds ``auth()`` holds a request for its slot, or for the
             one resend after amoCRM's 429; past it the caller gets ``TryAgainLater``
             (``api_busy``, ``api_paused``) at once. 2 s by default; 0: never wait.
+        button_script_url: the button script ``site_button()``'s element loads (protocol
+            notes §7): amoCRM's ``https://www.amocrm.ru/auth/button.min.js`` by default,
+            Kommo's ``https://www.kommo.com/auth/button.js`` for a Kommo ``authorize_url``;
+            a test points it at a stand-in (docs/site-button.md).
     """
 
     client_id: str = attrs.field(validator=_non_empty)
@@ -383,6 +382,9 @@ class Config:
             raise ValueError(setting_error("client_secret_missing"))
         if self.secrets_uri is not None and self.client_secret is not None:
             raise ValueError(setting_error("client_secret_with_secrets_uri"))
+        if self.secrets_uri is not None and importlib.util.find_spec("cryptography") is None:
+            # Said here, once, rather than at the first begin() or post to secrets_uri.
+            raise ValueError(setting_error("secrets_uri_needs_crypto"))
         self._check_state_secrets_apart()
 
     @property

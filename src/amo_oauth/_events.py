@@ -15,6 +15,7 @@ import attrs
 from ._hosts import AccountHost
 from ._reasons import Reason
 from ._records import (
+    MAX_PENDING_CREDENTIALS,
     Account,
     Backoff,
     ClientCredentials,
@@ -22,6 +23,7 @@ from ._records import (
     ConnectionStatus,
     ErrorInfo,
     Lease,
+    PendingCredentials,
     TokenSet,
     _aware,
     _aware_or_none,
@@ -32,6 +34,7 @@ __all__ = [
     "EVENT_TYPES",
     "SHA256_HEX",
     "CodeReceived",
+    "CredentialsReceived",
     "Denied",
     "Disconnect",
     "Event",
@@ -473,6 +476,45 @@ class ProviderDisconnected(Event):
         return {**_error_changes(error), "refused_refresh": None}
 
 
+@attrs.frozen
+class CredentialsReceived(Event):
+    """amoCRM posted a new integration's ``credentials`` to ``secrets_uri`` for the consent
+    whose state nonce has the sha256 digest ``state_digest`` (site button, metadata mode;
+    protocol notes §7), at ``at`` (the store's clock).
+
+    ``state_holder`` is what the code ledger says holds that state's nonce (a claimed code's
+    digest, or a denial), None while it is unused: once held, the consent is settled and its
+    credentials change no more. The status never changes: the credentials wait, beside
+    whatever the connection is, for the code of their consent.
+    """
+
+    name: ClassVar[str] = "credentials_received"
+    state_digest: str = attrs.field(validator=_digest)
+    credentials: ClientCredentials
+    at: datetime = attrs.field(validator=_aware)
+    state_holder: str | None = attrs.field(default=None, repr=False)
+
+    def pending(self) -> PendingCredentials:
+        """The entry these credentials make on the record."""
+        return PendingCredentials(self.state_digest, self.credentials, self.at)
+
+    def is_pending(self, record: ConnectionRecord) -> bool:
+        """The record holds exactly these credentials for this consent already."""
+        return any(
+            entry.state_digest == self.state_digest and entry.credentials == self.credentials
+            for entry in record.pending_credentials
+        )
+
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
+        # A retried install (a new integration under the same state) replaces its consent's
+        # entry; the newest MAX_PENDING_CREDENTIALS consents are kept.
+        others = tuple(
+            entry for entry in record.pending_credentials if entry.state_digest != self.state_digest
+        )
+        kept = (*others, self.pending())[-MAX_PENDING_CREDENTIALS:]
+        return {"pending_credentials": kept}
+
+
 #: What a connection whose long-lived token ended tells its user (``ErrorInfo.hint``).
 LONG_LIVED_HINT: Final = "ask your amoCRM admin for a new token"
 
@@ -555,4 +597,5 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ProviderDisconnected,
     LongLivedInstalled,
     LongLivedEnded,
+    CredentialsReceived,
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 from urllib.parse import urlencode
 
@@ -23,6 +23,7 @@ from ._errors import CallbackRejected, ProviderError
 from ._events import (
     SHA256_HEX,
     CodeReceived,
+    CredentialsReceived,
     Denied,
     ExchangeFailed,
     ExchangeSucceeded,
@@ -41,7 +42,9 @@ from ._provider import (
 from ._reasons import Reason
 from ._record_view import RecordView
 from ._records import CODE_MEMORY, code_digest, record_key
-from ._results import AuthorizationRequest, CallbackResult, Outcome
+from ._results import AuthorizationRequest, CallbackResult, Outcome, SecretsResult, SiteButton
+from ._secrets_post import read_secrets_post
+from ._site_button import ButtonOptions, button_attributes, button_html
 from ._state_token import (
     MAX_CLOCK_SKEW,
     StateClaims,
@@ -77,11 +80,28 @@ _TICKET_HOLDER = "ticket"
 #: by its own clock (a database on another host), which may run ahead of this process's, and a
 #: key it forgot early would let the same token through twice.
 LEDGER_SKEW = 2 * MAX_CLOCK_SKEW
+#: How long the ledger names the connection a site-button integration's client id belongs to
+#: (``client:<client_id>``, metadata mode): as long as such a connection may live.
+CLIENT_MEMORY = timedelta(days=3650)
+_BEGIN_IN_METADATA_MODE: Final = (
+    "begin() has no consent URL in the site button's metadata mode (Config.secrets_uri set): "
+    "amoCRM makes each account's integration from the button's metadata, so render "
+    "site_button(connection_id, metadata=ButtonMetadata(...)) instead"
+)
+
+
+@attrs.frozen
+class _Consent:
+    """A consent's fresh state, its expiry, and the binding of the browser it is bound to."""
+
+    state: str = attrs.field(repr=False)
+    expires_at: datetime
+    binding: str | None = attrs.field(repr=False)
 
 
 class CodeFlows:
-    """The logic behind ``begin``, ``issue_ticket``, ``redeem_ticket``, ``handle_callback`` and
-    ``exchange_code``."""
+    """The logic behind ``begin``, ``site_button``, ``issue_ticket``, ``redeem_ticket``,
+    ``handle_callback`` and ``exchange_code``."""
 
     def __init__(self, verification: Verification) -> None:
         self.verification = verification
@@ -94,6 +114,43 @@ class CodeFlows:
     def begin(
         self, connection_id: str, binding: str | None = None, browser_binding: bool = True
     ) -> Flow[AuthorizationRequest]:
+        config = self.config
+        if config.metadata_mode:
+            raise ValueError(_BEGIN_IN_METADATA_MODE)
+        consent = yield from self._consent(connection_id, binding, browser_binding)
+        query = urlencode(
+            {"client_id": config.client_id, "state": consent.state, "mode": config.mode}
+        )
+        joiner = "&" if "?" in config.authorize_url else "?"
+        return AuthorizationRequest(
+            f"{config.authorize_url}{joiner}{query}",
+            consent.state,
+            consent.expires_at,
+            binding=consent.binding,
+        )
+
+    def site_button(
+        self,
+        connection_id: str,
+        binding: str | None,
+        browser_binding: bool,
+        options: ButtonOptions,
+    ) -> Flow[SiteButton]:
+        # Checked before the read: a wrong option costs no store round trip.
+        attributes = button_attributes(self.config, options)
+        consent = yield from self._consent(connection_id, binding, browser_binding)
+        return SiteButton(
+            button_html(attributes, consent.state),
+            consent.state,
+            consent.expires_at,
+            binding=consent.binding,
+        )
+
+    def _consent(
+        self, connection_id: str, binding: str | None, browser_binding: bool
+    ) -> Flow[_Consent]:
+        """A fresh state for a consent to ``connection_id`` and the browser binding it is
+        bound to: what both ``begin`` and ``site_button`` hand out."""
         check_app_user_id(connection_id)
         config = self.config
         # One read: the record's version orders this consent after (or before) the connection
@@ -110,15 +167,65 @@ class CodeFlows:
             config.state_ttl,
             bound.secret if bound is not None else None,
             seen,
+            # Metadata mode: amoCRM's post to secrets_uri has only the state to name the
+            # connection by (protocol notes §7), so the state carries it, encrypted.
+            carry_connection=config.metadata_mode,
         )
-        query = urlencode({"client_id": config.client_id, "state": token, "mode": config.mode})
-        joiner = "&" if "?" in config.authorize_url else "?"
-        return AuthorizationRequest(
-            f"{config.authorize_url}{joiner}{query}",
-            token,
-            claims.expires_at,
-            binding=bound.token if bound is not None else None,
-        )
+        return _Consent(token, claims.expires_at, bound.token if bound is not None else None)
+
+    # -- the secrets_uri post (metadata mode) -------------------------------------------------
+
+    def receive_secrets(self, form: QueryLike) -> Flow[SecretsResult]:
+        """Keep the credentials amoCRM posted to ``secrets_uri`` with the connection the
+        post's state names, until that consent's code claims them (protocol notes §7). The
+        signed state is the only authority: amoCRM signs nothing else of this post."""
+        post = read_secrets_post(form)
+        if not self.config.metadata_mode:
+            # Fixed mode has no secrets_uri: its connections use Config's integration, and no
+            # post may give one another (even under a state a shared secret signed).
+            raise CallbackRejected(Reason.BAD_STATE)
+        claims = read_state(self.config.accepted_state_secrets, post.state)
+        connection = claims.connection()  # bad_state for a state without one (fixed mode)
+        digest = code_digest(claims.nonce)
+        while True:
+            # The record before the state's holder: a claim writes both at once, so a claim
+            # after this read changes the record's version and the write below loses; one
+            # before it shows as the holder, and the table settles the consent.
+            record = yield from self.records.load(connection)
+            self._check_state_time(claims)  # by the store's clock, which the load just read
+            holder = yield from perform(HolderOf(claims.nonce))
+            event = CredentialsReceived(digest, post.credentials, self.records.now(), holder)
+            decision = self.records.decide(record, event)
+            if decision.noop is not None:
+                return SecretsResult(record.public(), stored=False)
+            yield from self._register_client(post.credentials.client_id, record.key)
+            written = yield from self.records.commit(record, decision, event.name)
+            if written is not None:
+                return SecretsResult(written.public(), stored=True)
+            # Another writer changed the record since it was read: decide again on it.
+
+    def _check_state_time(self, claims: StateClaims) -> None:
+        """Refuse a state past its expiry (``expired_state``) or signed too far ahead of the
+        store's clock (``clock_skew``)."""
+        now = self.records.now()
+        if claims.is_expired(now):
+            raise CallbackRejected(Reason.EXPIRED_STATE)
+        if issued_ahead(claims.issued_at, now):
+            raise CallbackRejected(Reason.CLOCK_SKEW)
+
+    def _register_client(self, client_id: str, key: str) -> Flow[None]:
+        """Name, in the ledger, the record a site-button integration's client id belongs to
+        (``client:<client_id>``), before the record is written: a redirect or a hook that
+        brings that client id finds its integration by it on every store (``HolderOf``).
+
+        Raises:
+            CallbackRejected: ``client_id_mismatch`` when the ledger names another record for
+                it: amoCRM makes a new integration per install, so another connection's
+                credentials are being posted under this state.
+        """
+        until = self.records.now() + CLIENT_MEMORY
+        if not (yield from perform(ConsumeState(f"client:{client_id}", until, key))):
+            raise CallbackRejected(Reason.CLIENT_ID_MISMATCH)
 
     # -- mobile tickets --------------------------------------------------------------------
 

@@ -270,6 +270,8 @@ class TokenFlows:
                 | NoOp.HOOK_REPLAYED
                 | NoOp.NOTHING_TO_FORGET
                 | NoOp.FIRST_SEND
+                | NoOp.CREDENTIALS_SETTLED
+                | NoOp.CREDENTIALS_UNCHANGED
             ):
                 raise ReauthorizationRequired(record.name, record.not_connected_reason())
             case unreachable:

@@ -25,6 +25,7 @@ from ._events import (
     EVENT_TYPES,
     SHA256_HEX,
     CodeReceived,
+    CredentialsReceived,
     Event,
     ExchangeSucceeded,
     LeaseExpired,
@@ -90,6 +91,10 @@ class NoOp(enum.StrEnum):
     ALREADY_DISCONNECTED = "already_disconnected"
     HOOK_REPLAYED = "hook_replayed"
     NOTHING_TO_FORGET = "nothing_to_forget"
+    # credentials_received (site button, metadata mode): the consent's code was claimed (or
+    # its state brought a denial), or these very credentials are pending already
+    CREDENTIALS_SETTLED = "credentials_settled"
+    CREDENTIALS_UNCHANGED = "credentials_unchanged"
     #: No rule fired (never, while the table is total: a test checks it).
     UNDEFINED = "undefined"
 
@@ -514,6 +519,20 @@ def refused_this_refresh(data: EventData) -> bool:
     )
 
 
+def consent_is_settled(data: EventData) -> bool:
+    """The code ledger holds the state the credentials came with: its code was claimed (and
+    took the credentials pending then) or it brought a denial. Nothing changes after that."""
+    event = _model(data).event
+    return isinstance(event, CredentialsReceived) and event.state_holder is not None
+
+
+def credentials_are_pending(data: EventData) -> bool:
+    """The very credentials posted are pending for that consent already (amoCRM's retry of
+    the same post): idempotent."""
+    step = _model(data)
+    return isinstance(step.event, CredentialsReceived) and step.event.is_pending(step.record)
+
+
 @attrs.frozen
 class Rule:
     event: str
@@ -720,6 +739,14 @@ TABLE: tuple[Rule, ...] = (
     # A newer token (or a consent) replaced the one that ended: it stands.
     Rule("long_lived_ended", (S.CONNECTED,), None, noop=NoOp.ALREADY_ROTATED),
     _stale("long_lived_ended", S.CONNECTED),
+    # Credentials posted to secrets_uri wait for their consent's code beside whatever the
+    # connection is (a connected one may be re-authorized through the site button): the status
+    # stays; a retried install's new integration replaces them until the code is claimed.
+    Rule("credentials_received", ALL, None, consent_is_settled, noop=NoOp.CREDENTIALS_SETTLED),
+    Rule(
+        "credentials_received", ALL, None, credentials_are_pending, noop=NoOp.CREDENTIALS_UNCHANGED
+    ),
+    *(Rule("credentials_received", (status,), status) for status in ALL),
 )
 
 

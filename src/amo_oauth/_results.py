@@ -102,6 +102,10 @@ class ButtonMetadata:
         description: what it does.
         scopes: amoCRM's scope names, e.g. ``("crm", "notifications")`` (sent comma-separated).
         logo: an https URL of its logo, or None.
+
+    ``site_button()`` refuses (``ValueError``) an empty name or description, scopes that are
+    not a tuple of names of ``[a-z_]``, a logo that is not an https URL, and a name,
+    description or logo holding ``&``, ``#``, ``%`` or ``+`` (docs/site-button.md).
     """
 
     name: str

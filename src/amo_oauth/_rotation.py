@@ -40,7 +40,8 @@ class RotationReport:
 
     Attributes:
         rewritten: records re-encrypted with the newest key.
-        without_tokens: records holding no tokens (nothing encrypted), left as they are.
+        without_tokens: records holding nothing encrypted (no tokens, no integration
+            credentials), left as they are.
         undecryptable: keys of the records none of the keys opens (wrong key?), untouched.
         left_leased: keys of the records still leased (or still changing) after every
             retry: run the command again later.
@@ -79,7 +80,7 @@ class _Pass:
     def rewrite(self, record: ConnectionRecord) -> bool:
         """Re-encrypt one record; False when it must be tried again later (leased, or
         written meanwhile)."""
-        if record.tokens is None:
+        if not _holds_secrets(record):
             self.without_tokens += 1
             return True
         if record.live_lease(self.now()) is not None:
@@ -115,6 +116,16 @@ class _Pass:
             records.append(found[0])
             cursor = found[0].key
         return records, None
+
+
+def _holds_secrets(record: ConnectionRecord) -> bool:
+    """Does the record hold what the store encrypts (``RecordCodec``): a token pair, or a
+    site-button connection's integration credentials, its own or pending for a consent?"""
+    return (
+        record.tokens is not None
+        or record.credentials is not None
+        or bool(record.pending_credentials)
+    )
 
 
 def rotate_keys(

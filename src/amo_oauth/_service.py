@@ -31,6 +31,7 @@ from ._results import (
     SweepProgress,
 )
 from ._service_core import ServiceCore, Turn, default_store, with_stored
+from ._site_button import ButtonOptions
 from ._sweep import Done, SweepPlan, sweep
 from .stores import Store
 from .stores._forks import reset_in_child
@@ -112,7 +113,9 @@ class AmoOAuth(ServiceCore):
 
         Raises:
             ValueError: ``connection_id`` is empty, over 255 characters, unprintable or a
-                ``Widget``.
+                ``Widget``; or the site button's metadata mode (``Config.secrets_uri`` set),
+                where amoCRM's consent needs the button's metadata and no client id: use
+                ``site_button()`` there.
         """
         return self._run(self._flows.codes.begin(connection_id, binding, browser_binding))
 
@@ -131,23 +134,101 @@ class AmoOAuth(ServiceCore):
         locale: str | None = None,
         error_callback: str | None = None,
     ) -> SiteButton:
-        """amoCRM's site button for ``connection_id``: a ``<script>`` element with the
-        documented ``data-*`` attributes (protocol notes §7), every value escaped, carrying a
-        fresh ``state`` from ``begin()`` (same binding rules). In metadata mode
-        (``Config.secrets_uri``) ``metadata`` is required and the button asks amoCRM to make a
-        new integration for the installing account; otherwise it names ``Config.client_id``.
-        """
-        raise NotImplementedError  # issue 22: being built
+        """amoCRM's site button for ``connection_id``: the ``<script>`` element to put on a
+        page, whose ``data-*`` attributes amoCRM's button script reads (protocol notes §7),
+        every value checked and HTML-escaped, carrying a fresh ``state`` made as ``begin()``
+        makes it (one read of the record, nothing written; the same binding rules). The
+        script is ``Config.button_script_url``; a Kommo ``authorize_url``
+        (``https://www.kommo.com/oauth``) makes it Kommo's button (class ``kommo_oauth``).
 
-    def receive_secrets(self, form: QueryLike) -> SecretsResult:
-        """Metadata mode: store the ``client_id`` and ``client_secret`` amoCRM posted to
-        ``secrets_uri`` with the consent's ``state`` (protocol notes §7).
+        With a fixed client id the button names ``Config.client_id`` (``data-client-id``). In
+        metadata mode (``Config.secrets_uri`` set) it carries ``metadata`` instead, with
+        ``Config.redirect_uri`` and ``Config.secrets_uri``: amoCRM makes a new integration for
+        each installing account and posts its credentials to ``secrets_uri``
+        (``receive_secrets``) before the code redirect.
+
+        Args:
+            connection_id: as for ``begin()``.
+            binding, browser_binding: as for ``begin()``.
+            metadata: the integration amoCRM makes (name, description, scopes, logo);
+                required in metadata mode, refused without it.
+            title: the button's text (amoCRM's default when None); no ``<``.
+            compact: True for the logo alone, without the text.
+            class_name: the class the script gives the button it draws.
+            color: amoCRM's button color: ``default``, ``blue``, ``violet``, ``green``,
+                ``orange`` or ``red``.
+            theme, locale: Kommo's button only (e.g. ``dark``, ``en``).
+            error_callback: the name (or dotted path) of the page's JavaScript function the
+                script calls when the user refuses access, e.g. ``handleOauthError``.
+
+        Returns:
+            ``SiteButton(html, state, expires_at, binding)``: keep ``binding`` in the browser
+            (an ``HttpOnly`` cookie), as for ``begin()``, and put ``html`` on the page.
 
         Raises:
-            CallbackRejected: ``malformed``, ``bad_state``, ``expired_state``, ``clock_skew``;
-                nothing changed.
+            ValueError: ``connection_id`` as for ``begin()``; ``metadata`` missing in
+                metadata mode or given without it; an empty metadata name or description;
+                scopes not names of ``[a-z_]`` (or one string instead of a tuple); a logo that
+                is not an https URL; a value the script sends in the consent URL (name,
+                description, the two URIs, the client id) holding ``&``, ``#``, ``%``, ``+``
+                or a control character, as the script sends it unencoded; a title with ``<``,
+                which the script writes as markup; a color amoCRM has not; ``theme`` or
+                ``locale`` for amoCRM's button; an ``error_callback`` that is not a JavaScript
+                name or dotted path, as the script evaluates it. Each is checked before the
+                store is read.
         """
-        raise NotImplementedError  # issue 22: being built
+        options = ButtonOptions(
+            metadata=metadata,
+            title=title,
+            compact=compact,
+            class_name=class_name,
+            color=color,
+            theme=theme,
+            locale=locale,
+            error_callback=error_callback,
+        )
+        return self._run(
+            self._flows.codes.site_button(connection_id, binding, browser_binding, options)
+        )
+
+    def receive_secrets(self, form: QueryLike) -> SecretsResult:
+        """Metadata mode (``Config.secrets_uri``): keep the ``client_id`` and ``client_secret``
+        amoCRM posted to ``secrets_uri`` with the consent's ``state`` (protocol notes §7: a
+        new integration per installing account, posted server to server before the code
+        redirect), with the connection that state names, until that consent's code is claimed.
+
+        Only ``client_id``, ``client_secret`` and ``state`` are read (any other field is
+        ignored). amoCRM signs nothing of this post: the state, signed by ``begin()`` or
+        ``site_button()`` under ``Config.state_secret`` (or one of ``previous_state_secrets``)
+        and carrying its connection encrypted, is the only authority. The credentials go into
+        the connection's record in one compare-and-set write (encrypted at rest with the
+        store's ``encryption``); a retried install's new integration, posted under the same
+        state, replaces them until the code is claimed; after that, and for the same post
+        again, nothing changes. The client id is also entered in the store's ledger
+        (``client:<client_id>``, before the record write) so the web layer can find the
+        connection a redirect or a hook bringing it belongs to.
+
+        Args:
+            form: the post's fields: a mapping (of ``str``, or of one-item lists), a
+                multi-dict, or (name, value) pairs, as the web layer read them from a form or
+                JSON body.
+
+        Returns:
+            ``SecretsResult``: the connection (no secret) and ``stored``, True when this call
+            wrote the credentials, False when nothing changed.
+
+        Raises:
+            CallbackRejected: nothing changed: ``malformed`` (a field missing, repeated, not
+                text, too long; a client id that is not printable ASCII of at most 255
+                characters; a secret not printable or over 2048), ``bad_state`` (forged,
+                unsigned, a fixed-mode state without a connection, or any post to a service
+                without ``secrets_uri``), ``expired_state``,
+                ``clock_skew`` (signed more than ``MAX_CLOCK_SKEW`` ahead of the store's
+                clock), ``client_id_mismatch`` (the ledger names another connection for that
+                client id).
+            StoreError: the store failed; the post may be retried.
+        """
+        return self._run(self._flows.codes.receive_secrets(form))
 
     def issue_ticket(self, connection_id: str) -> str:
         """A single-use ticket (``Config.ticket_ttl``, a minute) for a mobile app to open

@@ -89,6 +89,10 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
             "client_secret must be absent with secrets_uri set: in the site button's metadata "
             "mode each connection's secret comes from amoCRM's post to secrets_uri"
         ),
+        "secrets_uri_needs_crypto": (
+            "secrets_uri needs the crypto extra (the site button's metadata mode encrypts the "
+            "connection into each state): pip install 'amo_oauth[crypto]'"
+        ),
         "state_secret_is_client_secret": (
             "state_secret must not be the client_secret: whoever holds the client secret "
             "could then sign states; generate a separate one with secrets.token_urlsafe(32)"
@@ -217,6 +221,11 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         "async_service": (
             "AsyncHandlers and amo_oauth.fastapi.router serve an AsyncAmoOAuth, not {type}: "
             "use Handlers (or amo_oauth.flask.blueprint) for a blocking AmoOAuth"
+        ),
+        "button_missing": (
+            "button must be a ButtonMetadata(name=..., description=...) in the site button's "
+            "metadata mode (Config.secrets_uri set), not {type}: /connect shows amoCRM's site "
+            "button, which names the integration it makes for each account"
         ),
     }
 )

@@ -14,7 +14,14 @@ carries no user identifier anyone but the backend can read:
 - ``n``: the nonce a callback consumes; ``i``, ``e``: issue and expiry times in milliseconds;
 - ``v``: the version of the connection's record ``begin()`` read (0: none stored), which orders
   a re-authorization after the connection it replaces without comparing times that can tie
-  (absent in states signed before it was added: their ``i`` decides).
+  (absent in states signed before it was added: their ``i`` decides);
+- ``c``: in the site button's metadata mode only, the connection itself (its id and whether it
+  is a widget install), encrypted: amoCRM posts the new integration's credentials to
+  ``secrets_uri`` server to server (protocol notes §7), with no cookie or session to name the
+  connection, so the state must. AES-GCM (``cryptography``'s ``AESGCM``) under a key derived
+  with HKDF-SHA256 from the secret that signs the state (its own context), a random 96-bit
+  nonce, the state's nonce as associated data: unreadable without the secret, and bound to
+  this state. States of fixed mode carry no ``c``.
 
 States of the first format (``v1``, which showed the connection id and bound no browser) are
 refused as ``bad_state``: they lived 30 minutes, so an upgrade costs at most one re-begin.
@@ -33,10 +40,15 @@ import json
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import attrs
 
+from ._connection_id import ConnectionId, Widget
 from ._errors import CallbackRejected
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "MAX_CLOCK_SKEW",
@@ -46,7 +58,9 @@ __all__ = [
     "id_hash",
     "issue_state",
     "issued_ahead",
+    "open_connection",
     "read_state",
+    "seal_connection",
     "signer_of",
 ]
 
@@ -66,7 +80,11 @@ _MAX_TOKEN = 2048
 _CONTEXT = b"amo_oauth.state.v2."
 _ID_CONTEXT = b"amo_oauth.state.v2.id."
 _BINDING_CONTEXT = b"amo_oauth.state.v2.binding."
+_CONNECTION_CONTEXT = b"amo_oauth.state.v2.connection."
 _HASH_BYTES = 16
+_SEAL_NONCE_BYTES = 12  # AES-GCM's 96-bit nonce (NIST SP 800-38D)
+# How ``c`` names the kind of connection before its id (the record key's own letters).
+_APP_USER, _WIDGET = "u", "w"
 
 
 def _b64(data: bytes) -> str:
@@ -102,6 +120,53 @@ def id_hash(secret: bytes, connection_id: str) -> str:
 def binding_hash(secret: bytes, binding_secret: str) -> str:
     """The keyed hash of a browser binding's secret a state carries (``b``)."""
     return _keyed(secret, _BINDING_CONTEXT, binding_secret)
+
+
+def _cipher(secret: bytes) -> AESGCM:
+    """AES-256-GCM keyed by HKDF-SHA256 of ``secret`` with the connection's own context: a key
+    apart from every MAC and keyed hash made under the same secret. ``cryptography`` is
+    imported here, not at the top: only metadata mode needs it (``Config`` checks it is there)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_CONNECTION_CONTEXT)
+    return AESGCM(key.derive(secret))
+
+
+def seal_connection(secret: bytes, connection: ConnectionId, nonce: str) -> str:
+    """``connection`` encrypted for a state signed with ``secret`` whose nonce is ``nonce``
+    (the associated data: the sealed value opens only inside that state)."""
+    kind, name = (
+        (_WIDGET, connection.host) if isinstance(connection, Widget) else (_APP_USER, connection)
+    )
+    iv = secrets.token_bytes(_SEAL_NONCE_BYTES)
+    sealed = _cipher(secret).encrypt(iv, f"{kind}:{name}".encode(), nonce.encode("ascii"))
+    return _b64(iv + sealed)
+
+
+def open_connection(secret: bytes, sealed: str, nonce: str) -> ConnectionId:
+    """The connection ``seal_connection`` encrypted.
+
+    Raises:
+        CallbackRejected: ``bad_state`` when ``sealed`` does not open under ``secret`` and
+            ``nonce``, or opens to something that names no connection.
+    """
+    from cryptography.exceptions import InvalidTag
+
+    try:
+        raw = _unb64(sealed)
+        opened = _cipher(secret).decrypt(
+            raw[:_SEAL_NONCE_BYTES], raw[_SEAL_NONCE_BYTES:], nonce.encode("ascii")
+        )
+        kind, _, name = opened.decode("utf-8").partition(":")
+        if kind == _WIDGET:
+            return Widget(name)
+        if kind == _APP_USER and name:
+            return name
+    except (InvalidTag, binascii.Error, ValueError, UnicodeError):
+        pass
+    raise CallbackRejected("bad_state")
 
 
 def _same(expected: str, candidate: str) -> bool:
@@ -143,6 +208,8 @@ class StateClaims:
         seen_version: the record version ``begin()`` read; None for a state without one.
         signed_with: the secret that signed it (never shown): its keyed hashes are checked
             under it.
+        sealed_connection: ``c``, the connection encrypted (metadata mode); "" when the
+            state carries none (fixed mode). Read by ``connection()``.
     """
 
     id_hash: str = attrs.field(repr=False)
@@ -152,6 +219,7 @@ class StateClaims:
     expires_at: datetime
     seen_version: int | None = None
     signed_with: bytes = attrs.field(kw_only=True, repr=False, eq=False)
+    sealed_connection: str = attrs.field(default="", kw_only=True, repr=False)
 
     @property
     def bound(self) -> bool:
@@ -169,6 +237,18 @@ class StateClaims:
         if not self.bound or binding_secret is None:
             return False
         return _same(self.binding_hash, binding_hash(self.signed_with, binding_secret))
+
+    def connection(self) -> ConnectionId:
+        """The connection a metadata-mode state carries (``c``), decrypted under the secret
+        that signed it.
+
+        Raises:
+            CallbackRejected: ``bad_state`` for a state that carries none (fixed mode) or one
+                that does not open.
+        """
+        if not self.sealed_connection:
+            raise CallbackRejected("bad_state")
+        return open_connection(self.signed_with, self.sealed_connection, self.nonce)
 
     @property
     def accepted_until(self) -> datetime:
@@ -194,15 +274,19 @@ def issue_state(
     ttl: timedelta,
     binding_secret: str | None = None,
     seen_version: int = 0,
+    *,
+    carry_connection: bool = False,
 ) -> tuple[str, StateClaims]:
     """Make a fresh state token for ``connection_id``, valid for ``ttl`` from ``now`` (aware,
     UTC; the store's clock), bound to the browser holding ``binding_secret`` (None: unbound,
-    the caller's explicit choice), naming the record version ``begin()`` read."""
+    the caller's explicit choice), naming the record version ``begin()`` read, and (with
+    ``carry_connection``: metadata mode) carrying the connection encrypted (``c``)."""
     issued, expires = _millis(now), _millis(now + ttl)
     nonce = secrets.token_urlsafe(16)
     hashed_id = id_hash(secret, connection_id)
     hashed_binding = "" if binding_secret is None else binding_hash(secret, binding_secret)
-    body = {
+    sealed = seal_connection(secret, connection_id, nonce) if carry_connection else ""
+    body: dict[str, object] = {
         "h": hashed_id,
         "b": hashed_binding,
         "n": nonce,
@@ -210,8 +294,14 @@ def issue_state(
         "e": expires,
         "v": seen_version,
     }
+    if sealed:
+        body["c"] = sealed
     payload = _b64(json.dumps(body, separators=(",", ":")).encode("ascii"))
     token = f"{_PREFIX}.{payload}.{_mac(secret, payload)}"
+    if len(token) > _MAX_TOKEN:
+        # Only a long id of wide characters sealed into ``c`` gets here: a redirect could not
+        # bring such a state back (``read_state`` refuses it), so none is issued.
+        raise ValueError("connection_id is too long to be carried in a state")
     claims = StateClaims(
         hashed_id,
         hashed_binding,
@@ -220,6 +310,7 @@ def issue_state(
         _moment(expires),
         seen_version,
         signed_with=secret,
+        sealed_connection=sealed,
     )
     return token, claims
 
@@ -251,6 +342,10 @@ def read_state(keys: Sequence[bytes], token: str) -> StateClaims:
         seen = body.get("v")
         if seen is not None and (not isinstance(seen, int) or isinstance(seen, bool) or seen < 0):
             raise TypeError
+        sealed = body.get("c", "")
+        if not isinstance(sealed, str):
+            raise TypeError
+        sealed.encode("ascii")
         claims = StateClaims(
             hashed_id,
             hashed_binding,
@@ -259,6 +354,7 @@ def read_state(keys: Sequence[bytes], token: str) -> StateClaims:
             _moment(body["e"]),
             seen,
             signed_with=secret,
+            sealed_connection=sealed,
         )
     except (binascii.Error, ValueError, KeyError, TypeError, OverflowError):
         # Only a holder of the secret could sign this; still, refuse rather than crash.

@@ -1,4 +1,4 @@
-"""Django adapter: amo_oauth's six routes as URL patterns, over ``amo_oauth.web``.
+"""Django adapter: amo_oauth's routes as URL patterns, over ``amo_oauth.web``.
 
 ``path("", include(amo_oauth.django.urls(oauth, app_scheme="myapp")))`` in the root URLconf.
 Sync views over ``AmoOAuth`` (WSGI), async views over ``AsyncAmoOAuth`` (ASGI). By default the
@@ -12,6 +12,9 @@ old app posts the code with no token, and the middleware's 403 was the seed's bu
 defend themselves: a browser POST from another site is refused by its ``Origin`` or
 ``Sec-Fetch-Site`` (``cross_site_request``) before its body is read, and ``/exchange-code``
 never exchanges a code it has not seen, so a post that gets through has nothing to gain.
+amoCRM's post to ``/secrets`` (metadata mode) is server to server: no token, no cookie; only
+its signed state admits it. Every POST parameter is ``sensitive_post_parameters``: the bodies
+carry codes, states and a client secret, which Django's error reports must not show.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from typing import TYPE_CHECKING, Any, overload
 
 from ._async_service import AsyncAmoOAuth
 from ._extras import needs_extra
+from ._results import ButtonMetadata
 from ._service import AmoOAuth
 from .web import (
     DEFAULT_PREFIX,
-    ROUTES,
     AsyncConnectionIdFn,
     AsyncHandlers,
     ConnectionIdFn,
@@ -34,6 +37,7 @@ from .web import (
     PageText,
     Request,
     Response,
+    Route,
 )
 from .web._http import HeadersInput
 
@@ -45,6 +49,7 @@ with needs_extra("django", "amo_oauth.django"):
     from django.http import HttpRequest, HttpResponse
     from django.urls import URLPattern, re_path
     from django.views.decorators.csrf import csrf_exempt
+    from django.views.decorators.debug import sensitive_post_parameters
 
 if TYPE_CHECKING:  # importing them needs django.contrib.auth installed, and the app registry
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -65,6 +70,7 @@ def urls(
     texts: Mapping[str, PageText] | None = None,
     allowed_origins: Sequence[str] = (),
     redact_access_logs: bool = True,
+    button: ButtonMetadata | None = None,
 ) -> list[URLPattern]: ...
 @overload
 def urls(
@@ -76,6 +82,7 @@ def urls(
     texts: Mapping[str, PageText] | None = None,
     allowed_origins: Sequence[str] = (),
     redact_access_logs: bool = True,
+    button: ButtonMetadata | None = None,
 ) -> list[URLPattern]: ...
 def urls(
     oauth: AmoOAuth | AsyncAmoOAuth,
@@ -86,6 +93,7 @@ def urls(
     texts: Mapping[str, PageText] | None = None,
     allowed_origins: Sequence[str] = (),
     redact_access_logs: bool = True,
+    button: ButtonMetadata | None = None,
 ) -> list[URLPattern]:
     """URL patterns for ``include()``: one per route, named ``amo_oauth_{route}``.
 
@@ -103,13 +111,16 @@ def urls(
         redact_access_logs: when True (the default),
             ``amo_oauth.web.install_access_log_redaction()`` keeps the callback's code and
             state out of runserver's (``django.server``), uvicorn's and gunicorn's logs.
+        button: what amoCRM's site button shows; required in the site button's metadata mode
+            (``Config.secrets_uri``), where ``/connect`` shows the button and ``POST /secrets``
+            has a pattern too (``amo_oauth_secrets``).
 
     Returns:
         The patterns. Under a non-empty ``prefix`` the last one answers every other path there
         with the handlers' JSON 404, so a view of your own under it goes before the include.
 
     Raises:
-        ValueError: a bad ``app_scheme`` or ``prefix``.
+        ValueError: a bad ``app_scheme`` or ``prefix``; no ``button`` in metadata mode.
     """
     options: dict[str, Any] = {
         "app_scheme": app_scheme,
@@ -117,20 +128,21 @@ def urls(
         "texts": texts,
         "allowed_origins": allowed_origins,
         "redact_access_logs": redact_access_logs,
+        "button": button,
     }
     if isinstance(oauth, AsyncAmoOAuth):
         handlers = AsyncHandlers(oauth, connection_id=connection_id or _asigned_in, **options)
-        return _patterns(handlers.prefix, _async_view(handlers))
+        return _patterns(handlers.prefix, handlers.routes, _async_view(handlers))
     sync = Handlers(oauth, connection_id=connection_id or _signed_in, **options)
-    return _patterns(sync.prefix, _sync_view(sync))
+    return _patterns(sync.prefix, sync.routes, _sync_view(sync))
 
 
-def _patterns(prefix: str, view: View) -> list[URLPattern]:
+def _patterns(prefix: str, routes: Sequence[Route], view: View) -> list[URLPattern]:
     # Each pattern hands the view the path under the prefix (``rest``), so where the patterns
     # are included does not matter; every method reaches the view, which answers a wrong one 405.
     under = re.escape(prefix.lstrip("/") + "/") if prefix else ""
     patterns = []
-    for route in ROUTES:
+    for route in routes:
         rest = route.path.lstrip("/")
         regex, name = rf"^{under}{re.escape(rest)}\Z", f"amo_oauth_{route.name}"
         patterns.append(re_path(regex, view, {"rest": rest}, name=name))
@@ -144,6 +156,7 @@ def _sync_view(handlers: Handlers) -> View:
     # ticket link to the sign-in page with the code in its query: connection_id decides who asks.
     @login_not_required
     @csrf_exempt  # the routes' own defences stand in for the token: see the module docstring
+    @sensitive_post_parameters()  # codes, states, a client secret: never in an error report
     def view(request: HttpRequest, rest: str) -> HttpResponse:
         web_request = _to_web(request, f"{handlers.prefix}/{rest}", handlers.max_body)
         return _to_django(handlers.handle(web_request))
@@ -156,6 +169,7 @@ def _async_view(handlers: AsyncHandlers) -> View:
     # ticket link to the sign-in page with the code in its query: connection_id decides who asks.
     @login_not_required
     @csrf_exempt  # the routes' own defences stand in for the token: see the module docstring
+    @sensitive_post_parameters()  # codes, states, a client secret: never in an error report
     async def view(request: HttpRequest, rest: str) -> HttpResponse:
         web_request = _to_web(request, f"{handlers.prefix}/{rest}", handlers.max_body)
         return _to_django(await handlers.handle(web_request))

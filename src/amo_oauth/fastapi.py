@@ -1,4 +1,4 @@
-"""FastAPI adapter: amo_oauth's six routes on an ``APIRouter``, over ``amo_oauth.web``.
+"""FastAPI adapter: amo_oauth's routes on an ``APIRouter``, over ``amo_oauth.web``.
 
 ``connection_id`` receives an ``amo_oauth.web.Request`` whose ``native`` is the Starlette
 request: ``lambda r: r.native.session.get("user_id")`` (with ``SessionMiddleware``) or
@@ -13,6 +13,7 @@ from typing import Any
 
 from ._async_service import AsyncAmoOAuth
 from ._extras import needs_extra
+from ._results import ButtonMetadata
 from .web import (
     DEFAULT_PREFIX,
     AsyncConnectionIdFn,
@@ -45,12 +46,14 @@ def router(
     texts: Mapping[str, PageText] | None = None,
     allowed_origins: Sequence[str] = (),
     redact_access_logs: bool = True,
+    button: ButtonMetadata | None = None,
 ) -> APIRouter:
     """An ``APIRouter`` with one documented route per endpoint (``app.include_router(...)``).
 
     Args: as ``amo_oauth.web.AsyncHandlers`` (``redact_access_logs`` included: by default
     the callback's code and state stay out of uvicorn's, gunicorn's and hypercorn's logs).
-    Tagged "amoCRM" in OpenAPI.
+    Tagged "amoCRM" in OpenAPI. In the site button's metadata mode (``Config.secrets_uri``)
+    ``button`` is required and ``POST /secrets`` is among the routes (with its body).
 
     Returns:
         The router. A wrong method on any route gets the handlers' JSON 405 with ``Allow``,
@@ -58,7 +61,7 @@ def router(
         404, not FastAPI's.
 
     Raises:
-        ValueError: a bad ``app_scheme`` or ``prefix``.
+        ValueError: a bad ``app_scheme`` or ``prefix``; no ``button`` in metadata mode.
     """
     handlers = AsyncHandlers(
         oauth,
@@ -68,6 +71,7 @@ def router(
         texts=texts,
         allowed_origins=allowed_origins,
         redact_access_logs=redact_access_logs,
+        button=button,
     )
     api = APIRouter(tags=["amoCRM"])
     for route in handlers.routes:

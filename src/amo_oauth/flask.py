@@ -1,4 +1,4 @@
-"""Flask adapter: amo_oauth's six routes on a ``Blueprint``, over ``amo_oauth.web``.
+"""Flask adapter: amo_oauth's routes on a ``Blueprint``, over ``amo_oauth.web``.
 
 ``connection_id`` receives an ``amo_oauth.web.Request`` and runs inside Flask's request
 context, so ``lambda r: flask.session.get("user_id")`` works; ``request.native`` is
@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import urlencode
 
 from ._extras import needs_extra
+from ._results import ButtonMetadata
 from ._service import AmoOAuth
 from .web import (
     DEFAULT_PREFIX,
@@ -37,6 +38,7 @@ def blueprint(
     allowed_origins: Sequence[str] = (),
     name: str = "amo_oauth",
     redact_access_logs: bool = True,
+    button: ButtonMetadata | None = None,
 ) -> flask.Blueprint:
     """A ``Blueprint`` with one rule per endpoint of ``amo_oauth.web``.
 
@@ -53,6 +55,9 @@ def blueprint(
         redact_access_logs: when True (the default),
             ``amo_oauth.web.install_access_log_redaction()`` keeps the callback's code and
             state out of werkzeug's and gunicorn's logs.
+        button: what amoCRM's site button shows; required in the site button's metadata mode
+            (``Config.secrets_uri``), where ``/connect`` shows the button and ``POST /secrets``
+            is a rule too.
 
     Returns:
         The blueprint, for ``app.register_blueprint(...)``. A wrong method on any route
@@ -60,7 +65,7 @@ def blueprint(
         under a non-empty ``prefix`` answer their JSON 404.
 
     Raises:
-        ValueError: a bad ``app_scheme`` or ``prefix``.
+        ValueError: a bad ``app_scheme`` or ``prefix``; no ``button`` in metadata mode.
     """
     handlers = Handlers(
         oauth,
@@ -70,6 +75,7 @@ def blueprint(
         texts=texts,
         allowed_origins=allowed_origins,
         redact_access_logs=redact_access_logs,
+        button=button,
     )
     bp = flask.Blueprint(name, __name__)
 

@@ -18,8 +18,12 @@ from .._records import ConnectionRecord, ConnectionStatus
 
 __all__ = ["Encryption", "RecordCodec", "Row"]
 
-#: The key under which an encrypted token pair is stored in a record's body.
+#: The key under which an encrypted field is stored in a record's body.
 _SEALED = "sealed"
+#: The fields of a record's body that hold secrets, each stored encrypted when the store has
+#: ``encryption``: the token pair, and a site-button connection's own integration credentials
+#: and those posted to ``secrets_uri`` for a consent (their client secrets).
+_SECRET_FIELDS = ("tokens", "credentials", "pending_credentials")
 
 
 @attrs.frozen
@@ -56,8 +60,10 @@ class Encryption(Protocol):
 class RecordCodec:
     """Turns records into ``Row``s and stored bodies back into records.
 
-    With ``encryption``, the token pair (access and refresh token, their times) is stored
-    encrypted; everything else stays in clear so the indexes work. Rows written without
+    With ``encryption``, the token pair (access and refresh token, their times) and the
+    integration credentials a site-button connection holds (``credentials``,
+    ``pending_credentials``) are stored encrypted; everything else stays in clear so the
+    indexes work. Rows written without
     encryption are still read (re-saving them encrypts them).
     """
 
@@ -85,28 +91,39 @@ class RecordCodec:
     def encode(self, record: ConnectionRecord) -> str:
         """The record's stored body (text)."""
         text = record_to_json(record)
-        if self._encryption is None or record.tokens is None:
+        if self._encryption is None:
             return text
         body = json.loads(text)
-        plain = json.dumps(body["tokens"], separators=(",", ":")).encode("utf-8")
-        body["tokens"] = {_SEALED: self._encryption.encrypt(plain).decode("ascii")}
+        held = [field for field in _SECRET_FIELDS if body.get(field)]  # None and () stay
+        if not held:
+            return text
+        for field in held:
+            plain = json.dumps(body[field], separators=(",", ":")).encode("utf-8")
+            body[field] = {_SEALED: self._encryption.encrypt(plain).decode("ascii")}
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
     def _unseal(self, data: str | bytes) -> str | bytes:
-        """The body with its token pair decrypted, when it was stored encrypted."""
+        """The body with its secret fields decrypted, when they were stored encrypted."""
         if _SEALED.encode() not in (data if isinstance(data, bytes) else data.encode("utf-8")):
             return data
         try:
             body = json.loads(data)
-            sealed = body["tokens"][_SEALED]
-        except (ValueError, KeyError, TypeError, RecursionError):
-            return data  # not a sealed pair after all: the decoder says what is wrong
+            sealed = {
+                field: str(body[field][_SEALED])
+                for field in _SECRET_FIELDS
+                if isinstance(body.get(field), dict) and _SEALED in body[field]
+            }
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return data  # not a sealed body after all: the decoder says what is wrong
+        if not sealed:
+            return data
         if self._encryption is None:
-            raise _KeyError("the record's tokens are encrypted: give the store its encryption")
+            raise _KeyError("the record's secrets are encrypted: give the store its encryption")
         try:
-            body["tokens"] = json.loads(self._encryption.decrypt(str(sealed).encode("ascii")))
+            for field, token in sealed.items():
+                body[field] = json.loads(self._encryption.decrypt(token.encode("ascii")))
         except Exception:  # any cipher's "does not fit": never the garbage it would yield
-            raise _KeyError("cannot decrypt a record's tokens: wrong key?") from None
+            raise _KeyError("cannot decrypt a record's secrets: wrong key?") from None
         return json.dumps(body)
 
     def decode_row(self, key: object, version: object, data: object) -> ConnectionRecord:

@@ -31,6 +31,7 @@ from ._directory import LeadsSpec
 from ._fake import FakeAmoCRM
 from ._loopback import AsyncLoopbackTransport, LoopbackTransport
 from ._server import ServedFake
+from ._site_button import SecretsPost, SiteButtonInstall
 from ._types import FakeResponse, FaultKind, RawJSON, RequestRecord
 
 if TYPE_CHECKING:
@@ -49,7 +50,9 @@ __all__ = [
     "LoopbackTransport",
     "RawJSON",
     "RequestRecord",
+    "SecretsPost",
     "ServedFake",
+    "SiteButtonInstall",
     "StoreContract",
 ]
 

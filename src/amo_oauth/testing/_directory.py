@@ -6,6 +6,8 @@ the rest.
 
 from __future__ import annotations
 
+import secrets
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -33,6 +35,8 @@ class Directory:
         """The installing user's id, for accounts added without one."""
         self.accounts: list[FakeAccount] = []
         self.integrations: dict[str, FakeIntegration] = {}
+        self.made_by_button: list[FakeIntegration] = []
+        """The integrations site-button installs made (metadata mode, §7), in order."""
         self.domains: set[str] = set()
         """Every base domain served: those of all accounts, past and present."""
         # An account's old host -> the account, and why it left (renamed or moved).
@@ -103,6 +107,15 @@ class Directory:
             raise ValueError(f"client id {client_id!r} is already registered")
         integration = FakeIntegration(client_id, client_secret, redirect_uri)
         self.integrations[client_id] = integration
+        return integration
+
+    def add_button_integration(self, redirect_uri: str) -> FakeIntegration:
+        """A NEW integration for one metadata-mode install (§7): a fresh client id (a UUID, as
+        amoCRM's are) and secret, registered with the button's `redirect_uri`."""
+        integration = self.add_integration(
+            str(uuid.uuid4()), secrets.token_urlsafe(48), redirect_uri
+        )
+        self.made_by_button.append(integration)
         return integration
 
     def account(self, account: AccountRef | None) -> FakeAccount:

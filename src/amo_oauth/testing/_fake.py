@@ -6,11 +6,12 @@ it.
 
 The parts share one `_core.Core` (one lock over all state): the accounts and integrations
 (`_directory`), the codes and tokens (`_grants`), the scripted faults (`_faults`) and the
-counts (`_tally`), served by one object per endpoint: the consent pages (`_consent`), the token
-endpoint (`_token_endpoint`), the API and the account lookup (`_api`). The public methods come
-in two documented halves, `FakeSetup` (`_fake_setup`: what a test does to the fake) and
-`FakeReadings` (`_fake_readings`: what it reads back); this module adds the identity of the
-default account and integration, the routing and the wrappers.
+counts (`_tally`), served by one object per endpoint: the consent pages, the button script and
+the metadata-mode install (`_consent`), the token endpoint (`_token_endpoint`), the API and the
+account lookup (`_api`). The public methods come in documented parts, `FakeSetup`
+(`_fake_setup`: what a test does to the fake), `FakeReadings` (`_fake_readings`: what it reads
+back) and `FakeSiteButton` (`_fake_button`: the site button's install, §7); this module adds
+the identity of the default account and integration, the routing and the wrappers.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from ._clock import Clock, system_clock
 from ._consent import Consent
 from ._core import Core
 from ._directory import LeadsSpec
+from ._fake_button import FakeSiteButton
 from ._fake_readings import FakeReadings
 from ._fake_setup import FakeSetup
 from ._keys_tab import KeysTab
 from ._server import ServedFake, serve, wsgi_call
+from ._site_button import INSTALL_PATH, SCRIPT_PATHS
 from ._token_endpoint import TokenEndpoint
 from ._transport import AsyncFakeTransport, FakeTransport
 from ._types import FakeResponse, Handler, RequestRecord
@@ -71,11 +74,12 @@ class _Capture:
         return self.answer
 
 
-class FakeAmoCRM(FakeSetup, FakeReadings):
+class FakeAmoCRM(FakeSetup, FakeReadings, FakeSiteButton):
     """A faithful fake amoCRM (or Kommo): accounts, integrations, OAuth and a slice of the API.
 
     It answers the OAuth consent page, the token endpoint, `GET /api/v4/account`,
-    `GET /api/v4/leads` and the account lookup `GET /oauth2/account/current/subdomain` exactly
+    `GET /api/v4/leads`, the account lookup `GET /oauth2/account/current/subdomain`, and the
+    site button's script and metadata-mode install (§7; `install_site_button`) exactly
     as the protocol notes (/work/shared/design/amocrm-protocol.md) describe amoCRM: exact error
     bodies (§4), single-use codes that expire after 20 minutes and rotating single-use refresh
     tokens (§3), 7 requests per second (§9). It counts every call so tests can assert the
@@ -129,6 +133,10 @@ class FakeAmoCRM(FakeSetup, FakeReadings):
         send_expires_in: True (default, §3): token answers carry `expires_in`. False: they
             omit it, as RFC 6749 §5.1 allows; the access token's JWT `exp` still says when it
             expires (settable).
+        secrets_transport: what the served install page (`/oauth/install`, "Allow" on a
+            metadata-mode site button, §7) posts the new credentials through, e.g.
+            `httpx.WSGITransport(app=...)`; None (default): real HTTP, to a loopback
+            `secrets_uri` only (settable).
 
     Raises:
         ValueError: a knob is out of range, or the subdomain or domain is not a host name.
@@ -158,6 +166,7 @@ class FakeAmoCRM(FakeSetup, FakeReadings):
         api_domain_claim: bool = True,
         rotate_refresh_tokens: bool = True,
         send_expires_in: bool = True,
+        secrets_transport: httpx.BaseTransport | None = None,
     ) -> None:
         if rate_limit is not None and rate_limit < 1:
             raise ValueError("rate_limit must be at least 1, or None for no limit")
@@ -169,8 +178,9 @@ class FakeAmoCRM(FakeSetup, FakeReadings):
         self.api_domain_claim = api_domain_claim
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.send_expires_in = send_expires_in
+        self.secrets_transport = secrets_transport
         self._core = Core(self, clock or system_clock, monotonic, user_id)
-        self._routes = self._route_table()
+        self._routes, self._open_routes = self._route_tables()
         self.add_integration(client_id, client_secret, redirect_uri)
         self.add_account(
             subdomain,
@@ -182,9 +192,13 @@ class FakeAmoCRM(FakeSetup, FakeReadings):
             leads=leads,
         )
 
-    def _route_table(self) -> dict[str, Route]:
-        consent, api = Consent(self._core), Api(self._core)
+    def _route_tables(self) -> tuple[dict[str, Route], dict[str, Route]]:
+        """The routes answered under the fake's lock, and those that take it themselves
+        (the metadata-mode install, whose post to `secrets_uri` must not hold it)."""
+        consent, api = Consent(self._core, self._served_install), Api(self._core)
+        scripts = dict.fromkeys(SCRIPT_PATHS, consent.script)
         return {
+            **scripts,
             "/oauth": consent.page,
             "/oauth/allow": consent.allow,
             "/oauth/deny": consent.deny,
@@ -193,7 +207,7 @@ class FakeAmoCRM(FakeSetup, FakeReadings):
             "/api/v4/account": api.account,
             "/api/v4/leads": api.leads,
             P.LOOKUP_PATH: api.lookup,
-        }
+        }, {INSTALL_PATH: consent.install}
 
     def __repr__(self) -> str:
         # Deliberately no client_secret and no tokens.
@@ -311,9 +325,11 @@ class FakeAmoCRM(FakeSetup, FakeReadings):
             `FakeResponse.dropped` and `FakeResponse.trickle`, as the bundled transports do.
         """
         request = Request.parse(method, url, headers or {}, body)
+        open_route = self._open_routes.get(request.path)
+        answer = None if open_route is None else open_route(request)
         with self._core.lock:
-            route = self._routes.get(request.path, _not_found)
-            answer = route(request)
+            if answer is None:
+                answer = self._routes.get(request.path, _not_found)(request)
             self._core.tally.requests.append(
                 RequestRecord(
                     request.method,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import collections
 
+from ._accounts import FakeIntegration
 from ._core import Core
 from ._directory import AccountRef, IntegrationRef
+from ._site_button import SecretsPost
 from ._types import RequestRecord
 from ._wire import digest
 
@@ -144,3 +146,15 @@ class FakeReadings:
         """Whether a refresh with `token` would succeed now (on its account's current host)."""
         with self._core.lock:
             return self._core.grants.live_refresh(token) is not None
+
+    @property
+    def site_button_integrations(self) -> tuple[FakeIntegration, ...]:
+        """The integrations site-button installs made (metadata mode, §7), in order."""
+        with self._core.lock:
+            return tuple(self._core.directory.made_by_button)
+
+    @property
+    def secrets_posts(self) -> tuple[SecretsPost, ...]:
+        """Every credentials post sent to a `secrets_uri` (§7), in order, with its answer."""
+        with self._core.lock:
+            return tuple(self._core.tally.secrets_posts)

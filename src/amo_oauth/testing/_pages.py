@@ -32,16 +32,19 @@ def message_page(title: str, message: str) -> bytes:
     return page(title, f"<p>{escape(message)}</p>")
 
 
-def _hidden_inputs(fields: Mapping[str, str]) -> str:
+Fields = Mapping[str, str] | Sequence[tuple[str, str]]
+"""A form's hidden fields: a mapping, or pairs when a name repeats (``scopes[]``)."""
+
+
+def _hidden_inputs(fields: Fields) -> str:
+    pairs = fields.items() if isinstance(fields, Mapping) else fields
     return "\n".join(
         f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">'
-        for name, value in fields.items()
+        for name, value in pairs
     )
 
 
-def _form(
-    action: str, button_id: str, label: str, fields: Mapping[str, str], extra: str = ""
-) -> str:
+def _form(action: str, button_id: str, label: str, fields: Fields, extra: str = "") -> str:
     # GET forms: the "button" is then also a plain link a test can follow without a browser.
     return (
         f'<form method="get" action="{escape(action)}">\n{_hidden_inputs(fields)}\n{extra}'
@@ -88,6 +91,30 @@ def consent_page(
         + _form("/oauth/deny", "deny", "Deny", fields)
     )
     return page("Grant access to your amoCRM account?", intro + "\n" + buttons)
+
+
+def install_page(
+    product: str,
+    description: str,
+    scopes: Sequence[str],
+    fields: Sequence[tuple[str, str]],
+    choices: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    """The consent page of a metadata-mode site button (§7): the product's name, description
+    and scopes, and "Allow" (#allow), which installs it as a NEW integration.
+
+    Args:
+        fields: the button's query to carry over to the install (repeated ``scopes[]`` too).
+        choices: as for `consent_page`.
+    """
+    intro = (
+        f"<p><strong>{escape(product)}</strong> asks to be installed in your account as a new "
+        f"integration.</p>\n<p>{escape(description)}</p>\n"
+        f"<p>Scopes: {escape(', '.join(scopes))}</p>"
+    )
+    extra = _account_select(choices) if choices else ""
+    allow = _form("/oauth/install", "allow", "Allow", fields, extra)
+    return page("Install this integration?", intro + "\n" + allow)
 
 
 def keys_page(account_name: str, host: str, token: str, code: str, action: str) -> bytes:

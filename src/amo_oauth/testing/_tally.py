@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from ._site_button import SecretsPost
 from ._types import RequestRecord
 from ._wire import digest
 
@@ -33,6 +34,7 @@ class Tally:
         self.lookup_log: Counter[tuple[str, str]] = Counter()
         self.lookup_presented: Counter[str] = Counter()
         self.lookup_authorization = 0
+        self.secrets_posts: list[SecretsPost] = []
 
     def note_sent(self, grant: str, secret: str, host: str) -> None:
         """A token call carried `secret` (its code or refresh token) to `host`."""

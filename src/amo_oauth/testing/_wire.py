@@ -34,18 +34,22 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes = attrs.field(repr=False)
+    query_pairs: tuple[tuple[str, str], ...] = ()
+    """Every query parameter in order, repeated ones too (a button's ``scopes[]``, §7)."""
 
     @classmethod
     def parse(cls, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Request:
         """The request addressed to `url` (its host says which host was addressed)."""
         parts = urlsplit(url)
+        pairs = tuple(parse_qsl(parts.query, keep_blank_values=True))
         return cls(
             method=method.upper(),
             host=(parts.hostname or "").lower(),
             path=parts.path or "/",
-            query=first_values(parse_qsl(parts.query, keep_blank_values=True)),
+            query=first_values(pairs),
             headers={key.lower(): value for key, value in headers.items()},
             body=body,
+            query_pairs=pairs,
         )
 
     def form(self) -> dict[str, str]:

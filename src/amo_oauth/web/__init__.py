@@ -18,7 +18,8 @@ response = await handlers.handle(
 ```
 
 Routes (under ``prefix``, default ``/api/amo-crm``): ``GET /connect``, ``GET /callback``,
-``POST /exchange-code``, ``GET /status``, ``POST /disconnect``, ``GET /disconnect-hook``.
+``POST /exchange-code``, ``GET /status``, ``POST /disconnect``, ``GET /disconnect-hook``, and
+in the site button's metadata mode ``POST /secrets`` (``METADATA_ROUTES``).
 ``GET /connect`` sets the ``HttpOnly`` browser-binding cookie and redirects to amoCRM (with
 ``?ticket=...`` it first redeems a mobile app's single-use ticket; as JSON it answers
 ``{url, expires_at}`` with such a ticket URL); ``GET /callback`` exchanges a new code only in the
@@ -28,7 +29,8 @@ link carries ``error=<reason>``): the reasons of ``CallbackRejected``, and ``una
 (401; with a ``hint`` when the redirect URI is http and no cookie came), ``bad_connection_id``,
 ``cross_site_request`` (400), ``not_found`` (404), ``method_not_allowed`` (405, with ``Allow``),
 ``body_too_large`` (413), ``query_too_large`` (414), ``unsupported_media_type`` (415: a
-``/exchange-code`` body neither JSON nor a form). A store outage is 503
+``/exchange-code`` or ``/secrets`` body neither JSON nor a form). Every refusal of amoCRM's
+post to ``/secrets`` is 403 with its reason, whatever the reason. A store outage is 503
 ``store_unavailable`` (and an amoCRM failure would be 502 ``provider_unavailable``, though no
 route lets one through: exchanges report failures as outcomes); no input produces a 500.
 
@@ -40,7 +42,7 @@ subdomain can plant, reads None: signed out).
 """
 
 from .._public import present_as
-from ._catalogue import DEFAULT_PREFIX, ROUTES, Route
+from ._catalogue import DEFAULT_PREFIX, METADATA_ROUTES, ROUTES, Route
 from ._handlers import AsyncConnectionIdFn, AsyncHandlers, ConnectionIdFn, Handlers
 from ._http import Request, Response, read_body, read_cookie
 from ._page import (
@@ -67,6 +69,7 @@ __all__ = [
     "CONTENT_SECURITY_POLICY",
     "DEEP_LINK_PATH",
     "DEFAULT_PREFIX",
+    "METADATA_ROUTES",
     "PAGE_TEXTS",
     "REDACTED",
     "REDACTED_NAMES",

@@ -14,7 +14,14 @@ import attrs
 
 from .._callback import QueryLike
 from .._records import Connection
-from .._results import AuthorizationRequest, CallbackResult, HookResult
+from .._results import (
+    AuthorizationRequest,
+    ButtonMetadata,
+    CallbackResult,
+    HookResult,
+    SecretsResult,
+    SiteButton,
+)
 
 if TYPE_CHECKING:  # the service imports the web layer's nothing; only types go this way
     from .._async_service import AsyncAmoOAuth
@@ -27,6 +34,8 @@ __all__ = [
     "HandleCallback",
     "HandleDisconnectHook",
     "IssueTicket",
+    "MakeSiteButton",
+    "ReceiveSecrets",
     "RedeemTicket",
     "ServiceCall",
     "Status",
@@ -58,6 +67,36 @@ class Begin(ServiceCall[AuthorizationRequest]):
 
     async def arun(self, oauth: AsyncAmoOAuth) -> AuthorizationRequest:
         return await oauth.begin(self.connection_id, binding=self.binding)
+
+
+@attrs.frozen
+class MakeSiteButton(ServiceCall[SiteButton]):
+    """``/connect`` in metadata mode: the site button instead of a redirect."""
+
+    connection_id: str
+    binding: str | None = attrs.field(repr=False)
+    metadata: ButtonMetadata
+
+    def run(self, oauth: AmoOAuth) -> SiteButton:
+        return oauth.site_button(self.connection_id, binding=self.binding, metadata=self.metadata)
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> SiteButton:
+        return await oauth.site_button(
+            self.connection_id, binding=self.binding, metadata=self.metadata
+        )
+
+
+@attrs.frozen
+class ReceiveSecrets(ServiceCall[SecretsResult]):
+    """amoCRM's post to ``secrets_uri``; ``form`` holds the client secret."""
+
+    form: QueryLike = attrs.field(repr=False)
+
+    def run(self, oauth: AmoOAuth) -> SecretsResult:
+        return oauth.receive_secrets(self.form)
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> SecretsResult:
+        return await oauth.receive_secrets(self.form)
 
 
 @attrs.frozen

@@ -8,7 +8,14 @@ from typing import Any, Final
 
 import attrs
 
-__all__ = ["BINDING_COOKIE", "DEFAULT_PREFIX", "HTTP_METHODS", "ROUTES", "Route"]
+__all__ = [
+    "BINDING_COOKIE",
+    "DEFAULT_PREFIX",
+    "HTTP_METHODS",
+    "METADATA_ROUTES",
+    "ROUTES",
+    "Route",
+]
 
 #: Where the routes live unless told otherwise: the seed's backend paths.
 DEFAULT_PREFIX: Final = "/api/amo-crm"
@@ -55,6 +62,9 @@ class Route:
         page: True when it answers an HTML page (for a browser), not JSON.
         legacy: True for the seed's mobile apps' route, which answers every refusal of the
             service 400 with its reason (never 403: those apps know 400 only).
+        server_to_server: True for amoCRM's own POST (``secrets_uri``): no browser sends it,
+            so it gets no cross-site check (it carries no ``Origin``, cookie or session; its
+            signed ``state`` is what admits it), and every refusal of the service is 403.
     """
 
     name: str
@@ -66,6 +76,7 @@ class Route:
     request_body: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
     page: bool = False
     legacy: bool = False
+    server_to_server: bool = False
     #: OpenAPI ``parameters`` objects (query parameters it reads).
     parameters: tuple[Mapping[str, Any], ...] = attrs.field(default=(), eq=False)
 
@@ -127,10 +138,16 @@ ROUTES: Final = (
         "the HttpOnly binding cookie). With ?ticket=... (a mobile app's in-app browser, no "
         "session needed): redeems the single-use ticket, then the same 302. With Accept: "
         "application/json or ?format=json (authenticated): 200 {url, expires_at}, url being "
-        "this route with a fresh ticket, to open in the browser that will consent.",
+        "this route with a fresh ticket, to open in the browser that will consent. In the site "
+        "button's metadata mode (Config.secrets_uri) a 200 page with amoCRM's site button "
+        "replaces the 302 (the same cookie).",
         (
             (302, "Redirect to amoCRM, with Set-Cookie for the browser binding"),
-            (200, "{url, expires_at}: the ticket URL to open in the in-app browser"),
+            (
+                200,
+                "{url, expires_at}: the ticket URL to open in the in-app browser; in metadata "
+                "mode, instead of the 302, the page with amoCRM's site button (Set-Cookie too)",
+            ),
             (
                 400,
                 "A refused ticket (bad_ticket | expired_ticket | used_ticket | clock_skew | "
@@ -250,5 +267,55 @@ ROUTES: Final = (
             *_EVERY_ROUTE,
         ),
         parameters=_HOOK_QUERY,
+    ),
+)
+
+_SECRETS_FIELDS: Final = {
+    "type": "object",
+    "required": ["client_id", "client_secret", "state"],
+    "properties": {
+        "client_id": {"type": "string", "description": "The new integration's client id."},
+        "client_secret": {
+            "type": "string",
+            "description": "The new integration's secret; stored, never echoed or logged.",
+        },
+        "state": {"type": "string", "description": "The state the site button carried."},
+    },
+}
+#: amoCRM does not document the post's encoding (protocol notes §7): a form or JSON is read.
+_SECRETS_BODY: Final = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {"schema": _SECRETS_FIELDS},
+        "application/json": {"schema": _SECRETS_FIELDS},
+    },
+}
+
+#: The routes of the site button's metadata mode (``Config.secrets_uri`` set), served after
+#: ``ROUTES`` only in that mode: elsewhere their paths are unknown (404 ``not_found``).
+METADATA_ROUTES: Final = (
+    Route(
+        "secrets",
+        "POST",
+        "/secrets",
+        "amoCRM's post of a new integration's credentials",
+        "Metadata mode only (Config.secrets_uri, which must name this route). amoCRM posts the "
+        "client_id and client_secret of the integration it made for the installing account, "
+        "with the site button's state; they are stored with the state's connection for its "
+        "code redirect. Idempotent: 200 {ok: true} whether stored or already there (never "
+        "204: amoCRM wants exactly 200). Server to server: no cookie, session or Origin check; "
+        "only a valid, unexpired state is accepted. Other fields are ignored.",
+        (
+            (200, "{ok: true}: stored, or nothing to change"),
+            (
+                403,
+                "{error: bad_state | expired_state | clock_skew | malformed}: refused, "
+                "nothing changed",
+            ),
+            (415, "{error: unsupported_media_type}: a body neither a form nor JSON"),
+            *_EVERY_ROUTE,
+        ),
+        _SECRETS_BODY,
+        server_to_server=True,
     ),
 )

@@ -27,7 +27,10 @@ class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
     """The routes over a blocking ``AmoOAuth`` (Flask, Django, any WSGI framework).
 
     Routes, under ``prefix``: ``GET /connect``, ``GET /callback``, ``POST /exchange-code``,
-    ``GET /status``, ``POST /disconnect``, ``GET /disconnect-hook``.
+    ``GET /status``, ``POST /disconnect``, ``GET /disconnect-hook``; in the site button's
+    metadata mode (``Config.secrets_uri`` set) also ``POST /secrets``, amoCRM's post of a new
+    integration's credentials (``oauth.receive_secrets``), and ``/connect`` answers a page
+    with the site button (``oauth.site_button``) instead of redirecting.
 
     Args:
         oauth: the service.
@@ -50,9 +53,12 @@ class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
             callback's code and state, a ticket and the hook's signature out of the servers'
             access logs (uvicorn, gunicorn, hypercorn, werkzeug, runserver); False leaves
             logging alone.
+        button: what the site button shows for the integration amoCRM makes for each
+            account (``ButtonMetadata``); required in metadata mode, unused otherwise.
 
     Raises:
-        ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit.
+        ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit; no
+            ``button`` in metadata mode.
         TypeError: ``oauth`` is an ``AsyncAmoOAuth`` (use ``AsyncHandlers``).
     """
 
@@ -102,9 +108,11 @@ class AsyncHandlers(RouteCore[AsyncAmoOAuth, AsyncConnectionIdFn]):
         max_query: the largest query, in characters.
         allowed_origins: as for ``Handlers``.
         redact_access_logs: as for ``Handlers``.
+        button: as for ``Handlers``.
 
     Raises:
-        ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit.
+        ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit; no
+            ``button`` in metadata mode.
         TypeError: ``oauth`` is a blocking ``AmoOAuth`` (use ``Handlers``).
     """
 

@@ -27,9 +27,11 @@ __all__ = [
     "PAGE_TEXTS",
     "PageKind",
     "PageText",
+    "button_page_policy",
     "check_app_scheme",
     "choose_language",
     "deep_link",
+    "render_button_page",
     "render_page",
 ]
 
@@ -55,6 +57,7 @@ class PageKind(enum.StrEnum):
     WRONG_BROWSER = "wrong_browser"
     CLIENT_ID_MISMATCH = "client_id_mismatch"
     RATE_LIMITED = "rate_limited"
+    SITE_BUTTON = "site_button"
 
 
 @attrs.frozen(kw_only=True)
@@ -80,6 +83,8 @@ class PageText:
             made (``rate_limited``); ``{minutes}`` in the body becomes the whole minutes
             (rounded up) until a try is admitted again. English by default, like the
             misconfigured texts.
+        site_button_title, site_button_body: ``/connect`` in metadata mode, above amoCRM's
+            site button. English by default, like the misconfigured texts.
     """
 
     connected_title: str
@@ -109,6 +114,11 @@ class PageText:
     rate_limited_title: str = "Too many attempts"
     rate_limited_body: str = (
         "There were too many connection attempts. Return to the app and try again in {minutes} min."
+    )
+    site_button_title: str = "Connect amoCRM"
+    site_button_body: str = (
+        "Press the button and choose your account: amoCRM sets up the integration for it and "
+        "brings you back here."
     )
 
     def title(self, kind: PageKind) -> str:
@@ -157,6 +167,9 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         rate_limited_title="Слишком много попыток",
         rate_limited_body="Было слишком много попыток подключения. Вернитесь в приложение и "
         "попробуйте снова через {minutes} мин.",
+        site_button_title="Подключите amoCRM",
+        site_button_body="Нажмите кнопку и выберите аккаунт: amoCRM настроит для него "
+        "интеграцию и вернёт вас сюда.",
     ),
     "uk": PageText(
         connected_title="amoCRM підключено",
@@ -182,6 +195,9 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         rate_limited_title="Забагато спроб",
         rate_limited_body="Було забагато спроб підключення. Поверніться до застосунку та "
         "спробуйте знову через {minutes} хв.",
+        site_button_title="Підключіть amoCRM",
+        site_button_body="Натисніть кнопку й виберіть обліковий запис: amoCRM налаштує для "
+        "нього інтеграцію та поверне вас сюди.",
     ),
 }
 
@@ -227,6 +243,68 @@ _TEMPLATE: Final = """<!doctype html>
 </body>
 </html>
 """
+
+
+_BUTTON_TEMPLATE: Final = """<!doctype html>
+<html lang="{lang}">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>{title}</title>
+<style>{style}</style>
+</head>
+<body>
+<main>
+<h1>{title}</h1>
+<p>{body}</p>
+{button}
+</main>
+</body>
+</html>
+"""
+
+
+def button_page_policy(script_origin: str) -> str:
+    """The site button page's ``Content-Security-Policy``: the page's own style, and amoCRM's
+    button script with what it loads from its own origin (``script_origin``, e.g.
+    ``https://www.amocrm.ru``); nothing else loads, nothing inline runs, no framing."""
+    return (
+        f"default-src 'none'; script-src {script_origin}; "
+        f"style-src 'sha256-{_STYLE_HASH}' {script_origin}; img-src {script_origin}; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+
+def render_button_page(
+    text: PageText,
+    lang: str,
+    button_html: str,
+    script_origin: str,
+    headers: Sequence[tuple[str, str]] = (),
+) -> Response:
+    """``/connect``'s answer in metadata mode: amoCRM's site button on a page of its own.
+
+    Args:
+        text: the strings in ``lang`` (``site_button_title``, ``site_button_body``).
+        lang: the page's ``lang`` attribute.
+        button_html: ``SiteButton.html``, put in as it is (the service escaped its values).
+        script_origin: the origin of ``Config.button_script_url``, allowed by the CSP.
+        headers: more headers, e.g. the binding's ``Set-Cookie``.
+
+    Returns:
+        200, with ``no-store``-ready headers and ``button_page_policy``.
+    """
+    escape = html.escape
+    page = _BUTTON_TEMPLATE.format(
+        lang=escape(lang),
+        title=escape(text.title(PageKind.SITE_BUTTON)),
+        style=_STYLE,
+        body=escape(text.body(PageKind.SITE_BUTTON)),
+        button=button_html,
+    )
+    policy = (("content-security-policy", button_page_policy(script_origin)),)
+    return Response.html(200, page, (*policy, ("x-frame-options", "DENY"), *headers))
 
 
 def check_app_scheme(scheme: str) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "client_address",
     "code_fields",
     "origin_of",
+    "secrets_fields",
     "wants_json",
 ]
 
@@ -31,6 +32,8 @@ _MAX_QUERY_PARAMS: Final = 64
 # A legacy body holds three fields; a few more are tolerated (an app's own), as in a redirect.
 _MAX_FORM_FIELDS: Final = 32
 _FORM: Final = "application/x-www-form-urlencoded"
+#: What amoCRM's post to ``secrets_uri`` carries that the service reads (protocol notes §7).
+_SECRETS_NAMES: Final = ("client_id", "client_secret", "state")
 
 
 class Refusal(Exception):
@@ -189,6 +192,19 @@ def code_fields(request: Request) -> tuple[str, str | None, str | None]:
     if code is None:
         raise Refusal(400, "missing_code")
     return code, _optional_text(fields.get("state")), _optional_text(fields.get("referer"))
+
+
+def secrets_fields(request: Request) -> dict[str, object]:
+    """The three fields of amoCRM's post to ``secrets_uri`` that are passed on, from a form or
+    JSON (its encoding is undocumented: protocol notes §7); every other field is dropped here.
+    Values are passed as they came: the service judges them (missing, not text: ``malformed``).
+
+    Raises:
+        Refusal: 415 ``unsupported_media_type`` for any other body; 400 ``malformed`` for one
+            that does not parse or repeats a name.
+    """
+    fields = _body_fields(request)
+    return {name: fields[name] for name in _SECRETS_NAMES if name in fields}
 
 
 def _optional_text(value: object) -> str | None:

@@ -23,7 +23,7 @@ from .._binding import parse_binding, ticket_expires_at
 from .._errors import CallbackRejected, ProviderError, StoreError, TryAgainLater
 from .._reasons import Reason
 from .._records import Connection
-from .._results import CallbackResult, Outcome
+from .._results import ButtonMetadata, CallbackResult, Outcome
 from .._service import AmoOAuth
 from .._setting_errors import setting_error
 from ._calls import (
@@ -33,11 +33,13 @@ from ._calls import (
     HandleCallback,
     HandleDisconnectHook,
     IssueTicket,
+    MakeSiteButton,
+    ReceiveSecrets,
     RedeemTicket,
     ServiceCall,
     Status,
 )
-from ._catalogue import BINDING_COOKIE, DEFAULT_PREFIX, ROUTES, Route
+from ._catalogue import BINDING_COOKIE, DEFAULT_PREFIX, METADATA_ROUTES, ROUTES, Route
 from ._http import Request, Response
 from ._page import (
     PAGE_TEXTS,
@@ -46,6 +48,7 @@ from ._page import (
     check_app_scheme,
     choose_language,
     deep_link,
+    render_button_page,
     render_page,
 )
 from ._reading import (
@@ -58,6 +61,7 @@ from ._reading import (
     client_address,
     code_fields,
     origin_of,
+    secrets_fields,
     wants_json,
 )
 from ._redact import install_access_log_redaction
@@ -188,6 +192,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         max_query: int = DEFAULT_MAX_QUERY,
         allowed_origins: Sequence[str] = (),
         redact_access_logs: bool = True,
+        button: ButtonMetadata | None = None,
     ) -> None:
         # The other kind of service would fail only at a user's first request: refuse it now.
         if self.blocking and isinstance(oauth, AsyncAmoOAuth):
@@ -227,8 +232,17 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         self.allowed_origins = frozenset(
             origin_of(url) for url in (redirect_uri, *_origins(allowed_origins)) if url
         )
-        self.routes = ROUTES
-        self._by_path = {self.prefix + route.path: route for route in ROUTES}
+        # Metadata mode (Config.secrets_uri): amoCRM's post to secrets_uri has a route, and
+        # /connect shows the site button, which needs the integration's name and description.
+        metadata_mode = bool(getattr(config, "metadata_mode", False))
+        if metadata_mode and not isinstance(button, ButtonMetadata):
+            raise ValueError(setting_error("button_missing", type=type(button).__name__))
+        #: What the site button shows (metadata mode); None: /connect redirects.
+        self.button = button if metadata_mode else None
+        script_url = getattr(config, "button_script_url", "")
+        self.button_script_origin = origin_of(script_url) if script_url else ""
+        self.routes = ROUTES + METADATA_ROUTES if metadata_mode else ROUTES
+        self._by_path = {self.prefix + route.path: route for route in self.routes}
         self._flows: dict[str, Callable[[Request], WebFlow[Response]]] = {
             "connect": self._connect,
             "callback": self._callback,
@@ -236,6 +250,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             "status": self._status,
             "disconnect": self._disconnect,
             "disconnect_hook": self._disconnect_hook,
+            "secrets": self._secrets,
         }
 
     # -- dispatch ------------------------------------------------------------------------
@@ -251,7 +266,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             return _finish(refused)
         try:
             check_size(request, self.max_query, self.max_body)
-            if route.method == "POST":
+            if route.method == "POST" and not route.server_to_server:
                 check_origin(request, self.allowed_origins)
             response = yield from self._flows[route.name](request)
         except Refusal as refusal:
@@ -361,9 +376,23 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             if wants_json(request):
                 return (yield from self._ticket_url(connection_id))
         cookie = request.cookie(self.cookie_name)
+        if self.button is not None:
+            return (yield from self._site_button(request, connection_id, cookie, self.button))
         begun = yield from self._call(Begin(connection_id, binding=cookie))
         headers = [self._set_cookie(begun.binding, self.cookie_max_age)] if begun.binding else []
         return Response.redirect(begun.url, headers)
+
+    def _site_button(
+        self, request: Request, connection_id: str, cookie: str | None, button: ButtonMetadata
+    ) -> WebFlow[Response]:
+        """Metadata mode's ``/connect``: a page with amoCRM's site button (its state from
+        ``begin()``), the binding cookie set exactly as for the redirect."""
+        made = yield from self._call(MakeSiteButton(connection_id, binding=cookie, metadata=button))
+        headers = [self._set_cookie(made.binding, self.cookie_max_age)] if made.binding else []
+        lang = choose_language(request, self.texts, self.default_language)
+        return render_button_page(
+            self.texts[lang], lang, made.html, self.button_script_origin, headers
+        )
 
     def _redeem(self, request: Request, ticket: str) -> WebFlow[str]:
         """The connection a ticket names, redeemed only by a browser that opened it itself.
@@ -449,6 +478,19 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         connection = yield from self._call(Disconnect(connection_id))
         return Response.json(200, status_payload(connection))
 
+    def _secrets(self, request: Request) -> WebFlow[Response]:
+        """amoCRM's post to ``secrets_uri``: only its three fields reach the service. Answered
+        200 whether stored or unchanged (a retried post); a body that does not parse is
+        refused 403 like every refusal of the service, and changes nothing."""
+        try:
+            form = secrets_fields(request)
+        except Refusal as refusal:
+            if refusal.status != 400:
+                raise
+            raise Refusal(403, refusal.reason) from None
+        yield from self._call(ReceiveSecrets(form))
+        return Response.json(200, {"ok": True})
+
     def _disconnect_hook(self, request: Request) -> WebFlow[Response]:
         done = yield from self._call(HandleDisconnectHook(request.query))
         answer = {"disconnected": len(done.disconnected), "checked": done.checked}
@@ -475,10 +517,13 @@ def _connect_url(redirect_uri: str, prefix: str) -> str:
 
 def _rejection_status(route: Route, reason: str) -> int:
     """The status of a call the service refused: on the legacy route 400, whatever the reason
-    (the seed's mobile apps read a 400 and its reason; issue 20 #8); elsewhere 429 for a bound
+    (the seed's mobile apps read a 400 and its reason; issue 20 #8); on amoCRM's post to
+    ``secrets_uri`` 403, whatever the reason; elsewhere 429 for a bound
     on token calls, 403 for a refusal about who is asking, else 400."""
     if route.legacy:
         return 400
+    if route.server_to_server:  # amoCRM's post to secrets_uri: nothing it sends may pass
+        return 403
     if reason == Reason.RATE_LIMITED:
         return 429
     return 403 if reason in _FORBIDDEN else 400
