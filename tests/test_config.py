@@ -16,6 +16,7 @@ import pytest
 import amo_oauth
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore
 from amo_oauth._config import Config
+from amo_oauth._integrations_file import parse_integrations
 from amo_oauth._setting_errors import SETTING_ERRORS
 from amo_oauth.web import AsyncHandlers, Handlers
 
@@ -235,6 +236,7 @@ SRC = Path(amo_oauth.__file__).parent
 CHECKED = (
     "_config.py",
     "_setting_errors.py",
+    "_integrations_file.py",
     "web/_page.py",
     "web/_routes.py",
 )
@@ -388,7 +390,46 @@ TRIGGERS: dict[str, Callable[[], object]] = {
         connection_id=lambda r: None,
         app_scheme="a",
     ),
+    "integrations_toml": lambda: parse_integrations("store = \n"),
+    "integrations_none": lambda: parse_integrations('store = "sqlite:///a.db"'),
+    "integrations_name": lambda: parse_integrations("[integrations.'a b']"),
+    "integrations_table": lambda: parse_integrations("[integrations]\na = 1"),
+    "integrations_unknown_key": lambda: parse_integrations(_integration("colour = 'blue'")),
+    "integrations_secret": lambda: parse_integrations(_integration("client_secret = 'x'")),
+    "integrations_type": lambda: parse_integrations(_integration("lease_ttl = '60'")),
+    "integrations_seconds": lambda: parse_integrations(_integration("lease_ttl = nan")),
+    "integrations_required": lambda: parse_integrations("[integrations.a]\nclient_id = 'a'"),
+    "integrations_client_secret": lambda: parse_integrations(
+        _integration("secrets_uri = 'https://app.example/s'")
+    ),
+    "integrations_env_name": lambda: parse_integrations(_integration("store_env = 'a b'")),
+    "integrations_env_missing": lambda: (
+        parse_integrations(_integration()).integrations[0].config({})
+    ),
+    "integrations_store_both": lambda: parse_integrations(
+        _integration("store = 'sqlite:///a.db'", "store_env = 'A'")
+    ),
+    "integrations_store_password": lambda: parse_integrations(
+        _integration("store = 'redis://:pw@cache.example/0'")
+    ),
+    "integrations_client_id_twice": lambda: parse_integrations(
+        _integration() + "\n" + _integration().replace("[integrations.a]", "[integrations.b]")
+    ),
+    "integrations_config": lambda: parse_integrations(_integration("mode = 'redirect'")),
+    "integrations_unknown": lambda: parse_integrations(_integration()).named("b"),
 }
+
+
+def _integration(*lines: str) -> str:
+    """An integrations file of one integration, ``a``: what it requires, then ``lines``."""
+    required = [
+        "[integrations.a]",
+        "client_id = 'client-a'",
+        "client_secret_env = 'AMO_A_SECRET'",
+        "redirect_uri = 'https://app.example/cb'",
+        "state_secret_env = 'AMO_STATE_SECRET'",
+    ]
+    return "\n".join([*required, *lines])
 
 
 def test_every_message_is_raised_by_its_check():

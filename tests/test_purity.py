@@ -25,6 +25,7 @@ PURE = (
     "_errors",
     "_config",
     "_setting_errors",
+    "_integrations_file",
     "_codec",
     "_reasons",
     "_answers",

@@ -223,7 +223,8 @@ class AsyncAmoOAuth(ServiceCore):
         connection's refresh is shielded: a cancelled sweep stops taking new records, and the
         refreshes in flight still store what amoCRM answered (``aclose()`` waits for them)."""
         rate = self._sweep_rate(per_host_rate)
-        plan = SweepPlan.make(self._flows.records.now(), within, limit, concurrency, rate)
+        now = self._flows.records.now()
+        plan = SweepPlan.make(now, within, limit, concurrency, rate, self.config.client_id)
 
         turn = self._sweep_turn(plan.per_host_rate)
 

@@ -552,6 +552,8 @@ class AmoOAuth(ServiceCore):
                 run then keeps the keys it refreshed in memory to refresh each once.
             limit: at most this many due records are handled (the soonest); None (the
                 default): every due record. The report counts those left (``remaining``).
+                Another integration's records in a shared store count in neither: they are
+                skipped (``skipped``), nothing sent.
             concurrency: refreshes in flight at once, >= 1.
             per_host_rate: requests per second to one account host, > 0; None (the default):
                 ``Config.api_rate`` (amoCRM allows 7; 7 when the pace is off).
@@ -569,7 +571,8 @@ class AmoOAuth(ServiceCore):
                 flight finish). A refresh that fails is reported, not raised.
         """
         rate = self._sweep_rate(per_host_rate)
-        plan = SweepPlan.make(self._flows.records.now(), within, limit, concurrency, rate)
+        now = self._flows.records.now()
+        plan = SweepPlan.make(now, within, limit, concurrency, rate, self.config.client_id)
 
         turn = self._sweep_turn(plan.per_host_rate)
 

@@ -227,6 +227,57 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
             "metadata mode (Config.secrets_uri set), not {type}: /connect shows amoCRM's site "
             "button, which names the integration it makes for each account"
         ),
+        # The integrations file (amo-oauth --integrations, AMO_OAUTH_INTEGRATIONS); {where} is
+        # "integrations file" or "integration 'NAME'"; a setting is named, a value never shown
+        "integrations_toml": "integrations file: not valid TOML: {problem}",
+        "integrations_none": (
+            "integrations file: no integrations: add a table per integration, e.g. "
+            "[integrations.amocrm] with client_id, client_secret_env, redirect_uri and "
+            "state_secret_env"
+        ),
+        "integrations_name": (
+            "integrations file: an integration's name is 1 to 64 letters, digits, '-' or '_', "
+            "e.g. [integrations.kommo], not {name}"
+        ),
+        "integrations_table": "{where} must be a table of settings, not {type}",
+        "integrations_unknown_key": (
+            "{where}: unknown key {setting}: an integration takes Config's fields but its secrets "
+            "(durations in seconds), client_secret_env, state_secret_env, "
+            "previous_state_secrets_env, and store or store_env; the file takes "
+            "[integrations.NAME] tables and a shared store or store_env"
+        ),
+        "integrations_secret": (
+            "{where}: {setting} looks like a secret, and no secret belongs in the file: put it in "
+            "an environment variable and name the variable (client_secret_env, "
+            "state_secret_env, previous_state_secrets_env, store_env)"
+        ),
+        "integrations_type": "{where}: {setting} must be {wanted}, not {type}",
+        "integrations_seconds": "{where}: {setting} must be a finite number of seconds",
+        "integrations_required": "{where}: {setting} is required",
+        "integrations_client_secret": (
+            "{where}: give exactly one of client_secret_env (the environment variable holding "
+            "the integration's secret key) and secrets_uri (the site button's metadata mode, "
+            "where each connection has its own secret)"
+        ),
+        "integrations_env_name": (
+            "{where}: {setting} must be the name of an environment variable (upper-case letters, "
+            "digits and '_', e.g. AMO_KOMMO_SECRET), not a value"
+        ),
+        "integrations_env_missing": (
+            "{where}: {setting} names {variable}, which is not set or empty in the environment"
+        ),
+        "integrations_store_both": "{where}: give store or store_env, not both",
+        "integrations_store_password": (
+            "{where}: store's URL holds a password: put the URL in an environment variable and "
+            "name it with store_env"
+        ),
+        "integrations_client_id_twice": (
+            "integrations file: integrations {first} and {second} have the same client_id: "
+            "connections are kept under their integration's client_id, so they would share "
+            "them; list each integration once"
+        ),
+        "integrations_config": "{where}: {problem}",
+        "integrations_unknown": "no integration {name} in the integrations file; it has {names}",
     }
 )
 

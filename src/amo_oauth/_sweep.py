@@ -10,7 +10,8 @@ decides, the refresh lease makes it single-flight across machines); this module 
   record due when it started at most once (the cursor only moves forward). Every due record is
   handled unless a ``limit`` is given; the due records past it are counted (``remaining``).
   A record whose refresh is held back (a back-off in it) is handed out outside the limit: it
-  sends nothing and is reported ``refresh_backoff``, so it never takes a due record's place.
+  sends nothing and is reported ``refresh_backoff``, so it never takes a due record's place;
+  so is another integration's record in a shared store (it is skipped, nothing sent).
 - the pace: each token call takes a slot of the service's one schedule per account host
   (``_pace.Pacer``, shared with ``auth()`` and the disconnect hook), at ``per_host_rate``
   requests per second (amoCRM allows 7), waiting through a pause amoCRM asked for.
@@ -91,6 +92,9 @@ class SweepPlan:
     remember: bool
     #: When the run started (UTC): a record held back past it does not count against ``limit``.
     started: datetime | None = None
+    #: The client id of the integration sweeping: another's records (a shared store) do not
+    #: count against ``limit`` either. None: every record counts.
+    integration: str | None = None
 
     @classmethod
     def make(
@@ -100,6 +104,7 @@ class SweepPlan:
         limit: int | None,
         concurrency: int,
         per_host_rate: float,
+        integration: str | None = None,
     ) -> SweepPlan:
         if not isinstance(within, timedelta):
             raise TypeError("within must be a datetime.timedelta")
@@ -130,7 +135,7 @@ class SweepPlan:
         except OverflowError:
             raise ValueError("within reaches past the last date a datetime holds") from None
         remember = within >= REFRESH_TOKEN_LIFETIME
-        return cls(before, limit, concurrency, float(per_host_rate), remember, now)
+        return cls(before, limit, concurrency, float(per_host_rate), remember, now, integration)
 
     def records(self, read: ReadPage) -> Iterator[ConnectionRecord]:
         """Every due record, page by page, soonest expiry first (``limit`` is the sweep's:
@@ -165,6 +170,7 @@ class _Tally:
         remember: bool,
         limit: int | None = None,
         started: datetime | None = None,
+        integration: str | None = None,
     ) -> None:
         self.progress = progress
         # Each entry carries the record's place in the due order, so the report lists the
@@ -181,23 +187,32 @@ class _Tally:
         self._started = 0
         self._limit = limit
         self._now = started
+        self._integration = integration
         #: Keys refreshed by this run, kept only when a refreshed pair could be due again.
         self.remembered: set[str] | None = set() if remember else None
 
     def wanted(self, record: ConnectionRecord) -> bool:
         """Whether to hand ``record`` to a refresh: not one this run refreshed already, and
         within ``limit`` (a record past it is counted in ``remaining``). A record held back
-        by a back-off is always handed out and not counted: it sends nothing, and is reported
-        ``refresh_backoff``."""
+        by a back-off, or another integration's, is always handed out and not counted: it
+        sends nothing, and is reported ``refresh_backoff`` or skipped."""
         if self.remembered is not None and record.key in self.remembered:
             return False
-        if self._held_back(record):
+        if self._held_back(record) or self._anothers(record):
             return True
         if self._limit is not None and self._started >= self._limit:
             self.remaining += 1
             return False
         self._started += 1
         return True
+
+    def _anothers(self, record: ConnectionRecord) -> bool:
+        # The rule TokenFlows.refresh_one skips by: a record of no namespace (stored before
+        # keys had one) may be this integration's.
+        return self._integration is not None and record.integration not in (
+            None,
+            self._integration,
+        )
 
     def _held_back(self, record: ConnectionRecord) -> bool:
         backoff = record.backoff
@@ -251,7 +266,7 @@ def sweep(
     be read (``StoreError``) or an interrupt ends the run: records not yet started are
     dropped, the refreshes in flight finish first, then the error is raised.
     """
-    tally = _Tally(progress, plan.remember, plan.limit, plan.started)
+    tally = _Tally(progress, plan.remember, plan.limit, plan.started, plan.integration)
     window = 2 * plan.concurrency
     pool = ThreadPoolExecutor(plan.concurrency, thread_name_prefix="amo-oauth-sweep")
     running: dict[Future[Done], tuple[int, ConnectionRecord]] = {}
@@ -286,7 +301,7 @@ async def asweep(
 ) -> RefreshReport:
     """``sweep`` for asyncio: one task per record, at most ``plan.concurrency`` at once (the
     next page is read only when a slot frees up). ``progress`` is called on the event loop."""
-    tally = _Tally(progress, plan.remember, plan.limit, plan.started)
+    tally = _Tally(progress, plan.remember, plan.limit, plan.started, plan.integration)
     slots = asyncio.Semaphore(plan.concurrency)
     running: set[asyncio.Task[None]] = set()
     errors: list[Exception] = []

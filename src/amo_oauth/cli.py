@@ -10,9 +10,11 @@ amo-oauth fake [--port N] [--redirect-uri URL] [--accounts N]
                                     Ctrl-C, printing what to configure
 amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
 amo-oauth status ID [--widget] [--extra-domain D] [--store URL] [--client-id ID]
+                    [--integrations FILE] [--integration NAME]
                                     a connection's status (--widget: ID is an install's host)
 amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-host-rate R]
-                      [--limit N]   refresh every connection whose refresh token expires
+                      [--limit N] [--integrations FILE] [--integration NAME]
+                                    refresh every connection whose refresh token expires
                                     within N days (7), or the N soonest (the summary's
                                     ``remaining`` counts the rest); a progress bar on a
                                     terminal (with the ``cli`` extra), a line per 1,000
@@ -21,8 +23,8 @@ amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-h
                                     the window (ask the admin for new ones). Reads
                                     AMO_CLIENT_ID, AMO_CLIENT_SECRET, AMO_REDIRECT_URI,
                                     AMO_STATE_SECRET (and AMO_PREVIOUS_STATE_SECRETS;
-                                    AMO_SECRETS_URI instead of AMO_CLIENT_SECRET for the
-                                    site button's metadata mode)
+                                    AMO_SECRETS_URI instead of AMO_CLIENT_SECRET in the site
+                                    button's metadata mode)
 amo-oauth migrate [--store URL]     create a store's schema; refuse another version's
 amo-oauth rotate-key [--store URL] [--after KEY] [--vacuum]
                                     re-encrypt every record with the newest key of
@@ -36,6 +38,10 @@ redis://...), else ``AMO_OAUTH_STORE``, else ``sqlite:///amo_oauth.db``; ``--db 
 older spelling of ``--store sqlite:///PATH``. An operator's typo never creates an empty store:
 only ``migrate`` creates one. When ``AMO_OAUTH_KEYS`` is set, every command opens the store with
 those keys (an encrypted store needs them); ``rotate-key`` requires it.
+
+``status`` and ``refresh-due`` act on several integrations with ``--integrations FILE`` (or
+``AMO_OAUTH_INTEGRATIONS``): a TOML table per integration, secrets named by environment
+variable (``_integrations_file``); on each of them, or on ``--integration NAME``'s alone.
 """
 
 from __future__ import annotations
@@ -44,13 +50,18 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TextIO
+
+import attrs
 
 from ._config import Config
 from ._connection_id import ConnectionId, Widget, resolve_connection_id
 from ._errors import StoreError
+from ._integrations_file import Integration, IntegrationsFile, parse_integrations
 from ._records import ConnectionRecord, record_key
 from ._results import RefreshReport, SweepProgress
 from ._sweep import MAX_CONCURRENCY
@@ -79,9 +90,13 @@ def _store_url(args: argparse.Namespace) -> str:
 def _open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
     """The store the command names. A missing SQLite file is an error unless ``create``: an
     operator's typo must not create an empty store and report everyone disconnected."""
+    return _open_store_at(_store_url(args), create=create)
+
+
+def _open_store_at(url: str, *, create: bool = False) -> Store:
+    """The store at ``url`` (see ``_open_store``)."""
     from .stores import SQLiteStore, store_from_url
 
-    url = _store_url(args)
     if url.lower().startswith("memory:"):
         raise SystemExit("amo-oauth: memory:// keeps nothing between runs; name a real store")
     try:
@@ -109,24 +124,141 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+@attrs.frozen
+class _Target:
+    """One integration a command acts on: from the integrations file (``name``), or the
+    single integration of the environment (``name`` None)."""
+
+    name: str | None
+    client_id: str
+    extra_domains: tuple[str, ...]
+    #: Opens its store (the environment's: ``_open_store``, the one way tests reach it).
+    open_store: Callable[[], Store]
+    #: Its Config, secrets read from the environment when called (refresh-due needs them,
+    #: status does not).
+    config: Callable[[], Config]
+
+
+def _integrations_file(args: argparse.Namespace) -> IntegrationsFile | None:
+    """The file ``--integrations`` or ``AMO_OAUTH_INTEGRATIONS`` names; None without one."""
+    path = args.integrations or os.environ.get("AMO_OAUTH_INTEGRATIONS")
+    if not path:
+        if args.integration is not None:
+            raise SystemExit(
+                "amo-oauth: --integration picks one of the integrations file's:"
+                " pass --integrations FILE or set AMO_OAUTH_INTEGRATIONS"
+            )
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise SystemExit(f"amo-oauth: cannot read {path!r}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise SystemExit(f"amo-oauth: {path!r} is not UTF-8 text") from None
+    try:
+        return parse_integrations(text)
+    except (TypeError, ValueError) as error:  # the messages name keys, never values
+        raise SystemExit(f"amo-oauth: {path}: {error}") from None
+
+
+def _targets(args: argparse.Namespace, single: Callable[[], _Target]) -> list[_Target]:
+    """The integrations the command acts on: the file's (``--integration NAME``: that one;
+    else every one), or ``single()`` (the environment's) without a file."""
+    file = _integrations_file(args)
+    if file is None:
+        return [single()]
+    given = [flag for flag, value in _single_flags(args) if value]
+    if file.names_a_store and (args.store or args.db):
+        given.append("--store" if args.store else "--db")
+    if given:
+        raise SystemExit(
+            f"amo-oauth: {', '.join(given)} with an integrations file: the file gives each"
+            " integration its settings (and its store, where it names one)"
+        )
+    try:
+        chosen = file.named(args.integration)
+        return [_file_target(args, file, integration) for integration in chosen]
+    except ValueError as error:
+        raise SystemExit(f"amo-oauth: {error}") from None
+
+
+def _single_flags(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """The flags that set up the environment's single integration."""
+    return [
+        ("--client-id", getattr(args, "client_id", None)),
+        ("--extra-domain", getattr(args, "extra_domain", None)),
+    ]
+
+
+def _file_target(
+    args: argparse.Namespace, file: IntegrationsFile, integration: Integration
+) -> _Target:
+    def config() -> Config:
+        return integration.config(os.environ)
+
+    return _Target(
+        integration.name,
+        integration.client_id,
+        integration.extra_domains,
+        _file_store(args, file.store_of(integration, os.environ)),
+        config,
+    )
+
+
+def _file_store(args: argparse.Namespace, url: str | None) -> Callable[[], Store]:
+    """What opens an integration's store: the file's URL, else the command's store."""
+    if url is None:
+        return lambda: _open_store(args)
+    return lambda: _open_store_at(url)
+
+
 def _status(args: argparse.Namespace) -> int:
+    targets = _targets(args, lambda: _status_from_env(args))
+    names: dict[str | None, str] = {}
+    for target in targets:
+        name = args.connection_id
+        if args.widget:
+            try:
+                # The same check as Python's status(Widget(host)): a host the allowlist
+                # refuses can never have a connection, so saying "disconnected" would mislead.
+                name, _ = resolve_connection_id(Widget(name), target.extra_domains)
+            except ValueError as error:
+                which = f" (integration {target.name!r})" if target.name else ""
+                print(f"amo-oauth: {error}{which}", file=sys.stderr)
+                return 2
+        names[target.name] = name
+    shown = {target.name: _shown_status(args, target, names[target.name]) for target in targets}
+    print(json.dumps(_by_integration(args, shown)))
+    return 0
+
+
+def _by_integration(args: argparse.Namespace, shown: dict[str | None, dict[str, Any]]) -> object:
+    """What a command prints: the one integration's output as it always was (with its
+    ``integration`` name when it is the file's), or each of the file's by name."""
+    if None in shown:
+        return shown[None]
+    if args.integration is not None:
+        return {**shown[args.integration], "integration": args.integration}
+    return {"integrations": shown}
+
+
+def _status_from_env(args: argparse.Namespace) -> _Target:
     client_id = args.client_id or os.environ.get("AMO_CLIENT_ID")
     if not client_id:
         raise SystemExit("amo-oauth: pass --client-id or set AMO_CLIENT_ID")
-    name = args.connection_id
-    if args.widget:
-        try:
-            # The same check as Python's status(Widget(host)): a host the allowlist refuses
-            # can never have a connection, so saying "disconnected" would mislead.
-            name, _ = resolve_connection_id(Widget(name), args.extra_domain)
-        except ValueError as error:
-            print(f"amo-oauth: {error}", file=sys.stderr)
-            return 2
-    store = _open_store(args)
+    return _Target(
+        None, client_id, tuple(args.extra_domain), lambda: _open_store(args), _config_from_env
+    )
+
+
+def _shown_status(args: argparse.Namespace, target: _Target, name: str) -> dict[str, Any]:
+    """``status``'s JSON for one integration's connection ``name``."""
+    client_id, extra_domains = target.client_id, target.extra_domains
+    store = target.open_store()
     try:
         record = _stored(store, client_id, name, widget=args.widget)
         install = None
-        if record is None and not args.widget and _widget_host(name, args.extra_domain):
+        if record is None and not args.widget and _widget_host(name, extra_domains):
             install = _stored(store, client_id, name.lower().removesuffix("."), widget=True)
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
@@ -138,23 +270,17 @@ def _status(args: argparse.Namespace) -> int:
             shown["hint"] = (
                 "no app user has this id; a widget install on this host does: add --widget"
             )
-        print(json.dumps(shown))
-        return 0
+        return shown
     connection = record.public()
-    print(
-        json.dumps(
-            {
-                "connection_id": connection.connection_id,
-                "status": connection.status.value,
-                "account": connection.account.subdomain if connection.account else None,
-                "expires_at": connection.expires_at.isoformat() if connection.expires_at else None,
-                "error": connection.error.reason if connection.error else None,
-                "version": connection.version,
-                "host": connection.host,
-            }
-        )
-    )
-    return 0
+    return {
+        "connection_id": connection.connection_id,
+        "status": connection.status.value,
+        "account": connection.account.subdomain if connection.account else None,
+        "expires_at": connection.expires_at.isoformat() if connection.expires_at else None,
+        "error": connection.error.reason if connection.error else None,
+        "version": connection.version,
+        "host": connection.host,
+    }
 
 
 def _stored(store: Store, client_id: str, name: str, *, widget: bool) -> ConnectionRecord | None:
@@ -178,19 +304,20 @@ def _widget_host(name: str, extra_domains: Sequence[str]) -> bool:
 
 
 def _config_from_env() -> Config:
-    # The site button's metadata mode (AMO_SECRETS_URI): each connection's own integration is
-    # in its record, so there is no client secret to read (AMO_CLIENT_ID is the namespace).
+    """The single integration of the environment. With ``AMO_SECRETS_URI`` (the site
+    button's metadata mode) there is no client secret: each connection has its own."""
     secrets_uri = os.environ.get("AMO_SECRETS_URI") or None
-    secret = () if secrets_uri else ("AMO_CLIENT_SECRET",)
-    names = ("AMO_CLIENT_ID", *secret, "AMO_REDIRECT_URI", "AMO_STATE_SECRET")
+    names = ["AMO_CLIENT_ID", "AMO_CLIENT_SECRET", "AMO_REDIRECT_URI", "AMO_STATE_SECRET"]
+    if secrets_uri is not None:
+        names.remove("AMO_CLIENT_SECRET")
     missing = [name for name in names if not os.environ.get(name)]
     if missing:
         raise SystemExit(f"amo-oauth: set {', '.join(missing)}")
     return Config(
         client_id=os.environ["AMO_CLIENT_ID"],
         client_secret=None if secrets_uri else os.environ["AMO_CLIENT_SECRET"],
-        secrets_uri=secrets_uri,
         redirect_uri=os.environ["AMO_REDIRECT_URI"],
+        secrets_uri=secrets_uri,
         state_secret=os.environ["AMO_STATE_SECRET"],
         previous_state_secrets=_previous_state_secrets_from_env(),
     )
@@ -236,8 +363,11 @@ def _keys_from_env(*, required: bool) -> Encryption | None:
 _BAR_HINT = "a progress bar needs the cli extra: pip install 'amo_oauth[cli]'"
 
 
-def _progress_printer(stream: TextIO) -> tuple[Callable[[SweepProgress], None], Callable[[], None]]:
-    """A progress bar on a terminal (rich, when installed), else a line per ``PLAIN_EVERY``.
+def _progress_printer(
+    stream: TextIO, label: str = "refresh-due"
+) -> tuple[Callable[[SweepProgress], None], Callable[[], None]]:
+    """A progress bar on a terminal (rich, when installed), else a line per ``PLAIN_EVERY``;
+    ``label`` starts each (``refresh-due``, with the integration's name across several).
     Returns the callback and what ends the display."""
     if stream.isatty():
         try:
@@ -249,7 +379,7 @@ def _progress_printer(stream: TextIO) -> tuple[Callable[[SweepProgress], None], 
         else:
             bar = Progress(
                 SpinnerColumn(),
-                TextColumn("refresh-due: {task.completed} done, {task.fields[summary]}"),
+                TextColumn(label + ": {task.completed} done, {task.fields[summary]}"),
                 TimeElapsedColumn(),
                 console=Console(file=stream),
             )
@@ -261,14 +391,14 @@ def _progress_printer(stream: TextIO) -> tuple[Callable[[SweepProgress], None], 
                 bar.update(task, completed=now.done, summary=summary)
 
             return show, bar.stop
-    return _plain_lines(stream), lambda: None
+    return _plain_lines(stream, label), lambda: None
 
 
-def _plain_lines(stream: TextIO) -> Callable[[SweepProgress], None]:
+def _plain_lines(stream: TextIO, label: str = "refresh-due") -> Callable[[SweepProgress], None]:
     def show(now: SweepProgress) -> None:
         if now.done % PLAIN_EVERY == 0:
             print(
-                f"refresh-due: {now.done} done ({now.refreshed} refreshed, {now.failed} failed)",
+                f"{label}: {now.done} done ({now.refreshed} refreshed, {now.failed} failed)",
                 file=stream,
                 flush=True,
             )
@@ -277,29 +407,99 @@ def _plain_lines(stream: TextIO) -> Callable[[SweepProgress], None]:
 
 
 def _refresh_due(args: argparse.Namespace) -> int:
-    from ._service import AmoOAuth
-
-    config = _config_from_env()
     try:
         within = timedelta(days=args.within_days)
     except OverflowError:
         raise SystemExit("amo-oauth: --within-days is too large") from None
-    show, stop = _progress_printer(sys.stderr)
+    targets = _targets(args, lambda: _refresh_from_env(args))
+    # Every integration's settings and store are checked before any sweep starts.
+    configs = [_checked_config(target) for target in targets]
+    for target in targets:
+        target.open_store().close()
+    swept = {
+        target.name: _sweep_one(args, target, config, within)
+        for target, config in zip(targets, configs, strict=True)
+    }
+    summaries = {name: one.summary() for name, one in swept.items()}
+    if None in swept or args.integration is not None:
+        print(json.dumps(_by_integration(args, summaries)))
+    else:
+        print(json.dumps({"integrations": summaries, "total": _total(swept)}))
+    failed = [name for name, one in swept.items() if one.error or one.report.failed]
+    expiring = [name for name, one in swept.items() if one.report.expiring_long_lived]
+    return _refresh_due_exit(failed, expiring)
+
+
+def _refresh_from_env(args: argparse.Namespace) -> _Target:
+    config = _config_from_env()
+    return _Target(
+        None, config.client_id, config.extra_domains, lambda: _open_store(args), lambda: config
+    )
+
+
+def _checked_config(target: _Target) -> Config:
     try:
-        with AmoOAuth(config, store=_open_store(args)) as oauth:
-            report = oauth.refresh_due(
-                within=within,
-                limit=args.limit,
-                concurrency=args.concurrency,
-                per_host_rate=args.per_host_rate,
-                progress=show,
-            )
-    except (StoreError, ValueError) as error:  # ValueError: an argument the sweep refuses
+        return target.config()
+    except ValueError as error:  # Config's messages, and the file's, never hold a secret
         raise SystemExit(f"amo-oauth: {error}") from None
+
+
+@attrs.frozen
+class _Swept:
+    """One integration's sweep: its report, or why its store failed it (then empty)."""
+
+    report: RefreshReport = attrs.Factory(RefreshReport)
+    error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"error": self.error} if self.error else _summary(self.report)
+
+
+def _sweep_one(
+    args: argparse.Namespace, target: _Target, config: Config, within: timedelta
+) -> _Swept:
+    """One integration's sweep. Across the file's integrations, a store that fails ends
+    only that integration's sweep (its summary says why); alone, it ends the command."""
+    from ._service import AmoOAuth
+
+    label = "refresh-due" if target.name is None else f"refresh-due {target.name}"
+    show, stop = _progress_printer(sys.stderr, label)
+    try:
+        with AmoOAuth(config, store=target.open_store()) as oauth:
+            return _Swept(
+                oauth.refresh_due(
+                    within=within,
+                    limit=args.limit,
+                    concurrency=args.concurrency,
+                    per_host_rate=args.per_host_rate,
+                    progress=show,
+                )
+            )
+    except ValueError as error:  # an argument the sweep refuses
+        raise SystemExit(f"amo-oauth: {error}") from None
+    except StoreError as error:
+        if target.name is None:
+            raise SystemExit(f"amo-oauth: {error}") from None
+        return _Swept(error=str(error))
     finally:
         stop()
-    print(json.dumps(_summary(report)))
-    return _refresh_due_exit(report.failed, report.expiring_long_lived)
+
+
+def _total(swept: dict[str | None, _Swept]) -> dict[str, Any]:
+    """The file's integrations' sweeps in one: counts summed. ``skipped`` stays per
+    integration: sweeping a shared store, each skips (and counts) the others' records."""
+    reports = [one.report for one in swept.values()]
+    by_reason: Counter[str] = Counter()
+    for report in reports:
+        by_reason.update(report.failed_by_reason)
+    return {
+        "refreshed_count": sum(len(report.refreshed) for report in reports),
+        "failed_by_reason": dict(by_reason),
+        "needs_reauthorization_count": sum(len(r.needs_reauthorization) for r in reports),
+        "expiring_long_lived_count": sum(len(r.expiring_long_lived) for r in reports),
+        "remaining": sum(report.remaining for report in reports),
+        "failed_integrations": [name for name, one in swept.items() if one.error],
+    }
 
 
 def _summary(report: RefreshReport) -> dict[str, Any]:
@@ -450,6 +650,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _store_options(status)
     status.add_argument("--client-id", help="the integration's client id (env AMO_CLIENT_ID)")
+    _integrations_options(status)
     status.set_defaults(handler=_status)
     due = commands.add_parser("refresh-due", help="refresh connections expiring soon")
     _store_options(due)
@@ -467,6 +668,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="handle at most this many due connections, soonest first (default: all)",
     )
+    _integrations_options(due)
     due.set_defaults(handler=_refresh_due)
     rotate = commands.add_parser(
         "rotate-key", help="re-encrypt every record with the newest key of AMO_OAUTH_KEYS"
@@ -566,6 +768,18 @@ def _positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
     return value
+
+
+def _integrations_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--integrations",
+        metavar="FILE",
+        help="a TOML file of several integrations' settings (env AMO_OAUTH_INTEGRATIONS);"
+        " the command acts on each",
+    )
+    command.add_argument(
+        "--integration", metavar="NAME", help="only this integration of the file (default: all)"
+    )
 
 
 def _store_options(command: argparse.ArgumentParser) -> None:
