@@ -41,6 +41,7 @@ from amo_oauth import (
     ConnectionStatus,
     MemoryStore,
     Outcome,
+    ReauthorizationRequired,
     SQLiteStore,
     cli,
 )
@@ -580,6 +581,27 @@ def test_refreshes_use_the_connections_own_integration(
     assert fake.is_access_token_valid(oauth.access_token("ann"))
     assert calls(fake, "refresh_token", site) == 1
     assert fake.token_call_count("refresh_token") == 1
+
+
+def test_a_connection_without_its_own_credentials_claims_no_refresh(
+    make_meta: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """A metadata-mode record with no credentials of its own (written before they were kept)
+    has nothing to send: ``credentials_missing`` at once, every time, no lease left held."""
+    oauth = make_meta(settle_timeout=0.5)
+    install(oauth, fake, "ann", site_integration(fake))
+    record = stored(oauth, "ann")
+    assert record is not None
+    bare = attrs.evolve(record, credentials=None, version=record.version + 1)
+    assert oauth.store.compare_and_set(bare, record.version)
+    clock.advance(timedelta(days=1, minutes=1))
+    for _ in range(2):
+        with pytest.raises(ReauthorizationRequired) as missing:
+            oauth.access_token("ann")
+        assert missing.value.reason == "credentials_missing"
+    after = stored(oauth, "ann")
+    assert after is not None and (after.lease, after.version) == (None, bare.version)
+    assert fake.token_call_count("refresh_token") == 0
 
 
 def test_the_account_moved_retry_uses_the_connections_own_integration(
