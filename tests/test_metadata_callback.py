@@ -81,9 +81,9 @@ def make_meta(make_oauth: Callable[..., AmoOAuth]) -> Callable[..., AmoOAuth]:
     """An ``AmoOAuth`` in metadata mode on the fake (keyword arguments override Config)."""
 
     def make(store: Store | None = None, **overrides: object) -> AmoOAuth:
-        settings: dict[str, object] = {"secrets_wait": PATIENT, **overrides}
+        fields: dict[str, object] = {"secrets_wait": PATIENT, **overrides}
         return make_oauth(
-            store, client_id=NAMESPACE, client_secret=None, secrets_uri=SECRETS_URI, **settings
+            store, client_id=NAMESPACE, client_secret=None, secrets_uri=SECRETS_URI, **fields
         )
 
     return make
