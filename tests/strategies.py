@@ -162,6 +162,9 @@ def code_received(codes: st.SearchStrategy[str]) -> st.SearchStrategy[CodeReceiv
         browser_matches=st.booleans(),
         caller_owns=st.booleans(),
         from_admin=st.booleans(),
+        needs_credentials=st.booleans(),
+        credentials=st.none() | client_credentials,
+        state_digest=st.none() | state_digests,
     )
 
 

@@ -40,6 +40,8 @@ class CallbackSettings(Protocol):
     def extra_domains(self) -> tuple[str, ...]: ...
     @property
     def allow_widget_installs(self) -> bool: ...
+    @property
+    def metadata_mode(self) -> bool: ...
 
 
 @attrs.frozen
@@ -56,6 +58,11 @@ class Grant:
     state: StateClaims | None
     from_widget: bool = False
     state_unsigned: bool = False
+    #: Metadata mode (protocol notes §7): the redirect's ``client_id`` (§2), the integration
+    #: amoCRM made for this install, which the flow matches with the credentials posted to
+    #: ``secrets_uri`` for the state; None when it came without one, and in fixed mode (there
+    #: it was checked equal to ``Config.client_id`` already).
+    client_id: str | None = None
 
     @property
     def code_digest(self) -> str:
@@ -126,6 +133,9 @@ def parse_callback(query: QueryLike, config: CallbackSettings) -> Grant | Denial
     state's form but no accepted signature is a ``Grant`` with ``state_unsigned``; a denial
     with one is ``bad_state``.
 
+    In metadata mode (``metadata_mode``) the redirect's ``client_id`` is not compared with
+    ``client_id`` here: it is carried on the ``Grant`` for the flow to match.
+
     Raises:
         CallbackRejected: ``malformed``, ``client_id_mismatch``, ``bad_state``,
             ``missing_code``, ``missing_referer``, ``foreign_host`` or
@@ -134,8 +144,11 @@ def parse_callback(query: QueryLike, config: CallbackSettings) -> Grant | Denial
     params = single_values(query)
     # amoCRM names the integration the consent was for (protocol notes §2: the redirect
     # carries ``client_id``); another integration's redirect, e.g. to a shared redirect URI, or a
-    # backend configured with the wrong client id, is not this one's to answer.
-    if params.get("client_id", config.client_id) != config.client_id:
+    # backend configured with the wrong client id, is not this one's to answer. In metadata
+    # mode (§7) it is the connection's own integration, never ``Config.client_id`` (which is
+    # never sent): the flow compares it with the credentials posted for the state.
+    client_id = params.get("client_id")
+    if not config.metadata_mode and client_id not in (None, config.client_id):
         raise CallbackRejected("client_id_mismatch")
     if "error" in params:
         reason = params["error"]
@@ -153,4 +166,6 @@ def parse_callback(query: QueryLike, config: CallbackSettings) -> Grant | Denial
     code = params.get("code")
     if not code:
         raise CallbackRejected("missing_code")
-    return Grant(code, _host(params, config), state, from_widget=widget, state_unsigned=unsigned)
+    host = _host(params, config)
+    own = client_id if config.metadata_mode else None
+    return Grant(code, host, state, from_widget=widget, state_unsigned=unsigned, client_id=own)

@@ -139,6 +139,16 @@ class CodeReceived(Event):
     #: backend passed to ``connect_with_code``: server-side, no browser and no state; its
     #: caller's word is the consent, so a new one re-authorizes a connected connection.
     from_admin: bool = False
+    #: True in metadata mode (protocol notes §7): a new code is exchanged only with the
+    #: connection's own integration's ``credentials``; without them it is not claimed.
+    needs_credentials: bool = False
+    #: The integration the claim is to send the code with (metadata mode): the credentials
+    #: amoCRM posted to ``secrets_uri`` for this code's state (whose client id is the
+    #: redirect's), or, for a code without a state, the connection's own; None: none yet.
+    credentials: ClientCredentials | None = attrs.field(default=None, repr=False)
+    #: The sha256 hex digest of the state's nonce: the pending credentials the claim moves
+    #: into the record's ``credentials`` are this state's. None without a state.
+    state_digest: str | None = attrs.field(default=None, validator=_digest_or_none)
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         assert self.host is not None  # the table's rules claim a code only with a host
@@ -150,7 +160,18 @@ class CodeReceived(Event):
             "seen_codes": record.with_code(self.code_digest, now),
             "lease": self.lease,
             "error": None,
+            **self._credentials_changes(record),
         }
+
+    def _credentials_changes(self, record: ConnectionRecord) -> dict[str, Any]:
+        # The claim, in its one write, makes the state's posted credentials the connection's
+        # own (the exchange sends them) and forgets them as pending.
+        if self.credentials is None:
+            return {}
+        pending = tuple(
+            entry for entry in record.pending_credentials if entry.state_digest != self.state_digest
+        )
+        return {"credentials": self.credentials, "pending_credentials": pending}
 
 
 @attrs.frozen

@@ -67,6 +67,9 @@ _REFUSED: Final[Mapping[NoOp, Reason]] = {
     NoOp.NO_HOST: Reason.MISSING_REFERER,
     NoOp.WRONG_BROWSER: Reason.WRONG_BROWSER,
     NoOp.CODE_USED_ELSEWHERE: Reason.CODE_USED_ELSEWHERE,
+    # Metadata mode: the wait for the integration's credentials is over (or there is none to
+    # wait for: a code without a state); nothing was claimed, so the same redirect may succeed.
+    NoOp.CREDENTIALS_PENDING: Reason.CREDENTIALS_MISSING,
 }
 _DUPLICATES: Final = frozenset({NoOp.DUPLICATE_CODE, NoOp.DUPLICATE_CONSENT})
 #: What the table refuses a new code with when no state may claim it (none, or unsigned).
@@ -299,6 +302,7 @@ class CodeFlows:
                 browser_matches=matches,
                 # The bound browser, or the signed-in user the state names (_browser checked).
                 caller_owns=matches or signed_in is not None,
+                client_id=parsed.client_id,
             )
         )
 
@@ -470,12 +474,15 @@ class CodeFlows:
         browser_matches: bool = True,
         caller_owns: bool = False,
         from_admin: bool = False,
+        client_id: str | None = None,
     ) -> Flow[CallbackResult]:
         digest = code_digest(code)
         deadline = self.records.deadline()
+        # Metadata mode: how long a new code waits for its integration's credentials.
+        credentials_until = self.records.soon(self.config.secrets_wait)
         state_raced = False
         while True:
-            record, event = yield from self._read_code(target, digest, host, claims)
+            record, event = yield from self._read_code(target, digest, host, claims, client_id)
             event = attrs.evolve(
                 event,
                 may_claim=may_claim,
@@ -484,6 +491,13 @@ class CodeFlows:
                 from_admin=from_admin,
             )
             decision = self.records.decide(record, event)
+            if decision.noop is NoOp.CREDENTIALS_PENDING and self._may_await_credentials(
+                claims, credentials_until
+            ):
+                # amoCRM posts them to secrets_uri, maybe after this redirect (or a retried
+                # install's second post is on its way): wait on the hub, then read again.
+                yield from self.records.wait(record, credentials_until)
+                continue
             if decision.noop is not None:
                 return (yield from self._unchanged(record, decision.noop))
             claimed, slot = yield from self._claim(
@@ -507,8 +521,18 @@ class CodeFlows:
             # Lost the race for the record, or waited for the claims in flight: look again; the
             # winner's claim usually makes this a duplicate.
 
+    def _may_await_credentials(self, claims: StateClaims | None, until: float) -> bool:
+        """Whether a new code whose integration's credentials are not here may wait for them:
+        only a code with a state (amoCRM posts them under it), until ``until`` (monotonic)."""
+        return claims is not None and not self.records.expired(until)
+
     def _read_code(
-        self, target: RecordView, digest: str, host: AccountHost | None, claims: StateClaims | None
+        self,
+        target: RecordView,
+        digest: str,
+        host: AccountHost | None,
+        claims: StateClaims | None,
+        client_id: str | None,
     ) -> Flow[tuple[RecordView, CodeReceived]]:
         """The record and the code's event, from reads only: nothing is written until the
         table says this worker may claim the code. The ledger is read before the record: a
@@ -517,7 +541,8 @@ class CodeFlows:
         holder = yield from perform(HolderOf(f"code:{digest}"))
         used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
         record = yield from self.records.reload(target)
-        return record, self._code_event(record, digest, host, claims, holder, used_with)
+        event = self._code_event(record, digest, host, claims, holder, used_with)
+        return record, self._with_credentials(event, record, claims, client_id)
 
     def _claim(
         self,
@@ -591,6 +616,35 @@ class CodeFlows:
             state_seen_version=claims.seen_version if claims else None,
             state_expires_at=claims.accepted_until if claims else None,
             state_holder=used_with,
+        )
+
+    def _with_credentials(
+        self,
+        event: CodeReceived,
+        record: RecordView,
+        claims: StateClaims | None,
+        client_id: str | None,
+    ) -> CodeReceived:
+        """Metadata mode (protocol notes §7): the event with the integration its claim is to
+        send the code with. For a code with a state, the newest credentials amoCRM posted to
+        ``secrets_uri`` under that state whose client id is the redirect's (any, for a caller
+        that names none: the legacy route); for a code without one, the connection's own."""
+        if not self.config.metadata_mode:
+            return event
+        if claims is None:
+            return attrs.evolve(event, needs_credentials=True, credentials=record.credentials)
+        state_digest = code_digest(claims.nonce)  # how the secrets post names the state
+        posted = [
+            pending.credentials
+            for pending in record.pending_credentials
+            if pending.state_digest == state_digest
+            and client_id in (None, pending.credentials.client_id)
+        ]
+        return attrs.evolve(
+            event,
+            needs_credentials=True,
+            credentials=posted[-1] if posted else None,
+            state_digest=state_digest,
         )
 
     def _ledger_entries(

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 
 from ._callback import QueryLike
 from ._connection_id import ConnectionId
-from ._errors import ProviderError, UnreadableRecord
+from ._errors import CallbackRejected, ProviderError, UnreadableRecord
 from ._events import Disconnect, LongLivedEnded, ProviderDisconnected
 from ._flow_verify import Verification
-from ._hook import verify_disconnect_hook
+from ._hook import DisconnectHook, read_disconnect_hook
 from ._hosts import AccountHost
 from ._ops import ConsumeState, Flow, Send, perform
 from ._provider import (
@@ -80,9 +80,15 @@ class ConnectionFlows:
             return record.public()
 
     def handle_disconnect_hook(self, query: QueryLike) -> Flow[HookResult]:
-        account_id = verify_disconnect_hook(query, self.config)
+        hook = read_disconnect_hook(query)
+        account_id = hook.account_id
+        fixed = self.config.credentials
+        if fixed is not None and not hook.signed_by(fixed):
+            raise CallbackRejected(Reason.BAD_SIGNATURE)  # before anything is read
         records = yield from self.records.find_by_account(account_id)
         ours = [r for r in records if r.integration in (None, self.config.client_id)]
+        if fixed is None:
+            ours = _signed_by_their_own(hook, ours)
         # Only connections the hook would change are worth a question to amoCRM.
         unheard = ProviderDisconnected(self.records.now())
         due = [r for r in ours if self.records.decide(r, unheard).noop is None]
@@ -145,6 +151,21 @@ class ConnectionFlows:
         except ProviderError as error:
             transient = meaning_of(error, "subdomain_lookup").meaning.transient
             return Reason.PROVIDER_UNAVAILABLE if transient else None
+
+
+def _signed_by_their_own(hook: DisconnectHook, records: list[RecordView]) -> list[RecordView]:
+    """Metadata mode (protocol notes §7): the hook's ``client_uuid`` is the client id of the
+    integration amoCRM made for one install; the account's connections it is about are those
+    whose own credentials signed it (each compared in constant time).
+
+    Raises:
+        CallbackRejected: ``bad_signature``: no connection of the account has that
+            integration, or its secret did not sign the hook.
+    """
+    signed = [r for r in records if r.credentials is not None and hook.signed_by(r.credentials)]
+    if not signed:
+        raise CallbackRejected(Reason.BAD_SIGNATURE)
+    return signed
 
 
 def _result(

@@ -256,6 +256,7 @@ class TokenFlows:
                 | NoOp.WRONG_BROWSER
                 | NoOp.NEW_CODE_REFUSED
                 | NoOp.CODE_USED_ELSEWHERE
+                | NoOp.CREDENTIALS_PENDING
                 | NoOp.NO_HOST
                 | NoOp.KEEP_CONNECTION
                 | NoOp.STALE
@@ -332,6 +333,9 @@ class TokenFlows:
         host = AccountHost.accept(record.host or "", self.config.extra_domains)
         if host is None:  # the allowlist changed since: no secret goes there now
             raise ReauthorizationRequired(record.name, Reason.FOREIGN_HOST)
+        # Metadata mode: a connection without its integration's credentials has nothing to
+        # send (credentials_missing), so it claims nothing either: no lease left to lapse.
+        self.records.credentials(record)
         claimed = yield from self.records.write(record, event)
         if claimed is None:
             return None

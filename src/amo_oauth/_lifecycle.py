@@ -59,6 +59,8 @@ class NoOp(enum.StrEnum):
     EXCHANGE_IN_PROGRESS = "exchange_in_progress"
     # an admin's code the ledger holds for another connection: never sent again
     CODE_USED_ELSEWHERE = "code_used_elsewhere"
+    # metadata mode: a new code whose integration's credentials have not been posted (yet)
+    CREDENTIALS_PENDING = "credentials_pending"
     # a result for a claim someone else has since replaced
     STALE = "stale"
     # lease_expired and verify_claimed
@@ -275,6 +277,20 @@ def lands_the_admin_claim(data: EventData) -> bool:
         and event.code_digest is not None
         and is_this_exchange(data)
     )
+
+
+def credentials_not_received(data: EventData) -> bool:
+    """Metadata mode (protocol notes §7): the code would be claimed, but the credentials of
+    the integration amoCRM made for this consent have not reached ``secrets_uri`` (or came for
+    another client id than the redirect's): the code is not claimed without them."""
+    event = _model(data).event
+    return isinstance(event, CodeReceived) and event.needs_credentials and event.credentials is None
+
+
+def reauthorizes_without_credentials(data: EventData) -> bool:
+    """A connected connection would claim a new code (a fresh state's, an admin's) whose
+    integration's credentials have not been received (metadata mode)."""
+    return credentials_not_received(data) and (state_is_fresh(data) or admin_code_is_new(data))
 
 
 def reclaims_a_claimed_code(data: EventData) -> bool:
@@ -562,6 +578,15 @@ TABLE: tuple[Rule, ...] = (
     # found where this record would otherwise claim it.
     Rule("code_received", (S.CONNECTED,), None, reclaims_a_claimed_code, noop=NoOp.DUPLICATE_CODE),
     Rule("code_received", (S.CONNECTED,), None, code_has_no_consent, noop=NoOp.NEW_CODE_REFUSED),
+    # Metadata mode: a code that would be claimed waits (the flow, a bounded time) for its
+    # integration's credentials; only duplicates and refusals are answered before this.
+    Rule(
+        "code_received",
+        (S.CONNECTED,),
+        None,
+        reauthorizes_without_credentials,
+        noop=NoOp.CREDENTIALS_PENDING,
+    ),
     Rule("code_received", (S.CONNECTED,), S.CODE_RECEIVED, state_is_fresh),
     # An admin's new code on a connected connection is claimed without ending it: the old
     # tokens are served until the new pair is in hand, and kept if amoCRM refuses the code.
@@ -581,6 +606,13 @@ TABLE: tuple[Rule, ...] = (
         None,
         code_has_no_consent,
         noop=NoOp.NEW_CODE_REFUSED,
+    ),
+    Rule(
+        "code_received",
+        (S.DISCONNECTED, S.ERROR),
+        None,
+        credentials_not_received,
+        noop=NoOp.CREDENTIALS_PENDING,
     ),
     Rule("code_received", (S.DISCONNECTED, S.ERROR), S.CODE_RECEIVED),
     Rule("denied", (S.DISCONNECTED, S.ERROR), S.ERROR),

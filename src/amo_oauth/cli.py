@@ -10,8 +10,17 @@ amo-oauth fake [--port N] [--redirect-uri URL] [--accounts N]
                                     Ctrl-C, printing what to configure
 amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
 amo-oauth status ID [--widget] [--extra-domain D] [--store URL] [--client-id ID]
-                    [--integrations FILE] [--integration NAME]
-                                    a connection's status (--widget: ID is an install's host)
+                    [--integrations FILE] [--integration NAME] [--json]
+                                    one connection in full, never a secret (--widget: ID is
+                                    an install's host); a table on a terminal (the ``cli``
+                                    extra), JSON otherwise and with --json
+amo-oauth connections [--store URL] [--client-id ID] [--state S] [--due-within-days N]
+                      [--integrations FILE] [--integration NAME] [--json]
+                                    how every stored connection stands: counts per state and
+                                    host, who needs re-authorization and why, whose refresh
+                                    token ends within N days (14); JSON Lines (each named
+                                    connection as found, the summary last), lines and tables
+                                    on a terminal; walks the store by pages (flat memory)
 amo-oauth refresh-due [--store URL] [--within-days N] [--concurrency N] [--per-host-rate R]
                       [--limit N] [--integrations FILE] [--integration NAME]
                                     refresh every connection whose refresh token expires
@@ -32,6 +41,14 @@ amo-oauth rotate-key [--store URL] [--after KEY] [--vacuum]
                                     extra); resumable; exit status 1 when records were left;
                                     says where old values may remain; --vacuum removes them
                                     from the store's own files (it locks the store meanwhile)
+amo-oauth doctor [--store URL] [--app-scheme S] [--prefix P] [--json]
+                 [--integrations FILE] [--integration NAME]
+                                    what an operator gets wrong (the store reachable and
+                                    migrated, SQLite file modes, a Redis that may evict,
+                                    clock skew, the URLs, app_scheme, the secrets' strength,
+                                    AMO_OAUTH_KEYS against a sample of records), each with
+                                    what to do; a table on a terminal, lines otherwise,
+                                    JSON with --json; exit status 1 on an error
 
 The store is ``--store URL`` (``store_from_url``: sqlite:///file.db, postgresql://...,
 redis://...), else ``AMO_OAUTH_STORE``, else ``sqlite:///amo_oauth.db``; ``--db PATH`` is the
@@ -39,9 +56,10 @@ older spelling of ``--store sqlite:///PATH``. An operator's typo never creates a
 only ``migrate`` creates one. When ``AMO_OAUTH_KEYS`` is set, every command opens the store with
 those keys (an encrypted store needs them); ``rotate-key`` requires it.
 
-``status`` and ``refresh-due`` act on several integrations with ``--integrations FILE`` (or
-``AMO_OAUTH_INTEGRATIONS``): a TOML table per integration, secrets named by environment
-variable (``_integrations_file``); on each of them, or on ``--integration NAME``'s alone.
+``status``, ``connections``, ``refresh-due`` and ``doctor`` act on several integrations
+with ``--integrations FILE`` (or ``AMO_OAUTH_INTEGRATIONS``): a TOML table per integration,
+secrets named by environment variable (``_integrations_file``); on each of them, or on
+``--integration NAME``'s alone.
 """
 
 from __future__ import annotations
@@ -51,7 +69,7 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -60,6 +78,7 @@ import attrs
 
 from ._config import Config
 from ._connection_id import ConnectionId, Widget, resolve_connection_id
+from ._doctor import Finding, Report
 from ._errors import StoreError
 from ._integrations_file import Integration, IntegrationsFile, parse_integrations
 from ._records import ConnectionRecord, record_key
@@ -137,6 +156,8 @@ class _Target:
     #: Its Config, secrets read from the environment when called (refresh-due needs them,
     #: status does not).
     config: Callable[[], Config]
+    #: The URL of its store when the integrations file names one (None: the command's).
+    store_url: str | None = None
 
 
 def _integrations_file(args: argparse.Namespace) -> IntegrationsFile | None:
@@ -196,12 +217,14 @@ def _file_target(
     def config() -> Config:
         return integration.config(os.environ)
 
+    url = file.store_of(integration, os.environ)
     return _Target(
         integration.name,
         integration.client_id,
         integration.extra_domains,
-        _file_store(args, file.store_of(integration, os.environ)),
+        _file_store(args, url),
         config,
+        url,
     )
 
 
@@ -228,8 +251,27 @@ def _status(args: argparse.Namespace) -> int:
                 return 2
         names[target.name] = name
     shown = {target.name: _shown_status(args, target, names[target.name]) for target in targets}
-    print(json.dumps(_by_integration(args, shown)))
+    if _as_table(args):
+        from ._connections_report import print_details
+
+        print_details(sys.stdout, shown)
+    else:
+        print(json.dumps(_by_integration(args, shown)))
     return 0
+
+
+def _as_table(args: argparse.Namespace) -> bool:
+    """Tables (rich) on a terminal unless ``--json``; JSON when rich is missing, said once."""
+    if args.json or not sys.stdout.isatty():
+        return False
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        from ._connections_report import RICH_HINT
+
+        print(f"amo-oauth: {RICH_HINT}", file=sys.stderr)
+        return False
+    return True
 
 
 def _by_integration(args: argparse.Namespace, shown: dict[str | None, dict[str, Any]]) -> object:
@@ -254,12 +296,15 @@ def _status_from_env(args: argparse.Namespace) -> _Target:
 def _shown_status(args: argparse.Namespace, target: _Target, name: str) -> dict[str, Any]:
     """``status``'s JSON for one integration's connection ``name``."""
     client_id, extra_domains = target.client_id, target.extra_domains
+    from ._connections_report import connection_details, store_now
+
     store = target.open_store()
     try:
         record = _stored(store, client_id, name, widget=args.widget)
         install = None
         if record is None and not args.widget and _widget_host(name, extra_domains):
             install = _stored(store, client_id, name.lower().removesuffix("."), widget=True)
+        now = store_now(store)
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
     finally:
@@ -271,16 +316,60 @@ def _shown_status(args: argparse.Namespace, target: _Target, name: str) -> dict[
                 "no app user has this id; a widget install on this host does: add --widget"
             )
         return shown
-    connection = record.public()
-    return {
-        "connection_id": connection.connection_id,
-        "status": connection.status.value,
-        "account": connection.account.subdomain if connection.account else None,
-        "expires_at": connection.expires_at.isoformat() if connection.expires_at else None,
-        "error": connection.error.reason if connection.error else None,
-        "version": connection.version,
-        "host": connection.host,
-    }
+    return connection_details(record, now)
+
+
+def _connections(args: argparse.Namespace) -> int:
+    """``connections``: JSON Lines (or, on a terminal, lines and tables), printed as found."""
+    from ._connections_report import print_lines, print_rich
+
+    targets = _targets(args, lambda: _connections_from_env(args))
+    for target in targets:
+        target.open_store().close()  # every store checked before anything is printed
+    items = _connections_items(args, targets)
+    try:
+        if _as_table(args):
+            print_rich(sys.stdout, items)
+        else:
+            print_lines(sys.stdout, items)
+    except StoreError as error:
+        raise SystemExit(f"amo-oauth: {error}") from None
+    return 0
+
+
+def _connections_from_env(args: argparse.Namespace) -> _Target:
+    client_id = args.client_id or os.environ.get("AMO_CLIENT_ID")
+    if not client_id:
+        raise SystemExit("amo-oauth: pass --client-id or set AMO_CLIENT_ID")
+    return _Target(None, client_id, (), lambda: _open_store(args), _config_from_env)
+
+
+def _connections_items(
+    args: argparse.Namespace, targets: Sequence[_Target]
+) -> Iterator[dict[str, Any]]:
+    """Each integration's named connections as met, then its summary (with its name, from
+    the integrations file)."""
+    from ._connections_report import Tally, store_now, walk
+    from ._records import ConnectionStatus
+
+    state = ConnectionStatus(args.state) if args.state else None
+    for target in targets:
+        named = {} if target.name is None else {"integration": target.name}
+        store, tally = target.open_store(), Tally()
+        try:
+            now = store_now(store)
+            for listed in walk(
+                store,
+                tally,
+                integration=target.client_id,
+                now=now,
+                due_within=timedelta(days=args.due_within_days),
+                state=state,
+            ):
+                yield {**listed.as_json(), **named}
+        finally:
+            store.close()
+        yield {**tally.as_json(now=now, due_within_days=args.due_within_days), **named}
 
 
 def _stored(store: Store, client_id: str, name: str, *, widget: bool) -> ConnectionRecord | None:
@@ -307,10 +396,7 @@ def _config_from_env() -> Config:
     """The single integration of the environment. With ``AMO_SECRETS_URI`` (the site
     button's metadata mode) there is no client secret: each connection has its own."""
     secrets_uri = os.environ.get("AMO_SECRETS_URI") or None
-    names = ["AMO_CLIENT_ID", "AMO_CLIENT_SECRET", "AMO_REDIRECT_URI", "AMO_STATE_SECRET"]
-    if secrets_uri is not None:
-        names.remove("AMO_CLIENT_SECRET")
-    missing = [name for name in names if not os.environ.get(name)]
+    missing = [name for name in _env_settings() if not os.environ.get(name)]
     if missing:
         raise SystemExit(f"amo-oauth: set {', '.join(missing)}")
     return Config(
@@ -323,6 +409,14 @@ def _config_from_env() -> Config:
     )
 
 
+def _env_settings() -> list[str]:
+    """The variables the environment's single integration needs (``_config_from_env``)."""
+    names = ["AMO_CLIENT_ID", "AMO_CLIENT_SECRET", "AMO_REDIRECT_URI", "AMO_STATE_SECRET"]
+    if os.environ.get("AMO_SECRETS_URI"):
+        names.remove("AMO_CLIENT_SECRET")
+    return names
+
+
 def _previous_state_secrets_from_env() -> list[str]:
     """``AMO_PREVIOUS_STATE_SECRETS``: the secrets ``AMO_STATE_SECRET`` replaced, comma-separated
     (a rotation; secrets.token_urlsafe and token_hex never make a comma)."""
@@ -333,27 +427,32 @@ def _previous_state_secrets_from_env() -> list[str]:
 def _keys_from_env(*, required: bool) -> Encryption | None:
     """``AMO_OAUTH_KEYS`` (comma-separated Fernet keys, newest first) as a ``MultiFernet``;
     None when unset and not ``required``. A message never shows a key."""
-    text = os.environ.get("AMO_OAUTH_KEYS", "")
+    try:
+        return _keys_in(os.environ.get("AMO_OAUTH_KEYS", ""), required=required)
+    except ValueError as error:
+        raise SystemExit(f"amo-oauth: {error}") from None
+
+
+def _keys_in(text: str, *, required: bool) -> Encryption | None:
+    """``_keys_from_env`` of ``text``; raises ValueError (naming no key) where it exits."""
     keys = [part.strip() for part in text.split(",") if part.strip()]
     if not keys:
         if not required:
             return None
-        raise SystemExit(
-            "amo-oauth: set AMO_OAUTH_KEYS to the Fernet keys, comma-separated, newest first"
-        )
+        raise ValueError("set AMO_OAUTH_KEYS to the Fernet keys, comma-separated, newest first")
     try:
         from cryptography.fernet import Fernet, MultiFernet
     except ImportError:
-        raise SystemExit(
-            "amo-oauth: AMO_OAUTH_KEYS needs the crypto extra: pip install 'amo_oauth[crypto]'"
+        raise ValueError(
+            "AMO_OAUTH_KEYS needs the crypto extra: pip install 'amo_oauth[crypto]'"
         ) from None
     fernets = []
     for number, key in enumerate(keys, start=1):
         try:
             fernets.append(Fernet(key))
         except (ValueError, TypeError):
-            raise SystemExit(
-                f"amo-oauth: AMO_OAUTH_KEYS: key {number} of {len(keys)} is not a Fernet key "
+            raise ValueError(
+                f"AMO_OAUTH_KEYS: key {number} of {len(keys)} is not a Fernet key "
                 "(32 url-safe base64-encoded bytes, as Fernet.generate_key() makes)"
             ) from None
     return MultiFernet(fernets)
@@ -603,6 +702,97 @@ def _rotate_key(args: argparse.Namespace) -> int:
     return 0 if report.complete else 1
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    """``doctor``: every integration's findings (``_doctor``); 1 when any is an error."""
+    from ._doctor import keys_invalid
+
+    text = os.environ.get("AMO_OAUTH_KEYS", "")
+    keys, refused = None, None
+    try:
+        keys = _keys_in(text, required=False)
+    except ValueError as error:
+        refused = keys_invalid(str(error))
+    targets = _targets(args, lambda: _doctor_from_env(args))
+    reports = {
+        target.name: _doctor_one(args, target, keys, refused, keys_given=bool(text.strip()))
+        for target in targets
+    }
+    _show_doctor(args, reports)
+    return 0 if all(report.healthy for report in reports.values()) else 1
+
+
+def _doctor_from_env(args: argparse.Namespace) -> _Target:
+    client_id = os.environ.get("AMO_CLIENT_ID", "")
+    return _Target(None, client_id, (), lambda: _open_store(args), _config_from_env)
+
+
+def _doctor_one(
+    args: argparse.Namespace,
+    target: _Target,
+    keys: Encryption | None,
+    refused: Finding | None,
+    *,
+    keys_given: bool,
+) -> Report:
+    from ._doctor import examine
+
+    store = _doctor_store(target.store_url or _store_url(args), keys)
+    try:
+        return examine(
+            _doctor_settings(target),
+            store,
+            keys=refused,
+            keys_given=keys_given,
+            app_scheme=args.app_scheme,
+            prefix=args.prefix,
+        )
+    finally:
+        if not isinstance(store, Finding):
+            store.close()
+
+
+def _doctor_store(url: str, keys: Encryption | None) -> Store | Finding:
+    """The store at ``url``, opened as every command opens it but creating nothing and
+    refusing nothing itself: its ``check()`` says what is wrong (a missing SQLite file)."""
+    from ._doctor import store_unopened
+    from .stores import store_from_url
+
+    if url.lower().startswith("memory:"):
+        return store_unopened("memory:// keeps nothing between runs; name a real store")
+    try:
+        return store_from_url(url, encryption=keys)
+    except (ValueError, ImportError, StoreError) as error:  # messages never repeat the URL
+        return store_unopened(str(error))
+
+
+def _doctor_settings(target: _Target) -> Config | Finding:
+    """The integration's Config, or why the doctor cannot check it."""
+    from ._doctor import settings_invalid, settings_missing, settings_unchecked
+
+    if target.name is None:
+        names = _env_settings()
+        missing = [name for name in names if not os.environ.get(name)]
+        if len(missing) == len(names):
+            return settings_unchecked(missing)
+        if missing:
+            return settings_missing(missing)
+    try:
+        return target.config()
+    except (TypeError, ValueError) as error:  # Config's messages hold no secret
+        return settings_invalid(str(error))
+
+
+def _show_doctor(args: argparse.Namespace, reports: dict[str | None, Report]) -> None:
+    """JSON with ``--json``; a table on a terminal (with rich); else a line per finding."""
+    from ._doctor import render_lines, render_table
+
+    if args.json:
+        shown = {name: report.as_json() for name, report in reports.items()}
+        print(json.dumps(_by_integration(args, shown)))
+    elif not (sys.stdout.isatty() and render_table(reports, sys.stdout)):
+        render_lines(reports, sys.stdout)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -651,7 +841,9 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(status)
     status.add_argument("--client-id", help="the integration's client id (env AMO_CLIENT_ID)")
     _integrations_options(status)
+    _json_option(status)
     status.set_defaults(handler=_status)
+    _connections_parser(commands)
     due = commands.add_parser("refresh-due", help="refresh connections expiring soon")
     _store_options(due)
     due.add_argument("--within-days", type=_positive_int, default=7)
@@ -687,7 +879,59 @@ def _parser() -> argparse.ArgumentParser:
     )
     _store_options(migrate)
     migrate.set_defaults(handler=_migrate)
+    _doctor_parser(commands)
     return parser
+
+
+def _connections_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ._connections_report import DEFAULT_DUE_WITHIN_DAYS
+    from ._records import ConnectionStatus
+
+    report = commands.add_parser(
+        "connections",
+        help="how every stored connection stands: counts, who must re-authorize, who expires",
+    )
+    _store_options(report)
+    report.add_argument(
+        "--state", choices=[status.value for status in ConnectionStatus], help="only this state"
+    )
+    report.add_argument(
+        "--due-within-days",
+        type=_days,
+        default=DEFAULT_DUE_WITHIN_DAYS,
+        help=f"list refresh tokens ending within N days ({DEFAULT_DUE_WITHIN_DAYS})",
+    )
+    report.add_argument("--client-id", help="the integration's client id (env AMO_CLIENT_ID)")
+    _integrations_options(report)
+    _json_option(report)
+    report.set_defaults(handler=_connections)
+
+
+def _json_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--json", action="store_true", help="JSON even on a terminal (default there: tables)"
+    )
+
+
+def _doctor_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .web._catalogue import DEFAULT_PREFIX
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the store and the settings for what operators get wrong (exit 1 on an error)",
+    )
+    _store_options(doctor)
+    doctor.add_argument(
+        "--app-scheme", help="the app_scheme the routes are given, to check it (default: none)"
+    )
+    doctor.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help=f"the prefix the routes are mounted under ({DEFAULT_PREFIX})",
+    )
+    _json_option(doctor)
+    _integrations_options(doctor)
+    doctor.set_defaults(handler=_doctor)
 
 
 def _demo_app_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -750,6 +994,17 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+#: The longest window ``connections`` looks ahead (a century: any refresh token's life).
+MAX_DAYS = 36500
+
+
+def _days(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_DAYS}: {text!r}")
     return value
 
 
