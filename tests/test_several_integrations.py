@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
@@ -536,7 +537,11 @@ def metadata_services(fake: FakeAmoCRM, clock: FakeClock) -> dict[str, AmoOAuth]
         "site": config_for(fake, client_id="site", client_secret=None, secrets_uri=SITE),
         "site2": config_for(fake, client_id="site-two", client_secret=None, secrets_uri=SITE),
     }
-    return {name: AmoOAuth(config, store=store, clock=clock) for name, config in settings.items()}
+    http = httpx.Client(transport=fake.transport())
+    return {
+        name: AmoOAuth(config, store=store, http=http, clock=clock)
+        for name, config in settings.items()
+    }
 
 
 def post_secrets(send: Send, state: str, client_id: str) -> int:
@@ -593,12 +598,13 @@ def test_a_secrets_post_is_refused_by_an_integration_that_did_not_sign_its_state
         oauth.close()
 
 
-def test_the_fakes_site_button_install_reaches_its_integration_through_flask(
+def test_the_fakes_site_button_install_connects_through_one_set_of_routes(
     fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    """FakeAmoCRM's metadata-mode install posts the new integration's credentials to the one
-    set of routes (a Flask app): answered 200 by "site", whose state it brings, in its
-    namespace; the code redirect that follows is routed to "site" by the new client id."""
+    """FakeAmoCRM's metadata-mode install against one Flask app of three integrations: the
+    credentials' post reaches "site" (its state's signer), the code redirect is routed by the
+    new client id and exchanged once with THAT integration's credentials, and its uninstall
+    hook (signed with that secret) disconnects the connection; "site-two" sees nothing."""
     services = metadata_services(fake, clock)
     integrations = Integrations(services, default=AMO)
     app = flask.Flask(__name__)
@@ -606,21 +612,30 @@ def test_the_fakes_site_button_install_reaches_its_integration_through_flask(
         integrations, connection_id=user_from_header, app_scheme="app", button=BUTTON
     )
     app.register_blueprint(routes)
-    state = services["site"].site_button(USER, metadata=BUTTON).state
+    send = flask_sender(app.test_client())  # one browser: it keeps the binding cookie
+    page = send("GET", f"{PREFIX}/connect", query="integration=site", headers=AS_USER)
+    state = re.search(r'data-state="([^"]+)"', page.text)
+    assert page.status == 200 and state is not None
     install = fake.install_site_button(
         redirect_uri=fake.redirect_uri,
         secrets_uri=SITE,
-        state=state,
+        state=state.group(1),
         transport=httpx.WSGITransport(app=app),
     )
     assert [post.status for post in install.posts] == [200]
     assert install.redirect_url is not None
-    record = services["site"].store.load(record_key("site", USER)).record
-    assert record is not None and len(record.pending_credentials) == 1
-    redirect = Request("GET", "/", urlsplit(install.redirect_url).query)
-    routed = drive(
-        integrations.choose("callback", redirect), lambda ask: ask.call.run(services[ask.name])
+    callback = send("GET", f"{PREFIX}/callback", query=urlsplit(install.redirect_url).query)
+    assert deep_link(callback)[1]["success"] == "true", callback.text
+    assert services["site"].status(USER).is_connected
+    assert fake.token_call_count("authorization_code", "ok", integration=install.integration) == 1
+    assert fake.token_call_count() == 1
+    assert services["site2"].store.load(record_key("site-two", USER)).record is None
+    hook = send(
+        "GET",
+        f"{PREFIX}/disconnect-hook",
+        query=_query(fake.uninstall(integration=install.integration)),
     )
-    assert routed == "site"
+    assert (hook.status, hook.json()["disconnected"]) == (200, 1)
+    assert not services["site"].status(USER).is_connected
     for oauth in services.values():
         oauth.close()
