@@ -17,8 +17,7 @@ carries no user identifier anyone but the backend can read:
   (absent in states signed before it was added: their ``i`` decides);
 - ``k``: a keyed hash of the integration's namespace (``Config.client_id``), so that of two
   integrations sharing a state secret neither accepts the other's state (``read_state`` with a
-  ``namespace`` treats another namespace's state as unsigned). Absent in states signed before it
-  was added (they lived 30 minutes): those are accepted by any namespace;
+  ``namespace`` treats another namespace's state, or one without ``k``, as unsigned);
 - ``c``: in the site button's metadata mode only, the connection itself (its id and whether it
   is a widget install), encrypted: amoCRM posts the new integration's credentials to
   ``secrets_uri`` server to server (protocol notes §7), with no cookie or session to name the
@@ -281,13 +280,13 @@ def issue_state(
     seen_version: int = 0,
     *,
     carry_connection: bool = False,
-    namespace: str | None = None,
+    namespace: str,
 ) -> tuple[str, StateClaims]:
     """Make a fresh state token for ``connection_id``, valid for ``ttl`` from ``now`` (aware,
     UTC; the store's clock), bound to the browser holding ``binding_secret`` (None: unbound,
     the caller's explicit choice), naming the record version ``begin()`` read, (with
     ``carry_connection``: metadata mode) carrying the connection encrypted (``c``), and
-    naming the integration ``namespace`` (``Config.client_id``; None: none named, for tests)."""
+    naming the integration ``namespace`` (``Config.client_id``, as a keyed hash: ``k``)."""
     issued, expires = _millis(now), _millis(now + ttl)
     nonce = secrets.token_urlsafe(16)
     hashed_id = id_hash(secret, connection_id)
@@ -301,8 +300,7 @@ def issue_state(
         "e": expires,
         "v": seen_version,
     }
-    if namespace is not None:
-        body["k"] = _keyed(secret, _NAMESPACE_CONTEXT, namespace)
+    body["k"] = _keyed(secret, _NAMESPACE_CONTEXT, namespace)
     if sealed:
         body["c"] = sealed
     payload = _b64(json.dumps(body, separators=(",", ":")).encode("ascii"))
@@ -381,9 +379,9 @@ def read_state(keys: Sequence[bytes], token: str, namespace: str | None = None) 
 
 
 def _names_namespace(secret: bytes, named: object, namespace: str | None) -> bool:
-    """Whether a state's ``k`` allows ``namespace``: no reader's namespace or no ``k`` (a state
-    from before it) allows any; else the keyed hashes must match (constant time)."""
-    if namespace is None or named is None:
+    """Whether a state's ``k`` allows ``namespace``: a reader that names none allows any;
+    else the state must name it (keyed hashes compared in constant time)."""
+    if namespace is None:
         return True
     return (
         isinstance(named, str)
