@@ -97,6 +97,7 @@ _REFUSAL_PAGES: Final[Mapping[str, PageKind]] = {
     Reason.WRONG_BROWSER: PageKind.WRONG_BROWSER,
     Reason.CLIENT_ID_MISMATCH: PageKind.CLIENT_ID_MISMATCH,
     Reason.RATE_LIMITED: PageKind.RATE_LIMITED,
+    Reason.CREDENTIALS_MISSING: PageKind.INSTALLING,
 }
 
 # Every response: never cached (they describe a user's connection or carry a state/code), never
@@ -287,7 +288,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             response = self._refuse(route, request, refusal.status, refusal.reason, refusal.hint)
         except CallbackRejected as rejected:
             status = _rejection_status(route, rejected.reason)
-            wait = rejected.retry_after if status == 429 else None  # when a try is admitted
+            wait = _retry_after(status, rejected)
             response = self._refuse(route, request, status, rejected.reason, retry_after=wait)
             if wait is not None:
                 response = response.with_headers((("retry-after", _seconds(wait)),))
@@ -554,7 +555,22 @@ def _rejection_status(route: Route, reason: str) -> int:
         return 403
     if reason == Reason.RATE_LIMITED:
         return 429
+    if reason == Reason.CREDENTIALS_MISSING:  # the same redirect succeeds once they land
+        return 503
     return 403 if reason in _FORBIDDEN else 400
+
+
+#: When to reload after ``credentials_missing`` (metadata mode): amoCRM posts the keys to
+#: secrets_uri about when it redirects, so a late post is seconds away, not minutes.
+_INSTALLING_RETRY: Final = 5.0
+
+
+def _retry_after(status: int, rejected: CallbackRejected) -> float | None:
+    """The ``Retry-After`` of a refusal: when a try is admitted again (429), or when the keys
+    of a site-button install are likely in (503); none for the others."""
+    if status == 429:
+        return rejected.retry_after
+    return _INSTALLING_RETRY if status == 503 else None
 
 
 def _seconds(retry_after: float) -> str:
