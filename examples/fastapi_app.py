@@ -59,6 +59,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from amo_oauth import (
     AsyncAmoOAuth,
+    ButtonMetadata,
     CallbackRejected,
     Config,
     ProviderError,
@@ -68,6 +69,7 @@ from amo_oauth import (
     web,
 )
 from amo_oauth.fastapi import router
+from amo_oauth.web import Integrations
 
 PREFIX = web.DEFAULT_PREFIX  # "/api/amo-crm", the seed's paths
 COOKIE = "session"  # "__Host-session" over https (Sessions)
@@ -149,11 +151,18 @@ def create_app(
     app_scheme: str = "foryoure",
     api: httpx.AsyncClient | None = None,
     admins: frozenset[str] = frozenset({"admin"}),
+    site_button: AsyncAmoOAuth | None = None,
+    button: ButtonMetadata | None = None,
 ) -> FastAPI:
     """The backend.
 
     Args:
         oauth: the service; the app closes it on shutdown.
+        site_button: a second integration in the site button's metadata mode
+            (``Config.secrets_uri``), served by the same routes as ``oauth`` under the name
+            ``site`` (``/connect?integration=site`` shows amoCRM's button; ``/leads?integration=
+            site`` reads through it); the app closes it on shutdown.
+        button: what that button shows of the integration amoCRM makes per account.
         app_scheme: the mobile app's URL scheme, for the "Return to App" deep link.
         api: the client for amoCRM's API (tests route it to a fake); the app closes it on
             shutdown. Default: a new ``httpx.AsyncClient``.
@@ -168,6 +177,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await oauth.aclose()
+        if site_button is not None:
+            await site_button.aclose()
         await client.aclose()
 
     app = FastAPI(title="amo_oauth example", lifespan=lifespan)
@@ -255,18 +266,23 @@ def create_app(
         return _admin_answer(200, f"{said}: {connection.status.value}, {account}")
 
     # Registered before the router: its catch-all under PREFIX answers 404 for unknown paths.
+    services = {"amocrm": oauth} if site_button is None else {"amocrm": oauth, "site": site_button}
+
     @app.get(PREFIX + "/leads")
-    async def leads(request: Request) -> JSONResponse:
+    async def leads(request: Request, integration: str = "amocrm") -> JSONResponse:
         user = sessions.current_user(request)
         if user is None:
             return JSONResponse({"error": "unauthenticated"}, 401)
-        return await _leads_of(oauth, client, user)
+        if integration not in services:
+            return JSONResponse({"error": "unknown_integration"}, 400)
+        return await _leads_of(services[integration], client, user)
 
     app.include_router(
         router(
-            oauth,
+            oauth if site_button is None else Integrations(services, default="amocrm"),
             connection_id=lambda request: sessions.current_user(request.native),
             app_scheme=app_scheme,
+            button=button,
         )
     )
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import shlex
 import signal
@@ -137,6 +138,7 @@ def test_serve_keeps_running_for_a_person_until_ctrl_c() -> None:
         assert query_of(visit.deep_link)["success"] == "true"
         _the_printed_app_commands_work(demo.stdout, backend)
         _the_printed_admin_path_works(demo.stdout, backend)
+        _the_printed_site_button_path_works(demo.stdout, backend)
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=20)
     finally:
@@ -185,3 +187,40 @@ def _the_printed_admin_path_works(stdout: IO[str], backend: str) -> None:
         )
         assert pasted.status_code == 200 and "Connected until" in pasted.text
         assert browser.get(f"{backend}/api/amo-crm/status").json()["status"] == "connected"
+
+
+def _the_printed_site_button_path_works(stdout: IO[str], backend: str) -> None:
+    """The site button's path ``--serve`` prints (metadata mode, the same routes): the button
+    page, the fake's install (a new integration, its keys posted to the backend's /secrets),
+    the redirect back into the same browser, then the leads through that integration."""
+    printed = "".join(next(stdout) for _ in range(6))
+    start = re.search(r"(http://127\.0\.0\.1:\d+/login\?next=\S+integration%3Dsite)", printed)
+    assert start is not None and f"{backend}/api/amo-crm/secrets" in printed
+    with httpx.Client(follow_redirects=False) as browser:
+        then = MOBILE.sign_in_browser(
+            browser, backend, "shop", "/api/amo-crm/connect?integration=site"
+        )
+        page = browser.get(backend + then)
+        assert page.status_code == 200, page.text
+        script = re.search(r"<script [^>]*class=\"amocrm_oauth\"[^>]*>", page.text)
+        assert script is not None
+        attributes = dict(re.findall(r'data-([a-z_-]+)="([^"]*)"', script.group(0)))
+        source = re.search(r'src="([^"]+)"', script.group(0))
+        assert source is not None and "client-id" not in attributes
+        fake = source.group(1).partition("/auth/")[0]
+        params = [
+            *((key, html.unescape(attributes[key])) for key in ("name", "description")),
+            *((key, html.unescape(attributes[key])) for key in ("redirect_uri", "secrets_uri")),
+            *(("scopes[]", scope) for scope in attributes["scopes"].split(",")),
+            ("state", html.unescape(attributes["state"])),
+            ("mode", attributes.get("mode", "popup")),
+        ]
+        # "Allow" on the fake's install page: the post to /secrets, then the redirect back.
+        installed = browser.get(f"{fake}/oauth/install", params=params)
+        assert installed.status_code in (302, 303), installed.text
+        landed = browser.get(installed.headers["location"])
+        assert "success=true" in landed.text, landed.text
+        status = browser.get(f"{backend}/api/amo-crm/status", params={"integration": "site"})
+        assert status.json()["status"] == "connected"
+        leads = browser.get(f"{backend}/api/amo-crm/leads", params={"integration": "site"})
+        assert leads.status_code == 200 and leads.json(), leads.text

@@ -9,7 +9,10 @@ as in the seed: no 403, "Connected", the leads listed, and exactly one token-end
 
 ``--serve`` keeps both servers running for a person with a browser, until Ctrl-C; there a
 private integration's admin can also connect without the consent page, pasting a long-lived
-token or the keys-tab code from the fake's "Keys and scopes" tab into the backend's ``/admin``.
+token or the keys-tab code from the fake's "Keys and scopes" tab into the backend's ``/admin``,
+and a second integration, in the site button's metadata mode, is served by the same routes
+(``/connect?integration=site``): the fake's stand-in button makes a new integration for the
+account, posts its keys to the backend's ``/secrets`` and redirects back.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import httpx
 
 from ._async_service import AsyncAmoOAuth
 from ._config import Config
+from ._results import ButtonMetadata
 from .stores import SQLiteStore
 from .testing import FakeAmoCRM
 
@@ -50,6 +54,8 @@ __all__ = [
 
 USER = "demo"
 PREFIX = "/api/amo-crm"
+#: What the site button shows of the integration amoCRM (the fake) makes for each account.
+BUTTON = ButtonMetadata("amo_oauth demo", "The demo's leads, through the site button")
 LEADS = (
     {"name": "Website redesign", "price": 120000},
     {"name": "CRM rollout for 40 seats", "price": 480000},
@@ -203,11 +209,29 @@ def _stack(db: Path) -> Iterator[Stack]:
             state_secret=secrets.token_bytes(32),
             authorize_url=f"{served.url}/oauth",
         )
+        # A product installed through amoCRM's site button in metadata mode, behind the same
+        # routes: its client id only names its connections; each account's own integration
+        # (its keys posted to /secrets by the fake's install) is kept in the record.
+        site = Config(
+            client_id="site-button",
+            redirect_uri=fake.redirect_uri,
+            secrets_uri=f"{backend}{PREFIX}/secrets",
+            state_secret=secrets.token_bytes(32),
+            authorize_url=f"{served.url}/oauth",
+            button_script_url=f"{served.url}/auth/button.min.js",
+        )
         # One client for the token endpoint and the API, both routed to the fake over loopback;
-        # the app closes it (and the service) on shutdown.
+        # the app closes it (and the services) on shutdown.
         http = httpx.AsyncClient(transport=served.async_transport())
-        oauth = AsyncAmoOAuth(config, store=SQLiteStore(db), http=http)
-        app = fastapi_app.create_app(oauth, app_scheme="foryoure", api=http)
+        store = SQLiteStore(db)
+        oauth = AsyncAmoOAuth(config, store=store, http=http)
+        app = fastapi_app.create_app(
+            oauth,
+            app_scheme="foryoure",
+            api=http,
+            site_button=AsyncAmoOAuth(site, store=store, http=http),
+            button=BUTTON,
+        )
         with serve_asgi(app, sock) as url:
             yield Stack(fake, served.url, url)
 
@@ -385,6 +409,12 @@ def _serve(stack: Stack) -> int:
     _say("(each visit issues a long-lived token and a keys-tab code), sign in as 'admin' at")
     _say(f"   {stack.backend}/login?{urlencode({'next': '/admin'})}")
     _say(f"and paste either one with the host {stack.fake.account_host}.")
+    _say("A product installed through amoCRM's site button (metadata mode), same routes:")
+    site = f"{PREFIX}/connect?{urlencode({'integration': 'site'})}"
+    _say(f"   {stack.backend}/login?{urlencode({'next': site})}")
+    _say("press the button, then \"Allow\": the fake makes a new integration for the account,")
+    _say(f"posts its keys to {stack.backend}{PREFIX}/secrets and redirects back; then")
+    _say(f"   {stack.backend}{PREFIX}/leads?integration=site")
     _say("Ctrl-C stops.")
     try:
         while True:
