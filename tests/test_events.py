@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -32,6 +33,7 @@ from amo_oauth import (
     Outcome,
     ReauthorizationNeeded,
     ReauthorizationRequired,
+    SQLiteStore,
     Widget,
 )
 from amo_oauth._lifecycle import Step
@@ -178,6 +180,25 @@ def test_an_account_move_fires_host_changed_once(
         old_host=old_host,
         new_host=moved.host,
     )
+
+
+def test_the_sweep_fires_reauthorization_needed_once_per_connection_from_its_threads(
+    backend: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    oauth = make_oauth(store=backend.open())
+    users = [f"user-{n}" for n in range(6)]
+    for user in users:
+        assert run_consent(oauth, fake, user).connection.is_connected
+    threads: set[str] = set()
+    heard = Heard(oauth)
+    oauth.on(LifecycleEvent, lambda event: threads.add(threading.current_thread().name))
+    fake.revoke_refresh_tokens()
+    report = oauth.refresh_due(within=timedelta(days=365), concurrency=3)
+    assert sorted(report.needs_reauthorization) == users
+    assert oauth.refresh_due(within=timedelta(days=365)).needs_reauthorization == ()
+    assert sorted(str(event.connection_id) for event in heard.events) == users
+    assert {type(event) for event in heard.events} == {ReauthorizationNeeded}
+    assert threading.current_thread().name not in threads  # the sweep's workers called them
 
 
 def test_refresh_due_fires_long_lived_expiring_once_per_run(
@@ -327,11 +348,19 @@ def test_the_blocking_service_refuses_async_callbacks(oauth: AmoOAuth) -> None:
         oauth.on(Connected, "print")  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def aoauth(fake: FakeAmoCRM, clock: FakeClock) -> Callable[[], AsyncAmoOAuth]:
+@pytest.fixture(params=["memory", "sqlite"])
+def aoauth(
+    request: pytest.FixtureRequest, fake: FakeAmoCRM, clock: FakeClock, tmp_path: Path
+) -> Callable[[], AsyncAmoOAuth]:
+    """An AsyncAmoOAuth on the fake, over a MemoryStore or an SQLite file."""
+
     def make() -> AsyncAmoOAuth:
         http = httpx.AsyncClient(transport=fake.async_transport())
-        store = MemoryStore(clock=clock)
+        store: MemoryStore | SQLiteStore = (
+            MemoryStore(clock=clock)
+            if request.param == "memory"
+            else SQLiteStore(tmp_path / "async.db", clock=clock)
+        )
         return AsyncAmoOAuth(config_for(fake), store=store, http=http, clock=clock)
 
     return make
