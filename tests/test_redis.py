@@ -954,3 +954,23 @@ def test_idle_connections_are_checked_before_use(store: RedisStore) -> None:
     change subscription only reads), on the blocking and the awaited clients alike."""
     assert store._clients.client.connection_pool.connection_kwargs["health_check_interval"] == 30
     assert store._clients.options["health_check_interval"] == 30  # the asyncio client's options
+
+
+def test_closing_leaves_no_socket_open(redis_url: str) -> None:  # noqa: F811
+    """Both clients' pools are closed with the store: redis-py leaves a pool that was passed
+    in open, and its sockets used to linger until garbage collection (a ResourceWarning)."""
+    import gc
+    import warnings
+
+    async def main() -> None:
+        store = RedisStore(redis_url, prefix=unique_prefix())
+        store.migrate()
+        store.load("blocking")
+        await store.aload("awaited")
+        await store.aclose()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        asyncio.run(main())
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []

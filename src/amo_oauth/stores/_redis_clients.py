@@ -206,7 +206,7 @@ class Clients:
         side, self._async = self._async, None
         if side is not None:
             side.stop_soon()
-        self.client.close()
+        self._close_blocking()
 
     async def aclose(self) -> None:
         """Close the asyncio client of this loop here, then ``close``."""
@@ -217,7 +217,13 @@ class Clients:
                 await side.close()
             else:
                 side.stop_soon()
+        self._close_blocking()
+
+    def _close_blocking(self) -> None:
+        # The pool was passed in, and redis-py then leaves it open on close(): its sockets
+        # would linger until garbage collection (a ResourceWarning).
         self.client.close()
+        self.client.connection_pool.disconnect()
 
 
 #: Asyncio clients a forked child inherited: kept referenced, so no finalizer of theirs ever
@@ -239,7 +245,9 @@ class LoopClient:
         """Close the client (on this side's loop)."""
         self._stopped = True
         with contextlib.suppress(redis.RedisError, OSError):
-            await self.client.aclose()
+            # The pool was passed in, and redis-py then leaves it open on aclose(): its sockets
+            # would linger until garbage collection (a ResourceWarning).
+            await self.client.aclose(close_connection_pool=True)
 
     def stop_soon(self) -> None:
         """Close from outside this side's loop: scheduled on it when it still runs."""

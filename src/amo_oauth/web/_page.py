@@ -58,6 +58,7 @@ class PageKind(enum.StrEnum):
     CLIENT_ID_MISMATCH = "client_id_mismatch"
     RATE_LIMITED = "rate_limited"
     SITE_BUTTON = "site_button"
+    INSTALLING = "installing"
 
 
 @attrs.frozen(kw_only=True)
@@ -85,6 +86,10 @@ class PageText:
             misconfigured texts.
         site_button_title, site_button_body: ``/connect`` in metadata mode, above amoCRM's
             site button. English by default, like the misconfigured texts.
+        installing_title, installing_body: metadata mode, when amoCRM's redirect came before
+            the new integration's keys reached ``secrets_uri`` (``credentials_missing``): the
+            code was not spent, so reloading the page finishes the install once they arrive.
+            English by default, like the misconfigured texts.
     """
 
     connected_title: str
@@ -119,6 +124,11 @@ class PageText:
     site_button_body: str = (
         "Press the button and choose your account: amoCRM sets up the integration for it and "
         "brings you back here."
+    )
+    installing_title: str = "Finishing the installation"
+    installing_body: str = (
+        "amoCRM has not passed this app the new integration's keys yet. "
+        "Reload this page in a few seconds."
     )
 
     def title(self, kind: PageKind) -> str:
@@ -170,6 +180,9 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         site_button_title="Подключите amoCRM",
         site_button_body="Нажмите кнопку и выберите аккаунт: amoCRM настроит для него "
         "интеграцию и вернёт вас сюда.",
+        installing_title="Завершаем установку",
+        installing_body="amoCRM ещё не передала этому приложению ключи новой интеграции. "
+        "Обновите эту страницу через несколько секунд.",
     ),
     "uk": PageText(
         connected_title="amoCRM підключено",
@@ -198,6 +211,9 @@ PAGE_TEXTS: Final[Mapping[str, PageText]] = {
         site_button_title="Підключіть amoCRM",
         site_button_body="Натисніть кнопку й виберіть обліковий запис: amoCRM налаштує для "
         "нього інтеграцію та поверне вас сюди.",
+        installing_title="Завершуємо встановлення",
+        installing_body="amoCRM ще не передала цьому застосунку ключі нової інтеграції. "
+        "Оновіть цю сторінку за кілька секунд.",
     ),
 }
 
