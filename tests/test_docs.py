@@ -39,6 +39,7 @@ RUNNABLE_PAGES = (
     "api-pace.md",
     "site-button.md",
     "several-integrations.md",
+    "events.md",
 )
 
 _FENCE = re.compile(

@@ -17,6 +17,7 @@ PURE = (
     "_connection_id",
     "_record_view",
     "_events",
+    "_lifecycle_events",
     "_callback",
     "_hosts",
     "_state_token",

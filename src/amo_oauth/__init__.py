@@ -26,6 +26,14 @@ from ._errors import (
     UndecryptableRecord,
     UnreadableRecord,
 )
+from ._lifecycle_events import (
+    AccountHostChanged,
+    Connected,
+    DisconnectedByProvider,
+    LifecycleEvent,
+    LongLivedTokenExpiring,
+    ReauthorizationNeeded,
+)
 from ._public import present_as
 from ._records import (
     Account,
@@ -61,6 +69,7 @@ __version__ = "0.1.0"
 # Plain code-point order (a test keeps it), which puts the one constant among the classes.
 __all__ = [  # noqa: RUF022
     "Account",
+    "AccountHostChanged",
     "AmoOAuth",
     "AmoOAuthError",
     "AsyncAmoOAuth",
@@ -70,20 +79,25 @@ __all__ = [  # noqa: RUF022
     "CallbackRejected",
     "CallbackResult",
     "Config",
+    "Connected",
     "Connection",
     "ConnectionAuth",
     "ConnectionId",
     "ConnectionRecord",
     "ConnectionStatus",
+    "DisconnectedByProvider",
     "ErrorInfo",
     "HookResult",
     "InvalidTransition",
     "Lease",
+    "LifecycleEvent",
+    "LongLivedTokenExpiring",
     "MAX_CLOCK_SKEW",
     "MemoryStore",
     "Outcome",
     "PostgresStore",
     "ProviderError",
+    "ReauthorizationNeeded",
     "ReauthorizationRequired",
     "RedisStore",
     "RefreshReport",

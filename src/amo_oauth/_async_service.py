@@ -16,7 +16,8 @@ from ._config import Config
 from ._connection_id import ConnectionId
 from ._driving import adrive
 from ._kept import AsyncKeptRetry
-from ._ops import Op, Send, Sleep, StoreOp
+from ._lifecycle_events import LifecycleEvent
+from ._ops import Emit, Op, Send, Sleep, StoreOp
 from ._provider import asend_within
 from ._reasons import Reason
 from ._record_view import RecordView
@@ -33,6 +34,7 @@ from ._results import (
 )
 from ._service_core import ServiceCore, Turn, default_store, with_stored
 from ._site_button import ButtonOptions
+from ._subscribers import DEFAULT_CALLBACK_TIMEOUT
 from ._sweep import Done, SweepPlan, asweep
 from .stores import AsyncStore, Store
 from .stores._base import as_async_store, is_async_store
@@ -42,6 +44,7 @@ from .stores._protocol import DueCursor
 __all__ = ["AsyncAmoOAuth"]
 
 T = TypeVar("T")
+E = TypeVar("E", bound=LifecycleEvent)
 
 
 class AsyncAmoOAuth(ServiceCore):
@@ -213,6 +216,24 @@ class AsyncAmoOAuth(ServiceCore):
         flow = self._flows.connections.handle_disconnect_hook(query)
         return await self._shielded(flow, lambda op: self._perform(op, self._hook_turn))
 
+    def on(
+        self,
+        kind: type[E],
+        callback: Callable[[E], object],
+        *,
+        timeout: float = DEFAULT_CALLBACK_TIMEOUT,
+    ) -> Callable[[], None]:
+        """See ``AmoOAuth.on``. ``callback`` may be an ``async def`` function: it is awaited on
+        the event loop for at most ``timeout`` seconds (default 10), then cancelled and logged;
+        the call that wrote returns after it. A plain function is called as it is, on the
+        loop (keep it quick).
+
+        Raises:
+            TypeError: ``kind`` is not a lifecycle event class, or ``callback`` not callable.
+            ValueError: ``timeout`` is not > 0 seconds.
+        """
+        return self._subscribers.add(kind, callback, timeout)
+
     async def refresh_due(
         self,
         within: timedelta = timedelta(days=7),
@@ -303,6 +324,9 @@ class AsyncAmoOAuth(ServiceCore):
         """See ``AmoOAuth._perform``."""
         if isinstance(op, StoreOp):
             return await op.arun(self._astore)
+        if isinstance(op, Emit):
+            await self._subscribers.adeliver(op.event)
+            return None
         if isinstance(op, Send):
             slot = (turn or self._check_turn)(op.request)
             await self._pace.pacer.await_for(slot)  # as in AmoOAuth._perform

@@ -29,11 +29,13 @@ from ._connection_id import ConnectionId, resolve_connection_id
 from ._errors import ProviderError, ReauthorizationRequired, StoreError, UnreadableRecord
 from ._events import Event, LeaseExpired, RefreshDeferred
 from ._lifecycle import NoOp, Step, step
+from ._lifecycle_events import events_of_write, long_lived_expiring
 from ._ops import (
     ClaimOp,
     CompareAndSet,
     Delete,
     DuePage,
+    Emit,
     FindByAccount,
     Flow,
     Load,
@@ -438,6 +440,7 @@ class Records:
         if not (yield from perform(CompareAndSet(new, _expected(old)))):
             return None
         self._log_step(old, new, event_name)
+        yield from self._announce(old, new)
         return new
 
     @staticmethod
@@ -460,7 +463,20 @@ class Records:
         claimed = yield from perform(ClaimOp(claim))
         if claimed is ClaimResult.CLAIMED:
             self._log_step(record_of(old), new, event_name)
+            yield from self._announce(record_of(old), new)
         return claimed
+
+    def _announce(self, old: ConnectionRecord, new: ConnectionRecord) -> Flow[None]:
+        """Tell the application what the write of ``new`` over ``old`` changed (``Emit``),
+        once the store took it: every write of a stepped record passes here, so a write that
+        lost its compare-and-set, or was never made (a no-op, a duplicate), tells nothing."""
+        for event in events_of_write(old, new, self.config.client_id, self.now()):
+            yield Emit(event)
+
+    def announce_expiring(self, view: RecordView) -> Flow[None]:
+        """Tell the application that ``view``'s long-lived token expires inside the sweep's
+        window (the table answered ``long_lived_expiring``); nothing is written."""
+        yield Emit(long_lived_expiring(record_of(view), self.config.client_id, self.now()))
 
     def _log_step(self, old: ConnectionRecord, new: ConnectionRecord, event_name: str) -> None:
         """One INFO line per written transition (no secret: ids, statuses and the event)."""

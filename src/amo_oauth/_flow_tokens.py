@@ -242,6 +242,7 @@ class TokenFlows:
             case NoOp.LONG_LIVED_EXPIRED:
                 yield from self._end_long_lived(record, Reason.LONG_LIVED_TOKEN_EXPIRED)
             case NoOp.LONG_LIVED_EXPIRING:
+                yield from self.records.announce_expiring(record)
                 raise LongLivedExpiring(record.connection_id)  # the sweep's: report, not refresh
             case (
                 NoOp.NOT_CONNECTED

@@ -1,4 +1,5 @@
-"""What a flow may ask of the outside world: one typed operation per store call, a request, a pause.
+"""What a flow may ask of the outside world: one typed operation per store call, a request, a
+pause, an event for the application.
 
 A flow (``_flows_*.py``) is a generator that yields these and is sent their results; it does no
 I/O itself. Each store operation knows how to run on a blocking ``Store`` and on an
@@ -15,6 +16,7 @@ from typing import Any, Generic, TypeVar, cast
 import attrs
 import httpx
 
+from ._lifecycle_events import LifecycleEvent
 from ._records import ConnectionRecord
 from .stores._protocol import AsyncStore, Claim, ClaimResult, DueCursor, Loaded, Store
 
@@ -24,6 +26,7 @@ __all__ = [
     "ConsumeState",
     "Delete",
     "DuePage",
+    "Emit",
     "FindByAccount",
     "Flow",
     "HolderOf",
@@ -171,7 +174,15 @@ class Sleep:
     seconds: float
 
 
-Op = StoreOp[Any] | Send | Sleep
+@attrs.frozen
+class Emit:
+    """Tell the application's callbacks (``on()``) about a change the flow just wrote; the
+    driver answers None. A callback's failure never reaches the flow."""
+
+    event: LifecycleEvent
+
+
+Op = StoreOp[Any] | Send | Sleep | Emit
 Flow = Generator[Op, Any, T]
 
 

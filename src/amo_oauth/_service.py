@@ -15,7 +15,8 @@ from ._config import Config
 from ._connection_id import ConnectionId
 from ._driving import drive
 from ._kept import KeptRetry
-from ._ops import Op, Send, StoreOp
+from ._lifecycle_events import LifecycleEvent
+from ._ops import Emit, Op, Send, StoreOp
 from ._provider import send_within
 from ._reasons import Reason
 from ._record_view import RecordView
@@ -32,6 +33,7 @@ from ._results import (
 )
 from ._service_core import ServiceCore, Turn, default_store, with_stored
 from ._site_button import ButtonOptions
+from ._subscribers import is_async_callable
 from ._sweep import Done, SweepPlan, sweep
 from .stores import Store
 from .stores._forks import reset_in_child
@@ -40,6 +42,7 @@ from .stores._protocol import DueCursor
 __all__ = ["AmoOAuth"]
 
 T = TypeVar("T")
+E = TypeVar("E", bound=LifecycleEvent)
 
 
 class AmoOAuth(ServiceCore):
@@ -540,6 +543,38 @@ class AmoOAuth(ServiceCore):
             self._flows.records.landing(flow), lambda op: self._perform(op, self._hook_turn)
         )
 
+    def on(self, kind: type[E], callback: Callable[[E], object]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every lifecycle event of class ``kind`` (or a subclass:
+        ``LifecycleEvent`` hears them all) that a write of this service makes (docs/events.md).
+
+        The callback runs in the thread that made the write, right after the store took it,
+        before the call that wrote returns; never for a write that lost its compare-and-set or
+        for a duplicate that wrote nothing. An exception it raises is logged (ERROR, logger
+        ``amo_oauth``) and never fails the call. Delivery is at most once per write: a process
+        that dies between the write and the callback loses the event; ``status()`` and
+        ``refresh_due`` are how an application catches up.
+
+        Args:
+            kind: ``Connected``, ``ReauthorizationNeeded``, ``DisconnectedByProvider``,
+                ``AccountHostChanged``, ``LongLivedTokenExpiring`` or ``LifecycleEvent``.
+            callback: a plain function taking the event; keep it short (it holds up the call
+                that wrote: hand slow work, such as sending an email, to a queue).
+
+        Returns:
+            A function that unregisters the callback.
+
+        Raises:
+            TypeError: ``kind`` is not a lifecycle event class, ``callback`` is not callable,
+                or it is an ``async def`` function (a blocking service cannot await it: use
+                ``AsyncAmoOAuth``).
+        """
+        if is_async_callable(callback):
+            raise TypeError(
+                "AmoOAuth cannot await an async callback; pass a plain function, or use"
+                " AsyncAmoOAuth.on()"
+            )
+        return self._subscribers.add(kind, callback)
+
     def refresh_due(
         self,
         within: timedelta = timedelta(days=7),
@@ -646,6 +681,9 @@ class AmoOAuth(ServiceCore):
         """
         if isinstance(op, StoreOp):
             return op.run(self._store)
+        if isinstance(op, Emit):
+            self._subscribers.deliver(op.event)
+            return None
         if isinstance(op, Send):
             slot = (turn or self._check_turn)(op.request)
             self._pace.pacer.wait_for(slot)  # raises TryAgainLater into the flow: not sent

@@ -19,6 +19,7 @@ from ._pace import DEFAULT_API_RATE, ApiPace, Pacer, Slot, is_api_request
 from ._provider_reads import retry_after_in
 from ._records import ConnectionRecord, record_key
 from ._results import RefreshReport
+from ._subscribers import Subscribers
 from .stores import AsyncStore, SQLiteStore, Store
 
 __all__ = ["DEFAULT_DB", "ServiceCore", "Turn", "default_store", "with_stored"]
@@ -64,6 +65,8 @@ class ServiceCore:
         self._pace = ApiPace(
             Pacer(), config.client_id, config.api_rate or None, config.api_max_wait
         )
+        # The application's lifecycle callbacks (``on()``), called by the driver's _perform.
+        self._subscribers = Subscribers()
 
     def _sweep_rate(self, per_host_rate: float | None) -> float:
         """A sweep's requests per second per host: its own, else ``Config.api_rate`` (else, with
