@@ -412,7 +412,7 @@ def _serve(stack: Stack) -> int:
     _say("A product installed through amoCRM's site button (metadata mode), same routes:")
     site = f"{PREFIX}/connect?{urlencode({'integration': 'site'})}"
     _say(f"   {stack.backend}/login?{urlencode({'next': site})}")
-    _say("press the button, then \"Allow\": the fake makes a new integration for the account,")
+    _say('press the button, then "Allow": the fake makes a new integration for the account,')
     _say(f"posts its keys to {stack.backend}{PREFIX}/secrets and redirects back; then")
     _say(f"   {stack.backend}{PREFIX}/leads?integration=site")
     _say("Ctrl-C stops.")
