@@ -214,6 +214,7 @@ def test_a_state_secret_of_another_type_is_refused(value):
         ("http_timeout", timedelta(seconds=5), "must be a number of seconds, not timedelta"),
         ("exchange_window", 60, "must be a datetime.timedelta, not int"),
         ("ticket_ttl", timedelta(minutes=11), "at most 0:10:00"),
+        ("secrets_wait", 60.5, "at most 60 seconds"),
     ],
 )
 def test_numbers_say_what_kind_they_want(field, value, says):
@@ -355,6 +356,7 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "count_type": lambda: config(max_exchanges_per_connection=None),
     "not_positive": lambda: config(refresh_margin=timedelta(0)),
     "ticket_ttl_long": lambda: config(ticket_ttl=timedelta(hours=1)),
+    "secrets_wait_long": lambda: config(secrets_wait=1e10),
     "lease_short": lambda: config(http_timeout=30.0),
     "fraction_type": lambda: config(refresh_backoff_jitter="0.1"),
     "fraction_range": lambda: config(refresh_backoff_jitter=1.5),

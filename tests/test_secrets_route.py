@@ -233,6 +233,11 @@ def test_a_body_that_does_not_parse_is_403_and_never_reaches_the_service(
         (JSON, b"[1, 2]"),
         (FORM, as_form(fields()) + b"&state=another"),  # which state is meant?
         (FORM, b"client_secret=%ff"),
+        # JSON's repeated member, as the form's repeated name: json.loads kept the last one.
+        (JSON, b'{"client_id": "a", "client_id": "b", "client_secret": "s", "state": "t"}'),
+        # A one-element list is not text (the service would read it as its element).
+        (JSON, json.dumps({name: [value] for name, value in fields().items()}).encode()),
+        (JSON, json.dumps({**fields(), "state": [GOOD_STATE]}).encode()),
     ]
     for headers, body in bodies:
         answer = send("POST", SECRETS, headers=headers, body=body)

@@ -17,6 +17,7 @@ from ._setting_errors import (
     FORWARDED_HEADERS,
     MAX_PREVIOUS_STATE_SECRETS,
     MAX_REFRESH_BACKOFF,
+    MAX_SECRETS_WAIT,
     MAX_TICKET_TTL,
     MIN_API_RATE,
     MODES,
@@ -173,6 +174,12 @@ def _ticket_ttl(instance: object, attribute: attrs.Attribute[Any], value: timede
     _positive(instance, attribute, value)
     if value > MAX_TICKET_TTL:
         raise ValueError(setting_error("ticket_ttl_long"))
+
+
+def _secrets_wait(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    _positive(instance, attribute, value)
+    if value > MAX_SECRETS_WAIT:
+        raise ValueError(setting_error("secrets_wait_long"))
 
 
 def _proxy_count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -366,7 +373,7 @@ class Config:
     refresh_backoff_jitter: float = attrs.field(default=0.1, validator=_fraction)
     api_rate: float | None = attrs.field(default=7.0, validator=_api_rate)
     api_max_wait: float = attrs.field(default=2.0, validator=_api_max_wait)
-    secrets_wait: float = attrs.field(default=10.0, validator=_positive)
+    secrets_wait: float = attrs.field(default=10.0, validator=_secrets_wait)
     button_script_url: str = attrs.field(
         default=attrs.Factory(_default_button_script, takes_self=True), validator=_web_url
     )

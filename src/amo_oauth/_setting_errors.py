@@ -21,6 +21,7 @@ __all__ = [
     "FORWARDED_HEADERS",
     "MAX_PREVIOUS_STATE_SECRETS",
     "MAX_REFRESH_BACKOFF",
+    "MAX_SECRETS_WAIT",
     "MAX_TICKET_TTL",
     "MIN_API_RATE",
     "MODES",
@@ -41,6 +42,11 @@ MAX_PREVIOUS_STATE_SECRETS: Final = 3
 #: so a connection held back for weeks would die unrefreshed (and a far longer back-off
 #: overflows a date).
 MAX_REFRESH_BACKOFF: Final = timedelta(weeks=1)
+#: The longest ``Config.secrets_wait`` (seconds): each callback that waits for its
+#: integration's credentials holds a worker (a thread of a sync server) that long, and amoCRM
+#: posts them to ``secrets_uri`` before it redirects (protocol notes §7), so a longer wait only
+#: widens what a flood of redirects can pin.
+MAX_SECRETS_WAIT: Final = 60.0
 #: The slowest ``Config.api_rate``: one request per host a day (a slower slot would sleep past
 #: what the platform's sleep accepts).
 MIN_API_RATE: Final = 1 / 86400
@@ -151,6 +157,10 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         "ticket_ttl_long": (
             f"ticket_ttl must be at most {MAX_TICKET_TTL}: a ticket is a bearer link, "
             "good for whoever opens it first"
+        ),
+        "secrets_wait_long": (
+            f"secrets_wait must be at most {MAX_SECRETS_WAIT:g} seconds: each callback that "
+            "waits for its credentials holds a worker that long"
         ),
         "lease_short": (
             "lease_ttl must be more than three http_timeouts ({seconds} s): an exchange "

@@ -64,9 +64,18 @@ def wants_json(request: Request) -> bool:
     return any(media == "application/json" and quality > 0 for media, quality in accepted)
 
 
+def _unique_names(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object's members, refusing a name given twice (json keeps the last one
+    silently): which of two values would be meant? The same rule as a form's repeated name."""
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise Refusal(400, "malformed")
+    return members
+
+
 def _json_fields(body: bytes) -> Mapping[str, object]:
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_pairs_hook=_unique_names)
     except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting or numbers
         raise Refusal(400, "malformed") from None
     if not isinstance(data, dict):
@@ -197,14 +206,20 @@ def code_fields(request: Request) -> tuple[str, str | None, str | None]:
 def secrets_fields(request: Request) -> dict[str, object]:
     """The three fields of amoCRM's post to ``secrets_uri`` that are passed on, from a form or
     JSON (its encoding is undocumented: protocol notes §7); every other field is dropped here.
-    Values are passed as they came: the service judges them (missing, not text: ``malformed``).
+    Each value must be text: a JSON list (even of one string) or number is refused here, as
+    the service reads a one-element list as its element (a multi-dict's way); the service
+    judges the text (missing, too long: ``malformed``).
 
     Raises:
         Refusal: 415 ``unsupported_media_type`` for any other body; 400 ``malformed`` for one
-            that does not parse or repeats a name.
+            that does not parse, repeats a name (a form's field or a JSON object's member) or
+            gives one of the three fields as anything but text.
     """
     fields = _body_fields(request)
-    return {name: fields[name] for name in _SECRETS_NAMES if name in fields}
+    passed = {name: fields[name] for name in _SECRETS_NAMES if name in fields}
+    if not all(isinstance(value, str) for value in passed.values()):
+        raise Refusal(400, "malformed")
+    return passed
 
 
 def _optional_text(value: object) -> str | None:
