@@ -555,7 +555,7 @@ def test_bindings_and_tickets_never_show(oauth: AmoOAuth) -> None:
         for value in (
             begun,
             parse_binding(begun.binding),
-            read_ticket(oauth.config.accepted_state_secrets, ticket),
+            read_ticket(oauth.config.accepted_state_secrets, ticket, oauth.config.client_id),
             Request(
                 "GET",
                 f"{PREFIX}/connect",

@@ -362,9 +362,9 @@ def test_a_state_or_ticket_reads_under_the_secret_that_signed_it_and_no_other(
     assert claims.names(USER) and claims.binds("binding-1")
     with pytest.raises(UnsignedState):
         read_state(others, token)
-    ticket = issue_ticket(signer, USER, T0, timedelta(seconds=60))
-    assert read_ticket(accepted, ticket).connection_id == USER
-    assert rejected(lambda: read_ticket(others, ticket)) == "bad_ticket"
+    ticket = issue_ticket(signer, USER, T0, timedelta(seconds=60), "ns")
+    assert read_ticket(accepted, ticket, "ns").connection_id == USER
+    assert rejected(lambda: read_ticket(others, ticket, "ns")) == "bad_ticket"
 
 
 def test_the_command_reads_the_previous_secrets_from_the_environment(

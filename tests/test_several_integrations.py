@@ -639,3 +639,40 @@ def test_the_fakes_site_button_install_connects_through_one_set_of_routes(
     assert not services["site"].status(USER).is_connected
     for oauth in services.values():
         oauth.close()
+
+
+JSON_ANSWER = {"accept": "application/json"}
+
+
+# -- mobile tickets name their integration -------------------------------------------------------
+
+
+@pytest.mark.parametrize("own_stores", [True, False], ids=["own-stores", "one-store"])
+def test_a_ticket_is_redeemed_only_by_the_integration_that_issued_it(
+    make_services: Callable[..., dict[str, AmoOAuth]], clock: FakeClock, own_stores: bool
+) -> None:
+    """A ticket is signed for its integration's namespace: with one state secret and a store
+    each, another integration's /connect refuses it ``bad_ticket`` (it was redeemed once per
+    store before), and its own integration still redeems it once."""
+    stores = {AMO: MemoryStore(clock=clock), KOMMO: MemoryStore(clock=clock)}
+    services = make_services(stores if own_stores else None)
+    send = sender(handlers_for(services))
+    asked = send("GET", f"{PREFIX}/connect", headers={**AS_USER, **JSON_ANSWER})
+    ticket = query_of(asked.json()["url"])["ticket"]
+    elsewhere = send(
+        "GET",
+        f"{PREFIX}/connect",
+        query=urlencode({"ticket": ticket, "integration": KOMMO}),
+    )
+    assert (elsewhere.status, deep_link(elsewhere)[1]) == (400, {"error": "bad_ticket"})
+    with pytest.raises(CallbackRejected) as refused:
+        services[KOMMO].redeem_ticket(ticket)
+    assert refused.value.reason == "bad_ticket"
+    home = send("GET", f"{PREFIX}/connect", query=urlencode({"ticket": ticket, "integration": AMO}))
+    assert home.status == 302
+    again = send(
+        "GET",
+        f"{PREFIX}/connect",
+        query=urlencode({"ticket": ticket, "integration": AMO}),
+    )
+    assert (again.status, deep_link(again)[1]) == (400, {"error": "used_ticket"})

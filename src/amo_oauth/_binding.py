@@ -8,7 +8,10 @@ in an ``HttpOnly`` cookie; a caller of the service treats it as an opaque string
 
 A **ticket** lets a mobile app, which has a session with its backend but whose in-app browser
 has none, start a consent in that browser: ``t1.<payload>.<mac>``, signed like a state under
-its own context, naming the connection, a nonce and an expiry about a minute away. It is
+its own context, naming the connection, a nonce and an expiry about a minute away. Its MAC
+also covers the integration's namespace (``Config.client_id``, as a state's ``k`` names it):
+of several integrations sharing a state secret, only the one that issued a ticket accepts it,
+so it is redeemed once, not once per integration's store. It is
 single-use: redeeming it consumes ``ticket:<nonce>`` in the store. Like a state, it is signed
 under ``Config.state_secret`` and accepted under any of ``Config.accepted_state_secrets`` (a
 rotation). A binding is not signed: the state's keyed hash of its secret is what is checked.
@@ -120,17 +123,23 @@ def ticket_nonce_key(claims: TicketClaims) -> str:
     return f"ticket:{claims.nonce}"
 
 
-def _ticket_mac(secret: bytes, payload: str) -> str:
-    mac = hmac.new(secret, _TICKET_CONTEXT + payload.encode("ascii"), hashlib.sha256)
+def _ticket_mac(secret: bytes, namespace: str, payload: str) -> str:
+    # The namespace enters as its fixed-length digest: no two (namespace, payload) pairs give
+    # the same MAC input.
+    named = hashlib.sha256(namespace.encode("utf-8")).digest()
+    mac = hmac.new(secret, _TICKET_CONTEXT + named + payload.encode("ascii"), hashlib.sha256)
     return _b64(mac.digest())
 
 
-def issue_ticket(secret: bytes, connection_id: str, now: datetime, ttl: timedelta) -> str:
-    """A fresh single-use ticket for ``connection_id``, valid for ``ttl`` from ``now``."""
+def issue_ticket(
+    secret: bytes, connection_id: str, now: datetime, ttl: timedelta, namespace: str
+) -> str:
+    """A fresh single-use ticket for ``connection_id``, valid for ``ttl`` from ``now``, that
+    only the integration ``namespace`` (``Config.client_id``) accepts."""
     expires = int((now + ttl).timestamp() * 1000)
     body = {"c": connection_id, "n": secrets.token_urlsafe(16), "e": expires}
     payload = _b64(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-    return f"{_TICKET_PREFIX}.{payload}.{_ticket_mac(secret, payload)}"
+    return f"{_TICKET_PREFIX}.{payload}.{_ticket_mac(secret, namespace, payload)}"
 
 
 def ticket_expires_at(ticket: str) -> datetime:
@@ -140,19 +149,21 @@ def ticket_expires_at(ticket: str) -> datetime:
     return datetime.fromtimestamp(body["e"] / 1000, UTC)
 
 
-def read_ticket(keys: Sequence[bytes], token: object) -> TicketClaims:
+def read_ticket(keys: Sequence[bytes], token: object, namespace: str) -> TicketClaims:
     """Check a ticket's signature under each of ``keys`` (the current secret and the previous
-    ones, ``Config.accepted_state_secrets``) and return its claims.
+    ones, ``Config.accepted_state_secrets``) for the integration ``namespace``, and return its
+    claims.
 
     Raises:
-        CallbackRejected: ``bad_ticket`` for anything malformed or signed by none of ``keys``.
+        CallbackRejected: ``bad_ticket`` for anything malformed, signed by none of ``keys``,
+            or issued by another integration (another ``namespace``).
     """
     ok = isinstance(token, str) and len(token) <= _MAX_TICKET and token.isascii()
     parts = token.split(".") if ok and isinstance(token, str) else []
     if len(parts) != 3 or parts[0] != _TICKET_PREFIX:
         raise CallbackRejected(Reason.BAD_TICKET)
     payload, mac = parts[1], parts[2]
-    if signer_of(keys, mac, lambda key: _ticket_mac(key, payload)) is None:
+    if signer_of(keys, mac, lambda key: _ticket_mac(key, namespace, payload)) is None:
         raise CallbackRejected(Reason.BAD_TICKET)
     try:
         body = json.loads(_unb64(payload))

@@ -234,11 +234,18 @@ class CodeFlows:
         check_app_user_id(connection_id)
         config = self.config
         return issue_ticket(
-            config.state_secret, connection_id, self.records.now(), config.ticket_ttl
+            config.state_secret,
+            connection_id,
+            self.records.now(),
+            config.ticket_ttl,
+            namespace=config.client_id,
         )
 
     def redeem_ticket(self, ticket: str, signed_in: str | None = None) -> Flow[str]:
-        claims = read_ticket(self.config.accepted_state_secrets, ticket)
+        config = self.config
+        # Another integration's ticket (a shared state secret) is bad_ticket: else it would
+        # be redeemed once in each integration's store.
+        claims = read_ticket(config.accepted_state_secrets, ticket, config.client_id)
         now = self.records.now()
         if claims.is_expired(now):
             raise CallbackRejected(Reason.EXPIRED_TICKET)
