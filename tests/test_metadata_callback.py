@@ -61,6 +61,7 @@ from amo_oauth._state_token import issue_state, read_state
 from amo_oauth.stores import Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing._accounts import FakeIntegration
+from amo_oauth.testing.faults import FaultyStore
 
 from helpers import config_for, examples, query_of
 from strategies import code_received, records
@@ -821,3 +822,69 @@ def test_parsing_carries_the_redirects_client_id_only_in_metadata_mode(fake: Fak
     own_id = {**redirect, "state": fixed_state, "client_id": fake.client_id}
     fixed_grant = parse_callback(own_id, fixed)
     assert isinstance(fixed_grant, Grant) and fixed_grant.client_id is None
+
+
+# -- the client id enters the ledger once amoCRM accepted it ------------------------------------
+
+
+def client_holder(oauth: AmoOAuth, integration: FakeIntegration) -> str | None:
+    return oauth.store.holder_of(f"client:{integration.client_id}")
+
+
+def test_only_an_exchange_amocrm_accepted_enters_the_client_id(
+    backend: Backend, make_meta: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """The post enters nothing; amoCRM's acceptance of the code does, naming the record; a
+    secret amoCRM refuses enters nothing (attack review of issue 22: anyone could enter any
+    client id, for ten years, by posting it under their own state)."""
+    oauth = make_meta(store=backend.open())
+    site = site_integration(fake)
+    started = start_install(oauth, fake, "ann", site)
+    post_credentials(oauth, started.state, site)
+    assert client_holder(oauth, site) is None
+    oauth.handle_callback(started.query, binding=started.binding)
+    assert client_holder(oauth, site) == record_key(NAMESPACE, "ann")
+    # A client id posted with a secret amoCRM does not know: its code is refused, no entry.
+    other = site_integration(fake)
+    bad = start_install(oauth, fake, "bob", other)
+    wrong = {**form(other, bad.state), "client_secret": "not-the-secret-0123456789"}
+    assert oauth.receive_secrets(wrong).stored
+    refused = oauth.handle_callback(bad.query, binding=bad.binding)
+    assert refused.outcome is Outcome.FAILED
+    assert client_holder(oauth, other) is None
+
+
+def test_a_client_id_another_record_holds_is_logged_and_the_connection_stands(
+    make_meta: Callable[..., AmoOAuth], fake: FakeAmoCRM, caplog: pytest.LogCaptureFixture
+) -> None:
+    oauth = make_meta()
+    site = site_integration(fake)
+    started = start_install(oauth, fake, "ann", site)
+    post_credentials(oauth, started.state, site)
+    someone = record_key(NAMESPACE, "someone-else")
+    far = datetime(2099, 1, 1, tzinfo=UTC)
+    assert oauth.store.consume_state(f"client:{site.client_id}", far, someone)
+    result = oauth.handle_callback(started.query, binding=started.binding)
+    assert result.outcome is Outcome.CONNECTED
+    assert client_holder(oauth, site) == someone
+    assert "was not entered in the ledger" in caplog.text
+    assert site.client_secret not in caplog.text
+
+
+def test_a_client_id_the_store_failed_to_enter_is_entered_at_the_next_refresh(
+    make_meta: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """The crash window (the code exchanged, the entry not written) closes at the next
+    refresh: amoCRM accepting the connection's own credentials again enters it."""
+    store = FaultyStore(MemoryStore(clock=clock))
+    oauth = make_meta(store=store)
+    site = site_integration(fake)
+    started = start_install(oauth, fake, "ann", site)
+    post_credentials(oauth, started.state, site)
+    fault = store.fail("consume_state", times=1)
+    result = oauth.handle_callback(started.query, binding=started.binding)
+    assert result.outcome is Outcome.CONNECTED and fault.fired == 1
+    assert client_holder(oauth, site) is None
+    clock.advance(timedelta(days=1, minutes=1))
+    assert fake.is_access_token_valid(oauth.access_token("ann"))
+    assert client_holder(oauth, site) == record_key(NAMESPACE, "ann")

@@ -10,11 +10,12 @@ post again, and any post after the claim, changes nothing; refusals write nothin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -212,11 +213,37 @@ def test_a_settled_consent_takes_no_credentials(holder: str) -> None:
     assert step(record, received(FIRST, holder=holder), T0).noop is NoOp.CREDENTIALS_SETTLED
 
 
-def test_the_same_credentials_again_change_nothing_and_new_ones_replace() -> None:
+def test_the_same_credentials_again_change_nothing_and_new_ones_are_kept_beside() -> None:
     record = step(ConnectionRecord(USER), received(FIRST), T0).record
     assert step(record, received(FIRST), T0).noop is NoOp.CREDENTIALS_UNCHANGED
-    replaced = step(record, received(SECOND), T0).record
-    assert [p.credentials for p in replaced.pending_credentials] == [SECOND]
+    beside = step(record, received(SECOND), T0).record
+    assert [p.credentials for p in beside.pending_credentials] == [FIRST, SECOND]
+
+
+#: FIRST's client id with a secret amoCRM never gave it.
+IMPOSTOR = ClientCredentials(FIRST.client_id, "S3CRET-impostor-" + "c" * 48)
+
+
+@pytest.mark.parametrize("nonce", ["nonce-1", "nonce-2"], ids=["same-consent", "other-consent"])
+def test_a_pending_client_id_with_another_secret_is_a_conflict(nonce: str) -> None:
+    record = step(ConnectionRecord(USER), received(FIRST), T0).record
+    assert step(record, received(IMPOSTOR, nonce=nonce), T0).noop is NoOp.CREDENTIALS_CONFLICT
+
+
+def test_the_connections_own_client_id_with_another_secret_is_a_conflict() -> None:
+    record = ConnectionRecord(USER, credentials=FIRST)
+    assert step(record, received(IMPOSTOR), T0).noop is NoOp.CREDENTIALS_CONFLICT
+
+
+def test_a_consent_never_evicts_its_own_first_credentials() -> None:
+    """Posts under one consent are kept beside amoCRM's first, up to what a record keeps;
+    then refused (credentials_crowded), never evicting it (attack review of issue 22)."""
+    record = step(ConnectionRecord(USER), received(FIRST), T0).record
+    for n in range(MAX_PENDING_CREDENTIALS - 1):
+        junk = ClientCredentials(f"junk-{n}", "x" * 10)
+        record = step(record, received(junk), T0).record
+    assert step(record, received(SECOND), T0).noop is NoOp.CREDENTIALS_CROWDED
+    assert record.pending_credentials[0].credentials == FIRST
 
 
 def test_the_newest_consents_are_kept() -> None:
@@ -243,24 +270,23 @@ def test_the_first_post_is_stored_and_the_same_post_again_writes_nothing(metadat
         (code_digest(nonce), FIRST)
     ]
     assert record.credentials is None  # only the claim of the consent's code makes them its own
-    # The ledger names the connection for the new client id (the web layer routes by it).
-    key = record_key(oauth.config.client_id, USER)
-    assert oauth.store.holder_of(f"client:{FIRST.client_id}") == key
-    assert commits.count == 2  # the client id's ledger entry, then the record
+    # The post enters nothing in the ledger: only amoCRM's acceptance of a code does.
+    assert oauth.store.holder_of(f"client:{FIRST.client_id}") is None
+    assert commits.count == 1  # the record
     again = oauth.receive_secrets(form(FIRST, state))
     assert (again.stored, again.connection.version) == (False, record.version)
-    assert commits.count == 2
+    assert commits.count == 1
 
 
-def test_a_retried_install_replaces_the_credentials_until_the_code_is_claimed(
+def test_a_retried_install_adds_credentials_until_the_code_is_claimed(
     metadata_oauth,
 ) -> None:
     oauth, commits = metadata_oauth
     state = oauth.site_button(USER, metadata=META).state
     oauth.receive_secrets(form(FIRST, state))
-    replaced = oauth.receive_secrets(form(SECOND, state))
-    assert replaced.stored
-    assert [p.credentials for p in stored(oauth).pending_credentials] == [SECOND]
+    added = oauth.receive_secrets(form(SECOND, state))
+    assert added.stored
+    assert [p.credentials for p in stored(oauth).pending_credentials] == [FIRST, SECOND]
     # The consent's code is claimed: the claim holds the state's nonce in the ledger.
     claims = claims_of(oauth, state)
     assert oauth.store.consume_state(
@@ -391,7 +417,11 @@ def test_an_expired_state_changes_nothing(metadata_oauth, clock: FakeClock) -> N
 
 def test_a_client_id_registered_to_another_connection_is_refused(metadata_oauth) -> None:
     oauth, commits = metadata_oauth
-    oauth.receive_secrets(form(FIRST, oauth.site_button("user-other", metadata=META).state))
+    # What an exchange amoCRM accepted for another connection enters (test_metadata_callback).
+    other = record_key(oauth.config.client_id, "user-other")
+    assert oauth.store.consume_state(
+        f"client:{FIRST.client_id}", datetime(2099, 1, 1, tzinfo=UTC), other
+    )
     count = commits.count
     with pytest.raises(CallbackRejected, match="client_id_mismatch"):
         oauth.receive_secrets(form(FIRST, oauth.site_button(USER, metadata=META).state))
@@ -545,7 +575,7 @@ def test_other_fields_are_ignored_in_every_form_shape(oauth_metadata_memory) -> 
     assert oauth.receive_secrets(pairs).stored
     as_lists = {name: [value] for name, value in form(SECOND, state).items()}
     assert oauth.receive_secrets({**as_lists, "account_id": ["1", "2"]}).stored
-    assert [p.credentials for p in stored(oauth).pending_credentials] == [SECOND]
+    assert [p.credentials for p in stored(oauth).pending_credentials] == [FIRST, SECOND]
 
 
 @pytest.fixture
@@ -602,14 +632,17 @@ def test_the_async_service_stores_the_post_once(
             state = (await oauth.site_button(USER, metadata=META)).state
             assert (await oauth.receive_secrets(form(FIRST, state))).stored
             assert not (await oauth.receive_secrets(form(FIRST, state))).stored
-            assert commits.count == 2
+            assert commits.count == 1  # the record only: a post enters no client id
             with pytest.raises(CallbackRejected, match="bad_state"):
                 await oauth.receive_secrets(form(SECOND, state[:-3] + "AAA"))
             assert (await oauth.receive_secrets(form(SECOND, state))).stored
-            assert commits.count == 4
+            assert commits.count == 2
+            with pytest.raises(CallbackRejected, match="client_id_mismatch"):
+                await oauth.receive_secrets(form(IMPOSTOR, state))
+            assert commits.count == 2
             loaded = await oauth.store.aload(record_key(fake.client_id, USER))
             assert loaded.record is not None
-            assert [p.credentials for p in loaded.record.pending_credentials] == [SECOND]
+            assert [p.credentials for p in loaded.record.pending_credentials] == [FIRST, SECOND]
 
     asyncio.run(main())
 
@@ -637,10 +670,10 @@ def test_racing_posts_end_in_one_consistent_record(metadata_oauth) -> None:
     assert errors == []
     record = stored(oauth)
     nonce_digest = code_digest(claims_of(oauth, state).nonce)
-    assert [p.state_digest for p in record.pending_credentials] == [nonce_digest]
-    assert record.pending_credentials[0].credentials in (FIRST, SECOND)
-    # Every stored post is one write, and nothing else wrote the record.
-    assert record.version == sum(result.stored for result in results) >= 1
+    assert [p.state_digest for p in record.pending_credentials] == [nonce_digest] * 2
+    assert {p.credentials for p in record.pending_credentials} == {FIRST, SECOND}
+    # Every stored post is one write (one per client id), and nothing else wrote the record.
+    assert record.version == sum(result.stored for result in results) == 2
 
 
 def test_rotate_key_re_encrypts_a_record_holding_only_credentials(
@@ -664,3 +697,38 @@ def test_rotate_key_re_encrypts_a_record_holding_only_credentials(
     record = SQLiteStore(db, encryption=new).load(key).record
     assert record is not None
     assert [p.credentials for p in record.pending_credentials] == [FIRST]
+
+
+def test_a_post_never_enters_a_client_id_in_the_ledger(metadata_oauth) -> None:
+    """Posts under one's own state (any signed-in user has one) leave no ledger entry: made-up
+    client ids are neither kept ten years nor registered to the poster (attack review of
+    issue 22: 2000 posts made 2000 entries)."""
+    oauth, _ = metadata_oauth
+    state = oauth.site_button(USER, metadata=META).state
+    for n in range(20):
+        with contextlib.suppress(CallbackRejected):  # rate_limited once the record is full
+            oauth.receive_secrets(form(ClientCredentials(f"made-up-{n}", "x" * 10), state))
+    for n in range(20):
+        assert oauth.store.holder_of(f"client:made-up-{n}") is None
+    assert len(stored(oauth).pending_credentials) <= MAX_PENDING_CREDENTIALS
+
+
+def test_a_post_under_a_victims_state_neither_evicts_nor_replaces_amocrms(metadata_oauth) -> None:
+    """amoCRM's post stays pending whatever is posted after it under the same state: more
+    client ids are kept beside it, then refused; its client id with another secret is refused
+    ``client_id_mismatch`` (amoCRM makes a new integration per install)."""
+    oauth, commits = metadata_oauth
+    state = oauth.site_button(USER, metadata=META).state
+    assert oauth.receive_secrets(form(FIRST, state)).stored
+    refusals = []
+    for n in range(MAX_PENDING_CREDENTIALS + 1):
+        try:
+            oauth.receive_secrets(form(ClientCredentials(f"attacker-{n}", "x" * 10), state))
+        except CallbackRejected as refused:
+            refusals.append(refused.reason)
+    assert refusals == ["rate_limited"] * 2
+    count = commits.count
+    with pytest.raises(CallbackRejected, match="client_id_mismatch"):
+        oauth.receive_secrets(form(IMPOSTOR, state))
+    assert commits.count == count
+    assert stored(oauth).pending_credentials[0].credentials == FIRST

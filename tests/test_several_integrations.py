@@ -556,7 +556,8 @@ def test_the_secrets_post_goes_to_the_integration_whose_state_it_brings(
     fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
     """amoCRM posts only client_id, client_secret and state: the state's signer stores them,
-    in its own namespace, and the client id it registers routes the redirect and the hook."""
+    in its own namespace. The post registers no client id: a hook bringing it finds no
+    integration until amoCRM accepted a code exchanged with it (attack review of issue 22)."""
     services = metadata_services(fake, clock)
     handlers = handlers_for(services)
     send = sender(handlers)
@@ -568,13 +569,13 @@ def test_the_secrets_post_goes_to_the_integration_whose_state_it_brings(
     mine = store.load(record_key("site-two", USER)).record
     assert mine is not None and len(mine.pending_credentials) == 1
     assert store.load(record_key("site", USER)).record is None  # the other namespace: nothing
-    found = drive(
-        handlers.integrations.choose(
-            "disconnect_hook", Request("GET", "/", "client_uuid=per-account-1")
-        ),
-        lambda ask: ask.call.run(services[ask.name]),
-    )
-    assert found == "site2"  # by the ledger entry receive_secrets wrote
+    with pytest.raises(CallbackRejected, match="client_id_mismatch"):
+        drive(
+            handlers.integrations.choose(
+                "disconnect_hook", Request("GET", "/", "client_uuid=per-account-1")
+            ),
+            lambda ask: ask.call.run(services[ask.name]),
+        )
     redirected = send("GET", f"{PREFIX}/connect", query="integration=amocrm", headers=AS_USER)
     assert redirected.status == 302  # the fixed integration still redirects to its consent
     for oauth in services.values():
@@ -676,3 +677,84 @@ def test_a_ticket_is_redeemed_only_by_the_integration_that_issued_it(
         query=urlencode({"ticket": ticket, "integration": AMO}),
     )
     assert (again.status, deep_link(again)[1]) == (400, {"error": "used_ticket"})
+
+
+# -- per-connection client ids: entered only by amoCRM's acceptance ------------------------------
+
+
+@pytest.mark.parametrize("own_stores", [True, False], ids=["own-stores", "one-store"])
+def test_a_post_of_someone_elses_client_id_never_takes_its_hook(
+    backend: Backend, fake: FakeAmoCRM, clock: FakeClock, own_stores: bool
+) -> None:
+    """The victim installs through "site2"; an attacker signed in to "site" posts the victim's
+    client id (and a secret of their own) under their own state. The victim's uninstall hook
+    still reaches "site2" (attack review of issue 22: it went to "site" and was refused)."""
+    settings = {
+        AMO: config_for(fake),
+        "site": config_for(fake, client_id="site", client_secret=None, secrets_uri=SITE),
+        "site2": config_for(fake, client_id="site-two", client_secret=None, secrets_uri=SITE),
+    }
+    http = httpx.Client(transport=fake.transport())
+    shared = backend.open()
+    services = {
+        name: AmoOAuth(
+            config, store=MemoryStore(clock=clock) if own_stores else shared, http=http, clock=clock
+        )
+        for name, config in settings.items()
+    }
+    send = sender(handlers_for(services))
+    victim = fake.add_integration(
+        "victims-client-id", "victims-client-secret-0123", fake.redirect_uri
+    )
+    begun = services["site2"].site_button(USER, metadata=BUTTON)
+    redirect = fake.authorize(begun.state, integration=victim)
+    body = {
+        "client_id": victim.client_id,
+        "client_secret": victim.client_secret,
+        "state": begun.state,
+    }
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert (
+        send("POST", f"{PREFIX}/secrets", headers=form, body=urlencode(body).encode()).status == 200
+    )
+    cookie = {"cookie": f"__Host-amo_oauth_binding={begun.binding}"}
+    assert (
+        send("GET", f"{PREFIX}/callback", query=callback_query(redirect), headers=cookie).status
+        == 200
+    )
+    assert services["site2"].status(USER).is_connected
+    theirs = services["site"].site_button("attacker", metadata=BUTTON).state
+    forged = {"client_id": victim.client_id, "client_secret": "attackers-secret", "state": theirs}
+    posted = send("POST", f"{PREFIX}/secrets", headers=form, body=urlencode(forged).encode())
+    # One store: the ledger already names the victim's record (client_id_mismatch). Own
+    # stores: kept pending in the attacker's record, entered nowhere.
+    assert posted.status == (200 if own_stores else 403)
+    hook = send(
+        "GET", f"{PREFIX}/disconnect-hook", query=_query(fake.uninstall(integration=victim))
+    )
+    assert (hook.status, hook.json()["disconnected"]) == (200, 1), hook.text
+    assert not services["site2"].status(USER).is_connected
+    for oauth in services.values():
+        oauth.close()
+
+
+def test_a_client_id_two_integrations_hold_routes_nowhere(
+    fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """Every metadata-mode integration is asked; two holders are a doubt: client_id_mismatch."""
+    services = metadata_services(fake, clock)
+    stores = {"site": MemoryStore(clock=clock), "site2": MemoryStore(clock=clock)}
+    for name, store in stores.items():
+        services[name] = AmoOAuth(services[name].config, store=store, clock=clock)
+        namespace = services[name].config.client_id
+        store.consume_state(
+            "client:held-twice", clock() + timedelta(days=1), record_key(namespace, USER)
+        )
+    request = Request("GET", "/", "client_uuid=held-twice")
+    with pytest.raises(CallbackRejected, match="client_id_mismatch"):
+        drive(
+            Integrations(services, default=AMO).choose("disconnect_hook", request),
+            lambda ask: ask.call.run(services[ask.name]),
+        )
+    for oauth in services.values():
+        oauth.close()

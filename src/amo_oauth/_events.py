@@ -505,14 +505,35 @@ class CredentialsReceived(Event):
             for entry in record.pending_credentials
         )
 
-    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        # A retried install (a new integration under the same state) replaces its consent's
-        # entry; the newest MAX_PENDING_CREDENTIALS consents are kept.
-        others = tuple(
-            entry for entry in record.pending_credentials if entry.state_digest != self.state_digest
+    def conflicts(self, record: ConnectionRecord) -> bool:
+        """The record holds this client id, pending (for any consent) or as its own, with
+        another secret: amoCRM makes a new integration per install, so one of the two secrets
+        is not amoCRM's."""
+        held = [entry.credentials for entry in record.pending_credentials]
+        if record.credentials is not None:
+            held.append(record.credentials)
+        return any(
+            known.client_id == self.credentials.client_id and known != self.credentials
+            for known in held
         )
-        kept = (*others, self.pending())[-MAX_PENDING_CREDENTIALS:]
-        return {"pending_credentials": kept}
+
+    def crowds(self, record: ConnectionRecord) -> bool:
+        """The record's pending entries are all this consent's, as many as it keeps: a new
+        one would evict one of them (amoCRM's own post among them, maybe)."""
+        pending = record.pending_credentials
+        return len(pending) >= MAX_PENDING_CREDENTIALS and all(
+            entry.state_digest == self.state_digest for entry in pending
+        )
+
+    def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
+        # Kept per (consent, client id): a retried install (a new integration under the same
+        # state) adds an entry beside the first, so a post under someone else's state never
+        # evicts amoCRM's. At most MAX_PENDING_CREDENTIALS are kept: the oldest of another
+        # consent makes room (the table refuses a post when every entry is this consent's).
+        kept = list(record.pending_credentials)
+        while len(kept) >= MAX_PENDING_CREDENTIALS:
+            kept.remove(next(e for e in kept if e.state_digest != self.state_digest))
+        return {"pending_credentials": (*kept, self.pending())}
 
 
 #: What a connection whose long-lived token ended tells its user (``ErrorInfo.hint``).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Final
 from urllib.parse import urlencode
 
@@ -41,7 +41,7 @@ from ._provider import (
 )
 from ._reasons import Reason
 from ._record_view import RecordView
-from ._records import CODE_MEMORY, code_digest, record_key
+from ._records import CODE_MEMORY, client_key, code_digest, record_key
 from ._results import AuthorizationRequest, CallbackResult, Outcome, SecretsResult, SiteButton
 from ._secrets_post import read_secrets_post
 from ._site_button import ButtonOptions, button_attributes, button_html
@@ -71,6 +71,13 @@ _REFUSED: Final[Mapping[NoOp, Reason]] = {
     # wait for: a code without a state); nothing was claimed, so the same redirect may succeed.
     NoOp.CREDENTIALS_PENDING: Reason.CREDENTIALS_MISSING,
 }
+#: What a credentials-received no-op refuses the post with (the others answer "unchanged").
+_SECRETS_REFUSED: Final[Mapping[NoOp, Reason]] = {
+    # The client id is pending or the connection's own with another secret: not amoCRM's.
+    NoOp.CREDENTIALS_CONFLICT: Reason.CLIENT_ID_MISMATCH,
+    # The consent's posts fill the record: beyond what one consent may keep.
+    NoOp.CREDENTIALS_CROWDED: Reason.RATE_LIMITED,
+}
 _DUPLICATES: Final = frozenset({NoOp.DUPLICATE_CODE, NoOp.DUPLICATE_CONSENT})
 #: What the table refuses a new code with when no state may claim it (none, or unsigned).
 _NEW_CODE_REFUSALS: Final = frozenset({Reason.NEW_CODE_REFUSED, Reason.MISSING_REFERER})
@@ -80,9 +87,6 @@ _TICKET_HOLDER = "ticket"
 #: by its own clock (a database on another host), which may run ahead of this process's, and a
 #: key it forgot early would let the same token through twice.
 LEDGER_SKEW = 2 * MAX_CLOCK_SKEW
-#: How long the ledger names the connection a site-button integration's client id belongs to
-#: (``client:<client_id>``, metadata mode): as long as such a connection may live.
-CLIENT_MEMORY = timedelta(days=3650)
 _BEGIN_IN_METADATA_MODE: Final = (
     "begin() has no consent URL in the site button's metadata mode (Config.secrets_uri set): "
     "amoCRM makes each account's integration from the button's metadata, so render "
@@ -196,10 +200,13 @@ class CodeFlows:
             self._check_state_time(claims)  # by the store's clock, which the load just read
             holder = yield from perform(HolderOf(claims.nonce))
             event = CredentialsReceived(digest, post.credentials, self.records.now(), holder)
+            yield from self._check_client_free(post.credentials.client_id, record.key)
             decision = self.records.decide(record, event)
             if decision.noop is not None:
+                refusal = _SECRETS_REFUSED.get(decision.noop)
+                if refusal is not None:
+                    raise CallbackRejected(refusal)
                 return SecretsResult(record.public(), stored=False)
-            yield from self._register_client(post.credentials.client_id, record.key)
             written = yield from self.records.commit(record, decision, event.name)
             if written is not None:
                 return SecretsResult(written.public(), stored=True)
@@ -214,18 +221,18 @@ class CodeFlows:
         if issued_ahead(claims.issued_at, now):
             raise CallbackRejected(Reason.CLOCK_SKEW)
 
-    def _register_client(self, client_id: str, key: str) -> Flow[None]:
-        """Name, in the ledger, the record a site-button integration's client id belongs to
-        (``client:<client_id>``), before the record is written: a redirect or a hook that
-        brings that client id finds its integration by it on every store (``HolderOf``).
+    def _check_client_free(self, client_id: str, key: str) -> Flow[None]:
+        """Refuse a client id the ledger names another connection for (``client:<id>``: a
+        code exchanged with it was accepted by amoCRM for that connection). The post only
+        reads the entry: it is written once amoCRM accepted a code (``Records.register_client``), so
+        nobody enters a client id whose secret they do not hold.
 
         Raises:
-            CallbackRejected: ``client_id_mismatch`` when the ledger names another record for
-                it: amoCRM makes a new integration per install, so another connection's
-                credentials are being posted under this state.
+            CallbackRejected: ``client_id_mismatch``: amoCRM makes a new integration per
+                install, so another connection's client id is being posted under this state.
         """
-        until = self.records.now() + CLIENT_MEMORY
-        if not (yield from perform(ConsumeState(f"client:{client_id}", until, key))):
+        holder = yield from perform(HolderOf(client_key(client_id)))
+        if holder is not None and holder != key:
             raise CallbackRejected(Reason.CLIENT_ID_MISMATCH)
 
     # -- mobile tickets --------------------------------------------------------------------
@@ -703,6 +710,7 @@ class CodeFlows:
             concluded = yield from self.verification.conclude(record, failed, Outcome.FAILED)
             return attrs.evolve(concluded, refused=str(reason))
         self._limiter().released(slot)  # a real code: it no longer counts against its source
+        yield from self.records.register_client(record)  # amoCRM accepted these credentials
         # The code is spent: this pair is the only one. A store that stays down keeps it in
         # memory, to land (even after the lease, within the grace or on exchange_interrupted).
         event = ExchangeSucceeded(tokens, code_digest(code), host=host.name)

@@ -33,6 +33,7 @@ from ._lifecycle_events import events_of_write, long_lived_expiring
 from ._ops import (
     ClaimOp,
     CompareAndSet,
+    ConsumeState,
     Delete,
     DuePage,
     Emit,
@@ -53,7 +54,15 @@ from ._record_view import (
     retry_after_of,
     seconds_to_wait,
 )
-from ._records import ClientCredentials, ConnectionRecord, ErrorInfo, Lease, record_key
+from ._records import (
+    CLIENT_MEMORY,
+    ClientCredentials,
+    ConnectionRecord,
+    ErrorInfo,
+    Lease,
+    client_key,
+    record_key,
+)
 from .stores._forks import reset_in_child
 from .stores._protocol import Claim, ClaimResult, DueCursor, LedgerEntry
 
@@ -608,6 +617,43 @@ class Records:
             call,
             line,
             extra={"amo_reason": answer.reason, "amo_connection_id": record.connection_id},
+        )
+
+    def register_client(self, record: RecordView) -> Flow[None]:
+        """Name, in the ledger, the record whose own integration (metadata mode) amoCRM just
+        accepted a code or a refresh token from (``client:<client_id>``), so that a hook
+        bringing that client id finds its integration on every store (``HolderOf``). Written
+        after amoCRM's answer and before its tokens are: only a holder of the secret gets an
+        entry. A store answers the same holder's entry again (a refresh re-enters it: what a
+        crash right after the exchange left out is entered at the next refresh).
+
+        Never raises: the code or refresh token is spent and the pair must land. A ledger that
+        names another record, or a store that fails, is logged; the connection stands.
+        """
+        credentials = record.credentials
+        if credentials is None:  # Config's integration: routed in memory, never entered
+            return
+        until = self.now() + CLIENT_MEMORY
+        entry = ConsumeState(client_key(credentials.client_id), until, record.key)
+        try:
+            entered = yield from perform(entry)
+        except StoreError as error:
+            self.note_unregistered(record, error)
+            return
+        if not entered:
+            self.note_unregistered(record, None)
+
+    def note_unregistered(self, record: RecordView, error: Exception | None) -> None:
+        """One WARNING when a connection's own client id could not be entered in the ledger
+        after amoCRM accepted its code: another record holds it (``error`` None), or the store
+        failed. The connection stands; its uninstall hook cannot be routed by client id."""
+        why = "another connection holds it" if error is None else type(error).__name__
+        logger.warning(
+            "connection %s: its integration's client id was not entered in the ledger (%s); "
+            "it stays connected, but a disconnect hook with that client id finds no integration",
+            record.connection_id,
+            why,
+            extra={"amo_connection_id": record.connection_id},
         )
 
     def credentials(self, record: RecordView) -> ClientCredentials:

@@ -273,6 +273,8 @@ class TokenFlows:
                 | NoOp.FIRST_SEND
                 | NoOp.CREDENTIALS_SETTLED
                 | NoOp.CREDENTIALS_UNCHANGED
+                | NoOp.CREDENTIALS_CONFLICT
+                | NoOp.CREDENTIALS_CROWDED
             ):
                 raise ReauthorizationRequired(record.name, record.not_connected_reason())
             case unreachable:
@@ -426,6 +428,9 @@ class TokenFlows:
         is kept in this process (``Records.keeping``: written before its next store operation,
         and by the background retry) and the caller gets the ``StoreError``. False: the table
         made it a no-op (a disconnect)."""
+        # amoCRM accepted the connection's own integration again: (re-)enter its client id,
+        # which a crash right after the code's exchange may have left out.
+        yield from self.records.register_client(record)
 
         def attempt() -> Flow[bool]:
             written = yield from self.records.write(record, event)

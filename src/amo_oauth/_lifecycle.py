@@ -95,6 +95,10 @@ class NoOp(enum.StrEnum):
     # its state brought a denial), or these very credentials are pending already
     CREDENTIALS_SETTLED = "credentials_settled"
     CREDENTIALS_UNCHANGED = "credentials_unchanged"
+    # ... or their client id is held with another secret, or the consent's entries fill the
+    # record: refused
+    CREDENTIALS_CONFLICT = "credentials_conflict"
+    CREDENTIALS_CROWDED = "credentials_crowded"
     #: No rule fired (never, while the table is total: a test checks it).
     UNDEFINED = "undefined"
 
@@ -533,6 +537,20 @@ def credentials_are_pending(data: EventData) -> bool:
     return isinstance(step.event, CredentialsReceived) and step.event.is_pending(step.record)
 
 
+def credentials_conflict(data: EventData) -> bool:
+    """The posted client id is pending (for any consent) or the connection's own with another
+    secret: amoCRM makes a new integration per install, so one secret is not amoCRM's."""
+    step = _model(data)
+    return isinstance(step.event, CredentialsReceived) and step.event.conflicts(step.record)
+
+
+def consent_is_crowded(data: EventData) -> bool:
+    """Every pending entry is this consent's, as many as a record keeps: another would evict
+    one of them (amoCRM's own, maybe)."""
+    step = _model(data)
+    return isinstance(step.event, CredentialsReceived) and step.event.crowds(step.record)
+
+
 @attrs.frozen
 class Rule:
     event: str
@@ -741,11 +759,14 @@ TABLE: tuple[Rule, ...] = (
     _stale("long_lived_ended", S.CONNECTED),
     # Credentials posted to secrets_uri wait for their consent's code beside whatever the
     # connection is (a connected one may be re-authorized through the site button): the status
-    # stays; a retried install's new integration replaces them until the code is claimed.
+    # stays; a retried install's new integration is kept beside them until the code is claimed.
     Rule("credentials_received", ALL, None, consent_is_settled, noop=NoOp.CREDENTIALS_SETTLED),
     Rule(
         "credentials_received", ALL, None, credentials_are_pending, noop=NoOp.CREDENTIALS_UNCHANGED
     ),
+    # Refused: a client id held with another secret, or a consent that fills the record.
+    Rule("credentials_received", ALL, None, credentials_conflict, noop=NoOp.CREDENTIALS_CONFLICT),
+    Rule("credentials_received", ALL, None, consent_is_crowded, noop=NoOp.CREDENTIALS_CROWDED),
     *(Rule("credentials_received", (status,), status) for status in ALL),
 )
 

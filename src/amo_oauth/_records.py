@@ -17,6 +17,7 @@ from ._connection_id import ConnectionId, Widget, check_connection_id
 from ._reasons import CONNECTION_ERRORS, Reason
 
 __all__ = [
+    "CLIENT_MEMORY",
     "Account",
     "Backoff",
     "ClientCredentials",
@@ -29,6 +30,7 @@ __all__ = [
     "SeenCode",
     "TokenSet",
     "check_connection_id",
+    "client_key",
     "code_digest",
     "record_key",
 ]
@@ -65,6 +67,17 @@ def record_key(integration: str, connection_id: str, *, widget: bool = False) ->
     kind = "w" if widget else "u"
     quoted = integration.replace("%", "%25").replace(":", "%3A")
     return f"{kind}:{quoted}:{connection_id}"
+
+
+#: How long the ledger names the connection a site-button integration's client id belongs to
+#: (``client:<client_id>``, metadata mode): as long as such a connection may live.
+CLIENT_MEMORY = timedelta(days=3650)
+
+
+def client_key(client_id: str) -> str:
+    """The ledger entry naming the record whose own integration (a site-button install in
+    metadata mode) has ``client_id``: entered once amoCRM accepted a code exchanged with it."""
+    return f"client:{client_id}"
 
 
 def code_digest(code: str) -> str:

@@ -10,10 +10,11 @@ integration first (``Integrations.choose``); then its route runs, unchanged, on 
   ``unknown_integration``.
 - ``GET /callback`` and ``GET /disconnect-hook``: the client id amoCRM sends (``client_id``,
   ``client_uuid``; protocol notes §2, §6). A fixed one is found in memory; any other is asked
-  of each metadata-mode integration's store (the ledger entry ``client:<id>`` that
-  ``receive_secrets`` writes, held by the connection's record key), then, for a redirect that
-  came before those credentials, the metadata-mode integration whose secret signed its state;
-  none: 400 ``client_id_mismatch``. Without a client id: by the state, as below.
+  of every metadata-mode integration's store (the ledger entry ``client:<id>``, held by the
+  connection's record key, entered once amoCRM accepted a code exchanged with that client
+  id; two integrations holding it: 400 ``client_id_mismatch``), then, for a redirect before
+  that exchange, the metadata-mode integration whose secret signed its state; none: 400
+  ``client_id_mismatch``. Without a client id: by the state, as below.
 - ``POST /exchange-code`` (no client id in its body): the integration whose code ledger holds
   the code (a replay: answered 200 with its status), else the one whose secret signed the
   state, else the default (which refuses a new code there anyway: ``new_code_refused``).
@@ -34,7 +35,7 @@ import attrs
 from .._callback import CallbackSettings
 from .._errors import CallbackRejected
 from .._reasons import Reason
-from .._records import code_digest
+from .._records import client_key, code_digest
 from .._setting_errors import setting_error
 from .._state_token import read_state
 from ._calls import LedgerHolds, ServiceCall
@@ -206,10 +207,17 @@ class Integrations(Mapping[str, S]):
         fixed = self._fixed.get(client_id)
         if fixed is not None:
             return fixed
-        entry = f"client:{client_id}"
+        entry = client_key(client_id)
+        # Every metadata-mode integration is asked: an entry is made only once amoCRM accepted
+        # a code exchanged with that client id, so two holders mean a doubt, never a choice.
+        holders = []
         for name in self._metadata:
             if (yield Ask(name, LedgerHolds(entry))):
-                return name
+                holders.append(name)
+        if len(holders) > 1:
+            raise CallbackRejected(Reason.CLIENT_ID_MISMATCH)
+        if holders:
+            return holders[0]
         # The redirect may come before amoCRM's post of the new integration's credentials (no
         # ledger entry yet): a metadata-mode integration's own state names it, and its callback
         # waits for them, then checks the client id against what was posted.
