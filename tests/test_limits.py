@@ -143,3 +143,29 @@ def test_a_burst_of_one_redirect_is_never_rate_limited(
         reasons = list(pool.map(lambda _: attempt(oauth, redirect), range(200)))
     assert reasons == [None] * 200  # nobody rate_limited
     assert fake.token_call_count("authorization_code") == 1
+
+
+def test_a_wait_counts_in_its_sources_window_until_its_credentials_come() -> None:
+    """Metadata mode's waiting callbacks (_flow_codes): a wait is a try of its source; one whose
+    credentials came leaves the window, one they never came for stays; the window's bound
+    refuses the next wait, and says when one frees."""
+    from amo_oauth._limits import Bounds, ExchangeLimiter, WaitingCallbacks
+
+    now = [0.0]
+    limiter = ExchangeLimiter(Bounds(10, 30, 300, 2, 30, 3), 600.0, clock=lambda: now[0])
+    answered = limiter.admit_wait("user:ann")
+    assert answered is not None
+    limiter.wait_answered(answered)
+    assert limiter.admit_wait("user:ann") is not None  # never answered: stays
+    assert limiter.admit_wait("user:ann") is not None
+    assert limiter.admit_wait("user:ann") is None
+    assert limiter.wait_retry_after("user:ann") == 600
+    assert limiter.admit_wait("user:bob") is not None  # another source: its own window
+    now[0] = 601.0
+    assert limiter.admit_wait("user:ann") is not None
+    waiting = WaitingCallbacks()
+    assert waiting.enter(("u:ns:ann", "digest")) and not waiting.enter(("u:ns:ann", "digest"))
+    waiting.after_fork()  # a forked child: the parent's waits are not its own
+    assert waiting.enter(("u:ns:ann", "digest"))
+    waiting.leave(("u:ns:ann", "digest"))
+    assert waiting.enter(("u:ns:ann", "digest"))

@@ -32,7 +32,7 @@ from ._flow_records import Decision
 from ._flow_verify import Verification
 from ._hosts import AccountHost
 from ._lifecycle import DENIED_HOLDER, NoOp
-from ._limits import Attempt, Bounds, ExchangeLimiter, Slot
+from ._limits import Attempt, Bounds, ExchangeLimiter, Slot, WaitingCallbacks
 from ._ops import ConsumeState, Flow, HolderOf, Send, perform
 from ._provider import (
     code_request,
@@ -95,6 +95,15 @@ _BEGIN_IN_METADATA_MODE: Final = (
 
 
 @attrs.frozen
+class _Wait:
+    """A callback waiting for its credentials: its consent's place (record key, state nonce
+    digest) and the try counted against its source (None: no source named)."""
+
+    consent: tuple[str, str]
+    slot: Slot | None
+
+
+@attrs.frozen
 class _Consent:
     """A consent's fresh state, its expiry, and the binding of the browser it is bound to."""
 
@@ -112,6 +121,8 @@ class CodeFlows:
         self.records = verification.records
         self.config = verification.config
         self._exchange_limiter: ExchangeLimiter | None = None
+        # Metadata mode: the callbacks of this process waiting for their credentials.
+        self._waiting = WaitingCallbacks()
 
     # -- begin ---------------------------------------------------------------------------
 
@@ -495,45 +506,98 @@ class CodeFlows:
         # Metadata mode: how long a new code waits for its integration's credentials.
         credentials_until = self.records.soon(self.config.secrets_wait)
         state_raced = False
-        while True:
-            record, event = yield from self._read_code(target, digest, host, claims, client_id)
-            event = attrs.evolve(
-                event,
-                may_claim=may_claim,
-                browser_matches=browser_matches,
-                caller_owns=caller_owns,
-                from_admin=from_admin,
-            )
-            decision = self.records.decide(record, event)
-            if decision.noop is NoOp.CREDENTIALS_PENDING and self._may_await_credentials(
-                claims, credentials_until
-            ):
-                # amoCRM posts them to secrets_uri, maybe after this redirect (or a retried
-                # install's second post is on its way): wait on the hub, then read again.
-                yield from self.records.wait(record, credentials_until)
-                continue
-            if decision.noop is not None:
-                return (yield from self._unchanged(record, decision.noop))
-            claimed, slot = yield from self._claim(
-                record, decision, event, claims, source, deadline
-            )
-            if claimed is ClaimResult.CLAIMED:
-                assert event.host is not None and slot is not None  # claimed: admitted, a host
-                finished = self._finish_exchange(decision.record, code, event.host, slot)
-                return (yield from finished)
-            if claimed is ClaimResult.STATE_USED:
-                if event.state_holder is None and not state_raced:
-                    # Another code of the same consent claimed the state since it was read
-                    # free (a double click on "Allow"): read again, and let the table name it.
-                    state_raced = True
+        wait: _Wait | None = None
+        try:
+            while True:
+                record, event = yield from self._read_code(target, digest, host, claims, client_id)
+                event = attrs.evolve(
+                    event,
+                    may_claim=may_claim,
+                    browser_matches=browser_matches,
+                    caller_owns=caller_owns,
+                    from_admin=from_admin,
+                )
+                decision = self.records.decide(record, event)
+                pending = decision.noop is NoOp.CREDENTIALS_PENDING
+                if pending and self._may_await_credentials(claims, credentials_until):
+                    # amoCRM posts them to secrets_uri, maybe after this redirect (or a retried
+                    # install's second post is on its way): wait on the hub, then read again.
+                    assert claims is not None  # only a code with a state waits
+                    wait = wait or self._start_wait(record, event, claims, source)
+                    yield from self.records.wait(record, credentials_until)
                     continue
-                raise CallbackRejected(Reason.REUSED_STATE)
-            if claimed is ClaimResult.CODE_TAKEN and not from_admin:
-                # Another connection claimed this code: a duplicate here too, reported at once.
-                # (An admin's code looks again: the table refuses it code_used_elsewhere.)
-                return CallbackResult.report(record.public(), duplicate=True)
-            # Lost the race for the record, or waited for the claims in flight: look again; the
-            # winner's claim usually makes this a duplicate.
+                if wait is not None:  # they came (or never will): the consent's place is free
+                    self._end_wait(wait, came=not pending)
+                    wait = None
+                if decision.noop is not None:
+                    return (yield from self._unchanged(record, decision.noop))
+                claimed, slot = yield from self._claim(
+                    record, decision, event, claims, source, deadline
+                )
+                if claimed is ClaimResult.CLAIMED:
+                    assert event.host is not None and slot is not None  # claimed: a host
+                    finished = self._finish_exchange(decision.record, code, event.host, slot)
+                    return (yield from finished)
+                if claimed is ClaimResult.STATE_USED:
+                    if event.state_holder is None and not state_raced:
+                        # Another code of the same consent claimed the state since it was read
+                        # free (a double click on "Allow"): read again; the table names it.
+                        state_raced = True
+                        continue
+                    raise CallbackRejected(Reason.REUSED_STATE)
+                if claimed is ClaimResult.CODE_TAKEN and not from_admin:
+                    # Another connection claimed this code: a duplicate here too, reported at
+                    # once. (An admin's code looks again: the table refuses it
+                    # code_used_elsewhere.)
+                    return CallbackResult.report(record.public(), duplicate=True)
+                # Lost the race for the record, or waited for the claims in flight: look
+                # again; the winner's claim usually makes this a duplicate.
+        finally:
+            if wait is not None:  # an error mid-wait (a store's): not its source's doing
+                self._end_wait(wait, came=True)
+
+    def _start_wait(
+        self, record: RecordView, event: CodeReceived, claims: StateClaims, source: str | None
+    ) -> _Wait:
+        """Take this consent's one place among the callbacks waiting for their credentials,
+        and count the wait against its source.
+
+        Raises:
+            CallbackRejected: ``credentials_missing`` at once when another callback of this
+                process waits for the same consent (a consent has one redirect: the others
+                are a burst or a flood, and the same redirect succeeds once the post lands);
+                ``rate_limited`` when the source's window is full (each wait counts there
+                as a try, given back when the credentials come).
+        """
+        consent = (record.key, code_digest(claims.nonce))
+        if not self._waiting.enter(consent):
+            raise CallbackRejected(Reason.CREDENTIALS_MISSING)
+        source = self._source_of(record, event, source)
+        slot = None
+        if source is not None:
+            slot = self._limiter().admit_wait(source)
+            if slot is None:
+                self._waiting.leave(consent)
+                retry = self._limiter().wait_retry_after(source)
+                raise CallbackRejected(Reason.RATE_LIMITED, retry_after=retry)
+        return _Wait(consent, slot)
+
+    def _end_wait(self, wait: _Wait, *, came: bool) -> None:
+        """Free the consent's place; a wait its credentials came for leaves its source's
+        window (one they never came for stays there, like a refused code)."""
+        self._waiting.leave(wait.consent)
+        if came and wait.slot is not None:
+            self._limiter().wait_answered(wait.slot)
+
+    @staticmethod
+    def _source_of(record: RecordView, event: CodeReceived, source: str | None) -> str | None:
+        """Who a callback's exchange (or wait) counts against: the consent's own browser (its
+        binding) or its signed-in user is this app's user, so the user is the source, not the
+        address it came from (a flood through the same proxy or network does not spend it);
+        else the caller's ``source`` (an address; None: unknown)."""
+        if event.caller_owns and not record.widget:
+            return f"user:{record.connection_id}"
+        return source
 
     def _may_await_credentials(self, claims: StateClaims | None, until: float) -> bool:
         """Whether a new code whose integration's credentials are not here may wait for them:
@@ -570,11 +634,7 @@ class CodeFlows:
         """Claim the code, within the bounds on token calls, and the slot it took. None: claims
         of this connection were in flight and this call waited for one to land (look again)."""
         assert event.host is not None  # the table claims only with a host
-        if event.caller_owns and not record.widget:
-            # The consent's own browser (its binding) or its signed-in user: this app began
-            # it for this user, so the user is the source, not the address it came from (a
-            # flood through the same proxy or network does not spend it).
-            source = f"user:{record.connection_id}"
+        source = self._source_of(record, event, source)
         limiter = self._limiter()
         attempt = Attempt(record.key, event.host.name, source, record.widget)
         slot = limiter.admit(attempt)

@@ -42,7 +42,7 @@ import attrs
 
 from .stores._forks import reset_in_child
 
-__all__ = ["Attempt", "Bounds", "ExchangeLimiter", "Slot"]
+__all__ = ["Attempt", "Bounds", "ExchangeLimiter", "Slot", "WaitingCallbacks"]
 
 #: The windows split into a clean and a suspect share.
 _SHARED = ("host", "process")
@@ -206,6 +206,34 @@ class ExchangeLimiter:
                 suspect = (kind.replace("clean:", "suspect:", 1), name)
                 bisect.insort(self._seen.setdefault(suspect, deque()), slot.at)
 
+    def admit_wait(self, source: str) -> Slot | None:
+        """Count a callback about to wait for its integration's credentials (metadata mode) in
+        its source's window, as a try: a source may keep as many waits going as it may send
+        failed exchanges. None (nothing counted) when the window is full. Give it back with
+        ``wait_answered`` when the credentials came; a wait they never came for stays, like
+        a refused code."""
+        key: Key = ("source", source)
+        now = self._clock()
+        with self._lock:
+            if self._count(key, now) >= self._bounds.source:
+                return None
+            self._seen.setdefault(key, deque()).append(now)
+            return Slot(Attempt("", "", source), now, (key,))
+
+    def wait_answered(self, slot: Slot) -> None:
+        """The credentials a counted wait was for came (or it ended by no fault of its
+        source's): it leaves the source's window."""
+        with self._lock:
+            self._give_back(slot, slot.windows)
+
+    def wait_retry_after(self, source: str) -> int:
+        """Whole seconds (rounded up, at least 1) until ``admit_wait`` would take a wait of
+        ``source``."""
+        now = self._clock()
+        with self._lock:
+            self._count(("source", source), now)
+            return max(1, math.ceil(self._frees_in(("source", source), now)))
+
     def in_flight(self, connection_key: str) -> bool:
         """True while an admitted claim for this connection has not resolved."""
         with self._lock:
@@ -241,3 +269,32 @@ class ExchangeLimiter:
         if not window:
             del self._seen[key]
         return len(window)
+
+
+class WaitingCallbacks:
+    """The callbacks of this process that wait for their integration's credentials (metadata
+    mode), by (record key, state nonce digest): at most one per consent. A consent has one
+    code redirect; more under one state are a flood (made-up codes or client ids), each of
+    which would hold a worker for ``Config.secrets_wait``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: set[tuple[str, str]] = set()
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock, and no waits (the parent's threads wait there)."""
+        self._lock = threading.Lock()
+        self._waiting = set()
+
+    def enter(self, consent: tuple[str, str]) -> bool:
+        """Take the consent's place; False when another callback holds it."""
+        with self._lock:
+            if consent in self._waiting:
+                return False
+            self._waiting.add(consent)
+            return True
+
+    def leave(self, consent: tuple[str, str]) -> None:
+        with self._lock:
+            self._waiting.discard(consent)
