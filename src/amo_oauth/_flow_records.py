@@ -29,6 +29,7 @@ from ._connection_id import ConnectionId, resolve_connection_id
 from ._errors import ProviderError, ReauthorizationRequired, StoreError, UnreadableRecord
 from ._events import Event, LeaseExpired, RefreshDeferred
 from ._lifecycle import NoOp, Step, step
+from ._metrics import SILENT, Metrics
 from ._ops import (
     ClaimOp,
     CompareAndSet,
@@ -47,6 +48,7 @@ from ._record_view import (
     RecordView,
     backoff_until,
     held_back_hint,
+    lapsed_lease,
     record_of,
     retry_after_of,
     seconds_to_wait,
@@ -149,6 +151,9 @@ class Records:
         self._landings = 0
         #: Called (with no lock held) when a pair is kept: the service starts its retry.
         self.on_kept: Callable[[], None] | None = None
+        #: Where decisions are counted (refresh outcomes, lapsed leases taken over, duplicates
+        #: answered); the service gives its own, the default counts nothing.
+        self.metrics: Metrics = SILENT
 
     # -- the store's clock -------------------------------------------------------------------
 
@@ -438,6 +443,7 @@ class Records:
         if not (yield from perform(CompareAndSet(new, _expected(old)))):
             return None
         self._log_step(old, new, event_name)
+        self.metrics.written(event_name, lapsed_lease(old, self.now()))
         return new
 
     @staticmethod
