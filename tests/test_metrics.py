@@ -208,7 +208,8 @@ def test_a_refresh_amocrm_fails_counts_transient_and_deferred(
 def test_a_dead_workers_exchange_lease_counts_one_expiry(
     measured: Callable[..., AmoOAuth], clock: FakeClock, readings: Readings
 ) -> None:
-    oauth = measured()
+    store = MemoryStore(clock=clock)
+    oauth = measured(store=store)
     crashed = ConnectionRecord(
         USER,
         integration=oauth.config.client_id,
@@ -218,7 +219,7 @@ def test_a_dead_workers_exchange_lease_counts_one_expiry(
         seen_codes=(SeenCode("0" * 64, clock()),),
         lease=Lease("dead-worker", "exchange", clock() + timedelta(seconds=60)),
     )
-    assert oauth.store.compare_and_set(crashed, None)
+    assert store.compare_and_set(crashed, None)
     oauth.status(USER)
     assert readings.count("amo_oauth.lease_expiries") == 0  # live: nothing lapsed
     clock.advance(61 + oauth.config.kept_pair_grace.total_seconds())
@@ -231,12 +232,13 @@ def test_a_dead_workers_exchange_lease_counts_one_expiry(
 def test_a_dead_workers_refresh_lease_counts_one_expiry(
     measured: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock, readings: Readings
 ) -> None:
-    oauth = measured()
+    store = MemoryStore(clock=clock)
+    oauth = measured(store=store)
     run_consent(oauth, fake, USER)
-    record = oauth.store.load(record_key(oauth.config.client_id, USER)).record
+    record = store.load(record_key(oauth.config.client_id, USER)).record
     assert record is not None
     lease = Lease("dead-worker", "refresh", clock() + timedelta(seconds=60))
-    assert oauth.store.compare_and_set(
+    assert store.compare_and_set(
         attrs.evolve(record, lease=lease, version=record.version + 1), record.version
     )
     clock.advance(STALE)  # past the lease too

@@ -54,6 +54,8 @@ class AsyncAmoOAuth(ServiceCore):
     ``Store`` of your own runs in worker threads, so the event loop never blocks on a database.
     Calls that may send a code or a refresh token are shielded from cancellation: a cancelled
     caller gets ``CancelledError`` at once, and the call still stores what amoCRM answered.
+    Its arguments are ``AmoOAuth``'s (``meter_provider`` included), with an
+    ``httpx.AsyncClient``.
     """
 
     def __init__(
