@@ -103,7 +103,7 @@ def test_redact_leaves_everything_else_alone(text: str) -> None:
 def test_every_query_parameter_of_the_routes_is_judged() -> None:
     """A route that starts reading a new query parameter decides here whether it is secret."""
     not_secret = {"referer", "client_id", "from_widget", "platform", "error", "lang", "format"}
-    not_secret |= {"client_uuid", "account_id"}
+    not_secret |= {"client_uuid", "account_id", "integration"}  # integration: a name of the app
     read = {str(parameter["name"]) for route in ROUTES for parameter in route.parameters}
     assert read - not_secret <= set(REDACTED_NAMES)
     assert {"code", "state", "ticket", "signature"} <= read - not_secret

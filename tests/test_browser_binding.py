@@ -232,7 +232,9 @@ def test_the_state_decodes_to_no_connection_id(oauth: AmoOAuth, user: str) -> No
     payload = begun.state.split(".")[1]
     decoded = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
     assert user not in decoded and user not in begun.url
-    assert set(json.loads(decoded)) == {"h", "b", "n", "i", "e", "v"}
+    # "k": the integration's namespace, keyed: not readable either.
+    assert set(json.loads(decoded)) == {"h", "b", "n", "i", "e", "v", "k"}
+    assert oauth.config.client_id not in decoded
     assert begun.binding is not None
     secret = begun.binding.split(".")[0]
     assert secret not in begun.url and secret not in decoded

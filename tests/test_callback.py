@@ -26,8 +26,10 @@ CONFIG = Config(
     state_secret=b"k" * 32,
 )
 WIDGETS = attrs.evolve(CONFIG, allow_widget_installs=True)
-STATE, CLAIMS = issue_state(CONFIG.state_secret, "user-42", T0, CONFIG.state_ttl)
-FORGED, _ = issue_state(b"x" * 32, "user-42", T0, CONFIG.state_ttl)
+STATE, CLAIMS = issue_state(
+    CONFIG.state_secret, "user-42", T0, CONFIG.state_ttl, namespace=CONFIG.client_id
+)
+FORGED, _ = issue_state(b"x" * 32, "user-42", T0, CONFIG.state_ttl, namespace=CONFIG.client_id)
 CODE = "def50200-one-time-code"
 
 

@@ -218,7 +218,9 @@ def _state_signed_at(checker: AmoOAuth, moment: datetime) -> str:
     """A state for USER signed at ``moment``, as a machine whose clock says so signs it
     (``begin()`` itself dates states by the store's clock, read with the record's version)."""
     config = checker.config
-    token, _ = issue_state(config.state_secret, USER, moment, config.state_ttl)
+    token, _ = issue_state(
+        config.state_secret, USER, moment, config.state_ttl, namespace=config.client_id
+    )
     return token
 
 

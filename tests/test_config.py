@@ -18,7 +18,7 @@ from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore
 from amo_oauth._config import Config
 from amo_oauth._integrations_file import parse_integrations
 from amo_oauth._setting_errors import SETTING_ERRORS
-from amo_oauth.web import AsyncHandlers, Handlers
+from amo_oauth.web import AsyncHandlers, Handlers, Integrations
 
 GOOD = {
     "client_id": "client-1",
@@ -239,6 +239,7 @@ CHECKED = (
     "_integrations_file.py",
     "web/_page.py",
     "web/_routes.py",
+    "web/_integrations.py",
 )
 PAGE = SRC.parents[1] / "docs" / "configuration.md"
 
@@ -417,6 +418,25 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     ),
     "integrations_config": lambda: parse_integrations(_integration("mode = 'redirect'")),
     "integrations_unknown": lambda: parse_integrations(_integration()).named("b"),
+    "web_integrations_type": lambda: Integrations([_sync_service()]),  # type: ignore[arg-type]
+    "web_integrations_plain": lambda: Handlers(
+        {"amocrm": _sync_service()},  # type: ignore[arg-type]
+        connection_id=lambda r: None,
+        app_scheme="a",
+    ),
+    "web_integrations_empty": lambda: Integrations({}),
+    "web_integration_name": lambda: Integrations({"Kommo CRM": _sync_service()}),
+    "web_integration_default": lambda: Integrations({"kommo": _sync_service()}, default="amocrm"),
+    "web_integration_namespace": lambda: Integrations({"a": _sync_service(), "b": _sync_service()}),
+    "web_integration_shared": lambda: Integrations(
+        {
+            "a": _sync_service(),
+            "b": AmoOAuth(
+                config(client_id="another", redirect_uri="https://other.example/cb"),
+                store=MemoryStore(),
+            ),
+        }
+    ),
 }
 
 

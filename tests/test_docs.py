@@ -39,6 +39,7 @@ RUNNABLE_PAGES = (
     "api-pace.md",
     "site-button.md",
     "metrics.md",
+    "several-integrations.md",
 )
 
 _FENCE = re.compile(

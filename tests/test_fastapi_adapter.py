@@ -264,7 +264,7 @@ def test_openapi_declares_the_query_parameters(client: TestClient) -> None:
     hook = declared("/disconnect-hook")
     assert set(hook) == {"client_uuid", "account_id", "signature"}
     assert all(parameter["required"] for parameter in hook.values())
-    assert set(declared("/connect")) == {"ticket", "format"}
+    assert set(declared("/connect")) == {"ticket", "format", "integration"}
     for path, operations in paths.items():  # and no parameter is declared twice
         for operation in operations.values():
             names = [parameter["name"] for parameter in operation.get("parameters", [])]

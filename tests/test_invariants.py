@@ -521,7 +521,13 @@ class OAuthMachine(RuleBasedStateMachine):
             other = self.oauth.begin(begun.cid).state
             state = ".".join([*other.split(".")[:2], begun.state.split(".")[2]])
         elif how == "other_secret":
-            state, _ = issue_state(b"x" * 32, begun.cid, self.clock(), self.config.state_ttl)
+            state, _ = issue_state(
+                b"x" * 32,
+                begun.cid,
+                self.clock(),
+                self.config.state_ttl,
+                namespace=self.config.client_id,
+            )
         elif how == "garbage":
             state = "v1.e30." + "A" * 43
         else:

@@ -810,8 +810,14 @@ def test_parsing_carries_the_redirects_client_id_only_in_metadata_mode(fake: Fak
     with pytest.raises(CallbackRejected) as refused:
         parse_callback({**redirect, "from_widget": "1"}, fixed)
     assert refused.value.reason == "client_id_mismatch"
-    state = issue_state(meta.state_secret, "ann", datetime.now(UTC), meta.state_ttl)[0]
+    state = issue_state(
+        meta.state_secret, "ann", datetime.now(UTC), meta.state_ttl, namespace=meta.client_id
+    )[0]
     grant = parse_callback({**redirect, "state": state}, meta)
     assert isinstance(grant, Grant) and grant.client_id == "site-x"
-    own_id = {**redirect, "state": state, "client_id": fake.client_id}
-    assert parse_callback(own_id, fixed) == attrs.evolve(grant, client_id=None)
+    fixed_state = issue_state(
+        fixed.state_secret, "ann", datetime.now(UTC), fixed.state_ttl, namespace=fixed.client_id
+    )[0]
+    own_id = {**redirect, "state": fixed_state, "client_id": fake.client_id}
+    fixed_grant = parse_callback(own_id, fixed)
+    assert isinstance(fixed_grant, Grant) and fixed_grant.client_id is None

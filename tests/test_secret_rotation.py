@@ -310,7 +310,9 @@ def test_the_previous_secrets_are_kept_as_bytes_and_accepted_after_the_current()
 
 def test_no_repr_or_message_shows_a_secret(clock: FakeClock) -> None:
     config = config_with(previous_state_secrets=[OLD])
-    token, claims = issue_state(config.state_secret, USER, clock(), config.state_ttl)
+    token, claims = issue_state(
+        config.state_secret, USER, clock(), config.state_ttl, namespace=config.client_id
+    )
     query = {"code": "c", "state": token, "referer": "acme.amocrm.ru"}
     shown = [repr(config), str(config), repr(claims), repr(parse_callback(query, config))]
     unsigned = parse_callback({**query, "state": token[:-2] + "xx"}, config)
@@ -326,7 +328,14 @@ def test_no_repr_or_message_shows_a_secret(clock: FakeClock) -> None:
 def test_the_keyed_hashes_are_checked_under_the_secret_that_signed_the_state(
     clock: FakeClock,
 ) -> None:
-    token, _ = issue_state(OLD.encode(), USER, clock(), config_with().state_ttl, "binding-1")
+    token, _ = issue_state(
+        OLD.encode(),
+        USER,
+        clock(),
+        config_with().state_ttl,
+        "binding-1",
+        namespace=config_with().client_id,
+    )
     claims = read_state([NEW.encode(), OLD.encode()], token)
     assert claims.signed_with == OLD.encode()
     assert claims.names(USER) and not claims.names("someone-else")
@@ -345,7 +354,9 @@ def test_a_state_or_ticket_reads_under_the_secret_that_signed_it_and_no_other(
 ) -> None:
     signer = data.draw(st.sampled_from(accepted), label="signer")
     others = [key for key in accepted if key != signer]
-    token, made = issue_state(signer, USER, T0, timedelta(minutes=30), "binding-1")
+    token, made = issue_state(
+        signer, USER, T0, timedelta(minutes=30), "binding-1", namespace="client-1"
+    )
     claims = read_state(accepted, token)
     assert claims == made and claims.signed_with == signer
     assert claims.names(USER) and claims.binds("binding-1")
@@ -379,12 +390,16 @@ def test_verifying_costs_one_mac_per_accepted_secret_and_their_number_is_bounded
         _state_token, "_mac", lambda key, payload: macs.append(key) or real_mac(key, payload)
     )
     accepted = [bytes([n]) * 32 for n in range(1 + MAX_PREVIOUS_STATE_SECRETS)]
-    forged, _ = issue_state(b"f" * 32, USER, clock(), config_with().state_ttl)
+    forged, _ = issue_state(
+        b"f" * 32, USER, clock(), config_with().state_ttl, namespace=config_with().client_id
+    )
     macs.clear()
     assert rejected(lambda: read_state(accepted, forged)) == "bad_state"
     assert macs == accepted
     macs.clear()
-    signed, _ = issue_state(accepted[0], USER, clock(), config_with().state_ttl)
+    signed, _ = issue_state(
+        accepted[0], USER, clock(), config_with().state_ttl, namespace=config_with().client_id
+    )
     assert read_state(accepted, signed).signed_with == accepted[0]
     assert macs == [accepted[0], *accepted]  # issuing made one; reading tried every secret
     too_many = [

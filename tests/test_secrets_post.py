@@ -116,7 +116,7 @@ def test_a_metadata_state_carries_its_connection_unreadable(make_oauth) -> None:
     assert "sealed_connection" not in repr(claims) and "alice" not in repr(claims)
     payload = state.split(".")[1]
     body = json.loads(_unb64(payload))
-    assert set(body) == {"h", "b", "n", "i", "e", "v", "c"}
+    assert set(body) == {"h", "b", "n", "i", "e", "v", "c", "k"}  # k: its integration, keyed
     assert "alice" not in json.dumps(body) and "alice" not in _unb64(body["c"]).decode("latin-1")
 
 
@@ -129,7 +129,7 @@ def _unb64(text: str) -> bytes:
 def test_a_fixed_mode_state_is_unchanged_and_names_no_connection(oauth: AmoOAuth) -> None:
     state = oauth.begin(USER).state
     body = json.loads(_unb64(state.split(".")[1]))
-    assert set(body) == {"h", "b", "n", "i", "e", "v"}
+    assert set(body) == {"h", "b", "n", "i", "e", "v", "k"}  # no c (k: its integration)
     with pytest.raises(CallbackRejected, match="bad_state"):
         claims_of(oauth, state).connection()
 
@@ -137,7 +137,9 @@ def test_a_fixed_mode_state_is_unchanged_and_names_no_connection(oauth: AmoOAuth
 @pytest.mark.parametrize("connection", ["u", "x" * 255, "user:with:colons", Widget("a.amocrm.ru")])
 def test_the_sealed_connection_round_trips(connection: object) -> None:
     name = connection.host if isinstance(connection, Widget) else connection
-    token, claims = issue_state(KEY, name, T0, timedelta(minutes=30), carry_connection=True)  # type: ignore[arg-type]
+    token, claims = issue_state(
+        KEY, name, T0, timedelta(minutes=30), carry_connection=True, namespace="ns"
+    )  # type: ignore[arg-type]
     if isinstance(connection, Widget):  # issue_state seals app users; a widget seals the same way
         sealed = seal_connection(KEY, connection, claims.nonce)
         claims = StateClaims(
@@ -155,7 +157,9 @@ def test_the_sealed_connection_round_trips(connection: object) -> None:
 
 
 def test_a_sealed_connection_opens_only_under_its_secret_and_its_state() -> None:
-    _, claims = issue_state(KEY, USER, T0, timedelta(minutes=30), carry_connection=True)
+    _, claims = issue_state(
+        KEY, USER, T0, timedelta(minutes=30), carry_connection=True, namespace="ns"
+    )
     other_secret = StateClaims(
         claims.id_hash,
         claims.binding_hash,
@@ -182,7 +186,7 @@ def test_a_sealed_connection_opens_only_under_its_secret_and_its_state() -> None
 def test_a_connection_too_long_for_a_state_is_refused_when_issued() -> None:
     wide = "\U0001f600" * 255  # 4 bytes each in UTF-8: the sealed value outgrows a state
     with pytest.raises(ValueError, match="too long"):
-        issue_state(KEY, wide, T0, timedelta(minutes=30), carry_connection=True)
+        issue_state(KEY, wide, T0, timedelta(minutes=30), carry_connection=True, namespace="ns")
 
 
 # -- the table ------------------------------------------------------------------------------------
@@ -299,20 +303,36 @@ def _forged(oauth: AmoOAuth, now: datetime) -> str:
 
 
 def _unsigned(oauth: AmoOAuth, now: datetime) -> str:
-    token, _ = issue_state(b"x" * 32, USER, now, timedelta(minutes=5), carry_connection=True)
+    token, _ = issue_state(
+        b"x" * 32,
+        USER,
+        now,
+        timedelta(minutes=5),
+        carry_connection=True,
+        namespace=oauth.config.client_id,
+    )
     return token
 
 
 def _fixed_mode(oauth: AmoOAuth, now: datetime) -> str:
     # Signed with this very secret, but by a fixed-mode begin(): it names no connection.
-    token, _ = issue_state(oauth.config.state_secret, USER, now, timedelta(minutes=5))
+    token, _ = issue_state(
+        oauth.config.state_secret, USER, now, timedelta(minutes=5), namespace=oauth.config.client_id
+    )
     return token
 
 
 def _ahead(oauth: AmoOAuth, now: datetime) -> str:
     ahead = now + MAX_CLOCK_SKEW + timedelta(minutes=1)
     secret = oauth.config.state_secret
-    token, _ = issue_state(secret, USER, ahead, timedelta(minutes=30), carry_connection=True)
+    token, _ = issue_state(
+        secret,
+        USER,
+        ahead,
+        timedelta(minutes=30),
+        carry_connection=True,
+        namespace=oauth.config.client_id,
+    )
     return token
 
 
@@ -348,7 +368,12 @@ def test_a_fixed_mode_service_takes_no_post(
     # Even a state that carries a connection under this very secret (shared with a
     # metadata-mode integration) gives a fixed-mode connection no integration of its own.
     state, _ = issue_state(
-        oauth.config.state_secret, USER, clock(), timedelta(minutes=5), carry_connection=True
+        oauth.config.state_secret,
+        USER,
+        clock(),
+        timedelta(minutes=5),
+        carry_connection=True,
+        namespace=oauth.config.client_id,
     )
     with pytest.raises(CallbackRejected, match="bad_state"):
         oauth.receive_secrets(form(FIRST, state))

@@ -146,6 +146,10 @@ class AsyncAmoOAuth(ServiceCore):
         """See ``AmoOAuth.redeem_ticket``."""
         return await self._shielded(self._flows.codes.redeem_ticket(ticket, connection_id))
 
+    async def ledger_holds(self, entry: str) -> bool:
+        """See ``AmoOAuth.ledger_holds``."""
+        return await self._run(self._ledger_holds(entry))
+
     async def handle_callback(
         self,
         query: QueryLike,

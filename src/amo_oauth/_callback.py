@@ -114,7 +114,8 @@ def _state(params: Mapping[str, str], config: CallbackSettings) -> StateClaims:
     token = params.get("state")
     if not token:
         raise CallbackRejected("bad_state")
-    return read_state(config.accepted_state_secrets, token)
+    # Bound to this integration (``client_id``): one sharing the state secret reads it unsigned.
+    return read_state(config.accepted_state_secrets, token, config.client_id)
 
 
 def _host(params: Mapping[str, str], config: CallbackSettings) -> AccountHost:

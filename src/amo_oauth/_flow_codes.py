@@ -170,6 +170,7 @@ class CodeFlows:
             # Metadata mode: amoCRM's post to secrets_uri has only the state to name the
             # connection by (protocol notes §7), so the state carries it, encrypted.
             carry_connection=config.metadata_mode,
+            namespace=config.client_id,
         )
         return _Consent(token, claims.expires_at, bound.token if bound is not None else None)
 
@@ -184,7 +185,7 @@ class CodeFlows:
             # Fixed mode has no secrets_uri: its connections use Config's integration, and no
             # post may give one another (even under a state a shared secret signed).
             raise CallbackRejected(Reason.BAD_STATE)
-        claims = read_state(self.config.accepted_state_secrets, post.state)
+        claims = self._read_state(post.state)  # another integration's state: bad_state
         connection = claims.connection()  # bad_state for a state without one (fixed mode)
         digest = code_digest(claims.nonce)
         while True:
@@ -334,6 +335,11 @@ class CodeFlows:
                 raise CallbackRejected(Reason.BAD_STATE) from None
             raise
 
+    def _read_state(self, state: str) -> StateClaims:
+        """A state this integration signed: another namespace's is ``UnsignedState``."""
+        config = self.config
+        return read_state(config.accepted_state_secrets, state, config.client_id)
+
     def _holder_of(self, digest: str, claims: StateClaims) -> Flow[str | None]:
         """The record key the code ledger names for this code or, for a second code of a used
         consent (a double tap on "Allow"), for the code that used its state first."""
@@ -385,7 +391,7 @@ class CodeFlows:
         self._check_code(code)
         target = self.records.fresh(connection_id)
         try:
-            claims = read_state(self.config.accepted_state_secrets, state) if state else None
+            claims = self._read_state(state) if state else None
         except UnsignedState:  # signed under a secret removed since (a rotation), or forged
             host = self._referer_host(referer)
             return (yield from self._known_code_only(target, code, host))

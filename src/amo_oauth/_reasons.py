@@ -81,6 +81,7 @@ class Reason(enum.StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     BAD_CONNECTION_ID = "bad_connection_id"
     CROSS_SITE_REQUEST = "cross_site_request"
+    UNKNOWN_INTEGRATION = "unknown_integration"
     QUERY_TOO_LARGE = "query_too_large"
     BODY_TOO_LARGE = "body_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -169,6 +170,7 @@ WEB_REFUSALS: Final = (
         R.UNAUTHENTICATED,
         R.BAD_CONNECTION_ID,
         R.CROSS_SITE_REQUEST,
+        R.UNKNOWN_INTEGRATION,
         R.QUERY_TOO_LARGE,
         R.BODY_TOO_LARGE,
         R.UNSUPPORTED_MEDIA_TYPE,

@@ -257,6 +257,26 @@ class AmoOAuth(ServiceCore):
         """
         return self._run(self._flows.codes.redeem_ticket(ticket, connection_id))
 
+    def ledger_holds(self, entry: str) -> bool:
+        """Whether the store's single-use ledger holds ``entry`` for a connection of this
+        integration (its namespace, ``Config.client_id``): what the web layer routes a request
+        of several integrations by (``amo_oauth.web.Integrations``). One store read; writes
+        nothing.
+
+        Args:
+            entry: a ledger key: ``code:<sha256 hex of a code>`` (a code claimed here, kept a
+                day: ``CODE_MEMORY``), or ``client:<client id>`` (a per-connection client id
+                of metadata mode, written by ``receive_secrets``; protocol notes §7).
+
+        Returns:
+            True when the entry's holder is a record key of this integration; False when it is
+            absent, expired, or held for another integration.
+
+        Raises:
+            StoreError: the store could not be read.
+        """
+        return self._run(self._ledger_holds(entry))
+
     def handle_callback(
         self,
         query: QueryLike,

@@ -16,9 +16,10 @@ from ._config import Config
 from ._connection_id import ConnectionId
 from ._flows import Flows
 from ._metrics import metrics_for
+from ._ops import Flow, HolderOf, perform
 from ._pace import DEFAULT_API_RATE, ApiPace, Pacer, Slot, is_api_request
 from ._provider_reads import retry_after_in
-from ._records import ConnectionRecord
+from ._records import ConnectionRecord, record_key
 from ._results import RefreshReport
 from .stores import AsyncStore, SQLiteStore, Store
 
@@ -126,6 +127,15 @@ class ServiceCore:
             return
         status, seconds = response.status_code, retry_after_in(response)
         self._pace.answered(request.url.host, status, seconds, sent_at)
+
+    def _ledger_holds(self, entry: str) -> Flow[bool]:
+        """Whether the store's ledger holds ``entry`` for a record of this integration: its
+        holder is a record key in this namespace (``u:<client id>:...``, ``w:<client id>:...``;
+        ``record_key`` quotes the client id, so one namespace is never a prefix of another)."""
+        holder = yield from perform(HolderOf(entry))
+        namespace = self.config.client_id
+        ours = (record_key(namespace, ""), record_key(namespace, "", widget=True))
+        return holder is not None and holder.startswith(ours)
 
     @staticmethod
     def _check_store(store: object, *kinds: type) -> None:

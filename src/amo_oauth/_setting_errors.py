@@ -278,6 +278,31 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         ),
         "integrations_config": "{where}: {problem}",
         "integrations_unknown": "no integration {name} in the integrations file; it has {names}",
+        # amo_oauth.web.Integrations: several integrations behind one set of routes
+        "web_integrations_type": (
+            "Integrations takes a dict of names to services, e.g. "
+            "dict(amocrm=oauth_a, kommo=oauth_b), not {type}"
+        ),
+        "web_integrations_plain": (
+            "several services go in amo_oauth.web.Integrations(...), not a plain {type}: "
+            "it names each one and checks that they can share the routes"
+        ),
+        "web_integrations_empty": (
+            "Integrations needs at least one service, e.g. dict(amocrm=oauth)"
+        ),
+        "web_integration_name": (
+            "an integration's name is 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter "
+            "or digit (what ?integration= carries), e.g. 'kommo', not {name}"
+        ),
+        "web_integration_default": "default {name} is none of the integrations: use one of {names}",
+        "web_integration_namespace": (
+            "integrations {first} and {second} have the same client_id: their connections "
+            "would share records; give each integration its own"
+        ),
+        "web_integration_shared": (
+            "integrations {first} and {second} differ in {field}: one set of routes has one "
+            "redirect_uri, trusted_proxies and forwarded_header; serve them on routes of their own"
+        ),
     }
 )
 

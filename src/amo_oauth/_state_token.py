@@ -15,6 +15,9 @@ carries no user identifier anyone but the backend can read:
 - ``v``: the version of the connection's record ``begin()`` read (0: none stored), which orders
   a re-authorization after the connection it replaces without comparing times that can tie
   (absent in states signed before it was added: their ``i`` decides);
+- ``k``: a keyed hash of the integration's namespace (``Config.client_id``), so that of two
+  integrations sharing a state secret neither accepts the other's state (``read_state`` with a
+  ``namespace`` treats another namespace's state, or one without ``k``, as unsigned);
 - ``c``: in the site button's metadata mode only, the connection itself (its id and whether it
   is a widget install), encrypted: amoCRM posts the new integration's credentials to
   ``secrets_uri`` server to server (protocol notes §7), with no cookie or session to name the
@@ -80,6 +83,7 @@ _MAX_TOKEN = 2048
 _CONTEXT = b"amo_oauth.state.v2."
 _ID_CONTEXT = b"amo_oauth.state.v2.id."
 _BINDING_CONTEXT = b"amo_oauth.state.v2.binding."
+_NAMESPACE_CONTEXT = b"amo_oauth.state.v2.namespace."
 _CONNECTION_CONTEXT = b"amo_oauth.state.v2.connection."
 _HASH_BYTES = 16
 _SEAL_NONCE_BYTES = 12  # AES-GCM's 96-bit nonce (NIST SP 800-38D)
@@ -276,11 +280,13 @@ def issue_state(
     seen_version: int = 0,
     *,
     carry_connection: bool = False,
+    namespace: str,
 ) -> tuple[str, StateClaims]:
     """Make a fresh state token for ``connection_id``, valid for ``ttl`` from ``now`` (aware,
     UTC; the store's clock), bound to the browser holding ``binding_secret`` (None: unbound,
-    the caller's explicit choice), naming the record version ``begin()`` read, and (with
-    ``carry_connection``: metadata mode) carrying the connection encrypted (``c``)."""
+    the caller's explicit choice), naming the record version ``begin()`` read, (with
+    ``carry_connection``: metadata mode) carrying the connection encrypted (``c``), and
+    naming the integration ``namespace`` (``Config.client_id``, as a keyed hash: ``k``)."""
     issued, expires = _millis(now), _millis(now + ttl)
     nonce = secrets.token_urlsafe(16)
     hashed_id = id_hash(secret, connection_id)
@@ -294,6 +300,7 @@ def issue_state(
         "e": expires,
         "v": seen_version,
     }
+    body["k"] = _keyed(secret, _NAMESPACE_CONTEXT, namespace)
     if sealed:
         body["c"] = sealed
     payload = _b64(json.dumps(body, separators=(",", ":")).encode("ascii"))
@@ -315,12 +322,19 @@ def issue_state(
     return token, claims
 
 
-def read_state(keys: Sequence[bytes], token: str) -> StateClaims:
+def read_state(keys: Sequence[bytes], token: str, namespace: str | None = None) -> StateClaims:
     """Check a state's signature under each of ``keys`` (the current one and the previous
     ones, ``Config.accepted_state_secrets``) and return its claims.
 
+    Args:
+        keys: the accepted secrets.
+        token: the state as it came back.
+        namespace: the reading integration's ``Config.client_id``: a state that names another
+            one (``k``) is not this integration's, whoever shares its secret.
+
     Raises:
-        UnsignedState: ``bad_state`` for a token of a state's form none of ``keys`` signed.
+        UnsignedState: ``bad_state`` for a token of a state's form none of ``keys`` signed,
+            or one signed for another integration's ``namespace``.
         CallbackRejected: ``bad_state`` for anything malformed or of the first format (``v1``).
     """
     # A state is ASCII; anything else would not even encode for the MAC check.
@@ -359,4 +373,18 @@ def read_state(keys: Sequence[bytes], token: str) -> StateClaims:
     except (binascii.Error, ValueError, KeyError, TypeError, OverflowError):
         # Only a holder of the secret could sign this; still, refuse rather than crash.
         raise CallbackRejected("bad_state") from None
+    if not _names_namespace(secret, body.get("k"), namespace):
+        raise UnsignedState
     return claims
+
+
+def _names_namespace(secret: bytes, named: object, namespace: str | None) -> bool:
+    """Whether a state's ``k`` allows ``namespace``: a reader that names none allows any;
+    else the state must name it (keyed hashes compared in constant time)."""
+    if namespace is None:
+        return True
+    return (
+        isinstance(named, str)
+        and named.isascii()
+        and _same(_keyed(secret, _NAMESPACE_CONTEXT, namespace), named)
+    )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from http.cookies import SimpleCookie
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from ._async_service import AsyncAmoOAuth
 from ._extras import needs_extra
@@ -34,6 +34,7 @@ from .web import (
     AsyncHandlers,
     ConnectionIdFn,
     Handlers,
+    Integrations,
     PageText,
     Request,
     Response,
@@ -62,7 +63,7 @@ View = Callable[..., HttpResponse] | Callable[..., Coroutine[Any, Any, HttpRespo
 
 @overload
 def urls(
-    oauth: AmoOAuth,
+    oauth: AmoOAuth | Integrations[AmoOAuth],
     *,
     connection_id: ConnectionIdFn | None = None,
     app_scheme: str,
@@ -74,7 +75,7 @@ def urls(
 ) -> list[URLPattern]: ...
 @overload
 def urls(
-    oauth: AsyncAmoOAuth,
+    oauth: AsyncAmoOAuth | Integrations[AsyncAmoOAuth],
     *,
     connection_id: AsyncConnectionIdFn | None = None,
     app_scheme: str,
@@ -85,7 +86,7 @@ def urls(
     button: ButtonMetadata | None = None,
 ) -> list[URLPattern]: ...
 def urls(
-    oauth: AmoOAuth | AsyncAmoOAuth,
+    oauth: AmoOAuth | AsyncAmoOAuth | Integrations[AmoOAuth] | Integrations[AsyncAmoOAuth],
     *,
     connection_id: Any = None,
     app_scheme: str,
@@ -98,7 +99,8 @@ def urls(
     """URL patterns for ``include()``: one per route, named ``amo_oauth_{route}``.
 
     Args:
-        oauth: an ``AmoOAuth`` (sync views) or an ``AsyncAmoOAuth`` (async views).
+        oauth: an ``AmoOAuth`` (sync views) or an ``AsyncAmoOAuth`` (async views), or
+            ``amo_oauth.web.Integrations`` of several of one kind behind the same routes.
         connection_id: ``(web.Request) -> str | None`` (it may be async for an
             ``AsyncAmoOAuth``): whose connection the request is about; None answers 401.
             Default: the signed-in user's ``str(pk)``, None when anonymous.
@@ -130,10 +132,13 @@ def urls(
         "redact_access_logs": redact_access_logs,
         "button": button,
     }
-    if isinstance(oauth, AsyncAmoOAuth):
-        handlers = AsyncHandlers(oauth, connection_id=connection_id or _asigned_in, **options)
+    primary = oauth.primary if isinstance(oauth, Integrations) else oauth
+    if isinstance(primary, AsyncAmoOAuth):  # the handlers check every service's kind
+        awaited = cast("AsyncAmoOAuth | Integrations[AsyncAmoOAuth]", oauth)
+        handlers = AsyncHandlers(awaited, connection_id=connection_id or _asigned_in, **options)
         return _patterns(handlers.prefix, handlers.routes, _async_view(handlers))
-    sync = Handlers(oauth, connection_id=connection_id or _signed_in, **options)
+    blocking = cast("AmoOAuth | Integrations[AmoOAuth]", oauth)
+    sync = Handlers(blocking, connection_id=connection_id or _signed_in, **options)
     return _patterns(sync.prefix, sync.routes, _sync_view(sync))
 
 

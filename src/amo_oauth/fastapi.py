@@ -18,6 +18,7 @@ from .web import (
     DEFAULT_PREFIX,
     AsyncConnectionIdFn,
     AsyncHandlers,
+    Integrations,
     PageText,
     Request,
     Response,
@@ -38,7 +39,7 @@ Endpoint = Callable[[StarletteRequest], Coroutine[Any, Any, StarletteResponse]]
 
 
 def router(
-    oauth: AsyncAmoOAuth,
+    oauth: AsyncAmoOAuth | Integrations[AsyncAmoOAuth],
     *,
     connection_id: AsyncConnectionIdFn,
     app_scheme: str,
@@ -50,7 +51,8 @@ def router(
 ) -> APIRouter:
     """An ``APIRouter`` with one documented route per endpoint (``app.include_router(...)``).
 
-    Args: as ``amo_oauth.web.AsyncHandlers`` (``redact_access_logs`` included: by default
+    Args: as ``amo_oauth.web.AsyncHandlers`` (``oauth`` one service, or ``Integrations`` of
+    several; ``redact_access_logs`` included: by default
     the callback's code and state stay out of uvicorn's, gunicorn's and hypercorn's logs).
     Tagged "amoCRM" in OpenAPI. In the site button's metadata mode (``Config.secrets_uri``)
     ``button`` is required and ``POST /secrets`` is among the routes (with its body).

@@ -17,6 +17,7 @@ from .web import (
     DEFAULT_PREFIX,
     ConnectionIdFn,
     Handlers,
+    Integrations,
     PageText,
     Request,
 )
@@ -29,7 +30,7 @@ __all__ = ["blueprint"]
 
 
 def blueprint(
-    oauth: AmoOAuth,
+    oauth: AmoOAuth | Integrations[AmoOAuth],
     *,
     connection_id: ConnectionIdFn,
     app_scheme: str,
@@ -43,7 +44,7 @@ def blueprint(
     """A ``Blueprint`` with one rule per endpoint of ``amo_oauth.web``.
 
     Args:
-        oauth: the service.
+        oauth: the service, or ``Integrations`` of several behind the same routes.
         connection_id: ``(web.Request) -> str | None``: whose connection the request is
             about; None answers 401.
         app_scheme: the app's URL scheme for the callback page's deep link.

@@ -39,12 +39,19 @@ adds a ``RedactingFilter`` to the servers' access loggers (the adapters do so by
 ``redact`` is the same redaction for a line of your own. ``read_cookie`` reads your app's own
 session cookie from the raw headers exactly (a name sent twice, or under a near name a sibling
 subdomain can plant, reads None: signed out).
+
+Several integrations (amoCRM and Kommo, one per product line) share one set of routes:
+``Handlers(Integrations({"amocrm": oauth_a, "kommo": oauth_b}, default="amocrm"), ...)``; each
+request is answered by the one it is for (``?integration=NAME`` on ``/connect``, ``/status``
+and ``/disconnect``; the client id amoCRM sends on the callback and the hook; the code ledger
+or the state on ``/exchange-code``). Unknown: 400 ``unknown_integration`` / ``client_id_mismatch``.
 """
 
 from .._public import present_as
 from ._catalogue import DEFAULT_PREFIX, METADATA_ROUTES, ROUTES, Route
 from ._handlers import AsyncConnectionIdFn, AsyncHandlers, ConnectionIdFn, Handlers
 from ._http import Request, Response, read_body, read_cookie
+from ._integrations import INTEGRATION_PARAM, Integrations
 from ._page import (
     CONTENT_SECURITY_POLICY,
     DEEP_LINK_PATH,
@@ -69,6 +76,7 @@ __all__ = [
     "CONTENT_SECURITY_POLICY",
     "DEEP_LINK_PATH",
     "DEFAULT_PREFIX",
+    "INTEGRATION_PARAM",
     "METADATA_ROUTES",
     "PAGE_TEXTS",
     "REDACTED",
@@ -78,6 +86,7 @@ __all__ = [
     "AsyncHandlers",
     "ConnectionIdFn",
     "Handlers",
+    "Integrations",
     "PageKind",
     "PageText",
     "RedactingFilter",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import attrs
 
 from .._callback import QueryLike
+from .._config import Config
 from .._records import Connection
 from .._results import (
     AuthorizationRequest,
@@ -34,10 +35,12 @@ __all__ = [
     "HandleCallback",
     "HandleDisconnectHook",
     "IssueTicket",
+    "LedgerHolds",
     "MakeSiteButton",
     "ReceiveSecrets",
     "RedeemTicket",
     "ServiceCall",
+    "ServiceConfig",
     "Status",
 ]
 
@@ -200,3 +203,27 @@ class HandleDisconnectHook(ServiceCall[HookResult]):
 
     async def arun(self, oauth: AsyncAmoOAuth) -> HookResult:
         return await oauth.handle_disconnect_hook(self.query)
+
+
+@attrs.frozen
+class LedgerHolds(ServiceCall[bool]):
+    """Does the ledger hold ``entry`` for this integration? (routing several integrations)"""
+
+    entry: str = attrs.field(repr=False)  # a code's digest or a client id: kept out of logs
+
+    def run(self, oauth: AmoOAuth) -> bool:
+        return oauth.ledger_holds(self.entry)
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> bool:
+        return await oauth.ledger_holds(self.entry)
+
+
+@attrs.frozen
+class ServiceConfig(ServiceCall[Config]):
+    """The service's settings (of several integrations, the one chosen for the request)."""
+
+    def run(self, oauth: AmoOAuth) -> Config:
+        return oauth.config
+
+    async def arun(self, oauth: AsyncAmoOAuth) -> Config:
+        return oauth.config

@@ -113,8 +113,18 @@ _HOOK_QUERY: Final = tuple(
     )
 )
 
+#: With several integrations behind the routes (``web.Integrations``): which one the app means.
+_INTEGRATION: Final = _query(
+    "integration",
+    "With several integrations behind these routes: the one meant (else the default); "
+    "none of them is 400 unknown_integration.",
+)
+
 _AUTH = ((401, "No connection id for this request: {error: unauthenticated}"),)
-_BAD_ID = "the app's connection id is not valid (bad_connection_id)"
+_BAD_ID = (
+    "the app's connection id is not valid (bad_connection_id); or no such integration "
+    "(unknown_integration)"
+)
 #: What any route may answer: the dispatch checks sizes and maps outages the same on every one.
 _EVERY_ROUTE = (
     (413, "{error: body_too_large}"),
@@ -173,6 +183,7 @@ ROUTES: Final = (
                 "description": "json: answer {url, expires_at} instead of redirecting.",
                 "schema": {"type": "string", "enum": ["json"]},
             },
+            _INTEGRATION,
         ),
     ),
     Route(
@@ -230,6 +241,7 @@ ROUTES: Final = (
             *_AUTH,
             *_EVERY_ROUTE,
         ),
+        parameters=(_INTEGRATION,),
     ),
     Route(
         "disconnect",
@@ -246,6 +258,7 @@ ROUTES: Final = (
             *_AUTH,
             *_EVERY_ROUTE,
         ),
+        parameters=(_INTEGRATION,),
     ),
     Route(
         "disconnect_hook",
@@ -263,7 +276,11 @@ ROUTES: Final = (
                 "was asked), reason: null | hook_paced | hook_replayed | nothing_to_forget | "
                 "provider_unavailable (why nothing was disconnected)}",
             ),
-            (400, "{error: bad_signature | malformed}"),
+            (
+                400,
+                "{error: bad_signature | malformed}; with several integrations, "
+                "client_id_mismatch: none of them has this client_uuid",
+            ),
             *_EVERY_ROUTE,
         ),
         parameters=_HOOK_QUERY,

@@ -11,6 +11,7 @@ from .._driving import adrive, drive
 from .._service import AmoOAuth
 from ._calls import ServiceCall
 from ._http import Request, Response
+from ._integrations import Ask, UseIntegration
 from ._routes import Identify, RouteCore
 
 __all__ = ["AsyncConnectionIdFn", "AsyncHandlers", "ConnectionIdFn", "Handlers"]
@@ -33,7 +34,8 @@ class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
     with the site button (``oauth.site_button``) instead of redirecting.
 
     Args:
-        oauth: the service.
+        oauth: the service, or ``Integrations`` of several behind the same routes (each
+            request is answered by the one it is for: docs/several-integrations.md).
         connection_id: ``(request) -> str | None``: the id of the connection the request
             belongs to (e.g. the user id from the session; an int is turned into text), None
             when not signed in (401). Not asked by the hook or by ``/connect?ticket=...``. The
@@ -59,7 +61,7 @@ class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
     Raises:
         ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit; no
             ``button`` in metadata mode.
-        TypeError: ``oauth`` is an ``AsyncAmoOAuth`` (use ``AsyncHandlers``).
+        TypeError: ``oauth`` is (or holds) an ``AsyncAmoOAuth`` (use ``AsyncHandlers``).
     """
 
     blocking = True
@@ -78,10 +80,18 @@ class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
             Exception: only what the app's ``connection_id`` callable raised.
         """
 
-        def perform(item: Identify | ServiceCall[Any]) -> Any:
+        service = self.oauth  # until the request's integration is chosen (serve does first)
+
+        def perform(item: Identify | ServiceCall[Any] | Ask[Any] | UseIntegration) -> Any:
+            nonlocal service
             if isinstance(item, Identify):
                 return self._identify(request)
-            return item.run(self.oauth)
+            if isinstance(item, UseIntegration):
+                service = self.integrations[item.name]
+                return None
+            if isinstance(item, Ask):
+                return item.call.run(self.integrations[item.name])
+            return item.run(service)
 
         return drive(self.serve(request), perform)
 
@@ -98,7 +108,7 @@ class AsyncHandlers(RouteCore[AsyncAmoOAuth, AsyncConnectionIdFn]):
     """The routes over an ``AsyncAmoOAuth`` (FastAPI, Starlette, any ASGI framework).
 
     Args:
-        oauth: the service.
+        oauth: the service, or ``Integrations`` of several (as for ``Handlers``).
         connection_id: as for ``Handlers``; it may also be a coroutine function.
         app_scheme: the app's URL scheme for the deep link.
         prefix: where the routes live.
@@ -113,7 +123,7 @@ class AsyncHandlers(RouteCore[AsyncAmoOAuth, AsyncConnectionIdFn]):
     Raises:
         ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit; no
             ``button`` in metadata mode.
-        TypeError: ``oauth`` is a blocking ``AmoOAuth`` (use ``Handlers``).
+        TypeError: ``oauth`` is (or holds) a blocking ``AmoOAuth`` (use ``Handlers``).
     """
 
     blocking = False
@@ -125,10 +135,18 @@ class AsyncHandlers(RouteCore[AsyncAmoOAuth, AsyncConnectionIdFn]):
             Exception: only what the app's ``connection_id`` callable raised.
         """
 
-        async def perform(item: Identify | ServiceCall[Any]) -> Any:
+        service = self.oauth  # until the request's integration is chosen (serve does first)
+
+        async def perform(item: Identify | ServiceCall[Any] | Ask[Any] | UseIntegration) -> Any:
+            nonlocal service
             if isinstance(item, Identify):
                 return await self._identify(request)
-            return await item.arun(self.oauth)
+            if isinstance(item, UseIntegration):
+                service = self.integrations[item.name]
+                return None
+            if isinstance(item, Ask):
+                return await item.call.arun(self.integrations[item.name])
+            return await item.arun(service)
 
         return await adrive(self.serve(request), perform)
 

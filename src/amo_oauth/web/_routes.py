@@ -37,10 +37,12 @@ from ._calls import (
     ReceiveSecrets,
     RedeemTicket,
     ServiceCall,
+    ServiceConfig,
     Status,
 )
 from ._catalogue import BINDING_COOKIE, DEFAULT_PREFIX, METADATA_ROUTES, ROUTES, Route
 from ._http import Request, Response
+from ._integrations import INTEGRATION_PARAM, Ask, Integrations, UseIntegration
 from ._page import (
     PAGE_TEXTS,
     PageKind,
@@ -111,7 +113,7 @@ class Identify:
     """Ask the app which connection the request belongs to; the answer is ``str | None``."""
 
 
-WebFlow = Generator[Identify | ServiceCall[Any], Any, T]
+WebFlow = Generator[Identify | ServiceCall[Any] | Ask[Any] | UseIntegration, Any, T]
 
 
 def status_payload(connection: Connection) -> dict[str, Any]:
@@ -181,7 +183,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
 
     def __init__(
         self,
-        oauth: ServiceT,
+        oauth: ServiceT | Integrations[ServiceT],
         *,
         connection_id: IdentifyT,
         app_scheme: str,
@@ -194,12 +196,11 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         redact_access_logs: bool = True,
         button: ButtonMetadata | None = None,
     ) -> None:
-        # The other kind of service would fail only at a user's first request: refuse it now.
-        if self.blocking and isinstance(oauth, AsyncAmoOAuth):
-            raise TypeError(setting_error("sync_service", type=type(oauth).__name__))
-        if not self.blocking and isinstance(oauth, AmoOAuth):
-            raise TypeError(setting_error("async_service", type=type(oauth).__name__))
-        self.oauth = oauth
+        self.integrations: Integrations[ServiceT] = Integrations.of(oauth)
+        for service in self.integrations.values():
+            self._check_kind(service)
+        #: The service (with several integrations: the default's, else the first's).
+        self.oauth: ServiceT = self.integrations.primary
         self.connection_id = connection_id
         self.app_scheme = check_app_scheme(app_scheme)
         self.prefix = _check_prefix(prefix)
@@ -216,12 +217,16 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         self.default_language = default_language
         self.max_body = max_body
         self.max_query = max_query
-        config = getattr(oauth, "config", None)
+        # Integrations share these (redirect URI, proxies): the primary's stand for all.
+        config = getattr(self.oauth, "config", None)
         redirect_uri = getattr(config, "redirect_uri", "")
         # The cookie's attributes come from the configured redirect URI, never the request.
         self.secure_cookie = urlsplit(redirect_uri).scheme == "https"
         self.cookie_name = ("__Host-" if self.secure_cookie else "") + BINDING_COOKIE
-        state_ttl = getattr(config, "state_ttl", timedelta(minutes=30))
+        state_ttl = max(
+            getattr(getattr(service, "config", None), "state_ttl", timedelta(minutes=30))
+            for service in self.integrations.values()
+        )
         self.cookie_max_age = max(1, int(state_ttl.total_seconds()))
         self.connect_url = _connect_url(redirect_uri, self.prefix)
         # Forwarded headers count only where the app said how many proxies write them.
@@ -232,15 +237,14 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         self.allowed_origins = frozenset(
             origin_of(url) for url in (redirect_uri, *_origins(allowed_origins)) if url
         )
-        # Metadata mode (Config.secrets_uri): amoCRM's post to secrets_uri has a route, and
-        # /connect shows the site button, which needs the integration's name and description.
-        metadata_mode = bool(getattr(config, "metadata_mode", False))
+        # Metadata mode (Config.secrets_uri; of any integration): amoCRM's post to secrets_uri
+        # has a route, and /connect shows such an integration's site button, which needs the
+        # integration's name and description.
+        metadata_mode = self.integrations.metadata_mode
         if metadata_mode and not isinstance(button, ButtonMetadata):
             raise ValueError(setting_error("button_missing", type=type(button).__name__))
         #: What the site button shows (metadata mode); None: /connect redirects.
         self.button = button if metadata_mode else None
-        script_url = getattr(config, "button_script_url", "")
-        self.button_script_origin = origin_of(script_url) if script_url else ""
         self.routes = ROUTES + METADATA_ROUTES if metadata_mode else ROUTES
         self._by_path = {self.prefix + route.path: route for route in self.routes}
         self._flows: dict[str, Callable[[Request], WebFlow[Response]]] = {
@@ -252,6 +256,13 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             "disconnect_hook": self._disconnect_hook,
             "secrets": self._secrets,
         }
+
+    def _check_kind(self, service: object) -> None:
+        """The other kind of service would fail only at a user's first request: refuse it now."""
+        if self.blocking and isinstance(service, AsyncAmoOAuth):
+            raise TypeError(setting_error("sync_service", type=type(service).__name__))
+        if not self.blocking and isinstance(service, AmoOAuth):
+            raise TypeError(setting_error("async_service", type=type(service).__name__))
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -268,6 +279,9 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             check_size(request, self.max_query, self.max_body)
             if route.method == "POST" and not route.server_to_server:
                 check_origin(request, self.allowed_origins)
+            # The integration first (one service: itself), then the route on its service.
+            chosen = yield from self.integrations.choose(route.name, request)
+            yield UseIntegration(chosen)
             response = yield from self._flows[route.name](request)
         except Refusal as refusal:
             response = self._refuse(route, request, refusal.status, refusal.reason, refusal.hint)
@@ -374,25 +388,34 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         else:
             connection_id = yield from self._identity(request)
             if wants_json(request):
-                return (yield from self._ticket_url(connection_id))
+                return (yield from self._ticket_url(connection_id, request))
         cookie = request.cookie(self.cookie_name)
         if self.button is not None:
-            return (yield from self._site_button(request, connection_id, cookie, self.button))
+            # Of several integrations only those in metadata mode show the button.
+            config = yield from self._call(ServiceConfig())
+            if config.metadata_mode:
+                script = origin_of(config.button_script_url)
+                page = self._site_button(request, connection_id, cookie, self.button, script)
+                return (yield from page)
         begun = yield from self._call(Begin(connection_id, binding=cookie))
         headers = [self._set_cookie(begun.binding, self.cookie_max_age)] if begun.binding else []
         return Response.redirect(begun.url, headers)
 
     def _site_button(
-        self, request: Request, connection_id: str, cookie: str | None, button: ButtonMetadata
+        self,
+        request: Request,
+        connection_id: str,
+        cookie: str | None,
+        button: ButtonMetadata,
+        script_origin: str,
     ) -> WebFlow[Response]:
         """Metadata mode's ``/connect``: a page with amoCRM's site button (its state from
-        ``begin()``), the binding cookie set exactly as for the redirect."""
+        ``begin()``; its script from ``script_origin``), the binding cookie set exactly as for
+        the redirect."""
         made = yield from self._call(MakeSiteButton(connection_id, binding=cookie, metadata=button))
         headers = [self._set_cookie(made.binding, self.cookie_max_age)] if made.binding else []
         lang = choose_language(request, self.texts, self.default_language)
-        return render_button_page(
-            self.texts[lang], lang, made.html, self.button_script_origin, headers
-        )
+        return render_button_page(self.texts[lang], lang, made.html, script_origin, headers)
 
     def _redeem(self, request: Request, ticket: str) -> WebFlow[str]:
         """The connection a ticket names, redeemed only by a browser that opened it itself.
@@ -412,11 +435,16 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         signed_in = yield from self._signed_in()
         return (yield from self._call(RedeemTicket(ticket, connection_id=signed_in)))
 
-    def _ticket_url(self, connection_id: str) -> WebFlow[Response]:
+    def _ticket_url(self, connection_id: str, request: Request) -> WebFlow[Response]:
         """``{url, expires_at}``: this route with a fresh ticket, for the browser that will
-        consent (the app's in-app browser keeps the binding cookie /connect sets there)."""
+        consent (the app's in-app browser keeps the binding cookie /connect sets there), and
+        the integration the app named, which signed the ticket."""
         ticket = yield from self._call(IssueTicket(connection_id))
-        url = f"{self.connect_url}?{urlencode({'ticket': ticket})}"
+        query = {"ticket": ticket}
+        integration = request.param(INTEGRATION_PARAM)
+        if integration is not None and len(self.integrations) > 1:
+            query[INTEGRATION_PARAM] = integration
+        url = f"{self.connect_url}?{urlencode(query)}"
         return Response.json(200, {"url": url, "expires_at": ticket_expires_at(ticket).isoformat()})
 
     def _callback(self, request: Request) -> WebFlow[Response]:
