@@ -21,6 +21,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import amo_oauth
+from _backends import Backend
+from _pg_server import postgres_url  # noqa: F401
+from _redis_server import redis_url  # noqa: F401
 from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
@@ -260,6 +263,25 @@ def test_a_store_error_counts_by_operation(
     assert readings.count("amo_oauth.store.errors") == 1
     # The failed load was timed too.
     assert readings.recorded("amo_oauth.store.duration", operation="load") >= 2
+
+
+def test_every_store_is_timed_and_its_errors_counted(
+    measured: Callable[..., AmoOAuth],
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    readings: Readings,
+    backend: Backend,
+) -> None:
+    store = FaultyStore(backend.open())
+    oauth = measured(store=store)
+    run_consent(oauth, fake, USER)
+    assert readings.recorded("amo_oauth.store.duration", operation="claim") == 1
+    assert readings.recorded("amo_oauth.store.duration", operation="compare_and_set") == 2
+    store.fail("holder_of", times=1)
+    with pytest.raises(StoreError):
+        run_consent(oauth, fake, USER)  # a new consent: the callback reads the code's holder
+    assert readings.count("amo_oauth.store.errors", operation="holder_of") == 1
+    assert readings.count("amo_oauth.store.errors") == 1
 
 
 class _WaitSignalling(MemoryStore):
