@@ -35,7 +35,8 @@ from amo_oauth import (
     TryAgainLater,
 )
 from amo_oauth._answers import ROWS
-from amo_oauth._metrics import _OPERATIONS, REFRESH_OUTCOMES
+from amo_oauth._metrics import REFRESH_OUTCOMES
+from amo_oauth._ops import STORE_METHODS
 from amo_oauth._records import Lease, SeenCode, record_key
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing.faults import FaultyStore, FaultyTransport
@@ -55,7 +56,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "reason": frozenset({row.reason for row in ROWS} | {"unavailable"}),
     "outcome": frozenset(REFRESH_OUTCOMES.values()),
     "purpose": frozenset({"exchange", "refresh"}),
-    "operation": frozenset(_OPERATIONS.values()),
+    "operation": frozenset(STORE_METHODS.values()),
 }
 
 

@@ -33,7 +33,7 @@ from ._events import (
     RefreshReleased,
     VerifyClaimed,
 )
-from ._ops import StoreOp, WaitForChange
+from ._ops import STORE_METHODS, StoreOp, WaitForChange
 from ._provider import meaning_of
 from ._provider_reads import error_of
 
@@ -56,24 +56,11 @@ REFRESH_OUTCOMES: Final = {
 }
 #: The events that take a connection over from its lease holder (``_events``).
 TAKE_OVERS: Final = frozenset({LeaseExpired.name, RefreshClaimed.name, VerifyClaimed.name})
-#: The flow operations' classes by the ``Store`` method each calls (as faults name them).
-_OPERATIONS: Final = {
-    "Load": "load",
-    "CompareAndSet": "compare_and_set",
-    "Delete": "delete",
-    "ConsumeState": "consume_state",
-    "HolderOf": "holder_of",
-    "ClaimOp": "claim",
-    "FindByAccount": "find_by_account",
-    "DuePage": "due_page",
-    "WaitForChange": "wait_for_change",
-}
 
 
 def operation_of(op: StoreOp[Any]) -> str:
     """The store method ``op`` calls (``load``, ``claim``...): a closed set."""
-    name = type(op).__name__
-    return _OPERATIONS.get(name, "other")
+    return STORE_METHODS.get(type(op).__name__, "other")
 
 
 def grant_of(request: httpx.Request) -> Grant | None:
