@@ -29,7 +29,7 @@ from ._connection_id import ConnectionId, resolve_connection_id
 from ._errors import ProviderError, ReauthorizationRequired, StoreError, UnreadableRecord
 from ._events import Event, LeaseExpired, RefreshDeferred
 from ._lifecycle import NoOp, Step, step
-from ._metrics import SILENT, Metrics
+from ._metrics import SILENT, Recorder
 from ._ops import (
     ClaimOp,
     CompareAndSet,
@@ -153,7 +153,7 @@ class Records:
         self.on_kept: Callable[[], None] | None = None
         #: Where decisions are counted (refresh outcomes, lapsed leases taken over, duplicates
         #: answered); the service gives its own, the default counts nothing.
-        self.metrics: Metrics = SILENT
+        self.metrics: Recorder = SILENT
 
     # -- the store's clock -------------------------------------------------------------------
 

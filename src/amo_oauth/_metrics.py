@@ -17,7 +17,8 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Final, cast
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import httpx
 
@@ -40,7 +41,7 @@ from ._provider_reads import error_of
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
-__all__ = ["SILENT", "Metrics", "TokenCall", "metrics_for"]
+__all__ = ["SILENT", "Metrics", "Recorder", "TokenCall", "metrics_for"]
 
 #: The meter's name (the instrumentation scope) every instrument is made under.
 METER_NAME: Final = "amo_oauth"
@@ -95,6 +96,28 @@ class TokenCall:
         answer = meaning_of(error, self._grant)
         result = "transient" if answer.meaning.transient else "refused"
         self._metrics._token_answered(self._grant, result, answer.reason, self._started)
+
+
+class Recorder(Protocol):
+    """What the driver and ``Records`` measure through: ``Metrics`` or the no-op ``SILENT``."""
+
+    def store_call(self, op: StoreOp[Any]) -> AbstractContextManager[None]:
+        """Around one store operation."""
+        ...
+
+    def token_call(
+        self, request: httpx.Request
+    ) -> AbstractContextManager[Callable[[httpx.Response], None]]:
+        """Around sending ``request``; the callable yielded takes its answer."""
+        ...
+
+    def duplicate_answered(self) -> None:
+        """A callback answered as a duplicate."""
+        ...
+
+    def written(self, event_name: str, lapsed: str | None) -> None:
+        """A transition written (``lapsed``: the purpose of a lapsed lease it wrote over)."""
+        ...
 
 
 class Metrics:
@@ -203,18 +226,16 @@ class Metrics:
             self._lease_expiries.add(1, {"purpose": lapsed})
 
 
-class _Silent(Metrics):
-    """Metrics without opentelemetry, or before a service wires its own: nothing at all."""
+class _Silent:
+    """Metrics without opentelemetry, or before a service wires its own: nothing at all (one
+    shared context manager per call, no meter, nothing imported)."""
 
-    def __init__(self) -> None:  # no meter: nothing is imported
-        pass
-
-    def store_call(self, op: StoreOp[Any]) -> contextlib.nullcontext[None]:  # type: ignore[override]
+    def store_call(self, op: StoreOp[Any]) -> AbstractContextManager[None]:
         return _NOTHING
 
-    def token_call(  # type: ignore[override]
+    def token_call(
         self, request: httpx.Request
-    ) -> contextlib.nullcontext[Callable[[httpx.Response], None]]:
+    ) -> AbstractContextManager[Callable[[httpx.Response], None]]:
         return _IGNORING
 
     def duplicate_answered(self) -> None:
@@ -229,14 +250,12 @@ def _ignore(response: httpx.Response) -> None:
 
 
 _NOTHING: Final = contextlib.nullcontext()
-_IGNORING: Final[contextlib.nullcontext[Callable[[httpx.Response], None]]] = contextlib.nullcontext(
-    _ignore
-)
+_IGNORING: Final = contextlib.nullcontext(_ignore)
 #: The no-op metrics: what ``Records`` holds until a service gives it its own.
-SILENT: Final[Metrics] = _Silent()
+SILENT: Final[Recorder] = _Silent()
 
 
-def metrics_for(meter_provider: MeterProvider | None) -> Metrics:
+def metrics_for(meter_provider: MeterProvider | None) -> Recorder:
     """The service's metrics: from ``meter_provider`` (None: OpenTelemetry's global provider,
     which is a no-op until the application sets one), or ``SILENT`` when opentelemetry is not
     installed (the ``otel`` extra)."""
