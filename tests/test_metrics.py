@@ -6,6 +6,7 @@ closed allow-list; and the library without opentelemetry installed at all."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import threading
@@ -35,7 +36,7 @@ from amo_oauth import (
     TryAgainLater,
 )
 from amo_oauth._answers import ROWS
-from amo_oauth._metrics import REFRESH_OUTCOMES
+from amo_oauth._metrics import REFRESH_OUTCOMES, Metrics
 from amo_oauth._ops import STORE_METHODS
 from amo_oauth._records import Lease, SeenCode, record_key
 from amo_oauth.testing import FakeAmoCRM, FakeClock
@@ -429,3 +430,29 @@ def test_the_library_works_without_opentelemetry() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "works without opentelemetry" in done.stdout
+
+
+class _Listing:
+    """A meter provider (and meter) that lists the instruments made, for the docs' table."""
+
+    def __init__(self) -> None:
+        self.made: set[tuple[str, str, str]] = set()
+
+    def get_meter(self, *args: object, **kwargs: object) -> _Listing:
+        return self
+
+    def create_counter(self, name: str, unit: str = "", description: str = "") -> _Listing:
+        self.made.add((name, "counter", unit))
+        return self
+
+    def create_histogram(self, name: str, unit: str = "", description: str = "") -> _Listing:
+        self.made.add((name, "histogram", unit))
+        return self
+
+
+def test_the_docs_list_every_instrument_with_its_kind_and_unit() -> None:
+    listing = _Listing()
+    Metrics(listing)  # type: ignore[arg-type]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"^\| `(amo_oauth\.[\w.]+)` \| (\w+) \| `([^`]+)` \|", page, re.M))
+    assert documented == listing.made
