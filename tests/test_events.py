@@ -426,7 +426,9 @@ def test_a_slow_async_callback_is_cancelled_after_its_timeout_and_logged(
             assert (await oauth.status(USER)).is_connected
 
     with caplog.at_level(logging.ERROR, logger="amo_oauth"):
-        asyncio.run(scenario())
+        # A hang guard only (the callback's own bound is 0.05 s): without the bound the test
+        # fails here instead of hanging the run.
+        asyncio.run(asyncio.wait_for(scenario(), timeout=120))
     assert cancelled == [True]
     messages = [r.getMessage() for r in caplog.records if "lifecycle callback" in r.getMessage()]
     assert any("hangs" in m and "0.05 s" in m for m in messages)
