@@ -1,0 +1,304 @@
+"""amo_oauth.testing.invariants: the invariant machine users run against their own backends.
+
+It runs here against every example backend (FastAPI and Starlette over ASGI, Flask and
+Django's sync views over WSGI), each with its own sign-in, as a user's test would; against two
+deliberately broken backends, which it must catch; and ``import amo_oauth.testing`` with its
+pytest plugin must not need hypothesis.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+from django.core.handlers.wsgi import WSGIHandler
+from django.test import override_settings
+from hypothesis import HealthCheck, Phase, settings
+
+import django_settings
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore
+from amo_oauth._demo import example_path, load_example
+from amo_oauth.testing.invariants import Browser, FakeSetup, run_invariants
+
+from helpers import examples
+
+django_settings.setup()
+sys.path.insert(0, str(example_path("django_app")))  # the example's project package: backend
+from backend.views import routes  # noqa: E402
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+#: The CI budget: about a minute for the four backends on a loaded two-core machine.
+BUDGET = settings(
+    max_examples=examples(80),
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+#: For the broken backends: stop at the first failure (no shrinking), one failure reported.
+FIND_ONLY = settings(
+    BUDGET,
+    max_examples=200,
+    phases=(Phase.generate,),
+    report_multiple_bugs=False,
+    derandomize=True,  # the same examples every run: found in every run, or in none
+    database=None,
+)
+
+
+def bearer_sign_in(browser: Browser, user: str) -> Mapping[str, str]:
+    """The examples' app sign-in: POST /login {"user": ...} -> a bearer token."""
+    answer = browser.request("POST", "/login", json={"user": user})
+    assert answer.status_code == 200, answer.text
+    return {"authorization": f"Bearer {answer.json()['token']}"}
+
+
+def fastapi_app(amo: FakeSetup) -> Any:
+    # The app's lifespan closes the service and the client at shutdown.
+    http = amo.async_http()
+    oauth = AsyncAmoOAuth(amo.config, store=MemoryStore(), http=http)
+    return load_example("fastapi_app").create_app(oauth, api=http)
+
+
+def flask_app(amo: FakeSetup) -> Any:
+    http = amo.http()
+    oauth = amo.closes(AmoOAuth(amo.config, store=MemoryStore(), http=http))
+    return load_example("flask_app").create_app(oauth, api=http)
+
+
+STARLETTE_TOKENS = {f"token-of-{user}": user for user in ("user-1", "user-2")}
+
+
+def starlette_app(amo: FakeSetup) -> Any:
+    oauth = AsyncAmoOAuth(amo.config, store=MemoryStore(), http=amo.async_http())
+    return load_example("starlette_app").create_app(oauth, STARLETTE_TOKENS)
+
+
+def starlette_sign_in(browser: Browser, user: str) -> Mapping[str, str]:
+    return {"authorization": f"Bearer token-of-{user}"}  # the example's fixed tokens
+
+
+def django_app(amo: FakeSetup) -> WSGIApp:
+    """The example's sync views under Django's WSGI handler (its CSRF middleware on)."""
+    http = amo.http()
+    oauth = amo.closes(AmoOAuth(amo.config, store=MemoryStore(), http=http))
+    urlconf = django_settings.urlconf(*routes(oauth, http))
+    handler = WSGIHandler()
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        with override_settings(ROOT_URLCONF=urlconf, ALLOWED_HOSTS=["backend.example"]):
+            return handler(environ, start_response)
+
+    return app
+
+
+BACKENDS = {
+    "fastapi": (fastapi_app, bearer_sign_in),
+    "flask": (flask_app, bearer_sign_in),
+    "starlette": (starlette_app, starlette_sign_in),
+    "django": (django_app, bearer_sign_in),
+}
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_each_example_backend_keeps_the_invariants(backend: str) -> None:
+    make_app, sign_in = BACKENDS[backend]
+    run_invariants(make_app, sign_in, settings=BUDGET)
+
+
+# -- the machine can fail ---------------------------------------------------------------------
+
+
+def _code_of(environ: Mapping[str, Any]) -> str | None:
+    if not str(environ.get("PATH_INFO", "")).endswith("/callback"):
+        return None
+    return parse_qs(str(environ.get("QUERY_STRING", ""))).get("code", [None])[0]
+
+
+def exchanging_every_callback(amo: FakeSetup) -> WSGIApp:
+    """A backend that sends every callback's code to amoCRM itself, seen before or not."""
+    app, fake = flask_app(amo), amo.fake
+    http = amo.http()
+
+    def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        code = _code_of(environ)
+        if code is not None:
+            fields = {
+                "grant_type": "authorization_code",
+                "code": code,
+                "client_id": fake.client_id,
+                "client_secret": fake.client_secret,
+                "redirect_uri": fake.redirect_uri,
+            }
+            http.post(f"https://{fake.account_host}/oauth2/access_token", data=fields)
+        return app(environ, start_response)
+
+    return broken
+
+
+def forbidding_replays(amo: FakeSetup) -> WSGIApp:
+    """A backend that answers 403 to a callback whose code it saw before."""
+    app, seen = flask_app(amo), set[str]()
+
+    def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        code = _code_of(environ)
+        if code is not None and code in seen:
+            start_response("403 Forbidden", [("content-type", "text/plain")])
+            return [b"seen before"]
+        if code is not None:
+            seen.add(code)
+        return app(environ, start_response)
+
+    return broken
+
+
+def test_it_catches_a_backend_that_exchanges_on_every_callback() -> None:
+    """Caught as a code sent twice, a forged state's code sent, or (a code it sent from the
+    wrong browser, which the library then refused) tokens issued that /status does not show."""
+    caught = (
+        "reached amoCRM's token endpoint 2 times|a code with a forged state was sent"
+        "|/status says connected=False, expected True"
+    )
+    with pytest.raises(AssertionError, match=caught):
+        run_invariants(exchanging_every_callback, bearer_sign_in, settings=FIND_ONLY)
+
+
+def test_it_catches_a_backend_that_answers_403_to_a_replay() -> None:
+    with pytest.raises(AssertionError, match=r"replayed code .* was answered 403"):
+        run_invariants(forbidding_replays, bearer_sign_in, settings=FIND_ONLY)
+
+
+def test_it_catches_a_status_that_does_not_follow_the_connection() -> None:
+    """A backend whose /disconnect answers 200 and forgets nothing."""
+
+    def make_app(amo: FakeSetup) -> WSGIApp:
+        app = flask_app(amo)
+
+        def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            if str(environ.get("PATH_INFO", "")).endswith("/disconnect"):
+                start_response("200 OK", [("content-type", "application/json")])
+                return [b"{}"]
+            return app(environ, start_response)
+
+        return broken
+
+    with pytest.raises(AssertionError, match="/status says connected=True, expected False"):
+        run_invariants(make_app, bearer_sign_in, settings=FIND_ONLY)
+
+
+def test_it_catches_a_secret_in_an_answer() -> None:
+    """A backend that puts the code in a response header (a debugging leftover)."""
+
+    def make_app(amo: FakeSetup) -> WSGIApp:
+        app = flask_app(amo)
+
+        def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            code = _code_of(environ)
+
+            def start(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+                return start_response(status, [*headers, ("x-debug-code", code or "")], *rest)
+
+            return app(environ, start)
+
+        return broken
+
+    with pytest.raises(AssertionError, match="/callback's answer holds a code"):
+        run_invariants(make_app, bearer_sign_in, settings=FIND_ONLY)
+
+
+def test_it_catches_a_5xx() -> None:
+    def make_app(amo: FakeSetup) -> WSGIApp:
+        app = flask_app(amo)
+
+        def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            if "error=access_denied" in str(environ.get("QUERY_STRING", "")):
+                start_response("500 Internal Server Error", [("content-type", "text/plain")])
+                return [b"oops"]
+            return app(environ, start_response)
+
+        return broken
+
+    with pytest.raises(AssertionError, match="GET /callback answered 500"):
+        run_invariants(make_app, bearer_sign_in, settings=FIND_ONLY)
+
+
+# -- hypothesis stays out of the runtime --------------------------------------------------------
+
+WITHOUT_HYPOTHESIS = """\
+import sys
+sys.modules["hypothesis"] = None  # as if it were not installed: its import fails
+import amo_oauth.testing, amo_oauth.testing._plugin, amo_oauth.testing.faults
+from amo_oauth.testing import FakeAmoCRM
+FakeAmoCRM().authorize("state")
+assert "amo_oauth.testing.invariants" not in sys.modules
+try:
+    import amo_oauth.testing.invariants
+except ImportError as exc:
+    print(exc)
+"""
+
+LOADED = """\
+import sys
+import amo_oauth.testing, amo_oauth.testing._plugin
+print(sorted(name for name in sys.modules if name.partition(".")[0] == "hypothesis"))
+"""
+
+
+def python(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_the_kit_and_its_plugin_work_without_hypothesis() -> None:
+    said = python(WITHOUT_HYPOTHESIS)
+    assert "needs the testing extra: pip install 'amo_oauth[testing]'" in said, said
+
+
+def test_the_plugin_does_not_import_hypothesis() -> None:
+    assert python(LOADED) == "[]"
+
+
+def test_the_testing_extra_brings_what_the_kit_needs() -> None:
+    """The extra the install hint names is the one that brings hypothesis (and pytest)."""
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    testing = pyproject["project"]["optional-dependencies"]["testing"]
+    assert {re.split(r"[<>=\[ ]", need)[0] for need in testing} >= {"hypothesis", "pytest"}
+
+
+def test_a_backend_under_another_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The routes are found as siblings of the redirect URI's /callback."""
+    from flask import Flask
+
+    from amo_oauth.flask import blueprint
+
+    def make_app(amo: FakeSetup) -> Flask:
+        oauth = amo.closes(AmoOAuth(amo.config, store=MemoryStore(), http=amo.http()))
+        app = Flask("elsewhere")
+        users = {f"t-{user}": user for user in amo.users}
+
+        def user_of(request: Any) -> str | None:
+            scheme, _, token = (request.header("authorization") or "").partition(" ")
+            return users.get(token) if scheme == "Bearer" else None
+
+        app.register_blueprint(
+            blueprint(oauth, connection_id=user_of, app_scheme="app", prefix="/v2/amo")
+        )
+        return app
+
+    def sign_in(browser: Browser, user: str) -> Mapping[str, str]:
+        return {"authorization": f"Bearer t-{user}"}
+
+    few = settings(BUDGET, max_examples=5)
+    run_invariants(
+        make_app, sign_in, settings=few, redirect_uri="https://app.example/v2/amo/callback"
+    )
