@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, Phase, settings
 import django_settings
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore
 from amo_oauth._demo import example_path, load_example
+from amo_oauth.testing._app_driver import AppDriver
 from amo_oauth.testing.invariants import Browser, FakeSetup, run_invariants
 
 from helpers import examples
@@ -302,3 +303,62 @@ def test_a_backend_under_another_prefix(monkeypatch: pytest.MonkeyPatch) -> None
     run_invariants(
         make_app, sign_in, settings=few, redirect_uri="https://app.example/v2/amo/callback"
     )
+
+
+# -- the driver: ASGI with and without a lifespan, WSGI, a cookie jar per browser ---------------
+
+Scope = dict[str, Any]
+
+
+def asgi_app(said: list[str], *, lifespan: str | None) -> Callable[..., Any]:
+    """An ASGI app that notes what it was asked; ``lifespan``: None (it refuses the scope, as
+    Django's handler does), "complete" or "failed"."""
+
+    async def app(scope: Scope, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] == "lifespan":
+            if lifespan is None:
+                raise ValueError("no lifespan here")
+            while True:
+                phase = (await receive())["type"].rpartition(".")[2]
+                said.append(phase)
+                await send({"type": f"lifespan.{phase}.{lifespan}"})
+                if phase == "shutdown":
+                    return
+        said.append(scope["path"])
+        cookie = dict(scope["headers"]).get(b"cookie", b"")
+        headers = [(b"set-cookie", b"seen=yes; Path=/; Secure")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": cookie})
+
+    return app
+
+
+@pytest.mark.parametrize("lifespan", [None, "complete"])
+def test_an_asgi_app_is_served_with_its_lifespan_if_it_has_one(lifespan: str | None) -> None:
+    said: list[str] = []
+    driver = AppDriver(asgi_app(said, lifespan=lifespan), "https://backend.example")
+    first, other = driver.browser(), driver.browser()
+    assert first.request("GET", "/a").text == ""
+    assert first.request("GET", "/b").text == "seen=yes"  # its own jar keeps the cookie
+    assert other.request("GET", "/c").text == ""  # another browser's jar is empty
+    driver.close()
+    expected = ["/a", "/b", "/c"]
+    assert said == (["startup", *expected, "shutdown"] if lifespan else expected)
+
+
+def test_a_failed_startup_is_raised() -> None:
+    """Raised, not hung: the app still waits for messages, and its task is cancelled."""
+    with pytest.raises(RuntimeError, match="lifespan startup failed"):
+        AppDriver(asgi_app([], lifespan="failed"), "https://backend.example")
+
+
+def test_a_wsgi_app_gets_a_cookie_jar_per_browser() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("set-cookie", "seen=yes; Path=/; Secure")])
+        return [str(environ.get("HTTP_COOKIE", "")).encode()]
+
+    driver = AppDriver(app, "https://backend.example")
+    first, other = driver.browser(), driver.browser()
+    assert [first.request("GET", "/").text for _ in range(2)] == ["", "seen=yes"]
+    assert other.request("GET", "/").text == ""
+    driver.close()

@@ -65,7 +65,11 @@ class AppDriver:
         self._lifespan: _Lifespan | None = None
         if is_asgi(app):
             self._portal = self._running.enter_context(start_blocking_portal())
-            self._lifespan = _Lifespan(app, self._portal)
+            try:
+                self._lifespan = _Lifespan(app, self._portal)
+            except BaseException:
+                self._running.close()  # the event loop's thread ends with the failed startup
+                raise
             self._async_transport = httpx.ASGITransport(app=app)
         else:
             self._transport = httpx.WSGITransport(app=app)
@@ -102,7 +106,11 @@ class _Lifespan:
         self._to_app, inbox = anyio.create_memory_object_stream[Message](4)
         outbox, self._from_app = anyio.create_memory_object_stream[Message](4)
         self._task = portal.start_task_soon(self._run, app, inbox, outbox)
-        self.supported = self._exchange("startup")
+        try:
+            self.supported = self._exchange("startup")
+        except BaseException:
+            self._task.cancel()  # the app may wait for more messages: it gets none
+            raise
 
     @staticmethod
     async def _run(
@@ -128,6 +136,10 @@ class _Lifespan:
         return bool(answer["type"] == f"lifespan.{phase}.complete")
 
     def shutdown(self) -> None:
-        if self.supported:
-            self._exchange("shutdown")
-        self._task.result()
+        """Send ``lifespan.shutdown`` and wait for its answer; then the task is ended (an app
+        has nothing left to do after answering, and one that waits on is not waited for)."""
+        try:
+            if self.supported:
+                self._exchange("shutdown")
+        finally:
+            self._task.cancel()

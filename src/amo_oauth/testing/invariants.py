@@ -209,9 +209,11 @@ def _hmac_hex(key: bytes, message: bytes) -> str:
 
 @attrs.frozen
 class Consent:
-    """A consent a user's browser began: the state ``/connect`` sent it to amoCRM with."""
+    """A consent begun for ``user`` in ``browser``: the state ``/connect`` sent it to amoCRM
+    with. The browser is the user's own, or the signed-out one for a mobile app's ticket."""
 
     user: str
+    browser: str
     state: str = attrs.field(repr=False)
 
 
@@ -268,6 +270,17 @@ class BackendMachine(RuleBasedStateMachine):
     def connect(self, user: str) -> Consent:
         """The user's browser begins a consent: ``/connect`` answers 302 to amoCRM."""
         return self.begin(user)
+
+    @rule(target=consents, user=st.sampled_from(USERS))
+    def connect_by_ticket(self, user: str) -> Consent:
+        """The mobile app asks for a ticket URL (``/connect`` as JSON) and opens it in an
+        in-app browser where nobody is signed in: ``/connect?ticket=...`` answers 302 there."""
+        asked = self.send(user, "GET", "/connect", params={"format": "json"})
+        assert asked.status_code == 200, f"/connect?format=json answered {asked.status_code}"
+        url = urlsplit(asked.json()["url"])
+        assert url.path == self.prefix + "/connect", "the ticket URL is not /connect"
+        opened = self.send(SIGNED_OUT, "GET", "/connect", params=_query_pairs(url.query))
+        return self.consent_of(user, SIGNED_OUT, opened)
 
     @rule(target=redirects, user=st.sampled_from(USERS))
     def consent_in_full(self, user: str) -> Redirect:
@@ -390,12 +403,16 @@ class BackendMachine(RuleBasedStateMachine):
 
     def begin(self, user: str) -> Consent:
         answer = self.send(user, "GET", "/connect")
+        return self.consent_of(user, user, answer)
+
+    def consent_of(self, user: str, browser: str, answer: httpx.Response) -> Consent:
+        """The consent a ``/connect`` answer began: a 302 to amoCRM, with the state."""
         assert answer.status_code == 302, f"/connect answered {answer.status_code}"
         location = answer.headers["location"]
-        return Consent(user, dict(parse_qsl(urlsplit(location).query))["state"])
+        return Consent(user, browser, dict(parse_qsl(urlsplit(location).query))["state"])
 
     def browser_of(self, consent: Consent, where: str) -> str:
-        return consent.user if where == _OWN else where
+        return consent.browser if where == _OWN else where
 
     def arrive(self, consent: Consent, url: str, where: str) -> Redirect:
         query = urlsplit(url).query
