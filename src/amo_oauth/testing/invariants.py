@@ -1,11 +1,12 @@
 """The invariant machine for your own backend: your routes, your sign-in, your store.
 
 A hypothesis state machine drives your ASGI or WSGI app, mounting amo_oauth's routes, with
-``FakeAmoCRM`` behind it: browsers of signed-in users begin consents (``/connect``), amoCRM
-redirects them back (``/callback``) with a code, with a second code under one consent, with a
-denial or with a forged state, redirects are replayed in the same browser or another, the old
-mobile app posts a code again (``/exchange-code``), users disconnect, the integration is
-uninstalled and amoCRM's disconnect hook arrives (signed or forged). After every step it checks:
+``FakeAmoCRM`` behind it: browsers of signed-in users begin consents (``/connect``), or the
+mobile app's ticket URL opens in a signed-out in-app browser; amoCRM redirects them back
+(``/callback``) with a code, with a second code under one consent, with a denial or with a
+forged state; redirects are replayed in the same browser or another; the old mobile app posts a
+code again (``/exchange-code``); users disconnect; the integration is uninstalled and amoCRM's
+disconnect hook arrives (signed or forged). After every step it checks:
 
 * each authorization code reached amoCRM's token endpoint at most once, and a code that came
   with a forged state never;
