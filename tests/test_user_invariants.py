@@ -390,3 +390,17 @@ def test_a_wsgi_app_gets_a_cookie_jar_per_browser() -> None:
     assert [first.request("GET", "/").text for _ in range(2)] == ["", "seen=yes"]
     assert other.request("GET", "/").text == ""
     driver.close()
+
+
+def test_a_failing_sign_in_is_reported_and_the_app_shut_down() -> None:
+    said: list[str] = []
+
+    def make_app(amo: FakeSetup) -> Any:
+        return asgi_app(said, lifespan="complete")
+
+    def sign_in(browser: Browser, user: str) -> Mapping[str, str]:
+        raise LookupError("no such sign-in")
+
+    with pytest.raises(LookupError, match="no such sign-in"):
+        run_invariants(make_app, sign_in, settings=settings(FIND_ONLY, max_examples=1))
+    assert said[0] == "startup" and said[-1] == "shutdown"

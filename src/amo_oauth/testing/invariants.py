@@ -247,11 +247,19 @@ class BackendMachine(RuleBasedStateMachine):
         self.setup = FakeSetup(fake, _config_for(fake, self.state_secret))
         self.fake = fake
         self.prefix = urlsplit(self.redirect_uri).path.rpartition("/")[0]
-        self.driver = AppDriver(type(self).make_app(self.setup), _origin(self.redirect_uri))
+        try:
+            self.driver = AppDriver(type(self).make_app(self.setup), _origin(self.redirect_uri))
+        except BaseException:
+            self.setup.close()
+            raise
         self.browsers = {name: self.driver.browser() for name in BROWSERS}
         self.headers: dict[str, dict[str, str]] = {SIGNED_OUT: {}}
-        for user in USERS:
-            self.headers[user] = dict(type(self).sign_in(self.browsers[user], user))
+        try:
+            for user in USERS:
+                self.headers[user] = dict(type(self).sign_in(self.browsers[user], user))
+        except BaseException:  # hypothesis calls teardown only on a machine it made
+            self.teardown()
+            raise
         #: Whether each user's status must say connected (None: not known after a failed
         #: exchange, which the machine does not predict).
         self.connected: dict[str, bool | None] = dict.fromkeys(USERS, False)
