@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -24,7 +25,7 @@ from django.test import override_settings
 from hypothesis import HealthCheck, Phase, settings
 
 import django_settings
-from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, SQLiteStore
 from amo_oauth._demo import example_path, load_example
 from amo_oauth.testing._app_driver import AppDriver
 from amo_oauth.testing.invariants import Browser, FakeSetup, run_invariants
@@ -76,6 +77,26 @@ def fastapi_app(amo: FakeSetup) -> Any:
 def flask_app(amo: FakeSetup) -> Any:
     http = amo.http()
     oauth = amo.closes(AmoOAuth(amo.config, store=MemoryStore(), http=http))
+    return load_example("flask_app").create_app(oauth, api=http)
+
+
+class Folder:
+    """A temporary directory that ``FakeSetup.closes`` removes when the example ends."""
+
+    def __init__(self) -> None:
+        self._made = tempfile.TemporaryDirectory(prefix="amo-invariants-")
+        self.path = Path(self._made.name)
+
+    def close(self) -> None:
+        self._made.cleanup()
+
+
+def flask_sqlite_app(amo: FakeSetup) -> Any:
+    """The Flask example over the store it ships with: an SQLite file, new per example."""
+    folder = amo.closes(Folder())
+    http = amo.http()
+    store = SQLiteStore(folder.path / "amo_oauth.db")
+    oauth = amo.closes(AmoOAuth(amo.config, store=store, http=http))
     return load_example("flask_app").create_app(oauth, api=http)
 
 
@@ -132,8 +153,10 @@ BACKENDS = {
     # The same views as "django", awaited; Django's ASGI handler is three times slower per
     # step (a thread hop for each sync part), so it gets a third of the examples.
     "django-asgi": (django_asgi_app, bearer_sign_in),
+    # The store the examples ship with, beside the MemoryStore above.
+    "flask-sqlite": (flask_sqlite_app, bearer_sign_in),
 }
-EXAMPLES = {"django-asgi": 25}
+EXAMPLES = {"django-asgi": 25, "flask-sqlite": 25}
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
