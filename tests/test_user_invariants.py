@@ -1,9 +1,11 @@
 """amo_oauth.testing.invariants: the invariant machine users run against their own backends.
 
-It runs here against every example backend (FastAPI and Starlette over ASGI, Flask and
-Django's sync views over WSGI), each with its own sign-in, as a user's test would; against two
-deliberately broken backends, which it must catch; and ``import amo_oauth.testing`` with its
-pytest plugin must not need hypothesis.
+It runs here against every example backend (FastAPI and Starlette over ASGI, Flask over
+WSGI on a MemoryStore and on an SQLite file, Django's views over WSGI and ASGI), each with its
+own sign-in, as a user's test would; against deliberately broken backends, each of which it
+must catch (one exchanging every callback's code itself, one answering 403 to a replay, and
+one per other invariant); its driver is tested on small apps of its own; and
+``import amo_oauth.testing`` with its pytest plugin must not need hypothesis.
 """
 
 from __future__ import annotations
