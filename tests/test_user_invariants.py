@@ -30,7 +30,7 @@ import django_settings
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, SQLiteStore
 from amo_oauth._demo import example_path, load_example
 from amo_oauth.testing._app_driver import AppDriver
-from amo_oauth.testing.invariants import Browser, FakeSetup, run_invariants
+from amo_oauth.testing.invariants import Browser, FakeSettings, run_invariants
 
 from helpers import examples
 
@@ -69,21 +69,21 @@ def bearer_sign_in(browser: Browser, user: str) -> Mapping[str, str]:
     return {"authorization": f"Bearer {answer.json()['token']}"}
 
 
-def fastapi_app(amo: FakeSetup) -> Any:
+def fastapi_app(amo: FakeSettings) -> Any:
     # The app's lifespan closes the service and the client at shutdown.
     http = amo.async_http()
     oauth = AsyncAmoOAuth(amo.config, store=MemoryStore(), http=http)
     return load_example("fastapi_app").create_app(oauth, api=http)
 
 
-def flask_app(amo: FakeSetup) -> Any:
+def flask_app(amo: FakeSettings) -> Any:
     http = amo.http()
     oauth = amo.closes(AmoOAuth(amo.config, store=MemoryStore(), http=http))
     return load_example("flask_app").create_app(oauth, api=http)
 
 
 class Folder:
-    """A temporary directory that ``FakeSetup.closes`` removes when the example ends."""
+    """A temporary directory that ``FakeSettings.closes`` removes when the example ends."""
 
     def __init__(self) -> None:
         self._made = tempfile.TemporaryDirectory(prefix="amo-invariants-")
@@ -93,7 +93,7 @@ class Folder:
         self._made.cleanup()
 
 
-def flask_sqlite_app(amo: FakeSetup) -> Any:
+def flask_sqlite_app(amo: FakeSettings) -> Any:
     """The Flask example over the store it ships with: an SQLite file, new per example."""
     folder = amo.closes(Folder())
     http = amo.http()
@@ -105,7 +105,7 @@ def flask_sqlite_app(amo: FakeSetup) -> Any:
 STARLETTE_TOKENS = {f"token-of-{user}": user for user in ("user-1", "user-2")}
 
 
-def starlette_app(amo: FakeSetup) -> Any:
+def starlette_app(amo: FakeSettings) -> Any:
     oauth = AsyncAmoOAuth(amo.config, store=MemoryStore(), http=amo.async_http())
     return load_example("starlette_app").create_app(oauth, STARLETTE_TOKENS)
 
@@ -114,7 +114,7 @@ def starlette_sign_in(browser: Browser, user: str) -> Mapping[str, str]:
     return {"authorization": f"Bearer token-of-{user}"}  # the example's fixed tokens
 
 
-def django_app(amo: FakeSetup) -> WSGIApp:
+def django_app(amo: FakeSettings) -> WSGIApp:
     """The example's sync views under Django's WSGI handler (its CSRF middleware on)."""
     http = amo.http()
     oauth = amo.closes(AmoOAuth(amo.config, store=MemoryStore(), http=http))
@@ -128,7 +128,7 @@ def django_app(amo: FakeSetup) -> WSGIApp:
     return app
 
 
-def django_asgi_app(amo: FakeSetup) -> Any:
+def django_asgi_app(amo: FakeSettings) -> Any:
     """The example's async views under Django's ASGI handler, with the example's lifespan
     (Django's handler refuses one), which closes the service and its client."""
     http = amo.async_http()
@@ -177,7 +177,7 @@ def _code_of(environ: Mapping[str, Any]) -> str | None:
     return parse_qs(str(environ.get("QUERY_STRING", ""))).get("code", [None])[0]
 
 
-def exchanging_every_callback(amo: FakeSetup) -> WSGIApp:
+def exchanging_every_callback(amo: FakeSettings) -> WSGIApp:
     """A backend that sends every callback's code to amoCRM itself, seen before or not."""
     app, fake = flask_app(amo), amo.fake
     http = amo.http()
@@ -198,7 +198,7 @@ def exchanging_every_callback(amo: FakeSetup) -> WSGIApp:
     return broken
 
 
-def forbidding_replays(amo: FakeSetup) -> WSGIApp:
+def forbidding_replays(amo: FakeSettings) -> WSGIApp:
     """A backend that answers 403 to a callback whose code it saw before."""
     app, seen = flask_app(amo), set[str]()
 
@@ -233,7 +233,7 @@ def test_it_catches_a_backend_that_answers_403_to_a_replay() -> None:
 def test_it_catches_a_status_that_does_not_follow_the_connection() -> None:
     """A backend whose /disconnect answers 200 and forgets nothing."""
 
-    def make_app(amo: FakeSetup) -> WSGIApp:
+    def make_app(amo: FakeSettings) -> WSGIApp:
         app = flask_app(amo)
 
         def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -251,7 +251,7 @@ def test_it_catches_a_status_that_does_not_follow_the_connection() -> None:
 def test_it_catches_a_secret_in_an_answer() -> None:
     """A backend that puts the code in a response header (a debugging leftover)."""
 
-    def make_app(amo: FakeSetup) -> WSGIApp:
+    def make_app(amo: FakeSettings) -> WSGIApp:
         app = flask_app(amo)
 
         def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -269,7 +269,7 @@ def test_it_catches_a_secret_in_an_answer() -> None:
 
 
 def test_it_catches_a_5xx() -> None:
-    def make_app(amo: FakeSetup) -> WSGIApp:
+    def make_app(amo: FakeSettings) -> WSGIApp:
         app = flask_app(amo)
 
         def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -335,7 +335,7 @@ def test_a_backend_under_another_prefix(monkeypatch: pytest.MonkeyPatch) -> None
 
     from amo_oauth.flask import blueprint
 
-    def make_app(amo: FakeSetup) -> Flask:
+    def make_app(amo: FakeSettings) -> Flask:
         oauth = amo.closes(AmoOAuth(amo.config, store=MemoryStore(), http=amo.http()))
         app = Flask("elsewhere")
         users = {f"t-{user}": user for user in amo.users}
@@ -420,7 +420,7 @@ def test_a_wsgi_app_gets_a_cookie_jar_per_browser() -> None:
 def test_a_failing_sign_in_is_reported_and_the_app_shut_down() -> None:
     said: list[str] = []
 
-    def make_app(amo: FakeSetup) -> Any:
+    def make_app(amo: FakeSettings) -> Any:
         return asgi_app(said, lifespan="complete")
 
     def sign_in(browser: Browser, user: str) -> Mapping[str, str]:

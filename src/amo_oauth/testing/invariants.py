@@ -18,7 +18,7 @@ disconnect hook arrives (signed or forged). After every step it checks:
 * no answer's body or headers hold a secret: the client secret, the state secret, a code, an
   access or refresh token.
 
-You give two hooks: ``make_app(setup)`` builds your app over the fake (``FakeSetup``: its
+You give two hooks: ``make_app(amo)`` builds your app over the fake (``FakeSettings``: its
 ``config``, its ``http()`` / ``async_http()`` clients, the ``users`` to know), and
 ``sign_in(browser, user)`` signs ``user`` in within ``browser`` (a ``Browser``: post your
 login form there, its cookies stay) and answers the headers that mark that browser's requests
@@ -68,7 +68,7 @@ __all__ = [
     "USERS",
     "BackendMachine",
     "Browser",
-    "FakeSetup",
+    "FakeSettings",
     "HookQuery",
     "forged_states",
     "hook_queries",
@@ -97,7 +97,7 @@ _WHERE = st.sampled_from((_OWN, _OWN, _OWN, *BROWSERS))
 
 
 @attrs.frozen
-class FakeSetup:
+class FakeSettings:
     """What ``make_app`` builds the app from: the fake amoCRM and a config matching it.
 
     Attributes:
@@ -132,8 +132,8 @@ class FakeSetup:
         self._closing.close()
 
 
-#: ``make_app(setup)``: your ASGI or WSGI app over ``setup.config`` and the fake's client.
-AppFactory = Callable[[FakeSetup], Any]
+#: ``make_app(amo)``: your ASGI or WSGI app over ``amo.config`` and the fake's client.
+AppFactory = Callable[[FakeSettings], Any]
 #: ``sign_in(browser, user)``: sign ``user`` in within ``browser``; the headers that mark its
 #: requests as ``user``'s (``{}`` when the sign-in set a session cookie in the browser).
 SignIn = Callable[[Browser, str], Mapping[str, str]]
@@ -244,13 +244,13 @@ class BackendMachine(RuleBasedStateMachine):
             client_secret=secrets.token_urlsafe(24), redirect_uri=self.redirect_uri, rate_limit=None
         )
         self.state_secret = secrets.token_urlsafe(32)
-        self.setup = FakeSetup(fake, _config_for(fake, self.state_secret))
+        self.amo = FakeSettings(fake, _config_for(fake, self.state_secret))
         self.fake = fake
         self.prefix = urlsplit(self.redirect_uri).path.rpartition("/")[0]
         try:
-            self.driver = AppDriver(type(self).make_app(self.setup), _origin(self.redirect_uri))
+            self.driver = AppDriver(type(self).make_app(self.amo), _origin(self.redirect_uri))
         except BaseException:
-            self.setup.close()
+            self.amo.close()
             raise
         self.browsers = {name: self.driver.browser() for name in BROWSERS}
         self.headers: dict[str, dict[str, str]] = {SIGNED_OUT: {}}
@@ -271,7 +271,7 @@ class BackendMachine(RuleBasedStateMachine):
         try:
             self.driver.close()
         finally:
-            self.setup.close()
+            self.amo.close()
 
     # -- rules ---------------------------------------------------------------------------
 
@@ -551,7 +551,7 @@ def run_invariants(
     raised) with the shortest sequence of steps that breaks an invariant.
 
     Args:
-        make_app: given a ``FakeSetup``, return your ASGI or WSGI app (a fresh one, with a
+        make_app: given a ``FakeSettings``, return your ASGI or WSGI app (a fresh one, with a
             fresh store, per call: each example starts from nothing).
         sign_in: given a ``Browser`` and a user id, sign the user in; the headers to send.
         settings: hypothesis settings (``max_examples``, ``stateful_step_count``); default
