@@ -109,7 +109,7 @@ class _Lifespan:
         try:
             self.supported = self._exchange("startup")
         except BaseException:
-            self._task.cancel()  # the app may wait for more messages: it gets none
+            self._end()
             raise
 
     @staticmethod
@@ -119,17 +119,21 @@ class _Lifespan:
         outbox: MemoryObjectSendStream[Message],
     ) -> None:
         scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
-        try:
-            await app(scope, inbox.receive, outbox.send)
-        except Exception:  # noqa: S110 (an app without lifespan raises on the scope: none then)
-            pass
-        finally:
-            await outbox.send({"type": _ENDED})
+        with inbox, outbox:
+            try:
+                await app(scope, inbox.receive, outbox.send)
+            except Exception:  # noqa: S110 (an app without lifespan raises on the scope: none then)
+                pass
+            finally:
+                # No await: this runs when the task is cancelled too. Nobody may listen any more.
+                with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                    outbox.send_nowait({"type": _ENDED})
 
     def _exchange(self, phase: str) -> bool:
         """Send ``lifespan.<phase>``; True when the app completed it, False when it has no
         lifespan. Raises RuntimeError when the app reports the phase failed."""
-        self._portal.call(self._to_app.send, {"type": f"lifespan.{phase}"})
+        with contextlib.suppress(anyio.BrokenResourceError):  # it ended already: no lifespan
+            self._portal.call(self._to_app.send, {"type": f"lifespan.{phase}"})
         answer = self._portal.call(self._from_app.receive)
         if answer["type"] == f"lifespan.{phase}.failed":
             raise RuntimeError(f"the app's lifespan {phase} failed: {answer.get('message', '')}")
@@ -142,4 +146,14 @@ class _Lifespan:
             if self.supported:
                 self._exchange("shutdown")
         finally:
-            self._task.cancel()
+            self._end()
+
+    def _end(self) -> None:
+        """Cancel the app's lifespan task (one that waits for more messages gets none) and
+        close this side's streams, in the event loop that uses them."""
+        self._task.cancel()
+        self._portal.call(self._close_streams)
+
+    async def _close_streams(self) -> None:
+        self._to_app.close()
+        self._from_app.close()
