@@ -325,6 +325,9 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "state_secret_is_client_secret": lambda: config(client_secret="s" * 40, state_secret="s" * 40),
     "client_secret_missing": lambda: config(client_secret=None),
     "client_secret_with_secrets_uri": lambda: config(secrets_uri="https://app.example.com/s"),
+    "url_unsendable": lambda: config(
+        client_secret=None, secrets_uri="https://app.example.com/s?tenant=a&sig=b"
+    ),
     "secrets_uri_needs_crypto": lambda: _without_cryptography(
         lambda: config(client_secret=None, secrets_uri="https://app.example.com/s")
     ),

@@ -89,6 +89,11 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
             "client_secret must be absent with secrets_uri set: in the site button's metadata "
             "mode each connection's secret comes from amoCRM's post to secrets_uri"
         ),
+        "url_unsendable": (
+            "{field} must not hold {problem}: in the site button's metadata mode (secrets_uri "
+            "set) amoCRM's button script puts it into the consent URL as it is; use a URL "
+            "without it (a path rather than query parameters)"
+        ),
         "secrets_uri_needs_crypto": (
             "secrets_uri needs the crypto extra (the site button's metadata mode encrypts the "
             "connection into each state): pip install 'amo_oauth[crypto]'"
