@@ -5,9 +5,10 @@ amo-oauth demo [--serve]            the seed's scenario end to end over loopback
                                     FakeAmoCRM, the FastAPI example, the old and new app
 amo-oauth demo-app --backend URL [--version old|new] [--user NAME] [--press Allow|Deny]
                                     play the demo's mobile app against a running backend
-amo-oauth fake [--port N] [--redirect-uri URL] [--accounts N]
+amo-oauth fake [--port N] [--redirect-uri URL] [--accounts N] [--site-button]
                                     serve FakeAmoCRM on 127.0.0.1 for your own backend until
-                                    Ctrl-C, printing what to configure
+                                    Ctrl-C, printing what to configure (--site-button: the
+                                    site button's metadata mode)
 amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
 amo-oauth status ID [--widget] [--extra-domain D] [--store URL] [--client-id ID]
                     [--integrations FILE] [--integration NAME] [--json]
@@ -876,7 +877,12 @@ def _demo_app(args: argparse.Namespace) -> int:
 def _fake(args: argparse.Namespace) -> int:
     from ._fake_command import run_fake
 
-    return run_fake(port=args.port, redirect_uri=args.redirect_uri, accounts=args.accounts)
+    return run_fake(
+        port=args.port,
+        redirect_uri=args.redirect_uri,
+        accounts=args.accounts,
+        site_button=args.site_button,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1041,6 +1047,12 @@ def _fake_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=_positive_int,
         default=1,
         help=f"accounts to offer on the consent page (1; at most {MAX_ACCOUNTS})",
+    )
+    fake.add_argument(
+        "--site-button",
+        action="store_true",
+        help="print the site button's metadata mode (secrets_uri beside the redirect URI, the"
+        " fake's button script, no client secret) instead of a fixed client id",
     )
     fake.set_defaults(handler=_fake)
 
