@@ -143,12 +143,13 @@ class Seen:
 
 
 def script_attributes(html: str) -> dict[str, str]:
-    """The ``<script>`` element's attributes, unescaped, as the browser reads them."""
+    """The (last) ``<script>`` element's attributes, unescaped, as the browser reads them."""
     found: dict[str, str] = {}
 
     class Reader(HTMLParser):
         def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-            found.update((name, value or "") for name, value in attrs)
+            if tag == "script":
+                found.update((name, value or "") for name, value in attrs)
 
     Reader().feed(html)
     return found
