@@ -419,7 +419,9 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "integrations_client_id_twice": lambda: parse_integrations(
         _integration() + "\n" + _integration().replace("[integrations.a]", "[integrations.b]")
     ),
-    "integrations_config": lambda: parse_integrations(_integration("mode = 'redirect'")),
+    "integrations_config": lambda: (
+        parse_integrations(_integration("mode = 'redirect'")).integrations[0].config({})
+    ),
     "integrations_unknown": lambda: parse_integrations(_integration()).named("b"),
     "web_integrations_type": lambda: Integrations([_sync_service()]),  # type: ignore[arg-type]
     "web_integrations_plain": lambda: Handlers(
