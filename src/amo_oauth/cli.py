@@ -80,7 +80,7 @@ import attrs
 from ._config import Config
 from ._connection_id import ConnectionId, Widget, resolve_connection_id
 from ._doctor import Finding, Report
-from ._errors import StoreError
+from ._errors import StoreError, UndecryptableRecord
 from ._integrations_file import Integration, IntegrationsFile, parse_integrations
 from ._records import ConnectionRecord, record_key
 from ._results import RefreshReport, SweepProgress
@@ -346,6 +346,10 @@ def _shown_status(args: argparse.Namespace, target: _Target, name: str) -> dict[
         if record is None and not args.widget and _widget_host(name, extra_domains):
             install = _stored(store, client_id, name.lower().removesuffix("."), widget=True)
         now = store_now(store)
+    except UndecryptableRecord:
+        from ._connections_report import KEYS_HINT
+
+        raise SystemExit(f"amo-oauth: connection {args.connection_id!r}: {KEYS_HINT}") from None
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
     finally:
