@@ -133,15 +133,18 @@ def _integration(*lines: str) -> str:
         ("integrations = 3", "integrations file: no integrations"),
         ("[integrations.'a b']\nclient_id = 'x'", "an integration's name is 1 to 64 letters"),
         ("[integrations]\namocrm = 3", "integration 'amocrm' must be a table of settings, not int"),
-        (_integration("colour = 'blue'"), "integration 'amocrm': unknown key 'colour'"),
-        (f'color = "x"\n{_integration()}', "integrations file: unknown key 'color'"),
+        (_integration("colour = 'blue'"), "integration 'amocrm': key number 5 names no setting"),
+        (f'color = "x"\n{_integration()}', "integrations file: key number 1 names no setting"),
+        # A key that names no setting is never repeated: it may be a secret pasted in.
+        (_integration(f'"{AMO_SECRET}" = 1'), "integration 'amocrm': key number 5 looks like a"),
+        (f'"{AMO_SECRET}" = 1\n{_integration()}', "integrations file: key number 1 looks like"),
         (
             _integration(f'client_secret = "{AMO_SECRET}"'),
             "integration 'amocrm': 'client_secret' looks like a secret, and no secret belongs",
         ),
         (
             _integration(f'api_token = "{AMO_SECRET}"'),
-            "integration 'amocrm': 'api_token' looks like a secret",
+            "integration 'amocrm': key number 5 looks like a secret",
         ),
         (
             f'state_secret = "{STATE_SECRET}"\n{_integration()}',
@@ -183,6 +186,14 @@ def _integration(*lines: str) -> str:
         (
             _integration(f"store = 'postgresql://app:{AMO_SECRET}@db.example/amo'"),
             "integration 'amocrm': store's URL holds a password: put the URL in an environment",
+        ),
+        (
+            _integration(f"store = 'redis://:{AMO_SECRET}@[cache/0'"),
+            "integration 'amocrm': store's URL does not parse, so whether it holds a password",
+        ),
+        (
+            f"store = 'redis://:{AMO_SECRET}@[cache/0'\n{_integration()}",
+            "integrations file: store's URL does not parse",
         ),
         (
             _integration() + "\n" + _integration().replace("amocrm]", "again]"),
@@ -622,3 +633,10 @@ def test_a_store_variable_unset_is_that_integrations_finding_and_skipped_by_stat
     with pytest.raises(SystemExit, match="AMO_OTHER_STORE, which is not set"):
         main(["refresh-due", "--integrations", str(two)])  # a sweep acts on all or none
     assert fake.token_call_count("refresh_token") == 0
+
+
+@pytest.mark.parametrize("text", [_integration('"sk-live-7f3a9c" = 1'), '"sk-live-7f3a9c" = 1'])
+def test_a_key_that_names_no_setting_is_never_repeated(text: str) -> None:
+    with pytest.raises(ValueError, match="names no setting") as refused:
+        parse_integrations(text)
+    assert "sk-live" not in str(refused.value)

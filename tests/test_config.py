@@ -416,6 +416,9 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "integrations_store_password": lambda: parse_integrations(
         _integration("store = 'redis://:pw@cache.example/0'")
     ),
+    "integrations_store_unparseable": lambda: parse_integrations(
+        _integration("store = 'redis://:pw@[cache/0'")
+    ),
     "integrations_client_id_twice": lambda: parse_integrations(
         _integration() + "\n" + _integration().replace("[integrations.a]", "[integrations.b]")
     ),

@@ -271,9 +271,9 @@ def parse_integrations(text: str) -> IntegrationsFile:
     except tomllib.TOMLDecodeError as error:  # its message holds a position, never the text
         raise ValueError(setting_error("integrations_toml", problem=str(error))) from None
     where = "integrations file"
-    for key in document:
+    for position, key in enumerate(document, start=1):
         if key not in _TOP_KEYS:
-            _refuse_key(where, key)
+            _refuse_key(where, key, position)
     tables = document.get("integrations")
     if not isinstance(tables, dict) or not tables:
         raise ValueError(setting_error("integrations_none"))
@@ -290,13 +290,13 @@ def _integration(name: str, table: object) -> Integration:
         raise TypeError(setting_error("integrations_table", where=where, type=type(table).__name__))
     settings: dict[str, object] = {}
     secret_envs: dict[str, str] = {}
-    for key, value in table.items():
+    for position, (key, value) in enumerate(table.items(), start=1):
         if key in FIELDS:
             settings[key] = FIELDS[key](where, key, value)
         elif key in SECRET_ENV_KEYS:
             secret_envs[key] = _env_name(where, key, value)
         elif key not in _STORE_KEYS:
-            _refuse_key(where, key)
+            _refuse_key(where, key, position)
     for key in ("client_id", "redirect_uri"):
         if key not in settings:
             raise ValueError(setting_error("integrations_required", where=where, setting=key))
@@ -310,12 +310,16 @@ def _integration(name: str, table: object) -> Integration:
     return Integration(name, settings, secret_envs, _store(where, table), problem)
 
 
-def _refuse_key(where: str, key: str) -> None:
-    """An unknown key: one that looks like a secret says never to write one in the file."""
-    words = key.lower()
-    if key in SECRET_ENV_KEYS.values() or any(word in words for word in _SECRET_WORDS):
+def _refuse_key(where: str, key: str, position: int) -> None:
+    """An unknown key (the ``position``-th of its table, from 1): one that looks like a secret
+    says never to write one in the file. Only a setting's own name is repeated: any other key
+    may be a secret pasted in as a key (``"sk-..." = 1``), so it is named by its position."""
+    if key in SECRET_ENV_KEYS.values():
         raise ValueError(setting_error("integrations_secret", where=where, setting=repr(key)))
-    raise ValueError(setting_error("integrations_unknown_key", where=where, setting=repr(key)))
+    if any(word in key.lower() for word in _SECRET_WORDS):
+        shown = f"key number {position}"
+        raise ValueError(setting_error("integrations_secret", where=where, setting=shown))
+    raise ValueError(setting_error("integrations_unknown_key", where=where, position=position))
 
 
 def _env_name(where: str, key: str, value: object) -> str:
@@ -342,16 +346,13 @@ def _store(where: str, table: Mapping[str, object]) -> tuple[str, str] | None:
         )
     if key == "store_env":
         return key, _env_name(where, key, value)
-    if _has_password(value):
+    try:
+        password = urlsplit(value).password
+    except ValueError:  # malformed: a password in it would pass unseen, so it is refused
+        raise ValueError(setting_error("integrations_store_unparseable", where=where)) from None
+    if password is not None:
         raise ValueError(setting_error("integrations_store_password", where=where))
     return key, value
-
-
-def _has_password(url: str) -> bool:
-    try:
-        return urlsplit(url).password is not None
-    except ValueError:  # a malformed URL: store_from_url says so, without repeating it
-        return False
 
 
 def _config_problem(settings: Mapping[str, object], secret_envs: Mapping[str, str]) -> str | None:

@@ -246,7 +246,8 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         ),
         "integrations_table": "{where} must be a table of settings, not {type}",
         "integrations_unknown_key": (
-            "{where}: unknown key {setting}: an integration takes Config's fields but its secrets "
+            "{where}: key number {position} names no setting (not repeated: it could be a secret "
+            "pasted in): an integration takes Config's fields but its secrets "
             "(durations in seconds), client_secret_env, state_secret_env, "
             "previous_state_secrets_env, and store or store_env; the file takes "
             "[integrations.NAME] tables and a shared store or store_env"
@@ -275,6 +276,10 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         "integrations_store_password": (
             "{where}: store's URL holds a password: put the URL in an environment variable and "
             "name it with store_env"
+        ),
+        "integrations_store_unparseable": (
+            "{where}: store's URL does not parse, so whether it holds a password cannot be "
+            "told: put the URL in an environment variable and name it with store_env"
         ),
         "integrations_client_id_twice": (
             "integrations file: integrations {first} and {second} have the same client_id: "
