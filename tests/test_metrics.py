@@ -6,6 +6,7 @@ closed allow-list; and the library without opentelemetry installed at all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from _pg_server import postgres_url  # noqa: F401
 from _redis_server import redis_url  # noqa: F401
 from amo_oauth import (
     AmoOAuth,
+    AmoOAuthError,
     AsyncAmoOAuth,
     ConnectionRecord,
     ConnectionStatus,
@@ -53,7 +55,7 @@ STALE = timedelta(days=1, minutes=1)
 #: Every attribute key an instrument may carry, and the values it may take: closed sets only.
 ALLOWED: dict[str, frozenset[str]] = {
     "grant": frozenset({"authorization_code", "refresh_token"}),
-    "result": frozenset({"ok", "refused", "transient"}),
+    "result": frozenset({"ok", "refused", "transient", "unsent"}),
     "reason": frozenset({row.reason for row in ROWS} | {"unavailable"}),
     "outcome": frozenset(REFRESH_OUTCOMES.values()),
     "purpose": frozenset({"exchange", "refresh"}),
@@ -208,6 +210,28 @@ def test_a_refresh_amocrm_fails_counts_transient_and_deferred(
         oauth.access_token(USER)
     assert readings.count("amo_oauth.token_calls", grant="refresh_token", result="transient") == 1
     assert readings.count("amo_oauth.refreshes", outcome="deferred") == 1
+
+
+@pytest.mark.parametrize("grant", ["authorization_code", "refresh_token"])
+def test_a_call_that_never_connected_counts_unsent_not_sent(
+    measured: Callable[..., AmoOAuth],
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    readings: Readings,
+    grant: str,
+) -> None:
+    oauth = measured()
+    if grant == "refresh_token":
+        run_consent(oauth, fake, USER)
+        clock.advance(STALE)
+    fake.fail_next("timeout_before", grant=grant)  # a ConnectTimeout: nothing reached amoCRM
+    with contextlib.suppress(AmoOAuthError):
+        if grant == "refresh_token":
+            oauth.access_token(USER)
+        else:
+            run_consent(oauth, fake, USER)
+    assert readings.count("amo_oauth.token_calls", grant=grant, result="unsent") == 1
+    assert readings.count("amo_oauth.token_calls", grant=grant, result="transient") == 0
 
 
 def test_a_dead_workers_exchange_lease_counts_one_expiry(

@@ -36,7 +36,7 @@ from ._events import (
 )
 from ._ops import STORE_METHODS, StoreOp, WaitForChange
 from ._provider import meaning_of
-from ._provider_reads import error_of
+from ._provider_reads import error_of, surely_unsent
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -47,6 +47,9 @@ __all__ = ["SILENT", "Metrics", "Recorder", "TokenCall", "metrics_for"]
 METER_NAME: Final = "amo_oauth"
 #: The grants whose calls ``amo_oauth.token_calls`` counts (protocol §3, §4).
 GRANTS: Final = frozenset({"authorization_code", "refresh_token"})
+#: ``amo_oauth.token_calls``'s result for a request that never reached amoCRM: not a call
+#: amoCRM saw, so it is kept apart from those that were sent, and has no duration.
+UNSENT: Final = "unsent"
 #: The refresh outcomes ``amo_oauth.refreshes`` counts, by the event written.
 REFRESH_OUTCOMES: Final = {
     Refreshed.name: "refreshed",
@@ -92,9 +95,14 @@ class TokenCall:
             self.failed(error_of(response, self._grant))
 
     def failed(self, error: ProviderError) -> None:
-        """No usable answer: ``transient`` or ``refused``, with the answer's reason slug."""
+        """No usable answer: ``unsent`` when the request surely never reached amoCRM (the
+        provider's own judgement, ``surely_unsent``: a refused connection, a connect timeout),
+        else ``transient`` or ``refused``; each with the answer's reason slug."""
         answer = meaning_of(error, self._grant)
-        result = "transient" if answer.meaning.transient else "refused"
+        if surely_unsent(error):
+            result = UNSENT
+        else:
+            result = "transient" if answer.meaning.transient else "refused"
         self._metrics._token_answered(self._grant, result, answer.reason, self._started)
 
 
@@ -133,7 +141,9 @@ class Metrics:
 
         meter = get_meter(METER_NAME, __version__, meter_provider=meter_provider)
         self._token_calls = meter.create_counter(
-            "amo_oauth.token_calls", "{call}", "Calls to amoCRM's token endpoint, answered or not"
+            "amo_oauth.token_calls",
+            "{call}",
+            "Calls to amoCRM's token endpoint, answered or not; result unsent: never reached it",
         )
         self._token_duration = meter.create_histogram(
             "amo_oauth.token_call.duration", "s", "How long a token call took, sent to answered"
@@ -186,7 +196,8 @@ class Metrics:
     @contextlib.contextmanager
     def token_call(self, request: httpx.Request) -> Iterator[Callable[[httpx.Response], None]]:
         """Around sending ``request``: give its answer to the callable this yields; a
-        ``ProviderError`` raised (no complete answer) counts as ``transient``. Requests other
+        ``ProviderError`` raised (no complete answer) counts as ``unsent``, ``transient`` or
+        ``refused`` (``TokenCall.failed``). Requests other
         than token calls count nothing."""
         grant = grant_of(request)
         if grant is None:
@@ -206,7 +217,8 @@ class Metrics:
         if reason is not None:
             attributes["reason"] = reason
         self._token_calls.add(1, attributes)
-        self._token_duration.record(time.perf_counter() - started, {"grant": grant})
+        if result != UNSENT:  # nothing went out, so there is no round trip to time
+            self._token_duration.record(time.perf_counter() - started, {"grant": grant})
 
     # -- what the decisions say --------------------------------------------------------------
 
