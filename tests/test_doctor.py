@@ -273,6 +273,27 @@ def test_a_redis_that_may_evict_through_the_command(
 
 
 @pytest.mark.services
+@pytest.mark.parametrize("allow_eviction", [False, True])
+def test_an_unmigrated_redis_that_may_evict_says_each_part_in_its_own_finding(
+    redis_url: str,  # noqa: F811
+    policy: Callable[[str], None],
+    allow_eviction: bool,
+) -> None:
+    policy("allkeys-lru")
+    prefix = f"doctor-{uuid.uuid4().hex}:"  # never migrated
+    store = RedisStore(redis_url, prefix=prefix, allow_eviction=allow_eviction)
+    try:
+        found = {finding.id: finding.message for finding in examine_store(store, keys_given=False)}
+    finally:
+        store.close()
+    memory = "store_warning" if allow_eviction else "store_may_lose_keys"
+    assert set(found) == {"store_not_migrated", memory}
+    assert "maxmemory" not in found["store_not_migrated"]
+    assert "schema" not in found[memory]
+    assert "maxmemory-policy allkeys-lru" in found[memory]
+
+
+@pytest.mark.services
 def test_a_redis_allowed_to_evict(redis_url: str, policy: Callable[[str], None]) -> None:  # noqa: F811
     policy("allkeys-lru")
     assert _redis_findings(redis_url, allow_eviction=True) == ["store_warning"]

@@ -26,7 +26,7 @@ import attrs
 from ._config import Config
 from ._errors import StoreError, UndecryptableRecord, UnreadableRecord
 from ._state_token import MAX_CLOCK_SKEW
-from .stores._protocol import Store
+from .stores._protocol import Store, StoreCheck
 from .stores._skew import clock_skew
 from .stores.sqlite import SQLiteStore
 
@@ -224,20 +224,24 @@ def examine_store(
     if not checked.reachable:
         found.append(Finding("store_unreachable", f"the store does not answer: {checked.detail}"))
         return found
-    found += _judged(checked.schema_ready, checked.safe, checked.detail)
+    found += _judged(checked)
     found += _skew(store, clock)
     if checked.ok:
         found += _sample(store, keys_given)
     return found
 
 
-def _judged(schema_ready: bool, safe: bool, detail: str) -> Iterable[Finding]:
-    if not schema_ready:
-        yield Finding("store_not_migrated", f"the store's schema is not in place: {detail}")
-    if not safe:
-        yield Finding("store_may_lose_keys", detail)
-    elif schema_ready and detail:  # told to allow eviction, or a server that would not say
-        yield Finding("store_warning", detail)
+def _judged(checked: StoreCheck) -> Iterable[Finding]:
+    """The schema and the memory policy, each finding saying only its own part."""
+    if not checked.schema_ready:
+        said = checked.schema_detail
+        yield Finding("store_not_migrated", f"the store's schema is not in place: {said}")
+    if not checked.safe:
+        yield Finding("store_may_lose_keys", checked.memory_detail or checked.detail)
+    elif checked.memory_detail:  # told to allow eviction, or a server that would not say
+        yield Finding("store_warning", checked.memory_detail)
+    elif checked.schema_ready and checked.detail:  # a store of one's own said something
+        yield Finding("store_warning", checked.detail)
 
 
 def file_modes(path: Path) -> list[Finding]:
