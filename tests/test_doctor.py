@@ -13,6 +13,7 @@ import io
 import json
 import re
 import secrets
+import socket
 import sqlite3
 import sys
 import uuid
@@ -78,6 +79,8 @@ PROVOKED = {
     "encryption_keys_invalid": "test_keys_that_are_not_fernet_keys",
     "encryption_keys_missing": "test_encrypted_records_without_keys",
     "encryption_key_mismatch": "test_keys_that_open_no_record",
+    "encryption_records_plain": "test_keys_given_but_the_records_are_plain",
+    "store_not_a_database": "test_a_file_that_is_no_database",
     "record_unreadable": "test_a_corrupt_record",
     "settings_unchecked": "test_settings_missing_in_whole_or_in_part",
     "settings_missing": "test_settings_missing_in_whole_or_in_part",
@@ -190,13 +193,25 @@ def test_a_store_url_it_cannot_open(
     assert (code, ids(shown)) == (1, ["store_unopened"])
 
 
-def test_a_store_that_does_not_answer(
+def test_a_file_that_is_no_database(
     environ: Callable[..., None], doctor: Callable[..., tuple[int, dict[str, Any]]], place: Path
 ) -> None:
     garbage = place / "not-a-database.db"
     garbage.write_bytes(b"this is no SQLite file at all" * 100)
     garbage.chmod(0o600)
     code, shown = doctor("--store", f"sqlite:///{garbage}")
+    assert (code, ids(shown)) == (1, ["store_not_a_database"])
+    assert "start the store" not in shown["findings"][0]["action"]  # no server to start
+    assert str(garbage) in shown["findings"][0]["message"]
+
+
+def test_a_store_that_does_not_answer(
+    environ: Callable[..., None], doctor: Callable[..., tuple[int, dict[str, Any]]]
+) -> None:
+    with socket.socket() as unused:  # a loopback port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    code, shown = doctor("--store", f"redis://127.0.0.1:{port}/0")
     assert (code, ids(shown)) == (1, ["store_unreachable"])
 
 
@@ -207,6 +222,9 @@ def test_an_unmigrated_store(
     code, shown = doctor("--store", f"sqlite:///{missing}")
     assert (code, ids(shown)) == (1, ["store_not_migrated"])
     assert "amo-oauth migrate" in shown["findings"][0]["action"]
+    # The doctor and the docs agree: only migrate makes a store (never "on first use").
+    assert "amo-oauth migrate creates it" in shown["findings"][0]["message"]
+    assert "first use" not in shown["findings"][0]["message"]
     assert not missing.exists()  # the doctor creates nothing
 
 
@@ -422,6 +440,28 @@ def test_keys_that_open_no_record(
     assert "user-1" in shown["findings"][0]["message"]  # the record's key: no secret
     environ(AMO_OAUTH_KEYS=f"{OTHER_KEY},{KEY}")  # the old key added after the new one
     assert doctor()[0] == 0
+
+
+def test_keys_given_but_the_records_are_plain(
+    environ: Callable[..., None],
+    doctor: Callable[..., tuple[int, dict[str, Any]]],
+    db: Path,
+    make_oauth: Callable[..., AmoOAuth],
+    fake: FakeAmoCRM,
+) -> None:
+    oauth = make_oauth(store=SQLiteStore(db))  # no encryption: its tokens stored plain
+    run_consent(oauth, fake, "user-1")
+    oauth.close()
+    sealed_record(db, KEY, make_oauth, fake)  # user-1 again, now sealed
+    environ(AMO_OAUTH_KEYS=KEY)
+    assert doctor() == (0, {"healthy": True, "findings": []})
+    oauth = make_oauth(store=SQLiteStore(db))
+    run_consent(oauth, fake, "user-2")  # one plain record beside the sealed one
+    oauth.close()
+    code, shown = doctor()
+    assert (code, ids(shown)) == (0, ["encryption_records_plain"])  # a warning
+    assert "1 of the first 2 records" in shown["findings"][0]["message"]
+    assert "rotate-key" in shown["findings"][0]["action"]
 
 
 def test_a_corrupt_record(

@@ -28,7 +28,13 @@ from ._records import ConnectionRecord
 from .stores._protocol import Store
 from .stores._skew import clock_skew
 
-__all__ = ["RotationProgress", "RotationReport", "readable_page", "rotate_keys"]
+__all__ = [
+    "RotationProgress",
+    "RotationReport",
+    "holds_secrets",
+    "readable_page",
+    "rotate_keys",
+]
 
 #: Records read per page.
 PAGE_SIZE = 256
@@ -80,7 +86,7 @@ class _Pass:
     def rewrite(self, record: ConnectionRecord) -> bool:
         """Re-encrypt one record; False when it must be tried again later (leased, or
         written meanwhile)."""
-        if not _holds_secrets(record):
+        if not holds_secrets(record):
             self.without_tokens += 1
             return True
         if record.live_lease(self.now()) is not None:
@@ -127,7 +133,7 @@ def readable_page(
     return records, None
 
 
-def _holds_secrets(record: ConnectionRecord) -> bool:
+def holds_secrets(record: ConnectionRecord) -> bool:
     """Does the record hold what the store encrypts (``RecordCodec``): a token pair, or a
     site-button connection's integration credentials, its own or pending for a consent?"""
     return (

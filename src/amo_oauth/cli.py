@@ -805,11 +805,14 @@ def _doctor_one(
 ) -> Report:
     from ._doctor import examine, store_unopened
 
+    url = target.store_url or _store_url(args)
     store = (
         store_unopened(target.store_problem)
         if target.store_problem is not None
-        else _doctor_store(target.store_url or _store_url(args), keys)
+        else _doctor_store(url, keys)
     )
+    # The same store without the keys: what it reads whole was stored unencrypted.
+    unsealed = _doctor_store(url, None) if keys and not isinstance(store, Finding) else None
     try:
         return examine(
             _doctor_settings(target),
@@ -818,10 +821,12 @@ def _doctor_one(
             keys_given=keys_given,
             app_scheme=args.app_scheme,
             prefix=args.prefix,
+            unsealed=None if isinstance(unsealed, Finding) else unsealed,
         )
     finally:
-        if not isinstance(store, Finding):
-            store.close()
+        for opened in (store, unsealed):
+            if opened is not None and not isinstance(opened, Finding):
+                opened.close()
 
 
 def _doctor_store(url: str, keys: Encryption | None) -> Store | Finding:
