@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import secrets
 import socket
@@ -213,6 +214,42 @@ def test_a_store_that_does_not_answer(
         port = unused.getsockname()[1]
     code, shown = doctor("--store", f"redis://127.0.0.1:{port}/0")
     assert (code, ids(shown)) == (1, ["store_unreachable"])
+
+
+@pytest.fixture
+def pool_log_levels() -> Iterator[None]:
+    """The psycopg_pool loggers' levels, restored after a command set them."""
+    loggers = [logging.getLogger(name) for name in ("psycopg.pool", "psycopg_pool")]
+    before = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, before, strict=True):
+        logger.setLevel(level)
+
+
+@pytest.mark.parametrize("command", [["doctor"], ["connections"], ["status", "user-1"]])
+def test_a_postgres_that_does_not_answer_is_said_once_without_the_pools_warnings(
+    environ: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    pool_log_levels: None,
+    command: list[str],
+) -> None:
+    pytest.importorskip("psycopg_pool")
+    with socket.socket() as unused:  # a loopback port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    url = f"postgresql://app:{CANARIES[0]}@127.0.0.1:{port}/amo"
+    try:
+        main([*command, "--store", url])
+        stopped = ""
+    except SystemExit as exit_:  # the interpreter prints its message on stderr
+        stopped = str(exit_)
+    out, err = capsys.readouterr()
+    err += stopped
+    pool = [record for record in caplog.records if record.name.startswith("psycopg")]
+    assert [record.getMessage() for record in pool] == []
+    assert "could not connect" in out + err  # the command's own sentence, once
+    assert CANARIES[0] not in out + err
 
 
 def test_an_unmigrated_store(

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections import Counter
@@ -1133,10 +1134,23 @@ def _store_options(command: argparse.ArgumentParser) -> None:
     where.add_argument("--db", help="an SQLite file: the older spelling of --store sqlite:///")
 
 
+#: psycopg_pool's loggers. A pool that cannot connect logs each attempt, and one closed
+#: without waiting (as a command closes its store) logs each worker thread still running;
+#: the command says the store's error itself, once, so their warnings are left out.
+_POOL_LOGGERS = ("psycopg.pool", "psycopg_pool")
+
+
+def _quiet_pool_logs() -> None:
+    """Keep psycopg_pool to its errors for this run: the command owns its process."""
+    for name in _POOL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The console entry point. Ctrl-C ends a command with status 130 and no traceback (a
     sweep or rotation stopped midway is safe to run again)."""
     args = _parser().parse_args(argv)
+    _quiet_pool_logs()
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:
