@@ -132,6 +132,10 @@ def _integration(*lines: str) -> str:
         ('store = "sqlite:///x.db"', "integrations file: no integrations: add a table"),
         ("integrations = 3", "integrations file: no integrations"),
         ("[integrations.'a b']\nclient_id = 'x'", "an integration's name is 1 to 64 letters"),
+        (
+            f"[integrations.'{AMO_SECRET} x']\nclient_id = 'x'",
+            "table number 1 under [integrations] has another name (not repeated",
+        ),
         ("[integrations]\namocrm = 3", "integration 'amocrm' must be a table of settings, not int"),
         (_integration("colour = 'blue'"), "integration 'amocrm': key number 5 names no setting"),
         (f'color = "x"\n{_integration()}', "integrations file: key number 1 names no setting"),

@@ -277,14 +277,17 @@ def parse_integrations(text: str) -> IntegrationsFile:
     tables = document.get("integrations")
     if not isinstance(tables, dict) or not tables:
         raise ValueError(setting_error("integrations_none"))
-    integrations = tuple(_integration(name, table) for name, table in tables.items())
+    integrations = tuple(
+        _integration(name, table, position)
+        for position, (name, table) in enumerate(tables.items(), start=1)
+    )
     _check_client_ids_apart(integrations)
     return IntegrationsFile(integrations, _store(where, document))
 
 
-def _integration(name: str, table: object) -> Integration:
-    if not _INTEGRATION_NAME.fullmatch(name):
-        raise ValueError(setting_error("integrations_name", name=repr(name[:80])))
+def _integration(name: str, table: object, position: int) -> Integration:
+    if not _INTEGRATION_NAME.fullmatch(name):  # named by position: it may be a secret
+        raise ValueError(setting_error("integrations_name", position=position))
     where = f"integration {name!r}"
     if not isinstance(table, dict):
         raise TypeError(setting_error("integrations_table", where=where, type=type(table).__name__))

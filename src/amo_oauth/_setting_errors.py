@@ -242,7 +242,8 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         ),
         "integrations_name": (
             "integrations file: an integration's name is 1 to 64 letters, digits, '-' or '_', "
-            "e.g. [integrations.kommo], not {name}"
+            "e.g. [integrations.kommo]; table number {position} under [integrations] has "
+            "another name (not repeated: it could be a secret pasted in)"
         ),
         "integrations_table": "{where} must be a table of settings, not {type}",
         "integrations_unknown_key": (
