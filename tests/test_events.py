@@ -437,6 +437,78 @@ def test_a_slow_async_callback_is_cancelled_after_its_timeout_and_logged(
     assert any("raises" in m and "failed" in m for m in messages)
 
 
+def test_a_callback_that_swallows_its_cancellation_holds_the_call_only_its_timeout(
+    aoauth: Callable[[], AsyncAmoOAuth], fake: FakeAmoCRM
+) -> None:
+    swallowed: list[bool] = []
+    finished: list[bool] = []
+
+    async def stubborn(event: LifecycleEvent) -> None:
+        try:
+            await asyncio.Event().wait()  # never set: its timeout cancels it
+        except asyncio.CancelledError:
+            swallowed.append(True)  # ... and it goes on regardless
+        await asyncio.sleep(3)  # aclose() cancels this, which it does not swallow
+        finished.append(True)
+
+    async def scenario() -> None:
+        oauth = aoauth()
+        oauth.on(Connected, stubborn, timeout=0.05)
+        assert (await _consent(oauth, fake)).connection.is_connected
+        assert finished == []  # the call returned while the callback still ran
+        await asyncio.sleep(0)  # the cancellation reaches it
+        assert swallowed == [True]
+        await oauth.aclose()
+        assert not oauth._subscribers._running
+
+    asyncio.run(scenario())
+    assert finished == []
+
+
+@pytest.mark.parametrize("own", [asyncio.CancelledError, TimeoutError])
+def test_a_callback_s_own_cancellation_or_timeout_is_its_failure_not_the_caller_s(
+    aoauth: Callable[[], AsyncAmoOAuth],
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    own: type[BaseException],
+) -> None:
+    async def raises_its_own(event: LifecycleEvent) -> None:
+        await asyncio.sleep(0)
+        raise own()  # e.g. an inner task of its own was cancelled, or an HTTP call timed out
+
+    def plain_raises_its_own(event: LifecycleEvent) -> None:
+        raise own()
+
+    async def scenario() -> None:
+        async with aoauth() as oauth:
+            oauth.on(ReauthorizationNeeded, raises_its_own)
+            oauth.on(ReauthorizationNeeded, plain_raises_its_own)
+            assert (await _consent(oauth, fake)).connection.is_connected
+            fake.revoke_refresh_tokens()
+            clock.advance(DAY)
+            with pytest.raises(ReauthorizationRequired):
+                await oauth.access_token(USER)
+
+    with caplog.at_level(logging.ERROR, logger="amo_oauth"):
+        asyncio.run(scenario())
+    messages = [r.getMessage() for r in caplog.records if "lifecycle callback" in r.getMessage()]
+    assert len(messages) == 2
+    assert all("failed" in m for m in messages), messages
+
+
+def test_the_blocking_service_logs_a_callback_s_own_cancellation(
+    oauth: AmoOAuth, fake: FakeAmoCRM, caplog: pytest.LogCaptureFixture
+) -> None:
+    def cancelled(event: LifecycleEvent) -> None:
+        raise asyncio.CancelledError()  # an asyncio.run() of its own, cancelled inside
+
+    oauth.on(Connected, cancelled)
+    with caplog.at_level(logging.ERROR, logger="amo_oauth"):
+        assert run_consent(oauth, fake, USER).connection.is_connected
+    assert any("cancelled failed" in r.getMessage() for r in caplog.records)
+
+
 def test_the_async_sweep_fires_long_lived_expiring(
     aoauth: Callable[[], AsyncAmoOAuth], fake: FakeAmoCRM
 ) -> None:

@@ -285,11 +285,14 @@ class AsyncAmoOAuth(ServiceCore):
     async def aclose(self) -> None:
         """Let shielded calls whose callers were cancelled finish, stop the background retry of
         kept pairs, store the pairs the store refused earlier if it takes them now (else say
-        which are lost), then close the http client if this object made it, and the store."""
+        which are lost), cancel the async lifecycle callbacks still running past their timeout
+        (waiting a second at most for them), then close the http client if this object made
+        it, and the store."""
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
         await self._kept_retry.stop()
         await self._run(self._flows.records.store_kept_at_close())
+        await self._subscribers.aclose()
         if self._owns_http:
             await self.http.aclose()
         await self._astore.aclose()
