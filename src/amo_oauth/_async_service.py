@@ -229,9 +229,12 @@ class AsyncAmoOAuth(ServiceCore):
         *,
         timeout: float = DEFAULT_CALLBACK_TIMEOUT,
     ) -> Callable[[], None]:
-        """See ``AmoOAuth.on``. ``callback`` may be an ``async def`` function: it is awaited on
-        the event loop for at most ``timeout`` seconds (default 10), then cancelled and logged;
-        the call that wrote returns after it. A plain function is called as it is, on the
+        """See ``AmoOAuth.on``. ``callback`` may be an ``async def`` function: it runs as a
+        task of its own on the event loop, awaited for at most ``timeout`` seconds (default
+        10); past that it is cancelled, logged and left behind, and the call that wrote goes
+        on (even if the callback swallows the cancellation; ``aclose()`` cancels what still
+        runs). A ``CancelledError`` or ``TimeoutError`` it raises itself is logged as its
+        failure and never reaches the caller. A plain function is called as it is, on the
         loop (keep it quick).
 
         Raises:
