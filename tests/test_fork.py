@@ -37,6 +37,7 @@ from amo_oauth.stores._base import BaseStore
 from amo_oauth.stores._driven import offset_of
 from amo_oauth.stores._listening import ChannelListener
 from amo_oauth.stores._protocol import Claim, LedgerEntry, Loaded
+from amo_oauth.stores._redis_memory import Eviction, MemoryGate, MemoryVerdict
 from amo_oauth.stores._rows import RecordCodec
 from amo_oauth.testing._contract import T0, make_record
 
@@ -167,6 +168,31 @@ def test_lifecycle_callbacks_in_a_child_can_be_registered_and_heard() -> None:
             subscribers.add(LifecycleEvent, lambda event: None)  # takes the lock
             subscribers.deliver(LifecycleEvent(connection_id="c", client_id="i", at=T0))
             assert heard == [os.getpid()]  # the parent's callbacks are inherited
+
+        assert _exit_code(_in_child(child)) == 0
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_a_redis_memory_gate_in_a_child_admits() -> None:
+    gate = MemoryGate("Redis store (test)", allowed=False)
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with gate._lock:  # held at the fork by a thread the child does not have
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    held.wait()
+    try:
+
+        def child() -> None:
+            gate.admit(MemoryVerdict(Eviction.NEVER))  # takes the lock
+            assert gate.passed
 
         assert _exit_code(_in_child(child)) == 0
     finally:
