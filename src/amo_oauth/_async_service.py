@@ -229,9 +229,12 @@ class AsyncAmoOAuth(ServiceCore):
         *,
         timeout: float = DEFAULT_CALLBACK_TIMEOUT,
     ) -> Callable[[], None]:
-        """See ``AmoOAuth.on``. ``callback`` may be an ``async def`` function: it is awaited on
-        the event loop for at most ``timeout`` seconds (default 10), then cancelled and logged;
-        the call that wrote returns after it. A plain function is called as it is, on the
+        """See ``AmoOAuth.on``. ``callback`` may be an ``async def`` function: it runs as a
+        task of its own on the event loop, awaited for at most ``timeout`` seconds (default
+        10); past that it is cancelled, logged and left behind, and the call that wrote goes
+        on (even if the callback swallows the cancellation; ``aclose()`` cancels what still
+        runs). A ``CancelledError`` or ``TimeoutError`` it raises itself is logged as its
+        failure and never reaches the caller. A plain function is called as it is, on the
         loop (keep it quick).
 
         Raises:
@@ -285,11 +288,14 @@ class AsyncAmoOAuth(ServiceCore):
     async def aclose(self) -> None:
         """Let shielded calls whose callers were cancelled finish, stop the background retry of
         kept pairs, store the pairs the store refused earlier if it takes them now (else say
-        which are lost), then close the http client if this object made it, and the store."""
+        which are lost), cancel the async lifecycle callbacks still running past their timeout
+        (waiting a second at most for them), then close the http client if this object made
+        it, and the store."""
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
         await self._kept_retry.stop()
         await self._run(self._flows.records.store_kept_at_close())
+        await self._subscribers.aclose()
         if self._owns_http:
             await self.http.aclose()
         await self._astore.aclose()

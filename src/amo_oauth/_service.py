@@ -556,7 +556,9 @@ class AmoOAuth(ServiceCore):
 
         The callback runs in the thread that made the write, right after the store took it,
         before the call that wrote returns; never for a write that lost its compare-and-set or
-        for a duplicate that wrote nothing. An exception it raises is logged (ERROR, logger
+        for a duplicate that wrote nothing. That thread may be any of the app's and, during
+        ``refresh_due``, one of the sweep's workers, several at once: the callback must be
+        thread-safe. An exception it raises is logged (ERROR, logger
         ``amo_oauth``) and never fails the call. Delivery is at most once per write: a process
         that dies between the write and the callback loses the event; ``status()`` and
         ``refresh_due`` are how an application catches up.
