@@ -200,6 +200,31 @@ def test_a_redis_memory_gate_in_a_child_admits() -> None:
         holder.join()
 
 
+def test_the_access_log_filters_install_in_a_child() -> None:
+    from amo_oauth.web import _redact
+
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with _redact._INSTALLING.lock:  # held at the fork by a thread the child does not have
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    held.wait()
+    try:
+
+        def child() -> None:
+            _redact.install_access_log_redaction(["amo_oauth.test.child"])  # takes the lock
+
+        assert _exit_code(_in_child(child)) == 0
+    finally:
+        release.set()
+        holder.join()
+
+
 def test_a_listener_in_a_child_starts_its_own_thread() -> None:
     class Idle(ChannelListener[None]):
         def _open(self) -> None:
