@@ -39,8 +39,18 @@ LOCK = REQUIREMENTS / "lock.txt"  # the whole toolchain, pinned (made by `tasks.
 FLOOR = REQUIREMENTS / "floor.txt"  # the runtime dependencies at their declared floors
 TOOLS = REQUIREMENTS / "tools.in"  # what the toolchain adds to pyproject.toml's extras
 PROJECT = "amo-oauth"
-EXTRAS = "dev,fastapi,flask,django,docs,postgres,redis,crypto,cli"
-RUNTIME_EXTRAS = ("fastapi", "flask", "django", "postgres", "redis", "crypto", "cli", "testing")
+EXTRAS = "dev,fastapi,flask,django,docs,postgres,redis,crypto,cli,otel"
+RUNTIME_EXTRAS = (
+    "fastapi",
+    "flask",
+    "django",
+    "postgres",
+    "redis",
+    "crypto",
+    "cli",
+    "otel",
+    "testing",
+)
 CHECKED = ("src", "tests", "examples", "benchmarks", "tasks.py")
 # Django ships no annotations: mypy reads these stubs instead, at the floors too (locked versions).
 FLOOR_STUBS = ("django-stubs", "django-stubs-ext")

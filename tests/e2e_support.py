@@ -12,10 +12,11 @@ import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import attrs
 import httpx
@@ -139,3 +140,27 @@ class Seen:
 
     def statuses(self) -> list[int]:
         return [status for *_, status in self.calls]
+
+
+def script_attributes(html: str) -> dict[str, str]:
+    """The (last) ``<script>`` element's attributes, unescaped, as the browser reads them."""
+    found: dict[str, str] = {}
+
+    class Reader(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "script":
+                found.update((name, value or "") for name, value in attrs)
+
+    Reader().feed(html)
+    return found
+
+
+def consent_url_the_script_opens(attributes: dict[str, str]) -> str:
+    """The URL the fake's button script opens from its element's attributes (§7)."""
+    params = [
+        (key, attributes[f"data-{key}"])
+        for key in ("name", "description", "redirect_uri", "secrets_uri")
+    ]
+    params += [("scopes[]", scope) for scope in attributes["data-scopes"].split(",")]
+    params += [("state", attributes["data-state"]), ("mode", attributes["data-mode"])]
+    return urljoin(attributes["src"], "/oauth?" + urlencode(params))

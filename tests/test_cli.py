@@ -206,6 +206,47 @@ def test_refresh_due_exits_non_zero_when_any_failed(
     assert summary["needs_reauthorization"] == ["user-0"]
 
 
+def test_a_stray_secrets_uri_beside_the_client_secret_is_refused_never_dropped(
+    due_db: Path,
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The review's case: a leftover AMO_SECRETS_URI dropped AMO_CLIENT_SECRET, and the sweep
+    failed every connection with credentials_missing. Now Config's own refusal, said first."""
+    _integration_env(fake, monkeypatch)
+    _sweep_with_the_fakes(fake, clock, monkeypatch)
+    monkeypatch.setenv("AMO_SECRETS_URI", "https://app.example/api/amo-crm/secrets")
+    with pytest.raises(SystemExit, match="client_secret must be absent with secrets_uri") as ended:
+        main(["refresh-due", "--db", str(due_db)])
+    assert fake.client_secret not in str(ended.value)
+    assert fake.token_call_count("refresh_token") == 0
+    assert main(["doctor", "--json", "--db", str(due_db)]) == 1
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    assert "settings_invalid" in [finding["id"] for finding in findings]
+
+
+def test_a_missing_client_secret_names_the_metadata_mode_alternative(
+    due_db: Path, fake: FakeAmoCRM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _integration_env(fake, monkeypatch)
+    monkeypatch.delenv("AMO_CLIENT_SECRET")
+    monkeypatch.delenv("AMO_SECRETS_URI", raising=False)
+    with pytest.raises(SystemExit, match="set AMO_CLIENT_SECRET \\(or AMO_SECRETS_URI instead"):
+        main(["refresh-due", "--db", str(due_db)])
+
+
+def test_settings_config_refuses_end_the_command_with_its_message_not_a_traceback(
+    due_db: Path, fake: FakeAmoCRM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _integration_env(fake, monkeypatch)
+    monkeypatch.setenv("AMO_STATE_SECRET", "short-state-value")
+    with pytest.raises(SystemExit, match="state_secret must be at least 32 bytes") as ended:
+        main(["refresh-due", "--db", str(due_db)])
+    assert "short-state-value" not in str(ended.value)
+
+
 def test_refresh_due_exits_3_when_only_long_lived_tokens_expire_in_the_window(
     tmp_path: Path,
     fake: FakeAmoCRM,

@@ -200,6 +200,8 @@ def test_json_lines_shape(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "needs_reauthorization",
         "needs_reauthorization_by_reason",
         "expiring",
+        "unreadable",
+        "unreadable_hint",
         "hosts",
         "other_hosts",
     }
@@ -443,3 +445,75 @@ def test_a_record_stored_before_keys_had_an_integration_is_counted(clock: FakeCl
     listed = list(walk(store, tally, integration=CLIENT, now=now, due_within=timedelta()))
     assert [(one.connection_id, one.reason) for one in listed] == [("old", "verify_failed")]
     assert tally.by_reason == {"verify_failed": 1}
+
+
+# Encrypted records and the one judgement of connections and status.
+
+
+def _sealed_db(tmp_path: Path, now: datetime) -> Path:
+    """A store whose connected records were sealed with a key the command is not given."""
+    fernet = pytest.importorskip("cryptography.fernet")
+    path = tmp_path / "sealed.db"
+    store = SQLiteStore(path, encryption=fernet.Fernet(fernet.Fernet.generate_key()))
+    day = timedelta(days=1)
+    sealed = [_connected("sealed-1", now, 60 * day), _connected("sealed-2", now, 60 * day)]
+    theirs = attrs.evolve(_connected("theirs", now, 60 * day), integration="other")
+    _fill(store, [*sealed, theirs, _error("denied", now, "reauthorization_required")])
+    store.close()
+    return path
+
+
+@pytest.mark.parametrize("keys", ["", "wrong"])
+def test_records_the_keys_do_not_open_are_named_unreadable_and_the_walk_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, keys: str
+) -> None:
+    fernet = pytest.importorskip("cryptography.fernet")
+    path = _sealed_db(tmp_path, datetime.now(UTC))
+    given = fernet.Fernet.generate_key().decode() if keys else ""
+    monkeypatch.setenv("AMO_OAUTH_KEYS", given)
+    lines = _run(path, capsys)
+    assert sorted(_named(lines, "unreadable")) == ["sealed-1", "sealed-2"]
+    assert set(_named(lines, "needs_reauthorization")) == {"denied"}
+    summary = lines[-1]
+    assert (summary["total"], summary["unreadable"]) == (3, 2)
+    assert "AMO_OAUTH_KEYS" in summary["unreadable_hint"]
+
+
+def test_status_of_a_record_the_keys_do_not_open_says_to_set_the_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _sealed_db(tmp_path, datetime.now(UTC))
+    monkeypatch.delenv("AMO_OAUTH_KEYS", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        main(["status", "sealed-1", "--db", str(path), "--client-id", CLIENT])
+    assert "'sealed-1'" in str(stopped.value)
+    assert "AMO_OAUTH_KEYS" in str(stopped.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("ended", "reauthorization_required"),
+        ("long-lived-ended", "long_lived_token_expired"),
+        ("denied", "reauthorization_required"),
+        ("fresh", None),
+    ],
+)
+def test_status_judges_reauthorization_as_connections_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, reason: str | None
+) -> None:
+    path, now, day = tmp_path / "j.db", datetime.now(UTC), timedelta(days=1)
+    store = SQLiteStore(path)
+    _fill(
+        store,
+        [
+            _connected("ended", now, -day),
+            _connected("long-lived-ended", now, -day, long_lived=True),
+            _error("denied", now, "reauthorization_required"),
+            _connected("fresh", now, 60 * day),
+        ],
+    )
+    store.close()
+    listed = _named(_run(path, capsys), "needs_reauthorization")
+    assert (listed[name]["reason"] if name in listed else None) == reason
+    assert _status(path, capsys, name)["needs_reauthorization"] == reason

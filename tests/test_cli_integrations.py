@@ -132,16 +132,23 @@ def _integration(*lines: str) -> str:
         ('store = "sqlite:///x.db"', "integrations file: no integrations: add a table"),
         ("integrations = 3", "integrations file: no integrations"),
         ("[integrations.'a b']\nclient_id = 'x'", "an integration's name is 1 to 64 letters"),
+        (
+            f"[integrations.'{AMO_SECRET} x']\nclient_id = 'x'",
+            "table number 1 under [integrations] has another name (not repeated",
+        ),
         ("[integrations]\namocrm = 3", "integration 'amocrm' must be a table of settings, not int"),
-        (_integration("colour = 'blue'"), "integration 'amocrm': unknown key 'colour'"),
-        (f'color = "x"\n{_integration()}', "integrations file: unknown key 'color'"),
+        (_integration("colour = 'blue'"), "integration 'amocrm': key number 5 names no setting"),
+        (f'color = "x"\n{_integration()}', "integrations file: key number 1 names no setting"),
+        # A key that names no setting is never repeated: it may be a secret pasted in.
+        (_integration(f'"{AMO_SECRET}" = 1'), "integration 'amocrm': key number 5 looks like a"),
+        (f'"{AMO_SECRET}" = 1\n{_integration()}', "integrations file: key number 1 looks like"),
         (
             _integration(f'client_secret = "{AMO_SECRET}"'),
             "integration 'amocrm': 'client_secret' looks like a secret, and no secret belongs",
         ),
         (
             _integration(f'api_token = "{AMO_SECRET}"'),
-            "integration 'amocrm': 'api_token' looks like a secret",
+            "integration 'amocrm': key number 5 looks like a secret",
         ),
         (
             f'state_secret = "{STATE_SECRET}"\n{_integration()}',
@@ -153,11 +160,6 @@ def _integration(*lines: str) -> str:
         (_integration("trusted_proxies = 1.5"), "trusted_proxies must be a whole number, not"),
         (_integration("extra_domains = 'fake.test'"), "extra_domains must be a list of text, not"),
         (_integration("allow_widget_installs = 1"), "allow_widget_installs must be true or false"),
-        (_integration("lease_ttl = 0"), "integration 'amocrm': lease_ttl must be a positive"),
-        (
-            _integration("mode = 'redirect'"),
-            "integration 'amocrm': mode must be one of post_message, popup",
-        ),
         (
             _integration("secrets_uri = 'https://app.example/s'"),
             "integration 'amocrm': give exactly one of client_secret_env",
@@ -190,6 +192,14 @@ def _integration(*lines: str) -> str:
             "integration 'amocrm': store's URL holds a password: put the URL in an environment",
         ),
         (
+            _integration(f"store = 'redis://:{AMO_SECRET}@[cache/0'"),
+            "integration 'amocrm': store's URL does not parse, so whether it holds a password",
+        ),
+        (
+            f"store = 'redis://:{AMO_SECRET}@[cache/0'\n{_integration()}",
+            "integrations file: store's URL does not parse",
+        ),
+        (
             _integration() + "\n" + _integration().replace("amocrm]", "again]"),
             "integrations 'amocrm' and 'again' have the same client_id",
         ),
@@ -202,6 +212,44 @@ def test_a_bad_file_is_refused_naming_the_key_never_the_value(text: str, says: s
     assert says in message
     assert not any(secret in message for secret in SECRETS)
     assert refused.value.__cause__ is None
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("lease_ttl = 0", "integration 'amocrm': lease_ttl must be a positive"),
+        ("mode = 'redirect'", "integration 'amocrm': mode must be one of post_message, popup"),
+    ],
+)
+def test_settings_config_refuses_are_the_integrations_problem_not_the_files(
+    line: str, says: str
+) -> None:
+    """So a command can report that integration and go on with the others (doctor, status)."""
+    integration = parse_integrations(_integration(line)).integrations[0]
+    assert integration.refusal is not None and says in integration.refusal
+    with pytest.raises(ValueError, match=says):
+        integration.config(ENVIRON)
+
+
+@pytest.mark.parametrize("value", [None, "", " "])
+def test_an_unset_or_empty_optional_variable_means_no_previous_secrets(value: str | None) -> None:
+    """After a rotation the operator unsets it (docs/operations.md); the docs' file still
+    gives every integration its Config."""
+    file = parse_integrations(_docs_example_file())
+    environ = {**ENVIRON, "AMO_KOMMO_STORE": "sqlite:///kommo.db"}
+    environ.pop("AMO_PREVIOUS_STATE_SECRETS")
+    if value is not None:
+        environ["AMO_PREVIOUS_STATE_SECRETS"] = value
+    configs = [integration.config(environ) for integration in file.integrations]
+    assert [config.previous_state_secrets for config in configs] == [(), (), ()]
+    with pytest.raises(ValueError, match="state_secret_env names AMO_STATE_SECRET"):
+        file.integrations[0].config({**environ, "AMO_STATE_SECRET": ""})  # required stays so
+
+
+def _docs_example_file() -> str:
+    page = (Path(__file__).parents[1] / "docs" / "several-integrations.md").read_text("utf-8")
+    section = page.split("## The CLI and the sweep", 1)[1]
+    return section.split("```toml\n", 1)[1].split("```", 1)[0]
 
 
 # -- the commands, against FakeAmoCRM -------------------------------------------------------------
@@ -476,10 +524,7 @@ def test_a_missing_secret_stops_the_sweep_before_anything_is_sent(
 
 def test_the_docs_example_file_is_a_good_one() -> None:
     """docs/several-integrations.md's file: read as the command reads it."""
-    page = (Path(__file__).parents[1] / "docs" / "several-integrations.md").read_text("utf-8")
-    section = page.split("## The CLI and the sweep", 1)[1]
-    text = section.split("```toml\n", 1)[1].split("```", 1)[0]
-    file = parse_integrations(text)
+    file = parse_integrations(_docs_example_file())
     assert [i.name for i in file.integrations] == ["amocrm", "kommo", "button"]
     environ = {
         "AMO_AMOCRM_SECRET": AMO_SECRET,
@@ -491,3 +536,111 @@ def test_the_docs_example_file_is_a_good_one() -> None:
     configs = [integration.config(environ) for integration in file.integrations]
     assert configs[2].metadata_mode and configs[2].client_secret is None
     assert file.store_of(file.integrations[1], environ) == environ["AMO_KOMMO_STORE"]
+
+
+def test_refresh_due_sweeps_with_the_previous_secrets_variable_unset(
+    two: Path, fake: FakeAmoCRM, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The review's case: the optional variable unset after a rotation swept nothing."""
+    with two.open("a", encoding="utf-8") as file:
+        file.write('previous_state_secrets_env = "AMO_PREVIOUS_STATE_SECRETS"\n')  # kommo's
+    monkeypatch.delenv("AMO_PREVIOUS_STATE_SECRETS", raising=False)
+    assert main(["refresh-due", "--integrations", str(two)]) == 0
+    assert _output(capsys, fake)["integrations"]["kommo"]["refreshed"] == ["k-1", "user-0"]
+
+
+#: An integration of the file whose settings ``Config`` refuses, as the review met them.
+REFUSED = {
+    "http_secrets_uri": (
+        'secrets_uri = "http://b.example/api/amo-crm/secrets"',
+        "secrets_uri must use https",
+    ),
+    "no_cryptography": (
+        'secrets_uri = "https://b.example/api/amo-crm/secrets"',
+        "secrets_uri needs the crypto extra",
+    ),
+}
+
+
+@pytest.fixture(params=sorted(REFUSED))
+def refused(
+    request: pytest.FixtureRequest, two: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, str]:
+    """``two``'s file with a third, metadata-mode integration ``button`` ``Config`` refuses;
+    returns the file and what the refusal says."""
+    line, says = REFUSED[request.param]
+    if request.param == "no_cryptography":
+        import importlib.util
+
+        real = importlib.util.find_spec
+        monkeypatch.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a: None if name == "cryptography" else real(name, *a),
+        )
+    with two.open("a", encoding="utf-8") as file:
+        file.write(
+            '[integrations.button]\nclient_id = "button-product"\n'
+            f'{line}\nredirect_uri = "https://b.example/api/amo-crm/callback"\n'
+            'state_secret_env = "AMO_STATE_SECRET"\n'
+        )
+    return two, says
+
+
+def test_doctor_makes_one_integrations_refused_settings_its_finding_and_goes_on(
+    refused: tuple[Path, str], fake: FakeAmoCRM, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, says = refused
+    assert main(["doctor", "--json", "--integrations", str(path)]) == 1
+    shown = _output(capsys, fake)["integrations"]
+    assert set(shown) == {"amocrm", "kommo", "button"}
+    button = shown["button"]["findings"]
+    assert [finding["id"] for finding in button] == ["settings_invalid"]
+    assert says in button[0]["message"]
+    for name in ("amocrm", "kommo"):  # examined, all of them: only the tests' state secret
+        assert [finding["id"] for finding in shown[name]["findings"]] == ["state_secret_weak"]
+
+
+def test_status_and_connections_report_the_refused_integration_and_go_on(
+    refused: tuple[Path, str], fake: FakeAmoCRM, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, says = refused
+    assert main(["status", "k-1", "--integrations", str(path)]) == 1
+    out, err = capsys.readouterr()
+    shown = json.loads(out)["integrations"]
+    assert shown["kommo"]["status"] == "connected"
+    assert says in shown["button"]["error"] and says in err
+    assert main(["connections", "--integrations", str(path)]) == 1
+    out, err = capsys.readouterr()
+    summaries = [item for item in map(json.loads, out.splitlines()) if item["type"] == "summary"]
+    assert [item["integration"] for item in summaries] == ["amocrm", "kommo"]
+    assert [item["total"] for item in summaries] == [2, 2]
+    assert "integration 'button'" in err and says in err
+
+
+def test_a_store_variable_unset_is_that_integrations_finding_and_skipped_by_status(
+    two: Path, fake: FakeAmoCRM, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with two.open("a", encoding="utf-8") as file:
+        file.write(
+            '[integrations.other]\nclient_id = "other"\nclient_secret_env = "AMO_KOMMO_SECRET"\n'
+            'redirect_uri = "https://b.example/cb"\nstate_secret_env = "AMO_STATE_SECRET"\n'
+            'store_env = "AMO_OTHER_STORE"\n'
+        )
+    assert main(["doctor", "--json", "--integrations", str(two)]) == 1
+    shown = _output(capsys, fake)["integrations"]
+    store = {finding["id"]: finding for finding in shown["other"]["findings"]}["store_unopened"]
+    assert "AMO_OTHER_STORE" in store["message"]
+    assert [finding["id"] for finding in shown["kommo"]["findings"]] == ["state_secret_weak"]
+    assert main(["status", "k-1", "--integrations", str(two)]) == 1
+    assert json.loads(capsys.readouterr().out)["integrations"]["kommo"]["status"] == "connected"
+    with pytest.raises(SystemExit, match="AMO_OTHER_STORE, which is not set"):
+        main(["refresh-due", "--integrations", str(two)])  # a sweep acts on all or none
+    assert fake.token_call_count("refresh_token") == 0
+
+
+@pytest.mark.parametrize("text", [_integration('"sk-live-7f3a9c" = 1'), '"sk-live-7f3a9c" = 1'])
+def test_a_key_that_names_no_setting_is_never_repeated(text: str) -> None:
+    with pytest.raises(ValueError, match="names no setting") as refused:
+        parse_integrations(text)
+    assert "sk-live" not in str(refused.value)

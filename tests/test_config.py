@@ -326,6 +326,9 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "state_secret_is_client_secret": lambda: config(client_secret="s" * 40, state_secret="s" * 40),
     "client_secret_missing": lambda: config(client_secret=None),
     "client_secret_with_secrets_uri": lambda: config(secrets_uri="https://app.example.com/s"),
+    "url_unsendable": lambda: config(
+        client_secret=None, secrets_uri="https://app.example.com/s?tenant=a&sig=b"
+    ),
     "secrets_uri_needs_crypto": lambda: _without_cryptography(
         lambda: config(client_secret=None, secrets_uri="https://app.example.com/s")
     ),
@@ -415,10 +418,15 @@ TRIGGERS: dict[str, Callable[[], object]] = {
     "integrations_store_password": lambda: parse_integrations(
         _integration("store = 'redis://:pw@cache.example/0'")
     ),
+    "integrations_store_unparseable": lambda: parse_integrations(
+        _integration("store = 'redis://:pw@[cache/0'")
+    ),
     "integrations_client_id_twice": lambda: parse_integrations(
         _integration() + "\n" + _integration().replace("[integrations.a]", "[integrations.b]")
     ),
-    "integrations_config": lambda: parse_integrations(_integration("mode = 'redirect'")),
+    "integrations_config": lambda: (
+        parse_integrations(_integration("mode = 'redirect'")).integrations[0].config({})
+    ),
     "integrations_unknown": lambda: parse_integrations(_integration()).named("b"),
     "web_integrations_type": lambda: Integrations([_sync_service()]),  # type: ignore[arg-type]
     "web_integrations_plain": lambda: Handlers(

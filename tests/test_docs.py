@@ -38,6 +38,7 @@ RUNNABLE_PAGES = (
     "keys-tab-code.md",
     "api-pace.md",
     "site-button.md",
+    "metrics.md",
     "several-integrations.md",
     "events.md",
 )

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import secrets
+import socket
 import sqlite3
 import sys
 import uuid
@@ -78,6 +80,8 @@ PROVOKED = {
     "encryption_keys_invalid": "test_keys_that_are_not_fernet_keys",
     "encryption_keys_missing": "test_encrypted_records_without_keys",
     "encryption_key_mismatch": "test_keys_that_open_no_record",
+    "encryption_records_plain": "test_keys_given_but_the_records_are_plain",
+    "store_not_a_database": "test_a_file_that_is_no_database",
     "record_unreadable": "test_a_corrupt_record",
     "settings_unchecked": "test_settings_missing_in_whole_or_in_part",
     "settings_missing": "test_settings_missing_in_whole_or_in_part",
@@ -190,14 +194,62 @@ def test_a_store_url_it_cannot_open(
     assert (code, ids(shown)) == (1, ["store_unopened"])
 
 
-def test_a_store_that_does_not_answer(
+def test_a_file_that_is_no_database(
     environ: Callable[..., None], doctor: Callable[..., tuple[int, dict[str, Any]]], place: Path
 ) -> None:
     garbage = place / "not-a-database.db"
     garbage.write_bytes(b"this is no SQLite file at all" * 100)
     garbage.chmod(0o600)
     code, shown = doctor("--store", f"sqlite:///{garbage}")
+    assert (code, ids(shown)) == (1, ["store_not_a_database"])
+    assert "start the store" not in shown["findings"][0]["action"]  # no server to start
+    assert str(garbage) in shown["findings"][0]["message"]
+
+
+def test_a_store_that_does_not_answer(
+    environ: Callable[..., None], doctor: Callable[..., tuple[int, dict[str, Any]]]
+) -> None:
+    with socket.socket() as unused:  # a loopback port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    code, shown = doctor("--store", f"redis://127.0.0.1:{port}/0")
     assert (code, ids(shown)) == (1, ["store_unreachable"])
+
+
+@pytest.fixture
+def pool_log_levels() -> Iterator[None]:
+    """The psycopg_pool loggers' levels, restored after a command set them."""
+    loggers = [logging.getLogger(name) for name in ("psycopg.pool", "psycopg_pool")]
+    before = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, before, strict=True):
+        logger.setLevel(level)
+
+
+@pytest.mark.parametrize("command", [["doctor"], ["connections"], ["status", "user-1"]])
+def test_a_postgres_that_does_not_answer_is_said_once_without_the_pools_warnings(
+    environ: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    pool_log_levels: None,
+    command: list[str],
+) -> None:
+    pytest.importorskip("psycopg_pool")
+    with socket.socket() as unused:  # a loopback port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    url = f"postgresql://app:{CANARIES[0]}@127.0.0.1:{port}/amo"
+    try:
+        main([*command, "--store", url])
+        stopped = ""
+    except SystemExit as exit_:  # the interpreter prints its message on stderr
+        stopped = str(exit_)
+    out, err = capsys.readouterr()
+    err += stopped
+    pool = [record for record in caplog.records if record.name.startswith("psycopg")]
+    assert [record.getMessage() for record in pool] == []
+    assert "could not connect" in out + err  # the command's own sentence, once
+    assert CANARIES[0] not in out + err
 
 
 def test_an_unmigrated_store(
@@ -207,6 +259,9 @@ def test_an_unmigrated_store(
     code, shown = doctor("--store", f"sqlite:///{missing}")
     assert (code, ids(shown)) == (1, ["store_not_migrated"])
     assert "amo-oauth migrate" in shown["findings"][0]["action"]
+    # The doctor and the docs agree: only migrate makes a store (never "on first use").
+    assert "amo-oauth migrate creates it" in shown["findings"][0]["message"]
+    assert "first use" not in shown["findings"][0]["message"]
     assert not missing.exists()  # the doctor creates nothing
 
 
@@ -270,6 +325,27 @@ def test_a_redis_that_may_evict_through_the_command(
     code, shown = doctor("--store", own_db)
     assert (code, ids(shown)) == (1, ["store_may_lose_keys"])
     assert "noeviction" in shown["findings"][0]["action"]
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("allow_eviction", [False, True])
+def test_an_unmigrated_redis_that_may_evict_says_each_part_in_its_own_finding(
+    redis_url: str,  # noqa: F811
+    policy: Callable[[str], None],
+    allow_eviction: bool,
+) -> None:
+    policy("allkeys-lru")
+    prefix = f"doctor-{uuid.uuid4().hex}:"  # never migrated
+    store = RedisStore(redis_url, prefix=prefix, allow_eviction=allow_eviction)
+    try:
+        found = {finding.id: finding.message for finding in examine_store(store, keys_given=False)}
+    finally:
+        store.close()
+    memory = "store_warning" if allow_eviction else "store_may_lose_keys"
+    assert set(found) == {"store_not_migrated", memory}
+    assert "maxmemory" not in found["store_not_migrated"]
+    assert "schema" not in found[memory]
+    assert "maxmemory-policy allkeys-lru" in found[memory]
 
 
 @pytest.mark.services
@@ -401,6 +477,28 @@ def test_keys_that_open_no_record(
     assert "user-1" in shown["findings"][0]["message"]  # the record's key: no secret
     environ(AMO_OAUTH_KEYS=f"{OTHER_KEY},{KEY}")  # the old key added after the new one
     assert doctor()[0] == 0
+
+
+def test_keys_given_but_the_records_are_plain(
+    environ: Callable[..., None],
+    doctor: Callable[..., tuple[int, dict[str, Any]]],
+    db: Path,
+    make_oauth: Callable[..., AmoOAuth],
+    fake: FakeAmoCRM,
+) -> None:
+    oauth = make_oauth(store=SQLiteStore(db))  # no encryption: its tokens stored plain
+    run_consent(oauth, fake, "user-1")
+    oauth.close()
+    sealed_record(db, KEY, make_oauth, fake)  # user-1 again, now sealed
+    environ(AMO_OAUTH_KEYS=KEY)
+    assert doctor() == (0, {"healthy": True, "findings": []})
+    oauth = make_oauth(store=SQLiteStore(db))
+    run_consent(oauth, fake, "user-2")  # one plain record beside the sealed one
+    oauth.close()
+    code, shown = doctor()
+    assert (code, ids(shown)) == (0, ["encryption_records_plain"])  # a warning
+    assert "1 of the first 2 records" in shown["findings"][0]["message"]
+    assert "rotate-key" in shown["findings"][0]["action"]
 
 
 def test_a_corrupt_record(

@@ -36,9 +36,11 @@ from amo_oauth import (
     SQLiteStore,
     Widget,
 )
-from amo_oauth._lifecycle import Step
+from amo_oauth._lifecycle import TABLE, Step
 from amo_oauth._lifecycle_events import events_of_write
 from amo_oauth._ops import CompareAndSet, Emit
+from amo_oauth._reasons import Reason
+from amo_oauth._records import ErrorInfo
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import config_for, consent, query_of, run_consent, stored
@@ -426,11 +428,85 @@ def test_a_slow_async_callback_is_cancelled_after_its_timeout_and_logged(
             assert (await oauth.status(USER)).is_connected
 
     with caplog.at_level(logging.ERROR, logger="amo_oauth"):
-        asyncio.run(scenario())
+        # A hang guard only (the callback's own bound is 0.05 s): without the bound the test
+        # fails here instead of hanging the run.
+        asyncio.run(asyncio.wait_for(scenario(), timeout=120))
     assert cancelled == [True]
     messages = [r.getMessage() for r in caplog.records if "lifecycle callback" in r.getMessage()]
     assert any("hangs" in m and "0.05 s" in m for m in messages)
     assert any("raises" in m and "failed" in m for m in messages)
+
+
+def test_a_callback_that_swallows_its_cancellation_holds_the_call_only_its_timeout(
+    aoauth: Callable[[], AsyncAmoOAuth], fake: FakeAmoCRM
+) -> None:
+    swallowed: list[bool] = []
+    finished: list[bool] = []
+
+    async def stubborn(event: LifecycleEvent) -> None:
+        try:
+            await asyncio.Event().wait()  # never set: its timeout cancels it
+        except asyncio.CancelledError:
+            swallowed.append(True)  # ... and it goes on regardless
+        await asyncio.sleep(3)  # aclose() cancels this, which it does not swallow
+        finished.append(True)
+
+    async def scenario() -> None:
+        oauth = aoauth()
+        oauth.on(Connected, stubborn, timeout=0.05)
+        assert (await _consent(oauth, fake)).connection.is_connected
+        assert finished == []  # the call returned while the callback still ran
+        await asyncio.sleep(0)  # the cancellation reaches it
+        assert swallowed == [True]
+        await oauth.aclose()
+        assert not oauth._subscribers._running
+
+    asyncio.run(scenario())
+    assert finished == []
+
+
+@pytest.mark.parametrize("own", [asyncio.CancelledError, TimeoutError])
+def test_a_callback_s_own_cancellation_or_timeout_is_its_failure_not_the_caller_s(
+    aoauth: Callable[[], AsyncAmoOAuth],
+    fake: FakeAmoCRM,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    own: type[BaseException],
+) -> None:
+    async def raises_its_own(event: LifecycleEvent) -> None:
+        await asyncio.sleep(0)
+        raise own()  # e.g. an inner task of its own was cancelled, or an HTTP call timed out
+
+    def plain_raises_its_own(event: LifecycleEvent) -> None:
+        raise own()
+
+    async def scenario() -> None:
+        async with aoauth() as oauth:
+            oauth.on(ReauthorizationNeeded, raises_its_own)
+            oauth.on(ReauthorizationNeeded, plain_raises_its_own)
+            assert (await _consent(oauth, fake)).connection.is_connected
+            fake.revoke_refresh_tokens()
+            clock.advance(DAY)
+            with pytest.raises(ReauthorizationRequired):
+                await oauth.access_token(USER)
+
+    with caplog.at_level(logging.ERROR, logger="amo_oauth"):
+        asyncio.run(scenario())
+    messages = [r.getMessage() for r in caplog.records if "lifecycle callback" in r.getMessage()]
+    assert len(messages) == 2
+    assert all("failed" in m for m in messages), messages
+
+
+def test_the_blocking_service_logs_a_callback_s_own_cancellation(
+    oauth: AmoOAuth, fake: FakeAmoCRM, caplog: pytest.LogCaptureFixture
+) -> None:
+    def cancelled(event: LifecycleEvent) -> None:
+        raise asyncio.CancelledError()  # an asyncio.run() of its own, cancelled inside
+
+    oauth.on(Connected, cancelled)
+    with caplog.at_level(logging.ERROR, logger="amo_oauth"):
+        assert run_consent(oauth, fake, USER).connection.is_connected
+    assert any("cancelled failed" in r.getMessage() for r in caplog.records)
 
 
 def test_the_async_sweep_fires_long_lived_expiring(
@@ -503,11 +579,106 @@ def test_a_write_that_changes_nothing_the_app_hears_fires_nothing(oauth: AmoOAut
     assert events_of_write(old, same, "client", at) == ()
 
 
-def test_a_denial_fires_once_and_another_denial_nothing(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+def _deny(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
+    begun = oauth.begin(USER)
+    result = oauth.handle_callback(query_of(fake.deny(begun.state)), binding=begun.binding)
+    assert not result.connection.is_connected
+
+
+def test_a_consent_that_never_connected_fires_nothing(oauth: AmoOAuth, fake: FakeAmoCRM) -> None:
     heard = Heard(oauth)
-    for _ in range(2):  # the user presses "Deny" twice: the reason stays access_denied
-        begun = oauth.begin(USER)
-        result = oauth.handle_callback(query_of(fake.deny(begun.state)), binding=begun.binding)
-        assert not result.connection.is_connected
-    [event] = heard.events
-    assert isinstance(event, ReauthorizationNeeded) and event.reason == "access_denied"
+    for _ in range(2):  # the user presses "Deny" twice: nothing was ever usable
+        _deny(oauth, fake)
+    begun = oauth.begin(USER)
+    query = {**query_of(fake.authorize(begun.state)), "code": "def502" + "ab" * 40}
+    assert not oauth.handle_callback(query, binding=begun.binding).connection.is_connected
+    assert oauth.status(USER).error is not None  # amoCRM refused the junk code
+    assert heard.events == []
+
+
+def test_a_forged_widget_install_fires_nothing(
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+) -> None:
+    oauth = make_oauth(allow_widget_installs=True)
+    heard = Heard(oauth)
+    for attempt in range(3):  # anyone can send these: a junk code for a host never installed
+        forged = {
+            "code": f"def502{'ab' * 40}{attempt}",
+            "referer": fake.account_host,
+            "from_widget": "1",
+            "client_id": fake.client_id,
+        }
+        assert oauth.handle_callback(forged).outcome is Outcome.FAILED
+    assert heard.events == []
+    genuine = query_of(fake.authorize(from_widget=True))
+    assert oauth.handle_callback(genuine).connection.is_connected
+    assert [type(event) for event in heard.events] == [Connected]
+
+
+def test_a_connection_already_in_error_fires_nothing_more(
+    oauth: AmoOAuth, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    connected(oauth, fake, clock)
+    heard = Heard(oauth)
+    fake.revoke_refresh_tokens()
+    with pytest.raises(ReauthorizationRequired):
+        oauth.access_token(USER)
+    _deny(oauth, fake)  # the reason changes to access_denied: no more usable than before
+    assert oauth.status(USER).error is not None
+    assert [getattr(event, "reason", None) for event in heard.events] == [
+        "reauthorization_required"
+    ]
+
+
+#: The table's ways from ``connected`` into ``error``, each with what it fires (docs/events.md).
+LOST_BY = {
+    "refresh_failed": ReauthorizationNeeded,
+    "long_lived_ended": ReauthorizationNeeded,
+    "provider_disconnected": DisconnectedByProvider,
+}
+
+
+def test_the_table_leaves_connected_for_error_only_by_the_documented_events() -> None:
+    rules = [
+        r
+        for r in TABLE
+        if ConnectionStatus.CONNECTED in r.sources and r.dest is ConnectionStatus.ERROR
+    ]
+    assert {rule.event for rule in rules} == set(LOST_BY)
+    documented = Path(__file__).parents[1].joinpath("docs", "events.md").read_text()
+    assert all(f"`{event}`" in documented for event in LOST_BY)
+
+
+@pytest.mark.parametrize("before", list(ConnectionStatus))
+@pytest.mark.parametrize("reason", [Reason.REAUTHORIZATION_REQUIRED, Reason.ACCESS_DENIED])
+def test_only_a_connected_record_entering_error_fires_reauthorization_needed(
+    oauth: AmoOAuth, before: ConnectionStatus, reason: Reason
+) -> None:
+    at = oauth._flows.records.now()
+    old = attrs.evolve(oauth._flows.records._fresh(USER, False), status=before, version=1)
+    if before is ConnectionStatus.ERROR:
+        old = attrs.evolve(old, error=ErrorInfo(Reason.CODE_REJECTED, None, at))
+    new = attrs.evolve(
+        old, status=ConnectionStatus.ERROR, error=ErrorInfo(reason, None, at), version=2
+    )
+    events = events_of_write(old, new, "client", at)
+    if before is ConnectionStatus.CONNECTED:
+        assert [(type(e), getattr(e, "reason", None)) for e in events] == [
+            (ReauthorizationNeeded, reason)
+        ]
+    else:
+        assert events == ()
+
+
+@pytest.mark.parametrize(
+    "before", [ConnectionStatus.CONNECTED, ConnectionStatus.CODE_RECEIVED, ConnectionStatus.ERROR]
+)
+def test_an_uninstall_fires_only_disconnected_by_provider(
+    oauth: AmoOAuth, before: ConnectionStatus
+) -> None:
+    at = oauth._flows.records.now()
+    old = attrs.evolve(oauth._flows.records._fresh(USER, False), status=before, version=1)
+    gone = ErrorInfo(Reason.DISCONNECTED_BY_PROVIDER, None, at)
+    new = attrs.evolve(old, status=ConnectionStatus.ERROR, error=gone, version=2)
+    assert [type(e) for e in events_of_write(old, new, "client", at)] == [DisconnectedByProvider]
+    assert events_of_write(new, attrs.evolve(new, version=3), "client", at) == ()

@@ -24,6 +24,7 @@ CASES = [
     ("django", "import amo_oauth.django", "django"),
     ("hypothesis", "from amo_oauth.testing import StoreContract", "testing"),
     ("pytest", "from amo_oauth.testing import StoreContract", "testing"),
+    ("hypothesis", "import amo_oauth.testing.invariants", "testing"),
     ("cryptography", "amo_oauth.cli._keys_from_env(required=True)", "crypto"),
 ]
 

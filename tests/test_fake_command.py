@@ -4,20 +4,34 @@ prints; and the loopback transport that carries amoCRM's hosts there and nowhere
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
+from wsgiref import simple_server
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 import httpx
 import pytest
 
-from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, MemoryStore, Outcome
+from amo_oauth import (
+    AmoOAuth,
+    AsyncAmoOAuth,
+    ButtonMetadata,
+    CallbackRejected,
+    Config,
+    MemoryStore,
+    Outcome,
+)
 from amo_oauth._fake_command import MAX_ACCOUNTS, build_fake, run_fake
 from amo_oauth.cli import main
 from amo_oauth.testing import AsyncLoopbackTransport, FakeAmoCRM, LoopbackTransport
-from e2e_support import MOBILE, query_of
-from fake_process import running_fake
+from e2e_support import MOBILE, consent_url_the_script_opens, query_of, script_attributes
+from fake_process import free_port, running_fake
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -255,3 +269,77 @@ def _raw_get(port: int, host: bytes) -> bytes:
         while chunk := raw.recv(65536):
             answer += chunk
     return answer
+
+
+def test_site_button_prints_a_metadata_mode_configuration_that_installs_through_the_fake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's case: the fake printed only a fixed client id and its secret, which metadata
+    mode refuses. With --site-button: secrets_uri, the fake's button script, no secret; the
+    printed snippet then installs through the served fake's button and consent page."""
+    monkeypatch.chdir(tmp_path)  # the snippet's AmoOAuth keeps its SQLite file here
+    port = free_port()
+    callback = f"http://127.0.0.1:{port}/api/amo-crm/callback"
+    with running_fake("--port", "0", "--site-button", "--redirect-uri", callback) as fake:
+        env = fake.env
+        assert set(env) == {
+            "AMO_CLIENT_ID",
+            "AMO_SECRETS_URI",
+            "AMO_REDIRECT_URI",
+            "AMO_BUTTON_SCRIPT_URL",
+            "AMO_FAKE_URL",
+            "AMO_STATE_SECRET",
+        }
+        assert env["AMO_SECRETS_URI"] == f"http://127.0.0.1:{port}/api/amo-crm/secrets"
+        assert env["AMO_BUTTON_SCRIPT_URL"] == env["AMO_FAKE_URL"] + "/auth/button.min.js"
+        assert "client_secret" not in fake.snippet and "AMO_CLIENT_SECRET" not in fake.env_lines
+        namespace: dict[str, Any] = {}
+        exec(compile(fake.snippet, "<amo-oauth fake's snippet>", "exec"), namespace)
+        oauth: AmoOAuth = namespace["oauth"]
+        assert oauth.config.metadata_mode
+        with oauth, _secrets_route(oauth, port), httpx.Client(follow_redirects=False) as browser:
+            button = oauth.site_button("user-9", metadata=ButtonMetadata("Mine", "Leads", ("crm",)))
+            attributes = script_attributes(button.html)
+            script = browser.get(attributes["src"])
+            assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+            query = _consent(browser, consent_url_the_script_opens(attributes))
+            assert query["client_id"] != fake.env["AMO_CLIENT_ID"]  # the install's own
+            result = oauth.handle_callback(query, binding=button.binding)
+            assert result.outcome is Outcome.CONNECTED
+            leads = namespace["http"].get(
+                "https://test.amocrm.ru/api/v4/leads", auth=oauth.auth("user-9")
+            )
+            assert leads.status_code == 200
+        rest, _ = fake.interrupt()
+    assert "  POST test.amocrm.ru/oauth2/access_token: 200" in rest
+    assert not TOKENS.search("".join(fake.banner) + rest)
+
+
+@contextlib.contextmanager
+def _secrets_route(oauth: AmoOAuth, port: int) -> Iterator[None]:
+    """A stand-in for the backend's POST /secrets on ``port``: ``receive_secrets``, 200."""
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        form = parse_qsl(environ["wsgi.input"].read(length).decode())
+        try:
+            oauth.receive_secrets(form)
+        except CallbackRejected:
+            start_response("403 Forbidden", [("content-type", "text/plain")])
+        else:
+            start_response("200 OK", [("content-type", "text/plain")])
+        return [b""]
+
+    server = simple_server.make_server("127.0.0.1", port, app, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(simple_server.WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log: the test's output stays the fake's."""

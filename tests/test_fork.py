@@ -29,12 +29,15 @@ from amo_oauth import AmoOAuth, AsyncAmoOAuth, Config, MemoryStore, StoreError, 
 from amo_oauth._driving import drive
 from amo_oauth._flows import Flows
 from amo_oauth._kept import AsyncKeptRetry, KeptRetry
+from amo_oauth._lifecycle_events import LifecycleEvent
 from amo_oauth._limits import Attempt, Bounds, ExchangeLimiter
+from amo_oauth._subscribers import Subscribers
 from amo_oauth.stores import Hub
 from amo_oauth.stores._base import BaseStore
 from amo_oauth.stores._driven import offset_of
 from amo_oauth.stores._listening import ChannelListener
 from amo_oauth.stores._protocol import Claim, LedgerEntry, Loaded
+from amo_oauth.stores._redis_memory import Eviction, MemoryGate, MemoryVerdict
 from amo_oauth.stores._rows import RecordCodec
 from amo_oauth.testing._contract import T0, make_record
 
@@ -137,6 +140,84 @@ def test_a_hub_in_a_child_forgets_the_parents_watches_and_poller() -> None:
         def child() -> None:
             hub.notify("c1")  # takes the lock a vanished thread held at the fork
             assert hub.waiting() == 0
+
+        assert _exit_code(_in_child(child)) == 0
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_lifecycle_callbacks_in_a_child_can_be_registered_and_heard() -> None:
+    subscribers = Subscribers()
+    heard: list[int] = []
+    subscribers.add(LifecycleEvent, lambda event: heard.append(os.getpid()))
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with subscribers._lock:  # held at the fork by a thread the child does not have
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    held.wait()
+    try:
+
+        def child() -> None:
+            subscribers.add(LifecycleEvent, lambda event: None)  # takes the lock
+            subscribers.deliver(LifecycleEvent(connection_id="c", client_id="i", at=T0))
+            assert heard == [os.getpid()]  # the parent's callbacks are inherited
+
+        assert _exit_code(_in_child(child)) == 0
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_a_redis_memory_gate_in_a_child_admits() -> None:
+    gate = MemoryGate("Redis store (test)", allowed=False)
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with gate._lock:  # held at the fork by a thread the child does not have
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    held.wait()
+    try:
+
+        def child() -> None:
+            gate.admit(MemoryVerdict(Eviction.NEVER))  # takes the lock
+            assert gate.passed
+
+        assert _exit_code(_in_child(child)) == 0
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_the_access_log_filters_install_in_a_child() -> None:
+    from amo_oauth.web import _redact
+
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with _redact._INSTALLING.lock:  # held at the fork by a thread the child does not have
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    held.wait()
+    try:
+
+        def child() -> None:
+            _redact.install_access_log_redaction(["amo_oauth.test.child"])  # takes the lock
 
         assert _exit_code(_in_child(child)) == 0
     finally:

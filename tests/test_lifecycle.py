@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import timedelta
 
@@ -182,6 +183,17 @@ def test_each_pair_does_what_the_design_says(event_type):
             assert (result.changed, result.record.status, result.noop) == (True, expected, None)
         else:
             assert (result.changed, result.record, result.noop) == (False, record, expected)
+
+
+def test_a_step_logs_nothing_at_info_through_transitions(caplog: pytest.LogCaptureFixture):
+    """An app logging at INFO sees the flows' one line per written step, not the machine's."""
+    with caplog.at_level(logging.INFO):
+        for event_type in EVENT_TYPES:
+            for status in S:
+                step(
+                    ConnectionRecord("c", status=status, connected_at=T0), EXAMPLES[event_type], T0
+                )
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("transitions")] == []
 
 
 @settings(max_examples=examples(500))

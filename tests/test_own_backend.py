@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2e_support import MOBILE, query_of
+from e2e_support import MOBILE, consent_url_the_script_opens, query_of, script_attributes
 from fake_process import FakeProcess, free_port, running_fake
 
 pytestmark = pytest.mark.timeout(180)
@@ -51,13 +51,18 @@ def recipe(name: str) -> dict[str, str]:
         if match["recipe"] == name
     }
     files = {kind for kind in found if kind.endswith(".py")}
-    assert set(found) == {"fake", "backend", *files}, f"docs/testing.md: recipe {name}"
+    optional = {SITE_BUTTON_FAKE} & set(found)
+    assert set(found) == {"fake", "backend", *files, *optional}, f"docs/testing.md: recipe {name}"
     assert "myapp.py" in files, f"docs/testing.md: recipe {name}"
     return found
 
 
 def python_files(blocks: dict[str, str]) -> dict[str, str]:
     return {kind: body for kind, body in blocks.items() if kind.endswith(".py")}
+
+
+#: The block that starts the fake for the site button's metadata mode (FastAPI's recipe).
+SITE_BUTTON_FAKE = "fake_site_button"
 
 
 def _on_port(text: str, docs_port: int, port: int) -> str:
@@ -229,3 +234,46 @@ def test_the_recipe_type_checks(name: str, tmp_path: Path) -> None:
         check=False,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_fastapi_recipe_installs_through_the_site_button_in_metadata_mode(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The same myapp.py with ``amo-oauth fake --site-button``'s lines: the connect page shows
+    the fake's button; "Allow" installs a new integration, whose credentials the fake posts to
+    the backend's secrets route before the redirect."""
+    blocks = recipe("fastapi")
+    folder = tmp_path_factory.mktemp("my-button-backend")
+    for file, body in python_files(blocks).items():
+        (folder / file).write_text(body, encoding="utf-8")
+    port, base = free_port(), ""
+    command = shlex.split(_on_port(blocks[SITE_BUTTON_FAKE], DOCS_PORT["fastapi"], port))
+    assert command[:3] == ["amo-oauth", "fake", "--site-button"]
+    with running_fake(*command[2:], "--port", "0", cwd=folder) as fake:
+        assert "AMO_CLIENT_SECRET" not in fake.env
+        lines = _on_port(blocks["backend"], DOCS_PORT["fastapi"], port)
+        with backend(fake, lines, folder, port):
+            base = f"http://127.0.0.1:{port}"
+            _install_through_the_button(base, fake.env["AMO_BUTTON_SCRIPT_URL"])
+        log, err = fake.interrupt()
+    assert fake.process.returncode == 130, err
+    assert log.count("POST test.amocrm.ru/oauth2/access_token: 200") == 1
+    assert "GET test.amocrm.ru/api/v4/leads: 200" in log
+
+
+def _install_through_the_button(base: str, script_url: str) -> None:
+    with httpx.Client(follow_redirects=False, timeout=10) as browser:
+        signed_in = sign_in(browser, base, "ann", origin=base)
+        assert signed_in.status_code == 303
+        page = browser.get(base + signed_in.headers["location"])
+        assert page.status_code == 200
+        attributes = script_attributes(page.text)
+        assert attributes["src"] == script_url
+        callback = MOBILE.press(browser, consent_url_the_script_opens(attributes), "Allow")
+        assert callback.startswith(f"{base}/api/amo-crm/callback?")
+        landed = browser.get(callback)
+        assert landed.status_code == 200, landed.text
+        assert "myapp://amo-crm/callback?success=true" in landed.text
+        status = browser.get(f"{base}/api/amo-crm/status").json()
+        assert status["connected"] is True and status["account"]["subdomain"] == "test"
+        assert browser.get(f"{base}/leads").json() == ["Lead #1", "Lead #2", "Lead #3"]

@@ -511,6 +511,7 @@ def test_threads_and_tasks_wait_on_the_hub_behind_one_listening_connection(
         tasks = [asyncio.create_task(store.await_for_change("c1", 1, FOREVER)) for _ in range(4)]
         while registered(store, "c1") < 8:
             await asyncio.sleep(0.005)
+        await asyncio.to_thread(until, lambda: store._listener.ready)  # LISTEN sent (on load)
         with psycopg.connect(store._conns.conninfo) as conn:
             listening = conn.execute(
                 b"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'"
@@ -655,6 +656,7 @@ def test_many_waiters_share_one_listening_connection(
         waits = [asyncio.create_task(store.await_for_change(f"c{i}", 1, FOREVER)) for i in range(8)]
         while registered(store) < 8:
             await asyncio.sleep(0.005)
+        await asyncio.to_thread(until, lambda: store._listener.ready)  # LISTEN sent (on load)
         with psycopg.connect(store._conns.conninfo) as conn:
             listening = conn.execute(
                 b"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'"

@@ -29,6 +29,7 @@ from amo_oauth._answers import (
     describe,
     markdown_rows,
 )
+from amo_oauth._config import Config
 from amo_oauth._errors import ProviderError
 from amo_oauth._hosts import AccountHost
 from amo_oauth._provider import (
@@ -51,6 +52,7 @@ from amo_oauth._provider_reads import (
     read_tokens,
     reason_of,
 )
+from amo_oauth._records import ClientCredentials
 from amo_oauth.testing import FakeAmoCRM
 from amo_oauth.testing._protocol import TOKEN_PROBLEMS
 
@@ -682,8 +684,16 @@ def test_the_committed_answers_page_is_current():
 def test_the_token_calls_post_json_with_the_client_credentials():
     config = config_for(FakeAmoCRM())
     host = AccountHost("test.amocrm.ru")
-    code = code_request(config, host, "the-code")
-    refresh = refresh_request(config, host, "the-refresh-token")
+    # A site-button install's own integration (metadata mode) travels the same way.
+    own = ClientCredentials("the-connections-own-client-id", "its-own-secret")
+    assert config.credentials is not None
+    for credentials in (config.credentials, own):
+        _posts_json_with(config, credentials, host)
+
+
+def _posts_json_with(config: Config, credentials: ClientCredentials, host: AccountHost) -> None:
+    code = code_request(config, credentials, host, "the-code")
+    refresh = refresh_request(config, credentials, host, "the-refresh-token")
     for request, grant in (
         (code, {"code": "the-code"}),
         (refresh, {"refresh_token": "the-refresh-token"}),
@@ -696,8 +706,8 @@ def test_the_token_calls_post_json_with_the_client_credentials():
         assert request.headers["content-type"] == "application/json"
         body = json.loads(request.content)
         assert body == {
-            "client_id": config.client_id,
-            "client_secret": config.client_secret,
+            "client_id": credentials.client_id,
+            "client_secret": credentials.client_secret,
             "redirect_uri": config.redirect_uri,
             "grant_type": "authorization_code" if "code" in grant else "refresh_token",
             **grant,
@@ -722,8 +732,9 @@ def test_the_account_check_and_the_lookup_send_one_secret_header_each():
 
 def test_a_call_as_data_keeps_its_secrets_out_of_its_repr():
     config = config_for(FakeAmoCRM())
+    assert config.credentials is not None
     calls = (
-        code_call(config, AccountHost("test.amocrm.ru"), "the-code"),
+        code_call(config, config.credentials, AccountHost("test.amocrm.ru"), "the-code"),
         lookup_call(config, AccountHost("api-b.amocrm.ru"), "the-refresh-token"),
     )
     for call in calls:

@@ -6,10 +6,12 @@ back with the standard library's parser, as a browser would read the attributes.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 
@@ -211,36 +213,44 @@ def test_hostile_metadata_is_escaped(metadata_oauth: AmoOAuth, field: str, attri
 
 # -- what is refused ------------------------------------------------------------------------
 
-REFUSED_METADATA = {
-    "an empty name": ButtonMetadata("", "Leads"),
-    "a blank description": ButtonMetadata("Acme", "  "),
-    "a logo over http": ButtonMetadata("Acme", "Leads", logo="http://cdn.example/a.png"),
-    "a logo that is no URL": ButtonMetadata("Acme", "Leads", logo="a.png"),
-    "an unreadable logo": ButtonMetadata("Acme", "Leads", logo="https://[cdn.example/a.png"),
+REFUSED_METADATA: dict[str, dict[str, Any]] = {
+    "an empty name": {"name": ""},
+    "a blank description": {"description": "  "},
+    "a logo over http": {"logo": "http://cdn.example/a.png"},
+    "a logo that is no URL": {"logo": "a.png"},
+    "an unreadable logo": {"logo": "https://[cdn.example/a.png"},
     # The script joins values into the consent URL unencoded: this would post the new
     # integration's secret to a second secrets_uri.
-    "a logo that adds a parameter": ButtonMetadata(
-        "Acme", "Leads", logo="https://cdn.example/a.png?x=1&secrets_uri=https://evil.example/"
-    ),
-    "a name with '&'": ButtonMetadata("Leads & deals", "Leads"),
-    "a description with '#'": ButtonMetadata("Acme", "Leads #1"),
-    "a name with '%'": ButtonMetadata("Acme 100%", "Leads"),
-    "a name with '+'": ButtonMetadata("Acme+", "Leads"),
-    "a name with a newline": ButtonMetadata("Acme\nLeads", "Leads"),
-    "scopes as one string": ButtonMetadata("Acme", "Leads", scopes="crm"),  # type: ignore[arg-type]
-    "no scopes": ButtonMetadata("Acme", "Leads", scopes=()),
-    "an upper-case scope": ButtonMetadata("Acme", "Leads", scopes=("CRM",)),
-    "a scope with a comma": ButtonMetadata("Acme", "Leads", scopes=("crm,files",)),
-    "a scope with a hyphen": ButtonMetadata("Acme", "Leads", scopes=("crm-x",)),
+    "a logo that adds a parameter": {
+        "logo": "https://cdn.example/a.png?x=1&secrets_uri=https://evil.example/"
+    },
+    "a name with '&'": {"name": "Leads & deals"},
+    "a description with '#'": {"description": "Leads #1"},
+    "a name with '%'": {"name": "Acme 100%"},
+    "a name with '+'": {"name": "Acme+"},
+    "a name with a newline": {"name": "Acme\nLeads"},
+    "scopes as one string": {"scopes": "crm"},
+    "no scopes": {"scopes": ()},
+    "an upper-case scope": {"scopes": ("CRM",)},
+    "a scope with a comma": {"scopes": ("crm,files",)},
+    "a scope with a hyphen": {"scopes": ("crm-x",)},
 }
 
 
-@pytest.mark.parametrize("metadata", REFUSED_METADATA.values(), ids=REFUSED_METADATA.keys())
-def test_metadata_amocrm_could_not_take_is_refused(
-    metadata_oauth: AmoOAuth, metadata: ButtonMetadata
-) -> None:
-    with pytest.raises(ValueError, match=r"metadata|must not hold"):
-        metadata_oauth.site_button(USER, metadata=metadata)
+@pytest.mark.parametrize("changed", REFUSED_METADATA.values(), ids=REFUSED_METADATA.keys())
+def test_metadata_amocrm_could_not_take_is_refused_when_made(changed: dict[str, Any]) -> None:
+    # Refused when made, so a router holding it is never built and /connect never fails.
+    field = next(iter(changed))
+    with pytest.raises(ValueError, match=rf"ButtonMetadata\.{field} |ButtonMetadata\.scopes "):
+        ButtonMetadata(**{"name": "Acme", "description": "Leads", **changed})
+
+
+def test_the_reviewers_button_text_is_refused_naming_field_and_character() -> None:
+    # Issue 22's review: "Smith & Sons" was accepted, then every GET /connect was a 500.
+    with pytest.raises(ValueError, match=r"^ButtonMetadata\.name must not hold '&', which"):
+        ButtonMetadata("Smith & Sons", "Orders synced")
+    with pytest.raises(ValueError, match=r"^ButtonMetadata\.description must not hold '%'"):
+        ButtonMetadata("Smith and Sons", "Orders, 100% synced")
 
 
 REFUSED_LOOK: dict[str, tuple[str, str]] = {
@@ -272,16 +282,29 @@ def test_metadata_mode_without_metadata_is_refused(metadata_oauth: AmoOAuth) -> 
         metadata_oauth.site_button(USER)
 
 
-def test_a_redirect_uri_the_script_would_cut_is_refused(
-    make_oauth: Callable[..., AmoOAuth],
+@pytest.mark.parametrize(
+    ("field", "url", "char"),
+    [
+        ("redirect_uri", "https://backend.example/cb?app=1&tenant=2", "'&'"),
+        ("secrets_uri", "https://b.example/api/amo-crm/secrets?tenant=a&x=1", "'&'"),
+        ("secrets_uri", "https://b.example/api/amo-crm/secrets?sig=a+b", "'+'"),
+        ("secrets_uri", "https://b.example/api/amo-crm/secrets?sig=a%2Fb", "'%'"),
+    ],
+)
+def test_a_metadata_mode_uri_the_script_would_cut_is_refused_by_config(
+    fake: FakeAmoCRM, field: str, url: str, char: str
 ) -> None:
-    oauth = make_oauth(
-        secrets_uri=SECRETS_URI,
-        client_secret=None,
-        redirect_uri="https://backend.example/cb?app=1&tenant=2",
-    )
-    with pytest.raises(ValueError, match="data-redirect_uri must not hold"):
-        oauth.site_button(USER, metadata=METADATA)
+    # Issue 22's review: such a Config was accepted, then every GET /connect was a 500.
+    settings = {"secrets_uri": SECRETS_URI, "client_secret": None, field: url}
+    with pytest.raises(ValueError, match=f"^{field} must not hold {re.escape(char)}") as refused:
+        attrs.evolve(config_for(fake), **settings)
+    assert url not in str(refused.value)  # a URL may carry a secret: never in a message
+
+
+def test_the_same_uri_is_fine_for_a_fixed_client_id(fake: FakeAmoCRM) -> None:
+    # Only the button joins it unencoded; begin() URL-encodes the redirect URI.
+    config = attrs.evolve(config_for(fake), redirect_uri="https://backend.example/cb?a=1&b=2")
+    assert config.redirect_uri.endswith("&b=2")
 
 
 class _UnreadableStore(MemoryStore):

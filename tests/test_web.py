@@ -560,8 +560,8 @@ def test_another_integrations_redirect_says_the_client_id_does_not_match(
     assert answer.status == 400
     assert deep_link(answer) == ("foryoure://amo-crm/callback", {"error": "client_id_mismatch"})
     text = web.PAGE_TEXTS[lang]
-    assert parse_page(answer.text).h1 == text.client_id_mismatch_title
-    assert escape(text.client_id_mismatch_body) in answer.text
+    assert parse_page(answer.text).h1 == text.title(web.PageKind.CLIENT_ID_MISMATCH)
+    assert escape(text.body(web.PageKind.CLIENT_ID_MISMATCH)) in answer.text
     assert "client id" in text.client_id_mismatch_body  # the page says what does not match
     assert fake.token_call_count() == 0
     assert stored(oauth, USER) is None  # nothing written: the right redirect still works
@@ -626,7 +626,8 @@ def test_every_message_is_translated(
     bad = send("GET", f"{PREFIX}/callback", query=f"lang={lang}")
     assert parse_page(bad.text).h1 == failed
     text = web.PAGE_TEXTS[lang]
-    assert text.connected_body in ok.text and text.error_body in bad.text
+    connected_body = text.body(web.PageKind.CONNECTED)
+    assert connected_body in ok.text and text.body(web.PageKind.ERROR) in bad.text
     assert set(web.PAGE_TEXTS) >= {"en", "ru", "uk"}
 
 

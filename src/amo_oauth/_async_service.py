@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Generator
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -41,6 +41,9 @@ from .stores._base import as_async_store, is_async_store
 from .stores._forks import reset_in_child
 from .stores._protocol import DueCursor
 
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
 __all__ = ["AsyncAmoOAuth"]
 
 T = TypeVar("T")
@@ -54,6 +57,8 @@ class AsyncAmoOAuth(ServiceCore):
     ``Store`` of your own runs in worker threads, so the event loop never blocks on a database.
     Calls that may send a code or a refresh token are shielded from cancellation: a cancelled
     caller gets ``CancelledError`` at once, and the call still stores what amoCRM answered.
+    Its arguments are ``AmoOAuth``'s (``meter_provider`` included), with an
+    ``httpx.AsyncClient``.
     """
 
     def __init__(
@@ -63,8 +68,9 @@ class AsyncAmoOAuth(ServiceCore):
         store: Store | AsyncStore | None = None,
         http: httpx.AsyncClient | None = None,
         clock: Callable[[], datetime] | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
-        super().__init__(config, clock)
+        super().__init__(config, clock, meter_provider)
         if not is_async_store(store):
             self._check_store(store, Store, AsyncStore)
         if http is not None and not isinstance(http, httpx.AsyncClient):
@@ -223,9 +229,12 @@ class AsyncAmoOAuth(ServiceCore):
         *,
         timeout: float = DEFAULT_CALLBACK_TIMEOUT,
     ) -> Callable[[], None]:
-        """See ``AmoOAuth.on``. ``callback`` may be an ``async def`` function: it is awaited on
-        the event loop for at most ``timeout`` seconds (default 10), then cancelled and logged;
-        the call that wrote returns after it. A plain function is called as it is, on the
+        """See ``AmoOAuth.on``. ``callback`` may be an ``async def`` function: it runs as a
+        task of its own on the event loop, awaited for at most ``timeout`` seconds (default
+        10); past that it is cancelled, logged and left behind, and the call that wrote goes
+        on (even if the callback swallows the cancellation; ``aclose()`` cancels what still
+        runs). A ``CancelledError`` or ``TimeoutError`` it raises itself is logged as its
+        failure and never reaches the caller. A plain function is called as it is, on the
         loop (keep it quick).
 
         Raises:
@@ -279,11 +288,14 @@ class AsyncAmoOAuth(ServiceCore):
     async def aclose(self) -> None:
         """Let shielded calls whose callers were cancelled finish, stop the background retry of
         kept pairs, store the pairs the store refused earlier if it takes them now (else say
-        which are lost), then close the http client if this object made it, and the store."""
+        which are lost), cancel the async lifecycle callbacks still running past their timeout
+        (waiting a second at most for them), then close the http client if this object made
+        it, and the store."""
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
         await self._kept_retry.stop()
         await self._run(self._flows.records.store_kept_at_close())
+        await self._subscribers.aclose()
         if self._owns_http:
             await self.http.aclose()
         await self._astore.aclose()
@@ -323,7 +335,8 @@ class AsyncAmoOAuth(ServiceCore):
     async def _perform(self, op: Op, turn: Turn | None = None) -> Any:
         """See ``AmoOAuth._perform``."""
         if isinstance(op, StoreOp):
-            return await op.arun(self._astore)
+            with self._metrics.store_call(op):
+                return await op.arun(self._astore)
         if isinstance(op, Emit):
             await self._subscribers.adeliver(op.event)
             return None
@@ -331,7 +344,9 @@ class AsyncAmoOAuth(ServiceCore):
             slot = (turn or self._check_turn)(op.request)
             await self._pace.pacer.await_for(slot)  # as in AmoOAuth._perform
             sent_at = self._pace.pacer.clock()
-            response = await asend_within(self.http, op.request, self.config.http_timeout)
+            with self._metrics.token_call(op.request) as answered:
+                response = await asend_within(self.http, op.request, self.config.http_timeout)
+                answered(response)
             if slot is not None:
                 self._note(op.request, response, sent_at)
             return response

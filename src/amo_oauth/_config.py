@@ -23,7 +23,7 @@ from ._setting_errors import (
     MODES,
     setting_error,
 )
-from ._site_button import AMOCRM_BUTTON_SCRIPT, KOMMO_BUTTON_SCRIPT, is_kommo
+from ._site_button import AMOCRM_BUTTON_SCRIPT, KOMMO_BUTTON_SCRIPT, is_kommo, unsendable
 
 __all__ = ["Config"]
 
@@ -389,6 +389,8 @@ class Config:
             raise ValueError(setting_error("client_secret_missing"))
         if self.secrets_uri is not None and self.client_secret is not None:
             raise ValueError(setting_error("client_secret_with_secrets_uri"))
+        if self.secrets_uri is not None:
+            self._check_sendable_by_the_button()
         if self.secrets_uri is not None and importlib.util.find_spec("cryptography") is None:
             # Said here, once, rather than at the first begin() or post to secrets_uri.
             raise ValueError(setting_error("secrets_uri_needs_crypto"))
@@ -409,6 +411,14 @@ class Config:
         if self.client_secret is None:
             return None
         return ClientCredentials(self.client_id, self.client_secret)
+
+    def _check_sendable_by_the_button(self) -> None:
+        """Metadata mode: the site button carries both URIs, and its script joins them into
+        the consent URL unencoded (docs/site-button.md); refused here, not at each /connect."""
+        for field in ("redirect_uri", "secrets_uri"):
+            problem = unsendable(getattr(self, field))
+            if problem is not None:
+                raise ValueError(setting_error("url_unsendable", field=field, problem=problem))
 
     def _check_state_secrets_apart(self) -> None:
         # The docs forbid it (security.md): amoCRM holds the client secret too (it checks it on

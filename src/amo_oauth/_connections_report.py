@@ -24,6 +24,7 @@ import attrs
 
 from ._reasons import Reason
 from ._records import ConnectionRecord, ConnectionStatus, TokenSet
+from ._rotation import readable_page
 from .stores._base import utc_now
 from .stores._protocol import Store
 from .stores._skew import clock_skew
@@ -38,6 +39,7 @@ __all__ = [
     "print_details",
     "print_lines",
     "print_rich",
+    "reauthorization_reason",
     "store_now",
     "walk",
 ]
@@ -54,6 +56,14 @@ DEFAULT_DUE_WITHIN_DAYS = 14
 #: Why a connection is listed.
 NEEDS_REAUTHORIZATION = "needs_reauthorization"
 EXPIRING = "expiring"
+#: A record whose secrets the store cannot decrypt (no ``AMO_OAUTH_KEYS``, or not its key):
+#: the report needs no secret, but the store reads a record whole, so it is named and skipped.
+UNREADABLE = "unreadable"
+#: What to do about them (said in the summary and by ``status``).
+KEYS_HINT = (
+    "its secrets are encrypted and the keys given do not open them:"
+    " set AMO_OAUTH_KEYS to the store's Fernet keys (docs/operations.md)"
+)
 
 
 def store_now(store: Store) -> datetime:
@@ -80,10 +90,11 @@ class Listed:
     """A connection the report names.
 
     Attributes:
-        why: ``needs_reauthorization`` or ``expiring`` (its token ends within the window).
+        why: ``needs_reauthorization``, ``expiring`` (its token ends within the window), or
+            ``unreadable`` (its secrets do not decrypt: every other field but the id is None).
         connection_id: the app user's id, or the account host of a widget install.
         widget: True for a widget install.
-        status: the stored status (``ConnectionStatus`` value).
+        status: the stored status (``ConnectionStatus`` value); None when unreadable.
         host: the account host, when known.
         reason: why a re-authorization is needed (a ``_reasons`` slug); None when expiring.
         ends_at: when the refresh token (or a token that cannot be refreshed) ends (UTC).
@@ -93,7 +104,7 @@ class Listed:
     why: str
     connection_id: str
     widget: bool
-    status: str
+    status: str | None
     host: str | None
     reason: str | None
     ends_at: datetime | None
@@ -125,6 +136,7 @@ class Tally:
     other_hosts: int = 0
     needs_reauthorization: int = 0
     expiring: int = 0
+    unreadable: int = 0
     pages: int = 0
 
     def count(self, record: ConnectionRecord) -> None:
@@ -143,6 +155,10 @@ class Tally:
         if listed.why == EXPIRING:
             self.expiring += 1
             return
+        if listed.why == UNREADABLE:
+            self.total += 1
+            self.unreadable += 1
+            return
         self.needs_reauthorization += 1
         self.by_reason[str(listed.reason)] += 1
 
@@ -157,6 +173,8 @@ class Tally:
             "needs_reauthorization": self.needs_reauthorization,
             "needs_reauthorization_by_reason": dict(sorted(self.by_reason.items())),
             "expiring": self.expiring,
+            "unreadable": self.unreadable,
+            "unreadable_hint": KEYS_HINT if self.unreadable else None,
             "hosts": dict(self.hosts.most_common()),
             "other_hosts": self.other_hosts,
         }
@@ -185,12 +203,15 @@ def walk(
         state: only records in this status (None: all).
         page_size: records a page (>= 1).
 
+    A record none of the store's keys opens is named (``unreadable``, whatever ``state``) and
+    the walk goes on after it.
+
     Raises:
-        StoreError: the store failed, or holds a record none of its keys opens.
+        StoreError: the store failed, or holds a corrupt record.
     """
     after: str | None = None
     while True:
-        page = store.scan(after, page_size)
+        page, undecryptable = readable_page(store, after, page_size)
         tally.pages += 1
         for record in page:
             if record.integration not in (integration, None):
@@ -202,23 +223,62 @@ def walk(
             if listed is not None:
                 tally.note(listed)
                 yield listed
+        if undecryptable is not None:
+            after = undecryptable
+            listed = _unreadable(undecryptable, integration)
+            if listed is not None:
+                tally.note(listed)
+                yield listed
+            continue
         if len(page) < page_size:
             return
         after = page[-1].key
 
 
-def _listed(record: ConnectionRecord, now: datetime, horizon: datetime) -> Listed | None:
-    """The record as the report names it, or None when it needs nothing."""
+def _unreadable(key: str, integration: str) -> Listed | None:
+    """An undecryptable record as the report names it (by its key: the store gives no more),
+    or None when it is another integration's."""
+    owner, connection_id, widget = _key_parts(key)
+    if owner not in (integration, None):
+        return None
+    return Listed(UNREADABLE, connection_id, widget, None, None, None, None, False)
+
+
+def _key_parts(key: str) -> tuple[str | None, str, bool]:
+    """A record key's integration, connection id and widget flag (``record_key``'s inverse);
+    a key stored before keys had an integration is the bare id (integration None)."""
+    kind, _, rest = key.partition(":")
+    quoted, colon, connection_id = rest.partition(":")
+    if kind not in ("u", "w") or not colon:
+        return None, key, False
+    return quoted.replace("%3A", ":").replace("%25", "%"), connection_id, kind == "w"
+
+
+def reauthorization_reason(record: ConnectionRecord, now: datetime) -> str | None:
+    """Why the connection needs a new consent (a ``_reasons`` slug), or None: its stored
+    error, or a token nothing can renew that ended before ``now`` (the store's clock, UTC)
+    even though the record still says connected. ``connections`` and ``status`` both judge
+    by this one function."""
     tokens = record.tokens
     if record.error is not None:
-        return _named(record, NEEDS_REAUTHORIZATION, record.error.reason)
+        return record.error.reason
     if record.status is not ConnectionStatus.CONNECTED or tokens is None:
         return None
-    ends_at = _ends_at(tokens)
-    if ends_at <= now:  # nothing can renew it: the next call finds it needs a new consent
-        expired = Reason.LONG_LIVED_TOKEN_EXPIRED if tokens.long_lived else None
-        return _named(record, NEEDS_REAUTHORIZATION, expired or Reason.REAUTHORIZATION_REQUIRED)
-    if ends_at <= horizon:
+    if _ends_at(tokens) > now:
+        return None
+    # Nothing can renew it: the next call finds it needs a new consent.
+    if tokens.long_lived:
+        return Reason.LONG_LIVED_TOKEN_EXPIRED
+    return Reason.REAUTHORIZATION_REQUIRED
+
+
+def _listed(record: ConnectionRecord, now: datetime, horizon: datetime) -> Listed | None:
+    """The record as the report names it, or None when it needs nothing."""
+    reason = reauthorization_reason(record, now)
+    if reason is not None:
+        return _named(record, NEEDS_REAUTHORIZATION, reason)
+    tokens = record.tokens
+    if record.status is ConnectionStatus.CONNECTED and tokens and _ends_at(tokens) <= horizon:
         return _named(record, EXPIRING, None)
     return None
 
@@ -239,8 +299,9 @@ def _named(record: ConnectionRecord, why: str, reason: str | None) -> Listed:
 
 def connection_details(record: ConnectionRecord, now: datetime) -> dict[str, Any]:
     """One stored connection in full, for ``amo-oauth status``: never a token, a client
-    secret or a digest. Times are ISO 8601, UTC; ``lease.held`` is judged at ``now`` (the
-    store's clock)."""
+    secret or a digest. Times are ISO 8601, UTC; ``lease.held`` and ``needs_reauthorization``
+    (a ``_reasons`` slug, or None) are judged at ``now`` (the store's clock), as ``connections``
+    judges them."""
     connection, tokens = record.public(), record.tokens
     lease = record.lease
     return {
@@ -251,6 +312,7 @@ def connection_details(record: ConnectionRecord, now: datetime) -> dict[str, Any
         "error": connection.error.reason if connection.error else None,
         "version": connection.version,
         "host": connection.host,
+        "needs_reauthorization": reauthorization_reason(record, now),
         "widget": record.widget,
         "account_id": connection.account.id if connection.account else None,
         "connected_at": _iso(record.connected_at),
@@ -326,6 +388,8 @@ def _connection_text(item: dict[str, Any], text: Any) -> Any:
     if item["why"] == NEEDS_REAUTHORIZATION:
         line.append("needs re-authorization ", style="bold red")
         line.append(f"({item['reason']}) ")
+    elif item["why"] == UNREADABLE:
+        line.append("unreadable (set AMO_OAUTH_KEYS) ", style="bold red")
     else:
         line.append("expiring ", style="yellow")
         line.append(f"at {item['ends_at']}{' (long-lived)' if item['long_lived'] else ''} ")
@@ -349,6 +413,8 @@ def _summary_table(item: dict[str, Any], table: Any) -> Any:
     for reason, count in item["needs_reauthorization_by_reason"].items():
         summary.add_row(f"  {reason}", str(count))
     summary.add_row(f"expiring within {item['due_within_days']} days", str(item["expiring"]))
+    if item["unreadable"]:
+        summary.add_row("unreadable: set AMO_OAUTH_KEYS", str(item["unreadable"]))
     return summary
 
 

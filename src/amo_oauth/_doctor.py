@@ -25,8 +25,9 @@ import attrs
 
 from ._config import Config
 from ._errors import StoreError, UndecryptableRecord, UnreadableRecord
+from ._rotation import holds_secrets, readable_page
 from ._state_token import MAX_CLOCK_SKEW
-from .stores._protocol import Store
+from .stores._protocol import Store, StoreCheck
 from .stores._skew import clock_skew
 from .stores.sqlite import SQLiteStore
 
@@ -55,6 +56,11 @@ class Level(enum.Enum):
 FINDINGS: Final[Mapping[str, tuple[Level, str]]] = {
     "store_unopened": (Level.ERROR, "fix the store URL (--store or AMO_OAUTH_STORE)"),
     "store_unreachable": (Level.ERROR, "start the store, or fix its address and credentials"),
+    "store_not_a_database": (
+        Level.ERROR,
+        "point --store (or AMO_OAUTH_STORE) at the store's database file; amo-oauth migrate"
+        " makes a new store at a path where no file is",
+    ),
     "store_not_migrated": (Level.ERROR, "run amo-oauth migrate with the same store"),
     "store_may_lose_keys": (
         Level.ERROR,
@@ -97,6 +103,11 @@ FINDINGS: Final[Mapping[str, tuple[Level, str]]] = {
         Level.ERROR,
         "add the key the records were sealed with to AMO_OAUTH_KEYS (after the newest),"
         " then run amo-oauth rotate-key",
+    ),
+    "encryption_records_plain": (
+        Level.WARNING,
+        "run amo-oauth rotate-key with AMO_OAUTH_KEYS set: it seals every record's secrets"
+        " with the newest key",
     ),
     "record_unreadable": (
         Level.WARNING,
@@ -213,31 +224,84 @@ class Report:
 
 
 def examine_store(
-    store: Store, *, keys_given: bool, clock: Callable[[], datetime] | None = None
+    store: Store,
+    *,
+    keys_given: bool,
+    clock: Callable[[], datetime] | None = None,
+    unsealed: Store | None = None,
 ) -> list[Finding]:
     """The store's findings: its ``check()``, an SQLite store's file modes, the clock skew
     (``clock_skew``; ``clock`` is this machine's, for tests), and a sample of records decoded
-    with the store's encryption (``keys_given``: AMO_OAUTH_KEYS was set)."""
+    with the store's encryption (``keys_given``: AMO_OAUTH_KEYS was set). ``unsealed`` is the
+    same store opened without encryption: records it reads whole hold their secrets
+    unencrypted, which is worth a warning when keys are given."""
     # The files as they are, before this check's own connection may make a -wal or -shm.
     found = file_modes(Path(store.path)) if isinstance(store, SQLiteStore) else []
     checked = store.check()
     if not checked.reachable:
-        found.append(Finding("store_unreachable", f"the store does not answer: {checked.detail}"))
+        found.append(_unreachable(store, checked))
         return found
-    found += _judged(checked.schema_ready, checked.safe, checked.detail)
+    found += _judged(checked)
     found += _skew(store, clock)
     if checked.ok:
         found += _sample(store, keys_given)
+        found += _plain(unsealed) if keys_given and unsealed is not None else []
     return found
 
 
-def _judged(schema_ready: bool, safe: bool, detail: str) -> Iterable[Finding]:
-    if not schema_ready:
-        yield Finding("store_not_migrated", f"the store's schema is not in place: {detail}")
-    if not safe:
-        yield Finding("store_may_lose_keys", detail)
-    elif schema_ready and detail:  # told to allow eviction, or a server that would not say
-        yield Finding("store_warning", detail)
+#: The first bytes of every non-empty SQLite 3 database (its file format's header string).
+SQLITE_HEADER: Final = b"SQLite format 3\x00"
+
+
+def _unreachable(store: Store, checked: StoreCheck) -> Finding:
+    """Why the store does not answer: an SQLite path holding some other file is no server
+    to start, so it has its own finding."""
+    if isinstance(store, SQLiteStore) and _foreign_file(Path(store.path)):
+        return Finding("store_not_a_database", f"{store.path} is not an SQLite database")
+    return Finding("store_unreachable", f"the store does not answer: {checked.detail}")
+
+
+def _foreign_file(path: Path) -> bool:
+    """A file at ``path`` that is not empty and does not begin as an SQLite database does."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError:  # not there, or not ours to read: the store's own detail says which
+        return False
+    return bool(head) and head != SQLITE_HEADER
+
+
+def _plain(unsealed: Store) -> list[Finding]:
+    """The sampled records (the first ``SAMPLE`` by key) that a store without keys reads
+    whole although they hold secrets: sealed ones are skipped (``readable_page``)."""
+    plain, seen, after = 0, 0, None
+    try:
+        while seen < SAMPLE:
+            records, sealed = readable_page(unsealed, after, SAMPLE - seen)
+            plain += sum(holds_secrets(record) for record in records)
+            seen += len(records) + (sealed is not None)
+            if sealed is None:
+                break
+            after = sealed
+    except StoreError:  # a corrupt record, or the store gone: said by the sample above
+        return []
+    if not plain:
+        return []
+    said = f"AMO_OAUTH_KEYS is set, but {plain} of the first {seen} records hold their secrets"
+    return [Finding("encryption_records_plain", f"{said} unencrypted")]
+
+
+def _judged(checked: StoreCheck) -> Iterable[Finding]:
+    """The schema and the memory policy, each finding saying only its own part."""
+    if not checked.schema_ready:
+        said = checked.schema_detail
+        yield Finding("store_not_migrated", f"the store's schema is not in place: {said}")
+    if not checked.safe:
+        yield Finding("store_may_lose_keys", checked.memory_detail or checked.detail)
+    elif checked.memory_detail:  # told to allow eviction, or a server that would not say
+        yield Finding("store_warning", checked.memory_detail)
+    elif checked.schema_ready and checked.detail:  # a store of one's own said something
+        yield Finding("store_warning", checked.detail)
 
 
 def file_modes(path: Path) -> list[Finding]:
@@ -436,10 +500,12 @@ def examine(
     app_scheme: str | None = None,
     prefix: str,
     clock: Callable[[], datetime] | None = None,
+    unsealed: Store | None = None,
 ) -> Report:
     """Every check for one integration: its settings (or why they could not be read), its
     store (or why it could not be opened), and AMO_OAUTH_KEYS (``keys``: why they are
-    refused). The store is left open; the caller closes it."""
+    refused; ``unsealed``: the store opened without them, see ``examine_store``). The stores
+    are left open; the caller closes them."""
     found = [settings] if isinstance(settings, Finding) else []
     if isinstance(settings, Config):
         found += examine_settings(settings, app_scheme=app_scheme, prefix=prefix)
@@ -448,7 +514,7 @@ def examine(
     if isinstance(store, Finding):
         found.append(store)
     else:
-        found += examine_store(store, keys_given=keys_given, clock=clock)
+        found += examine_store(store, keys_given=keys_given, clock=clock, unsealed=unsealed)
     return Report(tuple(found))
 
 

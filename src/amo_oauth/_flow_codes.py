@@ -549,6 +549,7 @@ class CodeFlows:
                     # Another connection claimed this code: a duplicate here too, reported at
                     # once. (An admin's code looks again: the table refuses it
                     # code_used_elsewhere.)
+                    self.records.metrics.duplicate_answered()
                     return CallbackResult.report(record.public(), duplicate=True)
                 # Lost the race for the record, or waited for the claims in flight: look
                 # again; the winner's claim usually makes this a duplicate.
@@ -746,6 +747,8 @@ class CodeFlows:
         settled = yield from self._settled(record)
         settled, _ = yield from self.verification.verify_if_due(settled)
         duplicate = noop in _DUPLICATES
+        if duplicate:
+            self.records.metrics.duplicate_answered()
         return CallbackResult.report(settled.public(), duplicate=duplicate)
 
     def _finish_exchange(

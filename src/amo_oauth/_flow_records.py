@@ -30,6 +30,7 @@ from ._errors import ProviderError, ReauthorizationRequired, StoreError, Unreada
 from ._events import Event, LeaseExpired, RefreshDeferred
 from ._lifecycle import NoOp, Step, step
 from ._lifecycle_events import events_of_write, long_lived_expiring
+from ._metrics import SILENT, Recorder
 from ._ops import (
     ClaimOp,
     CompareAndSet,
@@ -50,6 +51,7 @@ from ._record_view import (
     RecordView,
     backoff_until,
     held_back_hint,
+    lapsed_lease,
     record_of,
     retry_after_of,
     seconds_to_wait,
@@ -160,6 +162,9 @@ class Records:
         self._landings = 0
         #: Called (with no lock held) when a pair is kept: the service starts its retry.
         self.on_kept: Callable[[], None] | None = None
+        #: Where decisions are counted (refresh outcomes, lapsed leases taken over, duplicates
+        #: answered); the service gives its own, the default counts nothing.
+        self.metrics: Recorder = SILENT
 
     # -- the store's clock -------------------------------------------------------------------
 
@@ -449,6 +454,7 @@ class Records:
         if not (yield from perform(CompareAndSet(new, _expected(old)))):
             return None
         self._log_step(old, new, event_name)
+        self.metrics.written(event_name, lapsed_lease(old, self.now()))
         yield from self._announce(old, new)
         return new
 

@@ -5,10 +5,12 @@ The file holds what is not secret: a table per integration (``[integrations.NAME
 variables that hold the secrets (``client_secret_env``, ``state_secret_env``,
 ``previous_state_secrets_env``; ``store_env`` for a store URL with a password). A secret
 written into the file is refused, naming the key and never the value; the library never
-writes the file. ``parse_integrations`` checks everything the file alone decides (each
-integration's settings are checked by ``Config`` itself, with stand-in secrets), so a bad
-file fails before any store is opened; ``Integration.config`` then reads the secrets from the
-environment. Pure: the caller reads the file and hands in the environment.
+writes the file. ``parse_integrations`` checks everything the file alone decides, so a bad
+file fails before any store is opened. Each integration's settings are checked by ``Config``
+itself, with stand-in secrets; what it refuses is that integration's ``problem`` (not the
+file's), so a command can report it and go on with the others (``doctor``, ``status``);
+``Integration.config`` raises it, or reads the secrets from the environment. Pure: the caller
+reads the file and hands in the environment.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ SECRET_ENV_KEYS: Final = {
     "state_secret_env": "state_secret",
     "previous_state_secrets_env": "previous_state_secrets",
 }
+#: The keys whose variable may be unset or empty: then there is no such secret (after a
+#: rotation, docs/operations.md, the previous secrets are dropped by unsetting it).
+OPTIONAL_ENV_KEYS: Final = frozenset({"previous_state_secrets_env"})
 #: Words that make an unknown key look like a secret written into the file.
 _SECRET_WORDS: Final = ("secret", "password", "passwd", "token", "key")
 #: An environment variable's name as operators write them. Anything else may be the secret
@@ -116,16 +121,26 @@ class Integration:
         secret_envs: the environment variable of each secret ``Config`` field it sets.
         store: the store URL written in the file, or the variable holding it (``store_env``),
             as (``"store"`` or ``"store_env"``, text); None: the file's shared one.
+        problem: what ``Config`` refuses in the settings the file gives it (its message,
+            never a secret's value); None: nothing. ``refusal`` names the integration.
     """
 
     name: str
     settings: Mapping[str, object]
     secret_envs: Mapping[str, str]
     store: tuple[str, str] | None
+    problem: str | None = None
 
     @property
     def where(self) -> str:
         return f"integration {self.name!r}"
+
+    @property
+    def refusal(self) -> str | None:
+        """``problem`` as ``config`` raises it, naming the integration; None: nothing."""
+        if self.problem is None:
+            return None
+        return setting_error("integrations_config", where=self.where, problem=self.problem)
 
     @property
     def client_id(self) -> str:
@@ -141,13 +156,22 @@ class Integration:
     def config(self, environ: Mapping[str, str]) -> Config:
         """The ``Config``, with each secret read from the variable the file names.
 
+        An unset or empty ``previous_state_secrets_env`` variable means no previous secrets.
+
         Raises:
-            ValueError: a variable the file names is unset or empty (named; its value is never
-                shown), or ``Config`` refuses the secrets (e.g. ``state_secret`` too short).
+            ValueError: ``problem`` (``Config`` refuses the file's settings); a required
+                variable the file names is unset or empty (named; its value is never shown);
+                or ``Config`` refuses the secrets (e.g. ``state_secret`` too short).
         """
+        if self.problem is not None:
+            raise ValueError(
+                setting_error("integrations_config", where=self.where, problem=self.problem)
+            )
         secrets: dict[str, object] = {}
         for env_key, variable in self.secret_envs.items():
             value = environ.get(variable, "")
+            if not value and env_key in OPTIONAL_ENV_KEYS:
+                continue
             if not value:
                 raise ValueError(
                     setting_error(
@@ -237,8 +261,9 @@ def parse_integrations(text: str) -> IntegrationsFile:
     Raises:
         ValueError: not TOML; no integration; an unknown key, a value of the wrong type, a
             secret written into the file (the key is named, never the value), an environment
-            variable's name that is not one, two integrations with one client id, or settings
-            ``Config`` refuses. Every message is in docs/configuration.md.
+            variable's name that is not one, or two integrations with one client id. Every
+            message is in docs/configuration.md. (Settings ``Config`` refuses are the
+            integration's ``problem``.)
         TypeError: a value of the wrong type (the key and the type are named).
     """
     try:
@@ -246,32 +271,35 @@ def parse_integrations(text: str) -> IntegrationsFile:
     except tomllib.TOMLDecodeError as error:  # its message holds a position, never the text
         raise ValueError(setting_error("integrations_toml", problem=str(error))) from None
     where = "integrations file"
-    for key in document:
+    for position, key in enumerate(document, start=1):
         if key not in _TOP_KEYS:
-            _refuse_key(where, key)
+            _refuse_key(where, key, position)
     tables = document.get("integrations")
     if not isinstance(tables, dict) or not tables:
         raise ValueError(setting_error("integrations_none"))
-    integrations = tuple(_integration(name, table) for name, table in tables.items())
+    integrations = tuple(
+        _integration(name, table, position)
+        for position, (name, table) in enumerate(tables.items(), start=1)
+    )
     _check_client_ids_apart(integrations)
     return IntegrationsFile(integrations, _store(where, document))
 
 
-def _integration(name: str, table: object) -> Integration:
-    if not _INTEGRATION_NAME.fullmatch(name):
-        raise ValueError(setting_error("integrations_name", name=repr(name[:80])))
+def _integration(name: str, table: object, position: int) -> Integration:
+    if not _INTEGRATION_NAME.fullmatch(name):  # named by position: it may be a secret
+        raise ValueError(setting_error("integrations_name", position=position))
     where = f"integration {name!r}"
     if not isinstance(table, dict):
         raise TypeError(setting_error("integrations_table", where=where, type=type(table).__name__))
     settings: dict[str, object] = {}
     secret_envs: dict[str, str] = {}
-    for key, value in table.items():
+    for position, (key, value) in enumerate(table.items(), start=1):
         if key in FIELDS:
             settings[key] = FIELDS[key](where, key, value)
         elif key in SECRET_ENV_KEYS:
             secret_envs[key] = _env_name(where, key, value)
         elif key not in _STORE_KEYS:
-            _refuse_key(where, key)
+            _refuse_key(where, key, position)
     for key in ("client_id", "redirect_uri"):
         if key not in settings:
             raise ValueError(setting_error("integrations_required", where=where, setting=key))
@@ -281,16 +309,20 @@ def _integration(name: str, table: object) -> Integration:
         )
     if ("client_secret_env" in secret_envs) == ("secrets_uri" in settings):
         raise ValueError(setting_error("integrations_client_secret", where=where))
-    _check_alone(where, settings, secret_envs)
-    return Integration(name, settings, secret_envs, _store(where, table))
+    problem = _config_problem(settings, secret_envs)
+    return Integration(name, settings, secret_envs, _store(where, table), problem)
 
 
-def _refuse_key(where: str, key: str) -> None:
-    """An unknown key: one that looks like a secret says never to write one in the file."""
-    words = key.lower()
-    if key in SECRET_ENV_KEYS.values() or any(word in words for word in _SECRET_WORDS):
+def _refuse_key(where: str, key: str, position: int) -> None:
+    """An unknown key (the ``position``-th of its table, from 1): one that looks like a secret
+    says never to write one in the file. Only a setting's own name is repeated: any other key
+    may be a secret pasted in as a key (``"sk-..." = 1``), so it is named by its position."""
+    if key in SECRET_ENV_KEYS.values():
         raise ValueError(setting_error("integrations_secret", where=where, setting=repr(key)))
-    raise ValueError(setting_error("integrations_unknown_key", where=where, setting=repr(key)))
+    if any(word in key.lower() for word in _SECRET_WORDS):
+        shown = f"key number {position}"
+        raise ValueError(setting_error("integrations_secret", where=where, setting=shown))
+    raise ValueError(setting_error("integrations_unknown_key", where=where, position=position))
 
 
 def _env_name(where: str, key: str, value: object) -> str:
@@ -317,26 +349,26 @@ def _store(where: str, table: Mapping[str, object]) -> tuple[str, str] | None:
         )
     if key == "store_env":
         return key, _env_name(where, key, value)
-    if _has_password(value):
+    try:
+        password = urlsplit(value).password
+    except ValueError:  # malformed: a password in it would pass unseen, so it is refused
+        raise ValueError(setting_error("integrations_store_unparseable", where=where)) from None
+    if password is not None:
         raise ValueError(setting_error("integrations_store_password", where=where))
     return key, value
 
 
-def _has_password(url: str) -> bool:
-    try:
-        return urlsplit(url).password is not None
-    except ValueError:  # a malformed URL: store_from_url says so, without repeating it
-        return False
-
-
-def _check_alone(
-    where: str, settings: Mapping[str, object], secret_envs: Mapping[str, str]
-) -> None:
-    """``Config``'s checks on what the file sets, with stand-ins for the secrets it names."""
+def _config_problem(settings: Mapping[str, object], secret_envs: Mapping[str, str]) -> str | None:
+    """What ``Config`` refuses in what the file sets, with stand-ins for the secrets it
+    names; None when nothing."""
     stand_ins = {
         field: value for field, value in _STAND_IN_SECRETS.items() if f"{field}_env" in secret_envs
     }
-    _config(where, {**settings, **stand_ins})
+    try:
+        Config(**{**settings, **stand_ins})  # type: ignore[arg-type]
+    except (TypeError, ValueError) as error:  # Config's messages never hold a secret
+        return str(error)
+    return None
 
 
 def _check_client_ids_apart(integrations: tuple[Integration, ...]) -> None:

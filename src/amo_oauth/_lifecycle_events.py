@@ -63,15 +63,23 @@ class Connected(LifecycleEvent):
 
 @attrs.frozen(kw_only=True)
 class ReauthorizationNeeded(LifecycleEvent):
-    """The connection entered ``error`` (or its reason changed there): it gives no token until
-    a user consents again (``begin()``) or an admin installs a new code or long-lived token.
+    """A connection that was ``connected`` entered ``error``: it gives no token until a user
+    consents again (``begin()``) or an admin installs a new code or long-lived token.
     ``ReauthorizationRequired`` is what calls raise meanwhile.
+
+    Only a connection that was usable fires it: the table's ``refresh_failed`` (amoCRM refused
+    the refresh token, or the account moved and its new host is unknown) and
+    ``long_lived_ended`` (the long-lived token expired or was revoked). A consent that failed
+    before it ever connected (a "Deny", a refused code, a widget install that failed) fires
+    nothing, since the user at the browser saw that answer, and anyone can send a junk code.
+    Nor does a connection already in ``error`` whose reason changes. An uninstall fires
+    ``DisconnectedByProvider`` instead, never both.
 
     Attributes:
         reason: why, one slug of docs/reasons.md (``reauthorization_required``: amoCRM refused
             the refresh token; ``account_moved``, ``long_lived_token_expired``,
-            ``access_denied``: the user pressed "Deny", ...). ``disconnected_by_provider`` is
-            never one: that is ``DisconnectedByProvider``.
+            ``long_lived_token_revoked``, ...). ``disconnected_by_provider`` is never one: that
+            is ``DisconnectedByProvider``.
     """
 
     reason: str
@@ -126,15 +134,27 @@ def _access_token(record: ConnectionRecord) -> str | None:
     return record.tokens.access_token if record.tokens is not None else None
 
 
-def _new_error(old: ConnectionRecord, new: ConnectionRecord) -> str | None:
-    """The reason of an error the write brought in, else None (an error rewritten with the
-    same reason is no news)."""
-    if new.status is not ConnectionStatus.ERROR or new.error is None:
-        return None
-    was_error = old.status is ConnectionStatus.ERROR and old.error is not None
-    if was_error and old.error is not None and old.error.reason == new.error.reason:
+def _lost_reason(old: ConnectionRecord, new: ConnectionRecord) -> str | None:
+    """The reason a usable connection became unusable in this write, else None.
+
+    Only a ``connected`` record entering ``error`` counts (the table's ``refresh_failed`` and
+    ``long_lived_ended``; its ``provider_disconnected`` is ``_uninstalled``): a consent that
+    failed before it connected (a denial, a refused code, a forged widget install) took nothing
+    from anyone, and a record already in ``error`` changing its reason lost nothing more.
+    """
+    lost = old.status is ConnectionStatus.CONNECTED and new.status is ConnectionStatus.ERROR
+    if not lost or new.error is None:
         return None
     return str(new.error.reason)  # the slug's text, whatever enum it came as
+
+
+def _uninstalled(old: ConnectionRecord, new: ConnectionRecord) -> bool:
+    """The uninstall hook's write: the record now says ``disconnected_by_provider`` and did
+    not before (the hook acts only on a record amoCRM refused the tokens of)."""
+    reason = Reason.DISCONNECTED_BY_PROVIDER
+    now_says = new.error is not None and new.error.reason == reason
+    said = old.error is not None and old.error.reason == reason
+    return new.status is ConnectionStatus.ERROR and now_says and not said
 
 
 def _moved(old: ConnectionRecord, new: ConnectionRecord) -> bool:
@@ -178,13 +198,14 @@ def events_of_write(
                 connection_id=name, client_id=client_id, at=at, host=new.host, account_id=account_id
             )
         )
-    reason = _new_error(old, new)
-    if reason == Reason.DISCONNECTED_BY_PROVIDER:
+    if _uninstalled(old, new):
         events.append(DisconnectedByProvider(connection_id=name, client_id=client_id, at=at))
-    elif reason is not None:
-        events.append(
-            ReauthorizationNeeded(connection_id=name, client_id=client_id, at=at, reason=reason)
-        )
+    else:
+        reason = _lost_reason(old, new)
+        if reason is not None:
+            events.append(
+                ReauthorizationNeeded(connection_id=name, client_id=client_id, at=at, reason=reason)
+            )
     return tuple(events)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from datetime import datetime
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast
 
 import attrs
 import httpx
@@ -21,6 +21,7 @@ from ._records import ConnectionRecord
 from .stores._protocol import AsyncStore, Claim, ClaimResult, DueCursor, Loaded, Store
 
 __all__ = [
+    "STORE_METHODS",
     "ClaimOp",
     "CompareAndSet",
     "ConsumeState",
@@ -160,6 +161,21 @@ class WaitForChange(StoreOp[None]):
 
     async def arun(self, store: AsyncStore) -> None:
         await store.await_for_change(self.key, self.version, self.timeout)
+
+
+#: The ``Store`` method each operation calls, by the operation's class name: how the metrics
+#: and the fault kit (``testing.faults``) name an operation.
+STORE_METHODS: Final = {
+    "Load": "load",
+    "CompareAndSet": "compare_and_set",
+    "Delete": "delete",
+    "ConsumeState": "consume_state",
+    "HolderOf": "holder_of",
+    "ClaimOp": "claim",
+    "FindByAccount": "find_by_account",
+    "DuePage": "due_page",
+    "WaitForChange": "wait_for_change",
+}
 
 
 @attrs.frozen

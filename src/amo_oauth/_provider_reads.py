@@ -51,6 +51,7 @@ __all__ = [
     "answered",
     "api_domain_of",
     "check_account_host",
+    "error_of",
     "lifetime_hint",
     "long_lived_expiry",
     "maybe_spent",
@@ -178,7 +179,7 @@ def read_lookup(response: Reply, extra_domains: tuple[str, ...]) -> AccountHost 
     """
     body = _json(response)
     if response.status_code != 200:
-        raise _error(response, "subdomain_lookup")
+        raise error_of(response, "subdomain_lookup")
     subdomain = body.get("subdomain") if isinstance(body, dict) else None
     domain = body.get("domain") if isinstance(body, dict) else None
     if not isinstance(subdomain, str) or not isinstance(domain, str):
@@ -281,7 +282,9 @@ def retry_after_in(response: Reply) -> float | None:
     return _retry_after_of(_json(response), response.headers)
 
 
-def _error(response: Reply, grant: Grant | None) -> ProviderError:
+def error_of(response: Reply, grant: Grant | None) -> ProviderError:
+    """The ``ProviderError`` a failed answer of the ``grant`` call means (its hint cleaned of
+    what the request sent): what ``read_tokens`` raises for it."""
     status = response.status_code
     body = _json(response)
     hint = _hint_of(body, _sent_secrets(response))
@@ -380,7 +383,7 @@ def read_tokens(
             but the pair cannot be used, and sending the same request again cannot help.
     """
     if response.status_code != 200:
-        raise _error(response, grant)
+        raise error_of(response, grant)
     body = _json(response)
     if not isinstance(body, dict) or "access_token" not in body:
         raise ProviderError(200, UNREADABLE_TOKENS, transient=True)
@@ -474,7 +477,7 @@ def read_account(response: Reply) -> Account:
             ``unusable account answer: <field>``, not transient, reason ``unusable_account``).
     """
     if response.status_code != 200:
-        raise _error(response, "account")
+        raise error_of(response, "account")
     body = _json(response)
     if not isinstance(body, dict) or not {"id", "subdomain"} <= set(body):
         raise ProviderError(200, UNREADABLE_ACCOUNT, transient=True)

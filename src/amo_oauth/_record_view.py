@@ -26,6 +26,7 @@ __all__ = [
     "RecordView",
     "backoff_until",
     "held_back_hint",
+    "lapsed_lease",
     "record_of",
     "retry_after_of",
     "seconds_to_wait",
@@ -131,6 +132,14 @@ def seconds_to_wait(record: ConnectionRecord, now: datetime, left: float, slack:
     expires it. Decided here, on the lease, so that the flows never look at one."""
     lease_left = record.lease_seconds_left(now)
     return left if lease_left is None else min(left, lease_left + slack)
+
+
+def lapsed_lease(record: ConnectionRecord, now: datetime) -> str | None:
+    """The purpose (``exchange``, ``refresh``) of ``record``'s lease when it has lapsed at
+    ``now`` (its worker presumed dead); None for a live lease or none. For the metrics of a
+    take-over, judged here so that ``Records`` never looks at a lease."""
+    lease = record.lease
+    return lease.purpose if lease is not None and not lease.is_live(now) else None
 
 
 def backoff_until(

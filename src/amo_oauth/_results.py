@@ -9,6 +9,7 @@ import attrs
 
 from ._connection_id import ConnectionId
 from ._records import Connection, ConnectionStatus
+from ._site_button import check_button_text, check_logo, check_scopes
 
 __all__ = [
     "AuthorizationRequest",
@@ -91,6 +92,18 @@ class AuthorizationRequest:
     binding: str | None = attrs.field(default=None, repr=False)
 
 
+def _button_text(_: object, attribute: attrs.Attribute[str], value: object) -> None:
+    check_button_text(attribute.name, value)
+
+
+def _button_scopes(_: object, __: attrs.Attribute[tuple[str, ...]], value: object) -> None:
+    check_scopes(value)
+
+
+def _button_logo(_: object, __: attrs.Attribute[str | None], value: object) -> None:
+    check_logo(value)
+
+
 @attrs.frozen
 class ButtonMetadata:
     """What amoCRM's site button shows, in metadata mode, for the integration it makes for each
@@ -103,15 +116,19 @@ class ButtonMetadata:
         scopes: amoCRM's scope names, e.g. ``("crm", "notifications")`` (sent comma-separated).
         logo: an https URL of its logo, or None.
 
-    ``site_button()`` refuses (``ValueError``) an empty name or description, scopes that are
-    not a tuple of names of ``[a-z_]``, a logo that is not an https URL, and a name,
-    description or logo holding ``&``, ``#``, ``%`` or ``+`` (docs/site-button.md).
+    Raises:
+        ValueError: when made, not when the button is rendered (so ``/connect`` cannot fail
+            on it): an empty name or description; scopes that are not a tuple of names of
+            ``[a-z_]``; a logo that is not an https URL; a name, description or logo holding
+            ``&``, ``#``, ``%``, ``+`` or a control character, which amoCRM's button script
+            would put into the consent URL unencoded (docs/site-button.md). The message names
+            the field and the character.
     """
 
-    name: str
-    description: str
-    scopes: tuple[str, ...] = ("crm",)
-    logo: str | None = None
+    name: str = attrs.field(validator=_button_text)
+    description: str = attrs.field(validator=_button_text)
+    scopes: tuple[str, ...] = attrs.field(default=("crm",), validator=_button_scopes)
+    logo: str | None = attrs.field(default=None, validator=_button_logo)
 
 
 @attrs.frozen

@@ -28,7 +28,13 @@ from ._records import ConnectionRecord
 from .stores._protocol import Store
 from .stores._skew import clock_skew
 
-__all__ = ["RotationProgress", "RotationReport", "rotate_keys"]
+__all__ = [
+    "RotationProgress",
+    "RotationReport",
+    "holds_secrets",
+    "readable_page",
+    "rotate_keys",
+]
 
 #: Records read per page.
 PAGE_SIZE = 256
@@ -80,7 +86,7 @@ class _Pass:
     def rewrite(self, record: ConnectionRecord) -> bool:
         """Re-encrypt one record; False when it must be tried again later (leased, or
         written meanwhile)."""
-        if not _holds_secrets(record):
+        if not holds_secrets(record):
             self.without_tokens += 1
             return True
         if record.live_lease(self.now()) is not None:
@@ -91,34 +97,43 @@ class _Pass:
         self.rewritten += 1
         return True
 
-    def page(self, after: str | None, size: int) -> tuple[list[ConnectionRecord], str | None]:
-        """The next page, and the key of an undecryptable row that ended it early (None).
 
-        A page holding such a row is read again one record at a time up to that row, so the
-        records before it are not skipped and the pass can go on after it.
-        """
+def readable_page(
+    store: Store, after: str | None, size: int
+) -> tuple[list[ConnectionRecord], str | None]:
+    """The next ``store.scan`` page after ``after``, and the key of an undecryptable row that
+    ended it early (None): jobs visiting every record (``rotate-key``, ``connections``) name
+    such a row and go on after it.
+
+    A page holding such a row is read again one record at a time up to that row, so the
+    records before it are not skipped.
+
+    Raises:
+        StoreError: the store failed, or holds a corrupt row (``UnreadableRecord``) or an
+            undecryptable one whose key it cannot name.
+    """
+    try:
+        return store.scan(after, size), None
+    except UndecryptableRecord as error:
+        if error.key is None:
+            raise
+    records: list[ConnectionRecord] = []
+    cursor = after
+    while len(records) < size:
         try:
-            return self.store.scan(after, size), None
+            found = store.scan(cursor, 1)
         except UndecryptableRecord as error:
             if error.key is None:
                 raise
-        records: list[ConnectionRecord] = []
-        cursor = after
-        while len(records) < size:
-            try:
-                found = self.store.scan(cursor, 1)
-            except UndecryptableRecord as error:
-                if error.key is None:
-                    raise
-                return records, error.key
-            if not found:
-                break
-            records.append(found[0])
-            cursor = found[0].key
-        return records, None
+            return records, error.key
+        if not found:
+            break
+        records.append(found[0])
+        cursor = found[0].key
+    return records, None
 
 
-def _holds_secrets(record: ConnectionRecord) -> bool:
+def holds_secrets(record: ConnectionRecord) -> bool:
     """Does the record hold what the store encrypts (``RecordCodec``): a token pair, or a
     site-button connection's integration credentials, its own or pending for a consent?"""
     return (
@@ -173,7 +188,7 @@ def rotate_keys(
     run = _Pass(store, lambda: clock() + skew)
     last = after
     while True:
-        records, bad = run.page(last, page_size)
+        records, bad = readable_page(run.store, last, page_size)
         for record in records:
             if not run.rewrite(record):
                 run.aside.append(record.key)

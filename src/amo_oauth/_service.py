@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -39,6 +39,9 @@ from .stores import Store
 from .stores._forks import reset_in_child
 from .stores._protocol import DueCursor
 
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
 __all__ = ["AmoOAuth"]
 
 T = TypeVar("T")
@@ -54,6 +57,9 @@ class AmoOAuth(ServiceCore):
         http: the client used to reach amoCRM; its redirects are never followed. Tests pass
             one whose transport is ``FakeAmoCRM().transport()``.
         clock: returns the current aware UTC time; for tests.
+        meter_provider: the OpenTelemetry ``MeterProvider`` the metrics are made with
+            (docs/metrics.md); None: OpenTelemetry's global one. Without the ``otel`` extra
+            installed, no metrics at all.
     """
 
     def __init__(
@@ -63,8 +69,9 @@ class AmoOAuth(ServiceCore):
         store: Store | None = None,
         http: httpx.Client | None = None,
         clock: Callable[[], datetime] | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
-        super().__init__(config, clock)
+        super().__init__(config, clock, meter_provider)
         self._check_store(store, Store)
         if http is not None and not isinstance(http, httpx.Client):
             raise TypeError(
@@ -549,7 +556,9 @@ class AmoOAuth(ServiceCore):
 
         The callback runs in the thread that made the write, right after the store took it,
         before the call that wrote returns; never for a write that lost its compare-and-set or
-        for a duplicate that wrote nothing. An exception it raises is logged (ERROR, logger
+        for a duplicate that wrote nothing. That thread may be any of the app's and, during
+        ``refresh_due``, one of the sweep's workers, several at once: the callback must be
+        thread-safe. An exception it raises is logged (ERROR, logger
         ``amo_oauth``) and never fails the call. Delivery is at most once per write: a process
         that dies between the write and the callback loses the event; ``status()`` and
         ``refresh_due`` are how an application catches up.
@@ -680,7 +689,8 @@ class AmoOAuth(ServiceCore):
         waits for it and looks at the pause again; a 429 or 403 to a paced one pauses the host.
         """
         if isinstance(op, StoreOp):
-            return op.run(self._store)
+            with self._metrics.store_call(op):
+                return op.run(self._store)
         if isinstance(op, Emit):
             self._subscribers.deliver(op.event)
             return None
@@ -688,8 +698,10 @@ class AmoOAuth(ServiceCore):
             slot = (turn or self._check_turn)(op.request)
             self._pace.pacer.wait_for(slot)  # raises TryAgainLater into the flow: not sent
             sent_at = self._pace.pacer.clock()
-            # http_timeout bounds the whole call, connect to last byte
-            response = send_within(self.http, op.request, self.config.http_timeout)
+            with self._metrics.token_call(op.request) as answered:
+                # http_timeout bounds the whole call, connect to last byte
+                response = send_within(self.http, op.request, self.config.http_timeout)
+                answered(response)
             if slot is not None:
                 self._note(op.request, response, sent_at)
             return response

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import attrs
 import httpx
@@ -14,6 +15,7 @@ import httpx
 from ._config import Config
 from ._connection_id import ConnectionId
 from ._flows import Flows
+from ._metrics import metrics_for
 from ._ops import Flow, HolderOf, perform
 from ._pace import DEFAULT_API_RATE, ApiPace, Pacer, Slot, is_api_request
 from ._provider_reads import retry_after_in
@@ -21,6 +23,9 @@ from ._records import ConnectionRecord, record_key
 from ._results import RefreshReport
 from ._subscribers import Subscribers
 from .stores import AsyncStore, SQLiteStore, Store
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
 
 __all__ = ["DEFAULT_DB", "ServiceCore", "Turn", "default_store", "with_stored"]
 
@@ -54,11 +59,19 @@ class ServiceCore:
 
     store: Store | AsyncStore
 
-    def __init__(self, config: Config, clock: Callable[[], datetime] | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Callable[[], datetime] | None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be an amo_oauth.Config, not {type(config).__name__}")
         self.config = config
         self._flows = Flows(config, clock or _utcnow)
+        # The driver measures what it performs; Records, what the table decided (one object).
+        self._metrics = metrics_for(meter_provider)
+        self._flows.records.metrics = self._metrics
         # One pacer for everything this service sends to an account host's API (auth()'s
         # calls, verifications, the hook's checks) and the sweep's token calls: each host's
         # schedule is shared by all of them.

@@ -95,6 +95,11 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
             "client_secret must be absent with secrets_uri set: in the site button's metadata "
             "mode each connection's secret comes from amoCRM's post to secrets_uri"
         ),
+        "url_unsendable": (
+            "{field} must not hold {problem}: in the site button's metadata mode (secrets_uri "
+            "set) amoCRM's button script puts it into the consent URL as it is; use a URL "
+            "without it (a path rather than query parameters)"
+        ),
         "secrets_uri_needs_crypto": (
             "secrets_uri needs the crypto extra (the site button's metadata mode encrypts the "
             "connection into each state): pip install 'amo_oauth[crypto]'"
@@ -247,11 +252,13 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         ),
         "integrations_name": (
             "integrations file: an integration's name is 1 to 64 letters, digits, '-' or '_', "
-            "e.g. [integrations.kommo], not {name}"
+            "e.g. [integrations.kommo]; table number {position} under [integrations] has "
+            "another name (not repeated: it could be a secret pasted in)"
         ),
         "integrations_table": "{where} must be a table of settings, not {type}",
         "integrations_unknown_key": (
-            "{where}: unknown key {setting}: an integration takes Config's fields but its secrets "
+            "{where}: key number {position} names no setting (not repeated: it could be a secret "
+            "pasted in): an integration takes Config's fields but its secrets "
             "(durations in seconds), client_secret_env, state_secret_env, "
             "previous_state_secrets_env, and store or store_env; the file takes "
             "[integrations.NAME] tables and a shared store or store_env"
@@ -280,6 +287,10 @@ SETTING_ERRORS: Final[Mapping[str, str]] = MappingProxyType(
         "integrations_store_password": (
             "{where}: store's URL holds a password: put the URL in an environment variable and "
             "name it with store_env"
+        ),
+        "integrations_store_unparseable": (
+            "{where}: store's URL does not parse, so whether it holds a password cannot be "
+            "told: put the URL in an environment variable and name it with store_env"
         ),
         "integrations_client_id_twice": (
             "integrations file: integrations {first} and {second} have the same client_id: "

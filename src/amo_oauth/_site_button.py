@@ -6,9 +6,10 @@ HTML-escaped, so nothing a caller passes can end the attribute or the element. T
 follow from what the script does with a value (docs/site-button.md, "Where each attribute
 comes from"): it builds the consent URL by joining values without URL-encoding them, so a
 value sent in that URL must hold nothing a query string would read differently (``&``, ``#``,
-``%``, ``+``, control characters); it evaluates ``data-error-callback`` (``eval``), so that
-must be a function's name or dotted path; and it puts ``data-title`` into the page as markup,
-so a title holds no ``<``.
+``%``, ``+``, control characters: ``unsendable``, which ``ButtonMetadata`` and ``Config`` in
+metadata mode apply when they are made, so that ``/connect`` never fails on them); it
+evaluates ``data-error-callback`` (``eval``), so that must be a function's name or dotted
+path; and it puts ``data-title`` into the page as markup, so a title holds no ``<``.
 
 Pure: no I/O. ``site_button()`` checks the options before it reads the store, then renders the
 element around the fresh state.
@@ -34,7 +35,11 @@ __all__ = [
     "ButtonOptions",
     "button_attributes",
     "button_html",
+    "check_button_text",
+    "check_logo",
+    "check_scopes",
     "is_kommo",
+    "unsendable",
 ]
 
 #: amoCRM's button script (protocol notes §7; amoCRM's PHP SDK, ``getOAuthButton``).
@@ -53,6 +58,30 @@ _JS_PATH: Final = re.compile(rf"{_JS_NAME}(?:\.{_JS_NAME})*")
 # What a query string reads differently from the text: a separator, a fragment, an escape,
 # a space; and control characters, which a browser drops from a URL.
 _UNSENDABLE: Final = re.compile(r"[&#%+\x00-\x1f\x7f]")
+# What each of them would do to the value there, for the message.
+_EFFECTS: Final = {
+    "&": "separates parameters (the rest would become a parameter of its own)",
+    "#": "starts the fragment (the rest, the state included, would never reach amoCRM)",
+    "%": "starts an escape (the characters after it would be decoded)",
+    "+": "reads as a space",
+}
+
+
+def unsendable(value: str) -> str | None:
+    """Why ``value`` cannot travel in the consent URL the button script joins unencoded: the
+    first character a query string reads differently, quoted, and what it would do; None
+    when there is none.
+
+    No escape makes such a character safe: whether amoCRM's script URL-encodes values is not
+    known (the copies found do not; FakeAmoCRM's stand-in does), so a value written as
+    ``%26`` would reach amoCRM as ``&`` under one script and as ``%26`` under the other.
+    """
+    found = _UNSENDABLE.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    effect = _EFFECTS.get(char, "a browser drops from a URL (a control character)")
+    return f"{char!r}, which {effect}"
 
 
 def is_kommo(authorize_url: str) -> bool:
@@ -82,20 +111,21 @@ def button_attributes(config: Config, options: ButtonOptions) -> tuple[tuple[str
 
     Raises:
         ValueError: an option amoCRM's button could not take (its message names it):
-            ``metadata`` missing in metadata mode or given without it; an empty name or
-            description; scopes not names of ``[a-z_]``; a logo that is not an https URL; a
-            value sent in the consent URL holding ``&``, ``#``, ``%``, ``+`` or a control
-            character; a title holding ``<``; a color amoCRM has not; ``theme`` or ``locale``
+            ``metadata`` missing in metadata mode or given without it; a client id sent in
+            the consent URL holding ``&``, ``#``, ``%``, ``+`` or a control character (the
+            metadata and metadata mode's URIs were checked when they were made); a title
+            holding ``<``; a color amoCRM has not; ``theme`` or ``locale``
             for amoCRM's button (they are Kommo's); an ``error_callback`` that is not a
             JavaScript name or dotted path.
     """
     kommo = is_kommo(config.authorize_url)
     integration = _integration(config, options.metadata)
     for name, value in integration:
-        if _UNSENDABLE.search(value):
+        problem = unsendable(value)
+        if problem is not None:
             raise ValueError(
-                f"{name} must not hold '&', '#', '%', '+' or a control character: the button "
-                "script puts it into the consent URL as it is"
+                f"{name} must not hold {problem}: the button script puts it into the consent "
+                "URL as it is"
             )
     return (
         ("class", "kommo_oauth" if kommo else "amocrm_oauth"),
@@ -132,15 +162,16 @@ def _integration(config: Config, metadata: ButtonMetadata | None) -> list[tuple[
             "description, ...): amoCRM makes each account's integration from it"
         )
     assert config.secrets_uri is not None  # metadata mode
+    # ButtonMetadata checked its values when it was made (check_button_text, ...).
     attributes = [
-        ("data-name", _text("metadata name", metadata.name)),
-        ("data-description", _text("metadata description", metadata.description)),
+        ("data-name", metadata.name),
+        ("data-description", metadata.description),
         ("data-redirect_uri", config.redirect_uri),
         ("data-secrets_uri", config.secrets_uri),
-        ("data-scopes", _scopes(metadata.scopes)),
+        ("data-scopes", ",".join(metadata.scopes)),
     ]
     if metadata.logo is not None:
-        attributes.append(("data-logo", _logo(metadata.logo)))
+        attributes.append(("data-logo", metadata.logo))
     return attributes
 
 
@@ -184,22 +215,56 @@ def _text(name: str, value: object) -> str:
     return value
 
 
-def _scopes(scopes: object) -> str:
+def check_button_text(name: str, value: object) -> None:
+    """``ButtonMetadata``'s check of its name or description (``name``, for the message).
+
+    Raises:
+        ValueError: not a non-empty string, or holding a character the consent URL would read
+            differently (``unsendable``); the message names the field and the character.
+    """
+    text = _text(f"ButtonMetadata.{name}", value)
+    problem = unsendable(text)
+    if problem is not None:
+        raise ValueError(
+            f"ButtonMetadata.{name} must not hold {problem}: amoCRM's button script puts it "
+            "into the consent URL as it is (write 'and' for '&', 'percent' for '%')"
+        )
+
+
+def check_scopes(scopes: object) -> None:
+    """``ButtonMetadata.scopes``' check.
+
+    Raises:
+        ValueError: not a non-empty tuple (or list) of amoCRM scope names of ``[a-z_]``.
+    """
     # Not any iterable: the string "crm" would pass as the scopes "c", "r" and "m".
     if not isinstance(scopes, (tuple, list)) or not scopes:
-        raise ValueError("metadata scopes must be a non-empty tuple such as ('crm',)")
+        raise ValueError("ButtonMetadata.scopes must be a non-empty tuple such as ('crm',)")
     for scope in scopes:
         if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
-            raise ValueError("each metadata scope must be an amoCRM scope name of [a-z_]")
-    return ",".join(scopes)
+            raise ValueError("each of ButtonMetadata.scopes must be an amoCRM scope name of [a-z_]")
 
 
-def _logo(logo: object) -> str:
+def check_logo(logo: object) -> None:
+    """``ButtonMetadata.logo``'s check (None passes: no logo).
+
+    Raises:
+        ValueError: not an https URL, or holding a character the consent URL would read
+            differently (a ``&`` could add a second ``secrets_uri``, where the new
+            integration's secret would be posted).
+    """
+    if logo is None:
+        return
     try:
         parts = urlsplit(logo) if isinstance(logo, str) else None
         hostname = parts.hostname if parts is not None else None
     except ValueError:  # an unreadable authority, such as an unclosed "["
         parts = hostname = None
     if parts is None or parts.scheme != "https" or not hostname:
-        raise ValueError("metadata logo must be an https URL")
-    return str(logo)
+        raise ValueError("ButtonMetadata.logo must be an https URL")
+    problem = unsendable(str(logo))
+    if problem is not None:
+        raise ValueError(
+            f"ButtonMetadata.logo must not hold {problem}: amoCRM's button script puts it "
+            "into the consent URL as it is"
+        )

@@ -18,11 +18,15 @@ from typing import Any, TypeVar
 import attrs
 
 from ._lifecycle_events import LifecycleEvent
+from .stores._forks import reset_in_child
 
 __all__ = ["DEFAULT_CALLBACK_TIMEOUT", "Subscribers", "is_async_callable"]
 
 #: Seconds an async callback is awaited by default before it is cancelled (and logged).
 DEFAULT_CALLBACK_TIMEOUT = 10.0
+
+#: Seconds ``aclose`` waits for the async callbacks it cancelled.
+_CLOSE_TIMEOUT = 1.0
 
 logger = logging.getLogger("amo_oauth")
 
@@ -49,6 +53,9 @@ class Subscribers:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscriptions: tuple[_Subscription, ...] = ()
+        #: Async callbacks' tasks not yet ended (one cancelled at its timeout may run on).
+        self._running: set[asyncio.Future[object]] = set()
+        reset_in_child(self)
 
     def add(
         self,
@@ -88,7 +95,7 @@ class Subscribers:
         for subscription in self._for(event):
             try:
                 result = subscription.callback(event)
-            except Exception:
+            except (Exception, asyncio.CancelledError):  # the callback's own, never the flow's
                 _failed(subscription, event)
                 continue
             if inspect.isawaitable(result):  # registration refuses these; a lambda may not
@@ -106,21 +113,62 @@ class Subscribers:
         for subscription in self._for(event):
             try:
                 result = subscription.callback(event)
-                if inspect.isawaitable(result):
-                    await asyncio.wait_for(_awaited(result), subscription.timeout)
-            except TimeoutError:
-                logger.error(
-                    "lifecycle callback %s did not finish within %s s for %s; it was cancelled",
-                    _name(subscription),
-                    subscription.timeout,
-                    event,
-                )
-            except Exception:
+            except (Exception, asyncio.CancelledError):  # a plain callback's own, not ours
                 _failed(subscription, event)
+                continue
+            if inspect.isawaitable(result):
+                await self._bounded(subscription, event, result)
 
+    async def _bounded(
+        self, subscription: _Subscription, event: LifecycleEvent, awaitable: Awaitable[object]
+    ) -> None:
+        """Await ``awaitable`` as its own task for at most the subscription's ``timeout``.
 
-async def _awaited(awaitable: Awaitable[object]) -> object:
-    return await awaitable
+        Past it the task is cancelled and left to end on its own: a callback that swallows
+        ``CancelledError`` must not hold up the call that wrote. The task is kept in
+        ``_running`` (the loop holds tasks only weakly) until it ends or ``aclose`` drops it.
+        """
+        task = asyncio.ensure_future(awaitable)
+        self._running.add(task)
+        task.add_done_callback(self._ended)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=subscription.timeout)
+        except asyncio.CancelledError:  # the caller's own cancellation: the callback goes too
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            logger.error(
+                "lifecycle callback %s did not finish within %s s for %s; it was cancelled",
+                _name(subscription),
+                subscription.timeout,
+                event,
+            )
+        elif task.cancelled() or task.exception() is not None:
+            # Its own CancelledError (an inner task of its own was cancelled) or exception
+            # (a TimeoutError of its own too): a failure of the callback, never the caller's.
+            _failed(subscription, event, task)
+
+    def _ended(self, task: asyncio.Future[object]) -> None:
+        self._running.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a late one was reported as the timeout already
+
+    async def aclose(self, timeout: float = _CLOSE_TIMEOUT) -> None:
+        """Cancel the async callbacks still running past their timeout and wait for them at
+        most ``timeout`` seconds (one that swallows its cancellation is left behind)."""
+        loop = asyncio.get_running_loop()  # another loop's tasks are that loop's to end
+        running = tuple(task for task in self._running if task.get_loop() is loop)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+
+    def after_fork(self) -> None:
+        """In a forked child (``stores._forks``): a fresh lock (a thread the child does not
+        have may have held it), and none of the parent's tasks (its event loop's)."""
+        self._lock = threading.Lock()
+        self._running = set()
 
 
 def _close(awaitable: object) -> None:
@@ -134,11 +182,19 @@ def _name(subscription: _Subscription) -> str:
     return getattr(callback, "__qualname__", None) or type(callback).__qualname__
 
 
-def _failed(subscription: _Subscription, event: LifecycleEvent) -> None:
+def _failed(
+    subscription: _Subscription,
+    event: LifecycleEvent,
+    task: asyncio.Future[object] | None = None,
+) -> None:
     # The event holds no secret; the traceback is the application's own code.
+    if task is None:
+        exc_info: BaseException | bool = True
+    else:
+        exc_info = asyncio.CancelledError() if task.cancelled() else task.exception() or True
     logger.error(
         "lifecycle callback %s failed for %s; the flow goes on",
         _name(subscription),
         event,
-        exc_info=True,
+        exc_info=exc_info,
     )

@@ -5,9 +5,10 @@ amo-oauth demo [--serve]            the seed's scenario end to end over loopback
                                     FakeAmoCRM, the FastAPI example, the old and new app
 amo-oauth demo-app --backend URL [--version old|new] [--user NAME] [--press Allow|Deny]
                                     play the demo's mobile app against a running backend
-amo-oauth fake [--port N] [--redirect-uri URL] [--accounts N]
+amo-oauth fake [--port N] [--redirect-uri URL] [--accounts N] [--site-button]
                                     serve FakeAmoCRM on 127.0.0.1 for your own backend until
-                                    Ctrl-C, printing what to configure
+                                    Ctrl-C, printing what to configure (--site-button: the
+                                    site button's metadata mode)
 amo-oauth diagram [--markdown]      the lifecycle diagram generated from the table
 amo-oauth status ID [--widget] [--extra-domain D] [--store URL] [--client-id ID]
                     [--integrations FILE] [--integration NAME] [--json]
@@ -66,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections import Counter
@@ -79,7 +81,7 @@ import attrs
 from ._config import Config
 from ._connection_id import ConnectionId, Widget, resolve_connection_id
 from ._doctor import Finding, Report
-from ._errors import StoreError
+from ._errors import StoreError, UndecryptableRecord
 from ._integrations_file import Integration, IntegrationsFile, parse_integrations
 from ._records import ConnectionRecord, record_key
 from ._results import RefreshReport, SweepProgress
@@ -158,6 +160,16 @@ class _Target:
     config: Callable[[], Config]
     #: The URL of its store when the integrations file names one (None: the command's).
     store_url: str | None = None
+    #: Why its settings are refused (``Config``'s message; the file's integrations only).
+    settings_problem: str | None = None
+    #: Why its store cannot be named (the file's ``store_env`` variable unset or empty).
+    store_problem: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """Why a command cannot act on this integration (read-only ones report it and go on
+        with the others); None: nothing."""
+        return self.settings_problem or self.store_problem
 
 
 def _integrations_file(args: argparse.Namespace) -> IntegrationsFile | None:
@@ -217,22 +229,46 @@ def _file_target(
     def config() -> Config:
         return integration.config(os.environ)
 
-    url = file.store_of(integration, os.environ)
+    url, store_problem = None, None
+    try:
+        url = file.store_of(integration, os.environ)
+    except ValueError as error:  # names the variable, never a value
+        store_problem = str(error)
     return _Target(
         integration.name,
         integration.client_id,
         integration.extra_domains,
-        _file_store(args, url),
+        _file_store(args, url, store_problem),
         config,
         url,
+        integration.refusal,
+        store_problem,
     )
 
 
-def _file_store(args: argparse.Namespace, url: str | None) -> Callable[[], Store]:
-    """What opens an integration's store: the file's URL, else the command's store."""
+def _file_store(
+    args: argparse.Namespace, url: str | None, problem: str | None
+) -> Callable[[], Store]:
+    """What opens an integration's store: the file's URL, else the command's store; a
+    store the file cannot name stops the command."""
+    if problem is not None:
+
+        def refuse() -> Store:
+            raise SystemExit(f"amo-oauth: {problem}")
+
+        return refuse
     if url is None:
         return lambda: _open_store(args)
     return lambda: _open_store_at(url)
+
+
+def _report_problems(targets: Sequence[_Target]) -> list[_Target]:
+    """The targets a read-only command can act on; each other one's problem said on stderr
+    (the command then exits 1)."""
+    for target in targets:
+        if target.problem is not None:
+            print(f"amo-oauth: {target.problem}; skipped", file=sys.stderr)
+    return [target for target in targets if target.problem is None]
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -250,14 +286,20 @@ def _status(args: argparse.Namespace) -> int:
                 print(f"amo-oauth: {error}{which}", file=sys.stderr)
                 return 2
         names[target.name] = name
-    shown = {target.name: _shown_status(args, target, names[target.name]) for target in targets}
+    good = _report_problems(targets)
+    shown = {
+        target.name: _shown_status(args, target, names[target.name])
+        if target in good
+        else {"error": target.problem}
+        for target in targets
+    }
     if _as_table(args):
         from ._connections_report import print_details
 
         print_details(sys.stdout, shown)
     else:
         print(json.dumps(_by_integration(args, shown)))
-    return 0
+    return 0 if len(good) == len(targets) else 1
 
 
 def _as_table(args: argparse.Namespace) -> bool:
@@ -305,6 +347,10 @@ def _shown_status(args: argparse.Namespace, target: _Target, name: str) -> dict[
         if record is None and not args.widget and _widget_host(name, extra_domains):
             install = _stored(store, client_id, name.lower().removesuffix("."), widget=True)
         now = store_now(store)
+    except UndecryptableRecord:
+        from ._connections_report import KEYS_HINT
+
+        raise SystemExit(f"amo-oauth: connection {args.connection_id!r}: {KEYS_HINT}") from None
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
     finally:
@@ -324,9 +370,10 @@ def _connections(args: argparse.Namespace) -> int:
     from ._connections_report import print_lines, print_rich
 
     targets = _targets(args, lambda: _connections_from_env(args))
-    for target in targets:
+    good = _report_problems(targets)
+    for target in good:
         target.open_store().close()  # every store checked before anything is printed
-    items = _connections_items(args, targets)
+    items = _connections_items(args, good)
     try:
         if _as_table(args):
             print_rich(sys.stdout, items)
@@ -334,7 +381,7 @@ def _connections(args: argparse.Namespace) -> int:
             print_lines(sys.stdout, items)
     except StoreError as error:
         raise SystemExit(f"amo-oauth: {error}") from None
-    return 0
+    return 0 if len(good) == len(targets) else 1
 
 
 def _connections_from_env(args: argparse.Namespace) -> _Target:
@@ -394,16 +441,38 @@ def _widget_host(name: str, extra_domains: Sequence[str]) -> bool:
 
 def _config_from_env() -> Config:
     """The single integration of the environment. With ``AMO_SECRETS_URI`` (the site
-    button's metadata mode) there is no client secret: each connection has its own."""
-    secrets_uri = os.environ.get("AMO_SECRETS_URI") or None
+    button's metadata mode) there is no client secret: each connection has its own, and
+    ``AMO_CLIENT_SECRET`` beside it is refused as ``Config`` refuses both (never dropped).
+
+    Raises:
+        SystemExit: a variable is missing, or ``Config`` refuses the settings (its messages
+            hold no secret).
+    """
     missing = [name for name in _env_settings() if not os.environ.get(name)]
     if missing:
-        raise SystemExit(f"amo-oauth: set {', '.join(missing)}")
+        alternative = (
+            " (or AMO_SECRETS_URI instead of AMO_CLIENT_SECRET, the site button's metadata mode)"
+            if "AMO_CLIENT_SECRET" in missing
+            else ""
+        )
+        raise SystemExit(f"amo-oauth: set {', '.join(missing)}{alternative}")
+    try:
+        return _env_config()
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"amo-oauth: {error}") from None
+
+
+def _env_config() -> Config:
+    """``Config`` of the environment's variables (``_env_settings`` all set).
+
+    Raises:
+        ValueError: ``Config`` refuses them, e.g. AMO_CLIENT_SECRET beside AMO_SECRETS_URI.
+    """
     return Config(
         client_id=os.environ["AMO_CLIENT_ID"],
-        client_secret=None if secrets_uri else os.environ["AMO_CLIENT_SECRET"],
+        client_secret=os.environ.get("AMO_CLIENT_SECRET") or None,
         redirect_uri=os.environ["AMO_REDIRECT_URI"],
-        secrets_uri=secrets_uri,
+        secrets_uri=os.environ.get("AMO_SECRETS_URI") or None,
         state_secret=os.environ["AMO_STATE_SECRET"],
         previous_state_secrets=_previous_state_secrets_from_env(),
     )
@@ -723,7 +792,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _doctor_from_env(args: argparse.Namespace) -> _Target:
     client_id = os.environ.get("AMO_CLIENT_ID", "")
-    return _Target(None, client_id, (), lambda: _open_store(args), _config_from_env)
+    # Its settings are a finding, never the end of the doctor: the raw Config, not the exit.
+    return _Target(None, client_id, (), lambda: _open_store(args), _env_config)
 
 
 def _doctor_one(
@@ -734,9 +804,16 @@ def _doctor_one(
     *,
     keys_given: bool,
 ) -> Report:
-    from ._doctor import examine
+    from ._doctor import examine, store_unopened
 
-    store = _doctor_store(target.store_url or _store_url(args), keys)
+    url = target.store_url or _store_url(args)
+    store = (
+        store_unopened(target.store_problem)
+        if target.store_problem is not None
+        else _doctor_store(url, keys)
+    )
+    # The same store without the keys: what it reads whole was stored unencrypted.
+    unsealed = _doctor_store(url, None) if keys and not isinstance(store, Finding) else None
     try:
         return examine(
             _doctor_settings(target),
@@ -745,10 +822,12 @@ def _doctor_one(
             keys_given=keys_given,
             app_scheme=args.app_scheme,
             prefix=args.prefix,
+            unsealed=None if isinstance(unsealed, Finding) else unsealed,
         )
     finally:
-        if not isinstance(store, Finding):
-            store.close()
+        for opened in (store, unsealed):
+            if opened is not None and not isinstance(opened, Finding):
+                opened.close()
 
 
 def _doctor_store(url: str, keys: Encryption | None) -> Store | Finding:
@@ -808,7 +887,12 @@ def _demo_app(args: argparse.Namespace) -> int:
 def _fake(args: argparse.Namespace) -> int:
     from ._fake_command import run_fake
 
-    return run_fake(port=args.port, redirect_uri=args.redirect_uri, accounts=args.accounts)
+    return run_fake(
+        port=args.port,
+        redirect_uri=args.redirect_uri,
+        accounts=args.accounts,
+        site_button=args.site_button,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -974,6 +1058,12 @@ def _fake_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=1,
         help=f"accounts to offer on the consent page (1; at most {MAX_ACCOUNTS})",
     )
+    fake.add_argument(
+        "--site-button",
+        action="store_true",
+        help="print the site button's metadata mode (secrets_uri beside the redirect URI, the"
+        " fake's button script, no client secret) instead of a fixed client id",
+    )
     fake.set_defaults(handler=_fake)
 
 
@@ -1044,10 +1134,23 @@ def _store_options(command: argparse.ArgumentParser) -> None:
     where.add_argument("--db", help="an SQLite file: the older spelling of --store sqlite:///")
 
 
+#: psycopg_pool's loggers. A pool that cannot connect logs each attempt, and one closed
+#: without waiting (as a command closes its store) logs each worker thread still running;
+#: the command says the store's error itself, once, so their warnings are left out.
+_POOL_LOGGERS = ("psycopg.pool", "psycopg_pool")
+
+
+def _quiet_pool_logs() -> None:
+    """Keep psycopg_pool to its errors for this run: the command owns its process."""
+    for name in _POOL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The console entry point. Ctrl-C ends a command with status 130 and no traceback (a
     sweep or rotation stopped midway is safe to run again)."""
     args = _parser().parse_args(argv)
+    _quiet_pool_logs()
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:

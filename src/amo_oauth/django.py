@@ -107,7 +107,8 @@ def urls(
         app_scheme: the app's URL scheme for the callback page's deep link.
         prefix: where the routes live, as in the FastAPI and Flask adapters (no trailing
             slash, so ``APPEND_SLASH`` never redirects a POST).
-        texts: page strings by language, added to the built-in en/ru/uk.
+        texts: page strings by language, added to the built-in en/ru/uk (``{crm}``
+            in them names the serving integration's CRM: ``PageText``).
         allowed_origins: origins (``https://app.example``) whose pages may POST to the routes
             besides the ``redirect_uri``'s own.
         redact_access_logs: when True (the default),

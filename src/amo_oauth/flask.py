@@ -49,7 +49,8 @@ def blueprint(
             about; None answers 401.
         app_scheme: the app's URL scheme for the callback page's deep link.
         prefix: where the routes live.
-        texts: page strings by language, added to the built-in en/ru/uk.
+        texts: page strings by language, added to the built-in en/ru/uk (``{crm}``
+            in them names the serving integration's CRM: ``PageText``).
         allowed_origins: origins (``https://app.example``) whose pages may POST to the routes
             besides the ``redirect_uri``'s own (e.g. a same-site SPA).
         name: the blueprint's name (endpoints are ``{name}.{route}``).

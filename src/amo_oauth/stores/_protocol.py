@@ -82,6 +82,14 @@ class StoreCheck:
     #: Nothing found that would lose what the store keeps: False for a Redis whose memory
     #: policy may evict the store's keys, unless the store was told to allow it.
     safe: bool = True
+    #: ``detail``'s sentence about the memory policy alone (Redis), empty when it risks
+    #: nothing: so a caller can say each problem on its own without parsing ``detail``.
+    memory_detail: str = ""
+    #: ``detail`` without ``memory_detail``: what is wrong with reaching the store or its
+    #: schema (by default ``detail`` itself when there is no ``memory_detail``).
+    schema_detail: str = attrs.field(
+        default=attrs.Factory(lambda self: "" if self.memory_detail else self.detail, True)
+    )
 
     @property
     def ok(self) -> bool:

@@ -25,6 +25,7 @@ from typing import Final
 import attrs
 
 from .._errors import StoreError
+from ._forks import reset_in_child
 
 __all__ = ["OPT_IN", "Eviction", "MemoryGate", "MemoryVerdict", "judge"]
 
@@ -108,6 +109,12 @@ class MemoryGate:
         self.where = where
         self.allowed = allowed
         self.passed = False
+        self._lock = threading.Lock()
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (a thread the child does not have may have held
+        it); whether the server passed stays known."""
         self._lock = threading.Lock()
 
     def admit(self, verdict: MemoryVerdict) -> None:

@@ -168,7 +168,13 @@ class RedisOps:
             return checked
         detail = "; ".join(part for part in (checked.detail, sentence) if part)
         safe = not verdict.refused(self._allow_eviction)
-        return attrs.evolve(checked, detail=detail, safe=safe)
+        return attrs.evolve(
+            checked,
+            detail=detail,
+            safe=safe,
+            memory_detail=sentence,
+            schema_detail=checked.detail,
+        )
 
     # -- the calls -----------------------------------------------------------------------
 

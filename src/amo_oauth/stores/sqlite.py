@@ -329,7 +329,9 @@ class SQLiteStore(AsyncSide):
         if self._files.closed:
             return StoreCheck("sqlite", False, False, detail=str(closed_error()))
         if not os.path.exists(self._path):
-            detail = "the database file does not exist yet (it is made on first use)"
+            # The commands never make it (a typo'd path must not become an empty store);
+            # an application's SQLiteStore would, on its first call.
+            detail = "the database file does not exist: amo-oauth migrate creates it"
             return StoreCheck("sqlite", True, False, detail=detail)
         try:
             found = user_version(self._path, self._timeout)

@@ -34,6 +34,7 @@ import attrs
 import httpx
 
 from .._errors import StoreError
+from .._ops import STORE_METHODS
 from .._records import ConnectionRecord
 from ..stores._protocol import (
     AsyncStore,
@@ -55,18 +56,7 @@ __all__ = [
 ]
 
 #: The flow operations' class names (``amo_oauth._ops``), by the store method each one calls.
-_OP_NAMES: Final = {
-    "Load": "load",
-    "CompareAndSet": "compare_and_set",
-    "Delete": "delete",
-    "ConsumeState": "consume_state",
-    "HolderOf": "holder_of",
-    "ClaimOp": "claim",
-    "Claim": "claim",
-    "FindByAccount": "find_by_account",
-    "DuePage": "due_page",
-    "WaitForChange": "wait_for_change",
-}
+_OP_NAMES: Final = {**STORE_METHODS, "Claim": "claim"}
 _METHODS: Final = frozenset({*_OP_NAMES.values(), "scan", "check", "close"})
 
 

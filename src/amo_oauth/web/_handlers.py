@@ -44,7 +44,9 @@ class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
             than the one the state was issued to is refused (``bad_state``).
         app_scheme: the app's URL scheme for the deep link, e.g. ``"foryoure"``.
         prefix: where the routes live.
-        texts: page strings by language, added to (or replacing) ``PAGE_TEXTS``.
+        texts: page strings by language, added to (or replacing) ``PAGE_TEXTS``; ``{crm}``
+            in them becomes "Kommo" or "amoCRM" for the integration serving the request
+            (``PageText``).
         default_language: the page's language when the request names none we have.
         max_body: the largest body read, in bytes (larger: 413).
         max_query: the largest query, in characters (larger: 414).
@@ -56,7 +58,9 @@ class Handlers(RouteCore[AmoOAuth, ConnectionIdFn]):
             access logs (uvicorn, gunicorn, hypercorn, werkzeug, runserver); False leaves
             logging alone.
         button: what the site button shows for the integration amoCRM makes for each
-            account (``ButtonMetadata``); required in metadata mode, unused otherwise.
+            account (``ButtonMetadata``, whose values were checked when it was made, as
+            metadata mode's URIs were by ``Config``: ``/connect`` cannot fail on them);
+            required in metadata mode, unused otherwise.
 
     Raises:
         ValueError: a bad ``app_scheme``, ``prefix``, ``default_language`` or limit; no

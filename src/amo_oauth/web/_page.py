@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 import attrs
 
 from .._setting_errors import setting_error
+from .._site_button import is_kommo
 from ._http import Request, Response, weighted
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "button_page_policy",
     "check_app_scheme",
     "choose_language",
+    "crm_name",
     "deep_link",
     "render_button_page",
     "render_page",
@@ -44,6 +46,10 @@ _UNSAFE_SCHEMES: Final = frozenset({"javascript", "vbscript", "data", "blob", "f
 # Schemes that open a web page: the deep link would leave the user in the browser.
 _WEB_SCHEMES: Final = frozenset({"http", "https"})
 _LANGUAGE_ALIASES: Final = {"ua": "uk"}  # a common mistake for Ukrainian
+#: What ``{crm}`` in a page's text becomes: the CRM's name as its users know it.
+_AMOCRM: Final = "amoCRM"
+_KOMMO: Final = "Kommo"
+_CRM_PLACEHOLDER: Final = "{crm}"
 _MAX_LANGUAGES: Final = 16
 
 
@@ -64,6 +70,12 @@ class PageKind(enum.StrEnum):
 @attrs.frozen(kw_only=True)
 class PageText:
     """The page's strings in one language (plain text: they are HTML-escaped when rendered).
+
+    ``{crm}`` in any string becomes the name of the CRM the serving integration connects to:
+    ``"Kommo"`` when its ``Config.authorize_url`` is Kommo's (``www.kommo.com``), else
+    ``"amoCRM"`` (``crm_name``). The built-in texts use it, so one set of texts serves amoCRM
+    and Kommo integrations behind one ``Integrations``; an app's own texts may use it or
+    name the CRM themselves. It is a plain replacement: other braces stay as they are.
 
     Attributes:
         connected_title, connected_body: shown when the account is connected.
@@ -100,9 +112,9 @@ class PageText:
     error_body: str
     button: str
     error_label: str
-    misconfigured_title: str = "amoCRM integration is misconfigured"
+    misconfigured_title: str = "{crm} integration is misconfigured"
     misconfigured_body: str = (
-        "amoCRM refused this app's integration settings, so trying again will not help. "
+        "{crm} refused this app's integration settings, so trying again will not help. "
         "Return to the app and let its support team know."
     )
     wrong_browser_title: str = "Connect from the app"
@@ -112,7 +124,7 @@ class PageText:
     )
     client_id_mismatch_title: str = "This answer is for another integration"
     client_id_mismatch_body: str = (
-        "amoCRM sent back the client id of another integration than this app's, so nothing "
+        "{crm} sent back the client id of another integration than this app's, so nothing "
         "was connected. Start connecting again from the app; if this happens again, let its "
         "support team know."
     )
@@ -120,99 +132,100 @@ class PageText:
     rate_limited_body: str = (
         "There were too many connection attempts. Return to the app and try again in {minutes} min."
     )
-    site_button_title: str = "Connect amoCRM"
+    site_button_title: str = "Connect {crm}"
     site_button_body: str = (
-        "Press the button and choose your account: amoCRM sets up the integration for it and "
+        "Press the button and choose your account: {crm} sets up the integration for it and "
         "brings you back here."
     )
     installing_title: str = "Finishing the installation"
     installing_body: str = (
-        "amoCRM has not passed this app the new integration's keys yet. "
+        "{crm} has not passed this app the new integration's keys yet. "
         "Reload this page in a few seconds."
     )
 
-    def title(self, kind: PageKind) -> str:
-        return str(getattr(self, f"{kind.value}_title"))
+    def title(self, kind: PageKind, crm: str = _AMOCRM) -> str:
+        """The title in ``kind``, ``{crm}`` replaced by ``crm`` (``"amoCRM"`` or ``"Kommo"``)."""
+        return str(getattr(self, f"{kind.value}_title")).replace(_CRM_PLACEHOLDER, crm)
 
-    def body(self, kind: PageKind, minutes: int | None = None) -> str:
-        """The body in ``kind``; ``{minutes}`` replaced (by plain replacement: an app's text
-        may hold other braces) when ``minutes`` is given."""
-        body = str(getattr(self, f"{kind.value}_body"))
+    def body(self, kind: PageKind, minutes: int | None = None, crm: str = _AMOCRM) -> str:
+        """The body in ``kind``: ``{crm}`` replaced by ``crm``, and ``{minutes}`` when
+        ``minutes`` is given (by plain replacement: an app's text may hold other braces)."""
+        body = str(getattr(self, f"{kind.value}_body")).replace(_CRM_PLACEHOLDER, crm)
         return body if minutes is None else body.replace("{minutes}", str(minutes))
 
 
 #: The built-in translations; pass ``texts=`` to the handlers to add or replace languages.
 PAGE_TEXTS: Final[Mapping[str, PageText]] = {
     "en": PageText(
-        connected_title="amoCRM is connected",
-        connected_body="Your amoCRM account is connected. Return to the app to continue.",
+        connected_title="{crm} is connected",
+        connected_body="Your {crm} account is connected. Return to the app to continue.",
         pending_title="Almost done",
-        pending_body="amoCRM is finishing the connection. Return to the app: "
+        pending_body="{crm} is finishing the connection. Return to the app: "
         "it will show the result in a moment.",
-        error_title="amoCRM was not connected",
+        error_title="{crm} was not connected",
         error_body="The connection did not go through. Return to the app and try again.",
         button="Return to App",
         error_label="Error code:",
     ),
     "ru": PageText(
-        connected_title="amoCRM подключена",
-        connected_body="Ваш аккаунт amoCRM подключён. Вернитесь в приложение, чтобы продолжить.",
+        connected_title="{crm} подключена",
+        connected_body="Ваш аккаунт {crm} подключён. Вернитесь в приложение, чтобы продолжить.",
         pending_title="Почти готово",
-        pending_body="amoCRM завершает подключение. Вернитесь в приложение: "
+        pending_body="{crm} завершает подключение. Вернитесь в приложение: "
         "результат появится через несколько секунд.",
-        error_title="amoCRM не подключена",
+        error_title="{crm} не подключена",
         error_body="Подключение не удалось. Вернитесь в приложение и попробуйте ещё раз.",
         button="Вернуться в приложение",
         error_label="Код ошибки:",
-        misconfigured_title="Интеграция amoCRM настроена неверно",
-        misconfigured_body="amoCRM отклонила настройки интеграции этого приложения, поэтому "
+        misconfigured_title="Интеграция {crm} настроена неверно",
+        misconfigured_body="{crm} отклонила настройки интеграции этого приложения, поэтому "
         "повторная попытка не поможет. Вернитесь в приложение и сообщите в его поддержку.",
         wrong_browser_title="Подключите из приложения",
         wrong_browser_body="Это подключение было начато в другом браузере или приложении. "
         "Начните подключение заново из приложения.",
         client_id_mismatch_title="Этот ответ для другой интеграции",
-        client_id_mismatch_body="amoCRM вернула client id другой интеграции, не этого "
+        client_id_mismatch_body="{crm} вернула client id другой интеграции, не этого "
         "приложения, поэтому ничего не подключено. Начните подключение заново из приложения; "
         "если это повторится, сообщите в его поддержку.",
         rate_limited_title="Слишком много попыток",
         rate_limited_body="Было слишком много попыток подключения. Вернитесь в приложение и "
         "попробуйте снова через {minutes} мин.",
-        site_button_title="Подключите amoCRM",
-        site_button_body="Нажмите кнопку и выберите аккаунт: amoCRM настроит для него "
+        site_button_title="Подключите {crm}",
+        site_button_body="Нажмите кнопку и выберите аккаунт: {crm} настроит для него "
         "интеграцию и вернёт вас сюда.",
         installing_title="Завершаем установку",
-        installing_body="amoCRM ещё не передала этому приложению ключи новой интеграции. "
+        installing_body="{crm} ещё не передала этому приложению ключи новой интеграции. "
         "Обновите эту страницу через несколько секунд.",
     ),
     "uk": PageText(
-        connected_title="amoCRM підключено",
-        connected_body="Ваш обліковий запис amoCRM підключено. "
+        connected_title="{crm} підключено",
+        connected_body="Ваш обліковий запис {crm} підключено. "
         "Поверніться до застосунку, щоб продовжити.",
         pending_title="Майже готово",
-        pending_body="amoCRM завершує підключення. Поверніться до застосунку: "
+        pending_body="{crm} завершує підключення. Поверніться до застосунку: "
         "результат з'явиться за кілька секунд.",
-        error_title="amoCRM не підключено",
+        error_title="{crm} не підключено",
         error_body="Підключення не вдалося. Поверніться до застосунку та спробуйте ще раз.",
         button="Повернутися до застосунку",
         error_label="Код помилки:",
-        misconfigured_title="Інтеграцію amoCRM налаштовано неправильно",
-        misconfigured_body="amoCRM відхилила налаштування інтеграції цього застосунку, тож "
+        misconfigured_title="Інтеграцію {crm} налаштовано неправильно",
+        misconfigured_body="{crm} відхилила налаштування інтеграції цього застосунку, тож "
         "повторна спроба не допоможе. Поверніться до застосунку та повідомте його підтримку.",
         wrong_browser_title="Підключіть із застосунку",
         wrong_browser_body="Це підключення було розпочато в іншому браузері або застосунку. "
         "Почніть підключення знову із застосунку.",
         client_id_mismatch_title="Ця відповідь для іншої інтеграції",
-        client_id_mismatch_body="amoCRM повернула client id іншої інтеграції, не цього "
+        client_id_mismatch_body="{crm} повернула client id іншої інтеграції, не цього "
         "застосунку, тому нічого не підключено. Почніть підключення знову із застосунку; "
         "якщо це повториться, повідомте його підтримку.",
         rate_limited_title="Забагато спроб",
         rate_limited_body="Було забагато спроб підключення. Поверніться до застосунку та "
         "спробуйте знову через {minutes} хв.",
-        site_button_title="Підключіть amoCRM",
-        site_button_body="Натисніть кнопку й виберіть обліковий запис: amoCRM налаштує для "
+        site_button_title="Підключіть {crm}",
+        site_button_body="Натисніть кнопку й виберіть обліковий запис: {crm} налаштує для "
         "нього інтеграцію та поверне вас сюди.",
         installing_title="Завершуємо встановлення",
-        installing_body="amoCRM ще не передала цьому застосунку ключі нової інтеграції. "
+        installing_body="{crm} ще не передала цьому застосунку ключі нової інтеграції. "
         "Оновіть цю сторінку за кілька секунд.",
     ),
 }
@@ -281,6 +294,12 @@ _BUTTON_TEMPLATE: Final = """<!doctype html>
 """
 
 
+def crm_name(authorize_url: str) -> str:
+    """The CRM an integration connects to, as a page names it: ``"Kommo"`` for Kommo's consent
+    page (``https://www.kommo.com/oauth``, protocol notes §5), else ``"amoCRM"``."""
+    return _KOMMO if is_kommo(authorize_url) else _AMOCRM
+
+
 def button_page_policy(script_origin: str) -> str:
     """The site button page's ``Content-Security-Policy``: the page's own style, and amoCRM's
     button script with what it loads from its own origin (``script_origin``, e.g.
@@ -298,6 +317,8 @@ def render_button_page(
     button_html: str,
     script_origin: str,
     headers: Sequence[tuple[str, str]] = (),
+    *,
+    crm: str = _AMOCRM,
 ) -> Response:
     """``/connect``'s answer in metadata mode: amoCRM's site button on a page of its own.
 
@@ -307,6 +328,7 @@ def render_button_page(
         button_html: ``SiteButton.html``, put in as it is (the service escaped its values).
         script_origin: the origin of ``Config.button_script_url``, allowed by the CSP.
         headers: more headers, e.g. the binding's ``Set-Cookie``.
+        crm: what ``{crm}`` in the texts becomes (``crm_name``).
 
     Returns:
         200, with ``no-store``-ready headers and ``button_page_policy``.
@@ -314,9 +336,9 @@ def render_button_page(
     escape = html.escape
     page = _BUTTON_TEMPLATE.format(
         lang=escape(lang),
-        title=escape(text.title(PageKind.SITE_BUTTON)),
+        title=escape(text.title(PageKind.SITE_BUTTON, crm)),
         style=_STYLE,
-        body=escape(text.body(PageKind.SITE_BUTTON)),
+        body=escape(text.body(PageKind.SITE_BUTTON, crm=crm)),
         button=button_html,
     )
     policy = (("content-security-policy", button_page_policy(script_origin)),)
@@ -410,6 +432,7 @@ def render_page(
     reason: str | None = None,
     *,
     retry_after: float | None = None,
+    crm: str = _AMOCRM,
 ) -> Response:
     """The HTML page with every interpolated value escaped.
 
@@ -422,6 +445,7 @@ def render_page(
         reason: the error's reason slug, shown under the button.
         retry_after: seconds until a try is admitted again (``rate_limited``): the body's
             ``{minutes}``, in whole minutes rounded up (at least 1).
+        crm: what ``{crm}`` in the texts becomes (``crm_name``).
 
     Returns:
         The page with ``no-store``, ``no-referrer``, ``nosniff`` and a script-free CSP.
@@ -432,9 +456,9 @@ def render_page(
         detail = f"\n<small>{escape(text.error_label)} <code>{escape(reason)}</code></small>"
     page = _TEMPLATE.format(
         lang=escape(lang),
-        title=escape(text.title(kind)),
+        title=escape(text.title(kind, crm)),
         style=_STYLE,
-        body=escape(text.body(kind, _minutes(retry_after))),
+        body=escape(text.body(kind, _minutes(retry_after), crm)),
         link=escape(link),
         button=escape(text.button),
         detail=detail,

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Final, cast
 
+from ..stores._forks import reset_in_child
 from ._catalogue import BINDING_COOKIE
 
 __all__ = [
@@ -70,8 +71,22 @@ _KEY_CHARACTERS = "A-Za-z0-9_.~%-"  # a name's own characters: none of them ends
 _MAX_DEPTH = 4  # nested arguments (uvicorn's ASGI scope is a dict in a tuple)
 _SECRET_KEYS = frozenset(name.lower() for name in REDACTED_NAMES)
 _NUMBERS = (int, float)  # a status, a size, a duration: nothing to redact
-_INSTALLING = threading.Lock()
 _TRACEBACKS = logging.Formatter()
+
+
+class _InstallLock:
+    """The lock that installs the filters once per logger; a forked child gets a fresh one
+    (a thread of the parent may have held it at the fork, and would never release it there)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        reset_in_child(self)
+
+    def after_fork(self) -> None:
+        self.lock = threading.Lock()
+
+
+_INSTALLING = _InstallLock()
 
 
 def _spelled(name: str) -> str:
@@ -172,7 +187,7 @@ def install_access_log_redaction(logger_names: Iterable[str] = ACCESS_LOGGERS) -
     Args:
         logger_names: the loggers, by name (default: ``ACCESS_LOGGERS``).
     """
-    with _INSTALLING:
+    with _INSTALLING.lock:
         for name in logger_names:
             logger = logging.getLogger(name)
             if not any(isinstance(present, RedactingFilter) for present in logger.filters):

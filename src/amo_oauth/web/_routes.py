@@ -20,6 +20,7 @@ import attrs
 
 from .._async_service import AsyncAmoOAuth
 from .._binding import parse_binding, ticket_expires_at
+from .._config import Config
 from .._errors import CallbackRejected, ProviderError, StoreError, TryAgainLater
 from .._reasons import Reason
 from .._records import Connection
@@ -49,6 +50,7 @@ from ._page import (
     PageText,
     check_app_scheme,
     choose_language,
+    crm_name,
     deep_link,
     render_button_page,
     render_page,
@@ -276,34 +278,46 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         if request.method != route.method:
             refused = Response.json(405, {"error": "method_not_allowed"}, {"allow": route.method})
             return _finish(refused)
+        # A page names the serving integration's CRM; before one is chosen, the primary's.
+        crm = self._crm_of(self.oauth)
         try:
             check_size(request, self.max_query, self.max_body)
             if route.method == "POST" and not route.server_to_server:
                 check_origin(request, self.allowed_origins)
             # The integration first (one service: itself), then the route on its service.
             chosen = yield from self.integrations.choose(route.name, request)
+            crm = self._crm_of(self.integrations[chosen])
             yield UseIntegration(chosen)
             response = yield from self._flows[route.name](request)
         except Refusal as refusal:
-            response = self._refuse(route, request, refusal.status, refusal.reason, refusal.hint)
+            response = self._refuse(
+                route, request, refusal.status, refusal.reason, refusal.hint, crm=crm
+            )
         except CallbackRejected as rejected:
             status = _rejection_status(route, rejected.reason)
             wait = _retry_after(status, rejected)
-            response = self._refuse(route, request, status, rejected.reason, retry_after=wait)
+            response = self._refuse(
+                route, request, status, rejected.reason, retry_after=wait, crm=crm
+            )
             if wait is not None:
                 response = response.with_headers((("retry-after", _seconds(wait)),))
         except StoreError as error:
             # The client is told only "store_unavailable"; the operator needs the cause (a
             # StoreError's text names the store and the fault, never a secret).
             logger.warning("%s %s: 503 store_unavailable: %s", request.method, route.path, error)
-            response = self._refuse(route, request, 503, "store_unavailable")
+            response = self._refuse(route, request, 503, "store_unavailable", crm=crm)
         except TryAgainLater as later:  # nothing wrong for good: say when to come back
-            response = self._refuse(route, request, 503, later.reason)
+            response = self._refuse(route, request, 503, later.reason, crm=crm)
             if later.retry_after is not None:
                 response = response.with_headers((("retry-after", _seconds(later.retry_after)),))
         except ProviderError:  # the routes' calls report provider failures; belt and braces
-            response = self._refuse(route, request, 502, "provider_unavailable")
+            response = self._refuse(route, request, 502, "provider_unavailable", crm=crm)
         return _finish(response)
+
+    @staticmethod
+    def _crm_of(service: object) -> str:
+        """What ``{crm}`` in the pages' texts becomes for ``service``: "Kommo" or "amoCRM"."""
+        return crm_name(getattr(getattr(service, "config", None), "authorize_url", ""))
 
     def _refuse(
         self,
@@ -314,6 +328,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         hint: str | None = None,
         *,
         retry_after: float | None = None,
+        crm: str,
     ) -> Response:
         # A browser is looking (the callback; a ticket link in an app's in-app browser, which
         # has no other way back to the app): the page, with no state echoed.
@@ -322,7 +337,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             kind = _REFUSAL_PAGES.get(reason, PageKind.ERROR)
             if kind is PageKind.RATE_LIMITED and retry_after is None:
                 kind = PageKind.ERROR  # no time to name: the generic "try again"
-            return self._page(request, status, kind, link, reason, retry_after)
+            return self._page(request, status, kind, link, reason, retry_after, crm=crm)
         payload = {"error": reason} if hint is None else {"error": reason, "hint": hint}
         return Response.json(status, payload)
 
@@ -334,10 +349,12 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         link: str,
         reason: str | None,
         retry_after: float | None = None,
+        *,
+        crm: str,
     ) -> Response:
         lang = choose_language(request, self.texts, self.default_language)
         text = self.texts[lang]
-        return render_page(status, text, lang, kind, link, reason, retry_after=retry_after)
+        return render_page(status, text, lang, kind, link, reason, retry_after=retry_after, crm=crm)
 
     # -- steps shared by the routes ----------------------------------------------------------
 
@@ -395,8 +412,7 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
             # Of several integrations only those in metadata mode show the button.
             config = yield from self._call(ServiceConfig())
             if config.metadata_mode:
-                script = origin_of(config.button_script_url)
-                page = self._site_button(request, connection_id, cookie, self.button, script)
+                page = self._site_button(request, connection_id, cookie, self.button, config)
                 return (yield from page)
         begun = yield from self._call(Begin(connection_id, binding=cookie))
         headers = [self._set_cookie(begun.binding, self.cookie_max_age)] if begun.binding else []
@@ -408,15 +424,18 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         connection_id: str,
         cookie: str | None,
         button: ButtonMetadata,
-        script_origin: str,
+        config: Config,
     ) -> WebFlow[Response]:
         """Metadata mode's ``/connect``: a page with amoCRM's site button (its state from
-        ``begin()``; its script from ``script_origin``), the binding cookie set exactly as for
-        the redirect."""
+        ``begin()``; its script from ``config.button_script_url``, the page naming
+        ``config``'s CRM), the binding cookie set exactly as for the redirect."""
         made = yield from self._call(MakeSiteButton(connection_id, binding=cookie, metadata=button))
         headers = [self._set_cookie(made.binding, self.cookie_max_age)] if made.binding else []
         lang = choose_language(request, self.texts, self.default_language)
-        return render_button_page(self.texts[lang], lang, made.html, script_origin, headers)
+        script = origin_of(config.button_script_url)
+        crm = crm_name(config.authorize_url)
+        page = render_button_page(self.texts[lang], lang, made.html, script, headers, crm=crm)
+        return page
 
     def _redeem(self, request: Request, ticket: str) -> WebFlow[str]:
         """The connection a ticket names, redeemed only by a browser that opened it itself.
@@ -460,7 +479,9 @@ class RouteCore(Generic[ServiceT, IdentifyT]):
         state = request.param("state")
         if state:
             params.append(("state", state))
-        page = self._page(request, 200, kind, deep_link(self.app_scheme, params), reason)
+        config = yield from self._call(ServiceConfig())
+        link = deep_link(self.app_scheme, params)
+        page = self._page(request, 200, kind, link, reason, crm=crm_name(config.authorize_url))
         bound = parse_binding(cookie)
         connected = result.outcome in (Outcome.CONNECTED, Outcome.ALREADY_CONNECTED)
         if (

@@ -1,0 +1,431 @@
+"""amo_oauth.testing.invariants: the invariant machine users run against their own backends.
+
+It runs here against every example backend (FastAPI and Starlette over ASGI, Flask over
+WSGI on a MemoryStore and on an SQLite file, Django's views over WSGI and ASGI), each with its
+own sign-in, as a user's test would; against deliberately broken backends, each of which it
+must catch (one exchanging every callback's code itself, one answering 403 to a replay, and
+one per other invariant); its driver is tested on small apps of its own; and
+``import amo_oauth.testing`` with its pytest plugin must not need hypothesis.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.wsgi import WSGIHandler
+from django.test import override_settings
+from hypothesis import HealthCheck, Phase, settings
+
+import django_settings
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, SQLiteStore
+from amo_oauth._demo import example_path, load_example
+from amo_oauth.testing._app_driver import AppDriver
+from amo_oauth.testing.invariants import Browser, FakeSettings, run_invariants
+
+from helpers import examples
+
+django_settings.setup()
+sys.path.insert(0, str(example_path("django_app")))  # the example's project package: backend
+from backend.amo import with_lifespan  # noqa: E402
+from backend.views import routes  # noqa: E402
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+#: The CI budget: about a minute for the example backends on a loaded two-core machine
+#: (40 s unloaded): 80 examples of up to 30 steps each.
+CI_BUDGET = 80
+BUDGET = settings(
+    max_examples=examples(CI_BUDGET),
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+#: For the broken backends: stop at the first failure (no shrinking), one failure reported.
+FIND_ONLY = settings(
+    BUDGET,
+    max_examples=200,
+    phases=(Phase.generate,),
+    report_multiple_bugs=False,
+    derandomize=True,  # the same examples every run: found in every run, or in none
+    database=None,
+)
+
+
+def bearer_sign_in(browser: Browser, user: str) -> Mapping[str, str]:
+    """The examples' app sign-in: POST /login {"user": ...} -> a bearer token."""
+    answer = browser.request("POST", "/login", json={"user": user})
+    assert answer.status_code == 200, answer.text
+    return {"authorization": f"Bearer {answer.json()['token']}"}
+
+
+def fastapi_app(amo: FakeSettings) -> Any:
+    # The app's lifespan closes the service and the client at shutdown.
+    http = amo.async_http()
+    oauth = AsyncAmoOAuth(amo.config, store=MemoryStore(), http=http)
+    return load_example("fastapi_app").create_app(oauth, api=http)
+
+
+def flask_app(amo: FakeSettings) -> Any:
+    http = amo.http()
+    oauth = amo.closes(AmoOAuth(amo.config, store=MemoryStore(), http=http))
+    return load_example("flask_app").create_app(oauth, api=http)
+
+
+class Folder:
+    """A temporary directory that ``FakeSettings.closes`` removes when the example ends."""
+
+    def __init__(self) -> None:
+        self._made = tempfile.TemporaryDirectory(prefix="amo-invariants-")
+        self.path = Path(self._made.name)
+
+    def close(self) -> None:
+        self._made.cleanup()
+
+
+def flask_sqlite_app(amo: FakeSettings) -> Any:
+    """The Flask example over the store it ships with: an SQLite file, new per example."""
+    folder = amo.closes(Folder())
+    http = amo.http()
+    store = SQLiteStore(folder.path / "amo_oauth.db")
+    oauth = amo.closes(AmoOAuth(amo.config, store=store, http=http))
+    return load_example("flask_app").create_app(oauth, api=http)
+
+
+STARLETTE_TOKENS = {f"token-of-{user}": user for user in ("user-1", "user-2")}
+
+
+def starlette_app(amo: FakeSettings) -> Any:
+    oauth = AsyncAmoOAuth(amo.config, store=MemoryStore(), http=amo.async_http())
+    return load_example("starlette_app").create_app(oauth, STARLETTE_TOKENS)
+
+
+def starlette_sign_in(browser: Browser, user: str) -> Mapping[str, str]:
+    return {"authorization": f"Bearer token-of-{user}"}  # the example's fixed tokens
+
+
+def django_app(amo: FakeSettings) -> WSGIApp:
+    """The example's sync views under Django's WSGI handler (its CSRF middleware on)."""
+    http = amo.http()
+    oauth = amo.closes(AmoOAuth(amo.config, store=MemoryStore(), http=http))
+    urlconf = django_settings.urlconf(*routes(oauth, http))
+    handler = WSGIHandler()
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        with override_settings(ROOT_URLCONF=urlconf, ALLOWED_HOSTS=["backend.example"]):
+            return handler(environ, start_response)
+
+    return app
+
+
+def django_asgi_app(amo: FakeSettings) -> Any:
+    """The example's async views under Django's ASGI handler, with the example's lifespan
+    (Django's handler refuses one), which closes the service and its client."""
+    http = amo.async_http()
+    oauth = AsyncAmoOAuth(amo.config, store=MemoryStore(), http=http)
+    urlconf = django_settings.urlconf(*routes(oauth, http))
+    handler = ASGIHandler()
+
+    async def close() -> None:
+        await oauth.aclose()
+        await http.aclose()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        with override_settings(ROOT_URLCONF=urlconf, ALLOWED_HOSTS=["backend.example"]):
+            await handler(scope, receive, send)
+
+    return with_lifespan(app, on_shutdown=close)
+
+
+BACKENDS = {
+    "fastapi": (fastapi_app, bearer_sign_in),
+    "flask": (flask_app, bearer_sign_in),
+    "starlette": (starlette_app, starlette_sign_in),
+    "django": (django_app, bearer_sign_in),
+    # The same views as "django", awaited; Django's ASGI handler is three times slower per
+    # step (a thread hop for each sync part), so it gets a third of the examples.
+    "django-asgi": (django_asgi_app, bearer_sign_in),
+    # The store the examples ship with, beside the MemoryStore above.
+    "flask-sqlite": (flask_sqlite_app, bearer_sign_in),
+}
+EXAMPLES = {"django-asgi": 25, "flask-sqlite": 25}
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_each_example_backend_keeps_the_invariants(backend: str) -> None:
+    make_app, sign_in = BACKENDS[backend]
+    budget = settings(BUDGET, max_examples=examples(EXAMPLES.get(backend, CI_BUDGET)))
+    run_invariants(make_app, sign_in, settings=budget)
+
+
+# -- the machine can fail ---------------------------------------------------------------------
+
+
+def _code_of(environ: Mapping[str, Any]) -> str | None:
+    if not str(environ.get("PATH_INFO", "")).endswith("/callback"):
+        return None
+    return parse_qs(str(environ.get("QUERY_STRING", ""))).get("code", [None])[0]
+
+
+def exchanging_every_callback(amo: FakeSettings) -> WSGIApp:
+    """A backend that sends every callback's code to amoCRM itself, seen before or not."""
+    app, fake = flask_app(amo), amo.fake
+    http = amo.http()
+
+    def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        code = _code_of(environ)
+        if code is not None:
+            fields = {
+                "grant_type": "authorization_code",
+                "code": code,
+                "client_id": fake.client_id,
+                "client_secret": fake.client_secret,
+                "redirect_uri": fake.redirect_uri,
+            }
+            http.post(f"https://{fake.account_host}/oauth2/access_token", data=fields)
+        return app(environ, start_response)
+
+    return broken
+
+
+def forbidding_replays(amo: FakeSettings) -> WSGIApp:
+    """A backend that answers 403 to a callback whose code it saw before."""
+    app, seen = flask_app(amo), set[str]()
+
+    def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        code = _code_of(environ)
+        if code is not None and code in seen:
+            start_response("403 Forbidden", [("content-type", "text/plain")])
+            return [b"seen before"]
+        if code is not None:
+            seen.add(code)
+        return app(environ, start_response)
+
+    return broken
+
+
+def test_it_catches_a_backend_that_exchanges_on_every_callback() -> None:
+    """Caught as a code sent twice, a forged state's code sent, or (a code it sent from the
+    wrong browser, which the library then refused) tokens issued that /status does not show."""
+    caught = (
+        "reached amoCRM's token endpoint 2 times|a code with a forged state was sent"
+        "|/status says connected=False, expected True"
+    )
+    with pytest.raises(AssertionError, match=caught):
+        run_invariants(exchanging_every_callback, bearer_sign_in, settings=FIND_ONLY)
+
+
+def test_it_catches_a_backend_that_answers_403_to_a_replay() -> None:
+    with pytest.raises(AssertionError, match=r"replayed code .* was answered 403"):
+        run_invariants(forbidding_replays, bearer_sign_in, settings=FIND_ONLY)
+
+
+def test_it_catches_a_status_that_does_not_follow_the_connection() -> None:
+    """A backend whose /disconnect answers 200 and forgets nothing."""
+
+    def make_app(amo: FakeSettings) -> WSGIApp:
+        app = flask_app(amo)
+
+        def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            if str(environ.get("PATH_INFO", "")).endswith("/disconnect"):
+                start_response("200 OK", [("content-type", "application/json")])
+                return [b"{}"]
+            return app(environ, start_response)
+
+        return broken
+
+    with pytest.raises(AssertionError, match="/status says connected=True, expected False"):
+        run_invariants(make_app, bearer_sign_in, settings=FIND_ONLY)
+
+
+def test_it_catches_a_secret_in_an_answer() -> None:
+    """A backend that puts the code in a response header (a debugging leftover)."""
+
+    def make_app(amo: FakeSettings) -> WSGIApp:
+        app = flask_app(amo)
+
+        def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            code = _code_of(environ)
+
+            def start(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+                return start_response(status, [*headers, ("x-debug-code", code or "")], *rest)
+
+            return app(environ, start)
+
+        return broken
+
+    with pytest.raises(AssertionError, match="/callback's answer holds a code"):
+        run_invariants(make_app, bearer_sign_in, settings=FIND_ONLY)
+
+
+def test_it_catches_a_5xx() -> None:
+    def make_app(amo: FakeSettings) -> WSGIApp:
+        app = flask_app(amo)
+
+        def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            if "error=access_denied" in str(environ.get("QUERY_STRING", "")):
+                start_response("500 Internal Server Error", [("content-type", "text/plain")])
+                return [b"oops"]
+            return app(environ, start_response)
+
+        return broken
+
+    with pytest.raises(AssertionError, match="GET /callback answered 500"):
+        run_invariants(make_app, bearer_sign_in, settings=FIND_ONLY)
+
+
+# -- hypothesis stays out of the runtime --------------------------------------------------------
+
+WITHOUT_HYPOTHESIS = """\
+import sys
+sys.modules["hypothesis"] = None  # as if it were not installed: its import fails
+import amo_oauth.testing, amo_oauth.testing._plugin, amo_oauth.testing.faults
+from amo_oauth.testing import FakeAmoCRM
+FakeAmoCRM().authorize("state")
+assert "amo_oauth.testing.invariants" not in sys.modules
+try:
+    import amo_oauth.testing.invariants
+except ImportError as exc:
+    print(exc)
+"""
+
+LOADED = """\
+import sys
+import amo_oauth.testing, amo_oauth.testing._plugin
+print(sorted(name for name in sys.modules if name.partition(".")[0] == "hypothesis"))
+"""
+
+
+def python(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_the_kit_and_its_plugin_work_without_hypothesis() -> None:
+    said = python(WITHOUT_HYPOTHESIS)
+    assert "needs the testing extra: pip install 'amo_oauth[testing]'" in said, said
+
+
+def test_the_plugin_does_not_import_hypothesis() -> None:
+    assert python(LOADED) == "[]"
+
+
+def test_the_testing_extra_brings_what_the_kit_needs() -> None:
+    """The extra the install hint names is the one that brings hypothesis (and pytest)."""
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    testing = pyproject["project"]["optional-dependencies"]["testing"]
+    assert {re.split(r"[<>=\[ ]", need)[0] for need in testing} >= {"hypothesis", "pytest"}
+
+
+def test_a_backend_under_another_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The routes are found as siblings of the redirect URI's /callback."""
+    from flask import Flask
+
+    from amo_oauth.flask import blueprint
+
+    def make_app(amo: FakeSettings) -> Flask:
+        oauth = amo.closes(AmoOAuth(amo.config, store=MemoryStore(), http=amo.http()))
+        app = Flask("elsewhere")
+        users = {f"t-{user}": user for user in amo.users}
+
+        def user_of(request: Any) -> str | None:
+            scheme, _, token = (request.header("authorization") or "").partition(" ")
+            return users.get(token) if scheme == "Bearer" else None
+
+        app.register_blueprint(
+            blueprint(oauth, connection_id=user_of, app_scheme="app", prefix="/v2/amo")
+        )
+        return app
+
+    def sign_in(browser: Browser, user: str) -> Mapping[str, str]:
+        return {"authorization": f"Bearer t-{user}"}
+
+    few = settings(BUDGET, max_examples=5)
+    run_invariants(
+        make_app, sign_in, settings=few, redirect_uri="https://app.example/v2/amo/callback"
+    )
+
+
+# -- the driver: ASGI with and without a lifespan, WSGI, a cookie jar per browser ---------------
+
+Scope = dict[str, Any]
+
+
+def asgi_app(said: list[str], *, lifespan: str | None) -> Callable[..., Any]:
+    """An ASGI app that notes what it was asked; ``lifespan``: None (it refuses the scope, as
+    Django's handler does), "complete" or "failed"."""
+
+    async def app(scope: Scope, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] == "lifespan":
+            if lifespan is None:
+                raise ValueError("no lifespan here")
+            while True:
+                phase = (await receive())["type"].rpartition(".")[2]
+                said.append(phase)
+                await send({"type": f"lifespan.{phase}.{lifespan}"})
+                if phase == "shutdown":
+                    return
+        said.append(scope["path"])
+        cookie = dict(scope["headers"]).get(b"cookie", b"")
+        headers = [(b"set-cookie", b"seen=yes; Path=/; Secure")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": cookie})
+
+    return app
+
+
+@pytest.mark.parametrize("lifespan", [None, "complete"])
+def test_an_asgi_app_is_served_with_its_lifespan_if_it_has_one(lifespan: str | None) -> None:
+    said: list[str] = []
+    driver = AppDriver(asgi_app(said, lifespan=lifespan), "https://backend.example")
+    first, other = driver.browser(), driver.browser()
+    assert first.request("GET", "/a").text == ""
+    assert first.request("GET", "/b").text == "seen=yes"  # its own jar keeps the cookie
+    assert other.request("GET", "/c").text == ""  # another browser's jar is empty
+    driver.close()
+    expected = ["/a", "/b", "/c"]
+    assert said == (["startup", *expected, "shutdown"] if lifespan else expected)
+
+
+def test_a_failed_startup_is_raised() -> None:
+    """Raised, not hung: the app still waits for messages, and its task is cancelled."""
+    with pytest.raises(RuntimeError, match="lifespan startup failed"):
+        AppDriver(asgi_app([], lifespan="failed"), "https://backend.example")
+
+
+def test_a_wsgi_app_gets_a_cookie_jar_per_browser() -> None:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("set-cookie", "seen=yes; Path=/; Secure")])
+        return [str(environ.get("HTTP_COOKIE", "")).encode()]
+
+    driver = AppDriver(app, "https://backend.example")
+    first, other = driver.browser(), driver.browser()
+    assert [first.request("GET", "/").text for _ in range(2)] == ["", "seen=yes"]
+    assert other.request("GET", "/").text == ""
+    driver.close()
+
+
+def test_a_failing_sign_in_is_reported_and_the_app_shut_down() -> None:
+    said: list[str] = []
+
+    def make_app(amo: FakeSettings) -> Any:
+        return asgi_app(said, lifespan="complete")
+
+    def sign_in(browser: Browser, user: str) -> Mapping[str, str]:
+        raise LookupError("no such sign-in")
+
+    with pytest.raises(LookupError, match="no such sign-in"):
+        run_invariants(make_app, sign_in, settings=settings(FIND_ONLY, max_examples=1))
+    assert said[0] == "startup" and said[-1] == "shutdown"
