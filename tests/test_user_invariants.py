@@ -24,13 +24,27 @@ import pytest
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.test import override_settings
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from hypothesis.vendor.pretty import pretty
 
 import django_settings
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, SQLiteStore
 from amo_oauth._demo import example_path, load_example
+from amo_oauth.testing import FakeAmoCRM
 from amo_oauth.testing._app_driver import AppDriver
-from amo_oauth.testing.invariants import Browser, FakeSettings, run_invariants
+from amo_oauth.testing.invariants import (
+    DEFAULT_SETTINGS,
+    Browser,
+    FakeSettings,
+    denials,
+    forged_states,
+    redirects,
+    replays,
+    run_invariants,
+    second_codes,
+    widget_installs,
+)
 
 from helpers import examples
 
@@ -284,6 +298,153 @@ def test_it_catches_a_5xx() -> None:
         run_invariants(make_app, bearer_sign_in, settings=FIND_ONLY)
 
 
+def exchanging_on_the_third_arrival(amo: FakeSettings) -> WSGIApp:
+    """A backend that sends a code to amoCRM itself the 3rd time its redirect arrives (the 2nd
+    replay): a default run must catch it, not a big budget only."""
+    app, fake, http = flask_app(amo), amo.fake, amo.http()
+    arrivals: dict[str, int] = {}
+
+    def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        code = _code_of(environ)
+        if code is not None:
+            arrivals[code] = arrivals.get(code, 0) + 1
+            if arrivals[code] == 3:
+                fields = {
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "client_id": fake.client_id,
+                    "client_secret": fake.client_secret,
+                    "redirect_uri": fake.redirect_uri,
+                }
+                http.post(f"https://{fake.account_host}/oauth2/access_token", data=fields)
+        return app(environ, start_response)
+
+    return broken
+
+
+#: The default budget, stopping at the first failure (what is found, not how it shrinks).
+DEFAULT_FIND_ONLY = settings(DEFAULT_SETTINGS, phases=(Phase.generate,), database=None)
+
+
+#: Caught as the code sent twice; as the replay after it answered 403 (the library saw the
+#: code spent by someone else; the step's checks come before the invariants); or, when the
+#: library had refused the code, as tokens issued that /status does not show.
+SENT_TWICE = (
+    "reached amoCRM's token endpoint 2 times|a replayed code .* was answered 403"
+    "|/status says connected=False, expected True"
+)
+
+
+def test_the_default_budget_catches_an_exchange_on_the_third_arrival() -> None:
+    """Twenty default runs (random seeds, as a user's), each must catch it: before the rules
+    replayed a redirect several times in a row, about one run in four missed it."""
+    for _ in range(20):
+        with pytest.raises(AssertionError, match=SENT_TWICE):
+            run_invariants(
+                exchanging_on_the_third_arrival, bearer_sign_in, settings=DEFAULT_FIND_ONLY
+            )
+
+
+def answering_500(*, to: str, also_forbidding_replays: bool = False) -> Callable[..., WSGIApp]:
+    """A backend answering 500 to requests whose query holds ``to`` (and, if asked, 403 to a
+    replayed callback too)."""
+
+    def make_app(amo: FakeSettings) -> WSGIApp:
+        app = forbidding_replays(amo) if also_forbidding_replays else flask_app(amo)
+
+        def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            if to in str(environ.get("QUERY_STRING", "")):
+                start_response("500 Internal Server Error", [("content-type", "text/plain")])
+                return [b"oops"]
+            return app(environ, start_response)
+
+        return broken
+
+    return make_app
+
+
+def test_it_catches_a_5xx_to_widget_installs() -> None:
+    with pytest.raises(AssertionError, match="GET /callback answered 500"):
+        run_invariants(answering_500(to="from_widget=1"), bearer_sign_in, settings=FIND_ONLY)
+
+
+def test_no_widget_installs_are_sent_when_the_app_refuses_them() -> None:
+    """``widget_installs=False``: the config refuses them and the machine sends none."""
+    configs: list[bool] = []
+
+    def make_app(amo: FakeSettings) -> WSGIApp:
+        configs.append(amo.config.allow_widget_installs)
+        return answering_500(to="from_widget=1")(amo)
+
+    few = settings(FIND_ONLY, max_examples=20)
+    run_invariants(make_app, bearer_sign_in, settings=few, widget_installs=False)
+    assert set(configs) == {False}
+
+
+def test_several_failures_raise_one_assertion_error_naming_the_others() -> None:
+    """Under ``report_multiple_bugs=True`` hypothesis raises an ExceptionGroup; the user is
+    promised an AssertionError: the first, the others in its notes."""
+    make_app = answering_500(to="error=access_denied", also_forbidding_replays=True)
+    every_bug = settings(FIND_ONLY, phases=list(Phase), report_multiple_bugs=True)
+    with pytest.raises(AssertionError) as failed:
+        run_invariants(make_app, bearer_sign_in, settings=every_bug, shrink_seconds=2)
+    notes = "\n".join(getattr(failed.value, "__notes__", []))
+    assert "also failing: AssertionError" in notes, notes
+
+
+def test_the_default_settings_report_one_failure() -> None:
+    assert DEFAULT_SETTINGS.report_multiple_bugs is False
+
+
+def test_shrinking_is_bounded_while_it_runs() -> None:
+    """Hypothesis reads its shrink bound (300 s, no setting) when it starts shrinking; the
+    run lowers it to ``shrink_seconds`` and puts it back."""
+    from hypothesis.internal.conjecture import engine
+
+    seen: list[float] = []
+
+    def make_app(amo: FakeSettings) -> WSGIApp:
+        seen.append(engine.MAX_SHRINKING_SECONDS)
+        return flask_app(amo)
+
+    before = engine.MAX_SHRINKING_SECONDS
+    run_invariants(
+        make_app, bearer_sign_in, settings=settings(BUDGET, max_examples=1), shrink_seconds=7
+    )
+    assert set(seen) == {7}
+    assert before == engine.MAX_SHRINKING_SECONDS
+
+
+@given(data=st.data())
+@settings(max_examples=5, database=None)
+def test_a_failure_shows_no_code_or_state(data: st.DataObject) -> None:
+    """The steps of a failure print the values drawn: redirect URLs and forged states show
+    only their kind."""
+    fake = FakeAmoCRM()
+    url = data.draw(redirects(fake, "the-state"))
+    drawn = [url, data.draw(replays(url)), data.draw(second_codes(fake, url))]
+    drawn += [data.draw(denials(fake, "the-state")), data.draw(widget_installs(fake))]
+    drawn += [data.draw(forged_states("the-state"))]
+    shown = [pretty(value) for value in drawn]
+    assert not [said for said in shown if "code=" in said or "the-state" in said], shown
+
+
+@given(data=st.data())
+@settings(max_examples=5, database=None)
+def test_the_strategies_compose_in_a_users_own_test(data: st.DataObject) -> None:
+    """What the testing guide shows: a redirect, its replays, a second code, a denial."""
+    fake = FakeAmoCRM()
+    url = data.draw(redirects(fake, "s"))
+    again = parse_qs(data.draw(second_codes(fake, url)).partition("?")[2])
+    assert again["state"] == ["s"]
+    assert again["code"] != parse_qs(url.partition("?")[2])["code"]
+    assert set(data.draw(replays(url))) == {url}
+    assert "error=access_denied" in data.draw(denials(fake, "s"))
+    widget = parse_qs(data.draw(widget_installs(fake)).partition("?")[2])
+    assert widget["from_widget"] == ["1"]
+    assert "state" not in widget
+
+
 # -- hypothesis stays out of the runtime --------------------------------------------------------
 
 WITHOUT_HYPOTHESIS = """\
@@ -329,33 +490,46 @@ def test_the_testing_extra_brings_what_the_kit_needs() -> None:
     assert {re.split(r"[<>=\[ ]", need)[0] for need in testing} >= {"hypothesis", "pytest"}
 
 
-def test_a_backend_under_another_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The routes are found as siblings of the redirect URI's /callback."""
+def mounted_elsewhere(amo: FakeSettings) -> Any:
+    """A Flask app with amo_oauth's routes under /v2/amo."""
     from flask import Flask
 
     from amo_oauth.flask import blueprint
 
-    def make_app(amo: FakeSettings) -> Flask:
-        oauth = amo.closes(AmoOAuth(amo.config, store=MemoryStore(), http=amo.http()))
-        app = Flask("elsewhere")
-        users = {f"t-{user}": user for user in amo.users}
+    oauth = amo.closes(AmoOAuth(amo.config, store=MemoryStore(), http=amo.http()))
+    app = Flask("elsewhere")
+    users = {f"t-{user}": user for user in amo.users}
 
-        def user_of(request: Any) -> str | None:
-            scheme, _, token = (request.header("authorization") or "").partition(" ")
-            return users.get(token) if scheme == "Bearer" else None
+    def user_of(request: Any) -> str | None:
+        scheme, _, token = (request.header("authorization") or "").partition(" ")
+        return users.get(token) if scheme == "Bearer" else None
 
-        app.register_blueprint(
-            blueprint(oauth, connection_id=user_of, app_scheme="app", prefix="/v2/amo")
-        )
-        return app
+    app.register_blueprint(
+        blueprint(oauth, connection_id=user_of, app_scheme="app", prefix="/v2/amo")
+    )
+    return app
 
-    def sign_in(browser: Browser, user: str) -> Mapping[str, str]:
-        return {"authorization": f"Bearer t-{user}"}
 
+def token_sign_in(browser: Browser, user: str) -> Mapping[str, str]:
+    return {"authorization": f"Bearer t-{user}"}
+
+
+def test_a_backend_under_another_prefix() -> None:
+    """The routes are found as siblings of the redirect URI's /callback."""
     few = settings(BUDGET, max_examples=5)
     run_invariants(
-        make_app, sign_in, settings=few, redirect_uri="https://app.example/v2/amo/callback"
+        mounted_elsewhere,
+        token_sign_in,
+        settings=few,
+        redirect_uri="https://app.example/v2/amo/callback",
     )
+
+
+def test_routes_not_found_name_the_redirect_uri_to_pass() -> None:
+    """The prefix forgotten: the 404 says where the machine looked and what to pass."""
+    told = r"answered 404: .* pass run_invariants\(\.\.\., redirect_uri=\.\.\.\)"
+    with pytest.raises(AssertionError, match=told):
+        run_invariants(mounted_elsewhere, token_sign_in, settings=FIND_ONLY)
 
 
 # -- the driver: ASGI with and without a lifespan, WSGI, a cookie jar per browser ---------------

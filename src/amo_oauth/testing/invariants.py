@@ -37,7 +37,7 @@ import contextlib
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, ClassVar, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -54,10 +54,12 @@ with needs_extra("testing", "amo_oauth.testing.invariants"):  # hypothesis
     from hypothesis import HealthCheck
     from hypothesis import settings as hypothesis_settings
     from hypothesis import strategies as st
+    from hypothesis.internal.conjecture import engine as hypothesis_engine
     from hypothesis.stateful import (
         Bundle,
         RuleBasedStateMachine,
         invariant,
+        precondition,
         rule,
         run_state_machine_as_test,
     )
@@ -65,15 +67,21 @@ with needs_extra("testing", "amo_oauth.testing.invariants"):  # hypothesis
 __all__ = [
     "DEFAULT_REDIRECT_URI",
     "DEFAULT_SETTINGS",
+    "SHRINK_SECONDS",
     "USERS",
     "BackendMachine",
     "Browser",
     "FakeSettings",
     "HookQuery",
+    "denials",
     "forged_states",
     "hook_queries",
     "machine_for",
+    "redirects",
+    "replays",
     "run_invariants",
+    "second_codes",
+    "widget_installs",
 ]
 
 
@@ -91,6 +99,8 @@ DEFAULT_REDIRECT_URI = "https://backend.example/api/amo-crm/callback"
 #: The browser of nobody signed in (a stranger's, or amoCRM's server sending the hook).
 SIGNED_OUT = "signed-out"
 BROWSERS = (*USERS, SIGNED_OUT)
+#: The connection a widget install makes (named after the account, no app user behind it).
+WIDGET = "widget-install"
 #: Which browser amoCRM redirects back to: mostly the one that began the consent.
 _OWN = "own"
 _WHERE = st.sampled_from((_OWN, _OWN, _OWN, *BROWSERS))
@@ -156,6 +166,30 @@ class HookQuery:
     account_id: int | None
 
 
+class _Hidden(str):
+    """A string holding a secret (a code, a state): hypothesis prints the steps of a failure
+    with the values drawn, and its repr shows only what kind of value it is."""
+
+    __slots__ = ()
+    kind: ClassVar[str] = "a value"
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # hypothesis's printer
+        printer.text(repr(self))
+
+
+class _HiddenUrl(_Hidden):
+    __slots__ = ()
+    kind = "redirect URL"
+
+
+class _HiddenState(_Hidden):
+    __slots__ = ()
+    kind = "forged state"
+
+
 def forged_states(state: str) -> st.SearchStrategy[str]:
     """States that are not ``state`` and that nobody signed: one character changed, cut
     short, lengthened, or any text (a callback with one is refused, its code never sent)."""
@@ -170,7 +204,8 @@ def forged_states(state: str) -> st.SearchStrategy[str]:
         st.text("ABCxyz019-_.", min_size=1, max_size=8).map(lambda tail: state + tail),
         st.text(min_size=1, max_size=40),
     )
-    return shapes.filter(lambda forged: forged != state and forged.strip() != "")
+    unsigned = shapes.filter(lambda forged: forged != state and forged.strip() != "")
+    return unsigned.map(_HiddenState)
 
 
 def hook_queries(fake: FakeAmoCRM) -> st.SearchStrategy[HookQuery]:
@@ -204,6 +239,41 @@ def hook_queries(fake: FakeAmoCRM) -> st.SearchStrategy[HookQuery]:
     )
 
 
+def redirects(fake: FakeAmoCRM, state: str | None) -> st.SearchStrategy[str]:
+    """amoCRM's redirect back after "Allow" under the consent that sent ``state`` (protocol
+    notes §2): the full URL, ``{redirect_uri}?code=...&state=...&referer=...&client_id=...``,
+    with a code ``fake`` issues when it is drawn (a new one each draw)."""
+    return st.builds(lambda: _HiddenUrl(fake.authorize(state)))
+
+
+def widget_installs(fake: FakeAmoCRM) -> st.SearchStrategy[str]:
+    """A widget or marketplace install's redirect (protocol notes §2): ``from_widget=1`` and
+    no state, a new code each draw; amoCRM sends it server to server (no browser)."""
+    return st.builds(lambda: _HiddenUrl(fake.authorize(from_widget=True)))
+
+
+def second_codes(fake: FakeAmoCRM, url: str) -> st.SearchStrategy[str]:
+    """Another redirect under the consent that ``url`` (a redirect from ``redirects`` or
+    ``widget_installs``) came back from: the same state, a new code."""
+    query = dict(_query_pairs(urlsplit(url).query))
+    if query.get("from_widget") == "1":
+        return widget_installs(fake)
+    return redirects(fake, query.get("state"))
+
+
+def replays(url: str, *, most: int = 3) -> st.SearchStrategy[list[str]]:
+    """``url`` again, 1 to ``most`` times in a row (a reload, the back button, a prefetch, a
+    copied link): the list of URLs to send, in order."""
+    hidden = _HiddenUrl(url)
+    return st.integers(1, most).map(lambda times: [hidden] * times)
+
+
+def denials(fake: FakeAmoCRM, state: str) -> st.SearchStrategy[str]:
+    """ "Deny" pressed on the consent that sent ``state`` (protocol notes §2):
+    ``{redirect_uri}?error=access_denied&client_id=...&state=...``."""
+    return st.builds(lambda: _HiddenUrl(fake.deny(state)))
+
+
 def _hmac_hex(key: bytes, message: bytes) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
@@ -211,20 +281,34 @@ def _hmac_hex(key: bytes, message: bytes) -> str:
 @attrs.frozen
 class Consent:
     """A consent begun for ``user`` in ``browser``: the state ``/connect`` sent it to amoCRM
-    with. The browser is the user's own, or the signed-out one for a mobile app's ticket."""
+    with. The browser is the user's own, or the signed-out one for a mobile app's ticket; a
+    widget install's is ``WIDGET``'s, in the signed-out browser, with no state."""
 
     user: str
     browser: str
-    state: str = attrs.field(repr=False)
+    state: str | None = attrs.field(repr=False)
 
 
 @attrs.frozen
 class Redirect:
-    """amoCRM's redirect back with a code (the query, kept for replays)."""
+    """amoCRM's redirect back with a code (the URL, kept for replays)."""
 
     consent: Consent
-    query: str = attrs.field(repr=False)
-    code: str = attrs.field(repr=False)
+    url: str = attrs.field(repr=False)
+
+    @property
+    def query(self) -> str:
+        return urlsplit(self.url).query
+
+    @property
+    def code(self) -> str:
+        return dict(_query_pairs(self.query))["code"]
+
+
+#: What follows the common path in the same step (so that short runs reach the 3rd arrival of
+#: one code): the same redirect reloaded, or its code posted by the old mobile app.
+_RELOAD, _POST = "reload", "exchange-code"
+_FOLLOW_UPS = st.lists(st.sampled_from((_RELOAD, _RELOAD, _POST)), max_size=3)
 
 
 class BackendMachine(RuleBasedStateMachine):
@@ -234,9 +318,10 @@ class BackendMachine(RuleBasedStateMachine):
     make_app: ClassVar[AppFactory]
     sign_in: ClassVar[SignIn]
     redirect_uri: ClassVar[str] = DEFAULT_REDIRECT_URI
+    widget_installs: ClassVar[bool] = True
 
     consents = Bundle("consents")
-    redirects = Bundle("redirects")
+    arrived = Bundle("redirects")
 
     def __init__(self) -> None:
         super().__init__()
@@ -244,7 +329,8 @@ class BackendMachine(RuleBasedStateMachine):
             client_secret=secrets.token_urlsafe(24), redirect_uri=self.redirect_uri, rate_limit=None
         )
         self.state_secret = secrets.token_urlsafe(32)
-        self.amo = FakeSettings(fake, _config_for(fake, self.state_secret))
+        config = _config_for(fake, self.state_secret, widget_installs=self.widget_installs)
+        self.amo = FakeSettings(fake, config)
         self.fake = fake
         self.prefix = urlsplit(self.redirect_uri).path.rpartition("/")[0]
         try:
@@ -260,10 +346,10 @@ class BackendMachine(RuleBasedStateMachine):
         except BaseException:  # hypothesis calls teardown only on a machine it made
             self.teardown()
             raise
-        #: Whether each user's status must say connected (None: not known after a failed
-        #: exchange, which the machine does not predict).
-        self.connected: dict[str, bool | None] = dict.fromkeys(USERS, False)
-        #: Users whose tokens an uninstall revoked at the fake since they last connected.
+        #: Whether each connection (each user's, and the widget install's) must be connected
+        #: (None: not known after a failed exchange, which the machine does not predict).
+        self.connected: dict[str, bool | None] = dict.fromkeys((*USERS, WIDGET), False)
+        #: Connections whose tokens an uninstall revoked at the fake since they connected.
         self.revoked: set[str] = set()
         self.forged_codes: set[str] = set()
 
@@ -291,52 +377,62 @@ class BackendMachine(RuleBasedStateMachine):
         opened = self.send(SIGNED_OUT, "GET", "/connect", params=_query_pairs(url.query))
         return self.consent_of(user, SIGNED_OUT, opened)
 
-    @rule(target=redirects, user=st.sampled_from(USERS))
-    def consent_in_full(self, user: str) -> Redirect:
-        """The common path in one step: ``/connect``, "Allow", back in the same browser."""
+    @rule(target=arrived, user=st.sampled_from(USERS), follow_ups=_FOLLOW_UPS)
+    def consent_in_full(self, user: str, follow_ups: list[str]) -> Redirect:
+        """The common path in one step: ``/connect``, "Allow", back in the same browser; then
+        maybe reloaded, or its code posted by the old mobile app, a few times in a row."""
         consent = self.begin(user)
-        return self.arrive(consent, self.fake.authorize(consent.state), _OWN)
+        redirect = self.arrive(consent, self.fake.authorize(consent.state), _OWN)
+        for follow_up in follow_ups:
+            if follow_up == _RELOAD:
+                self.callback(redirect, _OWN)
+            else:
+                self.post_code(redirect)
+        return redirect
 
-    @rule(target=redirects, consent=consents, where=_WHERE)
-    def allow(self, consent: Consent, where: str) -> Redirect:
+    @rule(target=arrived, consent=consents, where=_WHERE, data=st.data())
+    def allow(self, consent: Consent, where: str, data: st.DataObject) -> Redirect:
         """ "Allow" pressed: amoCRM redirects a browser back with a code."""
-        return self.arrive(consent, self.fake.authorize(consent.state), where)
+        url = data.draw(redirects(self.fake, consent.state), label="redirect")
+        return self.arrive(consent, url, where)
 
-    @rule(target=redirects, redirect=redirects, where=_WHERE)
-    def second_code(self, redirect: Redirect, where: str) -> Redirect:
+    @rule(target=arrived, redirect=arrived, where=_WHERE, data=st.data())
+    def second_code(self, redirect: Redirect, where: str, data: st.DataObject) -> Redirect:
         """Another code under a consent that already brought one back."""
-        return self.arrive(redirect.consent, self.fake.authorize(redirect.consent.state), where)
+        url = data.draw(second_codes(self.fake, redirect.url), label="second code")
+        return self.arrive(redirect.consent, url, where)
 
-    @rule(redirect=redirects, where=_WHERE)
-    def replay(self, redirect: Redirect, where: str) -> None:
-        """The same redirect URL again (a reload, a back button, a prefetch, a copied link)."""
-        self.callback(redirect.consent, redirect.query, redirect.code, where)
+    @precondition(lambda self: self.amo.config.allow_widget_installs)
+    @rule(target=arrived, data=st.data())
+    def widget_install(self, data: st.DataObject) -> Redirect:
+        """A widget or marketplace install: amoCRM's server sends the redirect, with
+        ``from_widget=1`` and no state (skipped when the config does not allow them)."""
+        url = data.draw(widget_installs(self.fake), label="widget install")
+        return self.arrive(Consent(WIDGET, SIGNED_OUT, None), url, _OWN)
 
-    @rule(redirect=redirects)
+    @rule(redirect=arrived, where=_WHERE, data=st.data())
+    def replay(self, redirect: Redirect, where: str, data: st.DataObject) -> None:
+        """The same redirect URL again, a few times in a row (a reload, a back button, a
+        prefetch, a copied link)."""
+        for _ in data.draw(replays(redirect.url), label="replays"):
+            self.callback(redirect, where)
+
+    @rule(redirect=arrived)
     def legacy_post(self, redirect: Redirect) -> None:
         """The old mobile app posts the code (and state) it was handed: never a 403."""
-        user, consent = redirect.consent.user, redirect.consent
-        fields = {"code": redirect.code, "state": consent.state}
+        self.post_code(redirect)
 
-        def post() -> httpx.Response:
-            return self.send(user, "POST", "/exchange-code", json=fields)
-
-        answer = self.exchanged(consent, redirect.code, post)
-        assert answer.status_code != 403, "/exchange-code answered 403"
-
-    @rule(consent=consents, where=_WHERE)
-    def deny(self, consent: Consent, where: str) -> None:
+    @rule(consent=consents, where=_WHERE, data=st.data())
+    def deny(self, consent: Consent, where: str, data: st.DataObject) -> None:
         """ "Deny" pressed: amoCRM redirects back with ``error=access_denied``."""
-        self.send(
-            self.browser_of(consent, where),
-            "GET",
-            "/callback",
-            params=_query(self.fake.deny(consent.state)),
-        )
+        assert consent.state is not None  # consents of this bundle came from /connect
+        url = data.draw(denials(self.fake, consent.state), label="denial")
+        self.send(self.browser_of(consent, where), "GET", "/callback", params=_query(url))
 
     @rule(consent=consents, data=st.data())
     def forge(self, consent: Consent, data: st.DataObject) -> None:
         """A redirect whose state nobody signed, with a fresh code: refused, never sent."""
+        assert consent.state is not None
         forged = data.draw(forged_states(consent.state), label="forged state")
         url = self.fake.authorize(forged)
         code = dict(parse_qsl(urlsplit(url).query))["code"]
@@ -359,7 +455,7 @@ class BackendMachine(RuleBasedStateMachine):
         rule for both, so that they come up about as often as each browser step)."""
         if data.draw(st.booleans(), label="uninstall"):
             self.fake.uninstall()
-            self.revoked = {user for user in USERS if self.connected[user] is not False}
+            self.revoked = {name for name, now in self.connected.items() if now is not False}
         else:
             self.hook(data.draw(hook_queries(self.fake), label="hook"))
 
@@ -424,18 +520,32 @@ class BackendMachine(RuleBasedStateMachine):
         return consent.browser if where == _OWN else where
 
     def arrive(self, consent: Consent, url: str, where: str) -> Redirect:
-        query = urlsplit(url).query
-        code = dict(parse_qsl(query))["code"]
-        self.callback(consent, query, code, where)
-        return Redirect(consent, query, code)
+        redirect = Redirect(consent, url)
+        self.callback(redirect, where)
+        return redirect
 
-    def callback(self, consent: Consent, query: str, code: str, where: str) -> None:
-        browser = self.browser_of(consent, where)
+    def callback(self, redirect: Redirect, where: str) -> None:
+        """``redirect`` arrives at ``/callback`` in the browser ``where`` names."""
+        browser = self.browser_of(redirect.consent, where)
 
         def get() -> httpx.Response:
-            return self.send(browser, "GET", "/callback", params=_query_pairs(query))
+            return self.send(browser, "GET", "/callback", params=_query_pairs(redirect.query))
 
-        self.exchanged(consent, code, get)
+        self.exchanged(redirect.consent, redirect.code, get)
+
+    def post_code(self, redirect: Redirect) -> None:
+        """The old mobile app posts ``redirect``'s code and state to ``/exchange-code``: never a
+        403. It is never handed a widget install's code (amoCRM sends that to the server)."""
+        consent = redirect.consent
+        if consent.user == WIDGET:
+            return
+        fields = {"code": redirect.code, "state": consent.state}
+
+        def post() -> httpx.Response:
+            return self.send(consent.user, "POST", "/exchange-code", json=fields)
+
+        answer = self.exchanged(consent, redirect.code, post)
+        assert answer.status_code != 403, "/exchange-code answered 403"
 
     def exchanged(
         self, consent: Consent, code: str, call: Callable[[], httpx.Response]
@@ -463,8 +573,18 @@ class BackendMachine(RuleBasedStateMachine):
             method, self.prefix + path, headers=headers, **options
         )
         assert answer.status_code < 500, f"{method} {path} answered {answer.status_code}"
+        assert answer.status_code != 404, self.not_mounted(method, path)
         self.check_no_secret(answer, f"{method} {path}")
         return answer
+
+    def not_mounted(self, method: str, path: str) -> str:
+        """Why a route of amo_oauth answered 404: not mounted where the machine looks."""
+        return (
+            f"{method} {self.prefix}{path} answered 404: the machine looks for amo_oauth's "
+            f"routes beside the redirect URI's /callback ({self.redirect_uri}); if your app "
+            "mounts them elsewhere, pass run_invariants(..., redirect_uri=...) with its "
+            "callback URL"
+        )
 
     def check_no_secret(self, answer: httpx.Response, what: str) -> None:
         said = "\n".join([answer.text, *(f"{k}: {v}" for k, v in answer.headers.multi_items())])
@@ -487,7 +607,7 @@ def _issued(fake: FakeAmoCRM) -> tuple[set[str], set[str]]:
         return set(grants.codes), set(grants.access) | set(grants.refresh)
 
 
-def _config_for(fake: FakeAmoCRM, state_secret: str) -> Config:
+def _config_for(fake: FakeAmoCRM, state_secret: str, *, widget_installs: bool) -> Config:
     many = 1_000_000
     return Config(
         client_id=fake.client_id,
@@ -501,6 +621,9 @@ def _config_for(fake: FakeAmoCRM, state_secret: str) -> Config:
         max_exchanges_per_host=many,
         max_exchanges_per_process=many,
         max_exchanges_per_source=many,
+        allow_widget_installs=widget_installs,
+        max_widget_exchanges=many,
+        max_widget_exchanges_per_host=many,
     )
 
 
@@ -518,26 +641,38 @@ def _query_pairs(query: str) -> list[tuple[str, str]]:
 
 
 def machine_for(
-    make_app: AppFactory, sign_in: SignIn, *, redirect_uri: str = DEFAULT_REDIRECT_URI
+    make_app: AppFactory,
+    sign_in: SignIn,
+    *,
+    redirect_uri: str = DEFAULT_REDIRECT_URI,
+    widget_installs: bool = True,
 ) -> type[BackendMachine]:
-    """The ``BackendMachine`` over your hooks: ``machine_for(...).TestCase`` is a test class
-    (give it ``.settings``), or subclass it to add rules."""
+    """The ``BackendMachine`` over your hooks (the arguments as for ``run_invariants``):
+    ``machine_for(...).TestCase`` is a test class (give it ``.settings``), or subclass it to
+    add rules."""
     hooks = {
         "make_app": staticmethod(make_app),
         "sign_in": staticmethod(sign_in),
         "redirect_uri": redirect_uri,
+        "widget_installs": widget_installs,
     }
     return type("YourBackend", (BackendMachine,), hooks)
 
 
-#: What ``run_invariants`` runs unless given ``settings``: about 10 s on one core for a
-#: backend like the examples'.
+#: What ``run_invariants`` runs unless given ``settings``: a few seconds on one core for a
+#: backend like the examples'. One failure is reported (the first found, shrunk), not an
+#: ExceptionGroup of every distinct one: shrinking each of them multiplies the wait.
 DEFAULT_SETTINGS = hypothesis_settings(
     max_examples=20,
     stateful_step_count=25,
     deadline=None,
+    report_multiple_bugs=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+#: How long hypothesis may shrink a failure (seconds; its own bound is 300): after it, hypothesis
+#: reports the shortest sequence of steps found so far.
+SHRINK_SECONDS = 20
 
 
 def run_invariants(
@@ -546,9 +681,10 @@ def run_invariants(
     *,
     settings: hypothesis_settings | None = None,
     redirect_uri: str = DEFAULT_REDIRECT_URI,
+    widget_installs: bool = True,
+    shrink_seconds: float = SHRINK_SECONDS,
 ) -> None:
-    """Run the invariant machine against your app; raises (AssertionError, or what your app
-    raised) with the shortest sequence of steps that breaks an invariant.
+    """Run the invariant machine against your app.
 
     Args:
         make_app: given a ``FakeSettings``, return your ASGI or WSGI app (a fresh one, with a
@@ -559,6 +695,46 @@ def run_invariants(
         redirect_uri: where the app is reached and amoCRM redirects back; amo_oauth's routes
             are the siblings of its ``/callback``. The default's host is ``backend.example``
             (Django: add it to ``ALLOWED_HOSTS``).
+        widget_installs: whether ``amo.config`` allows widget installs (``from_widget=1``,
+            protocol notes §2) and the machine sends them; False when your app refuses them.
+        shrink_seconds: the bound on shrinking a failure, in seconds.
+
+    Raises:
+        AssertionError: an invariant broke (or your app raised it): the first failure found,
+            with the shortest sequence of steps found within ``shrink_seconds``; any other
+            distinct failure (``report_multiple_bugs=True``) is named in its notes.
+        Exception: what your app or hooks raised, as they raised it.
     """
-    machine = machine_for(make_app, sign_in, redirect_uri=redirect_uri)
-    run_state_machine_as_test(machine, settings=settings or DEFAULT_SETTINGS)
+    machine = machine_for(
+        make_app, sign_in, redirect_uri=redirect_uri, widget_installs=widget_installs
+    )
+    try:
+        with _shrinking_for(shrink_seconds):
+            run_state_machine_as_test(machine, settings=settings or DEFAULT_SETTINGS)
+    except BaseExceptionGroup as failures:
+        raise _first_of(failures) from None
+
+
+@contextlib.contextmanager
+def _shrinking_for(seconds: float) -> Iterator[None]:
+    """Bound hypothesis's shrink phase: it reads this bound (a module constant, 300 s, with no
+    setting for it) when it starts shrinking."""
+    bound = "MAX_SHRINKING_SECONDS"
+    before = getattr(hypothesis_engine, bound, None)
+    if before is None:  # a hypothesis without it: its own bound holds
+        yield
+        return
+    setattr(hypothesis_engine, bound, seconds)
+    try:
+        yield
+    finally:
+        setattr(hypothesis_engine, bound, before)
+
+
+def _first_of(failures: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first of several distinct failures, the others named in its notes."""
+    first, *others = failures.exceptions
+    for other in others:
+        said = str(other).splitlines()[0] if str(other) else ""
+        first.add_note(f"also failing: {type(other).__name__}: {said}")
+    return first
