@@ -56,9 +56,9 @@ from backend.views import routes  # noqa: E402
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-#: The CI budget: about a minute for the example backends on a loaded two-core machine
-#: (40 s unloaded): 80 examples of up to 30 steps each.
-CI_BUDGET = 80
+#: The CI budget: under a minute for the example backends on a loaded two-core machine
+#: (about 30 s unloaded): 50 examples of up to 30 steps each.
+CI_BUDGET = 50
 BUDGET = settings(
     max_examples=examples(CI_BUDGET),
     stateful_step_count=30,
@@ -172,7 +172,7 @@ BACKENDS = {
     # The store the examples ship with, beside the MemoryStore above.
     "flask-sqlite": (flask_sqlite_app, bearer_sign_in),
 }
-EXAMPLES = {"django-asgi": 25, "flask-sqlite": 25}
+EXAMPLES = {"django-asgi": 15, "flask-sqlite": 15}
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
