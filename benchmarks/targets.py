@@ -29,9 +29,11 @@ bounds too high to refuse. Postgres and Redis join the ``access_token()`` rows w
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import operator
 import os
+import pstats
 import statistics
 import sys
 import tempfile
@@ -39,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlsplit
@@ -444,39 +447,47 @@ def fill(store: Store, template: ConnectionRecord, count: int) -> None:
 
 def growth_rows(profile: Profile, folder: Path) -> list[Row]:
     rows = []
+    span = f"{profile.sizes[0]:,} -> {profile.sizes[-1]:,}"
     for name in ("Memory", "SQLite"):
-        costs: dict[str, list[float]] = {"duplicate": [], "status()": []}
-        for size in profile.sizes:
-            store = MemoryStore() if name == "Memory" else SQLiteStore(folder / f"g{size}.db")
-            duplicate, status = costs_at(profile, store, size)
-            costs["duplicate"].append(duplicate)
-            costs["status()"].append(status)
-        span = f"{profile.sizes[0]:,} -> {profile.sizes[-1]:,}"
-        for figure, series in costs.items():
+        services = [stored(name, folder, size) for size in profile.sizes]
+        figures: dict[str, list[Callable[[], object]]] = {
+            "duplicate": [duplicate for _, duplicate in services],
+            "status()": [partial(oauth.status, USER) for oauth, _ in services],
+        }
+        for figure, calls in figures.items():
+            costs, growth = across_sizes(profile, calls)
             shown = ", ".join(
-                f"{size:,}: {us(cost)}" for size, cost in zip(profile.sizes, series, strict=True)
+                f"{size:,}: {us(cost.median)}"
+                for size, cost in zip(profile.sizes, costs, strict=True)
             )
-            growth = series[-1] / series[0]
-            rows.append(
-                Row(f"cost growth {span}: {figure}, {name}", growth, "x", None, ("<=", 1.5), shown)
-            )
+            figure = f"cost growth {span}: {figure}, {name}"
+            rows.append(Row(figure, growth.median, "x", growth, ("<=", 1.5), shown))
+        for oauth, _ in services:
+            oauth.close()
     return rows
 
 
-def costs_at(profile: Profile, store: Store, size: int) -> tuple[float, float]:
-    """A duplicate's and ``status()``'s median seconds with ``size`` connections stored."""
+def stored(name: str, folder: Path, size: int) -> tuple[AmoOAuth, Callable[[], object]]:
+    """A service whose store holds ``size`` connections (USER's among them); USER's duplicate."""
+    store = MemoryStore() if name == "Memory" else SQLiteStore(folder / f"growth-{size}.db")
     oauth, fake = service_on(store)
     duplicate = connect(oauth, fake)
     template = store.load(record_key(fake.client_id, USER)).record
     assert template is not None
     fill(store, template, size - 1)
-    try:
-        return (
-            repeated(profile, duplicate).median,
-            repeated(profile, lambda: oauth.status(USER)).median,
-        )
-    finally:
-        oauth.close()
+    return oauth, duplicate
+
+
+def across_sizes(
+    profile: Profile, calls: list[Callable[[], object]]
+) -> tuple[list[Spread], Spread]:
+    """Each size's seconds per call, every round measuring all sizes back to back, and the
+    largest size's cost over the smallest's, round by round."""
+    rounds: list[list[float]] = []
+    for _ in range(profile.rounds):
+        rounds.append([timed([call] * profile.service_calls) for call in calls])
+    costs = [Spread.of([r[i] for r in rounds]) for i in range(len(calls))]
+    return costs, Spread.of([r[-1] / r[0] for r in rounds])
 
 
 # -- rows not measured here yet ---------------------------------------------------------------
@@ -492,6 +503,97 @@ LATER = {
         "not measured yet: needs authlib, which the lock does not hold"
     ),
 }
+
+
+# -- where the time goes: a profile of each missed target ------------------------------------
+
+#: The library's side of a row, made ready (its inputs untimed) for ``profile_of``.
+Scenario = Callable[[Path, int], Callable[[], object]]
+
+
+def step_scenario(name: str) -> Scenario:
+    def ready(folder: Path, calls: int) -> Callable[[], object]:
+        now = datetime.now(UTC)
+        lease = Lease("bench", "exchange", now + timedelta(minutes=1))
+        claim = CodeReceived(code_digest("c"), AccountHost("test.amocrm.ru"), lease)
+        record = ConnectionRecord(USER)
+        if name != "claim":
+            record = step(record, claim, now).record
+        event: Event = Disconnect() if name == "disconnect" else claim
+        return lambda: [step(record, event, now) for _ in range(calls)]
+
+    return ready
+
+
+def store_named(name: str, folder: Path) -> Store:
+    return MemoryStore() if name == "Memory" else SQLiteStore(folder / "profile.db")
+
+
+def first_callback_scenario(name: str) -> Scenario:
+    def ready(folder: Path, calls: int) -> Callable[[], object]:
+        oauth, fake = service_on(store_named(name, folder))
+        batch = [first_callback(oauth, fake, f"profiled-{n}") for n in range(calls)]
+        return lambda: [callback() for callback in batch]
+
+    return ready
+
+
+def duplicate_scenario(name: str) -> Scenario:
+    def ready(folder: Path, calls: int) -> Callable[[], object]:
+        oauth, fake = service_on(store_named(name, folder))
+        duplicate = connect(oauth, fake)
+        return lambda: [duplicate() for _ in range(calls)]
+
+    return ready
+
+
+def access_token_scenario(name: str) -> Scenario:
+    def ready(folder: Path, calls: int) -> Callable[[], object]:
+        oauth, fake = service_on(store_named(name, folder))
+        connect(oauth, fake)
+        return lambda: [oauth.access_token(USER) for _ in range(calls)]
+
+    return ready
+
+
+SCENARIOS: dict[str, Scenario] = {
+    **{
+        f"pure step vs bare trigger: {n}": step_scenario(n)
+        for n in ("claim", "duplicate", "disconnect")
+    },
+    **{f"first callback, {n}, vs": first_callback_scenario(n) for n in ("Memory", "SQLite")},
+    **{
+        f"duplicate callback no-ops per second per core, {n}": duplicate_scenario(n)
+        for n in ("Memory", "SQLite")
+    },
+    **{
+        f"fresh access_token() vs load() + expiry check, {n}": access_token_scenario(n)
+        for n in ("Memory", "SQLite")
+    },
+}
+
+
+def print_profiles(rows: list[Row], profile: Profile, stream: TextIO) -> None:
+    """For each missed row with a scenario: cProfile's top entries, by cumulative time and by
+    own time."""
+    calls = max(profile.service_calls, 200)
+    for row in rows:
+        scenario = next(
+            (s for prefix, s in SCENARIOS.items() if row.figure.startswith(prefix)), None
+        )
+        if row.met is not False or scenario is None:
+            continue
+        with tempfile.TemporaryDirectory(prefix="amo_oauth-profile-") as tmp:
+            work = scenario(Path(tmp), calls)
+            profiler = cProfile.Profile()
+            profiler.runcall(work)
+        stats = pstats.Stats(profiler, stream=stream).strip_dirs()
+        for order in (pstats.SortKey.CUMULATIVE, pstats.SortKey.TIME):
+            print(f"\n== {row.figure}: {calls} calls, by {order.value} time", file=stream)
+            stats.sort_stats(order).print_stats(PROFILE_ENTRIES)
+
+
+PROFILE_ENTRIES = 15
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -560,12 +662,16 @@ def output(path: str | None) -> Iterator[Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few calls, small stores: a smoke run")
+    parser.add_argument("--profile", action="store_true", help="profile each missed target")
     parser.add_argument("--json", metavar="PATH", help="write the JSON summary here, not stdout")
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
     rows = run(profile)
     # Without --json, the JSON owns stdout (so it can be piped) and the table goes to stderr.
-    print_table(rows, sys.stdout if args.json else sys.stderr)
+    shown = sys.stdout if args.json else sys.stderr
+    print_table(rows, shown)
+    if args.profile:
+        print_profiles(rows, profile, shown)
     summary = {
         "quick": args.quick,
         "profile": attrs.asdict(profile),
