@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "targets.py"
 #: Words that begin a figure of each kind issue 24 §1 asks for.
 KINDS = (
@@ -33,10 +35,18 @@ KINDS = (
 )
 
 
-def quick_run(tmp_path: Path) -> tuple[str, list[dict[str, object]]]:
+#: Runs the script as ``__main__`` with rich unimportable: the plain table's path.
+WITHOUT_RICH = (
+    "import runpy, sys; sys.modules['rich'] = None; "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def quick_run(tmp_path: Path, *, rich: bool) -> tuple[str, list[dict[str, object]]]:
     summary = tmp_path / "bench.json"
+    launcher = [] if rich else ["-c", WITHOUT_RICH]
     run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json", str(summary)],
+        [sys.executable, *launcher, str(SCRIPT), "--quick", "--json", str(summary)],
         capture_output=True,
         text=True,
         timeout=600,  # a hang guard only: the quick run takes seconds
@@ -47,8 +57,10 @@ def quick_run(tmp_path: Path) -> tuple[str, list[dict[str, object]]]:
     return run.stdout, parsed["rows"]
 
 
-def test_quick_bench_reports_every_row_as_a_number_or_a_reason(tmp_path: Path) -> None:
-    table, rows = quick_run(tmp_path)
+@pytest.mark.parametrize("rich", [True, False], ids=["rich", "plain"])
+def test_quick_bench_reports_every_row_as_a_number_or_a_reason(tmp_path: Path, rich: bool) -> None:
+    table, rows = quick_run(tmp_path, rich=rich)
+    assert ("┃" in table) is rich  # rich's table, or the plain one when rich is missing
     figures = [str(row["figure"]) for row in rows]
     for kind in KINDS:
         assert any(figure.startswith(kind) for figure in figures), kind
