@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -517,11 +517,12 @@ LATER = {
 # -- where the time goes: a profile of each missed target ------------------------------------
 
 #: The library's side of a row, made ready (its inputs untimed) for ``profile_of``.
-Scenario = Callable[[Path, int], Callable[[], object]]
+#: Its services are closed by the ExitStack it is given, after the profile.
+Scenario = Callable[[Path, int, ExitStack], Callable[[], object]]
 
 
 def step_scenario(name: str) -> Scenario:
-    def ready(folder: Path, calls: int) -> Callable[[], object]:
+    def ready(folder: Path, calls: int, closing: ExitStack) -> Callable[[], object]:
         now = datetime.now(UTC)
         lease = Lease("bench", "exchange", now + timedelta(minutes=1))
         claim = CodeReceived(code_digest("c"), AccountHost("test.amocrm.ru"), lease)
@@ -534,6 +535,12 @@ def step_scenario(name: str) -> Scenario:
     return ready
 
 
+def service_named(name: str, folder: Path, closing: ExitStack) -> tuple[AmoOAuth, FakeAmoCRM]:
+    oauth, fake = service_on(store_named(name, folder))
+    closing.callback(oauth.close)
+    return oauth, fake
+
+
 def store_named(name: str, folder: Path) -> Store:
     servers = {server: url for server, url in server_stores() if url}
     if name in servers:
@@ -542,8 +549,8 @@ def store_named(name: str, folder: Path) -> Store:
 
 
 def first_callback_scenario(name: str) -> Scenario:
-    def ready(folder: Path, calls: int) -> Callable[[], object]:
-        oauth, fake = service_on(store_named(name, folder))
+    def ready(folder: Path, calls: int, closing: ExitStack) -> Callable[[], object]:
+        oauth, fake = service_named(name, folder, closing)
         batch = [first_callback(oauth, fake, f"profiled-{n}") for n in range(calls)]
         return lambda: [callback() for callback in batch]
 
@@ -551,8 +558,8 @@ def first_callback_scenario(name: str) -> Scenario:
 
 
 def duplicate_scenario(name: str) -> Scenario:
-    def ready(folder: Path, calls: int) -> Callable[[], object]:
-        oauth, fake = service_on(store_named(name, folder))
+    def ready(folder: Path, calls: int, closing: ExitStack) -> Callable[[], object]:
+        oauth, fake = service_named(name, folder, closing)
         duplicate = connect(oauth, fake)
         return lambda: [duplicate() for _ in range(calls)]
 
@@ -560,8 +567,8 @@ def duplicate_scenario(name: str) -> Scenario:
 
 
 def access_token_scenario(name: str) -> Scenario:
-    def ready(folder: Path, calls: int) -> Callable[[], object]:
-        oauth, fake = service_on(store_named(name, folder))
+    def ready(folder: Path, calls: int, closing: ExitStack) -> Callable[[], object]:
+        oauth, fake = service_named(name, folder, closing)
         connect(oauth, fake)
         return lambda: [oauth.access_token(USER) for _ in range(calls)]
 
@@ -595,8 +602,11 @@ def print_profiles(rows: list[Row], profile: Profile, stream: TextIO) -> None:
         )
         if row.met is not False or scenario is None:
             continue
-        with tempfile.TemporaryDirectory(prefix="amo_oauth-profile-") as tmp:
-            work = scenario(Path(tmp), calls)
+        with (
+            tempfile.TemporaryDirectory(prefix="amo_oauth-profile-") as tmp,
+            ExitStack() as closing,
+        ):
+            work = scenario(Path(tmp), calls, closing)
             profiler = cProfile.Profile()
             profiler.runcall(work)
         stats = pstats.Stats(profiler, stream=stream).strip_dirs()
@@ -615,13 +625,15 @@ PROFILE_ENTRIES = 15
 def value_text(row: Row) -> str:
     """The median and its spread, or the reason there is none."""
     if row.value is None:
-        return row.reason or "not measured"
+        return "-"
     spread = "" if row.spread is None else f" ({row.spread.low:,.2f}-{row.spread.high:,.2f})"
     return f"{row.value:,.2f} {row.unit}{spread}"
 
 
 def target_text(row: Row) -> str:
-    return "printed" if row.target is None else f"{row.target[0]} {row.target[1]:g}"
+    if row.target is None:
+        return "-" if row.value is None else "printed"
+    return f"{row.target[0]} {row.target[1]:g}"
 
 
 def verdict(row: Row) -> str:
@@ -630,12 +642,15 @@ def verdict(row: Row) -> str:
     return f"{'met' if row.met else 'MISSED'} ({row.margin:+.1%})"
 
 
-HEADINGS = ("figure", "median (min-max)", "target", "met (margin)", "detail")
+HEADINGS = ("figure", "median (min-max)", "target", "met (margin)", "detail, or why not measured")
 
 
 def print_table(rows: list[Row], stream: TextIO) -> None:
-    """One line per row (figures never wrap): rich's table if it is installed, plain if not."""
-    lines = [(r.figure, value_text(r), target_text(r), verdict(r), r.detail) for r in rows]
+    """One line per row (only the last column may wrap): rich's table if it is installed,
+    plain if not."""
+    lines = [
+        (r.figure, value_text(r), target_text(r), verdict(r), r.reason or r.detail) for r in rows
+    ]
     try:
         from rich.console import Console
         from rich.table import Table
@@ -645,7 +660,7 @@ def print_table(rows: list[Row], stream: TextIO) -> None:
         return
     table = Table(title="issue 24 §1 benchmarks")
     for heading in HEADINGS:
-        table.add_column(heading, no_wrap=heading == "figure")
+        table.add_column(heading, no_wrap=heading != HEADINGS[-1])
     for line in lines:
         table.add_row(*line)
     Console(file=stream, width=240).print(table)
