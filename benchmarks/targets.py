@@ -1,7 +1,7 @@
 """Issue 24's benchmark table: each figure beside its baseline and its target.
 
-    python3 tasks.py bench [--quick] [--json PATH]
-    .venv/bin/python benchmarks/targets.py [--quick] [--json PATH]
+    python3 tasks.py bench [--quick] [--profile] [--json PATH]
+    .venv/bin/python benchmarks/targets.py [--quick] [--profile] [--json PATH]
 
 Everything runs in-process against one FakeAmoCRM per scenario (no latency, no rate limit),
 so the figures measure the library, not a network. Every figure is the median of repeated
