@@ -5,6 +5,9 @@
                                       floors), check the venv against the lock, run the tests
     python3 tasks.py test --latest    the same on the newest releases, in .venv-latest
     python3 tasks.py lock [--upgrade] re-resolve requirements/ (--upgrade: newest releases)
+    python3 tasks.py bench [--quick] [--profile] [--json PATH]
+                                      issue 24's benchmark table: each figure beside its
+                                      baseline and target (docs/performance.md); not a test
     python3 tasks.py wheel-check      build the wheel, install it in a fresh venv as a user
                                       would, run the demo and the fake from outside the checkout
 
@@ -191,6 +194,13 @@ def ensure_venv() -> None:
 def demo(args: list[str]) -> None:
     ensure_venv()
     run(MAIN.tool("amo-oauth"), "demo", *args)
+
+
+def bench(args: list[str]) -> None:
+    """The benchmark table (``benchmarks/targets.py``): the table to the terminal, the JSON
+    summary to stdout or ``--json PATH``."""
+    ensure_venv()
+    run(MAIN.python, ROOT / "benchmarks" / "targets.py", *args)
 
 
 def type_check_at_floors() -> None:
@@ -399,6 +409,7 @@ COMMANDS = {
     "lock": lock,
     "check-lock": check_lock,
     "wheel-check": wheel_check,
+    "bench": bench,
 }
 
 
