@@ -90,7 +90,7 @@ def test_a_forwarded_consent_link_hands_nothing_to_its_sender(
     victims_browser = sender(handlers)
     page = victims_browser("GET", f"{PREFIX}/callback", query=urlsplit(redirect).query)
     assert page.status == 403
-    assert parse_page(page.text).h1 == web.PAGE_TEXTS["en"].wrong_browser_title
+    assert parse_page(page.text).h1 == web.PAGE_TEXTS["en"].title(web.PageKind.WRONG_BROWSER)
     assert "another browser or app" in page.text
     assert deep_link(page)[1] == {"error": "wrong_browser"}
     assert fake.token_call_count() == 0

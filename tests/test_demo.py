@@ -9,8 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
@@ -119,12 +119,13 @@ def test_serve_keeps_running_for_a_person_until_ctrl_c() -> None:
     )
     assert demo.stdout is not None
     try:
+        # The whole guide first: the transitions the visits below print come after it.
         lines = []
         for line in demo.stdout:
             lines.append(line)
-            if "/login?" in line:
+            if line.startswith("Ctrl-C stops."):
                 break
-        start = lines[-1].strip()
+        start = next(line for line in lines if "/login?" in line).strip()
         assert re.fullmatch(
             r"http://127\.0\.0\.1:\d+/login\?next=%2Fapi%2Famo-crm%2Fconnect", start
         )
@@ -136,9 +137,10 @@ def test_serve_keeps_running_for_a_person_until_ctrl_c() -> None:
             consent = browser.get(backend + then).headers["location"]
             visit = MOBILE.land(browser, MOBILE.press(browser, consent, "Allow"))
         assert query_of(visit.deep_link)["success"] == "true"
-        _the_printed_app_commands_work(demo.stdout, backend)
-        _the_printed_admin_path_works(demo.stdout, backend)
-        _the_printed_site_button_path_works(demo.stdout, backend)
+        guide = iter(lines)
+        _the_printed_app_commands_work(guide, backend)
+        _the_printed_admin_path_works(guide, backend)
+        _the_printed_site_button_path_works(guide, backend)
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=20)
     finally:
@@ -150,7 +152,7 @@ def test_serve_keeps_running_for_a_person_until_ctrl_c() -> None:
     assert not SECRETS.search("".join(lines) + rest)
 
 
-def _the_printed_app_commands_work(stdout: IO[str], backend: str) -> None:
+def _the_printed_app_commands_work(stdout: Iterator[str], backend: str) -> None:
     """The commands ``--serve`` prints for a person work as printed, from anywhere."""
     for line in stdout:
         if line.startswith("Or play the mobile app"):
@@ -168,7 +170,7 @@ def _the_printed_app_commands_work(stdout: IO[str], backend: str) -> None:
         assert not SECRETS.search(played.stdout + played.stderr)
 
 
-def _the_printed_admin_path_works(stdout: IO[str], backend: str) -> None:
+def _the_printed_admin_path_works(stdout: Iterator[str], backend: str) -> None:
     """The private integration's path ``--serve`` prints: the fake's "Keys and scopes" tab,
     then the backend's ``/admin`` form, where the tab's long-lived token connects."""
     printed = "".join(next(stdout) for _ in range(5))
@@ -189,7 +191,7 @@ def _the_printed_admin_path_works(stdout: IO[str], backend: str) -> None:
         assert browser.get(f"{backend}/api/amo-crm/status").json()["status"] == "connected"
 
 
-def _the_printed_site_button_path_works(stdout: IO[str], backend: str) -> None:
+def _the_printed_site_button_path_works(stdout: Iterator[str], backend: str) -> None:
     """The site button's path ``--serve`` prints (metadata mode, the same routes): the button
     page, the fake's install (a new integration, its keys posted to the backend's /secrets),
     the redirect back into the same browser, then the leads through that integration."""

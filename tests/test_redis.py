@@ -958,19 +958,27 @@ def test_idle_connections_are_checked_before_use(store: RedisStore) -> None:
 
 def test_closing_leaves_no_socket_open(redis_url: str) -> None:  # noqa: F811
     """Both clients' pools are closed with the store: redis-py leaves a pool that was passed
-    in open, and its sockets used to linger until garbage collection (a ResourceWarning)."""
-    import gc
-    import warnings
+    in open, and its sockets used to linger until garbage collection (a ResourceWarning).
+    Run in a fresh interpreter: this process holds other tests' garbage, whose warnings a
+    collection here would report too."""
+    script = f"""
+import asyncio, gc, uuid, warnings
+from amo_oauth.stores import RedisStore
 
-    async def main() -> None:
-        store = RedisStore(redis_url, prefix=unique_prefix())
-        store.migrate()
-        store.load("blocking")
-        await store.aload("awaited")
-        await store.aclose()
+async def main():
+    store = RedisStore({redis_url!r}, prefix=f"test-{{uuid.uuid4().hex}}:")
+    store.migrate()
+    store.load("blocking")
+    await store.aload("awaited")
+    await store.aclose()
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
-        asyncio.run(main())
-        gc.collect()
-    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always", ResourceWarning)
+    asyncio.run(main())
+    gc.collect()
+print([str(w.message) for w in caught if issubclass(w.category, ResourceWarning)])
+"""
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert ran.stdout.strip() == "[]", ran.stdout + ran.stderr

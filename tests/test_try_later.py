@@ -120,7 +120,7 @@ def assert_says_when(status: int, headers: Any, text: str, lang: str = "en") -> 
     assert status == 429
     assert 590 <= int(headers["retry-after"]) <= 600
     page = web.PAGE_TEXTS[lang]
-    assert parse_page(text).h1 == page.rate_limited_title
+    assert parse_page(text).h1 == page.title(web.PageKind.RATE_LIMITED)
     assert escape(page.body(web.PageKind.RATE_LIMITED, 10)) in text  # "... in 10 min."
 
 
@@ -156,7 +156,7 @@ def test_a_rate_limited_page_without_a_time_says_only_try_again(
     path, _, query = install_path(fake, "any").partition("?")
     answer = handlers.handle(Request("GET", path, query))
     assert answer.status == 429 and "retry-after" not in dict(answer.headers)
-    assert parse_page(answer.text).h1 == web.PAGE_TEXTS["en"].error_title
+    assert parse_page(answer.text).h1 == web.PAGE_TEXTS["en"].title(web.PageKind.ERROR)
 
 
 def test_fastapi_answers_rate_limited_with_retry_after(fake: FakeAmoCRM, clock: FakeClock) -> None:
