@@ -267,31 +267,13 @@ _TEMPLATE: Final = """<!doctype html>
 <main>
 <h1>{title}</h1>
 <p>{body}</p>
-<a class="button" href="{link}" rel="noreferrer">{button}</a>{detail}
+{action}
 </main>
 </body>
 </html>
 """
-
-
-_BUTTON_TEMPLATE: Final = """<!doctype html>
-<html lang="{lang}">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<title>{title}</title>
-<style>{style}</style>
-</head>
-<body>
-<main>
-<h1>{title}</h1>
-<p>{body}</p>
-{button}
-</main>
-</body>
-</html>
-"""
+#: What a result page offers under its text: the way back to the app (and the error's slug).
+_LINK_BACK: Final = '<a class="button" href="{link}" rel="noreferrer">{button}</a>{detail}'
 
 
 def crm_name(authorize_url: str) -> str:
@@ -334,12 +316,12 @@ def render_button_page(
         200, with ``no-store``-ready headers and ``button_page_policy``.
     """
     escape = html.escape
-    page = _BUTTON_TEMPLATE.format(
+    page = _TEMPLATE.format(
         lang=escape(lang),
         title=escape(text.title(PageKind.SITE_BUTTON, crm)),
         style=_STYLE,
         body=escape(text.body(PageKind.SITE_BUTTON, crm=crm)),
-        button=button_html,
+        action=button_html,
     )
     policy = (("content-security-policy", button_page_policy(script_origin)),)
     return Response.html(200, page, (*policy, ("x-frame-options", "DENY"), *headers))
@@ -454,14 +436,13 @@ def render_page(
     detail = ""
     if reason is not None:
         detail = f"\n<small>{escape(text.error_label)} <code>{escape(reason)}</code></small>"
+    action = _LINK_BACK.format(link=escape(link), button=escape(text.button), detail=detail)
     page = _TEMPLATE.format(
         lang=escape(lang),
         title=escape(text.title(kind, crm)),
         style=_STYLE,
         body=escape(text.body(kind, _minutes(retry_after), crm)),
-        link=escape(link),
-        button=escape(text.button),
-        detail=detail,
+        action=action,
     )
     return Response.html(status, page, _PAGE_HEADERS)
 
