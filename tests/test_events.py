@@ -682,3 +682,32 @@ def test_an_uninstall_fires_only_disconnected_by_provider(
     new = attrs.evolve(old, status=ConnectionStatus.ERROR, error=gone, version=2)
     assert [type(e) for e in events_of_write(old, new, "client", at)] == [DisconnectedByProvider]
     assert events_of_write(new, attrs.evolve(new, version=3), "client", at) == ()
+
+
+def test_aclose_cancels_a_running_callback_without_waiting_out_its_timeout(
+    aoauth: Callable[[], AsyncAmoOAuth], fake: FakeAmoCRM
+) -> None:
+    """A shielded call waits on its callback; closing the service cancels the callback first,
+    so the close is not held for the callback's whole ``timeout`` (an hour here)."""
+    started = asyncio.Event()
+    cancelled: list[bool] = []
+
+    async def slow(event: LifecycleEvent) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def scenario() -> None:
+        oauth = aoauth()
+        oauth.on(Connected, slow, timeout=3600)
+        call = asyncio.create_task(_consent(oauth, fake))
+        await started.wait()
+        # A hang guard only: without the fix the close waits the callback's hour out.
+        await asyncio.wait_for(oauth.aclose(), timeout=120)
+        assert (await call).outcome is Outcome.CONNECTED
+
+    asyncio.run(scenario())
+    assert cancelled == [True]

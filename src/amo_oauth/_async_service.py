@@ -286,11 +286,13 @@ class AsyncAmoOAuth(ServiceCore):
         return with_stored(report, self._flows.records.landed_after(mark))
 
     async def aclose(self) -> None:
-        """Let shielded calls whose callers were cancelled finish, stop the background retry of
-        kept pairs, store the pairs the store refused earlier if it takes them now (else say
-        which are lost), cancel the async lifecycle callbacks still running past their timeout
-        (waiting a second at most for them), then close the http client if this object made
-        it, and the store."""
+        """Cancel the async lifecycle callbacks still running (waiting a second at most for
+        them: a shielded call waiting on one would otherwise hold the close for its whole
+        ``timeout``), let shielded calls whose callers were cancelled finish, stop the
+        background retry of kept pairs, store the pairs the store refused earlier if it takes
+        them now (else say which are lost), cancel any callback those started, then close the
+        http client if this object made it, and the store."""
+        await self._subscribers.aclose()
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
         await self._kept_retry.stop()
