@@ -164,8 +164,31 @@ def test_a_wait_counts_in_its_sources_window_until_its_credentials_come() -> Non
     now[0] = 601.0
     assert limiter.admit_wait("user:ann") is not None
     waiting = WaitingCallbacks()
-    assert waiting.enter(("u:ns:ann", "digest")) and not waiting.enter(("u:ns:ann", "digest"))
+    consent = ("u:ns:ann", "digest")
+    assert waiting.enter(consent) == (True, None) and waiting.enter(consent) == (False, None)
     waiting.after_fork()  # a forked child: the parent's waits are not its own
-    assert waiting.enter(("u:ns:ann", "digest"))
-    waiting.leave(("u:ns:ann", "digest"))
-    assert waiting.enter(("u:ns:ann", "digest"))
+    assert waiting.enter(consent) == (True, None)
+    waiting.leave(consent)
+    assert waiting.enter(consent) == (True, None)
+
+
+def test_a_consents_reloads_count_once_and_the_process_waits_a_bounded_number() -> None:
+    """A wait its credentials never came for stays counted against its source once: the
+    user's reloads of the same redirect reuse that try (an honest user reloading while amoCRM's
+    post is late is never locked out); and one process lets MAX_WAITING callbacks wait."""
+    from amo_oauth._limits import MAX_WAITING, Attempt, Slot, WaitingCallbacks
+
+    waiting = WaitingCallbacks()
+    consent = ("u:ns:ann", "digest")
+    tried = Slot(Attempt("", "", "user:ann"), 0.0, (("source", "user:ann"),))
+    assert waiting.enter(consent) == (True, None)
+    waiting.leave(consent, charged=tried)  # timed out: the try stays, remembered
+    assert waiting.enter(consent) == (True, tried)  # the reload reuses it
+    waiting.leave(consent)  # the credentials came: forgotten
+    assert waiting.enter(consent) == (True, None)
+    waiting.leave(consent)
+    held = [(f"u:ns:{n}", "d") for n in range(MAX_WAITING)]
+    assert all(waiting.enter(other)[0] for other in held)
+    assert waiting.enter(consent) == (False, None)  # a full house: refused at once
+    waiting.leave(held[0])
+    assert waiting.enter(consent)[0]

@@ -984,3 +984,32 @@ def test_waits_count_against_their_source_so_a_flood_of_states_is_rate_limited(
             reasons.append(refused.reason)
     assert reasons == ["credentials_missing"] * 3 + ["rate_limited"]
     assert fake.token_call_count() == 1
+
+
+def test_an_honest_user_reloading_while_the_post_is_late_is_never_locked_out() -> None:
+    """Final review of issue 22: the 503 page asks to reload; each reload's wait used to
+    count in the user's window, so after ``max_exchanges_per_source`` reloads the user was
+    refused ``rate_limited`` for ten minutes, even once amoCRM's post had landed. The
+    consent's waits count once now. (Real clocks: the waits are real, 50 ms each.)"""
+    fake = FakeAmoCRM(rate_limit=None)
+    config = config_for(
+        fake,
+        client_id=NAMESPACE,
+        client_secret=None,
+        secrets_uri=SECRETS_URI,
+        secrets_wait=0.05,
+        max_exchanges_per_source=10,  # the default (the tests' helper raises it)
+    )
+    with AmoOAuth(
+        config, store=MemoryStore(), http=httpx.Client(transport=fake.transport())
+    ) as oauth:
+        site = site_integration(fake)
+        started = start_install(oauth, fake, "ann", site)
+        for _ in range(2 * config.max_exchanges_per_source):
+            with pytest.raises(CallbackRejected) as refused:
+                oauth.handle_callback(started.query, binding=started.binding)
+            assert refused.value.reason == "credentials_missing"
+        post_credentials(oauth, started.state, site)
+        result = oauth.handle_callback(started.query, binding=started.binding)
+        assert result.outcome is Outcome.CONNECTED
+        assert fake.token_call_count() == 1

@@ -571,11 +571,11 @@ class CodeFlows:
                 as a try, given back when the credentials come).
         """
         consent = (record.key, code_digest(claims.nonce))
-        if not self._waiting.enter(consent):
+        entered, slot = self._waiting.enter(consent)
+        if not entered:
             raise CallbackRejected(Reason.CREDENTIALS_MISSING)
         source = self._source_of(record, event, source)
-        slot = None
-        if source is not None:
+        if slot is None and source is not None:  # a reload of the consent counts no more
             slot = self._limiter().admit_wait(source)
             if slot is None:
                 self._waiting.leave(consent)
@@ -585,8 +585,9 @@ class CodeFlows:
 
     def _end_wait(self, wait: _Wait, *, came: bool) -> None:
         """Free the consent's place; a wait its credentials came for leaves its source's
-        window (one they never came for stays there, like a refused code)."""
-        self._waiting.leave(wait.consent)
+        window (one they never came for stays there, like a refused code, once per consent:
+        the user's reloads of the redirect reuse it)."""
+        self._waiting.leave(wait.consent, charged=None if came else wait.slot)
         if came and wait.slot is not None:
             self._limiter().wait_answered(wait.slot)
 

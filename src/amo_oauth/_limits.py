@@ -37,12 +37,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Final
 
 import attrs
 
 from .stores._forks import reset_in_child
 
-__all__ = ["Attempt", "Bounds", "ExchangeLimiter", "Slot", "WaitingCallbacks"]
+__all__ = ["MAX_WAITING", "Attempt", "Bounds", "ExchangeLimiter", "Slot", "WaitingCallbacks"]
 
 #: The windows split into a clean and a suspect share.
 _SHARED = ("host", "process")
@@ -271,30 +272,55 @@ class ExchangeLimiter:
         return len(window)
 
 
+#: The most callbacks of one process that wait for their credentials at once: each holds a
+#: worker (a sync server's thread) for up to ``Config.secrets_wait``; honest installs wait
+#: seconds, one each, so a full house is a flood, answered ``credentials_missing`` at once.
+MAX_WAITING: Final = 16
+#: The most consents remembered as having counted a wait against their source already.
+_MAX_CHARGED: Final = 4096
+
+
 class WaitingCallbacks:
     """The callbacks of this process that wait for their integration's credentials (metadata
-    mode), by (record key, state nonce digest): at most one per consent. A consent has one
-    code redirect; more under one state are a flood (made-up codes or client ids), each of
-    which would hold a worker for ``Config.secrets_wait``."""
+    mode), by (record key, state nonce digest): at most one per consent, ``MAX_WAITING`` in
+    all. A consent has one code redirect; more under one state are a flood (made-up codes or
+    client ids) or the user's reloads, each of which would hold a worker for
+    ``Config.secrets_wait``.
+
+    A consent's wait that ended without its credentials stays counted against its source
+    (like a refused code), once: the consent remembers that try, so the user's reloads of the
+    same redirect count nothing more, and the try is given back when the credentials come.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiting: set[tuple[str, str]] = set()
+        self._charged: dict[tuple[str, str], Slot] = {}
         reset_in_child(self)
 
     def after_fork(self) -> None:
         """In a forked child: a new lock, and no waits (the parent's threads wait there)."""
         self._lock = threading.Lock()
         self._waiting = set()
+        self._charged = {}
 
-    def enter(self, consent: tuple[str, str]) -> bool:
-        """Take the consent's place; False when another callback holds it."""
+    def enter(self, consent: tuple[str, str]) -> tuple[bool, Slot | None]:
+        """Take the consent's place: (False, None) when another callback holds it or the
+        process waits for ``MAX_WAITING`` already; else (True, the try an earlier wait of the
+        consent counted, or None)."""
         with self._lock:
-            if consent in self._waiting:
-                return False
+            if consent in self._waiting or len(self._waiting) >= MAX_WAITING:
+                return False, None
             self._waiting.add(consent)
-            return True
+            return True, self._charged.get(consent)
 
-    def leave(self, consent: tuple[str, str]) -> None:
+    def leave(self, consent: tuple[str, str], *, charged: Slot | None = None) -> None:
+        """Free the consent's place; ``charged``: the try its wait counted, kept (the
+        credentials never came), else the consent's counted try is forgotten."""
         with self._lock:
             self._waiting.discard(consent)
+            self._charged.pop(consent, None)
+            if charged is not None:
+                self._charged[consent] = charged
+                if len(self._charged) > _MAX_CHARGED:  # the oldest consent is forgotten
+                    del self._charged[next(iter(self._charged))]

@@ -212,11 +212,13 @@ class AmoOAuth(ServiceCore):
         ``site_button()`` under ``Config.state_secret`` (or one of ``previous_state_secrets``)
         and carrying its connection encrypted, is the only authority. The credentials go into
         the connection's record in one compare-and-set write (encrypted at rest with the
-        store's ``encryption``); a retried install's new integration, posted under the same
-        state, replaces them until the code is claimed; after that, and for the same post
-        again, nothing changes. The client id is also entered in the store's ledger
-        (``client:<client_id>``, before the record write) so the web layer can find the
-        connection a redirect or a hook bringing it belongs to.
+        store's ``encryption``), kept per (state, client id): a retried install's new
+        integration, posted under the same state, is kept beside the first (the code redirect
+        names its client id and takes its own), up to ``MAX_PENDING_CREDENTIALS`` (4) per
+        record, never evicting the consent's own; once the code is claimed, and for the same
+        post again, nothing changes. The post only reads the store's ledger
+        (``client:<client_id>``): the entry that routes a redirect or a hook bringing that id is
+        written once amoCRM accepted a code exchanged with these credentials.
 
         Args:
             form: the post's fields: a mapping (of ``str``, or of one-item lists), a
@@ -235,7 +237,9 @@ class AmoOAuth(ServiceCore):
                 without ``secrets_uri``), ``expired_state``,
                 ``clock_skew`` (signed more than ``MAX_CLOCK_SKEW`` ahead of the store's
                 clock), ``client_id_mismatch`` (the ledger names another connection for that
-                client id).
+                client id, or the record holds it with another secret: amoCRM makes a new
+                integration per install), ``rate_limited`` (the consent's four places are
+                taken: an install retried more than three times needs a fresh button).
             StoreError: the store failed; the post may be retried.
         """
         return self._run(self._flows.codes.receive_secrets(form))
