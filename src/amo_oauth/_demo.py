@@ -188,6 +188,14 @@ class Stack:
     fake: FakeAmoCRM
     fake_url: str
     backend: str
+    site_button: bool = False
+    """Whether the second, metadata-mode integration is served (it needs the crypto extra)."""
+
+
+def _has_crypto() -> bool:
+    """The site button's metadata mode encrypts the connection into each state: without the
+    crypto extra the demo serves the seed's integration alone."""
+    return importlib.util.find_spec("cryptography") is not None
 
 
 @contextlib.contextmanager
@@ -209,31 +217,34 @@ def _stack(db: Path) -> Iterator[Stack]:
             state_secret=secrets.token_bytes(32),
             authorize_url=f"{served.url}/oauth",
         )
-        # A product installed through amoCRM's site button in metadata mode, behind the same
-        # routes: its client id only names its connections; each account's own integration
-        # (its keys posted to /secrets by the fake's install) is kept in the record.
-        site = Config(
-            client_id="site-button",
-            redirect_uri=fake.redirect_uri,
-            secrets_uri=f"{backend}{PREFIX}/secrets",
-            state_secret=secrets.token_bytes(32),
-            authorize_url=f"{served.url}/oauth",
-            button_script_url=f"{served.url}/auth/button.min.js",
-        )
         # One client for the token endpoint and the API, both routed to the fake over loopback;
         # the app closes it (and the services) on shutdown.
         http = httpx.AsyncClient(transport=served.async_transport())
         store = SQLiteStore(db)
         oauth = AsyncAmoOAuth(config, store=store, http=http)
+        site = None
+        if _has_crypto():
+            # A product installed through amoCRM's site button in metadata mode, behind the
+            # same routes: its client id only names its connections; each account's own
+            # integration (its keys posted to /secrets by the fake's install) is in the record.
+            site_config = Config(
+                client_id="site-button",
+                redirect_uri=fake.redirect_uri,
+                secrets_uri=f"{backend}{PREFIX}/secrets",
+                state_secret=secrets.token_bytes(32),
+                authorize_url=f"{served.url}/oauth",
+                button_script_url=f"{served.url}/auth/button.min.js",
+            )
+            site = AsyncAmoOAuth(site_config, store=store, http=http)
         app = fastapi_app.create_app(
             oauth,
             app_scheme="foryoure",
             api=http,
-            site_button=AsyncAmoOAuth(site, store=store, http=http),
-            button=BUTTON,
+            site_button=site,
+            button=BUTTON if site is not None else None,
         )
         with serve_asgi(app, sock) as url:
-            yield Stack(fake, served.url, url)
+            yield Stack(fake, served.url, url, site_button=site is not None)
 
 
 class _Transitions(logging.Handler):
@@ -409,6 +420,11 @@ def _serve(stack: Stack) -> int:
     _say("(each visit issues a long-lived token and a keys-tab code), sign in as 'admin' at")
     _say(f"   {stack.backend}/login?{urlencode({'next': '/admin'})}")
     _say(f"and paste either one with the host {stack.fake.account_host}.")
+    if not stack.site_button:
+        _say("(The site button's metadata mode needs the crypto extra to be shown here:")
+        _say(" pip install 'amo_oauth[crypto]'.)")
+        _say("Ctrl-C stops.")
+        return _until_ctrl_c()
     _say("A product installed through amoCRM's site button (metadata mode), same routes:")
     site = f"{PREFIX}/connect?{urlencode({'integration': 'site'})}"
     _say(f"   {stack.backend}/login?{urlencode({'next': site})}")
@@ -416,6 +432,10 @@ def _serve(stack: Stack) -> int:
     _say(f"posts its keys to {stack.backend}{PREFIX}/secrets and redirects back; then")
     _say(f"   {stack.backend}{PREFIX}/leads?integration=site")
     _say("Ctrl-C stops.")
+    return _until_ctrl_c()
+
+
+def _until_ctrl_c() -> int:
     try:
         while True:
             time.sleep(3600)
