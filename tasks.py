@@ -8,6 +8,8 @@
     python3 tasks.py bench [--quick] [--profile] [--json PATH]
                                       issue 24's benchmark table: each figure beside its
                                       baseline and target (docs/performance.md); not a test
+    python3 tasks.py full             issue 24's proof suites (fault, fuzz, leak, load) at their
+                                      full size: 10,000 examples each, every store (not in CI)
     python3 tasks.py wheel-check      build the wheel, install it in a fresh venv as a user
                                       would, run the demo and the fake from outside the checkout
 
@@ -201,6 +203,15 @@ def bench(args: list[str]) -> None:
     summary to stdout or ``--json PATH``."""
     ensure_venv()
     run(MAIN.python, ROOT / "benchmarks" / "targets.py", *args)
+
+
+def full(args: list[str]) -> None:
+    """The proof suites (tests marked ``proof``) at full size: the ``full`` hypothesis profile
+    (examples(500) runs 10,000) and ``AMO_OAUTH_PROOF=full`` for the sizes that are not
+    examples (every store in the kill matrix, 5,000 load requests). Hours, not minutes."""
+    ensure_venv()
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "full", "AMO_OAUTH_PROOF": "full"}
+    run(MAIN.python, "-m", "pytest", "-m", "proof", *args, env=env)
 
 
 def type_check_at_floors() -> None:
@@ -410,6 +421,7 @@ COMMANDS = {
     "check-lock": check_lock,
     "wheel-check": wheel_check,
     "bench": bench,
+    "full": full,
 }
 
 

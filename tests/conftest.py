@@ -25,6 +25,8 @@ from helpers import CI_EXAMPLES, config_for, examples
 _untimed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", _untimed, max_examples=CI_EXAMPLES, print_blob=True)
 settings.register_profile("dev", _untimed, max_examples=CI_EXAMPLES * 15 // 100)
+# ``python3 tasks.py full``: 20 times CI's budgets (examples(500) runs 10,000).
+settings.register_profile("full", _untimed, max_examples=CI_EXAMPLES * 20, print_blob=True)
 
 
 def _ci() -> bool:
@@ -38,7 +40,7 @@ settings.load_profile(PROFILE)
 def pytest_report_header() -> str:
     return (
         f"hypothesis profile: {PROFILE} (examples(500) runs {examples(500)}; "
-        "set HYPOTHESIS_PROFILE=ci|dev to choose)"
+        "set HYPOTHESIS_PROFILE=ci|dev|full to choose)"
     )
 
 
