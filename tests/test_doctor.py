@@ -442,7 +442,7 @@ def test_a_redis_clock_far_from_this_machine(redis_url: str) -> None:  # noqa: F
 # -- encryption at rest -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("keys", ["not-a-key", f"{KEY},short"])
+@pytest.mark.parametrize("keys", ["not-a-key", f"{KEY},short"], ids=["not-a-key", "good,short"])
 def test_keys_that_are_not_fernet_keys(
     environ: Callable[..., None], doctor: Callable[..., tuple[int, dict[str, Any]]], keys: str
 ) -> None:
@@ -593,6 +593,8 @@ def test_an_app_scheme_that_opens_no_app(
         "my-amoCRM-state-" + secrets.token_hex(8),
         "Secret" + secrets.token_urlsafe(32),
     ],
+    # Stable ids: the same on every collection (pytest -n compares them), no secret shown.
+    ids=["repeated", "digits", "near-repeated", "suffix-word", "prefix-word", "prefix-Secret"],
 )
 @pytest.mark.parametrize("where", ["AMO_STATE_SECRET", "AMO_PREVIOUS_STATE_SECRETS"])
 def test_weak_state_secrets(

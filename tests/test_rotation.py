@@ -347,6 +347,7 @@ def test_the_command_exits_non_zero_when_rows_are_left(
         ("not-a-key", "key 1 of 1 is not a Fernet key"),
         (f"{NEW.decode()},short-secret-value", "key 2 of 2 is not a Fernet key"),
     ],
+    ids=["unset", "empty", "commas", "not-a-key", "good,short"],
 )
 def test_missing_or_bad_keys_are_a_clear_error(
     db: Path, monkeypatch: pytest.MonkeyPatch, keys: str | None, says: str
