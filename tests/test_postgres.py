@@ -33,7 +33,7 @@ pytestmark = pytest.mark.services
 
 T = TypeVar("T")
 NOW = datetime.now(UTC)
-LATER = NOW + timedelta(minutes=10)
+LATER = NOW + timedelta(days=1)  # far enough that no slow run outlives it
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 #: Long enough never to be reached by a waiter that is woken as it should be.
 FOREVER = 3600.0

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.services
 T = TypeVar("T")
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 NOW = datetime.now(UTC)
-LATER = NOW + timedelta(minutes=10)
+LATER = NOW + timedelta(days=1)  # far enough that no slow run outlives it
 #: Long enough that a wait returning means it was woken; the joins below bound the test.
 LONG_WAIT = 300.0
 JOIN = 30.0

@@ -31,7 +31,7 @@ from amo_oauth.stores._protocol import Claim, ClaimResult, LedgerEntry, Store
 from amo_oauth.testing._contract import until
 
 NOW = datetime.now(UTC)
-LATER = NOW + timedelta(hours=1)
+LATER = NOW + timedelta(days=1)  # far enough that no slow run outlives it
 WORKER = Path(__file__).with_name("_store_race_worker.py")
 #: A bound for joins that only a hang could reach; never a measure of speed.
 HANG = 20.0

@@ -90,7 +90,7 @@ AnyStore = Store | AsyncStore
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 #: How long a thread or task may take to finish where a working store finishes at once. Only a
 #: hung store reaches it; no case measures time.
-HANG = 30.0
+HANG = 120.0
 #: A wait a working store ends early: far longer than any test may take.
 FOREVER = 3600.0
 
