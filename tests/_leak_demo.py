@@ -3,7 +3,8 @@ level 1 to stderr (DEBUG and uvicorn's trace), uvicorn at ``trace`` with its acc
 
 The demo's own players' HTTP clients are not logged (``_not_the_players``). Run as
 ``python _leak_demo.py OUT``: the demo prints as it always does; the run's canaries
-(the client and state secrets, the codes and tokens the fake issued) and whether each was used
+(the client and state secrets, the codes and tokens the fake issued, the ticket and the binding
+its players were handed) and whether each was used
 go to the JSON file OUT, never to the output the test searches.
 """
 
@@ -14,10 +15,13 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
+import httpx
 import uvicorn
 
 from amo_oauth import Config, _demo
@@ -45,8 +49,9 @@ def main(out: Path) -> int:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(_not_the_players)
-    uvicorn.Config = _TracedConfig  # type: ignore[misc]  # what serve_asgi builds
+    setattr(uvicorn, "Config", _TracedConfig)  # noqa: B010  (what serve_asgi builds)
     configs: list[Config] = []
+    handed_out: list[tuple[str, str]] = []
     stacks: list[_demo.Stack] = []
     make_stack = _demo._stack
 
@@ -69,11 +74,50 @@ def main(out: Path) -> int:
             yield
 
     _demo._transitions_printed = printed_at_every_level
-    _demo.Config = recorded_config  # type: ignore[assignment,misc]
-    _demo._stack = recorded_stack  # type: ignore[assignment]
+    setattr(_demo, "load_example", _players_noted(_demo.load_example, handed_out))  # noqa: B010
+    setattr(_demo, "Config", recorded_config)  # noqa: B010
+    setattr(_demo, "_stack", recorded_stack)  # noqa: B010
     code = _demo.run_demo()
-    out.write_text(json.dumps(_report(configs, stacks)))
+    report = _report(configs, stacks)
+    report["canaries"] += handed_out
+    report["used"]["a ticket and a binding handed out"] = {k for k, _ in handed_out} == {
+        "ticket",
+        "binding",
+    }
+    out.write_text(json.dumps(report))
     return code
+
+
+def _players_noted(
+    load_example: Callable[[str], ModuleType], noted: list[tuple[str, str]]
+) -> Callable[[str], ModuleType]:
+    """``load_example`` whose mobile client notes the ticket the backend hands the app and the
+    binding cookie it sets in the browser (the demo's own players: their place)."""
+
+    def load(name: str) -> ModuleType:
+        module = load_example(name)
+        if name == "mobile_client":
+            connect_link, open_connect = module.connect_link, module.open_connect
+
+            def noted_link(backend: str, token: str) -> str:
+                link = str(connect_link(backend, token))
+                noted.append(("ticket", dict(parse_qsl(urlsplit(link).query))["ticket"]))
+                return link
+
+            def noted_open(browser: httpx.Client, backend: str, token: str) -> str:
+                consent = str(open_connect(browser, backend, token))
+                noted.extend(
+                    ("binding", cookie.value or "")
+                    for cookie in browser.cookies.jar
+                    if cookie.name.endswith("amo_oauth_binding")
+                )
+                return consent
+
+            setattr(module, "connect_link", noted_link)  # noqa: B010  (open_connect reads it)
+            setattr(module, "open_connect", noted_open)  # noqa: B010
+        return module
+
+    return load
 
 
 def _report(configs: list[Config], stacks: list[_demo.Stack]) -> dict[str, Any]:

@@ -110,7 +110,7 @@ class Run:
     fake: FakeAmoCRM
     served: ServedFake
     oauth: AmoOAuth | AsyncAmoOAuth
-    store: SQLiteStore
+    store: Any  # the service's store (scanned for its records)
     backend: str
     loop: LoopCatcher | None  # None: a blocking service, called from the test's thread
     leads_route: bool
@@ -204,29 +204,47 @@ def _starlette(oauth: AsyncAmoOAuth, http: httpx.AsyncClient, held: contextlib.E
     return load_example("starlette_app").create_app(oauth, STARLETTE_TOKENS, app_scheme="foryoure")
 
 
-def _django(oauth: AsyncAmoOAuth, http: httpx.AsyncClient, held: contextlib.ExitStack) -> Any:
+def _django_routes(oauth: Any, http: Any, held: contextlib.ExitStack) -> None:
+    """The Django example's views over ``oauth`` (async or blocking), Django's CSRF on."""
     import django_settings
 
     django_settings.setup()
     if str(example := TESTS.parent / "examples" / "django_app") not in sys.path:
         sys.path.insert(0, str(example))
-    from backend.amo import with_lifespan
     from backend.views import routes
-    from django.core.handlers.asgi import ASGIHandler
     from django.test import override_settings
+
+    held.enter_context(
+        override_settings(ROOT_URLCONF=django_settings.urlconf(*routes(oauth, http)))
+    )
+
+
+def _django_asgi(oauth: AsyncAmoOAuth, http: httpx.AsyncClient, held: contextlib.ExitStack) -> Any:
+    _django_routes(oauth, http, held)  # first: it puts the example's project on sys.path
+    from backend.amo import with_lifespan
+    from django.core.handlers.asgi import ASGIHandler
 
     async def close() -> None:
         await oauth.aclose()
         await http.aclose()
 
-    held.enter_context(
-        override_settings(ROOT_URLCONF=django_settings.urlconf(*routes(oauth, http)))
-    )
     return with_lifespan(ASGIHandler(), on_shutdown=close)
 
 
+def _flask(oauth: AmoOAuth, http: httpx.Client, held: contextlib.ExitStack) -> Any:
+    return FLASK.create_app(oauth, api=http)
+
+
+def _django_wsgi(oauth: AmoOAuth, http: httpx.Client, held: contextlib.ExitStack) -> Any:
+    from django.core.handlers.wsgi import WSGIHandler
+
+    _django_routes(oauth, http, held)
+    return WSGIHandler()
+
+
 @contextlib.contextmanager
-def _flask_stack(db: Path) -> Iterator[Run]:
+def _wsgi_stack(name: str, db: Path, make_app: Callable[..., Any]) -> Iterator[Run]:
+    """``make_app(oauth, http, held)`` under werkzeug, its request log on."""
     from werkzeug.serving import WSGIRequestHandler
 
     sock = listening_socket()
@@ -235,19 +253,26 @@ def _flask_stack(db: Path) -> Iterator[Run]:
         fake.serve() as served,
         httpx.Client(transport=served.transport()) as http,
         AmoOAuth(_config(fake, served), store=SQLiteStore(db), http=http) as oauth,
-        serve_wsgi(FLASK.create_app(oauth, api=http), sock, WSGIRequestHandler) as backend,
+        contextlib.ExitStack() as held,
     ):
-        yield Run("flask", fake, served, oauth, oauth.store, backend, None, True, Answers(backend))
+        app = make_app(oauth, http, held)
+        with serve_wsgi(app, sock, WSGIRequestHandler) as backend:
+            yield Run(name, fake, served, oauth, oauth.store, backend, None, True, Answers(backend))
+
+
+STACKS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+    "fastapi": (_async_stack, _fastapi),
+    "flask": (_wsgi_stack, _flask),
+    "django-asgi": (_async_stack, _django_asgi),
+    "django-wsgi": (_wsgi_stack, _django_wsgi),
+    "starlette": (_async_stack, _starlette),
+}
 
 
 @contextlib.contextmanager
 def _stack(name: str, db: Path) -> Iterator[Run]:
-    if name == "flask":
-        with _flask_stack(db) as run:
-            yield run
-        return
-    make_app = {"fastapi": _fastapi, "django": _django, "starlette": _starlette}[name]
-    with _async_stack(name, db, make_app) as run:
+    serve, make_app = STACKS[name]
+    with serve(name, db, make_app) as run:
         yield run
 
 
@@ -462,7 +487,7 @@ def _logged(records: Records) -> dict[str, bool]:
     }
 
 
-@pytest.fixture(scope="module", params=["fastapi", "flask", "django", "starlette"])
+@pytest.fixture(scope="module", params=sorted(STACKS))
 def evidence(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Evidence:
     """One framework's run, once per module."""
     db = tmp_path_factory.mktemp(request.param) / "amo_oauth.db"
@@ -515,7 +540,13 @@ def test_the_demo_prints_no_canary(tmp_path: Path) -> None:
     assert not unused, f"the demo: a canary was not used: {unused}"
     assert "uvicorn.access" in done.stderr and "TRACE" in done.stderr  # the logs really ran
     canaries = [Canary(kind, value) for kind, value in report["canaries"]]
-    assert {canary.kind for canary in canaries} >= {"client_secret", "code", "access_token"}
+    assert {canary.kind for canary in canaries} >= {
+        "client_secret",
+        "code",
+        "access_token",
+        "ticket",
+        "binding",
+    }
     texts = [Text("demo stdout", done.stdout), Text("demo stderr", done.stderr)]
     state_secret = bytes.fromhex(report["state_secret_hex"])
     leaks = findings(canaries, texts)
