@@ -86,11 +86,16 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_wsgi(app: Any, sock: socket.socket) -> Iterator[str]:
-    """Run ``app`` on a threaded werkzeug server on ``sock``; yield its base URL."""
+def serve_wsgi(
+    app: Any, sock: socket.socket, handler: type[WSGIRequestHandler] = _QuietHandler
+) -> Iterator[str]:
+    """Run ``app`` on a threaded werkzeug server on ``sock``; yield its base URL.
+
+    ``handler``: werkzeug's own ``WSGIRequestHandler`` logs each request line (logger
+    ``werkzeug``); the default logs none."""
     port = sock.getsockname()[1]
     server = make_server(
-        "127.0.0.1", port, app, threaded=True, request_handler=_QuietHandler, fd=sock.fileno()
+        "127.0.0.1", port, app, threaded=True, request_handler=handler, fd=sock.fileno()
     )
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="werkzeug", daemon=True

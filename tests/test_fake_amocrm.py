@@ -1793,3 +1793,32 @@ def test_slow_body_in_process_arrives_whole(fake: FakeAmoCRM, http: httpx.Client
     assert answer.json()["id"] == fake.account_id
     assert time.monotonic() - started < 1.0
     assert fake.faults_injected["slow_body"] == 1
+
+
+# -- what it issued, and each access token's API calls (the leak canaries read them) --------------
+
+
+def test_issued_lists_every_code_and_token_in_order(http: httpx.Client, fake: FakeAmoCRM) -> None:
+    assert fake.issued == ((), (), ())
+    code, unused = fake.issue_code(), fake.issue_code()
+    first = exchange(http, fake, code).json()
+    second = refresh(http, fake, first["refresh_token"]).json()
+    issued = fake.issued
+    assert issued.codes == (code, unused)  # spent or not
+    assert issued.access_tokens == (first["access_token"], second["access_token"])
+    assert issued.refresh_tokens == (first["refresh_token"], second["refresh_token"])
+    assert "def50200" not in repr(fake)  # the reading is explicit: nothing shows them
+
+
+def test_api_calls_with_counts_each_bearer_whatever_the_answer(
+    http: httpx.Client, fake: FakeAmoCRM
+) -> None:
+    token = exchange(http, fake).json()["access_token"]
+    assert fake.api_calls_with(token) == 0
+    assert http.get(ACCOUNT_URL, headers=bearer(token)).status_code == 200
+    fake.expire_access_tokens()
+    assert http.get(LEADS_URL, headers=bearer(token)).status_code == 401
+    assert fake.api_calls_with(token) == 2
+    assert fake.api_calls_with(token + "x") == 0
+    http.get(ACCOUNT_URL, headers={"Authorization": f"Basic {token}"})  # not a bearer token
+    assert fake.api_calls_with(token) == 2

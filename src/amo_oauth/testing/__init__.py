@@ -32,7 +32,7 @@ from ._fake import FakeAmoCRM
 from ._loopback import AsyncLoopbackTransport, LoopbackTransport
 from ._server import ServedFake
 from ._site_button import SecretsPost, SiteButtonInstall
-from ._types import FakeResponse, FaultKind, RawJSON, RequestRecord
+from ._types import FakeResponse, FaultKind, Issued, RawJSON, RequestRecord
 
 if TYPE_CHECKING:
     from ._contract import StoreContract
@@ -46,6 +46,7 @@ __all__ = [
     "FakeIntegration",
     "FakeResponse",
     "FaultKind",
+    "Issued",
     "LeadsSpec",
     "LoopbackTransport",
     "RawJSON",

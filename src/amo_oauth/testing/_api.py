@@ -55,6 +55,9 @@ class Api:
 
         def note(outcome: str) -> None:
             self._core.tally.api_log[(request.path, outcome, account_id)] += 1
+            bearer = _bearer(request)
+            if bearer:
+                self._core.tally.bearer_presented[digest(bearer)] += 1
 
         def work() -> tuple[str, FakeResponse]:
             outcome, answer = self._gate(request, account)

@@ -12,7 +12,7 @@ from ._accounts import FakeIntegration
 from ._core import Core
 from ._directory import AccountRef, IntegrationRef
 from ._site_button import SecretsPost
-from ._types import RequestRecord
+from ._types import Issued, RequestRecord
 from ._wire import digest
 
 
@@ -112,6 +112,21 @@ class FakeReadings:
         with self._core.lock:
             account_id = None if account is None else self._core.directory.account(account).id
             return self._core.tally.api_call_count(path, outcome, account_id)
+
+    def api_calls_with(self, access_token: str) -> int:
+        """How many API calls (`/api/v4/...`) carried `access_token` as their bearer token,
+        whatever was answered (a 401 included): the client sent it."""
+        with self._core.lock:
+            return self._core.tally.bearer_presented[digest(access_token)]
+
+    @property
+    def issued(self) -> Issued:
+        """Every code, access token and refresh token the fake has issued so far, in order,
+        spent or not: the values a leak test looks for in logs and pages (they are secrets:
+        never print them)."""
+        with self._core.lock:
+            grants = self._core.grants
+            return Issued(tuple(grants.codes), tuple(grants.access), tuple(grants.refresh))
 
     @property
     def faults_injected(self) -> collections.Counter[str]:

@@ -34,6 +34,8 @@ class Tally:
         self.lookup_log: Counter[tuple[str, str]] = Counter()
         self.lookup_presented: Counter[str] = Counter()
         self.lookup_authorization = 0
+        # sha256 of each bearer token sent to an API path -> how many times, whatever answered.
+        self.bearer_presented: Counter[str] = Counter()
         self.secrets_posts: list[SecretsPost] = []
 
     def note_sent(self, grant: str, secret: str, host: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import attrs
 
@@ -98,3 +98,11 @@ class Handler(HostRoute, Protocol):
     def handle(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes
     ) -> FakeResponse: ...
+
+
+class Issued(NamedTuple):
+    """What a fake issued (`FakeReadings.issued`): each kind in the order it was issued."""
+
+    codes: tuple[str, ...]
+    access_tokens: tuple[str, ...]
+    refresh_tokens: tuple[str, ...]
