@@ -423,12 +423,14 @@ class RefreshDeferred(Event):
     kept the pair): the lease is given up and no refresh is tried before ``until`` (UTC, the
     store's clock), by any process. ``sent`` as for ``RefreshReleased``: an answer proves the
     refresh token unspent, so the claim's count of it is taken back. ``cause`` is the answer's
-    reason slug (``_answers``)."""
+    reason slug (``_answers``). ``lease``: the claim's lease this answer concludes (None: any);
+    written late (the store refused it at first), it concludes nothing another claim holds."""
 
     name: ClassVar[str] = "refresh_deferred"
     until: datetime = attrs.field(validator=_aware)
     cause: str
     sent: bool = False
+    lease: Lease | None = None
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         attempts = record.backoff.attempts + 1 if record.backoff is not None else 1
