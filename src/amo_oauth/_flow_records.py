@@ -289,6 +289,8 @@ class Records:
         itself when none applies (then it is forgotten); None when another writer moved the
         record on (read it again).
         """
+        if not self._pushbacks:  # the common case, read without the lock
+            return record
         with self._unwritten_lock:
             deferral = self._pushbacks.get(record.key)
         if deferral is None:
