@@ -217,17 +217,22 @@ class ExchangeSucceeded(Event):
         return {"tokens": self.tokens, "error": None, **released, **host}
 
 
+def _code_failed_changes(record: ConnectionRecord, error: ErrorInfo) -> dict[str, Any]:
+    """A code's exchange or its verification failed: on a connected connection (an admin's
+    code refused; the table keeps it) only the claim's lease goes and the working tokens stay;
+    otherwise the connection moves to ``error``."""
+    if record.status is ConnectionStatus.CONNECTED:
+        return {"lease": None}
+    return _error_changes(error)
+
+
 @attrs.frozen
 class ExchangeFailed(Event):
     name: ClassVar[str] = "exchange_failed"
     error: ErrorInfo
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        if record.status is ConnectionStatus.CONNECTED:
-            # An admin's code refused on a connected connection (the table keeps it): the
-            # claim's lease goes, the working tokens stay.
-            return {"lease": None}
-        return _error_changes(self.error)
+        return _code_failed_changes(record, self.error)
 
 
 @attrs.frozen
@@ -301,11 +306,7 @@ class VerifyFailed(Event):
     error: ErrorInfo
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        if record.status is ConnectionStatus.CONNECTED:
-            # An admin's code refused on a connected connection (the table keeps it): the
-            # claim's lease goes, the working tokens stay.
-            return {"lease": None}
-        return _error_changes(self.error)
+        return _code_failed_changes(record, self.error)
 
 
 @attrs.frozen
