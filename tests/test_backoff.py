@@ -624,13 +624,13 @@ def test_an_unexpected_error_for_one_connection_does_not_end_the_sweep(
     assert [reason for _, reason in report.failed] == ["OverflowError"]
 
 
+def _writes_a_back_off(args: tuple[object, ...]) -> bool:
+    return getattr(args[0], "backoff", None) is not None
+
+
 def _fail_back_off_writes(store: FaultyStore, times: int | None) -> None:
     """Fail the compare-and-set that writes a back-off (the claim before it goes through)."""
-
-    def writes_a_back_off(args: tuple[object, ...]) -> bool:
-        return getattr(args[0], "backoff", None) is not None
-
-    store.fail("compare_and_set", times=times, when=writes_a_back_off)
+    store.fail("compare_and_set", times=times, when=_writes_a_back_off)
 
 
 def test_a_failed_back_off_write_is_tried_again_and_never_ends_the_connection(
@@ -672,6 +672,90 @@ def test_a_back_off_the_store_never_takes_still_answers_try_again_later(
     assert later.retry_after == pytest.approx(300, abs=1)
     assert isinstance(later.__cause__, ProviderError) and later.__cause__.status == 429
     assert "back-off could not be stored (StoreError)" in caplog.text
+
+
+def test_a_back_off_the_store_refuses_round_after_round_never_ends_the_connection(
+    local: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """A 429 (retry_after 300) whose back-off the store refuses on every try, round after
+    round, each past the claim's lease (60 s): the 429 was an answer, so the send is never
+    counted as unanswered and the connection stays connected; this process sends no refresh
+    inside the back-off it earned. Once the store takes writes again, the next refresh after
+    the window goes out (a second 429, stored this time; then a pair). Before the fix, the
+    second round sent the refresh token again at 61 s, and (with the 429 met again and its
+    back-off refused too) the third ended the connection: "sent twice without an answer"."""
+    store = FaultyStore(local.open())
+    oauth = _connected(make_oauth, fake, store)
+    clock.advance(EXPIRED)
+    fake.fail_next("429", times=2, grant="refresh_token")
+    _fail_back_off_writes(store, times=None)
+    for left in (300, 239, 178, 117):  # 4 rounds 61 s apart: past the lease, in the back-off
+        later = _refused_later(oauth)
+        assert later.reason == "refresh_backoff"
+        assert later.retry_after == pytest.approx(left, abs=1)
+        status = oauth.status(USER)
+        assert status.status is ConnectionStatus.CONNECTED and status.error is None
+        clock.advance(timedelta(seconds=61))
+    assert fake.token_call_count("refresh_token") == 1
+    store.heal()
+    clock.advance(timedelta(seconds=60))  # past the back-off (300 s after the 429)
+    assert _refused_later(oauth).status == 429  # the second 429 is met only now, and stored
+    assert fake.token_call_count("refresh_token") == 2
+    clock.advance(timedelta(seconds=301))
+    assert oauth.access_token(USER)
+    assert fake.token_call_count("refresh_token") == 3
+    record = stored(oauth, USER)
+    assert record is not None and record.status is ConnectionStatus.CONNECTED
+    assert record.backoff is None and record.lease is None
+
+
+class _During(httpx.BaseTransport):
+    """Passes every request to ``inner``; runs ``during()`` as a refresh is being sent."""
+
+    def __init__(self, inner: httpx.BaseTransport, during: Callable[[], None]) -> None:
+        self.inner = inner
+        self.during = during
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if b"refresh_token" in request.content:
+            self.during()
+        return self.inner.handle_request(request)
+
+
+def test_a_kept_back_off_never_concludes_another_workers_claim(
+    local: Backend, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """The back-off this process kept (the store refused it) answered its own claim: once
+    another worker has claimed the refresh since, a load here neither releases that worker's
+    lease nor takes its send back, and the kept back-off is dropped."""
+    store = FaultyStore(local.open())
+    oauth = _connected(make_oauth, fake, store)
+    clock.advance(EXPIRED)
+    fake.fail_next("429", grant="refresh_token")
+    fault = store.fail("compare_and_set", times=None, when=_writes_a_back_off)
+    assert _refused_later(oauth).status == 429
+    fault.heal()
+    clock.advance(timedelta(seconds=61))  # the claim's lease lapsed; no back-off was stored
+    seen: list[ConnectionRecord | None] = []
+
+    def look_from_the_first() -> None:
+        oauth.status(USER)  # loads: the kept back-off meets the other worker's claim
+        seen.append(stored(oauth, USER))
+
+    other = AmoOAuth(
+        config_for(fake, **EXACT),
+        store=store,
+        http=httpx.Client(transport=_During(fake.transport(), look_from_the_first)),
+        clock=clock,
+    )
+    assert other.access_token(USER)
+    (during,) = seen
+    assert during is not None and during.lease is not None and during.backoff is None
+    assert during.tokens is not None and during.tokens.refresh_sends == 2
+    record = stored(oauth, USER)
+    assert record is not None and record.status is ConnectionStatus.CONNECTED
+    assert record.backoff is None and record.lease is None
+    assert oauth.access_token(USER) == other.access_token(USER)  # nothing held back here
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])

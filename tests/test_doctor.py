@@ -150,13 +150,20 @@ def ids(shown: dict[str, Any]) -> list[str]:
     return [finding["id"] for finding in shown["findings"]]
 
 
-def sealed_record(
-    db: Path, key: str, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
-) -> None:
-    """A connection stored in ``db`` with its tokens sealed by ``key``."""
-    oauth = make_oauth(store=SQLiteStore(db, encryption=Fernet(key.encode())))
-    run_consent(oauth, fake, "user-1")
-    oauth.close()
+#: ``connect(user, key)``: a connection of ``user`` stored in ``db``, its tokens sealed by
+#: ``key`` (a Fernet key) or, for None, stored plain.
+Connect = Callable[[str, "str | None"], None]
+
+
+@pytest.fixture
+def connect(db: Path, make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM) -> Connect:
+    def store_one(user: str, key: str | None) -> None:
+        encryption = Fernet(key.encode()) if key is not None else None
+        oauth = make_oauth(store=SQLiteStore(db, encryption=encryption))
+        run_consent(oauth, fake, user)
+        oauth.close()
+
+    return store_one
 
 
 # -- a healthy setup ----------------------------------------------------------------------
@@ -165,11 +172,9 @@ def sealed_record(
 def test_a_healthy_setup_finds_nothing_and_exits_0(
     environ: Callable[..., None],
     doctor: Callable[..., tuple[int, dict[str, Any]]],
-    db: Path,
-    make_oauth: Callable[..., AmoOAuth],
-    fake: FakeAmoCRM,
+    connect: Connect,
 ) -> None:
-    sealed_record(db, KEY, make_oauth, fake)
+    connect("user-1", KEY)
     environ(AMO_OAUTH_KEYS=f"{KEY},{OTHER_KEY}")
     code, shown = doctor("--app-scheme", "myapp")
     assert (code, shown) == (0, {"healthy": True, "findings": []})
@@ -454,11 +459,9 @@ def test_keys_that_are_not_fernet_keys(
 def test_encrypted_records_without_keys(
     environ: Callable[..., None],
     doctor: Callable[..., tuple[int, dict[str, Any]]],
-    db: Path,
-    make_oauth: Callable[..., AmoOAuth],
-    fake: FakeAmoCRM,
+    connect: Connect,
 ) -> None:
-    sealed_record(db, KEY, make_oauth, fake)
+    connect("user-1", KEY)
     code, shown = doctor()
     assert (code, ids(shown)) == (1, ["encryption_keys_missing"])
 
@@ -466,11 +469,9 @@ def test_encrypted_records_without_keys(
 def test_keys_that_open_no_record(
     environ: Callable[..., None],
     doctor: Callable[..., tuple[int, dict[str, Any]]],
-    db: Path,
-    make_oauth: Callable[..., AmoOAuth],
-    fake: FakeAmoCRM,
+    connect: Connect,
 ) -> None:
-    sealed_record(db, KEY, make_oauth, fake)
+    connect("user-1", KEY)
     environ(AMO_OAUTH_KEYS=OTHER_KEY)
     code, shown = doctor()
     assert (code, ids(shown)) == (1, ["encryption_key_mismatch"])
@@ -482,19 +483,13 @@ def test_keys_that_open_no_record(
 def test_keys_given_but_the_records_are_plain(
     environ: Callable[..., None],
     doctor: Callable[..., tuple[int, dict[str, Any]]],
-    db: Path,
-    make_oauth: Callable[..., AmoOAuth],
-    fake: FakeAmoCRM,
+    connect: Connect,
 ) -> None:
-    oauth = make_oauth(store=SQLiteStore(db))  # no encryption: its tokens stored plain
-    run_consent(oauth, fake, "user-1")
-    oauth.close()
-    sealed_record(db, KEY, make_oauth, fake)  # user-1 again, now sealed
+    connect("user-1", None)  # no encryption: its tokens stored plain
+    connect("user-1", KEY)  # user-1 again, now sealed
     environ(AMO_OAUTH_KEYS=KEY)
     assert doctor() == (0, {"healthy": True, "findings": []})
-    oauth = make_oauth(store=SQLiteStore(db))
-    run_consent(oauth, fake, "user-2")  # one plain record beside the sealed one
-    oauth.close()
+    connect("user-2", None)  # one plain record beside the sealed one
     code, shown = doctor()
     assert (code, ids(shown)) == (0, ["encryption_records_plain"])  # a warning
     assert "1 of the first 2 records" in shown["findings"][0]["message"]
@@ -505,12 +500,9 @@ def test_a_corrupt_record(
     environ: Callable[..., None],
     doctor: Callable[..., tuple[int, dict[str, Any]]],
     db: Path,
-    make_oauth: Callable[..., AmoOAuth],
-    fake: FakeAmoCRM,
+    connect: Connect,
 ) -> None:
-    oauth = make_oauth(store=SQLiteStore(db))
-    run_consent(oauth, fake, "user-1")
-    oauth.close()
+    connect("user-1", None)
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE amo_connections SET data = 'not a record'")
     conn.close()

@@ -81,6 +81,34 @@ def _in_child(work: Callable[[], None]) -> int:
     return pid
 
 
+@contextmanager
+def _held(lock: Any) -> Iterator[None]:
+    """``lock`` held by another thread, one a child forked in the block does not have."""
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    held.wait()
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+def _held_at_fork(lock: Any, child: Callable[[], None]) -> int | None:
+    """Fork while another thread of this process holds ``lock``; the child runs ``child()``.
+    Returns the child's exit code (None: stuck on a lock, then killed)."""
+    with _held(lock):
+        return _exit_code(_in_child(child))
+
+
 @pytest.fixture
 def busy_store() -> Iterator[MemoryStore]:
     """A MemoryStore whose lock two threads take and release all the time, and on whose hub a
@@ -124,105 +152,44 @@ def test_a_child_forked_while_threads_use_a_memory_store_can_use_it(
 
 def test_a_hub_in_a_child_forgets_the_parents_watches_and_poller() -> None:
     hub = Hub(name="fork")
-    held = threading.Event()
-    release = threading.Event()
 
-    def hold() -> None:
-        with hub._lock:  # held at the fork by a thread the child does not have
-            held.set()
-            release.wait()
+    def child() -> None:
+        hub.notify("c1")  # takes the lock a vanished thread held at the fork
+        assert hub.waiting() == 0
 
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    held.wait()
-    try:
-
-        def child() -> None:
-            hub.notify("c1")  # takes the lock a vanished thread held at the fork
-            assert hub.waiting() == 0
-
-        assert _exit_code(_in_child(child)) == 0
-    finally:
-        release.set()
-        holder.join()
+    assert _held_at_fork(hub._lock, child) == 0
 
 
 def test_lifecycle_callbacks_in_a_child_can_be_registered_and_heard() -> None:
     subscribers = Subscribers()
     heard: list[int] = []
     subscribers.add(LifecycleEvent, lambda event: heard.append(os.getpid()))
-    held = threading.Event()
-    release = threading.Event()
 
-    def hold() -> None:
-        with subscribers._lock:  # held at the fork by a thread the child does not have
-            held.set()
-            release.wait()
+    def child() -> None:
+        subscribers.add(LifecycleEvent, lambda event: None)  # takes the lock
+        subscribers.deliver(LifecycleEvent(connection_id="c", client_id="i", at=T0))
+        assert heard == [os.getpid()]  # the parent's callbacks are inherited
 
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    held.wait()
-    try:
-
-        def child() -> None:
-            subscribers.add(LifecycleEvent, lambda event: None)  # takes the lock
-            subscribers.deliver(LifecycleEvent(connection_id="c", client_id="i", at=T0))
-            assert heard == [os.getpid()]  # the parent's callbacks are inherited
-
-        assert _exit_code(_in_child(child)) == 0
-    finally:
-        release.set()
-        holder.join()
+    assert _held_at_fork(subscribers._lock, child) == 0
 
 
 def test_a_redis_memory_gate_in_a_child_admits() -> None:
     gate = MemoryGate("Redis store (test)", allowed=False)
-    held = threading.Event()
-    release = threading.Event()
 
-    def hold() -> None:
-        with gate._lock:  # held at the fork by a thread the child does not have
-            held.set()
-            release.wait()
+    def child() -> None:
+        gate.admit(MemoryVerdict(Eviction.NEVER))  # takes the lock
+        assert gate.passed
 
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    held.wait()
-    try:
-
-        def child() -> None:
-            gate.admit(MemoryVerdict(Eviction.NEVER))  # takes the lock
-            assert gate.passed
-
-        assert _exit_code(_in_child(child)) == 0
-    finally:
-        release.set()
-        holder.join()
+    assert _held_at_fork(gate._lock, child) == 0
 
 
 def test_the_access_log_filters_install_in_a_child() -> None:
     from amo_oauth.web import _redact
 
-    held = threading.Event()
-    release = threading.Event()
+    def child() -> None:
+        _redact.install_access_log_redaction(["amo_oauth.test.child"])  # takes the lock
 
-    def hold() -> None:
-        with _redact._INSTALLING.lock:  # held at the fork by a thread the child does not have
-            held.set()
-            release.wait()
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    held.wait()
-    try:
-
-        def child() -> None:
-            _redact.install_access_log_redaction(["amo_oauth.test.child"])  # takes the lock
-
-        assert _exit_code(_in_child(child)) == 0
-    finally:
-        release.set()
-        holder.join()
+    assert _held_at_fork(_redact._INSTALLING.lock, child) == 0
 
 
 def test_a_listener_in_a_child_starts_its_own_thread() -> None:
@@ -241,28 +208,15 @@ def test_a_listener_in_a_child_starts_its_own_thread() -> None:
 
     listener = Idle("fork listener", "test", lambda key: None, lambda: None)
     listener.ensure(STUCK)
-    held = threading.Event()
-    release = threading.Event()
 
-    def hold() -> None:
-        with listener._cond:
-            held.set()
-            release.wait()
+    def child() -> None:
+        assert not listener.ready  # the parent's thread is not the child's
+        listener.ensure(STUCK)
+        assert listener.ready
 
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    held.wait()
     try:
-
-        def child() -> None:
-            assert not listener.ready  # the parent's thread is not the child's
-            listener.ensure(STUCK)
-            assert listener.ready
-
-        assert _exit_code(_in_child(child)) == 0
+        assert _held_at_fork(listener._cond, child) == 0
     finally:
-        release.set()
-        holder.join()
         listener.close()
 
 
@@ -526,27 +480,6 @@ def test_children_reusing_the_parents_event_loop_read_only_their_own_records(
 # -- the service's own parts: the limiter, the kept pairs, the base store, the http client ---
 
 
-@contextmanager
-def _held(lock: Any) -> Iterator[None]:
-    """``lock`` held by another thread, one a child forked in the block does not have."""
-    held = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        with lock:
-            held.set()
-            release.wait()
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    held.wait()
-    try:
-        yield
-    finally:
-        release.set()
-        holder.join()
-
-
 def _until(done: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + STUCK / 2  # fails before _exit_code kills the child
     while not done():
@@ -563,8 +496,7 @@ def test_an_exchange_limiter_in_a_child_counts_its_own_exchanges() -> None:
         assert not limiter.in_flight("c1")  # the parent's slot never resolves here
         assert limiter.admit(attempt) is not None  # the bounds are per process
 
-    with _held(limiter._lock):
-        assert _exit_code(_in_child(child)) == 0
+    assert _held_at_fork(limiter._lock, child) == 0
     assert limiter.in_flight("c1")  # the parent's are unchanged
     assert limiter.admit(attempt) is None
 
@@ -583,8 +515,7 @@ def test_the_kept_pairs_retry_in_a_child_starts_its_own_thread(
         _until(lambda: os.getpid() in tried, "no retry thread in the child")
 
     try:
-        with _held(retry._lock):
-            assert _exit_code(_in_child(child)) == 0
+        assert _held_at_fork(retry._lock, child) == 0
     finally:
         retry.stop(STUCK)
 
@@ -628,8 +559,7 @@ def test_records_in_a_child_leave_the_parents_kept_pairs_to_the_parent(
     def child() -> None:
         assert records.kept_pairs() == 0  # that write never ends here: not the child's
 
-    with _held(records._unwritten_lock):
-        assert _exit_code(_in_child(child)) == 0
+    assert _held_at_fork(records._unwritten_lock, child) == 0
     assert records.kept_pairs() == 1
 
 
@@ -643,8 +573,7 @@ def test_a_base_store_in_a_child_makes_its_hub() -> None:
     def child() -> None:
         assert store.hub.waiting() == 0  # made under the class's lock
 
-    with _held(BaseStore._hub_lock):
-        assert _exit_code(_in_child(child)) == 0
+    assert _held_at_fork(BaseStore._hub_lock, child) == 0
 
 
 class _CountingServer(http.server.ThreadingHTTPServer):

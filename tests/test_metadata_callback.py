@@ -37,11 +37,13 @@ from amo_oauth import (
     AsyncAmoOAuth,
     ButtonMetadata,
     CallbackRejected,
+    Config,
     ConnectionRecord,
     ConnectionStatus,
     MemoryStore,
     Outcome,
     ReauthorizationRequired,
+    SiteButton,
     SQLiteStore,
     cli,
 )
@@ -59,7 +61,7 @@ from amo_oauth._records import (
 )
 from amo_oauth._state_token import issue_state, read_state
 from amo_oauth.stores import Store
-from amo_oauth.testing import FakeAmoCRM, FakeClock
+from amo_oauth.testing import FakeAmoCRM, FakeClock, SiteButtonInstall
 from amo_oauth.testing._accounts import FakeIntegration
 from amo_oauth.testing.faults import FaultyStore
 
@@ -77,15 +79,25 @@ PATIENT = 60.0
 META = ButtonMetadata("Shop sync", "Syncs the shop's orders into amoCRM")
 
 
+#: The settings of metadata mode: the namespace for a client id, no secret, a secrets_uri.
+META_MODE: dict[str, Any] = {
+    "client_id": NAMESPACE,
+    "client_secret": None,
+    "secrets_uri": SECRETS_URI,
+}
+
+
+def meta_config(fake: FakeAmoCRM, **overrides: Any) -> Config:
+    """A metadata-mode Config on ``fake``, patient for credentials unless overridden."""
+    return config_for(fake, **{**META_MODE, "secrets_wait": PATIENT, **overrides})
+
+
 @pytest.fixture
 def make_meta(make_oauth: Callable[..., AmoOAuth]) -> Callable[..., AmoOAuth]:
     """An ``AmoOAuth`` in metadata mode on the fake (keyword arguments override Config)."""
 
     def make(store: Store | None = None, **overrides: object) -> AmoOAuth:
-        fields: dict[str, object] = {"secrets_wait": PATIENT, **overrides}
-        return make_oauth(
-            store, client_id=NAMESPACE, client_secret=None, secrets_uri=SECRETS_URI, **fields
-        )
+        return make_oauth(store, **{**META_MODE, "secrets_wait": PATIENT, **overrides})
 
     return make
 
@@ -384,20 +396,25 @@ def secrets_route(oauth: AmoOAuth) -> httpx.MockTransport:
     return httpx.MockTransport(answer)
 
 
+def fakes_install(
+    oauth: AmoOAuth, fake: FakeAmoCRM, **options: Any
+) -> tuple[SiteButton, SiteButtonInstall, dict[str, str]]:
+    """``ann``'s site button, installed through the fake's button script (``options``: those
+    of ``install_site_button``): the button, the install, and the code redirect's query."""
+    button = oauth.site_button("ann", metadata=META)
+    done = fake.install_site_button(
+        redirect_uri=fake.redirect_uri, secrets_uri=SECRETS_URI, state=button.state, **options
+    )
+    assert done.redirect_url is not None
+    return button, done, query_of(done.redirect_url)
+
+
 def test_the_fakes_retried_install_exchanges_once_with_its_last_integration(
     make_meta: Callable[..., AmoOAuth], fake: FakeAmoCRM
 ) -> None:
     oauth = make_meta()
-    button = oauth.site_button("ann", metadata=META)
-    done = fake.install_site_button(
-        redirect_uri=fake.redirect_uri,
-        secrets_uri=SECRETS_URI,
-        state=button.state,
-        transport=secrets_route(oauth),
-        attempts=2,  # the user retried: amoCRM made (and posted) a second integration
-    )
-    assert done.redirect_url is not None
-    query = query_of(done.redirect_url)
+    # The user retried: amoCRM made (and posted) a second integration.
+    button, done, query = fakes_install(oauth, fake, transport=secrets_route(oauth), attempts=2)
     first, last = done.integrations
     assert oauth.handle_callback(query, binding=button.binding).outcome is Outcome.CONNECTED
     again = oauth.handle_callback(query, binding=button.binding)
@@ -415,15 +432,7 @@ def test_the_fakes_install_whose_post_comes_after_the_redirect_connects(
     waiting: Callable[[Callable[[], object]], Waiting],
 ) -> None:
     oauth = make_meta()
-    button = oauth.site_button("ann", metadata=META)
-    done = fake.install_site_button(
-        redirect_uri=fake.redirect_uri,
-        secrets_uri=SECRETS_URI,
-        state=button.state,
-        post_credentials=False,
-    )
-    assert done.redirect_url is not None
-    query = query_of(done.redirect_url)
+    button, done, query = fakes_install(oauth, fake, post_credentials=False)
     callback = waiting(lambda: oauth.handle_callback(query, binding=button.binding))
     settle()
     assert callback.alive() and fake.token_call_count() == 0
@@ -757,13 +766,7 @@ def test_the_hook_in_fixed_mode_is_unchanged(oauth: AmoOAuth, fake: FakeAmoCRM) 
 def test_the_async_twin_waits_for_the_credentials_and_uses_them_after(
     fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    config = config_for(
-        fake,
-        client_id=NAMESPACE,
-        client_secret=None,
-        secrets_uri=SECRETS_URI,
-        secrets_wait=PATIENT,
-    )
+    config = meta_config(fake)
     store = MemoryStore(clock=clock)
     ann_site, bob_site = site_integration(fake), site_integration(fake)
 
@@ -810,7 +813,7 @@ def test_the_async_twin_waits_for_the_credentials_and_uses_them_after(
 
 def test_parsing_carries_the_redirects_client_id_only_in_metadata_mode(fake: FakeAmoCRM) -> None:
     fixed = config_for(fake)
-    meta = config_for(fake, client_id=NAMESPACE, client_secret=None, secrets_uri=SECRETS_URI)
+    meta = config_for(fake, **META_MODE)
     redirect = {"code": "c0de", "referer": fake.account_host, "client_id": "site-x"}
     with pytest.raises(CallbackRejected) as refused:
         parse_callback({**redirect, "from_widget": "1"}, fixed)
@@ -935,9 +938,7 @@ def test_one_callback_per_consent_waits_and_the_others_are_refused_at_once(
 def test_the_async_twin_lets_one_callback_per_consent_wait(
     fake: FakeAmoCRM, clock: FakeClock
 ) -> None:
-    config = config_for(
-        fake, client_id=NAMESPACE, client_secret=None, secrets_uri=SECRETS_URI, secrets_wait=PATIENT
-    )
+    config = meta_config(fake)
     site = site_integration(fake)
 
     async def scenario() -> None:
@@ -992,11 +993,8 @@ def test_an_honest_user_reloading_while_the_post_is_late_is_never_locked_out() -
     refused ``rate_limited`` for ten minutes, even once amoCRM's post had landed. The
     consent's waits count once now. (Real clocks: the waits are real, 50 ms each.)"""
     fake = FakeAmoCRM(rate_limit=None)
-    config = config_for(
+    config = meta_config(
         fake,
-        client_id=NAMESPACE,
-        client_secret=None,
-        secrets_uri=SECRETS_URI,
         secrets_wait=0.05,
         max_exchanges_per_source=10,  # the default (the tests' helper raises it)
     )

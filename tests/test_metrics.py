@@ -38,7 +38,7 @@ from amo_oauth import (
     TryAgainLater,
 )
 from amo_oauth._answers import ROWS
-from amo_oauth._metrics import REFRESH_OUTCOMES, Metrics
+from amo_oauth._metrics import INSTRUMENTS, REFRESH_OUTCOMES, Metrics
 from amo_oauth._ops import STORE_METHODS
 from amo_oauth._records import Lease, SeenCode, record_key
 from amo_oauth.testing import FakeAmoCRM, FakeClock
@@ -457,26 +457,32 @@ def test_the_library_works_without_opentelemetry() -> None:
 
 
 class _Listing:
-    """A meter provider (and meter) that lists the instruments made, for the docs' table."""
+    """A meter provider (and meter) that lists the instruments made."""
 
     def __init__(self) -> None:
-        self.made: set[tuple[str, str, str]] = set()
+        self.made: list[tuple[str, str, str, str]] = []
 
     def get_meter(self, *args: object, **kwargs: object) -> _Listing:
         return self
 
     def create_counter(self, name: str, unit: str = "", description: str = "") -> _Listing:
-        self.made.add((name, "counter", unit))
+        self.made.append((name, "counter", unit, description))
         return self
 
     def create_histogram(self, name: str, unit: str = "", description: str = "") -> _Listing:
-        self.made.add((name, "histogram", unit))
+        self.made.append((name, "histogram", unit, description))
         return self
 
 
-def test_the_docs_list_every_instrument_with_its_kind_and_unit() -> None:
+def test_metrics_make_every_instrument_of_the_table_once() -> None:
     listing = _Listing()
     Metrics(listing)  # type: ignore[arg-type]
+    table = [(made.name, made.kind, made.unit, made.description) for made in INSTRUMENTS]
+    assert sorted(listing.made) == sorted(table)
+    assert len({name for name, *_ in table}) == len(table)
+
+
+def test_the_docs_list_every_instrument_with_its_kind_and_unit() -> None:
     page = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
-    documented = set(re.findall(r"^\| `(amo_oauth\.[\w.]+)` \| (\w+) \| `([^`]+)` \|", page, re.M))
-    assert documented == listing.made
+    documented = re.findall(r"^\| `(amo_oauth\.[\w.]+)` \| (\w+) \| `([^`]+)` \|", page, re.M)
+    assert documented == [(made.name, made.kind, made.unit) for made in INSTRUMENTS]

@@ -42,7 +42,7 @@ from _secrets_apps import (
     RecordingService,
     metadata_config,
 )
-from amo_oauth import AmoOAuth, AsyncAmoOAuth, CallbackRejected, MemoryStore, web
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, CallbackRejected, Config, MemoryStore, web
 from amo_oauth._errors import REJECTION_REASONS
 from amo_oauth.django import urls
 from amo_oauth.fastapi import router
@@ -64,6 +64,8 @@ CLIENT_SECRET = "canary-client-secret-0123456789abcdef"
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 JSON = {"content-type": "application/json"}
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "starlette_app.py"
+#: The settings that turn a metadata-mode config back into fixed mode (one integration).
+FIXED_MODE: dict[str, Any] = {"client_secret": CLIENT_SECRET, "secrets_uri": None}
 ADAPTERS = ["sync", "async", "fastapi", "flask", "django-sync", "django-async", "starlette"]
 
 
@@ -78,6 +80,13 @@ def fields(state: str = GOOD_STATE, **more: str) -> dict[str, str]:
 
 def as_form(values: Mapping[str, str]) -> bytes:
     return urlencode(values).encode()
+
+
+def button_handlers(config: Config) -> Handlers:
+    """The blocking routes over a recording service on ``config``, with the site button."""
+    return Handlers(
+        RecordingService(config), connection_id=user_from_header, app_scheme="a", button=BUTTON
+    )
 
 
 # -- the adapters, each as test_web's Send over a recording service -----------------------------
@@ -109,22 +118,6 @@ def _example() -> Any:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def _starlette_sender(client: StarletteClient) -> Send:
-    def send(
-        method: str,
-        path: str,
-        *,
-        query: str = "",
-        headers: Mapping[str, str] | None = None,
-        body: bytes = b"",
-    ) -> Answer:
-        url = f"{path}?{query}" if query else path
-        response = client.request(method, url, headers=dict(headers or {}), content=body)
-        return Answer(response.status_code, dict(response.headers), response.text)
-
-    return send
 
 
 @contextlib.contextmanager
@@ -162,7 +155,7 @@ def serving(adapter: str, **config: Any) -> Iterator[tuple[Send, Recorder]]:
     else:
         app = _example().create_app(service, {"token-of-user-42": "user-42"}, button=BUTTON)
         with StarletteClient(app, base_url="https://testserver", follow_redirects=False) as client:
-            send = _starlette_sender(client)
+            send = fastapi_sender(client)  # FastAPI's TestClient is Starlette's
 
             def as_bearer(method: str, path: str, **kwargs: Any) -> Answer:
                 headers = dict(kwargs.pop("headers", None) or {})
@@ -298,7 +291,7 @@ def test_the_client_secret_is_in_no_log_line(
 def test_fixed_mode_has_no_secrets_route(adapter: str) -> None:
     """Without Config.secrets_uri the route does not exist: 404 under the prefix (the
     framework's own 404 at the root), and nothing is handed to the service."""
-    with serving(adapter, client_secret=CLIENT_SECRET, secrets_uri=None) as (send, recorder):
+    with serving(adapter, **FIXED_MODE) as (send, recorder):
         answer = send("POST", SECRETS, headers=FORM, body=as_form(fields()))
         assert (answer.status, answer.json()) == (404, {"error": "not_found"})
         assert recorder.forms == []
@@ -307,8 +300,7 @@ def test_fixed_mode_has_no_secrets_route(adapter: str) -> None:
 def test_every_answer_of_the_route_is_one_it_declares() -> None:
     """What OpenAPI publishes: every refusal 403 whatever its reason, outages 502/503; and the
     site button's outages on /connect are among /connect's answers too."""
-    service = RecordingService(metadata_config())
-    handlers = Handlers(service, connection_id=user_from_header, app_scheme="a", button=BUTTON)
+    handlers = button_handlers(metadata_config())
     declared = {route.name: {status for status, _ in route.responses} for route in handlers.routes}
     post = Request("POST", SECRETS, headers=FORM, body=as_form(fields()))
     for reason in sorted(REJECTION_REASONS):
@@ -352,10 +344,7 @@ def test_the_button_page_is_translated() -> None:
 
 
 def test_a_kommo_button_script_is_what_the_page_allows() -> None:
-    config = metadata_config(authorize_url="https://www.kommo.com/oauth")
-    handlers = Handlers(
-        RecordingService(config), connection_id=user_from_header, app_scheme="a", button=BUTTON
-    )
+    handlers = button_handlers(metadata_config(authorize_url="https://www.kommo.com/oauth"))
     answer = handlers.handle(Request("GET", f"{PREFIX}/connect", headers=AS_USER))
     assert "script-src https://www.kommo.com;" in answer.header("content-security-policy")
 
@@ -397,9 +386,7 @@ def test_openapi_lists_the_route_and_its_body() -> None:
     assert {"200", "403", "413", "415"} <= set(operation["responses"])
     assert set(app.openapi()["paths"][SECRETS]) == {"post"}
     fixed = FastAPI()
-    fixed_service = AsyncRecordingService(
-        metadata_config(client_secret=CLIENT_SECRET, secrets_uri=None)
-    )
+    fixed_service = AsyncRecordingService(metadata_config(**FIXED_MODE))
     fixed.include_router(router(fixed_service, connection_id=user_from_header, app_scheme="a"))
     assert SECRETS not in fixed.openapi()["paths"]
 
@@ -418,7 +405,7 @@ def test_djangos_error_report_shows_no_posted_secret() -> None:
     def failing(request: Request) -> str | None:
         raise RuntimeError("the app's sign-in is down")
 
-    service = RecordingService(metadata_config(client_secret=CLIENT_SECRET, secrets_uri=None))
+    service = RecordingService(metadata_config(**FIXED_MODE))
     view = urls(service, connection_id=failing, app_scheme="a")[0].callback
     request = RequestFactory().post(f"{PREFIX}/exchange-code", {"code": CLIENT_SECRET})
     assert request.POST["code"] == CLIENT_SECRET  # what CSRF or a body-reading middleware does

@@ -191,22 +191,51 @@ def _code_of(environ: Mapping[str, Any]) -> str | None:
     return parse_qs(str(environ.get("QUERY_STRING", ""))).get("code", [None])[0]
 
 
+def _exchange(amo: FakeSettings, code: str) -> None:
+    """Send ``code`` to the fake's token endpoint as a backend of its own would."""
+    fake = amo.fake
+    fields = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": fake.client_id,
+        "client_secret": fake.client_secret,
+        "redirect_uri": fake.redirect_uri,
+    }
+    amo.http().post(f"https://{fake.account_host}/oauth2/access_token", data=fields)
+
+
+def answering(
+    status: str,
+    body: bytes,
+    when: Callable[[Mapping[str, Any]], bool],
+    inner: Callable[[FakeSettings], WSGIApp] = flask_app,
+    content_type: str = "text/plain",
+) -> Callable[[FakeSettings], WSGIApp]:
+    """A backend (``inner``'s) that answers ``status`` with ``body`` to every request ``when``
+    accepts (its WSGI environ) and passes the others on."""
+
+    def make_app(amo: FakeSettings) -> WSGIApp:
+        app = inner(amo)
+
+        def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            if when(environ):
+                start_response(status, [("content-type", content_type)])
+                return [body]
+            return app(environ, start_response)
+
+        return broken
+
+    return make_app
+
+
 def exchanging_every_callback(amo: FakeSettings) -> WSGIApp:
     """A backend that sends every callback's code to amoCRM itself, seen before or not."""
-    app, fake = flask_app(amo), amo.fake
-    http = amo.http()
+    app = flask_app(amo)
 
     def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         code = _code_of(environ)
         if code is not None:
-            fields = {
-                "grant_type": "authorization_code",
-                "code": code,
-                "client_id": fake.client_id,
-                "client_secret": fake.client_secret,
-                "redirect_uri": fake.redirect_uri,
-            }
-            http.post(f"https://{fake.account_host}/oauth2/access_token", data=fields)
+            _exchange(amo, code)
         return app(environ, start_response)
 
     return broken
@@ -246,18 +275,12 @@ def test_it_catches_a_backend_that_answers_403_to_a_replay() -> None:
 
 def test_it_catches_a_status_that_does_not_follow_the_connection() -> None:
     """A backend whose /disconnect answers 200 and forgets nothing."""
-
-    def make_app(amo: FakeSettings) -> WSGIApp:
-        app = flask_app(amo)
-
-        def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-            if str(environ.get("PATH_INFO", "")).endswith("/disconnect"):
-                start_response("200 OK", [("content-type", "application/json")])
-                return [b"{}"]
-            return app(environ, start_response)
-
-        return broken
-
+    make_app = answering(
+        "200 OK",
+        b"{}",
+        lambda environ: str(environ.get("PATH_INFO", "")).endswith("/disconnect"),
+        content_type="application/json",
+    )
     with pytest.raises(AssertionError, match="/status says connected=True, expected False"):
         run_invariants(make_app, bearer_sign_in, settings=FIND_ONLY)
 
@@ -283,25 +306,14 @@ def test_it_catches_a_secret_in_an_answer() -> None:
 
 
 def test_it_catches_a_5xx() -> None:
-    def make_app(amo: FakeSettings) -> WSGIApp:
-        app = flask_app(amo)
-
-        def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-            if "error=access_denied" in str(environ.get("QUERY_STRING", "")):
-                start_response("500 Internal Server Error", [("content-type", "text/plain")])
-                return [b"oops"]
-            return app(environ, start_response)
-
-        return broken
-
     with pytest.raises(AssertionError, match="GET /callback answered 500"):
-        run_invariants(make_app, bearer_sign_in, settings=FIND_ONLY)
+        run_invariants(answering_500(to="error=access_denied"), bearer_sign_in, settings=FIND_ONLY)
 
 
 def exchanging_on_the_third_arrival(amo: FakeSettings) -> WSGIApp:
     """A backend that sends a code to amoCRM itself the 3rd time its redirect arrives (the 2nd
     replay): a default run must catch it, not a big budget only."""
-    app, fake, http = flask_app(amo), amo.fake, amo.http()
+    app = flask_app(amo)
     arrivals: dict[str, int] = {}
 
     def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -309,14 +321,7 @@ def exchanging_on_the_third_arrival(amo: FakeSettings) -> WSGIApp:
         if code is not None:
             arrivals[code] = arrivals.get(code, 0) + 1
             if arrivals[code] == 3:
-                fields = {
-                    "grant_type": "authorization_code",
-                    "code": code,
-                    "client_id": fake.client_id,
-                    "client_secret": fake.client_secret,
-                    "redirect_uri": fake.redirect_uri,
-                }
-                http.post(f"https://{fake.account_host}/oauth2/access_token", data=fields)
+                _exchange(amo, code)
         return app(environ, start_response)
 
     return broken
@@ -349,18 +354,12 @@ def answering_500(*, to: str, also_forbidding_replays: bool = False) -> Callable
     """A backend answering 500 to requests whose query holds ``to`` (and, if asked, 403 to a
     replayed callback too)."""
 
-    def make_app(amo: FakeSettings) -> WSGIApp:
-        app = forbidding_replays(amo) if also_forbidding_replays else flask_app(amo)
-
-        def broken(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-            if to in str(environ.get("QUERY_STRING", "")):
-                start_response("500 Internal Server Error", [("content-type", "text/plain")])
-                return [b"oops"]
-            return app(environ, start_response)
-
-        return broken
-
-    return make_app
+    return answering(
+        "500 Internal Server Error",
+        b"oops",
+        lambda environ: to in str(environ.get("QUERY_STRING", "")),
+        forbidding_replays if also_forbidding_replays else flask_app,
+    )
 
 
 def test_it_catches_a_5xx_to_widget_installs() -> None:

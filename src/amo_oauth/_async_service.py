@@ -33,12 +33,10 @@ from ._results import (
     SweepProgress,
 )
 from ._service_core import ServiceCore, Turn, default_store, with_stored
-from ._site_button import ButtonOptions
 from ._subscribers import DEFAULT_CALLBACK_TIMEOUT
 from ._sweep import Done, SweepPlan, asweep
 from .stores import AsyncStore, Store
 from .stores._base import as_async_store, is_async_store
-from .stores._forks import reset_in_child
 from .stores._protocol import DueCursor
 
 if TYPE_CHECKING:
@@ -50,7 +48,7 @@ T = TypeVar("T")
 E = TypeVar("E", bound=LifecycleEvent)
 
 
-class AsyncAmoOAuth(ServiceCore):
+class AsyncAmoOAuth(ServiceCore[httpx.AsyncClient]):
     """``AmoOAuth`` for asyncio backends (FastAPI, Starlette): the same methods, awaited.
 
     An ``AsyncStore`` (Memory, SQLite, Postgres, Redis) is awaited natively; a blocking
@@ -60,6 +58,8 @@ class AsyncAmoOAuth(ServiceCore):
     Its arguments are ``AmoOAuth``'s (``meter_provider`` included), with an
     ``httpx.AsyncClient``.
     """
+
+    _http_class = httpx.AsyncClient
 
     def __init__(
         self,
@@ -85,21 +85,7 @@ class AsyncAmoOAuth(ServiceCore):
             lambda: adrive(records.store_kept(), self._perform), records.kept_pairs
         )
         records.on_kept = self._kept_retry.start
-        self._owns_http = http is None
-        self.http = http or self._new_http()
-        if self._owns_http:
-            reset_in_child(self)
-
-    def _new_http(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=self.config.http_timeout, follow_redirects=False)
-
-    def after_fork(self) -> None:
-        """In a forked child: a client of its own. httpx keeps no fork check, so the parent's
-        client would share its keep-alive connections to amoCRM with the child, and one
-        process could read the other's answer. The parent's is not closed: its sockets are
-        the parent's too. Registered only for a client this object made: one passed in is the
-        caller's to replace (docs/stores.md, After fork())."""
-        self.http = self._new_http()
+        self._take_http(http)
 
     async def begin(
         self, connection_id: str, *, binding: str | None = None, browser_binding: bool = True
@@ -123,7 +109,10 @@ class AsyncAmoOAuth(ServiceCore):
         error_callback: str | None = None,
     ) -> SiteButton:
         """See ``AmoOAuth.site_button``."""
-        options = ButtonOptions(
+        flow = self._flows.codes.site_button(
+            connection_id,
+            binding=binding,
+            browser_binding=browser_binding,
             metadata=metadata,
             title=title,
             compact=compact,
@@ -133,9 +122,7 @@ class AsyncAmoOAuth(ServiceCore):
             locale=locale,
             error_callback=error_callback,
         )
-        return await self._run(
-            self._flows.codes.site_button(connection_id, binding, browser_binding, options)
-        )
+        return await self._run(flow)
 
     async def receive_secrets(self, form: QueryLike) -> SecretsResult:
         """See ``AmoOAuth.receive_secrets``."""

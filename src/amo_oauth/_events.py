@@ -217,17 +217,22 @@ class ExchangeSucceeded(Event):
         return {"tokens": self.tokens, "error": None, **released, **host}
 
 
+def _code_failed_changes(record: ConnectionRecord, error: ErrorInfo) -> dict[str, Any]:
+    """A code's exchange or its verification failed: on a connected connection (an admin's
+    code refused; the table keeps it) only the claim's lease goes and the working tokens stay;
+    otherwise the connection moves to ``error``."""
+    if record.status is ConnectionStatus.CONNECTED:
+        return {"lease": None}
+    return _error_changes(error)
+
+
 @attrs.frozen
 class ExchangeFailed(Event):
     name: ClassVar[str] = "exchange_failed"
     error: ErrorInfo
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        if record.status is ConnectionStatus.CONNECTED:
-            # An admin's code refused on a connected connection (the table keeps it): the
-            # claim's lease goes, the working tokens stay.
-            return {"lease": None}
-        return _error_changes(self.error)
+        return _code_failed_changes(record, self.error)
 
 
 @attrs.frozen
@@ -301,11 +306,7 @@ class VerifyFailed(Event):
     error: ErrorInfo
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
-        if record.status is ConnectionStatus.CONNECTED:
-            # An admin's code refused on a connected connection (the table keeps it): the
-            # claim's lease goes, the working tokens stay.
-            return {"lease": None}
-        return _error_changes(self.error)
+        return _code_failed_changes(record, self.error)
 
 
 @attrs.frozen
@@ -423,12 +424,14 @@ class RefreshDeferred(Event):
     kept the pair): the lease is given up and no refresh is tried before ``until`` (UTC, the
     store's clock), by any process. ``sent`` as for ``RefreshReleased``: an answer proves the
     refresh token unspent, so the claim's count of it is taken back. ``cause`` is the answer's
-    reason slug (``_answers``)."""
+    reason slug (``_answers``). ``lease``: the claim's lease this answer concludes (None: any);
+    written late (the store refused it at first), it concludes nothing another claim holds."""
 
     name: ClassVar[str] = "refresh_deferred"
     until: datetime = attrs.field(validator=_aware)
     cause: str
     sent: bool = False
+    lease: Lease | None = None
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         attempts = record.backoff.attempts + 1 if record.backoff is not None else 1

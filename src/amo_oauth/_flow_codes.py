@@ -42,7 +42,14 @@ from ._provider import (
 from ._reasons import Reason
 from ._record_view import RecordView
 from ._records import CODE_MEMORY, client_key, code_digest, record_key
-from ._results import AuthorizationRequest, CallbackResult, Outcome, SecretsResult, SiteButton
+from ._results import (
+    AuthorizationRequest,
+    ButtonMetadata,
+    CallbackResult,
+    Outcome,
+    SecretsResult,
+    SiteButton,
+)
 from ._secrets_post import read_secrets_post
 from ._site_button import ButtonOptions, button_attributes, button_html
 from ._state_token import (
@@ -147,10 +154,30 @@ class CodeFlows:
     def site_button(
         self,
         connection_id: str,
+        *,
         binding: str | None,
         browser_binding: bool,
-        options: ButtonOptions,
+        metadata: ButtonMetadata | None,
+        title: str | None,
+        compact: bool,
+        class_name: str | None,
+        color: str | None,
+        theme: str | None,
+        locale: str | None,
+        error_callback: str | None,
     ) -> Flow[SiteButton]:
+        """``site_button()`` of either service: its keywords as they were passed (the
+        defaults are the services' signatures')."""
+        options = ButtonOptions(
+            metadata=metadata,
+            title=title,
+            compact=compact,
+            class_name=class_name,
+            color=color,
+            theme=theme,
+            locale=locale,
+            error_callback=error_callback,
+        )
         # Checked before the read: a wrong option costs no store round trip.
         attributes = button_attributes(self.config, options)
         consent = yield from self._consent(connection_id, binding, browser_binding)

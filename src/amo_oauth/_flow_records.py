@@ -155,6 +155,9 @@ class Records:
         self._unwritten: dict[str, tuple[ConnectionRecord, Event]] = {}
         self._unwritten_lock = threading.Lock()
         self._writing: set[str] = set()  # keys taken out of _unwritten by a call writing them
+        # amoCRM's push-backs on a refresh that the store refused to take, by record key
+        # (``keep_pushback``): decided on by every load of this process until written.
+        self._pushbacks: dict[str, RefreshDeferred] = {}
         reset_in_child(self)
         # When each connection's kept pair last landed (a count of landings), for the sweep's
         # report: a pair may land by any call or the background retry.
@@ -221,7 +224,10 @@ class Records:
             # Judged by the clock the store read with the record (``Loaded.now``).
             result = step(record, LeaseExpired(now, self.config.kept_pair_grace), now)
             if not result.changed:
-                return record
+                pushed_back = yield from self._pushed_back(record)
+                if pushed_back is not None:
+                    return pushed_back
+                continue  # another writer moved the record on: read it again
             # The worker holding the exchange is presumed dead: the code is never resent.
             expired = yield from self._commit(record, result, LeaseExpired.name)
             if expired is not None:
@@ -264,6 +270,47 @@ class Records:
         if (yield from perform(CompareAndSet(moved, None))):
             logger.info("connection %s: moved under its namespaced key", legacy.connection_id)
         yield from perform(Delete(legacy.key, legacy.version))
+
+    # -- push-backs the store could not take --------------------------------------------------
+
+    def keep_pushback(self, view: RecordView, deferral: RefreshDeferred) -> None:
+        """Keep amoCRM's push-back on the refresh ``view``'s claim sent (``deferral``, naming
+        that claim's lease) when the store refused every try to write it: the answer proved the
+        refresh token unspent, and a claim left counting it would, with one more, end the
+        connection ("sent twice without an answer")."""
+        with self._unwritten_lock:
+            self._pushbacks[view.key] = deferral
+
+    def _pushed_back(self, record: ConnectionRecord) -> Flow[ConnectionRecord | None]:
+        """``record`` as a push-back kept for it (``keep_pushback``) leaves it, when the table
+        says it still concludes the record's claim: written now if the store takes it, else
+        as if written (same version, so a write over it replaces the stored row), so this
+        process sends no refresh inside the back-off and the send is not counted. ``record``
+        itself when none applies (then it is forgotten); None when another writer moved the
+        record on (read it again).
+        """
+        if not self._pushbacks:  # the common case, read without the lock
+            return record
+        with self._unwritten_lock:
+            deferral = self._pushbacks.get(record.key)
+        if deferral is None:
+            return record
+        result = step(record, deferral, self.now())
+        if not result.changed:  # another claim holds the record, or it left ``connected``
+            self._forget_pushback(record.key, deferral)
+            return record
+        try:
+            written = yield from self._commit(record, result, deferral.name)
+        except StoreError:
+            return attrs.evolve(result.record, version=record.version)
+        if written is not None:
+            self._forget_pushback(record.key, deferral)
+        return written
+
+    def _forget_pushback(self, key: str, deferral: RefreshDeferred) -> None:
+        with self._unwritten_lock:
+            if self._pushbacks.get(key) is deferral:
+                del self._pushbacks[key]
 
     # -- pairs the store could not take ------------------------------------------------------
 
@@ -579,7 +626,7 @@ class Records:
             jitter=config.refresh_backoff_jitter * self.draw(),
             retry_after=retry_after,
         )
-        return RefreshDeferred(until, cause, sent)
+        return RefreshDeferred(until, cause, sent, record_of(view).lease)
 
     def held_back(self, view: RecordView) -> str:
         """Why ``view``'s refresh is held back, for ``TryAgainLater`` (no secret)."""

@@ -496,10 +496,12 @@ class TokenFlows:
             held = yield from self._write_deferral(record, deferral)
         except StoreError as failure:
             # The answer stands even if the store would not take it: the caller hears the
-            # back-off it earned; the store's failure is logged (no secret in its name).
+            # back-off it earned, this process keeps it (written by its next load that the
+            # store takes); the store's failure is logged (no secret in its name).
+            self.records.keep_pushback(record, deferral)
             logger.warning(
-                "connection %s: the refresh's back-off could not be stored (%s): its claim"
-                " lapses with lease_ttl, and the send stays counted until an answer is stored",
+                "connection %s: the refresh's back-off could not be stored (%s): this process"
+                " holds its refreshes back and stores it once the store takes writes again",
                 record.connection_id,
                 type(failure).__name__,
             )

@@ -359,6 +359,16 @@ def refresh_held_back(data: EventData) -> bool:
     return backoff is not None and backoff.is_live(step.now)
 
 
+def concludes_another_claim(data: EventData) -> bool:
+    """A push-back names the claim it answered (its lease), and the record no longer holds
+    that claim: another worker claimed since (or someone concluded it). Written late (the store
+    refused it at first), it must not release their lease or take back their count."""
+    step = _model(data)
+    answered = getattr(step.event, "lease", None)
+    held = step.record.lease
+    return answered is not None and (held is None or held.owner != answered.owner)
+
+
 def held_back_with_a_valid_token(data: EventData) -> bool:
     """The refresh is held back, and a caller asking for a token (not the sweep, which wants
     the refresh token renewed) holds one that still works: not expired, not the one amoCRM
@@ -739,6 +749,7 @@ TABLE: tuple[Rule, ...] = (
     _stale("refresh_failed", S.CONNECTED),
     Rule("refresh_released", (S.CONNECTED,), S.CONNECTED),
     _stale("refresh_released", S.CONNECTED),
+    Rule("refresh_deferred", (S.CONNECTED,), None, concludes_another_claim, noop=NoOp.STALE),
     Rule("refresh_deferred", (S.CONNECTED,), S.CONNECTED),
     _stale("refresh_deferred", S.CONNECTED),
     Rule("disconnect", (S.DISCONNECTED,), None, noop=NoOp.ALREADY_DISCONNECTED),

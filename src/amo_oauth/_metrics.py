@@ -18,8 +18,9 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
 
+import attrs
 import httpx
 
 from ._answers import Grant
@@ -39,9 +40,9 @@ from ._provider import meaning_of
 from ._provider_reads import error_of, surely_unsent
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.metrics import Counter, Histogram, MeterProvider
 
-__all__ = ["SILENT", "Metrics", "Recorder", "TokenCall", "metrics_for"]
+__all__ = ["INSTRUMENTS", "SILENT", "Instrument", "Metrics", "Recorder", "TokenCall", "metrics_for"]
 
 #: The meter's name (the instrumentation scope) every instrument is made under.
 METER_NAME: Final = "amo_oauth"
@@ -60,6 +61,52 @@ REFRESH_OUTCOMES: Final = {
 }
 #: The events that take a connection over from its lease holder (``_events``).
 TAKE_OVERS: Final = frozenset({LeaseExpired.name, RefreshClaimed.name, VerifyClaimed.name})
+#: The instruments' names (``INSTRUMENTS`` below: kind, unit, description).
+TOKEN_CALLS: Final = "amo_oauth.token_calls"
+TOKEN_DURATION: Final = "amo_oauth.token_call.duration"
+DUPLICATES: Final = "amo_oauth.duplicates"
+REFRESHES: Final = "amo_oauth.refreshes"
+LEASE_EXPIRIES: Final = "amo_oauth.lease_expiries"
+STORE_ERRORS: Final = "amo_oauth.store.errors"
+STORE_DURATION: Final = "amo_oauth.store.duration"
+WAITS: Final = "amo_oauth.waits"
+WAIT_DURATION: Final = "amo_oauth.wait.duration"
+
+
+@attrs.frozen
+class Instrument:
+    """One instrument ``Metrics`` makes: its name, kind, unit (UCUM: ``s`` for seconds, a
+    ``{...}`` annotation for a count) and description. docs/metrics.md lists the same."""
+
+    name: str
+    kind: Literal["counter", "histogram"]
+    unit: str
+    description: str
+
+
+#: Every instrument, made in this order by each ``Metrics``.
+INSTRUMENTS: Final = (
+    Instrument(
+        TOKEN_CALLS,
+        "counter",
+        "{call}",
+        "Calls to amoCRM's token endpoint, answered or not; result unsent: never reached it",
+    ),
+    Instrument(TOKEN_DURATION, "histogram", "s", "How long a token call took, sent to answered"),
+    Instrument(
+        DUPLICATES, "counter", "{callback}", "Callbacks answered as duplicates, nothing sent"
+    ),
+    Instrument(REFRESHES, "counter", "{refresh}", "Refreshes concluded, by outcome"),
+    Instrument(
+        LEASE_EXPIRIES, "counter", "{lease}", "A presumed-dead worker's lapsed lease taken over"
+    ),
+    Instrument(STORE_ERRORS, "counter", "{error}", "Store operations that raised StoreError"),
+    Instrument(
+        STORE_DURATION, "histogram", "s", "How long a store operation took (waits excluded)"
+    ),
+    Instrument(WAITS, "counter", "{wait}", "Waits for another worker's change to a connection"),
+    Instrument(WAIT_DURATION, "histogram", "s", "How long a wait for another worker lasted"),
+)
 
 
 def operation_of(op: StoreOp[Any]) -> str:
@@ -140,37 +187,16 @@ class Metrics:
         from . import __version__
 
         meter = get_meter(METER_NAME, __version__, meter_provider=meter_provider)
-        self._token_calls = meter.create_counter(
-            "amo_oauth.token_calls",
-            "{call}",
-            "Calls to amoCRM's token endpoint, answered or not; result unsent: never reached it",
-        )
-        self._token_duration = meter.create_histogram(
-            "amo_oauth.token_call.duration", "s", "How long a token call took, sent to answered"
-        )
-        self._duplicates = meter.create_counter(
-            "amo_oauth.duplicates", "{callback}", "Callbacks answered as duplicates, nothing sent"
-        )
-        self._refreshes = meter.create_counter(
-            "amo_oauth.refreshes", "{refresh}", "Refreshes concluded, by outcome"
-        )
-        self._lease_expiries = meter.create_counter(
-            "amo_oauth.lease_expiries",
-            "{lease}",
-            "A presumed-dead worker's lapsed lease taken over",
-        )
-        self._store_errors = meter.create_counter(
-            "amo_oauth.store.errors", "{error}", "Store operations that raised StoreError"
-        )
-        self._store_duration = meter.create_histogram(
-            "amo_oauth.store.duration", "s", "How long a store operation took (waits excluded)"
-        )
-        self._waits = meter.create_counter(
-            "amo_oauth.waits", "{wait}", "Waits for another worker's change to a connection"
-        )
-        self._wait_duration = meter.create_histogram(
-            "amo_oauth.wait.duration", "s", "How long a wait for another worker lasted"
-        )
+        self._counters: dict[str, Counter] = {
+            made.name: meter.create_counter(made.name, made.unit, made.description)
+            for made in INSTRUMENTS
+            if made.kind == "counter"
+        }
+        self._histograms: dict[str, Histogram] = {
+            made.name: meter.create_histogram(made.name, made.unit, made.description)
+            for made in INSTRUMENTS
+            if made.kind == "histogram"
+        }
 
     # -- what the driver performs ------------------------------------------------------------
 
@@ -183,15 +209,15 @@ class Metrics:
         try:
             yield
         except StoreError:
-            self._store_errors.add(1, {"operation": operation})
+            self._counters[STORE_ERRORS].add(1, {"operation": operation})
             raise
         finally:
             seconds = time.perf_counter() - started
             if isinstance(op, WaitForChange):
-                self._waits.add(1)
-                self._wait_duration.record(seconds)
+                self._counters[WAITS].add(1)
+                self._histograms[WAIT_DURATION].record(seconds)
             else:
-                self._store_duration.record(seconds, {"operation": operation})
+                self._histograms[STORE_DURATION].record(seconds, {"operation": operation})
 
     @contextlib.contextmanager
     def token_call(self, request: httpx.Request) -> Iterator[Callable[[httpx.Response], None]]:
@@ -216,15 +242,15 @@ class Metrics:
         attributes = {"grant": grant, "result": result}
         if reason is not None:
             attributes["reason"] = reason
-        self._token_calls.add(1, attributes)
+        self._counters[TOKEN_CALLS].add(1, attributes)
         if result != UNSENT:  # nothing went out, so there is no round trip to time
-            self._token_duration.record(time.perf_counter() - started, {"grant": grant})
+            self._histograms[TOKEN_DURATION].record(time.perf_counter() - started, {"grant": grant})
 
     # -- what the decisions say --------------------------------------------------------------
 
     def duplicate_answered(self) -> None:
         """A callback answered from what the store holds: its code was claimed already."""
-        self._duplicates.add(1)
+        self._counters[DUPLICATES].add(1)
 
     def written(self, event_name: str, lapsed: str | None) -> None:
         """A transition written for ``event_name`` over a record whose lease had lapsed
@@ -233,9 +259,9 @@ class Metrics:
         after its own lease lapsed does not)."""
         outcome = REFRESH_OUTCOMES.get(event_name)
         if outcome is not None:
-            self._refreshes.add(1, {"outcome": outcome})
+            self._counters[REFRESHES].add(1, {"outcome": outcome})
         if lapsed is not None and event_name in TAKE_OVERS:
-            self._lease_expiries.add(1, {"purpose": lapsed})
+            self._counters[LEASE_EXPIRIES].add(1, {"purpose": lapsed})
 
 
 class _Silent:

@@ -32,11 +32,9 @@ from ._results import (
     SweepProgress,
 )
 from ._service_core import ServiceCore, Turn, default_store, with_stored
-from ._site_button import ButtonOptions
 from ._subscribers import is_async_callable
 from ._sweep import Done, SweepPlan, sweep
 from .stores import Store
-from .stores._forks import reset_in_child
 from .stores._protocol import DueCursor
 
 if TYPE_CHECKING:
@@ -48,7 +46,7 @@ T = TypeVar("T")
 E = TypeVar("E", bound=LifecycleEvent)
 
 
-class AmoOAuth(ServiceCore):
+class AmoOAuth(ServiceCore[httpx.Client]):
     """The OAuth connection lifecycle for a blocking backend (Flask, Django, scripts).
 
     Args:
@@ -61,6 +59,8 @@ class AmoOAuth(ServiceCore):
             (docs/metrics.md); None: OpenTelemetry's global one. Without the ``otel`` extra
             installed, no metrics at all.
     """
+
+    _http_class = httpx.Client
 
     def __init__(
         self,
@@ -79,26 +79,12 @@ class AmoOAuth(ServiceCore):
             )
         self._store: Store = store if store is not None else default_store()
         self.store = self._store  # the core's attribute, typed for either service
-        self._owns_http = http is None
-        self.http = http or self._new_http()
+        self._take_http(http)
         records = self._flows.records
         self._kept_retry = KeptRetry(
             lambda: drive(records.store_kept(), self._perform), records.kept_pairs
         )
         records.on_kept = self._kept_retry.start
-        if self._owns_http:
-            reset_in_child(self)
-
-    def _new_http(self) -> httpx.Client:
-        return httpx.Client(timeout=self.config.http_timeout, follow_redirects=False)
-
-    def after_fork(self) -> None:
-        """In a forked child: a client of its own. httpx keeps no fork check, so the parent's
-        client would share its keep-alive connections to amoCRM with the child, and one
-        process could read the other's answer. The parent's is not closed: its sockets are
-        the parent's too. Registered only for a client this object made: one passed in is the
-        caller's to replace (docs/stores.md, After fork())."""
-        self.http = self._new_http()
 
     def begin(
         self, connection_id: str, *, binding: str | None = None, browser_binding: bool = True
@@ -187,7 +173,10 @@ class AmoOAuth(ServiceCore):
                 name or dotted path, as the script evaluates it. Each is checked before the
                 store is read.
         """
-        options = ButtonOptions(
+        flow = self._flows.codes.site_button(
+            connection_id,
+            binding=binding,
+            browser_binding=browser_binding,
             metadata=metadata,
             title=title,
             compact=compact,
@@ -197,9 +186,7 @@ class AmoOAuth(ServiceCore):
             locale=locale,
             error_callback=error_callback,
         )
-        return self._run(
-            self._flows.codes.site_button(connection_id, binding, browser_binding, options)
-        )
+        return self._run(flow)
 
     def receive_secrets(self, form: QueryLike) -> SecretsResult:
         """Metadata mode (``Config.secrets_uri``): keep the ``client_id`` and ``client_secret``

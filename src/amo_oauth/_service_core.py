@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import attrs
 import httpx
@@ -23,6 +23,7 @@ from ._records import ConnectionRecord, record_key
 from ._results import RefreshReport
 from ._subscribers import Subscribers
 from .stores import AsyncStore, SQLiteStore, Store
+from .stores._forks import reset_in_child
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -36,6 +37,9 @@ logger = logging.getLogger("amo_oauth")
 
 Turn = Callable[[httpx.Request], Slot | None]
 """How a request to amoCRM takes its slot of the API's pace (None: it is not paced)."""
+
+#: The http client a service reaches amoCRM with: ``httpx.Client`` or ``httpx.AsyncClient``.
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 
 
 def default_store() -> SQLiteStore:
@@ -54,10 +58,13 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class ServiceCore:
-    """The construction both services share; each adds its store, http client and driver."""
+class ServiceCore(Generic[H]):
+    """The construction both services share; each adds its store and driver, and names the
+    class of its http client (``_http_class``)."""
 
     store: Store | AsyncStore
+    http: H
+    _http_class: type[H]
 
     def __init__(
         self,
@@ -80,6 +87,25 @@ class ServiceCore:
         )
         # The application's lifecycle callbacks (``on()``), called by the driver's _perform.
         self._subscribers = Subscribers()
+
+    def _take_http(self, http: H | None) -> None:
+        """Reach amoCRM with ``http``, or (None) with a client of this service's own, which a
+        forked child replaces (``after_fork``)."""
+        self._owns_http = http is None
+        self.http = http if http is not None else self._new_http()
+        if self._owns_http:
+            reset_in_child(self)
+
+    def _new_http(self) -> H:
+        return self._http_class(timeout=self.config.http_timeout, follow_redirects=False)
+
+    def after_fork(self) -> None:
+        """In a forked child: a client of its own. httpx keeps no fork check, so the parent's
+        client would share its keep-alive connections to amoCRM with the child, and one
+        process could read the other's answer. The parent's is not closed: its sockets are
+        the parent's too. Registered only for a client this object made: one passed in is the
+        caller's to replace (docs/stores.md, After fork())."""
+        self.http = self._new_http()
 
     def _sweep_rate(self, per_host_rate: float | None) -> float:
         """A sweep's requests per second per host: its own, else ``Config.api_rate`` (else, with
