@@ -2,7 +2,8 @@
 operation the flow yields, so that the test can SIGKILL it at a chosen one.
 
 ``python _kill_worker.py`` prints ``ready`` once imported, then reads one JSON job per line of
-stdin and answers each with lines on stdout:
+stdin and runs each in a process forked for it (see ``main``), which answers with lines on
+stdout:
 
 - ``op <index> <Op class> before`` when the service is about to perform the flow's operation
   number ``index`` (from 0, counted over this job), ``op <index> <Op class> after`` once it has;
@@ -16,13 +17,15 @@ FakeAmoCRM, ``config`` (``Config`` keyword arguments, JSON), ``offset`` (seconds
 real UTC time: the clock the test and the fake share), ``action`` (``callback`` with
 ``consent``, ``access_token`` or ``status``), ``connection_id``, and ``kill`` (or null).
 
-One process serves jobs until it is killed or stdin ends, so that a recovery job and the next
-kill pay no Python start-up. Tokens are reported as sha256 digests, never as themselves.
+One process serves jobs until stdin ends, so that a recovery job and the next kill pay no
+Python start-up: a kill ends only the job's own process. Tokens are reported as sha256
+digests, never as themselves.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
@@ -105,10 +108,25 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    """Serve jobs until stdin ends, each in a child forked from this warm process: the
+    child prints ``pid <pid>``, runs the job and ends; this process then prints ``reaped
+    <code>`` (the child's exit status, ``-9`` once SIGKILLed) and takes the next job. Forking
+    costs no Python start-up, and nothing of one job's service (threads, connections) exists
+    here to be inherited: this process only reads stdin."""
     print("ready", flush=True)
     for line in iter(sys.stdin.readline, ""):
-        if line.strip():
-            print(f"done {json.dumps(run(json.loads(line)))}", flush=True)
+        if not line.strip():
+            continue
+        sys.stdout.flush()
+        child = os.fork()
+        if child == 0:
+            try:
+                print(f"pid {os.getpid()}", flush=True)
+                print(f"done {json.dumps(run(json.loads(line)))}", flush=True)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(child, 0)
+        print(f"reaped {os.waitstatus_to_exitcode(status)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,16 @@ so a new yield in a flow fails that test until the table (and docs/reliability.m
 covers it. After each kill a new worker recovers: the replayed callback or the next
 ``access_token()`` answers without a second exchange of the code; where the killed worker held
 the only copy of what amoCRM answered, the state is the documented error once the lease and
-the kept-pair grace lapse, and a new consent connects. Workers are kept warm: the one that
-recovers from a kill is the next one killed.
+the kept-pair grace lapse, and a new consent connects. One warm worker forks a new process
+for each job (a kill, a recovery's call), so that no job pays for starting Python.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -57,11 +59,12 @@ USER = "user-1"
 LINE_BOUND = 120.0
 
 
-# -- warm worker processes ----------------------------------------------------------------------
+# -- the warm worker -------------------------------------------------------------------------------
 
 
-class Worker:
-    """One ``_kill_worker.py`` process; its stdout read by a thread, line by line."""
+class Workers:
+    """One ``_kill_worker.py`` process, imported once, forking a new process for each job;
+    its stdout read by a thread, line by line."""
 
     def __init__(self, stderr: IO[str]) -> None:
         self.proc = subprocess.Popen(
@@ -73,7 +76,7 @@ class Worker:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.ready = False
+        assert self.line() == "ready"
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -87,69 +90,49 @@ class Worker:
         except queue.Empty:
             raise AssertionError("the worker said nothing for too long") from None
 
-    def send(self, job: dict[str, Any]) -> list[str]:
-        """Give ``job``; its ``op`` lines and the last line (``done ...``, ``halt ...``)."""
-        if not self.ready:
-            assert self.line() == "ready"
-            self.ready = True
+    def start(self, job: dict[str, Any]) -> tuple[int, list[str]]:
+        """Give ``job`` to a new process: its pid, its ``op`` lines and its last line
+        (``done ...``, or ``halt ...`` at the job's kill point, where it waits)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
+        first = self.line()
+        assert first.startswith("pid "), first
         said: list[str] = []
         while True:
             line = self.line()
             said.append(line)
             if not line.startswith("op "):
                 assert line.startswith(("done ", "halt ")), line
-                return said
+                return int(first[4:]), said
 
-    def kill(self) -> None:
-        self.proc.kill()  # SIGKILL
-        self.proc.wait()
+    def reaped(self) -> int:
+        """The exit code of the job's process, once it ended (-9: SIGKILL)."""
+        line = self.line()
+        assert line.startswith("reaped "), line
+        return int(line[7:])
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=LINE_BOUND)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def run(self, job: dict[str, Any]) -> list[str]:
+        """A job run to its end."""
+        _, said = self.start(job)
+        assert self.reaped() == 0
+        return said
 
-
-class Workers:
-    """Idle workers that serve one job after another; a kill takes one and starts its
-    replacement at once, so that the replacement is warm by its turn."""
-
-    def __init__(self, stderr: IO[str]) -> None:
-        self._stderr = stderr
-        self._idle: list[Worker] = []
-        self._all: list[Worker] = []
-
-    def use(self) -> Worker:
-        """An idle worker, to give back after its job."""
-        return self._idle.pop() if self._idle else self._start()
-
-    def give_back(self, worker: Worker) -> None:
-        self._idle.append(worker)
-
-    def doomed(self) -> Worker:
-        """An idle worker to be killed. Its replacement starts now, and another idle worker
-        is kept: the recovery's jobs run on a warm one while the replacement starts."""
-        worker = self.use()
-        self._idle.insert(0, self._start())
-        while len(self._idle) < 2:
-            self._idle.insert(0, self._start())
-        return worker
-
-    def _start(self) -> Worker:
-        worker = Worker(self._stderr)
-        self._all.append(worker)
-        return worker
+    def kill_at(self, job: dict[str, Any], index: int, phase: str) -> str:
+        """A job halted at its kill point and SIGKILLed there: the line it halted with."""
+        pid, said = self.start({**job, "kill": {"index": index, "phase": phase}})
+        os.kill(pid, signal.SIGKILL)  # whatever it said: a halted process never ends by itself
+        assert self.reaped() == -signal.SIGKILL
+        return said[-1]
 
     def close(self) -> None:
-        for worker in self._all:
-            worker.stop()
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=LINE_BOUND)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -261,23 +244,18 @@ class Scene:
 
     def run(self, job: dict[str, Any]) -> str:
         """Run ``job`` on a warm worker to its end; its answer, as a word (see ``word``)."""
-        worker = self.workers.use()
-        said = worker.send(job)
-        self.workers.give_back(worker)
+        said = self.workers.run(job)
         assert said[-1].startswith("done "), said[-1]
         return word(json.loads(said[-1][5:]), self)
 
     def kill_at(self, job: dict[str, Any], point: KillPoint) -> None:
-        worker = self.workers.doomed()
-        said = worker.send({**job, "kill": {"index": point.index, "phase": point.phase}})
-        assert said[-1] == f"halt {point.index} {point.op} {point.phase}", said[-1]
-        worker.kill()
+        """Run ``job`` in a new process that halts at ``point``, and SIGKILL it there."""
+        halted = self.workers.kill_at(job, point.index, point.phase)
+        assert halted == f"halt {point.index} {point.op} {point.phase}", halted
 
     def ops(self, job: dict[str, Any]) -> list[tuple[int, str, str]]:
         """The operations a clean run of ``job`` announced: (index, op class, phase)."""
-        worker = self.workers.use()
-        said = worker.send(job)
-        self.workers.give_back(worker)
+        said = self.workers.run(job)
         assert said[-1].startswith("done ") and "error" not in json.loads(said[-1][5:]), said
         return [(int(i), op, phase) for _, i, op, phase in (s.split() for s in said[:-1])]
 
