@@ -36,7 +36,9 @@ import attrs
 import httpx
 import pytest
 
+from _pg_server import postgres_url  # noqa: F401 - the fixture, under PROOF_FULL
 from _proof_worker import consent, digest, open_store
+from _redis_server import redis_url  # noqa: F401 - the fixture, under PROOF_FULL
 from _served_fake import job_config
 from amo_oauth import (
     AmoOAuth,
