@@ -476,6 +476,7 @@ def test_fault(cell: Cell, mode: str, fake: FakeAmoCRM, clock: FakeClock, tmp_pa
         issued = rig.fake.token_call_count(GRANTS[cell.flow], "ok")
         _inject(cell.fault, rig, GRANTS[cell.flow])
         outcome = faulted_call(rig, cell, given)
+        assert rig.trickle.grant is None  # an armed trickle met its request
         assert_clear(cell, outcome)
         record = assert_consistent(rig)
         assert record.status is cell.status
