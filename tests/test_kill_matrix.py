@@ -1,0 +1,465 @@
+"""Issue 24 §2: SIGKILL of a worker process at each operation the exchange and the refresh flows
+yield, before the operation ran and after it ran (before the flow heard its result).
+
+A worker (``_kill_worker.py``) runs the flow on a SQLite file (``PROOF_FULL`` adds Postgres and
+Redis), announcing each operation on stdout and halting at the chosen one; this process then
+SIGKILLs it. The fake amoCRM is served over loopback by this process: it is another party, as
+amoCRM is, so what it did (a code spent, a pair rotated) outlives the killed worker, and the
+test reads it back directly (``token_call_count``, ``is_refresh_token_valid``).
+
+The kill points are ``KILLS`` below, a table; ``test_every_yield_point_is_covered`` runs each
+flow cleanly in a worker and checks that the operations it announced are exactly the table's,
+so a new yield in a flow fails that test until the table (and docs/reliability.md, "Kills")
+covers it. After each kill a new worker recovers: the replayed callback or the next
+``access_token()`` answers without a second exchange of the code; where the killed worker held
+the only copy of what amoCRM answered, the state is the documented error once the lease and
+the kept-pair grace lapse, and a new consent connects. One warm worker forks a new process
+for each job (a kill, a recovery's call), so that no job pays for starting Python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import httpx
+import pytest
+
+from _pg_server import postgres_url  # noqa: F401 - the fixture, under PROOF_FULL
+from _proof_worker import consent, digest, open_store
+from _redis_server import redis_url  # noqa: F401 - the fixture, under PROOF_FULL
+from _served_fake import job_config
+from amo_oauth import (
+    AmoOAuth,
+    Config,
+    ConnectionRecord,
+    ConnectionStatus,
+    Outcome,
+    Store,
+)
+from amo_oauth._records import record_key
+from amo_oauth.testing import FakeAmoCRM
+
+from helpers import PROOF_FULL, OffsetClock
+
+pytestmark = pytest.mark.proof
+
+WORKER = Path(__file__).with_name("_kill_worker.py")
+USER = "user-1"
+#: A guard against a hung worker, never a pass condition: every line comes in well under it.
+LINE_BOUND = 120.0
+
+
+# -- the warm worker -------------------------------------------------------------------------------
+
+
+class Workers:
+    """One ``_kill_worker.py`` process, imported once, forking a new process for each job;
+    its stdout read by a thread, line by line."""
+
+    def __init__(self, stderr: IO[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", str(WORKER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self.line() == "ready"
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put("eof")
+
+    def line(self) -> str:
+        try:
+            return self.lines.get(timeout=LINE_BOUND)
+        except queue.Empty:
+            raise AssertionError("the worker said nothing for too long") from None
+
+    def start(self, job: dict[str, Any]) -> tuple[int, list[str]]:
+        """Give ``job`` to a new process: its pid, its ``op`` lines and its last line
+        (``done ...``, or ``halt ...`` at the job's kill point, where it waits)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        first = self.line()
+        assert first.startswith("pid "), first
+        said: list[str] = []
+        while True:
+            line = self.line()
+            said.append(line)
+            if not line.startswith("op "):
+                assert line.startswith(("done ", "halt ")), line
+                return int(first[4:]), said
+
+    def reaped(self) -> int:
+        """The exit code of the job's process, once it ended (-9: SIGKILL)."""
+        line = self.line()
+        assert line.startswith("reaped "), line
+        return int(line[7:])
+
+    def run(self, job: dict[str, Any]) -> list[str]:
+        """A job run to its end."""
+        _, said = self.start(job)
+        assert self.reaped() == 0
+        return said
+
+    def kill_at(self, job: dict[str, Any], index: int, phase: str) -> str:
+        """A job halted at its kill point and SIGKILLed there: the line it halted with."""
+        pid, said = self.start({**job, "kill": {"index": index, "phase": phase}})
+        os.kill(pid, signal.SIGKILL)  # whatever it said: a halted process never ends by itself
+        assert self.reaped() == -signal.SIGKILL
+        return said[-1]
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=LINE_BOUND)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    log = tmp_path_factory.mktemp("kill") / "workers.err"
+    with log.open("w", encoding="utf-8") as stderr:
+        pool = Workers(stderr)
+        yield pool
+        pool.close()
+
+
+# -- the stores -----------------------------------------------------------------------------------
+
+STORES = ["sqlite", "postgres", "redis"] if PROOF_FULL else ["sqlite"]
+
+
+@attrs.define
+class Place:
+    """Where the record lives, as the workers' job names it, and a store object on it here."""
+
+    spec: dict[str, Any]
+    clock: OffsetClock
+    opened: list[Store] = attrs.field(factory=list)
+
+    def open(self) -> Store:
+        store = open_store(self.spec, self.clock)
+        self.opened.append(store)
+        return store
+
+
+@pytest.fixture
+def clock() -> OffsetClock:
+    """The real UTC time plus an offset the test moves; each job carries the offset."""
+    return OffsetClock()
+
+
+@pytest.fixture
+def fake(clock: OffsetClock) -> FakeAmoCRM:
+    return FakeAmoCRM(clock=clock, rate_limit=None)
+
+
+@pytest.fixture(params=STORES)
+def place(request: pytest.FixtureRequest, tmp_path: Path, clock: OffsetClock) -> Iterator[Place]:
+    kind, name = str(request.param), uuid.uuid4().hex[:12]
+    if kind == "sqlite":
+        spec: dict[str, Any] = {"kind": "sqlite", "path": str(tmp_path / "kill.db")}
+    elif kind == "postgres":
+        spec = {"kind": "postgres", "url": request.getfixturevalue("postgres_url")}
+        spec["table"] = f"k_{name}"
+    else:
+        spec = {"kind": "redis", "url": request.getfixturevalue("redis_url")}
+        spec["prefix"] = f"k-{name}:"
+    made = Place(spec, clock)
+    if kind != "sqlite":
+        made.open().migrate()  # type: ignore[attr-defined]
+    yield made
+    for store in made.opened:
+        store.close()
+
+
+# -- one scene: the fake served here, the store, the workers --------------------------------
+
+#: Seconds past which a dead worker's lease and the kept-pair grace (two leases) have lapsed.
+LAPSE = 60 + 120 + 5
+GRANTS = {"exchange": "authorization_code", "refresh": "refresh_token"}
+
+
+@attrs.define
+class Scene:
+    fake: FakeAmoCRM
+    url: str
+    place: Place
+    clock: OffsetClock
+    workers: Workers
+
+    @property
+    def config(self) -> dict[str, Any]:
+        # A replay that meets a dead worker's lease waits settle_timeout for a change that
+        # never comes: short, so the recovery costs little (the answer is the same).
+        return job_config(self.fake, settle_timeout=0.2)
+
+    def job(self, action: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "store": self.place.spec,
+            "url": self.url,
+            "domain": self.fake.domain,
+            "config": self.config,
+            "offset": self.clock.offset.total_seconds(),
+            "action": action,
+            "connection_id": USER,
+            "kill": None,
+            **extra,
+        }
+
+    def local(self) -> AmoOAuth:
+        """A service in this process on the same store, reaching the fake in-process."""
+        http = httpx.Client(transport=self.fake.transport())
+        store = open_store(self.place.spec, self.clock)
+        return AmoOAuth(Config(**self.config), store=store, http=http, clock=self.clock)
+
+    def consent(self) -> dict[str, Any]:
+        with self.local() as oauth:
+            given: dict[str, Any] = consent(oauth, self.fake, USER)
+        return given
+
+    def record(self) -> ConnectionRecord | None:
+        store = self.place.open()
+        return store.load(record_key(self.fake.client_id, USER)).record
+
+    def run(self, job: dict[str, Any]) -> str:
+        """Run ``job`` on a warm worker to its end; its answer, as a word (see ``word``)."""
+        said = self.workers.run(job)
+        assert said[-1].startswith("done "), said[-1]
+        return word(json.loads(said[-1][5:]), self)
+
+    def kill_at(self, job: dict[str, Any], point: KillPoint) -> None:
+        """Run ``job`` in a new process that halts at ``point``, and SIGKILL it there."""
+        halted = self.workers.kill_at(job, point.index, point.phase)
+        assert halted == f"halt {point.index} {point.op} {point.phase}", halted
+
+    def ops(self, job: dict[str, Any]) -> list[tuple[int, str, str]]:
+        """The operations a clean run of ``job`` announced: (index, op class, phase)."""
+        said = self.workers.run(job)
+        assert said[-1].startswith("done ") and "error" not in json.loads(said[-1][5:]), said
+        return [(int(i), op, phase) for _, i, op, phase in (s.split() for s in said[:-1])]
+
+
+def word(done: dict[str, Any], scene: Scene) -> str:
+    """A worker's answer as one word: ``token`` (a token, checked to be the stored one and
+    live at amoCRM), a callback's outcome, ``status:<status>``, or ``<Error>:<reason>``."""
+    if "error" in done:
+        error = done["error"]
+        return f"{error['type']}:{error['reason']}"
+    result = done["result"]
+    if "token" in result:
+        record = scene.record()
+        assert record is not None and record.tokens is not None
+        stored = record.tokens.access_token
+        same, live = digest(stored) == result["token"], scene.fake.is_access_token_valid(stored)
+        assert same and live
+        return "token"
+    if "outcome" in result:
+        return str(result["outcome"])
+    return f"status:{result['status']}"
+
+
+@attrs.frozen
+class KillPoint:
+    flow: str
+    index: int
+    op: str
+    phase: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.flow}-{self.index:02d}-{self.op}-{self.phase}"
+
+
+@pytest.fixture
+def scene(fake: FakeAmoCRM, place: Place, clock: OffsetClock, workers: Workers) -> Iterator[Scene]:
+    with fake.serve() as served:
+        yield Scene(fake, served.url, place, clock, workers)
+
+
+def ready(scene: Scene, flow: str) -> dict[str, Any]:
+    """The job a flow's kill interrupts: a first callback, or an expired connection's
+    ``access_token()`` (connected here, then a day and a minute later)."""
+    given = scene.consent()
+    if flow == "exchange":
+        return scene.job("callback", consent=given)
+    with scene.local() as oauth:
+        connected = oauth.handle_callback(given["query"], binding=given["binding"])
+    assert connected.outcome is Outcome.CONNECTED
+    scene.clock.offset += timedelta(days=1, minutes=1)
+    return scene.job("access_token")
+
+
+def assert_consistent(scene: Scene) -> None:
+    """The record (if written) decodes, has a lifecycle status and no lease beyond
+    ``lease_ttl``; no code went to amoCRM twice, no refresh token a third time."""
+    record = scene.record()
+    if record is not None:
+        assert record.status in set(ConnectionStatus)
+        if record.lease is not None:
+            assert record.lease.expires_at <= scene.clock() + timedelta(seconds=60)
+    assert scene.fake.token_call_count("authorization_code", "code_revoked") == 0
+    assert scene.fake.token_call_count("refresh_token", "token_revoked") <= 1
+
+
+def assert_killed_once(scene: Scene) -> None:
+    """Right after the kill: the killed worker sent its code, or its refresh token, at most
+    once."""
+    assert_consistent(scene)
+    assert scene.fake.token_call_count("authorization_code", "ok") <= 1
+    assert scene.fake.token_call_count("refresh_token") <= 1
+
+
+def assert_latest_pair_stored(scene: Scene) -> None:
+    """The pair amoCRM issued last is the stored one (a rotation revokes the one it spent)."""
+    record = scene.record()
+    assert record is not None and record.status is ConnectionStatus.CONNECTED
+    assert record.tokens is not None and record.tokens.refresh_token is not None
+    live = scene.fake.is_refresh_token_valid(record.tokens.refresh_token)
+    assert live
+
+
+def recover(scene: Scene, flow: str, job: dict[str, Any]) -> list[str]:
+    """What new workers answer after the kill: the replayed callback (the exchange) or the next
+    ``access_token()`` (the refresh), again after a lapse (``LAPSE`` seconds later) while the
+    answer says to wait; then, where the answer is a documented error, a new consent."""
+    answers: list[str] = []
+    for _ in range(3):
+        answer = scene.run({**job, "offset": scene.clock.offset.total_seconds()})
+        answers.append(answer)
+        if answer in ("connected", "already_connected"):
+            answers.append(scene.run(scene.job("access_token")))
+            return answers
+        if answer == "token":
+            return answers
+        if answer == "failed" or answer.startswith("ReauthorizationRequired"):
+            answers.append(scene.run(scene.job("callback", consent=scene.consent())))
+            answers.append(scene.run(scene.job("access_token")))
+            return answers
+        scene.clock.offset += timedelta(seconds=LAPSE)
+        answers.append("lapse")
+    return answers
+
+
+def _points(flow: str, ops: list[str]) -> list[KillPoint]:
+    return [
+        KillPoint(flow, index, op, phase)
+        for index, op in enumerate(ops)
+        for phase in ("before", "after")
+    ]
+
+
+#: The operations each flow yields, in order, as a clean run announces them.
+OPS = {
+    "exchange": [
+        "HolderOf",
+        "HolderOf",
+        "Load",
+        "Load",
+        "ClaimOp",
+        "Send",
+        "CompareAndSet",
+        "Send",
+        "CompareAndSet",
+        "Emit",
+    ],
+    "refresh": ["Load", "CompareAndSet", "Send", "CompareAndSet"],
+}
+POINTS = [point for flow, ops in OPS.items() for point in _points(flow, ops)]
+
+# What new workers answer after each kill (``recover``), by what the kill left behind:
+#: nothing claimed: the replay exchanges the code (once) and connects.
+FRESH = ("connected", "token")
+#: the code claimed, perhaps sent, nothing stored: the replay waits the lease out; then the
+#: loader writes exchange_interrupted (the code is never resent) and a new consent connects.
+INTERRUPTED = ("in_progress", "lapse", "failed", "connected", "token")
+#: the pair stored (exchanged), unverified: after the lease the next caller verifies it.
+VERIFY_LATER = ("in_progress", "lapse", "already_connected", "token")
+#: connected, stored: the replay is answered from the ledger.
+DONE = ("already_connected", "token")
+#: the refresh not claimed, or its new pair stored: the next call answers.
+REFRESHED = ("token",)
+#: the refresh claimed, its token not sent: after the lease the next call refreshes.
+CLAIMED = ("TryAgainLater:refresh_in_progress", "lapse", "token")
+#: amoCRM rotated the pair and the only copy died with the worker: amoCRM refuses the spent
+#: token sent again, callers hear kept_pair_pending for the grace, then
+#: reauthorization_required; a new consent connects (the documented exception).
+ROTATED_AND_LOST = (
+    "TryAgainLater:refresh_in_progress",
+    "lapse",
+    "TryAgainLater:kept_pair_pending",
+    "lapse",
+    "ReauthorizationRequired:reauthorization_required",
+    "connected",
+    "token",
+)
+EXPECTED: dict[str, tuple[str, ...]] = {
+    "exchange-00-HolderOf-before": FRESH,
+    "exchange-00-HolderOf-after": FRESH,
+    "exchange-01-HolderOf-before": FRESH,
+    "exchange-01-HolderOf-after": FRESH,
+    "exchange-02-Load-before": FRESH,
+    "exchange-02-Load-after": FRESH,
+    "exchange-03-Load-before": FRESH,
+    "exchange-03-Load-after": FRESH,
+    "exchange-04-ClaimOp-before": FRESH,
+    "exchange-04-ClaimOp-after": INTERRUPTED,
+    "exchange-05-Send-before": INTERRUPTED,
+    "exchange-05-Send-after": INTERRUPTED,
+    "exchange-06-CompareAndSet-before": INTERRUPTED,
+    "exchange-06-CompareAndSet-after": VERIFY_LATER,
+    "exchange-07-Send-before": VERIFY_LATER,
+    "exchange-07-Send-after": VERIFY_LATER,
+    "exchange-08-CompareAndSet-before": VERIFY_LATER,
+    "exchange-08-CompareAndSet-after": DONE,
+    "exchange-09-Emit-before": DONE,
+    "exchange-09-Emit-after": DONE,
+    "refresh-00-Load-before": REFRESHED,
+    "refresh-00-Load-after": REFRESHED,
+    "refresh-01-CompareAndSet-before": REFRESHED,
+    "refresh-01-CompareAndSet-after": CLAIMED,
+    "refresh-02-Send-before": CLAIMED,
+    "refresh-02-Send-after": ROTATED_AND_LOST,
+    "refresh-03-CompareAndSet-before": ROTATED_AND_LOST,
+    "refresh-03-CompareAndSet-after": REFRESHED,
+}
+
+
+def test_every_yield_point_is_covered(scene: Scene) -> None:
+    for flow, ops in OPS.items():
+        announced = scene.ops(ready(scene, flow))
+        assert announced == [(point.index, point.op, point.phase) for point in _points(flow, ops)]
+    assert {point.id for point in POINTS} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("point", POINTS, ids=[point.id for point in POINTS])
+def test_kill(point: KillPoint, scene: Scene) -> None:
+    job = ready(scene, point.flow)
+    scene.kill_at(job, point)
+    assert_killed_once(scene)
+    answers = recover(scene, point.flow, job)
+    assert tuple(answers) == EXPECTED[point.id]
+    assert_consistent(scene)
+    assert_latest_pair_stored(scene)
