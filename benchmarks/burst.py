@@ -13,7 +13,7 @@ the lag of the slowest caller beyond the winner's last write (how long the last 
 hear of it), store reads and waits per waiting caller, and connections opened (SQLite).
 
     python benchmarks/burst.py [--callers 1000] [--latency 0.02] [--stores memory,sqlite]
-        [--scenarios callbacks,access_token] [--settle 5]
+        [--scenarios callbacks,access_token] [--settle 5]  (settle_timeout: the default)
         [--postgres URL] [--redis URL]     (adds those stores; each run gets a fresh table/prefix)
 
 A figure, not a test: the machines here are shared and noisy; compare rows of one run.
@@ -371,7 +371,7 @@ def main() -> None:
     parser.add_argument("--stores", default="memory,sqlite")
     parser.add_argument("--scenarios", default="callbacks,access_token")
     parser.add_argument(
-        "--settle", type=float, default=120.0, help="settle_timeout, seconds (the default 5)"
+        "--settle", type=float, default=5.0, help="settle_timeout, seconds (the library's default)"
     )
     parser.add_argument("--postgres", help="a PostgreSQL URL: adds the postgres store")
     parser.add_argument("--redis", help="a Redis URL: adds the redis store")
