@@ -13,7 +13,7 @@ the lag of the slowest caller beyond the winner's last write (how long the last 
 hear of it), store reads and waits per waiting caller, and connections opened (SQLite).
 
     python benchmarks/burst.py [--callers 1000] [--latency 0.02] [--stores memory,sqlite]
-        [--scenarios callbacks,access_token] [--settle 5]
+        [--scenarios callbacks,access_token] [--settle 5]  (settle_timeout: the default)
         [--postgres URL] [--redis URL]     (adds those stores; each run gets a fresh table/prefix)
 
 A figure, not a test: the machines here are shared and noisy; compare rows of one run.
@@ -195,7 +195,7 @@ def timed(call: Callable[[], object]) -> tuple[object, float]:
 
 def run_threads(
     make: Callable[[FakeClock], Store], scenario: str, callers: int, latency: float, settle: float
-) -> str:
+) -> Measured:
     clock = FakeClock()
     fake = FakeAmoCRM(clock=clock, rate_limit=None, latency=latency)
     store = make(clock)  # the store judges leases: it reads the same clock
@@ -224,13 +224,13 @@ def run_threads(
         with ThreadPoolExecutor(max_workers=callers) as pool:
             done = list(pool.map(deliver, range(callers)))
         burst = Burst([a for a, _ in done], [f for _, f in done], time.perf_counter() - started)
-        return report(fake, counting, store, scenario, burst)
+        return measured(fake, counting, store, scenario, burst)
 
 
 def run_tasks(
     make: Callable[[FakeClock], Store], scenario: str, callers: int, latency: float, settle: float
-) -> str:
-    async def burst() -> str:
+) -> Measured:
+    async def burst() -> Measured:
         clock = FakeClock()
         fake = FakeAmoCRM(clock=clock, rate_limit=None, latency=latency)
         store = make(clock)  # the store judges leases: it reads the same clock
@@ -260,7 +260,7 @@ def run_tasks(
             done = await asyncio.gather(*(one() for _ in range(callers)))
             took = time.perf_counter() - started
             answers = Burst([a for a, _ in done], [f for _, f in done], took)
-            return report(fake, counting, store, scenario, answers)
+            return measured(fake, counting, store, scenario, answers)
 
     return asyncio.run(burst())
 
@@ -268,29 +268,76 @@ def run_tasks(
 def settled(scenario: str, answers: list[object]) -> tuple[int, int, str]:
     """(callers settled, errors, a note on what the others got)."""
     errors = [a for a in answers if isinstance(a, Exception)]
+    # The library's errors name a reason, never a secret: their first words say which.
+    kinds = Counter(f"{type(e).__name__}: {str(e)[:50]}" for e in errors)
+    seen = "".join(f", {n} x {kind}" for kind, n in kinds.most_common(2))
     if scenario == "callbacks":
         tally = Counter(a for a in answers if isinstance(a, O))
-        note = f"connected {tally[O.CONNECTED]}, in progress {tally[O.IN_PROGRESS]}"
+        note = f"connected {tally[O.CONNECTED]}, in progress {tally[O.IN_PROGRESS]}{seen}"
         return sum(tally[o] for o in SETTLED), len(errors), note
     tokens = Counter(a for a in answers if isinstance(a, str))
-    first = f", first: {str(errors[0])[:60]}" if errors else ""
-    return sum(tokens.values()), len(errors), f"distinct tokens {len(tokens)}{first}"
+    return sum(tokens.values()), len(errors), f"distinct tokens {len(tokens)}{seen}"
 
 
-def report(fake: FakeAmoCRM, counting: Counting, store: object, scenario: str, burst: Burst) -> str:
+@attrs.frozen
+class Measured:
+    """One burst's figures: wall time and the slowest caller's lag beyond the winner's last
+    write (seconds), token calls of the scenario's grant, callers settled and errors (with a
+    note on what the others got), and the store traffic per waiting caller."""
+
+    took: float
+    token_calls: int
+    callers: int
+    settled: int
+    errors: int
+    note: str
+    lag: float
+    reads_per_waiter: float
+    waits_per_waiter: float
+    writes: int
+    opened: int | None
+
+    @property
+    def failure(self) -> str | None:
+        """What broke the burst's promise (one token call, every caller settled, no error);
+        None when it held."""
+        if self.token_calls == 1 and self.errors == 0 and self.settled == self.callers:
+            return None
+        return (
+            f"token calls {self.token_calls}, settled {self.settled}/{self.callers}, "
+            f"errors {self.errors} ({self.note})"
+        )
+
+    def line(self) -> str:
+        return (
+            f"{self.took * 1e3:7.0f} ms  token calls {self.token_calls}  "
+            f"settled {self.settled}/{self.callers} errors {self.errors} ({self.note})  "
+            f"slowest lag {self.lag * 1e3:.0f} ms  "
+            f"reads/waiter {self.reads_per_waiter:.1f}  "
+            f"waits/waiter {self.waits_per_waiter:.1f}  writes {self.writes}"
+            + (f"  connections opened {self.opened}" if self.opened is not None else "")
+        )
+
+
+def measured(
+    fake: FakeAmoCRM, counting: Counting, store: object, scenario: str, burst: Burst
+) -> Measured:
     grant = "authorization_code" if scenario == "callbacks" else "refresh_token"
     ok, errors, note = settled(scenario, burst.answers)
     waiting = max(len(burst.answers) - 1, 1)
     reads = counting.calls["load"] + counting.calls["holder_of"]
-    lag = max(burst.finished) - counting.last_write
-    opened = getattr(store, "connections_opened", None)
-    return (
-        f"{burst.took * 1e3:7.0f} ms  token calls {fake.token_call_count(grant)}  "
-        f"settled {ok}/{len(burst.answers)} errors {errors} ({note})  "
-        f"slowest lag {lag * 1e3:.0f} ms  "
-        f"reads/waiter {reads / waiting:.1f}  waits/waiter {counting.calls['wait'] / waiting:.1f}  "
-        f"writes {counting.calls['claim'] + counting.calls['compare_and_set']}"
-        + (f"  connections opened {opened}" if opened is not None else "")
+    return Measured(
+        took=burst.took,
+        token_calls=fake.token_call_count(grant),
+        callers=len(burst.answers),
+        settled=ok,
+        errors=errors,
+        note=note,
+        lag=max(burst.finished) - counting.last_write,
+        reads_per_waiter=reads / waiting,
+        waits_per_waiter=counting.calls["wait"] / waiting,
+        writes=counting.calls["claim"] + counting.calls["compare_and_set"],
+        opened=getattr(store, "connections_opened", None),
     )
 
 
@@ -324,7 +371,7 @@ def main() -> None:
     parser.add_argument("--stores", default="memory,sqlite")
     parser.add_argument("--scenarios", default="callbacks,access_token")
     parser.add_argument(
-        "--settle", type=float, default=120.0, help="settle_timeout, seconds (the default 5)"
+        "--settle", type=float, default=5.0, help="settle_timeout, seconds (the library's default)"
     )
     parser.add_argument("--postgres", help="a PostgreSQL URL: adds the postgres store")
     parser.add_argument("--redis", help="a Redis URL: adds the redis store")
@@ -348,7 +395,7 @@ def main() -> None:
             for name in stores:
                 for driver, run in (("threads", run_threads), ("tasks", run_tasks)):
                     row = run(makers[name], scenario, args.callers, args.latency, args.settle)
-                    print(f"  {scenario:12} {name:8} {driver:8}", row)
+                    print(f"  {scenario:12} {name:8} {driver:8}", row.line(), flush=True)
 
 
 if __name__ == "__main__":

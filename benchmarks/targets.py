@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import multiprocessing
 import operator
 import os
 import pstats
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -56,7 +58,13 @@ from amo_oauth._hosts import AccountHost
 from amo_oauth._lifecycle import TABLE, _Model, step
 from amo_oauth._records import ConnectionRecord, ConnectionStatus, Lease, code_digest, record_key
 from amo_oauth.stores._protocol import ClaimResult
-from amo_oauth.testing import FakeAmoCRM
+from amo_oauth.testing import FakeAmoCRM, FakeClock
+
+# The scale rows' scripts are this file's siblings, whichever way it was started.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import burst
+import naive
+import sweep
 
 USER = "bench-user"
 STATE_SECRET = "benchmark-state-secret-0123456789"
@@ -108,11 +116,14 @@ class Row:
     target: tuple[str, float] | None = None  # ("<=", 1.5): value <= 1.5 meets it
     detail: str = ""
     reason: str | None = None  # why there is no value
+    failure: str | None = None  # a promise beside the figure that did not hold: not met
 
     @property
     def met(self) -> bool | None:
         if self.value is None or self.target is None:
             return None
+        if self.failure is not None:
+            return False
         compare = operator.le if self.target[0] == "<=" else operator.ge
         return bool(compare(self.value, self.target[1]))
 
@@ -137,6 +148,7 @@ class Row:
             "margin": self.margin,
             "detail": self.detail,
             "reason": self.reason,
+            "failure": self.failure,
         }
 
 
@@ -499,19 +511,166 @@ def across_sizes(
     return costs, Spread.of([r[-1] / r[0] for r in rounds])
 
 
-# -- rows not measured here yet ---------------------------------------------------------------
+# -- scale: bursts, the sweep and the naive baseline (burst.py, sweep.py, naive.py) ------------
 
-LATER = {
-    "1,000 concurrent duplicate callbacks / access_token() on an expired token": (
-        "not measured yet: benchmarks/burst.py runs these storms; not folded into this table"
-    ),
-    "keep-alive sweep, 10,000 connections over 1,000 hosts": (
-        "not measured yet: benchmarks/sweep.py runs the sweep; not folded into this table"
-    ),
-    "naive authlib handler, duplicate code and refresh storm": (
-        "not measured yet: needs authlib, which the lock does not hold"
-    ),
-}
+
+@attrs.frozen
+class Scale:
+    """How big the scale rows run: callers per burst and bursts per figure, the sweep's two
+    sizes (connections, with ``per_host`` connections on each account host), the naive
+    scenarios' callers, and the token endpoint's latency (seconds)."""
+
+    callers: int
+    rounds: int
+    sweep_sizes: tuple[int, int]
+    naive_callers: int
+    per_host: int = 10
+    latency: float = 0.02
+    sweep_latency: float = 0.02
+    in_process: bool = False  # sweeps in this process: their RSS is then not their own
+
+
+SCALE_FULL = Scale(callers=1_000, rounds=3, sweep_sizes=(1_000, 10_000), naive_callers=100)
+#: The smoke run's: the per-host rate (7/s) paces a sweep, so a few connections per host.
+SCALE_QUICK = Scale(
+    callers=20,
+    rounds=1,
+    sweep_sizes=(5, 10),
+    naive_callers=10,
+    per_host=2,
+    sweep_latency=0.001,
+    in_process=True,
+)
+#: The slowest caller's bound beyond the winner's last write, milliseconds (issue 24 §1).
+LAG_BOUND_MS = {"Memory": 100.0, "SQLite": 100.0, "Postgres": 250.0, "Redis": 250.0}
+#: Bursts run with the library's default settle_timeout: what an application gets.
+SETTLE = 5.0
+assert attrs.fields(Config).settle_timeout.default == SETTLE, "Config's default moved"
+BURSTS = {"callbacks": "duplicate callbacks", "access_token": "access_token() on an expired token"}
+
+
+def scale_rows(quick: bool, folder: Path) -> list[Row]:
+    """The burst, sweep and naive rows, at ``SCALE_QUICK`` or ``SCALE_FULL``."""
+    scale = SCALE_QUICK if quick else SCALE_FULL
+    return burst_rows(scale, folder) + sweep_rows(scale) + naive_rows(scale)
+
+
+def scale_stores(folder: Path) -> list[tuple[str, Callable[[FakeClock], Store] | None]]:
+    """Each store of the scale rows and how to make a fresh one reading the clock it is given
+    (None: no server named: ``AMO_OAUTH_BENCH_POSTGRES_URL`` / ``..._REDIS_URL``)."""
+    servers = dict(server_stores())
+    postgres, redis = servers["Postgres"], servers["Redis"]
+    return [
+        ("Memory", lambda clock: MemoryStore(clock=clock)),
+        ("SQLite", lambda clock: SQLiteStore(folder / f"{time.monotonic_ns()}.db", clock=clock)),
+        ("Postgres", None if postgres is None else partial(burst._postgres, postgres)),
+        ("Redis", None if redis is None else partial(burst._redis, redis)),
+    ]
+
+
+def burst_rows(scale: Scale, folder: Path) -> list[Row]:
+    """Per store, scenario and driver: the slowest caller's lag beyond the winner's last
+    write (median of ``scale.rounds`` bursts); a burst with more than one token call, an
+    error or an unsettled caller fails its row."""
+    rows = []
+    drivers = (("threads", burst.run_threads), ("tasks", burst.run_tasks))
+    for name, make in scale_stores(folder):
+        target = ("<=", LAG_BOUND_MS[name])
+        for scenario, label in BURSTS.items():
+            for driver, run_burst in drivers:
+                figure = f"burst of {scale.callers:,} {label}, {name}, {driver}: slowest lag"
+                if make is None:
+                    reason = f"not measured: no server (set AMO_OAUTH_BENCH_{name.upper()}_URL)"
+                    rows.append(Row(figure, None, "ms", target=target, reason=reason))
+                    continue
+                runs = [
+                    run_burst(make, scenario, scale.callers, scale.latency, SETTLE)
+                    for _ in range(scale.rounds)
+                ]
+                rows.append(burst_row(figure, target, runs))
+    return rows
+
+
+def burst_row(figure: str, target: tuple[str, float], runs: list[burst.Measured]) -> Row:
+    lags = Spread.of([m.lag * 1e3 for m in runs])
+    failures = [m.failure for m in runs if m.failure is not None]
+    took = statistics.median(m.took for m in runs)
+    detail = (
+        f"token calls {'/'.join(str(m.token_calls) for m in runs)}, "
+        f"errors {'/'.join(str(m.errors) for m in runs)}, "
+        f"settled {min(m.settled for m in runs)}/{runs[0].callers} at worst; "
+        f"wall {took * 1e3:,.0f} ms"
+    )
+    failure = f"{len(failures)} of {len(runs)} bursts: {failures[0]}" if failures else None
+    return Row(figure, lags.median, "ms", lags, target, detail, failure=failure)
+
+
+def sweep_rows(scale: Scale) -> list[Row]:
+    """Per store: the sweep at the larger size (seconds), and its peak RSS beside the smaller
+    size's. Each sweep runs in a process of its own, so that its RSS is its own."""
+    small, big = scale.sweep_sizes
+    rows = []
+    for name, url in (("Memory", None), ("SQLite", None), *server_stores()):
+        hosts = big // scale.per_host
+        figure = f"keep-alive sweep, {big:,} connections over {hosts:,} hosts, {name}"
+        if name in ("Postgres", "Redis") and url is None:
+            reason = f"not measured: no server (set AMO_OAUTH_BENCH_{name.upper()}_URL)"
+            rows.append(Row(f"{figure}: time", None, "s", reason=reason))
+            rows.append(Row(f"{figure}: peak RSS", None, "MiB", reason=reason))
+            continue
+        at = {size: swept(name.lower(), url, size, scale) for size in (small, big)}
+        done = at[big]
+        detail = f"{done.grants:,} refresh grants: each connection once, none failed"
+        rows.append(Row(f"{figure}: time", done.seconds, "s", detail=detail))
+        rows.append(Row(f"{figure}: peak RSS", done.peak_rss, "MiB", detail=rss_detail(at)))
+    return rows
+
+
+def swept(store: str, url: str | None, connections: int, scale: Scale) -> sweep.Swept:
+    """One sweep (``sweep.measure``) in a fresh spawned process, so that its RSS is its own;
+    the smoke run's in this one (starting a process would be most of its time)."""
+    hosts = max(1, connections // scale.per_host)
+    if scale.in_process:
+        return sweep.measure(store, url, connections, hosts, scale.sweep_latency)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        done = pool.submit(sweep.measure, store, url, connections, hosts, scale.sweep_latency)
+        return done.result()
+
+
+def rss_detail(at: dict[int, sweep.Swept]) -> str:
+    """Each size's peak RSS and its rise during the sweep, MiB."""
+    parts = []
+    for size, done in at.items():
+        rise = "" if done.rss_growth is None else f" (+{done.rss_growth:.1f} in the sweep)"
+        parts.append(f"{size:,}: {done.peak_rss:.0f} MiB{rise}")
+    return "; ".join(parts) + "; the fake's records are in it (docs/performance.md)"
+
+
+def naive_rows(scale: Scale) -> list[Row]:
+    """Token calls of the naive authlib handler (plain and checked) and ours, in the same
+    duplicate-code and refresh-storm scenarios; ours fails its row unless it made one token
+    call, every caller got an answer and its stored token still works."""
+    n = scale.naive_callers
+    labels = {
+        "duplicates": f"duplicate code (callback, replay, {n:,} at once)",
+        "storm": f"refresh storm ({n:,} reads of an expired token)",
+    }
+    rows = []
+    for scenario, handlers in naive.SCENARIOS.items():
+        for handler, run_scenario in handlers.items():
+            out = run_scenario(n, scale.latency)
+            figure = f"naive baseline, {labels[scenario]}, {handler}: token calls"
+            works = "works" if out.token_works else "BROKEN"
+            tally = ", ".join(f"{kind} x{count}" for kind, count in sorted(out.answers.items()))
+            detail = f"stored token {works}; callers got: {tally}"
+            target = ("<=", 1.0) if handler == "ours" else None
+            failure = None
+            if handler == "ours" and (out.errors or not out.token_works):
+                failure = f"errors {out.errors}, stored token {works}"
+            calls = float(out.token_calls)
+            rows.append(Row(figure, calls, "calls", None, target, detail, failure=failure))
+    return rows
 
 
 # -- where the time goes: a profile of each missed target ------------------------------------
@@ -642,15 +801,20 @@ def verdict(row: Row) -> str:
     return f"{'met' if row.met else 'MISSED'} ({row.margin:+.1%})"
 
 
+def _said(row: Row) -> str:
+    """The last column: the reason there is no value, else the detail (a failure first)."""
+    if row.reason:
+        return row.reason
+    return f"FAILED: {row.failure}; {row.detail}" if row.failure else row.detail
+
+
 HEADINGS = ("figure", "median (min-max)", "target", "met (margin)", "detail, or why not measured")
 
 
 def print_table(rows: list[Row], stream: TextIO) -> None:
     """One line per row (only the last column may wrap): rich's table if it is installed,
     plain if not."""
-    lines = [
-        (r.figure, value_text(r), target_text(r), verdict(r), r.reason or r.detail) for r in rows
-    ]
+    lines = [(r.figure, value_text(r), target_text(r), verdict(r), _said(r)) for r in rows]
     try:
         from rich.console import Console
         from rich.table import Table
@@ -666,15 +830,17 @@ def print_table(rows: list[Row], stream: TextIO) -> None:
     Console(file=stream, width=240).print(table)
 
 
-def run(profile: Profile) -> list[Row]:
+def run(profile: Profile, *, scale_only: bool = False) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="amo_oauth-bench-") as tmp:
         folder = Path(tmp)
+        if scale_only:
+            return scale_rows(profile is QUICK, folder)
         rows = table_rows(profile)
         rows += first_callback_rows(profile, folder)
         rows += duplicate_rows(profile, folder)
         rows += access_token_rows(profile, folder)
         rows += growth_rows(profile, folder)
-    rows += [Row(figure, None, "", reason=reason) for figure, reason in LATER.items()]
+        rows += scale_rows(profile is QUICK, folder)
     return rows
 
 
@@ -692,9 +858,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few calls, small stores: a smoke run")
     parser.add_argument("--profile", action="store_true", help="profile each missed target")
     parser.add_argument("--json", metavar="PATH", help="write the JSON summary here, not stdout")
+    parser.add_argument(
+        "--scale-only", action="store_true", help="only the burst, sweep and naive rows"
+    )
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
-    rows = run(profile)
+    rows = run(profile, scale_only=args.scale_only)
     # Without --json, the JSON owns stdout (so it can be piped) and the table goes to stderr.
     shown = sys.stdout if args.json else sys.stderr
     print_table(rows, shown)
@@ -703,6 +872,7 @@ def main() -> None:
     summary = {
         "quick": args.quick,
         "profile": attrs.asdict(profile),
+        "scale": attrs.asdict(SCALE_QUICK if args.quick else SCALE_FULL),
         "rows": [r.as_json() for r in rows],
     }
     with output(args.json) as handle:

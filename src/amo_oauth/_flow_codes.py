@@ -529,7 +529,11 @@ class CodeFlows:
         client_id: str | None = None,
     ) -> Flow[CallbackResult]:
         digest = code_digest(code)
-        deadline = self.records.deadline()
+        # How long this call waits for other claims of its connection in flight, counted from
+        # its first try to claim: its own reads before it may have queued behind a burst's
+        # (a thousand callers on a pool of store connections) for longer than settle_timeout,
+        # and a duplicate refused a slot then must still wait for the claim, not be refused.
+        claim_deadline: float | None = None
         # Metadata mode: how long a new code waits for its integration's credentials.
         credentials_until = self.records.soon(self.config.secrets_wait)
         state_raced = False
@@ -558,8 +562,10 @@ class CodeFlows:
                     wait = None
                 if decision.noop is not None:
                     return (yield from self._unchanged(record, decision.noop))
+                if claim_deadline is None:
+                    claim_deadline = self.records.deadline()
                 claimed, slot = yield from self._claim(
-                    record, decision, event, claims, source, deadline
+                    record, decision, event, claims, source, claim_deadline
                 )
                 if claimed is ClaimResult.CLAIMED:
                     assert event.host is not None and slot is not None  # claimed: a host
@@ -661,7 +667,8 @@ class CodeFlows:
         deadline: float,
     ) -> Flow[tuple[ClaimResult | None, Slot | None]]:
         """Claim the code, within the bounds on token calls, and the slot it took. None: claims
-        of this connection were in flight and this call waited for one to land (look again)."""
+        of this connection were in flight and this call waited for one to land (look again),
+        which it does until ``deadline`` (monotonic; from its first try to claim)."""
         assert event.host is not None  # the table claims only with a host
         source = self._source_of(record, event, source)
         limiter = self._limiter()
