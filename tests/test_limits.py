@@ -4,13 +4,14 @@ writes nothing, and duplicates never count."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 
 import pytest
 
-from amo_oauth import AmoOAuth, CallbackRejected, MemoryStore, Outcome
+from amo_oauth import AmoOAuth, CallbackRejected, MemoryStore, Outcome, _flow_codes
+from amo_oauth._limits import ExchangeLimiter
 from amo_oauth._records import record_key
 from amo_oauth.stores import Claim, ClaimResult
 from amo_oauth.testing import FakeAmoCRM, FakeClock
@@ -39,10 +40,16 @@ def garbage_callback(oauth: AmoOAuth, fake: FakeAmoCRM, n: int) -> Redirect:
 
 
 def test_a_looping_user_is_cut_at_the_bound_and_writes_nothing_beyond_it(
-    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue: one signed-in user looping /connect + /callback?code=garbageN made 200 token
     calls, each carrying the client secret."""
+    # The window's own clock, moved by hand: on a loaded machine 200 callbacks can outlast a
+    # real second, and the window would slide under the loop (13 calls instead of 10).
+    ticks = [0.0]
+    monkeypatch.setattr(
+        _flow_codes, "ExchangeLimiter", partial(ExchangeLimiter, clock=lambda: ticks[0])
+    )
     oauth = make_oauth(max_exchanges_per_connection=10, exchange_window=timedelta(seconds=1))
     reasons = [attempt(oauth, garbage_callback(oauth, fake, n)) for n in range(200)]
     assert fake.token_call_count("authorization_code") == 10  # was 200
@@ -54,7 +61,7 @@ def test_a_looping_user_is_cut_at_the_bound_and_writes_nothing_beyond_it(
         oauth.handle_callback(good, binding=binding)
     assert oauth.status(USER).version == version
     assert oauth.store.holder_of(f"code:{good['code']}") is None  # type: ignore[attr-defined]
-    time.sleep(1.05)
+    ticks[0] += 1.05
     assert oauth.handle_callback(good, binding=binding).outcome is Outcome.CONNECTED
     # Duplicates never reach the limiter: the seed's replay, many times, in a full window.
     for n in range(9):
