@@ -1,0 +1,181 @@
+"""Regressions for the leaks a review found: each test drives the shape the reviewer's script did.
+
+1. Django's ``django.request`` log of the routes' 4xx/5xx answers carried the request, whose repr
+   has the query (the unused code and state, a ticket).
+2. ``clean_hint`` cut the provider's hint before redacting it: half a client secret survived.
+3. A malformed store URL's password survived in the StoreError's ``__context__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from django.core import mail
+from django.test import AsyncClient, Client, override_settings
+from django.urls import include, path
+from django.utils.log import AdminEmailHandler
+
+import django_settings
+from _leak_support import Canary, findings, record_texts
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, StoreError
+from amo_oauth.django import urls
+from amo_oauth.testing import FakeAmoCRM, FakeClock
+from amo_oauth.web._catalogue import BINDING_COOKIE
+
+from helpers import config_for
+
+django_settings.setup()
+
+CALLBACK = "/api/amo-crm/callback"
+
+
+class DownStore(MemoryStore):
+    """A store that is down (every load fails) once ``down`` is set."""
+
+    down = False
+
+    def load(self, *args: Any, **kwargs: Any) -> Any:
+        if self.down:
+            raise StoreError("store unreachable (test)")
+        return super().load(*args, **kwargs)
+
+
+class Kept(logging.Handler):
+    """The records ``django.request`` emits during a test."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def kept() -> Iterator[Kept]:
+    handler, logger = Kept(), logging.getLogger("django.request")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.fixture
+def store() -> DownStore:
+    return DownStore()
+
+
+@pytest.fixture(params=["sync", "async"])
+def service(
+    request: pytest.FixtureRequest, fake: FakeAmoCRM, clock: FakeClock, store: DownStore
+) -> Iterator[AmoOAuth | AsyncAmoOAuth]:
+    """``AmoOAuth`` under the sync views, ``AsyncAmoOAuth`` under the async ones."""
+    if request.param == "sync":
+        with AmoOAuth(
+            config_for(fake), store=store, http=httpx.Client(transport=fake.transport()), clock=clock
+        ) as oauth:
+            yield oauth
+        return
+    transport = fake.async_transport()
+    aoauth = AsyncAmoOAuth(
+        config_for(fake), store=store, http=httpx.AsyncClient(transport=transport), clock=clock
+    )
+    yield aoauth
+    asyncio.run(aoauth.aclose())
+
+
+def _get(service: AmoOAuth | AsyncAmoOAuth, url: str, cookies: dict[str, str]) -> int:
+    """GET ``url`` through the views for ``service``; the answer's status."""
+    patterns = urls(service, connection_id=lambda request: "ann", app_scheme="foryoure")
+    with override_settings(ROOT_URLCONF=django_settings.urlconf(path("", include(patterns)))):
+        if isinstance(service, AmoOAuth):
+            client = Client()
+            for name, value in cookies.items():
+                client.cookies[name] = value
+            return int(client.get(url).status_code)
+        aclient = AsyncClient()
+        for name, value in cookies.items():
+            aclient.cookies[name] = value
+        return int(asyncio.run(aclient.get(url)).status_code)
+
+
+def _begin(service: AmoOAuth | AsyncAmoOAuth) -> tuple[str, str]:
+    begun = service.begin("ann")
+    if not isinstance(service, AmoOAuth):
+        begun = asyncio.run(begun)
+    return begun.state, begun.binding
+
+
+def _ticket(service: AmoOAuth | AsyncAmoOAuth) -> str:
+    if isinstance(service, AmoOAuth):
+        return service.issue_ticket("ann")
+    return asyncio.run(service.issue_ticket("ann"))
+
+
+CASES = ["forged state", "another browser", "store down"]
+EXPECTED = {
+    "forged state": (400, "WARNING", "Bad Request"),
+    "another browser": (403, "WARNING", "Forbidden"),
+    "store down": (503, "ERROR", "Service Unavailable"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_request_log_of_a_refused_callback_has_no_code_or_state(
+    case: str, service: AmoOAuth | AsyncAmoOAuth, fake: FakeAmoCRM, store: DownStore, kept: Kept
+) -> None:
+    # Checked failing before the fix (views returning _to_django(...) as they were): every case
+    # found the code and the state in "log django.request:<level> extra request".
+    code, (state, binding) = fake.issue_keys_tab_code(), _begin(service)
+    if case == "forged state":
+        state = "forged-state-" + "q" * 40
+    cookies = {} if case == "another browser" else {BINDING_COOKIE: binding}
+    store.down = case == "store down"
+    url = f"{CALLBACK}?code={code}&state={state}&referer={fake.account_host}"
+    status = _get(service, url, cookies)
+    (record,) = kept.records  # Django's own line is skipped: one record, not two
+    reason = record.getMessage().removesuffix(f": {CALLBACK}")
+    assert (status, record.levelname, reason) == EXPECTED[case]
+    assert record.status_code == status  # type: ignore[attr-defined]
+    texts = [text for record in kept.records for text in record_texts(record)]
+    assert findings([Canary("code", code), Canary("state", state)], texts) == []
+
+
+def test_the_request_log_of_a_ticket_answered_503_has_no_ticket(
+    service: AmoOAuth | AsyncAmoOAuth, store: DownStore, kept: Kept
+) -> None:
+    ticket = _ticket(service)
+    store.down = True
+    assert _get(service, f"/api/amo-crm/connect?ticket={ticket}", {}) == 503
+    assert [(r.levelname, r.getMessage()) for r in kept.records] == [
+        ("ERROR", "Service Unavailable: /api/amo-crm/connect")
+    ]
+    texts = [text for record in kept.records for text in record_texts(record)]
+    assert findings([Canary("ticket", ticket)], texts) == []
+
+
+def test_admin_email_handler_still_mails_the_record_without_a_request(
+    service: AmoOAuth | AsyncAmoOAuth, store: DownStore
+) -> None:
+    # AdminEmailHandler reads record.request inside a try: without one it still sends the mail.
+    handler, logger = AdminEmailHandler(), logging.getLogger("django.request")
+    logger.addHandler(handler)
+    settings = {"ADMINS": [("ops", "ops@app.example")]}
+    settings["EMAIL_BACKEND"] = "django.core.mail.backends.locmem.EmailBackend"  # type: ignore[assignment]
+    try:
+        with override_settings(**settings):
+            mail.outbox = []
+            ticket = _ticket(service)
+            store.down = True
+            assert _get(service, f"/api/amo-crm/connect?ticket={ticket}", {}) == 503
+            sent = list(mail.outbox)
+    finally:
+        logger.removeHandler(handler)
+    assert [m.subject for m in sent] == ["[Django] ERROR: Service Unavailable: /api/amo-crm/connect"]
+    assert ticket not in sent[0].body
