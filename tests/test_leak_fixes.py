@@ -179,3 +179,51 @@ def test_admin_email_handler_still_mails_the_record_without_a_request(
         logger.removeHandler(handler)
     assert [m.subject for m in sent] == ["[Django] ERROR: Service Unavailable: /api/amo-crm/connect"]
     assert ticket not in sent[0].body
+
+
+# -- 2. a provider hint that echoes the client secret past the cut -------------------------------
+
+TOKEN_SECRET = "Zq8CLIENTsecretCANARY0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJ"[:64]
+PUNCTUATED_SECRET = "Pw9canary!Xyz#" + "k7" * 20  # not one token-like run: the edge check's case
+
+
+def _shown(secret: str, text: str) -> int:
+    """The longest first or last part of ``secret`` in ``text`` (characters)."""
+    sizes = [n for n in range(1, len(secret) + 1) if secret[:n] in text or secret[-n:] in text]
+    return max(sizes, default=0)
+
+
+def _echoing_hint(filler_runs: int, tail: int, secret: str) -> str:
+    # As the reviewer's hint_straddle.py: 60-character runs (each redacted down to 10 characters)
+    # then the request echoed as JSON, so the secret sits near a cut once redaction shrank the text.
+    filler = " ".join(["x" * 60] * filler_runs) + " " + "y" * tail
+    return f'{filler} {{"client_secret": "{secret}", "code": "def502"}}'
+
+
+@pytest.mark.parametrize("secret", [TOKEN_SECRET, PUNCTUATED_SECRET], ids=["token", "punctuated"])
+def test_a_hint_cut_through_the_client_secret_keeps_none_of_it(secret: str) -> None:
+    # Checked failing before the fix (cut at limit * 4, then redacted): "token" showed the
+    # secret's first 31 characters, as the script did.
+    from amo_oauth._answers import MAX_HINT, clean_hint
+
+    for filler_runs in range(10, 16):
+        for tail in range(0, 61, 3):
+            hint = clean_hint(_echoing_hint(filler_runs, tail, secret), redact=[secret])
+            assert hint is not None
+            assert len(hint) <= MAX_HINT
+            assert _shown(secret, hint) < 8, (filler_runs, tail)
+
+
+def test_the_stored_hint_and_status_keep_no_piece_of_the_client_secret(fake: FakeAmoCRM) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        hint = _echoing_hint(12, 17, TOKEN_SECRET)  # the script's 749-character filler
+        return httpx.Response(400, json={"hint": hint})
+
+    config = config_for(fake, client_secret=TOKEN_SECRET)
+    http = httpx.Client(transport=httpx.MockTransport(refuse))
+    with AmoOAuth(config, store=MemoryStore(), http=http) as oauth:
+        result = oauth.connect_with_code("admin", "def502" + "c" * 400, fake.account_host)
+        status = oauth.status("admin")
+    assert _shown(TOKEN_SECRET, repr(result)) < 8
+    assert _shown(TOKEN_SECRET, repr(status)) < 8
+    assert "[redacted]" in repr(status)  # the hint was stored, and the secret redacted in it
