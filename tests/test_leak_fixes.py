@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ import django_settings
 from _leak_support import Canary, findings, record_texts
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, StoreError
 from amo_oauth.django import urls
+from amo_oauth.stores import store_from_url
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.web._catalogue import BINDING_COOKIE
 
@@ -78,7 +80,10 @@ def service(
     """``AmoOAuth`` under the sync views, ``AsyncAmoOAuth`` under the async ones."""
     if request.param == "sync":
         with AmoOAuth(
-            config_for(fake), store=store, http=httpx.Client(transport=fake.transport()), clock=clock
+            config_for(fake),
+            store=store,
+            http=httpx.Client(transport=fake.transport()),
+            clock=clock,
         ) as oauth:
             yield oauth
         return
@@ -106,9 +111,12 @@ def _get(service: AmoOAuth | AsyncAmoOAuth, url: str, cookies: dict[str, str]) -
 
 
 def _begin(service: AmoOAuth | AsyncAmoOAuth) -> tuple[str, str]:
-    begun = service.begin("ann")
-    if not isinstance(service, AmoOAuth):
-        begun = asyncio.run(begun)
+    """A consent's state and its browser binding."""
+    if isinstance(service, AmoOAuth):
+        begun = service.begin("ann")
+    else:
+        begun = asyncio.run(service.begin("ann"))
+    assert begun.binding is not None  # begun with browser binding (the default)
     return begun.state, begun.binding
 
 
@@ -177,8 +185,11 @@ def test_admin_email_handler_still_mails_the_record_without_a_request(
             sent = list(mail.outbox)
     finally:
         logger.removeHandler(handler)
-    assert [m.subject for m in sent] == ["[Django] ERROR: Service Unavailable: /api/amo-crm/connect"]
-    assert ticket not in sent[0].body
+    assert [m.subject for m in sent] == [
+        "[Django] ERROR: Service Unavailable: /api/amo-crm/connect"
+    ]
+    shown = ticket in sent[0].body  # a bool: a failure must not print the ticket
+    assert not shown
 
 
 # -- 2. a provider hint that echoes the client secret past the cut -------------------------------
@@ -211,7 +222,8 @@ def test_a_hint_cut_through_the_client_secret_keeps_none_of_it(secret: str) -> N
             hint = clean_hint(_echoing_hint(filler_runs, tail, secret), redact=[secret])
             assert hint is not None
             assert len(hint) <= MAX_HINT
-            assert _shown(secret, hint) < 8, (filler_runs, tail)
+            shown = _shown(secret, hint)  # a number: a failure must not print the secret
+            assert shown < 8, (filler_runs, tail)
 
 
 def test_the_stored_hint_and_status_keep_no_piece_of_the_client_secret(fake: FakeAmoCRM) -> None:
@@ -224,6 +236,84 @@ def test_the_stored_hint_and_status_keep_no_piece_of_the_client_secret(fake: Fak
     with AmoOAuth(config, store=MemoryStore(), http=http) as oauth:
         result = oauth.connect_with_code("admin", "def502" + "c" * 400, fake.account_host)
         status = oauth.status("admin")
-    assert _shown(TOKEN_SECRET, repr(result)) < 8
-    assert _shown(TOKEN_SECRET, repr(status)) < 8
-    assert "[redacted]" in repr(status)  # the hint was stored, and the secret redacted in it
+    in_result, in_status = _shown(TOKEN_SECRET, repr(result)), _shown(TOKEN_SECRET, repr(status))
+    assert max(in_result, in_status) < 8
+    redacted = "[redacted]" in repr(status)
+    assert redacted  # the hint was stored, and the secret redacted in it
+
+
+# -- 3. a malformed store URL: the password nowhere in the error's chain -------------------------
+
+PASSWORD = "Pw9canaryXyz"
+#: Malformed URLs the drivers refuse, each with the part the message must name.
+MALFORMED = {
+    "pg-space": (f"postgresql://u:{PASSWORD} x@127.0.0.1:1/db", "space in the user name"),
+    "pg-bad-escape": (f"postgresql://u:{PASSWORD}%zz@127.0.0.1:1/db", "'%' in the user name"),
+    "pg-unclosed-bracket": (f"postgresql://u:{PASSWORD}@[::1:1/db", "'[' without its ']'"),
+    "pg-capital-scheme": (f"Postgresql://u:{PASSWORD}@127.0.0.1:1/db", "scheme"),
+    "redis-hash": (f"redis://:{PASSWORD}#x@127.0.0.1:1/0", "'#' as %23"),
+    "redis-question-mark": (f"redis://:{PASSWORD}?x@127.0.0.1:1/0", "'#' as %23"),
+}
+
+
+def _chain_texts(error: BaseException) -> list[str]:
+    """Every link of ``error``'s chain (``__cause__`` and ``__context__``, suppressed or not)
+    as shown, and the formatted traceback."""
+    texts, seen, links = [], set(), [error]
+    while links:
+        link = links.pop()
+        if id(link) in seen:
+            continue
+        seen.add(id(link))
+        texts.append(f"{link!s} {link!r} {link.args!r}")
+        links += [chained for chained in (link.__cause__, link.__context__) if chained]
+    return [*texts, "".join(traceback.format_exception(error))]
+
+
+def _any_piece(secret: str, texts: list[str], size: int = 5) -> bool:
+    """Whether any ``size``-character piece of ``secret`` shows in ``texts`` (a bool, so that
+    a failing assertion does not print the piece)."""
+    pieces = [secret[i : i + size] for i in range(len(secret) - size + 1)]
+    return any(piece in text for piece in pieces for text in texts)
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_a_malformed_store_url_keeps_its_password_out_of_the_error_chain(name: str) -> None:
+    # Checked failing before the fix (raise ... from None inside the except block): each URL's
+    # ValueError held the driver's error, password quoted, as __context__.
+    url, part = MALFORMED[name]
+    with pytest.raises(ValueError, match="not a") as caught:
+        store_from_url(url)
+    texts = _chain_texts(caught.value)
+    assert not _any_piece(PASSWORD, texts)
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+    assert part in str(caught.value)  # what to fix, without the value
+
+
+def _first_load(store: Any, waited: bool) -> None:
+    """A store's first load: the blocking pool's connect, or the awaited pool's."""
+    if waited:
+        asyncio.run(store.aload("c1"))
+    else:
+        store.load("c1")
+
+
+@pytest.mark.parametrize("waited", [False, True], ids=["blocking", "awaited"])
+def test_an_unreachable_postgres_server_error_chains_no_libpq_error(
+    waited: bool, refusing_port: int
+) -> None:
+    # Checked failing before the fix (raise self._unreachable(exc) from exc): __cause__ was
+    # psycopg's OperationalError, libpq's whole message unmasked.
+    from amo_oauth.stores.postgres import PostgresStore
+
+    store = PostgresStore(
+        f"postgresql://u:{PASSWORD}@127.0.0.1:{refusing_port}/db", min_size=0, timeout=2.0
+    )
+    try:
+        with pytest.raises(StoreError, match="could not connect: OperationalError") as caught:
+            _first_load(store, waited)
+    finally:
+        store.close()
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+    texts = _chain_texts(caught.value)
+    assert not _any_piece(PASSWORD, texts)

@@ -198,7 +198,9 @@ def _logged(request: HttpRequest, response: HttpResponse) -> HttpResponse:
     if status >= 400:
         level = logging.ERROR if status >= 500 else logging.WARNING
         extra = {"status_code": status}
-        _request_log.log(level, "%s: %s", response.reason_phrase, _escaped(request.path), extra=extra)
+        _request_log.log(
+            level, "%s: %s", response.reason_phrase, _escaped(request.path), extra=extra
+        )
         response._has_been_logged = True  # type: ignore[attr-defined]  # read by log_response
     return response
 
