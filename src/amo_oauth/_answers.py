@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import re
+import string
 from collections.abc import Iterable, Mapping
 from typing import Final, Literal, get_args
 
@@ -302,21 +303,53 @@ def classify(grant: Grant | None, status: int | None, hint: str | None) -> Answe
 _SECRET_LIKE: Final = re.compile(r"[A-Za-z0-9._~+/=-]{32,}")
 
 
+_REDACTED: Final = "[redacted]"
+# The shortest piece of a known secret cut off at an edge that still counts as a leak
+# (characters): shorter, an ordinary word would match a secret's first letters too often.
+_EDGE: Final = 8
+# The characters of _SECRET_LIKE: a run of them at a cut may be the first part of a secret.
+_TOKEN_CHARS: Final = string.ascii_letters + string.digits + "._~+/=-"
+
+
 def clean_hint(text: object, *, limit: int = MAX_HINT, redact: Iterable[str] = ()) -> str | None:
     """``text`` made safe for a message, a log line or an exception: ``None`` unless a string;
     control characters become spaces, every string of ``redact`` and every run of 32 or more
     token-like characters becomes ``[redacted]``, and the result is cut at ``limit`` characters
-    (ending in an ellipsis). ``None`` when nothing is left."""
+    (ending in an ellipsis). ``None`` when nothing is left.
+
+    Redaction comes before every cut, and a cut never leaves a piece of 8 or more characters
+    of a ``redact`` string at an edge: a secret the cut split is still redacted."""
     if not isinstance(text, str):
         return None
-    cleaned = "".join(char if char.isprintable() else " " for char in text[: limit * 4])
-    for secret in redact:
-        if secret:
-            cleaned = cleaned.replace(secret, "[redacted]")
-    cleaned = _SECRET_LIKE.sub("[redacted]", cleaned).strip()
+    secrets = [secret for secret in redact if secret]
+    # Only a bounded window of a long text is read (the result is at most ``limit`` long).
+    window = limit * 4 + max((len(secret) for secret in secrets), default=0)
+    cleaned = "".join(char if char.isprintable() else " " for char in text[:window])
+    for secret in secrets:
+        cleaned = cleaned.replace(secret, _REDACTED)
+    if len(text) > window:  # the window's end may have split a secret, or a token
+        cleaned = _edges_redacted(cleaned, secrets)
+        if (kept := cleaned.rstrip(_TOKEN_CHARS)) != cleaned:
+            cleaned = kept + _REDACTED
+    cleaned = _SECRET_LIKE.sub(_REDACTED, cleaned).strip()
     if len(cleaned) > limit:
-        cleaned = cleaned[: limit - 1] + "…"
+        cleaned = _edges_redacted(cleaned[: limit - 1], secrets) + "…"
     return cleaned or None
+
+
+def _edges_redacted(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with a known secret's first (at the end) or last (at the start) 8 or more
+    characters replaced: what a cut through the secret leaves."""
+    for secret in secrets:
+        for size in range(len(secret) - 1, _EDGE - 1, -1):
+            if text.endswith(secret[:size]):
+                text = text[:-size] + _REDACTED
+                break
+        for size in range(len(secret) - 1, _EDGE - 1, -1):
+            if text.startswith(secret[-size:]):
+                text = _REDACTED + text[size:]
+                break
+    return text
 
 
 #: The longest hint :func:`describe` quotes (characters).

@@ -19,6 +19,7 @@ carry codes, states and a client secret, which Django's error reports must not s
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from http.cookies import SimpleCookie
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # importing them needs django.contrib.auth installed, and the
 
 __all__ = ["urls"]
 
+_request_log = logging.getLogger("django.request")
 _NO_USER = "request has no user: add AuthenticationMiddleware, or pass urls(connection_id=...)"
 View = Callable[..., HttpResponse] | Callable[..., Coroutine[Any, Any, HttpResponse]]
 
@@ -165,7 +167,7 @@ def _sync_view(handlers: Handlers) -> View:
     @sensitive_post_parameters()  # codes, states, a client secret: never in an error report
     def view(request: HttpRequest, rest: str) -> HttpResponse:
         web_request = _to_web(request, f"{handlers.prefix}/{rest}", handlers.max_body)
-        return _to_django(handlers.handle(web_request))
+        return _logged(request, _to_django(handlers.handle(web_request)))
 
     return view
 
@@ -178,9 +180,34 @@ def _async_view(handlers: AsyncHandlers) -> View:
     @sensitive_post_parameters()  # codes, states, a client secret: never in an error report
     async def view(request: HttpRequest, rest: str) -> HttpResponse:
         web_request = _to_web(request, f"{handlers.prefix}/{rest}", handlers.max_body)
-        return _to_django(await handlers.handle(web_request))
+        return _logged(request, _to_django(await handlers.handle(web_request)))
 
     return view
+
+
+def _logged(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """Log an answer >= 400 to ``django.request`` as Django would, minus the request.
+
+    Django's handler logs such an answer with ``extra={"request": request}``, and the request's
+    repr carries the query: the callback's unused code and state, a ticket. The same line
+    (WARNING for 4xx, ERROR for 5xx, "Reason: /path", ``status_code``) goes out here without
+    the request, and ``_has_been_logged`` makes Django's ``log_response`` skip the response.
+    Handlers that read ``record.request`` (``AdminEmailHandler``) fall back to no request.
+    """
+    status = response.status_code
+    if status >= 400:
+        level = logging.ERROR if status >= 500 else logging.WARNING
+        extra = {"status_code": status}
+        _request_log.log(
+            level, "%s: %s", response.reason_phrase, _escaped(request.path), extra=extra
+        )
+        response._has_been_logged = True  # type: ignore[attr-defined]  # read by log_response
+    return response
+
+
+def _escaped(text: str) -> str:
+    # As Django's log_response: a path's control characters cannot forge log lines.
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def _to_web(request: HttpRequest, path: str, max_body: int) -> Request:

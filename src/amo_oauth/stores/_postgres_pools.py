@@ -258,20 +258,27 @@ class Connections:
         try:
             conn = psycopg.Connection.connect(self.conninfo, **self.kwargs)
         except psycopg.Error as exc:
-            raise self._unreachable(exc) from exc
-        conn.close()
+            failure = self._unreachable(exc)
+        else:
+            conn.close()
+            return
+        raise failure  # outside the except block: libpq's error is not chained
 
     async def _areach(self) -> None:
         """``_reach`` for the awaited pool, without blocking its event loop."""
         try:
             conn = await psycopg.AsyncConnection.connect(self.conninfo, **self.kwargs)
         except psycopg.Error as exc:
-            raise self._unreachable(exc) from exc
-        await conn.close()
+            failure = self._unreachable(exc)
+        else:
+            await conn.close()
+            return
+        raise failure  # outside the except block: libpq's error is not chained
 
     def _unreachable(self, exc: psycopg.Error) -> StoreError:
         """``StoreError`` with libpq's reason on one line; the password, should libpq ever
-        quote it, is masked."""
+        quote it, is masked. The caller raises it unchained: libpq's error, unmasked, stays
+        out of ``__cause__`` and ``__context__``."""
         reason = " ".join(str(exc).split())
         password = conninfo_to_dict(self.conninfo).get("password")
         if password:

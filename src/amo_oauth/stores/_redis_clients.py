@@ -27,6 +27,7 @@ from ._driven import Work
 from ._forks import reset_in_child
 from ._redis_lua import SCHEMA_REPLY, SCHEMA_VERSION, SCRIPTS
 from ._redis_ops import Command, Step
+from ._url_faults import redis_fault
 
 __all__ = ["Clients"]
 
@@ -94,11 +95,19 @@ class Clients:
                 "not a Redis URL: the database after the host must be a number"
                 " (redis://host:6379/0)"
             )
+        pool = self._pool_of(url)
+        if pool is None:  # raised here, unchained: the parser's message may quote the URL
+            raise ValueError(redis_fault(url))
+        client: redis.Redis = redis.Redis(connection_pool=pool)  # Any at redis-py's floor
+        return client
+
+    def _pool_of(self, url: str) -> redis.BlockingConnectionPool | None:
+        """The blocking client's pool; None when redis-py cannot parse ``url``."""
         try:
             # A bounded pool that makes callers wait (up to ``timeout``) for a connection: a
             # burst of a thousand callers must not open a thousand connections (the server's
             # maxclients is bounded by its file descriptors).
-            pool = redis.BlockingConnectionPool.from_url(
+            return redis.BlockingConnectionPool.from_url(
                 url,
                 max_connections=self._max_connections,
                 timeout=self.timeout,
@@ -106,13 +115,7 @@ class Clients:
                 **self.options,
             )
         except (ValueError, TypeError):
-            # The parser's message may quote the URL: say what is wrong, not what was given.
-            raise ValueError(
-                "not a Redis URL: expected redis://[[user]:password@]host[:port][/db],"
-                " rediss://... or unix://path[?db=N]"
-            ) from None
-        client: redis.Redis = redis.Redis(connection_pool=pool)  # Any at redis-py's floor
-        return client
+            return None
 
     # -- the drivers ---------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ with needs_extra("postgres", "PostgresStore"):  # psycopg and psycopg-pool
     from ._postgres_ops import PostgresOps, Query, Result
     from ._postgres_pools import Connections, Place, connect_kwargs
     from ._postgres_sql import SCHEMA_VERSION, Tables
+    from ._url_faults import postgres_fault
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
@@ -98,11 +99,7 @@ class PostgresStore(DrivenStore[Query, Result]):
         encryption: Encryption | None = None,
         clock_offset: Offset | None = None,
     ) -> None:
-        try:
-            params = conninfo_to_dict(conninfo)
-        except psycopg.Error:
-            # libpq's message quotes the string, password and all.
-            raise ValueError("conninfo is not a valid PostgreSQL connection string") from None
+        params = _parsed(conninfo)
         if "@" in str(params.get("host") or "") or "@" in str(params.get("dbname") or ""):
             # A URL whose password holds a raw '@' or '/' parses with part of the password as
             # the host or the database, which reprs, errors and pool logs would then show.
@@ -187,3 +184,17 @@ class PostgresStore(DrivenStore[Query, Result]):
         await self._conns.aclose()
         self._listener.close()
         self.hub.notify_all()
+
+
+def _parsed(conninfo: str) -> dict[str, object]:
+    """``conninfo``'s parameters.
+
+    Raises:
+        ValueError: libpq cannot parse it; raised outside the ``except`` block, since libpq's
+            message (kept as ``__context__`` even under ``from None``) quotes the password.
+    """
+    try:
+        return dict(conninfo_to_dict(conninfo))
+    except psycopg.Error as exc:
+        fault = postgres_fault(conninfo, str(exc))
+    raise ValueError(fault)
