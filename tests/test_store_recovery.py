@@ -20,6 +20,9 @@ import attrs
 import httpx
 import pytest
 
+from _backends import KINDS, Backend
+from _pg_server import postgres_url  # noqa: F401
+from _redis_server import redis_url  # noqa: F401
 from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
@@ -28,9 +31,12 @@ from amo_oauth import (
     ConnectionStatus,
     Outcome,
     StoreError,
+    _flow_records,
+    _kept,
 )
-from amo_oauth import _flow_records
-from amo_oauth._records import record_key
+from amo_oauth._events import Verified
+from amo_oauth._lifecycle import NoOp, step
+from amo_oauth._records import Account, record_key
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing.faults import (
     AsyncFaultyStore,
@@ -39,9 +45,6 @@ from amo_oauth.testing.faults import (
     FaultyTransport,
 )
 
-from _backends import KINDS, Backend, backend  # noqa: F401
-from _pg_server import postgres_url  # noqa: F401
-from _redis_server import redis_url  # noqa: F401
 from helpers import PROOF_FULL, config_for, query_of
 
 pytestmark = pytest.mark.proof
@@ -228,15 +231,12 @@ RECOVERIES: dict[str, Callable[[Rig, Given], None]] = {
 }
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 @pytest.fixture(autouse=True)
 def _quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     # The write's tries within the lease sleep 0.75 s in all; the rows test what follows.
     monkeypatch.setattr(_flow_records, "_STORE_RETRIES", (0.0,))
+    # No background retry lands it first: the next call itself must.
+    monkeypatch.setattr(_kept, "KEPT_RETRY_PAUSES", (3600.0,))
 
 
 def _connected(rig: Rig) -> Given:
@@ -254,11 +254,11 @@ def _faulted_call(rig: Rig, row: Row, given: Given) -> None:
     if row.account_down:
         rig.transport.fail(path="/api/v4/account")
     rig.store.fail("compare_and_set", times=None, when=row.refused)
+    call: Callable[[], object] = (
+        (lambda: rig.callback(given)) if row.flow == "exchange" else rig.works
+    )
     with pytest.raises(StoreError):
-        if row.flow == "exchange":
-            rig.callback(given)
-        else:
-            rig.works()
+        call()
 
 
 @pytest.mark.parametrize("backend", STORES, indirect=True)
@@ -281,3 +281,27 @@ def test_next_call_recovers(row: Row, mode: str, backend: Backend, clock: FakeCl
         assert fake.token_call_count("authorization_code", "code_revoked") == 0
     finally:
         rig.close()
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+def test_kept_result_lands_only_on_its_claim(backend: Backend, clock: FakeClock) -> None:
+    """A verification kept in memory names its claim's lease: once another worker's claim
+    holds the record (the lease lapsed and was taken over), it is stale and changes nothing;
+    on its own claim it connects."""
+    fake = FakeAmoCRM(clock=clock, rate_limit=None)
+    rig = Rig("sync", fake, clock, backend.open())
+    try:
+        row = next(row for row in ROWS if row.id == "verified")
+        _faulted_call(rig, row, rig.consent())
+        ours = rig.stored()
+    finally:
+        rig.close()
+    assert ours is not None and ours.lease is not None
+    theirs = attrs.evolve(ours, lease=attrs.evolve(ours.lease, owner="another:worker"))
+    account = Account(1, "example", "Example")
+    kept = Verified(account, clock(), claim=ours.lease)
+    assert step(ours, kept, clock()).record.status is S.CONNECTED
+    replaced = step(theirs, kept, clock())
+    assert not replaced.changed and replaced.noop is NoOp.STALE
+    # written by the claim's own worker (no claim named): as before
+    assert step(theirs, attrs.evolve(kept, claim=None), clock()).changed
