@@ -27,15 +27,20 @@ from amo_oauth import (
     AmoOAuth,
     AsyncAmoOAuth,
     CallbackResult,
+    Config,
     ConnectionRecord,
     ConnectionStatus,
+    MemoryStore,
     Outcome,
     StoreError,
     _flow_records,
     _kept,
 )
-from amo_oauth._events import Verified
+from amo_oauth._driving import drive
+from amo_oauth._events import ExchangeSucceeded, Verified
+from amo_oauth._flow_records import Records
 from amo_oauth._lifecycle import NoOp, step
+from amo_oauth._record_view import RecordView
 from amo_oauth._records import Account, record_key
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing.faults import (
@@ -283,20 +288,27 @@ def test_next_call_recovers(row: Row, mode: str, backend: Backend, clock: FakeCl
         rig.close()
 
 
-@pytest.mark.parametrize("backend", ["memory"], indirect=True)
-def test_kept_result_lands_only_on_its_claim(backend: Backend, clock: FakeClock) -> None:
-    """A verification kept in memory names its claim's lease: once another worker's claim
-    holds the record (the lease lapsed and was taken over), it is stale and changes nothing;
-    on its own claim it connects."""
+def _outage_record(clock: FakeClock) -> tuple[Config, ConnectionRecord]:
+    """The record the "verified" row leaves while the store is down: ``exchanged``, the pair
+    stored, the exchange's lease on it."""
     fake = FakeAmoCRM(clock=clock, rate_limit=None)
-    rig = Rig("sync", fake, clock, backend.open())
+    rig = Rig("sync", fake, clock, MemoryStore(clock=clock))
     try:
         row = next(row for row in ROWS if row.id == "verified")
         _faulted_call(rig, row, rig.consent())
         ours = rig.stored()
     finally:
         rig.close()
-    assert ours is not None and ours.lease is not None
+    assert ours is not None and ours.lease is not None and ours.tokens is not None
+    return rig.config, ours
+
+
+def test_kept_result_lands_only_on_its_claim(clock: FakeClock) -> None:
+    """A verification kept in memory names its claim's lease: once another worker's claim
+    holds the record (the lease lapsed and was taken over), it is stale and changes nothing;
+    on its own claim it connects."""
+    _, ours = _outage_record(clock)
+    assert ours.lease is not None
     theirs = attrs.evolve(ours, lease=attrs.evolve(ours.lease, owner="another:worker"))
     account = Account(1, "example", "Example")
     kept = Verified(account, clock(), claim=ours.lease)
@@ -305,3 +317,22 @@ def test_kept_result_lands_only_on_its_claim(backend: Backend, clock: FakeClock)
     assert not replaced.changed and replaced.noop is NoOp.STALE
     # written by the claim's own worker (no claim named): as before
     assert step(theirs, attrs.evolve(kept, claim=None), clock()).changed
+
+
+def test_kept_result_never_replaces_a_kept_pair(clock: FakeClock) -> None:
+    """A claim's result the store refused is not kept over a pair kept for the same record
+    (the pair is the only valid one): with the store still down, the pair is still named as
+    kept (a result is never named: none is lost with it)."""
+    config, ours = _outage_record(clock)
+    assert ours.tokens is not None
+    records = Records(config, clock)
+    view = RecordView(ours)
+    records.keep_unwritten(view, ExchangeSucceeded(ours.tokens, released=True))
+    verified = Verified(Account(1, "example", "Example"), clock(), claim=ours.lease)
+    records.keep_unwritten(view, verified)
+
+    def down(op: object) -> object:
+        raise StoreError("the store is down")
+
+    stored, left = drive(records.store_kept(), down)
+    assert stored == () and left == (ours.connection_id,)

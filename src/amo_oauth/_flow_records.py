@@ -331,13 +331,17 @@ class Records:
         valid one; the result's claim then lapses as it would have). Never logged: it holds
         tokens."""
         with self._unwritten_lock:
-            if isinstance(event, CONCLUDING) and (
-                view.key in self._unwritten or view.key in self._writing
-            ):
+            if isinstance(event, CONCLUDING) and self._holds_pair(view.key):
                 return
             self._unwritten[view.key] = (record_of(view), event)
         if self.on_kept is not None:
             self.on_kept()
+
+    def _holds_pair(self, key: str) -> bool:
+        """A pair is kept for ``key``, or being written by a call (under the lock)."""
+        kept = self._unwritten.get(key)
+        pair = kept is not None and not isinstance(kept[1], CONCLUDING)
+        return pair or key in self._writing
 
     def keeping(self, view: RecordView, event: Event, attempt: Callable[[], Flow[T]]) -> Flow[T]:
         """Run ``attempt`` (a write of a pair amoCRM just gave: the only valid one), tried again
