@@ -396,11 +396,12 @@ def _verify_later(rig: Rig, given: tuple[dict[str, str], str | None]) -> None:
 
 
 def _land(rig: Rig, given: tuple[dict[str, str], str | None]) -> None:
-    """The pair kept in memory is written by the next store operation once the store is back;
-    an exchange then needs its verification, which the next call after its lease makes."""
+    """The pair kept in memory is written by this process's next store operation once the
+    store is back, with no clock moved: an exchange's pair lands with its lease released, so
+    that same call verifies it (tests/test_store_recovery.py: no background retry, no second
+    token call)."""
     rig.heal()
     if given[0]:
-        rig.clock.advance(rig.config.lease_ttl + timedelta(seconds=1))
         assert rig.status().status is ConnectionStatus.CONNECTED
         assert rig.callback(given).outcome is Outcome.ALREADY_CONNECTED
     assert _works(rig)

@@ -31,9 +31,11 @@ from ._records import (
 )
 
 __all__ = [
+    "CONCLUDING",
     "EVENT_TYPES",
     "SHA256_HEX",
     "CodeReceived",
+    "Concluding",
     "CredentialsReceived",
     "Denied",
     "Disconnect",
@@ -230,6 +232,10 @@ def _code_failed_changes(record: ConnectionRecord, error: ErrorInfo) -> dict[str
 class ExchangeFailed(Event):
     name: ClassVar[str] = "exchange_failed"
     error: ErrorInfo
+    #: The lease of the claim this result concludes, set on a copy kept in memory when the
+    #: store refused its write (``Records.concluding``): it lands only while that claim still
+    #: holds the record (the table's ``claim_replaced``). None: written by the claim's worker.
+    claim: Lease | None = None
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return _code_failed_changes(record, self.error)
@@ -256,6 +262,10 @@ class Verified(Event):
     name: ClassVar[str] = "verified"
     account: Account
     at: datetime = attrs.field(validator=_aware)
+    #: The lease of the claim this result concludes, set on a copy kept in memory when the
+    #: store refused its write (``Records.concluding``): it lands only while that claim still
+    #: holds the record (the table's ``claim_replaced``). None: written by the claim's worker.
+    claim: Lease | None = None
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return {
@@ -294,6 +304,10 @@ class VerifyDeferred(Event):
     name: ClassVar[str] = "verify_deferred"
     retry_at: datetime = attrs.field(validator=_aware)
     sent: bool = True
+    #: The lease of the claim this result concludes, set on a copy kept in memory when the
+    #: store refused its write (``Records.concluding``): it lands only while that claim still
+    #: holds the record (the table's ``claim_replaced``). None: written by the claim's worker.
+    claim: Lease | None = None
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         attempts = record.verify_attempts + (1 if self.sent else 0)
@@ -304,6 +318,10 @@ class VerifyDeferred(Event):
 class VerifyFailed(Event):
     name: ClassVar[str] = "verify_failed"
     error: ErrorInfo
+    #: The lease of the claim this result concludes, set on a copy kept in memory when the
+    #: store refused its write (``Records.concluding``): it lands only while that claim still
+    #: holds the record (the table's ``claim_replaced``). None: written by the claim's worker.
+    claim: Lease | None = None
 
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return _code_failed_changes(record, self.error)
@@ -599,6 +617,11 @@ class LongLivedEnded(Event):
     def changes(self, record: ConnectionRecord, now: datetime) -> dict[str, Any]:
         return _error_changes(ErrorInfo(self.reason, LONG_LIVED_HINT, self.at))
 
+
+#: The results that conclude a code's claim (the exchange refused, the pair verified or not):
+#: the claim's last write, kept in memory with the claim's lease when the store refuses it.
+Concluding = ExchangeFailed | Verified | VerifyDeferred | VerifyFailed
+CONCLUDING = (ExchangeFailed, Verified, VerifyDeferred, VerifyFailed)
 
 #: Every event class, in the order the docs list them.
 EVENT_TYPES: tuple[type[Event], ...] = (

@@ -27,7 +27,7 @@ from ._answers import Answer, describe
 from ._config import Config
 from ._connection_id import ConnectionId, resolve_connection_id
 from ._errors import ProviderError, ReauthorizationRequired, StoreError, UnreadableRecord
-from ._events import Event, LeaseExpired, RefreshDeferred
+from ._events import CONCLUDING, Concluding, Event, LeaseExpired, RefreshDeferred
 from ._lifecycle import NoOp, Step, step
 from ._lifecycle_events import events_of_write, long_lived_expiring
 from ._metrics import SILENT, Recorder
@@ -324,14 +324,24 @@ class Records:
         self._writing = set()
 
     def keep_unwritten(self, view: RecordView, event: Event) -> None:
-        """Keep an event the store failed to take (a rotated pair, the pair from a code) until
-        it can be written: every store operation of this process tries it first (``landing``),
-        and the service's background retry (``on_kept``) does too. Never logged: it holds
+        """Keep an event the store failed to take (a rotated pair, the pair from a code, a
+        claim's result) until it can be written: every store operation of this process tries
+        it first (``landing``), and the service's background retry (``on_kept``) does too.
+        A claim's result never replaces a pair kept for the same record (the pair is the only
+        valid one; the result's claim then lapses as it would have). Never logged: it holds
         tokens."""
         with self._unwritten_lock:
+            if isinstance(event, CONCLUDING) and self._holds_pair(view.key):
+                return
             self._unwritten[view.key] = (record_of(view), event)
         if self.on_kept is not None:
             self.on_kept()
+
+    def _holds_pair(self, key: str) -> bool:
+        """A pair is kept for ``key``, or being written by a call (under the lock)."""
+        kept = self._unwritten.get(key)
+        pair = kept is not None and not isinstance(kept[1], CONCLUDING)
+        return pair or key in self._writing
 
     def keeping(self, view: RecordView, event: Event, attempt: Callable[[], Flow[T]]) -> Flow[T]:
         """Run ``attempt`` (a write of a pair amoCRM just gave: the only valid one), tried again
@@ -351,6 +361,21 @@ class Records:
                     raise
             yield Sleep(pause)
         raise AssertionError("not reached: the last try returns or raises")
+
+    def concluding(
+        self, view: RecordView, event: Concluding, attempt: Callable[[], Flow[T]]
+    ) -> Flow[T]:
+        """``keeping`` for the last write of the code's claim ``view`` shows (a refused code, a
+        verification's result): kept naming the claim's lease, so this process lands it at its
+        next store operation once the store is back, and the next caller finds the connection
+        settled instead of waiting for its own lease to lapse. It lands only while that claim
+        still holds the record (the table's ``claim_replaced``).
+
+        Raises:
+            StoreError: the store failed every try; the result is kept.
+        """
+        kept = attrs.evolve(event, claim=record_of(view).lease)
+        return (yield from self.keeping(view, kept, attempt))
 
     def landing(self, flow: Flow[T]) -> Flow[T]:
         """``flow``, with the pairs kept in memory tried first before each of its store
@@ -392,6 +417,12 @@ class Records:
         finally:
             with self._unwritten_lock:
                 self._writing.discard(key)
+        if isinstance(event, CONCLUDING):  # no pair: nothing for the sweep's report
+            logger.info(
+                "connection %s: a claim's result kept in memory was stored",
+                record.connection_id,
+            )
+            return
         with self._unwritten_lock:
             self._landings += 1
             self._landed[record.name] = self._landings
@@ -409,8 +440,8 @@ class Records:
             return tuple(cid for cid, when in self._landed.items() if when > mark)
 
     def kept_pairs(self) -> int:
-        """How many pairs this process holds that the store has not taken yet (those a call is
-        writing now included)."""
+        """How many pairs (and claims' results, ``concluding``) this process holds that the
+        store has not taken yet (those a call is writing now included)."""
         with self._unwritten_lock:
             return len(self._unwritten.keys() | self._writing)
 
@@ -420,7 +451,8 @@ class Records:
         """Try to store every pair kept in memory (the table decides, as for a late answer).
         Returns the connection ids stored, and those still kept (the store failed); with
         ``stop_at_failure``, the first failure ends the try (the store is down: the rest would
-        fail too). Raises nothing for a store that fails."""
+        fail too). A claim's result (``concluding``) is tried too but named in neither: no
+        pair is lost with it. Raises nothing for a store that fails."""
         with self._unwritten_lock:
             keys = list(self._unwritten)
         stored: list[str] = []
@@ -430,14 +462,15 @@ class Records:
                 kept = self._unwritten.get(key)
             if kept is None:
                 continue  # another caller stored it meanwhile
+            named = [] if isinstance(kept[1], CONCLUDING) else [kept[0].connection_id]
             try:
                 yield from self._write_kept(key)
             except StoreError:
-                left.append(kept[0].connection_id)
+                left.extend(named)
                 if stop_at_failure:
                     break
             else:
-                stored.append(kept[0].connection_id)
+                stored.extend(named)
         return tuple(stored), tuple(left)
 
     def store_kept_patiently(self) -> Flow[tuple[str, ...]]:

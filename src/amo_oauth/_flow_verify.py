@@ -13,7 +13,14 @@ from datetime import timedelta
 
 from ._answers import Answer, Meaning
 from ._errors import ProviderError, TryAgainLater
-from ._events import Event, Refreshed, Verified, VerifyClaimed, VerifyDeferred, VerifyFailed
+from ._events import (
+    Concluding,
+    Refreshed,
+    Verified,
+    VerifyClaimed,
+    VerifyDeferred,
+    VerifyFailed,
+)
 from ._flow_records import Records
 from ._hosts import AccountHost
 from ._lifecycle import NoOp
@@ -118,9 +125,19 @@ class Verification:
             return (yield from self.overtaken(record))
         return (yield from self.verify(renewed, host, tokens.access_token))
 
-    def conclude(self, record: RecordView, event: Event, outcome: Outcome) -> Flow[CallbackResult]:
-        """Write the exchange's last step on the record this worker claimed, and report."""
-        written = yield from self.records.write(record, event)
+    def conclude(
+        self, record: RecordView, event: Concluding, outcome: Outcome
+    ) -> Flow[CallbackResult]:
+        """Write the exchange's last step on the record this worker claimed, and report.
+
+        Raises:
+            StoreError: the store refused the write, tried again within the lease; the step is
+                kept in memory and lands at this process's next store operation
+                (``Records.concluding``), so the next call finds the connection settled.
+        """
+        written = yield from self.records.concluding(
+            record, event, lambda: self.records.write(record, event)
+        )
         if written is None:
             return (yield from self.overtaken(record))
         if outcome is Outcome.FAILED and written.widget:

@@ -22,6 +22,7 @@ from transitions import EventData, Machine, MachineError, State
 
 from ._errors import InvalidTransition
 from ._events import (
+    CONCLUDING,
     EVENT_TYPES,
     SHA256_HEX,
     CodeReceived,
@@ -327,6 +328,15 @@ def is_this_exchange(data: EventData) -> bool:
     if not isinstance(event, ExchangeSucceeded) or event.code_digest is None:
         return True
     return bool(seen) and seen[-1].digest == event.code_digest
+
+
+def claim_replaced(data: EventData) -> bool:
+    """A claim's result kept in memory (its write failed) names the claim's lease; another
+    claim has since replaced it (a lapsed lease taken over, a new code): it must not land."""
+    step = _model(data)
+    event = step.event
+    claim = event.claim if isinstance(event, CONCLUDING) else None
+    return claim is not None and step.record.lease != claim
 
 
 def interrupted_this_exchange(data: EventData) -> bool:
@@ -653,6 +663,15 @@ TABLE: tuple[Rule, ...] = (
     # claim of that very code: the connection needs no new consent.
     Rule("exchange_succeeded", (S.ERROR,), S.EXCHANGED, interrupted_this_exchange),
     _stale("exchange_succeeded", S.CODE_RECEIVED),
+    # A claim's result that this process kept when the store refused it (a refused code, a
+    # verification) lands at its next store operation, while that claim still holds the record.
+    Rule(
+        "exchange_failed",
+        (S.CODE_RECEIVED, S.CONNECTED),
+        None,
+        claim_replaced,
+        noop=NoOp.STALE,
+    ),
     Rule("exchange_failed", (S.CODE_RECEIVED,), S.ERROR),
     # An admin's code refused (or of unknown fate) on a connected connection: it stays as it
     # was; only the claim's lease is released (the flow reports the refusal).
@@ -676,6 +695,7 @@ TABLE: tuple[Rule, ...] = (
     # claim leaves the connection as it is (the code is never resent).
     Rule("lease_expired", (S.CONNECTED,), None, admin_claim_is_live, noop=NoOp.LEASE_LIVE),
     Rule("lease_expired", (S.DISCONNECTED, S.CONNECTED, S.ERROR), None, noop=NoOp.NO_EXCHANGE),
+    Rule("verified", (S.EXCHANGED,), None, claim_replaced, noop=NoOp.STALE),
     Rule("verified", (S.EXCHANGED,), S.CONNECTED),
     _stale("verified", S.EXCHANGED),
     Rule("verify_claimed", (S.EXCHANGED,), None, lease_is_live, noop=NoOp.LEASE_LIVE),
@@ -693,8 +713,10 @@ TABLE: tuple[Rule, ...] = (
         None,
         noop=NoOp.NOTHING_TO_VERIFY,
     ),
+    Rule("verify_deferred", (S.EXCHANGED,), None, claim_replaced, noop=NoOp.STALE),
     Rule("verify_deferred", (S.EXCHANGED,), S.EXCHANGED),
     _stale("verify_deferred", S.EXCHANGED),
+    Rule("verify_failed", (S.EXCHANGED,), None, claim_replaced, noop=NoOp.STALE),
     Rule("verify_failed", (S.EXCHANGED,), S.ERROR),
     _stale("verify_failed", S.EXCHANGED),
     # Tokens are served only when connected; a refresh is claimed only when the token is not
