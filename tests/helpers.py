@@ -61,7 +61,10 @@ def query_of(url: str) -> dict[str, str]:
 
 def stored(oauth: Any, connection_id: str) -> ConnectionRecord | None:
     """The record ``oauth`` keeps for ``connection_id``, read straight from its store."""
-    return oauth.store.load(record_key(oauth.config.client_id, connection_id)).record
+    record: ConnectionRecord | None = oauth.store.load(
+        record_key(oauth.config.client_id, connection_id)
+    ).record
+    return record
 
 
 def run_consent(oauth: Any, fake: FakeAmoCRM, connection_id: str, **authorize: Any) -> Any:
