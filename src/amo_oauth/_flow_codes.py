@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import urlencode
 
 import attrs
@@ -92,6 +92,15 @@ _BEGIN_IN_METADATA_MODE: Final = (
     "amoCRM makes each account's integration from the button's metadata, so render "
     "site_button(connection_id, metadata=ButtonMetadata(...)) instead"
 )
+
+
+class _Flags(NamedTuple):
+    """What a caller of ``_exchange`` says about its code, copied onto each ``CodeReceived``."""
+
+    may_claim: bool
+    browser_matches: bool
+    caller_owns: bool
+    from_admin: bool
 
 
 @attrs.frozen
@@ -502,6 +511,9 @@ class CodeFlows:
         client_id: str | None = None,
     ) -> Flow[CallbackResult]:
         digest = code_digest(code)
+        # What the caller brings, the same on every read of the loop: put on each event as it
+        # is made (one record built per read, not a second by ``attrs.evolve``).
+        flags = _Flags(may_claim, browser_matches, caller_owns, from_admin)
         deadline = self.records.deadline()
         # Metadata mode: how long a new code waits for its integration's credentials.
         credentials_until = self.records.soon(self.config.secrets_wait)
@@ -509,13 +521,8 @@ class CodeFlows:
         wait: _Wait | None = None
         try:
             while True:
-                record, event = yield from self._read_code(target, digest, host, claims, client_id)
-                event = attrs.evolve(
-                    event,
-                    may_claim=may_claim,
-                    browser_matches=browser_matches,
-                    caller_owns=caller_owns,
-                    from_admin=from_admin,
+                record, event = yield from self._read_code(
+                    target, digest, host, claims, client_id, flags
                 )
                 decision = self.records.decide(record, event)
                 pending = decision.noop is NoOp.CREDENTIALS_PENDING
@@ -613,6 +620,7 @@ class CodeFlows:
         host: AccountHost | None,
         claims: StateClaims | None,
         client_id: str | None,
+        flags: _Flags,
     ) -> Flow[tuple[RecordView, CodeReceived]]:
         """The record and the code's event, from reads only: nothing is written until the
         table says this worker may claim the code. The ledger is read before the record: a
@@ -621,7 +629,7 @@ class CodeFlows:
         holder = yield from perform(HolderOf(f"code:{digest}"))
         used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
         record = yield from self.records.reload(target)
-        event = self._code_event(record, digest, host, claims, holder, used_with)
+        event = self._code_event(record, digest, host, claims, holder, used_with, flags)
         return record, self._with_credentials(event, record, claims, client_id)
 
     def _claim(
@@ -681,6 +689,7 @@ class CodeFlows:
         claims: StateClaims | None,
         holder: str | None,
         used_with: str | None,
+        flags: _Flags,
     ) -> CodeReceived:
         stored = AccountHost.accept(record.host or "", self.config.extra_domains)
         return CodeReceived(
@@ -692,6 +701,10 @@ class CodeFlows:
             state_seen_version=claims.seen_version if claims else None,
             state_expires_at=claims.accepted_until if claims else None,
             state_holder=used_with,
+            may_claim=flags.may_claim,
+            browser_matches=flags.browser_matches,
+            caller_owns=flags.caller_owns,
+            from_admin=flags.from_admin,
         )
 
     def _with_credentials(
