@@ -3,8 +3,8 @@
 ``_lifecycle.MACHINE`` runs the table on lean subclasses of ``transitions``' ``Event`` and
 ``Transition`` (no empty callback lists walked, no debug logging, guards taken once): the same
 rule must fire for every record and event as on a stock ``transitions.Machine`` built from the
-same table. The shortcuts read off the table (``may_change``, ``fixed_noop``) must agree with
-``step``.
+same table. The shortcuts read off the table (``may_change``, ``fixed_noop``, a duplicate told
+from the record alone) must agree with ``step``.
 """
 
 from __future__ import annotations
@@ -12,15 +12,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transitions import EventData, Machine
 
-from amo_oauth._events import Event
+from amo_oauth._events import CodeReceived, Event
 from amo_oauth._lifecycle import (
     MACHINE,
     TABLE,
+    NoOp,
     Rule,
     _LeanMachine,
     _Model,
@@ -31,7 +33,7 @@ from amo_oauth._lifecycle import (
 from amo_oauth._records import ConnectionRecord, ConnectionStatus
 
 from helpers import examples
-from strategies import T0, any_event, records
+from strategies import T0, any_event, code_received, records
 
 NOW = st.sampled_from([T0, T0 + timedelta(days=1)])
 
@@ -136,3 +138,26 @@ def test_the_lean_machine_refuses_machine_callbacks(option):
             send_event=True,
             **{option: [lambda data: None]},
         )
+
+
+@settings(max_examples=examples(500))
+@given(
+    record=records,
+    event=code_received(st.sampled_from(["code-1", "code-2"])),
+    knows=st.booleans(),
+    now=NOW,
+)
+def test_a_code_the_record_knows_is_a_duplicate_whatever_the_ledger_holds(
+    record, event: CodeReceived, knows, now
+):
+    """``_flow_codes``' first look reads the record alone (the event says the ledger holds
+    neither the code nor the state): its ``duplicate_code`` must be the table's answer to the
+    event with the ledger read, whatever the ledger holds."""
+    if knows:
+        record = attrs.evolve(record, seen_codes=record.with_code(event.code_digest, now))
+    unread = attrs.evolve(event, code_holder=None, state_holder=None)
+    first_look = step(record, unread, now)
+    if knows:
+        assert first_look.noop is NoOp.DUPLICATE_CODE
+    if first_look.noop is NoOp.DUPLICATE_CODE:
+        assert step(record, event, now).noop is NoOp.DUPLICATE_CODE

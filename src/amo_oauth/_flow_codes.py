@@ -519,12 +519,20 @@ class CodeFlows:
         credentials_until = self.records.soon(self.config.secrets_wait)
         state_raced = False
         wait: _Wait | None = None
+        # The first look reads the record alone: a code it knows is a duplicate whatever the
+        # ledger holds (the table's first rule), the common repeat (a reload of the callback
+        # page) answered with one store read. Anything else reads the ledger, then the record.
+        ledger = False
         try:
             while True:
                 record, event = yield from self._read_code(
-                    target, digest, host, claims, client_id, flags
+                    target, digest, host, claims, client_id, flags, ledger=ledger
                 )
                 decision = self.records.decide(record, event)
+                if not ledger and decision.noop is not NoOp.DUPLICATE_CODE:
+                    ledger = True
+                    continue
+                ledger = True
                 pending = decision.noop is NoOp.CREDENTIALS_PENDING
                 if pending and self._may_await_credentials(claims, credentials_until):
                     # amoCRM posts them to secrets_uri, maybe after this redirect (or a retried
@@ -621,13 +629,23 @@ class CodeFlows:
         claims: StateClaims | None,
         client_id: str | None,
         flags: _Flags,
+        *,
+        ledger: bool = True,
     ) -> Flow[tuple[RecordView, CodeReceived]]:
         """The record and the code's event, from reads only: nothing is written until the
         table says this worker may claim the code. The ledger is read before the record: a
         claim writes both at once, so a ledger entry seen here is already on the record read
-        next (a duplicate then reports the winner's status)."""
-        holder = yield from perform(HolderOf(f"code:{digest}"))
-        used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
+        next (a duplicate then reports the winner's status).
+
+        Without ``ledger``, the record alone, and an event that says the ledger holds neither
+        the code nor the state: enough for the table to tell a code the record knows (its
+        first rule, ``duplicate_code``, reads nothing else); with the ledger unread, no other
+        ``duplicate_code`` can fire, so that answer is the table's whatever the ledger holds.
+        """
+        holder, used_with = None, None
+        if ledger:
+            holder = yield from perform(HolderOf(f"code:{digest}"))
+            used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
         record = yield from self.records.reload(target)
         event = self._code_event(record, digest, host, claims, holder, used_with, flags)
         return record, self._with_credentials(event, record, claims, client_id)
@@ -691,10 +709,11 @@ class CodeFlows:
         used_with: str | None,
         flags: _Flags,
     ) -> CodeReceived:
-        stored = AccountHost.accept(record.host or "", self.config.extra_domains)
+        if host is None:  # the redirect named none: the one the record holds, if allowed
+            host = AccountHost.accept(record.host or "", self.config.extra_domains)
         return CodeReceived(
             digest,
-            host or stored,
+            host,
             self.records.lease("exchange"),
             claims.issued_at if claims else None,
             code_holder=holder,
