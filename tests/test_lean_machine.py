@@ -76,7 +76,7 @@ def _fire(machine: Machine, record: ConnectionRecord, event: Event, now: Any) ->
     return model
 
 
-@settings(max_examples=examples(500))
+@settings(max_examples=examples(200))
 @given(record=records, event=any_event, now=NOW)
 def test_the_lean_machine_fires_the_rule_the_stock_one_fires(record, event, now):
     lean, stock = _fire(MACHINE, record, event, now), _fire(STOCK, record, event, now)
@@ -85,7 +85,7 @@ def test_the_lean_machine_fires_the_rule_the_stock_one_fires(record, event, now)
     assert lean.status == stock.status
 
 
-@settings(max_examples=examples(500))
+@settings(max_examples=examples(200))
 @given(record=records, event=any_event, now=NOW)
 def test_the_shortcuts_agree_with_the_step(record, event, now):
     result = step(record, event, now)
@@ -140,7 +140,7 @@ def test_the_lean_machine_refuses_machine_callbacks(option):
         )
 
 
-@settings(max_examples=examples(500))
+@settings(max_examples=examples(200))
 @given(
     record=records,
     event=code_received(st.sampled_from(["code-1", "code-2"])),
