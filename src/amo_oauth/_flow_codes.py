@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import urlencode
 
 import attrs
@@ -99,6 +99,15 @@ _BEGIN_IN_METADATA_MODE: Final = (
     "amoCRM makes each account's integration from the button's metadata, so render "
     "site_button(connection_id, metadata=ButtonMetadata(...)) instead"
 )
+
+
+class _Flags(NamedTuple):
+    """What a caller of ``_exchange`` says about its code, copied onto each ``CodeReceived``."""
+
+    may_claim: bool
+    browser_matches: bool
+    caller_owns: bool
+    from_admin: bool
 
 
 @attrs.frozen
@@ -534,21 +543,27 @@ class CodeFlows:
         # (a thousand callers on a pool of store connections) for longer than settle_timeout,
         # and a duplicate refused a slot then must still wait for the claim, not be refused.
         claim_deadline: float | None = None
+        # What the caller brings, the same on every read of the loop: put on each event as it
+        # is made (one record built per read, not a second by ``attrs.evolve``).
+        flags = _Flags(may_claim, browser_matches, caller_owns, from_admin)
         # Metadata mode: how long a new code waits for its integration's credentials.
         credentials_until = self.records.soon(self.config.secrets_wait)
         state_raced = False
         wait: _Wait | None = None
+        # The first look reads the record alone: a code it knows is a duplicate whatever the
+        # ledger holds (the table's first rule), the common repeat (a reload of the callback
+        # page) answered with one store read. Anything else reads the ledger, then the record.
+        ledger = False
         try:
             while True:
-                record, event = yield from self._read_code(target, digest, host, claims, client_id)
-                event = attrs.evolve(
-                    event,
-                    may_claim=may_claim,
-                    browser_matches=browser_matches,
-                    caller_owns=caller_owns,
-                    from_admin=from_admin,
+                record, event = yield from self._read_code(
+                    target, digest, host, claims, client_id, flags, ledger=ledger
                 )
                 decision = self.records.decide(record, event)
+                if not ledger and decision.noop is not NoOp.DUPLICATE_CODE:
+                    ledger = True
+                    continue
+                ledger = True
                 pending = decision.noop is NoOp.CREDENTIALS_PENDING
                 if pending and self._may_await_credentials(claims, credentials_until):
                     # amoCRM posts them to secrets_uri, maybe after this redirect (or a retried
@@ -646,15 +661,26 @@ class CodeFlows:
         host: AccountHost | None,
         claims: StateClaims | None,
         client_id: str | None,
+        flags: _Flags,
+        *,
+        ledger: bool = True,
     ) -> Flow[tuple[RecordView, CodeReceived]]:
         """The record and the code's event, from reads only: nothing is written until the
         table says this worker may claim the code. The ledger is read before the record: a
         claim writes both at once, so a ledger entry seen here is already on the record read
-        next (a duplicate then reports the winner's status)."""
-        holder = yield from perform(HolderOf(f"code:{digest}"))
-        used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
+        next (a duplicate then reports the winner's status).
+
+        Without ``ledger``, the record alone, and an event that says the ledger holds neither
+        the code nor the state: enough for the table to tell a code the record knows (its
+        first rule, ``duplicate_code``, reads nothing else); with the ledger unread, no other
+        ``duplicate_code`` can fire, so that answer is the table's whatever the ledger holds.
+        """
+        holder, used_with = None, None
+        if ledger:
+            holder = yield from perform(HolderOf(f"code:{digest}"))
+            used_with = (yield from perform(HolderOf(claims.nonce))) if claims else None
         record = yield from self.records.reload(target)
-        event = self._code_event(record, digest, host, claims, holder, used_with)
+        event = self._code_event(record, digest, host, claims, holder, used_with, flags)
         return record, self._with_credentials(event, record, claims, client_id)
 
     def _claim(
@@ -715,17 +741,23 @@ class CodeFlows:
         claims: StateClaims | None,
         holder: str | None,
         used_with: str | None,
+        flags: _Flags,
     ) -> CodeReceived:
-        stored = AccountHost.accept(record.host or "", self.config.extra_domains)
+        if host is None:  # the redirect named none: the one the record holds, if allowed
+            host = AccountHost.accept(record.host or "", self.config.extra_domains)
         return CodeReceived(
             digest,
-            host or stored,
+            host,
             self.records.lease("exchange"),
             claims.issued_at if claims else None,
             code_holder=holder,
             state_seen_version=claims.seen_version if claims else None,
             state_expires_at=claims.accepted_until if claims else None,
             state_holder=used_with,
+            may_claim=flags.may_claim,
+            browser_matches=flags.browser_matches,
+            caller_owns=flags.caller_owns,
+            from_admin=flags.from_admin,
         )
 
     def _with_credentials(

@@ -28,7 +28,7 @@ from ._config import Config
 from ._connection_id import ConnectionId, resolve_connection_id
 from ._errors import ProviderError, ReauthorizationRequired, StoreError, UnreadableRecord
 from ._events import CONCLUDING, Concluding, Event, LeaseExpired, RefreshDeferred
-from ._lifecycle import NoOp, Step, step
+from ._lifecycle import NoOp, Step, fixed_noop, may_change, step
 from ._lifecycle_events import events_of_write, long_lived_expiring
 from ._metrics import SILENT, Recorder
 from ._ops import (
@@ -222,7 +222,7 @@ class Records:
         while True:
             record, now = yield from self._load_key(connection_id, widget)
             # Judged by the clock the store read with the record (``Loaded.now``).
-            result = step(record, LeaseExpired(now, self.config.kept_pair_grace), now)
+            result = self._lease_expiry(record, now)
             if not result.changed:
                 pushed_back = yield from self._pushed_back(record)
                 if pushed_back is not None:
@@ -232,6 +232,16 @@ class Records:
             expired = yield from self._commit(record, result, LeaseExpired.name)
             if expired is not None:
                 return expired
+
+    def _lease_expiry(self, record: ConnectionRecord, now: datetime) -> Step:
+        """The table's answer to a lapsed lease on ``record``, as every load asks. In a status
+        where no rule for it has a destination (``may_change``: all but ``code_received``) the
+        answer is "unchanged" whatever the record holds, so no step is fired: the load of a
+        connected record, every ``access_token()``'s, steps the table once, not twice. (The
+        no-op's reason is not read here, so that answer names none.)"""
+        if not may_change(LeaseExpired.name, record.status):
+            return Step(record, changed=False)
+        return step(record, LeaseExpired(now, self.config.kept_pair_grace), now)
 
     def version_of(self, connection_id: str) -> Flow[int]:
         """The version stored under the connection's key (0: none), by one read that writes
@@ -442,6 +452,10 @@ class Records:
     def kept_pairs(self) -> int:
         """How many pairs (and claims' results, ``concluding``) this process holds that the
         store has not taken yet (those a call is writing now included)."""
+        if not self._unwritten and not self._writing:
+            # Every store operation asks (``landing``): the usual answer needs no lock, as
+            # the locked one is just as soon out of date when another thread keeps a pair.
+            return 0
         with self._unwritten_lock:
             return len(self._unwritten.keys() | self._writing)
 
@@ -513,6 +527,12 @@ class Records:
     def decide(self, view: RecordView, event: Event) -> Decision:
         """The table's answer to ``event`` on the record ``view`` shows, now."""
         return Decision(step(record_of(view), event, self.now()))
+
+    def fixed_noop(self, view: RecordView, event_name: str) -> NoOp | None:
+        """The table's no-op to ``event_name`` on the record ``view`` shows when it is the one
+        answer in the record's status, whatever the event holds (``_lifecycle.fixed_noop``):
+        a flow that only wants to hear it needs no event and no step."""
+        return fixed_noop(event_name, record_of(view).status)
 
     def write(self, view: RecordView, event: Event) -> Flow[RecordView | None]:
         """Step the record by ``event`` and write it. None when a no-op or another writer won."""
@@ -679,10 +699,14 @@ class Records:
 
     # -- event parts -------------------------------------------------------------------------
 
-    def lease(self, purpose: str) -> Lease:
-        """A lease for this worker, ``lease_ttl`` long."""
-        owner = f"{self._instance}:{secrets.token_hex(4)}"
-        return Lease(owner, purpose, self.now() + self.config.lease_ttl)
+    def lease(self, purpose: str, now: datetime | None = None) -> Lease:
+        """A lease for this worker, ``lease_ttl`` long from ``now`` (the store's clock read
+        now when None)."""
+        # The owner tells one claim from another (never a secret: the compare-and-set decides
+        # who holds a record): 32 random bits from ``random`` (reseeded in a forked child), not
+        # ``secrets``, whose system call every access_token() and callback paid.
+        owner = f"{self._instance}:{random.getrandbits(32):08x}"
+        return Lease(owner, purpose, (now or self.now()) + self.config.lease_ttl)
 
     def warn(
         self,

@@ -77,15 +77,15 @@ class TokenFlows:
         self.config = verification.config
 
     def access_token(self, connection_id: ConnectionId, stale: str | None = None) -> Flow[str]:
-        fresh = self.records.fresh(connection_id)  # checks the id before anything is read
+        # ``load`` checks the id before anything is read.
+        first = self.records.load(connection_id)
 
         def wanted() -> RefreshClaimed:
+            now = self.records.now()  # one reading for the lease and the event
             margin = self.config.refresh_margin
-            return RefreshClaimed(
-                self.records.lease("refresh"), self.records.now(), margin, stale=stale
-            )
+            return RefreshClaimed(self.records.lease("refresh", now), now, margin, stale=stale)
 
-        return (yield from self._token(fresh, wanted))
+        return (yield from self._token(first, wanted))
 
     def connect_long_lived(
         self, connection_id: ConnectionId, token: str, host: str
@@ -156,7 +156,7 @@ class TokenFlows:
             )
 
         try:
-            yield from self._token(ref, wanted)
+            yield from self._token(self.records.reload(ref), wanted)
         except LongLivedExpiring:
             return Done(ref.name, expiring_long_lived=True)
         except ReauthorizationRequired as error:
@@ -178,10 +178,11 @@ class TokenFlows:
             return Done(ref.name, type(error).__name__)
         return Done(ref.name)
 
-    def _token(self, ref: RecordView, wanted: Callable[[], RefreshClaimed]) -> Flow[str]:
-        """A usable access token; at most one refresh in flight per connection, anywhere."""
+    def _token(self, first: Flow[RecordView], wanted: Callable[[], RefreshClaimed]) -> Flow[str]:
+        """A usable access token; at most one refresh in flight per connection, anywhere.
+        ``first`` reads the record (``Records.load`` or ``reload``)."""
         deadline = self.records.deadline()
-        record = yield from self.records.reload(ref)
+        record = yield from first
         while True:
             event = wanted()
             noop = self.records.decide(record, event).noop

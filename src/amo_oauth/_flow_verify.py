@@ -159,6 +159,9 @@ class Verification:
         when this call verified (or tried to), else the no-op (``NOTHING_TO_VERIFY``,
         ``LEASE_LIVE``, ``VERIFICATION_DEFERRED``).
         """
+        fixed = self.records.fixed_noop(record, VerifyClaimed.name)
+        if fixed is not None:  # the table's one answer in this status (connected: nothing due)
+            return record, fixed
         event = VerifyClaimed(self.records.lease("exchange"))
         decision = self.records.decide(record, event)
         if not decision.changed:  # nothing due: nothing written

@@ -16,9 +16,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 import attrs
 from transitions import EventData, Machine, MachineError, State
+from transitions.core import Event as Trigger
+from transitions.core import Transition
 
 from ._errors import InvalidTransition
 from ._events import (
@@ -37,7 +40,18 @@ from ._reasons import Reason
 from ._records import ConnectionRecord, ConnectionStatus, code_digest
 from ._state_token import issued_ahead
 
-__all__ = ["DENIED_HOLDER", "EXCHANGING", "MACHINE", "TABLE", "NoOp", "Rule", "Step", "step"]
+__all__ = [
+    "DENIED_HOLDER",
+    "EXCHANGING",
+    "MACHINE",
+    "TABLE",
+    "NoOp",
+    "Rule",
+    "Step",
+    "fixed_noop",
+    "may_change",
+    "step",
+]
 
 
 class NoOp(enum.StrEnum):
@@ -823,29 +837,14 @@ def _model(data: EventData) -> _Model:
     return model
 
 
-def _fired(rule: Rule) -> Callable[[EventData], bool]:
-    """The last condition of the rule's transition: it notes the rule on the model and holds.
-
-    A condition, not an ``after`` callback: ``transitions`` logs every callback it runs at
-    INFO (``Executed callback ...``), three lines a step in an app logging at INFO, and a
-    condition runs only once the guard before it held, just as ``after`` would.
-    """
-
-    def fired(data: EventData) -> bool:
-        _model(data).rule = rule
-        return True
-
-    fired.__name__ = f"fired_{rule.event}"
-    return fired
-
-
 def _machine_transitions() -> list[dict[str, object]]:
     return [
         {
             "trigger": rule.event,
             "source": list(rule.sources),
             "dest": rule.dest,
-            "conditions": [*([rule.guard] if rule.guard else []), _fired(rule)],
+            "conditions": [rule.guard] if rule.guard else [],
+            "rule": rule,
         }
         for rule in TABLE
     ]
@@ -862,14 +861,83 @@ class _QuietState(State):
         pass
 
 
-class _Machine(Machine):
-    """``transitions.Machine`` over quiet states: a step is a table lookup, and the one INFO
-    line a written step deserves is the flows' own (``connection X: a -> b (event)``)."""
+class _RuleTransition(Transition):
+    """One rule's transition: its guard is its one condition, checked by ``transitions``'
+    ``Condition``; when it holds, the rule is noted on the model and the status set.
+
+    The table uses none of ``Transition``'s callbacks (``prepare``, ``before``, ``after``, the
+    machine's ``before_state_change`` / ``after_state_change``) and its states have no enter or
+    exit work, so ``execute`` skips walking those empty lists and the five ``logger.debug``
+    calls around them: about half of a step's cost (docs/performance.md). ``_LeanMachine``
+    refuses a callback, so nothing given to it is ever skipped.
+    """
+
+    def __init__(self, *args: Any, rule: Rule, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.prepare or self.before or self.after:
+            raise ValueError("the lifecycle's transitions take no callbacks")
+        if any(not callable(c.func) or c.target is not True for c in self.conditions):
+            raise ValueError("the lifecycle's conditions are functions that must hold")
+        self.rule = rule
+        # ``Condition.check`` resolves a condition named by a string on every call and compares
+        # with its target (``unless``): the table's are functions that must hold, so they are
+        # taken once, here, from the conditions ``transitions`` made.
+        self.guards = tuple(cast(Callable[[EventData], bool], c.func) for c in self.conditions)
+
+    def execute(self, event_data: EventData) -> bool:
+        for guard in self.guards:
+            if not guard(event_data):
+                return False
+        model = _model(event_data)
+        model.rule = self.rule
+        if self.rule.dest is not None:
+            model.status = self.rule.dest
+        return True
+
+
+class _LeanEvent(Trigger):
+    """A trigger without the machinery the lifecycle does not use: no event queue
+    (``queued=False``), no machine-wide ``prepare_event`` / ``finalize_event`` /
+    ``on_exception`` callbacks, and the model's state found by the status itself rather than
+    through ``Enum.name`` (a slow property on Python 3.11). The rules are tried in the table's
+    order, the first whose conditions hold fires, and an event undefined in the status raises
+    ``MachineError``, as ``Event.trigger`` does."""
+
+    machine: _LeanMachine
+
+    def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
+        data = EventData(None, self, self.machine, model, args, kwargs)
+        data.state = state = self.machine.by_status[model.status]
+        rules = self.transitions.get(state.name)
+        if rules is None:
+            raise MachineError(f"Can't trigger event {self.name} from state {state.name}!")
+        for transition in rules:
+            data.transition = transition
+            if transition.execute(data):
+                data.result = True
+                break
+        return bool(data.result)
+
+
+class _LeanMachine(Machine):
+    """``transitions.Machine`` over quiet states, lean rules and lean triggers: a step is a
+    table lookup, and the one INFO line a written step deserves is the flows' own
+    (``connection X: a -> b (event)``)."""
 
     state_cls = _QuietState
+    transition_cls = _RuleTransition
+    event_cls = _LeanEvent
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.has_queue or self.prepare_event or self.finalize_event or self.on_exception:
+            raise ValueError("the lifecycle's machine takes no queue and no machine callbacks")
+        if self.before_state_change or self.after_state_change:
+            raise ValueError("the lifecycle's machine takes no machine callbacks")
+        self.by_status = {status: self.get_state(status) for status in ConnectionStatus}
 
 
-MACHINE = _Machine(
+MACHINE = _LeanMachine(
     model=None,
     states=ConnectionStatus,
     transitions=_machine_transitions(),
@@ -878,6 +946,44 @@ MACHINE = _Machine(
     model_attribute="status",
     send_event=True,
 )
+
+
+#: The (event, status) pairs in which some rule of the table has a destination: anywhere
+#: else the event is a no-op whatever its guards say, so ``may_change`` answers without a step.
+_CHANGING = frozenset(
+    (rule.event, status) for rule in TABLE if rule.dest is not None for status in rule.sources
+)
+
+
+def _fixed_noops() -> dict[tuple[str, ConnectionStatus], NoOp]:
+    pairs: dict[tuple[str, ConnectionStatus], list[Rule]] = {}
+    for rule in TABLE:
+        for status in rule.sources:
+            pairs.setdefault((rule.event, status), []).append(rule)
+    return {
+        pair: rules[0].noop
+        for pair, rules in pairs.items()
+        if len(rules) == 1 and rules[0].guard is None and rules[0].noop is not None
+    }
+
+
+#: The (event, status) pairs whose one rule is an unguarded no-op, and its reason.
+_FIXED_NOOPS = _fixed_noops()
+
+
+def fixed_noop(event_name: str, status: ConnectionStatus) -> NoOp | None:
+    """The no-op ``step`` answers ``event_name`` in ``status`` whatever the record and the
+    event hold, read off the table (the pair's one rule is an unguarded no-op); None when the
+    answer depends on them. A flow that would step only to hear it may skip the step."""
+    return _FIXED_NOOPS.get((event_name, status))
+
+
+def may_change(event_name: str, status: ConnectionStatus) -> bool:
+    """Whether ``event_name`` can change a record in ``status``: read off the table (some rule
+    for the pair has a destination). False means ``step`` answers a no-op whatever the record
+    holds, so a flow that only wants a change (a lapsed lease taken over on load) need not
+    step."""
+    return (event_name, status) in _CHANGING
 
 
 @attrs.frozen
