@@ -201,7 +201,8 @@ def test_the_callback_query(
     raw = _callback_query(query, shape)
     headers = cookie_of(cookie, binding) + ([("x-user", user)] if user is not None else [])
     before = rig.counting.exchanges()
-    rig.send(Request("GET", f"{PREFIX}/callback", raw, headers), rig.secrets(binding or ""))
+    secrets = rig.secrets(query["code"], binding or "")
+    rig.send(Request("GET", f"{PREFIX}/callback", raw, headers), secrets)
     assert rig.counting.exchanges() - before <= 1
 
 
@@ -417,7 +418,8 @@ def test_cookies_and_headers(
     raw = urlencode(query) if route == "callback" else ""
     request = Request(method, f"{PREFIX}/{route}", raw, sent, body)
     # /connect in the browser that began keeps (and sets again) its binding, by design.
-    response, reason = rig.send(request, rig.secrets("" if route == "connect" else binding or ""))
+    shown_binding = "" if route == "connect" else binding or ""
+    response, reason = rig.send(request, rig.secrets(query["code"], shown_binding))
     if method == "POST" and _foreign(request):
         assert response.status >= 400 and reason == "cross_site_request", response.status
 
@@ -468,11 +470,13 @@ def provider_answers(draw: st.DrawFn, good: dict[str, Any]) -> Callable[[], http
     return lambda: httpx.Response(status, headers=headers, content=body)
 
 
+ACCESS = "fuzz-access-token-0123456789"
+REFRESH = "fuzz-refresh-token-0123456789"
 TOKEN_GOOD = {
     "token_type": "Bearer",
     "expires_in": 86400,
-    "access_token": "fuzz-access-token-0123456789",
-    "refresh_token": "fuzz-refresh-token-0123456789",
+    "access_token": ACCESS,
+    "refresh_token": REFRESH,
 }
 
 
@@ -489,7 +493,7 @@ def test_provider_answers_to_the_exchange(rig: Rig, data: st.DataObject, target:
         good = {"id": rig.fake.account_id, "name": "A", "subdomain": "test"}
         rig.faults.answer(data.draw(provider_answers(good)), path="/api/v4/account")
     headers = [("cookie", f"{COOKIE}={binding}"), ("x-user", user)]
-    secrets = rig.secrets(binding or "", TOKEN_GOOD["access_token"], TOKEN_GOOD["refresh_token"])
+    secrets = rig.secrets(query["code"], binding or "", ACCESS, REFRESH)
     for _ in range(2):  # the redirect, then its replay (a reload, the app's deep link)
         rig.send(Request("GET", f"{PREFIX}/callback", urlencode(query), headers), secrets)
     rig.faults.heal()
@@ -508,8 +512,8 @@ def test_provider_answers_to_the_refresh(rig: Rig, data: st.DataObject) -> None:
     rig.clock.advance(record.tokens.expires_at - rig.clock())
     rig.clock.advance(60)
     rig.faults.answer(data.draw(provider_answers(TOKEN_GOOD)), grant="refresh_token")
-    secrets = [*rig.secrets(record.tokens.access_token, record.tokens.refresh_token)]
-    secrets += [TOKEN_GOOD["access_token"], TOKEN_GOOD["refresh_token"]]
+    secrets = rig.secrets(record.tokens.access_token, record.tokens.refresh_token or "")
+    secrets += [ACCESS, REFRESH]
     failure: BaseException | None = None
     try:
         rig.oauth.access_token(user)
