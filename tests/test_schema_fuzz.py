@@ -135,3 +135,15 @@ def _reason(response: Any) -> str | None:
         return body.get("error") if isinstance(body, dict) else None
     # A page: amo_oauth's name the reason in their deep link, the example's in a <meta>.
     return link_reason(response.text) or parse_page(response.text).metas.get("error")
+
+
+def test_a_sign_in_form_from_nowhere_is_a_declared_403(schema: Any, fake: FakeAmoCRM) -> None:
+    """The first find of this fuzz (kept as a regression): the example's ``POST /login``
+    answered 403 ``cross_site_request`` (a form naming no origin) and its schema declared 200
+    only; the example's own routes now declare every answer they give."""
+    case = schema["/login"]["POST"].Case(
+        body={"user": "ann"}, media_type="application/x-www-form-urlencoded"
+    )
+    response = case.call()
+    assert response.status_code == 403
+    _check(case, response, [fake.client_secret, STATE_SECRET])
