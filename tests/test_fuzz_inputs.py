@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 import attrs
 import httpx
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _fuzz_kit import DOCUMENTED, CountingTransport, check_answer
@@ -185,21 +185,30 @@ CALLBACK_KEYS = [
 ]
 
 
-@example(fresh=True, shape=b"code=&state=&referer=", cookie=None, user=None)
 @BUDGET
 @given(
     fresh=st.booleans(),
     shape=st.none() | st.binary(max_size=60),
+    extra=st.lists(st.tuples(st.sampled_from(CALLBACK_KEYS) | texts, wild_values), max_size=3),
+    whole=st.none() | st.none() | st.binary(max_size=200),
     cookie=cookie_headers,
     user=st.none() | st.sampled_from([USER, "someone-else"]) | texts,
 )
 def test_the_callback_query(
-    rig: Rig, fresh: bool, shape: bytes | None, cookie: str | None, user: str | None
+    rig: Rig,
+    fresh: bool,
+    shape: bytes | None,
+    extra: list[tuple[str, str]],
+    whole: bytes | None,
+    cookie: str | None,
+    user: str | None,
 ) -> None:
-    """A real signed state and a real code, in the browser that began (or not), among
-    arbitrary pairs; or arbitrary bytes for the whole query."""
+    """A real signed state and a real code (mutated by ``shape``, with ``extra`` pairs: huge,
+    unicode, repeated names), in the browser that began (or not); or arbitrary bytes for the
+    whole query."""
     query, binding = consent(rig) if fresh else rig.keep("stale", lambda: consent(rig))
-    raw = _callback_query(query, shape)
+    raw = _callback_query(query, shape) + (("&" + urlencode(extra)).encode() if extra else b"")
+    raw = raw if whole is None else whole
     headers = cookie_of(cookie, binding) + ([("x-user", user)] if user is not None else [])
     before = rig.counting.exchanges()
     secrets = rig.secrets(query["code"], binding or "")
