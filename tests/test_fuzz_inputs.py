@@ -83,8 +83,12 @@ class Rig:
         return response, reason
 
     def secrets(self, *more: str) -> list[str]:
-        """What no answer may show: the client secret, the state secret, every code sent."""
-        return [self.fake.client_secret, STATE_SECRET, *self.counting.sent, *more]
+        """What no answer may show: the client secret, the state secret, every code sent, the
+        tokens of the user most examples are about."""
+        record = stored(self.oauth, USER)
+        tokens = record.tokens if record is not None else None
+        held = [tokens.access_token, tokens.refresh_token or ""] if tokens is not None else []
+        return [self.fake.client_secret, STATE_SECRET, *self.counting.sent, *held, *more]
 
     def keep(self, name: str, make: Callable[[], T]) -> T:
         """What ``make`` made for this test's first example, made once."""
