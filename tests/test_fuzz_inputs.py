@@ -251,10 +251,13 @@ def _mutate(query: dict[str, str], shape: bytes) -> bytes:
 
 # -- 2. the legacy exchange-code body -------------------------------------------------------------
 
+
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3)
+
+
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | texts,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
-    max_leaves=6,
+    st.none() | st.booleans() | st.integers() | st.floats() | texts, _containers, max_leaves=6
 )
 
 
