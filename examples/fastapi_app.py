@@ -87,7 +87,7 @@ SIGN_IN_PAGE = """<!doctype html>
 # The form loads nothing, and no other site may frame it (a framed form is clicked blindly).
 SIGN_IN_HEADERS = {"content-security-policy": "default-src 'none'; frame-ancestors 'none'"}
 ADMIN_PAGE = """<!doctype html>
-<html lang="en"><meta charset="utf-8"><title>Private integration</title>
+<html lang="en"><meta charset="utf-8"><title>Private integration</title>{error}
 <h1>Connect with amoCRM's "Keys and scopes" tab</h1>
 <p>{result}</p>
 <form method="post" action="/admin/long-lived">
@@ -101,6 +101,62 @@ ADMIN_PAGE = """<!doctype html>
 <button>Connect with the code</button>
 </form></html>
 """
+
+
+# What the schema says of the example's own routes (amo_oauth's routes publish their own):
+# the bodies they read and every answer they give, each refusal with its ``error`` slug.
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string", "description": "A stable reason slug."}},
+}
+
+
+def _json(description: str, schema: dict[str, Any] = ERROR) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _html(description: str) -> dict[str, Any]:
+    """A page; a refusal's page names its slug in ``<meta name="error">``."""
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def _body(fields: dict[str, Any], *media: str) -> dict[str, Any]:
+    schema = {"type": "object", "required": list(fields), "properties": fields}
+    return {
+        "requestBody": {"required": True, "content": {kind: {"schema": schema} for kind in media}}
+    }
+
+
+_FORM = "application/x-www-form-urlencoded"
+_TEXT = {"type": "string"}
+CROSS_SITE = _json("cross_site_request: posted from another site's page")
+NOT_ADMIN = _json("not_an_admin: nobody, or no admin, is signed in")
+LOGIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _json("Signed in (JSON)", {"type": "object", "properties": {"token": _TEXT}}),
+    303: {"description": "Signed in (a form): to ``next``, a local path"},
+    403: CROSS_SITE,
+    415: _json("unsupported_media_type: neither JSON nor a form"),
+    422: _json("bad_user: no user, or not a user name"),
+}
+LOGIN_BODY = _body({"user": {"type": "string", "pattern": USER_PATTERN}}, "application/json", _FORM)
+ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _html("Connected (the page says how)"),
+    400: _html("Refused: the page names the reason slug"),
+    403: _json("cross_site_request or not_an_admin"),
+    415: _json("unsupported_media_type: not a form"),
+    502: _html("amoCRM did not accept it now: try again"),
+}
+LEADS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _json(
+        "The account's leads", {"type": "object", "properties": {"leads": {"type": "array"}}}
+    ),
+    400: _json("unknown_integration"),
+    401: _json("unauthenticated: nobody is signed in"),
+    409: _json("not_connected: connect amoCRM first"),
+    502: _json("amocrm_unavailable: amoCRM's API failed"),
+    503: _json("refresh_backoff (and other try-again-later reasons), with Retry-After"),
+}
 
 
 class Login(BaseModel):
@@ -183,7 +239,7 @@ def create_app(
 
     app = FastAPI(title="amo_oauth example", lifespan=lifespan)
 
-    @app.post("/login")
+    @app.post("/login", responses=LOGIN_RESPONSES, openapi_extra=LOGIN_BODY)
     async def login(request: Request) -> Response:
         """The app posts JSON and gets a token; a browser posts the form and is redirected."""
         media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -207,19 +263,23 @@ def create_app(
         sessions.set_cookie(answer, token)
         return answer
 
-    @app.get("/login")
+    @app.get("/login", response_class=HTMLResponse)
     async def sign_in_form(then: str = Query("/", alias="next")) -> HTMLResponse:
         # A GET signs nobody in: a link or an image on any site can make a browser send one.
         page = SIGN_IN_PAGE.format(then=html.escape(then, quote=True))
         return HTMLResponse(page, headers=SIGN_IN_HEADERS)
 
-    @app.get("/admin")
+    @app.get("/admin", responses={200: _html("The admin's forms"), 403: NOT_ADMIN})
     async def admin_page(request: Request) -> Response:
         if sessions.current_user(request) not in admins:
             return JSONResponse({"error": "not_an_admin"}, 403)
         return _admin_answer(200, "Paste what the tab shows, and the account's host.")
 
-    @app.post("/admin/long-lived")
+    @app.post(
+        "/admin/long-lived",
+        responses=ADMIN_RESPONSES,
+        openapi_extra=_body({"token": _TEXT, "host": _TEXT}, _FORM),
+    )
     async def admin_long_lived(request: Request) -> Response:
         async def connect(user: str, fields: dict[str, str]) -> str:
             connection = await oauth.connect_long_lived(
@@ -229,7 +289,11 @@ def create_app(
 
         return await _as_admin(request, connect)
 
-    @app.post("/admin/keys-tab-code")
+    @app.post(
+        "/admin/keys-tab-code",
+        responses=ADMIN_RESPONSES,
+        openapi_extra=_body({"code": _TEXT, "host": _TEXT}, _FORM),
+    )
     async def admin_keys_tab_code(request: Request) -> Response:
         async def connect(user: str, fields: dict[str, str]) -> str:
             result = await oauth.connect_with_code(
@@ -258,9 +322,10 @@ def create_app(
         try:
             said = await connect(user, fields)
         except CallbackRejected as refused:
-            return _admin_answer(400, f"Refused: {_with_hint(refused.reason)}")
+            return _admin_answer(400, f"Refused: {_with_hint(refused.reason)}", refused.reason)
         except ProviderError as failed:  # TryAgainLater too: nothing was changed
-            return _admin_answer(502, f"amoCRM did not accept it now ({failed.status}): try again")
+            said = f"amoCRM did not accept it now ({failed.status}): try again"
+            return _admin_answer(502, said, "amocrm_unavailable")
         connection = await oauth.status(user)
         account = connection.account.name if connection.account else "no account"
         return _admin_answer(200, f"{said}: {connection.status.value}, {account}")
@@ -268,7 +333,7 @@ def create_app(
     # Registered before the router: its catch-all under PREFIX answers 404 for unknown paths.
     services = {"amocrm": oauth} if site_button is None else {"amocrm": oauth, "site": site_button}
 
-    @app.get(PREFIX + "/leads")
+    @app.get(PREFIX + "/leads", responses=LEADS_RESPONSES)
     async def leads(request: Request, integration: str = "amocrm") -> JSONResponse:
         user = sessions.current_user(request)
         if user is None:
@@ -304,8 +369,11 @@ def _with_hint(reason: str) -> str:
     return f"{reason} ({hint})" if hint else reason
 
 
-def _admin_answer(status: int, result: str) -> HTMLResponse:
-    page = ADMIN_PAGE.format(result=html.escape(result))
+def _admin_answer(status: int, result: str, error: str | None = None) -> HTMLResponse:
+    """The admin page saying ``result``; a refusal's slug ``error`` also in a ``<meta>``,
+    where a client (or a test) reads it without parsing the sentence."""
+    meta = f'<meta name="error" content="{html.escape(error)}">' if error else ""
+    page = ADMIN_PAGE.format(result=html.escape(result), error=meta)
     return HTMLResponse(page, status, headers={**SIGN_IN_HEADERS, "cache-control": "no-store"})
 
 
