@@ -336,7 +336,8 @@ def ready(scene: Scene, flow: str) -> dict[str, Any]:
     if flow in ("exchange", "interrupted"):
         job = scene.job("callback", consent=given)
         if flow == "interrupted":
-            scene.kill_at(job, KillPoint("exchange", 4, "ClaimOp", "after"))
+            claim = OPS["exchange"].index("ClaimOp")
+            scene.kill_at(job, KillPoint("exchange", claim, "ClaimOp", "after"))
             scene.clock.offset += timedelta(seconds=LAPSE)
             job["offset"] = scene.clock.offset.total_seconds()
         return job
