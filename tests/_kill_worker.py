@@ -15,7 +15,12 @@ stdout:
 A job: ``store`` (``_proof_worker.open_store``'s spec), ``url`` and ``domain`` of the served
 FakeAmoCRM, ``config`` (``Config`` keyword arguments, JSON), ``offset`` (seconds added to the
 real UTC time: the clock the test and the fake share), ``action`` (``callback`` with
-``consent``, ``access_token`` or ``status``), ``connection_id``, and ``kill`` (or null).
+``consent``, ``access_token``, ``status``, ``disconnect``, ``hook`` with ``hook``, the hook's
+query, or ``sweep``: ``refresh_due`` one connection at a time), ``connection_id``, and ``kill``
+(or null).
+
+The test process also calls ``run`` and ``arun`` (an ``AsyncAmoOAuth``) itself, for a clean
+run whose announcements it collects: the same operations, the async service's too.
 
 One process serves jobs until stdin ends, so that a recovery job and the next kill pay no
 Python start-up: a kill ends only the job's own process. Tokens are reported as sha256
@@ -24,50 +29,89 @@ digests, never as themselves.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from _proof_worker import callback, digest, open_store
-from amo_oauth import AmoOAuth, Config
+from _proof_worker import acallback, callback, digest, open_store
+from amo_oauth import (
+    AmoOAuth,
+    AsyncAmoOAuth,
+    CallbackResult,
+    Config,
+    HookResult,
+    RefreshReport,
+)
 from amo_oauth._ops import Op
 from amo_oauth._service_core import Turn
-from amo_oauth.testing import LoopbackTransport
+from amo_oauth.testing import AsyncLoopbackTransport, LoopbackTransport
+
+
+class Announcer:
+    """Numbers the operations one job's flows yield, says each before and after it runs, and
+    halts at the job's kill point (``kill``, or None)."""
+
+    def __init__(self, kill: dict[str, Any] | None, say: Callable[[str], None]) -> None:
+        self._kill = kill
+        self._say = say
+        self._index = 0
+        #: Off once the job's call returned: close() performs operations of its own.
+        self.on = True
+        self._lock = threading.Lock()
+
+    def number(self) -> int:
+        with self._lock:
+            index, self._index = self._index, self._index + 1
+        return index
+
+    def announce(self, index: int, name: str, phase: str) -> None:
+        if not self.on:
+            return
+        kill = self._kill
+        if kill is not None and kill["index"] == index and kill["phase"] == phase:
+            self._say(f"halt {index} {name} {phase}")
+            threading.Event().wait()  # the SIGKILL comes here
+        self._say(f"op {index} {name} {phase}")
 
 
 class Announcing(AmoOAuth):
     """An ``AmoOAuth`` that announces each operation its flows yield and halts at one."""
 
-    def __init__(self, *args: Any, kill: dict[str, Any] | None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, announcer: Announcer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._kill = kill
-        self._index = 0
-        #: Off once the job's call returned: close() performs operations of its own.
-        self.announcing = True
-        self._lock = threading.Lock()
+        self.announcer = announcer
 
     def _perform(self, op: Op, turn: Turn | None = None) -> Any:
-        with self._lock:
-            index, self._index = self._index, self._index + 1
-        name = type(op).__name__
-        self._announce(index, name, "before")
-        result = super()._perform(op, turn)
-        self._announce(index, name, "after")
-        return result
+        index, name = self.announcer.number(), type(op).__name__
+        self.announcer.announce(index, name, "before")
+        try:
+            return super()._perform(op, turn)
+        finally:  # a raised failure too: the flow has not heard it yet
+            self.announcer.announce(index, name, "after")
 
-    def _announce(self, index: int, name: str, phase: str) -> None:
-        if not self.announcing:
-            return
-        kill = self._kill
-        if kill is not None and kill["index"] == index and kill["phase"] == phase:
-            print(f"halt {index} {name} {phase}", flush=True)
-            threading.Event().wait()  # the SIGKILL comes here
-        print(f"op {index} {name} {phase}", flush=True)
+
+class AsyncAnnouncing(AsyncAmoOAuth):
+    """``Announcing`` for the awaiting service: the same announcements, never a kill (the
+    test compares its operations with the blocking service's, in its own process)."""
+
+    def __init__(self, *args: Any, announcer: Announcer, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.announcer = announcer
+
+    async def _perform(self, op: Op, turn: Turn | None = None) -> Any:
+        index, name = self.announcer.number(), type(op).__name__
+        self.announcer.announce(index, name, "before")
+        try:
+            return await super()._perform(op, turn)
+        finally:  # a raised failure too: the flow has not heard it yet
+            self.announcer.announce(index, name, "after")
 
 
 def _config(job: dict[str, Any]) -> Config:
@@ -80,31 +124,106 @@ def _config(job: dict[str, Any]) -> Config:
 def _act(oauth: AmoOAuth, job: dict[str, Any]) -> dict[str, Any]:
     action, connection_id = job["action"], job["connection_id"]
     if action == "callback":
-        result = callback(oauth, job["consent"])
-        return {"outcome": result.outcome.value, "status": result.connection.status.value}
+        return _called_back(callback(oauth, job["consent"]))
     if action == "access_token":
         return {"token": digest(oauth.access_token(connection_id))}
+    if action == "disconnect":
+        return {"status": oauth.disconnect(connection_id).status.value}
+    if action == "hook":
+        return _hooked(oauth.handle_disconnect_hook(job["hook"]))
+    if action == "sweep":
+        return _swept(oauth.refresh_due(SWEEP_WITHIN, concurrency=1))
     return {"status": oauth.status(connection_id).status.value}
 
 
-def run(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one job; what it answered, or the error it raised (type and reason only)."""
+async def _aact(oauth: AsyncAmoOAuth, job: dict[str, Any]) -> dict[str, Any]:
+    """``_act`` for an ``AsyncAmoOAuth``."""
+    action, connection_id = job["action"], job["connection_id"]
+    if action == "callback":
+        return _called_back(await acallback(oauth, job["consent"]))
+    if action == "access_token":
+        return {"token": digest(await oauth.access_token(connection_id))}
+    if action == "disconnect":
+        return {"status": (await oauth.disconnect(connection_id)).status.value}
+    if action == "hook":
+        return _hooked(await oauth.handle_disconnect_hook(job["hook"]))
+    if action == "sweep":
+        return _swept(await oauth.refresh_due(SWEEP_WITHIN, concurrency=1))
+    return {"status": (await oauth.status(connection_id)).status.value}
+
+
+#: The sweep's window: a pair refreshed a day ago expires in 89 days, so it is due.
+SWEEP_WITHIN = timedelta(days=90)
+
+
+def _called_back(result: CallbackResult) -> dict[str, Any]:
+    return {"outcome": result.outcome.value, "status": result.connection.status.value}
+
+
+def _hooked(result: HookResult) -> dict[str, Any]:
+    return {"hook": "disconnected" if result.disconnected else str(result.reason)}
+
+
+def _swept(report: RefreshReport) -> dict[str, Any]:
+    """The sweep's one connection: ``refreshed``, or the reason it failed."""
+    if report.refreshed:
+        return {"sweep": "refreshed"}
+    return {"sweep": ",".join(str(reason) for _, reason in report.failed)}
+
+
+def _errored(error: Exception) -> dict[str, Any]:
+    return {"error": {"type": type(error).__name__, "reason": getattr(error, "reason", None)}}
+
+
+def _clock(job: dict[str, Any]) -> Callable[[], datetime]:
     offset = timedelta(seconds=job["offset"])
 
     def clock() -> datetime:
         return datetime.now(UTC) + offset
 
+    return clock
+
+
+def run(job: dict[str, Any], say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run one job; what it answered, or the error it raised (type and reason only).
+    ``say`` hears each announcement (``op ...``, ``halt ...``)."""
+    clock = _clock(job)
+    announcer = Announcer(job.get("kill"), say)
     http = httpx.Client(transport=LoopbackTransport.to(job["url"], domain=job["domain"]))
     store = open_store(job["store"], clock)
-    oauth = Announcing(_config(job), store=store, http=http, clock=clock, kill=job.get("kill"))
+    oauth = Announcing(_config(job), store=store, http=http, clock=clock, announcer=announcer)
     try:
         return {"result": _act(oauth, job)}
     except Exception as error:
-        return {"error": {"type": type(error).__name__, "reason": getattr(error, "reason", None)}}
+        return _errored(error)
     finally:
-        oauth.announcing = False
+        announcer.on = False
         oauth.close()
         http.close()
+
+
+def arun(job: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """``run`` on an ``AsyncAmoOAuth``, in this process (a job without a kill)."""
+    assert job.get("kill") is None
+
+    async def go() -> dict[str, Any]:
+        clock = _clock(job)
+        announcer = Announcer(None, say)
+        transport = AsyncLoopbackTransport.to(job["url"], domain=job["domain"])
+        async with httpx.AsyncClient(transport=transport) as http:
+            store = open_store(job["store"], clock)
+            oauth = AsyncAnnouncing(
+                _config(job), store=store, http=http, clock=clock, announcer=announcer
+            )
+            try:
+                return {"result": await _aact(oauth, job)}
+            except Exception as error:
+                return _errored(error)
+            finally:
+                announcer.on = False
+                await oauth.aclose()
+
+    return asyncio.run(go())
 
 
 def main() -> None:

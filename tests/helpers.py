@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from hypothesis import settings
 
-from amo_oauth import Config, ConnectionRecord
+from amo_oauth import Config, ConnectionRecord, ConnectionStatus
 from amo_oauth._records import record_key
 from amo_oauth.testing import FakeAmoCRM
 
@@ -98,3 +98,15 @@ def following(clock: Any) -> Any:
     """A server store's ``clock_offset`` that makes its clock read ``clock`` (a test's
     ``FakeClock``): the store judges leases and the ledger, so it must see the test's time."""
     return lambda: clock() - datetime.now(UTC)
+
+
+def assert_status_fits(record: ConnectionRecord) -> None:
+    """The record's fields agree with its status (decoding alone guarantees only that the
+    status is a ``ConnectionStatus``): ``connected`` holds a pair and the verified account,
+    ``exchanged`` a pair, ``error`` its error; no other status carries an error."""
+    status = record.status
+    if status is ConnectionStatus.CONNECTED:
+        assert record.tokens is not None and record.account is not None, status
+    if status is ConnectionStatus.EXCHANGED:
+        assert record.tokens is not None, status
+    assert (record.error is not None) == (status is ConnectionStatus.ERROR), status

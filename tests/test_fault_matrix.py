@@ -47,7 +47,7 @@ from amo_oauth.testing.faults import (
     grant_of,
 )
 
-from helpers import config_for, query_of
+from helpers import assert_status_fits, config_for, query_of
 
 pytestmark = pytest.mark.proof
 
@@ -320,7 +320,7 @@ def assert_consistent(rig: Rig) -> ConnectionRecord:
     (if any) lapses within ``lease_ttl``, and no code went to amoCRM twice."""
     record = rig.stored()
     assert record is not None
-    assert record.status in set(ConnectionStatus)
+    assert_status_fits(record)
     if record.lease is not None:
         assert record.lease.expires_at <= rig.clock() + rig.config.lease_ttl
     assert rig.fake.token_call_count("authorization_code", "code_revoked") == 0
