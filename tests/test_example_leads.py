@@ -1,6 +1,6 @@
-"""The FastAPI example's ``/leads`` when the store fails: 503 ``store_unavailable``, as amo_oauth's
-own routes answer, never a 500 (found by the load run, tests/test_load.py: a Postgres pool's
-wait ran out under 100 concurrent clients and ``/leads`` answered 500)."""
+"""The FastAPI and Flask examples' ``/leads`` when the store fails: 503 ``store_unavailable``,
+as amo_oauth's own routes answer, never a 500 (found by the load run, tests/test_load.py: a
+``StoreError`` from PostgreSQL under 100 concurrent clients, and ``/leads`` answered 500)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from amo_oauth import AsyncAmoOAuth, MemoryStore, Outcome
+from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore, Outcome
 from amo_oauth.testing import FakeAmoCRM
 from amo_oauth.testing.faults import FaultyStore
-from e2e_support import FASTAPI, PREFIX
+from e2e_support import FASTAPI, FLASK, PREFIX
 
 from helpers import config_for, query_of
 
@@ -74,3 +74,13 @@ def test_leads_answer_503_when_the_token_read_fails(
     answer = client.get(f"{PREFIX}/leads")
     assert (answer.status_code, answer.json()) == (503, {"error": "store_unavailable"})
     assert fault.fired >= 1 and next(loads) >= 2  # a read passed, and a later one failed
+
+
+def test_the_flask_example_answers_503_too(fake: FakeAmoCRM, store: FaultyStore) -> None:
+    http = httpx.Client(transport=fake.transport())
+    with AmoOAuth(config_for(fake), store=store, http=http) as oauth:
+        app = FLASK.create_app(oauth, api=http).test_client()
+        token = app.post("/login", json={"user": "ann"}).get_json()["token"]
+        store.fail("load", times=None)
+        answer = app.get(f"{PREFIX}/leads", headers={"authorization": f"Bearer {token}"})
+    assert (answer.status_code, answer.get_json()) == (503, {"error": "store_unavailable"})
