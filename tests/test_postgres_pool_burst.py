@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -41,3 +42,31 @@ def test_concurrent_first_calls_survive_a_pool_slow_to_fill(
 
     loaded = asyncio.run(burst())
     assert [found.record for found in loaded] == [None] * 20
+
+
+def test_a_first_caller_cancelled_while_the_pool_opens_leaves_it_to_the_others(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first call (the one that made the pool) is cancelled while the pool opens: a
+    duplicate callback's wait timing out, a client gone. The pool opens for the others."""
+    opened = AsyncConnectionPool.open
+
+    async def slow_open(self: AsyncConnectionPool, *args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.2)  # a loaded machine
+        await opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncConnectionPool, "open", slow_open)
+
+    async def burst() -> list[Loaded]:
+        try:
+            first = asyncio.ensure_future(store.aload("key-first"))
+            await asyncio.sleep(0)  # it claims the pool and starts opening it
+            others = [asyncio.ensure_future(store.aload(f"key-{n}")) for n in range(10)]
+            await asyncio.sleep(0.05)
+            first.cancel()
+            return await asyncio.gather(*others)
+        finally:
+            await store.aclose()
+
+    loaded = asyncio.run(burst())
+    assert [found.record for found in loaded] == [None] * 10
