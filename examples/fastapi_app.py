@@ -11,7 +11,9 @@ What the mobile app (or a browser) talks to::
                                          amo_oauth's routes (``amo_oauth.fastapi.router``)
     GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"};
                                             503 {"error": "refresh_backoff"} + Retry-After
-                                            while amoCRM pushes back on the refresh
+                                            while amoCRM pushes back on the refresh;
+                                            503 {"error": "store_unavailable"} when the
+                                            store fails (a pool's wait ran out)
     GET  /admin                          a private integration's admin (a signed-in user in
                                          ``admins``) pastes a long-lived token or the
                                          keys-tab code from amoCRM's "Keys and scopes" tab;
@@ -65,6 +67,7 @@ from amo_oauth import (
     ProviderError,
     ReauthorizationRequired,
     SQLiteStore,
+    StoreError,
     TryAgainLater,
     web,
 )
@@ -427,6 +430,13 @@ def _is_local_path(path: str) -> bool:
 
 
 async def _leads_of(oauth: AsyncAmoOAuth, client: httpx.AsyncClient, user: str) -> JSONResponse:
+    try:
+        return await _read_leads(oauth, client, user)
+    except StoreError:  # as amo_oauth's own routes answer it: the app tries again later
+        return JSONResponse({"error": "store_unavailable"}, 503)
+
+
+async def _read_leads(oauth: AsyncAmoOAuth, client: httpx.AsyncClient, user: str) -> JSONResponse:
     host = await _account_host(oauth, user)
     if host is None:
         # 409, never 403: "connect amoCRM first" is something the app can act on.

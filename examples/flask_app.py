@@ -11,7 +11,9 @@ The same backend as ``fastapi_app.py``, blocking::
                                          amo_oauth's routes (``amo_oauth.flask.blueprint``)
     GET  /api/amo-crm/leads              -> {"leads": [...]}; 409 {"error": "not_connected"};
                                             503 {"error": "refresh_backoff"} + Retry-After
-                                            while amoCRM pushes back on the refresh
+                                            while amoCRM pushes back on the refresh;
+                                            503 {"error": "store_unavailable"} when the
+                                            store fails
 
 The sign-in is a toy (no password, sessions in memory): replace it with yours. What matters is
 the ``connection_id`` callable: it maps a request to your user id, and amo_oauth keeps one amoCRM
@@ -53,6 +55,7 @@ from amo_oauth import (
     ProviderError,
     ReauthorizationRequired,
     SQLiteStore,
+    StoreError,
     TryAgainLater,
     web,
 )
@@ -215,6 +218,13 @@ def _is_local_path(path: str) -> bool:
 
 
 def _leads_of(oauth: AmoOAuth, client: httpx.Client, user: str) -> flask.Response:
+    try:
+        return _read_leads(oauth, client, user)
+    except StoreError:  # as amo_oauth's own routes answer it: the app tries again later
+        return _json({"error": "store_unavailable"}, 503)
+
+
+def _read_leads(oauth: AmoOAuth, client: httpx.Client, user: str) -> flask.Response:
     host = _account_host(oauth, user)
     if host is None:
         # 409, never 403: "connect amoCRM first" is something the app can act on.

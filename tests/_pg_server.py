@@ -29,7 +29,14 @@ from typing import NoReturn
 
 import pytest
 
-__all__ = ["PASSWORD_MARK", "PostgresProcess", "find_bin_dir", "own_postgres", "postgres_url"]
+__all__ = [
+    "PASSWORD_MARK",
+    "PostgresProcess",
+    "find_bin_dir",
+    "own_postgres",
+    "postgres_url",
+    "throwaway_postgres",
+]
 
 #: Every generated password starts with this, so that a test can look for it in any text.
 PASSWORD_MARK = "pw-Secr3t-"
@@ -252,3 +259,11 @@ def own_postgres() -> Iterator[PostgresProcess]:
     """A server for one test that kills it: commits are acknowledged only once written."""
     with _running(durable=True) as (server, url):
         yield PostgresProcess(server, url)
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A fresh server's URL outside pytest (``benchmarks/load.py``); stopped and deleted after.
+    Without the binaries it raises pytest's skip (or fail) exception, with the reason."""
+    with _running(durable=False) as (_, url):
+        yield url

@@ -331,11 +331,14 @@ class AsyncAmoOAuth(ServiceCore[httpx.AsyncClient]):
             return None
         if isinstance(op, Send):
             slot = (turn or self._check_turn)(op.request)
-            await self._pace.pacer.await_for(slot)  # as in AmoOAuth._perform
+            sending = await self._pace.pacer.await_for(slot)  # as in AmoOAuth._perform
             sent_at = self._pace.pacer.clock()
-            with self._metrics.token_call(op.request) as answered:
-                response = await asend_within(self.http, op.request, self.config.http_timeout)
-                answered(response)
+            try:
+                with self._metrics.token_call(op.request) as answered:
+                    response = await asend_within(self.http, op.request, self.config.http_timeout)
+                    answered(response)
+            finally:
+                self._pace.pacer.leave(sending)
             if slot is not None:
                 self._note(op.request, response, sent_at)
             return response

@@ -10,7 +10,7 @@ import attrs
 import httpx
 
 from ._errors import TokenScopeError
-from ._pace import ApiPace, Pacer, Slot
+from ._pace import ApiPace, Pacer, Sending, Slot
 from ._provider_reads import retry_after_in
 
 __all__ = ["ConnectionAuth"]
@@ -166,11 +166,16 @@ class ConnectionAuth(httpx.Auth):
         flow = _flow(request, self._paced)
         item = next(flow)
         sent_at = 0.0
+        sending: Sending | None = None
         try:
             while True:
                 if isinstance(item, httpx.Request):
                     sent_at = self._now()
-                    reply: object = yield item
+                    try:
+                        reply: object = yield item
+                    finally:  # answered or failed: its place in the window ages from now
+                        self._leave(sending)
+                        sending = None
                 elif isinstance(item, _NeedToken):
                     reply = self._token(item.stale)
                 elif isinstance(item, _Read):
@@ -180,11 +185,12 @@ class ConnectionAuth(httpx.Auth):
                     reply = None
                 else:
                     reply = slot = self._slot(item, sent_at)
-                    self._pacer().wait_for(slot)  # and looks at the pause again after it
+                    sending = self._pacer().wait_for(slot)  # and looks at the pause again after it
                 item = flow.send(reply)
         except StopIteration:
             return
         finally:
+            self._leave(sending)
             flow.close()
 
     async def async_auth_flow(
@@ -196,11 +202,16 @@ class ConnectionAuth(httpx.Auth):
         flow = _flow(request, self._paced)
         item = next(flow)
         sent_at = 0.0
+        sending: Sending | None = None
         try:
             while True:
                 if isinstance(item, httpx.Request):
                     sent_at = self._now()
-                    reply: object = yield item
+                    try:
+                        reply: object = yield item
+                    finally:  # answered or failed: its place in the window ages from now
+                        self._leave(sending)
+                        sending = None
                 elif isinstance(item, _NeedToken):
                     reply = await self._async_token(item.stale)
                 elif isinstance(item, _Read):
@@ -210,11 +221,12 @@ class ConnectionAuth(httpx.Auth):
                     reply = None
                 else:
                     reply = slot = self._slot(item, sent_at)
-                    await self._pacer().await_for(slot)  # as in sync_auth_flow
+                    sending = await self._pacer().await_for(slot)  # as in sync_auth_flow
                 item = flow.send(reply)
         except StopIteration:
             return
         finally:
+            self._leave(sending)
             flow.close()
 
     @property
@@ -227,6 +239,11 @@ class ConnectionAuth(httpx.Auth):
     def _pacer(self) -> Pacer:
         assert self._pace is not None  # only a paced flow yields a turn or a push-back
         return self._pace.pacer
+
+    def _leave(self, sending: Sending | None) -> None:
+        """A paced request's answer (or failure) is in (``Pacer.leave``)."""
+        if sending is not None:
+            self._pacer().leave(sending)
 
     def _look(self, host: str) -> None:
         """Refuse a request to a paused host before its token is asked for.

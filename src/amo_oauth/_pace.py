@@ -9,6 +9,14 @@ disconnect hook's token checks), and the keep-alive sweep's token calls, takes a
 
 - spacing, not a bucket: a key's requests go out ``(1 + PACE_GUARD) / rate`` seconds apart, so
   an idle minute saves up no burst and no one-second window holds more than ``rate``;
+- and, for API requests, a window that holds for arrivals, not only sends: amoCRM counts a
+  request when it arrives, and one that arrives late (a new connection's handshake, a busy
+  event loop) lands closer to the next ones than they were sent. So at most ``floor(rate)``
+  (at least one) of a key's requests are *live* at once: in flight, or answered less than a
+  window ago (``floor(rate) / rate`` seconds, plus the guard). A request arrives before its
+  answer does, so requests sent this way never put more than ``rate`` in any second at
+  amoCRM, whatever their latencies. A send whose window is full waits for the oldest answer
+  to age out (``Pacer.wait_for``); each send reports its answer (``Pacer.leave``);
 - a 429 (or a 403) pauses the key: until the pause ends, ``auth()``, the hook and the
   verification are refused without sending (``TryAgainLater``, ``api_paused``), the sweep
   waits; a caller already waiting for its slot looks again when its turn comes (``recheck``),
@@ -23,6 +31,8 @@ integration share amoCRM's budget only by configuration (each gets ``rate / N``)
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import math
 import threading
 import time
@@ -43,6 +53,7 @@ __all__ = [
     "PACE_GUARD",
     "ApiPace",
     "Pacer",
+    "Sending",
     "Slot",
     "is_api_request",
     "pause_after",
@@ -65,6 +76,17 @@ DEFAULT_429_PAUSE: Final = 1.0
 MAX_PAUSE: Final = 900.0
 #: A pacer forgets keys with no slot ahead and no pause once it tracks this many.
 _PRUNE_AT: Final = 4096
+#: A request in flight longer than this (seconds) no longer holds its place in the window: a
+#: sender that never reported its answer must not stop its key for good. Longer than any
+#: ``Config.http_timeout`` a request runs under.
+_LIVE_AT_MOST: Final = 600.0
+#: A pruned pacer keeps the keys answered within this many seconds (a window at 1/s or more
+#: is at most 1.05 s long).
+_KEEP_ANSWERS: Final = 60.0
+#: Seconds by which an answer may be short of a window's age and still age out.
+_TOLERANCE: Final = 1e-6
+#: How long a window that only requests in flight fill is looked at again (seconds).
+_IN_FLIGHT_POLL: Final = 0.02
 
 Key = tuple[str, str]
 """``(client id, host)``."""
@@ -93,6 +115,8 @@ class Slot:
     at: float
     wait: float
     resend_of: int | None = None
+    #: The rate the slot was taken at: its window's size (None: no window, e.g. a test's slot).
+    rate: float | None = None
 
 
 @attrs.define
@@ -105,6 +129,19 @@ class _Lane:
     #: When the latest pause began: a 429 to a request sent before it is of the same burst.
     pause_began: float = -math.inf
     resend_taken: bool = False
+    #: The live requests (see the module): when each was sent, while in flight, by its
+    #: ticket; then when each was answered, oldest first.
+    in_flight: dict[int, float] = attrs.Factory(dict)
+    answered: collections.deque[float] = attrs.Factory(collections.deque)
+
+
+@attrs.frozen
+class Sending:
+    """A request let through its key's window (``Pacer.enter``): pass it to ``Pacer.leave``
+    once its answer (or its failure) is in."""
+
+    key: Key
+    ticket: int
 
 
 async def _asyncio_sleep(seconds: float) -> None:
@@ -131,6 +168,7 @@ class Pacer:
         self.asleep = asleep
         self._lock = threading.Lock()
         self._lanes: dict[Key, _Lane] = {}
+        self._tickets = itertools.count()
         reset_in_child(self)
 
     def after_fork(self) -> None:
@@ -176,7 +214,7 @@ class Pacer:
                     retry_after=slot - now,
                 )
             lane.next_slot = slot + (1.0 + PACE_GUARD) / rate
-            return Slot(key, slot, slot - now)
+            return Slot(key, slot, slot - now, rate=rate)
 
     def recheck(self, slot: Slot) -> Slot | None:
         """Whether a slot whose time has come may still be sent: a pause that began (or grew)
@@ -197,24 +235,77 @@ class Pacer:
             return None
         raise _paused(max(paused_until - now, 0.0), slot.resend_of)
 
-    def wait_for(self, slot: Slot | None) -> None:
+    def wait_for(self, slot: Slot | None) -> Sending | None:
         """Sleep (``sleep``) until ``slot`` comes, ``recheck`` it, and so on until it may be sent
-        (None: nothing to wait for).
+        (None: nothing to wait for); then until its key's window has room (``enter``).
+
+        Returns:
+            The ``Sending`` to ``leave`` once the request is answered (or failed); None for
+            no slot, or a slot without a window.
 
         Raises:
             TryAgainLater: ``api_paused``, from ``recheck``.
         """
-        while slot is not None:
-            if slot.wait > 0:
-                self.sleep(slot.wait)
-            slot = self.recheck(slot)
+        turn = slot
+        while turn is not None:
+            if turn.wait > 0:
+                self.sleep(turn.wait)
+            turn = self.recheck(turn)
+            if turn is None and slot is not None:
+                turn, sending = self._enter(slot)
+                if turn is None:
+                    return sending
+        return None
 
-    async def await_for(self, slot: Slot | None) -> None:
+    async def await_for(self, slot: Slot | None) -> Sending | None:
         """``wait_for`` for a task: it awaits ``asleep``."""
-        while slot is not None:
-            if slot.wait > 0:
-                await self.asleep(slot.wait)
-            slot = self.recheck(slot)
+        turn = slot
+        while turn is not None:
+            if turn.wait > 0:
+                await self.asleep(turn.wait)
+            turn = self.recheck(turn)
+            if turn is None and slot is not None:
+                turn, sending = self._enter(slot)
+                if turn is None:
+                    return sending
+        return None
+
+    def _enter(self, slot: Slot) -> tuple[Slot | None, Sending | None]:
+        """Let ``slot``'s request into its key's window (see the module), or say how long to
+        wait first: ``(None, sending)`` to send now, ``(slot to wait for, None)`` otherwise
+        (the same slot, its ``wait`` the seconds until the oldest answer ages out)."""
+        if slot.rate is None:
+            return None, None
+        size = max(1, math.floor(slot.rate))
+        window = (1.0 + PACE_GUARD) * size / slot.rate
+        with self._lock:
+            now = self.clock()
+            lane = self._lane(slot.key, now)
+            # A microsecond's tolerance: a sleep of exactly the wait may end a rounding
+            # error short of it, and a wait of 1e-16 s would not move a float clock at all.
+            while lane.answered and lane.answered[0] + window <= now + _TOLERANCE:
+                lane.answered.popleft()
+            for ticket, sent in list(lane.in_flight.items()):
+                if sent <= now - _LIVE_AT_MOST:
+                    del lane.in_flight[ticket]
+            if len(lane.in_flight) + len(lane.answered) < size:
+                ticket = next(self._tickets)
+                lane.in_flight[ticket] = now
+                return None, Sending(slot.key, ticket)
+            # Full: the oldest answer ages out first; only requests in flight: look again soon.
+            wait = lane.answered[0] + window - now if lane.answered else _IN_FLIGHT_POLL
+        return attrs.evolve(slot, wait=max(wait, 0.0)), None
+
+    def leave(self, sending: Sending | None) -> None:
+        """A request let through the window was answered, or failed, just now: its place
+        stays taken until the window's length has passed (its arrival was before now)."""
+        if sending is None:
+            return
+        with self._lock:
+            now = self.clock()
+            lane = self._lane(sending.key, now)
+            if lane.in_flight.pop(sending.ticket, None) is not None:
+                lane.answered.append(now)
 
     def paused_for(self, key: Key) -> float:
         """Seconds left of the key's pause (0: not paused)."""
@@ -256,7 +347,7 @@ class Pacer:
                 raise _paused(max(lane.paused_until - now, 0.0), 429)
             lane.resend_taken = True
             lane.next_slot = slot + (1.0 + PACE_GUARD) / rate
-            return Slot(key, slot, slot - now, resend_of=429)
+            return Slot(key, slot, slot - now, resend_of=429, rate=rate)
 
     def refusal(self, key: Key, status: int | None) -> TryAgainLater:
         """The ``api_paused`` error for the key's pause as it stands (``retry_after``: what is
@@ -270,7 +361,11 @@ class Pacer:
             self._lanes = {
                 name: lane
                 for name, lane in self._lanes.items()
-                if lane.next_slot > now or lane.paused_until > now or lane.resend_taken
+                if lane.next_slot > now
+                or lane.paused_until > now
+                or lane.resend_taken
+                or lane.in_flight
+                or (lane.answered and lane.answered[-1] > now - _KEEP_ANSWERS)
             }
         return self._lanes.setdefault(key, _Lane())
 
@@ -343,7 +438,11 @@ class ApiPace:
         Raises:
             TryAgainLater: ``api_paused``.
         """
-        return self.pacer.reserve(self._key(host), rate)
+        slot = self.pacer.reserve(self._key(host), rate)
+        # Spaced, but outside the API's window: the token endpoint is not what amoCRM's 7 a
+        # second counts (``is_api_request``), and a sweep's refresh must not wait for the
+        # app's API answers to age out.
+        return attrs.evolve(slot, rate=None)
 
     def answered(
         self,

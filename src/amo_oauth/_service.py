@@ -687,12 +687,15 @@ class AmoOAuth(ServiceCore[httpx.Client]):
             return None
         if isinstance(op, Send):
             slot = (turn or self._check_turn)(op.request)
-            self._pace.pacer.wait_for(slot)  # raises TryAgainLater into the flow: not sent
+            sending = self._pace.pacer.wait_for(slot)  # TryAgainLater into the flow: not sent
             sent_at = self._pace.pacer.clock()
-            with self._metrics.token_call(op.request) as answered:
-                # http_timeout bounds the whole call, connect to last byte
-                response = send_within(self.http, op.request, self.config.http_timeout)
-                answered(response)
+            try:
+                with self._metrics.token_call(op.request) as answered:
+                    # http_timeout bounds the whole call, connect to last byte
+                    response = send_within(self.http, op.request, self.config.http_timeout)
+                    answered(response)
+            finally:  # answered or failed: its place in the host's window ages from now
+                self._pace.pacer.leave(sending)
             if slot is not None:
                 self._note(op.request, response, sent_at)
             return response

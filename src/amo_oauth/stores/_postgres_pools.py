@@ -26,7 +26,7 @@ from typing import Any, Final, TypeAlias, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from .._driving import adrive, drive
 from .._errors import StoreError
@@ -135,6 +135,7 @@ class Connections:
         self._pool: ConnectionPool[Conn] | None = None
         self._apool: AsyncConnectionPool[AsyncConn] | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
+        self._aopening: asyncio.Task[None] | None = None  # the awaited pool's opening
         reset_in_child(self)
 
     def after_fork(self) -> None:
@@ -148,7 +149,7 @@ class Connections:
         self._guard = threading.Lock()
         _INHERITED.extend(pool for pool in (self._pool, self._apool) if pool is not None)
         self._pool = self._apool = None
-        self._aloop = None
+        self._aloop = self._aopening = None
 
     @property
     def closed(self) -> bool:
@@ -201,31 +202,39 @@ class Connections:
             return pool
 
     async def apool(self) -> AsyncConnectionPool[AsyncConn]:
-        """The awaited pool of the running event loop, opened on first use."""
-        apool = self._claim_apool(asyncio.get_running_loop())
-        if apool is None:
-            assert self._apool is not None
-            return self._apool
+        """The awaited pool of the running event loop, opened on first use.
+
+        Every caller waits for the one opening (a task of its own): a caller cancelled
+        meanwhile (a wait's timeout, a client gone) leaves it running, and no caller borrows
+        from the pool before it is open. A failed opening fails every caller waiting for it.
+        """
+        apool, opening = self._claim_apool(asyncio.get_running_loop())
+        await asyncio.shield(opening)
+        return apool
+
+    async def _open(self, apool: AsyncConnectionPool[AsyncConn]) -> None:
         deadline = time.monotonic() + self.timeout
         try:
-            # Opened before the first await: a concurrent first call borrows from it (waiting
-            # in its queue) rather than finding it not open yet.
             await apool.open()
             await self._areach()
-            if self._min_size > 0:
-                await apool.wait(timeout=_left(deadline))
         except BaseException:
             with self._guard:
                 if self._apool is apool:
-                    self._apool = None
+                    self._apool = self._aopening = None
             await apool.close(timeout=0)
             raise
-        return apool
+        if self._min_size > 0:
+            # The server answered and took the login: a pool slow to fill (a loaded machine)
+            # is slow, not broken; each borrow waits within its own timeout.
+            with contextlib.suppress(PoolTimeout):
+                await apool.wait(timeout=_left(deadline))
 
     def _claim_apool(
         self, loop: asyncio.AbstractEventLoop
-    ) -> AsyncConnectionPool[AsyncConn] | None:
-        """A new pool for ``loop``, to be opened by the caller; None when ``loop`` has one."""
+    ) -> tuple[AsyncConnectionPool[AsyncConn], asyncio.Task[None]]:
+        """``loop``'s pool and its opening, both made on the first call (closing a pool under
+        concurrent first calls, or letting them borrow before it was open, failed them all
+        with PoolClosed: the load run, 100 clients at once)."""
         with self._guard:
             if self._closed:
                 raise closed_error()
@@ -240,15 +249,18 @@ class Connections:
                 # pool's tasks ended with it, so its connections are closed here and a new
                 # pool is made on this loop.
                 _abandon(self._apool)
-                self._apool = self._aloop = None
-            if self._apool is not None:
-                return None
+                self._apool = self._aloop = self._aopening = None
+            if self._apool is not None and self._aopening is not None:
+                return self._apool, self._aopening
             apool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
                 check=AsyncConnectionPool.check_connection, **self._options("-async")
             )
-            # Claimed before the first await, so that concurrent first calls share one pool.
-            self._apool, self._aloop = apool, loop
-            return apool
+            opening = loop.create_task(self._open(apool))
+            # Its failure is each waiting caller's; read here too, so that an opening whose
+            # callers were all cancelled is not reported as a failure nobody retrieved.
+            opening.add_done_callback(_retrieved)
+            self._apool, self._aloop, self._aopening = apool, loop, opening
+            return apool, opening
 
     def _reach(self) -> None:
         """Connect once, outside the pool, and close: the pool's own attempts fail only into
@@ -319,6 +331,7 @@ class Connections:
             self._closed = True
             pool, self._pool = self._pool, None
             apool, self._apool = self._apool, None
+            self._aopening = None
         if pool is not None:
             pool.close(timeout=self.timeout)
         loop = self._aloop
@@ -332,12 +345,17 @@ class Connections:
         with self._guard:
             apool = self._apool
             if apool is not None and self._aloop is asyncio.get_running_loop():
-                self._apool = None
+                self._apool = self._aopening = None
             else:
                 apool = None  # made on another loop: close() lets go of it there
         if apool is not None:
             await apool.close(timeout=self.timeout)
         self.close()
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _left(deadline: float) -> float:

@@ -109,6 +109,11 @@ class _RequestHandler(simple_server.WSGIRequestHandler):
 
 class _ThreadingServer(socketserver.ThreadingMixIn, simple_server.WSGIServer):
     daemon_threads = True
+    # socketserver's backlog is 5: a backend opening many connections at once (a load run's
+    # 100 clients) overflows it while this process is busy, and the connections the kernel
+    # then drops or resets reach the code under test as ReadError / ConnectError, faults the
+    # fake never meant to inject.
+    request_queue_size = 256
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind() does a reverse DNS lookup (getfqdn), slow on some hosts.
