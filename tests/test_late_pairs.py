@@ -22,13 +22,13 @@ from typing import Any
 import httpx
 import pytest
 
+from _backends import Backend
 from amo_oauth import AmoOAuth, AsyncAmoOAuth, ConnectionStatus, Outcome
 from amo_oauth._records import ConnectionRecord, record_key
 from amo_oauth.stores import Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing.faults import AsyncFaultyStore, FaultyStore, grant_of
 
-from _backends import Backend
 from helpers import config_for, query_of
 
 USER = "user-1"
@@ -270,7 +270,7 @@ def test_a_rotated_pair_is_kept_when_its_write_raises_oserror(
     worker = Worker(mode, fake, clock, backend.open())
     try:
         worker.store.fail("compare_and_set", times=None, when=_new_pair, error=_disk_full)
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="disk full"):
             worker.call(lambda: worker.oauth.access_token(USER))
         worker.store.heal()
         token = worker.call(lambda: worker.oauth.access_token(USER))  # lands the kept pair
@@ -292,7 +292,7 @@ def test_an_exchanged_pair_is_kept_when_its_write_raises_oserror(
     worker = Worker(mode, fake, clock, backend.open())
     try:
         worker.store.fail("compare_and_set", times=None, when=_new_pair, error=_disk_full)
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="disk full"):
             worker.call(lambda: worker.oauth.handle_callback(query, binding=binding))
         worker.store.heal()
         worker.call(lambda: worker.oauth.status(USER))  # its next store call lands the pair
