@@ -28,6 +28,9 @@ from amo_oauth._records import ConnectionRecord, record_key
 from amo_oauth.stores import Store
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 from amo_oauth.testing.faults import AsyncFaultyStore, FaultyStore, grant_of
+from amo_oauth.web import Handlers
+from test_web import PREFIX, callback_query, connect_state, sender, user_from_header
+from test_web import USER as WEB_USER
 
 from helpers import config_for, query_of
 
@@ -306,3 +309,27 @@ def test_an_exchanged_pair_is_kept_when_its_write_raises_oserror(
     finally:
         worker.close()
         world.other.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"], indirect=True)
+def test_the_callback_route_loses_no_pair_to_a_store_bug(
+    backend: Backend, fake: FakeAmoCRM, clock: FakeClock
+) -> None:
+    """The web route lets a store's own exception through (a 500 from the framework: a store
+    bug is not ``store_unavailable``), and the pair still lands at the next store call."""
+    store = FaultyStore(backend.open())
+    http = httpx.Client(transport=fake.transport())
+    oauth = AmoOAuth(config_for(fake), store=store, http=http, clock=clock)
+    send = sender(Handlers(oauth, connection_id=user_from_header, app_scheme="x"))
+    try:
+        redirect = fake.authorize(connect_state(send))
+        store.fail("compare_and_set", times=None, when=_new_pair, error=_disk_full)
+        with pytest.raises(OSError, match="disk full"):
+            send("GET", f"{PREFIX}/callback", query=callback_query(redirect))
+        store.heal()
+        oauth.status(WEB_USER)  # lands the kept pair
+        clock.advance(config_for(fake).lease_ttl + timedelta(seconds=1))
+        assert oauth.status(WEB_USER).status is ConnectionStatus.CONNECTED
+        assert fake.token_call_count("authorization_code") == 1
+    finally:
+        oauth.close()
