@@ -846,11 +846,25 @@ class CodeFlows:
         event = ExchangeSucceeded(tokens, code_digest(code), host=host.name)
         kept = attrs.evolve(event, released=True)  # whoever lands it, this worker won't verify
         exchanged = yield from self.records.keeping(
-            record, kept, lambda: self.records.write(record, event)
+            record, kept, lambda: self._store_exchanged(record, event)
         )
         if exchanged is None:
             return (yield from self.verification.overtaken(record))
         return (yield from self.verification.verify(exchanged, host, tokens.access_token))
+
+    def _store_exchanged(
+        self, record: RecordView, event: ExchangeSucceeded
+    ) -> Flow[RecordView | None]:
+        """Write the pair from the code over this worker's claim; when another writer moved the
+        record on (a worker that stalled past its lease and the grace: a replay of the callback
+        gave the code up), the table decides on the record as it now is, as for a kept pair: it
+        lands on ``error(exchange_interrupted)`` for this very code, and on nothing else (a new
+        consent, a disconnect, another code's exchange). None: it did not land."""
+        written = yield from self.records.write(record, event)
+        if written is not None:
+            return written
+        landed, wrote = yield from self.records.apply(record, event)
+        return landed if wrote else None
 
     def _settled(self, record: RecordView) -> Flow[RecordView]:
         """Wait, a bounded time, for another worker's exchange to finish (the table says one

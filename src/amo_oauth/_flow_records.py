@@ -357,10 +357,13 @@ class Records:
         """Run ``attempt`` (a write of a pair amoCRM just gave: the only valid one), tried again
         within the lease while the store fails. If the store stays down, ``event`` (that pair's
         event, as another call or the background retry is to write it) is kept in memory
-        (``keep_unwritten``) and the ``StoreError`` raised.
+        (``keep_unwritten``) and the ``StoreError`` raised. Any other exception (a custom
+        store's ``OSError``, a driver's own, an interrupt) keeps the pair too and is raised at
+        once: it is a fault nobody planned for, so no retry, but the pair is still the only one.
 
         Raises:
             StoreError: the store failed every try; the pair is kept.
+            BaseException: whatever else the write raised, unchanged; the pair is kept.
         """
         for pause in (*_STORE_RETRIES, None):
             try:
@@ -369,6 +372,9 @@ class Records:
                 if pause is None:
                     self.keep_unwritten(view, event)
                     raise
+            except BaseException:
+                self.keep_unwritten(view, event)
+                raise
             yield Sleep(pause)
         raise AssertionError("not reached: the last try returns or raises")
 
@@ -479,7 +485,7 @@ class Records:
             named = [] if isinstance(kept[1], CONCLUDING) else [kept[0].connection_id]
             try:
                 yield from self._write_kept(key)
-            except StoreError:
+            except Exception:  # a store that fails (``StoreError`` or its own): it stays
                 left.extend(named)
                 if stop_at_failure:
                     break
