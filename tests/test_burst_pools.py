@@ -10,7 +10,8 @@ the same queueing happens with 200 tasks: a wait expires while the store is serv
 and is waited again (``stores/_turns.py``). Without that, callers fail (checked: with
 ``_turns.PATIENCE`` set to 0 all four bursts failed, with 2 to 93 ``StoreError`` of 200 at 0.5 s).
 
-No timing is asserted; ``settle_timeout`` is raised so that no caller gives up waiting. A ``Turns`` unit test pins the rule itself without a server.
+No timing is asserted; ``settle_timeout`` is raised so that no caller gives up waiting. The
+``Turns`` unit tests pin the rule itself without a server.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from typing import Any
 import httpx
 import pytest
 
+from _pg_server import postgres_url  # noqa: F401
+from _redis_server import redis_url  # noqa: F401
 from amo_oauth import AsyncAmoOAuth, Outcome
 from amo_oauth.stores import Store
 from amo_oauth.stores._turns import Turns
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
-from _pg_server import postgres_url  # noqa: F401
-from _redis_server import redis_url  # noqa: F401
 from helpers import config_for, following, query_of
 
 CALLERS = 200
@@ -41,30 +42,27 @@ POOL_WAIT = 0.5
 
 
 def small_store(kind: str, request: pytest.FixtureRequest, clock: FakeClock) -> Store:
-    """A server store with 2 connections per pool and a 1-second wait for one."""
+    """A server store with 2 connections per pool and a ``POOL_WAIT`` wait for one."""
     name = f"burst{uuid.uuid4().hex[:12]}"
     if kind == "postgres":
         pytest.importorskip("psycopg")
         from amo_oauth.stores import PostgresStore
 
         url = request.getfixturevalue("postgres_url")
-        store: Store = PostgresStore(
+        pg = PostgresStore(
             url, table=name, max_size=2, timeout=POOL_WAIT, clock_offset=following(clock)
         )
-    else:
-        pytest.importorskip("redis")
-        from amo_oauth.stores import RedisStore
+        pg.migrate()
+        return pg
+    pytest.importorskip("redis")
+    from amo_oauth.stores import RedisStore
 
-        url = request.getfixturevalue("redis_url")
-        store = RedisStore(
-            url,
-            prefix=f"{name}:",
-            max_connections=2,
-            timeout=POOL_WAIT,
-            clock_offset=following(clock),
-        )
-    store.migrate()  # type: ignore[attr-defined]  # both server stores have it
-    return store
+    url = request.getfixturevalue("redis_url")
+    redis = RedisStore(
+        url, prefix=f"{name}:", max_connections=2, timeout=POOL_WAIT, clock_offset=following(clock)
+    )
+    redis.migrate()
+    return redis
 
 
 async def at_once(call: Callable[[], Any]) -> list[object]:
