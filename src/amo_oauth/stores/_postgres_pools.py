@@ -34,6 +34,7 @@ from ._common import closed_error
 from ._driven import Work
 from ._forks import reset_in_child
 from ._postgres_ops import ROLLBACK, MismatchedAnswer, Query, Result
+from ._turns import Turns
 
 __all__ = ["Connections", "Place", "connect_kwargs"]
 
@@ -136,6 +137,8 @@ class Connections:
         self._apool: AsyncConnectionPool[AsyncConn] | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._aopening: asyncio.Task[None] | None = None  # the awaited pool's opening
+        # A burst queues for a connection instead of failing after one ``timeout``.
+        self._turns = Turns(lambda exc: isinstance(exc, PoolTimeout))
         reset_in_child(self)
 
     def after_fork(self) -> None:
@@ -161,21 +164,47 @@ class Connections:
         """Run ``work`` on a pooled connection (in one transaction if it is atomic)."""
         with (
             self.place.mapped(work.action),
-            self.pool().connection() as conn,
+            self._borrowed() as conn,
             _transaction(conn, work.atomic) as undo,
             conn.cursor() as cur,
         ):
-            return drive(work.steps, _Perform(cur, undo))
+            result = drive(work.steps, _Perform(cur, undo))
+        self._turns.served_one()
+        return result
 
     async def arun(self, work: Work[Query, Result, T]) -> T:
         """``run`` on the awaited pool: the same statements, awaited."""
         with self.place.mapped(work.action):
             async with (
-                (await self.apool()).connection() as conn,
+                self._aborrowed() as conn,
                 _atransaction(conn, work.atomic) as undo,
                 conn.cursor() as cur,
             ):
-                return await adrive(work.steps, _APerform(cur, undo))
+                result = await adrive(work.steps, _APerform(cur, undo))
+        self._turns.served_one()
+        return result
+
+    @contextlib.contextmanager
+    def _borrowed(self) -> Iterator[Conn]:
+        """A connection of the blocking pool, waited for in turn (``Turns``), given back."""
+        pool = self.pool()
+        conn = self._turns.take(pool.getconn)
+        try:
+            with conn:  # as the pool's own ``connection()``: ends a transaction left open
+                yield conn
+        finally:
+            pool.putconn(conn)
+
+    @contextlib.asynccontextmanager
+    async def _aborrowed(self) -> AsyncIterator[AsyncConn]:
+        """``_borrowed`` from the awaited pool."""
+        apool = await self.apool()
+        conn = await self._turns.atake(apool.getconn)
+        try:
+            async with conn:
+                yield conn
+        finally:
+            await apool.putconn(conn)
 
     # -- the pools -----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from ._driven import Work
 from ._forks import reset_in_child
 from ._redis_lua import SCHEMA_REPLY, SCHEMA_VERSION, SCRIPTS
 from ._redis_ops import Command, Step
+from ._turns import Turns
 from ._url_faults import redis_fault
 
 __all__ = ["Clients"]
@@ -75,6 +76,8 @@ class Clients:
         self.channel = f"{prefix}changed:{db}"
         self._scripts = {name: self.client.register_script(src) for name, src in SCRIPTS.items()}
         self._async: LoopClient | None = None
+        # A burst queues for a connection instead of failing after one ``timeout``.
+        self._turns = Turns(_pool_wait_expired)
         self.closed = False
         reset_in_child(self)
 
@@ -124,12 +127,17 @@ class Clients:
         self.check_open()
         scripts, command = self._scripts, _untyped(self.client.execute_command)
 
-        def perform(step: Step) -> Any:
+        def call(step: Step) -> Any:
             if isinstance(step, Command):
                 with _refused_as_none():
                     return command(*step.args)
                 return None
             return scripts[step.name](keys=step.keys, args=step.args)
+
+        def perform(step: Step) -> Any:
+            answer = self._turns.take(lambda: call(step))
+            self._turns.served_one()
+            return answer
 
         with self.mapped(work.action):
             return drive(work.steps, perform)
@@ -140,12 +148,17 @@ class Clients:
         side = self.side()
         scripts, command = side.scripts, _untyped(side.client.execute_command)
 
-        async def perform(step: Step) -> Any:
+        async def call(step: Step) -> Any:
             if isinstance(step, Command):
                 with _refused_as_none():
                     return await command(*step.args)
                 return None
             return await scripts[step.name](keys=step.keys, args=step.args)
+
+        async def perform(step: Step) -> Any:
+            answer = await self._turns.atake(lambda: call(step))
+            self._turns.served_one()
+            return answer
 
         with self.mapped(work.action):
             return await adrive(work.steps, perform)
@@ -313,3 +326,10 @@ def _names_a_db(url: str) -> bool:
         return True
     path = unquote(parts.path)
     return path in ("", "/") or (path[:1] == "/" and path[1:].isascii() and path[1:].isdigit())
+
+
+def _pool_wait_expired(exc: BaseException) -> bool:
+    """redis-py's bounded pool found no free connection within its timeout: no command was
+    sent, so the call may wait again. redis-py gives this no class of its own, only the
+    message (both clients), pinned by tests/test_burst.py."""
+    return isinstance(exc, redis.ConnectionError) and str(exc) == "No connection available."
