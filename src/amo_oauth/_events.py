@@ -393,8 +393,9 @@ class Refreshed(Event):
 
 @attrs.frozen
 class RefreshDoubted(Event):
-    """amoCRM refused ``spent_refresh_token`` as revoked, but it was sent again after a lapsed
-    lease: the first send may have rotated it, and the process that sent it may keep the new
+    """amoCRM refused ``spent_refresh_token`` as revoked (the refresh, or the account lookup
+    of a moved account), but it was sent again after a lapsed lease: the first send (or the
+    first moved retry) may have rotated it, and the process that sent it may keep the new
     pair in memory (its store write failed). The pair is awaited ``until`` (UTC): the refresh
     token is not sent again, and nobody is told to re-authorize before then."""
 

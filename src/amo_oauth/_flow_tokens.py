@@ -392,6 +392,10 @@ class TokenFlows:
             if answer.meaning.transient:  # amoCRM did not say: keep the pair for a later try
                 # (a lookup sends the refresh token but never spends it)
                 yield from self._keep_for_later(record, answer, error, sent=False)
+            # The lookup refuses a spent token: sent again after a lapse, an earlier moved
+            # retry may have rotated it, its pair lost or kept in memory, as for any refresh.
+            if answer.reason in SPENT_TOKEN_REASONS and (yield from self._doubt(record, spent)):
+                return None  # someone else rotated the pair meanwhile: adopt theirs
             return (yield from self._moved_away(record, spent, error.hint))
         if moved_to is None:  # no secret goes to a host the allowlist refuses
             return (
@@ -451,13 +455,8 @@ class TokenFlows:
             # Not the token's fault (amoCRM down, the account blocked, the client misconfigured):
             # keep the pair for a later try.
             yield from self._keep_for_later(record, answer, error, sent=maybe_spent(error))
-        doubted = RefreshDoubted(spent, self.records.now() + self.config.kept_pair_grace)
-        if answer.reason in SPENT_TOKEN_REASONS and self._maybe_rotated(record, doubted):
-            # Sent again after a lapse: the first sender may keep the rotated pair in memory.
-            awaited, wrote = yield from self.records.apply(record, doubted)
-            if not wrote:
-                return None  # someone else rotated the pair meanwhile: adopt theirs
-            raise self._later(awaited)
+        if answer.reason in SPENT_TOKEN_REASONS and (yield from self._doubt(record, spent)):
+            return None  # someone else rotated the pair meanwhile: adopt theirs
         # Refused for good: this refresh token is never sent again.
         failed = RefreshFailed(
             self.records.error_info(Reason.REAUTHORIZATION_REQUIRED, error), spent
@@ -536,6 +535,25 @@ class TokenFlows:
                     raise
             yield Sleep(pause)
         raise AssertionError("not reached: the last try returns or raises")
+
+    def _doubt(self, record: RecordView, spent: str) -> Flow[bool]:
+        """amoCRM refused ``spent`` as revoked or invalid (the refresh, or the account lookup
+        of a moved account). Where the table says the token went out before without a stored
+        answer, that refusal is no verdict: the first sender may keep the rotated pair in
+        memory, so the pair is awaited ``Config.kept_pair_grace`` (the table's
+        ``refresh_doubted``). False: the token's first send, the refusal stands. True: the
+        record moved on meanwhile (a rotated pair landed): look again.
+
+        Raises:
+            TryAgainLater: ``kept_pair_pending`` once the wait is written.
+        """
+        doubted = RefreshDoubted(spent, self.records.now() + self.config.kept_pair_grace)
+        if not self._maybe_rotated(record, doubted):
+            return False
+        awaited, wrote = yield from self.records.apply(record, doubted)
+        if not wrote:
+            return True
+        raise self._later(awaited)
 
     def _maybe_rotated(self, record: RecordView, doubted: RefreshDoubted) -> bool:
         """Whether a "revoked" for this refresh may not be the token's verdict: the table says

@@ -774,8 +774,9 @@ TABLE: tuple[Rule, ...] = (
     # A pair from a spent code, renewed before its late verification: only that very pair.
     Rule("refreshed", (S.EXCHANGED,), S.EXCHANGED, renews_the_stored_pair),
     _stale("refreshed", S.CONNECTED),
-    # "Revoked" for a refresh token sent again after a lapse: its first send may have rotated
-    # it, and that pair may be kept in memory; it is awaited (kept_pair_until), not given up.
+    # "Revoked" for a refresh token sent again after a lapse (by the refresh, or by the account
+    # lookup of a moved account): its first send may have rotated it, and that pair may be kept
+    # in memory; it is awaited (kept_pair_until), not given up.
     Rule("refresh_doubted", (S.CONNECTED,), None, pair_was_rotated, noop=NoOp.ALREADY_ROTATED),
     Rule("refresh_doubted", (S.CONNECTED,), S.CONNECTED, sent_again_after_a_lapse),
     Rule("refresh_doubted", (S.CONNECTED,), None, noop=NoOp.FIRST_SEND),
