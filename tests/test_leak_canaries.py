@@ -53,7 +53,7 @@ from _leak_support import (
     reprs,
 )
 from amo_oauth import AmoOAuth, AmoOAuthError, AsyncAmoOAuth, Config, LifecycleEvent, SQLiteStore
-from amo_oauth._demo import listening_socket, load_example, wait_until
+from amo_oauth._demo import listening_socket, load_example, serve_asgi
 from amo_oauth.testing import FakeAmoCRM, ServedFake
 from amo_oauth.web import ACCESS_LOGGERS, RedactingFilter
 from amo_oauth.web._catalogue import BINDING_COOKIE
@@ -87,19 +87,8 @@ class LoopCatcher:
 def serve_uvicorn(app: LoopCatcher, sock: Any) -> Iterator[str]:
     """``app`` under uvicorn on ``sock`` in a thread, at ``trace`` with the access log on;
     ``log_config=None`` leaves the records to the root logger's handler."""
-    import uvicorn
-
-    config = uvicorn.Config(app, lifespan="on", log_config=None, log_level="trace", access_log=True)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, thread, "uvicorn")
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with serve_asgi(app, sock, log_level="trace", access_log=True) as url:
+        yield url
 
 
 @attrs.define
@@ -480,10 +469,10 @@ def _logged(records: Records) -> dict[str, bool]:
         "the server logged the callback's request line": any(
             name in ACCESS_LOGGERS and f"{PREFIX}/callback?" in line for name, _, line in lines
         ),
-        "a DEBUG record of amo_oauth or the server": any(
-            level <= logging.DEBUG and not name.startswith(("asyncio", "httpcore"))
-            for name, level, _ in lines
-        ),
+        # Every logger is at DEBUG: some record below INFO shows the capture takes them (the
+        # library itself logs little at DEBUG since its table stopped firing ``transitions``'
+        # debug lines; the HTTP clients' and servers' records prove the level, and are searched).
+        "a DEBUG record reached the capture": any(level <= logging.DEBUG for _, level, _ in lines),
     }
 
 

@@ -155,15 +155,20 @@ def wait_until(ready: Callable[[], bool], thread: threading.Thread, what: str) -
 
 
 @contextlib.contextmanager
-def serve_asgi(app: Any, sock: socket.socket) -> Iterator[str]:
+def serve_asgi(
+    app: Any, sock: socket.socket, *, log_level: str | None = None, access_log: bool = False
+) -> Iterator[str]:
     """Run ``app`` under uvicorn on ``sock`` in a thread; yield its base URL; stop it after.
 
-    The app's lifespan runs (startup, then shutdown when the block ends).
+    The app's lifespan runs (startup, then shutdown when the block ends). ``log_level`` and
+    ``access_log`` are uvicorn's (the leak canaries run it at ``trace`` with the access log).
     """
     import uvicorn
 
     # log_config=None: uvicorn leaves the process's logging alone (the demo prints its own).
-    config = uvicorn.Config(app, lifespan="on", log_config=None, access_log=False)
+    config = uvicorn.Config(
+        app, lifespan="on", log_config=None, log_level=log_level, access_log=access_log
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True
