@@ -5,11 +5,12 @@
                                       floors), check the venv against the lock, run the tests
     python3 tasks.py test --latest    the same on the newest releases, in .venv-latest
     python3 tasks.py lock [--upgrade] re-resolve requirements/ (--upgrade: newest releases)
-    python3 tasks.py bench [--quick] [--profile] [--json PATH]
+    python3 tasks.py bench [--quick] [--scale-only] [--profile] [--json PATH]
                                       issue 24's benchmark table: each figure beside its
                                       baseline and target (docs/performance.md); not a test
-    python3 tasks.py full             issue 24's proof suites (fault, fuzz, leak, load) at their
-                                      full size: 10,000 examples each, every store (not in CI)
+    python3 tasks.py full [ARGS]      issue 24's proof suites (fault, fuzz, leak, load) at their
+                                      full size: 10,000 examples each, every store (not in CI);
+                                      ARGS go to pytest (a file, -k ...)
     python3 tasks.py wheel-check      build the wheel, install it in a fresh venv as a user
                                       would, run the demo and the fake from outside the checkout
 

@@ -23,7 +23,7 @@ from tests import _pg_server, _redis_server
 
 def main() -> int:
     command = sys.argv[1:]
-    if not command:
+    if not command or command[0] in ("-h", "--help"):
         print(__doc__, file=sys.stderr)
         return 2
     with (
