@@ -5,7 +5,7 @@
                                       floors), check the venv against the lock, run the tests
     python3 tasks.py test --latest    the same on the newest releases, in .venv-latest
     python3 tasks.py lock [--upgrade] re-resolve requirements/ (--upgrade: newest releases)
-    python3 tasks.py bench [--quick] [--scale-only] [--profile] [--json PATH]
+    python3 tasks.py bench [--quick] [--scale-only | --per-call-only] [--profile] [--json PATH]
                                       issue 24's benchmark table: each figure beside its
                                       baseline and target (docs/performance.md); not a test
     python3 tasks.py full [ARGS]      issue 24's proof suites (fault, fuzz, leak, load) at their

@@ -830,17 +830,20 @@ def print_table(rows: list[Row], stream: TextIO) -> None:
     Console(file=stream, width=240).print(table)
 
 
-def run(profile: Profile, *, scale_only: bool = False) -> list[Row]:
+def run(profile: Profile, *, scale: bool = True, per_call: bool = True) -> list[Row]:
+    """The table's rows: the per-call rows (the step, callbacks, ``access_token()``, growth),
+    then the scale rows (bursts, sweeps, the naive handler)."""
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="amo_oauth-bench-") as tmp:
         folder = Path(tmp)
-        if scale_only:
-            return scale_rows(profile is QUICK, folder)
-        rows = table_rows(profile)
-        rows += first_callback_rows(profile, folder)
-        rows += duplicate_rows(profile, folder)
-        rows += access_token_rows(profile, folder)
-        rows += growth_rows(profile, folder)
-        rows += scale_rows(profile is QUICK, folder)
+        if per_call:
+            rows += table_rows(profile)
+            rows += first_callback_rows(profile, folder)
+            rows += duplicate_rows(profile, folder)
+            rows += access_token_rows(profile, folder)
+            rows += growth_rows(profile, folder)
+        if scale:
+            rows += scale_rows(profile is QUICK, folder)
     return rows
 
 
@@ -858,12 +861,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few calls, small stores: a smoke run")
     parser.add_argument("--profile", action="store_true", help="profile each missed target")
     parser.add_argument("--json", metavar="PATH", help="write the JSON summary here, not stdout")
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
         "--scale-only", action="store_true", help="only the burst, sweep and naive rows"
+    )
+    only.add_argument(
+        "--per-call-only", action="store_true", help="only the step, callback, token, growth rows"
     )
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
-    rows = run(profile, scale_only=args.scale_only)
+    rows = run(profile, scale=not args.per_call_only, per_call=not args.scale_only)
     # Without --json, the JSON owns stdout (so it can be piped) and the table goes to stderr.
     shown = sys.stdout if args.json else sys.stderr
     print_table(rows, shown)
