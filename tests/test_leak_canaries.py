@@ -265,6 +265,15 @@ def _stack(name: str, db: Path) -> Iterator[Run]:
         yield run
 
 
+def _route_of(logger: logging.Logger) -> tuple[bool, bool]:
+    """Whether ``logger`` passes its records up (``propagate``) and whether it is ``disabled``."""
+    return logger.propagate, logger.disabled
+
+
+def _set_route(logger: logging.Logger, route: tuple[bool, bool]) -> None:
+    logger.propagate, logger.disabled = route
+
+
 @contextlib.contextmanager
 def _everything_logged() -> Iterator[Records]:
     """Every logger at level 1 (DEBUG and uvicorn's trace), every record kept; and no access-log
@@ -282,12 +291,20 @@ def _everything_logged() -> Iterator[Records]:
         for present in filters[name]:
             if isinstance(present, RedactingFilter):
                 logging.getLogger(name).removeFilter(present)
+    # Another test in this process may have run a server with its own logging config
+    # (uvicorn's keeps its access log off the root; a dictConfig disables the loggers it does
+    # not name): every record must reach the root here.
+    routes = {name: _route_of(logging.getLogger(name)) for name in names if name}
     for name in names:
         logging.getLogger(name).setLevel(1)
+    for name in routes:
+        _set_route(logging.getLogger(name), (True, False))
     root.addHandler(records)
     try:
         yield records
     finally:
+        for name, route in routes.items():
+            _set_route(logging.getLogger(name), route)
         root.removeHandler(records)
         for other in others:
             root.addHandler(other)
