@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from targets import USER, FirstCallbacks, connect, plain_httpx, service_on
+from targets import USER, FirstCallbacks, connect, load_and_check, plain_httpx, service_on
 
 from amo_oauth import MemoryStore, SQLiteStore, Store
-from amo_oauth._records import record_key
 
 
 def per_call(calls: list[Callable[[], object]]) -> float:
@@ -41,13 +39,7 @@ def lowest(rounds: int, make: Callable[[], list[Callable[[], object]]]) -> float
 def rows_for(name: str, store: Store, calls: int, rounds: int) -> list[str]:
     oauth, fake = service_on(store)
     duplicate = connect(oauth, fake)
-    key = record_key(fake.client_id, USER)
-    margin = oauth.config.refresh_margin
-
-    def by_hand() -> str:
-        tokens = store.load(key).record.tokens  # type: ignore[union-attr]
-        assert tokens is not None and tokens.expires_at - margin > datetime.now(UTC)
-        return tokens.access_token
+    by_hand = load_and_check(oauth, store)
 
     token = lowest(rounds, lambda: [lambda: oauth.access_token(USER)] * calls)
     hand = lowest(rounds, lambda: [by_hand] * calls)

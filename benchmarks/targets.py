@@ -433,17 +433,25 @@ def access_token_rows(profile: Profile, folder: Path) -> list[Row]:
     return rows
 
 
-def fresh_tokens(profile: Profile, store: Store) -> tuple[Spread, Spread, Spread]:
-    """``access_token()`` on a fresh token beside the store's ``load()`` and a by-hand check."""
-    oauth, fake = service_on(store)
-    connect(oauth, fake)
-    key = record_key(fake.client_id, USER)
+def load_and_check(oauth: AmoOAuth, store: Store) -> Callable[[], str]:
+    """The baseline of the fresh ``access_token()`` row: the store's ``load()`` of the user's
+    record and a hand-written check that its access token is outside the refresh margin."""
+    key = record_key(oauth.config.client_id, USER)
     margin = oauth.config.refresh_margin
 
     def by_hand() -> str:
         tokens = store.load(key).record.tokens  # type: ignore[union-attr]
         assert tokens is not None and tokens.expires_at - margin > datetime.now(UTC)
         return tokens.access_token
+
+    return by_hand
+
+
+def fresh_tokens(profile: Profile, store: Store) -> tuple[Spread, Spread, Spread]:
+    """``access_token()`` on a fresh token beside the store's ``load()`` and a by-hand check."""
+    oauth, fake = service_on(store)
+    connect(oauth, fake)
+    by_hand = load_and_check(oauth, store)
 
     def ours() -> float:
         return timed([lambda: oauth.access_token(USER)] * profile.service_calls)
