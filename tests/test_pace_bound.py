@@ -199,9 +199,9 @@ def test_auth_refuses_api_busy_within_api_max_wait(
     run_consent(oauth, fake, "ann")
     _hang_the_window(oauth, fake, ticks)
     start = ticks.now
-    with httpx.Client(auth=oauth.auth("ann"), transport=fake.transport()) as api:
-        with pytest.raises(TryAgainLater) as refused:
-            api.get(f"https://{fake.account_host}/api/v4/leads")
+    api = httpx.Client(auth=oauth.auth("ann"), transport=fake.transport())
+    with api, pytest.raises(TryAgainLater) as refused:
+        api.get(f"https://{fake.account_host}/api/v4/leads")
     assert refused.value.reason is Reason.API_BUSY
     assert 0 < ticks.now - start <= oauth.config.api_max_wait
 

@@ -16,7 +16,10 @@ disconnect hook's token checks), and the keep-alive sweep's token calls, takes a
   window ago (``floor(rate) / rate`` seconds, plus the guard). A request arrives before its
   answer does, so requests sent this way never put more than ``rate`` in any second at
   amoCRM, whatever their latencies. A send whose window is full waits for the oldest answer
-  to age out (``Pacer.wait_for``); each send reports its answer (``Pacer.leave``);
+  to age out (``Pacer.wait_for``), but a bounded caller (``auth()``, the hook) only until
+  its ``api_max_wait`` from its reservation is up, slot and window together: when the window
+  will not have room by then it is refused ``api_busy``, nothing sent; each send reports its
+  answer (``Pacer.leave``);
 - a 429 (or a 403) pauses the key: until the pause ends, ``auth()``, the hook and the
   verification are refused without sending (``TryAgainLater``, ``api_paused``), the sweep
   waits; a caller already waiting for its slot looks again when its turn comes (``recheck``),
@@ -416,8 +419,9 @@ class ApiPace:
     max_wait: float
 
     def turn(self, host: str) -> Slot | None:
-        """An API call's slot (``auth()``, the hook), at most ``max_wait`` seconds away; None when
-        the pace is off.
+        """An API call's slot (``auth()``, the hook), at most ``max_wait`` seconds away, its
+        window's wait bounded by the same ``max_wait`` (``Pacer.wait_for``); None when the pace
+        is off.
 
         Raises:
             TryAgainLater: ``api_paused`` or ``api_busy`` (see ``Pacer.reserve``).
