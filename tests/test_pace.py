@@ -219,7 +219,10 @@ def test_asyncio_tasks_share_one_schedule(
 ) -> None:
     async def main() -> list[int]:
         http = httpx.AsyncClient(transport=fake.async_transport())
-        config = config_for(fake, api_max_wait=30.0)
+        # FakeSeconds adds up concurrent tasks' sleeps (20 waits of up to 3 s move its clock
+        # about 30 s), and api_max_wait bounds the slot and the window on that clock: bound
+        # far beyond the sum, so every call is let in and the test sees the shared schedule.
+        config = config_for(fake, api_max_wait=3600.0)
         async with AsyncAmoOAuth(
             config, store=MemoryStore(clock=clock), http=http, clock=clock
         ) as oauth:

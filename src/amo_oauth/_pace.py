@@ -16,7 +16,10 @@ disconnect hook's token checks), and the keep-alive sweep's token calls, takes a
   window ago (``floor(rate) / rate`` seconds, plus the guard). A request arrives before its
   answer does, so requests sent this way never put more than ``rate`` in any second at
   amoCRM, whatever their latencies. A send whose window is full waits for the oldest answer
-  to age out (``Pacer.wait_for``); each send reports its answer (``Pacer.leave``);
+  to age out (``Pacer.wait_for``), but a bounded caller (``auth()``, the hook) only until
+  its ``api_max_wait`` from its reservation is up, slot and window together: when the window
+  will not have room by then it is refused ``api_busy``, nothing sent; each send reports its
+  answer (``Pacer.leave``);
 - a 429 (or a 403) pauses the key: until the pause ends, ``auth()``, the hook and the
   verification are refused without sending (``TryAgainLater``, ``api_paused``), the sweep
   waits; a caller already waiting for its slot looks again when its turn comes (``recheck``),
@@ -117,6 +120,9 @@ class Slot:
     resend_of: int | None = None
     #: The rate the slot was taken at: its window's size (None: no window, e.g. a test's slot).
     rate: float | None = None
+    #: The latest moment (the pacer's clock) its request may wait until, slot and window
+    #: together: ``reserve``'s ``within`` counted from the reservation (inf: no bound).
+    deadline: float = math.inf
 
 
 @attrs.define
@@ -187,11 +193,13 @@ class Pacer:
         """Take the key's next slot for one request at ``rate`` requests per second.
 
         Args:
-            within: the most seconds the caller may wait for its slot: it is refused, and
-                takes no slot, when the slot is further away (``auth()``, the hook:
-                ``Config.api_max_wait``; a verification, the sweep: no bound). It is
-                refused while the key is paused, and its slot is void if a pause begun after
-                it covers it (``recheck``).
+            within: the most seconds the caller may wait, for its slot and then for its
+                window together (``auth()``, the hook: ``Config.api_max_wait``; a
+                verification, the sweep: no bound): it is refused, and takes no slot, when
+                the slot is further away, and ``wait_for`` refuses it when the window will
+                not have room by then (the slot's ``deadline``). It is refused while the key
+                is paused, and its slot is void if a pause begun after it covers it
+                (``recheck``).
 
         Returns:
             The ``Slot``: sleep ``slot.wait`` seconds, then ``recheck`` it before sending.
@@ -214,7 +222,7 @@ class Pacer:
                     retry_after=slot - now,
                 )
             lane.next_slot = slot + (1.0 + PACE_GUARD) / rate
-            return Slot(key, slot, slot - now, rate=rate)
+            return Slot(key, slot, slot - now, rate=rate, deadline=now + within)
 
     def recheck(self, slot: Slot) -> Slot | None:
         """Whether a slot whose time has come may still be sent: a pause that began (or grew)
@@ -237,14 +245,17 @@ class Pacer:
 
     def wait_for(self, slot: Slot | None) -> Sending | None:
         """Sleep (``sleep``) until ``slot`` comes, ``recheck`` it, and so on until it may be sent
-        (None: nothing to wait for); then until its key's window has room (``enter``).
+        (None: nothing to wait for); then until its key's window has room (``_enter``), but
+        never past the slot's ``deadline``.
 
         Returns:
             The ``Sending`` to ``leave`` once the request is answered (or failed); None for
             no slot, or a slot without a window.
 
         Raises:
-            TryAgainLater: ``api_paused``, from ``recheck``.
+            TryAgainLater: ``api_paused``, from ``recheck``; ``api_busy`` when the window will
+                not have room by the slot's ``deadline`` (nothing sent; ``retry_after``: the
+                seconds until it might).
         """
         turn = slot
         while turn is not None:
@@ -273,7 +284,11 @@ class Pacer:
     def _enter(self, slot: Slot) -> tuple[Slot | None, Sending | None]:
         """Let ``slot``'s request into its key's window (see the module), or say how long to
         wait first: ``(None, sending)`` to send now, ``(slot to wait for, None)`` otherwise
-        (the same slot, its ``wait`` the seconds until the oldest answer ages out)."""
+        (the same slot, its ``wait`` the seconds until the oldest answer ages out).
+
+        Raises:
+            TryAgainLater: ``api_busy`` when the window cannot have room by ``slot.deadline``.
+        """
         if slot.rate is None:
             return None, None
         size = max(1, math.floor(slot.rate))
@@ -292,8 +307,18 @@ class Pacer:
                 ticket = next(self._tickets)
                 lane.in_flight[ticket] = now
                 return None, Sending(slot.key, ticket)
-            # Full: the oldest answer ages out first; only requests in flight: look again soon.
-            wait = lane.answered[0] + window - now if lane.answered else _IN_FLIGHT_POLL
+            # Full. The soonest room: the oldest answer ages out, or (only requests in flight)
+            # one is answered now and ages out a window later, never sooner.
+            room = lane.answered[0] + window if lane.answered else now + window
+            wait = room - now if lane.answered else _IN_FLIGHT_POLL
+        if room > slot.deadline + _TOLERANCE:
+            # Its slot is not given back: the slot's moment has passed, and the spacing of the
+            # slots handed out after it holds whether or not this one is sent.
+            raise TryAgainLater(
+                Reason.API_BUSY,
+                f"this process's requests to that host fill its window for {room - now:.2f} s",
+                retry_after=room - now,
+            )
         return attrs.evolve(slot, wait=max(wait, 0.0)), None
 
     def leave(self, sending: Sending | None) -> None:
@@ -347,7 +372,7 @@ class Pacer:
                 raise _paused(max(lane.paused_until - now, 0.0), 429)
             lane.resend_taken = True
             lane.next_slot = slot + (1.0 + PACE_GUARD) / rate
-            return Slot(key, slot, slot - now, resend_of=429, rate=rate)
+            return Slot(key, slot, slot - now, resend_of=429, rate=rate, deadline=now + within)
 
     def refusal(self, key: Key, status: int | None) -> TryAgainLater:
         """The ``api_paused`` error for the key's pause as it stands (``retry_after``: what is
@@ -394,8 +419,9 @@ class ApiPace:
     max_wait: float
 
     def turn(self, host: str) -> Slot | None:
-        """An API call's slot (``auth()``, the hook), at most ``max_wait`` seconds away; None when
-        the pace is off.
+        """An API call's slot (``auth()``, the hook), at most ``max_wait`` seconds away, its
+        window's wait bounded by the same ``max_wait`` (``Pacer.wait_for``); None when the pace
+        is off.
 
         Raises:
             TryAgainLater: ``api_paused`` or ``api_busy`` (see ``Pacer.reserve``).
