@@ -17,6 +17,7 @@ No timing is asserted; ``settle_timeout`` is raised so that no caller gives up w
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -28,9 +29,9 @@ import pytest
 
 from _pg_server import postgres_url  # noqa: F401
 from _redis_server import redis_url  # noqa: F401
-from amo_oauth import AsyncAmoOAuth, Outcome
+from amo_oauth import AsyncAmoOAuth, Outcome, StoreError
 from amo_oauth.stores import Store
-from amo_oauth.stores._turns import Turns
+from amo_oauth.stores._turns import PATIENCE, Turns
 from amo_oauth.testing import FakeAmoCRM, FakeClock
 
 from helpers import config_for, following, query_of
@@ -128,10 +129,10 @@ class Expired(Exception):
 
 
 def test_an_expired_wait_is_waited_again_while_others_are_served() -> None:
-    turns = Turns(lambda exc: isinstance(exc, Expired))
+    turns = Turns(lambda exc: isinstance(exc, Expired), 1.0)
     tries: list[int] = []
 
-    def get() -> str:
+    def get(wait: float) -> str:
         tries.append(1)
         if len(tries) < 3:
             turns.served_one()  # another caller's operation completed meanwhile
@@ -143,11 +144,11 @@ def test_an_expired_wait_is_waited_again_while_others_are_served() -> None:
 
 
 def test_an_expired_wait_with_nobody_served_fails_at_once() -> None:
-    """A store that serves nobody (down, every connection stuck) fails after one wait."""
-    turns = Turns(lambda exc: isinstance(exc, Expired))
+    """A pool that serves nobody (down, every connection stuck) fails after one wait."""
+    turns = Turns(lambda exc: isinstance(exc, Expired), 1.0)
     tries: list[int] = []
 
-    def get() -> str:
+    def get(wait: float) -> str:
         tries.append(1)
         raise Expired
 
@@ -158,10 +159,12 @@ def test_an_expired_wait_with_nobody_served_fails_at_once() -> None:
 
 def test_other_errors_and_a_wait_past_patience_are_not_retried() -> None:
     now = [0.0]
-    turns = Turns(lambda exc: isinstance(exc, Expired), patience=10.0, monotonic=lambda: now[0])
+    turns = Turns(
+        lambda exc: isinstance(exc, Expired), 3.0, patience=10.0, monotonic=lambda: now[0]
+    )
     tries: list[int] = []
 
-    def refused() -> str:
+    def refused(wait: float) -> str:
         tries.append(1)
         turns.served_one()
         raise ConnectionRefusedError
@@ -170,21 +173,114 @@ def test_other_errors_and_a_wait_past_patience_are_not_retried() -> None:
         turns.take(refused)
     assert len(tries) == 1
 
-    tries.clear()
+    waits: list[float] = []
 
-    def always_expired() -> str:
-        tries.append(1)
+    def always_expired(wait: float) -> str:
+        waits.append(wait)
         turns.served_one()
-        now[0] += 3.0  # each wait lasts 3 s of the 10 s of patience
+        now[0] += wait  # the pool waits as long as it was told
         raise Expired
 
     with pytest.raises(Expired):
         asyncio.run(turns.atake(_awaited(always_expired)))
-    assert len(tries) == 4  # ended at 3, 6, 9 (waited again) and 12 s (past 10: raised)
+    assert waits == [3.0, 3.0, 3.0, 1.0]  # the last cut to what is left of the 10 s
 
 
-def _awaited(call: Callable[[], str]) -> Callable[[], Any]:
-    async def run() -> str:
-        return call()
+@pytest.mark.parametrize("cuts", [True, False], ids=["cut", "whole"])
+def test_all_waits_of_one_call_end_within_patience(cuts: bool) -> None:
+    """The reviewer's case: each wait runs its full timeout while others are served. Waits
+    that always started whole could last ``patience`` plus one ``timeout`` (39.96 of 30 s)."""
+    now = [0.0]
+    turns = Turns(lambda exc: isinstance(exc, Expired), 10.0, cuts=cuts, monotonic=lambda: now[0])
+    waits: list[float] = []
+
+    def get(wait: float) -> str:
+        waits.append(wait)
+        now[0] += min(wait, 9.99)  # expires (just before its timeout when whole)
+        turns.served_one()
+        raise Expired
+
+    with pytest.raises(Expired):
+        turns.take(get)
+    assert now[0] <= PATIENCE
+    assert len(waits) == (4 if cuts else 3)  # cut: 9.99 * 3 then the 0.03 s left
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_an_awaited_pool_stuck_fails_while_blocking_calls_are_served(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The reviewer's shared-counter case: every connection of the awaited pool is held, the
+    blocking pool serves a thread meanwhile; the awaited call fails after one wait (with one
+    count per store it waited again until ``PATIENCE``: checked, both kinds failed here so)."""
+    store = _one_connection_store(kind, request)
+    try:
+        tries = asyncio.run(_awaited_on_a_stuck_pool(store, kind))
+    finally:
+        store.close()
+    assert tries == 1
+
+
+def _one_connection_store(kind: str, request: pytest.FixtureRequest) -> Any:
+    name = f"turns{uuid.uuid4().hex[:12]}"
+    if kind == "postgres":
+        pytest.importorskip("psycopg")
+        from amo_oauth.stores import PostgresStore
+
+        pg = PostgresStore(
+            request.getfixturevalue("postgres_url"), table=name, max_size=1, timeout=0.2
+        )
+        pg.migrate()
+        return pg
+    pytest.importorskip("redis")
+    from amo_oauth.stores import RedisStore
+
+    url = request.getfixturevalue("redis_url")
+    redis = RedisStore(url, prefix=f"{name}:", max_connections=2, timeout=0.2)
+    redis.migrate()
+    return redis
+
+
+async def _awaited_on_a_stuck_pool(store: Any, kind: str) -> int:
+    """How many waits an awaited load made on a pool whose connections are all held."""
+    await store.aload("warm")  # opens the awaited pool
+    if kind == "postgres":
+        pool, name, give = store._conns._apool, "getconn", "putconn"
+    else:
+        pool, name, give = store._clients._async.client.connection_pool, "get_connection", "release"
+    # Every connection of it (Postgres: 1, Redis: 2, its least), stuck.
+    held = [await getattr(pool, name)() for _ in range(1 if kind == "postgres" else 2)]
+    tries: list[int] = []
+    get = getattr(pool, name)
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        tries.append(1)
+        return await get(*args, **kwargs)
+
+    setattr(pool, name, counted)
+    stop, flowing = threading.Event(), threading.Event()
+
+    def blocking_traffic() -> None:
+        while not stop.is_set():
+            store.load("k-blocking")
+            flowing.set()
+
+    thread = threading.Thread(target=blocking_traffic)
+    thread.start()
+    try:
+        await asyncio.to_thread(flowing.wait)
+        with pytest.raises(StoreError):
+            await store.aload("k")
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join)
+        for conn in held:
+            await getattr(pool, give)(conn)
+    return len(tries)
+
+
+def _awaited(call: Callable[[float], str]) -> Callable[[float], Any]:
+    async def run(wait: float) -> str:
+        return call(wait)
 
     return run

@@ -137,8 +137,10 @@ class Connections:
         self._apool: AsyncConnectionPool[AsyncConn] | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._aopening: asyncio.Task[None] | None = None  # the awaited pool's opening
-        # A burst queues for a connection instead of failing after one ``timeout``.
-        self._turns = Turns(lambda exc: isinstance(exc, PoolTimeout))
+        # A burst queues for a connection instead of failing after one ``timeout``. One count
+        # per pool: the blocking pool serving threads says nothing of the awaited one's queue.
+        self._turns = _pool_turns(timeout)
+        self._aturns = _pool_turns(timeout)
         reset_in_child(self)
 
     def after_fork(self) -> None:
@@ -153,6 +155,7 @@ class Connections:
         _INHERITED.extend(pool for pool in (self._pool, self._apool) if pool is not None)
         self._pool = self._apool = None
         self._aloop = self._aopening = None
+        self._turns, self._aturns = _pool_turns(self.timeout), _pool_turns(self.timeout)
 
     @property
     def closed(self) -> bool:
@@ -181,7 +184,7 @@ class Connections:
                 conn.cursor() as cur,
             ):
                 result = await adrive(work.steps, _APerform(cur, undo))
-        self._turns.served_one()
+        self._aturns.served_one()
         return result
 
     @contextlib.contextmanager
@@ -199,7 +202,7 @@ class Connections:
     async def _aborrowed(self) -> AsyncIterator[AsyncConn]:
         """``_borrowed`` from the awaited pool."""
         apool = await self.apool()
-        conn = await self._turns.atake(apool.getconn)
+        conn = await self._aturns.atake(apool.getconn)
         try:
             async with conn:
                 yield conn
@@ -464,3 +467,8 @@ def _abandon(apool: AsyncConnectionPool[AsyncConn]) -> None:
     for conn in list(idle):
         with contextlib.suppress(Exception):
             conn.pgconn.finish()
+
+
+def _pool_turns(timeout: float) -> Turns:
+    """The queue rule of one pool: psycopg_pool's ``getconn(timeout)`` takes a shorter wait."""
+    return Turns(lambda exc: isinstance(exc, PoolTimeout), timeout)

@@ -76,8 +76,9 @@ class Clients:
         self.channel = f"{prefix}changed:{db}"
         self._scripts = {name: self.client.register_script(src) for name, src in SCRIPTS.items()}
         self._async: LoopClient | None = None
-        # A burst queues for a connection instead of failing after one ``timeout``.
-        self._turns = Turns(_pool_wait_expired)
+        # A burst queues for a connection instead of failing after one ``timeout``; the
+        # blocking client's count only (each loop's asyncio client counts its own).
+        self._turns = _client_turns(timeout)
         self.closed = False
         reset_in_child(self)
 
@@ -135,7 +136,7 @@ class Clients:
             return scripts[step.name](keys=step.keys, args=step.args)
 
         def perform(step: Step) -> Any:
-            answer = self._turns.take(lambda: call(step))
+            answer = self._turns.take(lambda _wait: call(step))
             self._turns.served_one()
             return answer
 
@@ -156,8 +157,8 @@ class Clients:
             return await scripts[step.name](keys=step.keys, args=step.args)
 
         async def perform(step: Step) -> Any:
-            answer = await self._turns.atake(lambda: call(step))
-            self._turns.served_one()
+            answer = await side.turns.atake(lambda _wait: call(step))
+            side.turns.served_one()
             return answer
 
         with self.mapped(work.action):
@@ -212,7 +213,7 @@ class Clients:
                 **self.options,
             )
             client: redis.asyncio.Redis = redis.asyncio.Redis(connection_pool=apool)
-            side = LoopClient(loop, client)
+            side = LoopClient(loop, client, _client_turns(self.timeout))
             self._async = side
         return side
 
@@ -250,9 +251,12 @@ _INHERITED: list[LoopClient | None] = []
 class LoopClient:
     """The asyncio client of one event loop, and its scripts."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, client: redis.asyncio.Redis, turns: Turns
+    ) -> None:
         self.loop = loop
         self.client = client
+        self.turns = turns  # this client's pool queue (``Turns``)
         self.scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
         self._stopped = False
         self._closing: asyncio.Task[None] | None = None
@@ -333,3 +337,9 @@ def _pool_wait_expired(exc: BaseException) -> bool:
     sent, so the call may wait again. redis-py gives this no class of its own, only the
     message (both clients), pinned by tests/test_burst.py."""
     return isinstance(exc, redis.ConnectionError) and str(exc) == "No connection available."
+
+
+def _client_turns(timeout: float) -> Turns:
+    """The queue rule of one client's pool. redis-py's pool waits its own ``timeout`` and takes
+    no shorter one per call, so no retry starts that would end after ``PATIENCE``."""
+    return Turns(_pool_wait_expired, timeout, cuts=False)

@@ -72,9 +72,13 @@ class PostgresStore(DrivenStore[Query, Result]):
         min_size: connections each pool keeps open (blocking calls and awaited calls each have
             a pool, plus one listening connection once someone waits for a change).
         max_size: connections each pool opens at most.
-        timeout: seconds a call waits for a connection (and to connect: ``connect_timeout``,
-            unless ``conninfo`` sets it) before raising ``StoreError``. After an outage, the
-            first call once the server is back gets a connection within it.
+        timeout: seconds of one wait for a pooled connection (and to connect:
+            ``connect_timeout``, unless ``conninfo`` sets it). A wait that expires while the
+            same pool served others meanwhile (a burst queueing) is waited again, for up to
+            ``PATIENCE`` (30 s, ``stores/_turns.py``) in all; one during which that pool served
+            nobody (server down, every connection stuck) raises ``StoreError`` after one
+            ``timeout``. After an outage, the first call once the server is back gets a
+            connection within it.
         encryption: encrypts the token pair at rest (e.g. ``cryptography``'s ``Fernet`` or
             ``MultiFernet``); rows are then useless without the key.
         clock_offset: added to the server's clock wherever the store reads it (``Loaded.now``,

@@ -82,8 +82,11 @@ class RedisStore(DrivenStore[Step, Any]):
         prefix: prepended to every key (and to the change channel), so that several stores or
             applications can share one database.
         timeout: seconds to connect, and to wait for any one reply, before ``StoreError``.
-        max_connections: connections the store opens at most (per client: blocking and async);
-            callers beyond wait up to ``timeout`` for one.
+        max_connections: connections the store opens at most (per client: the blocking one
+            and each event loop's asyncio one). Callers beyond wait ``timeout`` for one, and
+            wait again while that client served others meanwhile (a burst queueing), for up to
+            ``PATIENCE`` (30 s, ``stores/_turns.py``) in all; a wait during which the client
+            served nobody raises ``StoreError``.
         encryption: encrypts the token pair at rest (e.g. ``cryptography``'s ``Fernet`` or
             ``MultiFernet``); rows are then useless without the key.
         clock_offset: added to the server's clock wherever the store reads it (``Loaded.now``,
