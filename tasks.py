@@ -240,17 +240,17 @@ def checks(env: Venv, pytest_args: list[str], *, locked: bool) -> None:
 
 
 def workers(pytest_args: list[str]) -> list[str]:
-    """pytest-xdist's options: the suite spread over every core (at most 4), unless the
-    arguments choose (``-n 0`` runs it in one process, ``-p no:xdist`` without the plugin).
-    Most tests wait on servers, subprocesses and wake-ups rather than compute, so two workers
-    on two cores nearly halve the wall time."""
+    """pytest-xdist's options: two workers per core (at most 4), unless the arguments choose
+    (``-n 0`` runs it in one process, ``-p no:xdist`` without the plugin). Many tests wait on
+    servers, subprocesses, sleeps and wake-ups rather than compute: with one worker per core
+    the cores were busy half the time."""
     if any(
         arg == "-n" or arg.startswith(("-n", "--numprocesses", "-pno:xdist")) for arg in pytest_args
     ):
         return []
     if "no:xdist" in pytest_args:
         return []
-    return ["-n", str(max(1, min(4, os.cpu_count() or 1)))]
+    return ["-n", str(max(1, min(4, 2 * (os.cpu_count() or 1))))]
 
 
 def test(args: list[str]) -> None:
