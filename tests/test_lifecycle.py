@@ -291,16 +291,22 @@ def test_a_known_code_never_changes_the_record(record, sequence):
             if record.knows_code(event.code_digest):
                 assert (result.changed, result.noop) == (False, "duplicate_code")
             if result.changed:
-                fresh = (
-                    record.status is S.CONNECTED
-                    and event.state_issued_at is not None
-                    and record.connected_at is not None
-                    and event.state_issued_at > record.connected_at
-                )
-                # An admin's keys-tab code re-authorizes a connected connection (issue 21).
-                admin = record.status is S.CONNECTED and event.from_admin
+                # A re-authorization: the state was begun after the connection was made, by
+                # version where both carry one (they cannot tie), else by time.
+                if event.state_seen_version is not None and record.connected_version is not None:
+                    begun_after = event.state_seen_version >= record.connected_version
+                else:
+                    begun_after = (
+                        event.state_issued_at is not None
+                        and record.connected_at is not None
+                        and event.state_issued_at > record.connected_at
+                    )
+                fresh = record.status is S.CONNECTED and begun_after
+                # An admin's keys-tab code re-authorizes a connected connection (issue 21),
+                # which stays connected (its tokens served) until the new pair is in hand.
+                admin = record.status is S.CONNECTED and event.from_admin and not fresh
                 assert record.status in (S.DISCONNECTED, S.ERROR) or fresh or admin
-                assert new.status is S.CODE_RECEIVED
+                assert new.status is (S.CONNECTED if admin else S.CODE_RECEIVED)
                 assert new.seen_codes[-1] == SeenCode(event.code_digest, T0)
                 claimed.append(event.code_digest)
         if result.changed:
