@@ -35,10 +35,16 @@ from amo_oauth.testing import FakeAmoCRM
 from amo_oauth.testing._app_driver import AppDriver
 from amo_oauth.testing.invariants import (
     DEFAULT_SETTINGS,
+    SIGNED_OUT,
+    WIDGET,
+    BackendMachine,
     Browser,
+    Consent,
     FakeSettings,
+    HookQuery,
     denials,
     forged_states,
+    machine_for,
     redirects,
     replays,
     run_invariants,
@@ -333,10 +339,12 @@ DEFAULT_FIND_ONLY = settings(DEFAULT_SETTINGS, phases=(Phase.generate,), databas
 
 #: Caught as the code sent twice; as the replay after it answered 403 (the library saw the
 #: code spent by someone else; the step's checks come before the invariants); or, when the
-#: library had refused the code, as tokens issued that /status does not show.
+#: library had refused the code, as tokens issued that /status does not show (a user's) or
+#: that the hook finds the library never held (a widget install's, which has no /status).
 SENT_TWICE = (
     "reached amoCRM's token endpoint 2 times|a replayed code .* was answered 403"
     "|/status says connected=False, expected True"
+    "|the hook disconnected more connections than held revoked tokens"
 )
 
 
@@ -348,6 +356,53 @@ def test_the_default_budget_catches_an_exchange_on_the_third_arrival() -> None:
             run_invariants(
                 exchanging_on_the_third_arrival, bearer_sign_in, settings=DEFAULT_FIND_ONLY
             )
+
+
+def _reinstalled_before_the_hook(make_app: Callable[[FakeSettings], Any]) -> BackendMachine:
+    """CI's failure, as explicit steps: a widget install; an uninstall; two new widget codes
+    (one redirected into user-1's browser) before the hook; the first of them arriving twice
+    more (its 3rd arrival). The connection still holds the uninstalled tokens: amo_oauth
+    keeps a connected connection on a widget code with no consent (protocol notes §2)."""
+    machine = machine_for(make_app, bearer_sign_in)()
+    widget = Consent(WIDGET, SIGNED_OUT, None)
+    machine.arrive(widget, machine.fake.authorize(from_widget=True), "own")
+    machine.uninstall()
+    again = machine.arrive(widget, machine.fake.authorize(from_widget=True), "user-1")
+    machine.arrive(widget, machine.fake.authorize(from_widget=True), "own")
+    for _ in range(2):
+        machine.callback(again, SIGNED_OUT)
+    return machine
+
+
+def _genuine_hook(machine: BackendMachine) -> None:
+    fake = machine.fake
+    machine.hook(HookQuery(fake.hook_query(), genuine=True, account_id=fake.account_id))
+
+
+def test_the_hook_ends_a_widget_install_whose_tokens_an_uninstall_revoked() -> None:
+    """The library's side: new widget codes after the uninstall did not replace the revoked
+    tokens, so the hook disconnects the install, and the model expects exactly that."""
+    machine = _reinstalled_before_the_hook(flask_app)
+    try:
+        assert machine.revoked == {WIDGET}
+        _genuine_hook(machine)
+        assert machine.connected[WIDGET] is False
+        assert machine.revoked == set()
+    finally:
+        machine.teardown()
+
+
+def test_the_hook_names_a_widget_code_the_app_sent_itself() -> None:
+    """The kit's side: the broken backend sends the refused code on its 3rd arrival; no step
+    check sees it (sent once, no /status for a widget install), the hook's count does."""
+    machine = _reinstalled_before_the_hook(exchanging_on_the_third_arrival)
+    try:
+        machine.each_code_is_sent_at_most_once()
+        assert machine.revoked == set()  # the model took those tokens as the install's
+        with pytest.raises(AssertionError, match=SENT_TWICE):
+            _genuine_hook(machine)
+    finally:
+        machine.teardown()
 
 
 def answering_500(*, to: str, also_forbidding_replays: bool = False) -> Callable[..., WSGIApp]:

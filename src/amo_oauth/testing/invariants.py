@@ -454,10 +454,15 @@ class BackendMachine(RuleBasedStateMachine):
         revoked, the hook not sent yet), or a disconnect hook arrives, signed or forged (one
         rule for both, so that they come up about as often as each browser step)."""
         if data.draw(st.booleans(), label="uninstall"):
-            self.fake.uninstall()
-            self.revoked = {name for name, now in self.connected.items() if now is not False}
+            self.uninstall()
         else:
             self.hook(data.draw(hook_queries(self.fake), label="hook"))
+
+    def uninstall(self) -> None:
+        """The integration is uninstalled at amoCRM: the tokens of every connection that may
+        be connected are revoked (the hook is not sent yet)."""
+        self.fake.uninstall()
+        self.revoked = {name for name, now in self.connected.items() if now is not False}
 
     def hook(self, hook: HookQuery) -> None:
         """A forged hook is refused and changes nothing; a genuine one for the fake's account
@@ -472,7 +477,7 @@ class BackendMachine(RuleBasedStateMachine):
             return
         gone = {user for user in self.revoked if self.connected[user]}
         if None not in self.connected.values():
-            assert said["disconnected"] == len(gone), f"the hook answered {said}"
+            assert said["disconnected"] == len(gone), _hook_disagrees(said, gone)
         for user in gone:
             self.connected[user] = False
         self.revoked -= gone
@@ -597,6 +602,22 @@ class BackendMachine(RuleBasedStateMachine):
         }
         for kind, values in named.items():
             assert not any(value in said for value in values), f"{what}'s answer holds {kind}"
+
+
+def _hook_disagrees(said: Mapping[str, Any], gone: set[str]) -> str:
+    """Why a checked hook's count is not the model's (``gone``: the connections holding tokens
+    the uninstall revoked). The model takes tokens amoCRM issued for a code during a request
+    as the app's connection's (its /status, checked after each step, says so for a user; a
+    widget install has none), so more disconnected than expected most often means tokens that
+    never reached amo_oauth: the app sent a code itself."""
+    expected = f"expected {len(gone)} ({', '.join(sorted(gone)) or 'none'} held revoked tokens)"
+    if said["disconnected"] > len(gone):
+        return (
+            f"the hook disconnected more connections than held revoked tokens: it answered "
+            f"{said}, {expected}; did tokens amoCRM issued for a code during a request not "
+            "reach amo_oauth (the app sent the code itself), or did the hook end live tokens?"
+        )
+    return f"the hook left connections holding revoked tokens: it answered {said}, {expected}"
 
 
 def _issued(fake: FakeAmoCRM) -> tuple[set[str], set[str]]:
