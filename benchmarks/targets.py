@@ -55,7 +55,7 @@ from transitions import Machine
 from amo_oauth import AmoOAuth, Config, MemoryStore, SQLiteStore, Store, store_from_url
 from amo_oauth._events import CodeReceived, Disconnect, Event
 from amo_oauth._hosts import AccountHost
-from amo_oauth._lifecycle import TABLE, _Model, step
+from amo_oauth._lifecycle import TABLE, _Model, rule_transition, step
 from amo_oauth._records import ConnectionRecord, ConnectionStatus, Lease, code_digest, record_key
 from amo_oauth.stores._protocol import ClaimResult
 from amo_oauth.testing import FakeAmoCRM, FakeClock
@@ -268,15 +268,7 @@ def bare_machine() -> Machine:
     return Machine(
         model=None,
         states=ConnectionStatus,
-        transitions=[
-            {
-                "trigger": rule.event,
-                "source": list(rule.sources),
-                "dest": rule.dest,
-                "conditions": [rule.guard] if rule.guard else [],
-            }
-            for rule in TABLE
-        ],
+        transitions=[rule_transition(rule) for rule in TABLE],
         initial=ConnectionStatus.DISCONNECTED,
         auto_transitions=False,
         model_attribute="status",

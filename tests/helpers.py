@@ -110,3 +110,19 @@ def assert_status_fits(record: ConnectionRecord) -> None:
     if status is ConnectionStatus.EXCHANGED:
         assert record.tokens is not None, status
     assert (record.error is not None) == (status is ConnectionStatus.ERROR), status
+
+
+class PaceClock:
+    """A manual monotonic clock for the API pacer's tests: a sleep (thread or task) moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleep(seconds)

@@ -28,6 +28,7 @@ from amo_oauth._lifecycle import (
     _Model,
     fixed_noop,
     may_change,
+    rule_transition,
     step,
 )
 from amo_oauth._records import ConnectionRecord, ConnectionStatus
@@ -51,15 +52,7 @@ def _stock() -> Machine:
     return Machine(
         model=None,
         states=ConnectionStatus,
-        transitions=[
-            {
-                "trigger": rule.event,
-                "source": list(rule.sources),
-                "dest": rule.dest,
-                "conditions": [*([rule.guard] if rule.guard else []), _noting(rule)],
-            }
-            for rule in TABLE
-        ],
+        transitions=[rule_transition(rule, _noting(rule)) for rule in TABLE],
         initial=ConnectionStatus.DISCONNECTED,
         auto_transitions=False,
         model_attribute="status",

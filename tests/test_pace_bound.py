@@ -21,7 +21,7 @@ from amo_oauth._pace import PACE_GUARD, Pacer
 from amo_oauth._reasons import Reason
 from amo_oauth.testing import FakeAmoCRM
 
-from helpers import config_for, query_of, run_consent
+from helpers import PaceClock, config_for, query_of, run_consent
 
 KEY = ("client", "test.amocrm.ru")
 RATE = 7.0
@@ -29,29 +29,13 @@ WINDOW = 1 + PACE_GUARD  # floor(7) / 7 seconds, and the guard
 MAX_WAIT = 2.0
 
 
-class Clock:
-    """A manual clock: a thread's sleep moves it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-
-    async def asleep(self, seconds: float) -> None:
-        self.sleep(seconds)
+@pytest.fixture
+def ticks() -> PaceClock:
+    return PaceClock()
 
 
 @pytest.fixture
-def ticks() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def pacer(ticks: Clock) -> Pacer:
+def pacer(ticks: PaceClock) -> Pacer:
     return Pacer(clock=ticks, sleep=ticks.sleep)
 
 
@@ -61,7 +45,9 @@ def _fill_with_hung(pacer: Pacer) -> None:
         assert pacer.wait_for(pacer.reserve(KEY, RATE, within=MAX_WAIT)) is not None
 
 
-def test_hung_answers_refuse_the_next_caller_within_its_wait(pacer: Pacer, ticks: Clock) -> None:
+def test_hung_answers_refuse_the_next_caller_within_its_wait(
+    pacer: Pacer, ticks: PaceClock
+) -> None:
     _fill_with_hung(pacer)
     start = ticks.now
     slot = pacer.reserve(KEY, RATE, within=MAX_WAIT)
@@ -72,7 +58,9 @@ def test_hung_answers_refuse_the_next_caller_within_its_wait(pacer: Pacer, ticks
     assert ticks.now - start <= MAX_WAIT
 
 
-def test_an_answer_aging_out_too_late_refuses_without_waiting(pacer: Pacer, ticks: Clock) -> None:
+def test_an_answer_aging_out_too_late_refuses_without_waiting(
+    pacer: Pacer, ticks: PaceClock
+) -> None:
     sendings = [pacer.wait_for(pacer.reserve(KEY, RATE)) for _ in range(int(RATE))]
     for sending in sendings:
         pacer.leave(sending)  # all answered at 6 * STEP: the window has room a WINDOW later
@@ -85,7 +73,7 @@ def test_an_answer_aging_out_too_late_refuses_without_waiting(pacer: Pacer, tick
     assert ticks.now == answered_at + slot.wait  # its slot's wait, not a moment of the window's
 
 
-def test_room_within_the_wait_lets_the_caller_in(pacer: Pacer, ticks: Clock) -> None:
+def test_room_within_the_wait_lets_the_caller_in(pacer: Pacer, ticks: PaceClock) -> None:
     sendings = [pacer.wait_for(pacer.reserve(KEY, RATE)) for _ in range(int(RATE))]
     for sending in sendings:
         pacer.leave(sending)
@@ -94,7 +82,7 @@ def test_room_within_the_wait_lets_the_caller_in(pacer: Pacer, ticks: Clock) -> 
     assert ticks.now == pytest.approx(answered_at + WINDOW)
 
 
-def test_an_unbounded_caller_still_waits_for_the_window(pacer: Pacer, ticks: Clock) -> None:
+def test_an_unbounded_caller_still_waits_for_the_window(pacer: Pacer, ticks: PaceClock) -> None:
     """A verification (and the sweep's slots, which have no window) wait however long."""
     sendings = [pacer.wait_for(pacer.reserve(KEY, RATE)) for _ in range(int(RATE))]
     ticks.sleep(5.0)  # answered late: the window is full until 5 s + WINDOW from here
@@ -105,7 +93,7 @@ def test_an_unbounded_caller_still_waits_for_the_window(pacer: Pacer, ticks: Clo
     assert ticks.now == pytest.approx(answered_at + WINDOW)
 
 
-def test_a_resend_is_bounded_the_same(pacer: Pacer, ticks: Clock) -> None:
+def test_a_resend_is_bounded_the_same(pacer: Pacer, ticks: PaceClock) -> None:
     _fill_with_hung(pacer)
     pacer.pause(KEY, 0.1, sent_at=ticks.now)
     slot = pacer.claim_resend(KEY, RATE, within=MAX_WAIT)
@@ -183,7 +171,7 @@ def test_callers_at_six_a_second_on_one_second_answers_wait_at_most_api_max_wait
         assert sum(first <= other <= first + 1.0 for other in sent) <= int(RATE)
 
 
-def _hang_the_window(oauth: AmoOAuth | AsyncAmoOAuth, fake: FakeAmoCRM, ticks: Clock) -> Pacer:
+def _hang_the_window(oauth: AmoOAuth | AsyncAmoOAuth, fake: FakeAmoCRM, ticks: PaceClock) -> Pacer:
     """The service's pacer on ``ticks``, its host's window held by seven hung requests."""
     pacer = Pacer(clock=ticks, sleep=ticks.sleep, asleep=ticks.asleep)
     oauth._pace = attrs.evolve(oauth._pace, pacer=pacer)
@@ -193,7 +181,7 @@ def _hang_the_window(oauth: AmoOAuth | AsyncAmoOAuth, fake: FakeAmoCRM, ticks: C
 
 
 def test_auth_refuses_api_busy_within_api_max_wait(
-    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, ticks: Clock
+    make_oauth: Callable[..., AmoOAuth], fake: FakeAmoCRM, ticks: PaceClock
 ) -> None:
     oauth = make_oauth()
     run_consent(oauth, fake, "ann")
@@ -206,7 +194,9 @@ def test_auth_refuses_api_busy_within_api_max_wait(
     assert 0 < ticks.now - start <= oauth.config.api_max_wait
 
 
-def test_async_auth_refuses_api_busy_within_api_max_wait(fake: FakeAmoCRM, ticks: Clock) -> None:
+def test_async_auth_refuses_api_busy_within_api_max_wait(
+    fake: FakeAmoCRM, ticks: PaceClock
+) -> None:
     async def scenario() -> tuple[Reason, float]:
         http = httpx.AsyncClient(transport=fake.async_transport())
         async with AsyncAmoOAuth(config_for(fake), store=MemoryStore(), http=http) as oauth:

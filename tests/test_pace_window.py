@@ -17,7 +17,7 @@ from amo_oauth import AmoOAuth, AsyncAmoOAuth, MemoryStore
 from amo_oauth._pace import _LIVE_AT_MOST, PACE_GUARD, Pacer, Sending
 from amo_oauth.testing import FakeAmoCRM
 
-from helpers import config_for, query_of, run_consent
+from helpers import PaceClock, config_for, query_of, run_consent
 
 KEY = ("client", "test.amocrm.ru")
 RATE = 7.0
@@ -25,27 +25,13 @@ STEP = (1 + PACE_GUARD) / RATE
 WINDOW = 1 + PACE_GUARD  # floor(7) / 7 seconds, and the guard
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-
-    async def asleep(self, seconds: float) -> None:
-        self.sleep(seconds)
+@pytest.fixture
+def ticks() -> PaceClock:
+    return PaceClock()
 
 
 @pytest.fixture
-def ticks() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def pacer(ticks: Clock) -> Pacer:
+def pacer(ticks: PaceClock) -> Pacer:
     return Pacer(clock=ticks, sleep=ticks.sleep, asleep=ticks.asleep)
 
 
@@ -55,7 +41,7 @@ def _send(pacer: Pacer) -> Sending:
     return sending
 
 
-def _slow_first_then_six(pacer: Pacer, ticks: Clock) -> None:
+def _slow_first_then_six(pacer: Pacer, ticks: PaceClock) -> None:
     """The first request is answered late, at 0.5 s (it may have arrived just before that);
     the next six are answered as they are sent, 0.15 s apart."""
     first = _send(pacer)
@@ -67,7 +53,7 @@ def _slow_first_then_six(pacer: Pacer, ticks: Clock) -> None:
     assert ticks.now == pytest.approx(6 * STEP)
 
 
-def test_the_eighth_waits_while_seven_are_live(pacer: Pacer, ticks: Clock) -> None:
+def test_the_eighth_waits_while_seven_are_live(pacer: Pacer, ticks: PaceClock) -> None:
     _slow_first_then_six(pacer, ticks)
     _send(pacer)  # its slot is at 7 steps (1.05 s); spacing alone would send it then
     # Seven live until the second request's answer (0.15 s) is a window old: then the eighth
@@ -77,7 +63,7 @@ def test_the_eighth_waits_while_seven_are_live(pacer: Pacer, ticks: Clock) -> No
     assert ticks.now > 7 * STEP
 
 
-def test_an_awaited_send_waits_the_same(pacer: Pacer, ticks: Clock) -> None:
+def test_an_awaited_send_waits_the_same(pacer: Pacer, ticks: PaceClock) -> None:
     _slow_first_then_six(pacer, ticks)
 
     async def eighth() -> Sending | None:
@@ -87,13 +73,15 @@ def test_an_awaited_send_waits_the_same(pacer: Pacer, ticks: Clock) -> None:
     assert ticks.now == pytest.approx(STEP + WINDOW)
 
 
-def test_prompt_answers_keep_the_plain_spacing(pacer: Pacer, ticks: Clock) -> None:
+def test_prompt_answers_keep_the_plain_spacing(pacer: Pacer, ticks: PaceClock) -> None:
     for _ in range(20):
         pacer.leave(_send(pacer))
     assert ticks.now == pytest.approx(19 * STEP)
 
 
-def test_a_request_never_reported_gives_its_place_up_in_the_end(pacer: Pacer, ticks: Clock) -> None:
+def test_a_request_never_reported_gives_its_place_up_in_the_end(
+    pacer: Pacer, ticks: PaceClock
+) -> None:
     for _ in range(7):
         _send(pacer)  # none of them is ever answered (a sender that lost track)
     _send(pacer)

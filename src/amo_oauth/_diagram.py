@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transitions.extensions.diagrams import GraphMachine
 
-from ._lifecycle import TABLE
+from ._lifecycle import TABLE, rule_transition
 from ._records import ConnectionStatus
 
 __all__ = ["lifecycle_markdown", "mermaid"]
@@ -32,16 +32,7 @@ def mermaid() -> str:
     GraphMachine(
         model=model,
         states=ConnectionStatus,
-        transitions=[
-            {
-                "trigger": rule.event,
-                "source": list(rule.sources),
-                "dest": rule.dest,
-                "conditions": [rule.guard] if rule.guard else [],
-            }
-            for rule in TABLE
-            if rule.dest is not None
-        ],
+        transitions=[rule_transition(rule) for rule in TABLE if rule.dest is not None],
         initial=ConnectionStatus.DISCONNECTED,
         auto_transitions=False,
         model_attribute="status",

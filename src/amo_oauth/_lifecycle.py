@@ -838,17 +838,21 @@ def _model(data: EventData) -> _Model:
     return model
 
 
+def rule_transition(rule: Rule, *extra: Callable[[EventData], bool]) -> dict[str, object]:
+    """``rule`` as a ``transitions`` transition: its event the trigger, its sources and
+    destination, its guard (then ``extra``) the conditions. The one spelling of the table for
+    every machine built from it: this module's, the diagram's, the benchmark's bare baseline
+    and the tests' stock machine."""
+    return {
+        "trigger": rule.event,
+        "source": list(rule.sources),
+        "dest": rule.dest,
+        "conditions": [*([rule.guard] if rule.guard else []), *extra],
+    }
+
+
 def _machine_transitions() -> list[dict[str, object]]:
-    return [
-        {
-            "trigger": rule.event,
-            "source": list(rule.sources),
-            "dest": rule.dest,
-            "conditions": [rule.guard] if rule.guard else [],
-            "rule": rule,
-        }
-        for rule in TABLE
-    ]
+    return [{**rule_transition(rule), "rule": rule} for rule in TABLE]
 
 
 class _QuietState(State):
