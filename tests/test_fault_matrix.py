@@ -453,16 +453,6 @@ RECOVERIES: dict[str, Callable[[Rig, tuple[dict[str, str], str | None]], None]] 
 }
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def fake(clock: FakeClock) -> FakeAmoCRM:
-    return FakeAmoCRM(clock=clock, rate_limit=None)
-
-
 @pytest.fixture(params=["sync", "async"])
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
